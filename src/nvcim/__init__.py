@@ -1,0 +1,48 @@
+"""nvcim: deploy DNNs on non-volatile compute-in-memory accelerators that suffer device variation.
+
+Core API (see README):
+    cfg = nvcim.DeviceConfig(weight_bits=8, device_bits=2, sigma=0.3)
+    w_d = nvcim.quantize(w, cfg); w_p = nvcim.program(w, cfg)
+    nvcim.apply_variation_(model, cfg); nvcim.program_chip_(model, seed=0); nvcim.remove_variation_(model)
+"""
+
+from nvcim.config import DeviceConfig
+from nvcim.device import combine_levels, prepare, program, quantize, quantize_levels, slice_levels
+from nvcim.noise import (
+    apply_variation_,
+    clear_chip_,
+    device_variation,
+    draw_chip,
+    noisy_modules,
+    program_chip_,
+    remove_variation_,
+    set_sigma_,
+    sigma_scope,
+    variation_disabled,
+)
+from nvcim.variation import VARIATIONS, Variation, register_variation
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DeviceConfig",
+    "VARIATIONS",
+    "Variation",
+    "register_variation",
+    "quantize",
+    "quantize_levels",
+    "slice_levels",
+    "combine_levels",
+    "prepare",
+    "program",
+    "apply_variation_",
+    "remove_variation_",
+    "device_variation",
+    "program_chip_",
+    "clear_chip_",
+    "draw_chip",
+    "noisy_modules",
+    "set_sigma_",
+    "sigma_scope",
+    "variation_disabled",
+]

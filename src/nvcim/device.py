@@ -1,0 +1,144 @@
+"""The device model as pure tensor functions: weights -> levels -> devices -> perturbed weights.
+
+Reads like the hardware (SPEC §2, paper Eq. 2-3), one step per function:
+
+    s   = max|W|                                   weight_scale
+    q   = round(|W| / s * (2^M - 1))               quantize_levels      (Eq. 2)
+    ḡ_j = (q >> jK) & (2^K - 1),  j < M/K          slice_levels
+    q   = Σ_j ḡ_j 2^{jK}                           combine_levels       (round trip)
+    g_j = ḡ_j + Δg_j                               variation kind (nvcim.variation)
+    W_p = W_d + sign(W) s/(2^M-1) Σ_j Δg_j 2^{jK}  program              (Eq. 3)
+
+Negative weights live on a second crossbar mapped the same way, so only |W| is sliced. A weight of
+exactly 0 is stored on the positive crossbar (sign := +1): its devices sit at level 0 and still vary.
+
+For Gaussian variation the sum over devices is exactly N(0, (c σ s)^2), so `program` then draws one
+value per weight (the fast path); other kinds draw one value per device.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from nvcim.config import DeviceConfig
+from nvcim.variation import VARIATIONS
+
+
+def weight_scale(w: torch.Tensor) -> torch.Tensor:
+    """s = max|W| over the whole tensor (0-dim tensor)."""
+    return w.detach().abs().amax()
+
+
+def crossbar_sign(w: torch.Tensor) -> torch.Tensor:
+    """+1 for weights on the positive crossbar (w >= 0), -1 for the negative one."""
+    return torch.where(w < 0, -1.0, 1.0).to(w.dtype)
+
+
+def quantize_levels(w: torch.Tensor, cfg: DeviceConfig, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """q = round(|W| / s * (2^M - 1)), integers 0..2^M-1 stored in W's floating dtype (Eq. 2).
+
+    Rounds half to even (torch.round). An all-zero tensor gives all-zero levels.
+    """
+    s = weight_scale(w) if scale is None else scale
+    safe = torch.where(s > 0, s, torch.ones_like(s))
+    return torch.round(w.detach().abs() / safe * cfg.weight_levels)
+
+
+def dequantize(levels: torch.Tensor, sign: torch.Tensor, scale: torch.Tensor, cfg: DeviceConfig) -> torch.Tensor:
+    """W_d = sign * q * s / (2^M - 1)."""
+    return sign * levels * (scale / cfg.weight_levels)
+
+
+def quantize(w: torch.Tensor, cfg: DeviceConfig) -> torch.Tensor:
+    """W_d, the deterministic weight the chip is programmed towards (Eq. 2); W itself if cfg.quantize is False."""
+    if not cfg.quantize:
+        return w.detach().clone()
+    s = weight_scale(w)
+    return dequantize(quantize_levels(w, cfg, s), crossbar_sign(w), s, cfg)
+
+
+def slice_levels(levels: torch.Tensor, cfg: DeviceConfig) -> torch.Tensor:
+    """Split integer magnitudes q into device levels ḡ: shape [M/K, *q.shape], int64, least significant first."""
+    q = levels.to(torch.int64)
+    shifts = torch.arange(cfg.devices_per_weight, device=q.device) * cfg.device_bits
+    shifts = shifts.view(-1, *([1] * q.dim()))  # [M/K, 1, ...]
+    return (q.unsqueeze(0) >> shifts) & cfg.device_levels
+
+
+def place_values(cfg: DeviceConfig, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """2^{jK} for j = 0 .. M/K-1: the weight of each device in the recombined magnitude."""
+    return torch.tensor([float(1 << (j * cfg.device_bits)) for j in range(cfg.devices_per_weight)], dtype=dtype, device=device)
+
+
+def combine_levels(device_levels: torch.Tensor, cfg: DeviceConfig) -> torch.Tensor:
+    """q = Σ_j g_j 2^{jK} over the leading device axis (works for integer and perturbed float levels)."""
+    g = device_levels
+    dtype = g.dtype if g.is_floating_point() else torch.float64
+    place = place_values(cfg, dtype, g.device)  # [M/K]
+    out = torch.tensordot(place, g.to(dtype), dims=([0], [0]))  # [*shape]
+    return out if g.is_floating_point() else out.round().to(g.dtype)
+
+
+class PreparedWeight(NamedTuple):
+    """What programming needs about one weight tensor, computed once per weight value."""
+
+    w_d: torch.Tensor  # [*shape] target weight W_d
+    sign: torch.Tensor  # [*shape] crossbar sign, +1 / -1
+    scale: torch.Tensor  # [] s = max|W|
+    levels: torch.Tensor  # [*shape] q in 0..2^M-1 (float)
+
+
+def prepare(w: torch.Tensor, cfg: DeviceConfig) -> PreparedWeight:
+    """Quantize once; any number of `draw` calls can then share the result (e.g. OVF's N+1 forwards)."""
+    w = w.detach()
+    s = weight_scale(w)
+    sign = crossbar_sign(w)
+    levels = quantize_levels(w, cfg, s)
+    w_d = dequantize(levels, sign, s, cfg) if cfg.quantize else w
+    return PreparedWeight(w_d, sign, s, levels)
+
+
+def weight_perturbation(
+    prepared: PreparedWeight,
+    cfg: DeviceConfig,
+    sigma: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """W_p - W_d for one programming of the tensor, in weight units (Eq. 3)."""
+    sigma = cfg.sigma if sigma is None else float(sigma)
+    w_d = prepared.w_d
+    dtype = w_d.dtype
+    if cfg.use_fast_path:
+        # Σ_j N(0,(σ(2^K-1))^2) 2^{jK} scaled by s/(2^M-1) is N(0, (c σ s)^2); sign(W) leaves it unchanged.
+        z = torch.randn(w_d.shape, generator=generator, device=w_d.device, dtype=dtype)
+        return z.mul_(prepared.scale * (cfg.c * sigma))
+    kind = VARIATIONS[cfg.variation]
+    shape = (cfg.devices_per_weight, *w_d.shape)
+    if kind.needs_levels:
+        targets = slice_levels(prepared.levels, cfg).to(dtype)  # [M/K, *shape]
+    else:
+        targets = torch.empty(shape, dtype=dtype, device=w_d.device)
+    dg = kind.sample(targets, sigma, cfg, generator)  # [M/K, *shape] Δg in level units
+    place = place_values(cfg, dtype, w_d.device)  # [M/K]
+    summed = torch.tensordot(place, dg, dims=([0], [0]))  # [*shape] Σ_j Δg_j 2^{jK}
+    return summed.mul_(prepared.sign).mul_(prepared.scale / cfg.weight_levels)
+
+
+def draw(
+    prepared: PreparedWeight,
+    cfg: DeviceConfig,
+    sigma: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One programmed copy W_p of a prepared weight."""
+    sigma = cfg.sigma if sigma is None else float(sigma)
+    if sigma == 0:
+        return prepared.w_d.clone()
+    return weight_perturbation(prepared, cfg, sigma, generator).add_(prepared.w_d)
+
+
+def program(w: torch.Tensor, cfg: DeviceConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """W_p: one programmed draw of the whole tensor at cfg.sigma (quantize, slice, perturb, recombine)."""
+    return draw(prepare(w, cfg), cfg, cfg.sigma, generator)

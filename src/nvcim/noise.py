@@ -1,0 +1,243 @@
+"""Apply the device model to any nn.Module in place, without rewriting it (like torchao's `quantize_`).
+
+    nvcim.apply_variation_(model, nvcim.DeviceConfig(sigma=0.3))   # every Conv/Linear weight is noisy
+    loss = model(x)...; loss.backward()      # fresh noise each forward; gradients reach the clean weights
+    nvcim.program_chip_(model, seed=0)        # one fixed programmed chip, reproducible from the seed
+    nvcim.remove_variation_(model)            # back to the plain model, weights untouched
+
+How it works: each selected module (Conv1d/2d/3d, Linear; grouped and depthwise convs included)
+gets a small controller object and an instance-level `forward` that calls the layer's own
+functional form with the programmed weight W_p instead of `self.weight`. The parameters, their
+names and the state dict never change, so the clean weights are restored exactly and checkpoints
+of a noisy model load into the plain one. Biases and BatchNorm stay exact (digital periphery).
+
+Gradients are straight-through: ∂L/∂W := ∂L/∂W_p (SPEC §3). Quantization of a weight is cached per
+weight version, so the N+1 forwards of an OVF step quantize once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import types
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nvcim import device as dm
+from nvcim.config import DeviceConfig
+
+SUPPORTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+ModuleFilter = Callable[[str, nn.Module], bool]
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Returns W_p in the forward; passes the gradient to W unchanged in the backward."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, w_p: torch.Tensor) -> torch.Tensor:
+        return w_p.view_as(w_p)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+class NoisyWeight:
+    """Per-layer state: which config, current σ, and an optional fixed programmed chip."""
+
+    def __init__(self, cfg: DeviceConfig, generator: torch.Generator | None = None):
+        self.cfg = cfg
+        self.sigma = cfg.sigma
+        self.generator = generator
+        self.enabled = True
+        self.programmed: torch.Tensor | None = None
+        self._cache_key: tuple | None = None
+        self._cache: dm.PreparedWeight | None = None
+
+    def prepared(self, w: torch.Tensor) -> dm.PreparedWeight:
+        """Quantized view of w, recomputed only when w changes (in-place updates bump its version)."""
+        key = (w.data_ptr(), w._version, w.dtype, w.device, self.cfg)
+        if key != self._cache_key:
+            self._cache, self._cache_key = dm.prepare(w, self.cfg), key
+        return self._cache
+
+    def draw(self, w: torch.Tensor, sigma: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One fresh programmed copy W_p of w (no gradient)."""
+        sigma = self.sigma if sigma is None else sigma
+        gen = generator if generator is not None else self.generator
+        with torch.no_grad():
+            return dm.draw(self.prepared(w), self.cfg, sigma, gen)
+
+    def weight_for_forward(self, w: torch.Tensor) -> torch.Tensor:
+        """The weight this forward uses: programmed chip, fresh draw, or w itself when disabled."""
+        if not self.enabled:
+            return w
+        if self.programmed is not None:
+            w_p = self.programmed
+        elif self.sigma == 0 and not self.cfg.quantize:
+            return w
+        else:
+            w_p = self.draw(w)
+        if torch.is_grad_enabled() and w.requires_grad:
+            return _StraightThrough.apply(w, w_p)
+        return w_p
+
+
+def _conv_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return self._conv_forward(x, self._nvcim.weight_for_forward(self.weight), self.bias)
+
+
+def _linear_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, self._nvcim.weight_for_forward(self.weight), self.bias)
+
+
+def _make_filter(
+    filter: ModuleFilter | None, include: Sequence[str] | None, exclude: Sequence[str] | None
+) -> ModuleFilter:
+    def accept(name: str, module: nn.Module) -> bool:
+        if include is not None and not any(fnmatch.fnmatchcase(name, p) for p in include):
+            return False
+        if exclude is not None and any(fnmatch.fnmatchcase(name, p) for p in exclude):
+            return False
+        return filter is None or bool(filter(name, module))
+
+    return accept
+
+
+def apply_variation_(
+    model: nn.Module,
+    cfg: DeviceConfig,
+    filter: ModuleFilter | None = None,
+    *,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    generator: torch.Generator | None = None,
+) -> nn.Module:
+    """Make every supported layer's weight noisy, in place; returns the model.
+
+    filter(name, module) -> bool, and/or glob patterns on module names (`include=["features.*"]`,
+    `exclude=["classifier.2"]`) select layers. Applying again replaces the config of the selected
+    layers. Noise draws use `generator` (default: torch's global RNG, so `torch.manual_seed` fixes them).
+    """
+    if not isinstance(cfg, DeviceConfig):
+        raise TypeError(f"cfg must be a nvcim.DeviceConfig, got {type(cfg).__name__}")
+    accept = _make_filter(filter, include, exclude)
+    for name, module in model.named_modules():
+        if not isinstance(module, SUPPORTED_LAYERS) or not accept(name, module):
+            continue
+        module._nvcim = NoisyWeight(cfg, generator)
+        forward = _linear_forward if isinstance(module, nn.Linear) else _conv_forward
+        module.forward = types.MethodType(forward, module)
+    return model
+
+
+def remove_variation_(model: nn.Module) -> nn.Module:
+    """Undo `apply_variation_`: the plain model again, weights exactly as they were."""
+    for _, module in noisy_modules(model):
+        del module._nvcim
+        if "forward" in module.__dict__:
+            del module.forward
+    return model
+
+
+def noisy_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every layer with variation applied, in module order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(getattr(m, "_nvcim", None), NoisyWeight)]
+
+
+def _controllers(model: nn.Module) -> list[NoisyWeight]:
+    return [m._nvcim for _, m in noisy_modules(model)]
+
+
+@contextlib.contextmanager
+def device_variation(model: nn.Module, cfg: DeviceConfig, filter: ModuleFilter | None = None, **kwargs) -> Iterator[nn.Module]:
+    """`with device_variation(model, cfg): ...` applies the device model and removes it on exit."""
+    apply_variation_(model, cfg, filter, **kwargs)
+    try:
+        yield model
+    finally:
+        remove_variation_(model)
+
+
+def set_sigma_(model: nn.Module, sigma: float) -> nn.Module:
+    """Set σ_d of every noisy layer (the config's σ stays as the default)."""
+    sigma = DeviceConfig(sigma=sigma).sigma  # validates
+    for ctrl in _controllers(model):
+        ctrl.sigma = sigma
+    return model
+
+
+@contextlib.contextmanager
+def sigma_scope(model: nn.Module, sigma: float) -> Iterator[nn.Module]:
+    """Temporarily run every noisy layer at another σ_d (OVF's variational forwards)."""
+    ctrls = _controllers(model)
+    saved = [c.sigma for c in ctrls]
+    set_sigma_(model, sigma)
+    try:
+        yield model
+    finally:
+        for c, s in zip(ctrls, saved):
+            c.sigma = s
+
+
+@contextlib.contextmanager
+def variation_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily use the clean float weights (e.g. clean validation accuracy)."""
+    ctrls = _controllers(model)
+    saved = [c.enabled for c in ctrls]
+    for c in ctrls:
+        c.enabled = False
+    try:
+        yield model
+    finally:
+        for c, e in zip(ctrls, saved):
+            c.enabled = e
+
+
+def _generator_for(seed: int | None, generator: torch.Generator | None) -> torch.Generator | None:
+    if generator is not None:
+        return generator
+    if seed is not None:
+        return torch.Generator().manual_seed(int(seed))
+    return None
+
+
+def draw_chip(
+    model: nn.Module, seed: int | None = None, generator: torch.Generator | None = None, sigma: float | None = None
+) -> dict[str, torch.Tensor]:
+    """One programmed chip as {"<module>.weight": W_p}, drawn layer by layer in module order.
+
+    With a seed, draws come from a CPU generator and are moved to the weights' device, so the same
+    seed gives the same chip on any device.
+    """
+    gen = _generator_for(seed, generator)
+    chip = {}
+    for name, module in noisy_modules(model):
+        ctrl = module._nvcim
+        w = module.weight
+        if gen is not None and gen.device != w.device:
+            w_p = ctrl.draw(w.detach().to(gen.device), sigma, gen).to(w.device)
+        else:
+            w_p = ctrl.draw(w, sigma, gen)
+        chip[f"{name}.weight" if name else "weight"] = w_p
+    return chip
+
+
+def program_chip_(
+    model: nn.Module, seed: int | None = None, generator: torch.Generator | None = None, sigma: float | None = None
+) -> nn.Module:
+    """Fix one programmed chip: every later forward uses the same W_p until `clear_chip_` (or a new chip)."""
+    chip = draw_chip(model, seed, generator, sigma)
+    for name, module in noisy_modules(model):
+        module._nvcim.programmed = chip[f"{name}.weight" if name else "weight"]
+    return model
+
+
+def clear_chip_(model: nn.Module) -> nn.Module:
+    """Forget the programmed chip: forwards draw fresh noise again."""
+    for ctrl in _controllers(model):
+        ctrl.programmed = None
+    return model
