@@ -1,0 +1,56 @@
+"""The `nvcim` command line: one subcommand per module in this package (train, eval, report, sweep).
+
+Each subcommand module defines `add_parser(subparsers)` and `run(args) -> int`. Errors the user can
+fix (bad values, missing files, unknown names) end in one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = ("train", "eval", "report", "sweep")
+
+
+class UsageError(Exception):
+    """A problem the user can fix; printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nvcim import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="nvcim",
+        description="Device-variation-aware training and evaluation for NVCIM accelerators.",
+    )
+    parser.add_argument("--version", action="version", version=f"nvcim {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"nvcim.cli.{name}")
+        except ModuleNotFoundError as e:  # a subcommand still being built
+            if e.name != f"nvcim.cli.{name}":
+                raise
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("nvcim: interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"nvcim {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
