@@ -47,8 +47,8 @@ def quantize_levels(w: torch.Tensor, cfg: DeviceConfig, scale: torch.Tensor | No
 
 
 def dequantize(levels: torch.Tensor, sign: torch.Tensor, scale: torch.Tensor, cfg: DeviceConfig) -> torch.Tensor:
-    """W_d = sign * q * s / (2^M - 1)."""
-    return sign * levels * (scale / cfg.weight_levels)
+    """W_d = sign * q * s / (2^M - 1) (evaluated in that order, so q * s / (2^M - 1) round-trips exactly)."""
+    return (sign * levels).mul_(scale).div_(cfg.weight_levels)
 
 
 def quantize(w: torch.Tensor, cfg: DeviceConfig) -> torch.Tensor:

@@ -1,0 +1,205 @@
+"""Tests of applying the device model to nn.Modules: selection, restore, resampling, chips, gradients."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import nvcim
+from nvcim.config import DeviceConfig
+
+
+class Net(nn.Module):
+    """Every supported layer kind: Conv1d, Conv2d (plain, grouped, depthwise), Linear; plus BN and biases."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.conv1d = nn.Conv1d(8, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 16, 5)
+
+    def forward(self, x):  # x [B, 3, 4, 4]
+        x = F.relu(self.bn(self.conv(x)))  # [B, 8, 4, 4]
+        x = self.depthwise(self.grouped(x))  # [B, 8, 4, 4]
+        x = self.conv1d(x.flatten(2))  # [B, 4, 16]
+        return self.fc(x.flatten(1))  # [B, 5]
+
+
+LAYERS = ["conv", "grouped", "depthwise", "conv1d", "fc"]
+
+
+@pytest.fixture
+def net():
+    torch.manual_seed(0)
+    return Net()
+
+
+@pytest.fixture
+def x():
+    return torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+
+
+def test_every_supported_layer_becomes_noisy(net):
+    nvcim.apply_variation_(net, DeviceConfig(sigma=0.1))
+    assert [n for n, _ in nvcim.noisy_modules(net)] == LAYERS
+    assert not hasattr(net.bn, "_nvcim")
+
+
+def test_filters(net):
+    nvcim.apply_variation_(net, DeviceConfig(), exclude=["fc"])
+    assert [n for n, _ in nvcim.noisy_modules(net)] == LAYERS[:-1]
+    nvcim.remove_variation_(net)
+    nvcim.apply_variation_(net, DeviceConfig(), include=["conv*"])
+    assert [n for n, _ in nvcim.noisy_modules(net)] == ["conv", "conv1d"]
+    nvcim.remove_variation_(net)
+    nvcim.apply_variation_(net, DeviceConfig(), lambda name, m: isinstance(m, nn.Linear))
+    assert [n for n, _ in nvcim.noisy_modules(net)] == ["fc"]
+
+
+def test_remove_restores_bit_for_bit(net, x):
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    net.eval()
+    y0 = net(x)
+    nvcim.apply_variation_(net, DeviceConfig(sigma=0.5))
+    net.train()
+    opt_free_forward = net(x)  # noisy forwards must not touch the weights
+    nvcim.program_chip_(net, seed=0)
+    net(x)
+    nvcim.remove_variation_(net)
+    assert not nvcim.noisy_modules(net) and all("forward" not in m.__dict__ for m in net.modules())
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if "running" not in k and "num_batches" not in k)
+    net.load_state_dict(before)
+    net.eval()
+    assert torch.equal(net(x), y0)
+    assert not torch.equal(opt_free_forward, y0)
+
+
+def test_context_manager(net, x):
+    net.eval()
+    y0 = net(x)
+    with nvcim.device_variation(net, DeviceConfig(sigma=0.3)):
+        assert len(nvcim.noisy_modules(net)) == 5
+        assert not torch.equal(net(x), y0)
+    assert not nvcim.noisy_modules(net)
+    assert torch.equal(net(x), y0)
+
+
+def test_training_mode_resamples_every_forward(net, x):
+    nvcim.apply_variation_(net, DeviceConfig(sigma=0.2))
+    net.train()
+    assert not torch.equal(net(x), net(x))
+    torch.manual_seed(5)
+    a = net(x)
+    torch.manual_seed(5)
+    assert torch.equal(a, net(x))  # the global RNG drives training noise
+
+
+def test_sigma_zero_equals_quantized_model(net, x):
+    net.eval()
+    cfg = DeviceConfig(sigma=0.0)
+    ref = copy.deepcopy(net)
+    with torch.no_grad():
+        for name in LAYERS:
+            getattr(ref, name).weight.copy_(nvcim.quantize(getattr(net, name).weight, cfg))
+    nvcim.apply_variation_(net, cfg)
+    assert torch.equal(net(x), ref(x))
+    # quantize off and σ = 0: the float model itself
+    nvcim.apply_variation_(net, cfg.replace(quantize=False))
+    with nvcim.variation_disabled(net):
+        y_clean = net(x)
+    assert torch.equal(net(x), y_clean)
+
+
+def test_programmed_chip_is_fixed_and_reproducible(net, x):
+    net.eval()
+    nvcim.apply_variation_(net, DeviceConfig(sigma=0.3))
+    nvcim.program_chip_(net, seed=42)
+    a1, a2 = net(x), net(x)
+    assert torch.equal(a1, a2)
+    nvcim.program_chip_(net, seed=42)
+    assert torch.equal(net(x), a1)
+    nvcim.program_chip_(net, seed=43)
+    assert not torch.equal(net(x), a1)
+    g = torch.Generator().manual_seed(42)
+    nvcim.program_chip_(net, generator=g)
+    assert torch.equal(net(x), a1)
+    # the chip equals a plain model holding the drawn weights
+    chip = nvcim.draw_chip(net, seed=42)
+    plain = copy.deepcopy(net)
+    nvcim.remove_variation_(plain)
+    plain.load_state_dict({**plain.state_dict(), **chip})
+    assert torch.equal(plain(x), a1)
+    nvcim.clear_chip_(net)
+    assert not torch.equal(net(x), net(x))
+
+
+def test_straight_through_gradient_equals_gradient_wrt_wp(net, x):
+    net.eval()  # fixed BN statistics so both computations see the same function
+    nvcim.apply_variation_(net, DeviceConfig(sigma=0.3))
+    nvcim.program_chip_(net, seed=7)
+    y = torch.randint(0, 5, (6,), generator=torch.Generator().manual_seed(0))
+    F.cross_entropy(net(x), y).backward()
+    grads = {n: getattr(net, n).weight.grad.clone() for n in LAYERS}
+
+    plain = copy.deepcopy(net)
+    nvcim.remove_variation_(plain)
+    chip = nvcim.draw_chip(net, seed=7)
+    with torch.no_grad():
+        for n in LAYERS:
+            getattr(plain, n).weight.copy_(chip[f"{n}.weight"])
+    plain.zero_grad()
+    F.cross_entropy(plain(x), y).backward()
+    for n in LAYERS:
+        assert torch.equal(getattr(plain, n).weight.grad, grads[n]), n
+    assert net.grouped.bias.grad is not None  # biases train as usual
+
+
+def test_state_dict_loads_into_plain_model(net):
+    nvcim.apply_variation_(net, DeviceConfig(sigma=0.3))
+    sd = net.state_dict()
+    plain = Net()
+    plain.load_state_dict(sd)  # strict: same keys, same shapes
+    assert set(sd) == set(Net().state_dict())
+
+
+def test_sigma_scope_and_set_sigma(net, x):
+    nvcim.apply_variation_(net, DeviceConfig(sigma=0.1))
+    with nvcim.sigma_scope(net, 0.0):
+        assert all(m._nvcim.sigma == 0.0 for _, m in nvcim.noisy_modules(net))
+    assert all(m._nvcim.sigma == 0.1 for _, m in nvcim.noisy_modules(net))
+    nvcim.set_sigma_(net, 0.4)
+    assert all(m._nvcim.sigma == 0.4 for _, m in nvcim.noisy_modules(net))
+    with pytest.raises(ValueError, match="sigma"):
+        nvcim.set_sigma_(net, -1)
+
+
+def test_noise_magnitude_in_model_matches_c_sigma_s(net):
+    cfg = DeviceConfig(sigma=0.25)
+    net.fc = nn.Linear(400, 500)
+    nvcim.apply_variation_(net, cfg)
+    chip = nvcim.draw_chip(net, seed=0)
+    w = net.fc.weight
+    diff = chip["fc.weight"] - nvcim.quantize(w, cfg)
+    assert diff.std().item() == pytest.approx(cfg.c * 0.25 * w.abs().max().item(), rel=0.02)
+
+
+def test_quantization_is_cached_per_weight_version(net, x):
+    nvcim.apply_variation_(net, DeviceConfig(sigma=0.1))
+    ctrl = net.fc._nvcim
+    p1 = ctrl.prepared(net.fc.weight)
+    assert ctrl.prepared(net.fc.weight) is p1
+    with torch.no_grad():
+        net.fc.weight.mul_(2)  # an optimizer step changes the weight in place
+    p2 = ctrl.prepared(net.fc.weight)
+    assert p2 is not p1 and torch.allclose(p2.scale, 2 * p1.scale)
+
+
+def test_bad_cfg_type(net):
+    with pytest.raises(TypeError):
+        nvcim.apply_variation_(net, {"sigma": 0.1})
