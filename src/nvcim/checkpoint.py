@@ -1,0 +1,334 @@
+"""Checkpoints: a directory with the plain backbone's weights and a human-readable config.
+
+    ckpt/
+      model.safetensors   every state_dict entry of the backbone (weights, BN running stats,
+                          num_batches_tracked); noise controllers are not part of it
+      config.json         {"nvcim_version", "model": {name, num_classes, in_channels, width,
+                          image_size, ...}, "data", "method", "device", "train", "seed",
+                          "metrics", "versions", "git_commit", "created", ...}
+
+    save_checkpoint("runs/a", model, {"name": "vgg8", "num_classes": 10, "in_channels": 1},
+                    method="ovf", device=cfg, seed=0, metrics={"mc_mean": 91.2})
+    model, config = load_checkpoint("runs/a")
+
+Saving is atomic: everything is written into a temporary directory next to the target, which is
+then renamed into place; an existing checkpoint is renamed aside first and deleted only after the
+new one is in place (and restored if that rename fails). Loading never executes code: safetensors
+and JSON only. Every problem is a `CheckpointError` with a one-line message (path, problem, hint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import functools
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+META_KEYS = ("data", "method", "device", "train", "seed", "metrics")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be written or read; the message names the path, the problem and a hint."""
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+def _jsonable(value: Any, where: str) -> Any:
+    """Convert meta values to plain JSON types (dataclasses, DeviceConfig, paths, numpy/torch scalars)."""
+    if hasattr(value, "to_dict") and callable(value.to_dict):
+        return _jsonable(value.to_dict(), where)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value), where)
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None  # strict JSON has no NaN/inf
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        seq = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(seq)]
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return _jsonable(value.item(), where)
+    if hasattr(value, "item") and hasattr(value, "dtype"):  # numpy scalar / 0-d array
+        try:
+            return _jsonable(value.item(), where)
+        except (TypeError, ValueError):
+            pass
+    if isinstance(value, (torch.device, torch.dtype)):
+        return str(value)
+    raise CheckpointError(
+        f"checkpoint metadata {where} of type {type(value).__name__} is not JSON serializable: "
+        "pass numbers, strings, lists or dicts"
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _git_commit(start: str) -> str | None:
+    for directory in (start, os.getcwd()):
+        try:
+            out = subprocess.run(
+                ["git", "-C", directory, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+            )
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    return None
+
+
+def git_commit() -> str | None:
+    """`git rev-parse HEAD` of the repository holding the nvcim package (else the cwd), or None."""
+    return _git_commit(str(Path(__file__).resolve().parent))
+
+
+def _versions() -> dict:
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    try:
+        import safetensors
+
+        versions["safetensors"] = safetensors.__version__
+    except Exception:  # pragma: no cover - safetensors is a dependency
+        pass
+    try:
+        import numpy
+
+        versions["numpy"] = numpy.__version__
+    except Exception:  # pragma: no cover
+        pass
+    return versions
+
+
+def _model_spec(model: nn.Module, model_spec: Mapping | None, path: Path) -> dict:
+    """Complete the spec with create_model's defaults and check it builds this model's state dict."""
+    from nvcim.models import create_model
+
+    if model_spec is None:
+        model_spec = getattr(model, "nvcim_spec", None)
+        if model_spec is None:
+            raise CheckpointError(
+                f"cannot save checkpoint {path}: no model_spec given and the model has no nvcim_spec: "
+                "pass model_spec={'name': ..., 'num_classes': ..., 'in_channels': ...}"
+            )
+    if not isinstance(model_spec, Mapping) or "name" not in model_spec:
+        raise CheckpointError(
+            f"cannot save checkpoint {path}: model_spec must be a dict with a 'name' (a registered model), "
+            f"got {model_spec!r}"
+        )
+    spec = {"name": model_spec["name"], "num_classes": 10, "in_channels": 1, "width": 1.0, "image_size": 32}
+    spec.update(model_spec)
+    spec = _jsonable(spec, "model")
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no RNG use
+            reference = create_model(**spec)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"cannot save checkpoint {path}: model spec {spec} is invalid: {exc}") from None
+    problem = _mismatch(reference.state_dict(), model.state_dict())
+    if problem:
+        raise CheckpointError(
+            f"cannot save checkpoint {path}: the model does not match model spec {spec} ({problem}): "
+            "pass the spec the model was created with"
+        )
+    return spec
+
+
+def _mismatch(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor]) -> str | None:
+    """A short description of how two state dicts differ in keys or shapes, or None."""
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    parts = []
+    if missing:
+        parts.append(f"missing keys {missing[:3]}{' ...' if len(missing) > 3 else ''} ({len(missing)} in all)")
+    if unexpected:
+        parts.append(
+            f"unexpected keys {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''} ({len(unexpected)} in all)"
+        )
+    shapes = [
+        f"{k}: {tuple(got[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected
+        if k in got and isinstance(got[k], torch.Tensor) and tuple(got[k].shape) != tuple(expected[k].shape)
+    ]
+    if shapes:
+        parts.append(f"shape mismatch {shapes[:2]}{' ...' if len(shapes) > 2 else ''} ({len(shapes)} in all)")
+    return "; ".join(parts) or None
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---- save ----------------------------------------------------------------------------------------
+def save_checkpoint(path, model: nn.Module, model_spec: Mapping | None = None, **meta) -> Path:
+    """Write `model` (plain state dict, noise never included) and its config to directory `path`.
+
+    model_spec: create_model arguments {"name", "num_classes", "in_channels", "width", "image_size",
+    ...}; missing fields get create_model's defaults; None uses `model.nvcim_spec`. It must rebuild
+    exactly this model's state dict (checked at save time, on the meta device).
+    meta: stored in config.json as given (data, method, device, train, seed, metrics, or anything
+    else JSON-able; a DeviceConfig or dataclass becomes a dict). Returns the checkpoint path.
+    """
+    from safetensors.torch import save_file
+
+    import nvcim
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"cannot save checkpoint {path}: a file of that name exists: choose a directory path")
+    if path.is_dir() and any(path.iterdir()) and not (path / CONFIG_FILE).exists() and not (path / WEIGHTS_FILE).exists():
+        raise CheckpointError(
+            f"cannot save checkpoint {path}: the directory exists and is not a checkpoint: "
+            "refusing to replace it, choose another path"
+        )
+    spec = _model_spec(model, model_spec, path)
+
+    config: dict[str, Any] = {"nvcim_version": nvcim.__version__, "model": spec}
+    config.update({k: None for k in META_KEYS})
+    config.update({"versions": _versions(), "git_commit": git_commit(),
+                   "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+    for key, value in meta.items():
+        if key in ("nvcim_version", "model"):
+            raise CheckpointError(f"cannot save checkpoint {path}: metadata key {key!r} is reserved: rename it")
+        config[key] = _jsonable(value, key)
+    text = json.dumps(config, indent=2, allow_nan=False) + "\n"
+
+    # contiguous CPU copies: safetensors refuses non-contiguous tensors and shared storage
+    tensors = {}
+    for key, value in model.state_dict().items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"cannot save checkpoint {path}: state_dict entry {key!r} is not a tensor: "
+                "only tensor state is supported"
+            )
+        tensors[key] = value.detach().to("cpu", copy=True).contiguous()
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    old: Path | None = None
+    try:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        with open(tmp / WEIGHTS_FILE, "rb") as f:
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.rmdir(old)
+            os.replace(path, old)
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                os.replace(old, path)  # put the previous checkpoint back
+                old = None
+                raise
+        else:
+            os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        raise CheckpointError(f"cannot save checkpoint {path}: {exc}: check the directory is writable") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists():
+            shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+# ---- load ----------------------------------------------------------------------------------------
+def read_checkpoint_config(path) -> dict:
+    """The parsed config.json of checkpoint `path` (no weights are read)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist: check the path")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is not a directory: pass the checkpoint directory")
+    file = path / CONFIG_FILE
+    if not file.is_file():
+        raise CheckpointError(f"checkpoint {path} has no {CONFIG_FILE}: the checkpoint is incomplete, save it again")
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path}: {CONFIG_FILE} is not valid JSON ({msg}): the file is corrupted") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or "name" not in config["model"]:
+        raise CheckpointError(
+            f"checkpoint {path}: {CONFIG_FILE} has no 'model' spec with a 'name': not an nvcim checkpoint"
+        )
+    return config
+
+
+def read_checkpoint_weights(path) -> dict[str, torch.Tensor]:
+    """The tensors of `path/model.safetensors`, on CPU (never executes code)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    file = path / WEIGHTS_FILE
+    if not file.is_file():
+        raise CheckpointError(f"checkpoint {path} has no {WEIGHTS_FILE}: the checkpoint is incomplete, save it again")
+    try:
+        return load_file(str(file), device="cpu")
+    except Exception as exc:  # SafetensorError, OSError, ...: all mean an unreadable file
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {path}: {WEIGHTS_FILE} is unreadable ({msg}): the file is truncated or corrupted"
+        ) from None
+
+
+def load_checkpoint(path, map_location="cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model from config.json via create_model and load its weights (strict).
+
+    Returns (model, config); the model is on `map_location`, in train mode like a fresh model
+    (call .eval() for inference), and keeps the saved floating dtype.
+    """
+    from nvcim.models import create_model
+
+    path = Path(path)
+    config = read_checkpoint_config(path)
+    state = read_checkpoint_weights(path)
+    spec = dict(config["model"])
+    try:
+        model = create_model(**spec)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: model spec {spec} cannot be built ({exc}): fix config.json") from None
+    expected = model.state_dict()
+    problem = _mismatch(expected, state)
+    if problem:
+        raise CheckpointError(
+            f"checkpoint {path}: weights do not match model spec {spec} ({problem}): "
+            "config.json and model.safetensors come from different models"
+        )
+    float_dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+    if len(float_dtypes) == 1:
+        model = model.to(float_dtypes.pop())
+    try:
+        model.load_state_dict(state, strict=True)
+        model = model.to(map_location)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path}: cannot load weights ({msg}): check map_location and the files") from None
+    return model, config

@@ -1,0 +1,239 @@
+"""Model zoo (SPEC §5): VGG-8 and CIFAR-style ResNet-18 as in the authors' code, plus a tiny CNN.
+
+    model = nvcim.models.create_model("vgg8", num_classes=10, in_channels=1)          # MNIST, 32x32
+    model = create_model("resnet18", num_classes=200, in_channels=3, image_size=64)   # Tiny ImageNet
+    model = create_model("vgg8", 10, 3, width=0.25)                                   # CPU-sized
+
+Every model is a plain `nn.Module` of Conv2d / BatchNorm2d / Linear layers, so
+`nvcim.apply_variation_` makes all of its Conv/Linear weights noisy and checkpoints stay plain.
+`width` scales every hidden width (round, at least 1); `image_size` is the (square) input side the
+model is built for (VGG-8's first FC layer depends on it; ResNet-18 works at any size >= 1).
+
+The spec a model was built from is kept on it as `model.nvcim_spec` (a dict that
+`create_model(**spec)` turns back into the same architecture); checkpoints store it.
+
+New models: decorate a builder `fn(num_classes, in_channels, width, image_size, **options)` with
+`@register_model("name")`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register `fn(num_classes, in_channels, width, image_size, **options) -> nn.Module`."""
+
+    def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in MODELS and MODELS[name] is not fn:
+            raise ValueError(f"model {name!r} is already registered: pick another name")
+        MODELS[name] = fn
+        return fn
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Names of all registered models, sorted."""
+    return sorted(MODELS)
+
+
+def _positive_int(what: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what}={value!r} is invalid: use an integer >= 1")
+    return value
+
+
+def create_model(
+    name: str,
+    num_classes: int = 10,
+    in_channels: int = 1,
+    *,
+    width: float = 1.0,
+    image_size: int = 32,
+    **kwargs,
+) -> nn.Module:
+    """Build a registered model, freshly initialized (torch's global RNG; seed it for determinism)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}: use one of {list_models()}")
+    num_classes = _positive_int("num_classes", num_classes)
+    in_channels = _positive_int("in_channels", in_channels)
+    image_size = _positive_int("image_size", image_size)
+    try:
+        width = float(width)
+    except (TypeError, ValueError):
+        raise ValueError(f"width={width!r} is invalid: use a finite number > 0") from None
+    if not math.isfinite(width) or width <= 0:
+        raise ValueError(f"width={width!r} is invalid: use a finite number > 0")
+    builder = MODELS[name]
+    params = inspect.signature(builder).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        allowed = [p for p in params if p not in ("num_classes", "in_channels", "width", "image_size")]
+        unknown = sorted(set(kwargs) - set(allowed))
+        if unknown:
+            raise ValueError(f"model {name!r} has no option(s) {unknown}: its options are {allowed}")
+    model = builder(num_classes=num_classes, in_channels=in_channels, width=width, image_size=image_size, **kwargs)
+    model.nvcim_spec = dict(
+        name=name, num_classes=num_classes, in_channels=in_channels, width=width, image_size=image_size, **kwargs
+    )
+    return model
+
+
+def scaled(channels: int, width: float) -> int:
+    """A width-scaled channel count: round(channels * width), at least 1."""
+    return max(1, int(round(channels * width)))
+
+
+def init_weights_(model: nn.Module) -> nn.Module:
+    """Kaiming-normal init: convs fan_out/relu (like torchvision), linears fan_in/relu with zero bias;
+    BatchNorm weight 1, bias 0."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)):
+            if m.weight is not None:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+    return model
+
+
+def _conv_bn_relu(cin: int, cout: int, groups: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False, groups=groups), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+# ---- VGG-8 -----------------------------------------------------------------------------------
+VGG8_CFG = (64, 128, "M", 256, 256, "M", 512, 512, "M")
+
+
+class VGG8(nn.Module):
+    """features: 6x (conv3x3 no bias + BN + ReLU) with 3 max-pools; classifier: FC -> ReLU -> FC.
+
+    Shapes at width 1, 32x32 input: [B,C,32,32] -> [B,128,32,32] -> pool [B,128,16,16]
+    -> [B,256,16,16] -> pool [B,256,8,8] -> [B,512,8,8] -> pool [B,512,4,4] -> flatten [B,8192]
+    -> [B,1024] -> [B,classes].
+    """
+
+    def __init__(self, num_classes: int, in_channels: int, width: float, image_size: int):
+        super().__init__()
+        if image_size < 8:
+            raise ValueError(f"vgg8 needs image_size >= 8 (three 2x2 max-pools), got {image_size}")
+        layers: list[nn.Module] = []
+        c, side = in_channels, image_size
+        for v in VGG8_CFG:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+                side //= 2
+            else:
+                out = scaled(v, width)
+                layers += _conv_bn_relu(c, out)
+                c = out
+        self.features = nn.Sequential(*layers)
+        hidden = scaled(1024, width)
+        self.flat_features = c * side * side  # 512 * 4 * 4 = 8192 at width 1, 32x32
+        self.classifier = nn.Sequential(
+            nn.Linear(self.flat_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)
+        )
+        init_weights_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)  # [B, c, side, side]
+        return self.classifier(torch.flatten(x, 1))  # [B, c*side*side] -> [B, classes]
+
+
+@register_model("vgg8")
+def vgg8(num_classes: int = 10, in_channels: int = 1, width: float = 1.0, image_size: int = 32) -> nn.Module:
+    return VGG8(num_classes, in_channels, width, image_size)
+
+
+# ---- ResNet-18 (CIFAR style) -----------------------------------------------------------------
+class BasicBlock(nn.Module):
+    """conv3x3(stride) BN ReLU conv3x3 BN, plus identity or 1x1 conv + BN shortcut; ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """Shapes at width 1, 32x32 input: stem [B,64,32,32] -> layer1 [B,64,32,32] -> layer2 [B,128,16,16]
+    -> layer3 [B,256,8,8] -> layer4 [B,512,4,4] -> avg pool [B,512] -> [B,classes] (64x64: sides doubled)."""
+
+    def __init__(self, num_classes: int, in_channels: int, width: float, image_size: int):
+        super().__init__()
+        widths = [scaled(w, width) for w in (64, 128, 256, 512)]
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        c = widths[0]
+        stages = []
+        for w, stride in zip(widths, (1, 2, 2, 2)):
+            stages.append(nn.Sequential(BasicBlock(c, w, stride), BasicBlock(w, w, 1)))
+            c = w
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c, num_classes)
+        init_weights_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))  # [B, 64w, H, W]
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # [B, 512w, H/8, W/8]
+        return self.fc(torch.flatten(self.avgpool(x), 1))  # [B, 512w] -> [B, classes]
+
+
+@register_model("resnet18")
+def resnet18(num_classes: int = 10, in_channels: int = 1, width: float = 1.0, image_size: int = 32) -> nn.Module:
+    return ResNet18(num_classes, in_channels, width, image_size)
+
+
+# ---- tiny CNN for tests ------------------------------------------------------------------------
+class TinyCNN(nn.Module):
+    """conv3x3 -> BN -> ReLU -> pool -> grouped conv3x3 (2 groups) -> BN -> ReLU -> global avg pool -> FC.
+
+    Widths 8, 16 at width 1 (kept even so the grouped conv has 2 groups). [B,C,H,W] -> [B,8,H,W]
+    -> [B,8,H/2,W/2] -> [B,16,H/2,W/2] -> [B,16] -> [B,classes].
+    """
+
+    def __init__(self, num_classes: int, in_channels: int, width: float, image_size: int):
+        super().__init__()
+        c1, c2 = 2 * scaled(4, width), 2 * scaled(8, width)
+        self.features = nn.Sequential(
+            *_conv_bn_relu(in_channels, c1),
+            nn.MaxPool2d(2, 2) if image_size >= 2 else nn.Identity(),
+            *_conv_bn_relu(c1, c2, groups=2),
+            nn.AdaptiveAvgPool2d(1),
+        )
+        self.classifier = nn.Linear(c2, num_classes)
+        init_weights_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+@register_model("tiny")
+def tiny(num_classes: int = 10, in_channels: int = 1, width: float = 1.0, image_size: int = 32) -> nn.Module:
+    return TinyCNN(num_classes, in_channels, width, image_size)
