@@ -1,0 +1,224 @@
+"""Training methods as small tasks with one interface: `loss, output = task(x, y)` (SPEC §3).
+
+    task = create_task("ovf", model, DeviceConfig(sigma=0.3), beta=1e-3)
+    loss, logits = task(x, y)        # all N+1 forwards happen before this returns
+    loss.backward(); optimizer.step()
+
+- vanilla:          plain training on float weights (the device model is not applied).
+- noise_injection:  every forward uses W_p drawn at σ; gradients pass straight through.
+                    `logit_scale` multiplies the logits before the loss (1 = the usual method;
+                    a_b = 1/(N+1) reproduces OVF with β = 0; used by the ablation).
+- ovf:              Oriented Variational Forward, paper Eq. 1:
+                    O_total = a_b·O_backbone − a_f·β·Σ_n γ_n·Out_n, Out_n at σ_n = σ + n·Δσ,
+                    all from the same clean weights; γ_n = 10^{n−N}; a_b = a_f = 1/(N+1).
+
+A task owns the device model on its network: it applies it when created and `finish()` removes it,
+leaving the plain backbone (the only thing that is deployed). Method hyper-parameters live in small
+frozen dataclasses validated in `__post_init__`, registered in `METHODS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nvcim.config import DeviceConfig
+from nvcim.noise import apply_variation_, remove_variation_, sigma_scope
+
+BN_POLICIES = ("backbone", "all")
+
+
+# ---- method configs --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VanillaConfig:
+    name = "vanilla"
+
+
+@dataclass(frozen=True)
+class NoiseInjectionConfig:
+    name = "noise_injection"
+    logit_scale: float = 1.0
+
+    def __post_init__(self):
+        if not (isinstance(self.logit_scale, (int, float)) and self.logit_scale > 0):
+            raise ValueError(f"noise_injection logit_scale={self.logit_scale!r} is invalid: use a number > 0")
+
+
+@dataclass(frozen=True)
+class OVFConfig:
+    """OVF hyper-parameters; None means the paper's default derived from N."""
+
+    name = "ovf"
+    beta: float = 1e-3
+    n_variational: int = 3  # N
+    delta_sigma: float = 0.05  # Δσ
+    gammas: tuple[float, ...] | None = None  # γ_1..γ_N, default 10^{n-N}
+    a_b: float | None = None  # default 1/(N+1)
+    a_f: float | None = None  # default 1/(N+1)
+    bn_policy: str = "backbone"  # "backbone": only the backbone forward updates BN stats; "all": reference code
+
+    def __post_init__(self):
+        n = self.n_variational
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"ovf n_variational={n!r} is invalid: use an integer >= 1")
+        for field in ("beta", "delta_sigma"):
+            v = getattr(self, field)
+            if not isinstance(v, (int, float)) or v != v or v < 0:
+                raise ValueError(f"ovf {field}={v!r} is invalid: use a number >= 0")
+        for field in ("a_b", "a_f"):
+            v = getattr(self, field)
+            if v is not None and (not isinstance(v, (int, float)) or v != v):
+                raise ValueError(f"ovf {field}={v!r} is invalid: use a number (or leave unset for 1/(N+1))")
+        if self.gammas is not None:
+            g = tuple(float(x) for x in self.gammas)
+            if len(g) != n:
+                raise ValueError(f"ovf gammas has {len(g)} values but n_variational={n}: give exactly N values")
+            object.__setattr__(self, "gammas", g)
+        if self.bn_policy not in BN_POLICIES:
+            raise ValueError(f"ovf bn_policy={self.bn_policy!r} is unknown: use one of {list(BN_POLICIES)}")
+
+    @property
+    def gamma(self) -> tuple[float, ...]:
+        """γ_n for n = 1..N (the noisiest forward gets γ_N = 1)."""
+        n = self.n_variational
+        return self.gammas if self.gammas is not None else tuple(10.0 ** (i - n) for i in range(1, n + 1))
+
+    @property
+    def backbone_weight(self) -> float:
+        return self.a_b if self.a_b is not None else 1.0 / (self.n_variational + 1)
+
+    @property
+    def feedback_weight(self) -> float:
+        return self.a_f if self.a_f is not None else 1.0 / (self.n_variational + 1)
+
+
+METHODS: dict[str, type] = {"vanilla": VanillaConfig, "noise_injection": NoiseInjectionConfig, "ovf": OVFConfig}
+
+
+def method_config(name: str, **params: Any):
+    """Build a validated method config; unknown names or parameters give a one-line ValueError."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}: use one of {sorted(METHODS)}")
+    cls = METHODS[name]
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ValueError(f"method {name!r} has no parameter(s) {unknown}: allowed are {sorted(allowed)}")
+    return cls(**params)
+
+
+def method_to_dict(mcfg) -> dict:
+    return {"name": mcfg.name, **dataclasses.asdict(mcfg)}
+
+
+def method_from_dict(d: Mapping[str, Any]):
+    d = dict(d)
+    name = d.pop("name")
+    if "gammas" in d and d["gammas"] is not None:
+        d["gammas"] = tuple(d["gammas"])
+    return method_config(name, **d)
+
+
+# ---- BatchNorm policy --------------------------------------------------------------------------------
+@contextlib.contextmanager
+def frozen_bn_statistics(model: nn.Module) -> Iterator[None]:
+    """Forwards inside this block leave every BatchNorm's running statistics exactly as they were."""
+    saved = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            saved.append((m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()))
+    try:
+        yield
+    finally:
+        # Through `.data`: BatchNorm's own updates do not bump the version counter either, and the
+        # backward of a training-mode BatchNorm never reads the running statistics it saved.
+        for m, mean, var, count in saved:
+            m.running_mean.data.copy_(mean)
+            m.running_var.data.copy_(var)
+            m.num_batches_tracked.data.copy_(count)
+
+
+# ---- tasks -------------------------------------------------------------------------------------------
+class TrainingTask:
+    """Base: holds the model, the device config and the method config; `task(x, y) -> (loss, output)`."""
+
+    def __init__(self, model: nn.Module, device_cfg: DeviceConfig | None, method_cfg):
+        self.model = model
+        self.device_cfg = device_cfg
+        self.method_cfg = method_cfg
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward(x, y)
+
+    def forward(self, x, y):
+        raise NotImplementedError
+
+    def finish(self) -> nn.Module:
+        """Remove everything the method added; return the plain backbone."""
+        remove_variation_(self.model)
+        return self.model
+
+
+class VanillaTask(TrainingTask):
+    def forward(self, x, y):
+        out = self.model(x)  # [B, classes]
+        return F.cross_entropy(out, y), out
+
+
+class NoiseInjectionTask(TrainingTask):
+    def __init__(self, model, device_cfg, method_cfg):
+        super().__init__(model, device_cfg, method_cfg)
+        apply_variation_(model, device_cfg)
+
+    def forward(self, x, y):
+        out = self.method_cfg.logit_scale * self.model(x)  # [B, classes], noise at σ
+        return F.cross_entropy(out, y), out
+
+
+class OVFTask(TrainingTask):
+    def __init__(self, model, device_cfg, method_cfg):
+        super().__init__(model, device_cfg, method_cfg)
+        apply_variation_(model, device_cfg)
+
+    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """O_backbone at σ, and Out_n at σ + nΔσ for n = 1..N (skipped when β = 0)."""
+        m = self.method_cfg
+        backbone = self.model(x)  # [B, classes]
+        variational: list[torch.Tensor] = []
+        if m.beta == 0:
+            return backbone, variational
+        bn = frozen_bn_statistics(self.model) if m.bn_policy == "backbone" else contextlib.nullcontext()
+        with bn:
+            for n in range(1, m.n_variational + 1):
+                with sigma_scope(self.model, self.device_cfg.sigma + n * m.delta_sigma):
+                    variational.append(self.model(x))  # [B, classes]
+        return backbone, variational
+
+    def combine(self, backbone: torch.Tensor, variational: list[torch.Tensor]) -> torch.Tensor:
+        """Eq. 1: O_total = a_b·O_backbone − a_f·β·Σ_n γ_n·Out_n."""
+        m = self.method_cfg
+        total = m.backbone_weight * backbone
+        for gamma, out in zip(m.gamma, variational):
+            total = total - (m.feedback_weight * m.beta * gamma) * out
+        return total
+
+    def forward(self, x, y):
+        total = self.combine(*self.outputs(x))  # [B, classes]
+        return F.cross_entropy(total, y), total
+
+
+TASKS = {"vanilla": VanillaTask, "noise_injection": NoiseInjectionTask, "ovf": OVFTask}
+
+
+def create_task(name_or_cfg, model: nn.Module, device_cfg: DeviceConfig | None = None, **params) -> TrainingTask:
+    """`create_task("ovf", model, DeviceConfig(sigma=0.3), beta=1e-3)` or with a method config object."""
+    mcfg = method_config(name_or_cfg, **params) if isinstance(name_or_cfg, str) else name_or_cfg
+    if mcfg.name != "vanilla" and device_cfg is None:
+        raise ValueError(f"method {mcfg.name!r} needs a DeviceConfig (the training σ)")
+    return TASKS[mcfg.name](model, device_cfg, mcfg)

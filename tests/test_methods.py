@@ -1,0 +1,161 @@
+"""Tests of the training methods: OVF equals Eq. 1 by hand, gradients, β = 0, BatchNorm policy."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import nvcim
+from nvcim.config import DeviceConfig
+from nvcim.methods import METHODS, OVFConfig, create_task, method_config, method_from_dict, method_to_dict
+
+SIGMA = 0.3
+
+
+def linear_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 4))
+
+
+def bn_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+
+
+X = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
+Y = torch.tensor([0, 1, 2, 3, 1])
+
+
+def test_ovf_total_output_equals_eq1_by_hand():
+    model = linear_model()
+    cfg = DeviceConfig(sigma=SIGMA)
+    task = create_task("ovf", model, cfg, beta=0.1)
+    torch.manual_seed(123)
+    loss, total = task(X, Y)
+
+    # by hand: the same global-RNG draws in the same order, σ, σ+Δσ, σ+2Δσ, σ+3Δσ
+    w, b = model[0].weight.detach(), model[0].bias.detach()
+    torch.manual_seed(123)
+    outs = [F.linear(X, nvcim.program(w, cfg.replace(sigma=s)), b) for s in (0.3, 0.35, 0.4, 0.45)]
+    expected = 0.25 * outs[0] - 0.25 * 0.1 * (0.01 * outs[1] + 0.1 * outs[2] + 1.0 * outs[3])
+    assert torch.allclose(total, expected, atol=1e-6)
+    assert torch.allclose(loss, F.cross_entropy(expected, Y), atol=1e-6)
+    # the four forwards really used different noise
+    assert not torch.allclose(outs[1], outs[2])
+
+
+def test_gradients_flow_through_all_n_plus_1_forwards():
+    # one linear layer with straight-through noise: dL/dW = (a_b - a_f β Σγ) · Gᵀ x, G = dL/dO_total
+    beta = 0.5
+    model = linear_model()
+    task = create_task("ovf", model, DeviceConfig(sigma=SIGMA), beta=beta)
+    torch.manual_seed(0)
+    loss, total = task(X, Y)
+    loss.backward()
+    g = (torch.softmax(total.detach(), 1) - F.one_hot(Y, 4)) / len(Y)  # [B, 4]
+    coef = 0.25 - 0.25 * beta * (0.01 + 0.1 + 1.0)
+    assert torch.allclose(model[0].weight.grad, coef * g.T @ X, atol=1e-6)
+    assert torch.allclose(model[0].bias.grad, coef * g.sum(0), atol=1e-6)
+
+    # deeper model: every variational forward is in the graph (changing β changes the gradient)
+    grads = []
+    for beta in (0.0, 1.0):
+        m = bn_model()
+        t = create_task("ovf", m, DeviceConfig(sigma=SIGMA), beta=beta)
+        torch.manual_seed(0)
+        t(torch.randn(4, 2, 4, 4), torch.tensor([0, 1, 2, 0]))[0].backward()
+        grads.append(m[0].weight.grad.clone())
+    assert not torch.allclose(*grads)
+
+
+def test_beta_zero_is_noise_injection_with_scaled_logits():
+    xb = torch.randn(4, 2, 4, 4, generator=torch.Generator().manual_seed(3))
+    yb = torch.tensor([0, 1, 2, 0])
+    results = []
+    for name, params in (("ovf", dict(beta=0.0)), ("noise_injection", dict(logit_scale=0.25))):
+        m = bn_model()
+        t = create_task(name, m, DeviceConfig(sigma=SIGMA), **params)
+        torch.manual_seed(9)
+        loss, out = t(xb, yb)
+        loss.backward()
+        results.append((loss.detach(), out.detach(), [p.grad.clone() for p in m.parameters()], m[1].running_mean.clone()))
+    (l1, o1, g1, r1), (l2, o2, g2, r2) = results
+    assert torch.equal(l1, l2) and torch.equal(o1, o2) and torch.equal(r1, r2)
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+
+
+@pytest.mark.parametrize("policy", ["backbone", "all"])
+def test_bn_policy(policy):
+    xb = torch.randn(8, 2, 4, 4, generator=torch.Generator().manual_seed(4))
+    yb = torch.zeros(8, dtype=torch.long)
+    # reference: the backbone forward alone, same RNG state
+    ref = bn_model()
+    nvcim.apply_variation_(ref, DeviceConfig(sigma=SIGMA))
+    torch.manual_seed(5)
+    ref(xb)
+    m = bn_model()
+    task = create_task("ovf", m, DeviceConfig(sigma=SIGMA), beta=1e-2, bn_policy=policy)
+    torch.manual_seed(5)
+    task(xb, yb)
+    same = torch.equal(m[1].running_mean, ref[1].running_mean) and torch.equal(m[1].running_var, ref[1].running_var)
+    if policy == "backbone":
+        assert same and int(m[1].num_batches_tracked) == 1
+    else:
+        assert not same and int(m[1].num_batches_tracked) == 4
+
+
+def test_vanilla_uses_clean_weights_and_finish_returns_plain_backbone():
+    m = linear_model()
+    t = create_task("vanilla", m)
+    loss, out = t(X, Y)
+    assert torch.equal(out, m(X))
+    for name in ("noise_injection", "ovf"):
+        m = linear_model()
+        t = create_task(name, m, DeviceConfig(sigma=SIGMA))
+        assert nvcim.noisy_modules(m)
+        plain = t.finish()
+        assert plain is m and not nvcim.noisy_modules(m)
+        assert torch.equal(m(X), linear_model()(X))
+
+
+def test_ovf_defaults_follow_the_paper():
+    c = OVFConfig()
+    assert (c.n_variational, c.delta_sigma, c.beta) == (3, 0.05, 1e-3)
+    assert c.gamma == (0.01, 0.1, 1.0)
+    assert c.backbone_weight == c.feedback_weight == 0.25
+    c5 = OVFConfig(n_variational=5)
+    assert c5.gamma[-1] == 1.0 and c5.gamma[0] == pytest.approx(1e-4) and c5.backbone_weight == pytest.approx(1 / 6)
+
+
+@pytest.mark.parametrize(
+    "name, params, match",
+    [
+        ("ovf", dict(n_variational=0), "n_variational"),
+        ("ovf", dict(beta=-1), "beta"),
+        ("ovf", dict(gammas=(1.0,)), "gammas"),
+        ("ovf", dict(bn_policy="none"), "bn_policy"),
+        ("ovf", dict(alpha=1), "alpha"),
+        ("noise_injection", dict(logit_scale=0), "logit_scale"),
+        ("sgd", {}, "unknown method"),
+    ],
+)
+def test_bad_method_params(name, params, match):
+    with pytest.raises(ValueError, match=match):
+        method_config(name, **params)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_round_trips_and_trains(name):
+    mcfg = method_config(name)
+    assert method_from_dict(method_to_dict(mcfg)) == mcfg
+    m = bn_model()
+    before = copy.deepcopy(m.state_dict())
+    t = create_task(name, m, DeviceConfig(sigma=SIGMA))
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    loss, out = t(torch.randn(4, 2, 4, 4), torch.tensor([0, 1, 2, 0]))
+    assert out.shape == (4, 3) and torch.isfinite(loss)
+    loss.backward()
+    opt.step()
+    assert not torch.equal(before["0.weight"], m.state_dict()["0.weight"])
