@@ -77,6 +77,10 @@ class DeviceConfig:
                 f"DeviceConfig.sampling='fast' is not exact for variation={self.variation!r}: use 'auto' or 'device'"
             )
 
+    def __hash__(self) -> int:  # variation_options is a dict: hash its items
+        opts = tuple(sorted(self.variation_options.items()))
+        return hash((self.weight_bits, self.device_bits, self.sigma, self.quantize, self.variation, opts, self.sampling))
+
     # ---- derived quantities ------------------------------------------------------------------
     @property
     def devices_per_weight(self) -> int:

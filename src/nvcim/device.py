@@ -39,11 +39,15 @@ def crossbar_sign(w: torch.Tensor) -> torch.Tensor:
 def quantize_levels(w: torch.Tensor, cfg: DeviceConfig, scale: torch.Tensor | None = None) -> torch.Tensor:
     """q = round(|W| / s * (2^M - 1)), integers 0..2^M-1 stored in W's floating dtype (Eq. 2).
 
-    Rounds half to even (torch.round). An all-zero tensor gives all-zero levels.
+    Computed as |W| * ((2^M - 1) / s); rounds half to even (torch.round). All-zero W gives q = 0.
     """
     s = weight_scale(w) if scale is None else scale
-    safe = torch.where(s > 0, s, torch.ones_like(s))
-    return torch.round(w.detach().abs() / safe * cfg.weight_levels)
+    return w.detach().abs().mul_(_level_step(s, cfg)).round_()
+
+
+def _level_step(s: torch.Tensor, cfg: DeviceConfig) -> torch.Tensor:
+    """(2^M - 1) / s as a 0-dim tensor (0 when s = 0, so that every level is 0)."""
+    return torch.where(s > 0, cfg.weight_levels / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(s))
 
 
 def dequantize(levels: torch.Tensor, sign: torch.Tensor, scale: torch.Tensor, cfg: DeviceConfig) -> torch.Tensor:
@@ -53,10 +57,8 @@ def dequantize(levels: torch.Tensor, sign: torch.Tensor, scale: torch.Tensor, cf
 
 def quantize(w: torch.Tensor, cfg: DeviceConfig) -> torch.Tensor:
     """W_d, the deterministic weight the chip is programmed towards (Eq. 2); W itself if cfg.quantize is False."""
-    if not cfg.quantize:
-        return w.detach().clone()
-    s = weight_scale(w)
-    return dequantize(quantize_levels(w, cfg, s), crossbar_sign(w), s, cfg)
+    w_d = prepare(w, cfg).w_d
+    return w_d.clone() if w_d is w.detach() or not cfg.quantize else w_d
 
 
 def slice_levels(levels: torch.Tensor, cfg: DeviceConfig) -> torch.Tensor:
@@ -84,36 +86,51 @@ def combine_levels(device_levels: torch.Tensor, cfg: DeviceConfig) -> torch.Tens
 class PreparedWeight(NamedTuple):
     """What programming needs about one weight tensor, computed once per weight value."""
 
+    w: torch.Tensor  # [*shape] the float weight W (detached)
     w_d: torch.Tensor  # [*shape] target weight W_d
-    sign: torch.Tensor  # [*shape] crossbar sign, +1 / -1
     scale: torch.Tensor  # [] s = max|W|
     levels: torch.Tensor  # [*shape] q in 0..2^M-1 (float)
 
+    @property
+    def sign(self) -> torch.Tensor:
+        """[*shape] crossbar sign, +1 / -1 (computed on demand: only the per-device path needs it)."""
+        return crossbar_sign(self.w)
+
 
 def prepare(w: torch.Tensor, cfg: DeviceConfig) -> PreparedWeight:
-    """Quantize once; any number of `draw` calls can then share the result (e.g. OVF's N+1 forwards)."""
+    """Quantize once; any number of `draw` calls can then share the result (e.g. OVF's N+1 forwards).
+
+    Same arithmetic as `quantize_levels` and `dequantize`, fused into few in-place passes: this runs
+    once per optimizer step for every noisy layer.
+    """
     w = w.detach()
     s = weight_scale(w)
-    sign = crossbar_sign(w)
-    levels = quantize_levels(w, cfg, s)
-    w_d = dequantize(levels, sign, s, cfg) if cfg.quantize else w
-    return PreparedWeight(w_d, sign, s, levels)
+    levels = quantize_levels(w, cfg, s)  # [*shape] q
+    if cfg.quantize:
+        w_d = torch.copysign(levels, w).mul_(s).div_(cfg.weight_levels)  # [*shape] sign(W) q s / (2^M-1)
+    else:
+        w_d = w
+    return PreparedWeight(w, w_d, s, levels)
 
 
 def weight_perturbation(
-    prepared: PreparedWeight,
-    cfg: DeviceConfig,
-    sigma: float | None = None,
-    generator: torch.Generator | None = None,
+    prepared: PreparedWeight, cfg: DeviceConfig, sigma: float | None = None, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """W_p - W_d for one programming of the tensor, in weight units (Eq. 3)."""
+    """W_p - W_d for one programming of the tensor, in weight units (Eq. 3); same draws as `draw`."""
     sigma = cfg.sigma if sigma is None else float(sigma)
     w_d = prepared.w_d
-    dtype = w_d.dtype
+    if sigma == 0:
+        return torch.zeros_like(w_d)
     if cfg.use_fast_path:
-        # Σ_j N(0,(σ(2^K-1))^2) 2^{jK} scaled by s/(2^M-1) is N(0, (c σ s)^2); sign(W) leaves it unchanged.
-        z = torch.randn(w_d.shape, generator=generator, device=w_d.device, dtype=dtype)
+        z = torch.randn(w_d.shape, generator=generator, device=w_d.device, dtype=w_d.dtype)  # [*shape]
         return z.mul_(prepared.scale * (cfg.c * sigma))
+    return _device_sum(prepared, cfg, sigma, generator).mul_(prepared.sign)
+
+
+def _device_sum(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator) -> torch.Tensor:
+    """s/(2^M-1) Σ_j Δg_j 2^{jK} with one draw per device (before the crossbar sign)."""
+    w_d = prepared.w_d
+    dtype = w_d.dtype
     kind = VARIATIONS[cfg.variation]
     shape = (cfg.devices_per_weight, *w_d.shape)
     if kind.needs_levels:
@@ -121,9 +138,8 @@ def weight_perturbation(
     else:
         targets = torch.empty(shape, dtype=dtype, device=w_d.device)
     dg = kind.sample(targets, sigma, cfg, generator)  # [M/K, *shape] Δg in level units
-    place = place_values(cfg, dtype, w_d.device)  # [M/K]
-    summed = torch.tensordot(place, dg, dims=([0], [0]))  # [*shape] Σ_j Δg_j 2^{jK}
-    return summed.mul_(prepared.sign).mul_(prepared.scale / cfg.weight_levels)
+    place = place_values(cfg, dtype, w_d.device) * (prepared.scale / cfg.weight_levels)  # [M/K]
+    return torch.tensordot(place, dg, dims=([0], [0]))  # [*shape]
 
 
 def draw(
@@ -134,9 +150,14 @@ def draw(
 ) -> torch.Tensor:
     """One programmed copy W_p of a prepared weight."""
     sigma = cfg.sigma if sigma is None else float(sigma)
+    w_d = prepared.w_d
     if sigma == 0:
-        return prepared.w_d.clone()
-    return weight_perturbation(prepared, cfg, sigma, generator).add_(prepared.w_d)
+        return w_d.clone()
+    if cfg.use_fast_path:  # one fused pass after the draw: W_d + z · c σ s
+        z = torch.randn(w_d.shape, generator=generator, device=w_d.device, dtype=w_d.dtype)  # [*shape]
+        return torch.addcmul(w_d, z, prepared.scale * (cfg.c * sigma), out=z)
+    summed = _device_sum(prepared, cfg, sigma, generator)  # [*shape]
+    return torch.addcmul(w_d, summed, prepared.sign, out=summed)
 
 
 def program(w: torch.Tensor, cfg: DeviceConfig, generator: torch.Generator | None = None) -> torch.Tensor:
