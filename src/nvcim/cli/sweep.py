@@ -1,0 +1,62 @@
+"""`nvcim sweep SPEC --out DIR`: run a grid of training + Monte Carlo evaluation cells (nvcim.sweep).
+
+    nvcim sweep experiments/cpu/mnist5k.toml --out runs/cpu-mnist5k --workers 2
+    nvcim sweep spec.toml --out runs/x --dry-run          # list the cells and their state
+    nvcim sweep spec.toml --out runs/x --backend ray --address auto
+
+Rerunning the same command resumes (finished cells are skipped). Exit code 0 when every cell is
+done, 1 when some failed (see DIR/cells/<id>/failed.json; --retry-failed reruns them), 2 on a usage
+error (bad spec, another spec's DIR, missing Ray).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("sweep", help="run a sweep spec (grid of train + Monte Carlo eval cells), resumable",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("spec", help="sweep spec file (.toml, .yaml/.yml or .json)")
+    p.add_argument("--out", required=True, help="sweep directory (cells/<id>/result.json, checkpoints, spec copy)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: in process (workers=1) or a process pool; ray: one Ray task per cell")
+    p.add_argument("--workers", type=int, default=1,
+                   help="cells run at once (local pool size; caps a local Ray instance's CPUs)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and their state; run nothing")
+    p.add_argument("--retry-failed", action="store_true", help="rerun cells that failed before")
+    p.add_argument("--force", action="store_true", help="run into a DIR that holds another spec's cells")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-cell lines")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from nvcim.sweep import load_spec, plan, run_sweep
+
+    spec_path = Path(args.spec)
+    spec = load_spec(spec_path)
+    if args.workers < 1:
+        raise ValueError(f"--workers={args.workers} is invalid: use an integer >= 1")
+    if args.address and args.backend != "ray":
+        raise ValueError("--address is for the ray backend: add --backend ray")
+    if args.dry_run:
+        cells, todo, done, failed = plan(spec, args.out, retry_failed=args.retry_failed)
+        state = {c.id: "done" for c in done} | {c.id: "failed" for c in failed} | {c.id: "pending" for c in todo}
+        for c in cells:
+            extra = f"  β search {c.betas}" if c.betas else ""
+            print(f"{state[c.id]:8s} {c.id}  test σ {c.test_sigmas}{extra}")
+        print(f"{len(cells)} cells: {len(done)} done, {len(failed)} failed (not retried), {len(todo)} to run")
+        return 0
+    summary = run_sweep(spec, args.out, backend=args.backend, workers=args.workers, address=args.address,
+                        retry_failed=args.retry_failed, force=args.force, progress=not args.quiet,
+                        spec_text=spec_path.read_text(encoding="utf-8"), spec_suffix=spec_path.suffix.lower())
+    n_failed = len(summary.failed) + len(summary.failed_before)
+    print(f"nvcim sweep: {summary.total} cells: {summary.done_before + len(summary.ok)} done "
+          f"({len(summary.ok)} this run), {n_failed} failed; {summary.wall_time_s:.1f} s; results in {args.out}",
+          file=sys.stderr)
+    if n_failed:
+        print(f"nvcim sweep: failed cells: see {args.out}/cells/<id>/failed.json; rerun with --retry-failed",
+              file=sys.stderr)
+    return summary.exit_code
