@@ -1,0 +1,247 @@
+"""Tests of `nvcim report` and nvcim.reference: synthetic results directories -> figures, tables, CSV, HTML.
+
+The synthetic sweep: vgg8 / mnist, methods vanilla, noise injection, OVF (β = 1e-3) at σ_d ∈ {0.1, 0.2, 0.35},
+seeds 0 and 1 (noise injection seed 1 at 0.35 does not converge), plus one failed cell and one robustness
+curve (OVF trained at 0.3, tested at five σ). Means are hand-computed from the per-run accuracies.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nvcim import reference
+from nvcim.cli import main
+from nvcim.report import assign_labels, load_results, matched_points, scan_results, write_report
+
+PNG_SIG = b"\x89PNG\r\n\x1a\n"
+SIGMAS = (0.1, 0.2, 0.35)
+# (method, σ, seed) -> per-run accuracies (%), 4 runs each
+BASE = {"vanilla": {0.1: 96.0, 0.2: 74.0, 0.35: 35.0},
+        "noise_injection": {0.1: 99.5, 0.2: 99.4, 0.35: 95.0},
+        "ovf": {0.1: 99.6, 0.2: 99.5, 0.35: 99.0}}
+
+
+def per_run(method: str, sigma: float, seed: int) -> list[float]:
+    base = BASE[method][sigma] - 0.3 * seed
+    if method == "noise_injection" and sigma == 0.35 and seed == 1:
+        base = 52.0  # a non-converged model
+    return [round(base + d, 4) for d in (-0.3, -0.1, 0.1, 0.3 + 0.1 * seed)]
+
+
+def mc_result(sigma: float, acc: list[float], ekl: float | None = 0.01) -> dict:
+    a = np.asarray(acc)
+    std = float(a.std(ddof=1)) if a.size > 1 else float("nan")
+    half = 3.182446305284263 * std / math.sqrt(a.size)  # t_{0.975, 3} (the CI's exact value does not matter here)
+    return {
+        "sigma": sigma, "runs": a.size, "seed": 0, "n_samples": 1000, "clean_accuracy": 99.7,
+        "quantized_accuracy": 99.6, "per_run_accuracy": [float(x) for x in a], "per_run_correct": [],
+        "mean": float(a.mean()), "std": std, "ci95": [float(a.mean() - half), float(a.mean() + half)],
+        "p1": float(np.percentile(a, 1)), "p5": float(np.percentile(a, 5)), "p10": float(np.percentile(a, 10)),
+        "min": float(a.min()), "max": float(a.max()), "ekl": ekl, "ekl_n": 0 if ekl is None else 3000,
+        "wall_time_s": 0.1,
+    }
+
+
+def mc_eval(method: str, train_sigma: float, seed: int, results: list[dict], *, dataset="mnist", model="vgg8",
+            cell: dict | None = None, params: dict | None = None) -> dict:
+    mparams = {"ovf": {"beta": 1e-3, "n_variational": 3}, "noise_injection": {"logit_scale": 1.0}}.get(method, {})
+    mparams = {**mparams, **(params or {})}
+    d = {
+        "kind": "mc_eval", "nvcim_version": "0.1.0", "checkpoint": f"ck/{method}-{train_sigma}-{seed}",
+        "checkpoint_config": {"model": {"name": model, "width": 1.0}, "data": {"name": dataset},
+                              "method": {"name": method, **mparams},
+                              "device": {"sigma": train_sigma, "weight_bits": 8}, "seed": seed, "metrics": {}},
+        "dataset": dataset, "split": "test", "device_config": {"sigma": train_sigma}, "results": results,
+    }
+    if cell is not None:
+        d["cell"] = cell
+    return d
+
+
+def write(path: Path, payload) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload) if not isinstance(payload, str) else payload)
+
+
+def make_sweep(root: Path) -> None:
+    for method in ("vanilla", "noise_injection", "ovf"):
+        for s in SIGMAS:
+            for seed in (0, 1):
+                train = 0.0 if method == "vanilla" else s
+                res = [mc_result(s, per_run(method, s, seed), ekl=None if method == "vanilla" and s == 0.35 else 0.01 * s)]
+                cell = {"id": f"{method}-s{s}-seed{seed}", "wall_time_s": 1.0}
+                if method == "ovf":
+                    cell["beta_search"] = {"chosen": 1e-3, "scores": {"0.1": 99.0, "0.001": 99.5}}
+                write(root / "cells" / f"{method}-{s}-{seed}" / "results.json",
+                      mc_eval(method, train, seed, res, cell=cell))
+    write(root / "cells" / "ovf-0.5-0" / "failed.json",
+          {"kind": "sweep_cell_failed", "cell": {"id": "ovf-s0.5-seed0"}, "error": "diverged at epoch 3\ntrace"})
+    curve = [mc_result(s, [99.0 - 20 * s + d for d in (-0.2, 0.0, 0.2)]) for s in (0.0, 0.1, 0.2, 0.3, 0.4)]
+    write(root / "eval" / "curve.json", mc_eval("ovf", 0.3, 5, curve))
+    write(root / "ck" / "config.json", {"model": {"name": "vgg8"}})  # no kind: skipped
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    make_sweep(root)
+    rc = main(["report", str(root), "--title", "Synthetic <sweep>"])
+    assert rc == 0
+    return root, root / "report"
+
+
+def test_figures_written(report_dir):
+    _, out = report_dir
+    pngs = sorted((out / "figures").glob("*.png"))
+    kinds = {p.name.split("_")[0] for p in pngs}
+    assert {"accuracy", "ekl", "distribution", "convergence", "robustness"} <= kinds
+    for p in pngs:
+        data = p.read_bytes()
+        assert data.startswith(PNG_SIG) and len(data) > 5000, p
+
+
+def test_html_self_contained(report_dir):
+    _, out = report_dir
+    text = (out / "report.html").read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>")
+    assert text.count("data:image/png;base64,") >= 5
+    assert "Synthetic &lt;sweep&gt;" in text and "<sweep>" not in text  # escaped title
+    assert 'src="figures/' not in text and "http://" not in text and "https://" not in text
+    ovf35 = np.mean([np.mean(per_run("ovf", 0.35, s)) for s in (0, 1)])
+    assert f"{ovf35:.2f}" in text
+    assert "99.01" in text  # the paper's value for vgg8 / mnist / OVF / 0.35
+    assert "ovf-s0.5-seed0" in text and "diverged at epoch 3" in text
+    assert text.rstrip().endswith("</html>")
+
+
+def test_markdown_tables(report_dir):
+    _, out = report_dir
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "| σ_d" in md and "OVF: paper (measured − paper)" in md
+    ovf35 = np.mean([np.mean(per_run("ovf", 0.35, s)) for s in (0, 1)])
+    line = next(ln for ln in md.splitlines() if ln.startswith("| 0.35"))
+    assert f"{ovf35:.2f}" in line and f"99.01 ({ovf35 - 99.01:+.2f})" in line  # paper beside measured
+    assert "Failed sweep cells" in md and "figures/accuracy_vgg8_1.0_mnist.png" in md
+    assert "1 of 2" in md  # non-converged noise-injection model
+
+
+def test_summary_csv(report_dir):
+    _, out = report_dir
+    with open(out / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    by = {(r["label"], float(r["sigma"])): r for r in rows}
+    for method, label in (("vanilla", "vanilla"), ("noise_injection", "noise injection"), ("ovf", "OVF")):
+        for s in SIGMAS:
+            r = by[(label, s)]
+            means = [np.mean(per_run(method, s, seed)) for seed in (0, 1)]
+            assert float(r["mean"]) == pytest.approx(np.mean(means), abs=1e-9)
+            assert r["n_seeds"] == "2" and r["runs"] == "4"
+            half = 12.706204736174707 * np.std(means, ddof=1) / math.sqrt(2)
+            assert float(r["ci95_hi"]) - float(r["mean"]) == pytest.approx(half, rel=1e-6)
+            pooled = per_run(method, s, 0) + per_run(method, s, 1)
+            assert float(r["min"]) == pytest.approx(min(pooled))
+            assert float(r["p1"]) == pytest.approx(np.percentile(pooled, 1))
+    assert float(by[("OVF", 0.35)]["paper"]) == 99.01
+    assert float(by[("noise injection", 0.35)]["paper"]) == 52.30
+    assert by[("noise injection", 0.35)]["n_non_converged"] == "1"
+    assert by[("OVF", 0.35)]["n_non_converged"] == "0"
+    assert by[("vanilla", 0.35)]["ekl"] == ""  # no correct predictions -> no EKL
+    # the robustness curve's matched point (OVF trained and tested at 0.3): one model, MC CI
+    r03 = by[("OVF", 0.3)]
+    assert r03["n_seeds"] == "1" and r03["ci_over"] == "MC runs"
+    assert float(r03["mean"]) == pytest.approx(99.0 - 20 * 0.3)
+
+
+def test_prints_written_paths(tmp_path, capsys):
+    root = tmp_path / "r"
+    write(root / "a.json", mc_eval("ovf", 0.2, 0, [mc_result(0.2, [90.0, 91.0])]))
+    assert main(["report", str(root), "--out", str(tmp_path / "o")]) == 0
+    printed = capsys.readouterr().out.split()
+    assert str(tmp_path / "o" / "report.html") in printed and str(tmp_path / "o" / "summary.csv") in printed
+
+
+def test_invalid_json_is_one_line_error(tmp_path, capsys):
+    root = tmp_path / "r"
+    write(root / "good.json", mc_eval("ovf", 0.2, 0, [mc_result(0.2, [90.0, 91.0])]))
+    write(root / "sub" / "bad.json", "{not json")
+    assert main(["report", str(root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.json" in err
+    assert main(["report", str(root), "--skip-bad"]) == 0
+    assert "bad.json" in capsys.readouterr().err
+    assert (root / "report" / "report.html").exists()
+
+
+def test_empty_and_missing_dir(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    write(tmp_path / "empty" / "other.json", {"kind": "something_else"})
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"no results found in {tmp_path / 'empty'}" in err
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not exist" in err
+
+
+def test_partial_data_does_not_crash(tmp_path):
+    """One method, one σ, one seed, no EKL, no per-run accuracies, unknown dataset (no paper values)."""
+    root = tmp_path / "r"
+    res = mc_result(0.25, [50.0])
+    res.update(per_run_accuracy=[], std=None, ci95=[None, None], ekl=None)
+    write(root / "x.json", mc_eval("noise_injection", 0.25, 0, [res], dataset="fashion_mnist"))
+    rs = scan_results(root)
+    written = write_report(rs, tmp_path / "out")
+    assert any(p.name.endswith(".png") for p in written)
+    rows = list(csv.DictReader(open(tmp_path / "out" / "summary.csv")))
+    assert len(rows) == 1 and rows[0]["paper"] == "" and rows[0]["ci95_lo"] == ""
+    assert (tmp_path / "out" / "report.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_labels_distinguish_ablation_arms(tmp_path):
+    root = tmp_path / "r"
+    for beta in (1e-3, 1e-1):
+        write(root / f"ovf{beta}.json", mc_eval("ovf", 0.2, 0, [mc_result(0.2, [90.0, 91.0])], params={"beta": beta}))
+    write(root / "ni.json", mc_eval("noise_injection", 0.2, 0, [mc_result(0.2, [80.0, 81.0])]))
+    write(root / "ni4.json", mc_eval("noise_injection", 0.2, 0, [mc_result(0.2, [85.0, 86.0])],
+                                     params={"logit_scale": 0.25}))
+    write(root / "van.json", mc_eval("vanilla", 0.0, 0, [mc_result(0.2, [30.0, 31.0])]))
+    write(root / "own.json", mc_eval("ovf", 0.2, 1, [mc_result(0.2, [90.0, 91.0])], cell={"id": "c", "label": "mine"}))
+    labels = {r["label"] for r in load_results(root)}
+    assert labels == {"OVF β=1e-3", "OVF β=0.1", "noise injection", "noise injection ×0.25", "vanilla", "mine"}
+    # a single fixed β (even if it differs between training σ) keeps the plain label
+    recs = [{"model": "m", "width": None, "dataset": "d", "method": "ovf", "method_params": {"beta": b},
+             "beta_search": None, "label_override": None, "train_sigma": s} for b, s in ((1e-3, 0.1), (1e-2, 0.2))]
+    assign_labels(recs)
+    assert {r["label"] for r in recs} == {"OVF"}
+    pts = matched_points(load_results(root))
+    assert {p["label"] for p in pts} == labels
+
+
+def test_paper_reference_values():
+    assert reference.paper_value("vgg8", "mnist", "ovf", 0.35) == 99.01
+    assert reference.paper_value("vgg8", "mnist5k", "ovf", 0.35) == 99.01
+    assert reference.paper_match("vgg8", "mnist5k", "ovf", 0.35)["note"] == "paper setting differs (MNIST 5k subset)"
+    assert reference.paper_match("vgg8", "mnist", "ovf", 0.35)["note"] == ""
+    assert reference.paper_value("vgg8", "fashion_mnist", "ovf", 0.35) is None
+    assert reference.paper_value("vgg8", "cifar10", "vanilla", 0.3) is None  # a "—" cell
+    assert reference.paper_value("unlabelled", "unlabelled", "noise_injection", 0.4, quantity="ekl") == pytest.approx(0.07876)
+    rows = reference.paper_curves()
+    acc = [r for r in rows if r["quantity"] == "accuracy"]
+    assert len(acc) == 6 * 5 * 9 - 7 and len(rows) - len(acc) == 4 * 9
+    assert {r["method"] for r in acc} == {"vanilla", "noise_injection", "ovf", "irs", "correctnet"}
+    # SPEC §6 headline deltas: OVF − noise injection
+    for model, data, s, delta in (("vgg8", "mnist", 0.35, 46.71), ("vgg8", "cifar10", 0.40, 6.78),
+                                  ("resnet18", "mnist", 0.35, 5.35), ("resnet18", "cifar10", 0.40, 16.30),
+                                  ("resnet18", "cifar100", 0.30, 17.21), ("resnet18", "tiny_imagenet", 0.20, 3.22)):
+        got = reference.paper_value(model, data, "ovf", s) - reference.paper_value(model, data, "noise_injection", s)
+        assert got == pytest.approx(delta, abs=1e-9), (model, data, s)
+    # the paper's EKL: OVF below noise injection at every σ
+    for s in reference.PAPER_SIGMAS:
+        assert reference.paper_value("unlabelled", "unlabelled", "ovf", s, "ekl") < \
+            reference.paper_value("unlabelled", "unlabelled", "noise_injection", s, "ekl")
