@@ -1,0 +1,358 @@
+"""Sweeps (nvcim.sweep, nvcim sweep): spec validation, cell expansion, kill + resume giving
+bitwise-identical results, failed cells, β search on the validation split only, process pool."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nvcim import sweep
+from nvcim.sweep import expand, load_spec, run_sweep, validate_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# tiny model, 96 examples, 1 epoch, 3 Monte Carlo runs: ~0.2-0.5 s a cell
+TRAIN = {"epochs": 1, "limit": 96, "batch_size": 32, "val_runs": 0, "select": "clean", "device": "cpu"}
+BASE = {
+    "name": "test",
+    "models": ["tiny"],
+    "datasets": ["mnist5k"],
+    "methods": ["vanilla", "noise_injection", "ovf"],
+    "sigmas": [0.2, 0.3],
+    "seeds": [0, 1],
+    "betas": [0.1, 0.001],
+    "train": TRAIN,
+    "eval": {"runs": 3, "val_runs": 2},
+    "resources": {"threads_per_cell": 1},
+}
+
+
+def spec_of(**changes) -> dict:
+    raw = copy.deepcopy(BASE)
+    raw.update(changes)
+    return raw
+
+
+def write_json_spec(path: Path, raw: dict) -> Path:
+    path.write_text(json.dumps(raw), encoding="utf-8")
+    return path
+
+
+def results_of(out: Path) -> dict[str, dict]:
+    """cell id -> (per-run accuracies per test σ, chosen β, method params) of every result.json."""
+    found = {}
+    for f in sorted((out / "cells").rglob(sweep.RESULT_FILE)):
+        d = json.loads(f.read_text())
+        bs = d["cell"]["beta_search"]
+        found[d["cell"]["id"]] = {
+            "acc": [(r["sigma"], r["per_run_accuracy"], r["ekl"]) for r in d["results"]],
+            "beta": bs["chosen_beta"] if bs else None,
+            "scores": [c["val_mean"] for c in bs["candidates"]] if bs else None,
+            "params": d["cell"]["params"],
+        }
+    return found
+
+
+def cli(*args, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nvcim", "sweep", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The BASE sweep run uninterrupted, in process: 2 vanilla + 4 NI + 4 OVF (β search) cells."""
+    out = tmp_path_factory.mktemp("ref")
+    summary = run_sweep(validate_spec(BASE), out, progress=False)
+    assert summary.exit_code == 0 and len(summary.ok) == 10
+    return out, results_of(out)
+
+
+# ---- expansion ---------------------------------------------------------------------------------------
+def test_expansion_counts_vanilla_once_and_variant_ids():
+    raw = spec_of(sigmas=[0.1, 0.2, 0.3], seeds=[0, 1, 2], betas=[0.1, 0.01, 0.001, 0.0001], variants=[
+        {"label": "ovf-beta0", "method": "ovf", "params": {"beta": 0.0}},
+        {"label": "ni-scale-1/4", "method": "noise_injection", "params": {"logit_scale": 0.25}},
+    ])
+    cells = expand(validate_spec(raw))
+    by = {}
+    for c in cells:
+        by.setdefault(c.label, []).append(c)
+    assert len(cells) == 3 + 9 + 9 + 9 + 9
+    assert len(by["vanilla"]) == 3  # once per seed, not once per σ
+    for c in by["vanilla"]:
+        assert c.sigma is None and c.test_sigmas == [0.1, 0.2, 0.3] and c.train["sigma"] == 0.0
+        assert c.id == f"tiny-w1/mnist5k/vanilla/seed{c.seed}"
+    ovf = [c for c in by["ovf"] if c.sigma == 0.3 and c.seed == 2][0]
+    assert ovf.id == "tiny-w1/mnist5k/ovf/s0.30/seed2"
+    assert ovf.betas == [0.1, 0.01, 0.001, 0.0001] and ovf.test_sigmas == [0.3] and "beta" not in ovf.params
+    b0 = [c for c in by["ovf-beta0"] if c.sigma == 0.1 and c.seed == 0][0]
+    assert b0.id == "tiny-w1/mnist5k/ovf-beta0/s0.10/seed0" and b0.betas is None
+    assert b0.train["method_params"]["beta"] == 0.0
+    ni = by["ni-scale-1/4"][0]
+    assert ni.id.split("/")[2] == "ni-scale-1_4" and ni.method == "noise_injection"
+    assert ni.train["method_params"] == {"logit_scale": 0.25}
+    assert len({c.id for c in cells}) == len(cells)
+    # one β: no search, the value is fixed; test at every σ of the grid
+    cells = expand(validate_spec(spec_of(betas=[0.01], eval={"test_sigmas": "grid"})))
+    ovf = [c for c in cells if c.method == "ovf"]
+    assert all(c.betas is None and c.params == {"beta": 0.01} and c.test_sigmas == [0.2, 0.3] for c in ovf)
+
+
+def test_toml_and_yaml_specs(tmp_path):
+    toml = tmp_path / "s.toml"
+    toml.write_text(
+        'name = "cpu"\nmodels = ["tiny"]\nwidth = 0.5\ndatasets = ["mnist5k"]\n'
+        'methods = ["vanilla", "noise_injection", "ovf"]\nsigmas = [0.1, 0.2, 0.3]\nseeds = [0, 1, 2]\n'
+        'betas = [1e-1, 1e-2, 1e-3, 1e-4]\n[train]\nepochs = 3\n[eval]\nruns = 200\nseed = 0\ntest_sigmas = "train"\n'
+        '[[variants]]\nlabel = "ovf-beta0"\nmethod = "ovf"\nparams = { beta = 0.0 }\n'
+        '[[variants]]\nlabel = "ni-scale-1/4"\nmethod = "noise_injection"\nparams = { logit_scale = 0.25 }\n'
+    )
+    spec = load_spec(toml)
+    assert spec["width"] == 0.5 and spec["train"] == {"epochs": 3} and len(spec["variants"]) == 2
+    assert len(expand(spec)) == 3 + 4 * 9
+    yaml = tmp_path / "s.yaml"
+    yaml.write_text("models: [tiny]\ndatasets: [mnist5k]\nmethods: [ovf]\nsigmas: [0.3]\nseeds: [0]\n")
+    spec = load_spec(yaml)
+    assert spec["name"] == "s" and [c.id for c in expand(spec)] == ["tiny-w1/mnist5k/ovf/s0.30/seed0"]
+
+
+@pytest.mark.parametrize("changes, key", [
+    ({"sigma": [0.1]}, "sigma"),  # unknown top-level key
+    ({"models": ["vgg9"]}, "models"),
+    ({"models": []}, "models"),
+    ({"datasets": ["imagenet"]}, "datasets"),
+    ({"methods": ["gni"]}, "methods"),
+    ({"sigmas": [0.1, -0.2]}, "sigmas"),
+    ({"sigmas": "0.1"}, "sigmas"),
+    ({"seeds": []}, "seeds"),
+    ({"seeds": [0.5]}, "seeds"),
+    ({"betas": []}, "betas"),
+    ({"width": 0}, "width"),
+    ({"train": {**TRAIN, "seed": 3}}, "train.seed"),
+    ({"train": {**TRAIN, "epoch": 3}}, "train.epoch"),
+    ({"train": {**TRAIN, "optimizer": "rmsprop"}}, "optimizer"),
+    ({"eval": {"runs": 0}}, "eval.runs"),
+    ({"eval": {"run": 3}}, "eval.run"),
+    ({"eval": {"test_sigmas": "all"}}, "eval.test_sigmas"),
+    ({"resources": {"threads_per_cell": 0}}, "resources.threads_per_cell"),
+    ({"method_params": {"ovf": {"n_variational": 0}}}, "n_variational"),
+    ({"method_params": {"gni": {}}}, "method_params"),
+    ({"variants": [{"label": "x", "method": "ovf", "params": {"gamma": 1}}]}, "gamma"),
+    ({"variants": [{"label": "x", "method": "sgd"}]}, "method"),
+    ({"variants": [{"label": "ovf", "method": "ovf"}]}, "label"),
+    ({"variants": [{"label": "a/b", "method": "ovf"}, {"label": "a_b", "method": "ovf"}]}, "label"),
+    ({"variants": [{"label": "x", "method": "ovf", "param": {}}]}, "param"),
+    ({"variants": [{"label": "x", "method": "noise_injection", "params": {"logit_scale": -1}}]}, "logit_scale"),
+])
+def test_spec_validation_errors_are_one_line_and_name_the_key(changes, key):
+    with pytest.raises(ValueError) as info:
+        validate_spec(spec_of(**changes))
+    msg = str(info.value)
+    assert "\n" not in msg and key in msg, msg
+
+
+def test_missing_key_and_bad_file(tmp_path):
+    raw = spec_of()
+    del raw["seeds"]
+    with pytest.raises(ValueError, match="'seeds' is missing"):
+        validate_spec(raw)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("models = [tiny\n")
+    with pytest.raises(ValueError, match="cannot be parsed"):
+        load_spec(bad)
+    with pytest.raises(FileNotFoundError):
+        load_spec(tmp_path / "nope.toml")
+
+
+# ---- running -------------------------------------------------------------------------------------------
+def test_reference_layout(reference):
+    out, res = reference
+    assert len(res) == 10
+    van = json.loads((out / "cells/tiny-w1/mnist5k/vanilla/seed0/result.json").read_text())
+    assert van["kind"] == "mc_eval" and van["split"] == "test" and van["dataset"] == "mnist5k"
+    assert [r["sigma"] for r in van["results"]] == [0.2, 0.3]  # trained once, tested at every σ
+    assert van["checkpoint"] == "cells/tiny-w1/mnist5k/vanilla/seed0/checkpoint"
+    assert (out / van["checkpoint"] / "model.safetensors").is_file()
+    assert van["checkpoint_config"]["method"]["name"] == "vanilla"
+    cell = van["cell"]
+    for k in ("id", "model", "dataset", "method", "label", "sigma", "seed", "wall_time_s", "train_wall_time_s",
+              "eval_wall_time_s", "beta_search"):
+        assert k in cell
+    assert cell["beta_search"] is None and cell["threads"] == 1
+    assert len(van["results"][0]["per_run_accuracy"]) == 3
+    ovf = json.loads((out / "cells/tiny-w1/mnist5k/ovf/s0.30/seed1/result.json").read_text())
+    bs = ovf["cell"]["beta_search"]
+    assert [c["beta"] for c in bs["candidates"]] == [0.1, 0.001] and bs["split"] == "val"
+    assert ovf["checkpoint_config"]["method"]["beta"] == bs["chosen_beta"] == ovf["cell"]["params"]["beta"]
+    assert json.loads((out / "spec.json").read_text())["name"] == "test"
+
+
+def _all_files(out: Path) -> list[str]:
+    return sorted(p.relative_to(out).as_posix() for p in (out / "cells").rglob("*") if p.is_file())
+
+
+def test_sigkill_then_rerun_gives_identical_results(tmp_path, reference):
+    ref_out, ref = reference
+    spec = write_json_spec(tmp_path / "spec.json", BASE)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "nvcim", "sweep", str(spec), "--out", str(out), "--quiet"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if out.is_dir() and any((out / "cells").rglob(sweep.RESULT_FILE)):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, f"sweep ended before it could be killed: {proc.stderr.read().decode()[-500:]}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_before = len(list((out / "cells").rglob(sweep.RESULT_FILE)))
+    assert 1 <= n_before < 10
+    done = cli(spec, "--out", out, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert f"{n_before} done" not in done.stderr or n_before == 10
+    assert results_of(out) == ref  # bitwise: per-run accuracies, EKL, chosen β, validation scores
+    files = _all_files(out)
+    assert files == _all_files(ref_out)  # same layout, no partial or duplicate cell, no temp file left
+    assert not [f for f in files if "/." in f]
+    # a rerun runs nothing
+    again = cli(spec, "--out", out, "--quiet")
+    assert again.returncode == 0 and "(0 this run)" in again.stderr
+
+
+def test_process_pool_equals_in_process(tmp_path, reference):
+    _, ref = reference
+    summary = run_sweep(validate_spec(BASE), tmp_path / "pool", workers=2, progress=False)
+    assert summary.exit_code == 0 and len(summary.ok) == 10
+    assert results_of(tmp_path / "pool") == ref
+
+
+def test_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    from nvcim import train as train_mod
+
+    raw = spec_of(methods=["noise_injection"], sigmas=[0.3], seeds=[0, 1, 2], betas=[0.1])
+    real = train_mod.train
+
+    def flaky(cfg, *a, **k):
+        if cfg.seed == 1:
+            raise RuntimeError("simulated failure\nsecond line")
+        return real(cfg, *a, **k)
+
+    monkeypatch.setattr(train_mod, "train", flaky)
+    out = tmp_path / "out"
+    s = run_sweep(validate_spec(raw), out, progress=False)
+    assert s.exit_code == 1 and len(s.ok) == 2 and s.failed == ["tiny-w1/mnist5k/noise_injection/s0.30/seed1"]
+    failed = json.loads((out / "cells" / s.failed[0] / "failed.json").read_text())
+    assert failed["kind"] == "sweep_cell_failed" and failed["error"] == "RuntimeError: simulated failure"
+    assert "Traceback" in failed["traceback"] and failed["cell"]["id"] == s.failed[0]
+    assert not (out / "cells" / s.failed[0] / "result.json").exists()
+    # without --retry-failed the failed cell is left alone (and the sweep still reports it)
+    s = run_sweep(validate_spec(raw), out, progress=False)
+    assert s.exit_code == 1 and s.ok == [] and s.failed_before == [failed["cell"]["id"]]
+    monkeypatch.setattr(train_mod, "train", real)
+    s = run_sweep(validate_spec(raw), out, progress=False, retry_failed=True)
+    assert s.exit_code == 0 and s.ok == [failed["cell"]["id"]]
+    assert not (out / "cells" / s.ok[0] / "failed.json").exists()
+
+
+def test_cli_diverging_cell_exit_code_1_and_dry_run(tmp_path, capsys):
+    raw = spec_of(methods=["noise_injection"], sigmas=[0.3], seeds=[0], betas=[0.1],
+                  variants=[{"label": "ovf-huge", "method": "ovf", "params": {"beta": 1e38}}])
+    spec = write_json_spec(tmp_path / "spec.json", raw)
+    out = tmp_path / "out"
+    r = cli(spec, "--out", out)
+    assert r.returncode == 1, r.stderr
+    assert "FAILED tiny-w1/mnist5k/ovf-huge/s0.30/seed0: CellDiverged: training diverged" in r.stderr
+    assert (out / "cells/tiny-w1/mnist5k/noise_injection/s0.30/seed0/result.json").is_file()
+    assert (out / "cells/tiny-w1/mnist5k/ovf-huge/s0.30/seed0/failed.json").is_file()
+    from nvcim.cli import main  # the rest in process (same code path, no interpreter start)
+
+    assert main(["sweep", str(spec), "--out", str(out), "--dry-run"]) == 0
+    stdout = capsys.readouterr().out
+    assert "done     tiny-w1/mnist5k/noise_injection/s0.30/seed0" in stdout
+    assert "failed   tiny-w1/mnist5k/ovf-huge/s0.30/seed0" in stdout
+    # another spec into the same directory: refused with a one-line error
+    other = write_json_spec(tmp_path / "other.json", spec_of(methods=["noise_injection"], sigmas=[0.2], seeds=[0]))
+    assert main(["sweep", str(other), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "holds cells of another spec" in err and len(err.strip().splitlines()) == 1
+    bad = write_json_spec(tmp_path / "bad.json", spec_of(sigmas=[-1]))
+    assert main(["sweep", str(bad), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "'sigmas'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_other_spec_refused_unless_force(tmp_path):
+    out = tmp_path / "out"
+    sweep.prepare_out_dir(validate_spec(BASE), out)
+    sweep.prepare_out_dir(validate_spec(BASE), out)  # same spec: fine
+    other = validate_spec(spec_of(seeds=[0, 1, 2]))
+    with pytest.raises(ValueError, match="another spec"):
+        sweep.prepare_out_dir(other, out)
+    sweep.prepare_out_dir(other, out, force=True)
+    assert json.loads((out / "spec.json").read_text())["seeds"] == [0, 1, 2]
+
+
+def test_beta_search_selects_on_validation_split_only(tmp_path, monkeypatch):
+    """Scores are forced (by call order) so that β = 0.01 and 0.001 tie for best: the larger wins."""
+    from nvcim import evaluate
+    from nvcim.data import load_dataset
+
+    raw = spec_of(methods=["ovf"], sigmas=[0.3], seeds=[0], betas=[0.1, 0.01, 0.001])
+    real_mc, real_curve = evaluate.monte_carlo_evaluate, evaluate.robustness_curve
+    splits = load_dataset("mnist5k", limit=TRAIN["limit"], val_fraction=0.1, seed=0)
+    calls = []
+    forced = iter([40.0, 70.0, 70.0])
+
+    def fake_mc(model, data, cfg, **kw):
+        calls.append(("mc", data, cfg.sigma, kw["runs"]))
+        return dataclasses.replace(real_mc(model, data, cfg, **kw), mean=next(forced))
+
+    def spy_curve(model, data, cfg, sigmas, **kw):
+        calls.append(("curve", data, list(sigmas), kw["runs"]))
+        return real_curve(model, data, cfg, sigmas, **kw)
+
+    monkeypatch.setattr(evaluate, "monte_carlo_evaluate", fake_mc)
+    monkeypatch.setattr(evaluate, "robustness_curve", spy_curve)
+    out = tmp_path / "out"
+    assert run_sweep(validate_spec(raw), out, progress=False).exit_code == 0
+    mc = [c for c in calls if c[0] == "mc"]
+    assert len(mc) == 3
+    for _, data, sigma, runs in mc:  # every selection score: validation split, training σ, eval.val_runs
+        assert data.images.shape == splits.val.images.shape and bool((data.images == splits.val.images).all())
+        assert sigma == 0.3 and runs == 2
+    curve = [c for c in calls if c[0] == "curve"]
+    assert len(curve) == 1  # the test set is touched once, by the chosen model only
+    assert bool((curve[0][1].images == splits.test.images).all()) and curve[0][2] == [0.3] and curve[0][3] == 3
+    d = json.loads((out / "cells/tiny-w1/mnist5k/ovf/s0.30/seed0/result.json").read_text())
+    bs = d["cell"]["beta_search"]
+    assert bs["chosen_beta"] == 0.01 and [c["val_mean"] for c in bs["candidates"]] == [40.0, 70.0, 70.0]
+    assert d["checkpoint_config"]["method"]["beta"] == 0.01
+    # a resumed search reads the finished candidates' scores instead of retraining or re-scoring them
+    (out / "cells/tiny-w1/mnist5k/ovf/s0.30/seed0/result.json").unlink()
+    calls.clear()
+    assert run_sweep(validate_spec(raw), out, progress=False).exit_code == 0
+    assert [c[0] for c in calls] == ["curve"]
+
+
+def test_stale_partial_cell_is_wiped(tmp_path):
+    raw = spec_of(methods=["noise_injection"], sigmas=[0.3], seeds=[0], betas=[0.1])
+    spec = validate_spec(raw)
+    out = tmp_path / "out"
+    cid = expand(spec)[0].id
+    d = sweep.cell_dir(out, cid)
+    (d / ".checkpoint.tmp-abc").mkdir(parents=True)
+    (d / "cell.json").write_text('{"id": "something else"}')
+    (d / "checkpoint").mkdir()
+    (d / "checkpoint" / "junk").write_text("x")
+    assert run_sweep(spec, out, progress=False, force=True).exit_code == 0
+    assert sorted(p.name for p in d.iterdir()) == ["cell.json", "checkpoint", "result.json"]
+    assert json.loads((d / "cell.json").read_text())["id"] == cid

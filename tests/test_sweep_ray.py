@@ -1,0 +1,90 @@
+"""Ray backend of nvcim sweep: same layout and bitwise-same results as the local backend, and the
+driver-writes path used when the workers cannot see the sweep directory."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from nvcim import backends, sweep
+from nvcim.sweep import expand, run_sweep, validate_spec
+
+SPEC = {
+    "name": "ray-test",
+    "models": ["tiny"],
+    "datasets": ["mnist5k"],
+    "methods": ["noise_injection", "ovf"],
+    "sigmas": [0.3],
+    "seeds": [0, 1],
+    "betas": [0.1, 0.001],
+    "train": {"epochs": 1, "limit": 96, "batch_size": 32, "val_runs": 0, "select": "clean", "device": "cpu"},
+    "eval": {"runs": 3, "val_runs": 2},
+    "resources": {"threads_per_cell": 1, "cpus_per_cell": 1},
+}
+
+
+def _results(out: Path) -> dict:
+    found = {}
+    for f in sorted((out / "cells").rglob(sweep.RESULT_FILE)):
+        d = json.loads(f.read_text())
+        bs = d["cell"]["beta_search"]
+        found[d["cell"]["id"]] = ([(r["sigma"], r["per_run_accuracy"], r["ekl"]) for r in d["results"]],
+                                  bs and bs["chosen_beta"], bs and [c["val_mean"] for c in bs["candidates"]],
+                                  d["checkpoint"])
+    return found
+
+
+def _files(out: Path) -> list[str]:
+    return sorted(p.relative_to(out).as_posix() for p in (out / "cells").rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def local_ref(tmp_path_factory):
+    out = tmp_path_factory.mktemp("local")
+    assert run_sweep(validate_spec(SPEC), out, progress=False).exit_code == 0
+    return out
+
+
+@pytest.mark.ray
+def test_ray_backend_matches_local(tmp_path, local_ref):
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'nvcim[ray]')")
+    out = tmp_path / "ray"
+    summary = run_sweep(validate_spec(SPEC), out, backend="ray", workers=2, progress=False)
+    assert summary.exit_code == 0 and len(summary.ok) == 4
+    assert _files(out) == _files(local_ref)
+    assert _results(out) == _results(local_ref)
+    assert not (out / backends.TOKEN_FILE_NAME).exists()
+
+
+def test_driver_writes_when_the_directory_is_not_shared(tmp_path, local_ref):
+    """A task that cannot see the driver's token runs in a temp dir and returns the files."""
+    spec = validate_spec(SPEC)
+    out = tmp_path / "out"
+    sweep.prepare_out_dir(spec, out)
+    (out / backends.TOKEN_FILE_NAME).write_text("driver-token")
+    for cell in expand(spec):
+        reply = backends._ray_cell(cell.to_dict(), str(out), "another-token", 1)
+        assert reply["files"] and "result.json" in reply["files"] and reply["summary"]["status"] == "ok"
+        assert not sweep.cell_dir(out, cell.id).exists()  # nothing written by the "remote" task
+        backends._write_returned(out, cell.id, reply["files"])
+    assert _files(out) == _files(local_ref)
+    assert _results(out) == _results(local_ref)
+
+
+def test_missing_ray_is_a_one_line_error(monkeypatch, tmp_path):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *a, **k):
+        if name == "ray":
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    spec = validate_spec(copy.deepcopy(SPEC))
+    with pytest.raises(ValueError, match=r"pip install 'nvcim\[ray\]'"):
+        run_sweep(spec, tmp_path / "x", backend="ray", progress=False)
