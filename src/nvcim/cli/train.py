@@ -1,0 +1,206 @@
+"""`nvcim train`: train one model (vanilla, noise injection or OVF) and save an nvcim checkpoint.
+
+    nvcim train --model vgg8 --dataset mnist5k --method ovf --sigma 0.3 --beta 1e-3 --epochs 5 --out runs/ovf-0.3
+    nvcim train --preset cpu-quick --method noise_injection --out runs/gni
+    nvcim train --config exp.toml --seed 3 --out runs/exp-s3        # flags override the file
+
+Precedence: TrainConfig defaults < --preset < --config file (its own `preset` key first) < flags.
+Everything is validated and the data are loaded before training; the output directory is only
+written at the end, atomically, so an error never leaves a half-written --out behind.
+Exit codes: 0 trained, 2 usage error (one line on stderr), 3 training diverged (checkpoint and
+record still written, metrics.status = "diverged").
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+EXIT_DIVERGED = 3
+
+# dest -> method hyper-parameter name (collected into TrainConfig.method_params)
+METHOD_FLAGS = ("beta", "n_variational", "delta_sigma", "gammas", "a_b", "a_f", "bn_policy", "logit_scale")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def _one_line_error(parser: argparse.ArgumentParser):
+    def error(message: str):
+        print(f"nvcim train: error: {' '.join(str(message).split())} (see nvcim train --help)", file=sys.stderr)
+        sys.exit(2)
+
+    return error
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from nvcim.train import DEFAULTS, DEVICES, OPTIMIZERS, PRESETS, SCHEDULES, SELECTIONS
+
+    D = DEFAULTS
+    p = subparsers.add_parser(
+        "train",
+        help="train a model (vanilla, noise injection, OVF) and save a checkpoint",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,  # only flags given on the command line reach the config
+    )
+    p.error = _one_line_error(p)  # one line, exit 2, for bad values of known flags
+
+    g = p.add_argument_group("run")
+    g.add_argument("--preset", metavar="NAME", help=f"start from a named preset: {', '.join(sorted(PRESETS))}")
+    g.add_argument("--config", metavar="FILE",
+                   help="TOML / YAML / JSON file of training config keys (method_params as a table); flags override it")
+    g.add_argument("--out", metavar="DIR", help="checkpoint directory to write at the end (default: none, nothing saved)")
+    g.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out (default: refuse)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines (default: show them)")
+
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", metavar="NAME", help=f"registered model: vgg8, resnet18, tiny, ... (default: {D['model']})")
+    g.add_argument("--width", type=float, metavar="X", help=f"width multiplier of every hidden layer (default: {D['width']})")
+    g.add_argument("--dataset", metavar="NAME",
+                   help="mnist5k (offline), mnist, fashion_mnist, cifar10, cifar100, tiny_imagenet "
+                        f"(default: {D['dataset']})")
+    g.add_argument("--data-root", metavar="DIR", help="data directory (default: $NVCIM_DATA or ~/.cache/nvcim/data)")
+    g.add_argument("--val-fraction", type=float, metavar="F",
+                   help=f"fraction of the training data held out for validation, in [0, 1) (default: {D['val_fraction']})")
+    g.add_argument("--limit", type=int, metavar="N",
+                   help="use only the first N train / val / test examples (default: all)")
+    g.add_argument("--data-seed", type=int, metavar="S",
+                   help=f"seed of the train/val split, independent of --seed (default: {D['data_seed']})")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                   help="training augmentation (crop + flip for CIFAR / Tiny ImageNet) (default: the data set's)")
+
+    g = p.add_argument_group("method (Eq. 1 and baselines)")
+    g.add_argument("--method", metavar="NAME",
+                   help=f"vanilla, noise_injection or ovf (default: {D['method']})")
+    g.add_argument("--beta", type=float, metavar="B", help="OVF feedback strength β (default: 1e-3)")
+    g.add_argument("--n-variational", type=int, metavar="N", help="OVF number of variational forwards N (default: 3)")
+    g.add_argument("--delta-sigma", type=float, metavar="DS",
+                   help="OVF σ step Δσ: forward n runs at σ + nΔσ (σ_d units) (default: 0.05)")
+    g.add_argument("--gammas", type=_floats, metavar="G1,..,GN", help="OVF γ_1..γ_N (default: 10^(n-N))")
+    g.add_argument("--a-b", type=float, metavar="A", help="OVF backbone weight a_b (default: 1/(N+1))")
+    g.add_argument("--a-f", type=float, metavar="A", help="OVF feedback weight a_f (default: 1/(N+1))")
+    g.add_argument("--bn-policy", metavar="P",
+                   help="OVF BatchNorm statistics: backbone (only the backbone forward updates them) or all "
+                        "(reference code) (default: backbone)")
+    g.add_argument("--logit-scale", type=float, metavar="S",
+                   help="noise_injection: multiply the logits before the loss (default: 1)")
+
+    g = p.add_argument_group("device model")
+    g.add_argument("--sigma", type=float, metavar="S",
+                   help="training σ_d, relative to one device's maximum level; for vanilla the σ validation runs at "
+                        f"(default: {D['sigma']})")
+    g.add_argument("--weight-bits", type=int, metavar="M", help=f"bits per weight magnitude (default: {D['weight_bits']})")
+    g.add_argument("--device-bits", type=int, metavar="K", help=f"bits per device, must divide M (default: {D['device_bits']})")
+    g.add_argument("--quantize", action=argparse.BooleanOptionalAction,
+                   help="quantize weights (Eq. 2) before adding noise; --no-quantize reproduces the authors' code "
+                        f"(default: {D['quantize']})")
+
+    g = p.add_argument_group("optimization")
+    g.add_argument("--epochs", type=int, metavar="E", help=f"training epochs (default: {D['epochs']})")
+    g.add_argument("--batch-size", type=int, metavar="B", help=f"mini-batch size in images (default: {D['batch_size']})")
+    g.add_argument("--optimizer", metavar="NAME", help=f"{' or '.join(OPTIMIZERS)} (default: {D['optimizer']})")
+    g.add_argument("--lr", type=float, metavar="LR", help=f"initial learning rate (default: {D['lr']})")
+    g.add_argument("--momentum", type=float, metavar="M", help=f"SGD momentum (default: {D['momentum']})")
+    g.add_argument("--weight-decay", type=float, metavar="WD", help=f"L2 weight decay (default: {D['weight_decay']})")
+    g.add_argument("--schedule", metavar="NAME",
+                   help=f"{' or '.join(SCHEDULES)}: cosine anneals the LR to 0 over all steps (default: {D['schedule']})")
+    g.add_argument("--seed", type=int, metavar="S",
+                   help=f"seed of initialization, training noise, shuffling and augmentation (default: {D['seed']})")
+    g.add_argument("--device", metavar="DEV", help=f"{', '.join(DEVICES)} (default: {D['device']})")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction,
+                   help=f"bf16 autocast mixed precision, CUDA only (default: {D['amp']})")
+    g.add_argument("--num-threads", type=int, metavar="N", help="torch CPU threads for the run (default: torch's setting)")
+
+    g = p.add_argument_group("validation")
+    g.add_argument("--val-runs", type=int, metavar="R",
+                   help="Monte Carlo chips per validation at the training σ, and for the quick test accuracy "
+                        f"(0: none) (default: {D['val_runs']})")
+    g.add_argument("--select", metavar="HOW",
+                   help=f"which epoch's weights are kept: {', '.join(SELECTIONS)} (noisy = best Monte Carlo "
+                        f"validation mean) (default: {D['select']})")
+    g.add_argument("--eval-every", type=int, metavar="E", help=f"validate every E epochs and after the last (default: {D['eval_every']})")
+    p.set_defaults(run=run)
+    return p
+
+
+def config_from_args(args: argparse.Namespace):
+    """The TrainConfig the flags describe (defaults < preset < config file < flags)."""
+    from nvcim.train import FIELDS, PRESETS, TrainConfig, read_config_file
+
+    given: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in ("run", "command")}
+    d: dict[str, Any] = {}
+    if "preset" in given:
+        if given["preset"] not in PRESETS:
+            raise ValueError(f"unknown preset {given['preset']!r}: use one of {sorted(PRESETS)}")
+        d.update(PRESETS[given["preset"]])
+    if "config" in given:
+        d.update(read_config_file(given["config"]))
+    method_params = dict(d.get("method_params") or {})
+    for name in METHOD_FLAGS:
+        if name in given:
+            method_params[name] = given[name]
+    if method_params:
+        d["method_params"] = method_params
+    for name in FIELDS:
+        if name in given:
+            d[name] = given[name]
+    if given.get("quiet"):
+        d["progress"] = False
+    return TrainConfig.from_dict(d)
+
+
+def summary_table(result) -> str:
+    from tabulate import tabulate
+
+    cfg, m = result.config, result.metrics
+
+    def pct(v):
+        return "-" if v is None else f"{v:.2f}"
+
+    noisy = "-" if m["test_noisy_mean"] is None else (
+        f"{m['test_noisy_mean']:.2f}" + (f" ± {m['test_noisy_std']:.2f}" if m["test_noisy_std"] is not None else "")
+        + f" ({m['test_noisy_runs']} runs)")
+    rows = [
+        ("status", m["status"] + (f" at epoch {m['diverged_at']['epoch']} step {m['diverged_at']['step']}"
+                                  if m["diverged_at"] else "")),
+        ("model", f"{cfg.model} (width {cfg.width:g}) on {cfg.dataset}"),
+        ("method", f"{cfg.method} {cfg.method_params or ''}".strip()),
+        ("training σ_d", f"{cfg.sigma:g} (M={cfg.weight_bits}, K={cfg.device_bits}, quantize={cfg.quantize})"),
+        ("epochs run / best", f"{len(m['history'])} / {m['best_epoch'] if m['best_epoch'] is not None else '-'}"),
+        ("val accuracy, noisy (%)", pct(m["best_val_noisy"])),
+        ("val accuracy, clean (%)", pct(m["best_val_clean"])),
+        ("test accuracy, clean (%)", pct(m["test_clean"])),
+        (f"test accuracy, σ={cfg.sigma:g} (%)", noisy),
+        ("train time (s)", f"{m['train_time_s']:.1f}"),
+        ("images / s", "-" if m["images_per_s"] is None else f"{m['images_per_s']:.0f}"),
+        ("device", m["device"] + (" (bf16 autocast)" if m["amp"] else "")),
+        ("checkpoint", str(result.checkpoint) if result.checkpoint is not None else "(not saved: no --out)"),
+    ]
+    return tabulate(rows, tablefmt="simple", disable_numparse=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nvcim.data import load_dataset
+    from nvcim.train import check_out_dir, resolve_device, train
+
+    cfg = config_from_args(args)
+    out = getattr(args, "out", None)
+    overwrite = bool(getattr(args, "overwrite", False))
+    if out is not None:
+        check_out_dir(out, overwrite)  # before the (possibly slow) data loading
+    resolve_device(cfg.device)
+    splits = load_dataset(cfg.dataset, cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.data_seed, limit=cfg.limit)
+    result = train(cfg, out, overwrite=overwrite, splits=splits)
+    print(summary_table(result))
+    if result.status != "ok":
+        at = result.metrics.get("diverged_at") or {}
+        print(f"nvcim train: training diverged (non-finite loss at epoch {at.get('epoch')} step {at.get('step')}); "
+              "the record is in the checkpoint's config.json", file=sys.stderr)
+        return EXIT_DIVERGED
+    return 0
