@@ -356,3 +356,24 @@ def test_stale_partial_cell_is_wiped(tmp_path):
     assert run_sweep(spec, out, progress=False, force=True).exit_code == 0
     assert sorted(p.name for p in d.iterdir()) == ["cell.json", "checkpoint", "result.json"]
     assert json.loads((d / "cell.json").read_text())["id"] == cid
+
+
+def test_repository_experiment_specs_are_valid():
+    specs = sorted((ROOT / "experiments").glob("*/*.toml"))
+    names = {p.relative_to(ROOT / "experiments").as_posix() for p in specs}
+    pairs = ["vgg8_mnist", "vgg8_cifar10", "resnet18_mnist", "resnet18_cifar10", "resnet18_cifar100",
+             "resnet18_tiny_imagenet"]
+    assert {f"paper/fig3_{p}.toml" for p in pairs} | {"paper/fig4_ekl.toml", "paper/convergence.toml",
+                                                      "cpu/ablation_mnist5k.toml"} <= names
+    for p in specs:
+        cells = expand(load_spec(p))
+        if p.parent.name == "paper" and p.stem.startswith("fig"):
+            spec = load_spec(p)
+            assert spec["sigmas"] == [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4] and spec["seeds"] == [0, 1, 2, 3, 4]
+            assert spec["train"]["epochs"] == 200 and spec["eval"]["runs"] == 200 and len(cells) == 95
+            assert spec["train"]["lr"] == (1e-3 if "vgg8" in spec["models"] else 1e-2)
+    conv = expand(load_spec(ROOT / "experiments/paper/convergence.toml"))
+    assert len(conv) == 20 and {c.sigma for c in conv} == {0.35}
+    abl = expand(load_spec(ROOT / "experiments/cpu/ablation_mnist5k.toml"))
+    assert len(abl) == 36 and {c.label for c in abl} == {"noise_injection", "ovf", "ovf-beta0", "ni-scale-1/2",
+                                                         "ni-scale-1/4", "ni-scale-1/8"}
