@@ -472,6 +472,23 @@ def _write_json(path: Path, payload: Any) -> Path:
     return write_results_json(path, payload)
 
 
+def _atomic_text(path: Path, text: str) -> Path:
+    """Write `text` to `path` atomically (temp file in the same directory, fsync, os.replace)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
 def _clean_temps(d: Path) -> None:
     """Remove leftovers of writes a kill interrupted (hidden temp files and dirs) under `d`."""
     if not d.is_dir():
@@ -499,7 +516,7 @@ def prepare_cell_dir(out_dir, cell: Cell, threads: int) -> Path:
     _clean_temps(d)
     (d / FAILED_FILE).unlink(missing_ok=True)
     if not (d / CELL_FILE).is_file():
-        _write_json(d / CELL_FILE, want)
+        _atomic_text(d / CELL_FILE, json.dumps(want, indent=2) + "\n")  # Python JSON: round-trips exactly
     return d
 
 
@@ -512,9 +529,14 @@ def _link_or_copy_dir(src: Path, dst: Path) -> None:
                 os.link(f, tmp / f.name)
             except OSError:
                 shutil.copy2(f, tmp / f.name)
-        if dst.exists():
-            shutil.rmtree(dst)
+        old = None
+        if dst.exists():  # move aside first: a kill never leaves a half-deleted `dst`
+            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+            os.rmdir(old)
+            os.replace(dst, old)
         os.replace(tmp, dst)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -543,12 +565,16 @@ class CellDiverged(RuntimeError):
 def _train_or_load(tc, ckpt: Path, splits):
     """(model, metrics, wall seconds spent training now) — reusing a finished checkpoint at `ckpt`."""
     from nvcim import train as _train
-    from nvcim.checkpoint import CONFIG_FILE, load_checkpoint
+    from nvcim.checkpoint import CONFIG_FILE, CheckpointError, load_checkpoint
 
     if (ckpt / CONFIG_FILE).is_file():
-        model, config = load_checkpoint(ckpt)
-        model.eval()
-        return model, dict(config.get("metrics") or {}), 0.0
+        try:
+            model, config = load_checkpoint(ckpt)
+        except CheckpointError:  # damaged outside nvcim's atomic writes: train again
+            shutil.rmtree(ckpt, ignore_errors=True)
+        else:
+            model.eval()
+            return model, dict(config.get("metrics") or {}), 0.0
     t0 = time.perf_counter()
     res = _train.train(tc, out_dir=ckpt, splits=splits)
     return res.model, dict(res.metrics), time.perf_counter() - t0
@@ -740,9 +766,7 @@ def prepare_out_dir(spec: Mapping, out_dir, *, force: bool = False, spec_text: s
         raise ValueError(f"sweep output {out} holds cells but no {SPEC_JSON}: choose another --out or pass --force")
     _write_json(spec_file, spec)
     if spec_text is not None and spec_suffix != ".json":
-        from nvcim.evaluate import _atomic_write_text
-
-        _atomic_write_text(out / f"spec{spec_suffix}", spec_text)
+        _atomic_text(out / f"spec{spec_suffix}", spec_text)
     return out
 
 
