@@ -1,0 +1,142 @@
+"""Benchmark of Monte Carlo evaluation (nvcim.evaluate) on VGG-8-like networks, CPU or GPU.
+
+Prints image·runs per second for
+  (a) the fast path (`monte_carlo_evaluate`, path="auto": "chunked" on CPU: programmed weights of a
+      chunk of runs drawn into reused buffers, one forward per run), with and without the two extra
+      deterministic passes for clean / quantized accuracy,
+  (a') the other paths: "stacked" (vmap over the runs of a chunk) and the reference "loop"
+      (nvcim.program_chip_ per run),
+  (b) a naive per-run loop (deepcopy the model, perturb every weight with nvcim.program, evaluate),
+  (c) clean inference of the same number of image forwards (runs x images),
+and the ratios fast/clean time (goal <= 1.15) and naive/fast (speedup).
+
+    python benchmarks/bench_eval.py                       # 1/4 and full width, sized for ~2 min on 2 cores
+    python benchmarks/bench_eval.py --widths 0.25 --runs 16 --images 1024 --device cuda
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 python benchmarks/bench_eval.py   # other allocator
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import time
+
+import torch
+from torch import nn
+
+import nvcim
+from nvcim.evaluate import monte_carlo_evaluate
+
+
+def make_vgg8(width: float, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    try:
+        from nvcim.models import create_model
+
+        return create_model("vgg8", num_classes, in_channels, width=width, image_size=32)
+    except ImportError:  # models.py not available: a local copy of the SPEC §5 architecture
+        layers, c = [], in_channels
+        for v in (64, 128, "M", 256, 256, "M", 512, 512, "M"):
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                out = max(1, round(v * width))
+                layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+                c = out
+        hidden = max(1, round(1024 * width))
+        return nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * 16, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
+
+
+def naive_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg, runs: int, batch_size: int) -> list[int]:
+    out = []
+    for r in range(runs):
+        m = copy.deepcopy(model)
+        gen = torch.Generator().manual_seed(r)
+        with torch.no_grad():
+            for mod in m.modules():
+                if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                    mod.weight.copy_(nvcim.program(mod.weight, cfg, generator=gen))
+            correct = 0
+            for i in range(0, x.shape[0], batch_size):
+                correct += int((m(x[i : i + batch_size]).argmax(-1) == y[i : i + batch_size]).sum())  # [B]
+        out.append(correct)
+    return out
+
+
+def clean(model: nn.Module, x: torch.Tensor, runs: int, batch_size: int) -> None:
+    with torch.no_grad():
+        for _ in range(runs):
+            for i in range(0, x.shape[0], batch_size):
+                model(x[i : i + batch_size])  # [B, classes]
+
+
+def timed(fn, device, clock=time.perf_counter) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = clock()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return clock() - t
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--widths", default="0.25,1.0", help="comma-separated VGG-8 width multipliers (default 0.25,1.0)")
+    p.add_argument("--runs", default="8,2", help="Monte Carlo runs per width, comma-separated (default 8,2)")
+    p.add_argument("--images", default="256,128", help="test images per width, comma-separated (default 256,128)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward (default 256)")
+    p.add_argument("--chunk-runs", type=int, default=None, help="runs drawn together (default: automatic)")
+    p.add_argument("--repeat", type=int, default=2, help="interleaved repetitions; the minimum time is reported (default 2)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--sigma", type=float, default=0.3, help="device variation sigma_d (default 0.3)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--clock", choices=("wall", "process"), default="wall",
+                   help="wall time, or this process's CPU time (with --threads 1: robust to other jobs on a shared "
+                        "machine) (default wall)")
+    args = p.parse_args()
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    widths = [float(w) for w in args.widths.split(",")]
+    runs_l = [int(v) for v in args.runs.split(",")]
+    images_l = [int(v) for v in args.images.split(",")]
+    runs_l += [runs_l[-1]] * (len(widths) - len(runs_l))
+    images_l += [images_l[-1]] * (len(widths) - len(images_l))
+    cfg = nvcim.DeviceConfig(sigma=args.sigma)
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, sigma {args.sigma}, "
+          f"batch {args.batch_size}, {args.clock} clock, min of {args.repeat} interleaved repetitions")
+    for width, runs, images in zip(widths, runs_l, images_l):
+        torch.manual_seed(0)
+        model = make_vgg8(width).to(device).eval()
+        x = torch.randn(images, 3, 32, 32, device=device)  # [N, 3, 32, 32]
+        y = torch.randint(0, 10, (images,), device=device)  # [N]
+        work = runs * images
+        clean(model, x[: args.batch_size], 1, args.batch_size)  # warm-up
+        kw = dict(runs=runs, seed=0, batch_size=args.batch_size, chunk_runs=args.chunk_runs, device=device)
+        methods = {
+            "fast (auto path, MC only)": lambda: monte_carlo_evaluate(model, (x, y), cfg, path="auto", baselines=False, **kw),
+            "fast + clean/quant passes": lambda: monte_carlo_evaluate(model, (x, y), cfg, path="auto", **kw),
+            "stacked (vmap over runs)": lambda: monte_carlo_evaluate(model, (x, y), cfg, path="stacked", baselines=False, **kw),
+            "loop (program_chip_)": lambda: monte_carlo_evaluate(model, (x, y), cfg, path="loop", baselines=False, **kw),
+            "naive (deepcopy+program)": lambda: naive_loop(model, x, y, cfg, runs, args.batch_size),
+            "clean inference": lambda: clean(model, x, runs, args.batch_size),
+        }
+        times = {k: math.inf for k in methods}
+        for _ in range(args.repeat):
+            for k, fn in methods.items():
+                times[k] = min(times[k], timed(fn, device, clock))
+        n_w = sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+        print(f"\nVGG-8 width {width:g} ({n_w / 1e6:.2f} M noisy weights), {runs} runs x {images} images = {work} image-runs")
+        for name, t in times.items():
+            print(f"  {name:28s} {t:8.2f} s  {work / t:10.1f} image-runs/s")
+        t_fast, t_clean = times["fast (auto path, MC only)"], times["clean inference"]
+        print(f"  fast/clean time ratio        {t_fast / t_clean:8.3f}   (goal <= 1.15)")
+        print(f"  stacked/clean time ratio     {times['stacked (vmap over runs)'] / t_clean:8.3f}")
+        print(f"  loop/clean time ratio        {times['loop (program_chip_)'] / t_clean:8.3f}")
+        print(f"  naive/fast speedup           {times['naive (deepcopy+program)'] / t_fast:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""`nvcim eval`: Monte Carlo noisy-inference evaluation of a checkpoint (SPEC §4).
+
+    nvcim eval runs/ovf-0.3                                # R=200 chips at the training σ
+    nvcim eval runs/ovf-0.3 --sigmas 0,0.1,0.2,0.3 --runs 1000 --out results.json --csv results.csv
+    nvcim eval runs/ovf-0.3 --curve --device cuda          # σ = 0, 0.05, ..., 2 x training σ
+
+One run = one programmed chip (one draw per noisy weight, fixed for the whole split); run r of
+every σ uses the same seeded draws, so results are reproducible from --seed. Prints a table
+(accuracies in %, mean with std and 95% CI over runs, worst-case percentiles, EKL in nats) and
+optionally writes everything, per-run accuracies included, to JSON:
+    {"kind": "mc_eval", "nvcim_version", "checkpoint", "checkpoint_config", "dataset", "split",
+     "device_config", "results": [MCResult.to_dict(), ...]}
+Errors the user can fix end in one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+
+def _one_line_error(message: str):
+    print(f"nvcim eval: error: {' '.join(str(message).split())} (see nvcim eval --help)", file=sys.stderr)
+    sys.exit(2)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "eval",
+        help="Monte Carlo evaluation of a checkpoint under device variation",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.error = _one_line_error  # bad values of known flags: one line, exit 2
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory written by `nvcim train`")
+
+    g = p.add_argument_group("device variation (σ_d is relative to one device's maximum conductance level)")
+    x = g.add_mutually_exclusive_group()
+    x.add_argument("--sigma", metavar="S", help="evaluate at this one σ_d >= 0 (default: the checkpoint's training σ)")
+    x.add_argument("--sigmas", metavar="S1,S2,..", help="evaluate at each of these comma-separated σ_d values")
+    x.add_argument("--curve", action="store_true",
+                   help="robustness curve: σ_d = 0, 0.05, ..., 2 x training σ inclusive (0 .. 0.4 if it is 0)")
+    g.add_argument("--no-quantize", action="store_true",
+                   help="add the noise to the float weights without quantizing them first (authors' code); "
+                        "default: the checkpoint's device setting (quantize on unless trained without)")
+
+    g = p.add_argument_group("Monte Carlo")
+    g.add_argument("--runs", metavar="R", default="200", help="programmed chips per σ, >= 2 (default: 200)")
+    g.add_argument("--seed", metavar="S", default="0", help="seed of the chips' draws, >= 0 (default: 0)")
+    g.add_argument("--batch-size", metavar="B", default="1024", help="images per forward pass (default: 1024)")
+    g.add_argument("--chunk-runs", metavar="N", default=None,
+                   help="runs drawn together; bounds memory (default: automatic, ~1 GiB of weights)")
+    g.add_argument("--device", metavar="DEV", default="cpu", choices=("cpu", "cuda"),
+                   help="cpu or cuda; draws are made on CPU either way, so results do not depend on it (default: cpu)")
+    g.add_argument("--progress", action="store_true", help="show a progress bar over runs (default: off)")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", metavar="NAME",
+                   help="mnist5k (offline), mnist, fashion_mnist, cifar10, cifar100, tiny_imagenet "
+                        "(default: the checkpoint's)")
+    g.add_argument("--data-root", metavar="DIR",
+                   help="data directory (default: the checkpoint's, else $NVCIM_DATA or ~/.cache/nvcim/data)")
+    g.add_argument("--split", default="test", choices=("test", "val"),
+                   help="test, or val (the split held out from the training data with the checkpoint's "
+                        "val fraction and data seed) (default: test)")
+    g.add_argument("--limit", metavar="N", default=None,
+                   help="use only the first N examples of the split (default: the checkpoint's data limit, else all)")
+
+    g = p.add_argument_group("output")
+    g.add_argument("--out", metavar="FILE", help="write all results (per-run accuracies included) as JSON (default: none)")
+    g.add_argument("--csv", metavar="FILE", help="write one row of statistics per σ as CSV (default: none)")
+    p.set_defaults(run=run)
+    return p
+
+
+def _number(flag: str, text: str) -> float:
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"{flag} {text!r} is not a number") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{flag} {text!r} is not a finite number")
+    return v
+
+
+def _sigma(flag: str, text: str) -> float:
+    v = _number(flag, text)
+    if v < 0:
+        raise ValueError(f"{flag} {text!r} is invalid: σ_d must be >= 0")
+    return v
+
+
+def _int(flag: str, text: str, minimum: int) -> int:
+    try:
+        v = int(str(text).strip())
+    except ValueError:
+        raise ValueError(f"{flag} {text!r} is not an integer") from None
+    if v < minimum:
+        raise ValueError(f"{flag} {v} is invalid: use an integer >= {minimum}")
+    return v
+
+
+def run(args: argparse.Namespace) -> int:
+    import nvcim
+    from nvcim.config import DeviceConfig
+    from nvcim.evaluate import default_sigma_grid, results_table, robustness_curve, write_csv, write_results_json
+
+    # validate everything cheap before loading anything
+    runs = _int("--runs", args.runs, 2)
+    seed = _int("--seed", args.seed, 0)
+    batch_size = _int("--batch-size", args.batch_size, 1)
+    chunk_runs = None if args.chunk_runs is None else _int("--chunk-runs", args.chunk_runs, 1)
+    limit = None if args.limit is None else _int("--limit", args.limit, 1)
+    sigmas = None
+    if args.sigma is not None:
+        sigmas = [_sigma("--sigma", args.sigma)]
+    elif args.sigmas is not None:
+        parts = [s for s in args.sigmas.split(",") if s.strip()]
+        if not parts:
+            raise ValueError(f"--sigmas {args.sigmas!r} lists no value: give e.g. 0,0.1,0.2")
+        sigmas = [_sigma("--sigmas", s.strip()) for s in parts]
+    ckpt = Path(args.checkpoint)
+    if not ckpt.exists():
+        raise FileNotFoundError(f"checkpoint {ckpt} does not exist: check the path")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda but CUDA is not available: use --device cpu")
+
+    from nvcim.checkpoint import load_checkpoint
+    from nvcim.data import load_dataset
+
+    model, config = load_checkpoint(ckpt)
+    dev_dict = config.get("device") or {}
+    if not isinstance(dev_dict, dict):
+        raise ValueError(f"checkpoint {ckpt}: 'device' in config.json is not a device config: fix config.json")
+    base = DeviceConfig.from_dict(dev_dict) if dev_dict else DeviceConfig(sigma=0.0)
+    if args.no_quantize:
+        base = base.replace(quantize=False)
+    train_sigma = base.sigma
+    if args.curve:
+        sigmas = default_sigma_grid(train_sigma)
+    elif sigmas is None:
+        sigmas = [train_sigma]
+
+    data_cfg = config.get("data") or {}
+    if not isinstance(data_cfg, dict):
+        data_cfg = {}
+    dataset = args.dataset or data_cfg.get("name")
+    if not dataset:
+        raise ValueError(f"checkpoint {ckpt} names no dataset: pass --dataset NAME")
+    same = dataset == data_cfg.get("name")
+    root = args.data_root or (data_cfg.get("root") if same else None)
+    if limit is None and same:
+        limit = data_cfg.get("limit")
+    splits = load_dataset(
+        dataset,
+        root,
+        val_fraction=float(data_cfg.get("val_fraction", 0.1) if same else 0.1),
+        seed=int(data_cfg.get("seed", 0) if same else 0),
+        limit=limit,
+    )
+    split = getattr(splits, args.split)
+    if len(split) == 0:
+        raise ValueError(f"the {args.split} split of {dataset} is empty: use --split test or another dataset")
+    info = splits.info
+    spec = config.get("model", {})
+    if spec.get("in_channels", info.in_channels) != info.in_channels or spec.get("num_classes", info.num_classes) < info.num_classes:
+        raise ValueError(
+            f"dataset {dataset} ({info.in_channels} channels, {info.num_classes} classes) does not fit the checkpoint's "
+            f"model ({spec.get('in_channels')} channels, {spec.get('num_classes')} classes): pass a matching --dataset"
+        )
+
+    results = robustness_curve(model, split, base, sigmas, runs=runs, seed=seed, batch_size=batch_size,
+                               chunk_runs=chunk_runs, device=args.device, progress=args.progress)
+    print(f"{ckpt}: {spec.get('name', '?')} on {dataset} ({args.split}, {results[0].n_samples} images), "
+          f"{runs} runs per σ, seed {seed}, M={base.weight_bits} K={base.device_bits} quantize={base.quantize}, "
+          f"training σ {train_sigma:g}")
+    print(results_table(results))
+    payload = {
+        "kind": "mc_eval",
+        "nvcim_version": nvcim.__version__,
+        "checkpoint": str(ckpt),
+        "checkpoint_config": config,
+        "dataset": dataset,
+        "split": args.split,
+        "device_config": base.to_dict(),
+        "results": [r.to_dict() for r in results],
+    }
+    if args.out:
+        write_results_json(args.out, payload)
+        print(f"wrote {args.out}")
+    if args.csv:
+        write_csv(args.csv, results)
+        print(f"wrote {args.csv}")
+    return 0

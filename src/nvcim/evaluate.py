@@ -1,0 +1,755 @@
+"""Monte Carlo noisy inference (SPEC §4): accuracy statistics and EKL over R programmed chips.
+
+    cfg = nvcim.DeviceConfig(sigma=0.3)
+    res = monte_carlo_evaluate(model, (x, y), cfg, runs=200, seed=0)      # or a data Split
+    res.mean, res.std, res.ci95, res.p1, res.ekl, res.per_run_accuracy
+    curve = robustness_curve(model, split, cfg, default_sigma_grid(0.3))
+
+One run = one programmed chip: every noisy weight gets one draw, kept for the whole test set. Run r's
+draws come from a CPU `torch.Generator` seeded by `run_seed(seed, r)` and are taken layer by layer in
+module order exactly as `nvcim.draw_chip` takes them, so the same seed gives the same chips, hence
+the same per-run accuracies (up to float ties in the logits), whatever the batch size, chunking,
+path or device. The Gaussian draws are the same standard normals scaled by σ, so a robustness curve
+uses common random numbers across σ (smooth curves, paired comparisons).
+
+Three paths compute the same thing. The fast ones draw a chunk of runs at once: the programmed
+weights of every layer go into one preallocated buffer [R_chunk, *W.shape] that is refilled in place
+(W_d precomputed once; per run only randn and one addcmul, no allocation), then
+  * "stacked": `torch.func.vmap(functional_call)` evaluates all runs of the chunk in one batched
+    forward (batched / grouped convolutions); the default on CUDA;
+  * "chunked": one `functional_call` forward per run over those buffers; the default on CPU, where
+    it costs the same as clean inference while vmap's grouped convolutions are 1.3-2x slower
+    (benchmarks/bench_eval.py);
+  * "loop" (reference): `nvcim.program_chip_` per run and plain forwards.
+
+The statistics live in the pure function `summarize` (testable on hand-made numbers). No scipy: the
+Student-t quantile is computed here (regularized incomplete beta + bisection; Cornish-Fisher
+expansion for df >= 1000), matching scipy.stats.t.ppf to ~1e-11.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from nvcim import device as dm
+from nvcim.config import DeviceConfig
+from nvcim.noise import (
+    NoisyWeight,
+    apply_variation_,
+    clear_chip_,
+    noisy_modules,
+    program_chip_,
+    remove_variation_,
+    variation_disabled,
+)
+
+PATHS = ("auto", "stacked", "chunked", "loop")
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes for stacked weights + activations of one chunk
+
+
+# ---- Student t quantile (no scipy in the package) ----------------------------------------------
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularized incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 10_000):
+        m2 = 2 * m
+        # even step: d_{2m} = m (b - m) x / ((a + 2m - 1)(a + 2m))
+        num = m * (b - m) * x / ((a + m2 - 1.0) * (a + m2))
+        d = 1.0 + num * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + num / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        # odd step: d_{2m+1} = -(a + m)(a + b + m) x / ((a + 2m)(a + 2m + 1))
+        num = -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1.0))
+        d = 1.0 + num * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + num / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b) for a, b > 0, 0 <= x <= 1."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with df degrees of freedom."""
+    if df <= 0:
+        raise ValueError(f"t_cdf: df={df!r} is invalid: use df > 0")
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))  # P(T > |t|)
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """Inverse of `t_cdf`: the p-quantile of Student's t (e.g. t_quantile(0.975, 9) = 2.2622)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"t_quantile: p={p!r} is invalid: use 0 < p < 1")
+    if df <= 0:
+        raise ValueError(f"t_quantile: df={df!r} is invalid: use df > 0")
+    if p == 0.5:
+        return 0.0
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    if df >= 1000:
+        # Cornish-Fisher expansion around the normal quantile (Abramowitz & Stegun 26.7.5); the
+        # omitted terms are O(z^11 / df^5), far below double precision here.
+        z = statistics.NormalDist().inv_cdf(p)
+        z2 = z * z
+        g1 = (z2 + 1) * z / 4
+        g2 = ((5 * z2 + 16) * z2 + 3) * z / 96
+        g3 = (((3 * z2 + 19) * z2 + 17) * z2 - 15) * z / 384
+        g4 = ((((79 * z2 + 776) * z2 + 1482) * z2 - 1920) * z2 - 945) * z / 92160
+        return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
+    lo, hi = 0.0, max(1.0, statistics.NormalDist().inv_cdf(p))
+    while t_cdf(hi, df) < p:
+        lo, hi = hi, hi * 2.0
+    for _ in range(200):  # bisection: the CDF is monotone, so this always converges
+        mid = 0.5 * (lo + hi)
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-13 * hi:
+            break
+    return 0.5 * (lo + hi)
+
+
+# ---- statistics --------------------------------------------------------------------------------
+def summarize(per_run_correct: Sequence[int], n: int, ekl_sum: float, ekl_n: int) -> dict:
+    """Accuracy statistics (percent) over runs and EKL from the raw counts.
+
+    per_run_correct: number of correctly classified samples in each run; n: samples per run;
+    ekl_sum: Σ -log p_y over the correct (run, sample) pairs; ekl_n: how many such pairs.
+    Returns mean, std (ddof=1), ci95 (Student t, of the mean), p1/p5/p10 (numpy linear
+    interpolation), min, max, ekl, ekl_n. With a single run, std and ci95 are NaN.
+    """
+    if n <= 0:
+        raise ValueError(f"summarize: n={n!r} is invalid: need at least one sample")
+    correct = np.asarray(per_run_correct, dtype=np.float64)  # [R]
+    if correct.ndim != 1 or correct.size == 0:
+        raise ValueError("summarize: per_run_correct must be a non-empty 1-D sequence")
+    acc = 100.0 * correct / n  # [R] percent
+    runs = acc.size
+    mean = float(acc.mean())
+    if runs > 1:
+        std = float(acc.std(ddof=1))
+        half = t_quantile(0.975, runs - 1) * std / math.sqrt(runs)
+        ci = (mean - half, mean + half)
+    else:
+        std, ci = math.nan, (math.nan, math.nan)
+    p1, p5, p10 = (float(v) for v in np.percentile(acc, [1.0, 5.0, 10.0]))
+    return {
+        "per_run_accuracy": [float(a) for a in acc],
+        "mean": mean,
+        "std": std,
+        "ci95": ci,
+        "p1": p1,
+        "p5": p5,
+        "p10": p10,
+        "min": float(acc.min()),
+        "max": float(acc.max()),
+        "ekl": float(ekl_sum) / ekl_n if ekl_n > 0 else math.nan,
+        "ekl_n": int(ekl_n),
+    }
+
+
+def _nan_to_none(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (list, tuple)):
+        return [_nan_to_none(x) for x in v]
+    return v
+
+
+def _none_to_nan(v: Any) -> Any:
+    return math.nan if v is None else v
+
+
+@dataclass
+class MCResult:
+    """Monte Carlo result at one σ. Accuracies are in percent; ci95 is (lo, hi) of the mean."""
+
+    sigma: float
+    runs: int
+    seed: int
+    n_samples: int
+    clean_accuracy: float  # float weights, no quantization, no noise
+    quantized_accuracy: float  # deterministic target weights W_d (σ = 0); = clean if cfg.quantize is False
+    per_run_accuracy: list[float]
+    per_run_correct: list[int]
+    mean: float
+    std: float
+    ci95: tuple[float, float]
+    p1: float
+    p5: float
+    p10: float
+    min: float
+    max: float
+    ekl: float
+    ekl_n: int
+    wall_time_s: float
+    path: str = "chunked"
+    device_config: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-able dict (NaN becomes null)."""
+        d = dataclasses.asdict(self)
+        d["ci95"] = list(self.ci95)
+        return {k: _nan_to_none(v) for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "MCResult":
+        known = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        for k in ("clean_accuracy", "quantized_accuracy", "std", "ekl", "mean", "p1", "p5", "p10", "min", "max"):
+            if k in kw:
+                kw[k] = _none_to_nan(kw[k])
+        kw["ci95"] = tuple(_none_to_nan(v) for v in kw.get("ci95", (None, None)))
+        kw["per_run_accuracy"] = [float(a) for a in kw.get("per_run_accuracy", [])]
+        kw["per_run_correct"] = [int(c) for c in kw.get("per_run_correct", [])]
+        return cls(**kw)
+
+
+# ---- seeds, data, model state -----------------------------------------------------------------
+def run_seed(seed: int, run: int) -> int:
+    """Seed of run `run`'s generator: SeedSequence([seed, run]) mixed to 63 bits (no collisions in practice)."""
+    state = np.random.SeedSequence([int(seed), int(run)]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
+
+
+def run_generator(seed: int, run: int) -> torch.Generator:
+    """The CPU generator all of run `run`'s draws come from."""
+    return torch.Generator(device="cpu").manual_seed(run_seed(seed, run))
+
+
+def _materialize(data: Any, batch_size: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The evaluation set as a list of (x [B,C,H,W] float, y [B] int64) batches on `device`."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        x, y = data
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"data: x has {x.shape[0]} samples but y has {y.shape[0]}: they must match")
+        batches = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    elif hasattr(data, "batches"):
+        batches = list(data.batches(batch_size))
+    else:
+        raise TypeError("data must be an (x, y) tuple of tensors or a Split with .batches(batch_size)")
+    out = [(xb.to(device), yb.to(device, torch.int64)) for xb, yb in batches]  # [B, C, H, W], [B]
+    if out and not out[0][0].is_floating_point():
+        raise TypeError("data: images must be normalized floating-point tensors (a Split's .batches() yields them)")
+    if not out or sum(int(yb.numel()) for _, yb in out) == 0:
+        raise ValueError("data is empty: need at least one sample")
+    return out
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, t in flags:
+            m.training = t
+
+
+@contextlib.contextmanager
+def _controllers_for(model: nn.Module, cfg: DeviceConfig):
+    """Noise controllers with `cfg` on the model's noisy layers for the duration; state restored after.
+
+    A plain model gets the device model on every Conv/Linear weight (removed on exit); a model that
+    already has variation applied keeps its layer selection but runs with `cfg` (σ included).
+    """
+    layers = noisy_modules(model)
+    if not layers:
+        apply_variation_(model, cfg)
+        try:
+            if not noisy_modules(model):
+                raise ValueError("model has no Conv/Linear layer: nothing to evaluate under device variation")
+            yield
+        finally:
+            remove_variation_(model)
+        return
+    saved = [(m._nvcim, m._nvcim.cfg, m._nvcim.sigma, m._nvcim.enabled, m._nvcim.programmed) for _, m in layers]
+    for _, m in layers:
+        ctrl: NoisyWeight = m._nvcim
+        ctrl.cfg, ctrl.sigma, ctrl.enabled, ctrl.programmed = cfg, cfg.sigma, True, None
+    try:
+        yield
+    finally:
+        for ctrl, c, s, e, p in saved:
+            ctrl.cfg, ctrl.sigma, ctrl.enabled, ctrl.programmed = c, s, e, p
+
+
+@contextlib.contextmanager
+def _on_device(model: nn.Module, device: torch.device):
+    """Temporarily move the model to `device` (values round-trip exactly)."""
+    first = next(iter(model.parameters()), None)
+    home = first.device if first is not None else torch.device("cpu")
+    if home == device:
+        yield
+        return
+    model.to(device)
+    try:
+        yield
+    finally:
+        model.to(home)
+
+
+# ---- per-run weights ----------------------------------------------------------------------------
+class _ChipSampler:
+    """Draws programmed chips for a model whose noisy layers carry `cfg`, into stacked buffers.
+
+    Reproduces `nvcim.draw_chip(model, generator=gen, sigma=σ)` value for value: same layer order,
+    same generator calls on CPU, same arithmetic as `nvcim.device.draw` (W_d + z · c σ s in one
+    addcmul), but written in place into preallocated buffers instead of fresh tensors.
+    """
+
+    def __init__(self, model: nn.Module, cfg: DeviceConfig, device: torch.device):
+        self.cfg = cfg
+        self.device = device
+        self.names: list[str] = []
+        self.prepared: list[dm.PreparedWeight] = []  # on CPU, where the draws happen
+        self.w_d: list[torch.Tensor] = []  # [*W.shape] on `device`
+        for name, module in noisy_modules(model):
+            prep = dm.prepare(module.weight.detach().to("cpu"), cfg)
+            self.names.append(f"{name}.weight" if name else "weight")
+            self.prepared.append(prep)
+            self.w_d.append(prep.w_d.to(device))
+        self.fast = cfg.use_fast_path
+        self._scratch: list[torch.Tensor] | None = None  # CPU staging buffers when device is not CPU
+
+    def weight_bytes(self) -> int:
+        return sum(w.numel() * w.element_size() for w in self.w_d)
+
+    def alloc(self, runs: int) -> list[torch.Tensor]:
+        return [torch.empty((runs, *w.shape), dtype=w.dtype, device=self.device) for w in self.w_d]  # [R, *W.shape]
+
+    def fill(self, bufs: list[torch.Tensor], runs: Sequence[int], seed: int, sigma: float) -> None:
+        """bufs[l][i] := W_p of layer l in run runs[i]."""
+        on_cpu = self.device.type == "cpu"
+        if not on_cpu and self._scratch is None:
+            self._scratch = [torch.empty_like(p.w_d) for p in self.prepared]  # [*W.shape] CPU
+        for i, r in enumerate(runs):
+            gen = run_generator(seed, r)
+            for l, (buf, prep) in enumerate(zip(bufs, self.prepared)):
+                if sigma == 0 or not self.fast:
+                    buf[i].copy_(dm.draw(prep, self.cfg, sigma, gen))  # [*W.shape]
+                    continue
+                out = buf[i] if on_cpu else self._scratch[l]  # [*W.shape]
+                torch.randn(prep.w_d.shape, generator=gen, dtype=prep.w_d.dtype, out=out)  # z
+                torch.addcmul(prep.w_d, out, prep.scale * (self.cfg.c * sigma), out=out)  # W_d + z · c σ s
+                if not on_cpu:
+                    buf[i].copy_(out)
+
+
+# ---- forward passes ----------------------------------------------------------------------------
+class _Accumulator:
+    """Per-run correct counts and EKL sums (float64)."""
+
+    def __init__(self, runs: int):
+        self.correct = np.zeros(runs, dtype=np.int64)
+        self.ekl_sum = np.zeros(runs, dtype=np.float64)
+        self.ekl_n = np.zeros(runs, dtype=np.int64)
+
+    def add(self, runs: Sequence[int], logits: torch.Tensor, y: torch.Tensor) -> None:
+        """logits [k, B, classes] for runs `runs`, y [B]."""
+        logp = torch.log_softmax(logits.to(torch.float64), dim=-1)  # [k, B, classes]
+        hit = logits.argmax(dim=-1) == y.unsqueeze(0)  # [k, B]
+        nll = -logp.gather(-1, y.view(1, -1, 1).expand(logits.shape[0], -1, 1)).squeeze(-1)  # [k, B]
+        nll = torch.where(hit, nll, torch.zeros_like(nll))
+        idx = np.asarray(runs)
+        self.correct[idx] += hit.sum(dim=1).cpu().numpy()
+        self.ekl_sum[idx] += nll.sum(dim=1).cpu().numpy()
+        self.ekl_n[idx] += hit.sum(dim=1).cpu().numpy()
+
+
+def _count_correct(model: nn.Module, batches, weights: Mapping[str, torch.Tensor] | None = None) -> int:
+    """Correct predictions of one deterministic forward pass (optionally with replaced weights)."""
+    correct = 0
+    with torch.no_grad(), variation_disabled(model):
+        for x, y in batches:
+            if weights is None:
+                out = model(x)  # [B, classes]
+            else:
+                out = torch.func.functional_call(model, dict(weights), (x,))  # [B, classes]
+            correct += int((out.argmax(dim=-1) == y).sum())
+    return correct
+
+
+def _stacked_forward(model: nn.Module, names: list[str], bufs: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """logits [k, B, classes] of k chips (bufs[l]: [k, *W.shape]) on one batch x [B, C, H, W]."""
+
+    def one(weights, inp):
+        return torch.func.functional_call(model, dict(zip(names, weights)), (inp,))
+
+    return torch.func.vmap(one, in_dims=(0, None))(tuple(bufs), x)
+
+
+def _activation_bytes_per_image(model: nn.Module, x: torch.Tensor) -> int:
+    """Rough bytes of live activations per image per run in a no-grad forward (largest output x 4)."""
+    largest = [0]
+
+    def hook(_m, _i, out):
+        if isinstance(out, torch.Tensor):
+            largest[0] = max(largest[0], out.numel() * out.element_size())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad(), variation_disabled(model):
+            model(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return 4 * largest[0]
+
+
+def _stacked_works(model: nn.Module, sampler: _ChipSampler, x: torch.Tensor) -> bool:
+    bufs = [w.unsqueeze(0).expand(2, *w.shape).contiguous() for w in sampler.w_d]
+    try:
+        with torch.no_grad(), variation_disabled(model):
+            _stacked_forward(model, sampler.names, bufs, x[:1])
+        return True
+    except Exception as exc:  # vmap lacks a batching rule for some op of a custom model
+        warnings.warn(f"nvcim: stacked Monte Carlo path unavailable ({type(exc).__name__}: {exc}); using 'chunked'")
+        return False
+
+
+def _check_args(runs: int, seed: int, batch_size: int, chunk_runs: int | None, path: str) -> None:
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise ValueError(f"runs={runs!r} is invalid: use an integer >= 1 (>= 2 for a std and CI)")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed={seed!r} is invalid: use an integer >= 0")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is invalid: use an integer >= 1")
+    if chunk_runs is not None and (isinstance(chunk_runs, bool) or not isinstance(chunk_runs, int) or chunk_runs < 1):
+        raise ValueError(f"chunk_runs={chunk_runs!r} is invalid: use an integer >= 1 or None")
+    if path not in PATHS:
+        raise ValueError(f"path={path!r} is unknown: use one of {list(PATHS)}")
+
+
+def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress, baseline) -> MCResult:
+    """Monte Carlo at cfg.sigma; the model is in eval mode with controllers carrying `cfg`."""
+    t0 = time.perf_counter()
+    n = sum(int(y.numel()) for _, y in batches)
+    sampler = _ChipSampler(model, cfg, device)
+    if baseline is None:
+        baseline = _baselines(model, batches, sampler)
+    elif baseline is False:
+        baseline = (math.nan, math.nan)
+    clean_correct, quant_correct = baseline
+    sigma = cfg.sigma
+    acc = _Accumulator(runs)
+    if path == "auto":
+        # measured on CPU: vmap's batched (grouped) convolutions are 1.3-2x slower than one
+        # forward per run, while per-run forwards over pre-drawn weights cost the same as clean
+        # inference; on CUDA, batching the runs fills the device.
+        if device.type == "cuda" and _stacked_works(model, sampler, batches[0][0]):
+            path = "stacked"
+        else:
+            path = "chunked"
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=runs, desc=f"MC sigma={sigma:g}", disable=not progress, leave=False)
+    try:
+        if path == "loop":
+            for r in range(runs):
+                program_chip_(model, generator=run_generator(seed, r), sigma=sigma)
+                try:
+                    with torch.no_grad():
+                        for x, y in batches:
+                            acc.add([r], model(x).unsqueeze(0), y)  # [1, B, classes]
+                finally:
+                    clear_chip_(model)
+                bar.update(1)
+        elif sigma == 0:
+            # no noise: every run is the deterministic chip W_d; one pass serves all runs
+            once = _Accumulator(1)
+            with torch.no_grad(), variation_disabled(model):
+                for x, y in batches:
+                    out = torch.func.functional_call(model, dict(zip(sampler.names, sampler.w_d)), (x,))  # [B, classes]
+                    once.add([0], out.unsqueeze(0), y)
+            acc.correct[:] = once.correct[0]
+            acc.ekl_sum[:] = once.ekl_sum[0]
+            acc.ekl_n[:] = once.ekl_n[0]
+            bar.update(runs)
+        else:
+            stacked = path == "stacked"
+            if chunk_runs is None:
+                per_run = sampler.weight_bytes()
+                if stacked:  # activations of every run of the chunk are alive together
+                    widest = max(int(y.numel()) for _, y in batches)
+                    per_run += widest * _activation_bytes_per_image(model, batches[0][0])
+                chunk_runs = max(1, min(runs, DEFAULT_MEMORY_BUDGET // max(per_run, 1)))
+            chunk_runs = min(chunk_runs, runs)
+            bufs = sampler.alloc(chunk_runs)  # [chunk, *W.shape] per layer, reused for every chunk
+            with torch.no_grad(), variation_disabled(model):
+                for start in range(0, runs, chunk_runs):
+                    chunk = list(range(start, min(start + chunk_runs, runs)))
+                    sampler.fill(bufs, chunk, seed, sigma)
+                    if stacked:
+                        views = [b[: len(chunk)] for b in bufs]  # [k, *W.shape]
+                        for x, y in batches:
+                            acc.add(chunk, _stacked_forward(model, sampler.names, views, x), y)  # [k, B, classes]
+                    else:
+                        for i, r in enumerate(chunk):
+                            weights = {n: b[i] for n, b in zip(sampler.names, bufs)}  # [*W.shape] each
+                            for x, y in batches:
+                                out = torch.func.functional_call(model, weights, (x,))  # [B, classes]
+                                acc.add([r], out.unsqueeze(0), y)
+                    bar.update(len(chunk))
+    finally:
+        bar.close()
+    stats = summarize(acc.correct, n, float(acc.ekl_sum.sum()), int(acc.ekl_n.sum()))
+    return MCResult(
+        sigma=sigma,
+        runs=runs,
+        seed=seed,
+        n_samples=n,
+        clean_accuracy=100.0 * clean_correct / n,
+        quantized_accuracy=100.0 * quant_correct / n,
+        per_run_correct=[int(c) for c in acc.correct],
+        wall_time_s=time.perf_counter() - t0,
+        path=path,
+        device_config=cfg.to_dict(),
+        **stats,
+    )
+
+
+def _baselines(model, batches, sampler: _ChipSampler) -> tuple[int, int]:
+    clean = _count_correct(model, batches)
+    quant = _count_correct(model, batches, dict(zip(sampler.names, sampler.w_d)))
+    return clean, quant
+
+
+def _resolve_device(model: nn.Module, device) -> torch.device:
+    if device is None:
+        first = next(iter(model.parameters()), None)
+        return first.device if first is not None else torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available: use --device cpu")
+    return device
+
+
+def monte_carlo_evaluate(
+    model: nn.Module,
+    data: Any,
+    cfg: DeviceConfig,
+    *,
+    runs: int = 200,
+    seed: int = 0,
+    batch_size: int = 1024,
+    chunk_runs: int | None = None,
+    path: str = "auto",
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    baselines: bool = True,
+) -> MCResult:
+    """Monte Carlo accuracy of `model` on `data` under device variation `cfg` (σ = cfg.sigma).
+
+    data: (x [N,C,H,W] float normalized, y [N] int64) or a Split with .batches(batch_size).
+    model: plain (the device model goes on every Conv/Linear weight for the call and is removed
+    afterwards) or with variation already applied (its layer selection is kept, `cfg` is used).
+    The model is evaluated in eval mode (BN running statistics) and left exactly as it was.
+    batch_size: images per forward (per run). chunk_runs: runs drawn together (default: stacked
+    weights, plus activations for "stacked", fit in ~1 GiB).
+    path: "stacked" (vmap over the runs of a chunk), "chunked" (one forward per run over pre-drawn
+    weights), "loop" (reference: program_chip_ per run), "auto" ("stacked" on CUDA when vmap
+    supports the model, else "chunked"). device: where to compute (default: the model's device); the
+    draws are always made on CPU, so results do not depend on it.
+    baselines: also measure clean_accuracy and quantized_accuracy (two deterministic passes);
+    False leaves them NaN.
+    """
+    if not isinstance(cfg, DeviceConfig):
+        raise TypeError(f"cfg must be a nvcim.DeviceConfig, got {type(cfg).__name__}")
+    _check_args(runs, seed, batch_size, chunk_runs, path)
+    dev = _resolve_device(model, device)
+    batches = _materialize(data, batch_size, dev)
+    with _on_device(model, dev), _eval_mode(model), _controllers_for(model, cfg):
+        return _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, dev, progress, None if baselines else False)
+
+
+def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Iterable[float], **mc_kwargs) -> list[MCResult]:
+    """`monte_carlo_evaluate` at every σ in `sigmas` (same seed: common random numbers across σ)."""
+    sigmas = [DeviceConfig(sigma=s).sigma for s in sigmas]  # validates each σ
+    if not sigmas:
+        raise ValueError("sigmas is empty: give at least one σ")
+    opts = {"runs": 200, "seed": 0, "batch_size": 1024, "chunk_runs": None, "path": "auto", "device": None, "progress": False,
+            "baselines": True}
+    unknown = sorted(set(mc_kwargs) - set(opts))
+    if unknown:
+        raise TypeError(f"robustness_curve got unexpected keyword(s) {unknown}")
+    opts.update(mc_kwargs)
+    _check_args(opts["runs"], opts["seed"], opts["batch_size"], opts["chunk_runs"], opts["path"])
+    dev = _resolve_device(model, opts["device"])
+    batches = _materialize(data, opts["batch_size"], dev)
+    results = []
+    with _on_device(model, dev), _eval_mode(model), _controllers_for(model, cfg):
+        baseline = _baselines(model, batches, _ChipSampler(model, cfg, dev)) if opts["baselines"] else False  # σ-independent
+        for s in sigmas:
+            cfg_s = cfg.replace(sigma=s)
+            for _, m in noisy_modules(model):
+                m._nvcim.cfg, m._nvcim.sigma = cfg_s, s
+            res = _mc_core(model, batches, cfg_s, opts["runs"], opts["seed"], opts["chunk_runs"], opts["path"], dev,
+                           opts["progress"], baseline)
+            results.append(res)
+    return results
+
+
+def default_sigma_grid(train_sigma: float, step: float = 0.05) -> list[float]:
+    """[0, step, ..., 2 * train_sigma] inclusive (0 .. 0.4 when train_sigma is 0), rounded to 1e-9."""
+    train_sigma = DeviceConfig(sigma=train_sigma).sigma
+    if not (step > 0 and math.isfinite(step)):
+        raise ValueError(f"step={step!r} is invalid: use a number > 0")
+    top = 2.0 * train_sigma if train_sigma > 0 else 0.4
+    n = int(math.floor(top / step + 1e-9))
+    grid = [round(i * step, 9) for i in range(n + 1)]
+    if grid[-1] < round(top, 9) - 1e-9:
+        grid.append(round(top, 9))
+    return grid
+
+
+def convergence_summary(mean_accuracies: Mapping[str, float], threshold: float = 5.0) -> dict:
+    """SPEC §4: a model is non-converged if its mean accuracy is more than `threshold` points below
+    the mean over all the models."""
+    if not mean_accuracies:
+        raise ValueError("convergence_summary: no models given")
+    values = [float(v) for v in mean_accuracies.values()]
+    mom = sum(values) / len(values)
+    bad = [k for k, v in mean_accuracies.items() if float(v) < mom - threshold]
+    return {
+        "mean_of_means": mom,
+        "threshold": float(threshold),
+        "non_converged": bad,
+        "n_non_converged": len(bad),
+        "n_models": len(values),
+    }
+
+
+# ---- output ------------------------------------------------------------------------------------
+def _atomic_write_text(path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_results_json(path, payload: Any) -> Path:
+    """Write `payload` as JSON atomically (temp file in the same directory, then os.replace)."""
+    return _atomic_write_text(path, json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, MCResult):
+        return v.to_dict()
+    if isinstance(v, DeviceConfig):
+        return v.to_dict()
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating, float)):
+        return _nan_to_none(float(v))
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+TABLE_COLUMNS = ("sigma", "runs", "mean", "std", "ci95", "p1", "p5", "p10", "min", "max", "clean", "quantized", "ekl")
+
+
+def _fmt(v: float, digits: int = 2) -> str:
+    return "nan" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def results_table(results: Sequence[MCResult]) -> str:
+    """A plain-text table (accuracies in %, EKL in nats), one row per σ."""
+    from tabulate import tabulate
+
+    rows = [
+        [f"{r.sigma:g}", r.runs, _fmt(r.mean), _fmt(r.std), f"[{_fmt(r.ci95[0])}, {_fmt(r.ci95[1])}]",
+         _fmt(r.p1), _fmt(r.p5), _fmt(r.p10), _fmt(r.min), _fmt(r.max), _fmt(r.clean_accuracy),
+         _fmt(r.quantized_accuracy), _fmt(r.ekl, 4)]
+        for r in results
+    ]
+    return tabulate(rows, headers=list(TABLE_COLUMNS), tablefmt="simple", disable_numparse=True)
+
+
+CSV_COLUMNS = ("sigma", "runs", "seed", "n_samples", "clean_accuracy", "quantized_accuracy", "mean", "std", "ci95_lo",
+               "ci95_hi", "p1", "p5", "p10", "min", "max", "ekl", "ekl_n", "wall_time_s", "path")
+
+
+def write_csv(path, results: Sequence[MCResult]) -> Path:
+    """One row per σ with the scalar statistics (per-run accuracies are in the JSON), written atomically."""
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for r in results:
+        d = r.to_dict()
+        d["ci95_lo"], d["ci95_hi"] = d["ci95"]
+        w.writerow(["" if d[c] is None else d[c] for c in CSV_COLUMNS])
+    return _atomic_write_text(path, buf.getvalue())
+
+
+__all__ = [
+    "MCResult",
+    "monte_carlo_evaluate",
+    "robustness_curve",
+    "default_sigma_grid",
+    "convergence_summary",
+    "summarize",
+    "t_quantile",
+    "t_cdf",
+    "run_seed",
+    "run_generator",
+    "write_results_json",
+    "results_table",
+    "write_csv",
+]
