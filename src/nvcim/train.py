@@ -95,7 +95,7 @@ class TrainConfig:
         baseline at a σ where it is at chance), "last".
     eval_every: validate every this many epochs (and always after the last).
     num_threads: torch.set_num_threads for the run (None: leave torch's setting).
-    progress: tqdm bar and one line per epoch on stderr.
+    progress: tqdm bar (only when stderr is a TTY) and one line per epoch on stderr.
     """
 
     model: str = "vgg8"
@@ -327,6 +327,34 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def tune_malloc() -> bool:
+    """Make glibc malloc keep freed memory for reuse instead of returning it to the OS (Linux only).
+
+    A CPU training step frees and re-allocates its activations every step; glibc serves large blocks
+    with fresh mmap()s and trims the heap, so every step page-faults its whole activation memory
+    again. For OVF at full VGG-8 width (batch 128, four live forward graphs) that is ~850k page
+    faults and ~1.3 s of kernel time per 13 s step; with this tweak the faults vanish and the step is
+    ~12% faster (noise injection is unaffected: its smaller working set is already reused).
+    Process-wide (the peak heap stays reserved), so the `nvcim train` CLI calls it on CPU and the
+    library's `train()` does not. Returns True when applied.
+    """
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    ok = mallopt(m_mmap_max, 0)  # large blocks from the heap too, so they can be reused
+    ok &= mallopt(m_trim_threshold, 2**31 - 1)  # never shrink the heap
+    return bool(ok)
+
+
 def check_out_dir(out_dir, overwrite: bool) -> Path:
     """Refuse, before any training, an output path that the final checkpoint write would refuse
     (a file, a non-empty directory that is not a checkpoint) or, unless `overwrite`, a checkpoint."""
@@ -472,8 +500,9 @@ def _train(cfg, out_dir, splits, info, augment, dev, amp, create_model, create_t
 
     for epoch in range(1, cfg.epochs + 1):
         model.train()
+        # disable=None: no bar when stderr is not a TTY (logs of sweeps stay clean)
         bar = (tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, file=sys.stderr,
-                    dynamic_ncols=True) if cfg.progress else _Silent())
+                    dynamic_ncols=True, disable=None) if cfg.progress else _Silent())
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)  # Σ loss·B over finite steps
         correct = torch.zeros((), dtype=torch.int64, device=dev)
         bad_step = torch.full((), -1, dtype=torch.int64, device=dev)  # first non-finite step of the epoch
@@ -599,5 +628,6 @@ __all__ = [
     "load_train_config",
     "check_out_dir",
     "resolve_device",
+    "tune_malloc",
     "train",
 ]

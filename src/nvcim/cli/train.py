@@ -7,6 +7,8 @@
 Precedence: TrainConfig defaults < --preset < --config file (its own `preset` key first) < flags.
 Everything is validated and the data are loaded before training; the output directory is only
 written at the end, atomically, so an error never leaves a half-written --out behind.
+On CPU the command keeps freed activation memory for reuse (nvcim.train.tune_malloc: glibc mallopt),
+which avoids re-faulting it every step (~12% faster OVF steps at full VGG-8 width).
 Exit codes: 0 trained, 2 usage error (one line on stderr), 3 training diverged (checkpoint and
 record still written, metrics.status = "diverged").
 """
@@ -187,14 +189,15 @@ def summary_table(result) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from nvcim.data import load_dataset
-    from nvcim.train import check_out_dir, resolve_device, train
+    from nvcim.train import check_out_dir, resolve_device, train, tune_malloc
 
     cfg = config_from_args(args)
     out = getattr(args, "out", None)
     overwrite = bool(getattr(args, "overwrite", False))
     if out is not None:
         check_out_dir(out, overwrite)  # before the (possibly slow) data loading
-    resolve_device(cfg.device)
+    if resolve_device(cfg.device).type == "cpu":
+        tune_malloc()  # reuse activation memory between steps (fewer page faults; see nvcim.train.tune_malloc)
     splits = load_dataset(cfg.dataset, cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.data_seed, limit=cfg.limit)
     result = train(cfg, out, overwrite=overwrite, splits=splits)
     print(summary_table(result))
