@@ -17,10 +17,17 @@ class UsageError(Exception):
     """A problem the user can fix; printed as one line, exit code 2."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag or value as one line (plus a hint), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from nvcim import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="nvcim",
         description="Device-variation-aware training and evaluation for NVCIM accelerators.",
     )
