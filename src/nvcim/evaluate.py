@@ -249,9 +249,22 @@ def run_seed(seed: int, run: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
 
 
-def run_generator(seed: int, run: int) -> torch.Generator:
-    """The CPU generator all of run `run`'s draws come from."""
-    return torch.Generator(device="cpu").manual_seed(run_seed(seed, run))
+# Where the Monte Carlo draws are made. "cpu" (default): on a CPU generator, so the chips are the same
+# on any device. "device": on the compute device's own generator (e.g. CUDA), which avoids drawing
+# ~13 M weights per run on one CPU thread; chips are then reproducible per device type only.
+RNG_DEVICES = ("cpu", "device")
+RNG_DEVICE = os.environ.get("NVCIM_MC_RNG", "cpu")
+if RNG_DEVICE not in RNG_DEVICES:
+    raise ValueError(f"NVCIM_MC_RNG={RNG_DEVICE!r} is invalid: use one of {list(RNG_DEVICES)}")
+
+
+def _draw_device(device: torch.device) -> torch.device:
+    return torch.device(device) if RNG_DEVICE == "device" else torch.device("cpu")
+
+
+def run_generator(seed: int, run: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """The generator all of run `run`'s draws come from (on CPU unless NVCIM_MC_RNG=device)."""
+    return torch.Generator(device=_draw_device(device)).manual_seed(run_seed(seed, run))
 
 
 def _materialize(data: Any, batch_size: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -342,8 +355,9 @@ class _ChipSampler:
         self.names: list[str] = []
         self.prepared: list[dm.PreparedWeight] = []  # on CPU, where the draws happen
         self.w_d: list[torch.Tensor] = []  # [*W.shape] on `device`
+        self.draw_device = _draw_device(device)
         for name, module in noisy_modules(model):
-            prep = dm.prepare(module.weight.detach().to("cpu"), cfg)
+            prep = dm.prepare(module.weight.detach().to(self.draw_device), cfg)
             self.names.append(f"{name}.weight" if name else "weight")
             self.prepared.append(prep)
             self.w_d.append(prep.w_d.to(device))
@@ -358,11 +372,11 @@ class _ChipSampler:
 
     def fill(self, bufs: list[torch.Tensor], runs: Sequence[int], seed: int, sigma: float) -> None:
         """bufs[l][i] := W_p of layer l in run runs[i]."""
-        on_cpu = self.device.type == "cpu"
+        on_cpu = self.draw_device == self.device  # draws land directly in the buffers
         if not on_cpu and self._scratch is None:
             self._scratch = [torch.empty_like(p.w_d) for p in self.prepared]  # [*W.shape] CPU
         for i, r in enumerate(runs):
-            gen = run_generator(seed, r)
+            gen = run_generator(seed, r, self.device)
             for l, (buf, prep) in enumerate(zip(bufs, self.prepared)):
                 if sigma == 0 or not self.fast:
                     buf[i].copy_(dm.draw(prep, self.cfg, sigma, gen))  # [*W.shape]
@@ -486,7 +500,7 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
     try:
         if path == "loop":
             for r in range(runs):
-                program_chip_(model, generator=run_generator(seed, r), sigma=sigma)
+                program_chip_(model, generator=run_generator(seed, r, device), sigma=sigma)
                 try:
                     with torch.no_grad():
                         for x, y in batches:
