@@ -603,7 +603,7 @@ def _fig_distribution(F: _Figures, gkey, gpts, colours, title_prefix) -> bool:
         ax.grid(alpha=0.3, axis="y")
     axes[0][0].set_ylabel("per-run (per-chip) accuracy (%)")
     handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, fontsize=7, loc="upper right", ncol=3)
+    fig.legend(handles, names, fontsize=7, loc="lower right", ncol=3)  # below the axes: clear of the title
     fig.suptitle(f"{title_prefix}{group_title(gkey)}: distribution of per-run accuracy (seeds pooled)", fontsize=10)
     F.save(fig, _slug("distribution", *gkey),
            f"{group_title(gkey)}: per-run accuracy distribution (whiskers: min–max; markers: p1, p5, min)")
