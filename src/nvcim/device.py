@@ -124,22 +124,33 @@ def weight_perturbation(
     if cfg.use_fast_path:
         z = torch.randn(w_d.shape, generator=generator, device=w_d.device, dtype=w_d.dtype)  # [*shape]
         return z.mul_(prepared.scale * (cfg.c * sigma))
-    return _device_sum(prepared, cfg, sigma, generator).mul_(prepared.sign)
+    return _device_sum(prepared, cfg, sigma, generator).mul_(_signed_step(prepared, cfg))
 
 
 def _device_sum(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator) -> torch.Tensor:
-    """s/(2^M-1) Σ_j Δg_j 2^{jK} with one draw per device (before the crossbar sign)."""
+    """Σ_j Δg_j 2^{jK} in level units, with one draw per device (before sign and scale)."""
     w_d = prepared.w_d
-    dtype = w_d.dtype
     kind = VARIATIONS[cfg.variation]
     shape = (cfg.devices_per_weight, *w_d.shape)
     if kind.needs_levels:
-        targets = slice_levels(prepared.levels, cfg).to(dtype)  # [M/K, *shape]
+        targets = slice_levels(prepared.levels, cfg).to(w_d.dtype)  # [M/K, *shape]
     else:
-        targets = torch.empty(shape, dtype=dtype, device=w_d.device)
+        targets = torch.empty(shape, dtype=w_d.dtype, device=w_d.device)
     dg = kind.sample(targets, sigma, cfg, generator)  # [M/K, *shape] Δg in level units
-    place = place_values(cfg, dtype, w_d.device) * (prepared.scale / cfg.weight_levels)  # [M/K]
-    return torch.tensordot(place, dg, dims=([0], [0]))  # [*shape]
+    total = dg[0]  # [*shape], accumulated in place: one fused multiply-add pass per further device
+    for j in range(1, cfg.devices_per_weight):
+        total.add_(dg[j], alpha=float(1 << (j * cfg.device_bits)))
+    return total
+
+
+def _signed_step(prepared: PreparedWeight, cfg: DeviceConfig) -> torch.Tensor:
+    """[*shape] sign(W) · s / (2^M - 1): the weight change of one level on this weight's crossbar.
+
+    copysign is one pass (a where() on w < 0 is two); it puts -0.0 on the negative crossbar, which
+    changes nothing: such a weight has q = 0 on either side.
+    """
+    step = prepared.scale / cfg.weight_levels  # []
+    return torch.copysign(step, prepared.w)
 
 
 def draw(
@@ -156,8 +167,8 @@ def draw(
     if cfg.use_fast_path:  # one fused pass after the draw: W_d + z · c σ s
         z = torch.randn(w_d.shape, generator=generator, device=w_d.device, dtype=w_d.dtype)  # [*shape]
         return torch.addcmul(w_d, z, prepared.scale * (cfg.c * sigma), out=z)
-    summed = _device_sum(prepared, cfg, sigma, generator)  # [*shape]
-    return torch.addcmul(w_d, summed, prepared.sign, out=summed)
+    summed = _device_sum(prepared, cfg, sigma, generator)  # [*shape] Σ_j Δg_j 2^{jK}
+    return torch.addcmul(w_d, summed, _signed_step(prepared, cfg), out=summed)
 
 
 def program(w: torch.Tensor, cfg: DeviceConfig, generator: torch.Generator | None = None) -> torch.Tensor:
