@@ -134,6 +134,7 @@ def test_ovf_defaults_follow_the_paper():
     [
         ("ovf", dict(n_variational=0), "n_variational"),
         ("ovf", dict(beta=-1), "beta"),
+        ("ovf", dict(beta=True), "beta"),
         ("ovf", dict(gammas=(1.0,)), "gammas"),
         ("ovf", dict(bn_policy="none"), "bn_policy"),
         ("ovf", dict(alpha=1), "alpha"),

@@ -58,7 +58,7 @@ def dequantize(levels: torch.Tensor, sign: torch.Tensor, scale: torch.Tensor, cf
 def quantize(w: torch.Tensor, cfg: DeviceConfig) -> torch.Tensor:
     """W_d, the deterministic weight the chip is programmed towards (Eq. 2); W itself if cfg.quantize is False."""
     w_d = prepare(w, cfg).w_d
-    return w_d.clone() if w_d is w.detach() or not cfg.quantize else w_d
+    return w_d if cfg.quantize else w_d.clone()  # never hand back W itself
 
 
 def slice_levels(levels: torch.Tensor, cfg: DeviceConfig) -> torch.Tensor:

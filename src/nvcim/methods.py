@@ -46,7 +46,7 @@ class NoiseInjectionConfig:
     logit_scale: float = 1.0
 
     def __post_init__(self):
-        if not (isinstance(self.logit_scale, (int, float)) and self.logit_scale > 0):
+        if isinstance(self.logit_scale, bool) or not (isinstance(self.logit_scale, (int, float)) and self.logit_scale > 0):
             raise ValueError(f"noise_injection logit_scale={self.logit_scale!r} is invalid: use a number > 0")
 
 
@@ -69,7 +69,7 @@ class OVFConfig:
             raise ValueError(f"ovf n_variational={n!r} is invalid: use an integer >= 1")
         for field in ("beta", "delta_sigma"):
             v = getattr(self, field)
-            if not isinstance(v, (int, float)) or v != v or v < 0:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v < 0:
                 raise ValueError(f"ovf {field}={v!r} is invalid: use a number >= 0")
         for field in ("a_b", "a_f"):
             v = getattr(self, field)
