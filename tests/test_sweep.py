@@ -167,7 +167,7 @@ def test_missing_key_and_bad_file(tmp_path):
         validate_spec(raw)
     bad = tmp_path / "bad.toml"
     bad.write_text("models = [tiny\n")
-    with pytest.raises(ValueError, match="cannot be parsed"):
+    with pytest.raises(ValueError, match="cannot be read"):
         load_spec(bad)
     with pytest.raises(FileNotFoundError):
         load_spec(tmp_path / "nope.toml")

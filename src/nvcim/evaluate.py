@@ -36,12 +36,12 @@ import json
 import math
 import os
 import statistics
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+from nvcim.fileio import atomic_write_text
 
 import numpy as np
 import torch
@@ -674,26 +674,9 @@ def convergence_summary(mean_accuracies: Mapping[str, float], threshold: float =
 
 
 # ---- output ------------------------------------------------------------------------------------
-def _atomic_write_text(path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def write_results_json(path, payload: Any) -> Path:
     """Write `payload` as JSON atomically (temp file in the same directory, then os.replace)."""
-    return _atomic_write_text(path, json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")
+    return atomic_write_text(path, json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")
 
 
 def _jsonable(v: Any) -> Any:
@@ -749,7 +732,7 @@ def write_csv(path, results: Sequence[MCResult]) -> Path:
         d = r.to_dict()
         d["ci95_lo"], d["ci95_hi"] = d["ci95"]
         w.writerow(["" if d[c] is None else d[c] for c in CSV_COLUMNS])
-    return _atomic_write_text(path, buf.getvalue())
+    return atomic_write_text(path, buf.getvalue())
 
 
 __all__ = [

@@ -27,19 +27,17 @@ below the mean over the seeds (SPEC §4).
 from __future__ import annotations
 
 import base64
-import contextlib
 import csv
 import html
 import io
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+from nvcim.fileio import atomic_write_bytes
 
 import numpy as np
 
@@ -128,24 +126,6 @@ def _convergence(means: dict, threshold: float = CONVERGENCE_THRESHOLD) -> dict:
         return {"mean_of_means": mom, "threshold": threshold, "non_converged": bad,
                 "n_non_converged": len(bad), "n_models": len(vals)}
     return convergence_summary(means, threshold=threshold)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 is too private for a report
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _slug(*parts: Any) -> str:
@@ -492,7 +472,7 @@ class _Figures:
             fig.savefig(buf2, format=self.fmt, bbox_inches="tight")
             data = buf2.getvalue()
         self.plt.close(fig)
-        _atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data)
         self.items.append({"path": path, "png": png, "caption": caption, "name": name})
 
 
@@ -950,9 +930,9 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None)
     h += ["</body>", "</html>", ""]
 
     written = [it["path"] for it in F.items]
-    written.append(_atomic_write_bytes(out / "report.md", md_text.encode("utf-8")))
-    written.append(_atomic_write_bytes(out / "report.html", "\n".join(h).encode("utf-8")))
-    written.append(_atomic_write_bytes(out / "summary.csv", _summary_csv(points)))
+    written.append(atomic_write_bytes(out / "report.md", md_text.encode("utf-8")))
+    written.append(atomic_write_bytes(out / "report.html", "\n".join(h).encode("utf-8")))
+    written.append(atomic_write_bytes(out / "summary.csv", _summary_csv(points)))
     return written
 
 

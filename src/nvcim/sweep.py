@@ -60,6 +60,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+from nvcim.fileio import atomic_write_text, read_mapping_file
 
 SPEC_KEYS = ("name", "models", "width", "datasets", "methods", "sigmas", "seeds", "betas", "train", "eval",
              "method_params", "variants", "resources", "description")
@@ -103,35 +104,7 @@ def _err(where: str, key: str, value: Any, allowed: str) -> ValueError:
 
 def read_spec_file(path) -> dict:
     """The raw mapping of a spec file (.toml, .yaml/.yml or .json)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sweep spec {path} does not exist: check the path")
-    suffix = path.suffix.lower()
-    try:
-        text = path.read_text(encoding="utf-8")
-        if suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        elif suffix == ".json":
-            data = json.loads(text)
-        else:
-            raise ValueError(f"sweep spec {path} has unknown extension {path.suffix!r}: use .toml, .yaml, .yml or .json")
-    except ValueError as exc:
-        if str(exc).startswith("sweep spec"):
-            raise
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"sweep spec {path} cannot be parsed ({msg}): fix its syntax") from None
-    except Exception as exc:  # yaml errors, OSError, UnicodeDecodeError
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"sweep spec {path} cannot be read ({msg}): fix its syntax") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"sweep spec {path} must hold a mapping of keys, got {type(data).__name__}")
-    return data
+    return read_mapping_file(path, "sweep spec")
 
 
 def load_spec(path) -> dict:
@@ -472,23 +445,6 @@ def _write_json(path: Path, payload: Any) -> Path:
     return write_results_json(path, payload)
 
 
-def _atomic_text(path: Path, text: str) -> Path:
-    """Write `text` to `path` atomically (temp file in the same directory, fsync, os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def _clean_temps(d: Path) -> None:
     """Remove leftovers of writes a kill interrupted (hidden temp files and dirs) under `d`."""
     if not d.is_dir():
@@ -516,7 +472,7 @@ def prepare_cell_dir(out_dir, cell: Cell, threads: int) -> Path:
     _clean_temps(d)
     (d / FAILED_FILE).unlink(missing_ok=True)
     if not (d / CELL_FILE).is_file():
-        _atomic_text(d / CELL_FILE, json.dumps(want, indent=2) + "\n")  # Python JSON: round-trips exactly
+        atomic_write_text(d / CELL_FILE, json.dumps(want, indent=2) + "\n")  # Python JSON: round-trips exactly
     return d
 
 
@@ -766,7 +722,7 @@ def prepare_out_dir(spec: Mapping, out_dir, *, force: bool = False, spec_text: s
         raise ValueError(f"sweep output {out} holds cells but no {SPEC_JSON}: choose another --out or pass --force")
     _write_json(spec_file, spec)
     if spec_text is not None and spec_suffix != ".json":
-        _atomic_text(out / f"spec{spec_suffix}", spec_text)
+        atomic_write_text(out / f"spec{spec_suffix}", spec_text)
     return out
 
 

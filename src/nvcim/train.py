@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -45,6 +44,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+from nvcim.fileio import read_mapping_file
 
 import torch
 from torch import nn
@@ -265,31 +265,7 @@ def read_config_file(path) -> dict:
     an optional `preset` key expands to that preset's values, which the file's own values override.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist: check the path")
-    suffix = path.suffix.lower()
-    try:
-        text = path.read_text(encoding="utf-8")
-        if suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-            data = {} if data is None else data
-        elif suffix == ".json":
-            data = json.loads(text)
-        else:
-            raise ValueError(f"config file {path} has unknown extension {path.suffix!r}: use .toml, .yaml, .yml or .json")
-    except ValueError:
-        raise
-    except Exception as exc:  # TOMLDecodeError is a ValueError; yaml errors and OSError are not
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"config file {path} cannot be read ({msg}): fix its syntax") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping of training config keys, got {type(data).__name__}")
+    data = read_mapping_file(path, "config file")
     data = dict(data)
     preset = data.pop("preset", None)
     if preset is not None:

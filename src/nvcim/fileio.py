@@ -1,0 +1,73 @@
+"""Small file helpers shared by every module that writes results or reads settings.
+
+- `atomic_write_bytes` / `atomic_write_text`: write to a temp file in the same directory, fsync,
+  then `os.replace`, so a reader (or a rerun after SIGKILL) sees the old file or the new one,
+  never half of one.
+- `read_mapping_file`: a TOML / YAML / JSON file holding one mapping, with one-line errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_bytes(path, data: bytes, mode: int = 0o644) -> Path:
+    """Write `data` to `path` atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)  # mkstemp's 0600 is too private for results and reports
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """Write UTF-8 `text` to `path` atomically (newlines kept as given)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_mapping_file(path, what: str) -> dict[str, Any]:
+    """The mapping held by a .toml, .yaml/.yml or .json file; `what` names it in errors ("sweep spec")."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist: check the path")
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise ValueError(f"{what} {path} has unknown extension {path.suffix!r}: use .toml, .yaml, .yml or .json")
+    try:
+        text = path.read_text(encoding="utf-8")
+        if suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+            data = {} if data is None else data
+    except Exception as exc:  # TOMLDecodeError, JSONDecodeError, yaml errors, OSError, UnicodeDecodeError
+        raise ValueError(f"{what} {path} cannot be read ({_first_line(exc)}): fix its syntax") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {path} must hold a mapping of keys, got {type(data).__name__}")
+    return data
