@@ -245,3 +245,18 @@ def test_paper_reference_values():
     for s in reference.PAPER_SIGMAS:
         assert reference.paper_value("unlabelled", "unlabelled", "ovf", s, "ekl") < \
             reference.paper_value("unlabelled", "unlabelled", "noise_injection", s, "ekl")
+
+
+def test_sweep_cell_labels_and_chosen_beta(tmp_path):
+    """A sweep labels plain arms with the method name and records the β search as chosen_beta."""
+    ni = mc_eval("noise_injection", 0.2, 0, [mc_result(0.2, per_run("noise_injection", 0.2, 0))])
+    ni["cell"] = {"id": "a", "label": "noise_injection"}
+    ovf = mc_eval("ovf", 0.2, 0, [mc_result(0.2, per_run("ovf", 0.2, 0))])
+    ovf["checkpoint_config"]["method"].pop("beta", None)
+    ovf["cell"] = {"id": "b", "label": "ovf", "beta_search": {"chosen_beta": 0.01, "candidates": []}}
+    write(tmp_path / "a.json", ni)
+    write(tmp_path / "b.json", ovf)
+    recs = {r["method"]: r for r in load_results(tmp_path)}
+    assert recs["noise_injection"]["label"] == "noise injection"
+    assert recs["ovf"]["label"] == "OVF"
+    assert recs["ovf"]["beta_search"]["chosen_beta"] == 0.01

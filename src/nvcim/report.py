@@ -164,9 +164,14 @@ def _records_from_payload(payload: dict, path: Path) -> list[dict]:
     width = _num(model_cfg.get("width")) if isinstance(model_cfg, dict) else None
     train_sigma = _num(device_cfg.get("sigma")) if isinstance(device_cfg, dict) else None
     beta_search = cell.get("beta_search") if isinstance(cell.get("beta_search"), dict) else None
-    if beta_search and _num(beta_search.get("chosen")) is not None and method == "ovf":
-        method_cfg.setdefault("beta", beta_search["chosen"])
+    chosen = None
+    if beta_search:  # the sweep writes "chosen_beta"; "chosen" is accepted too
+        chosen = _num(beta_search.get("chosen_beta", beta_search.get("chosen")))
+    if chosen is not None and method == "ovf":
+        method_cfg.setdefault("beta", chosen)
     label_override = cell.get("label") or payload.get("label")
+    if label_override == method:  # a sweep labels plain arms with the method name: keep the readable default
+        label_override = None
     seed = ck.get("seed")
     out = []
     for i, r in enumerate(results):
