@@ -154,6 +154,18 @@ def _method_params_ok(method: str, params: Mapping, where: str) -> None:
         raise ValueError(f"sweep spec {where}: {str(exc).splitlines()[0]}") from None
 
 
+def _table_with_defaults(raw: Mapping, name: str, defaults: Mapping, where: str) -> dict:
+    """The spec's [name] table over its defaults; unknown keys are a one-line error."""
+    table = raw.get(name, {})
+    if not isinstance(table, Mapping):
+        raise _err(where, name, table, "a table")
+    unknown = sorted(set(table) - set(defaults))
+    if unknown:
+        raise ValueError(f"sweep spec {where}: unknown key(s) {[f'{name}.{k}' for k in unknown]}: allowed are "
+                         f"{[f'{name}.{k}' for k in defaults]}")
+    return {**defaults, **table}
+
+
 def validate_spec(raw: Mapping, where: str = "<spec>") -> dict:
     """A normalized copy of `raw` with every default filled; one-line ValueError naming the bad key."""
     from nvcim.data import DATASETS
@@ -229,14 +241,7 @@ def validate_spec(raw: Mapping, where: str = "<spec>") -> dict:
     spec["train"] = dict(tr)
 
     # [eval]
-    ev = raw.get("eval", {})
-    if not isinstance(ev, Mapping):
-        raise _err(where, "eval", ev, "a table")
-    unknown = sorted(set(ev) - set(EVAL_DEFAULTS))
-    if unknown:
-        raise ValueError(f"sweep spec {where}: unknown key(s) {['eval.' + k for k in unknown]}: allowed are "
-                         f"{['eval.' + k for k in EVAL_DEFAULTS]}")
-    e = {**EVAL_DEFAULTS, **ev}
+    e = _table_with_defaults(raw, "eval", EVAL_DEFAULTS, where)
     for key, lo in (("runs", 1), ("seed", 0), ("val_runs", 1), ("val_seed", 0), ("batch_size", 1)):
         if not _is_int(e[key]) or e[key] < lo:
             raise _err(where, f"eval.{key}", e[key], f"an integer >= {lo}")
@@ -251,14 +256,7 @@ def validate_spec(raw: Mapping, where: str = "<spec>") -> dict:
     spec["eval"] = e
 
     # [resources]
-    rs = raw.get("resources", {})
-    if not isinstance(rs, Mapping):
-        raise _err(where, "resources", rs, "a table")
-    unknown = sorted(set(rs) - set(RESOURCE_DEFAULTS))
-    if unknown:
-        raise ValueError(f"sweep spec {where}: unknown key(s) {['resources.' + k for k in unknown]}: allowed are "
-                         f"{['resources.' + k for k in RESOURCE_DEFAULTS]}")
-    r = {**RESOURCE_DEFAULTS, **rs}
+    r = _table_with_defaults(raw, "resources", RESOURCE_DEFAULTS, where)
     if r["threads_per_cell"] is not None and (not _is_int(r["threads_per_cell"]) or r["threads_per_cell"] < 1):
         raise _err(where, "resources.threads_per_cell", r["threads_per_cell"], "an integer >= 1")
     if not _is_num(r["cpus_per_cell"]) or r["cpus_per_cell"] <= 0:
