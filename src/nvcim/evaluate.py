@@ -17,10 +17,10 @@ weights of every layer go into one preallocated buffer [R_chunk, *W.shape] that 
 (W_d precomputed once; per run only randn and one addcmul, no allocation), then
   * "stacked": `torch.func.vmap(functional_call)` evaluates all runs of the chunk in one batched
     forward (batched / grouped convolutions); the default on CUDA;
-  * "chunked": one `functional_call` forward per run over those buffers; the default on CPU, where
-    it costs the same as clean inference while vmap's grouped convolutions are 1.3-2x slower
-    (benchmarks/bench_eval.py);
-  * "loop" (reference): `nvcim.program_chip_` per run and plain forwards.
+  * "chunked": one `functional_call` forward per run over those buffers;
+  * "loop": `nvcim.program_chip_` per run and plain forwards; the reference, and the default on
+    CPU, where it is the fastest (1.00-1.07x clean inference; chunked 1.04-1.15x, vmap 1.2-2.1x:
+    benchmarks/results/eval_cpu.txt).
 
 The statistics live in the pure function `summarize` (testable on hand-made numbers). No scipy: the
 Student-t quantile is computed here (regularized incomplete beta + bisection; Cornish-Fisher
@@ -486,13 +486,14 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
     sigma = cfg.sigma
     acc = _Accumulator(runs)
     if path == "auto":
-        # measured on CPU: vmap's batched (grouped) convolutions are 1.3-2x slower than one
-        # forward per run, while per-run forwards over pre-drawn weights cost the same as clean
-        # inference; on CUDA, batching the runs fills the device.
+        # measured on CPU (benchmarks/results/eval_cpu.txt, one thread, process clock): vmap's
+        # batched convolutions cost 1.2-2.1x clean inference and functional_call forwards over
+        # pre-drawn buffers 1.04-1.15x, while programming a chip in place and running the plain
+        # model costs 1.00-1.07x; on CUDA, batching the runs fills the device.
         if device.type == "cuda" and _stacked_works(model, sampler, batches[0][0]):
             path = "stacked"
         else:
-            path = "chunked"
+            path = "loop"
 
     from tqdm.auto import tqdm
 
@@ -602,7 +603,7 @@ def monte_carlo_evaluate(
     weights, plus activations for "stacked", fit in ~1 GiB).
     path: "stacked" (vmap over the runs of a chunk), "chunked" (one forward per run over pre-drawn
     weights), "loop" (reference: program_chip_ per run), "auto" ("stacked" on CUDA when vmap
-    supports the model, else "chunked"). device: where to compute (default: the model's device); the
+    supports the model, else "loop"). device: where to compute (default: the model's device); the
     draws are always made on CPU, so results do not depend on it.
     baselines: also measure clean_accuracy and quantized_accuracy (two deterministic passes);
     False leaves them NaN.
