@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-repro_out}
 PY=${PY:-.venv/bin/python}
-for spec in main_mnist5k convergence_mnist5k ablation_mnist5k; do
-  name=${spec%_mnist5k}
+for spec in main_mnist5k convergence_mnist5k ablation_mnist5k fashion_mnist; do
+  name=${spec%_mnist5k}; [ "$spec" = fashion_mnist ] && name=fashion
   echo "== $spec ($(date -u +%H:%M:%S))"
   start=$(date +%s)
   $PY -m nvcim sweep "experiments/repro/$spec.toml" --out "$OUT/$name" --workers 2 || echo "sweep $spec: some cells failed (see $OUT/$name/cells/*/failed.json)"
