@@ -260,3 +260,30 @@ def test_sweep_cell_labels_and_chosen_beta(tmp_path):
     assert recs["noise_injection"]["label"] == "noise injection"
     assert recs["ovf"]["label"] == "OVF"
     assert recs["ovf"]["beta_search"]["chosen_beta"] == 0.01
+
+
+def test_beta_search_table_lists_every_candidate(tmp_path):
+    """SPEC §3: the report gives the chosen β and every candidate's validation score (a diverged one says so)."""
+    for seed, (chosen, scores) in enumerate([(0.01, {0.1: 90.0, 0.01: 95.5, 0.001: 93.25, 1e-4: None}),
+                                             (0.1, {0.1: 96.0, 0.01: 94.0, 0.001: 92.0, 1e-4: 91.0})]):
+        ovf = mc_eval("ovf", 0.3, seed, [mc_result(0.3, per_run("ovf", 0.35, seed))])
+        ovf["checkpoint_config"]["method"].pop("beta", None)
+        cands = [{"beta": b, "val_mean": v, "status": "ok" if v is not None else "diverged"} for b, v in scores.items()]
+        ovf["cell"] = {"id": f"ovf-{seed}", "label": "ovf", "beta_search": {
+            "chosen_beta": chosen, "val_runs": 20, "val_seed": 1, "candidates": cands}}
+        write(tmp_path / "cells" / f"ovf-{seed}" / "result.json", ovf)
+    write(tmp_path / "cells" / "ni" / "result.json",
+          mc_eval("noise_injection", 0.3, 0, [mc_result(0.3, per_run("noise_injection", 0.35, 0))]))
+    assert main(["report", str(tmp_path)]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    section = md.split("β search (validation accuracy % per candidate)")[1].split("\n#")[0]
+    header = next(line for line in section.splitlines() if line.startswith("| σ_d"))
+    assert [h.strip() for h in header.strip("|").split("|")] == \
+        ["σ_d", "method", "seed", "β = 0.1", "β = 0.01", "β = 1e-3", "β = 1e-4", "chosen β", "test mean"]
+    rows = [line for line in section.splitlines() if line.startswith("| 0.3")]
+    assert len(rows) == 2  # one per β-searched model; the noise-injection model has no search
+    cells0 = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells0[3:8] == ["90.00", "95.50", "93.25", "diverged", "0.01"]
+    assert "20 chips (seed 1) on the validation split" in section
+    assert "β = 0.1 ×1, β = 0.01 ×1" in section
+    assert "β search" in (tmp_path / "report" / "report.html").read_text()

@@ -751,6 +751,51 @@ def _conv_table(gkey, gpts) -> Table | None:
                  rows, f"Non-converged: mean more than {CONVERGENCE_THRESHOLD:g} points below the mean over seeds (SPEC §4).")
 
 
+def _beta_candidates(bs: dict) -> dict[float, float | None]:
+    """{β: validation MC mean (None: diverged)} of one β-search record (sweep layout, or a plain "scores" map)."""
+    out: dict[float, float | None] = {}
+    for c in bs.get("candidates") or []:
+        if isinstance(c, dict) and _num(c.get("beta")) is not None:
+            out[_num(c["beta"])] = _num(c.get("val_mean"))
+    if not out and isinstance(bs.get("scores"), dict):
+        for b, v in bs["scores"].items():
+            if _num(b) is not None:
+                out[_num(b)] = _num(v)
+    return out
+
+
+def _beta_table(gkey, grecs: list[dict]) -> Table | None:
+    """One row per β-searched model: every candidate's validation score, the chosen β and its test accuracy."""
+    cells = {}
+    for r in grecs:
+        if r["beta_search"] and _sigma_key(r["test_sigma"]) == _sigma_key(r["train_sigma"]):
+            cells.setdefault(r["cell_id"] or r["file"], r)
+    if not cells:
+        return None
+    recs = sorted(cells.values(), key=lambda r: (r["train_sigma"] or 0.0, _label_sort_key(r["label"], r["method"]),
+                                                 str(r["seed"])))
+    cands = {r["cell_id"] or r["file"]: _beta_candidates(r["beta_search"]) for r in recs}
+    betas = sorted({b for c in cands.values() for b in c}, reverse=True)
+    rows, chosen_count = [], {}
+    for r in recs:
+        c = cands[r["cell_id"] or r["file"]]
+        chosen = _num(r["beta_search"].get("chosen_beta", r["beta_search"].get("chosen")))
+        chosen_count[chosen] = chosen_count.get(chosen, 0) + 1
+        rows.append([_fmt_sigma(r["train_sigma"]), r["label"], str(r["seed"])]
+                    + [("" if b not in c else "diverged" if c[b] is None else _fmt(c[b])) for b in betas]
+                    + [fmt_param(chosen) if chosen is not None else "—", _fmt(r["mean"])])
+    bs0 = recs[0]["beta_search"]
+    how = (f"{bs0.get('val_runs')} chips (seed {bs0.get('val_seed')}) on the validation split"
+           if bs0.get("val_runs") is not None else "the validation split")
+    counts = ", ".join(f"β = {fmt_param(b)} ×{n}" for b, n in sorted(chosen_count.items(),
+                                                                      key=lambda kv: -(kv[0] or 0.0)))
+    note = (f"Validation score: Monte Carlo mean accuracy (%) at the training σ_d over {how}; the best β is "
+            f"tested (ties: the larger β). Chosen: {counts}.")
+    return Table(f"{group_title(gkey)}: β search (validation accuracy % per candidate)",
+                 ["σ_d", "method", "seed"] + [f"β = {fmt_param(b)}" for b in betas] + ["chosen β", "test mean"],
+                 rows, note)
+
+
 def _headline_table(gkey, gpts) -> Table | None:
     rows = []
     for s in sorted({p["sigma"] for p in gpts}):
@@ -888,7 +933,8 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None)
         tables = []
         if gpts:
             tables = [_acc_table(g, gpts), _headline_table(g, gpts), _ekl_table(g, gpts), _worst_table(g, gpts),
-                      _conv_table(g, gpts)]
+                      _conv_table(g, gpts),
+                      _beta_table(g, [r for r in rs.records if (r["model"], r["width"], r["dataset"]) == g])]
         tables.append(_curve_table(g, gcurves))
         sections.append((group_title(g), [t for t in tables if t is not None], F.items[n0:]))
     failures = Table("Failed sweep cells", ["cell", "error", "file"],
