@@ -774,11 +774,10 @@ def _beta_table(gkey, grecs: list[dict]) -> Table | None:
         return None
     recs = sorted(cells.values(), key=lambda r: (r["train_sigma"] or 0.0, _label_sort_key(r["label"], r["method"]),
                                                  str(r["seed"])))
-    cands = {r["cell_id"] or r["file"]: _beta_candidates(r["beta_search"]) for r in recs}
-    betas = sorted({b for c in cands.values() for b in c}, reverse=True)
+    cands = [_beta_candidates(r["beta_search"]) for r in recs]  # parallel to recs
+    betas = sorted({b for c in cands for b in c}, reverse=True)
     rows, chosen_count = [], {}
-    for r in recs:
-        c = cands[r["cell_id"] or r["file"]]
+    for r, c in zip(recs, cands):
         chosen = _num(r["beta_search"].get("chosen_beta", r["beta_search"].get("chosen")))
         chosen_count[chosen] = chosen_count.get(chosen, 0) + 1
         rows.append([_fmt_sigma(r["train_sigma"]), r["label"], str(r["seed"])]
