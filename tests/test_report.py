@@ -178,6 +178,25 @@ def test_invalid_json_is_one_line_error(tmp_path, capsys):
     assert (root / "report" / "report.html").exists()
 
 
+def test_several_dirs_report_together(tmp_path, capsys):
+    """Two sweeps (σ 0.1 in one, σ 0.35 in the other) make one report; a file reached twice counts once."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "ovf.json", mc_eval("ovf", 0.1, 0, [mc_result(0.1, [90.0, 92.0])]))
+    write(b / "ovf.json", mc_eval("ovf", 0.35, 0, [mc_result(0.35, [60.0, 62.0])]))
+    write(b / "sub" / "vanilla.json", mc_eval("vanilla", 0.0, 0, [mc_result(0.35, [30.0, 32.0])]))
+    rs = scan_results([a, b, b / "sub"])
+    assert rs.n_files == 3 and rs.roots == [a, b, b / "sub"]
+    pts = {(p["method"], p["sigma"]): p["mean"] for p in matched_points(rs.records)}
+    assert pts == {("ovf", 0.1): 91.0, ("ovf", 0.35): 61.0, ("vanilla", 0.35): 31.0}
+    assert main(["report", str(a), str(b), "--out", str(tmp_path / "o")]) == 0
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert f"under {a}, {b};" in md
+    assert main(["report", str(a), str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nope does not exist" in err
+    assert not (a / "report").exists()
+
+
 def test_empty_and_missing_dir(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     write(tmp_path / "empty" / "other.json", {"kind": "something_else"})

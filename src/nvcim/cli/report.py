@@ -1,9 +1,10 @@
-"""`nvcim report DIR`: figures, tables and a self-contained HTML/Markdown report from results JSON files.
+"""`nvcim report DIR [DIR ...]`: figures, tables and a self-contained HTML/Markdown report from results JSON files.
 
     nvcim report runs/sweep                         # -> runs/sweep/report/{report.md,report.html,summary.csv,figures/}
     nvcim report runs/sweep --out out --format svg --title "VGG-8 MNIST" --skip-bad
+    nvcim report runs/sweep_a runs/sweep_b --out both   # several sweeps in one report
 
-Reads every *.json under DIR (kind "mc_eval" and "sweep_cell_failed"; others are skipped). A file that is
+Reads every *.json under each DIR (kind "mc_eval" and "sweep_cell_failed"; others are skipped). A file that is
 not valid JSON is a one-line error naming it unless --skip-bad is given. See nvcim.report.
 """
 
@@ -24,8 +25,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "(accuracy and EKL vs σ_d, per-run distributions, convergence, robustness curves), tables with the "
         "paper's published values beside the measured ones, report.md, a self-contained report.html and summary.csv.",
     )
-    p.add_argument("dir", metavar="DIR", help="directory searched recursively for results JSON (or one results file)")
-    p.add_argument("--out", metavar="DIR", default=None, help="output directory (default: DIR/report)")
+    p.add_argument("dirs", metavar="DIR", nargs="+",
+                   help="directory searched recursively for results JSON (or one results file); give several "
+                   "to report them together")
+    p.add_argument("--out", metavar="DIR", default=None, help="output directory (default: the first DIR/report)")
     p.add_argument("--format", dest="fmt", choices=FIGURE_FORMATS, default="png",
                    help="format of the figure files (the HTML always embeds PNG; default: png)")
     p.add_argument("--title", default=None, help="report title (default: 'nvcim report')")
@@ -37,13 +40,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args) -> int:
     from nvcim.report import scan_results, write_report
 
-    root = Path(args.dir)
-    if not root.exists():
-        raise FileNotFoundError(f"results directory {args.dir} does not exist")
-    rs = scan_results(root, skip_bad=args.skip_bad,
+    roots = [Path(d) for d in args.dirs]
+    for root in roots:
+        if not root.exists():
+            raise FileNotFoundError(f"results directory {root} does not exist")
+    rs = scan_results(roots, skip_bad=args.skip_bad,
                       warn=lambda msg: print(f"nvcim report: warning: {msg}", file=sys.stderr))
     if not rs.records and not rs.failures:
-        raise ValueError(f"no results found in {args.dir}")
+        raise ValueError(f"no results found in {', '.join(args.dirs)}")
+    root = roots[0]
     out = Path(args.out) if args.out else (root if root.is_dir() else root.parent) / "report"
     for path in write_report(rs, out, fmt=args.fmt, title=args.title):
         print(path)
