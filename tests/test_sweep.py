@@ -358,6 +358,32 @@ def test_stale_partial_cell_is_wiped(tmp_path):
     assert json.loads((d / "cell.json").read_text())["id"] == cid
 
 
+def test_finished_cell_of_another_definition_is_refused_not_reused(tmp_path, capsys):
+    """Growing the σ grid with --force: the vanilla cell (tested at the old grid) is stale. The sweep refuses
+    with one line and keeps its result; a spec that only adds cells runs them and keeps the finished ones."""
+    from nvcim.cli import main
+
+    out = tmp_path / "out"
+    small = spec_of(methods=["vanilla", "noise_injection"], sigmas=[0.3], seeds=[0])
+    assert run_sweep(validate_spec(small), out, progress=False).exit_code == 0
+    van = sweep.cell_dir(out, "tiny-w1/mnist5k/vanilla/seed0") / sweep.RESULT_FILE
+    before = van.read_bytes()
+    grown = write_json_spec(tmp_path / "grown.json", {**small, "sigmas": [0.2, 0.3]})
+    assert main(["sweep", str(grown), "--out", str(out), "--force", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1 finished cell(s) were made by another definition" in err
+    assert "tiny-w1/mnist5k/vanilla/seed0, test_sigmas differ" in err
+    assert van.read_bytes() == before
+    assert main(["sweep", str(grown), "--out", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "stale    tiny-w1/mnist5k/vanilla/seed0" in printed and "1 stale" in printed
+    # adding a method leaves every finished cell's definition alone: only the new cells run
+    more = validate_spec({**small, "methods": ["vanilla", "noise_injection", "ovf"], "betas": [0.1]})
+    summary = run_sweep(more, out, progress=False, force=True)
+    assert summary.done_before == 2 and summary.ok == ["tiny-w1/mnist5k/ovf/s0.30/seed0"]
+    assert van.read_bytes() == before
+
+
 def test_repository_experiment_specs_are_valid():
     specs = sorted((ROOT / "experiments").glob("*/*.toml"))
     names = {p.relative_to(ROOT / "experiments").as_posix() for p in specs}

@@ -772,6 +772,25 @@ def plan(spec: Mapping, out_dir, *, retry_failed: bool = False) -> tuple[list[Ce
     return cells, todo, done, failed
 
 
+def stale_cells(out_dir, done: Sequence[Cell]) -> list[tuple[Cell, list[str]]]:
+    """Finished cells whose recorded definition (cell.json, threads aside) differs from this spec's cell
+    of the same id, with the differing keys: e.g. a vanilla cell tested at fewer σ before the grid grew."""
+    stale = []
+    for c in done:
+        try:
+            have = json.loads((cell_dir(out_dir, c.id) / CELL_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # no readable definition: nothing to compare
+        if not isinstance(have, dict):
+            continue
+        have.pop("threads", None)
+        want = json.loads(json.dumps(c.to_dict()))
+        keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+        if keys:
+            stale.append((c, keys))
+    return stale
+
+
 def _log_line(n: int, total: int, s: Mapping) -> str:
     if s["status"] == "ok":
         extra = f" β={s['beta']:g}" if s.get("beta") is not None else ""
@@ -794,6 +813,12 @@ def run_sweep(spec: Mapping, out_dir, *, backend: str = "local", workers: int = 
     out = prepare_out_dir(spec, out_dir, force=force, spec_text=spec_text, spec_suffix=spec_suffix)
     with sweep_lock(out):
         cells, todo, done, failed_before = plan(spec, out, retry_failed=retry_failed)
+        stale = stale_cells(out, done)
+        if stale:
+            c, keys = stale[0]
+            raise ValueError(f"sweep output {out}: {len(stale)} finished cell(s) were made by another definition "
+                             f"(first: {c.id}, {', '.join(keys)} differ), so their results do not match this spec: "
+                             "choose another --out, or delete those cell directories to run them again")
         summary = SweepSummary(total=len(cells), done_before=len(done), failed_before=[c.id for c in failed_before])
         pinned = spec["resources"]["threads_per_cell"]
         from tqdm.auto import tqdm
@@ -835,6 +860,7 @@ __all__ = [
     "validate_spec",
     "expand",
     "plan",
+    "stale_cells",
     "run_cell",
     "run_sweep",
     "cell_dir",

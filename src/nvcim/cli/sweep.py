@@ -27,13 +27,15 @@ def add_parser(sub) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their state; run nothing")
     p.add_argument("--retry-failed", action="store_true", help="rerun cells that failed before")
-    p.add_argument("--force", action="store_true", help="run into a DIR that holds another spec's cells")
+    p.add_argument("--force", action="store_true",
+                   help="run into a DIR that holds another spec's cells (its finished cells are kept; "
+                   "one whose definition changed is an error)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-cell lines")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from nvcim.sweep import load_spec, plan, run_sweep
+    from nvcim.sweep import load_spec, plan, run_sweep, stale_cells
 
     spec_path = Path(args.spec)
     spec = load_spec(spec_path)
@@ -43,11 +45,15 @@ def run(args) -> int:
         raise ValueError("--address is for the ray backend: add --backend ray")
     if args.dry_run:
         cells, todo, done, failed = plan(spec, args.out, retry_failed=args.retry_failed)
+        stale = {c.id: keys for c, keys in stale_cells(args.out, done)}
         state = {c.id: "done" for c in done} | {c.id: "failed" for c in failed} | {c.id: "pending" for c in todo}
+        state |= {cid: "stale" for cid in stale}
         for c in cells:
             extra = f"  β search {c.betas}" if c.betas else ""
+            extra += f"  (made by another definition: {', '.join(stale[c.id])} differ)" if c.id in stale else ""
             print(f"{state[c.id]:8s} {c.id}  test σ {c.test_sigmas}{extra}")
-        print(f"{len(cells)} cells: {len(done)} done, {len(failed)} failed (not retried), {len(todo)} to run")
+        print(f"{len(cells)} cells: {len(done) - len(stale)} done, {len(stale)} stale, {len(failed)} failed "
+              f"(not retried), {len(todo)} to run")
         return 0
     summary = run_sweep(spec, args.out, backend=args.backend, workers=args.workers, address=args.address,
                         retry_failed=args.retry_failed, force=args.force, progress=not args.quiet,
