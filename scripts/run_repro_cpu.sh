@@ -12,7 +12,7 @@ PY=${PY:-.venv/bin/python}
 # spec name (experiments/repro/<name>.toml) : output folder under OUT
 ALL="main_mnist5k:main convergence_mnist5k:convergence ablation_mnist5k:ablation fashion_mnist:fashion
 beta_search_200chips:beta200 ablation_beta_mnist5k:ablation_beta fashion_mnist_full:fashion_full
-beta_search_200chips_grid:beta200_grid beta_search_200chips_s01:beta200_s01"
+beta_search_200chips_grid:beta200_grid beta_search_200chips_s01:beta200_s01 convergence_200chips:convergence200"
 WANT=" $* "
 for pair in $ALL; do
   spec=${pair%%:*}; dir=${pair##*:}
