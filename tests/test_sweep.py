@@ -403,3 +403,16 @@ def test_repository_experiment_specs_are_valid():
     abl = expand(load_spec(ROOT / "experiments/cpu/ablation_mnist5k.toml"))
     assert len(abl) == 36 and {c.label for c in abl} == {"noise_injection", "ovf", "ovf-beta0", "ni-scale-1/2",
                                                          "ni-scale-1/4", "ni-scale-1/8"}
+
+
+def test_cpu_reproduction_script_runs_every_repro_spec():
+    # scripts/run_repro_cpu.sh is REPRODUCTION.md's one command: it must name every spec in
+    # experiments/repro/ exactly once, each with its own output folder
+    import re
+
+    script = (ROOT / "scripts/run_repro_cpu.sh").read_text()
+    pairs = re.search(r'ALL="([^"]*)"', script).group(1).split()
+    specs = [p.split(":")[0] for p in pairs]
+    dirs = [p.split(":")[1] for p in pairs]
+    assert sorted(specs) == sorted(p.stem for p in (ROOT / "experiments/repro").glob("*.toml"))
+    assert len(set(specs)) == len(specs) and len(set(dirs)) == len(dirs)
