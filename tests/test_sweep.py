@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -408,8 +409,6 @@ def test_repository_experiment_specs_are_valid():
 def test_cpu_reproduction_script_runs_every_repro_spec():
     # scripts/run_repro_cpu.sh is REPRODUCTION.md's one command: it must name every spec in
     # experiments/repro/ exactly once, each with its own output folder
-    import re
-
     script = (ROOT / "scripts/run_repro_cpu.sh").read_text()
     pairs = re.search(r'ALL="([^"]*)"', script).group(1).split()
     specs = [p.split(":")[0] for p in pairs]
