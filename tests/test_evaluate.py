@@ -332,7 +332,7 @@ def test_cli_help_documents_flags(capsys):
     rc, out, _ = _cli(["eval", "--help"], capsys)
     assert rc == 0
     for flag in ("--sigma", "--sigmas", "--curve", "--runs", "--seed", "--batch-size", "--dataset", "--data-root",
-                 "--split", "--device", "--no-quantize", "--out", "--csv"):
+                 "--split", "--device", "--no-quantize", "--recalibrate-bn", "--out", "--csv"):
         assert flag in out
 
 

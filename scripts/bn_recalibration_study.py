@@ -1,0 +1,115 @@
+"""How much of each model's accuracy rides on its BatchNorm statistics? (REPRODUCTION.md §4d)
+
+    python scripts/bn_recalibration_study.py repro_out/beta200 --sigma 0.3 --runs 20 --out docs/reproduction/bn_recalibration.md
+
+For every finished sweep cell tested at --sigma (vanilla, and the methods trained at that σ), it
+evaluates the cell's checkpoint on the same --runs programmed chips (seed 0, the chips of the sweep's
+own evaluation) three ways:
+  stored      the checkpoint as trained (BatchNorm statistics gathered during training: under noisy
+              weights for noise injection and OVF);
+  clean-recal BatchNorm statistics re-estimated from the first --calib-images training images with
+              the clean float weights (`nvcim eval --recalibrate-bn`), then the same chips;
+  chip-recal  per programmed chip, the statistics re-estimated from the first --chip-calib-images
+              training images *with that chip's weights* (what a deployed chip could do with a few
+              unlabeled images, since BatchNorm sits in the digital periphery), then the test set.
+Clean accuracy (float weights, no noise) is reported for the first two. Prints a Markdown table
+(one row per cell) and writes it to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+import nvcim
+from nvcim.batchnorm import recalibrate_batchnorm_
+from nvcim.checkpoint import load_checkpoint
+from nvcim.config import DeviceConfig
+from nvcim.data import load_dataset
+from nvcim.evaluate import monte_carlo_evaluate, run_generator
+
+
+def chip_recalibrated_accuracies(model, splits, cfg: DeviceConfig, runs: int, calib_images: int) -> list[float]:
+    """Test accuracy (%) of chips 0..runs-1 (MC seed 0), each after recalibrating BatchNorm on its own weights."""
+    accs = []
+    x_test = torch.cat([x for x, _ in splits.test.batches(1024)])  # [N, C, H, W]
+    y_test = splits.test.labels  # [N]
+    for r in range(runs):
+        m = copy.deepcopy(model)
+        nvcim.apply_variation_(m, cfg)
+        nvcim.program_chip_(m, generator=run_generator(0, r), sigma=cfg.sigma)  # chip r of the MC evaluation
+        recalibrate_batchnorm_(m, splits.train, max_images=calib_images)
+        with torch.no_grad():
+            pred = torch.cat([m.eval()(x_test[i : i + 1024]).argmax(1) for i in range(0, len(x_test), 1024)])  # [N]
+        accs.append(100.0 * float((pred == y_test).float().mean()))
+    return accs
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweeps", nargs="+", help="sweep directories (cells/**/result.json with a checkpoint/ beside)")
+    p.add_argument("--sigma", type=float, default=0.3, help="test σ_d (default 0.3)")
+    p.add_argument("--runs", type=int, default=20, help="programmed chips per model (default 20)")
+    p.add_argument("--calib-images", type=int, default=3600, help="training images for the clean recalibration")
+    p.add_argument("--chip-calib-images", type=int, default=1000, help="training images per chip recalibration")
+    p.add_argument("--out", help="write the Markdown table here too")
+    args = p.parse_args(argv)
+
+    rows = []
+    for sweep in args.sweeps:
+        for result in sorted(Path(sweep).glob("cells/**/result.json")):
+            ckpt = result.parent / "checkpoint"
+            if not ckpt.is_dir():
+                continue
+            model, config = load_checkpoint(ckpt)
+            method = config["method"]["name"]
+            train_sigma = float(config["device"]["sigma"])
+            if method != "vanilla" and abs(train_sigma - args.sigma) > 1e-9:
+                continue
+            cfg = DeviceConfig.from_dict(config["device"]).replace(sigma=args.sigma)
+            d = config["data"]
+            splits = load_dataset(d["name"], d.get("root"), val_fraction=d["val_fraction"], seed=d["seed"], limit=d.get("limit"))
+            stored = monte_carlo_evaluate(model, splits.test, cfg, runs=args.runs, seed=0)
+            # the sweep's own 200-chip evaluation used the same chips: its first runs must agree exactly
+            swept = next(r for r in json.loads(result.read_text())["results"] if abs(r["sigma"] - args.sigma) < 1e-9)
+            if swept["per_run_accuracy"][: args.runs] != stored.to_dict()["per_run_accuracy"]:
+                print(f"warning: {result.parent}: chips differ from the sweep's evaluation", file=sys.stderr)
+            clean_model = recalibrate_batchnorm_(copy.deepcopy(model), splits.train, max_images=args.calib_images)
+            recal = monte_carlo_evaluate(clean_model, splits.test, cfg, runs=args.runs, seed=0)
+            chip = chip_recalibrated_accuracies(model, splits, cfg, args.runs, args.chip_calib_images)
+            cell = result.parent.relative_to(Path(sweep) / "cells").as_posix()
+            rows.append((cell, stored.clean_accuracy, stored.mean, recal.clean_accuracy, recal.mean,
+                         statistics.fmean(chip), min(chip)))
+            print(f"{cell}: stored clean {stored.clean_accuracy:.1f} noisy {stored.mean:.2f} | clean-recal clean "
+                  f"{recal.clean_accuracy:.1f} noisy {recal.mean:.2f} | chip-recal noisy {statistics.fmean(chip):.2f}",
+                  flush=True)
+
+    lines = [
+        f"BatchNorm statistics and accuracy at σ_d = {args.sigma:g}: {args.runs} chips per model (MC seed 0), "
+        f"clean recalibration from {args.calib_images} training images, per-chip recalibration from "
+        f"{args.chip_calib_images}.",
+        "",
+        f"`python scripts/bn_recalibration_study.py {' '.join(args.sweeps)} --sigma {args.sigma:g} --runs {args.runs} "
+        f"--calib-images {args.calib_images} --chip-calib-images {args.chip_calib_images}`",
+        "",
+        "| cell | stored: clean % | stored: noisy mean % | clean-recal: clean % | clean-recal: noisy mean % "
+        "| chip-recal: noisy mean % | chip-recal: worst % |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {c} | {a:.1f} | {b:.2f} | {e:.1f} | {f:.2f} | {g:.2f} | {h:.1f} |" for c, a, b, e, f, g, h in rows]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

