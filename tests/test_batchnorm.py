@@ -120,6 +120,11 @@ def test_max_images_equals_recalibrating_on_that_prefix():
     b = recalibrate_batchnorm_(make(), [x[:16], x[16:20]])
     for (_, p), (_, q) in zip(batchnorm_layers(a), batchnorm_layers(b)):
         assert torch.equal(p.running_mean, q.running_mean) and torch.equal(p.running_var, q.running_var)
+    # a list of two equal-sized input batches is two batches, not an (x, y) pair
+    c = recalibrate_batchnorm_(make(), x[:32], batch_size=16)
+    d = recalibrate_batchnorm_(make(), [x[:16], x[16:32]])
+    for (_, p), (_, q) in zip(batchnorm_layers(c), batchnorm_layers(d)):
+        assert torch.equal(p.running_mean, q.running_mean) and torch.equal(p.running_var, q.running_var)
 
 
 def test_split_pair_and_loader_inputs_agree():

@@ -42,8 +42,8 @@ def _input_batches(data: Any, batch_size: int) -> Iterator[torch.Tensor]:
             yield x
     elif isinstance(data, torch.Tensor) or (
         isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor)
-        and isinstance(data[1], torch.Tensor) and data[0].shape[0] == data[1].shape[0]
-    ):
+        and isinstance(data[1], torch.Tensor) and data[1].dim() == 1 and data[0].shape[0] == data[1].shape[0]
+    ):  # (x [N, ...], y [N]); a list of two input batches [B, ...] falls through to the iterable case
         x = data if isinstance(data, torch.Tensor) else data[0]
         for start in range(0, x.shape[0], batch_size):
             yield x[start : start + batch_size]
