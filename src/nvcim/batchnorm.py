@@ -12,12 +12,16 @@ come from the weights the model's forward uses *now*, the same call after
 `nvcim.program_chip_(model, seed=r)` recalibrates for that one programmed chip (as a deployed chip
 could, from a few unlabeled batches).
 
-The estimate is the one `torch.optim.swa_utils.update_bn` makes (running statistics reset,
-momentum None: the equal-weight average of the per-batch mean and unbiased variance over the
-batches seen), with two differences: only the BatchNorm layers are put in training mode, so dropout
-and other train-only behavior stays off, and every module's own train/eval flag and every
-BatchNorm's momentum are restored exactly afterwards. Layers without running statistics
-(`track_running_stats=False`) are left alone. Nothing else in the model changes.
+The estimate is the one `torch.optim.swa_utils.update_bn` makes (running statistics reset, then
+averaged over the batches: each layer's running mean is the mean of its input over all images seen,
+its running variance the average of the per-batch unbiased variances), with three differences:
+batches are weighted by their number of images (update_bn weights them equally, so a short last
+batch counts as much as a full one; with equal batches the two agree bitwise), only the BatchNorm
+layers are put in training mode, so dropout and other train-only behavior stays off, and every
+module's own train/eval flag and every BatchNorm's momentum are restored exactly afterwards.
+(Upstream BatchNorms normalize each batch by its own statistics meanwhile, so a deeper layer's
+input, and hence its estimate, still depends slightly on the batch size.) Layers without running
+statistics (`track_running_stats=False`) are left alone. Nothing else in the model changes.
 """
 
 from __future__ import annotations
@@ -68,8 +72,9 @@ def recalibrate_batchnorm_(
 ) -> nn.Module:
     """Reset every BatchNorm's running statistics and re-estimate them from `data`; returns the model.
 
-    data: a Split (its first `max_images` images, in order, no augmentation), an (x, y) pair or an x
-    tensor (split into batches of `batch_size`), or any iterable of x or (x, y) batches (a DataLoader).
+    data: a Split (its first `max_images` images, in order, no augmentation), an (x [N, ...], y [N])
+    pair or an x tensor (split into batches of `batch_size`), or any iterable of x or (x, y) batches
+    (a DataLoader). Empty batches, and a lone image after the first batch, are skipped.
     max_images: stop after this many images (the last batch is cut to fit); None = all of `data`.
     device: move each batch there first (default: where the model's first parameter or buffer is).
     A model without BatchNorm statistics is returned unchanged; if the data is empty or a forward
@@ -98,15 +103,17 @@ def recalibrate_batchnorm_(
         model.eval()
         for m in layers:
             m.reset_running_stats()
-            m.momentum = None  # cumulative average over the batches seen
             m.train()
         for x in _input_batches(data, batch_size):
             if max_images is not None:
-                x = x[: max_images - seen]
-            if x.shape[0] == 0:
-                break
+                x = x[: max_images - seen]  # [B', ...]
+            b = int(x.shape[0])
+            if b == 0 or (b == 1 and seen > 0):  # nothing to add / a lone trailing image (BatchNorm1d
+                continue  # cannot normalize one value per channel in training mode)
+            for m in layers:
+                m.momentum = b / (seen + b)  # running = image-weighted average of the batch statistics
             model(x.to(device))  # [B, ...] -> BatchNorm layers update their running statistics
-            seen += int(x.shape[0])
+            seen += b
             if max_images is not None and seen >= max_images:
                 break
         if seen == 0:

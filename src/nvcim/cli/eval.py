@@ -10,7 +10,7 @@ every σ uses the same seeded draws, so results are reproducible from --seed. Pr
 (accuracies in %, mean with std and 95% CI over runs, worst-case percentiles, EKL in nats) and
 optionally writes everything, per-run accuracies included, to JSON:
     {"kind": "mc_eval", "nvcim_version", "checkpoint", "checkpoint_config", "dataset", "split",
-     "device_config", "bn_recalibration": null | {"split", "images", "weights"},
+     "device_config", "bn_recalibration": null | {"split", "images", "batch_size", "weights"},
      "results": [MCResult.to_dict(), ...]}
 Errors the user can fix end in one line on stderr and exit code 2.
 """
@@ -21,6 +21,9 @@ import argparse
 import math
 import sys
 from pathlib import Path
+
+
+RECALIBRATION_BATCH = 1024  # fixed, so that --batch-size never changes the recalibrated statistics
 
 
 def _one_line_error(message: str):
@@ -45,10 +48,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     x.add_argument("--curve", action="store_true",
                    help="robustness curve: σ_d = 0, 0.05, ..., 2 x training σ inclusive (0 .. 0.4 if it is 0)")
     g.add_argument("--recalibrate-bn", metavar="N", default=None,
-                   help="before evaluating, re-estimate every BatchNorm's running statistics from the first N "
-                        "training-split images with the clean float weights (a model trained under noise stores "
-                        "statistics of noisy weights, which understate its clean accuracy); every reported number, "
-                        "noisy ones included, then uses these statistics (default: the checkpoint's statistics)")
+                   help="before evaluating, re-estimate every BatchNorm's running statistics from the first N >= 2 "
+                        f"training-split images (in batches of {RECALIBRATION_BATCH}; --limit caps them too) with the "
+                        "clean float weights (a model trained under noise stores statistics of noisy weights, which "
+                        "understate its clean accuracy); every reported number, noisy ones included, then uses "
+                        "these statistics (default: the checkpoint's statistics)")
     g.add_argument("--no-quantize", action="store_true",
                    help="add the noise to the float weights without quantizing them first (authors' code); "
                         "default: the checkpoint's device setting (quantize on unless trained without)")
@@ -190,8 +194,11 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"checkpoint {ckpt}: the model has no BatchNorm statistics to recalibrate: drop --recalibrate-bn")
         if len(splits.train) == 0:
             raise ValueError(f"the train split of {dataset} is empty: --recalibrate-bn needs training images")
-        recalibrate_batchnorm_(model, splits.train, batch_size=batch_size, max_images=recal)  # on CPU, where the model is
-        recalibration = {"split": "train", "images": min(recal, len(splits.train)), "weights": "clean"}
+        recalibrate_batchnorm_(model, splits.train, batch_size=RECALIBRATION_BATCH, max_images=recal)  # on CPU, where the model is
+        used = min(recal, len(splits.train))
+        used -= used > RECALIBRATION_BATCH and used % RECALIBRATION_BATCH == 1  # a lone trailing image is skipped
+        recalibration = {"split": "train", "images": used, "batch_size": RECALIBRATION_BATCH,
+                         "weights": "clean"}
 
     results = robustness_curve(model, split, base, sigmas, runs=runs, seed=seed, batch_size=batch_size,
                                chunk_runs=chunk_runs, device=args.device, progress=args.progress)
