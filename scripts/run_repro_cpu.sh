@@ -2,7 +2,7 @@
 # Runs the CPU reproduction of REPRODUCTION.md (issue 6) on 2 cores and writes the report.
 # Resumable: rerun the same command after an interruption and finished cells are skipped.
 #   bash scripts/run_repro_cpu.sh [OUT=repro_out] [SPEC ...]
-# With no SPEC, runs every spec below in order (≈ 10.5 hours on 2 cores); with SPECs (names from
+# With no SPEC, runs every spec below in order (≈ 11 hours on 2 cores); with SPECs (names from
 # the list, e.g. beta_search_200chips), only those. Each spec's sweep goes to OUT/<dir>.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ ALL="main_mnist5k:main convergence_mnist5k:convergence ablation_mnist5k:ablation
 beta_search_200chips:beta200 ablation_beta_mnist5k:ablation_beta fashion_mnist_full:fashion_full
 beta_search_200chips_grid:beta200_grid beta_search_200chips_s01:beta200_s01 convergence_200chips:convergence200
 resnet18_mnist5k:resnet18 resnet18_mnist5k_s02:resnet18_s02 fashion_mnist_full_ablation:fashion_full_ablation
-resnet18_mnist5k_s01:resnet18_s01 ablation_200chips:ablation200"
+resnet18_mnist5k_s01:resnet18_s01 ablation_200chips:ablation200 resnet18_ablation_s02:resnet18_ablation"
 WANT=" $* "
 for pair in $ALL; do
   spec=${pair%%:*}; dir=${pair##*:}

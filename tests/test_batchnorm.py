@@ -16,7 +16,8 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 import nvcim
-from nvcim.batchnorm import batchnorm_layers, recalibrate_batchnorm_
+from nvcim.batchnorm import ChipCalibration, batchnorm_layers, recalibrate_batchnorm_
+from nvcim.evaluate import monte_carlo_evaluate, robustness_curve, run_generator
 from nvcim.data import DatasetInfo, Split
 
 
@@ -225,6 +226,49 @@ def test_model_without_batchnorm_is_returned_unchanged():
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
 
+# ---- per-chip calibration inside Monte Carlo evaluation ----------------------------------------------
+def test_per_chip_calibration_equals_a_hand_written_loop():
+    m, x_cal, x = make(), data(40, seed=2), data(48, seed=3)
+    with torch.no_grad():
+        y = recalibrate_batchnorm_(copy.deepcopy(m), x).eval()(x).argmax(1)  # [48] labels the noise disturbs
+    cfg = nvcim.DeviceConfig(sigma=0.3)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    res = monte_carlo_evaluate(m, (x, y), cfg, runs=5, seed=7, batch_size=16,
+                               bn_calibration=ChipCalibration(x_cal, images=30, batch_size=16))
+    assert res.path == "loop"
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())  # stored statistics are back
+    assert not m.training and not nvcim.noisy_modules(m)
+    expected = []
+    for r in range(5):
+        ref = copy.deepcopy(m)
+        nvcim.apply_variation_(ref, cfg)
+        nvcim.program_chip_(ref, generator=run_generator(7, r), sigma=0.3)
+        recalibrate_batchnorm_(ref, [x_cal[:16], x_cal[16:30]])
+        with torch.no_grad():
+            expected.append(int((ref.eval()(x).argmax(1) == y).sum()))
+    assert res.per_run_correct == expected
+    plain = monte_carlo_evaluate(m, (x, y), cfg, runs=5, seed=7, batch_size=16)
+    assert plain.per_run_correct != expected  # the calibration changes the answer
+    assert plain.clean_accuracy == res.clean_accuracy  # the baselines keep the stored statistics
+
+
+def test_per_chip_calibration_in_a_curve_is_deterministic_and_needs_the_loop_path():
+    m, x = make(), data(32, seed=4)
+    y = torch.zeros(32, dtype=torch.int64)
+    cal = ChipCalibration(data(20, seed=5), images=20)
+    a = robustness_curve(m, (x, y), nvcim.DeviceConfig(sigma=0.2), [0.0, 0.2], runs=3, bn_calibration=cal)
+    b = robustness_curve(m, (x, y), nvcim.DeviceConfig(sigma=0.2), [0.0, 0.2], runs=3, bn_calibration=cal)
+    assert [r.per_run_correct for r in a] == [r.per_run_correct for r in b]
+    with pytest.raises(ValueError, match="loop"):
+        monte_carlo_evaluate(m, (x, y), nvcim.DeviceConfig(sigma=0.2), runs=2, path="stacked", bn_calibration=cal)
+    with pytest.raises(TypeError, match="ChipCalibration"):
+        monte_carlo_evaluate(m, (x, y), nvcim.DeviceConfig(sigma=0.2), runs=2, bn_calibration=(x, y))
+    with pytest.raises(ValueError, match="images"):
+        ChipCalibration(x, images=1)
+    with pytest.raises(ValueError, match="empty"):
+        monte_carlo_evaluate(m, (x, y), nvcim.DeviceConfig(sigma=0.2), runs=2, bn_calibration=ChipCalibration(x[:0]))
+
+
 # ---- nvcim eval --recalibrate-bn -------------------------------------------------------------------
 def _cli(argv, capsys):
     from nvcim.cli import main
@@ -267,6 +311,15 @@ def test_cli_recalibrate_bn(tmp_path, capsys):
 
     rc, _, err = _cli(["eval", str(ckpt), "--recalibrate-bn", "1"], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "--recalibrate-bn" in err
+
+    rc, out, err = _cli(["eval", str(ckpt), "--runs", "2", "--sigma", "0.1", "--recalibrate-bn-per-chip", "100",
+                         "--out", str(tmp_path / "chip.json")], capsys)
+    assert rc == 0, err
+    assert "recalibrated from 100 training images with each chip's weights" in out
+    chip = json.loads((tmp_path / "chip.json").read_text())
+    assert chip["bn_recalibration"] == {"split": "train", "images": 100, "batch_size": 1024, "weights": "each chip"}
+    rc, _, err = _cli(["eval", str(ckpt), "--recalibrate-bn", "50", "--recalibrate-bn-per-chip", "50"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "not allowed with" in err
 
 
 def test_cli_recalibrate_bn_without_batchnorm_is_a_one_line_error(tmp_path, capsys, monkeypatch):

@@ -26,6 +26,8 @@ statistics (`track_running_stats=False`) are left alone. Nothing else in the mod
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -37,6 +39,58 @@ _BatchNorm = nn.modules.batchnorm._BatchNorm
 def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) of every BatchNorm layer that keeps running statistics, in module order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+
+
+@contextlib.contextmanager
+def frozen_bn_statistics(model: nn.Module) -> Iterator[None]:
+    """Forwards (or recalibrations) inside this block leave every BatchNorm's running statistics exactly as they were."""
+    saved = [(m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+             for _, m in batchnorm_layers(model)]
+    try:
+        yield
+    finally:
+        # Through `.data`: BatchNorm's own updates do not bump the version counter either, and the
+        # backward of a training-mode BatchNorm never reads the running statistics it saved.
+        for m, mean, var, count in saved:
+            m.running_mean.data.copy_(mean)
+            m.running_var.data.copy_(var)
+            m.num_batches_tracked.data.copy_(count)
+
+
+@dataclass(frozen=True, eq=False)
+class ChipCalibration:
+    """Per-chip BatchNorm recalibration inside Monte Carlo evaluation (`monte_carlo_evaluate(..., bn_calibration=)`).
+
+    After each chip is programmed, every BatchNorm's statistics are re-estimated from the first
+    `images` images of `data` (a Split, an (x, y) pair, an x tensor, or an iterable of batches) with
+    that chip's weights, in batches of `batch_size`; the chip is then evaluated and the stored
+    statistics are put back. Models a deployment that calibrates each chip with unlabeled images.
+    """
+
+    data: Any
+    images: int = 1000
+    batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.images, int) or self.images < 2:
+            raise ValueError(f"ChipCalibration images={self.images!r} is invalid: use an integer >= 2")
+        if not isinstance(self.batch_size, int) or self.batch_size < 2:
+            raise ValueError(f"ChipCalibration batch_size={self.batch_size!r} is invalid: use an integer >= 2")
+
+    def inputs(self, device: torch.device) -> list[torch.Tensor]:
+        """The calibration images as input batches [B, ...] on `device`, `images` in all at most."""
+        out, seen = [], 0
+        for x in _input_batches(self.data, self.batch_size):
+            x = x[: self.images - seen]  # [B', ...]
+            if x.shape[0] == 0:
+                continue
+            out.append(x.to(device))
+            seen += int(x.shape[0])
+            if seen >= self.images:
+                break
+        if not out:
+            raise ValueError("ChipCalibration data is empty: give at least two images")
+        return out
 
 
 def _input_batches(data: Any, batch_size: int) -> Iterator[torch.Tensor]:

@@ -22,6 +22,10 @@ weights of every layer go into one preallocated buffer [R_chunk, *W.shape] that 
     CPU, where it is the fastest (1.00-1.07x clean inference; chunked 1.04-1.15x, vmap 1.2-2.1x:
     benchmarks/results/eval_cpu.txt).
 
+`bn_calibration=ChipCalibration(train_split, images=1000)` (nvcim.batchnorm) re-estimates BatchNorm
+statistics on each programmed chip before evaluating it, as a deployed chip could with unlabeled
+images (loop path; the stored statistics are restored after every chip).
+
 The statistics live in the pure function `summarize` (testable on hand-made numbers). No scipy: the
 Student-t quantile is computed here (regularized incomplete beta + bisection; Cornish-Fisher
 expansion for df >= 1000), matching scipy.stats.t.ppf to ~1e-11.
@@ -48,6 +52,7 @@ import torch
 from torch import nn
 
 from nvcim import device as dm
+from nvcim.batchnorm import ChipCalibration, frozen_bn_statistics, recalibrate_batchnorm_
 from nvcim.config import DeviceConfig
 from nvcim.noise import (
     NoisyWeight,
@@ -473,8 +478,11 @@ def _check_args(runs: int, seed: int, batch_size: int, chunk_runs: int | None, p
         raise ValueError(f"path={path!r} is unknown: use one of {list(PATHS)}")
 
 
-def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress, baseline) -> MCResult:
-    """Monte Carlo at cfg.sigma; the model is in eval mode with controllers carrying `cfg`."""
+def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress, baseline, calib=None) -> MCResult:
+    """Monte Carlo at cfg.sigma; the model is in eval mode with controllers carrying `cfg`.
+
+    calib: None, or input batches to recalibrate BatchNorm on for each chip (loop path only).
+    """
     t0 = time.perf_counter()
     n = sum(int(y.numel()) for _, y in batches)
     sampler = _ChipSampler(model, cfg, device)
@@ -503,9 +511,12 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
             for r in range(runs):
                 program_chip_(model, generator=run_generator(seed, r, device), sigma=sigma)
                 try:
-                    with torch.no_grad():
-                        for x, y in batches:
-                            acc.add([r], model(x).unsqueeze(0), y)  # [1, B, classes]
+                    with frozen_bn_statistics(model) if calib else contextlib.nullcontext():
+                        if calib:
+                            recalibrate_batchnorm_(model, calib)  # this chip's BatchNorm statistics
+                        with torch.no_grad():
+                            for x, y in batches:
+                                acc.add([r], model(x).unsqueeze(0), y)  # [1, B, classes]
                 finally:
                     clear_chip_(model)
                 bar.update(1)
@@ -592,6 +603,7 @@ def monte_carlo_evaluate(
     device: str | torch.device | None = None,
     progress: bool = False,
     baselines: bool = True,
+    bn_calibration: ChipCalibration | None = None,
 ) -> MCResult:
     """Monte Carlo accuracy of `model` on `data` under device variation `cfg` (σ = cfg.sigma).
 
@@ -607,14 +619,29 @@ def monte_carlo_evaluate(
     draws are always made on CPU, so results do not depend on it.
     baselines: also measure clean_accuracy and quantized_accuracy (two deterministic passes);
     False leaves them NaN.
+    bn_calibration: a `nvcim.batchnorm.ChipCalibration`: recalibrate BatchNorm on each chip before
+    evaluating it (forces the "loop" path; the baselines keep the stored statistics).
     """
     if not isinstance(cfg, DeviceConfig):
         raise TypeError(f"cfg must be a nvcim.DeviceConfig, got {type(cfg).__name__}")
     _check_args(runs, seed, batch_size, chunk_runs, path)
+    path = _calibration_path(bn_calibration, path)
     dev = _resolve_device(model, device)
     batches = _materialize(data, batch_size, dev)
+    calib = bn_calibration.inputs(dev) if bn_calibration is not None else None
     with _on_device(model, dev), _eval_mode(model), _controllers_for(model, cfg):
-        return _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, dev, progress, None if baselines else False)
+        return _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, dev, progress, None if baselines else False,
+                        calib)
+
+
+def _calibration_path(bn_calibration, path: str) -> str:
+    if bn_calibration is None:
+        return path
+    if not isinstance(bn_calibration, ChipCalibration):
+        raise TypeError(f"bn_calibration must be a nvcim.batchnorm.ChipCalibration, got {type(bn_calibration).__name__}")
+    if path not in ("auto", "loop"):
+        raise ValueError(f"path={path!r} cannot recalibrate BatchNorm per chip: use path='loop' (or 'auto')")
+    return "loop"
 
 
 def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Iterable[float], **mc_kwargs) -> list[MCResult]:
@@ -623,14 +650,16 @@ def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Ite
     if not sigmas:
         raise ValueError("sigmas is empty: give at least one σ")
     opts = {"runs": 200, "seed": 0, "batch_size": 1024, "chunk_runs": None, "path": "auto", "device": None, "progress": False,
-            "baselines": True}
+            "baselines": True, "bn_calibration": None}
     unknown = sorted(set(mc_kwargs) - set(opts))
     if unknown:
         raise TypeError(f"robustness_curve got unexpected keyword(s) {unknown}")
     opts.update(mc_kwargs)
     _check_args(opts["runs"], opts["seed"], opts["batch_size"], opts["chunk_runs"], opts["path"])
+    path = _calibration_path(opts["bn_calibration"], opts["path"])
     dev = _resolve_device(model, opts["device"])
     batches = _materialize(data, opts["batch_size"], dev)
+    calib = opts["bn_calibration"].inputs(dev) if opts["bn_calibration"] is not None else None
     results = []
     with _on_device(model, dev), _eval_mode(model), _controllers_for(model, cfg):
         baseline = _baselines(model, batches, _ChipSampler(model, cfg, dev)) if opts["baselines"] else False  # σ-independent
@@ -638,8 +667,8 @@ def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Ite
             cfg_s = cfg.replace(sigma=s)
             for _, m in noisy_modules(model):
                 m._nvcim.cfg, m._nvcim.sigma = cfg_s, s
-            res = _mc_core(model, batches, cfg_s, opts["runs"], opts["seed"], opts["chunk_runs"], opts["path"], dev,
-                           opts["progress"], baseline)
+            res = _mc_core(model, batches, cfg_s, opts["runs"], opts["seed"], opts["chunk_runs"], path, dev,
+                           opts["progress"], baseline, calib)
             results.append(res)
     return results
 

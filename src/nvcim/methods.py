@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nvcim.batchnorm import frozen_bn_statistics  # the "backbone" BatchNorm policy
 from nvcim.config import DeviceConfig
 from nvcim.noise import apply_variation_, remove_variation_, sigma_scope
 
@@ -123,25 +124,6 @@ def method_from_dict(d: Mapping[str, Any]):
     if "gammas" in d and d["gammas"] is not None:
         d["gammas"] = tuple(d["gammas"])
     return method_config(name, **d)
-
-
-# ---- BatchNorm policy --------------------------------------------------------------------------------
-@contextlib.contextmanager
-def frozen_bn_statistics(model: nn.Module) -> Iterator[None]:
-    """Forwards inside this block leave every BatchNorm's running statistics exactly as they were."""
-    saved = []
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-            saved.append((m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()))
-    try:
-        yield
-    finally:
-        # Through `.data`: BatchNorm's own updates do not bump the version counter either, and the
-        # backward of a training-mode BatchNorm never reads the running statistics it saved.
-        for m, mean, var, count in saved:
-            m.running_mean.data.copy_(mean)
-            m.running_var.data.copy_(var)
-            m.num_batches_tracked.data.copy_(count)
 
 
 # ---- tasks -------------------------------------------------------------------------------------------

@@ -4,13 +4,14 @@
     nvcim eval runs/ovf-0.3 --sigmas 0,0.1,0.2,0.3 --runs 1000 --out results.json --csv results.csv
     nvcim eval runs/ovf-0.3 --curve --device cuda          # σ = 0, 0.05, ..., 2 x training σ
     nvcim eval runs/ovf-0.3 --sigmas 0,0.3 --recalibrate-bn 3600   # BatchNorm statistics of the clean weights
+    nvcim eval runs/ovf-0.3 --recalibrate-bn-per-chip 1000         # each chip calibrates its own BatchNorm
 
 One run = one programmed chip (one draw per noisy weight, fixed for the whole split); run r of
 every σ uses the same seeded draws, so results are reproducible from --seed. Prints a table
 (accuracies in %, mean with std and 95% CI over runs, worst-case percentiles, EKL in nats) and
 optionally writes everything, per-run accuracies included, to JSON:
     {"kind": "mc_eval", "nvcim_version", "checkpoint", "checkpoint_config", "dataset", "split",
-     "device_config", "bn_recalibration": null | {"split", "images", "batch_size", "weights"},
+     "device_config", "bn_recalibration": null | {"split", "images", "batch_size", "weights": "clean" | "each chip"},
      "results": [MCResult.to_dict(), ...]}
 Errors the user can fix end in one line on stderr and exit code 2.
 """
@@ -47,12 +48,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     x.add_argument("--sigmas", metavar="S1,S2,..", help="evaluate at each of these comma-separated σ_d values")
     x.add_argument("--curve", action="store_true",
                    help="robustness curve: σ_d = 0, 0.05, ..., 2 x training σ inclusive (0 .. 0.4 if it is 0)")
-    g.add_argument("--recalibrate-bn", metavar="N", default=None,
+    bn = g.add_mutually_exclusive_group()
+    bn.add_argument("--recalibrate-bn", metavar="N", default=None,
                    help="before evaluating, re-estimate every BatchNorm's running statistics from the first N >= 2 "
                         f"training-split images (in batches of {RECALIBRATION_BATCH}; --limit caps them too) with the "
                         "clean float weights (a model trained under noise stores statistics of noisy weights, which "
                         "understate its clean accuracy); every reported number, noisy ones included, then uses "
                         "these statistics (default: the checkpoint's statistics)")
+    bn.add_argument("--recalibrate-bn-per-chip", metavar="N", default=None,
+                    help="re-estimate the BatchNorm statistics on every programmed chip, with that chip's weights, "
+                         "from the first N >= 2 training-split images before evaluating it, as a deployed chip could "
+                         "with unlabeled images (one extra forward over N images per chip; the clean and quantized "
+                         "baselines keep the checkpoint's statistics)")
     g.add_argument("--no-quantize", action="store_true",
                    help="add the noise to the float weights without quantizing them first (authors' code); "
                         "default: the checkpoint's device setting (quantize on unless trained without)")
@@ -125,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     chunk_runs = None if args.chunk_runs is None else _int("--chunk-runs", args.chunk_runs, 1)
     limit = None if args.limit is None else _int("--limit", args.limit, 1)
     recal = None if args.recalibrate_bn is None else _int("--recalibrate-bn", args.recalibrate_bn, 2)
+    per_chip = None if args.recalibrate_bn_per_chip is None else _int("--recalibrate-bn-per-chip", args.recalibrate_bn_per_chip, 2)
     sigmas = None
     if args.sigma is not None:
         sigmas = [_sigma("--sigma", args.sigma)]
@@ -186,27 +194,32 @@ def run(args: argparse.Namespace) -> int:
             f"model ({spec.get('in_channels')} channels, {spec.get('num_classes')} classes): pass a matching --dataset"
         )
 
-    recalibration = None
-    if recal is not None:
-        from nvcim.batchnorm import batchnorm_layers, recalibrate_batchnorm_
+    recalibration, calibration = None, None
+    if recal is not None or per_chip is not None:
+        from nvcim.batchnorm import ChipCalibration, batchnorm_layers, recalibrate_batchnorm_
 
+        flag = "--recalibrate-bn" if recal is not None else "--recalibrate-bn-per-chip"
         if not batchnorm_layers(model):
-            raise ValueError(f"checkpoint {ckpt}: the model has no BatchNorm statistics to recalibrate: drop --recalibrate-bn")
+            raise ValueError(f"checkpoint {ckpt}: the model has no BatchNorm statistics to recalibrate: drop {flag}")
         if len(splits.train) == 0:
-            raise ValueError(f"the train split of {dataset} is empty: --recalibrate-bn needs training images")
-        recalibrate_batchnorm_(model, splits.train, batch_size=RECALIBRATION_BATCH, max_images=recal)  # on CPU, where the model is
-        used = min(recal, len(splits.train))
+            raise ValueError(f"the train split of {dataset} is empty: {flag} needs training images")
+        used = min(recal or per_chip, len(splits.train))
         used -= used > RECALIBRATION_BATCH and used % RECALIBRATION_BATCH == 1  # a lone trailing image is skipped
         recalibration = {"split": "train", "images": used, "batch_size": RECALIBRATION_BATCH,
-                         "weights": "clean"}
+                         "weights": "clean" if recal is not None else "each chip"}
+        if recal is not None:
+            recalibrate_batchnorm_(model, splits.train, batch_size=RECALIBRATION_BATCH, max_images=recal)  # on CPU, where the model is
+        else:
+            calibration = ChipCalibration(splits.train, images=per_chip, batch_size=RECALIBRATION_BATCH)
 
     results = robustness_curve(model, split, base, sigmas, runs=runs, seed=seed, batch_size=batch_size,
-                               chunk_runs=chunk_runs, device=args.device, progress=args.progress)
+                               chunk_runs=chunk_runs, device=args.device, progress=args.progress, bn_calibration=calibration)
     print(f"{ckpt}: {spec.get('name', '?')} on {dataset} ({args.split}, {results[0].n_samples} images), "
           f"{runs} runs per σ, seed {seed}, M={base.weight_bits} K={base.device_bits} quantize={base.quantize}, "
           f"training σ {train_sigma:g}")
     if recalibration is not None:
-        print(f"BatchNorm statistics recalibrated from {recalibration['images']} training images with the clean weights")
+        how = "the clean weights" if recalibration["weights"] == "clean" else "each chip's weights, per chip"
+        print(f"BatchNorm statistics recalibrated from {recalibration['images']} training images with {how}")
     print(results_table(results))
     payload = {
         "kind": "mc_eval",
