@@ -11,7 +11,8 @@ own evaluation, same seed; checked) three ways:
               the clean float weights (`nvcim eval --recalibrate-bn`), then the same chips;
   chip-recal  per programmed chip, the statistics re-estimated from the first --chip-calib-images
               training images *with that chip's weights* (what a deployed chip could do with a few
-              unlabeled images, since BatchNorm sits in the digital periphery), then the test set.
+              unlabeled images, since BatchNorm sits in the digital periphery), then the test set
+              (`nvcim eval --recalibrate-bn-per-chip`).
 Clean accuracy (float weights, no noise) is reported for the first two. Prints a Markdown table
 (one row per cell) and writes it to --out.
 """
@@ -25,37 +26,12 @@ import statistics
 import sys
 from pathlib import Path
 
-import torch
 
-import nvcim
-from nvcim.batchnorm import recalibrate_batchnorm_
+from nvcim.batchnorm import ChipCalibration, recalibrate_batchnorm_
 from nvcim.checkpoint import load_checkpoint
 from nvcim.config import DeviceConfig
 from nvcim.data import load_dataset
-from nvcim.evaluate import monte_carlo_evaluate, run_generator
-
-
-def chip_recalibrated_accuracies(model, splits, cfg: DeviceConfig, runs: int, seed: int, calib_images: int,
-                                 expected_first: float) -> list[float]:
-    """Test accuracy (%) of chips 0..runs-1 (MC seed `seed`), each after recalibrating BatchNorm on its own weights."""
-    x_test = torch.cat([x for x, _ in splits.test.batches(1024)])  # [N, C, H, W]
-    y_test = splits.test.labels  # [N]
-
-    def accuracy(m) -> float:
-        with torch.no_grad():
-            pred = torch.cat([m.eval()(x_test[i : i + 1024]).argmax(1) for i in range(0, len(x_test), 1024)])  # [N]
-        return 100.0 * float((pred == y_test).float().mean())
-
-    accs = []
-    for r in range(runs):
-        m = copy.deepcopy(model)
-        nvcim.apply_variation_(m, cfg)
-        nvcim.program_chip_(m, generator=run_generator(seed, r), sigma=cfg.sigma)  # chip r of the MC evaluation
-        if r == 0 and abs(accuracy(m) - expected_first) > 0.15:  # before recalibrating: the MC's own chip 0
-            raise SystemExit(f"chip 0 scores {accuracy(m):.2f} % here but {expected_first:.2f} % in the Monte Carlo run")
-        recalibrate_batchnorm_(m, splits.train, max_images=calib_images)
-        accs.append(accuracy(m))
-    return accs
+from nvcim.evaluate import monte_carlo_evaluate
 
 
 def main(argv=None) -> int:
@@ -94,8 +70,9 @@ def main(argv=None) -> int:
                 print(f"warning: {result.parent}: chips differ from the sweep's evaluation (by {diff:.2f} points)", file=sys.stderr)
             clean_model = recalibrate_batchnorm_(copy.deepcopy(model), splits.train, max_images=args.calib_images)
             recal = monte_carlo_evaluate(clean_model, splits.test, cfg, runs=args.runs, seed=seed)
-            chip = chip_recalibrated_accuracies(model, splits, cfg, args.runs, seed, args.chip_calib_images,
-                                                stored.to_dict()["per_run_accuracy"][0])
+            per_chip = monte_carlo_evaluate(model, splits.test, cfg, runs=args.runs, seed=seed, baselines=False,
+                                            bn_calibration=ChipCalibration(splits.train, images=args.chip_calib_images))
+            chip = per_chip.to_dict()["per_run_accuracy"]
             cell = result.parent.relative_to(Path(sweep) / "cells").as_posix()
             rows.append((cell, stored.clean_accuracy, stored.mean, recal.clean_accuracy, recal.mean,
                          statistics.fmean(chip), min(chip)))
