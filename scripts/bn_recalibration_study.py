@@ -26,7 +26,6 @@ import statistics
 import sys
 from pathlib import Path
 
-
 from nvcim.batchnorm import ChipCalibration, recalibrate_batchnorm_
 from nvcim.checkpoint import load_checkpoint
 from nvcim.config import DeviceConfig

@@ -41,20 +41,27 @@ def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
 
 
+def _save_statistics(layers: list[nn.Module]) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    return [(m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in layers]
+
+
+def _restore_statistics(saved) -> None:
+    # Through `.data`: BatchNorm's own updates do not bump the version counter either, and the
+    # backward of a training-mode BatchNorm never reads the running statistics it saved.
+    for m, mean, var, count in saved:
+        m.running_mean.data.copy_(mean)
+        m.running_var.data.copy_(var)
+        m.num_batches_tracked.data.copy_(count)
+
+
 @contextlib.contextmanager
 def frozen_bn_statistics(model: nn.Module) -> Iterator[None]:
     """Forwards (or recalibrations) inside this block leave every BatchNorm's running statistics exactly as they were."""
-    saved = [(m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-             for _, m in batchnorm_layers(model)]
+    saved = _save_statistics([m for _, m in batchnorm_layers(model)])
     try:
         yield
     finally:
-        # Through `.data`: BatchNorm's own updates do not bump the version counter either, and the
-        # backward of a training-mode BatchNorm never reads the running statistics it saved.
-        for m, mean, var, count in saved:
-            m.running_mean.data.copy_(mean)
-            m.running_var.data.copy_(var)
-            m.num_batches_tracked.data.copy_(count)
+        _restore_statistics(saved)
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,7 +157,7 @@ def recalibrate_batchnorm_(
 
     flags = [(m, m.training) for m in model.modules()]
     momenta = [(m, m.momentum) for m in layers]
-    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in layers]
+    saved = _save_statistics(layers)
     seen = 0
     ok = False
     try:
@@ -179,8 +186,5 @@ def recalibrate_batchnorm_(
         for m, training in flags:
             m.training = training
         if not ok:  # an error part-way leaves the statistics exactly as they were
-            for m, (mean, var, count) in zip(layers, saved):
-                m.running_mean.copy_(mean)
-                m.running_var.copy_(var)
-                m.num_batches_tracked.copy_(count)
+            _restore_statistics(saved)
     return model
