@@ -242,6 +242,34 @@ def test_labels_distinguish_ablation_arms(tmp_path):
     assert {p["label"] for p in pts} == labels
 
 
+def test_paper_values_only_beside_the_papers_method(tmp_path):
+    """An ablation arm (noise injection ×1/4 = OVF with β = 0, OVF with a_b = 1) gets no published value;
+    plain arms (any β, a custom label) keep theirs."""
+    root = tmp_path / "r"
+    res = [mc_result(0.35, [50.0, 52.0])]
+    write(root / "ni.json", mc_eval("noise_injection", 0.35, 0, res))
+    write(root / "ni4.json", mc_eval("noise_injection", 0.35, 0, res, params={"logit_scale": 0.25},
+                                     cell={"id": "a", "label": "ni-scale-1/4 (= OVF beta=0)"}))
+    write(root / "ovf.json", mc_eval("ovf", 0.35, 0, res, params={"beta": 0.1}, cell={"id": "b", "label": "mine"}))
+    write(root / "ovf_ab1.json", mc_eval("ovf", 0.35, 0, res, params={"a_b": 1.0}, cell={"id": "c", "label": "no T"}))
+    by = {p["label"]: p for p in matched_points(load_results(root))}
+    assert by["noise injection"]["paper"] == 52.30 and by["mine"]["paper"] == 99.01
+    assert by["ni-scale-1/4 (= OVF beta=0)"]["paper"] is None and by["no T"]["paper"] is None
+    assert not by["no T"]["paper_arm"] and by["mine"]["paper_arm"]
+
+
+def test_is_paper_recipe():
+    assert reference.is_paper_recipe("vanilla", {})
+    assert reference.is_paper_recipe("noise_injection", {"logit_scale": 1.0})
+    assert reference.is_paper_recipe("noise_injection", {})
+    assert not reference.is_paper_recipe("noise_injection", {"logit_scale": 0.25})
+    assert reference.is_paper_recipe("ovf", {"beta": 0.0, "n_variational": 3, "a_b": None})
+    assert reference.is_paper_recipe("ovf", {"n_variational": 1, "a_b": 0.5, "a_f": 0.5})  # = the defaults 1/(N+1)
+    assert not reference.is_paper_recipe("ovf", {"n_variational": 3, "a_b": 1.0})
+    assert not reference.is_paper_recipe("ovf", {"a_f": 0.0})
+    assert not reference.is_paper_recipe("ovf", {"gammas": [1.0, 1.0, 1.0]})
+
+
 def test_paper_reference_values():
     assert reference.paper_value("vgg8", "mnist", "ovf", 0.35) == 99.01
     assert reference.paper_value("vgg8", "mnist5k", "ovf", 0.35) == 99.01

@@ -14,6 +14,12 @@ figure does not say which). Cells the figure leaves empty are absent.
 
 Dataset matching: our "mnist" and "mnist5k" both match the paper's "mnist", but a comparison made on
 "mnist5k" carries the note "paper setting differs (MNIST 5k subset)"; "fashion_mnist" has no values.
+
+Method matching: a published value describes the paper's method, so `is_paper_recipe(method, params)`
+says whether a run's method parameters still are that method. Ablation arms that change the training
+objective are not: noise injection with logits scaled (`logit_scale` != 1), OVF with its own backbone /
+feedback weights or γ (`a_b`, `a_f`, `gammas` other than the defaults derived from N). β, N and Δσ are
+the paper's own knobs (β is searched there), so runs that set them still compare with the paper.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import functools
 import io
 from importlib import resources
 
-__all__ = ["paper_curves", "paper_value", "paper_match", "paper_dataset", "PAPER_SIGMAS", "SETTING_NOTES"]
+__all__ = ["paper_curves", "paper_value", "paper_match", "paper_dataset", "is_paper_recipe", "PAPER_SIGMAS",
+           "SETTING_NOTES"]
 
 PAPER_SIGMAS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
 
@@ -66,6 +73,31 @@ def paper_curves() -> list[dict]:
 def paper_dataset(dataset: str) -> tuple[str | None, str]:
     """(the paper's dataset name or None, note) for one of our dataset names."""
     return _DATASET_ALIASES.get(str(dataset).lower(), (None, ""))
+
+
+def is_paper_recipe(method: str, params: dict | None) -> bool:
+    """Whether `method` with these parameters is the paper's method (see the module docstring)."""
+    params = params or {}
+
+    def unset_or(key, default) -> bool:
+        v = params.get(key)
+        if v is None:
+            return True
+        try:
+            return abs(float(v) - default) < 1e-12
+        except (TypeError, ValueError):
+            return False
+
+    method = str(method).lower()
+    if method == "noise_injection":
+        return unset_or("logit_scale", 1.0)
+    if method == "ovf":
+        try:
+            n = int(params.get("n_variational") or 3)
+        except (TypeError, ValueError):
+            return False
+        return unset_or("a_b", 1.0 / (n + 1)) and unset_or("a_f", 1.0 / (n + 1)) and params.get("gammas") is None
+    return True
 
 
 def paper_match(model: str, dataset: str, method: str, sigma: float, quantity: str = "accuracy") -> dict | None:

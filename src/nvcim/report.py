@@ -21,7 +21,9 @@ records whose test σ equals their training σ (vanilla: every test σ of the va
 the mean over seeds of each model's Monte Carlo mean; its 95% CI is over seeds (Student t) when there are
 ≥ 2 seeds, else the Monte Carlo CI of the single model. Worst-case statistics (p1, p5, min) are over all
 the point's chips pooled (n seeds × R runs). A model is non-converged when its mean is more than 5 points
-below the mean over the seeds (SPEC §4).
+below the mean over the seeds (SPEC §4). Published values (reference.paper_match) stand only beside arms
+that are the paper's method (reference.is_paper_recipe): an ablation arm such as noise injection ×1/4
+gets no "paper" value and no dashed curve.
 """
 
 from __future__ import annotations
@@ -416,7 +418,8 @@ def matched_points(records: Sequence[dict]) -> list[dict]:
         if n >= 2:
             conv = _convergence({str(r["seed"] if r["seed"] is not None else i): r["mean"]
                                  for i, r in enumerate(models)})
-        paper = reference.paper_match(model, dataset, method, sigma)
+        paper_arm = all(reference.is_paper_recipe(method, r["method_params"]) for r in models)
+        paper = reference.paper_match(model, dataset, method, sigma) if paper_arm else None  # ablation arms: none
         cleans = [r["clean_accuracy"] for r in models if r["clean_accuracy"] is not None]
         points.append(
             {
@@ -428,6 +431,7 @@ def matched_points(records: Sequence[dict]) -> list[dict]:
                 "clean_accuracy": float(np.mean(cleans)) if cleans else None,
                 **_pooled_stats(models),
                 "convergence": conv,
+                "paper_arm": paper_arm,
                 "paper": paper["value"] if paper else None,
                 "paper_diff": mean - paper["value"] if paper else None,
                 "paper_note": paper["note"] if paper else "",
@@ -527,7 +531,7 @@ def _fig_accuracy(F: _Figures, gkey, gpts, colours, title_prefix):
         hi = [min(100.0, p["ci95"][1]) - p["mean"] if p["ci95"][1] is not None else 0.0 for p in pts]
         ax.errorbar(x, y, yerr=[lo, hi], marker="o", ms=4, capsize=3, color=colours[label],
                     label=f"{label} ({_runs_note(pts)})")
-        if method in paper_done:
+        if method in paper_done or not all(p["paper_arm"] for p in pts):  # the paper's curve: beside its own arm
             continue
         rows = [r for r in reference.paper_curves() if r["quantity"] == "accuracy" and r["method"] == method
                 and r["model"] == gkey[0] and r["dataset"] == reference.paper_dataset(gkey[2])[0]]
