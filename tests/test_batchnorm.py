@@ -16,7 +16,7 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 import nvcim
-from nvcim.batchnorm import ChipCalibration, batchnorm_layers, recalibrate_batchnorm_
+from nvcim.batchnorm import CALIBRATION_BATCH, ChipCalibration, batchnorm_layers, calibration_images, recalibrate_batchnorm_
 from nvcim.evaluate import monte_carlo_evaluate, robustness_curve, run_generator
 from nvcim.data import DatasetInfo, Split
 
@@ -108,6 +108,21 @@ def test_empty_batches_and_a_lone_trailing_image_are_skipped():
     for (_, a), (_, b), (_, c) in zip(batchnorm_layers(ref), batchnorm_layers(lone), batchnorm_layers(gaps)):
         assert torch.equal(a.running_mean, b.running_mean) and torch.equal(a.running_var, b.running_var)
         assert torch.equal(a.running_mean, c.running_mean) and torch.equal(a.running_var, c.running_var)
+
+
+def test_calibration_images_counts_what_recalibration_uses():
+    from nvcim.cli.eval import RECALIBRATION_BATCH
+
+    assert RECALIBRATION_BATCH == CALIBRATION_BATCH == 1024
+    assert calibration_images(1000, 3600) == 1000 and calibration_images(5000, 3600) == 3600
+    assert calibration_images(1025, 9999) == 1024  # the lone 1,025th image is skipped
+    assert calibration_images(2049, 9999, batch_size=1024) == 2048 and calibration_images(1, 10) == 1
+    # against recalibrate_batchnorm_ itself: the images it feeds through the model
+    fed = []
+    bn = nn.BatchNorm1d(2)
+    bn.register_forward_pre_hook(lambda m, inp: fed.append(inp[0].shape[0]))
+    recalibrate_batchnorm_(bn, torch.randn(9, 2), batch_size=4, max_images=9)
+    assert sum(fed) == calibration_images(9, 9, batch_size=4) == 8
 
 
 def test_dropout_stays_off_and_result_is_deterministic():

@@ -258,6 +258,24 @@ def test_paper_values_only_beside_the_papers_method(tmp_path):
     assert not by["no T"]["paper_arm"] and by["mine"]["paper_arm"]
 
 
+def test_recalibrated_batchnorm_results_are_arms_of_their_own(tmp_path):
+    """`nvcim eval --recalibrate-bn*` results of the same checkpoint stay apart and get no paper value."""
+    root = tmp_path / "r"
+    res = [mc_result(0.35, [50.0, 52.0])]
+    write(root / "plain.json", mc_eval("ovf", 0.35, 0, res))
+    for name, weights in (("clean.json", "clean"), ("chip.json", "each chip")):
+        d = mc_eval("ovf", 0.35, 0, [mc_result(0.35, [60.0, 62.0])])
+        d["bn_recalibration"] = {"split": "train", "images": 1000, "batch_size": 1024, "weights": weights}
+        write(root / name, d)
+    write(root / "mine.json", {**mc_eval("noise_injection", 0.35, 0, res, cell={"id": "x", "label": "mine"}),
+                               "bn_recalibration": {"weights": "each chip"}})
+    by = {p["label"]: p for p in matched_points(load_results(root))}
+    assert set(by) == {"OVF", "OVF (BN: clean)", "OVF (BN per chip)", "mine (BN per chip)"}
+    assert by["OVF"]["paper"] == 99.01 and by["OVF"]["mean"] == 51.0
+    assert by["OVF (BN per chip)"]["paper"] is None and by["OVF (BN per chip)"]["mean"] == 61.0
+    assert by["OVF (BN: clean)"]["paper"] is None
+
+
 def test_is_paper_recipe():
     assert reference.is_paper_recipe("vanilla", {})
     assert reference.is_paper_recipe("noise_injection", {"logit_scale": 1.0})

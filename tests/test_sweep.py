@@ -144,6 +144,10 @@ def test_toml_and_yaml_specs(tmp_path):
     ({"eval": {"runs": 0}}, "eval.runs"),
     ({"eval": {"run": 3}}, "eval.run"),
     ({"eval": {"test_sigmas": "all"}}, "eval.test_sigmas"),
+    ({"eval": {"bn_calibration_images": 1}}, "eval.bn_calibration_images"),
+    ({"eval": {"bn_calibration_images": -5}}, "eval.bn_calibration_images"),
+    ({"eval": {"bn_calibration_images": 2.5}}, "eval.bn_calibration_images"),
+    ({"eval": {"bn_calibration_images": True}}, "eval.bn_calibration_images"),
     ({"resources": {"threads_per_cell": 0}}, "resources.threads_per_cell"),
     ({"method_params": {"ovf": {"n_variational": 0}}}, "n_variational"),
     ({"method_params": {"gni": {}}}, "method_params"),
@@ -342,6 +346,61 @@ def test_beta_search_selects_on_validation_split_only(tmp_path, monkeypatch):
     calls.clear()
     assert run_sweep(validate_spec(raw), out, progress=False).exit_code == 0
     assert [c[0] for c in calls] == ["curve"]
+
+
+def test_per_chip_bn_calibration(tmp_path, monkeypatch):
+    """eval.bn_calibration_images: the β search's validation chips and the test chips recalibrate BatchNorm;
+    the test numbers equal monte_carlo_evaluate(..., bn_calibration=ChipCalibration) on the checkpoint."""
+    import torch
+
+    from nvcim import evaluate
+    from nvcim.batchnorm import ChipCalibration
+    from nvcim.checkpoint import load_checkpoint
+
+    assert "bn_calibration_images" not in validate_spec(BASE)["eval"]  # off: old sweep directories still resume
+    assert validate_spec(spec_of(eval={"runs": 3, "val_runs": 2, "bn_calibration_images": 0})) == validate_spec(BASE)
+    raw = spec_of(methods=["noise_injection", "ovf"], sigmas=[0.3], seeds=[0], betas=[0.1, 0.001],
+                  eval={"runs": 3, "val_runs": 2, "bn_calibration_images": 40})
+    seen = []
+    real_mc, real_curve = evaluate.monte_carlo_evaluate, evaluate.robustness_curve
+
+    def spy_mc(model, data, cfg, **kw):
+        seen.append(("mc", kw.get("bn_calibration")))
+        return real_mc(model, data, cfg, **kw)
+
+    def spy_curve(model, data, cfg, sigmas, **kw):
+        seen.append(("curve", kw.get("bn_calibration")))
+        return real_curve(model, data, cfg, sigmas, **kw)
+
+    monkeypatch.setattr(evaluate, "monte_carlo_evaluate", spy_mc)
+    monkeypatch.setattr(evaluate, "robustness_curve", spy_curve)
+    out = tmp_path / "out"
+    assert run_sweep(validate_spec(raw), out, progress=False).exit_code == 0
+    assert [k for k, _ in seen] == ["curve", "mc", "mc", "curve"]  # NI test; OVF: 2 β scores, then its test
+    assert all(isinstance(c, ChipCalibration) and c.images == 40 and c.batch_size == 1024 for _, c in seen)
+    monkeypatch.undo()
+
+    cell = next(c for c in expand(validate_spec(raw)) if c.method == "noise_injection")
+    d = json.loads((sweep.cell_dir(out, cell.id) / sweep.RESULT_FILE).read_text())
+    assert d["bn_recalibration"] == {"split": "train", "images": 40, "batch_size": 1024, "weights": "each chip"}
+    splits = sweep._splits(cell.train_config())
+    model, _ = load_checkpoint(sweep.cell_dir(out, cell.id) / "checkpoint")
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the cell ran
+    try:
+        cfg = cell.train_config().device_cfg()
+        want = evaluate.monte_carlo_evaluate(model, splits.test, cfg, runs=3, seed=0,
+                                             bn_calibration=ChipCalibration(splits.train, images=40))
+        plain = evaluate.monte_carlo_evaluate(model, splits.test, cfg, runs=3, seed=0)
+    finally:
+        torch.set_num_threads(old)
+    assert d["results"][0]["per_run_accuracy"] == want.per_run_accuracy
+    assert want.per_run_accuracy != plain.per_run_accuracy  # the calibration did change the chips' scores
+    # the report keeps such results apart from the paper's evaluation
+    from nvcim.report import load_results
+
+    recs = load_results(out)
+    assert {r["label"] for r in recs} == {"noise injection (BN per chip)", "OVF (BN per chip)"}
 
 
 def test_stale_partial_cell_is_wiped(tmp_path):

@@ -35,6 +35,10 @@ from torch import nn
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 
+# The batch of the CLI's and the sweeps' recalibrations: fixed, so that the evaluation batch size never
+# changes the recalibrated statistics.
+CALIBRATION_BATCH = 1024
+
 
 def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) of every BatchNorm layer that keeps running statistics, in module order."""
@@ -98,6 +102,13 @@ class ChipCalibration:
         if not out:
             raise ValueError("ChipCalibration data is empty: give at least two images")
         return out
+
+
+def calibration_images(requested: int, available: int, batch_size: int = CALIBRATION_BATCH) -> int:
+    """How many images a recalibration of at most `requested` images from a split of `available` uses
+    (batches of `batch_size`; a lone image after the first batch is skipped)."""
+    used = min(requested, available)
+    return used - int(used > batch_size and used % batch_size == 1)
 
 
 def _input_batches(data: Any, batch_size: int) -> Iterator[torch.Tensor]:

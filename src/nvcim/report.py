@@ -14,7 +14,9 @@ JSON is an error naming it (or a warning with skip_bad=True).
 Records are labelled so that ablation arms are distinct lines: vanilla -> "vanilla"; noise injection ->
 "noise injection" (logit scale 1) or "noise injection ×s"; OVF -> "OVF", or "OVF β=1e-3" when several
 fixed hyper-parameters (β, N, ...) of one (model, dataset) are compared at the same training σ (a β chosen
-by a sweep's β search keeps "OVF"); a cell's "label" field overrides all of this.
+by a sweep's β search keeps "OVF"); a cell's "label" field overrides all of this. Results evaluated with
+recalibrated BatchNorm statistics ("bn_recalibration" in the file) are arms of their own: " (BN per
+chip)" or " (BN: clean)" is appended to the label.
 
 The matched setting (paper Fig. 3): every model is trained and tested at σ_d, so a point uses the
 records whose test σ equals their training σ (vanilla: every test σ of the vanilla models). A point is
@@ -38,7 +40,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 from nvcim.fileio import atomic_write_bytes
 
 import numpy as np
@@ -176,6 +178,8 @@ def _records_from_payload(payload: dict, path: Path) -> list[dict]:
     if label_override == method:  # a sweep labels plain arms with the method name: keep the readable default
         label_override = None
     seed = ck.get("seed")
+    recal = payload.get("bn_recalibration")
+    recal = str(recal.get("weights") or "?") if isinstance(recal, dict) else None  # "clean" | "each chip" | None
     out = []
     for i, r in enumerate(results):
         if not isinstance(r, dict) or _num(r.get("sigma")) is None or _num(r.get("mean")) is None:
@@ -199,6 +203,7 @@ def _records_from_payload(payload: dict, path: Path) -> list[dict]:
                 "beta_search": beta_search,
                 "label_override": str(label_override) if label_override else None,
                 "label": None,  # set by assign_labels
+                "bn_recalibration": recal,
                 "train_sigma": train_sigma,
                 "test_sigma": float(r["sigma"]),
                 "seed": seed,
@@ -304,7 +309,7 @@ def assign_labels(records: list[dict]) -> None:
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         if r.get("label_override"):
-            r["label"] = r["label_override"]
+            r["label"] = r["label_override"] + _recalibration_suffix(r)
             continue
         groups.setdefault((r["model"], r["width"], r["dataset"], r["method"]), []).append(r)
     for (_, _, _, method), recs in groups.items():
@@ -340,7 +345,13 @@ def assign_labels(records: list[dict]) -> None:
                          for k in shown if k in r["method_params"]]
                 if parts:
                     label = f"{label} {', '.join(parts)}"
-            r["label"] = label
+            r["label"] = label + _recalibration_suffix(r)
+
+
+def _recalibration_suffix(r: Mapping) -> str:
+    """Results with recalibrated BatchNorm statistics are an arm of their own (`nvcim eval --recalibrate-bn*`)."""
+    how = r.get("bn_recalibration")
+    return "" if not how else " (BN per chip)" if how == "each chip" else f" (BN: {how})"
 
 
 # ---- aggregation -----------------------------------------------------------------------------------
@@ -418,7 +429,8 @@ def matched_points(records: Sequence[dict]) -> list[dict]:
         if n >= 2:
             conv = _convergence({str(r["seed"] if r["seed"] is not None else i): r["mean"]
                                  for i, r in enumerate(models)})
-        paper_arm = all(reference.is_paper_recipe(method, r["method_params"]) for r in models)
+        paper_arm = all(reference.is_paper_recipe(method, r["method_params"]) and not r.get("bn_recalibration")
+                        for r in models)
         paper = reference.paper_match(model, dataset, method, sigma) if paper_arm else None  # ablation arms: none
         cleans = [r["clean_accuracy"] for r in models if r["clean_accuracy"] is not None]
         points.append(

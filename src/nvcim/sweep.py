@@ -12,7 +12,8 @@ A spec (TOML shown; see experiments/README.md for every key):
     sigmas = [0.1, 0.2, 0.3]; seeds = [0, 1, 2]
     betas = [1e-1, 1e-2, 1e-3, 1e-4]   # OVF β candidates; one value = no search
     [train]      # TrainConfig fields (epochs, batch_size, lr, optimizer, schedule, limit, ...)
-    [eval]       # runs, seed, val_runs, val_seed, batch_size, test_sigmas, keep_beta_checkpoints
+    [eval]       # runs, seed, val_runs, val_seed, batch_size, test_sigmas, keep_beta_checkpoints,
+                 # bn_calibration_images
     [method_params.ovf]   # fixed hyper-parameters of a method for every cell of that method
     [resources]  # threads_per_cell, cpus_per_cell, gpus_per_cell
     [[variants]] # extra arms: label, method, params
@@ -42,6 +43,13 @@ the Monte Carlo mean accuracy on the VALIDATION split (held out from the trainin
 training σ with `eval.val_runs` chips (seed `eval.val_seed`), and tests only the best one. Ties go to
 the larger β (deterministic; the larger β is the first step of the paper's four-step search).
 Candidates whose training diverged are not eligible; if all diverge the cell fails.
+
+Per-chip BatchNorm calibration (REPRODUCTION.md §4d). `eval.bn_calibration_images = N` (default 0: off,
+the trained statistics are used) makes every chip, in the test evaluation and in the β search's
+validation score alike, re-estimate its BatchNorm statistics from the first N training images with its
+own programmed weights before it is scored (`nvcim.batchnorm.ChipCalibration`, batches of 1024), as
+`nvcim eval --recalibrate-bn-per-chip N` does; result.json records it as "bn_recalibration", and
+reports show such arms apart ("… (BN per chip)").
 """
 
 from __future__ import annotations
@@ -72,6 +80,7 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "batch_size": 1024,
     "test_sigmas": "train",  # "train" | "grid" | [σ, ...]
     "keep_beta_checkpoints": True,  # False: drop the non-tested β candidates' weights once a cell is done
+    "bn_calibration_images": 0,  # > 0: every chip recalibrates BatchNorm from this many training images first
 }
 RESOURCE_DEFAULTS: dict[str, Any] = {"threads_per_cell": None, "cpus_per_cell": 1, "gpus_per_cell": None}
 VARIANT_KEYS = ("label", "method", "params")
@@ -247,6 +256,11 @@ def validate_spec(raw: Mapping, where: str = "<spec>") -> dict:
             raise _err(where, f"eval.{key}", e[key], f"an integer >= {lo}")
     if not isinstance(e["keep_beta_checkpoints"], bool):
         raise _err(where, "eval.keep_beta_checkpoints", e["keep_beta_checkpoints"], "true or false")
+    n_cal = e["bn_calibration_images"]
+    if not _is_int(n_cal) or n_cal < 0 or n_cal == 1:
+        raise _err(where, "eval.bn_calibration_images", n_cal, "0 (off) or an integer >= 2")
+    if n_cal == 0:  # off: absent, so that sweep directories made before the key existed still resume
+        del e["bn_calibration_images"]
     ts = e["test_sigmas"]
     if isinstance(ts, str):
         if ts not in ("train", "grid"):
@@ -417,7 +431,7 @@ def expand(spec: Mapping) -> list[Cell]:
                             params={k: v for k, v in tparams.items() if not (search and k == "beta")},
                             sigma=sigma, seed=seed, test_sigmas=tests, betas=search, train=tdict,
                             eval={k: ev[k] for k in ("runs", "seed", "val_runs", "val_seed", "batch_size",
-                                                     "keep_beta_checkpoints")},
+                                                     "keep_beta_checkpoints", "bn_calibration_images") if k in ev},
                         ))
     return cells
 
@@ -541,6 +555,32 @@ def _diverged_msg(metrics: Mapping) -> str | None:
     return None
 
 
+def _chip_calibration(cell: Cell, model, splits):
+    """The per-chip BatchNorm calibration of `cell` (eval.bn_calibration_images), or None when off."""
+    from nvcim.batchnorm import CALIBRATION_BATCH, ChipCalibration, batchnorm_layers
+
+    n = cell.eval.get("bn_calibration_images", 0)
+    if not n:
+        return None
+    if not batchnorm_layers(model):
+        raise ValueError(f"eval.bn_calibration_images = {n}, but {cell.model} has no BatchNorm statistics to "
+                         "recalibrate: drop eval.bn_calibration_images")
+    if len(splits.train) == 0:
+        raise ValueError("eval.bn_calibration_images needs training images, and the train split is empty")
+    return ChipCalibration(splits.train, images=n, batch_size=CALIBRATION_BATCH)
+
+
+def _calibration_record(cell: Cell, splits) -> dict | None:
+    """result.json's "bn_recalibration" (as `nvcim eval` writes it): None when off."""
+    from nvcim.batchnorm import CALIBRATION_BATCH, calibration_images
+
+    n = cell.eval.get("bn_calibration_images", 0)
+    if not n:
+        return None
+    return {"split": "train", "images": calibration_images(n, len(splits.train)), "batch_size": CALIBRATION_BATCH,
+            "weights": "each chip"}
+
+
 def _beta_search(cell: Cell, d: Path, splits, dev) -> tuple[float, dict, float]:
     """Train / score every β candidate (resumable per β); returns (chosen β, record, train seconds)."""
     from nvcim import evaluate as _evaluate
@@ -564,7 +604,7 @@ def _beta_search(cell: Cell, d: Path, splits, dev) -> tuple[float, dict, float]:
         if _diverged_msg(metrics) is None:
             val = _evaluate.monte_carlo_evaluate(model, splits.val, tc.device_cfg(), runs=cell.eval["val_runs"],
                                                  seed=cell.eval["val_seed"], batch_size=cell.eval["batch_size"],
-                                                 device=dev)
+                                                 device=dev, bn_calibration=_chip_calibration(cell, model, splits))
             rec["val_mean"], rec["val_std"] = val.mean, (val.std if math.isfinite(val.std) else None)
         else:
             rec["error"] = _diverged_msg(metrics)
@@ -648,10 +688,12 @@ def _run_cell(cell: Cell, out: Path, d: Path, threads: int, t0: float) -> dict:
     t_eval = time.perf_counter()
     results = _evaluate.robustness_curve(model, splits.test, tc.device_cfg(), cell.test_sigmas,
                                          runs=cell.eval["runs"], seed=cell.eval["seed"],
-                                         batch_size=cell.eval["batch_size"], device=dev)
+                                         batch_size=cell.eval["batch_size"], device=dev,
+                                         bn_calibration=_chip_calibration(cell, model, splits))
     eval_s = time.perf_counter() - t_eval
     payload = result_payload(cell, out, ckpt, tc, results, threads=threads, beta_search=beta_record,
-                             wall=time.perf_counter() - t0, train_s=train_s, eval_s=eval_s, metrics=metrics)
+                             wall=time.perf_counter() - t0, train_s=train_s, eval_s=eval_s, metrics=metrics,
+                             bn_recalibration=_calibration_record(cell, splits))
     _write_json(d / RESULT_FILE, payload)  # the cell is done from here on
     if cell.betas and not cell.eval["keep_beta_checkpoints"]:
         for sub in (d / "beta").glob("*/checkpoint"):
@@ -660,10 +702,11 @@ def _run_cell(cell: Cell, out: Path, d: Path, threads: int, t0: float) -> dict:
 
 
 def result_payload(cell: Cell, out: Path, ckpt: Path, tc, results, *, threads, beta_search, wall, train_s, eval_s,
-                   metrics) -> dict:
+                   metrics, bn_recalibration: dict | None = None) -> dict:
     """result.json: {"kind": "mc_eval", "nvcim_version", "checkpoint" (relative to the sweep dir),
     "checkpoint_config", "dataset", "split": "test", "device_config" (its σ is the first test σ;
-    every result carries its own), "results": [MCResult.to_dict() per test σ], "cell": {...}}."""
+    every result carries its own), "bn_recalibration" (None, or per-chip calibration as `nvcim eval`
+    records it), "results": [MCResult.to_dict() per test σ], "cell": {...}}."""
     from nvcim.checkpoint import read_checkpoint_config
 
     params = dict(cell.train_config().method_params) if not cell.betas else dict(tc.method_params)
@@ -675,6 +718,7 @@ def result_payload(cell: Cell, out: Path, ckpt: Path, tc, results, *, threads, b
         "dataset": cell.dataset,
         "split": "test",
         "device_config": tc.device_cfg(sigma=cell.test_sigmas[0]).to_dict(),
+        "bn_recalibration": bn_recalibration,
         "results": [r.to_dict() for r in results],
         "cell": {
             "id": cell.id, "model": cell.model, "width": cell.width, "dataset": cell.dataset,

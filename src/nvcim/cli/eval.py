@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 
-RECALIBRATION_BATCH = 1024  # fixed, so that --batch-size never changes the recalibrated statistics
+RECALIBRATION_BATCH = 1024  # = nvcim.batchnorm.CALIBRATION_BATCH (here so that --help does not import torch)
 
 
 def _one_line_error(message: str):
@@ -196,15 +196,14 @@ def run(args: argparse.Namespace) -> int:
 
     recalibration, calibration = None, None
     if recal is not None or per_chip is not None:
-        from nvcim.batchnorm import ChipCalibration, batchnorm_layers, recalibrate_batchnorm_
+        from nvcim.batchnorm import ChipCalibration, batchnorm_layers, calibration_images, recalibrate_batchnorm_
 
         flag = "--recalibrate-bn" if recal is not None else "--recalibrate-bn-per-chip"
         if not batchnorm_layers(model):
             raise ValueError(f"checkpoint {ckpt}: the model has no BatchNorm statistics to recalibrate: drop {flag}")
         if len(splits.train) == 0:
             raise ValueError(f"the train split of {dataset} is empty: {flag} needs training images")
-        used = min(recal or per_chip, len(splits.train))
-        used -= used > RECALIBRATION_BATCH and used % RECALIBRATION_BATCH == 1  # a lone trailing image is skipped
+        used = calibration_images(recal or per_chip, len(splits.train), RECALIBRATION_BATCH)
         recalibration = {"split": "train", "images": used, "batch_size": RECALIBRATION_BATCH,
                          "weights": "clean" if recal is not None else "each chip"}
         if recal is not None:
