@@ -80,7 +80,7 @@ class ChipCalibration:
 
     data: Any
     images: int = 1000
-    batch_size: int = 1024
+    batch_size: int = CALIBRATION_BATCH
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, int) or self.images < 2:
@@ -109,6 +109,13 @@ def calibration_images(requested: int, available: int, batch_size: int = CALIBRA
     (batches of `batch_size`; a lone image after the first batch is skipped)."""
     used = min(requested, available)
     return used - int(used > batch_size and used % batch_size == 1)
+
+
+def recalibration_record(weights: str, requested: int, available: int, batch_size: int = CALIBRATION_BATCH) -> dict:
+    """The "bn_recalibration" entry of an mc_eval file (`nvcim eval`, sweep cells): statistics re-estimated
+    from training images with the "clean" weights or on "each chip"."""
+    return {"split": "train", "images": calibration_images(requested, available, batch_size), "batch_size": batch_size,
+            "weights": weights}
 
 
 def _input_batches(data: Any, batch_size: int) -> Iterator[torch.Tensor]:

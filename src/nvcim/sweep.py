@@ -572,13 +572,10 @@ def _chip_calibration(cell: Cell, model, splits):
 
 def _calibration_record(cell: Cell, splits) -> dict | None:
     """result.json's "bn_recalibration" (as `nvcim eval` writes it): None when off."""
-    from nvcim.batchnorm import CALIBRATION_BATCH, calibration_images
+    from nvcim.batchnorm import recalibration_record
 
     n = cell.eval.get("bn_calibration_images", 0)
-    if not n:
-        return None
-    return {"split": "train", "images": calibration_images(n, len(splits.train)), "batch_size": CALIBRATION_BATCH,
-            "weights": "each chip"}
+    return recalibration_record("each chip", n, len(splits.train)) if n else None
 
 
 def _beta_search(cell: Cell, d: Path, splits, dev) -> tuple[float, dict, float]:

@@ -196,16 +196,15 @@ def run(args: argparse.Namespace) -> int:
 
     recalibration, calibration = None, None
     if recal is not None or per_chip is not None:
-        from nvcim.batchnorm import ChipCalibration, batchnorm_layers, calibration_images, recalibrate_batchnorm_
+        from nvcim.batchnorm import ChipCalibration, batchnorm_layers, recalibrate_batchnorm_, recalibration_record
 
         flag = "--recalibrate-bn" if recal is not None else "--recalibrate-bn-per-chip"
         if not batchnorm_layers(model):
             raise ValueError(f"checkpoint {ckpt}: the model has no BatchNorm statistics to recalibrate: drop {flag}")
         if len(splits.train) == 0:
             raise ValueError(f"the train split of {dataset} is empty: {flag} needs training images")
-        used = calibration_images(recal or per_chip, len(splits.train), RECALIBRATION_BATCH)
-        recalibration = {"split": "train", "images": used, "batch_size": RECALIBRATION_BATCH,
-                         "weights": "clean" if recal is not None else "each chip"}
+        recalibration = recalibration_record("clean" if recal is not None else "each chip", recal or per_chip,
+                                             len(splits.train), RECALIBRATION_BATCH)
         if recal is not None:
             recalibrate_batchnorm_(model, splits.train, batch_size=RECALIBRATION_BATCH, max_images=recal)  # on CPU, where the model is
         else:
