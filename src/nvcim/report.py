@@ -14,9 +14,10 @@ JSON is an error naming it (or a warning with skip_bad=True).
 Records are labelled so that ablation arms are distinct lines: vanilla -> "vanilla"; noise injection ->
 "noise injection" (logit scale 1) or "noise injection ×s"; OVF -> "OVF", or "OVF β=1e-3" when several
 fixed hyper-parameters (β, N, ...) of one (model, dataset) are compared at the same training σ (a β chosen
-by a sweep's β search keeps "OVF"); a cell's "label" field overrides all of this. Results evaluated with
-recalibrated BatchNorm statistics ("bn_recalibration" in the file) are arms of their own: " (BN per
-chip)" or " (BN: clean)" is appended to the label.
+by a sweep's β search keeps "OVF"); a cell's "label" field overrides all of this. Results evaluated off
+the standard setting are arms of their own, with a suffix on the label: recalibrated BatchNorm
+statistics ("bn_recalibration" in the file) " (BN per chip)" or " (BN: clean)", another split than test
+(`nvcim eval --split val`) " (val split)", unquantized chips (`--no-quantize`) " (unquantized)".
 
 The matched setting (paper Fig. 3): every model is trained and tested at σ_d, so a point uses the
 records whose test σ equals their training σ (vanilla: every test σ of the vanilla models). A point is
@@ -160,7 +161,12 @@ def _records_from_payload(payload: dict, path: Path) -> list[dict]:
         raise ValueError(f"{path}: 'checkpoint_config' is not an object")
     model_cfg = ck.get("model") or {}
     data_cfg = ck.get("data") or {}
-    method_cfg = dict(ck.get("method") or {})
+    method_cfg = ck.get("method") or {}
+    for key, value, kinds in (("model", model_cfg, (dict, str)), ("data", data_cfg, (dict, str)),
+                              ("method", method_cfg, (dict,)), ("device", ck.get("device") or {}, (dict,))):
+        if not isinstance(value, kinds):
+            raise ValueError(f"{path}: 'checkpoint_config.{key}' is a {type(value).__name__}, not an object")
+    method_cfg = dict(method_cfg)
     device_cfg = ck.get("device") or {}
     cell = payload.get("cell") if isinstance(payload.get("cell"), dict) else {}
     model = model_cfg.get("name") if isinstance(model_cfg, dict) else model_cfg
@@ -180,6 +186,10 @@ def _records_from_payload(payload: dict, path: Path) -> list[dict]:
     seed = ck.get("seed")
     recal = payload.get("bn_recalibration")
     recal = str(recal.get("weights") or "?") if isinstance(recal, dict) else None  # "clean" | "each chip" | None
+    ck_path = _locate_checkpoint(payload.get("checkpoint"), path)
+    split = str(payload.get("split") or "test")  # `nvcim eval --split val` results are not test results
+    eval_device = payload.get("device_config") if isinstance(payload.get("device_config"), dict) else {}
+    quantized = eval_device.get("quantize") is not False  # `nvcim eval --no-quantize`: not the paper's chips
     out = []
     for i, r in enumerate(results):
         if not isinstance(r, dict) or _num(r.get("sigma")) is None or _num(r.get("mean")) is None:
@@ -192,6 +202,7 @@ def _records_from_payload(payload: dict, path: Path) -> list[dict]:
             {
                 "file": str(path),
                 "checkpoint": payload.get("checkpoint"),
+                "checkpoint_path": ck_path,
                 "cell_id": cell.get("id"),
                 "model": str(model or "unknown"),
                 "width": width,
@@ -204,6 +215,8 @@ def _records_from_payload(payload: dict, path: Path) -> list[dict]:
                 "label_override": str(label_override) if label_override else None,
                 "label": None,  # set by assign_labels
                 "bn_recalibration": recal,
+                "split": split,
+                "quantized": quantized,
                 "train_sigma": train_sigma,
                 "test_sigma": float(r["sigma"]),
                 "seed": seed,
@@ -273,14 +286,58 @@ def scan_results(path, skip_bad: bool = False, warn=None) -> ResultSet:
                                 "file": str(f), "cell": cell})
             continue
         try:
-            rs.records.extend(_records_from_payload(payload, f))
+            try:
+                rs.records.extend(_records_from_payload(payload, f))
+            except (TypeError, AttributeError, KeyError) as e:  # a field of an unexpected type
+                raise ValueError(f"{f}: malformed mc_eval file ({type(e).__name__}: {e}); "
+                                 "use --skip-bad to skip it") from None
         except ValueError as e:
             if not skip_bad:
                 raise
             warn(f"skipping {e}")
             rs.skipped.append((str(f), "malformed mc_eval"))
     assign_labels(rs.records)
+    for msg in _model_conflicts(rs.records):
+        warn(msg)
     return rs
+
+
+def _locate_checkpoint(ckpt: Any, path: Path) -> str | None:
+    """The checkpoint a results file names, as an absolute path when it is found: a sweep names it relative
+    to the sweep directory (an ancestor of the file), `nvcim eval` as given on its command line."""
+    if not isinstance(ckpt, str) or not ckpt:
+        return None
+    for base in (*path.resolve().parents, Path.cwd()):
+        if (base / ckpt).exists():
+            return str((base / ckpt).resolve())
+    return ckpt
+
+
+def _same_checkpoint(a: str | None, b: str | None) -> bool:
+    if not a or not b:
+        return a == b
+    if Path(a).is_absolute() and Path(b).is_absolute():
+        return a == b
+    a, b = Path(a).as_posix().rstrip("/"), Path(b).as_posix().rstrip("/")
+    return a == b or a.endswith("/" + b) or b.endswith("/" + a)  # relative vs absolute spelling
+
+
+def _model_conflicts(records: Sequence[dict]) -> list[str]:
+    """Messages for two different checkpoints that would count as the same model of one point (same
+    arm, training and test σ, seed): a point keeps one model per seed (the one with the most chips,
+    then the last file by name), so the other is left out; say so instead of dropping it silently."""
+    seen: dict[tuple, dict] = {}
+    msgs = []
+    for r in sorted(records, key=lambda r: r["file"]):
+        if r["seed"] is None:
+            continue
+        key = (*group_key(r), r["label"], _sigma_key(r["train_sigma"]), _sigma_key(r["test_sigma"]), str(r["seed"]))
+        first = seen.setdefault(key, r)
+        if first is not r and not _same_checkpoint(first["checkpoint_path"], r["checkpoint_path"]):
+            msgs.append(f"{first['file']} and {r['file']} hold different checkpoints of the same arm "
+                        f"({r['label']}, σ_d {fmt_param(r['test_sigma'])}, seed {r['seed']}): the report keeps "
+                        "one model per seed (most chips, then the last file); report them separately")
+    return msgs
 
 
 def load_results(path, skip_bad: bool = False) -> list[dict]:
@@ -309,7 +366,7 @@ def assign_labels(records: list[dict]) -> None:
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         if r.get("label_override"):
-            r["label"] = r["label_override"] + _recalibration_suffix(r)
+            r["label"] = r["label_override"] + _evaluation_suffix(r)
             continue
         groups.setdefault((r["model"], r["width"], r["dataset"], r["method"]), []).append(r)
     for (_, _, _, method), recs in groups.items():
@@ -345,13 +402,26 @@ def assign_labels(records: list[dict]) -> None:
                          for k in shown if k in r["method_params"]]
                 if parts:
                     label = f"{label} {', '.join(parts)}"
-            r["label"] = label + _recalibration_suffix(r)
+            r["label"] = label + _evaluation_suffix(r)
 
 
-def _recalibration_suffix(r: Mapping) -> str:
-    """Results with recalibrated BatchNorm statistics are an arm of their own (`nvcim eval --recalibrate-bn*`)."""
+def _evaluation_suffix(r: Mapping) -> str:
+    """Results evaluated off the standard setting are arms of their own: recalibrated BatchNorm statistics
+    (`nvcim eval --recalibrate-bn*`), another split than test (`--split val`), unquantized chips (`--no-quantize`)."""
+    parts = []
     how = r.get("bn_recalibration")
-    return "" if not how else " (BN per chip)" if how == "each chip" else f" (BN: {how})"
+    if how:
+        parts.append("BN per chip" if how == "each chip" else f"BN: {how}")
+    if r.get("split", "test") != "test":
+        parts.append(f"{r['split']} split")
+    if r.get("quantized") is False:
+        parts.append("unquantized")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def is_standard_evaluation(r: Mapping) -> bool:
+    """Evaluated as the paper evaluates: test split, quantized chips, the model's stored BatchNorm statistics."""
+    return not r.get("bn_recalibration") and r.get("split", "test") == "test" and r.get("quantized") is not False
 
 
 # ---- aggregation -----------------------------------------------------------------------------------
@@ -429,7 +499,7 @@ def matched_points(records: Sequence[dict]) -> list[dict]:
         if n >= 2:
             conv = _convergence({str(r["seed"] if r["seed"] is not None else i): r["mean"]
                                  for i, r in enumerate(models)})
-        paper_arm = all(reference.is_paper_recipe(method, r["method_params"]) and not r.get("bn_recalibration")
+        paper_arm = all(reference.is_paper_recipe(method, r["method_params"]) and is_standard_evaluation(r)
                         for r in models)
         paper = reference.paper_match(model, dataset, method, sigma) if paper_arm else None  # ablation arms: none
         cleans = [r["clean_accuracy"] for r in models if r["clean_accuracy"] is not None]
