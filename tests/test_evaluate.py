@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -326,6 +327,37 @@ def test_cli_bad_inputs_exit_2(tmp_path, capsys, extra):
 def test_cli_missing_checkpoint(tmp_path, capsys):
     rc, _, err = _cli(["eval", str(tmp_path / "nope"), "--runs", "4"], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "does not exist" in err
+
+
+@pytest.mark.parametrize("where", ["parent_is_file", "is_dir"])
+def test_cli_unwritable_out_is_refused_before_any_work(tmp_path, capsys, where):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    out = blocker / "res.json" if where == "parent_is_file" else tmp_path
+    rc, _, err = _cli(["eval", str(tmp_path / "no-checkpoint"), "--out", str(out)], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1  # refused before the checkpoint is even looked for
+    assert ("is a file, not a directory" if where == "parent_is_file" else "is a directory") in err
+    assert blocker.read_text() == "x"
+
+
+def test_check_output_path(tmp_path):
+    from nvcim.fileio import check_output_path
+
+    (tmp_path / "f").write_text("x")
+    check_output_path(tmp_path / "new" / "deeper" / "r.json", "--out")  # parents to be created: fine
+    check_output_path(tmp_path / "new_dir", "--out", is_dir=True)
+    check_output_path(tmp_path, "--out", is_dir=True)
+    with pytest.raises(ValueError, match="f is a file: give a directory path"):
+        check_output_path(tmp_path / "f", "--out", is_dir=True)
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        check_output_path(tmp_path / "f" / "sub", "--out", is_dir=True)
+    with pytest.raises(ValueError, match="is a directory: give a file path"):
+        check_output_path(tmp_path, "--out")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if not os.access(locked, os.W_OK):  # root may write anywhere
+        with pytest.raises(ValueError, match="no permission to write"):
+            check_output_path(locked / "r.json", "--out")
 
 
 def test_cli_help_documents_flags(capsys):

@@ -178,6 +178,33 @@ def test_invalid_json_is_one_line_error(tmp_path, capsys):
     assert (root / "report" / "report.html").exists()
 
 
+def test_wrongly_typed_field_is_a_one_line_error_or_skipped(tmp_path, capsys):
+    root = tmp_path / "r"
+    write(root / "good.json", mc_eval("ovf", 0.2, 0, [mc_result(0.2, [90.0, 91.0])]))
+    bad = mc_eval("ovf", 0.2, 1, [mc_result(0.2, [90.0, 91.0])])
+    bad["checkpoint_config"]["method"] = 5
+    write(root / "bad.json", bad)
+    bad2 = mc_eval("ovf", 0.2, 2, [mc_result(0.2, [90.0, 91.0])])
+    bad2["checkpoint_config"]["model"] = [1]
+    write(root / "bad2.json", bad2)
+    assert main(["report", str(root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad" in err
+    assert main(["report", str(root), "--skip-bad"]) == 0
+    err = capsys.readouterr().err
+    assert "bad.json" in err and "bad2.json" in err
+
+
+def test_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
+    root = tmp_path / "r"
+    write(root / "a.json", mc_eval("ovf", 0.2, 0, [mc_result(0.2, [90.0, 91.0])]))
+    (tmp_path / "o").write_text("keep me")
+    assert main(["report", str(root), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a file" in err
+    assert (tmp_path / "o").read_text() == "keep me"
+
+
 def test_several_dirs_report_together(tmp_path, capsys):
     """Two sweeps (σ 0.1 in one, σ 0.35 in the other) make one report; a file reached twice counts once."""
     a, b = tmp_path / "a", tmp_path / "b"
@@ -274,6 +301,41 @@ def test_recalibrated_batchnorm_results_are_arms_of_their_own(tmp_path):
     assert by["OVF"]["paper"] == 99.01 and by["OVF"]["mean"] == 51.0
     assert by["OVF (BN per chip)"]["paper"] is None and by["OVF (BN per chip)"]["mean"] == 61.0
     assert by["OVF (BN: clean)"]["paper"] is None
+
+
+def test_val_split_and_unquantized_results_are_arms_of_their_own(tmp_path):
+    """`nvcim eval --split val` / `--no-quantize` results of a test checkpoint never join its test point."""
+    root = tmp_path / "r"
+    write(root / "test.json", mc_eval("ovf", 0.35, 0, [mc_result(0.35, [80.0, 80.0])]))
+    write(root / "val.json", {**mc_eval("ovf", 0.35, 0, [mc_result(0.35, [99.0, 99.0])]), "split": "val"})
+    d = mc_eval("ovf", 0.35, 0, [mc_result(0.35, [90.0, 90.0])])
+    d["device_config"] = {"sigma": 0.35, "quantize": False}
+    write(root / "noq.json", d)
+    by = {p["label"]: p for p in matched_points(load_results(root))}
+    assert set(by) == {"OVF", "OVF (val split)", "OVF (unquantized)"}
+    assert by["OVF"]["mean"] == 80.0 and by["OVF"]["n_seeds"] == 1 and by["OVF"]["paper"] == 99.01
+    assert by["OVF (val split)"]["mean"] == 99.0 and by["OVF (val split)"]["paper"] is None
+    assert by["OVF (unquantized)"]["paper"] is None and not by["OVF (unquantized)"]["paper_arm"]
+
+
+def test_two_checkpoints_of_one_seed_warn_instead_of_dropping_silently(tmp_path):
+    root = tmp_path / "r"
+    for run in ("a", "b"):  # two sweeps that reuse seed 0 of the same arm
+        d = mc_eval("ovf", 0.35, 0, [mc_result(0.35, [70.0 if run == "a" else 75.0] * 2)], cell={"id": "c"})
+        d["checkpoint"] = "cells/c/checkpoint"
+        write(root / run / "cells/c/result.json", d)
+        (root / run / "cells/c/checkpoint").mkdir(parents=True)
+    warnings = []
+    rs = scan_results(root, warn=warnings.append)
+    assert len(warnings) == 1 and "different checkpoints of the same arm" in warnings[0] and "seed 0" in warnings[0]
+    assert [p["n_seeds"] for p in matched_points(rs.records)] == [1]
+    # the same checkpoint evaluated twice (a sweep cell, then `nvcim eval` on it with more chips) is no conflict
+    d = mc_eval("ovf", 0.35, 0, [mc_result(0.35, [72.0] * 4)])
+    d["checkpoint"] = str(root / "a/cells/c/checkpoint")
+    write(root / "a/more_chips.json", d)
+    warnings.clear()
+    scan_results(root / "a", warn=warnings.append)
+    assert warnings == []
 
 
 def test_is_paper_recipe():

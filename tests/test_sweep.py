@@ -306,6 +306,42 @@ def test_other_spec_refused_unless_force(tmp_path):
     assert json.loads((out / "spec.json").read_text())["seeds"] == [0, 1, 2]
 
 
+def test_running_sweep_is_refused_and_its_spec_left_alone_even_with_force(tmp_path):
+    out = tmp_path / "out"
+    sweep.prepare_out_dir(validate_spec(BASE), out)
+    before = (out / "spec.json").read_bytes()
+    with sweep.sweep_lock(out):  # another sweep is running in `out`
+        with pytest.raises(ValueError, match="in use by another running sweep"):
+            run_sweep(validate_spec(spec_of(seeds=[0, 1, 2])), out, force=True, progress=False)
+    assert (out / "spec.json").read_bytes() == before and not (out / "cells").exists()
+
+
+def test_partial_work_of_another_thread_count_is_redone_with_a_warning(tmp_path, capsys):
+    spec = validate_spec(spec_of(methods=["vanilla"], seeds=[0]))
+    (cell,) = expand(spec)
+    sweep.prepare_out_dir(spec, tmp_path)
+    d = sweep.cell_dir(tmp_path, cell.id)
+    d.mkdir(parents=True)
+    (d / sweep.CELL_FILE).write_text(json.dumps({**cell.to_dict(), "threads": 7}))  # killed while on 7 threads
+    (d / "partial.bin").write_text("x")
+    summary = run_sweep(spec, tmp_path, progress=True)
+    err = capsys.readouterr().err
+    assert summary.exit_code == 0 and "made with 7 thread(s) per cell, this run uses 1" in err
+    assert not (d / "partial.bin").exists() and json.loads((d / sweep.CELL_FILE).read_text())["threads"] == 1
+
+
+def test_temp_leftovers_are_removed_and_an_interrupted_replace_is_undone(tmp_path):
+    (tmp_path / ".result.json.abc.tmp").write_text("half")
+    (tmp_path / ".checkpoint.tmp-x").mkdir()  # the new copy, never renamed into place
+    (tmp_path / ".checkpoint.old-y").mkdir()  # the previous copy, renamed away just before the kill
+    (tmp_path / ".checkpoint.old-y" / "config.json").write_text("{}")
+    (tmp_path / ".ckpt2.old-z").mkdir()  # a previous copy whose replacement did land
+    (tmp_path / "ckpt2").mkdir()
+    sweep._clean_temps(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "ckpt2"]
+    assert (tmp_path / "checkpoint" / "config.json").read_text() == "{}"
+
+
 def test_beta_search_selects_on_validation_split_only(tmp_path, monkeypatch):
     """Scores are forced (by call order) so that β = 0.01 and 0.001 tie for best: the larger wins."""
     from nvcim import evaluate

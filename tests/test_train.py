@@ -221,7 +221,7 @@ def test_cli_help_lists_every_flag(capsys):
     "argv",
     [["--model", "nope"], ["--dataset", "imagenet"], ["--sigma", "-1"], ["--sigma", "abc"], ["--preset", "fast"],
      ["--method", "irs"], ["--dataset", "cifar10", "--data-root", "{tmp}/no-data"], ["--config", "{tmp}/missing.toml"],
-     ["--method", "vanilla", "--beta", "0.1"]],
+     ["--method", "vanilla", "--beta", "0.1"], ["--out", "{tmp}/blocker/run"]],
 )
 def test_cli_bad_input_exits_2_with_one_line_and_no_output(argv, tmp_path, capsys, monkeypatch):
     import nvcim.data
@@ -231,9 +231,10 @@ def test_cli_bad_input_exits_2_with_one_line_and_no_output(argv, tmp_path, capsy
 
     monkeypatch.setattr(nvcim.data, "_try_download", offline)
     out = tmp_path / "run"
+    (tmp_path / "blocker").write_text("a file where --out needs a directory")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     try:
-        rc = main(["train", *argv, "--epochs", "1", "--quiet", "--out", str(out)])
+        rc = main(["train", "--epochs", "1", "--quiet", "--out", str(out), *argv])  # a later --out wins
     except SystemExit as e:  # argparse type errors
         rc = e.code
     assert rc == 2

@@ -4,6 +4,8 @@
   then `os.replace`, so a reader (or a rerun after SIGKILL) sees the old file or the new one,
   never half of one.
 - `read_mapping_file`: a TOML / YAML / JSON file holding one mapping, with one-line errors.
+- `check_output_path`: refuse, before any slow work, an output path that cannot be written
+  (a file where a directory is needed or the reverse, a parent that is a file, no write permission).
 """
 
 from __future__ import annotations
@@ -38,6 +40,26 @@ def atomic_write_bytes(path, data: bytes, mode: int = 0o644) -> Path:
 def atomic_write_text(path, text: str) -> Path:
     """Write UTF-8 `text` to `path` atomically (newlines kept as given)."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def check_output_path(path, what: str, *, is_dir: bool = False) -> Path:
+    """Raise ValueError (one line, naming `what`, e.g. "--out") unless `path` can be written as a file
+    (or, with is_dir, created or reused as a directory): checked before the work whose result it holds."""
+    path = Path(path)
+    if path.exists():
+        if is_dir and not path.is_dir():
+            raise ValueError(f"{what} {path} is a file: give a directory path")
+        if not is_dir and path.is_dir():
+            raise ValueError(f"{what} {path} is a directory: give a file path")
+    target = path if is_dir and path.is_dir() else path.parent
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{what} {path}: {existing} is a file, not a directory: choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path}: no permission to write in {existing}: choose another path")
+    return path
 
 
 def _first_line(exc: BaseException) -> str:

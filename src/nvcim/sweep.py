@@ -68,7 +68,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
-from nvcim.fileio import atomic_write_text, read_mapping_file
+from nvcim.fileio import atomic_write_text, check_output_path, read_mapping_file
 
 SPEC_KEYS = ("name", "models", "width", "datasets", "methods", "sigmas", "seeds", "betas", "train", "eval",
              "method_params", "variants", "resources", "description")
@@ -461,11 +461,14 @@ def _clean_temps(d: Path) -> None:
     """Remove leftovers of writes a kill interrupted (hidden temp files and dirs) under `d`."""
     if not d.is_dir():
         return
-    for p in list(d.rglob(".*")):
-        if p.name in (LOCK_FILE, TOKEN_FILE):
+    for p in sorted(d.rglob(".*"), key=lambda p: ".old-" in p.name):  # temps first, then previous copies
+        if p.name in (LOCK_FILE, TOKEN_FILE) or not (".tmp" in p.name or ".old-" in p.name):
             continue
-        if ".tmp" in p.name or ".old-" in p.name:
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        original = p.parent / p.name[1:].split(".old-")[0]
+        if ".old-" in p.name and not original.exists():  # killed between a save's two renames: put it back
+            os.replace(p, original)
+            continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def prepare_cell_dir(out_dir, cell: Cell, threads: int) -> Path:
@@ -486,6 +489,22 @@ def prepare_cell_dir(out_dir, cell: Cell, threads: int) -> Path:
     if not (d / CELL_FILE).is_file():
         atomic_write_text(d / CELL_FILE, json.dumps(want, indent=2) + "\n")  # Python JSON: round-trips exactly
     return d
+
+
+def _partial_work_of_other_threads(out: Path, cells: Sequence[Cell], threads: int) -> list[tuple[str, Any]]:
+    """(cell id, its threads) of unfinished cells whose partial work differs from `cells` only in the thread
+    count: prepare_cell_dir will wipe it, which the user should hear about."""
+    found = []
+    for c in cells:
+        try:
+            have = json.loads((cell_dir(out, c.id) / CELL_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(have, dict) or have.get("threads") == threads:
+            continue
+        if {k: v for k, v in have.items() if k != "threads"} == json.loads(json.dumps(c.to_dict())):
+            found.append((c.id, have.get("threads")))
+    return found
 
 
 def _link_or_copy_dir(src: Path, dst: Path) -> None:
@@ -851,8 +870,13 @@ def run_sweep(spec: Mapping, out_dir, *, backend: str = "local", workers: int = 
     if not _is_int(workers) or workers < 1:
         raise ValueError(f"workers={workers!r} is invalid: use an integer >= 1")
     t0 = time.perf_counter()
-    out = prepare_out_dir(spec, out_dir, force=force, spec_text=spec_text, spec_suffix=spec_suffix)
-    with sweep_lock(out):
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"sweep output {out} is a file: choose a directory")
+    check_output_path(out, "sweep output", is_dir=True)
+    out.mkdir(parents=True, exist_ok=True)
+    with sweep_lock(out):  # before spec.json is touched: --force must not rewrite a running sweep's spec
+        prepare_out_dir(spec, out, force=force, spec_text=spec_text, spec_suffix=spec_suffix)
         cells, todo, done, failed_before = plan(spec, out, retry_failed=retry_failed)
         stale = stale_cells(out, done)
         if stale:
@@ -862,6 +886,8 @@ def run_sweep(spec: Mapping, out_dir, *, backend: str = "local", workers: int = 
                              "choose another --out, or delete those cell directories to run them again")
         summary = SweepSummary(total=len(cells), done_before=len(done), failed_before=[c.id for c in failed_before])
         pinned = spec["resources"]["threads_per_cell"]
+        threads = pinned or default_threads(workers)
+        redo = [] if backend == "ray" else _partial_work_of_other_threads(out, todo, threads)
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(cells), initial=len(done) + len(failed_before), unit="cell", desc=spec["name"],
@@ -869,6 +895,11 @@ def run_sweep(spec: Mapping, out_dir, *, backend: str = "local", workers: int = 
         say = (lambda m: tqdm.write(m, file=sys.stderr)) if progress else (lambda m: None)
         if failed_before:
             say(f"{len(failed_before)} cell(s) failed earlier and are not retried (pass --retry-failed)")
+        if redo:
+            say(f"warning: {len(redo)} unfinished cell(s) (first: {redo[0][0]}) hold partial work made with "
+                f"{redo[0][1]} thread(s) per cell, this run uses {threads}: it is redone from scratch so that "
+                "results stay bitwise reproducible (to keep it, stop and rerun with the earlier --workers, "
+                "or pin [resources] threads_per_cell)")
         counter = [len(done) + len(failed_before)]
 
         def on_done(s: Mapping) -> None:
@@ -882,11 +913,10 @@ def run_sweep(spec: Mapping, out_dir, *, backend: str = "local", workers: int = 
                 if backend == "ray":
                     backends.run_ray(todo, out, spec, on_done, workers=workers, address=address, threads=pinned)
                 elif workers == 1:
-                    threads = pinned or default_threads(1)
                     for c in todo:
                         on_done(run_cell(c, out, threads))
                 else:
-                    backends.run_pool(todo, out, on_done, workers=workers, threads=pinned or default_threads(workers))
+                    backends.run_pool(todo, out, on_done, workers=workers, threads=threads)
         finally:
             bar.close()
     summary.wall_time_s = time.perf_counter() - t0

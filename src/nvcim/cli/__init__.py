@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nvcim: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+    except (UsageError, ValueError, OSError) as e:  # OSError: FileNotFoundError, PermissionError, FileExistsError, ...
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"nvcim {args.command}: error: {msg}", file=sys.stderr)
         return 2

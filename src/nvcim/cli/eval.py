@@ -141,6 +141,11 @@ def run(args: argparse.Namespace) -> int:
         if not parts:
             raise ValueError(f"--sigmas {args.sigmas!r} lists no value: give e.g. 0,0.1,0.2")
         sigmas = [_sigma("--sigmas", s.strip()) for s in parts]
+    from nvcim.fileio import check_output_path
+
+    for flag, out_file in (("--out", args.out), ("--csv", args.csv)):
+        if out_file:
+            check_output_path(out_file, flag)  # before the Monte Carlo runs whose results it holds
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist: check the path")

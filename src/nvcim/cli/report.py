@@ -40,7 +40,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args) -> int:
     from nvcim.report import scan_results, write_report
 
+    from nvcim.fileio import check_output_path
+
     roots = [Path(d) for d in args.dirs]
+    if args.out:
+        check_output_path(args.out, "--out", is_dir=True)
     rs = scan_results(roots, skip_bad=args.skip_bad,  # FileNotFoundError naming a DIR that does not exist
                       warn=lambda msg: print(f"nvcim report: warning: {msg}", file=sys.stderr))
     if not rs.records and not rs.failures:
