@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -54,10 +55,9 @@ class DeviceConfig:
                 f"DeviceConfig.device_bits={self.device_bits} does not divide weight_bits={self.weight_bits}: "
                 f"use one of {divisors}"
             )
-        try:
-            sigma = float(self.sigma)
-        except (TypeError, ValueError):
-            raise ValueError(f"DeviceConfig.sigma={self.sigma!r} is invalid: use a finite number >= 0") from None
+        if isinstance(self.sigma, bool) or not isinstance(self.sigma, numbers.Real):
+            raise ValueError(f"DeviceConfig.sigma={self.sigma!r} is invalid: use a finite number >= 0")
+        sigma = float(self.sigma)
         if not math.isfinite(sigma) or sigma < 0:
             raise ValueError(f"DeviceConfig.sigma={self.sigma!r} is invalid: use a finite number >= 0")
         object.__setattr__(self, "sigma", sigma)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -30,12 +31,16 @@ from torch import nn
 
 from nvcim.batchnorm import frozen_bn_statistics  # the "backbone" BatchNorm policy
 from nvcim.config import DeviceConfig
-from nvcim.noise import apply_variation_, remove_variation_, sigma_scope
+from nvcim.noise import apply_variation_, quantization_cached, remove_variation_, sigma_scope
 
 BN_POLICIES = ("backbone", "all")
 
 
 # ---- method configs --------------------------------------------------------------------------------
+def _is_finite_number(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
 @dataclass(frozen=True)
 class VanillaConfig:
     name = "vanilla"
@@ -47,8 +52,8 @@ class NoiseInjectionConfig:
     logit_scale: float = 1.0
 
     def __post_init__(self):
-        if isinstance(self.logit_scale, bool) or not (isinstance(self.logit_scale, (int, float)) and self.logit_scale > 0):
-            raise ValueError(f"noise_injection logit_scale={self.logit_scale!r} is invalid: use a number > 0")
+        if not (_is_finite_number(self.logit_scale) and self.logit_scale > 0):
+            raise ValueError(f"noise_injection logit_scale={self.logit_scale!r} is invalid: use a finite number > 0")
 
 
 @dataclass(frozen=True)
@@ -70,13 +75,15 @@ class OVFConfig:
             raise ValueError(f"ovf n_variational={n!r} is invalid: use an integer >= 1")
         for field in ("beta", "delta_sigma"):
             v = getattr(self, field)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v < 0:
-                raise ValueError(f"ovf {field}={v!r} is invalid: use a number >= 0")
+            if not (_is_finite_number(v) and v >= 0):
+                raise ValueError(f"ovf {field}={v!r} is invalid: use a finite number >= 0")
         for field in ("a_b", "a_f"):
             v = getattr(self, field)
-            if v is not None and (not isinstance(v, (int, float)) or v != v):
-                raise ValueError(f"ovf {field}={v!r} is invalid: use a number (or leave unset for 1/(N+1))")
+            if v is not None and not (_is_finite_number(v) and v >= 0):
+                raise ValueError(f"ovf {field}={v!r} is invalid: use a finite number >= 0 (or leave unset for 1/(N+1))")
         if self.gammas is not None:
+            if isinstance(self.gammas, (str, bytes)) or not all(_is_finite_number(x) and x >= 0 for x in self.gammas):
+                raise ValueError(f"ovf gammas={self.gammas!r} is invalid: give N finite numbers >= 0")
             g = tuple(float(x) for x in self.gammas)
             if len(g) != n:
                 raise ValueError(f"ovf gammas has {len(g)} values but n_variational={n}: give exactly N values")
@@ -191,7 +198,8 @@ class OVFTask(TrainingTask):
         return total
 
     def forward(self, x, y):
-        total = self.combine(*self.outputs(x))  # [B, classes]
+        with quantization_cached():  # the N+1 forwards quantize each weight once
+            total = self.combine(*self.outputs(x))  # [B, classes]
         return F.cross_entropy(total, y), total
 
 

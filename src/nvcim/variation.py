@@ -14,6 +14,7 @@ one draw per weight can replace M/K draws per weight.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
@@ -94,8 +95,8 @@ class RightCensoredGaussian(Variation):
     def validate_options(self, options):
         super().validate_options(options)
         t = options.get("threshold", 1.0)
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or t != t:
-            raise ValueError(f"variation 'right_censored_gaussian' option threshold={t!r} is invalid: use a number")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+            raise ValueError(f"variation 'right_censored_gaussian' option threshold={t!r} is invalid: use a finite number")
 
     def sample(self, levels, sigma, cfg, generator):
         z = _standard_normal(levels, generator)
