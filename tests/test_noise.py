@@ -189,15 +189,42 @@ def test_noise_magnitude_in_model_matches_c_sigma_s(net):
     assert diff.std().item() == pytest.approx(cfg.c * 0.25 * w.abs().max().item(), rel=0.02)
 
 
-def test_quantization_is_cached_per_weight_version(net, x):
+def test_quantization_is_cached_per_weight_version_inside_the_cached_block(net, x):
+    from nvcim.noise import quantization_cached
+
     nvcim.apply_variation_(net, DeviceConfig(sigma=0.1))
     ctrl = net.fc._nvcim
-    p1 = ctrl.prepared(net.fc.weight)
-    assert ctrl.prepared(net.fc.weight) is p1
-    with torch.no_grad():
-        net.fc.weight.mul_(2)  # an optimizer step changes the weight in place
-    p2 = ctrl.prepared(net.fc.weight)
-    assert p2 is not p1 and torch.allclose(p2.scale, 2 * p1.scale)
+    with quantization_cached():
+        p1 = ctrl.prepared(net.fc.weight)
+        with quantization_cached():  # nested: the same cache
+            assert ctrl.prepared(net.fc.weight) is p1
+        with torch.no_grad():
+            net.fc.weight.mul_(2)  # an optimizer step changes the weight in place
+        p2 = ctrl.prepared(net.fc.weight)
+        assert p2 is not p1 and torch.allclose(p2.scale, 2 * p1.scale)
+    with quantization_cached():  # a new block starts afresh
+        assert ctrl.prepared(net.fc.weight) is not p2
+    assert ctrl.prepared(net.fc.weight) is not ctrl.prepared(net.fc.weight)  # outside: never cached
+
+
+def test_weight_written_through_data_is_seen_by_the_next_forward(net, x):
+    """`.data` writes bump no version counter: outside quantization_cached() nothing is cached, so the
+    common `p.data.clamp_()` between steps is always seen (σ = 0: the forward is the quantized model)."""
+    nvcim.apply_variation_(net, DeviceConfig(sigma=0.0))
+    net.eval()
+    net(x)
+    net.fc.weight.data.mul_(0)
+    net.fc.bias.data.zero_()
+    assert torch.count_nonzero(net(x)) == 0
+
+
+def test_attention_weights_are_left_out_with_a_warning():
+    """nn.MultiheadAttention never calls out_proj's forward: it must not be listed as noisy."""
+    model = nn.Sequential(nn.Linear(8, 8))
+    model.add_module("attn", nn.MultiheadAttention(8, 2))
+    with pytest.warns(UserWarning, match="MultiheadAttention 'attn'"):
+        nvcim.apply_variation_(model, DeviceConfig(sigma=0.3))
+    assert [n for n, _ in nvcim.noisy_modules(model)] == ["0"]
 
 
 def test_bad_cfg_type(net):

@@ -60,6 +60,7 @@ from nvcim.noise import (
     clear_chip_,
     noisy_modules,
     program_chip_,
+    quantization_cached,
     remove_variation_,
     variation_disabled,
 )
@@ -508,18 +509,19 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
     bar = tqdm(total=runs, desc=f"MC sigma={sigma:g}", disable=not progress, leave=False)
     try:
         if path == "loop":
-            for r in range(runs):
-                program_chip_(model, generator=run_generator(seed, r, device), sigma=sigma)
-                try:
-                    with frozen_bn_statistics(model) if calib else contextlib.nullcontext():
-                        if calib:
-                            recalibrate_batchnorm_(model, calib)  # this chip's BatchNorm statistics
-                        with torch.no_grad():
-                            for x, y in batches:
-                                acc.add([r], model(x).unsqueeze(0), y)  # [1, B, classes]
-                finally:
-                    clear_chip_(model)
-                bar.update(1)
+            with quantization_cached():  # the weights stay put: quantize each layer once for all runs
+                for r in range(runs):
+                    program_chip_(model, generator=run_generator(seed, r, device), sigma=sigma)
+                    try:
+                        with frozen_bn_statistics(model) if calib else contextlib.nullcontext():
+                            if calib:
+                                recalibrate_batchnorm_(model, calib)  # this chip's BatchNorm statistics
+                            with torch.no_grad():
+                                for x, y in batches:
+                                    acc.add([r], model(x).unsqueeze(0), y)  # [1, B, classes]
+                    finally:
+                        clear_chip_(model)
+                    bar.update(1)
         elif sigma == 0:
             # no noise: every run is the deterministic chip W_d; one pass serves all runs
             once = _Accumulator(1)

@@ -11,15 +11,20 @@ functional form with the programmed weight W_p instead of `self.weight`. The par
 names and the state dict never change, so the clean weights are restored exactly and checkpoints
 of a noisy model load into the plain one. Biases and BatchNorm stay exact (digital periphery).
 
-Gradients are straight-through: ∂L/∂W := ∂L/∂W_p (SPEC §3). Quantization of a weight is cached per
-weight version, so the N+1 forwards of an OVF step quantize once.
+Gradients are straight-through: ∂L/∂W := ∂L/∂W_p (SPEC §3). Inside `quantization_cached()` (an OVF
+step's N+1 forwards) a weight is quantized once per weight version; outside it every forward quantizes
+afresh, so a weight changed in place by any means (even through `.data`, which no version counter
+sees) is always the one used.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import itertools
+import threading
 import types
+import warnings
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -45,6 +50,24 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None
 
 
+_CACHE_SCOPE = threading.local()  # .depth: nesting of quantization_cached(); .generation: its current id
+_GENERATIONS = itertools.count(1)
+
+
+@contextlib.contextmanager
+def quantization_cached() -> Iterator[None]:
+    """Within this block each noisy layer quantizes its weight once per weight version (like
+    `parametrize.cached()`); the weights must not change through `.data` inside it. Nests."""
+    depth = getattr(_CACHE_SCOPE, "depth", 0)
+    if depth == 0:
+        _CACHE_SCOPE.generation = next(_GENERATIONS)  # a fresh block never reuses an older block's cache
+    _CACHE_SCOPE.depth = depth + 1
+    try:
+        yield
+    finally:
+        _CACHE_SCOPE.depth = depth
+
+
 class NoisyWeight:
     """Per-layer state: which config, current σ, and an optional fixed programmed chip."""
 
@@ -58,17 +81,26 @@ class NoisyWeight:
         self._cache: dm.PreparedWeight | None = None
 
     def prepared(self, w: torch.Tensor) -> dm.PreparedWeight:
-        """Quantized view of w, recomputed only when w changes (in-place updates bump its version)."""
-        key = (w.data_ptr(), w._version, w.dtype, w.device, self.cfg)
+        """Quantized view of w; inside `quantization_cached()`, reused until w changes (in-place updates
+        bump its version), elsewhere computed afresh."""
+        if not getattr(_CACHE_SCOPE, "depth", 0):
+            self._cache = self._cache_key = None
+            return dm.prepare(w, self.cfg)
+        key = (_CACHE_SCOPE.generation, w.data_ptr(), w._version, w.dtype, w.device, self.cfg)
         if key != self._cache_key:
             self._cache, self._cache_key = dm.prepare(w, self.cfg), key
         return self._cache
 
     def draw(self, w: torch.Tensor, sigma: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """One fresh programmed copy W_p of w (no gradient)."""
+        """One fresh programmed copy W_p of w (no gradient). A generator on another device than w (a CPU
+        generator for CUDA weights) draws there and the result moves to w's device: the same seed gives
+        the same chip on any device."""
         sigma = self.sigma if sigma is None else sigma
         gen = generator if generator is not None else self.generator
         with torch.no_grad():
+            if gen is not None and gen.device != w.device:
+                w_gen = w.detach().to(gen.device)
+                return dm.draw(dm.prepare(w_gen, self.cfg), self.cfg, sigma, gen).to(w.device)
             return dm.draw(self.prepared(w), self.cfg, sigma, gen)
 
     def weight_for_forward(self, w: torch.Tensor) -> torch.Tensor:
@@ -125,8 +157,16 @@ def apply_variation_(
     if not isinstance(cfg, DeviceConfig):
         raise TypeError(f"cfg must be a nvcim.DeviceConfig, got {type(cfg).__name__}")
     accept = _make_filter(filter, include, exclude)
+    # nn.MultiheadAttention reads in_proj_weight and out_proj.weight itself, never calling out_proj's
+    # forward: a noisy out_proj would be listed as noisy yet stay exact, so it is left out, loudly
+    attention = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    inside_attention = {f"{n}.out_proj" if n else "out_proj" for n in attention}
+    if attention:
+        warnings.warn(f"nvcim: nn.MultiheadAttention {attention[0]!r}{' and others' if len(attention) > 1 else ''} "
+                      "reads its weights directly: its weights stay noise-free (only Conv/Linear layers that "
+                      "run their own forward get device variation)", stacklevel=2)
     for name, module in model.named_modules():
-        if not isinstance(module, SUPPORTED_LAYERS) or not accept(name, module):
+        if not isinstance(module, SUPPORTED_LAYERS) or name in inside_attention or not accept(name, module):
             continue
         module._nvcim = NoisyWeight(cfg, generator)
         forward = _linear_forward if isinstance(module, nn.Linear) else _conv_forward
@@ -216,13 +256,7 @@ def draw_chip(
     gen = _generator_for(seed, generator)
     chip = {}
     for name, module in noisy_modules(model):
-        ctrl = module._nvcim
-        w = module.weight
-        if gen is not None and gen.device != w.device:
-            w_p = ctrl.draw(w.detach().to(gen.device), sigma, gen).to(w.device)
-        else:
-            w_p = ctrl.draw(w, sigma, gen)
-        chip[f"{name}.weight" if name else "weight"] = w_p
+        chip[f"{name}.weight" if name else "weight"] = module._nvcim.draw(module.weight, sigma, gen)
     return chip
 
 
