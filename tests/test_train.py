@@ -270,3 +270,12 @@ def test_cli_config_file_with_flag_override_and_overwrite(tmp_path, capsys):
 def test_defaults_table_matches_config():
     cfg = TrainConfig()
     assert all(getattr(cfg, k) == v for k, v in DEFAULTS.items())
+
+
+def test_splits_of_another_dataset_are_refused():
+    """A checkpoint records cfg.dataset: splits of another data set would make it lie."""
+    from nvcim.data import load_dataset
+
+    splits = load_dataset("mnist5k", limit=64, val_fraction=0.1)
+    with pytest.raises(ValueError, match="splits of dataset 'mnist5k' given for TrainConfig.dataset='fashion_mnist'"):
+        train(tiny_cfg(dataset="fashion_mnist"), splits=splits)

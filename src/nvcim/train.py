@@ -432,6 +432,9 @@ def train(cfg: TrainConfig, out_dir=None, *, overwrite: bool = True, splits=None
     if splits is None:
         splits = load_dataset(cfg.dataset, cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.data_seed,
                               limit=cfg.limit)
+    elif getattr(getattr(splits, "info", None), "name", cfg.dataset) != cfg.dataset:  # the checkpoint would lie
+        raise ValueError(f"splits of dataset {splits.info.name!r} given for TrainConfig.dataset={cfg.dataset!r}: "
+                         "pass the splits of that data set, or set dataset to match")
     if len(splits.train) == 0:
         raise ValueError(f"dataset {cfg.dataset!r} has an empty train split: raise limit or lower val_fraction")
     if len(splits.test) == 0:
