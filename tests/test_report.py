@@ -205,6 +205,13 @@ def test_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
     assert (tmp_path / "o").read_text() == "keep me"
 
 
+def test_hidden_leftovers_are_not_read(tmp_path):
+    root = tmp_path / "r"
+    write(root / "cells/c/result.json", mc_eval("ovf", 0.2, 0, [mc_result(0.2, [90.0, 91.0])]))
+    write(root / "cells/.c.tmp-x/result.json", mc_eval("ovf", 0.2, 0, [mc_result(0.2, [10.0, 11.0])]))
+    assert [r["mean"] for r in load_results(root)] == [90.5]
+
+
 def test_several_dirs_report_together(tmp_path, capsys):
     """Two sweeps (σ 0.1 in one, σ 0.35 in the other) make one report; a file reached twice counts once."""
     a, b = tmp_path / "a", tmp_path / "b"

@@ -240,6 +240,52 @@ def test_process_pool_equals_in_process(tmp_path, reference):
     assert results_of(tmp_path / "pool") == ref
 
 
+def _task_killing_the_seed1_worker(cell: dict, out: str, threads: int) -> dict:
+    """A stand-in for run_cell in pool workers: seed 1's cell kills its worker process (like the OOM killer)."""
+    if cell["seed"] == 1:
+        os._exit(9)
+    time.sleep(0.2)
+    return {"id": cell["id"], "status": "ok", "error": None, "wall_time_s": 0.2, "mean": 50.0, "sigma": cell["sigma"],
+            "beta": None}
+
+
+def test_a_dead_worker_fails_only_its_own_cell(tmp_path):
+    from nvcim import backends
+
+    cells = expand(validate_spec(spec_of(methods=["noise_injection"], sigmas=[0.2, 0.3], seeds=[0, 1, 2])))
+    done = []
+    backends.run_pool(cells, tmp_path, done.append, workers=2, threads=1, task=_task_killing_the_seed1_worker)
+    by_id = {d["id"]: d for d in done}
+    assert len(done) == len(by_id) == 6  # every cell reported exactly once
+    for c in cells:
+        assert by_id[c.id]["status"] == ("failed" if c.seed == 1 else "ok"), c.id
+        assert (sweep.cell_dir(tmp_path, c.id) / sweep.FAILED_FILE).exists() == (c.seed == 1)
+    assert "worker process died" in by_id[cells[1].id]["error"]
+
+
+def test_pool_workers_exit_with_the_sweep_process(tmp_path):
+    """A worker whose sweep process is killed must not run on (and write into DIR) outside the lock."""
+    code = f"""
+import os, sys, time
+sys.path.insert(0, {str(ROOT / 'src')!r})
+import concurrent.futures as cf, multiprocessing as mp
+from nvcim.backends import _pool_init
+def work(path):
+    time.sleep(4)
+    open(path, "w").write("orphan")
+if __name__ == "__main__":
+    pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_pool_init, initargs=(1,))
+    pool.submit(work, {str(tmp_path / 'late')!r})
+    time.sleep(2)
+    os._exit(0)  # the sweep process dies while its worker is busy
+"""
+    script = tmp_path / "parent.py"
+    script.write_text(code)
+    subprocess.run([sys.executable, str(script)], timeout=60, check=True)
+    time.sleep(5)
+    assert not (tmp_path / "late").exists()
+
+
 def test_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     from nvcim import train as train_mod
 

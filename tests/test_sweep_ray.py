@@ -72,6 +72,12 @@ def test_driver_writes_when_the_directory_is_not_shared(tmp_path, local_ref):
         backends._write_returned(out, cell.id, reply["files"])
     assert _files(out) == _files(local_ref)
     assert _results(out) == _results(local_ref)
+    # a cell returned again (a rerun) replaces its directory whole, leaving nothing hidden behind
+    d = sweep.cell_dir(out, cell.id)
+    (d.parent / f".{d.name}.tmp-killed").mkdir()  # the leftover of a driver killed mid-write
+    backends._write_returned(out, cell.id, {**reply["files"], "extra.txt": b"x"})
+    assert not [p.name for p in d.parent.iterdir() if p.name.startswith(".")]
+    assert (d / "extra.txt").read_bytes() == b"x" and (d / "result.json").stat().st_mode & 0o777 == 0o644
 
 
 def test_missing_ray_is_a_one_line_error(monkeypatch, tmp_path):

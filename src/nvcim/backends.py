@@ -6,7 +6,10 @@ so every backend produces the same layout and, with the same threads per cell, t
 * local, workers = 1: in the sweep's own process (nvcim.sweep.run_sweep).
 * local, workers = N > 1: `concurrent.futures.ProcessPoolExecutor` with the spawn start method;
   each worker runs torch with `threads` threads (default: cores // N). Cells write their files
-  themselves (same machine).
+  themselves (same machine). A worker dies with the sweep process (it would otherwise outlive the
+  sweep's lock on DIR). When a worker dies (killed, out of memory), the pool marks every unfinished
+  cell broken: those cells run again in a fresh pool, and if that breaks too, one at a time, each in
+  a pool of its own, so only a cell that kills its own worker is recorded as failed.
 * ray: one `ray.remote` task per cell with `num_cpus = [resources] cpus_per_cell` and
   `num_gpus = [resources] gpus_per_cell` (default 1 when [train] device = "cuda", else 0); torch
   threads = threads_per_cell or cpus_per_cell. Without --address a local instance is started
@@ -14,8 +17,8 @@ so every backend produces the same layout and, with the same threads per cell, t
   Files: the driver drops a random token into DIR. A task that sees the token (DIR is on a shared
   file system, or the task runs on the driver's machine) writes the cell's files into DIR itself,
   so a killed β search resumes per candidate. A task that does not see it runs the cell in a local
-  temporary directory and returns every file of the cell as bytes; the driver writes them into
-  DIR (result.json / failed.json last). That works without a shared file system, at the cost of
+  temporary directory and returns every file of the cell as bytes; the driver writes them beside
+  the cell's directory and swaps them in at once. That works without a shared file system, at the cost of
   shipping checkpoints through Ray's object store and of per-β resume on the workers.
 """
 
@@ -24,7 +27,10 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import sys
 import tempfile
+import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -35,9 +41,31 @@ TOKEN_FILE_NAME = ".sweep-token"  # = nvcim.sweep.TOKEN_FILE
 
 
 # ---- process pool ----------------------------------------------------------------------------------
+def _exit_with_parent() -> None:
+    """End this worker when the sweep process dies: Linux's parent-death signal, and a watchdog thread
+    (any OS; also covers a parent that died before the signal was set)."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no prctl
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="nvcim-exit-with-parent", daemon=True).start()
+
+
 def _pool_init(threads: int) -> None:
     import torch
 
+    _exit_with_parent()
     torch.set_num_threads(threads)
 
 
@@ -59,27 +87,58 @@ def _failed_summary(cell, out: Path, threads: int, error: str, tb: str) -> dict:
             "beta": None}
 
 
-def run_pool(cells: Sequence, out: Path, on_done: Callable[[Mapping], None], *, workers: int, threads: int) -> None:
-    """Run `cells` in a spawn-context process pool of `workers` processes."""
+def _pool_round(cells: Sequence, out: Path, on_done: Callable[[Mapping], None], *, workers: int, threads: int,
+                task: Callable) -> list:
+    """Run `cells` in one spawn-context pool; returns the cells left unfinished because the pool broke."""
     import concurrent.futures as cf
     import multiprocessing as mp
+    from concurrent.futures.process import BrokenProcessPool
 
     ctx = mp.get_context("spawn")
+    broken = []
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_pool_init,
                                 initargs=(threads,)) as pool:
-        futures = {pool.submit(_pool_task, c.to_dict(), str(out), threads): c for c in cells}
+        futures = {pool.submit(task, c.to_dict(), str(out), threads): c for c in cells}
         try:
             for fut in cf.as_completed(futures):
                 cell = futures[fut]
                 try:
                     summary = fut.result()
-                except Exception as exc:  # the worker process died (BrokenProcessPool, ...)
+                except BrokenProcessPool:  # some worker died: this cell may or may not be the cause
+                    broken.append(cell)
+                    continue
+                except Exception as exc:  # the cell could not be sent or its reply not read back
                     msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
                     summary = _failed_summary(cell, out, threads, msg, traceback.format_exc())
                 on_done(summary)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+    return sorted(broken, key=lambda c: [x.id for x in cells].index(c.id))
+
+
+def _say(message: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def run_pool(cells: Sequence, out: Path, on_done: Callable[[Mapping], None], *, workers: int, threads: int,
+             task: Callable | None = None) -> None:
+    """Run `cells` in a spawn-context process pool of `workers` processes (see the module docstring
+    for what happens when a worker dies). `task(cell_dict, out, threads) -> summary` defaults to run_cell."""
+    task = task or _pool_task
+    broken = _pool_round(cells, out, on_done, workers=workers, threads=threads, task=task)
+    if broken and workers > 1:
+        _say(f"warning: a worker process died; {len(broken)} unfinished cell(s) run again in a fresh pool")
+        broken = _pool_round(broken, out, on_done, workers=workers, threads=threads, task=task)
+        if broken:
+            _say(f"warning: a worker process died again; {len(broken)} cell(s) run one at a time to find the cause")
+    for cell in broken:
+        if _pool_round([cell], out, on_done, workers=1, threads=threads, task=task):
+            msg = ("its worker process died (killed, e.g. by the out-of-memory killer): "
+                   "rerun with --retry-failed, with fewer --workers or a smaller cell")
+            on_done(_failed_summary(cell, out, threads, msg, ""))
 
 
 # ---- ray -------------------------------------------------------------------------------------------------
@@ -108,23 +167,30 @@ def _ray_cell(cell: dict, out: str, token: str, threads: int) -> dict:
 
 
 def _write_returned(out: Path, cell_id: str, files: Mapping[str, bytes]) -> None:
-    """Write a cell's files returned by a remote task: everything first, the marker file last."""
-    from nvcim.sweep import FAILED_FILE, RESULT_FILE, cell_dir
+    """Put a cell's files returned by a remote task in place at once: written into a hidden folder beside
+    the cell's directory, then swapped in, so a killed driver leaves the old directory or the new one."""
+    from nvcim.fileio import atomic_write_bytes
+    from nvcim.sweep import cell_dir
 
     d = cell_dir(out, cell_id)
-    if d.exists():
-        shutil.rmtree(d)
-    d.mkdir(parents=True)
-    last = [k for k in files if k in (RESULT_FILE, FAILED_FILE)]
-    for rel in [k for k in files if k not in last] + last:
-        dest = d / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(files[rel])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
+    d.parent.mkdir(parents=True, exist_ok=True)
+    for stale in d.parent.glob(f".{d.name}.tmp-*"):  # a write a kill interrupted
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}.tmp-", dir=d.parent))
+    try:
+        for rel, data in files.items():
+            atomic_write_bytes(tmp / rel, data)
+        if d.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{d.name}.old-", dir=d.parent))
+            os.rmdir(old)
+            os.replace(d, old)
+            os.replace(tmp, d)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, d)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run_ray(cells: Sequence, out: Path, spec: Mapping, on_done: Callable[[Mapping], None], *, workers: int = 1,

@@ -120,12 +120,13 @@ def main(argv: list[str] | None = None) -> int:
           f"one seed, {args.epochs} epochs: a demo, not a paper result):")
     print(tabulate(rows, headers=["method", "clean %", "mean ± std %", "95% CI of mean", "p5 %", "worst %", "EKL",
                                   "train + eval"]))
-    try:
-        from nvcim.cli import main as cli_main
+    from nvcim.cli import main as cli_main
 
-        cli_main(["report", str(out / "results"), "--out", str(out / "report")])
-    except SystemExit:
-        pass
+    rc = cli_main(["report", str(out / "results"), "--out", str(out / "report")])  # prints the files it wrote
+    if rc:
+        print(f"demo: the report could not be written (exit code {rc}, see above); results: {out / 'results'}",
+              file=sys.stderr)
+        return rc
     print(f"\nreport: {out / 'report' / 'report.html'} (figures and tables); results: {out / 'results'}")
     print(f"demo finished in {time.perf_counter() - t_start:.0f} s")
     return 0

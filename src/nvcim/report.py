@@ -244,8 +244,9 @@ def _records_from_payload(payload: dict, path: Path) -> list[dict]:
 
 
 def scan_results(path, skip_bad: bool = False, warn=None) -> ResultSet:
-    """Read every *.json under `path`: a directory or one results file, or a list of them (e.g. the
-    output directories of several sweeps, reported together; a file reached twice is read once).
+    """Read every *.json under `path` (hidden files and folders aside): a directory or one results file, or a
+    list of them (e.g. the output directories of several sweeps, reported together; a file reached twice
+    is read once).
 
     FileNotFoundError if a path does not exist; ValueError naming the file for invalid JSON or a malformed
     mc_eval file (with skip_bad: `warn(message)` and skip it). Files of unknown kind are skipped quietly.
@@ -259,7 +260,9 @@ def scan_results(path, skip_bad: bool = False, warn=None) -> ResultSet:
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     files, seen = [], set()
     for root in roots:
-        for f in [root] if root.is_file() else sorted(p for p in root.rglob("*.json") if p.is_file()):
+        found = [] if root.is_file() else sorted(p for p in root.rglob("*.json") if p.is_file()
+                                                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        for f in [root] if root.is_file() else found:  # hidden paths: leftovers of interrupted writes
             if f.resolve() not in seen:
                 seen.add(f.resolve())
                 files.append(f)
