@@ -15,7 +15,8 @@ beta_search_200chips:beta200 ablation_beta_mnist5k:ablation_beta fashion_mnist_f
 beta_search_200chips_grid:beta200_grid beta_search_200chips_s01:beta200_s01 convergence_200chips:convergence200
 resnet18_mnist5k:resnet18 resnet18_mnist5k_s02:resnet18_s02 fashion_mnist_full_ablation:fashion_full_ablation
 resnet18_mnist5k_s01:resnet18_s01 ablation_200chips:ablation200 resnet18_ablation_s02:resnet18_ablation
-fashion_mnist_full_s02_s035:fashion_full_s02_s035 resnet18_convergence_s02:resnet18_convergence"
+fashion_mnist_full_s02_s035:fashion_full_s02_s035 resnet18_convergence_s02:resnet18_convergence
+fashion_mnist_full_s01_s04:fashion_full_s01_s04 fashion_mnist_full_ablation_s035:fashion_full_ablation_s035"
 WANT=" $* "
 for pair in $ALL; do
   spec=${pair%%:*}; dir=${pair##*:}
@@ -26,13 +27,15 @@ for pair in $ALL; do
   echo "== $spec done in $(( $(date +%s) - start )) s"
 done
 # full Fashion-MNIST's vanilla models do not depend on σ: fashion_mnist_full's are also tested at the σ_d of
-# fashion_mnist_full_s02_s035 (20 chips, seed 0, as in the sweeps)
+# fashion_mnist_full_s02_s035 and fashion_mnist_full_s01_s04 (20 chips, seed 0, as in the sweeps)
 for s in 0 1 2; do
   ck="$OUT/fashion_full/cells/vgg8-w0.25/fashion_mnist/vanilla/seed$s/checkpoint"
-  res="$OUT/fashion_full_vanilla/seed$s.json"
-  if [ -f "$ck/config.json" ] && [ ! -f "$res" ]; then
-    mkdir -p "$OUT/fashion_full_vanilla"
-    OMP_NUM_THREADS=1 $PY -m nvcim eval "$ck" --sigmas 0.2,0.35 --runs 20 --seed 0 --out "$res"
-  fi
+  for pair in "0.2,0.35:seed$s.json" "0.1,0.4:seed${s}_s01_s04.json"; do
+    sigmas=${pair%%:*}; res="$OUT/fashion_full_vanilla/${pair##*:}"
+    if [ -f "$ck/config.json" ] && [ ! -f "$res" ]; then
+      mkdir -p "$OUT/fashion_full_vanilla"
+      OMP_NUM_THREADS=1 $PY -m nvcim eval "$ck" --sigmas "$sigmas" --runs 20 --seed 0 --out "$res"
+    fi
+  done
 done
 $PY -m nvcim report "$OUT" --out "$OUT/report"
