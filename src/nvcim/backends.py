@@ -114,7 +114,8 @@ def _pool_round(cells: Sequence, out: Path, on_done: Callable[[Mapping], None], 
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-    return sorted(broken, key=lambda c: [x.id for x in cells].index(c.id))
+    broken_ids = {c.id for c in broken}
+    return [c for c in cells if c.id in broken_ids]  # in the given order
 
 
 def _say(message: str) -> None:

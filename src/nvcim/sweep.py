@@ -870,10 +870,7 @@ def run_sweep(spec: Mapping, out_dir, *, backend: str = "local", workers: int = 
     if not _is_int(workers) or workers < 1:
         raise ValueError(f"workers={workers!r} is invalid: use an integer >= 1")
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"sweep output {out} is a file: choose a directory")
-    check_output_path(out, "sweep output", is_dir=True)
+    out = check_output_path(out_dir, "sweep output", is_dir=True)
     out.mkdir(parents=True, exist_ok=True)
     with sweep_lock(out):  # before spec.json is touched: --force must not rewrite a running sweep's spec
         prepare_out_dir(spec, out, force=force, spec_text=spec_text, spec_suffix=spec_suffix)

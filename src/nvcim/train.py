@@ -338,10 +338,7 @@ def check_out_dir(out_dir, overwrite: bool) -> Path:
 
     from nvcim.fileio import check_output_path
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output {out} is a file: choose a directory path")
-    check_output_path(out, "output", is_dir=True)  # a parent that is a file, no write permission
+    out = check_output_path(out_dir, "output", is_dir=True)  # a file, a parent that is a file, no permission
     if out.is_dir():
         is_ckpt = (out / CONFIG_FILE).exists() or (out / WEIGHTS_FILE).exists()
         if is_ckpt and not overwrite:

@@ -38,9 +38,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from nvcim.report import scan_results, write_report
-
     from nvcim.fileio import check_output_path
+    from nvcim.report import scan_results, write_report
 
     roots = [Path(d) for d in args.dirs]
     if args.out:
