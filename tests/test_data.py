@@ -220,7 +220,7 @@ def test_tiny_imagenet_reader_and_cache(tmp_path):
     assert xtr[3, 2].mean() > 240 and xtr[3, 0].mean() < 15  # blue
     assert abs(int(xte[0, 1].mean()) - 128) < 3  # gray converted to RGB
     cache = folder.parent / "tiny-imagenet-200.npz"
-    assert cache.is_file() and not list(folder.parent.glob("*.tmp"))
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["tiny-imagenet-200", "tiny-imagenet-200.npz"]
     # the cache is used: remove the JPEGs and read again
     for p in folder.rglob("*.JPEG"):
         p.unlink()
@@ -460,3 +460,61 @@ def test_mnist5k_carried_copy_under_data_root(tmp_path, monkeypatch):
         data.load_dataset("mnist5k", root=tmp_path / "elsewhere")
     splits = data.load_dataset("mnist5k", root=tmp_path)
     assert len(splits.test) == 1000
+
+
+def test_tiny_imagenet_unwritable_cache_only_warns(tmp_path, monkeypatch):
+    """A read-only shared data folder must not make the (expensive) decode fail at the cache write."""
+    Image = pytest.importorskip("PIL.Image")
+    folder = tmp_path / "tiny-imagenet-200"
+    (folder / "train" / "n01" / "images").mkdir(parents=True)
+    (folder / "val" / "images").mkdir(parents=True)
+    (folder / "wnids.txt").write_text("n01\n")
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(folder / "train" / "n01" / "images" / "a.JPEG")
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(folder / "val" / "images" / "v.JPEG")
+    (folder / "val" / "val_annotations.txt").write_text("v.JPEG\tn01\t0\t0\t1\t1\n")
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr(D.tempfile, "mkstemp", refuse)
+    with pytest.warns(UserWarning, match="could not write the decoded-image cache"):
+        xtr, ytr, xte, yte, wn = read_tiny_imagenet(folder)
+    assert xtr.shape == (1, 3, 64, 64) and list(yte) == [0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-imagenet-200"]
+
+
+@pytest.mark.parametrize("name,folder,keep", [
+    ("cifar10", "cifar-10-batches-py", ["data_batch_1", "data_batch_2"]),
+    ("cifar100", "cifar-100-python", ["train"]),
+    ("tiny_imagenet", "tiny-imagenet-200", ["wnids.txt", "train"]),
+])
+def test_incomplete_archive_folder_names_what_is_missing(tmp_path, name, folder, keep):
+    d = tmp_path / name / folder
+    d.mkdir(parents=True)
+    for f in keep:
+        (d / f).mkdir() if f == "train" and name == "tiny_imagenet" else (d / f).write_bytes(b"")
+    with pytest.raises(DatasetNotFoundError) as e:
+        load_dataset(name, tmp_path, download=False)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(name + ": ") and "incomplete" in msg
+    assert all(f not in msg.split("(no ")[1].split(")")[0] for f in keep)
+    expected_missing = {"cifar10": "data_batch_3", "cifar100": "test", "tiny_imagenet": "val/val_annotations.txt"}[name]
+    assert expected_missing in msg
+
+
+def test_damaged_gzip_names_the_file(tmp_path):
+    arr = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    write_idx(tmp_path / "x.gz", arr, gz=True)
+    raw = (tmp_path / "x.gz").read_bytes()
+    (tmp_path / "x.gz").write_bytes(raw[: len(raw) // 2])  # an interrupted copy
+    with pytest.raises(ValueError, match=r"x\.gz: damaged gzip file"):
+        D.read_idx(tmp_path / "x.gz")
+
+
+def test_labels_outside_the_class_range_are_refused(tmp_path):
+    write_mnist_folder(tmp_path / "mnist", n_train=20, n_test=4, gz=False)
+    labels = D.read_idx_labels(tmp_path / "mnist" / "t10k-labels-idx1-ubyte")
+    labels[0] = 17
+    write_idx(tmp_path / "mnist" / "t10k-labels-idx1-ubyte", labels.astype(np.uint8), magic=0x00000801)
+    with pytest.raises(ValueError, match="mnist: test labels span .*17, outside 0..9"):
+        load_dataset("mnist", tmp_path, download=False)

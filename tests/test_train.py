@@ -279,3 +279,9 @@ def test_splits_of_another_dataset_are_refused():
     splits = load_dataset("mnist5k", limit=64, val_fraction=0.1)
     with pytest.raises(ValueError, match="splits of dataset 'mnist5k' given for TrainConfig.dataset='fashion_mnist'"):
         train(tiny_cfg(dataset="fashion_mnist"), splits=splits)
+
+
+def test_explicit_augment_on_mnist_like_data_warns():
+    """MNIST-like data have no augmentation: an explicit augment=True must not pass silently."""
+    with pytest.warns(UserWarning, match="augment=True has no effect on mnist5k"):
+        train(tiny_cfg(augment=True, select="clean"))

@@ -14,7 +14,8 @@ Registry (:data:`DATASETS`):
   The file holds 500 digits per class, sorted by class, 784 row-major pixels then the label.
   Fixed, seed-independent split: per class the first 400 digits (file order) are train and the
   last 100 are test, giving 4,000 train / 1,000 test; both are interleaved by class
-  (0,1,...,9,0,1,...) so that any prefix (``limit``) is class balanced.
+  (0,1,...,9,0,1,...), so any prefix of the test split (``limit``) is class balanced (the train
+  and val splits are a seeded permutation of the 4,000, like every other data set's).
 - ``"mnist"``: IDX files under ``<root>/mnist/`` (or torchvision's ``<root>/mnist/MNIST/raw``).
 - ``"fashion_mnist"``: IDX files under ``<root>/fashion_mnist/``, else Debian's
   ``/usr/share/datasets/fashion-mnist/`` (apt package ``dataset-fashion-mnist``).
@@ -46,7 +47,9 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
+import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,8 +223,11 @@ def _read_maybe_gzip(path: Path) -> bytes:
     with open(path, "rb") as f:
         head = f.read(2)
     if head == b"\x1f\x8b":
-        with gzip.open(path, "rb") as f:
-            return f.read()
+        try:
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+            raise ValueError(f"{path}: damaged gzip file ({e or type(e).__name__}); delete it and copy or download it again") from e
     return path.read_bytes()
 
 
@@ -417,15 +423,27 @@ def read_tiny_imagenet(folder: str | os.PathLike, *, cache: bool = True) -> tupl
     yte = np.asarray(test_labels, dtype=np.int64)  # [M]
     wn = np.asarray(wnids)
     if cache:
-        fd, tmp = tempfile.mkstemp(dir=cache_path.parent, prefix=cache_path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, wnids=wn)
-            os.replace(tmp, cache_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _write_cache(cache_path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, wnids=wn)
     return xtr, ytr, xte, yte, wn
+
+
+def _write_cache(cache_path: Path, **arrays: np.ndarray) -> None:
+    """Atomically store ``arrays`` as ``cache_path`` (.npz); a folder that cannot be written (read-only
+    shared data, a full disk) only costs a warning: the cache is an optimisation, the data are loaded."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=cache_path.parent, prefix="." + cache_path.name, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, cache_path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        warnings.warn(f"could not write the decoded-image cache {cache_path} ({e}); the next load decodes the JPEGs again")
+    except BaseException:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -618,7 +636,14 @@ _WHAT = {
     "cifar100": "cifar-100-python/ (from cifar-100-python.tar.gz)",
     "tiny_imagenet": "tiny-imagenet-200/ (from tiny-imagenet-200.zip)",
 }
-_WHAT["fashion_mnist"] = _WHAT["mnist"]
+_WHAT["fashion_mnist"] = _WHAT["mnist"] + " (or `apt-get install dataset-fashion-mnist`)"
+
+# files an extracted archive folder must hold, so that a partial copy fails with a message, not deep in a reader
+_REQUIRED = {
+    "cifar10": [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"],
+    "cifar100": ["train", "test"],
+    "tiny_imagenet": ["wnids.txt", "train", "val/val_annotations.txt", "val/images"],
+}
 
 
 def _locate(name: str, root: Path, download: bool) -> Path | dict[str, Path]:
@@ -635,6 +660,12 @@ def _locate(name: str, root: Path, download: bool) -> Path | dict[str, Path]:
         def find():
             for d in (target / folder, root / folder):
                 if d.is_dir():
+                    missing = [f for f in _REQUIRED[name] if not (d / f).exists()]
+                    if missing:
+                        raise DatasetNotFoundError(
+                            f"{name}: {d} is incomplete (no {', '.join(missing)}); replace it with the complete "
+                            f"{_WHAT[name]}, or delete it to download it again"
+                        )
                     return d
             return None
 
@@ -706,6 +737,12 @@ def load_dataset(
     else:  # tiny_imagenet
         xtr, ytr, xte, yte, _ = read_tiny_imagenet(_locate(name, root, download))
 
+    for y, what in ((ytr, "train"), (yte, "test")):
+        y = np.asarray(y)
+        if y.size and (y.min() < 0 or y.max() >= info.num_classes):
+            raise ValueError(
+                f"{name}: {what} labels span {y.min()}..{y.max()}, outside 0..{info.num_classes - 1}; the files are not {name}'s"
+            )
     x_train = _to_nchw(xtr, info.image_size)  # uint8 [N, C, S, S]
     y_train = torch.from_numpy(np.asarray(ytr, dtype=np.int64))  # [N]
     x_test = _to_nchw(xte, info.image_size)  # uint8 [M, C, S, S]

@@ -438,6 +438,8 @@ def train(cfg: TrainConfig, out_dir=None, *, overwrite: bool = True, splits=None
         raise ValueError(f"dataset {cfg.dataset!r} has an empty test split: raise limit")
     info = splits.info
     augment = info.augment if cfg.augment is None else cfg.augment
+    if augment and not info.augment:
+        warnings.warn(f"augment=True has no effect on {info.name}: crop + flip is defined for CIFAR / Tiny ImageNet only")
 
     old_threads = torch.get_num_threads()
     if cfg.num_threads is not None:
