@@ -16,7 +16,8 @@ beta_search_200chips_grid:beta200_grid beta_search_200chips_s01:beta200_s01 conv
 resnet18_mnist5k:resnet18 resnet18_mnist5k_s02:resnet18_s02 fashion_mnist_full_ablation:fashion_full_ablation
 resnet18_mnist5k_s01:resnet18_s01 ablation_200chips:ablation200 resnet18_ablation_s02:resnet18_ablation
 fashion_mnist_full_s02_s035:fashion_full_s02_s035 resnet18_convergence_s02:resnet18_convergence
-fashion_mnist_full_s01_s04:fashion_full_s01_s04 fashion_mnist_full_ablation_s035:fashion_full_ablation_s035"
+fashion_mnist_full_s01_s04:fashion_full_s01_s04 fashion_mnist_full_ablation_s035:fashion_full_ablation_s035
+fashion_mnist_full_convergence_s035:fashion_full_convergence"
 WANT=" $* "
 for pair in $ALL; do
   spec=${pair%%:*}; dir=${pair##*:}
