@@ -219,7 +219,7 @@ def test_tiny_imagenet_reader_and_cache(tmp_path):
     assert xtr[0, 0].mean() > 240 and xtr[0, 2].mean() < 15  # red
     assert xtr[3, 2].mean() > 240 and xtr[3, 0].mean() < 15  # blue
     assert abs(int(xte[0, 1].mean()) - 128) < 3  # gray converted to RGB
-    cache = folder.parent / "tiny-imagenet-200.npz"
+    # the cache sits beside the folder, no temp file left
     assert sorted(p.name for p in folder.parent.iterdir()) == ["tiny-imagenet-200", "tiny-imagenet-200.npz"]
     # the cache is used: remove the JPEGs and read again
     for p in folder.rglob("*.JPEG"):
