@@ -421,3 +421,51 @@ def test_beta_search_table_lists_every_candidate(tmp_path):
     assert "20 chips (seed 1) on the validation split" in section
     assert "β = 0.1 ×1, β = 0.01 ×1" in section
     assert "β search" in (tmp_path / "report" / "report.html").read_text()
+
+
+def test_convergence_keeps_a_model_without_seed_apart_from_seed_numbers(tmp_path):
+    """Models named by position must never collide with a model's seed (one used to overwrite the other)."""
+    root = tmp_path / "r"
+    for i, (seed, acc) in enumerate(((1, 90.5), (2, 60.5), (None, 89.5))):
+        d = mc_eval("ovf", 0.35, seed, [mc_result(0.35, [acc] * 2)])
+        d["checkpoint"] = f"ck/{i}"
+        write(root / f"m{i}.json", d)
+    (p,) = matched_points(load_results(root))
+    c = p["convergence"]
+    assert c["n_models"] == 3 and c["non_converged"] == ["2"]
+    assert c["mean_of_means"] == pytest.approx((90.5 + 60.5 + 89.5) / 3)
+
+
+def test_worst_case_does_not_pool_only_the_models_that_kept_per_chip_accuracies(tmp_path):
+    root = tmp_path / "r"
+    for seed, acc in ((0, [90.0, 91.0]), (1, [10.0, 11.0]), (2, [89.0, 90.0])):
+        res = mc_result(0.35, acc)
+        if seed == 1:
+            res["per_run_accuracy"] = []  # an older or hand-made file: summary statistics only
+        write(root / f"s{seed}.json", mc_eval("ovf", 0.35, seed, [res]))
+    (p,) = matched_points(load_results(root))
+    assert p["min"] == 10.0 and p["n_chips"] == 6  # not 89.0 over 4 chips
+    assert p["p10"] == pytest.approx(np.mean([np.percentile(a, 10) for a in ([90, 91], [10, 11], [89, 90])]))
+
+
+def test_failed_cells_of_an_arm_show_in_its_convergence_count(tmp_path):
+    """A diverged seed has no accuracy: it must be named beside the convergence count, not vanish from it."""
+    root = tmp_path / "sweep"
+    arm = "vgg8-w1/mnist/noise_injection/s0.35"
+    for seed in (0, 1, 2):
+        write(root / f"cells/{arm}/seed{seed}/result.json",
+              mc_eval("noise_injection", 0.35, seed, [mc_result(0.35, [80.0 + seed] * 2)], cell={"id": f"{arm}/seed{seed}"}))
+    for seed in (3, 10):
+        write(root / f"cells/{arm}/seed{seed}/failed.json",
+              {"kind": "sweep_cell_failed", "cell": {"id": f"{arm}/seed{seed}", "seed": seed}, "error": "CellDiverged: nan"})
+    write(root / "cells/other/seed4/failed.json",  # another arm's failure is not this arm's
+          {"kind": "sweep_cell_failed", "cell": {"id": "vgg8-w1/mnist/ovf/s0.35/seed4", "seed": 4}, "error": "x"})
+    rs = scan_results(root)
+    (p,) = matched_points(rs.records, rs.failures)
+    assert p["failed_seeds"] == ["3", "10"] and p["convergence"]["n_models"] == 3
+    assert main(["report", str(root), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    row = next(ln for ln in md.splitlines() if ln.startswith("| 0.35") and "0 of 3" in ln)
+    assert row.rstrip(" |").endswith("3, 10")
+    rows = list(csv.DictReader(open(tmp_path / "out" / "summary.csv")))
+    assert [r["failed_seeds"] for r in rows] == ["3 10"]

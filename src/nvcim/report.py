@@ -456,25 +456,55 @@ def _dedupe_by_model(recs: list[dict]) -> list[dict]:
     return [best[k] for k in sorted(best, key=str)]
 
 
+def _model_name(r: dict, i: int) -> str:
+    """How the convergence count names a model: its seed, or its position when the seed is unknown
+    (a name no seed can take, so that two models never share one)."""
+    return str(r["seed"]) if r["seed"] is not None else f"#{i + 1}"
+
+
+def _natural(name: str) -> tuple:
+    """Sort key: seed names numerically ("2" before "10"), other names after them."""
+    return (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name)
+
+
+def _arm_of_cell(cell_id: str | None) -> str | None:
+    """A sweep cell id without its seed: ".../s0.35/seed3" -> ".../s0.35" (the arm and σ it belongs to)."""
+    if not cell_id or "/seed" not in cell_id:
+        return None
+    return cell_id.rsplit("/seed", 1)[0]
+
+
 def _pooled_stats(models: list[dict]) -> dict:
-    pooled = [a for r in models for a in r["per_run_accuracy"]]
+    # pool only when every model has its per-chip accuracies: otherwise some models' chips would be
+    # left out of the worst case without a word
+    pooled = [a for r in models for a in r["per_run_accuracy"]] if all(r["per_run_accuracy"] for r in models) else []
     if pooled:
         arr = np.asarray(pooled, dtype=np.float64)
-        p1, p5 = (float(v) for v in np.percentile(arr, [1.0, 5.0]))
-        return {"p1": p1, "p5": p5, "min": float(arr.min()), "n_chips": int(arr.size), "pooled": pooled}
-    vals = {k: [r[k] for r in models if r[k] is not None] for k in ("p1", "p5", "min")}
+        p1, p5, p10 = (float(v) for v in np.percentile(arr, [1.0, 5.0, 10.0]))
+        return {"p1": p1, "p5": p5, "p10": p10, "min": float(arr.min()), "n_chips": int(arr.size), "pooled": pooled}
+    vals = {k: [r[k] for r in models if r[k] is not None] for k in ("p1", "p5", "p10", "min")}
     return {
         "p1": float(np.mean(vals["p1"])) if vals["p1"] else None,
         "p5": float(np.mean(vals["p5"])) if vals["p5"] else None,
+        "p10": float(np.mean(vals["p10"])) if vals["p10"] else None,
         "min": float(min(vals["min"])) if vals["min"] else None,
         "n_chips": int(sum(r["runs"] for r in models)),
         "pooled": [],
     }
 
 
-def matched_points(records: Sequence[dict]) -> list[dict]:
+def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> list[dict]:
     """Paper Fig. 3 points: one per (model, width, dataset, label, σ_d), trained and tested at σ_d
-    (vanilla: every test σ), aggregated over seeds. Sorted by group, method, label, σ."""
+    (vanilla: every test σ), aggregated over seeds. Sorted by group, method, label, σ.
+
+    ``failures`` (ResultSet.failures): failed sweep cells of a point's arm (same cell id but the seed)
+    are counted in its "failed_seeds", so that a diverged training run is not silently missing from
+    the convergence count."""
+    failed_by_arm: dict[str, set] = {}
+    for f in failures:
+        arm = _arm_of_cell(f.get("cell_id"))
+        if arm is not None:
+            failed_by_arm.setdefault(arm, set()).add(str(f["cell"].get("seed", f["cell_id"].rsplit("/seed", 1)[1])))
     buckets: dict[tuple, list[dict]] = {}
     for r in records:
         if r["method"] != "vanilla":
@@ -500,8 +530,10 @@ def matched_points(records: Sequence[dict]) -> list[dict]:
         runs = sorted({r["runs"] for r in models})
         conv = None
         if n >= 2:
-            conv = _convergence({str(r["seed"] if r["seed"] is not None else i): r["mean"]
-                                 for i, r in enumerate(models)})
+            conv = _convergence({_model_name(r, i): r["mean"] for i, r in enumerate(models)})
+        arms = {_arm_of_cell(r["cell_id"]) for r in models} - {None}
+        have = {str(r["seed"]) for r in models}
+        failed = sorted(set().union(*(failed_by_arm.get(a, set()) for a in arms)) - have, key=_natural)
         paper_arm = all(reference.is_paper_recipe(method, r["method_params"]) and is_standard_evaluation(r)
                         for r in models)
         paper = reference.paper_match(model, dataset, method, sigma) if paper_arm else None  # ablation arms: none
@@ -516,6 +548,7 @@ def matched_points(records: Sequence[dict]) -> list[dict]:
                 "clean_accuracy": float(np.mean(cleans)) if cleans else None,
                 **_pooled_stats(models),
                 "convergence": conv,
+                "failed_seeds": failed,
                 "paper_arm": paper_arm,
                 "paper": paper["value"] if paper else None,
                 "paper_diff": mean - paper["value"] if paper else None,
@@ -713,7 +746,7 @@ def _fig_convergence(F: _Figures, gkey, gpts, colours, title_prefix) -> bool:
             conv = p["convergence"]
             bad = set(conv["non_converged"]) if conv else set()
             total_bad += len(bad)
-            names = [str(s) if s is not None else str(i) for i, s in enumerate(p["seeds"])]
+            names = [str(s) if s is not None else f"#{i + 1}" for i, s in enumerate(p["seeds"])]  # as _model_name
             ax.scatter(xs, p["seed_means"], color=colours[label], s=16, alpha=0.8,
                        label=f"{label} (non-converged: {sum(q['convergence']['n_non_converged'] for q in pts if q['label'] == label)})" if first else None)
             first = False
@@ -827,10 +860,11 @@ def _ekl_table(gkey, gpts) -> Table | None:
 
 
 def _worst_table(gkey, gpts) -> Table:
-    rows = [[_fmt_sigma(p["sigma"]), p["label"], _fmt(p["mean"]), _fmt(p["p1"]), _fmt(p["p5"]), _fmt(p["min"]),
-             str(p["n_chips"])] for p in sorted(gpts, key=lambda p: (p["sigma"], _label_sort_key(p["label"], p["method"])))]
+    rows = [[_fmt_sigma(p["sigma"]), p["label"], _fmt(p["mean"]), _fmt(p["p1"]), _fmt(p["p5"]), _fmt(p["p10"]),
+             _fmt(p["min"]), str(p["n_chips"])]
+            for p in sorted(gpts, key=lambda p: (p["sigma"], _label_sort_key(p["label"], p["method"])))]
     return Table(f"{group_title(gkey)}: worst case over chips (%)",
-                 ["σ_d", "method", "mean", "p1", "p5", "min", "chips (seeds × runs)"], rows,
+                 ["σ_d", "method", "mean", "p1", "p5", "p10", "min", "chips (seeds × runs)"], rows,
                  "Percentiles over all chips of all seeds pooled (or the mean of per-model values when per-run "
                  "accuracies are absent).")
 
@@ -844,10 +878,13 @@ def _conv_table(gkey, gpts) -> Table | None:
         c = p["convergence"]
         rows.append([_fmt_sigma(p["sigma"]), p["label"], str(c["n_models"]), _fmt(c["mean_of_means"]),
                      f"{c['n_non_converged']} of {c['n_models']}", ", ".join(map(str, c["non_converged"])) or "—",
-                     ", ".join(_fmt(m) for m in p["seed_means"])])
+                     ", ".join(_fmt(m) for m in p["seed_means"]), ", ".join(p["failed_seeds"]) or "—"])
     return Table(f"{group_title(gkey)}: convergence over seeds",
-                 ["σ_d", "method", "models", "mean of means", "non-converged", "non-converged seeds", "per-seed means"],
-                 rows, f"Non-converged: mean more than {CONVERGENCE_THRESHOLD:g} points below the mean over seeds (SPEC §4).")
+                 ["σ_d", "method", "models", "mean of means", "non-converged", "non-converged seeds", "per-seed means",
+                  "failed seeds"],
+                 rows, f"Non-converged: mean more than {CONVERGENCE_THRESHOLD:g} points below the mean over seeds (SPEC §4). "
+                       "Failed seeds: sweep cells of the same arm that failed (e.g. diverged training) and so have no "
+                       "accuracy; they are not in the count, see the failed cells below.")
 
 
 def _beta_candidates(bs: dict) -> dict[float, float | None]:
@@ -977,8 +1014,8 @@ td:first-child,th:first-child{text-align:left}.note{font-size:0.8em;color:#555}
 figure{margin:1em 0}img{max-width:100%}figcaption{font-size:0.85em;color:#444}"""
 
 SUMMARY_COLUMNS = ("model", "width", "dataset", "method", "label", "sigma", "n_seeds", "seeds", "runs", "mean",
-                   "ci95_lo", "ci95_hi", "ci_over", "std_over_seeds", "ekl", "p1", "p5", "min", "n_chips",
-                   "n_non_converged", "paper", "measured_minus_paper", "paper_note")
+                   "ci95_lo", "ci95_hi", "ci_over", "std_over_seeds", "ekl", "p1", "p5", "p10", "min", "n_chips",
+                   "n_non_converged", "failed_seeds", "paper", "measured_minus_paper", "paper_note")
 
 
 def _summary_csv(points: list[dict]) -> bytes:
@@ -998,8 +1035,8 @@ def _summary_csv(points: list[dict]) -> bytes:
         w.writerow([c(v) for v in (
             p["model"], p["width"], p["dataset"], p["method"], p["label"], p["sigma"], p["n_seeds"],
             " ".join(str(s) for s in p["seeds"]), p["runs"], p["mean"], p["ci95"][0], p["ci95"][1], p["ci_over"],
-            p["std_over_seeds"], p["ekl"], p["p1"], p["p5"], p["min"], p["n_chips"],
-            conv["n_non_converged"] if conv else None, p["paper"], p["paper_diff"], p["paper_note"])])
+            p["std_over_seeds"], p["ekl"], p["p1"], p["p5"], p["p10"], p["min"], p["n_chips"],
+            conv["n_non_converged"] if conv else None, " ".join(p["failed_seeds"]), p["paper"], p["paper_diff"], p["paper_note"])])
     return buf.getvalue().encode("utf-8")
 
 
@@ -1009,7 +1046,7 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None)
         raise ValueError(f"figure format {fmt!r} is not supported: use one of {list(FIGURE_FORMATS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    points = matched_points(rs.records)
+    points = matched_points(rs.records, rs.failures)
     curves = robustness_curves(rs.records)
     colours = _colours([(p["label"], p["method"]) for p in points] + [(c["label"], c["method"]) for c in curves])
     F = _Figures(out, fmt)
