@@ -241,6 +241,16 @@ def test_ekl_accumulator_on_fixed_logits():
     assert s["ekl"] == pytest.approx(sum(expected) / 3) and s["ekl_n"] == 3
 
 
+def test_non_finite_logits_are_never_correct():
+    """argmax calls an all-NaN row class 0 (and an inf logit its class): a broken chip must score 0, not luck."""
+    acc = ev._Accumulator(1)
+    nan, inf = float("nan"), float("inf")
+    logits = torch.tensor([[[nan, nan], [nan, 1.0], [inf, 0.0], [2.0, 0.0]]])  # [1 run, 4 samples, 2 classes]
+    acc.add([0], logits, torch.tensor([0, 0, 0, 0]))
+    assert acc.correct.tolist() == [1] and acc.ekl_n.tolist() == [1]
+    assert acc.ekl_sum[0] == pytest.approx(math.log1p(math.exp(-2.0)))
+
+
 def test_t_quantile_matches_scipy():
     stats = pytest.importorskip("scipy.stats")
     for df in (1, 2, 3, 4, 5, 9, 10, 29, 30, 99, 199, 999, 10_000, 1e6):

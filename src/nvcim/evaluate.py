@@ -406,7 +406,8 @@ class _Accumulator:
     def add(self, runs: Sequence[int], logits: torch.Tensor, y: torch.Tensor) -> None:
         """logits [k, B, classes] for runs `runs`, y [B]."""
         logp = torch.log_softmax(logits.to(torch.float64), dim=-1)  # [k, B, classes]
-        hit = logits.argmax(dim=-1) == y.unsqueeze(0)  # [k, B]
+        # a row with a NaN / inf logit predicts nothing (argmax would call it class 0 or the inf class)
+        hit = (logits.argmax(dim=-1) == y.unsqueeze(0)) & torch.isfinite(logits).all(dim=-1)  # [k, B]
         nll = -logp.gather(-1, y.view(1, -1, 1).expand(logits.shape[0], -1, 1)).squeeze(-1)  # [k, B]
         nll = torch.where(hit, nll, torch.zeros_like(nll))
         idx = np.asarray(runs)
@@ -424,7 +425,7 @@ def _count_correct(model: nn.Module, batches, weights: Mapping[str, torch.Tensor
                 out = model(x)  # [B, classes]
             else:
                 out = torch.func.functional_call(model, dict(weights), (x,))  # [B, classes]
-            correct += int((out.argmax(dim=-1) == y).sum())
+            correct += int(((out.argmax(dim=-1) == y) & torch.isfinite(out).all(dim=-1)).sum())
     return correct
 
 
