@@ -109,6 +109,8 @@ def test_failed_save_keeps_old_checkpoint(tmp_path):
     path = save_checkpoint(tmp_path / "ck", _trained_model(), SPEC, seed=1)
     with pytest.raises(CheckpointError, match="not JSON serializable"):
         save_checkpoint(path, _trained_model(), SPEC, seed=object())
+    with pytest.raises(CheckpointError, match="metrics.curve of type Tensor is not JSON serializable"):
+        save_checkpoint(path, _trained_model(), SPEC, seed=1, metrics={"curve": torch.zeros(3)})
     with pytest.raises(CheckpointError, match="does not match model spec"):
         save_checkpoint(path, _trained_model(), {"name": "tiny", "num_classes": 5, "in_channels": 3})
     assert read_checkpoint_config(path)["seed"] == 1

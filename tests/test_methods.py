@@ -145,6 +145,7 @@ def test_ovf_defaults_follow_the_paper():
         ("ovf", dict(a_f=float("inf")), "a_f"),
         ("ovf", dict(gammas=(float("nan"), 1.0, 1.0)), "gammas"),
         ("ovf", dict(gammas="abc"), "gammas"),
+        ("ovf", dict(gammas=0.5), "gammas"),
         ("noise_injection", dict(logit_scale=0), "logit_scale"),
         ("noise_injection", dict(logit_scale=float("inf")), "logit_scale"),
         ("sgd", {}, "unknown method"),

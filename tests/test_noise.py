@@ -12,7 +12,8 @@ from nvcim.config import DeviceConfig
 
 
 class Net(nn.Module):
-    """Every supported layer kind: Conv1d, Conv2d (plain, grouped, depthwise), Linear; plus BN and biases."""
+    """Every supported layer kind: Conv1d, Conv2d (plain, grouped, depthwise), ConvTranspose2d, Linear; plus BN
+    and biases."""
 
     def __init__(self):
         super().__init__()
@@ -20,17 +21,18 @@ class Net(nn.Module):
         self.bn = nn.BatchNorm2d(8)
         self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
         self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.deconv = nn.ConvTranspose2d(8, 8, 3, padding=1, groups=2)
         self.conv1d = nn.Conv1d(8, 4, 3, padding=1)
         self.fc = nn.Linear(4 * 16, 5)
 
     def forward(self, x):  # x [B, 3, 4, 4]
         x = F.relu(self.bn(self.conv(x)))  # [B, 8, 4, 4]
-        x = self.depthwise(self.grouped(x))  # [B, 8, 4, 4]
+        x = self.deconv(self.depthwise(self.grouped(x)))  # [B, 8, 4, 4]
         x = self.conv1d(x.flatten(2))  # [B, 4, 16]
         return self.fc(x.flatten(1))  # [B, 5]
 
 
-LAYERS = ["conv", "grouped", "depthwise", "conv1d", "fc"]
+LAYERS = ["conv", "grouped", "depthwise", "deconv", "conv1d", "fc"]
 
 
 @pytest.fixture
@@ -84,7 +86,7 @@ def test_context_manager(net, x):
     net.eval()
     y0 = net(x)
     with nvcim.device_variation(net, DeviceConfig(sigma=0.3)):
-        assert len(nvcim.noisy_modules(net)) == 5
+        assert len(nvcim.noisy_modules(net)) == len(LAYERS)
         assert not torch.equal(net(x), y0)
     assert not nvcim.noisy_modules(net)
     assert torch.equal(net(x), y0)
@@ -158,6 +160,26 @@ def test_straight_through_gradient_equals_gradient_wrt_wp(net, x):
     for n in LAYERS:
         assert torch.equal(getattr(plain, n).weight.grad, grads[n]), n
     assert net.grouped.bias.grad is not None  # biases train as usual
+
+
+@pytest.mark.parametrize("layer,shape", [
+    (nn.ConvTranspose1d(4, 6, 3, stride=2), (2, 4, 5)),
+    (nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, dilation=2), (2, 4, 5, 5)),
+    (nn.ConvTranspose3d(4, 6, 2, stride=2, groups=2, bias=False), (2, 4, 3, 3, 3)),
+])
+def test_transposed_convolutions_run_on_the_chip_weights(layer, shape):
+    """A programmed transposed conv equals the plain layer holding the chip's weights, output_size included."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    plain = copy.deepcopy(layer)
+    nvcim.apply_variation_(layer, DeviceConfig(sigma=0.3))
+    nvcim.program_chip_(layer, seed=3)
+    with torch.no_grad():
+        plain.weight.copy_(nvcim.draw_chip(layer, seed=3)["weight"])
+    sizes = [None, [n + 1 for n in plain(x).shape[2:]]]  # the second: one more pixel, through output_padding
+    for size in sizes:
+        out = layer(x, output_size=size)
+        assert torch.equal(out, plain(x, output_size=size))
+        assert size is None or list(out.shape[2:]) == size
 
 
 def test_state_dict_loads_into_plain_model(net):

@@ -131,6 +131,32 @@ def test_divergence_at_first_step_saves_initial_weights(monkeypatch, tmp_path):
     assert config["metrics"]["status"] == "diverged"
 
 
+def test_weights_broken_by_the_last_step_count_as_divergence(monkeypatch, tmp_path):
+    """Every loss finite, but the epoch's last optimizer step writes a NaN: nothing NaN may be saved as ok."""
+    real_step = torch.optim.Adam.step
+    calls = {"n": 0}
+
+    def step(self, *a, **k):
+        out = real_step(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == 8:  # 4 steps per epoch: the last step of epoch 2
+            with torch.no_grad():
+                next(p for g in self.param_groups for p in g["params"]).view(-1)[0] = float("nan")
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    res = train(tiny_cfg(method="vanilla", epochs=3, select="last"), tmp_path / "d")
+    assert res.status == "diverged" and res.metrics["diverged_at"] == {"epoch": 2, "step": 4}
+    assert res.metrics["best_epoch"] == 1
+    model, _ = load_checkpoint(tmp_path / "d")
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+
+
+def test_history_records_the_rate_each_epoch_trained_with():
+    res = train(tiny_cfg(epochs=2, schedule="cosine", lr=1e-3, val_runs=0, select="last"))
+    assert [h["lr"] for h in res.metrics["history"]] == pytest.approx([1e-3, 5e-4])
+
+
 def test_cli_exits_3_on_divergence(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(methods.TASKS, "vanilla", nan_task_after(0))
     rc = main(["train", "--preset", "smoke", "--method", "vanilla", "--limit", "32", "--quiet", "--num-threads", "1",

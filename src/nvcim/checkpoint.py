@@ -67,7 +67,7 @@ def _jsonable(value: Any, where: str) -> Any:
     if hasattr(value, "item") and hasattr(value, "dtype"):  # numpy scalar / 0-d array
         try:
             return _jsonable(value.item(), where)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RuntimeError):  # several elements (numpy: ValueError, torch: RuntimeError)
             pass
     if isinstance(value, (torch.device, torch.dtype)):
         return str(value)

@@ -82,7 +82,7 @@ class OVFConfig:
             if v is not None and not (_is_finite_number(v) and v >= 0):
                 raise ValueError(f"ovf {field}={v!r} is invalid: use a finite number >= 0 (or leave unset for 1/(N+1))")
         if self.gammas is not None:
-            if isinstance(self.gammas, (str, bytes)) or not all(_is_finite_number(x) and x >= 0 for x in self.gammas):
+            if not isinstance(self.gammas, (list, tuple)) or not all(_is_finite_number(x) and x >= 0 for x in self.gammas):
                 raise ValueError(f"ovf gammas={self.gammas!r} is invalid: give N finite numbers >= 0")
             g = tuple(float(x) for x in self.gammas)
             if len(g) != n:
@@ -128,7 +128,7 @@ def method_to_dict(mcfg) -> dict:
 def method_from_dict(d: Mapping[str, Any]):
     d = dict(d)
     name = d.pop("name")
-    if "gammas" in d and d["gammas"] is not None:
+    if isinstance(d.get("gammas"), list):  # JSON / TOML give lists; anything else is refused by the config
         d["gammas"] = tuple(d["gammas"])
     return method_config(name, **d)
 

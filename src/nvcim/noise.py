@@ -5,7 +5,7 @@
     nvcim.program_chip_(model, seed=0)        # one fixed programmed chip, reproducible from the seed
     nvcim.remove_variation_(model)            # back to the plain model, weights untouched
 
-How it works: each selected module (Conv1d/2d/3d, Linear; grouped and depthwise convs included)
+How it works: each selected module (Conv1d/2d/3d, ConvTranspose1d/2d/3d, Linear; grouped and depthwise convs included)
 gets a small controller object and an instance-level `forward` that calls the layer's own
 functional form with the programmed weight W_p instead of `self.weight`. The parameters, their
 names and the state dict never change, so the clean weights are restored exactly and checkpoints
@@ -34,7 +34,8 @@ from torch import nn
 from nvcim import device as dm
 from nvcim.config import DeviceConfig
 
-SUPPORTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+SUPPORTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+                    nn.Linear)
 ModuleFilter = Callable[[str, nn.Module], bool]
 
 
@@ -126,6 +127,19 @@ def _linear_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, self._nvcim.weight_for_forward(self.weight), self.bias)
 
 
+_CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def _conv_transpose_forward(self: nn.Module, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+    """nn.ConvTranspose{1,2,3}d.forward with the noisy weight (a transposed conv is one crossbar like any other)."""
+    if self.padding_mode != "zeros":
+        raise ValueError(f"only 'zeros' padding mode is supported for {type(self).__name__}")
+    n = self.weight.dim() - 2  # spatial dimensions
+    output_padding = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size, n, self.dilation)
+    return _CONV_TRANSPOSE[n](x, self._nvcim.weight_for_forward(self.weight), self.bias, self.stride, self.padding,
+                              output_padding, self.groups, self.dilation)
+
+
 def _make_filter(
     filter: ModuleFilter | None, include: Sequence[str] | None, exclude: Sequence[str] | None
 ) -> ModuleFilter:
@@ -169,7 +183,12 @@ def apply_variation_(
         if not isinstance(module, SUPPORTED_LAYERS) or name in inside_attention or not accept(name, module):
             continue
         module._nvcim = NoisyWeight(cfg, generator)
-        forward = _linear_forward if isinstance(module, nn.Linear) else _conv_forward
+        if isinstance(module, nn.Linear):
+            forward = _linear_forward
+        elif isinstance(module, nn.modules.conv._ConvTransposeNd):
+            forward = _conv_transpose_forward
+        else:
+            forward = _conv_forward
         module.forward = types.MethodType(forward, module)
     return model
 

@@ -452,6 +452,11 @@ def train(cfg: TrainConfig, out_dir=None, *, overwrite: bool = True, splits=None
             torch.set_num_threads(old_threads)
 
 
+def _state_is_finite(model: nn.Module) -> bool:
+    """No NaN / inf in any floating parameter or buffer (BatchNorm running statistics included)."""
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+
+
 def _train(cfg, out_dir, splits, info, augment, dev, amp, create_model, create_task, method_to_dict, save_checkpoint):
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)  # init + training noise (CPU and all CUDA devices)
@@ -488,6 +493,7 @@ def _train(cfg, out_dir, splits, info, augment, dev, amp, create_model, create_t
         correct = torch.zeros((), dtype=torch.int64, device=dev)
         bad_step = torch.full((), -1, dtype=torch.int64, device=dev)  # first non-finite step of the epoch
         seen = shown = 0
+        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with (the schedule steps per step)
         t0 = time.perf_counter()
         for step, (x, y) in enumerate(
             splits.train.batches(cfg.batch_size, shuffle=True, augment=augment, generator=gen, device=dev), start=1
@@ -522,11 +528,16 @@ def _train(cfg, out_dir, splits, info, augment, dev, amp, create_model, create_t
             status, diverged_at = STATUS_DIVERGED, {"epoch": epoch, "step": bad}
             _say(cfg, f"epoch {epoch}: non-finite loss at step {bad}: stopping (status diverged)")
             break
+        if not _state_is_finite(model):  # every loss finite, but the last steps broke a weight or a BN statistic
+            status, diverged_at = STATUS_DIVERGED, {"epoch": epoch, "step": steps_per_epoch}
+            _say(cfg, f"epoch {epoch}: non-finite weights or BatchNorm statistics after the last step: stopping "
+                      "(status diverged)")
+            break
         record = {
             "epoch": epoch,
             "train_loss": float(loss_sum) / max(seen, 1),
             "train_accuracy": 100.0 * int(correct) / max(seen, 1),
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": lr,
             "epoch_time_s": time.perf_counter() - t0,
         }
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
