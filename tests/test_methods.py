@@ -169,3 +169,40 @@ def test_every_method_round_trips_and_trains(name):
     loss.backward()
     opt.step()
     assert not torch.equal(before["0.weight"], m.state_dict()["0.weight"])
+
+
+@pytest.mark.parametrize("method,params", [("noise_injection", {}), ("ovf", {"beta": 0.1})])
+def test_censored_training_noise_clips_every_device_but_only_in_training(method, params):
+    """censor=0 keeps each device's z <= 0: every training weight moves toward zero (|W_p| <= |W_d| with the
+    sign of W), while evaluation draws the plain Gaussian device, which moves weights both ways."""
+    model = linear_model()
+    model[0].weight.data.mul_(10)  # far from 0, so the sign of W is unambiguous
+    cfg = DeviceConfig(sigma=SIGMA)
+    task = create_task(method, model, cfg, censor=0.0, **params)
+    assert task.device_cfg.variation == "right_censored_gaussian" and task.device_cfg.variation_options == {"threshold": 0.0}
+    w = model[0].weight.detach()
+    w_d = nvcim.quantize(w, cfg)
+    for seed in range(5):
+        w_p = nvcim.draw_chip(model, seed=seed)["0.weight"]  # the layer's own (training) device
+        assert (torch.sign(w) * (w_p - w_d) <= 1e-7).all()
+    loss, _ = task(X, Y)
+    loss.backward()  # trains as usual
+    assert model[0].weight.grad is not None
+    # evaluation: the device as it is, plain Gaussian
+    from nvcim.evaluate import monte_carlo_evaluate
+
+    res = monte_carlo_evaluate(task.finish(), (X, Y), cfg, runs=2, seed=0)
+    assert res.sigma == SIGMA
+    plain = nvcim.draw_chip(nvcim.apply_variation_(copy.deepcopy(model), cfg), seed=0)["0.weight"]
+    assert (torch.sign(w) * (plain - w_d) > 0).any() and (torch.sign(w) * (plain - w_d) < 0).any()
+
+
+def test_censor_validation():
+    with pytest.raises(ValueError, match="noise_injection censor=inf is invalid"):
+        method_config("noise_injection", censor=float("inf"))
+    with pytest.raises(ValueError, match="method 'vanilla' has no parameter"):
+        method_config("vanilla", censor=1.0)
+    with pytest.raises(ValueError, match="but the device variation is 'right_censored_gaussian'"):
+        create_task("noise_injection", linear_model(), DeviceConfig(sigma=0.1, variation="right_censored_gaussian"),
+                    censor=1.0)
+    assert method_from_dict(method_to_dict(method_config("ovf", censor=0.5))).censor == 0.5

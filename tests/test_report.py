@@ -469,3 +469,18 @@ def test_failed_cells_of_an_arm_show_in_its_convergence_count(tmp_path):
     assert row.rstrip(" |").endswith("3, 10")
     rows = list(csv.DictReader(open(tmp_path / "out" / "summary.csv")))
     assert [r["failed_seeds"] for r in rows] == ["3 10"]
+
+
+def test_censored_noise_arms_get_their_own_label_and_no_paper_value(tmp_path):
+    root = tmp_path / "r"
+    for seed in (0, 1):
+        write(root / f"ni{seed}.json", mc_eval("noise_injection", 0.35, seed, [mc_result(0.35, [90.0, 91.0])]))
+        write(root / f"rcn{seed}.json", mc_eval("noise_injection", 0.35, seed, [mc_result(0.35, [93.0, 94.0])],
+                                                params={"censor": 1.0}))
+        write(root / f"ovf{seed}.json", mc_eval("ovf", 0.35, seed, [mc_result(0.35, [95.0, 96.0])],
+                                                params={"censor": 0.5}))
+    by = {p["label"]: p for p in matched_points(load_results(root))}
+    assert set(by) == {"noise injection", "noise injection RCN s=1", "OVF RCN s=0.5"}
+    assert by["noise injection"]["paper"] is not None
+    assert by["noise injection RCN s=1"]["paper"] is None and by["OVF RCN s=0.5"]["paper"] is None
+    assert by["noise injection RCN s=1"]["mean"] == pytest.approx(93.5)

@@ -247,7 +247,8 @@ def test_cli_help_lists_every_flag(capsys):
     "argv",
     [["--model", "nope"], ["--dataset", "imagenet"], ["--sigma", "-1"], ["--sigma", "abc"], ["--preset", "fast"],
      ["--method", "irs"], ["--dataset", "cifar10", "--data-root", "{tmp}/no-data"], ["--config", "{tmp}/missing.toml"],
-     ["--method", "vanilla", "--beta", "0.1"], ["--out", "{tmp}/blocker/run"]],
+     ["--method", "vanilla", "--beta", "0.1"], ["--method", "vanilla", "--censor", "1"],
+     ["--method", "noise_injection", "--censor", "nan"], ["--out", "{tmp}/blocker/run"]],
 )
 def test_cli_bad_input_exits_2_with_one_line_and_no_output(argv, tmp_path, capsys, monkeypatch):
     import nvcim.data
@@ -311,3 +312,12 @@ def test_explicit_augment_on_mnist_like_data_warns():
     """MNIST-like data have no augmentation: an explicit augment=True must not pass silently."""
     with pytest.warns(UserWarning, match="augment=True has no effect on mnist5k"):
         train(tiny_cfg(augment=True, select="clean"))
+
+
+def test_censored_noise_training_keeps_the_deployed_device_gaussian(tmp_path):
+    """Right-censored noise is how the model trains; the checkpoint's device (validation, evaluation) is the chip."""
+    res = train(tiny_cfg(method="noise_injection", method_params={"censor": 1.0}, sigma=0.2), tmp_path / "d")
+    assert res.status == "ok"
+    _, config = load_checkpoint(tmp_path / "d")
+    assert config["method"]["censor"] == 1.0 and config["device"]["variation"] == "gaussian"
+    assert config["device"]["sigma"] == 0.2

@@ -12,6 +12,10 @@
                     O_total = a_b·O_backbone − a_f·β·Σ_n γ_n·Out_n, Out_n at σ_n = σ + n·Δσ,
                     all from the same clean weights; γ_n = 10^{n−N}; a_b = a_f = 1/(N+1).
 
+Noise injection and OVF take `censor`: training with right-censored Gaussian noise (Yan et al.,
+ICCAD 2023; SPEC §7): each device's standard normal draw is clipped at `censor` (z := min(z, s)) during
+training only, while validation and evaluation see the device as it is (plain Gaussian).
+
 A task owns the device model on its network: it applies it when created and `finish()` removes it,
 leaving the plain backbone (the only thing that is deployed). Method hyper-parameters live in small
 frozen dataclasses validated in `__post_init__`, registered in `METHODS`.
@@ -46,14 +50,34 @@ class VanillaConfig:
     name = "vanilla"
 
 
+def _check_censor(method: str, censor: Any) -> None:
+    if censor is not None and not _is_finite_number(censor):
+        raise ValueError(f"{method} censor={censor!r} is invalid: use a finite number (the clip of z ~ N(0, 1), "
+                         "e.g. 1.0), or leave it unset for plain Gaussian training noise")
+
+
+def training_device(device_cfg: DeviceConfig, censor: float | None) -> DeviceConfig:
+    """The device the training forwards draw from: `device_cfg` itself, or with `censor` its right-censored
+    Gaussian version (z := min(z, censor) per device); evaluation always uses `device_cfg`."""
+    if censor is None:
+        return device_cfg
+    if device_cfg.variation != "gaussian":
+        raise ValueError(f"censor={censor!r} censors Gaussian training noise, but the device variation is "
+                         f"{device_cfg.variation!r}: leave censor unset")
+    return device_cfg.replace(variation="right_censored_gaussian", variation_options={"threshold": float(censor)},
+                              sampling="auto")
+
+
 @dataclass(frozen=True)
 class NoiseInjectionConfig:
     name = "noise_injection"
     logit_scale: float = 1.0
+    censor: float | None = None  # right-censored Gaussian training noise: z := min(z, censor); None: plain
 
     def __post_init__(self):
         if not (_is_finite_number(self.logit_scale) and self.logit_scale > 0):
             raise ValueError(f"noise_injection logit_scale={self.logit_scale!r} is invalid: use a finite number > 0")
+        _check_censor("noise_injection", self.censor)
 
 
 @dataclass(frozen=True)
@@ -68,8 +92,10 @@ class OVFConfig:
     a_b: float | None = None  # default 1/(N+1)
     a_f: float | None = None  # default 1/(N+1)
     bn_policy: str = "backbone"  # "backbone": only the backbone forward updates BN stats; "all": reference code
+    censor: float | None = None  # right-censored Gaussian training noise: z := min(z, censor); None: plain
 
     def __post_init__(self):
+        _check_censor("ovf", self.censor)
         n = self.n_variational
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"ovf n_variational={n!r} is invalid: use an integer >= 1")
@@ -162,8 +188,8 @@ class VanillaTask(TrainingTask):
 
 class NoiseInjectionTask(TrainingTask):
     def __init__(self, model, device_cfg, method_cfg):
-        super().__init__(model, device_cfg, method_cfg)
-        apply_variation_(model, device_cfg)
+        super().__init__(model, training_device(device_cfg, method_cfg.censor), method_cfg)
+        apply_variation_(model, self.device_cfg)
 
     def forward(self, x, y):
         out = self.method_cfg.logit_scale * self.model(x)  # [B, classes], noise at σ
@@ -172,8 +198,8 @@ class NoiseInjectionTask(TrainingTask):
 
 class OVFTask(TrainingTask):
     def __init__(self, model, device_cfg, method_cfg):
-        super().__init__(model, device_cfg, method_cfg)
-        apply_variation_(model, device_cfg)
+        super().__init__(model, training_device(device_cfg, method_cfg.censor), method_cfg)
+        apply_variation_(model, self.device_cfg)
 
     def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """O_backbone at σ, and Out_n at σ + nΔσ for n = 1..N (skipped when β = 0)."""

@@ -89,6 +89,8 @@ def is_paper_recipe(method: str, params: dict | None) -> bool:
             return False
 
     method = str(method).lower()
+    if params.get("censor") is not None:  # right-censored training noise (Yan et al.), not this paper's recipe
+        return False
     if method == "noise_injection":
         return unset_or("logit_scale", 1.0)
     if method == "ovf":

@@ -350,13 +350,15 @@ def load_results(path, skip_bad: bool = False) -> list[dict]:
 
 # ---- labels ----------------------------------------------------------------------------------------
 def _base_label(method: str, params: dict) -> str:
+    censor = _num(params.get("censor"))
+    rcn = f" RCN s={fmt_param(censor)}" if censor is not None else ""  # right-censored training noise
     if method == "vanilla":
         return "vanilla"
     if method == "noise_injection":
         scale = _num(params.get("logit_scale"))
-        return "noise injection" if scale is None or scale == 1 else f"noise injection ×{fmt_param(scale)}"
+        return ("noise injection" if scale is None or scale == 1 else f"noise injection ×{fmt_param(scale)}") + rcn
     if method == "ovf":
-        return "OVF"
+        return "OVF" + rcn
     return method.replace("_", " ")
 
 
@@ -373,7 +375,7 @@ def assign_labels(records: list[dict]) -> None:
             continue
         groups.setdefault((r["model"], r["width"], r["dataset"], r["method"]), []).append(r)
     for (_, _, _, method), recs in groups.items():
-        ignore = {"logit_scale"} if method == "noise_injection" else set()
+        ignore = {"logit_scale", "censor"} if method == "noise_injection" else {"censor"}  # in the base label
         # per training σ: the distinct fixed-hyper-parameter sets, and whether a β search was there too
         by_sigma: dict[Any, dict] = {}
         for r in recs:

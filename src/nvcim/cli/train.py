@@ -22,7 +22,7 @@ from typing import Any
 EXIT_DIVERGED = 3
 
 # dest -> method hyper-parameter name (collected into TrainConfig.method_params)
-METHOD_FLAGS = ("beta", "n_variational", "delta_sigma", "gammas", "a_b", "a_f", "bn_policy", "logit_scale")
+METHOD_FLAGS = ("beta", "n_variational", "delta_sigma", "gammas", "a_b", "a_f", "bn_policy", "logit_scale", "censor")
 
 
 def _floats(text: str) -> list[float]:
@@ -92,6 +92,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "(reference code) (default: backbone)")
     g.add_argument("--logit-scale", type=float, metavar="S",
                    help="noise_injection: multiply the logits before the loss (default: 1)")
+    g.add_argument("--censor", type=float, metavar="S",
+                   help="noise_injection / ovf: train with right-censored Gaussian noise (Yan et al., ICCAD 2023), "
+                        "each device's z ~ N(0,1) clipped at S (z := min(z, S)); validation and evaluation stay "
+                        "plain Gaussian (default: unset, plain Gaussian training noise)")
 
     g = p.add_argument_group("device model")
     g.add_argument("--sigma", type=float, metavar="S",
