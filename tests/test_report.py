@@ -484,3 +484,28 @@ def test_censored_noise_arms_get_their_own_label_and_no_paper_value(tmp_path):
     assert by["noise injection"]["paper"] is not None
     assert by["noise injection RCN s=1"]["paper"] is None and by["OVF RCN s=0.5"]["paper"] is None
     assert by["noise injection RCN s=1"]["mean"] == pytest.approx(93.5)
+
+
+def test_write_verify_files_make_a_figure_and_a_table(tmp_path):
+    root = tmp_path / "wv"
+    for method, base in (("noise_injection", 60.0), ("ovf", 80.0)):
+        for seed in (0, 1):
+            points = [{"fraction": f, "verified_weights": int(f * 1000), "verified_devices": int(f * 4000),
+                       "result": mc_result(0.2, [base + 30 * f + seed + d for d in (-0.5, 0.5)])}
+                      for f in (0.0, 0.05, 0.5)]
+            d = mc_eval(method, 0.2, seed, [])
+            d.pop("results")
+            d.update(kind="write_verify", points=points,
+                     write_verify={"by": "sensitivity", "residual_sigma": 0.03, "target": 81.0, "stat": "mean"})
+            write(root / f"{method}_{seed}.json", d)
+    rs = scan_results(root)
+    assert len(rs.verify_records) == 12 and rs.records == [] and not rs.skipped
+    assert main(["report", str(root), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "write_verify_vgg8_1.0_mnist_0.2.png" in md
+    row = next(ln for ln in md.splitlines() if ln.startswith("| 0.2") and "OVF" in ln)
+    # OVF seeds: 80 and 81 at fraction 0 -> seed 0 reaches 81 % at 0.05 (81.5), seed 1 at 0
+    assert [c.strip() for c in row.strip(" |").split("|")] == ["0.2", "OVF", "sensitivity", "2", "80.50", "82.00",
+                                                              "95.50", "0.05, 0"]
+    ni = next(ln for ln in md.splitlines() if ln.startswith("| 0.2") and "noise injection" in ln)
+    assert ni.rstrip(" |").endswith("never, never")

@@ -8,6 +8,7 @@ Reads like the hardware (SPEC §2, paper Eq. 2-3), one step per function:
     q   = Σ_j ḡ_j 2^{jK}                           combine_levels       (round trip)
     g_j = ḡ_j + Δg_j                               variation kind (nvcim.variation)
     W_p = W_d + sign(W) s/(2^M-1) Σ_j Δg_j 2^{jK}  program              (Eq. 3)
+    verified weights: W_p at min(σ_res, σ)         write_verified       (SPEC §7)
 
 Negative weights live on a second crossbar mapped the same way, so only |W| is sliced. A weight of
 exactly 0 is stored on the positive crossbar (sign := +1): its devices sit at level 0 and still vary.
@@ -169,6 +170,23 @@ def draw(
         return torch.addcmul(w_d, z, prepared.scale * (cfg.c * sigma), out=z)
     summed = _device_sum(prepared, cfg, sigma, generator)  # [*shape] Σ_j Δg_j 2^{jK}
     return torch.addcmul(w_d, summed, _signed_step(prepared, cfg), out=summed)
+
+
+def write_verified(
+    prepared: PreparedWeight,
+    cfg: DeviceConfig,
+    w_p: torch.Tensor,
+    verified: torch.Tensor,
+    sigma: float,
+    residual_sigma: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """W_p after write-verify of the `verified` weights (bool [*shape]): their devices are re-programmed
+    until they land within the verify tolerance, which leaves them a residual variation σ_res; a device
+    already that close stays as it is, so verified weights vary at min(σ_res, σ). One more draw of the
+    whole tensor (all devices, in the same order as `draw`), kept where `verified` is True."""
+    w_v = draw(prepared, cfg, min(float(residual_sigma), float(sigma)), generator)  # [*shape]
+    return torch.where(verified, w_v, w_p)
 
 
 def program(w: torch.Tensor, cfg: DeviceConfig, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -64,6 +64,7 @@ from nvcim.noise import (
     remove_variation_,
     variation_disabled,
 )
+from nvcim.writeverify import VerifyPlan, write_verify_scope
 
 PATHS = ("auto", "stacked", "chunked", "loop")
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes for stacked weights + activations of one chunk
@@ -361,12 +362,16 @@ class _ChipSampler:
         self.names: list[str] = []
         self.prepared: list[dm.PreparedWeight] = []  # on CPU, where the draws happen
         self.w_d: list[torch.Tensor] = []  # [*W.shape] on `device`
+        self.verified: list[tuple[torch.Tensor, float] | None] = []  # write-verify mask (draw device), σ_res
         self.draw_device = _draw_device(device)
         for name, module in noisy_modules(model):
             prep = dm.prepare(module.weight.detach().to(self.draw_device), cfg)
             self.names.append(f"{name}.weight" if name else "weight")
             self.prepared.append(prep)
             self.w_d.append(prep.w_d.to(device))
+            ctrl = module._nvcim
+            self.verified.append(None if ctrl.verified is None
+                                 else (ctrl.verified.to(self.draw_device), ctrl.residual_sigma))
         self.fast = cfg.use_fast_path
         self._scratch: list[torch.Tensor] | None = None  # CPU staging buffers when device is not CPU
 
@@ -383,13 +388,18 @@ class _ChipSampler:
             self._scratch = [torch.empty_like(p.w_d) for p in self.prepared]  # [*W.shape] CPU
         for i, r in enumerate(runs):
             gen = run_generator(seed, r, self.device)
-            for l, (buf, prep) in enumerate(zip(bufs, self.prepared)):
+            for l, (buf, prep, ver) in enumerate(zip(bufs, self.prepared, self.verified)):
                 if sigma == 0 or not self.fast:
-                    buf[i].copy_(dm.draw(prep, self.cfg, sigma, gen))  # [*W.shape]
+                    w_p = dm.draw(prep, self.cfg, sigma, gen)  # [*W.shape]
+                    if ver is not None:
+                        w_p = dm.write_verified(prep, self.cfg, w_p, ver[0], sigma, ver[1], gen)
+                    buf[i].copy_(w_p)
                     continue
                 out = buf[i] if on_cpu else self._scratch[l]  # [*W.shape]
                 torch.randn(prep.w_d.shape, generator=gen, dtype=prep.w_d.dtype, out=out)  # z
                 torch.addcmul(prep.w_d, out, prep.scale * (self.cfg.c * sigma), out=out)  # W_d + z · c σ s
+                if ver is not None:  # the verified weights' second draw, as NoisyWeight.draw makes it
+                    out.copy_(dm.write_verified(prep, self.cfg, out, ver[0], sigma, ver[1], gen))
                 if not on_cpu:
                     buf[i].copy_(out)
 
@@ -607,6 +617,7 @@ def monte_carlo_evaluate(
     progress: bool = False,
     baselines: bool = True,
     bn_calibration: ChipCalibration | None = None,
+    write_verify: VerifyPlan | None = None,
 ) -> MCResult:
     """Monte Carlo accuracy of `model` on `data` under device variation `cfg` (σ = cfg.sigma).
 
@@ -624,6 +635,8 @@ def monte_carlo_evaluate(
     False leaves them NaN.
     bn_calibration: a `nvcim.batchnorm.ChipCalibration`: recalibrate BatchNorm on each chip before
     evaluating it (forces the "loop" path; the baselines keep the stored statistics).
+    write_verify: a `nvcim.writeverify.VerifyPlan`: its weights are programmed with write-verify on
+    every chip (left with its residual σ); same draws on every path.
     """
     if not isinstance(cfg, DeviceConfig):
         raise TypeError(f"cfg must be a nvcim.DeviceConfig, got {type(cfg).__name__}")
@@ -632,7 +645,8 @@ def monte_carlo_evaluate(
     dev = _resolve_device(model, device)
     batches = _materialize(data, batch_size, dev)
     calib = bn_calibration.inputs(dev) if bn_calibration is not None else None
-    with _on_device(model, dev), _eval_mode(model), _controllers_for(model, cfg):
+    with (_on_device(model, dev), _eval_mode(model), _controllers_for(model, cfg),
+          write_verify_scope(model, write_verify)):
         return _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, dev, progress, None if baselines else False,
                         calib)
 
@@ -653,7 +667,7 @@ def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Ite
     if not sigmas:
         raise ValueError("sigmas is empty: give at least one σ")
     opts = {"runs": 200, "seed": 0, "batch_size": 1024, "chunk_runs": None, "path": "auto", "device": None, "progress": False,
-            "baselines": True, "bn_calibration": None}
+            "baselines": True, "bn_calibration": None, "write_verify": None}
     unknown = sorted(set(mc_kwargs) - set(opts))
     if unknown:
         raise TypeError(f"robustness_curve got unexpected keyword(s) {unknown}")
@@ -664,7 +678,8 @@ def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Ite
     batches = _materialize(data, opts["batch_size"], dev)
     calib = opts["bn_calibration"].inputs(dev) if opts["bn_calibration"] is not None else None
     results = []
-    with _on_device(model, dev), _eval_mode(model), _controllers_for(model, cfg):
+    with (_on_device(model, dev), _eval_mode(model), _controllers_for(model, cfg),
+          write_verify_scope(model, opts["write_verify"])):
         baseline = _baselines(model, batches, _ChipSampler(model, cfg, dev)) if opts["baselines"] else False  # σ-independent
         for s in sigmas:
             cfg_s = cfg.replace(sigma=s)

@@ -78,6 +78,8 @@ class NoisyWeight:
         self.generator = generator
         self.enabled = True
         self.programmed: torch.Tensor | None = None
+        self.verified: torch.Tensor | None = None  # bool [*W.shape]: weights programmed with write-verify
+        self.residual_sigma: float = 0.0  # σ the verified weights are left with (nvcim.writeverify)
         self._cache_key: tuple | None = None
         self._cache: dm.PreparedWeight | None = None
 
@@ -100,9 +102,14 @@ class NoisyWeight:
         gen = generator if generator is not None else self.generator
         with torch.no_grad():
             if gen is not None and gen.device != w.device:
-                w_gen = w.detach().to(gen.device)
-                return dm.draw(dm.prepare(w_gen, self.cfg), self.cfg, sigma, gen).to(w.device)
-            return dm.draw(self.prepared(w), self.cfg, sigma, gen)
+                prep = dm.prepare(w.detach().to(gen.device), self.cfg)
+            else:
+                prep = self.prepared(w)
+            w_p = dm.draw(prep, self.cfg, sigma, gen)  # [*W.shape]
+            if self.verified is not None:
+                w_p = dm.write_verified(prep, self.cfg, w_p, self.verified.to(w_p.device), sigma,
+                                        self.residual_sigma, gen)
+            return w_p.to(w.device)
 
     def weight_for_forward(self, w: torch.Tensor) -> torch.Tensor:
         """The weight this forward uses: programmed chip, fresh draw, or w itself when disabled."""
@@ -170,18 +177,7 @@ def apply_variation_(
     """
     if not isinstance(cfg, DeviceConfig):
         raise TypeError(f"cfg must be a nvcim.DeviceConfig, got {type(cfg).__name__}")
-    accept = _make_filter(filter, include, exclude)
-    # nn.MultiheadAttention reads in_proj_weight and out_proj.weight itself, never calling out_proj's
-    # forward: a noisy out_proj would be listed as noisy yet stay exact, so it is left out, loudly
-    attention = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
-    inside_attention = {f"{n}.out_proj" if n else "out_proj" for n in attention}
-    if attention:
-        warnings.warn(f"nvcim: nn.MultiheadAttention {attention[0]!r}{' and others' if len(attention) > 1 else ''} "
-                      "reads its weights directly: its weights stay noise-free (only Conv/Linear layers that "
-                      "run their own forward get device variation)", stacklevel=2)
-    for name, module in model.named_modules():
-        if not isinstance(module, SUPPORTED_LAYERS) or name in inside_attention or not accept(name, module):
-            continue
+    for name, module in selected_layers(model, filter, include, exclude, warn=True):
         module._nvcim = NoisyWeight(cfg, generator)
         if isinstance(module, nn.Linear):
             forward = _linear_forward
@@ -191,6 +187,28 @@ def apply_variation_(
             forward = _conv_forward
         module.forward = types.MethodType(forward, module)
     return model
+
+
+def selected_layers(
+    model: nn.Module,
+    filter: ModuleFilter | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    *,
+    warn: bool = False,
+) -> list[tuple[str, nn.Module]]:
+    """(name, module) of the layers `apply_variation_` makes noisy with these selectors, in module order."""
+    accept = _make_filter(filter, include, exclude)
+    # nn.MultiheadAttention reads in_proj_weight and out_proj.weight itself, never calling out_proj's
+    # forward: a noisy out_proj would be listed as noisy yet stay exact, so it is left out, loudly
+    attention = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    inside_attention = {f"{n}.out_proj" if n else "out_proj" for n in attention}
+    if attention and warn:
+        warnings.warn(f"nvcim: nn.MultiheadAttention {attention[0]!r}{' and others' if len(attention) > 1 else ''} "
+                      "reads its weights directly: its weights stay noise-free (only Conv/Linear layers that "
+                      "run their own forward get device variation)", stacklevel=3)
+    return [(name, module) for name, module in model.named_modules()
+            if isinstance(module, SUPPORTED_LAYERS) and name not in inside_attention and accept(name, module)]
 
 
 def remove_variation_(model: nn.Module) -> nn.Module:

@@ -7,7 +7,10 @@
 Inputs are JSON files found recursively under a directory:
   * kind "mc_eval" (`nvcim eval`, one sweep cell): checkpoint_config {model, data, method, device, seed},
     dataset, results [MCResult dicts, one per test σ], optional cell {id, label, wall_time_s, beta_search};
-  * kind "sweep_cell_failed": cell {id, ...}, error -> listed as failures.
+  * kind "sweep_cell_failed": cell {id, ...}, error -> listed as failures;
+  * kind "write_verify" (`nvcim eval --verify-fractions`): accuracy vs the fraction of write-verified
+    weights of one model at one σ -> a figure and a table per model group (mean over seeds per fraction,
+    and the fraction each seed needs to reach the file's target).
 Other JSON (checkpoint config.json, anything without a known "kind") is skipped; a file that is not valid
 JSON is an error naming it (or a warning with skip_bad=True).
 
@@ -60,7 +63,7 @@ __all__ = [
     "FIGURE_FORMATS",
 ]
 
-KNOWN_KINDS = ("mc_eval", "sweep_cell_failed")
+KNOWN_KINDS = ("mc_eval", "sweep_cell_failed", "write_verify")
 FIGURE_FORMATS = ("png", "svg", "pdf")
 CONVERGENCE_THRESHOLD = 5.0  # percentage points below the mean over seeds (SPEC §4)
 _METHOD_ORDER = {"vanilla": 0, "noise_injection": 1, "ovf": 2}
@@ -147,6 +150,7 @@ class ResultSet:
     records: list[dict] = field(default_factory=list)
     failures: list[dict] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    verify_records: list[dict] = field(default_factory=list)  # one per (write_verify file, fraction)
     n_files: int = 0
     roots: list[Path] = field(default_factory=list)  # every directory / file read, in the order given
 
@@ -290,6 +294,9 @@ def scan_results(path, skip_bad: bool = False, warn=None) -> ResultSet:
             continue
         try:
             try:
+                if kind == "write_verify":
+                    rs.verify_records.extend(_verify_records(payload, f))
+                    continue
                 rs.records.extend(_records_from_payload(payload, f))
             except (TypeError, AttributeError, KeyError) as e:  # a field of an unexpected type
                 raise ValueError(f"{f}: malformed mc_eval file ({type(e).__name__}: {e}); "
@@ -299,10 +306,26 @@ def scan_results(path, skip_bad: bool = False, warn=None) -> ResultSet:
                 raise
             warn(f"skipping {e}")
             rs.skipped.append((str(f), "malformed mc_eval"))
-    assign_labels(rs.records)
+    assign_labels(rs.records + rs.verify_records)
     for msg in _model_conflicts(rs.records):
         warn(msg)
     return rs
+
+
+def _verify_records(payload: dict, path: Path) -> list[dict]:
+    """Records of one "write_verify" file: an mc_eval record per fraction, plus the write-verify fields."""
+    points = payload.get("points")
+    wv = payload.get("write_verify") if isinstance(payload.get("write_verify"), dict) else {}
+    if not isinstance(points, list) or not points or not all(isinstance(p, dict) for p in points):
+        raise ValueError(f"{path}: write_verify file has no 'points' list")
+    recs = _records_from_payload({**payload, "results": [p.get("result") for p in points]}, path)
+    for r, p in zip(recs, points):
+        if _num(p.get("fraction")) is None:
+            raise ValueError(f"{path}: a write_verify point lacks a numeric 'fraction'")
+        r.update({"verify_fraction": float(p["fraction"]), "verified_devices": p.get("verified_devices"),
+                  "verify_by": str(wv.get("by") or "?"), "residual_sigma": _num(wv.get("residual_sigma")),
+                  "verify_target": _num(wv.get("target")), "verify_stat": str(wv.get("stat") or "mean")})
+    return recs
 
 
 def _locate_checkpoint(ckpt: Any, path: Path) -> str | None:
@@ -562,6 +585,45 @@ def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> li
     return points
 
 
+def verify_curves(verify_records: Sequence[dict]) -> list[dict]:
+    """Write-verify curves: one per (group, label, test σ, ranking, residual σ), accuracy vs verified fraction
+    averaged over the models (seeds); "reach": {target: [(seed, first fraction reaching it, or None)]}."""
+    buckets: dict[tuple, list[dict]] = {}
+    for r in verify_records:
+        key = (*group_key(r), r["label"], r["method"], _sigma_key(r["test_sigma"]), r["verify_by"], r["residual_sigma"])
+        buckets.setdefault(key, []).append(r)
+    curves = []
+    for (model, width, dataset, label, method, sigma, by, residual), recs in buckets.items():
+        by_file: dict[str, list[dict]] = {}
+        for r in recs:
+            by_file.setdefault(r["file"], []).append(r)
+        points = []
+        for fr in sorted({r["verify_fraction"] for r in recs}):
+            at = [r for r in recs if r["verify_fraction"] == fr]
+            means = [r["mean"] for r in at]
+            devices = [d for d in (_num(r["verified_devices"]) for r in at) if d is not None]
+            points.append({"fraction": fr, "mean": float(np.mean(means)), "lo": min(means), "hi": max(means),
+                           "n": len(at), "devices": float(np.mean(devices)) if devices else None})
+        reach: dict[float, list] = {}
+        for t in sorted({r["verify_target"] for r in recs if r["verify_target"] is not None}):
+            per = []
+            for f in sorted(by_file, key=lambda f: str(by_file[f][0]["seed"])):
+                rows = sorted(by_file[f], key=lambda r: r["verify_fraction"])
+                stat = rows[0]["verify_stat"]
+                hit = next((r["verify_fraction"] for r in rows if _num(r.get(stat)) is not None and r[stat] >= t), None)
+                per.append((rows[0]["seed"], hit))
+            reach[t] = per
+        curves.append({"group": (model, width, dataset), "label": label, "method": method, "sigma": sigma, "by": by,
+                       "residual_sigma": residual, "n_models": len(by_file), "points": points, "reach": reach,
+                       "stat": recs[0]["verify_stat"]})
+    curves.sort(key=lambda c: (c["group"][0], str(c["group"][1]), c["group"][2], c["sigma"],
+                               _label_sort_key(c["label"], c["method"]), RANKING_ORDER.get(c["by"], 9)))
+    return curves
+
+
+RANKING_ORDER = {"sensitivity": 0, "magnitude": 1, "random": 2}
+
+
 def robustness_curves(records: Sequence[dict]) -> list[dict]:
     """One curve per results file with ≥ 2 test σ (an `nvcim eval --curve` result): accuracy vs test σ."""
     by_file: dict[str, list[dict]] = {}
@@ -770,6 +832,32 @@ def _fig_convergence(F: _Figures, gkey, gpts, colours, title_prefix) -> bool:
     return True
 
 
+def _fig_write_verify(F: _Figures, gkey, vcurves, colours, title_prefix) -> None:
+    plt = F.plt
+    for sigma in sorted({c["sigma"] for c in vcurves}):
+        cs = [c for c in vcurves if c["sigma"] == sigma]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for c in cs:
+            x = [p["fraction"] for p in c["points"]]
+            colour = colours.get(c["label"], "k")
+            ls = {"sensitivity": "-", "magnitude": "--", "random": ":"}.get(c["by"], "-.")
+            ax.plot(x, [p["mean"] for p in c["points"]], marker="o", ms=3, ls=ls, color=colour,
+                    label=f"{c['label']}, by {c['by']} ({c['n_models']} models)")
+            if c["n_models"] > 1:
+                ax.fill_between(x, [p["lo"] for p in c["points"]], [p["hi"] for p in c["points"]], color=colour,
+                                alpha=0.12)
+        ax.set_xscale("symlog", linthresh=0.01)
+        ax.set_xlabel("fraction of weights write-verified (symlog)")
+        ax.set_ylabel("mean top-1 accuracy over chips (%)")
+        res = sorted({c["residual_sigma"] for c in cs if c["residual_sigma"] is not None})
+        ax.set_title(f"{title_prefix}{group_title(gkey)}: write-verify at σ_d = {_fmt_sigma(sigma)} (verified devices "
+                     f"left at σ {', '.join(fmt_param(r) for r in res)}; band: min–max over models)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        F.save(fig, _slug("write_verify", *gkey, _fmt_sigma(sigma)),
+               f"{group_title(gkey)}: accuracy vs write-verified fraction at σ_d = {_fmt_sigma(sigma)}")
+
+
 def _fig_robustness(F: _Figures, gkey, gcurves, colours, title_prefix) -> bool:
     if not gcurves:
         return False
@@ -968,6 +1056,30 @@ def _curve_table(gkey, gcurves) -> Table | None:
                  ["test σ"] + [c["name"] for c in gcurves], rows)
 
 
+def _verify_table(gkey, vcurves) -> Table | None:
+    if not vcurves:
+        return None
+    fractions = sorted({p["fraction"] for c in vcurves for p in c["points"]})
+    targets = sorted({t for c in vcurves for t in c["reach"]})
+    rows = []
+    for c in vcurves:
+        at = {p["fraction"]: p["mean"] for p in c["points"]}
+        row = [_fmt_sigma(c["sigma"]), c["label"], c["by"], str(c["n_models"])]
+        row += [_fmt(at.get(f)) if f in at else "" for f in fractions]
+        for t in targets:
+            hits = c["reach"].get(t)
+            row.append("" if hits is None else
+                       ", ".join("never" if h is None else fmt_param(h) for _, h in hits))
+        rows.append(row)
+    stats = sorted({c["stat"] for c in vcurves})
+    return Table(f"{group_title(gkey)}: write-verify (mean accuracy % over models, by verified fraction)",
+                 ["σ_d", "method", "ranking", "models"] + [fmt_param(f) for f in fractions]
+                 + [f"reaches {fmt_param(t)} % at (per seed)" for t in targets], rows,
+                 "All M/K devices of a verified weight are left at the residual σ; "
+                 f"'reaches' is the smallest fraction tried whose {'/'.join(stats)} accuracy reaches the target "
+                 "(each results file's --verify-target).")
+
+
 def _paper_ekl_table() -> Table | None:
     rows = [r for r in reference.paper_curves() if r["quantity"] == "ekl"]
     if not rows:
@@ -1050,16 +1162,19 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None)
     out.mkdir(parents=True, exist_ok=True)
     points = matched_points(rs.records, rs.failures)
     curves = robustness_curves(rs.records)
-    colours = _colours([(p["label"], p["method"]) for p in points] + [(c["label"], c["method"]) for c in curves])
+    vcurves = verify_curves(rs.verify_records)
+    colours = _colours([(p["label"], p["method"]) for p in points] + [(c["label"], c["method"]) for c in curves]
+                       + [(c["label"], c["method"]) for c in vcurves])
     F = _Figures(out, fmt)
     prefix = ""
     title = title or "nvcim report"
-    groups = sorted({(p["model"], p["width"], p["dataset"]) for p in points} | {c["group"] for c in curves},
-                    key=lambda k: (k[0], str(k[1]), k[2]))
+    groups = sorted({(p["model"], p["width"], p["dataset"]) for p in points} | {c["group"] for c in curves}
+                    | {c["group"] for c in vcurves}, key=lambda k: (k[0], str(k[1]), k[2]))
     sections = []  # (group title, [Table], [figure items])
     for g in groups:
         gpts = [p for p in points if (p["model"], p["width"], p["dataset"]) == g]
         gcurves = [c for c in curves if c["group"] == g]
+        gverify = [c for c in vcurves if c["group"] == g]
         n0 = len(F.items)
         if gpts:
             _fig_accuracy(F, g, gpts, colours, prefix)
@@ -1067,12 +1182,15 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None)
             _fig_distribution(F, g, gpts, colours, prefix)
             _fig_convergence(F, g, gpts, colours, prefix)
         _fig_robustness(F, g, gcurves, colours, prefix)
+        if gverify:
+            _fig_write_verify(F, g, gverify, colours, prefix)
         tables = []
         if gpts:
             tables = [_acc_table(g, gpts), _headline_table(g, gpts), _ekl_table(g, gpts), _worst_table(g, gpts),
                       _conv_table(g, gpts),
                       _beta_table(g, [r for r in rs.records if (r["model"], r["width"], r["dataset"]) == g])]
         tables.append(_curve_table(g, gcurves))
+        tables.append(_verify_table(g, gverify))
         sections.append((group_title(g), [t for t in tables if t is not None], F.items[n0:]))
     failures = Table("Failed sweep cells", ["cell", "error", "file"],
                      [[f["cell_id"], f["error"], f["file"]] for f in rs.failures]) if rs.failures else None

@@ -5,6 +5,7 @@
     nvcim eval runs/ovf-0.3 --curve --device cuda          # σ = 0, 0.05, ..., 2 x training σ
     nvcim eval runs/ovf-0.3 --sigmas 0,0.3 --recalibrate-bn 3600   # BatchNorm statistics of the clean weights
     nvcim eval runs/ovf-0.3 --recalibrate-bn-per-chip 1000         # each chip calibrates its own BatchNorm
+    nvcim eval runs/ovf-0.3 --verify-fractions 0,0.01,0.05,0.2 --verify-target 90   # write-verify cost (SPEC §7)
 
 One run = one programmed chip (one draw per noisy weight, fixed for the whole split); run r of
 every σ uses the same seeded draws, so results are reproducible from --seed. Prints a table
@@ -13,6 +14,11 @@ optionally writes everything, per-run accuracies included, to JSON:
     {"kind": "mc_eval", "nvcim_version", "checkpoint", "checkpoint_config", "dataset", "split",
      "device_config", "bn_recalibration": null | {"split", "images", "batch_size", "weights": "clean" | "each chip"},
      "results": [MCResult.to_dict(), ...]}
+With --verify-fractions (one σ): each fraction of the weights, ranked by --verify-by, is programmed with
+write-verify (left with --verify-sigma); the JSON is then
+    {"kind": "write_verify", ... as above ..., "write_verify": {"by", "residual_sigma", "score_images",
+     "target", "stat", "fraction_for_target"}, "points": [{"fraction", "verified_weights",
+     "verified_devices", "result": MCResult.to_dict()}, ...]}
 Errors the user can fix end in one line on stderr and exit code 2.
 """
 
@@ -63,6 +69,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--no-quantize", action="store_true",
                    help="add the noise to the float weights without quantizing them first (authors' code); "
                         "default: the checkpoint's device setting (quantize on unless trained without)")
+
+    g = p.add_argument_group("write-verify (SPEC §7: verified devices are left with a small residual σ)")
+    g.add_argument("--verify-fractions", metavar="F1,F2,..",
+                   help="evaluate with each of these fractions in [0, 1] of the noisy weights write-verified (all "
+                        "M/K devices of a weight), at one σ; one nested ranking, the same chips' draws for every "
+                        "fraction (default: off)")
+    g.add_argument("--verify-by", default="sensitivity", choices=("sensitivity", "magnitude", "random"),
+                   help="which weights first: sensitivity (squared loss gradients x layer scale^2 on training "
+                        "images), magnitude (|W|) or random (default: sensitivity)")
+    g.add_argument("--verify-sigma", metavar="S", default="0.03",
+                   help="residual σ_d of a verified device (default: 0.03)")
+    g.add_argument("--verify-images", metavar="N", default="1024",
+                   help="training-split images for the sensitivity ranking (default: 1024)")
+    g.add_argument("--verify-target", metavar="ACC",
+                   help="report the smallest fraction whose --verify-stat reaches ACC %% (default: none)")
+    g.add_argument("--verify-stat", default="mean", choices=("mean", "p1", "p5", "p10", "min"),
+                   help="the statistic --verify-target applies to (default: mean)")
 
     g = p.add_argument_group("Monte Carlo")
     g.add_argument("--runs", metavar="R", default="200", help="programmed chips per σ, >= 2 (default: 200)")
@@ -133,6 +156,25 @@ def run(args: argparse.Namespace) -> int:
     limit = None if args.limit is None else _int("--limit", args.limit, 1)
     recal = None if args.recalibrate_bn is None else _int("--recalibrate-bn", args.recalibrate_bn, 2)
     per_chip = None if args.recalibrate_bn_per_chip is None else _int("--recalibrate-bn-per-chip", args.recalibrate_bn_per_chip, 2)
+    verify = None
+    if args.verify_fractions is not None:
+        fr = [s.strip() for s in args.verify_fractions.split(",") if s.strip()]
+        if not fr:
+            raise ValueError(f"--verify-fractions {args.verify_fractions!r} lists no value: give e.g. 0,0.05,0.2")
+        fractions = [_number("--verify-fractions", f) for f in fr]
+        bad = [f for f in fractions if not 0 <= f <= 1]
+        if bad:
+            raise ValueError(f"--verify-fractions {bad[0]:g} is invalid: fractions are in [0, 1]")
+        if args.curve or (args.sigmas is not None and len([s for s in args.sigmas.split(",") if s.strip()]) != 1):
+            raise ValueError("--verify-fractions evaluates at one σ: use --sigma S (or the training σ), not --curve/--sigmas")
+        if args.recalibrate_bn_per_chip is not None:
+            raise ValueError("--verify-fractions and --recalibrate-bn-per-chip cannot be combined: drop one")
+        target = None if args.verify_target is None else _number("--verify-target", args.verify_target)
+        verify = {"fractions": fractions, "by": args.verify_by, "target": target, "stat": args.verify_stat,
+                  "residual_sigma": _sigma("--verify-sigma", args.verify_sigma),
+                  "images": _int("--verify-images", args.verify_images, 1)}
+    elif args.verify_target is not None:
+        raise ValueError("--verify-target needs --verify-fractions: give the fractions to try")
     sigmas = None
     if args.sigma is not None:
         sigmas = [_sigma("--sigma", args.sigma)]
@@ -215,6 +257,11 @@ def run(args: argparse.Namespace) -> int:
         else:
             calibration = ChipCalibration(splits.train, images=per_chip, batch_size=RECALIBRATION_BATCH)
 
+    if verify is not None:
+        return _run_write_verify(args, ckpt, model, config, spec, dataset, splits, split, base.replace(sigma=sigmas[0]),
+                                 train_sigma, verify, recalibration,
+                                 dict(runs=runs, seed=seed, batch_size=batch_size, chunk_runs=chunk_runs,
+                                      device=args.device, progress=args.progress))
     results = robustness_curve(model, split, base, sigmas, runs=runs, seed=seed, batch_size=batch_size,
                                chunk_runs=chunk_runs, device=args.device, progress=args.progress, bn_calibration=calibration)
     print(f"{ckpt}: {spec.get('name', '?')} on {dataset} ({args.split}, {results[0].n_samples} images), "
@@ -240,5 +287,56 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}")
     if args.csv:
         write_csv(args.csv, results)
+        print(f"wrote {args.csv}")
+    return 0
+
+
+def _run_write_verify(args, ckpt, model, config, spec, dataset, splits, split, cfg, train_sigma, verify, recalibration,
+                      mc) -> int:
+    """`nvcim eval --verify-fractions`: accuracy vs the fraction of write-verified weights, at one σ."""
+    import nvcim
+    from nvcim.evaluate import write_results_json
+    from nvcim.writeverify import fraction_for_target, points_table, write_points_csv, write_verify_curve
+
+    if verify["by"] == "sensitivity" and len(splits.train) == 0:
+        raise ValueError(f"the train split of {dataset} is empty: --verify-by sensitivity needs training images "
+                         "(or use --verify-by magnitude)")
+    points = write_verify_curve(model, split, cfg, verify["fractions"], verify["by"],
+                                residual_sigma=verify["residual_sigma"], score_data=splits.train,
+                                score_images=verify["images"], **mc)
+    print(f"{ckpt}: {spec.get('name', '?')} on {dataset} ({args.split}, {points[0]['result'].n_samples} images), "
+          f"σ {cfg.sigma:g} (training σ {train_sigma:g}), {mc['runs']} runs per fraction, seed {mc['seed']}; "
+          f"write-verify by {verify['by']}, verified devices left at σ {verify['residual_sigma']:g}, "
+          f"{points[0]['plan'].n_weights} weights x {cfg.devices_per_weight} devices")
+    print(points_table(points))
+    hit = None
+    if verify["target"] is not None:
+        hit = fraction_for_target(points, verify["target"], verify["stat"])
+        if hit is None:
+            print(f"no fraction tried reaches {verify['stat']} >= {verify['target']:g} %")
+        else:
+            print(f"{verify['stat']} >= {verify['target']:g} % from fraction {hit['fraction']:g}: "
+                  f"{hit['verified_devices']} verified devices")
+    payload = {
+        "kind": "write_verify",
+        "nvcim_version": nvcim.__version__,
+        "checkpoint": str(ckpt),
+        "checkpoint_config": config,
+        "dataset": dataset,
+        "split": args.split,
+        "device_config": cfg.to_dict(),
+        "bn_recalibration": recalibration,
+        "write_verify": {"by": verify["by"], "residual_sigma": verify["residual_sigma"],
+                         "score_images": verify["images"] if verify["by"] == "sensitivity" else None,
+                         "target": verify["target"], "stat": verify["stat"],
+                         "fraction_for_target": hit["fraction"] if hit else None},
+        "points": [{"fraction": p["fraction"], "verified_weights": p["verified_weights"],
+                    "verified_devices": p["verified_devices"], "result": p["result"].to_dict()} for p in points],
+    }
+    if args.out:
+        write_results_json(args.out, payload)
+        print(f"wrote {args.out}")
+    if args.csv:
+        write_points_csv(args.csv, points)
         print(f"wrote {args.csv}")
     return 0

@@ -46,7 +46,7 @@ def run(args) -> int:
         check_output_path(args.out, "--out", is_dir=True)
     rs = scan_results(roots, skip_bad=args.skip_bad,  # FileNotFoundError naming a DIR that does not exist
                       warn=lambda msg: print(f"nvcim report: warning: {msg}", file=sys.stderr))
-    if not rs.records and not rs.failures:
+    if not rs.records and not rs.failures and not rs.verify_records:
         raise ValueError(f"no results found in {', '.join(args.dirs)}")
     root = roots[0]
     out = Path(args.out) if args.out else (root if root.is_dir() else root.parent) / "report"

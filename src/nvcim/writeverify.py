@@ -1,0 +1,306 @@
+"""Write-verify: how many devices must be verified for a chip to reach a target accuracy (SPEC §7).
+
+Write-verify (Shim et al. 2020) programs a device, reads it back and re-programs it until it lands
+within a tolerance: a verified device is left with a small residual variation σ_res (e.g. 0.03)
+instead of σ_d, at the price of extra write/read cycles. Selective write-verify (Yan et al., SWIM,
+DAC 2022) verifies only the weights that matter most. The number of verified devices a model needs to
+reach a target accuracy is the cost a robust training method saves (the paper's sustainability claim).
+
+    plan = plan_write_verify(model, 0.05, by="sensitivity", data=train_split, cfg=cfg)  # 5 % of weights
+    res = monte_carlo_evaluate(model, test, cfg, write_verify=plan)
+    points = write_verify_curve(model, test, cfg, [0, 0.01, 0.05, 0.2], by="magnitude")
+    fraction_for_target(points, 90.0)          # the first point whose mean accuracy reaches 90 %
+
+Ranking scores (one global ranking over every noisy layer; the top `fraction` of weights are verified):
+
+- "magnitude":   |W| (large weights first).
+- "sensitivity": E[(∂L/∂w)^2] · s_l^2 — the second-order Taylor estimate of the loss increase a weight's
+                 variation causes, ½ H_ii Var(Δw_i), with the Hessian diagonal approximated by the
+                 empirical Fisher (squared mini-batch gradients of the cross-entropy at the clean weights,
+                 model in eval mode) and Var(Δw_i) = (c σ s_l)^2 with s_l = max|W| of its layer (σ and c are
+                 common factors, so the ranking does not depend on them).
+- "random":      a seeded random ranking, the control.
+
+A weight's devices are verified together (all M/K of them): verified devices = verified weights · M/K.
+The rankings of one model are nested: the weights verified at a smaller fraction are verified at every
+larger one, so curves over fractions are monotone up to Monte Carlo noise (and with the same seed the
+chips share their draws: common random numbers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nvcim import device as dm
+from nvcim.config import DeviceConfig
+from nvcim.noise import noisy_modules, selected_layers, variation_disabled
+
+RANKINGS = ("magnitude", "sensitivity", "random")
+DEFAULT_RESIDUAL_SIGMA = 0.03
+
+
+@dataclass(frozen=True)
+class VerifyPlan:
+    """Which weights are write-verified: {"<module>.weight": bool [*W.shape]} and the σ they are left with."""
+
+    masks: Mapping[str, torch.Tensor]
+    residual_sigma: float = DEFAULT_RESIDUAL_SIGMA
+    by: str = "magnitude"
+    fraction: float = 0.0
+    devices_per_weight: int = 4
+    n_weights: int = field(default=0)  # weights of the ranked layers (verified or not)
+
+    def __post_init__(self):
+        r = self.residual_sigma
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r < 0:
+            raise ValueError(f"write-verify residual_sigma={r!r} is invalid: use a finite σ >= 0 (e.g. 0.03)")
+        for name, m in self.masks.items():
+            if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
+                raise ValueError(f"write-verify mask {name!r} must be a bool tensor shaped like the weight")
+
+    @property
+    def verified_weights(self) -> int:
+        return int(sum(int(m.sum()) for m in self.masks.values()))
+
+    @property
+    def verified_devices(self) -> int:
+        return self.verified_weights * self.devices_per_weight
+
+    def summary(self) -> dict:
+        """JSON-ready description: ranking, fraction, σ_res and the counts."""
+        return {"by": self.by, "fraction": self.fraction, "residual_sigma": self.residual_sigma,
+                "weights": self.n_weights, "verified_weights": self.verified_weights,
+                "verified_devices": self.verified_devices, "devices_per_weight": self.devices_per_weight}
+
+
+def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The layers that carry device variation: the model's noisy layers, or those `apply_variation_` would pick."""
+    return noisy_modules(model) or selected_layers(model)
+
+
+def _batches(data: Any, batch_size: int, device: torch.device):
+    if hasattr(data, "batches"):
+        yield from data.batches(batch_size, device=device)
+        return
+    x, y = data
+    for i in range(0, len(y), batch_size):
+        yield x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+
+
+def weight_scores(
+    model: nn.Module,
+    by: str = "magnitude",
+    *,
+    data: Any = None,
+    images: int | None = 1024,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """{"<module>.weight": float [*W.shape]} ranking scores (higher: verified first); see the module docstring.
+
+    data (sensitivity only): (x, y) tensors or a Split, e.g. the training split; its first `images` images
+    are used (None: all).
+    """
+    if by not in RANKINGS:
+        raise ValueError(f"write-verify ranking {by!r} is unknown: use one of {list(RANKINGS)}")
+    layers = _layers(model)
+    if not layers:
+        raise ValueError("model has no Conv/Linear layer: nothing to write-verify")
+    names = [f"{n}.weight" if n else "weight" for n, _ in layers]
+    if by == "magnitude":
+        return {k: m.weight.detach().abs().float().cpu() for k, (_, m) in zip(names, layers)}
+    if by == "random":
+        gen = torch.Generator().manual_seed(seed)
+        return {k: torch.rand(m.weight.shape, generator=gen) for k, (_, m) in zip(names, layers)}
+    if data is None:
+        raise ValueError("write-verify ranking 'sensitivity' needs data (e.g. the training split) for its gradients")
+    if images is not None and images < 1:
+        raise ValueError(f"images={images} is invalid: use >= 1 (or None for all)")
+    first = next(iter(model.parameters()))
+    fisher = [torch.zeros_like(m.weight, dtype=torch.float32) for _, m in layers]  # [*W.shape] Σ g^2
+    seen = n_batches = 0
+    was_training = model.training
+    weights = [m.weight for _, m in layers]
+    model.eval()  # BatchNorm with its running statistics: the deployed function
+    try:
+        with variation_disabled(model), torch.enable_grad():
+            for x, y in _batches(data, batch_size, first.device):
+                if images is not None and seen >= images:
+                    break
+                if images is not None and seen + len(y) > images:
+                    x, y = x[: images - seen], y[: images - seen]
+                loss = F.cross_entropy(model(x), y)
+                grads = torch.autograd.grad(loss, weights)
+                for acc, g in zip(fisher, grads):
+                    acc.add_(g.detach().float().square())
+                seen += len(y)
+                n_batches += 1
+    finally:
+        model.train(was_training)
+    if n_batches == 0:
+        raise ValueError("write-verify ranking 'sensitivity': the data gave no images")
+    return {k: f.div_(n_batches).mul_(dm.weight_scale(m.weight.detach()).float() ** 2).cpu()
+            for k, f, (_, m) in zip(names, fisher, layers)}
+
+
+def plans_for_fractions(
+    scores: Mapping[str, torch.Tensor],
+    fractions: Sequence[float],
+    *,
+    residual_sigma: float = DEFAULT_RESIDUAL_SIGMA,
+    by: str = "magnitude",
+    devices_per_weight: int = 4,
+) -> list[VerifyPlan]:
+    """One nested plan per fraction: the top round(f · N) weights of one global ranking (ties: lower index first)."""
+    for f in fractions:
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1:
+            raise ValueError(f"write-verify fraction {f!r} is invalid: use a number in [0, 1]")
+    names = list(scores)
+    flat = torch.cat([scores[k].reshape(-1).double() for k in names])  # [N]
+    order = torch.sort(flat, descending=True, stable=True).indices  # [N] most important first
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel())  # [N] position of each weight in the ranking
+    sizes = [scores[k].numel() for k in names]
+    plans = []
+    for f in fractions:
+        k = int(round(float(f) * flat.numel()))
+        chosen = rank < k  # [N] bool
+        masks = {name: part.view(scores[name].shape) for name, part in zip(names, torch.split(chosen, sizes))}
+        plans.append(VerifyPlan(masks, residual_sigma, by, float(f), devices_per_weight, int(flat.numel())))
+    return plans
+
+
+def plan_write_verify(
+    model: nn.Module,
+    fraction: float,
+    by: str = "magnitude",
+    *,
+    residual_sigma: float = DEFAULT_RESIDUAL_SIGMA,
+    cfg: DeviceConfig | None = None,
+    **score_kwargs,
+) -> VerifyPlan:
+    """Verify the top `fraction` of the model's noisy weights by `by` (see `weight_scores` for data/images/seed)."""
+    dpw = (cfg or DeviceConfig()).devices_per_weight
+    scores = weight_scores(model, by, **score_kwargs)
+    return plans_for_fractions(scores, [fraction], residual_sigma=residual_sigma, by=by, devices_per_weight=dpw)[0]
+
+
+@contextlib.contextmanager
+def write_verify_scope(model: nn.Module, plan: VerifyPlan | None) -> Iterator[nn.Module]:
+    """Within the block the model's noisy layers program the plan's weights with write-verify (every draw:
+    training forwards, `draw_chip`, `program_chip_`, Monte Carlo chips); the previous state is restored after."""
+    if plan is None:
+        yield model
+        return
+    layers = {f"{n}.weight" if n else "weight": m for n, m in noisy_modules(model)}
+    unknown = sorted(set(plan.masks) - set(layers))
+    if unknown:
+        raise ValueError(f"write-verify plan names {unknown[:3]}, which are not noisy layers of this model: "
+                         "make the plan from the same model")
+    saved = [(m._nvcim, m._nvcim.verified, m._nvcim.residual_sigma) for m in layers.values()]
+    try:
+        for name, m in layers.items():
+            mask = plan.masks.get(name)
+            if mask is not None and tuple(mask.shape) != tuple(m.weight.shape):
+                raise ValueError(f"write-verify mask {name!r} has shape {tuple(mask.shape)}, the weight "
+                                 f"{tuple(m.weight.shape)}: make the plan from the same model")
+            m._nvcim.verified = None if mask is None or not bool(mask.any()) else mask.to(m.weight.device)
+            m._nvcim.residual_sigma = float(plan.residual_sigma)
+        yield model
+    finally:
+        for ctrl, v, r in saved:
+            ctrl.verified, ctrl.residual_sigma = v, r
+
+
+def write_verify_curve(
+    model: nn.Module,
+    data: Any,
+    cfg: DeviceConfig,
+    fractions: Sequence[float],
+    by: str = "magnitude",
+    *,
+    residual_sigma: float = DEFAULT_RESIDUAL_SIGMA,
+    score_data: Any = None,
+    score_images: int | None = 1024,
+    score_seed: int = 0,
+    **mc_kwargs,
+) -> list[dict]:
+    """Monte Carlo accuracy at σ = cfg.sigma with each fraction of the weights write-verified.
+
+    Returns [{"fraction", "verified_weights", "verified_devices", "plan": VerifyPlan, "result": MCResult}]
+    in the order of `fractions`; mc_kwargs go to `monte_carlo_evaluate` (runs, seed, ...): with one seed
+    every fraction sees the same chips' draws.
+    """
+    from nvcim.evaluate import monte_carlo_evaluate  # evaluate imports this module's scope
+
+    scores = weight_scores(model, by, data=score_data, images=score_images, seed=score_seed)
+    plans = plans_for_fractions(scores, fractions, residual_sigma=residual_sigma, by=by,
+                                devices_per_weight=cfg.devices_per_weight)
+    out = []
+    for plan in plans:
+        res = monte_carlo_evaluate(model, data, cfg, write_verify=plan, **mc_kwargs)
+        out.append({"fraction": plan.fraction, "verified_weights": plan.verified_weights,
+                    "verified_devices": plan.verified_devices, "plan": plan, "result": res})
+    return out
+
+
+def fraction_for_target(points: Sequence[Mapping], target: float, stat: str = "mean") -> Mapping | None:
+    """The first point (smallest fraction) whose result's `stat` (mean, p1, p5, p10, min) reaches `target` %;
+    None when no point does."""
+    for p in sorted(points, key=lambda p: p["fraction"]):
+        v = getattr(p["result"], stat)
+        if v is not None and math.isfinite(v) and v >= target:
+            return p
+    return None
+
+
+# ---- output --------------------------------------------------------------------------------------------
+POINT_COLUMNS = ("fraction", "verified_weights", "verified_devices", "mean", "std", "ci95_lo", "ci95_hi", "p1", "p5",
+                 "p10", "min", "ekl")
+
+
+def _row(p: Mapping) -> dict:
+    r = p["result"]
+    return {"fraction": p["fraction"], "verified_weights": p["verified_weights"],
+            "verified_devices": p["verified_devices"], "mean": r.mean, "std": r.std, "ci95_lo": r.ci95[0],
+            "ci95_hi": r.ci95[1], "p1": r.p1, "p5": r.p5, "p10": r.p10, "min": r.min, "ekl": r.ekl}
+
+
+def points_table(points: Sequence[Mapping]) -> str:
+    """Plain-text table, one row per verified fraction (accuracies in %)."""
+    from tabulate import tabulate
+
+    def f(v, digits=2):
+        return "nan" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+    rows = []
+    for p in points:
+        d = _row(p)
+        rows.append([f"{d['fraction']:g}", d["verified_devices"], f(d["mean"]), f(d["std"]),
+                     f"[{f(d['ci95_lo'])}, {f(d['ci95_hi'])}]", f(d["p1"]), f(d["p5"]), f(d["min"]), f(d["ekl"], 4)])
+    return tabulate(rows, headers=["verified", "devices", "mean", "std", "ci95", "p1", "p5", "min", "ekl"],
+                    tablefmt="simple", disable_numparse=True)
+
+
+def write_points_csv(path, points: Sequence[Mapping]):
+    """One row per verified fraction (POINT_COLUMNS), written atomically."""
+    import csv
+    import io
+
+    from nvcim.fileio import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(POINT_COLUMNS)
+    for p in points:
+        d = _row(p)
+        w.writerow(["" if d[c] is None or (isinstance(d[c], float) and not math.isfinite(d[c])) else d[c]
+                    for c in POINT_COLUMNS])
+    return atomic_write_text(path, buf.getvalue())
