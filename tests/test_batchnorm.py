@@ -110,6 +110,23 @@ def test_empty_batches_and_a_lone_trailing_image_are_skipped():
         assert torch.equal(a.running_mean, c.running_mean) and torch.equal(a.running_var, c.running_var)
 
 
+def test_a_cap_that_leaves_one_image_stops_reading_batches():
+    """max_images = 16k + 1: every later batch would be cut to one image and skipped; none is read."""
+    x = data(64)
+    reads = []
+
+    def batches():
+        for i in range(0, 64, 16):
+            reads.append(i)
+            yield x[i:i + 16]
+
+    capped = recalibrate_batchnorm_(make(), batches(), max_images=17)
+    ref = recalibrate_batchnorm_(make(), x[:16], batch_size=16)
+    assert reads == [0, 16]
+    for (_, a), (_, b) in zip(batchnorm_layers(ref), batchnorm_layers(capped)):
+        assert torch.equal(a.running_mean, b.running_mean) and torch.equal(a.running_var, b.running_var)
+
+
 def test_calibration_images_counts_what_recalibration_uses():
     from nvcim.cli.eval import RECALIBRATION_BATCH
 

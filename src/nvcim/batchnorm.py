@@ -188,7 +188,9 @@ def recalibrate_batchnorm_(
                 x = x[: max_images - seen]  # [B', ...]
             b = int(x.shape[0])
             if b == 0 or (b == 1 and seen > 0):  # nothing to add / a lone trailing image (BatchNorm1d
-                continue  # cannot normalize one value per channel in training mode)
+                if max_images is not None and max_images - seen == 1:  # cannot normalize one value per channel
+                    break  # in training mode); the cap leaves one image: every later batch would be cut to it
+                continue
             for m in layers:
                 m.momentum = b / (seen + b)  # running = image-weighted average of the batch statistics
             model(x.to(device))  # [B, ...] -> BatchNorm layers update their running statistics
