@@ -502,6 +502,18 @@ def test_incomplete_archive_folder_names_what_is_missing(tmp_path, name, folder,
     assert expected_missing in msg
 
 
+def test_a_complete_copy_is_used_beside_an_incomplete_one(tmp_path):
+    (tmp_path / "cifar100" / "cifar-100-python").mkdir(parents=True)  # a partial copy in the usual place
+    folder = tmp_path / "cifar-100-python"  # a complete one directly under the root
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 2)):
+        write_cifar_batch(folder / split, rng.integers(0, 256, (n, 3072), dtype=np.uint8), list(range(n)),
+                          label_key=b"fine_labels")
+    ds = load_dataset("cifar100", tmp_path, download=False, val_fraction=0.0)
+    assert len(ds.train) == 6 and len(ds.test) == 2
+
+
 def test_damaged_gzip_names_the_file(tmp_path):
     arr = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
     write_idx(tmp_path / "x.gz", arr, gz=True)

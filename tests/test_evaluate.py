@@ -327,7 +327,8 @@ def _cli(argv, capsys):
     "extra",
     [["--sigma", "-0.1"], ["--runs", "1"], ["--sigma", "abc"], ["--sigmas", "0.1,x"], ["--seed", "-2"],
      ["--device", "tpu"], ["--verify-fractions", "0,1.5"], ["--verify-fractions", "0.1", "--curve"],
-     ["--verify-fractions", "0.1", "--sigmas", "0.1,0.2"], ["--verify-target", "90"], ["--verify-by", "size"],
+     ["--verify-fractions", "0.1", "--sigmas", "0.1,0.2"], ["--verify-target", "90"], ["--verify-by", "size"], ["--verify-by", "magnitude"],
+     ["--verify-sigma", "0.01"],
      ["--verify-fractions", "0.1", "--verify-sigma", "-1"], ["--verify-fractions", ","]],
 )
 def test_cli_bad_inputs_exit_2(tmp_path, capsys, extra):

@@ -200,6 +200,8 @@ def test_censored_training_noise_clips_every_device_but_only_in_training(method,
 def test_censor_validation():
     with pytest.raises(ValueError, match="noise_injection censor=inf is invalid"):
         method_config("noise_injection", censor=float("inf"))
+    with pytest.raises(ValueError, match="ovf censor=-1 is invalid"):
+        method_config("ovf", censor=-1)
     with pytest.raises(ValueError, match="method 'vanilla' has no parameter"):
         method_config("vanilla", censor=1.0)
     with pytest.raises(ValueError, match="but the device variation is 'right_censored_gaussian'"):

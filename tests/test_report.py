@@ -506,6 +506,45 @@ def test_write_verify_files_make_a_figure_and_a_table(tmp_path):
     row = next(ln for ln in md.splitlines() if ln.startswith("| 0.2") and "OVF" in ln)
     # OVF seeds: 80 and 81 at fraction 0 -> seed 0 reaches 81 % at 0.05 (81.5), seed 1 at 0
     assert [c.strip() for c in row.strip(" |").split("|")] == ["0.2", "OVF", "sensitivity", "2", "80.50", "82.00",
-                                                              "95.50", "0.05, 0"]
+                                                              "95.50", "0: 0.05, 1: 0"]
     ni = next(ln for ln in md.splitlines() if ln.startswith("| 0.2") and "noise injection" in ln)
-    assert ni.rstrip(" |").endswith("never, never")
+    assert ni.rstrip(" |").endswith("0: never, 1: never")
+
+
+def test_write_verify_files_do_not_rename_arms_and_keep_training_sigmas_apart(tmp_path):
+    root = tmp_path / "r"
+    for seed in (0, 1):  # the Monte Carlo arm: OVF with a fixed β = 1e-3 at σ 0.2, labelled "OVF"
+        write(root / f"ovf{seed}.json", mc_eval("ovf", 0.2, seed, [mc_result(0.2, [80.0, 81.0])]))
+
+    def wv(method, train_sigma, seed, params=None):
+        d = mc_eval(method, train_sigma, seed, [], params=params)
+        d.pop("results")
+        d["checkpoint"] = f"ck/wv-{method}-{train_sigma}-{seed}"
+        d.update(kind="write_verify", write_verify={"by": "magnitude", "residual_sigma": 0.03},
+                 points=[{"fraction": f, "result": mc_result(0.2, [70.0 + f, 71.0])} for f in (0.0, 0.1)])
+        return d
+
+    write(root / "wv_beta.json", wv("ovf", 0.2, 0, {"beta": 0.1}))  # another β, from a β search
+    write(root / "wv_s02.json", wv("noise_injection", 0.2, 0))
+    write(root / "wv_s035.json", wv("noise_injection", 0.35, 0))  # trained elsewhere, tested at 0.2
+    rs = scan_results(root)
+    assert {p["label"] for p in matched_points(rs.records)} == {"OVF"}  # not renamed "OVF β=1e-3"
+    from nvcim.report import verify_curves
+
+    labels = sorted((c["label"], c["n_models"]) for c in verify_curves(rs.verify_records))
+    assert labels == [("OVF", 1), ("noise injection", 1), ("noise injection (trained at σ 0.35)", 1)]
+
+
+def test_failed_seeds_show_even_when_fewer_than_two_models_are_left(tmp_path):
+    root = tmp_path / "sweep"
+    arm = "vgg8-w1/mnist/noise_injection/s0.35"
+    write(root / f"cells/{arm}/seed0/result.json",
+          mc_eval("noise_injection", 0.35, 0, [mc_result(0.35, [80.0] * 2)], cell={"id": f"{arm}/seed0"}))
+    for seed in (1, 2):
+        write(root / f"cells/{arm}/seed{seed}/failed.json",
+              {"kind": "sweep_cell_failed", "cell": {"id": f"{arm}/seed{seed}", "seed": seed}, "error": "diverged"})
+    assert main(["report", str(root), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    row = next(ln for ln in md.splitlines() if "convergence over seeds" not in ln and ln.startswith("| 0.35")
+               and ln.rstrip(" |").endswith("1, 2"))
+    assert "noise injection" in row

@@ -183,3 +183,47 @@ def test_curve_is_reproducible_and_finds_the_target(setup):
     assert hit is not None and hit["fraction"] <= 1.0 and hit["result"].mean >= means[-1]
     assert fraction_for_target(pts, 101.0) is None
     assert pts[1]["verified_devices"] == 4 * pts[1]["verified_weights"]
+
+
+def test_plans_share_every_draw_with_each_other_and_with_the_plain_chip(setup):
+    """Common random numbers: a chip's unverified weights are those of the chip without write-verify, and a
+    weight verified under two plans gets the same verified value (the second draws follow all the first)."""
+    m, x, y = setup
+    net = copy.deepcopy(m)
+    nvcim.apply_variation_(net, CFG)
+    plain = nvcim.draw_chip(net, seed=4)
+    scores = weight_scores(net, "magnitude")
+    plans = plans_for_fractions(scores, [0.0, 0.05, 0.5], residual_sigma=0.05)
+    chips = []
+    for plan in plans:
+        with write_verify_scope(net, plan):
+            chips.append(nvcim.draw_chip(net, seed=4))
+    for plan, chip in zip(plans, chips):
+        for k in chip:
+            keep = ~plan.masks[k]
+            assert torch.equal(chip[k][keep], plain[k][keep]), k
+    both = plans[1].masks["conv.weight"]  # verified under 0.05 and 0.5
+    assert both.any() and torch.equal(chips[1]["conv.weight"][both], chips[2]["conv.weight"][both])
+    assert all(torch.equal(chips[0][k], plain[k]) for k in plain)  # nothing verified: the plain chip
+
+
+def test_sensitivity_keeps_module_flags_and_handles_frozen_and_unused_layers():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 3))
+    spare = nn.Linear(3, 3)
+    m.add_module("unused", spare)  # never called by forward: no gradient at all
+
+    def fwd(x):
+        return m[2](m[1](m[0](x)))
+
+    m.forward = fwd
+    m.train()
+    m[1].eval()  # a frozen BatchNorm inside a training model
+    m[0].weight.requires_grad_(False)  # a frozen layer is still on the chip
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    scores = weight_scores(m, "sensitivity", data=(x, y))
+    assert m.training and not m[1].training and not m[0].weight.requires_grad
+    assert scores["0.weight"].abs().sum() > 0 and torch.equal(scores["unused.weight"], torch.zeros(3, 3))
+    nan = {"a": torch.tensor([float("nan"), 1.0, 0.5])}
+    (plan,) = plans_for_fractions(nan, [1 / 3])
+    assert plan.masks["a"].tolist() == [False, True, False]

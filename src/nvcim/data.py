@@ -658,15 +658,19 @@ def _locate(name: str, root: Path, download: bool) -> Path | dict[str, Path]:
         folder = _ARCHIVE_FOLDER[name]
 
         def find():
+            incomplete = None
             for d in (target / folder, root / folder):
                 if d.is_dir():
                     missing = [f for f in _REQUIRED[name] if not (d / f).exists()]
-                    if missing:
-                        raise DatasetNotFoundError(
-                            f"{name}: {d} is incomplete (no {', '.join(missing)}); replace it with the complete "
-                            f"{_WHAT[name]}, or delete it to download it again"
-                        )
-                    return d
+                    if not missing:
+                        return d
+                    incomplete = incomplete or (d, missing)
+            if incomplete:  # only partial copies: say what is missing rather than fail deep in a reader
+                d, missing = incomplete
+                raise DatasetNotFoundError(
+                    f"{name}: {d} is incomplete (no {', '.join(missing)}); replace it with the complete "
+                    f"{_WHAT[name]}, or delete it to download it again"
+                )
             return None
 
     found = find()

@@ -386,22 +386,24 @@ class _ChipSampler:
         on_cpu = self.draw_device == self.device  # draws land directly in the buffers
         if not on_cpu and self._scratch is None:
             self._scratch = [torch.empty_like(p.w_d) for p in self.prepared]  # [*W.shape] CPU
+        verify = any(v is not None for v in self.verified)
         for i, r in enumerate(runs):
             gen = run_generator(seed, r, self.device)
-            for l, (buf, prep, ver) in enumerate(zip(bufs, self.prepared, self.verified)):
+            firsts = []  # [*W.shape] per layer, on the draw device
+            for l, (buf, prep) in enumerate(zip(bufs, self.prepared)):
                 if sigma == 0 or not self.fast:
-                    w_p = dm.draw(prep, self.cfg, sigma, gen)  # [*W.shape]
-                    if ver is not None:
-                        w_p = dm.write_verified(prep, self.cfg, w_p, ver[0], sigma, ver[1], gen)
-                    buf[i].copy_(w_p)
+                    firsts.append(dm.draw(prep, self.cfg, sigma, gen))  # [*W.shape]
                     continue
                 out = buf[i] if on_cpu else self._scratch[l]  # [*W.shape]
                 torch.randn(prep.w_d.shape, generator=gen, dtype=prep.w_d.dtype, out=out)  # z
                 torch.addcmul(prep.w_d, out, prep.scale * (self.cfg.c * sigma), out=out)  # W_d + z · c σ s
-                if ver is not None:  # the verified weights' second draw, as NoisyWeight.draw makes it
-                    out.copy_(dm.write_verified(prep, self.cfg, out, ver[0], sigma, ver[1], gen))
-                if not on_cpu:
-                    buf[i].copy_(out)
+                firsts.append(out)
+            if verify:  # write-verify: every layer's second draw after all first ones, as draw_chip makes them
+                firsts = [w_p if ver is None else dm.write_verified(prep, self.cfg, w_p, ver[0], sigma, ver[1], gen)
+                          for w_p, prep, ver in zip(firsts, self.prepared, self.verified)]
+            for buf, w_p in zip(bufs, firsts):
+                if w_p.data_ptr() != buf[i].data_ptr():
+                    buf[i].copy_(w_p)
 
 
 # ---- forward passes ----------------------------------------------------------------------------

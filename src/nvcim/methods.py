@@ -14,7 +14,9 @@
 
 Noise injection and OVF take `censor`: training with right-censored Gaussian noise (Yan et al.,
 ICCAD 2023; SPEC §7): each device's standard normal draw is clipped at `censor` (z := min(z, s)) during
-training only, while validation and evaluation see the device as it is (plain Gaussian).
+training only, while validation and evaluation see the device as it is (plain Gaussian). The clip acts
+on device conductances, so a device never lands more than s·σ above its target level; in weight units
+that caps how far |W| can grow (the negative crossbar mirrors the positive one), not the signed value.
 
 A task owns the device model on its network: it applies it when created and `finish()` removes it,
 leaving the plain backbone (the only thing that is deployed). Method hyper-parameters live in small
@@ -51,8 +53,8 @@ class VanillaConfig:
 
 
 def _check_censor(method: str, censor: Any) -> None:
-    if censor is not None and not _is_finite_number(censor):
-        raise ValueError(f"{method} censor={censor!r} is invalid: use a finite number (the clip of z ~ N(0, 1), "
+    if censor is not None and not (_is_finite_number(censor) and censor >= 0):
+        raise ValueError(f"{method} censor={censor!r} is invalid: use a finite number >= 0 (the clip of z ~ N(0, 1), "
                          "e.g. 1.0), or leave it unset for plain Gaussian training noise")
 
 

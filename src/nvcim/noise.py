@@ -94,22 +94,37 @@ class NoisyWeight:
             self._cache, self._cache_key = dm.prepare(w, self.cfg), key
         return self._cache
 
-    def draw(self, w: torch.Tensor, sigma: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def _prepared_for(self, w: torch.Tensor, gen: torch.Generator | None) -> dm.PreparedWeight:
+        if gen is not None and gen.device != w.device:  # draw where the generator lives
+            return dm.prepare(w.detach().to(gen.device), self.cfg)
+        return self.prepared(w)
+
+    def draw(self, w: torch.Tensor, sigma: float | None = None, generator: torch.Generator | None = None,
+             *, verify: bool = True) -> torch.Tensor:
         """One fresh programmed copy W_p of w (no gradient). A generator on another device than w (a CPU
         generator for CUDA weights) draws there and the result moves to w's device: the same seed gives
-        the same chip on any device."""
+        the same chip on any device. With a write-verify mask (and `verify`), the verified weights'
+        second draw follows at once (`draw_chip` instead makes every layer's first draw, then the second ones)."""
         sigma = self.sigma if sigma is None else sigma
         gen = generator if generator is not None else self.generator
         with torch.no_grad():
-            if gen is not None and gen.device != w.device:
-                prep = dm.prepare(w.detach().to(gen.device), self.cfg)
-            else:
-                prep = self.prepared(w)
+            prep = self._prepared_for(w, gen)
             w_p = dm.draw(prep, self.cfg, sigma, gen)  # [*W.shape]
-            if self.verified is not None:
+            if verify and self.verified is not None:
                 w_p = dm.write_verified(prep, self.cfg, w_p, self.verified.to(w_p.device), sigma,
                                         self.residual_sigma, gen)
             return w_p.to(w.device)
+
+    def verify_draw(self, w: torch.Tensor, w_p: torch.Tensor, sigma: float | None = None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """`w_p` (a first draw of w) after write-verify of this layer's verified weights: their second draw."""
+        sigma = self.sigma if sigma is None else sigma
+        gen = generator if generator is not None else self.generator
+        with torch.no_grad():
+            prep = self._prepared_for(w, gen)
+            out = dm.write_verified(prep, self.cfg, w_p.to(prep.w_d.device), self.verified.to(prep.w_d.device),
+                                    sigma, self.residual_sigma, gen)
+            return out.to(w.device)
 
     def weight_for_forward(self, w: torch.Tensor) -> torch.Tensor:
         """The weight this forward uses: programmed chip, fresh draw, or w itself when disabled."""
@@ -288,12 +303,17 @@ def draw_chip(
     """One programmed chip as {"<module>.weight": W_p}, drawn layer by layer in module order.
 
     With a seed, draws come from a CPU generator and are moved to the weights' device, so the same
-    seed gives the same chip on any device.
+    seed gives the same chip on any device. Under a write-verify plan (nvcim.writeverify) every layer's
+    verified copy is drawn after all the first draws, so the first draws are those of the chip without
+    write-verify, and every plan over the same layers shares all draws (common random numbers).
     """
     gen = _generator_for(seed, generator)
-    chip = {}
-    for name, module in noisy_modules(model):
-        chip[f"{name}.weight" if name else "weight"] = module._nvcim.draw(module.weight, sigma, gen)
+    layers = [(f"{name}.weight" if name else "weight", module._nvcim, module) for name, module in noisy_modules(model)]
+    chip = {key: ctrl.draw(module.weight, sigma, gen, verify=False) for key, ctrl, module in layers}
+    if any(ctrl.verified is not None for _, ctrl, _ in layers):
+        for key, ctrl, module in layers:
+            if ctrl.verified is not None:
+                chip[key] = ctrl.verify_draw(module.weight, chip[key], sigma, gen)
     return chip
 
 

@@ -306,7 +306,8 @@ def scan_results(path, skip_bad: bool = False, warn=None) -> ResultSet:
                 raise
             warn(f"skipping {e}")
             rs.skipped.append((str(f), "malformed mc_eval"))
-    assign_labels(rs.records + rs.verify_records)
+    assign_labels(rs.records)
+    _label_verify_records(rs.verify_records, rs.records)
     for msg in _model_conflicts(rs.records):
         warn(msg)
     return rs
@@ -326,6 +327,20 @@ def _verify_records(payload: dict, path: Path) -> list[dict]:
                   "verify_by": str(wv.get("by") or "?"), "residual_sigma": _num(wv.get("residual_sigma")),
                   "verify_target": _num(wv.get("target")), "verify_stat": str(wv.get("stat") or "mean")})
     return recs
+
+
+def _label_verify_records(verify_records: list[dict], records: Sequence[dict]) -> None:
+    """A write-verify record takes the label its checkpoint has among the Monte Carlo results (so that a sweep's
+    arms keep their names); a checkpoint seen nowhere else gets its method's base label. Write-verify files
+    never take part in labelling the Monte Carlo arms."""
+    by_ckpt = {r["checkpoint_path"]: r["label"] for r in records if r["checkpoint_path"]}
+    for r in verify_records:
+        label = by_ckpt.get(r["checkpoint_path"])
+        if label is None:
+            label = (r["label_override"] or _base_label(r["method"], r["method_params"])) + _evaluation_suffix(r)
+        elif _evaluation_suffix(r) and not label.endswith(_evaluation_suffix(r)):
+            label += _evaluation_suffix(r)
+        r["label"] = label
 
 
 def _locate_checkpoint(ckpt: Any, path: Path) -> str | None:
@@ -590,13 +605,25 @@ def verify_curves(verify_records: Sequence[dict]) -> list[dict]:
     averaged over the models (seeds); "reach": {target: [(seed, first fraction reaching it, or None)]}."""
     buckets: dict[tuple, list[dict]] = {}
     for r in verify_records:
-        key = (*group_key(r), r["label"], r["method"], _sigma_key(r["test_sigma"]), r["verify_by"], r["residual_sigma"])
+        key = (*group_key(r), r["label"], r["method"], _sigma_key(r["test_sigma"]), _sigma_key(r["train_sigma"]),
+               r["verify_by"], r["residual_sigma"])
         buckets.setdefault(key, []).append(r)
     curves = []
-    for (model, width, dataset, label, method, sigma, by, residual), recs in buckets.items():
+    for (model, width, dataset, label, method, sigma, train_sigma, by, residual), recs in buckets.items():
         by_file: dict[str, list[dict]] = {}
         for r in recs:
             by_file.setdefault(r["file"], []).append(r)
+        # one file per model (seed, or checkpoint): the one with the most points, then the last by name
+        best: dict[Any, str] = {}
+        for f in sorted(by_file):
+            r0 = by_file[f][0]
+            ident = r0["seed"] if r0["seed"] is not None else (r0["checkpoint_path"] or f)
+            if ident not in best or len(by_file[f]) >= len(by_file[best[ident]]):
+                best[ident] = f
+        by_file = {best[k]: by_file[best[k]] for k in best}
+        recs = [r for f in by_file for r in by_file[f]]
+        if method != "vanilla" and train_sigma is not None and train_sigma != sigma:
+            label = f"{label} (trained at σ {fmt_param(train_sigma)})"
         points = []
         for fr in sorted({r["verify_fraction"] for r in recs}):
             at = [r for r in recs if r["verify_fraction"] == fr]
@@ -607,7 +634,7 @@ def verify_curves(verify_records: Sequence[dict]) -> list[dict]:
         reach: dict[float, list] = {}
         for t in sorted({r["verify_target"] for r in recs if r["verify_target"] is not None}):
             per = []
-            for f in sorted(by_file, key=lambda f: str(by_file[f][0]["seed"])):
+            for f in sorted(by_file, key=lambda f: _natural(str(by_file[f][0]["seed"]))):
                 rows = sorted(by_file[f], key=lambda r: r["verify_fraction"])
                 stat = rows[0]["verify_stat"]
                 hit = next((r["verify_fraction"] for r in rows if _num(r.get(stat)) is not None and r[stat] >= t), None)
@@ -960,12 +987,16 @@ def _worst_table(gkey, gpts) -> Table:
 
 
 def _conv_table(gkey, gpts) -> Table | None:
-    pts = [p for p in gpts if p["convergence"]]
+    pts = [p for p in gpts if p["convergence"] or p["failed_seeds"]]  # failed seeds show even beside < 2 models
     if not pts:
         return None
     rows = []
     for p in sorted(pts, key=lambda p: (p["sigma"], _label_sort_key(p["label"], p["method"]))):
         c = p["convergence"]
+        if c is None:
+            rows.append([_fmt_sigma(p["sigma"]), p["label"], str(p["n_seeds"]), _fmt(p["mean"]), "—", "—",
+                         ", ".join(_fmt(m) for m in p["seed_means"]), ", ".join(p["failed_seeds"])])
+            continue
         rows.append([_fmt_sigma(p["sigma"]), p["label"], str(c["n_models"]), _fmt(c["mean_of_means"]),
                      f"{c['n_non_converged']} of {c['n_models']}", ", ".join(map(str, c["non_converged"])) or "—",
                      ", ".join(_fmt(m) for m in p["seed_means"]), ", ".join(p["failed_seeds"]) or "—"])
@@ -1068,13 +1099,13 @@ def _verify_table(gkey, vcurves) -> Table | None:
         row += [_fmt(at.get(f)) if f in at else "" for f in fractions]
         for t in targets:
             hits = c["reach"].get(t)
-            row.append("" if hits is None else
-                       ", ".join("never" if h is None else fmt_param(h) for _, h in hits))
+            row.append("" if hits is None else ", ".join(
+                f"{'?' if seed is None else seed}: {'never' if h is None else fmt_param(h)}" for seed, h in hits))
         rows.append(row)
     stats = sorted({c["stat"] for c in vcurves})
     return Table(f"{group_title(gkey)}: write-verify (mean accuracy % over models, by verified fraction)",
                  ["σ_d", "method", "ranking", "models"] + [fmt_param(f) for f in fractions]
-                 + [f"reaches {fmt_param(t)} % at (per seed)" for t in targets], rows,
+                 + [f"reaches {fmt_param(t)} % at (seed: fraction)" for t in targets], rows,
                  "All M/K devices of a verified weight are left at the residual σ; "
                  f"'reaches' is the smallest fraction tried whose {'/'.join(stats)} accuracy reaches the target "
                  "(each results file's --verify-target).")

@@ -126,10 +126,13 @@ def weight_scores(
     first = next(iter(model.parameters()))
     fisher = [torch.zeros_like(m.weight, dtype=torch.float32) for _, m in layers]  # [*W.shape] Σ g^2
     seen = n_batches = 0
-    was_training = model.training
     weights = [m.weight for _, m in layers]
+    flags = [(mod, mod.training) for mod in model.modules()]
+    frozen = [w for w in weights if not w.requires_grad]
     model.eval()  # BatchNorm with its running statistics: the deployed function
     try:
+        for w in frozen:  # a frozen layer is still programmed onto the chip: it needs its gradient too
+            w.requires_grad_(True)
         with variation_disabled(model), torch.enable_grad():
             for x, y in _batches(data, batch_size, first.device):
                 if images is not None and seen >= images:
@@ -137,13 +140,17 @@ def weight_scores(
                 if images is not None and seen + len(y) > images:
                     x, y = x[: images - seen], y[: images - seen]
                 loss = F.cross_entropy(model(x), y)
-                grads = torch.autograd.grad(loss, weights)
+                grads = torch.autograd.grad(loss, weights, allow_unused=True)  # a layer off the path: no gradient
                 for acc, g in zip(fisher, grads):
-                    acc.add_(g.detach().float().square())
+                    if g is not None:
+                        acc.add_(g.detach().float().square())
                 seen += len(y)
                 n_batches += 1
     finally:
-        model.train(was_training)
+        for w in frozen:
+            w.requires_grad_(False)
+        for mod, training in flags:
+            mod.training = training
     if n_batches == 0:
         raise ValueError("write-verify ranking 'sensitivity': the data gave no images")
     return {k: f.div_(n_batches).mul_(dm.weight_scale(m.weight.detach()).float() ** 2).cpu()
@@ -164,6 +171,7 @@ def plans_for_fractions(
             raise ValueError(f"write-verify fraction {f!r} is invalid: use a number in [0, 1]")
     names = list(scores)
     flat = torch.cat([scores[k].reshape(-1).double() for k in names])  # [N]
+    flat = torch.nan_to_num(flat, nan=-math.inf)  # a NaN score is verified last, not first
     order = torch.sort(flat, descending=True, stable=True).indices  # [N] most important first
     rank = torch.empty_like(order)
     rank[order] = torch.arange(order.numel())  # [N] position of each weight in the ranking
@@ -211,7 +219,9 @@ def write_verify_scope(model: nn.Module, plan: VerifyPlan | None) -> Iterator[nn
             if mask is not None and tuple(mask.shape) != tuple(m.weight.shape):
                 raise ValueError(f"write-verify mask {name!r} has shape {tuple(mask.shape)}, the weight "
                                  f"{tuple(m.weight.shape)}: make the plan from the same model")
-            m._nvcim.verified = None if mask is None or not bool(mask.any()) else mask.to(m.weight.device)
+            if mask is None:  # a layer the plan leaves alone still makes its second draw: shared draws
+                mask = torch.zeros(m.weight.shape, dtype=torch.bool)
+            m._nvcim.verified = mask.to(m.weight.device)
             m._nvcim.residual_sigma = float(plan.residual_sigma)
         yield model
     finally:

@@ -75,16 +75,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="evaluate with each of these fractions in [0, 1] of the noisy weights write-verified (all "
                         "M/K devices of a weight), at one σ; one nested ranking, the same chips' draws for every "
                         "fraction (default: off)")
-    g.add_argument("--verify-by", default="sensitivity", choices=("sensitivity", "magnitude", "random"),
+    g.add_argument("--verify-by", choices=("sensitivity", "magnitude", "random"),
                    help="which weights first: sensitivity (squared loss gradients x layer scale^2 on training "
                         "images), magnitude (|W|) or random (default: sensitivity)")
-    g.add_argument("--verify-sigma", metavar="S", default="0.03",
+    g.add_argument("--verify-sigma", metavar="S",
                    help="residual σ_d of a verified device (default: 0.03)")
-    g.add_argument("--verify-images", metavar="N", default="1024",
+    g.add_argument("--verify-images", metavar="N",
                    help="training-split images for the sensitivity ranking (default: 1024)")
     g.add_argument("--verify-target", metavar="ACC",
                    help="report the smallest fraction whose --verify-stat reaches ACC %% (default: none)")
-    g.add_argument("--verify-stat", default="mean", choices=("mean", "p1", "p5", "p10", "min"),
+    g.add_argument("--verify-stat", choices=("mean", "p1", "p5", "p10", "min"),
                    help="the statistic --verify-target applies to (default: mean)")
 
     g = p.add_argument_group("Monte Carlo")
@@ -170,11 +170,15 @@ def run(args: argparse.Namespace) -> int:
         if args.recalibrate_bn_per_chip is not None:
             raise ValueError("--verify-fractions and --recalibrate-bn-per-chip cannot be combined: drop one")
         target = None if args.verify_target is None else _number("--verify-target", args.verify_target)
-        verify = {"fractions": fractions, "by": args.verify_by, "target": target, "stat": args.verify_stat,
-                  "residual_sigma": _sigma("--verify-sigma", args.verify_sigma),
-                  "images": _int("--verify-images", args.verify_images, 1)}
-    elif args.verify_target is not None:
-        raise ValueError("--verify-target needs --verify-fractions: give the fractions to try")
+        verify = {"fractions": fractions, "by": args.verify_by or "sensitivity", "target": target,
+                  "stat": args.verify_stat or "mean",
+                  "residual_sigma": _sigma("--verify-sigma", args.verify_sigma or "0.03"),
+                  "images": _int("--verify-images", args.verify_images or "1024", 1)}
+    else:
+        given = [f"--{k.replace('_', '-')}" for k in ("verify_target", "verify_by", "verify_sigma", "verify_images",
+                                                     "verify_stat") if getattr(args, k) is not None]
+        if given:
+            raise ValueError(f"{given[0]} needs --verify-fractions: give the fractions to try")
     sigmas = None
     if args.sigma is not None:
         sigmas = [_sigma("--sigma", args.sigma)]
@@ -301,6 +305,9 @@ def _run_write_verify(args, ckpt, model, config, spec, dataset, splits, split, c
     if verify["by"] == "sensitivity" and len(splits.train) == 0:
         raise ValueError(f"the train split of {dataset} is empty: --verify-by sensitivity needs training images "
                          "(or use --verify-by magnitude)")
+    if verify["residual_sigma"] >= cfg.sigma:
+        print(f"nvcim eval: note: --verify-sigma {verify['residual_sigma']:g} is not below σ {cfg.sigma:g}: verified "
+              "devices vary as much as the others, so every fraction gives the same accuracy", file=sys.stderr)
     points = write_verify_curve(model, split, cfg, verify["fractions"], verify["by"],
                                 residual_sigma=verify["residual_sigma"], score_data=splits.train,
                                 score_images=verify["images"], **mc)
