@@ -8,7 +8,8 @@ Prints image·runs per second for
       (nvcim.program_chip_ per run),
   (b) a naive per-run loop (deepcopy the model, perturb every weight with nvcim.program, evaluate),
   (c) clean inference of the same number of image forwards (runs x images),
-and the ratios fast/clean time (goal <= 1.15) and naive/fast (speedup).
+  (d) the fast path with 5 % of the weights write-verified (nvcim.writeverify: one more draw per layer),
+and the ratios fast/clean time (goal <= 1.15), naive/fast (speedup) and write-verify/fast.
 
     python benchmarks/bench_eval.py                       # 1/4 and full width, sized for ~2 min on 2 cores
     python benchmarks/bench_eval.py --widths 0.25 --runs 16 --images 1024 --device cuda
@@ -27,6 +28,7 @@ from torch import nn
 
 import nvcim
 from nvcim.evaluate import monte_carlo_evaluate
+from nvcim.writeverify import plan_write_verify
 
 
 def make_vgg8(width: float, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
@@ -115,6 +117,7 @@ def main() -> None:
         work = runs * images
         clean(model, x[: args.batch_size], 1, args.batch_size)  # warm-up
         kw = dict(runs=runs, seed=0, batch_size=args.batch_size, chunk_runs=args.chunk_runs, device=device)
+        plan = plan_write_verify(model, 0.05, "magnitude")
         methods = {
             "fast (auto path, MC only)": lambda: monte_carlo_evaluate(model, (x, y), cfg, path="auto", baselines=False, **kw),
             "fast + clean/quant passes": lambda: monte_carlo_evaluate(model, (x, y), cfg, path="auto", **kw),
@@ -122,6 +125,8 @@ def main() -> None:
             "loop (program_chip_)": lambda: monte_carlo_evaluate(model, (x, y), cfg, path="loop", baselines=False, **kw),
             "naive (deepcopy+program)": lambda: naive_loop(model, x, y, cfg, runs, args.batch_size),
             "clean inference": lambda: clean(model, x, runs, args.batch_size),
+            "fast, 5 % write-verified": lambda: monte_carlo_evaluate(model, (x, y), cfg, path="auto", baselines=False,
+                                                                     write_verify=plan, **kw),
         }
         times = {k: math.inf for k in methods}
         for _ in range(args.repeat):
@@ -136,6 +141,7 @@ def main() -> None:
         print(f"  stacked/clean time ratio     {times['stacked (vmap over runs)'] / t_clean:8.3f}")
         print(f"  loop/clean time ratio        {times['loop (program_chip_)'] / t_clean:8.3f}")
         print(f"  naive/fast speedup           {times['naive (deepcopy+program)'] / t_fast:8.2f}x")
+        print(f"  write-verified/fast ratio    {times['fast, 5 % write-verified'] / t_fast:8.3f}")
 
 
 if __name__ == "__main__":
