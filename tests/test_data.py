@@ -220,12 +220,18 @@ def test_tiny_imagenet_reader_and_cache(tmp_path):
     assert xtr[3, 2].mean() > 240 and xtr[3, 0].mean() < 15  # blue
     assert abs(int(xte[0, 1].mean()) - 128) < 3  # gray converted to RGB
     # the cache sits beside the folder, no temp file left
+    cache = folder.parent / "tiny-imagenet-200.npz"
     assert sorted(p.name for p in folder.parent.iterdir()) == ["tiny-imagenet-200", "tiny-imagenet-200.npz"]
     # the cache is used: remove the JPEGs and read again
     for p in folder.rglob("*.JPEG"):
         p.unlink()
     again = read_tiny_imagenet(folder)
     np.testing.assert_array_equal(again[0], xtr)
+    # a cache of another format version is not trusted: the reader decodes again (here: no JPEGs left)
+    with np.load(cache) as z:
+        np.savez(cache, **{**{k: z[k] for k in z.files}, "format": np.asarray(0)})
+    with pytest.raises(ValueError, match="no training images"):
+        read_tiny_imagenet(folder)
     ds = load_dataset("tiny_imagenet", tmp_path, val_fraction=0.5, download=False)
     assert ds.train.images.shape[1:] == (3, 64, 64) and len(ds.train) == 3 and len(ds.test) == 2
 

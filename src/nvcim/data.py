@@ -378,14 +378,17 @@ def read_cifar100(folder: str | os.PathLike) -> tuple[np.ndarray, ...]:
 def _decode_jpegs(paths: list[Path], size: int = 64) -> np.ndarray:
     from PIL import Image  # lazy: only Tiny ImageNet needs Pillow
 
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)  # [N, H, W, 3]
+    out = np.empty((len(paths), 3, size, size), dtype=np.uint8)  # [N, 3, H, W], filled in place (no second copy)
     for i, p in enumerate(paths):
         with Image.open(p) as im:
             im = im.convert("RGB")
             if im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
-            out[i] = np.asarray(im)
-    return out.transpose(0, 3, 1, 2).copy()  # [N, 3, H, W]
+            out[i] = np.asarray(im).transpose(2, 0, 1)  # [H, W, 3] -> [3, H, W]
+    return out
+
+
+_TINY_CACHE_FORMAT = 1  # bump when the decoding changes: older caches are then decoded again
 
 
 def read_tiny_imagenet(folder: str | os.PathLike, *, cache: bool = True) -> tuple[np.ndarray, ...]:
@@ -398,7 +401,8 @@ def read_tiny_imagenet(folder: str | os.PathLike, *, cache: bool = True) -> tupl
     cache_path = folder.parent / (folder.name + ".npz")
     if cache and cache_path.is_file():
         with np.load(cache_path, allow_pickle=False) as z:
-            return z["x_train"], z["y_train"], z["x_test"], z["y_test"], z["wnids"]
+            if "format" in z and int(z["format"]) == _TINY_CACHE_FORMAT:  # else written by another reader: decode again
+                return z["x_train"], z["y_train"], z["x_test"], z["y_test"], z["wnids"]
     wnids = sorted(w.strip() for w in (folder / "wnids.txt").read_text().split() if w.strip())
     cls = {w: i for i, w in enumerate(wnids)}
     train_paths, train_labels = [], []
@@ -423,7 +427,8 @@ def read_tiny_imagenet(folder: str | os.PathLike, *, cache: bool = True) -> tupl
     yte = np.asarray(test_labels, dtype=np.int64)  # [M]
     wn = np.asarray(wnids)
     if cache:
-        _write_cache(cache_path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, wnids=wn)
+        _write_cache(cache_path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, wnids=wn,
+                     format=np.asarray(_TINY_CACHE_FORMAT))
     return xtr, ytr, xte, yte, wn
 
 
