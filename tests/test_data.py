@@ -227,13 +227,13 @@ def test_tiny_imagenet_reader_and_cache(tmp_path):
         p.unlink()
     again = read_tiny_imagenet(folder)
     np.testing.assert_array_equal(again[0], xtr)
+    ds = load_dataset("tiny_imagenet", tmp_path, val_fraction=0.5, download=False)
+    assert ds.train.images.shape[1:] == (3, 64, 64) and len(ds.train) == 3 and len(ds.test) == 2
     # a cache of another format version is not trusted: the reader decodes again (here: no JPEGs left)
     with np.load(cache) as z:
         np.savez(cache, **{**{k: z[k] for k in z.files}, "format": np.asarray(0)})
     with pytest.raises(ValueError, match="no training images"):
         read_tiny_imagenet(folder)
-    ds = load_dataset("tiny_imagenet", tmp_path, val_fraction=0.5, download=False)
-    assert ds.train.images.shape[1:] == (3, 64, 64) and len(ds.train) == 3 and len(ds.test) == 2
 
 
 # ---------------------------------------------------------------------------- real data
