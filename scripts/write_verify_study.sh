@@ -3,7 +3,8 @@
 # must be write-verified before a chip reaches a target accuracy, for vanilla, noise injection and OVF.
 # Uses the σ_d = 0.2 models of the β-search sweep (run `bash scripts/run_repro_cpu.sh OUT
 # beta_search_200chips_grid` first): seeds 0-2 ranked by sensitivity, seed 0 also by magnitude and at
-# random; 30 chips per fraction on all 1,000 test digits, verified devices left at σ 0.03.
+# random (noise injection: all seeds by magnitude too); 30 chips per fraction on all 1,000 test digits,
+# verified devices left at σ 0.03.
 # Resumable: finished files are skipped. Two evaluations at a time, one thread each.
 #   bash scripts/write_verify_study.sh [OUT=repro_out]
 set -euo pipefail
@@ -17,8 +18,8 @@ mkdir -p "$DEST"
 jobs=()
 for by in sensitivity magnitude random; do
   for s in 0 1 2; do
-    [ "$by" != sensitivity ] && [ "$s" != 0 ] && continue
     for m in vanilla noise_injection ovf; do
+      [ "$by" != sensitivity ] && [ "$s" != 0 ] && ! { [ "$by" = magnitude ] && [ "$m" = noise_injection ]; } && continue
       ck="$CELLS/$m/seed$s/checkpoint"
       [ "$m" != vanilla ] && ck="$CELLS/$m/s0.20/seed$s/checkpoint"
       res="$DEST/${m}_seed${s}_${by}.json"
