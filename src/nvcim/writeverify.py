@@ -85,15 +85,6 @@ def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return noisy_modules(model) or selected_layers(model)
 
 
-def _batches(data: Any, batch_size: int, device: torch.device):
-    if hasattr(data, "batches"):
-        yield from data.batches(batch_size, device=device)
-        return
-    x, y = data
-    for i in range(0, len(y), batch_size):
-        yield x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-
-
 def weight_scores(
     model: nn.Module,
     by: str = "magnitude",
@@ -123,37 +114,33 @@ def weight_scores(
         raise ValueError("write-verify ranking 'sensitivity' needs data (e.g. the training split) for its gradients")
     if images is not None and images < 1:
         raise ValueError(f"images={images} is invalid: use >= 1 (or None for all)")
+    from nvcim.evaluate import _eval_mode, _materialize  # here: nvcim.evaluate imports this module
+
+    if images is not None:  # the first `images` images, before anything is normalized or moved
+        if hasattr(data, "subset"):
+            data = data.subset(slice(0, images))
+        elif isinstance(data, (tuple, list)) and len(data) == 2:
+            data = (data[0][:images], data[1][:images])
     first = next(iter(model.parameters()))
+    batches = _materialize(data, batch_size, first.device)  # [(x [B, C, H, W], y [B])]; refuses empty data
     fisher = [torch.zeros_like(m.weight, dtype=torch.float32) for _, m in layers]  # [*W.shape] Σ g^2
-    seen = n_batches = 0
     weights = [m.weight for _, m in layers]
-    flags = [(mod, mod.training) for mod in model.modules()]
     frozen = [w for w in weights if not w.requires_grad]
-    model.eval()  # BatchNorm with its running statistics: the deployed function
     try:
         for w in frozen:  # a frozen layer is still programmed onto the chip: it needs its gradient too
             w.requires_grad_(True)
-        with variation_disabled(model), torch.enable_grad():
-            for x, y in _batches(data, batch_size, first.device):
-                if images is not None and seen >= images:
-                    break
-                if images is not None and seen + len(y) > images:
-                    x, y = x[: images - seen], y[: images - seen]
+        # eval mode: BatchNorm with its running statistics, the deployed function (every module's flag restored)
+        with _eval_mode(model), variation_disabled(model), torch.enable_grad():
+            for x, y in batches:
                 loss = F.cross_entropy(model(x), y)
                 grads = torch.autograd.grad(loss, weights, allow_unused=True)  # a layer off the path: no gradient
                 for acc, g in zip(fisher, grads):
                     if g is not None:
                         acc.add_(g.detach().float().square())
-                seen += len(y)
-                n_batches += 1
     finally:
         for w in frozen:
             w.requires_grad_(False)
-        for mod, training in flags:
-            mod.training = training
-    if n_batches == 0:
-        raise ValueError("write-verify ranking 'sensitivity': the data gave no images")
-    return {k: f.div_(n_batches).mul_(dm.weight_scale(m.weight.detach()).float() ** 2).cpu()
+    return {k: f.div_(len(batches)).mul_(dm.weight_scale(m.weight.detach()).float() ** 2).cpu()
             for k, f, (_, m) in zip(names, fisher, layers)}
 
 
