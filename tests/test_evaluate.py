@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import nvcim
+import nvcim.layers
 from nvcim import evaluate as ev
 from nvcim.evaluate import (
     MCResult,
@@ -181,7 +182,7 @@ def test_plain_model_left_unchanged(setup):
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(mod.training for mod in m.modules())
     for mod in m.modules():
-        assert not hasattr(mod, "_nvcim") and "forward" not in mod.__dict__
+        assert not nvcim.layers.controls(mod) and "forward" not in mod.__dict__
         assert not mod._forward_hooks and not mod._forward_pre_hooks
     assert not nvcim.noisy_modules(m)
 
@@ -192,11 +193,11 @@ def test_model_with_variation_keeps_selection_and_state(setup):
     own = nvcim.DeviceConfig(sigma=0.05)
     nvcim.apply_variation_(m, own, exclude=["fc"])
     nvcim.program_chip_(m, seed=0)
-    chip = {n: mod._nvcim.programmed for n, mod in nvcim.noisy_modules(m)}
+    chip = {n: nvcim.layers.controls(mod)["weight"].programmed for n, mod in nvcim.noisy_modules(m)}
     r = monte_carlo_evaluate(m, (x, y), CFG, runs=3, seed=1)
     assert r.sigma == CFG.sigma
     for n, mod in nvcim.noisy_modules(m):
-        assert mod._nvcim.cfg == own and mod._nvcim.sigma == 0.05 and mod._nvcim.programmed is chip[n]
+        assert (c := nvcim.layers.controls(mod)["weight"]).cfg == own and c.sigma == 0.05 and c.programmed is chip[n]
     # the excluded layer stays exact: same as evaluating a plain copy with the same filter by hand
     ref = copy.deepcopy(m)
     nvcim.remove_variation_(ref)

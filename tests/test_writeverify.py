@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nvcim
+import nvcim.layers
 from nvcim import device as dm
 from nvcim.config import DeviceConfig
 from nvcim.evaluate import monte_carlo_evaluate
@@ -165,8 +166,8 @@ def test_scope_restores_and_refuses_a_plan_of_another_model(setup):
     net = copy.deepcopy(m)
     nvcim.apply_variation_(net, CFG)
     with write_verify_scope(net, plan):
-        assert net.fc._nvcim.verified is not None and net.fc._nvcim.residual_sigma == 0.03
-    assert net.fc._nvcim.verified is None and net.conv._nvcim.verified is None
+        assert nvcim.layers.controls(net.fc)["weight"].verified is not None and nvcim.layers.controls(net.fc)["weight"].residual_sigma == 0.03
+    assert nvcim.layers.controls(net.fc)["weight"].verified is None and nvcim.layers.controls(net.conv)["weight"].verified is None
 
 
 def test_curve_is_reproducible_and_finds_the_target(setup):

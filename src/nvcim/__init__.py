@@ -7,13 +7,16 @@ Core API (see README):
 """
 
 from nvcim.config import DeviceConfig
+from nvcim.coverage import CoverageError, check_coverage
 from nvcim.device import combine_levels, prepare, program, quantize, quantize_levels, slice_levels
 from nvcim.noise import (
     apply_variation_,
     clear_chip_,
     device_variation,
     draw_chip,
+    SelectionError,
     noisy_modules,
+    noisy_parameters,
     program_chip_,
     remove_variation_,
     set_sigma_,
@@ -42,6 +45,10 @@ __all__ = [
     "clear_chip_",
     "draw_chip",
     "noisy_modules",
+    "noisy_parameters",
+    "SelectionError",
+    "check_coverage",
+    "CoverageError",
     "set_sigma_",
     "sigma_scope",
     "variation_disabled",

@@ -34,9 +34,7 @@ def device_model_table(model: torch.nn.Module, cfg: nvcim.DeviceConfig) -> str:
     """Per-layer statistics of the device model on a real network (one programmed chip)."""
     rows = []
     gen = torch.Generator().manual_seed(0)
-    for name, m in model.named_modules():
-        if not isinstance(m, nvcim.noise.SUPPORTED_LAYERS):
-            continue
+    for name, m in nvcim.noise.supported_layers(model):
         w = m.weight.detach()
         p = dm.prepare(w, cfg)
         w_p = dm.draw(p, cfg, cfg.sigma, gen)

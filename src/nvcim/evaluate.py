@@ -54,11 +54,12 @@ from torch import nn
 from nvcim import device as dm
 from nvcim.batchnorm import ChipCalibration, frozen_bn_statistics, recalibrate_batchnorm_
 from nvcim.config import DeviceConfig
+from nvcim.coverage import CHECK_IMAGES, check_coverage
 from nvcim.noise import (
-    NoisyWeight,
     apply_variation_,
     clear_chip_,
-    noisy_modules,
+    noisy_parameters,
+    overridden,
     program_chip_,
     quantization_cached,
     remove_variation_,
@@ -311,25 +312,15 @@ def _controllers_for(model: nn.Module, cfg: DeviceConfig):
     A plain model gets the device model on every Conv/Linear weight (removed on exit); a model that
     already has variation applied keeps its layer selection but runs with `cfg` (σ included).
     """
-    layers = noisy_modules(model)
-    if not layers:
-        apply_variation_(model, cfg)
+    if not noisy_parameters(model):
+        apply_variation_(model, cfg)  # raises SelectionError when the model has no layer to vary
         try:
-            if not noisy_modules(model):
-                raise ValueError("model has no Conv/Linear layer: nothing to evaluate under device variation")
             yield
         finally:
             remove_variation_(model)
         return
-    saved = [(m._nvcim, m._nvcim.cfg, m._nvcim.sigma, m._nvcim.enabled, m._nvcim.programmed) for _, m in layers]
-    for _, m in layers:
-        ctrl: NoisyWeight = m._nvcim
-        ctrl.cfg, ctrl.sigma, ctrl.enabled, ctrl.programmed = cfg, cfg.sigma, True, None
-    try:
+    with overridden(model, cfg=cfg, sigma=cfg.sigma, enabled=True, programmed=None):
         yield
-    finally:
-        for ctrl, c, s, e, p in saved:
-            ctrl.cfg, ctrl.sigma, ctrl.enabled, ctrl.programmed = c, s, e, p
 
 
 @contextlib.contextmanager
@@ -364,12 +355,12 @@ class _ChipSampler:
         self.w_d: list[torch.Tensor] = []  # [*W.shape] on `device`
         self.verified: list[tuple[torch.Tensor, float] | None] = []  # write-verify mask (draw device), σ_res
         self.draw_device = _draw_device(device)
-        for name, module in noisy_modules(model):
-            prep = dm.prepare(module.weight.detach().to(self.draw_device), cfg)
-            self.names.append(f"{name}.weight" if name else "weight")
+        for p in noisy_parameters(model):
+            prep = dm.prepare(p.weight.detach().to(self.draw_device), cfg)
+            self.names.append(p.name)
             self.prepared.append(prep)
             self.w_d.append(prep.w_d.to(device))
-            ctrl = module._nvcim
+            ctrl = p.control
             self.verified.append(None if ctrl.verified is None
                                  else (ctrl.verified.to(self.draw_device), ctrl.residual_sigma))
         self.fast = cfg.use_fast_path
@@ -649,8 +640,16 @@ def monte_carlo_evaluate(
     calib = bn_calibration.inputs(dev) if bn_calibration is not None else None
     with (_on_device(model, dev), _eval_mode(model), _controllers_for(model, cfg),
           write_verify_scope(model, write_verify)):
+        _check_coverage_once(model, batches)
         return _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, dev, progress, None if baselines else False,
                         calib)
+
+
+def _check_coverage_once(model: nn.Module, batches) -> None:
+    """Every noisy tensor must change the output (`nvcim.coverage`): checked on the first images, in the
+    mode Monte Carlo runs in (eval, no_grad); a fused path that reads clean weights raises CoverageError."""
+    with torch.no_grad():
+        check_coverage(model, batches[0][0][:CHECK_IMAGES])
 
 
 def _calibration_path(bn_calibration, path: str) -> str:
@@ -682,13 +681,13 @@ def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Ite
     results = []
     with (_on_device(model, dev), _eval_mode(model), _controllers_for(model, cfg),
           write_verify_scope(model, opts["write_verify"])):
+        _check_coverage_once(model, batches)
         baseline = _baselines(model, batches, _ChipSampler(model, cfg, dev)) if opts["baselines"] else False  # σ-independent
         for s in sigmas:
             cfg_s = cfg.replace(sigma=s)
-            for _, m in noisy_modules(model):
-                m._nvcim.cfg, m._nvcim.sigma = cfg_s, s
-            res = _mc_core(model, batches, cfg_s, opts["runs"], opts["seed"], opts["chunk_runs"], path, dev,
-                           opts["progress"], baseline, calib)
+            with overridden(model, cfg=cfg_s, sigma=s):
+                res = _mc_core(model, batches, cfg_s, opts["runs"], opts["seed"], opts["chunk_runs"], path, dev,
+                               opts["progress"], baseline, calib)
             results.append(res)
     return results
 

@@ -5,9 +5,10 @@
     nvcim.program_chip_(model, seed=0)        # one fixed programmed chip, reproducible from the seed
     nvcim.remove_variation_(model)            # back to the plain model, weights untouched
 
-How it works: each selected module (Conv1d/2d/3d, ConvTranspose1d/2d/3d, Linear; grouped and depthwise convs included)
-gets a small controller object and an instance-level `forward` that calls the layer's own
-functional form with the programmed weight W_p instead of `self.weight`. The parameters, their
+How it works: each weight tensor of a selected layer (Conv1d/2d/3d, ConvTranspose1d/2d/3d, Linear,
+grouped and depthwise convs included; MultiheadAttention's projections; see `nvcim.layers`) gets a
+small controller object (`NoisyWeight`), and the layer an instance-level `forward` that calls its
+functional form with the programmed W_p instead of the parameter. The parameters, their
 names and the state dict never change, so the clean weights are restored exactly and checkpoints
 of a noisy model load into the plain one. Biases and BatchNorm stay exact (digital periphery).
 
@@ -23,19 +24,16 @@ import contextlib
 import fnmatch
 import itertools
 import threading
-import types
-import warnings
-from typing import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nvcim import device as dm
+from nvcim import layers
 from nvcim.config import DeviceConfig
 
-SUPPORTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
-                    nn.Linear)
 ModuleFilter = Callable[[str, nn.Module], bool]
 
 
@@ -80,6 +78,7 @@ class NoisyWeight:
         self.programmed: torch.Tensor | None = None
         self.verified: torch.Tensor | None = None  # bool [*W.shape]: weights programmed with write-verify
         self.residual_sigma: float = 0.0  # σ the verified weights are left with (nvcim.writeverify)
+        self.reads = 0  # forwards that asked for this weight (`nvcim.coverage` checks it is read)
         self._cache_key: tuple | None = None
         self._cache: dm.PreparedWeight | None = None
 
@@ -128,6 +127,7 @@ class NoisyWeight:
 
     def weight_for_forward(self, w: torch.Tensor) -> torch.Tensor:
         """The weight this forward uses: programmed chip, fresh draw, or w itself when disabled."""
+        self.reads += 1
         if not self.enabled:
             return w
         if self.programmed is not None:
@@ -141,25 +141,32 @@ class NoisyWeight:
         return w_p
 
 
-def _conv_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return self._conv_forward(x, self._nvcim.weight_for_forward(self.weight), self.bias)
+@dataclass(frozen=True)
+class NoisyParameter:
+    """One varied weight tensor: its state-dict name, the module holding it, the attribute, its controller."""
+
+    name: str  # e.g. "features.0.weight", "encoder.layers.0.self_attn.in_proj_weight"
+    module: nn.Module
+    attr: str  # "weight", "in_proj_weight", ...
+    control: NoisyWeight
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The clean parameter (never changed by nvcim)."""
+        return getattr(self.module, self.attr)
 
 
-def _linear_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return F.linear(x, self._nvcim.weight_for_forward(self.weight), self.bias)
+def _key(module_name: str, attr: str) -> str:
+    return f"{module_name}.{attr}" if module_name else attr
 
 
-_CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+class SelectionError(ValueError):
+    """A layer filter selects nothing, or a pattern matches no layer."""
 
 
-def _conv_transpose_forward(self: nn.Module, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-    """nn.ConvTranspose{1,2,3}d.forward with the noisy weight (a transposed conv is one crossbar like any other)."""
-    if self.padding_mode != "zeros":
-        raise ValueError(f"only 'zeros' padding mode is supported for {type(self).__name__}")
-    n = self.weight.dim() - 2  # spatial dimensions
-    output_padding = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size, n, self.dilation)
-    return _CONV_TRANSPOSE[n](x, self._nvcim.weight_for_forward(self.weight), self.bias, self.stride, self.padding,
-                              output_padding, self.groups, self.dilation)
+def _names_list(names: Sequence[str], limit: int = 20) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return f"[{shown}{f', ... ({len(names) - limit} more)' if len(names) > limit else ''}]"
 
 
 def _make_filter(
@@ -175,6 +182,51 @@ def _make_filter(
     return accept
 
 
+def supported_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every layer nvcim can vary (see `nvcim.layers`), in module order."""
+    return [(n, m) for n, m in model.named_modules() if layers.handler_for(m) is not None]
+
+
+def selected_layers(
+    model: nn.Module,
+    filter: ModuleFilter | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    *,
+    strict: bool = False,
+) -> list[tuple[str, nn.Module]]:
+    """(name, module) of the layers `apply_variation_` makes noisy with these selectors, in module order.
+
+    strict: raise `SelectionError` (listing the layer names there are) when the model has no supported
+    layer, a pattern matches no supported layer, or nothing is selected.
+    """
+    for what, patterns in (("include", include), ("exclude", exclude)):
+        if patterns is not None and (isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns)):
+            raise TypeError(f"{what} must be a list of glob patterns (e.g. ['features.*']), got {patterns!r}")
+    candidates = supported_layers(model)
+    names = [n for n, _ in candidates]
+    if strict:
+        if not candidates:
+            kinds = sorted({t.__name__ for t in layers.LAYER_HANDLERS})
+            raise SelectionError(f"the model ({type(model).__name__}) has no layer nvcim can vary (supported: "
+                                 f"{', '.join(kinds)}): nothing would get device variation")
+        for what, patterns in (("include", include), ("exclude", exclude)):
+            for p in patterns or ():
+                if not any(fnmatch.fnmatchcase(n, p) for n in names):
+                    raise SelectionError(f"{what} pattern {p!r} matches no layer: the layers are {_names_list(names)}")
+    accept = _make_filter(filter, include, exclude)
+    chosen = [(n, m) for n, m in candidates if accept(n, m)]
+    if strict and not chosen:
+        raise SelectionError(f"the layer filter selects no layer: the layers are {_names_list(names)}")
+    return chosen
+
+
+def selected_parameters(model: nn.Module, **selectors) -> list[tuple[str, nn.Module, str]]:
+    """(state-dict name, module, attribute) of every tensor `apply_variation_` would vary, in order."""
+    return [(_key(n, a), m, a) for n, m in selected_layers(model, **selectors)
+            for a in layers.handler_for(m).attrs(m)]
+
+
 def apply_variation_(
     model: nn.Module,
     cfg: DeviceConfig,
@@ -184,64 +236,84 @@ def apply_variation_(
     exclude: Sequence[str] | None = None,
     generator: torch.Generator | None = None,
 ) -> nn.Module:
-    """Make every supported layer's weight noisy, in place; returns the model.
+    """Make every supported layer's weights noisy, in place; returns the model.
 
     filter(name, module) -> bool, and/or glob patterns on module names (`include=["features.*"]`,
-    `exclude=["classifier.2"]`) select layers. Applying again replaces the config of the selected
-    layers. Noise draws use `generator` (default: torch's global RNG, so `torch.manual_seed` fixes them).
+    `exclude=["classifier.2"]`) select layers; a pattern that matches no layer, or a selection that is
+    empty, raises `SelectionError` naming the layers there are. Applying again replaces the config of
+    the selected layers. Noise draws use `generator` (default: torch's global RNG, so
+    `torch.manual_seed` fixes them). Fused Transformer paths that would bypass a noisy layer are
+    switched off for the modules that contain one (`nvcim.layers`).
     """
     if not isinstance(cfg, DeviceConfig):
         raise TypeError(f"cfg must be a nvcim.DeviceConfig, got {type(cfg).__name__}")
-    for name, module in selected_layers(model, filter, include, exclude, warn=True):
-        module._nvcim = NoisyWeight(cfg, generator)
-        if isinstance(module, nn.Linear):
-            forward = _linear_forward
-        elif isinstance(module, nn.modules.conv._ConvTransposeNd):
-            forward = _conv_transpose_forward
-        else:
-            forward = _conv_forward
-        module.forward = types.MethodType(forward, module)
+    chosen = selected_layers(model, filter, include, exclude, strict=True)
+    for _, module in chosen:
+        for attr in layers.handler_for(module).attrs(module):
+            layers.attach(module, attr, NoisyWeight(cfg, generator))
+    for module in model.modules():  # an attention block reads its out_proj's weight itself
+        if isinstance(module, nn.MultiheadAttention) and layers.controls(module.out_proj) \
+                and not layers.is_routed(module):
+            layers.route_through(module)
+    layers.disable_fused_paths(model)
     return model
-
-
-def selected_layers(
-    model: nn.Module,
-    filter: ModuleFilter | None = None,
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
-    *,
-    warn: bool = False,
-) -> list[tuple[str, nn.Module]]:
-    """(name, module) of the layers `apply_variation_` makes noisy with these selectors, in module order."""
-    accept = _make_filter(filter, include, exclude)
-    # nn.MultiheadAttention reads in_proj_weight and out_proj.weight itself, never calling out_proj's
-    # forward: a noisy out_proj would be listed as noisy yet stay exact, so it is left out, loudly
-    attention = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
-    inside_attention = {f"{n}.out_proj" if n else "out_proj" for n in attention}
-    if attention and warn:
-        warnings.warn(f"nvcim: nn.MultiheadAttention {attention[0]!r}{' and others' if len(attention) > 1 else ''} "
-                      "reads its weights directly: its weights stay noise-free (only Conv/Linear layers that "
-                      "run their own forward get device variation)", stacklevel=3)
-    return [(name, module) for name, module in model.named_modules()
-            if isinstance(module, SUPPORTED_LAYERS) and name not in inside_attention and accept(name, module)]
 
 
 def remove_variation_(model: nn.Module) -> nn.Module:
     """Undo `apply_variation_`: the plain model again, weights exactly as they were."""
-    for _, module in noisy_modules(model):
-        del module._nvcim
-        if "forward" in module.__dict__:
-            del module.forward
+    for module in model.modules():
+        if layers.is_routed(module):
+            layers.detach(module)
+    layers.restore_fused_paths(model)
     return model
+
+
+def noisy_parameters(model: nn.Module) -> list[NoisyParameter]:
+    """Every varied weight tensor, in module order (then the layer type's attribute order)."""
+    return [NoisyParameter(_key(n, attr), m, attr, ctrl)
+            for n, m in model.named_modules() for attr, ctrl in layers.controls(m).items()]
 
 
 def noisy_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) of every layer with variation applied, in module order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(getattr(m, "_nvcim", None), NoisyWeight)]
+    return [(n, m) for n, m in model.named_modules() if layers.controls(m)]
 
 
 def _controllers(model: nn.Module) -> list[NoisyWeight]:
-    return [m._nvcim for _, m in noisy_modules(model)]
+    return [p.control for p in noisy_parameters(model)]
+
+
+_OVERRIDABLE = ("cfg", "sigma", "enabled", "programmed", "verified", "residual_sigma")
+
+
+@contextlib.contextmanager
+def overridden(model: nn.Module, per_parameter: Mapping[str, Mapping[str, Any]] | None = None,
+               **common: Any) -> Iterator[list[NoisyParameter]]:
+    """Temporarily set controller fields of every noisy tensor (cfg, sigma, enabled, programmed, verified,
+    residual_sigma): `common` for all, `per_parameter[name]` for one; every field is restored on exit.
+
+        with overridden(model, cfg=cfg, sigma=cfg.sigma, programmed=None): ...   # Monte Carlo
+    """
+    params = noisy_parameters(model)
+    per_parameter = dict(per_parameter or {})
+    unknown = sorted(set(per_parameter) - {p.name for p in params})
+    if unknown:
+        raise ValueError(f"{unknown[:3]} are not noisy tensors of this model: the noisy ones are "
+                         f"{_names_list([p.name for p in params])}")
+    fields = set(common).union(*(set(v) for v in per_parameter.values()))
+    bad = sorted(fields - set(_OVERRIDABLE))
+    if bad:
+        raise ValueError(f"cannot override {bad}: use {list(_OVERRIDABLE)}")
+    saved = [(p.control, {f: getattr(p.control, f) for f in _OVERRIDABLE}) for p in params]
+    try:
+        for p in params:
+            for f, v in {**common, **per_parameter.get(p.name, {})}.items():
+                setattr(p.control, f, v)
+        yield params
+    finally:
+        for ctrl, values in saved:
+            for f, v in values.items():
+                setattr(ctrl, f, v)
 
 
 @contextlib.contextmanager
@@ -265,28 +337,16 @@ def set_sigma_(model: nn.Module, sigma: float) -> nn.Module:
 @contextlib.contextmanager
 def sigma_scope(model: nn.Module, sigma: float) -> Iterator[nn.Module]:
     """Temporarily run every noisy layer at another σ_d (OVF's variational forwards)."""
-    ctrls = _controllers(model)
-    saved = [c.sigma for c in ctrls]
-    set_sigma_(model, sigma)
-    try:
+    sigma = DeviceConfig(sigma=sigma).sigma  # validates
+    with overridden(model, sigma=sigma):
         yield model
-    finally:
-        for c, s in zip(ctrls, saved):
-            c.sigma = s
 
 
 @contextlib.contextmanager
 def variation_disabled(model: nn.Module) -> Iterator[nn.Module]:
     """Temporarily use the clean float weights (e.g. clean validation accuracy)."""
-    ctrls = _controllers(model)
-    saved = [c.enabled for c in ctrls]
-    for c in ctrls:
-        c.enabled = False
-    try:
+    with overridden(model, enabled=False):
         yield model
-    finally:
-        for c, e in zip(ctrls, saved):
-            c.enabled = e
 
 
 def _generator_for(seed: int | None, generator: torch.Generator | None) -> torch.Generator | None:
@@ -300,7 +360,7 @@ def _generator_for(seed: int | None, generator: torch.Generator | None) -> torch
 def draw_chip(
     model: nn.Module, seed: int | None = None, generator: torch.Generator | None = None, sigma: float | None = None
 ) -> dict[str, torch.Tensor]:
-    """One programmed chip as {"<module>.weight": W_p}, drawn layer by layer in module order.
+    """One programmed chip as {state-dict name: W_p} (e.g. "fc.weight"), drawn tensor by tensor in module order.
 
     With a seed, draws come from a CPU generator and are moved to the weights' device, so the same
     seed gives the same chip on any device. Under a write-verify plan (nvcim.writeverify) every layer's
@@ -308,12 +368,12 @@ def draw_chip(
     write-verify, and every plan over the same layers shares all draws (common random numbers).
     """
     gen = _generator_for(seed, generator)
-    layers = [(f"{name}.weight" if name else "weight", module._nvcim, module) for name, module in noisy_modules(model)]
-    chip = {key: ctrl.draw(module.weight, sigma, gen, verify=False) for key, ctrl, module in layers}
-    if any(ctrl.verified is not None for _, ctrl, _ in layers):
-        for key, ctrl, module in layers:
-            if ctrl.verified is not None:
-                chip[key] = ctrl.verify_draw(module.weight, chip[key], sigma, gen)
+    params = noisy_parameters(model)
+    chip = {p.name: p.control.draw(p.weight, sigma, gen, verify=False) for p in params}
+    if any(p.control.verified is not None for p in params):
+        for p in params:
+            if p.control.verified is not None:
+                chip[p.name] = p.control.verify_draw(p.weight, chip[p.name], sigma, gen)
     return chip
 
 
@@ -322,8 +382,8 @@ def program_chip_(
 ) -> nn.Module:
     """Fix one programmed chip: every later forward uses the same W_p until `clear_chip_` (or a new chip)."""
     chip = draw_chip(model, seed, generator, sigma)
-    for name, module in noisy_modules(model):
-        module._nvcim.programmed = chip[f"{name}.weight" if name else "weight"]
+    for p in noisy_parameters(model):
+        p.control.programmed = chip[p.name]
     return model
 
 

@@ -40,7 +40,7 @@ from torch import nn
 
 from nvcim import device as dm
 from nvcim.config import DeviceConfig
-from nvcim.noise import noisy_modules, selected_layers, variation_disabled
+from nvcim.noise import noisy_parameters, overridden, selected_parameters, variation_disabled
 
 RANKINGS = ("magnitude", "sensitivity", "random")
 DEFAULT_RESIDUAL_SIGMA = 0.03
@@ -80,9 +80,13 @@ class VerifyPlan:
                 "verified_devices": self.verified_devices, "devices_per_weight": self.devices_per_weight}
 
 
-def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The layers that carry device variation: the model's noisy layers, or those `apply_variation_` would pick."""
-    return noisy_modules(model) or selected_layers(model)
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """{state-dict name: parameter} of the tensors that carry device variation: the model's noisy ones, or
+    those `apply_variation_` would pick."""
+    noisy = noisy_parameters(model)
+    if noisy:
+        return {p.name: p.weight for p in noisy}
+    return {name: getattr(module, attr) for name, module, attr in selected_parameters(model)}
 
 
 def weight_scores(
@@ -101,15 +105,14 @@ def weight_scores(
     """
     if by not in RANKINGS:
         raise ValueError(f"write-verify ranking {by!r} is unknown: use one of {list(RANKINGS)}")
-    layers = _layers(model)
-    if not layers:
+    named = _weights(model)
+    if not named:
         raise ValueError("model has no Conv/Linear layer: nothing to write-verify")
-    names = [f"{n}.weight" if n else "weight" for n, _ in layers]
     if by == "magnitude":
-        return {k: m.weight.detach().abs().float().cpu() for k, (_, m) in zip(names, layers)}
+        return {k: w.detach().abs().float().cpu() for k, w in named.items()}
     if by == "random":
         gen = torch.Generator().manual_seed(seed)
-        return {k: torch.rand(m.weight.shape, generator=gen) for k, (_, m) in zip(names, layers)}
+        return {k: torch.rand(w.shape, generator=gen) for k, w in named.items()}
     if data is None:
         raise ValueError("write-verify ranking 'sensitivity' needs data (e.g. the training split) for its gradients")
     if images is not None and images < 1:
@@ -123,8 +126,8 @@ def weight_scores(
             data = (data[0][:images], data[1][:images])
     first = next(iter(model.parameters()))
     batches = _materialize(data, batch_size, first.device)  # [(x [B, C, H, W], y [B])]; refuses empty data
-    fisher = [torch.zeros_like(m.weight, dtype=torch.float32) for _, m in layers]  # [*W.shape] Σ g^2
-    weights = [m.weight for _, m in layers]
+    weights = list(named.values())
+    fisher = [torch.zeros_like(w, dtype=torch.float32) for w in weights]  # [*W.shape] Σ g^2
     frozen = [w for w in weights if not w.requires_grad]
     try:
         for w in frozen:  # a frozen layer is still programmed onto the chip: it needs its gradient too
@@ -140,8 +143,8 @@ def weight_scores(
     finally:
         for w in frozen:
             w.requires_grad_(False)
-    return {k: f.div_(len(batches)).mul_(dm.weight_scale(m.weight.detach()).float() ** 2).cpu()
-            for k, f, (_, m) in zip(names, fisher, layers)}
+    return {k: f.div_(len(batches)).mul_(dm.weight_scale(w.detach()).float() ** 2).cpu()
+            for k, f, w in zip(named, fisher, weights)}
 
 
 def plans_for_fractions(
@@ -194,26 +197,22 @@ def write_verify_scope(model: nn.Module, plan: VerifyPlan | None) -> Iterator[nn
     if plan is None:
         yield model
         return
-    layers = {f"{n}.weight" if n else "weight": m for n, m in noisy_modules(model)}
-    unknown = sorted(set(plan.masks) - set(layers))
+    weights = {p.name: p.weight for p in noisy_parameters(model)}
+    unknown = sorted(set(plan.masks) - set(weights))
     if unknown:
         raise ValueError(f"write-verify plan names {unknown[:3]}, which are not noisy layers of this model: "
                          "make the plan from the same model")
-    saved = [(m._nvcim, m._nvcim.verified, m._nvcim.residual_sigma) for m in layers.values()]
-    try:
-        for name, m in layers.items():
-            mask = plan.masks.get(name)
-            if mask is not None and tuple(mask.shape) != tuple(m.weight.shape):
-                raise ValueError(f"write-verify mask {name!r} has shape {tuple(mask.shape)}, the weight "
-                                 f"{tuple(m.weight.shape)}: make the plan from the same model")
-            if mask is None:  # a layer the plan leaves alone still makes its second draw: shared draws
-                mask = torch.zeros(m.weight.shape, dtype=torch.bool)
-            m._nvcim.verified = mask.to(m.weight.device)
-            m._nvcim.residual_sigma = float(plan.residual_sigma)
+    per_parameter = {}
+    for name, w in weights.items():
+        mask = plan.masks.get(name)
+        if mask is not None and tuple(mask.shape) != tuple(w.shape):
+            raise ValueError(f"write-verify mask {name!r} has shape {tuple(mask.shape)}, the weight "
+                             f"{tuple(w.shape)}: make the plan from the same model")
+        if mask is None:  # a layer the plan leaves alone still makes its second draw: shared draws
+            mask = torch.zeros(w.shape, dtype=torch.bool)
+        per_parameter[name] = {"verified": mask.to(w.device)}
+    with overridden(model, per_parameter, residual_sigma=float(plan.residual_sigma)):
         yield model
-    finally:
-        for ctrl, v, r in saved:
-            ctrl.verified, ctrl.residual_sigma = v, r
 
 
 def write_verify_curve(

@@ -1,0 +1,105 @@
+"""Coverage self-check: every tensor reported as noisy must reach the model's output.
+
+A layer listed as noisy whose programmed chip does not change what the model computes is a silent
+wrong answer (PyTorch's fused Transformer path, for example, reads `linear1.weight` directly and
+would evaluate the clean weights). `check_coverage` proves the opposite for every noisy tensor:
+
+    base  = model(x) with every noisy tensor at its quantized target W_d
+    out_t = model(x) with tensor t alone replaced by W_d + N(0, s²)  (s = max|W_t|)
+    out_t == base (bit for bit)  ->  CoverageError naming t if its chip was never read
+                                     (a warning if it was read: the activations after it are saturated)
+
+It runs in the model's current mode (train / eval, grad / no_grad), restores every buffer (BatchNorm
+statistics) and draws dropout masks from one seed for every forward, so only the chip differs.
+`monte_carlo_evaluate` runs it once, in eval mode under no_grad, on the first few images.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from nvcim.noise import noisy_parameters, overridden
+
+CHECK_IMAGES = 16  # images of the first batch that `monte_carlo_evaluate` checks coverage on
+
+
+class CoverageError(RuntimeError):
+    """A tensor reported as noisy does not affect the model's output."""
+
+
+def _tensors(out: Any) -> list[torch.Tensor]:
+    """The tensors of a forward's output (a tensor, or nested tuples / lists / dicts of them)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _tensors(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _tensors(v)]
+    return []
+
+
+def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def check_coverage(model: nn.Module, *inputs: Any, seed: int = 0, strict: bool = False) -> list[str]:
+    """Raise `CoverageError` naming every noisy tensor of `model` whose chip does not reach `model(*inputs)`.
+
+    A tensor whose chip is never read (the layer is bypassed or unused) is an error. One whose chip is
+    read but leaves these outputs unchanged (e.g. every ReLU after it is off) is a warning, or an error
+    with `strict`. Returns the names of the tensors checked. One forward per noisy tensor plus one; the
+    model's buffers, controllers and RNG state are left as they were.
+    """
+    params = noisy_parameters(model)
+    if not params:
+        return []
+    buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        targets = {p.name: p.control.draw(p.weight, 0.0, gen, verify=False) for p in params}  # W_d each
+        bumps = {}
+        for p in params:
+            w_d = targets[p.name]
+            s = float(w_d.abs().amax()) if w_d.numel() else 0.0
+            bumps[p.name] = w_d + torch.randn(w_d.shape, generator=gen).to(w_d) * (s if s > 0 else 1.0)
+
+    def forward() -> list[torch.Tensor]:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # identical dropout masks in every forward
+            out = [t.detach().clone() for t in _tensors(model(*inputs))]
+        with torch.no_grad():  # a forward in train mode moved BatchNorm statistics: put them back
+            for k, b in model.named_buffers():
+                if k in buffers:
+                    b.copy_(buffers[k])
+        return out
+
+    missing: list[tuple[str, bool]] = []  # (name, whether its controller was read)
+    per_tensor = {p.name: {"programmed": targets[p.name]} for p in params}
+    with overridden(model, per_tensor, enabled=True):  # (no forward hooks: they would switch fused paths off)
+        base = forward()
+        for p in params:
+            reads = p.control.reads
+            p.control.programmed = bumps[p.name]
+            try:
+                if _same(forward(), base):
+                    missing.append((p.name, p.control.reads > reads))
+            finally:
+                p.control.programmed = targets[p.name]
+    bypassed = [name for name, read in missing if not read]
+    insensitive = [name for name, read in missing if read]
+    if insensitive:  # the chip is used, the output just does not move (e.g. every ReLU after it is off)
+        message = (f"{len(insensitive)} noisy tensor(s) are read but do not change the output on these inputs: "
+                   f"{', '.join(insensitive)} (saturated or dead activations?)")
+        if strict:
+            raise CoverageError(message)
+        warnings.warn(f"nvcim: {message}", stacklevel=2)
+    if bypassed:
+        raise CoverageError(f"{len(bypassed)} tensor(s) reported as noisy never have their chip read, so they would "
+                            f"stay exact: {', '.join(bypassed)} (the layer is unused, or another path reads its "
+                            "weights directly). Exclude them (apply_variation_(..., exclude=[...])) or make the "
+                            "model call the layer")
+    return [p.name for p in params]

@@ -1,0 +1,206 @@
+"""How each supported layer type runs with device-varied weights: one handler per layer type.
+
+A layer runs on the chip when every weight tensor it multiplies its input with is replaced by its
+programmed copy W_p. A handler names those tensors (attributes of the module) and gives an
+instance-level `forward` that reads each of them through `current_weight(module, attr)`:
+
+    Linear, Conv1d/2d/3d (grouped, depthwise)   weight
+    ConvTranspose1d/2d/3d                       weight
+    MultiheadAttention                          in_proj_weight (or q/k/v_proj_weight) + out_proj.weight
+
+`nn.MultiheadAttention` reads its own `in_proj_weight` and its `out_proj.weight` directly (never
+calling out_proj's forward), so its forward is replaced by the reference (non-fused) computation
+with the noisy tensors; out_proj is an ordinary Linear layer whose weight it reads through its
+controller. PyTorch's fused Transformer fast paths (`TransformerEncoderLayer` in eval mode under
+no_grad, `TransformerEncoder`'s nested tensors) read `linear1.weight` etc. directly, bypassing
+every module forward: modules of those types run with the fast path off while variation is applied.
+
+Adding a layer type is one function plus `register_layer(Type, attrs, forward)`. Per-module state
+lives in `module._nvcim` ({attr: controller}); only this module reads or writes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_STATE = "_nvcim"  # {attr: controller} on a noisy module
+_FASTPATH_OFF = "_nvcim_fastpath_off"  # marks a container whose fused fast path is switched off
+
+
+@dataclass(frozen=True)
+class LayerHandler:
+    """attrs(module) -> names of the weight tensors to vary; forward(module, *args) -> output."""
+
+    attrs: Callable[[nn.Module], list[str]]
+    forward: Callable[..., Any]
+
+
+LAYER_HANDLERS: dict[type, LayerHandler] = {}
+
+# containers whose fused inference path reads their children's weights directly
+FUSED_CONTAINERS: tuple[type, ...] = (nn.TransformerEncoderLayer, nn.TransformerEncoder,
+                                      nn.TransformerDecoderLayer, nn.TransformerDecoder, nn.Transformer)
+
+
+def register_layer(layer_type: type, attrs: Callable[[nn.Module], list[str]], forward: Callable[..., Any]) -> None:
+    """Make `layer_type` (and its subclasses) a supported noisy layer."""
+    LAYER_HANDLERS[layer_type] = LayerHandler(attrs, forward)
+
+
+def handler_for(module: nn.Module) -> LayerHandler | None:
+    """The handler of the most specific registered type `module` is an instance of (None: not supported)."""
+    for cls in type(module).__mro__:
+        if cls in LAYER_HANDLERS:
+            return LAYER_HANDLERS[cls]
+    return None
+
+
+# ---- per-module state ---------------------------------------------------------------------------
+def controls(module: nn.Module) -> dict[str, Any]:
+    """{attr: controller} of a noisy module ({} when it has no variation)."""
+    state = module.__dict__.get(_STATE)
+    return state if isinstance(state, dict) else {}
+
+
+def attach(module: nn.Module, attr: str, control: Any) -> None:
+    """Vary `module.<attr>` through `control` (which has `weight_for_forward(w)`); installs the forward."""
+    handler = handler_for(module)
+    if handler is None:
+        raise TypeError(f"{type(module).__name__} is not a supported layer type: register it with register_layer")
+    module.__dict__.setdefault(_STATE, {})[attr] = control
+    module.forward = types.MethodType(handler.forward, module)
+
+
+def route_through(module: nn.Module) -> None:
+    """Install the handler's forward without varying any of the module's own tensors (a MultiheadAttention
+    whose out_proj alone is noisy must still read out_proj's weight through its controller)."""
+    handler = handler_for(module)
+    module.__dict__.setdefault(_STATE, {})
+    module.forward = types.MethodType(handler.forward, module)
+
+
+def is_routed(module: nn.Module) -> bool:
+    """True when `module` runs nvcim's forward (with or without noisy tensors of its own)."""
+    return isinstance(module.__dict__.get(_STATE), dict)
+
+
+def detach(module: nn.Module) -> None:
+    """Forget every controller of `module` and its instance forward: the plain module again."""
+    module.__dict__.pop(_STATE, None)
+    module.__dict__.pop("forward", None)
+
+
+def current_weight(module: nn.Module, attr: str) -> torch.Tensor:
+    """The tensor a forward multiplies with: the controller's W_p, or the plain parameter when not varied."""
+    w = getattr(module, attr)
+    control = controls(module).get(attr)
+    return w if control is None else control.weight_for_forward(w)
+
+
+# ---- fused Transformer paths ----------------------------------------------------------------------
+@contextlib.contextmanager
+def fastpath_disabled() -> Iterator[None]:
+    """PyTorch's fused MultiheadAttention / Transformer inference path off for the block (restored after)."""
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
+
+
+def _unfused_forward(self: nn.Module, *args, **kwargs):
+    with fastpath_disabled():
+        return type(self).forward(self, *args, **kwargs)
+
+
+def disable_fused_paths(model: nn.Module) -> None:
+    """Every fused container holding a noisy layer runs its reference (per-module) computation."""
+    for module in model.modules():
+        if isinstance(module, FUSED_CONTAINERS) and any(controls(m) for m in module.modules()):
+            if _FASTPATH_OFF not in module.__dict__:
+                module.__dict__[_FASTPATH_OFF] = True
+                module.forward = types.MethodType(_unfused_forward, module)
+
+
+def restore_fused_paths(model: nn.Module) -> None:
+    """Undo `disable_fused_paths` where no noisy layer is left inside."""
+    for module in model.modules():
+        if module.__dict__.get(_FASTPATH_OFF) and not any(controls(m) for m in module.modules()):
+            del module.__dict__[_FASTPATH_OFF]
+            module.__dict__.pop("forward", None)
+
+
+# ---- the built-in layer types ---------------------------------------------------------------------
+def _weight_only(module: nn.Module) -> list[str]:
+    return ["weight"]
+
+
+def _linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, current_weight(self, "weight"), self.bias)
+
+
+def _conv_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return self._conv_forward(x, current_weight(self, "weight"), self.bias)
+
+
+_CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def _conv_transpose_forward(self: nn.Module, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+    """nn.ConvTranspose{1,2,3}d.forward with the noisy weight (a transposed conv is one crossbar like any other)."""
+    if self.padding_mode != "zeros":
+        raise ValueError(f"only 'zeros' padding mode is supported for {type(self).__name__}")
+    n = self.weight.dim() - 2  # spatial dimensions
+    output_padding = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size, n, self.dilation)
+    return _CONV_TRANSPOSE[n](x, current_weight(self, "weight"), self.bias, self.stride, self.padding,
+                              output_padding, self.groups, self.dilation)
+
+
+def _attention_attrs(module: nn.MultiheadAttention) -> list[str]:
+    """The input projections: one [3E, E] crossbar, or three when key/value dimensions differ."""
+    if module._qkv_same_embed_dim:
+        return ["in_proj_weight"]
+    return ["q_proj_weight", "k_proj_weight", "v_proj_weight"]
+
+
+def _attention_forward(self: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                       key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
+                       attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
+                       is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """nn.MultiheadAttention.forward (its reference path) with noisy projection weights.
+
+    query [L, N, E] ([N, L, E] with batch_first, [L, E] unbatched); returns (output like query, weights).
+    """
+    batched_first = self.batch_first and query.dim() == 3
+    if batched_first:  # the functional form is sequence-first
+        query, key, value = (t.transpose(1, 0) for t in (query, key, value))
+    separate = not self._qkv_same_embed_dim
+    projections = {a: current_weight(self, a) for a in _attention_attrs(self)}
+    out, weights = F.multi_head_attention_forward(
+        query, key, value, self.embed_dim, self.num_heads,
+        projections.get("in_proj_weight", self.in_proj_weight), self.in_proj_bias,
+        self.bias_k, self.bias_v, self.add_zero_attn, self.dropout,
+        current_weight(self.out_proj, "weight"), self.out_proj.bias,
+        training=self.training, key_padding_mask=key_padding_mask, need_weights=need_weights,
+        attn_mask=attn_mask, use_separate_proj_weight=separate,
+        q_proj_weight=projections.get("q_proj_weight"), k_proj_weight=projections.get("k_proj_weight"),
+        v_proj_weight=projections.get("v_proj_weight"), average_attn_weights=average_attn_weights,
+        is_causal=is_causal,
+    )
+    return (out.transpose(1, 0) if batched_first else out), weights
+
+
+register_layer(nn.Linear, _weight_only, _linear_forward)
+for _conv in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+    register_layer(_conv, _weight_only, _conv_forward)
+for _conv in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
+    register_layer(_conv, _weight_only, _conv_transpose_forward)
+register_layer(nn.MultiheadAttention, _attention_attrs, _attention_forward)

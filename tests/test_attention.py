@@ -1,0 +1,297 @@
+"""Transformers and attention on the chip: every layer listed as noisy is noisy (issue: fused fast paths).
+
+PyTorch's TransformerEncoderLayer takes a fused path in eval mode under no_grad that reads linear1/linear2
+weights directly, and MultiheadAttention reads in_proj_weight / out_proj.weight itself. These tests prove,
+in train and eval mode, with and without no_grad, that a programmed chip reaches every such tensor, that
+the noisy forward equals the plain module with the drawn weights substituted (functional_call), and that
+the coverage self-check names a layer whose chip does not reach the output.
+"""
+
+import contextlib
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+import nvcim
+import nvcim.layers
+from nvcim.config import DeviceConfig
+from nvcim.coverage import CoverageError, check_coverage
+from nvcim.evaluate import monte_carlo_evaluate
+
+CFG = DeviceConfig(sigma=0.3)
+MODES = list(itertools.product([True, False], [True, False]))  # (training, no_grad)
+
+
+def _mode(model: nn.Module, training: bool, no_grad: bool):
+    model.train(training)
+    return torch.no_grad() if no_grad else contextlib.nullcontext()
+
+
+class Encoder(nn.Module):
+    def __init__(self, batch_first=True, stack=False):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=batch_first)
+        self.embed = nn.Linear(8, 16)
+        self.body = nn.TransformerEncoder(layer, 2, enable_nested_tensor=batch_first) if stack else layer
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):  # x [B, L, 8] (batch_first) or [L, B, 8]
+        return self.head(self.body(self.embed(x)))  # like x, 3 features
+
+
+class Decoder(nn.Module):
+    def __init__(self, batch_first=True):
+        super().__init__()
+        self.layer = nn.TransformerDecoderLayer(16, 4, 32, dropout=0.0, batch_first=batch_first)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):  # x [B, L, 16]; memory = x
+        return self.head(self.layer(x, x))
+
+
+class Attention(nn.Module):
+    def __init__(self, batch_first=True, kdim=None):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=batch_first, kdim=kdim, vdim=kdim)
+        self.head = nn.Linear(16, 3)
+        self.kdim = kdim or 16
+
+    def forward(self, x):  # x [B, L, 16]
+        kv = x[..., : self.kdim] if self.kdim <= 16 else torch.cat([x, x], -1)[..., : self.kdim]
+        out, _ = self.attn(x, kv, kv, need_weights=False)
+        return self.head(out)
+
+
+def _x(shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+MODELS = {
+    "encoder_layer": (lambda: Encoder(), (2, 5, 8)),
+    "encoder_layer_seq_first": (lambda: Encoder(batch_first=False), (5, 2, 8)),
+    "encoder_stack": (lambda: Encoder(stack=True), (2, 5, 8)),
+    "decoder_layer": (lambda: Decoder(), (2, 5, 16)),
+    "decoder_layer_seq_first": (lambda: Decoder(batch_first=False), (5, 2, 16)),
+    "mha_batch_first": (lambda: Attention(True), (2, 5, 16)),
+    "mha_seq_first": (lambda: Attention(False), (5, 2, 16)),
+    "mha_separate_kv": (lambda: Attention(True, kdim=12), (2, 5, 16)),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("training,no_grad", MODES)
+def test_chip_reaches_every_tensor_in_every_mode(name, training, no_grad):
+    """Two chips differ in output, and each chip's output equals the plain model with its weights substituted."""
+    build, shape = MODELS[name]
+    torch.manual_seed(0)
+    model, x = build(), _x(shape)
+    nvcim.apply_variation_(model, CFG)
+    names = [p.name for p in nvcim.noisy_parameters(model)]
+    assert not any(n.endswith(".bias") for n in names)
+    with _mode(model, training, no_grad):
+        outs = []
+        for seed in (0, 1):
+            chip = nvcim.draw_chip(model, seed=seed)
+            nvcim.program_chip_(model, seed=seed)
+            out = model(x)
+            with nvcim.variation_disabled(model):
+                ref = torch.func.functional_call(model, chip, (x,))  # the plain module reading W_p
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+            outs.append(out)
+        assert not torch.allclose(outs[0], outs[1])
+        assert check_coverage(model, x) == names
+
+
+def test_attention_projections_are_listed():
+    model = nn.Sequential(nn.Linear(8, 16))
+    enc = nn.TransformerEncoderLayer(16, 4, 32, batch_first=True)
+    model.add_module("enc", enc)
+    nvcim.apply_variation_(model, CFG)
+    assert [p.name for p in nvcim.noisy_parameters(model)] == [
+        "0.weight", "enc.self_attn.in_proj_weight", "enc.self_attn.out_proj.weight",
+        "enc.linear1.weight", "enc.linear2.weight"]
+    sep = nvcim.apply_variation_(Attention(kdim=12), CFG)
+    assert [p.name for p in nvcim.noisy_parameters(sep)] == [
+        "attn.q_proj_weight", "attn.k_proj_weight", "attn.v_proj_weight", "attn.out_proj.weight", "head.weight"]
+
+
+def test_noise_std_on_attention_projection_matches_closed_form():
+    """W_p - W_d of in_proj_weight has std c·σ·max|W| like any other crossbar."""
+    torch.manual_seed(0)
+    model = nvcim.apply_variation_(Attention(), CFG)
+    w = model.attn.in_proj_weight
+    diffs = torch.stack([nvcim.draw_chip(model, seed=s)["attn.in_proj_weight"] - nvcim.quantize(w, CFG)
+                         for s in range(20)])  # [20, 48, 16]
+    expected = CFG.c * CFG.sigma * float(w.abs().max())
+    n = diffs.numel()
+    assert abs(float(diffs.std()) / expected - 1) < 4 / (2 * n) ** 0.5  # 4 standard errors of a std
+
+
+def test_mha_masks_and_weights_match_plain_module():
+    """With variation at σ = 0 and quantize off, the override is the plain MultiheadAttention, masks included."""
+    torch.manual_seed(0)
+    for batch_first in (True, False):
+        attn = nn.MultiheadAttention(16, 4, batch_first=batch_first, dropout=0.0).eval()
+        x = _x((2, 5, 16) if batch_first else (5, 2, 16))
+        pad = torch.tensor([[False] * 4 + [True], [False] * 5])
+        causal = nn.Transformer.generate_square_subsequent_mask(5)
+        want = attn(x, x, x, key_padding_mask=pad, attn_mask=causal, need_weights=True)
+        nvcim.apply_variation_(attn, CFG.replace(sigma=0.0, quantize=False))
+        got = attn(x, x, x, key_padding_mask=pad, attn_mask=causal, need_weights=True)
+        torch.testing.assert_close(got[0], want[0])
+        torch.testing.assert_close(got[1], want[1])
+        nvcim.remove_variation_(attn)
+        assert "forward" not in attn.__dict__
+
+
+def test_gradients_reach_attention_weights():
+    torch.manual_seed(0)
+    model = nvcim.apply_variation_(Encoder(), CFG).train()
+    model(_x((2, 5, 8))).sum().backward()
+    for p in nvcim.noisy_parameters(model):
+        assert p.weight.grad is not None and p.weight.grad.abs().sum() > 0, p.name
+
+
+def test_remove_restores_fused_path_and_outputs():
+    torch.manual_seed(0)
+    model, x = Encoder(stack=True).eval(), _x((2, 5, 8))
+    with torch.no_grad():
+        before = model(x)
+        nvcim.apply_variation_(model, CFG)
+        nvcim.remove_variation_(model)
+        after = model(x)
+    assert torch.equal(before, after)
+    assert all("forward" not in m.__dict__ for m in model.modules())
+    assert torch.backends.mha.get_fastpath_enabled()
+
+
+def test_out_proj_alone_is_still_noisy():
+    """Excluding the attention block but not its out_proj: the block must still read out_proj's chip."""
+    torch.manual_seed(0)
+    model, x = Attention().eval(), _x((2, 5, 16))
+    nvcim.apply_variation_(model, CFG, exclude=["attn"])
+    assert [p.name for p in nvcim.noisy_parameters(model)] == ["attn.out_proj.weight", "head.weight"]
+    with torch.no_grad():
+        assert check_coverage(model, x) == ["attn.out_proj.weight", "head.weight"]
+
+
+def test_monte_carlo_of_a_transformer_varies_between_chips():
+    """The issue's symptom: MC std was 0 for a transformer classifier in eval mode under no_grad."""
+    torch.manual_seed(0)
+
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = Encoder(stack=True)
+
+        def forward(self, x):  # x [B, 5, 8]
+            return self.enc(x).mean(1)  # [B, 3]
+
+    model = Classifier()
+    x, y = _x((64, 5, 8)), torch.randint(0, 3, (64,), generator=torch.Generator().manual_seed(1))
+    res = monte_carlo_evaluate(model, (x, y), DeviceConfig(sigma=0.5), runs=8, seed=0)
+    assert len(set(res.per_run_correct)) > 1
+    loop = monte_carlo_evaluate(model, (x, y), DeviceConfig(sigma=0.5), runs=8, seed=0, path="chunked")
+    assert loop.per_run_correct == res.per_run_correct
+
+
+class ReadsWeightItself(nn.Module):
+    """A user module that bypasses fc's forward: F.linear(x, self.fc.weight)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.unused = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.out(torch.nn.functional.linear(x, self.fc.weight, self.fc.bias))
+
+
+@pytest.mark.parametrize("training,no_grad", MODES)
+def test_coverage_names_layers_whose_chip_is_ignored(training, no_grad):
+    torch.manual_seed(0)
+    model = nvcim.apply_variation_(ReadsWeightItself(), CFG)
+    with _mode(model, training, no_grad), pytest.raises(CoverageError) as err:
+        check_coverage(model, _x((3, 4)))
+    msg = str(err.value)
+    assert "never have their chip read" in msg and "stay exact: fc.weight, unused.weight (" in msg
+    assert "out.weight" not in msg
+
+
+def test_monte_carlo_refuses_a_model_whose_layer_ignores_its_chip():
+    torch.manual_seed(0)
+    model = ReadsWeightItself()
+    x, y = _x((8, 4)), torch.zeros(8, dtype=torch.long)
+    with pytest.raises(CoverageError, match="fc.weight"):
+        monte_carlo_evaluate(model, (x, y), CFG, runs=2)
+    assert not nvcim.noisy_modules(model)  # the device model was removed again
+    nvcim.apply_variation_(model, CFG, include=["out"])
+    assert monte_carlo_evaluate(model, (x, y), CFG, runs=2).runs == 2
+
+
+def test_coverage_leaves_state_untouched():
+    """BatchNorm statistics, controllers and the global RNG are as before the check (train mode)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Dropout(0.5), nn.Linear(6, 2)).train()
+    nvcim.apply_variation_(model, CFG)
+    nvcim.program_chip_(model, seed=3)
+    chip = {p.name: p.control.programmed for p in nvcim.noisy_parameters(model)}
+    stats = [b.clone() for b in model.buffers()]
+    rng = torch.get_rng_state()
+    check_coverage(model, _x((5, 4)))
+    assert all(torch.equal(a, b) for a, b in zip(stats, model.buffers()))
+    assert torch.equal(rng, torch.get_rng_state())
+    assert all(p.control.programmed is chip[p.name] for p in nvcim.noisy_parameters(model))
+
+
+# ---- selections that select nothing ---------------------------------------------------------------
+def test_pattern_matching_no_layer_is_an_error():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2))
+    with pytest.raises(nvcim.SelectionError, match=r"include pattern 'features\.\*' matches no layer.*'0', '2'"):
+        nvcim.apply_variation_(model, CFG, include=["features.*"])
+    with pytest.raises(nvcim.SelectionError, match=r"exclude pattern 'classifer' matches no layer"):
+        nvcim.apply_variation_(model, CFG, exclude=["classifer"])
+    with pytest.raises(nvcim.SelectionError, match="selects no layer"):
+        nvcim.apply_variation_(model, CFG, filter=lambda n, m: False)
+    with pytest.raises(nvcim.SelectionError, match="selects no layer"):
+        nvcim.apply_variation_(model, CFG, include=["0"], exclude=["0"])
+    with pytest.raises(TypeError, match="list of glob patterns"):
+        nvcim.apply_variation_(model, CFG, include="0")
+    assert not nvcim.noisy_modules(model)
+
+
+def test_model_without_supported_layer_is_an_error():
+    model = nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3))
+    with pytest.raises(nvcim.SelectionError, match="has no layer nvcim can vary"):
+        nvcim.apply_variation_(model, CFG)
+    with pytest.raises(nvcim.SelectionError):
+        monte_carlo_evaluate(model, (torch.zeros(2, 3), torch.zeros(2, dtype=torch.long)), CFG, runs=2)
+
+
+def test_coverage_catches_the_fused_path(monkeypatch):
+    """Were the fused path left on, the self-check would name the layers it bypasses."""
+    monkeypatch.setattr(nvcim.layers, "disable_fused_paths", lambda model: None)
+    torch.manual_seed(0)
+    model = nvcim.apply_variation_(Encoder(), CFG).eval()
+    with torch.no_grad(), pytest.raises(CoverageError) as err:
+        check_coverage(model, _x((2, 5, 8)))
+    for name in ("body.self_attn.in_proj_weight", "body.linear1.weight", "body.linear2.weight"):
+        assert name in str(err.value)
+    model.train()  # the reference path runs in train mode: covered there
+    check_coverage(model, _x((2, 5, 8)))
+
+
+def test_a_chip_that_is_read_but_changes_nothing_is_a_warning():
+    """Dead activations after a layer: its chip is used, the output cannot move (strict: an error)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[0].bias.fill_(-100.0)  # every ReLU off
+    nvcim.apply_variation_(model, CFG)
+    with pytest.warns(UserWarning, match=r"read but do not change the output on these inputs: 0\.weight, 2\.weight"):
+        assert check_coverage(model, _x((3, 4))) == ["0.weight", "2.weight"]
+    with pytest.raises(CoverageError, match="0.weight"):
+        check_coverage(model, _x((3, 4)), strict=True)
