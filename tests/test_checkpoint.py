@@ -206,3 +206,57 @@ def test_dtype_preserved(tmp_path):
 
 def test_is_value_error():
     assert issubclass(CheckpointError, ValueError)
+
+
+# ---- nothing but a checkpoint is replaced; normal permissions -------------------------------------------
+def _listing(root):
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def test_is_checkpoint_dir(tmp_path):
+    from nvcim.checkpoint import is_checkpoint_dir
+
+    path = save_checkpoint(tmp_path / "ck", _trained_model(), SPEC)
+    assert is_checkpoint_dir(path)
+    assert not is_checkpoint_dir(tmp_path / "nope") and not is_checkpoint_dir(path / "config.json")
+    for text in ("{}", "{not json", '{"model": {"name": "tiny"}}', '{"nvcim_version": "0", "model": "tiny"}'):
+        (path / "config.json").write_text(text)
+        assert not is_checkpoint_dir(path), text
+    (path / "config.json").write_text('{"nvcim_version": "0", "model": {"name": "tiny"}}')
+    assert is_checkpoint_dir(path)
+    (path / "model.safetensors").unlink()
+    assert not is_checkpoint_dir(path)
+
+
+@pytest.mark.parametrize("case", ["empty_config", "extra_file"])
+def test_never_replaces_what_is_not_only_a_checkpoint(tmp_path, case):
+    """A folder with a config.json that is not nvcim's, or a checkpoint holding the user's files too."""
+    target = tmp_path / "dir"
+    if case == "empty_config":
+        target.mkdir()
+        (target / "config.json").write_text("{}")
+        (target / "notes.txt").write_text("mine")
+    else:
+        save_checkpoint(target, _trained_model(), SPEC)
+        (target / "notes.txt").write_text("mine")
+    before = _listing(tmp_path)
+    with pytest.raises(CheckpointError) as e:
+        save_checkpoint(target, _trained_model(), SPEC)
+    _one_line(e, target)
+    assert _listing(tmp_path) == before
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_files_get_normal_permissions_under_the_umask(tmp_path, umask):
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        path = save_checkpoint(tmp_path / "ck", _trained_model(), SPEC)
+        path = save_checkpoint(path, _trained_model(), SPEC)  # replacing keeps them normal too
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~umask
+    for f in path.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f.name

@@ -416,7 +416,7 @@ def test_download_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(DatasetNotFoundError, match="MD5 mismatch") as e:
         load_dataset("cifar10", root)
     assert "\n" not in str(e.value)
-    assert list((root / "cifar10").iterdir()) == []
+    assert not root.exists()  # not even the folders made for the download
 
 
 def test_download_idx_with_monkeypatched_fetch(tmp_path, monkeypatch):
@@ -444,7 +444,61 @@ def test_download_idx_with_monkeypatched_fetch(tmp_path, monkeypatch):
     monkeypatch.setattr(D, "_fetch", failing_fetch)
     with pytest.raises(DatasetNotFoundError, match="network unreachable"):
         load_dataset("mnist", tmp_path / "data2")
-    assert list((tmp_path / "data2" / "mnist").iterdir()) == []
+    assert not (tmp_path / "data2").exists()
+
+
+def test_failed_download_removes_only_the_folders_it_made_and_left_empty(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    root.mkdir()  # the user's: stays
+    monkeypatch.setitem(D._SOURCES, "mnist", [("https://example.invalid/a", "0" * 32, "a.gz")])
+
+    def offline(url, dest):
+        raise OSError("offline")
+
+    monkeypatch.setattr(D, "_fetch", offline)
+    with pytest.raises(DatasetNotFoundError, match="offline"):
+        load_dataset("mnist", root / "deeper")
+    assert root.is_dir() and list(root.iterdir()) == []
+    # a file downloaded before the failure keeps its folder (the next try reuses it)
+    src = tmp_path / "ok.gz"
+    src.write_bytes(b"first")
+    monkeypatch.setitem(D._SOURCES, "mnist", [(src.as_uri(), hashlib.md5(b"first").hexdigest(), "ok.gz"),
+                                              ("https://example.invalid/b", "0" * 32, "b.gz")])
+
+    def first_only(url, dest):
+        if not url.endswith("ok.gz"):
+            offline(url, dest)
+        Path(dest).write_bytes(b"first")
+
+    monkeypatch.setattr(D, "_fetch", first_only)
+    with pytest.raises(DatasetNotFoundError, match="offline"):
+        load_dataset("mnist", root)
+    assert sorted(p.name for p in (root / "mnist").iterdir()) == ["ok.gz"]
+
+
+def test_check_dataset_reads_names_only_and_downloads_only_when_asked(tmp_path, monkeypatch):
+    calls = []
+
+    def offline(url, dest):
+        calls.append(url)
+        raise OSError("offline")
+
+    monkeypatch.setattr(D, "_fetch", offline)
+    monkeypatch.setattr(D, "SYSTEM_FASHION_MNIST_DIR", tmp_path / "nope")
+    root = tmp_path / "data"
+    for name in ("mnist", "fashion_mnist", "cifar10", "cifar100", "tiny_imagenet"):
+        with pytest.raises(DatasetNotFoundError) as e:
+            D.check_dataset(name, root)
+        assert "\n" not in str(e.value) and str(root / name) in str(e.value)
+    assert calls == [] and not root.exists()  # no download, nothing created
+    with pytest.raises(DatasetNotFoundError, match="offline"):
+        D.check_dataset("cifar10", root, download=True)
+    assert len(calls) == 1 and not root.exists()
+    with pytest.raises(ValueError, match="unknown dataset"):
+        D.check_dataset("imagenet21k", root)
+    write_mnist_folder(root / "mnist", n_train=2, n_test=2)
+    D.check_dataset("mnist", root)
+    D.check_dataset("mnist5k", root)
 
 
 def test_mnist5k_carried_copy_under_data_root(tmp_path, monkeypatch):

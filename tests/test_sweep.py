@@ -155,6 +155,16 @@ def test_toml_and_yaml_specs(tmp_path):
     ({"variants": [{"label": "x", "method": "sgd"}]}, "method"),
     ({"variants": [{"label": "ovf", "method": "ovf"}]}, "label"),
     ({"variants": [{"label": "a/b", "method": "ovf"}, {"label": "a_b", "method": "ovf"}]}, "label"),
+    # a label never escapes its folder, hides, or shares a directory on a case-insensitive file system
+    ({"variants": [{"label": "..", "method": "ovf"}]}, "'..'"),
+    ({"variants": [{"label": ".", "method": "ovf"}]}, "label"),
+    ({"variants": [{"label": ".hidden", "method": "ovf"}]}, "'.hidden'"),
+    ({"variants": [{"label": "../../x", "method": "ovf"}]}, "label"),
+    ({"variants": [{"label": "x" * 101, "method": "ovf"}]}, "label"),
+    ({"variants": [{"label": "OVF", "method": "ovf"}]}, "'OVF'"),
+    ({"variants": [{"label": "Vanilla", "method": "vanilla"}]}, "'Vanilla'"),
+    ({"variants": [{"label": "Big", "method": "ovf"}, {"label": "big", "method": "ovf"}]}, "'Big'"),
+    ({"variants": [{"label": "a b", "method": "ovf"}, {"label": "A_B", "method": "ovf"}]}, "'a b'"),
     ({"variants": [{"label": "x", "method": "ovf", "param": {}}]}, "param"),
     ({"variants": [{"label": "x", "method": "noise_injection", "params": {"logit_scale": -1}}]}, "logit_scale"),
 ])
@@ -163,6 +173,31 @@ def test_spec_validation_errors_are_one_line_and_name_the_key(changes, key):
         validate_spec(spec_of(**changes))
     msg = str(info.value)
     assert "\n" not in msg and key in msg, msg
+
+
+def test_expansion_refuses_two_cells_in_one_directory_case_aside():
+    """Even a spec that skipped validation (e.g. edited spec.json) cannot put two cells in one directory."""
+    spec = validate_spec(spec_of(methods=["noise_injection"], variants=[{"label": "ni-a", "method": "noise_injection"}]))
+    spec["variants"].append({"label": "NI-A", "method": "noise_injection", "params": {}})
+    with pytest.raises(ValueError) as e:
+        expand(spec)
+    msg = str(e.value)
+    assert "\n" not in msg and "'ni-a'" in msg and "'NI-A'" in msg
+
+
+def test_model_that_does_not_fit_a_dataset_is_a_spec_error(monkeypatch):
+    import nvcim.models
+
+    def gray_only(num_classes, in_channels, width, image_size):
+        if in_channels != 1:
+            raise ValueError(f"in_channels={in_channels}: this model reads 1-channel images only")
+        return nvcim.models.tiny(num_classes, in_channels, width, image_size)
+
+    monkeypatch.setitem(nvcim.models.MODELS, "gray-only", gray_only)
+    validate_spec(spec_of(models=["gray-only"]))
+    with pytest.raises(ValueError) as e:
+        validate_spec(spec_of(models=["gray-only"], datasets=["mnist5k", "cifar10"]))
+    assert "\n" not in str(e.value) and "'gray-only' does not fit dataset 'cifar10'" in str(e.value)
 
 
 def test_missing_key_and_bad_file(tmp_path):
@@ -339,6 +374,98 @@ def test_cli_diverging_cell_exit_code_1_and_dry_run(tmp_path, capsys):
     assert main(["sweep", str(bad), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "'sigmas'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cell_training_to_non_finite_outputs_fails_not_ok(tmp_path):
+    """One SGD step at lr 1e12: weights still finite, logits NaN. The cell is a divergence, not an ok result."""
+    raw = spec_of(methods=["noise_injection"], sigmas=[0.3], seeds=[0], betas=[0.1],
+                  train={**TRAIN, "limit": 32, "optimizer": "sgd", "lr": 1e12})
+    out = tmp_path / "out"
+    s = run_sweep(validate_spec(raw), out, progress=False)
+    assert s.exit_code == 1 and s.ok == [] and len(s.failed) == 1
+    failed = json.loads((out / "cells" / s.failed[0] / sweep.FAILED_FILE).read_text())
+    assert failed["error"].startswith("CellDiverged: training diverged (non-finite")
+    assert not (out / "cells" / s.failed[0] / sweep.RESULT_FILE).exists()
+    ckpt = json.loads((out / "cells" / s.failed[0] / "checkpoint" / "config.json").read_text())
+    assert ckpt["metrics"]["status"] == "diverged"  # recorded next to the successes
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_a_result", "other_cell", "no_results"])
+def test_damaged_result_is_not_done_and_the_cell_reruns_with_a_warning(tmp_path, capsys, damage):
+    from nvcim.cli import main
+
+    raw = spec_of(methods=["noise_injection"], sigmas=[0.3], seeds=[0, 1], betas=[0.1])
+    spec = validate_spec(raw)
+    out = tmp_path / "out"
+    assert run_sweep(spec, out, progress=False).exit_code == 0
+    cid = expand(spec)[0].id
+    file = sweep.cell_dir(out, cid) / sweep.RESULT_FILE
+    good = json.loads(file.read_text())
+    text = file.read_text()
+    file.write_text({"truncated": text[: len(text) // 2], "not_a_result": "[1, 2]",
+                     "other_cell": json.dumps({**good, "cell": {**good["cell"], "id": "x"}}),
+                     "no_results": json.dumps({**good, "results": []})}[damage])
+    assert sweep.cell_state(out, cid) == "pending" and sweep.result_problem(out, cid)
+    spec_file = write_json_spec(tmp_path / "spec.json", raw)
+    assert main(["sweep", str(spec_file), "--out", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert f"pending  {cid}" in printed and "runs again" in printed and "1 done" in printed
+    summary = run_sweep(spec, out, progress=True)
+    err = capsys.readouterr().err
+    assert summary.exit_code == 0 and summary.ok == [cid] and summary.done_before == 1
+    assert f"warning: cell {cid}: result.json" in err
+    again = json.loads(file.read_text())
+    assert again["results"][0]["per_run_accuracy"] == good["results"][0]["per_run_accuracy"]  # same model, same chips
+
+
+def test_tested_checkpoint_of_a_beta_search_has_normal_permissions(tmp_path):
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        spec = validate_spec(spec_of(methods=["ovf"], sigmas=[0.3], seeds=[0], betas=[0.1, 0.001]))
+        assert run_sweep(spec, tmp_path / "out", progress=False).exit_code == 0
+    finally:
+        os.umask(old)
+    ckpt = sweep.cell_dir(tmp_path / "out", expand(spec)[0].id) / "checkpoint"
+    assert stat.S_IMODE(ckpt.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(f.stat().st_mode) for f in ckpt.iterdir()} == {0o644}
+
+
+def test_damaged_beta_score_is_scored_again(tmp_path):
+    spec = validate_spec(spec_of(methods=["ovf"], sigmas=[0.3], seeds=[0], betas=[0.1, 0.001]))
+    out = tmp_path / "out"
+    assert run_sweep(spec, out, progress=False).exit_code == 0
+    d = sweep.cell_dir(out, expand(spec)[0].id)
+    good = json.loads((d / sweep.RESULT_FILE).read_text())["cell"]["beta_search"]
+    (d / sweep.RESULT_FILE).unlink()  # as if killed before the cell finished
+    score = d / "beta" / "0.1" / sweep.SCORE_FILE
+    score.write_text(score.read_text()[:20])
+    s = run_sweep(spec, out, progress=False)
+    assert s.exit_code == 0 and len(s.ok) == 1
+    assert json.loads((d / sweep.RESULT_FILE).read_text())["cell"]["beta_search"]["candidates"] == good["candidates"]
+
+
+def test_missing_data_fails_up_front_with_exit_2_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    import nvcim.data
+    from nvcim.cli import main
+
+    calls = []
+
+    def offline(url, dest):
+        calls.append(url)
+        raise OSError("offline")
+
+    monkeypatch.setattr(nvcim.data, "_fetch", offline)
+    raw = spec_of(datasets=["cifar10"], methods=["noise_injection"], sigmas=[0.3], seeds=[0], betas=[0.1],
+                  train={**TRAIN, "data_root": str(tmp_path / "data")})
+    spec_file = write_json_spec(tmp_path / "spec.json", raw)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["sweep", str(spec_file), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("nvcim: downloading")]
+    assert len(err) == 1 and "cifar10" in err[0] and str(tmp_path / "data" / "cifar10") in err[0], err
+    assert len(calls) == 1  # one download try, up front, not one per cell
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no sweep directory, no data folder
 
 
 def test_other_spec_refused_unless_force(tmp_path):

@@ -152,6 +152,68 @@ def test_weights_broken_by_the_last_step_count_as_divergence(monkeypatch, tmp_pa
     assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
 
 
+def _blow_up_classifier_at_step(monkeypatch, n: int):
+    """After optimizer step n, the last layer's weights are 3e38: finite, but the logits overflow."""
+    real_step = torch.optim.Adam.step
+    calls = {"n": 0}
+
+    def step(self, *a, **k):
+        out = real_step(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == n:
+            with torch.no_grad():
+                params = [p for g in self.param_groups for p in g["params"] if p.dim() == 2]
+                params[-1].fill_(3e38)
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+
+
+@pytest.mark.parametrize("at_step, diverged_at, best_epoch", [(4, {"epoch": 1, "step": 4}, None),
+                                                              (8, {"epoch": 2, "step": 4}, 1)])
+def test_finite_weights_with_non_finite_validation_outputs_count_as_divergence(monkeypatch, tmp_path, at_step,
+                                                                               diverged_at, best_epoch):
+    from nvcim.train import REASON_VAL
+
+    _blow_up_classifier_at_step(monkeypatch, at_step)  # 4 steps per epoch
+    res = train(tiny_cfg(method="vanilla", epochs=3), tmp_path / "d")
+    assert res.status == "diverged" and res.metrics["diverged_at"] == diverged_at
+    assert res.metrics["diverged_reason"] == REASON_VAL and res.metrics["best_epoch"] == best_epoch
+    model, config = load_checkpoint(tmp_path / "d")  # recorded as every divergence is: best / initial weights
+    assert config["metrics"]["status"] == "diverged" and config["metrics"]["diverged_reason"] == REASON_VAL
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+    model.eval()
+    assert torch.isfinite(model(torch.randn(2, 1, 32, 32))).all()
+
+
+def test_non_finite_test_outputs_without_a_val_split_count_as_divergence(monkeypatch, tmp_path):
+    from nvcim.train import REASON_TEST
+
+    _blow_up_classifier_at_step(monkeypatch, 4)
+    res = train(tiny_cfg(method="vanilla", val_fraction=0.0, val_runs=0, select="last"), tmp_path / "d")
+    assert res.status == "diverged" and res.metrics["diverged_at"] == {"epoch": 1, "step": 4}
+    assert res.metrics["diverged_reason"] == REASON_TEST
+    assert load_checkpoint(tmp_path / "d")[1]["metrics"]["status"] == "diverged"
+
+
+def test_healthy_run_records_no_divergence_reason():
+    res = train(tiny_cfg(method="vanilla"))
+    assert res.status == "ok" and res.metrics["diverged_at"] is None and res.metrics["diverged_reason"] is None
+
+
+def test_cli_huge_learning_rate_exits_3_not_ok(tmp_path, capsys):
+    """The issue's example: SGD at lr 1e12 makes NaN logits in one step; that is no "ok" run."""
+    out = tmp_path / "d"
+    rc = main(["train", "--model", "tiny", "--optimizer", "sgd", "--lr", "1e12", "--epochs", "1", "--limit", "128",
+               "--quiet", "--num-threads", "1", "--val-runs", "2", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 3, captured.out
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "training diverged (non-finite" in err[0]
+    assert "diverged (non-finite" in captured.out
+    assert json.loads((out / "config.json").read_text())["metrics"]["status"] == "diverged"
+
+
 def test_history_records_the_rate_each_epoch_trained_with():
     res = train(tiny_cfg(epochs=2, schedule="cosine", lr=1e-3, val_runs=0, select="last"))
     assert [h["lr"] for h in res.metrics["history"]] == pytest.approx([1e-3, 5e-4])
@@ -292,6 +354,68 @@ def test_cli_config_file_with_flag_override_and_overwrite(tmp_path, capsys):
     assert (out / "config.json").read_text() == before
     assert main([*argv, "--overwrite", "--seed", "6"]) == 0
     assert json.loads((out / "config.json").read_text())["seed"] == 6
+
+
+def _snapshot(root):
+    """Every path under root with its bytes (None for a folder)."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("case", ["empty_config", "checkpoint_with_user_file"])
+def test_cli_overwrite_replaces_only_a_checkpoint(tmp_path, capsys, case):
+    out = tmp_path / "run"
+    if case == "empty_config":  # any folder holding a config.json is no checkpoint
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+        (out / "results.csv").write_text("the user's\n")
+    else:
+        res = train(tiny_cfg(method="vanilla", limit=16, val_runs=0, select="last"), out)
+        assert res.status == "ok"
+        (out / "notes.txt").write_text("the user's\n")
+    before = _snapshot(tmp_path)
+    rc = main(["train", "--preset", "smoke", "--method", "vanilla", "--limit", "16", "--quiet", "--out", str(out),
+               "--overwrite"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0], err
+    assert _snapshot(tmp_path) == before
+
+
+def test_cli_missing_data_exits_2_and_creates_no_folder(tmp_path, capsys, monkeypatch):
+    """No network: the failed download leaves neither the data folders nor --out behind."""
+    import nvcim.data
+
+    def offline(url, dest):
+        raise OSError("offline")
+
+    monkeypatch.setattr(nvcim.data, "_fetch", offline)
+    rc = main(["train", "--dataset", "cifar10", "--data-root", str(tmp_path / "no-data"), "--epochs", "1", "--quiet",
+               "--out", str(tmp_path / "run")])
+    assert rc == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("nvcim: downloading")]
+    assert len(err) == 1 and "cifar10" in err[0] and str(tmp_path / "no-data") in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_model_that_does_not_fit_the_data_exits_2_before_any_download(tmp_path, capsys, monkeypatch):
+    """A 1-channel-only model with --dataset cifar10: refused before the missing data are fetched."""
+    import nvcim.data
+    import nvcim.models
+
+    def gray_only(num_classes, in_channels, width, image_size):
+        if in_channels != 1:
+            raise ValueError(f"in_channels={in_channels}: this model reads 1-channel images only")
+        return nvcim.models.tiny(num_classes, in_channels, width, image_size)
+
+    calls = []
+    monkeypatch.setitem(nvcim.models.MODELS, "gray-only", gray_only)
+    monkeypatch.setattr(nvcim.data, "_fetch", lambda url, dest: calls.append(url))
+    rc = main(["train", "--model", "gray-only", "--dataset", "cifar10", "--data-root", str(tmp_path / "no-data"),
+               "--epochs", "1", "--quiet", "--out", str(tmp_path / "run")])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not fit dataset 'cifar10'" in err[0], err
+    assert calls == [] and list(tmp_path.iterdir()) == []
 
 
 def test_defaults_table_matches_config():

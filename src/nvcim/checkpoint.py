@@ -13,8 +13,11 @@
 
 Saving is atomic: everything is written into a temporary directory next to the target, which is
 then renamed into place; an existing checkpoint is renamed aside first and deleted only after the
-new one is in place (and restored if that rename fails). Loading never executes code: safetensors
-and JSON only. Every problem is a `CheckpointError` with a one-line message (path, problem, hint).
+new one is in place (and restored if that rename fails). Only a real nvcim checkpoint is ever replaced
+(`is_checkpoint_dir`: its config.json is nvcim's and its weights file is there, nothing else is in
+it); any other non-empty directory is refused. The files get the usual permissions (0644 / 0755 under
+the umask), not the private ones of temporary files. Loading never executes code: safetensors and
+JSON only. Every problem is a `CheckpointError` with a one-line message (path, problem, hint).
 """
 
 from __future__ import annotations
@@ -180,6 +183,54 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux: /proc/self/status)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic set-and-restore
+    os.umask(mask)
+    return mask
+
+
+def is_checkpoint_dir(path) -> bool:
+    """True when `path` is a directory holding an nvcim checkpoint: its config.json parses as nvcim's
+    (an "nvcim_version" and a "model" spec with a "name") and its weights file is there."""
+    path = Path(path)
+    if not (path / WEIGHTS_FILE).is_file():
+        return False
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return (isinstance(config, dict) and "nvcim_version" in config and isinstance(config.get("model"), dict)
+            and "name" in config["model"])
+
+
+def replaceable_problem(path) -> str | None:
+    """Why saving a checkpoint at `path` would destroy something that is not an nvcim checkpoint (None: it
+    would not: `path` is absent, an empty directory, or a checkpoint holding nothing but its two files)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    if not path.is_dir():
+        return "a file of that name exists: choose a directory path"
+    entries = sorted(p.name for p in path.iterdir())
+    if not entries:
+        return None
+    if not is_checkpoint_dir(path):
+        return ("the directory exists and is not a checkpoint (no nvcim config.json and model.safetensors): "
+                "refusing to replace it, choose another path")
+    others = [e for e in entries if e not in (CONFIG_FILE, WEIGHTS_FILE)]
+    if others:
+        return (f"the checkpoint directory also holds {others[:3]}{' ...' if len(others) > 3 else ''}, which "
+                "replacing it would delete: move them out or choose another path")
+    return None
+
+
 # ---- save ----------------------------------------------------------------------------------------
 def save_checkpoint(path, model: nn.Module, model_spec: Mapping | None = None, **meta) -> Path:
     """Write `model` (plain state dict, noise never included) and its config to directory `path`.
@@ -195,13 +246,9 @@ def save_checkpoint(path, model: nn.Module, model_spec: Mapping | None = None, *
     import nvcim
 
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise CheckpointError(f"cannot save checkpoint {path}: a file of that name exists: choose a directory path")
-    if path.is_dir() and any(path.iterdir()) and not (path / CONFIG_FILE).exists() and not (path / WEIGHTS_FILE).exists():
-        raise CheckpointError(
-            f"cannot save checkpoint {path}: the directory exists and is not a checkpoint: "
-            "refusing to replace it, choose another path"
-        )
+    problem = replaceable_problem(path)
+    if problem:
+        raise CheckpointError(f"cannot save checkpoint {path}: {problem}")
     spec = _model_spec(model, model_spec, path)
 
     config: dict[str, Any] = {"nvcim_version": nvcim.__version__, "model": spec}
@@ -235,6 +282,10 @@ def save_checkpoint(path, model: nn.Module, model_spec: Mapping | None = None, *
             os.fsync(f.fileno())
         with open(tmp / WEIGHTS_FILE, "rb") as f:
             os.fsync(f.fileno())
+        umask = current_umask()  # mkdtemp's 0700 (and safetensors' 0600) are too private for results
+        for file in (WEIGHTS_FILE, CONFIG_FILE):
+            os.chmod(tmp / file, 0o666 & ~umask)
+        os.chmod(tmp, 0o777 & ~umask)
         _fsync_dir(tmp)
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))

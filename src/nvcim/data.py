@@ -28,7 +28,9 @@ Registry (:data:`DATASETS`):
 
 ``root`` defaults to ``$NVCIM_DATA`` or ``~/.cache/nvcim/data``. Missing files are downloaded
 (urllib, MD5-verified, atomic) when ``download=True`` and a network is there; otherwise
-:class:`DatasetNotFoundError` says in one line which files to put where.
+:class:`DatasetNotFoundError` says in one line which files to put where (a failed download leaves
+no empty folder behind). :func:`check_dataset` checks that a data set is there (or downloads it)
+without reading it.
 
 The validation split is held out of the training data with a seeded permutation
 (``val_fraction``, default 0.1; 0 gives an empty val split).
@@ -64,6 +66,7 @@ __all__ = [
     "DatasetNotFoundError",
     "DatasetSplits",
     "Split",
+    "check_dataset",
     "default_root",
     "load_dataset",
     "read_cifar10",
@@ -613,19 +616,33 @@ def _extract(archive: Path, folder_name: str, target_dir: Path) -> None:
 
 
 def _try_download(name: str, target_dir: Path) -> None:
-    """Download (and extract) ``name`` into ``target_dir``; raises OSError on any failure."""
-    target_dir.mkdir(parents=True, exist_ok=True)
-    for url, md5, fname in _SOURCES[name]:
-        dest = target_dir / fname
-        if dest.is_file() and _md5(dest) == md5:
-            continue
-        _download(url, md5, dest)
-    if name in _ARCHIVE_FOLDER:
-        archive = target_dir / _SOURCES[name][0][2]
-        try:
-            _extract(archive, _ARCHIVE_FOLDER[name], target_dir)
-        finally:
-            archive.unlink(missing_ok=True)
+    """Download (and extract) ``name`` into ``target_dir``; raises OSError on any failure, after removing
+    the folders it created that are still empty (a failed download leaves no empty folder behind)."""
+    created = []  # target_dir and its missing parents, deepest first
+    for d in (target_dir, *target_dir.parents):
+        if d.exists():
+            break
+        created.append(d)
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+        for url, md5, fname in _SOURCES[name]:
+            dest = target_dir / fname
+            if dest.is_file() and _md5(dest) == md5:
+                continue
+            _download(url, md5, dest)
+        if name in _ARCHIVE_FOLDER:
+            archive = target_dir / _SOURCES[name][0][2]
+            try:
+                _extract(archive, _ARCHIVE_FOLDER[name], target_dir)
+            finally:
+                archive.unlink(missing_ok=True)
+    except BaseException:
+        for d in created:
+            try:
+                d.rmdir()  # only when empty: a file downloaded before the failure stays for the next try
+            except OSError:
+                break
+        raise
 
 
 def _not_found(name: str, what: str, where: Path, reason: str | None) -> DatasetNotFoundError:
@@ -690,6 +707,22 @@ def _locate(name: str, root: Path, download: bool) -> Path | dict[str, Path]:
         if found is None:
             raise _not_found(name, _WHAT[name], target, reason)
     return found
+
+
+def check_dataset(name: str, root: str | os.PathLike | None = None, *, download: bool = False) -> None:
+    """Raise unless data set ``name`` can be loaded from ``root`` without reading it: a one-line
+    ValueError for an unknown name, :class:`DatasetNotFoundError` (saying which files to put where)
+    when its files are missing and ``download`` is False or the download fails. With ``download``,
+    missing files are downloaded as :func:`load_dataset` would; without it nothing is written.
+    Cheap (file names only): for checking the data before slow work or before writing anything.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    root = Path(root).expanduser() if root is not None else default_root()
+    if name == "mnist5k":
+        _mnist5k_path(root)
+    else:
+        _locate(name, root, download)
 
 
 # ----------------------------------------------------------------------------------------------

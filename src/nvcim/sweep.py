@@ -21,14 +21,19 @@ A spec (TOML shown; see experiments/README.md for every key):
 Cells. One cell = one trained model (or one β search) + its test evaluation. Its id is
 "<model>-w<width>/<dataset>/<label>/s<σ>/seed<seed>" ("…/vanilla/seed<seed>" for vanilla, trained
 once per (model, dataset, seed) without noise and tested at every σ of the grid). A variant's label
-(made file-name safe) takes the method's place. Files of a cell, under DIR/cells/<id>/:
+takes the method's place, made file-name safe (characters other than A-Za-z0-9._+- become '_'); a
+label whose name would start with '.' or match another arm's, case aside, is refused, so no two cells
+ever share a directory. Files of a cell, under DIR/cells/<id>/:
 
     cell.json            the cell's full definition (written first; a partial cell whose
                          definition changed is wiped before it runs again)
     checkpoint/          nvcim.checkpoint of the model that is tested
     beta/<β>/checkpoint/ β search: one model per candidate, and beta/<β>/score.json (its
-                         validation score; the marker that this candidate is done)
-    result.json          written LAST, atomically: the cell is done (layout: `result_payload`)
+                         validation score; the marker that this candidate is done, unless
+                         it cannot be read: then the candidate is scored again)
+    result.json          written LAST, atomically: the cell is done (layout: `result_payload`);
+                         one that is not this cell's valid result (e.g. truncated) does not count:
+                         the cell runs again, with a warning (`result_problem`)
     failed.json          the cell raised or diverged: {"kind": "sweep_cell_failed", ...}
 
 Determinism. Every cell seeds everything it draws from its own seed (nvcim.train, nvcim.evaluate),
@@ -96,6 +101,7 @@ LOCK_FILE = ".sweep.lock"
 TOKEN_FILE = ".sweep-token"
 
 _LABEL_SAFE = re.compile(r"[^A-Za-z0-9._+-]")
+LABEL_MAX = 100  # characters of a variant's directory name
 
 
 # ---- spec ------------------------------------------------------------------------------------------
@@ -180,7 +186,7 @@ def validate_spec(raw: Mapping, where: str = "<spec>") -> dict:
     from nvcim.data import DATASETS
     from nvcim.methods import METHODS
     from nvcim.models import list_models
-    from nvcim.train import FIELDS, TrainConfig
+    from nvcim.train import FIELDS, TrainConfig, check_model_fits_data
 
     if not isinstance(raw, Mapping):
         raise ValueError(f"sweep spec {where} must be a mapping of keys, got {type(raw).__name__}")
@@ -286,7 +292,7 @@ def validate_spec(raw: Mapping, where: str = "<spec>") -> dict:
     if not isinstance(vs, list):
         raise _err(where, "variants", vs, "an array of tables [[variants]] with label, method, params")
     spec["variants"] = []
-    slugs = set(spec["methods"])
+    arms = {m.casefold(): m for m in sorted(METHODS)}  # directory name, case folded -> the arm's label
     for i, v in enumerate(vs):
         w = f"{where}: variants[{i}]"
         if not isinstance(v, Mapping):
@@ -304,16 +310,25 @@ def validate_spec(raw: Mapping, where: str = "<spec>") -> dict:
         merged = {**spec["method_params"].get(method, {}), **params}
         _method_params_ok(method, merged, f"{w}: key 'params'")
         slug = label_slug(label)
-        if slug in slugs or slug in METHODS:
-            raise ValueError(f"sweep spec {w}: key 'label'={label!r} clashes with another arm ({slug!r}): "
-                             "use a unique label that is not a method name")
-        slugs.add(slug)
+        if slug.startswith(".") or len(slug) > LABEL_MAX:
+            raise ValueError(f"sweep spec {w}: key 'label'={label!r} cannot name a directory ({slug!r}): use at most "
+                             f"{LABEL_MAX} letters, digits and . _ + -, not starting with '.'")
+        if slug.casefold() in arms:
+            raise ValueError(f"sweep spec {w}: key 'label'={label!r} clashes with {arms[slug.casefold()]!r} (both are "
+                             f"directory {slug!r}, case aside): use a unique label that is not a method name")
+        arms[slug.casefold()] = label
         spec["variants"].append({"label": label, "method": method, "params": dict(params)})
     if not spec["methods"] and not spec["variants"]:
         raise ValueError(f"sweep spec {where}: no arms: give 'methods' or [[variants]]")
     cells = expand(spec)  # validates every cell's TrainConfig (one-line error naming the cell)
     if not cells:
         raise ValueError(f"sweep spec {where}: the grid is empty")
+    fits = {(c.model, c.dataset): c for c in cells}
+    for c in fits.values():  # every model builds for every data set's images, before any data are fetched
+        try:
+            check_model_fits_data(c.train_config())
+        except ValueError as exc:
+            raise ValueError(f"sweep spec {where}: {exc}") from None
     if any(c.betas for c in cells) and probe.val_fraction <= 0:
         raise ValueError(f"sweep spec {where}: key 'train.val_fraction'={probe.val_fraction!r} leaves no validation "
                          "split for the β search: use a value in (0, 1)")
@@ -383,7 +398,7 @@ def expand(spec: Mapping) -> list[Cell]:
     from nvcim.train import TrainConfig
 
     cells: list[Cell] = []
-    seen: set[str] = set()
+    seen: dict[str, str] = {}  # cell directory, case folded (case-insensitive file systems) -> its arm's label
     ev = spec["eval"]
     grid = list(spec["sigmas"])
     for model in spec["models"]:
@@ -408,9 +423,10 @@ def expand(spec: Mapping) -> list[Cell]:
                     for seed in spec["seeds"]:
                         cid = (f"{prefix}/{slug}/seed{seed}" if sigma is None
                                else f"{prefix}/{slug}/s{fmt_num(sigma)}/seed{seed}")
-                        if cid in seen:
-                            raise ValueError(f"sweep spec: two cells have the id {cid!r}: make the labels unique")
-                        seen.add(cid)
+                        if cid.casefold() in seen:
+                            raise ValueError(f"sweep spec: labels {seen[cid.casefold()]!r} and {label!r} give cells the "
+                                             f"same directory {cid!r} (case aside): make the labels unique")
+                        seen[cid.casefold()] = label
                         tparams = dict(params)
                         if search:
                             tparams["beta"] = search[0]  # validated here; each candidate sets its own
@@ -441,10 +457,37 @@ def cell_dir(out_dir, cell_id: str) -> Path:
     return Path(out_dir) / "cells" / cell_id
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def result_problem(out_dir, cell_id: str) -> str | None:
+    """Why the cell's result.json, when there is one, is not a finished result of this cell (None: it is,
+    or there is none): not valid JSON (truncated, damaged), not an mc_eval result, no results, another
+    cell's. Such a cell is not done: it runs again."""
+    file = cell_dir(out_dir, cell_id) / RESULT_FILE
+    if not file.is_file():
+        return None
+    try:
+        payload = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"{RESULT_FILE} is not valid JSON ({_first_line(exc)})"
+    if not isinstance(payload, dict) or payload.get("kind") != "mc_eval":
+        return f"{RESULT_FILE} is not an mc_eval result"
+    results = payload.get("results")
+    if (not isinstance(results, list) or not results
+            or not all(isinstance(r, dict) and _is_num(r.get("sigma")) and _is_num(r.get("mean")) for r in results)):
+        return f"{RESULT_FILE} has no complete 'results' list"
+    if not isinstance(payload.get("cell"), dict) or payload["cell"].get("id") != cell_id:
+        return f"{RESULT_FILE} is not this cell's"
+    return None
+
+
 def cell_state(out_dir, cell_id: str) -> str:
-    """'done' (result.json), 'failed' (failed.json) or 'pending'."""
+    """'done' (a valid result.json, see result_problem), 'failed' (failed.json) or 'pending'."""
     d = cell_dir(out_dir, cell_id)
-    if (d / RESULT_FILE).is_file():
+    if (d / RESULT_FILE).is_file() and result_problem(out_dir, cell_id) is None:
         return "done"
     if (d / FAILED_FILE).is_file():
         return "failed"
@@ -473,7 +516,7 @@ def _clean_temps(d: Path) -> None:
 
 def prepare_cell_dir(out_dir, cell: Cell, threads: int) -> Path:
     """Make the cell's directory ready to (re)run: wipe it if it holds another definition's partial
-    work, drop temp leftovers and an old failed.json, and write cell.json."""
+    work, drop temp leftovers, an old failed.json and an unreadable result.json, and write cell.json."""
     d = cell_dir(out_dir, cell.id)
     want = {**cell.to_dict(), "threads": threads}
     if d.is_dir():
@@ -486,6 +529,8 @@ def prepare_cell_dir(out_dir, cell: Cell, threads: int) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     _clean_temps(d)
     (d / FAILED_FILE).unlink(missing_ok=True)
+    if result_problem(out_dir, cell.id):  # a damaged result of this cell: the run writes a new one
+        (d / RESULT_FILE).unlink()
     if not (d / CELL_FILE).is_file():
         atomic_write_text(d / CELL_FILE, json.dumps(want, indent=2) + "\n")  # Python JSON: round-trips exactly
     return d
@@ -508,9 +553,13 @@ def _partial_work_of_other_threads(out: Path, cells: Sequence[Cell], threads: in
 
 
 def _link_or_copy_dir(src: Path, dst: Path) -> None:
-    """Atomically make `dst` a copy of directory `src` (files hard-linked when possible)."""
+    """Atomically make `dst` a copy of directory `src` (files hard-linked when possible; the directory gets the
+    usual permissions, not mkdtemp's 0700)."""
+    from nvcim.checkpoint import current_umask
+
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())
         for f in src.iterdir():
             try:
                 os.link(f, tmp / f.name)
@@ -570,7 +619,8 @@ def _train_or_load(tc, ckpt: Path, splits):
 def _diverged_msg(metrics: Mapping) -> str | None:
     if metrics.get("status") == "diverged":
         at = metrics.get("diverged_at") or {}
-        return f"training diverged (non-finite loss) at epoch {at.get('epoch')} step {at.get('step')}"
+        reason = metrics.get("diverged_reason") or "non-finite loss"
+        return f"training diverged ({reason}) at epoch {at.get('epoch')} step {at.get('step')}"
     return None
 
 
@@ -606,8 +656,9 @@ def _beta_search(cell: Cell, d: Path, splits, dev) -> tuple[float, dict, float]:
     for beta in cell.betas:
         bd = d / "beta" / fmt_beta(beta)
         score_file = bd / SCORE_FILE
-        if score_file.is_file():
-            scores.append(json.loads(score_file.read_text(encoding="utf-8")))
+        done = _read_score(score_file, beta)
+        if done is not None:
+            scores.append(done)
             continue
         bd.mkdir(parents=True, exist_ok=True)
         tc = cell.train_config(beta)
@@ -634,6 +685,19 @@ def _beta_search(cell: Cell, d: Path, splits, dev) -> tuple[float, dict, float]:
               "split": "val", "val_runs": cell.eval["val_runs"], "val_seed": cell.eval["val_seed"],
               "sigma": cell.sigma, "candidates": scores}
     return best["beta"], record, train_s
+
+
+def _read_score(path: Path, beta: float) -> dict | None:
+    """A β candidate's score.json, or None when it is absent or unreadable (the candidate is scored again)."""
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(rec, dict) or rec.get("beta") != float(beta) or not ("val_mean" in rec and "status" in rec):
+        return None
+    if rec["val_mean"] is not None and not _is_num(rec["val_mean"]):
+        return None
+    return rec
 
 
 def run_cell(cell: Cell | Mapping, out_dir, threads: int) -> dict:
@@ -763,9 +827,21 @@ def prepare_out_dir(spec: Mapping, out_dir, *, force: bool = False, spec_text: s
                     spec_suffix: str = ".toml") -> Path:
     """Create DIR, refuse another spec's DIR (unless force), record spec.json (+ the original text)."""
     out = Path(out_dir)
+    check_sweep_dir(spec, out, force=force)
+    out.mkdir(parents=True, exist_ok=True)
+    spec_file = out / SPEC_JSON
+    _write_json(spec_file, spec)
+    if spec_text is not None and spec_suffix != ".json":
+        atomic_write_text(out / f"spec{spec_suffix}", spec_text)
+    return out
+
+
+def check_sweep_dir(spec: Mapping, out_dir, *, force: bool = False) -> None:
+    """Refuse (ValueError, one line) a DIR that is a file or, unless force, holds another spec's cells;
+    reads only."""
+    out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"sweep output {out} is a file: choose a directory")
-    out.mkdir(parents=True, exist_ok=True)
     spec_file = out / SPEC_JSON
     if spec_file.is_file():
         try:
@@ -778,10 +854,25 @@ def prepare_out_dir(spec: Mapping, out_dir, *, force: bool = False, spec_text: s
                              "choose another --out, or pass --force to run this spec there")
     elif (out / "cells").is_dir() and any((out / "cells").iterdir()) and not force:
         raise ValueError(f"sweep output {out} holds cells but no {SPEC_JSON}: choose another --out or pass --force")
-    _write_json(spec_file, spec)
-    if spec_text is not None and spec_suffix != ".json":
-        atomic_write_text(out / f"spec{spec_suffix}", spec_text)
-    return out
+
+
+def _refuse_stale(out: Path, done: Sequence[Cell]) -> None:
+    stale = stale_cells(out, done)
+    if stale:
+        c, keys = stale[0]
+        raise ValueError(f"sweep output {out}: {len(stale)} finished cell(s) were made by another definition "
+                         f"(first: {c.id}, {', '.join(keys)} differ), so their results do not match this spec: "
+                         "choose another --out, or delete those cell directories to run them again")
+
+
+def check_data(cells: Sequence[Cell]) -> None:
+    """Raise nvcim.data.DatasetNotFoundError (one line: which files to put where) unless the data set of
+    every cell is on disk; missing ones are downloaded first where a network is there, as training would
+    (once, not once per cell). File names only, so a sweep checks its data before any cell runs."""
+    from nvcim.data import check_dataset
+
+    for dataset, root in sorted({(c.dataset, c.train.get("data_root")) for c in cells}, key=str):
+        check_dataset(dataset, root, download=True)
 
 
 @contextlib.contextmanager
@@ -862,7 +953,11 @@ def _log_line(n: int, total: int, s: Mapping) -> str:
 def run_sweep(spec: Mapping, out_dir, *, backend: str = "local", workers: int = 1, address: str | None = None,
               retry_failed: bool = False, force: bool = False, progress: bool = True, spec_text: str | None = None,
               spec_suffix: str = ".toml") -> SweepSummary:
-    """Run every pending cell of `spec` into `out_dir`; see the module docstring for the layout."""
+    """Run every pending cell of `spec` into `out_dir`; see the module docstring for the layout.
+
+    Before anything is written, DIR (another spec's, stale cells) and the data of the cells to run are
+    checked: a missing data set is downloaded once where a network is there, else a one-line
+    nvcim.data.DatasetNotFoundError is raised and no cell runs."""
     from nvcim import backends
 
     if backend not in backends.BACKENDS:
@@ -871,16 +966,18 @@ def run_sweep(spec: Mapping, out_dir, *, backend: str = "local", workers: int = 
         raise ValueError(f"workers={workers!r} is invalid: use an integer >= 1")
     t0 = time.perf_counter()
     out = check_output_path(out_dir, "sweep output", is_dir=True)
+    # every input checked before anything is written or downloaded (checked again under the lock)
+    check_sweep_dir(spec, out, force=force)
+    _, todo, done, _ = plan(spec, out, retry_failed=retry_failed)
+    _refuse_stale(out, done)
+    if backend == "local" or address is None:  # a Ray cluster's machines hold their own data
+        check_data(todo)
     out.mkdir(parents=True, exist_ok=True)
     with sweep_lock(out):  # before spec.json is touched: --force must not rewrite a running sweep's spec
         prepare_out_dir(spec, out, force=force, spec_text=spec_text, spec_suffix=spec_suffix)
         cells, todo, done, failed_before = plan(spec, out, retry_failed=retry_failed)
-        stale = stale_cells(out, done)
-        if stale:
-            c, keys = stale[0]
-            raise ValueError(f"sweep output {out}: {len(stale)} finished cell(s) were made by another definition "
-                             f"(first: {c.id}, {', '.join(keys)} differ), so their results do not match this spec: "
-                             "choose another --out, or delete those cell directories to run them again")
+        _refuse_stale(out, done)
+        damaged = [(c.id, problem) for c in todo if (problem := result_problem(out, c.id))]
         summary = SweepSummary(total=len(cells), done_before=len(done), failed_before=[c.id for c in failed_before])
         pinned = spec["resources"]["threads_per_cell"]
         threads = pinned or default_threads(workers)
@@ -892,6 +989,8 @@ def run_sweep(spec: Mapping, out_dir, *, backend: str = "local", workers: int = 
         say = (lambda m: tqdm.write(m, file=sys.stderr)) if progress else (lambda m: None)
         if failed_before:
             say(f"{len(failed_before)} cell(s) failed earlier and are not retried (pass --retry-failed)")
+        for cid, problem in damaged:
+            say(f"warning: cell {cid}: {problem}: it is not counted as done and runs again")
         if redo:
             say(f"warning: {len(redo)} unfinished cell(s) (first: {redo[0][0]}) hold partial work made with "
                 f"{redo[0][1]} thread(s) per cell, this run uses {threads}: it is redone from scratch so that "
@@ -933,6 +1032,9 @@ __all__ = [
     "run_sweep",
     "cell_dir",
     "cell_state",
+    "result_problem",
+    "check_data",
+    "check_sweep_dir",
     "label_slug",
     "default_threads",
 ]

@@ -27,8 +27,12 @@ One run:
 Divergence: a non-finite loss stops the run; `train()` does not raise. The result has status
 "diverged" and metrics["diverged_at"] = {"epoch", "step"} (1-based epoch; step counted from 1
 inside that epoch; detection is batched, so `step` is the first bad step exactly, found on tensor).
-The weights restored are the best validated state so far, or, when no epoch was validated yet, the
-initial weights (always finite); a checkpoint IS written in both cases, with
+So do non-finite weights or BatchNorm statistics after an epoch, and non-finite clean logits on the
+validation split (checked at every validation) or on the test split (checked at the end, with the
+weights kept): finite weights can still overflow. Then `step` is the epoch's last step (for the test
+split: of the epoch whose weights were kept); metrics["diverged_reason"] says which check failed
+(REASON_*; None when ok). The weights restored are the best validated state so far, or, when no epoch
+was validated yet, the initial weights (always finite); a checkpoint IS written in both cases, with
 metrics["status"] = "diverged" and metrics["best_epoch"] = None in the second case, so a sweep
 records the failure next to the successes and nothing NaN is ever saved.
 """
@@ -61,6 +65,11 @@ BAR_EVERY = 10  # steps between progress-bar refreshes (each one is a host sync 
 
 STATUS_OK = "ok"
 STATUS_DIVERGED = "diverged"
+# metrics["diverged_reason"]: what was non-finite
+REASON_LOSS = "non-finite loss"
+REASON_STATE = "non-finite weights or BatchNorm statistics"
+REASON_VAL = "non-finite outputs on the validation split"
+REASON_TEST = "non-finite outputs on the test split"
 
 
 # ---- config --------------------------------------------------------------------------------------
@@ -332,20 +341,35 @@ def tune_malloc() -> bool:
 
 
 def check_out_dir(out_dir, overwrite: bool) -> Path:
-    """Refuse, before any training, an output path that the final checkpoint write would refuse
-    (a file, a non-empty directory that is not a checkpoint) or, unless `overwrite`, a checkpoint."""
-    from nvcim.checkpoint import CONFIG_FILE, WEIGHTS_FILE
-
+    """Refuse, before any training, an output path that the final checkpoint write would refuse (a file,
+    a non-empty directory that is not an nvcim checkpoint, a checkpoint holding other files too) or,
+    unless `overwrite`, a checkpoint."""
+    from nvcim.checkpoint import is_checkpoint_dir, replaceable_problem
     from nvcim.fileio import check_output_path
 
     out = check_output_path(out_dir, "output", is_dir=True)  # a file, a parent that is a file, no permission
-    if out.is_dir():
-        is_ckpt = (out / CONFIG_FILE).exists() or (out / WEIGHTS_FILE).exists()
-        if is_ckpt and not overwrite:
-            raise ValueError(f"output {out} already holds a checkpoint: pass --overwrite or choose another path")
-        if not is_ckpt and any(out.iterdir()):
-            raise ValueError(f"output {out} is a non-empty directory that is not a checkpoint: choose another path")
+    problem = replaceable_problem(out)
+    if problem:
+        raise ValueError(f"output {out}: {problem}")
+    if not overwrite and is_checkpoint_dir(out):
+        raise ValueError(f"output {out} already holds a checkpoint: pass --overwrite or choose another path")
     return out
+
+
+def check_model_fits_data(cfg: TrainConfig) -> None:
+    """Raise a one-line ValueError unless cfg.model builds for cfg.dataset's images (channels, classes, size);
+    built on the meta device (no memory, no RNG use), so it runs before the data are loaded or downloaded."""
+    from nvcim.data import DATASETS
+    from nvcim.models import create_model
+
+    info = DATASETS[cfg.dataset]
+    try:
+        with torch.device("meta"):
+            create_model(cfg.model, info.num_classes, info.in_channels, width=cfg.width, image_size=info.image_size)
+    except (ValueError, TypeError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"model {cfg.model!r} does not fit dataset {cfg.dataset!r} ({info.in_channels} channels, "
+                         f"{info.num_classes} classes, {info.image_size}x{info.image_size}): {msg}") from None
 
 
 def _clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -358,28 +382,35 @@ def _make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def _clean_accuracy(model: nn.Module, split, batch_size: int, device: torch.device) -> float:
-    """Top-1 accuracy (%) of the float weights, eval mode, noise hooks (if any) disabled."""
+def _clean_pass(model: nn.Module, split, batch_size: int, device: torch.device) -> tuple[float, bool]:
+    """(top-1 accuracy in %, whether every logit was finite) of the float weights, eval mode, noise hooks
+    (if any) disabled. A row with a NaN / inf logit predicts nothing (as in nvcim.evaluate)."""
     from nvcim.noise import variation_disabled
 
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
+    finite = torch.ones((), dtype=torch.bool, device=device)
     n = 0
     try:
         with torch.no_grad(), variation_disabled(model):
             for x, y in split.batches(batch_size, device=device):
-                correct += (model(x).argmax(1) == y).sum()  # x [B,C,H,W] -> logits [B,classes]
+                out = model(x)  # x [B,C,H,W] -> logits [B,classes]
+                ok = torch.isfinite(out).all(1)  # [B]
+                correct += ((out.argmax(1) == y) & ok).sum()
+                finite &= ok.all()
                 n += int(y.numel())
     finally:
         model.train(was_training)
-    return 100.0 * int(correct) / max(n, 1)
+    return 100.0 * int(correct) / max(n, 1), bool(finite)
 
 
 def _mc(model: nn.Module, split, cfg: TrainConfig, runs: int, seed: int, device: torch.device):
+    """Monte Carlo accuracy at the training σ; the clean accuracy comes from _clean_pass, not from here."""
     from nvcim.evaluate import monte_carlo_evaluate
 
-    return monte_carlo_evaluate(model, split, cfg.device_cfg(), runs=runs, seed=seed, batch_size=1024, device=device)
+    return monte_carlo_evaluate(model, split, cfg.device_cfg(), runs=runs, seed=seed, batch_size=1024, device=device,
+                                baselines=False)
 
 
 class _Silent:
@@ -408,10 +439,12 @@ def train(cfg: TrainConfig, out_dir=None, *, overwrite: bool = True, splits=None
 
     out_dir: write the checkpoint there at the end (atomically). An existing checkpoint there is
     replaced when `overwrite` (the default for the API; the CLI asks for --overwrite); a file or a
-    non-empty non-checkpoint directory is refused before training starts.
+    non-empty directory that is not an nvcim checkpoint (or a checkpoint holding other files too) is
+    refused before training starts.
     splits: an already loaded nvcim.data.DatasetSplits to use instead of loading `cfg.dataset`
     (must match cfg.dataset; lets a sweep or the CLI load the data once).
-    Bad configuration, unknown names and missing data raise before anything is written.
+    Bad configuration, unknown names, a model that does not fit the data set's images and missing data
+    raise before anything is written (and the first three before any data are loaded or downloaded).
     """
     from nvcim.checkpoint import save_checkpoint
     from nvcim.data import load_dataset
@@ -422,6 +455,7 @@ def train(cfg: TrainConfig, out_dir=None, *, overwrite: bool = True, splits=None
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     if out_dir is not None:
         out_dir = check_out_dir(out_dir, overwrite)
+    check_model_fits_data(cfg)
     dev = resolve_device(cfg.device)
     amp = cfg.amp and dev.type == "cuda"
     if cfg.amp and not amp:
@@ -479,7 +513,7 @@ def _train(cfg, out_dir, splits, info, augment, dev, amp, create_model, create_t
     best_score = -math.inf
     best_val_noisy = best_val_clean = None
     history: list[dict] = []
-    status, diverged_at = STATUS_OK, None
+    status, diverged_at, diverged_reason = STATUS_OK, None, None
     train_time, images = 0.0, 0
 
     from tqdm.auto import tqdm
@@ -525,13 +559,13 @@ def _train(cfg, out_dir, splits, info, augment, dev, amp, create_model, create_t
         images += seen
         bad = int(bad_step)
         if bad > 0:
-            status, diverged_at = STATUS_DIVERGED, {"epoch": epoch, "step": bad}
+            status, diverged_at, diverged_reason = STATUS_DIVERGED, {"epoch": epoch, "step": bad}, REASON_LOSS
             _say(cfg, f"epoch {epoch}: non-finite loss at step {bad}: stopping (status diverged)")
             break
         if not _state_is_finite(model):  # every loss finite, but the last steps broke a weight or a BN statistic
-            status, diverged_at = STATUS_DIVERGED, {"epoch": epoch, "step": steps_per_epoch}
-            _say(cfg, f"epoch {epoch}: non-finite weights or BatchNorm statistics after the last step: stopping "
-                      "(status diverged)")
+            status, diverged_reason = STATUS_DIVERGED, REASON_STATE
+            diverged_at = {"epoch": epoch, "step": steps_per_epoch}
+            _say(cfg, f"epoch {epoch}: {REASON_STATE} after the last step: stopping (status diverged)")
             break
         record = {
             "epoch": epoch,
@@ -542,12 +576,16 @@ def _train(cfg, out_dir, splits, info, augment, dev, amp, create_model, create_t
         }
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             if has_val:
+                record["val_clean"], finite = _clean_pass(model, splits.val, 1024, dev)
+                if not finite:  # finite weights can still overflow to inf / NaN logits
+                    status, diverged_reason = STATUS_DIVERGED, REASON_VAL
+                    diverged_at = {"epoch": epoch, "step": steps_per_epoch}
+                    _say(cfg, f"epoch {epoch}: {REASON_VAL}: stopping (status diverged)")
+                    break
                 if cfg.val_runs > 0:
                     res = _mc(model, splits.val, cfg, cfg.val_runs, VAL_MC_SEED, dev)
-                    record["val_clean"], record["val_noisy_mean"], record["val_noisy_std"] = (
-                        res.clean_accuracy, res.mean, res.std if math.isfinite(res.std) else None)
-                else:
-                    record["val_clean"] = _clean_accuracy(model, splits.val, 1024, dev)
+                    record["val_noisy_mean"], record["val_noisy_std"] = (
+                        res.mean, res.std if math.isfinite(res.std) else None)
             if not has_val or cfg.select == "last":
                 score = float(epoch)  # no val split: keep the last evaluated epoch
             else:
@@ -567,12 +605,16 @@ def _train(cfg, out_dir, splits, info, augment, dev, amp, create_model, create_t
     model.load_state_dict(best_state if best_state is not None else initial_state)
     model = task.finish()
     model.eval()
+    test_clean, finite = _clean_pass(model, splits.test, 1024, dev)
+    if not finite and status == STATUS_OK:  # e.g. no val split, so nothing looked at the outputs before
+        status, diverged_reason = STATUS_DIVERGED, REASON_TEST
+        diverged_at = {"epoch": best_epoch, "step": steps_per_epoch}
+        _say(cfg, f"{REASON_TEST} with the weights of epoch {best_epoch} (status diverged)")
     test_noisy = _mc(model, splits.test, cfg, cfg.val_runs, TEST_MC_SEED, dev) if cfg.val_runs > 0 else None
-    # the Monte Carlo result carries the clean (float, noise-free) accuracy already
-    test_clean = test_noisy.clean_accuracy if test_noisy is not None else _clean_accuracy(model, splits.test, 1024, dev)
     metrics = {
         "status": status,
         "diverged_at": diverged_at,
+        "diverged_reason": diverged_reason,
         "history": history,
         "best_epoch": best_epoch,
         "best_val_noisy": best_val_noisy,
@@ -619,6 +661,7 @@ __all__ = [
     "read_config_file",
     "load_train_config",
     "check_out_dir",
+    "check_model_fits_data",
     "resolve_device",
     "tune_malloc",
     "train",

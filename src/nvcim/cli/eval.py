@@ -19,7 +19,9 @@ write-verify (left with --verify-sigma); the JSON is then
     {"kind": "write_verify", ... as above ..., "write_verify": {"by", "residual_sigma", "score_images",
      "target", "stat", "fraction_for_target"}, "points": [{"fraction", "verified_weights",
      "verified_devices", "result": MCResult.to_dict()}, ...]}
-Errors the user can fix end in one line on stderr and exit code 2.
+Errors the user can fix end in one line on stderr and exit code 2, before anything is written or
+downloaded: among them an --out / --csv inside the checkpoint (or the two the same file), and a
+--dataset that does not fit the checkpoint's model.
 """
 
 from __future__ import annotations
@@ -143,6 +145,26 @@ def _int(flag: str, text: str, minimum: int) -> int:
     return v
 
 
+def _same_path(a: Path, b: Path) -> bool:
+    """The same file: equal once symbolic links and '..' are resolved, or hard links of one file."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
+
+
+def _refuse_inside(flag: str, out: Path, ckpt: Path) -> None:
+    """Refuse an output file that is the checkpoint being read, or anything in it (it would destroy it)."""
+    inside = out.resolve() == ckpt.resolve() or ckpt.resolve() in out.resolve().parents
+    if not inside and ckpt.is_dir():
+        inside = any(_same_path(out, f) for f in ckpt.iterdir() if f.is_file())  # a hard link of one of its files
+    if inside:
+        raise ValueError(f"{flag} {out} is inside the checkpoint {ckpt} that is evaluated, and writing it would "
+                         "damage the checkpoint: choose a path outside it")
+
+
 def run(args: argparse.Namespace) -> int:
     import nvcim
     from nvcim.config import DeviceConfig
@@ -189,10 +211,13 @@ def run(args: argparse.Namespace) -> int:
         sigmas = [_sigma("--sigmas", s.strip()) for s in parts]
     from nvcim.fileio import check_output_path
 
+    ckpt = Path(args.checkpoint)
     for flag, out_file in (("--out", args.out), ("--csv", args.csv)):
         if out_file:
             check_output_path(out_file, flag)  # before the Monte Carlo runs whose results it holds
-    ckpt = Path(args.checkpoint)
+            _refuse_inside(flag, Path(out_file), ckpt)
+    if args.out and args.csv and _same_path(Path(args.out), Path(args.csv)):
+        raise ValueError(f"--out {args.out} and --csv {args.csv} are the same file: give two different paths")
     if not ckpt.exists():
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist: check the path")
     if args.device == "cuda":
@@ -202,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--device cuda but CUDA is not available: use --device cpu")
 
     from nvcim.checkpoint import load_checkpoint
-    from nvcim.data import load_dataset
+    from nvcim.data import DATASETS, load_dataset
 
     model, config = load_checkpoint(ckpt)
     dev_dict = config.get("device") or {}
@@ -223,6 +248,16 @@ def run(args: argparse.Namespace) -> int:
     dataset = args.dataset or data_cfg.get("name")
     if not dataset:
         raise ValueError(f"checkpoint {ckpt} names no dataset: pass --dataset NAME")
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)}")
+    info = DATASETS[dataset]
+    spec = config.get("model", {})
+    # before the data are loaded: a mismatch must not download anything
+    if spec.get("in_channels", info.in_channels) != info.in_channels or spec.get("num_classes", info.num_classes) < info.num_classes:
+        raise ValueError(
+            f"dataset {dataset} ({info.in_channels} channels, {info.num_classes} classes) does not fit the checkpoint's "
+            f"model ({spec.get('in_channels')} channels, {spec.get('num_classes')} classes): pass a matching --dataset"
+        )
     same = dataset == data_cfg.get("name")
     root = args.data_root or (data_cfg.get("root") if same else None)
     if limit is None and same:
@@ -237,13 +272,6 @@ def run(args: argparse.Namespace) -> int:
     split = getattr(splits, args.split)
     if len(split) == 0:
         raise ValueError(f"the {args.split} split of {dataset} is empty: use --split test or another dataset")
-    info = splits.info
-    spec = config.get("model", {})
-    if spec.get("in_channels", info.in_channels) != info.in_channels or spec.get("num_classes", info.num_classes) < info.num_classes:
-        raise ValueError(
-            f"dataset {dataset} ({info.in_channels} channels, {info.num_classes} classes) does not fit the checkpoint's "
-            f"model ({spec.get('in_channels')} channels, {spec.get('num_classes')} classes): pass a matching --dataset"
-        )
 
     recalibration, calibration = None, None
     if recal is not None or per_chip is not None:

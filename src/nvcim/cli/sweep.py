@@ -6,7 +6,8 @@
 
 Rerunning the same command resumes (finished cells are skipped). Exit code 0 when every cell is
 done, 1 when some failed (see DIR/cells/<id>/failed.json; --retry-failed reruns them), 2 on a usage
-error (bad spec, another spec's DIR, missing Ray).
+error (bad spec, another spec's DIR, a data set that is missing and cannot be downloaded, missing
+Ray), checked before any cell runs and before anything is written.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from nvcim.sweep import load_spec, plan, run_sweep, stale_cells
+    from nvcim.sweep import load_spec, plan, result_problem, run_sweep, stale_cells
 
     spec_path = Path(args.spec)
     spec = load_spec(spec_path)
@@ -51,6 +52,8 @@ def run(args) -> int:
         for c in cells:
             extra = f"  β search {c.betas}" if c.betas else ""
             extra += f"  (made by another definition: {', '.join(stale[c.id])} differ)" if c.id in stale else ""
+            problem = result_problem(args.out, c.id) if state[c.id] == "pending" else None
+            extra += f"  ({problem}: runs again)" if problem else ""
             print(f"{state[c.id]:8s} {c.id}  test σ {c.test_sigmas}{extra}")
         print(f"{len(cells)} cells: {len(done) - len(stale)} done, {len(stale)} stale, {len(failed)} failed "
               f"(not retried), {len(todo)} to run")

@@ -5,12 +5,15 @@
     nvcim train --config exp.toml --seed 3 --out runs/exp-s3        # flags override the file
 
 Precedence: TrainConfig defaults < --preset < --config file (its own `preset` key first) < flags.
-Everything is validated and the data are loaded before training; the output directory is only
-written at the end, atomically, so an error never leaves a half-written --out behind.
+Everything is validated (the model against the data set's images too) before the data are loaded,
+or downloaded where they are missing and a network is there, and the data are loaded before training;
+the output directory is only written at the end, atomically, so an error never leaves a half-written
+--out behind, and a failed download no data folder.
 On CPU the command keeps freed activation memory for reuse (nvcim.train.tune_malloc: glibc mallopt),
 which avoids re-faulting it every step (~12% faster OVF steps at full VGG-8 width).
-Exit codes: 0 trained, 2 usage error (one line on stderr), 3 training diverged (checkpoint and
-record still written, metrics.status = "diverged").
+Exit codes: 0 trained, 2 usage error (one line on stderr), 3 training diverged: a non-finite loss,
+weights, or clean logits on the validation / test split (checkpoint and record still written,
+metrics.status = "diverged", metrics.diverged_reason says which).
 """
 
 from __future__ import annotations
@@ -173,7 +176,8 @@ def summary_table(result) -> str:
         f"{m['test_noisy_mean']:.2f}" + (f" ± {m['test_noisy_std']:.2f}" if m["test_noisy_std"] is not None else "")
         + f" ({m['test_noisy_runs']} runs)")
     rows = [
-        ("status", m["status"] + (f" at epoch {m['diverged_at']['epoch']} step {m['diverged_at']['step']}"
+        ("status", m["status"] + (f" ({m.get('diverged_reason') or 'non-finite loss'}) at epoch "
+                                  f"{m['diverged_at']['epoch']} step {m['diverged_at']['step']}"
                                   if m["diverged_at"] else "")),
         ("model", f"{cfg.model} (width {cfg.width:g}) on {cfg.dataset}"),
         ("method", f"{cfg.method} {cfg.method_params or ''}".strip()),
@@ -193,13 +197,14 @@ def summary_table(result) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from nvcim.data import load_dataset
-    from nvcim.train import check_out_dir, resolve_device, train, tune_malloc
+    from nvcim.train import check_model_fits_data, check_out_dir, resolve_device, train, tune_malloc
 
     cfg = config_from_args(args)
     out = getattr(args, "out", None)
     overwrite = bool(getattr(args, "overwrite", False))
     if out is not None:
         check_out_dir(out, overwrite)  # before the (possibly slow) data loading
+    check_model_fits_data(cfg)  # before anything is downloaded
     if resolve_device(cfg.device).type == "cpu":
         tune_malloc()  # reuse activation memory between steps (fewer page faults; see nvcim.train.tune_malloc)
     splits = load_dataset(cfg.dataset, cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.data_seed, limit=cfg.limit)
@@ -207,7 +212,9 @@ def run(args: argparse.Namespace) -> int:
     print(summary_table(result))
     if result.status != "ok":
         at = result.metrics.get("diverged_at") or {}
-        print(f"nvcim train: training diverged (non-finite loss at epoch {at.get('epoch')} step {at.get('step')}); "
-              "the record is in the checkpoint's config.json", file=sys.stderr)
+        reason = result.metrics.get("diverged_reason") or "non-finite loss"
+        where = "the record is in the checkpoint's config.json" if result.checkpoint is not None else "nothing saved: no --out"
+        print(f"nvcim train: training diverged ({reason} at epoch {at.get('epoch')} step {at.get('step')}); {where}",
+              file=sys.stderr)
         return EXIT_DIVERGED
     return 0

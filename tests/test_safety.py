@@ -1,0 +1,82 @@
+"""Nothing the user did not ask to replace is touched: `nvcim eval` never writes into the checkpoint it
+reads (nor --out and --csv into one file), and a checkpoint that does not fit the data set is refused
+before anything is downloaded or created. Each refusal: exit 2, one line on stderr, no file changed."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import nvcim.data
+from nvcim.checkpoint import save_checkpoint
+from nvcim.cli import main
+from nvcim.config import DeviceConfig
+from nvcim.models import create_model
+
+
+def _snapshot(root):
+    """Every path under root with its bytes (None for a folder)."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def _run(argv, capsys):
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse errors
+        rc = e.code
+    return rc, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    """A 1-channel tiny model on mnist5k (32 test images), as `nvcim train` saves it."""
+    return save_checkpoint(tmp_path / "ck", create_model("tiny", 10, 1),
+                           data={"name": "mnist5k", "root": None, "val_fraction": 0.1, "limit": 32, "seed": 0},
+                           device=DeviceConfig(sigma=0.1))
+
+
+@pytest.mark.parametrize("outputs", [
+    ["--out", "{ck}/config.json"],  # used to replace the checkpoint's config with the results
+    ["--out", "{ck}/model.safetensors"],
+    ["--csv", "{ck}/config.json"],
+    ["--out", "{ck}/results.json"],  # a new file inside the checkpoint
+    ["--csv", "{tmp}/elsewhere/../ck/table.csv"],
+    ["--out", "{tmp}/link.json"],  # a symbolic link to the checkpoint's config
+    ["--out", "{tmp}/hard.json"],  # a hard link of it
+    ["--out", "{tmp}/same.json", "--csv", "{tmp}/same.json"],
+    ["--out", "{tmp}/same.json", "--csv", "{tmp}/sub/../same.json"],
+])
+def test_eval_never_writes_into_the_checkpoint_or_twice_into_one_file(tmp_path, ckpt, capsys, outputs):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.json").symlink_to(ckpt / "config.json")
+    os.link(ckpt / "config.json", tmp_path / "hard.json")
+    argv = [a.replace("{ck}", str(ckpt)).replace("{tmp}", str(tmp_path)) for a in outputs]
+    before = _snapshot(tmp_path)
+    rc, err = _run(["eval", str(ckpt), "--runs", "2", *argv], capsys)
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("nvcim eval: error:"), err
+    assert ("checkpoint" in err[0]) or ("same file" in err[0]), err
+    assert _snapshot(tmp_path) == before
+
+
+def test_eval_outputs_beside_the_checkpoint_are_fine(tmp_path, ckpt, capsys):
+    rc, _ = _run(["eval", str(ckpt), "--runs", "2", "--out", str(tmp_path / "r.json"), "--csv",
+                  str(tmp_path / "r.csv")], capsys)
+    assert rc == 0 and (tmp_path / "r.json").is_file() and (tmp_path / "r.csv").is_file()
+
+
+def test_eval_dataset_that_does_not_fit_the_model_downloads_nothing(tmp_path, ckpt, capsys, monkeypatch):
+    calls = []
+
+    def fetch(url, dest):
+        calls.append(url)
+        raise OSError("offline")
+
+    monkeypatch.setattr(nvcim.data, "_fetch", fetch)
+    before = _snapshot(tmp_path)
+    rc, err = _run(["eval", str(ckpt), "--runs", "2", "--dataset", "cifar10", "--data-root", str(tmp_path / "data")],
+                   capsys)
+    assert rc == 2 and len(err) == 1 and "does not fit" in err[0], err
+    assert calls == [] and _snapshot(tmp_path) == before
