@@ -32,6 +32,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -117,7 +118,8 @@ def _versions() -> dict:
 
 
 def _model_spec(model: nn.Module, model_spec: Mapping | None, path: Path) -> dict:
-    """Complete the spec with create_model's defaults and check it builds this model's state dict."""
+    """Complete the spec with the builder's defaults (create_model's nvcim_spec) and check it builds this
+    model's state dict."""
     from nvcim.models import create_model
 
     if model_spec is None:
@@ -132,14 +134,13 @@ def _model_spec(model: nn.Module, model_spec: Mapping | None, path: Path) -> dic
             f"cannot save checkpoint {path}: model_spec must be a dict with a 'name' (a registered model), "
             f"got {model_spec!r}"
         )
-    spec = {"name": model_spec["name"], "num_classes": 10, "in_channels": 1, "width": 1.0, "image_size": 32}
-    spec.update(model_spec)
-    spec = _jsonable(spec, "model")
+    spec = _jsonable(dict(model_spec), "model")
     try:
         with torch.device("meta"):  # shapes only: no memory, no RNG use
             reference = create_model(**spec)
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"cannot save checkpoint {path}: model spec {spec} is invalid: {exc}") from None
+    spec = _jsonable(reference.nvcim_spec, "model")  # the builder's defaults made explicit
     problem = _mismatch(reference.state_dict(), model.state_dict())
     if problem:
         raise CheckpointError(
@@ -168,6 +169,54 @@ def _mismatch(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tens
     if shapes:
         parts.append(f"shape mismatch {shapes[:2]}{' ...' if len(shapes) > 2 else ''} ({len(shapes)} in all)")
     return "; ".join(parts) or None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+# The config entries that loading and `nvcim eval` read: section -> (field, test, what it must be,
+# None allowed). "model" is required; "data" and "device" may be null. The device entry must then
+# also build a DeviceConfig (which checks values and the remaining fields).
+_FIELD_TYPES = {
+    "model": (("name", _is_str, "a model name", False), ("num_classes", _is_int, "an integer", False),
+              ("in_channels", _is_int, "an integer", False), ("image_size", _is_int, "an integer", False),
+              ("width", _is_number, "a number", False)),
+    "data": (("name", _is_str, "a data set name", True), ("root", _is_str, "a directory path", True),
+             ("val_fraction", _is_number, "a number", False), ("seed", _is_int, "an integer", False),
+             ("limit", _is_int, "an integer", True)),
+    "device": (("variation", _is_str, "a variation name", False),
+               ("variation_options", lambda v: isinstance(v, Mapping), "a mapping of options", False)),
+}
+
+
+def _config_problem(config: Mapping) -> str | None:
+    """What is wrong with the types of a config's model, data and device entries (one line), or None."""
+    from nvcim.config import DeviceConfig
+
+    for section, fields in _FIELD_TYPES.items():
+        entry = config.get(section)
+        if entry is None and section != "model":
+            continue
+        if not isinstance(entry, Mapping):
+            return f"{section}={entry!r} is not a mapping of fields"
+        for key, ok, what, nullable in fields:
+            if key in entry and not (ok(entry[key]) or (nullable and entry[key] is None)):
+                return f"{section}.{key}={entry[key]!r} is not {what}{' or null' if nullable else ''}"
+    if config.get("device") is not None:
+        try:
+            DeviceConfig.from_dict(config["device"])
+        except (ValueError, TypeError) as exc:
+            return f"device is invalid ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    return None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -236,8 +285,9 @@ def save_checkpoint(path, model: nn.Module, model_spec: Mapping | None = None, *
     """Write `model` (plain state dict, noise never included) and its config to directory `path`.
 
     model_spec: create_model arguments {"name", "num_classes", "in_channels", "width", "image_size",
-    ...}; missing fields get create_model's defaults; None uses `model.nvcim_spec`. It must rebuild
-    exactly this model's state dict (checked at save time, on the meta device).
+    ...}; missing fields get the model builder's defaults (stored explicitly); None uses
+    `model.nvcim_spec`. It must rebuild exactly this model's state dict (checked at save time, on the
+    meta device). The model, device and data entries must have the types `load_checkpoint` accepts.
     meta: stored in config.json as given (data, method, device, train, seed, metrics, or anything
     else JSON-able; a DeviceConfig or dataclass becomes a dict). Returns the checkpoint path.
     """
@@ -259,6 +309,9 @@ def save_checkpoint(path, model: nn.Module, model_spec: Mapping | None = None, *
         if key in ("nvcim_version", "model"):
             raise CheckpointError(f"cannot save checkpoint {path}: metadata key {key!r} is reserved: rename it")
         config[key] = _jsonable(value, key)
+    problem = _config_problem(config)
+    if problem:
+        raise CheckpointError(f"cannot save checkpoint {path}: {problem}: it could not be loaded, pass valid metadata")
     text = json.dumps(config, indent=2, allow_nan=False) + "\n"
 
     # contiguous CPU copies: safetensors refuses non-contiguous tensors and shared storage
@@ -330,6 +383,9 @@ def read_checkpoint_config(path) -> dict:
         raise CheckpointError(
             f"checkpoint {path}: {CONFIG_FILE} has no 'model' spec with a 'name': not an nvcim checkpoint"
         )
+    problem = _config_problem(config)
+    if problem:
+        raise CheckpointError(f"checkpoint {path}: {CONFIG_FILE}: {problem}: fix config.json")
     return config
 
 
@@ -354,7 +410,9 @@ def load_checkpoint(path, map_location="cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model from config.json via create_model and load its weights (strict).
 
     Returns (model, config); the model is on `map_location`, in train mode like a fresh model
-    (call .eval() for inference), and keeps the saved floating dtype.
+    (call .eval() for inference), and keeps the saved floating dtype (float16 / bfloat16 included;
+    `nvcim eval` evaluates such a model in float32). Floating-point weights stored as integers are
+    loaded as floats with a warning naming them (nvcim never writes them: the file was made elsewhere).
     """
     from nvcim.models import create_model
 
@@ -363,16 +421,23 @@ def load_checkpoint(path, map_location="cpu") -> tuple[nn.Module, dict]:
     state = read_checkpoint_weights(path)
     spec = dict(config["model"])
     try:
-        model = create_model(**spec)
+        with torch.device("meta"):  # shapes first: a spec that does not fit the weights allocates nothing
+            expected = create_model(**spec).state_dict()
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {path}: model spec {spec} cannot be built ({exc}): fix config.json") from None
-    expected = model.state_dict()
     problem = _mismatch(expected, state)
     if problem:
         raise CheckpointError(
             f"checkpoint {path}: weights do not match model spec {spec} ({problem}): "
             "config.json and model.safetensors come from different models"
         )
+    model = create_model(**spec)
+    as_ints = [k for k, v in state.items() if not v.is_floating_point() and expected[k].is_floating_point()]
+    if as_ints:
+        warnings.warn(f"checkpoint {path}: {len(as_ints)} floating-point tensor(s) are stored as integers in "
+                      f"{WEIGHTS_FILE} (e.g. {as_ints[0]!r}, {state[as_ints[0]].dtype}); loaded as floats: check how "
+                      "the file was made (quantized levels without their scale give meaningless results)",
+                      RuntimeWarning, stacklevel=2)
     float_dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
     if len(float_dtypes) == 1:
         model = model.to(float_dtypes.pop())

@@ -335,9 +335,17 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file (only numpy arrays allowed)")
 
 
+class UnsafeDataFileError(pickle.UnpicklingError, ValueError):
+    """A data file the restricted unpickler refuses or cannot read (a ValueError: the CLI reports it in one line)."""
+
+
 def _safe_unpickle(path: Path) -> dict:
     with open(path, "rb") as f:
-        obj = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+        try:
+            obj = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+        except (pickle.UnpicklingError, EOFError) as exc:  # refused, or truncated
+            raise UnsafeDataFileError(f"{path}: {str(exc) or 'truncated'}: delete the file and download the data set "
+                                      "again") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
     return obj

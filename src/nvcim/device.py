@@ -15,6 +15,9 @@ exactly 0 is stored on the positive crossbar (sign := +1): its devices sit at le
 
 For Gaussian variation the sum over devices is exactly N(0, (c σ s)^2), so `program` then draws one
 value per weight (the fast path); other kinds draw one value per device.
+
+Weights must be floating-point tensors (anything else is a TypeError naming the type); an empty tensor
+is a valid layer with no weights and gives an empty result of the same shape.
 """
 
 from __future__ import annotations
@@ -27,8 +30,20 @@ from nvcim.config import DeviceConfig
 from nvcim.variation import VARIATIONS
 
 
+def _check_weight(w: torch.Tensor, cfg: DeviceConfig) -> None:
+    """TypeError unless `w` is a floating-point tensor and `cfg` a DeviceConfig."""
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"weights must be a floating-point torch.Tensor, got {type(w).__name__}")
+    if not w.is_floating_point():
+        raise TypeError(f"weights must be a floating-point tensor, got {w.dtype}: convert them with .float()")
+    if not isinstance(cfg, DeviceConfig):
+        raise TypeError(f"cfg must be a nvcim.DeviceConfig, got {type(cfg).__name__}")
+
+
 def weight_scale(w: torch.Tensor) -> torch.Tensor:
-    """s = max|W| over the whole tensor (0-dim tensor)."""
+    """s = max|W| over the whole tensor (0-dim tensor; 0 for an empty tensor)."""
+    if w.numel() == 0:
+        return w.new_zeros(())
     return w.detach().abs().amax()
 
 
@@ -42,6 +57,7 @@ def quantize_levels(w: torch.Tensor, cfg: DeviceConfig, scale: torch.Tensor | No
 
     Computed as |W| * ((2^M - 1) / s); rounds half to even (torch.round). All-zero W gives q = 0.
     """
+    _check_weight(w, cfg)
     s = weight_scale(w) if scale is None else scale
     return w.detach().abs().mul_(_level_step(s, cfg)).round_()
 
@@ -104,6 +120,7 @@ def prepare(w: torch.Tensor, cfg: DeviceConfig) -> PreparedWeight:
     Same arithmetic as `quantize_levels` and `dequantize`, fused into few in-place passes: this runs
     once per optimizer step for every noisy layer.
     """
+    _check_weight(w, cfg)
     w = w.detach()
     s = weight_scale(w)
     levels = quantize_levels(w, cfg, s)  # [*shape] q

@@ -207,7 +207,10 @@ def _none_to_nan(v: Any) -> Any:
 
 @dataclass
 class MCResult:
-    """Monte Carlo result at one σ. Accuracies are in percent; ci95 is (lo, hi) of the mean."""
+    """Monte Carlo result at one σ. Accuracies are in percent; ci95 is (lo, hi) of the mean.
+
+    JSON written before `nonfinite_runs` and `num_classes` existed loads with 0 and None.
+    """
 
     sigma: float
     runs: int
@@ -230,6 +233,8 @@ class MCResult:
     wall_time_s: float
     path: str = "chunked"
     device_config: dict = field(default_factory=dict)
+    nonfinite_runs: int = 0  # chips with a NaN / inf logit for some image (those images count as wrong)
+    num_classes: int | None = None  # width of the model's logits (chance = 100 / num_classes %); None: unknown
 
     def to_dict(self) -> dict:
         """JSON-able dict (NaN becomes null)."""
@@ -275,8 +280,13 @@ def run_generator(seed: int, run: int, device: str | torch.device = "cpu") -> to
     return torch.Generator(device=_draw_device(device)).manual_seed(run_seed(seed, run))
 
 
-def _materialize(data: Any, batch_size: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The evaluation set as a list of (x [B,C,H,W] float, y [B] int64) batches on `device`."""
+def _materialize(data: Any, batch_size: int, device: torch.device,
+                 dtype: torch.dtype | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The evaluation set as a list of (x [B,C,H,W] float, y [B] int64) batches on `device`.
+
+    dtype: cast the images to it (the model's floating dtype, so a float16 model evaluates in float16).
+    Labels must be integer class indices >= 0 (a float or bool label tensor is refused, never truncated).
+    """
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         x, y = data
         if x.shape[0] != y.shape[0]:
@@ -286,12 +296,44 @@ def _materialize(data: Any, batch_size: int, device: torch.device) -> list[tuple
         batches = list(data.batches(batch_size))
     else:
         raise TypeError("data must be an (x, y) tuple of tensors or a Split with .batches(batch_size)")
+    if batches and (batches[0][1].is_floating_point() or batches[0][1].is_complex() or batches[0][1].dtype == torch.bool):
+        raise ValueError(f"data: labels must be integer class indices, got a {batches[0][1].dtype} tensor: "
+                         "pass y.long() if they are whole numbers")
     out = [(xb.to(device), yb.to(device, torch.int64)) for xb, yb in batches]  # [B, C, H, W], [B]
     if out and not out[0][0].is_floating_point():
         raise TypeError("data: images must be normalized floating-point tensors (a Split's .batches() yields them)")
     if not out or sum(int(yb.numel()) for _, yb in out) == 0:
         raise ValueError("data is empty: need at least one sample")
+    lowest = min(int(yb.min()) for _, yb in out if yb.numel())
+    if lowest < 0:
+        raise ValueError(f"data: label {lowest} is negative: labels are class indices 0 .. classes - 1")
+    if dtype is not None and out[0][0].dtype != dtype:
+        out = [(xb.to(dtype), yb) for xb, yb in out]
     return out
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype | None:
+    """The floating dtype of the model's first floating parameter (None: it has none)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+
+
+def _output_classes(model: nn.Module, batches) -> int:
+    """The width of the model's logits, from one clean forward of one image; every label must be below it.
+
+    Call with the model in eval mode (its BatchNorm statistics are not touched).
+    """
+    with torch.no_grad(), variation_disabled(model):
+        out = model(batches[0][0][:1])  # [1, classes]
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"the model's output {shape} is not logits [batch, classes]: Monte Carlo evaluation "
+                         "needs a classifier")
+    classes = int(out.shape[1])
+    highest = max(int(yb.max()) for _, yb in batches if yb.numel())
+    if highest >= classes:
+        raise ValueError(f"data: label {highest} is out of range: the model outputs {classes} classes, so labels "
+                         f"must be in 0 .. {classes - 1}; check that the data set matches the model")
+    return classes
 
 
 @contextlib.contextmanager
@@ -405,18 +447,21 @@ class _Accumulator:
         self.correct = np.zeros(runs, dtype=np.int64)
         self.ekl_sum = np.zeros(runs, dtype=np.float64)
         self.ekl_n = np.zeros(runs, dtype=np.int64)
+        self.nonfinite = np.zeros(runs, dtype=np.int64)  # images whose logits hold a NaN / inf
 
     def add(self, runs: Sequence[int], logits: torch.Tensor, y: torch.Tensor) -> None:
         """logits [k, B, classes] for runs `runs`, y [B]."""
         logp = torch.log_softmax(logits.to(torch.float64), dim=-1)  # [k, B, classes]
         # a row with a NaN / inf logit predicts nothing (argmax would call it class 0 or the inf class)
-        hit = (logits.argmax(dim=-1) == y.unsqueeze(0)) & torch.isfinite(logits).all(dim=-1)  # [k, B]
+        finite = torch.isfinite(logits).all(dim=-1)  # [k, B]
+        hit = (logits.argmax(dim=-1) == y.unsqueeze(0)) & finite  # [k, B]
         nll = -logp.gather(-1, y.view(1, -1, 1).expand(logits.shape[0], -1, 1)).squeeze(-1)  # [k, B]
         nll = torch.where(hit, nll, torch.zeros_like(nll))
         idx = np.asarray(runs)
         self.correct[idx] += hit.sum(dim=1).cpu().numpy()
         self.ekl_sum[idx] += nll.sum(dim=1).cpu().numpy()
         self.ekl_n[idx] += hit.sum(dim=1).cpu().numpy()
+        self.nonfinite[idx] += (~finite).sum(dim=1).cpu().numpy()
 
 
 def _count_correct(model: nn.Module, batches, weights: Mapping[str, torch.Tensor] | None = None) -> int:
@@ -536,6 +581,7 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
             acc.correct[:] = once.correct[0]
             acc.ekl_sum[:] = once.ekl_sum[0]
             acc.ekl_n[:] = once.ekl_n[0]
+            acc.nonfinite[:] = once.nonfinite[0]
             bar.update(runs)
         else:
             stacked = path == "stacked"
@@ -576,6 +622,7 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
         wall_time_s=time.perf_counter() - t0,
         path=path,
         device_config=cfg.to_dict(),
+        nonfinite_runs=int((acc.nonfinite > 0).sum()),
         **stats,
     )
 
@@ -630,19 +677,28 @@ def monte_carlo_evaluate(
     evaluating it (forces the "loop" path; the baselines keep the stored statistics).
     write_verify: a `nvcim.writeverify.VerifyPlan`: its weights are programmed with write-verify on
     every chip (left with its residual σ); same draws on every path.
+    Checks before any chip: labels are integer class indices within the model's logits (one clean
+    forward of one image gives their width, kept as `num_classes`); images are cast to the model's
+    floating dtype (a float16 model evaluates in float16). `runs` has no upper limit here (the CLI caps
+    it). Chips with NaN / inf logits score those images as wrong, are counted in `nonfinite_runs`, and
+    raise one RuntimeWarning naming the count and the likely cause.
     """
     if not isinstance(cfg, DeviceConfig):
         raise TypeError(f"cfg must be a nvcim.DeviceConfig, got {type(cfg).__name__}")
     _check_args(runs, seed, batch_size, chunk_runs, path)
     path = _calibration_path(bn_calibration, path)
     dev = _resolve_device(model, device)
-    batches = _materialize(data, batch_size, dev)
+    batches = _materialize(data, batch_size, dev, _float_dtype(model))
     calib = bn_calibration.inputs(dev) if bn_calibration is not None else None
     with (_on_device(model, dev), _eval_mode(model), _controllers_for(model, cfg),
           write_verify_scope(model, write_verify)):
+        classes = _output_classes(model, batches)  # labels checked before any chip
         _check_coverage_once(model, batches)
-        return _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, dev, progress, None if baselines else False,
-                        calib)
+        res = _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, dev, progress, None if baselines else False,
+                       calib)
+        res.num_classes = classes
+        _warn_nonfinite(model, batches, [res])
+    return res
 
 
 def _check_coverage_once(model: nn.Module, batches) -> None:
@@ -676,11 +732,12 @@ def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Ite
     _check_args(opts["runs"], opts["seed"], opts["batch_size"], opts["chunk_runs"], opts["path"])
     path = _calibration_path(opts["bn_calibration"], opts["path"])
     dev = _resolve_device(model, opts["device"])
-    batches = _materialize(data, opts["batch_size"], dev)
+    batches = _materialize(data, opts["batch_size"], dev, _float_dtype(model))
     calib = opts["bn_calibration"].inputs(dev) if opts["bn_calibration"] is not None else None
     results = []
     with (_on_device(model, dev), _eval_mode(model), _controllers_for(model, cfg),
           write_verify_scope(model, opts["write_verify"])):
+        classes = _output_classes(model, batches)  # labels checked before any chip
         _check_coverage_once(model, batches)
         baseline = _baselines(model, batches, _ChipSampler(model, cfg, dev)) if opts["baselines"] else False  # σ-independent
         for s in sigmas:
@@ -688,8 +745,41 @@ def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Ite
             with overridden(model, cfg=cfg_s, sigma=s):
                 res = _mc_core(model, batches, cfg_s, opts["runs"], opts["seed"], opts["chunk_runs"], path, dev,
                                opts["progress"], baseline, calib)
+            res.num_classes = classes
             results.append(res)
+        _warn_nonfinite(model, batches, results)
     return results
+
+
+def _warn_nonfinite(model: nn.Module, batches, results: Sequence[MCResult]) -> None:
+    """One warning when some chips gave NaN / inf logits (scored as wrong), with the count and the likely cause."""
+    bad = [r for r in results if r.nonfinite_runs]
+    if not bad:
+        return
+    where = ", ".join(f"{r.nonfinite_runs} of {r.runs} chips at σ={r.sigma:g}" for r in bad)
+    warnings.warn(f"nvcim: non-finite logits (NaN / inf) from {where}; those images count as wrong, so the accuracy "
+                  f"is not meaningful: {_nonfinite_cause(model, batches, bad)}", RuntimeWarning, stacklevel=3)
+
+
+def _nonfinite_cause(model: nn.Module, batches, bad: Sequence[MCResult]) -> str:
+    """The likely reason for non-finite logits: broken weights, non-float weights, the inputs, or σ too large."""
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    broken = [n for n, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if broken:
+        return f"the model holds non-finite values in {broken[:3]}{' ...' if len(broken) > 3 else ''} (check the checkpoint)"
+    nonfloat = [f"{n} ({p.dtype})" for n, p in model.named_parameters() if not p.is_floating_point()]
+    if nonfloat:
+        return f"non-float weights {nonfloat[:3]}: convert the model to float"
+    with torch.no_grad(), variation_disabled(model):
+        clean_ok = all(bool(torch.isfinite(model(x)).all()) for x, _ in batches)
+    if not clean_ok:
+        largest = max(((n, float(p.detach().abs().max())) for n, p in model.named_parameters() if p.numel()),
+                      key=lambda t: t[1], default=None)
+        extreme = f" (largest |weight| {largest[1]:.3g} in {largest[0]})" if largest else ""
+        return f"the clean model already gives non-finite logits: check the inputs and the weight magnitudes{extreme}"
+    sigmas = ", ".join(f"{r.sigma:g}" for r in bad)
+    return (f"the clean model is finite, so σ={sigmas} is likely far too large for this model (the programmed "
+            "weights overflow the activations)")
 
 
 def default_sigma_grid(train_sigma: float, step: float = 0.05) -> list[float]:
@@ -753,17 +843,37 @@ def _fmt(v: float, digits: int = 2) -> str:
     return "nan" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
+BELOW_CHANCE_MARK = "*"
+NONFINITE_MARK = "!"
+
+
 def results_table(results: Sequence[MCResult]) -> str:
-    """A plain-text table (accuracies in %, EKL in nats), one row per σ."""
+    """A plain-text table (accuracies in %, EKL in nats), one row per σ.
+
+    A mean below chance (100 / classes %) is marked `*`, a σ where some chips gave non-finite logits `!`,
+    each with a footnote under the table.
+    """
     from tabulate import tabulate
 
-    rows = [
-        [f"{r.sigma:g}", r.runs, _fmt(r.mean), _fmt(r.std), f"[{_fmt(r.ci95[0])}, {_fmt(r.ci95[1])}]",
-         _fmt(r.p1), _fmt(r.p5), _fmt(r.p10), _fmt(r.min), _fmt(r.max), _fmt(r.clean_accuracy),
-         _fmt(r.quantized_accuracy), _fmt(r.ekl, 4)]
-        for r in results
-    ]
-    return tabulate(rows, headers=list(TABLE_COLUMNS), tablefmt="simple", disable_numparse=True)
+    rows, below, nonfinite = [], set(), []
+    for r in results:
+        mean = _fmt(r.mean)
+        chance = 100.0 / r.num_classes if r.num_classes else None  # the accuracy of guessing, %
+        if chance is not None and math.isfinite(r.mean) and r.mean < chance:
+            mean += f" {BELOW_CHANCE_MARK}"
+            below.add((chance, r.num_classes))
+        if r.nonfinite_runs:
+            mean += f" {NONFINITE_MARK}"
+            nonfinite.append(f"{r.nonfinite_runs} of {r.runs} chips at σ={r.sigma:g}")
+        rows.append([f"{r.sigma:g}", r.runs, mean, _fmt(r.std), f"[{_fmt(r.ci95[0])}, {_fmt(r.ci95[1])}]",
+                     _fmt(r.p1), _fmt(r.p5), _fmt(r.p10), _fmt(r.min), _fmt(r.max), _fmt(r.clean_accuracy),
+                     _fmt(r.quantized_accuracy), _fmt(r.ekl, 4)])
+    lines = [tabulate(rows, headers=list(TABLE_COLUMNS), tablefmt="simple", disable_numparse=True)]
+    for chance, classes in sorted(below):
+        lines.append(f"{BELOW_CHANCE_MARK} below chance ({chance:g} % for {classes} classes)")
+    if nonfinite:
+        lines.append(f"{NONFINITE_MARK} non-finite logits (NaN / inf), counted as wrong: {', '.join(nonfinite)}")
+    return "\n".join(lines)
 
 
 CSV_COLUMNS = ("sigma", "runs", "seed", "n_samples", "clean_accuracy", "quantized_accuracy", "mean", "std", "ci95_lo",

@@ -19,8 +19,11 @@ on device conductances, so a device never lands more than s·σ above its target
 that caps how far |W| can grow (the negative crossbar mirrors the positive one), not the signed value.
 
 A task owns the device model on its network: it applies it when created and `finish()` removes it,
-leaving the plain backbone (the only thing that is deployed). Method hyper-parameters live in small
-frozen dataclasses validated in `__post_init__`, registered in `METHODS`.
+leaving the plain backbone (the only thing that is deployed). A model takes one task at a time: a task
+is refused on a model that already has device variation (another task's, or `apply_variation_`'s),
+and a finished task refuses further steps. Each step runs the model in train mode (a model left in
+eval mode, e.g. after validation, is switched for the step and switched back). Method
+hyper-parameters live in small frozen dataclasses validated in `__post_init__`, registered in `METHODS`.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from torch import nn
 
 from nvcim.batchnorm import frozen_bn_statistics  # the "backbone" BatchNorm policy
 from nvcim.config import DeviceConfig
-from nvcim.noise import apply_variation_, quantization_cached, remove_variation_, sigma_scope
+from nvcim.noise import apply_variation_, noisy_modules, noisy_parameters, quantization_cached, remove_variation_, sigma_scope
+from nvcim.variation import check_censor_threshold
 
 BN_POLICIES = ("backbone", "all")
 
@@ -53,9 +57,8 @@ class VanillaConfig:
 
 
 def _check_censor(method: str, censor: Any) -> None:
-    if censor is not None and not (_is_finite_number(censor) and censor >= 0):
-        raise ValueError(f"{method} censor={censor!r} is invalid: use a finite number >= 0 (the clip of z ~ N(0, 1), "
-                         "e.g. 1.0), or leave it unset for plain Gaussian training noise")
+    if censor is not None:  # None: plain Gaussian training noise
+        check_censor_threshold(censor, f"{method} censor")
 
 
 def training_device(device_cfg: DeviceConfig, censor: float | None) -> DeviceConfig:
@@ -139,7 +142,7 @@ METHODS: dict[str, type] = {"vanilla": VanillaConfig, "noise_injection": NoiseIn
 
 def method_config(name: str, **params: Any):
     """Build a validated method config; unknown names or parameters give a one-line ValueError."""
-    if name not in METHODS:
+    if not isinstance(name, str) or name not in METHODS:
         raise ValueError(f"unknown method {name!r}: use one of {sorted(METHODS)}")
     cls = METHODS[name]
     allowed = {f.name for f in dataclasses.fields(cls)}
@@ -163,22 +166,58 @@ def method_from_dict(d: Mapping[str, Any]):
 
 # ---- tasks -------------------------------------------------------------------------------------------
 class TrainingTask:
-    """Base: holds the model, the device config and the method config; `task(x, y) -> (loss, output)`."""
+    """Base: holds the model, the device config and the method config; `task(x, y) -> (loss, output)`.
+
+    Subclasses that add the device model call `_apply_variation()` in their `__init__`.
+    """
 
     def __init__(self, model: nn.Module, device_cfg: DeviceConfig | None, method_cfg):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        noisy = noisy_modules(model)
+        if noisy:
+            raise ValueError(f"the model already has device variation (e.g. on {noisy[0][0]!r}), from another "
+                             "training task or apply_variation_: finish() that task (or call "
+                             "nvcim.remove_variation_) before creating a new one")
         self.model = model
         self.device_cfg = device_cfg
         self.method_cfg = method_cfg
+        self.finished = False
+        self._controllers: list = []  # the noise controllers this task put on the model
+
+    def _apply_variation(self) -> None:
+        apply_variation_(self.model, self.device_cfg)
+        self._controllers = [p.control for p in noisy_parameters(self.model)]
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.forward(x, y)
+        if self.finished:
+            raise RuntimeError(f"this {self.method_cfg.name} task is finished (finish() removed its device model): "
+                               "create a new task to train again")
+        if self.model.training:
+            return self.forward(x, y)
+        flags = [(m, m.training) for m in self.model.modules()]
+        self.model.train()  # a training step: batch statistics, dropout, BatchNorm updates
+        try:
+            return self.forward(x, y)
+        finally:
+            for m, t in flags:
+                m.training = t
 
     def forward(self, x, y):
         raise NotImplementedError
 
     def finish(self) -> nn.Module:
-        """Remove everything the method added; return the plain backbone."""
-        remove_variation_(self.model)
+        """Remove everything the method added; return the plain backbone. Calling it again does nothing."""
+        if not self.finished:
+            mine = {id(c) for c in self._controllers}
+            params = noisy_parameters(self.model)
+            if all(id(p.control) in mine for p in params):
+                remove_variation_(self.model)  # the whole model: fused Transformer paths come back too
+            else:  # variation applied after the task was made stays
+                for p in params:
+                    if id(p.control) in mine:
+                        remove_variation_(p.module)
+            self.finished = True
         return self.model
 
 
@@ -191,7 +230,7 @@ class VanillaTask(TrainingTask):
 class NoiseInjectionTask(TrainingTask):
     def __init__(self, model, device_cfg, method_cfg):
         super().__init__(model, training_device(device_cfg, method_cfg.censor), method_cfg)
-        apply_variation_(model, self.device_cfg)
+        self._apply_variation()
 
     def forward(self, x, y):
         out = self.method_cfg.logit_scale * self.model(x)  # [B, classes], noise at σ
@@ -201,7 +240,7 @@ class NoiseInjectionTask(TrainingTask):
 class OVFTask(TrainingTask):
     def __init__(self, model, device_cfg, method_cfg):
         super().__init__(model, training_device(device_cfg, method_cfg.censor), method_cfg)
-        apply_variation_(model, self.device_cfg)
+        self._apply_variation()
 
     def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """O_backbone at σ, and Out_n at σ + nΔσ for n = 1..N (skipped when β = 0)."""

@@ -13,17 +13,21 @@ The spec a model was built from is kept on it as `model.nvcim_spec` (a dict that
 `create_model(**spec)` turns back into the same architecture); checkpoints store it.
 
 New models: decorate a builder `fn(num_classes, in_channels, width, image_size, **options)` with
-`@register_model("name")`.
+`@register_model("name")`. `create_model` passes it only the arguments its caller gave, so the
+builder's own defaults stand (and are recorded in `nvcim_spec`). A model above MAX_PARAMETERS
+(counted on the meta device before anything is allocated) is refused with a ValueError.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from typing import Callable
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -51,39 +55,91 @@ def _positive_int(what: str, value) -> int:
     return value
 
 
+def _standard_arg(key: str, value):
+    """A validated num_classes / in_channels / image_size (integers >= 1) or width (a finite number > 0)."""
+    if key != "width":
+        return _positive_int(key, value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"width={value!r} is invalid: use a finite number > 0")
+    return float(value)
+
+
+# What `create_model` passes for a standard argument the caller left out and the builder requires
+# (has no default of its own); a builder's own defaults always stand.
+STANDARD_DEFAULTS = {"num_classes": 10, "in_channels": 1, "width": 1.0, "image_size": 32}
+
+# Largest model `create_model` builds: 2e9 parameters (8 GB of float32 weights, ~150x VGG-8); a larger
+# one is almost surely a typo (width=1000) that would exhaust memory. Raise it here for a bigger machine.
+MAX_PARAMETERS = 2_000_000_000
+
+
 def create_model(
     name: str,
-    num_classes: int = 10,
-    in_channels: int = 1,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
     *,
-    width: float = 1.0,
-    image_size: int = 32,
+    width: float | None = None,
+    image_size: int | None = None,
     **kwargs,
 ) -> nn.Module:
-    """Build a registered model, freshly initialized (torch's global RNG; seed it for determinism)."""
-    if name not in MODELS:
+    """Build a registered model, freshly initialized (torch's global RNG; seed it for determinism).
+
+    Only the arguments given reach the builder, so a registered builder's own defaults stand (e.g. a
+    model built for 8x8 inputs); a standard argument the builder requires without a default gets
+    STANDARD_DEFAULTS. The model is first built on the meta device (no memory, no RNG use) to count
+    its parameters: more than MAX_PARAMETERS is a ValueError naming the size, before any allocation.
+    """
+    if not isinstance(name, str) or name not in MODELS:
         raise ValueError(f"unknown model {name!r}: use one of {list_models()}")
-    num_classes = _positive_int("num_classes", num_classes)
-    in_channels = _positive_int("in_channels", in_channels)
-    image_size = _positive_int("image_size", image_size)
-    try:
-        width = float(width)
-    except (TypeError, ValueError):
-        raise ValueError(f"width={width!r} is invalid: use a finite number > 0") from None
-    if not math.isfinite(width) or width <= 0:
-        raise ValueError(f"width={width!r} is invalid: use a finite number > 0")
+    given = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels), ("width", width),
+                               ("image_size", image_size)) if v is not None}
+    given = {k: _standard_arg(k, v) for k, v in given.items()}
     builder = MODELS[name]
     params = inspect.signature(builder).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        allowed = [p for p in params if p not in ("num_classes", "in_channels", "width", "image_size")]
+        allowed = [p for p in params if p not in STANDARD_DEFAULTS]
         unknown = sorted(set(kwargs) - set(allowed))
         if unknown:
             raise ValueError(f"model {name!r} has no option(s) {unknown}: its options are {allowed}")
-    model = builder(num_classes=num_classes, in_channels=in_channels, width=width, image_size=image_size, **kwargs)
-    model.nvcim_spec = dict(
-        name=name, num_classes=num_classes, in_channels=in_channels, width=width, image_size=image_size, **kwargs
-    )
+    args = dict(given)
+    spec = dict(given)
+    for key, default in STANDARD_DEFAULTS.items():
+        p = params.get(key)
+        if key in given or p is None or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.default is p.empty:
+            args[key] = spec[key] = default  # required by the builder: nvcim's default
+        else:
+            spec[key] = p.default  # the builder's own default stands (recorded so the spec rebuilds it)
+    _check_size(name, builder, args, kwargs)
+    model = builder(**args, **kwargs)
+    model.nvcim_spec = dict(name=name, **{k: spec[k] for k in STANDARD_DEFAULTS if k in spec}, **kwargs)
     return model
+
+
+class _SkipMetaNormal(TorchFunctionMode):
+    """Makes `Tensor.normal_` on meta tensors a no-op: its meta kernel costs ~1 s of imports on first use,
+    and a meta build only needs the shapes."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.normal_ and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def _check_size(name: str, builder: Callable[..., nn.Module], args: dict, kwargs: dict) -> None:
+    """Refuse a model above MAX_PARAMETERS, counted on a meta-device build (no memory, no RNG use)."""
+    try:
+        with torch.device("meta"), _SkipMetaNormal():
+            n = sum(p.numel() for p in builder(**args, **kwargs).parameters())
+    except Exception:  # a builder that cannot run on the meta device: its real build reports its own errors
+        return
+    if n > MAX_PARAMETERS:
+        shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in args.items())
+        raise ValueError(
+            f"model {name!r} ({shown}) would have {n:.3g} parameters ({4 * n / 1e9:.3g} GB as float32), above "
+            f"nvcim.models.MAX_PARAMETERS={MAX_PARAMETERS:.3g}: use a smaller width, image_size or num_classes"
+        )
 
 
 def scaled(channels: int, width: float) -> int:

@@ -144,12 +144,12 @@ class TrainConfig:
         def bad(name: str, allowed: str) -> ValueError:
             return ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: use {allowed}")
 
-        if self.model not in list_models():
+        if not isinstance(self.model, str) or self.model not in list_models():
             raise bad("model", f"one of {list_models()}")
         if not _is_number(self.width) or self.width <= 0:
             raise bad("width", "a finite number > 0")
         object.__setattr__(self, "width", float(self.width))
-        if self.dataset not in DATASETS:
+        if not isinstance(self.dataset, str) or self.dataset not in DATASETS:
             raise bad("dataset", f"one of {list(DATASETS)}")
         if self.data_root is not None:
             if not isinstance(self.data_root, (str, Path)):

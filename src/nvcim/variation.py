@@ -85,18 +85,23 @@ class Gaussian(Variation):
         return torch.empty_like(levels).normal_(0.0, sigma * cfg.device_levels, generator=generator)
 
 
+def check_censor_threshold(value: Any, what: str) -> None:
+    """The one rule for a right-censoring threshold (the DeviceConfig option and the training methods'
+    `censor`, hence `nvcim train --censor`): a finite number >= 0. ValueError naming `what` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what}={value!r} is invalid: use a finite number >= 0 (the clip of z ~ N(0, 1), e.g. 1.0)")
+
+
 @register_variation("right_censored_gaussian")
 class RightCensoredGaussian(Variation):
-    """z ~ N(0,1), z := min(z, threshold), Δg = z σ (2^K - 1) (Yan et al., ICCAD 2023)."""
+    """z ~ N(0,1), z := min(z, threshold), Δg = z σ (2^K - 1) (Yan et al., ICCAD 2023); threshold >= 0."""
 
     fast_path_exact = False
     options = {"threshold": 1.0}
 
     def validate_options(self, options):
         super().validate_options(options)
-        t = options.get("threshold", 1.0)
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
-            raise ValueError(f"variation 'right_censored_gaussian' option threshold={t!r} is invalid: use a finite number")
+        check_censor_threshold(options.get("threshold", 1.0), "variation 'right_censored_gaussian' option threshold")
 
     def sample(self, levels, sigma, cfg, generator):
         z = _standard_normal(levels, generator)

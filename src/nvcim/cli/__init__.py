@@ -1,7 +1,8 @@
 """The `nvcim` command line: one subcommand per module in this package (train, eval, report, sweep).
 
 Each subcommand module defines `add_parser(subparsers)` and `run(args) -> int`. Errors the user can
-fix (bad values, missing files, unknown names) end in one line on stderr and exit code 2.
+fix (bad values, missing files, unknown names) end in one line on stderr and exit code 2; warnings
+are one line each too.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 SUBCOMMANDS = ("train", "eval", "report", "sweep")
 
@@ -48,8 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+
+    def one_line_warning(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split()).removeprefix("nvcim: ")  # the library's own prefix
+        print(f"nvcim {args.command}: warning: {text}", file=file or sys.stderr)
+
     try:
-        return int(args.run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line_warning  # restored on exit
+            return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("nvcim: interrupted", file=sys.stderr)
         return 130

@@ -19,9 +19,11 @@ write-verify (left with --verify-sigma); the JSON is then
     {"kind": "write_verify", ... as above ..., "write_verify": {"by", "residual_sigma", "score_images",
      "target", "stat", "fraction_for_target"}, "points": [{"fraction", "verified_weights",
      "verified_devices", "result": MCResult.to_dict()}, ...]}
-Errors the user can fix end in one line on stderr and exit code 2, before anything is written or
-downloaded: among them an --out / --csv inside the checkpoint (or the two the same file), and a
---dataset that does not fit the checkpoint's model.
+A progress bar with an ETA (tqdm, per σ) is shown on stderr when it is a terminal (--progress: always,
+--no-progress: never). --runs above MAX_RUNS is refused unless --force-runs. A float16 / bfloat16
+checkpoint is evaluated in float32 (a note says so). Errors the user can fix end in one line on stderr
+and exit code 2, before anything is written or downloaded: among them an --out / --csv inside the
+checkpoint (or the two the same file), and a --dataset that does not fit the checkpoint's model.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pathlib import Path
 
 
 RECALIBRATION_BATCH = 1024  # = nvcim.batchnorm.CALIBRATION_BATCH (here so that --help does not import torch)
+MAX_RUNS = 100_000  # chips per σ above which --runs needs --force-runs (a typo's extra zeros cost hours)
 
 
 def _one_line_error(message: str):
@@ -90,14 +93,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="the statistic --verify-target applies to (default: mean)")
 
     g = p.add_argument_group("Monte Carlo")
-    g.add_argument("--runs", metavar="R", default="200", help="programmed chips per σ, >= 2 (default: 200)")
+    g.add_argument("--runs", metavar="R", default="200",
+                   help=f"programmed chips per σ, >= 2; above {MAX_RUNS} only with --force-runs (default: 200)")
+    g.add_argument("--force-runs", action="store_true", help=f"allow --runs above {MAX_RUNS}")
     g.add_argument("--seed", metavar="S", default="0", help="seed of the chips' draws, >= 0 (default: 0)")
     g.add_argument("--batch-size", metavar="B", default="1024", help="images per forward pass (default: 1024)")
     g.add_argument("--chunk-runs", metavar="N", default=None,
                    help="runs drawn together; bounds memory (default: automatic, ~1 GiB of weights)")
     g.add_argument("--device", metavar="DEV", default="cpu", choices=("cpu", "cuda"),
                    help="cpu or cuda; draws are made on CPU either way, so results do not depend on it (default: cpu)")
-    g.add_argument("--progress", action="store_true", help="show a progress bar over runs (default: off)")
+    bar = g.add_mutually_exclusive_group()
+    bar.add_argument("--progress", action="store_true",
+                     help="show a progress bar over runs, with an ETA, on stderr even when it is not a terminal "
+                          "(default: shown when stderr is a terminal)")
+    bar.add_argument("--no-progress", action="store_true", help="never show the progress bar")
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", metavar="NAME",
@@ -172,6 +181,10 @@ def run(args: argparse.Namespace) -> int:
 
     # validate everything cheap before loading anything
     runs = _int("--runs", args.runs, 2)
+    if runs > MAX_RUNS and not args.force_runs:
+        raise ValueError(f"--runs {runs} is above {MAX_RUNS} chips per σ (hours of work for a mistyped number): "
+                         "pass --force-runs to run that many")
+    progress = args.progress or (not args.no_progress and sys.stderr.isatty())
     seed = _int("--seed", args.seed, 0)
     batch_size = _int("--batch-size", args.batch_size, 1)
     chunk_runs = None if args.chunk_runs is None else _int("--chunk-runs", args.chunk_runs, 1)
@@ -230,6 +243,11 @@ def run(args: argparse.Namespace) -> int:
     from nvcim.data import DATASETS, load_dataset
 
     model, config = load_checkpoint(ckpt)
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.is_floating_point()})
+    if dtypes and dtypes != ["float32"]:
+        print(f"nvcim eval: note: checkpoint {ckpt} stores {'/'.join(dtypes)} weights: evaluating them in float32",
+              file=sys.stderr)
+        model = model.float()
     dev_dict = config.get("device") or {}
     if not isinstance(dev_dict, dict):
         raise ValueError(f"checkpoint {ckpt}: 'device' in config.json is not a device config: fix config.json")
@@ -293,9 +311,9 @@ def run(args: argparse.Namespace) -> int:
         return _run_write_verify(args, ckpt, model, config, spec, dataset, splits, split, base.replace(sigma=sigmas[0]),
                                  train_sigma, verify, recalibration,
                                  dict(runs=runs, seed=seed, batch_size=batch_size, chunk_runs=chunk_runs,
-                                      device=args.device, progress=args.progress))
+                                      device=args.device, progress=progress))
     results = robustness_curve(model, split, base, sigmas, runs=runs, seed=seed, batch_size=batch_size,
-                               chunk_runs=chunk_runs, device=args.device, progress=args.progress, bn_calibration=calibration)
+                               chunk_runs=chunk_runs, device=args.device, progress=progress, bn_calibration=calibration)
     print(f"{ckpt}: {spec.get('name', '?')} on {dataset} ({args.split}, {results[0].n_samples} images), "
           f"{runs} runs per σ, seed {seed}, M={base.weight_bits} K={base.device_bits} quantize={base.quantize}, "
           f"training σ {train_sigma:g}")
