@@ -19,8 +19,8 @@ weights of every layer go into one preallocated buffer [R_chunk, *W.shape] that 
     forward (batched / grouped convolutions); the default on CUDA;
   * "chunked": one plain `functional_call` forward per run over those buffers, the logits of
     several runs scored together; the default on CPU, where it is the fastest: as fast as "loop"
-    for VGG-8 (1.02-1.08x clean inference) and ~1.5x faster for a small MLP, whose cost is
-    per chip rather than per image (vmap: 1.2-2.1x clean; benchmarks/results/eval_cpu.txt);
+    for VGG-8 (~1.0-1.1x clean inference) and 1.5x faster for a small MLP, whose cost is per
+    chip rather than per image (vmap: 1.4-3.5x clean; benchmarks/results/eval_cpu.txt);
   * "loop": `nvcim.program_chip_` per run and plain forwards; the reference.
 
 `bn_calibration=ChipCalibration(train_split, images=1000)` (nvcim.batchnorm) re-estimates BatchNorm
@@ -554,10 +554,9 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
     acc = _Accumulator(runs)
     if path == "auto":
         # measured on CPU (benchmarks/results/eval_cpu.txt, one thread, process clock): "chunked" is
-        # never slower than "loop" (VGG-8: both 1.02-1.08x clean inference) and much faster for
-        # small models, whose cost is per chip, not per image (MLP 64-128-64-10 on 360 images: ~3x
-        # against ~4.5x), while vmap's batched convolutions cost 1.2-2.1x; on CUDA, batching the
-        # runs fills the device.
+        # as fast as "loop" for VGG-8 (0.98-1.11x clean inference against 0.96-1.15x) and faster for
+        # small models, whose cost is per chip, not per image (MLP 64-128-64-10 on 360 images: 2.8x
+        # against 4.3x), while vmap costs 1.4-3.5x; on CUDA, batching the runs fills the device.
         if device.type == "cuda" and _stacked_works(model, sampler, batches[0][0]):
             path = "stacked"
         else:
