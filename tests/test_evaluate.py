@@ -82,7 +82,7 @@ def test_fast_paths_equal_reference_loop(setup):
         assert res[p].ekl_n == ref.ekl_n
         assert res[p].ekl == pytest.approx(ref.ekl, rel=1e-5)
         assert res[p].path == p
-    assert monte_carlo_evaluate(m, (x, y), CFG, runs=2, seed=3).path == "loop"  # auto on CPU: the fastest there
+    assert monte_carlo_evaluate(m, (x, y), CFG, runs=2, seed=3).path == "chunked"  # auto on CPU: the fastest there
 
 
 def test_sampler_matches_draw_chip_and_logits_match(setup):

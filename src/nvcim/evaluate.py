@@ -17,10 +17,11 @@ weights of every layer go into one preallocated buffer [R_chunk, *W.shape] that 
 (W_d precomputed once; per run only randn and one addcmul, no allocation), then
   * "stacked": `torch.func.vmap(functional_call)` evaluates all runs of the chunk in one batched
     forward (batched / grouped convolutions); the default on CUDA;
-  * "chunked": one `functional_call` forward per run over those buffers;
-  * "loop": `nvcim.program_chip_` per run and plain forwards; the reference, and the default on
-    CPU, where it is the fastest (1.00-1.07x clean inference; chunked 1.04-1.15x, vmap 1.2-2.1x:
-    benchmarks/results/eval_cpu.txt).
+  * "chunked": one plain `functional_call` forward per run over those buffers, the logits of
+    several runs scored together; the default on CPU, where it is the fastest: as fast as "loop"
+    for VGG-8 (~1.0-1.1x clean inference) and 1.5x faster for a small MLP, whose cost is per
+    chip rather than per image (vmap: 1.4-3.5x clean; benchmarks/results/eval_cpu.txt);
+  * "loop": `nvcim.program_chip_` per run and plain forwards; the reference.
 
 `bn_calibration=ChipCalibration(train_split, images=1000)` (nvcim.batchnorm) re-estimates BatchNorm
 statistics on each programmed chip before evaluating it, as a deployed chip could with unlabeled
@@ -69,6 +70,10 @@ from nvcim.writeverify import VerifyPlan, write_verify_scope
 
 PATHS = ("auto", "stacked", "chunked", "loop")
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes for stacked weights + activations of one chunk
+# "chunked": chips drawn together only share the per-call costs (scoring, Python), which a few
+# chips amortize; cache-sized buffers measured as fast as larger ones (MLP: 16-64 chips alike).
+CHUNKED_BUFFER_BYTES = 4 << 20  # bytes of chips drawn together (at least one chip)
+LOGITS_PER_ADD = 1 << 16  # logits of several chips scored in one _Accumulator.add (2^14-2^18 alike)
 
 
 # ---- Student t quantile (no scipy in the package) ----------------------------------------------
@@ -464,6 +469,13 @@ class _Accumulator:
         self.nonfinite[idx] += (~finite).sum(dim=1).cpu().numpy()
 
 
+def _forward_with(model: nn.Module, weights: Mapping[str, torch.Tensor], x: Any) -> Any:
+    """model(x) with the named weights replaced. Only those names: a parameter tied to one of them
+    under another name (read directly, e.g. a decoder reusing an encoder's weight) stays exact, as
+    on the loop path, where only a noisy layer's own forward sees its programmed weight."""
+    return torch.func.functional_call(model, dict(weights), (x,), tie_weights=False)
+
+
 def _count_correct(model: nn.Module, batches, weights: Mapping[str, torch.Tensor] | None = None) -> int:
     """Correct predictions of one deterministic forward pass (optionally with replaced weights)."""
     correct = 0
@@ -472,7 +484,7 @@ def _count_correct(model: nn.Module, batches, weights: Mapping[str, torch.Tensor
             if weights is None:
                 out = model(x)  # [B, classes]
             else:
-                out = torch.func.functional_call(model, dict(weights), (x,))  # [B, classes]
+                out = _forward_with(model, weights, x)  # [B, classes]
             correct += int(((out.argmax(dim=-1) == y) & torch.isfinite(out).all(dim=-1)).sum())
     return correct
 
@@ -481,9 +493,42 @@ def _stacked_forward(model: nn.Module, names: list[str], bufs: list[torch.Tensor
     """logits [k, B, classes] of k chips (bufs[l]: [k, *W.shape]) on one batch x [B, C, H, W]."""
 
     def one(weights, inp):
-        return torch.func.functional_call(model, dict(zip(names, weights)), (inp,))
+        return _forward_with(model, dict(zip(names, weights)), inp)
 
     return torch.func.vmap(one, in_dims=(0, None))(tuple(bufs), x)
+
+
+class _OverBatches(nn.Module):
+    """`model` applied to each batch of a list: one `functional_call` sets a chip's weights for all of them."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.model(x) for x in xs]  # [B, classes] per batch
+
+
+def _chunked_forwards(model: nn.Module, names: list[str], bufs: list[torch.Tensor], chunk: list[int], batches,
+                      acc: _Accumulator) -> None:
+    """Score the chips `chunk` (bufs[l][i]: chip chunk[i]) with plain forwards, one chip at a time.
+
+    The logits of several chips are scored together (one `_Accumulator.add` per batch and group of
+    chips whose logits fit in LOGITS_PER_ADD elements, at least one chip), so that per chip and
+    batch only the forward itself is left, with the very arithmetic of the loop path (same
+    weights, same layers, batches in the same order).
+    """
+    over = _OverBatches(model)
+    names = [f"model.{n}" for n in names]
+    xs = [x for x, _ in batches]
+    group, outs = [], []  # chips of the group, and their logits per batch
+    for i, r in enumerate(chunk):
+        outs.append(_forward_with(over, {n: b[i] for n, b in zip(names, bufs)}, xs))  # [B, classes] per batch
+        group.append(r)
+        if len(group) * sum(o.numel() for o in outs[0]) >= LOGITS_PER_ADD or i == len(chunk) - 1:
+            for j, (_, y) in enumerate(batches):
+                acc.add(group, torch.stack([o[j] for o in outs]), y)  # [g, B, classes]
+            group, outs = [], []
 
 
 def _activation_bytes_per_image(model: nn.Module, x: torch.Tensor) -> int:
@@ -544,14 +589,14 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
     sigma = cfg.sigma
     acc = _Accumulator(runs)
     if path == "auto":
-        # measured on CPU (benchmarks/results/eval_cpu.txt, one thread, process clock): vmap's
-        # batched convolutions cost 1.2-2.1x clean inference and functional_call forwards over
-        # pre-drawn buffers 1.04-1.15x, while programming a chip in place and running the plain
-        # model costs 1.00-1.07x; on CUDA, batching the runs fills the device.
+        # measured on CPU (benchmarks/results/eval_cpu.txt, one thread, process clock): "chunked" is
+        # as fast as "loop" for VGG-8 (0.98-1.11x clean inference against 0.96-1.15x) and faster for
+        # small models, whose cost is per chip, not per image (MLP 64-128-64-10 on 360 images: 2.8x
+        # against 4.3x), while vmap costs 1.4-3.5x; on CUDA, batching the runs fills the device.
         if device.type == "cuda" and _stacked_works(model, sampler, batches[0][0]):
             path = "stacked"
         else:
-            path = "loop"
+            path = "chunked"
 
     from tqdm.auto import tqdm
 
@@ -576,7 +621,7 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
             once = _Accumulator(1)
             with torch.no_grad(), variation_disabled(model):
                 for x, y in batches:
-                    out = torch.func.functional_call(model, dict(zip(sampler.names, sampler.w_d)), (x,))  # [B, classes]
+                    out = _forward_with(model, dict(zip(sampler.names, sampler.w_d)), x)  # [B, classes]
                     once.add([0], out.unsqueeze(0), y)
             acc.correct[:] = once.correct[0]
             acc.ekl_sum[:] = once.ekl_sum[0]
@@ -587,10 +632,11 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
             stacked = path == "stacked"
             if chunk_runs is None:
                 per_run = sampler.weight_bytes()
+                budget = DEFAULT_MEMORY_BUDGET if stacked else CHUNKED_BUFFER_BYTES
                 if stacked:  # activations of every run of the chunk are alive together
                     widest = max(int(y.numel()) for _, y in batches)
                     per_run += widest * _activation_bytes_per_image(model, batches[0][0])
-                chunk_runs = max(1, min(runs, DEFAULT_MEMORY_BUDGET // max(per_run, 1)))
+                chunk_runs = max(1, min(runs, budget // max(per_run, 1)))
             chunk_runs = min(chunk_runs, runs)
             bufs = sampler.alloc(chunk_runs)  # [chunk, *W.shape] per layer, reused for every chunk
             with torch.no_grad(), variation_disabled(model):
@@ -602,11 +648,7 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
                         for x, y in batches:
                             acc.add(chunk, _stacked_forward(model, sampler.names, views, x), y)  # [k, B, classes]
                     else:
-                        for i, r in enumerate(chunk):
-                            weights = {n: b[i] for n, b in zip(sampler.names, bufs)}  # [*W.shape] each
-                            for x, y in batches:
-                                out = torch.func.functional_call(model, weights, (x,))  # [B, classes]
-                                acc.add([r], out.unsqueeze(0), y)
+                        _chunked_forwards(model, sampler.names, bufs, chunk, batches, acc)
                     bar.update(len(chunk))
     finally:
         bar.close()
@@ -665,11 +707,11 @@ def monte_carlo_evaluate(
     model: plain (the device model goes on every Conv/Linear weight for the call and is removed
     afterwards) or with variation already applied (its layer selection is kept, `cfg` is used).
     The model is evaluated in eval mode (BN running statistics) and left exactly as it was.
-    batch_size: images per forward (per run). chunk_runs: runs drawn together (default: stacked
-    weights, plus activations for "stacked", fit in ~1 GiB).
+    batch_size: images per forward (per run). chunk_runs: runs drawn together (default: their
+    weights fit in 4 MiB for "chunked"; weights plus activations in ~1 GiB for "stacked").
     path: "stacked" (vmap over the runs of a chunk), "chunked" (one forward per run over pre-drawn
     weights), "loop" (reference: program_chip_ per run), "auto" ("stacked" on CUDA when vmap
-    supports the model, else "loop"). device: where to compute (default: the model's device); the
+    supports the model, else "chunked"). device: where to compute (default: the model's device); the
     draws are always made on CPU, so results do not depend on it.
     baselines: also measure clean_accuracy and quantized_accuracy (two deterministic passes);
     False leaves them NaN.
