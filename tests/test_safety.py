@@ -80,3 +80,19 @@ def test_eval_dataset_that_does_not_fit_the_model_downloads_nothing(tmp_path, ck
                    capsys)
     assert rc == 2 and len(err) == 1 and "does not fit" in err[0], err
     assert calls == [] and _snapshot(tmp_path) == before
+
+
+def test_result_files_follow_the_umask(tmp_path):
+    """atomic writes get 0666 less the umask (0644 under the usual 022, 0640 under 027)."""
+    import os
+
+    from nvcim.fileio import atomic_write_text
+
+    old = os.umask(0o027)
+    try:
+        p = atomic_write_text(tmp_path / "r.json", "{}")
+    finally:
+        os.umask(old)
+    assert (p.stat().st_mode & 0o777) == 0o640
+    p = atomic_write_text(tmp_path / "s.json", "{}")
+    assert (p.stat().st_mode & 0o777) == 0o666 & ~old

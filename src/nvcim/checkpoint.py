@@ -39,6 +39,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from nvcim.fileio import current_umask
+
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 META_KEYS = ("data", "method", "device", "train", "seed", "metrics")
@@ -230,19 +232,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def current_umask() -> int:
-    """The process's umask, read without changing it where the OS allows (Linux: /proc/self/status)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)  # elsewhere: the classic set-and-restore
-    os.umask(mask)
-    return mask
 
 
 def is_checkpoint_dir(path) -> bool:

@@ -18,13 +18,26 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_bytes(path, data: bytes, mode: int = 0o644) -> Path:
-    """Write `data` to `path` atomically; returns the path."""
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux: /proc/self/status)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic set-and-restore
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path, data: bytes, mode: int | None = None) -> Path:
+    """Write `data` to `path` atomically; returns the path. Mode: 0666 less the umask unless given."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, mode)  # mkstemp's 0600 is too private for results and reports
+        os.fchmod(fd, 0o666 & ~current_umask() if mode is None else mode)  # mkstemp's 0600 is too private
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -555,7 +555,7 @@ def _partial_work_of_other_threads(out: Path, cells: Sequence[Cell], threads: in
 def _link_or_copy_dir(src: Path, dst: Path) -> None:
     """Atomically make `dst` a copy of directory `src` (files hard-linked when possible; the directory gets the
     usual permissions, not mkdtemp's 0700)."""
-    from nvcim.checkpoint import current_umask
+    from nvcim.fileio import current_umask
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
     try:
