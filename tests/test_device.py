@@ -232,7 +232,7 @@ def test_variation_registry_extends_with_one_class():
         shift = 0.1 * (1 + 4 + 16 + 64) / 255
         assert torch.allclose(out, torch.tensor([1 + shift, -1 - shift]))
     finally:
-        del VARIATIONS["_test_constant"]
+        VARIATIONS.unregister("_test_constant")
 
 
 def test_prepared_draw_matches_program():

@@ -172,4 +172,4 @@ def test_register_custom():
         assert m(torch.randn(2, 1, 4, 4)).shape == (2, 3)
         assert m.nvcim_spec["hidden"] == 5
     finally:
-        del MODELS["_test_mlp"]
+        MODELS.unregister("_test_mlp")

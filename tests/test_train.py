@@ -112,7 +112,7 @@ def nan_task_after(n_ok: int):
 
 
 def test_divergence_ends_cleanly_with_best_state(monkeypatch, tmp_path):
-    monkeypatch.setitem(methods.TASKS, "vanilla", nan_task_after(4 + 1))  # 4 steps per epoch: epoch 2, step 2
+    monkeypatch.setattr(methods.Vanilla, "task", nan_task_after(4 + 1))  # 4 steps per epoch: epoch 2, step 2
     res = train(tiny_cfg(method="vanilla", epochs=3), tmp_path / "d")
     assert res.status == "diverged"
     assert res.metrics["diverged_at"] == {"epoch": 2, "step": 2}
@@ -123,7 +123,7 @@ def test_divergence_ends_cleanly_with_best_state(monkeypatch, tmp_path):
 
 
 def test_divergence_at_first_step_saves_initial_weights(monkeypatch, tmp_path):
-    monkeypatch.setitem(methods.TASKS, "vanilla", nan_task_after(0))
+    monkeypatch.setattr(methods.Vanilla, "task", nan_task_after(0))
     res = train(tiny_cfg(method="vanilla"), tmp_path / "d")
     assert res.status == "diverged" and res.metrics["best_epoch"] is None
     assert res.metrics["diverged_at"] == {"epoch": 1, "step": 1}
@@ -220,7 +220,7 @@ def test_history_records_the_rate_each_epoch_trained_with():
 
 
 def test_cli_exits_3_on_divergence(monkeypatch, tmp_path, capsys):
-    monkeypatch.setitem(methods.TASKS, "vanilla", nan_task_after(0))
+    monkeypatch.setattr(methods.Vanilla, "task", nan_task_after(0))
     rc = main(["train", "--preset", "smoke", "--method", "vanilla", "--limit", "32", "--quiet", "--num-threads", "1",
                "--out", str(tmp_path / "d")])
     assert rc == 3
@@ -408,10 +408,13 @@ def test_cli_model_that_does_not_fit_the_data_exits_2_before_any_download(tmp_pa
         return nvcim.models.tiny(num_classes, in_channels, width, image_size)
 
     calls = []
-    monkeypatch.setitem(nvcim.models.MODELS, "gray-only", gray_only)
     monkeypatch.setattr(nvcim.data, "_fetch", lambda url, dest: calls.append(url))
-    rc = main(["train", "--model", "gray-only", "--dataset", "cifar10", "--data-root", str(tmp_path / "no-data"),
-               "--epochs", "1", "--quiet", "--out", str(tmp_path / "run")])
+    nvcim.models.register_model("gray-only")(gray_only)
+    try:
+        rc = main(["train", "--model", "gray-only", "--dataset", "cifar10", "--data-root", str(tmp_path / "no-data"),
+                   "--epochs", "1", "--quiet", "--out", str(tmp_path / "run")])
+    finally:
+        nvcim.models.MODELS.unregister("gray-only")
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not fit dataset 'cifar10'" in err[0], err

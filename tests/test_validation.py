@@ -352,7 +352,7 @@ def test_builder_defaults_stand_and_are_saved(tmp_path):
         path = save_checkpoint(tmp_path / "ck2", model, {"name": "_test_8x8"})  # a partial spec: builder defaults
         assert load_checkpoint(path)[1]["model"]["num_classes"] == 3
     finally:
-        del MODELS["_test_8x8"]
+        MODELS.unregister("_test_8x8")
 
 
 # ---- 9. training tasks -------------------------------------------------------------------------------------

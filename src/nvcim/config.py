@@ -17,6 +17,8 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from nvcim.variation import VARIATIONS
+
 SAMPLING_PATHS = ("auto", "fast", "device")
 
 
@@ -43,8 +45,6 @@ class DeviceConfig:
     sampling: str = "auto"
 
     def __post_init__(self) -> None:
-        from nvcim.variation import VARIATIONS  # registry lives with the variation kinds
-
         for name in ("weight_bits", "device_bits"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
@@ -107,8 +107,6 @@ class DeviceConfig:
     @property
     def use_fast_path(self) -> bool:
         """True when one Gaussian draw per weight is used instead of one draw per device."""
-        from nvcim.variation import VARIATIONS
-
         if self.sampling == "device":
             return False
         return VARIATIONS[self.variation].fast_path_exact

@@ -29,19 +29,14 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-MODELS: dict[str, Callable[..., nn.Module]] = {}
+from nvcim.registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator: register `fn(num_classes, in_channels, width, image_size, **options) -> nn.Module`."""
-
-    def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in MODELS and MODELS[name] is not fn:
-            raise ValueError(f"model {name!r} is already registered: pick another name")
-        MODELS[name] = fn
-        return fn
-
-    return decorator
+    return MODELS.register(name)
 
 
 def list_models() -> list[str]:

@@ -15,22 +15,23 @@ one draw per weight can replace M/K draws per weight.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
-if TYPE_CHECKING:
-    from nvcim.config import DeviceConfig
+from nvcim.registry import Registry
 
-VARIATIONS: dict[str, "Variation"] = {}
+# (annotations name "DeviceConfig": nvcim.config imports this module, so it is not imported back here)
+
+VARIATIONS: Registry["Variation"] = Registry("variation")
 
 
 def register_variation(name: str) -> Callable[[type], type]:
     """Class decorator: make a `Variation` subclass available as `DeviceConfig(variation=name)`."""
 
     def wrap(cls: type) -> type:
-        VARIATIONS[name] = cls()
         cls.name = name
+        VARIATIONS.register(name, cls())
         return cls
 
     return wrap

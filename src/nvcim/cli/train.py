@@ -24,8 +24,6 @@ from typing import Any
 
 EXIT_DIVERGED = 3
 
-# dest -> method hyper-parameter name (collected into TrainConfig.method_params)
-METHOD_FLAGS = ("beta", "n_variational", "delta_sigma", "gammas", "a_b", "a_f", "bn_policy", "logit_scale", "censor")
 
 
 def _floats(text: str) -> list[float]:
@@ -43,7 +41,38 @@ def _one_line_error(parser: argparse.ArgumentParser):
     return error
 
 
+_OPTION_TYPES = {"float": float, "int": int, "str": str, "floats": _floats}
+
+
+def add_method_arguments(group) -> list[str]:
+    """One flag per hyper-parameter of the registered methods (`--beta`, `--logit-scale`, ...), made from
+    each method's `options`; returns the option names (the keys collected into method_params)."""
+    from nvcim.methods import all_options
+
+    names = []
+    for name, (opt, methods) in all_options().items():
+        owners = " / ".join(methods)
+        text = opt.help if opt.help.startswith(tuple(m.upper() for m in methods) + tuple(methods)) \
+            else f"{owners}: {opt.help}"
+        metavar = "X1,..,XN" if opt.type == "floats" else opt.name.upper()
+        try:
+            group.add_argument(opt.flag, dest=name, type=_OPTION_TYPES[opt.type], metavar=metavar, help=text)
+        except argparse.ArgumentError:
+            raise ValueError(f"option {name!r} of method(s) {owners} clashes with nvcim train's own {opt.flag}: "
+                             "rename the option") from None
+        names.append(name)
+    return names
+
+
+def method_flags() -> tuple[str, ...]:
+    """The method_params keys the command line can set (every registered method's options)."""
+    from nvcim.methods import all_options
+
+    return tuple(all_options())
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from nvcim.methods import METHODS
     from nvcim.train import DEFAULTS, DEVICES, OPTIMIZERS, PRESETS, SCHEDULES, SELECTIONS
 
     D = DEFAULTS
@@ -82,23 +111,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     g = p.add_argument_group("method (Eq. 1 and baselines)")
     g.add_argument("--method", metavar="NAME",
-                   help=f"vanilla, noise_injection or ovf (default: {D['method']})")
-    g.add_argument("--beta", type=float, metavar="B", help="OVF feedback strength β (default: 1e-3)")
-    g.add_argument("--n-variational", type=int, metavar="N", help="OVF number of variational forwards N (default: 3)")
-    g.add_argument("--delta-sigma", type=float, metavar="DS",
-                   help="OVF σ step Δσ: forward n runs at σ + nΔσ (σ_d units) (default: 0.05)")
-    g.add_argument("--gammas", type=_floats, metavar="G1,..,GN", help="OVF γ_1..γ_N (default: 10^(n-N))")
-    g.add_argument("--a-b", type=float, metavar="A", help="OVF backbone weight a_b (default: 1/(N+1))")
-    g.add_argument("--a-f", type=float, metavar="A", help="OVF feedback weight a_f (default: 1/(N+1))")
-    g.add_argument("--bn-policy", metavar="P",
-                   help="OVF BatchNorm statistics: backbone (only the backbone forward updates them) or all "
-                        "(reference code) (default: backbone)")
-    g.add_argument("--logit-scale", type=float, metavar="S",
-                   help="noise_injection: multiply the logits before the loss (default: 1)")
-    g.add_argument("--censor", type=float, metavar="S",
-                   help="noise_injection / ovf: train with right-censored Gaussian noise (Yan et al., ICCAD 2023), "
-                        "each device's z ~ N(0,1) clipped at S (z := min(z, S)); validation and evaluation stay "
-                        "plain Gaussian (default: unset, plain Gaussian training noise)")
+                   help=f"{', '.join(METHODS.names())} (default: {D['method']})")
+    add_method_arguments(g)
 
     g = p.add_argument_group("device model")
     g.add_argument("--sigma", type=float, metavar="S",
@@ -151,7 +165,7 @@ def config_from_args(args: argparse.Namespace):
     if "config" in given:
         d.update(read_config_file(given["config"]))
     method_params = dict(d.get("method_params") or {})
-    for name in METHOD_FLAGS:
+    for name in method_flags():
         if name in given:
             method_params[name] = given[name]
     if method_params:
