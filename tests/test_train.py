@@ -11,6 +11,7 @@ import torch
 
 import nvcim.methods as methods
 from nvcim.checkpoint import load_checkpoint
+from nvcim.config import DeviceConfig
 from nvcim.cli import main
 from nvcim.train import (
     DEFAULTS,
@@ -297,7 +298,8 @@ def test_cli_help_lists_every_flag(capsys):
         main(["train", "--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    flags = ["--" + f.replace("_", "-") for f in FIELDS if f not in ("method_params", "progress")]
+    flags = ["--" + f.replace("_", "-") for f in FIELDS if f not in ("method_params", "progress", "device_config")]
+    flags += ["--variation", "--variation-option", "--sampling"]
     flags += ["--beta", "--n-variational", "--delta-sigma", "--bn-policy", "--logit-scale", "--preset", "--config",
               "--out", "--overwrite", "--quiet", "--no-quantize"]
     missing = [f for f in flags if f not in out]
@@ -448,3 +450,28 @@ def test_censored_noise_training_keeps_the_deployed_device_gaussian(tmp_path):
     _, config = load_checkpoint(tmp_path / "d")
     assert config["method"]["censor"] == 1.0 and config["device"]["variation"] == "gaussian"
     assert config["device"]["sigma"] == 0.2
+
+
+def test_cli_variation_reaches_the_training_device(tmp_path):
+    """--variation / --variation-option build the DeviceConfig the run trains for, and the checkpoint records it."""
+    rc = main(["train", "--preset", "smoke", "--method", "noise_injection", "--limit", "32", "--quiet",
+               "--num-threads", "1", "--variation", "right_censored_gaussian", "--variation-option", "threshold=0.5",
+               "--sigma", "0.2", "--out", str(tmp_path / "d")])
+    assert rc == 0
+    _, config = load_checkpoint(tmp_path / "d")
+    assert config["device"]["variation"] == "right_censored_gaussian"
+    assert config["device"]["variation_options"] == {"threshold": 0.5} and config["device"]["sigma"] == 0.2
+    assert config["train"]["device_config"]["variation"] == "right_censored_gaussian"
+    assert TrainConfig.from_dict(config["train"]).device_config == DeviceConfig.from_dict(config["device"])
+
+
+def test_train_config_reads_files_of_earlier_versions():
+    """The flat JSON form (sigma, weight_bits, device_bits, quantize; no device_config) still loads."""
+    old = {"model": "tiny", "dataset": "mnist5k", "method": "ovf", "method_params": {"beta": 0.01}, "sigma": 0.25,
+           "weight_bits": 6, "device_bits": 3, "quantize": False}
+    cfg = TrainConfig.from_dict(old)
+    assert cfg.device_config == DeviceConfig(sigma=0.25, weight_bits=6, device_bits=3, quantize=False)
+    assert (cfg.sigma, cfg.weight_bits, cfg.device_bits, cfg.quantize) == (0.25, 6, 3, False)
+    d = cfg.to_dict()
+    assert {k: d[k] for k in old} == old  # the flat keys are still written, unchanged
+    assert TrainConfig.from_dict(d) == cfg and cfg.replace(sigma=0.1).device_config.weight_bits == 6

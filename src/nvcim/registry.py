@@ -4,7 +4,7 @@
     @MODELS.register("my_net")            # or MODELS.register("my_net", builder)
     def my_net(num_classes=10, ...): ...
     MODELS.get("my_net")                  # unknown name -> one-line ValueError listing the known ones
-    "my_net" in MODELS; sorted(MODELS); MODELS["my_net"]   # a read-only mapping name -> entry
+    "my_net" in MODELS; sorted(MODELS); MODELS["my_net"]   # a mapping name -> entry
 
 Registering a name twice is an error unless `replace=True` (a plugin must not silently shadow a
 built-in). Plugins (`nvcim.plugins`) are just modules that call `register` on these registries.
@@ -12,14 +12,15 @@ built-in). Plugins (`nvcim.plugins`) are just modules that call `register` on th
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, MutableMapping
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 
-class Registry(Mapping, Generic[T]):
-    """A named, read-only mapping of extensions of one kind, filled through `register`."""
+class Registry(MutableMapping, Generic[T]):
+    """A named mapping of extensions of one kind, filled through `register` (item assignment replaces an entry
+    on purpose, as `monkeypatch.setitem` does in tests)."""
 
     def __init__(self, kind: str):
         self.kind = kind  # "model", "method", ... (used in messages)
@@ -57,6 +58,12 @@ class Registry(Mapping, Generic[T]):
     # Mapping interface ------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> T:
         return self._entries[name]
+
+    def __setitem__(self, name: str, entry: T) -> None:
+        self.register(name, entry, replace=True)
+
+    def __delitem__(self, name: str) -> None:
+        del self._entries[name]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)

@@ -41,6 +41,19 @@ def _one_line_error(parser: argparse.ArgumentParser):
     return error
 
 
+def _key_value(text: str) -> tuple[str, Any]:
+    """KEY=VALUE with VALUE read as JSON when it parses (numbers, true/false, lists), else as a string."""
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
 _OPTION_TYPES = {"float": float, "int": int, "str": str, "floats": _floats}
 
 
@@ -73,6 +86,7 @@ def method_flags() -> tuple[str, ...]:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from nvcim.methods import METHODS
+    from nvcim.variation import VARIATIONS
     from nvcim.train import DEFAULTS, DEVICES, OPTIMIZERS, PRESETS, SCHEDULES, SELECTIONS
 
     D = DEFAULTS
@@ -120,6 +134,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         f"(default: {D['sigma']})")
     g.add_argument("--weight-bits", type=int, metavar="M", help=f"bits per weight magnitude (default: {D['weight_bits']})")
     g.add_argument("--device-bits", type=int, metavar="K", help=f"bits per device, must divide M (default: {D['device_bits']})")
+    g.add_argument("--variation", metavar="KIND",
+                   help=f"variation kind of the device trained for: {', '.join(VARIATIONS.names())} (default: gaussian)")
+    g.add_argument("--variation-option", dest="variation_option", action="append", type=_key_value, metavar="KEY=VALUE",
+                   help="an option of the variation kind, e.g. threshold=1.0 (repeatable)")
+    g.add_argument("--sampling", metavar="PATH", help="auto, fast (one draw per weight; Gaussian only) or device "
+                                                     "(one draw per device) (default: auto)")
     g.add_argument("--quantize", action=argparse.BooleanOptionalAction,
                    help="quantize weights (Eq. 2) before adding noise; --no-quantize reproduces the authors' code "
                         f"(default: {D['quantize']})")
@@ -173,6 +193,17 @@ def config_from_args(args: argparse.Namespace):
     for name in FIELDS:
         if name in given:
             d[name] = given[name]
+    device_flags = {k: given[k] for k in ("variation", "sampling") if k in given}
+    if "variation_option" in given:
+        device_flags["variation_options"] = dict(given["variation_option"])
+    if device_flags:
+        from nvcim.config import DeviceConfig
+
+        base = d.get("device_config") or {}
+        base = base.to_dict() if isinstance(base, DeviceConfig) else dict(base)
+        if "variation" in device_flags and "variation_options" not in device_flags:
+            base.pop("variation_options", None)  # another kind: its own defaults
+        d["device_config"] = {**base, **device_flags}
     if given.get("quiet"):
         d["progress"] = False
     return TrainConfig.from_dict(d)

@@ -1,0 +1,77 @@
+"""Checks and machine settings that run before training: the device, malloc tuning, the output
+directory, and whether the model fits the data set's images (all before any data are loaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from nvcim.checkpoint import is_checkpoint_dir, replaceable_problem
+from nvcim.data import DATASETS
+from nvcim.fileio import check_output_path
+from nvcim.models import create_model
+from nvcim.train.config import TrainConfig
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" → CUDA when available; "cuda" without CUDA is a one-line ValueError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("TrainConfig.device='cuda' but CUDA is not available: use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def tune_malloc() -> bool:
+    """Make glibc malloc keep freed memory for reuse instead of returning it to the OS (Linux only).
+
+    A CPU training step frees and re-allocates its activations every step; glibc serves large blocks
+    with fresh mmap()s and trims the heap, so every step page-faults its whole activation memory
+    again. For OVF at full VGG-8 width (batch 128, four live forward graphs) that is ~850k page
+    faults and ~1.3 s of kernel time per 13 s step; with this tweak the faults vanish and the step is
+    ~12% faster (noise injection is unaffected: its smaller working set is already reused).
+    Process-wide (the peak heap stays reserved), so the `nvcim train` CLI calls it on CPU and the
+    library's `train()` does not. Returns True when applied.
+    """
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    ok = mallopt(m_mmap_max, 0)  # large blocks from the heap too, so they can be reused
+    ok &= mallopt(m_trim_threshold, 2**31 - 1)  # never shrink the heap
+    return bool(ok)
+
+
+def check_out_dir(out_dir, overwrite: bool) -> Path:
+    """Refuse, before any training, an output path that the final checkpoint write would refuse (a file,
+    a non-empty directory that is not an nvcim checkpoint, a checkpoint holding other files too) or,
+    unless `overwrite`, a checkpoint."""
+    out = check_output_path(out_dir, "output", is_dir=True)  # a file, a parent that is a file, no permission
+    problem = replaceable_problem(out)
+    if problem:
+        raise ValueError(f"output {out}: {problem}")
+    if not overwrite and is_checkpoint_dir(out):
+        raise ValueError(f"output {out} already holds a checkpoint: pass --overwrite or choose another path")
+    return out
+
+
+def check_model_fits_data(cfg: TrainConfig) -> None:
+    """Raise a one-line ValueError unless cfg.model builds for cfg.dataset's images (channels, classes, size);
+    built on the meta device (no memory, no RNG use), so it runs before the data are loaded or downloaded."""
+    info = DATASETS[cfg.dataset]
+    try:
+        with torch.device("meta"):
+            create_model(cfg.model, info.num_classes, info.in_channels, width=cfg.width, image_size=info.image_size)
+    except (ValueError, TypeError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"model {cfg.model!r} does not fit dataset {cfg.dataset!r} ({info.in_channels} channels, "
+                         f"{info.num_classes} classes, {info.image_size}x{info.image_size}): {msg}") from None
