@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from nvcim import device as dm
+from nvcim.batching import eval_mode, materialize
 from nvcim.batchnorm import ChipCalibration, frozen_bn_statistics, recalibrate_batchnorm_
 from nvcim.config import DeviceConfig
 from nvcim.coverage import CHECK_IMAGES, check_coverage
@@ -66,7 +67,7 @@ from nvcim.noise import (
     remove_variation_,
     variation_disabled,
 )
-from nvcim.writeverify import VerifyPlan, write_verify_scope
+from nvcim.verify_plan import VerifyPlan, write_verify_scope
 
 PATHS = ("auto", "stacked", "chunked", "loop")
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes for stacked weights + activations of one chunk
@@ -285,38 +286,6 @@ def run_generator(seed: int, run: int, device: str | torch.device = "cpu") -> to
     return torch.Generator(device=_draw_device(device)).manual_seed(run_seed(seed, run))
 
 
-def _materialize(data: Any, batch_size: int, device: torch.device,
-                 dtype: torch.dtype | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The evaluation set as a list of (x [B,C,H,W] float, y [B] int64) batches on `device`.
-
-    dtype: cast the images to it (the model's floating dtype, so a float16 model evaluates in float16).
-    Labels must be integer class indices >= 0 (a float or bool label tensor is refused, never truncated).
-    """
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        x, y = data
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(f"data: x has {x.shape[0]} samples but y has {y.shape[0]}: they must match")
-        batches = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
-    elif hasattr(data, "batches"):
-        batches = list(data.batches(batch_size))
-    else:
-        raise TypeError("data must be an (x, y) tuple of tensors or a Split with .batches(batch_size)")
-    if batches and (batches[0][1].is_floating_point() or batches[0][1].is_complex() or batches[0][1].dtype == torch.bool):
-        raise ValueError(f"data: labels must be integer class indices, got a {batches[0][1].dtype} tensor: "
-                         "pass y.long() if they are whole numbers")
-    out = [(xb.to(device), yb.to(device, torch.int64)) for xb, yb in batches]  # [B, C, H, W], [B]
-    if out and not out[0][0].is_floating_point():
-        raise TypeError("data: images must be normalized floating-point tensors (a Split's .batches() yields them)")
-    if not out or sum(int(yb.numel()) for _, yb in out) == 0:
-        raise ValueError("data is empty: need at least one sample")
-    lowest = min(int(yb.min()) for _, yb in out if yb.numel())
-    if lowest < 0:
-        raise ValueError(f"data: label {lowest} is negative: labels are class indices 0 .. classes - 1")
-    if dtype is not None and out[0][0].dtype != dtype:
-        out = [(xb.to(dtype), yb) for xb, yb in out]
-    return out
-
-
 def _float_dtype(model: nn.Module) -> torch.dtype | None:
     """The floating dtype of the model's first floating parameter (None: it has none)."""
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
@@ -339,17 +308,6 @@ def _output_classes(model: nn.Module, batches) -> int:
         raise ValueError(f"data: label {highest} is out of range: the model outputs {classes} classes, so labels "
                          f"must be in 0 .. {classes - 1}; check that the data set matches the model")
     return classes
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, t in flags:
-            m.training = t
 
 
 @contextlib.contextmanager
@@ -730,9 +688,9 @@ def monte_carlo_evaluate(
     _check_args(runs, seed, batch_size, chunk_runs, path)
     path = _calibration_path(bn_calibration, path)
     dev = _resolve_device(model, device)
-    batches = _materialize(data, batch_size, dev, _float_dtype(model))
+    batches = materialize(data, batch_size, dev, _float_dtype(model))
     calib = bn_calibration.inputs(dev) if bn_calibration is not None else None
-    with (_on_device(model, dev), _eval_mode(model), _controllers_for(model, cfg),
+    with (_on_device(model, dev), eval_mode(model), _controllers_for(model, cfg),
           write_verify_scope(model, write_verify)):
         classes = _output_classes(model, batches)  # labels checked before any chip
         _check_coverage_once(model, batches)
@@ -774,10 +732,10 @@ def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Ite
     _check_args(opts["runs"], opts["seed"], opts["batch_size"], opts["chunk_runs"], opts["path"])
     path = _calibration_path(opts["bn_calibration"], opts["path"])
     dev = _resolve_device(model, opts["device"])
-    batches = _materialize(data, opts["batch_size"], dev, _float_dtype(model))
+    batches = materialize(data, opts["batch_size"], dev, _float_dtype(model))
     calib = opts["bn_calibration"].inputs(dev) if opts["bn_calibration"] is not None else None
     results = []
-    with (_on_device(model, dev), _eval_mode(model), _controllers_for(model, cfg),
+    with (_on_device(model, dev), eval_mode(model), _controllers_for(model, cfg),
           write_verify_scope(model, opts["write_verify"])):
         classes = _output_classes(model, batches)  # labels checked before any chip
         _check_coverage_once(model, batches)
