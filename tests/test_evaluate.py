@@ -17,7 +17,7 @@ from torch import nn
 
 import nvcim
 import nvcim.layers
-from nvcim import evaluate as ev
+from nvcim.evaluate import montecarlo as ev
 from nvcim.evaluate import (
     MCResult,
     convergence_summary,

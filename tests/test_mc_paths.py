@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nvcim
-from nvcim import evaluate as ev
+from nvcim.evaluate import montecarlo as ev
 from nvcim.evaluate import monte_carlo_evaluate
 from nvcim.writeverify import plan_write_verify
 
