@@ -30,6 +30,8 @@ from nvcim.evaluate import (
     write_csv,
     write_results_json,
 )
+from nvcim.evaluate.forward import Accumulator, stacked_forward
+from nvcim.evaluate.sampler import ChipSampler
 
 
 class SmallNet(nn.Module):
@@ -89,11 +91,11 @@ def test_sampler_matches_draw_chip_and_logits_match(setup):
     m, x, _ = setup
     m = copy.deepcopy(m).eval()
     nvcim.apply_variation_(m, CFG)
-    s = ev._ChipSampler(m, CFG, torch.device("cpu"))
+    s = ChipSampler(m, CFG, torch.device("cpu"))
     bufs = s.alloc(3)
     s.fill(bufs, [0, 1, 2], 7, CFG.sigma)
     with torch.no_grad(), nvcim.variation_disabled(m):
-        stacked = ev._stacked_forward(m, s.names, bufs, x)  # [3, N, 5]
+        stacked = stacked_forward(m, s.names, bufs, x)  # [3, N, 5]
     for i in range(3):
         chip = nvcim.draw_chip(m, generator=ev.run_generator(7, i), sigma=CFG.sigma)
         for name, b in zip(s.names, bufs):
@@ -230,7 +232,7 @@ def test_summarize_hand_computed():
 
 
 def test_ekl_accumulator_on_fixed_logits():
-    acc = ev._Accumulator(2)
+    acc = Accumulator(2)
     logits = torch.tensor([[[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]],
                            [[0.0, 5.0], [1.0, 0.0], [0.0, 0.5]]])  # [2 runs, 3 samples, 2 classes]
     y = torch.tensor([0, 0, 1])
@@ -244,7 +246,7 @@ def test_ekl_accumulator_on_fixed_logits():
 
 def test_non_finite_logits_are_never_correct():
     """argmax calls an all-NaN row class 0 (and an inf logit its class): a broken chip must score 0, not luck."""
-    acc = ev._Accumulator(1)
+    acc = Accumulator(1)
     nan, inf = float("nan"), float("inf")
     logits = torch.tensor([[[nan, nan], [nan, 1.0], [inf, 0.0], [2.0, 0.0]]])  # [1 run, 4 samples, 2 classes]
     acc.add([0], logits, torch.tensor([0, 0, 0, 0]))

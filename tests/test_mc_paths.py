@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nvcim
-from nvcim import evaluate as ev
+from nvcim.evaluate import forward as ev
 from nvcim.evaluate import monte_carlo_evaluate
 from nvcim.writeverify import plan_write_verify
 
@@ -81,8 +81,8 @@ def test_auto_on_cpu_scores_several_chips_per_call(monkeypatch):
     m = make_mlp()
     x, y = data(m, (1, 4, 4))
     calls = []
-    add = ev._Accumulator.add
-    monkeypatch.setattr(ev._Accumulator, "add", lambda self, runs, *a: (calls.append(list(runs)), add(self, runs, *a)))
+    add = ev.Accumulator.add
+    monkeypatch.setattr(ev.Accumulator, "add", lambda self, runs, *a: (calls.append(list(runs)), add(self, runs, *a)))
     res = monte_carlo_evaluate(m, (x, y), CFG, runs=8, seed=0, baselines=False)
     assert res.path == "chunked"
     assert calls == [list(range(8))]  # one scoring call for all eight chips, not one per chip

@@ -239,7 +239,7 @@ def _small():
 def test_labels_out_of_range_or_not_integer_are_refused(labels, match, curve, monkeypatch):
     model, x = _small()
     y = labels(torch.arange(10) % 4)
-    from nvcim import evaluate as ev
+    from nvcim.evaluate import montecarlo as ev
 
     monkeypatch.setattr(ev, "_mc_core", lambda *a, **k: pytest.fail("a chip was evaluated"))
     with pytest.raises(ValueError, match=match):

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
+
+from nvcim.batching import eval_mode, input_batches
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 
@@ -91,7 +93,7 @@ class ChipCalibration:
     def inputs(self, device: torch.device) -> list[torch.Tensor]:
         """The calibration images as input batches [B, ...] on `device`, `images` in all at most."""
         out, seen = [], 0
-        for x in _input_batches(self.data, self.batch_size):
+        for x in input_batches(self.data, self.batch_size):
             x = x[: self.images - seen]  # [B', ...]
             if x.shape[0] == 0:
                 continue
@@ -116,28 +118,6 @@ def recalibration_record(weights: str, requested: int, available: int, batch_siz
     from training images with the "clean" weights or on "each chip"."""
     return {"split": "train", "images": calibration_images(requested, available, batch_size), "batch_size": batch_size,
             "weights": weights}
-
-
-def _input_batches(data: Any, batch_size: int) -> Iterator[torch.Tensor]:
-    """Input tensors [B, ...] from a Split (.batches), an (x, y) pair or x tensor, or an iterable of batches."""
-    if hasattr(data, "batches"):
-        for x, _ in data.batches(batch_size):
-            yield x
-    elif isinstance(data, torch.Tensor) or (
-        isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor)
-        and isinstance(data[1], torch.Tensor) and data[1].dim() == 1 and data[0].shape[0] == data[1].shape[0]
-    ):  # (x [N, ...], y [N]); a list of two input batches [B, ...] falls through to the iterable case
-        x = data if isinstance(data, torch.Tensor) else data[0]
-        for start in range(0, x.shape[0], batch_size):
-            yield x[start : start + batch_size]
-    elif isinstance(data, Iterable):
-        for item in data:  # e.g. a DataLoader of (x, y) or of x
-            yield item[0] if isinstance(item, (tuple, list)) else item
-    else:
-        raise TypeError(
-            f"data must be a Split, an (x, y) pair of tensors, an x tensor or an iterable of batches, "
-            f"got {type(data).__name__}"
-        )
 
 
 @torch.no_grad()
@@ -173,38 +153,35 @@ def recalibrate_batchnorm_(
         device = first.device
     device = torch.device(device)
 
-    flags = [(m, m.training) for m in model.modules()]
     momenta = [(m, m.momentum) for m in layers]
     saved = _save_statistics(layers)
     seen = 0
     ok = False
-    try:
-        model.eval()
-        for m in layers:
-            m.reset_running_stats()
-            m.train()
-        for x in _input_batches(data, batch_size):
-            if max_images is not None:
-                x = x[: max_images - seen]  # [B', ...]
-            b = int(x.shape[0])
-            if b == 0 or (b == 1 and seen > 0):  # nothing to add / a lone trailing image (BatchNorm1d
-                if max_images is not None and max_images - seen == 1:  # cannot normalize one value per channel
-                    break  # in training mode); the cap leaves one image: every later batch would be cut to it
-                continue
+    with eval_mode(model):  # every module's own train/eval flag restored after
+        try:
             for m in layers:
-                m.momentum = b / (seen + b)  # running = image-weighted average of the batch statistics
-            model(x.to(device))  # [B, ...] -> BatchNorm layers update their running statistics
-            seen += b
-            if max_images is not None and seen >= max_images:
-                break
-        if seen == 0:
-            raise ValueError("data is empty: BatchNorm recalibration needs at least one image")
-        ok = True
-    finally:
-        for m, momentum in momenta:
-            m.momentum = momentum
-        for m, training in flags:
-            m.training = training
-        if not ok:  # an error part-way leaves the statistics exactly as they were
-            _restore_statistics(saved)
+                m.reset_running_stats()
+                m.train()
+            for x in input_batches(data, batch_size):
+                if max_images is not None:
+                    x = x[: max_images - seen]  # [B', ...]
+                b = int(x.shape[0])
+                if b == 0 or (b == 1 and seen > 0):  # nothing to add / a lone trailing image (BatchNorm1d
+                    if max_images is not None and max_images - seen == 1:  # cannot normalize one value per channel
+                        break  # in training mode); the cap leaves one image: every later batch would be cut to it
+                    continue
+                for m in layers:
+                    m.momentum = b / (seen + b)  # running = image-weighted average of the batch statistics
+                model(x.to(device))  # [B, ...] -> BatchNorm layers update their running statistics
+                seen += b
+                if max_images is not None and seen >= max_images:
+                    break
+            if seen == 0:
+                raise ValueError("data is empty: BatchNorm recalibration needs at least one image")
+            ok = True
+        finally:
+            for m, momentum in momenta:
+                m.momentum = momentum
+            if not ok:  # an error part-way leaves the statistics exactly as they were
+                _restore_statistics(saved)
     return model

@@ -25,59 +25,31 @@ A weight's devices are verified together (all M/K of them): verified devices = v
 The rankings of one model are nested: the weights verified at a smaller fraction are verified at every
 larger one, so curves over fractions are monotone up to Monte Carlo noise (and with the same seed the
 chips share their draws: common random numbers).
+
+`VerifyPlan` and `write_verify_scope` live in `nvcim.verify_plan` (below Monte Carlo evaluation, which
+applies them) and are re-exported here.
 """
 
 from __future__ import annotations
 
-import contextlib
+import csv
+import io
 import math
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nvcim import device as dm
+from nvcim.batching import eval_mode, materialize
 from nvcim.config import DeviceConfig
-from nvcim.noise import noisy_parameters, overridden, selected_parameters, variation_disabled
+from nvcim.evaluate import monte_carlo_evaluate
+from nvcim.fileio import atomic_write_text
+from nvcim.noise import noisy_parameters, selected_parameters, variation_disabled
+from nvcim.verify_plan import DEFAULT_RESIDUAL_SIGMA, VerifyPlan, write_verify_scope  # re-exported here
 
 RANKINGS = ("magnitude", "sensitivity", "random")
-DEFAULT_RESIDUAL_SIGMA = 0.03
-
-
-@dataclass(frozen=True)
-class VerifyPlan:
-    """Which weights are write-verified: {"<module>.weight": bool [*W.shape]} and the σ they are left with."""
-
-    masks: Mapping[str, torch.Tensor]
-    residual_sigma: float = DEFAULT_RESIDUAL_SIGMA
-    by: str = "magnitude"
-    fraction: float = 0.0
-    devices_per_weight: int = 4
-    n_weights: int = field(default=0)  # weights of the ranked layers (verified or not)
-
-    def __post_init__(self):
-        r = self.residual_sigma
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r < 0:
-            raise ValueError(f"write-verify residual_sigma={r!r} is invalid: use a finite σ >= 0 (e.g. 0.03)")
-        for name, m in self.masks.items():
-            if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
-                raise ValueError(f"write-verify mask {name!r} must be a bool tensor shaped like the weight")
-
-    @property
-    def verified_weights(self) -> int:
-        return int(sum(int(m.sum()) for m in self.masks.values()))
-
-    @property
-    def verified_devices(self) -> int:
-        return self.verified_weights * self.devices_per_weight
-
-    def summary(self) -> dict:
-        """JSON-ready description: ranking, fraction, σ_res and the counts."""
-        return {"by": self.by, "fraction": self.fraction, "residual_sigma": self.residual_sigma,
-                "weights": self.n_weights, "verified_weights": self.verified_weights,
-                "verified_devices": self.verified_devices, "devices_per_weight": self.devices_per_weight}
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -117,15 +89,13 @@ def weight_scores(
         raise ValueError("write-verify ranking 'sensitivity' needs data (e.g. the training split) for its gradients")
     if images is not None and images < 1:
         raise ValueError(f"images={images} is invalid: use >= 1 (or None for all)")
-    from nvcim.evaluate import _eval_mode, _materialize  # here: nvcim.evaluate imports this module
-
     if images is not None:  # the first `images` images, before anything is normalized or moved
         if hasattr(data, "subset"):
             data = data.subset(slice(0, images))
         elif isinstance(data, (tuple, list)) and len(data) == 2:
             data = (data[0][:images], data[1][:images])
     first = next(iter(model.parameters()))
-    batches = _materialize(data, batch_size, first.device)  # [(x [B, C, H, W], y [B])]; refuses empty data
+    batches = materialize(data, batch_size, first.device)  # [(x [B, C, H, W], y [B])]; refuses empty data
     weights = list(named.values())
     fisher = [torch.zeros_like(w, dtype=torch.float32) for w in weights]  # [*W.shape] Σ g^2
     frozen = [w for w in weights if not w.requires_grad]
@@ -133,7 +103,7 @@ def weight_scores(
         for w in frozen:  # a frozen layer is still programmed onto the chip: it needs its gradient too
             w.requires_grad_(True)
         # eval mode: BatchNorm with its running statistics, the deployed function (every module's flag restored)
-        with _eval_mode(model), variation_disabled(model), torch.enable_grad():
+        with eval_mode(model), variation_disabled(model), torch.enable_grad():
             for x, y in batches:
                 loss = F.cross_entropy(model(x), y)
                 grads = torch.autograd.grad(loss, weights, allow_unused=True)  # a layer off the path: no gradient
@@ -190,31 +160,6 @@ def plan_write_verify(
     return plans_for_fractions(scores, [fraction], residual_sigma=residual_sigma, by=by, devices_per_weight=dpw)[0]
 
 
-@contextlib.contextmanager
-def write_verify_scope(model: nn.Module, plan: VerifyPlan | None) -> Iterator[nn.Module]:
-    """Within the block the model's noisy layers program the plan's weights with write-verify (every draw:
-    training forwards, `draw_chip`, `program_chip_`, Monte Carlo chips); the previous state is restored after."""
-    if plan is None:
-        yield model
-        return
-    weights = {p.name: p.weight for p in noisy_parameters(model)}
-    unknown = sorted(set(plan.masks) - set(weights))
-    if unknown:
-        raise ValueError(f"write-verify plan names {unknown[:3]}, which are not noisy layers of this model: "
-                         "make the plan from the same model")
-    per_parameter = {}
-    for name, w in weights.items():
-        mask = plan.masks.get(name)
-        if mask is not None and tuple(mask.shape) != tuple(w.shape):
-            raise ValueError(f"write-verify mask {name!r} has shape {tuple(mask.shape)}, the weight "
-                             f"{tuple(w.shape)}: make the plan from the same model")
-        if mask is None:  # a layer the plan leaves alone still makes its second draw: shared draws
-            mask = torch.zeros(w.shape, dtype=torch.bool)
-        per_parameter[name] = {"verified": mask.to(w.device)}
-    with overridden(model, per_parameter, residual_sigma=float(plan.residual_sigma)):
-        yield model
-
-
 def write_verify_curve(
     model: nn.Module,
     data: Any,
@@ -234,8 +179,6 @@ def write_verify_curve(
     in the order of `fractions`; mc_kwargs go to `monte_carlo_evaluate` (runs, seed, ...): with one seed
     every fraction sees the same chips' draws.
     """
-    from nvcim.evaluate import monte_carlo_evaluate  # evaluate imports this module's scope
-
     scores = weight_scores(model, by, data=score_data, images=score_images, seed=score_seed)
     plans = plans_for_fractions(scores, fractions, residual_sigma=residual_sigma, by=by,
                                 devices_per_weight=cfg.devices_per_weight)
@@ -287,11 +230,6 @@ def points_table(points: Sequence[Mapping]) -> str:
 
 def write_points_csv(path, points: Sequence[Mapping]):
     """One row per verified fraction (POINT_COLUMNS), written atomically."""
-    import csv
-    import io
-
-    from nvcim.fileio import atomic_write_text
-
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(POINT_COLUMNS)

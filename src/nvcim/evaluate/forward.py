@@ -1,0 +1,139 @@
+"""Forward passes that score programmed chips: per-run counts and EKL, vmap'ed and chunked forwards.
+
+    acc = Accumulator(runs); acc.add(runs, logits, y)         # logits [k, B, classes], y [B]
+    stacked_forward(model, names, bufs, x)                    # [k, B, classes]: k chips in one vmap
+    chunked_forwards(model, names, bufs, chunk, batches, acc) # one plain forward per chip
+
+The programmed weights come from `ChipSampler` (bufs[l]: [k, *W.shape]); a chip's weights replace the
+noisy tensors through `torch.func.functional_call`, with the model's variation disabled.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from nvcim.evaluate.sampler import ChipSampler
+from nvcim.noise import variation_disabled
+
+LOGITS_PER_ADD = 1 << 16  # logits of several chips scored in one Accumulator.add (2^14-2^18 alike)
+
+
+class Accumulator:
+    """Per-run correct counts and EKL sums (float64)."""
+
+    def __init__(self, runs: int):
+        self.correct = np.zeros(runs, dtype=np.int64)
+        self.ekl_sum = np.zeros(runs, dtype=np.float64)
+        self.ekl_n = np.zeros(runs, dtype=np.int64)
+        self.nonfinite = np.zeros(runs, dtype=np.int64)  # images whose logits hold a NaN / inf
+
+    def add(self, runs: Sequence[int], logits: torch.Tensor, y: torch.Tensor) -> None:
+        """logits [k, B, classes] for runs `runs`, y [B]."""
+        logp = torch.log_softmax(logits.to(torch.float64), dim=-1)  # [k, B, classes]
+        # a row with a NaN / inf logit predicts nothing (argmax would call it class 0 or the inf class)
+        finite = torch.isfinite(logits).all(dim=-1)  # [k, B]
+        hit = (logits.argmax(dim=-1) == y.unsqueeze(0)) & finite  # [k, B]
+        nll = -logp.gather(-1, y.view(1, -1, 1).expand(logits.shape[0], -1, 1)).squeeze(-1)  # [k, B]
+        nll = torch.where(hit, nll, torch.zeros_like(nll))
+        idx = np.asarray(runs)
+        self.correct[idx] += hit.sum(dim=1).cpu().numpy()
+        self.ekl_sum[idx] += nll.sum(dim=1).cpu().numpy()
+        self.ekl_n[idx] += hit.sum(dim=1).cpu().numpy()
+        self.nonfinite[idx] += (~finite).sum(dim=1).cpu().numpy()
+
+
+def forward_with(model: nn.Module, weights: Mapping[str, torch.Tensor], x: Any) -> Any:
+    """model(x) with the named weights replaced. Only those names: a parameter tied to one of them
+    under another name (read directly, e.g. a decoder reusing an encoder's weight) stays exact, as
+    on the loop path, where only a noisy layer's own forward sees its programmed weight."""
+    return torch.func.functional_call(model, dict(weights), (x,), tie_weights=False)
+
+
+def count_correct(model: nn.Module, batches, weights: Mapping[str, torch.Tensor] | None = None) -> int:
+    """Correct predictions of one deterministic forward pass (optionally with replaced weights)."""
+    correct = 0
+    with torch.no_grad(), variation_disabled(model):
+        for x, y in batches:
+            if weights is None:
+                out = model(x)  # [B, classes]
+            else:
+                out = forward_with(model, weights, x)  # [B, classes]
+            correct += int(((out.argmax(dim=-1) == y) & torch.isfinite(out).all(dim=-1)).sum())
+    return correct
+
+
+def stacked_forward(model: nn.Module, names: list[str], bufs: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """logits [k, B, classes] of k chips (bufs[l]: [k, *W.shape]) on one batch x [B, C, H, W]."""
+
+    def one(weights, inp):
+        return forward_with(model, dict(zip(names, weights)), inp)
+
+    return torch.func.vmap(one, in_dims=(0, None))(tuple(bufs), x)
+
+
+class _OverBatches(nn.Module):
+    """`model` applied to each batch of a list: one `functional_call` sets a chip's weights for all of them."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.model(x) for x in xs]  # [B, classes] per batch
+
+
+def chunked_forwards(model: nn.Module, names: list[str], bufs: list[torch.Tensor], chunk: list[int], batches,
+                      acc: Accumulator) -> None:
+    """Score the chips `chunk` (bufs[l][i]: chip chunk[i]) with plain forwards, one chip at a time.
+
+    The logits of several chips are scored together (one `Accumulator.add` per batch and group of
+    chips whose logits fit in LOGITS_PER_ADD elements, at least one chip), so that per chip and
+    batch only the forward itself is left, with the very arithmetic of the loop path (same
+    weights, same layers, batches in the same order).
+    """
+    over = _OverBatches(model)
+    names = [f"model.{n}" for n in names]
+    xs = [x for x, _ in batches]
+    group, outs = [], []  # chips of the group, and their logits per batch
+    for i, r in enumerate(chunk):
+        outs.append(forward_with(over, {n: b[i] for n, b in zip(names, bufs)}, xs))  # [B, classes] per batch
+        group.append(r)
+        if len(group) * sum(o.numel() for o in outs[0]) >= LOGITS_PER_ADD or i == len(chunk) - 1:
+            for j, (_, y) in enumerate(batches):
+                acc.add(group, torch.stack([o[j] for o in outs]), y)  # [g, B, classes]
+            group, outs = [], []
+
+
+def activation_bytes_per_image(model: nn.Module, x: torch.Tensor) -> int:
+    """Rough bytes of live activations per image per run in a no-grad forward (largest output x 4)."""
+    largest = [0]
+
+    def hook(_m, _i, out):
+        if isinstance(out, torch.Tensor):
+            largest[0] = max(largest[0], out.numel() * out.element_size())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad(), variation_disabled(model):
+            model(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return 4 * largest[0]
+
+
+def stacked_works(model: nn.Module, sampler: ChipSampler, x: torch.Tensor) -> bool:
+    """Whether vmap evaluates the model (two stacked chips on one image); if not, one warning and False."""
+    bufs = [w.unsqueeze(0).expand(2, *w.shape).contiguous() for w in sampler.w_d]
+    try:
+        with torch.no_grad(), variation_disabled(model):
+            stacked_forward(model, sampler.names, bufs, x[:1])
+        return True
+    except Exception as exc:  # vmap lacks a batching rule for some op of a custom model
+        warnings.warn(f"nvcim: stacked Monte Carlo path unavailable ({type(exc).__name__}: {exc}); using 'chunked'")
+        return False

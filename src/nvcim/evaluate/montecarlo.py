@@ -1,0 +1,391 @@
+"""Monte Carlo noisy inference (SPEC §4): `monte_carlo_evaluate` and `robustness_curve` over R programmed chips.
+
+    res = monte_carlo_evaluate(model, (x, y), cfg, runs=200, seed=0)      # or a data Split
+    curve = robustness_curve(model, split, cfg, default_sigma_grid(0.3))
+
+Before any chip: the labels are checked against the model's logits, the model's noisy tensors must
+all change its output (`nvcim.coverage`). Then the chips are drawn (`ChipSampler`) and scored on one
+of three paths that compute the same thing. The fast ones draw a chunk of runs at once: the
+programmed weights of every layer go into one preallocated buffer [R_chunk, *W.shape] that is
+refilled in place (W_d precomputed once; per run only randn and one addcmul, no allocation), then
+  * "stacked": `torch.func.vmap(functional_call)` evaluates all runs of the chunk in one batched
+    forward (batched / grouped convolutions); the default on CUDA;
+  * "chunked": one plain `functional_call` forward per run over those buffers, the logits of
+    several runs scored together; the default on CPU, where it is the fastest: as fast as "loop"
+    for VGG-8 (~1.0-1.1x clean inference) and 1.5x faster for a small MLP, whose cost is per
+    chip rather than per image (vmap: 1.4-3.5x clean; benchmarks/results/eval_cpu.txt);
+  * "loop": `nvcim.program_chip_` per run and plain forwards; the reference.
+Chips with NaN / inf logits score those images as wrong and raise one warning with the likely cause.
+
+`bn_calibration=ChipCalibration(train_split, images=1000)` (nvcim.batchnorm) re-estimates BatchNorm
+statistics on each programmed chip before evaluating it, as a deployed chip could with unlabeled
+images (loop path; the stored statistics are restored after every chip).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from nvcim.batching import eval_mode, materialize
+from nvcim.batchnorm import ChipCalibration, frozen_bn_statistics, recalibrate_batchnorm_
+from nvcim.config import DeviceConfig
+from nvcim.coverage import CHECK_IMAGES, check_coverage
+from nvcim.evaluate.forward import (
+    Accumulator,
+    activation_bytes_per_image,
+    chunked_forwards,
+    count_correct,
+    forward_with,
+    stacked_forward,
+    stacked_works,
+)
+from nvcim.evaluate.results import MCResult
+from nvcim.evaluate.sampler import ChipSampler, run_generator
+from nvcim.evaluate.stats import summarize
+from nvcim.noise import (
+    apply_variation_,
+    clear_chip_,
+    noisy_parameters,
+    overridden,
+    program_chip_,
+    quantization_cached,
+    remove_variation_,
+    variation_disabled,
+)
+from nvcim.verify_plan import VerifyPlan, write_verify_scope
+
+PATHS = ("auto", "stacked", "chunked", "loop")
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes for stacked weights + activations of one chunk
+# "chunked": chips drawn together only share the per-call costs (scoring, Python), which a few
+# chips amortize; cache-sized buffers measured as fast as larger ones (MLP: 16-64 chips alike).
+CHUNKED_BUFFER_BYTES = 4 << 20  # bytes of chips drawn together (at least one chip)
+
+
+# ---- checks and model state --------------------------------------------------------------------
+def _float_dtype(model: nn.Module) -> torch.dtype | None:
+    """The floating dtype of the model's first floating parameter (None: it has none)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+
+
+def _output_classes(model: nn.Module, batches) -> int:
+    """The width of the model's logits, from one clean forward of one image; every label must be below it.
+
+    Call with the model in eval mode (its BatchNorm statistics are not touched).
+    """
+    with torch.no_grad(), variation_disabled(model):
+        out = model(batches[0][0][:1])  # [1, classes]
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"the model's output {shape} is not logits [batch, classes]: Monte Carlo evaluation "
+                         "needs a classifier")
+    classes = int(out.shape[1])
+    highest = max(int(yb.max()) for _, yb in batches if yb.numel())
+    if highest >= classes:
+        raise ValueError(f"data: label {highest} is out of range: the model outputs {classes} classes, so labels "
+                         f"must be in 0 .. {classes - 1}; check that the data set matches the model")
+    return classes
+
+
+@contextlib.contextmanager
+def _controllers_for(model: nn.Module, cfg: DeviceConfig):
+    """Noise controllers with `cfg` on the model's noisy layers for the duration; state restored after.
+
+    A plain model gets the device model on every Conv/Linear weight (removed on exit); a model that
+    already has variation applied keeps its layer selection but runs with `cfg` (σ included).
+    """
+    if not noisy_parameters(model):
+        apply_variation_(model, cfg)  # raises SelectionError when the model has no layer to vary
+        try:
+            yield
+        finally:
+            remove_variation_(model)
+        return
+    with overridden(model, cfg=cfg, sigma=cfg.sigma, enabled=True, programmed=None):
+        yield
+
+
+@contextlib.contextmanager
+def _on_device(model: nn.Module, device: torch.device):
+    """Temporarily move the model to `device` (values round-trip exactly)."""
+    first = next(iter(model.parameters()), None)
+    home = first.device if first is not None else torch.device("cpu")
+    if home == device:
+        yield
+        return
+    model.to(device)
+    try:
+        yield
+    finally:
+        model.to(home)
+
+
+def _check_args(runs: int, seed: int, batch_size: int, chunk_runs: int | None, path: str) -> None:
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise ValueError(f"runs={runs!r} is invalid: use an integer >= 1 (>= 2 for a std and CI)")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed={seed!r} is invalid: use an integer >= 0")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is invalid: use an integer >= 1")
+    if chunk_runs is not None and (isinstance(chunk_runs, bool) or not isinstance(chunk_runs, int) or chunk_runs < 1):
+        raise ValueError(f"chunk_runs={chunk_runs!r} is invalid: use an integer >= 1 or None")
+    if path not in PATHS:
+        raise ValueError(f"path={path!r} is unknown: use one of {list(PATHS)}")
+
+
+# ---- Monte Carlo at one σ, and the entry points ------------------------------------------------
+def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress, baseline, calib=None) -> MCResult:
+    """Monte Carlo at cfg.sigma; the model is in eval mode with controllers carrying `cfg`.
+
+    calib: None, or input batches to recalibrate BatchNorm on for each chip (loop path only).
+    """
+    t0 = time.perf_counter()
+    n = sum(int(y.numel()) for _, y in batches)
+    sampler = ChipSampler(model, cfg, device)
+    if baseline is None:
+        baseline = _baselines(model, batches, sampler)
+    elif baseline is False:
+        baseline = (math.nan, math.nan)
+    clean_correct, quant_correct = baseline
+    sigma = cfg.sigma
+    acc = Accumulator(runs)
+    if path == "auto":
+        # measured on CPU (benchmarks/results/eval_cpu.txt, one thread, process clock): "chunked" is
+        # as fast as "loop" for VGG-8 (0.98-1.11x clean inference against 0.96-1.15x) and faster for
+        # small models, whose cost is per chip, not per image (MLP 64-128-64-10 on 360 images: 2.8x
+        # against 4.3x), while vmap costs 1.4-3.5x; on CUDA, batching the runs fills the device.
+        if device.type == "cuda" and stacked_works(model, sampler, batches[0][0]):
+            path = "stacked"
+        else:
+            path = "chunked"
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=runs, desc=f"MC sigma={sigma:g}", disable=not progress, leave=False)
+    try:
+        if path == "loop":
+            with quantization_cached():  # the weights stay put: quantize each layer once for all runs
+                for r in range(runs):
+                    program_chip_(model, generator=run_generator(seed, r, device), sigma=sigma)
+                    try:
+                        with frozen_bn_statistics(model) if calib else contextlib.nullcontext():
+                            if calib:
+                                recalibrate_batchnorm_(model, calib)  # this chip's BatchNorm statistics
+                            with torch.no_grad():
+                                for x, y in batches:
+                                    acc.add([r], model(x).unsqueeze(0), y)  # [1, B, classes]
+                    finally:
+                        clear_chip_(model)
+                    bar.update(1)
+        elif sigma == 0:
+            # no noise: every run is the deterministic chip W_d; one pass serves all runs
+            once = Accumulator(1)
+            with torch.no_grad(), variation_disabled(model):
+                for x, y in batches:
+                    out = forward_with(model, dict(zip(sampler.names, sampler.w_d)), x)  # [B, classes]
+                    once.add([0], out.unsqueeze(0), y)
+            acc.correct[:] = once.correct[0]
+            acc.ekl_sum[:] = once.ekl_sum[0]
+            acc.ekl_n[:] = once.ekl_n[0]
+            acc.nonfinite[:] = once.nonfinite[0]
+            bar.update(runs)
+        else:
+            stacked = path == "stacked"
+            if chunk_runs is None:
+                per_run = sampler.weight_bytes()
+                budget = DEFAULT_MEMORY_BUDGET if stacked else CHUNKED_BUFFER_BYTES
+                if stacked:  # activations of every run of the chunk are alive together
+                    widest = max(int(y.numel()) for _, y in batches)
+                    per_run += widest * activation_bytes_per_image(model, batches[0][0])
+                chunk_runs = max(1, min(runs, budget // max(per_run, 1)))
+            chunk_runs = min(chunk_runs, runs)
+            bufs = sampler.alloc(chunk_runs)  # [chunk, *W.shape] per layer, reused for every chunk
+            with torch.no_grad(), variation_disabled(model):
+                for start in range(0, runs, chunk_runs):
+                    chunk = list(range(start, min(start + chunk_runs, runs)))
+                    sampler.fill(bufs, chunk, seed, sigma)
+                    if stacked:
+                        views = [b[: len(chunk)] for b in bufs]  # [k, *W.shape]
+                        for x, y in batches:
+                            acc.add(chunk, stacked_forward(model, sampler.names, views, x), y)  # [k, B, classes]
+                    else:
+                        chunked_forwards(model, sampler.names, bufs, chunk, batches, acc)
+                    bar.update(len(chunk))
+    finally:
+        bar.close()
+    stats = summarize(acc.correct, n, float(acc.ekl_sum.sum()), int(acc.ekl_n.sum()))
+    return MCResult(
+        sigma=sigma,
+        runs=runs,
+        seed=seed,
+        n_samples=n,
+        clean_accuracy=100.0 * clean_correct / n,
+        quantized_accuracy=100.0 * quant_correct / n,
+        per_run_correct=[int(c) for c in acc.correct],
+        wall_time_s=time.perf_counter() - t0,
+        path=path,
+        device_config=cfg.to_dict(),
+        nonfinite_runs=int((acc.nonfinite > 0).sum()),
+        **stats,
+    )
+
+
+def _baselines(model, batches, sampler: ChipSampler) -> tuple[int, int]:
+    clean = count_correct(model, batches)
+    quant = count_correct(model, batches, dict(zip(sampler.names, sampler.w_d)))
+    return clean, quant
+
+
+def _resolve_device(model: nn.Module, device) -> torch.device:
+    if device is None:
+        first = next(iter(model.parameters()), None)
+        return first.device if first is not None else torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available: use --device cpu")
+    return device
+
+
+def monte_carlo_evaluate(
+    model: nn.Module,
+    data: Any,
+    cfg: DeviceConfig,
+    *,
+    runs: int = 200,
+    seed: int = 0,
+    batch_size: int = 1024,
+    chunk_runs: int | None = None,
+    path: str = "auto",
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    baselines: bool = True,
+    bn_calibration: ChipCalibration | None = None,
+    write_verify: VerifyPlan | None = None,
+) -> MCResult:
+    """Monte Carlo accuracy of `model` on `data` under device variation `cfg` (σ = cfg.sigma).
+
+    data: (x [N,C,H,W] float normalized, y [N] int64) or a Split with .batches(batch_size).
+    model: plain (the device model goes on every Conv/Linear weight for the call and is removed
+    afterwards) or with variation already applied (its layer selection is kept, `cfg` is used).
+    The model is evaluated in eval mode (BN running statistics) and left exactly as it was.
+    batch_size: images per forward (per run). chunk_runs: runs drawn together (default: their
+    weights fit in 4 MiB for "chunked"; weights plus activations in ~1 GiB for "stacked").
+    path: "stacked" (vmap over the runs of a chunk), "chunked" (one forward per run over pre-drawn
+    weights), "loop" (reference: program_chip_ per run), "auto" ("stacked" on CUDA when vmap
+    supports the model, else "chunked"). device: where to compute (default: the model's device); the
+    draws are always made on CPU, so results do not depend on it.
+    baselines: also measure clean_accuracy and quantized_accuracy (two deterministic passes);
+    False leaves them NaN.
+    bn_calibration: a `nvcim.batchnorm.ChipCalibration`: recalibrate BatchNorm on each chip before
+    evaluating it (forces the "loop" path; the baselines keep the stored statistics).
+    write_verify: a `nvcim.writeverify.VerifyPlan`: its weights are programmed with write-verify on
+    every chip (left with its residual σ); same draws on every path.
+    Checks before any chip: labels are integer class indices within the model's logits (one clean
+    forward of one image gives their width, kept as `num_classes`); images are cast to the model's
+    floating dtype (a float16 model evaluates in float16). `runs` has no upper limit here (the CLI caps
+    it). Chips with NaN / inf logits score those images as wrong, are counted in `nonfinite_runs`, and
+    raise one RuntimeWarning naming the count and the likely cause.
+    """
+    if not isinstance(cfg, DeviceConfig):
+        raise TypeError(f"cfg must be a nvcim.DeviceConfig, got {type(cfg).__name__}")
+    _check_args(runs, seed, batch_size, chunk_runs, path)
+    path = _calibration_path(bn_calibration, path)
+    dev = _resolve_device(model, device)
+    batches = materialize(data, batch_size, dev, _float_dtype(model))
+    calib = bn_calibration.inputs(dev) if bn_calibration is not None else None
+    with (_on_device(model, dev), eval_mode(model), _controllers_for(model, cfg),
+          write_verify_scope(model, write_verify)):
+        classes = _output_classes(model, batches)  # labels checked before any chip
+        _check_coverage_once(model, batches)
+        res = _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, dev, progress, None if baselines else False,
+                       calib)
+        res.num_classes = classes
+        _warn_nonfinite(model, batches, [res])
+    return res
+
+
+def _check_coverage_once(model: nn.Module, batches) -> None:
+    """Every noisy tensor must change the output (`nvcim.coverage`): checked on the first images, in the
+    mode Monte Carlo runs in (eval, no_grad); a fused path that reads clean weights raises CoverageError."""
+    with torch.no_grad():
+        check_coverage(model, batches[0][0][:CHECK_IMAGES])
+
+
+def _calibration_path(bn_calibration, path: str) -> str:
+    if bn_calibration is None:
+        return path
+    if not isinstance(bn_calibration, ChipCalibration):
+        raise TypeError(f"bn_calibration must be a nvcim.batchnorm.ChipCalibration, got {type(bn_calibration).__name__}")
+    if path not in ("auto", "loop"):
+        raise ValueError(f"path={path!r} cannot recalibrate BatchNorm per chip: use path='loop' (or 'auto')")
+    return "loop"
+
+
+def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Iterable[float], **mc_kwargs) -> list[MCResult]:
+    """`monte_carlo_evaluate` at every σ in `sigmas` (same seed: common random numbers across σ)."""
+    sigmas = [DeviceConfig(sigma=s).sigma for s in sigmas]  # validates each σ
+    if not sigmas:
+        raise ValueError("sigmas is empty: give at least one σ")
+    opts = {"runs": 200, "seed": 0, "batch_size": 1024, "chunk_runs": None, "path": "auto", "device": None, "progress": False,
+            "baselines": True, "bn_calibration": None, "write_verify": None}
+    unknown = sorted(set(mc_kwargs) - set(opts))
+    if unknown:
+        raise TypeError(f"robustness_curve got unexpected keyword(s) {unknown}")
+    opts.update(mc_kwargs)
+    _check_args(opts["runs"], opts["seed"], opts["batch_size"], opts["chunk_runs"], opts["path"])
+    path = _calibration_path(opts["bn_calibration"], opts["path"])
+    dev = _resolve_device(model, opts["device"])
+    batches = materialize(data, opts["batch_size"], dev, _float_dtype(model))
+    calib = opts["bn_calibration"].inputs(dev) if opts["bn_calibration"] is not None else None
+    results = []
+    with (_on_device(model, dev), eval_mode(model), _controllers_for(model, cfg),
+          write_verify_scope(model, opts["write_verify"])):
+        classes = _output_classes(model, batches)  # labels checked before any chip
+        _check_coverage_once(model, batches)
+        baseline = _baselines(model, batches, ChipSampler(model, cfg, dev)) if opts["baselines"] else False  # σ-independent
+        for s in sigmas:
+            cfg_s = cfg.replace(sigma=s)
+            with overridden(model, cfg=cfg_s, sigma=s):
+                res = _mc_core(model, batches, cfg_s, opts["runs"], opts["seed"], opts["chunk_runs"], path, dev,
+                               opts["progress"], baseline, calib)
+            res.num_classes = classes
+            results.append(res)
+        _warn_nonfinite(model, batches, results)
+    return results
+
+
+def _warn_nonfinite(model: nn.Module, batches, results: Sequence[MCResult]) -> None:
+    """One warning when some chips gave NaN / inf logits (scored as wrong), with the count and the likely cause."""
+    bad = [r for r in results if r.nonfinite_runs]
+    if not bad:
+        return
+    where = ", ".join(f"{r.nonfinite_runs} of {r.runs} chips at σ={r.sigma:g}" for r in bad)
+    warnings.warn(f"nvcim: non-finite logits (NaN / inf) from {where}; those images count as wrong, so the accuracy "
+                  f"is not meaningful: {_nonfinite_cause(model, batches, bad)}", RuntimeWarning, stacklevel=3)
+
+
+def _nonfinite_cause(model: nn.Module, batches, bad: Sequence[MCResult]) -> str:
+    """The likely reason for non-finite logits: broken weights, non-float weights, the inputs, or σ too large."""
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    broken = [n for n, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if broken:
+        return f"the model holds non-finite values in {broken[:3]}{' ...' if len(broken) > 3 else ''} (check the checkpoint)"
+    nonfloat = [f"{n} ({p.dtype})" for n, p in model.named_parameters() if not p.is_floating_point()]
+    if nonfloat:
+        return f"non-float weights {nonfloat[:3]}: convert the model to float"
+    with torch.no_grad(), variation_disabled(model):
+        clean_ok = all(bool(torch.isfinite(model(x)).all()) for x, _ in batches)
+    if not clean_ok:
+        largest = max(((n, float(p.detach().abs().max())) for n, p in model.named_parameters() if p.numel()),
+                      key=lambda t: t[1], default=None)
+        extreme = f" (largest |weight| {largest[1]:.3g} in {largest[0]})" if largest else ""
+        return f"the clean model already gives non-finite logits: check the inputs and the weight magnitudes{extreme}"
+    sigmas = ", ".join(f"{r.sigma:g}" for r in bad)
+    return (f"the clean model is finite, so σ={sigmas} is likely far too large for this model (the programmed "
+            "weights overflow the activations)")

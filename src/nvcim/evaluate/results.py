@@ -1,0 +1,164 @@
+"""The result of a Monte Carlo evaluation (`MCResult`) and its outputs: JSON, CSV and the text table.
+
+    res.to_dict(); MCResult.from_dict(d)                     # JSON-able (NaN <-> null)
+    write_results_json("out.json", {"results": [res]})       # atomic
+    write_csv("out.csv", results); print(results_table(results))
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from nvcim.config import DeviceConfig
+from nvcim.fileio import atomic_write_text
+
+
+def _nan_to_none(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (list, tuple)):
+        return [_nan_to_none(x) for x in v]
+    return v
+
+
+def _none_to_nan(v: Any) -> Any:
+    return math.nan if v is None else v
+
+
+@dataclass
+class MCResult:
+    """Monte Carlo result at one σ. Accuracies are in percent; ci95 is (lo, hi) of the mean.
+
+    JSON written before `nonfinite_runs` and `num_classes` existed loads with 0 and None.
+    """
+
+    sigma: float
+    runs: int
+    seed: int
+    n_samples: int
+    clean_accuracy: float  # float weights, no quantization, no noise
+    quantized_accuracy: float  # deterministic target weights W_d (σ = 0); = clean if cfg.quantize is False
+    per_run_accuracy: list[float]
+    per_run_correct: list[int]
+    mean: float
+    std: float
+    ci95: tuple[float, float]
+    p1: float
+    p5: float
+    p10: float
+    min: float
+    max: float
+    ekl: float
+    ekl_n: int
+    wall_time_s: float
+    path: str = "chunked"
+    device_config: dict = field(default_factory=dict)
+    nonfinite_runs: int = 0  # chips with a NaN / inf logit for some image (those images count as wrong)
+    num_classes: int | None = None  # width of the model's logits (chance = 100 / num_classes %); None: unknown
+
+    def to_dict(self) -> dict:
+        """JSON-able dict (NaN becomes null)."""
+        d = dataclasses.asdict(self)
+        d["ci95"] = list(self.ci95)
+        return {k: _nan_to_none(v) for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "MCResult":
+        known = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        for k in ("clean_accuracy", "quantized_accuracy", "std", "ekl", "mean", "p1", "p5", "p10", "min", "max"):
+            if k in kw:
+                kw[k] = _none_to_nan(kw[k])
+        kw["ci95"] = tuple(_none_to_nan(v) for v in kw.get("ci95", (None, None)))
+        kw["per_run_accuracy"] = [float(a) for a in kw.get("per_run_accuracy", [])]
+        kw["per_run_correct"] = [int(c) for c in kw.get("per_run_correct", [])]
+        return cls(**kw)
+
+
+# ---- output ------------------------------------------------------------------------------------
+def write_results_json(path, payload: Any) -> Path:
+    """Write `payload` as JSON atomically (temp file in the same directory, then os.replace)."""
+    return atomic_write_text(path, json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, MCResult):
+        return v.to_dict()
+    if isinstance(v, DeviceConfig):
+        return v.to_dict()
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating, float)):
+        return _nan_to_none(float(v))
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+TABLE_COLUMNS = ("sigma", "runs", "mean", "std", "ci95", "p1", "p5", "p10", "min", "max", "clean", "quantized", "ekl")
+
+
+def _fmt(v: float, digits: int = 2) -> str:
+    return "nan" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+BELOW_CHANCE_MARK = "*"
+NONFINITE_MARK = "!"
+
+
+def results_table(results: Sequence[MCResult]) -> str:
+    """A plain-text table (accuracies in %, EKL in nats), one row per σ.
+
+    A mean below chance (100 / classes %) is marked `*`, a σ where some chips gave non-finite logits `!`,
+    each with a footnote under the table.
+    """
+    from tabulate import tabulate
+
+    rows, below, nonfinite = [], set(), []
+    for r in results:
+        mean = _fmt(r.mean)
+        chance = 100.0 / r.num_classes if r.num_classes else None  # the accuracy of guessing, %
+        if chance is not None and math.isfinite(r.mean) and r.mean < chance:
+            mean += f" {BELOW_CHANCE_MARK}"
+            below.add((chance, r.num_classes))
+        if r.nonfinite_runs:
+            mean += f" {NONFINITE_MARK}"
+            nonfinite.append(f"{r.nonfinite_runs} of {r.runs} chips at σ={r.sigma:g}")
+        rows.append([f"{r.sigma:g}", r.runs, mean, _fmt(r.std), f"[{_fmt(r.ci95[0])}, {_fmt(r.ci95[1])}]",
+                     _fmt(r.p1), _fmt(r.p5), _fmt(r.p10), _fmt(r.min), _fmt(r.max), _fmt(r.clean_accuracy),
+                     _fmt(r.quantized_accuracy), _fmt(r.ekl, 4)])
+    lines = [tabulate(rows, headers=list(TABLE_COLUMNS), tablefmt="simple", disable_numparse=True)]
+    for chance, classes in sorted(below):
+        lines.append(f"{BELOW_CHANCE_MARK} below chance ({chance:g} % for {classes} classes)")
+    if nonfinite:
+        lines.append(f"{NONFINITE_MARK} non-finite logits (NaN / inf), counted as wrong: {', '.join(nonfinite)}")
+    return "\n".join(lines)
+
+
+CSV_COLUMNS = ("sigma", "runs", "seed", "n_samples", "clean_accuracy", "quantized_accuracy", "mean", "std", "ci95_lo",
+               "ci95_hi", "p1", "p5", "p10", "min", "max", "ekl", "ekl_n", "wall_time_s", "path")
+
+
+def write_csv(path, results: Sequence[MCResult]) -> Path:
+    """One row per σ with the scalar statistics (per-run accuracies are in the JSON), written atomically."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for r in results:
+        d = r.to_dict()
+        d["ci95_lo"], d["ci95_hi"] = d["ci95"]
+        w.writerow(["" if d[c] is None else d[c] for c in CSV_COLUMNS])
+    return atomic_write_text(path, buf.getvalue())

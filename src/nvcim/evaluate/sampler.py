@@ -1,0 +1,107 @@
+"""Programmed chips for Monte Carlo evaluation: per-run seeds and generators, and the chip sampler.
+
+    gen = run_generator(seed, r)                              # all of run r's draws
+    sampler = ChipSampler(model, cfg, device)                 # reads the noisy tensors (nvcim.noise)
+    bufs = sampler.alloc(k); sampler.fill(bufs, runs, seed, σ)  # bufs[l][i] = layer l of chip runs[i]
+
+One run = one programmed chip: every noisy weight gets one draw, kept for the whole test set. Run r's
+draws come from a CPU `torch.Generator` seeded by `run_seed(seed, r)` and are taken layer by layer in
+module order exactly as `nvcim.draw_chip` takes them, so the same seed gives the same chips whatever
+the batch size, chunking, path or device. The Gaussian draws are the same standard normals scaled by
+σ, so a robustness curve uses common random numbers across σ.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from nvcim import device as dm
+from nvcim.config import DeviceConfig
+from nvcim.noise import noisy_parameters
+
+
+def run_seed(seed: int, run: int) -> int:
+    """Seed of run `run`'s generator: SeedSequence([seed, run]) mixed to 63 bits (no collisions in practice)."""
+    state = np.random.SeedSequence([int(seed), int(run)]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
+
+
+# Where the Monte Carlo draws are made. "cpu" (default): on a CPU generator, so the chips are the same
+# on any device. "device": on the compute device's own generator (e.g. CUDA), which avoids drawing
+# ~13 M weights per run on one CPU thread; chips are then reproducible per device type only.
+RNG_DEVICES = ("cpu", "device")
+RNG_DEVICE = os.environ.get("NVCIM_MC_RNG", "cpu")
+if RNG_DEVICE not in RNG_DEVICES:
+    raise ValueError(f"NVCIM_MC_RNG={RNG_DEVICE!r} is invalid: use one of {list(RNG_DEVICES)}")
+
+
+def _draw_device(device: torch.device) -> torch.device:
+    return torch.device(device) if RNG_DEVICE == "device" else torch.device("cpu")
+
+
+def run_generator(seed: int, run: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """The generator all of run `run`'s draws come from (on CPU unless NVCIM_MC_RNG=device)."""
+    return torch.Generator(device=_draw_device(device)).manual_seed(run_seed(seed, run))
+
+
+class ChipSampler:
+    """Draws programmed chips for a model whose noisy layers carry `cfg`, into stacked buffers.
+
+    Reproduces `nvcim.draw_chip(model, generator=gen, sigma=σ)` value for value: same layer order,
+    same generator calls on CPU, same arithmetic as `nvcim.device.draw` (W_d + z · c σ s in one
+    addcmul), but written in place into preallocated buffers instead of fresh tensors.
+    """
+
+    def __init__(self, model: nn.Module, cfg: DeviceConfig, device: torch.device):
+        self.cfg = cfg
+        self.device = device
+        self.names: list[str] = []
+        self.prepared: list[dm.PreparedWeight] = []  # on CPU, where the draws happen
+        self.w_d: list[torch.Tensor] = []  # [*W.shape] on `device`
+        self.verified: list[tuple[torch.Tensor, float] | None] = []  # write-verify mask (draw device), σ_res
+        self.draw_device = _draw_device(device)
+        for p in noisy_parameters(model):
+            prep = dm.prepare(p.weight.detach().to(self.draw_device), cfg)
+            self.names.append(p.name)
+            self.prepared.append(prep)
+            self.w_d.append(prep.w_d.to(device))
+            ctrl = p.control
+            self.verified.append(None if ctrl.verified is None
+                                 else (ctrl.verified.to(self.draw_device), ctrl.residual_sigma))
+        self.fast = cfg.use_fast_path
+        self._scratch: list[torch.Tensor] | None = None  # CPU staging buffers when device is not CPU
+
+    def weight_bytes(self) -> int:
+        return sum(w.numel() * w.element_size() for w in self.w_d)
+
+    def alloc(self, runs: int) -> list[torch.Tensor]:
+        return [torch.empty((runs, *w.shape), dtype=w.dtype, device=self.device) for w in self.w_d]  # [R, *W.shape]
+
+    def fill(self, bufs: list[torch.Tensor], runs: Sequence[int], seed: int, sigma: float) -> None:
+        """bufs[l][i] := W_p of layer l in run runs[i]."""
+        on_cpu = self.draw_device == self.device  # draws land directly in the buffers
+        if not on_cpu and self._scratch is None:
+            self._scratch = [torch.empty_like(p.w_d) for p in self.prepared]  # [*W.shape] CPU
+        verify = any(v is not None for v in self.verified)
+        for i, r in enumerate(runs):
+            gen = run_generator(seed, r, self.device)
+            firsts = []  # [*W.shape] per layer, on the draw device
+            for l, (buf, prep) in enumerate(zip(bufs, self.prepared)):
+                if sigma == 0 or not self.fast:
+                    firsts.append(dm.draw(prep, self.cfg, sigma, gen))  # [*W.shape]
+                    continue
+                out = buf[i] if on_cpu else self._scratch[l]  # [*W.shape]
+                torch.randn(prep.w_d.shape, generator=gen, dtype=prep.w_d.dtype, out=out)  # z
+                torch.addcmul(prep.w_d, out, prep.scale * (self.cfg.c * sigma), out=out)  # W_d + z · c σ s
+                firsts.append(out)
+            if verify:  # write-verify: every layer's second draw after all first ones, as draw_chip makes them
+                firsts = [w_p if ver is None else dm.write_verified(prep, self.cfg, w_p, ver[0], sigma, ver[1], gen)
+                          for w_p, prep, ver in zip(firsts, self.prepared, self.verified)]
+            for buf, w_p in zip(bufs, firsts):
+                if w_p.data_ptr() != buf[i].data_ptr():
+                    buf[i].copy_(w_p)

@@ -1,0 +1,173 @@
+"""Statistics of a Monte Carlo evaluation: accuracy summaries, the Student t distribution, σ grids.
+
+    s = summarize(per_run_correct, n, ekl_sum, ekl_n)       # mean, std, ci95, p1/p5/p10, min, max, ekl
+    t_quantile(0.975, 9)                                     # 2.2622 (Student t, no scipy)
+    default_sigma_grid(0.3)                                  # [0, 0.05, ..., 0.6]
+    convergence_summary({"a": 90.0, "b": 70.0})              # SPEC §4 non-converged models
+
+The statistics live in the pure function `summarize` (testable on hand-made numbers). No scipy: the
+Student-t quantile is computed here (regularized incomplete beta + bisection; Cornish-Fisher
+expansion for df >= 1000), matching scipy.stats.t.ppf to ~1e-11.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from nvcim.config import DeviceConfig
+
+
+# ---- Student t quantile (no scipy in the package) ----------------------------------------------
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularized incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 10_000):
+        m2 = 2 * m
+        # even step: d_{2m} = m (b - m) x / ((a + 2m - 1)(a + 2m))
+        num = m * (b - m) * x / ((a + m2 - 1.0) * (a + m2))
+        d = 1.0 + num * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + num / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        # odd step: d_{2m+1} = -(a + m)(a + b + m) x / ((a + 2m)(a + 2m + 1))
+        num = -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1.0))
+        d = 1.0 + num * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + num / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b) for a, b > 0, 0 <= x <= 1."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with df degrees of freedom."""
+    if df <= 0:
+        raise ValueError(f"t_cdf: df={df!r} is invalid: use df > 0")
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))  # P(T > |t|)
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """Inverse of `t_cdf`: the p-quantile of Student's t (e.g. t_quantile(0.975, 9) = 2.2622)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"t_quantile: p={p!r} is invalid: use 0 < p < 1")
+    if df <= 0:
+        raise ValueError(f"t_quantile: df={df!r} is invalid: use df > 0")
+    if p == 0.5:
+        return 0.0
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    if df >= 1000:
+        # Cornish-Fisher expansion around the normal quantile (Abramowitz & Stegun 26.7.5); the
+        # omitted terms are O(z^11 / df^5), far below double precision here.
+        z = statistics.NormalDist().inv_cdf(p)
+        z2 = z * z
+        g1 = (z2 + 1) * z / 4
+        g2 = ((5 * z2 + 16) * z2 + 3) * z / 96
+        g3 = (((3 * z2 + 19) * z2 + 17) * z2 - 15) * z / 384
+        g4 = ((((79 * z2 + 776) * z2 + 1482) * z2 - 1920) * z2 - 945) * z / 92160
+        return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
+    lo, hi = 0.0, max(1.0, statistics.NormalDist().inv_cdf(p))
+    while t_cdf(hi, df) < p:
+        lo, hi = hi, hi * 2.0
+    for _ in range(200):  # bisection: the CDF is monotone, so this always converges
+        mid = 0.5 * (lo + hi)
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-13 * hi:
+            break
+    return 0.5 * (lo + hi)
+
+
+# ---- statistics --------------------------------------------------------------------------------
+def summarize(per_run_correct: Sequence[int], n: int, ekl_sum: float, ekl_n: int) -> dict:
+    """Accuracy statistics (percent) over runs and EKL from the raw counts.
+
+    per_run_correct: number of correctly classified samples in each run; n: samples per run;
+    ekl_sum: Σ -log p_y over the correct (run, sample) pairs; ekl_n: how many such pairs.
+    Returns mean, std (ddof=1), ci95 (Student t, of the mean), p1/p5/p10 (numpy linear
+    interpolation), min, max, ekl, ekl_n. With a single run, std and ci95 are NaN.
+    """
+    if n <= 0:
+        raise ValueError(f"summarize: n={n!r} is invalid: need at least one sample")
+    correct = np.asarray(per_run_correct, dtype=np.float64)  # [R]
+    if correct.ndim != 1 or correct.size == 0:
+        raise ValueError("summarize: per_run_correct must be a non-empty 1-D sequence")
+    acc = 100.0 * correct / n  # [R] percent
+    runs = acc.size
+    mean = float(acc.mean())
+    if runs > 1:
+        std = float(acc.std(ddof=1))
+        half = t_quantile(0.975, runs - 1) * std / math.sqrt(runs)
+        ci = (mean - half, mean + half)
+    else:
+        std, ci = math.nan, (math.nan, math.nan)
+    p1, p5, p10 = (float(v) for v in np.percentile(acc, [1.0, 5.0, 10.0]))
+    return {
+        "per_run_accuracy": [float(a) for a in acc],
+        "mean": mean,
+        "std": std,
+        "ci95": ci,
+        "p1": p1,
+        "p5": p5,
+        "p10": p10,
+        "min": float(acc.min()),
+        "max": float(acc.max()),
+        "ekl": float(ekl_sum) / ekl_n if ekl_n > 0 else math.nan,
+        "ekl_n": int(ekl_n),
+    }
+
+
+def default_sigma_grid(train_sigma: float, step: float = 0.05) -> list[float]:
+    """[0, step, ..., 2 * train_sigma] inclusive (0 .. 0.4 when train_sigma is 0), rounded to 1e-9."""
+    train_sigma = DeviceConfig(sigma=train_sigma).sigma
+    if not (step > 0 and math.isfinite(step)):
+        raise ValueError(f"step={step!r} is invalid: use a number > 0")
+    top = 2.0 * train_sigma if train_sigma > 0 else 0.4
+    n = int(math.floor(top / step + 1e-9))
+    grid = [round(i * step, 9) for i in range(n + 1)]
+    if grid[-1] < round(top, 9) - 1e-9:
+        grid.append(round(top, 9))
+    return grid
+
+
+def convergence_summary(mean_accuracies: Mapping[str, float], threshold: float = 5.0) -> dict:
+    """SPEC §4: a model is non-converged if its mean accuracy is more than `threshold` points below
+    the mean over all the models."""
+    if not mean_accuracies:
+        raise ValueError("convergence_summary: no models given")
+    values = [float(v) for v in mean_accuracies.values()]
+    mom = sum(values) / len(values)
+    bad = [k for k, v in mean_accuracies.items() if float(v) < mom - threshold]
+    return {
+        "mean_of_means": mom,
+        "threshold": float(threshold),
+        "non_converged": bad,
+        "n_non_converged": len(bad),
+        "n_models": len(values),
+    }
