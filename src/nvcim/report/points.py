@@ -18,36 +18,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from nvcim import reference
+from nvcim.evaluate import convergence_summary, t_quantile
 from nvcim.report.common import CONVERGENCE_THRESHOLD, fmt_param, fmt_sigma, group_key, label_sort_key, num, sigma_key
 from nvcim.report.labels import is_standard_evaluation
 
 _SIGMA_TOL = 1e-9
 RANKING_ORDER = {"sensitivity": 0, "magnitude": 1, "random": 2}
-
-
-def _t975(df: int) -> float:
-    """0.975 quantile of Student's t with df degrees of freedom."""
-    try:
-        from nvcim.evaluate import t_quantile
-    except ImportError:  # evaluate not importable: tabulated values, then a Cornish-Fisher expansion
-        table = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281)
-        if df <= len(table):
-            return table[df - 1]
-        z = 1.959963984540054
-        return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-    return float(t_quantile(0.975, df))
-
-
-def _convergence(means: dict, threshold: float = CONVERGENCE_THRESHOLD) -> dict:
-    try:
-        from nvcim.evaluate import convergence_summary
-    except ImportError:
-        vals = [float(v) for v in means.values()]
-        mom = sum(vals) / len(vals)
-        bad = [k for k, v in means.items() if float(v) < mom - threshold]
-        return {"mean_of_means": mom, "threshold": threshold, "non_converged": bad,
-                "n_non_converged": len(bad), "n_models": len(vals)}
-    return convergence_summary(means, threshold=threshold)
 
 
 def _dedupe_by_model(recs: list[dict]) -> list[dict]:
@@ -125,7 +101,7 @@ def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> li
         mean = float(np.mean(means))
         if n >= 2:
             sd = float(np.std(means, ddof=1))
-            half = _t975(n - 1) * sd / math.sqrt(n)
+            half = float(t_quantile(0.975, n - 1)) * sd / math.sqrt(n)
             ci, ci_over = [mean - half, mean + half], "seeds"
         else:
             sd = None
@@ -134,7 +110,8 @@ def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> li
         runs = sorted({r["runs"] for r in models})
         conv = None
         if n >= 2:
-            conv = _convergence({_model_name(r, i): r["mean"] for i, r in enumerate(models)})
+            conv = convergence_summary({_model_name(r, i): r["mean"] for i, r in enumerate(models)},
+                                       threshold=CONVERGENCE_THRESHOLD)
         arms = {_arm_of_cell(r["cell_id"]) for r in models} - {None}
         have = {str(r["seed"]) for r in models}
         failed = sorted(set().union(*(failed_by_arm.get(a, set()) for a in arms)) - have, key=_natural)
