@@ -70,7 +70,7 @@ def label_colours(labels_methods: Iterable[tuple[str, str]]) -> dict[str, Any]:
     return out
 
 
-def fig_accuracy(F: Figures, gkey, gpts, colours, title_prefix):
+def fig_accuracy(F: Figures, gkey, gpts, colours):
     plt = F.plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
     labels = ordered_labels(gpts)
@@ -99,13 +99,13 @@ def fig_accuracy(F: Figures, gkey, gpts, colours, title_prefix):
         ax.set_ylim(max(-1.0, min(ys) - 5.0), min(101.0, max(ys) + 3.0))
     ax.set_xlabel("device variation σ_d (trained and tested at σ_d; vanilla: tested at σ_d)")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"{title_prefix}{group_title(gkey)}: accuracy vs σ_d (mean over seeds, 95% CI)")
+    ax.set_title(f"{group_title(gkey)}: accuracy vs σ_d (mean over seeds, 95% CI)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     F.save(fig, _slug("accuracy", *gkey), f"{group_title(gkey)}: accuracy vs σ_d (Fig. 3 style); dashed: paper")
 
 
-def fig_ekl(F: Figures, gkey, gpts, colours, title_prefix) -> bool:
+def fig_ekl(F: Figures, gkey, gpts, colours) -> bool:
     pts = [p for p in gpts if p["ekl"] is not None and p["ekl"] > 0]
     if not pts:
         return False
@@ -118,14 +118,14 @@ def fig_ekl(F: Figures, gkey, gpts, colours, title_prefix) -> bool:
     ax.set_yscale("log")
     ax.set_xlabel("device variation σ_d")
     ax.set_ylabel("EKL (nats, over correct predictions)")
-    ax.set_title(f"{title_prefix}{group_title(gkey)}: EKL vs σ_d (lower is better)")
+    ax.set_title(f"{group_title(gkey)}: EKL vs σ_d (lower is better)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     F.save(fig, _slug("ekl", *gkey), f"{group_title(gkey)}: EKL vs σ_d (Fig. 4 style, log scale)")
     return True
 
 
-def fig_distribution(F: Figures, gkey, gpts, colours, title_prefix) -> bool:
+def fig_distribution(F: Figures, gkey, gpts, colours) -> bool:
     pts = [p for p in gpts if p["pooled"]]
     if not pts:
         return False
@@ -152,13 +152,13 @@ def fig_distribution(F: Figures, gkey, gpts, colours, title_prefix) -> bool:
     axes[0][0].set_ylabel("per-run (per-chip) accuracy (%)")
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, fontsize=7, loc="lower right", ncol=3)  # below the axes: clear of the title
-    fig.suptitle(f"{title_prefix}{group_title(gkey)}: distribution of per-run accuracy (seeds pooled)", fontsize=10)
+    fig.suptitle(f"{group_title(gkey)}: distribution of per-run accuracy (seeds pooled)", fontsize=10)
     F.save(fig, _slug("distribution", *gkey),
            f"{group_title(gkey)}: per-run accuracy distribution (whiskers: min–max; markers: p1, p5, min)")
     return True
 
 
-def fig_convergence(F: Figures, gkey, gpts, colours, title_prefix) -> bool:
+def fig_convergence(F: Figures, gkey, gpts, colours) -> bool:
     pts = [p for p in gpts if p["n_seeds"] >= 2]
     if not pts:
         return False
@@ -190,7 +190,7 @@ def fig_convergence(F: Figures, gkey, gpts, colours, title_prefix) -> bool:
                       p["sigma"] + off + width / (2 * len(labels)), color=colours[label], ls=":")
     ax.set_xlabel("device variation σ_d")
     ax.set_ylabel("per-seed mean accuracy (%)")
-    ax.set_title(f"{title_prefix}{group_title(gkey)}: per-seed means (circled: > {CONVERGENCE_THRESHOLD:g} pts below mean)",
+    ax.set_title(f"{group_title(gkey)}: per-seed means (circled: > {CONVERGENCE_THRESHOLD:g} pts below mean)",
                  fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -199,7 +199,7 @@ def fig_convergence(F: Figures, gkey, gpts, colours, title_prefix) -> bool:
     return True
 
 
-def fig_write_verify(F: Figures, gkey, vcurves, colours, title_prefix) -> None:
+def fig_write_verify(F: Figures, gkey, vcurves, colours) -> None:
     plt = F.plt
     for sigma in sorted({c["sigma"] for c in vcurves}):
         cs = [c for c in vcurves if c["sigma"] == sigma]
@@ -217,7 +217,7 @@ def fig_write_verify(F: Figures, gkey, vcurves, colours, title_prefix) -> None:
         ax.set_xlabel("fraction of weights write-verified (symlog)")
         ax.set_ylabel("mean top-1 accuracy over chips (%)")
         res = sorted({c["residual_sigma"] for c in cs if c["residual_sigma"] is not None})
-        ax.set_title(f"{title_prefix}{group_title(gkey)}: write-verify at σ_d = {fmt_sigma(sigma)} (verified devices "
+        ax.set_title(f"{group_title(gkey)}: write-verify at σ_d = {fmt_sigma(sigma)} (verified devices "
                      f"left at σ {', '.join(fmt_param(r) for r in res)}; band: min–max over models)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -225,7 +225,7 @@ def fig_write_verify(F: Figures, gkey, vcurves, colours, title_prefix) -> None:
                f"{group_title(gkey)}: accuracy vs write-verified fraction at σ_d = {fmt_sigma(sigma)}")
 
 
-def fig_robustness(F: Figures, gkey, gcurves, colours, title_prefix) -> bool:
+def fig_robustness(F: Figures, gkey, gcurves, colours) -> bool:
     if not gcurves:
         return False
     plt = F.plt
@@ -248,7 +248,7 @@ def fig_robustness(F: Figures, gkey, gcurves, colours, title_prefix) -> bool:
             ax.axvline(c["train_sigma"], color=colour, lw=0.6, alpha=0.4)
     ax.set_xlabel("test σ")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"{title_prefix}{group_title(gkey)}: robustness curves (accuracy vs test σ, 95% MC CI)", fontsize=9)
+    ax.set_title(f"{group_title(gkey)}: robustness curves (accuracy vs test σ, 95% MC CI)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     F.save(fig, _slug("robustness", *gkey), f"{group_title(gkey)}: robustness curves of single checkpoints")
