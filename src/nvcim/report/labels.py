@@ -1,0 +1,99 @@
+"""Labels of the report's arms: which records are one line of a figure, one column of a table.
+
+Records are labelled so that ablation arms are distinct lines: vanilla -> "vanilla"; noise injection ->
+"noise injection" (logit scale 1) or "noise injection ×s"; OVF -> "OVF", or "OVF β=1e-3" when several
+fixed hyper-parameters (β, N, ...) of one (model, dataset) are compared at the same training σ (a β chosen
+by a sweep's β search keeps "OVF"); a cell's "label" field overrides all of this. Results evaluated off
+the standard setting are arms of their own, with a suffix on the label: recalibrated BatchNorm
+statistics ("bn_recalibration" in the file) " (BN per chip)" or " (BN: clean)", another split than test
+(`nvcim eval --split val`) " (val split)", unquantized chips (`--no-quantize`) " (unquantized)".
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from nvcim.report.common import fmt_param, num, sigma_key
+
+_PARAM_SYMBOL = {"beta": "β", "n_variational": "N", "logit_scale": "scale", "delta_sigma": "Δσ"}
+
+
+def base_label(method: str, params: dict) -> str:
+    censor = num(params.get("censor"))
+    rcn = f" RCN s={fmt_param(censor)}" if censor is not None else ""  # right-censored training noise
+    if method == "vanilla":
+        return "vanilla"
+    if method == "noise_injection":
+        scale = num(params.get("logit_scale"))
+        return ("noise injection" if scale is None or scale == 1 else f"noise injection ×{fmt_param(scale)}") + rcn
+    if method == "ovf":
+        return "OVF" + rcn
+    return method.replace("_", " ")
+
+
+def _hashable(v: Any) -> Any:
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def assign_labels(records: list[dict]) -> None:
+    """Set record["label"] in place (see the module docstring for the rule)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r.get("label_override"):
+            r["label"] = r["label_override"] + evaluation_suffix(r)
+            continue
+        groups.setdefault((r["model"], r["width"], r["dataset"], r["method"]), []).append(r)
+    for (_, _, _, method), recs in groups.items():
+        ignore = {"logit_scale", "censor"} if method == "noise_injection" else {"censor"}  # in the base label
+        # per training σ: the distinct fixed-hyper-parameter sets, and whether a β search was there too
+        by_sigma: dict[Any, dict] = {}
+        for r in recs:
+            slot = by_sigma.setdefault(sigma_key(r["train_sigma"]), {"fixed": {}, "searched": False})
+            if r["beta_search"]:
+                slot["searched"] = True
+            else:
+                params = {k: v for k, v in r["method_params"].items() if k not in ignore}
+                slot["fixed"][_hashable(params)] = params
+        varying: set[str] = set()
+        conflict = False
+        for slot in by_sigma.values():
+            fixed = list(slot["fixed"].values())
+            if len(fixed) > 1:
+                conflict = True
+                keys = set().union(*fixed)
+                varying |= {k for k in keys if len({_hashable(p.get(k)) for p in fixed}) > 1}
+            elif fixed and slot["searched"]:
+                conflict = True
+        if conflict and not varying:  # fixed arm vs β-searched arm: name the fixed arm's β (or all params)
+            allp = [p for s in by_sigma.values() for p in s["fixed"].values()]
+            varying = {"beta"} if method == "ovf" else (set().union(*allp) if allp else set())
+        order = ["beta", "n_variational"] + sorted(varying - {"beta", "n_variational"})
+        shown = [k for k in order if k in varying]
+        for r in recs:
+            label = base_label(method, r["method_params"])
+            if shown and not r["beta_search"]:
+                parts = [f"{_PARAM_SYMBOL.get(k, k)}={fmt_param(r['method_params'].get(k))}"
+                         for k in shown if k in r["method_params"]]
+                if parts:
+                    label = f"{label} {', '.join(parts)}"
+            r["label"] = label + evaluation_suffix(r)
+
+
+def evaluation_suffix(r: Mapping) -> str:
+    """Results evaluated off the standard setting are arms of their own: recalibrated BatchNorm statistics
+    (`nvcim eval --recalibrate-bn*`), another split than test (`--split val`), unquantized chips (`--no-quantize`)."""
+    parts = []
+    how = r.get("bn_recalibration")
+    if how:
+        parts.append("BN per chip" if how == "each chip" else f"BN: {how}")
+    if r.get("split", "test") != "test":
+        parts.append(f"{r['split']} split")
+    if r.get("quantized") is False:
+        parts.append("unquantized")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def is_standard_evaluation(r: Mapping) -> bool:
+    """Evaluated as the paper evaluates: test split, quantized chips, the model's stored BatchNorm statistics."""
+    return not r.get("bn_recalibration") and r.get("split", "test") == "test" and r.get("quantized") is not False

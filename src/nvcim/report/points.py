@@ -1,0 +1,221 @@
+"""Aggregation of labelled records: the points of the paper's figures, write-verify and robustness curves.
+
+The matched setting (paper Fig. 3): every model is trained and tested at σ_d, so a point uses the
+records whose test σ equals their training σ (vanilla: every test σ of the vanilla models). A point is
+the mean over seeds of each model's Monte Carlo mean; its 95% CI is over seeds (Student t) when there are
+≥ 2 seeds, else the Monte Carlo CI of the single model. Worst-case statistics (p1, p5, min) are over all
+the point's chips pooled (n seeds × R runs). A model is non-converged when its mean is more than 5 points
+below the mean over the seeds (SPEC §4). Published values (reference.paper_match) stand only beside arms
+that are the paper's method (reference.is_paper_recipe): an ablation arm such as noise injection ×1/4
+gets no "paper" value and no dashed curve.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from nvcim import reference
+from nvcim.evaluate import convergence_summary, t_quantile
+from nvcim.report.common import CONVERGENCE_THRESHOLD, fmt_param, fmt_sigma, group_key, label_sort_key, num, sigma_key
+from nvcim.report.labels import is_standard_evaluation
+
+_SIGMA_TOL = 1e-9
+RANKING_ORDER = {"sensitivity": 0, "magnitude": 1, "random": 2}
+
+
+def _dedupe_by_model(recs: list[dict]) -> list[dict]:
+    """One record per trained model (seed, or checkpoint when the seed is unknown): most runs, then last file."""
+    best: dict[Any, dict] = {}
+    for r in sorted(recs, key=lambda r: r["file"]):
+        ident = r["seed"] if r["seed"] is not None else (r["checkpoint"] or r["file"])
+        if ident not in best or r["runs"] >= best[ident]["runs"]:
+            best[ident] = r
+    return [best[k] for k in sorted(best, key=str)]
+
+
+def _model_name(r: dict, i: int) -> str:
+    """How the convergence count names a model: its seed, or its position when the seed is unknown
+    (a name no seed can take, so that two models never share one)."""
+    return str(r["seed"]) if r["seed"] is not None else f"#{i + 1}"
+
+
+def _natural(name: str) -> tuple:
+    """Sort key: seed names numerically ("2" before "10"), other names after them."""
+    return (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name)
+
+
+def _arm_of_cell(cell_id: str | None) -> str | None:
+    """A sweep cell id without its seed: ".../s0.35/seed3" -> ".../s0.35" (the arm and σ it belongs to)."""
+    if not cell_id or "/seed" not in cell_id:
+        return None
+    return cell_id.rsplit("/seed", 1)[0]
+
+
+def _pooled_stats(models: list[dict]) -> dict:
+    # pool only when every model has its per-chip accuracies: otherwise some models' chips would be
+    # left out of the worst case without a word
+    pooled = [a for r in models for a in r["per_run_accuracy"]] if all(r["per_run_accuracy"] for r in models) else []
+    if pooled:
+        arr = np.asarray(pooled, dtype=np.float64)
+        p1, p5, p10 = (float(v) for v in np.percentile(arr, [1.0, 5.0, 10.0]))
+        return {"p1": p1, "p5": p5, "p10": p10, "min": float(arr.min()), "n_chips": int(arr.size), "pooled": pooled}
+    vals = {k: [r[k] for r in models if r[k] is not None] for k in ("p1", "p5", "p10", "min")}
+    return {
+        "p1": float(np.mean(vals["p1"])) if vals["p1"] else None,
+        "p5": float(np.mean(vals["p5"])) if vals["p5"] else None,
+        "p10": float(np.mean(vals["p10"])) if vals["p10"] else None,
+        "min": float(min(vals["min"])) if vals["min"] else None,
+        "n_chips": int(sum(r["runs"] for r in models)),
+        "pooled": [],
+    }
+
+
+def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> list[dict]:
+    """Paper Fig. 3 points: one per (model, width, dataset, label, σ_d), trained and tested at σ_d
+    (vanilla: every test σ), aggregated over seeds. Sorted by group, method, label, σ.
+
+    ``failures`` (ResultSet.failures): failed sweep cells of a point's arm (same cell id but the seed)
+    are counted in its "failed_seeds", so that a diverged training run is not silently missing from
+    the convergence count."""
+    failed_by_arm: dict[str, set] = {}
+    for f in failures:
+        arm = _arm_of_cell(f.get("cell_id"))
+        if arm is not None:
+            failed_by_arm.setdefault(arm, set()).add(str(f["cell"].get("seed", f["cell_id"].rsplit("/seed", 1)[1])))
+    buckets: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r["method"] != "vanilla":
+            if r["train_sigma"] is None or abs(r["train_sigma"] - r["test_sigma"]) > _SIGMA_TOL:
+                continue
+        key = (*group_key(r), r["label"], r["method"], sigma_key(r["test_sigma"]))
+        buckets.setdefault(key, []).append(r)
+    points = []
+    for key, recs in buckets.items():
+        model, width, dataset, label, method, sigma = key
+        models = _dedupe_by_model(recs)
+        means = [r["mean"] for r in models]
+        n = len(models)
+        mean = float(np.mean(means))
+        if n >= 2:
+            sd = float(np.std(means, ddof=1))
+            half = float(t_quantile(0.975, n - 1)) * sd / math.sqrt(n)
+            ci, ci_over = [mean - half, mean + half], "seeds"
+        else:
+            sd = None
+            ci, ci_over = list(models[0]["ci95"]), "MC runs"
+        ekls = [r["ekl"] for r in models if r["ekl"] is not None]
+        runs = sorted({r["runs"] for r in models})
+        conv = None
+        if n >= 2:
+            conv = convergence_summary({_model_name(r, i): r["mean"] for i, r in enumerate(models)},
+                                       threshold=CONVERGENCE_THRESHOLD)
+        arms = {_arm_of_cell(r["cell_id"]) for r in models} - {None}
+        have = {str(r["seed"]) for r in models}
+        failed = sorted(set().union(*(failed_by_arm.get(a, set()) for a in arms)) - have, key=_natural)
+        paper_arm = all(reference.is_paper_recipe(method, r["method_params"]) and is_standard_evaluation(r)
+                        for r in models)
+        paper = reference.paper_match(model, dataset, method, sigma) if paper_arm else None  # ablation arms: none
+        cleans = [r["clean_accuracy"] for r in models if r["clean_accuracy"] is not None]
+        points.append(
+            {
+                "model": model, "width": width, "dataset": dataset, "method": method, "label": label,
+                "sigma": sigma, "n_seeds": n, "seeds": [r["seed"] for r in models],
+                "runs": runs[0] if len(runs) == 1 else f"{runs[0]}–{runs[-1]}",
+                "runs_min": runs[0], "mean": mean, "ci95": ci, "ci_over": ci_over, "std_over_seeds": sd,
+                "seed_means": means, "ekl": float(np.mean(ekls)) if ekls else None,
+                "clean_accuracy": float(np.mean(cleans)) if cleans else None,
+                **_pooled_stats(models),
+                "convergence": conv,
+                "failed_seeds": failed,
+                "paper_arm": paper_arm,
+                "paper": paper["value"] if paper else None,
+                "paper_diff": mean - paper["value"] if paper else None,
+                "paper_note": paper["note"] if paper else "",
+            }
+        )
+    points.sort(key=lambda p: ((p["model"], str(p["width"]), p["dataset"]),
+                               label_sort_key(p["label"], p["method"]), p["sigma"]))
+    return points
+
+
+def verify_curves(verify_records: Sequence[dict]) -> list[dict]:
+    """Write-verify curves: one per (group, label, test σ, ranking, residual σ), accuracy vs verified fraction
+    averaged over the models (seeds); "reach": {target: [(seed, first fraction reaching it, or None)]}."""
+    buckets: dict[tuple, list[dict]] = {}
+    for r in verify_records:
+        key = (*group_key(r), r["label"], r["method"], sigma_key(r["test_sigma"]), sigma_key(r["train_sigma"]),
+               r["verify_by"], r["residual_sigma"])
+        buckets.setdefault(key, []).append(r)
+    curves = []
+    for (model, width, dataset, label, method, sigma, train_sigma, by, residual), recs in buckets.items():
+        by_file: dict[str, list[dict]] = {}
+        for r in recs:
+            by_file.setdefault(r["file"], []).append(r)
+        # one file per model (seed, or checkpoint): the one with the most points, then the last by name
+        best: dict[Any, str] = {}
+        for f in sorted(by_file):
+            r0 = by_file[f][0]
+            ident = r0["seed"] if r0["seed"] is not None else (r0["checkpoint_path"] or f)
+            if ident not in best or len(by_file[f]) >= len(by_file[best[ident]]):
+                best[ident] = f
+        by_file = {best[k]: by_file[best[k]] for k in best}
+        recs = [r for f in by_file for r in by_file[f]]
+        if method != "vanilla" and train_sigma is not None and train_sigma != sigma:
+            label = f"{label} (trained at σ {fmt_param(train_sigma)})"
+        points = []
+        for fr in sorted({r["verify_fraction"] for r in recs}):
+            at = [r for r in recs if r["verify_fraction"] == fr]
+            means = [r["mean"] for r in at]
+            devices = [d for d in (num(r["verified_devices"]) for r in at) if d is not None]
+            points.append({"fraction": fr, "mean": float(np.mean(means)), "lo": min(means), "hi": max(means),
+                           "n": len(at), "devices": float(np.mean(devices)) if devices else None})
+        reach: dict[float, list] = {}
+        for t in sorted({r["verify_target"] for r in recs if r["verify_target"] is not None}):
+            per = []
+            for f in sorted(by_file, key=lambda f: _natural(str(by_file[f][0]["seed"]))):
+                rows = sorted(by_file[f], key=lambda r: r["verify_fraction"])
+                stat = rows[0]["verify_stat"]
+                hit = next((r["verify_fraction"] for r in rows if num(r.get(stat)) is not None and r[stat] >= t), None)
+                per.append((rows[0]["seed"], hit))
+            reach[t] = per
+        curves.append({"group": (model, width, dataset), "label": label, "method": method, "sigma": sigma, "by": by,
+                       "residual_sigma": residual, "n_models": len(by_file), "points": points, "reach": reach,
+                       "stat": recs[0]["verify_stat"]})
+    curves.sort(key=lambda c: (c["group"][0], str(c["group"][1]), c["group"][2], c["sigma"],
+                               label_sort_key(c["label"], c["method"]), RANKING_ORDER.get(c["by"], 9)))
+    return curves
+
+
+def robustness_curves(records: Sequence[dict]) -> list[dict]:
+    """One curve per results file with ≥ 2 test σ (an `nvcim eval --curve` result): accuracy vs test σ."""
+    by_file: dict[str, list[dict]] = {}
+    for r in records:
+        if r["n_test_sigmas"] >= 2:
+            by_file.setdefault(r["file"], []).append(r)
+    curves = []
+    for f, recs in sorted(by_file.items()):
+        recs = sorted(recs, key=lambda r: r["test_sigma"])
+        r0 = recs[0]
+        name = r0["label"]
+        if r0["method"] != "vanilla" and r0["train_sigma"] is not None:
+            name += f", σ_train={fmt_sigma(r0['train_sigma'])}"
+        if r0["seed"] is not None:
+            name += f", seed {r0['seed']}"
+        curves.append({"file": f, "group": group_key(r0), "label": r0["label"], "method": r0["method"],
+                       "name": name, "train_sigma": r0["train_sigma"], "records": recs})
+    return curves
+
+
+def runs_note(pts: list[dict]) -> str:
+    ns = sorted({p["n_seeds"] for p in pts})
+    rs = sorted({p["runs_min"] for p in pts})
+    n = str(ns[0]) if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
+    r = str(rs[0]) if len(rs) == 1 else f"{rs[0]}–{rs[-1]}"
+    return f"{n} seed{'s' if ns[-1] != 1 else ''} × {r} runs"
+
+
+def ordered_labels(pts: list[dict]) -> list[tuple[str, str]]:
+    return sorted({(p["label"], p["method"]) for p in pts}, key=lambda lm: label_sort_key(*lm))

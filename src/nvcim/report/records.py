@@ -1,0 +1,272 @@
+"""Reading results: every JSON file under one or more directories -> flat, labelled records (a ResultSet).
+
+    rs = scan_results("runs/sweep")              # ResultSet(records, failures, skipped, verify_records)
+    records = load_results("runs/sweep")         # flat dicts, one per (results file, test σ)
+
+Inputs are JSON files found recursively under a directory:
+  * kind "mc_eval" (`nvcim eval`, one sweep cell): checkpoint_config {model, data, method, device, seed},
+    dataset, results [MCResult dicts, one per test σ], optional cell {id, label, wall_time_s, beta_search};
+  * kind "sweep_cell_failed": cell {id, ...}, error -> listed as failures;
+  * kind "write_verify" (`nvcim eval --verify-fractions`): accuracy vs the fraction of write-verified
+    weights of one model at one σ -> a figure and a table per model group (mean over seeds per fraction,
+    and the fraction each seed needs to reach the file's target).
+Other JSON (checkpoint config.json, anything without a known "kind") is skipped; a file that is not valid
+JSON is an error naming it (or a warning with skip_bad=True).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from nvcim.report.common import fmt_param, group_key, num, sigma_key
+from nvcim.report.labels import assign_labels, base_label, evaluation_suffix
+
+KNOWN_KINDS = ("mc_eval", "sweep_cell_failed", "write_verify")
+
+
+@dataclass
+class ResultSet:
+    """What a results directory holds: flat records, failed sweep cells, and files skipped (path, reason)."""
+
+    root: Path  # the first of `roots`
+    records: list[dict] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    verify_records: list[dict] = field(default_factory=list)  # one per (write_verify file, fraction)
+    n_files: int = 0
+    roots: list[Path] = field(default_factory=list)  # every directory / file read, in the order given
+
+
+def _records_from_payload(payload: dict, path: Path) -> list[dict]:
+    """Flat records of one "mc_eval" payload (one per test σ); ValueError naming the file if malformed."""
+    results = payload.get("results")
+    if not isinstance(results, list) or not results:
+        raise ValueError(f"{path}: mc_eval results file has no 'results' list")
+    ck = payload.get("checkpoint_config") or {}
+    if not isinstance(ck, dict):
+        raise ValueError(f"{path}: 'checkpoint_config' is not an object")
+    model_cfg = ck.get("model") or {}
+    data_cfg = ck.get("data") or {}
+    method_cfg = ck.get("method") or {}
+    for key, value, kinds in (("model", model_cfg, (dict, str)), ("data", data_cfg, (dict, str)),
+                              ("method", method_cfg, (dict,)), ("device", ck.get("device") or {}, (dict,))):
+        if not isinstance(value, kinds):
+            raise ValueError(f"{path}: 'checkpoint_config.{key}' is a {type(value).__name__}, not an object")
+    method_cfg = dict(method_cfg)
+    device_cfg = ck.get("device") or {}
+    cell = payload.get("cell") if isinstance(payload.get("cell"), dict) else {}
+    model = model_cfg.get("name") if isinstance(model_cfg, dict) else model_cfg
+    dataset = payload.get("dataset") or (data_cfg.get("name") if isinstance(data_cfg, dict) else data_cfg)
+    method = str(method_cfg.pop("name", None) or "unknown")
+    width = num(model_cfg.get("width")) if isinstance(model_cfg, dict) else None
+    train_sigma = num(device_cfg.get("sigma")) if isinstance(device_cfg, dict) else None
+    beta_search = cell.get("beta_search") if isinstance(cell.get("beta_search"), dict) else None
+    chosen = None
+    if beta_search:  # the sweep writes "chosen_beta"; "chosen" is accepted too
+        chosen = num(beta_search.get("chosen_beta", beta_search.get("chosen")))
+    if chosen is not None and method == "ovf":
+        method_cfg.setdefault("beta", chosen)
+    label_override = cell.get("label") or payload.get("label")
+    if label_override == method:  # a sweep labels plain arms with the method name: keep the readable default
+        label_override = None
+    seed = ck.get("seed")
+    recal = payload.get("bn_recalibration")
+    recal = str(recal.get("weights") or "?") if isinstance(recal, dict) else None  # "clean" | "each chip" | None
+    ck_path = _locate_checkpoint(payload.get("checkpoint"), path)
+    split = str(payload.get("split") or "test")  # `nvcim eval --split val` results are not test results
+    eval_device = payload.get("device_config") if isinstance(payload.get("device_config"), dict) else {}
+    quantized = eval_device.get("quantize") is not False  # `nvcim eval --no-quantize`: not the paper's chips
+    out = []
+    for i, r in enumerate(results):
+        if not isinstance(r, dict) or num(r.get("sigma")) is None or num(r.get("mean")) is None:
+            raise ValueError(f"{path}: results[{i}] lacks a numeric 'sigma' or 'mean'")
+        ci = r.get("ci95")
+        ci = [num(ci[0]), num(ci[1])] if isinstance(ci, (list, tuple)) and len(ci) == 2 else [None, None]
+        per_run = r.get("per_run_accuracy")
+        per_run = [float(a) for a in per_run if num(a) is not None] if isinstance(per_run, list) else []
+        out.append(
+            {
+                "file": str(path),
+                "checkpoint": payload.get("checkpoint"),
+                "checkpoint_path": ck_path,
+                "cell_id": cell.get("id"),
+                "model": str(model or "unknown"),
+                "width": width,
+                "dataset": str(dataset or "unknown"),
+                "method": method,
+                "method_params": method_cfg,
+                "beta": num(method_cfg.get("beta")) if method == "ovf" else None,
+                "logit_scale": num(method_cfg.get("logit_scale")) if method == "noise_injection" else None,
+                "beta_search": beta_search,
+                "label_override": str(label_override) if label_override else None,
+                "label": None,  # set by assign_labels
+                "bn_recalibration": recal,
+                "split": split,
+                "quantized": quantized,
+                "train_sigma": train_sigma,
+                "test_sigma": float(r["sigma"]),
+                "seed": seed,
+                "mc_seed": r.get("seed"),
+                "mean": float(r["mean"]),
+                "std": num(r.get("std")),
+                "ci95": ci,
+                "per_run_accuracy": per_run,
+                "p1": num(r.get("p1")),
+                "p5": num(r.get("p5")),
+                "p10": num(r.get("p10")),
+                "min": num(r.get("min")),
+                "max": num(r.get("max")),
+                "ekl": num(r.get("ekl")),
+                "ekl_n": r.get("ekl_n"),
+                "runs": int(r["runs"]) if num(r.get("runs")) is not None else len(per_run),
+                "n_samples": r.get("n_samples"),
+                "clean_accuracy": num(r.get("clean_accuracy")),
+                "quantized_accuracy": num(r.get("quantized_accuracy")),
+                "wall_time_s": num(r.get("wall_time_s")),
+                "n_test_sigmas": len(results),
+            }
+        )
+    return out
+
+
+def scan_results(path, skip_bad: bool = False, warn=None) -> ResultSet:
+    """Read every *.json under `path` (hidden files and folders aside): a directory or one results file, or a
+    list of them (e.g. the output directories of several sweeps, reported together; a file reached twice
+    is read once).
+
+    FileNotFoundError if a path does not exist; ValueError naming the file for invalid JSON or a malformed
+    mc_eval file (with skip_bad: `warn(message)` and skip it). Files of unknown kind are skipped quietly.
+    """
+    roots = [Path(p) for p in ([path] if isinstance(path, (str, Path)) else path)]
+    if not roots:
+        raise ValueError("no results directory given")
+    for root in roots:
+        if not root.exists():
+            raise FileNotFoundError(f"results directory {root} does not exist")
+    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    files, seen = [], set()
+    for root in roots:
+        found = [] if root.is_file() else sorted(p for p in root.rglob("*.json") if p.is_file()
+                                                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        for f in [root] if root.is_file() else found:  # hidden paths: leftovers of interrupted writes
+            if f.resolve() not in seen:
+                seen.add(f.resolve())
+                files.append(f)
+    rs = ResultSet(root=roots[0], n_files=len(files), roots=roots)
+    for f in files:
+        try:
+            with open(f, encoding="utf-8") as fh:
+                payload = json.load(fh)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            msg = f"{f}: not a readable JSON results file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            if not skip_bad:
+                raise ValueError(msg + "; use --skip-bad to skip it") from None
+            warn(f"skipping {msg}")
+            rs.skipped.append((str(f), "invalid JSON"))
+            continue
+        kind = payload.get("kind") if isinstance(payload, dict) else None
+        if kind not in KNOWN_KINDS:
+            rs.skipped.append((str(f), f"kind {kind!r}"))
+            continue
+        if kind == "sweep_cell_failed":
+            cell = payload.get("cell") if isinstance(payload.get("cell"), dict) else {}
+            err = str(payload.get("error") or "").strip()
+            rs.failures.append({"cell_id": str(cell.get("id", f.stem)), "error": err.splitlines()[0] if err else "",
+                                "file": str(f), "cell": cell})
+            continue
+        try:
+            try:
+                if kind == "write_verify":
+                    rs.verify_records.extend(_verify_records(payload, f))
+                    continue
+                rs.records.extend(_records_from_payload(payload, f))
+            except (TypeError, AttributeError, KeyError) as e:  # a field of an unexpected type
+                raise ValueError(f"{f}: malformed mc_eval file ({type(e).__name__}: {e}); "
+                                 "use --skip-bad to skip it") from None
+        except ValueError as e:
+            if not skip_bad:
+                raise
+            warn(f"skipping {e}")
+            rs.skipped.append((str(f), "malformed mc_eval"))
+    assign_labels(rs.records)
+    _label_verify_records(rs.verify_records, rs.records)
+    for msg in _model_conflicts(rs.records):
+        warn(msg)
+    return rs
+
+
+def _verify_records(payload: dict, path: Path) -> list[dict]:
+    """Records of one "write_verify" file: an mc_eval record per fraction, plus the write-verify fields."""
+    points = payload.get("points")
+    wv = payload.get("write_verify") if isinstance(payload.get("write_verify"), dict) else {}
+    if not isinstance(points, list) or not points or not all(isinstance(p, dict) for p in points):
+        raise ValueError(f"{path}: write_verify file has no 'points' list")
+    recs = _records_from_payload({**payload, "results": [p.get("result") for p in points]}, path)
+    for r, p in zip(recs, points):
+        if num(p.get("fraction")) is None:
+            raise ValueError(f"{path}: a write_verify point lacks a numeric 'fraction'")
+        r.update({"verify_fraction": float(p["fraction"]), "verified_devices": p.get("verified_devices"),
+                  "verify_by": str(wv.get("by") or "?"), "residual_sigma": num(wv.get("residual_sigma")),
+                  "verify_target": num(wv.get("target")), "verify_stat": str(wv.get("stat") or "mean")})
+    return recs
+
+
+def _label_verify_records(verify_records: list[dict], records: Sequence[dict]) -> None:
+    """A write-verify record takes the label its checkpoint has among the Monte Carlo results (so that a sweep's
+    arms keep their names); a checkpoint seen nowhere else gets its method's base label. Write-verify files
+    never take part in labelling the Monte Carlo arms."""
+    by_ckpt = {r["checkpoint_path"]: r["label"] for r in records if r["checkpoint_path"]}
+    for r in verify_records:
+        label = by_ckpt.get(r["checkpoint_path"])
+        if label is None:
+            label = (r["label_override"] or base_label(r["method"], r["method_params"])) + evaluation_suffix(r)
+        elif evaluation_suffix(r) and not label.endswith(evaluation_suffix(r)):
+            label += evaluation_suffix(r)
+        r["label"] = label
+
+
+def _locate_checkpoint(ckpt: Any, path: Path) -> str | None:
+    """The checkpoint a results file names, as an absolute path when it is found: a sweep names it relative
+    to the sweep directory (an ancestor of the file), `nvcim eval` as given on its command line."""
+    if not isinstance(ckpt, str) or not ckpt:
+        return None
+    for base in (*path.resolve().parents, Path.cwd()):
+        if (base / ckpt).exists():
+            return str((base / ckpt).resolve())
+    return ckpt
+
+
+def _same_checkpoint(a: str | None, b: str | None) -> bool:
+    if not a or not b:
+        return a == b
+    if Path(a).is_absolute() and Path(b).is_absolute():
+        return a == b
+    a, b = Path(a).as_posix().rstrip("/"), Path(b).as_posix().rstrip("/")
+    return a == b or a.endswith("/" + b) or b.endswith("/" + a)  # relative vs absolute spelling
+
+
+def _model_conflicts(records: Sequence[dict]) -> list[str]:
+    """Messages for two different checkpoints that would count as the same model of one point (same
+    arm, training and test σ, seed): a point keeps one model per seed (the one with the most chips,
+    then the last file by name), so the other is left out; say so instead of dropping it silently."""
+    seen: dict[tuple, dict] = {}
+    msgs = []
+    for r in sorted(records, key=lambda r: r["file"]):
+        if r["seed"] is None:
+            continue
+        key = (*group_key(r), r["label"], sigma_key(r["train_sigma"]), sigma_key(r["test_sigma"]), str(r["seed"]))
+        first = seen.setdefault(key, r)
+        if first is not r and not _same_checkpoint(first["checkpoint_path"], r["checkpoint_path"]):
+            msgs.append(f"{first['file']} and {r['file']} hold different checkpoints of the same arm "
+                        f"({r['label']}, σ_d {fmt_param(r['test_sigma'])}, seed {r['seed']}): the report keeps "
+                        "one model per seed (most chips, then the last file); report them separately")
+    return msgs
+
+
+def load_results(path, skip_bad: bool = False) -> list[dict]:
+    """Flat, labelled records (one per results file and test σ) of every mc_eval file under `path`."""
+    return scan_results(path, skip_bad=skip_bad).records

@@ -1,0 +1,171 @@
+"""Writing a report: figures, report.md, a self-contained report.html (figures embedded) and summary.csv.
+
+    written = write_report(rs, "runs/sweep/report", fmt="png", title="VGG-8 MNIST")
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+import time
+from pathlib import Path
+
+from nvcim import __version__
+from nvcim.fileio import atomic_write_bytes
+from nvcim.report.common import group_title
+from nvcim.report.figures import (Figures, fig_accuracy, fig_convergence, fig_distribution, fig_ekl, fig_robustness,
+                                  fig_write_verify, label_colours)
+from nvcim.report.points import matched_points, robustness_curves, verify_curves
+from nvcim.report.records import ResultSet
+from nvcim.report.tables import (Table, acc_table, beta_table, conv_table, curve_table, ekl_table, headline_table,
+                                 paper_ekl_table, verify_table, worst_table)
+
+FIGURE_FORMATS = ("png", "svg", "pdf")
+
+
+def _md_cell(s: str) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(t: Table) -> str:
+    from tabulate import tabulate
+
+    body = tabulate([[_md_cell(c) for c in r] for r in t.rows], headers=[_md_cell(h) for h in t.headers],
+                    tablefmt="pipe", disable_numparse=True)
+    out = f"### {t.title}\n\n{body}\n"
+    if t.note:
+        out += f"\n{t.note}\n"
+    return out
+
+
+def _html_table(t: Table) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in t.headers)
+    body = "\n".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in t.rows)
+    note = f'<p class="note">{e(t.note)}</p>' if t.note else ""
+    return f"<h3>{e(t.title)}</h3>\n<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>\n{note}\n"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 0.3em;font-size:0.85em}
+th,td{border:1px solid #bbb;padding:3px 7px;text-align:right}th{background:#eee}
+td:first-child,th:first-child{text-align:left}.note{font-size:0.8em;color:#555}
+figure{margin:1em 0}img{max-width:100%}figcaption{font-size:0.85em;color:#444}"""
+
+SUMMARY_COLUMNS = ("model", "width", "dataset", "method", "label", "sigma", "n_seeds", "seeds", "runs", "mean",
+                   "ci95_lo", "ci95_hi", "ci_over", "std_over_seeds", "ekl", "p1", "p5", "p10", "min", "n_chips",
+                   "n_non_converged", "failed_seeds", "paper", "measured_minus_paper", "paper_note")
+
+
+def _summary_csv(points: list[dict]) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(SUMMARY_COLUMNS)
+
+    def c(v):
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return "" if not math.isfinite(v) else repr(v)
+        return v
+
+    for p in points:
+        conv = p["convergence"]
+        w.writerow([c(v) for v in (
+            p["model"], p["width"], p["dataset"], p["method"], p["label"], p["sigma"], p["n_seeds"],
+            " ".join(str(s) for s in p["seeds"]), p["runs"], p["mean"], p["ci95"][0], p["ci95"][1], p["ci_over"],
+            p["std_over_seeds"], p["ekl"], p["p1"], p["p5"], p["p10"], p["min"], p["n_chips"],
+            conv["n_non_converged"] if conv else None, " ".join(p["failed_seeds"]), p["paper"], p["paper_diff"], p["paper_note"])])
+    return buf.getvalue().encode("utf-8")
+
+
+def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None) -> list[Path]:
+    """Write figures (out/figures/*.fmt), report.md, report.html and summary.csv; return the paths written."""
+    if fmt not in FIGURE_FORMATS:
+        raise ValueError(f"figure format {fmt!r} is not supported: use one of {list(FIGURE_FORMATS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    points = matched_points(rs.records, rs.failures)
+    curves = robustness_curves(rs.records)
+    vcurves = verify_curves(rs.verify_records)
+    colours = label_colours([(p["label"], p["method"]) for p in points] + [(c["label"], c["method"]) for c in curves]
+                       + [(c["label"], c["method"]) for c in vcurves])
+    F = Figures(out, fmt)
+    title = title or "nvcim report"
+    groups = sorted({(p["model"], p["width"], p["dataset"]) for p in points} | {c["group"] for c in curves}
+                    | {c["group"] for c in vcurves}, key=lambda k: (k[0], str(k[1]), k[2]))
+    sections = []  # (group title, [Table], [figure items])
+    for g in groups:
+        gpts = [p for p in points if (p["model"], p["width"], p["dataset"]) == g]
+        gcurves = [c for c in curves if c["group"] == g]
+        gverify = [c for c in vcurves if c["group"] == g]
+        n0 = len(F.items)
+        if gpts:
+            fig_accuracy(F, g, gpts, colours)
+            fig_ekl(F, g, gpts, colours)
+            fig_distribution(F, g, gpts, colours)
+            fig_convergence(F, g, gpts, colours)
+        fig_robustness(F, g, gcurves, colours)
+        if gverify:
+            fig_write_verify(F, g, gverify, colours)
+        tables = []
+        if gpts:
+            tables = [acc_table(g, gpts), headline_table(g, gpts), ekl_table(g, gpts), worst_table(g, gpts),
+                      conv_table(g, gpts),
+                      beta_table(g, [r for r in rs.records if (r["model"], r["width"], r["dataset"]) == g])]
+        tables.append(curve_table(g, gcurves))
+        tables.append(verify_table(g, gverify))
+        sections.append((group_title(g), [t for t in tables if t is not None], F.items[n0:]))
+    failures = Table("Failed sweep cells", ["cell", "error", "file"],
+                     [[f["cell_id"], f["error"], f["file"]] for f in rs.failures]) if rs.failures else None
+    paper_ekl = paper_ekl_table()
+    n_models = len({(r["file"]) for r in rs.records})
+    where = ", ".join(str(r) for r in rs.roots or [rs.root])
+    intro = (f"{len(rs.records)} result rows from {n_models} results files under {where}; "
+             f"{len(rs.failures)} failed cells; {len(rs.skipped)} other JSON files skipped. "
+             f"Generated by nvcim {__version__} on {time.strftime('%Y-%m-%d %H:%M:%S')}.")
+
+    # markdown
+    md = [f"# {title}\n", intro + "\n"]
+    for gt, tables, figs in sections:
+        md.append(f"## {gt}\n")
+        for item in figs:
+            rel = item["path"].relative_to(out).as_posix()
+            md.append(f"![{_md_cell(item['caption'])}]({rel})\n")
+        md.extend(_md_table(t) for t in tables)
+    if failures:
+        md.append("## Failures\n")
+        md.append(_md_table(failures))
+    if paper_ekl:
+        md.append("## Reference\n")
+        md.append(_md_table(paper_ekl))
+    md_text = "\n".join(md)
+
+    # html
+    e = html.escape
+    h = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">', f"<title>{e(title)}</title>",
+         f"<style>{_CSS}</style>", "</head>", "<body>", f"<h1>{e(title)}</h1>", f"<p>{e(intro)}</p>"]
+    for gt, tables, figs in sections:
+        h.append(f"<h2>{e(gt)}</h2>")
+        for item in figs:
+            b64 = base64.b64encode(item["png"]).decode("ascii")
+            h.append(f'<figure><img src="data:image/png;base64,{b64}" alt="{e(item["caption"])}">'
+                     f"<figcaption>{e(item['caption'])}</figcaption></figure>")
+        h.extend(_html_table(t) for t in tables)
+    if failures:
+        h.append("<h2>Failures</h2>")
+        h.append(_html_table(failures))
+    if paper_ekl:
+        h.append("<h2>Reference</h2>")
+        h.append(_html_table(paper_ekl))
+    h += ["</body>", "</html>", ""]
+
+    written = [it["path"] for it in F.items]
+    written.append(atomic_write_bytes(out / "report.md", md_text.encode("utf-8")))
+    written.append(atomic_write_bytes(out / "report.html", "\n".join(h).encode("utf-8")))
+    written.append(atomic_write_bytes(out / "summary.csv", _summary_csv(points)))
+    return written
+

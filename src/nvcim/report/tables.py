@@ -1,0 +1,231 @@
+"""The report's tables of one model group (accuracy beside the paper's values, OVF − noise injection, EKL, worst
+case, convergence, β search, robustness curves, write-verify) and the paper's published EKL, as Table
+(title, headers, rows of strings, note) for render to write as Markdown and HTML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from nvcim import reference
+from nvcim.report.common import (CONVERGENCE_THRESHOLD, METHOD_ORDER, fmt_num, fmt_param, fmt_sigma, group_title,
+                                 label_sort_key, num, sigma_key)
+from nvcim.report.points import ordered_labels, runs_note
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    note: str = ""
+
+
+def _fmt_ekl(v: Any) -> str:
+    f = num(v)
+    return "—" if f is None else f"{f:.4g}"
+
+
+def acc_table(gkey, gpts) -> Table:
+    labels = ordered_labels(gpts)
+    has_paper = {lab for lab, _ in labels if any(p["paper"] is not None for p in gpts if p["label"] == lab)}
+    headers = ["σ_d"]
+    for lab, _ in labels:
+        headers.append(f"{lab}")
+        if lab in has_paper:
+            headers.append(f"{lab}: paper (measured − paper)")
+    rows = []
+    for s in sorted({p["sigma"] for p in gpts}):
+        row = [fmt_sigma(s)]
+        for lab, _ in labels:
+            p = next((q for q in gpts if q["label"] == lab and q["sigma"] == s), None)
+            if p is None:
+                row.append("")
+            else:
+                lo, hi = p["ci95"]
+                half = f" ± {fmt_num((hi - lo) / 2)}" if lo is not None and hi is not None else ""
+                row.append(f"{fmt_num(p['mean'])}{half} (n={p['n_seeds']})")
+            if lab in has_paper:
+                if p is not None and p["paper"] is not None:
+                    row.append(f"{fmt_num(p['paper'])} ({p['paper_diff']:+.2f})")
+                else:
+                    row.append("")
+        rows.append(row)
+    notes = sorted({p["paper_note"] for p in gpts if p["paper_note"]})
+    note = ("Measured: mean over seeds of each model's Monte Carlo mean ± half-width of the 95% CI (over seeds when "
+            "n ≥ 2, else the MC CI); " + "; ".join(sorted({f"{lab}: {runs_note([p for p in gpts if p['label'] == lab])}"
+                                                          for lab, _ in labels})) + ".")
+    if has_paper:
+        note += " Paper: Qin et al., Fig. 3 (authors' figures)."
+    if notes:
+        note += " Note: " + "; ".join(notes) + "."
+    return Table(f"{group_title(gkey)}: top-1 accuracy (%) trained and tested at σ_d", headers, rows, note)
+
+
+def ekl_table(gkey, gpts) -> Table | None:
+    if not any(p["ekl"] is not None for p in gpts):
+        return None
+    labels = ordered_labels(gpts)
+    rows = []
+    for s in sorted({p["sigma"] for p in gpts}):
+        row = [fmt_sigma(s)]
+        for lab, _ in labels:
+            p = next((q for q in gpts if q["label"] == lab and q["sigma"] == s), None)
+            row.append("" if p is None else _fmt_ekl(p["ekl"]))
+        rows.append(row)
+    return Table(f"{group_title(gkey)}: EKL (nats; mean over seeds; lower is better)",
+                 ["σ_d"] + [lab for lab, _ in labels], rows,
+                 "EKL = mean of −log p_y over correct (run, sample) pairs; — where no prediction was correct.")
+
+
+def worst_table(gkey, gpts) -> Table:
+    rows = [[fmt_sigma(p["sigma"]), p["label"], fmt_num(p["mean"]), fmt_num(p["p1"]), fmt_num(p["p5"]), fmt_num(p["p10"]),
+             fmt_num(p["min"]), str(p["n_chips"])]
+            for p in sorted(gpts, key=lambda p: (p["sigma"], label_sort_key(p["label"], p["method"])))]
+    return Table(f"{group_title(gkey)}: worst case over chips (%)",
+                 ["σ_d", "method", "mean", "p1", "p5", "p10", "min", "chips (seeds × runs)"], rows,
+                 "Percentiles over all chips of all seeds pooled (or the mean of per-model values when per-run "
+                 "accuracies are absent).")
+
+
+def conv_table(gkey, gpts) -> Table | None:
+    pts = [p for p in gpts if p["convergence"] or p["failed_seeds"]]  # failed seeds show even beside < 2 models
+    if not pts:
+        return None
+    rows = []
+    for p in sorted(pts, key=lambda p: (p["sigma"], label_sort_key(p["label"], p["method"]))):
+        c = p["convergence"]
+        if c is None:
+            rows.append([fmt_sigma(p["sigma"]), p["label"], str(p["n_seeds"]), fmt_num(p["mean"]), "—", "—",
+                         ", ".join(fmt_num(m) for m in p["seed_means"]), ", ".join(p["failed_seeds"])])
+            continue
+        rows.append([fmt_sigma(p["sigma"]), p["label"], str(c["n_models"]), fmt_num(c["mean_of_means"]),
+                     f"{c['n_non_converged']} of {c['n_models']}", ", ".join(map(str, c["non_converged"])) or "—",
+                     ", ".join(fmt_num(m) for m in p["seed_means"]), ", ".join(p["failed_seeds"]) or "—"])
+    return Table(f"{group_title(gkey)}: convergence over seeds",
+                 ["σ_d", "method", "models", "mean of means", "non-converged", "non-converged seeds", "per-seed means",
+                  "failed seeds"],
+                 rows, f"Non-converged: mean more than {CONVERGENCE_THRESHOLD:g} points below the mean over seeds (SPEC §4). "
+                       "Failed seeds: sweep cells of the same arm that failed (e.g. diverged training) and so have no "
+                       "accuracy; they are not in the count, see the failed cells below.")
+
+
+def _beta_candidates(bs: dict) -> dict[float, float | None]:
+    """{β: validation MC mean (None: diverged)} of one β-search record (sweep layout, or a plain "scores" map)."""
+    out: dict[float, float | None] = {}
+    for c in bs.get("candidates") or []:
+        if isinstance(c, dict) and num(c.get("beta")) is not None:
+            out[num(c["beta"])] = num(c.get("val_mean"))
+    if not out and isinstance(bs.get("scores"), dict):
+        for b, v in bs["scores"].items():
+            if num(b) is not None:
+                out[num(b)] = num(v)
+    return out
+
+
+def beta_table(gkey, grecs: list[dict]) -> Table | None:
+    """One row per β-searched model: every candidate's validation score, the chosen β and its test accuracy."""
+    cells = {}
+    for r in grecs:
+        if r["beta_search"] and sigma_key(r["test_sigma"]) == sigma_key(r["train_sigma"]):
+            cells.setdefault(r["cell_id"] or r["file"], r)
+    if not cells:
+        return None
+    recs = sorted(cells.values(), key=lambda r: (r["train_sigma"] or 0.0, label_sort_key(r["label"], r["method"]),
+                                                 str(r["seed"])))
+    cands = [_beta_candidates(r["beta_search"]) for r in recs]  # parallel to recs
+    betas = sorted({b for c in cands for b in c}, reverse=True)
+    rows, chosen_count = [], {}
+    for r, c in zip(recs, cands):
+        chosen = num(r["beta_search"].get("chosen_beta", r["beta_search"].get("chosen")))
+        chosen_count[chosen] = chosen_count.get(chosen, 0) + 1
+        rows.append([fmt_sigma(r["train_sigma"]), r["label"], str(r["seed"])]
+                    + [("" if b not in c else "diverged" if c[b] is None else fmt_num(c[b])) for b in betas]
+                    + [fmt_param(chosen) if chosen is not None else "—", fmt_num(r["mean"])])
+    bs0 = recs[0]["beta_search"]
+    how = (f"{bs0.get('val_runs')} chips (seed {bs0.get('val_seed')}) on the validation split"
+           if bs0.get("val_runs") is not None else "the validation split")
+    counts = ", ".join(f"β = {fmt_param(b)} ×{n}" for b, n in sorted(chosen_count.items(),
+                                                                      key=lambda kv: -(kv[0] or 0.0)))
+    note = (f"Validation score: Monte Carlo mean accuracy (%) at the training σ_d over {how}; the best β is "
+            f"tested (ties: the larger β). Chosen: {counts}.")
+    return Table(f"{group_title(gkey)}: β search (validation accuracy % per candidate)",
+                 ["σ_d", "method", "seed"] + [f"β = {fmt_param(b)}" for b in betas] + ["chosen β", "test mean"],
+                 rows, note)
+
+
+def headline_table(gkey, gpts) -> Table | None:
+    rows = []
+    for s in sorted({p["sigma"] for p in gpts}):
+        o = next((p for p in gpts if p["sigma"] == s and p["label"] == "OVF"), None)
+        ni = next((p for p in gpts if p["sigma"] == s and p["label"] == "noise injection"), None)
+        if o is None or ni is None:
+            continue
+        d = o["mean"] - ni["mean"]
+        pd = (o["paper"] - ni["paper"]) if o["paper"] is not None and ni["paper"] is not None else None
+        rows.append([fmt_sigma(s), f"{d:+.2f}", "" if pd is None else f"{pd:+.2f}"])
+    if not rows:
+        return None
+    return Table(f"{group_title(gkey)}: OVF − noise injection (points)", ["σ_d", "measured", "paper"], rows)
+
+
+def curve_table(gkey, gcurves) -> Table | None:
+    if not gcurves:
+        return None
+    sigmas = sorted({sigma_key(r["test_sigma"]) for c in gcurves for r in c["records"]})
+    rows = []
+    for s in sigmas:
+        row = [fmt_sigma(s)]
+        for c in gcurves:
+            r = next((r for r in c["records"] if sigma_key(r["test_sigma"]) == s), None)
+            if r is None:
+                row.append("")
+            else:
+                lo, hi = r["ci95"]
+                half = f" ± {fmt_num((hi - lo) / 2)}" if lo is not None and hi is not None else ""
+                row.append(f"{fmt_num(r['mean'])}{half}")
+        rows.append(row)
+    return Table(f"{group_title(gkey)}: robustness curves (accuracy %, ± 95% MC CI)",
+                 ["test σ"] + [c["name"] for c in gcurves], rows)
+
+
+def verify_table(gkey, vcurves) -> Table | None:
+    if not vcurves:
+        return None
+    fractions = sorted({p["fraction"] for c in vcurves for p in c["points"]})
+    targets = sorted({t for c in vcurves for t in c["reach"]})
+    rows = []
+    for c in vcurves:
+        at = {p["fraction"]: p["mean"] for p in c["points"]}
+        row = [fmt_sigma(c["sigma"]), c["label"], c["by"], str(c["n_models"])]
+        row += [fmt_num(at.get(f)) if f in at else "" for f in fractions]
+        for t in targets:
+            hits = c["reach"].get(t)
+            row.append("" if hits is None else ", ".join(
+                f"{'?' if seed is None else seed}: {'never' if h is None else fmt_param(h)}" for seed, h in hits))
+        rows.append(row)
+    stats = sorted({c["stat"] for c in vcurves})
+    return Table(f"{group_title(gkey)}: write-verify (mean accuracy % over models, by verified fraction)",
+                 ["σ_d", "method", "ranking", "models"] + [fmt_param(f) for f in fractions]
+                 + [f"reaches {fmt_param(t)} % at (seed: fraction)" for t in targets], rows,
+                 "All M/K devices of a verified weight are left at the residual σ; "
+                 f"'reaches' is the smallest fraction tried whose {'/'.join(stats)} accuracy reaches the target "
+                 "(each results file's --verify-target).")
+
+
+def paper_ekl_table() -> Table | None:
+    rows = [r for r in reference.paper_curves() if r["quantity"] == "ekl"]
+    if not rows:
+        return None
+    methods = sorted({r["method"] for r in rows}, key=lambda m: (METHOD_ORDER.get(m, 9), m))
+    sigmas = sorted({r["sigma"] for r in rows})
+    out = []
+    for s in sigmas:
+        row = [fmt_sigma(s)]
+        for m in methods:
+            v = next((r["value"] for r in rows if r["method"] == m and r["sigma"] == s), None)
+            row.append("" if v is None else f"{v:.3g}")
+        out.append(row)
+    return Table("Published EKL (paper Fig. 4; model/dataset unlabelled there)", ["σ_d"] + methods, out,
+                 "For orientation only: the paper does not say which model/dataset these come from.")
