@@ -40,6 +40,8 @@ import torch
 from torch import nn
 
 from nvcim.fileio import current_umask
+from nvcim.plugins import loaded as loaded_plugins
+from nvcim.plugins import missing_hint
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -291,6 +293,8 @@ def save_checkpoint(path, model: nn.Module, model_spec: Mapping | None = None, *
     spec = _model_spec(model, model_spec, path)
 
     config: dict[str, Any] = {"nvcim_version": nvcim.__version__, "model": spec}
+    if loaded_plugins():
+        config["plugins"] = loaded_plugins()  # what `nvcim eval` must import to rebuild the model
     config.update({k: None for k in META_KEYS})
     config.update({"versions": _versions(), "git_commit": git_commit(),
                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
@@ -413,7 +417,9 @@ def load_checkpoint(path, map_location="cpu") -> tuple[nn.Module, dict]:
         with torch.device("meta"):  # shapes first: a spec that does not fit the weights allocates nothing
             expected = create_model(**spec).state_dict()
     except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {path}: model spec {spec} cannot be built ({exc}): fix config.json") from None
+        hint = missing_hint(config.get("plugins"))
+        fix = hint if hint else ": fix config.json"
+        raise CheckpointError(f"checkpoint {path}: model spec {spec} cannot be built ({exc}){fix}") from None
     problem = _mismatch(expected, state)
     if problem:
         raise CheckpointError(

@@ -12,6 +12,8 @@ import importlib
 import sys
 import warnings
 
+from nvcim.plugins import ENV_VAR, PluginError, load_plugins, plugin_args
+
 SUBCOMMANDS = ("train", "eval", "report", "sweep")
 
 
@@ -24,6 +26,13 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_plugin_argument(parser: argparse.ArgumentParser) -> None:
+    """`--plugin MODULE_OR_FILE.py` (repeatable) on a subcommand; `main` imports them before parsing."""
+    parser.add_argument("--plugin", action="append", metavar="MODULE_OR_FILE.py",
+                        help="import user code that registers models, data sets, methods, variation kinds or "
+                             f"backends first (repeatable; also ${ENV_VAR}, comma-separated)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,10 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.add_parser(sub)
+        add_plugin_argument(sub.choices[name])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:  # before the parser: its choices and method flags come from what the plugins register
+        load_plugins(plugin_args(argv))
+    except PluginError as e:
+        print(f"nvcim: error: {e}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
 

@@ -1,0 +1,109 @@
+"""User extensions without forking: import the user's code that registers models, data sets, methods,
+variation kinds or backends before the command line (or a sweep worker) looks anything up.
+
+    nvcim train --plugin my_models.py --model my_net ...        # a file
+    nvcim eval CKPT --plugin mypkg.nvcim_ext                     # an importable module
+    NVCIM_PLUGINS=my_models.py,mypkg.ext nvcim sweep spec.toml   # the same for every command
+
+A plugin is any Python module; registering is what it does when imported:
+
+    from nvcim.models import register_model
+    @register_model("my_net")
+    def my_net(num_classes=10, in_channels=1, width=1.0, image_size=32): ...
+
+Each plugin is imported once per process (a file under a name derived from its absolute path).
+`loaded()` lists the plugins in load order, as checkpoints record them (files as absolute paths),
+so that `nvcim eval` can name the plugins a checkpoint needs when they are missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Iterable
+
+ENV_VAR = "NVCIM_PLUGINS"
+_LOADED: list[str] = []  # plugin specs in load order (files: absolute paths)
+
+
+class PluginError(ValueError):
+    """A plugin that cannot be found or raised while being imported (one line, names the plugin)."""
+
+
+def _is_file_spec(spec: str) -> bool:
+    return spec.endswith(".py") or os.sep in spec or "/" in spec
+
+
+def canonical(spec: str) -> str:
+    """The form a plugin is recorded under: a file's absolute path, or the module name."""
+    spec = spec.strip()
+    return str(Path(spec).expanduser().resolve()) if _is_file_spec(spec) else spec
+
+
+def load_plugin(spec: str) -> str:
+    """Import one plugin (a .py file or a module name); returns its canonical form. Idempotent."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise PluginError(f"plugin {spec!r} is empty: give a .py file or an importable module name")
+    name = canonical(spec)
+    if name in _LOADED:
+        return name
+    try:
+        if _is_file_spec(spec):
+            path = Path(name)
+            if not path.is_file():
+                raise PluginError(f"plugin file {spec} does not exist: give the path of a .py file")
+            module_name = "nvcim_plugin_" + hashlib.sha1(name.encode()).hexdigest()[:12]
+            module_spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_name] = module
+            try:
+                module_spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(module_name, None)
+                raise
+        else:
+            importlib.import_module(name)
+    except PluginError:
+        raise
+    except Exception as exc:  # the user's code: name it, one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise PluginError(f"plugin {spec} failed to import: {type(exc).__name__}: {first}"
+                          " (fix the plugin, or check the name / path)") from None
+    _LOADED.append(name)
+    return name
+
+
+def load_plugins(specs: Iterable[str] = (), *, env: bool = True) -> list[str]:
+    """Import the plugins named in $NVCIM_PLUGINS (comma-separated; unless `env` is False), then `specs`."""
+    names = [s for s in os.environ.get(ENV_VAR, "").split(",") if s.strip()] if env else []
+    return [load_plugin(s) for s in [*names, *specs]]
+
+
+def loaded() -> list[str]:
+    """The plugins imported so far, in order (what a checkpoint records)."""
+    return list(_LOADED)
+
+
+def plugin_args(argv: list[str]) -> list[str]:
+    """The values of every `--plugin X` / `--plugin=X` in a command line (read before the parser is built,
+    since the parser's choices and method flags come from the registries the plugins fill)."""
+    out = []
+    for i, a in enumerate(argv):
+        if a == "--plugin" and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif a.startswith("--plugin="):
+            out.append(a.split("=", 1)[1])
+    return out
+
+
+def missing_hint(recorded: Iterable[str] | None) -> str:
+    """", it was saved with plugin(s) [...] not loaded now: pass --plugin ..." or "" when nothing is missing."""
+    missing = [p for p in (recorded or []) if isinstance(p, str) and p not in _LOADED]
+    if not missing:
+        return ""
+    flags = " ".join(f"--plugin {p}" for p in missing)
+    return f"; it was saved with plugin(s) {missing}, not loaded now: pass {flags} (or set {ENV_VAR})"
