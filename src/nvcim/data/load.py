@@ -1,0 +1,100 @@
+"""Loading a registered data set into in-memory train / val / test splits, or only checking it is there.
+
+Every data set is held as uint8 images ``[N, C, H, W]`` at model resolution (smaller images, e.g.
+28x28 digits, are zero-padded centred to it) plus int64 labels ``[N]``. The validation split is
+held out of the training data with a seeded permutation (``val_fraction``, default 0.1; 0 gives an
+empty val split); the test split keeps the file order.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nvcim.data.download import default_root, locate
+from nvcim.data.registry import DATASETS, REGISTRY
+from nvcim.data.splits import DatasetSplits, Split
+
+
+def check_dataset(name: str, root: str | os.PathLike | None = None, *, download: bool = False) -> None:
+    """Raise unless data set ``name`` can be loaded from ``root`` without reading it: a one-line
+    ValueError for an unknown name, :class:`DatasetNotFoundError` (saying which files to put where)
+    when its files are missing and ``download`` is False or the download fails. With ``download``,
+    missing files are downloaded as :func:`load_dataset` would; without it nothing is written.
+    Cheap (file names only): for checking the data before slow work or before writing anything.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    root = Path(root).expanduser() if root is not None else default_root()
+    locate(name, root, download)
+
+
+def _to_nchw(x: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 [N, H, W] or [N, C, H, W] -> [N, C, size, size], zero-padding centred if smaller."""
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8))
+    if t.dim() == 3:
+        t = t.unsqueeze(1)  # [N, 1, H, W]
+    h, w = t.shape[-2:]
+    if (h, w) != (size, size):
+        if h > size or w > size:
+            raise ValueError(f"images are {h}x{w}, larger than the model resolution {size}")
+        top, left = (size - h) // 2, (size - w) // 2
+        t = F.pad(t, (left, size - w - left, top, size - h - top))  # [N, C, size, size]
+    return t.contiguous()
+
+
+def load_dataset(
+    name: str,
+    root: str | os.PathLike | None = None,
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    download: bool = True,
+    limit: int | None = None,
+) -> DatasetSplits:
+    """Load a registered data set as in-memory train / val / test splits.
+
+    ``root`` defaults to ``$NVCIM_DATA`` or ``~/.cache/nvcim/data``; each data set lives in
+    ``<root>/<name>/``. The val split is ``round(val_fraction * N_train)`` training examples
+    chosen by a permutation seeded with ``seed``; the rest (in permuted order) is train.
+    ``limit`` caps train, val and test at their first ``limit`` examples (quick runs).
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    info = DATASETS[name]
+    root = Path(root).expanduser() if root is not None else default_root()
+
+    xtr, ytr, xte, yte = REGISTRY[name].read(locate(name, root, download))
+
+    for y, what in ((ytr, "train"), (yte, "test")):
+        y = np.asarray(y)
+        if y.size and (y.min() < 0 or y.max() >= info.num_classes):
+            raise ValueError(
+                f"{name}: {what} labels span {y.min()}..{y.max()}, outside 0..{info.num_classes - 1}; the files are not {name}'s"
+            )
+    x_train = _to_nchw(xtr, info.image_size)  # uint8 [N, C, S, S]
+    y_train = torch.from_numpy(np.asarray(ytr, dtype=np.int64))  # [N]
+    x_test = _to_nchw(xte, info.image_size)  # uint8 [M, C, S, S]
+    y_test = torch.from_numpy(np.asarray(yte, dtype=np.int64))  # [M]
+
+    n = x_train.shape[0]
+    n_val = int(round(val_fraction * n))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))  # [N]
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    if limit is not None:
+        train_idx, val_idx = train_idx[:limit], val_idx[:limit]
+        x_test, y_test = x_test[:limit], y_test[:limit]
+    return DatasetSplits(
+        info=info,
+        train=Split(x_train[train_idx], y_train[train_idx], info),
+        val=Split(x_train[val_idx], y_train[val_idx], info),
+        test=Split(x_test.clone(), y_test.clone(), info),
+    )
