@@ -1,6 +1,7 @@
 """In-memory splits of a data set and their mini-batches (normalization, training augmentation).
 
-A :class:`Split` holds uint8 images ``[N, C, H, W]`` at model resolution and int64 labels ``[N]``;
+A :class:`Split` holds uint8 images ``[N, C, H, W]`` at model resolution (float32 on the [0, 1] scale
+for an ``npz:`` data set given as float) and int64 labels ``[N]``;
 :meth:`Split.batches` turns it into normalized float32 mini-batches, optionally with the data
 set's training augmentation (random crop with 4-px zero padding + horizontal flip), in plain
 vectorized torch. :class:`DatasetSplits` holds a data set's train / val / test splits.
@@ -19,19 +20,21 @@ from nvcim.data.registry import DatasetInfo
 
 @dataclass
 class Split:
-    """One split held in memory: uint8 images ``[N, C, H, W]`` and int64 labels ``[N]``.
+    """One split held in memory: images ``[N, C, H, W]``, uint8 pixels 0..255 or float32 pixels on the
+    [0, 1] scale, and int64 labels ``[N]``.
 
     ``info`` supplies the normalization and augmentation; without it pixels are only scaled
     to [0, 1] and ``augment=True`` means crop + flip.
     """
 
-    images: torch.Tensor  # uint8 [N, C, H, W]
+    images: torch.Tensor  # uint8 or float32 [N, C, H, W]
     labels: torch.Tensor  # int64 [N]
     info: DatasetInfo | None = None
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.images.dtype not in (torch.uint8, torch.float32) or self.images.dim() != 4:
+            raise ValueError(f"images must be uint8 or float32 [N, C, H, W], got {self.images.dtype} "
+                             f"{tuple(self.images.shape)}")
         if self.labels.dim() != 1 or self.labels.shape[0] != self.images.shape[0]:
             raise ValueError(f"labels must be [N={self.images.shape[0]}], got {tuple(self.labels.shape)}")
         self.labels = self.labels.long()
@@ -72,12 +75,15 @@ class Split:
             idx = order[start : start + batch_size]  # [B]
             if drop_last and idx.numel() < batch_size:
                 break
-            x = self.images[idx].to(device)  # uint8 [B, C, H, W]
+            x = self.images[idx].to(device)  # uint8 | float32 [B, C, H, W]
             y = self.labels[idx].to(device)  # int64 [B]
             if do_aug:
-                x = _crop_flip(x, generator, pad=4)  # uint8 [B, C, H, W]
-            x = (x.float().div_(255.0) - mean_t) / std_t  # float32 [B, C, H, W]
+                x = _crop_flip(x, generator, pad=4)  # uint8 | float32 [B, C, H, W]
+            if x.dtype == torch.uint8:
+                x = x.float().div_(255.0)  # float32 [B, C, H, W] on the [0, 1] scale
+            x = (x - mean_t) / std_t  # float32 [B, C, H, W]
             yield x, y
+
 
 def _crop_flip(x: torch.Tensor, generator: torch.Generator | None, pad: int = 4) -> torch.Tensor:
     """Random crop with ``pad``-px zero padding and random horizontal flip, per sample."""
@@ -92,11 +98,14 @@ def _crop_flip(x: torch.Tensor, generator: torch.Generator | None, pad: int = 4)
     ci = torch.arange(c, device=x.device)[None, :, None, None]  # [1, C, 1, 1]
     return xp[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]  # [B, C, H, W]
 
+
 @dataclass
 class DatasetSplits:
-    """Train / val / test splits of one data set."""
+    """Train / val / test splits of one data set; ``fingerprint`` identifies an ``npz:`` data set's file
+    ({"path": absolute path, "sha256": hex digest of the bytes the splits were read from}), None for the others."""
 
     info: DatasetInfo
     train: Split
     val: Split
     test: Split
+    fingerprint: dict[str, str] | None = None
