@@ -608,3 +608,26 @@ def test_labels_outside_the_class_range_are_refused(tmp_path):
     write_idx(tmp_path / "mnist" / "t10k-labels-idx1-ubyte", labels.astype(np.uint8), magic=0x00000801)
     with pytest.raises(ValueError, match="mnist: test labels span .*17, outside 0..9"):
         load_dataset("mnist", tmp_path, download=False)
+
+
+def test_register_dataset_adds_one_in_one_call(tmp_path):
+    """A new data set is one register_dataset call: it is then in DATASETS and loads like the built-ins."""
+    from nvcim.data import DatasetInfo, IdxFolder, read_idx_set, register_dataset
+
+    write_mnist_folder(tmp_path / "mydigits", n_train=20, n_test=4)
+    try:
+        register_dataset(DatasetInfo("mydigits", 10, 1, 32, (0.5,), (0.5,), augment=False), read=read_idx_set,
+                         locate=IdxFolder())
+        assert list(DATASETS)[-1] == "mydigits" and DATASETS["mydigits"].num_classes == 10
+        ds = load_dataset("mydigits", tmp_path, val_fraction=0.25, download=False)
+        assert (len(ds.train), len(ds.val), len(ds.test)) == (15, 5, 4) and ds.info is DATASETS["mydigits"]
+        with pytest.raises(DatasetNotFoundError, match=r"^mydigits: put train-images-idx3-ubyte.* under "):
+            load_dataset("mydigits", tmp_path / "elsewhere")  # nothing to download: the message says what to put where
+        with pytest.raises(ValueError, match="already registered"):
+            register_dataset(DATASETS["mnist"], read=read_idx_set, locate=IdxFolder())
+        with pytest.raises(ValueError, match="name '../x' is invalid"):
+            register_dataset(DatasetInfo("../x", 10, 1, 32, (0.5,), (0.5,), augment=False), read=read_idx_set,
+                             locate=IdxFolder())
+    finally:
+        REGISTRY.pop("mydigits", None)
+    assert "mydigits" not in DATASETS
