@@ -13,9 +13,9 @@ if [ "${1:-}" = "--prepare" ]; then
   mkdir -p .gpu_data/mnist5k
   ${PY:-.venv/bin/python} - <<'PY'
 import shutil
-from nvcim.data import _mnist5k_path
-shutil.copy(_mnist5k_path(), ".gpu_data/mnist5k/mnist_5k.csv.gz")
-print("copied", _mnist5k_path(), "-> .gpu_data/mnist5k/")
+from nvcim.data import mnist5k_path
+shutil.copy(mnist5k_path(), ".gpu_data/mnist5k/mnist_5k.csv.gz")
+print("copied", mnist5k_path(), "-> .gpu_data/mnist5k/")
 PY
   exit 0
 fi

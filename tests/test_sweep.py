@@ -456,7 +456,7 @@ def test_missing_data_fails_up_front_with_exit_2_and_writes_nothing(tmp_path, ca
         calls.append(url)
         raise OSError("offline")
 
-    monkeypatch.setattr(nvcim.data, "_fetch", offline)
+    monkeypatch.setattr(nvcim.data.download, "_fetch", offline)
     raw = spec_of(datasets=["cifar10"], methods=["noise_injection"], sigmas=[0.3], seeds=[0], betas=[0.1],
                   train={**TRAIN, "data_root": str(tmp_path / "data")})
     spec_file = write_json_spec(tmp_path / "spec.json", raw)

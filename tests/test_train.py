@@ -320,7 +320,7 @@ def test_cli_bad_input_exits_2_with_one_line_and_no_output(argv, tmp_path, capsy
     def offline(name, target):
         raise OSError("offline")
 
-    monkeypatch.setattr(nvcim.data, "_try_download", offline)
+    monkeypatch.setattr(nvcim.data.download, "_try_download", offline)
     out = tmp_path / "run"
     (tmp_path / "blocker").write_text("a file where --out needs a directory")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
@@ -390,7 +390,7 @@ def test_cli_missing_data_exits_2_and_creates_no_folder(tmp_path, capsys, monkey
     def offline(url, dest):
         raise OSError("offline")
 
-    monkeypatch.setattr(nvcim.data, "_fetch", offline)
+    monkeypatch.setattr(nvcim.data.download, "_fetch", offline)
     rc = main(["train", "--dataset", "cifar10", "--data-root", str(tmp_path / "no-data"), "--epochs", "1", "--quiet",
                "--out", str(tmp_path / "run")])
     assert rc == 2
@@ -410,13 +410,10 @@ def test_cli_model_that_does_not_fit_the_data_exits_2_before_any_download(tmp_pa
         return nvcim.models.tiny(num_classes, in_channels, width, image_size)
 
     calls = []
-    monkeypatch.setattr(nvcim.data, "_fetch", lambda url, dest: calls.append(url))
-    nvcim.models.register_model("gray-only")(gray_only)
-    try:
-        rc = main(["train", "--model", "gray-only", "--dataset", "cifar10", "--data-root", str(tmp_path / "no-data"),
-                   "--epochs", "1", "--quiet", "--out", str(tmp_path / "run")])
-    finally:
-        nvcim.models.MODELS.unregister("gray-only")
+    monkeypatch.setitem(nvcim.models.MODELS, "gray-only", gray_only)
+    monkeypatch.setattr(nvcim.data.download, "_fetch", lambda url, dest: calls.append(url))
+    rc = main(["train", "--model", "gray-only", "--dataset", "cifar10", "--data-root", str(tmp_path / "no-data"),
+               "--epochs", "1", "--quiet", "--out", str(tmp_path / "run")])
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not fit dataset 'cifar10'" in err[0], err
