@@ -240,7 +240,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--device cuda but CUDA is not available: use --device cpu")
 
     from nvcim.checkpoint import load_checkpoint
-    from nvcim.data import DATASETS, load_dataset
+    from nvcim.data import DATASETS, dataset_fingerprint, dataset_info, is_npz_name, load_dataset
+    from nvcim.plugins import missing_hint
 
     model, config = load_checkpoint(ckpt)
     dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.is_floating_point()})
@@ -266,9 +267,16 @@ def run(args: argparse.Namespace) -> int:
     dataset = args.dataset or data_cfg.get("name")
     if not dataset:
         raise ValueError(f"checkpoint {ckpt} names no dataset: pass --dataset NAME")
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)}")
-    info = DATASETS[dataset]
+    if dataset not in DATASETS and not is_npz_name(dataset):
+        raise ValueError(f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)} or npz:PATH.npz"
+                         f"{missing_hint(config.get('plugins'))}")
+    info = dataset_info(dataset)
+    recorded = data_cfg.get("file") if dataset == data_cfg.get("name") else None
+    if isinstance(recorded, dict) and recorded.get("sha256"):
+        now = dataset_fingerprint(dataset)
+        if now is not None and now["sha256"] != recorded["sha256"]:
+            raise ValueError(f"dataset {dataset}: the file changed since checkpoint {ckpt} was trained on it (sha256 "
+                             f"{now['sha256'][:12]}… now, {recorded['sha256'][:12]}… then): evaluate on the same file")
     spec = config.get("model", {})
     # before the data are loaded: a mismatch must not download anything
     if spec.get("in_channels", info.in_channels) != info.in_channels or spec.get("num_classes", info.num_classes) < info.num_classes:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from nvcim.checkpoint import is_checkpoint_dir, replaceable_problem
-from nvcim.data import DATASETS
+from nvcim.data import dataset_info
 from nvcim.fileio import check_output_path
 from nvcim.models import create_model
 from nvcim.train.config import TrainConfig
@@ -67,7 +67,7 @@ def check_out_dir(out_dir, overwrite: bool) -> Path:
 def check_model_fits_data(cfg: TrainConfig) -> None:
     """Raise a one-line ValueError unless cfg.model builds for cfg.dataset's images (channels, classes, size);
     built on the meta device (no memory, no RNG use), so it runs before the data are loaded or downloaded."""
-    info = DATASETS[cfg.dataset]
+    info = dataset_info(cfg.dataset)  # an npz: file is read here (and checked)
     try:
         with torch.device("meta"):
             create_model(cfg.model, info.num_classes, info.in_channels, width=cfg.width, image_size=info.image_size)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from nvcim.config import DeviceConfig
-from nvcim.data import DATASETS
+from nvcim.data import DATASETS, is_npz_name
 from nvcim.fileio import read_mapping_file
 from nvcim.methods import METHODS, method_config
 from nvcim.models import list_models
@@ -138,8 +138,8 @@ class TrainConfig:
         if not _is_number(self.width) or self.width <= 0:
             raise bad("width", "a finite number > 0")
         object.__setattr__(self, "width", float(self.width))
-        if not isinstance(self.dataset, str) or self.dataset not in DATASETS:
-            raise bad("dataset", f"one of {list(DATASETS)}")
+        if not isinstance(self.dataset, str) or not (self.dataset in DATASETS or is_npz_name(self.dataset)):
+            raise bad("dataset", f"one of {list(DATASETS)} or npz:PATH.npz (your arrays)")
         if self.data_root is not None:
             if not isinstance(self.data_root, (str, Path)):
                 raise bad("data_root", "a directory path or None")

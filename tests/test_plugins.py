@@ -1,0 +1,104 @@
+"""Users extend the CLI without forking: --plugin / NVCIM_PLUGINS, a model of their own, their own data as NPZ."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nvcim import plugins
+from nvcim.cli import main
+
+PLUGIN = textwrap.dedent('''
+    """A user's module: an MLP for 8x8 images, registered under a name nvcim has never seen."""
+    from torch import nn
+    from nvcim.models import register_model
+
+    @register_model("plug_mlp_test")
+    def plug_mlp(num_classes=3, in_channels=1, width=1.0, image_size=8):
+        hidden = max(1, int(32 * width))
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, hidden), nn.ReLU(),
+                             nn.Linear(hidden, num_classes))
+''')
+
+
+def _npz(path: Path, seed: int = 0) -> Path:
+    g = np.random.default_rng(seed)
+    y_train, y_test = g.integers(0, 3, 96), g.integers(0, 3, 48)
+    x_train = (g.random((96, 8, 8)) * 60 + y_train[:, None, None] * 60).astype(np.uint8)  # class = brightness
+    x_test = (g.random((48, 8, 8)) * 60 + y_test[:, None, None] * 60).astype(np.uint8)
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return path
+
+
+def _run(args, env_extra=None):
+    env = {k: v for k, v in os.environ.items() if k != plugins.ENV_VAR}
+    env.update(PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "nvcim", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("plug")
+    plugin = d / "my_models.py"
+    plugin.write_text(PLUGIN)
+    data = _npz(d / "my_data.npz")
+    ckpt = d / "ckpt"
+    rc = main(["train", "--plugin", str(plugin), "--model", "plug_mlp_test", "--dataset", f"npz:{data}",
+               "--method", "noise_injection", "--sigma", "0.1", "--epochs", "2", "--batch-size", "16",
+               "--val-runs", "2", "--quiet", "--num-threads", "1", "--out", str(ckpt)])
+    assert rc == 0
+    return plugin, data, ckpt
+
+
+def test_plugin_model_trains_on_npz_data_and_the_checkpoint_says_so(trained):
+    plugin, data, ckpt = trained
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["model"]["name"] == "plug_mlp_test" and config["model"]["image_size"] == 8
+    assert config["plugins"] == [str(plugin.resolve())]
+    assert config["data"]["name"] == f"npz:{data}"
+    assert config["data"]["file"]["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
+
+
+def test_plugin_model_evaluates_and_the_help_lists_it(trained, tmp_path, capsys):
+    plugin, _, ckpt = trained
+    out = tmp_path / "mc.json"
+    assert main(["eval", str(ckpt), "--plugin", str(plugin), "--runs", "4", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())["results"][0]
+    assert res["runs"] == 4 and res["n_samples"] == 48
+
+
+def test_missing_plugin_is_named_and_env_var_loads_it(trained):
+    plugin, _, ckpt = trained
+    r = _run(["eval", str(ckpt), "--runs", "2"])
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"--plugin {plugin.resolve()}" in r.stderr and plugins.ENV_VAR in r.stderr
+    r = _run(["eval", str(ckpt), "--runs", "2"], {plugins.ENV_VAR: str(plugin)})
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_different_file_under_the_same_name_is_refused(trained, tmp_path):
+    plugin, data, ckpt = trained
+    copy = tmp_path / "ckpt"
+    import shutil
+
+    shutil.copytree(ckpt, copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["data"]["file"]["sha256"] = "0" * 64  # as if trained on another file of that name
+    (copy / "config.json").write_text(json.dumps(cfg))
+    r = _run(["eval", str(copy), "--plugin", str(plugin), "--runs", "2"])
+    assert r.returncode == 2 and "the file changed since checkpoint" in r.stderr, r.stderr
+
+
+def test_bad_plugins_are_one_line_errors(tmp_path):
+    bad = tmp_path / "broken.py"
+    bad.write_text("raise RuntimeError('boom')\n")
+    for spec, text in ((str(tmp_path / "nope.py"), "does not exist"), (str(bad), "RuntimeError: boom"),
+                       ("no_such_module_xyz", "ModuleNotFoundError")):
+        r = _run(["train", "--plugin", spec, "--help"])
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and text in r.stderr, r.stderr
