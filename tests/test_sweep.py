@@ -285,7 +285,7 @@ def _task_killing_the_seed1_worker(cell: dict, out: str, threads: int) -> dict:
 
 
 def test_a_dead_worker_fails_only_its_own_cell(tmp_path):
-    from nvcim import backends
+    from nvcim.sweep import backends
 
     cells = expand(validate_spec(spec_of(methods=["noise_injection"], sigmas=[0.2, 0.3], seeds=[0, 1, 2])))
     done = []
@@ -304,7 +304,7 @@ def test_pool_workers_exit_with_the_sweep_process(tmp_path):
 import os, sys, time
 sys.path.insert(0, {str(ROOT / 'src')!r})
 import concurrent.futures as cf, multiprocessing as mp
-from nvcim.backends import _pool_init
+from nvcim.sweep.backends.pool import _pool_init
 def work(path):
     time.sleep(4)
     open(path, "w").write("orphan")
@@ -510,7 +510,7 @@ def test_temp_leftovers_are_removed_and_an_interrupted_replace_is_undone(tmp_pat
     (tmp_path / ".checkpoint.old-y" / "config.json").write_text("{}")
     (tmp_path / ".ckpt2.old-z").mkdir()  # a previous copy whose replacement did land
     (tmp_path / "ckpt2").mkdir()
-    sweep._clean_temps(tmp_path)
+    sweep.files._clean_temps(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "ckpt2"]
     assert (tmp_path / "checkpoint" / "config.json").read_text() == "{}"
 
@@ -592,7 +592,7 @@ def test_per_chip_bn_calibration(tmp_path, monkeypatch):
     cell = next(c for c in expand(validate_spec(raw)) if c.method == "noise_injection")
     d = json.loads((sweep.cell_dir(out, cell.id) / sweep.RESULT_FILE).read_text())
     assert d["bn_recalibration"] == {"split": "train", "images": 40, "batch_size": 1024, "weights": "each chip"}
-    splits = sweep._splits(cell.train_config())
+    splits = sweep.cell_run._splits(cell.train_config())
     model, _ = load_checkpoint(sweep.cell_dir(out, cell.id) / "checkpoint")
     old = torch.get_num_threads()
     torch.set_num_threads(1)  # as the cell ran
