@@ -321,6 +321,42 @@ if __name__ == "__main__":
     assert not (tmp_path / "late").exists()
 
 
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # an exited worker no process reaped yet is not running
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_pool_workers_exit_when_the_sweep_died_while_they_started(tmp_path):
+    """The sweep process dies before its worker is ready (still importing nvcim): the worker exits too."""
+    code = f"""
+import os, sys, time
+sys.path.insert(0, {str(ROOT / 'src')!r})
+import concurrent.futures as cf, multiprocessing as mp
+from nvcim.sweep.backends.pool import _pool_init
+def work(path):
+    time.sleep(1)
+    open(path, "w").write("orphan")
+if __name__ == "__main__":
+    pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_pool_init, initargs=(1,))
+    pool.submit(work, {str(tmp_path / 'late')!r})
+    print(*pool._processes, flush=True)
+    time.sleep(0.3)  # the work item is on its way; the worker is still importing
+    os._exit(0)
+"""
+    script = tmp_path / "parent.py"
+    script.write_text(code)
+    worker = int(subprocess.run([sys.executable, str(script)], timeout=60, check=True, capture_output=True,
+                                text=True).stdout.split()[0])
+    deadline = time.monotonic() + 30
+    while _running(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(worker) and not (tmp_path / "late").exists()
+
+
 def test_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     from nvcim import train as train_mod
 

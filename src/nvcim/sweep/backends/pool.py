@@ -31,8 +31,9 @@ from nvcim.sweep.cell_run import record_failure, run_cell
 
 def _exit_with_parent() -> None:
     """End this worker when the sweep process dies: Linux's parent-death signal, and a watchdog thread
-    (any OS; also covers a parent that died before the signal was set)."""
-    parent = os.getppid()
+    (any OS; also covers a parent that died before the signal was set, even while this worker was still
+    importing: its pid is the one the sweep process recorded when it started the worker)."""
+    parent = mp.parent_process().pid
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
