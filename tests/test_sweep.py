@@ -118,12 +118,12 @@ def test_toml_and_yaml_specs(tmp_path):
         '[[variants]]\nlabel = "ni-scale-1/4"\nmethod = "noise_injection"\nparams = { logit_scale = 0.25 }\n'
     )
     spec = load_spec(toml)
-    assert spec["width"] == 0.5 and spec["train"] == {"epochs": 3} and len(spec["variants"]) == 2
+    assert spec.width == 0.5 and spec.train == {"epochs": 3} and len(spec.variants) == 2
     assert len(expand(spec)) == 3 + 4 * 9
     yaml = tmp_path / "s.yaml"
     yaml.write_text("models: [tiny]\ndatasets: [mnist5k]\nmethods: [ovf]\nsigmas: [0.3]\nseeds: [0]\n")
     spec = load_spec(yaml)
-    assert spec["name"] == "s" and [c.id for c in expand(spec)] == ["tiny-w1/mnist5k/ovf/s0.30/seed0"]
+    assert spec.name == "s" and [c.id for c in expand(spec)] == ["tiny-w1/mnist5k/ovf/s0.30/seed0"]
 
 
 @pytest.mark.parametrize("changes, key", [
@@ -175,12 +175,65 @@ def test_spec_validation_errors_are_one_line_and_name_the_key(changes, key):
     assert "\n" not in msg and key in msg, msg
 
 
+# spec.json as nvcim wrote it before specs were typed (json.dumps of the file's contents, key order kept)
+OLD_SPEC_JSON = [
+    '{"name": "sweep", "models": ["tiny"], "width": 1.0, "datasets": ["mnist5k"], "methods": ["vanilla"], '
+    '"sigmas": [0.3], "seeds": [0], "betas": null, "method_params": {}, "train": {"device": "cpu"}, "eval": '
+    '{"runs": 200, "seed": 0, "val_runs": 20, "val_seed": 1, "batch_size": 1024, "test_sigmas": "train", '
+    '"keep_beta_checkpoints": true}, "resources": {"threads_per_cell": null, "cpus_per_cell": 1, "gpus_per_cell": 0}, '
+    '"variants": []}',
+    '{"name": "golden", "description": "every kind of key", "models": ["tiny"], "width": 1.0, "datasets": ["mnist5k"], '
+    '"methods": ["vanilla", "ovf"], "sigmas": [0.1, 0.3], "seeds": [1, 0], "betas": [0.1, 0.001], "method_params": '
+    '{"ovf": {"n_variational": 2}}, "train": {"epochs": 1, "limit": 96, "device": "cpu"}, "eval": {"runs": 3, '
+    '"seed": 0, "val_runs": 20, "val_seed": 1, "batch_size": 1024, "test_sigmas": [0.2, 0.4], '
+    '"keep_beta_checkpoints": false, "bn_calibration_images": 8}, "resources": {"threads_per_cell": 2, '
+    '"cpus_per_cell": 1.5, "gpus_per_cell": 0}, "variants": [{"label": "ni x", "method": "noise_injection", '
+    '"params": {"logit_scale": 0.5}}, {"label": "ovf-b0", "method": "ovf", "params": {"beta": 0.0}}]}',
+]
+TYPED_RAW = [
+    {"models": ["tiny"], "datasets": ["mnist5k"], "methods": ["vanilla"], "sigmas": [0.3], "seeds": [0],
+     "train": {"device": "cpu"}},
+    {"name": "golden", "description": "every kind of key", "models": ["tiny"], "width": 1, "datasets": ["mnist5k"],
+     "methods": ["vanilla", "ovf"], "sigmas": [0.3, 0.1], "seeds": [1, 0], "betas": [0.001, 0.1],
+     "method_params": {"ovf": {"n_variational": 2}}, "train": {"epochs": 1, "limit": 96, "device": "cpu"},
+     "eval": {"runs": 3, "test_sigmas": [0.4, 0.2], "bn_calibration_images": 8, "keep_beta_checkpoints": False},
+     "resources": {"cpus_per_cell": 1.5, "threads_per_cell": 2},
+     "variants": [{"label": "ni x", "method": "noise_injection", "params": {"logit_scale": 0.5}},
+                  {"label": "ovf-b0", "method": "ovf", "params": {"beta": 0.0}}]},
+]
+
+
+@pytest.mark.parametrize("i", range(len(TYPED_RAW)))
+def test_spec_is_typed_and_its_dict_is_the_spec_json_of_earlier_versions(tmp_path, i):
+    """validate_spec gives a frozen SweepSpec whose to_dict() is exactly what spec.json held before (keys, their
+    order, values), so a sweep directory made by an earlier version is this spec's and resumes."""
+    spec = validate_spec(TYPED_RAW[i])
+    assert isinstance(spec, sweep.SweepSpec) and isinstance(spec.eval, sweep.EvalOptions)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.resources.threads_per_cell = 3
+    assert json.dumps(spec.to_dict()) == OLD_SPEC_JSON[i]
+    assert sweep.SweepSpec.from_dict(json.loads(OLD_SPEC_JSON[i])) == spec
+    old_file = json.dumps(json.loads(OLD_SPEC_JSON[i]), indent=2) + "\n"  # as an earlier version wrote it
+    (tmp_path / sweep.SPEC_JSON).write_text(old_file)
+    (tmp_path / "cells").mkdir()
+    sweep.prepare_out_dir(spec, tmp_path)  # the same spec: accepted without --force, and spec.json stays as it was
+    assert (tmp_path / sweep.SPEC_JSON).read_text() == old_file
+
+
+def test_spec_defaults_live_in_the_typed_spec():
+    spec = validate_spec(TYPED_RAW[0])
+    assert spec.eval == sweep.EvalOptions() and spec.resources == sweep.Resources(gpus_per_cell=0)
+    assert sweep.EVAL_DEFAULTS == {f.name: f.default for f in dataclasses.fields(sweep.EvalOptions)}
+    assert spec.name == sweep.SweepSpec.name == "sweep" and spec.width == 1.0 and spec.betas is None
+
+
 def test_expansion_refuses_two_cells_in_one_directory_case_aside():
     """Even a spec that skipped validation (e.g. edited spec.json) cannot put two cells in one directory."""
     spec = validate_spec(spec_of(methods=["noise_injection"], variants=[{"label": "ni-a", "method": "noise_injection"}]))
-    spec["variants"].append({"label": "NI-A", "method": "noise_injection", "params": {}})
+    edited = spec.to_dict()
+    edited["variants"].append({"label": "NI-A", "method": "noise_injection", "params": {}})
     with pytest.raises(ValueError) as e:
-        expand(spec)
+        expand(sweep.SweepSpec.from_dict(edited))
     msg = str(e.value)
     assert "\n" not in msg and "'ni-a'" in msg and "'NI-A'" in msg
 
@@ -602,7 +655,7 @@ def test_per_chip_bn_calibration(tmp_path, monkeypatch):
     from nvcim.batchnorm import ChipCalibration
     from nvcim.checkpoint import load_checkpoint
 
-    assert "bn_calibration_images" not in validate_spec(BASE)["eval"]  # off: old sweep directories still resume
+    assert "bn_calibration_images" not in validate_spec(BASE).to_dict()["eval"]  # off: old sweep directories still resume
     assert validate_spec(spec_of(eval={"runs": 3, "val_runs": 2, "bn_calibration_images": 0})) == validate_spec(BASE)
     raw = spec_of(methods=["noise_injection", "ovf"], sigmas=[0.3], seeds=[0], betas=[0.1, 0.001],
                   eval={"runs": 3, "val_runs": 2, "bn_calibration_images": 40})
@@ -700,9 +753,9 @@ def test_repository_experiment_specs_are_valid():
         cells = expand(load_spec(p))
         if p.parent.name == "paper" and p.stem.startswith("fig"):
             spec = load_spec(p)
-            assert spec["sigmas"] == [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4] and spec["seeds"] == [0, 1, 2, 3, 4]
-            assert spec["train"]["epochs"] == 200 and spec["eval"]["runs"] == 200 and len(cells) == 95
-            assert spec["train"]["lr"] == (1e-3 if "vgg8" in spec["models"] else 1e-2)
+            assert spec.sigmas == (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4) and spec.seeds == (0, 1, 2, 3, 4)
+            assert spec.train["epochs"] == 200 and spec.eval.runs == 200 and len(cells) == 95
+            assert spec.train["lr"] == (1e-3 if "vgg8" in spec.models else 1e-2)
     conv = expand(load_spec(ROOT / "experiments/paper/convergence.toml"))
     assert len(conv) == 20 and {c.sigma for c in conv} == {0.35}
     abl = expand(load_spec(ROOT / "experiments/cpu/ablation_mnist5k.toml"))

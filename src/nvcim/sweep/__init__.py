@@ -4,9 +4,10 @@
     cells = expand(spec)                                     # list[Cell], stable ids
     summary = run_sweep(spec, "runs/cpu", workers=2)        # backend "local" (default) or "ray"
 
-The package: spec (reading + validating specs), cells (Cell, expand, labels), files (a sweep directory's
-files, cell states), cell_run (running one cell: train or reuse, β search, test, result.json), runner
-(run_sweep, plan, the DIR checks and lock), backends (local, process pool, Ray; `register_backend`).
+The package: spec (reading + validating specs), schema (SweepSpec, the validated spec as typed objects,
+and its defaults), cells (Cell, expand, labels), files (a sweep directory's files, cell states), cell_run
+(running one cell: train or reuse, β search, test, result.json), runner (run_sweep, plan, the DIR checks
+and lock), backends (local, process pool, Ray; `register_backend`).
 
 A spec (TOML shown; see experiments/README.md for every key):
 
@@ -87,18 +88,14 @@ from nvcim.sweep.runner import (
     stale_cells,
     sweep_lock,
 )
-from nvcim.sweep.spec import (
-    EVAL_DEFAULTS,
-    RESOURCE_DEFAULTS,
-    SPEC_KEYS,
-    SWEEP_SET,
-    VARIANT_KEYS,
-    load_spec,
-    read_spec_file,
-    validate_spec,
-)
+from nvcim.sweep.schema import EVAL_DEFAULTS, RESOURCE_DEFAULTS, EvalOptions, Resources, SweepSpec, Variant
+from nvcim.sweep.spec import SPEC_KEYS, SWEEP_SET, VARIANT_KEYS, load_spec, read_spec_file, validate_spec
 
 __all__ = [
+    "SweepSpec",
+    "EvalOptions",
+    "Resources",
+    "Variant",
     "Cell",
     "SweepSummary",
     "load_spec",

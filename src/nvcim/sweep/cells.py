@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from nvcim.sweep.schema import SweepSpec
 from nvcim.train import TrainConfig
 
 _LABEL_SAFE = re.compile(r"[^A-Za-z0-9._+-]")
@@ -79,30 +80,30 @@ class Cell:
         return TrainConfig.from_dict(d)
 
 
-def _arms(spec: Mapping) -> list[tuple[str, str, dict]]:
+def _arms(spec: SweepSpec) -> list[tuple[str, str, dict]]:
     """(label, method, fixed params) of every arm: the methods, then the variants."""
-    arms = [(m, m, dict(spec["method_params"].get(m, {}))) for m in spec["methods"]]
-    for v in spec["variants"]:
-        arms.append((v["label"], v["method"], {**spec["method_params"].get(v["method"], {}), **v["params"]}))
+    arms = [(m, m, dict(spec.method_params.get(m, {}))) for m in spec.methods]
+    for v in spec.variants:
+        arms.append((v.label, v.method, {**spec.method_params.get(v.method, {}), **v.params}))
     return arms
 
 
-def expand(spec: Mapping) -> list[Cell]:
+def expand(spec: SweepSpec) -> list[Cell]:
     """Every cell of a validated spec, in a stable order (model, dataset, arm, σ, seed)."""
     cells: list[Cell] = []
     seen: dict[str, str] = {}  # cell directory, case folded (case-insensitive file systems) -> its arm's label
-    ev = spec["eval"]
-    grid = list(spec["sigmas"])
-    for model in spec["models"]:
-        for dataset in spec["datasets"]:
-            prefix = f"{model}-w{spec['width']:g}/{dataset}"
+    ev = spec.eval.to_dict()
+    grid = list(spec.sigmas)
+    for model in spec.models:
+        for dataset in spec.datasets:
+            prefix = f"{model}-w{spec.width:g}/{dataset}"
             for label, method, params in _arms(spec):
                 search = None
-                if method == "ovf" and "beta" not in params and spec["betas"] is not None:
-                    if len(spec["betas"]) > 1:
-                        search = list(spec["betas"])
+                if method == "ovf" and "beta" not in params and spec.betas is not None:
+                    if len(spec.betas) > 1:
+                        search = list(spec.betas)
                     else:
-                        params = {**params, "beta": spec["betas"][0]}
+                        params = {**params, "beta": spec.betas[0]}
                 slug = label_slug(label)
                 sigmas = [None] if method == "vanilla" else grid
                 for sigma in sigmas:
@@ -112,7 +113,7 @@ def expand(spec: Mapping) -> list[Cell]:
                         tests = grid
                     else:
                         tests = [sigma]
-                    for seed in spec["seeds"]:
+                    for seed in spec.seeds:
                         cid = (f"{prefix}/{slug}/seed{seed}" if sigma is None
                                else f"{prefix}/{slug}/s{fmt_num(sigma)}/seed{seed}")
                         if cid.casefold() in seen:
@@ -124,7 +125,7 @@ def expand(spec: Mapping) -> list[Cell]:
                             tparams["beta"] = search[0]  # validated here; each candidate sets its own
                         try:
                             tc = TrainConfig.from_dict({
-                                **spec["train"], "model": model, "width": spec["width"], "dataset": dataset,
+                                **spec.train, "model": model, "width": spec.width, "dataset": dataset,
                                 "method": method, "method_params": tparams,
                                 # vanilla: no noise in training; its validation runs at σ = 0
                                 "sigma": 0.0 if sigma is None else sigma, "seed": seed, "progress": False,
@@ -135,7 +136,7 @@ def expand(spec: Mapping) -> list[Cell]:
                         if search:
                             tdict["method_params"] = {k: v for k, v in tdict["method_params"].items() if k != "beta"}
                         cells.append(Cell(
-                            id=cid, model=model, width=spec["width"], dataset=dataset, method=method, label=label,
+                            id=cid, model=model, width=spec.width, dataset=dataset, method=method, label=label,
                             params={k: v for k, v in tparams.items() if not (search and k == "beta")},
                             sigma=sigma, seed=seed, test_sigmas=tests, betas=search, train=tdict,
                             eval={k: ev[k] for k in ("runs", "seed", "val_runs", "val_seed", "batch_size",

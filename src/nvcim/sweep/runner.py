@@ -28,26 +28,27 @@ from nvcim.fileio import atomic_write_text, check_output_path
 from nvcim.sweep.backends.registry import get_backend
 from nvcim.sweep.cells import Cell, expand, is_int
 from nvcim.sweep.files import CELL_FILE, LOCK_FILE, SPEC_JSON, cell_dir, cell_state, result_problem
+from nvcim.sweep.schema import SweepSpec
 
 
 def _canonical(spec: Mapping) -> str:
     return json.dumps(spec, sort_keys=True, default=str)
 
 
-def prepare_out_dir(spec: Mapping, out_dir, *, force: bool = False, spec_text: str | None = None,
+def prepare_out_dir(spec: SweepSpec, out_dir, *, force: bool = False, spec_text: str | None = None,
                     spec_suffix: str = ".toml") -> Path:
     """Create DIR, refuse another spec's DIR (unless force), record spec.json (+ the original text)."""
     out = Path(out_dir)
     check_sweep_dir(spec, out, force=force)
     out.mkdir(parents=True, exist_ok=True)
     spec_file = out / SPEC_JSON
-    write_results_json(spec_file, spec)
+    write_results_json(spec_file, spec.to_dict())
     if spec_text is not None and spec_suffix != ".json":
         atomic_write_text(out / f"spec{spec_suffix}", spec_text)
     return out
 
 
-def check_sweep_dir(spec: Mapping, out_dir, *, force: bool = False) -> None:
+def check_sweep_dir(spec: SweepSpec, out_dir, *, force: bool = False) -> None:
     """Refuse (ValueError, one line) a DIR that is a file or, unless force, holds another spec's cells;
     reads only."""
     out = Path(out_dir)
@@ -59,7 +60,7 @@ def check_sweep_dir(spec: Mapping, out_dir, *, force: bool = False) -> None:
             old = json.loads(spec_file.read_text(encoding="utf-8"))
         except ValueError:
             old = None
-        if _canonical(old) != _canonical(json.loads(json.dumps(spec))) and not force:
+        if _canonical(old) != _canonical(json.loads(json.dumps(spec.to_dict()))) and not force:
             name = old.get("name") if isinstance(old, dict) else "?"
             raise ValueError(f"sweep output {out} holds cells of another spec ({name!r}, see {spec_file}): "
                              "choose another --out, or pass --force to run this spec there")
@@ -117,7 +118,7 @@ class SweepSummary:
         return 1 if (self.failed or self.failed_before) else 0
 
 
-def plan(spec: Mapping, out_dir, *, retry_failed: bool = False) -> tuple[list[Cell], list[Cell], list[Cell], list[Cell]]:
+def plan(spec: SweepSpec, out_dir, *, retry_failed: bool = False) -> tuple[list[Cell], list[Cell], list[Cell], list[Cell]]:
     """(all cells, to run, done, failed and not retried)."""
     cells = expand(spec)
     todo, done, failed = [], [], []
@@ -159,7 +160,7 @@ def _log_line(n: int, total: int, s: Mapping) -> str:
     return f"[{n}/{total}] FAILED {s['id']}: {s['error']} ({s['wall_time_s']:.1f} s)"
 
 
-def run_sweep(spec: Mapping, out_dir, *, backend: str = "local", workers: int = 1, address: str | None = None,
+def run_sweep(spec: SweepSpec, out_dir, *, backend: str = "local", workers: int = 1, address: str | None = None,
               retry_failed: bool = False, force: bool = False, progress: bool = True, spec_text: str | None = None,
               spec_suffix: str = ".toml") -> SweepSummary:
     """Run every pending cell of `spec` into `out_dir`; see nvcim.sweep's docstring for the layout.
@@ -185,7 +186,7 @@ def run_sweep(spec: Mapping, out_dir, *, backend: str = "local", workers: int = 
         _refuse_stale(out, done)
         damaged = [(c.id, problem) for c in todo if (problem := result_problem(out, c.id))]
         summary = SweepSummary(total=len(cells), done_before=len(done), failed_before=[c.id for c in failed_before])
-        bar = tqdm(total=len(cells), initial=len(done) + len(failed_before), unit="cell", desc=spec["name"],
+        bar = tqdm(total=len(cells), initial=len(done) + len(failed_before), unit="cell", desc=spec.name,
                    file=sys.stderr, disable=not progress, dynamic_ncols=True)
         say = (lambda m: tqdm.write(m, file=sys.stderr)) if progress else (lambda m: None)
         if failed_before:

@@ -1,4 +1,4 @@
-"""Sweep specs: reading a spec file and validating it into a normalized dict with every default filled.
+"""Sweep specs: reading a spec file and validating it into a SweepSpec (nvcim.sweep.schema), defaults filled.
 
     spec = load_spec("experiments/cpu/mnist5k.toml")   # TOML / YAML / JSON; the name defaults to the stem
     spec = validate_spec(raw_mapping, where="<spec>")   # one-line ValueError naming the bad key
@@ -19,21 +19,11 @@ from nvcim.fileio import read_mapping_file
 from nvcim.methods import METHODS, method_config
 from nvcim.models import list_models
 from nvcim.sweep.cells import LABEL_MAX, expand, is_int, is_num, label_slug
+from nvcim.sweep.schema import EVAL_DEFAULTS, RESOURCE_DEFAULTS, SweepSpec
 from nvcim.train import FIELDS, TrainConfig, check_model_fits_data
 
 SPEC_KEYS = ("name", "models", "width", "datasets", "methods", "sigmas", "seeds", "betas", "train", "eval",
              "method_params", "variants", "resources", "description")
-EVAL_DEFAULTS: dict[str, Any] = {
-    "runs": 200,  # Monte Carlo chips of the test evaluation
-    "seed": 0,  # their seed
-    "val_runs": 20,  # chips of the β-search validation score
-    "val_seed": 1,  # their seed
-    "batch_size": 1024,
-    "test_sigmas": "train",  # "train" | "grid" | [σ, ...]
-    "keep_beta_checkpoints": True,  # False: drop the non-tested β candidates' weights once a cell is done
-    "bn_calibration_images": 0,  # > 0: every chip recalibrates BatchNorm from this many training images first
-}
-RESOURCE_DEFAULTS: dict[str, Any] = {"threads_per_cell": None, "cpus_per_cell": 1, "gpus_per_cell": None}
 VARIANT_KEYS = ("label", "method", "params")
 # TrainConfig fields the sweep sets itself (per cell) and the [train] table may not hold
 SWEEP_SET = ("model", "width", "dataset", "method", "method_params", "sigma", "seed", "progress", "num_threads")
@@ -48,7 +38,7 @@ def read_spec_file(path) -> dict:
     return read_mapping_file(path, "sweep spec")
 
 
-def load_spec(path) -> dict:
+def load_spec(path) -> SweepSpec:
     """Read and validate a spec file; the name defaults to the file's stem."""
     raw = read_spec_file(path)
     raw.setdefault("name", Path(path).stem)
@@ -105,8 +95,8 @@ def _table_with_defaults(raw: Mapping, name: str, defaults: Mapping, where: str)
     return {**defaults, **table}
 
 
-def validate_spec(raw: Mapping, where: str = "<spec>") -> dict:
-    """A normalized copy of `raw` with every default filled; one-line ValueError naming the bad key."""
+def validate_spec(raw: Mapping, where: str = "<spec>") -> SweepSpec:
+    """`raw` checked and normalized, every default filled; one-line ValueError naming the bad key."""
     if not isinstance(raw, Mapping):
         raise ValueError(f"sweep spec {where} must be a mapping of keys, got {type(raw).__name__}")
     unknown = sorted(set(raw) - set(SPEC_KEYS))
@@ -116,7 +106,7 @@ def validate_spec(raw: Mapping, where: str = "<spec>") -> dict:
         if key not in raw:
             raise ValueError(f"sweep spec {where}: key {key!r} is missing: it is required")
     spec: dict[str, Any] = {}
-    name = raw.get("name", "sweep")
+    name = raw.get("name", SweepSpec.name)
     if not isinstance(name, str) or not name.strip():
         raise _err(where, "name", name, "a non-empty string")
     spec["name"] = name
@@ -125,7 +115,7 @@ def validate_spec(raw: Mapping, where: str = "<spec>") -> dict:
             raise _err(where, "description", raw["description"], "a string")
         spec["description"] = raw["description"]
     spec["models"] = _str_list(raw, "models", where, list_models())
-    width = raw.get("width", 1.0)
+    width = raw.get("width", SweepSpec.width)
     if not is_num(width) or width <= 0:
         raise _err(where, "width", width, "a finite number > 0")
     spec["width"] = float(width)
@@ -184,8 +174,6 @@ def validate_spec(raw: Mapping, where: str = "<spec>") -> dict:
     n_cal = e["bn_calibration_images"]
     if not is_int(n_cal) or n_cal < 0 or n_cal == 1:
         raise _err(where, "eval.bn_calibration_images", n_cal, "0 (off) or an integer >= 2")
-    if n_cal == 0:  # off: absent, so that sweep directories made before the key existed still resume
-        del e["bn_calibration_images"]
     ts = e["test_sigmas"]
     if isinstance(ts, str):
         if ts not in ("train", "grid"):
@@ -239,7 +227,8 @@ def validate_spec(raw: Mapping, where: str = "<spec>") -> dict:
         spec["variants"].append({"label": label, "method": method, "params": dict(params)})
     if not spec["methods"] and not spec["variants"]:
         raise ValueError(f"sweep spec {where}: no arms: give 'methods' or [[variants]]")
-    cells = expand(spec)  # validates every cell's TrainConfig (one-line error naming the cell)
+    typed = SweepSpec.from_dict(spec)
+    cells = expand(typed)  # validates every cell's TrainConfig (one-line error naming the cell)
     if not cells:
         raise ValueError(f"sweep spec {where}: the grid is empty")
     fits = {(c.model, c.dataset): c for c in cells}
@@ -251,4 +240,4 @@ def validate_spec(raw: Mapping, where: str = "<spec>") -> dict:
     if any(c.betas for c in cells) and probe.val_fraction <= 0:
         raise ValueError(f"sweep spec {where}: key 'train.val_fraction'={probe.val_fraction!r} leaves no validation "
                          "split for the β search: use a value in (0, 1)")
-    return spec
+    return typed

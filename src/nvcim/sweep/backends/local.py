@@ -17,6 +17,7 @@ from nvcim.sweep.backends.registry import register_backend
 from nvcim.sweep.cell_run import run_cell
 from nvcim.sweep.cells import Cell
 from nvcim.sweep.files import partial_work_of_other_threads
+from nvcim.sweep.schema import SweepSpec
 
 
 def default_threads(workers: int) -> int:
@@ -28,10 +29,10 @@ def default_threads(workers: int) -> int:
 
 
 @register_backend("local", help="in process (workers=1) or a process pool")
-def run_local(cells: Sequence[Cell], out: Path, spec: Mapping, on_done: Callable[[Mapping], None],
+def run_local(cells: Sequence[Cell], out: Path, spec: SweepSpec, on_done: Callable[[Mapping], None],
               say: Callable[[str], None], *, workers: int = 1, address: str | None = None) -> None:
     """Run `cells` here, one at a time or `workers` at once (`address` is not used: cells run on this machine)."""
-    threads = spec["resources"]["threads_per_cell"] or default_threads(workers)
+    threads = spec.resources.threads_per_cell or default_threads(workers)
     redo = partial_work_of_other_threads(out, cells, threads)
     if redo:
         say(f"warning: {len(redo)} unfinished cell(s) (first: {redo[0][0]}) hold partial work made with "

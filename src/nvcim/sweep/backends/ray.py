@@ -27,6 +27,7 @@ from nvcim.fileio import atomic_write_bytes
 from nvcim.sweep.backends.registry import register_backend
 from nvcim.sweep.cell_run import record_failure, run_cell
 from nvcim.sweep.files import TOKEN_FILE, cell_dir
+from nvcim.sweep.schema import SweepSpec
 
 RAY_MISSING = "the ray backend needs Ray: pip install 'nvcim[ray]'"
 
@@ -77,7 +78,7 @@ def _write_returned(out: Path, cell_id: str, files: Mapping[str, bytes]) -> None
 
 
 @register_backend("ray", help="one Ray task per cell", remote=True)
-def run_ray(cells: Sequence, out: Path, spec: Mapping, on_done: Callable[[Mapping], None],
+def run_ray(cells: Sequence, out: Path, spec: SweepSpec, on_done: Callable[[Mapping], None],
             say: Callable[[str], None] | None = None, *, workers: int = 1, address: str | None = None) -> None:
     """One Ray task per cell; results gathered as they finish (`say` is not used: nothing to add)."""
     try:
@@ -85,9 +86,9 @@ def run_ray(cells: Sequence, out: Path, spec: Mapping, on_done: Callable[[Mappin
     except ImportError:
         raise ValueError(RAY_MISSING) from None
 
-    res = spec["resources"]
-    cpus, gpus = res["cpus_per_cell"], res["gpus_per_cell"]
-    threads = res["threads_per_cell"] or max(1, int(cpus))
+    res = spec.resources
+    cpus, gpus = res.cpus_per_cell, res.gpus_per_cell
+    threads = res.threads_per_cell or max(1, int(cpus))
     started = False
     if not ray.is_initialized():
         if address:
