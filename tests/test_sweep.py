@@ -118,12 +118,12 @@ def test_toml_and_yaml_specs(tmp_path):
         '[[variants]]\nlabel = "ni-scale-1/4"\nmethod = "noise_injection"\nparams = { logit_scale = 0.25 }\n'
     )
     spec = load_spec(toml)
-    assert spec["width"] == 0.5 and spec["train"] == {"epochs": 3} and len(spec["variants"]) == 2
+    assert spec.width == 0.5 and spec.train == {"epochs": 3} and len(spec.variants) == 2
     assert len(expand(spec)) == 3 + 4 * 9
     yaml = tmp_path / "s.yaml"
     yaml.write_text("models: [tiny]\ndatasets: [mnist5k]\nmethods: [ovf]\nsigmas: [0.3]\nseeds: [0]\n")
     spec = load_spec(yaml)
-    assert spec["name"] == "s" and [c.id for c in expand(spec)] == ["tiny-w1/mnist5k/ovf/s0.30/seed0"]
+    assert spec.name == "s" and [c.id for c in expand(spec)] == ["tiny-w1/mnist5k/ovf/s0.30/seed0"]
 
 
 @pytest.mark.parametrize("changes, key", [
@@ -175,12 +175,65 @@ def test_spec_validation_errors_are_one_line_and_name_the_key(changes, key):
     assert "\n" not in msg and key in msg, msg
 
 
+# spec.json as nvcim wrote it before specs were typed (json.dumps of the file's contents, key order kept)
+OLD_SPEC_JSON = [
+    '{"name": "sweep", "models": ["tiny"], "width": 1.0, "datasets": ["mnist5k"], "methods": ["vanilla"], '
+    '"sigmas": [0.3], "seeds": [0], "betas": null, "method_params": {}, "train": {"device": "cpu"}, "eval": '
+    '{"runs": 200, "seed": 0, "val_runs": 20, "val_seed": 1, "batch_size": 1024, "test_sigmas": "train", '
+    '"keep_beta_checkpoints": true}, "resources": {"threads_per_cell": null, "cpus_per_cell": 1, "gpus_per_cell": 0}, '
+    '"variants": []}',
+    '{"name": "golden", "description": "every kind of key", "models": ["tiny"], "width": 1.0, "datasets": ["mnist5k"], '
+    '"methods": ["vanilla", "ovf"], "sigmas": [0.1, 0.3], "seeds": [1, 0], "betas": [0.1, 0.001], "method_params": '
+    '{"ovf": {"n_variational": 2}}, "train": {"epochs": 1, "limit": 96, "device": "cpu"}, "eval": {"runs": 3, '
+    '"seed": 0, "val_runs": 20, "val_seed": 1, "batch_size": 1024, "test_sigmas": [0.2, 0.4], '
+    '"keep_beta_checkpoints": false, "bn_calibration_images": 8}, "resources": {"threads_per_cell": 2, '
+    '"cpus_per_cell": 1.5, "gpus_per_cell": 0}, "variants": [{"label": "ni x", "method": "noise_injection", '
+    '"params": {"logit_scale": 0.5}}, {"label": "ovf-b0", "method": "ovf", "params": {"beta": 0.0}}]}',
+]
+TYPED_RAW = [
+    {"models": ["tiny"], "datasets": ["mnist5k"], "methods": ["vanilla"], "sigmas": [0.3], "seeds": [0],
+     "train": {"device": "cpu"}},
+    {"name": "golden", "description": "every kind of key", "models": ["tiny"], "width": 1, "datasets": ["mnist5k"],
+     "methods": ["vanilla", "ovf"], "sigmas": [0.3, 0.1], "seeds": [1, 0], "betas": [0.001, 0.1],
+     "method_params": {"ovf": {"n_variational": 2}}, "train": {"epochs": 1, "limit": 96, "device": "cpu"},
+     "eval": {"runs": 3, "test_sigmas": [0.4, 0.2], "bn_calibration_images": 8, "keep_beta_checkpoints": False},
+     "resources": {"cpus_per_cell": 1.5, "threads_per_cell": 2},
+     "variants": [{"label": "ni x", "method": "noise_injection", "params": {"logit_scale": 0.5}},
+                  {"label": "ovf-b0", "method": "ovf", "params": {"beta": 0.0}}]},
+]
+
+
+@pytest.mark.parametrize("i", range(len(TYPED_RAW)))
+def test_spec_is_typed_and_its_dict_is_the_spec_json_of_earlier_versions(tmp_path, i):
+    """validate_spec gives a frozen SweepSpec whose to_dict() is exactly what spec.json held before (keys, their
+    order, values), so a sweep directory made by an earlier version is this spec's and resumes."""
+    spec = validate_spec(TYPED_RAW[i])
+    assert isinstance(spec, sweep.SweepSpec) and isinstance(spec.eval, sweep.EvalOptions)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.resources.threads_per_cell = 3
+    assert json.dumps(spec.to_dict()) == OLD_SPEC_JSON[i]
+    assert sweep.SweepSpec.from_dict(json.loads(OLD_SPEC_JSON[i])) == spec
+    old_file = json.dumps(json.loads(OLD_SPEC_JSON[i]), indent=2) + "\n"  # as an earlier version wrote it
+    (tmp_path / sweep.SPEC_JSON).write_text(old_file)
+    (tmp_path / "cells").mkdir()
+    sweep.prepare_out_dir(spec, tmp_path)  # the same spec: accepted without --force, and spec.json stays as it was
+    assert (tmp_path / sweep.SPEC_JSON).read_text() == old_file
+
+
+def test_spec_defaults_live_in_the_typed_spec():
+    spec = validate_spec(TYPED_RAW[0])
+    assert spec.eval == sweep.EvalOptions() and spec.resources == sweep.Resources(gpus_per_cell=0)
+    assert sweep.EVAL_DEFAULTS == {f.name: f.default for f in dataclasses.fields(sweep.EvalOptions)}
+    assert spec.name == sweep.SweepSpec.name == "sweep" and spec.width == 1.0 and spec.betas is None
+
+
 def test_expansion_refuses_two_cells_in_one_directory_case_aside():
     """Even a spec that skipped validation (e.g. edited spec.json) cannot put two cells in one directory."""
     spec = validate_spec(spec_of(methods=["noise_injection"], variants=[{"label": "ni-a", "method": "noise_injection"}]))
-    spec["variants"].append({"label": "NI-A", "method": "noise_injection", "params": {}})
+    edited = spec.to_dict()
+    edited["variants"].append({"label": "NI-A", "method": "noise_injection", "params": {}})
     with pytest.raises(ValueError) as e:
-        expand(spec)
+        expand(sweep.SweepSpec.from_dict(edited))
     msg = str(e.value)
     assert "\n" not in msg and "'ni-a'" in msg and "'NI-A'" in msg
 
@@ -285,7 +338,7 @@ def _task_killing_the_seed1_worker(cell: dict, out: str, threads: int) -> dict:
 
 
 def test_a_dead_worker_fails_only_its_own_cell(tmp_path):
-    from nvcim import backends
+    from nvcim.sweep import backends
 
     cells = expand(validate_spec(spec_of(methods=["noise_injection"], sigmas=[0.2, 0.3], seeds=[0, 1, 2])))
     done = []
@@ -304,7 +357,7 @@ def test_pool_workers_exit_with_the_sweep_process(tmp_path):
 import os, sys, time
 sys.path.insert(0, {str(ROOT / 'src')!r})
 import concurrent.futures as cf, multiprocessing as mp
-from nvcim.backends import _pool_init
+from nvcim.sweep.backends.pool import _pool_init
 def work(path):
     time.sleep(4)
     open(path, "w").write("orphan")
@@ -319,6 +372,42 @@ if __name__ == "__main__":
     subprocess.run([sys.executable, str(script)], timeout=60, check=True)
     time.sleep(5)
     assert not (tmp_path / "late").exists()
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # an exited worker no process reaped yet is not running
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_pool_workers_exit_when_the_sweep_died_while_they_started(tmp_path):
+    """The sweep process dies before its worker is ready (still importing nvcim): the worker exits too."""
+    code = f"""
+import os, sys, time
+sys.path.insert(0, {str(ROOT / 'src')!r})
+import concurrent.futures as cf, multiprocessing as mp
+from nvcim.sweep.backends.pool import _pool_init
+def work(path):
+    time.sleep(1)
+    open(path, "w").write("orphan")
+if __name__ == "__main__":
+    pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_pool_init, initargs=(1,))
+    pool.submit(work, {str(tmp_path / 'late')!r})
+    print(*pool._processes, flush=True)
+    time.sleep(0.3)  # the work item is on its way; the worker is still importing
+    os._exit(0)
+"""
+    script = tmp_path / "parent.py"
+    script.write_text(code)
+    worker = int(subprocess.run([sys.executable, str(script)], timeout=60, check=True, capture_output=True,
+                                text=True).stdout.split()[0])
+    deadline = time.monotonic() + 30
+    while _running(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(worker) and not (tmp_path / "late").exists()
 
 
 def test_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
@@ -510,7 +599,7 @@ def test_temp_leftovers_are_removed_and_an_interrupted_replace_is_undone(tmp_pat
     (tmp_path / ".checkpoint.old-y" / "config.json").write_text("{}")
     (tmp_path / ".ckpt2.old-z").mkdir()  # a previous copy whose replacement did land
     (tmp_path / "ckpt2").mkdir()
-    sweep._clean_temps(tmp_path)
+    sweep.files._clean_temps(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "ckpt2"]
     assert (tmp_path / "checkpoint" / "config.json").read_text() == "{}"
 
@@ -566,7 +655,7 @@ def test_per_chip_bn_calibration(tmp_path, monkeypatch):
     from nvcim.batchnorm import ChipCalibration
     from nvcim.checkpoint import load_checkpoint
 
-    assert "bn_calibration_images" not in validate_spec(BASE)["eval"]  # off: old sweep directories still resume
+    assert "bn_calibration_images" not in validate_spec(BASE).to_dict()["eval"]  # off: old sweep directories still resume
     assert validate_spec(spec_of(eval={"runs": 3, "val_runs": 2, "bn_calibration_images": 0})) == validate_spec(BASE)
     raw = spec_of(methods=["noise_injection", "ovf"], sigmas=[0.3], seeds=[0], betas=[0.1, 0.001],
                   eval={"runs": 3, "val_runs": 2, "bn_calibration_images": 40})
@@ -592,7 +681,7 @@ def test_per_chip_bn_calibration(tmp_path, monkeypatch):
     cell = next(c for c in expand(validate_spec(raw)) if c.method == "noise_injection")
     d = json.loads((sweep.cell_dir(out, cell.id) / sweep.RESULT_FILE).read_text())
     assert d["bn_recalibration"] == {"split": "train", "images": 40, "batch_size": 1024, "weights": "each chip"}
-    splits = sweep._splits(cell.train_config())
+    splits = sweep.cell_run._splits(cell.train_config())
     model, _ = load_checkpoint(sweep.cell_dir(out, cell.id) / "checkpoint")
     old = torch.get_num_threads()
     torch.set_num_threads(1)  # as the cell ran
@@ -664,9 +753,9 @@ def test_repository_experiment_specs_are_valid():
         cells = expand(load_spec(p))
         if p.parent.name == "paper" and p.stem.startswith("fig"):
             spec = load_spec(p)
-            assert spec["sigmas"] == [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4] and spec["seeds"] == [0, 1, 2, 3, 4]
-            assert spec["train"]["epochs"] == 200 and spec["eval"]["runs"] == 200 and len(cells) == 95
-            assert spec["train"]["lr"] == (1e-3 if "vgg8" in spec["models"] else 1e-2)
+            assert spec.sigmas == (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4) and spec.seeds == (0, 1, 2, 3, 4)
+            assert spec.train["epochs"] == 200 and spec.eval.runs == 200 and len(cells) == 95
+            assert spec.train["lr"] == (1e-3 if "vgg8" in spec.models else 1e-2)
     conv = expand(load_spec(ROOT / "experiments/paper/convergence.toml"))
     assert len(conv) == 20 and {c.sigma for c in conv} == {0.35}
     abl = expand(load_spec(ROOT / "experiments/cpu/ablation_mnist5k.toml"))

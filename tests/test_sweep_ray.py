@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from nvcim import backends, sweep
+from nvcim import sweep
+from nvcim.sweep.backends import ray as ray_backend
 from nvcim.sweep import expand, run_sweep, validate_spec
 
 SPEC = {
@@ -56,7 +57,7 @@ def test_ray_backend_matches_local(tmp_path, local_ref):
     assert summary.exit_code == 0 and len(summary.ok) == 4
     assert _files(out) == _files(local_ref)
     assert _results(out) == _results(local_ref)
-    assert not (out / backends.TOKEN_FILE_NAME).exists()
+    assert not (out / sweep.TOKEN_FILE).exists()
 
 
 def test_driver_writes_when_the_directory_is_not_shared(tmp_path, local_ref):
@@ -64,18 +65,18 @@ def test_driver_writes_when_the_directory_is_not_shared(tmp_path, local_ref):
     spec = validate_spec(SPEC)
     out = tmp_path / "out"
     sweep.prepare_out_dir(spec, out)
-    (out / backends.TOKEN_FILE_NAME).write_text("driver-token")
+    (out / sweep.TOKEN_FILE).write_text("driver-token")
     for cell in expand(spec):
-        reply = backends._ray_cell(cell.to_dict(), str(out), "another-token", 1)
+        reply = ray_backend._ray_cell(cell.to_dict(), str(out), "another-token", 1)
         assert reply["files"] and "result.json" in reply["files"] and reply["summary"]["status"] == "ok"
         assert not sweep.cell_dir(out, cell.id).exists()  # nothing written by the "remote" task
-        backends._write_returned(out, cell.id, reply["files"])
+        ray_backend._write_returned(out, cell.id, reply["files"])
     assert _files(out) == _files(local_ref)
     assert _results(out) == _results(local_ref)
     # a cell returned again (a rerun) replaces its directory whole, leaving nothing hidden behind
     d = sweep.cell_dir(out, cell.id)
     (d.parent / f".{d.name}.tmp-killed").mkdir()  # the leftover of a driver killed mid-write
-    backends._write_returned(out, cell.id, {**reply["files"], "extra.txt": b"x"})
+    ray_backend._write_returned(out, cell.id, {**reply["files"], "extra.txt": b"x"})
     assert not [p.name for p in d.parent.iterdir() if p.name.startswith(".")]
     assert (d / "extra.txt").read_bytes() == b"x" and (d / "result.json").stat().st_mode & 0o777 == 0o644
 

@@ -17,12 +17,14 @@ from pathlib import Path
 
 
 def add_parser(sub) -> None:
+    from nvcim.sweep.backends import BACKENDS
+
     p = sub.add_parser("sweep", help="run a sweep spec (grid of train + Monte Carlo eval cells), resumable",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("spec", help="sweep spec file (.toml, .yaml/.yml or .json)")
     p.add_argument("--out", required=True, help="sweep directory (cells/<id>/result.json, checkpoints, spec copy)")
-    p.add_argument("--backend", choices=("local", "ray"), default="local",
-                   help="local: in process (workers=1) or a process pool; ray: one Ray task per cell")
+    p.add_argument("--backend", choices=tuple(BACKENDS), default="local",
+                   help="; ".join(f"{b.name}: {b.help}" for b in BACKENDS.values()))
     p.add_argument("--workers", type=int, default=1,
                    help="cells run at once (local pool size; caps a local Ray instance's CPUs)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")

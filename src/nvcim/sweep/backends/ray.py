@@ -1,0 +1,129 @@
+"""The Ray backend: one `ray.remote` task per cell, on a local Ray instance or a cluster (--address).
+
+Each task asks for `num_cpus = [resources] cpus_per_cell` and `num_gpus = [resources] gpus_per_cell`
+(default 1 when [train] device = "cuda", else 0) and runs torch with threads_per_cell threads, default
+cpus_per_cell. Without an address a local instance is started (`ray.init(num_cpus=...)`, no dashboard)
+and shut down at the end. Ray is optional (`pip install 'nvcim[ray]'`): it is imported when a sweep uses it.
+
+Files: the driver drops a random token into DIR. A task that sees the token (DIR is on a shared file
+system, or the task runs on the driver's machine) writes the cell's files into DIR itself, so a killed
+β search resumes per candidate. A task that does not see it runs the cell in a local temporary
+directory and returns every file of the cell as bytes; the driver writes them beside the cell's
+directory and swaps them in at once. That works without a shared file system, at the cost of shipping
+checkpoints through Ray's object store and of per-β resume on the workers.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from nvcim.fileio import atomic_write_bytes
+from nvcim.sweep.backends.registry import register_backend
+from nvcim.sweep.cell_run import record_failure, run_cell
+from nvcim.sweep.files import TOKEN_FILE, cell_dir
+from nvcim.sweep.schema import SweepSpec
+
+RAY_MISSING = "the ray backend needs Ray: pip install 'nvcim[ray]'"
+
+
+def _collect_files(d: Path) -> dict[str, bytes]:
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def _ray_cell(cell: dict, out: str, token: str, threads: int) -> dict:
+    """Body of the Ray task (see the module docstring for where the files go)."""
+    marker = Path(out) / TOKEN_FILE
+    try:
+        shared = marker.is_file() and marker.read_text(encoding="utf-8").strip() == token
+    except OSError:
+        shared = False
+    if shared:
+        return {"summary": run_cell(cell, out, threads), "files": None}
+    tmp = tempfile.mkdtemp(prefix="nvcim-cell-")
+    try:
+        summary = run_cell(cell, tmp, threads)
+        return {"summary": summary, "files": _collect_files(cell_dir(tmp, cell["id"]))}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_returned(out: Path, cell_id: str, files: Mapping[str, bytes]) -> None:
+    """Put a cell's files returned by a remote task in place at once: written into a hidden folder beside
+    the cell's directory, then swapped in, so a killed driver leaves the old directory or the new one."""
+    d = cell_dir(out, cell_id)
+    d.parent.mkdir(parents=True, exist_ok=True)
+    for stale in d.parent.glob(f".{d.name}.tmp-*"):  # a write a kill interrupted
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}.tmp-", dir=d.parent))
+    try:
+        for rel, data in files.items():
+            atomic_write_bytes(tmp / rel, data)
+        if d.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{d.name}.old-", dir=d.parent))
+            os.rmdir(old)
+            os.replace(d, old)
+            os.replace(tmp, d)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, d)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@register_backend("ray", help="one Ray task per cell", remote=True)
+def run_ray(cells: Sequence, out: Path, spec: SweepSpec, on_done: Callable[[Mapping], None],
+            say: Callable[[str], None] | None = None, *, workers: int = 1, address: str | None = None) -> None:
+    """One Ray task per cell; results gathered as they finish (`say` is not used: nothing to add)."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError(RAY_MISSING) from None
+
+    res = spec.resources
+    cpus, gpus = res.cpus_per_cell, res.gpus_per_cell
+    threads = res.threads_per_cell or max(1, int(cpus))
+    started = False
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+        else:
+            n = int(workers * cpus) if workers > 1 else (os.cpu_count() or 1)
+            ray.init(num_cpus=max(n, int(cpus)), include_dashboard=False, ignore_reinit_error=True,
+                     log_to_driver=False)
+        started = True
+    token = secrets.token_hex(16)
+    (Path(out) / TOKEN_FILE).write_text(token + "\n", encoding="utf-8")
+    try:
+        task = ray.remote(_ray_cell).options(num_cpus=cpus, num_gpus=gpus)
+        pending: dict[Any, Any] = {task.remote(c.to_dict(), str(Path(out).resolve()), token, threads): c for c in cells}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            ref = ready[0]
+            cell = pending.pop(ref)
+            try:
+                reply = ray.get(ref)
+                if reply["files"] is not None:
+                    _write_returned(Path(out), cell.id, reply["files"])
+                summary = reply["summary"]
+            except Exception as exc:  # the task or its worker died
+                msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                summary = record_failure(cell, Path(out), threads, msg, traceback.format_exc())
+            on_done(summary)
+    except BaseException:
+        for ref in list(locals().get("pending", {})):
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:
+                pass
+        raise
+    finally:
+        (Path(out) / TOKEN_FILE).unlink(missing_ok=True)
+        if started:
+            ray.shutdown()

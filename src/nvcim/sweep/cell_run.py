@@ -1,0 +1,242 @@
+"""Running one sweep cell: train or reuse its checkpoint, search β, test under Monte Carlo chips, record it.
+
+    summary = run_cell(cell, out_dir, threads)    # never raises for a failing cell: failed.json instead
+
+Every backend calls run_cell (in process, in a pool worker, in a Ray task), so every backend writes the
+same files and, with the same threads, the same numbers. A cell's files (package docstring): cell.json
+first, checkpoints and β candidates as they finish (reused by a rerun), result.json last
+(`result_payload`), or failed.json (`record_failure`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+import nvcim
+from nvcim import evaluate, train
+from nvcim.batchnorm import CALIBRATION_BATCH, ChipCalibration, batchnorm_layers, recalibration_record
+from nvcim.checkpoint import CONFIG_FILE, CheckpointError, load_checkpoint, read_checkpoint_config
+from nvcim.data import load_dataset
+from nvcim.sweep.cells import Cell, fmt_beta, is_num
+from nvcim.sweep.files import FAILED_FILE, RESULT_FILE, SCORE_FILE, cell_dir, link_or_copy_dir, prepare_cell_dir
+
+_SPLITS_CACHE: dict[tuple, Any] = {}
+
+
+def _splits(tc):
+    key = (tc.dataset, tc.data_root, tc.val_fraction, tc.limit, tc.data_seed)
+    if key not in _SPLITS_CACHE:
+        if len(_SPLITS_CACHE) >= 2:
+            _SPLITS_CACHE.clear()
+        _SPLITS_CACHE[key] = load_dataset(tc.dataset, tc.data_root, val_fraction=tc.val_fraction, seed=tc.data_seed,
+                                          limit=tc.limit)
+    return _SPLITS_CACHE[key]
+
+
+class CellDiverged(RuntimeError):
+    pass
+
+
+def _train_or_load(tc, ckpt: Path, splits):
+    """(model, metrics, wall seconds spent training now) — reusing a finished checkpoint at `ckpt`."""
+    if (ckpt / CONFIG_FILE).is_file():
+        try:
+            model, config = load_checkpoint(ckpt)
+        except CheckpointError:  # damaged outside nvcim's atomic writes: train again
+            shutil.rmtree(ckpt, ignore_errors=True)
+        else:
+            model.eval()
+            return model, dict(config.get("metrics") or {}), 0.0
+    t0 = time.perf_counter()
+    res = train.train(tc, out_dir=ckpt, splits=splits)
+    return res.model, dict(res.metrics), time.perf_counter() - t0
+
+
+def _diverged_msg(metrics: Mapping) -> str | None:
+    if metrics.get("status") == "diverged":
+        at = metrics.get("diverged_at") or {}
+        reason = metrics.get("diverged_reason") or "non-finite loss"
+        return f"training diverged ({reason}) at epoch {at.get('epoch')} step {at.get('step')}"
+    return None
+
+
+def _chip_calibration(cell: Cell, model, splits):
+    """The per-chip BatchNorm calibration of `cell` (eval.bn_calibration_images), or None when off."""
+    n = cell.eval.get("bn_calibration_images", 0)
+    if not n:
+        return None
+    if not batchnorm_layers(model):
+        raise ValueError(f"eval.bn_calibration_images = {n}, but {cell.model} has no BatchNorm statistics to "
+                         "recalibrate: drop eval.bn_calibration_images")
+    if len(splits.train) == 0:
+        raise ValueError("eval.bn_calibration_images needs training images, and the train split is empty")
+    return ChipCalibration(splits.train, images=n, batch_size=CALIBRATION_BATCH)
+
+
+def _calibration_record(cell: Cell, splits) -> dict | None:
+    """result.json's "bn_recalibration" (as `nvcim eval` writes it): None when off."""
+    n = cell.eval.get("bn_calibration_images", 0)
+    return recalibration_record("each chip", n, len(splits.train)) if n else None
+
+
+def _beta_search(cell: Cell, d: Path, splits, dev) -> tuple[float, dict, float]:
+    """Train / score every β candidate (resumable per β); returns (chosen β, record, train seconds)."""
+    scores = []
+    train_s = 0.0
+    for beta in cell.betas:
+        bd = d / "beta" / fmt_beta(beta)
+        score_file = bd / SCORE_FILE
+        done = _read_score(score_file, beta)
+        if done is not None:
+            scores.append(done)
+            continue
+        bd.mkdir(parents=True, exist_ok=True)
+        tc = cell.train_config(beta)
+        model, metrics, secs = _train_or_load(tc, bd / "checkpoint", splits)
+        train_s += secs
+        rec = {"beta": float(beta), "status": metrics.get("status", "ok"), "val_mean": None, "val_std": None,
+               "val_runs": cell.eval["val_runs"], "val_seed": cell.eval["val_seed"], "split": "val",
+               "n_val": len(splits.val), "train_wall_time_s": metrics.get("wall_time_s"),
+               "checkpoint": str(Path("beta") / fmt_beta(beta) / "checkpoint")}
+        if _diverged_msg(metrics) is None:
+            val = evaluate.monte_carlo_evaluate(model, splits.val, tc.device_cfg(), runs=cell.eval["val_runs"],
+                                                seed=cell.eval["val_seed"], batch_size=cell.eval["batch_size"],
+                                                device=dev, bn_calibration=_chip_calibration(cell, model, splits))
+            rec["val_mean"], rec["val_std"] = val.mean, (val.std if math.isfinite(val.std) else None)
+        else:
+            rec["error"] = _diverged_msg(metrics)
+        evaluate.write_results_json(score_file, rec)
+        scores.append(rec)
+    eligible = [s for s in scores if s["val_mean"] is not None]
+    if not eligible:
+        raise CellDiverged(f"β search: every candidate diverged ({[s['beta'] for s in scores]})")
+    best = max(eligible, key=lambda s: (s["val_mean"], s["beta"]))  # ties → larger β
+    record = {"chosen_beta": best["beta"], "criterion": "val_mc_mean", "tie_break": "larger beta",
+              "split": "val", "val_runs": cell.eval["val_runs"], "val_seed": cell.eval["val_seed"],
+              "sigma": cell.sigma, "candidates": scores}
+    return best["beta"], record, train_s
+
+
+def _read_score(path: Path, beta: float) -> dict | None:
+    """A β candidate's score.json, or None when it is absent or unreadable (the candidate is scored again)."""
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(rec, dict) or rec.get("beta") != float(beta) or not ("val_mean" in rec and "status" in rec):
+        return None
+    if rec["val_mean"] is not None and not is_num(rec["val_mean"]):
+        return None
+    return rec
+
+
+def run_cell(cell: Cell | Mapping, out_dir, threads: int) -> dict:
+    """Run one cell into `out_dir` (train or resume, β search, test evaluation, result.json).
+
+    Never raises for a failing cell: failed.json is written instead. Returns a one-cell summary
+    {"id", "status": "ok"|"failed", "error", "wall_time_s", "mean" (first test σ), "beta"}.
+    """
+    if not isinstance(cell, Cell):
+        cell = Cell.from_dict(cell)
+    t0 = time.perf_counter()
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    d = prepare_cell_dir(out_dir, cell, threads)
+    try:
+        payload = _run_cell(cell, Path(out_dir), d, threads, t0)
+        return {"id": cell.id, "status": "ok", "error": None, "wall_time_s": payload["cell"]["wall_time_s"],
+                "mean": payload["results"][0]["mean"], "sigma": payload["results"][0]["sigma"],
+                "beta": (payload["cell"]["beta_search"] or {}).get("chosen_beta")}
+    except Exception as exc:  # recorded, the sweep goes on
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        msg = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+        return record_failure(cell, out_dir, threads, msg, traceback.format_exc(), wall=time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _run_cell(cell: Cell, out: Path, d: Path, threads: int, t0: float) -> dict:
+    tc = cell.train_config(cell.betas[0] if cell.betas else None)
+    splits = _splits(tc)
+    dev = train.resolve_device(tc.device)
+    ckpt = d / "checkpoint"
+    beta_record = None
+    train_s = 0.0
+    if cell.betas:
+        beta, beta_record, train_s = _beta_search(cell, d, splits, dev)
+        tc = cell.train_config(beta)
+        src = d / "beta" / fmt_beta(beta) / "checkpoint"
+        have = None
+        if (ckpt / "config.json").is_file():
+            have = (read_checkpoint_config(ckpt).get("method") or {}).get("beta")
+        if have != beta:
+            link_or_copy_dir(src, ckpt)
+    model, metrics, secs = _train_or_load(tc, ckpt, splits)
+    train_s += secs
+    bad = _diverged_msg(metrics)
+    if bad:
+        raise CellDiverged(bad)
+    t_eval = time.perf_counter()
+    results = evaluate.robustness_curve(model, splits.test, tc.device_cfg(), cell.test_sigmas,
+                                        runs=cell.eval["runs"], seed=cell.eval["seed"],
+                                        batch_size=cell.eval["batch_size"], device=dev,
+                                        bn_calibration=_chip_calibration(cell, model, splits))
+    eval_s = time.perf_counter() - t_eval
+    payload = result_payload(cell, out, ckpt, tc, results, threads=threads, beta_search=beta_record,
+                             wall=time.perf_counter() - t0, train_s=train_s, eval_s=eval_s, metrics=metrics,
+                             bn_recalibration=_calibration_record(cell, splits))
+    evaluate.write_results_json(d / RESULT_FILE, payload)  # the cell is done from here on
+    if cell.betas and not cell.eval["keep_beta_checkpoints"]:
+        for sub in (d / "beta").glob("*/checkpoint"):
+            shutil.rmtree(sub, ignore_errors=True)
+    return payload
+
+
+def result_payload(cell: Cell, out: Path, ckpt: Path, tc, results, *, threads, beta_search, wall, train_s, eval_s,
+                   metrics, bn_recalibration: dict | None = None) -> dict:
+    """result.json: {"kind": "mc_eval", "nvcim_version", "checkpoint" (relative to the sweep dir),
+    "checkpoint_config", "dataset", "split": "test", "device_config" (its σ is the first test σ;
+    every result carries its own), "bn_recalibration" (None, or per-chip calibration as `nvcim eval`
+    records it), "results": [MCResult.to_dict() per test σ], "cell": {...}}."""
+    params = dict(cell.train_config().method_params) if not cell.betas else dict(tc.method_params)
+    return {
+        "kind": "mc_eval",
+        "nvcim_version": nvcim.__version__,
+        "checkpoint": ckpt.relative_to(out).as_posix(),
+        "checkpoint_config": read_checkpoint_config(ckpt),
+        "dataset": cell.dataset,
+        "split": "test",
+        "device_config": tc.device_cfg(sigma=cell.test_sigmas[0]).to_dict(),
+        "bn_recalibration": bn_recalibration,
+        "results": [r.to_dict() for r in results],
+        "cell": {
+            "id": cell.id, "model": cell.model, "width": cell.width, "dataset": cell.dataset,
+            "method": cell.method, "label": cell.label, "params": params, "sigma": cell.sigma, "seed": cell.seed,
+            "test_sigmas": list(cell.test_sigmas), "threads": threads, "train_status": metrics.get("status", "ok"),
+            "wall_time_s": wall, "train_wall_time_s": train_s, "eval_wall_time_s": eval_s,
+            "beta_search": beta_search,
+        },
+    }
+
+
+def record_failure(cell: Cell, out_dir, threads: int, error: str, tb: str, *, wall: float | None = None) -> dict:
+    """Write the cell's failed.json ({"kind": "sweep_cell_failed", "nvcim_version", "cell": its definition
+    with threads and wall_time_s (None: it ended outside run_cell), "error", "traceback"}) and return its
+    one-cell summary (see run_cell)."""
+    d = cell_dir(out_dir, cell.id)
+    d.mkdir(parents=True, exist_ok=True)
+    evaluate.write_results_json(d / FAILED_FILE, {
+        "kind": "sweep_cell_failed", "nvcim_version": nvcim.__version__,
+        "cell": {**cell.to_dict(), "threads": threads, "wall_time_s": wall},
+        "error": error, "traceback": tb,
+    })
+    return {"id": cell.id, "status": "failed", "error": error, "wall_time_s": 0.0 if wall is None else wall,
+            "mean": None, "sigma": None, "beta": None}

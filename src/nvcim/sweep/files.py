@@ -1,0 +1,148 @@
+"""The files of a sweep directory: where a cell's files go, what state a cell is in, getting its directory ready.
+
+    DIR/spec.json, DIR/spec.<suffix>    the validated spec, the original text (nvcim.sweep.runner)
+    DIR/.sweep.lock, DIR/.sweep-token   the running sweep's lock; the Ray driver's token
+    DIR/cells/<id>/                     one cell's files (see the package docstring): cell.json,
+                                        checkpoint/, beta/<β>/, result.json, failed.json
+
+A cell is 'done' when its result.json is a valid result of this cell (`result_problem`), 'failed' when
+it holds failed.json, else 'pending'. Writes a kill interrupted leave hidden ".tmp" / ".old-" entries
+that `prepare_cell_dir` clears before the cell runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from nvcim.fileio import atomic_write_text, current_umask
+from nvcim.sweep.cells import Cell, is_num
+
+RESULT_FILE = "result.json"
+FAILED_FILE = "failed.json"
+CELL_FILE = "cell.json"
+SCORE_FILE = "score.json"
+SPEC_JSON = "spec.json"
+LOCK_FILE = ".sweep.lock"
+TOKEN_FILE = ".sweep-token"
+
+
+def cell_dir(out_dir, cell_id: str) -> Path:
+    return Path(out_dir) / "cells" / cell_id
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def result_problem(out_dir, cell_id: str) -> str | None:
+    """Why the cell's result.json, when there is one, is not a finished result of this cell (None: it is,
+    or there is none): not valid JSON (truncated, damaged), not an mc_eval result, no results, another
+    cell's. Such a cell is not done: it runs again."""
+    file = cell_dir(out_dir, cell_id) / RESULT_FILE
+    if not file.is_file():
+        return None
+    try:
+        payload = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"{RESULT_FILE} is not valid JSON ({_first_line(exc)})"
+    if not isinstance(payload, dict) or payload.get("kind") != "mc_eval":
+        return f"{RESULT_FILE} is not an mc_eval result"
+    results = payload.get("results")
+    if (not isinstance(results, list) or not results
+            or not all(isinstance(r, dict) and is_num(r.get("sigma")) and is_num(r.get("mean")) for r in results)):
+        return f"{RESULT_FILE} has no complete 'results' list"
+    if not isinstance(payload.get("cell"), dict) or payload["cell"].get("id") != cell_id:
+        return f"{RESULT_FILE} is not this cell's"
+    return None
+
+
+def cell_state(out_dir, cell_id: str) -> str:
+    """'done' (a valid result.json, see result_problem), 'failed' (failed.json) or 'pending'."""
+    d = cell_dir(out_dir, cell_id)
+    if (d / RESULT_FILE).is_file() and result_problem(out_dir, cell_id) is None:
+        return "done"
+    if (d / FAILED_FILE).is_file():
+        return "failed"
+    return "pending"
+
+
+def _clean_temps(d: Path) -> None:
+    """Remove leftovers of writes a kill interrupted (hidden temp files and dirs) under `d`."""
+    if not d.is_dir():
+        return
+    for p in sorted(d.rglob(".*"), key=lambda p: ".old-" in p.name):  # temps first, then previous copies
+        if p.name in (LOCK_FILE, TOKEN_FILE) or not (".tmp" in p.name or ".old-" in p.name):
+            continue
+        original = p.parent / p.name[1:].split(".old-")[0]
+        if ".old-" in p.name and not original.exists():  # killed between a save's two renames: put it back
+            os.replace(p, original)
+            continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def prepare_cell_dir(out_dir, cell: Cell, threads: int) -> Path:
+    """Make the cell's directory ready to (re)run: wipe it if it holds another definition's partial
+    work, drop temp leftovers, an old failed.json and an unreadable result.json, and write cell.json."""
+    d = cell_dir(out_dir, cell.id)
+    want = {**cell.to_dict(), "threads": threads}
+    if d.is_dir():
+        try:
+            have = json.loads((d / CELL_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            have = None
+        if have != json.loads(json.dumps(want)):
+            shutil.rmtree(d)
+    d.mkdir(parents=True, exist_ok=True)
+    _clean_temps(d)
+    (d / FAILED_FILE).unlink(missing_ok=True)
+    if result_problem(out_dir, cell.id):  # a damaged result of this cell: the run writes a new one
+        (d / RESULT_FILE).unlink()
+    if not (d / CELL_FILE).is_file():
+        atomic_write_text(d / CELL_FILE, json.dumps(want, indent=2) + "\n")  # Python JSON: round-trips exactly
+    return d
+
+
+def partial_work_of_other_threads(out: Path, cells: Sequence[Cell], threads: int) -> list[tuple[str, Any]]:
+    """(cell id, its threads) of unfinished cells whose partial work differs from `cells` only in the thread
+    count: prepare_cell_dir will wipe it, which the user should hear about."""
+    found = []
+    for c in cells:
+        try:
+            have = json.loads((cell_dir(out, c.id) / CELL_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(have, dict) or have.get("threads") == threads:
+            continue
+        if {k: v for k, v in have.items() if k != "threads"} == json.loads(json.dumps(c.to_dict())):
+            found.append((c.id, have.get("threads")))
+    return found
+
+
+def link_or_copy_dir(src: Path, dst: Path) -> None:
+    """Atomically make `dst` a copy of directory `src` (files hard-linked when possible; the directory gets the
+    usual permissions, not mkdtemp's 0700)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~current_umask())
+        for f in src.iterdir():
+            try:
+                os.link(f, tmp / f.name)
+            except OSError:
+                shutil.copy2(f, tmp / f.name)
+        old = None
+        if dst.exists():  # move aside first: a kill never leaves a half-deleted `dst`
+            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+            os.rmdir(old)
+            os.replace(dst, old)
+        os.replace(tmp, dst)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,210 @@
+"""Running a sweep: the directory checks, the plan (which cells run), the lock, and handing cells to a backend.
+
+    summary = run_sweep(spec, "runs/cpu", backend="local", workers=2)   # SweepSummary; exit_code 0 or 1
+    cells, todo, done, failed = plan(spec, "runs/cpu")                 # what a run would do (--dry-run)
+
+Before anything is written, DIR (another spec's? finished cells of another definition?) and the data
+sets of the cells to run are checked; then, under an exclusive lock on DIR, spec.json is recorded and
+the pending cells go to the backend named `backend` (nvcim.sweep.backends: looked up in its registry),
+which reports each finished cell through `on_done`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from tqdm.auto import tqdm
+
+from nvcim.data import check_dataset
+from nvcim.evaluate import write_results_json
+from nvcim.fileio import atomic_write_text, check_output_path
+from nvcim.sweep.backends.registry import get_backend
+from nvcim.sweep.cells import Cell, expand, is_int
+from nvcim.sweep.files import CELL_FILE, LOCK_FILE, SPEC_JSON, cell_dir, cell_state, result_problem
+from nvcim.sweep.schema import SweepSpec
+
+
+def _canonical(spec: Mapping) -> str:
+    return json.dumps(spec, sort_keys=True, default=str)
+
+
+def prepare_out_dir(spec: SweepSpec, out_dir, *, force: bool = False, spec_text: str | None = None,
+                    spec_suffix: str = ".toml") -> Path:
+    """Create DIR, refuse another spec's DIR (unless force), record spec.json (+ the original text)."""
+    out = Path(out_dir)
+    check_sweep_dir(spec, out, force=force)
+    out.mkdir(parents=True, exist_ok=True)
+    spec_file = out / SPEC_JSON
+    write_results_json(spec_file, spec.to_dict())
+    if spec_text is not None and spec_suffix != ".json":
+        atomic_write_text(out / f"spec{spec_suffix}", spec_text)
+    return out
+
+
+def check_sweep_dir(spec: SweepSpec, out_dir, *, force: bool = False) -> None:
+    """Refuse (ValueError, one line) a DIR that is a file or, unless force, holds another spec's cells;
+    reads only."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"sweep output {out} is a file: choose a directory")
+    spec_file = out / SPEC_JSON
+    if spec_file.is_file():
+        try:
+            old = json.loads(spec_file.read_text(encoding="utf-8"))
+        except ValueError:
+            old = None
+        if _canonical(old) != _canonical(json.loads(json.dumps(spec.to_dict()))) and not force:
+            name = old.get("name") if isinstance(old, dict) else "?"
+            raise ValueError(f"sweep output {out} holds cells of another spec ({name!r}, see {spec_file}): "
+                             "choose another --out, or pass --force to run this spec there")
+    elif (out / "cells").is_dir() and any((out / "cells").iterdir()) and not force:
+        raise ValueError(f"sweep output {out} holds cells but no {SPEC_JSON}: choose another --out or pass --force")
+
+
+def _refuse_stale(out: Path, done: Sequence[Cell]) -> None:
+    stale = stale_cells(out, done)
+    if stale:
+        c, keys = stale[0]
+        raise ValueError(f"sweep output {out}: {len(stale)} finished cell(s) were made by another definition "
+                         f"(first: {c.id}, {', '.join(keys)} differ), so their results do not match this spec: "
+                         "choose another --out, or delete those cell directories to run them again")
+
+
+def check_data(cells: Sequence[Cell]) -> None:
+    """Raise nvcim.data.DatasetNotFoundError (one line: which files to put where) unless the data set of
+    every cell is on disk; missing ones are downloaded first where a network is there, as training would
+    (once, not once per cell). File names only, so a sweep checks its data before any cell runs."""
+    for dataset, root in sorted({(c.dataset, c.train.get("data_root")) for c in cells}, key=str):
+        check_dataset(dataset, root, download=True)
+
+
+@contextlib.contextmanager
+def sweep_lock(out: Path):
+    """Exclusive lock on the sweep directory (released by the OS if the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ValueError(f"sweep output {out} is in use by another running sweep: wait for it or use another --out") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class SweepSummary:
+    total: int
+    done_before: int
+    ok: list = field(default_factory=list)
+    failed: list = field(default_factory=list)  # failed in this run
+    failed_before: list = field(default_factory=list)  # failed earlier, not retried
+    wall_time_s: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if (self.failed or self.failed_before) else 0
+
+
+def plan(spec: SweepSpec, out_dir, *, retry_failed: bool = False) -> tuple[list[Cell], list[Cell], list[Cell], list[Cell]]:
+    """(all cells, to run, done, failed and not retried)."""
+    cells = expand(spec)
+    todo, done, failed = [], [], []
+    for c in cells:
+        st = cell_state(out_dir, c.id)
+        if st == "done":
+            done.append(c)
+        elif st == "failed" and not retry_failed:
+            failed.append(c)
+        else:
+            todo.append(c)
+    return cells, todo, done, failed
+
+
+def stale_cells(out_dir, done: Sequence[Cell]) -> list[tuple[Cell, list[str]]]:
+    """Finished cells whose recorded definition (cell.json, threads aside) differs from this spec's cell
+    of the same id, with the differing keys: e.g. a vanilla cell tested at fewer σ before the grid grew."""
+    stale = []
+    for c in done:
+        try:
+            have = json.loads((cell_dir(out_dir, c.id) / CELL_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # no readable definition: nothing to compare
+        if not isinstance(have, dict):
+            continue
+        have.pop("threads", None)
+        want = json.loads(json.dumps(c.to_dict()))
+        keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+        if keys:
+            stale.append((c, keys))
+    return stale
+
+
+def _log_line(n: int, total: int, s: Mapping) -> str:
+    if s["status"] == "ok":
+        extra = f" β={s['beta']:g}" if s.get("beta") is not None else ""
+        return (f"[{n}/{total}] ok     {s['id']}: σ={s['sigma']:g} mean {s['mean']:.2f}%{extra} "
+                f"({s['wall_time_s']:.1f} s)")
+    return f"[{n}/{total}] FAILED {s['id']}: {s['error']} ({s['wall_time_s']:.1f} s)"
+
+
+def run_sweep(spec: SweepSpec, out_dir, *, backend: str = "local", workers: int = 1, address: str | None = None,
+              retry_failed: bool = False, force: bool = False, progress: bool = True, spec_text: str | None = None,
+              spec_suffix: str = ".toml") -> SweepSummary:
+    """Run every pending cell of `spec` into `out_dir`; see nvcim.sweep's docstring for the layout.
+
+    Before anything is written, DIR (another spec's, stale cells) and the data of the cells to run are
+    checked: a missing data set is downloaded once where a network is there, else a one-line
+    nvcim.data.DatasetNotFoundError is raised and no cell runs."""
+    chosen = get_backend(backend)
+    if not is_int(workers) or workers < 1:
+        raise ValueError(f"workers={workers!r} is invalid: use an integer >= 1")
+    t0 = time.perf_counter()
+    out = check_output_path(out_dir, "sweep output", is_dir=True)
+    # every input checked before anything is written or downloaded (checked again under the lock)
+    check_sweep_dir(spec, out, force=force)
+    _, todo, done, _ = plan(spec, out, retry_failed=retry_failed)
+    _refuse_stale(out, done)
+    if not (chosen.remote and address is not None):  # a cluster's machines hold their own data
+        check_data(todo)
+    out.mkdir(parents=True, exist_ok=True)
+    with sweep_lock(out):  # before spec.json is touched: --force must not rewrite a running sweep's spec
+        prepare_out_dir(spec, out, force=force, spec_text=spec_text, spec_suffix=spec_suffix)
+        cells, todo, done, failed_before = plan(spec, out, retry_failed=retry_failed)
+        _refuse_stale(out, done)
+        damaged = [(c.id, problem) for c in todo if (problem := result_problem(out, c.id))]
+        summary = SweepSummary(total=len(cells), done_before=len(done), failed_before=[c.id for c in failed_before])
+        bar = tqdm(total=len(cells), initial=len(done) + len(failed_before), unit="cell", desc=spec.name,
+                   file=sys.stderr, disable=not progress, dynamic_ncols=True)
+        say = (lambda m: tqdm.write(m, file=sys.stderr)) if progress else (lambda m: None)
+        if failed_before:
+            say(f"{len(failed_before)} cell(s) failed earlier and are not retried (pass --retry-failed)")
+        for cid, problem in damaged:
+            say(f"warning: cell {cid}: {problem}: it is not counted as done and runs again")
+        counter = [len(done) + len(failed_before)]
+
+        def on_done(s: Mapping) -> None:
+            counter[0] += 1
+            (summary.ok if s["status"] == "ok" else summary.failed).append(s["id"])
+            bar.update(1)
+            say(_log_line(counter[0], len(cells), s))
+
+        try:
+            if todo:
+                chosen.run(todo, out, spec, on_done, say, workers=workers, address=address)
+        finally:
+            bar.close()
+    summary.wall_time_s = time.perf_counter() - t0
+    return summary

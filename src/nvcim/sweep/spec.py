@@ -1,0 +1,243 @@
+"""Sweep specs: reading a spec file and validating it into a SweepSpec (nvcim.sweep.schema), defaults filled.
+
+    spec = load_spec("experiments/cpu/mnist5k.toml")   # TOML / YAML / JSON; the name defaults to the stem
+    spec = validate_spec(raw_mapping, where="<spec>")   # one-line ValueError naming the bad key
+
+The keys (see experiments/README.md for each): SPEC_KEYS; [eval] over EVAL_DEFAULTS, [resources] over
+RESOURCE_DEFAULTS, [train] any TrainConfig field but those the sweep sets per cell (SWEEP_SET),
+[[variants]] tables of VARIANT_KEYS. Validation expands the grid (nvcim.sweep.cells.expand), so a
+spec that validates has a TrainConfig for every cell and models that fit their data sets' images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from nvcim.data import DATASETS
+from nvcim.fileio import read_mapping_file
+from nvcim.methods import METHODS, method_config
+from nvcim.models import list_models
+from nvcim.sweep.cells import LABEL_MAX, expand, is_int, is_num, label_slug
+from nvcim.sweep.schema import EVAL_DEFAULTS, RESOURCE_DEFAULTS, SweepSpec
+from nvcim.train import FIELDS, TrainConfig, check_model_fits_data
+
+SPEC_KEYS = ("name", "models", "width", "datasets", "methods", "sigmas", "seeds", "betas", "train", "eval",
+             "method_params", "variants", "resources", "description")
+VARIANT_KEYS = ("label", "method", "params")
+# TrainConfig fields the sweep sets itself (per cell) and the [train] table may not hold
+SWEEP_SET = ("model", "width", "dataset", "method", "method_params", "sigma", "seed", "progress", "num_threads")
+
+
+def _err(where: str, key: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"sweep spec {where}: key {key!r}={value!r} is invalid: use {allowed}")
+
+
+def read_spec_file(path) -> dict:
+    """The raw mapping of a spec file (.toml, .yaml/.yml or .json)."""
+    return read_mapping_file(path, "sweep spec")
+
+
+def load_spec(path) -> SweepSpec:
+    """Read and validate a spec file; the name defaults to the file's stem."""
+    raw = read_spec_file(path)
+    raw.setdefault("name", Path(path).stem)
+    return validate_spec(raw, where=str(path))
+
+
+def _str_list(raw: Mapping, key: str, where: str, allowed: Sequence[str]) -> list[str]:
+    v = raw[key]
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not v:
+        raise _err(where, key, v, f"a non-empty list of names from {list(allowed)}")
+    for x in v:
+        if x not in allowed:
+            raise ValueError(f"sweep spec {where}: key {key!r}: unknown name {x!r}: use one of {list(allowed)}")
+    if len(set(v)) != len(v):
+        raise _err(where, key, v, "a list without duplicates")
+    return list(v)
+
+
+def _num_list(raw: Mapping, key: str, where: str, *, integer: bool = False) -> list:
+    v = raw[key]
+    if is_num(v):
+        v = [v]
+    what = "integers >= 0" if integer else "finite numbers >= 0"
+    if not isinstance(v, list) or not v:
+        raise _err(where, key, v, f"a non-empty list of {what}")
+    for x in v:
+        ok = (is_int(x) if integer else is_num(x)) and x >= 0
+        if not ok:
+            raise ValueError(f"sweep spec {where}: key {key!r}: value {x!r} is invalid: use {what}")
+    out = [int(x) for x in v] if integer else [float(x) for x in v]
+    if len(set(out)) != len(out):
+        raise _err(where, key, v, "a list without duplicates")
+    return out
+
+
+def _method_params_ok(method: str, params: Mapping, where: str) -> None:
+    try:
+        method_config(method, **dict(params))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"sweep spec {where}: {str(exc).splitlines()[0]}") from None
+
+
+def _table_with_defaults(raw: Mapping, name: str, defaults: Mapping, where: str) -> dict:
+    """The spec's [name] table over its defaults; unknown keys are a one-line error."""
+    table = raw.get(name, {})
+    if not isinstance(table, Mapping):
+        raise _err(where, name, table, "a table")
+    unknown = sorted(set(table) - set(defaults))
+    if unknown:
+        raise ValueError(f"sweep spec {where}: unknown key(s) {[f'{name}.{k}' for k in unknown]}: allowed are "
+                         f"{[f'{name}.{k}' for k in defaults]}")
+    return {**defaults, **table}
+
+
+def validate_spec(raw: Mapping, where: str = "<spec>") -> SweepSpec:
+    """`raw` checked and normalized, every default filled; one-line ValueError naming the bad key."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"sweep spec {where} must be a mapping of keys, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(SPEC_KEYS))
+    if unknown:
+        raise ValueError(f"sweep spec {where}: unknown key(s) {unknown}: allowed keys are {list(SPEC_KEYS)}")
+    for key in ("models", "datasets", "sigmas", "seeds"):
+        if key not in raw:
+            raise ValueError(f"sweep spec {where}: key {key!r} is missing: it is required")
+    spec: dict[str, Any] = {}
+    name = raw.get("name", SweepSpec.name)
+    if not isinstance(name, str) or not name.strip():
+        raise _err(where, "name", name, "a non-empty string")
+    spec["name"] = name
+    if "description" in raw:
+        if not isinstance(raw["description"], str):
+            raise _err(where, "description", raw["description"], "a string")
+        spec["description"] = raw["description"]
+    spec["models"] = _str_list(raw, "models", where, list_models())
+    width = raw.get("width", SweepSpec.width)
+    if not is_num(width) or width <= 0:
+        raise _err(where, "width", width, "a finite number > 0")
+    spec["width"] = float(width)
+    spec["datasets"] = _str_list(raw, "datasets", where, list(DATASETS))
+    if "methods" in raw:
+        spec["methods"] = _str_list(raw, "methods", where, sorted(METHODS))
+    elif raw.get("variants"):
+        spec["methods"] = []
+    else:
+        raise ValueError(f"sweep spec {where}: key 'methods' is missing: give methods from {sorted(METHODS)} or [[variants]]")
+    spec["sigmas"] = sorted(_num_list(raw, "sigmas", where))
+    spec["seeds"] = _num_list(raw, "seeds", where, integer=True)
+    spec["betas"] = sorted(_num_list(raw, "betas", where), reverse=True) if "betas" in raw else None
+
+    # fixed method hyper-parameters, per method
+    mp = raw.get("method_params", {})
+    if not isinstance(mp, Mapping):
+        raise _err(where, "method_params", mp, "a table of tables: [method_params.ovf] n_variational = 3")
+    spec["method_params"] = {}
+    for m, params in mp.items():
+        if m not in METHODS:
+            raise ValueError(f"sweep spec {where}: key 'method_params': unknown method {m!r}: use one of {sorted(METHODS)}")
+        if not isinstance(params, Mapping):
+            raise _err(where, f"method_params.{m}", params, "a table of that method's hyper-parameters")
+        if "beta" in params and m == "ovf" and spec["betas"] is not None:
+            raise ValueError(f"sweep spec {where}: key 'method_params.ovf.beta' conflicts with 'betas': give one of them")
+        _method_params_ok(m, params, f"{where}: key 'method_params.{m}'")
+        spec["method_params"][m] = dict(params)
+
+    # [train]
+    tr = raw.get("train", {})
+    if not isinstance(tr, Mapping):
+        raise _err(where, "train", tr, "a table of training config fields")
+    bad = sorted(set(tr) & set(SWEEP_SET))
+    if bad:
+        raise ValueError(f"sweep spec {where}: key(s) {['train.' + k for k in bad]} are set by the sweep per cell: "
+                         "use models/width/datasets/methods/sigmas/seeds/variants/[resources] instead")
+    unknown = sorted(set(tr) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"sweep spec {where}: unknown key(s) {['train.' + k for k in unknown]}: allowed are "
+                         f"{[f for f in FIELDS if f not in SWEEP_SET]}")
+    try:
+        probe = TrainConfig.from_dict({**tr, "model": spec["models"][0], "dataset": spec["datasets"][0],
+                                       "method": "vanilla", "progress": False})
+    except ValueError as exc:
+        raise ValueError(f"sweep spec {where}: [train]: {str(exc).splitlines()[0]}") from None
+    spec["train"] = dict(tr)
+
+    # [eval]
+    e = _table_with_defaults(raw, "eval", EVAL_DEFAULTS, where)
+    for key, lo in (("runs", 1), ("seed", 0), ("val_runs", 1), ("val_seed", 0), ("batch_size", 1)):
+        if not is_int(e[key]) or e[key] < lo:
+            raise _err(where, f"eval.{key}", e[key], f"an integer >= {lo}")
+    if not isinstance(e["keep_beta_checkpoints"], bool):
+        raise _err(where, "eval.keep_beta_checkpoints", e["keep_beta_checkpoints"], "true or false")
+    n_cal = e["bn_calibration_images"]
+    if not is_int(n_cal) or n_cal < 0 or n_cal == 1:
+        raise _err(where, "eval.bn_calibration_images", n_cal, "0 (off) or an integer >= 2")
+    ts = e["test_sigmas"]
+    if isinstance(ts, str):
+        if ts not in ("train", "grid"):
+            raise _err(where, "eval.test_sigmas", ts, "'train', 'grid' or a list of σ >= 0")
+    else:
+        e["test_sigmas"] = sorted(_num_list({"eval.test_sigmas": ts}, "eval.test_sigmas", where))
+    spec["eval"] = e
+
+    # [resources]
+    r = _table_with_defaults(raw, "resources", RESOURCE_DEFAULTS, where)
+    if r["threads_per_cell"] is not None and (not is_int(r["threads_per_cell"]) or r["threads_per_cell"] < 1):
+        raise _err(where, "resources.threads_per_cell", r["threads_per_cell"], "an integer >= 1")
+    if not is_num(r["cpus_per_cell"]) or r["cpus_per_cell"] <= 0:
+        raise _err(where, "resources.cpus_per_cell", r["cpus_per_cell"], "a number > 0")
+    if r["gpus_per_cell"] is None:
+        r["gpus_per_cell"] = 1 if probe.device == "cuda" else 0
+    if not is_num(r["gpus_per_cell"]) or r["gpus_per_cell"] < 0:
+        raise _err(where, "resources.gpus_per_cell", r["gpus_per_cell"], "a number >= 0")
+    spec["resources"] = r
+
+    # [[variants]]
+    vs = raw.get("variants", [])
+    if not isinstance(vs, list):
+        raise _err(where, "variants", vs, "an array of tables [[variants]] with label, method, params")
+    spec["variants"] = []
+    arms = {m.casefold(): m for m in sorted(METHODS)}  # directory name, case folded -> the arm's label
+    for i, v in enumerate(vs):
+        w = f"{where}: variants[{i}]"
+        if not isinstance(v, Mapping):
+            raise ValueError(f"sweep spec {w} is invalid: use a table with keys {list(VARIANT_KEYS)}")
+        unknown = sorted(set(v) - set(VARIANT_KEYS))
+        if unknown:
+            raise ValueError(f"sweep spec {w}: unknown key(s) {unknown}: allowed are {list(VARIANT_KEYS)}")
+        label, method, params = v.get("label"), v.get("method"), v.get("params", {})
+        if not isinstance(label, str) or not label.strip():
+            raise ValueError(f"sweep spec {w}: key 'label'={label!r} is invalid: use a non-empty string")
+        if method not in METHODS:
+            raise ValueError(f"sweep spec {w}: key 'method'={method!r} is unknown: use one of {sorted(METHODS)}")
+        if not isinstance(params, Mapping):
+            raise ValueError(f"sweep spec {w}: key 'params'={params!r} is invalid: use a table of method parameters")
+        merged = {**spec["method_params"].get(method, {}), **params}
+        _method_params_ok(method, merged, f"{w}: key 'params'")
+        slug = label_slug(label)
+        if slug.startswith(".") or len(slug) > LABEL_MAX:
+            raise ValueError(f"sweep spec {w}: key 'label'={label!r} cannot name a directory ({slug!r}): use at most "
+                             f"{LABEL_MAX} letters, digits and . _ + -, not starting with '.'")
+        if slug.casefold() in arms:
+            raise ValueError(f"sweep spec {w}: key 'label'={label!r} clashes with {arms[slug.casefold()]!r} (both are "
+                             f"directory {slug!r}, case aside): use a unique label that is not a method name")
+        arms[slug.casefold()] = label
+        spec["variants"].append({"label": label, "method": method, "params": dict(params)})
+    if not spec["methods"] and not spec["variants"]:
+        raise ValueError(f"sweep spec {where}: no arms: give 'methods' or [[variants]]")
+    typed = SweepSpec.from_dict(spec)
+    cells = expand(typed)  # validates every cell's TrainConfig (one-line error naming the cell)
+    if not cells:
+        raise ValueError(f"sweep spec {where}: the grid is empty")
+    fits = {(c.model, c.dataset): c for c in cells}
+    for c in fits.values():  # every model builds for every data set's images, before any data are fetched
+        try:
+            check_model_fits_data(c.train_config())
+        except ValueError as exc:
+            raise ValueError(f"sweep spec {where}: {exc}") from None
+    if any(c.betas for c in cells) and probe.val_fraction <= 0:
+        raise ValueError(f"sweep spec {where}: key 'train.val_fraction'={probe.val_fraction!r} leaves no validation "
+                         "split for the β search: use a value in (0, 1)")
+    return typed
