@@ -29,6 +29,8 @@ import functools
 import io
 from importlib import resources
 
+from nvcim.methods import METHODS
+
 __all__ = ["paper_curves", "paper_value", "paper_match", "paper_dataset", "is_paper_recipe", "PAPER_SIGMAS",
            "SETTING_NOTES"]
 
@@ -76,30 +78,10 @@ def paper_dataset(dataset: str) -> tuple[str | None, str]:
 
 
 def is_paper_recipe(method: str, params: dict | None) -> bool:
-    """Whether `method` with these parameters is the paper's method (see the module docstring)."""
-    params = params or {}
-
-    def unset_or(key, default) -> bool:
-        v = params.get(key)
-        if v is None:
-            return True
-        try:
-            return abs(float(v) - default) < 1e-12
-        except (TypeError, ValueError):
-            return False
-
-    method = str(method).lower()
-    if params.get("censor") is not None:  # right-censored training noise (Yan et al.), not this paper's recipe
-        return False
-    if method == "noise_injection":
-        return unset_or("logit_scale", 1.0)
-    if method == "ovf":
-        try:
-            n = int(params.get("n_variational") or 3)
-        except (TypeError, ValueError):
-            return False
-        return unset_or("a_b", 1.0 / (n + 1)) and unset_or("a_f", 1.0 / (n + 1)) and params.get("gammas") is None
-    return True
+    """Whether `method` with these parameters is the paper's method (see the module docstring): the
+    registered method's own `is_paper_recipe`; an unregistered method is taken as given."""
+    traits = METHODS.get(str(method).lower(), None)
+    return True if traits is None else traits.is_paper_recipe(params or {})
 
 
 def paper_match(model: str, dataset: str, method: str, sigma: float, quantity: str = "accuracy") -> dict | None:

@@ -20,6 +20,8 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from nvcim.registry import Registry
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -68,7 +70,7 @@ class DatasetEntry:
     downloads: tuple[Download, ...] = ()  # fetched into <root>/<name>/ when the files are absent
 
 
-REGISTRY: dict[str, DatasetEntry] = {}
+REGISTRY: Registry[DatasetEntry] = Registry("dataset")
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a folder name under the data root
 
@@ -78,11 +80,8 @@ def register_dataset(info: DatasetInfo, *, read: Callable[[Any], Arrays], locate
     """Register a data set under ``info.name`` (its folder under the data root) and return its entry."""
     if not isinstance(info.name, str) or not _NAME.fullmatch(info.name):
         raise ValueError(f"dataset name {info.name!r} is invalid: use letters, digits, '_', '.' or '-'")
-    if info.name in REGISTRY:
-        raise ValueError(f"dataset {info.name!r} is already registered: choose another name")
     entry = DatasetEntry(info, read, locate, tuple(Download(*d) for d in downloads))
-    REGISTRY[info.name] = entry
-    return entry
+    return REGISTRY.register(info.name, entry)  # a name taken already is a one-line ValueError
 
 
 class _InfoView(Mapping[str, DatasetInfo]):

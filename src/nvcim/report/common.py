@@ -8,37 +8,28 @@
 
 from __future__ import annotations
 
-import json
-import math
 from typing import Any
 
+from nvcim.methods import METHODS, fmt_param
+from nvcim.methods import finite_or_none as num
+
 CONVERGENCE_THRESHOLD = 5.0  # percentage points below the mean over seeds (SPEC §4)
-METHOD_ORDER = {"vanilla": 0, "noise_injection": 1, "ovf": 2}
 
 
-def num(v: Any) -> float | None:
-    """A finite float or None."""
-    if v is None or isinstance(v, bool):
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
+def method_traits(method: str):
+    """The registered `nvcim.methods.Method` of a result's method, or None (a plugin not loaded now)."""
+    return METHODS.get(method, None)
 
 
-def fmt_param(v: Any) -> str:
-    """1e-3 for 0.001, 0.25 for 0.25, 3 for 3: compact numbers for labels."""
-    f = num(v)
-    if f is None or isinstance(v, (list, tuple, dict, str)):
-        return str(v) if not isinstance(v, (list, tuple, dict)) else json.dumps(v)
-    if f == int(f) and abs(f) < 1e4:
-        return str(int(f))
-    if abs(f) < 1e-2 or abs(f) >= 1e4:
-        mant, exp = f"{f:.6e}".split("e")
-        mant = mant.rstrip("0").rstrip(".")
-        return f"{mant}e{int(exp)}"
-    return f"{f:g}"
+def method_order(method: str) -> int:
+    traits = method_traits(method)
+    return traits.order if traits is not None else 9
+
+
+def uses_device(method: str) -> bool:
+    """Whether the method trains under the device model (a model trained without noise serves every σ)."""
+    traits = method_traits(method)
+    return traits.uses_device if traits is not None else True
 
 
 def fmt_num(v: Any, digits: int = 2) -> str:
@@ -65,4 +56,4 @@ def group_title(key: tuple) -> str:
 
 
 def label_sort_key(label: str, method: str) -> tuple:
-    return (METHOD_ORDER.get(method, 9), method, label)
+    return (method_order(method), method, label)

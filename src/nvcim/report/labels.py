@@ -14,22 +14,15 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from nvcim.report.common import fmt_param, num, sigma_key
+from nvcim.report.common import fmt_param, method_traits, num, sigma_key
 
 _PARAM_SYMBOL = {"beta": "β", "n_variational": "N", "logit_scale": "scale", "delta_sigma": "Δσ"}
 
 
 def base_label(method: str, params: dict) -> str:
-    censor = num(params.get("censor"))
-    rcn = f" RCN s={fmt_param(censor)}" if censor is not None else ""  # right-censored training noise
-    if method == "vanilla":
-        return "vanilla"
-    if method == "noise_injection":
-        scale = num(params.get("logit_scale"))
-        return ("noise injection" if scale is None or scale == 1 else f"noise injection ×{fmt_param(scale)}") + rcn
-    if method == "ovf":
-        return "OVF" + rcn
-    return method.replace("_", " ")
+    """The method's own label for these parameters (`Method.describe`); an unregistered method's name."""
+    traits = method_traits(method)
+    return traits.describe(params) if traits is not None else method.replace("_", " ")
 
 
 def _hashable(v: Any) -> Any:
@@ -45,7 +38,8 @@ def assign_labels(records: list[dict]) -> None:
             continue
         groups.setdefault((r["model"], r["width"], r["dataset"], r["method"]), []).append(r)
     for (_, _, _, method), recs in groups.items():
-        ignore = {"logit_scale", "censor"} if method == "noise_injection" else {"censor"}  # in the base label
+        traits = method_traits(method)
+        ignore = traits.labelled_params() if traits is not None else {"censor"}  # in the base label
         # per training σ: the distinct fixed-hyper-parameter sets, and whether a β search was there too
         by_sigma: dict[Any, dict] = {}
         for r in recs:
@@ -67,7 +61,8 @@ def assign_labels(records: list[dict]) -> None:
                 conflict = True
         if conflict and not varying:  # fixed arm vs β-searched arm: name the fixed arm's β (or all params)
             allp = [p for s in by_sigma.values() for p in s["fixed"].values()]
-            varying = {"beta"} if method == "ovf" else (set().union(*allp) if allp else set())
+            searched = traits.search if traits is not None else None
+            varying = {searched} if searched else (set().union(*allp) if allp else set())
         order = ["beta", "n_variational"] + sorted(varying - {"beta", "n_variational"})
         shown = [k for k in order if k in varying]
         for r in recs:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from nvcim.report.common import fmt_param, group_key, num, sigma_key
+from nvcim.report.common import fmt_param, group_key, method_traits, num, sigma_key
 from nvcim.report.labels import assign_labels, base_label, evaluation_suffix
 
 KNOWN_KINDS = ("mc_eval", "sweep_cell_failed", "write_verify")
@@ -68,8 +68,11 @@ def _records_from_payload(payload: dict, path: Path) -> list[dict]:
     chosen = None
     if beta_search:  # the sweep writes "chosen_beta"; "chosen" is accepted too
         chosen = num(beta_search.get("chosen_beta", beta_search.get("chosen")))
-    if chosen is not None and method == "ovf":
-        method_cfg.setdefault("beta", chosen)
+    traits = method_traits(method)
+    searched = traits.search if traits is not None else None
+    if chosen is not None and searched:
+        method_cfg.setdefault(searched, chosen)
+    option_names = {o.name for o in traits.options} if traits is not None else set()
     label_override = cell.get("label") or payload.get("label")
     if label_override == method:  # a sweep labels plain arms with the method name: keep the readable default
         label_override = None
@@ -99,8 +102,8 @@ def _records_from_payload(payload: dict, path: Path) -> list[dict]:
                 "dataset": str(dataset or "unknown"),
                 "method": method,
                 "method_params": method_cfg,
-                "beta": num(method_cfg.get("beta")) if method == "ovf" else None,
-                "logit_scale": num(method_cfg.get("logit_scale")) if method == "noise_injection" else None,
+                "beta": num(method_cfg.get("beta")) if searched == "beta" else None,
+                "logit_scale": num(method_cfg.get("logit_scale")) if "logit_scale" in option_names else None,
                 "beta_search": beta_search,
                 "label_override": str(label_override) if label_override else None,
                 "label": None,  # set by assign_labels

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nvcim import reference
-from nvcim.report.common import (CONVERGENCE_THRESHOLD, METHOD_ORDER, fmt_num, fmt_param, fmt_sigma, group_title,
+from nvcim.report.common import (CONVERGENCE_THRESHOLD, method_order, fmt_num, fmt_param, fmt_sigma, group_title,
                                  label_sort_key, num, sigma_key)
 from nvcim.report.points import ordered_labels, runs_note
 
@@ -218,7 +218,7 @@ def paper_ekl_table() -> Table | None:
     rows = [r for r in reference.paper_curves() if r["quantity"] == "ekl"]
     if not rows:
         return None
-    methods = sorted({r["method"] for r in rows}, key=lambda m: (METHOD_ORDER.get(m, 9), m))
+    methods = sorted({r["method"] for r in rows}, key=lambda m: (method_order(m), m))
     sigmas = sorted({r["sigma"] for r in rows})
     out = []
     for s in sigmas:

@@ -25,7 +25,7 @@ from nvcim import evaluate, train
 from nvcim.batchnorm import CALIBRATION_BATCH, ChipCalibration, batchnorm_layers, recalibration_record
 from nvcim.checkpoint import CONFIG_FILE, CheckpointError, load_checkpoint, read_checkpoint_config
 from nvcim.data import load_dataset
-from nvcim.sweep.cells import Cell, fmt_beta, is_num
+from nvcim.sweep.cells import Cell, fmt_beta, is_num, searched_param
 from nvcim.sweep.files import FAILED_FILE, RESULT_FILE, SCORE_FILE, cell_dir, link_or_copy_dir, prepare_cell_dir
 
 _SPLITS_CACHE: dict[tuple, Any] = {}
@@ -176,7 +176,7 @@ def _run_cell(cell: Cell, out: Path, d: Path, threads: int, t0: float) -> dict:
         src = d / "beta" / fmt_beta(beta) / "checkpoint"
         have = None
         if (ckpt / "config.json").is_file():
-            have = (read_checkpoint_config(ckpt).get("method") or {}).get("beta")
+            have = (read_checkpoint_config(ckpt).get("method") or {}).get(searched_param(cell.method))
         if have != beta:
             link_or_copy_dir(src, ckpt)
     model, metrics, secs = _train_or_load(tc, ckpt, splits)

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from nvcim.methods import METHODS
 from nvcim.sweep.schema import SweepSpec
 from nvcim.train import TrainConfig
 
@@ -74,10 +75,16 @@ class Cell:
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
 
     def train_config(self, beta: float | None = None) -> TrainConfig:
+        """The TrainConfig of this cell; `beta`: one candidate of the method's searched hyper-parameter."""
         d = dict(self.train)
         if beta is not None:
-            d["method_params"] = {**d["method_params"], "beta": float(beta)}
+            d["method_params"] = {**d["method_params"], searched_param(self.method): float(beta)}
         return TrainConfig.from_dict(d)
+
+
+def searched_param(method: str) -> str:
+    """The hyper-parameter a method's search sets (its `search` trait; OVF: "beta")."""
+    return METHODS.get(method).search or "beta"
 
 
 def _arms(spec: SweepSpec) -> list[tuple[str, str, dict]]:
@@ -98,14 +105,14 @@ def expand(spec: SweepSpec) -> list[Cell]:
         for dataset in spec.datasets:
             prefix = f"{model}-w{spec.width:g}/{dataset}"
             for label, method, params in _arms(spec):
-                search = None
-                if method == "ovf" and "beta" not in params and spec.betas is not None:
+                search, traits = None, METHODS.get(method)
+                if traits.search and traits.search not in params and spec.betas is not None:
                     if len(spec.betas) > 1:
                         search = list(spec.betas)
                     else:
-                        params = {**params, "beta": spec.betas[0]}
+                        params = {**params, traits.search: spec.betas[0]}
                 slug = label_slug(label)
-                sigmas = [None] if method == "vanilla" else grid
+                sigmas = grid if traits.uses_device else [None]  # trained without noise: one model for every σ
                 for sigma in sigmas:
                     if isinstance(ev["test_sigmas"], list):
                         tests = list(ev["test_sigmas"])
@@ -122,7 +129,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
                         seen[cid.casefold()] = label
                         tparams = dict(params)
                         if search:
-                            tparams["beta"] = search[0]  # validated here; each candidate sets its own
+                            tparams[traits.search] = search[0]  # validated here; each candidate sets its own
                         try:
                             tc = TrainConfig.from_dict({
                                 **spec.train, "model": model, "width": spec.width, "dataset": dataset,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from nvcim.data import DATASETS
+from nvcim.data import DATASETS, is_npz_name
 from nvcim.fileio import read_mapping_file
 from nvcim.methods import METHODS, method_config
 from nvcim.models import list_models
@@ -45,14 +45,15 @@ def load_spec(path) -> SweepSpec:
     return validate_spec(raw, where=str(path))
 
 
-def _str_list(raw: Mapping, key: str, where: str, allowed: Sequence[str]) -> list[str]:
+def _str_list(raw: Mapping, key: str, where: str, allowed: Sequence[str], extra=None) -> list[str]:
+    """A non-empty list of distinct names from `allowed` (or accepted by `extra(name)`, e.g. npz: data sets)."""
     v = raw[key]
     if isinstance(v, str):
         v = [v]
     if not isinstance(v, list) or not v:
         raise _err(where, key, v, f"a non-empty list of names from {list(allowed)}")
     for x in v:
-        if x not in allowed:
+        if x not in allowed and not (extra is not None and extra(x)):
             raise ValueError(f"sweep spec {where}: key {key!r}: unknown name {x!r}: use one of {list(allowed)}")
     if len(set(v)) != len(v):
         raise _err(where, key, v, "a list without duplicates")
@@ -119,7 +120,7 @@ def validate_spec(raw: Mapping, where: str = "<spec>") -> SweepSpec:
     if not is_num(width) or width <= 0:
         raise _err(where, "width", width, "a finite number > 0")
     spec["width"] = float(width)
-    spec["datasets"] = _str_list(raw, "datasets", where, list(DATASETS))
+    spec["datasets"] = _str_list(raw, "datasets", where, list(DATASETS), extra=is_npz_name)
     if "methods" in raw:
         spec["methods"] = _str_list(raw, "methods", where, sorted(METHODS))
     elif raw.get("variants"):
@@ -140,8 +141,10 @@ def validate_spec(raw: Mapping, where: str = "<spec>") -> SweepSpec:
             raise ValueError(f"sweep spec {where}: key 'method_params': unknown method {m!r}: use one of {sorted(METHODS)}")
         if not isinstance(params, Mapping):
             raise _err(where, f"method_params.{m}", params, "a table of that method's hyper-parameters")
-        if "beta" in params and m == "ovf" and spec["betas"] is not None:
-            raise ValueError(f"sweep spec {where}: key 'method_params.ovf.beta' conflicts with 'betas': give one of them")
+        searched = METHODS.get(m).search
+        if searched and searched in params and spec["betas"] is not None:
+            raise ValueError(f"sweep spec {where}: key 'method_params.{m}.{searched}' conflicts with 'betas': "
+                             "give one of them")
         _method_params_ok(m, params, f"{where}: key 'method_params.{m}'")
         spec["method_params"][m] = dict(params)
 

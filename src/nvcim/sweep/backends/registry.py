@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from nvcim.registry import Registry
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -29,7 +31,7 @@ class Backend:
     remote: bool = False  # with an address, the cells run on machines that hold their own data
 
 
-BACKENDS: dict[str, Backend] = {}  # name -> Backend, in the order they were registered
+BACKENDS: Registry[Backend] = Registry("backend")  # name -> Backend, in the order they were registered
 
 
 def register_backend(name: str, *, help: str, remote: bool = False) -> Callable[[Callable], Callable]:
@@ -38,7 +40,7 @@ def register_backend(name: str, *, help: str, remote: bool = False) -> Callable[
     def wrap(run: Callable) -> Callable:
         if name in BACKENDS and BACKENDS[name].run is not run:
             raise ValueError(f"backend {name!r} is already registered: choose another name")
-        BACKENDS[name] = Backend(name, run, help, remote)
+        BACKENDS.register(name, Backend(name, run, help, remote), replace=True)
         return run
 
     return wrap
