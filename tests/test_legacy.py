@@ -1,0 +1,84 @@
+"""Files saved by an earlier nvcim (main at b66ea75, before the restructuring) still load and give the
+same numbers: a checkpoint's config (the flat training config of that version), Monte Carlo results of
+its model on every path bit for bit, a finished sweep directory (nothing reruns) and its report.
+
+tests/data/legacy_b66ea75/ was written by that version (weights left out: the test rebuilds them from
+their seed and checks their hash against the one recorded then).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import nvcim
+from nvcim.checkpoint import read_checkpoint_config
+from nvcim.cli import main
+from nvcim.evaluate import monte_carlo_evaluate, robustness_curve
+from nvcim.models import create_model
+from nvcim.sweep import load_spec, plan
+from nvcim.train import TrainConfig
+
+LEGACY = Path(__file__).parent / "data" / "legacy_b66ea75"
+EXPECTED = json.loads((LEGACY / "expected.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = create_model("tiny", 10, 1, width=0.5)
+    h = hashlib.sha256(b"".join(v.detach().numpy().tobytes() for v in m.state_dict().values())).hexdigest()
+    assert h == EXPECTED["weights_sha256"]  # the very weights the old version evaluated
+    return m
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 1, 32, 32, generator=g)
+    return x, torch.randint(0, 10, (64,), generator=g)
+
+
+def test_old_checkpoint_config_loads_into_todays_configs():
+    config = read_checkpoint_config(LEGACY / "checkpoint")
+    cfg = TrainConfig.from_dict(config["train"])
+    assert "device_config" not in config["train"]  # the flat form of that version
+    assert cfg.device_config == nvcim.DeviceConfig.from_dict(config["device"])
+    assert (cfg.sigma, cfg.method, cfg.method_params) == (0.25, "ovf", {"beta": 0.01})
+
+
+@pytest.mark.parametrize("path", ["loop", "chunked", "stacked"])
+def test_monte_carlo_is_bitwise_what_the_old_version_computed(model, path):
+    with torch.random.fork_rng():
+        torch.set_num_threads(1)
+        cfg = TrainConfig.from_dict(read_checkpoint_config(LEGACY / "checkpoint")["train"]).device_cfg()
+        r = monte_carlo_evaluate(model, _data(), cfg, runs=6, seed=3, path=path)
+    assert r.per_run_correct == EXPECTED[path]["per_run_correct"]
+    assert r.ekl == EXPECTED[path]["ekl"] and r.mean == EXPECTED[path]["mean"]
+
+
+def test_per_device_variation_curve_is_bitwise_the_old_one(model):
+    cfg = nvcim.DeviceConfig(sigma=0.2, variation="right_censored_gaussian", variation_options={"threshold": 1.0})
+    rc = robustness_curve(model, _data(), cfg, [0.0, 0.2, 0.4], runs=4, seed=5)
+    assert [r.per_run_correct for r in rc] == EXPECTED["curve_rcg"]
+
+
+def test_old_sweep_directory_resumes_with_nothing_to_run_and_reports_the_same(tmp_path):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(LEGACY / "sweep", sweep)
+    before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
+    spec = load_spec(LEGACY / "spec.toml")
+    cells, todo, done, failed = plan(spec, sweep)
+    assert (len(cells), len(todo), len(done), len(failed)) == (6, 0, 6, 0)
+    assert sorted(c.id for c in cells) == sorted(p.parent.relative_to(sweep / "cells").as_posix()
+                                                 for p in sweep.rglob("result.json"))
+    assert main(["report", str(sweep), "--out", str(tmp_path / "report")]) == 0
+    new = list(csv.DictReader((tmp_path / "report" / "summary.csv").open()))
+    old = list(csv.DictReader((LEGACY / "summary_old.csv").open()))
+    assert new == old
+    assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before  # nothing rewritten
