@@ -24,7 +24,8 @@ from tabulate import tabulate
 import nvcim
 from nvcim import device as dm
 from nvcim.data import load_dataset
-from nvcim.evaluate import monte_carlo_evaluate, write_results_json
+from nvcim.evaluate import monte_carlo_evaluate
+from nvcim.evaluate.files import EvaluationFile, write_result_file
 from nvcim.train import TrainConfig, train, tune_malloc
 
 METHODS = (("vanilla", {}), ("noise_injection", {}), ("ovf", {"beta": 1e-3}))
@@ -99,11 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         mc = monte_carlo_evaluate(model, splits.test, cfg, runs=args.runs, seed=0)
         config = json.loads((Path(result.checkpoint) / "config.json").read_text())
-        write_results_json(out / "results" / f"{method}.json", {
-            "kind": "mc_eval", "nvcim_version": nvcim.__version__, "checkpoint": str(result.checkpoint),
-            "checkpoint_config": config, "dataset": "mnist5k", "split": "test", "device_config": cfg.to_dict(),
-            "results": [mc.to_dict()],
-        })
+        write_result_file(out / "results" / f"{method}.json", EvaluationFile(
+            results=[mc], checkpoint=str(result.checkpoint), checkpoint_config=config, dataset="mnist5k",
+            split="test", device_config=cfg.to_dict()))
         rows.append([method, f"{mc.clean_accuracy:.2f}", f"{mc.mean:.2f} ± {mc.std:.2f}",
                      f"[{mc.ci95[0]:.2f}, {mc.ci95[1]:.2f}]", f"{mc.p5:.2f}", f"{mc.min:.2f}",
                      "-" if mc.ekl is None else f"{mc.ekl:.4f}", f"{t_train:.0f} s + {time.perf_counter() - t0:.0f} s"])

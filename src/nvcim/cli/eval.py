@@ -175,9 +175,9 @@ def _refuse_inside(flag: str, out: Path, ckpt: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import nvcim
     from nvcim.config import DeviceConfig
-    from nvcim.evaluate import default_sigma_grid, results_table, robustness_curve, write_csv, write_results_json
+    from nvcim.evaluate import default_sigma_grid, results_table, robustness_curve, write_csv
+    from nvcim.evaluate.files import EvaluationFile, write_result_file
 
     # validate everything cheap before loading anything
     runs = _int("--runs", args.runs, 2)
@@ -329,19 +329,10 @@ def run(args: argparse.Namespace) -> int:
         how = "the clean weights" if recalibration["weights"] == "clean" else "each chip's weights, per chip"
         print(f"BatchNorm statistics recalibrated from {recalibration['images']} training images with {how}")
     print(results_table(results))
-    payload = {
-        "kind": "mc_eval",
-        "nvcim_version": nvcim.__version__,
-        "checkpoint": str(ckpt),
-        "checkpoint_config": config,
-        "dataset": dataset,
-        "split": args.split,
-        "device_config": base.to_dict(),
-        "bn_recalibration": recalibration,
-        "results": [r.to_dict() for r in results],
-    }
+    record = EvaluationFile(results=list(results), checkpoint=str(ckpt), checkpoint_config=config, dataset=dataset,
+                            split=args.split, device_config=base.to_dict(), bn_recalibration=recalibration)
     if args.out:
-        write_results_json(args.out, payload)
+        write_result_file(args.out, record)
         print(f"wrote {args.out}")
     if args.csv:
         write_csv(args.csv, results)
@@ -352,8 +343,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_write_verify(args, ckpt, model, config, spec, dataset, splits, split, cfg, train_sigma, verify, recalibration,
                       mc) -> int:
     """`nvcim eval --verify-fractions`: accuracy vs the fraction of write-verified weights, at one σ."""
-    import nvcim
-    from nvcim.evaluate import write_results_json
+    from nvcim.evaluate.files import WriteVerifyFile, write_result_file
     from nvcim.writeverify import fraction_for_target, points_table, write_points_csv, write_verify_curve
 
     if verify["by"] == "sensitivity" and len(splits.train) == 0:
@@ -378,24 +368,18 @@ def _run_write_verify(args, ckpt, model, config, spec, dataset, splits, split, c
         else:
             print(f"{verify['stat']} >= {verify['target']:g} % from fraction {hit['fraction']:g}: "
                   f"{hit['verified_devices']} verified devices")
-    payload = {
-        "kind": "write_verify",
-        "nvcim_version": nvcim.__version__,
-        "checkpoint": str(ckpt),
-        "checkpoint_config": config,
-        "dataset": dataset,
-        "split": args.split,
-        "device_config": cfg.to_dict(),
-        "bn_recalibration": recalibration,
-        "write_verify": {"by": verify["by"], "residual_sigma": verify["residual_sigma"],
-                         "score_images": verify["images"] if verify["by"] == "sensitivity" else None,
-                         "target": verify["target"], "stat": verify["stat"],
-                         "fraction_for_target": hit["fraction"] if hit else None},
-        "points": [{"fraction": p["fraction"], "verified_weights": p["verified_weights"],
-                    "verified_devices": p["verified_devices"], "result": p["result"].to_dict()} for p in points],
-    }
+    record = WriteVerifyFile(
+        checkpoint=str(ckpt), checkpoint_config=config, dataset=dataset, split=args.split,
+        device_config=cfg.to_dict(), bn_recalibration=recalibration,
+        write_verify={"by": verify["by"], "residual_sigma": verify["residual_sigma"],
+                      "score_images": verify["images"] if verify["by"] == "sensitivity" else None,
+                      "target": verify["target"], "stat": verify["stat"],
+                      "fraction_for_target": hit["fraction"] if hit else None},
+        points=[{"fraction": p["fraction"], "verified_weights": p["verified_weights"],
+                 "verified_devices": p["verified_devices"], "result": p["result"]} for p in points],
+    )
     if args.out:
-        write_results_json(args.out, payload)
+        write_result_file(args.out, record)
         print(f"wrote {args.out}")
     if args.csv:
         write_points_csv(args.csv, points)

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from nvcim.evaluate.files import KINDS, EvaluationFile, FailedCellFile, WriteVerifyFile, parse_result
 from nvcim.report.common import fmt_param, group_key, method_traits, num, sigma_key
 from nvcim.report.labels import assign_labels, base_label, evaluation_suffix
 
-KNOWN_KINDS = ("mc_eval", "sweep_cell_failed", "write_verify")
+KNOWN_KINDS = KINDS
 
 
 @dataclass
@@ -41,26 +42,18 @@ class ResultSet:
     roots: list[Path] = field(default_factory=list)  # every directory / file read, in the order given
 
 
-def _records_from_payload(payload: dict, path: Path) -> list[dict]:
-    """Flat records of one "mc_eval" payload (one per test σ); ValueError naming the file if malformed."""
-    results = payload.get("results")
-    if not isinstance(results, list) or not results:
-        raise ValueError(f"{path}: mc_eval results file has no 'results' list")
-    ck = payload.get("checkpoint_config") or {}
-    if not isinstance(ck, dict):
-        raise ValueError(f"{path}: 'checkpoint_config' is not an object")
+def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, results: list | None = None) -> list[dict]:
+    """Flat records of one mc_eval file (one per test σ); the reader (nvcim.evaluate.files) checked its structure."""
+    results = rec.results if results is None else results
+    ck = rec.checkpoint_config
     model_cfg = ck.get("model") or {}
     data_cfg = ck.get("data") or {}
     method_cfg = ck.get("method") or {}
-    for key, value, kinds in (("model", model_cfg, (dict, str)), ("data", data_cfg, (dict, str)),
-                              ("method", method_cfg, (dict,)), ("device", ck.get("device") or {}, (dict,))):
-        if not isinstance(value, kinds):
-            raise ValueError(f"{path}: 'checkpoint_config.{key}' is a {type(value).__name__}, not an object")
     method_cfg = dict(method_cfg)
     device_cfg = ck.get("device") or {}
-    cell = payload.get("cell") if isinstance(payload.get("cell"), dict) else {}
+    cell = getattr(rec, "cell", None) if isinstance(getattr(rec, "cell", None), dict) else {}
     model = model_cfg.get("name") if isinstance(model_cfg, dict) else model_cfg
-    dataset = payload.get("dataset") or (data_cfg.get("name") if isinstance(data_cfg, dict) else data_cfg)
+    dataset = rec.dataset or (data_cfg.get("name") if isinstance(data_cfg, dict) else data_cfg)
     method = str(method_cfg.pop("name", None) or "unknown")
     width = num(model_cfg.get("width")) if isinstance(model_cfg, dict) else None
     train_sigma = num(device_cfg.get("sigma")) if isinstance(device_cfg, dict) else None
@@ -73,15 +66,15 @@ def _records_from_payload(payload: dict, path: Path) -> list[dict]:
     if chosen is not None and searched:
         method_cfg.setdefault(searched, chosen)
     option_names = {o.name for o in traits.options} if traits is not None else set()
-    label_override = cell.get("label") or payload.get("label")
+    label_override = cell.get("label") or getattr(rec, "label", None)
     if label_override == method:  # a sweep labels plain arms with the method name: keep the readable default
         label_override = None
     seed = ck.get("seed")
-    recal = payload.get("bn_recalibration")
+    recal = rec.bn_recalibration
     recal = str(recal.get("weights") or "?") if isinstance(recal, dict) else None  # "clean" | "each chip" | None
-    ck_path = _locate_checkpoint(payload.get("checkpoint"), path)
-    split = str(payload.get("split") or "test")  # `nvcim eval --split val` results are not test results
-    eval_device = payload.get("device_config") if isinstance(payload.get("device_config"), dict) else {}
+    ck_path = _locate_checkpoint(rec.checkpoint, path)
+    split = rec.split  # `nvcim eval --split val` results are not test results
+    eval_device = rec.device_config or {}
     quantized = eval_device.get("quantize") is not False  # `nvcim eval --no-quantize`: not the paper's chips
     out = []
     for i, r in enumerate(results):
@@ -94,7 +87,7 @@ def _records_from_payload(payload: dict, path: Path) -> list[dict]:
         out.append(
             {
                 "file": str(path),
-                "checkpoint": payload.get("checkpoint"),
+                "checkpoint": rec.checkpoint,
                 "checkpoint_path": ck_path,
                 "cell_id": cell.get("id"),
                 "model": str(model or "unknown"),
@@ -175,18 +168,17 @@ def scan_results(path, skip_bad: bool = False, warn=None) -> ResultSet:
         if kind not in KNOWN_KINDS:
             rs.skipped.append((str(f), f"kind {kind!r}"))
             continue
-        if kind == "sweep_cell_failed":
-            cell = payload.get("cell") if isinstance(payload.get("cell"), dict) else {}
-            err = str(payload.get("error") or "").strip()
-            rs.failures.append({"cell_id": str(cell.get("id", f.stem)), "error": err.splitlines()[0] if err else "",
-                                "file": str(f), "cell": cell})
-            continue
         try:
             try:
-                if kind == "write_verify":
-                    rs.verify_records.extend(_verify_records(payload, f))
-                    continue
-                rs.records.extend(_records_from_payload(payload, f))
+                rec = parse_result(payload, str(f))  # the one reader of result files: structure checked
+                if isinstance(rec, FailedCellFile):
+                    err = rec.error.strip()
+                    rs.failures.append({"cell_id": str(rec.cell.get("id", f.stem)),
+                                        "error": err.splitlines()[0] if err else "", "file": str(f), "cell": rec.cell})
+                elif isinstance(rec, WriteVerifyFile):
+                    rs.verify_records.extend(_verify_records(rec, f))
+                else:
+                    rs.records.extend(_records_from_file(rec, f))
             except (TypeError, AttributeError, KeyError) as e:  # a field of an unexpected type
                 raise ValueError(f"{f}: malformed mc_eval file ({type(e).__name__}: {e}); "
                                  "use --skip-bad to skip it") from None
@@ -202,13 +194,16 @@ def scan_results(path, skip_bad: bool = False, warn=None) -> ResultSet:
     return rs
 
 
-def _verify_records(payload: dict, path: Path) -> list[dict]:
+def _verify_records(rec: WriteVerifyFile, path: Path) -> list[dict]:
     """Records of one "write_verify" file: an mc_eval record per fraction, plus the write-verify fields."""
-    points = payload.get("points")
-    wv = payload.get("write_verify") if isinstance(payload.get("write_verify"), dict) else {}
-    if not isinstance(points, list) or not points or not all(isinstance(p, dict) for p in points):
+    points, wv = rec.points, rec.write_verify
+    if not points:
         raise ValueError(f"{path}: write_verify file has no 'points' list")
-    recs = _records_from_payload({**payload, "results": [p.get("result") for p in points]}, path)
+    for i, p in enumerate(points):
+        r = p["result"]
+        if num(r.get("sigma")) is None or num(r.get("mean")) is None:
+            raise ValueError(f"{path}: results[{i}] lacks a numeric 'sigma' or 'mean'")
+    recs = _records_from_file(rec, path, [p["result"] for p in points])
     for r, p in zip(recs, points):
         if num(p.get("fraction")) is None:
             raise ValueError(f"{path}: a write_verify point lacks a numeric 'fraction'")

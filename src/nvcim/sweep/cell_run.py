@@ -20,11 +20,11 @@ from typing import Any, Mapping
 
 import torch
 
-import nvcim
 from nvcim import evaluate, train
 from nvcim.batchnorm import CALIBRATION_BATCH, ChipCalibration, batchnorm_layers, recalibration_record
 from nvcim.checkpoint import CONFIG_FILE, CheckpointError, load_checkpoint, read_checkpoint_config
 from nvcim.data import load_dataset
+from nvcim.evaluate.files import EvaluationFile, FailedCellFile, write_result_file
 from nvcim.sweep.cells import Cell, fmt_beta, is_num, searched_param
 from nvcim.sweep.files import FAILED_FILE, RESULT_FILE, SCORE_FILE, cell_dir, link_or_copy_dir, prepare_cell_dir
 
@@ -151,10 +151,10 @@ def run_cell(cell: Cell | Mapping, out_dir, threads: int) -> dict:
     torch.set_num_threads(threads)
     d = prepare_cell_dir(out_dir, cell, threads)
     try:
-        payload = _run_cell(cell, Path(out_dir), d, threads, t0)
-        return {"id": cell.id, "status": "ok", "error": None, "wall_time_s": payload["cell"]["wall_time_s"],
-                "mean": payload["results"][0]["mean"], "sigma": payload["results"][0]["sigma"],
-                "beta": (payload["cell"]["beta_search"] or {}).get("chosen_beta")}
+        rec = _run_cell(cell, Path(out_dir), d, threads, t0)
+        first = rec.mc_results()[0]
+        return {"id": cell.id, "status": "ok", "error": None, "wall_time_s": rec.cell["wall_time_s"],
+                "mean": first.mean, "sigma": first.sigma, "beta": (rec.cell["beta_search"] or {}).get("chosen_beta")}
     except Exception as exc:  # recorded, the sweep goes on
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         msg = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
@@ -193,7 +193,7 @@ def _run_cell(cell: Cell, out: Path, d: Path, threads: int, t0: float) -> dict:
     payload = result_payload(cell, out, ckpt, tc, results, threads=threads, beta_search=beta_record,
                              wall=time.perf_counter() - t0, train_s=train_s, eval_s=eval_s, metrics=metrics,
                              bn_recalibration=_calibration_record(cell, splits))
-    evaluate.write_results_json(d / RESULT_FILE, payload)  # the cell is done from here on
+    write_result_file(d / RESULT_FILE, payload)  # the cell is done from here on
     if cell.betas and not cell.eval["keep_beta_checkpoints"]:
         for sub in (d / "beta").glob("*/checkpoint"):
             shutil.rmtree(sub, ignore_errors=True)
@@ -201,30 +201,27 @@ def _run_cell(cell: Cell, out: Path, d: Path, threads: int, t0: float) -> dict:
 
 
 def result_payload(cell: Cell, out: Path, ckpt: Path, tc, results, *, threads, beta_search, wall, train_s, eval_s,
-                   metrics, bn_recalibration: dict | None = None) -> dict:
-    """result.json: {"kind": "mc_eval", "nvcim_version", "checkpoint" (relative to the sweep dir),
-    "checkpoint_config", "dataset", "split": "test", "device_config" (its σ is the first test σ;
-    every result carries its own), "bn_recalibration" (None, or per-chip calibration as `nvcim eval`
-    records it), "results": [MCResult.to_dict() per test σ], "cell": {...}}."""
+                   metrics, bn_recalibration: dict | None = None) -> EvaluationFile:
+    """result.json (`nvcim.evaluate.files.EvaluationFile`): "checkpoint" relative to the sweep dir,
+    "device_config" at the first test σ (every result carries its own), "bn_recalibration" (None, or
+    per-chip calibration as `nvcim eval` records it), one result per test σ, and "cell": {...}."""
     params = dict(cell.train_config().method_params) if not cell.betas else dict(tc.method_params)
-    return {
-        "kind": "mc_eval",
-        "nvcim_version": nvcim.__version__,
-        "checkpoint": ckpt.relative_to(out).as_posix(),
-        "checkpoint_config": read_checkpoint_config(ckpt),
-        "dataset": cell.dataset,
-        "split": "test",
-        "device_config": tc.device_cfg(sigma=cell.test_sigmas[0]).to_dict(),
-        "bn_recalibration": bn_recalibration,
-        "results": [r.to_dict() for r in results],
-        "cell": {
+    return EvaluationFile(
+        results=list(results),
+        checkpoint=ckpt.relative_to(out).as_posix(),
+        checkpoint_config=read_checkpoint_config(ckpt),
+        dataset=cell.dataset,
+        split="test",
+        device_config=tc.device_cfg(sigma=cell.test_sigmas[0]).to_dict(),
+        bn_recalibration=bn_recalibration,
+        cell={
             "id": cell.id, "model": cell.model, "width": cell.width, "dataset": cell.dataset,
             "method": cell.method, "label": cell.label, "params": params, "sigma": cell.sigma, "seed": cell.seed,
             "test_sigmas": list(cell.test_sigmas), "threads": threads, "train_status": metrics.get("status", "ok"),
             "wall_time_s": wall, "train_wall_time_s": train_s, "eval_wall_time_s": eval_s,
             "beta_search": beta_search,
         },
-    }
+    )
 
 
 def record_failure(cell: Cell, out_dir, threads: int, error: str, tb: str, *, wall: float | None = None) -> dict:
@@ -233,10 +230,7 @@ def record_failure(cell: Cell, out_dir, threads: int, error: str, tb: str, *, wa
     one-cell summary (see run_cell)."""
     d = cell_dir(out_dir, cell.id)
     d.mkdir(parents=True, exist_ok=True)
-    evaluate.write_results_json(d / FAILED_FILE, {
-        "kind": "sweep_cell_failed", "nvcim_version": nvcim.__version__,
-        "cell": {**cell.to_dict(), "threads": threads, "wall_time_s": wall},
-        "error": error, "traceback": tb,
-    })
+    write_result_file(d / FAILED_FILE, FailedCellFile(cell={**cell.to_dict(), "threads": threads, "wall_time_s": wall},
+                                                      error=error, traceback=tb))
     return {"id": cell.id, "status": "failed", "error": error, "wall_time_s": 0.0 if wall is None else wall,
             "mean": None, "sigma": None, "beta": None}

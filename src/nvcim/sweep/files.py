@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from nvcim.evaluate.files import EvaluationFile, read_result_file
 from nvcim.fileio import atomic_write_text, current_umask
 from nvcim.sweep.cells import Cell, is_num
 
@@ -48,16 +49,14 @@ def result_problem(out_dir, cell_id: str) -> str | None:
     if not file.is_file():
         return None
     try:
-        payload = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        return f"{RESULT_FILE} is not valid JSON ({_first_line(exc)})"
-    if not isinstance(payload, dict) or payload.get("kind") != "mc_eval":
+        rec = read_result_file(file)
+    except OSError as exc:
+        return f"{RESULT_FILE} cannot be read ({_first_line(exc)})"
+    except ValueError as exc:  # not JSON, or a malformed result
+        return f"{RESULT_FILE} is not a complete result ({_first_line(exc)})"
+    if not isinstance(rec, EvaluationFile):
         return f"{RESULT_FILE} is not an mc_eval result"
-    results = payload.get("results")
-    if (not isinstance(results, list) or not results
-            or not all(isinstance(r, dict) and is_num(r.get("sigma")) and is_num(r.get("mean")) for r in results)):
-        return f"{RESULT_FILE} has no complete 'results' list"
-    if not isinstance(payload.get("cell"), dict) or payload["cell"].get("id") != cell_id:
+    if not isinstance(rec.cell, dict) or rec.cell.get("id") != cell_id:
         return f"{RESULT_FILE} is not this cell's"
     return None
 

@@ -1,0 +1,191 @@
+"""The one owner of nvcim's result files: their dataclasses, the single writer and the single reader.
+
+    write_result_file(path, EvaluationFile(results=[mc], checkpoint=..., checkpoint_config=..., dataset=...))
+    rec = read_result_file(path)   # EvaluationFile | WriteVerifyFile | FailedCellFile | None (not nvcim's)
+
+Three kinds, told apart by "kind" (every file is a JSON object; "format" is the version of its layout,
+absent = 1, the layout of every nvcim so far):
+
+    mc_eval            Monte Carlo results of one model (nvcim eval --out, a sweep cell's result.json, the demo):
+                       {"kind", "nvcim_version", "checkpoint", "checkpoint_config", "dataset", "split",
+                        "device_config", "bn_recalibration", "results": [MCResult.to_dict(), ...],
+                        "cell": {...} (sweep cells), "label" (optional), "format"}
+    write_verify       nvcim eval --verify-fractions: as mc_eval without "results", plus "write_verify": {...}
+                       and "points": [{"fraction", "verified_weights", "verified_devices", "result"}, ...]
+    sweep_cell_failed  a sweep cell that raised or diverged: {"kind", "nvcim_version", "cell", "error", "traceback"}
+
+The reader checks the structure every consumer relies on (one ValueError naming the file and the field);
+it keeps the per-result dicts as written (`EvaluationFile.mc_results()` turns them into MCResult).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+from nvcim import __version__
+from nvcim.evaluate.results import MCResult, write_results_json
+
+FORMAT = 1  # the layout version this module writes
+MC_EVAL, WRITE_VERIFY, CELL_FAILED = "mc_eval", "write_verify", "sweep_cell_failed"
+KINDS = (MC_EVAL, CELL_FAILED, WRITE_VERIFY)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@dataclass
+class EvaluationFile:
+    """An mc_eval file: what was evaluated (checkpoint and its config), on what, and the results per σ."""
+
+    results: list  # MCResult or its dict, one per test σ
+    checkpoint: str | None = None
+    checkpoint_config: dict = field(default_factory=dict)
+    dataset: str | None = None
+    split: str = "test"
+    device_config: dict | None = None
+    bn_recalibration: dict | None = None
+    cell: dict | None = None  # a sweep cell's description
+    label: str | None = None
+    nvcim_version: str = __version__
+    format: int = FORMAT
+    kind: ClassVar[str] = MC_EVAL
+
+    def head(self) -> dict:
+        return {"kind": self.kind, "nvcim_version": self.nvcim_version, "checkpoint": self.checkpoint,
+                "checkpoint_config": self.checkpoint_config, "dataset": self.dataset, "split": self.split,
+                "device_config": self.device_config, "bn_recalibration": self.bn_recalibration}
+
+    def to_dict(self) -> dict:
+        d = {**self.head(), "results": [r.to_dict() if isinstance(r, MCResult) else r for r in self.results]}
+        if self.cell is not None:
+            d["cell"] = self.cell
+        if self.label is not None:
+            d["label"] = self.label
+        d["format"] = self.format
+        return d
+
+    def mc_results(self) -> list[MCResult]:
+        return [r if isinstance(r, MCResult) else MCResult.from_dict(r) for r in self.results]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "<results>") -> "EvaluationFile":
+        results = d.get("results")
+        if not isinstance(results, list) or not results:
+            raise ValueError(f"{where}: mc_eval results file has no 'results' list")
+        for i, r in enumerate(results):
+            if not isinstance(r, dict) or not _is_num(r.get("sigma")) or not _is_num(r.get("mean")):
+                raise ValueError(f"{where}: results[{i}] lacks a numeric 'sigma' or 'mean'")
+        return cls(results=list(results), cell=_dict_or_none(d, "cell", where), label=d.get("label"),
+                   **_head_fields(d, where))
+
+
+@dataclass
+class WriteVerifyFile:
+    """A write_verify file: accuracy against the fraction of weights programmed with write-verify."""
+
+    points: list  # {"fraction", "verified_weights", "verified_devices", "result": MCResult or its dict}
+    write_verify: dict = field(default_factory=dict)
+    checkpoint: str | None = None
+    checkpoint_config: dict = field(default_factory=dict)
+    dataset: str | None = None
+    split: str = "test"
+    device_config: dict | None = None
+    bn_recalibration: dict | None = None
+    nvcim_version: str = __version__
+    format: int = FORMAT
+    kind: ClassVar[str] = WRITE_VERIFY
+
+    head = EvaluationFile.head
+
+    def to_dict(self) -> dict:
+        points = [{**p, "result": p["result"].to_dict() if isinstance(p["result"], MCResult) else p["result"]}
+                  for p in self.points]
+        return {**self.head(), "write_verify": self.write_verify, "points": points, "format": self.format}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "<results>") -> "WriteVerifyFile":
+        points = d.get("points")
+        if not isinstance(points, list) or not all(isinstance(p, dict) and isinstance(p.get("result"), dict)
+                                                   for p in points):
+            raise ValueError(f"{where}: write_verify file has no 'points' list of results")
+        wv = d.get("write_verify")
+        if not isinstance(wv, dict):
+            raise ValueError(f"{where}: 'write_verify' is not an object")
+        return cls(points=list(points), write_verify=dict(wv), **_head_fields(d, where))
+
+
+@dataclass
+class FailedCellFile:
+    """A sweep cell that raised or diverged (failed.json)."""
+
+    cell: dict
+    error: str
+    traceback: str = ""
+    nvcim_version: str = __version__
+    kind: ClassVar[str] = CELL_FAILED
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "nvcim_version": self.nvcim_version, "cell": self.cell, "error": self.error,
+                "traceback": self.traceback}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "<results>") -> "FailedCellFile":
+        cell = d.get("cell") if isinstance(d.get("cell"), dict) else {}
+        return cls(cell=cell, error=str(d.get("error") or ""), traceback=str(d.get("traceback") or ""),
+                   nvcim_version=str(d.get("nvcim_version") or "?"))
+
+
+ResultFile = EvaluationFile | WriteVerifyFile | FailedCellFile
+_CLASSES = {c.kind: c for c in (EvaluationFile, WriteVerifyFile, FailedCellFile)}
+
+
+def _dict_or_none(d: Mapping, key: str, where: str) -> dict | None:
+    v = d.get(key)
+    if v is not None and not isinstance(v, dict):
+        raise ValueError(f"{where}: '{key}' is a {type(v).__name__}, not an object")
+    return v
+
+
+def _head_fields(d: Mapping[str, Any], where: str) -> dict:
+    ck = d.get("checkpoint_config") or {}
+    if not isinstance(ck, dict):
+        raise ValueError(f"{where}: 'checkpoint_config' is not an object")
+    for key, kinds in (("model", (dict, str)), ("data", (dict, str)), ("method", (dict,)), ("device", (dict,))):
+        value = ck.get(key) or {}
+        if not isinstance(value, kinds):
+            raise ValueError(f"{where}: 'checkpoint_config.{key}' is a {type(value).__name__}, not an object")
+    fmt = d.get("format", 1)
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt > FORMAT:
+        raise ValueError(f"{where}: results file format {fmt!r} is newer than this nvcim reads ({FORMAT}): "
+                         "upgrade nvcim")
+    return {"checkpoint": d.get("checkpoint"), "checkpoint_config": ck, "dataset": d.get("dataset"),
+            "split": str(d.get("split") or "test"), "device_config": _dict_or_none(d, "device_config", where),
+            "bn_recalibration": d.get("bn_recalibration"), "nvcim_version": str(d.get("nvcim_version") or "?"),
+            "format": fmt}
+
+
+def parse_result(payload: Any, where: str = "<results>") -> ResultFile | None:
+    """The typed form of one parsed results JSON; None when it is not an nvcim result (another kind)."""
+    kind = payload.get("kind") if isinstance(payload, dict) else None
+    cls = _CLASSES.get(kind)
+    return None if cls is None else cls.from_dict(payload, where)
+
+
+def read_result_file(path) -> ResultFile | None:
+    """Read and check one results file: ValueError naming the file when it is not valid JSON or malformed."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable JSON results file ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    return parse_result(payload, str(path))
+
+
+def write_result_file(path, record: ResultFile) -> Path:
+    """Write one results file atomically (the only writer of the three kinds)."""
+    return write_results_json(path, record.to_dict())
