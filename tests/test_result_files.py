@@ -43,7 +43,7 @@ def test_files_of_earlier_versions_read_as_format_1_and_newer_formats_are_refuse
 def test_malformed_files_name_the_file_and_field(tmp_path):
     for payload, text in (({"kind": "mc_eval", "results": []}, "no 'results' list"),
                           ({"kind": "mc_eval", "results": [{"sigma": "x", "mean": 1}]}, r"results\[0\] lacks"),
-                          ({"kind": "mc_eval", "results": [{"sigma": 0.1, "mean": 1}], "checkpoint_config": []},
+                          ({"kind": "mc_eval", "results": [{"sigma": 0.1, "mean": 1}], "checkpoint_config": [1]},
                            "'checkpoint_config' is not an object"),
                           ({"kind": "write_verify", "points": [{"fraction": 0}], "write_verify": {}}, "'points'")):
         f = tmp_path / "bad.json"
