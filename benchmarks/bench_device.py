@@ -21,7 +21,7 @@ import time
 import torch
 
 import nvcim
-from nvcim import device as dm
+from nvcim.core import device as dm
 from nvcim.models import create_model
 
 
@@ -48,10 +48,10 @@ def main() -> None:
     dev = torch.device(args.device)
     torch.manual_seed(0)
     model = create_model("vgg8", num_classes=10, in_channels=3, width=args.width).to(dev).eval()
-    n_weights = sum(m.weight.numel() for _, m in nvcim.noise.supported_layers(model))
+    n_weights = sum(m.weight.numel() for _, m in nvcim.layers.noise.supported_layers(model))
     x = torch.randn(args.batch, 3, 32, 32, device=dev)
     fast, device_path = nvcim.DeviceConfig(sigma=0.3), nvcim.DeviceConfig(sigma=0.3, sampling="device")
-    weights = [m.weight.detach() for _, m in nvcim.noise.supported_layers(model)]
+    weights = [m.weight.detach() for _, m in nvcim.layers.noise.supported_layers(model)]
     prepared = {cfg: [dm.prepare(w, cfg) for w in weights] for cfg in (fast, device_path)}
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 

@@ -27,8 +27,8 @@ import sys
 from pathlib import Path
 
 from nvcim.batchnorm import ChipCalibration, recalibrate_batchnorm_
-from nvcim.checkpoint import load_checkpoint
-from nvcim.config import DeviceConfig
+from nvcim.io.checkpoint import load_checkpoint
+from nvcim.core.config import DeviceConfig
 from nvcim.data import load_dataset
 from nvcim.evaluate import monte_carlo_evaluate
 

@@ -16,8 +16,8 @@ from torch import nn
 
 import nvcim
 import nvcim.layers
-from nvcim.config import DeviceConfig
-from nvcim.coverage import CoverageError, check_coverage
+from nvcim.core.config import DeviceConfig
+from nvcim.layers.coverage import CoverageError, check_coverage
 from nvcim.evaluate import monte_carlo_evaluate
 
 CFG = DeviceConfig(sigma=0.3)
@@ -273,7 +273,7 @@ def test_model_without_supported_layer_is_an_error():
 
 def test_coverage_catches_the_fused_path(monkeypatch):
     """Were the fused path left on, the self-check would name the layers it bypasses."""
-    monkeypatch.setattr(nvcim.layers, "disable_fused_paths", lambda model: None)
+    monkeypatch.setattr(nvcim.layers.handlers, "disable_fused_paths", lambda model: None)
     torch.manual_seed(0)
     model = nvcim.apply_variation_(Encoder(), CFG).eval()
     with torch.no_grad(), pytest.raises(CoverageError) as err:

@@ -314,7 +314,7 @@ def _cli(argv, capsys):
 
 
 def test_cli_recalibrate_bn(tmp_path, capsys):
-    from nvcim.checkpoint import save_checkpoint
+    from nvcim.io.checkpoint import save_checkpoint
     from nvcim.data import read_mnist5k
     from nvcim.models import create_model
 
@@ -355,7 +355,7 @@ def test_cli_recalibrate_bn(tmp_path, capsys):
 
 
 def test_cli_recalibrate_bn_without_batchnorm_is_a_one_line_error(tmp_path, capsys, monkeypatch):
-    import nvcim.checkpoint
+    import nvcim.io.checkpoint
     from nvcim.data import read_mnist5k
 
     try:
@@ -365,7 +365,7 @@ def test_cli_recalibrate_bn_without_batchnorm_is_a_one_line_error(tmp_path, caps
     no_bn = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
     config = {"model": {"name": "custom", "in_channels": 1, "num_classes": 10}, "data": {"name": "mnist5k", "limit": 50},
               "device": nvcim.DeviceConfig(sigma=0.1).to_dict()}
-    monkeypatch.setattr(nvcim.checkpoint, "load_checkpoint", lambda path: (no_bn, config))
+    monkeypatch.setattr(nvcim.io.checkpoint, "load_checkpoint", lambda path: (no_bn, config))
     (tmp_path / "ck").mkdir()
     rc, _, err = _cli(["eval", str(tmp_path / "ck"), "--runs", "2", "--recalibrate-bn", "20"], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "no BatchNorm" in err and "drop --recalibrate-bn" in err

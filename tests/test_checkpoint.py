@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import nvcim
-from nvcim.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_config, save_checkpoint
+from nvcim.io.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_config, save_checkpoint
 from nvcim.models import create_model
 
 SPEC = {"name": "tiny", "num_classes": 10, "in_channels": 3}
@@ -214,7 +214,7 @@ def _listing(root):
 
 
 def test_is_checkpoint_dir(tmp_path):
-    from nvcim.checkpoint import is_checkpoint_dir
+    from nvcim.io.checkpoint import is_checkpoint_dir
 
     path = save_checkpoint(tmp_path / "ck", _trained_model(), SPEC)
     assert is_checkpoint_dir(path)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import nvcim
-from nvcim import device as dm
-from nvcim.config import DeviceConfig
+from nvcim.core import device as dm
+from nvcim.core.config import DeviceConfig
 
 MK = [(8, 2), (8, 1), (8, 4), (6, 3), (4, 2)]
 
@@ -217,7 +217,7 @@ def test_right_censored_gaussian_by_hand():
 
 
 def test_variation_registry_extends_with_one_class():
-    from nvcim.variation import VARIATIONS, Variation, register_variation
+    from nvcim.core.variation import VARIATIONS, Variation, register_variation
 
     @register_variation("_test_constant")
     class Constant(Variation):

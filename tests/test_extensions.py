@@ -21,7 +21,7 @@ from nvcim.sweep import load_spec, run_sweep
 from nvcim.sweep.backends.registry import BACKENDS, register_backend
 from nvcim.sweep.cell_run import run_cell
 from nvcim.train import TrainConfig, train
-from nvcim.variation import VARIATIONS, Variation, register_variation
+from nvcim.core.variation import VARIATIONS, Variation, register_variation
 
 
 # ---- the user's extensions -------------------------------------------------------------------------

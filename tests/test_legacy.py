@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import nvcim
-from nvcim.checkpoint import read_checkpoint_config
+from nvcim.io.checkpoint import read_checkpoint_config
 from nvcim.cli import main
 from nvcim.evaluate import monte_carlo_evaluate, robustness_curve
 from nvcim.models import create_model

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nvcim
-from nvcim.config import DeviceConfig
+from nvcim.core.config import DeviceConfig
 from nvcim.methods import METHODS, OVFConfig, create_task, method_config, method_from_dict, method_to_dict
 
 SIGMA = 0.3

@@ -9,7 +9,7 @@ from torch import nn
 
 import nvcim
 import nvcim.layers
-from nvcim.config import DeviceConfig
+from nvcim.core.config import DeviceConfig
 
 
 class Net(nn.Module):
@@ -213,7 +213,7 @@ def test_noise_magnitude_in_model_matches_c_sigma_s(net):
 
 
 def test_quantization_is_cached_per_weight_version_inside_the_cached_block(net, x):
-    from nvcim.noise import quantization_cached
+    from nvcim.layers.noise import quantization_cached
 
     nvcim.apply_variation_(net, DeviceConfig(sigma=0.1))
     ctrl = nvcim.layers.controls(net.fc)["weight"]

@@ -9,9 +9,9 @@ import os
 import pytest
 
 import nvcim.data
-from nvcim.checkpoint import save_checkpoint
+from nvcim.io.checkpoint import save_checkpoint
 from nvcim.cli import main
-from nvcim.config import DeviceConfig
+from nvcim.core.config import DeviceConfig
 from nvcim.models import create_model
 
 
@@ -86,7 +86,7 @@ def test_result_files_follow_the_umask(tmp_path):
     """atomic writes get 0666 less the umask (0644 under the usual 022, 0640 under 027)."""
     import os
 
-    from nvcim.fileio import atomic_write_text
+    from nvcim.io.files import atomic_write_text
 
     old = os.umask(0o027)
     try:

@@ -653,7 +653,7 @@ def test_per_chip_bn_calibration(tmp_path, monkeypatch):
 
     from nvcim import evaluate
     from nvcim.batchnorm import ChipCalibration
-    from nvcim.checkpoint import load_checkpoint
+    from nvcim.io.checkpoint import load_checkpoint
 
     assert "bn_calibration_images" not in validate_spec(BASE).to_dict()["eval"]  # off: old sweep directories still resume
     assert validate_spec(spec_of(eval={"runs": 3, "val_runs": 2, "bn_calibration_images": 0})) == validate_spec(BASE)

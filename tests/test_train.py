@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import nvcim.methods as methods
-from nvcim.checkpoint import load_checkpoint
-from nvcim.config import DeviceConfig
+from nvcim.io.checkpoint import load_checkpoint
+from nvcim.core.config import DeviceConfig
 from nvcim.cli import main
 from nvcim.train import (
     DEFAULTS,
@@ -58,7 +58,7 @@ def test_each_method_trains_and_saves_a_loadable_checkpoint(method, tmp_path):
     out = tmp_path / "ckpt"
     res = train(cfg, out)
     assert res.status == "ok" and res.checkpoint == out
-    from nvcim.noise import noisy_modules
+    from nvcim.layers.noise import noisy_modules
 
     assert noisy_modules(res.model) == []  # task.finish(): the plain backbone
     model, config = load_checkpoint(out)

@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import nvcim
-from nvcim.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from nvcim.config import DeviceConfig
+from nvcim.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from nvcim.core.config import DeviceConfig
 from nvcim.evaluate import MCResult, monte_carlo_evaluate, results_table, robustness_curve
 from nvcim.methods import create_task, method_config
 from nvcim.models import MODELS, create_model, register_model

@@ -1,4 +1,4 @@
-"""Tests of write-verify (nvcim.writeverify, nvcim.device.write_verified): the device step, the rankings
+"""Tests of write-verify (nvcim.writeverify, nvcim.core.device.write_verified): the device step, the rankings
 against hand computations, every Monte Carlo path on the same draws, the boundaries (nothing verified =
 no write-verify at all; everything verified at σ_res = 0 = the quantized model) and the curve."""
 
@@ -13,8 +13,8 @@ from torch import nn
 
 import nvcim
 import nvcim.layers
-from nvcim import device as dm
-from nvcim.config import DeviceConfig
+from nvcim.core import device as dm
+from nvcim.core.config import DeviceConfig
 from nvcim.evaluate import monte_carlo_evaluate
 from nvcim.writeverify import (
     VerifyPlan,

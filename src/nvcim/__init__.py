@@ -6,10 +6,11 @@ Core API (see README):
     nvcim.apply_variation_(model, cfg); nvcim.program_chip_(model, seed=0); nvcim.remove_variation_(model)
 """
 
-from nvcim.config import DeviceConfig
-from nvcim.coverage import CoverageError, check_coverage
-from nvcim.device import combine_levels, prepare, program, quantize, quantize_levels, slice_levels
-from nvcim.noise import (
+from nvcim.core.config import DeviceConfig
+from nvcim.core.device import combine_levels, prepare, program, quantize, quantize_levels, slice_levels
+from nvcim.core.variation import VARIATIONS, Variation, register_variation
+from nvcim.layers.coverage import CoverageError, check_coverage
+from nvcim.layers.noise import (
     apply_variation_,
     clear_chip_,
     device_variation,
@@ -23,7 +24,6 @@ from nvcim.noise import (
     sigma_scope,
     variation_disabled,
 )
-from nvcim.variation import VARIATIONS, Variation, register_variation
 
 __version__ = "0.1.0"
 

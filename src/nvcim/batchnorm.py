@@ -33,7 +33,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from nvcim.batching import eval_mode, input_batches
+from nvcim.data.batching import eval_mode, input_batches
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 

@@ -22,7 +22,7 @@ import torch
 from tabulate import tabulate
 
 import nvcim
-from nvcim import device as dm
+from nvcim.core import device as dm
 from nvcim.data import load_dataset
 from nvcim.evaluate import monte_carlo_evaluate
 from nvcim.evaluate.files import EvaluationFile, write_result_file
@@ -35,7 +35,7 @@ def device_model_table(model: torch.nn.Module, cfg: nvcim.DeviceConfig) -> str:
     """Per-layer statistics of the device model on a real network (one programmed chip)."""
     rows = []
     gen = torch.Generator().manual_seed(0)
-    for name, m in nvcim.noise.supported_layers(model):
+    for name, m in nvcim.layers.noise.supported_layers(model):
         w = m.weight.detach()
         p = dm.prepare(w, cfg)
         w_p = dm.draw(p, cfg, cfg.sigma, gen)

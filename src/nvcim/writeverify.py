@@ -26,7 +26,7 @@ The rankings of one model are nested: the weights verified at a smaller fraction
 larger one, so curves over fractions are monotone up to Monte Carlo noise (and with the same seed the
 chips share their draws: common random numbers).
 
-`VerifyPlan` and `write_verify_scope` live in `nvcim.verify_plan` (below Monte Carlo evaluation, which
+`VerifyPlan` and `write_verify_scope` live in `nvcim.layers.verify` (below Monte Carlo evaluation, which
 applies them) and are re-exported here.
 """
 
@@ -41,13 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nvcim import device as dm
-from nvcim.batching import eval_mode, materialize
-from nvcim.config import DeviceConfig
+from nvcim.core import device as dm
+from nvcim.data.batching import eval_mode, materialize
+from nvcim.core.config import DeviceConfig
 from nvcim.evaluate import monte_carlo_evaluate
-from nvcim.fileio import atomic_write_text
-from nvcim.noise import noisy_parameters, selected_parameters, variation_disabled
-from nvcim.verify_plan import DEFAULT_RESIDUAL_SIGMA, VerifyPlan, write_verify_scope  # re-exported here
+from nvcim.io.files import atomic_write_text
+from nvcim.layers.noise import noisy_parameters, selected_parameters, variation_disabled
+from nvcim.layers.verify import DEFAULT_RESIDUAL_SIGMA, VerifyPlan, write_verify_scope  # re-exported here
 
 RANKINGS = ("magnitude", "sensitivity", "random")
 

@@ -175,7 +175,7 @@ def _refuse_inside(flag: str, out: Path, ckpt: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nvcim.config import DeviceConfig
+    from nvcim.core.config import DeviceConfig
     from nvcim.evaluate import default_sigma_grid, results_table, robustness_curve, write_csv
     from nvcim.evaluate.files import EvaluationFile, write_result_file
 
@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
         if not parts:
             raise ValueError(f"--sigmas {args.sigmas!r} lists no value: give e.g. 0,0.1,0.2")
         sigmas = [_sigma("--sigmas", s.strip()) for s in parts]
-    from nvcim.fileio import check_output_path
+    from nvcim.io.files import check_output_path
 
     ckpt = Path(args.checkpoint)
     for flag, out_file in (("--out", args.out), ("--csv", args.csv)):
@@ -239,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             raise ValueError("--device cuda but CUDA is not available: use --device cpu")
 
-    from nvcim.checkpoint import load_checkpoint
+    from nvcim.io.checkpoint import load_checkpoint
     from nvcim.data import DATASETS, dataset_fingerprint, dataset_info, is_npz_name, load_dataset
     from nvcim.plugins import missing_hint
 

@@ -38,7 +38,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from nvcim.fileio import check_output_path
+    from nvcim.io.files import check_output_path
     from nvcim.report import scan_results, write_report
 
     roots = [Path(d) for d in args.dirs]

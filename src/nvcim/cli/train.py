@@ -86,7 +86,7 @@ def method_flags() -> tuple[str, ...]:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from nvcim.methods import METHODS
-    from nvcim.variation import VARIATIONS
+    from nvcim.core.variation import VARIATIONS
     from nvcim.train import DEFAULTS, DEVICES, OPTIMIZERS, PRESETS, SCHEDULES, SELECTIONS
 
     D = DEFAULTS
@@ -197,7 +197,7 @@ def config_from_args(args: argparse.Namespace):
     if "variation_option" in given:
         device_flags["variation_options"] = dict(given["variation_option"])
     if device_flags:
-        from nvcim.config import DeviceConfig
+        from nvcim.core.config import DeviceConfig
 
         base = d.get("device_config") or {}
         base = base.to_dict() if isinstance(base, DeviceConfig) else dict(base)

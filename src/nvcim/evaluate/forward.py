@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from nvcim.evaluate.sampler import ChipSampler
-from nvcim.noise import variation_disabled
+from nvcim.layers.noise import variation_disabled
 
 LOGITS_PER_ADD = 1 << 16  # logits of several chips scored in one Accumulator.add (2^14-2^18 alike)
 

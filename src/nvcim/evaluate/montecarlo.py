@@ -4,7 +4,7 @@
     curve = robustness_curve(model, split, cfg, default_sigma_grid(0.3))
 
 Before any chip: the labels are checked against the model's logits, the model's noisy tensors must
-all change its output (`nvcim.coverage`). Then the chips are drawn (`ChipSampler`) and scored on one
+all change its output (`nvcim.layers.coverage`). Then the chips are drawn (`ChipSampler`) and scored on one
 of three paths that compute the same thing. The fast ones draw a chunk of runs at once: the
 programmed weights of every layer go into one preallocated buffer [R_chunk, *W.shape] that is
 refilled in place (W_d precomputed once; per run only randn and one addcmul, no allocation), then
@@ -33,10 +33,10 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from nvcim.batching import eval_mode, materialize
+from nvcim.data.batching import eval_mode, materialize
 from nvcim.batchnorm import ChipCalibration, frozen_bn_statistics, recalibrate_batchnorm_
-from nvcim.config import DeviceConfig
-from nvcim.coverage import CHECK_IMAGES, check_coverage
+from nvcim.core.config import DeviceConfig
+from nvcim.layers.coverage import CHECK_IMAGES, check_coverage
 from nvcim.evaluate.forward import (
     Accumulator,
     activation_bytes_per_image,
@@ -49,7 +49,7 @@ from nvcim.evaluate.forward import (
 from nvcim.evaluate.results import MCResult
 from nvcim.evaluate.sampler import ChipSampler, run_generator
 from nvcim.evaluate.stats import summarize
-from nvcim.noise import (
+from nvcim.layers.noise import (
     apply_variation_,
     clear_chip_,
     noisy_parameters,
@@ -59,7 +59,7 @@ from nvcim.noise import (
     remove_variation_,
     variation_disabled,
 )
-from nvcim.verify_plan import VerifyPlan, write_verify_scope
+from nvcim.layers.verify import VerifyPlan, write_verify_scope
 
 PATHS = ("auto", "stacked", "chunked", "loop")
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes for stacked weights + activations of one chunk
@@ -311,7 +311,7 @@ def monte_carlo_evaluate(
 
 
 def _check_coverage_once(model: nn.Module, batches) -> None:
-    """Every noisy tensor must change the output (`nvcim.coverage`): checked on the first images, in the
+    """Every noisy tensor must change the output (`nvcim.layers.coverage`): checked on the first images, in the
     mode Monte Carlo runs in (eval, no_grad); a fused path that reads clean weights raises CoverageError."""
     with torch.no_grad():
         check_coverage(model, batches[0][0][:CHECK_IMAGES])

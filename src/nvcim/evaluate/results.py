@@ -18,8 +18,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from nvcim.config import DeviceConfig
-from nvcim.fileio import atomic_write_text
+from nvcim.core.config import DeviceConfig
+from nvcim.io.files import atomic_write_text
 
 
 def _nan_to_none(v: Any) -> Any:

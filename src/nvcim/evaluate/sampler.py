@@ -1,7 +1,7 @@
 """Programmed chips for Monte Carlo evaluation: per-run seeds and generators, and the chip sampler.
 
     gen = run_generator(seed, r)                              # all of run r's draws
-    sampler = ChipSampler(model, cfg, device)                 # reads the noisy tensors (nvcim.noise)
+    sampler = ChipSampler(model, cfg, device)                 # reads the noisy tensors (nvcim.layers.noise)
     bufs = sampler.alloc(k); sampler.fill(bufs, runs, seed, σ)  # bufs[l][i] = layer l of chip runs[i]
 
 One run = one programmed chip: every noisy weight gets one draw, kept for the whole test set. Run r's
@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from nvcim import device as dm
-from nvcim.config import DeviceConfig
-from nvcim.noise import noisy_parameters
+from nvcim.core import device as dm
+from nvcim.core.config import DeviceConfig
+from nvcim.layers.noise import noisy_parameters
 
 
 def run_seed(seed: int, run: int) -> int:
@@ -53,7 +53,7 @@ class ChipSampler:
     """Draws programmed chips for a model whose noisy layers carry `cfg`, into stacked buffers.
 
     Reproduces `nvcim.draw_chip(model, generator=gen, sigma=σ)` value for value: same layer order,
-    same generator calls on CPU, same arithmetic as `nvcim.device.draw` (W_d + z · c σ s in one
+    same generator calls on CPU, same arithmetic as `nvcim.core.device.draw` (W_d + z · c σ s in one
     addcmul), but written in place into preallocated buffers instead of fresh tensors.
     """
 

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from nvcim.config import DeviceConfig
+from nvcim.core.config import DeviceConfig
 
 
 # ---- Student t quantile (no scipy in the package) ----------------------------------------------

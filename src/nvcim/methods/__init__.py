@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from nvcim.config import DeviceConfig
+from nvcim.core.config import DeviceConfig
 from nvcim.methods.base import (METHODS, Method, Option, TrainingTask, censor_suffix, finite_or_none, fmt_param,
                                 register_method, training_device)
 from nvcim.methods.noise_injection import NoiseInjection, NoiseInjectionConfig, NoiseInjectionTask

@@ -32,10 +32,10 @@ from typing import Any, ClassVar, Mapping
 import torch
 from torch import nn
 
-from nvcim.config import DeviceConfig
-from nvcim.noise import apply_variation_, noisy_modules, noisy_parameters, remove_variation_
+from nvcim.core.config import DeviceConfig
+from nvcim.layers.noise import apply_variation_, noisy_modules, noisy_parameters, remove_variation_
 from nvcim.registry import Registry
-from nvcim.variation import check_censor_threshold
+from nvcim.core.variation import check_censor_threshold
 
 
 def is_finite_number(v: Any) -> bool:

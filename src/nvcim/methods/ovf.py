@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from nvcim.batchnorm import frozen_bn_statistics  # the "backbone" BatchNorm policy
 from nvcim.methods.base import (CENSOR, Method, Option, TrainingTask, check_censor, is_finite_number,
                                 register_method, training_device)
-from nvcim.noise import quantization_cached, sigma_scope
+from nvcim.layers.noise import quantization_cached, sigma_scope
 
 BN_POLICIES = ("backbone", "all")
 

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from nvcim import reference
-from nvcim.fileio import atomic_write_bytes
+from nvcim.io.files import atomic_write_bytes
 from nvcim.report.common import CONVERGENCE_THRESHOLD, fmt_param, fmt_sigma, group_title, label_sort_key, uses_device
 from nvcim.report.labels import base_label
 from nvcim.report.points import ordered_labels, runs_note

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from nvcim import __version__
-from nvcim.fileio import atomic_write_bytes
+from nvcim.io.files import atomic_write_bytes
 from nvcim.report.common import group_title
 from nvcim.report.figures import (Figures, fig_accuracy, fig_convergence, fig_distribution, fig_ekl, fig_robustness,
                                   fig_write_verify, label_colours)

@@ -32,7 +32,7 @@ ever share a directory. Files of a cell, under DIR/cells/<id>/:
 
     cell.json            the cell's full definition (written first; a partial cell whose
                          definition changed is wiped before it runs again)
-    checkpoint/          nvcim.checkpoint of the model that is tested
+    checkpoint/          nvcim.io.checkpoint of the model that is tested
     beta/<β>/checkpoint/ β search: one model per candidate, and beta/<β>/score.json (its
                          validation score; the marker that this candidate is done, unless
                          it cannot be read: then the candidate is scored again)

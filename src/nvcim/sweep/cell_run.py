@@ -22,7 +22,7 @@ import torch
 
 from nvcim import evaluate, train
 from nvcim.batchnorm import CALIBRATION_BATCH, ChipCalibration, batchnorm_layers, recalibration_record
-from nvcim.checkpoint import CONFIG_FILE, CheckpointError, load_checkpoint, read_checkpoint_config
+from nvcim.io.checkpoint import CONFIG_FILE, CheckpointError, load_checkpoint, read_checkpoint_config
 from nvcim.data import load_dataset
 from nvcim.evaluate.files import EvaluationFile, FailedCellFile, write_result_file
 from nvcim.sweep.cells import Cell, fmt_beta, is_num, searched_param

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nvcim.evaluate.files import EvaluationFile, read_result_file
-from nvcim.fileio import atomic_write_text, current_umask
+from nvcim.io.files import atomic_write_text, current_umask
 from nvcim.sweep.cells import Cell, is_num
 
 RESULT_FILE = "result.json"

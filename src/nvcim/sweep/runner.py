@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from nvcim.data import check_dataset
 from nvcim.evaluate import write_results_json
-from nvcim.fileio import atomic_write_text, check_output_path
+from nvcim.io.files import atomic_write_text, check_output_path
 from nvcim.sweep.backends.registry import get_backend
 from nvcim.sweep.cells import Cell, expand, is_int
 from nvcim.sweep.files import CELL_FILE, LOCK_FILE, SPEC_JSON, cell_dir, cell_state, result_problem

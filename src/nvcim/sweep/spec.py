@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from nvcim.data import DATASETS, is_npz_name
-from nvcim.fileio import read_mapping_file
+from nvcim.io.files import read_mapping_file
 from nvcim.methods import METHODS, method_config
 from nvcim.models import list_models
 from nvcim.sweep.cells import LABEL_MAX, expand, is_int, is_num, label_slug

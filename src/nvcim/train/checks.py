@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from nvcim.checkpoint import is_checkpoint_dir, replaceable_problem
+from nvcim.io.checkpoint import is_checkpoint_dir, replaceable_problem
 from nvcim.data import dataset_info
-from nvcim.fileio import check_output_path
+from nvcim.io.files import check_output_path
 from nvcim.models import create_model
 from nvcim.train.config import TrainConfig
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from nvcim.config import DeviceConfig
+from nvcim.core.config import DeviceConfig
 from nvcim.data import DATASETS, is_npz_name
-from nvcim.fileio import read_mapping_file
+from nvcim.io.files import read_mapping_file
 from nvcim.methods import METHODS, method_config
 from nvcim.models import list_models
 

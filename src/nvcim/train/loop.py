@@ -22,7 +22,7 @@ One run:
     the end. Ties keep the earlier epoch.
   * end: `task.finish()` (plain backbone), clean test accuracy and a quick Monte Carlo test accuracy
     at the training σ (`val_runs` chips, seed TEST_MC_SEED; the full evaluation is `nvcim eval`),
-    and, with `out_dir`, one atomic checkpoint (nvcim.checkpoint.save_checkpoint).
+    and, with `out_dir`, one atomic checkpoint (nvcim.io.checkpoint.save_checkpoint).
 
 Divergence: a non-finite loss stops the run; `train()` does not raise. The result has status
 "diverged" and metrics["diverged_at"] = {"epoch", "step"} (1-based epoch; step counted from 1
@@ -51,12 +51,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from nvcim.checkpoint import save_checkpoint
+from nvcim.io.checkpoint import save_checkpoint
 from nvcim.data import DATASETS, load_dataset
 from nvcim.evaluate import monte_carlo_evaluate
 from nvcim.methods import create_task, method_to_dict
 from nvcim.models import create_model
-from nvcim.noise import variation_disabled
+from nvcim.layers.noise import variation_disabled
 from nvcim.train.checks import check_model_fits_data, check_out_dir, resolve_device
 from nvcim.train.config import TrainConfig
 

@@ -23,7 +23,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from nvcim.fileio import atomic_write_bytes
+from nvcim.io.files import atomic_write_bytes
 from nvcim.sweep.backends.registry import register_backend
 from nvcim.sweep.cell_run import record_failure, run_cell
 from nvcim.sweep.files import TOKEN_FILE, cell_dir

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nvcim.noise import noisy_parameters, overridden
+from nvcim.layers.noise import noisy_parameters, overridden
 
 CHECK_IMAGES = 16  # images of the first batch that `monte_carlo_evaluate` checks coverage on
 

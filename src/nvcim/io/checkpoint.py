@@ -39,7 +39,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from nvcim.fileio import current_umask
+from nvcim.io.files import current_umask
 from nvcim.plugins import loaded as loaded_plugins
 from nvcim.plugins import missing_hint
 
@@ -204,7 +204,7 @@ _FIELD_TYPES = {
 
 def _config_problem(config: Mapping) -> str | None:
     """What is wrong with the types of a config's model, data and device entries (one line), or None."""
-    from nvcim.config import DeviceConfig
+    from nvcim.core.config import DeviceConfig
 
     for section, fields in _FIELD_TYPES.items():
         entry = config.get(section)

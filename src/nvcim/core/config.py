@@ -17,7 +17,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from nvcim.variation import VARIATIONS
+from nvcim.core.variation import VARIATIONS
 
 SAMPLING_PATHS = ("auto", "fast", "device")
 
@@ -30,7 +30,7 @@ class DeviceConfig:
     device_bits: K, bits stored per device (1..16); must divide weight_bits.
     sigma: σ_d >= 0, std of one device's conductance error in units of its maximum level (2^K - 1).
     quantize: apply Eq. 2 before programming (False reproduces the authors' code: noise on float W).
-    variation: name of a registered variation kind (see `nvcim.variation.VARIATIONS`).
+    variation: name of a registered variation kind (see `nvcim.core.variation.VARIATIONS`).
     variation_options: keyword options of that kind, e.g. {"threshold": 1.0}.
     sampling: "auto" (fast path when it is exact), "fast" (one draw per weight; Gaussian only),
         or "device" (one draw per device, always exact).

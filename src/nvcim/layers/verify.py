@@ -18,7 +18,7 @@ from typing import Iterator, Mapping
 import torch
 from torch import nn
 
-from nvcim.noise import noisy_parameters, overridden
+from nvcim.layers.noise import noisy_parameters, overridden
 
 DEFAULT_RESIDUAL_SIGMA = 0.03
 

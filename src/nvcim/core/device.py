@@ -6,7 +6,7 @@ Reads like the hardware (SPEC §2, paper Eq. 2-3), one step per function:
     q   = round(|W| / s * (2^M - 1))               quantize_levels      (Eq. 2)
     ḡ_j = (q >> jK) & (2^K - 1),  j < M/K          slice_levels
     q   = Σ_j ḡ_j 2^{jK}                           combine_levels       (round trip)
-    g_j = ḡ_j + Δg_j                               variation kind (nvcim.variation)
+    g_j = ḡ_j + Δg_j                               variation kind (nvcim.core.variation)
     W_p = W_d + sign(W) s/(2^M-1) Σ_j Δg_j 2^{jK}  program              (Eq. 3)
     verified weights: W_p at min(σ_res, σ)         write_verified       (SPEC §7)
 
@@ -26,8 +26,8 @@ from typing import NamedTuple
 
 import torch
 
-from nvcim.config import DeviceConfig
-from nvcim.variation import VARIATIONS
+from nvcim.core.config import DeviceConfig
+from nvcim.core.variation import VARIATIONS
 
 
 def _check_weight(w: torch.Tensor, cfg: DeviceConfig) -> None:

@@ -30,9 +30,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from nvcim import device as dm
-from nvcim import layers
-from nvcim.config import DeviceConfig
+from nvcim.core import device as dm
+from nvcim.layers import handlers
+from nvcim.core.config import DeviceConfig
 
 ModuleFilter = Callable[[str, nn.Module], bool]
 
@@ -78,7 +78,7 @@ class NoisyWeight:
         self.programmed: torch.Tensor | None = None
         self.verified: torch.Tensor | None = None  # bool [*W.shape]: weights programmed with write-verify
         self.residual_sigma: float = 0.0  # σ the verified weights are left with (nvcim.writeverify)
-        self.reads = 0  # forwards that asked for this weight (`nvcim.coverage` checks it is read)
+        self.reads = 0  # forwards that asked for this weight (`nvcim.layers.coverage` checks it is read)
         self._cache_key: tuple | None = None
         self._cache: dm.PreparedWeight | None = None
 
@@ -184,7 +184,7 @@ def _make_filter(
 
 def supported_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) of every layer nvcim can vary (see `nvcim.layers`), in module order."""
-    return [(n, m) for n, m in model.named_modules() if layers.handler_for(m) is not None]
+    return [(n, m) for n, m in model.named_modules() if handlers.handler_for(m) is not None]
 
 
 def selected_layers(
@@ -207,7 +207,7 @@ def selected_layers(
     names = [n for n, _ in candidates]
     if strict:
         if not candidates:
-            kinds = sorted({t.__name__ for t in layers.LAYER_HANDLERS})
+            kinds = sorted({t.__name__ for t in handlers.LAYER_HANDLERS})
             raise SelectionError(f"the model ({type(model).__name__}) has no layer nvcim can vary (supported: "
                                  f"{', '.join(kinds)}): nothing would get device variation")
         for what, patterns in (("include", include), ("exclude", exclude)):
@@ -224,7 +224,7 @@ def selected_layers(
 def selected_parameters(model: nn.Module, **selectors) -> list[tuple[str, nn.Module, str]]:
     """(state-dict name, module, attribute) of every tensor `apply_variation_` would vary, in order."""
     return [(_key(n, a), m, a) for n, m in selected_layers(model, **selectors)
-            for a in layers.handler_for(m).attrs(m)]
+            for a in handlers.handler_for(m).attrs(m)]
 
 
 def apply_variation_(
@@ -249,34 +249,34 @@ def apply_variation_(
         raise TypeError(f"cfg must be a nvcim.DeviceConfig, got {type(cfg).__name__}")
     chosen = selected_layers(model, filter, include, exclude, strict=True)
     for _, module in chosen:
-        for attr in layers.handler_for(module).attrs(module):
-            layers.attach(module, attr, NoisyWeight(cfg, generator))
+        for attr in handlers.handler_for(module).attrs(module):
+            handlers.attach(module, attr, NoisyWeight(cfg, generator))
     for module in model.modules():  # an attention block reads its out_proj's weight itself
-        if isinstance(module, nn.MultiheadAttention) and layers.controls(module.out_proj) \
-                and not layers.is_routed(module):
-            layers.route_through(module)
-    layers.disable_fused_paths(model)
+        if isinstance(module, nn.MultiheadAttention) and handlers.controls(module.out_proj) \
+                and not handlers.is_routed(module):
+            handlers.route_through(module)
+    handlers.disable_fused_paths(model)
     return model
 
 
 def remove_variation_(model: nn.Module) -> nn.Module:
     """Undo `apply_variation_`: the plain model again, weights exactly as they were."""
     for module in model.modules():
-        if layers.is_routed(module):
-            layers.detach(module)
-    layers.restore_fused_paths(model)
+        if handlers.is_routed(module):
+            handlers.detach(module)
+    handlers.restore_fused_paths(model)
     return model
 
 
 def noisy_parameters(model: nn.Module) -> list[NoisyParameter]:
     """Every varied weight tensor, in module order (then the layer type's attribute order)."""
     return [NoisyParameter(_key(n, attr), m, attr, ctrl)
-            for n, m in model.named_modules() for attr, ctrl in layers.controls(m).items()]
+            for n, m in model.named_modules() for attr, ctrl in handlers.controls(m).items()]
 
 
 def noisy_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) of every layer with variation applied, in module order."""
-    return [(n, m) for n, m in model.named_modules() if layers.controls(m)]
+    return [(n, m) for n, m in model.named_modules() if handlers.controls(m)]
 
 
 def _controllers(model: nn.Module) -> list[NoisyWeight]:

@@ -21,7 +21,7 @@ import torch
 
 from nvcim.registry import Registry
 
-# (annotations name "DeviceConfig": nvcim.config imports this module, so it is not imported back here)
+# (annotations name "DeviceConfig": nvcim.core.config imports this module, so it is not imported back here)
 
 VARIATIONS: Registry["Variation"] = Registry("variation")
 

@@ -1,0 +1,11 @@
+"""The device model itself, as configs and pure tensor functions (SPEC §2, §8): no nn.Module in sight.
+
+    config.py     DeviceConfig: how weights live on the chip (M, K, σ_d, variation kind, sampling path)
+    variation.py  the variation kinds: how one device's conductance lands around its target (registry)
+    device.py     weights -> levels -> devices -> perturbed weights (Eq. 2-3), write-verify
+"""
+
+from nvcim.core.config import DeviceConfig
+from nvcim.core.variation import VARIATIONS, Variation, register_variation
+
+__all__ = ["DeviceConfig", "VARIATIONS", "Variation", "register_variation"]
