@@ -102,3 +102,27 @@ def test_bad_plugins_are_one_line_errors(tmp_path):
                        ("no_such_module_xyz", "ModuleNotFoundError")):
         r = _run(["train", "--plugin", spec, "--help"])
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and text in r.stderr, r.stderr
+
+
+def test_plugin_model_in_a_process_pool_sweep(trained, tmp_path):
+    """Spawned sweep workers import the parent's plugins before running a cell."""
+    plugin, data, _ = trained
+    spec = tmp_path / "spec.toml"
+    spec.write_text(f'''
+name = "plugged"
+models = ["plug_mlp_test"]
+datasets = ["npz:{data}"]
+methods = ["noise_injection"]
+sigmas = [0.1]
+seeds = [0, 1]
+[train]
+epochs = 1
+batch_size = 16
+val_runs = 2
+[eval]
+runs = 2
+val_runs = 2
+''')
+    rc = main(["sweep", str(spec), "--out", str(tmp_path / "sw"), "--workers", "2", "--quiet", "--plugin", str(plugin)])
+    assert rc == 0
+    assert len(list((tmp_path / "sw").rglob("result.json"))) == 2

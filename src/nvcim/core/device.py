@@ -67,11 +67,6 @@ def _level_step(s: torch.Tensor, cfg: DeviceConfig) -> torch.Tensor:
     return torch.where(s > 0, cfg.weight_levels / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(s))
 
 
-def dequantize(levels: torch.Tensor, sign: torch.Tensor, scale: torch.Tensor, cfg: DeviceConfig) -> torch.Tensor:
-    """W_d = sign * q * s / (2^M - 1) (evaluated in that order, so q * s / (2^M - 1) round-trips exactly)."""
-    return (sign * levels).mul_(scale).div_(cfg.weight_levels)
-
-
 def quantize(w: torch.Tensor, cfg: DeviceConfig) -> torch.Tensor:
     """W_d, the deterministic weight the chip is programmed towards (Eq. 2); W itself if cfg.quantize is False."""
     w_d = prepare(w, cfg).w_d
@@ -117,7 +112,7 @@ class PreparedWeight(NamedTuple):
 def prepare(w: torch.Tensor, cfg: DeviceConfig) -> PreparedWeight:
     """Quantize once; any number of `draw` calls can then share the result (e.g. OVF's N+1 forwards).
 
-    Same arithmetic as `quantize_levels` and `dequantize`, fused into few in-place passes: this runs
+    Same arithmetic as `quantize_levels` and W_d = sign · q · s / (2^M − 1), fused into few in-place passes: this runs
     once per optimizer step for every noisy layer.
     """
     _check_weight(w, cfg)
@@ -129,20 +124,6 @@ def prepare(w: torch.Tensor, cfg: DeviceConfig) -> PreparedWeight:
     else:
         w_d = w
     return PreparedWeight(w, w_d, s, levels)
-
-
-def weight_perturbation(
-    prepared: PreparedWeight, cfg: DeviceConfig, sigma: float | None = None, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """W_p - W_d for one programming of the tensor, in weight units (Eq. 3); same draws as `draw`."""
-    sigma = cfg.sigma if sigma is None else float(sigma)
-    w_d = prepared.w_d
-    if sigma == 0:
-        return torch.zeros_like(w_d)
-    if cfg.use_fast_path:
-        z = torch.randn(w_d.shape, generator=generator, device=w_d.device, dtype=w_d.dtype)  # [*shape]
-        return z.mul_(prepared.scale * (cfg.c * sigma))
-    return _device_sum(prepared, cfg, sigma, generator).mul_(_signed_step(prepared, cfg))
 
 
 def _device_sum(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator) -> torch.Tensor:

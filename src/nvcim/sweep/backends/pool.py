@@ -26,6 +26,8 @@ from typing import Callable, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from nvcim.plugins import load_plugins
+from nvcim.plugins import loaded as loaded_plugins
 from nvcim.sweep.cell_run import record_failure, run_cell
 
 
@@ -48,9 +50,10 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="nvcim-exit-with-parent", daemon=True).start()
 
 
-def _pool_init(threads: int) -> None:
+def _pool_init(threads: int, plugin_specs: list[str]) -> None:
     _exit_with_parent()
     torch.set_num_threads(threads)
+    load_plugins(plugin_specs, env=False)  # a spawned worker starts bare: the parent's plugins again
 
 
 def _pool_task(cell: dict, out: str, threads: int) -> dict:
@@ -63,7 +66,7 @@ def _pool_round(cells: Sequence, out: Path, on_done: Callable[[Mapping], None], 
     ctx = mp.get_context("spawn")
     broken = []
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_pool_init,
-                                initargs=(threads,)) as pool:
+                                initargs=(threads, loaded_plugins())) as pool:
         futures = {pool.submit(task, c.to_dict(), str(out), threads): c for c in cells}
         try:
             for fut in cf.as_completed(futures):

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from nvcim.io.files import atomic_write_bytes
+from nvcim.plugins import load_plugins
+from nvcim.plugins import loaded as loaded_plugins
 from nvcim.sweep.backends.registry import register_backend
 from nvcim.sweep.cell_run import record_failure, run_cell
 from nvcim.sweep.files import TOKEN_FILE, cell_dir
@@ -36,8 +38,10 @@ def _collect_files(d: Path) -> dict[str, bytes]:
     return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
 
 
-def _ray_cell(cell: dict, out: str, token: str, threads: int) -> dict:
-    """Body of the Ray task (see the module docstring for where the files go)."""
+def _ray_cell(cell: dict, out: str, token: str, threads: int, plugin_specs: tuple[str, ...] = ()) -> dict:
+    """Body of the Ray task (see the module docstring for where the files go). The driver's plugins are
+    imported first (their files or modules must exist where the task runs)."""
+    load_plugins(plugin_specs, env=False)
     marker = Path(out) / TOKEN_FILE
     try:
         shared = marker.is_file() and marker.read_text(encoding="utf-8").strip() == token
@@ -102,7 +106,8 @@ def run_ray(cells: Sequence, out: Path, spec: SweepSpec, on_done: Callable[[Mapp
     (Path(out) / TOKEN_FILE).write_text(token + "\n", encoding="utf-8")
     try:
         task = ray.remote(_ray_cell).options(num_cpus=cpus, num_gpus=gpus)
-        pending: dict[Any, Any] = {task.remote(c.to_dict(), str(Path(out).resolve()), token, threads): c for c in cells}
+        pending: dict[Any, Any] = {task.remote(c.to_dict(), str(Path(out).resolve()), token, threads,
+                                                          tuple(loaded_plugins())): c for c in cells}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             ref = ready[0]
