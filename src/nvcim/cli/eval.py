@@ -44,6 +44,8 @@ def _one_line_error(message: str):
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from nvcim.evaluate import DEFAULT_BATCH, DEFAULT_RUNS, DEFAULT_SEED
+
     p = subparsers.add_parser(
         "eval",
         help="Monte Carlo evaluation of a checkpoint under device variation",
@@ -93,11 +95,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="the statistic --verify-target applies to (default: mean)")
 
     g = p.add_argument_group("Monte Carlo")
-    g.add_argument("--runs", metavar="R", default="200",
-                   help=f"programmed chips per σ, >= 2; above {MAX_RUNS} only with --force-runs (default: 200)")
+    g.add_argument("--runs", metavar="R", default=str(DEFAULT_RUNS),
+                   help=f"programmed chips per σ, >= 2; above {MAX_RUNS} only with --force-runs (default: {DEFAULT_RUNS})")
     g.add_argument("--force-runs", action="store_true", help=f"allow --runs above {MAX_RUNS}")
-    g.add_argument("--seed", metavar="S", default="0", help="seed of the chips' draws, >= 0 (default: 0)")
-    g.add_argument("--batch-size", metavar="B", default="1024", help="images per forward pass (default: 1024)")
+    g.add_argument("--seed", metavar="S", default=str(DEFAULT_SEED),
+                   help=f"seed of the chips' draws, >= 0 (default: {DEFAULT_SEED})")
+    g.add_argument("--batch-size", metavar="B", default=str(DEFAULT_BATCH),
+                   help=f"images per forward pass (default: {DEFAULT_BATCH})")
     g.add_argument("--chunk-runs", metavar="N", default=None,
                    help="runs drawn together; bounds memory (default: automatic, ~1 GiB of weights)")
     g.add_argument("--device", metavar="DEV", default="cpu", choices=("cpu", "cuda"),

@@ -23,7 +23,10 @@ The package, lowest first:
 from nvcim.evaluate.forward import LOGITS_PER_ADD
 from nvcim.evaluate.montecarlo import (
     CHUNKED_BUFFER_BYTES,
+    DEFAULT_BATCH,
     DEFAULT_MEMORY_BUDGET,
+    DEFAULT_RUNS,
+    DEFAULT_SEED,
     PATHS,
     monte_carlo_evaluate,
     robustness_curve,
@@ -42,6 +45,9 @@ from nvcim.evaluate.sampler import RNG_DEVICE, RNG_DEVICES, run_generator, run_s
 from nvcim.evaluate.stats import convergence_summary, default_sigma_grid, summarize, t_cdf, t_quantile
 
 __all__ = [
+    "DEFAULT_RUNS",
+    "DEFAULT_SEED",
+    "DEFAULT_BATCH",
     "MCResult",
     "monte_carlo_evaluate",
     "robustness_curve",

@@ -61,6 +61,11 @@ from nvcim.layers.noise import (
 )
 from nvcim.layers.verify import VerifyPlan, write_verify_scope
 
+# the defaults of every Monte Carlo evaluation (API, `nvcim eval`, sweep [eval]): one place
+DEFAULT_RUNS = 200  # programmed chips per σ (the paper's count)
+DEFAULT_SEED = 0  # seed of the chips' draws
+DEFAULT_BATCH = 1024  # images per forward
+
 PATHS = ("auto", "stacked", "chunked", "loop")
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes for stacked weights + activations of one chunk
 # "chunked": chips drawn together only share the per-call costs (scoring, Python), which a few
@@ -257,9 +262,9 @@ def monte_carlo_evaluate(
     data: Any,
     cfg: DeviceConfig,
     *,
-    runs: int = 200,
-    seed: int = 0,
-    batch_size: int = 1024,
+    runs: int = DEFAULT_RUNS,
+    seed: int = DEFAULT_SEED,
+    batch_size: int = DEFAULT_BATCH,
     chunk_runs: int | None = None,
     path: str = "auto",
     device: str | torch.device | None = None,
@@ -332,7 +337,7 @@ def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Ite
     sigmas = [DeviceConfig(sigma=s).sigma for s in sigmas]  # validates each σ
     if not sigmas:
         raise ValueError("sigmas is empty: give at least one σ")
-    opts = {"runs": 200, "seed": 0, "batch_size": 1024, "chunk_runs": None, "path": "auto", "device": None, "progress": False,
+    opts = {"runs": DEFAULT_RUNS, "seed": DEFAULT_SEED, "batch_size": DEFAULT_BATCH, "chunk_runs": None, "path": "auto", "device": None, "progress": False,
             "baselines": True, "bn_calibration": None, "write_verify": None}
     unknown = sorted(set(mc_kwargs) - set(opts))
     if unknown:

@@ -15,16 +15,18 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from nvcim.evaluate import DEFAULT_BATCH, DEFAULT_RUNS, DEFAULT_SEED
+
 
 @dataclass(frozen=True, kw_only=True)
 class EvalOptions:
     """[eval]: how every cell is tested, and how a β search scores its candidates."""
 
-    runs: int = 200  # Monte Carlo chips of the test evaluation
-    seed: int = 0  # their seed
+    runs: int = DEFAULT_RUNS  # Monte Carlo chips of the test evaluation
+    seed: int = DEFAULT_SEED  # their seed
     val_runs: int = 20  # chips of the β-search validation score
     val_seed: int = 1  # their seed
-    batch_size: int = 1024
+    batch_size: int = DEFAULT_BATCH
     test_sigmas: str | tuple[float, ...] = "train"  # "train" | "grid" | (σ, ...)
     keep_beta_checkpoints: bool = True  # False: drop the non-tested β candidates' weights once a cell is done
     bn_calibration_images: int = 0  # > 0: every chip recalibrates BatchNorm from this many training images first
