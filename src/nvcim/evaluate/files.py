@@ -37,27 +37,34 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-@dataclass
-class EvaluationFile:
-    """An mc_eval file: what was evaluated (checkpoint and its config), on what, and the results per σ."""
+@dataclass(kw_only=True)
+class EvaluatedModel:
+    """What every evaluation file says first: the checkpoint evaluated (and its config), on what, how."""
 
-    results: list  # MCResult or its dict, one per test σ
     checkpoint: str | None = None
     checkpoint_config: dict = field(default_factory=dict)
     dataset: str | None = None
     split: str = "test"
     device_config: dict | None = None
     bn_recalibration: dict | None = None
-    cell: dict | None = None  # a sweep cell's description
-    label: str | None = None
     nvcim_version: str = __version__
     format: int = FORMAT
-    kind: ClassVar[str] = MC_EVAL
+    kind: ClassVar[str] = "?"
 
     def head(self) -> dict:
         return {"kind": self.kind, "nvcim_version": self.nvcim_version, "checkpoint": self.checkpoint,
                 "checkpoint_config": self.checkpoint_config, "dataset": self.dataset, "split": self.split,
                 "device_config": self.device_config, "bn_recalibration": self.bn_recalibration}
+
+
+@dataclass(kw_only=True)
+class EvaluationFile(EvaluatedModel):
+    """An mc_eval file: what was evaluated (checkpoint and its config), on what, and the results per σ."""
+
+    results: list  # MCResult or its dict, one per test σ
+    cell: dict | None = None  # a sweep cell's description
+    label: str | None = None
+    kind: ClassVar[str] = MC_EVAL
 
     def to_dict(self) -> dict:
         d = {**self.head(), "results": [r.to_dict() if isinstance(r, MCResult) else r for r in self.results]}
@@ -83,23 +90,13 @@ class EvaluationFile:
                    **_head_fields(d, where))
 
 
-@dataclass
-class WriteVerifyFile:
+@dataclass(kw_only=True)
+class WriteVerifyFile(EvaluatedModel):
     """A write_verify file: accuracy against the fraction of weights programmed with write-verify."""
 
     points: list  # {"fraction", "verified_weights", "verified_devices", "result": MCResult or its dict}
     write_verify: dict = field(default_factory=dict)
-    checkpoint: str | None = None
-    checkpoint_config: dict = field(default_factory=dict)
-    dataset: str | None = None
-    split: str = "test"
-    device_config: dict | None = None
-    bn_recalibration: dict | None = None
-    nvcim_version: str = __version__
-    format: int = FORMAT
     kind: ClassVar[str] = WRITE_VERIFY
-
-    head = EvaluationFile.head
 
     def to_dict(self) -> dict:
         points = [{**p, "result": p["result"].to_dict() if isinstance(p["result"], MCResult) else p["result"]}
