@@ -188,7 +188,7 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
                     finally:
                         clear_chip_(model)
                     bar.update(1)
-        elif sigma == 0:
+        elif sigma == 0 and not cfg.chip_effects and not cfg.read_sigma:
             # no noise: every run is the deterministic chip W_d; one pass serves all runs
             once = Accumulator(1)
             with torch.no_grad(), variation_disabled(model):
@@ -218,9 +218,11 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
                     if stacked:
                         views = [b[: len(chunk)] for b in bufs]  # [k, *W.shape]
                         for x, y in batches:
-                            acc.add(chunk, stacked_forward(model, sampler.names, views, x), y)  # [k, B, classes]
+                            weights = sampler.read_stacked(views) if cfg.read_sigma else views  # read noise per batch
+                            acc.add(chunk, stacked_forward(model, sampler.names, weights, x), y)  # [k, B, classes]
                     else:
-                        chunked_forwards(model, sampler.names, bufs, chunk, batches, acc)
+                        chunked_forwards(model, sampler.names, bufs, chunk, batches, acc,
+                                         (lambda i: sampler.read(bufs, i)) if cfg.read_sigma else None)
                     bar.update(len(chunk))
     finally:
         bar.close()
