@@ -16,6 +16,9 @@ refilled in place (W_d precomputed once; per run only randn and one addcmul, no 
     chip rather than per image (vmap: 1.4-3.5x clean; benchmarks/results/eval_cpu.txt);
   * "loop": `nvcim.program_chip_` per run and plain forwards; the reference.
 Chips with NaN / inf logits score those images as wrong and raise one warning with the likely cause.
+Device effects (SPEC §8, `DeviceConfig`) run on every path: stuck-at faults and drift are drawn with
+each chip; read noise is read afresh for every batch from per-tensor read generators derived from the
+chip's, so all three paths still give the same per-chip results.
 
 `bn_calibration=ChipCalibration(train_split, images=1000)` (nvcim.batchnorm) re-estimates BatchNorm
 statistics on each programmed chip before evaluating it, as a deployed chip could with unlabeled

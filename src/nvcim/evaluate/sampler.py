@@ -27,6 +27,7 @@ from torch import nn
 
 from nvcim.core import device as dm
 from nvcim.core.config import DeviceConfig
+from nvcim.core.variation import VARIATIONS
 from nvcim.layers.noise import noisy_parameters
 
 
@@ -79,6 +80,8 @@ class ChipSampler:
             self.verified.append(None if ctrl.verified is None
                                  else (ctrl.verified.to(self.draw_device), ctrl.residual_sigma))
         self.fast = cfg.use_fast_path
+        kind = VARIATIONS[cfg.variation]  # a per-weight std factor (e.g. "weight_band"), as in `dm.draw`
+        self.weight_std = [kind.weight_std(prep, cfg) if self.fast else None for prep in self.prepared]
         self.read_gens: dict[int, list[torch.Generator]] = {}  # chunk index -> read generator per tensor
         self._scratch: list[torch.Tensor] | None = None  # CPU staging buffers when device is not CPU
 
@@ -103,6 +106,8 @@ class ChipSampler:
                     continue
                 out = buf[i] if on_cpu else self._scratch[l]  # [*W.shape]
                 torch.randn(prep.w_d.shape, generator=gen, dtype=prep.w_d.dtype, out=out)  # z
+                if self.weight_std[l] is not None:
+                    out.mul_(self.weight_std[l])
                 torch.addcmul(prep.w_d, out, prep.scale * (self.cfg.c * sigma), out=out)  # W_d + z · c σ s
                 firsts.append(out)
             if verify:  # write-verify: every layer's second draw after all first ones, as draw_chip makes them
