@@ -7,6 +7,12 @@ variation kind perturbs each device. Everything that draws noise takes one of th
     cfg = DeviceConfig(weight_bits=8, device_bits=2, sigma=0.1)
     cfg.c            # 0.7776: std(W_p - W_d) = c * sigma * max|W| for Gaussian variation
     cfg.replace(sigma=0.3)
+    DeviceConfig.preset("rram4", sigma=0.2)   # a named device model (PRESET_NAMES), fields overridden
+
+Beyond programming variation (SPEC §8), all off by default (then every result is as before):
+stuck-at faults (`stuck_at`), read noise redrawn every forward (`read_sigma`), conductance drift with
+optional global compensation (`drift_time`, `drift_nu`, `drift_compensation`). Stuck-at faults and
+drift are part of the chip (drawn with it, per device, so they force the per-device path).
 """
 
 from __future__ import annotations
@@ -20,6 +26,34 @@ from typing import Any, Mapping
 from nvcim.core.variation import VARIATIONS
 
 SAMPLING_PATHS = ("auto", "fast", "device")
+DRIFT_T0 = 20.0  # s: the time after programming at which the programmed conductances are the ones drawn
+EFFECT_FIELDS = ("stuck_at", "read_sigma", "drift_time", "drift_nu", "drift_compensation")  # SPEC §8
+MIN_STUCK_RATE = 1e-6  # faults are drawn from 24-bit uniforms: a smaller rate would be rounded up by > 6 %
+
+# The authors' device types (NeFT): noise x S on middle-band weights / levels, S per device type.
+PRESET_FACTORS = {"rram1": 1.0, "fefet2": 2.0, "rram4": 4.0, "fefet6": 6.0}
+PRESET_NAMES = tuple(PRESET_FACTORS) + tuple(f"{n}-level" for n in PRESET_FACTORS)
+
+
+def middle_levels(device_bits: int) -> list[bool]:
+    """Which device levels l lie in the middle band 0.25 < l / (2^K - 1) < 0.75 (the presets' noisier levels)."""
+    top = (1 << device_bits) - 1
+    return [0.25 < l / top < 0.75 for l in range(top + 1)]
+
+
+def _number(value: Any) -> float | None:
+    """float(value) for a finite real number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        return None
+    return float(value)
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    """(a, b) as floats for a pair of finite numbers, else None."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        return None
+    a, b = (_number(v) for v in value)
+    return None if a is None or b is None else (a, b)
 
 
 @dataclass(frozen=True)
@@ -34,6 +68,16 @@ class DeviceConfig:
     variation_options: keyword options of that kind, e.g. {"threshold": 1.0}.
     sampling: "auto" (fast path when it is exact), "fast" (one draw per weight; Gaussian only),
         or "device" (one draw per device, always exact).
+    stuck_at: (p0, p1), each device independently stuck at level 0 (rate p0) or at level 2^K - 1
+        (rate p1) whatever its target; fixed per chip. A stuck device neither varies nor drifts.
+    read_sigma: σ_r >= 0; every read (every forward) adds N(0, (σ_r (2^K - 1))^2) per device on top of
+        the programmed chip, i.e. N(0, (c σ_r s)^2) per weight.
+    drift_time: t in seconds after programming (>= t0 = 20 s), or None for no drift: each device's
+        conductance becomes g (t / t0)^(-ν), ν per device ~ N(drift_nu[0], drift_nu[1]) clipped >= 0,
+        fixed per chip.
+    drift_nu: (mean, std) of ν, both >= 0.
+    drift_compensation: one scalar per layer and chip restoring the layer's output scale after drift
+        (aihwkit's GlobalDriftCompensation), measured on a fixed calibration input (`nvcim.core.device`).
     """
 
     weight_bits: int = 8
@@ -43,6 +87,11 @@ class DeviceConfig:
     variation: str = "gaussian"
     variation_options: Mapping[str, Any] = field(default_factory=dict)
     sampling: str = "auto"
+    stuck_at: tuple[float, float] = (0.0, 0.0)
+    read_sigma: float = 0.0
+    drift_time: float | None = None
+    drift_nu: tuple[float, float] = (0.05, 0.01)
+    drift_compensation: bool = False
 
     def __post_init__(self) -> None:
         for name in ("weight_bits", "device_bits"):
@@ -69,17 +118,79 @@ class DeviceConfig:
             )
         if self.sampling not in SAMPLING_PATHS:
             raise ValueError(f"DeviceConfig.sampling={self.sampling!r} is unknown: use one of {list(SAMPLING_PATHS)}")
-        object.__setattr__(self, "variation_options", dict(self.variation_options))
+        # lists (e.g. from JSON) become tuples, so that the config hashes and compares the same either way
+        object.__setattr__(self, "variation_options",
+                           {k: tuple(v) if isinstance(v, list) else v for k, v in dict(self.variation_options).items()})
         kind = VARIATIONS[self.variation]
         kind.validate_options(self.variation_options)  # raises ValueError naming the option
+        kind.check_config(self)  # options that depend on the bits (e.g. one multiplier per level)
+        self._check_effects()
         if self.sampling == "fast" and not kind.fast_path_exact:
             raise ValueError(
                 f"DeviceConfig.sampling='fast' is not exact for variation={self.variation!r}: use 'auto' or 'device'"
             )
+        if self.sampling == "fast" and self.chip_effects:
+            raise ValueError("DeviceConfig.sampling='fast' cannot draw stuck-at faults or drift, which are per "
+                             "device: use 'auto' or 'device'")
+
+    def _check_effects(self) -> None:
+        """Validate and normalise the SPEC §8 effect fields (one-line ValueErrors naming field and fix)."""
+        stuck = _pair(self.stuck_at)
+        if stuck is None or not all(0.0 <= p <= 1.0 for p in stuck) or sum(stuck) > 1.0:
+            raise ValueError(f"DeviceConfig.stuck_at={self.stuck_at!r} is invalid: use (p0, p1), two rates in "
+                             "[0, 1] with p0 + p1 <= 1, e.g. (0.0175, 0.0904)")
+        if any(0.0 < p < MIN_STUCK_RATE for p in stuck):
+            raise ValueError(f"DeviceConfig.stuck_at={self.stuck_at!r} is invalid: a nonzero rate must be >= "
+                             f"{MIN_STUCK_RATE:g} (faults are drawn from 24-bit uniforms), or 0")
+        object.__setattr__(self, "stuck_at", stuck)
+        read = _number(self.read_sigma)
+        if read is None or read < 0:
+            raise ValueError(f"DeviceConfig.read_sigma={self.read_sigma!r} is invalid: use a finite number >= 0")
+        object.__setattr__(self, "read_sigma", read)
+        if self.drift_time is not None:
+            t = _number(self.drift_time)
+            if t is None or t < DRIFT_T0:
+                raise ValueError(f"DeviceConfig.drift_time={self.drift_time!r} is invalid: use seconds after "
+                                 f"programming >= t0 = {DRIFT_T0:g} (e.g. 3600 for one hour), or None for no drift")
+            object.__setattr__(self, "drift_time", t)
+        nu = _pair(self.drift_nu)
+        if nu is None or min(nu) < 0:
+            raise ValueError(f"DeviceConfig.drift_nu={self.drift_nu!r} is invalid: use (mean, std) of the drift "
+                             "exponent, both finite and >= 0, e.g. (0.05, 0.01)")
+        object.__setattr__(self, "drift_nu", nu)
+        if not isinstance(self.drift_compensation, bool):
+            raise ValueError(f"DeviceConfig.drift_compensation={self.drift_compensation!r} is invalid: use True or False")
+        if self.drift_compensation and self.drift_time is None:
+            raise ValueError("DeviceConfig.drift_compensation=True has no drift to compensate: set drift_time "
+                             "(seconds) or drop drift_compensation")
 
     def __hash__(self) -> int:  # variation_options is a dict: hash its items
         opts = tuple(sorted(self.variation_options.items()))
-        return hash((self.weight_bits, self.device_bits, self.sigma, self.quantize, self.variation, opts, self.sampling))
+        return hash((self.weight_bits, self.device_bits, self.sigma, self.quantize, self.variation, opts, self.sampling,
+                     self.stuck_at, self.read_sigma, self.drift_time, self.drift_nu, self.drift_compensation))
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "DeviceConfig":
+        """A named device model (`PRESET_NAMES`) with some fields overridden, e.g. `preset("rram4", sigma=0.2)`.
+
+        "rram1", "fefet2", "rram4", "fefet6": the authors' per-weight fold (variation "weight_band" with
+        S = 1, 2, 4, 6: weights with 0.25 < |W|/s < 0.75 vary S times more, all divided by
+        sqrt(0.4 S^2 + 0.6)), for comparability with their numbers. "<name>-level": the per-device
+        version (variation "level_dependent"): devices at the middle levels 0.25 < l/(2^K-1) < 0.75 vary
+        S times more than those at the outer levels (normalised over the levels in use).
+        """
+        if name not in PRESET_NAMES:
+            raise ValueError(f"device preset {name!r} is unknown: use one of {list(PRESET_NAMES)}")
+        base, per_device = name.removesuffix("-level"), name.endswith("-level")
+        factor = PRESET_FACTORS[base]
+        if per_device:
+            bits = overrides.get("device_bits", cls.device_bits)
+            bits = bits if isinstance(bits, int) and not isinstance(bits, bool) and 1 <= bits <= 16 else cls.device_bits
+            fields = {"variation": "level_dependent",
+                      "variation_options": {"multipliers": [factor if mid else 1.0 for mid in middle_levels(bits)]}}
+        else:
+            fields = {"variation": "weight_band", "variation_options": {"S": factor}}
+        return cls(**{**fields, **overrides})
 
     # ---- derived quantities ------------------------------------------------------------------
     @property
@@ -105,9 +216,14 @@ class DeviceConfig:
         return self.device_levels / self.weight_levels * math.sqrt(place_sq)
 
     @property
+    def chip_effects(self) -> bool:
+        """True when stuck-at faults or drift are on: per-device effects drawn with the chip."""
+        return self.stuck_at != (0.0, 0.0) or self.drift_time is not None
+
+    @property
     def use_fast_path(self) -> bool:
         """True when one Gaussian draw per weight is used instead of one draw per device."""
-        if self.sampling == "device":
+        if self.sampling == "device" or self.chip_effects:
             return False
         return VARIATIONS[self.variation].fast_path_exact
 
@@ -116,7 +232,19 @@ class DeviceConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields as a JSON-able dict (pairs and option tuples as lists). The SPEC §8 effect fields are
+        written only when they differ from their defaults, so a config without them gives exactly the dict
+        of earlier versions (files, sweep cells and their comparisons unchanged), and such dicts load as before."""
+        d = dataclasses.asdict(self)
+        d["variation_options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in d["variation_options"].items()}
+        for f in dataclasses.fields(self):
+            if f.name in EFFECT_FIELDS:
+                value = getattr(self, f.name)
+                if value == f.default:
+                    del d[f.name]
+                else:
+                    d[f.name] = list(value) if isinstance(value, tuple) else value
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "DeviceConfig":

@@ -9,6 +9,7 @@ Reads like the hardware (SPEC §2, paper Eq. 2-3), one step per function:
     g_j = ḡ_j + Δg_j                               variation kind (nvcim.core.variation)
     W_p = W_d + sign(W) s/(2^M-1) Σ_j Δg_j 2^{jK}  program              (Eq. 3)
     verified weights: W_p at min(σ_res, σ)         write_verified       (SPEC §7)
+    one read: W_p + N(0, (c σ_r s)^2)              read                 (SPEC §8, every forward)
 
 Negative weights live on a second crossbar mapped the same way, so only |W| is sliced. A weight of
 exactly 0 is stored on the positive crossbar (sign := +1): its devices sit at level 0 and still vary.
@@ -16,17 +17,34 @@ exactly 0 is stored on the positive crossbar (sign := +1): its devices sit at le
 For Gaussian variation the sum over devices is exactly N(0, (c σ s)^2), so `program` then draws one
 value per weight (the fast path); other kinds draw one value per device.
 
+Chip effects (SPEC §8; on when cfg.stuck_at or cfg.drift_time is set) take the per-device path with the
+devices' conductances g_j = ḡ_j + Δg_j. Per tensor the draws are, in this order: Δg (the variation kind;
+drawn at σ = 0 too, so that the chips of a σ grid share their faults), one uniform per device for the
+faults (u < p0: stuck at 0; u >= 1 - p1: stuck at 2^K - 1; so the faults of smaller rates are a subset of
+those of larger ones), one ν per device for drift (ν = max(0, ν_μ + ν_σ z); g(t) = g (t/t0)^(-ν)). A stuck
+device neither varies nor drifts. W_p = sign(W) s/(2^M-1) Σ_j g_j 2^{jK} (or W + sign(W) s/(2^M-1)
+Σ_j (g_j - ḡ_j) 2^{jK} without quantization). Drift compensation multiplies W_p(t) by one scalar per
+tensor, mean|W_p(t0) X| / mean|W_p(t) X| (aihwkit's GlobalDriftCompensation: reference read at t0 right
+after programming, readout at t), with X the fixed calibration input `calibration_input` and W reshaped
+[W.shape[0], -1] (its fan-in for Linear and Conv). A write-verified weight (SPEC §7) takes its faults and
+drift exponents from its second draw, which has the same distribution.
+
+Read noise (cfg.read_sigma) is not part of the chip: `read` adds it to W_p at every forward, from one
+generator per noisy tensor and chip (`read_generators`), so that every Monte Carlo path draws the same
+values. With drift compensation it is added after the compensation scalar (which does not scale it).
+
 Weights must be floating-point tensors (anything else is a TypeError naming the type); an empty tensor
 is a valid layer with no weights and gives an empty result of the same shape.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 
-from nvcim.core.config import DeviceConfig
+from nvcim.core.config import DRIFT_T0, DeviceConfig
 from nvcim.core.variation import VARIATIONS
 
 
@@ -136,6 +154,9 @@ def _device_sum(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, gener
     else:
         targets = torch.empty(shape, dtype=w_d.dtype, device=w_d.device)
     dg = kind.sample(targets, sigma, cfg, generator)  # [M/K, *shape] Δg in level units
+    mult = kind.weight_std(prepared, cfg)  # [*shape] or None
+    if mult is not None:
+        dg.mul_(mult)
     total = dg[0]  # [*shape], accumulated in place: one fused multiply-add pass per further device
     for j in range(1, cfg.devices_per_weight):
         total.add_(dg[j], alpha=float(1 << (j * cfg.device_bits)))
@@ -161,13 +182,95 @@ def draw(
     """One programmed copy W_p of a prepared weight."""
     sigma = cfg.sigma if sigma is None else float(sigma)
     w_d = prepared.w_d
+    if cfg.chip_effects:
+        return _draw_devices(prepared, cfg, sigma, generator)
     if sigma == 0:
         return w_d.clone()
     if cfg.use_fast_path:  # one fused pass after the draw: W_d + z · c σ s
         z = torch.randn(w_d.shape, generator=generator, device=w_d.device, dtype=w_d.dtype)  # [*shape]
+        mult = VARIATIONS[cfg.variation].weight_std(prepared, cfg)  # [*shape] or None
+        if mult is not None:
+            z.mul_(mult)
         return torch.addcmul(w_d, z, prepared.scale * (cfg.c * sigma), out=z)
     summed = _device_sum(prepared, cfg, sigma, generator)  # [*shape] Σ_j Δg_j 2^{jK}
     return torch.addcmul(w_d, summed, _signed_step(prepared, cfg), out=summed)
+
+
+def _draw_devices(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator) -> torch.Tensor:
+    """W_p with stuck-at faults and / or drift: per device, in the draw order of the module docstring."""
+    w_d = prepared.w_d
+    kind = VARIATIONS[cfg.variation]
+    targets = slice_levels(prepared.levels, cfg).to(w_d.dtype)  # [M/K, *shape] ḡ
+    g = kind.sample(targets if kind.needs_levels else torch.empty_like(targets), sigma, cfg, generator)  # Δg
+    mult = kind.weight_std(prepared, cfg)  # [*shape] or None
+    if mult is not None:
+        g.mul_(mult)
+    g.add_(targets)  # [M/K, *shape] programmed conductances at t0
+    stuck = None
+    p0, p1 = cfg.stuck_at
+    if p0 or p1:
+        u = torch.rand(g.shape, generator=generator, device=g.device, dtype=torch.float32)  # [M/K, *shape]
+        low, high = u < p0, u >= 1.0 - p1
+        stuck = low | high
+        g = torch.where(low, 0.0, torch.where(high, float(cfg.device_levels), g)).to(g.dtype)
+    w_t0 = _weights_from(g, targets, prepared, cfg)
+    if cfg.drift_time is None:
+        return w_t0
+    mean, std = cfg.drift_nu
+    nu = torch.randn(g.shape, generator=generator, device=g.device, dtype=g.dtype).mul_(std).add_(mean).clamp_(min=0)
+    factor = nu.mul_(-math.log(cfg.drift_time / DRIFT_T0)).exp_()  # [M/K, *shape] (t/t0)^(-ν); 1 at t = t0
+    if stuck is not None:
+        factor = torch.where(stuck, 1.0, factor).to(g.dtype)
+    w_t = _weights_from(g * factor, targets, prepared, cfg)
+    if cfg.drift_compensation:
+        w_t.mul_(drift_compensation_scale(w_t0, w_t))
+    return w_t
+
+
+def _weights_from(g: torch.Tensor, targets: torch.Tensor, prepared: PreparedWeight, cfg: DeviceConfig) -> torch.Tensor:
+    """[*shape] the weights stored by device conductances g [M/K, *shape] (targets ḡ: the quantized W_d)."""
+    if cfg.quantize:
+        return combine_levels(g, cfg).mul_(_signed_step(prepared, cfg))
+    return torch.addcmul(prepared.w_d, combine_levels(g - targets, cfg), _signed_step(prepared, cfg))
+
+
+CALIBRATION_SEED = 0  # the calibration input of drift compensation: fixed, the same for every chip and layer
+CALIBRATION_VECTORS = 32
+
+
+def calibration_input(fan_in: int, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """[fan_in, 32] fixed calibration input of drift compensation: U[0, 1) (like post-ReLU activations),
+    from a CPU generator seeded CALIBRATION_SEED (the same on every device)."""
+    gen = torch.Generator().manual_seed(CALIBRATION_SEED)
+    return torch.rand((fan_in, CALIBRATION_VECTORS), generator=gen).to(device=device, dtype=dtype)
+
+
+def drift_compensation_scale(w_t0: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+    """[] mean|W(t0) X| / mean|W(t) X| on the calibration input X (1 when W(t) X vanishes): the one scalar that
+    restores a tensor's output scale after drift (aihwkit's GlobalDriftCompensation)."""
+    if w_t.numel() == 0:
+        return w_t.new_ones(())
+    x = calibration_input(w_t[0].numel(), w_t.dtype, w_t.device)  # [fan_in, 32]
+    ref = (w_t0.reshape(w_t0.shape[0], -1) @ x).abs().mean()
+    now = (w_t.reshape(w_t.shape[0], -1) @ x).abs().mean()
+    return torch.where(now > 0, ref / torch.where(now > 0, now, torch.ones_like(now)), torch.ones_like(now))
+
+
+def read_generators(generator: torch.Generator | None, count: int) -> list[torch.Generator]:
+    """One read-noise generator per noisy tensor of a chip (module order), seeded from the chip's generator
+    after all its draws (torch's global RNG when None); on the chip generator's device."""
+    device = generator.device if generator is not None else torch.device("cpu")
+    seeds = torch.randint(0, 1 << 62, (count,), generator=generator, device=device).tolist()
+    return [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
+
+
+def read(w_p: torch.Tensor, scale: torch.Tensor, cfg: DeviceConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """One read of programmed weights W_p [*shape] (of a tensor with s = `scale`): W_p + z c σ_r s, z ~ N(0, 1)
+    per weight (exact: each device adds N(0, (σ_r (2^K-1))^2)). Drawn where the generator lives, added on
+    W_p's device; a new tensor."""
+    where = generator.device if generator is not None else w_p.device
+    z = torch.randn(w_p.shape, generator=generator, device=where, dtype=w_p.dtype).to(w_p.device)  # [*shape]
+    return torch.addcmul(w_p, z, scale.to(w_p.device) * (cfg.c * cfg.read_sigma))
 
 
 def write_verified(

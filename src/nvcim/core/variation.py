@@ -8,8 +8,12 @@ kind is one class plus `@register_variation`:
     class MyKind(Variation):
         def sample(self, levels, sigma, cfg, generator): ...   # -> Δg, same shape as levels
 
-`fast_path_exact = True` declares that Σ_j Δg_j 2^{jK} is exactly N(0, (c σ s)^2) in weight units, so
-one draw per weight can replace M/K draws per weight.
+`fast_path_exact = True` declares that Σ_j Δg_j 2^{jK} is exactly N(0, (c σ s m)^2) in weight units, with
+m = `weight_std(prepared, cfg)` (1 unless a kind scales whole weights), so one draw per weight can replace
+M/K draws per weight.
+
+Kinds here: "gaussian" (paper Eq. 3), "right_censored_gaussian", "level_dependent" (σ per target level,
+SPEC §8) and "weight_band" (the authors' per-weight fold behind the device presets).
 """
 
 from __future__ import annotations
@@ -55,6 +59,14 @@ class Variation:
         return cfg.variation_options.get(key, self.options[key])
 
     needs_levels: bool = False  # True: `sample` reads the target levels ḡ (level-dependent kinds)
+
+    def check_config(self, cfg: "DeviceConfig") -> None:
+        """Options that depend on the rest of the config (e.g. one value per device level): ValueError if wrong."""
+
+    def weight_std(self, prepared, cfg: "DeviceConfig") -> torch.Tensor | None:
+        """[*W.shape] factor on the std of every device of each weight (None: 1 everywhere). `prepared` is a
+        `nvcim.core.device.PreparedWeight`. Applied on both sampling paths by `nvcim.core.device`."""
+        return None
 
     def sample(
         self,
@@ -108,3 +120,75 @@ class RightCensoredGaussian(Variation):
         z = _standard_normal(levels, generator)
         z.clamp_(max=float(self.option(cfg, "threshold")))
         return z.mul_(sigma * cfg.device_levels)
+
+
+def _finite_numbers(value: Any) -> list[float] | None:
+    """The floats of a list / tuple of finite real numbers, else None."""
+    if not isinstance(value, (list, tuple)):
+        return None
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in value):
+        return None
+    return [float(v) for v in value]
+
+
+@register_variation("level_dependent")
+class LevelDependent(Variation):
+    """Δg ~ N(0, (σ m[ḡ] (2^K - 1))^2) per device, m = multipliers / sqrt(mean of multipliers[ḡ]^2) (SPEC §8).
+
+    "Levels in use" is read as the tensor's devices: the mean of m^2 runs over every device of the weight
+    tensor at its target level, so the mean device variance of each tensor stays σ^2 (σ stays comparable
+    with the Gaussian kind), and a level no device targets does not enter. If every device sits at a level
+    with multiplier 0 nothing varies.
+    """
+
+    needs_levels = True
+    options = {"multipliers": None}
+
+    def validate_options(self, options):
+        super().validate_options(options)
+        m = _finite_numbers(options.get("multipliers"))
+        if m is None or not m or min(m) < 0 or max(m) == 0:
+            raise ValueError(f"variation 'level_dependent' option multipliers={options.get('multipliers')!r} is "
+                             "invalid: use one finite number >= 0 per device level (2^K of them, not all 0), "
+                             "e.g. [1, 4, 4, 1] for K = 2")
+
+    def check_config(self, cfg):
+        count = len(cfg.variation_options["multipliers"])
+        if count != cfg.device_levels + 1:
+            raise ValueError(f"variation 'level_dependent' has {count} multipliers but device_bits="
+                             f"{cfg.device_bits} gives {cfg.device_levels + 1} levels: give one multiplier per level")
+
+    def sample(self, levels, sigma, cfg, generator):
+        table = torch.tensor(self.option(cfg, "multipliers"), dtype=levels.dtype, device=levels.device)  # [2^K]
+        m = table[levels.to(torch.int64)]  # [M/K, *shape] multiplier of each device's target level
+        mean_sq = m.square().mean() if m.numel() else m.new_ones(())
+        scale = torch.where(mean_sq > 0, torch.rsqrt(mean_sq), torch.zeros_like(mean_sq)) * (sigma * cfg.device_levels)
+        return _standard_normal(levels, generator).mul_(m).mul_(scale)
+
+
+@register_variation("weight_band")
+class WeightBand(Variation):
+    """The authors' per-weight fold of level dependence (NeFT device presets, SPEC §8): Gaussian per device,
+    with every device of a weight with 0.25 < |W|/s < 0.75 (float W, s = max|W|) S times noisier, all
+    divided by sqrt(0.4 S^2 + 0.6). Gaussian per weight, so the fast path is exact."""
+
+    fast_path_exact = True
+    options = {"S": 1.0}
+
+    def validate_options(self, options):
+        super().validate_options(options)
+        value = options.get("S", 1.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"variation 'weight_band' option S={value!r} is invalid: use a finite number >= 0 "
+                             "(1, 2, 4, 6 for the RRAM1 / FeFET2 / RRAM4 / FeFET6 presets)")
+
+    def sample(self, levels, sigma, cfg, generator):
+        return torch.empty_like(levels).normal_(0.0, sigma * cfg.device_levels, generator=generator)
+
+    def weight_std(self, prepared, cfg):
+        factor = float(self.option(cfg, "S"))
+        s = prepared.scale
+        ratio = prepared.w.abs() * torch.where(s > 0, 1.0 / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(s))
+        middle = (ratio > 0.25) & (ratio < 0.75)  # [*shape]
+        norm = math.sqrt(0.4 * factor * factor + 0.6)
+        return torch.where(middle, factor / norm, 1.0 / norm).to(prepared.w.dtype)

@@ -11,7 +11,7 @@ noisy tensors through `torch.func.functional_call`, with the model's variation d
 from __future__ import annotations
 
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -88,20 +88,24 @@ class _OverBatches(nn.Module):
 
 
 def chunked_forwards(model: nn.Module, names: list[str], bufs: list[torch.Tensor], chunk: list[int], batches,
-                      acc: Accumulator) -> None:
+                      acc: Accumulator, read: Callable[[int], list[torch.Tensor]] | None = None) -> None:
     """Score the chips `chunk` (bufs[l][i]: chip chunk[i]) with plain forwards, one chip at a time.
 
     The logits of several chips are scored together (one `Accumulator.add` per batch and group of
     chips whose logits fit in LOGITS_PER_ADD elements, at least one chip), so that per chip and
     batch only the forward itself is left, with the very arithmetic of the loop path (same
-    weights, same layers, batches in the same order).
+    weights, same layers, batches in the same order). read(i): one read of chip i's weights (read
+    noise, `ChipSampler.read`), taken afresh for every batch; None: the chips are read exactly.
     """
     over = _OverBatches(model)
-    names = [f"model.{n}" for n in names]
+    over_names = [f"model.{n}" for n in names]
     xs = [x for x, _ in batches]
     group, outs = [], []  # chips of the group, and their logits per batch
     for i, r in enumerate(chunk):
-        outs.append(forward_with(over, {n: b[i] for n, b in zip(names, bufs)}, xs))  # [B, classes] per batch
+        if read is None:
+            outs.append(forward_with(over, {n: b[i] for n, b in zip(over_names, bufs)}, xs))  # [B, classes] per batch
+        else:  # every forward reads the chip afresh, batch after batch as on the loop path
+            outs.append([forward_with(model, dict(zip(names, read(i))), x) for x in xs])
         group.append(r)
         if len(group) * sum(o.numel() for o in outs[0]) >= LOGITS_PER_ADD or i == len(chunk) - 1:
             for j, (_, y) in enumerate(batches):

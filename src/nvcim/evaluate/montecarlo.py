@@ -16,6 +16,9 @@ refilled in place (W_d precomputed once; per run only randn and one addcmul, no 
     chip rather than per image (vmap: 1.4-3.5x clean; benchmarks/results/eval_cpu.txt);
   * "loop": `nvcim.program_chip_` per run and plain forwards; the reference.
 Chips with NaN / inf logits score those images as wrong and raise one warning with the likely cause.
+Device effects (SPEC §8, `DeviceConfig`) run on every path: stuck-at faults and drift are drawn with
+each chip; read noise is read afresh for every batch from per-tensor read generators derived from the
+chip's, so all three paths still give the same per-chip results.
 
 `bn_calibration=ChipCalibration(train_split, images=1000)` (nvcim.batchnorm) re-estimates BatchNorm
 statistics on each programmed chip before evaluating it, as a deployed chip could with unlabeled
@@ -188,7 +191,7 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
                     finally:
                         clear_chip_(model)
                     bar.update(1)
-        elif sigma == 0:
+        elif sigma == 0 and not cfg.chip_effects and not cfg.read_sigma:
             # no noise: every run is the deterministic chip W_d; one pass serves all runs
             once = Accumulator(1)
             with torch.no_grad(), variation_disabled(model):
@@ -218,9 +221,11 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
                     if stacked:
                         views = [b[: len(chunk)] for b in bufs]  # [k, *W.shape]
                         for x, y in batches:
-                            acc.add(chunk, stacked_forward(model, sampler.names, views, x), y)  # [k, B, classes]
+                            weights = sampler.read_stacked(views) if cfg.read_sigma else views  # read noise per batch
+                            acc.add(chunk, stacked_forward(model, sampler.names, weights, x), y)  # [k, B, classes]
                     else:
-                        chunked_forwards(model, sampler.names, bufs, chunk, batches, acc)
+                        chunked_forwards(model, sampler.names, bufs, chunk, batches, acc,
+                                         (lambda i: sampler.read(bufs, i)) if cfg.read_sigma else None)
                     bar.update(len(chunk))
     finally:
         bar.close()

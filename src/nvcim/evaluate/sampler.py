@@ -9,6 +9,11 @@ draws come from a CPU `torch.Generator` seeded by `run_seed(seed, r)` and are ta
 module order exactly as `nvcim.draw_chip` takes them, so the same seed gives the same chips whatever
 the batch size, chunking, path or device. The Gaussian draws are the same standard normals scaled by
 σ, so a robustness curve uses common random numbers across σ.
+
+Read noise (cfg.read_sigma > 0) is redrawn at every forward: after run r's chip draws, its generator
+seeds one read generator per noisy tensor (`nvcim.core.device.read_generators`, as `nvcim.program_chip_`
+does), and `sampler.read(bufs, i)` gives one read of chip i, so that every path reads the same values
+as the loop path, batch after batch.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from torch import nn
 
 from nvcim.core import device as dm
 from nvcim.core.config import DeviceConfig
+from nvcim.core.variation import VARIATIONS
 from nvcim.layers.noise import noisy_parameters
 
 
@@ -74,6 +80,9 @@ class ChipSampler:
             self.verified.append(None if ctrl.verified is None
                                  else (ctrl.verified.to(self.draw_device), ctrl.residual_sigma))
         self.fast = cfg.use_fast_path
+        kind = VARIATIONS[cfg.variation]  # a per-weight std factor (e.g. "weight_band"), as in `dm.draw`
+        self.weight_std = [kind.weight_std(prep, cfg) if self.fast else None for prep in self.prepared]
+        self.read_gens: dict[int, list[torch.Generator]] = {}  # chunk index -> read generator per tensor
         self._scratch: list[torch.Tensor] | None = None  # CPU staging buffers when device is not CPU
 
     def weight_bytes(self) -> int:
@@ -97,6 +106,8 @@ class ChipSampler:
                     continue
                 out = buf[i] if on_cpu else self._scratch[l]  # [*W.shape]
                 torch.randn(prep.w_d.shape, generator=gen, dtype=prep.w_d.dtype, out=out)  # z
+                if self.weight_std[l] is not None:
+                    out.mul_(self.weight_std[l])
                 torch.addcmul(prep.w_d, out, prep.scale * (self.cfg.c * sigma), out=out)  # W_d + z · c σ s
                 firsts.append(out)
             if verify:  # write-verify: every layer's second draw after all first ones, as draw_chip makes them
@@ -105,3 +116,15 @@ class ChipSampler:
             for buf, w_p in zip(bufs, firsts):
                 if w_p.data_ptr() != buf[i].data_ptr():
                     buf[i].copy_(w_p)
+            if self.cfg.read_sigma:
+                self.read_gens[i] = dm.read_generators(gen, len(self.prepared))
+
+    def read(self, bufs: list[torch.Tensor], i: int) -> list[torch.Tensor]:
+        """One read (one forward's worth of read noise) of chip i of the chunk: [*W.shape] per tensor."""
+        return [dm.read(buf[i], prep.scale, self.cfg, gen)
+                for buf, prep, gen in zip(bufs, self.prepared, self.read_gens[i])]
+
+    def read_stacked(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One read of each chip of views[l] [k, *W.shape] (chips 0..k-1 of the chunk): [k, *W.shape] per tensor."""
+        reads = [self.read(views, i) for i in range(views[0].shape[0])]
+        return [torch.stack([chip[l] for chip in reads]) for l in range(len(views))]

@@ -76,6 +76,7 @@ class NoisyWeight:
         self.generator = generator
         self.enabled = True
         self.programmed: torch.Tensor | None = None
+        self.read_generator: torch.Generator | None = None  # the programmed chip's read noise of this tensor
         self.verified: torch.Tensor | None = None  # bool [*W.shape]: weights programmed with write-verify
         self.residual_sigma: float = 0.0  # σ the verified weights are left with (nvcim.writeverify)
         self.reads = 0  # forwards that asked for this weight (`nvcim.layers.coverage` checks it is read)
@@ -126,16 +127,23 @@ class NoisyWeight:
             return out.to(w.device)
 
     def weight_for_forward(self, w: torch.Tensor) -> torch.Tensor:
-        """The weight this forward uses: programmed chip, fresh draw, or w itself when disabled."""
+        """The weight this forward uses: programmed chip, fresh draw, or w itself when disabled; with
+        read noise (cfg.read_sigma > 0) one read of it, from the chip's read generator when a chip is
+        programmed, else from this controller's generator."""
         self.reads += 1
         if not self.enabled:
             return w
         if self.programmed is not None:
             w_p = self.programmed
-        elif self.sigma == 0 and not self.cfg.quantize:
+            gen = self.read_generator
+        elif self.sigma == 0 and not self.cfg.quantize and not self.cfg.chip_effects and not self.cfg.read_sigma:
             return w
         else:
             w_p = self.draw(w)
+            gen = self.generator
+        if self.cfg.read_sigma:
+            with torch.no_grad():
+                w_p = dm.read(w_p, dm.weight_scale(w), self.cfg, gen)
         if torch.is_grad_enabled() and w.requires_grad:
             return _StraightThrough.apply(w, w_p)
         return w_p
@@ -283,14 +291,14 @@ def _controllers(model: nn.Module) -> list[NoisyWeight]:
     return [p.control for p in noisy_parameters(model)]
 
 
-_OVERRIDABLE = ("cfg", "sigma", "enabled", "programmed", "verified", "residual_sigma")
+_OVERRIDABLE = ("cfg", "sigma", "enabled", "programmed", "read_generator", "verified", "residual_sigma")
 
 
 @contextlib.contextmanager
 def overridden(model: nn.Module, per_parameter: Mapping[str, Mapping[str, Any]] | None = None,
                **common: Any) -> Iterator[list[NoisyParameter]]:
-    """Temporarily set controller fields of every noisy tensor (cfg, sigma, enabled, programmed, verified,
-    residual_sigma): `common` for all, `per_parameter[name]` for one; every field is restored on exit.
+    """Temporarily set controller fields of every noisy tensor (cfg, sigma, enabled, programmed, read_generator,
+    verified, residual_sigma): `common` for all, `per_parameter[name]` for one; every field is restored on exit.
 
         with overridden(model, cfg=cfg, sigma=cfg.sigma, programmed=None): ...   # Monte Carlo
     """
@@ -380,10 +388,20 @@ def draw_chip(
 def program_chip_(
     model: nn.Module, seed: int | None = None, generator: torch.Generator | None = None, sigma: float | None = None
 ) -> nn.Module:
-    """Fix one programmed chip: every later forward uses the same W_p until `clear_chip_` (or a new chip)."""
-    chip = draw_chip(model, seed, generator, sigma)
-    for p in noisy_parameters(model):
+    """Fix one programmed chip: every later forward uses the same W_p until `clear_chip_` (or a new chip).
+
+    With read noise (cfg.read_sigma > 0) each tensor also gets its read generator, seeded from the chip's
+    generator after all the chip's draws (`nvcim.core.device.read_generators`), so that the Monte Carlo
+    paths, which derive them the same way, read the same values.
+    """
+    gen = _generator_for(seed, generator)
+    chip = draw_chip(model, generator=gen, sigma=sigma)
+    params = noisy_parameters(model)
+    reads = (dm.read_generators(gen, len(params)) if any(p.control.cfg.read_sigma for p in params)
+             else [None] * len(params))
+    for p, read_gen in zip(params, reads):
         p.control.programmed = chip[p.name]
+        p.control.read_generator = read_gen
     return model
 
 
@@ -391,4 +409,5 @@ def clear_chip_(model: nn.Module) -> nn.Module:
     """Forget the programmed chip: forwards draw fresh noise again."""
     for ctrl in _controllers(model):
         ctrl.programmed = None
+        ctrl.read_generator = None
     return model
