@@ -14,7 +14,8 @@ the periphery then shifts and adds in digital:
                                  twice, x⁺ = max(x, 0) then x⁻ = max(−x, 0), subtracted in digital
                                  (a phase whose inputs are all 0 reads 0 exactly, so x >= 0 runs once)
     P           Σ_{i in tile t} x_i · g_j[o, i]    one column's partial sum (per phase, j, t, sign)
-    ADC         code = clamp(round(P / Δ), 0, 2^B − 1),  Δ = range / (2^B − 1)
+    ADC         code = clamp(round(P / Δ), 0, 2^B − 1),  Δ = range / (2^B − 1), P / Δ computed as
+                 Σ_{i in tile} (x_i / Δ) · g_j[o, i] (the step folded into the inputs: one pass less)
                  range = R · (2^K − 1) · x_max (clip="full_scale": the largest partial sum of
                  unperturbed devices) or a calibrated range measured beforehand (clip="calibrated",
                  see `calibrate_adc_range`); round() is torch.round (half to even); sums above range
@@ -47,7 +48,7 @@ from nvcim.core.device import crossbar_sign, prepare, slice_levels
 
 CLIP_MODES = ("full_scale", "calibrated")
 MAX_CONVERTER_BITS = 24  # codes stay exact integers in float32
-_CHUNK_ELEMENTS = 1 << 22  # partial sums held at once (rows x columns of one tile): 16 MB in float32
+_CHUNK_ELEMENTS = 1 << 20  # partial sums held at once (rows x columns of one tile): 4 MB in float32, cache-sized
 
 
 @dataclass(frozen=True)
@@ -211,14 +212,17 @@ def _converted(x: torch.Tensor, bars: Crossbars, place: torch.Tensor, step: torc
     table, slices, out = bars.table, bars.slices, bars.out_features
     rows_in, in_features = x.shape
     xs, signed = _phases(x)  # [rows or 2 rows, in]
+    xs = xs / step  # partial sums in units of the ADC step
     top = float((1 << adc.adc_bits) - 1)
     codes = xs.new_zeros(xs.shape[0], table.shape[1])  # [rows', 2 S out] Σ_t code
     chunk = max(1, _CHUNK_ELEMENTS // max(1, table.shape[1]))
+    buffer = xs.new_empty(min(chunk, xs.shape[0]), table.shape[1])  # one tile's partial sums of a row chunk
     for r0 in range(0, xs.shape[0], chunk):
         x_rows, acc = xs[r0:r0 + chunk], codes[r0:r0 + chunk]
+        partial = buffer[:x_rows.shape[0]]
         for t0 in range(0, in_features, adc.tile_rows):  # one matmul per tile: all slices, both crossbars
-            partial = x_rows[:, t0:t0 + adc.tile_rows] @ table[t0:t0 + adc.tile_rows]  # [chunk, 2 S out]
-            acc.add_(partial.div_(step).round_().clamp_(0.0, top))
+            torch.matmul(x_rows[:, t0:t0 + adc.tile_rows], table[t0:t0 + adc.tile_rows], out=partial)
+            acc.add_(partial.round_().clamp_(0.0, top))
     y = torch.matmul(place, codes.view(-1, 2 * slices, out))  # [rows', out] shift and add (exact integers)
     if signed:
         y = y[:rows_in] - y[rows_in:]
@@ -304,7 +308,7 @@ def sliced_linear_reference(
     full = torch.where(full > 0, full, torch.ones_like(full))
     step = full / ((1 << adc.adc_bits) - 1)
     top = (1 << adc.adc_bits) - 1
-    phases = [(1, x.clamp(min=0)), (-1, (-x).clamp(min=0))]
+    phases = [(1, x.clamp(min=0) / step), (-1, (-x).clamp(min=0) / step)]  # in units of the ADC step
     y = torch.zeros(rows, out, dtype=x.dtype)
     for b in range(rows):
         for o in range(out):
@@ -315,7 +319,7 @@ def sliced_linear_reference(
                         tile = slice(t0, min(t0 + adc.tile_rows, in_features))
                         for crossbar_sign_, g in ((1, g_pos), (-1, g_neg)):
                             p = (xp[b, tile] * g[j, o, tile]).sum()
-                            code = int(torch.clamp(torch.round(p / step), 0, top))
+                            code = int(torch.clamp(torch.round(p), 0, top))
                             total += phase_sign * crossbar_sign_ * code * (1 << (j * cfg.device_bits))
             y[b, o] = total
     return y * step * (scale.to(x.dtype) / cfg.weight_levels)
