@@ -81,8 +81,8 @@ class AdcConfig:
 
 
 class Crossbars(NamedTuple):
-    """Both sign crossbars of all slices, laid out for the fast path: column c of `table` is
-    (sign, slice, output) = divmod-ordered [2, M/K, out]; row i is input row i (tile t = rows tR..tR+R-1)."""
+    """Both sign crossbars of all slices, laid out for the fast path: the columns of `table` are
+    (sign crossbar, slice, output) flattened from [2, M/K, out]; row i is crossbar row i (input i)."""
 
     table: torch.Tensor  # [in, 2 * M/K * out]
     slices: int  # M/K
