@@ -1,0 +1,200 @@
+"""Tests of the bit-sliced MVM with an ADC per slice (nvcim.core.adc, SPEC §8): the closed forms
+(B = 24 is the unsliced product, ideal ADC is x @ W_pᵀ), the slow per-slice per-tile loop against the
+fast path (bitwise), error shrinking with B, convolutions via unfold, and config validation."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import nvcim
+from nvcim.core import adc as A
+from nvcim.core.config import DeviceConfig
+
+CFG = DeviceConfig(weight_bits=8, device_bits=2, sigma=0.0)
+
+
+def _layer(out, inp, seed=0, dtype=torch.float64, sigma=0.0, cfg=CFG):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(out, inp, generator=gen, dtype=dtype)
+    dg = None
+    if sigma:
+        dg = torch.randn(cfg.devices_per_weight, out, inp, generator=gen, dtype=dtype) * sigma * cfg.device_levels
+    return w, A.device_slices(w, cfg, dg)
+
+
+def _weight(g_pos, g_neg, scale, cfg=CFG):
+    """s/(2^M−1) Σ_j 2^{jK} (g⁺_j − g⁻_j): the weight the slices hold."""
+    place = nvcim.core.device.place_values(cfg, g_pos.dtype)
+    return torch.tensordot(place, g_pos - g_neg, dims=([0], [0])) * scale / cfg.weight_levels
+
+
+def test_device_slices_hold_w_d_and_w_p():
+    cfg = DeviceConfig(sigma=0.1, sampling="device")
+    w, (g_pos, g_neg, s) = _layer(7, 9)
+    assert torch.allclose(_weight(g_pos, g_neg, s), nvcim.quantize(w, cfg), atol=1e-12)
+    assert bool(((g_pos == 0) | (g_neg == 0)).all())  # each weight on one crossbar
+    dg = torch.randn(4, 7, 9, dtype=torch.float64)
+    g_pos2, g_neg2, _ = A.device_slices(w, cfg, dg)
+    step = torch.where(w < 0, -1.0, 1.0).double() * s / cfg.weight_levels
+    expected = nvcim.quantize(w, cfg) + step * torch.tensordot(nvcim.core.device.place_values(cfg, torch.float64), dg, 1)
+    assert torch.allclose(_weight(g_pos2, g_neg2, s), expected, atol=1e-12)  # Eq. 3
+
+
+@pytest.mark.parametrize("in_features, rows", [(300, 128), (64, 128), (256, 128), (50, 7)])
+def test_b24_equals_the_unsliced_product(in_features, rows):
+    w, (g_pos, g_neg, s) = _layer(11, in_features)
+    x = torch.randn(5, in_features, dtype=torch.float64)  # signed: both input phases
+    adc = A.AdcConfig(adc_bits=24, tile_rows=rows)
+    y = A.sliced_linear(x, g_pos, g_neg, s, CFG, adc)
+    ideal = x @ nvcim.quantize(w, CFG).t()
+    # every code is within half a step of its partial sum: bound the whole shift-and-add error
+    tiles = -(-in_features // rows)
+    step = rows * CFG.device_levels * x.abs().max() / (2**24 - 1)
+    bound = 2 * 2 * tiles * (1 + 4 + 16 + 64) * step / 2 * s / CFG.weight_levels  # phases, crossbars, tiles, slices
+    assert (y - ideal).abs().max() <= bound
+    assert torch.allclose(y, ideal, rtol=1e-5, atol=1e-5 * ideal.abs().max().item())
+
+
+def test_ideal_adc_is_x_times_w_p_and_keeps_leading_axes():
+    w, (g_pos, g_neg, s) = _layer(6, 40, sigma=0.1, dtype=torch.float32)
+    x = torch.randn(2, 3, 40)
+    bias = torch.randn(6)
+    y = A.sliced_linear(x, g_pos, g_neg, s, CFG, A.AdcConfig(), bias=bias)
+    assert y.shape == (2, 3, 6)
+    assert torch.allclose(y, F.linear(x, _weight(g_pos, g_neg, s), bias), atol=1e-5)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 6])
+@pytest.mark.parametrize("signed", [False, True])
+def test_reference_loop_matches_fast_path_exactly(bits, signed):
+    cfg = DeviceConfig(weight_bits=6, device_bits=2, sigma=0.0)
+    w, (g_pos, g_neg, s) = _layer(4, 21, seed=bits, sigma=0.08, cfg=cfg)  # perturbed: sums below 0 and above range
+    gen = torch.Generator().manual_seed(100 + bits)
+    x = torch.randn(3, 21, generator=gen, dtype=torch.float64)
+    if not signed:
+        x = x.clamp(min=0)
+    adc = A.AdcConfig(adc_bits=bits, tile_rows=8)  # tiles of 8, 8, 5 rows
+    y_ref = A.sliced_linear_reference(x, g_pos, g_neg, s, cfg, adc)
+    assert torch.equal(A.sliced_linear(x, g_pos, g_neg, s, cfg, adc), y_ref)
+    dac = A.AdcConfig(adc_bits=bits, tile_rows=8, input_bits=3)
+    assert torch.equal(A.sliced_linear(x, g_pos, g_neg, s, cfg, dac), A.sliced_linear_reference(x, g_pos, g_neg, s, cfg, dac))
+    assert not torch.equal(A.sliced_linear(x, g_pos, g_neg, s, cfg, dac), y_ref)  # the DAC changes something
+    rng = A.calibrate_adc_range(x, g_pos, g_neg, cfg, adc)
+    cal = A.AdcConfig(adc_bits=bits, tile_rows=8, clip="calibrated")
+    assert torch.equal(A.sliced_linear(x, g_pos, g_neg, s, cfg, cal, adc_range=rng),
+                       A.sliced_linear_reference(x, g_pos, g_neg, s, cfg, cal, adc_range=rng))
+
+
+def test_error_shrinks_as_adc_bits_grow():
+    """Mean relative RMS error against the ideal ADC, 4 layers, post-ReLU inputs, B = 3..12.
+
+    Calibrated: it halves with every bit. Full scale (R (2^K-1) max|x| = 128 * 3 * ~3.5, far above a
+    typical partial sum of ~80): the same from B = 7 on; below that the step exceeds the partial sums
+    and the error is not monotone (B = 5 -> 6 grows: sums start rounding up to one code of weight 2^6).
+    """
+    bits = range(3, 13)
+    errors = {}
+    for clip in ("full_scale", "calibrated"):
+        for b in bits:
+            total = 0.0
+            for seed in range(4):
+                w, (g_pos, g_neg, s) = _layer(32, 200, seed=seed, dtype=torch.float32)
+                x = torch.randn(16, 200, generator=torch.Generator().manual_seed(seed)).relu()
+                ideal = x @ nvcim.quantize(w, CFG).t()
+                adc = A.AdcConfig(adc_bits=b, clip=clip)
+                rng = A.calibrate_adc_range(x, g_pos, g_neg, CFG, adc)
+                y = A.sliced_linear(x, g_pos, g_neg, s, CFG, adc, adc_range=rng)
+                total += float((y - ideal).pow(2).mean().sqrt() / ideal.pow(2).mean().sqrt())
+            errors[clip, b] = total / 4
+    for clip, first in (("calibrated", 3), ("full_scale", 7)):
+        series = [errors[clip, b] for b in range(first, 13)]
+        assert all(1.6 < a / b < 2.5 for a, b in zip(series, series[1:])), (clip, series)
+    assert errors["full_scale", 12] < 0.02 and errors["calibrated", 12] < 0.002
+    assert all(errors["calibrated", b] < errors["full_scale", b] for b in bits)
+
+
+def test_tile_rows_larger_than_in_is_one_tile():
+    w, (g_pos, g_neg, s) = _layer(5, 30)
+    x = torch.randn(4, 30, dtype=torch.float64)
+    big = A.sliced_linear(x, g_pos, g_neg, s, CFG, A.AdcConfig(adc_bits=5, tile_rows=1000))
+    ref = A.sliced_linear_reference(x, g_pos, g_neg, s, CFG, A.AdcConfig(adc_bits=5, tile_rows=1000))
+    assert torch.equal(big, ref)
+    # same partial sums with one tile of 30 rows; only the full scale (R rows) differs
+    same = A.sliced_linear(x, g_pos, g_neg, s, CFG, A.AdcConfig(adc_bits=5, tile_rows=30, clip="calibrated"),
+                           adc_range=1000 * 3 * x.abs().max().item())
+    assert torch.allclose(big, same, rtol=1e-12, atol=1e-12)
+
+
+def test_small_tiles_change_the_result_and_packing_is_reusable():
+    w, (g_pos, g_neg, s) = _layer(5, 64, dtype=torch.float32)
+    x = torch.rand(6, 64)
+    bars = A.pack_crossbars(g_pos, g_neg, CFG)
+    adc = A.AdcConfig(adc_bits=4, tile_rows=16)
+    assert torch.equal(A.sliced_linear(x, bars, None, s, CFG, adc), A.sliced_linear(x, g_pos, g_neg, s, CFG, adc))
+    assert not torch.equal(A.sliced_linear(x, bars, None, s, CFG, adc),
+                           A.sliced_linear(x, bars, None, s, CFG, A.AdcConfig(adc_bits=4, tile_rows=64)))
+
+
+def test_zero_input_gives_bias():
+    w, (g_pos, g_neg, s) = _layer(3, 10, dtype=torch.float32)
+    bias = torch.tensor([1.0, -2.0, 0.5])
+    y = A.sliced_linear(torch.zeros(2, 10), g_pos, g_neg, s, CFG, A.AdcConfig(adc_bits=4, input_bits=4), bias=bias)
+    assert torch.equal(y, bias.expand(2, 3))
+
+
+@pytest.mark.parametrize("stride, padding", [(1, 1), (2, 0)])
+def test_conv_b24_equals_the_unsliced_convolution(stride, padding):
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(6, 5, 3, 3, generator=gen, dtype=torch.float64)
+    x = torch.randn(2, 5, 9, 9, generator=gen, dtype=torch.float64)
+    bias = torch.randn(6, generator=gen, dtype=torch.float64)
+    g_pos, g_neg, s = A.device_slices(w, CFG)
+    y = A.sliced_conv2d(x, g_pos, g_neg, s, CFG, A.AdcConfig(adc_bits=24, tile_rows=16), bias=bias,
+                        stride=stride, padding=padding)
+    ideal = F.conv2d(x, nvcim.quantize(w, CFG), bias, stride=stride, padding=padding)
+    assert y.shape == ideal.shape
+    assert torch.allclose(y, ideal, rtol=1e-5, atol=1e-5 * ideal.abs().max().item())
+    coarse = A.sliced_conv2d(x, g_pos, g_neg, s, CFG, A.AdcConfig(adc_bits=4, tile_rows=16), stride=stride,
+                             padding=padding)
+    cols = F.unfold(x, 3, padding=padding, stride=stride).transpose(1, 2).reshape(-1, 45)
+    # the reference's full scale would use max|x| of its 7 rows only: give it the full range of the batch
+    rng = 16 * 3 * x.abs().max().item()
+    cal = A.AdcConfig(adc_bits=4, tile_rows=16, clip="calibrated")
+    ref = A.sliced_linear_reference(cols[:7], g_pos.flatten(2), g_neg.flatten(2), s, CFG, cal, adc_range=rng)
+    assert torch.equal(coarse.permute(0, 2, 3, 1).reshape(-1, 6)[:7], ref)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(adc_bits=0), "adc_bits"),
+        (dict(adc_bits=25), "adc_bits"),
+        (dict(adc_bits=8.0), "adc_bits"),
+        (dict(adc_bits=True), "adc_bits"),
+        (dict(input_bits=0), "input_bits"),
+        (dict(tile_rows=0), "tile_rows"),
+        (dict(tile_rows="128"), "tile_rows"),
+        (dict(clip="max"), "clip"),
+    ],
+)
+def test_bad_adc_config_raises_naming_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field) as e:
+        A.AdcConfig(**kwargs)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_calls_raise_one_line():
+    w, (g_pos, g_neg, s) = _layer(3, 10, dtype=torch.float32)
+    cases = [
+        (lambda: A.sliced_linear(torch.zeros(2, 11), g_pos, g_neg, s, CFG, A.AdcConfig(adc_bits=4)), "last axis"),
+        (lambda: A.sliced_linear(torch.zeros(2, 10), g_pos, g_neg, s, CFG, A.AdcConfig(adc_bits=4, clip="calibrated")),
+         "adc_range"),
+        (lambda: A.sliced_linear(torch.zeros(2, 10), g_pos, g_neg[:2], s, CFG, A.AdcConfig()), "g_neg"),
+        (lambda: A.sliced_linear(torch.zeros(2, 10).double(), g_pos, g_neg, s, CFG, A.AdcConfig()), "float64"),
+        (lambda: A.device_slices(w, CFG.replace(quantize=False)), "quantize"),
+        (lambda: A.device_slices(w, CFG, torch.zeros(4, 3, 9)), "delta_g"),
+    ]
+    for call, word in cases:
+        with pytest.raises(ValueError, match=word) as e:
+            call()
+        assert "\n" not in str(e.value)
