@@ -1,0 +1,82 @@
+"""Device models by name or by file: what `--device-model NAME_OR_TOML`, `--device-models A,B,C` and sweep
+specs resolve to (SPEC §8). One device model is one `DeviceConfig`.
+
+    device_model("rram4", defaults={"sigma": 0.3})          # a preset, σ from the caller
+    device_model("my_chip.toml")                              # a file of DeviceConfig fields
+    list_device_models()                                      # [(name, one-line description), ...]
+
+NAME: a preset of `DeviceConfig.preset` ("rram1", "fefet2", "rram4", "fefet6": the authors' per-weight
+fold; "<name>-level": per device), or a named device below ("gaussian": the paper's device;
+"stuck-chen2015": Gaussian variation plus stuck-at faults at the rates of Chen et al., IEEE TC 2015).
+FILE (.toml / .yaml / .json): DeviceConfig fields at top level, optionally `preset = "rram4"`, whose
+fields the file's own override, e.g.
+
+    preset = "rram4"
+    stuck_at = [0.0175, 0.0904]
+    read_sigma = 0.02
+
+`defaults` fill the fields the model leaves unset: the caller passes the training σ (or --sigma) and the
+checkpoint's weight_bits / device_bits / quantize, so a model describes the devices, not the network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from nvcim.core.config import PRESET_NAMES, DeviceConfig
+from nvcim.io.files import read_mapping_file
+
+NAMED: dict[str, tuple[dict[str, Any], str]] = {
+    "gaussian": ({}, "i.i.d. Gaussian programming variation per device (the paper's device, SPEC §2)"),
+    "stuck-chen2015": ({"stuck_at": (0.0175, 0.0904)},
+                       "Gaussian variation plus stuck-at faults, p0 = 1.75 %, p1 = 9.04 % (Chen et al., IEEE TC 2015)"),
+}
+FILE_SUFFIXES = (".toml", ".yaml", ".yml", ".json")
+
+
+def list_device_models() -> list[tuple[str, str]]:
+    """(name, description) of every device model available by name."""
+    out = [(n, d) for n, (_, d) in NAMED.items()]
+    for name in PRESET_NAMES:
+        base, per_device = name.removesuffix("-level"), name.endswith("-level")
+        cfg = DeviceConfig.preset(name)
+        factor = cfg.variation_options.get("S") or max(cfg.variation_options.get("multipliers", [1.0]))
+        how = ("devices at middle levels vary" if per_device else "weights with 0.25 < |W|/s < 0.75 vary")
+        out.append((name, f"{base.upper()} device type (NeFT): {how} {factor:g}x more, normalised to σ_d"))
+    return out
+
+
+def _fields_of(spec: str) -> dict[str, Any]:
+    if spec in NAMED:
+        return dict(NAMED[spec][0])
+    if spec in PRESET_NAMES:
+        preset = DeviceConfig.preset(spec)
+        return {"variation": preset.variation, "variation_options": dict(preset.variation_options)}
+    path = Path(spec).expanduser()
+    if path.suffix.lower() in FILE_SUFFIXES or path.exists():
+        if not path.is_file():
+            raise ValueError(f"device model file {spec} does not exist: give a TOML / YAML / JSON file of "
+                             "DeviceConfig fields, or a name from `nvcim eval --list-device-models`")
+        fields = dict(read_mapping_file(path, "device model file"))
+        preset = fields.pop("preset", None)
+        if preset is not None:
+            if preset not in PRESET_NAMES:
+                raise ValueError(f"device model file {spec}: unknown preset {preset!r}: use one of {list(PRESET_NAMES)}")
+            fields = {**_fields_of(preset), **fields}
+        return fields
+    names = list(NAMED) + list(PRESET_NAMES)
+    raise ValueError(f"unknown device model {spec!r}: use one of {names}, or a .toml / .yaml / .json file of "
+                     "DeviceConfig fields")
+
+
+def device_model(spec: str, defaults: Mapping[str, Any] | None = None) -> DeviceConfig:
+    """The DeviceConfig named by `spec` (a name or a file); `defaults` fill the fields it leaves unset."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"device model {spec!r} is empty: give a name or a file")
+    fields = {**dict(defaults or {}), **_fields_of(spec.strip())}
+    try:
+        return DeviceConfig.from_dict(fields)
+    except (TypeError, ValueError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"device model {spec}: {msg}") from None
