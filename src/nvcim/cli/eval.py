@@ -53,7 +53,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.error = _one_line_error  # bad values of known flags: one line, exit 2
-    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory written by `nvcim train`")
+    p.add_argument("checkpoints", metavar="CKPT", nargs="*",
+                   help="checkpoint directory written by `nvcim train` (several: with --device-models)")
 
     g = p.add_argument_group("device variation (σ_d is relative to one device's maximum conductance level)")
     x = g.add_mutually_exclusive_group()
@@ -76,6 +77,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--no-quantize", action="store_true",
                    help="add the noise to the float weights without quantizing them first (authors' code); "
                         "default: the checkpoint's device setting (quantize on unless trained without)")
+
+    g = p.add_argument_group("device models (SPEC §8; `--list-device-models` names them)")
+    g.add_argument("--device-model", metavar="NAME_OR_TOML",
+                   help="evaluate under this device model instead of the checkpoint's device: a name (e.g. rram4, "
+                        "fefet6-level, stuck-chen2015) or a TOML / YAML / JSON file of DeviceConfig fields; σ and bits "
+                        "it leaves unset come from the checkpoint (or --sigma)")
+    g.add_argument("--device-models", metavar="A,B,C",
+                   help="the device-model matrix: every CKPT under every device model, on common random numbers "
+                        "(the same chip seeds), at one σ; --out writes the matrix JSON and a heat-map PNG beside it")
+    g.add_argument("--list-device-models", action="store_true", help="list the device models available by name and exit")
 
     g = p.add_argument_group("write-verify (SPEC §7: verified devices are left with a small residual σ)")
     g.add_argument("--verify-fractions", metavar="F1,F2,..",
@@ -179,10 +190,18 @@ def _refuse_inside(flag: str, out: Path, ckpt: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nvcim.core.config import DeviceConfig
+    from nvcim.cli.eval_data import DEVICE_DEFAULT_KEYS, load_for_eval
+    from nvcim.cli.eval_matrix import run_matrix
     from nvcim.evaluate import default_sigma_grid, results_table, robustness_curve, write_csv
     from nvcim.evaluate.files import EvaluationFile, write_result_file
+    from nvcim.io.device_models import device_model, list_device_models
 
+    if args.list_device_models:
+        for name, what in list_device_models():
+            print(f"{name:<16} {what}")
+        return 0
+    if not args.checkpoints:
+        raise ValueError("no checkpoint given: nvcim eval CKPT [...] (or --list-device-models)")
     # validate everything cheap before loading anything
     runs = _int("--runs", args.runs, 2)
     if runs > MAX_RUNS and not args.force_runs:
@@ -228,7 +247,14 @@ def run(args: argparse.Namespace) -> int:
         sigmas = [_sigma("--sigmas", s.strip()) for s in parts]
     from nvcim.io.files import check_output_path
 
-    ckpt = Path(args.checkpoint)
+    if args.device_models is not None or len(args.checkpoints) > 1:
+        if args.curve or (sigmas is not None and len(sigmas) != 1) or verify is not None or args.device_model \
+                or recal is not None or per_chip is not None:
+            raise ValueError("the device-model matrix evaluates at one σ (--sigma) without --curve / --sigmas / "
+                             "--verify-fractions / --device-model / BatchNorm recalibration: drop those flags")
+        return run_matrix(args, [Path(c) for c in args.checkpoints], sigma=sigmas[0] if sigmas else None, runs=runs,
+                          seed=seed, batch_size=batch_size, limit=limit, progress=progress)
+    ckpt = Path(args.checkpoints[0])
     for flag, out_file in (("--out", args.out), ("--csv", args.csv)):
         if out_file:
             check_output_path(out_file, flag)  # before the Monte Carlo runs whose results it holds
@@ -243,65 +269,18 @@ def run(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             raise ValueError("--device cuda but CUDA is not available: use --device cpu")
 
-    from nvcim.io.checkpoint import load_checkpoint
-    from nvcim.data import DATASETS, dataset_fingerprint, dataset_info, is_npz_name, load_dataset
-    from nvcim.plugins import missing_hint
-
-    model, config = load_checkpoint(ckpt)
-    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.is_floating_point()})
-    if dtypes and dtypes != ["float32"]:
-        print(f"nvcim eval: note: checkpoint {ckpt} stores {'/'.join(dtypes)} weights: evaluating them in float32",
-              file=sys.stderr)
-        model = model.float()
-    dev_dict = config.get("device") or {}
-    if not isinstance(dev_dict, dict):
-        raise ValueError(f"checkpoint {ckpt}: 'device' in config.json is not a device config: fix config.json")
-    base = DeviceConfig.from_dict(dev_dict) if dev_dict else DeviceConfig(sigma=0.0)
-    if args.no_quantize:
-        base = base.replace(quantize=False)
-    train_sigma = base.sigma
+    loaded = load_for_eval(ckpt, dataset=args.dataset, data_root=args.data_root, split=args.split, limit=limit,
+                           no_quantize=args.no_quantize)
+    model, config, base, dataset, splits, split = (loaded.model, loaded.config, loaded.device, loaded.dataset,
+                                                    loaded.splits, loaded.split)
+    spec = config.get("model", {})
+    if args.device_model:
+        base = device_model(args.device_model, defaults={k: getattr(base, k) for k in DEVICE_DEFAULT_KEYS})
+    train_sigma = loaded.device.sigma
     if args.curve:
         sigmas = default_sigma_grid(train_sigma)
     elif sigmas is None:
         sigmas = [train_sigma]
-
-    data_cfg = config.get("data") or {}
-    if not isinstance(data_cfg, dict):
-        data_cfg = {}
-    dataset = args.dataset or data_cfg.get("name")
-    if not dataset:
-        raise ValueError(f"checkpoint {ckpt} names no dataset: pass --dataset NAME")
-    if dataset not in DATASETS and not is_npz_name(dataset):
-        raise ValueError(f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)} or npz:PATH.npz"
-                         f"{missing_hint(config.get('plugins'))}")
-    info = dataset_info(dataset)
-    recorded = data_cfg.get("file") if dataset == data_cfg.get("name") else None
-    if isinstance(recorded, dict) and recorded.get("sha256"):
-        now = dataset_fingerprint(dataset)
-        if now is not None and now["sha256"] != recorded["sha256"]:
-            raise ValueError(f"dataset {dataset}: the file changed since checkpoint {ckpt} was trained on it (sha256 "
-                             f"{now['sha256'][:12]}… now, {recorded['sha256'][:12]}… then): evaluate on the same file")
-    spec = config.get("model", {})
-    # before the data are loaded: a mismatch must not download anything
-    if spec.get("in_channels", info.in_channels) != info.in_channels or spec.get("num_classes", info.num_classes) < info.num_classes:
-        raise ValueError(
-            f"dataset {dataset} ({info.in_channels} channels, {info.num_classes} classes) does not fit the checkpoint's "
-            f"model ({spec.get('in_channels')} channels, {spec.get('num_classes')} classes): pass a matching --dataset"
-        )
-    same = dataset == data_cfg.get("name")
-    root = args.data_root or (data_cfg.get("root") if same else None)
-    if limit is None and same:
-        limit = data_cfg.get("limit")
-    splits = load_dataset(
-        dataset,
-        root,
-        val_fraction=float(data_cfg.get("val_fraction", 0.1) if same else 0.1),
-        seed=int(data_cfg.get("seed", 0) if same else 0),
-        limit=limit,
-    )
-    split = getattr(splits, args.split)
-    if len(split) == 0:
-        raise ValueError(f"the {args.split} split of {dataset} is empty: use --split test or another dataset")
 
     recalibration, calibration = None, None
     if recal is not None or per_chip is not None:

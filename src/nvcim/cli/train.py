@@ -134,6 +134,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         f"(default: {D['sigma']})")
     g.add_argument("--weight-bits", type=int, metavar="M", help=f"bits per weight magnitude (default: {D['weight_bits']})")
     g.add_argument("--device-bits", type=int, metavar="K", help=f"bits per device, must divide M (default: {D['device_bits']})")
+    g.add_argument("--device-model", metavar="NAME_OR_TOML",
+                   help="the device trained for: a name (nvcim eval --list-device-models: rram4, fefet6-level, "
+                        "stuck-chen2015, ...) or a TOML / YAML / JSON file of DeviceConfig fields; --sigma and the "
+                        "bit flags still apply (default: gaussian)")
     g.add_argument("--variation", metavar="KIND",
                    help=f"variation kind of the device trained for: {', '.join(VARIATIONS.names())} (default: gaussian)")
     g.add_argument("--variation-option", dest="variation_option", action="append", type=_key_value, metavar="KEY=VALUE",
@@ -193,6 +197,12 @@ def config_from_args(args: argparse.Namespace):
     for name in FIELDS:
         if name in given:
             d[name] = given[name]
+    if "device_model" in given:
+        from nvcim.io.device_models import device_model
+        from nvcim.train import DEFAULTS, DEVICE_KEYS
+
+        defaults = {k: d.get(k, DEFAULTS[k]) for k in DEVICE_KEYS}
+        d["device_config"] = device_model(given["device_model"], defaults=defaults).to_dict()
     device_flags = {k: given[k] for k in ("variation", "sampling") if k in given}
     if "variation_option" in given:
         device_flags["variation_options"] = dict(given["variation_option"])

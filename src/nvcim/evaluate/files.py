@@ -13,6 +13,9 @@ absent = 1, the layout of every nvcim so far):
     write_verify       nvcim eval --verify-fractions: as mc_eval without "results", plus "write_verify": {...}
                        and "points": [{"fraction", "verified_weights", "verified_devices", "result"}, ...]
     sweep_cell_failed  a sweep cell that raised or diverged: {"kind", "nvcim_version", "cell", "error", "traceback"}
+    device_matrix      nvcim eval CKPT... --device-models A,B,C: {"kind", "nvcim_version", "format", "sigma", "runs",
+                       "seed", "checkpoints": [...], "datasets": [...], "device_models": [...],
+                       "cells": [[{"device_config", "result": MCResult.to_dict()} per device model] per checkpoint]}
 
 The reader checks the structure every consumer relies on (one ValueError naming the file and the field);
 it keeps the per-result dicts as written (`EvaluationFile.mc_results()` turns them into MCResult).
@@ -29,8 +32,8 @@ from nvcim import __version__
 from nvcim.evaluate.results import MCResult, write_results_json
 
 FORMAT = 1  # the layout version this module writes
-MC_EVAL, WRITE_VERIFY, CELL_FAILED = "mc_eval", "write_verify", "sweep_cell_failed"
-KINDS = (MC_EVAL, CELL_FAILED, WRITE_VERIFY)
+MC_EVAL, WRITE_VERIFY, CELL_FAILED, DEVICE_MATRIX = "mc_eval", "write_verify", "sweep_cell_failed", "device_matrix"
+KINDS = (MC_EVAL, CELL_FAILED, WRITE_VERIFY, DEVICE_MATRIX)
 
 
 def _is_num(v: Any) -> bool:
@@ -136,8 +139,49 @@ class FailedCellFile:
                    nvcim_version=str(d.get("nvcim_version") or "?"))
 
 
-ResultFile = EvaluationFile | WriteVerifyFile | FailedCellFile
-_CLASSES = {c.kind: c for c in (EvaluationFile, WriteVerifyFile, FailedCellFile)}
+@dataclass(kw_only=True)
+class DeviceMatrixFile:
+    """Checkpoints (rows) under device models (columns), Monte Carlo on the same chip seeds in every cell."""
+
+    checkpoints: list  # str per row
+    datasets: list  # str per row
+    device_models: list  # the names given, per column
+    cells: list  # [row][column] {"device_config": dict, "result": MCResult or its dict}
+    sigma: float | None = None  # None: each checkpoint's training σ
+    runs: int = 0
+    seed: int = 0
+    nvcim_version: str = __version__
+    format: int = FORMAT
+    kind: ClassVar[str] = DEVICE_MATRIX
+
+    def to_dict(self) -> dict:
+        cells = [[{**c, "result": c["result"].to_dict() if isinstance(c["result"], MCResult) else c["result"]}
+                  for c in row] for row in self.cells]
+        return {"kind": self.kind, "nvcim_version": self.nvcim_version, "format": self.format, "sigma": self.sigma,
+                "runs": self.runs, "seed": self.seed, "checkpoints": self.checkpoints, "datasets": self.datasets,
+                "device_models": self.device_models, "cells": cells}
+
+    def result(self, row: int, col: int) -> MCResult:
+        r = self.cells[row][col]["result"]
+        return r if isinstance(r, MCResult) else MCResult.from_dict(r)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "<results>") -> "DeviceMatrixFile":
+        rows, cols = d.get("checkpoints"), d.get("device_models")
+        cells = d.get("cells")
+        if not (isinstance(rows, list) and isinstance(cols, list) and isinstance(cells, list) and len(cells) == len(rows)
+                and all(isinstance(r, list) and len(r) == len(cols) for r in cells)
+                and all(isinstance(c, dict) and isinstance(c.get("result"), dict) for r in cells for c in r)):
+            raise ValueError(f"{where}: device_matrix file needs 'checkpoints', 'device_models' and a matching "
+                             "'cells' grid of results")
+        return cls(checkpoints=list(rows), datasets=list(d.get("datasets") or [None] * len(rows)),
+                   device_models=list(cols), cells=[list(r) for r in cells], sigma=d.get("sigma"),
+                   runs=int(d.get("runs") or 0), seed=int(d.get("seed") or 0),
+                   nvcim_version=str(d.get("nvcim_version") or "?"), format=int(d.get("format", 1)))
+
+
+ResultFile = EvaluationFile | WriteVerifyFile | FailedCellFile | DeviceMatrixFile
+_CLASSES = {c.kind: c for c in (EvaluationFile, WriteVerifyFile, FailedCellFile, DeviceMatrixFile)}
 
 
 def _dict_or_none(d: Mapping, key: str, where: str) -> dict | None:

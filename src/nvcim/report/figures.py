@@ -24,7 +24,7 @@ def _slug(*parts: Any) -> str:
     return "".join(c if c.isalnum() or c in "-." else "_" for c in s).strip("_") or "x"
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -38,7 +38,7 @@ class Figures:
 
     def __init__(self, out: Path, fmt: str):
         self.out, self.fmt, self.items = out, fmt, []
-        self.plt = _pyplot()
+        self.plt = pyplot()
 
     def save(self, fig, name: str, caption: str) -> None:
         buf = io.BytesIO()

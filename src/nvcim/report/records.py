@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from nvcim.evaluate.files import KINDS, EvaluationFile, FailedCellFile, WriteVerifyFile, parse_result
+from nvcim.evaluate.files import (KINDS, DeviceMatrixFile, EvaluationFile, FailedCellFile, WriteVerifyFile,
+                                  parse_result)
 from nvcim.report.common import fmt_param, group_key, method_traits, num, sigma_key
 from nvcim.report.labels import assign_labels, base_label, evaluation_suffix
 
@@ -38,6 +39,7 @@ class ResultSet:
     failures: list[dict] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     verify_records: list[dict] = field(default_factory=list)  # one per (write_verify file, fraction)
+    matrices: list[tuple[str, DeviceMatrixFile]] = field(default_factory=list)  # (file, device-model matrix)
     n_files: int = 0
     roots: list[Path] = field(default_factory=list)  # every directory / file read, in the order given
 
@@ -175,6 +177,8 @@ def scan_results(path, skip_bad: bool = False, warn=None) -> ResultSet:
                     err = rec.error.strip()
                     rs.failures.append({"cell_id": str(rec.cell.get("id", f.stem)),
                                         "error": err.splitlines()[0] if err else "", "file": str(f), "cell": rec.cell})
+                elif isinstance(rec, DeviceMatrixFile):
+                    rs.matrices.append((str(f), rec))
                 elif isinstance(rec, WriteVerifyFile):
                     rs.verify_records.extend(_verify_records(rec, f))
                 else:

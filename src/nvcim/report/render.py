@@ -18,6 +18,7 @@ from nvcim.io.files import atomic_write_bytes
 from nvcim.report.common import group_title
 from nvcim.report.figures import (Figures, fig_accuracy, fig_convergence, fig_distribution, fig_ekl, fig_robustness,
                                   fig_write_verify, label_colours)
+from nvcim.report.matrix import fig_matrix, matrix_table
 from nvcim.report.points import matched_points, robustness_curves, verify_curves
 from nvcim.report.records import ResultSet
 from nvcim.report.tables import (Table, acc_table, beta_table, conv_table, curve_table, ekl_table, headline_table,
@@ -119,6 +120,13 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None)
         tables.append(curve_table(g, gcurves))
         tables.append(verify_table(g, gverify))
         sections.append((group_title(g), [t for t in tables if t is not None], F.items[n0:]))
+    if rs.matrices:
+        n0 = len(F.items)
+        mtables = []
+        for k, (f, rec) in enumerate(rs.matrices):
+            fig_matrix(F, rec, f"device_matrix_{k + 1}")
+            mtables.append(matrix_table(rec, f"Device-model matrix ({f})"))
+        sections.append(("Device models", mtables, F.items[n0:]))
     failures = Table("Failed sweep cells", ["cell", "error", "file"],
                      [[f["cell_id"], f["error"], f["file"]] for f in rs.failures]) if rs.failures else None
     paper_ekl = paper_ekl_table()

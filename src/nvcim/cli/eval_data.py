@@ -1,0 +1,86 @@
+"""Loading what `nvcim eval` evaluates: a checkpoint, its device, and the split of its data set (shared by the
+single-checkpoint command and the device-model matrix). Every check runs before the data are loaded
+or downloaded: a wrong-typed device entry, an unknown data set (naming missing plugins), an npz file
+changed since training, a data set that does not fit the model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from torch import nn
+
+from nvcim.core.config import DeviceConfig
+from nvcim.data import DATASETS, dataset_fingerprint, dataset_info, is_npz_name, load_dataset
+from nvcim.io import checkpoint
+from nvcim.plugins import missing_hint
+
+# device fields a device model leaves to the checkpoint unless it sets them
+DEVICE_DEFAULT_KEYS = ("sigma", "weight_bits", "device_bits", "quantize")
+
+
+class Loaded(NamedTuple):
+    model: nn.Module
+    config: dict
+    device: DeviceConfig  # the checkpoint's device (training σ), quantization as asked
+    dataset: str
+    splits: Any
+    split: Any
+
+
+def load_for_eval(ckpt: Path, *, dataset: str | None, data_root: str | None, split: str, limit: int | None,
+                  no_quantize: bool = False) -> Loaded:
+    """The checkpoint's model (float32), config and device, and the `split` of its (or `dataset`'s) data."""
+    dataset_flag, split_name = dataset, split
+    model, config = checkpoint.load_checkpoint(ckpt)  # looked up at call time (tests replace it)
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.is_floating_point()})
+    if dtypes and dtypes != ["float32"]:
+        print(f"nvcim eval: note: checkpoint {ckpt} stores {'/'.join(dtypes)} weights: evaluating them in float32",
+              file=sys.stderr)
+        model = model.float()
+    dev_dict = config.get("device") or {}
+    if not isinstance(dev_dict, dict):
+        raise ValueError(f"checkpoint {ckpt}: 'device' in config.json is not a device config: fix config.json")
+    base = DeviceConfig.from_dict(dev_dict) if dev_dict else DeviceConfig(sigma=0.0)
+    if no_quantize:
+        base = base.replace(quantize=False)
+
+    data_cfg = config.get("data") or {}
+    if not isinstance(data_cfg, dict):
+        data_cfg = {}
+    dataset = dataset_flag or data_cfg.get("name")
+    if not dataset:
+        raise ValueError(f"checkpoint {ckpt} names no dataset: pass --dataset NAME")
+    if dataset not in DATASETS and not is_npz_name(dataset):
+        raise ValueError(f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)} or npz:PATH.npz"
+                         f"{missing_hint(config.get('plugins'))}")
+    info = dataset_info(dataset)
+    recorded = data_cfg.get("file") if dataset == data_cfg.get("name") else None
+    if isinstance(recorded, dict) and recorded.get("sha256"):
+        now = dataset_fingerprint(dataset)
+        if now is not None and now["sha256"] != recorded["sha256"]:
+            raise ValueError(f"dataset {dataset}: the file changed since checkpoint {ckpt} was trained on it (sha256 "
+                             f"{now['sha256'][:12]}… now, {recorded['sha256'][:12]}… then): evaluate on the same file")
+    spec = config.get("model", {})
+    # before the data are loaded: a mismatch must not download anything
+    if spec.get("in_channels", info.in_channels) != info.in_channels or spec.get("num_classes", info.num_classes) < info.num_classes:
+        raise ValueError(
+            f"dataset {dataset} ({info.in_channels} channels, {info.num_classes} classes) does not fit the checkpoint's "
+            f"model ({spec.get('in_channels')} channels, {spec.get('num_classes')} classes): pass a matching --dataset"
+        )
+    same = dataset == data_cfg.get("name")
+    root = data_root or (data_cfg.get("root") if same else None)
+    if limit is None and same:
+        limit = data_cfg.get("limit")
+    splits = load_dataset(
+        dataset,
+        root,
+        val_fraction=float(data_cfg.get("val_fraction", 0.1) if same else 0.1),
+        seed=int(data_cfg.get("seed", 0) if same else 0),
+        limit=limit,
+    )
+    split = getattr(splits, split_name)
+    if len(split) == 0:
+        raise ValueError(f"the {split_name} split of {dataset} is empty: use --split test or another dataset")
+    return Loaded(model, config, base, dataset, splits, split)

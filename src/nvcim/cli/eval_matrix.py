@@ -1,0 +1,61 @@
+"""`nvcim eval CKPT... --device-models A,B,C`: every checkpoint under every device model, at one σ, on
+common random numbers; prints the matrix and writes it as JSON (--out), a heat-map PNG beside the JSON,
+and CSV (--csv, one row per cell). `nvcim report` shows matrix files in a section of their own."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tabulate import tabulate
+
+from nvcim.cli.eval_data import DEVICE_DEFAULT_KEYS, load_for_eval
+from nvcim.evaluate.files import write_result_file
+from nvcim.evaluate.matrix import device_matrix
+from nvcim.io.device_models import device_model
+from nvcim.io.files import atomic_write_bytes, check_output_path
+from nvcim.report.matrix import matrix_csv, matrix_table, write_matrix_png
+
+
+def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | None, runs: int, seed: int,
+               batch_size: int, limit: int | None, progress: bool) -> int:
+    names = [n.strip() for n in (args.device_models or "gaussian").split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"--device-models {args.device_models!r} lists no device model: give e.g. gaussian,rram4")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--device-models {args.device_models!r} names a device model twice: list each once")
+    for name in names:
+        device_model(name)  # an unknown name or a bad file: one line, before anything is loaded
+    for flag, out_file in (("--out", args.out), ("--csv", args.csv)):
+        if out_file:
+            check_output_path(out_file, flag)
+            for ck in ckpts:
+                if Path(out_file).resolve().is_relative_to(ck.resolve()):
+                    raise ValueError(f"{flag} {out_file} is inside checkpoint {ck}: write it elsewhere")
+    png = Path(args.out).with_suffix(".png") if args.out else None
+    for ck in ckpts:
+        if not ck.exists():
+            raise FileNotFoundError(f"checkpoint {ck} does not exist: check the path")
+    rows, devices = [], []
+    for ck in ckpts:
+        loaded = load_for_eval(ck, dataset=args.dataset, data_root=args.data_root, split=args.split, limit=limit,
+                               no_quantize=args.no_quantize)
+        rows.append((str(ck), loaded.dataset, loaded.model, loaded.split))
+        defaults = {k: getattr(loaded.device, k) for k in DEVICE_DEFAULT_KEYS}
+        if sigma is not None:
+            defaults["sigma"] = sigma
+        devices.append({name: device_model(name, defaults=defaults) for name in names})
+    rec = device_matrix(rows, names, lambda i, name: devices[i][name], runs=runs, seed=seed, batch_size=batch_size,
+                        sigma=sigma, progress=progress, say=lambda line: print(line, file=sys.stderr))
+    t = matrix_table(rec)
+    print(tabulate(t.rows, headers=t.headers, disable_numparse=True))
+    print(t.note)
+    if args.out:
+        write_result_file(args.out, rec)
+        write_matrix_png(rec, png)
+        print(f"wrote {args.out} and {png}")
+    if args.csv:
+        atomic_write_bytes(args.csv, matrix_csv(rec))
+        print(f"wrote {args.csv}")
+    return 0

@@ -1,0 +1,36 @@
+"""The device-model matrix: models (rows) under device models (columns), every cell a Monte Carlo
+evaluation with the same chip seeds (common random numbers), so that differences between columns are
+the devices', not the draws'.
+
+    rec = device_matrix([("ckpt-a", model_a, test_a), ...], ["gaussian", "rram4"],
+                        configs=lambda row, name: device_model(name, ...), runs=200, seed=0)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from torch import nn
+
+from nvcim.core.config import DeviceConfig
+from nvcim.evaluate.files import DeviceMatrixFile
+from nvcim.evaluate.montecarlo import DEFAULT_BATCH, monte_carlo_evaluate
+
+
+def device_matrix(rows: Sequence[tuple[str, str, nn.Module, Any]], device_models: Sequence[str],
+                  configs: Callable[[int, str], DeviceConfig], *, runs: int, seed: int,
+                  batch_size: int = DEFAULT_BATCH, sigma: float | None = None, progress: bool = False,
+                  say: Callable[[str], None] = lambda line: None) -> DeviceMatrixFile:
+    """rows: (checkpoint name, data set name, model, data); configs(row index, device model name) gives the
+    DeviceConfig of that cell. Every cell runs `runs` chips from `seed`."""
+    cells = []
+    for i, (name, _, model, data) in enumerate(rows):
+        row = []
+        for dm in device_models:
+            cfg = configs(i, dm)
+            res = monte_carlo_evaluate(model, data, cfg, runs=runs, seed=seed, batch_size=batch_size, progress=progress)
+            say(f"{name} under {dm}: {res.mean:.2f} % [{res.ci95[0]:.2f}, {res.ci95[1]:.2f}], p5 {res.p5:.2f}")
+            row.append({"device_config": cfg.to_dict(), "result": res})
+        cells.append(row)
+    return DeviceMatrixFile(checkpoints=[r[0] for r in rows], datasets=[r[1] for r in rows],
+                            device_models=list(device_models), cells=cells, sigma=sigma, runs=runs, seed=seed)

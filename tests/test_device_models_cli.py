@@ -1,0 +1,83 @@
+"""Device models everywhere (issue #18 Must-deliver 2-3): by name or file in nvcim train and nvcim eval, the
+list, and the checkpoints × device models matrix (JSON, heat-map PNG, CSV, report section)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from nvcim.cli import main
+from nvcim.evaluate.files import DeviceMatrixFile, read_result_file
+from nvcim.io.device_models import device_model, list_device_models
+
+SMOKE = ["--preset", "smoke", "--limit", "64", "--quiet", "--num-threads", "1", "--val-runs", "2"]
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dm")
+    out = []
+    for name, extra in (("gni", ["--method", "noise_injection", "--device-model", "rram4", "--sigma", "0.2"]),
+                        ("plain", ["--method", "vanilla"])):
+        assert main(["train", *SMOKE, *extra, "--out", str(d / name)]) == 0
+        out.append(d / name)
+    return out
+
+
+def test_train_records_the_device_model(ckpts):
+    config = json.loads((ckpts[0] / "config.json").read_text())
+    assert config["device"]["variation"] == "weight_band" and config["device"]["variation_options"] == {"S": 4.0}
+    assert config["device"]["sigma"] == 0.2
+
+
+def test_device_model_files_and_names(tmp_path):
+    f = tmp_path / "chip.toml"
+    f.write_text('preset = "fefet6-level"\nstuck_at = [0.01, 0.02]\nread_sigma = 0.01\n')
+    cfg = device_model(str(f), defaults={"sigma": 0.3, "weight_bits": 6, "device_bits": 2})
+    assert cfg.variation == "level_dependent" and cfg.stuck_at == (0.01, 0.02) and cfg.sigma == 0.3
+    assert cfg.weight_bits == 6
+    assert {n for n, _ in list_device_models()} >= {"gaussian", "rram1", "fefet2", "rram4", "fefet6", "rram4-level"}
+    with pytest.raises(ValueError, match="unknown device model 'rram5'"):
+        device_model("rram5")
+    f.write_text("sigma = -1\n")
+    with pytest.raises(ValueError, match=r"chip.toml: DeviceConfig.sigma=-1"):
+        device_model(str(f))
+
+
+def test_eval_under_another_device_model(ckpts, tmp_path, capsys):
+    out = tmp_path / "e.json"
+    assert main(["eval", str(ckpts[0]), "--device-model", "fefet6-level", "--runs", "3", "--out", str(out)]) == 0
+    rec = read_result_file(out)
+    assert rec.device_config["variation"] == "level_dependent" and rec.device_config["sigma"] == 0.2
+    assert main(["eval", "--list-device-models"]) == 0 and "stuck-chen2015" in capsys.readouterr().out
+
+
+def test_matrix_of_checkpoints_and_device_models(ckpts, tmp_path, capsys):
+    out, table = tmp_path / "m.json", tmp_path / "m.csv"
+    rc = main(["eval", *map(str, ckpts), "--device-models", "gaussian,rram4,stuck-chen2015", "--sigma", "0.2",
+               "--runs", "4", "--seed", "3", "--out", str(out), "--csv", str(table)])
+    assert rc == 0
+    rec = read_result_file(out)
+    assert isinstance(rec, DeviceMatrixFile) and rec.device_models == ["gaussian", "rram4", "stuck-chen2015"]
+    assert len(rec.cells) == 2 and all(len(r) == 3 for r in rec.cells)
+    assert rec.cells[0][2]["device_config"]["stuck_at"] == [0.0175, 0.0904]
+    assert all(rec.result(i, j).sigma == 0.2 and rec.result(i, j).seed == 3 for i in range(2) for j in range(3))
+    assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
+    rows = list(csv.DictReader(table.open()))
+    assert len(rows) == 6 and {r["device_model"] for r in rows} == {"gaussian", "rram4", "stuck-chen2015"}
+    # the same chips in every column: the Gaussian column equals a plain evaluation with that seed
+    single = tmp_path / "s.json"
+    assert main(["eval", str(ckpts[1]), "--sigma", "0.2", "--runs", "4", "--seed", "3", "--out", str(single)]) == 0
+    assert read_result_file(single).mc_results()[0].per_run_correct == rec.result(1, 0).per_run_correct
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "Device-model matrix" in md and "stuck-chen2015" in md
+
+
+def test_matrix_bad_input_is_one_line(ckpts, capsys):
+    assert main(["eval", str(ckpts[0]), "--device-models", "gaussian,nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown device model 'nope'" in err[0]
+    assert main(["eval", str(ckpts[0]), "--device-models", "gaussian", "--curve"]) == 2
