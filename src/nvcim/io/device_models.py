@@ -4,6 +4,7 @@ specs resolve to (SPEC §8). One device model is one `DeviceConfig`.
     device_model("rram4", defaults={"sigma": 0.3})          # a preset, σ from the caller
     device_model("my_chip.toml")                              # a file of DeviceConfig fields
     list_device_models()                                      # [(name, one-line description), ...]
+    device_model_fields("rram4")                              # the fields the model sets (no defaults)
 
 NAME: a preset of `DeviceConfig.preset` ("rram1", "fefet2", "rram4", "fefet6": the authors' per-weight
 fold; "<name>-level": per device), or a named device below ("gaussian": the paper's device;
@@ -68,6 +69,14 @@ def _fields_of(spec: str) -> dict[str, Any]:
     names = list(NAMED) + list(PRESET_NAMES)
     raise ValueError(f"unknown device model {spec!r}: use one of {names}, or a .toml / .yaml / .json file of "
                      "DeviceConfig fields")
+
+
+def device_model_fields(spec: str) -> dict[str, Any]:
+    """The DeviceConfig fields `spec` (a name or a file) sets itself, before any defaults: what a sweep
+    records, so that its cells do not depend on the file after validation."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"device model {spec!r} is empty: give a name or a file")
+    return _fields_of(spec.strip())
 
 
 def device_model(spec: str, defaults: Mapping[str, Any] | None = None) -> DeviceConfig:

@@ -6,7 +6,9 @@ fixed hyper-parameters (β, N, ...) of one (model, dataset) are compared at the 
 by a sweep's β search keeps "OVF"); a cell's "label" field overrides all of this. Results evaluated off
 the standard setting are arms of their own, with a suffix on the label: recalibrated BatchNorm
 statistics ("bn_recalibration" in the file) " (BN per chip)" or " (BN: clean)", another split than test
-(`nvcim eval --split val`) " (val split)", unquantized chips (`--no-quantize`) " (unquantized)".
+(`nvcim eval --split val`) " (val split)", unquantized chips (`--no-quantize`) " (unquantized)". A sweep
+cell of a device-model axis ("device_model" in its cell) is an arm per device model: " [rram4]" (the name as
+the spec gives it) before those; results without a device model keep their labels.
 """
 
 from __future__ import annotations
@@ -76,9 +78,11 @@ def assign_labels(records: list[dict]) -> None:
 
 
 def evaluation_suffix(r: Mapping) -> str:
-    """Results evaluated off the standard setting are arms of their own: recalibrated BatchNorm statistics
-    (`nvcim eval --recalibrate-bn*`), another split than test (`--split val`), unquantized chips (`--no-quantize`)."""
+    """Results evaluated off the standard setting are arms of their own: a sweep's device model (" [rram4]"),
+    recalibrated BatchNorm statistics (`nvcim eval --recalibrate-bn*`), another split than test (`--split val`),
+    unquantized chips (`--no-quantize`)."""
     parts = []
+    device = f" [{r['device_model']}]" if r.get("device_model") else ""
     how = r.get("bn_recalibration")
     if how:
         parts.append("BN per chip" if how == "each chip" else f"BN: {how}")
@@ -86,7 +90,7 @@ def evaluation_suffix(r: Mapping) -> str:
         parts.append(f"{r['split']} split")
     if r.get("quantized") is False:
         parts.append("unquantized")
-    return f" ({', '.join(parts)})" if parts else ""
+    return device + (f" ({', '.join(parts)})" if parts else "")
 
 
 def is_standard_evaluation(r: Mapping) -> bool:

@@ -5,7 +5,8 @@
 
 Inputs are JSON files found recursively under a directory:
   * kind "mc_eval" (`nvcim eval`, one sweep cell): checkpoint_config {model, data, method, device, seed},
-    dataset, results [MCResult dicts, one per test σ], optional cell {id, label, wall_time_s, beta_search};
+    dataset, results [MCResult dicts, one per test σ], optional cell {id, label, wall_time_s, beta_search,
+    device_model (a sweep's device-model axis; records carry it, None without)};
   * kind "sweep_cell_failed": cell {id, ...}, error -> listed as failures;
   * kind "write_verify" (`nvcim eval --verify-fractions`): accuracy vs the fraction of write-verified
     weights of one model at one σ -> a figure and a table per model group (mean over seeds per fraction,
@@ -101,6 +102,7 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                 "logit_scale": num(method_cfg.get("logit_scale")) if "logit_scale" in option_names else None,
                 "beta_search": beta_search,
                 "label_override": str(label_override) if label_override else None,
+                "device_model": str(cell["device_model"]) if cell.get("device_model") else None,
                 "label": None,  # set by assign_labels
                 "bn_recalibration": recal,
                 "split": split,

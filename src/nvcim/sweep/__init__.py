@@ -16,6 +16,7 @@ A spec (TOML shown; see experiments/README.md for every key):
     methods = ["vanilla", "noise_injection", "ovf"]
     sigmas = [0.1, 0.2, 0.3]; seeds = [0, 1, 2]
     betas = [1e-1, 1e-2, 1e-3, 1e-4]   # OVF β candidates; one value = no search
+    device_models = ["gaussian", "rram4"]   # optional device-model axis: names or DeviceConfig files
     [train]      # TrainConfig fields (epochs, batch_size, lr, optimizer, schedule, limit, ...)
     [eval]       # runs, seed, val_runs, val_seed, batch_size, test_sigmas, keep_beta_checkpoints,
                  # bn_calibration_images
@@ -28,7 +29,9 @@ Cells. One cell = one trained model (or one β search) + its test evaluation. It
 once per (model, dataset, seed) without noise and tested at every σ of the grid). A variant's label
 takes the method's place, made file-name safe (characters other than A-Za-z0-9._+- become '_'); a
 label whose name would start with '.' or match another arm's, case aside, is refused, so no two cells
-ever share a directory. Files of a cell, under DIR/cells/<id>/:
+ever share a directory. With `device_models`, every cell exists once per device model, a path segment
+after the data set ("<model>-w<width>/<dataset>/<device>/<label>/…"), trained and tested under it
+(vanilla: trained without noise as without the axis, once per device model, and tested under it). Files of a cell, under DIR/cells/<id>/:
 
     cell.json            the cell's full definition (written first; a partial cell whose
                          definition changed is wiped before it runs again)

@@ -185,7 +185,7 @@ def _run_cell(cell: Cell, out: Path, d: Path, threads: int, t0: float) -> dict:
     if bad:
         raise CellDiverged(bad)
     t_eval = time.perf_counter()
-    results = evaluate.robustness_curve(model, splits.test, tc.device_cfg(), cell.test_sigmas,
+    results = evaluate.robustness_curve(model, splits.test, cell.test_device(), cell.test_sigmas,
                                         runs=cell.eval["runs"], seed=cell.eval["seed"],
                                         batch_size=cell.eval["batch_size"], device=dev,
                                         bn_calibration=_chip_calibration(cell, model, splits))
@@ -204,7 +204,8 @@ def result_payload(cell: Cell, out: Path, ckpt: Path, tc, results, *, threads, b
                    metrics, bn_recalibration: dict | None = None) -> EvaluationFile:
     """result.json (`nvcim.evaluate.files.EvaluationFile`): "checkpoint" relative to the sweep dir,
     "device_config" at the first test σ (every result carries its own), "bn_recalibration" (None, or
-    per-chip calibration as `nvcim eval` records it), one result per test σ, and "cell": {...}."""
+    per-chip calibration as `nvcim eval` records it), one result per test σ, and "cell": {...} (with
+    "device_model", the name as the spec gives it, only on a device-model axis)."""
     params = dict(cell.train_config().method_params) if not cell.betas else dict(tc.method_params)
     return EvaluationFile(
         results=list(results),
@@ -212,7 +213,7 @@ def result_payload(cell: Cell, out: Path, ckpt: Path, tc, results, *, threads, b
         checkpoint_config=read_checkpoint_config(ckpt),
         dataset=cell.dataset,
         split="test",
-        device_config=tc.device_cfg(sigma=cell.test_sigmas[0]).to_dict(),
+        device_config=cell.test_device().replace(sigma=cell.test_sigmas[0]).to_dict(),
         bn_recalibration=bn_recalibration,
         cell={
             "id": cell.id, "model": cell.model, "width": cell.width, "dataset": cell.dataset,
@@ -220,6 +221,7 @@ def result_payload(cell: Cell, out: Path, ckpt: Path, tc, results, *, threads, b
             "test_sigmas": list(cell.test_sigmas), "threads": threads, "train_status": metrics.get("status", "ok"),
             "wall_time_s": wall, "train_wall_time_s": train_s, "eval_wall_time_s": eval_s,
             "beta_search": beta_search,
+            **({} if cell.device_model is None else {"device_model": cell.device_model}),
         },
     )
 

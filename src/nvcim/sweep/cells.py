@@ -5,17 +5,24 @@
 
 A cell's id, "<model>-w<width>/<dataset>/<label>/s<σ>/seed<seed>" ("…/<label>/seed<seed>" for vanilla,
 trained once without noise and tested at every σ of the grid), is also its directory under DIR/cells/;
-a variant's label takes the method's place, made file-name safe by `label_slug`.
+a variant's label takes the method's place, made file-name safe by `label_slug`. With a device-model axis
+(spec key `device_models`) every cell exists once per device model, one path segment further down:
+"<model>-w<width>/<dataset>/<device>/<label>/…" (`device_slug`); its training draws and its test use that
+device (vanilla: trained without noise as before, tested under the device).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
+from nvcim.core.config import DeviceConfig
+from nvcim.io.device_models import list_device_models
 from nvcim.methods import METHODS
 from nvcim.sweep.schema import SweepSpec
 from nvcim.train import TrainConfig
@@ -37,6 +44,12 @@ def is_num(v: Any) -> bool:
 def label_slug(label: str) -> str:
     """A label made safe as one path component: anything but [A-Za-z0-9._+-] becomes '_'."""
     return _LABEL_SAFE.sub("_", label.strip())
+
+
+def device_slug(name: str) -> str:
+    """A device model's directory name: a named model's name, a file's stem, made file-name safe."""
+    named = {n for n, _ in list_device_models()}
+    return label_slug(name if name.strip() in named else Path(name.strip()).stem)
 
 
 def fmt_num(x: float) -> str:
@@ -66,13 +79,25 @@ class Cell:
     betas: list | None  # β candidates (a search) or None
     train: dict  # full TrainConfig dict (σ, seed, method params of a non-search cell included)
     eval: dict
+    device_model: str | None = None  # the device-model axis: the name as given; None: no axis
+    device: dict | None = None  # with the axis: the DeviceConfig the cell is tested under (σ: the training σ)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The cell's definition (cell.json); without a device-model axis exactly as before the axis existed."""
+        d = dataclasses.asdict(self)
+        if self.device_model is None:
+            del d["device_model"], d["device"]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Cell":
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+    def test_device(self) -> DeviceConfig:
+        """The DeviceConfig of the test evaluation (at the training σ; each test σ replaces it)."""
+        if self.device is not None:
+            return DeviceConfig.from_dict(self.device)
+        return self.train_config(self.betas[0] if self.betas else None).device_cfg()
 
     def train_config(self, beta: float | None = None) -> TrainConfig:
         """The TrainConfig of this cell; `beta`: one candidate of the method's searched hyper-parameter."""
@@ -95,58 +120,95 @@ def _arms(spec: SweepSpec) -> list[tuple[str, str, dict]]:
     return arms
 
 
+def _device_axis(spec: SweepSpec) -> list[tuple[str | None, dict | None, str]]:
+    """(name, the fields it sets, its directory) of every device model of the axis; [(None, None, "")] without one."""
+    if spec.device_models is None:
+        return [(None, None, "")]
+    axis, seen = [], {}
+    for name, fields in spec.device_models.items():
+        slug = device_slug(name)
+        if not slug or slug.startswith(".") or len(slug) > LABEL_MAX:
+            raise ValueError(f"sweep spec: key 'device_models': {name!r} cannot name a directory ({slug!r}): use a name "
+                             f"or a file whose stem has at most {LABEL_MAX} letters, digits and . _ + -, not starting with '.'")
+        if slug.casefold() in seen:
+            raise ValueError(f"sweep spec: key 'device_models': {seen[slug.casefold()]!r} and {name!r} give cells the "
+                             f"same directory {slug!r} (case aside): rename one of the files")
+        seen[slug.casefold()] = name
+        axis.append((name, dict(fields), slug))
+    return axis
+
+
+def device_config_of(name: str, fields: Mapping, sigma: float, train: Mapping) -> DeviceConfig:
+    """A device model at σ, the [train] table's bits / quantize filling what the model leaves unset
+    (nvcim.io.device_models.device_model with the fields resolved at validation)."""
+    defaults = {"sigma": sigma, **{k: train[k] for k in ("weight_bits", "device_bits", "quantize") if k in train}}
+    try:
+        return DeviceConfig.from_dict({**defaults, **fields})
+    except (TypeError, ValueError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"device model {name}: {msg}") from None
+
+
 def expand(spec: SweepSpec) -> list[Cell]:
-    """Every cell of a validated spec, in a stable order (model, dataset, arm, σ, seed)."""
+    """Every cell of a validated spec, in a stable order (model, dataset, device model, arm, σ, seed)."""
     cells: list[Cell] = []
     seen: dict[str, str] = {}  # cell directory, case folded (case-insensitive file systems) -> its arm's label
     ev = spec.eval.to_dict()
     grid = list(spec.sigmas)
-    for model in spec.models:
-        for dataset in spec.datasets:
-            prefix = f"{model}-w{spec.width:g}/{dataset}"
-            for label, method, params in _arms(spec):
-                search, traits = None, METHODS.get(method)
-                if traits.search and traits.search not in params and spec.betas is not None:
-                    if len(spec.betas) > 1:
-                        search = list(spec.betas)
-                    else:
-                        params = {**params, traits.search: spec.betas[0]}
-                slug = label_slug(label)
-                sigmas = grid if traits.uses_device else [None]  # trained without noise: one model for every σ
-                for sigma in sigmas:
-                    if isinstance(ev["test_sigmas"], list):
-                        tests = list(ev["test_sigmas"])
-                    elif sigma is None or ev["test_sigmas"] == "grid":
-                        tests = grid
-                    else:
-                        tests = [sigma]
-                    for seed in spec.seeds:
-                        cid = (f"{prefix}/{slug}/seed{seed}" if sigma is None
-                               else f"{prefix}/{slug}/s{fmt_num(sigma)}/seed{seed}")
-                        if cid.casefold() in seen:
-                            raise ValueError(f"sweep spec: labels {seen[cid.casefold()]!r} and {label!r} give cells the "
-                                             f"same directory {cid!r} (case aside): make the labels unique")
-                        seen[cid.casefold()] = label
-                        tparams = dict(params)
-                        if search:
-                            tparams[traits.search] = search[0]  # validated here; each candidate sets its own
-                        try:
-                            tc = TrainConfig.from_dict({
-                                **spec.train, "model": model, "width": spec.width, "dataset": dataset,
-                                "method": method, "method_params": tparams,
-                                # vanilla: no noise in training; its validation runs at σ = 0
-                                "sigma": 0.0 if sigma is None else sigma, "seed": seed, "progress": False,
-                            })
-                        except ValueError as exc:
-                            raise ValueError(f"sweep spec: cell {cid}: {str(exc).splitlines()[0]}") from None
-                        tdict = tc.to_dict()
-                        if search:
-                            tdict["method_params"] = {k: v for k, v in tdict["method_params"].items() if k != "beta"}
-                        cells.append(Cell(
-                            id=cid, model=model, width=spec.width, dataset=dataset, method=method, label=label,
-                            params={k: v for k, v in tparams.items() if not (search and k == "beta")},
-                            sigma=sigma, seed=seed, test_sigmas=tests, betas=search, train=tdict,
-                            eval={k: ev[k] for k in ("runs", "seed", "val_runs", "val_seed", "batch_size",
-                                                     "keep_beta_checkpoints", "bn_calibration_images") if k in ev},
-                        ))
+    axis = _device_axis(spec)
+    for model, dataset, (dev_name, dev_fields, dev_slug) in itertools.product(spec.models, spec.datasets, axis):
+        prefix = f"{model}-w{spec.width:g}/{dataset}" + (f"/{dev_slug}" if dev_name is not None else "")
+        for label, method, params in _arms(spec):
+            search, traits = None, METHODS.get(method)
+            if traits.search and traits.search not in params and spec.betas is not None:
+                if len(spec.betas) > 1:
+                    search = list(spec.betas)
+                else:
+                    params = {**params, traits.search: spec.betas[0]}
+            slug = label_slug(label)
+            sigmas = grid if traits.uses_device else [None]  # trained without noise: one model for every σ
+            for sigma in sigmas:
+                if isinstance(ev["test_sigmas"], list):
+                    tests = list(ev["test_sigmas"])
+                elif sigma is None or ev["test_sigmas"] == "grid":
+                    tests = grid
+                else:
+                    tests = [sigma]
+                for seed in spec.seeds:
+                    cid = (f"{prefix}/{slug}/seed{seed}" if sigma is None
+                           else f"{prefix}/{slug}/s{fmt_num(sigma)}/seed{seed}")
+                    if cid.casefold() in seen:
+                        raise ValueError(f"sweep spec: labels {seen[cid.casefold()]!r} and {label!r} give cells the "
+                                         f"same directory {cid!r} (case aside): make the labels unique")
+                    seen[cid.casefold()] = label
+                    tparams = dict(params)
+                    if search:
+                        tparams[traits.search] = search[0]  # validated here; each candidate sets its own
+                    # vanilla: no noise in training; its validation runs at σ = 0
+                    fields = {**spec.train, "sigma": 0.0 if sigma is None else sigma}
+                    device = None
+                    try:
+                        if dev_name is not None:
+                            device = device_config_of(dev_name, dev_fields, 0.0 if sigma is None else sigma, spec.train)
+                            if sigma is not None:  # trained under the device model (vanilla: as without the axis)
+                                fields = {k: v for k, v in spec.train.items() if k not in ("weight_bits", "device_bits",
+                                                                                           "quantize")}
+                                fields["device_config"] = device.to_dict()
+                        tc = TrainConfig.from_dict({
+                            **fields, "model": model, "width": spec.width, "dataset": dataset,
+                            "method": method, "method_params": tparams, "seed": seed, "progress": False,
+                        })
+                    except ValueError as exc:
+                        raise ValueError(f"sweep spec: cell {cid}: {str(exc).splitlines()[0]}") from None
+                    tdict = tc.to_dict()
+                    if search:
+                        tdict["method_params"] = {k: v for k, v in tdict["method_params"].items() if k != "beta"}
+                    cells.append(Cell(
+                        id=cid, model=model, width=spec.width, dataset=dataset, method=method, label=label,
+                        params={k: v for k, v in tparams.items() if not (search and k == "beta")},
+                        sigma=sigma, seed=seed, test_sigmas=tests, betas=search, train=tdict,
+                        eval={k: ev[k] for k in ("runs", "seed", "val_runs", "val_seed", "batch_size",
+                                                 "keep_beta_checkpoints", "bn_calibration_images") if k in ev},
+                        device_model=dev_name, device=None if device is None else device.to_dict(),
+                    ))
     return cells

@@ -89,6 +89,9 @@ class SweepSpec:
     eval: EvalOptions = field(default_factory=EvalOptions)
     resources: Resources = field(default_factory=Resources)
     variants: tuple[Variant, ...] = ()
+    # the device-model axis: name as given -> the DeviceConfig fields it sets (resolved at validation);
+    # None: no axis (absent from to_dict(), so sweep directories made before the key existed resume)
+    device_models: Mapping[str, Mapping[str, Any]] | None = None
 
     def to_dict(self) -> dict:
         d: dict[str, Any] = {"name": self.name}
@@ -100,6 +103,8 @@ class SweepSpec:
                  method_params={m: dict(p) for m, p in self.method_params.items()}, train=dict(self.train),
                  eval=self.eval.to_dict(), resources=self.resources.to_dict(),
                  variants=[v.to_dict() for v in self.variants])
+        if self.device_models is not None:
+            d["device_models"] = {n: dict(f) for n, f in self.device_models.items()}
         return d
 
     @classmethod
@@ -109,7 +114,9 @@ class SweepSpec:
                    seeds=tuple(d["seeds"]), betas=None if d["betas"] is None else tuple(d["betas"]),
                    method_params={m: dict(p) for m, p in d["method_params"].items()}, train=dict(d["train"]),
                    eval=EvalOptions.from_dict(d["eval"]), resources=Resources(**d["resources"]),
-                   variants=tuple(Variant(**v) for v in d["variants"]))
+                   variants=tuple(Variant(**v) for v in d["variants"]),
+                   device_models=None if d.get("device_models") is None
+                   else {n: dict(f) for n, f in d["device_models"].items()})
 
 
 def defaults_of(cls: type) -> dict[str, Any]:

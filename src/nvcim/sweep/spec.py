@@ -2,6 +2,7 @@
 
     spec = load_spec("experiments/cpu/mnist5k.toml")   # TOML / YAML / JSON; the name defaults to the stem
     spec = validate_spec(raw_mapping, where="<spec>")   # one-line ValueError naming the bad key
+    spec = validate_spec(raw, where, base_dir="experiments")  # device model files relative to base_dir
 
 The keys (see experiments/README.md for each): SPEC_KEYS; [eval] over EVAL_DEFAULTS, [resources] over
 RESOURCE_DEFAULTS, [train] any TrainConfig field but those the sweep sets per cell (SWEEP_SET),
@@ -15,15 +16,16 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from nvcim.data import DATASETS, is_npz_name
+from nvcim.io.device_models import device_model_fields, list_device_models
 from nvcim.io.files import read_mapping_file
 from nvcim.methods import METHODS, method_config
 from nvcim.models import list_models
-from nvcim.sweep.cells import LABEL_MAX, expand, is_int, is_num, label_slug
+from nvcim.sweep.cells import LABEL_MAX, device_config_of, expand, is_int, is_num, label_slug
 from nvcim.sweep.schema import EVAL_DEFAULTS, RESOURCE_DEFAULTS, SweepSpec
 from nvcim.train import FIELDS, TrainConfig, check_model_fits_data
 
 SPEC_KEYS = ("name", "models", "width", "datasets", "methods", "sigmas", "seeds", "betas", "train", "eval",
-             "method_params", "variants", "resources", "description")
+             "method_params", "variants", "resources", "description", "device_models")
 VARIANT_KEYS = ("label", "method", "params")
 # TrainConfig fields the sweep sets itself (per cell) and the [train] table may not hold
 SWEEP_SET = ("model", "width", "dataset", "method", "method_params", "sigma", "seed", "progress", "num_threads")
@@ -39,10 +41,11 @@ def read_spec_file(path) -> dict:
 
 
 def load_spec(path) -> SweepSpec:
-    """Read and validate a spec file; the name defaults to the file's stem."""
+    """Read and validate a spec file; the name defaults to the file's stem, device model files are
+    relative to the file's directory."""
     raw = read_spec_file(path)
     raw.setdefault("name", Path(path).stem)
-    return validate_spec(raw, where=str(path))
+    return validate_spec(raw, where=str(path), base_dir=Path(path).parent)
 
 
 def _str_list(raw: Mapping, key: str, where: str, allowed: Sequence[str], extra=None) -> list[str]:
@@ -96,8 +99,39 @@ def _table_with_defaults(raw: Mapping, name: str, defaults: Mapping, where: str)
     return {**defaults, **table}
 
 
-def validate_spec(raw: Mapping, where: str = "<spec>") -> SweepSpec:
-    """`raw` checked and normalized, every default filled; one-line ValueError naming the bad key."""
+def _device_models(raw: Mapping, where: str, base_dir, sigma: float, train: Mapping) -> dict[str, dict]:
+    """The device-model axis: {name as given: the DeviceConfig fields it sets}, each name resolved now (a file
+    relative to `base_dir` unless absolute) and built at `sigma` with the [train] table's bits."""
+    v = raw["device_models"]
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not v or not all(isinstance(x, str) and x.strip() for x in v):
+        raise _err(where, "device_models", v, "a non-empty list of device model names (`nvcim eval "
+                   "--list-device-models`) or .toml / .yaml / .json files of DeviceConfig fields")
+    if len(set(v)) != len(v):
+        raise _err(where, "device_models", v, "a list without duplicates")
+    if "device_config" in train:
+        raise ValueError(f"sweep spec {where}: key 'train.device_config' conflicts with 'device_models': give one of them")
+    named = {n for n, _ in list_device_models()}
+    out = {}
+    for name in v:
+        target = Path(name.strip()).expanduser()
+        if name.strip() not in named and base_dir is not None and not target.is_absolute():
+            target = Path(base_dir) / target
+        try:
+            fields = device_model_fields(name if name.strip() in named else str(target))
+            if "sigma" in fields:
+                raise ValueError("it sets sigma, which the spec's 'sigmas' set per cell: drop sigma from it")
+            device_config_of(name, fields, sigma, train)
+        except ValueError as exc:
+            raise ValueError(f"sweep spec {where}: key 'device_models': {name!r}: {str(exc).splitlines()[0]}") from None
+        out[name] = fields
+    return out
+
+
+def validate_spec(raw: Mapping, where: str = "<spec>", base_dir=None) -> SweepSpec:
+    """`raw` checked and normalized, every default filled; one-line ValueError naming the bad key.
+    `base_dir`: the directory device model files are relative to (None: the working directory)."""
     if not isinstance(raw, Mapping):
         raise ValueError(f"sweep spec {where} must be a mapping of keys, got {type(raw).__name__}")
     unknown = sorted(set(raw) - set(SPEC_KEYS))
@@ -166,6 +200,8 @@ def validate_spec(raw: Mapping, where: str = "<spec>") -> SweepSpec:
     except ValueError as exc:
         raise ValueError(f"sweep spec {where}: [train]: {str(exc).splitlines()[0]}") from None
     spec["train"] = dict(tr)
+    if "device_models" in raw:
+        spec["device_models"] = _device_models(raw, where, base_dir, spec["sigmas"][0], tr)
 
     # [eval]
     e = _table_with_defaults(raw, "eval", EVAL_DEFAULTS, where)
