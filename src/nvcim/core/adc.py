@@ -43,11 +43,10 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from nvcim.core.config import DeviceConfig
+from nvcim.core.config import MAX_CONVERTER_BITS, DeviceConfig
 from nvcim.core.device import crossbar_sign, prepare, slice_levels
 
 CLIP_MODES = ("full_scale", "calibrated")
-MAX_CONVERTER_BITS = 24  # codes stay exact integers in float32
 _CHUNK_ELEMENTS = 1 << 20  # partial sums held at once (rows x columns of one tile): 4 MB in float32, cache-sized
 
 
@@ -78,6 +77,11 @@ class AdcConfig:
             raise ValueError(f"AdcConfig.tile_rows={self.tile_rows!r} is invalid: use an integer >= 1 (e.g. 128)")
         if self.clip not in CLIP_MODES:
             raise ValueError(f"AdcConfig.clip={self.clip!r} is unknown: use one of {list(CLIP_MODES)}")
+
+    @classmethod
+    def of(cls, cfg: DeviceConfig) -> "AdcConfig":
+        """The converters of a DeviceConfig (its adc_bits, tile_rows, input_bits; full-scale range)."""
+        return cls(adc_bits=cfg.adc_bits, tile_rows=cfg.tile_rows, input_bits=cfg.input_bits)
 
 
 class Crossbars(NamedTuple):

@@ -11,8 +11,10 @@ variation kind perturbs each device. Everything that draws noise takes one of th
 
 Beyond programming variation (SPEC §8), all off by default (then every result is as before):
 stuck-at faults (`stuck_at`), read noise redrawn every forward (`read_sigma`), conductance drift with
-optional global compensation (`drift_time`, `drift_nu`, `drift_compensation`). Stuck-at faults and
-drift are part of the chip (drawn with it, per device, so they force the per-device path).
+optional global compensation (`drift_time`, `drift_nu`, `drift_compensation`), and the bit-sliced MVM
+with an ADC per slice, tile and sign crossbar (`adc_bits`, `tile_rows`, `input_bits`; nvcim.core.adc).
+Stuck-at faults and drift are part of the chip (drawn with it, per device, so they force the per-device
+path); the ADC needs the devices' levels, so it forces the per-device path too.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from nvcim.core.variation import VARIATIONS
 
 SAMPLING_PATHS = ("auto", "fast", "device")
 DRIFT_T0 = 20.0  # s: the time after programming at which the programmed conductances are the ones drawn
-EFFECT_FIELDS = ("stuck_at", "read_sigma", "drift_time", "drift_nu", "drift_compensation")  # SPEC §8
+EFFECT_FIELDS = ("stuck_at", "read_sigma", "drift_time", "drift_nu", "drift_compensation",
+                 "adc_bits", "tile_rows", "input_bits")  # SPEC §8
+MAX_CONVERTER_BITS = 24  # ADC / DAC bits: codes stay exact integers in float32
 MIN_STUCK_RATE = 1e-6  # faults are drawn from 24-bit uniforms: a smaller rate would be rounded up by > 6 %
 
 # The authors' device types (NeFT): noise x S on middle-band weights / levels, S per device type.
@@ -78,6 +82,12 @@ class DeviceConfig:
     drift_nu: (mean, std) of ν, both >= 0.
     drift_compensation: one scalar per layer and chip restoring the layer's output scale after drift
         (aihwkit's GlobalDriftCompensation), measured on a fixed calibration input (`nvcim.core.device`).
+    adc_bits: B (1..24), bits of the ADC digitising each column's partial sum per slice, tile and sign
+        crossbar (full scale R (2^K - 1) max|x|), or None for an ideal ADC (nvcim.core.adc).
+    tile_rows: R >= 1, crossbar rows per tile (partial sums are digitised per R inputs); used with the ADC.
+    input_bits: I (1..24), bits of the input DAC magnitude, or None for ideal inputs.
+        With adc_bits or input_bits set (`sliced_mvm`), Linear and Conv2d (groups = 1) layers compute
+        their output from the chip's device levels with the bit-sliced product (quantize must be True).
     """
 
     weight_bits: int = 8
@@ -92,6 +102,9 @@ class DeviceConfig:
     drift_time: float | None = None
     drift_nu: tuple[float, float] = (0.05, 0.01)
     drift_compensation: bool = False
+    adc_bits: int | None = None
+    tile_rows: int = 128
+    input_bits: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("weight_bits", "device_bits"):
@@ -132,6 +145,12 @@ class DeviceConfig:
         if self.sampling == "fast" and self.chip_effects:
             raise ValueError("DeviceConfig.sampling='fast' cannot draw stuck-at faults or drift, which are per "
                              "device: use 'auto' or 'device'")
+        if self.sampling == "fast" and self.sliced_mvm:
+            raise ValueError("DeviceConfig.sampling='fast' draws no device levels, which the ADC simulation "
+                             "(adc_bits / input_bits) needs: use 'auto' or 'device'")
+        if self.sliced_mvm and not self.quantize:
+            raise ValueError("DeviceConfig.adc_bits / input_bits simulate a bit-sliced chip, which stores quantized "
+                             "levels: use quantize=True, or adc_bits=None and input_bits=None")
 
     def _check_effects(self) -> None:
         """Validate and normalise the SPEC §8 effect fields (one-line ValueErrors naming field and fix)."""
@@ -163,11 +182,20 @@ class DeviceConfig:
         if self.drift_compensation and self.drift_time is None:
             raise ValueError("DeviceConfig.drift_compensation=True has no drift to compensate: set drift_time "
                              "(seconds) or drop drift_compensation")
+        for name in ("adc_bits", "input_bits"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 1 <= value <= MAX_CONVERTER_BITS):
+                raise ValueError(f"DeviceConfig.{name}={value!r} is invalid: use an integer in 1..{MAX_CONVERTER_BITS} "
+                                 "or None (ideal)")
+        if isinstance(self.tile_rows, bool) or not isinstance(self.tile_rows, int) or self.tile_rows < 1:
+            raise ValueError(f"DeviceConfig.tile_rows={self.tile_rows!r} is invalid: use an integer >= 1 (e.g. 128)")
 
     def __hash__(self) -> int:  # variation_options is a dict: hash its items
         opts = tuple(sorted(self.variation_options.items()))
         return hash((self.weight_bits, self.device_bits, self.sigma, self.quantize, self.variation, opts, self.sampling,
-                     self.stuck_at, self.read_sigma, self.drift_time, self.drift_nu, self.drift_compensation))
+                     self.stuck_at, self.read_sigma, self.drift_time, self.drift_nu, self.drift_compensation,
+                     self.adc_bits, self.tile_rows, self.input_bits))
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "DeviceConfig":
@@ -221,9 +249,14 @@ class DeviceConfig:
         return self.stuck_at != (0.0, 0.0) or self.drift_time is not None
 
     @property
+    def sliced_mvm(self) -> bool:
+        """True when adc_bits or input_bits is set: Linear / Conv2d outputs come from the bit-sliced MVM."""
+        return self.adc_bits is not None or self.input_bits is not None
+
+    @property
     def use_fast_path(self) -> bool:
         """True when one Gaussian draw per weight is used instead of one draw per device."""
-        if self.sampling == "device" or self.chip_effects:
+        if self.sampling == "device" or self.chip_effects or self.sliced_mvm:
             return False
         return VARIATIONS[self.variation].fast_path_exact
 

@@ -29,6 +29,11 @@ after programming, readout at t), with X the fixed calibration input `calibratio
 [W.shape[0], -1] (its fan-in for Linear and Conv). A write-verified weight (SPEC §7) takes its faults and
 drift exponents from its second draw, which has the same distribution.
 
+With the ADC simulation on (cfg.adc_bits / input_bits, nvcim.core.adc) a chip is kept as its devices'
+levels, `ChipLevels` (g_j after variation, faults and drift; the drift compensation scalar as a gain on
+the layer's output): `draw_levels` takes exactly the draws of `draw` (so `chip_weight` of it is draw's W_p
+up to float rounding), and `read_levels` adds read noise per device, N(0, (σ_r (2^K-1))^2) on every g_j.
+
 Read noise (cfg.read_sigma) is not part of the chip: `read` adds it to W_p at every forward, from one
 generator per noisy tensor and chip (`read_generators`), so that every Monte Carlo path draws the same
 values. With drift compensation it is added after the compensation scalar (which does not scale it).
@@ -147,16 +152,12 @@ def prepare(w: torch.Tensor, cfg: DeviceConfig) -> PreparedWeight:
 def _device_sum(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator) -> torch.Tensor:
     """Σ_j Δg_j 2^{jK} in level units, with one draw per device (before sign and scale)."""
     w_d = prepared.w_d
-    kind = VARIATIONS[cfg.variation]
     shape = (cfg.devices_per_weight, *w_d.shape)
-    if kind.needs_levels:
+    if VARIATIONS[cfg.variation].needs_levels:
         targets = slice_levels(prepared.levels, cfg).to(w_d.dtype)  # [M/K, *shape]
     else:
         targets = torch.empty(shape, dtype=w_d.dtype, device=w_d.device)
-    dg = kind.sample(targets, sigma, cfg, generator)  # [M/K, *shape] Δg in level units
-    mult = kind.weight_std(prepared, cfg)  # [*shape] or None
-    if mult is not None:
-        dg.mul_(mult)
+    dg = _device_levels_change(prepared, cfg, sigma, generator, targets)  # [M/K, *shape] Δg in level units
     total = dg[0]  # [*shape], accumulated in place: one fused multiply-add pass per further device
     for j in range(1, cfg.devices_per_weight):
         total.add_(dg[j], alpha=float(1 << (j * cfg.device_bits)))
@@ -196,16 +197,11 @@ def draw(
     return torch.addcmul(w_d, summed, _signed_step(prepared, cfg), out=summed)
 
 
-def _draw_devices(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator) -> torch.Tensor:
-    """W_p with stuck-at faults and / or drift: per device, in the draw order of the module docstring."""
-    w_d = prepared.w_d
-    kind = VARIATIONS[cfg.variation]
-    targets = slice_levels(prepared.levels, cfg).to(w_d.dtype)  # [M/K, *shape] ḡ
-    g = kind.sample(targets if kind.needs_levels else torch.empty_like(targets), sigma, cfg, generator)  # Δg
-    mult = kind.weight_std(prepared, cfg)  # [*shape] or None
-    if mult is not None:
-        g.mul_(mult)
-    g.add_(targets)  # [M/K, *shape] programmed conductances at t0
+def _conductances(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator):
+    """(g(t0), g(t) or None without drift, ḡ), each [M/K, *shape]: the devices' conductances with variation,
+    stuck-at faults and drift, in the draw order of the module docstring."""
+    targets = slice_levels(prepared.levels, cfg).to(prepared.w_d.dtype)  # [M/K, *shape] ḡ
+    g = _device_levels_change(prepared, cfg, sigma, generator, targets).add_(targets)  # [M/K, *shape] programmed conductances at t0
     stuck = None
     p0, p1 = cfg.stuck_at
     if p0 or p1:
@@ -213,15 +209,23 @@ def _draw_devices(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, gen
         low, high = u < p0, u >= 1.0 - p1
         stuck = low | high
         g = torch.where(low, 0.0, torch.where(high, float(cfg.device_levels), g)).to(g.dtype)
-    w_t0 = _weights_from(g, targets, prepared, cfg)
     if cfg.drift_time is None:
-        return w_t0
+        return g, None, targets
     mean, std = cfg.drift_nu
     nu = torch.randn(g.shape, generator=generator, device=g.device, dtype=g.dtype).mul_(std).add_(mean).clamp_(min=0)
     factor = nu.mul_(-math.log(cfg.drift_time / DRIFT_T0)).exp_()  # [M/K, *shape] (t/t0)^(-ν); 1 at t = t0
     if stuck is not None:
         factor = torch.where(stuck, 1.0, factor).to(g.dtype)
-    w_t = _weights_from(g * factor, targets, prepared, cfg)
+    return g, g * factor, targets
+
+
+def _draw_devices(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator) -> torch.Tensor:
+    """W_p with stuck-at faults and / or drift: per device, in the draw order of the module docstring."""
+    g, g_t, targets = _conductances(prepared, cfg, sigma, generator)
+    w_t0 = _weights_from(g, targets, prepared, cfg)
+    if g_t is None:
+        return w_t0
+    w_t = _weights_from(g_t, targets, prepared, cfg)
     if cfg.drift_compensation:
         w_t.mul_(drift_compensation_scale(w_t0, w_t))
     return w_t
@@ -232,6 +236,80 @@ def _weights_from(g: torch.Tensor, targets: torch.Tensor, prepared: PreparedWeig
     if cfg.quantize:
         return combine_levels(g, cfg).mul_(_signed_step(prepared, cfg))
     return torch.addcmul(prepared.w_d, combine_levels(g - targets, cfg), _signed_step(prepared, cfg))
+
+
+class ChipLevels(NamedTuple):
+    """One programmed tensor as its devices hold it (the ADC simulation's chip, nvcim.core.adc)."""
+
+    g: torch.Tensor  # [M/K, *shape] conductances g_j in level units (variation, faults, drift included)
+    sign: torch.Tensor  # [*shape] crossbar of each weight: +1 positive, -1 negative
+    scale: torch.Tensor  # [] s = max|W|
+    gain: torch.Tensor  # [] digital gain on the tensor's output: the drift compensation scalar (1 without)
+
+    def crossbars(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(g_pos, g_neg) [M/K, *shape]: the levels on the crossbar of each weight's sign, 0 on the other."""
+        positive = self.sign > 0
+        zero = self.g.new_zeros(())
+        return torch.where(positive, self.g, zero), torch.where(positive, zero, self.g)
+
+    def to(self, device) -> "ChipLevels":
+        return ChipLevels(*(t.to(device) for t in self))
+
+
+def draw_levels(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float | None = None,
+                generator: torch.Generator | None = None) -> ChipLevels:
+    """One programmed chip of a prepared weight as device levels: the same draws as `draw` (none at σ = 0
+    without chip effects, the per-device path otherwise); needs cfg.quantize."""
+    sigma = cfg.sigma if sigma is None else float(sigma)
+    targets = slice_levels(prepared.levels, cfg).to(prepared.w_d.dtype)  # [M/K, *shape] ḡ
+    gain = prepared.w_d.new_ones(())
+    if not cfg.chip_effects:
+        g = targets if sigma == 0 else targets + _device_levels_change(prepared, cfg, sigma, generator, targets)
+        return ChipLevels(g, prepared.sign, prepared.scale, gain)
+    g, g_t, _ = _conductances(prepared, cfg, sigma, generator)
+    if g_t is None:
+        return ChipLevels(g, prepared.sign, prepared.scale, gain)
+    if cfg.drift_compensation:
+        gain = drift_compensation_scale(_weights_from(g, targets, prepared, cfg), _weights_from(g_t, targets, prepared, cfg))
+    return ChipLevels(g_t, prepared.sign, prepared.scale, gain)
+
+
+def _device_levels_change(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator, targets) -> torch.Tensor:
+    """Δg [M/K, *shape] in level units: the variation kind's per-device draw (targets ḡ, or any tensor of
+    that shape when the kind does not read levels), times its per-weight factor if any; a new tensor."""
+    kind = VARIATIONS[cfg.variation]
+    dg = kind.sample(targets, sigma, cfg, generator)  # reads only the shape unless kind.needs_levels
+    mult = kind.weight_std(prepared, cfg)  # [*shape] or None
+    if mult is not None:
+        dg.mul_(mult)
+    return dg
+
+
+def ideal_levels(w: torch.Tensor, cfg: DeviceConfig) -> ChipLevels:
+    """The devices of a chip holding exactly the weights `w` (quantized, no variation): e.g. a W_p given as a tensor."""
+    return draw_levels(prepare(w, cfg), cfg.replace(stuck_at=(0.0, 0.0), drift_time=None, drift_compensation=False), 0.0)
+
+
+def chip_weight(chip: ChipLevels, cfg: DeviceConfig) -> torch.Tensor:
+    """[*shape] the weights the chip's devices store, gain included: W_p = gain sign s/(2^M-1) Σ_j 2^{jK} g_j."""
+    return combine_levels(chip.g, cfg).mul_(chip.sign * (chip.scale * chip.gain / cfg.weight_levels))
+
+
+def read_levels(chip: ChipLevels, cfg: DeviceConfig, generator: torch.Generator | None) -> ChipLevels:
+    """One read of the chip's devices: g_j + N(0, (σ_r (2^K-1))^2) per device (drawn where the generator lives)."""
+    where = generator.device if generator is not None else chip.g.device
+    z = torch.randn(chip.g.shape, generator=generator, device=where, dtype=chip.g.dtype).to(chip.g.device)
+    return chip._replace(g=torch.add(chip.g, z, alpha=cfg.read_sigma * cfg.device_levels))
+
+
+def write_verified_levels(prepared: PreparedWeight, cfg: DeviceConfig, chip: ChipLevels, verified: torch.Tensor,
+                          sigma: float, residual_sigma: float, generator: torch.Generator | None = None) -> ChipLevels:
+    """`write_verified` for a chip kept as device levels: the verified weights' devices from a second draw."""
+    if cfg.drift_compensation:
+        raise ValueError("write-verify with drift compensation is not supported by the ADC simulation (adc_bits / "
+                         "input_bits): drop one of them")
+    second = draw_levels(prepared, cfg, min(float(residual_sigma), float(sigma)), generator)
+    return chip._replace(g=torch.where(verified, second.g, chip.g))
 
 
 CALIBRATION_SEED = 0  # the calibration input of drift compensation: fixed, the same for every chip and layer

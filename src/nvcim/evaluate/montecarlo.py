@@ -18,7 +18,10 @@ refilled in place (W_d precomputed once; per run only randn and one addcmul, no 
 Chips with NaN / inf logits score those images as wrong and raise one warning with the likely cause.
 Device effects (SPEC §8, `DeviceConfig`) run on every path: stuck-at faults and drift are drawn with
 each chip; read noise is read afresh for every batch from per-tensor read generators derived from the
-chip's, so all three paths still give the same per-chip results.
+chip's, so all three paths still give the same per-chip results. The ADC simulation (`adc_bits` / `input_bits`:
+Linear and Conv2d outputs by the bit-sliced product of each chip's device levels) runs on the "loop"
+path only: a cfg with it forces path="loop" (whatever path was asked for; the result's `path` says so),
+and `quantized_accuracy` stays that of ideal converters.
 
 `bn_calibration=ChipCalibration(train_split, images=1000)` (nvcim.batchnorm) re-estimates BatchNorm
 statistics on each programmed chip before evaluating it, as a deployed chip could with unlabeled
@@ -54,7 +57,9 @@ from nvcim.evaluate.sampler import ChipSampler, run_generator
 from nvcim.evaluate.stats import summarize
 from nvcim.layers.noise import (
     apply_variation_,
+    check_sliced_layers,
     clear_chip_,
+    noisy_modules,
     noisy_parameters,
     overridden,
     program_chip_,
@@ -115,6 +120,7 @@ def _controllers_for(model: nn.Module, cfg: DeviceConfig):
         finally:
             remove_variation_(model)
         return
+    check_sliced_layers(noisy_modules(model), cfg)
     with overridden(model, cfg=cfg, sigma=cfg.sigma, enabled=True, programmed=None):
         yield
 
@@ -163,6 +169,8 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
     clean_correct, quant_correct = baseline
     sigma = cfg.sigma
     acc = Accumulator(runs)
+    if cfg.sliced_mvm:  # the layers compute from each chip's device levels: only program_chip_ keeps those
+        path = "loop"
     if path == "auto":
         # measured on CPU (benchmarks/results/eval_cpu.txt, one thread, process clock): "chunked" is
         # as fast as "loop" for VGG-8 (0.98-1.11x clean inference against 0.96-1.15x) and faster for
@@ -288,7 +296,8 @@ def monte_carlo_evaluate(
     weights fit in 4 MiB for "chunked"; weights plus activations in ~1 GiB for "stacked").
     path: "stacked" (vmap over the runs of a chunk), "chunked" (one forward per run over pre-drawn
     weights), "loop" (reference: program_chip_ per run), "auto" ("stacked" on CUDA when vmap
-    supports the model, else "chunked"). device: where to compute (default: the model's device); the
+    supports the model, else "chunked"); a cfg with the ADC simulation (adc_bits / input_bits) always
+    runs "loop". device: where to compute (default: the model's device); the
     draws are always made on CPU, so results do not depend on it.
     baselines: also measure clean_accuracy and quantized_accuracy (two deterministic passes);
     False leaves them NaN.

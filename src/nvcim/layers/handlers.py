@@ -15,6 +15,10 @@ controller. PyTorch's fused Transformer fast paths (`TransformerEncoderLayer` in
 no_grad, `TransformerEncoder`'s nested tensors) read `linear1.weight` etc. directly, bypassing
 every module forward: modules of those types run with the fast path off while variation is applied.
 
+With the ADC simulation on (DeviceConfig adc_bits / input_bits) Linear and Conv2d (groups = 1) ask their
+controller for the whole output (`sliced_forward`, the bit-sliced product of nvcim.core.adc) instead of a
+weight; `runs_sliced` says which layers can.
+
 Adding a layer type is one function plus `register_layer(Type, attrs, forward)`. Per-module state
 lives in `module._nvcim` ({attr: controller}); only this module reads or writes it.
 """
@@ -143,11 +147,34 @@ def _weight_only(module: nn.Module) -> list[str]:
     return ["weight"]
 
 
+def runs_sliced(module: nn.Module) -> bool:
+    """True for the layers the ADC simulation (DeviceConfig adc_bits / input_bits) can run: Linear, and
+    Conv2d with groups = 1."""
+    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
+
+
+def _sliced_control(module: nn.Module) -> Any:
+    """The weight's controller when this forward runs the ADC simulation (see nvcim.layers.noise), else None."""
+    control = controls(module).get("weight")
+    return control if control is not None and getattr(control, "sliced", False) else None
+
+
 def _linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    control = _sliced_control(self)
+    if control is not None:
+        return control.sliced_forward(self.weight, x, self.bias)
     return F.linear(x, current_weight(self, "weight"), self.bias)
 
 
 def _conv_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    control = _sliced_control(self)
+    if control is not None and isinstance(self, nn.Conv2d) and self.groups == 1:
+        padding = self.padding
+        if self.padding_mode != "zeros" or isinstance(padding, str):  # as nn.Conv2d pads: explicitly, then none
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            x, padding = F.pad(x, self._reversed_padding_repeated_twice, mode=mode), 0
+        return control.sliced_forward(self.weight, x, self.bias,
+                                      {"stride": self.stride, "padding": padding, "dilation": self.dilation})
     return self._conv_forward(x, current_weight(self, "weight"), self.bias)
 
 

@@ -12,7 +12,15 @@ functional form with the programmed W_p instead of the parameter. The parameters
 names and the state dict never change, so the clean weights are restored exactly and checkpoints
 of a noisy model load into the plain one. Biases and BatchNorm stay exact (digital periphery).
 
-Gradients are straight-through: ∂L/∂W := ∂L/∂W_p (SPEC §3). Inside `quantization_cached()` (an OVF
+With the ADC simulation on (DeviceConfig adc_bits / input_bits, SPEC §8) a chip is kept as its devices'
+levels (`nvcim.core.device.ChipLevels`: programmed chips and every training forward's fresh draw alike),
+and Linear / Conv2d (groups = 1) layers compute their output with the bit-sliced product of
+`nvcim.core.adc` from them (read noise per device, drift compensation as a digital gain); any other noisy
+layer type is refused by `apply_variation_`. A `programmed` value given as a plain tensor W_p (e.g. by
+`nvcim.layers.coverage`) is mapped onto ideal devices (quantized afresh, no variation).
+
+Gradients are straight-through: ∂L/∂W := ∂L/∂W_p (SPEC §3). With the ADC simulation the forward value
+is the sliced product and the backward is that of y = x W_pᵀ (+ b) (conv alike), W_p the chip's weights. Inside `quantization_cached()` (an OVF
 step's N+1 forwards) a weight is quantized once per weight version; outside it every forward quantizes
 afresh, so a weight changed in place by any means (even through `.data`, which no version counter
 sees) is always the one used.
@@ -28,9 +36,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nvcim.core import device as dm
+from nvcim.core.adc import AdcConfig, sliced_conv2d, sliced_linear
 from nvcim.layers import handlers
 from nvcim.core.config import DeviceConfig
 
@@ -75,7 +85,7 @@ class NoisyWeight:
         self.sigma = cfg.sigma
         self.generator = generator
         self.enabled = True
-        self.programmed: torch.Tensor | None = None
+        self.programmed: torch.Tensor | dm.ChipLevels | None = None  # W_p, or device levels (ADC simulation)
         self.read_generator: torch.Generator | None = None  # the programmed chip's read noise of this tensor
         self.verified: torch.Tensor | None = None  # bool [*W.shape]: weights programmed with write-verify
         self.residual_sigma: float = 0.0  # σ the verified weights are left with (nvcim.writeverify)
@@ -126,6 +136,71 @@ class NoisyWeight:
                                     sigma, self.residual_sigma, gen)
             return out.to(w.device)
 
+    def draw_levels(self, w: torch.Tensor, sigma: float | None = None, generator: torch.Generator | None = None,
+                    *, verify: bool = True) -> dm.ChipLevels:
+        """`draw` as device levels (the ADC simulation's chip): the same draws, on w's device."""
+        sigma = self.sigma if sigma is None else sigma
+        gen = generator if generator is not None else self.generator
+        with torch.no_grad():
+            prep = self._prepared_for(w, gen)
+            chip = dm.draw_levels(prep, self.cfg, sigma, gen)
+            if verify and self.verified is not None:
+                chip = dm.write_verified_levels(prep, self.cfg, chip, self.verified.to(chip.g.device), sigma,
+                                                self.residual_sigma, gen)
+            return chip.to(w.device)
+
+    def verify_levels(self, w: torch.Tensor, chip: dm.ChipLevels, sigma: float | None = None,
+                      generator: torch.Generator | None = None) -> dm.ChipLevels:
+        """`verify_draw` for a chip kept as device levels."""
+        sigma = self.sigma if sigma is None else sigma
+        gen = generator if generator is not None else self.generator
+        with torch.no_grad():
+            prep = self._prepared_for(w, gen)
+            where = prep.w_d.device
+            out = dm.write_verified_levels(prep, self.cfg, chip.to(where), self.verified.to(where), sigma,
+                                           self.residual_sigma, gen)
+            return out.to(w.device)
+
+    @property
+    def sliced(self) -> bool:
+        """True when forwards run the ADC simulation (enabled, cfg.adc_bits or cfg.input_bits set)."""
+        return self.enabled and self.cfg.sliced_mvm
+
+    def levels_for_forward(self, w: torch.Tensor) -> dm.ChipLevels:
+        """The device levels this forward reads (ADC simulation): the programmed chip's (a tensor W_p on
+        ideal devices) or a fresh draw, plus one read of read noise (cfg.read_sigma > 0)."""
+        self.reads += 1
+        chip, gen = self.programmed, self.read_generator
+        if chip is None:
+            chip, gen = self.draw_levels(w), self.generator
+        elif isinstance(chip, torch.Tensor):
+            chip = dm.ideal_levels(chip, self.cfg)
+        if self.cfg.read_sigma:
+            with torch.no_grad():
+                chip = dm.read_levels(chip, self.cfg, gen)
+        return chip
+
+    def sliced_forward(self, w: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None,
+                       conv: dict[str, Any] | None = None) -> torch.Tensor:
+        """The layer's output by the bit-sliced chip (nvcim.core.adc): a Linear layer, or a Conv2d with groups
+        = 1 and zero padding (`conv`: its stride, padding, dilation). Forward: the sliced product of this
+        forward's device levels, times the chip's gain, + bias; backward: that of F.linear / F.conv2d with W_p
+        (straight through to w)."""
+        chip = self.levels_for_forward(w)
+        adc = AdcConfig.of(self.cfg)
+        with torch.no_grad():
+            g_pos, g_neg = chip.crossbars()
+            if conv is None:
+                y = sliced_linear(x.detach(), g_pos, g_neg, chip.scale, self.cfg, adc)
+            else:
+                y = sliced_conv2d(x.detach(), g_pos, g_neg, chip.scale, self.cfg, adc, **conv)
+            y = y * chip.gain
+        if torch.is_grad_enabled() and (w.requires_grad or x.requires_grad):
+            w_p = _StraightThrough.apply(w, dm.chip_weight(chip, self.cfg))
+            dense = F.linear(x, w_p) if conv is None else F.conv2d(x, w_p, None, **conv)
+            y = _StraightThrough.apply(dense, y)  # the sliced value, the dense product's gradient
+        return y if bias is None else y + (bias.view(1, -1, 1, 1) if conv is not None else bias)
+
     def weight_for_forward(self, w: torch.Tensor) -> torch.Tensor:
         """The weight this forward uses: programmed chip, fresh draw, or w itself when disabled; with
         read noise (cfg.read_sigma > 0) one read of it, from the chip's read generator when a chip is
@@ -133,6 +208,9 @@ class NoisyWeight:
         self.reads += 1
         if not self.enabled:
             return w
+        if self.cfg.sliced_mvm:
+            raise ValueError("a noisy weight read directly by another module (e.g. MultiheadAttention's out_proj) "
+                             "cannot run the ADC simulation (adc_bits / input_bits): exclude that layer")
         if self.programmed is not None:
             w_p = self.programmed
             gen = self.read_generator
@@ -256,6 +334,7 @@ def apply_variation_(
     if not isinstance(cfg, DeviceConfig):
         raise TypeError(f"cfg must be a nvcim.DeviceConfig, got {type(cfg).__name__}")
     chosen = selected_layers(model, filter, include, exclude, strict=True)
+    check_sliced_layers(chosen, cfg)
     for _, module in chosen:
         for attr in handlers.handler_for(module).attrs(module):
             handlers.attach(module, attr, NoisyWeight(cfg, generator))
@@ -265,6 +344,18 @@ def apply_variation_(
             handlers.route_through(module)
     handlers.disable_fused_paths(model)
     return model
+
+
+def check_sliced_layers(layers: Sequence[tuple[str, nn.Module]], cfg: DeviceConfig) -> None:
+    """With the ADC simulation on (cfg.adc_bits / input_bits), a one-line ValueError naming the first of the
+    (name, module) layers it cannot run: it supports Linear and Conv2d with groups = 1."""
+    if not cfg.sliced_mvm:
+        return
+    for name, module in layers:
+        if not handlers.runs_sliced(module):
+            raise ValueError(f"layer {name!r} ({type(module).__name__}) cannot run the ADC simulation (DeviceConfig "
+                             "adc_bits / input_bits): it supports Linear and Conv2d with groups=1; exclude the layer "
+                             f"(exclude=[{name!r}]) or set adc_bits=None, input_bits=None")
 
 
 def remove_variation_(model: nn.Module) -> nn.Module:
@@ -371,17 +462,26 @@ def draw_chip(
     """One programmed chip as {state-dict name: W_p} (e.g. "fc.weight"), drawn tensor by tensor in module order.
 
     With a seed, draws come from a CPU generator and are moved to the weights' device, so the same
-    seed gives the same chip on any device. Under a write-verify plan (nvcim.writeverify) every layer's
+    seed gives the same chip on any device. Under the ADC simulation the chip is drawn as device levels and
+    W_p is the weights they store (what `program_chip_` programs, as levels). Under a write-verify plan (nvcim.writeverify) every layer's
     verified copy is drawn after all the first draws, so the first draws are those of the chip without
     write-verify, and every plan over the same layers shares all draws (common random numbers).
     """
     gen = _generator_for(seed, generator)
     params = noisy_parameters(model)
-    chip = {p.name: p.control.draw(p.weight, sigma, gen, verify=False) for p in params}
-    if any(p.control.verified is not None for p in params):
-        for p in params:
-            if p.control.verified is not None:
-                chip[p.name] = p.control.verify_draw(p.weight, chip[p.name], sigma, gen)
+    chip = _draw_all(params, gen, sigma)
+    return {p.name: dm.chip_weight(chip[p.name], p.control.cfg) if p.control.cfg.sliced_mvm else chip[p.name]
+            for p in params}
+
+
+def _draw_all(params: list[NoisyParameter], gen: torch.Generator | None, sigma: float | None) -> dict[str, Any]:
+    """{name: W_p, or ChipLevels for a tensor under the ADC simulation}: every first draw, then the verified ones."""
+    chip = {p.name: (p.control.draw_levels if p.control.cfg.sliced_mvm else p.control.draw)(
+        p.weight, sigma, gen, verify=False) for p in params}
+    for p in params:
+        if p.control.verified is not None:
+            verify = p.control.verify_levels if p.control.cfg.sliced_mvm else p.control.verify_draw
+            chip[p.name] = verify(p.weight, chip[p.name], sigma, gen)
     return chip
 
 
@@ -395,8 +495,8 @@ def program_chip_(
     paths, which derive them the same way, read the same values.
     """
     gen = _generator_for(seed, generator)
-    chip = draw_chip(model, generator=gen, sigma=sigma)
     params = noisy_parameters(model)
+    chip = _draw_all(params, gen, sigma)  # ADC simulation: device levels, else W_p
     reads = (dm.read_generators(gen, len(params)) if any(p.control.cfg.read_sigma for p in params)
              else [None] * len(params))
     for p, read_gen in zip(params, reads):
