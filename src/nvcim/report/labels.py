@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from nvcim.report.common import fmt_param, method_traits, num, sigma_key
+from nvcim.report.common import fmt_param, method_traits, sigma_key
 
 _PARAM_SYMBOL = {"beta": "β", "n_variational": "N", "logit_scale": "scale", "delta_sigma": "Δσ"}
 

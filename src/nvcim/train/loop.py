@@ -52,7 +52,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nvcim.io.checkpoint import save_checkpoint
-from nvcim.data import DATASETS, load_dataset
+from nvcim.data import load_dataset
 from nvcim.evaluate import monte_carlo_evaluate
 from nvcim.methods import create_task, method_to_dict
 from nvcim.models import create_model
@@ -351,19 +351,3 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
         )
     return TrainResult(status=status, model=model, metrics=metrics, checkpoint=checkpoint, config=cfg)
 
-
-__all__ = [
-    "TrainConfig",
-    "TrainResult",
-    "PRESETS",
-    "DEFAULTS",
-    "FIELDS",
-    "preset_config",
-    "read_config_file",
-    "load_train_config",
-    "check_out_dir",
-    "check_model_fits_data",
-    "resolve_device",
-    "tune_malloc",
-    "train",
-]

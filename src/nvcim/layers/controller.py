@@ -1,0 +1,199 @@
+"""The noise controller of one weight tensor (`NoisyWeight`): its device config and σ, an optional fixed
+programmed chip, write-verify mask and read generator; the quantization cache of an OVF step
+(`quantization_cached`); and the straight-through gradient (∂L/∂W := ∂L/∂W_p, SPEC §3).
+`nvcim.layers.noise` attaches one per varied tensor; layer forwards ask it for the weight to use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from nvcim.core import device as dm
+from nvcim.core.adc import AdcConfig, sliced_conv2d, sliced_linear
+from nvcim.core.config import DeviceConfig
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Returns W_p in the forward; passes the gradient to W unchanged in the backward."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, w_p: torch.Tensor) -> torch.Tensor:
+        return w_p.view_as(w_p)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+_CACHE_SCOPE = threading.local()  # .depth: nesting of quantization_cached(); .generation: its current id
+_GENERATIONS = itertools.count(1)
+
+
+@contextlib.contextmanager
+def quantization_cached() -> Iterator[None]:
+    """Within this block each noisy layer quantizes its weight once per weight version (like
+    `parametrize.cached()`); the weights must not change through `.data` inside it. Nests."""
+    depth = getattr(_CACHE_SCOPE, "depth", 0)
+    if depth == 0:
+        _CACHE_SCOPE.generation = next(_GENERATIONS)  # a fresh block never reuses an older block's cache
+    _CACHE_SCOPE.depth = depth + 1
+    try:
+        yield
+    finally:
+        _CACHE_SCOPE.depth = depth
+
+
+class NoisyWeight:
+    """Per-layer state: which config, current σ, and an optional fixed programmed chip."""
+
+    def __init__(self, cfg: DeviceConfig, generator: torch.Generator | None = None):
+        self.cfg = cfg
+        self.sigma = cfg.sigma
+        self.generator = generator
+        self.enabled = True
+        self.programmed: torch.Tensor | dm.ChipLevels | None = None  # W_p, or device levels (ADC simulation)
+        self.read_generator: torch.Generator | None = None  # the programmed chip's read noise of this tensor
+        self.verified: torch.Tensor | None = None  # bool [*W.shape]: weights programmed with write-verify
+        self.residual_sigma: float = 0.0  # σ the verified weights are left with (nvcim.writeverify)
+        self.reads = 0  # forwards that asked for this weight (`nvcim.layers.coverage` checks it is read)
+        self._cache_key: tuple | None = None
+        self._cache: dm.PreparedWeight | None = None
+
+    def prepared(self, w: torch.Tensor) -> dm.PreparedWeight:
+        """Quantized view of w; inside `quantization_cached()`, reused until w changes (in-place updates
+        bump its version), elsewhere computed afresh."""
+        if not getattr(_CACHE_SCOPE, "depth", 0):
+            self._cache = self._cache_key = None
+            return dm.prepare(w, self.cfg)
+        key = (_CACHE_SCOPE.generation, w.data_ptr(), w._version, w.dtype, w.device, self.cfg)
+        if key != self._cache_key:
+            self._cache, self._cache_key = dm.prepare(w, self.cfg), key
+        return self._cache
+
+    def _prepared_for(self, w: torch.Tensor, gen: torch.Generator | None) -> dm.PreparedWeight:
+        if gen is not None and gen.device != w.device:  # draw where the generator lives
+            return dm.prepare(w.detach().to(gen.device), self.cfg)
+        return self.prepared(w)
+
+    def draw(self, w: torch.Tensor, sigma: float | None = None, generator: torch.Generator | None = None,
+             *, verify: bool = True) -> torch.Tensor:
+        """One fresh programmed copy W_p of w (no gradient). A generator on another device than w (a CPU
+        generator for CUDA weights) draws there and the result moves to w's device: the same seed gives
+        the same chip on any device. With a write-verify mask (and `verify`), the verified weights'
+        second draw follows at once (`draw_chip` instead makes every layer's first draw, then the second ones)."""
+        sigma = self.sigma if sigma is None else sigma
+        gen = generator if generator is not None else self.generator
+        with torch.no_grad():
+            prep = self._prepared_for(w, gen)
+            w_p = dm.draw(prep, self.cfg, sigma, gen)  # [*W.shape]
+            if verify and self.verified is not None:
+                w_p = dm.write_verified(prep, self.cfg, w_p, self.verified.to(w_p.device), sigma,
+                                        self.residual_sigma, gen)
+            return w_p.to(w.device)
+
+    def verify_draw(self, w: torch.Tensor, w_p: torch.Tensor, sigma: float | None = None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """`w_p` (a first draw of w) after write-verify of this layer's verified weights: their second draw."""
+        sigma = self.sigma if sigma is None else sigma
+        gen = generator if generator is not None else self.generator
+        with torch.no_grad():
+            prep = self._prepared_for(w, gen)
+            out = dm.write_verified(prep, self.cfg, w_p.to(prep.w_d.device), self.verified.to(prep.w_d.device),
+                                    sigma, self.residual_sigma, gen)
+            return out.to(w.device)
+
+    def draw_levels(self, w: torch.Tensor, sigma: float | None = None, generator: torch.Generator | None = None,
+                    *, verify: bool = True) -> dm.ChipLevels:
+        """`draw` as device levels (the ADC simulation's chip): the same draws, on w's device."""
+        sigma = self.sigma if sigma is None else sigma
+        gen = generator if generator is not None else self.generator
+        with torch.no_grad():
+            prep = self._prepared_for(w, gen)
+            chip = dm.draw_levels(prep, self.cfg, sigma, gen)
+            if verify and self.verified is not None:
+                chip = dm.write_verified_levels(prep, self.cfg, chip, self.verified.to(chip.g.device), sigma,
+                                                self.residual_sigma, gen)
+            return chip.to(w.device)
+
+    def verify_levels(self, w: torch.Tensor, chip: dm.ChipLevels, sigma: float | None = None,
+                      generator: torch.Generator | None = None) -> dm.ChipLevels:
+        """`verify_draw` for a chip kept as device levels."""
+        sigma = self.sigma if sigma is None else sigma
+        gen = generator if generator is not None else self.generator
+        with torch.no_grad():
+            prep = self._prepared_for(w, gen)
+            where = prep.w_d.device
+            out = dm.write_verified_levels(prep, self.cfg, chip.to(where), self.verified.to(where), sigma,
+                                           self.residual_sigma, gen)
+            return out.to(w.device)
+
+    @property
+    def sliced(self) -> bool:
+        """True when forwards run the ADC simulation (enabled, cfg.adc_bits or cfg.input_bits set)."""
+        return self.enabled and self.cfg.sliced_mvm
+
+    def levels_for_forward(self, w: torch.Tensor) -> dm.ChipLevels:
+        """The device levels this forward reads (ADC simulation): the programmed chip's (a tensor W_p on
+        ideal devices) or a fresh draw, plus one read of read noise (cfg.read_sigma > 0)."""
+        self.reads += 1
+        chip, gen = self.programmed, self.read_generator
+        if chip is None:
+            chip, gen = self.draw_levels(w), self.generator
+        elif isinstance(chip, torch.Tensor):
+            chip = dm.ideal_levels(chip, self.cfg)
+        if self.cfg.read_sigma:
+            with torch.no_grad():
+                chip = dm.read_levels(chip, self.cfg, gen)
+        return chip
+
+    def sliced_forward(self, w: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None,
+                       conv: dict[str, Any] | None = None) -> torch.Tensor:
+        """The layer's output by the bit-sliced chip (nvcim.core.adc): a Linear layer, or a Conv2d with groups
+        = 1 and zero padding (`conv`: its stride, padding, dilation). Forward: the sliced product of this
+        forward's device levels, times the chip's gain, + bias; backward: that of F.linear / F.conv2d with W_p
+        (straight through to w)."""
+        chip = self.levels_for_forward(w)
+        adc = AdcConfig.of(self.cfg)
+        with torch.no_grad():
+            g_pos, g_neg = chip.crossbars()
+            if conv is None:
+                y = sliced_linear(x.detach(), g_pos, g_neg, chip.scale, self.cfg, adc)
+            else:
+                y = sliced_conv2d(x.detach(), g_pos, g_neg, chip.scale, self.cfg, adc, **conv)
+            y = y * chip.gain
+        if torch.is_grad_enabled() and (w.requires_grad or x.requires_grad):
+            w_p = _StraightThrough.apply(w, dm.chip_weight(chip, self.cfg))
+            dense = F.linear(x, w_p) if conv is None else F.conv2d(x, w_p, None, **conv)
+            y = _StraightThrough.apply(dense, y)  # the sliced value, the dense product's gradient
+        return y if bias is None else y + (bias.view(1, -1, 1, 1) if conv is not None else bias)
+
+    def weight_for_forward(self, w: torch.Tensor) -> torch.Tensor:
+        """The weight this forward uses: programmed chip, fresh draw, or w itself when disabled; with
+        read noise (cfg.read_sigma > 0) one read of it, from the chip's read generator when a chip is
+        programmed, else from this controller's generator."""
+        self.reads += 1
+        if not self.enabled:
+            return w
+        if self.cfg.sliced_mvm:
+            raise ValueError("a noisy weight read directly by another module (e.g. MultiheadAttention's out_proj) "
+                             "cannot run the ADC simulation (adc_bits / input_bits): exclude that layer")
+        if self.programmed is not None:
+            w_p = self.programmed
+            gen = self.read_generator
+        elif self.sigma == 0 and not self.cfg.quantize and not self.cfg.chip_effects and not self.cfg.read_sigma:
+            return w
+        else:
+            w_p = self.draw(w)
+            gen = self.generator
+        if self.cfg.read_sigma:
+            with torch.no_grad():
+                w_p = dm.read(w_p, dm.weight_scale(w), self.cfg, gen)
+        if torch.is_grad_enabled() and w.requires_grad:
+            return _StraightThrough.apply(w, w_p)
+        return w_p
