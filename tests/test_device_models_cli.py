@@ -81,3 +81,13 @@ def test_matrix_bad_input_is_one_line(ckpts, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown device model 'nope'" in err[0]
     assert main(["eval", str(ckpts[0]), "--device-models", "gaussian", "--curve"]) == 2
+
+
+def test_report_keeps_results_under_other_devices_apart(ckpts, tmp_path):
+    """An `nvcim eval --device-model` result is an arm of its own, labelled with its device."""
+    for dm in ("gaussian", "rram4"):
+        assert main(["eval", str(ckpts[1]), "--device-model", dm, "--runs", "2", "--out",
+                     str(tmp_path / f"{dm}.json")]) == 0
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep")]) == 0
+    labels = {r["label"] for r in csv.DictReader((tmp_path / "rep" / "summary.csv").open())}
+    assert labels == {"vanilla", "vanilla [weight_band S=4]"}, labels

@@ -21,7 +21,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from nvcim.evaluate.files import (KINDS, DeviceMatrixFile, EvaluationFile, FailedCellFile, WriteVerifyFile,
                                   parse_result)
@@ -43,6 +43,23 @@ class ResultSet:
     matrices: list[tuple[str, DeviceMatrixFile]] = field(default_factory=list)  # (file, device-model matrix)
     n_files: int = 0
     roots: list[Path] = field(default_factory=list)  # every directory / file read, in the order given
+
+
+# DeviceConfig fields that say how the devices behave (σ, bits and the sampling path aside)
+_DEVICE_KEYS = ("stuck_at", "read_sigma", "drift_time", "drift_nu", "drift_compensation", "adc_bits", "tile_rows",
+                "input_bits")
+
+
+def device_description(device: Mapping[str, Any]) -> str | None:
+    """A short name for a result's device when it is not the paper's i.i.d. Gaussian one (e.g. "weight_band S=4,
+    stuck_at=[0.0175, 0.0904]"), else None: such results are arms of their own (`nvcim eval --device-model`)."""
+    parts = []
+    variation = device.get("variation") or "gaussian"
+    if variation != "gaussian":
+        opts = device.get("variation_options") or {}
+        parts.append(variation + "".join(f" {k}={fmt_param(v)}" for k, v in sorted(opts.items())))
+    parts += [f"{k}={fmt_param(device[k])}" for k in _DEVICE_KEYS if device.get(k) is not None and k in device]
+    return ", ".join(parts) or None
 
 
 def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, results: list | None = None) -> list[dict]:
@@ -102,7 +119,8 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                 "logit_scale": num(method_cfg.get("logit_scale")) if "logit_scale" in option_names else None,
                 "beta_search": beta_search,
                 "label_override": str(label_override) if label_override else None,
-                "device_model": str(cell["device_model"]) if cell.get("device_model") else None,
+                "device_model": (str(cell["device_model"]) if cell.get("device_model")
+                                 else device_description(eval_device)),
                 "label": None,  # set by assign_labels
                 "bn_recalibration": recal,
                 "split": split,
