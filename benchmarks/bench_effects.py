@@ -1,0 +1,135 @@
+"""Benchmark of Monte Carlo evaluation under the device effects of SPEC §8 (issue #18) on VGG-8, CPU or GPU.
+
+For each VGG-8 width, times `monte_carlo_evaluate` (path "auto", no baseline passes) under
+  gaussian        the plain i.i.d. Gaussian device (the reference row, as in bench_eval.py)
+  stuck-at        stuck_at=(0.0175, 0.0904) (Chen et al.'s rates)
+  drift           drift_time=3600 s with drift_compensation
+  rram4           DeviceConfig.preset("rram4"): the authors' per-weight fold, S = 4
+  rram4-level     DeviceConfig.preset("rram4-level"): per-device level-dependent variation
+  read noise      read_sigma=0.02 (redrawn every forward)
+  ADC             adc_bits=8, tile_rows=128, M/K = 8/2 = 4 slices (Monte Carlo uses the loop path)
+each as a ratio of clean inference of the same images x chips (timed interleaved in the same run), beside
+the goals of issue #18: stuck-at, drift, level-dependent <= 1.15; read noise <= 1.3; ADC <= 6. All
+effects use sigma --sigma on top of the effect. The ADC rows use their own (smaller) images x chips and
+their own clean reference. A second ratio leaves out the coverage self-check that every
+`monte_carlo_evaluate` call runs once (nvcim.layers.coverage: one forward of 16 images per noisy tensor
+plus one, 9 for VGG-8), timed by wrapping it: a fixed cost per call that long evaluations amortise, but
+not these short ones (144 image-forwards beside 2048 at 1/4 width, 256 at full width).
+
+    python benchmarks/bench_effects.py --threads 1 --clock process     # 1/4 and full width, a few minutes on 2 cores
+    python benchmarks/bench_effects.py --models 0.25 --runs 16 --images 1024 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+
+import nvcim
+import nvcim.evaluate.montecarlo as mc_module
+from bench_eval import clean, make_vgg8, timed  # the sibling script (benchmarks/ is on sys.path when run)
+from nvcim.evaluate import monte_carlo_evaluate
+
+
+class CheckTimer:
+    """Wraps the coverage check that monte_carlo_evaluate runs once per call, adding up its time."""
+
+    def __init__(self, clock) -> None:
+        self.clock, self.total, self.check = clock, 0.0, mc_module.check_coverage
+        mc_module.check_coverage = self
+
+    def __call__(self, *args, **kwargs):
+        t = self.clock()
+        try:
+            return self.check(*args, **kwargs)
+        finally:
+            self.total += self.clock() - t
+
+
+def effect_configs(sigma: float) -> dict[str, tuple[nvcim.DeviceConfig, float]]:
+    """Name -> (device config, goal ratio of issue #18; nan for the reference row)."""
+    cfg = nvcim.DeviceConfig
+    return {
+        "gaussian (reference)": (cfg(sigma=sigma), math.nan),
+        "stuck-at (0.0175, 0.0904)": (cfg(sigma=sigma, stuck_at=(0.0175, 0.0904)), 1.15),
+        "drift 1 h, compensated": (cfg(sigma=sigma, drift_time=3600.0, drift_compensation=True), 1.15),
+        "rram4 preset": (cfg.preset("rram4", sigma=sigma), 1.15),
+        "rram4-level": (cfg.preset("rram4-level", sigma=sigma), 1.15),
+        "read noise 0.02": (cfg(sigma=sigma, read_sigma=0.02), 1.3),
+        "ADC 8 b, 128 rows, 4 slices": (cfg(sigma=sigma, adc_bits=8, tile_rows=128), 6.0),
+    }
+
+
+def per_model(values: str, n: int, cast=int) -> list:
+    out = [cast(v) for v in values.split(",")]
+    return out + [out[-1]] * (n - len(out))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="0.25,1.0", help="comma-separated VGG-8 width multipliers (default 0.25,1.0)")
+    p.add_argument("--runs", default="8,2", help="Monte Carlo chips per model, comma-separated (default 8,2)")
+    p.add_argument("--images", default="256,128", help="test images per model, comma-separated (default 256,128)")
+    p.add_argument("--adc-runs", default="2,1", help="chips per model for the ADC row (default 2,1)")
+    p.add_argument("--adc-images", default="128,64", help="images per model for the ADC row (default 128,64)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward (default 256)")
+    p.add_argument("--repeat", type=int, default=2, help="interleaved repetitions; the minimum time is reported (default 2)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--sigma", type=float, default=0.1, help="device variation sigma_d under every effect (default 0.1)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--clock", choices=("wall", "process"), default="wall",
+                   help="wall time, or this process's CPU time (with --threads 1: robust to other jobs on a shared "
+                        "machine) (default wall)")
+    args = p.parse_args()
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    widths = [float(w) for w in args.models.split(",")]
+    runs_l, images_l = per_model(args.runs, len(widths)), per_model(args.images, len(widths))
+    adc_runs_l, adc_images_l = per_model(args.adc_runs, len(widths)), per_model(args.adc_images, len(widths))
+    configs = effect_configs(args.sigma)
+    check = CheckTimer(clock)
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, sigma {args.sigma}, "
+          f"batch {args.batch_size}, {args.clock} clock, min of {args.repeat} interleaved repetitions")
+    for width, runs, images, adc_runs, adc_images in zip(widths, runs_l, images_l, adc_runs_l, adc_images_l):
+        torch.manual_seed(0)
+        model = make_vgg8(width).to(device).eval()
+        x = torch.randn(images, 3, 32, 32, device=device)  # [N, C, H, W]
+        y = torch.randint(0, 10, (images,), device=device)  # [N]
+        xa, ya = x[:adc_images], y[:adc_images]
+        clean(model, x[: args.batch_size], 1, args.batch_size)  # warm-up
+        kw = dict(seed=0, batch_size=args.batch_size, device=device, path="auto", baselines=False)
+
+        def mc(cfg, data, n):
+            return lambda: monte_carlo_evaluate(model, data, cfg, runs=n, **kw)
+
+        methods = {"clean": lambda: clean(model, x, runs, args.batch_size),
+                   "clean (ADC size)": lambda: clean(model, xa, adc_runs, args.batch_size)}
+        for name, (cfg, _) in configs.items():
+            methods[name] = mc(cfg, (xa, ya), adc_runs) if cfg.sliced_mvm else mc(cfg, (x, y), runs)
+        times = {k: math.inf for k in methods}
+        checks = {k: 0.0 for k in methods}  # the coverage check's time in the fastest repetition
+        for _ in range(args.repeat):
+            for k, fn in methods.items():
+                before = check.total
+                t = timed(fn, device, clock)
+                if t < times[k]:
+                    times[k], checks[k] = t, check.total - before
+        print(f"\nVGG-8 width {width:g}: {runs} chips x {images} images (ADC: {adc_runs} chips x {adc_images} images)")
+        print(f"  {'':30s} {'time':>8s}  {'÷ clean':>8s}  {'w/o check':>9s}  goal")
+        for name, t in times.items():
+            if name.startswith("clean"):
+                print(f"  {name:30s} {t:7.2f}s")
+                continue
+            cfg, goal = configs[name]
+            ref = times["clean (ADC size)"] if cfg.sliced_mvm else times["clean"]
+            verdict = "" if math.isnan(goal) else f"<= {goal:g}  {'met' if t / ref <= goal else 'MISSED'}"
+            print(f"  {name:30s} {t:7.2f}s  {t / ref:8.3f}  {(t - checks[name]) / ref:9.3f}  {verdict}")
+
+
+if __name__ == "__main__":
+    main()
