@@ -165,5 +165,5 @@ val_runs = 2
         assert payload["device_config"]["variation"] == "uniform_test"
     assert main(["report", str(tmp_path / "sweep"), "--out", str(tmp_path / "report")]) == 0
     rows = list(csv.DictReader((tmp_path / "report" / "summary.csv").open()))
-    assert {"cool", "vanilla"} <= {r["label"] for r in rows}, rows
+    assert {"cool [uniform_test]", "vanilla [uniform_test]"} <= {r["label"] for r in rows}, rows  # device named
     assert "cool" in (tmp_path / "report" / "report.md").read_text()
