@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 
 import torch
 
 import nvcim
 import nvcim.evaluate.montecarlo as mc_module
-from bench_eval import clean, make_vgg8, timed  # the sibling script (benchmarks/ is on sys.path when run)
+from bench_eval import add_run_arguments, clean, make_vgg8, setup_run, timed  # the sibling script (benchmarks/ is on sys.path when run)
 from nvcim.evaluate import monte_carlo_evaluate
 
 
@@ -76,18 +75,9 @@ def main() -> None:
     p.add_argument("--adc-runs", default="2,1", help="chips per model for the ADC row (default 2,1)")
     p.add_argument("--adc-images", default="128,64", help="images per model for the ADC row (default 128,64)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward (default 256)")
-    p.add_argument("--repeat", type=int, default=2, help="interleaved repetitions; the minimum time is reported (default 2)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--sigma", type=float, default=0.1, help="device variation sigma_d under every effect (default 0.1)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--clock", choices=("wall", "process"), default="wall",
-                   help="wall time, or this process's CPU time (with --threads 1: robust to other jobs on a shared "
-                        "machine) (default wall)")
+    add_run_arguments(p, sigma=0.1)  # σ under every effect
     args = p.parse_args()
-    clock = time.perf_counter if args.clock == "wall" else time.process_time
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    clock, device = setup_run(args)
     widths = [float(w) for w in args.models.split(",")]
     runs_l, images_l = per_model(args.runs, len(widths)), per_model(args.images, len(widths))
     adc_runs_l, adc_images_l = per_model(args.adc_runs, len(widths)), per_model(args.adc_images, len(widths))

@@ -90,6 +90,24 @@ def timed(fn, device, clock=time.perf_counter) -> float:
     return clock() - t
 
 
+def add_run_arguments(p: argparse.ArgumentParser, sigma: float) -> None:
+    """The options every Monte Carlo benchmark shares (repetitions, device, σ, threads, clock)."""
+    p.add_argument("--repeat", type=int, default=2, help="interleaved repetitions; the minimum time is reported (default 2)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--sigma", type=float, default=sigma, help=f"device variation sigma_d (default {sigma})")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--clock", choices=("wall", "process"), default="wall",
+                   help="wall time, or this process's CPU time (with --threads 1: robust to other jobs on a shared "
+                        "machine) (default wall)")
+
+
+def setup_run(args: argparse.Namespace):
+    """(clock, device) of the parsed options; sets torch's thread count."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return (time.perf_counter if args.clock == "wall" else time.process_time), torch.device(args.device)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="mlp,0.25,1.0",
@@ -98,18 +116,9 @@ def main() -> None:
     p.add_argument("--images", default="360,256,128", help="test images per model, comma-separated (default 360,256,128)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward (default 256)")
     p.add_argument("--chunk-runs", type=int, default=None, help="runs drawn together (default: automatic)")
-    p.add_argument("--repeat", type=int, default=2, help="interleaved repetitions; the minimum time is reported (default 2)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--sigma", type=float, default=0.3, help="device variation sigma_d (default 0.3)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--clock", choices=("wall", "process"), default="wall",
-                   help="wall time, or this process's CPU time (with --threads 1: robust to other jobs on a shared "
-                        "machine) (default wall)")
+    add_run_arguments(p, sigma=0.3)
     args = p.parse_args()
-    clock = time.perf_counter if args.clock == "wall" else time.process_time
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    clock, device = setup_run(args)
     models = [w if w == "mlp" else float(w) for w in args.models.split(",")]
     runs_l = [int(v) for v in args.runs.split(",")]
     images_l = [int(v) for v in args.images.split(",")]

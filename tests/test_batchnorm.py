@@ -19,6 +19,7 @@ import nvcim
 from nvcim.batchnorm import CALIBRATION_BATCH, ChipCalibration, batchnorm_layers, calibration_images, recalibrate_batchnorm_
 from nvcim.evaluate import monte_carlo_evaluate, robustness_curve, run_generator
 from nvcim.data import DatasetInfo, Split
+from helpers import run_cli as _cli
 
 
 class BNNet(nn.Module):
@@ -302,15 +303,6 @@ def test_per_chip_calibration_in_a_curve_is_deterministic_and_needs_the_loop_pat
 
 
 # ---- nvcim eval --recalibrate-bn -------------------------------------------------------------------
-def _cli(argv, capsys):
-    from nvcim.cli import main
-
-    try:
-        rc = main(argv)
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def test_cli_recalibrate_bn(tmp_path, capsys):

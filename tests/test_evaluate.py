@@ -32,6 +32,7 @@ from nvcim.evaluate import (
 )
 from nvcim.evaluate.forward import Accumulator, stacked_forward
 from nvcim.evaluate.sampler import ChipSampler
+from helpers import run_cli as _cli
 
 
 class SmallNet(nn.Module):
@@ -315,15 +316,6 @@ def test_bad_arguments(setup):
 
 
 # ---- CLI -------------------------------------------------------------------------------------------
-def _cli(argv, capsys):
-    from nvcim.cli import main
-
-    try:
-        rc = main(argv)
-    except SystemExit as e:  # argparse errors
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.mark.parametrize(

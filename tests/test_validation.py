@@ -10,7 +10,6 @@ import json
 import math
 import os
 import pickle
-import shutil
 import sys
 
 import pytest
@@ -24,19 +23,11 @@ from nvcim.core.config import DeviceConfig
 from nvcim.evaluate import MCResult, monte_carlo_evaluate, results_table, robustness_curve
 from nvcim.methods import create_task, method_config
 from nvcim.models import MODELS, create_model, register_model
+from helpers import run_cli as _cli
 
 SPEC = {"name": "tiny", "num_classes": 10, "in_channels": 1, "width": 0.25, "image_size": 32}
 
 
-def _cli(argv, capsys):
-    from nvcim.cli import main
-
-    try:
-        rc = main(argv)
-    except SystemExit as e:  # argparse errors
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _one_line(err: str) -> str:
