@@ -12,6 +12,11 @@ model is built for (VGG-8's first FC layer depends on it; ResNet-18 works at any
 The spec a model was built from is kept on it as `model.nvcim_spec` (a dict that
 `create_model(**spec)` turns back into the same architecture); checkpoints store it.
 
+A model may name its stages: `stages`, a tuple of submodule names (shallow to deep) whose outputs are
+its successive intermediate representations (VGG-8: after block 1 and after each max-pool, where the
+authors' IRS reads them; ResNet-18: layer1..layer4; tiny: after the pool and after the second block).
+`model_stages(model)` returns them as modules; IRS (nvcim.methods.irs) places its auxiliary heads there.
+
 New models: decorate a builder `fn(num_classes, in_channels, width, image_size, **options)` with
 `@register_model("name")`. `create_model` passes it only the arguments its caller gave, so the
 builder's own defaults stand (and are recorded in `nvcim_spec`). A model above MAX_PARAMETERS
@@ -137,6 +142,20 @@ def _check_size(name: str, builder: Callable[..., nn.Module], args: dict, kwargs
         )
 
 
+def model_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The model's named stages as (name, module), shallow to deep; a one-line ValueError when it names none."""
+    names = getattr(model, "stages", None)
+    what = (getattr(model, "nvcim_spec", None) or {}).get("name") or type(model).__name__
+    if not names or isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"model {what!r} names no stages: give its class a `stages` tuple of submodule names "
+                         "(shallow to deep) whose outputs are intermediate representations")
+    modules = dict(model.named_modules())
+    missing = [n for n in names if n not in modules]
+    if missing:
+        raise ValueError(f"model {what!r}: stages {missing} are not submodules of it: fix its `stages`")
+    return [(n, modules[n]) for n in names]
+
+
 def scaled(channels: int, width: float) -> int:
     """A width-scaled channel count: round(channels * width), at least 1."""
     return max(1, int(round(channels * width)))
@@ -182,6 +201,7 @@ class VGG8(nn.Module):
         if image_size < 8:
             raise ValueError(f"vgg8 needs image_size >= 8 (three 2x2 max-pools), got {image_size}")
         layers: list[nn.Module] = []
+        stages: list[str] = []  # after block 1 and after each pool (the authors' IRS taps)
         c, side = in_channels, image_size
         for v in VGG8_CFG:
             if v == "M":
@@ -191,6 +211,9 @@ class VGG8(nn.Module):
                 out = scaled(v, width)
                 layers += _conv_bn_relu(c, out)
                 c = out
+            if v == "M" or not stages:
+                stages.append(f"features.{len(layers) - 1}")
+        self.stages = tuple(stages)  # features.2, .6, .13, .20
         self.features = nn.Sequential(*layers)
         hidden = scaled(1024, width)
         self.flat_features = c * side * side  # 512 * 4 * 4 = 8192 at width 1, 32x32
@@ -231,7 +254,7 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """Shapes at width 1, 32x32 input: stem [B,64,32,32] -> layer1 [B,64,32,32] -> layer2 [B,128,16,16]
+    """Stages: layer1..layer4. Shapes at width 1, 32x32 input: stem [B,64,32,32] -> layer1 [B,64,32,32] -> layer2 [B,128,16,16]
     -> layer3 [B,256,8,8] -> layer4 [B,512,4,4] -> avg pool [B,512] -> [B,classes] (64x64: sides doubled)."""
 
     def __init__(self, num_classes: int, in_channels: int, width: float, image_size: int):
@@ -246,6 +269,7 @@ class ResNet18(nn.Module):
             stages.append(nn.Sequential(BasicBlock(c, w, stride), BasicBlock(w, w, 1)))
             c = w
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.stages = ("layer1", "layer2", "layer3", "layer4")
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c, num_classes)
         init_weights_(self)
@@ -279,6 +303,7 @@ class TinyCNN(nn.Module):
             nn.AdaptiveAvgPool2d(1),
         )
         self.classifier = nn.Linear(c2, num_classes)
+        self.stages = ("features.3", "features.6")  # after the pool, after the second block
         init_weights_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,8 @@ From that one class the CLI builds its flags (`nvcim train --alpha`), sweep spec
 `search` / `search_values`. Nothing else needs editing.
 
 A task owns the device model on its network: it applies it when created and `finish()` removes it,
-leaving the plain backbone (the only thing that is deployed). A model takes one task at a time: a task
+leaving the plain backbone (the only thing that is deployed). The optimizer takes `task.parameters()`:
+the model's, plus any the method trains beside it (IRS's auxiliary heads, dropped by `finish()`). A model takes one task at a time: a task
 is refused on a model that already has device variation (another task's, or `apply_variation_`'s),
 and a finished task refuses further steps. Each step runs the model in train mode (a model left in
 eval mode, e.g. after validation, is switched for the step and switched back).
@@ -27,7 +28,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -128,6 +129,11 @@ class TrainingTask:
 
     def forward(self, x, y):
         raise NotImplementedError
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """What the optimizer updates: the model's parameters, plus any the method trains beside them (IRS's
+        auxiliary heads), which `finish()` drops."""
+        return self.model.parameters()
 
     def finish(self) -> nn.Module:
         """Remove everything the method added; return the plain backbone. Calling it again does nothing."""

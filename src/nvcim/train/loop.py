@@ -12,7 +12,8 @@ One run:
     train/val split is drawn with `data_seed` (default 0, independent of `seed`, so every compared
     model sees the same validation and test sets).
   * the method's task (nvcim.methods.create_task) owns the noise hooks during training; the loss of
-    each step is `task(x, y)`, then backward and one optimizer step. The LR schedule (cosine
+    each step is `task(x, y)`, then backward and one optimizer step over `task.parameters()` (the
+    model's, plus a method's own, e.g. IRS's heads). The LR schedule (cosine
     annealing to 0 over all training steps, or constant) is stepped once per optimizer step.
   * after every `eval_every` epochs (and after the last): Monte Carlo validation accuracy under
     device variation at the training σ (`val_runs` chips, fixed seed VAL_MC_SEED, so epochs are
@@ -202,7 +203,7 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
     model.to(dev)
     mcfg = cfg.method_cfg()
     task = create_task(mcfg, model, cfg.device_cfg())
-    optimizer = _make_optimizer(cfg, model.parameters())
+    optimizer = _make_optimizer(cfg, task.parameters())  # IRS: its heads too
     steps_per_epoch = math.ceil(len(splits.train) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
