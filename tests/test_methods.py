@@ -21,7 +21,9 @@ def linear_model():
 
 def bn_model():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+    m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+    m.stages, m.nvcim_spec = ("2", "3"), {"in_channels": 2, "image_size": 4}  # for IRS's heads
+    return m
 
 
 X = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))

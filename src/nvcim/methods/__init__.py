@@ -4,8 +4,10 @@
     loss, logits = task(x, y)        # all N+1 forwards happen before this returns
     loss.backward(); optimizer.step()
 
-One file per method (vanilla.py, noise_injection.py, ovf.py), each a `Method` class registered in
-`METHODS` with its options, config, task and report traits (base.py says how to add one).
+One file per method, each a `Method` class registered in `METHODS` with its options, config, task and
+report traits (base.py says how to add one): vanilla.py, noise_injection.py, ovf.py (the paper's),
+tempered.py (noise injection with a searched logit temperature, this project's finding), irs.py (the
+authors' auxiliary-head method) and correctnet.py (orthogonality regularisation, trained without noise).
 Noise injection and OVF take `censor`: training with right-censored Gaussian noise (Yan et al.,
 ICCAD 2023; SPEC §7): each device's standard normal draw is clipped at `censor` during training only,
 while validation and evaluation see the device as it is (plain Gaussian).
@@ -21,6 +23,7 @@ from torch import nn
 from nvcim.core.config import DeviceConfig
 from nvcim.methods.base import (METHODS, Method, Option, TrainingTask, censor_suffix, finite_or_none, fmt_param,
                                 register_method, training_device)
+from nvcim.methods.irs import IRS, IRSConfig, IRSTask, irs_combine
 from nvcim.methods.noise_injection import NoiseInjection, NoiseInjectionConfig, NoiseInjectionTask
 from nvcim.methods.ovf import BN_POLICIES, OVF, OVFConfig, OVFTask
 from nvcim.methods.vanilla import Vanilla, VanillaConfig, VanillaTask
@@ -29,7 +32,8 @@ __all__ = [
     "METHODS", "Method", "Option", "TrainingTask", "register_method", "training_device", "fmt_param",
     "finite_or_none", "censor_suffix", "method_config", "method_to_dict", "method_from_dict", "create_task",
     "all_options", "Vanilla", "VanillaConfig", "VanillaTask", "NoiseInjection", "NoiseInjectionConfig",
-    "NoiseInjectionTask", "OVF", "OVFConfig", "OVFTask", "BN_POLICIES",
+    "NoiseInjectionTask", "OVF", "OVFConfig", "OVFTask", "BN_POLICIES", "IRS", "IRSConfig", "IRSTask",
+    "irs_combine",
 ]
 
 

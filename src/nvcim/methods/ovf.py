@@ -116,7 +116,7 @@ class OVF(Method):
     name = "ovf"
     label = "OVF"
     options = (
-        Option("beta", "float", 1e-3, "OVF feedback strength β (default: 1e-3)"),
+        Option("beta", "float", 1e-3, "OVF / IRS feedback strength β (default: 1e-3 for OVF, 1e-2 for IRS)"),
         Option("n_variational", "int", 3, "OVF number of variational forwards N (default: 3)"),
         Option("delta_sigma", "float", 0.05, "OVF σ step Δσ: forward n runs at σ + nΔσ (σ_d units) (default: 0.05)"),
         Option("gammas", "floats", None, "OVF γ_1..γ_N (default: 10^(n-N))"),
