@@ -26,7 +26,7 @@ from nvcim.train import (
 TINY = dict(model="tiny", dataset="mnist5k", limit=64, epochs=1, batch_size=16, val_runs=2, progress=False,
             num_threads=1)
 METHOD_PARAMS = {"vanilla": {}, "noise_injection": {"logit_scale": 2.0}, "ovf": {"beta": 0.01, "n_variational": 2},
-                 "irs": {"beta": 0.1, "block_sigma": 0.25},
+                 "tempered_noise_injection": {"logit_scale": 0.125}, "irs": {"beta": 0.1, "block_sigma": 0.25},
                  "correctnet": {"ortho_lambda": 1e-3}}
 
 

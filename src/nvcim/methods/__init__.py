@@ -27,13 +27,15 @@ from nvcim.methods.correctnet import CorrectNet, CorrectNetConfig, CorrectNetTas
 from nvcim.methods.irs import IRS, IRSConfig, IRSTask, irs_combine
 from nvcim.methods.noise_injection import NoiseInjection, NoiseInjectionConfig, NoiseInjectionTask
 from nvcim.methods.ovf import BN_POLICIES, OVF, OVFConfig, OVFTask
+from nvcim.methods.tempered import TemperedNoiseInjection, TemperedNoiseInjectionConfig
 from nvcim.methods.vanilla import Vanilla, VanillaConfig, VanillaTask
 
 __all__ = [
     "METHODS", "Method", "Option", "TrainingTask", "register_method", "training_device", "fmt_param",
     "finite_or_none", "censor_suffix", "method_config", "method_to_dict", "method_from_dict", "create_task",
     "all_options", "Vanilla", "VanillaConfig", "VanillaTask", "NoiseInjection", "NoiseInjectionConfig",
-    "NoiseInjectionTask", "OVF", "OVFConfig", "OVFTask", "BN_POLICIES", "IRS", "IRSConfig", "IRSTask", "irs_combine", "CorrectNet", "CorrectNetConfig",
+    "NoiseInjectionTask", "OVF", "OVFConfig", "OVFTask", "BN_POLICIES", "TemperedNoiseInjection",
+    "TemperedNoiseInjectionConfig", "IRS", "IRSConfig", "IRSTask", "irs_combine", "CorrectNet", "CorrectNetConfig",
     "CorrectNetTask", "correctnet_penalty",
 ]
 

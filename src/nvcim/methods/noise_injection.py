@@ -22,8 +22,8 @@ class NoiseInjectionConfig:
 
     def __post_init__(self):
         if not (is_finite_number(self.logit_scale) and self.logit_scale > 0):
-            raise ValueError(f"noise_injection logit_scale={self.logit_scale!r} is invalid: use a finite number > 0")
-        check_censor("noise_injection", self.censor)
+            raise ValueError(f"{self.name} logit_scale={self.logit_scale!r} is invalid: use a finite number > 0")
+        check_censor(self.name, self.censor)
 
 
 class NoiseInjectionTask(TrainingTask):
@@ -40,7 +40,8 @@ class NoiseInjectionTask(TrainingTask):
 class NoiseInjection(Method):
     name = "noise_injection"
     label = "noise injection"
-    options = (Option("logit_scale", "float", 1.0, "multiply the logits before the loss (default: 1)"), CENSOR)
+    options = (Option("logit_scale", "float", 1.0, "multiply the logits before the loss (default: 1 for "
+                      "noise_injection, 1/4 for tempered_noise_injection)"), CENSOR)
     config = NoiseInjectionConfig
     task = NoiseInjectionTask
     order = 1

@@ -161,10 +161,12 @@ def expand(spec: SweepSpec) -> list[Cell]:
         for label, method, params in _arms(spec):
             search, traits = None, METHODS.get(method)
             if traits.search and traits.search not in params and spec.betas is not None:
-                if len(spec.betas) > 1:
-                    search = list(spec.betas)
+                # β methods search `betas`; a method searching another parameter, its own candidates
+                cands = list(spec.betas) if traits.search == "beta" else list(traits.search_values)
+                if len(cands) > 1:
+                    search = cands
                 else:
-                    params = {**params, traits.search: spec.betas[0]}
+                    params = {**params, traits.search: cands[0]}
             slug = label_slug(label)
             sigmas = grid if traits.uses_device else [None]  # trained without noise: one model for every σ
             for sigma in sigmas:
@@ -202,10 +204,11 @@ def expand(spec: SweepSpec) -> list[Cell]:
                         raise ValueError(f"sweep spec: cell {cid}: {str(exc).splitlines()[0]}") from None
                     tdict = tc.to_dict()
                     if search:
-                        tdict["method_params"] = {k: v for k, v in tdict["method_params"].items() if k != "beta"}
+                        tdict["method_params"] = {k: v for k, v in tdict["method_params"].items()
+                                                  if k != traits.search}
                     cells.append(Cell(
                         id=cid, model=model, width=spec.width, dataset=dataset, method=method, label=label,
-                        params={k: v for k, v in tparams.items() if not (search and k == "beta")},
+                        params={k: v for k, v in tparams.items() if not (search and k == traits.search)},
                         sigma=sigma, seed=seed, test_sigmas=tests, betas=search, train=tdict,
                         eval={k: ev[k] for k in ("runs", "seed", "val_runs", "val_seed", "batch_size",
                                                  "keep_beta_checkpoints", "bn_calibration_images") if k in ev},

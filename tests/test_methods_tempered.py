@@ -1,0 +1,67 @@
+"""Tempered noise injection (nvcim.methods.tempered), and the new methods in sweeps and reports: each searched
+method searches its own candidates, and the report labels and orders the arms (tempered NI beside OVF)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from nvcim.core.config import DeviceConfig
+from nvcim.methods import METHODS, create_task, method_config
+from nvcim.report import load_results
+from nvcim.report.common import label_sort_key
+from nvcim.sweep import expand, run_sweep, validate_spec
+
+
+def test_it_is_noise_injection_with_scaled_logits():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4)).double()
+    x, y = torch.randn(5, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 1])
+    outs = []
+    for name, params in (("tempered_noise_injection", {}), ("noise_injection", {"logit_scale": 0.25})):
+        task = create_task(name, copy.deepcopy(model), DeviceConfig(sigma=0.3), **params)
+        torch.manual_seed(7)  # the same device draw
+        outs.append(task(x, y))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    torch.manual_seed(7)
+    plain = create_task("noise_injection", copy.deepcopy(model), DeviceConfig(sigma=0.3))(x, y)[1]
+    assert torch.allclose(outs[0][1], 0.25 * plain, atol=1e-12)
+
+
+def test_traits():
+    t = METHODS.get("tempered_noise_injection")
+    assert method_config(t.name).logit_scale == 0.25
+    assert t.search == "logit_scale" and t.search_values == (0.5, 0.25, 0.125, 0.0625) and t.uses_device
+    order = sorted(METHODS, key=lambda m: (METHODS.get(m).order, m))
+    assert order == ["vanilla", "noise_injection", "ovf", "tempered_noise_injection", "irs", "correctnet"]
+    # a searched scale is not part of the label (seeds choosing different scales are one arm)
+    assert t.describe({"logit_scale": 0.125}) == "tempered noise injection"
+    assert not t.is_paper_recipe({"logit_scale": 0.25})
+
+
+TRAIN = {"epochs": 1, "limit": 96, "batch_size": 32, "val_runs": 0, "select": "clean", "device": "cpu"}
+SPEC = {"name": "new-methods", "models": ["tiny"], "datasets": ["mnist5k"],
+        "methods": ["ovf", "tempered_noise_injection", "irs", "correctnet"], "sigmas": [0.2], "seeds": [0],
+        "betas": [0.1, 0.01], "train": TRAIN, "eval": {"runs": 2, "val_runs": 2},
+        "resources": {"threads_per_cell": 1}}
+
+
+def test_each_searched_method_searches_its_own_candidates():
+    cells = {c.method: c for c in expand(validate_spec(SPEC))}
+    assert cells["ovf"].betas == [0.1, 0.01] and cells["irs"].betas == [0.1, 0.01]
+    tempered = cells["tempered_noise_injection"]
+    assert tempered.betas == [0.5, 0.25, 0.125, 0.0625]  # not OVF's β candidates
+    assert "logit_scale" not in tempered.params and "logit_scale" not in tempered.train["method_params"]
+    assert cells["correctnet"].betas is None and cells["correctnet"].sigma is None  # trained once, without noise
+
+
+def test_sweep_and_report_with_the_new_methods(tmp_path):
+    summary = run_sweep(validate_spec(SPEC), tmp_path, progress=False)
+    assert summary.exit_code == 0 and len(summary.ok) == 4
+    records = load_results(tmp_path)
+    by = {r["method"]: r for r in records}
+    assert by["tempered_noise_injection"]["method_params"]["logit_scale"] in (0.5, 0.25, 0.125, 0.0625)
+    labels = sorted({(r["label"], r["method"]) for r in records}, key=lambda lm: label_sort_key(*lm))
+    assert [label for label, _ in labels] == ["OVF", "tempered noise injection", "IRS", "CorrectNet"]
