@@ -135,3 +135,20 @@ def test_cli_trains_irs(tmp_path, capsys):
     assert rc == 0, err
     config = json.loads((out / "config.json").read_text())
     assert config["method"] == {"name": "irs", "beta": 0.01, "block_sigma": 0.1}
+
+
+def test_cli_refuses_irs_on_a_model_without_stages_in_one_line(tmp_path, capsys):
+    from nvcim.models import MODELS, register_model
+
+    @register_model("flat_test")
+    def flat(num_classes: int = 10, in_channels: int = 1, width: float = 1.0, image_size: int = 32):
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, num_classes))
+
+    try:
+        out = tmp_path / "run"
+        rc, _, err = run_cli(["train", "--model", "flat_test", "--limit", "48", "--epochs", "1", "--method", "irs",
+                              "--quiet", "--num-threads", "1", "--out", str(out)], capsys)
+    finally:
+        MODELS.unregister("flat_test")
+    assert rc == 2 and "names no stages" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
