@@ -236,7 +236,7 @@ def test_cli_exits_3_on_divergence(monkeypatch, tmp_path, capsys):
 @pytest.mark.parametrize(
     "field,value",
     [("model", "nope"), ("dataset", "imagenet"), ("sigma", -0.1), ("sigma", float("nan")), ("epochs", 0),
-     ("optimizer", "rmsprop"), ("schedule", "step"), ("device", "tpu"), ("method", "irs"), ("width", 0),
+     ("optimizer", "rmsprop"), ("schedule", "step"), ("device", "tpu"), ("method", "sgd"), ("width", 0),
      ("val_fraction", 1.0), ("select", "best"), ("device_bits", 3), ("limit", 0)],
 )
 def test_config_validation_one_line_naming_the_field(field, value):
@@ -312,7 +312,7 @@ def test_cli_help_lists_every_flag(capsys):
 @pytest.mark.parametrize(
     "argv",
     [["--model", "nope"], ["--dataset", "imagenet"], ["--sigma", "-1"], ["--sigma", "abc"], ["--preset", "fast"],
-     ["--method", "irs"], ["--dataset", "cifar10", "--data-root", "{tmp}/no-data"], ["--config", "{tmp}/missing.toml"],
+     ["--method", "sgd"], ["--dataset", "cifar10", "--data-root", "{tmp}/no-data"], ["--config", "{tmp}/missing.toml"],
      ["--method", "vanilla", "--beta", "0.1"], ["--method", "vanilla", "--censor", "1"],
      ["--method", "noise_injection", "--censor", "nan"], ["--out", "{tmp}/blocker/run"]],
 )
