@@ -57,6 +57,16 @@ def test_each_searched_method_searches_its_own_candidates():
     assert cells["correctnet"].betas is None and cells["correctnet"].sigma is None  # trained once, without noise
 
 
+def test_a_fixed_logit_scale_beside_betas_fixes_the_tempered_arm():
+    """`betas` drives the β searches; a fixed logit scale for tempered noise injection is no conflict with it
+    (scripts/scale_study.sh fixes both for its full-width arm)."""
+    spec = {**SPEC, "betas": [1e-3], "method_params": {"tempered_noise_injection": {"logit_scale": 0.125}}}
+    cells = {c.method: c for c in expand(validate_spec(spec))}
+    assert cells["ovf"].betas is None and cells["ovf"].params["beta"] == 1e-3  # one candidate: no search
+    assert cells["tempered_noise_injection"].betas is None
+    assert cells["tempered_noise_injection"].params["logit_scale"] == 0.125
+
+
 def test_sweep_and_report_with_the_new_methods(tmp_path):
     summary = run_sweep(validate_spec(SPEC), tmp_path, progress=False)
     assert summary.exit_code == 0 and len(summary.ok) == 4

@@ -176,7 +176,7 @@ def validate_spec(raw: Mapping, where: str = "<spec>", base_dir=None) -> SweepSp
         if not isinstance(params, Mapping):
             raise _err(where, f"method_params.{m}", params, "a table of that method's hyper-parameters")
         searched = METHODS.get(m).search
-        if searched and searched in params and spec["betas"] is not None:
+        if searched == "beta" and searched in params and spec["betas"] is not None:  # other searches: own values
             raise ValueError(f"sweep spec {where}: key 'method_params.{m}.{searched}' conflicts with 'betas': "
                              "give one of them")
         _method_params_ok(m, params, f"{where}: key 'method_params.{m}'")
