@@ -11,6 +11,7 @@ from typing import Any
 from nvcim import reference
 from nvcim.report.common import (CONVERGENCE_THRESHOLD, method_order, fmt_num, fmt_param, fmt_sigma, group_title,
                                  label_sort_key, num, sigma_key)
+from nvcim.report.paired import reading
 from nvcim.report.points import ordered_labels, runs_note
 
 
@@ -168,6 +169,24 @@ def headline_table(gkey, gpts) -> Table | None:
     if not rows:
         return None
     return Table(f"{group_title(gkey)}: OVF − noise injection (points)", ["σ_d", "measured", "paper"], rows)
+
+
+def _fmt_p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def paired_table(gkey, rows: list[dict]) -> Table | None:
+    """The paired comparisons by seed (`nvcim.report.paired`) of one model group."""
+    if not rows:
+        return None
+    out = [[fmt_sigma(r["sigma"]), f"{r['arm_a']} − {r['arm_b']}", f"{r['n']} ({', '.join(r['seeds'])})",
+            f"{r['mean']:+.2f}", f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]", _fmt_p(r["p"]),
+            f"{r['n_positive']} of {r['n']}", reading(r)] for r in rows]
+    return Table(f"{group_title(gkey)}: paired differences by seed (points)",
+                 ["σ_d", "difference", "seeds paired", "mean", "95% CI", "paired t p", "positive", "reading"], out,
+                 "Per seed: A's mean accuracy − B's (models sharing a seed); mean over the shared seeds, 95% CI "
+                 "(Student t, n − 1 df) and the two-sided paired t-test. A CI containing 0 bounds the difference; "
+                 "it does not show that there is none. Pairs with fewer than 2 shared seeds are left out.")
 
 
 def curve_table(gkey, gcurves) -> Table | None:
