@@ -23,8 +23,9 @@ from nvcim.report.matrix import fig_matrix, matrix_table
 from nvcim.report.paired import PAIRED_COLUMNS, csv_row, paired_comparisons
 from nvcim.report.points import matched_points, robustness_curves, verify_curves
 from nvcim.report.records import ResultSet
+from nvcim.writeverify import CycleModel
 from nvcim.report.tables import (Table, acc_table, beta_table, conv_table, curve_table, ekl_table, headline_table,
-                                 paired_table, paper_ekl_table, verify_table, worst_table)
+                                 paired_table, paper_ekl_table, verify_cost_table, verify_table, worst_table)
 
 FIGURE_FORMATS = ("png", "svg", "pdf")
 
@@ -90,6 +91,25 @@ def _seeds_csv(points: list[dict]) -> bytes:
                                for s, m, e, cl in zip(p["seeds"], p["seed_means"], p["seed_ekls"], p["seed_cleans"])])
 
 
+VERIFY_COLUMNS = ("model", "width", "dataset", "method", "label", "sigma", "ranking", "residual_sigma", "seed",
+                  "fraction", "mean", "p5", "verified_devices", "iterations_per_device", "operations")
+
+
+def _verify_csv(vcurves: list[dict], cycle: CycleModel) -> bytes:
+    """One row per (write-verify curve, model, fraction), with the cost of that fraction under `cycle`."""
+    rows = []
+    for c in vcurves:
+        residual = c["residual_sigma"] or 0.0
+        it = cycle.iterations(c["sigma"], residual)
+        for m in c["models"]:
+            for r in m["rows"]:
+                d = r["verified_devices"]
+                rows.append([*c["group"], c["method"], c["label"], c["sigma"], c["by"], residual, m["seed"],
+                             r["fraction"], r["mean"], r["p5"], d, it,
+                             None if d is None else cycle.operations(d, c["sigma"], residual)])
+    return _csv(VERIFY_COLUMNS, rows)
+
+
 def _summary_csv(points: list[dict]) -> bytes:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -105,9 +125,12 @@ def _summary_csv(points: list[dict]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None) -> list[Path]:
+def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None,
+                 cycle: CycleModel | None = None) -> list[Path]:
     """Write figures (out/figures/*.fmt), report.md, report.html, summary.csv, seeds.csv and paired.csv (and
-    write_verify.csv with write-verify results); return the paths written."""
+    write_verify.csv with write-verify results, their cost under `cycle`, default CycleModel()); return the
+    paths written."""
+    cycle = cycle or CycleModel()
     if fmt not in FIGURE_FORMATS:
         raise ValueError(f"figure format {fmt!r} is not supported: use one of {list(FIGURE_FORMATS)}")
     out = Path(out)
@@ -144,6 +167,7 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None)
                       beta_table(g, [r for r in rs.records if (r["model"], r["width"], r["dataset"]) == g])]
         tables.append(curve_table(g, gcurves))
         tables.append(verify_table(g, gverify))
+        tables.append(verify_cost_table(g, gverify, cycle))
         sections.append((group_title(g), [t for t in tables if t is not None], F.items[n0:]))
     if rs.matrices:
         n0 = len(F.items)
@@ -202,5 +226,7 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None)
     written.append(atomic_write_bytes(out / "summary.csv", _summary_csv(points)))
     written.append(atomic_write_bytes(out / "seeds.csv", _seeds_csv(points)))
     written.append(atomic_write_bytes(out / "paired.csv", _csv(PAIRED_COLUMNS, [csv_row(r) for r in paired])))
+    if vcurves:
+        written.append(atomic_write_bytes(out / "write_verify.csv", _verify_csv(vcurves, cycle)))
     return written
 

@@ -233,6 +233,52 @@ def verify_table(gkey, vcurves) -> Table | None:
                  "(each results file's --verify-target).")
 
 
+def fmt_ops(v: float | None) -> str:
+    """A count of device operations: "1.26 M", "48.5 k", "0"; "—" when unknown."""
+    if v is None:
+        return "—"
+    if v >= 1e6:
+        return f"{v / 1e6:.3g} M"
+    return f"{v / 1e3:.3g} k" if v >= 1e3 else f"{v:.0f}"
+
+
+def verify_cost(curve: dict, target: float, cycle) -> list[tuple]:
+    """[(seed, fraction or None, verified devices, operations)] for each model of a write-verify curve: the
+    first fraction whose `curve["stat"]` reaches `target` and what verifying it costs under `cycle`
+    (`nvcim.writeverify.CycleModel`); None where the model never reaches it or its devices are unknown."""
+    per = []
+    for (seed, hit) in curve["reach"].get(target, []):
+        m = next((m for m in curve["models"] if m["seed"] == seed), None)
+        row = None if m is None or hit is None else next((r for r in m["rows"] if r["fraction"] == hit), None)
+        devices = None if row is None else row["verified_devices"]
+        ops = None if devices is None else cycle.operations(devices, curve["sigma"], curve["residual_sigma"] or 0.0)
+        per.append((seed, hit, devices, ops))
+    return per
+
+
+def verify_cost_table(gkey, vcurves, cycle) -> Table | None:
+    """Write-verify operations (pulses + reads, `CycleModel`) each model needs to reach each target."""
+    targets = sorted({t for c in vcurves for t in c["reach"]})
+    if not vcurves or not targets:
+        return None
+    rows = []
+    for c in vcurves:
+        residual = c["residual_sigma"] or 0.0
+        row = [fmt_sigma(c["sigma"]), c["label"], c["by"], fmt_param(residual),
+               f"{cycle.iterations(c['sigma'], residual):.2f}"]
+        for t in targets:
+            per = verify_cost(c, t, cycle)
+            row.append(", ".join(f"{'?' if s is None else s}: " + ("never" if h is None else
+                                 f"{fmt_ops(d)} devices, {fmt_ops(o)} ops") for s, h, d, o in per))
+        rows.append(row)
+    return Table(f"{group_title(gkey)}: write-verify cost in device operations",
+                 ["σ_d", "method", "ranking", "residual σ", "iterations per device"]
+                 + [f"to reach {fmt_param(t)} % (seed: verified devices, pulses + reads)" for t in targets], rows,
+                 f"Cycle model (nvcim.writeverify.CycleModel): {cycle.describe()}; a device is re-programmed until "
+                 "its error e ~ N(0, σ_d²) is within ±δ, δ set so that accepted devices keep the residual σ "
+                 "(iterative program-and-verify: Shim et al. 2020; SWIM, Yan et al. DAC 2022).")
+
+
 def paper_ekl_table() -> Table | None:
     rows = [r for r in reference.paper_curves() if r["quantity"] == "ekl"]
     if not rows:
