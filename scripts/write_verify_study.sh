@@ -7,6 +7,8 @@
 # verified devices left at σ 0.03.
 # Resumable: finished files are skipped. Two evaluations at a time, one thread each.
 #   bash scripts/write_verify_study.sh [OUT=repro_out]
+# then `nvcim report OUT/write_verify_s02` states the write-verify operations (pulses + reads, nvcim.writeverify.CycleModel;
+# --verify-pulses / --verify-reads / --verify-max-iterations) each model needs to reach the target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-repro_out}

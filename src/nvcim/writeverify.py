@@ -10,6 +10,7 @@ reach a target accuracy is the cost a robust training method saves (the paper's 
     res = monte_carlo_evaluate(model, test, cfg, write_verify=plan)
     points = write_verify_curve(model, test, cfg, [0, 0.01, 0.05, 0.2], by="magnitude")
     fraction_for_target(points, 90.0)          # the first point whose mean accuracy reaches 90 %
+    CycleModel().operations(devices, 0.2, 0.03)   # expected pulses + reads to verify them (cost model below)
 
 Ranking scores (one global ranking over every noisy layer; the top `fraction` of weights are verified):
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -198,6 +200,95 @@ def fraction_for_target(points: Sequence[Mapping], target: float, stat: str = "m
         if v is not None and math.isfinite(v) and v >= target:
             return p
     return None
+
+
+# ---- cost in device operations -------------------------------------------------------------------------
+def _residual_ratio(a: float) -> float:
+    """Std of N(0, 1) truncated to [−a, a]: sqrt(1 − 2aφ(a) / (2Φ(a) − 1)) (a/√3 for small a: uniform)."""
+    if a < 1e-4:
+        return a / math.sqrt(3.0)
+    phi = math.exp(-0.5 * a * a) / math.sqrt(2.0 * math.pi)
+    return math.sqrt(max(0.0, 1.0 - 2.0 * a * phi / math.erf(a / math.sqrt(2.0))))
+
+
+def verify_tolerance(sigma_d: float, residual_sigma: float) -> float:
+    """The acceptance threshold δ of the cycle model (see `CycleModel`) that leaves accepted devices with std
+    `residual_sigma`: the δ with std(e | |e| ≤ δ) = residual_sigma for e ~ N(0, σ_d²); inf when
+    residual_sigma ≥ σ_d (every first write is accepted)."""
+    for name, v in (("sigma_d", sigma_d), ("residual_sigma", residual_sigma)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"write-verify cost: {name}={v!r} is invalid: use a finite σ >= 0")
+    if residual_sigma >= sigma_d:
+        return math.inf
+    if residual_sigma == 0:
+        return 0.0
+    target = residual_sigma / sigma_d
+    lo, hi = 0.0, 1.0
+    while _residual_ratio(hi) < target:  # the ratio rises monotonically from 0 to 1
+        lo, hi = hi, 2.0 * hi
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if _residual_ratio(mid) < target else (lo, mid)
+    return 0.5 * (lo + hi) * sigma_d
+
+
+@dataclass(frozen=True)
+class CycleModel:
+    """How many device operations write-verify takes: iterative program-and-verify as in Shim et al. (2020)
+    and SWIM (Yan et al., DAC 2022) — program, read back, repeat until the error is within a tolerance.
+
+    Model (derived here from the Monte Carlo's device model, not taken from those papers' measurements): each
+    programming attempt of a device lands with an error e ~ N(0, σ_d²), independent of earlier attempts; the
+    device is accepted when |e| ≤ δ. An attempt is accepted with p = P(|e| ≤ δ) = erf(δ / (σ_d √2)), so the
+    number of iterations is geometric, E[iterations] = 1 / p (with a cap K: (1 − (1 − p)^K) / p). An accepted
+    device's error is N(0, σ_d²) truncated to [−δ, δ], whose std is σ_d · sqrt(1 − 2aφ(a) / (2Φ(a) − 1)),
+    a = δ / σ_d; δ is chosen so that this equals the residual σ the Monte Carlo leaves verified devices with
+    (`verify_tolerance`). E.g. σ_d = 0.2, residual 0.03: δ ≈ 0.052, p ≈ 0.21, ≈ 4.9 iterations per device.
+    Each iteration costs `pulses_per_iteration` programming pulses and `reads_per_iteration` verify reads;
+    a device not verified is programmed once with no read (not counted here). With a cap, devices that miss
+    the tolerance after K iterations are counted at K, but the Monte Carlo still gives them the residual σ.
+
+        CycleModel().iterations(0.2, 0.03)                         # ≈ 4.9
+        CycleModel(reads_per_iteration=2).operations(129_296, 0.2, 0.03)   # pulses + reads for those devices
+    """
+
+    pulses_per_iteration: int = 1
+    reads_per_iteration: int = 1
+    max_iterations: int | None = None
+
+    def __post_init__(self):
+        for name in ("pulses_per_iteration", "reads_per_iteration"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"write-verify cycle model: {name}={v!r} is invalid: use an integer >= 0")
+        k = self.max_iterations
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"write-verify cycle model: max_iterations={k!r} is invalid: use an integer >= 1 (or None)")
+
+    def iterations(self, sigma_d: float, residual_sigma: float) -> float:
+        """Expected program-and-verify iterations of one verified device (inf when the tolerance is 0, uncapped)."""
+        delta = verify_tolerance(sigma_d, residual_sigma)
+        p = 1.0 if math.isinf(delta) else math.erf(delta / (sigma_d * math.sqrt(2.0)))
+        if p <= 0.0:
+            return math.inf if self.max_iterations is None else float(self.max_iterations)
+        if self.max_iterations is None:
+            return 1.0 / p
+        return (1.0 - (1.0 - p) ** self.max_iterations) / p
+
+    def operations_per_device(self, sigma_d: float, residual_sigma: float) -> float:
+        """Expected pulses + reads of one verified device."""
+        return self.iterations(sigma_d, residual_sigma) * (self.pulses_per_iteration + self.reads_per_iteration)
+
+    def operations(self, verified_devices: float, sigma_d: float, residual_sigma: float) -> float:
+        """Expected pulses + reads that write-verify spends on `verified_devices` devices."""
+        if verified_devices == 0:
+            return 0.0
+        return verified_devices * self.operations_per_device(sigma_d, residual_sigma)
+
+    def describe(self) -> str:
+        cap = "" if self.max_iterations is None else f", at most {self.max_iterations} iterations"
+        return (f"{self.pulses_per_iteration} pulse(s) + {self.reads_per_iteration} read(s) per iteration{cap}; "
+                "E[iterations] = 1/erf(δ/(σ_d√2)), δ: tolerance leaving the residual σ")
 
 
 # ---- output --------------------------------------------------------------------------------------------

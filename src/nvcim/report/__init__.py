@@ -9,6 +9,7 @@ The package, in the order of the data's way through it:
   labels   which records are one arm (one line, one column) and its label;
   points   the matched setting (trained and tested at σ_d): points over seeds, convergence, worst case over
            chips, the paper's values beside the paper's method; write-verify and robustness curves;
+  paired   paired comparisons by seed of every pair of arms at one σ_d (mean difference, 95% CI, paired t-test);
   figures  matplotlib figures; tables  the tables (Table); render  report.md, report.html, summary.csv;
   common   small shared helpers (number formatting, σ keys, model groups, the order of arms).
 The paper's published values are nvcim.reference.
@@ -16,6 +17,7 @@ The paper's published values are nvcim.reference.
 
 from nvcim.report.common import CONVERGENCE_THRESHOLD, fmt_param, group_key, group_title
 from nvcim.report.labels import assign_labels, is_standard_evaluation
+from nvcim.report.paired import PAIRED_COLUMNS, paired_comparisons, paired_t
 from nvcim.report.points import RANKING_ORDER, matched_points, robustness_curves, verify_curves
 from nvcim.report.records import KNOWN_KINDS, ResultSet, load_results, scan_results
 from nvcim.report.render import FIGURE_FORMATS, SUMMARY_COLUMNS, write_report
@@ -31,6 +33,9 @@ __all__ = [
     "robustness_curves",
     "verify_curves",
     "write_report",
+    "paired_comparisons",
+    "paired_t",
+    "PAIRED_COLUMNS",
     "FIGURE_FORMATS",
     "SUMMARY_COLUMNS",
     "CONVERGENCE_THRESHOLD",

@@ -126,7 +126,8 @@ def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> li
                 "sigma": sigma, "n_seeds": n, "seeds": [r["seed"] for r in models],
                 "runs": runs[0] if len(runs) == 1 else f"{runs[0]}–{runs[-1]}",
                 "runs_min": runs[0], "mean": mean, "ci95": ci, "ci_over": ci_over, "std_over_seeds": sd,
-                "seed_means": means, "ekl": float(np.mean(ekls)) if ekls else None,
+                "seed_means": means, "seed_ekls": [r["ekl"] for r in models],
+                "seed_cleans": [r["clean_accuracy"] for r in models], "ekl": float(np.mean(ekls)) if ekls else None,
                 "clean_accuracy": float(np.mean(cleans)) if cleans else None,
                 **_pooled_stats(models),
                 "convergence": conv,
@@ -144,7 +145,8 @@ def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> li
 
 def verify_curves(verify_records: Sequence[dict]) -> list[dict]:
     """Write-verify curves: one per (group, label, test σ, ranking, residual σ), accuracy vs verified fraction
-    averaged over the models (seeds); "reach": {target: [(seed, first fraction reaching it, or None)]}."""
+    averaged over the models (seeds); "reach": {target: [(seed, first fraction reaching it, or None)]};
+    "models": [{"seed", "rows": [{"fraction", "mean", "p5", "verified_devices"}]}] (one per model, by seed)."""
     buckets: dict[tuple, list[dict]] = {}
     for r in verify_records:
         key = (*group_key(r), r["label"], r["method"], sigma_key(r["test_sigma"]), sigma_key(r["train_sigma"]),
@@ -182,9 +184,14 @@ def verify_curves(verify_records: Sequence[dict]) -> list[dict]:
                 hit = next((r["verify_fraction"] for r in rows if num(r.get(stat)) is not None and r[stat] >= t), None)
                 per.append((rows[0]["seed"], hit))
             reach[t] = per
+        models = [{"seed": by_file[f][0]["seed"],
+                   "rows": [{"fraction": r["verify_fraction"], "mean": r["mean"], "p5": r["p5"],
+                             "verified_devices": num(r["verified_devices"])}
+                            for r in sorted(by_file[f], key=lambda r: r["verify_fraction"])]}
+                  for f in sorted(by_file, key=lambda f: _natural(str(by_file[f][0]["seed"])))]
         curves.append({"group": (model, width, dataset), "label": label, "method": method, "sigma": sigma, "by": by,
                        "residual_sigma": residual, "n_models": len(by_file), "points": points, "reach": reach,
-                       "stat": recs[0]["verify_stat"]})
+                       "stat": recs[0]["verify_stat"], "models": models})
     curves.sort(key=lambda c: (c["group"][0], str(c["group"][1]), c["group"][2], c["sigma"],
                                label_sort_key(c["label"], c["method"]), RANKING_ORDER.get(c["by"], 9)))
     return curves

@@ -1,4 +1,5 @@
-"""Writing a report: figures, report.md, a self-contained report.html (figures embedded) and summary.csv.
+"""Writing a report: figures, report.md, a self-contained report.html (figures embedded), summary.csv (one row per
+point), seeds.csv (one row per model of a point), paired.csv (paired differences by seed, `nvcim.report.paired`).
 
     written = write_report(rs, "runs/sweep/report", fmt="png", title="VGG-8 MNIST")
 """
@@ -19,10 +20,12 @@ from nvcim.report.common import group_title
 from nvcim.report.figures import (Figures, fig_accuracy, fig_convergence, fig_distribution, fig_ekl, fig_robustness,
                                   fig_write_verify, label_colours)
 from nvcim.report.matrix import fig_matrix, matrix_table
+from nvcim.report.paired import PAIRED_COLUMNS, csv_row, paired_comparisons
 from nvcim.report.points import matched_points, robustness_curves, verify_curves
 from nvcim.report.records import ResultSet
+from nvcim.writeverify import CycleModel
 from nvcim.report.tables import (Table, acc_table, beta_table, conv_table, curve_table, ekl_table, headline_table,
-                                 paper_ekl_table, verify_table, worst_table)
+                                 paired_table, paper_ekl_table, verify_cost_table, verify_table, worst_table)
 
 FIGURE_FORMATS = ("png", "svg", "pdf")
 
@@ -61,18 +64,57 @@ SUMMARY_COLUMNS = ("model", "width", "dataset", "method", "label", "sigma", "n_s
                    "n_non_converged", "failed_seeds", "paper", "measured_minus_paper", "paper_note")
 
 
+SEED_COLUMNS = ("model", "width", "dataset", "method", "label", "sigma", "seed", "mean", "ekl", "clean_accuracy")
+
+
+def _c(v):
+    """A CSV cell: "" for None and non-finite floats, repr for floats (every digit kept)."""
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if not math.isfinite(v) else repr(v)
+    return v
+
+
+def _csv(header, rows) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows([[_c(v) for v in row] for row in rows])
+    return buf.getvalue().encode("utf-8")
+
+
+def _seeds_csv(points: list[dict]) -> bytes:
+    """One row per model of a point: its seed, Monte Carlo mean, EKL and clean accuracy."""
+    return _csv(SEED_COLUMNS, [[p["model"], p["width"], p["dataset"], p["method"], p["label"], p["sigma"], s, m, e, cl]
+                               for p in points
+                               for s, m, e, cl in zip(p["seeds"], p["seed_means"], p["seed_ekls"], p["seed_cleans"])])
+
+
+VERIFY_COLUMNS = ("model", "width", "dataset", "method", "label", "sigma", "ranking", "residual_sigma", "seed",
+                  "fraction", "mean", "p5", "verified_devices", "iterations_per_device", "operations")
+
+
+def _verify_csv(vcurves: list[dict], cycle: CycleModel) -> bytes:
+    """One row per (write-verify curve, model, fraction), with the cost of that fraction under `cycle`."""
+    rows = []
+    for c in vcurves:
+        residual = c["residual_sigma"] or 0.0
+        it = cycle.iterations(c["sigma"], residual)
+        for m in c["models"]:
+            for r in m["rows"]:
+                d = r["verified_devices"]
+                rows.append([*c["group"], c["method"], c["label"], c["sigma"], c["by"], residual, m["seed"],
+                             r["fraction"], r["mean"], r["p5"], d, it,
+                             None if d is None else cycle.operations(d, c["sigma"], residual)])
+    return _csv(VERIFY_COLUMNS, rows)
+
+
 def _summary_csv(points: list[dict]) -> bytes:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(SUMMARY_COLUMNS)
-
-    def c(v):
-        if v is None:
-            return ""
-        if isinstance(v, float):
-            return "" if not math.isfinite(v) else repr(v)
-        return v
-
+    c = _c
     for p in points:
         conv = p["convergence"]
         w.writerow([c(v) for v in (
@@ -83,13 +125,18 @@ def _summary_csv(points: list[dict]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None) -> list[Path]:
-    """Write figures (out/figures/*.fmt), report.md, report.html and summary.csv; return the paths written."""
+def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None,
+                 cycle: CycleModel | None = None) -> list[Path]:
+    """Write figures (out/figures/*.fmt), report.md, report.html, summary.csv, seeds.csv and paired.csv (and
+    write_verify.csv with write-verify results, their cost under `cycle`, default CycleModel()); return the
+    paths written."""
+    cycle = cycle or CycleModel()
     if fmt not in FIGURE_FORMATS:
         raise ValueError(f"figure format {fmt!r} is not supported: use one of {list(FIGURE_FORMATS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     points = matched_points(rs.records, rs.failures)
+    paired = paired_comparisons(points)
     curves = robustness_curves(rs.records)
     vcurves = verify_curves(rs.verify_records)
     colours = label_colours([(p["label"], p["method"]) for p in points] + [(c["label"], c["method"]) for c in curves]
@@ -115,10 +162,12 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None)
         tables = []
         if gpts:
             tables = [acc_table(g, gpts), headline_table(g, gpts), ekl_table(g, gpts), worst_table(g, gpts),
-                      conv_table(g, gpts),
+                      conv_table(g, gpts), paired_table(g, [r for r in paired if (r["model"], r["width"],
+                                                                                   r["dataset"]) == g]),
                       beta_table(g, [r for r in rs.records if (r["model"], r["width"], r["dataset"]) == g])]
         tables.append(curve_table(g, gcurves))
         tables.append(verify_table(g, gverify))
+        tables.append(verify_cost_table(g, gverify, cycle))
         sections.append((group_title(g), [t for t in tables if t is not None], F.items[n0:]))
     if rs.matrices:
         n0 = len(F.items)
@@ -175,5 +224,9 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None)
     written.append(atomic_write_bytes(out / "report.md", md_text.encode("utf-8")))
     written.append(atomic_write_bytes(out / "report.html", "\n".join(h).encode("utf-8")))
     written.append(atomic_write_bytes(out / "summary.csv", _summary_csv(points)))
+    written.append(atomic_write_bytes(out / "seeds.csv", _seeds_csv(points)))
+    written.append(atomic_write_bytes(out / "paired.csv", _csv(PAIRED_COLUMNS, [csv_row(r) for r in paired])))
+    if vcurves:
+        written.append(atomic_write_bytes(out / "write_verify.csv", _verify_csv(vcurves, cycle)))
     return written
 

@@ -11,6 +11,7 @@ from typing import Any
 from nvcim import reference
 from nvcim.report.common import (CONVERGENCE_THRESHOLD, method_order, fmt_num, fmt_param, fmt_sigma, group_title,
                                  label_sort_key, num, sigma_key)
+from nvcim.report.paired import reading
 from nvcim.report.points import ordered_labels, runs_note
 
 
@@ -170,6 +171,24 @@ def headline_table(gkey, gpts) -> Table | None:
     return Table(f"{group_title(gkey)}: OVF − noise injection (points)", ["σ_d", "measured", "paper"], rows)
 
 
+def _fmt_p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def paired_table(gkey, rows: list[dict]) -> Table | None:
+    """The paired comparisons by seed (`nvcim.report.paired`) of one model group."""
+    if not rows:
+        return None
+    out = [[fmt_sigma(r["sigma"]), f"{r['arm_a']} − {r['arm_b']}", f"{r['n']} ({', '.join(r['seeds'])})",
+            f"{r['mean']:+.2f}", f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]", _fmt_p(r["p"]),
+            f"{r['n_positive']} of {r['n']}", reading(r)] for r in rows]
+    return Table(f"{group_title(gkey)}: paired differences by seed (points)",
+                 ["σ_d", "difference", "seeds paired", "mean", "95% CI", "paired t p", "positive", "reading"], out,
+                 "Per seed: A's mean accuracy − B's (models sharing a seed); mean over the shared seeds, 95% CI "
+                 "(Student t, n − 1 df) and the two-sided paired t-test. A CI containing 0 bounds the difference; "
+                 "it does not show that there is none. Pairs with fewer than 2 shared seeds are left out.")
+
+
 def curve_table(gkey, gcurves) -> Table | None:
     if not gcurves:
         return None
@@ -212,6 +231,52 @@ def verify_table(gkey, vcurves) -> Table | None:
                  "All M/K devices of a verified weight are left at the residual σ; "
                  f"'reaches' is the smallest fraction tried whose {'/'.join(stats)} accuracy reaches the target "
                  "(each results file's --verify-target).")
+
+
+def fmt_ops(v: float | None) -> str:
+    """A count of device operations: "1.26 M", "48.5 k", "0"; "—" when unknown."""
+    if v is None:
+        return "—"
+    if v >= 1e6:
+        return f"{v / 1e6:.3g} M"
+    return f"{v / 1e3:.3g} k" if v >= 1e3 else f"{v:.0f}"
+
+
+def verify_cost(curve: dict, target: float, cycle) -> list[tuple]:
+    """[(seed, fraction or None, verified devices, operations)] for each model of a write-verify curve: the
+    first fraction whose `curve["stat"]` reaches `target` and what verifying it costs under `cycle`
+    (`nvcim.writeverify.CycleModel`); None where the model never reaches it or its devices are unknown."""
+    per = []
+    for (seed, hit) in curve["reach"].get(target, []):
+        m = next((m for m in curve["models"] if m["seed"] == seed), None)
+        row = None if m is None or hit is None else next((r for r in m["rows"] if r["fraction"] == hit), None)
+        devices = None if row is None else row["verified_devices"]
+        ops = None if devices is None else cycle.operations(devices, curve["sigma"], curve["residual_sigma"] or 0.0)
+        per.append((seed, hit, devices, ops))
+    return per
+
+
+def verify_cost_table(gkey, vcurves, cycle) -> Table | None:
+    """Write-verify operations (pulses + reads, `CycleModel`) each model needs to reach each target."""
+    targets = sorted({t for c in vcurves for t in c["reach"]})
+    if not vcurves or not targets:
+        return None
+    rows = []
+    for c in vcurves:
+        residual = c["residual_sigma"] or 0.0
+        row = [fmt_sigma(c["sigma"]), c["label"], c["by"], fmt_param(residual),
+               f"{cycle.iterations(c['sigma'], residual):.2f}"]
+        for t in targets:
+            per = verify_cost(c, t, cycle)
+            row.append(", ".join(f"{'?' if s is None else s}: " + ("never" if h is None else
+                                 f"{fmt_ops(d)} devices, {fmt_ops(o)} ops") for s, h, d, o in per))
+        rows.append(row)
+    return Table(f"{group_title(gkey)}: write-verify cost in device operations",
+                 ["σ_d", "method", "ranking", "residual σ", "iterations per device"]
+                 + [f"to reach {fmt_param(t)} % (seed: verified devices, pulses + reads)" for t in targets], rows,
+                 f"Cycle model (nvcim.writeverify.CycleModel): {cycle.describe()}; a device is re-programmed until "
+                 "its error e ~ N(0, σ_d²) is within ±δ, δ set so that accepted devices keep the residual σ "
+                 "(iterative program-and-verify: Shim et al. 2020; SWIM, Yan et al. DAC 2022).")
 
 
 def paper_ekl_table() -> Table | None:

@@ -1,0 +1,119 @@
+"""Check that every number in REPRODUCTION.md's tables is in a committed data file named for that table.
+
+Rule (what "found" means):
+  * A table is a run of lines starting with "|" outside code fences. Each table must be preceded, after the
+    previous table, by a line `<!-- records: PATH [PATH ...] -->` naming its data files (repository-relative;
+    each must exist and lie under docs/reproduction/, or be the paper's values, src/nvcim/reference/paper_curves.csv).
+  * Checked: every number in the table's body cells except the first column (the row's key: σ_d, arm name)
+    and the header. A number is a token such as 55.49, +3.5, −2.1, 32,324, 1e-3 (thousands commas dropped,
+    "−" read as "-").
+  * A number t printed with d decimals (exponent form: the decimals of its value) is found when one of the
+    table's files holds a number v (any token of its text: CSV cells, Markdown tables, prose) with
+    |v − t| ≤ ½·10^(−d), i.e. v rounds to t (a boundary value counts: files themselves hold rounded values).
+    Signs count: +3.5 needs a positive v.
+A number derived by hand (a ratio of two file values, a difference not in a file) therefore fails: put it in
+a file (e.g. `nvcim report`'s paired.csv) or in prose, not in a table.
+
+    python scripts/check_records.py [REPRODUCTION.md]     # exit 0: every number found; 1: each miss listed
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ALLOWED = ("docs/reproduction/", "src/nvcim/reference/paper_curves.csv")
+NUMBER = re.compile(r"(?<![\w.])[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])")
+RECORDS = re.compile(r"^<!--\s*records:\s*(.+?)\s*-->\s*$")
+
+
+def numbers(text: str) -> list[tuple[Decimal, int]]:
+    """(value, decimals) of every number token in `text` (see the module docstring)."""
+    out = []
+    for m in NUMBER.finditer(text):
+        tok = m.group(0).replace("−", "-").replace(",", "")
+        value = Decimal(tok)
+        out.append((value, max(0, -value.as_tuple().exponent)))
+    return out
+
+
+def tables(lines: list[str]) -> list[tuple[int, list[str], list[str] | None]]:
+    """[(first line number, table lines, record paths or None)] of a Markdown text."""
+    out, fenced, pending, i = [], False, None, 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            m = RECORDS.match(line.strip())
+            if m:
+                pending = m.group(1).split()
+            elif line.startswith("|"):
+                j = i
+                while j < len(lines) and lines[j].startswith("|"):
+                    j += 1
+                out.append((i + 1, lines[i:j], pending))
+                pending, i = None, j
+                continue
+        i += 1
+    return out
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+
+
+def check(md_path: Path, root: Path = ROOT) -> list[str]:
+    """Problems found (empty: every number of every table is in its files)."""
+    problems, cache = [], {}
+    for start, tlines, paths in tables(md_path.read_text(encoding="utf-8").splitlines()):
+        if not paths:
+            problems.append(f"{md_path.name}:{start}: table has no '<!-- records: FILE ... -->' line above it")
+            continue
+        if paths == ["configuration"]:
+            continue
+        values = []
+        for p in paths:
+            if not p.startswith(ALLOWED):
+                problems.append(f"{md_path.name}:{start}: {p} is not a committed record (docs/reproduction/ or "
+                                "the paper's values)")
+                continue
+            if p not in cache:
+                f = root / p
+                cache[p] = [v for v, _ in numbers(f.read_text(encoding="utf-8"))] if f.is_file() else None
+            if cache[p] is None:
+                problems.append(f"{md_path.name}:{start}: records file {p} does not exist")
+            else:
+                values.extend(cache[p])
+        values = sorted(set(values))
+        for k, line in enumerate(tlines[2:], start=start + 2):
+            for cell in _cells(line)[1:]:
+                for t, d in numbers(cell):
+                    tol = Decimal(5) * Decimal(10) ** (-d - 1)
+                    if not any(abs(v - t) <= tol for v in _near(values, t, tol)):
+                        problems.append(f"{md_path.name}:{k}: {t} (in '{cell}') is in none of {', '.join(paths)}")
+    return problems
+
+
+def _near(values: list[Decimal], t: Decimal, tol: Decimal) -> list[Decimal]:
+    """The values within tol of t (values sorted: a bisection, not a scan)."""
+    import bisect
+
+    return values[bisect.bisect_left(values, t - tol):bisect.bisect_right(values, t + tol)]
+
+
+def main(argv: list[str]) -> int:
+    md = Path(argv[0]) if argv else ROOT / "REPRODUCTION.md"
+    problems = check(md)
+    for p in problems:
+        print(p)
+    if not problems:
+        print(f"{md.name}: every number of every table is in its records")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,96 @@
+"""Paired comparisons by seed: every pair of arms the report plots at one (model, width, dataset, σ_d).
+
+Two arms of one sweep trained with the same seed share their initialisation, data order and (with the same
+evaluation seed) their chips, so the difference of their accuracies seed by seed has far less variance
+than either arm over seeds. For each pair of arms at one σ_d, over the seeds both arms have:
+
+    d_s = mean_A(s) − mean_B(s)                     (A: the arm later in the report's order, e.g. OVF − NI)
+    mean difference  d̄ = Σ d_s / n,   s_d = std(d_s, ddof=1)
+    95 % CI          d̄ ± t_{0.975, n−1} · s_d / √n          (Student t over seeds)
+    paired t-test    t = d̄ / (s_d / √n),  p = 2 · P(T_{n−1} ≥ |t|)   (two-sided)
+
+    rows = paired_comparisons(points)       # points: `matched_points`; pairs with ≥ 2 shared seeds
+    paired_t([1.0, 2.0, 3.0])               # {"n": 3, "mean": 2.0, "ci95": (..), "t": .., "p": ..}
+    reading(row)                            # "OVF higher: +7.10 [4.91, 9.29]" / "difference within [−1.2, 3.4]"
+
+A CI that contains 0 is read as "difference within [lo, hi] points", never as "no difference": the data
+only bound the difference to that interval.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+from typing import Sequence
+
+from nvcim.evaluate import t_cdf, t_quantile
+from nvcim.report.common import fmt_num, label_sort_key
+
+PAIRED_COLUMNS = ("model", "width", "dataset", "sigma", "arm_a", "arm_b", "method_a", "method_b", "n_paired", "seeds",
+                  "mean_diff", "ci95_lo", "ci95_hi", "std_diff", "t", "p_paired_t", "n_positive")
+
+
+def paired_t(diffs: Sequence[float]) -> dict:
+    """Mean, 95 % CI (Student t) and two-sided paired t-test p-value of per-seed differences (n ≥ 2).
+
+    Zero spread: the CI is the mean itself and p is 0 for a non-zero mean, 1 for a zero one."""
+    d = [float(x) for x in diffs]
+    n = len(d)
+    if n < 2:
+        raise ValueError(f"paired_t: {n} difference(s) given: a paired test needs at least 2 shared seeds")
+    if not all(math.isfinite(x) for x in d):
+        raise ValueError("paired_t: a difference is not finite")
+    mean = sum(d) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
+    se = sd / math.sqrt(n)
+    if se == 0.0:
+        return {"n": n, "mean": mean, "std": 0.0, "ci95": (mean, mean), "t": math.copysign(math.inf, mean) if mean
+                else 0.0, "p": 0.0 if mean else 1.0}
+    half = t_quantile(0.975, n - 1) * se
+    t = mean / se
+    p = min(1.0, 2.0 * t_cdf(-abs(t), n - 1))
+    return {"n": n, "mean": mean, "std": sd, "ci95": (mean - half, mean + half), "t": t, "p": p}
+
+
+def paired_comparisons(points: Sequence[dict]) -> list[dict]:
+    """One row per (group, σ_d, pair of arms) whose models share ≥ 2 seeds; see the module docstring.
+
+    points: `matched_points` (each with "seeds" and "seed_means" in the same order)."""
+    by_key: dict[tuple, list[dict]] = {}
+    for p in points:
+        by_key.setdefault((p["model"], p["width"], p["dataset"], p["sigma"]), []).append(p)
+    rows = []
+    for (model, width, dataset, sigma), pts in by_key.items():
+        pts = sorted(pts, key=lambda p: label_sort_key(p["label"], p["method"]))
+        for b, a in combinations(pts, 2):  # a after b in the report's order: a − b (e.g. OVF − noise injection)
+            ma = {str(s): m for s, m in zip(a["seeds"], a["seed_means"]) if s is not None}
+            mb = {str(s): m for s, m in zip(b["seeds"], b["seed_means"]) if s is not None}
+            shared = sorted(set(ma) & set(mb), key=lambda s: (not s.lstrip("-").isdigit(), int(s) if
+                                                              s.lstrip("-").isdigit() else 0, s))
+            if len(shared) < 2:
+                continue
+            diffs = [ma[s] - mb[s] for s in shared]
+            st = paired_t(diffs)
+            rows.append({"model": model, "width": width, "dataset": dataset, "sigma": sigma,
+                         "arm_a": a["label"], "arm_b": b["label"], "method_a": a["method"], "method_b": b["method"],
+                         "seeds": shared, "diffs": diffs, "n_positive": sum(x > 0 for x in diffs), **st})
+    rows.sort(key=lambda r: ((r["model"], str(r["width"]), r["dataset"]), r["sigma"],
+                             label_sort_key(r["arm_a"], r["method_a"]), label_sort_key(r["arm_b"], r["method_b"])))
+    return rows
+
+
+def reading(row: dict) -> str:
+    """What the paired CI allows one to say: which arm is higher (CI excludes 0), else the bounds."""
+    lo, hi = row["ci95"]
+    if lo > 0:
+        return f"{row['arm_a']} higher by {fmt_num(lo)}–{fmt_num(hi)} points"
+    if hi < 0:
+        return f"{row['arm_b']} higher by {fmt_num(-hi)}–{fmt_num(-lo)} points"
+    return f"difference within [{fmt_num(lo)}, {fmt_num(hi)}] points"
+
+
+def csv_row(row: dict) -> list:
+    """The PAIRED_COLUMNS values of one `paired_comparisons` row."""
+    return [row["model"], row["width"], row["dataset"], row["sigma"], row["arm_a"], row["arm_b"], row["method_a"],
+            row["method_b"], row["n"], " ".join(row["seeds"]), row["mean"], row["ci95"][0], row["ci95"][1],
+            row["std"], row["t"], row["p"], row["n_positive"]]

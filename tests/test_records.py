@@ -1,0 +1,49 @@
+"""Records that hold: every number in REPRODUCTION.md's tables is in the committed data files named above the
+table (scripts/check_records.py; the rule is in its docstring), and the checker catches what it should."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "check_records.py"
+
+
+def _check(md: Path, root: Path) -> list[str]:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_records", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.check(md, root)
+
+
+def test_every_number_in_reproduction_tables_is_in_its_records():
+    r = subprocess.run([sys.executable, str(SCRIPT)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_checker_finds_missing_numbers_and_missing_records(tmp_path):
+    (tmp_path / "docs" / "reproduction").mkdir(parents=True)
+    (tmp_path / "docs" / "reproduction" / "summary.csv").write_text("label,mean,diff\nOVF,55.4949,3.51\n")
+    md = tmp_path / "R.md"
+    md.write_text("\n".join([
+        "<!-- records: docs/reproduction/summary.csv -->",
+        "| arm 1/8 | mean | diff |", "|---|---|---|",
+        "| OVF | 55.49 | +3.5 |",            # found: 55.4949 rounds to 55.49, 3.51 to +3.5
+        "| OVF | 55.5 | −3.5 |",             # 55.5 found (rounds); −3.5 not (sign counts)
+        "",
+        "| no records | 1 |", "|---|---|", "| x | 2 |",
+        "", "```", "| in a code fence | 7 |", "```",
+        "<!-- records: configuration -->", "| setting | 200 epochs |", "|---|---|", "| a | 12.9 M |",
+        "<!-- records: elsewhere.csv -->", "| t | v |", "|---|---|", "| a | 1 |",
+    ]) + "\n")
+    problems = _check(md, tmp_path)
+    assert any(":5: -3.5" in p for p in problems)
+    assert not any("55.5" in p or "55.49" in p or " 3.5 " in p for p in problems)
+    assert any(":7: table has no" in p for p in problems)
+    assert any("elsewhere.csv is not a committed record" in p for p in problems)
+    assert any(":21: 1 " in p for p in problems)  # a disallowed file backs nothing
+    assert len(problems) == 4

@@ -1,0 +1,106 @@
+"""Paired comparisons by seed in `nvcim report` (nvcim.report.paired): hand-computed means, CIs and p-values,
+the pairing itself (only shared seeds), paired.csv / seeds.csv and the report's wording ("within [a, b]")."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+
+from nvcim.cli import main
+from nvcim.report import paired_comparisons, paired_t, scan_results
+from nvcim.report.paired import reading
+from test_report import mc_eval, mc_result, write
+
+
+def test_paired_t_three_seeds_by_hand():
+    # d = 1, 2, 3: mean 2, s_d = 1, se = 1/√3, t = 2√3 (df 2); t_{0.975,2} = 4.302653;
+    # df 2: P(T > t) = 1/2 − t / (2 √(t² + 2)) -> p = 1 − √(12/14) = 0.0741799
+    st = paired_t([1.0, 2.0, 3.0])
+    assert st["n"] == 3 and st["mean"] == pytest.approx(2.0) and st["std"] == pytest.approx(1.0)
+    assert st["t"] == pytest.approx(2 * math.sqrt(3))
+    half = 4.302652729911275 / math.sqrt(3)
+    assert st["ci95"] == pytest.approx((2.0 - half, 2.0 + half), abs=1e-9)
+    assert st["p"] == pytest.approx(1 - math.sqrt(6 / 7), abs=1e-10)
+
+
+def test_paired_t_two_seeds_by_hand():
+    # d = 1, 3: mean 2, s_d = √2, se = 1, t = 2 (df 1, Cauchy): p = 1 − (2/π)·atan(2); t_{0.975,1} = 12.7062
+    st = paired_t([1.0, 3.0])
+    assert st["p"] == pytest.approx(1 - 2 / math.pi * math.atan(2.0), abs=1e-10)
+    assert st["ci95"] == pytest.approx((2 - 12.706204736174704, 2 + 12.706204736174704), abs=1e-9)
+
+
+def test_paired_t_edge_cases():
+    same = paired_t([2.0, 2.0, 2.0])
+    assert same["ci95"] == (2.0, 2.0) and same["p"] == 0.0
+    assert paired_t([0.0, 0.0])["p"] == 1.0
+    with pytest.raises(ValueError, match="at least 2 shared seeds"):
+        paired_t([1.0])
+
+
+def test_paired_t_matches_the_ablation_numbers_quoted_in_reproduction():
+    # REPRODUCTION.md §4 (200 chips, σ 0.35): OVF 35.04, 35.28, 30.53 − NI ×1/4 28.21, 28.86, 22.45
+    st = paired_t([35.04 - 28.21, 35.28 - 28.86, 30.53 - 22.45])
+    assert st["mean"] == pytest.approx(7.11, abs=1e-9)
+    assert (st["ci95"][1] - st["ci95"][0]) / 2 == pytest.approx(2.148, abs=1e-3)
+
+
+def _point(label, method, seeds, means, sigma=0.3):
+    return {"model": "vgg8", "width": 1.0, "dataset": "mnist", "sigma": sigma, "label": label, "method": method,
+            "seeds": seeds, "seed_means": means}
+
+
+def test_pairs_use_only_shared_seeds_and_the_report_order():
+    pts = [_point("OVF", "ovf", [0, 1, 2, 3, 4], [50.0, 52.0, 54.0, 40.0, 41.0]),
+           _point("noise injection", "noise_injection", [0, 1, 2], [40.0, 41.0, 45.0]),
+           _point("vanilla", "vanilla", [7], [10.0]),                       # no shared seed: no row
+           _point("noise injection", "noise_injection", [0, 1], [1.0, 2.0], sigma=0.35)]  # alone at its σ
+    rows = paired_comparisons(pts)
+    assert len(rows) == 1
+    r = rows[0]
+    assert (r["arm_a"], r["arm_b"]) == ("OVF", "noise injection")  # OVF − noise injection
+    assert r["seeds"] == ["0", "1", "2"] and r["diffs"] == [10.0, 11.0, 9.0] and r["n_positive"] == 3
+    assert r["mean"] == pytest.approx(10.0)
+    assert reading(r).startswith("OVF higher by")
+    r2 = dict(r, ci95=(-1.25, 3.5))
+    assert reading(r2) == "difference within [-1.25, 3.50] points"  # never "no difference"
+
+
+def test_report_writes_paired_and_seeds_csv_and_a_table(tmp_path):
+    root = tmp_path / "sweep"
+    acc = {"noise_injection": [20.0, 19.0, 20.5], "ovf": [54.0, 55.0, 57.5]}
+    for method, means in acc.items():
+        for seed, m in enumerate(means):
+            write(root / f"{method}{seed}.json", mc_eval(method, 0.3, seed, [mc_result(0.3, [m - 1.0, m + 1.0])]))
+    assert main(["report", str(root), "--out", str(tmp_path / "out")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "out" / "paired.csv")))
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["arm_a"], row["arm_b"], row["n_paired"], row["seeds"]) == ("OVF", "noise injection", "3", "0 1 2")
+    # differences 34, 36, 37: mean 35.667, s_d = 1.5275, se = 0.8819, t = 40.44 (df 2)
+    assert float(row["mean_diff"]) == pytest.approx(107 / 3)
+    assert float(row["std_diff"]) == pytest.approx(math.sqrt(7 / 3))
+    assert float(row["t"]) == pytest.approx((107 / 3) / math.sqrt(7 / 9))
+    assert row["n_positive"] == "3"
+    seeds = list(csv.DictReader(open(tmp_path / "out" / "seeds.csv")))
+    assert [(r["label"], r["seed"], float(r["mean"])) for r in seeds if r["label"] == "OVF"] == \
+        [("OVF", "0", 54.0), ("OVF", "1", 55.0), ("OVF", "2", 57.5)]
+    assert {r["clean_accuracy"] for r in seeds} == {"99.7"}
+    md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "paired differences by seed" in md
+    line = next(ln for ln in md.splitlines() if "OVF − noise injection" in ln and ln.startswith("| 0.3"))
+    assert "+35.67" in line and "3 of 3" in line and "OVF higher by" in line
+
+
+def test_paired_rows_from_scan_results_are_reachable_from_the_api(tmp_path):
+    root = tmp_path / "r"
+    for seed, (a, b) in enumerate([(50.0, 49.0), (51.0, 52.0)]):
+        write(root / f"o{seed}.json", mc_eval("ovf", 0.2, seed, [mc_result(0.2, [a, a])]))
+        write(root / f"n{seed}.json", mc_eval("noise_injection", 0.2, seed, [mc_result(0.2, [b, b])]))
+    from nvcim.report import matched_points
+
+    rows = paired_comparisons(matched_points(scan_results(root).records))
+    assert len(rows) == 1 and rows[0]["diffs"] == [1.0, -1.0] and rows[0]["p"] == pytest.approx(1.0)
+    assert reading(rows[0]).startswith("difference within [")
