@@ -63,6 +63,8 @@ def test_matrix_of_checkpoints_and_device_models(ckpts, tmp_path, capsys):
     assert isinstance(rec, DeviceMatrixFile) and rec.device_models == ["gaussian", "rram4", "stuck-chen2015"]
     assert len(rec.cells) == 2 and all(len(r) == 3 for r in rec.cells)
     assert rec.cells[0][2]["device_config"]["stuck_at"] == [0.0175, 0.0904]
+    assert [r["method"]["name"] for r in rec.rows] == ["noise_injection", "vanilla"]  # what trained each row
+    assert rec.rows[0]["train_sigma"] == 0.2 and rec.rows[1]["seed"] == rec.rows[0]["seed"]
     assert all(rec.result(i, j).sigma == 0.2 and rec.result(i, j).seed == 3 for i in range(2) for j in range(3))
     assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
     rows = list(csv.DictReader(table.open()))
@@ -74,6 +76,7 @@ def test_matrix_of_checkpoints_and_device_models(ckpts, tmp_path, capsys):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "Device-model matrix" in md and "stuck-chen2015" in md
+    assert (tmp_path / "rep" / "device_matrix_paired.csv").read_text().startswith("file,device_model")
 
 
 def test_matrix_bad_input_is_one_line(ckpts, capsys):

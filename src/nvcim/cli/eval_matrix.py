@@ -37,17 +37,19 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
     for ck in ckpts:
         if not ck.exists():
             raise FileNotFoundError(f"checkpoint {ck} does not exist: check the path")
-    rows, devices = [], []
+    rows, devices, info = [], [], []
     for ck in ckpts:
         loaded = load_for_eval(ck, dataset=args.dataset, data_root=args.data_root, split=args.split, limit=limit,
                                no_quantize=args.no_quantize)
         rows.append((str(ck), loaded.dataset, loaded.model, loaded.split))
+        info.append({"method": dict(loaded.config.get("method") or {}), "seed": loaded.config.get("seed"),
+                     "train_sigma": (loaded.config.get("device") or {}).get("sigma")})
         defaults = {k: getattr(loaded.device, k) for k in DEVICE_DEFAULT_KEYS}
         if sigma is not None:
             defaults["sigma"] = sigma
         devices.append({name: device_model(name, defaults=defaults) for name in names})
     rec = device_matrix(rows, names, lambda i, name: devices[i][name], runs=runs, seed=seed, batch_size=batch_size,
-                        sigma=sigma, progress=progress, say=lambda line: print(line, file=sys.stderr))
+                        sigma=sigma, progress=progress, row_info=info, say=lambda line: print(line, file=sys.stderr))
     t = matrix_table(rec)
     print(tabulate(t.rows, headers=t.headers, disable_numparse=True))
     print(t.note)

@@ -150,6 +150,7 @@ class DeviceMatrixFile:
     sigma: float | None = None  # None: each checkpoint's training σ
     runs: int = 0
     seed: int = 0
+    rows: list | None = None  # per row {"method": {"name", params...}, "seed", "train_sigma"} (None: unknown)
     nvcim_version: str = __version__
     format: int = FORMAT
     kind: ClassVar[str] = DEVICE_MATRIX
@@ -159,7 +160,8 @@ class DeviceMatrixFile:
                   for c in row] for row in self.cells]
         return {"kind": self.kind, "nvcim_version": self.nvcim_version, "format": self.format, "sigma": self.sigma,
                 "runs": self.runs, "seed": self.seed, "checkpoints": self.checkpoints, "datasets": self.datasets,
-                "device_models": self.device_models, "cells": cells}
+                "device_models": self.device_models, "cells": cells,
+                **({"rows": self.rows} if self.rows is not None else {})}
 
     def result(self, row: int, col: int) -> MCResult:
         r = self.cells[row][col]["result"]
@@ -174,9 +176,13 @@ class DeviceMatrixFile:
                 and all(isinstance(c, dict) and isinstance(c.get("result"), dict) for r in cells for c in r)):
             raise ValueError(f"{where}: device_matrix file needs 'checkpoints', 'device_models' and a matching "
                              "'cells' grid of results")
+        info = d.get("rows")
+        if info is not None and not (isinstance(info, list) and len(info) == len(rows)
+                                     and all(isinstance(r, dict) for r in info)):
+            raise ValueError(f"{where}: device_matrix 'rows' must be one object per checkpoint, or absent")
         return cls(checkpoints=list(rows), datasets=list(d.get("datasets") or [None] * len(rows)),
                    device_models=list(cols), cells=[list(r) for r in cells], sigma=d.get("sigma"),
-                   runs=int(d.get("runs") or 0), seed=int(d.get("seed") or 0),
+                   runs=int(d.get("runs") or 0), seed=int(d.get("seed") or 0), rows=info,
                    nvcim_version=str(d.get("nvcim_version") or "?"), format=int(d.get("format", 1)))
 
 

@@ -20,9 +20,11 @@ from nvcim.evaluate.montecarlo import DEFAULT_BATCH, monte_carlo_evaluate
 def device_matrix(rows: Sequence[tuple[str, str, nn.Module, Any]], device_models: Sequence[str],
                   configs: Callable[[int, str], DeviceConfig], *, runs: int, seed: int,
                   batch_size: int = DEFAULT_BATCH, sigma: float | None = None, progress: bool = False,
+                  row_info: Sequence[dict] | None = None,
                   say: Callable[[str], None] = lambda line: None) -> DeviceMatrixFile:
     """rows: (checkpoint name, data set name, model, data); configs(row index, device model name) gives the
-    DeviceConfig of that cell. Every cell runs `runs` chips from `seed`."""
+    DeviceConfig of that cell. Every cell runs `runs` chips from `seed`. row_info: per row what trained it
+    ({"method": {"name", params...}, "seed", "train_sigma"}), so that reports pair arms by seed."""
     cells = []
     for i, (name, _, model, data) in enumerate(rows):
         row = []
@@ -33,4 +35,5 @@ def device_matrix(rows: Sequence[tuple[str, str, nn.Module, Any]], device_models
             row.append({"device_config": cfg.to_dict(), "result": res})
         cells.append(row)
     return DeviceMatrixFile(checkpoints=[r[0] for r in rows], datasets=[r[1] for r in rows],
-                            device_models=list(device_models), cells=cells, sigma=sigma, runs=runs, seed=seed)
+                            device_models=list(device_models), cells=cells, sigma=sigma, runs=runs, seed=seed,
+                            rows=None if row_info is None else [dict(r) for r in row_info])

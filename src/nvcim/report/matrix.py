@@ -1,8 +1,16 @@
 """The device-model matrix in reports: a table (rows = checkpoints, columns = device models, cells =
-mean, 95 % CI of the mean and p5 over chips), a heat map of the means, and a long-form CSV.
+mean, 95 % CI of the mean and p5 over chips), a heat map of the means, a long-form CSV, and paired
+comparisons by seed between the training methods of its rows, per device model.
 
     fig_matrix(F, rec, "matrix_1")          # into a report's figures
     write_matrix_png(rec, "m.png")          # standalone (nvcim eval --device-models ... --out m.json)
+    matrix_paired(rec)                      # [{"device_model", "arm_a", "arm_b", "mean", "ci95", "p", ...}]
+
+Rows are arms by what trained them (the file's "rows": method and its parameters, labelled like the report's
+arms, plus " (trained σ s)" where one label was trained at several σ); two arms are compared on the seeds
+they share (≥ 2), A − B with A the later arm in the report's order (e.g. OVF − noise injection), in every
+device-model column: all cells use the same chips (common random numbers), so the differences are the
+models' (`nvcim.report.paired`).
 """
 
 from __future__ import annotations
@@ -11,13 +19,20 @@ import csv
 import io
 from pathlib import Path
 
+from itertools import combinations
+
 from nvcim.evaluate.files import DeviceMatrixFile
 from nvcim.io.files import atomic_write_bytes
+from nvcim.report.common import fmt_num, label_sort_key
 from nvcim.report.figures import Figures, pyplot
+from nvcim.report.labels import base_label
+from nvcim.report.paired import paired_t, reading
 from nvcim.report.tables import Table
 
 CSV_COLUMNS = ("checkpoint", "dataset", "device_model", "sigma", "runs", "seed", "mean", "ci95_lo", "ci95_hi", "p5",
                "min", "variation")
+PAIRED_COLUMNS = ("file", "device_model", "sigma", "arm_a", "arm_b", "n_paired", "seeds", "mean_diff", "ci95_lo",
+                  "ci95_hi", "std_diff", "t", "p_paired_t", "n_positive")
 
 
 def _row_names(rec: DeviceMatrixFile) -> list[str]:
@@ -80,3 +95,65 @@ def write_matrix_png(rec: DeviceMatrixFile, path) -> Path:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def matrix_arms(rec: DeviceMatrixFile) -> list[tuple[str, str, str]] | None:
+    """(label, method, seed) of every row, or None when the file does not say what trained its rows."""
+    if rec.rows is None:
+        return None
+    arms = []
+    for info in rec.rows:
+        method = dict(info.get("method") or {})
+        name = str(method.pop("name", "?"))
+        arms.append([base_label(name, method), name, str(info.get("seed")), info.get("train_sigma")])
+    for label in {a[0] for a in arms}:  # one label trained at several σ: one arm per training σ
+        if len({a[3] for a in arms if a[0] == label}) > 1:
+            for a in arms:
+                if a[0] == label:
+                    a[0] = f"{label} (trained σ {fmt_num(a[3])})"
+    return [(a[0], a[1], a[2]) for a in arms]
+
+
+def matrix_paired(rec: DeviceMatrixFile) -> list[dict]:
+    """Paired differences by seed between the arms of the matrix's rows, per device model (module docstring)."""
+    arms = matrix_arms(rec)
+    if arms is None:
+        return []
+    by_arm: dict[tuple[str, str], dict[str, int]] = {}
+    for i, (label, method, seed) in enumerate(arms):
+        if seed != "None":
+            by_arm.setdefault((label, method), {})[seed] = i
+    order = sorted(by_arm, key=lambda lm: label_sort_key(*lm))
+    out = []
+    for j, dm in enumerate(rec.device_models):
+        for b, a in combinations(order, 2):
+            shared = sorted(set(by_arm[a]) & set(by_arm[b]), key=lambda s: (len(s), s))
+            if len(shared) < 2:
+                continue
+            diffs = [rec.result(by_arm[a][s], j).mean - rec.result(by_arm[b][s], j).mean for s in shared]
+            out.append({"device_model": dm, "sigma": rec.sigma, "arm_a": a[0], "arm_b": b[0], "seeds": shared,
+                        "diffs": diffs, "n_positive": sum(d > 0 for d in diffs), **paired_t(diffs)})
+    return out
+
+
+def matrix_paired_table(rows: list[dict], title: str) -> Table | None:
+    if not rows:
+        return None
+    body = [[r["device_model"], f"{r['arm_a']} − {r['arm_b']}", r["n"],
+             f"{r['mean']:+.2f} [{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]", f"{r['p']:.3g}",
+             f"{r['n_positive']}/{r['n']}", reading(r)] for r in rows]
+    note = ("difference of mean accuracy (points) by seed, A − B, mean [95 % t CI over the seeds both arms have], "
+            "two-sided paired t-test p, seeds with A ahead; every cell on the same chips")
+    return Table(title, ["device model", "A − B", "seeds", "mean difference [95 % CI]", "p", "A ahead", "reading"],
+                 body, note)
+
+
+def matrix_paired_csv(rows_by_file: list[tuple[str, list[dict]]]) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(PAIRED_COLUMNS)
+    for f, rows in rows_by_file:
+        for r in rows:
+            w.writerow([f, r["device_model"], r["sigma"], r["arm_a"], r["arm_b"], r["n"], " ".join(r["seeds"]),
+                        r["mean"], r["ci95"][0], r["ci95"][1], r["std"], r["t"], r["p"], r["n_positive"]])
+    return buf.getvalue().encode("utf-8")

@@ -1,0 +1,61 @@
+"""Paired comparisons by seed in device-model matrices (nvcim.report.matrix.matrix_paired): arms from what
+trained each row, differences per device model against hand-computed values, and the CLI records the rows."""
+
+from __future__ import annotations
+
+import math
+
+from nvcim.evaluate.files import DeviceMatrixFile, read_result_file, write_result_file
+from nvcim.report.matrix import matrix_arms, matrix_paired, matrix_paired_table
+
+
+def _res(mean: float) -> dict:
+    return {"sigma": 0.3, "runs": 2, "seed": 0, "n_samples": 10, "clean_accuracy": 90.0, "quantized_accuracy": 90.0,
+            "per_run_accuracy": [mean, mean], "per_run_correct": [1, 1], "mean": mean, "std": 0.0,
+            "ci95": [mean, mean], "p1": mean, "p5": mean, "p10": mean, "min": mean, "max": mean, "ekl": 0.1,
+            "ekl_n": 10, "wall_time_s": 0.0}
+
+
+def _matrix(rows_info, means):  # means[row][column]
+    return DeviceMatrixFile(checkpoints=[f"ck{i}" for i in range(len(means))], datasets=["d"] * len(means),
+                            device_models=["gaussian", "rram4"],
+                            cells=[[{"device_config": {}, "result": _res(m)} for m in row] for row in means],
+                            sigma=0.3, runs=2, seed=0, rows=rows_info)
+
+
+NI = {"name": "noise_injection", "logit_scale": 1.0, "censor": None}
+OVF = {"name": "ovf", "beta": 1e-3, "n_variational": 3}
+
+
+def test_arms_pair_by_seed_per_device_model():
+    info = [{"method": NI, "seed": s, "train_sigma": 0.3} for s in (0, 1, 2)]
+    info += [{"method": OVF, "seed": s, "train_sigma": 0.3} for s in (2, 0, 1)]  # any row order
+    means = [[50, 40], [52, 41], [51, 45], [60, 44], [58, 42], [53, 47]]
+    rows = matrix_paired(_matrix(info, means))
+    assert [(r["device_model"], r["arm_a"], r["arm_b"]) for r in rows] == [
+        ("gaussian", "OVF", "noise injection"), ("rram4", "OVF", "noise injection")]
+    g, r4 = rows
+    assert g["seeds"] == ["0", "1", "2"] and g["diffs"] == [8, 1, 9]  # OVF − NI by seed: 58-50, 53-52, 60-51
+    assert math.isclose(g["mean"], 6.0) and g["n_positive"] == 3
+    sd = math.sqrt(((8 - 6) ** 2 + (1 - 6) ** 2 + (9 - 6) ** 2) / 2)  # = √19
+    half = 4.302652729911275 * sd / math.sqrt(3)  # t_{0.975, 2}
+    assert math.isclose(g["ci95"][0], 6 - half, rel_tol=1e-9) and math.isclose(g["ci95"][1], 6 + half, rel_tol=1e-9)
+    assert r4["diffs"] == [2, 6, -1] and r4["n_positive"] == 2
+    table = matrix_paired_table(rows, "t")
+    assert table is not None and "difference within" in table.rows[0][-1]
+
+
+def test_one_label_at_several_training_sigmas_is_two_arms_and_no_rows_means_no_pairs():
+    info = [{"method": OVF, "seed": s, "train_sigma": ts} for ts in (0.2, 0.3) for s in (0, 1)]
+    arms = matrix_arms(_matrix(info, [[1, 1]] * 4))
+    assert [a[0] for a in arms] == ["OVF (trained σ 0.20)"] * 2 + ["OVF (trained σ 0.30)"] * 2
+    assert len(matrix_paired(_matrix(info, [[1, 1], [2, 2], [4, 4], [7, 7]]))) == 2
+    assert matrix_paired(_matrix(None, [[1, 1]])) == []
+
+
+def test_rows_survive_the_file_and_old_files_read_without_them(tmp_path):
+    info = [{"method": NI, "seed": 0, "train_sigma": 0.3}]
+    write_result_file(tmp_path / "m.json", _matrix(info, [[1, 2]]))
+    assert read_result_file(tmp_path / "m.json").rows == info
+    write_result_file(tmp_path / "old.json", _matrix(None, [[1, 2]]))
+    assert "rows" not in (tmp_path / "old.json").read_text() and read_result_file(tmp_path / "old.json").rows is None
