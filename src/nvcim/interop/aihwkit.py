@@ -11,11 +11,13 @@ Device model spec: `aihwkit:KIND[?KEY=VALUE&...]`, KIND `pcm` (PCMLikeNoiseModel
 read_noise_scale, drift_scale, g_max, t_read, t_0; reram: noise_scale, g_max), and
     t_inference    seconds between programming and inference (drift, 1/f read noise; default 1; reram: one of
                    1, 86400, 172800, the times its model was fitted at); `nvcim eval --time` sets it too
-    tile           torch (TorchInferenceRPUConfig, default: every draw from torch's generator, so chips are
-                   reproducible from the seed) or rpucuda (InferenceRPUConfig, aihwkit's C++ simulator)
+    tile           torch (TorchInferenceRPUConfig, default: every draw from torch's generator, so results are
+                   reproducible from the seed and batch size) or rpucuda (InferenceRPUConfig, aihwkit's C++
+                   simulator, whose forward noise comes from its own generator)
     compensation   global (GlobalDriftCompensation, default) or none
-    io             default (aihwkit's default analog forward: DAC/ADC quantization, output noise) or perfect
-                   (exact matrix-vector products: only the weights' noise)
+    io             default (aihwkit's default analog forward: DAC/ADC quantization, output noise drawn per
+                   forward, so per batch) or perfect (exact matrix-vector products: only the weights' noise,
+                   and results that do not depend on the batch size)
 
 Monte Carlo: the model is converted once with `convert_to_analog`; chip r seeds torch with the nvcim run
 seed (`nvcim.evaluate.run_seed(seed, r)`), redraws the programming noise with `program_analog_weights` and
@@ -26,6 +28,7 @@ forward without weight noise). aihwkit itself is imported only when a function n
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -105,14 +108,14 @@ class AihwkitDevice:
 
     def noise_model(self):
         require()
-        from aihwkit.inference import noise
+        import aihwkit.inference
 
-        return getattr(noise, KINDS[self.kind][0])(**self.noise)
+        return getattr(aihwkit.inference, KINDS[self.kind][0])(**self.noise)
 
     def rpu_config(self):
         """aihwkit's InferenceRPUConfig (tile rpucuda) or TorchInferenceRPUConfig (tile torch) for this device."""
         require()
-        from aihwkit.inference.compensation.drift import GlobalDriftCompensation
+        from aihwkit.inference import GlobalDriftCompensation
         from aihwkit.simulator.configs import InferenceRPUConfig, TorchInferenceRPUConfig
 
         cls = TorchInferenceRPUConfig if self.tile == "torch" else InferenceRPUConfig
@@ -187,17 +190,21 @@ def aihwkit_device(spec: str, *, t_inference: float | None = None) -> AihwkitDev
 
 def to_analog(model: nn.Module, device: AihwkitDevice | str | None = None, rpu_config=None) -> nn.Module:
     """An aihwkit analog copy of `model` (`convert_to_analog`, every Conv / Linear on analog tiles) with the RPU
-    config of `device` (an AihwkitDevice or spec; default aihwkit:pcm) or `rpu_config`; the model is unchanged."""
+    config of `device` (an AihwkitDevice or spec; default aihwkit:pcm) or `rpu_config`; the model is unchanged.
+    The root keeps the model's class (and `nvcim_spec`), so aihwkit's module-level functions apply to it."""
     require()
     from aihwkit.nn.conversion import convert_to_analog
 
+    grouped = [n for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd) and m.groups != 1]
+    if grouped:
+        raise AihwkitError(f"aihwkit's analog convolutions support groups=1 only, and layer {grouped[0]!r} (of "
+                           f"{len(grouped)}) is grouped: use a model without grouped convolutions (e.g. vgg8, resnet18)")
     if rpu_config is None:
         device = aihwkit_device(device or f"{PREFIX}pcm") if not isinstance(device, AihwkitDevice) else device
         rpu_config = device.rpu_config()
-    analog = convert_to_analog(model, rpu_config)
-    if hasattr(model, "nvcim_spec"):
-        analog.nvcim_spec = dict(model.nvcim_spec)
-    return analog
+    # the model's own class stays the root (no AnalogWrapper subclass made on the fly): the analog model keeps
+    # nvcim's state-dict names and pickles with torch.save like any module
+    return convert_to_analog(model, rpu_config, ensure_analog_root=False)
 
 
 def from_analog(analog: nn.Module, model_spec: dict | None = None) -> nn.Module:
@@ -240,7 +247,8 @@ def aihwkit_monte_carlo(model: nn.Module, data: Any, device: AihwkitDevice, *, r
         raise ValueError(f"runs={runs}, seed={seed}, batch_size={batch_size}: need runs >= 1, seed >= 0, batch_size >= 1")
     t0 = time.perf_counter()
     batches = materialize(data, batch_size, torch.device("cpu"), torch.float32)
-    model = model.float().cpu()
+    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
+        model = copy.deepcopy(model).float().cpu()  # never change the caller's model
     n = sum(int(y.numel()) for _, y in batches)
     analog = to_analog(model, device).eval()
     with eval_mode(model):
