@@ -121,6 +121,21 @@ def test_analog_export_import_round_trip(tmp_path, capsys):
     for key, value in model.state_dict().items():
         assert torch.allclose(back.state_dict()[key].float(), value.float(), rtol=1e-5, atol=1e-6), key
 
+    from aihwkit.optim import AnalogSGD  # one step of hardware-aware training in aihwkit, then back into nvcim
+
+    analog.train()
+    opt = AnalogSGD(analog.parameters(), lr=0.5)
+    x, y = _data(8)
+    torch.nn.functional.cross_entropy(analog(x), y).backward()
+    opt.step()
+    torch.save(analog, tmp_path / "trained.pt")
+    rc, out, err = run_cli(["import", str(tmp_path / "trained.pt"), "--out", str(tmp_path / "trained")], capsys)
+    assert rc == 0, err
+    trained, _ = load_checkpoint(tmp_path / "trained")
+    expected = ai.from_analog(analog).state_dict()
+    assert all(torch.equal(trained.state_dict()[k], v) for k, v in expected.items())
+    assert not torch.allclose(expected["classifier.2.weight"], model.state_dict()["classifier.2.weight"])
+
 
 @needs_aihwkit
 @pytest.mark.aihwkit
