@@ -1,4 +1,5 @@
-"""The `nvcim` command line: one subcommand per module in this package (train, eval, report, sweep).
+"""The `nvcim` command line: one module per subcommand in this package (train, eval, report, sweep; export
+also registers `nvcim import`, its inverse).
 
 Each subcommand module defines `add_parser(subparsers)` and `run(args) -> int`. Errors the user can
 fix (bad values, missing files, unknown names) end in one line on stderr and exit code 2; warnings
@@ -14,7 +15,7 @@ import warnings
 
 from nvcim.plugins import ENV_VAR, PluginError, load_plugins, plugin_args
 
-SUBCOMMANDS = ("train", "eval", "report", "sweep")
+SUBCOMMANDS = ("train", "eval", "report", "sweep", "export")  # modules
 
 
 class UsageError(Exception):
@@ -52,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
             if e.name != f"nvcim.cli.{name}":
                 raise
             continue
+        before = set(sub.choices)
         module.add_parser(sub)
-        add_plugin_argument(sub.choices[name])
+        for added in set(sub.choices) - before:
+            add_plugin_argument(sub.choices[added])
     return parser
 
 

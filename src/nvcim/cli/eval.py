@@ -6,6 +6,7 @@
     nvcim eval runs/ovf-0.3 --sigmas 0,0.3 --recalibrate-bn 3600   # BatchNorm statistics of the clean weights
     nvcim eval runs/ovf-0.3 --recalibrate-bn-per-chip 1000         # each chip calibrates its own BatchNorm
     nvcim eval runs/ovf-0.3 --verify-fractions 0,0.01,0.05,0.2 --verify-target 90   # write-verify cost (SPEC §7)
+    nvcim eval runs/ovf-0.3 --device-model 'aihwkit:pcm?prog_noise_scale=1.5' --time 3600   # aihwkit's PCM model
 
 One run = one programmed chip (one draw per noisy weight, fixed for the whole split); run r of
 every σ uses the same seeded draws, so results are reproducible from --seed. Prints a table
@@ -87,6 +88,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="the device-model matrix: every CKPT under every device model, on common random numbers "
                         "(the same chip seeds), at one σ; --out writes the matrix JSON and a heat-map PNG beside it")
     g.add_argument("--list-device-models", action="store_true", help="list the device models available by name and exit")
+    g.add_argument("--time", metavar="T",
+                   help="aihwkit device models (aihwkit:pcm, aihwkit:reram[?KEY=VALUE&...], the aihwkit extra): seconds "
+                        "between programming and inference, for drift and read noise (default: 1; reram: 1, 86400 "
+                        "or 172800)")
 
     g = p.add_argument_group("write-verify (SPEC §7: verified devices are left with a small residual σ)")
     g.add_argument("--verify-fractions", metavar="F1,F2,..",
@@ -194,10 +199,11 @@ def run(args: argparse.Namespace) -> int:
     from nvcim.cli.eval_matrix import run_matrix
     from nvcim.evaluate import default_sigma_grid, results_table, robustness_curve, write_csv
     from nvcim.evaluate.files import EvaluationFile, write_result_file
+    from nvcim.interop.aihwkit import is_aihwkit_spec, list_aihwkit_models
     from nvcim.io.device_models import device_model, list_device_models
 
     if args.list_device_models:
-        for name, what in list_device_models():
+        for name, what in list_device_models() + list_aihwkit_models():
             print(f"{name:<16} {what}")
         return 0
     if not args.checkpoints:
@@ -247,6 +253,13 @@ def run(args: argparse.Namespace) -> int:
         sigmas = [_sigma("--sigmas", s.strip()) for s in parts]
     from nvcim.io.files import check_output_path
 
+    if args.time is not None:
+        args.time = _number("--time", args.time)
+        if args.time < 0:
+            raise ValueError(f"--time {args.time:g} is invalid: give seconds >= 0")
+        if not (is_aihwkit_spec(args.device_model) or any(is_aihwkit_spec(n) for n in (args.device_models or "").split(","))):
+            raise ValueError("--time applies to aihwkit device models only (--device-model aihwkit:pcm): drop it, or "
+                             "use DeviceConfig drift_time in a device model file")
     if args.device_models is not None or len(args.checkpoints) > 1:
         if args.curve or (sigmas is not None and len(sigmas) != 1) or verify is not None or args.device_model \
                 or recal is not None or per_chip is not None:
@@ -269,6 +282,15 @@ def run(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             raise ValueError("--device cuda but CUDA is not available: use --device cpu")
 
+    if is_aihwkit_spec(args.device_model):
+        from nvcim.cli.eval_aihwkit import run_aihwkit
+
+        if args.curve or sigmas is not None or verify is not None or recal is not None or per_chip is not None \
+                or args.no_quantize:
+            raise ValueError(f"--device-model {args.device_model} is aihwkit's noise model, which has no σ_d, "
+                             "quantization or write-verify: drop --sigma / --sigmas / --curve / --no-quantize / "
+                             "--verify-fractions / BatchNorm recalibration")
+        return run_aihwkit(args, ckpt, runs=runs, seed=seed, batch_size=batch_size, limit=limit, progress=progress)
     loaded = load_for_eval(ckpt, dataset=args.dataset, data_root=args.data_root, split=args.split, limit=limit,
                            no_quantize=args.no_quantize)
     model, config, base, dataset, splits, split = (loaded.model, loaded.config, loaded.device, loaded.dataset,

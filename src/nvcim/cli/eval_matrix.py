@@ -1,6 +1,6 @@
-"""`nvcim eval CKPT... --device-models A,B,C`: every checkpoint under every device model, at one σ, on
-common random numbers; prints the matrix and writes it as JSON (--out), a heat-map PNG beside the JSON,
-and CSV (--csv, one row per cell). `nvcim report` shows matrix files in a section of their own."""
+"""`nvcim eval CKPT... --device-models A,B,C`: every checkpoint under every device model (aihwkit:pcm and
+aihwkit:reram too, at --time), at one σ, on common random numbers; prints the matrix and writes it as JSON
+(--out), a heat-map PNG beside the JSON, and CSV (--csv, one row per cell). `nvcim report` shows matrix files in a section of their own."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from tabulate import tabulate
 from nvcim.cli.eval_data import DEVICE_DEFAULT_KEYS, load_for_eval
 from nvcim.evaluate.files import write_result_file
 from nvcim.evaluate.matrix import device_matrix
+from nvcim.interop.aihwkit import aihwkit_device, is_aihwkit_spec
+from nvcim.interop.aihwkit import require as require_aihwkit
 from nvcim.io.device_models import device_model
 from nvcim.io.files import atomic_write_bytes, check_output_path
 from nvcim.report.matrix import matrix_csv, matrix_table, write_matrix_png
@@ -25,8 +27,16 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
         raise ValueError(f"--device-models {args.device_models!r} lists no device model: give e.g. gaussian,rram4")
     if len(set(names)) != len(names):
         raise ValueError(f"--device-models {args.device_models!r} names a device model twice: list each once")
+    def resolve(name: str, defaults=None):
+        if is_aihwkit_spec(name):  # aihwkit's noise models (nvcim.interop.aihwkit; σ and bits do not apply)
+            return aihwkit_device(name, t_inference=time)
+        return device_model(name, defaults=defaults)
+
+    time = None if args.time is None else float(args.time)
     for name in names:
-        device_model(name)  # an unknown name or a bad file: one line, before anything is loaded
+        resolve(name)  # an unknown name or a bad file: one line, before anything is loaded
+    if any(is_aihwkit_spec(n) for n in names):
+        require_aihwkit()
     for flag, out_file in (("--out", args.out), ("--csv", args.csv)):
         if out_file:
             check_output_path(out_file, flag)
@@ -47,7 +57,7 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
         defaults = {k: getattr(loaded.device, k) for k in DEVICE_DEFAULT_KEYS}
         if sigma is not None:
             defaults["sigma"] = sigma
-        devices.append({name: device_model(name, defaults=defaults) for name in names})
+        devices.append({name: resolve(name, defaults) for name in names})
     rec = device_matrix(rows, names, lambda i, name: devices[i][name], runs=runs, seed=seed, batch_size=batch_size,
                         sigma=sigma, progress=progress, row_info=info, say=lambda line: print(line, file=sys.stderr))
     t = matrix_table(rec)

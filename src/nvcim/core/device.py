@@ -90,6 +90,13 @@ def _level_step(s: torch.Tensor, cfg: DeviceConfig) -> torch.Tensor:
     return torch.where(s > 0, cfg.weight_levels / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(s))
 
 
+def target_weights(levels: torch.Tensor, sign: torch.Tensor, scale: torch.Tensor, cfg: DeviceConfig) -> torch.Tensor:
+    """W_d = sign · q · s / (2^M - 1) from levels q (floating, W's dtype), `sign` any tensor whose sign bits give
+    each weight's crossbar (W itself, or `crossbar_sign`) and s; a new tensor. The one formula behind `quantize`,
+    so that weights rebuilt from stored levels (nvcim.io.conductance) equal it bit for bit."""
+    return torch.copysign(levels, sign).mul_(scale).div_(cfg.weight_levels)
+
+
 def quantize(w: torch.Tensor, cfg: DeviceConfig) -> torch.Tensor:
     """W_d, the deterministic weight the chip is programmed towards (Eq. 2); W itself if cfg.quantize is False."""
     w_d = prepare(w, cfg).w_d
@@ -143,7 +150,7 @@ def prepare(w: torch.Tensor, cfg: DeviceConfig) -> PreparedWeight:
     s = weight_scale(w)
     levels = quantize_levels(w, cfg, s)  # [*shape] q
     if cfg.quantize:
-        w_d = torch.copysign(levels, w).mul_(s).div_(cfg.weight_levels)  # [*shape] sign(W) q s / (2^M-1)
+        w_d = target_weights(levels, w, s, cfg)  # [*shape] sign(W) q s / (2^M-1)
     else:
         w_d = w
     return PreparedWeight(w, w_d, s, levels)

@@ -1,6 +1,8 @@
 """The device-model matrix: models (rows) under device models (columns), every cell a Monte Carlo
 evaluation with the same chip seeds (common random numbers), so that differences between columns are
-the devices', not the draws'.
+the devices', not the draws'. A column is a DeviceConfig, or any device object with
+`monte_carlo(model, data, runs=, seed=, batch_size=, progress=) -> MCResult` and `to_dict()` (e.g.
+`nvcim.interop.aihwkit.AihwkitDevice`: aihwkit's noise models, seeded from the same run seeds).
 
     rec = device_matrix([("ckpt-a", model_a, test_a), ...], ["gaussian", "rram4"],
                         configs=lambda row, name: device_model(name, ...), runs=200, seed=0)
@@ -18,19 +20,23 @@ from nvcim.evaluate.montecarlo import DEFAULT_BATCH, monte_carlo_evaluate
 
 
 def device_matrix(rows: Sequence[tuple[str, str, nn.Module, Any]], device_models: Sequence[str],
-                  configs: Callable[[int, str], DeviceConfig], *, runs: int, seed: int,
+                  configs: Callable[[int, str], Any], *, runs: int, seed: int,
                   batch_size: int = DEFAULT_BATCH, sigma: float | None = None, progress: bool = False,
                   row_info: Sequence[dict] | None = None,
                   say: Callable[[str], None] = lambda line: None) -> DeviceMatrixFile:
     """rows: (checkpoint name, data set name, model, data); configs(row index, device model name) gives the
-    DeviceConfig of that cell. Every cell runs `runs` chips from `seed`. row_info: per row what trained it
-    ({"method": {"name", params...}, "seed", "train_sigma"}), so that reports pair arms by seed."""
+    device of that cell (a DeviceConfig or a device object, module docstring). Every cell runs `runs` chips from
+    `seed`. row_info: per row what trained it ({"method": {"name", params...}, "seed", "train_sigma"}), so that
+    reports pair arms by seed."""
     cells = []
     for i, (name, _, model, data) in enumerate(rows):
         row = []
         for dm in device_models:
             cfg = configs(i, dm)
-            res = monte_carlo_evaluate(model, data, cfg, runs=runs, seed=seed, batch_size=batch_size, progress=progress)
+            if isinstance(cfg, DeviceConfig):
+                res = monte_carlo_evaluate(model, data, cfg, runs=runs, seed=seed, batch_size=batch_size, progress=progress)
+            else:  # another simulator's device (module docstring)
+                res = cfg.monte_carlo(model, data, runs=runs, seed=seed, batch_size=batch_size, progress=progress)
             say(f"{name} under {dm}: {res.mean:.2f} % [{res.ci95[0]:.2f}, {res.ci95[1]:.2f}], p5 {res.p5:.2f}")
             row.append({"device_config": cfg.to_dict(), "result": res})
         cells.append(row)

@@ -6,6 +6,8 @@
 - `read_mapping_file`: a TOML / YAML / JSON file holding one mapping, with one-line errors.
 - `check_output_path`: refuse, before any slow work, an output path that cannot be written
   (a file where a directory is needed or the reverse, a parent that is a file, no write permission).
+- `publish_directory`: move a finished temporary directory into place, replacing the previous one only
+  once the new one is there (the caller decides first that the previous one may be replaced).
 """
 
 from __future__ import annotations
@@ -47,6 +49,51 @@ def atomic_write_bytes(path, data: bytes, mode: int | None = None) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    return path
+
+
+def fsync_path(path) -> None:
+    """fsync a file or directory where the OS allows it (a directory's entries: renames into it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def publish_directory(tmp, path) -> Path:
+    """Rename the finished directory `tmp` (a sibling of `path`, its files written) to `path`, atomically: an
+    existing `path` is renamed aside first, deleted only after the new one is in place, and put back if that
+    fails. The caller checks beforehand that `path` may be replaced. Every file in `tmp` is fsynced first."""
+    import shutil
+
+    tmp, path = Path(tmp), Path(path)
+    for file in tmp.iterdir():
+        fsync_path(file)
+    fsync_path(tmp)
+    old = None
+    try:
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.rmdir(old)
+            os.replace(path, old)
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                os.replace(old, path)  # put the previous directory back
+                old = None
+                raise
+        else:
+            os.replace(tmp, path)
+        fsync_path(path.parent)
+    finally:
+        if old is not None and old.exists():
+            shutil.rmtree(old, ignore_errors=True)
     return path
 
 

@@ -1,0 +1,319 @@
+"""IBM's aihwkit, an optional extra (`pip install nvcim[aihwkit]`, or `bash scripts/install_aihwkit.sh` for CPU
+torch): its inference noise models as nvcim device models, and nvcim models to and from aihwkit analog models.
+
+    dev = aihwkit_device("aihwkit:pcm?prog_noise_scale=1.5&t_inference=3600")   # parsing needs no aihwkit
+    res = dev.monte_carlo(model, (x, y), runs=200, seed=0)                      # an nvcim MCResult
+    analog = to_analog(model, dev)              # aihwkit's convert_to_analog with dev's RPU config
+    model = from_analog(analog)                 # aihwkit-trained weights back into the nvcim model (spec kept)
+
+Device model spec: `aihwkit:KIND[?KEY=VALUE&...]`, KIND `pcm` (PCMLikeNoiseModel) or `reram`
+(ReRamWan2022NoiseModel); KEYs: the noise model's own numeric parameters (pcm: prog_noise_scale,
+read_noise_scale, drift_scale, g_max, t_read, t_0; reram: noise_scale, g_max), and
+    t_inference    seconds between programming and inference (drift, 1/f read noise; default 1; reram: one of
+                   1, 86400, 172800, the times its model was fitted at); `nvcim eval --time` sets it too
+    tile           torch (TorchInferenceRPUConfig, default: every draw from torch's generator, so results are
+                   reproducible from the seed and batch size) or rpucuda (InferenceRPUConfig, aihwkit's C++
+                   simulator, whose forward noise comes from its own generator)
+    compensation   global (GlobalDriftCompensation, default) or none
+    io             default (aihwkit's default analog forward: DAC/ADC quantization, output noise drawn per
+                   forward, so per batch) or perfect (exact matrix-vector products: only the weights' noise,
+                   and results that do not depend on the batch size)
+
+Monte Carlo: the model is converted once with `convert_to_analog`; chip r seeds torch with the nvcim run
+seed (`nvcim.evaluate.run_seed(seed, r)`), redraws the programming noise with `program_analog_weights` and
+drifts to t_inference with `drift_analog_weights`, then scores every image; the statistics, EKL and result
+files are nvcim's (`MCResult`; `quantized_accuracy` is then the converted model before programming: aihwkit's
+forward without weight noise). aihwkit itself is imported only when a function needs it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import torch
+from torch import nn
+
+PREFIX = "aihwkit:"
+INSTALL_HINT = "install it with `pip install 'nvcim[aihwkit]'` (CPU torch: `bash scripts/install_aihwkit.sh`)"
+# kind -> (aihwkit noise model class, its numeric parameters, description)
+KINDS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "pcm": ("PCMLikeNoiseModel", ("prog_noise_scale", "read_noise_scale", "drift_scale", "g_max", "t_read", "t_0"),
+            "aihwkit's PCM inference model (programming noise, drift, 1/f read noise; Nandakumar et al. 2019)"),
+    "reram": ("ReRamWan2022NoiseModel", ("noise_scale", "g_max"),
+              "aihwkit's ReRAM inference model (programming and long-term noise; Wan et al., Nature 2022)"),
+}
+RERAM_TIMES = (1.0, 86400.0, 172800.0)
+CHOICES = {"tile": ("torch", "rpucuda"), "compensation": ("global", "none"), "io": ("default", "perfect")}
+DEFAULT_TIME = 1.0
+
+
+class AihwkitError(ValueError):
+    """aihwkit is missing or a spec / model cannot be used with it; the message names the fix (one line)."""
+
+
+def available() -> bool:
+    """Whether aihwkit can be imported."""
+    try:
+        import aihwkit  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def require():
+    """The aihwkit package, or an AihwkitError saying how to install it."""
+    try:
+        import aihwkit
+    except ImportError as exc:
+        raise AihwkitError(f"aihwkit is not installed ({exc}): {INSTALL_HINT}") from None
+    return aihwkit
+
+
+def is_aihwkit_spec(spec: Any) -> bool:
+    """Whether a device-model name is an aihwkit one (`aihwkit:KIND...`)."""
+    return isinstance(spec, str) and spec.strip().startswith(PREFIX)
+
+
+def list_aihwkit_models() -> list[tuple[str, str]]:
+    """(name, description) of the aihwkit device models (listed whether or not aihwkit is installed)."""
+    state = "" if available() else " [needs the aihwkit extra]"
+    return [(f"{PREFIX}{k}", f"{d}{state}") for k, (_, _, d) in KINDS.items()]
+
+
+@dataclass(frozen=True)
+class AihwkitDevice:
+    """An aihwkit inference device: noise model kind and parameters, inference time, tile and IO settings."""
+
+    kind: str
+    noise: dict = field(default_factory=dict)  # the noise model's keyword arguments
+    t_inference: float = DEFAULT_TIME
+    tile: str = "torch"
+    compensation: str = "global"
+    io: str = "default"
+
+    @property
+    def name(self) -> str:
+        return f"{PREFIX}{self.kind}"
+
+    def to_dict(self) -> dict:
+        """JSON-able description (the `device_config` of its results)."""
+        return {"aihwkit": self.kind, "noise_model": KINDS[self.kind][0], "noise_options": dict(self.noise),
+                "t_inference": self.t_inference, "tile": self.tile, "drift_compensation": self.compensation,
+                "io": self.io}
+
+    def noise_model(self):
+        require()
+        import aihwkit.inference
+
+        return getattr(aihwkit.inference, KINDS[self.kind][0])(**self.noise)
+
+    def rpu_config(self):
+        """aihwkit's InferenceRPUConfig (tile rpucuda) or TorchInferenceRPUConfig (tile torch) for this device."""
+        require()
+        from aihwkit.inference import GlobalDriftCompensation
+        from aihwkit.simulator.configs import InferenceRPUConfig, TorchInferenceRPUConfig
+
+        cls = TorchInferenceRPUConfig if self.tile == "torch" else InferenceRPUConfig
+        rpu = cls(noise_model=self.noise_model(),
+                  drift_compensation=GlobalDriftCompensation() if self.compensation == "global" else None)
+        if self.io == "perfect":
+            rpu.forward.is_perfect = True
+        return rpu
+
+    def monte_carlo(self, model: nn.Module, data: Any, *, runs: int, seed: int, batch_size: int = 256,
+                    progress: bool = False, baselines: bool = True):
+        """nvcim's Monte Carlo statistics (an MCResult) of `model` on `data` under this device (module docstring)."""
+        return aihwkit_monte_carlo(model, data, self, runs=runs, seed=seed, batch_size=batch_size, progress=progress,
+                                   baselines=baselines)
+
+
+def _number(spec: str, key: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise AihwkitError(f"device model {spec}: {key}={text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise AihwkitError(f"device model {spec}: {key}={text!r} is invalid: use a finite number >= 0")
+    return value
+
+
+def aihwkit_device(spec: str, *, t_inference: float | None = None) -> AihwkitDevice:
+    """The AihwkitDevice named by `aihwkit:KIND[?KEY=VALUE&...]` (module docstring); `t_inference` (e.g. from
+    `--time`) sets the inference time unless the spec gives one (giving both differently is an error)."""
+    text = spec.strip() if isinstance(spec, str) else ""
+    if not text.startswith(PREFIX):
+        raise AihwkitError(f"device model {spec!r} is not an aihwkit one: write aihwkit:pcm or aihwkit:reram")
+    kind, _, query = text[len(PREFIX):].partition("?")
+    if kind not in KINDS:
+        raise AihwkitError(f"device model {spec}: unknown aihwkit kind {kind!r}: use one of "
+                           f"{', '.join(PREFIX + k for k in KINDS)}")
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise AihwkitError(f"device model {spec}: options must read KEY=VALUE&KEY=VALUE after '?'") from None
+    params = KINDS[kind][1]
+    noise: dict[str, float] = {}
+    settings: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in noise or key in settings:
+            raise AihwkitError(f"device model {spec}: option {key!r} is given twice: give it once")
+        if key in params:
+            noise[key] = _number(spec, key, value)
+        elif key == "t_inference":
+            settings[key] = _number(spec, key, value)
+        elif key in CHOICES:
+            if value not in CHOICES[key]:
+                raise AihwkitError(f"device model {spec}: {key}={value!r} is invalid: use one of {', '.join(CHOICES[key])}")
+            settings[key] = value
+        else:
+            raise AihwkitError(f"device model {spec}: unknown option {key!r}: use {', '.join(params)}, t_inference, "
+                               f"{', '.join(CHOICES)}")
+    if t_inference is not None:
+        t_inference = float(t_inference)
+        if not math.isfinite(t_inference) or t_inference < 0:
+            raise AihwkitError(f"--time {t_inference!r} is invalid: use seconds >= 0")
+        if settings.get("t_inference", t_inference) != t_inference:
+            raise AihwkitError(f"device model {spec} sets t_inference={settings['t_inference']:g} and --time "
+                               f"{t_inference:g}: give the inference time once")
+        settings["t_inference"] = t_inference
+    device = AihwkitDevice(kind, noise, **settings)
+    if kind == "reram" and device.t_inference not in RERAM_TIMES:
+        raise AihwkitError(f"device model {spec}: aihwkit's ReRAM model is fitted at t_inference = 1, 86400 and "
+                           f"172800 s only, not {device.t_inference:g}: use one of those")
+    return device
+
+
+def to_analog(model: nn.Module, device: AihwkitDevice | str | None = None, rpu_config=None) -> nn.Module:
+    """An aihwkit analog copy of `model` (`convert_to_analog`, every Conv / Linear on analog tiles) with the RPU
+    config of `device` (an AihwkitDevice or spec; default aihwkit:pcm) or `rpu_config`; the model is unchanged.
+    The root keeps the model's class (and `nvcim_spec`), so aihwkit's module-level functions apply to it."""
+    require()
+    from aihwkit.nn.conversion import convert_to_analog
+
+    grouped = [n for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd) and m.groups != 1]
+    if grouped:
+        raise AihwkitError(f"aihwkit's analog convolutions support groups=1 only, and layer {grouped[0]!r} (of "
+                           f"{len(grouped)}) is grouped: use a model without grouped convolutions (e.g. vgg8, resnet18)")
+    if rpu_config is None:
+        device = aihwkit_device(device or f"{PREFIX}pcm") if not isinstance(device, AihwkitDevice) else device
+        rpu_config = device.rpu_config()
+    # the model's own class stays the root (no AnalogWrapper subclass made on the fly): the analog model keeps
+    # nvcim's state-dict names and pickles with torch.save like any module
+    return convert_to_analog(model, rpu_config, ensure_analog_root=False)
+
+
+def from_analog(analog: nn.Module, model_spec: dict | None = None) -> nn.Module:
+    """The nvcim model holding an aihwkit analog model's weights (`convert_to_digital`), rebuilt with
+    `create_model(**model_spec)` (default: the spec the analog model was converted from) and loaded strictly."""
+    require()
+    from aihwkit.nn.conversion import convert_to_digital
+
+    from nvcim.models import create_model
+
+    spec = model_spec or getattr(analog, "nvcim_spec", None)
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise AihwkitError("the analog model carries no nvcim model spec (it was not converted from an nvcim model): "
+                           "pass model_spec={'name': ..., 'num_classes': ..., 'in_channels': ..., 'width': ...}")
+    digital = convert_to_digital(analog)
+    state = {k: v for k, v in digital.state_dict().items() if isinstance(v, torch.Tensor)}
+    model = create_model(**spec)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise AihwkitError(f"the analog model's weights do not fit model spec {spec} "
+                           f"({str(exc).splitlines()[0]}): pass the spec it was converted from") from None
+    return model
+
+
+def aihwkit_monte_carlo(model: nn.Module, data: Any, device: AihwkitDevice, *, runs: int, seed: int,
+                        batch_size: int = 256, progress: bool = False, baselines: bool = True):
+    """nvcim's MCResult of `model` on `data` over `runs` chips of the aihwkit `device` (module docstring)."""
+    require()
+    from aihwkit.inference.utils import drift_analog_weights, program_analog_weights
+    from tqdm.auto import tqdm
+
+    from nvcim.data.batching import eval_mode, materialize
+    from nvcim.evaluate.forward import Accumulator, count_correct
+    from nvcim.evaluate.results import MCResult
+    from nvcim.evaluate.sampler import run_seed
+    from nvcim.evaluate.stats import summarize
+
+    if runs < 1 or seed < 0 or batch_size < 1:
+        raise ValueError(f"runs={runs}, seed={seed}, batch_size={batch_size}: need runs >= 1, seed >= 0, batch_size >= 1")
+    t0 = time.perf_counter()
+    batches = materialize(data, batch_size, torch.device("cpu"), torch.float32)
+    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
+        model = copy.deepcopy(model).float().cpu()  # never change the caller's model
+    n = sum(int(y.numel()) for _, y in batches)
+    analog = to_analog(model, device).eval()
+    with eval_mode(model):
+        clean = count_correct(model, batches) if baselines else math.nan
+        with torch.no_grad():
+            out = model(batches[0][0][:1])
+    classes = int(out.shape[-1])
+    quantized = count_correct(analog, batches) if baselines else math.nan  # before programming: no weight noise
+    acc = Accumulator(runs)
+    bar = tqdm(total=runs, desc=f"MC {device.name}", disable=not progress, leave=False)
+    try:
+        with torch.no_grad():
+            for r in range(runs):
+                torch.manual_seed(run_seed(seed, r))
+                program_analog_weights(analog, None)  # a fresh chip: programming noise from the reference weights
+                drift_analog_weights(analog, device.t_inference)
+                for x, y in batches:
+                    acc.add([r], analog(x).unsqueeze(0), y)  # [1, B, classes]
+                bar.update(1)
+    finally:
+        bar.close()
+    stats = summarize(acc.correct, n, float(acc.ekl_sum.sum()), int(acc.ekl_n.sum()))
+    return MCResult(sigma=0.0, runs=runs, seed=seed, n_samples=n, clean_accuracy=100.0 * clean / n,
+                    quantized_accuracy=100.0 * quantized / n, per_run_correct=[int(c) for c in acc.correct],
+                    wall_time_s=time.perf_counter() - t0, path="aihwkit", device_config=device.to_dict(),
+                    nonfinite_runs=int((acc.nonfinite > 0).sum()), num_classes=classes, **stats)
+
+
+def export_analog(ckpt, out, device: AihwkitDevice | str | None = None):
+    """`nvcim export CKPT --aihwkit DEVICE --out FILE.pt`: the checkpoint's model as an aihwkit analog model
+    (`to_analog`), saved whole with torch.save (load it with `torch.load(FILE, weights_only=False)`)."""
+    import io
+
+    from nvcim.io.checkpoint import load_checkpoint
+    from nvcim.io.files import atomic_write_bytes
+
+    require()
+    device = device if isinstance(device, AihwkitDevice) else aihwkit_device(device or f"{PREFIX}pcm")
+    model, _ = load_checkpoint(ckpt)
+    analog = to_analog(model.float().eval(), device)
+    buf = io.BytesIO()
+    torch.save(analog, buf)
+    return atomic_write_bytes(out, buf.getvalue())
+
+
+def import_analog(path, out, model_spec: dict | None = None):
+    """`nvcim import FILE.pt --out CKPT`: an nvcim checkpoint of the aihwkit analog model saved whole in FILE (e.g.
+    trained with aihwkit after `export_analog`). Unpickling runs code from the file: import only files you trust."""
+    from pathlib import Path
+
+    from nvcim.io.checkpoint import replaceable_problem, save_checkpoint
+
+    require()
+    problem = replaceable_problem(out)
+    if problem:
+        raise AihwkitError(f"cannot write checkpoint {out}: {problem}")
+    if not Path(path).is_file():
+        raise AihwkitError(f"aihwkit model file {path} does not exist: give the file written by torch.save(analog_model)")
+    try:
+        analog = torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as exc:  # unpickling errors of every kind
+        raise AihwkitError(f"aihwkit model file {path} cannot be read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
+                           "give a file written by torch.save(analog_model)") from None
+    if not isinstance(analog, nn.Module):
+        raise AihwkitError(f"aihwkit model file {path} holds a {type(analog).__name__}, not a model: save the analog "
+                           "model itself with torch.save(analog_model)")
+    model = from_analog(analog, model_spec)
+    return save_checkpoint(out, model, model.nvcim_spec, imported_from={"aihwkit_model": str(path)})

@@ -1,0 +1,182 @@
+"""aihwkit interop (nvcim.interop.aihwkit): device-model specs (always), and with the aihwkit extra installed,
+Monte Carlo under its noise models, the device-model matrix, analog models out and back in."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import run_cli
+
+import nvcim
+from nvcim.interop import aihwkit as ai
+from nvcim.io.checkpoint import load_checkpoint, save_checkpoint
+from nvcim.models import create_model
+
+needs_aihwkit = pytest.mark.skipif(not ai.available(), reason="the aihwkit extra is not installed "
+                                   "(pip install 'nvcim[aihwkit]' or bash scripts/install_aihwkit.sh)")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """aihwkit's small forwards thrash with 2 threads on a busy 2-core machine (measured 11.6 s vs 1.6 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_spec_parsing():
+    dev = ai.aihwkit_device("aihwkit:pcm?prog_noise_scale=1.5&t_inference=3600&tile=rpucuda&io=perfect")
+    assert (dev.kind, dev.noise, dev.t_inference, dev.tile, dev.io, dev.compensation) == \
+        ("pcm", {"prog_noise_scale": 1.5}, 3600.0, "rpucuda", "perfect", "global")
+    assert ai.aihwkit_device("aihwkit:reram", t_inference=86400).t_inference == 86400
+    assert ai.aihwkit_device(" aihwkit:pcm ").to_dict()["noise_model"] == "PCMLikeNoiseModel"
+    assert ai.is_aihwkit_spec("aihwkit:pcm") and not ai.is_aihwkit_spec("rram4") and not ai.is_aihwkit_spec(None)
+    assert [n for n, _ in ai.list_aihwkit_models()] == ["aihwkit:pcm", "aihwkit:reram"]
+
+
+@pytest.mark.parametrize("spec,kw,match", [
+    ("aihwkit:flash", {}, "unknown aihwkit kind"),
+    ("aihwkit:pcm?noise_scale=1", {}, "unknown option 'noise_scale'"),
+    ("aihwkit:pcm?prog_noise_scale=x", {}, "not a number"),
+    ("aihwkit:pcm?prog_noise_scale=-1", {}, ">= 0"),
+    ("aihwkit:pcm?tile=gpu", {}, "tile='gpu' is invalid"),
+    ("aihwkit:pcm?t_inference=10", {"t_inference": 20}, "give the inference time once"),
+    ("aihwkit:reram?t_inference=3600", {}, "86400"),
+    ("aihwkit:pcm?g_max=1&g_max=2", {}, "twice"),
+    ("rram4", {}, "not an aihwkit one"),
+])
+def test_spec_errors(spec, kw, match):
+    with pytest.raises(ai.AihwkitError, match=match):
+        ai.aihwkit_device(spec, **kw)
+
+
+def _checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("vgg8", 10, 1, width=0.0625)
+    return save_checkpoint(tmp_path / "ck", model, model.nvcim_spec, device=nvcim.DeviceConfig(sigma=0.1),
+                           data={"name": "mnist5k", "limit": 64}), model
+
+
+def test_cli_checks_before_loading(tmp_path, capsys):
+    ckpt, _ = _checkpoint(tmp_path)
+    for argv, match in (([str(ckpt), "--device-model", "aihwkit:pcm", "--sigma", "0.1"], "has no σ_d"),
+                        ([str(ckpt), "--device-model", "aihwkit:pcm?bad=1"], "unknown option"),
+                        ([str(ckpt), "--time", "5"], "aihwkit device models only"),
+                        ([str(ckpt), "--device-model", "aihwkit:pcm", "--time", "x"], "not a number")):
+        rc, _, err = run_cli(["eval", *argv], capsys)
+        assert rc == 2 and match in err and len(err.strip().splitlines()) == 1, err
+    rc, out, _ = run_cli(["eval", "--list-device-models"], capsys)
+    assert rc == 0 and "aihwkit:pcm" in out and "aihwkit:reram" in out
+
+
+@pytest.mark.skipif(ai.available(), reason="checks the message shown without the aihwkit extra")
+def test_missing_aihwkit_is_one_line(tmp_path, capsys):
+    ckpt, _ = _checkpoint(tmp_path)
+    rc, _, err = run_cli(["eval", str(ckpt), "--device-model", "aihwkit:pcm", "--runs", "2"], capsys)
+    assert rc == 2 and "aihwkit is not installed" in err and "install_aihwkit.sh" in err
+
+
+def _data(n=16):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 1, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+@needs_aihwkit
+@pytest.mark.aihwkit
+def test_monte_carlo_statistics_and_reproducibility():
+    torch.manual_seed(0)
+    model = create_model("vgg8", 10, 1, width=0.0625)
+    dev = ai.aihwkit_device("aihwkit:pcm?prog_noise_scale=3")
+    a = dev.monte_carlo(model, _data(), runs=2, seed=5, batch_size=8)
+    b = dev.monte_carlo(model, _data(), runs=2, seed=5, batch_size=8)
+    assert a.runs == 2 and a.n_samples == 16 and a.path == "aihwkit" and a.device_config["aihwkit"] == "pcm"
+    assert a.per_run_correct == b.per_run_correct  # the chips come from the seed
+    exact = ai.aihwkit_device("aihwkit:pcm?prog_noise_scale=3&io=perfect")  # no output noise drawn per forward:
+    c, d = (exact.monte_carlo(model, _data(), runs=2, seed=5, batch_size=bs) for bs in (8, 16))
+    assert c.per_run_correct == d.per_run_correct  # then the batching does not matter either
+    assert len(set(a.per_run_accuracy)) > 1 or a.std == 0  # chips differ (or the model is constant)
+    clean = nvcim.evaluate.monte_carlo_evaluate(model, _data(), nvcim.DeviceConfig(sigma=0), runs=2)
+    assert a.clean_accuracy == clean.clean_accuracy
+    with pytest.raises(ai.AihwkitError, match="groups=1"):  # aihwkit has no grouped convolutions
+        dev.monte_carlo(create_model("tiny", 10, 1), _data(), runs=2, seed=0)
+
+
+@needs_aihwkit
+@pytest.mark.aihwkit
+def test_analog_export_import_round_trip(tmp_path, capsys):
+    ckpt, model = _checkpoint(tmp_path)
+    rc, out, err = run_cli(["export", str(ckpt), "--aihwkit", "aihwkit:pcm", "--out", str(tmp_path / "a.pt")], capsys)
+    assert rc == 0, err
+    analog = torch.load(tmp_path / "a.pt", weights_only=False)
+    assert any("Analog" in type(m).__name__ for m in analog.modules())
+    rc, out, err = run_cli(["import", str(tmp_path / "a.pt"), "--out", str(tmp_path / "back")], capsys)
+    assert rc == 0, err
+    back, config = load_checkpoint(tmp_path / "back")
+    assert config["imported_from"] == {"aihwkit_model": str(tmp_path / "a.pt")}
+    for key, value in model.state_dict().items():
+        assert torch.allclose(back.state_dict()[key].float(), value.float(), rtol=1e-5, atol=1e-6), key
+
+    from aihwkit.optim import AnalogSGD  # one step of hardware-aware training in aihwkit, then back into nvcim
+
+    analog.train()
+    opt = AnalogSGD(analog.parameters(), lr=0.5)
+    x, y = _data(8)
+    torch.nn.functional.cross_entropy(analog(x), y).backward()
+    opt.step()
+    torch.save(analog, tmp_path / "trained.pt")
+    rc, out, err = run_cli(["import", str(tmp_path / "trained.pt"), "--out", str(tmp_path / "trained")], capsys)
+    assert rc == 0, err
+    trained, _ = load_checkpoint(tmp_path / "trained")
+    expected = ai.from_analog(analog).state_dict()
+    assert all(torch.equal(trained.state_dict()[k], v) for k, v in expected.items())
+    assert not torch.allclose(expected["classifier.2.weight"], model.state_dict()["classifier.2.weight"])
+
+
+@needs_aihwkit
+@pytest.mark.aihwkit
+def test_eval_and_matrix_cli(tmp_path, capsys, monkeypatch):
+    ckpt, model = _checkpoint(tmp_path)
+    import nvcim.cli.eval_data as eval_data
+
+    x, y = _data(16)
+
+    class Split:
+        def __len__(self):
+            return len(y)
+
+        def batches(self, b):
+            return [(x[i:i + b], y[i:i + b]) for i in range(0, len(y), b)]
+
+    loaded = eval_data.Loaded(model, load_checkpoint(ckpt)[1], nvcim.DeviceConfig(sigma=0.1), "mnist5k", None, Split())
+    monkeypatch.setattr(eval_data, "load_for_eval", lambda *a, **k: loaded)
+    monkeypatch.setattr("nvcim.cli.eval_aihwkit.load_for_eval", lambda *a, **k: loaded)
+    monkeypatch.setattr("nvcim.cli.eval_matrix.load_for_eval", lambda *a, **k: loaded)
+    rc, out, err = run_cli(["eval", str(ckpt), "--device-model", "aihwkit:reram", "--time", "86400", "--runs", "2",
+                            "--out", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv")], capsys)
+    assert rc == 0, err
+    rec = json.loads((tmp_path / "r.json").read_text())
+    assert rec["device_config"]["aihwkit"] == "reram" and rec["device_config"]["t_inference"] == 86400
+    assert len(rec["results"][0]["per_run_accuracy"]) == 2 and (tmp_path / "r.csv").is_file()
+    rc, out, err = run_cli(["eval", str(ckpt), "--device-models", "gaussian,aihwkit:pcm", "--runs", "2",
+                            "--out", str(tmp_path / "m.json")], capsys)
+    assert rc == 0, err
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["device_models"] == ["gaussian", "aihwkit:pcm"] and m["cells"][0][1]["device_config"]["aihwkit"] == "pcm"
+
+
+@pytest.mark.slow
+def test_install_script(tmp_path):
+    """scripts/install_aihwkit.sh into this environment: aihwkit imports and torch is unchanged (minutes)."""
+    before = torch.__version__
+    script = Path(__file__).resolve().parents[1] / "scripts" / "install_aihwkit.sh"
+    proc = subprocess.run(["bash", str(script), sys.executable], capture_output=True, text=True, timeout=3600,
+                          env={**os.environ, "NICE": "10"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = subprocess.run([sys.executable, "-c", "import aihwkit, torch; print(torch.__version__)"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == before

@@ -1,0 +1,145 @@
+"""Conductance maps (nvcim export / import): bit-exact round trip for every registered model, the format, errors."""
+
+import json
+
+import pytest
+import torch
+from helpers import run_cli
+
+import nvcim
+from nvcim.core.device import slice_levels, quantize_levels
+from nvcim.io.checkpoint import load_checkpoint, save_checkpoint
+from nvcim.io.conductance import (MANIFEST_FILE, TENSORS_FILE, ConductanceMapError, export_conductance_map,
+                                  import_conductance_map, read_conductance_map)
+from nvcim.layers.noise import selected_parameters
+from nvcim.models import create_model, list_models
+
+
+def _checkpoint(tmp_path, name="tiny", cfg=None, dtype=torch.float32):
+    torch.manual_seed(0)
+    model = create_model(name, 10, 1, width=0.125)
+    model.train()
+    model(torch.randn(4, 1, 32, 32))  # BatchNorm statistics that are not the defaults
+    model = model.to(dtype)
+    cfg = cfg or nvcim.DeviceConfig(sigma=0.2)
+    return save_checkpoint(tmp_path / f"ck-{name}", model, model.nvcim_spec, device=cfg, method="ovf", seed=4), model, cfg
+
+
+def _bits(t):
+    return t.view(torch.int16 if t.element_size() == 2 else torch.int32)
+
+
+@pytest.mark.parametrize("tiles", [None, (7, 5)], ids=["untiled", "tiled"])
+@pytest.mark.parametrize("name", list_models())
+def test_round_trip_equals_quantize(tmp_path, name, tiles):
+    ckpt, model, cfg = _checkpoint(tmp_path, name)
+    rows, cols = tiles or (None, None)
+    export_conductance_map(ckpt, tmp_path / "map", tile_rows=rows, tile_cols=cols)
+    import_conductance_map(tmp_path / "map", tmp_path / "back")
+    back, config = load_checkpoint(tmp_path / "back")
+    noisy = {n: getattr(m, a) for n, m, a in selected_parameters(model)}
+    state, rebuilt = model.state_dict(), back.state_dict()
+    assert rebuilt.keys() == state.keys()
+    for key, value in state.items():
+        expected = nvcim.quantize(value, cfg) if key in noisy else value
+        assert rebuilt[key].dtype == expected.dtype and torch.equal(_bits(rebuilt[key]) if key in noisy else rebuilt[key],
+                                                                     _bits(expected) if key in noisy else expected), key
+    assert config["method"] == "ovf" and config["seed"] == 4 and nvcim.DeviceConfig.from_dict(config["device"]) == cfg
+    assert config["imported_from"] == {"conductance_map": str(tmp_path / "map"), "source_checkpoint": str(ckpt)}
+
+
+@pytest.mark.parametrize("dtype,bits", [(torch.float32, (6, 3)), (torch.bfloat16, (8, 2)), (torch.float16, (4, 1))])
+def test_round_trip_other_bits_and_dtypes(tmp_path, dtype, bits):
+    cfg = nvcim.DeviceConfig(weight_bits=bits[0], device_bits=bits[1], sigma=0.1)
+    ckpt, model, _ = _checkpoint(tmp_path, "tiny", cfg, dtype)
+    export_conductance_map(ckpt, tmp_path / "map", tile_rows=3)
+    back, _ = read_conductance_map(tmp_path / "map")
+    for name, module, attr in selected_parameters(model):
+        got = back.get_parameter(name)
+        assert got.dtype == dtype and torch.equal(_bits(got), _bits(nvcim.quantize(getattr(module, attr), cfg)))
+
+
+def test_format_levels_sign_scale_and_manifest(tmp_path):
+    ckpt, model, cfg = _checkpoint(tmp_path)
+    out = export_conductance_map(ckpt, tmp_path / "map", tile_rows=4, tile_cols=3)
+    assert sorted(p.name for p in out.iterdir()) == [TENSORS_FILE, MANIFEST_FILE]
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(out / TENSORS_FILE))
+    data = json.loads((out / MANIFEST_FILE).read_text())
+    params = selected_parameters(model)
+    assert [layer["name"] for layer in data["layers"]] == [n for n, _, _ in params]  # layer order
+    assert data["weight_bits"] == 8 and data["device_bits"] == 2 and data["devices_per_weight"] == 4
+    assert data["level_conductance"] == [0, 1 / 3, 2 / 3, 1] and data["tiling"] == {"tile_rows": 4, "tile_cols": 3}
+    assert data["source"]["checkpoint"] == str(ckpt) and data["source"]["config"]["method"] == "ovf"
+    name, module, attr = params[0]  # a conv: [out, in, kh, kw]
+    w = getattr(module, attr).detach()
+    layer = data["layers"][0]
+    rows, cols = w[0].numel(), w.shape[0]
+    assert layer["shape"] == list(w.shape) and (layer["crossbar_rows"], layer["crossbar_cols"]) == (rows, cols)
+    assert layer["tiles"] == [-(-rows // 4), -(-cols // 3)] and layer["tile_shape"] == [4, 3]
+    levels, sign, scale = tensors[f"levels/{name}"], tensors[f"sign/{name}"], tensors[f"scale/{name}"]
+    assert levels.dtype == sign.dtype == torch.uint8 and levels.shape == (4, *layer["tiles"], 4, 3)
+    assert torch.equal(scale, w.abs().amax()) and layer["scale"] == float(scale)
+    expected = slice_levels(quantize_levels(w, cfg), cfg)  # [4, out, in, kh, kw]
+    # device j of weight [o, i, y, x] sits at crossbar row (i, y, x), column o
+    o, r = 1, 5
+    tile_r, tile_c = divmod(r, 4), divmod(o, 3)
+    assert levels[:, tile_r[0], tile_c[0], tile_r[1], tile_c[1]].tolist() == expected.reshape(4, cols, rows)[:, o, r].tolist()
+    assert int(sign[tile_r[0], tile_c[0], tile_r[1], tile_c[1]]) == int(w.reshape(cols, rows)[o, r] < 0)
+    assert f"digital/{params[0][0].rsplit('.', 1)[0]}.bias" in tensors or data["digital"]  # biases / BN kept exact
+
+
+def _corrupt(map_dir, key, fn):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(map_dir / TENSORS_FILE))
+    tensors[key] = fn(tensors[key])
+    save_file(tensors, str(map_dir / TENSORS_FILE))
+
+
+def test_cli_export_import_and_errors(tmp_path, capsys):
+    ckpt, _, _ = _checkpoint(tmp_path)
+    rc, out, err = run_cli(["export", str(ckpt), "--out", str(tmp_path / "map"), "--tile-rows", "8"], capsys)
+    assert rc == 0 and "noisy layers" in out and err == ""
+    rc, out, _ = run_cli(["export", str(ckpt), "--out", str(tmp_path / "map")], capsys)  # replaces its own map
+    assert rc == 0 and json.loads((tmp_path / "map" / MANIFEST_FILE).read_text())["tiling"]["tile_rows"] is None
+    rc, out, err = run_cli(["import", str(tmp_path / "map"), "--out", str(tmp_path / "back")], capsys)
+    assert rc == 0 and (tmp_path / "back" / "config.json").is_file()
+
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    for argv in (["export", str(ckpt), "--out", str(other)],                    # not nvcim's: never replaced
+                 ["export", str(ckpt), "--out", str(ckpt / "map")],            # inside the checkpoint
+                 ["export", str(tmp_path / "nope"), "--out", str(tmp_path / "m2")],
+                 ["export", str(ckpt), "--out", str(tmp_path / "m3"), "--tile-rows", "0"],
+                 ["import", str(other), "--out", str(tmp_path / "b2")],        # no manifest
+                 ["import", str(tmp_path / "map"), "--out", str(other)],
+                 ["import", str(tmp_path / "map"), "--out", str(tmp_path / "map" / "ck")]):
+        rc, out, err = run_cli(argv, capsys)
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and "error" in err, (argv, err)
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    assert not any((tmp_path / n).exists() for n in ("m2", "m3", "b2")) and not (ckpt / "map").exists()
+    assert not (tmp_path / "map" / "ck").exists()
+
+
+@pytest.mark.parametrize("problem", ["level", "sign", "padding", "shape", "missing"])
+def test_import_refuses_a_damaged_map(tmp_path, problem):
+    ckpt, model, _ = _checkpoint(tmp_path)
+    export_conductance_map(ckpt, tmp_path / "map", tile_rows=7)
+    name = selected_parameters(model)[0][0]
+    if problem == "missing":
+        data = json.loads((tmp_path / "map" / MANIFEST_FILE).read_text())
+        data["digital"].append("features.99.bias")
+        (tmp_path / "map" / MANIFEST_FILE).write_text(json.dumps(data))
+    else:
+        key = f"{'sign' if problem == 'sign' else 'levels'}/{name}"
+        fixes = {"level": lambda t: t.index_fill(0, torch.tensor([0]), 7),
+                 "sign": lambda t: t + 2,
+                 "padding": lambda t: t.index_fill(-2, torch.tensor([t.shape[-2] - 1]), 1),
+                 "shape": lambda t: t[:2]}
+        _corrupt(tmp_path / "map", key, fixes[problem])
+    with pytest.raises(ConductanceMapError, match="map"):
+        import_conductance_map(tmp_path / "map", tmp_path / "back")
+    assert not (tmp_path / "back").exists()
