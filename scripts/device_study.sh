@@ -4,7 +4,8 @@
 # all trained under the paper's Gaussian device) evaluated under every device model: the four NeFT
 # presets, stuck-at faults (Chen et al. 2015), read noise, drift at 1 h / 1 day / 1 year with and without
 # compensation (experiments/devices/*.toml), on common random numbers (30 chips from seed 0 on all 1,000
-# test digits per cell), then the 4/6/8-bit ADCs (10 chips per cell: the bit-sliced path is slow).
+# test digits per cell), then the 4/6/8-bit ADCs and, with the aihwkit extra installed, aihwkit's PCM
+# inference model one hour after programming (an independent noise model; 10 chips per cell: both are slow).
 # One matrix per σ (rows: checkpoints, columns: device models), evaluated at that σ.
 # Resumable: finished matrices are skipped. Two evaluations at a time, one thread each.
 #   nvcim sweep experiments/repro/devices_mnist5k.toml --out repro_out/devices --workers 2
@@ -19,6 +20,7 @@ D=experiments/devices
 DEVICES="gaussian,rram1,fefet2,rram4,fefet6,stuck-chen2015,$D/read_noise.toml"
 for t in 1h 1d 1y; do DEVICES="$DEVICES,$D/drift_$t.toml,$D/drift_${t}_comp.toml"; done
 ADCS="gaussian,$D/adc8.toml,$D/adc6.toml,$D/adc4.toml"
+$PY -c "import aihwkit" 2>/dev/null && ADCS="$ADCS,aihwkit:pcm?t_inference=3600"
 mkdir -p "$DEST"
 ckpts() {  # the checkpoints of one σ, in a fixed order: method-major, seed-minor
   local s=$1 out=()
