@@ -19,22 +19,23 @@ chip on the whole test set. The protocol (chip r is always the chip of `run_seed
     R(N) = max(n0, (t V(N)^½ / h)²) and one chip costs c_draw + N c_image (c_draw timed on two draws,
     c_image from the pilot's time per chip); N minimises R(N) (c_draw + N c_image) over MIN_IMAGES .. n.
  3. Stein's two-stage procedure (Stein 1945) on chips F, F+1, ...: each scores N test images drawn from
-    its own seed (`subset_indices`: a function of (seed, r), never of the model). A first stage of
-    n0 = min(FIRST_STAGE, max_chips) chips gives the std s0 of their accuracies; then
-    R = max(n0, ceil((t s0 / h)²)) chips in all (at most max_chips), t the 0.975 quantile of Student's t
-    with n0 - 1 degrees of freedom, and the interval is the mean of the R chips ± t s0 / √R (<= h unless
-    max_chips cut R short: a warning says so).
+    its own seed (`subset_indices`: a function of (seed, r), never of the model). A first stage of n0 chips
+    (FIRST_STAGE_SHARE of the chips the pilot predicts, at least FIRST_STAGE, at most max_chips) gives the
+    std s0 of their accuracies; then R = max(n0, ceil((t s0 / h)²)) chips in all, t the 0.975 quantile of
+    Student's t with n0 - 1 degrees of freedom. Then a Chow-Robbins check: while the plain t interval over
+    all R chips is wider than h, more chips in rounds (`more_chips`). The reported half-width is the
+    larger of Stein's t s0 / √R and the plain t half-width, <= h unless max_chips cut R short (a warning).
 
-Why it is valid: given the chip and its subset size, a random subset's accuracy has expectation the chip's
-full-set accuracy, so every chip's value is an unbiased, independent draw of the quantity the fixed
-protocol estimates (the mean over chips of the full-set accuracy). R depends on the data only through s0,
-and for normal values the mean of the R chips given s0 is normal with variance σ² / R, so
-(mean - μ) √R / s0 is exactly Student t with n0 - 1 degrees of freedom whatever R: the interval covers μ
-with probability 95 % exactly (a sequential "stop when the running interval is tight enough" rule
-would not: it stops on low variance estimates and undercovers). N is fixed before stage 3 from the pilot
-chips, which are not in the mean, so the choice of N changes the time taken, never the validity.
-Per-chip accuracies are bounded and skewed rather than normal: tests/test_adaptive.py measures the
-coverage by simulation on skewed chip distributions with binomial subsets.
+Why it is valid: given the chip, a random subset's accuracy has expectation the chip's full-set accuracy,
+so every chip's value is an unbiased, independent draw of what the fixed protocol estimates (the mean over
+chips of the full-set accuracy). For normal values Stein's interval is exact: R depends on the data only
+through s0, and (mean - μ) √R / s0 is Student t with n0 - 1 degrees of freedom whatever R. (A bare
+"stop when the running interval is tight enough" rule is not: it stops on low variance estimates.) N
+and n0 are fixed before stage 3 from the pilot chips, which are not in the mean. Per-chip accuracies are
+bounded and skewed, sometimes with a few collapsed chips, which a small first stage misses; sizing n0 from
+the pilot and the Chow-Robbins rounds (which can only widen the reported interval or add chips) correct
+for that. tests/test_adaptive.py measures the coverage of `stages` by simulation (skewed chips, a 5 %
+collapsed-chip mixture, near-binomial chips, each with hypergeometric subsets).
 
 Common random numbers: two models of one architecture evaluated with the same seed draw the same
 standard normals on chip r and score it on the same images (nested subsets: the first N of one
@@ -62,7 +63,8 @@ from nvcim.evaluate.stats import summarize, t_quantile
 from nvcim.layers.noise import clear_chip_, program_chip_, quantization_cached, variation_disabled
 
 PILOT_CHIPS = 20  # chips scored on the full test set first: the percentiles and the choice of N
-FIRST_STAGE = 30  # Stein's first stage (t with 29 degrees of freedom: 4 % above the normal quantile)
+FIRST_STAGE = 30  # Stein's first stage at least (t with 29 degrees of freedom: 4 % above the normal quantile)
+FIRST_STAGE_SHARE = 0.5  # ... else this share of the chips the pilot predicts
 DEFAULT_MAX_CHIPS = 20_000  # chips in the mean at most (the pilot's come on top)
 MIN_IMAGES = 16  # the fewest test images a chip scores when N is chosen
 IMAGES_AUTO = "auto"
@@ -89,6 +91,22 @@ def check_target_args(target_ci, max_chips, images_per_chip, pilot_chips) -> Non
 
 
 # ---- the statistics (pure functions) -----------------------------------------------------------
+def subset_variance(full_accuracy: Sequence[float], n: int, images) -> np.ndarray:
+    """Variance (points²) of one random chip's accuracy on `images` of the n test images drawn without
+    replacement, from chips' full-set accuracies (fractions): V + B (n - N) / (N (n - 1)) (module docstring)."""
+    a = np.asarray(full_accuracy, dtype=np.float64)
+    v_chip = float(a.var(ddof=1)) if a.size > 1 else 0.0
+    b = float(np.mean(a * (1.0 - a)))
+    images = np.asarray(images, dtype=np.float64)
+    return 1e4 * (v_chip + b * (n - images) / (images * max(n - 1, 1)))
+
+
+def first_stage_chips(predicted_variance: float, target: float, max_chips: int) -> int:
+    """n0: FIRST_STAGE_SHARE of the chips the pilot predicts, at least FIRST_STAGE, at most max_chips."""
+    predicted = 1.96**2 * predicted_variance / target**2
+    return int(min(max_chips, max(FIRST_STAGE, math.ceil(FIRST_STAGE_SHARE * predicted))))
+
+
 def stein_chips(first: Sequence[float], target: float, max_chips: int) -> tuple[int, float, float]:
     """(R, t, s0): Stein's total number of chips from the first stage's accuracies (points), capped at max_chips."""
     n0 = len(first)
@@ -100,19 +118,48 @@ def stein_chips(first: Sequence[float], target: float, max_chips: int) -> tuple[
     return min(need, max(max_chips, n0)), t, s0
 
 
+def t_half_width(values: Sequence[float]) -> float:
+    """The plain 95 % Student t half-width of the mean of `values` (points)."""
+    v = np.asarray(values, dtype=np.float64)
+    return t_quantile(0.975, v.size - 1) * float(v.std(ddof=1)) / math.sqrt(v.size)
+
+
+def more_chips(values: Sequence[float], target: float, max_chips: int) -> int:
+    """Chips to add after Stein's stage when the t interval over all of them is still wider than `target`
+    (Chow-Robbins check): enough for the present std, at least a tenth more; 0 when done or at max_chips."""
+    k = len(values)
+    if k >= max_chips or t_half_width(values) <= target:
+        return 0
+    s = float(np.std(np.asarray(values, dtype=np.float64), ddof=1))
+    need = math.ceil((t_quantile(0.975, k - 1) * s / target) ** 2)
+    return int(min(max_chips, max(need, k + math.ceil(0.1 * k))) - k)
+
+
+def stages(draw: Callable[[int], np.ndarray], first_stage: int, target: float, max_chips: int
+           ) -> tuple[np.ndarray, float]:
+    """(accuracies of the R chips, half-width): Stein's two stages, then Chow-Robbins rounds (module docstring).
+
+    draw(k): the accuracies (points) of the next k chips. Pure: the coverage test runs it on synthetic chips.
+    """
+    values = np.asarray(draw(first_stage), dtype=np.float64)
+    runs, t, s0 = stein_chips(values, target, max_chips)
+    add = runs - values.size
+    while add > 0:
+        values = np.concatenate([values, draw(add)])
+        add = more_chips(values, target, max_chips)
+    return values, max(t * s0 / math.sqrt(values.size), t_half_width(values))
+
+
 def choose_images(full_accuracy: Sequence[float], n: int, c_draw: float, c_image: float, target: float,
-                  n0: int, max_chips: int) -> int:
+                  max_chips: int) -> int:
     """N minimising the time to a half-width `target` (points), from the pilot's full-set accuracies (fractions).
 
     See the module docstring (stage 2). When no N reaches the target within max_chips: n (the smallest variance).
     """
-    a = np.asarray(full_accuracy, dtype=np.float64)
-    v_chip = float(a.var(ddof=1)) if a.size > 1 else 0.0
-    b = float(np.mean(a * (1.0 - a)))
-    t = t_quantile(0.975, n0 - 1)
     cands = np.unique(np.append(np.geomspace(min(MIN_IMAGES, n), n, 64).round().astype(np.int64), n))  # [K]
-    var = 1e4 * (v_chip + b * (n - cands) / (cands * max(n - 1, 1)))  # points² of one chip's accuracy, [K]
-    chips = np.clip(np.ceil(t * t * var / target**2), n0, max(max_chips, n0))  # [K]
+    var = subset_variance(full_accuracy, n, cands)  # [K]
+    t = t_quantile(0.975, FIRST_STAGE - 1)
+    chips = np.clip(np.ceil(t * t * var / target**2), FIRST_STAGE, max(max_chips, FIRST_STAGE))  # [K]
     reach = t * np.sqrt(var / chips) <= target * (1 + 1e-9)
     if not reach.any():
         return int(n)
@@ -228,20 +275,20 @@ def target_precision(model: nn.Module, batches, cfg: DeviceConfig, seed: int, ta
     t0 = time.perf_counter()
     max_chips = DEFAULT_MAX_CHIPS if max_chips is None else max_chips
     n_pilot = PILOT_CHIPS if pilot_chips is None else pilot_chips
-    n0 = min(FIRST_STAGE, max_chips)
     x = torch.cat([xb for xb, _ in batches])  # [n, ...]
     y = torch.cat([yb for _, yb in batches])  # [n]
     n = int(y.numel())
     t_pilot = time.perf_counter()
     full = pilot(n_pilot)  # chips 0 .. F-1 on every image
     per_chip_s = (time.perf_counter() - t_pilot) / n_pilot
+    pilot_accuracy = np.asarray(full.per_run_correct) / n  # [F] fractions
     sampler = ChipSampler(model, cfg, device)
     if images_per_chip in (None, IMAGES_AUTO):
         c_draw = _draw_seconds(sampler, seed)
-        images = choose_images(np.asarray(full.per_run_correct) / n, n, c_draw, max(per_chip_s - c_draw, 1e-12) / n,
-                               target, n0, max_chips)
+        images = choose_images(pilot_accuracy, n, c_draw, max(per_chip_s - c_draw, 1e-12) / n, target, max_chips)
     else:
         images = min(int(images_per_chip), n)
+    n0 = first_stage_chips(float(subset_variance(pilot_accuracy, n, images)), target, max_chips)
 
     from tqdm.auto import tqdm
 
@@ -249,27 +296,32 @@ def target_precision(model: nn.Module, batches, cfg: DeviceConfig, seed: int, ta
     opts = dict(batch_size=batch_size, chunk=max(1, chunk_bytes // max(sampler.weight_bytes(), 1)), loop=loop,
                 calib=calib, bar=bar)
     try:
-        first = score_chips(model, sampler, (x, y), range(n_pilot, n_pilot + n0), images, seed, **opts)
-        runs, t, s0 = stein_chips(100.0 * first.correct / images, target, max_chips)
-        bar.total = runs
-        bar.refresh()
-        rest = score_chips(model, sampler, (x, y), range(n_pilot + n0, n_pilot + runs), images, seed, **opts)
+        parts: list[Accumulator] = []
+
+        def draw(count: int) -> np.ndarray:
+            done = sum(len(p.correct) for p in parts)
+            bar.total = done + count
+            bar.refresh()
+            parts.append(score_chips(model, sampler, (x, y), range(n_pilot + done, n_pilot + done + count), images,
+                                     seed, **opts))
+            return 100.0 * parts[-1].correct / images  # [count] points
+
+        values, half = stages(draw, n0, target, max_chips)
     finally:
         bar.close()
-    correct = np.concatenate([first.correct, rest.correct])  # [R]
-    values = 100.0 * correct / images
-    half = t * s0 / math.sqrt(runs)
+    correct = np.concatenate([p.correct for p in parts])  # [R]
+    runs = int(correct.size)
     mean = float(values.mean())
     if half > target:
         warnings.warn(f"nvcim: σ={cfg.sigma:g}: the target ±{target:g} needs more than max_chips={max_chips} chips "
                       f"of {images} images: stopped at ±{half:.3g}; raise max_chips", RuntimeWarning, stacklevel=4)
     full_correct = list(full.per_run_correct) + ([int(c) for c in correct] if images == n else [])
     ekl_sum = full.ekl * full.ekl_n if full.ekl_n else 0.0
-    ekl_sum += float(first.ekl_sum.sum() + rest.ekl_sum.sum())
-    ekl_n = full.ekl_n + int(first.ekl_n.sum() + rest.ekl_n.sum())
+    ekl_sum += float(sum(p.ekl_sum.sum() for p in parts))
+    ekl_n = full.ekl_n + int(sum(p.ekl_n.sum() for p in parts))
     stats = summarize(full_correct, n, ekl_sum, ekl_n)  # the tails from full-set chips only
     stats.update(mean=mean, ci95=(mean - half, mean + half))
-    nonfinite = full.nonfinite_runs + int((first.nonfinite > 0).sum() + (rest.nonfinite > 0).sum())
+    nonfinite = full.nonfinite_runs + int(sum((p.nonfinite > 0).sum() for p in parts))
     return MCResult(sigma=cfg.sigma, runs=runs, seed=seed, n_samples=n, clean_accuracy=full.clean_accuracy,
                     quantized_accuracy=full.quantized_accuracy, per_run_correct=full_correct,
                     wall_time_s=time.perf_counter() - t0, path="loop" if loop else "chunked",
