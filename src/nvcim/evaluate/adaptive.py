@@ -45,6 +45,7 @@ permutation), so `paired_difference` of two results has a much tighter interval 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 import warnings
@@ -91,6 +92,12 @@ def check_target_args(target_ci, max_chips, images_per_chip, pilot_chips) -> Non
 
 
 # ---- the statistics (pure functions) -----------------------------------------------------------
+@functools.lru_cache(maxsize=4096)
+def _t975(df: int) -> float:
+    """The 0.975 quantile of Student's t with df degrees of freedom (cached: the rounds ask for it often)."""
+    return t_quantile(0.975, df)
+
+
 def subset_variance(full_accuracy: Sequence[float], n: int, images) -> np.ndarray:
     """Variance (points²) of one random chip's accuracy on `images` of the n test images drawn without
     replacement, from chips' full-set accuracies (fractions): V + B (n - N) / (N (n - 1)) (module docstring)."""
@@ -113,7 +120,7 @@ def stein_chips(first: Sequence[float], target: float, max_chips: int) -> tuple[
     if n0 < 2:
         raise ValueError("stein_chips: the first stage needs at least 2 chips")
     s0 = float(np.std(np.asarray(first, dtype=np.float64), ddof=1))
-    t = t_quantile(0.975, n0 - 1)
+    t = _t975(n0 - 1)
     need = max(n0, math.ceil((t * s0 / target) ** 2 - 1e-9))
     return min(need, max(max_chips, n0)), t, s0
 
@@ -121,7 +128,7 @@ def stein_chips(first: Sequence[float], target: float, max_chips: int) -> tuple[
 def t_half_width(values: Sequence[float]) -> float:
     """The plain 95 % Student t half-width of the mean of `values` (points)."""
     v = np.asarray(values, dtype=np.float64)
-    return t_quantile(0.975, v.size - 1) * float(v.std(ddof=1)) / math.sqrt(v.size)
+    return _t975(v.size - 1) * float(v.std(ddof=1)) / math.sqrt(v.size)
 
 
 def more_chips(values: Sequence[float], target: float, max_chips: int) -> int:
@@ -131,7 +138,7 @@ def more_chips(values: Sequence[float], target: float, max_chips: int) -> int:
     if k >= max_chips or t_half_width(values) <= target:
         return 0
     s = float(np.std(np.asarray(values, dtype=np.float64), ddof=1))
-    need = math.ceil((t_quantile(0.975, k - 1) * s / target) ** 2)
+    need = math.ceil((_t975(k - 1) * s / target) ** 2)
     return int(min(max_chips, max(need, k + math.ceil(0.1 * k))) - k)
 
 
@@ -158,7 +165,7 @@ def choose_images(full_accuracy: Sequence[float], n: int, c_draw: float, c_image
     """
     cands = np.unique(np.append(np.geomspace(min(MIN_IMAGES, n), n, 64).round().astype(np.int64), n))  # [K]
     var = subset_variance(full_accuracy, n, cands)  # [K]
-    t = t_quantile(0.975, FIRST_STAGE - 1)
+    t = _t975(FIRST_STAGE - 1)
     chips = np.clip(np.ceil(t * t * var / target**2), FIRST_STAGE, max(max_chips, FIRST_STAGE))  # [K]
     reach = t * np.sqrt(var / chips) <= target * (1 + 1e-9)
     if not reach.any():
@@ -184,7 +191,7 @@ def paired_difference(a: MCResult, b: MCResult) -> dict:
         raise ValueError("paired_difference: fewer than 2 chips in common")
     d = np.array([va[r] - vb[r] for r in common])  # [chips]
     mean, std = float(d.mean()), float(d.std(ddof=1))
-    half = t_quantile(0.975, d.size - 1) * std / math.sqrt(d.size)
+    half = _t975(d.size - 1) * std / math.sqrt(d.size)
     return {"mean": mean, "std": std, "ci95": (mean - half, mean + half), "half_width": half, "chips": int(d.size)}
 
 
