@@ -239,3 +239,17 @@ def test_sweep_spec_target_mode_reaches_the_cells():
     plain = validate_spec({"models": ["tiny"], "datasets": ["mnist5k"], "methods": ["vanilla"], "sigmas": [0.1],
                            "seeds": [0]}, where="<t>")
     assert "target_ci" not in plain.eval.to_dict()  # spec.json of a plain sweep: as before
+
+
+def test_report_pools_the_tails_from_full_set_chips_only(data, tmp_path):
+    from nvcim.report import load_results, matched_points
+
+    res = monte_carlo_evaluate(_model(), data, CFG, target_ci=3.0, images_per_chip=10, seed=0)
+    write_result_file(tmp_path / "r.json", EvaluationFile(results=[res], dataset="toy",
+                                                          checkpoint_config={"model": {"name": "tiny"},
+                                                                             "method": {"name": "vanilla"}}))
+    rec = load_results(tmp_path)[0]
+    assert (rec["runs"], rec["images_per_chip"], rec["percentiles_from"]) == (res.runs, 10, "full_set_chips")
+    assert rec["per_run_accuracy"] == res.per_run_accuracy  # the full-set chips, never the 10-image ones
+    point = matched_points([{**rec, "label": "x"}])[0]
+    assert point["n_chips"] == res.full_set_chips and point["p1"] == pytest.approx(res.p1)
