@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--checkpoints", default=DEFAULT_CHECKPOINTS, help="comma-separated checkpoint directories")
     p.add_argument("--target", type=float, default=0.5, help="95 %% CI half-width to reach, points (default 0.5)")
     p.add_argument("--runs", type=int, default=200, help="chips of today's protocol (default 200)")
-    p.add_argument("--batch-size", type=int, default=1024, help="images per forward (default 1024)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward (default 256, as bench_eval.py)")
     add_run_arguments(p, sigma=math.nan)  # σ: each checkpoint's training σ
     args = p.parse_args()
     clock, device = setup_run(args)
