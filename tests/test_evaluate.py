@@ -429,6 +429,9 @@ def test_cli_write_verify(tmp_path, capsys):
                            capsys)
     assert rc == 0, err
     assert "write-verify by sensitivity" in stdout and "mean >= 0 % from fraction 0:" in stdout
+    rc, _, err = _cli(["eval", str(ckpt), "--runs", "3", "--verify-fractions", "0", "--verify-target", "50",
+                       "--verify-images", "16"], capsys)  # a non-zero target is not --target-ci
+    assert rc == 0, err
     payload = json.loads(out.read_text())
     assert payload["kind"] == "write_verify" and payload["write_verify"]["fraction_for_target"] == 0
     pts = payload["points"]

@@ -7,6 +7,14 @@
     nvcim eval runs/ovf-0.3 --recalibrate-bn-per-chip 1000         # each chip calibrates its own BatchNorm
     nvcim eval runs/ovf-0.3 --verify-fractions 0,0.01,0.05,0.2 --verify-target 90   # write-verify cost (SPEC §7)
     nvcim eval runs/ovf-0.3 --device-model 'aihwkit:pcm?prog_noise_scale=1.5' --time 3600   # aihwkit's PCM model
+    nvcim eval runs/ovf-0.3 --target-ci 0.5               # chips until the mean is known to ± 0.5 points (95 %)
+
+With --target-ci H (instead of --runs; nvcim.evaluate.adaptive): --pilot-chips chips (default 20) score the
+whole test set, then chips that each score --images-per-chip random test images (default auto: the number
+that reaches H soonest) are drawn by Stein's two-stage rule until the 95 % CI half-width of the mean is at
+most H (at most --max-chips of them). std and the percentiles then come from the full-set chips only (a
+line under the table says so; the JSON has "percentiles_from": "full_set_chips", "runs" = R,
+"images_per_chip" = N, "ci_half_width").
 
 One run = one programmed chip (one draw per noisy weight, fixed for the whole split); run r of
 every σ uses the same seeded draws, so results are reproducible from --seed. Prints a table
@@ -111,8 +119,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="the statistic --verify-target applies to (default: mean)")
 
     g = p.add_argument_group("Monte Carlo")
-    g.add_argument("--runs", metavar="R", default=str(DEFAULT_RUNS),
+    g.add_argument("--runs", metavar="R", default=None,
                    help=f"programmed chips per σ, >= 2; above {MAX_RUNS} only with --force-runs (default: {DEFAULT_RUNS})")
+    g.add_argument("--target-ci", metavar="H",
+                   help="instead of --runs: draw chips until the 95 %% CI half-width of the mean accuracy is at most "
+                        "H points (e.g. 0.5; see above)")
+    g.add_argument("--max-chips", metavar="R",
+                   help="with --target-ci: chips in the mean at most, >= 2 (default: 20000; a warning when H needs more)")
+    g.add_argument("--images-per-chip", metavar="N|auto",
+                   help="with --target-ci: test images each chip scores, an integer >= 1 or auto (default: auto)")
+    g.add_argument("--pilot-chips", metavar="F",
+                   help="with --target-ci: chips scored on the whole test set first, >= 2; std and the percentiles "
+                        "come from them alone (default: 20)")
     g.add_argument("--force-runs", action="store_true", help=f"allow --runs above {MAX_RUNS}")
     g.add_argument("--seed", metavar="S", default=str(DEFAULT_SEED),
                    help=f"seed of the chips' draws, >= 0 (default: {DEFAULT_SEED})")
@@ -174,6 +192,27 @@ def _int(flag: str, text: str, minimum: int) -> int:
     return v
 
 
+def _target_options(args: argparse.Namespace) -> dict:
+    """The target-precision keywords of --target-ci and its companions ({} without --target-ci)."""
+    if args.target_ci is None:
+        given = [f for f, v in (("--max-chips", args.max_chips), ("--images-per-chip", args.images_per_chip),
+                                ("--pilot-chips", args.pilot_chips)) if v is not None]
+        if given:
+            raise ValueError(f"{given[0]} needs --target-ci: give the 95 % CI half-width to reach (e.g. --target-ci 0.5)")
+        return {}
+    if args.runs is not None:
+        raise ValueError("--runs and --target-ci both set the number of chips: give one (--max-chips caps --target-ci)")
+    target = _number("--target-ci", args.target_ci)
+    if target <= 0:
+        raise ValueError(f"--target-ci {args.target_ci!r} is invalid: use a half-width in accuracy points > 0 (e.g. 0.5)")
+    images = args.images_per_chip
+    if images is not None and images.strip() != "auto":
+        images = _int("--images-per-chip", images, 1)
+    return {"target_ci": target, "max_chips": None if args.max_chips is None else _int("--max-chips", args.max_chips, 2),
+            "images_per_chip": "auto" if images is None else (images.strip() if isinstance(images, str) else images),
+            "pilot_chips": None if args.pilot_chips is None else _int("--pilot-chips", args.pilot_chips, 2)}
+
+
 def _same_path(a: Path, b: Path) -> bool:
     """The same file: equal once symbolic links and '..' are resolved, or hard links of one file."""
     if a.resolve() == b.resolve():
@@ -209,7 +248,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.checkpoints:
         raise ValueError("no checkpoint given: nvcim eval CKPT [...] (or --list-device-models)")
     # validate everything cheap before loading anything
-    runs = _int("--runs", args.runs, 2)
+    from nvcim.evaluate import DEFAULT_RUNS
+
+    target = _target_options(args)
+    runs = DEFAULT_RUNS if args.runs is None else _int("--runs", args.runs, 2)
     if runs > MAX_RUNS and not args.force_runs:
         raise ValueError(f"--runs {runs} is above {MAX_RUNS} chips per σ (hours of work for a mistyped number): "
                          "pass --force-runs to run that many")
@@ -233,8 +275,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--verify-fractions evaluates at one σ: use --sigma S (or the training σ), not --curve/--sigmas")
         if args.recalibrate_bn_per_chip is not None:
             raise ValueError("--verify-fractions and --recalibrate-bn-per-chip cannot be combined: drop one")
-        target = None if args.verify_target is None else _number("--verify-target", args.verify_target)
-        verify = {"fractions": fractions, "by": args.verify_by or "sensitivity", "target": target,
+        acc = None if args.verify_target is None else _number("--verify-target", args.verify_target)
+        verify = {"fractions": fractions, "by": args.verify_by or "sensitivity", "target": acc,
                   "stat": args.verify_stat or "mean",
                   "residual_sigma": _sigma("--verify-sigma", args.verify_sigma or "0.03"),
                   "images": _int("--verify-images", args.verify_images or "1024", 1)}
@@ -260,6 +302,9 @@ def run(args: argparse.Namespace) -> int:
         if not (is_aihwkit_spec(args.device_model) or any(is_aihwkit_spec(n) for n in (args.device_models or "").split(","))):
             raise ValueError("--time applies to aihwkit device models only (--device-model aihwkit:pcm): drop it, or "
                              "use DeviceConfig drift_time in a device model file")
+    if target and (verify is not None or args.device_models is not None or len(args.checkpoints) > 1):
+        raise ValueError("--target-ci works with one checkpoint, without --verify-fractions / --device-models: "
+                         "drop one")
     if args.device_models is not None or len(args.checkpoints) > 1:
         if args.curve or (sigmas is not None and len(sigmas) != 1) or verify is not None or args.device_model \
                 or recal is not None or per_chip is not None:
@@ -286,10 +331,10 @@ def run(args: argparse.Namespace) -> int:
         from nvcim.cli.eval_aihwkit import run_aihwkit
 
         if args.curve or sigmas is not None or verify is not None or recal is not None or per_chip is not None \
-                or args.no_quantize:
+                or args.no_quantize or target:
             raise ValueError(f"--device-model {args.device_model} is aihwkit's noise model, which has no σ_d, "
-                             "quantization or write-verify: drop --sigma / --sigmas / --curve / --no-quantize / "
-                             "--verify-fractions / BatchNorm recalibration")
+                             "quantization, write-verify or target precision here: drop --sigma / --sigmas / --curve / "
+                             "--no-quantize / --verify-fractions / BatchNorm recalibration / --target-ci")
         return run_aihwkit(args, ckpt, runs=runs, seed=seed, batch_size=batch_size, limit=limit, progress=progress)
     loaded = load_for_eval(ckpt, dataset=args.dataset, data_root=args.data_root, split=args.split, limit=limit,
                            no_quantize=args.no_quantize)
@@ -325,10 +370,12 @@ def run(args: argparse.Namespace) -> int:
                                  train_sigma, verify, recalibration,
                                  dict(runs=runs, seed=seed, batch_size=batch_size, chunk_runs=chunk_runs,
                                       device=args.device, progress=progress))
-    results = robustness_curve(model, split, base, sigmas, runs=runs, seed=seed, batch_size=batch_size,
-                               chunk_runs=chunk_runs, device=args.device, progress=progress, bn_calibration=calibration)
+    results = robustness_curve(model, split, base, sigmas, runs=None if target else runs, seed=seed,
+                               batch_size=batch_size, chunk_runs=chunk_runs, device=args.device, progress=progress,
+                               bn_calibration=calibration, **target)
+    chips = f"chips until ±{target['target_ci']:g} (95 % CI)" if target else f"{runs} runs"
     print(f"{ckpt}: {spec.get('name', '?')} on {dataset} ({args.split}, {results[0].n_samples} images), "
-          f"{runs} runs per σ, seed {seed}, M={base.weight_bits} K={base.device_bits} quantize={base.quantize}, "
+          f"{chips} per σ, seed {seed}, M={base.weight_bits} K={base.device_bits} quantize={base.quantize}, "
           f"training σ {train_sigma:g}")
     if recalibration is not None:
         how = "the clean weights" if recalibration["weights"] == "clean" else "each chip's weights, per chip"

@@ -3,6 +3,7 @@
     cfg = nvcim.DeviceConfig(sigma=0.3)
     res = monte_carlo_evaluate(model, (x, y), cfg, runs=200, seed=0)      # or a data Split
     res.mean, res.std, res.ci95, res.p1, res.ekl, res.per_run_accuracy
+    res = monte_carlo_evaluate(model, split, cfg, target_ci=0.5)          # chips until mean ± 0.5 points, 95 %
     curve = robustness_curve(model, split, cfg, default_sigma_grid(0.3))
 
 One run = one programmed chip: every noisy weight gets one draw, kept for the whole test set. Run r's
@@ -17,9 +18,11 @@ The package, lowest first:
   results.py     `MCResult` and its outputs: JSON, CSV, the text table
   sampler.py     per-run seeds and generators; `ChipSampler` draws chips into stacked buffers
   forward.py     scoring chips: per-run counts and EKL, vmap'ed ("stacked") and "chunked" forwards
+  adaptive.py    target-precision mode: full-set pilot, images per chip, Stein's two-stage rule; paired differences
   montecarlo.py  `monte_carlo_evaluate`, `robustness_curve`: checks, the three paths, warnings
 """
 
+from nvcim.evaluate.adaptive import DEFAULT_MAX_CHIPS, FIRST_STAGE, PILOT_CHIPS, chip_accuracies, paired_difference
 from nvcim.evaluate.forward import LOGITS_PER_ADD
 from nvcim.evaluate.montecarlo import (
     CHUNKED_BUFFER_BYTES,
@@ -41,7 +44,7 @@ from nvcim.evaluate.results import (
     write_csv,
     write_results_json,
 )
-from nvcim.evaluate.sampler import RNG_DEVICE, RNG_DEVICES, run_generator, run_seed
+from nvcim.evaluate.sampler import RNG_DEVICE, RNG_DEVICES, run_generator, run_seed, subset_indices
 from nvcim.evaluate.stats import convergence_summary, default_sigma_grid, summarize, t_cdf, t_quantile
 
 __all__ = [
@@ -58,6 +61,9 @@ __all__ = [
     "t_cdf",
     "run_seed",
     "run_generator",
+    "paired_difference",
+    "chip_accuracies",
+    "subset_indices",
     "write_results_json",
     "results_table",
     "write_csv",

@@ -52,6 +52,7 @@ from nvcim.evaluate.forward import (
     stacked_forward,
     stacked_works,
 )
+from nvcim.evaluate.adaptive import check_target_args, target_precision
 from nvcim.evaluate.results import MCResult
 from nvcim.evaluate.sampler import ChipSampler, run_generator
 from nvcim.evaluate.stats import summarize
@@ -275,7 +276,7 @@ def monte_carlo_evaluate(
     data: Any,
     cfg: DeviceConfig,
     *,
-    runs: int = DEFAULT_RUNS,
+    runs: int | None = None,
     seed: int = DEFAULT_SEED,
     batch_size: int = DEFAULT_BATCH,
     chunk_runs: int | None = None,
@@ -285,6 +286,10 @@ def monte_carlo_evaluate(
     baselines: bool = True,
     bn_calibration: ChipCalibration | None = None,
     write_verify: VerifyPlan | None = None,
+    target_ci: float | None = None,
+    max_chips: int | None = None,
+    images_per_chip: int | str | None = None,
+    pilot_chips: int | None = None,
 ) -> MCResult:
     """Monte Carlo accuracy of `model` on `data` under device variation `cfg` (σ = cfg.sigma).
 
@@ -310,9 +315,16 @@ def monte_carlo_evaluate(
     floating dtype (a float16 model evaluates in float16). `runs` has no upper limit here (the CLI caps
     it). Chips with NaN / inf logits score those images as wrong, are counted in `nonfinite_runs`, and
     raise one RuntimeWarning naming the count and the likely cause.
+    runs: chips (default DEFAULT_RUNS), or, target-precision mode (nvcim.evaluate.adaptive), instead of runs:
+    target_ci: the 95 % CI half-width of the mean to reach, in accuracy points; max_chips: chips in the mean at
+    most (default 20,000; a warning when the target needs more); images_per_chip: "auto" (default: chosen
+    from the pilot to minimise the time), an integer N, or the test-set size for full-set chips;
+    pilot_chips: chips scored on the full test set first (default 20), the only ones std and the percentiles
+    come from. Its chips are scored on the "chunked" path ("loop" when the cfg or bn_calibration needs it).
     """
     if not isinstance(cfg, DeviceConfig):
         raise TypeError(f"cfg must be a nvcim.DeviceConfig, got {type(cfg).__name__}")
+    runs = _runs_for(runs, target_ci, max_chips, images_per_chip, pilot_chips)
     _check_args(runs, seed, batch_size, chunk_runs, path)
     path = _calibration_path(bn_calibration, path)
     dev = _resolve_device(model, device)
@@ -322,11 +334,39 @@ def monte_carlo_evaluate(
           write_verify_scope(model, write_verify)):
         classes = _output_classes(model, batches)  # labels checked before any chip
         _check_coverage_once(model, batches)
-        res = _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, dev, progress, None if baselines else False,
-                       calib)
+        opts = dict(runs=runs, seed=seed, batch_size=batch_size, chunk_runs=chunk_runs, progress=progress,
+                    target_ci=target_ci, max_chips=max_chips, images_per_chip=images_per_chip, pilot_chips=pilot_chips)
+        res = _one_sigma(model, batches, cfg, opts, path, dev, None if baselines else False, calib)
         res.num_classes = classes
         _warn_nonfinite(model, batches, [res])
     return res
+
+
+def _runs_for(runs, target_ci, max_chips, images_per_chip, pilot_chips) -> int:
+    """The fixed chip count (DEFAULT_RUNS when not given); checks the target-precision arguments."""
+    check_target_args(target_ci, max_chips, images_per_chip, pilot_chips)
+    if target_ci is not None and runs is not None:
+        raise ValueError(f"runs={runs!r} and target_ci={target_ci!r} both set the number of chips: give one "
+                         "(max_chips caps the chips of target_ci)")
+    return DEFAULT_RUNS if runs is None else runs
+
+
+def _one_sigma(model, batches, cfg, o: dict, path: str, dev, baseline, calib) -> MCResult:
+    """Monte Carlo at cfg.sigma: `o["runs"]` chips, or as many as `o["target_ci"]` needs (nvcim.evaluate.adaptive)."""
+    if o["target_ci"] is None:
+        return _mc_core(model, batches, cfg, o["runs"], o["seed"], o["chunk_runs"], path, dev, o["progress"], baseline,
+                        calib)
+    if baseline is None:  # before the pilot, whose time per chip sets the cost model
+        baseline = _baselines(model, batches, ChipSampler(model, cfg, dev))
+
+    def pilot(chips: int) -> MCResult:
+        return _mc_core(model, batches, cfg, chips, o["seed"], o["chunk_runs"], path, dev, o["progress"], baseline,
+                        calib)
+
+    return target_precision(model, batches, cfg, o["seed"], o["target_ci"], max_chips=o["max_chips"],
+                            images_per_chip=o["images_per_chip"], pilot_chips=o["pilot_chips"], pilot=pilot,
+                            device=dev, batch_size=o["batch_size"], chunk_bytes=CHUNKED_BUFFER_BYTES,
+                            loop=path == "loop" or bool(cfg.sliced_mvm), calib=calib, progress=o["progress"])
 
 
 def _check_coverage_once(model: nn.Module, batches) -> None:
@@ -347,16 +387,20 @@ def _calibration_path(bn_calibration, path: str) -> str:
 
 
 def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Iterable[float], **mc_kwargs) -> list[MCResult]:
-    """`monte_carlo_evaluate` at every σ in `sigmas` (same seed: common random numbers across σ)."""
+    """`monte_carlo_evaluate` at every σ in `sigmas` (same seed: common random numbers across σ); the same
+    keywords, target-precision mode included (each σ reaches the target on its own)."""
     sigmas = [DeviceConfig(sigma=s).sigma for s in sigmas]  # validates each σ
     if not sigmas:
         raise ValueError("sigmas is empty: give at least one σ")
-    opts = {"runs": DEFAULT_RUNS, "seed": DEFAULT_SEED, "batch_size": DEFAULT_BATCH, "chunk_runs": None, "path": "auto", "device": None, "progress": False,
-            "baselines": True, "bn_calibration": None, "write_verify": None}
+    opts = {"runs": None, "seed": DEFAULT_SEED, "batch_size": DEFAULT_BATCH, "chunk_runs": None, "path": "auto",
+            "device": None, "progress": False, "baselines": True, "bn_calibration": None, "write_verify": None,
+            "target_ci": None, "max_chips": None, "images_per_chip": None, "pilot_chips": None}
     unknown = sorted(set(mc_kwargs) - set(opts))
     if unknown:
         raise TypeError(f"robustness_curve got unexpected keyword(s) {unknown}")
     opts.update(mc_kwargs)
+    opts["runs"] = _runs_for(opts["runs"], opts["target_ci"], opts["max_chips"], opts["images_per_chip"],
+                             opts["pilot_chips"])
     _check_args(opts["runs"], opts["seed"], opts["batch_size"], opts["chunk_runs"], opts["path"])
     path = _calibration_path(opts["bn_calibration"], opts["path"])
     dev = _resolve_device(model, opts["device"])
@@ -371,8 +415,7 @@ def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Ite
         for s in sigmas:
             cfg_s = cfg.replace(sigma=s)
             with overridden(model, cfg=cfg_s, sigma=s):
-                res = _mc_core(model, batches, cfg_s, opts["runs"], opts["seed"], opts["chunk_runs"], path, dev,
-                               opts["progress"], baseline, calib)
+                res = _one_sigma(model, batches, cfg_s, opts, path, dev, baseline, calib)
             res.num_classes = classes
             results.append(res)
         _warn_nonfinite(model, batches, results)

@@ -39,6 +39,14 @@ class MCResult:
     """Monte Carlo result at one σ. Accuracies are in percent; ci95 is (lo, hi) of the mean.
 
     JSON written before `nonfinite_runs` and `num_classes` existed loads with 0 and None.
+
+    Target-precision mode (`monte_carlo_evaluate(..., target_ci=h)`, nvcim.evaluate.adaptive) fills the
+    ADAPTIVE_FIELDS (absent from the JSON of a fixed-count result, so those files are unchanged): `runs` = R
+    chips, each scoring `images_per_chip` = N random test images, whose correct counts are
+    `subset_correct` and give mean, ci95 and `ci_half_width` (the target `target_ci`, met when
+    `ci_half_width` <= it); `per_run_correct` / `per_run_accuracy` then hold only the `full_set_chips` chips
+    scored on the whole test set, which alone give std, p1/p5/p10, min and max (`percentiles_from` =
+    "full_set_chips": subset accuracies would put binomial noise into the tails and bias them low).
     """
 
     sigma: float
@@ -64,11 +72,26 @@ class MCResult:
     device_config: dict = field(default_factory=dict)
     nonfinite_runs: int = 0  # chips with a NaN / inf logit for some image (those images count as wrong)
     num_classes: int | None = None  # width of the model's logits (chance = 100 / num_classes %); None: unknown
+    # target-precision mode only (None / empty otherwise; see the class docstring)
+    target_ci: float | None = None  # the 95 % CI half-width asked for, points
+    ci_half_width: float | None = None  # the one reached, points
+    images_per_chip: int | None = None  # N: test images each of the R chips scores
+    subset_correct: list[int] = field(default_factory=list)  # [R] correct of N, chips full_set_chips .. +R-1
+    full_set_chips: int | None = None  # chips scored on every test image (per_run_correct), for the tails
+    percentiles_from: str | None = None  # "full_set_chips"
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether this result comes from the target-precision mode."""
+        return self.target_ci is not None
 
     def to_dict(self) -> dict:
-        """JSON-able dict (NaN becomes null)."""
+        """JSON-able dict (NaN becomes null); the ADAPTIVE_FIELDS only in target-precision mode."""
         d = dataclasses.asdict(self)
         d["ci95"] = list(self.ci95)
+        if not self.adaptive:
+            for k in ADAPTIVE_FIELDS:
+                del d[k]
         return {k: _nan_to_none(v) for k, v in d.items()}
 
     @classmethod
@@ -81,7 +104,14 @@ class MCResult:
         kw["ci95"] = tuple(_none_to_nan(v) for v in kw.get("ci95", (None, None)))
         kw["per_run_accuracy"] = [float(a) for a in kw.get("per_run_accuracy", [])]
         kw["per_run_correct"] = [int(c) for c in kw.get("per_run_correct", [])]
+        kw["subset_correct"] = [int(c) for c in kw.get("subset_correct") or []]
+        if kw.get("ci_half_width", 0) is None and kw.get("target_ci") is not None:
+            kw["ci_half_width"] = math.nan
         return cls(**kw)
+
+
+ADAPTIVE_FIELDS = ("target_ci", "ci_half_width", "images_per_chip", "subset_correct", "full_set_chips",
+                   "percentiles_from")
 
 
 # ---- output ------------------------------------------------------------------------------------
@@ -141,11 +171,20 @@ def results_table(results: Sequence[MCResult]) -> str:
                      _fmt(r.p1), _fmt(r.p5), _fmt(r.p10), _fmt(r.min), _fmt(r.max), _fmt(r.clean_accuracy),
                      _fmt(r.quantized_accuracy), _fmt(r.ekl, 4)])
     lines = [tabulate(rows, headers=list(TABLE_COLUMNS), tablefmt="simple", disable_numparse=True)]
+    lines += [adaptive_note(r) for r in results if r.adaptive]
     for chance, classes in sorted(below):
         lines.append(f"{BELOW_CHANCE_MARK} below chance ({chance:g} % for {classes} classes)")
     if nonfinite:
         lines.append(f"{NONFINITE_MARK} non-finite logits (NaN / inf), counted as wrong: {', '.join(nonfinite)}")
     return "\n".join(lines)
+
+
+def adaptive_note(r: MCResult) -> str:
+    """One line on how a target-precision result was reached, and where its percentiles come from."""
+    met = "reached" if r.ci_half_width <= r.target_ci else "NOT reached (max_chips)"
+    return (f"σ={r.sigma:g}: target ±{r.target_ci:g} {met}: ±{_fmt(r.ci_half_width)} from {r.runs} chips x "
+            f"{r.images_per_chip} random test images each; std, p1/p5/p10, min, max from the {r.full_set_chips} "
+            f"chips scored on all {r.n_samples} images (percentiles_from: {r.percentiles_from})")
 
 
 CSV_COLUMNS = ("sigma", "runs", "seed", "n_samples", "clean_accuracy", "quantized_accuracy", "mean", "std", "ci95_lo",

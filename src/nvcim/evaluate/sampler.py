@@ -8,7 +8,10 @@ One run = one programmed chip: every noisy weight gets one draw, kept for the wh
 draws come from a CPU `torch.Generator` seeded by `run_seed(seed, r)` and are taken layer by layer in
 module order exactly as `nvcim.draw_chip` takes them, so the same seed gives the same chips whatever
 the batch size, chunking, path or device. The Gaussian draws are the same standard normals scaled by
-σ, so a robustness curve uses common random numbers across σ.
+σ, so a robustness curve uses common random numbers across σ. Nothing here depends on the model but the
+shapes of its noisy tensors: two models of one architecture evaluated with the same seed get the same
+standard normals on chip r (common random numbers for paired comparisons), and, in target-precision mode,
+the same test images (`subset_indices`).
 
 Read noise (cfg.read_sigma > 0) is redrawn at every forward: after run r's chip draws, its generator
 seeds one read generator per noisy tensor (`nvcim.core.device.read_generators`, as `nvcim.program_chip_`
@@ -35,6 +38,21 @@ def run_seed(seed: int, run: int) -> int:
     """Seed of run `run`'s generator: SeedSequence([seed, run]) mixed to 63 bits (no collisions in practice)."""
     state = np.random.SeedSequence([int(seed), int(run)]).generate_state(2, dtype=np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
+
+
+SUBSET_STREAM = 1  # third SeedSequence word of a chip's image-subset stream (its weights use [seed, run])
+
+
+def subset_indices(seed: int, run: int, n: int, images: int) -> np.ndarray:
+    """The test images chip `run` scores when each chip scores `images` of the n (target-precision mode).
+
+    The first `images` entries of a uniformly random permutation of range(n) drawn from
+    SeedSequence([seed, run, SUBSET_STREAM]): a function of the chip seed alone (never of the model), so
+    two models evaluated with the same seed score chip r on the same images (common random numbers),
+    and the subsets are nested (chip r's 100 images are the first 100 of its 200).
+    """
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(run), SUBSET_STREAM])))
+    return rng.permutation(int(n))[: min(int(images), int(n))]
 
 
 # Where the Monte Carlo draws are made. "cpu" (default): on a CPU generator, so the chips are the same

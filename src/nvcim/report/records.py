@@ -141,6 +141,10 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                 "ekl": num(r.get("ekl")),
                 "ekl_n": r.get("ekl_n"),
                 "runs": int(r["runs"]) if num(r.get("runs")) is not None else len(per_run),
+                # target-precision results (nvcim.evaluate.adaptive): R chips of N images for the mean; their
+                # per_run_accuracy, hence every pooled percentile, holds only the chips scored on the full test set
+                "images_per_chip": r.get("images_per_chip"),
+                "percentiles_from": r.get("percentiles_from") or "all_chips",
                 "n_samples": r.get("n_samples"),
                 "clean_accuracy": num(r.get("clean_accuracy")),
                 "quantized_accuracy": num(r.get("quantized_accuracy")),

@@ -26,6 +26,7 @@ from nvcim.io.checkpoint import CONFIG_FILE, CheckpointError, load_checkpoint, r
 from nvcim.data import load_dataset
 from nvcim.evaluate.files import EvaluationFile, FailedCellFile, write_result_file
 from nvcim.sweep.cells import Cell, fmt_beta, is_num, searched_param
+from nvcim.sweep.schema import TARGET_KEYS
 from nvcim.sweep.files import FAILED_FILE, RESULT_FILE, SCORE_FILE, cell_dir, link_or_copy_dir, prepare_cell_dir
 
 _SPLITS_CACHE: dict[tuple, Any] = {}
@@ -185,8 +186,10 @@ def _run_cell(cell: Cell, out: Path, d: Path, threads: int, t0: float) -> dict:
     if bad:
         raise CellDiverged(bad)
     t_eval = time.perf_counter()
-    results = evaluate.robustness_curve(model, splits.test, cell.test_device(), cell.test_sigmas,
-                                        runs=cell.eval["runs"], seed=cell.eval["seed"],
+    chips = ({"runs": cell.eval["runs"]} if cell.eval.get("target_ci") is None  # target-precision mode: [eval] target_ci
+             else {k: cell.eval.get(k) for k in TARGET_KEYS})
+    results = evaluate.robustness_curve(model, splits.test, cell.test_device(), cell.test_sigmas, **chips,
+                                        seed=cell.eval["seed"],
                                         batch_size=cell.eval["batch_size"], device=dev,
                                         bn_calibration=_chip_calibration(cell, model, splits))
     eval_s = time.perf_counter() - t_eval

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 from nvcim.core.config import DeviceConfig
 from nvcim.io.device_models import list_device_models
 from nvcim.methods import METHODS
-from nvcim.sweep.schema import SweepSpec
+from nvcim.sweep.schema import TARGET_KEYS, SweepSpec
 from nvcim.train import TrainConfig
 
 _LABEL_SAFE = re.compile(r"[^A-Za-z0-9._+-]")
@@ -211,7 +211,8 @@ def expand(spec: SweepSpec) -> list[Cell]:
                         params={k: v for k, v in tparams.items() if not (search and k == traits.search)},
                         sigma=sigma, seed=seed, test_sigmas=tests, betas=search, train=tdict,
                         eval={k: ev[k] for k in ("runs", "seed", "val_runs", "val_seed", "batch_size",
-                                                 "keep_beta_checkpoints", "bn_calibration_images") if k in ev},
+                                                 "keep_beta_checkpoints", "bn_calibration_images", *TARGET_KEYS)
+                              if k in ev},
                         device_model=dev_name, device=None if device is None else device.to_dict(),
                     ))
     return cells

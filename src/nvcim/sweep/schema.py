@@ -30,13 +30,19 @@ class EvalOptions:
     test_sigmas: str | tuple[float, ...] = "train"  # "train" | "grid" | (σ, ...)
     keep_beta_checkpoints: bool = True  # False: drop the non-tested β candidates' weights once a cell is done
     bn_calibration_images: int = 0  # > 0: every chip recalibrates BatchNorm from this many training images first
+    # target-precision mode (nvcim.evaluate.adaptive) instead of `runs` chips: None = off
+    target_ci: float | None = None  # 95 % CI half-width of the mean to reach, accuracy points
+    max_chips: int | None = None  # chips in the mean at most (None: nvcim.evaluate.adaptive.DEFAULT_MAX_CHIPS)
+    images_per_chip: int | str | None = None  # "auto" / None: chosen from the pilot; N: that many
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if not isinstance(self.test_sigmas, str):
             d["test_sigmas"] = list(self.test_sigmas)
-        if not self.bn_calibration_images:  # off: absent, so that sweep directories made before the key existed resume
-            del d["bn_calibration_images"]
+        # off: absent, so that sweep directories made before the keys existed resume
+        for key in ("bn_calibration_images", *TARGET_KEYS):
+            if not d[key]:
+                del d[key]
         return d
 
     @classmethod
@@ -45,6 +51,9 @@ class EvalOptions:
         if not isinstance(d.get("test_sigmas", cls.test_sigmas), str):
             d["test_sigmas"] = tuple(d["test_sigmas"])
         return cls(**d)
+
+
+TARGET_KEYS = ("target_ci", "max_chips", "images_per_chip")  # [eval] keys of the target-precision mode
 
 
 @dataclass(frozen=True, kw_only=True)

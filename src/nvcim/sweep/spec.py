@@ -35,6 +35,26 @@ def _err(where: str, key: str, value: Any, allowed: str) -> ValueError:
     return ValueError(f"sweep spec {where}: key {key!r}={value!r} is invalid: use {allowed}")
 
 
+def _check_target(given: Mapping, e: Mapping, where: str) -> None:
+    """[eval] target_ci / max_chips / images_per_chip (the target-precision mode, instead of runs)."""
+    if e["target_ci"] is None:
+        extra = [k for k in ("max_chips", "images_per_chip") if e[k] is not None]
+        if extra:
+            raise ValueError(f"sweep spec {where}: key 'eval.{extra[0]}' needs eval.target_ci: give the 95 % CI "
+                             "half-width to reach (e.g. target_ci = 0.5)")
+        return
+    if not is_num(e["target_ci"]) or not 0 < e["target_ci"] < float("inf"):
+        raise _err(where, "eval.target_ci", e["target_ci"], "a 95 % CI half-width in accuracy points > 0 (e.g. 0.5)")
+    if "runs" in given:
+        raise ValueError(f"sweep spec {where}: keys 'eval.runs' and 'eval.target_ci' both set the number of chips: "
+                         "give one (eval.max_chips caps target_ci)")
+    if e["max_chips"] is not None and (not is_int(e["max_chips"]) or e["max_chips"] < 2):
+        raise _err(where, "eval.max_chips", e["max_chips"], "an integer >= 2")
+    n = e["images_per_chip"]
+    if n is not None and n != "auto" and (not is_int(n) or n < 1):
+        raise _err(where, "eval.images_per_chip", n, "an integer >= 1 or 'auto'")
+
+
 def read_spec_file(path) -> dict:
     """The raw mapping of a spec file (.toml, .yaml/.yml or .json)."""
     return read_mapping_file(path, "sweep spec")
@@ -213,6 +233,7 @@ def validate_spec(raw: Mapping, where: str = "<spec>", base_dir=None) -> SweepSp
     n_cal = e["bn_calibration_images"]
     if not is_int(n_cal) or n_cal < 0 or n_cal == 1:
         raise _err(where, "eval.bn_calibration_images", n_cal, "0 (off) or an integer >= 2")
+    _check_target(raw.get("eval") or {}, e, where)
     ts = e["test_sigmas"]
     if isinstance(ts, str):
         if ts not in ("train", "grid"):

@@ -1,0 +1,337 @@
+"""Target-precision Monte Carlo: chips drawn until the 95 % CI of the mean accuracy is as tight as asked.
+
+    res = monte_carlo_evaluate(model, split, cfg, target_ci=0.5)             # mean ± 0.5 points, 95 %
+    res = monte_carlo_evaluate(model, split, cfg, target_ci=0.5, images_per_chip=200, max_chips=5000)
+    res.runs, res.images_per_chip, res.ci_half_width, res.subset_correct      # R, N, the half-width reached
+    d = paired_difference(res_a, res_b)                                      # model a - model b, same chips
+
+The variance of the mean over R chips that each score N test images is about Var_chip / R + p(1-p) / (R N):
+when chips differ by points, many chips on few images each reach a given interval far sooner than every
+chip on the whole test set. The protocol (chip r is always the chip of `run_seed(seed, r)`):
+
+ 1. Full-set pilot: chips 0 .. F-1 (F = pilot_chips, default PILOT_CHIPS) score every test image, as the
+    fixed-count protocol does. They alone give std, p1/p5/p10, min and max (`percentiles_from` =
+    "full_set_chips"): a subset's binomial noise widens the spread of per-chip accuracies and biases the
+    tails low. With two timed draws they also give the cost model for the choice of N.
+ 2. Images per chip N ("auto"): from the pilot's accuracies a_c (fractions of n test images), the chip
+    variance V = var(a_c) and B = mean a_c (1 - a_c) give the variance of one chip's accuracy on N images
+    drawn without replacement, V(N) = V + B (n - N) / (N (n - 1)); the chips needed are
+    R(N) = max(n0, (t V(N)^½ / h)²) and one chip costs c_draw + N c_image (c_draw timed on two draws,
+    c_image from the pilot's time per chip); N minimises R(N) (c_draw + N c_image) over MIN_IMAGES .. n.
+ 3. Stein's two-stage procedure (Stein 1945) on chips F, F+1, ...: each scores N test images drawn from
+    its own seed (`subset_indices`: a function of (seed, r), never of the model). A first stage of n0 chips
+    (FIRST_STAGE_SHARE of the chips the pilot predicts, at least FIRST_STAGE, at most max_chips) gives the
+    std s0 of their accuracies; then R = max(n0, ceil((t s0 / h)²)) chips in all, t the 0.975 quantile of
+    Student's t with n0 - 1 degrees of freedom. Then a Chow-Robbins check: while the plain t interval over
+    all R chips is wider than h, more chips in rounds (`more_chips`). The reported half-width is the
+    larger of Stein's t s0 / √R and the plain t half-width, <= h unless max_chips cut R short (a warning).
+
+Why it is valid: given the chip, a random subset's accuracy has expectation the chip's full-set accuracy,
+so every chip's value is an unbiased, independent draw of what the fixed protocol estimates (the mean over
+chips of the full-set accuracy). For normal values Stein's interval is exact: R depends on the data only
+through s0, and (mean - μ) √R / s0 is Student t with n0 - 1 degrees of freedom whatever R. (A bare
+"stop when the running interval is tight enough" rule is not: it stops on low variance estimates.) N
+and n0 are fixed before stage 3 from the pilot chips, which are not in the mean. Per-chip accuracies are
+bounded and skewed, sometimes with a few collapsed chips, which a small first stage misses; sizing n0 from
+the pilot and the Chow-Robbins rounds (which can only widen the reported interval or add chips) correct
+for that. tests/test_adaptive.py measures the coverage of `stages` by simulation (skewed chips, a 5 %
+collapsed-chip mixture, near-binomial chips, each with hypergeometric subsets).
+
+Common random numbers: two models of one architecture evaluated with the same seed draw the same
+standard normals on chip r and score it on the same images (nested subsets: the first N of one
+permutation), so `paired_difference` of two results has a much tighter interval than either mean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+import warnings
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from nvcim.batchnorm import frozen_bn_statistics, recalibrate_batchnorm_
+from nvcim.core.config import DeviceConfig
+from nvcim.evaluate.forward import Accumulator, forward_with
+from nvcim.evaluate.results import MCResult
+from nvcim.evaluate.sampler import ChipSampler, run_generator, subset_indices
+from nvcim.evaluate.stats import summarize, t_quantile
+from nvcim.layers.noise import clear_chip_, program_chip_, quantization_cached, variation_disabled
+
+PILOT_CHIPS = 20  # chips scored on the full test set first: the percentiles and the choice of N
+FIRST_STAGE = 30  # Stein's first stage at least (t with 29 degrees of freedom: 4 % above the normal quantile)
+FIRST_STAGE_SHARE = 0.5  # ... else this share of the chips the pilot predicts
+DEFAULT_MAX_CHIPS = 20_000  # chips in the mean at most (the pilot's come on top)
+MIN_IMAGES = 16  # the fewest test images a chip scores when N is chosen
+IMAGES_AUTO = "auto"
+
+
+def check_target_args(target_ci, max_chips, images_per_chip, pilot_chips) -> None:
+    """One ValueError naming the bad argument of the target-precision mode."""
+    if target_ci is None:
+        given = [(k, v) for k, v in (("max_chips", max_chips), ("images_per_chip", images_per_chip),
+                                     ("pilot_chips", pilot_chips)) if v is not None]
+        if given:
+            raise ValueError(f"{given[0][0]}={given[0][1]!r} needs target_ci: give the 95 % CI half-width to reach "
+                             "in accuracy points (e.g. target_ci=0.5)")
+        return
+    if isinstance(target_ci, bool) or not isinstance(target_ci, (int, float)) or not (0 < target_ci < math.inf):
+        raise ValueError(f"target_ci={target_ci!r} is invalid: use a 95 % CI half-width in accuracy points > 0 "
+                         "(e.g. 0.5)")
+    for name, v, lo in (("max_chips", max_chips, 2), ("pilot_chips", pilot_chips, 2)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
+            raise ValueError(f"{name}={v!r} is invalid: use an integer >= {lo}")
+    if images_per_chip not in (None, IMAGES_AUTO) and (isinstance(images_per_chip, bool)
+                                                       or not isinstance(images_per_chip, int) or images_per_chip < 1):
+        raise ValueError(f"images_per_chip={images_per_chip!r} is invalid: use an integer >= 1 or 'auto'")
+
+
+# ---- the statistics (pure functions) -----------------------------------------------------------
+@functools.lru_cache(maxsize=4096)
+def _t975(df: int) -> float:
+    """The 0.975 quantile of Student's t with df degrees of freedom (cached: the rounds ask for it often)."""
+    return t_quantile(0.975, df)
+
+
+def subset_variance(full_accuracy: Sequence[float], n: int, images) -> np.ndarray:
+    """Variance (points²) of one random chip's accuracy on `images` of the n test images drawn without
+    replacement, from chips' full-set accuracies (fractions): V + B (n - N) / (N (n - 1)) (module docstring)."""
+    a = np.asarray(full_accuracy, dtype=np.float64)
+    v_chip = float(a.var(ddof=1)) if a.size > 1 else 0.0
+    b = float(np.mean(a * (1.0 - a)))
+    images = np.asarray(images, dtype=np.float64)
+    return 1e4 * (v_chip + b * (n - images) / (images * max(n - 1, 1)))
+
+
+def first_stage_chips(predicted_variance: float, target: float, max_chips: int) -> int:
+    """n0: FIRST_STAGE_SHARE of the chips the pilot predicts, at least FIRST_STAGE, at most max_chips."""
+    predicted = 1.96**2 * predicted_variance / target**2
+    return int(min(max_chips, max(FIRST_STAGE, math.ceil(FIRST_STAGE_SHARE * predicted))))
+
+
+def stein_chips(first: Sequence[float], target: float, max_chips: int) -> tuple[int, float, float]:
+    """(R, t, s0): Stein's total number of chips from the first stage's accuracies (points), capped at max_chips."""
+    n0 = len(first)
+    if n0 < 2:
+        raise ValueError("stein_chips: the first stage needs at least 2 chips")
+    s0 = float(np.std(np.asarray(first, dtype=np.float64), ddof=1))
+    t = _t975(n0 - 1)
+    need = max(n0, math.ceil((t * s0 / target) ** 2 - 1e-9))
+    return min(need, max(max_chips, n0)), t, s0
+
+
+def t_half_width(values: Sequence[float]) -> float:
+    """The plain 95 % Student t half-width of the mean of `values` (points)."""
+    v = np.asarray(values, dtype=np.float64)
+    return _t975(v.size - 1) * float(v.std(ddof=1)) / math.sqrt(v.size)
+
+
+def more_chips(values: Sequence[float], target: float, max_chips: int) -> int:
+    """Chips to add after Stein's stage when the t interval over all of them is still wider than `target`
+    (Chow-Robbins check): enough for the present std, at least a tenth more; 0 when done or at max_chips."""
+    k = len(values)
+    if k >= max_chips or t_half_width(values) <= target:
+        return 0
+    s = float(np.std(np.asarray(values, dtype=np.float64), ddof=1))
+    need = math.ceil((_t975(k - 1) * s / target) ** 2)
+    return int(min(max_chips, max(need, k + math.ceil(0.1 * k))) - k)
+
+
+def stages(draw: Callable[[int], np.ndarray], first_stage: int, target: float, max_chips: int
+           ) -> tuple[np.ndarray, float]:
+    """(accuracies of the R chips, half-width): Stein's two stages, then Chow-Robbins rounds (module docstring).
+
+    draw(k): the accuracies (points) of the next k chips. Pure: the coverage test runs it on synthetic chips.
+    """
+    values = np.asarray(draw(first_stage), dtype=np.float64)
+    runs, t, s0 = stein_chips(values, target, max_chips)
+    add = runs - values.size
+    while add > 0:
+        values = np.concatenate([values, draw(add)])
+        add = more_chips(values, target, max_chips)
+    return values, max(t * s0 / math.sqrt(values.size), t_half_width(values))
+
+
+def choose_images(full_accuracy: Sequence[float], n: int, c_draw: float, c_image: float, target: float,
+                  max_chips: int) -> int:
+    """N minimising the time to a half-width `target` (points), from the pilot's full-set accuracies (fractions).
+
+    See the module docstring (stage 2). When no N reaches the target within max_chips: n (the smallest variance).
+    """
+    cands = np.unique(np.append(np.geomspace(min(MIN_IMAGES, n), n, 64).round().astype(np.int64), n))  # [K]
+    var = subset_variance(full_accuracy, n, cands)  # [K]
+    t = _t975(FIRST_STAGE - 1)
+    chips = np.clip(np.ceil(t * t * var / target**2), FIRST_STAGE, max(max_chips, FIRST_STAGE))  # [K]
+    reach = t * np.sqrt(var / chips) <= target * (1 + 1e-9)
+    if not reach.any():
+        return int(n)
+    cost = chips * (c_draw + cands * c_image)
+    cost[~reach] = np.inf
+    return int(cands[int(np.argmin(cost))])
+
+
+def paired_difference(a: MCResult, b: MCResult) -> dict:
+    """Mean accuracy of `a` minus `b` over the chips both scored for their mean (same seed: common random numbers).
+
+    Pairs chip r of one with chip r of the other (fixed-count results: chips 0 .. runs-1; target-precision
+    results: the subset chips), so the chip-to-chip spread both share cancels. Returns {"mean", "std",
+    "ci95", "half_width", "chips"} (points; Student t interval over the paired differences).
+    """
+    if a.seed != b.seed:
+        raise ValueError(f"paired_difference: the results use different seeds ({a.seed}, {b.seed}), so their chips "
+                         "differ: evaluate both with the same seed")
+    va, vb = chip_accuracies(a), chip_accuracies(b)
+    common = sorted(set(va) & set(vb))
+    if len(common) < 2:
+        raise ValueError("paired_difference: fewer than 2 chips in common")
+    d = np.array([va[r] - vb[r] for r in common])  # [chips]
+    mean, std = float(d.mean()), float(d.std(ddof=1))
+    half = _t975(d.size - 1) * std / math.sqrt(d.size)
+    return {"mean": mean, "std": std, "ci95": (mean - half, mean + half), "half_width": half, "chips": int(d.size)}
+
+
+def chip_accuracies(res: MCResult) -> dict[int, float]:
+    """{chip index r: its accuracy (points)} over the chips the result's mean is taken over."""
+    if res.adaptive:
+        first = first_subset_chip(res)
+        return {first + i: 100.0 * c / res.images_per_chip for i, c in enumerate(res.subset_correct)}
+    return {r: 100.0 * c / res.n_samples for r, c in enumerate(res.per_run_correct)}
+
+
+def first_subset_chip(res: MCResult) -> int:
+    """Index of the first of a target-precision result's R chips: they follow the full-set pilot chips,
+    which per_run_correct holds (with the R chips themselves at its end when N is the whole test set)."""
+    pilot = len(res.per_run_correct)
+    return pilot - res.runs if res.images_per_chip == res.n_samples else pilot
+
+
+# ---- scoring chips on their subsets, and the procedure -----------------------------------------
+def _subset_batches(x: torch.Tensor, y: torch.Tensor, seed: int, run: int, images: int, batch_size: int):
+    """(x, y) batches of chip `run`'s test images (`subset_indices`), in the order drawn."""
+    idx = torch.from_numpy(subset_indices(seed, run, int(y.shape[0]), images)).to(y.device)  # [N]
+    xs, ys = x[idx], y[idx]  # [N, ...], [N]
+    return [(xs[i : i + batch_size], ys[i : i + batch_size]) for i in range(0, int(idx.numel()), batch_size)]
+
+
+def score_chips(model: nn.Module, sampler: ChipSampler, data: tuple[torch.Tensor, torch.Tensor], runs: Sequence[int],
+                images: int, seed: int, *, batch_size: int, chunk: int, loop: bool, calib, bar) -> Accumulator:
+    """Position i of the returned Accumulator: chip runs[i] scored on its `images` test images.
+
+    loop: `program_chip_` per chip (the ADC simulation, per-chip BatchNorm calibration: `calib` batches);
+    else the chips are drawn `chunk` at a time into reused buffers (`ChipSampler.fill`) and scored with
+    plain forwards, read noise (if any) read afresh for every batch, as on the "chunked" path.
+    """
+    x, y = data
+    sigma = sampler.cfg.sigma
+    acc = Accumulator(len(runs))
+    if loop:
+        with quantization_cached():
+            for i, r in enumerate(runs):
+                program_chip_(model, generator=run_generator(seed, r, sampler.device), sigma=sigma)
+                try:
+                    with frozen_bn_statistics(model) if calib else contextlib.nullcontext():
+                        if calib:
+                            recalibrate_batchnorm_(model, calib)  # this chip's BatchNorm statistics
+                        with torch.no_grad():
+                            for xb, yb in _subset_batches(x, y, seed, r, images, batch_size):
+                                acc.add([i], model(xb).unsqueeze(0), yb)  # [1, B, classes]
+                finally:
+                    clear_chip_(model)
+                bar.update(1)
+        return acc
+    bufs = sampler.alloc(max(1, min(chunk, len(runs))))  # [k, *W.shape] per layer
+    k = bufs[0].shape[0] if bufs else 1
+    with torch.no_grad(), variation_disabled(model):
+        for start in range(0, len(runs), k):
+            part = list(runs[start : start + k])
+            sampler.fill(bufs, part, seed, sigma)
+            for j, r in enumerate(part):
+                exact = dict(zip(sampler.names, (b[j] for b in bufs)))
+                for xb, yb in _subset_batches(x, y, seed, r, images, batch_size):
+                    w = dict(zip(sampler.names, sampler.read(bufs, j))) if sampler.cfg.read_sigma else exact
+                    acc.add([start + j], forward_with(model, w, xb).unsqueeze(0), yb)  # [1, B, classes]
+                bar.update(1)
+    return acc
+
+
+def _draw_seconds(sampler: ChipSampler, seed: int) -> float:
+    """Seconds to draw one chip (the better of two timed draws, of chips no stage uses)."""
+    bufs = sampler.alloc(1)
+    best = math.inf
+    for r in (2**40, 2**40 + 1):
+        t = time.perf_counter()
+        sampler.fill(bufs, [r], seed, sampler.cfg.sigma)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def target_precision(model: nn.Module, batches, cfg: DeviceConfig, seed: int, target: float, *,
+                     max_chips: int | None, images_per_chip, pilot_chips: int | None, pilot: Callable[[int], MCResult],
+                     device: torch.device, batch_size: int, chunk_bytes: int, loop: bool, calib, progress: bool
+                     ) -> MCResult:
+    """The three stages of the module docstring at cfg.sigma; the model is set up as for `_mc_core`.
+
+    pilot(F): the fixed-count protocol on chips 0 .. F-1 (full test set, baselines included).
+    loop: score on the "loop" path (ADC simulation, per-chip BatchNorm calibration `calib`), else "chunked".
+    """
+    t0 = time.perf_counter()
+    max_chips = DEFAULT_MAX_CHIPS if max_chips is None else max_chips
+    n_pilot = PILOT_CHIPS if pilot_chips is None else pilot_chips
+    x = torch.cat([xb for xb, _ in batches])  # [n, ...]
+    y = torch.cat([yb for _, yb in batches])  # [n]
+    n = int(y.numel())
+    t_pilot = time.perf_counter()
+    full = pilot(n_pilot)  # chips 0 .. F-1 on every image
+    per_chip_s = (time.perf_counter() - t_pilot) / n_pilot
+    pilot_accuracy = np.asarray(full.per_run_correct) / n  # [F] fractions
+    sampler = ChipSampler(model, cfg, device)
+    if images_per_chip in (None, IMAGES_AUTO):
+        c_draw = _draw_seconds(sampler, seed)
+        images = choose_images(pilot_accuracy, n, c_draw, max(per_chip_s - c_draw, 1e-12) / n, target, max_chips)
+    else:
+        images = min(int(images_per_chip), n)
+    n0 = first_stage_chips(float(subset_variance(pilot_accuracy, n, images)), target, max_chips)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n0, desc=f"MC sigma={cfg.sigma:g} ±{target:g}", disable=not progress, leave=False)
+    opts = dict(batch_size=batch_size, chunk=max(1, chunk_bytes // max(sampler.weight_bytes(), 1)), loop=loop,
+                calib=calib, bar=bar)
+    try:
+        parts: list[Accumulator] = []
+
+        def draw(count: int) -> np.ndarray:
+            done = sum(len(p.correct) for p in parts)
+            bar.total = done + count
+            bar.refresh()
+            parts.append(score_chips(model, sampler, (x, y), range(n_pilot + done, n_pilot + done + count), images,
+                                     seed, **opts))
+            return 100.0 * parts[-1].correct / images  # [count] points
+
+        values, half = stages(draw, n0, target, max_chips)
+    finally:
+        bar.close()
+    correct = np.concatenate([p.correct for p in parts])  # [R]
+    runs = int(correct.size)
+    mean = float(values.mean())
+    if half > target:
+        warnings.warn(f"nvcim: σ={cfg.sigma:g}: the target ±{target:g} needs more than max_chips={max_chips} chips "
+                      f"of {images} images: stopped at ±{half:.3g}; raise max_chips", RuntimeWarning, stacklevel=4)
+    full_correct = list(full.per_run_correct) + ([int(c) for c in correct] if images == n else [])
+    ekl_sum = full.ekl * full.ekl_n if full.ekl_n else 0.0
+    ekl_sum += float(sum(p.ekl_sum.sum() for p in parts))
+    ekl_n = full.ekl_n + int(sum(p.ekl_n.sum() for p in parts))
+    stats = summarize(full_correct, n, ekl_sum, ekl_n)  # the tails from full-set chips only
+    stats.update(mean=mean, ci95=(mean - half, mean + half))
+    nonfinite = full.nonfinite_runs + int(sum((p.nonfinite > 0).sum() for p in parts))
+    return MCResult(sigma=cfg.sigma, runs=runs, seed=seed, n_samples=n, clean_accuracy=full.clean_accuracy,
+                    quantized_accuracy=full.quantized_accuracy, per_run_correct=full_correct,
+                    wall_time_s=time.perf_counter() - t0, path="loop" if loop else "chunked",
+                    device_config=cfg.to_dict(), nonfinite_runs=nonfinite, target_ci=float(target),
+                    ci_half_width=half, images_per_chip=images, subset_correct=[int(c) for c in correct],
+                    full_set_chips=len(full_correct), percentiles_from="full_set_chips", **stats)

