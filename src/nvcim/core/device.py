@@ -38,6 +38,11 @@ Read noise (cfg.read_sigma) is not part of the chip: `read` adds it to W_p at ev
 generator per noisy tensor and chip (`read_generators`), so that every Monte Carlo path draws the same
 values. With drift compensation it is added after the compensation scalar (which does not scale it).
 
+Every random draw here (and in the built-in variation kinds) goes through `nvcim.core.rng`: a tensor of
+more than rng.BLOCK = 65 536 values is drawn block by block from per-block generators seeded by the
+caller's generator, on all of torch's threads (the same values on any thread count); smaller ones exactly
+as torch.randn / torch.rand draw them.
+
 Weights must be floating-point tensors (anything else is a TypeError naming the type); an empty tensor
 is a valid layer with no weights and gives an empty result of the same shape.
 """
@@ -49,6 +54,7 @@ from typing import NamedTuple
 
 import torch
 
+from nvcim.core import rng
 from nvcim.core.config import DRIFT_T0, DeviceConfig
 from nvcim.core.variation import VARIATIONS
 
@@ -188,7 +194,7 @@ def draw(
     if sigma == 0:
         return w_d.clone()
     if cfg.use_fast_path:  # one fused pass after the draw: W_d + z · c σ s
-        z = torch.randn(w_d.shape, generator=generator, device=w_d.device, dtype=w_d.dtype)  # [*shape]
+        z = rng.randn(w_d.shape, generator=generator, device=w_d.device, dtype=w_d.dtype)  # [*shape]
         mult = VARIATIONS[cfg.variation].weight_std(prepared, cfg)  # [*shape] or None
         if mult is not None:
             z.mul_(mult)
@@ -205,14 +211,14 @@ def _conductances(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, gen
     stuck = None
     p0, p1 = cfg.stuck_at
     if p0 or p1:
-        u = torch.rand(g.shape, generator=generator, device=g.device, dtype=torch.float32)  # [M/K, *shape]
+        u = rng.rand(g.shape, generator=generator, device=g.device, dtype=torch.float32)  # [M/K, *shape]
         low, high = u < p0, u >= 1.0 - p1
         stuck = low | high
         g = torch.where(low, 0.0, torch.where(high, float(cfg.device_levels), g)).to(g.dtype)
     if cfg.drift_time is None:
         return g, None, targets
     mean, std = cfg.drift_nu
-    nu = torch.randn(g.shape, generator=generator, device=g.device, dtype=g.dtype).mul_(std).add_(mean).clamp_(min=0)
+    nu = rng.randn(g.shape, generator=generator, device=g.device, dtype=g.dtype).mul_(std).add_(mean).clamp_(min=0)
     factor = nu.mul_(-math.log(cfg.drift_time / DRIFT_T0)).exp_()  # [M/K, *shape] (t/t0)^(-ν); 1 at t = t0
     if stuck is not None:
         factor = torch.where(stuck, 1.0, factor).to(g.dtype)
@@ -298,7 +304,7 @@ def chip_weight(chip: ChipLevels, cfg: DeviceConfig) -> torch.Tensor:
 def read_levels(chip: ChipLevels, cfg: DeviceConfig, generator: torch.Generator | None) -> ChipLevels:
     """One read of the chip's devices: g_j + N(0, (σ_r (2^K-1))^2) per device (drawn where the generator lives)."""
     where = generator.device if generator is not None else chip.g.device
-    z = torch.randn(chip.g.shape, generator=generator, device=where, dtype=chip.g.dtype).to(chip.g.device)
+    z = rng.randn(chip.g.shape, generator=generator, device=where, dtype=chip.g.dtype).to(chip.g.device)
     return chip._replace(g=torch.add(chip.g, z, alpha=cfg.read_sigma * cfg.device_levels))
 
 
@@ -347,7 +353,7 @@ def read(w_p: torch.Tensor, scale: torch.Tensor, cfg: DeviceConfig, generator: t
     per weight (exact: each device adds N(0, (σ_r (2^K-1))^2)). Drawn where the generator lives, added on
     W_p's device; a new tensor."""
     where = generator.device if generator is not None else w_p.device
-    z = torch.randn(w_p.shape, generator=generator, device=where, dtype=w_p.dtype).to(w_p.device)  # [*shape]
+    z = rng.randn(w_p.shape, generator=generator, device=where, dtype=w_p.dtype).to(w_p.device)  # [*shape]
     return torch.addcmul(w_p, z, scale.to(w_p.device) * (cfg.c * cfg.read_sigma))
 
 

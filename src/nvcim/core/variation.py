@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from nvcim.core import rng
 from nvcim.registry import Registry
 
 # (annotations name "DeviceConfig": nvcim.core.config imports this module, so it is not imported back here)
@@ -84,7 +85,7 @@ class Variation:
 
 
 def _standard_normal(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    return rng.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
 @register_variation("gaussian")
@@ -95,7 +96,7 @@ class Gaussian(Variation):
 
     def sample(self, levels, sigma, cfg, generator):
         # normal_(0, std) scales inside the kernel: one pass instead of randn + mul_
-        return torch.empty_like(levels).normal_(0.0, sigma * cfg.device_levels, generator=generator)
+        return rng.normal_(torch.empty_like(levels), 0.0, sigma * cfg.device_levels, generator)
 
 
 def check_censor_threshold(value: Any, what: str) -> None:
@@ -183,7 +184,7 @@ class WeightBand(Variation):
                              "(1, 2, 4, 6 for the RRAM1 / FeFET2 / RRAM4 / FeFET6 presets)")
 
     def sample(self, levels, sigma, cfg, generator):
-        return torch.empty_like(levels).normal_(0.0, sigma * cfg.device_levels, generator=generator)
+        return rng.normal_(torch.empty_like(levels), 0.0, sigma * cfg.device_levels, generator)
 
     def weight_std(self, prepared, cfg):
         factor = float(self.option(cfg, "S"))

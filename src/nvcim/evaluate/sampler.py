@@ -7,7 +7,8 @@
 One run = one programmed chip: every noisy weight gets one draw, kept for the whole test set. Run r's
 draws come from a CPU `torch.Generator` seeded by `run_seed(seed, r)` and are taken layer by layer in
 module order exactly as `nvcim.draw_chip` takes them, so the same seed gives the same chips whatever
-the batch size, chunking, path or device. The Gaussian draws are the same standard normals scaled by
+the batch size, chunking, path, device or thread count (a tensor above 65 536 values is drawn block by
+block on every thread, `nvcim.core.rng`). The Gaussian draws are the same standard normals scaled by
 σ, so a robustness curve uses common random numbers across σ.
 
 Read noise (cfg.read_sigma > 0) is redrawn at every forward: after run r's chip draws, its generator
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from nvcim.core import device as dm
+from nvcim.core import rng
 from nvcim.core.config import DeviceConfig
 from nvcim.core.variation import VARIATIONS
 from nvcim.layers.noise import noisy_parameters
@@ -105,7 +107,7 @@ class ChipSampler:
                     firsts.append(dm.draw(prep, self.cfg, sigma, gen))  # [*W.shape]
                     continue
                 out = buf[i] if on_cpu else self._scratch[l]  # [*W.shape]
-                torch.randn(prep.w_d.shape, generator=gen, dtype=prep.w_d.dtype, out=out)  # z
+                rng.normal_(out, generator=gen)  # z
                 if self.weight_std[l] is not None:
                     out.mul_(self.weight_std[l])
                 torch.addcmul(prep.w_d, out, prep.scale * (self.cfg.c * sigma), out=out)  # W_d + z · c σ s
