@@ -125,17 +125,36 @@ def combine_levels(device_levels: torch.Tensor, cfg: DeviceConfig) -> torch.Tens
 
 
 class PreparedWeight(NamedTuple):
-    """What programming needs about one weight tensor, computed once per weight value."""
+    """What programming needs about one weight tensor, computed once per weight value.
+
+    `derived` holds what every chip of this weight shares and is computed on first use (`derived_value`):
+    the device targets ḡ, the crossbar signs, the variation kind's per-weight and per-device std factors.
+    Its tensors are shared by all draws: never modify them in place.
+    """
 
     w: torch.Tensor  # [*shape] the float weight W (detached)
     w_d: torch.Tensor  # [*shape] target weight W_d
     scale: torch.Tensor  # [] s = max|W|
     levels: torch.Tensor  # [*shape] q in 0..2^M-1 (float)
+    derived: dict  # key -> value derived from the above (and the config in the key), see `derived_value`
 
     @property
     def sign(self) -> torch.Tensor:
-        """[*shape] crossbar sign, +1 / -1 (computed on demand: only the per-device path needs it)."""
-        return crossbar_sign(self.w)
+        """[*shape] crossbar sign, +1 / -1 (computed once: only the per-device path needs it)."""
+        return derived_value(self, ("sign",), lambda: crossbar_sign(self.w))
+
+
+def derived_value(prepared: PreparedWeight, key: tuple, make):
+    """prepared.derived[key], made by make() on first use: a value every chip of this weight shares."""
+    if key not in prepared.derived:
+        prepared.derived[key] = make()
+    return prepared.derived[key]
+
+
+def device_targets(prepared: PreparedWeight, cfg: DeviceConfig) -> torch.Tensor:
+    """[M/K, *shape] ḡ = slice_levels(q) in W's dtype, computed once per prepared weight (shared: read only)."""
+    key = ("targets", cfg.weight_bits, cfg.device_bits)
+    return derived_value(prepared, key, lambda: slice_levels(prepared.levels, cfg).to(prepared.w_d.dtype))
 
 
 def prepare(w: torch.Tensor, cfg: DeviceConfig) -> PreparedWeight:
@@ -152,7 +171,7 @@ def prepare(w: torch.Tensor, cfg: DeviceConfig) -> PreparedWeight:
         w_d = torch.copysign(levels, w).mul_(s).div_(cfg.weight_levels)  # [*shape] sign(W) q s / (2^M-1)
     else:
         w_d = w
-    return PreparedWeight(w, w_d, s, levels)
+    return PreparedWeight(w, w_d, s, levels, {})
 
 
 def _device_sum(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator) -> torch.Tensor:
@@ -160,7 +179,7 @@ def _device_sum(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, gener
     w_d = prepared.w_d
     shape = (cfg.devices_per_weight, *w_d.shape)
     if VARIATIONS[cfg.variation].needs_levels:
-        targets = slice_levels(prepared.levels, cfg).to(w_d.dtype)  # [M/K, *shape]
+        targets = device_targets(prepared, cfg)  # [M/K, *shape]
     else:
         targets = torch.empty(shape, dtype=w_d.dtype, device=w_d.device)
     dg = _device_levels_change(prepared, cfg, sigma, generator, targets)  # [M/K, *shape] Δg in level units
@@ -195,7 +214,7 @@ def draw(
         return w_d.clone()
     if cfg.use_fast_path:  # one fused pass after the draw: W_d + z · c σ s
         z = rng.randn(w_d.shape, generator=generator, device=w_d.device, dtype=w_d.dtype)  # [*shape]
-        mult = VARIATIONS[cfg.variation].weight_std(prepared, cfg)  # [*shape] or None
+        mult = weight_std(prepared, cfg)  # [*shape] or None
         if mult is not None:
             z.mul_(mult)
         return torch.addcmul(w_d, z, prepared.scale * (cfg.c * sigma), out=z)
@@ -206,7 +225,7 @@ def draw(
 def _conductances(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator):
     """(g(t0), g(t) or None without drift, ḡ), each [M/K, *shape]: the devices' conductances with variation,
     stuck-at faults and drift, in the draw order of the module docstring."""
-    targets = slice_levels(prepared.levels, cfg).to(prepared.w_d.dtype)  # [M/K, *shape] ḡ
+    targets = device_targets(prepared, cfg)  # [M/K, *shape] ḡ
     g = _device_levels_change(prepared, cfg, sigma, generator, targets).add_(targets)  # [M/K, *shape] programmed conductances at t0
     stuck = None
     p0, p1 = cfg.stuck_at
@@ -267,10 +286,10 @@ def draw_levels(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float | None
     """One programmed chip of a prepared weight as device levels: the same draws as `draw` (none at σ = 0
     without chip effects, the per-device path otherwise); needs cfg.quantize."""
     sigma = cfg.sigma if sigma is None else float(sigma)
-    targets = slice_levels(prepared.levels, cfg).to(prepared.w_d.dtype)  # [M/K, *shape] ḡ
+    targets = device_targets(prepared, cfg)  # [M/K, *shape] ḡ
     gain = prepared.w_d.new_ones(())
     if not cfg.chip_effects:
-        g = targets if sigma == 0 else targets + _device_levels_change(prepared, cfg, sigma, generator, targets)
+        g = targets.clone() if sigma == 0 else targets + _device_levels_change(prepared, cfg, sigma, generator, targets)
         return ChipLevels(g, prepared.sign, prepared.scale, gain)
     g, g_t, _ = _conductances(prepared, cfg, sigma, generator)
     if g_t is None:
@@ -284,11 +303,18 @@ def _device_levels_change(prepared: PreparedWeight, cfg: DeviceConfig, sigma: fl
     """Δg [M/K, *shape] in level units: the variation kind's per-device draw (targets ḡ, or any tensor of
     that shape when the kind does not read levels), times its per-weight factor if any; a new tensor."""
     kind = VARIATIONS[cfg.variation]
-    dg = kind.sample(targets, sigma, cfg, generator)  # reads only the shape unless kind.needs_levels
-    mult = kind.weight_std(prepared, cfg)  # [*shape] or None
+    state = derived_value(prepared, ("level_state", cfg), lambda: kind.level_state(targets, cfg)) if kind.needs_levels else None
+    extra = {} if state is None else {"state": state}  # kinds without level_state keep sample's 4 arguments
+    dg = kind.sample(targets, sigma, cfg, generator, **extra)  # reads only the shape unless kind.needs_levels
+    mult = weight_std(prepared, cfg)  # [*shape] or None
     if mult is not None:
         dg.mul_(mult)
     return dg
+
+
+def weight_std(prepared: PreparedWeight, cfg: DeviceConfig) -> torch.Tensor | None:
+    """The variation kind's per-weight std factor (`Variation.weight_std`), computed once per prepared weight."""
+    return derived_value(prepared, ("weight_std", cfg), lambda: VARIATIONS[cfg.variation].weight_std(prepared, cfg))
 
 
 def ideal_levels(w: torch.Tensor, cfg: DeviceConfig) -> ChipLevels:

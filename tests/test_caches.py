@@ -1,0 +1,79 @@
+"""What is computed once and reused across chips (issue #18 point 5 speed): the per-weight values every chip
+of a prepared weight shares, and their invalidation when the weight or the config changes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import nvcim
+from nvcim.core import device as dm
+from nvcim.layers.noise import quantization_cached
+
+LEVEL = nvcim.DeviceConfig.preset("rram4-level", sigma=0.1)
+CONFIGS = {
+    "stuck-at": nvcim.DeviceConfig(sigma=0.1, stuck_at=(0.02, 0.05)),
+    "drift": nvcim.DeviceConfig(sigma=0.1, drift_time=3600.0, drift_compensation=True),
+    "rram4-level": LEVEL,
+    "rram4": nvcim.DeviceConfig.preset("rram4", sigma=0.1),
+    "adc": nvcim.DeviceConfig(sigma=0.1, adc_bits=6, tile_rows=8),
+}
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_chips_of_one_prepared_weight_are_those_of_fresh_preparations(name):
+    cfg = CONFIGS[name]
+    w = torch.randn(12, 5, 3, 3, generator=_gen(0))
+    shared = dm.prepare(w, cfg)
+    for seed in (1, 2, 3):  # the cache is filled by the first chip and read by the next ones
+        assert torch.equal(dm.draw(shared, cfg, generator=_gen(seed)), dm.draw(dm.prepare(w, cfg), cfg, generator=_gen(seed)))
+        a, b = dm.draw_levels(shared, cfg, generator=_gen(seed)), dm.draw_levels(dm.prepare(w, cfg), cfg, generator=_gen(seed))
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert shared.derived  # something was kept
+
+
+def test_the_targets_are_computed_once_and_never_handed_out_for_writing():
+    w = torch.randn(6, 7, generator=_gen(0))
+    prep = dm.prepare(w, LEVEL)
+    assert dm.device_targets(prep, LEVEL) is dm.device_targets(prep, LEVEL)
+    chip = dm.draw_levels(prep, LEVEL, sigma=0.0)  # σ = 0: the chip's levels are the targets, as a copy
+    chip.g.add_(1.0)
+    assert torch.equal(dm.device_targets(prep, LEVEL), dm.slice_levels(prep.levels, LEVEL).float())
+
+
+def test_a_config_with_other_bits_or_options_gets_its_own_values():
+    w = torch.randn(6, 7, generator=_gen(0))
+    prep = dm.prepare(w, LEVEL)
+    other_bits = LEVEL.replace(weight_bits=8, device_bits=4, variation_options={"multipliers": [1.0] * 16})
+    assert dm.device_targets(prep, other_bits).shape[0] == 2 != dm.device_targets(prep, LEVEL).shape[0]
+    flat = LEVEL.replace(variation_options={"multipliers": [1.0, 1.0, 1.0, 1.0]})
+    a = dm.draw(prep, LEVEL, generator=_gen(1)) - prep.w_d
+    b = dm.draw(prep, flat, generator=_gen(1)) - prep.w_d  # same normals, other per-device factors
+    assert not torch.allclose(a, b)
+    assert torch.equal(b, dm.draw(dm.prepare(w, flat), flat, generator=_gen(1)) - prep.w_d)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_a_weight_changed_in_place_programs_the_new_weight(name):
+    """Inside quantization_cached (the loop path of Monte Carlo) a layer reuses its prepared weight while the
+    weight stays put; changing it in place must drop every value derived from the old one."""
+    cfg = CONFIGS[name]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    nvcim.apply_variation_(model, cfg)
+    x = torch.rand(4, 8)
+    with torch.no_grad(), quantization_cached():
+        nvcim.program_chip_(model, seed=3)
+        before = model(x)
+        model[0].weight.mul_(-2.0)  # a new weight: other levels, signs and scale
+        nvcim.program_chip_(model, seed=3)
+        after = model(x)
+    with torch.no_grad():
+        nvcim.program_chip_(model, seed=3)  # outside the cache: prepared afresh
+        fresh = model(x)
+    assert torch.equal(after, fresh) and not torch.equal(before, after)
