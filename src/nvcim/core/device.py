@@ -195,8 +195,8 @@ def _signed_step(prepared: PreparedWeight, cfg: DeviceConfig) -> torch.Tensor:
     copysign is one pass (a where() on w < 0 is two); it puts -0.0 on the negative crossbar, which
     changes nothing: such a weight has q = 0 on either side.
     """
-    step = prepared.scale / cfg.weight_levels  # []
-    return torch.copysign(step, prepared.w)
+    return derived_value(prepared, ("signed_step", cfg.weight_bits),
+                         lambda: torch.copysign(prepared.scale / cfg.weight_levels, prepared.w))
 
 
 def draw(
@@ -232,16 +232,16 @@ def _conductances(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, gen
     if p0 or p1:
         u = rng.rand(g.shape, generator=generator, device=g.device, dtype=torch.float32)  # [M/K, *shape]
         low, high = u < p0, u >= 1.0 - p1
-        stuck = low | high
-        g = torch.where(low, 0.0, torch.where(high, float(cfg.device_levels), g)).to(g.dtype)
+        g.masked_fill_(high, float(cfg.device_levels)).masked_fill_(low, 0.0)  # in place: no fresh [M/K, *shape]
+        stuck = low.logical_or_(high) if cfg.drift_time is not None else None  # a stuck device does not drift
     if cfg.drift_time is None:
         return g, None, targets
     mean, std = cfg.drift_nu
     nu = rng.randn(g.shape, generator=generator, device=g.device, dtype=g.dtype).mul_(std).add_(mean).clamp_(min=0)
     factor = nu.mul_(-math.log(cfg.drift_time / DRIFT_T0)).exp_()  # [M/K, *shape] (t/t0)^(-ν); 1 at t = t0
     if stuck is not None:
-        factor = torch.where(stuck, 1.0, factor).to(g.dtype)
-    return g, g * factor, targets
+        factor.masked_fill_(stuck, 1.0)
+    return g, factor.mul_(g), targets
 
 
 def _draw_devices(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator) -> torch.Tensor:
@@ -380,7 +380,8 @@ def read(w_p: torch.Tensor, scale: torch.Tensor, cfg: DeviceConfig, generator: t
     W_p's device; a new tensor."""
     where = generator.device if generator is not None else w_p.device
     z = rng.randn(w_p.shape, generator=generator, device=where, dtype=w_p.dtype).to(w_p.device)  # [*shape]
-    return torch.addcmul(w_p, z, scale.to(w_p.device) * (cfg.c * cfg.read_sigma))
+    keep_grad = w_p.requires_grad and torch.is_grad_enabled()  # out= would refuse a differentiable result
+    return torch.addcmul(w_p, z, scale.to(w_p.device) * (cfg.c * cfg.read_sigma), out=None if keep_grad else z)
 
 
 def write_verified(
