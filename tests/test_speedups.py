@@ -1,14 +1,17 @@
-"""What is computed once and reused across chips (issue #18 point 5 speed): the per-weight values every chip
-of a prepared weight shares, and their invalidation when the weight or the config changes."""
+"""What the fast paths compute once, reuse or compute more cheaply (issue #18 point 5, #16 point 10): the per-weight
+values every chip of a prepared weight shares and their invalidation, the chunked path's parameter slots, the
+scoring of logits; each against the plain computation."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import nvcim
 from nvcim.core import device as dm
+from nvcim.evaluate.forward import Accumulator, ParameterSlots, forward_with
 from nvcim.layers.noise import quantization_cached
 
 LEVEL = nvcim.DeviceConfig.preset("rram4-level", sigma=0.1)
@@ -77,3 +80,47 @@ def test_a_weight_changed_in_place_programs_the_new_weight(name):
         nvcim.program_chip_(model, seed=3)  # outside the cache: prepared afresh
         fresh = model(x)
     assert torch.equal(after, fresh) and not torch.equal(before, after)
+
+
+def _old_scores(logits: torch.Tensor, y: torch.Tensor):
+    """The plain scoring (the earlier Accumulator.add): per-run correct, EKL sum and count, non-finite rows."""
+    logp = torch.log_softmax(logits.to(torch.float64), dim=-1)
+    finite = torch.isfinite(logits).all(dim=-1)
+    hit = (logits.argmax(dim=-1) == y.unsqueeze(0)) & finite
+    nll = -logp.gather(-1, y.view(1, -1, 1).expand(logits.shape[0], -1, 1)).squeeze(-1)
+    nll = torch.where(hit, nll, torch.zeros_like(nll))
+    return hit.sum(dim=1).numpy(), nll.sum(dim=1).numpy(), (~finite).sum(dim=1).numpy()
+
+
+def test_scoring_is_bitwise_the_plain_computation():
+    gen = _gen(0)
+    for trial in range(60):
+        k, b, c = (int(v) for v in torch.randint(1, 12, (3,), generator=gen))
+        logits = torch.randn(k, b, c + 1, generator=gen) * 8
+        if trial % 2:  # NaN / ±inf rows, ties
+            for value in (float("nan"), float("inf"), -float("inf")):
+                logits[torch.rand(logits.shape, generator=gen) < 0.05] = value
+            logits = logits.round()
+        y = torch.randint(0, c + 1, (b,), generator=gen)
+        acc = Accumulator(k)
+        acc.add(list(range(k)), logits, y)
+        correct, ekl, nonfinite = _old_scores(logits, y)
+        assert np.array_equal(acc.correct, correct) and np.array_equal(acc.ekl_n, correct)
+        assert np.array_equal(acc.ekl_sum, ekl) and np.array_equal(acc.nonfinite, nonfinite)
+
+
+def test_parameter_slots_hold_a_chip_for_the_block_only():
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    model[2].extra = model[0].weight  # another name of a held parameter stays the parameter
+    slots = ParameterSlots(model, ["0.weight", "2.weight"])
+    chip = [torch.zeros(3, 4), torch.ones(2, 3)]
+    x = torch.rand(5, 4)
+    with torch.no_grad():
+        with slots.holding(chip):
+            assert torch.equal(model(x), forward_with(model, {"0.weight": chip[0], "2.weight": chip[1]}, x))
+        with pytest.raises(RuntimeError), slots.holding(chip):
+            raise RuntimeError("a failing forward")
+    assert isinstance(model[0].weight, nn.Parameter) and model[2].extra is model[0].weight
+    assert [n for n, _ in model.named_parameters()] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    with pytest.raises(ValueError, match="not a parameter"):
+        ParameterSlots(model, ["1.weight"])
