@@ -12,6 +12,7 @@ from torch import nn
 import nvcim
 from nvcim.core import device as dm
 from nvcim.evaluate.forward import Accumulator, ParameterSlots, forward_with
+from nvcim.evaluate.sampler import run_seed, run_seeds
 from nvcim.layers.noise import quantization_cached
 
 LEVEL = nvcim.DeviceConfig.preset("rram4-level", sigma=0.1)
@@ -124,3 +125,14 @@ def test_parameter_slots_hold_a_chip_for_the_block_only():
     assert [n for n, _ in model.named_parameters()] == ["0.weight", "0.bias", "2.weight", "2.bias"]
     with pytest.raises(ValueError, match="not a parameter"):
         ParameterSlots(model, ["1.weight"])
+
+
+def test_run_seeds_are_numpys_seed_sequence():
+    def reference(seed, run):
+        state = np.random.SeedSequence([seed, run]).generate_state(2, dtype=np.uint32)
+        return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
+
+    runs = list(range(50)) + [2**31, 2**32 - 1, 2**32, 2**40 + 3]
+    for seed in (0, 1, 5, 123456789, 2**32 - 1, 2**32, 2**63 - 1):
+        assert run_seeds(seed, runs) == [reference(seed, r) for r in runs]
+        assert run_seed(seed, 7) == reference(seed, 7)
