@@ -69,3 +69,4 @@ def test_a_chip_is_the_same_on_any_thread_count(threads, cfg):
         w_p = dm.draw(prep, cfg, generator=_gen(3))
         chips.append(dm.read(w_p, prep.scale, cfg, _gen(4)) if cfg.read_sigma else w_p)
     assert torch.equal(chips[0], chips[1])
+

@@ -17,6 +17,7 @@ generator=None means torch's default generator of `out`'s device.
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,17 +27,19 @@ BLOCK = 1 << 16  # elements drawn from one block generator (256 KiB of float32: 
 
 _POOL_LOCK = threading.Lock()
 _POOL: ThreadPoolExecutor | None = None
-_POOL_SIZE = 0
+_POOL_KEY: tuple[int, int] | None = None  # (process id, workers) the pool was made for
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """A process-wide pool of `workers` threads (rebuilt when the thread count changes)."""
-    global _POOL, _POOL_SIZE
+    """A process-wide pool of `workers` threads (rebuilt when the thread count changes, and in a forked child,
+    which inherits the pool object but none of its threads)."""
+    global _POOL, _POOL_KEY
+    key = (os.getpid(), workers)
     with _POOL_LOCK:
-        if _POOL is None or _POOL_SIZE != workers:
-            if _POOL is not None:
+        if _POOL is None or _POOL_KEY != key:
+            if _POOL is not None and _POOL_KEY[0] == key[0]:
                 _POOL.shutdown(wait=False)
-            _POOL, _POOL_SIZE = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nvcim-rng"), workers
+            _POOL, _POOL_KEY = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nvcim-rng"), key
         return _POOL
 
 
