@@ -35,7 +35,7 @@ from nvcim.layers.noise import noisy_parameters
 
 def run_seed(seed: int, run: int) -> int:
     """Seed of run `run`'s generator: SeedSequence([seed, run]) mixed to 63 bits (no collisions in practice)."""
-    return run_seeds(seed, [run])[0]
+    return _seed_sequence(seed, run)
 
 
 # numpy's SeedSequence (O'Neill's seed_seq_fe, pool of 4 words), vectorised over runs by `run_seeds`
@@ -47,7 +47,7 @@ def run_seeds(seed: int, runs: Sequence[int]) -> list[int]:
     """`run_seed(seed, r)` for every r in runs, in one vectorised pass (numpy's SeedSequence costs ~30 µs
     per call, which a small model's chip notices); seeds or runs of 2^32 and above go through SeedSequence."""
     runs = [int(r) for r in runs]
-    if not 0 <= int(seed) < _WORD or any(not 0 <= r < _WORD for r in runs):
+    if len(runs) < 2 or not 0 <= int(seed) < _WORD or any(not 0 <= r < _WORD for r in runs):
         return [_seed_sequence(seed, r) for r in runs]
     with np.errstate(over="ignore"):
         u32 = np.uint32
