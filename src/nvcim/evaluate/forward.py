@@ -23,6 +23,7 @@ from nvcim.evaluate.sampler import ChipSampler
 from nvcim.layers.noise import variation_disabled
 
 LOGITS_PER_ADD = 1 << 16  # logits of several chips scored in one Accumulator.add (2^14-2^18 alike)
+SUBSET_ROWS = 1024  # rows of an Accumulator.add from which the log-probabilities of the correct rows alone are taken
 
 
 class Accumulator:
@@ -36,21 +37,35 @@ class Accumulator:
 
     def add(self, runs: Sequence[int], logits: torch.Tensor, y: torch.Tensor) -> None:
         """logits [k, B, classes] for runs `runs`, y [B]."""
-        # a row with a NaN / inf logit predicts nothing (argmax would call it class 0 or the inf class); a row is
-        # finite when its largest and smallest logits are (NaN propagates through both): cheaper than isfinite
-        finite = torch.isfinite(logits.amax(dim=-1)) & torch.isfinite(logits.amin(dim=-1))  # [k, B]
+        # a row with a NaN / inf logit predicts nothing (argmax would call it class 0 or the inf class); in a large
+        # call a row is finite when its largest and smallest logits are (NaN propagates): half isfinite's time
+        if logits.numel() >= SUBSET_ROWS * logits.shape[-1]:
+            finite = torch.isfinite(logits.amax(dim=-1)) & torch.isfinite(logits.amin(dim=-1))  # [k, B]
+        else:
+            finite = torch.isfinite(logits).all(dim=-1)  # [k, B]
         hit = (logits.argmax(dim=-1) == y.unsqueeze(0)) & finite  # [k, B]
-        # the EKL needs -log p(y) of the correct rows only: log_softmax (row by row, so the very values of a
-        # whole-tensor call) of those rows, 0 elsewhere, then the same per-run sums
-        rows = logits[hit].to(torch.float64)  # [hits, classes]
-        nll = torch.zeros(hit.shape, dtype=torch.float64, device=logits.device)  # [k, B]
-        labels = y.unsqueeze(0).expand_as(hit)[hit]  # [hits]
-        nll[hit] = -torch.log_softmax(rows, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        nll = self._nll(logits, y, hit)  # [k, B] -log p(y) of the correct rows, 0 elsewhere
         idx = np.asarray(runs)
         self.correct[idx] += hit.sum(dim=1).cpu().numpy()
         self.ekl_sum[idx] += nll.sum(dim=1).cpu().numpy()
         self.ekl_n[idx] += hit.sum(dim=1).cpu().numpy()
         self.nonfinite[idx] += (~finite).sum(dim=1).cpu().numpy()
+
+
+    @staticmethod
+    def _nll(logits: torch.Tensor, y: torch.Tensor, hit: torch.Tensor) -> torch.Tensor:
+        """[k, B] float64: -log softmax(logits)[y] where `hit`, 0 elsewhere. log_softmax works row by row, so
+        that of the correct rows alone (cheaper when many rows are wrong, in a large call) has the very
+        values of the whole tensor's."""
+        if hit.numel() >= SUBSET_ROWS and 2 * int(hit.sum()) <= hit.numel():
+            nll = torch.zeros(hit.shape, dtype=torch.float64, device=logits.device)
+            labels = y.unsqueeze(0).expand_as(hit)[hit]  # [hits]
+            logp = torch.log_softmax(logits[hit].to(torch.float64), dim=-1)  # [hits, classes]
+            nll[hit] = -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+            return nll
+        logp = torch.log_softmax(logits.to(torch.float64), dim=-1)  # [k, B, classes]
+        nll = -logp.gather(-1, y.view(1, -1, 1).expand(logits.shape[0], -1, 1)).squeeze(-1)  # [k, B]
+        return torch.where(hit, nll, torch.zeros_like(nll))
 
 
 def forward_with(model: nn.Module, weights: Mapping[str, torch.Tensor], x: Any) -> Any:
