@@ -138,3 +138,51 @@ def test_run_seeds_are_numpys_seed_sequence():
     for seed in (0, 1, 5, 123456789, 2**32 - 1, 2**32, 2**63 - 1):
         assert run_seeds(seed, runs) == [reference(seed, r) for r in runs]
         assert run_seed(seed, 7) == reference(seed, 7)
+
+
+def test_a_chip_given_as_a_tensor_is_mapped_once_and_again_when_it_changes():
+    """The ADC simulation maps a tensor chip W_p (the coverage check's) onto ideal devices once per chip."""
+    cfg = nvcim.DeviceConfig(sigma=0.1, adc_bits=6, tile_rows=4)
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 5)
+    nvcim.apply_variation_(layer, cfg)
+    control = nvcim.layers.noise.noisy_parameters(layer)[0].control
+    x = torch.rand(3, 8)
+    w_p = layer.weight.detach().clone()
+
+    def run(chip):
+        control.programmed = chip
+        with torch.no_grad():
+            return layer(x)
+
+    first = run(w_p)
+    assert control.ideal_chip(w_p) is control.ideal_chip(w_p)  # kept
+    assert torch.equal(run(w_p), first)
+    w_p.mul_(-1.5)  # changed in place: mapped afresh
+    assert torch.equal(run(w_p), run(w_p.clone())) and not torch.equal(run(w_p), first)
+    other = layer.weight.detach().clone() * 0.5  # another tensor
+    assert torch.equal(run(other), run(other.clone()))
+
+
+@pytest.mark.parametrize("read_sigma", [0.0, 0.02])
+def test_a_kept_chip_is_packed_once_and_a_new_chip_again(read_sigma):
+    """The ADC path packs the crossbars of a programmed chip once; programming another chip (or reading with
+    read noise) must never reuse them."""
+    cfg = nvcim.DeviceConfig(sigma=0.1, adc_bits=6, tile_rows=8, read_sigma=read_sigma)
+
+    def model():
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(48, 4))
+        return nvcim.apply_variation_(m, cfg)
+
+    reused, fresh = model(), model()
+    x = torch.rand(2, 2, 4, 4)
+    with torch.no_grad():
+        nvcim.program_chip_(reused, seed=1)
+        first = [reused(x), reused(x)]
+        nvcim.program_chip_(reused, seed=2)
+        second = reused(x)
+        nvcim.program_chip_(fresh, seed=2)
+        assert torch.equal(second, fresh(x))
+    assert torch.equal(first[0], first[1]) == (read_sigma == 0)
+    assert not torch.equal(first[0], second)

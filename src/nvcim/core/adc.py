@@ -273,8 +273,8 @@ def calibrate_adc_range(
 
 def sliced_conv2d(
     x: torch.Tensor,
-    g_pos: torch.Tensor,
-    g_neg: torch.Tensor,
+    g_pos: torch.Tensor | Crossbars,
+    g_neg: torch.Tensor | None,
     scale: torch.Tensor,
     cfg: DeviceConfig,
     adc: AdcConfig,
@@ -283,25 +283,36 @@ def sliced_conv2d(
     padding=0,
     dilation=1,
     adc_range: float | None = None,
+    kernel_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """conv2d(x, W_p) (+ bias) as the bit-sliced chip computes it, via unfold: [N, C, H, W] -> [N, out, H', W'].
 
-    g_pos / g_neg: [M/K, out, C, kh, kw] (see `device_slices`); zero padding, groups = 1 only.
+    g_pos / g_neg: [M/K, out, C, kh, kw] (see `device_slices`), or g_pos = pack_crossbars of them flattened
+    to [M/K, out, C kh kw], g_neg = None and kernel_size = (kh, kw) to reuse a packed chip; zero padding,
+    groups = 1 only.
     """
-    _check_slices(g_pos, g_neg, cfg)
-    if g_pos.dim() != 5:
-        raise ValueError(f"g_pos has shape {tuple(g_pos.shape)}: use [M/K, out, in_channels, kh, kw] for a convolution")
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != g_pos.shape[2]:
+    if isinstance(g_pos, Crossbars):
+        if kernel_size is None:
+            raise ValueError("a packed chip (Crossbars) needs kernel_size=(kh, kw)")
+        (kh, kw), bars = kernel_size, g_pos
+        channels = bars.table.shape[0] // (kh * kw)
+    else:
+        _check_slices(g_pos, g_neg, cfg)
+        if g_pos.dim() != 5:
+            raise ValueError(f"g_pos has shape {tuple(g_pos.shape)}: use [M/K, out, in_channels, kh, kw] for a "
+                             "convolution")
+        kh, kw, channels = g_pos.shape[3], g_pos.shape[4], g_pos.shape[2]
+        bars = pack_crossbars(g_pos.flatten(2), g_neg.flatten(2), cfg)
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x has shape {shape}: use [N, {g_pos.shape[2]}, H, W] (groups other than 1 are not supported)")
+        raise ValueError(f"x has shape {shape}: use [N, {channels}, H, W] (groups other than 1 are not supported)")
     n, _, h, w = x.shape
-    kh, kw = g_pos.shape[3], g_pos.shape[4]
     cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)  # [N, C kh kw, L]
     pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
     (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
     oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    y = sliced_linear(cols.transpose(1, 2), g_pos.flatten(2), g_neg.flatten(2), scale, cfg, adc, adc_range=adc_range)
+    y = sliced_linear(cols.transpose(1, 2), bars, None, scale, cfg, adc, adc_range=adc_range)
     y = y.transpose(1, 2).reshape(n, -1, oh, ow)  # [N, out, H', W']
     if bias is not None:
         y = y + bias.view(1, -1, 1, 1)
