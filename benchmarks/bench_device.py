@@ -5,9 +5,11 @@ Measures side by side, interleaved in one run (machines here are noisy; only rat
   fast      one programmed draw of every conv/linear weight, Gaussian fast path (1 randn per weight)
   device    the same via the per-device path (M/K = 4 randn per weight, recombined)
   quantize  re-quantizing every weight (paid once per optimizer step in training, cached otherwise)
-Goals (issue #2): fast <= 0.10 forward, device <= 0.35 forward.
+Goals (issues #2, #21 point 3): fast <= 0.10 forward, device <= 0.35 forward, at torch's default thread
+count (the forward and the draws both use all threads: nvcim.core.rng draws large tensors block by block
+on a thread pool).
 
-    python benchmarks/bench_device.py [--width 1.0] [--repeats 7]
+    python benchmarks/bench_device.py [--width 1.0] [--repeats 7]      # default threads: the recorded ratios
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 python benchmarks/bench_device.py
 """
 

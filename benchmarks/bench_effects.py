@@ -75,6 +75,8 @@ def main() -> None:
     p.add_argument("--adc-runs", default="2,1", help="chips per model for the ADC row (default 2,1)")
     p.add_argument("--adc-images", default="128,64", help="images per model for the ADC row (default 128,64)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward (default 256)")
+    p.add_argument("--effects", default=None,
+                   help="comma-separated row names to time, matched as prefixes (e.g. 'gaussian,ADC'; default all)")
     add_run_arguments(p, sigma=0.1)  # σ under every effect
     args = p.parse_args()
     clock, device = setup_run(args)
@@ -82,6 +84,9 @@ def main() -> None:
     runs_l, images_l = per_model(args.runs, len(widths)), per_model(args.images, len(widths))
     adc_runs_l, adc_images_l = per_model(args.adc_runs, len(widths)), per_model(args.adc_images, len(widths))
     configs = effect_configs(args.sigma)
+    if args.effects:
+        wanted = [w.strip() for w in args.effects.split(",")]
+        configs = {k: v for k, v in configs.items() if any(k.startswith(w) for w in wanted)}
     check = CheckTimer(clock)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, sigma {args.sigma}, "
           f"batch {args.batch_size}, {args.clock} clock, min of {args.repeat} interleaved repetitions")

@@ -8,6 +8,7 @@ import torch
 
 import nvcim
 from nvcim.core import device as dm
+from nvcim.core import rng
 from nvcim.core.config import DeviceConfig
 
 MK = [(8, 2), (8, 1), (8, 4), (6, 3), (4, 2)]
@@ -204,8 +205,9 @@ def test_right_censored_gaussian_by_hand():
     w[0] = 1.0
     gen = torch.Generator().manual_seed(0)
     diff = nvcim.program(w, cfg, gen) - nvcim.quantize(w, cfg)
-    # reproduce the draws: z ~ N(0,1) per device, clamp at t, scale by σ (2^K - 1), place 4^j, weight s/(2^M-1)
-    z = torch.randn((4, 100_000), generator=torch.Generator().manual_seed(0), dtype=torch.float64).clamp(max=t)
+    # reproduce the draws: z ~ N(0,1) per device (nvcim.core.rng's stream), clamp at t, scale by σ (2^K - 1),
+    # place 4^j, weight s/(2^M-1)
+    z = rng.randn((4, 100_000), generator=torch.Generator().manual_seed(0), dtype=torch.float64).clamp(max=t)
     place = torch.tensor([1.0, 4, 16, 64], dtype=torch.float64)
     expected = (place @ z) * 0.2 * 3 * (1.0 / 255)
     assert torch.allclose(diff, expected, atol=1e-12)

@@ -160,11 +160,25 @@ def _place_signs(slices: int, cfg: DeviceConfig, dtype, device) -> torch.Tensor:
     return torch.tensor(place + [-p for p in place], dtype=dtype, device=device)
 
 
-def _phases(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """Rows to apply: x⁺ and x⁻ stacked when x has negative entries, else x alone."""
-    if bool((x < 0).any()):
-        return torch.cat((x.clamp(min=0), (-x).clamp(min=0))), True
-    return x, False
+def _input_range(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(x_max = max|x| [], whether x has a negative entry) in one pass without a |x| tensor. The DAC keeps
+    signs (a negative input it rounds to -0 only adds an all-zero negative phase, which changes no sum)."""
+    if not x.numel():
+        return x.new_zeros(()), False
+    lo, hi = torch.aminmax(x.detach())
+    negative = bool((x < 0).any()) if bool(torch.isnan(lo)) else bool(lo < 0)
+    return torch.maximum(hi, -lo), negative
+
+
+def _phases(x: torch.Tensor, negative: bool) -> tuple[torch.Tensor, bool]:
+    """Rows to apply: x⁺ and x⁻ stacked (a new tensor) when x has negative entries, else x alone."""
+    if not negative:
+        return x, False
+    rows = x.shape[0]
+    xs = x.new_empty(2 * rows, *x.shape[1:])
+    torch.clamp(x, min=0, out=xs[:rows])
+    torch.neg(x, out=xs[rows:]).clamp_(min=0)
+    return xs, True
 
 
 def _check_input(x: torch.Tensor, in_features: int, dtype) -> torch.Tensor:
@@ -197,7 +211,7 @@ def sliced_linear(
     table = bars.table  # [in, 2 S out]
     lead = x.shape[:-1] if isinstance(x, torch.Tensor) else ()
     x = _check_input(x, table.shape[0], table.dtype)  # [rows, in]
-    x_max = x.detach().abs().amax() if x.numel() else x.new_zeros(())
+    x_max, negative = _input_range(x)
     x = _dac(x, x_max, adc)
     place = _place_signs(bars.slices, cfg, table.dtype, table.device)  # [2S]
     lsb = scale.to(table.dtype) / cfg.weight_levels
@@ -205,29 +219,35 @@ def sliced_linear(
         w = torch.tensordot(place, table.t().reshape(2 * bars.slices, bars.out_features, -1), dims=([0], [0]))
         y = x @ (w * lsb).t()
     else:
-        y = _converted(x, bars, place, _adc_step(x_max, cfg, adc, adc_range), adc) * lsb
+        y = _converted(x, negative, bars, place, _adc_step(x_max, cfg, adc, adc_range), adc) * lsb
     if bias is not None:
         y = y + bias
     return y.reshape(*lead, bars.out_features)
 
 
-def _converted(x: torch.Tensor, bars: Crossbars, place: torch.Tensor, step: torch.Tensor, adc: AdcConfig):
-    """Δ Σ_phase ± Σ_j 2^{jK} Σ_t (code⁺ − code⁻): [rows, out], before the weight step s/(2^M−1)."""
+def _converted(x: torch.Tensor, negative: bool, bars: Crossbars, place: torch.Tensor, step: torch.Tensor,
+               adc: AdcConfig):
+    """Δ Σ_phase ± Σ_j 2^{jK} Σ_t (code⁺ − code⁻): [rows, out], before the weight step s/(2^M−1).
+
+    Row chunk by row chunk (cache-sized buffers, no [rows, 2 S out] tensor): the codes of every tile are
+    added up, then shifted and added into the chunk's outputs (exact integers: the order does not matter)."""
     table, slices, out = bars.table, bars.slices, bars.out_features
     rows_in, in_features = x.shape
-    xs, signed = _phases(x)  # [rows or 2 rows, in]
-    xs = xs / step  # partial sums in units of the ADC step
+    xs, signed = _phases(x, negative)  # [rows or 2 rows, in]
+    xs = xs.div_(step) if signed else xs / step  # partial sums in units of the ADC step
     top = float((1 << adc.adc_bits) - 1)
-    codes = xs.new_zeros(xs.shape[0], table.shape[1])  # [rows', 2 S out] Σ_t code
+    y = xs.new_empty(xs.shape[0], out)  # [rows', out]
     chunk = max(1, _CHUNK_ELEMENTS // max(1, table.shape[1]))
-    buffer = xs.new_empty(min(chunk, xs.shape[0]), table.shape[1])  # one tile's partial sums of a row chunk
+    codes = xs.new_empty(min(chunk, xs.shape[0]), table.shape[1])  # Σ_t code of a row chunk [chunk, 2 S out]
+    buffer = torch.empty_like(codes)  # one tile's partial sums of a row chunk
     for r0 in range(0, xs.shape[0], chunk):
-        x_rows, acc = xs[r0:r0 + chunk], codes[r0:r0 + chunk]
-        partial = buffer[:x_rows.shape[0]]
+        x_rows = xs[r0:r0 + chunk]
+        acc, partial = codes[:x_rows.shape[0]], buffer[:x_rows.shape[0]]
+        acc.zero_()
         for t0 in range(0, in_features, adc.tile_rows):  # one matmul per tile: all slices, both crossbars
             torch.matmul(x_rows[:, t0:t0 + adc.tile_rows], table[t0:t0 + adc.tile_rows], out=partial)
             acc.add_(partial.round_().clamp_(0.0, top))
-    y = torch.matmul(place, codes.view(-1, 2 * slices, out))  # [rows', out] shift and add (exact integers)
+        torch.matmul(place, acc.view(-1, 2 * slices, out), out=y[r0:r0 + chunk])  # shift and add (exact integers)
     if signed:
         y = y[:rows_in] - y[rows_in:]
     return y * step
@@ -241,8 +261,8 @@ def calibrate_adc_range(
     bars = g_pos if isinstance(g_pos, Crossbars) else pack_crossbars(g_pos, g_neg, cfg)
     table = bars.table
     x = _check_input(x, table.shape[0], table.dtype)
-    x_max = x.detach().abs().amax() if x.numel() else x.new_zeros(())
-    xs, _ = _phases(_dac(x, x_max, adc))
+    x_max, negative = _input_range(x)
+    xs, _ = _phases(_dac(x, x_max, adc), negative)
     best = 0.0
     for t0 in range(0, table.shape[0], adc.tile_rows):
         partial = xs[:, t0:t0 + adc.tile_rows] @ table[t0:t0 + adc.tile_rows]
@@ -253,8 +273,8 @@ def calibrate_adc_range(
 
 def sliced_conv2d(
     x: torch.Tensor,
-    g_pos: torch.Tensor,
-    g_neg: torch.Tensor,
+    g_pos: torch.Tensor | Crossbars,
+    g_neg: torch.Tensor | None,
     scale: torch.Tensor,
     cfg: DeviceConfig,
     adc: AdcConfig,
@@ -263,25 +283,36 @@ def sliced_conv2d(
     padding=0,
     dilation=1,
     adc_range: float | None = None,
+    kernel_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """conv2d(x, W_p) (+ bias) as the bit-sliced chip computes it, via unfold: [N, C, H, W] -> [N, out, H', W'].
 
-    g_pos / g_neg: [M/K, out, C, kh, kw] (see `device_slices`); zero padding, groups = 1 only.
+    g_pos / g_neg: [M/K, out, C, kh, kw] (see `device_slices`), or g_pos = pack_crossbars of them flattened
+    to [M/K, out, C kh kw], g_neg = None and kernel_size = (kh, kw) to reuse a packed chip; zero padding,
+    groups = 1 only.
     """
-    _check_slices(g_pos, g_neg, cfg)
-    if g_pos.dim() != 5:
-        raise ValueError(f"g_pos has shape {tuple(g_pos.shape)}: use [M/K, out, in_channels, kh, kw] for a convolution")
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != g_pos.shape[2]:
+    if isinstance(g_pos, Crossbars):
+        if kernel_size is None:
+            raise ValueError("a packed chip (Crossbars) needs kernel_size=(kh, kw)")
+        (kh, kw), bars = kernel_size, g_pos
+        channels = bars.table.shape[0] // (kh * kw)
+    else:
+        _check_slices(g_pos, g_neg, cfg)
+        if g_pos.dim() != 5:
+            raise ValueError(f"g_pos has shape {tuple(g_pos.shape)}: use [M/K, out, in_channels, kh, kw] for a "
+                             "convolution")
+        kh, kw, channels = g_pos.shape[3], g_pos.shape[4], g_pos.shape[2]
+        bars = pack_crossbars(g_pos.flatten(2), g_neg.flatten(2), cfg)
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x has shape {shape}: use [N, {g_pos.shape[2]}, H, W] (groups other than 1 are not supported)")
+        raise ValueError(f"x has shape {shape}: use [N, {channels}, H, W] (groups other than 1 are not supported)")
     n, _, h, w = x.shape
-    kh, kw = g_pos.shape[3], g_pos.shape[4]
     cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)  # [N, C kh kw, L]
     pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
     (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
     oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    y = sliced_linear(cols.transpose(1, 2), g_pos.flatten(2), g_neg.flatten(2), scale, cfg, adc, adc_range=adc_range)
+    y = sliced_linear(cols.transpose(1, 2), bars, None, scale, cfg, adc, adc_range=adc_range)
     y = y.transpose(1, 2).reshape(n, -1, oh, ow)  # [N, out, H', W']
     if bias is not None:
         y = y + bias.view(1, -1, 1, 1)

@@ -38,6 +38,11 @@ Read noise (cfg.read_sigma) is not part of the chip: `read` adds it to W_p at ev
 generator per noisy tensor and chip (`read_generators`), so that every Monte Carlo path draws the same
 values. With drift compensation it is added after the compensation scalar (which does not scale it).
 
+Every random draw here (and in the built-in variation kinds) goes through `nvcim.core.rng`: a tensor of
+more than rng.BLOCK = 65 536 values is drawn block by block from per-block generators seeded by the
+caller's generator, on all of torch's threads (the same values on any thread count); smaller ones exactly
+as torch.randn / torch.rand draw them.
+
 Weights must be floating-point tensors (anything else is a TypeError naming the type); an empty tensor
 is a valid layer with no weights and gives an empty result of the same shape.
 """
@@ -49,8 +54,9 @@ from typing import NamedTuple
 
 import torch
 
+from nvcim.core import rng
 from nvcim.core.config import DRIFT_T0, DeviceConfig
-from nvcim.core.variation import VARIATIONS
+from nvcim.core.variation import VARIATIONS, Variation
 
 
 def _check_weight(w: torch.Tensor, cfg: DeviceConfig) -> None:
@@ -126,17 +132,49 @@ def combine_levels(device_levels: torch.Tensor, cfg: DeviceConfig) -> torch.Tens
 
 
 class PreparedWeight(NamedTuple):
-    """What programming needs about one weight tensor, computed once per weight value."""
+    """What programming needs about one weight tensor, computed once per weight value.
+
+    `derived` holds what every chip of this weight shares and is computed on first use (`derived_value`):
+    the device targets ḡ, the crossbar signs, the variation kind's per-weight and per-device std factors.
+    Its tensors are shared by all draws: never modify them in place.
+    """
 
     w: torch.Tensor  # [*shape] the float weight W (detached)
     w_d: torch.Tensor  # [*shape] target weight W_d
     scale: torch.Tensor  # [] s = max|W|
     levels: torch.Tensor  # [*shape] q in 0..2^M-1 (float)
+    derived: dict  # key -> value derived from the above (and the config in the key), see `derived_value`
 
     @property
     def sign(self) -> torch.Tensor:
-        """[*shape] crossbar sign, +1 / -1 (computed on demand: only the per-device path needs it)."""
-        return crossbar_sign(self.w)
+        """[*shape] crossbar sign, +1 / -1 (computed once: only the per-device path needs it)."""
+        return derived_value(self, ("sign",), lambda: crossbar_sign(self.w))
+
+
+def derived_value(prepared: PreparedWeight, key: tuple, make):
+    """prepared.derived[key], made by make() on first use: a value every chip of this weight shares."""
+    if key not in prepared.derived:
+        prepared.derived[key] = make()
+    return prepared.derived[key]
+
+
+def device_targets(prepared: PreparedWeight, cfg: DeviceConfig) -> torch.Tensor:
+    """[M/K, *shape] ḡ = slice_levels(q) in W's dtype, computed once per prepared weight (shared: read only)."""
+    key = ("targets", cfg.weight_bits, cfg.device_bits)
+    return derived_value(prepared, key, lambda: _float_slices(prepared.levels, cfg))
+
+
+def _float_slices(levels: torch.Tensor, cfg: DeviceConfig) -> torch.Tensor:
+    """`slice_levels` in the levels' floating dtype without int64 tensors (~8x faster): ḡ_j = r_j - 2^K r_{j+1},
+    r_j = floor(q / 2^{jK}); exact, as q holds integers below 2^M and dividing by a power of 2 is exact."""
+    out = levels.new_empty((cfg.devices_per_weight, *levels.shape))  # [M/K, *shape]
+    rest, base = levels, float(1 << cfg.device_bits)
+    for j in range(cfg.devices_per_weight - 1):
+        high = torch.div(rest, base, rounding_mode="floor")  # [*shape] r_{j+1}
+        torch.sub(rest, high, alpha=base, out=out[j])
+        rest = high
+    out[-1].copy_(rest)
+    return out
 
 
 def prepare(w: torch.Tensor, cfg: DeviceConfig) -> PreparedWeight:
@@ -153,7 +191,7 @@ def prepare(w: torch.Tensor, cfg: DeviceConfig) -> PreparedWeight:
         w_d = target_weights(levels, w, s, cfg)  # [*shape] sign(W) q s / (2^M-1)
     else:
         w_d = w
-    return PreparedWeight(w, w_d, s, levels)
+    return PreparedWeight(w, w_d, s, levels, {})
 
 
 def _device_sum(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator) -> torch.Tensor:
@@ -161,7 +199,7 @@ def _device_sum(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, gener
     w_d = prepared.w_d
     shape = (cfg.devices_per_weight, *w_d.shape)
     if VARIATIONS[cfg.variation].needs_levels:
-        targets = slice_levels(prepared.levels, cfg).to(w_d.dtype)  # [M/K, *shape]
+        targets = device_targets(prepared, cfg)  # [M/K, *shape]
     else:
         targets = torch.empty(shape, dtype=w_d.dtype, device=w_d.device)
     dg = _device_levels_change(prepared, cfg, sigma, generator, targets)  # [M/K, *shape] Δg in level units
@@ -177,8 +215,8 @@ def _signed_step(prepared: PreparedWeight, cfg: DeviceConfig) -> torch.Tensor:
     copysign is one pass (a where() on w < 0 is two); it puts -0.0 on the negative crossbar, which
     changes nothing: such a weight has q = 0 on either side.
     """
-    step = prepared.scale / cfg.weight_levels  # []
-    return torch.copysign(step, prepared.w)
+    return derived_value(prepared, ("signed_step", cfg.weight_bits),
+                         lambda: torch.copysign(prepared.scale / cfg.weight_levels, prepared.w))
 
 
 def draw(
@@ -195,8 +233,8 @@ def draw(
     if sigma == 0:
         return w_d.clone()
     if cfg.use_fast_path:  # one fused pass after the draw: W_d + z · c σ s
-        z = torch.randn(w_d.shape, generator=generator, device=w_d.device, dtype=w_d.dtype)  # [*shape]
-        mult = VARIATIONS[cfg.variation].weight_std(prepared, cfg)  # [*shape] or None
+        z = rng.randn(w_d.shape, generator=generator, device=w_d.device, dtype=w_d.dtype)  # [*shape]
+        mult = weight_std(prepared, cfg)  # [*shape] or None
         if mult is not None:
             z.mul_(mult)
         return torch.addcmul(w_d, z, prepared.scale * (cfg.c * sigma), out=z)
@@ -207,23 +245,23 @@ def draw(
 def _conductances(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator):
     """(g(t0), g(t) or None without drift, ḡ), each [M/K, *shape]: the devices' conductances with variation,
     stuck-at faults and drift, in the draw order of the module docstring."""
-    targets = slice_levels(prepared.levels, cfg).to(prepared.w_d.dtype)  # [M/K, *shape] ḡ
+    targets = device_targets(prepared, cfg)  # [M/K, *shape] ḡ
     g = _device_levels_change(prepared, cfg, sigma, generator, targets).add_(targets)  # [M/K, *shape] programmed conductances at t0
     stuck = None
     p0, p1 = cfg.stuck_at
     if p0 or p1:
-        u = torch.rand(g.shape, generator=generator, device=g.device, dtype=torch.float32)  # [M/K, *shape]
+        u = rng.rand(g.shape, generator=generator, device=g.device, dtype=torch.float32)  # [M/K, *shape]
         low, high = u < p0, u >= 1.0 - p1
-        stuck = low | high
-        g = torch.where(low, 0.0, torch.where(high, float(cfg.device_levels), g)).to(g.dtype)
+        g.masked_fill_(high, float(cfg.device_levels)).masked_fill_(low, 0.0)  # in place: no fresh [M/K, *shape]
+        stuck = low.logical_or_(high) if cfg.drift_time is not None else None  # a stuck device does not drift
     if cfg.drift_time is None:
         return g, None, targets
     mean, std = cfg.drift_nu
-    nu = torch.randn(g.shape, generator=generator, device=g.device, dtype=g.dtype).mul_(std).add_(mean).clamp_(min=0)
+    nu = rng.randn(g.shape, generator=generator, device=g.device, dtype=g.dtype).mul_(std).add_(mean).clamp_(min=0)
     factor = nu.mul_(-math.log(cfg.drift_time / DRIFT_T0)).exp_()  # [M/K, *shape] (t/t0)^(-ν); 1 at t = t0
     if stuck is not None:
-        factor = torch.where(stuck, 1.0, factor).to(g.dtype)
-    return g, g * factor, targets
+        factor.masked_fill_(stuck, 1.0)
+    return g, factor.mul_(g), targets
 
 
 def _draw_devices(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator) -> torch.Tensor:
@@ -268,10 +306,10 @@ def draw_levels(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float | None
     """One programmed chip of a prepared weight as device levels: the same draws as `draw` (none at σ = 0
     without chip effects, the per-device path otherwise); needs cfg.quantize."""
     sigma = cfg.sigma if sigma is None else float(sigma)
-    targets = slice_levels(prepared.levels, cfg).to(prepared.w_d.dtype)  # [M/K, *shape] ḡ
+    targets = device_targets(prepared, cfg)  # [M/K, *shape] ḡ
     gain = prepared.w_d.new_ones(())
     if not cfg.chip_effects:
-        g = targets if sigma == 0 else targets + _device_levels_change(prepared, cfg, sigma, generator, targets)
+        g = targets.clone() if sigma == 0 else targets + _device_levels_change(prepared, cfg, sigma, generator, targets)
         return ChipLevels(g, prepared.sign, prepared.scale, gain)
     g, g_t, _ = _conductances(prepared, cfg, sigma, generator)
     if g_t is None:
@@ -285,11 +323,21 @@ def _device_levels_change(prepared: PreparedWeight, cfg: DeviceConfig, sigma: fl
     """Δg [M/K, *shape] in level units: the variation kind's per-device draw (targets ḡ, or any tensor of
     that shape when the kind does not read levels), times its per-weight factor if any; a new tensor."""
     kind = VARIATIONS[cfg.variation]
-    dg = kind.sample(targets, sigma, cfg, generator)  # reads only the shape unless kind.needs_levels
-    mult = kind.weight_std(prepared, cfg)  # [*shape] or None
+    state = derived_value(prepared, ("level_state", cfg), lambda: kind.level_state(targets, cfg)) if kind.needs_levels else None
+    extra = {} if state is None else {"state": state}  # kinds without level_state keep sample's 4 arguments
+    dg = kind.sample(targets, sigma, cfg, generator, **extra)  # reads only the shape unless kind.needs_levels
+    mult = weight_std(prepared, cfg)  # [*shape] or None
     if mult is not None:
         dg.mul_(mult)
     return dg
+
+
+def weight_std(prepared: PreparedWeight, cfg: DeviceConfig) -> torch.Tensor | None:
+    """The variation kind's per-weight std factor (`Variation.weight_std`), computed once per prepared weight."""
+    kind = VARIATIONS[cfg.variation]
+    if type(kind).weight_std is Variation.weight_std:  # the base class's: no factor (and no config to hash)
+        return None
+    return derived_value(prepared, ("weight_std", cfg), lambda: kind.weight_std(prepared, cfg))
 
 
 def ideal_levels(w: torch.Tensor, cfg: DeviceConfig) -> ChipLevels:
@@ -305,7 +353,7 @@ def chip_weight(chip: ChipLevels, cfg: DeviceConfig) -> torch.Tensor:
 def read_levels(chip: ChipLevels, cfg: DeviceConfig, generator: torch.Generator | None) -> ChipLevels:
     """One read of the chip's devices: g_j + N(0, (σ_r (2^K-1))^2) per device (drawn where the generator lives)."""
     where = generator.device if generator is not None else chip.g.device
-    z = torch.randn(chip.g.shape, generator=generator, device=where, dtype=chip.g.dtype).to(chip.g.device)
+    z = rng.randn(chip.g.shape, generator=generator, device=where, dtype=chip.g.dtype).to(chip.g.device)
     return chip._replace(g=torch.add(chip.g, z, alpha=cfg.read_sigma * cfg.device_levels))
 
 
@@ -354,8 +402,9 @@ def read(w_p: torch.Tensor, scale: torch.Tensor, cfg: DeviceConfig, generator: t
     per weight (exact: each device adds N(0, (σ_r (2^K-1))^2)). Drawn where the generator lives, added on
     W_p's device; a new tensor."""
     where = generator.device if generator is not None else w_p.device
-    z = torch.randn(w_p.shape, generator=generator, device=where, dtype=w_p.dtype).to(w_p.device)  # [*shape]
-    return torch.addcmul(w_p, z, scale.to(w_p.device) * (cfg.c * cfg.read_sigma))
+    z = rng.randn(w_p.shape, generator=generator, device=where, dtype=w_p.dtype).to(w_p.device)  # [*shape]
+    keep_grad = w_p.requires_grad and torch.is_grad_enabled()  # out= would refuse a differentiable result
+    return torch.addcmul(w_p, z, scale.to(w_p.device) * (cfg.c * cfg.read_sigma), out=None if keep_grad else z)
 
 
 def write_verified(

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from nvcim.core import rng
 from nvcim.registry import Registry
 
 # (annotations name "DeviceConfig": nvcim.core.config imports this module, so it is not imported back here)
@@ -68,6 +69,12 @@ class Variation:
         `nvcim.core.device.PreparedWeight`. Applied on both sampling paths by `nvcim.core.device`."""
         return None
 
+    def level_state(self, levels: torch.Tensor, cfg: "DeviceConfig") -> Any:
+        """What `sample` derives from the target levels alone (kinds with `needs_levels`), e.g. each device's std
+        factor: `nvcim.core.device` computes it once per weight tensor and passes it to every `sample` call of
+        that tensor as `state=` (None, the default: nothing is passed)."""
+        return None
+
     def sample(
         self,
         levels: torch.Tensor,
@@ -78,13 +85,14 @@ class Variation:
         """Δg per device in device-level units, same shape, dtype and device as `levels`.
 
         `levels` holds the target levels ḡ, shape [M/K, *w.shape]; when `needs_levels` is False it
-        is an uninitialised tensor of that shape (only its shape, dtype and device matter).
+        is an uninitialised tensor of that shape (only its shape, dtype and device matter). A kind whose
+        `level_state` returns a value also takes it as the keyword `state`.
         """
         raise NotImplementedError
 
 
 def _standard_normal(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    return rng.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
 @register_variation("gaussian")
@@ -95,7 +103,7 @@ class Gaussian(Variation):
 
     def sample(self, levels, sigma, cfg, generator):
         # normal_(0, std) scales inside the kernel: one pass instead of randn + mul_
-        return torch.empty_like(levels).normal_(0.0, sigma * cfg.device_levels, generator=generator)
+        return rng.normal_(torch.empty_like(levels), 0.0, sigma * cfg.device_levels, generator)
 
 
 def check_censor_threshold(value: Any, what: str) -> None:
@@ -158,12 +166,16 @@ class LevelDependent(Variation):
             raise ValueError(f"variation 'level_dependent' has {count} multipliers but device_bits="
                              f"{cfg.device_bits} gives {cfg.device_levels + 1} levels: give one multiplier per level")
 
-    def sample(self, levels, sigma, cfg, generator):
+    def level_state(self, levels, cfg):
+        """(m [M/K, *shape] the multiplier of each device's target level, 1 / sqrt(mean m^2) [] or 0)."""
         table = torch.tensor(self.option(cfg, "multipliers"), dtype=levels.dtype, device=levels.device)  # [2^K]
-        m = table[levels.to(torch.int64)]  # [M/K, *shape] multiplier of each device's target level
+        m = table[levels.to(torch.int64)]  # [M/K, *shape]
         mean_sq = m.square().mean() if m.numel() else m.new_ones(())
-        scale = torch.where(mean_sq > 0, torch.rsqrt(mean_sq), torch.zeros_like(mean_sq)) * (sigma * cfg.device_levels)
-        return _standard_normal(levels, generator).mul_(m).mul_(scale)
+        return m, torch.where(mean_sq > 0, torch.rsqrt(mean_sq), torch.zeros_like(mean_sq))
+
+    def sample(self, levels, sigma, cfg, generator, state=None):
+        m, norm = self.level_state(levels, cfg) if state is None else state
+        return _standard_normal(levels, generator).mul_(m).mul_(norm * (sigma * cfg.device_levels))
 
 
 @register_variation("weight_band")
@@ -183,7 +195,7 @@ class WeightBand(Variation):
                              "(1, 2, 4, 6 for the RRAM1 / FeFET2 / RRAM4 / FeFET6 presets)")
 
     def sample(self, levels, sigma, cfg, generator):
-        return torch.empty_like(levels).normal_(0.0, sigma * cfg.device_levels, generator=generator)
+        return rng.normal_(torch.empty_like(levels), 0.0, sigma * cfg.device_levels, generator)
 
     def weight_std(self, prepared, cfg):
         factor = float(self.option(cfg, "S"))

@@ -5,13 +5,15 @@
     chunked_forwards(model, names, bufs, chunk, batches, acc) # one plain forward per chip
 
 The programmed weights come from `ChipSampler` (bufs[l]: [k, *W.shape]); a chip's weights replace the
-noisy tensors through `torch.func.functional_call`, with the model's variation disabled.
+noisy tensors, with the model's variation disabled: through `torch.func.functional_call` (vmap, and
+`forward_with`), or set in place for a block by `ParameterSlots` (the chunked path: no per-chip cost).
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +23,7 @@ from nvcim.evaluate.sampler import ChipSampler
 from nvcim.layers.noise import variation_disabled
 
 LOGITS_PER_ADD = 1 << 16  # logits of several chips scored in one Accumulator.add (2^14-2^18 alike)
+SUBSET_ROWS = 1024  # rows of an Accumulator.add from which the log-probabilities of the correct rows alone are taken
 
 
 class Accumulator:
@@ -34,17 +37,35 @@ class Accumulator:
 
     def add(self, runs: Sequence[int], logits: torch.Tensor, y: torch.Tensor) -> None:
         """logits [k, B, classes] for runs `runs`, y [B]."""
-        logp = torch.log_softmax(logits.to(torch.float64), dim=-1)  # [k, B, classes]
-        # a row with a NaN / inf logit predicts nothing (argmax would call it class 0 or the inf class)
-        finite = torch.isfinite(logits).all(dim=-1)  # [k, B]
+        # a row with a NaN / inf logit predicts nothing (argmax would call it class 0 or the inf class); in a large
+        # call a row is finite when its largest and smallest logits are (NaN propagates): half isfinite's time
+        if logits.numel() >= SUBSET_ROWS * logits.shape[-1]:
+            finite = torch.isfinite(logits.amax(dim=-1)) & torch.isfinite(logits.amin(dim=-1))  # [k, B]
+        else:
+            finite = torch.isfinite(logits).all(dim=-1)  # [k, B]
         hit = (logits.argmax(dim=-1) == y.unsqueeze(0)) & finite  # [k, B]
-        nll = -logp.gather(-1, y.view(1, -1, 1).expand(logits.shape[0], -1, 1)).squeeze(-1)  # [k, B]
-        nll = torch.where(hit, nll, torch.zeros_like(nll))
+        nll = self._nll(logits, y, hit)  # [k, B] -log p(y) of the correct rows, 0 elsewhere
         idx = np.asarray(runs)
         self.correct[idx] += hit.sum(dim=1).cpu().numpy()
         self.ekl_sum[idx] += nll.sum(dim=1).cpu().numpy()
         self.ekl_n[idx] += hit.sum(dim=1).cpu().numpy()
         self.nonfinite[idx] += (~finite).sum(dim=1).cpu().numpy()
+
+
+    @staticmethod
+    def _nll(logits: torch.Tensor, y: torch.Tensor, hit: torch.Tensor) -> torch.Tensor:
+        """[k, B] float64: -log softmax(logits)[y] where `hit`, 0 elsewhere. log_softmax works row by row, so
+        that of the correct rows alone (cheaper when many rows are wrong, in a large call) has the very
+        values of the whole tensor's."""
+        if hit.numel() >= SUBSET_ROWS and 2 * int(hit.sum()) <= hit.numel():
+            nll = torch.zeros(hit.shape, dtype=torch.float64, device=logits.device)
+            labels = y.unsqueeze(0).expand_as(hit)[hit]  # [hits]
+            logp = torch.log_softmax(logits[hit].to(torch.float64), dim=-1)  # [hits, classes]
+            nll[hit] = -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+            return nll
+        logp = torch.log_softmax(logits.to(torch.float64), dim=-1)  # [k, B, classes]
+        nll = -logp.gather(-1, y.view(1, -1, 1).expand(logits.shape[0], -1, 1)).squeeze(-1)  # [k, B]
+        return torch.where(hit, nll, torch.zeros_like(nll))
 
 
 def forward_with(model: nn.Module, weights: Mapping[str, torch.Tensor], x: Any) -> Any:
@@ -76,15 +97,32 @@ def stacked_forward(model: nn.Module, names: list[str], bufs: list[torch.Tensor]
     return torch.func.vmap(one, in_dims=(0, None))(tuple(bufs), x)
 
 
-class _OverBatches(nn.Module):
-    """`model` applied to each batch of a list: one `functional_call` sets a chip's weights for all of them."""
+class ParameterSlots:
+    """The named parameters of a model, to be replaced in place by a chip's tensors for a block (`holding`):
+    what `forward_with` does for one call, at a fraction of `functional_call`'s per-call cost (a small
+    model's forward is cheap enough for that cost to matter). Only those names: a parameter tied to one of
+    them under another name stays exact, as with `forward_with`."""
 
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
+    def __init__(self, model: nn.Module, names: Sequence[str]):
+        self.slots = []  # (module, attribute) per name
+        for name in names:
+            owner, _, attr = name.rpartition(".")
+            module = model.get_submodule(owner)
+            if not isinstance(module._parameters.get(attr), torch.Tensor):
+                raise ValueError(f"{name!r} is not a parameter of the model")
+            self.slots.append((module, attr))
 
-    def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [self.model(x) for x in xs]  # [B, classes] per batch
+    @contextlib.contextmanager
+    def holding(self, tensors: Sequence[torch.Tensor]) -> Iterator[None]:
+        """The model computes with tensors[i] in place of parameter i inside the block; restored after."""
+        saved = [module._parameters[attr] for module, attr in self.slots]
+        try:
+            for (module, attr), t in zip(self.slots, tensors):
+                module._parameters[attr] = t
+            yield
+        finally:
+            for (module, attr), p in zip(self.slots, saved):
+                module._parameters[attr] = p
 
 
 def chunked_forwards(model: nn.Module, names: list[str], bufs: list[torch.Tensor], chunk: list[int], batches,
@@ -97,15 +135,19 @@ def chunked_forwards(model: nn.Module, names: list[str], bufs: list[torch.Tensor
     weights, same layers, batches in the same order). read(i): one read of chip i's weights (read
     noise, `ChipSampler.read`), taken afresh for every batch; None: the chips are read exactly.
     """
-    over = _OverBatches(model)
-    over_names = [f"model.{n}" for n in names]
+    slots = ParameterSlots(model, names)
     xs = [x for x, _ in batches]
     group, outs = [], []  # chips of the group, and their logits per batch
     for i, r in enumerate(chunk):
         if read is None:
-            outs.append(forward_with(over, {n: b[i] for n, b in zip(over_names, bufs)}, xs))  # [B, classes] per batch
+            with slots.holding([b[i] for b in bufs]):
+                outs.append([model(x) for x in xs])  # [B, classes] per batch
         else:  # every forward reads the chip afresh, batch after batch as on the loop path
-            outs.append([forward_with(model, dict(zip(names, read(i))), x) for x in xs])
+            out = []
+            for x in xs:
+                with slots.holding(read(i)):
+                    out.append(model(x))
+            outs.append(out)
         group.append(r)
         if len(group) * sum(o.numel() for o in outs[0]) >= LOGITS_PER_ADD or i == len(chunk) - 1:
             for j, (_, y) in enumerate(batches):

@@ -7,7 +7,8 @@
 One run = one programmed chip: every noisy weight gets one draw, kept for the whole test set. Run r's
 draws come from a CPU `torch.Generator` seeded by `run_seed(seed, r)` and are taken layer by layer in
 module order exactly as `nvcim.draw_chip` takes them, so the same seed gives the same chips whatever
-the batch size, chunking, path or device. The Gaussian draws are the same standard normals scaled by
+the batch size, chunking, path, device or thread count (a tensor above 65 536 values is drawn block by
+block on every thread, `nvcim.core.rng`). The Gaussian draws are the same standard normals scaled by
 σ, so a robustness curve uses common random numbers across σ. Nothing here depends on the model but the
 shapes of its noisy tensors: two models of one architecture evaluated with the same seed get the same
 standard normals on chip r (common random numbers for paired comparisons), and, in target-precision mode,
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from nvcim.core import device as dm
+from nvcim.core import rng
 from nvcim.core.config import DeviceConfig
 from nvcim.core.variation import VARIATIONS
 from nvcim.layers.noise import noisy_parameters
@@ -36,6 +38,52 @@ from nvcim.layers.noise import noisy_parameters
 
 def run_seed(seed: int, run: int) -> int:
     """Seed of run `run`'s generator: SeedSequence([seed, run]) mixed to 63 bits (no collisions in practice)."""
+    return _seed_sequence(seed, run)
+
+
+# numpy's SeedSequence (O'Neill's seed_seq_fe, pool of 4 words), vectorised over runs by `run_seeds`
+_INIT_A, _MULT_A, _INIT_B, _MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
+_MIX_L, _MIX_R, _POOL_WORDS, _WORD = 0xCA01F9DD, 0x4973F715, 4, 1 << 32
+
+
+def run_seeds(seed: int, runs: Sequence[int]) -> list[int]:
+    """`run_seed(seed, r)` for every r in runs, in one vectorised pass (numpy's SeedSequence costs ~30 µs
+    per call, which a small model's chip notices); seeds or runs of 2^32 and above go through SeedSequence."""
+    runs = [int(r) for r in runs]
+    if len(runs) < 2 or not 0 <= int(seed) < _WORD or any(not 0 <= r < _WORD for r in runs):
+        return [_seed_sequence(seed, r) for r in runs]
+    with np.errstate(over="ignore"):
+        u32 = np.uint32
+        entropy = [np.full(len(runs), seed, dtype=u32), np.array(runs, dtype=u32)]
+        hash_const = [u32(_INIT_A)]
+
+        def hashmix(value):
+            value = value ^ hash_const[0]
+            hash_const[0] = hash_const[0] * u32(_MULT_A)
+            value = value * hash_const[0]
+            return value ^ (value >> u32(16))
+
+        def mix(x, y):
+            result = u32(_MIX_L) * x - u32(_MIX_R) * y
+            return result ^ (result >> u32(16))
+
+        zero = np.zeros(len(runs), dtype=u32)
+        pool = [hashmix(entropy[i] if i < len(entropy) else zero) for i in range(_POOL_WORDS)]
+        for src in range(_POOL_WORDS):
+            for dst in range(_POOL_WORDS):
+                if src != dst:
+                    pool[dst] = mix(pool[dst], hashmix(pool[src]))
+        state, hash_const_b = [], u32(_INIT_B)
+        for i in range(2):  # generate_state(2, uint32)
+            value = pool[i] ^ hash_const_b
+            hash_const_b = hash_const_b * u32(_MULT_B)
+            value = value * hash_const_b
+            state.append(value ^ (value >> u32(16)))
+    mask = (1 << 63) - 1
+    return [((int(a) << 31) ^ int(b)) & mask for a, b in zip(state[0].tolist(), state[1].tolist())]
+
+
+def _seed_sequence(seed: int, run: int) -> int:
     state = np.random.SeedSequence([int(seed), int(run)]).generate_state(2, dtype=np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
 
@@ -68,9 +116,12 @@ def _draw_device(device: torch.device) -> torch.device:
     return torch.device(device) if RNG_DEVICE == "device" else torch.device("cpu")
 
 
-def run_generator(seed: int, run: int, device: str | torch.device = "cpu") -> torch.Generator:
-    """The generator all of run `run`'s draws come from (on CPU unless NVCIM_MC_RNG=device)."""
-    return torch.Generator(device=_draw_device(device)).manual_seed(run_seed(seed, run))
+def run_generator(seed: int, run: int, device: str | torch.device = "cpu", run_seed_value: int | None = None
+                  ) -> torch.Generator:
+    """The generator all of run `run`'s draws come from (on CPU unless NVCIM_MC_RNG=device); run_seed_value:
+    `run_seed(seed, run)` when the caller has it already (e.g. from `run_seeds`)."""
+    value = run_seed(seed, run) if run_seed_value is None else run_seed_value
+    return torch.Generator(device=_draw_device(device)).manual_seed(value)
 
 
 class ChipSampler:
@@ -115,18 +166,19 @@ class ChipSampler:
         if not on_cpu and self._scratch is None:
             self._scratch = [torch.empty_like(p.w_d) for p in self.prepared]  # [*W.shape] CPU
         verify = any(v is not None for v in self.verified)
-        for i, r in enumerate(runs):
-            gen = run_generator(seed, r, self.device)
+        steps = [prep.scale * (self.cfg.c * sigma) for prep in self.prepared]  # [] c σ s per layer, for every chip
+        for i, (r, value) in enumerate(zip(runs, run_seeds(seed, runs))):
+            gen = run_generator(seed, r, self.device, value)
             firsts = []  # [*W.shape] per layer, on the draw device
             for l, (buf, prep) in enumerate(zip(bufs, self.prepared)):
                 if sigma == 0 or not self.fast:
                     firsts.append(dm.draw(prep, self.cfg, sigma, gen))  # [*W.shape]
                     continue
                 out = buf[i] if on_cpu else self._scratch[l]  # [*W.shape]
-                torch.randn(prep.w_d.shape, generator=gen, dtype=prep.w_d.dtype, out=out)  # z
+                rng.normal_(out, generator=gen)  # z
                 if self.weight_std[l] is not None:
                     out.mul_(self.weight_std[l])
-                torch.addcmul(prep.w_d, out, prep.scale * (self.cfg.c * sigma), out=out)  # W_d + z · c σ s
+                torch.addcmul(prep.w_d, out, steps[l], out=out)  # W_d + z · c σ s
                 firsts.append(out)
             if verify:  # write-verify: every layer's second draw after all first ones, as draw_chip makes them
                 firsts = [w_p if ver is None else dm.write_verified(prep, self.cfg, w_p, ver[0], sigma, ver[1], gen)

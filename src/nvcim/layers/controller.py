@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from nvcim.core import device as dm
-from nvcim.core.adc import AdcConfig, sliced_conv2d, sliced_linear
+from nvcim.core.adc import AdcConfig, Crossbars, pack_crossbars, sliced_conv2d, sliced_linear
 from nvcim.core.config import DeviceConfig
 
 
@@ -64,6 +64,8 @@ class NoisyWeight:
         self.reads = 0  # forwards that asked for this weight (`nvcim.layers.coverage` checks it is read)
         self._cache_key: tuple | None = None
         self._cache: dm.PreparedWeight | None = None
+        self._ideal: tuple | None = None  # (chip tensor, (version, data_ptr, cfg), its ChipLevels): see ideal_chip
+        self._packed: tuple | None = None  # (ChipLevels, cfg, its Crossbars): a kept chip packed once, see crossbars
 
     def prepared(self, w: torch.Tensor) -> dm.PreparedWeight:
         """Quantized view of w; inside `quantization_cached()`, reused until w changes (in-place updates
@@ -146,11 +148,33 @@ class NoisyWeight:
         if chip is None:
             chip, gen = self.draw_levels(w), self.generator
         elif isinstance(chip, torch.Tensor):
-            chip = dm.ideal_levels(chip, self.cfg)
+            chip = self.ideal_chip(chip)
         if self.cfg.read_sigma:
             with torch.no_grad():
                 chip = dm.read_levels(chip, self.cfg, gen)
         return chip
+
+    def ideal_chip(self, w_p: torch.Tensor) -> dm.ChipLevels:
+        """`nvcim.core.device.ideal_levels` of a chip given as a tensor W_p (e.g. by `nvcim.layers.coverage`),
+        mapped once and reused while the programmed chip is that very tensor, unchanged (its version counter:
+        in-place changes, also through `.detach()` views, are seen; a change through `.data` is not, so
+        program a new chip after one)."""
+        key = (w_p._version, w_p.data_ptr(), self.cfg)
+        if self._ideal is None or self._ideal[0] is not w_p or self._ideal[1] != key:
+            self._ideal = (w_p, key, dm.ideal_levels(w_p, self.cfg))
+        return self._ideal[2]
+
+    def crossbars(self, chip: dm.ChipLevels) -> Crossbars:
+        """The packed crossbars (nvcim.core.adc) of a forward's device levels, flattened to [M/K, out, fan-in]:
+        packed once for a kept chip (the programmed one, or a tensor chip's ideal levels), every forward for a
+        fresh draw or read."""
+        kept = chip is self.programmed or (self._ideal is not None and chip is self._ideal[2])
+        if kept and self._packed is not None and self._packed[0] is chip and self._packed[1] == self.cfg:
+            return self._packed[2]
+        g_pos, g_neg = chip.crossbars()
+        bars = pack_crossbars(g_pos.flatten(2), g_neg.flatten(2), self.cfg)
+        self._packed = (chip, self.cfg, bars) if kept else None
+        return bars
 
     def sliced_forward(self, w: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None,
                        conv: dict[str, Any] | None = None) -> torch.Tensor:
@@ -161,11 +185,12 @@ class NoisyWeight:
         chip = self.levels_for_forward(w)
         adc = AdcConfig.of(self.cfg)
         with torch.no_grad():
-            g_pos, g_neg = chip.crossbars()
+            bars = self.crossbars(chip)
             if conv is None:
-                y = sliced_linear(x.detach(), g_pos, g_neg, chip.scale, self.cfg, adc)
+                y = sliced_linear(x.detach(), bars, None, chip.scale, self.cfg, adc)
             else:
-                y = sliced_conv2d(x.detach(), g_pos, g_neg, chip.scale, self.cfg, adc, **conv)
+                y = sliced_conv2d(x.detach(), bars, None, chip.scale, self.cfg, adc, kernel_size=chip.g.shape[-2:],
+                                  **conv)
             y = y * chip.gain
         if torch.is_grad_enabled() and (w.requires_grad or x.requires_grad):
             w_p = _StraightThrough.apply(w, dm.chip_weight(chip, self.cfg))
