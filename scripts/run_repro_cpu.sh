@@ -17,7 +17,7 @@ resnet18_mnist5k:resnet18 resnet18_mnist5k_s02:resnet18_s02 fashion_mnist_full_a
 resnet18_mnist5k_s01:resnet18_s01 ablation_200chips:ablation200 resnet18_ablation_s02:resnet18_ablation
 fashion_mnist_full_s02_s035:fashion_full_s02_s035 resnet18_convergence_s02:resnet18_convergence
 fashion_mnist_full_s01_s04:fashion_full_s01_s04 fashion_mnist_full_ablation_s035:fashion_full_ablation_s035
-fashion_mnist_full_convergence_s035:fashion_full_convergence rcn_mnist5k_s02:rcn_s02"
+fashion_mnist_full_convergence_s035:fashion_full_convergence rcn_mnist5k_s02:rcn_s02 devices_mnist5k:devices"
 WANT=" $* "
 for pair in $ALL; do
   spec=${pair%%:*}; dir=${pair##*:}
@@ -42,5 +42,9 @@ done
 # the write-verify study (REPRODUCTION.md §4d) on the σ_d = 0.2 models of beta_search_200chips_grid
 if [ -f "$OUT/beta200_grid/cells/vgg8-w0.25/mnist5k/ovf/s0.20/seed2/checkpoint/config.json" ]; then
   PY=$PY bash scripts/write_verify_study.sh "$OUT"
+fi
+# the device study (REPRODUCTION.md, "Other devices") on the checkpoints of devices_mnist5k
+if [ -f "$OUT/devices/cells/vgg8-w0.25/mnist5k/ni-scale-1_4____OVF_beta_0_/s0.30/seed2/checkpoint/config.json" ]; then
+  PY=$PY bash scripts/device_study.sh "$OUT"
 fi
 $PY -m nvcim report "$OUT" --out "$OUT/report"
