@@ -11,7 +11,7 @@ from torch import nn
 
 import nvcim
 from nvcim.core import device as dm
-from nvcim.evaluate.forward import Accumulator, ParameterSlots, forward_with
+from nvcim.evaluate.forward import CPU_SLICE, Accumulator, ParameterSlots, forward_with, sliced
 from nvcim.evaluate.sampler import run_seed, run_seeds
 from nvcim.layers.noise import quantization_cached
 
@@ -186,3 +186,22 @@ def test_a_kept_chip_is_packed_once_and_a_new_chip_again(read_sigma):
         assert torch.equal(second, fresh(x))
     assert torch.equal(first[0], first[1]) == (read_sigma == 0)
     assert not torch.equal(first[0], second)
+
+
+def test_cpu_forwards_in_slices_give_the_logits_of_one_forward_and_mc_counts_do_not_move():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    model[1].running_mean.uniform_(-1, 1)
+    model.eval()
+    x = torch.randn(2 * CPU_SLICE + 7, 1, 8, 8)
+    calls = []
+    handle = model.register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape[0]))
+    with torch.no_grad():
+        whole, parts = model(x), sliced(model, x)
+    handle.remove()
+    assert calls == [x.shape[0], CPU_SLICE, CPU_SLICE, 7]  # the big batch really went in slices
+    assert torch.allclose(whole, parts, atol=1e-6, rtol=1e-5)
+    y = torch.randint(0, 3, (x.shape[0],))
+    cfg = nvcim.DeviceConfig(sigma=0.2)
+    runs = [nvcim.evaluate.monte_carlo_evaluate(model, (x, y), cfg, runs=4, seed=1, batch_size=b) for b in (16, 1024)]
+    assert runs[0].per_run_correct == runs[1].per_run_correct
