@@ -39,7 +39,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from nvcim.io.files import current_umask
+from nvcim.io.files import current_umask, publish_directory
 from nvcim.plugins import loaded as loaded_plugins
 from nvcim.plugins import missing_hint
 
@@ -223,19 +223,6 @@ def _config_problem(config: Mapping) -> str | None:
     return None
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def is_checkpoint_dir(path) -> bool:
     """True when `path` is a directory holding an nvcim checkpoint: its config.json parses as nvcim's
     (an "nvcim_version" and a "model" spec with a "name") and its weights file is there."""
@@ -319,40 +306,20 @@ def save_checkpoint(path, model: nn.Module, model_spec: Mapping | None = None, *
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    old: Path | None = None
     try:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        with open(tmp / WEIGHTS_FILE, "rb") as f:
-            os.fsync(f.fileno())
         umask = current_umask()  # mkdtemp's 0700 (and safetensors' 0600) are too private for results
         for file in (WEIGHTS_FILE, CONFIG_FILE):
             os.chmod(tmp / file, 0o666 & ~umask)
         os.chmod(tmp, 0o777 & ~umask)
-        _fsync_dir(tmp)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.rmdir(old)
-            os.replace(path, old)
-            try:
-                os.replace(tmp, path)
-            except OSError:
-                os.replace(old, path)  # put the previous checkpoint back
-                old = None
-                raise
-        else:
-            os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        publish_directory(tmp, path)  # fsynced, swapped in atomically; a previous checkpoint is put back on failure
     except OSError as exc:
         raise CheckpointError(f"cannot save checkpoint {path}: {exc}: check the directory is writable") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and old.exists():
-            shutil.rmtree(old, ignore_errors=True)
     return path
 
 
