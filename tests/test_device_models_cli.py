@@ -77,6 +77,7 @@ def test_matrix_of_checkpoints_and_device_models(ckpts, tmp_path, capsys):
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "Device-model matrix" in md and "stuck-chen2015" in md
     assert (tmp_path / "rep" / "device_matrix_paired.csv").read_text().startswith("file,device_model")
+    assert (tmp_path / "rep" / "device_matrix_arms.csv").read_text().startswith("file,device_model")
 
 
 def test_matrix_bad_input_is_one_line(ckpts, capsys):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from nvcim.evaluate.files import DeviceMatrixFile, read_result_file, write_result_file
-from nvcim.report.matrix import matrix_arms, matrix_paired, matrix_paired_table
+from nvcim.report.matrix import matrix_arm_means, matrix_arms, matrix_arms_table, matrix_paired, matrix_paired_table
 
 
 def _res(mean: float) -> dict:
@@ -59,3 +59,15 @@ def test_rows_survive_the_file_and_old_files_read_without_them(tmp_path):
     assert read_result_file(tmp_path / "m.json").rows == info
     write_result_file(tmp_path / "old.json", _matrix(None, [[1, 2]]))
     assert "rows" not in (tmp_path / "old.json").read_text() and read_result_file(tmp_path / "old.json").rows is None
+
+
+def test_arm_means_over_seeds_per_device_model():
+    info = [{"method": NI, "seed": s, "train_sigma": 0.3} for s in (0, 1, 2)]
+    info += [{"method": OVF, "seed": 0, "train_sigma": 0.3}]
+    rows = matrix_arm_means(_matrix(info, [[50, 40], [52, 41], [57, 45], [60, 44]]))
+    assert [(r["device_model"], r["arm"], r["n"]) for r in rows] == [
+        ("gaussian", "noise injection", 3), ("gaussian", "OVF", 1), ("rram4", "noise injection", 3), ("rram4", "OVF", 1)]
+    assert math.isclose(rows[0]["mean"], 53.0) and math.isclose(rows[0]["std"], math.sqrt((9 + 1 + 16) / 2))
+    assert rows[1]["std"] is None and math.isclose(rows[2]["mean"], 42.0)
+    table = matrix_arms_table(rows, "t")
+    assert table.headers == ["device model", "noise injection", "OVF"] and table.rows[1][2] == "44.00"

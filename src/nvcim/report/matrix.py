@@ -5,6 +5,7 @@ comparisons by seed between the training methods of its rows, per device model.
     fig_matrix(F, rec, "matrix_1")          # into a report's figures
     write_matrix_png(rec, "m.png")          # standalone (nvcim eval --device-models ... --out m.json)
     matrix_paired(rec)                      # [{"device_model", "arm_a", "arm_b", "mean", "ci95", "p", ...}]
+    matrix_arm_means(rec)                   # [{"device_model", "arm", "n", "mean", "std", "p5"}]: over seeds
 
 Rows are arms by what trained them (the file's "rows": method and its parameters, labelled like the report's
 arms, plus " (trained σ s)" where one label was trained at several σ); two arms are compared on the seeds
@@ -31,6 +32,7 @@ from nvcim.report.tables import Table
 
 CSV_COLUMNS = ("checkpoint", "dataset", "device_model", "sigma", "runs", "seed", "mean", "ci95_lo", "ci95_hi", "p5",
                "min", "variation")
+ARM_COLUMNS = ("file", "device_model", "sigma", "arm", "n_seeds", "seeds", "mean", "std_over_seeds", "p5_mean")
 PAIRED_COLUMNS = ("file", "device_model", "sigma", "arm_a", "arm_b", "n_paired", "seeds", "mean_diff", "ci95_lo",
                   "ci95_hi", "std_diff", "t", "p_paired_t", "n_positive")
 
@@ -114,16 +116,50 @@ def matrix_arms(rec: DeviceMatrixFile) -> list[tuple[str, str, str]] | None:
     return [(a[0], a[1], a[2]) for a in arms]
 
 
-def matrix_paired(rec: DeviceMatrixFile) -> list[dict]:
-    """Paired differences by seed between the arms of the matrix's rows, per device model (module docstring)."""
-    arms = matrix_arms(rec)
-    if arms is None:
-        return []
+def _rows_by_arm(rec: DeviceMatrixFile) -> dict[tuple[str, str], dict[str, int]]:
+    """{(label, method): {seed: row index}} in the report's order of arms ({} when the rows are unknown)."""
     by_arm: dict[tuple[str, str], dict[str, int]] = {}
-    for i, (label, method, seed) in enumerate(arms):
+    for i, (label, method, seed) in enumerate(matrix_arms(rec) or []):
         if seed != "None":
             by_arm.setdefault((label, method), {})[seed] = i
-    order = sorted(by_arm, key=lambda lm: label_sort_key(*lm))
+    return {k: by_arm[k] for k in sorted(by_arm, key=lambda lm: label_sort_key(*lm))}
+
+
+def matrix_arm_means(rec: DeviceMatrixFile) -> list[dict]:
+    """Per device model and arm: the mean over its seeds of each model's mean accuracy, their std (ddof 1; None
+    for one seed) and the mean of the models' p5."""
+    out = []
+    for j, dm in enumerate(rec.device_models):
+        for (label, _), seeds in _rows_by_arm(rec).items():
+            order = sorted(seeds, key=lambda s: (len(s), s))
+            means = [rec.result(seeds[s], j).mean for s in order]
+            n = len(means)
+            mu = sum(means) / n
+            std = (sum((m - mu) ** 2 for m in means) / (n - 1)) ** 0.5 if n > 1 else None
+            out.append({"device_model": dm, "sigma": rec.sigma, "arm": label, "seeds": order, "n": n, "mean": mu,
+                        "std": std, "p5": sum(rec.result(seeds[s], j).p5 for s in order) / n})
+    return out
+
+
+def matrix_arms_table(rows: list[dict], title: str) -> Table | None:
+    """Device models (rows) × arms (columns): mean over seeds ± std over seeds."""
+    if not rows:
+        return None
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    devices = list(dict.fromkeys(r["device_model"] for r in rows))
+    cell = {(r["device_model"], r["arm"]): r for r in rows}
+    body = [[dm, *[(f"{cell[dm, a]['mean']:.2f}" + (f" ± {cell[dm, a]['std']:.2f}" if cell[dm, a]["std"] is not None
+                                                      else "")) if (dm, a) in cell else "" for a in arms]]
+            for dm in devices]
+    n = sorted({r["n"] for r in rows})
+    note = f"mean accuracy % over {'/'.join(map(str, n))} seeds ± std over seeds, each seed's model on the same chips"
+    return Table(title, ["device model", *arms], body, note)
+
+
+def matrix_paired(rec: DeviceMatrixFile) -> list[dict]:
+    """Paired differences by seed between the arms of the matrix's rows, per device model (module docstring)."""
+    by_arm = _rows_by_arm(rec)
+    order = list(by_arm)
     out = []
     for j, dm in enumerate(rec.device_models):
         for b, a in combinations(order, 2):
@@ -146,6 +182,17 @@ def matrix_paired_table(rows: list[dict], title: str) -> Table | None:
             "two-sided paired t-test p, seeds with A ahead; every cell on the same chips")
     return Table(title, ["device model", "A − B", "seeds", "mean difference [95 % CI]", "p", "A ahead", "reading"],
                  body, note)
+
+
+def matrix_arms_csv(rows_by_file: list[tuple[str, list[dict]]]) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(ARM_COLUMNS)
+    for f, rows in rows_by_file:
+        for r in rows:
+            w.writerow([f, r["device_model"], r["sigma"], r["arm"], r["n"], " ".join(r["seeds"]), r["mean"], r["std"],
+                        r["p5"]])
+    return buf.getvalue().encode("utf-8")
 
 
 def matrix_paired_csv(rows_by_file: list[tuple[str, list[dict]]]) -> bytes:

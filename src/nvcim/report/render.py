@@ -1,6 +1,7 @@
 """Writing a report: figures, report.md, a self-contained report.html (figures embedded), summary.csv (one row per
 point), seeds.csv (one row per model of a point), paired.csv (paired differences by seed, `nvcim.report.paired`),
-and with device-model matrices device_matrix_paired.csv (`nvcim.report.matrix.matrix_paired`).
+and with device-model matrices device_matrix_arms.csv (arms over seeds) and device_matrix_paired.csv
+(`nvcim.report.matrix`).
 
     written = write_report(rs, "runs/sweep/report", fmt="png", title="VGG-8 MNIST")
 """
@@ -20,7 +21,8 @@ from nvcim.io.files import atomic_write_bytes
 from nvcim.report.common import group_title
 from nvcim.report.figures import (Figures, fig_accuracy, fig_convergence, fig_distribution, fig_ekl, fig_robustness,
                                   fig_write_verify, label_colours)
-from nvcim.report.matrix import fig_matrix, matrix_paired, matrix_paired_csv, matrix_paired_table, matrix_table
+from nvcim.report.matrix import (fig_matrix, matrix_arm_means, matrix_arms_csv, matrix_arms_table, matrix_paired,
+                                 matrix_paired_csv, matrix_paired_table, matrix_table)
 from nvcim.report.paired import PAIRED_COLUMNS, csv_row, paired_comparisons
 from nvcim.report.points import matched_points, robustness_curves, verify_curves
 from nvcim.report.records import ResultSet
@@ -171,12 +173,15 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None,
         tables.append(verify_cost_table(g, gverify, cycle))
         sections.append((group_title(g), [t for t in tables if t is not None], F.items[n0:]))
     mpaired: list[tuple[str, list[dict]]] = []
+    marms: list[tuple[str, list[dict]]] = []
     if rs.matrices:
         n0 = len(F.items)
         mtables = []
         for k, (f, rec) in enumerate(rs.matrices):
             fig_matrix(F, rec, f"device_matrix_{k + 1}")
             mtables.append(matrix_table(rec, f"Device-model matrix ({f})"))
+            marms.append((f, matrix_arm_means(rec)))
+            mtables.append(matrix_arms_table(marms[-1][1], f"Device-model matrix, arms over seeds ({f})"))
             mpaired.append((f, matrix_paired(rec)))
             mtables.append(matrix_paired_table(mpaired[-1][1], f"Device-model matrix, paired differences by seed ({f})"))
         sections.append(("Device models", [t for t in mtables if t is not None], F.items[n0:]))
@@ -233,6 +238,7 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None,
     if vcurves:
         written.append(atomic_write_bytes(out / "write_verify.csv", _verify_csv(vcurves, cycle)))
     if rs.matrices:
+        written.append(atomic_write_bytes(out / "device_matrix_arms.csv", matrix_arms_csv(marms)))
         written.append(atomic_write_bytes(out / "device_matrix_paired.csv", matrix_paired_csv(mpaired)))
     return written
 
