@@ -71,3 +71,12 @@ def test_arm_means_over_seeds_per_device_model():
     assert rows[1]["std"] is None and math.isclose(rows[2]["mean"], 42.0)
     table = matrix_arms_table(rows, "t")
     assert table.headers == ["device model", "noise injection", "OVF"] and table.rows[1][2] == "44.00"
+
+
+def test_report_of_matrices_alone(tmp_path):
+    from nvcim.cli import main
+
+    info = [{"method": m, "seed": s, "train_sigma": 0.3} for m in (NI, OVF) for s in (0, 1)]
+    write_result_file(tmp_path / "m" / "m.json", _matrix(info, [[50, 40], [52, 41], [58, 44], [53, 47]]))
+    assert main(["report", str(tmp_path / "m"), "--out", str(tmp_path / "rep")]) == 0
+    assert "OVF,noise injection" in (tmp_path / "rep" / "device_matrix_paired.csv").read_text()

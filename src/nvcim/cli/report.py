@@ -57,7 +57,7 @@ def run(args) -> int:
         check_output_path(args.out, "--out", is_dir=True)
     rs = scan_results(roots, skip_bad=args.skip_bad,  # FileNotFoundError naming a DIR that does not exist
                       warn=lambda msg: print(f"nvcim report: warning: {msg}", file=sys.stderr))
-    if not rs.records and not rs.failures and not rs.verify_records:
+    if not rs.records and not rs.failures and not rs.verify_records and not rs.matrices:
         raise ValueError(f"no results found in {', '.join(args.dirs)}")
     root = roots[0]
     out = Path(args.out) if args.out else (root if root.is_dir() else root.parent) / "report"
