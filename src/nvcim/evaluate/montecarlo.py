@@ -10,8 +10,9 @@ programmed weights of every layer go into one preallocated buffer [R_chunk, *W.s
 refilled in place (W_d precomputed once; per run only randn and one addcmul, no allocation), then
   * "stacked": `torch.func.vmap(functional_call)` evaluates all runs of the chunk in one batched
     forward (batched / grouped convolutions); the default on CUDA;
-  * "chunked": one plain `functional_call` forward per run over those buffers, the logits of
-    several runs scored together; the default on CPU, where it is the fastest: as fast as "loop"
+  * "chunked": one plain forward per run with that run's buffers set in place as the noisy parameters
+    (`ParameterSlots`; on CPU 128 images per forward), the logits of several runs scored together; the
+    default on CPU, where it is the fastest: as fast as "loop"
     for VGG-8 (~1.0-1.1x clean inference) and 1.5x faster for a small MLP, whose cost is per
     chip rather than per image (vmap: 1.4-3.5x clean; benchmarks/results/eval_cpu.txt);
   * "loop": `nvcim.program_chip_` per run and plain forwards; the reference.
