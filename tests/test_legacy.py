@@ -52,14 +52,27 @@ def test_old_checkpoint_config_loads_into_todays_configs():
     assert (cfg.sigma, cfg.method, cfg.method_params) == (0.25, "ovf", {"beta": 0.01})
 
 
-@pytest.mark.parametrize("path", ["loop", "chunked", "stacked"])
-def test_monte_carlo_is_bitwise_what_the_old_version_computed(model, path):
+def _legacy_mc(model, path):
     with torch.random.fork_rng():
         torch.set_num_threads(1)
         cfg = TrainConfig.from_dict(read_checkpoint_config(LEGACY / "checkpoint")["train"]).device_cfg()
-        r = monte_carlo_evaluate(model, _data(), cfg, runs=6, seed=3, path=path)
+        return monte_carlo_evaluate(model, _data(), cfg, runs=6, seed=3, path=path)
+
+
+@pytest.mark.parametrize("path", ["loop", "chunked", "stacked"])
+def test_monte_carlo_is_what_the_old_version_computed(model, path):
+    """The same chips (counts exactly) and EKL. EKL to 1e-9 relative, not bit for bit: the float32 convolutions
+    round differently on another CPU's instruction set (measured: 2e-10 relative between two machines, on
+    every path alike); a change of the draws or of the scoring moves it by far more."""
+    r = _legacy_mc(model, path)
     assert r.per_run_correct == EXPECTED[path]["per_run_correct"]
-    assert r.ekl == EXPECTED[path]["ekl"] and r.mean == EXPECTED[path]["mean"]
+    assert r.mean == EXPECTED[path]["mean"]  # a function of the counts
+    assert r.ekl == pytest.approx(EXPECTED[path]["ekl"], rel=1e-9, abs=0)
+
+
+def test_monte_carlo_paths_agree_bit_for_bit_on_one_machine(model):
+    ekl = {path: _legacy_mc(model, path).ekl for path in ("loop", "chunked", "stacked")}
+    assert len(set(ekl.values())) == 1, ekl
 
 
 def test_per_device_variation_curve_is_bitwise_the_old_one(model):
