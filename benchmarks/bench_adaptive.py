@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--checkpoints", default=DEFAULT_CHECKPOINTS, help="comma-separated checkpoint directories")
     p.add_argument("--target", type=float, default=0.5, help="95 %% CI half-width to reach, points (default 0.5)")
     p.add_argument("--runs", type=int, default=200, help="chips of today's protocol (default 200)")
+    p.add_argument("--pilot-chips", type=int, default=None, help="full-set pilot chips (default: the library's)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward (default 256, as bench_eval.py)")
     add_run_arguments(p, sigma=math.nan)  # σ: each checkpoint's training σ
     args = p.parse_args()
@@ -49,7 +50,8 @@ def main() -> None:
         fixed = monte_carlo_evaluate(loaded.model, loaded.split, cfg, runs=args.runs, **kw)
         t_fixed = clock() - t
         t = clock()
-        ada = monte_carlo_evaluate(loaded.model, loaded.split, cfg, target_ci=args.target, **kw)
+        ada = monte_carlo_evaluate(loaded.model, loaded.split, cfg, target_ci=args.target,
+                                   pilot_chips=args.pilot_chips, **kw)
         t_ada = clock() - t
         h_fixed = (fixed.ci95[1] - fixed.ci95[0]) / 2
         h_diff = math.hypot(h_fixed, ada.ci_half_width)

@@ -17,7 +17,9 @@ import nvcim
 from helpers import run_cli
 from nvcim.evaluate import monte_carlo_evaluate, paired_difference, robustness_curve, subset_indices
 from nvcim.evaluate import t_quantile
-from nvcim.evaluate.adaptive import FIRST_STAGE, choose_images, first_stage_chips, stages, subset_variance, t_half_width
+from nvcim.evaluate import chip_accuracies
+from nvcim.evaluate.adaptive import (FIRST_STAGE, choose_images, control_accuracy, first_stage_chips, image_rates,
+                                     stages, subset_variance, t_half_width)
 from nvcim.evaluate.files import EvaluationFile, read_result_file, write_result_file
 from nvcim.evaluate.results import MCResult
 
@@ -100,6 +102,47 @@ def test_subsets_are_the_chip_seeds_own_and_nested():
     assert np.array_equal(np.sort(subset_indices(3, 2, 50, 999)), np.arange(50))  # N >= n: every image
 
 
+def test_image_rates_and_control_accuracy_by_hand():
+    hits = np.array([[1, 1, 0, 0], [1, 0, 0, 1], [1, 1, 1, 0]], dtype=bool)  # [F=3 chips, n=4 images]
+    rates, resid = image_rates(hits)
+    assert rates == pytest.approx([1, 2 / 3, 1 / 3, 1 / 3])
+    # chip 0 against the other two: rates (1, 1/2, 1/2, 1/2), residuals (0, 1/2, -1/2, -1/2): population
+    # variance 3/16 - 1/64 = 11/64; chip 1: (1, 1, 1/2, 0) -> (0, -1, -1/2, 1): 9/16 - 1/64 = 35/64;
+    # chip 2: (1, 1/2, 0, 1/2) -> (0, 1/2, 1, -1/2): 3/8 - 1/16 = 20/64
+    assert resid == pytest.approx((11 + 35 + 20) / 64 / 3)
+    # a chip right on images 0 and 2 of subset (0, 2): control = 1 + 1/3; mean rate 7/12
+    assert control_accuracy(np.array([2]), np.array([4 / 3]), 2, 7 / 12) == pytest.approx([100 * (2 / 3 / 2 + 7 / 12)])
+
+
+def test_control_variate_is_unbiased_per_chip_and_removes_the_images_difficulty():
+    """Synthetic chips on images of unequal difficulty: given the chip, the control-variate accuracy of a
+    random subset has the chip's full-set accuracy as expectation (exactly: averaged over every subset of
+    a small set), and a smaller variance than correct / N, as `image_rates`' residual variance predicts."""
+    rng = np.random.default_rng(0)
+    n, images, pilot = 400, 20, 20
+    difficulty = rng.beta(0.5, 0.5, n)  # [n] per-image hit probability: some images nearly always right
+    chips = rng.random((2000, n)) < difficulty  # [chips, n] per-image correctness of each chip
+    rates, resid = image_rates(chips[:pilot])
+    full = chips[pilot:].mean(axis=1)  # [R] full-set accuracy
+    raw, cv = [], []
+    for c in chips[pilot:]:
+        idx = rng.permutation(n)[:images]
+        raw.append(100 * c[idx].mean())
+        cv.append(control_accuracy(np.array([c[idx].sum()]), np.array([rates[idx].sum()]), images, rates.mean())[0])
+    raw, cv = np.array(raw) - 100 * full, np.array(cv) - 100 * full  # [R] errors against the full set
+    se = cv.std(ddof=1) / math.sqrt(cv.size)
+    assert abs(cv.mean()) <= 4 * se
+    assert cv.var() < 0.75 * raw.var()  # beta(1/2, 1/2) images: E p(1-p) = 1/8 against 1/4 for raw correct / N
+    predicted = 1e4 * resid * (n - images) / (images * (n - 1))
+    assert cv.var() == pytest.approx(predicted, rel=0.15)
+    # exact unbiasedness on a tiny set: the mean over every 2-subset of 5 images is the full-set accuracy
+    import itertools
+    x, r = np.array([1, 0, 1, 1, 0]), np.array([0.9, 0.2, 0.5, 0.7, 0.1])
+    vals = [control_accuracy(np.array([x[list(s)].sum()]), np.array([r[list(s)].sum()]), 2, r.mean())[0]
+            for s in itertools.combinations(range(5), 2)]
+    assert np.mean(vals) == pytest.approx(100 * x.mean())
+
+
 # ---- on a model ---------------------------------------------------------------------------------
 def _model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
@@ -131,11 +174,15 @@ def test_subset_mean_is_unbiased_against_the_full_test_set_protocol(data):
     se = math.sqrt(np.sum(p * (1 - p) * (n - images) / (images * (n - 1)))) / chips  # exact SE of mean(d)
     assert abs(d.mean()) <= 4 * se, (d.mean(), se)
     assert np.std(d) > 0  # the subsets do differ from the full set
+    # the control-variate accuracies (the mean's): unbiased for each chip's full-set accuracy too
+    dc = np.asarray(res.subset_accuracy) / 100 - p  # [R]
+    assert abs(dc.mean()) <= 4 * dc.std(ddof=1) / math.sqrt(chips), (dc.mean(), dc.std())
     # N = the whole test set: the chips score exactly what the fixed protocol scores (in another order)
     with pytest.warns(RuntimeWarning, match="max_chips"):
         whole = monte_carlo_evaluate(m, data, CFG, target_ci=0.01, max_chips=20, images_per_chip=n, pilot_chips=pilot,
                                      seed=5)
     assert whole.subset_correct == full.per_run_correct[pilot : pilot + 20]
+    assert whole.subset_accuracy == pytest.approx([100 * c / n for c in whole.subset_correct])  # the control cancels
     assert whole.per_run_correct == full.per_run_correct[: pilot + 20] and whole.full_set_chips == pilot + 20
 
 
@@ -145,13 +192,18 @@ def test_target_reached_and_recorded_with_honest_percentiles(data, tmp_path):
     assert len(res.subset_correct) == res.runs and 16 <= res.images_per_chip <= 60
     assert res.percentiles_from == "full_set_chips" and len(res.per_run_accuracy) == res.full_set_chips
     assert res.p1 == pytest.approx(float(np.percentile(res.per_run_accuracy, 1)))  # from the full-set chips only
-    assert res.mean == pytest.approx(100 * np.mean(res.subset_correct) / res.images_per_chip)
+    assert len(res.subset_accuracy) == res.runs and res.mean == pytest.approx(np.mean(res.subset_accuracy))
     again = monte_carlo_evaluate(_model(), data, CFG, target_ci=2.0, seed=0)
     assert again.subset_correct == res.subset_correct or again.images_per_chip != res.images_per_chip  # N is timed
     path = write_result_file(tmp_path / "r.json", EvaluationFile(results=[res]))
     back = read_result_file(path).mc_results()[0]
     assert (back.runs, back.images_per_chip, back.ci_half_width, back.subset_correct, back.percentiles_from) == \
         (res.runs, res.images_per_chip, res.ci_half_width, res.subset_correct, "full_set_chips")
+    assert back.subset_accuracy == res.subset_accuracy
+    old = res.to_dict()
+    del old["subset_accuracy"]  # a file written before the control variate: chips scored as correct / N
+    assert chip_accuracies(MCResult.from_dict(old))[res.full_set_chips] == \
+        pytest.approx(100 * res.subset_correct[0] / res.images_per_chip)
     fixed = monte_carlo_evaluate(_model(), data, CFG, runs=3)
     assert "target_ci" not in fixed.to_dict() and not MCResult.from_dict(fixed.to_dict()).adaptive  # old layout
 

@@ -12,30 +12,43 @@ chip on the whole test set. The protocol (chip r is always the chip of `run_seed
  1. Full-set pilot: chips 0 .. F-1 (F = pilot_chips, default PILOT_CHIPS) score every test image, as the
     fixed-count protocol does. They alone give std, p1/p5/p10, min and max (`percentiles_from` =
     "full_set_chips"): a subset's binomial noise widens the spread of per-chip accuracies and biases the
-    tails low. With two timed draws they also give the cost model for the choice of N.
+    tails low. Their per-image correctness gives each test image's hit rate r_i (`image_rates`), the
+    control variate of stage 3, and with two timed draws the cost model for the choice of N.
  2. Images per chip N ("auto"): from the pilot's accuracies a_c (fractions of n test images), the chip
-    variance V = var(a_c) and B = mean a_c (1 - a_c) give the variance of one chip's accuracy on N images
-    drawn without replacement, V(N) = V + B (n - N) / (N (n - 1)); the chips needed are
-    R(N) = max(n0, (t V(N)^½ / h)²) and one chip costs c_draw + N c_image (c_draw timed on two draws,
-    c_image from the pilot's time per chip); N minimises R(N) (c_draw + N c_image) over MIN_IMAGES .. n.
+    variance V = var(a_c) and the variance B over images of one chip's residual X_i - r_i (each pilot chip
+    against the rates of the others) give the variance of one chip's value on N images drawn without
+    replacement, V(N) = V + B (n - N) / (N (n - 1)); the chips needed are R(N) = max(n0, (t V(N)^½ / h)²)
+    and one chip costs c_draw + N c_image (c_draw timed on two draws, c_image from the pilot's time per
+    chip); N minimises R(N) (c_draw + N c_image) over MIN_IMAGES .. n.
  3. Stein's two-stage procedure (Stein 1945) on chips F, F+1, ...: each scores N test images drawn from
-    its own seed (`subset_indices`: a function of (seed, r), never of the model). A first stage of n0 chips
+    its own seed (`subset_indices`: a function of (seed, r), never of the model), and its value is
+    100 (Σ_S X_i - Σ_S r_i) / N + 100 mean_i r_i (`control_accuracy`, in `subset_accuracy`; its correct
+    count is in `subset_correct`). A first stage of n0 chips
     (FIRST_STAGE_SHARE of the chips the pilot predicts, at least FIRST_STAGE, at most max_chips) gives the
-    std s0 of their accuracies; then R = max(n0, ceil((t s0 / h)²)) chips in all, t the 0.975 quantile of
+    std s0 of their values; then R = max(n0, ceil((t s0 / h)²)) chips in all, t the 0.975 quantile of
     Student's t with n0 - 1 degrees of freedom. Then a Chow-Robbins check: while the plain t interval over
     all R chips is wider than h, more chips in rounds (`more_chips`). The reported half-width is the
     larger of Stein's t s0 / √R and the plain t half-width, <= h unless max_chips cut R short (a warning).
 
-Why it is valid: given the chip, a random subset's accuracy has expectation the chip's full-set accuracy,
-so every chip's value is an unbiased, independent draw of what the fixed protocol estimates (the mean over
-chips of the full-set accuracy). For normal values Stein's interval is exact: R depends on the data only
-through s0, and (mean - μ) √R / s0 is Student t with n0 - 1 degrees of freedom whatever R. (A bare
-"stop when the running interval is tight enough" rule is not: it stops on low variance estimates.) N
-and n0 are fixed before stage 3 from the pilot chips, which are not in the mean. Per-chip accuracies are
-bounded and skewed, sometimes with a few collapsed chips, which a small first stage misses; sizing n0 from
-the pilot and the Chow-Robbins rounds (which can only widen the reported interval or add chips) correct
-for that. tests/test_adaptive.py measures the coverage of `stages` by simulation (skewed chips, a 5 %
-collapsed-chip mixture, near-binomial chips, each with hypergeometric subsets).
+The control variate: a chip's score on a random subset varies with the chip and with which images it
+drew, and the second part is mostly the images' own difficulty, which every chip shares (an image most
+chips get right raises any subset that holds it). Subtracting the subset's sum of pilot hit rates and
+adding back their mean over all n images removes that part: with the pilot's rates fixed, the mean of
+X_i - r_i over N random images is an unbiased estimate of its mean over all n, so the value's expectation
+is still the chip's full-set accuracy, and its variance falls from p(1-p) to about E_i[p_i(1-p_i)] per
+image (measured on 1/4-width VGG-8, MNIST 5k, noise injection: x0.62 at σ 0.2, x0.80 at σ 0.3).
+
+Why it is valid: given the chip (and the pilot's rates, drawn from other chips), a chip's value has
+expectation the chip's full-set accuracy, so every chip's value is an unbiased, independent draw of what
+the fixed protocol estimates (the mean over chips of the full-set accuracy). For normal values Stein's
+interval is exact: R depends on the data only through s0, and (mean - μ) √R / s0 is Student t with n0 - 1
+degrees of freedom whatever R. (A bare "stop when the running interval is tight enough" rule is not: it
+stops on low variance estimates.) N, n0 and the rates are fixed before stage 3 from the pilot chips, which
+are not in the mean. Per-chip accuracies are bounded and skewed, sometimes with a few collapsed chips,
+which a small first stage misses; sizing n0 from the pilot and the Chow-Robbins rounds (which can only
+widen the reported interval or add chips) correct for that. tests/test_adaptive.py measures the coverage
+of `stages` by simulation (skewed chips, a 5 % collapsed-chip mixture, near-binomial chips, each with
+hypergeometric subsets).
 
 Common random numbers: two models of one architecture evaluated with the same seed draw the same
 standard normals on chip r and score it on the same images (nested subsets: the first N of one
@@ -57,7 +70,7 @@ from torch import nn
 
 from nvcim.batchnorm import frozen_bn_statistics, recalibrate_batchnorm_
 from nvcim.core.config import DeviceConfig
-from nvcim.evaluate.forward import Accumulator, forward_with
+from nvcim.evaluate.forward import Accumulator, ParameterSlots, sliced
 from nvcim.evaluate.results import MCResult
 from nvcim.evaluate.sampler import ChipSampler, run_generator, subset_indices
 from nvcim.evaluate.stats import summarize, t_quantile
@@ -98,12 +111,14 @@ def _t975(df: int) -> float:
     return t_quantile(0.975, df)
 
 
-def subset_variance(full_accuracy: Sequence[float], n: int, images) -> np.ndarray:
+def subset_variance(full_accuracy: Sequence[float], n: int, images, image_var: float | None = None) -> np.ndarray:
     """Variance (points²) of one random chip's accuracy on `images` of the n test images drawn without
-    replacement, from chips' full-set accuracies (fractions): V + B (n - N) / (N (n - 1)) (module docstring)."""
+    replacement, from chips' full-set accuracies (fractions): V + B (n - N) / (N (n - 1)) (module docstring).
+    image_var: B, the variance over images of one chip's per-image score (default mean a (1 - a), that of
+    correct / N; `image_rates` gives the smaller one of the control-variate estimator)."""
     a = np.asarray(full_accuracy, dtype=np.float64)
     v_chip = float(a.var(ddof=1)) if a.size > 1 else 0.0
-    b = float(np.mean(a * (1.0 - a)))
+    b = float(np.mean(a * (1.0 - a))) if image_var is None else float(image_var)
     images = np.asarray(images, dtype=np.float64)
     return 1e4 * (v_chip + b * (n - images) / (images * max(n - 1, 1)))
 
@@ -158,13 +173,13 @@ def stages(draw: Callable[[int], np.ndarray], first_stage: int, target: float, m
 
 
 def choose_images(full_accuracy: Sequence[float], n: int, c_draw: float, c_image: float, target: float,
-                  max_chips: int) -> int:
+                  max_chips: int, image_var: float | None = None) -> int:
     """N minimising the time to a half-width `target` (points), from the pilot's full-set accuracies (fractions).
 
     See the module docstring (stage 2). When no N reaches the target within max_chips: n (the smallest variance).
     """
     cands = np.unique(np.append(np.geomspace(min(MIN_IMAGES, n), n, 64).round().astype(np.int64), n))  # [K]
-    var = subset_variance(full_accuracy, n, cands)  # [K]
+    var = subset_variance(full_accuracy, n, cands, image_var)  # [K]
     t = _t975(FIRST_STAGE - 1)
     chips = np.clip(np.ceil(t * t * var / target**2), FIRST_STAGE, max(max_chips, FIRST_STAGE))  # [K]
     reach = t * np.sqrt(var / chips) <= target * (1 + 1e-9)
@@ -199,7 +214,8 @@ def chip_accuracies(res: MCResult) -> dict[int, float]:
     """{chip index r: its accuracy (points)} over the chips the result's mean is taken over."""
     if res.adaptive:
         first = first_subset_chip(res)
-        return {first + i: 100.0 * c / res.images_per_chip for i, c in enumerate(res.subset_correct)}
+        values = res.subset_accuracy or [100.0 * c / res.images_per_chip for c in res.subset_correct]  # older files
+        return {first + i: float(v) for i, v in enumerate(values)}
     return {r: 100.0 * c / res.n_samples for r, c in enumerate(res.per_run_correct)}
 
 
@@ -211,24 +227,39 @@ def first_subset_chip(res: MCResult) -> int:
 
 
 # ---- scoring chips on their subsets, and the procedure -----------------------------------------
-def _subset_batches(x: torch.Tensor, y: torch.Tensor, seed: int, run: int, images: int, batch_size: int):
-    """(x, y) batches of chip `run`'s test images (`subset_indices`), in the order drawn."""
-    idx = torch.from_numpy(subset_indices(seed, run, int(y.shape[0]), images)).to(y.device)  # [N]
-    xs, ys = x[idx], y[idx]  # [N, ...], [N]
-    return [(xs[i : i + batch_size], ys[i : i + batch_size]) for i in range(0, int(idx.numel()), batch_size)]
+def _chip_images(seed: int, run: int, n: int, images: int | None, device: torch.device) -> torch.Tensor:
+    """[N] indices of the test images chip `run` scores: its own subset, or (images None) all n in order."""
+    if images is None:
+        return torch.arange(n, device=device)
+    return torch.from_numpy(subset_indices(seed, run, n, images)).to(device)
 
 
 def score_chips(model: nn.Module, sampler: ChipSampler, data: tuple[torch.Tensor, torch.Tensor], runs: Sequence[int],
-                images: int, seed: int, *, batch_size: int, chunk: int, loop: bool, calib, bar) -> Accumulator:
-    """Position i of the returned Accumulator: chip runs[i] scored on its `images` test images.
+                images: int | None, seed: int, *, batch_size: int, chunk: int, loop: bool, calib, bar,
+                hits: np.ndarray | None = None, rates: np.ndarray | None = None) -> tuple[Accumulator, np.ndarray]:
+    """(acc, control): position i of `acc` is chip runs[i] scored on its `images` test images (None: all of
+    them, in order, as the fixed-count protocol scores them); control[i] = the sum of `rates` over those images
+    (zeros without `rates`). hits [len(runs), n] bool, if given, receives each chip's per-image correctness.
 
     loop: `program_chip_` per chip (the ADC simulation, per-chip BatchNorm calibration: `calib` batches);
-    else the chips are drawn `chunk` at a time into reused buffers (`ChipSampler.fill`) and scored with
-    plain forwards, read noise (if any) read afresh for every batch, as on the "chunked" path.
+    else the chips are drawn `chunk` at a time into reused buffers (`ChipSampler.fill`), set in place
+    (`ParameterSlots`) and scored with plain forwards, read noise (if any) read afresh for every batch,
+    with the arithmetic of the "chunked" path.
     """
     x, y = data
-    sigma = sampler.cfg.sigma
+    n, sigma = int(y.shape[0]), sampler.cfg.sigma
     acc = Accumulator(len(runs))
+    control = np.zeros(len(runs), dtype=np.float64)
+
+    def score(i: int, r: int, forward) -> None:
+        idx = _chip_images(seed, r, n, images, y.device)  # [N]
+        if rates is not None:
+            control[i] = float(rates[idx.cpu().numpy()].sum())
+        for part in idx.split(batch_size):
+            hit = acc.add([i], forward(x[part]).unsqueeze(0), y[part])  # [1, B]
+            if hits is not None:
+                hits[i, part.cpu().numpy()] = hit[0].cpu().numpy()
+
     if loop:
         with quantization_cached():
             for i, r in enumerate(runs):
@@ -238,25 +269,48 @@ def score_chips(model: nn.Module, sampler: ChipSampler, data: tuple[torch.Tensor
                         if calib:
                             recalibrate_batchnorm_(model, calib)  # this chip's BatchNorm statistics
                         with torch.no_grad():
-                            for xb, yb in _subset_batches(x, y, seed, r, images, batch_size):
-                                acc.add([i], model(xb).unsqueeze(0), yb)  # [1, B, classes]
+                            score(i, r, model)
                 finally:
                     clear_chip_(model)
                 bar.update(1)
-        return acc
+        return acc, control
     bufs = sampler.alloc(max(1, min(chunk, len(runs))))  # [k, *W.shape] per layer
     k = bufs[0].shape[0] if bufs else 1
+    slots = ParameterSlots(model, sampler.names)
     with torch.no_grad(), variation_disabled(model):
         for start in range(0, len(runs), k):
             part = list(runs[start : start + k])
             sampler.fill(bufs, part, seed, sigma)
             for j, r in enumerate(part):
-                exact = dict(zip(sampler.names, (b[j] for b in bufs)))
-                for xb, yb in _subset_batches(x, y, seed, r, images, batch_size):
-                    w = dict(zip(sampler.names, sampler.read(bufs, j))) if sampler.cfg.read_sigma else exact
-                    acc.add([start + j], forward_with(model, w, xb).unsqueeze(0), yb)  # [1, B, classes]
+                exact = [b[j] for b in bufs]
+
+                def forward(xb, j=j, exact=exact):
+                    with slots.holding(sampler.read(bufs, j) if sampler.cfg.read_sigma else exact):
+                        return sliced(model, xb)  # [B, classes]
+
+                score(start + j, r, forward)
                 bar.update(1)
-    return acc
+    return acc, control
+
+
+def image_rates(hits: np.ndarray) -> tuple[np.ndarray, float]:
+    """(rates [n], residual variance): the pilot chips' hit rate per test image, the control of the subset
+    chips' estimator (`control_accuracy`), and the variance over images of one chip's residual X_i - rate_i
+    (fraction², the mean over the pilot chips, each against the rates of the others: leave-one-out)."""
+    chips = hits.shape[0]
+    total = hits.sum(axis=0, dtype=np.float64)  # [n]
+    loo = (total[None, :] - hits) / (chips - 1)  # [F, n] each pilot chip's control from the other chips
+    residual = float(np.mean(np.var(hits - loo, axis=1)))  # population variance over images, mean over chips
+    return total / chips, residual
+
+
+def control_accuracy(correct: np.ndarray, control: np.ndarray, images: int, mean_rate: float) -> np.ndarray:
+    """Accuracies (points) of subset chips with the pilot's per-image rates as a control variate:
+    100 (correct - control) / N + 100 mean_rate, where control = the sum of the rates over the chip's N
+    images. Given the rates, the expectation over a chip's random subset is its full-set accuracy exactly
+    (the mean of X_i - rate_i over N random images estimates that over all n), as for correct / N, but
+    the images' own difficulty (shared by every chip) no longer adds variance (module docstring)."""
+    return 100.0 * (np.asarray(correct, dtype=np.float64) - control) / images + 100.0 * mean_rate
 
 
 def _draw_seconds(sampler: ChipSampler, seed: int) -> float:
@@ -271,12 +325,12 @@ def _draw_seconds(sampler: ChipSampler, seed: int) -> float:
 
 
 def target_precision(model: nn.Module, batches, cfg: DeviceConfig, seed: int, target: float, *,
-                     max_chips: int | None, images_per_chip, pilot_chips: int | None, pilot: Callable[[int], MCResult],
+                     max_chips: int | None, images_per_chip, pilot_chips: int | None, baseline: tuple[float, float],
                      device: torch.device, batch_size: int, chunk_bytes: int, loop: bool, calib, progress: bool
                      ) -> MCResult:
     """The three stages of the module docstring at cfg.sigma; the model is set up as for `_mc_core`.
 
-    pilot(F): the fixed-count protocol on chips 0 .. F-1 (full test set, baselines included).
+    baseline: (clean, quantized) correct counts on the test set (NaN: not measured).
     loop: score on the "loop" path (ADC simulation, per-chip BatchNorm calibration `calib`), else "chunked".
     """
     t0 = time.perf_counter()
@@ -285,53 +339,59 @@ def target_precision(model: nn.Module, batches, cfg: DeviceConfig, seed: int, ta
     x = torch.cat([xb for xb, _ in batches])  # [n, ...]
     y = torch.cat([yb for _, yb in batches])  # [n]
     n = int(y.numel())
-    t_pilot = time.perf_counter()
-    full = pilot(n_pilot)  # chips 0 .. F-1 on every image
-    per_chip_s = (time.perf_counter() - t_pilot) / n_pilot
-    pilot_accuracy = np.asarray(full.per_run_correct) / n  # [F] fractions
     sampler = ChipSampler(model, cfg, device)
-    if images_per_chip in (None, IMAGES_AUTO):
-        c_draw = _draw_seconds(sampler, seed)
-        images = choose_images(pilot_accuracy, n, c_draw, max(per_chip_s - c_draw, 1e-12) / n, target, max_chips)
-    else:
-        images = min(int(images_per_chip), n)
-    n0 = first_stage_chips(float(subset_variance(pilot_accuracy, n, images)), target, max_chips)
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n0, desc=f"MC sigma={cfg.sigma:g} ±{target:g}", disable=not progress, leave=False)
+    bar = tqdm(total=n_pilot, desc=f"MC sigma={cfg.sigma:g} ±{target:g}", disable=not progress, leave=False)
     opts = dict(batch_size=batch_size, chunk=max(1, chunk_bytes // max(sampler.weight_bytes(), 1)), loop=loop,
                 calib=calib, bar=bar)
     try:
-        parts: list[Accumulator] = []
+        t_pilot = time.perf_counter()
+        hits = np.zeros((n_pilot, n), dtype=bool)  # [F, n] the pilot chips' per-image correctness
+        pilot, _ = score_chips(model, sampler, (x, y), range(n_pilot), None, seed, hits=hits, **opts)
+        per_chip_s = (time.perf_counter() - t_pilot) / n_pilot
+        pilot_accuracy = pilot.correct / n  # [F] fractions
+        rates, image_var = image_rates(hits)  # [n], the control variate's residual variance
+        if images_per_chip in (None, IMAGES_AUTO):
+            c_draw = _draw_seconds(sampler, seed)
+            images = choose_images(pilot_accuracy, n, c_draw, max(per_chip_s - c_draw, 1e-12) / n, target,
+                                   max_chips, image_var)
+        else:
+            images = min(int(images_per_chip), n)
+        n0 = first_stage_chips(float(subset_variance(pilot_accuracy, n, images, image_var)), target, max_chips)
+        parts: list[tuple[Accumulator, np.ndarray]] = []
 
         def draw(count: int) -> np.ndarray:
-            done = sum(len(p.correct) for p in parts)
-            bar.total = done + count
+            done = sum(len(p.correct) for p, _ in parts)
+            bar.total = n_pilot + done + count
             bar.refresh()
             parts.append(score_chips(model, sampler, (x, y), range(n_pilot + done, n_pilot + done + count), images,
-                                     seed, **opts))
-            return 100.0 * parts[-1].correct / images  # [count] points
+                                     seed, rates=rates, **opts))
+            acc, control = parts[-1]
+            return control_accuracy(acc.correct, control, images, float(rates.mean()))  # [count] points
 
         values, half = stages(draw, n0, target, max_chips)
     finally:
         bar.close()
-    correct = np.concatenate([p.correct for p in parts])  # [R]
+    correct = np.concatenate([p.correct for p, _ in parts])  # [R]
     runs = int(correct.size)
     mean = float(values.mean())
     if half > target:
         warnings.warn(f"nvcim: σ={cfg.sigma:g}: the target ±{target:g} needs more than max_chips={max_chips} chips "
                       f"of {images} images: stopped at ±{half:.3g}; raise max_chips", RuntimeWarning, stacklevel=4)
-    full_correct = list(full.per_run_correct) + ([int(c) for c in correct] if images == n else [])
-    ekl_sum = full.ekl * full.ekl_n if full.ekl_n else 0.0
-    ekl_sum += float(sum(p.ekl_sum.sum() for p in parts))
-    ekl_n = full.ekl_n + int(sum(p.ekl_n.sum() for p in parts))
+    full_correct = [int(c) for c in pilot.correct] + ([int(c) for c in correct] if images == n else [])
+    every = [pilot] + [p for p, _ in parts]
+    ekl_sum = float(sum(a.ekl_sum.sum() for a in every))
+    ekl_n = int(sum(a.ekl_n.sum() for a in every))
     stats = summarize(full_correct, n, ekl_sum, ekl_n)  # the tails from full-set chips only
     stats.update(mean=mean, ci95=(mean - half, mean + half))
-    nonfinite = full.nonfinite_runs + int(sum((p.nonfinite > 0).sum() for p in parts))
-    return MCResult(sigma=cfg.sigma, runs=runs, seed=seed, n_samples=n, clean_accuracy=full.clean_accuracy,
-                    quantized_accuracy=full.quantized_accuracy, per_run_correct=full_correct,
+    nonfinite = int(sum((a.nonfinite > 0).sum() for a in every))
+    clean_correct, quant_correct = baseline
+    return MCResult(sigma=cfg.sigma, runs=runs, seed=seed, n_samples=n, clean_accuracy=100.0 * clean_correct / n,
+                    quantized_accuracy=100.0 * quant_correct / n, per_run_correct=full_correct,
                     wall_time_s=time.perf_counter() - t0, path="loop" if loop else "chunked",
                     device_config=cfg.to_dict(), nonfinite_runs=nonfinite, target_ci=float(target),
                     ci_half_width=half, images_per_chip=images, subset_correct=[int(c) for c in correct],
-                    full_set_chips=len(full_correct), percentiles_from="full_set_chips", **stats)
+                    subset_accuracy=[float(v) for v in values], full_set_chips=len(full_correct),
+                    percentiles_from="full_set_chips", **stats)

@@ -17,8 +17,9 @@ absent = 1, the layout of every nvcim so far):
                        "seed", "checkpoints": [...], "datasets": [...], "device_models": [...],
                        "cells": [[{"device_config", "result": MCResult.to_dict()} per device model] per checkpoint]}
 
-A target-precision result (nvcim.evaluate.adaptive) is an MCResult dict with six more keys ("target_ci",
-"ci_half_width", "images_per_chip", "subset_correct", "full_set_chips", "percentiles_from"), absent from
+A target-precision result (nvcim.evaluate.adaptive) is an MCResult dict with seven more keys ("target_ci",
+"ci_half_width", "images_per_chip", "subset_correct", "subset_accuracy", "full_set_chips", "percentiles_from";
+"subset_accuracy" since the control variate, absent from earlier target-precision files), absent from
 fixed-count results, so format 1 still describes both and earlier readers ignore them; its "runs" is R and
 its "per_run_accuracy" the full-set chips' only (the ones its percentiles come from).
 

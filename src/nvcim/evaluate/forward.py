@@ -47,8 +47,8 @@ class Accumulator:
         self.ekl_n = np.zeros(runs, dtype=np.int64)
         self.nonfinite = np.zeros(runs, dtype=np.int64)  # images whose logits hold a NaN / inf
 
-    def add(self, runs: Sequence[int], logits: torch.Tensor, y: torch.Tensor) -> None:
-        """logits [k, B, classes] for runs `runs`, y [B]."""
+    def add(self, runs: Sequence[int], logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """logits [k, B, classes] for runs `runs`, y [B]; returns which predictions were right [k, B] (bool)."""
         # a row with a NaN / inf logit predicts nothing (argmax would call it class 0 or the inf class); in a large
         # call a row is finite when its largest and smallest logits are (NaN propagates): half isfinite's time
         if logits.numel() >= SUBSET_ROWS * logits.shape[-1]:
@@ -62,7 +62,7 @@ class Accumulator:
         self.ekl_sum[idx] += nll.sum(dim=1).cpu().numpy()
         self.ekl_n[idx] += hit.sum(dim=1).cpu().numpy()
         self.nonfinite[idx] += (~finite).sum(dim=1).cpu().numpy()
-
+        return hit
 
     @staticmethod
     def _nll(logits: torch.Tensor, y: torch.Tensor, hit: torch.Tensor) -> torch.Tensor:

@@ -357,15 +357,12 @@ def _one_sigma(model, batches, cfg, o: dict, path: str, dev, baseline, calib) ->
     if o["target_ci"] is None:
         return _mc_core(model, batches, cfg, o["runs"], o["seed"], o["chunk_runs"], path, dev, o["progress"], baseline,
                         calib)
-    if baseline is None:  # before the pilot, whose time per chip sets the cost model
+    if baseline is None:
         baseline = _baselines(model, batches, ChipSampler(model, cfg, dev))
-
-    def pilot(chips: int) -> MCResult:
-        return _mc_core(model, batches, cfg, chips, o["seed"], o["chunk_runs"], path, dev, o["progress"], baseline,
-                        calib)
-
+    elif baseline is False:
+        baseline = (math.nan, math.nan)
     return target_precision(model, batches, cfg, o["seed"], o["target_ci"], max_chips=o["max_chips"],
-                            images_per_chip=o["images_per_chip"], pilot_chips=o["pilot_chips"], pilot=pilot,
+                            images_per_chip=o["images_per_chip"], pilot_chips=o["pilot_chips"], baseline=baseline,
                             device=dev, batch_size=o["batch_size"], chunk_bytes=CHUNKED_BUFFER_BYTES,
                             loop=path == "loop" or bool(cfg.sliced_mvm), calib=calib, progress=o["progress"])
 

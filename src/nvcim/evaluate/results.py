@@ -43,8 +43,10 @@ class MCResult:
     Target-precision mode (`monte_carlo_evaluate(..., target_ci=h)`, nvcim.evaluate.adaptive) fills the
     ADAPTIVE_FIELDS (absent from the JSON of a fixed-count result, so those files are unchanged): `runs` = R
     chips, each scoring `images_per_chip` = N random test images, whose correct counts are
-    `subset_correct` and give mean, ci95 and `ci_half_width` (the target `target_ci`, met when
-    `ci_half_width` <= it); `per_run_correct` / `per_run_accuracy` then hold only the `full_set_chips` chips
+    `subset_correct`; their accuracies with the pilot's per-image rates as a control variate,
+    `subset_accuracy`, give mean, ci95 and `ci_half_width` (the target `target_ci`, met when
+    `ci_half_width` <= it; results written before the control variate hold no `subset_accuracy`: there the
+    chips' accuracies are subset_correct / N); `per_run_correct` / `per_run_accuracy` then hold only the `full_set_chips` chips
     scored on the whole test set, which alone give std, p1/p5/p10, min and max (`percentiles_from` =
     "full_set_chips": subset accuracies would put binomial noise into the tails and bias them low).
     """
@@ -77,6 +79,7 @@ class MCResult:
     ci_half_width: float | None = None  # the one reached, points
     images_per_chip: int | None = None  # N: test images each of the R chips scores
     subset_correct: list[int] = field(default_factory=list)  # [R] correct of N, chips full_set_chips .. +R-1
+    subset_accuracy: list[float] = field(default_factory=list)  # [R] their control-variate accuracies (points)
     full_set_chips: int | None = None  # chips scored on every test image (per_run_correct), for the tails
     percentiles_from: str | None = None  # "full_set_chips"
 
@@ -105,13 +108,14 @@ class MCResult:
         kw["per_run_accuracy"] = [float(a) for a in kw.get("per_run_accuracy", [])]
         kw["per_run_correct"] = [int(c) for c in kw.get("per_run_correct", [])]
         kw["subset_correct"] = [int(c) for c in kw.get("subset_correct") or []]
+        kw["subset_accuracy"] = [float(a) for a in kw.get("subset_accuracy") or []]
         if kw.get("ci_half_width", 0) is None and kw.get("target_ci") is not None:
             kw["ci_half_width"] = math.nan
         return cls(**kw)
 
 
-ADAPTIVE_FIELDS = ("target_ci", "ci_half_width", "images_per_chip", "subset_correct", "full_set_chips",
-                   "percentiles_from")
+ADAPTIVE_FIELDS = ("target_ci", "ci_half_width", "images_per_chip", "subset_correct", "subset_accuracy",
+                   "full_set_chips", "percentiles_from")
 
 
 # ---- output ------------------------------------------------------------------------------------
