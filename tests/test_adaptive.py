@@ -186,6 +186,22 @@ def test_subset_mean_is_unbiased_against_the_full_test_set_protocol(data):
     assert whole.per_run_correct == full.per_run_correct[: pilot + 20] and whole.full_set_chips == pilot + 20
 
 
+@pytest.mark.parametrize("case", ["loop", "read_noise", "adc"])
+def test_pilot_chips_are_the_fixed_protocols_first_chips_on_every_path(data, case):
+    """The pilot scores chips 0 .. F-1 on every image in order, as the fixed-count protocol does, on the loop path,
+    with read noise redrawn per batch, and with ADCs per slice (the loop path of sliced layers)."""
+    cfg = {"loop": CFG, "read_noise": CFG.replace(read_sigma=0.05),
+           "adc": CFG.replace(adc_bits=8, tile_rows=8)}[case]
+    path = "loop" if case == "loop" else "auto"
+    kw = dict(seed=4, path=path, batch_size=16)
+    with pytest.warns(RuntimeWarning, match="max_chips"):
+        res = monte_carlo_evaluate(_model(), data, cfg, target_ci=0.01, max_chips=6, images_per_chip=10,
+                                   pilot_chips=5, **kw)
+    full = monte_carlo_evaluate(_model(), data, cfg, runs=5, **kw)
+    assert res.per_run_correct == full.per_run_correct and res.runs == 6
+    assert res.clean_accuracy == full.clean_accuracy and res.quantized_accuracy == full.quantized_accuracy
+
+
 def test_target_reached_and_recorded_with_honest_percentiles(data, tmp_path):
     res = monte_carlo_evaluate(_model(), data, CFG, target_ci=2.0, seed=0)
     assert res.adaptive and res.ci_half_width <= 2.0 and res.ci95[1] - res.ci95[0] == pytest.approx(2 * res.ci_half_width)
