@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nvcim.evaluate.batching import chip_batched_linear
 from nvcim.evaluate.sampler import ChipSampler
 from nvcim.layers.noise import variation_disabled
 
@@ -29,6 +30,7 @@ SUBSET_ROWS = 1024  # rows of an Accumulator.add from which the log-probabilitie
 # faults, system time); measured on 1/4-width VGG-8, 30 chips x 1,000 images, 1 thread: batch 1024 50.8 s,
 # 128 30.7 s, the same counts and EKL. Each image's logits do not depend on the images beside it.
 CPU_SLICE = 128
+PROBE_IMAGES = 4  # images on which `stacked_problem` compares the stacked forward with the chips' own
 
 
 def sliced(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -101,12 +103,14 @@ def count_correct(model: nn.Module, batches, weights: Mapping[str, torch.Tensor]
 
 
 def stacked_forward(model: nn.Module, names: list[str], bufs: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """logits [k, B, classes] of k chips (bufs[l]: [k, *W.shape]) on one batch x [B, C, H, W]."""
+    """logits [k, B, classes] of k chips (bufs[l]: [k, *W.shape]) on one batch x [B, C, H, W]: vmap over the
+    chips, linear layers as few large GEMMs (`nvcim.evaluate.batching`)."""
 
     def one(weights, inp):
         return forward_with(model, dict(zip(names, weights)), inp)
 
-    return torch.func.vmap(one, in_dims=(0, None))(tuple(bufs), x)
+    with chip_batched_linear():
+        return torch.func.vmap(one, in_dims=(0, None))(tuple(bufs), x)
 
 
 class ParameterSlots:
@@ -185,13 +189,26 @@ def activation_bytes_per_image(model: nn.Module, x: torch.Tensor) -> int:
     return 4 * largest[0]
 
 
-def stacked_works(model: nn.Module, sampler: ChipSampler, x: torch.Tensor) -> bool:
-    """Whether vmap evaluates the model (two stacked chips on one image); if not, one warning and False."""
-    bufs = [w.unsqueeze(0).expand(2, *w.shape).contiguous() for w in sampler.w_d]
+def stacked_problem(model: nn.Module, sampler: ChipSampler, x: torch.Tensor, fast: bool = False) -> str | None:
+    """Why vmap cannot evaluate the model chip by chip (None: it can). Two different chips (W_d and -W_d) stacked
+    on the first PROBE_IMAGES images of x must give what their own forwards give, to float rounding. fast: also
+    a problem when vmap has no batching rule for some op (it then loops over the chips: correct, but slow)."""
+    bufs = [torch.stack([w, -w]) for w in sampler.w_d]  # [2, *W.shape]
+    probe = x[:PROBE_IMAGES]
     try:
-        with torch.no_grad(), variation_disabled(model):
-            stacked_forward(model, sampler.names, bufs, x[:1])
-        return True
+        with torch.no_grad(), variation_disabled(model), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # the probe's own warnings stay here (the run itself shows them)
+            got = stacked_forward(model, sampler.names, bufs, probe)  # [2, b, classes]
+            want = torch.stack([forward_with(model, dict(zip(sampler.names, [b[i] for b in bufs])), probe)
+                                for i in range(2)])  # [2, b, classes]
     except Exception as exc:  # vmap lacks a batching rule for some op of a custom model
-        warnings.warn(f"nvcim: stacked Monte Carlo path unavailable ({type(exc).__name__}: {exc}); using 'chunked'")
-        return False
+        return f"{type(exc).__name__}: {exc}"
+    if got.shape != want.shape:
+        return f"vmap gives logits {tuple(got.shape)} where the chips' own forwards give {tuple(want.shape)}"
+    scale = float(want.nan_to_num(0.0, 0.0, 0.0).abs().max()) if want.numel() else 0.0
+    if not bool(torch.isclose(got, want, rtol=1e-4, atol=1e-4 * scale + 1e-6, equal_nan=True).all()):
+        return "vmap's logits differ from the chips' own forwards"
+    loops = [str(w.message) for w in caught if "batching rule" in str(w.message)]
+    if fast and loops:
+        return f"vmap loops over the chips for some op ({loops[0][:200]})"
+    return None

@@ -51,7 +51,7 @@ from nvcim.evaluate.forward import (
     count_correct,
     forward_with,
     stacked_forward,
-    stacked_works,
+    stacked_problem,
 )
 from nvcim.evaluate.adaptive import check_target_args, target_precision
 from nvcim.evaluate.results import MCResult
@@ -77,7 +77,12 @@ DEFAULT_SEED = 0  # seed of the chips' draws
 DEFAULT_BATCH = 1024  # images per forward
 
 PATHS = ("auto", "stacked", "chunked", "loop")
-DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes for stacked weights + activations of one chunk
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes for stacked weights + activations of one chunk (CUDA)
+# "stacked" on CPU: a block's activations beyond a few tens of MB are fresh pages on every layer, and fewer
+# chips per vmap call pay its per-call cost (~0.3 ms) more often: MLP 64-128-64-10, 1 thread, 200 chips x 360
+# images: 16 / 32 / 64 / 100 chips per block 2.0 / 1.9 / 1.8 / 1.7x clean inference
+STACKED_CPU_BYTES = 64 << 20  # bytes for stacked weights + activations of one chunk on CPU
+STACKED_MIN_CHIPS = 8  # "auto" takes "stacked" on CPU only when the budget holds this many chips per block
 # "chunked": chips drawn together only share the per-call costs (scoring, Python), which a few
 # chips amortize; cache-sized buffers measured as fast as larger ones (MLP: 16-64 chips alike).
 CHUNKED_BUFFER_BYTES = 4 << 20  # bytes of chips drawn together (at least one chip)
@@ -174,14 +179,9 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
     if cfg.sliced_mvm:  # the layers compute from each chip's device levels: only program_chip_ keeps those
         path = "loop"
     if path == "auto":
-        # measured on CPU (benchmarks/results/eval_cpu.txt, one thread, process clock): "chunked" is
-        # as fast as "loop" for VGG-8 (0.98-1.11x clean inference against 0.96-1.15x) and faster for
-        # small models, whose cost is per chip, not per image (MLP 64-128-64-10 on 360 images: 2.8x
-        # against 4.3x), while vmap costs 1.4-3.5x; on CUDA, batching the runs fills the device.
-        if device.type == "cuda" and stacked_works(model, sampler, batches[0][0]):
-            path = "stacked"
-        else:
-            path = "chunked"
+        path = _auto_path(model, sampler, batches, device)
+    elif path == "stacked" and not (sigma == 0 and not cfg.chip_effects and not cfg.read_sigma):
+        _check_stacked(model, sampler, batches)
 
     from tqdm.auto import tqdm
 
@@ -216,12 +216,8 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
         else:
             stacked = path == "stacked"
             if chunk_runs is None:
-                per_run = sampler.weight_bytes()
-                budget = DEFAULT_MEMORY_BUDGET if stacked else CHUNKED_BUFFER_BYTES
-                if stacked:  # activations of every run of the chunk are alive together
-                    widest = max(int(y.numel()) for _, y in batches)
-                    per_run += widest * activation_bytes_per_image(model, batches[0][0])
-                chunk_runs = max(1, min(runs, budget // max(per_run, 1)))
+                chunk_runs = min(runs, _stacked_chips(model, sampler, batches, device) if stacked
+                                 else max(1, CHUNKED_BUFFER_BYTES // max(sampler.weight_bytes(), 1)))
             chunk_runs = min(chunk_runs, runs)
             bufs = sampler.alloc(chunk_runs)  # [chunk, *W.shape] per layer, reused for every chunk
             with torch.no_grad(), variation_disabled(model):
@@ -254,6 +250,46 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
         nonfinite_runs=int((acc.nonfinite > 0).sum()),
         **stats,
     )
+
+
+def _stacked_chips(model: nn.Module, sampler: ChipSampler, batches, device: torch.device) -> int:
+    """Chips per block on the "stacked" path: their weights and the activations of one batch of every chip fit the
+    memory budget (DEFAULT_MEMORY_BUDGET on CUDA, STACKED_CPU_BYTES on CPU); at least one."""
+    widest = max(int(y.numel()) for _, y in batches)
+    per_chip = sampler.weight_bytes() + widest * activation_bytes_per_image(model, batches[0][0])
+    budget = STACKED_CPU_BYTES if device.type == "cpu" else DEFAULT_MEMORY_BUDGET
+    return max(1, budget // max(per_chip, 1))
+
+
+def batches_chips_well(model: nn.Module) -> bool:
+    """Whether "stacked" beats "chunked" on CPU for this model: every noisy tensor is the weight of an nn.Linear
+    (vmap runs the chips of a block as a few large GEMMs, `nvcim.evaluate.batching`). Measured on one CPU thread
+    (benchmarks/results/eval_cpu.txt): MLP 64-128-64-10 ... stacked vs chunked; a convolution under vmap is a
+    grouped convolution, slower on CPU than one chip's (VGG-8: stacked 1.4-2.3x clean, chunked ~1.0-1.1x)."""
+    params = noisy_parameters(model)
+    return bool(params) and all(isinstance(p.module, nn.Linear) and p.attr == "weight" for p in params)
+
+
+def _auto_path(model, sampler: ChipSampler, batches, device: torch.device) -> str:
+    """The fastest path that computes the chips exactly as their own forwards: "stacked" on CUDA (batching the chips
+    fills the device) and on CPU for models of linear layers (`batches_chips_well`), when vmap evaluates the
+    model chip by chip (`stacked_problem`; else "chunked", with a warning on CUDA); "chunked" otherwise. A choice
+    by the model's structure, never by a timing: the same call always takes the same path."""
+    if device.type == "cuda" or (batches_chips_well(model)
+                                 and _stacked_chips(model, sampler, batches, device) >= STACKED_MIN_CHIPS):
+        problem = stacked_problem(model, sampler, batches[0][0], fast=device.type == "cpu")
+        if problem is None:
+            return "stacked"
+        if device.type == "cuda":
+            warnings.warn(f"nvcim: stacked Monte Carlo path unavailable ({problem}); using 'chunked'")
+    return "chunked"
+
+
+def _check_stacked(model, sampler: ChipSampler, batches) -> None:
+    """path="stacked" asked for: a ValueError when vmap cannot evaluate the model chip by chip (never other logits)."""
+    problem = stacked_problem(model, sampler, batches[0][0])
+    if problem is not None:
+        raise ValueError(f"path='stacked' cannot evaluate this model ({problem}): use path='chunked' or 'auto'")
 
 
 def _baselines(model, batches, sampler: ChipSampler) -> tuple[int, int]:
