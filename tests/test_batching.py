@@ -251,3 +251,26 @@ def test_stacked_chips_per_block_follow_the_cpu_budget():
     batches = [(xb, torch.zeros(len(xb), dtype=torch.long)) for xb, _ in batches]
     per_chip = s.weight_bytes() + 50 * ev.activation_bytes_per_image(m, x)
     assert mc._stacked_chips(m, s, batches, torch.device("cpu")) == math.floor(mc.STACKED_CPU_BYTES / per_chip)
+
+
+def test_scoring_several_batches_in_one_call_is_one_call_per_batch():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 50, 7, generator=g) * 4  # [k, B, classes]
+    y = torch.randint(0, 7, (50,), generator=g)
+    logits[1, 5, 2] = float("nan")
+    one, per = ev.Accumulator(3), ev.Accumulator(3)
+    one.add([0, 1, 2], logits, y, [20, 30])
+    per.add([0, 1, 2], logits[:, :20], y[:20])
+    per.add([0, 1, 2], logits[:, 20:], y[20:])
+    for field in ("correct", "ekl_sum", "ekl_n", "nonfinite"):
+        assert (getattr(one, field) == getattr(per, field)).all(), field  # the same float64 additions
+
+
+def test_stacked_slices_large_batches_on_cpu(monkeypatch):
+    m = make_mlp()
+    x, y = data(m, (1, 4, 4))
+    ref = monte_carlo_evaluate(m, (x, y), CFG, runs=4, seed=1, batch_size=60, path="loop", baselines=False)
+    monkeypatch.setattr(ev, "STACKED_CPU_SLICE", 16)  # 60 images per batch: four forwards of at most 16
+    res = monte_carlo_evaluate(m, (x, y), CFG, runs=4, seed=1, batch_size=60, baselines=False)
+    assert res.path == "stacked" and res.per_run_correct == ref.per_run_correct
+    assert res.ekl == pytest.approx(ref.ekl, rel=1e-6)

@@ -50,7 +50,8 @@ from nvcim.evaluate.forward import (
     chunked_forwards,
     count_correct,
     forward_with,
-    stacked_forward,
+    STACKED_CPU_SLICE,
+    stacked_forwards,
     stacked_problem,
 )
 from nvcim.evaluate.adaptive import check_target_args, target_precision
@@ -78,10 +79,10 @@ DEFAULT_BATCH = 1024  # images per forward
 
 PATHS = ("auto", "stacked", "chunked", "loop")
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes for stacked weights + activations of one chunk (CUDA)
-# "stacked" on CPU: a block's activations beyond a few tens of MB are fresh pages on every layer, and fewer
-# chips per vmap call pay its per-call cost (~0.3 ms) more often: MLP 64-128-64-10, 1 thread, 200 chips x 360
-# images: 16 / 32 / 64 / 100 chips per block 2.0 / 1.9 / 1.8 / 1.7x clean inference
-STACKED_CPU_BYTES = 64 << 20  # bytes for stacked weights + activations of one chunk on CPU
+# "stacked" on CPU (STACKED_CPU_SLICE images per forward): a block's activations beyond a few MB leave the
+# caches, and fewer chips per block pay the per-block costs (fill, scoring) more often: MLP 64-128-64-10, 1 thread,
+# 200 chips x 360 images, 16 / 32 / 64 / 113 chips per block: see benchmarks/results/eval_cpu.txt
+STACKED_CPU_BYTES = 16 << 20  # bytes for stacked weights + activations of one block on CPU (MLP: 28 chips)
 STACKED_MIN_CHIPS = 8  # "auto" takes "stacked" on CPU only when the budget holds this many chips per block
 # "chunked": chips drawn together only share the per-call costs (scoring, Python), which a few
 # chips amortize; cache-sized buffers measured as fast as larger ones (MLP: 16-64 chips alike).
@@ -178,8 +179,9 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
     acc = Accumulator(runs)
     if cfg.sliced_mvm:  # the layers compute from each chip's device levels: only program_chip_ keeps those
         path = "loop"
+    fit = None  # chips per block on the stacked path, when known
     if path == "auto":
-        path = _auto_path(model, sampler, batches, device)
+        path, fit = _auto_path(model, sampler, batches, device)
     elif path == "stacked" and not (sigma == 0 and not cfg.chip_effects and not cfg.read_sigma):
         _check_stacked(model, sampler, batches)
 
@@ -216,7 +218,7 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
         else:
             stacked = path == "stacked"
             if chunk_runs is None:
-                chunk_runs = min(runs, _stacked_chips(model, sampler, batches, device) if stacked
+                chunk_runs = min(runs, (fit or _stacked_chips(model, sampler, batches, device)) if stacked
                                  else max(1, CHUNKED_BUFFER_BYTES // max(sampler.weight_bytes(), 1)))
             chunk_runs = min(chunk_runs, runs)
             bufs = sampler.alloc(chunk_runs)  # [chunk, *W.shape] per layer, reused for every chunk
@@ -225,10 +227,8 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
                     chunk = list(range(start, min(start + chunk_runs, runs)))
                     sampler.fill(bufs, chunk, seed, sigma)
                     if stacked:
-                        views = [b[: len(chunk)] for b in bufs]  # [k, *W.shape]
-                        for x, y in batches:
-                            weights = sampler.read_stacked(views) if cfg.read_sigma else views  # read noise per batch
-                            acc.add(chunk, stacked_forward(model, sampler.names, weights, x), y)  # [k, B, classes]
+                        stacked_forwards(model, sampler.names, [b[: len(chunk)] for b in bufs], chunk, batches, acc,
+                                         sampler.read_stacked if cfg.read_sigma else None)
                     else:
                         chunked_forwards(model, sampler.names, bufs, chunk, batches, acc,
                                          (lambda i: sampler.read(bufs, i)) if cfg.read_sigma else None)
@@ -255,7 +255,9 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
 def _stacked_chips(model: nn.Module, sampler: ChipSampler, batches, device: torch.device) -> int:
     """Chips per block on the "stacked" path: their weights and the activations of one batch of every chip fit the
     memory budget (DEFAULT_MEMORY_BUDGET on CUDA, STACKED_CPU_BYTES on CPU); at least one."""
-    widest = max(int(y.numel()) for _, y in batches)
+    widest = max(int(y.numel()) for _, y in batches)  # images per forward (on CPU at most STACKED_CPU_SLICE)
+    if device.type == "cpu":
+        widest = min(widest, STACKED_CPU_SLICE)
     per_chip = sampler.weight_bytes() + widest * activation_bytes_per_image(model, batches[0][0])
     budget = STACKED_CPU_BYTES if device.type == "cpu" else DEFAULT_MEMORY_BUDGET
     return max(1, budget // max(per_chip, 1))
@@ -270,19 +272,23 @@ def batches_chips_well(model: nn.Module) -> bool:
     return bool(params) and all(isinstance(p.module, nn.Linear) and p.attr == "weight" for p in params)
 
 
-def _auto_path(model, sampler: ChipSampler, batches, device: torch.device) -> str:
-    """The fastest path that computes the chips exactly as their own forwards: "stacked" on CUDA (batching the chips
-    fills the device) and on CPU for models of linear layers (`batches_chips_well`), when vmap evaluates the
-    model chip by chip (`stacked_problem`; else "chunked", with a warning on CUDA); "chunked" otherwise. A choice
-    by the model's structure, never by a timing: the same call always takes the same path."""
-    if device.type == "cuda" or (batches_chips_well(model)
-                                 and _stacked_chips(model, sampler, batches, device) >= STACKED_MIN_CHIPS):
+def _auto_path(model, sampler: ChipSampler, batches, device: torch.device) -> tuple[str, int | None]:
+    """(path, chips per block if "stacked"): the fastest path that computes the chips as their own forwards do.
+    "stacked" on CUDA (batching the chips fills the device) and on CPU for models of linear layers
+    (`batches_chips_well`) when at least STACKED_MIN_CHIPS fit the memory budget and vmap has a batching rule
+    for every op, provided the stacked forward gives the chips' own logits (`stacked_problem`; else
+    "chunked", with a warning on CUDA); "chunked" otherwise. A choice by the model's structure, never by a
+    timing: the same call always takes the same path."""
+    fit = None
+    if device.type == "cpu" and batches_chips_well(model):
+        fit = _stacked_chips(model, sampler, batches, device)
+    if device.type == "cuda" or (fit or 0) >= STACKED_MIN_CHIPS:
         problem = stacked_problem(model, sampler, batches[0][0], fast=device.type == "cpu")
         if problem is None:
-            return "stacked"
+            return "stacked", fit
         if device.type == "cuda":
             warnings.warn(f"nvcim: stacked Monte Carlo path unavailable ({problem}); using 'chunked'")
-    return "chunked"
+    return "chunked", None
 
 
 def _check_stacked(model, sampler: ChipSampler, batches) -> None:
