@@ -274,3 +274,54 @@ def test_stacked_slices_large_batches_on_cpu(monkeypatch):
     res = monte_carlo_evaluate(m, (x, y), CFG, runs=4, seed=1, batch_size=60, baselines=False)
     assert res.path == "stacked" and res.per_run_correct == ref.per_run_correct
     assert res.ekl == pytest.approx(ref.ekl, rel=1e-6)
+
+
+# ---- chains of per-image layers without vmap -------------------------------------------------------------
+def _chain() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.LeakyReLU(0.1, inplace=True), nn.Flatten(), nn.Linear(16, 12), nn.GELU(),
+                         nn.Sequential(nn.Dropout(0.5), nn.Linear(12, 10), nn.Tanh()), nn.Linear(10, 6),
+                         nn.Flatten(-1), nn.Linear(6, 4)).eval()
+
+
+@pytest.mark.parametrize("noisy", [None, ["2", "5"], ["4.1"]], ids=["all", "some", "middle"])
+def test_sequential_plan_equals_each_chips_own_forward(noisy):
+    from nvcim.evaluate.batching import batched_forward, sequential_plan
+
+    m = _chain()
+    nvcim.apply_variation_(m, CFG, include=noisy)
+    s = ChipSampler(m, CFG, torch.device("cpu"))
+    assert sequential_plan(m, s.names) is not None
+    bufs = s.alloc(3)
+    s.fill(bufs, [0, 1, 2], 5, CFG.sigma)
+    x = torch.randn(9, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    before = x.clone()
+    with torch.no_grad(), nvcim.variation_disabled(m):
+        got = batched_forward(m, dict(zip(s.names, bufs)), x)  # [3, 9, 4]
+        assert torch.equal(x, before)  # the in-place LeakyReLU acted on a copy, not on the caller's images
+        for i in range(3):
+            chip = {n: b[i].double() for n, b in zip(s.names, bufs)}
+            want = torch.func.functional_call(_chain().double(), chip, (x.double(),))
+            torch.testing.assert_close(got[i].double(), want, rtol=1e-5, atol=1e-6)
+            assert torch.equal(x, before)
+
+
+def test_sequential_plan_only_for_plain_chains():
+    from nvcim.evaluate.batching import sequential_plan
+
+    def plan_of(model):
+        nvcim.apply_variation_(model, CFG)
+        return sequential_plan(model, [p.name for p in nvcim.noisy_parameters(model)])
+
+    assert plan_of(make_mlp().eval()) is not None
+    assert plan_of(make_cnn().eval()) is None  # a convolution: vmap
+    assert plan_of(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).eval()) is None
+    assert plan_of(nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 2)).train()) is None  # random masks
+    assert plan_of(nn.Sequential(nn.Linear(4, 4), nn.Softmax(-1), nn.Linear(4, 2)).eval()) is None  # not element-wise
+    hooked = make_mlp().eval()
+    hooked[2].register_forward_hook(lambda mod, inp, out: out * 2)
+    assert plan_of(hooked) is None  # a hook changes what the layer gives: vmap runs the model's own calls
+    m = make_mlp().eval()
+    res = monte_carlo_evaluate(hooked, data(m, (1, 4, 4)), CFG, runs=3, seed=0, baselines=False)
+    ref = monte_carlo_evaluate(hooked, data(m, (1, 4, 4)), CFG, runs=3, seed=0, baselines=False, path="loop")
+    assert res.path == "stacked" and res.per_run_correct == ref.per_run_correct

@@ -7,15 +7,26 @@ Before any chip: the labels are checked against the model's logits, the model's 
 all change its output (`nvcim.layers.coverage`). Then the chips are drawn (`ChipSampler`) and scored on one
 of three paths that compute the same thing. The fast ones draw a chunk of runs at once: the
 programmed weights of every layer go into one preallocated buffer [R_chunk, *W.shape] that is
-refilled in place (W_d precomputed once; per run only randn and one addcmul, no allocation), then
-  * "stacked": `torch.func.vmap(functional_call)` evaluates all runs of the chunk in one batched
-    forward (batched / grouped convolutions); the default on CUDA;
+refilled in place (W_d precomputed once; per run only randn, then one addcmul per layer for the chunk), then
+  * "stacked": all runs of the chunk in one forward per batch (`nvcim.evaluate.batching`): a chain of
+    per-image layers (an nn.Sequential of Linear, activations, Flatten, ...) directly, the first noisy
+    layer one GEMM for every chip; other models under `torch.func.vmap(functional_call)` (batched /
+    grouped convolutions); the default on CUDA, and on CPU for models whose noisy layers are all
+    nn.Linear (MLP 64-128-64-10, 360 images, 1 thread: ~1.5x clean inference against ~2x for "chunked");
   * "chunked": one plain forward per run with that run's buffers set in place as the noisy parameters
     (`ParameterSlots`; on CPU 128 images per forward), the logits of several runs scored together; the
-    default on CPU, where it is the fastest: as fast as "loop"
-    for VGG-8 (~1.0-1.1x clean inference) and 1.5x faster for a small MLP, whose cost is per
-    chip rather than per image (vmap: 1.4-3.5x clean; benchmarks/results/eval_cpu.txt);
+    default on CPU for the other models, where it is the fastest: as fast as "loop" for VGG-8
+    (~1.0-1.1x clean inference; a convolution under vmap is a grouped one: 1.4-2.3x;
+    benchmarks/results/eval_cpu.txt);
   * "loop": `nvcim.program_chip_` per run and plain forwards; the reference.
+"auto" chooses by the model's structure, never by a timing (`_auto_path`), and takes "stacked" only after
+a probe: two different chips stacked on a few images must give what their own forwards give
+(`forward.stacked_problem`); a model vmap cannot run, or (on CPU) runs only by looping over the chips for
+some op, stays "chunked", and path="stacked" asked for on such a model raises a ValueError. "chunked" and
+"loop" give bitwise the same logits, counts and EKL; "stacked" computes each chip's logits as its own
+forward does but in larger matrix products, whose BLAS summation order may differ in the last bits: the
+same counts, and the EKL within float rounding (tests against float64 per-chip references), whatever the
+chunking.
 Chips with NaN / inf logits score those images as wrong and raise one warning with the likely cause.
 Device effects (SPEC §8, `DeviceConfig`) run on every path: stuck-at faults and drift are drawn with
 each chip; read noise is read afresh for every batch from per-tensor read generators derived from the
