@@ -275,10 +275,11 @@ def _stacked_chips(model: nn.Module, sampler: ChipSampler, batches, device: torc
 
 
 def batches_chips_well(model: nn.Module) -> bool:
-    """Whether "stacked" beats "chunked" on CPU for this model: every noisy tensor is the weight of an nn.Linear
-    (vmap runs the chips of a block as a few large GEMMs, `nvcim.evaluate.batching`). Measured on one CPU thread
-    (benchmarks/results/eval_cpu.txt): MLP 64-128-64-10 ... stacked vs chunked; a convolution under vmap is a
-    grouped convolution, slower on CPU than one chip's (VGG-8: stacked 1.4-2.3x clean, chunked ~1.0-1.1x)."""
+    """Whether "stacked" can beat "chunked" on CPU for this model: every noisy tensor is the weight of an nn.Linear
+    (a block of chips then meets a shared input in one GEMM and a per-chip one in one batched GEMM,
+    `nvcim.evaluate.batching`). One CPU thread, benchmarks/results/eval_cpu.txt: MLP 64-128-64-10, 360 images,
+    stacked ~1.5-1.7x clean inference, chunked ~1.9-2.0x; a convolution under vmap is a grouped convolution,
+    slower on CPU than one chip's (VGG-8: stacked 1.1-1.4x clean, chunked 0.8-1.2x)."""
     params = noisy_parameters(model)
     return bool(params) and all(isinstance(p.module, nn.Linear) and p.attr == "weight" for p in params)
 
