@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import nvcim
 from nvcim.evaluate import forward as ev
 from nvcim.evaluate import monte_carlo_evaluate
-from nvcim.evaluate import montecarlo as mc
+from nvcim.evaluate import paths as mc
 from nvcim.evaluate.batching import chip_batched_linear, chip_linear
 from nvcim.evaluate.sampler import ChipSampler, run_generator
 
@@ -250,7 +250,7 @@ def test_stacked_chips_per_block_follow_the_cpu_budget():
     batches = [(x[:50], None), (x[50:], None)]
     batches = [(xb, torch.zeros(len(xb), dtype=torch.long)) for xb, _ in batches]
     per_chip = s.weight_bytes() + 50 * ev.activation_bytes_per_image(m, x)
-    assert mc._stacked_chips(m, s, batches, torch.device("cpu")) == math.floor(mc.STACKED_CPU_BYTES / per_chip)
+    assert mc.stacked_chips(m, s, batches, torch.device("cpu")) == math.floor(mc.STACKED_CPU_BYTES / per_chip)
 
 
 def test_scoring_several_batches_in_one_call_is_one_call_per_batch():

@@ -19,7 +19,7 @@ refilled in place (W_d precomputed once; per run only randn, then one addcmul pe
     (~1.0-1.1x clean inference; a convolution under vmap is a grouped one: 1.4-2.3x;
     benchmarks/results/eval_cpu.txt);
   * "loop": `nvcim.program_chip_` per run and plain forwards; the reference.
-"auto" chooses by the model's structure, never by a timing (`_auto_path`), and takes "stacked" only after
+"auto" chooses by the model's structure, never by a timing (`nvcim.evaluate.paths`), and takes "stacked" only after
 a probe: two different chips stacked on a few images must give what their own forwards give
 (`forward.stacked_problem`); a model vmap cannot run, or (on CPU) runs only by looping over the chips for
 some op, stays "chunked", and path="stacked" asked for on such a model raises a ValueError. "chunked" and
@@ -57,15 +57,13 @@ from nvcim.core.config import DeviceConfig
 from nvcim.layers.coverage import CHECK_IMAGES, check_coverage
 from nvcim.evaluate.forward import (
     Accumulator,
-    activation_bytes_per_image,
     chunked_forwards,
     count_correct,
     forward_with,
-    STACKED_CPU_SLICE,
     stacked_forwards,
-    stacked_problem,
 )
 from nvcim.evaluate.adaptive import check_target_args, target_precision
+from nvcim.evaluate.paths import DEFAULT_MEMORY_BUDGET, auto_path, check_stacked, stacked_chips  # noqa: F401 (re-exported)
 from nvcim.evaluate.results import MCResult
 from nvcim.evaluate.sampler import ChipSampler, run_generator
 from nvcim.evaluate.stats import summarize
@@ -89,12 +87,6 @@ DEFAULT_SEED = 0  # seed of the chips' draws
 DEFAULT_BATCH = 1024  # images per forward
 
 PATHS = ("auto", "stacked", "chunked", "loop")
-DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes for stacked weights + activations of one chunk (CUDA)
-# "stacked" on CPU (STACKED_CPU_SLICE images per forward): a block's activations beyond a few MB leave the
-# caches, and fewer chips per block pay the per-block costs (fill, scoring) more often: MLP 64-128-64-10, 1 thread,
-# 200 chips x 360 images, 16 / 32 / 64 / 113 chips per block: see benchmarks/results/eval_cpu.txt
-STACKED_CPU_BYTES = 16 << 20  # bytes for stacked weights + activations of one block on CPU (MLP: 28 chips)
-STACKED_MIN_CHIPS = 8  # "auto" takes "stacked" on CPU only when the budget holds this many chips per block
 # "chunked": chips drawn together only share the per-call costs (scoring, Python), which a few
 # chips amortize; cache-sized buffers measured as fast as larger ones (MLP: 16-64 chips alike).
 CHUNKED_BUFFER_BYTES = 4 << 20  # bytes of chips drawn together (at least one chip)
@@ -192,9 +184,9 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
         path = "loop"
     fit = None  # chips per block on the stacked path, when known
     if path == "auto":
-        path, fit = _auto_path(model, sampler, batches, device)
+        path, fit = auto_path(model, sampler, batches, device)
     elif path == "stacked" and not (sigma == 0 and not cfg.chip_effects and not cfg.read_sigma):
-        _check_stacked(model, sampler, batches)
+        check_stacked(model, sampler, batches)
 
     from tqdm.auto import tqdm
 
@@ -229,7 +221,7 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
         else:
             stacked = path == "stacked"
             if chunk_runs is None:
-                chunk_runs = min(runs, (fit or _stacked_chips(model, sampler, batches, device)) if stacked
+                chunk_runs = min(runs, (fit or stacked_chips(model, sampler, batches, device)) if stacked
                                  else max(1, CHUNKED_BUFFER_BYTES // max(sampler.weight_bytes(), 1)))
             chunk_runs = min(chunk_runs, runs)
             bufs = sampler.alloc(chunk_runs)  # [chunk, *W.shape] per layer, reused for every chunk
@@ -261,53 +253,6 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
         nonfinite_runs=int((acc.nonfinite > 0).sum()),
         **stats,
     )
-
-
-def _stacked_chips(model: nn.Module, sampler: ChipSampler, batches, device: torch.device) -> int:
-    """Chips per block on the "stacked" path: their weights and the activations of one batch of every chip fit the
-    memory budget (DEFAULT_MEMORY_BUDGET on CUDA, STACKED_CPU_BYTES on CPU); at least one."""
-    widest = max(int(y.numel()) for _, y in batches)  # images per forward (on CPU at most STACKED_CPU_SLICE)
-    if device.type == "cpu":
-        widest = min(widest, STACKED_CPU_SLICE)
-    per_chip = sampler.weight_bytes() + widest * activation_bytes_per_image(model, batches[0][0])
-    budget = STACKED_CPU_BYTES if device.type == "cpu" else DEFAULT_MEMORY_BUDGET
-    return max(1, budget // max(per_chip, 1))
-
-
-def batches_chips_well(model: nn.Module) -> bool:
-    """Whether "stacked" can beat "chunked" on CPU for this model: every noisy tensor is the weight of an nn.Linear
-    (a block of chips then meets a shared input in one GEMM and a per-chip one in one batched GEMM,
-    `nvcim.evaluate.batching`). One CPU thread, benchmarks/results/eval_cpu.txt: MLP 64-128-64-10, 360 images,
-    stacked ~1.5-1.7x clean inference, chunked ~1.9-2.0x; a convolution under vmap is a grouped convolution,
-    slower on CPU than one chip's (VGG-8: stacked 1.1-1.4x clean, chunked 0.8-1.2x)."""
-    params = noisy_parameters(model)
-    return bool(params) and all(isinstance(p.module, nn.Linear) and p.attr == "weight" for p in params)
-
-
-def _auto_path(model, sampler: ChipSampler, batches, device: torch.device) -> tuple[str, int | None]:
-    """(path, chips per block if "stacked"): the fastest path that computes the chips as their own forwards do.
-    "stacked" on CUDA (batching the chips fills the device) and on CPU for models of linear layers
-    (`batches_chips_well`) when at least STACKED_MIN_CHIPS fit the memory budget and vmap has a batching rule
-    for every op, provided the stacked forward gives the chips' own logits (`stacked_problem`; else
-    "chunked", with a warning on CUDA); "chunked" otherwise. A choice by the model's structure, never by a
-    timing: the same call always takes the same path."""
-    fit = None
-    if device.type == "cpu" and batches_chips_well(model):
-        fit = _stacked_chips(model, sampler, batches, device)
-    if device.type == "cuda" or (fit or 0) >= STACKED_MIN_CHIPS:
-        problem = stacked_problem(model, sampler, batches[0][0], fast=device.type == "cpu")
-        if problem is None:
-            return "stacked", fit
-        if device.type == "cuda":
-            warnings.warn(f"nvcim: stacked Monte Carlo path unavailable ({problem}); using 'chunked'")
-    return "chunked", None
-
-
-def _check_stacked(model, sampler: ChipSampler, batches) -> None:
-    """path="stacked" asked for: a ValueError when vmap cannot evaluate the model chip by chip (never other logits)."""
-    problem = stacked_problem(model, sampler, batches[0][0])
-    if problem is not None:
-        raise ValueError(f"path='stacked' cannot evaluate this model ({problem}): use path='chunked' or 'auto'")
 
 
 def _baselines(model, batches, sampler: ChipSampler) -> tuple[int, int]:
