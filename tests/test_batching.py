@@ -325,3 +325,14 @@ def test_sequential_plan_only_for_plain_chains():
     res = monte_carlo_evaluate(hooked, data(m, (1, 4, 4)), CFG, runs=3, seed=0, baselines=False)
     ref = monte_carlo_evaluate(hooked, data(m, (1, 4, 4)), CFG, runs=3, seed=0, baselines=False, path="loop")
     assert res.path == "stacked" and res.per_run_correct == ref.per_run_correct
+
+
+@pytest.mark.parametrize("rows", [3, 2000], ids=["small", "large"])  # the large call takes the amax / amin check
+def test_scoring_finite_logits_whose_sum_overflows_are_finite(rows):
+    logits = torch.zeros(2, rows, 3)
+    logits[0, :, 1] = 3e38  # every row finite, predicts class 1; the float32 sum of the logits overflows to inf
+    logits[1, 0, 2] = float("inf")
+    logits[1, 1, 0] = float("nan")
+    acc = ev.Accumulator(2)
+    acc.add([0, 1], logits, torch.ones(rows, dtype=torch.long))
+    assert acc.nonfinite.tolist() == [0, 2] and acc.correct.tolist() == [rows, 0]

@@ -57,9 +57,13 @@ class Accumulator:
             batches: Sequence[int] | None = None) -> None:
         """logits [k, B, classes] for runs `runs`, y [B]. batches: the sizes of consecutive batches the B images
         make up, whose EKL sums are added one after the other, as by one call per batch (the same float64 sums)."""
-        # a row with a NaN / inf logit predicts nothing (argmax would call it class 0 or the inf class); in a large
-        # call a row is finite when its largest and smallest logits are (NaN propagates): half isfinite's time
-        if logits.numel() >= SUBSET_ROWS * logits.shape[-1]:
+        # a row with a NaN / inf logit predicts nothing (argmax would call it class 0 or the inf class). A finite sum
+        # of all logits proves every one finite (a NaN or inf in it would make the sum NaN or inf; finite logits
+        # whose sum overflows take the exact check); in a large call a row is finite when its largest and smallest
+        # logits are (NaN propagates): half isfinite's time
+        if bool(torch.isfinite(logits.sum())):
+            finite = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)  # [k, B]
+        elif logits.numel() >= SUBSET_ROWS * logits.shape[-1]:
             finite = torch.isfinite(logits.amax(dim=-1)) & torch.isfinite(logits.amin(dim=-1))  # [k, B]
         else:
             finite = torch.isfinite(logits).all(dim=-1)  # [k, B]
