@@ -336,3 +336,16 @@ def test_scoring_finite_logits_whose_sum_overflows_are_finite(rows):
     acc = ev.Accumulator(2)
     acc.add([0, 1], logits, torch.ones(rows, dtype=torch.long))
     assert acc.nonfinite.tolist() == [0, 2] and acc.correct.tolist() == [rows, 0]
+
+
+def test_stacked_with_read_noise_reads_once_per_batch_across_slices(monkeypatch):
+    cfg = nvcim.DeviceConfig(sigma=0.1, read_sigma=0.3)
+    m = make_mlp()
+    x, y = data(m, (1, 4, 4))
+    kw = dict(runs=4, seed=2, batch_size=30, baselines=False)
+    ref = monte_carlo_evaluate(m, (x, y), cfg, path="loop", **kw)
+    assert len(set(ref.per_run_correct)) > 1
+    monkeypatch.setattr(ev, "STACKED_CPU_SLICE", 8)  # four forwards per batch of 30, one read of the chip
+    res = monte_carlo_evaluate(m, (x, y), cfg, **kw)
+    assert res.path == "stacked" and res.per_run_correct == ref.per_run_correct
+    assert res.ekl == pytest.approx(ref.ekl, rel=1e-6)
