@@ -156,16 +156,13 @@ def _run_plan(plan, weights: Mapping[str, torch.Tensor], x: torch.Tensor, k: int
     h, chips = x, False  # chips: h carries the chip dimension first
     info = _Info(k)
     for kind, layer, name in plan:
-        if kind == "linear":
-            w = weights[name] if name is not None else layer.weight
-            if chips or name is not None:
-                h, dim = _chip_linear_vmap(info, (0 if chips else None, 0 if name is not None else None, None),
-                                           h, w, layer.bias)
-                h, chips = (h if dim == 0 else h.movedim(dim, 0)), True
-            else:
-                h = F.linear(h, w, layer.bias)
+        if kind == "linear" and name is not None:  # the chips' weights: one GEMM (shared input) or one batched GEMM
+            h, dim = _chip_linear_vmap(info, (0 if chips else None, 0, None), h, weights[name], layer.bias)
+            h, chips = (h if dim == 0 else h.movedim(dim, 0)), True
+        elif kind == "linear":  # exact weights: the layer itself, on the images' or all chips' rows
+            h = layer(h)
         elif kind == "elementwise":
-            h = layer(h.clone() if h is x and getattr(layer, "inplace", False) else h)  # never the caller's images
+            h = layer(h.clone() if not chips and getattr(layer, "inplace", False) else h)  # never the caller's images
         else:  # Flatten: its dimensions count from the images' batch dimension
             start, end = layer.start_dim, layer.end_dim
             h = h.flatten(start + 1 if chips and start >= 0 else start, end + 1 if chips and end >= 0 else end)
