@@ -1,11 +1,13 @@
 """Benchmark of Monte Carlo evaluation (nvcim.evaluate) on a small MLP and VGG-8-like networks, CPU or GPU.
 
 Prints image·runs per second for
-  (a) the fast path (`monte_carlo_evaluate`, path="auto": "chunked" on CPU: programmed weights of a
-      chunk of runs drawn into reused buffers, one forward per run, the logits of several runs
-      scored together), with and without the two extra deterministic passes for clean / quantized accuracy,
-  (a') the other paths: "stacked" (vmap over the runs of a chunk) and the reference "loop"
-      (nvcim.program_chip_ per run),
+  (a) the fast path (`monte_carlo_evaluate`, path="auto": on CPU "stacked" for models of linear layers, e.g.
+      the MLP: a block of chips drawn into reused buffers and run through one forward, the first layer one
+      GEMM for all chips; "chunked" for the others, e.g. VGG-8: one forward per chip over pre-drawn weights,
+      the logits of several chips scored together), with and without the two extra deterministic passes for
+      clean / quantized accuracy,
+  (a') the paths side by side: "stacked" (chips batched through one forward: chains of per-image layers
+      directly, other models under vmap), "chunked", and the reference "loop" (nvcim.program_chip_ per run),
   (b) a naive per-run loop (deepcopy the model, perturb every weight with nvcim.program, evaluate),
   (c) clean inference of the same number of image forwards (runs x images),
   (d) the fast path with 5 % of the weights write-verified (nvcim.writeverify: one more draw per layer),
@@ -14,6 +16,7 @@ rather than per image: 17 k weights drawn and 360 x 10 logits scored per chip, 6
 naive/fast (speedup) and write-verify/fast.
 
     python benchmarks/bench_eval.py                       # MLP, 1/4 and full width, sized for ~2 min on 2 cores
+    python benchmarks/bench_eval.py --threads 1 --clock process --models mlp --repeat 5
     python benchmarks/bench_eval.py --models 0.25 --runs 16 --images 1024 --device cuda
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 python benchmarks/bench_eval.py   # other allocator
 """
@@ -143,7 +146,8 @@ def main() -> None:
         methods = {
             "fast (auto path, MC only)": lambda: monte_carlo_evaluate(model, (x, y), cfg, path="auto", baselines=False, **kw),
             "fast + clean/quant passes": lambda: monte_carlo_evaluate(model, (x, y), cfg, path="auto", **kw),
-            "stacked (vmap over runs)": lambda: monte_carlo_evaluate(model, (x, y), cfg, path="stacked", baselines=False, **kw),
+            "stacked (chips batched)": lambda: monte_carlo_evaluate(model, (x, y), cfg, path="stacked", baselines=False, **kw),
+            "chunked (forward per chip)": lambda: monte_carlo_evaluate(model, (x, y), cfg, path="chunked", baselines=False, **kw),
             "loop (program_chip_)": lambda: monte_carlo_evaluate(model, (x, y), cfg, path="loop", baselines=False, **kw),
             "naive (deepcopy+program)": lambda: naive_loop(model, x, y, cfg, runs, args.batch_size),
             "clean inference": lambda: clean(model, x, runs, args.batch_size),
@@ -160,7 +164,10 @@ def main() -> None:
             print(f"  {name:28s} {t:8.2f} s  {work / t:10.1f} image-runs/s")
         t_fast, t_clean = times["fast (auto path, MC only)"], times["clean inference"]
         print(f"  fast/clean time ratio        {t_fast / t_clean:8.3f}   (goal <= {goal:g})")
-        print(f"  stacked/clean time ratio     {times['stacked (vmap over runs)'] / t_clean:8.3f}")
+        auto = monte_carlo_evaluate(model, (x, y), cfg, path="auto", baselines=False, **{**kw, "runs": 1}).path
+        print(f"  (auto path: {auto})")
+        print(f"  stacked/clean time ratio     {times['stacked (chips batched)'] / t_clean:8.3f}")
+        print(f"  chunked/clean time ratio     {times['chunked (forward per chip)'] / t_clean:8.3f}")
         print(f"  loop/clean time ratio        {times['loop (program_chip_)'] / t_clean:8.3f}")
         print(f"  naive/fast speedup           {times['naive (deepcopy+program)'] / t_fast:8.2f}x")
         print(f"  write-verified/fast ratio    {times['fast, 5 % write-verified'] / t_fast:8.3f}")

@@ -77,14 +77,16 @@ def test_chunked_equals_loop_bit_for_bit(make, shape, verified, monkeypatch):
             assert res.ekl_n == ref.ekl_n and res.ekl == pytest.approx(ref.ekl, rel=1e-12)
 
 
-def test_auto_on_cpu_scores_several_chips_per_call(monkeypatch):
-    m = make_mlp()
-    x, y = data(m, (1, 4, 4))
+@pytest.mark.parametrize("make, shape, path", [(make_mlp, (1, 4, 4), "stacked"), (make_cnn, (1, 5, 5), "chunked")],
+                         ids=["mlp", "cnn"])
+def test_auto_on_cpu_scores_several_chips_per_call(make, shape, path, monkeypatch):
+    m = make()
+    x, y = data(m, shape)
     calls = []
     add = ev.Accumulator.add
     monkeypatch.setattr(ev.Accumulator, "add", lambda self, runs, *a: (calls.append(list(runs)), add(self, runs, *a)))
     res = monte_carlo_evaluate(m, (x, y), CFG, runs=8, seed=0, baselines=False)
-    assert res.path == "chunked"
+    assert res.path == path  # linear layers only: the chips batched through one forward; convolutions: one by one
     assert calls == [list(range(8))]  # one scoring call for all eight chips, not one per chip
 
 

@@ -17,7 +17,8 @@ The package, lowest first:
   stats.py       the Student t distribution (no scipy), `summarize`, σ grids, the convergence summary
   results.py     `MCResult` and its outputs: JSON, CSV, the text table
   sampler.py     per-run seeds and generators; `ChipSampler` draws chips into stacked buffers
-  forward.py     scoring chips: per-run counts and EKL, vmap'ed ("stacked") and "chunked" forwards
+  batching.py    many chips through one forward: chains of per-image layers directly, others under vmap
+  forward.py     scoring chips: per-run counts and EKL, "stacked" (batched) and "chunked" forwards, the probe
   adaptive.py    target-precision mode: full-set pilot, images per chip, Stein's two-stage rule; paired differences
   montecarlo.py  `monte_carlo_evaluate`, `robustness_curve`: checks, the three paths, warnings
 """

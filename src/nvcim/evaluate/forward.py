@@ -20,15 +20,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from nvcim.evaluate.batching import batched_forward
 from nvcim.evaluate.sampler import ChipSampler
 from nvcim.layers.noise import variation_disabled
 
 LOGITS_PER_ADD = 1 << 16  # logits of several chips scored in one Accumulator.add (2^14-2^18 alike)
+# Images per stacked forward on CPU (a block's activations stay cache-sized whatever the batch size; each
+# image's logits do not depend on the images beside it)
+STACKED_CPU_SLICE = 256
+STACKED_LOGITS_PER_ADD = 1 << 20  # logits of one block's batches scored together on the stacked path
 SUBSET_ROWS = 1024  # rows of an Accumulator.add from which the log-probabilities of the correct rows alone are taken
 # Images per forward on CPU: a batch's activations above a few tens of MB are fresh pages on every layer (page
 # faults, system time); measured on 1/4-width VGG-8, 30 chips x 1,000 images, 1 thread: batch 1024 50.8 s,
 # 128 30.7 s, the same counts and EKL. Each image's logits do not depend on the images beside it.
 CPU_SLICE = 128
+PROBE_IMAGES = 4  # images on which `stacked_problem` compares the stacked forward with the chips' own
 
 
 def sliced(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -47,11 +53,18 @@ class Accumulator:
         self.ekl_n = np.zeros(runs, dtype=np.int64)
         self.nonfinite = np.zeros(runs, dtype=np.int64)  # images whose logits hold a NaN / inf
 
-    def add(self, runs: Sequence[int], logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """logits [k, B, classes] for runs `runs`, y [B]; returns which predictions were right [k, B] (bool)."""
-        # a row with a NaN / inf logit predicts nothing (argmax would call it class 0 or the inf class); in a large
-        # call a row is finite when its largest and smallest logits are (NaN propagates): half isfinite's time
-        if logits.numel() >= SUBSET_ROWS * logits.shape[-1]:
+    def add(self, runs: Sequence[int], logits: torch.Tensor, y: torch.Tensor,
+            batches: Sequence[int] | None = None) -> torch.Tensor:
+        """logits [k, B, classes] for runs `runs`, y [B]; returns which predictions were right [k, B] (bool).
+        batches: the sizes of consecutive batches the B images make up, whose EKL sums are added one after the
+        other, as by one call per batch (the same float64 sums)."""
+        # a row with a NaN / inf logit predicts nothing (argmax would call it class 0 or the inf class). A finite sum
+        # of all logits proves every one finite (a NaN or inf in it would make the sum NaN or inf; finite logits
+        # whose sum overflows take the exact check); in a large call a row is finite when its largest and smallest
+        # logits are (NaN propagates): half isfinite's time
+        if bool(torch.isfinite(logits.sum())):
+            finite = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)  # [k, B]
+        elif logits.numel() >= SUBSET_ROWS * logits.shape[-1]:
             finite = torch.isfinite(logits.amax(dim=-1)) & torch.isfinite(logits.amin(dim=-1))  # [k, B]
         else:
             finite = torch.isfinite(logits).all(dim=-1)  # [k, B]
@@ -59,7 +72,8 @@ class Accumulator:
         nll = self._nll(logits, y, hit)  # [k, B] -log p(y) of the correct rows, 0 elsewhere
         idx = np.asarray(runs)
         self.correct[idx] += hit.sum(dim=1).cpu().numpy()
-        self.ekl_sum[idx] += nll.sum(dim=1).cpu().numpy()
+        for part in (nll.split(list(batches), dim=1) if batches else [nll]):
+            self.ekl_sum[idx] += part.sum(dim=1).cpu().numpy()
         self.ekl_n[idx] += hit.sum(dim=1).cpu().numpy()
         self.nonfinite[idx] += (~finite).sum(dim=1).cpu().numpy()
         return hit
@@ -101,12 +115,37 @@ def count_correct(model: nn.Module, batches, weights: Mapping[str, torch.Tensor]
 
 
 def stacked_forward(model: nn.Module, names: list[str], bufs: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """logits [k, B, classes] of k chips (bufs[l]: [k, *W.shape]) on one batch x [B, C, H, W]."""
+    """logits [k, B, classes] of k chips (bufs[l]: [k, *W.shape]) on one batch x [B, C, H, W], all in one
+    forward (`nvcim.evaluate.batching.batched_forward`: chains of per-image layers directly, else vmap)."""
+    return batched_forward(model, dict(zip(names, bufs)), x)
 
-    def one(weights, inp):
-        return forward_with(model, dict(zip(names, weights)), inp)
 
-    return torch.func.vmap(one, in_dims=(0, None))(tuple(bufs), x)
+def stacked_forwards(model: nn.Module, names: list[str], views: list[torch.Tensor], chunk: list[int], batches,
+                     acc: Accumulator, read: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None) -> None:
+    """Score the chips `chunk` (views[l]: [k, *W.shape]) with one `stacked_forward` per batch (on CPU per
+    STACKED_CPU_SLICE images of it); the logits of the
+    block's batches are scored in one `Accumulator.add` while they hold at most STACKED_LOGITS_PER_ADD values (a
+    call costs ~0.1 ms whatever its size; a small model's block scores two batches in one). read(views): one read
+    of every chip (read noise), taken afresh for every batch; None: the chips are read exactly."""
+    outs, ys, sizes = [], [], []  # logits, labels and sizes of the batches held for one scoring call
+
+    def score():
+        acc.add(chunk, torch.cat(outs, dim=1) if len(outs) > 1 else outs[0], torch.cat(ys) if len(ys) > 1 else ys[0],
+                sizes)  # [k, B, classes]: per batch, the EKL sums of one call per batch
+
+    for x, y in batches:
+        weights = read(views) if read is not None else views  # one read per batch, as on the loop path
+        slices = x.split(STACKED_CPU_SLICE) if x.device.type == "cpu" else [x]
+        parts = [stacked_forward(model, names, weights, xs) for xs in slices]  # [k, b, classes] each
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # [k, B, classes]
+        if outs and (sum(o.numel() for o in outs) + out.numel()) > STACKED_LOGITS_PER_ADD:
+            score()
+            outs, ys, sizes = [], [], []
+        outs.append(out)
+        ys.append(y)
+        sizes.append(int(y.numel()))
+    if outs:
+        score()
 
 
 class ParameterSlots:
@@ -185,13 +224,26 @@ def activation_bytes_per_image(model: nn.Module, x: torch.Tensor) -> int:
     return 4 * largest[0]
 
 
-def stacked_works(model: nn.Module, sampler: ChipSampler, x: torch.Tensor) -> bool:
-    """Whether vmap evaluates the model (two stacked chips on one image); if not, one warning and False."""
-    bufs = [w.unsqueeze(0).expand(2, *w.shape).contiguous() for w in sampler.w_d]
+def stacked_problem(model: nn.Module, sampler: ChipSampler, x: torch.Tensor, fast: bool = False) -> str | None:
+    """Why vmap cannot evaluate the model chip by chip (None: it can). Two different chips (W_d and -W_d) stacked
+    on the first PROBE_IMAGES images of x must give what their own forwards give, to float rounding. fast: also
+    a problem when vmap has no batching rule for some op (it then loops over the chips: correct, but slow)."""
+    bufs = [torch.stack([w, -w]) for w in sampler.w_d]  # [2, *W.shape]
+    probe = x[:PROBE_IMAGES]
     try:
-        with torch.no_grad(), variation_disabled(model):
-            stacked_forward(model, sampler.names, bufs, x[:1])
-        return True
+        with torch.no_grad(), variation_disabled(model), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # the probe's own warnings stay here (the run itself shows them)
+            got = stacked_forward(model, sampler.names, bufs, probe)  # [2, b, classes]
+            want = torch.stack([forward_with(model, dict(zip(sampler.names, [b[i] for b in bufs])), probe)
+                                for i in range(2)])  # [2, b, classes]
     except Exception as exc:  # vmap lacks a batching rule for some op of a custom model
-        warnings.warn(f"nvcim: stacked Monte Carlo path unavailable ({type(exc).__name__}: {exc}); using 'chunked'")
-        return False
+        return f"{type(exc).__name__}: {exc}"
+    if got.shape != want.shape:
+        return f"vmap gives logits {tuple(got.shape)} where the chips' own forwards give {tuple(want.shape)}"
+    scale = float(want.nan_to_num(0.0, 0.0, 0.0).abs().max()) if want.numel() else 0.0
+    if not bool(torch.isclose(got, want, rtol=1e-4, atol=1e-4 * scale + 1e-6, equal_nan=True).all()):
+        return "vmap's logits differ from the chips' own forwards"
+    loops = [str(w.message) for w in caught if "batching rule" in str(w.message)]
+    if fast and loops:
+        return f"vmap loops over the chips for some op ({loops[0][:200]})"
+    return None

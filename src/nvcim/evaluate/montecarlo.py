@@ -7,15 +7,26 @@ Before any chip: the labels are checked against the model's logits, the model's 
 all change its output (`nvcim.layers.coverage`). Then the chips are drawn (`ChipSampler`) and scored on one
 of three paths that compute the same thing. The fast ones draw a chunk of runs at once: the
 programmed weights of every layer go into one preallocated buffer [R_chunk, *W.shape] that is
-refilled in place (W_d precomputed once; per run only randn and one addcmul, no allocation), then
-  * "stacked": `torch.func.vmap(functional_call)` evaluates all runs of the chunk in one batched
-    forward (batched / grouped convolutions); the default on CUDA;
+refilled in place (W_d precomputed once; per run only randn, then one addcmul per layer for the chunk), then
+  * "stacked": all runs of the chunk in one forward per batch (`nvcim.evaluate.batching`): a chain of
+    per-image layers (an nn.Sequential of Linear, activations, Flatten, ...) directly, the first noisy
+    layer one GEMM for every chip; other models under `torch.func.vmap(functional_call)` (batched /
+    grouped convolutions); the default on CUDA, and on CPU for models whose noisy layers are all
+    nn.Linear (MLP 64-128-64-10, 360 images, 1 thread: ~1.5x clean inference against ~2x for "chunked");
   * "chunked": one plain forward per run with that run's buffers set in place as the noisy parameters
     (`ParameterSlots`; on CPU 128 images per forward), the logits of several runs scored together; the
-    default on CPU, where it is the fastest: as fast as "loop"
-    for VGG-8 (~1.0-1.1x clean inference) and 1.5x faster for a small MLP, whose cost is per
-    chip rather than per image (vmap: 1.4-3.5x clean; benchmarks/results/eval_cpu.txt);
+    default on CPU for the other models, where it is the fastest: as fast as "loop" for VGG-8
+    (~1.0-1.1x clean inference; a convolution under vmap is a grouped one: 1.4-2.3x;
+    benchmarks/results/eval_cpu.txt);
   * "loop": `nvcim.program_chip_` per run and plain forwards; the reference.
+"auto" chooses by the model's structure, never by a timing (`nvcim.evaluate.paths`), and takes "stacked" only after
+a probe: two different chips stacked on a few images must give what their own forwards give
+(`forward.stacked_problem`); a model vmap cannot run, or (on CPU) runs only by looping over the chips for
+some op, stays "chunked", and path="stacked" asked for on such a model raises a ValueError. "chunked" and
+"loop" give bitwise the same logits, counts and EKL; "stacked" computes each chip's logits as its own
+forward does but in larger matrix products, whose BLAS summation order may differ in the last bits: the
+same counts, and the EKL within float rounding (tests against float64 per-chip references), whatever the
+chunking.
 Chips with NaN / inf logits score those images as wrong and raise one warning with the likely cause.
 Device effects (SPEC §8, `DeviceConfig`) run on every path: stuck-at faults and drift are drawn with
 each chip; read noise is read afresh for every batch from per-tensor read generators derived from the
@@ -46,14 +57,13 @@ from nvcim.core.config import DeviceConfig
 from nvcim.layers.coverage import CHECK_IMAGES, check_coverage
 from nvcim.evaluate.forward import (
     Accumulator,
-    activation_bytes_per_image,
     chunked_forwards,
     count_correct,
     forward_with,
-    stacked_forward,
-    stacked_works,
+    stacked_forwards,
 )
 from nvcim.evaluate.adaptive import check_target_args, target_precision
+from nvcim.evaluate.paths import DEFAULT_MEMORY_BUDGET, auto_path, check_stacked, stacked_chips  # noqa: F401 (re-exported)
 from nvcim.evaluate.results import MCResult
 from nvcim.evaluate.sampler import ChipSampler, run_generator
 from nvcim.evaluate.stats import summarize
@@ -77,7 +87,6 @@ DEFAULT_SEED = 0  # seed of the chips' draws
 DEFAULT_BATCH = 1024  # images per forward
 
 PATHS = ("auto", "stacked", "chunked", "loop")
-DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes for stacked weights + activations of one chunk
 # "chunked": chips drawn together only share the per-call costs (scoring, Python), which a few
 # chips amortize; cache-sized buffers measured as fast as larger ones (MLP: 16-64 chips alike).
 CHUNKED_BUFFER_BYTES = 4 << 20  # bytes of chips drawn together (at least one chip)
@@ -173,15 +182,11 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
     acc = Accumulator(runs)
     if cfg.sliced_mvm:  # the layers compute from each chip's device levels: only program_chip_ keeps those
         path = "loop"
+    fit = None  # chips per block on the stacked path, when known
     if path == "auto":
-        # measured on CPU (benchmarks/results/eval_cpu.txt, one thread, process clock): "chunked" is
-        # as fast as "loop" for VGG-8 (0.98-1.11x clean inference against 0.96-1.15x) and faster for
-        # small models, whose cost is per chip, not per image (MLP 64-128-64-10 on 360 images: 2.8x
-        # against 4.3x), while vmap costs 1.4-3.5x; on CUDA, batching the runs fills the device.
-        if device.type == "cuda" and stacked_works(model, sampler, batches[0][0]):
-            path = "stacked"
-        else:
-            path = "chunked"
+        path, fit = auto_path(model, sampler, batches, device)
+    elif path == "stacked" and not (sigma == 0 and not cfg.chip_effects and not cfg.read_sigma):
+        check_stacked(model, sampler, batches)
 
     from tqdm.auto import tqdm
 
@@ -216,12 +221,8 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
         else:
             stacked = path == "stacked"
             if chunk_runs is None:
-                per_run = sampler.weight_bytes()
-                budget = DEFAULT_MEMORY_BUDGET if stacked else CHUNKED_BUFFER_BYTES
-                if stacked:  # activations of every run of the chunk are alive together
-                    widest = max(int(y.numel()) for _, y in batches)
-                    per_run += widest * activation_bytes_per_image(model, batches[0][0])
-                chunk_runs = max(1, min(runs, budget // max(per_run, 1)))
+                chunk_runs = min(runs, (fit or stacked_chips(model, sampler, batches, device)) if stacked
+                                 else max(1, CHUNKED_BUFFER_BYTES // max(sampler.weight_bytes(), 1)))
             chunk_runs = min(chunk_runs, runs)
             bufs = sampler.alloc(chunk_runs)  # [chunk, *W.shape] per layer, reused for every chunk
             with torch.no_grad(), variation_disabled(model):
@@ -229,10 +230,8 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
                     chunk = list(range(start, min(start + chunk_runs, runs)))
                     sampler.fill(bufs, chunk, seed, sigma)
                     if stacked:
-                        views = [b[: len(chunk)] for b in bufs]  # [k, *W.shape]
-                        for x, y in batches:
-                            weights = sampler.read_stacked(views) if cfg.read_sigma else views  # read noise per batch
-                            acc.add(chunk, stacked_forward(model, sampler.names, weights, x), y)  # [k, B, classes]
+                        stacked_forwards(model, sampler.names, [b[: len(chunk)] for b in bufs], chunk, batches, acc,
+                                         sampler.read_stacked if cfg.read_sigma else None)
                     else:
                         chunked_forwards(model, sampler.names, bufs, chunk, batches, acc,
                                          (lambda i: sampler.read(bufs, i)) if cfg.read_sigma else None)

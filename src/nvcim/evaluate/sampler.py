@@ -161,21 +161,30 @@ class ChipSampler:
         return [torch.empty((runs, *w.shape), dtype=w.dtype, device=self.device) for w in self.w_d]  # [R, *W.shape]
 
     def fill(self, bufs: list[torch.Tensor], runs: Sequence[int], seed: int, sigma: float) -> None:
-        """bufs[l][i] := W_p of layer l in run runs[i]."""
+        """bufs[l][i] := W_p of layer l in run runs[i].
+
+        Gaussian draws on CPU without write-verify land in the buffers, and W_d + z · c σ s is then taken for the
+        whole block in one pass per layer (element by element the arithmetic of `nvcim.core.device.draw`, which
+        a small model's chips notice: ~10 µs of per-call cost per chip and layer saved).
+        """
         on_cpu = self.draw_device == self.device  # draws land directly in the buffers
         if not on_cpu and self._scratch is None:
             self._scratch = [torch.empty_like(p.w_d) for p in self.prepared]  # [*W.shape] CPU
         verify = any(v is not None for v in self.verified)
         steps = [prep.scale * (self.cfg.c * sigma) for prep in self.prepared]  # [] c σ s per layer, for every chip
+        fast = sigma != 0 and self.fast
+        block = fast and on_cpu and not verify  # z for every chip first, then one addcmul per layer
         for i, (r, value) in enumerate(zip(runs, run_seeds(seed, runs))):
             gen = run_generator(seed, r, self.device, value)
             firsts = []  # [*W.shape] per layer, on the draw device
             for l, (buf, prep) in enumerate(zip(bufs, self.prepared)):
-                if sigma == 0 or not self.fast:
+                if not fast:
                     firsts.append(dm.draw(prep, self.cfg, sigma, gen))  # [*W.shape]
                     continue
                 out = buf[i] if on_cpu else self._scratch[l]  # [*W.shape]
                 rng.normal_(out, generator=gen)  # z
+                if block:
+                    continue
                 if self.weight_std[l] is not None:
                     out.mul_(self.weight_std[l])
                 torch.addcmul(prep.w_d, out, steps[l], out=out)  # W_d + z · c σ s
@@ -183,11 +192,17 @@ class ChipSampler:
             if verify:  # write-verify: every layer's second draw after all first ones, as draw_chip makes them
                 firsts = [w_p if ver is None else dm.write_verified(prep, self.cfg, w_p, ver[0], sigma, ver[1], gen)
                           for w_p, prep, ver in zip(firsts, self.prepared, self.verified)]
-            for buf, w_p in zip(bufs, firsts):
+            for buf, w_p in zip(bufs, firsts):  # (none in a block: the draws are in the buffers already)
                 if w_p.data_ptr() != buf[i].data_ptr():
                     buf[i].copy_(w_p)
-            if self.cfg.read_sigma:
+            if self.cfg.read_sigma:  # seeded after all of the chip's draws, as program_chip_ seeds them
                 self.read_gens[i] = dm.read_generators(gen, len(self.prepared))
+        if block:
+            for l, (buf, prep) in enumerate(zip(bufs, self.prepared)):
+                z = buf[: len(runs)]  # [k, *W.shape]
+                if self.weight_std[l] is not None:
+                    z.mul_(self.weight_std[l])
+                torch.addcmul(prep.w_d, z, steps[l], out=z)  # W_d + z · c σ s, every chip of the block
 
     def read(self, bufs: list[torch.Tensor], i: int) -> list[torch.Tensor]:
         """One read (one forward's worth of read noise) of chip i of the chunk: [*W.shape] per tensor."""

@@ -1,0 +1,74 @@
+"""Which Monte Carlo path scores the chips (nvcim.evaluate.montecarlo): the "auto" choice and the stacked block size.
+
+    path, fit = auto_path(model, sampler, batches, device)   # ("stacked", chips per block) or ("chunked", None)
+    stacked_chips(model, sampler, batches, device)           # chips per block within the memory budget
+    check_stacked(model, sampler, batches)                   # path="stacked" asked for: ValueError if it cannot
+
+The choice depends on the model's structure and sizes only, never on a timing, so the same call always takes the
+same path (and gives the same numbers).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from nvcim.evaluate.forward import STACKED_CPU_SLICE, activation_bytes_per_image, stacked_problem
+from nvcim.evaluate.sampler import ChipSampler
+from nvcim.layers.noise import noisy_parameters
+
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes for stacked weights + activations of one chunk (CUDA)
+# "stacked" on CPU (STACKED_CPU_SLICE images per forward): a block's activations beyond a few MB leave the
+# caches, and fewer chips per block pay the per-block costs (fill, scoring) more often: MLP 64-128-64-10, 1 thread,
+# 200 chips x 360 images, 16 / 32 / 64 / 113 chips per block: see benchmarks/results/eval_cpu.txt
+STACKED_CPU_BYTES = 16 << 20  # bytes for stacked weights + activations of one block on CPU (MLP: 28 chips)
+STACKED_MIN_CHIPS = 8  # "auto" takes "stacked" on CPU only when the budget holds this many chips per block
+
+
+def stacked_chips(model: nn.Module, sampler: ChipSampler, batches, device: torch.device) -> int:
+    """Chips per block on the "stacked" path: their weights and the activations of one batch of every chip fit the
+    memory budget (DEFAULT_MEMORY_BUDGET on CUDA, STACKED_CPU_BYTES on CPU); at least one."""
+    widest = max(int(y.numel()) for _, y in batches)  # images per forward (on CPU at most STACKED_CPU_SLICE)
+    if device.type == "cpu":
+        widest = min(widest, STACKED_CPU_SLICE)
+    per_chip = sampler.weight_bytes() + widest * activation_bytes_per_image(model, batches[0][0])
+    budget = STACKED_CPU_BYTES if device.type == "cpu" else DEFAULT_MEMORY_BUDGET
+    return max(1, budget // max(per_chip, 1))
+
+
+def batches_chips_well(model: nn.Module) -> bool:
+    """Whether "stacked" can beat "chunked" on CPU for this model: every noisy tensor is the weight of an nn.Linear
+    (a block of chips then meets a shared input in one GEMM and a per-chip one in one batched GEMM,
+    `nvcim.evaluate.batching`). One CPU thread, benchmarks/results/eval_cpu.txt: MLP 64-128-64-10, 360 images,
+    stacked ~1.5-1.7x clean inference, chunked ~1.9-2.0x; a convolution under vmap is a grouped convolution,
+    slower on CPU than one chip's (VGG-8: stacked 1.1-1.4x clean, chunked 0.8-1.2x)."""
+    params = noisy_parameters(model)
+    return bool(params) and all(isinstance(p.module, nn.Linear) and p.attr == "weight" for p in params)
+
+
+def auto_path(model, sampler: ChipSampler, batches, device: torch.device) -> tuple[str, int | None]:
+    """(path, chips per block if "stacked"): the fastest path that computes the chips as their own forwards do.
+    "stacked" on CUDA (batching the chips fills the device) and on CPU for models of linear layers
+    (`batches_chips_well`) when at least STACKED_MIN_CHIPS fit the memory budget and vmap has a batching rule
+    for every op, provided the stacked forward gives the chips' own logits (`stacked_problem`; else
+    "chunked", with a warning on CUDA); "chunked" otherwise. A choice by the model's structure, never by a
+    timing: the same call always takes the same path."""
+    fit = None
+    if device.type == "cpu" and batches_chips_well(model):
+        fit = stacked_chips(model, sampler, batches, device)
+    if device.type == "cuda" or (fit or 0) >= STACKED_MIN_CHIPS:
+        problem = stacked_problem(model, sampler, batches[0][0], fast=device.type == "cpu")
+        if problem is None:
+            return "stacked", fit
+        if device.type == "cuda":
+            warnings.warn(f"nvcim: stacked Monte Carlo path unavailable ({problem}); using 'chunked'")
+    return "chunked", None
+
+
+def check_stacked(model, sampler: ChipSampler, batches) -> None:
+    """path="stacked" asked for: a ValueError when vmap cannot evaluate the model chip by chip (never other logits)."""
+    problem = stacked_problem(model, sampler, batches[0][0])
+    if problem is not None:
+        raise ValueError(f"path='stacked' cannot evaluate this model ({problem}): use path='chunked' or 'auto'")
