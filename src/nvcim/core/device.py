@@ -14,15 +14,21 @@ Reads like the hardware (SPEC §2, paper Eq. 2-3), one step per function:
 Negative weights live on a second crossbar mapped the same way, so only |W| is sliced. A weight of
 exactly 0 is stored on the positive crossbar (sign := +1): its devices sit at level 0 and still vary.
 
-For Gaussian variation the sum over devices is exactly N(0, (c σ s)^2), so `program` then draws one
-value per weight (the fast path); other kinds draw one value per device.
+For a variation kind with Gaussian device errors (`fast_path_exact`: "gaussian", "weight_band",
+"level_dependent") the sum over devices is exactly N(0, (c σ s m)^2) with m = `fast_weight_std`, so `program`
+then draws one value per weight (the fast path); other kinds draw one value per device. (Since issue #18
+point 5 "level_dependent" takes the fast path under sampling "auto": other values than its per-device draws
+before, same distribution; sampling="device" gives the per-device draws.)
 
-Chip effects (SPEC §8; on when cfg.stuck_at or cfg.drift_time is set) take the per-device path with the
-devices' conductances g_j = ḡ_j + Δg_j. Per tensor the draws are, in this order: Δg (the variation kind;
-drawn at σ = 0 too, so that the chips of a σ grid share their faults), one uniform per device for the
-faults (u < p0: stuck at 0; u >= 1 - p1: stuck at 2^K - 1; so the faults of smaller rates are a subset of
-those of larger ones), one ν per device for drift (ν = max(0, ν_μ + ν_σ z); g(t) = g (t/t0)^(-ν)). A stuck
-device neither varies nor drifts. W_p = sign(W) s/(2^M-1) Σ_j g_j 2^{jK} (or W + sign(W) s/(2^M-1)
+Chip effects (SPEC §8; on when cfg.stuck_at or cfg.drift_time is set): under sampling "auto" with such a kind
+they are drawn per weight too, exactly in distribution (`nvcim.core.effects`: one normal per weight, faults
+drawn sparsely, one ν per device for drift; since issue #18 point 5, other values than before). Otherwise
+(sampling="device", or another kind; the reference the per-weight draws are tested against) they take the
+per-device path with the devices' conductances g_j = ḡ_j + Δg_j. Per tensor its draws are, in this order: Δg
+(the variation kind; drawn at σ = 0 too, so that the chips of a σ grid share their faults), one uniform per
+device for the faults (u < p0: stuck at 0; u >= 1 - p1: stuck at 2^K - 1; so the faults of smaller rates are a
+subset of those of larger ones), one ν per device for drift (ν = max(0, ν_μ + ν_σ z); g(t) = g (t/t0)^(-ν)). A
+stuck device neither varies nor drifts. W_p = sign(W) s/(2^M-1) Σ_j g_j 2^{jK} (or W + sign(W) s/(2^M-1)
 Σ_j (g_j - ḡ_j) 2^{jK} without quantization). Drift compensation multiplies W_p(t) by one scalar per
 tensor, mean|W_p(t0) X| / mean|W_p(t) X| (aihwkit's GlobalDriftCompensation: reference read at t0 right
 after programming, readout at t), with X the fixed calibration input `calibration_input` and W reshaped
@@ -31,8 +37,9 @@ drift exponents from its second draw, which has the same distribution.
 
 With the ADC simulation on (cfg.adc_bits / input_bits, nvcim.core.adc) a chip is kept as its devices'
 levels, `ChipLevels` (g_j after variation, faults and drift; the drift compensation scalar as a gain on
-the layer's output): `draw_levels` takes exactly the draws of `draw` (so `chip_weight` of it is draw's W_p
-up to float rounding), and `read_levels` adds read noise per device, N(0, (σ_r (2^K-1))^2) on every g_j.
+the layer's output): `draw_levels` always draws per device, exactly the draws of `draw` under
+sampling="device" (so `chip_weight` of it is that W_p up to float rounding), and `read_levels` adds read
+noise per device, N(0, (σ_r (2^K-1))^2) on every g_j.
 
 Read noise (cfg.read_sigma) is not part of the chip: `read` adds it to W_p at every forward, from one
 generator per noisy tensor and chip (`read_generators`), so that every Monte Carlo path draws the same
@@ -54,7 +61,7 @@ from typing import NamedTuple
 
 import torch
 
-from nvcim.core import rng
+from nvcim.core import effects, rng
 from nvcim.core.config import DRIFT_T0, DeviceConfig
 from nvcim.core.variation import VARIATIONS, Variation
 
@@ -229,17 +236,40 @@ def draw(
     sigma = cfg.sigma if sigma is None else float(sigma)
     w_d = prepared.w_d
     if cfg.chip_effects:
+        if effects_per_weight(cfg):
+            return _draw_effects_per_weight(prepared, cfg, sigma, generator)
         return _draw_devices(prepared, cfg, sigma, generator)
     if sigma == 0:
         return w_d.clone()
     if cfg.use_fast_path:  # one fused pass after the draw: W_d + z · c σ s
         z = rng.randn(w_d.shape, generator=generator, device=w_d.device, dtype=w_d.dtype)  # [*shape]
-        mult = weight_std(prepared, cfg)  # [*shape] or None
+        mult = fast_weight_std(prepared, cfg)  # [*shape] or None
         if mult is not None:
             z.mul_(mult)
         return torch.addcmul(w_d, z, prepared.scale * (cfg.c * sigma), out=z)
     summed = _device_sum(prepared, cfg, sigma, generator)  # [*shape] Σ_j Δg_j 2^{jK}
     return torch.addcmul(w_d, summed, _signed_step(prepared, cfg), out=summed)
+
+
+def effects_per_weight(cfg: DeviceConfig) -> bool:
+    """True when `draw` takes stuck-at faults and drift per weight (nvcim.core.effects): sampling "auto" and a
+    variation kind with Gaussian device errors. sampling="device" keeps the per-device draws (`_draw_devices`)."""
+    return cfg.sampling == "auto" and VARIATIONS[cfg.variation].fast_path_exact
+
+
+def _draw_effects_per_weight(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator) -> torch.Tensor:
+    """W_p with stuck-at faults and / or drift, drawn per weight (nvcim.core.effects), compensated if asked."""
+    per_device = device_std(prepared, cfg)
+    if per_device is not None:  # (f, scale, Σ_j 4^{jK} (f_j scale)^2): the last once per prepared weight, float64
+        factor, scale = per_device
+        per_device = (factor, scale, derived_value(prepared, ("device_units", cfg), lambda: torch.tensordot(
+            place_values(cfg, torch.float64, factor.device).square(), (factor.double() * scale.double()).square(),
+            dims=([0], [0]))))
+    w_t0, w_t = effects.draw(prepared.w_d, prepared.levels, device_targets(prepared, cfg), _signed_step(prepared, cfg),
+                             weight_std(prepared, cfg), per_device, cfg, sigma, generator)
+    if w_t0 is not None:
+        w_t.mul_(drift_compensation_scale(w_t0, w_t))
+    return w_t
 
 
 def _conductances(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator):
@@ -338,6 +368,34 @@ def weight_std(prepared: PreparedWeight, cfg: DeviceConfig) -> torch.Tensor | No
     if type(kind).weight_std is Variation.weight_std:  # the base class's: no factor (and no config to hash)
         return None
     return derived_value(prepared, ("weight_std", cfg), lambda: kind.weight_std(prepared, cfg))
+
+
+def device_std(prepared: PreparedWeight, cfg: DeviceConfig) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The variation kind's per-device std factor (`Variation.device_std`): (f [M/K, *shape], scale []) or None."""
+    kind = VARIATIONS[cfg.variation]
+    if not kind.needs_levels:
+        return None
+    targets = device_targets(prepared, cfg)
+    state = derived_value(prepared, ("level_state", cfg), lambda: kind.level_state(targets, cfg))
+    return kind.device_std(state, cfg)
+
+
+def fast_weight_std(prepared: PreparedWeight, cfg: DeviceConfig) -> torch.Tensor | None:
+    """[*shape] std factor of the one-draw-per-weight path (or None: 1), computed once per prepared weight:
+    weight_std · sqrt(Σ_j 4^{jK} f_j^2 / Σ_j 4^{jK}) with f the per-device factors (`device_std`), so that
+    c σ s times it is the exact std of Σ_j 2^{jK} Δg_j in weight units."""
+    per_weight, per_device = weight_std(prepared, cfg), device_std(prepared, cfg)
+    if per_device is None:
+        return per_weight
+
+    def make() -> torch.Tensor:
+        factor, scale = per_device
+        place2 = place_values(cfg, torch.float64, factor.device).square()  # [M/K]
+        mean_sq = torch.tensordot(place2, factor.double().square(), dims=([0], [0])).div_(place2.sum())  # [*shape]
+        out = mean_sq.sqrt_().mul_(scale.double()).to(prepared.w.dtype)
+        return out if per_weight is None else out.mul_(per_weight)
+
+    return derived_value(prepared, ("fast_weight_std", cfg), make)
 
 
 def ideal_levels(w: torch.Tensor, cfg: DeviceConfig) -> ChipLevels:

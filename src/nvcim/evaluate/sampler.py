@@ -32,7 +32,6 @@ from torch import nn
 from nvcim.core import device as dm
 from nvcim.core import rng
 from nvcim.core.config import DeviceConfig
-from nvcim.core.variation import VARIATIONS
 from nvcim.layers.noise import noisy_parameters
 
 
@@ -149,8 +148,8 @@ class ChipSampler:
             self.verified.append(None if ctrl.verified is None
                                  else (ctrl.verified.to(self.draw_device), ctrl.residual_sigma))
         self.fast = cfg.use_fast_path
-        kind = VARIATIONS[cfg.variation]  # a per-weight std factor (e.g. "weight_band"), as in `dm.draw`
-        self.weight_std = [kind.weight_std(prep, cfg) if self.fast else None for prep in self.prepared]
+        # a per-weight std factor (e.g. "weight_band", "level_dependent"), as in `dm.draw`
+        self.weight_std = [dm.fast_weight_std(prep, cfg) if self.fast else None for prep in self.prepared]
         self.read_gens: dict[int, list[torch.Generator]] = {}  # chunk index -> read generator per tensor
         self._scratch: list[torch.Tensor] | None = None  # CPU staging buffers when device is not CPU
 
