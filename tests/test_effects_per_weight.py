@@ -111,8 +111,8 @@ def test_compensated_drift_draws_the_joint_law_of_both_times():
     prep = dm.prepare(w, cfg)
     ed, _ = drift_moments(cfg.drift_time, cfg.drift_nu)
     g = gen(3)
-    pairs = [effects.draw(prep.w_d, prep.levels, dm.device_targets(prep, cfg), dm.crossbar_sign(w) / 255, None, None,
-                          cfg, cfg.sigma, g) for _ in range(10)]
+    pairs = [effects.draw(prep.w_d, prep.levels, dm.crossbar_sign(w) / 255, None, None, None, cfg, cfg.sigma, g)
+             for _ in range(10)]
     x0 = torch.stack([stored(a, w, cfg) for a, _ in pairs]).double()  # [10, n]
     xt = torch.stack([stored(b, w, cfg) for _, b in pairs]).double()
     p0, p1 = cfg.stuck_at

@@ -168,20 +168,7 @@ def derived_value(prepared: PreparedWeight, key: tuple, make):
 def device_targets(prepared: PreparedWeight, cfg: DeviceConfig) -> torch.Tensor:
     """[M/K, *shape] ḡ = slice_levels(q) in W's dtype, computed once per prepared weight (shared: read only)."""
     key = ("targets", cfg.weight_bits, cfg.device_bits)
-    return derived_value(prepared, key, lambda: _float_slices(prepared.levels, cfg))
-
-
-def _float_slices(levels: torch.Tensor, cfg: DeviceConfig) -> torch.Tensor:
-    """`slice_levels` in the levels' floating dtype without int64 tensors (~8x faster): ḡ_j = r_j - 2^K r_{j+1},
-    r_j = floor(q / 2^{jK}); exact, as q holds integers below 2^M and dividing by a power of 2 is exact."""
-    out = levels.new_empty((cfg.devices_per_weight, *levels.shape))  # [M/K, *shape]
-    rest, base = levels, float(1 << cfg.device_bits)
-    for j in range(cfg.devices_per_weight - 1):
-        high = torch.div(rest, base, rounding_mode="floor")  # [*shape] r_{j+1}
-        torch.sub(rest, high, alpha=base, out=out[j])
-        rest = high
-    out[-1].copy_(rest)
-    return out
+    return derived_value(prepared, key, lambda: effects.float_slices(prepared.levels, cfg))
 
 
 def prepare(w: torch.Tensor, cfg: DeviceConfig) -> PreparedWeight:
@@ -259,14 +246,8 @@ def effects_per_weight(cfg: DeviceConfig) -> bool:
 
 def _draw_effects_per_weight(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator) -> torch.Tensor:
     """W_p with stuck-at faults and / or drift, drawn per weight (nvcim.core.effects), compensated if asked."""
-    per_device = device_std(prepared, cfg)
-    if per_device is not None:  # (f, scale, Σ_j 4^{jK} (f_j scale)^2): the last once per prepared weight, float64
-        factor, scale = per_device
-        per_device = (factor, scale, derived_value(prepared, ("device_units", cfg), lambda: torch.tensordot(
-            place_values(cfg, torch.float64, factor.device).square(), (factor.double() * scale.double()).square(),
-            dims=([0], [0]))))
-    w_t0, w_t = effects.draw(prepared.w_d, prepared.levels, device_targets(prepared, cfg), _signed_step(prepared, cfg),
-                             weight_std(prepared, cfg), per_device, cfg, sigma, generator)
+    w_t0, w_t = effects.draw(prepared.w_d, prepared.levels, _signed_step(prepared, cfg), weight_std(prepared, cfg),
+                             level_table(prepared, cfg), weight_units(prepared, cfg), cfg, sigma, generator)
     if w_t0 is not None:
         w_t.mul_(drift_compensation_scale(w_t0, w_t))
     return w_t
@@ -370,29 +351,42 @@ def weight_std(prepared: PreparedWeight, cfg: DeviceConfig) -> torch.Tensor | No
     return derived_value(prepared, ("weight_std", cfg), lambda: kind.weight_std(prepared, cfg))
 
 
-def device_std(prepared: PreparedWeight, cfg: DeviceConfig) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The variation kind's per-device std factor (`Variation.device_std`): (f [M/K, *shape], scale []) or None."""
+def magnitude_index(prepared: PreparedWeight) -> torch.Tensor:
+    """[n] int32: the magnitudes q as integers, flat (for lookups by q), computed once per prepared weight."""
+    return derived_value(prepared, ("magnitude_index",), lambda: prepared.levels.reshape(-1).to(torch.int32))
+
+
+def level_table(prepared: PreparedWeight, cfg: DeviceConfig) -> torch.Tensor | None:
+    """[2^K] float64 std factor per device level of the variation kind (`Variation.level_std`) or None, given how
+    many of the tensor's devices target each level; computed once per prepared weight."""
     kind = VARIATIONS[cfg.variation]
-    if not kind.needs_levels:
+    if type(kind).level_std is Variation.level_std:
         return None
-    targets = device_targets(prepared, cfg)
-    state = derived_value(prepared, ("level_state", cfg), lambda: kind.level_state(targets, cfg))
-    return kind.device_std(state, cfg)
+    return derived_value(prepared, ("level_table", cfg), lambda: kind.level_std(
+        effects.level_counts(magnitude_index(prepared), cfg), cfg))
+
+
+def weight_units(prepared: PreparedWeight, cfg: DeviceConfig) -> torch.Tensor | None:
+    """[*shape] float64 Σ_j 4^{jK} f[ḡ_j]^2 with f = `level_table` (None without one), once per prepared weight."""
+    table = level_table(prepared, cfg)
+    if table is None:
+        return None
+    return derived_value(prepared, ("weight_units", cfg), lambda: effects.magnitude_units(table, cfg).index_select(
+        0, magnitude_index(prepared)).view(prepared.levels.shape))
 
 
 def fast_weight_std(prepared: PreparedWeight, cfg: DeviceConfig) -> torch.Tensor | None:
     """[*shape] std factor of the one-draw-per-weight path (or None: 1), computed once per prepared weight:
-    weight_std · sqrt(Σ_j 4^{jK} f_j^2 / Σ_j 4^{jK}) with f the per-device factors (`device_std`), so that
+    weight_std · sqrt(Σ_j 4^{jK} f[ḡ_j]^2 / Σ_j 4^{jK}) with f the per-level factors (`level_table`), so that
     c σ s times it is the exact std of Σ_j 2^{jK} Δg_j in weight units."""
-    per_weight, per_device = weight_std(prepared, cfg), device_std(prepared, cfg)
-    if per_device is None:
+    per_weight, table = weight_std(prepared, cfg), level_table(prepared, cfg)
+    if table is None:
         return per_weight
 
     def make() -> torch.Tensor:
-        factor, scale = per_device
-        place2 = place_values(cfg, torch.float64, factor.device).square()  # [M/K]
-        mean_sq = torch.tensordot(place2, factor.double().square(), dims=([0], [0])).div_(place2.sum())  # [*shape]
-        out = mean_sq.sqrt_().mul_(scale.double()).to(prepared.w.dtype)
+        place2 = sum(4.0 ** (j * cfg.device_bits) for j in range(cfg.devices_per_weight))
+        per_q = effects.magnitude_units(table, cfg).div_(place2).sqrt_().to(prepared.w.dtype)  # [2^M]
+        out = per_q.index_select(0, magnitude_index(prepared)).view(prepared.levels.shape)
         return out if per_weight is None else out.mul_(per_weight)
 
     return derived_value(prepared, ("fast_weight_std", cfg), make)
@@ -455,13 +449,18 @@ def read_generators(generator: torch.Generator | None, count: int) -> list[torch
     return [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
 
 
-def read(w_p: torch.Tensor, scale: torch.Tensor, cfg: DeviceConfig, generator: torch.Generator | None) -> torch.Tensor:
+def read(w_p: torch.Tensor, scale: torch.Tensor, cfg: DeviceConfig, generator: torch.Generator | None,
+         out: torch.Tensor | None = None) -> torch.Tensor:
     """One read of programmed weights W_p [*shape] (of a tensor with s = `scale`): W_p + z c σ_r s, z ~ N(0, 1)
     per weight (exact: each device adds N(0, (σ_r (2^K-1))^2)). Drawn where the generator lives, added on
-    W_p's device; a new tensor."""
+    W_p's device; a new tensor, or `out` (a tensor like W_p, not W_p itself, reused by Monte Carlo so that a
+    read allocates nothing; the same values)."""
     where = generator.device if generator is not None else w_p.device
-    z = rng.randn(w_p.shape, generator=generator, device=where, dtype=w_p.dtype).to(w_p.device)  # [*shape]
     keep_grad = w_p.requires_grad and torch.is_grad_enabled()  # out= would refuse a differentiable result
+    if out is not None and where == w_p.device and not keep_grad:
+        z = rng.normal_(out, generator=generator)  # [*shape]
+    else:
+        z = rng.randn(w_p.shape, generator=generator, device=where, dtype=w_p.dtype).to(w_p.device)  # [*shape]
     return torch.addcmul(w_p, z, scale.to(w_p.device) * (cfg.c * cfg.read_sigma), out=None if keep_grad else z)
 
 

@@ -81,31 +81,65 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def draw(w_d: torch.Tensor, levels: torch.Tensor, targets: torch.Tensor, signed_step: torch.Tensor,
-         weight_factor: torch.Tensor | None, device_factor: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
-         cfg: DeviceConfig, sigma: float, generator) -> tuple[torch.Tensor | None, torch.Tensor]:
+def float_slices(levels: torch.Tensor, cfg: DeviceConfig) -> torch.Tensor:
+    """The device levels ḡ [M/K, *shape] of magnitudes q, in q's floating dtype, without int64 tensors (~8x faster
+    than `device.slice_levels`): ḡ_j = r_j - 2^K r_{j+1}, r_j = floor(q / 2^{jK}); exact, as q holds integers
+    below 2^M and dividing by a power of 2 is exact."""
+    out = levels.new_empty((cfg.devices_per_weight, *levels.shape))  # [M/K, *shape]
+    rest, base = levels, float(1 << cfg.device_bits)
+    for j in range(cfg.devices_per_weight - 1):
+        high = torch.mul(rest, 1.0 / base).floor_()  # [*shape] r_{j+1} (times a power of 2: exact)
+        torch.sub(rest, high, alpha=base, out=out[j])
+        rest = high
+    out[-1].copy_(rest)
+    return out
+
+
+def _per_magnitude(cfg: DeviceConfig) -> torch.Tensor:
+    """[M/K, 2^M] float64: the device levels of every magnitude q = 0 .. 2^M - 1."""
+    return float_slices(torch.arange(cfg.weight_levels + 1, dtype=torch.float64), cfg)
+
+
+def level_counts(index: torch.Tensor, cfg: DeviceConfig) -> torch.Tensor:
+    """[2^K] float64: how many devices of weights with magnitudes q target each level, from `index` (q as
+    integers, flat): its histogram, one pass over the weights."""
+    hist = torch.bincount(index, minlength=cfg.weight_levels + 1).double().cpu()  # [2^M]
+    counts = torch.zeros(cfg.device_levels + 1, dtype=torch.float64)
+    for row in _per_magnitude(cfg):
+        counts.index_add_(0, row.to(torch.int64), hist)
+    return counts.to(index.device)
+
+
+def magnitude_units(table: torch.Tensor, cfg: DeviceConfig) -> torch.Tensor:
+    """[2^M] float64 Σ_j 4^{jK} table[ḡ_j]^2 of each magnitude q, for a std factor per level `table` [2^K]: the
+    variance of a weight's device sum in units of one factor-1 device's (looked up by q)."""
+    digits = _per_magnitude(cfg).to(torch.int64)  # [M/K, 2^M]
+    place2 = torch.tensor([4.0 ** (j * cfg.device_bits) for j in range(cfg.devices_per_weight)], dtype=torch.float64)
+    return (place2 @ table.double().cpu().square()[digits]).to(table.device)  # [2^M]
+
+
+def draw(w_d: torch.Tensor, levels: torch.Tensor, signed_step: torch.Tensor, weight_factor: torch.Tensor | None,
+         level_factor: torch.Tensor | None, units: torch.Tensor | None, cfg: DeviceConfig, sigma: float,
+         generator) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(W(t0) or None, W(t)) of one chip: W(t0) only with drift compensation (W(t) is W at t0 without drift).
 
-    w_d [*shape] W_d (W itself without quantization), levels q [*shape], targets ḡ [D, *shape] (contiguous),
-    signed_step [*shape] sign(W) s/(2^M-1); the variation kind's std factors: weight_factor [*shape] or None,
-    device_factor (f [D, *shape], scale [], Σ_j 4^{jK} (f_j scale)^2 [*shape] float64) or None: device j of
-    weight w varies with std σ (2^K-1) weight_factor[w] f[j, w] scale.
+    w_d [*shape] W_d (W itself without quantization), levels q [*shape], signed_step [*shape] sign(W) s/(2^M-1);
+    the variation kind's std factors: weight_factor [*shape] or None, level_factor [2^K] float64 or None (device
+    j of weight w varies with std σ (2^K-1) weight_factor[w] level_factor[ḡ_j]), and with the latter `units`
+    [*shape] float64, Σ_j 4^{jK} level_factor[ḡ_j]^2 (`nvcim.core.device.weight_units`).
     """
     n, d = w_d.numel(), cfg.devices_per_weight
     dtype, where = w_d.dtype, w_d.device
     q, step_all, base = levels.reshape(-1), signed_step.reshape(-1), w_d.reshape(-1)
-    tg, tg_flat = targets.reshape(d, n), targets.reshape(-1)
     wf = None if weight_factor is None else weight_factor.reshape(-1)
-    if device_factor is None:
-        df = df_scale = units = None
-    else:
-        df, df_scale, units = device_factor[0].reshape(-1), float(device_factor[1]), device_factor[2].reshape(-1)
+    lf2 = None if level_factor is None else level_factor.square()  # [2^K] float64
+    units = None if units is None else units.reshape(-1)
     place = torch.tensor([float(1 << (j * cfg.device_bits)) for j in range(d)], dtype=dtype, device=where)  # [D]
     place2 = place.double().square()  # [D]
     sd_unit = sigma * cfg.device_levels  # std of Δg of a device with std factor 1, level units
     p0, p1 = cfg.stuck_at
     faulty, drift, comp = bool(p0 or p1), cfg.drift_time is not None, cfg.drift_compensation
-    top = float(cfg.device_levels)
+    top, base_k = float(cfg.device_levels), float(1 << cfg.device_bits)
     out_t = torch.empty(n, dtype=dtype, device=where)
     out_0 = torch.empty(n, dtype=dtype, device=where) if drift and comp else None
 
@@ -113,32 +147,34 @@ def draw(w_d: torch.Tensor, levels: torch.Tensor, targets: torch.Tensor, signed_
         c = b - a
         z1 = torch.empty(c, dtype=dtype, device=where).normal_(generator=gen)  # [C]
         x = q[a:b].clone() if cfg.quantize else torch.zeros(c, dtype=dtype, device=where)  # [C] Σ 2^{jK} ℓ_j (- q)
-        units_all = float(place2.sum()) if units is None else units[a:b]  # Σ_j 4^{jK} (f_j scale)^2
+        units_all = float(place2.sum()) if units is None else units[a:b]  # Σ_j 4^{jK} level_factor[ḡ_j]^2
         sites = None
         if faulty:
             pos, low, high = fault_sites(d * c, p0, p1, gen, where)
             if pos.numel():
                 hit = low.logical_or_(high).to(dtype)  # [k] 1 for a stuck candidate
                 bounds = torch.arange(c, d * c, c, device=where)  # [D-1] first device of slices 1..D-1
-                counts = torch.diff(torch.searchsorted(pos, bounds), prepend=pos.new_zeros(1), append=pos.new_full((1,), pos.numel()))
+                counts = torch.diff(torch.searchsorted(pos, bounds), prepend=pos.new_zeros(1),
+                                    append=pos.new_full((1,), pos.numel()))
                 j = torch.repeat_interleave(torch.arange(d, device=where), counts)  # [k] slice (pos is sorted)
                 w = pos - j * c  # [k] weight in the chunk
-                flat = pos + j * (n - c) + a  # [k] index into the tensor's devices [D, n]
                 sites = (pos, hit)
-                x.index_add_(0, w, (high.to(dtype) * top - tg_flat.index_select(0, flat)).mul_(place.index_select(0, j)).mul_(hit))
-                u = place2.index_select(0, j)  # [k] 4^{jK} (f_j scale)^2 of the stuck devices
-                if df is not None:
-                    u = u * (df.index_select(0, flat).double() * df_scale).square()
+                pl = place.index_select(0, j)  # [k] 2^{jK}
+                gbar = torch.div(q[a:b].index_select(0, w), pl, rounding_mode="floor").remainder_(base_k)  # [k] ḡ_j
+                x.index_add_(0, w, (high.to(dtype) * top - gbar).mul_(pl).mul_(hit))
+                u = place2.index_select(0, j)  # [k] 4^{jK} level_factor[ḡ_j]^2 of the stuck devices
+                if lf2 is not None:
+                    u = u * lf2.index_select(0, gbar.to(torch.int64))
                 removed = torch.zeros(c, dtype=torch.float64, device=where).index_add_(0, w, u.mul_(hit.double()))
                 units_all = (-removed).add_(units_all).clamp_(min=0)  # exact for integer units: 0 when all are stuck
                 if units is not None:  # other units: all devices stuck means exactly no variation left
                     count = torch.zeros(c, dtype=dtype, device=where).index_add_(0, w, hit)
                     units_all.masked_fill_(count == d, 0.0)
-        sd = torch.sqrt(torch.as_tensor(units_all, device=where).to(dtype)).mul_(sd_unit)  # [C] or [] std of A (never in place on `units`)
+        sd = torch.sqrt(torch.as_tensor(units_all, device=where).to(dtype)).mul_(sd_unit)  # [C] or [] std of A
         if wf is not None:
             sd = sd * wf[a:b]
         step = step_all[a:b]
-        first = z1.mul_(step.sign()).mul_(sd)  # [C] A (sign(W) z1 ~ N(0, 1): W_p = W_d + z1 (...) as on the fast path)
+        first = z1.mul_(step.sign()).mul_(sd)  # [C] A
         x_0 = x.add_(first)  # [C] X(t0)
         if drift:
             nu = torch.empty(d, c, dtype=dtype, device=where).normal_(generator=gen)  # [D, C]
@@ -160,14 +196,15 @@ def draw(w_d: torch.Tensor, levels: torch.Tensor, targets: torch.Tensor, signed_
     def _drift_change(a, b, nu, z2, first, sites) -> torch.Tensor:
         """[C] X(t) - X(t0) = Σ_j 2^{jK} ℓ_j e_j + (d̄ - 1) A + sqrt(Σ'_j 4^{jK} v_j (e_j - (d̄ - 1))^2) z2, e_j = d_j - 1
         (0 for a stuck device, which neither drifts nor varies); exactly 0 at t = t0. The variances as
-        v_j = p_j (σ (2^K-1) weight_factor)^2, p_j = 4^{jK} (f_j scale)^2 (0 when stuck)."""
+        v_j = p_j (σ (2^K-1) weight_factor)^2, p_j = 4^{jK} level_factor[ḡ_j]^2 (0 when stuck)."""
         c = b - a
         mean, std = cfg.drift_nu
         k = -math.log(cfg.drift_time / DRIFT_T0)
         e = nu.mul_(k * std).add_(k * mean).clamp_(max=0).expm1_()  # [D, C] d_j - 1 = (t/t0)^(-max(0, ν)) - 1
-        p = place2.to(dtype)  # [D], or [D, C] when it differs between weights
-        if df is not None:
-            p = (df.view(d, n)[:, a:b] * df_scale).square_().mul_(p.view(d, 1))
+        tg = float_slices(q[a:b], cfg)  # [D, C] ḡ
+        p = place2.to(dtype)  # [D], or [D, C] when it differs between devices
+        if lf2 is not None:
+            p = lf2.to(dtype).index_select(0, tg.view(-1).to(torch.int64)).view(d, c).mul_(p.view(d, 1))
         if sites is not None:  # stuck devices: e = 0, p = 0
             pos, hit = sites
             keep = 1.0 - hit
@@ -175,7 +212,7 @@ def draw(w_d: torch.Tensor, levels: torch.Tensor, targets: torch.Tensor, signed_
             for t in (e, p):
                 flat = t.view(-1)
                 flat.index_copy_(0, pos, flat.index_select(0, pos).mul_(keep))
-        change = place @ (tg[:, a:b] * e)  # [C] Σ_j 2^{jK} ℓ_j e_j
+        change = place @ tg.mul_(e)  # [C] Σ_j 2^{jK} ℓ_j e_j
         if p.dim() == 1:
             s00, s01 = p.sum().expand(c), p @ e  # [C]
         else:

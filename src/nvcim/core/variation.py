@@ -9,8 +9,8 @@ kind is one class plus `@register_variation`:
         def sample(self, levels, sigma, cfg, generator): ...   # -> Δg, same shape as levels
 
 `fast_path_exact = True` declares that every device's Δg_j is Gaussian, N(0, (σ (2^K - 1) m f_j)^2) with
-m = `weight_std(prepared, cfg)` (1 unless a kind scales whole weights) and f_j = `device_std(state, cfg)` (1
-unless the std depends on the device's level), independently. Then Σ_j Δg_j 2^{jK} is exactly
+m = `weight_std(prepared, cfg)` (1 unless a kind scales whole weights) and f_j = `level_std(counts, cfg)`[ḡ_j]
+(1 unless the std depends on the device's target level), independently. Then Σ_j Δg_j 2^{jK} is exactly
 N(0, (c σ s m m_f)^2) in weight units, m_f^2 = Σ_j 4^{jK} f_j^2 / Σ_j 4^{jK}, so one draw per weight can replace
 M/K draws per weight (`nvcim.core.device.fast_weight_std`), and faults and drift can be drawn per weight too
 (`nvcim.core.effects`).
@@ -72,10 +72,10 @@ class Variation:
         `nvcim.core.device.PreparedWeight`. Applied on both sampling paths by `nvcim.core.device`."""
         return None
 
-    def device_std(self, state: Any, cfg: "DeviceConfig") -> tuple[torch.Tensor, torch.Tensor] | None:
-        """For a `fast_path_exact` kind whose device std depends on the device (`needs_levels`): (f [M/K, *shape],
-        scale []) with device j of weight w drawn at std σ (2^K - 1) f[j, w] scale (times `weight_std`), from
-        `level_state`'s value; None (the default): every device of a weight alike."""
+    def level_std(self, counts: torch.Tensor, cfg: "DeviceConfig") -> torch.Tensor | None:
+        """For a `fast_path_exact` kind whose device std depends on the device's target level: the std factor of
+        each level [2^K] (device at level l: std σ (2^K - 1) f[l], times `weight_std`), given `counts` [2^K], how
+        many of the tensor's devices target each level. None (the default): every device of a weight alike."""
         return None
 
     def level_state(self, levels: torch.Tensor, cfg: "DeviceConfig") -> Any:
@@ -156,7 +156,7 @@ class LevelDependent(Variation):
     tensor at its target level, so the mean device variance of each tensor stays σ^2 (σ stays comparable
     with the Gaussian kind), and a level no device targets does not enter. If every device sits at a level
     with multiplier 0 nothing varies. Gaussian per device, so one draw per weight is exact (`fast_path_exact`,
-    with `device_std`; since issue #18 point 5 sampling="auto" draws it so: other values than the per-device
+    with `level_std`; since issue #18 point 5 sampling="auto" draws it so: other values than the per-device
     draws of sampling="device", same distribution).
     """
 
@@ -185,8 +185,11 @@ class LevelDependent(Variation):
         mean_sq = m.square().mean() if m.numel() else m.new_ones(())
         return m, torch.where(mean_sq > 0, torch.rsqrt(mean_sq), torch.zeros_like(mean_sq))
 
-    def device_std(self, state, cfg):
-        return state  # (m, 1 / sqrt(mean m^2))
+    def level_std(self, counts, cfg):
+        table = torch.tensor(self.option(cfg, "multipliers"), dtype=torch.float64, device=counts.device)  # [2^K]
+        total = counts.sum()
+        mean_sq = (counts * table.square()).sum() / total if total > 0 else table.new_ones(())
+        return table * torch.where(mean_sq > 0, torch.rsqrt(mean_sq), torch.zeros_like(mean_sq))
 
     def sample(self, levels, sigma, cfg, generator, state=None):
         m, norm = self.level_state(levels, cfg) if state is None else state

@@ -235,7 +235,7 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
                             acc.add(chunk, stacked_forward(model, sampler.names, weights, x), y)  # [k, B, classes]
                     else:
                         chunked_forwards(model, sampler.names, bufs, chunk, batches, acc,
-                                         (lambda i: sampler.read(bufs, i)) if cfg.read_sigma else None)
+                                         (lambda i: sampler.read(bufs, i, reuse=True)) if cfg.read_sigma else None)
                     bar.update(len(chunk))
     finally:
         bar.close()
