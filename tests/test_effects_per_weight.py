@@ -213,3 +213,24 @@ def test_level_dependent_fast_std_is_the_slow_sum_over_devices():
     assert torch.allclose(dm.fast_weight_std(prep, cfg).flatten().double(), torch.tensor(slow, dtype=torch.float64),
                           rtol=1e-6)
     assert cfg.use_fast_path and not cfg.replace(sampling="device").use_fast_path
+
+
+def test_the_coverage_check_reads_no_read_noise(monkeypatch):
+    """The self-check's forwards (one per noisy tensor) skip read noise, which changes no tensor's reach; the
+    controllers keep their config afterwards."""
+    import nvcim
+    from nvcim.layers.coverage import check_coverage
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    cfg = DeviceConfig(sigma=0.1, read_sigma=0.05)
+    nvcim.apply_variation_(model, cfg)
+    reads = []
+    real = dm.read
+    monkeypatch.setattr(dm, "read", lambda *a, **k: reads.append(1) or real(*a, **k))
+    with torch.no_grad():
+        assert check_coverage(model, torch.rand(2, 6)) == ["0.weight", "2.weight"]
+        assert not reads
+        nvcim.program_chip_(model, seed=0)
+        model(torch.rand(2, 6))
+    assert len(reads) == 2 and all(p.control.cfg == cfg for p in nvcim.noisy_parameters(model))
