@@ -53,12 +53,12 @@ def fault_sites(count: int, p0: float, p1: float, generator, device) -> tuple[to
     if rate == 1.0:
         marks = torch.rand(count, generator=generator, device=device)  # [count]
     else:
-        log_keep, parts, start = math.log1p(-rate), [], 0
+        log_keep, parts, start = math.log1p(-rate), [], 0  # gap = floor(log(1 - u) / log(1 - P)): P(gap >= g) = (1 - P)^g
         while start < count:
             left = count - start
             k = int(math.ceil(left * rate + 6.0 * math.sqrt(left * rate * (1.0 - rate)) + 16))
             u = torch.rand(k, generator=generator, device=device)  # [k]
-            steps = torch.div(torch.log1p(u.neg_()), log_keep, rounding_mode="floor").add_(1.0)  # geometric gap + 1
+            steps = torch.log1p(u.neg_()).mul_(1.0 / log_keep).floor_().add_(1.0)  # geometric gap + 1
             pos = steps.to(torch.int64).cumsum_(0).add_(start - 1)  # [k] candidate positions
             parts.append(pos)
             start = int(pos[-1]) + 1
@@ -157,11 +157,13 @@ def draw(w_d: torch.Tensor, levels: torch.Tensor, signed_step: torch.Tensor, wei
                 counts = torch.diff(torch.searchsorted(pos, bounds), prepend=pos.new_zeros(1),
                                     append=pos.new_full((1,), pos.numel()))
                 j = torch.repeat_interleave(torch.arange(d, device=where), counts)  # [k] slice (pos is sorted)
-                w = pos - j * c  # [k] weight in the chunk
-                sites = (pos, hit)
+                offsets = torch.repeat_interleave(torch.arange(0, d * c, c, device=where), counts)  # [k] j c
+                w = pos.sub_(offsets)  # [k] weight in the chunk
+                sites = (w.add(offsets), hit)
                 pl = place.index_select(0, j)  # [k] 2^{jK}
-                gbar = torch.div(q[a:b].index_select(0, w), pl, rounding_mode="floor").remainder_(base_k)  # [k] ḡ_j
-                x.index_add_(0, w, (high.to(dtype) * top - gbar).mul_(pl).mul_(hit))
+                qw = q[a:b].index_select(0, w).div_(pl)  # [k] q / 2^{jK} (exact)
+                gbar = qw.floor().sub_(qw.mul_(1.0 / base_k).floor_(), alpha=base_k)  # [k] ḡ_j = r_j - 2^K r_{j+1}
+                x.index_add_(0, w, torch.where(high, top - gbar, gbar.neg()).mul_(pl).mul_(hit))
                 u = place2.index_select(0, j)  # [k] 4^{jK} level_factor[ḡ_j]^2 of the stuck devices
                 if lf2 is not None:
                     u = u * lf2.index_select(0, gbar.to(torch.int64))
