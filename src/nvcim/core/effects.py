@@ -23,14 +23,18 @@ draws, in this order:
               seed (z1 is drawn at σ = 0 too);
   faults      sparse: candidate devices form a Bernoulli(P) process over the chunk's D·C devices (device j of
               weight w is number j·C + w), drawn as geometric gaps floor(log(1 - u) / log(1 - P)) from 24-bit
-              uniforms u, then one uniform mark m per candidate: stuck at 0 when m < p0/P, at 2^K - 1 when
+              uniforms u (a gap above ~124 devices, probability (7/8)^125 = 6e-8, is cut: the same resolution
+              as the 24-bit marks), then one uniform mark m per candidate: stuck at 0 when m < p0/P, at 2^K - 1 when
               m >= 1 - p1/P. P = CANDIDATE_RATE = 1/8 when p0 + p1 <= 1/8, else P = 1 (every device a candidate,
               gaps not drawn). So each device is stuck at 0 with rate p0 and at 2^K - 1 with rate p1,
               independently; the faults of smaller rates are a subset of those of larger ones when both configs
               lie on the same side of p0 + p1 = 1/8; σ and drift do not move them;
   ν [D, C]    drift exponents, ν = max(0, ν_μ + ν_σ N(0, 1)) (drift only);
   z2 [C]      drift only, last: with and without compensation the drifted weights are the same.
-Pure tensor functions: `nvcim.core.device` passes in what it derived from the prepared weight.
+Pure tensor functions: `nvcim.core.device` passes in what it derived from the prepared weight, once per weight
+tensor: the level statistics of level-dependent variation (`level_counts`, `magnitude_units`) come from the
+histogram of the magnitudes q and lookups by q, never from [M/K, n] tensors; the device targets ḡ
+(`float_slices`) are computed per chunk where needed.
 """
 
 from __future__ import annotations
