@@ -8,13 +8,19 @@ For each VGG-8 width, times `monte_carlo_evaluate` (path "auto", no baseline pas
   rram4-level     DeviceConfig.preset("rram4-level"): per-device level-dependent variation
   read noise      read_sigma=0.02 (redrawn every forward)
   ADC             adc_bits=8, tile_rows=128, M/K = 8/2 = 4 slices (Monte Carlo uses the loop path)
-each as a ratio of clean inference of the same images x chips (timed interleaved in the same run), beside
+each as a ratio of clean inference of the same images x chips (timed interleaved in the same run; its forwards
+take 128 images at a time on CPU as Monte Carlo's do, `nvcim.evaluate.forward.sliced`), beside
 the goals of issue #18: stuck-at, drift, level-dependent <= 1.15; read noise <= 1.3; ADC <= 6. All
 effects use sigma --sigma on top of the effect. The ADC rows use their own (smaller) images x chips and
 their own clean reference. A second ratio leaves out the coverage self-check that every
-`monte_carlo_evaluate` call runs once (nvcim.layers.coverage: one forward of 16 images per noisy tensor
-plus one, 9 for VGG-8), timed by wrapping it: a fixed cost per call that long evaluations amortise, but
-not these short ones (144 image-forwards beside 2048 at 1/4 width, 256 at full width).
+`monte_carlo_evaluate` call runs once (nvcim.layers.coverage), timed by wrapping it: a fixed cost per call
+that long evaluations amortise, but not these short ones. A third column gives the extra cost per chip in
+clean image-forwards, (ratio - 1) x images per chip (coverage check included): a chip's draws cost the same
+whatever the number of images, so the ratio at n images per chip is 1 + that / n.
+
+Both widths use 256 images per chip by default (as bench_eval.py's 1/4-width row; a real evaluation
+scores a whole test split per chip, 1000 images for MNIST-5k, 10 000 for CIFAR-10). Until issue #18
+point 5 the full-width row used 2 chips x 128 images, where even the plain Gaussian reference missed 1.15.
 
     python benchmarks/bench_effects.py --threads 1 --clock process     # 1/4 and full width, a few minutes on 2 cores
     python benchmarks/bench_effects.py --models 0.25 --runs 16 --images 1024 --device cuda
@@ -29,8 +35,18 @@ import torch
 
 import nvcim
 import nvcim.evaluate.montecarlo as mc_module
-from bench_eval import add_run_arguments, clean, make_vgg8, setup_run, timed  # the sibling script (benchmarks/ is on sys.path when run)
+from bench_eval import add_run_arguments, make_vgg8, setup_run, timed  # the sibling script (benchmarks/ is on sys.path when run)
 from nvcim.evaluate import monte_carlo_evaluate
+from nvcim.evaluate.forward import sliced
+
+
+def clean(model: torch.nn.Module, x: torch.Tensor, runs: int, batch_size: int) -> None:
+    """Clean inference of `runs` passes over x, batch by batch, each forward as Monte Carlo makes it on CPU
+    (`nvcim.evaluate.forward.sliced`: 128 images at a time, which page-faults less than 256)."""
+    with torch.no_grad():
+        for _ in range(runs):
+            for i in range(0, x.shape[0], batch_size):
+                sliced(model, x[i : i + batch_size])  # [B, classes]
 
 
 class CheckTimer:
@@ -71,7 +87,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="0.25,1.0", help="comma-separated VGG-8 width multipliers (default 0.25,1.0)")
     p.add_argument("--runs", default="8,2", help="Monte Carlo chips per model, comma-separated (default 8,2)")
-    p.add_argument("--images", default="256,128", help="test images per model, comma-separated (default 256,128)")
+    p.add_argument("--images", default="256,256", help="test images per model, comma-separated (default 256,256)")
     p.add_argument("--adc-runs", default="2,1", help="chips per model for the ADC row (default 2,1)")
     p.add_argument("--adc-images", default="128,64", help="images per model for the ADC row (default 128,64)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward (default 256)")
@@ -115,15 +131,17 @@ def main() -> None:
                 if t < times[k]:
                     times[k], checks[k] = t, check.total - before
         print(f"\nVGG-8 width {width:g}: {runs} chips x {images} images (ADC: {adc_runs} chips x {adc_images} images)")
-        print(f"  {'':30s} {'time':>8s}  {'÷ clean':>8s}  {'w/o check':>9s}  goal")
+        print(f"  {'':30s} {'time':>8s}  {'÷ clean':>8s}  {'w/o check':>9s}  {'extra/chip':>10s}  goal")
         for name, t in times.items():
             if name.startswith("clean"):
                 print(f"  {name:30s} {t:7.2f}s")
                 continue
             cfg, goal = configs[name]
             ref = times["clean (ADC size)"] if cfg.sliced_mvm else times["clean"]
+            per_chip = adc_images if cfg.sliced_mvm else images
             verdict = "" if math.isnan(goal) else f"<= {goal:g}  {'met' if t / ref <= goal else 'MISSED'}"
-            print(f"  {name:30s} {t:7.2f}s  {t / ref:8.3f}  {(t - checks[name]) / ref:9.3f}  {verdict}")
+            print(f"  {name:30s} {t:7.2f}s  {t / ref:8.3f}  {(t - checks[name]) / ref:9.3f}  "
+                  f"{(t / ref - 1) * per_chip:8.1f} im  {verdict}")
 
 
 if __name__ == "__main__":

@@ -171,7 +171,7 @@ def test_drift_at_t0_is_the_identity():
         plain = dm.program(w, base, gen())
         for comp in (False, True):
             drifted = dm.program(w, base.replace(drift_time=DRIFT_T0, drift_compensation=comp), gen())
-            if base.chip_effects:  # same per-device path: the ν are drawn after, and (t/t0)^(-ν) = 1
+            if base.chip_effects:  # same per-weight path: the ν are drawn after, and (t/t0)^(-ν) - 1 = 0 exactly
                 assert torch.equal(drifted, plain)
             else:
                 assert torch.allclose(drifted, plain, rtol=0, atol=1e-6)
@@ -230,7 +230,7 @@ def test_monte_carlo_paths_agree_bit_for_bit_with_each_effect(name):
     x = torch.randn(40, 1, 4, 4, generator=gen(1))
     with torch.no_grad():
         y = m.eval()(x).argmax(1)
-    kw = dict(runs=5, seed=3, baselines=False, batch_size=20)
+    kw = dict(runs=12, seed=3, baselines=False, batch_size=20)  # 12: under "all" the first 5 chips all score 40 / 40
     ref = monte_carlo_evaluate(m, (x, y), cfg, path="loop", **kw)
     assert len(set(ref.per_run_correct)) > 1  # the effect matters
     for path, chunk_runs in (("chunked", None), ("chunked", 2), ("stacked", 3)):

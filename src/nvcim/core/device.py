@@ -14,15 +14,21 @@ Reads like the hardware (SPEC §2, paper Eq. 2-3), one step per function:
 Negative weights live on a second crossbar mapped the same way, so only |W| is sliced. A weight of
 exactly 0 is stored on the positive crossbar (sign := +1): its devices sit at level 0 and still vary.
 
-For Gaussian variation the sum over devices is exactly N(0, (c σ s)^2), so `program` then draws one
-value per weight (the fast path); other kinds draw one value per device.
+For a variation kind with Gaussian device errors (`fast_path_exact`: "gaussian", "weight_band",
+"level_dependent") the sum over devices is exactly N(0, (c σ s m)^2) with m = `fast_weight_std`, so `program`
+then draws one value per weight (the fast path); other kinds draw one value per device. (Since issue #18
+point 5 "level_dependent" takes the fast path under sampling "auto": other values than its per-device draws
+before, same distribution; sampling="device" gives the per-device draws.)
 
-Chip effects (SPEC §8; on when cfg.stuck_at or cfg.drift_time is set) take the per-device path with the
-devices' conductances g_j = ḡ_j + Δg_j. Per tensor the draws are, in this order: Δg (the variation kind;
-drawn at σ = 0 too, so that the chips of a σ grid share their faults), one uniform per device for the
-faults (u < p0: stuck at 0; u >= 1 - p1: stuck at 2^K - 1; so the faults of smaller rates are a subset of
-those of larger ones), one ν per device for drift (ν = max(0, ν_μ + ν_σ z); g(t) = g (t/t0)^(-ν)). A stuck
-device neither varies nor drifts. W_p = sign(W) s/(2^M-1) Σ_j g_j 2^{jK} (or W + sign(W) s/(2^M-1)
+Chip effects (SPEC §8; on when cfg.stuck_at or cfg.drift_time is set): under sampling "auto" with such a kind
+they are drawn per weight too, exactly in distribution (`nvcim.core.effects`: one normal per weight, faults
+drawn sparsely, one ν per device for drift; since issue #18 point 5, other values than before). Otherwise
+(sampling="device", or another kind; the reference the per-weight draws are tested against) they take the
+per-device path with the devices' conductances g_j = ḡ_j + Δg_j. Per tensor its draws are, in this order: Δg
+(the variation kind; drawn at σ = 0 too, so that the chips of a σ grid share their faults), one uniform per
+device for the faults (u < p0: stuck at 0; u >= 1 - p1: stuck at 2^K - 1; so the faults of smaller rates are a
+subset of those of larger ones), one ν per device for drift (ν = max(0, ν_μ + ν_σ z); g(t) = g (t/t0)^(-ν)). A
+stuck device neither varies nor drifts. W_p = sign(W) s/(2^M-1) Σ_j g_j 2^{jK} (or W + sign(W) s/(2^M-1)
 Σ_j (g_j - ḡ_j) 2^{jK} without quantization). Drift compensation multiplies W_p(t) by one scalar per
 tensor, mean|W_p(t0) X| / mean|W_p(t) X| (aihwkit's GlobalDriftCompensation: reference read at t0 right
 after programming, readout at t), with X the fixed calibration input `calibration_input` and W reshaped
@@ -31,8 +37,9 @@ drift exponents from its second draw, which has the same distribution.
 
 With the ADC simulation on (cfg.adc_bits / input_bits, nvcim.core.adc) a chip is kept as its devices'
 levels, `ChipLevels` (g_j after variation, faults and drift; the drift compensation scalar as a gain on
-the layer's output): `draw_levels` takes exactly the draws of `draw` (so `chip_weight` of it is draw's W_p
-up to float rounding), and `read_levels` adds read noise per device, N(0, (σ_r (2^K-1))^2) on every g_j.
+the layer's output): `draw_levels` always draws per device, exactly the draws of `draw` under
+sampling="device" (so `chip_weight` of it is that W_p up to float rounding), and `read_levels` adds read
+noise per device, N(0, (σ_r (2^K-1))^2) on every g_j.
 
 Read noise (cfg.read_sigma) is not part of the chip: `read` adds it to W_p at every forward, from one
 generator per noisy tensor and chip (`read_generators`), so that every Monte Carlo path draws the same
@@ -54,7 +61,7 @@ from typing import NamedTuple
 
 import torch
 
-from nvcim.core import rng
+from nvcim.core import effects, rng
 from nvcim.core.config import DRIFT_T0, DeviceConfig
 from nvcim.core.variation import VARIATIONS, Variation
 
@@ -161,20 +168,7 @@ def derived_value(prepared: PreparedWeight, key: tuple, make):
 def device_targets(prepared: PreparedWeight, cfg: DeviceConfig) -> torch.Tensor:
     """[M/K, *shape] ḡ = slice_levels(q) in W's dtype, computed once per prepared weight (shared: read only)."""
     key = ("targets", cfg.weight_bits, cfg.device_bits)
-    return derived_value(prepared, key, lambda: _float_slices(prepared.levels, cfg))
-
-
-def _float_slices(levels: torch.Tensor, cfg: DeviceConfig) -> torch.Tensor:
-    """`slice_levels` in the levels' floating dtype without int64 tensors (~8x faster): ḡ_j = r_j - 2^K r_{j+1},
-    r_j = floor(q / 2^{jK}); exact, as q holds integers below 2^M and dividing by a power of 2 is exact."""
-    out = levels.new_empty((cfg.devices_per_weight, *levels.shape))  # [M/K, *shape]
-    rest, base = levels, float(1 << cfg.device_bits)
-    for j in range(cfg.devices_per_weight - 1):
-        high = torch.div(rest, base, rounding_mode="floor")  # [*shape] r_{j+1}
-        torch.sub(rest, high, alpha=base, out=out[j])
-        rest = high
-    out[-1].copy_(rest)
-    return out
+    return derived_value(prepared, key, lambda: effects.float_slices(prepared.levels, cfg))
 
 
 def prepare(w: torch.Tensor, cfg: DeviceConfig) -> PreparedWeight:
@@ -229,17 +223,34 @@ def draw(
     sigma = cfg.sigma if sigma is None else float(sigma)
     w_d = prepared.w_d
     if cfg.chip_effects:
+        if effects_per_weight(cfg):
+            return _draw_effects_per_weight(prepared, cfg, sigma, generator)
         return _draw_devices(prepared, cfg, sigma, generator)
     if sigma == 0:
         return w_d.clone()
     if cfg.use_fast_path:  # one fused pass after the draw: W_d + z · c σ s
         z = rng.randn(w_d.shape, generator=generator, device=w_d.device, dtype=w_d.dtype)  # [*shape]
-        mult = weight_std(prepared, cfg)  # [*shape] or None
+        mult = fast_weight_std(prepared, cfg)  # [*shape] or None
         if mult is not None:
             z.mul_(mult)
         return torch.addcmul(w_d, z, prepared.scale * (cfg.c * sigma), out=z)
     summed = _device_sum(prepared, cfg, sigma, generator)  # [*shape] Σ_j Δg_j 2^{jK}
     return torch.addcmul(w_d, summed, _signed_step(prepared, cfg), out=summed)
+
+
+def effects_per_weight(cfg: DeviceConfig) -> bool:
+    """True when `draw` takes stuck-at faults and drift per weight (nvcim.core.effects): sampling "auto" and a
+    variation kind with Gaussian device errors. sampling="device" keeps the per-device draws (`_draw_devices`)."""
+    return cfg.sampling == "auto" and VARIATIONS[cfg.variation].fast_path_exact
+
+
+def _draw_effects_per_weight(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator) -> torch.Tensor:
+    """W_p with stuck-at faults and / or drift, drawn per weight (nvcim.core.effects), compensated if asked."""
+    w_t0, w_t = effects.draw(prepared.w_d, prepared.levels, _signed_step(prepared, cfg), weight_std(prepared, cfg),
+                             level_table(prepared, cfg), weight_units(prepared, cfg), cfg, sigma, generator)
+    if w_t0 is not None:
+        w_t.mul_(drift_compensation_scale(w_t0, w_t))
+    return w_t
 
 
 def _conductances(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator):
@@ -340,6 +351,47 @@ def weight_std(prepared: PreparedWeight, cfg: DeviceConfig) -> torch.Tensor | No
     return derived_value(prepared, ("weight_std", cfg), lambda: kind.weight_std(prepared, cfg))
 
 
+def magnitude_index(prepared: PreparedWeight) -> torch.Tensor:
+    """[n] int32: the magnitudes q as integers, flat (for lookups by q), computed once per prepared weight."""
+    return derived_value(prepared, ("magnitude_index",), lambda: prepared.levels.reshape(-1).to(torch.int32))
+
+
+def level_table(prepared: PreparedWeight, cfg: DeviceConfig) -> torch.Tensor | None:
+    """[2^K] float64 std factor per device level of the variation kind (`Variation.level_std`) or None, given how
+    many of the tensor's devices target each level; computed once per prepared weight."""
+    kind = VARIATIONS[cfg.variation]
+    if type(kind).level_std is Variation.level_std:
+        return None
+    return derived_value(prepared, ("level_table", cfg), lambda: kind.level_std(
+        effects.level_counts(magnitude_index(prepared), cfg), cfg))
+
+
+def weight_units(prepared: PreparedWeight, cfg: DeviceConfig) -> torch.Tensor | None:
+    """[*shape] float64 Σ_j 4^{jK} f[ḡ_j]^2 with f = `level_table` (None without one), once per prepared weight."""
+    table = level_table(prepared, cfg)
+    if table is None:
+        return None
+    return derived_value(prepared, ("weight_units", cfg), lambda: effects.magnitude_units(table, cfg).index_select(
+        0, magnitude_index(prepared)).view(prepared.levels.shape))
+
+
+def fast_weight_std(prepared: PreparedWeight, cfg: DeviceConfig) -> torch.Tensor | None:
+    """[*shape] std factor of the one-draw-per-weight path (or None: 1), computed once per prepared weight:
+    weight_std · sqrt(Σ_j 4^{jK} f[ḡ_j]^2 / Σ_j 4^{jK}) with f the per-level factors (`level_table`), so that
+    c σ s times it is the exact std of Σ_j 2^{jK} Δg_j in weight units."""
+    per_weight, table = weight_std(prepared, cfg), level_table(prepared, cfg)
+    if table is None:
+        return per_weight
+
+    def make() -> torch.Tensor:
+        place2 = sum(4.0 ** (j * cfg.device_bits) for j in range(cfg.devices_per_weight))
+        per_q = effects.magnitude_units(table, cfg).div_(place2).sqrt_().to(prepared.w.dtype)  # [2^M]
+        out = per_q.index_select(0, magnitude_index(prepared)).view(prepared.levels.shape)
+        return out if per_weight is None else out.mul_(per_weight)
+
+    return derived_value(prepared, ("fast_weight_std", cfg), make)
+
+
 def ideal_levels(w: torch.Tensor, cfg: DeviceConfig) -> ChipLevels:
     """The devices of a chip holding exactly the weights `w` (quantized, no variation): e.g. a W_p given as a tensor."""
     return draw_levels(prepare(w, cfg), cfg.replace(stuck_at=(0.0, 0.0), drift_time=None, drift_compensation=False), 0.0)
@@ -397,13 +449,18 @@ def read_generators(generator: torch.Generator | None, count: int) -> list[torch
     return [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
 
 
-def read(w_p: torch.Tensor, scale: torch.Tensor, cfg: DeviceConfig, generator: torch.Generator | None) -> torch.Tensor:
+def read(w_p: torch.Tensor, scale: torch.Tensor, cfg: DeviceConfig, generator: torch.Generator | None,
+         out: torch.Tensor | None = None) -> torch.Tensor:
     """One read of programmed weights W_p [*shape] (of a tensor with s = `scale`): W_p + z c σ_r s, z ~ N(0, 1)
     per weight (exact: each device adds N(0, (σ_r (2^K-1))^2)). Drawn where the generator lives, added on
-    W_p's device; a new tensor."""
+    W_p's device; a new tensor, or `out` (a tensor like W_p, not W_p itself, reused by Monte Carlo so that a
+    read allocates nothing; the same values)."""
     where = generator.device if generator is not None else w_p.device
-    z = rng.randn(w_p.shape, generator=generator, device=where, dtype=w_p.dtype).to(w_p.device)  # [*shape]
     keep_grad = w_p.requires_grad and torch.is_grad_enabled()  # out= would refuse a differentiable result
+    if out is not None and where == w_p.device and not keep_grad:
+        z = rng.normal_(out, generator=generator)  # [*shape]
+    else:
+        z = rng.randn(w_p.shape, generator=generator, device=where, dtype=w_p.dtype).to(w_p.device)  # [*shape]
     return torch.addcmul(w_p, z, scale.to(w_p.device) * (cfg.c * cfg.read_sigma), out=None if keep_grad else z)
 
 

@@ -72,6 +72,29 @@ def _fill(out: torch.Tensor, generator: torch.Generator | None, draw) -> torch.T
     return out
 
 
+def map_chunks(count: int, generator: torch.Generator | None, work) -> None:
+    """work(start, stop, gen) for the chunks [start, stop) of BLOCK consecutive items of `count`, each with its own
+    generator: the caller's generator itself for a single chunk (count <= BLOCK), else one CPU generator per
+    chunk seeded like `normal_`'s blocks (one `torch.randint` call on the caller's generator), the chunks on
+    torch's threads; a non-CPU generator (drawing in parallel anyway) does all items as one chunk. So a chunk drawing `normal_(out[start:stop], generator=gen)` first draws exactly the values
+    `normal_(out, generator=generator)` puts there. `work` must only write to its own chunk's outputs."""
+    if count <= BLOCK or (generator is not None and generator.device.type != "cpu"):
+        work(0, count, generator)
+        return
+    chunks = (count + BLOCK - 1) // BLOCK
+    seeds = torch.randint(0, 1 << 62, (chunks,), generator=generator).tolist()
+
+    def chunk(c: int) -> None:
+        work(c * BLOCK, min(count, (c + 1) * BLOCK), torch.Generator().manual_seed(seeds[c]))
+
+    workers = min(torch.get_num_threads(), chunks)
+    if workers <= 1 or threading.current_thread().name.startswith("nvcim-rng"):
+        for c in range(chunks):
+            chunk(c)
+    else:
+        list(_pool(workers).map(chunk, range(chunks)))
+
+
 def normal_(out: torch.Tensor, mean: float = 0.0, std: float = 1.0,
             generator: torch.Generator | None = None) -> torch.Tensor:
     """out ~ N(mean, std^2) in place (`Tensor.normal_`, block by block above BLOCK elements); returns out."""

@@ -8,9 +8,12 @@ kind is one class plus `@register_variation`:
     class MyKind(Variation):
         def sample(self, levels, sigma, cfg, generator): ...   # -> Δg, same shape as levels
 
-`fast_path_exact = True` declares that Σ_j Δg_j 2^{jK} is exactly N(0, (c σ s m)^2) in weight units, with
-m = `weight_std(prepared, cfg)` (1 unless a kind scales whole weights), so one draw per weight can replace
-M/K draws per weight.
+`fast_path_exact = True` declares that every device's Δg_j is Gaussian, N(0, (σ (2^K - 1) m f_j)^2) with
+m = `weight_std(prepared, cfg)` (1 unless a kind scales whole weights) and f_j = `level_std(counts, cfg)`[ḡ_j]
+(1 unless the std depends on the device's target level), independently. Then Σ_j Δg_j 2^{jK} is exactly
+N(0, (c σ s m m_f)^2) in weight units, m_f^2 = Σ_j 4^{jK} f_j^2 / Σ_j 4^{jK}, so one draw per weight can replace
+M/K draws per weight (`nvcim.core.device.fast_weight_std`), and faults and drift can be drawn per weight too
+(`nvcim.core.effects`).
 
 Kinds here: "gaussian" (paper Eq. 3), "right_censored_gaussian", "level_dependent" (σ per target level,
 SPEC §8) and "weight_band" (the authors' per-weight fold behind the device presets).
@@ -67,6 +70,12 @@ class Variation:
     def weight_std(self, prepared, cfg: "DeviceConfig") -> torch.Tensor | None:
         """[*W.shape] factor on the std of every device of each weight (None: 1 everywhere). `prepared` is a
         `nvcim.core.device.PreparedWeight`. Applied on both sampling paths by `nvcim.core.device`."""
+        return None
+
+    def level_std(self, counts: torch.Tensor, cfg: "DeviceConfig") -> torch.Tensor | None:
+        """For a `fast_path_exact` kind whose device std depends on the device's target level: the std factor of
+        each level [2^K] (device at level l: std σ (2^K - 1) f[l], times `weight_std`), given `counts` [2^K], how
+        many of the tensor's devices target each level. None (the default): every device of a weight alike."""
         return None
 
     def level_state(self, levels: torch.Tensor, cfg: "DeviceConfig") -> Any:
@@ -146,10 +155,13 @@ class LevelDependent(Variation):
     "Levels in use" is read as the tensor's devices: the mean of m^2 runs over every device of the weight
     tensor at its target level, so the mean device variance of each tensor stays σ^2 (σ stays comparable
     with the Gaussian kind), and a level no device targets does not enter. If every device sits at a level
-    with multiplier 0 nothing varies.
+    with multiplier 0 nothing varies. Gaussian per device, so one draw per weight is exact (`fast_path_exact`,
+    with `level_std`; since issue #18 point 5 sampling="auto" draws it so: other values than the per-device
+    draws of sampling="device", same distribution).
     """
 
     needs_levels = True
+    fast_path_exact = True
     options = {"multipliers": None}
 
     def validate_options(self, options):
@@ -172,6 +184,12 @@ class LevelDependent(Variation):
         m = table[levels.to(torch.int64)]  # [M/K, *shape]
         mean_sq = m.square().mean() if m.numel() else m.new_ones(())
         return m, torch.where(mean_sq > 0, torch.rsqrt(mean_sq), torch.zeros_like(mean_sq))
+
+    def level_std(self, counts, cfg):
+        table = torch.tensor(self.option(cfg, "multipliers"), dtype=torch.float64, device=counts.device)  # [2^K]
+        total = counts.sum()
+        mean_sq = (counts * table.square()).sum() / total if total > 0 else table.new_ones(())
+        return table * torch.where(mean_sq > 0, torch.rsqrt(mean_sq), torch.zeros_like(mean_sq))
 
     def sample(self, levels, sigma, cfg, generator, state=None):
         m, norm = self.level_state(levels, cfg) if state is None else state

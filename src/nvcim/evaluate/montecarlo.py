@@ -234,7 +234,7 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
                                          sampler.read_stacked if cfg.read_sigma else None)
                     else:
                         chunked_forwards(model, sampler.names, bufs, chunk, batches, acc,
-                                         (lambda i: sampler.read(bufs, i)) if cfg.read_sigma else None)
+                                         (lambda i: sampler.read(bufs, i, reuse=True)) if cfg.read_sigma else None)
                     bar.update(len(chunk))
     finally:
         bar.close()

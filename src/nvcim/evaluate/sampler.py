@@ -32,7 +32,6 @@ from torch import nn
 from nvcim.core import device as dm
 from nvcim.core import rng
 from nvcim.core.config import DeviceConfig
-from nvcim.core.variation import VARIATIONS
 from nvcim.layers.noise import noisy_parameters
 
 
@@ -149,10 +148,11 @@ class ChipSampler:
             self.verified.append(None if ctrl.verified is None
                                  else (ctrl.verified.to(self.draw_device), ctrl.residual_sigma))
         self.fast = cfg.use_fast_path
-        kind = VARIATIONS[cfg.variation]  # a per-weight std factor (e.g. "weight_band"), as in `dm.draw`
-        self.weight_std = [kind.weight_std(prep, cfg) if self.fast else None for prep in self.prepared]
+        # a per-weight std factor (e.g. "weight_band", "level_dependent"), as in `dm.draw`
+        self.weight_std = [dm.fast_weight_std(prep, cfg) if self.fast else None for prep in self.prepared]
         self.read_gens: dict[int, list[torch.Generator]] = {}  # chunk index -> read generator per tensor
         self._scratch: list[torch.Tensor] | None = None  # CPU staging buffers when device is not CPU
+        self._reads: list[torch.Tensor] | None = None  # `read(reuse=True)`'s buffers
 
     def weight_bytes(self) -> int:
         return sum(w.numel() * w.element_size() for w in self.w_d)
@@ -204,10 +204,14 @@ class ChipSampler:
                     z.mul_(self.weight_std[l])
                 torch.addcmul(prep.w_d, z, steps[l], out=z)  # W_d + z · c σ s, every chip of the block
 
-    def read(self, bufs: list[torch.Tensor], i: int) -> list[torch.Tensor]:
-        """One read (one forward's worth of read noise) of chip i of the chunk: [*W.shape] per tensor."""
-        return [dm.read(buf[i], prep.scale, self.cfg, gen)
-                for buf, prep, gen in zip(bufs, self.prepared, self.read_gens[i])]
+    def read(self, bufs: list[torch.Tensor], i: int, reuse: bool = False) -> list[torch.Tensor]:
+        """One read (one forward's worth of read noise) of chip i of the chunk: [*W.shape] per tensor. reuse: into
+        buffers of this sampler, overwritten by the next such read (for one forward at a time; same values)."""
+        if reuse and self._reads is None:
+            self._reads = [torch.empty_like(buf[0]) for buf in bufs]  # [*W.shape]
+        outs = self._reads if reuse else [None] * len(bufs)
+        return [dm.read(buf[i], prep.scale, self.cfg, gen, out=out)
+                for buf, prep, gen, out in zip(bufs, self.prepared, self.read_gens[i], outs)]
 
     def read_stacked(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
         """One read of each chip of views[l] [k, *W.shape] (chips 0..k-1 of the chunk): [k, *W.shape] per tensor."""

@@ -10,7 +10,9 @@ would evaluate the clean weights). `check_coverage` proves the opposite for ever
                                      (a warning if it was read: the activations after it are saturated)
 
 It runs in the model's current mode (train / eval, grad / no_grad), restores every buffer (BatchNorm
-statistics) and draws dropout masks from one seed for every forward, so only the chip differs.
+statistics) and draws dropout masks from one seed for every forward, so only the chip differs. Read noise
+(DeviceConfig.read_sigma) is off during the check: it moves no tensor's reach, and would cost one draw of
+every noisy tensor per forward.
 `monte_carlo_evaluate` runs it once, in eval mode under no_grad, on the first few images.
 """
 
@@ -87,7 +89,9 @@ def check_coverage(model: nn.Module, *inputs: Any, seed: int = 0, strict: bool =
         return out
 
     missing: list[tuple[str, bool]] = []  # (name, whether its controller was read)
-    per_tensor = {p.name: {"programmed": targets[p.name]} for p in params}
+    # read noise off (cfg.read_sigma = 0): it changes no tensor's reach and would draw every tensor afresh per forward
+    per_tensor = {p.name: {"programmed": targets[p.name]} if not p.control.cfg.read_sigma
+                  else {"programmed": targets[p.name], "cfg": p.control.cfg.replace(read_sigma=0.0)} for p in params}
     with overridden(model, per_tensor, enabled=True):  # (no forward hooks: they would switch fused paths off)
         base = forward()
         for p in params:
