@@ -53,10 +53,14 @@ def test_old_checkpoint_config_loads_into_todays_configs():
 
 
 def _legacy_mc(model, path):
+    threads = torch.get_num_threads()
     with torch.random.fork_rng():
         torch.set_num_threads(1)
-        cfg = TrainConfig.from_dict(read_checkpoint_config(LEGACY / "checkpoint")["train"]).device_cfg()
-        return monte_carlo_evaluate(model, _data(), cfg, runs=6, seed=3, path=path)
+        try:
+            cfg = TrainConfig.from_dict(read_checkpoint_config(LEGACY / "checkpoint")["train"]).device_cfg()
+            return monte_carlo_evaluate(model, _data(), cfg, runs=6, seed=3, path=path)
+        finally:
+            torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("path", ["loop", "chunked", "stacked"])
@@ -95,3 +99,22 @@ def test_old_sweep_directory_resumes_with_nothing_to_run_and_reports_the_same(tm
     old = list(csv.DictReader((LEGACY / "summary_old.csv").open()))
     assert new == old
     assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before  # nothing rewritten
+
+
+# Monte Carlo of the legacy model under device effects as main at 010f6f5 computed it (before the per-weight
+# draws of issue 18 point 5): sampling="device" keeps those per-device draws, so earlier device studies
+# (REPRODUCTION.md §4g) can be redrawn exactly. (per_run_correct, EKL) for runs=6, seed=3, σ 0.2, at torch's
+# default threads (2 there); EKL to 1e-6: the thread count moves float sums in the 8th digit.
+DEVICE_PATH_010F6F5 = {
+    "stuck": ({"stuck_at": (0.0175, 0.0904)}, [8, 5, 8, 8, 8, 8], 0.70359557463679),
+    "drift": ({"drift_time": 3600.0, "drift_nu": (0.05, 0.01), "drift_compensation": True}, [8] * 6, 1.1654824367889691),
+    "level": ({"variation": "level_dependent", "variation_options": {"multipliers": [1, 2, 2, 1]}}, [8, 4, 8, 8, 8, 8],
+              1.0616227038040968),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DEVICE_PATH_010F6F5))
+def test_per_device_sampling_keeps_the_earlier_draws(model, case):
+    kw, counts, ekl = DEVICE_PATH_010F6F5[case]
+    r = monte_carlo_evaluate(model, _data(), nvcim.DeviceConfig(sigma=0.2, sampling="device", **kw), runs=6, seed=3)
+    assert r.per_run_correct == counts and r.ekl == pytest.approx(ekl, rel=1e-6, abs=0)
