@@ -7,7 +7,7 @@ element-wise activations, Identity, Dropout in eval mode, no hooks) is run direc
 layers is either the images' own ([B, ...], before the first noisy layer) or the chips' ([k, B, ...]), and
   * a shared input times k stacked weights is ONE GEMM: x [.., in] @ [in, k*out] (bias in the GEMM), so the
     first noisy layer of k chips costs one large product instead of k small ones;
-  * a per-chip input times per-chip weights is one batched GEMM (baddbmm, bias included);
+  * a per-chip input times per-chip weights is one batched GEMM (bmm, then the bias added in place);
   * a per-chip input times a shared weight (a layer without variation) is one GEMM over all chips' rows;
   * element-wise layers and Flatten act on either (Flatten's dimensions shifted past the chip dimension).
 Any other model runs under vmap (each chip's forward through `torch.func.functional_call`) with every
@@ -67,12 +67,11 @@ def _chip_linear_vmap(info, in_dims, x, w, b):
     xs, ws, bs = _front(x, xd, k), _front(w, wd, k), _front(b, bd, k)  # [k, .., in], [k, out, in], [k, out]
     lead = xs.shape[1:-1]
     x3 = xs.reshape(k, -1, xs.shape[-1])  # [k, rows, in]
-    if bs is None:
-        y = torch.bmm(x3, ws.transpose(1, 2))  # [k, rows, out]
-    elif bd is None:
-        y = torch.baddbmm(b, x3, ws.transpose(1, 2))  # [k, rows, out]
-    else:
-        y = torch.baddbmm(bs.unsqueeze(1), x3, ws.transpose(1, 2))  # [k, rows, out]
+    # the bias added after the product: baddbmm with a broadcast bias cost ~30 % more than bmm + add_ (CPU, 1 thread,
+    # MLP 64-128-64-10: 0.051 s against 0.039 s for 28 chips x 360 images, clean inference 0.039 s)
+    y = torch.bmm(x3, ws.transpose(1, 2))  # [k, rows, out]
+    if bs is not None:
+        y.add_(b if bd is None else bs.unsqueeze(1))  # [out] or [k, 1, out] broadcast over the rows
     return y.view(k, *lead, ws.shape[1]), 0
 
 
