@@ -285,7 +285,7 @@ def score_chips(model: nn.Module, sampler: ChipSampler, data: tuple[torch.Tensor
                 exact = [b[j] for b in bufs]
 
                 def forward(xb, j=j, exact=exact):
-                    with slots.holding(sampler.read(bufs, j) if sampler.cfg.read_sigma else exact):
+                    with slots.holding(sampler.read(bufs, j, reuse=True) if sampler.cfg.read_sigma else exact):
                         return sliced(model, xb)  # [B, classes]
 
                 score(start + j, r, forward)
