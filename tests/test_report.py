@@ -325,6 +325,28 @@ def test_val_split_and_unquantized_results_are_arms_of_their_own(tmp_path):
     assert by["OVF (unquantized)"]["paper"] is None and not by["OVF (unquantized)"]["paper_arm"]
 
 
+def test_device_model_arms_get_no_paper_value(tmp_path):
+    """Results under another device (a sweep's device-model axis, `nvcim eval --device-model`, or a model trained
+    under one) are never compared with the paper's Gaussian-device figures; a sweep arm named "gaussian" is."""
+    root = tmp_path / "r"
+    write(root / "g.json", mc_eval("ovf", 0.35, 0, [mc_result(0.35, [80.0, 80.0])],
+                                   cell={"id": "g", "device_model": "gaussian"}))
+    d = mc_eval("ovf", 0.35, 0, [mc_result(0.35, [10.0, 10.0])], cell={"id": "s", "device_model": "sa1.toml"})
+    d["device_config"] = {"sigma": 0.35, "stuck_at": [0.0, 1.0]}
+    write(root / "sa1.json", d)
+    d = mc_eval("ovf", 0.35, 0, [mc_result(0.35, [70.0, 70.0])])
+    d["device_config"] = {"sigma": 0.35, "variation": "weight_band", "variation_options": {"S": 1.0}}
+    write(root / "rram1.json", d)
+    d = mc_eval("ovf", 0.35, 0, [mc_result(0.35, [60.0, 60.0])], cell={"id": "t"})
+    d["checkpoint_config"]["device"] = {"sigma": 0.35, "read_sigma": 0.02}  # trained under read noise
+    write(root / "trained.json", d)
+    points = matched_points(load_results(root))
+    by_mean = {p["mean"]: p for p in points}
+    assert by_mean[80.0]["paper"] == 99.01 and by_mean[80.0]["paper_arm"]
+    for mean in (10.0, 70.0, 60.0):
+        assert by_mean[mean]["paper"] is None and not by_mean[mean]["paper_arm"], by_mean[mean]["label"]
+
+
 def test_two_checkpoints_of_one_seed_warn_instead_of_dropping_silently(tmp_path):
     root = tmp_path / "r"
     for run in ("a", "b"):  # two sweeps that reuse seed 0 of the same arm

@@ -94,5 +94,7 @@ def evaluation_suffix(r: Mapping) -> str:
 
 
 def is_standard_evaluation(r: Mapping) -> bool:
-    """Evaluated as the paper evaluates: test split, quantized chips, the model's stored BatchNorm statistics."""
-    return not r.get("bn_recalibration") and r.get("split", "test") == "test" and r.get("quantized") is not False
+    """Evaluated as the paper evaluates: test split, quantized chips, the model's stored BatchNorm statistics, and
+    trained and tested on its i.i.d. Gaussian device (a device model or chip effect is another experiment)."""
+    return (not r.get("bn_recalibration") and r.get("split", "test") == "test" and r.get("quantized") is not False
+            and r.get("gaussian_device", True))

@@ -121,6 +121,9 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                 "label_override": str(label_override) if label_override else None,
                 "device_model": (str(cell["device_model"]) if cell.get("device_model")
                                  else device_description(eval_device)),
+                # trained and evaluated on the paper's i.i.d. Gaussian device: only then comparable with its figures
+                "gaussian_device": device_description(eval_device) is None
+                                   and device_description(device_cfg if isinstance(device_cfg, dict) else {}) is None,
                 "label": None,  # set by assign_labels
                 "bn_recalibration": recal,
                 "split": split,
