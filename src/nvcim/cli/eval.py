@@ -30,9 +30,9 @@ write-verify (left with --verify-sigma); the JSON is then
      "verified_devices", "result": MCResult.to_dict()}, ...]}
 A progress bar with an ETA (tqdm, per σ) is shown on stderr when it is a terminal (--progress: always,
 --no-progress: never). --runs, --max-chips or --pilot-chips above MAX_RUNS is refused unless --force-runs.
-A float16 / bfloat16 checkpoint is evaluated in float32 (a note says so). Errors the user can fix end in one line on stderr
-and exit code 2, before anything is written or downloaded: among them an --out / --csv inside the
-checkpoint (or the two the same file), and a --dataset that does not fit the checkpoint's model.
+A float16 / bfloat16 checkpoint is evaluated in float32 (a note says so). Errors the user can fix end in
+one line on stderr and exit code 2, before anything is written or downloaded: among them an --out / --csv
+inside the checkpoint (or the two the same file), and a --dataset that does not fit the checkpoint's model.
 """
 
 from __future__ import annotations
