@@ -29,10 +29,10 @@ write-verify (left with --verify-sigma); the JSON is then
      "target", "stat", "fraction_for_target"}, "points": [{"fraction", "verified_weights",
      "verified_devices", "result": MCResult.to_dict()}, ...]}
 A progress bar with an ETA (tqdm, per σ) is shown on stderr when it is a terminal (--progress: always,
---no-progress: never). --runs above MAX_RUNS is refused unless --force-runs. A float16 / bfloat16
-checkpoint is evaluated in float32 (a note says so). Errors the user can fix end in one line on stderr
-and exit code 2, before anything is written or downloaded: among them an --out / --csv inside the
-checkpoint (or the two the same file), and a --dataset that does not fit the checkpoint's model.
+--no-progress: never). --runs, --max-chips or --pilot-chips above MAX_RUNS is refused unless --force-runs.
+A float16 / bfloat16 checkpoint is evaluated in float32 (a note says so). Errors the user can fix end in
+one line on stderr and exit code 2, before anything is written or downloaded: among them an --out / --csv
+inside the checkpoint (or the two the same file), and a --dataset that does not fit the checkpoint's model.
 """
 
 from __future__ import annotations
@@ -131,7 +131,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--pilot-chips", metavar="F",
                    help="with --target-ci: chips scored on the whole test set first, >= 2; std and the percentiles "
                         "come from them alone (default: 20)")
-    g.add_argument("--force-runs", action="store_true", help=f"allow --runs above {MAX_RUNS}")
+    g.add_argument("--force-runs", action="store_true",
+                   help=f"allow --runs, --max-chips, --pilot-chips above {MAX_RUNS}")
     g.add_argument("--seed", metavar="S", default=str(DEFAULT_SEED),
                    help=f"seed of the chips' draws, >= 0 (default: {DEFAULT_SEED})")
     g.add_argument("--batch-size", metavar="B", default=str(DEFAULT_BATCH),
@@ -208,9 +209,13 @@ def _target_options(args: argparse.Namespace) -> dict:
     images = args.images_per_chip
     if images is not None and images.strip() != "auto":
         images = _int("--images-per-chip", images, 1)
-    return {"target_ci": target, "max_chips": None if args.max_chips is None else _int("--max-chips", args.max_chips, 2),
+    opts = {"target_ci": target, "max_chips": None if args.max_chips is None else _int("--max-chips", args.max_chips, 2),
             "images_per_chip": "auto" if images is None else (images.strip() if isinstance(images, str) else images),
             "pilot_chips": None if args.pilot_chips is None else _int("--pilot-chips", args.pilot_chips, 2)}
+    from nvcim.evaluate.adaptive import check_target_args  # the API's checks: the --target-ci bound, MAX_RUNS
+
+    check_target_args(**opts, limit=None if args.force_runs else MAX_RUNS, flags=True)
+    return opts
 
 
 def _same_path(a: Path, b: Path) -> bool:

@@ -45,6 +45,22 @@ def middle_levels(device_bits: int) -> list[bool]:
     return [0.25 < l / top < 0.75 for l in range(top + 1)]
 
 
+def preset_fields(name: str, device_bits: Any = None) -> dict[str, Any]:
+    """{"variation", "variation_options"} of the preset `name` (`DeviceConfig.preset`); a "-level" preset has one
+    multiplier per level of `device_bits` (DeviceConfig's default when None or not an integer in 1..16)."""
+    if name not in PRESET_NAMES:
+        raise ValueError(f"device preset {name!r} is unknown: use one of {list(PRESET_NAMES)}")
+    base, per_device = name.removesuffix("-level"), name.endswith("-level")
+    factor = PRESET_FACTORS[base]
+    if not per_device:
+        return {"variation": "weight_band", "variation_options": {"S": factor}}
+    bits = device_bits
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
+        bits = DeviceConfig.device_bits
+    return {"variation": "level_dependent",
+            "variation_options": {"multipliers": tuple(factor if mid else 1.0 for mid in middle_levels(bits))}}
+
+
 def _number(value: Any) -> float | None:
     """float(value) for a finite real number (not a bool), else None."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
@@ -207,18 +223,7 @@ class DeviceConfig:
         version (variation "level_dependent"): devices at the middle levels 0.25 < l/(2^K-1) < 0.75 vary
         S times more than those at the outer levels (normalised over the levels in use).
         """
-        if name not in PRESET_NAMES:
-            raise ValueError(f"device preset {name!r} is unknown: use one of {list(PRESET_NAMES)}")
-        base, per_device = name.removesuffix("-level"), name.endswith("-level")
-        factor = PRESET_FACTORS[base]
-        if per_device:
-            bits = overrides.get("device_bits", cls.device_bits)
-            bits = bits if isinstance(bits, int) and not isinstance(bits, bool) and 1 <= bits <= 16 else cls.device_bits
-            fields = {"variation": "level_dependent",
-                      "variation_options": {"multipliers": [factor if mid else 1.0 for mid in middle_levels(bits)]}}
-        else:
-            fields = {"variation": "weight_band", "variation_options": {"S": factor}}
-        return cls(**{**fields, **overrides})
+        return cls(**{**preset_fields(name, overrides.get("device_bits")), **overrides})
 
     # ---- derived quantities ------------------------------------------------------------------
     @property

@@ -84,24 +84,59 @@ MIN_IMAGES = 16  # the fewest test images a chip scores when N is chosen
 IMAGES_AUTO = "auto"
 
 
-def check_target_args(target_ci, max_chips, images_per_chip, pilot_chips) -> None:
-    """One ValueError naming the bad argument of the target-precision mode."""
+MIN_TARGET_CI = 1e-3  # the smallest target half-width (points): why, in check_target_args
+
+
+def _named(name: str, value, flags: bool) -> str:
+    """How a message names an argument: `name=value` (the API) or `--name value` (the CLI)."""
+    return f"--{name.replace('_', '-')} {value}" if flags else f"{name}={value!r}"
+
+
+def check_target_args(target_ci, max_chips, images_per_chip, pilot_chips, *, limit: int | None = None,
+                      flags: bool = False) -> None:
+    """One ValueError naming the bad argument of the target-precision mode.
+
+    target_ci: a half-width in points >= MIN_TARGET_CI. Why that bound: a half-width h needs about
+    (1.96 s / h)^2 chips, s the chip-to-chip std of the accuracy in points; at h = 1e-3 that is more than
+    100,000 chips (the CLI's cap on chips, MAX_RUNS) as soon as s >= 0.17 points, i.e. as soon as chips differ
+    by about one image in 600, which any σ_d > 0 worth studying does; smaller targets only name hours or
+    days of work (or, with chips that barely differ, add nothing to a result printed to 3 significant digits).
+    limit: pilot_chips and max_chips at most this many (the CLI passes its MAX_RUNS unless --force-runs; the
+    API, as for `runs`, none). flags: name the arguments as the CLI's flags (--max-chips 5) in the messages.
+    """
     if target_ci is None:
         given = [(k, v) for k, v in (("max_chips", max_chips), ("images_per_chip", images_per_chip),
                                      ("pilot_chips", pilot_chips)) if v is not None]
         if given:
-            raise ValueError(f"{given[0][0]}={given[0][1]!r} needs target_ci: give the 95 % CI half-width to reach "
-                             "in accuracy points (e.g. target_ci=0.5)")
+            need = "--target-ci" if flags else "target_ci"
+            raise ValueError(f"{_named(*given[0], flags)} needs {need}: give the 95 % CI half-width to reach "
+                             f"in accuracy points (e.g. {need}{' ' if flags else '='}0.5)")
         return
     if isinstance(target_ci, bool) or not isinstance(target_ci, (int, float)) or not (0 < target_ci < math.inf):
-        raise ValueError(f"target_ci={target_ci!r} is invalid: use a 95 % CI half-width in accuracy points > 0 "
-                         "(e.g. 0.5)")
+        raise ValueError(f"{_named('target_ci', target_ci, flags)} is invalid: use a 95 % CI half-width in accuracy "
+                         "points > 0 (e.g. 0.5)")
+    if target_ci < MIN_TARGET_CI:
+        raise ValueError(f"{_named('target_ci', target_ci, flags)} is too small: use a half-width >= {MIN_TARGET_CI:g} "
+                         "points (below it the chips needed exceed 100,000 as soon as chips differ by 0.17 points)")
     for name, v, lo in (("max_chips", max_chips, 2), ("pilot_chips", pilot_chips, 2)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
-            raise ValueError(f"{name}={v!r} is invalid: use an integer >= {lo}")
+            raise ValueError(f"{_named(name, v, flags)} is invalid: use an integer >= {lo}")
+        if v is not None and limit is not None and v > limit:
+            lift = "pass --force-runs to use that many" if flags else f"use at most {limit}"
+            raise ValueError(f"{_named(name, v, flags)} is above {limit} chips (hours of work for a mistyped "
+                             f"number): {lift}")
     if images_per_chip not in (None, IMAGES_AUTO) and (isinstance(images_per_chip, bool)
                                                        or not isinstance(images_per_chip, int) or images_per_chip < 1):
-        raise ValueError(f"images_per_chip={images_per_chip!r} is invalid: use an integer >= 1 or 'auto'")
+        raise ValueError(f"{_named('images_per_chip', images_per_chip, flags)} is invalid: use an integer >= 1 or "
+                         "'auto'")
+
+
+def _chips_needed(x: float, cap: int) -> int:
+    """ceil(x) chips, at most `cap`: robust to x that is inf or NaN (cap) or beyond any integer."""
+    x = float(x)
+    if not x < cap:  # also NaN and inf
+        return int(cap)
+    return max(0, math.ceil(x))
 
 
 # ---- the statistics (pure functions) -----------------------------------------------------------
@@ -125,8 +160,8 @@ def subset_variance(full_accuracy: Sequence[float], n: int, images, image_var: f
 
 def first_stage_chips(predicted_variance: float, target: float, max_chips: int) -> int:
     """n0: FIRST_STAGE_SHARE of the chips the pilot predicts, at least FIRST_STAGE, at most max_chips."""
-    predicted = 1.96**2 * predicted_variance / target**2
-    return int(min(max_chips, max(FIRST_STAGE, math.ceil(FIRST_STAGE_SHARE * predicted))))
+    predicted = 1.96**2 * predicted_variance / target / target  # target >= MIN_TARGET_CI: no underflow to 0
+    return int(min(max_chips, max(FIRST_STAGE, _chips_needed(FIRST_STAGE_SHARE * predicted, max_chips))))
 
 
 def stein_chips(first: Sequence[float], target: float, max_chips: int) -> tuple[int, float, float]:
@@ -136,8 +171,9 @@ def stein_chips(first: Sequence[float], target: float, max_chips: int) -> tuple[
         raise ValueError("stein_chips: the first stage needs at least 2 chips")
     s0 = float(np.std(np.asarray(first, dtype=np.float64), ddof=1))
     t = _t975(n0 - 1)
-    need = max(n0, math.ceil((t * s0 / target) ** 2 - 1e-9))
-    return min(need, max(max_chips, n0)), t, s0
+    cap = max(max_chips, n0)
+    need = max(n0, _chips_needed((t * s0 / target) ** 2 - 1e-9, cap))
+    return min(need, cap), t, s0
 
 
 def t_half_width(values: Sequence[float]) -> float:
@@ -153,7 +189,7 @@ def more_chips(values: Sequence[float], target: float, max_chips: int) -> int:
     if k >= max_chips or t_half_width(values) <= target:
         return 0
     s = float(np.std(np.asarray(values, dtype=np.float64), ddof=1))
-    need = math.ceil((_t975(k - 1) * s / target) ** 2)
+    need = _chips_needed((_t975(k - 1) * s / target) ** 2, max_chips)
     return int(min(max_chips, max(need, k + math.ceil(0.1 * k))) - k)
 
 
@@ -181,7 +217,8 @@ def choose_images(full_accuracy: Sequence[float], n: int, c_draw: float, c_image
     cands = np.unique(np.append(np.geomspace(min(MIN_IMAGES, n), n, 64).round().astype(np.int64), n))  # [K]
     var = subset_variance(full_accuracy, n, cands, image_var)  # [K]
     t = _t975(FIRST_STAGE - 1)
-    chips = np.clip(np.ceil(t * t * var / target**2), FIRST_STAGE, max(max_chips, FIRST_STAGE))  # [K]
+    top = float(min(max(max_chips, FIRST_STAGE), 2**53))  # a float bound even for a huge max_chips
+    chips = np.clip(np.ceil(t * t * var / target / target), FIRST_STAGE, top)  # [K]
     reach = t * np.sqrt(var / chips) <= target * (1 + 1e-9)
     if not reach.any():
         return int(n)

@@ -18,6 +18,9 @@ fields the file's own override, e.g.
 
 `defaults` fill the fields the model leaves unset: the caller passes the training σ (or --sigma) and the
 checkpoint's weight_bits / device_bits / quantize, so a model describes the devices, not the network.
+A "-level" preset (by name, or a file's `preset` without its own variation_options) has one multiplier per
+device level of the device_bits in force (the file's own, else the caller's), so "rram4-level" fits a
+checkpoint of any K; normalised over the levels in use (SPEC §8, variation "level_dependent").
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from nvcim.core.config import PRESET_NAMES, DeviceConfig
+from nvcim.core.config import PRESET_NAMES, DeviceConfig, preset_fields
 from nvcim.io.files import read_mapping_file
 
 NAMED: dict[str, tuple[dict[str, Any], str]] = {
@@ -48,13 +51,17 @@ def list_device_models() -> list[tuple[str, str]]:
     return out
 
 
-def _fields_of(spec: str) -> dict[str, Any]:
+def _fields_of(spec: str, device_bits: Any = None) -> dict[str, Any]:
+    """The fields `spec` sets; a "-level" preset (named, or a file's `preset` without its own
+    variation_options) has one multiplier per level of `device_bits` (a file's own device_bits first)."""
     if spec in NAMED:
         return dict(NAMED[spec][0])
     if spec in PRESET_NAMES:
-        preset = DeviceConfig.preset(spec)
-        return {"variation": preset.variation, "variation_options": dict(preset.variation_options)}
+        return preset_fields(spec, device_bits)
     path = Path(spec).expanduser()
+    if path.is_dir():
+        raise ValueError(f"device model {spec} is a directory: give a preset or device name (`nvcim eval "
+                         "--list-device-models`) or a .toml / .yaml / .json file of DeviceConfig fields")
     if path.suffix.lower() in FILE_SUFFIXES or path.exists():
         if not path.is_file():
             raise ValueError(f"device model file {spec} does not exist: give a TOML / YAML / JSON file of "
@@ -64,26 +71,28 @@ def _fields_of(spec: str) -> dict[str, Any]:
         if preset is not None:
             if preset not in PRESET_NAMES:
                 raise ValueError(f"device model file {spec}: unknown preset {preset!r}: use one of {list(PRESET_NAMES)}")
-            fields = {**_fields_of(preset), **fields}
+            fields = {**_fields_of(preset, fields.get("device_bits", device_bits)), **fields}
         return fields
     names = list(NAMED) + list(PRESET_NAMES)
     raise ValueError(f"unknown device model {spec!r}: use one of {names}, or a .toml / .yaml / .json file of "
                      "DeviceConfig fields")
 
 
-def device_model_fields(spec: str) -> dict[str, Any]:
+def device_model_fields(spec: str, device_bits: int | None = None) -> dict[str, Any]:
     """The DeviceConfig fields `spec` (a name or a file) sets itself, before any defaults: what a sweep
-    records, so that its cells do not depend on the file after validation."""
+    records, so that its cells do not depend on the file after validation. device_bits: the bits the
+    model will be used with (None: DeviceConfig's default), which a "-level" preset's multipliers follow."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"device model {spec!r} is empty: give a name or a file")
-    return _fields_of(spec.strip())
+    return _fields_of(spec.strip(), device_bits)
 
 
 def device_model(spec: str, defaults: Mapping[str, Any] | None = None) -> DeviceConfig:
     """The DeviceConfig named by `spec` (a name or a file); `defaults` fill the fields it leaves unset."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"device model {spec!r} is empty: give a name or a file")
-    fields = {**dict(defaults or {}), **_fields_of(spec.strip())}
+    defaults = dict(defaults or {})
+    fields = {**defaults, **_fields_of(spec.strip(), defaults.get("device_bits"))}
     try:
         return DeviceConfig.from_dict(fields)
     except (TypeError, ValueError) as exc:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from nvcim.data import DATASETS, is_npz_name
+from nvcim.evaluate.adaptive import check_target_args
 from nvcim.io.device_models import device_model_fields, list_device_models
 from nvcim.io.files import read_mapping_file
 from nvcim.methods import METHODS, method_config
@@ -53,6 +54,10 @@ def _check_target(given: Mapping, e: Mapping, where: str) -> None:
     n = e["images_per_chip"]
     if n is not None and n != "auto" and (not is_int(n) or n < 1):
         raise _err(where, "eval.images_per_chip", n, "an integer >= 1 or 'auto'")
+    try:  # the API's own checks too (e.g. the smallest target_ci), so that no cell fails on them after training
+        check_target_args(e["target_ci"], e["max_chips"], e["images_per_chip"], None)
+    except ValueError as exc:
+        raise ValueError(f"sweep spec {where}: key eval.{exc}") from None
 
 
 def read_spec_file(path) -> dict:
@@ -139,7 +144,7 @@ def _device_models(raw: Mapping, where: str, base_dir, sigma: float, train: Mapp
         if name.strip() not in named and base_dir is not None and not target.is_absolute():
             target = Path(base_dir) / target
         try:
-            fields = device_model_fields(name if name.strip() in named else str(target))
+            fields = device_model_fields(name if name.strip() in named else str(target), train.get("device_bits"))
             if "sigma" in fields:
                 raise ValueError("it sets sigma, which the spec's 'sigmas' set per cell: drop sigma from it")
             device_config_of(name, fields, sigma, train)
