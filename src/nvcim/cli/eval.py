@@ -16,6 +16,11 @@ most H (at most --max-chips of them). std and the percentiles then come from the
 line under the table says so; the JSON has "percentiles_from": "full_set_chips", "runs" = R,
 "images_per_chip" = N, "ci_half_width").
 
+A --device-model (or each of --device-models) sets some device fields itself: each is used unless a flag asks
+for it (so a file's `sigma` is the σ evaluated, and --curve's grid is around it); a flag that asks for another
+value (--sigma / --sigmas vs sigma, --no-quantize vs quantize = true) is refused in one line, exit 2, before any
+work (nvcim.cli.device_flags). The printed header names the device.
+
 One run = one programmed chip (one draw per noisy weight, fixed for the whole split); run r of
 every σ uses the same seeded draws, so results are reproducible from --seed. Prints a table
 (accuracies in %, mean with std and 95% CI over runs, worst-case percentiles, EKL in nats) and
@@ -67,10 +72,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     g = p.add_argument_group("device variation (σ_d is relative to one device's maximum conductance level)")
     x = g.add_mutually_exclusive_group()
-    x.add_argument("--sigma", metavar="S", help="evaluate at this one σ_d >= 0 (default: the checkpoint's training σ)")
+    x.add_argument("--sigma", metavar="S", help="evaluate at this one σ_d >= 0 (default: the --device-model file's sigma if it sets one, else the "
+                        "checkpoint's training σ)")
     x.add_argument("--sigmas", metavar="S1,S2,..", help="evaluate at each of these comma-separated σ_d values")
     x.add_argument("--curve", action="store_true",
-                   help="robustness curve: σ_d = 0, 0.05, ..., 2 x training σ inclusive (0 .. 0.4 if it is 0)")
+                   help="robustness curve: σ_d = 0, 0.05, ..., 2 x training σ inclusive (0 .. 0.4 if it is 0); "
+                        "around the --device-model file's sigma instead when it sets one")
     bn = g.add_mutually_exclusive_group()
     bn.add_argument("--recalibrate-bn", metavar="N", default=None,
                    help="before evaluating, re-estimate every BatchNorm's running statistics from the first N >= 2 "
@@ -85,16 +92,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                          "baselines keep the checkpoint's statistics)")
     g.add_argument("--no-quantize", action="store_true",
                    help="add the noise to the float weights without quantizing them first (authors' code); "
-                        "default: the checkpoint's device setting (quantize on unless trained without)")
+                        "default: the checkpoint's device setting (quantize on unless trained without); refused "
+                        "with a --device-model that sets quantize = true")
 
     g = p.add_argument_group("device models (SPEC §8; `--list-device-models` names them)")
     g.add_argument("--device-model", metavar="NAME_OR_TOML",
                    help="evaluate under this device model instead of the checkpoint's device: a name (e.g. rram4, "
                         "fefet6-level, stuck-chen2015) or a TOML / YAML / JSON file of DeviceConfig fields; σ and bits "
-                        "it leaves unset come from the checkpoint (or --sigma)")
+                        "it leaves unset come from the checkpoint (or --sigma). A field it sets is used unless a flag "
+                        "asks for it; a flag asking for another value (--sigma / --sigmas vs the file's sigma, "
+                        "--no-quantize vs quantize = true) is refused (exit 2): drop one")
     g.add_argument("--device-models", metavar="A,B,C",
                    help="the device-model matrix: every CKPT under every device model, on common random numbers "
-                        "(the same chip seeds), at one σ; --out writes the matrix JSON and a heat-map PNG beside it")
+                        "(the same chip seeds), at one σ (a file's own sigma for its column; --sigma that differs "
+                        "from it is refused); --out writes the matrix JSON and a heat-map PNG beside it")
     g.add_argument("--list-device-models", action="store_true", help="list the device models available by name and exit")
     g.add_argument("--time", metavar="T",
                    help="aihwkit device models (aihwkit:pcm, aihwkit:reram[?KEY=VALUE&...], the aihwkit extra): seconds "
@@ -239,6 +250,7 @@ def _refuse_inside(flag: str, out: Path, ckpt: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nvcim.cli.device_flags import device_label
     from nvcim.cli.eval_data import DEVICE_DEFAULT_KEYS, load_for_eval
     from nvcim.cli.eval_matrix import run_matrix
     from nvcim.evaluate import default_sigma_grid, results_table, robustness_curve, write_csv
@@ -298,6 +310,18 @@ def run(args: argparse.Namespace) -> int:
         if not parts:
             raise ValueError(f"--sigmas {args.sigmas!r} lists no value: give e.g. 0,0.1,0.2")
         sigmas = [_sigma("--sigmas", s.strip()) for s in parts]
+    model_fields = {}  # the DeviceConfig fields --device-model sets itself
+    if args.device_model and not is_aihwkit_spec(args.device_model):
+        from nvcim.cli.device_flags import refuse_conflicts
+        from nvcim.io.device_models import device_model_fields
+
+        model_fields = device_model_fields(args.device_model)  # a bad name or file: one line, before any work
+        asked = {}
+        if sigmas is not None:
+            asked["sigma"] = (f"--sigma {args.sigma}" if args.sigma is not None else f"--sigmas {args.sigmas}", sigmas)
+        if args.no_quantize:
+            asked["quantize"] = ("--no-quantize", False)
+        refuse_conflicts(args.device_model, model_fields, asked)
     from nvcim.io.files import check_output_path
 
     if args.time is not None:
@@ -349,10 +373,14 @@ def run(args: argparse.Namespace) -> int:
     if args.device_model:
         base = device_model(args.device_model, defaults={k: getattr(base, k) for k in DEVICE_DEFAULT_KEYS})
     train_sigma = loaded.device.sigma
+    center = base.sigma if "sigma" in model_fields else train_sigma  # a device model file's σ, else the training σ
     if args.curve:
-        sigmas = default_sigma_grid(train_sigma)
+        sigmas = default_sigma_grid(center)
     elif sigmas is None:
-        sigmas = [train_sigma]
+        sigmas = [center]
+    device = device_label(args.device_model, base)
+    if "sigma" in model_fields:
+        device += f" at its σ_d {base.sigma:g}"
 
     recalibration, calibration = None, None
     if recal is not None or per_chip is not None:
@@ -372,7 +400,7 @@ def run(args: argparse.Namespace) -> int:
 
     if verify is not None:
         return _run_write_verify(args, ckpt, model, config, spec, dataset, splits, split, base.replace(sigma=sigmas[0]),
-                                 train_sigma, verify, recalibration,
+                                 train_sigma, verify, recalibration, device,
                                  dict(runs=runs, seed=seed, batch_size=batch_size, chunk_runs=chunk_runs,
                                       device=args.device, progress=progress))
     results = robustness_curve(model, split, base, sigmas, runs=None if target else runs, seed=seed,
@@ -381,7 +409,7 @@ def run(args: argparse.Namespace) -> int:
     chips = f"chips until ±{target['target_ci']:g} (95 % CI)" if target else f"{runs} runs"
     print(f"{ckpt}: {spec.get('name', '?')} on {dataset} ({args.split}, {results[0].n_samples} images), "
           f"{chips} per σ, seed {seed}, M={base.weight_bits} K={base.device_bits} quantize={base.quantize}, "
-          f"training σ {train_sigma:g}")
+          f"device {device}, training σ {train_sigma:g}")
     if recalibration is not None:
         how = "the clean weights" if recalibration["weights"] == "clean" else "each chip's weights, per chip"
         print(f"BatchNorm statistics recalibrated from {recalibration['images']} training images with {how}")
@@ -398,7 +426,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_write_verify(args, ckpt, model, config, spec, dataset, splits, split, cfg, train_sigma, verify, recalibration,
-                      mc) -> int:
+                      device, mc) -> int:
     """`nvcim eval --verify-fractions`: accuracy vs the fraction of write-verified weights, at one σ."""
     from nvcim.evaluate.files import WriteVerifyFile, write_result_file
     from nvcim.writeverify import fraction_for_target, points_table, write_points_csv, write_verify_curve
@@ -413,7 +441,8 @@ def _run_write_verify(args, ckpt, model, config, spec, dataset, splits, split, c
                                 residual_sigma=verify["residual_sigma"], score_data=splits.train,
                                 score_images=verify["images"], **mc)
     print(f"{ckpt}: {spec.get('name', '?')} on {dataset} ({args.split}, {points[0]['result'].n_samples} images), "
-          f"σ {cfg.sigma:g} (training σ {train_sigma:g}), {mc['runs']} runs per fraction, seed {mc['seed']}; "
+          f"σ {cfg.sigma:g} (training σ {train_sigma:g}), device {device}, {mc['runs']} runs per fraction, "
+          f"seed {mc['seed']}; "
           f"write-verify by {verify['by']}, verified devices left at σ {verify['residual_sigma']:g}, "
           f"{points[0]['plan'].n_weights} weights x {cfg.devices_per_weight} devices")
     print(points_table(points))

@@ -1,5 +1,6 @@
 """`nvcim eval CKPT... --device-models A,B,C`: every checkpoint under every device model (aihwkit:pcm and
-aihwkit:reram too, at --time), at one σ, on common random numbers; prints the matrix and writes it as JSON
+aihwkit:reram too, at --time), at one σ (a device-model file's own sigma for its column; --sigma or --no-quantize
+contradicting a file is refused: nvcim.cli.device_flags), on common random numbers; prints the matrix and writes it as JSON
 (--out), a heat-map PNG beside the JSON, and CSV (--csv, one row per cell). `nvcim report` shows matrix files in a section of their own."""
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from nvcim.evaluate.files import write_result_file
 from nvcim.evaluate.matrix import device_matrix
 from nvcim.interop.aihwkit import aihwkit_device, is_aihwkit_spec
 from nvcim.interop.aihwkit import require as require_aihwkit
-from nvcim.io.device_models import device_model
+from nvcim.cli.device_flags import refuse_conflicts
+from nvcim.io.device_models import device_model, device_model_fields
 from nvcim.io.files import atomic_write_bytes, check_output_path
 from nvcim.report.matrix import matrix_csv, matrix_table, write_matrix_png
 
@@ -35,6 +37,18 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
     time = None if args.time is None else float(args.time)
     for name in names:
         resolve(name)  # an unknown name or a bad file: one line, before anything is loaded
+    asked = {}  # flags against the fields a device model sets: one rule (nvcim.cli.device_flags)
+    if sigma is not None:
+        asked["sigma"] = (f"--sigma {args.sigma}" if args.sigma is not None else f"--sigmas {args.sigmas}", sigma)
+    if args.no_quantize:
+        asked["quantize"] = ("--no-quantize", False)
+    own_sigma = {}  # device model -> the σ its file sets (used for its column when no --sigma is given)
+    for name in names:
+        if not is_aihwkit_spec(name):
+            fields = device_model_fields(name)
+            refuse_conflicts(name, fields, asked)
+            if "sigma" in fields and sigma is None:
+                own_sigma[name] = resolve(name).sigma
     if any(is_aihwkit_spec(n) for n in names):
         require_aihwkit()
     for flag, out_file in (("--out", args.out), ("--csv", args.csv)):
@@ -63,6 +77,8 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
     t = matrix_table(rec)
     print(tabulate(t.rows, headers=t.headers, disable_numparse=True))
     print(t.note)
+    for name, s in own_sigma.items():
+        print(f"{name}: σ_d = {s:g}, set by the file")
     if args.out:
         write_result_file(args.out, rec)
         write_matrix_png(rec, png)

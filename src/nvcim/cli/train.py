@@ -11,6 +11,10 @@ the output directory is only written at the end, atomically, so an error never l
 --out behind, and a failed download no data folder.
 On CPU the command keeps freed activation memory for reuse (nvcim.train.tune_malloc: glibc mallopt),
 which avoids re-faulting it every step (~12% faster OVF steps at full VGG-8 width).
+--device-model sets some device fields itself (a file's keys, a name's variation): a flag or --config key that
+contradicts one of them (--sigma vs the file's sigma, --variation vs rram4's, --[no-]quantize, --weight-bits,
+--device-bits, --variation-option, --sampling) is refused in one line, exit 2; an equal value is fine
+(nvcim.cli.device_flags). The summary names the device model.
 Exit codes: 0 trained, 2 usage error (one line on stderr), 3 training diverged: a non-finite loss,
 weights, or clean logits on the validation / test split (checkpoint and record still written,
 metrics.status = "diverged", metrics.diverged_reason says which).
@@ -136,8 +140,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--device-bits", type=int, metavar="K", help=f"bits per device, must divide M (default: {D['device_bits']})")
     g.add_argument("--device-model", metavar="NAME_OR_TOML",
                    help="the device trained for: a name (nvcim eval --list-device-models: rram4, fefet6-level, "
-                        "stuck-chen2015, ...) or a TOML / YAML / JSON file of DeviceConfig fields; --sigma and the "
-                        "bit flags still apply (default: gaussian)")
+                        "stuck-chen2015, ...) or a TOML / YAML / JSON file of DeviceConfig fields; the fields it "
+                        "leaves unset come from --sigma, the bit flags, --quantize, --variation, ... A field it sets "
+                        "(e.g. a file's sigma) is used unless a flag (or --config) asks for it; one asking for another "
+                        "value is refused (exit 2): drop one (default: gaussian)")
     g.add_argument("--variation", metavar="KIND",
                    help=f"variation kind of the device trained for: {', '.join(VARIATIONS.names())} (default: gaussian)")
     g.add_argument("--variation-option", dest="variation_option", action="append", type=_key_value, metavar="KEY=VALUE",
@@ -186,8 +192,10 @@ def config_from_args(args: argparse.Namespace):
         if given["preset"] not in PRESETS:
             raise ValueError(f"unknown preset {given['preset']!r}: use one of {sorted(PRESETS)}")
         d.update(PRESETS[given["preset"]])
+    from_file: dict[str, Any] = {}
     if "config" in given:
-        d.update(read_config_file(given["config"]))
+        from_file = read_config_file(given["config"])
+        d.update(from_file)
     method_params = dict(d.get("method_params") or {})
     for name in method_flags():
         if name in given:
@@ -197,21 +205,30 @@ def config_from_args(args: argparse.Namespace):
     for name in FIELDS:
         if name in given:
             d[name] = given[name]
-    if "device_model" in given:
-        from nvcim.io.device_models import device_model
-        from nvcim.train import DEFAULTS, DEVICE_KEYS
-
-        defaults = {k: d.get(k, DEFAULTS[k]) for k in DEVICE_KEYS}
-        d["device_config"] = device_model(given["device_model"], defaults=defaults).to_dict()
     device_flags = {k: given[k] for k in ("variation", "sampling") if k in given}
     if "variation_option" in given:
         device_flags["variation_options"] = dict(given["variation_option"])
+    model_fields: dict[str, Any] = {}
+    if "device_model" in given:
+        from nvcim.cli.device_flags import refuse_conflicts
+        from nvcim.io.device_models import device_model, device_model_fields
+        from nvcim.train import DEFAULTS, DEVICE_KEYS
+
+        spec = given["device_model"]
+        model_fields = device_model_fields(spec)
+        refuse_conflicts(spec, model_fields, _asked_device_fields(given, from_file))
+        if "device_config" in from_file:
+            raise ValueError(f"config file {given['config']} sets device_config and --device-model {spec} names "
+                             "another device: drop one")
+        defaults = {k: d.get(k, DEFAULTS[k]) for k in DEVICE_KEYS}
+        d["device_config"] = device_model(spec, defaults=defaults).to_dict()
     if device_flags:
         from nvcim.core.config import DeviceConfig
 
         base = d.get("device_config") or {}
         base = base.to_dict() if isinstance(base, DeviceConfig) else dict(base)
-        if "variation" in device_flags and "variation_options" not in device_flags:
+        if "variation" in device_flags and "variation_options" not in device_flags and \
+                "variation_options" not in model_fields:
             base.pop("variation_options", None)  # another kind: its own defaults
         d["device_config"] = {**base, **device_flags}
     if given.get("quiet"):
@@ -219,8 +236,31 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig.from_dict(d)
 
 
-def summary_table(result) -> str:
+_DEVICE_FLAGS = {"sigma": "--sigma", "weight_bits": "--weight-bits", "device_bits": "--device-bits",
+                 "quantize": "--quantize", "variation": "--variation", "sampling": "--sampling"}
+
+
+def _asked_device_fields(given: dict[str, Any], from_file: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    """The device fields the flags (or the --config file) ask for, as `refuse_conflicts` takes them: a device
+    model's field that one of these contradicts is refused (nvcim.cli.device_flags)."""
+    asked: dict[str, tuple[str, Any]] = {}
+    for field, flag in _DEVICE_FLAGS.items():
+        if field in given:
+            value = given[field]
+            text = ("--quantize" if value else "--no-quantize") if field == "quantize" else f"{flag} {value}"
+            asked[field] = (text, value)
+        elif field in from_file:
+            asked[field] = (f"config file {given['config']} ({field} = {from_file[field]})", from_file[field])
+    if "variation_option" in given:
+        asked["variation_options"] = (" ".join(f"--variation-option {k}={v}" for k, v in given["variation_option"]),
+                                      dict(given["variation_option"]))
+    return asked
+
+
+def summary_table(result, device_model: str | None = None) -> str:
     from tabulate import tabulate
+
+    from nvcim.cli.device_flags import device_label
 
     cfg, m = result.config, result.metrics
 
@@ -236,6 +276,7 @@ def summary_table(result) -> str:
                                   if m["diverged_at"] else "")),
         ("model", f"{cfg.model} (width {cfg.width:g}) on {cfg.dataset}"),
         ("method", f"{cfg.method} {cfg.method_params or ''}".strip()),
+        ("device model", device_label(device_model, cfg.device_config)),
         ("training σ_d", f"{cfg.sigma:g} (M={cfg.weight_bits}, K={cfg.device_bits}, quantize={cfg.quantize})"),
         ("epochs run / best", f"{len(m['history'])} / {m['best_epoch'] if m['best_epoch'] is not None else '-'}"),
         ("val accuracy, noisy (%)", pct(m["best_val_noisy"])),
@@ -264,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
         tune_malloc()  # reuse activation memory between steps (fewer page faults; see nvcim.train.tune_malloc)
     splits = load_dataset(cfg.dataset, cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.data_seed, limit=cfg.limit)
     result = train(cfg, out, overwrite=overwrite, splits=splits)
-    print(summary_table(result))
+    print(summary_table(result, getattr(args, "device_model", None)))
     if result.status != "ok":
         at = result.metrics.get("diverged_at") or {}
         reason = result.metrics.get("diverged_reason") or "non-finite loss"

@@ -1,0 +1,85 @@
+"""One rule for explicit flags against the fields a device model sets, in `nvcim eval --device-model`, the
+device-model matrix (`nvcim eval --device-models`) and `nvcim train --device-model`; and the device's name in
+what those commands print.
+
+A device model (a name or a TOML / YAML / JSON file; `nvcim.io.device_models`) sets some DeviceConfig fields
+itself (`device_model_fields`: a file's keys, a name's variation and its options). Each such field is used when
+no flag asks for it; a flag that asks for the same value is fine; a flag that asks for another value is refused
+before any work, in one line naming both and the fix:
+
+    r4s.toml sets sigma = 0.05 but --sigma 0.3 asks for another: drop one
+
+The flags concerned: --sigma / --sigmas (eval: --curve instead takes its grid around the file's σ), --no-quantize,
+and in `nvcim train` also --weight-bits, --device-bits, --[no-]quantize, --variation, --variation-option,
+--sampling and the same keys of a --config file. Sweeps keep their own rule (σ is their axis: they refuse a
+device-model file that sets sigma).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+from nvcim.io.device_models import FILE_SUFFIXES
+
+
+def _normal(value: Any) -> Any:
+    """Lists as tuples, numbers as floats (so 4 == 4.0 and [1, 2] == (1, 2)); dicts key by key."""
+    if isinstance(value, Mapping):
+        return {str(k): _normal(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return tuple(_normal(v) for v in value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    a, b = _normal(a), _normal(b)
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
+    return a == b
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k} = {_show(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return str(value)
+
+
+def model_name(spec: str) -> str:
+    """How messages name a device model: a file by its path, a name as 'device model NAME'."""
+    return spec if Path(spec).suffix.lower() in FILE_SUFFIXES else f"device model {spec}"
+
+
+def refuse_conflicts(spec: str, fields: Mapping[str, Any], asked: Mapping[str, tuple[str, Any]]) -> None:
+    """ValueError (one line) when a flag asks for another value of a field the device model `spec` sets.
+
+    fields: what the model sets (`device_model_fields(spec)`); asked: {field: (the flag as the user gave it,
+    e.g. "--sigma 0.3", and its value, or a list of values for --sigmas)}."""
+    for field, (flag, value) in asked.items():
+        if field not in fields:
+            continue
+        values = value if isinstance(value, list) else [value]
+        if any(not _same(fields[field], v) for v in values):
+            raise ValueError(f"{model_name(spec)} sets {field} = {_show(fields[field])} but {flag} asks for another: "
+                             "drop one")
+
+
+def device_label(spec: str | None, device: Any) -> str:
+    """What the device is, for printed headers and summaries: the model's name (when one was given) and the
+    report's short description of the device (`nvcim.report.records.device_description`), e.g.
+    "rram4 (weight_band S=4)", "r4s.toml (weight_band S=4, stuck_at=[0.01, 0.02])", "gaussian"."""
+    from nvcim.report.records import device_description
+
+    what = device_description(device if isinstance(device, Mapping) else device.to_dict())
+    if spec is None:
+        return what or "gaussian"
+    return f"{spec} ({what})" if what else spec
