@@ -215,7 +215,8 @@ def config_from_args(args: argparse.Namespace):
         from nvcim.train import DEFAULTS, DEVICE_KEYS
 
         spec = given["device_model"]
-        model_fields = device_model_fields(spec)
+        bits = given.get("device_bits", d.get("device_bits"))  # a -level preset's multipliers: one per level
+        model_fields = device_model_fields(spec, device_bits=bits)
         refuse_conflicts(spec, model_fields, _asked_device_fields(given, from_file))
         if "device_config" in from_file:
             raise ValueError(f"config file {given['config']} sets device_config and --device-model {spec} names "
