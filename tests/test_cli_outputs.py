@@ -175,3 +175,37 @@ def test_csv_names_the_device_model_and_the_target_precision(work, capsys):
     assert row["n_samples"] == "32" and row["images_per_chip"] == "8" and row["full_set_chips"] == "2"
     assert row["percentiles_from"] == "full_set_chips" and float(row["target_ci"]) == 40.0
     assert float(row["ci_half_width"]) >= 0
+
+
+# ---- train and sweep: their --out directory replaces no input -----------------------------------
+def test_train_refuses_a_data_root_inside_its_out(tmp_path, capsys, monkeypatch):
+    import nvcim.data
+
+    calls = []
+
+    def offline(url, dest):
+        calls.append(url)
+        raise OSError("offline")
+
+    monkeypatch.setattr(nvcim.data.download, "_fetch", offline)
+    for root in ("ck", "ck/data"):  # the final checkpoint write would delete the downloaded data
+        rc, err = _run(["train", "--model", "tiny", "--dataset", "fashion_mnist", "--data-root", str(tmp_path / root),
+                        "--epochs", "1", "--quiet", "--out", str(tmp_path / "ck")], capsys)
+        assert rc == 2 and len(err) == 1 and "--data-root" in err[0] and "inside --out" in err[0], err
+    assert calls == [] and list(tmp_path.iterdir()) == []
+
+
+def test_sweep_refuses_a_json_spec_its_record_would_replace(tmp_path, capsys):
+    import json
+
+    (tmp_path / "chip.toml").write_text('preset = "rram4"\n')
+    raw = {"name": "t", "models": ["tiny"], "datasets": ["mnist5k"], "methods": ["vanilla"], "sigmas": [0.2],
+           "seeds": [0], "device_models": ["chip.toml"],
+           "train": {"epochs": 1, "limit": 64, "val_runs": 0, "select": "clean"}}
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(raw))
+    before = _snapshot(tmp_path)
+    rc, err = _run(["sweep", str(spec), "--out", str(tmp_path), "--force"], capsys)  # --force: another spec's DIR
+    assert rc == 2 and len(err) == 1 and "records the validated spec" in err[0], err
+    assert _snapshot(tmp_path) == before  # the user's spec (device model by file name) kept
+
