@@ -34,10 +34,11 @@ write-verify (left with --verify-sigma); the JSON is then
      "target", "stat", "fraction_for_target"}, "points": [{"fraction", "verified_weights",
      "verified_devices", "result": MCResult.to_dict()}, ...]}
 A progress bar with an ETA (tqdm, per σ) is shown on stderr when it is a terminal (--progress: always,
---no-progress: never). --runs, --max-chips or --pilot-chips above MAX_RUNS is refused unless --force-runs.
-A float16 / bfloat16 checkpoint is evaluated in float32 (a note says so). Errors the user can fix end in
-one line on stderr and exit code 2, before anything is written or downloaded: among them an --out / --csv
-inside the checkpoint (or the two the same file), and a --dataset that does not fit the checkpoint's model.
+--no-progress: never). --runs, --max-chips or --pilot-chips above MAX_RUNS is refused unless --force-runs. A
+float16 / bfloat16 checkpoint is evaluated in float32 (a note says so). Errors the user can fix end in one line on stderr
+and exit code 2, before anything is written or downloaded: among them an --out / --csv (or the matrix's
+heat-map PNG) that is an input (inside a checkpoint, a device-model, plugin or npz data-set file) or another
+output's file, and a --dataset that does not fit the checkpoint's model. An existing --out / --csv is replaced.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--device-models", metavar="A,B,C",
                    help="the device-model matrix: every CKPT under every device model, on common random numbers "
                         "(the same chip seeds), at one σ (a file's own sigma for its column; --sigma that differs "
-                        "from it is refused); --out writes the matrix JSON and a heat-map PNG beside it")
+                        "from it is refused); --out writes the matrix JSON and a heat-map PNG beside it, "
+                        "named like --out with the suffix .png (an existing PNG there only if nvcim wrote it)")
     g.add_argument("--list-device-models", action="store_true", help="list the device models available by name and exit")
     g.add_argument("--time", metavar="T",
                    help="aihwkit device models (aihwkit:pcm, aihwkit:reram[?KEY=VALUE&...], the aihwkit extra): seconds "
@@ -229,26 +231,6 @@ def _target_options(args: argparse.Namespace) -> dict:
     return opts
 
 
-def _same_path(a: Path, b: Path) -> bool:
-    """The same file: equal once symbolic links and '..' are resolved, or hard links of one file."""
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return a.exists() and b.exists() and a.samefile(b)
-    except OSError:
-        return False
-
-
-def _refuse_inside(flag: str, out: Path, ckpt: Path) -> None:
-    """Refuse an output file that is the checkpoint being read, or anything in it (it would destroy it)."""
-    inside = out.resolve() == ckpt.resolve() or ckpt.resolve() in out.resolve().parents
-    if not inside and ckpt.is_dir():
-        inside = any(_same_path(out, f) for f in ckpt.iterdir() if f.is_file())  # a hard link of one of its files
-    if inside:
-        raise ValueError(f"{flag} {out} is inside the checkpoint {ckpt} that is evaluated, and writing it would "
-                         "damage the checkpoint: choose a path outside it")
-
-
 def run(args: argparse.Namespace) -> int:
     from nvcim.cli.device_flags import device_label
     from nvcim.cli.eval_data import DEVICE_DEFAULT_KEYS, load_for_eval
@@ -322,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
         if args.no_quantize:
             asked["quantize"] = ("--no-quantize", False)
         refuse_conflicts(args.device_model, model_fields, asked)
-    from nvcim.io.files import check_output_path
+    from nvcim.cli.outputs import check_outputs, eval_inputs
 
     if args.time is not None:
         args.time = _number("--time", args.time)
@@ -342,12 +324,8 @@ def run(args: argparse.Namespace) -> int:
         return run_matrix(args, [Path(c) for c in args.checkpoints], sigma=sigmas[0] if sigmas else None, runs=runs,
                           seed=seed, batch_size=batch_size, limit=limit, progress=progress)
     ckpt = Path(args.checkpoints[0])
-    for flag, out_file in (("--out", args.out), ("--csv", args.csv)):
-        if out_file:
-            check_output_path(out_file, flag)  # before the Monte Carlo runs whose results it holds
-            _refuse_inside(flag, Path(out_file), ckpt)
-    if args.out and args.csv and _same_path(Path(args.out), Path(args.csv)):
-        raise ValueError(f"--out {args.out} and --csv {args.csv} are the same file: give two different paths")
+    # before the Monte Carlo runs whose results they hold: writable, distinct, none an input (nvcim.cli.outputs)
+    check_outputs([("--out", args.out), ("--csv", args.csv)], eval_inputs(args, [ckpt]))
     if not ckpt.exists():
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist: check the path")
     if args.device == "cuda":
@@ -420,7 +398,7 @@ def run(args: argparse.Namespace) -> int:
         write_result_file(args.out, record)
         print(f"wrote {args.out}")
     if args.csv:
-        write_csv(args.csv, results)
+        write_csv(args.csv, results, device_model=args.device_model)
         print(f"wrote {args.csv}")
     return 0
 

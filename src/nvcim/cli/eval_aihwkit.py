@@ -33,6 +33,6 @@ def run_aihwkit(args: argparse.Namespace, ckpt: Path, *, runs: int, seed: int, b
         write_result_file(args.out, record)
         print(f"wrote {args.out}")
     if args.csv:
-        write_csv(args.csv, [res])
+        write_csv(args.csv, [res], device_model=args.device_model)
         print(f"wrote {args.csv}")
     return 0

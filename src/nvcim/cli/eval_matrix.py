@@ -1,7 +1,8 @@
 """`nvcim eval CKPT... --device-models A,B,C`: every checkpoint under every device model (aihwkit:pcm and
 aihwkit:reram too, at --time), at one σ (a device-model file's own sigma for its column; --sigma or --no-quantize
 contradicting a file is refused: nvcim.cli.device_flags), on common random numbers; prints the matrix and writes it as JSON
-(--out), a heat-map PNG beside the JSON, and CSV (--csv, one row per cell). `nvcim report` shows matrix files in a section of their own."""
+(--out), a heat-map PNG beside the JSON (--out with the suffix .png; an existing file there is replaced only if
+nvcim wrote it), and CSV (--csv, one row per cell); every path is checked before any work (nvcim.cli.outputs). `nvcim report` shows matrix files in a section of their own."""
 
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ from pathlib import Path
 from tabulate import tabulate
 
 from nvcim.cli.eval_data import DEVICE_DEFAULT_KEYS, load_for_eval
+from nvcim.cli.outputs import check_outputs, eval_inputs, same_file
 from nvcim.evaluate.files import write_result_file
 from nvcim.evaluate.matrix import device_matrix
 from nvcim.interop.aihwkit import aihwkit_device, is_aihwkit_spec
 from nvcim.interop.aihwkit import require as require_aihwkit
 from nvcim.cli.device_flags import refuse_conflicts
 from nvcim.io.device_models import device_model, device_model_fields
-from nvcim.io.files import atomic_write_bytes, check_output_path
-from nvcim.report.matrix import matrix_csv, matrix_table, write_matrix_png
+from nvcim.io.files import atomic_write_bytes
+from nvcim.report.matrix import is_matrix_png, matrix_csv, matrix_png, matrix_table
 
 
 def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | None, runs: int, seed: int,
@@ -51,13 +53,15 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
                 own_sigma[name] = resolve(name).sigma
     if any(is_aihwkit_spec(n) for n in names):
         require_aihwkit()
-    for flag, out_file in (("--out", args.out), ("--csv", args.csv)):
-        if out_file:
-            check_output_path(out_file, flag)
-            for ck in ckpts:
-                if Path(out_file).resolve().is_relative_to(ck.resolve()):
-                    raise ValueError(f"{flag} {out_file} is inside checkpoint {ck}: write it elsewhere")
     png = Path(args.out).with_suffix(".png") if args.out else None
+    if png is not None and same_file(png, Path(args.out)):
+        raise ValueError(f"--out {args.out}: the heat map is written beside the JSON as {png}, the same file: "
+                         "give --out a .json name")
+    check_outputs([("--out", args.out), ("--csv", args.csv), ("the heat-map PNG (--out with .png)", png)],
+                  eval_inputs(args, ckpts))  # every path, before anything is loaded
+    if png is not None and png.exists() and not is_matrix_png(png, beside=args.out):
+        raise ValueError(f"--out {args.out}: its heat map would replace {png}, which nvcim did not write: "
+                         "move that file or choose another --out")
     for ck in ckpts:
         if not ck.exists():
             raise FileNotFoundError(f"checkpoint {ck} does not exist: check the path")
@@ -79,9 +83,10 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
     print(t.note)
     for name, s in own_sigma.items():
         print(f"{name}: σ_d = {s:g}, set by the file")
+    picture = matrix_png(rec) if args.out else None  # rendered before any file is written
     if args.out:
         write_result_file(args.out, rec)
-        write_matrix_png(rec, png)
+        atomic_write_bytes(png, picture)
         print(f"wrote {args.out} and {png}")
     if args.csv:
         atomic_write_bytes(args.csv, matrix_csv(rec))

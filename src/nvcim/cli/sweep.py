@@ -60,6 +60,10 @@ def run(args) -> int:
         print(f"{len(cells)} cells: {len(done) - len(stale)} done, {len(stale)} stale, {len(failed)} failed "
               f"(not retried), {len(todo)} to run")
         return 0
+    recorded = Path(args.out) / "spec.json"  # the validated spec, written over whatever file is there (--force)
+    if recorded.is_file() and recorded.resolve() == spec_path.resolve():
+        raise ValueError(f"the spec {spec_path} is {recorded}, where the sweep records the validated spec: move the "
+                         "spec out of --out, or choose another --out")
     summary = run_sweep(spec, args.out, backend=args.backend, workers=args.workers, address=args.address,
                         retry_failed=args.retry_failed, force=args.force, progress=not args.quiet,
                         spec_text=spec_path.read_text(encoding="utf-8"), spec_suffix=spec_path.suffix.lower())

@@ -301,6 +301,12 @@ def run(args: argparse.Namespace) -> int:
     overwrite = bool(getattr(args, "overwrite", False))
     if out is not None:
         check_out_dir(out, overwrite)  # before the (possibly slow) data loading
+        from pathlib import Path
+
+        root, dest = (Path(cfg.data_root).expanduser().resolve() if cfg.data_root else None), Path(out).resolve()
+        if root is not None and (root == dest or dest in root.parents):  # the final write would delete the data
+            raise ValueError(f"--data-root {cfg.data_root} is inside --out {out}, which the checkpoint replaces at "
+                             "the end: choose a data directory outside it")
     check_model_fits_data(cfg)  # before anything is downloaded
     if resolve_device(cfg.device).type == "cpu":
         tune_malloc()  # reuse activation memory between steps (fewer page faults; see nvcim.train.tune_malloc)

@@ -192,16 +192,26 @@ def adaptive_note(r: MCResult) -> str:
 
 
 CSV_COLUMNS = ("sigma", "runs", "seed", "n_samples", "clean_accuracy", "quantized_accuracy", "mean", "std", "ci95_lo",
-               "ci95_hi", "p1", "p5", "p10", "min", "max", "ekl", "ekl_n", "wall_time_s", "path")
+               "ci95_hi", "p1", "p5", "p10", "min", "max", "ekl", "ekl_n", "wall_time_s", "path",
+               # appended later (readers by name keep working): what was measured, and how precisely
+               "device_model", "variation", "target_ci", "ci_half_width", "images_per_chip", "full_set_chips",
+               "percentiles_from")
 
 
-def write_csv(path, results: Sequence[MCResult]) -> Path:
-    """One row per σ with the scalar statistics (per-run accuracies are in the JSON), written atomically."""
+def write_csv(path, results: Sequence[MCResult], device_model: str | None = None) -> Path:
+    """One row per σ with the scalar statistics (per-run accuracies are in the JSON), written atomically.
+
+    device_model: the name or file the device came from (`nvcim eval --device-model`; empty: the checkpoint's
+    own device); variation: the device's variation kind (empty for aihwkit's noise models). The target-precision
+    columns (`MCResult` ADAPTIVE_FIELDS) are empty for a fixed-count result, where every one of the `runs` chips
+    scored all `n_samples` images; filled, `runs` chips scored `images_per_chip` images each and std, p1/p5/p10,
+    min and max come from the `full_set_chips` chips alone (percentiles_from)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for r in results:
         d = r.to_dict()
         d["ci95_lo"], d["ci95_hi"] = d["ci95"]
-        w.writerow(["" if d[c] is None else d[c] for c in CSV_COLUMNS])
+        d["device_model"], d["variation"] = device_model, (r.device_config or {}).get("variation")
+        w.writerow(["" if d.get(c) is None else d[c] for c in CSV_COLUMNS])
     return atomic_write_text(path, buf.getvalue())

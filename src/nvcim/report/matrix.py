@@ -4,6 +4,7 @@ comparisons by seed between the training methods of its rows, per device model.
 
     fig_matrix(F, rec, "matrix_1")          # into a report's figures
     write_matrix_png(rec, "m.png")          # standalone (nvcim eval --device-models ... --out m.json)
+    is_matrix_png("m.png", beside="m.json") # a heat map nvcim wrote (nvcim eval replaces no other PNG)
     matrix_paired(rec)                      # [{"device_model", "arm_a", "arm_b", "mean", "ci95", "p", ...}]
     matrix_arm_means(rec)                   # [{"device_model", "arm", "n", "mean", "std", "p5"}]: over seeds
 
@@ -90,13 +91,61 @@ def fig_matrix(F: Figures, rec: DeviceMatrixFile, name: str) -> None:
                                        f"checkpoints under {len(rec.device_models)} device models")
 
 
-def write_matrix_png(rec: DeviceMatrixFile, path) -> Path:
+PNG_SOFTWARE = "nvcim device-model matrix"  # the PNG's tEXt "Software" entry: how is_matrix_png knows its own files
+
+
+def matrix_png(rec: DeviceMatrixFile) -> bytes:
+    """The heat map as PNG bytes, marked as nvcim's (tEXt Software = PNG_SOFTWARE)."""
     plt = pyplot()
     fig = _heatmap(plt, rec)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": PNG_SOFTWARE})
     plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_matrix_png(rec: DeviceMatrixFile, path) -> Path:
+    return atomic_write_bytes(path, matrix_png(rec))
+
+
+def _png_software(path: Path) -> str | None:
+    """The tEXt "Software" entry of a PNG file (read up to its image data), None if it has none or is no PNG."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                return None
+            for _ in range(64):  # the text chunks come before the image data
+                head = f.read(8)
+                if len(head) < 8:
+                    return None
+                size, kind = struct.unpack(">I4s", head)
+                if kind in (b"IDAT", b"IEND") or size > 1 << 20:
+                    return None
+                data = f.read(size)
+                f.seek(4, 1)  # CRC
+                if kind == b"tEXt" and data.startswith(b"Software\0"):
+                    return data[len(b"Software\0"):].decode("latin-1")
+    except OSError:
+        return None
+    return None
+
+
+def is_matrix_png(path, beside=None) -> bool:
+    """Whether the file `path` is a heat map nvcim wrote (and may replace): marked PNG_SOFTWARE, or, from versions
+    before the mark, a matplotlib PNG beside `beside`, the device-matrix JSON written with it."""
+    software = _png_software(Path(path))
+    if software == PNG_SOFTWARE:
+        return True
+    if software is None or not software.startswith("Matplotlib") or beside is None:
+        return False
+    try:
+        import json
+
+        return json.loads(Path(beside).read_text(encoding="utf-8")).get("kind") == DeviceMatrixFile.kind
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def matrix_arms(rec: DeviceMatrixFile) -> list[tuple[str, str, str]] | None:
