@@ -177,6 +177,13 @@ def test_csv_names_the_device_model_and_the_target_precision(work, capsys):
     assert float(row["ci_half_width"]) >= 0
 
 
+def test_a_loop_of_symbolic_links_is_one_line(tmp_path, capsys):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    rc, err = _run(["eval", str(_ckpt(tmp_path / "ck")), "--runs", "2", "--out", str(tmp_path / "a")], capsys)
+    assert rc == 2 and len(err) == 1, err
+
+
 # ---- train and sweep: their --out directory replaces no input -----------------------------------
 def test_train_refuses_a_data_root_inside_its_out(tmp_path, capsys, monkeypatch):
     import nvcim.data
@@ -192,6 +199,10 @@ def test_train_refuses_a_data_root_inside_its_out(tmp_path, capsys, monkeypatch)
         rc, err = _run(["train", "--model", "tiny", "--dataset", "fashion_mnist", "--data-root", str(tmp_path / root),
                         "--epochs", "1", "--quiet", "--out", str(tmp_path / "ck")], capsys)
         assert rc == 2 and len(err) == 1 and "--data-root" in err[0] and "inside --out" in err[0], err
+    monkeypatch.setenv("NVCIM_DATA", str(tmp_path / "ck" / "data"))  # the default data directory, inside --out
+    rc, err = _run(["train", "--model", "tiny", "--dataset", "fashion_mnist", "--epochs", "1", "--quiet", "--out",
+                    str(tmp_path / "ck")], capsys)
+    assert rc == 2 and len(err) == 1 and "NVCIM_DATA" in err[0] and "inside --out" in err[0], err
     assert calls == [] and list(tmp_path.iterdir()) == []
 
 
@@ -209,3 +220,21 @@ def test_sweep_refuses_a_json_spec_its_record_would_replace(tmp_path, capsys):
     assert rc == 2 and len(err) == 1 and "records the validated spec" in err[0], err
     assert _snapshot(tmp_path) == before  # the user's spec (device model by file name) kept
 
+
+
+def test_sweep_resumes_from_its_own_recorded_spec(tmp_path, capsys):
+    """DIR/spec.json that nvcim recorded is the spec itself: resuming from it is not refused (it is rewritten with
+    the same content)."""
+    from nvcim.sweep import load_spec
+    from nvcim.sweep.runner import prepare_out_dir
+
+    spec = tmp_path / "s.toml"
+    spec.write_text('name = "t"\nmodels = ["tiny"]\ndatasets = ["mnist5k"]\nmethods = ["vanilla"]\nsigmas = [0.2]\n'
+                    'seeds = [0]\nbetas = [0.001]\n[train]\nepochs = 1\nlimit = 64\nval_runs = 0\nselect = "clean"\n'
+                    '[eval]\nruns = 2\n')
+    out = tmp_path / "out"
+    prepare_out_dir(load_spec(spec), out)
+    recorded = (out / "spec.json").read_text()
+    rc, err = _run(["sweep", str(out / "spec.json"), "--out", str(out), "--quiet"], capsys)
+    assert rc == 0, err
+    assert (out / "spec.json").read_text() == recorded

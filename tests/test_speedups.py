@@ -233,3 +233,10 @@ def test_predicted_label_is_argmax_with_its_tie_rule():
         y = torch.randint(0, c, (300,), generator=gen)
         assert torch.equal(predicted_label(logits, y), logits.argmax(-1) == y)
         assert torch.equal(predicted_label(logits[0], y), logits[0].argmax(-1) == y)
+    # a NaN row (no class holds its "largest" logit) beside a tied one: each row decides alone
+    logits = torch.tensor([[[1.0, 1.0, 0.0], [float("nan"), 0.0, 0.0]]])
+    y = torch.tensor([1, 0])
+    assert not predicted_label(logits, y)[0, 0]  # argmax takes class 0 of the tied row (the NaN row may differ)
+    acc = Accumulator(1)
+    acc.add([0], logits, y)
+    assert acc.correct[0] == 0

@@ -18,10 +18,19 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 
+def resolved(path: Path) -> Path:
+    """The path with '~', '..' and symbolic links resolved; a loop of links is a one-line ValueError (Python 3.11's
+    resolve raises RuntimeError there)."""
+    try:
+        return Path(path).expanduser().resolve()
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: {exc}: fix the symbolic links or choose another path") from None
+
+
 def same_file(a: Path, b: Path) -> bool:
     """The same file: equal once symbolic links and '..' are resolved, or hard links of one file."""
     a, b = Path(a), Path(b)
-    if a.expanduser().resolve() == b.expanduser().resolve():
+    if resolved(a) == resolved(b):
         return True
     try:
         return a.exists() and b.exists() and a.samefile(b)
@@ -34,7 +43,7 @@ def _collides(out: Path, inp: Path) -> bool:
     if same_file(out, inp):
         return True
     if inp.is_dir():
-        if inp.expanduser().resolve() in out.expanduser().resolve().parents:
+        if resolved(inp) in resolved(out).parents:
             return True
         return any(same_file(out, f) for f in inp.iterdir() if f.is_file())  # a hard link of one of its files
     return False

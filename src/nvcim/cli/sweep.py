@@ -39,6 +39,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from nvcim.sweep import load_spec, plan, result_problem, run_sweep, stale_cells
+    from nvcim.sweep.runner import is_recorded_spec
 
     spec_path = Path(args.spec)
     spec = load_spec(spec_path)
@@ -61,7 +62,7 @@ def run(args) -> int:
               f"(not retried), {len(todo)} to run")
         return 0
     recorded = Path(args.out) / "spec.json"  # the validated spec, written over whatever file is there (--force)
-    if recorded.is_file() and recorded.resolve() == spec_path.resolve():
+    if recorded.is_file() and recorded.resolve() == spec_path.resolve() and not is_recorded_spec(spec, args.out):
         raise ValueError(f"the spec {spec_path} is {recorded}, where the sweep records the validated spec: move the "
                          "spec out of --out, or choose another --out")
     summary = run_sweep(spec, args.out, backend=args.backend, workers=args.workers, address=args.address,

@@ -303,10 +303,14 @@ def run(args: argparse.Namespace) -> int:
         check_out_dir(out, overwrite)  # before the (possibly slow) data loading
         from pathlib import Path
 
-        root, dest = (Path(cfg.data_root).expanduser().resolve() if cfg.data_root else None), Path(out).resolve()
-        if root is not None and (root == dest or dest in root.parents):  # the final write would delete the data
-            raise ValueError(f"--data-root {cfg.data_root} is inside --out {out}, which the checkpoint replaces at "
-                             "the end: choose a data directory outside it")
+        from nvcim.cli.outputs import resolved
+        from nvcim.data.download import default_root
+
+        root, dest = resolved(Path(cfg.data_root) if cfg.data_root else default_root()), resolved(Path(out))
+        if root == dest or dest in root.parents:  # the final write would delete the data downloaded there
+            where = f"--data-root {cfg.data_root}" if cfg.data_root else f"the data directory {root} ($NVCIM_DATA)"
+            raise ValueError(f"{where} is inside --out {out}, which the checkpoint replaces at the end: choose a data "
+                             "directory outside it")
     check_model_fits_data(cfg)  # before anything is downloaded
     if resolve_device(cfg.device).type == "cpu":
         tune_malloc()  # reuse activation memory between steps (fewer page faults; see nvcim.train.tune_malloc)

@@ -110,8 +110,8 @@ def predicted_label(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     by_class = logits.movedim(-1, 0).contiguous()  # [classes, ...]
     is_top = by_class == by_class.amax(dim=0)  # [classes, ...] which classes hold the row's largest logit
     hit = is_top.gather(0, labels.unsqueeze(0)).squeeze(0)  # [...] the label holds it
-    if int(is_top.sum()) != hit.numel():  # a row holds its largest logit twice (argmax takes the first class) or a NaN
-        tied = hit & (is_top.sum(dim=0) > 1)  # [...]
+    tied = hit & (is_top.sum(dim=0) > 1)  # [...] ... and so does another class: argmax takes the first of them
+    if bool(tied.any()):
         hit[tied] = logits[tied].argmax(dim=-1) == labels[tied]
     return hit
 
@@ -124,7 +124,8 @@ def label_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     shapes and must agree): rows of few classes are laid out class-first with the rows padded to a multiple of
     ROW_PAD, so exp and log take every value through the same vectorised kernel (an element-wise kernel
     computes the tail of a buffer that is not a multiple of its vector width with scalar code, whose exp
-    differs in the last bit)."""
+    may differ in the last bit on some CPUs). Rows of more classes go through torch.logsumexp, which reduces each
+    row by itself (tests/test_speedups.py checks both; on an AVX-512 CPU scalar and vector exp agree anyway)."""
     z = logits.to(torch.float64)  # [..., classes]
     picked = z.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # [...]
     classes = z.shape[-1]

@@ -48,6 +48,16 @@ def prepare_out_dir(spec: SweepSpec, out_dir, *, force: bool = False, spec_text:
     return out
 
 
+def is_recorded_spec(spec: SweepSpec, out_dir) -> bool:
+    """Whether DIR/spec.json is already the record of `spec` (a resume from the recorded spec rewrites it with the
+    same content)."""
+    try:
+        old = json.loads((Path(out_dir) / SPEC_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return _canonical(old) == _canonical(json.loads(json.dumps(spec.to_dict())))
+
+
 def check_sweep_dir(spec: SweepSpec, out_dir, *, force: bool = False) -> None:
     """Refuse (ValueError, one line) a DIR that is a file or, unless force, holds another spec's cells;
     reads only."""
