@@ -10,22 +10,9 @@ import pytest
 
 import nvcim.data
 from nvcim.io.checkpoint import save_checkpoint
-from nvcim.cli import main
 from nvcim.core.config import DeviceConfig
 from nvcim.models import create_model
-
-
-def _snapshot(root):
-    """Every path under root with its bytes (None for a folder)."""
-    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
-
-
-def _run(argv, capsys):
-    try:
-        rc = main(argv)
-    except SystemExit as e:  # argparse errors
-        rc = e.code
-    return rc, capsys.readouterr().err.strip().splitlines()
+from helpers import snapshot as _snapshot, run_cli_err as _run
 
 
 @pytest.fixture

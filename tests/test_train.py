@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import nvcim.methods as methods
+from helpers import snapshot as _snapshot
 from nvcim.io.checkpoint import load_checkpoint
 from nvcim.core.config import DeviceConfig
 from nvcim.cli import main
@@ -358,11 +359,6 @@ def test_cli_config_file_with_flag_override_and_overwrite(tmp_path, capsys):
     assert (out / "config.json").read_text() == before
     assert main([*argv, "--overwrite", "--seed", "6"]) == 0
     assert json.loads((out / "config.json").read_text())["seed"] == 6
-
-
-def _snapshot(root):
-    """Every path under root with its bytes (None for a folder)."""
-    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
 
 
 @pytest.mark.parametrize("case", ["empty_config", "checkpoint_with_user_file"])
