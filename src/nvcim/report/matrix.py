@@ -109,27 +109,16 @@ def write_matrix_png(rec: DeviceMatrixFile, path) -> Path:
 
 
 def _png_software(path: Path) -> str | None:
-    """The tEXt "Software" entry of a PNG file (read up to its image data), None if it has none or is no PNG."""
-    import struct
+    """The "Software" text entry of a PNG file (Pillow reads the chunks before the image data), None if it has
+    none or is no PNG."""
+    from PIL import Image
 
     try:
-        with open(path, "rb") as f:
-            if f.read(8) != b"\x89PNG\r\n\x1a\n":
-                return None
-            for _ in range(64):  # the text chunks come before the image data
-                head = f.read(8)
-                if len(head) < 8:
-                    return None
-                size, kind = struct.unpack(">I4s", head)
-                if kind in (b"IDAT", b"IEND") or size > 1 << 20:
-                    return None
-                data = f.read(size)
-                f.seek(4, 1)  # CRC
-                if kind == b"tEXt" and data.startswith(b"Software\0"):
-                    return data[len(b"Software\0"):].decode("latin-1")
-    except OSError:
+        with Image.open(path) as im:
+            software = im.info.get("Software") if im.format == "PNG" else None
+    except OSError:  # not an image (UnidentifiedImageError), unreadable
         return None
-    return None
+    return software if isinstance(software, str) else None
 
 
 def is_matrix_png(path, beside=None) -> bool:
