@@ -227,6 +227,33 @@ def test_spec_defaults_live_in_the_typed_spec():
     assert spec.name == sweep.SweepSpec.name == "sweep" and spec.width == 1.0 and spec.betas is None
 
 
+def test_recorded_spec_json_and_nulls_for_optional_keys_load_back(tmp_path, capsys):
+    """DIR/spec.json as `nvcim sweep` records it ("betas": null, "threads_per_cell": null) loads back as the same spec
+    (so `nvcim sweep DIR/spec.json --out DIR` resumes), and null for any optional key means absent (its default)."""
+    from nvcim.cli import main
+    from nvcim.sweep.runner import is_recorded_spec
+
+    raw = spec_of(resources={})
+    del raw["betas"]
+    spec = validate_spec(raw)  # no betas, no threads_per_cell: recorded as null
+    out = sweep.prepare_out_dir(spec, tmp_path / "out")
+    recorded = json.loads((out / sweep.SPEC_JSON).read_text())
+    assert recorded["betas"] is None and recorded["resources"]["threads_per_cell"] is None
+    back = load_spec(out / sweep.SPEC_JSON)
+    assert back == spec and is_recorded_spec(back, out)
+    assert main(["sweep", str(out / sweep.SPEC_JSON), "--out", str(out), "--dry-run"]) == 0
+    assert f"{len(expand(spec))} cells: 0 done" in capsys.readouterr().out
+    nulls = spec_of(description=None, betas=None, device_models=None, method_params=None, variants=None,
+                    eval={"runs": 3, "val_runs": 2, "target_ci": None, "max_chips": None, "images_per_chip": None,
+                          "seed": None, "bn_calibration_images": None},
+                    resources={"threads_per_cell": None, "cpus_per_cell": None, "gpus_per_cell": None})
+    assert validate_spec(nulls) == spec
+    variant = {"label": "ni", "method": "noise_injection"}
+    assert validate_spec(spec_of(variants=[{**variant, "params": None}])) == validate_spec(spec_of(variants=[variant]))
+    with pytest.raises(ValueError, match="'seeds'=None"):  # a required key stays required
+        validate_spec(spec_of(seeds=None))
+
+
 def test_expansion_refuses_two_cells_in_one_directory_case_aside():
     """Even a spec that skipped validation (e.g. edited spec.json) cannot put two cells in one directory."""
     spec = validate_spec(spec_of(methods=["noise_injection"], variants=[{"label": "ni-a", "method": "noise_injection"}]))

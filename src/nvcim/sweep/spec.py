@@ -28,6 +28,7 @@ from nvcim.train import FIELDS, TrainConfig, check_model_fits_data
 SPEC_KEYS = ("name", "models", "width", "datasets", "methods", "sigmas", "seeds", "betas", "train", "eval",
              "method_params", "variants", "resources", "description", "device_models")
 VARIANT_KEYS = ("label", "method", "params")
+REQUIRED_KEYS = ("models", "datasets", "sigmas", "seeds")
 # TrainConfig fields the sweep sets itself (per cell) and the [train] table may not hold
 SWEEP_SET = ("model", "width", "dataset", "method", "method_params", "sigma", "seed", "progress", "num_threads")
 
@@ -69,7 +70,8 @@ def load_spec(path) -> SweepSpec:
     """Read and validate a spec file; the name defaults to the file's stem, device model files are
     relative to the file's directory."""
     raw = read_spec_file(path)
-    raw.setdefault("name", Path(path).stem)
+    if raw.get("name") is None:  # absent or null
+        raw["name"] = Path(path).stem
     return validate_spec(raw, where=str(path), base_dir=Path(path).parent)
 
 
@@ -154,11 +156,28 @@ def _device_models(raw: Mapping, where: str, base_dir, sigma: float, train: Mapp
     return out
 
 
+def _nulls_dropped(raw: Mapping) -> dict:
+    """`raw` without the optional keys whose value is null (None): null means absent, i.e. the default. So a spec.json
+    as nvcim records it ("betas": null, "threads_per_cell": null, ...) or one with e.g. "max_chips": null loads. At the
+    top level, in [eval] and [resources], and a variant's params; null for a required key stays (its error names it).
+    [train] and method parameters are kept as given (their own configs take None where it is meaningful)."""
+    out = {k: v for k, v in raw.items() if v is not None or k in REQUIRED_KEYS}
+    for table in ("eval", "resources"):
+        if isinstance(out.get(table), Mapping):
+            out[table] = {k: v for k, v in out[table].items() if v is not None}
+    if isinstance(out.get("variants"), list):
+        out["variants"] = [{k: x for k, x in v.items() if x is not None or k != "params"} if isinstance(v, Mapping)
+                           else v for v in out["variants"]]
+    return out
+
+
 def validate_spec(raw: Mapping, where: str = "<spec>", base_dir=None) -> SweepSpec:
     """`raw` checked and normalized, every default filled; one-line ValueError naming the bad key.
+    An optional key given as null counts as absent (its default): `_nulls_dropped`.
     `base_dir`: the directory device model files are relative to (None: the working directory)."""
     if not isinstance(raw, Mapping):
         raise ValueError(f"sweep spec {where} must be a mapping of keys, got {type(raw).__name__}")
+    raw = _nulls_dropped(raw)
     unknown = sorted(set(raw) - set(SPEC_KEYS))
     if unknown:
         raise ValueError(f"sweep spec {where}: unknown key(s) {unknown}: allowed keys are {list(SPEC_KEYS)}")
