@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 
+from helpers import run_cli
 from nvcim.cli import main
 from nvcim.evaluate.files import DeviceMatrixFile, read_result_file
 from nvcim.io.device_models import device_model, list_device_models
@@ -85,6 +87,29 @@ def test_matrix_bad_input_is_one_line(ckpts, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown device model 'nope'" in err[0]
     assert main(["eval", str(ckpts[0]), "--device-models", "gaussian", "--curve"]) == 2
+
+
+def test_cli_ci_of_two_chips_stays_in_0_100_with_a_note(ckpts, tmp_path, capsys):
+    """Two chips: t = 12.7, so the interval of the mean would reach below 0 %; its bounds are accuracies, and a note
+    says that the interval rests on few chips. (A trained checkpoint: an untrained one predicts one class on every
+    chip, so there is no spread.)"""
+    ckpt = ckpts[1]
+    out, table = tmp_path / "r.json", tmp_path / "r.csv"
+    rc, stdout, err = run_cli(["eval", str(ckpt), "--runs", "2", "--out", str(out), "--csv", str(table)], capsys)
+    assert rc == 0, err
+    r = json.loads(out.read_text())["results"][0]
+    acc = r["per_run_accuracy"]
+    half = 12.706204736174704 * abs(acc[0] - acc[1]) / math.sqrt(2) / math.sqrt(2)  # t_{0.975, 1} * std / √2
+    assert r["mean"] - half < 0  # the unclipped interval leaves [0, 100]: the case this test is about
+    lo, hi = r["ci95"]
+    assert 0.0 <= lo <= r["mean"] <= hi <= 100.0 and lo == 0.0
+    row = next(csv.DictReader(table.open()))
+    assert float(row["ci95_lo"]) == 0.0 and 0.0 <= float(row["ci95_hi"]) <= 100.0
+    assert "[-" not in stdout  # the printed table too
+    notes = [line for line in err.splitlines() if "rests on only 2 chips" in line]
+    assert len(notes) == 1 and "--runs 10" in notes[0], err
+    rc, _, err = run_cli(["eval", str(ckpt), "--runs", "10"], capsys)
+    assert rc == 0 and "rests on only" not in err
 
 
 def test_report_keeps_results_under_other_devices_apart(ckpts, tmp_path):

@@ -224,12 +224,25 @@ def test_summarize_hand_computed():
     assert s["per_run_accuracy"] == [80.0, 90.0, 100.0]
     assert s["mean"] == pytest.approx(90.0) and s["std"] == pytest.approx(10.0)
     half = 4.302652729911275 * 10.0 / math.sqrt(3)  # t_{0.975, 2} = 4.3027
-    assert s["ci95"] == pytest.approx((90.0 - half, 90.0 + half), rel=1e-10)
+    assert s["ci95"] == pytest.approx((90.0 - half, 100.0), rel=1e-10)  # 90 + half = 114.8: clipped to 100
     assert s["p1"] == pytest.approx(80.2) and s["p5"] == pytest.approx(81.0) and s["p10"] == pytest.approx(82.0)
     assert s["min"] == 80.0 and s["max"] == 100.0
     assert s["ekl"] == pytest.approx(3.0 / 27) and s["ekl_n"] == 27
     one = summarize([5], 10, 0.0, 0)
     assert math.isnan(one["std"]) and math.isnan(one["ci95"][0]) and math.isnan(one["ekl"])
+
+
+def test_ci_bounds_are_accuracies():
+    """A t interval from few chips can reach past 0 or 100 %: its bounds are clipped (accuracy is bounded)."""
+    from nvcim.evaluate.stats import accuracy_ci
+
+    s = summarize([0, 4], 10, 0.0, 0)  # 0 % and 40 %: mean 20, half-width 12.706 * 28.28 / √2 = 254
+    assert s["ci95"] == (0.0, 100.0)
+    s = summarize([10, 9, 10], 10, 0.0, 0)
+    half = 4.302652729911275 * s["std"] / math.sqrt(3)
+    assert s["ci95"] == pytest.approx((s["mean"] - half, 100.0), rel=1e-9) and s["mean"] + half > 100
+    assert accuracy_ci(50.0, 3.0) == (47.0, 53.0) and accuracy_ci(1.0, 3.0) == (0.0, 4.0)
+    assert all(math.isnan(v) for v in accuracy_ci(math.nan, math.nan))
 
 
 def test_ekl_accumulator_on_fixed_logits():

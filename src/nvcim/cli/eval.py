@@ -24,7 +24,8 @@ work (nvcim.cli.device_flags). The printed header names the device.
 One run = one programmed chip (one draw per noisy weight, fixed for the whole split); run r of
 every σ uses the same seeded draws, so results are reproducible from --seed. Prints a table
 (accuracies in %, mean with std and 95% CI over runs, worst-case percentiles, EKL in nats) and
-optionally writes everything, per-run accuracies included, to JSON:
+optionally writes everything, per-run accuracies included, to JSON. The CI's bounds are clipped to [0, 100]
+(accuracy is bounded); with fewer than 10 chips a note on stderr says that the interval is rough. JSON:
     {"kind": "mc_eval", "nvcim_version", "checkpoint", "checkpoint_config", "dataset", "split",
      "device_config", "bn_recalibration": null | {"split", "images", "batch_size", "weights": "clean" | "each chip"},
      "results": [MCResult.to_dict(), ...]}
@@ -231,6 +232,19 @@ def _target_options(args: argparse.Namespace) -> dict:
     return opts
 
 
+def note_few_chips(results, fix: str = "use --runs 10 or more") -> None:
+    """One note on stderr when some result's 95 % CI rests on fewer than FEW_CHIPS chips (wide: its t quantile is large
+    and the std itself rough; the printed and recorded bounds are clipped to [0, 100], nvcim.evaluate.stats)."""
+    from nvcim.evaluate.stats import FEW_CHIPS, t_quantile
+
+    few = sorted({r.runs for r in results if r.runs < FEW_CHIPS})
+    if not few:
+        return
+    t = f" (t = {t_quantile(0.975, few[0] - 1):.3g} for {few[0]})" if few[0] >= 2 else ""
+    print(f"nvcim eval: note: the 95 % CI rests on only {'/'.join(map(str, few))} chips (fewer than {FEW_CHIPS}): a "
+          f"wide, rough interval{t}; {fix}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     from nvcim.cli.device_flags import device_label
     from nvcim.cli.eval_data import DEVICE_DEFAULT_KEYS, load_for_eval
@@ -392,6 +406,7 @@ def run(args: argparse.Namespace) -> int:
         how = "the clean weights" if recalibration["weights"] == "clean" else "each chip's weights, per chip"
         print(f"BatchNorm statistics recalibrated from {recalibration['images']} training images with {how}")
     print(results_table(results))
+    note_few_chips(results, "give a smaller --target-ci for more chips" if target else "use --runs 10 or more")
     record = EvaluationFile(results=list(results), checkpoint=str(ckpt), checkpoint_config=config, dataset=dataset,
                             split=args.split, device_config=base.to_dict(), bn_recalibration=recalibration)
     if args.out:
@@ -424,6 +439,7 @@ def _run_write_verify(args, ckpt, model, config, spec, dataset, splits, split, c
           f"write-verify by {verify['by']}, verified devices left at σ {verify['residual_sigma']:g}, "
           f"{points[0]['plan'].n_weights} weights x {cfg.devices_per_weight} devices")
     print(points_table(points))
+    note_few_chips([p["result"] for p in points])
     hit = None
     if verify["target"] is not None:
         hit = fraction_for_target(points, verify["target"], verify["stat"])

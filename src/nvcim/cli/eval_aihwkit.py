@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from nvcim.cli.eval import note_few_chips
 from nvcim.cli.eval_data import load_for_eval
 from nvcim.evaluate import results_table, write_csv
 from nvcim.evaluate.files import EvaluationFile, write_result_file
@@ -27,6 +28,7 @@ def run_aihwkit(args: argparse.Namespace, ckpt: Path, *, runs: int, seed: int, b
           f"{device.t_inference:g} s, tile {device.tile}, io {device.io}, drift compensation {device.compensation}, "
           f"seed {seed}; σ does not apply (column sigma 0), 'quantized' = analog model before programming")
     print(results_table([res]))
+    note_few_chips([res])
     record = EvaluationFile(results=[res], checkpoint=str(ckpt), checkpoint_config=loaded.config,
                             dataset=loaded.dataset, split=args.split, device_config=device.to_dict())
     if args.out:

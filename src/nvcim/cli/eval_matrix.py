@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from nvcim.cli.eval import note_few_chips
 from nvcim.cli.eval_data import DEVICE_DEFAULT_KEYS, load_for_eval
 from nvcim.cli.outputs import check_outputs, eval_inputs, same_file
 from nvcim.evaluate.files import write_result_file
@@ -81,6 +82,7 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
     t = matrix_table(rec)
     print(tabulate(t.rows, headers=t.headers, disable_numparse=True))
     print(t.note)
+    note_few_chips([c["result"] for row in rec.cells for c in row])
     for name, s in own_sigma.items():
         print(f"{name}: σ_d = {s:g}, set by the file")
     picture = matrix_png(rec) if args.out else None  # rendered before any file is written

@@ -73,7 +73,7 @@ from nvcim.core.config import DeviceConfig
 from nvcim.evaluate.forward import Accumulator, ParameterSlots, sliced
 from nvcim.evaluate.results import MCResult
 from nvcim.evaluate.sampler import ChipSampler, run_generator, subset_indices
-from nvcim.evaluate.stats import summarize, t_quantile
+from nvcim.evaluate.stats import accuracy_ci, summarize, t_quantile
 from nvcim.layers.noise import clear_chip_, program_chip_, quantization_cached, variation_disabled
 
 PILOT_CHIPS = 20  # chips scored on the full test set first: the percentiles and the choice of N
@@ -422,7 +422,7 @@ def target_precision(model: nn.Module, batches, cfg: DeviceConfig, seed: int, ta
     ekl_sum = float(sum(a.ekl_sum.sum() for a in every))
     ekl_n = int(sum(a.ekl_n.sum() for a in every))
     stats = summarize(full_correct, n, ekl_sum, ekl_n)  # the tails from full-set chips only
-    stats.update(mean=mean, ci95=(mean - half, mean + half))
+    stats.update(mean=mean, ci95=accuracy_ci(mean, half))  # bounds in [0, 100]; ci_half_width stays `half`
     nonfinite = int(sum((a.nonfinite > 0).sum() for a in every))
     clean_correct, quant_correct = baseline
     return MCResult(sigma=cfg.sigma, runs=runs, seed=seed, n_samples=n, clean_accuracy=100.0 * clean_correct / n,

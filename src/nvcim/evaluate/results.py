@@ -36,7 +36,9 @@ def _none_to_nan(v: Any) -> Any:
 
 @dataclass
 class MCResult:
-    """Monte Carlo result at one σ. Accuracies are in percent; ci95 is (lo, hi) of the mean.
+    """Monte Carlo result at one σ. Accuracies are in percent; ci95 is (lo, hi) of the 95 % CI of the mean, the bounds
+    clipped to [0, 100] (accuracy is bounded; `nvcim.evaluate.stats.accuracy_ci`), so that with few chips the interval
+    can be asymmetric about the mean. Results written before the clipping may hold bounds outside [0, 100].
 
     JSON written before `nonfinite_runs` and `num_classes` existed loads with 0 and None.
 
@@ -76,7 +78,7 @@ class MCResult:
     num_classes: int | None = None  # width of the model's logits (chance = 100 / num_classes %); None: unknown
     # target-precision mode only (None / empty otherwise; see the class docstring)
     target_ci: float | None = None  # the 95 % CI half-width asked for, points
-    ci_half_width: float | None = None  # the one reached, points
+    ci_half_width: float | None = None  # the one reached, points: unclipped (ci95's bounds are clipped to [0, 100])
     images_per_chip: int | None = None  # N: test images each of the R chips scores
     subset_correct: list[int] = field(default_factory=list)  # [R] correct of N, chips full_set_chips .. +R-1
     subset_accuracy: list[float] = field(default_factory=list)  # [R] their control-variate accuracies (points)
@@ -205,7 +207,8 @@ def write_csv(path, results: Sequence[MCResult], device_model: str | None = None
     own device); variation: the device's variation kind (empty for aihwkit's noise models). The target-precision
     columns (`MCResult` ADAPTIVE_FIELDS) are empty for a fixed-count result, where every one of the `runs` chips
     scored all `n_samples` images; filled, `runs` chips scored `images_per_chip` images each and std, p1/p5/p10,
-    min and max come from the `full_set_chips` chips alone (percentiles_from)."""
+    min and max come from the `full_set_chips` chips alone (percentiles_from). ci95_lo / ci95_hi are clipped to
+    [0, 100] (`MCResult`); ci_half_width is not."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)

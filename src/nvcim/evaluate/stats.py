@@ -1,6 +1,7 @@
 """Statistics of a Monte Carlo evaluation: accuracy summaries, the Student t distribution, σ grids.
 
     s = summarize(per_run_correct, n, ekl_sum, ekl_n)       # mean, std, ci95, p1/p5/p10, min, max, ekl
+    accuracy_ci(99.0, 3.5)                                   # (95.5, 100.0): mean ± half clipped to [0, 100]
     t_quantile(0.975, 9)                                     # 2.2622 (Student t, no scipy)
     default_sigma_grid(0.3)                                  # [0, 0.05, ..., 0.6]
     convergence_summary({"a": 90.0, "b": 70.0})              # SPEC §4 non-converged models
@@ -105,13 +106,31 @@ def t_quantile(p: float, df: float) -> float:
 
 
 # ---- statistics --------------------------------------------------------------------------------
+ACCURACY_RANGE = (0.0, 100.0)  # accuracy points: an interval of the mean accuracy never leaves it
+FEW_CHIPS = 10  # below this many chips, a t interval of the mean is wide and rests on a rough std (the CLI says so)
+
+
+def accuracy_ci(mean: float, half: float) -> tuple[float, float]:
+    """The 95 % CI (lo, hi) of a mean accuracy (points) from its half-width: mean ± half, clipped to [0, 100].
+
+    Accuracy is bounded, so the clipped part of a t interval (wide with few chips: t = 12.7 for 2) holds no possible
+    value. After clipping the interval may be asymmetric; a recorded half-width (MCResult.ci_half_width) stays the
+    unclipped `half`. NaN stays NaN."""
+    lo, hi = mean - half, mean + half
+    if math.isfinite(lo):
+        lo = min(max(lo, ACCURACY_RANGE[0]), ACCURACY_RANGE[1])
+    if math.isfinite(hi):
+        hi = min(max(hi, ACCURACY_RANGE[0]), ACCURACY_RANGE[1])
+    return lo, hi
+
+
 def summarize(per_run_correct: Sequence[int], n: int, ekl_sum: float, ekl_n: int) -> dict:
     """Accuracy statistics (percent) over runs and EKL from the raw counts.
 
     per_run_correct: number of correctly classified samples in each run; n: samples per run;
     ekl_sum: Σ -log p_y over the correct (run, sample) pairs; ekl_n: how many such pairs.
-    Returns mean, std (ddof=1), ci95 (Student t, of the mean), p1/p5/p10 (numpy linear
-    interpolation), min, max, ekl, ekl_n. With a single run, std and ci95 are NaN.
+    Returns mean, std (ddof=1), ci95 (Student t, of the mean; its bounds clipped to [0, 100]: `accuracy_ci`),
+    p1/p5/p10 (numpy linear interpolation), min, max, ekl, ekl_n. With a single run, std and ci95 are NaN.
     """
     if n <= 0:
         raise ValueError(f"summarize: n={n!r} is invalid: need at least one sample")
@@ -124,7 +143,7 @@ def summarize(per_run_correct: Sequence[int], n: int, ekl_sum: float, ekl_n: int
     if runs > 1:
         std = float(acc.std(ddof=1))
         half = t_quantile(0.975, runs - 1) * std / math.sqrt(runs)
-        ci = (mean - half, mean + half)
+        ci = accuracy_ci(mean, half)
     else:
         std, ci = math.nan, (math.nan, math.nan)
     p1, p5, p10 = (float(v) for v in np.percentile(acc, [1.0, 5.0, 10.0]))
