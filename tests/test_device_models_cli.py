@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from helpers import run_cli
+from helpers import run_cli, run_cli_err
 from nvcim.cli import main
 from nvcim.evaluate.files import DeviceMatrixFile, read_result_file
 from nvcim.io.device_models import device_model, list_device_models
@@ -110,6 +110,24 @@ def test_cli_ci_of_two_chips_stays_in_0_100_with_a_note(ckpts, tmp_path, capsys)
     assert len(notes) == 1 and "--runs 10" in notes[0], err
     rc, _, err = run_cli(["eval", str(ckpt), "--runs", "10"], capsys)
     assert rc == 0 and "rests on only" not in err
+
+
+def test_matrix_refuses_a_checkpoint_given_twice_before_any_work(ckpts, tmp_path, capsys, monkeypatch):
+    import nvcim.cli.eval_matrix
+
+    def no_loading(*a, **k):
+        raise AssertionError("a checkpoint was loaded")
+
+    monkeypatch.setattr(nvcim.cli.eval_matrix, "load_for_eval", no_loading)
+    link = tmp_path / "link"
+    link.symlink_to(ckpts[0], target_is_directory=True)
+    again = ckpts[0].parent / ".." / ckpts[0].parent.name / ckpts[0].name
+    for argv in ([str(ckpts[0]), str(ckpts[1]), str(ckpts[0]), "--device-models", "gaussian,rram4"],
+                 [str(ckpts[0]), str(again)], [str(link), str(ckpts[1]), str(ckpts[0]), "--device-models", "gaussian"]):
+        rc, err = run_cli_err(["eval", *argv, "--runs", "2", "--out", str(tmp_path / "m.json")], capsys)
+        assert rc == 2 and len(err) == 1, err
+        assert "is given twice" in err[0] and "list each checkpoint once" in err[0] and str(ckpts[0].name) in err[0]
+    assert not (tmp_path / "m.json").exists()
 
 
 def test_report_keeps_results_under_other_devices_apart(ckpts, tmp_path):

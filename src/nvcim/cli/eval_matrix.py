@@ -1,6 +1,6 @@
 """`nvcim eval CKPT... --device-models A,B,C`: every checkpoint under every device model (aihwkit:pcm and
 aihwkit:reram too, at --time), at one σ (a device-model file's own sigma for its column; --sigma or --no-quantize
-contradicting a file is refused: nvcim.cli.device_flags), on common random numbers; prints the matrix and writes it as JSON
+contradicting a file is refused: nvcim.cli.device_flags), on common random numbers (a checkpoint given twice, by any path, is refused); prints the matrix and writes it as JSON
 (--out), a heat-map PNG beside the JSON (--out with the suffix .png; an existing file there is replaced only if
 nvcim wrote it), and CSV (--csv, one row per cell); every path is checked before any work (nvcim.cli.outputs). `nvcim report` shows matrix files in a section of their own."""
 
@@ -14,7 +14,7 @@ from tabulate import tabulate
 
 from nvcim.cli.eval import note_few_chips
 from nvcim.cli.eval_data import DEVICE_DEFAULT_KEYS, load_for_eval
-from nvcim.cli.outputs import check_outputs, eval_inputs, same_file
+from nvcim.cli.outputs import check_outputs, eval_inputs, resolved, same_file
 from nvcim.evaluate.files import write_result_file
 from nvcim.evaluate.matrix import device_matrix
 from nvcim.interop.aihwkit import aihwkit_device, is_aihwkit_spec
@@ -27,6 +27,12 @@ from nvcim.report.matrix import is_matrix_png, matrix_csv, matrix_png, matrix_ta
 
 def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | None, runs: int, seed: int,
                batch_size: int, limit: int | None, progress: bool) -> int:
+    first: dict[Path, Path] = {}  # resolved path -> the checkpoint as given
+    for ck in ckpts:  # one row per checkpoint: the same one twice would only duplicate a row
+        other = first.setdefault(resolved(ck), ck)
+        if other is not ck:
+            also = "" if str(other) == str(ck) else f" (as {other} and {ck})"
+            raise ValueError(f"checkpoint {ck} is given twice{also}: list each checkpoint once")
     names = [n.strip() for n in (args.device_models or "gaussian").split(",") if n.strip()]
     if not names:
         raise ValueError(f"--device-models {args.device_models!r} lists no device model: give e.g. gaussian,rram4")
