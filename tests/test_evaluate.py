@@ -410,6 +410,21 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert len(again) == 1 and again[0]["per_run_accuracy"] == payload["results"][1]["per_run_accuracy"]
 
 
+def test_cli_write_verify_csv_names_the_device_model(tmp_path, capsys):
+    """The write-verify CSV keeps its columns and appends device_model, filled as the Monte Carlo CSV fills it."""
+    ckpt = tiny_mnist5k_checkpoint(tmp_path / "ck", nvcim.DeviceConfig(sigma=0.3))
+    old = ["fraction", "verified_weights", "verified_devices", "mean", "std", "ci95_lo", "ci95_hi", "p1", "p5", "p10",
+           "min", "ekl"]
+    for extra, name in ((["--device-model", "rram4"], "rram4"), ([], "")):
+        table = tmp_path / "wv.csv"
+        rc, _, err = _cli(["eval", str(ckpt), "--runs", "2", "--verify-fractions", "0,1", "--verify-by", "magnitude",
+                           *extra, "--csv", str(table)], capsys)
+        assert rc == 0, err
+        header, *rows = [line.split(",") for line in table.read_text().splitlines()]
+        assert header == old + ["device_model"] and len(rows) == 2
+        assert [r[-1] for r in rows] == [name, name]
+
+
 def test_cli_write_verify(tmp_path, capsys):
     data = pytest.importorskip("nvcim.data")
     try:

@@ -293,7 +293,9 @@ class CycleModel:
 
 # ---- output --------------------------------------------------------------------------------------------
 POINT_COLUMNS = ("fraction", "verified_weights", "verified_devices", "mean", "std", "ci95_lo", "ci95_hi", "p1", "p5",
-                 "p10", "min", "ekl")
+                 "p10", "min", "ekl",
+                 # appended later (readers by name keep working): the device model, as in nvcim.evaluate.write_csv
+                 "device_model")
 
 
 def _row(p: Mapping) -> dict:
@@ -319,13 +321,14 @@ def points_table(points: Sequence[Mapping]) -> str:
                     tablefmt="simple", disable_numparse=True)
 
 
-def write_points_csv(path, points: Sequence[Mapping]):
-    """One row per verified fraction (POINT_COLUMNS), written atomically."""
+def write_points_csv(path, points: Sequence[Mapping], device_model: str | None = None):
+    """One row per verified fraction (POINT_COLUMNS), written atomically. device_model: the name or file the device
+    came from (`nvcim eval --device-model`; empty: the checkpoint's own device), as in the Monte Carlo CSV."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(POINT_COLUMNS)
     for p in points:
-        d = _row(p)
+        d = {**_row(p), "device_model": device_model}
         w.writerow(["" if d[c] is None or (isinstance(d[c], float) and not math.isfinite(d[c])) else d[c]
                     for c in POINT_COLUMNS])
     return atomic_write_text(path, buf.getvalue())

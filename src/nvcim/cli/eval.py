@@ -462,6 +462,6 @@ def _run_write_verify(args, ckpt, model, config, spec, dataset, splits, split, c
         write_result_file(args.out, record)
         print(f"wrote {args.out}")
     if args.csv:
-        write_points_csv(args.csv, points)
+        write_points_csv(args.csv, points, device_model=args.device_model)
         print(f"wrote {args.csv}")
     return 0
