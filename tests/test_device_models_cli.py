@@ -130,6 +130,44 @@ def test_matrix_refuses_a_checkpoint_given_twice_before_any_work(ckpts, tmp_path
     assert not (tmp_path / "m.json").exists()
 
 
+def test_device_model_is_validated_before_any_loading(tmp_path, capsys, monkeypatch):
+    """A bad --device-model (unknown name, missing file, or a file whose values are invalid with the checkpoint's bits)
+    is the same one line as before, exit 2, but before any checkpoint is loaded (eval: single and matrix) or any data
+    (train); a file valid with every checkpoint's bits is accepted (not judged by DeviceConfig's default bits)."""
+    import nvcim.cli.eval_data
+    import nvcim.cli.eval_matrix
+    import nvcim.data
+    from nvcim.core.config import DeviceConfig
+    from helpers import tiny_mnist5k_checkpoint
+
+    six = tiny_mnist5k_checkpoint(tmp_path / "six", DeviceConfig(sigma=0.1, weight_bits=6, device_bits=2))
+    eight = tiny_mnist5k_checkpoint(tmp_path / "eight", DeviceConfig(sigma=0.1))  # weight_bits 8
+    bad, bits3 = tmp_path / "bad.toml", tmp_path / "bits3.toml"
+    bad.write_text("sigma = -1\n")
+    bits3.write_text("device_bits = 3\n")  # divides 6, not 8
+    text = {}
+    for spec, bits in (("nope", 8), (str(tmp_path / "missing.toml"), 8), (str(bad), 8), (str(bits3), 8)):
+        with pytest.raises(ValueError) as info:
+            device_model(spec, defaults={"sigma": 0.1, "weight_bits": bits, "device_bits": 2, "quantize": True})
+        text[spec] = str(info.value)  # the error as it is reported after loading
+
+    def no_loading(*a, **k):
+        raise AssertionError("loaded before the device model was validated")
+
+    for where, name in ((nvcim.cli.eval_data, "load_for_eval"), (nvcim.cli.eval_matrix, "load_for_eval"),
+                        (nvcim.data, "load_dataset")):
+        monkeypatch.setattr(where, name, no_loading)
+    cases = [(["eval", str(eight), "--device-model", spec, "--runs", "2"], spec) for spec in text]
+    cases += [(["eval", str(six), str(eight), "--device-models", f"gaussian,{spec}", "--runs", "2"], spec) for spec in text]
+    cases += [(["train", *SMOKE, "--device-model", spec], spec) for spec in ("nope", str(bad))]
+    for argv, spec in cases:
+        rc, err = run_cli_err(argv, capsys)
+        assert rc == 2 and err == [f"nvcim {argv[0]}: error: {text[spec]}"], (argv, err)
+    monkeypatch.undo()
+    rc, _, err = run_cli(["eval", str(six), "--device-models", str(bits3), "--runs", "2"], capsys)
+    assert rc == 0, err
+
+
 def test_report_keeps_results_under_other_devices_apart(ckpts, tmp_path):
     """An `nvcim eval --device-model` result is an arm of its own, labelled with its device."""
     for dm in ("gaussian", "rram4"):

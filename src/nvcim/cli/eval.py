@@ -247,7 +247,7 @@ def note_few_chips(results, fix: str = "use --runs 10 or more") -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nvcim.cli.device_flags import device_label
-    from nvcim.cli.eval_data import DEVICE_DEFAULT_KEYS, load_for_eval
+    from nvcim.cli.eval_data import device_defaults, load_for_eval
     from nvcim.cli.eval_matrix import run_matrix
     from nvcim.evaluate import default_sigma_grid, results_table, robustness_curve, write_csv
     from nvcim.evaluate.files import EvaluationFile, write_result_file
@@ -357,13 +357,16 @@ def run(args: argparse.Namespace) -> int:
                              "quantization, write-verify or target precision here: drop --sigma / --sigmas / --curve / "
                              "--no-quantize / --verify-fractions / BatchNorm recalibration / --target-ci")
         return run_aihwkit(args, ckpt, runs=runs, seed=seed, batch_size=batch_size, limit=limit, progress=progress)
+    chosen = None  # the device model built with the checkpoint's defaults: a bad file's values fail before loading
+    if args.device_model:
+        chosen = device_model(args.device_model, defaults=device_defaults(ckpt, args.no_quantize))
     loaded = load_for_eval(ckpt, dataset=args.dataset, data_root=args.data_root, split=args.split, limit=limit,
                            no_quantize=args.no_quantize)
     model, config, base, dataset, splits, split = (loaded.model, loaded.config, loaded.device, loaded.dataset,
                                                     loaded.splits, loaded.split)
     spec = config.get("model", {})
-    if args.device_model:
-        base = device_model(args.device_model, defaults={k: getattr(base, k) for k in DEVICE_DEFAULT_KEYS})
+    if chosen is not None:
+        base = chosen
     train_sigma = loaded.device.sigma
     center = base.sigma if "sigma" in model_fields else train_sigma  # a device model file's σ, else the training σ
     if args.curve:

@@ -1,6 +1,7 @@
 """Loading what `nvcim eval` evaluates: a checkpoint, its device, and the split of its data set (shared by the
-single-checkpoint command and the device-model matrix). Every check runs before the data are loaded
-or downloaded: a wrong-typed device entry, an unknown data set (naming missing plugins), an npz file
+single-checkpoint command and the device-model matrix), and the device defaults a device model takes from a
+checkpoint, read from its config.json alone (`device_defaults`: a device model is validated with them before any
+checkpoint is loaded). Every check runs before the data are loaded or downloaded: a wrong-typed device entry, an unknown data set (naming missing plugins), an npz file
 changed since training, a data set that does not fit the model."""
 
 from __future__ import annotations
@@ -29,6 +30,23 @@ class Loaded(NamedTuple):
     split: Any
 
 
+def checkpoint_device(ckpt: Path, config: dict, no_quantize: bool = False) -> DeviceConfig:
+    """The device checkpoint `ckpt` was trained with (its config.json `config`; training σ), quantization as asked."""
+    dev_dict = config.get("device") or {}
+    if not isinstance(dev_dict, dict):
+        raise ValueError(f"checkpoint {ckpt}: 'device' in config.json is not a device config: fix config.json")
+    base = DeviceConfig.from_dict(dev_dict) if dev_dict else DeviceConfig(sigma=0.0)
+    return base.replace(quantize=False) if no_quantize else base
+
+
+def device_defaults(ckpt: Path, no_quantize: bool = False) -> dict[str, Any]:
+    """The fields (DEVICE_DEFAULT_KEYS) a device model leaves to checkpoint `ckpt`, from its config.json alone (no
+    weights, no data): so a device model is built, and validated, with them before anything is loaded."""
+    config = checkpoint.read_checkpoint_config(ckpt)
+    base = checkpoint_device(ckpt, config, no_quantize)
+    return {k: getattr(base, k) for k in DEVICE_DEFAULT_KEYS}
+
+
 def load_for_eval(ckpt: Path, *, dataset: str | None, data_root: str | None, split: str, limit: int | None,
                   no_quantize: bool = False) -> Loaded:
     """The checkpoint's model (float32), config and device, and the `split` of its (or `dataset`'s) data."""
@@ -39,12 +57,7 @@ def load_for_eval(ckpt: Path, *, dataset: str | None, data_root: str | None, spl
         print(f"nvcim eval: note: checkpoint {ckpt} stores {'/'.join(dtypes)} weights: evaluating them in float32",
               file=sys.stderr)
         model = model.float()
-    dev_dict = config.get("device") or {}
-    if not isinstance(dev_dict, dict):
-        raise ValueError(f"checkpoint {ckpt}: 'device' in config.json is not a device config: fix config.json")
-    base = DeviceConfig.from_dict(dev_dict) if dev_dict else DeviceConfig(sigma=0.0)
-    if no_quantize:
-        base = base.replace(quantize=False)
+    base = checkpoint_device(ckpt, config, no_quantize)
 
     data_cfg = config.get("data") or {}
     if not isinstance(data_cfg, dict):

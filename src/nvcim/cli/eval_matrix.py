@@ -13,7 +13,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from nvcim.cli.eval import note_few_chips
-from nvcim.cli.eval_data import DEVICE_DEFAULT_KEYS, load_for_eval
+from nvcim.cli.eval_data import device_defaults, load_for_eval
 from nvcim.cli.outputs import check_outputs, eval_inputs, resolved, same_file
 from nvcim.evaluate.files import write_result_file
 from nvcim.evaluate.matrix import device_matrix
@@ -44,8 +44,11 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
         return device_model(name, defaults=defaults)
 
     time = None if args.time is None else float(args.time)
-    for name in names:
-        resolve(name)  # an unknown name or a bad file: one line, before anything is loaded
+    for name in names:  # an unknown name or a missing file: one line, before anything is read
+        if is_aihwkit_spec(name):
+            resolve(name)
+        else:
+            device_model_fields(name)  # its values: below, with each checkpoint's bits, before any loading
     asked = {}  # flags against the fields a device model sets: one rule (nvcim.cli.device_flags)
     if sigma is not None:
         asked["sigma"] = (f"--sigma {args.sigma}" if args.sigma is not None else f"--sigmas {args.sigmas}", sigma)
@@ -57,7 +60,7 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
             fields = device_model_fields(name)
             refuse_conflicts(name, fields, asked)
             if "sigma" in fields and sigma is None:
-                own_sigma[name] = resolve(name).sigma
+                own_sigma[name] = None  # its σ: filled below, once it is built with a checkpoint's bits
     if any(is_aihwkit_spec(n) for n in names):
         require_aihwkit()
     png = Path(args.out).with_suffix(".png") if args.out else None
@@ -72,17 +75,20 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
     for ck in ckpts:
         if not ck.exists():
             raise FileNotFoundError(f"checkpoint {ck} does not exist: check the path")
-    rows, devices, info = [], [], []
+    devices = []  # every cell's device, built (and so validated) with its checkpoint's bits before anything is loaded
+    for ck in ckpts:
+        defaults = device_defaults(ck, args.no_quantize)  # config.json only
+        if sigma is not None:
+            defaults["sigma"] = sigma
+        devices.append({name: resolve(name, defaults) for name in names})
+    own_sigma = {name: devices[0][name].sigma for name in own_sigma}  # a file's own σ: the same in every row
+    rows, info = [], []
     for ck in ckpts:
         loaded = load_for_eval(ck, dataset=args.dataset, data_root=args.data_root, split=args.split, limit=limit,
                                no_quantize=args.no_quantize)
         rows.append((str(ck), loaded.dataset, loaded.model, loaded.split))
         info.append({"method": dict(loaded.config.get("method") or {}), "seed": loaded.config.get("seed"),
                      "train_sigma": (loaded.config.get("device") or {}).get("sigma")})
-        defaults = {k: getattr(loaded.device, k) for k in DEVICE_DEFAULT_KEYS}
-        if sigma is not None:
-            defaults["sigma"] = sigma
-        devices.append({name: resolve(name, defaults) for name in names})
     rec = device_matrix(rows, names, lambda i, name: devices[i][name], runs=runs, seed=seed, batch_size=batch_size,
                         sigma=sigma, progress=progress, row_info=info, say=lambda line: print(line, file=sys.stderr))
     t = matrix_table(rec)
