@@ -254,6 +254,29 @@ def test_recorded_spec_json_and_nulls_for_optional_keys_load_back(tmp_path, caps
         validate_spec(spec_of(seeds=None))
 
 
+def test_recorded_spec_json_with_target_ci_and_device_models_loads_back(tmp_path):
+    """spec.json records [eval] runs beside target_ci and the device-model axis as {name: fields}: both load back as the
+    same spec (a device model file is not read again: the recorded fields are the spec's), while runs beside target_ci
+    written by hand stays an error."""
+    from nvcim.sweep.runner import is_recorded_spec
+
+    (tmp_path / "chips").mkdir()
+    (tmp_path / "chips" / "chip.toml").write_text('preset = "rram4"\nstuck_at = [0.01, 0.0]\n')
+    spec_file = write_json_spec(tmp_path / "s.json", spec_of(
+        betas=[0.001], device_models=["gaussian", "chips/chip.toml"], eval={"target_ci": 1.0, "max_chips": 50}))
+    spec = load_spec(spec_file)
+    out = sweep.prepare_out_dir(spec, tmp_path / "out")
+    (tmp_path / "chips" / "chip.toml").unlink()  # the record holds its fields
+    back = load_spec(out / sweep.SPEC_JSON)
+    assert back == spec and is_recorded_spec(back, out) and expand(back) == expand(spec)
+    with pytest.raises(ValueError, match="give one"):
+        validate_spec(spec_of(eval={"runs": 200, "target_ci": 1.0}))
+    recorded = json.loads((out / sweep.SPEC_JSON).read_text())
+    recorded["device_models"]["chips/chip.toml"]["sigma"] = 0.1
+    with pytest.raises(ValueError, match="'device_models': 'chips/chip.toml': it sets sigma"):
+        validate_spec(recorded)
+
+
 def test_expansion_refuses_two_cells_in_one_directory_case_aside():
     """Even a spec that skipped validation (e.g. edited spec.json) cannot put two cells in one directory."""
     spec = validate_spec(spec_of(methods=["noise_injection"], variants=[{"label": "ni-a", "method": "noise_injection"}]))

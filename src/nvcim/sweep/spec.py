@@ -22,7 +22,7 @@ from nvcim.io.files import read_mapping_file
 from nvcim.methods import METHODS, method_config
 from nvcim.models import list_models
 from nvcim.sweep.cells import LABEL_MAX, device_config_of, expand, is_int, is_num, label_slug
-from nvcim.sweep.schema import EVAL_DEFAULTS, RESOURCE_DEFAULTS, SweepSpec
+from nvcim.sweep.schema import EVAL_DEFAULTS, RESOURCE_DEFAULTS, TARGET_KEYS, SweepSpec
 from nvcim.train import FIELDS, TrainConfig, check_model_fits_data
 
 SPEC_KEYS = ("name", "models", "width", "datasets", "methods", "sigmas", "seeds", "betas", "train", "eval",
@@ -47,7 +47,7 @@ def _check_target(given: Mapping, e: Mapping, where: str) -> None:
         return
     if not is_num(e["target_ci"]) or not 0 < e["target_ci"] < float("inf"):
         raise _err(where, "eval.target_ci", e["target_ci"], "a 95 % CI half-width in accuracy points > 0 (e.g. 0.5)")
-    if "runs" in given:
+    if "runs" in given and not _recorded_eval(given):
         raise ValueError(f"sweep spec {where}: keys 'eval.runs' and 'eval.target_ci' both set the number of chips: "
                          "give one (eval.max_chips caps target_ci)")
     if e["max_chips"] is not None and (not is_int(e["max_chips"]) or e["max_chips"] < 2):
@@ -59,6 +59,13 @@ def _check_target(given: Mapping, e: Mapping, where: str) -> None:
         check_target_args(e["target_ci"], e["max_chips"], e["images_per_chip"], None)
     except ValueError as exc:
         raise ValueError(f"sweep spec {where}: key eval.{exc}") from None
+
+
+def _recorded_eval(given: Mapping) -> bool:
+    """Whether an [eval] table with target_ci is as DIR/spec.json records it: every key EvalOptions always writes,
+    `runs` at its default (unused beside target_ci). Written by hand, runs beside target_ci stays an error."""
+    always = [k for k in EVAL_DEFAULTS if k not in TARGET_KEYS and k != "bn_calibration_images"]
+    return all(k in given for k in always) and given["runs"] == EVAL_DEFAULTS["runs"]
 
 
 def read_spec_file(path) -> dict:
@@ -128,8 +135,11 @@ def _table_with_defaults(raw: Mapping, name: str, defaults: Mapping, where: str)
 
 def _device_models(raw: Mapping, where: str, base_dir, sigma: float, train: Mapping) -> dict[str, dict]:
     """The device-model axis: {name as given: the DeviceConfig fields it sets}, each name resolved now (a file
-    relative to `base_dir` unless absolute) and built at `sigma` with the [train] table's bits."""
+    relative to `base_dir` unless absolute) and built at `sigma` with the [train] table's bits. A table {name: fields},
+    as DIR/spec.json records the axis, is taken as it is (its files are not read again): a recorded spec loads back."""
     v = raw["device_models"]
+    if isinstance(v, Mapping):
+        return _recorded_device_models(v, where, sigma, train)
     if isinstance(v, str):
         v = [v]
     if not isinstance(v, list) or not v or not all(isinstance(x, str) and x.strip() for x in v):
@@ -169,6 +179,23 @@ def _nulls_dropped(raw: Mapping) -> dict:
         out["variants"] = [{k: x for k, x in v.items() if x is not None or k != "params"} if isinstance(v, Mapping)
                            else v for v in out["variants"]]
     return out
+
+
+def _recorded_device_models(v: Mapping, where: str, sigma: float, train: Mapping) -> dict[str, dict]:
+    """The device-model axis as spec.json records it, {name: the DeviceConfig fields it set}, checked as a list's."""
+    if not v or not all(isinstance(n, str) and n.strip() and isinstance(f, Mapping) for n, f in v.items()):
+        raise _err(where, "device_models", v, "a non-empty list of device model names or files (or, as spec.json "
+                   "records them, a table of name = {DeviceConfig fields})")
+    if "device_config" in train:
+        raise ValueError(f"sweep spec {where}: key 'train.device_config' conflicts with 'device_models': give one of them")
+    for name, fields in v.items():
+        try:
+            if "sigma" in fields:
+                raise ValueError("it sets sigma, which the spec's 'sigmas' set per cell: drop sigma from it")
+            device_config_of(name, fields, sigma, train)
+        except ValueError as exc:
+            raise ValueError(f"sweep spec {where}: key 'device_models': {name!r}: {str(exc).splitlines()[0]}") from None
+    return {name: dict(fields) for name, fields in v.items()}
 
 
 def validate_spec(raw: Mapping, where: str = "<spec>", base_dir=None) -> SweepSpec:
