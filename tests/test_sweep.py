@@ -827,3 +827,13 @@ def test_cpu_reproduction_script_runs_every_repro_spec():
     dirs = [p.split(":")[1] for p in pairs]
     assert sorted(specs) == sorted(p.stem for p in (ROOT / "experiments/repro").glob("*.toml"))
     assert len(set(specs)) == len(specs) and len(set(dirs)) == len(dirs)
+
+
+def test_sweep_log_line_names_the_searched_parameter():
+    """A tempered cell's chosen value is its logit scale, not a β: the progress line says which it is."""
+    from nvcim.sweep.runner import _log_line
+
+    base = {"status": "ok", "id": "c", "sigma": 0.35, "mean": 61.07, "wall_time_s": 1.0, "beta": 0.0625}
+    assert "logit_scale=0.0625" in _log_line(1, 2, {**base, "searched": "logit_scale"})
+    assert "β=0.0625" in _log_line(1, 2, {**base, "searched": "beta"})
+    assert "β=0.0625" in _log_line(1, 2, base)  # summaries without the key (older callers)

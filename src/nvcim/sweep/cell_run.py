@@ -155,7 +155,8 @@ def run_cell(cell: Cell | Mapping, out_dir, threads: int) -> dict:
         rec = _run_cell(cell, Path(out_dir), d, threads, t0)
         first = rec.mc_results()[0]
         return {"id": cell.id, "status": "ok", "error": None, "wall_time_s": rec.cell["wall_time_s"],
-                "mean": first.mean, "sigma": first.sigma, "beta": (rec.cell["beta_search"] or {}).get("chosen_beta")}
+                "mean": first.mean, "sigma": first.sigma, "beta": (rec.cell["beta_search"] or {}).get("chosen_beta"),
+                "searched": searched_param(cell.method)}  # what "beta" holds: OVF's β, tempered's logit_scale
     except Exception as exc:  # recorded, the sweep goes on
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         msg = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__

@@ -164,7 +164,8 @@ def stale_cells(out_dir, done: Sequence[Cell]) -> list[tuple[Cell, list[str]]]:
 
 def _log_line(n: int, total: int, s: Mapping) -> str:
     if s["status"] == "ok":
-        extra = f" β={s['beta']:g}" if s.get("beta") is not None else ""
+        name = s.get("searched") or "beta"  # the chosen value of the method's searched hyper-parameter
+        extra = f" {'β' if name == 'beta' else name}={s['beta']:g}" if s.get("beta") is not None else ""
         return (f"[{n}/{total}] ok     {s['id']}: σ={s['sigma']:g} mean {s['mean']:.2f}%{extra} "
                 f"({s['wall_time_s']:.1f} s)")
     return f"[{n}/{total}] FAILED {s['id']}: {s['error']} ({s['wall_time_s']:.1f} s)"
