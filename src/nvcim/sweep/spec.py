@@ -139,24 +139,33 @@ def _device_models(raw: Mapping, where: str, base_dir, sigma: float, train: Mapp
     as DIR/spec.json records the axis, is taken as it is (its files are not read again): a recorded spec loads back."""
     v = raw["device_models"]
     if isinstance(v, Mapping):
-        return _recorded_device_models(v, where, sigma, train)
-    if isinstance(v, str):
-        v = [v]
-    if not isinstance(v, list) or not v or not all(isinstance(x, str) and x.strip() for x in v):
-        raise _err(where, "device_models", v, "a non-empty list of device model names (`nvcim eval "
-                   "--list-device-models`) or .toml / .yaml / .json files of DeviceConfig fields")
-    if len(set(v)) != len(v):
-        raise _err(where, "device_models", v, "a list without duplicates")
+        if not v or not all(isinstance(n, str) and n.strip() and isinstance(f, Mapping) for n, f in v.items()):
+            raise _err(where, "device_models", v, "a non-empty list of device model names or files (or, as spec.json "
+                       "records them, a table of name = {DeviceConfig fields})")
+        readers = {name: (lambda f=fields: dict(f)) for name, fields in v.items()}
+    else:
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list) or not v or not all(isinstance(x, str) and x.strip() for x in v):
+            raise _err(where, "device_models", v, "a non-empty list of device model names (`nvcim eval "
+                       "--list-device-models`) or .toml / .yaml / .json files of DeviceConfig fields")
+        if len(set(v)) != len(v):
+            raise _err(where, "device_models", v, "a list without duplicates")
+        named = {n for n, _ in list_device_models()}
+
+        def reader(name: str):
+            target = Path(name.strip()).expanduser()
+            if name.strip() not in named and base_dir is not None and not target.is_absolute():
+                target = Path(base_dir) / target
+            return lambda: device_model_fields(name if name.strip() in named else str(target), train.get("device_bits"))
+
+        readers = {name: reader(name) for name in v}
     if "device_config" in train:
         raise ValueError(f"sweep spec {where}: key 'train.device_config' conflicts with 'device_models': give one of them")
-    named = {n for n, _ in list_device_models()}
     out = {}
-    for name in v:
-        target = Path(name.strip()).expanduser()
-        if name.strip() not in named and base_dir is not None and not target.is_absolute():
-            target = Path(base_dir) / target
+    for name, read in readers.items():  # every entry read and built at `sigma`: one line naming the bad one
         try:
-            fields = device_model_fields(name if name.strip() in named else str(target), train.get("device_bits"))
+            fields = read()
             if "sigma" in fields:
                 raise ValueError("it sets sigma, which the spec's 'sigmas' set per cell: drop sigma from it")
             device_config_of(name, fields, sigma, train)
@@ -179,23 +188,6 @@ def _nulls_dropped(raw: Mapping) -> dict:
         out["variants"] = [{k: x for k, x in v.items() if x is not None or k != "params"} if isinstance(v, Mapping)
                            else v for v in out["variants"]]
     return out
-
-
-def _recorded_device_models(v: Mapping, where: str, sigma: float, train: Mapping) -> dict[str, dict]:
-    """The device-model axis as spec.json records it, {name: the DeviceConfig fields it set}, checked as a list's."""
-    if not v or not all(isinstance(n, str) and n.strip() and isinstance(f, Mapping) for n, f in v.items()):
-        raise _err(where, "device_models", v, "a non-empty list of device model names or files (or, as spec.json "
-                   "records them, a table of name = {DeviceConfig fields})")
-    if "device_config" in train:
-        raise ValueError(f"sweep spec {where}: key 'train.device_config' conflicts with 'device_models': give one of them")
-    for name, fields in v.items():
-        try:
-            if "sigma" in fields:
-                raise ValueError("it sets sigma, which the spec's 'sigmas' set per cell: drop sigma from it")
-            device_config_of(name, fields, sigma, train)
-        except ValueError as exc:
-            raise ValueError(f"sweep spec {where}: key 'device_models': {name!r}: {str(exc).splitlines()[0]}") from None
-    return {name: dict(fields) for name, fields in v.items()}
 
 
 def validate_spec(raw: Mapping, where: str = "<spec>", base_dir=None) -> SweepSpec:
