@@ -73,4 +73,5 @@ def test_lambda_default_validation_and_traits():
         with pytest.raises(ValueError, match="ortho_lambda"):
             method_config("correctnet", ortho_lambda=bad)
     c = METHODS.get("correctnet")
-    assert not c.uses_device and c.search is None and c.label == "CorrectNet"
+    assert not c.uses_device and c.label == "CorrectNet"
+    assert c.search == "ortho_lambda" and 5e-4 in c.search_values  # λ searched like β, the authors' value a candidate

@@ -54,7 +54,21 @@ def test_each_searched_method_searches_its_own_candidates():
     tempered = cells["tempered_noise_injection"]
     assert tempered.betas == [0.5, 0.25, 0.125, 0.0625]  # not OVF's β candidates
     assert "logit_scale" not in tempered.params and "logit_scale" not in tempered.train["method_params"]
-    assert cells["correctnet"].betas is None and cells["correctnet"].sigma is None  # trained once, without noise
+    correctnet = cells["correctnet"]  # λ chosen by its chips at σ: a cell per σ, trained without noise
+    assert correctnet.betas == [5e-3, 5e-4, 5e-5, 5e-6] and correctnet.sigma == 0.2
+    assert correctnet.train_config(5e-4).sigma == 0.2 and "ortho_lambda" not in correctnet.params
+
+
+def test_correctnet_without_a_search_serves_every_sigma():
+    """Without `betas` (or with λ fixed) CorrectNet is trained once, without noise, for every σ, like vanilla."""
+    spec = {**SPEC, "sigmas": [0.2, 0.3], "methods": ["correctnet", "vanilla"]}
+    del spec["betas"]
+    cells = expand(validate_spec(spec))
+    assert [(c.method, c.sigma, c.betas) for c in cells] == [("correctnet", None, None), ("vanilla", None, None)]
+    assert {c.train_config().sigma for c in cells} == {0.0} and cells[0].test_sigmas == [0.2, 0.3]
+    fixed = {**SPEC, "sigmas": [0.2, 0.3], "method_params": {"correctnet": {"ortho_lambda": 1e-3}}}
+    (cn,) = [c for c in expand(validate_spec(fixed)) if c.method == "correctnet"]
+    assert cn.sigma is None and cn.betas is None and cn.params["ortho_lambda"] == 1e-3
 
 
 def test_a_fixed_logit_scale_beside_betas_fixes_the_tempered_arm():
@@ -75,3 +89,7 @@ def test_sweep_and_report_with_the_new_methods(tmp_path):
     assert by["tempered_noise_injection"]["method_params"]["logit_scale"] in (0.5, 0.25, 0.125, 0.0625)
     labels = sorted({(r["label"], r["method"]) for r in records}, key=lambda lm: label_sort_key(*lm))
     assert [label for label, _ in labels] == ["OVF", "tempered noise injection", "IRS", "CorrectNet"]
+    search = by["correctnet"]["beta_search"]  # λ chosen by the candidates' chips at σ 0.2, not by clean accuracy
+    assert search["sigma"] == 0.2 and len(search["candidates"]) == 4
+    assert by["correctnet"]["train_sigma"] == 0.2 and by["correctnet"]["method_params"]["ortho_lambda"] in (
+        5e-3, 5e-4, 5e-5, 5e-6)

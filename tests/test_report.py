@@ -570,3 +570,20 @@ def test_failed_seeds_show_even_when_fewer_than_two_models_are_left(tmp_path):
     row = next(ln for ln in md.splitlines() if "convergence over seeds" not in ln and ln.startswith("| 0.35")
                and ln.rstrip(" |").endswith("1, 2"))
     assert "noise injection" in row
+
+
+def test_a_searched_noise_free_arm_is_sigma_specific(tmp_path):
+    """CorrectNet with λ searched at each σ: one model per training σ, so a point at σ uses only the model
+    chosen there (not the other σ's model tested at σ, as for vanilla, which serves every σ)."""
+    for train_sigma, lam, offset in ((0.2, 5e-4, 0.0), (0.35, 5e-3, 20.0)):
+        for seed in (0, 1):
+            res = [mc_result(s, [80.0 - offset - 100 * s + d for d in (-0.2, 0.0, 0.2, seed)]) for s in (0.2, 0.35)]
+            cell = {"id": f"correctnet-s{train_sigma}-seed{seed}", "wall_time_s": 1.0,
+                    "beta_search": {"chosen_beta": lam, "sigma": train_sigma}}
+            write(tmp_path / f"cn{train_sigma}-{seed}" / "mc_eval.json",
+                  mc_eval("correctnet", train_sigma, seed, res, cell=cell))
+    pts = {p["sigma"]: p for p in matched_points(load_results(tmp_path))}
+    assert sorted(pts) == [0.2, 0.35] and all(p["label"] == "CorrectNet" for p in pts.values())
+    assert pts[0.2]["n_seeds"] == 2 and pts[0.35]["n_seeds"] == 2  # not 4: the other σ's models stay out
+    assert abs(pts[0.2]["mean"] - (80.0 - 20.0 + 0.125)) < 1e-9  # the σ 0.2 models at σ 0.2
+    assert abs(pts[0.35]["mean"] - (80.0 - 20.0 - 35.0 + 0.125)) < 1e-9  # the σ 0.35 models at σ 0.35

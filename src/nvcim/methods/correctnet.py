@@ -6,9 +6,10 @@ authors' third baseline, trained without noise:
 over every weight the device model varies (each Conv / Linear weight; biases and BatchNorm are
 digital), each viewed as [−1, rows, cols] of its last two dimensions as in the authors' code (a conv
 weight [O, I, kh, kw] is O·I matrices kh × kw; a Linear weight one matrix out × in). λ (`ortho_lambda`)
-defaults to the authors' 5e-4. It is not searched by a sweep's `betas`: a sweep trains a method without
-noise once for every σ and validates it at σ = 0, where a search would choose λ by clean accuracy;
-compare λ values as sweep variants instead.
+defaults to the authors' 5e-4 and is searched on the validation split like OVF's β (a sweep with `betas`
+searches 5e-3, 5e-4, 5e-5, 5e-6): the model is trained without noise, but the candidate kept is the one
+whose chips score best at the σ it will be tested at, so a searched CorrectNet arm is σ-specific (one
+sweep cell per σ, validated there; `nvcim.sweep.cells.expand`), unlike vanilla, which serves every σ.
 """
 
 from __future__ import annotations
@@ -73,4 +74,6 @@ class CorrectNet(Method):
     config = CorrectNetConfig
     task = CorrectNetTask
     uses_device = False
+    search = "ortho_lambda"
+    search_values = (5e-3, 5e-4, 5e-5, 5e-6)  # around the authors' 5e-4, a decade apart
     order = 5

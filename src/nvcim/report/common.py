@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from nvcim.methods import METHODS, fmt_param
 from nvcim.methods import finite_or_none as num
@@ -30,6 +30,13 @@ def uses_device(method: str) -> bool:
     """Whether the method trains under the device model (a model trained without noise serves every σ)."""
     traits = method_traits(method)
     return traits.uses_device if traits is not None else True
+
+
+def sigma_specific(record: Mapping) -> bool:
+    """Whether a record's model belongs to its training σ: its method trains under the device model, or a
+    search chose its hyper-parameter by the chips at that σ (a searched CorrectNet λ). Otherwise (vanilla, a
+    fixed-λ CorrectNet) one model trained without noise serves every σ."""
+    return uses_device(record["method"]) or bool(record.get("beta_search"))
 
 
 def fmt_num(v: Any, digits: int = 2) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 
 from nvcim import reference
 from nvcim.io.files import atomic_write_bytes
-from nvcim.report.common import CONVERGENCE_THRESHOLD, fmt_param, fmt_sigma, group_title, label_sort_key, uses_device
+from nvcim.report.common import CONVERGENCE_THRESHOLD, fmt_param, fmt_sigma, group_title, label_sort_key
 from nvcim.report.labels import base_label
 from nvcim.report.points import ordered_labels, runs_note
 
@@ -244,7 +244,7 @@ def fig_robustness(F: Figures, gkey, gcurves, colours) -> bool:
         lo = [r["ci95"][0] if r["ci95"][0] is not None else r["mean"] for r in recs]
         hi = [r["ci95"][1] if r["ci95"][1] is not None else r["mean"] for r in recs]
         ax.fill_between(x, lo, hi, color=colour, alpha=0.15)
-        if c["train_sigma"] is not None and uses_device(c["method"]):
+        if c["train_sigma"] is not None and c["sigma_specific"]:
             ax.axvline(c["train_sigma"], color=colour, lw=0.6, alpha=0.4)
     ax.set_xlabel("test σ")
     ax.set_ylabel("top-1 accuracy (%)")

@@ -20,7 +20,7 @@ import numpy as np
 from nvcim import reference
 from nvcim.evaluate import convergence_summary, t_quantile
 from nvcim.report.common import (CONVERGENCE_THRESHOLD, fmt_param, fmt_sigma, group_key, label_sort_key, num, sigma_key,
-                                 uses_device)
+                                 sigma_specific)
 from nvcim.report.labels import is_standard_evaluation
 
 _SIGMA_TOL = 1e-9
@@ -88,7 +88,7 @@ def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> li
             failed_by_arm.setdefault(arm, set()).add(str(f["cell"].get("seed", f["cell_id"].rsplit("/seed", 1)[1])))
     buckets: dict[tuple, list[dict]] = {}
     for r in records:
-        if uses_device(r["method"]):
+        if sigma_specific(r):
             if r["train_sigma"] is None or abs(r["train_sigma"] - r["test_sigma"]) > _SIGMA_TOL:
                 continue
         key = (*group_key(r), r["label"], r["method"], sigma_key(r["test_sigma"]))
@@ -166,7 +166,7 @@ def verify_curves(verify_records: Sequence[dict]) -> list[dict]:
                 best[ident] = f
         by_file = {best[k]: by_file[best[k]] for k in best}
         recs = [r for f in by_file for r in by_file[f]]
-        if uses_device(method) and train_sigma is not None and train_sigma != sigma:
+        if sigma_specific(recs[0]) and train_sigma is not None and train_sigma != sigma:
             label = f"{label} (trained at σ {fmt_param(train_sigma)})"
         points = []
         for fr in sorted({r["verify_fraction"] for r in recs}):
@@ -208,12 +208,14 @@ def robustness_curves(records: Sequence[dict]) -> list[dict]:
         recs = sorted(recs, key=lambda r: r["test_sigma"])
         r0 = recs[0]
         name = r0["label"]
-        if uses_device(r0["method"]) and r0["train_sigma"] is not None:
+        specific = sigma_specific(r0)
+        if specific and r0["train_sigma"] is not None:
             name += f", σ_train={fmt_sigma(r0['train_sigma'])}"
         if r0["seed"] is not None:
             name += f", seed {r0['seed']}"
         curves.append({"file": f, "group": group_key(r0), "label": r0["label"], "method": r0["method"],
-                       "name": name, "train_sigma": r0["train_sigma"], "records": recs})
+                       "name": name, "train_sigma": r0["train_sigma"], "sigma_specific": specific,
+                       "records": recs})
     return curves
 
 

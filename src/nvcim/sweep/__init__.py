@@ -55,7 +55,11 @@ and ends with results identical to an uninterrupted run with the same threads_pe
 the Monte Carlo mean accuracy on the VALIDATION split (held out from the training data) at the
 training σ with `eval.val_runs` chips (seed `eval.val_seed`), and tests only the best one. Ties go to
 the larger β (deterministic; the larger β is the first step of the paper's four-step search).
-Candidates whose training diverged are not eligible; if all diverge the cell fails.
+Candidates whose training diverged are not eligible; if all diverge the cell fails. The same search
+serves any method with a searched parameter (`Method.search`: tempered noise injection's logit scale,
+CorrectNet's λ over its own candidates); a method trained without noise whose parameter is searched
+(CorrectNet) gets one cell per σ, since the candidate its chips favour depends on σ (vanilla, and
+CorrectNet with λ fixed, stay one cell for every σ).
 
 Per-chip BatchNorm calibration (REPRODUCTION.md §4d). `eval.bn_calibration_images = N` (default 0: off,
 the trained statistics are used) makes every chip, in the test evaluation and in the β search's

@@ -168,7 +168,9 @@ def expand(spec: SweepSpec) -> list[Cell]:
                 else:
                     params = {**params, traits.search: cands[0]}
             slug = label_slug(label)
-            sigmas = grid if traits.uses_device else [None]  # trained without noise: one model for every σ
+            # trained without noise: one model for every σ, unless a search chooses among candidates by their
+            # chips at σ (e.g. CorrectNet's λ): then one cell per σ, validated (and its epochs selected) there
+            sigmas = grid if traits.uses_device or search else [None]
             for sigma in sigmas:
                 if isinstance(ev["test_sigmas"], list):
                     tests = list(ev["test_sigmas"])
@@ -186,7 +188,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
                     tparams = dict(params)
                     if search:
                         tparams[traits.search] = search[0]  # validated here; each candidate sets its own
-                    # vanilla: no noise in training; its validation runs at σ = 0
+                    # trained without noise for every σ (vanilla): its validation runs at σ = 0
                     fields = {**spec.train, "sigma": 0.0 if sigma is None else sigma}
                     device = None
                     try:
