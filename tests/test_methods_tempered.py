@@ -4,6 +4,7 @@ method searches its own candidates, and the report labels and orders the arms (t
 from __future__ import annotations
 
 import copy
+import json
 
 import torch
 from torch import nn
@@ -93,3 +94,14 @@ def test_sweep_and_report_with_the_new_methods(tmp_path):
     assert search["sigma"] == 0.2 and len(search["candidates"]) == 4
     assert by["correctnet"]["train_sigma"] == 0.2 and by["correctnet"]["method_params"]["ortho_lambda"] in (
         5e-3, 5e-4, 5e-5, 5e-6)
+
+
+def test_dry_run_names_each_searched_parameter(tmp_path, capsys):
+    from nvcim.cli import main
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    lines = {ln.split()[1].split("/")[2]: ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("pending")}
+    assert "β search [0.1, 0.01]" in lines["ovf"] and "logit_scale search" in lines["tempered_noise_injection"]
+    assert "λ search [0.005, 0.0005, 5e-05, 5e-06]" in lines["correctnet"]
