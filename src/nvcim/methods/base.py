@@ -158,7 +158,8 @@ class Method:
     options: ClassVar[tuple[Option, ...]] = ()
     config: ClassVar[type]
     task: ClassVar[type[TrainingTask]]
-    uses_device: ClassVar[bool] = True  # False: trained without noise, so one model serves every σ
+    uses_device: ClassVar[bool] = True  # False: trained without noise, so one model serves every σ (unless a
+    # sweep searches its parameter by the chips at σ: then one per σ, nvcim.sweep.cells.expand)
     search: ClassVar[str | None] = None  # hyper-parameter chosen on the validation split (OVF: "beta")
     search_values: ClassVar[tuple[float, ...]] = ()  # its default candidates
     order: ClassVar[int] = 100  # position in reports and tables
