@@ -445,6 +445,35 @@ def test_beta_search_table_lists_every_candidate(tmp_path):
     assert "β search" in (tmp_path / "report" / "report.html").read_text()
 
 
+def test_each_searched_parameter_has_its_own_table(tmp_path):
+    """OVF's β, CorrectNet's λ and the tempered logit_scale are searched over different candidates: each gets its
+    own table named by its parameter (they used to share one "β search" table, λ = 5e-3 shown as "β = 5e-3")."""
+    searches = {"ovf": ("beta", {0.01: 90.0, 0.001: 91.0}, 0.001),
+                "correctnet": ("ortho_lambda", {5e-3: 80.0, 5e-4: 82.0}, 5e-4),
+                "tempered_noise_injection": ("logit_scale", {0.5: 85.0, 0.25: 84.0}, 0.5)}
+    for method, (param, scores, chosen) in searches.items():
+        for seed in (0, 1):
+            r = mc_eval(method, 0.3, seed, [mc_result(0.3, per_run("ovf", 0.35, seed))], params={param: chosen})
+            cands = [{"beta": b, "val_mean": v, "status": "ok"} for b, v in scores.items()]
+            r["cell"] = {"id": f"{method}-{seed}", "label": method, "beta_search": {
+                "chosen_beta": chosen, "val_runs": 20, "val_seed": 1, "candidates": cands}}
+            write(tmp_path / "cells" / f"{method}-{seed}" / "result.json", r)
+    assert main(["report", str(tmp_path)]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    for sym, method_label, cands, chosen in (("β", "OVF", ("0.01", "1e-3"), "1e-3"),
+                                             ("λ", "CorrectNet", ("5e-3", "5e-4"), "5e-4"),
+                                             ("logit_scale", "tempered noise injection", ("0.5", "0.25"), "0.5")):
+        section = md.split(f"{sym} search (validation accuracy % per candidate)")[1].split("\n#")[0]
+        header = next(line for line in section.splitlines() if line.startswith("| σ_d"))
+        assert [h.strip() for h in header.strip("|").split("|")] == \
+            ["σ_d", "method", "seed", *(f"{sym} = {c}" for c in cands), f"chosen {sym}", "test mean"]
+        rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+                if line.startswith("| 0.3")]
+        assert [row[1] for row in rows] == [method_label, method_label]  # only this parameter's models
+        assert all(row[5] == chosen for row in rows)
+        assert f"the best {sym} is tested (ties: the larger {sym}). Chosen: {sym} = {chosen} ×2." in section
+
+
 def test_convergence_keeps_a_model_without_seed_apart_from_seed_numbers(tmp_path):
     """Models named by position must never collide with a model's seed (one used to overwrite the other)."""
     root = tmp_path / "r"

@@ -15,8 +15,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-_SYMBOL = {"beta": "β", "ortho_lambda": "λ"}  # the searched parameter as the dry run names it
-
 
 def add_parser(sub) -> None:
     from nvcim.sweep.backends import BACKENDS
@@ -41,6 +39,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from nvcim.sweep import load_spec, plan, result_problem, run_sweep, stale_cells
+    from nvcim.methods import search_symbol
     from nvcim.sweep.cells import searched_param
     from nvcim.sweep.runner import is_recorded_spec
 
@@ -56,7 +55,7 @@ def run(args) -> int:
         state = {c.id: "done" for c in done} | {c.id: "failed" for c in failed} | {c.id: "pending" for c in todo}
         state |= {cid: "stale" for cid in stale}
         for c in cells:
-            extra = f"  {_SYMBOL.get(searched_param(c.method), searched_param(c.method))} search {c.betas}" if c.betas else ""
+            extra = f"  {search_symbol(searched_param(c.method))} search {c.betas}" if c.betas else ""
             extra += f"  (made by another definition: {', '.join(stale[c.id])} differ)" if c.id in stale else ""
             problem = result_problem(args.out, c.id) if state[c.id] == "pending" else None
             extra += f"  ({problem}: runs again)" if problem else ""
