@@ -783,8 +783,13 @@ def test_finished_cell_of_another_definition_is_refused_not_reused(tmp_path, cap
     assert "tiny-w1/mnist5k/vanilla/seed0, test_sigmas differ" in err
     assert van.read_bytes() == before
     assert main(["sweep", str(grown), "--out", str(out), "--dry-run"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "stale    tiny-w1/mnist5k/vanilla/seed0" in printed and "1 stale" in printed
+    # the dry run says what the run would refuse (it used to list "1 to run" and say nothing of it)
+    assert "note: the run would stop here: sweep output" in captured.err and "pass --force" in captured.err
+    assert main(["sweep", str(grown), "--out", str(out), "--dry-run", "--force"]) == 0
+    assert "note: the run would stop here: 1 finished cell(s) marked stale" in capsys.readouterr().err
     # adding a method leaves every finished cell's definition alone: only the new cells run
     more = validate_spec({**small, "methods": ["vanilla", "noise_injection", "ovf"], "betas": [0.1]})
     summary = run_sweep(more, out, progress=False, force=True)

@@ -41,7 +41,7 @@ def run(args) -> int:
     from nvcim.sweep import load_spec, plan, result_problem, run_sweep, stale_cells
     from nvcim.methods import search_symbol
     from nvcim.sweep.cells import searched_param
-    from nvcim.sweep.runner import is_recorded_spec
+    from nvcim.sweep.runner import check_sweep_dir, is_recorded_spec
 
     spec_path = Path(args.spec)
     spec = load_spec(spec_path)
@@ -62,6 +62,15 @@ def run(args) -> int:
             print(f"{state[c.id]:8s} {c.id}  test σ {c.test_sigmas}{extra}")
         print(f"{len(cells)} cells: {len(done) - len(stale)} done, {len(stale)} stale, {len(failed)} failed "
               f"(not retried), {len(todo)} to run")
+        try:  # what the run would refuse before any cell (another spec's DIR without --force), the dry run says
+            check_sweep_dir(spec, args.out, force=args.force)
+        except ValueError as exc:
+            print(f"nvcim sweep: note: the run would stop here: {exc}", file=sys.stderr)
+        else:
+            if stale:
+                print(f"nvcim sweep: note: the run would stop here: {len(stale)} finished cell(s) marked stale were "
+                      "made by another definition: choose another --out, or delete those cell directories to run "
+                      "them again", file=sys.stderr)
         return 0
     recorded = Path(args.out) / "spec.json"  # the validated spec, written over whatever file is there (--force)
     if recorded.is_file() and recorded.resolve() == spec_path.resolve() and not is_recorded_spec(spec, args.out):
