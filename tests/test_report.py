@@ -367,6 +367,34 @@ def test_two_checkpoints_of_one_seed_warn_instead_of_dropping_silently(tmp_path)
     assert warnings == []
 
 
+def test_an_old_sigma_free_correctnet_cell_beside_its_lambda_searched_cells_warns(tmp_path):
+    """A sweep resumed after CorrectNet's λ became searched keeps its old σ-independent cell (".../correctnet/seed0",
+    fixed λ, validated at σ 0) beside the new per-σ cells (".../correctnet/s0.30/seed0"): both are the arm's seed-0
+    model at σ 0.3, and the report kept the old one without a word (their training σ differ, 0 vs 0.3)."""
+    root = tmp_path / "r"
+    old = mc_eval("correctnet", 0.0, 0, [mc_result(0.3, [70.0] * 2), mc_result(0.6, [50.0] * 2)],
+                  params={"ortho_lambda": 5e-4}, cell={"id": "mlp/correctnet/seed0"})
+    old["checkpoint"] = "cells/mlp/correctnet/seed0/checkpoint"
+    write(root / "cells/mlp/correctnet/seed0/result.json", old)
+    for sigma, mean in ((0.3, 75.0), (0.6, 55.0)):
+        new = mc_eval("correctnet", sigma, 0, [mc_result(sigma, [mean] * 2)], params={"ortho_lambda": 5e-5},
+                      cell={"id": f"mlp/correctnet/s{sigma}/seed0", "beta_search": {
+                          "chosen_beta": 5e-5, "candidates": [{"beta": 5e-4, "val_mean": 1.0},
+                                                              {"beta": 5e-5, "val_mean": 2.0}]}})
+        new["checkpoint"] = f"cells/mlp/correctnet/s{sigma}/seed0/checkpoint"
+        write(root / f"cells/mlp/correctnet/s{sigma}/seed0/result.json", new)
+    warnings = []
+    rs = scan_results(root, warn=warnings.append)
+    assert len(warnings) == 2, warnings  # one per σ where the two models meet
+    assert all("different checkpoints of the same arm (CorrectNet" in w and "seed 0" in w for w in warnings)
+    assert {w.split("σ_d ")[1].split(",")[0] for w in warnings} == {"0.3", "0.6"}
+    # the per-σ cells alone: no conflict (each is the arm's model at its own σ only)
+    warnings.clear()
+    (root / "cells/mlp/correctnet/seed0/result.json").unlink()
+    scan_results(root, warn=warnings.append)
+    assert warnings == []
+
+
 def test_is_paper_recipe():
     assert reference.is_paper_recipe("vanilla", {})
     assert reference.is_paper_recipe("noise_injection", {"logit_scale": 1.0})
