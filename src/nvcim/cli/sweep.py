@@ -37,8 +37,19 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def _say_foreign(out, cells) -> None:
+    """A note on stderr naming the results under DIR/cells that are not cells of this spec (the report reads them)."""
+    from nvcim.sweep.files import foreign_results
+
+    foreign = foreign_results(out, cells)
+    if foreign:
+        print(f"nvcim sweep: note: {len(foreign)} result(s) under {out}/cells are not cells of this spec (first: "
+              f"{foreign[0]}), e.g. from an earlier version of it; `nvcim report {out}` reads them too: move them "
+              "out of the directory to leave them out", file=sys.stderr)
+
+
 def run(args) -> int:
-    from nvcim.sweep import load_spec, plan, result_problem, run_sweep, stale_cells
+    from nvcim.sweep import expand, load_spec, plan, result_problem, run_sweep, stale_cells
     from nvcim.methods import search_symbol
     from nvcim.sweep.cells import searched_param
     from nvcim.sweep.runner import check_sweep_dir, is_recorded_spec
@@ -71,6 +82,7 @@ def run(args) -> int:
                 print(f"nvcim sweep: note: the run would stop here: {len(stale)} finished cell(s) marked stale were "
                       "made by another definition: choose another --out, or delete those cell directories to run "
                       "them again", file=sys.stderr)
+        _say_foreign(args.out, cells)
         return 0
     recorded = Path(args.out) / "spec.json"  # the validated spec, written over whatever file is there (--force)
     if recorded.is_file() and recorded.resolve() == spec_path.resolve() and not is_recorded_spec(spec, args.out):
@@ -83,6 +95,7 @@ def run(args) -> int:
     print(f"nvcim sweep: {summary.total} cells: {summary.done_before + len(summary.ok)} done "
           f"({len(summary.ok)} this run), {n_failed} failed; {summary.wall_time_s:.1f} s; results in {args.out}",
           file=sys.stderr)
+    _say_foreign(args.out, expand(spec))
     if n_failed:
         print(f"nvcim sweep: failed cells: see {args.out}/cells/<id>/failed.json; rerun with --retry-failed",
               file=sys.stderr)
