@@ -48,6 +48,27 @@ def test_device_model_files_and_names(tmp_path):
         device_model(str(f))
 
 
+def test_a_preset_with_another_variation_is_refused_by_name(tmp_path, capsys):
+    """A preset is a variation: `preset = "rram4"` with `variation = "gaussian"` used to fail with "variation
+    'gaussian' has no option(s) ['S']", an option the user never wrote; now one line names the clash."""
+    import nvcim
+
+    with pytest.raises(ValueError, match=r"preset 'rram4' is variation 'weight_band' \(S=4.0\), which "
+                                         r"variation='gaussian' would replace: drop the preset or the variation"):
+        nvcim.DeviceConfig.preset("rram4", variation="gaussian")
+    assert nvcim.DeviceConfig.preset("rram4", variation="weight_band", sigma=0.2).variation_options == {"S": 4.0}
+    f = tmp_path / "chip.toml"
+    f.write_text('preset = "fefet2-level"\nvariation = "weight_band"\n')
+    with pytest.raises(ValueError, match=r"chip.toml: preset 'fefet2-level' is variation 'level_dependent'"):
+        device_model(str(f))
+    f.write_text('preset = "rram4"\nvariation = "weight_band"\nvariation_options = {S = 8}\n')  # same kind: fine
+    assert device_model(str(f)).variation_options == {"S": 8}
+    f.write_text('preset = "rram4"\nvariation = "gaussian"\n')
+    assert main(["eval", "nowhere", "--device-model", str(f)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "drop the preset or the variation" in err
+
+
 def test_eval_under_another_device_model(ckpts, tmp_path, capsys):
     out = tmp_path / "e.json"
     assert main(["eval", str(ckpts[0]), "--device-model", "fefet6-level", "--runs", "3", "--out", str(out)]) == 0

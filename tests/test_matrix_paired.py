@@ -80,3 +80,32 @@ def test_report_of_matrices_alone(tmp_path):
     write_result_file(tmp_path / "m" / "m.json", _matrix(info, [[50, 40], [52, 41], [58, 44], [53, 47]]))
     assert main(["report", str(tmp_path / "m"), "--out", str(tmp_path / "rep")]) == 0
     assert "OVF,noise injection" in (tmp_path / "rep" / "device_matrix_paired.csv").read_text()
+
+
+def test_arms_evaluated_at_different_sigmas_are_not_paired():
+    """A matrix without --sigma evaluates each checkpoint at its training σ: an arm trained at σ 0.1 against one
+    trained at 0.6 differs mostly by σ, so it is not paired (it used to read "NI higher by ..."), and the arms
+    table names each cell's σ; arms at one σ still pair."""
+    def at(sigma, mean):
+        return {"device_config": {}, "result": {**_res(mean), "sigma": sigma}}
+
+    info = [{"method": NI, "seed": s, "train_sigma": 0.1} for s in (0, 1)]
+    info += [{"method": OVF, "seed": s, "train_sigma": 0.6} for s in (0, 1)]
+    means = [[70, 69], [66, 65], [32, 27], [30, 26]]
+    cells = [[at(0.1 if i < 2 else 0.6, m) for m in row] for i, row in enumerate(means)]
+    rec = DeviceMatrixFile(checkpoints=[f"ck{i}" for i in range(4)], datasets=["d"] * 4,
+                           device_models=["gaussian", "rram4"], cells=cells, sigma=None, runs=2, seed=0, rows=info)
+    assert matrix_paired(rec) == []
+    arms = matrix_arm_means(rec)
+    assert [(r["arm"], r["sigma"]) for r in arms] == [("noise injection", 0.1), ("OVF", 0.6)] * 2
+    table = matrix_arms_table(arms, "t")
+    assert table.rows[0] == ["gaussian", "68.00 ± 2.83 (σ 0.1)", "31.00 ± 1.41 (σ 0.6)"]
+    assert "not comparable" in table.note
+    # the same rows, all evaluated at 0.6: paired as before, no σ in the cells
+    cells = [[at(0.6, m) for m in row] for row in means]
+    rec = DeviceMatrixFile(checkpoints=[f"ck{i}" for i in range(4)], datasets=["d"] * 4,
+                           device_models=["gaussian", "rram4"], cells=cells, sigma=None, runs=2, seed=0, rows=info)
+    rows = matrix_paired(rec)
+    assert [(r["device_model"], r["sigma"], r["diffs"]) for r in rows] == [("gaussian", 0.6, [-38, -36]),
+                                                                           ("rram4", 0.6, [-42, -39])]
+    assert matrix_arms_table(matrix_arm_means(rec), "t").rows[0] == ["gaussian", "68.00 ± 2.83", "31.00 ± 1.41"]

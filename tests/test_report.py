@@ -367,6 +367,34 @@ def test_two_checkpoints_of_one_seed_warn_instead_of_dropping_silently(tmp_path)
     assert warnings == []
 
 
+def test_an_old_sigma_free_correctnet_cell_beside_its_lambda_searched_cells_warns(tmp_path):
+    """A sweep resumed after CorrectNet's λ became searched keeps its old σ-independent cell (".../correctnet/seed0",
+    fixed λ, validated at σ 0) beside the new per-σ cells (".../correctnet/s0.30/seed0"): both are the arm's seed-0
+    model at σ 0.3, and the report kept the old one without a word (their training σ differ, 0 vs 0.3)."""
+    root = tmp_path / "r"
+    old = mc_eval("correctnet", 0.0, 0, [mc_result(0.3, [70.0] * 2), mc_result(0.6, [50.0] * 2)],
+                  params={"ortho_lambda": 5e-4}, cell={"id": "mlp/correctnet/seed0"})
+    old["checkpoint"] = "cells/mlp/correctnet/seed0/checkpoint"
+    write(root / "cells/mlp/correctnet/seed0/result.json", old)
+    for sigma, mean in ((0.3, 75.0), (0.6, 55.0)):
+        new = mc_eval("correctnet", sigma, 0, [mc_result(sigma, [mean] * 2)], params={"ortho_lambda": 5e-5},
+                      cell={"id": f"mlp/correctnet/s{sigma}/seed0", "beta_search": {
+                          "chosen_beta": 5e-5, "candidates": [{"beta": 5e-4, "val_mean": 1.0},
+                                                              {"beta": 5e-5, "val_mean": 2.0}]}})
+        new["checkpoint"] = f"cells/mlp/correctnet/s{sigma}/seed0/checkpoint"
+        write(root / f"cells/mlp/correctnet/s{sigma}/seed0/result.json", new)
+    warnings = []
+    rs = scan_results(root, warn=warnings.append)
+    assert len(warnings) == 2, warnings  # one per σ where the two models meet
+    assert all("different checkpoints of the same arm (CorrectNet" in w and "seed 0" in w for w in warnings)
+    assert {w.split("σ_d ")[1].split(",")[0] for w in warnings} == {"0.3", "0.6"}
+    # the per-σ cells alone: no conflict (each is the arm's model at its own σ only)
+    warnings.clear()
+    (root / "cells/mlp/correctnet/seed0/result.json").unlink()
+    scan_results(root, warn=warnings.append)
+    assert warnings == []
+
+
 def test_is_paper_recipe():
     assert reference.is_paper_recipe("vanilla", {})
     assert reference.is_paper_recipe("noise_injection", {"logit_scale": 1.0})
@@ -443,6 +471,35 @@ def test_beta_search_table_lists_every_candidate(tmp_path):
     assert "20 chips (seed 1) on the validation split" in section
     assert "β = 0.1 ×1, β = 0.01 ×1" in section
     assert "β search" in (tmp_path / "report" / "report.html").read_text()
+
+
+def test_each_searched_parameter_has_its_own_table(tmp_path):
+    """OVF's β, CorrectNet's λ and the tempered logit_scale are searched over different candidates: each gets its
+    own table named by its parameter (they used to share one "β search" table, λ = 5e-3 shown as "β = 5e-3")."""
+    searches = {"ovf": ("beta", {0.01: 90.0, 0.001: 91.0}, 0.001),
+                "correctnet": ("ortho_lambda", {5e-3: 80.0, 5e-4: 82.0}, 5e-4),
+                "tempered_noise_injection": ("logit_scale", {0.5: 85.0, 0.25: 84.0}, 0.5)}
+    for method, (param, scores, chosen) in searches.items():
+        for seed in (0, 1):
+            r = mc_eval(method, 0.3, seed, [mc_result(0.3, per_run("ovf", 0.35, seed))], params={param: chosen})
+            cands = [{"beta": b, "val_mean": v, "status": "ok"} for b, v in scores.items()]
+            r["cell"] = {"id": f"{method}-{seed}", "label": method, "beta_search": {
+                "chosen_beta": chosen, "val_runs": 20, "val_seed": 1, "candidates": cands}}
+            write(tmp_path / "cells" / f"{method}-{seed}" / "result.json", r)
+    assert main(["report", str(tmp_path)]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    for sym, method_label, cands, chosen in (("β", "OVF", ("0.01", "1e-3"), "1e-3"),
+                                             ("λ", "CorrectNet", ("5e-3", "5e-4"), "5e-4"),
+                                             ("logit_scale", "tempered noise injection", ("0.5", "0.25"), "0.5")):
+        section = md.split(f"{sym} search (validation accuracy % per candidate)")[1].split("\n#")[0]
+        header = next(line for line in section.splitlines() if line.startswith("| σ_d"))
+        assert [h.strip() for h in header.strip("|").split("|")] == \
+            ["σ_d", "method", "seed", *(f"{sym} = {c}" for c in cands), f"chosen {sym}", "test mean"]
+        rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+                if line.startswith("| 0.3")]
+        assert [row[1] for row in rows] == [method_label, method_label]  # only this parameter's models
+        assert all(row[5] == chosen for row in rows)
+        assert f"the best {sym} is tested (ties: the larger {sym}). Chosen: {sym} = {chosen} ×2." in section
 
 
 def test_convergence_keeps_a_model_without_seed_apart_from_seed_numbers(tmp_path):

@@ -783,8 +783,13 @@ def test_finished_cell_of_another_definition_is_refused_not_reused(tmp_path, cap
     assert "tiny-w1/mnist5k/vanilla/seed0, test_sigmas differ" in err
     assert van.read_bytes() == before
     assert main(["sweep", str(grown), "--out", str(out), "--dry-run"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "stale    tiny-w1/mnist5k/vanilla/seed0" in printed and "1 stale" in printed
+    # the dry run says what the run would refuse (it used to list "1 to run" and say nothing of it)
+    assert "note: the run would stop here: sweep output" in captured.err and "pass --force" in captured.err
+    assert main(["sweep", str(grown), "--out", str(out), "--dry-run", "--force"]) == 0
+    assert "note: the run would stop here: 1 finished cell(s) marked stale" in capsys.readouterr().err
     # adding a method leaves every finished cell's definition alone: only the new cells run
     more = validate_spec({**small, "methods": ["vanilla", "noise_injection", "ovf"], "betas": [0.1]})
     summary = run_sweep(more, out, progress=False, force=True)
@@ -837,3 +842,25 @@ def test_sweep_log_line_names_the_searched_parameter():
     assert "logit_scale=0.0625" in _log_line(1, 2, {**base, "searched": "logit_scale"})
     assert "β=0.0625" in _log_line(1, 2, {**base, "searched": "beta"})
     assert "β=0.0625" in _log_line(1, 2, base)  # summaries without the key (older callers)
+
+
+def test_results_that_are_not_cells_of_the_spec_are_named(tmp_path, capsys):
+    """A sweep directory can hold results that are not cells of its spec (a sweep of CorrectNet run before λ was
+    searched per σ left ".../correctnet/seed0" beside the new ".../correctnet/s0.30/seed0"); `nvcim report` reads
+    them too, so the sweep and its dry run name them (they used to say nothing)."""
+    from nvcim.cli import main
+    from nvcim.sweep.files import foreign_results
+
+    raw = spec_of(methods=["vanilla"], sigmas=[0.3], seeds=[0])
+    spec = validate_spec(raw)
+    out = sweep.prepare_out_dir(spec, tmp_path / "out")
+    assert foreign_results(out, expand(spec)) == []
+    old = out / "cells" / "tiny-w1" / "mnist5k" / "correctnet" / "seed0"
+    old.mkdir(parents=True)
+    (old / sweep.RESULT_FILE).write_text("{}")
+    (sweep.cell_dir(out, expand(spec)[0].id)).mkdir(parents=True)  # a cell of the spec, not run yet: not foreign
+    assert foreign_results(out, expand(spec)) == ["tiny-w1/mnist5k/correctnet/seed0"]
+    spec_file = write_json_spec(tmp_path / "spec.json", raw)
+    assert main(["sweep", str(spec_file), "--out", str(out), "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "note: 1 result(s) under" in err and "(first: tiny-w1/mnist5k/correctnet/seed0)" in err

@@ -4,7 +4,12 @@ Core API (see README):
     cfg = nvcim.DeviceConfig(weight_bits=8, device_bits=2, sigma=0.3)
     w_d = nvcim.quantize(w, cfg); w_p = nvcim.program(w, cfg)
     nvcim.apply_variation_(model, cfg); nvcim.program_chip_(model, seed=0); nvcim.remove_variation_(model)
+
+Subpackages load on first use, so `import nvcim` alone is enough for the README's spelling of the
+extension points (`@nvcim.models.register_model(...)`, `nvcim.methods.register_method`, ...).
 """
+
+import importlib
 
 from nvcim.core.config import DeviceConfig
 from nvcim.core.device import combine_levels, prepare, program, quantize, quantize_levels, slice_levels
@@ -26,6 +31,17 @@ from nvcim.layers.noise import (
 )
 
 __version__ = "0.1.0"
+
+# subpackages and modules that `nvcim.NAME` imports on first access (PEP 562); the core above is eager
+SUBMODULES = ("batchnorm", "core", "data", "evaluate", "interop", "io", "layers", "methods", "models", "plugins",
+              "reference", "registry", "report", "sweep", "train", "writeverify")
+
+
+def __getattr__(name: str):
+    if name in SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DeviceConfig",

@@ -15,8 +15,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-_SYMBOL = {"beta": "β", "ortho_lambda": "λ"}  # the searched parameter as the dry run names it
-
 
 def add_parser(sub) -> None:
     from nvcim.sweep.backends import BACKENDS
@@ -39,10 +37,22 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def _say_foreign(out, cells) -> None:
+    """A note on stderr naming the results under DIR/cells that are not cells of this spec (the report reads them)."""
+    from nvcim.sweep.files import foreign_results
+
+    foreign = foreign_results(out, cells)
+    if foreign:
+        print(f"nvcim sweep: note: {len(foreign)} result(s) under {out}/cells are not cells of this spec (first: "
+              f"{foreign[0]}), e.g. from an earlier version of it; `nvcim report {out}` reads them too: move them "
+              "out of the directory to leave them out", file=sys.stderr)
+
+
 def run(args) -> int:
-    from nvcim.sweep import load_spec, plan, result_problem, run_sweep, stale_cells
+    from nvcim.sweep import expand, load_spec, plan, result_problem, run_sweep, stale_cells
+    from nvcim.methods import search_symbol
     from nvcim.sweep.cells import searched_param
-    from nvcim.sweep.runner import is_recorded_spec
+    from nvcim.sweep.runner import check_sweep_dir, is_recorded_spec
 
     spec_path = Path(args.spec)
     spec = load_spec(spec_path)
@@ -56,13 +66,23 @@ def run(args) -> int:
         state = {c.id: "done" for c in done} | {c.id: "failed" for c in failed} | {c.id: "pending" for c in todo}
         state |= {cid: "stale" for cid in stale}
         for c in cells:
-            extra = f"  {_SYMBOL.get(searched_param(c.method), searched_param(c.method))} search {c.betas}" if c.betas else ""
+            extra = f"  {search_symbol(searched_param(c.method))} search {c.betas}" if c.betas else ""
             extra += f"  (made by another definition: {', '.join(stale[c.id])} differ)" if c.id in stale else ""
             problem = result_problem(args.out, c.id) if state[c.id] == "pending" else None
             extra += f"  ({problem}: runs again)" if problem else ""
             print(f"{state[c.id]:8s} {c.id}  test σ {c.test_sigmas}{extra}")
         print(f"{len(cells)} cells: {len(done) - len(stale)} done, {len(stale)} stale, {len(failed)} failed "
               f"(not retried), {len(todo)} to run")
+        try:  # what the run would refuse before any cell (another spec's DIR without --force), the dry run says
+            check_sweep_dir(spec, args.out, force=args.force)
+        except ValueError as exc:
+            print(f"nvcim sweep: note: the run would stop here: {exc}", file=sys.stderr)
+        else:
+            if stale:
+                print(f"nvcim sweep: note: the run would stop here: {len(stale)} finished cell(s) marked stale were "
+                      "made by another definition: choose another --out, or delete those cell directories to run "
+                      "them again", file=sys.stderr)
+        _say_foreign(args.out, cells)
         return 0
     recorded = Path(args.out) / "spec.json"  # the validated spec, written over whatever file is there (--force)
     if recorded.is_file() and recorded.resolve() == spec_path.resolve() and not is_recorded_spec(spec, args.out):
@@ -75,6 +95,7 @@ def run(args) -> int:
     print(f"nvcim sweep: {summary.total} cells: {summary.done_before + len(summary.ok)} done "
           f"({len(summary.ok)} this run), {n_failed} failed; {summary.wall_time_s:.1f} s; results in {args.out}",
           file=sys.stderr)
+    _say_foreign(args.out, expand(spec))
     if n_failed:
         print(f"nvcim sweep: failed cells: see {args.out}/cells/<id>/failed.json; rerun with --retry-failed",
               file=sys.stderr)

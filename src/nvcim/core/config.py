@@ -61,6 +61,17 @@ def preset_fields(name: str, device_bits: Any = None) -> dict[str, Any]:
             "variation_options": {"multipliers": tuple(factor if mid else 1.0 for mid in middle_levels(bits))}}
 
 
+def preset_merged(name: str, fields: Mapping[str, Any], device_bits: Any = None) -> dict[str, Any]:
+    """`preset_fields(name)` overridden by `fields`; a `variation` other than the preset's is refused in one line
+    (the preset *is* a variation: its options would not fit another kind)."""
+    base = preset_fields(name, device_bits)
+    if "variation" in fields and fields["variation"] != base["variation"]:
+        opts = ", ".join(f"{k}={v}" for k, v in base["variation_options"].items() if k == "S") or "per-level multipliers"
+        raise ValueError(f"preset {name!r} is variation {base['variation']!r} ({opts}), which variation="
+                         f"{fields['variation']!r} would replace: drop the preset or the variation")
+    return {**base, **fields}
+
+
 def _number(value: Any) -> float | None:
     """float(value) for a finite real number (not a bool), else None."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
@@ -223,7 +234,7 @@ class DeviceConfig:
         version (variation "level_dependent"): devices at the middle levels 0.25 < l/(2^K-1) < 0.75 vary
         S times more than those at the outer levels (normalised over the levels in use).
         """
-        return cls(**{**preset_fields(name, overrides.get("device_bits")), **overrides})
+        return cls(**preset_merged(name, overrides, overrides.get("device_bits")))
 
     # ---- derived quantities ------------------------------------------------------------------
     @property

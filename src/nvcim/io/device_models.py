@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from nvcim.core.config import PRESET_NAMES, DeviceConfig, preset_fields
+from nvcim.core.config import PRESET_NAMES, DeviceConfig, preset_fields, preset_merged
 from nvcim.io.files import read_mapping_file
 
 NAMED: dict[str, tuple[dict[str, Any], str]] = {
@@ -71,7 +71,10 @@ def _fields_of(spec: str, device_bits: Any = None) -> dict[str, Any]:
         if preset is not None:
             if preset not in PRESET_NAMES:
                 raise ValueError(f"device model file {spec}: unknown preset {preset!r}: use one of {list(PRESET_NAMES)}")
-            fields = {**_fields_of(preset, fields.get("device_bits", device_bits)), **fields}
+            try:
+                fields = preset_merged(preset, fields, fields.get("device_bits", device_bits))
+            except ValueError as exc:
+                raise ValueError(f"device model file {spec}: {exc}") from None
         return fields
     names = list(NAMED) + list(PRESET_NAMES)
     raise ValueError(f"unknown device model {spec!r}: use one of {names}, or a .toml / .yaml / .json file of "

@@ -68,6 +68,14 @@ def fmt_param(v: Any) -> str:
     return f"{f:g}"
 
 
+SEARCH_SYMBOLS = {"beta": "β", "ortho_lambda": "λ"}  # how tables and the sweep's dry run name a searched parameter
+
+
+def search_symbol(param: str) -> str:
+    """A searched hyper-parameter as tables name it: "β" (OVF, IRS), "λ" (CorrectNet), else its own name."""
+    return SEARCH_SYMBOLS.get(param, param)
+
+
 def censor_suffix(params: Mapping[str, Any]) -> str:
     """" RCN s=…" for right-censored training noise (Yan et al.), "" otherwise."""
     censor = finite_or_none(params.get("censor"))

@@ -12,7 +12,8 @@ Rows are arms by what trained them (the file's "rows": method and its parameters
 arms, plus " (trained σ s)" where one label was trained at several σ); two arms are compared on the seeds
 they share (≥ 2), A − B with A the later arm in the report's order (e.g. OVF − noise injection), in every
 device-model column: all cells use the same chips (common random numbers), so the differences are the
-models' (`nvcim.report.paired`).
+models' (`nvcim.report.paired`). Only cells evaluated at the same σ are compared: a matrix made without --sigma
+evaluates each checkpoint at its training σ, so arms trained at different σ are shown with their σ and not paired.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from itertools import combinations
 
 from nvcim.evaluate.files import DeviceMatrixFile
 from nvcim.io.files import atomic_write_bytes
-from nvcim.report.common import fmt_num, label_sort_key
+from nvcim.report.common import fmt_num, fmt_sigma, label_sort_key
 from nvcim.report.figures import Figures, pyplot
 from nvcim.report.labels import base_label
 from nvcim.report.paired import paired_t, reading
@@ -163,9 +164,16 @@ def _rows_by_arm(rec: DeviceMatrixFile) -> dict[tuple[str, str], dict[str, int]]
     return {k: by_arm[k] for k in sorted(by_arm, key=lambda lm: label_sort_key(*lm))}
 
 
+def _cell_sigma(rec: DeviceMatrixFile, rows, col: int) -> float | None:
+    """The σ the cells of `rows` in column `col` were evaluated at, or None when they differ (a matrix without
+    --sigma evaluates each checkpoint at its own training σ)."""
+    sigmas = {round(float(rec.result(i, col).sigma), 9) for i in rows}
+    return sigmas.pop() if len(sigmas) == 1 else None
+
+
 def matrix_arm_means(rec: DeviceMatrixFile) -> list[dict]:
     """Per device model and arm: the mean over its seeds of each model's mean accuracy, their std (ddof 1; None
-    for one seed) and the mean of the models' p5."""
+    for one seed), the mean of the models' p5 and the σ its cells were evaluated at (None: they differ)."""
     out = []
     for j, dm in enumerate(rec.device_models):
         for (label, _), seeds in _rows_by_arm(rec).items():
@@ -174,28 +182,42 @@ def matrix_arm_means(rec: DeviceMatrixFile) -> list[dict]:
             n = len(means)
             mu = sum(means) / n
             std = (sum((m - mu) ** 2 for m in means) / (n - 1)) ** 0.5 if n > 1 else None
-            out.append({"device_model": dm, "sigma": rec.sigma, "arm": label, "seeds": order, "n": n, "mean": mu,
-                        "std": std, "p5": sum(rec.result(seeds[s], j).p5 for s in order) / n})
+            out.append({"device_model": dm, "sigma": _cell_sigma(rec, seeds.values(), j), "arm": label,
+                        "seeds": order, "n": n, "mean": mu, "std": std,
+                        "p5": sum(rec.result(seeds[s], j).p5 for s in order) / n})
     return out
 
 
 def matrix_arms_table(rows: list[dict], title: str) -> Table | None:
-    """Device models (rows) × arms (columns): mean over seeds ± std over seeds."""
+    """Device models (rows) × arms (columns): mean over seeds ± std over seeds; where the arms of a device model
+    were evaluated at different σ (each checkpoint's training σ), every cell of that row names its σ."""
     if not rows:
         return None
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     devices = list(dict.fromkeys(r["device_model"] for r in rows))
     cell = {(r["device_model"], r["arm"]): r for r in rows}
-    body = [[dm, *[(f"{cell[dm, a]['mean']:.2f}" + (f" ± {cell[dm, a]['std']:.2f}" if cell[dm, a]["std"] is not None
-                                                      else "")) if (dm, a) in cell else "" for a in arms]]
-            for dm in devices]
+    mixed = {dm for dm in devices if len({cell[dm, a]["sigma"] for a in arms if (dm, a) in cell}) > 1}
+
+    def text(dm: str, a: str) -> str:
+        if (dm, a) not in cell:
+            return ""
+        c = cell[dm, a]
+        t = f"{c['mean']:.2f}" + (f" ± {c['std']:.2f}" if c["std"] is not None else "")
+        return t + (f" (σ {fmt_sigma(c['sigma']) if c['sigma'] is not None else 'mixed'})" if dm in mixed else "")
+
+    body = [[dm, *[text(dm, a) for a in arms]] for dm in devices]
     n = sorted({r["n"] for r in rows})
     note = f"mean accuracy % over {'/'.join(map(str, n))} seeds ± std over seeds, each seed's model on the same chips"
+    if mixed:
+        note += ("; (σ …): the σ a row's arms were evaluated at differ (each checkpoint's training σ), so their "
+                 "accuracies are not comparable: give --sigma for one σ")
     return Table(title, ["device model", *arms], body, note)
 
 
 def matrix_paired(rec: DeviceMatrixFile) -> list[dict]:
-    """Paired differences by seed between the arms of the matrix's rows, per device model (module docstring)."""
+    """Paired differences by seed between the arms of the matrix's rows, per device model (module docstring);
+    a pair whose cells were evaluated at different σ (a matrix without --sigma: each checkpoint's training σ) is
+    left out, as its difference would be mostly the σ's."""
     by_arm = _rows_by_arm(rec)
     order = list(by_arm)
     out = []
@@ -204,8 +226,11 @@ def matrix_paired(rec: DeviceMatrixFile) -> list[dict]:
             shared = sorted(set(by_arm[a]) & set(by_arm[b]), key=lambda s: (len(s), s))
             if len(shared) < 2:
                 continue
+            sigma = _cell_sigma(rec, [by_arm[x][s] for s in shared for x in (a, b)], j)
+            if sigma is None:  # evaluated at different σ (each checkpoint's own): the difference is not the models'
+                continue
             diffs = [rec.result(by_arm[a][s], j).mean - rec.result(by_arm[b][s], j).mean for s in shared]
-            out.append({"device_model": dm, "sigma": rec.sigma, "arm_a": a[0], "arm_b": b[0], "seeds": shared,
+            out.append({"device_model": dm, "sigma": sigma, "arm_a": a[0], "arm_b": b[0], "seeds": shared,
                         "diffs": diffs, "n_positive": sum(d > 0 for d in diffs), **paired_t(diffs)})
     return out
 

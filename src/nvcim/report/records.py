@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 from nvcim.evaluate.files import (KINDS, DeviceMatrixFile, EvaluationFile, FailedCellFile, WriteVerifyFile,
                                   parse_result)
-from nvcim.report.common import fmt_param, group_key, method_traits, num, sigma_key
+from nvcim.report.common import fmt_param, group_key, method_traits, num, sigma_key, sigma_specific
 from nvcim.report.labels import assign_labels, base_label, evaluation_suffix
 
 KNOWN_KINDS = KINDS
@@ -287,7 +287,12 @@ def _model_conflicts(records: Sequence[dict]) -> list[str]:
     for r in sorted(records, key=lambda r: r["file"]):
         if r["seed"] is None:
             continue
-        key = (*group_key(r), r["label"], sigma_key(r["train_sigma"]), sigma_key(r["test_sigma"]), str(r["seed"]))
+        # a point at σ holds the models trained without noise (whatever σ they validated at) and those trained
+        # (or, CorrectNet's λ, chosen) at σ: two such models of one seed collide there (a sweep resumed after its
+        # CorrectNet cells became λ-searched keeps the old σ-independent cells beside the new per-σ ones)
+        in_point = not sigma_specific(r) or sigma_key(r["train_sigma"]) == sigma_key(r["test_sigma"])
+        train = "point" if in_point else sigma_key(r["train_sigma"])
+        key = (*group_key(r), r["label"], train, sigma_key(r["test_sigma"]), str(r["seed"]))
         first = seen.setdefault(key, r)
         if first is not r and not _same_checkpoint(first["checkpoint_path"], r["checkpoint_path"]):
             msgs.append(f"{first['file']} and {r['file']} hold different checkpoints of the same arm "

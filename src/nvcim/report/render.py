@@ -27,8 +27,9 @@ from nvcim.report.paired import PAIRED_COLUMNS, csv_row, paired_comparisons
 from nvcim.report.points import matched_points, robustness_curves, verify_curves
 from nvcim.report.records import ResultSet
 from nvcim.writeverify import CycleModel
-from nvcim.report.tables import (Table, acc_table, beta_table, conv_table, curve_table, ekl_table, headline_table,
-                                 paired_table, paper_ekl_table, verify_cost_table, verify_table, worst_table)
+from nvcim.report.tables import (Table, acc_table, conv_table, curve_table, ekl_table, headline_table,
+                                 paired_table, paper_ekl_table, search_tables, verify_cost_table, verify_table,
+                                 worst_table)
 
 FIGURE_FORMATS = ("png", "svg", "pdf")
 
@@ -167,7 +168,7 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None,
             tables = [acc_table(g, gpts), headline_table(g, gpts), ekl_table(g, gpts), worst_table(g, gpts),
                       conv_table(g, gpts), paired_table(g, [r for r in paired if (r["model"], r["width"],
                                                                                    r["dataset"]) == g]),
-                      beta_table(g, [r for r in rs.records if (r["model"], r["width"], r["dataset"]) == g])]
+                      *search_tables(g, [r for r in rs.records if (r["model"], r["width"], r["dataset"]) == g])]
         tables.append(curve_table(g, gcurves))
         tables.append(verify_table(g, gverify))
         tables.append(verify_cost_table(g, gverify, cycle))

@@ -1,6 +1,7 @@
 """The report's tables of one model group (accuracy beside the paper's values, OVF − noise injection, EKL, worst
-case, convergence, β search, robustness curves, write-verify) and the paper's published EKL, as Table
-(title, headers, rows of strings, note) for render to write as Markdown and HTML.
+case, convergence, one search table per searched parameter (β, λ, logit_scale), robustness curves,
+write-verify) and the paper's published EKL, as Table (title, headers, rows of strings, note) for render to
+write as Markdown and HTML.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from nvcim import reference
-from nvcim.report.common import (CONVERGENCE_THRESHOLD, method_order, fmt_num, fmt_param, fmt_sigma, group_title,
-                                 label_sort_key, num, sigma_key)
+from nvcim.methods import search_symbol
+from nvcim.report.common import (CONVERGENCE_THRESHOLD, method_order, method_traits, fmt_num, fmt_param, fmt_sigma,
+                                 group_title, label_sort_key, num, sigma_key)
 from nvcim.report.paired import reading
 from nvcim.report.points import ordered_labels, runs_note
 
@@ -125,14 +127,31 @@ def _beta_candidates(bs: dict) -> dict[float, float | None]:
     return out
 
 
-def beta_table(gkey, grecs: list[dict]) -> Table | None:
-    """One row per β-searched model: every candidate's validation score, the chosen β and its test accuracy."""
+def searched_param_of(method: str) -> str:
+    """The hyper-parameter a record's method searches ("beta" for OVF and IRS, and for a method not loaded now)."""
+    traits = method_traits(method)
+    return (traits.search if traits is not None else None) or "beta"
+
+
+def search_tables(gkey, grecs: list[dict]) -> list[Table]:
+    """One `beta_table` per searched parameter (β, CorrectNet's λ, the tempered logit_scale), β first: a
+    candidate value means different things for different parameters, so they never share columns."""
+    params = {searched_param_of(r["method"]) for r in grecs if r["beta_search"]}
+    tables = [beta_table(gkey, grecs, p) for p in sorted(params, key=lambda p: (p != "beta", p))]
+    return [t for t in tables if t is not None]
+
+
+def beta_table(gkey, grecs: list[dict], param: str = "beta") -> Table | None:
+    """One row per model whose method searches `param` (default β): every candidate's validation score, the
+    chosen value and its test accuracy. Named by `search_symbol` ("β", "λ", "logit_scale")."""
     cells = {}
     for r in grecs:
-        if r["beta_search"] and sigma_key(r["test_sigma"]) == sigma_key(r["train_sigma"]):
+        if (r["beta_search"] and sigma_key(r["test_sigma"]) == sigma_key(r["train_sigma"])
+                and searched_param_of(r["method"]) == param):
             cells.setdefault(r["cell_id"] or r["file"], r)
     if not cells:
         return None
+    sym = search_symbol(param)
     recs = sorted(cells.values(), key=lambda r: (r["train_sigma"] or 0.0, label_sort_key(r["label"], r["method"]),
                                                  str(r["seed"])))
     cands = [_beta_candidates(r["beta_search"]) for r in recs]  # parallel to recs
@@ -147,12 +166,12 @@ def beta_table(gkey, grecs: list[dict]) -> Table | None:
     bs0 = recs[0]["beta_search"]
     how = (f"{bs0.get('val_runs')} chips (seed {bs0.get('val_seed')}) on the validation split"
            if bs0.get("val_runs") is not None else "the validation split")
-    counts = ", ".join(f"β = {fmt_param(b)} ×{n}" for b, n in sorted(chosen_count.items(),
-                                                                      key=lambda kv: -(kv[0] or 0.0)))
-    note = (f"Validation score: Monte Carlo mean accuracy (%) at the training σ_d over {how}; the best β is "
-            f"tested (ties: the larger β). Chosen: {counts}.")
-    return Table(f"{group_title(gkey)}: β search (validation accuracy % per candidate)",
-                 ["σ_d", "method", "seed"] + [f"β = {fmt_param(b)}" for b in betas] + ["chosen β", "test mean"],
+    counts = ", ".join(f"{sym} = {fmt_param(b)} ×{n}" for b, n in sorted(chosen_count.items(),
+                                                                        key=lambda kv: -(kv[0] or 0.0)))
+    note = (f"Validation score: Monte Carlo mean accuracy (%) at the training σ_d over {how}; the best {sym} is "
+            f"tested (ties: the larger {sym}). Chosen: {counts}.")
+    return Table(f"{group_title(gkey)}: {sym} search (validation accuracy % per candidate)",
+                 ["σ_d", "method", "seed"] + [f"{sym} = {fmt_param(b)}" for b in betas] + [f"chosen {sym}", "test mean"],
                  rows, note)
 
 

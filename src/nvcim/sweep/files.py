@@ -36,6 +36,18 @@ def cell_dir(out_dir, cell_id: str) -> Path:
     return Path(out_dir) / "cells" / cell_id
 
 
+def foreign_results(out_dir, cells: Sequence[Cell]) -> list[str]:
+    """Ids (paths under DIR/cells) of the results there that are not cells of `cells`: e.g. the σ-independent
+    "…/correctnet/seed0" of a sweep run before CorrectNet's λ was searched per σ. `nvcim report DIR` reads every
+    result under DIR, so a sweep names them (sorted)."""
+    root = Path(out_dir) / "cells"
+    if not root.is_dir():
+        return []
+    ids = {c.id for c in cells}
+    found = (f.parent.relative_to(root).as_posix() for f in root.rglob(RESULT_FILE))
+    return sorted(cid for cid in found if cid not in ids)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
