@@ -20,7 +20,8 @@ fashion_mnist_full_s01_s04:fashion_full_s01_s04 fashion_mnist_full_ablation_s035
 fashion_mnist_full_convergence_s035:fashion_full_convergence rcn_mnist5k_s02:rcn_s02 devices_mnist5k:devices
 convergence_10seeds_mnist5k:convergence10 convergence_10seeds_tempered_mnist5k:convergence10_tempered
 convergence_10seeds_tempered_search_mnist5k:convergence10_tempered_search
-fashion_mnist_full_convergence_10seeds:fashion_convergence10"
+fashion_mnist_full_convergence_10seeds:fashion_convergence10 convergence_correctnet_mnist5k:convergence_correctnet
+tempered_scale_edge_mnist5k:tempered_scale_edge correctnet_sigma0.2_mnist5k:correctnet_s0.2"
 WANT=" $* "
 for pair in $ALL; do
   spec=${pair%%:*}; dir=${pair##*:}
