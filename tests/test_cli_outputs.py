@@ -165,6 +165,26 @@ def test_csv_names_the_device_model_and_the_target_precision(work, capsys):
     assert float(row["ci_half_width"]) >= 0
 
 
+@pytest.mark.parametrize("flag,name,content", [
+    ("--out", "victim.py", "print('mine')\n"),                    # a mistyped --out: the user's source file
+    ("--out", "notes.json", '{"mine": 1}\n'),                     # JSON, but not an nvcim record
+    ("--csv", "data.csv", "x,y\n1,2\n"),                         # the user's own table
+])
+def test_an_existing_file_nvcim_did_not_write_is_never_replaced(work, capsys, flag, name, content):
+    (work / name).write_text(content)
+    _refused(work, capsys, ["{tmp}/ck", "--runs", "2", flag, f"{{tmp}}/{name}"], "exists and is not",
+             "nvcim replaces only its own files")
+    assert (work / name).read_text() == content
+
+
+def test_its_own_outputs_are_replaced(work, capsys):
+    """A rerun replaces the JSON and CSV nvcim wrote (e.g. a script rerunning one command)."""
+    ck, out, table = str(work / "ck"), work / "r.json", work / "r.csv"
+    for runs in ("2", "3"):
+        assert main(["eval", ck, "--runs", runs, "--out", str(out), "--csv", str(table)]) == 0
+    assert '"runs": 3' in out.read_text() and _csv(table)[0]["runs"] == "3"
+
+
 def test_a_loop_of_symbolic_links_is_one_line(tmp_path, capsys):
     (tmp_path / "a").symlink_to(tmp_path / "b")
     (tmp_path / "b").symlink_to(tmp_path / "a")

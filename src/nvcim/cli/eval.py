@@ -39,7 +39,8 @@ A progress bar with an ETA (tqdm, per σ) is shown on stderr when it is a termin
 float16 / bfloat16 checkpoint is evaluated in float32 (a note says so). Errors the user can fix end in one line on stderr
 and exit code 2, before anything is written or downloaded: among them an --out / --csv (or the matrix's
 heat-map PNG) that is an input (inside a checkpoint, a device-model, plugin or npz data-set file) or another
-output's file, and a --dataset that does not fit the checkpoint's model. An existing --out / --csv is replaced.
+output's file, and a --dataset that does not fit the checkpoint's model. An existing --out / --csv is replaced only
+when nvcim wrote it (nvcim.cli.outputs.nvcim_wrote): a file of the user's is refused, never overwritten.
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@
 Rules: every output path of one command is writable (`nvcim.io.files.check_output_path`), distinct from the
 others (symbolic and hard links included), and none is an input being read: not a checkpoint directory nor
 anything in it, not a device-model file, a plugin file or an npz data set. Each refusal is a ValueError of one
-line naming the flag, the file and the fix. An existing --out / --csv is replaced (the user named it); a file
-the command derives itself (the matrix's heat-map PNG) replaces only a file nvcim wrote
-(`nvcim.report.matrix.is_matrix_png`).
+line naming the flag, the file and the fix. An existing file is replaced only when nvcim wrote it: an --out
+that is an nvcim JSON record ("kind" and "nvcim_version"), a --csv whose header starts as one of nvcim's CSV
+files does (`nvcim_wrote`), the matrix's heat-map PNG (`nvcim.report.matrix.is_matrix_png`); anything else
+(a mistyped `--out model.py`) is refused, never overwritten.
 """
 
 from __future__ import annotations
@@ -82,6 +83,26 @@ def eval_inputs(args, ckpts: Sequence[Path]) -> list[tuple[str, Path]]:
     return inputs
 
 
+# the first columns of every CSV nvcim eval writes: one Monte Carlo row per σ (nvcim.evaluate.write_csv), a
+# write-verify point (nvcim.writeverify.write_points_csv), a device-model matrix cell (nvcim.report.matrix)
+_CSV_HEADS = (("sigma", "runs", "seed"), ("fraction", "verified_weights", "verified_devices"),
+              ("checkpoint", "dataset", "device_model"))
+
+
+def nvcim_wrote(path: Path, kind: str) -> bool:
+    """Whether the existing file `path` is one nvcim writes as `kind` ("json": a record with "kind" and
+    "nvcim_version"; "csv": a header beginning as one of nvcim's CSV files)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            if kind == "json":
+                rec = json.loads(f.read())
+                return isinstance(rec, dict) and isinstance(rec.get("kind"), str) and "nvcim_version" in rec
+            head = tuple(c.strip() for c in f.readline().split(","))
+            return any(head[: len(h)] == h for h in _CSV_HEADS)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+
+
 def check_outputs(outputs: Iterable[tuple[str, object]], inputs: Iterable[tuple[str, Path]]) -> None:
     """Raise a one-line ValueError unless every (flag, path) in `outputs` (None: not written) can be written,
     is none of `inputs` (nor inside an input directory) and differs from the other outputs."""
@@ -103,3 +124,9 @@ def check_outputs(outputs: Iterable[tuple[str, object]], inputs: Iterable[tuple[
         for flag_b, b in outs[i + 1:]:
             if same_file(a, b):
                 raise ValueError(f"{flag_a} {a} and {flag_b} {b} are the same file: give two different paths")
+    for flag, out in outs:  # last: the refusals above name the more specific problem
+        kind = {"--out": "json", "--csv": "csv"}.get(flag)
+        if kind and out.is_file() and not nvcim_wrote(out, kind):
+            what = "an nvcim result (JSON)" if kind == "json" else "a CSV file nvcim wrote"
+            raise ValueError(f"{flag} {out} exists and is not {what}: nvcim replaces only its own files; choose "
+                             "another path or remove the file")
