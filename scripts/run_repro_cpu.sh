@@ -2,7 +2,7 @@
 # Runs the CPU reproduction of REPRODUCTION.md (issue 6) on 2 cores and writes the report.
 # Resumable: rerun the same command after an interruption and finished cells are skipped.
 #   bash scripts/run_repro_cpu.sh [OUT=repro_out] [SPEC ...]
-# With no SPEC, runs every spec below in order (≈ 25 hours on 2 cores); with SPECs (names from
+# With no SPEC, runs every spec below in order (≈ 27 hours on 2 cores); with SPECs (names from
 # the list, e.g. beta_search_200chips), only those. Each spec's sweep goes to OUT/<dir>.
 set -euo pipefail
 cd "$(dirname "$0")/.."
