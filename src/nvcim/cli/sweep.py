@@ -50,8 +50,7 @@ def _say_foreign(out, cells) -> None:
 
 def run(args) -> int:
     from nvcim.sweep import expand, load_spec, plan, result_problem, run_sweep, stale_cells
-    from nvcim.methods import search_symbol
-    from nvcim.sweep.cells import searched_param
+    from nvcim.methods import search_symbol, searched_param
     from nvcim.sweep.runner import check_sweep_dir, is_recorded_spec
 
     spec_path = Path(args.spec)

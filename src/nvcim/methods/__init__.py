@@ -22,7 +22,7 @@ from torch import nn
 
 from nvcim.core.config import DeviceConfig
 from nvcim.methods.base import (METHODS, Method, Option, TrainingTask, censor_suffix, finite_or_none, fmt_param,
-                                register_method, search_symbol, training_device)
+                                register_method, search_symbol, searched_param, training_device)
 from nvcim.methods.correctnet import CorrectNet, CorrectNetConfig, CorrectNetTask, correctnet_penalty
 from nvcim.methods.irs import IRS, IRSConfig, IRSTask, irs_combine
 from nvcim.methods.noise_injection import NoiseInjection, NoiseInjectionConfig, NoiseInjectionTask
@@ -32,7 +32,7 @@ from nvcim.methods.vanilla import Vanilla, VanillaConfig, VanillaTask
 
 __all__ = [
     "METHODS", "Method", "Option", "TrainingTask", "register_method", "training_device", "fmt_param",
-    "finite_or_none", "censor_suffix", "search_symbol", "method_config", "method_to_dict", "method_from_dict", "create_task",
+    "finite_or_none", "censor_suffix", "search_symbol", "searched_param", "method_config", "method_to_dict", "method_from_dict", "create_task",
     "all_options", "Vanilla", "VanillaConfig", "VanillaTask", "NoiseInjection", "NoiseInjectionConfig",
     "NoiseInjectionTask", "OVF", "OVFConfig", "OVFTask", "BN_POLICIES", "TemperedNoiseInjection",
     "TemperedNoiseInjectionConfig", "IRS", "IRSConfig", "IRSTask", "irs_combine", "CorrectNet", "CorrectNetConfig",

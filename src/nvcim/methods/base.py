@@ -71,6 +71,13 @@ def fmt_param(v: Any) -> str:
 SEARCH_SYMBOLS = {"beta": "β", "ortho_lambda": "λ"}  # how tables and the sweep's dry run name a searched parameter
 
 
+def searched_param(method: str) -> str:
+    """The hyper-parameter a method's search sets (its `search` trait: OVF's and IRS's "beta", CorrectNet's
+    "ortho_lambda", ...); "beta" for a method without one or not registered now (e.g. a plugin's, in a report)."""
+    traits = METHODS.get(method, None)
+    return (traits.search if traits is not None else None) or "beta"
+
+
 def search_symbol(param: str) -> str:
     """A searched hyper-parameter as tables name it: "β" (OVF, IRS), "λ" (CorrectNet), else its own name."""
     return SEARCH_SYMBOLS.get(param, param)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from nvcim import reference
-from nvcim.methods import search_symbol
-from nvcim.report.common import (CONVERGENCE_THRESHOLD, method_order, method_traits, fmt_num, fmt_param, fmt_sigma,
+from nvcim.methods import search_symbol, searched_param
+from nvcim.report.common import (CONVERGENCE_THRESHOLD, method_order, fmt_num, fmt_param, fmt_sigma,
                                  group_title, label_sort_key, num, sigma_key)
 from nvcim.report.paired import reading
 from nvcim.report.points import ordered_labels, runs_note
@@ -127,16 +127,10 @@ def _beta_candidates(bs: dict) -> dict[float, float | None]:
     return out
 
 
-def searched_param_of(method: str) -> str:
-    """The hyper-parameter a record's method searches ("beta" for OVF and IRS, and for a method not loaded now)."""
-    traits = method_traits(method)
-    return (traits.search if traits is not None else None) or "beta"
-
-
 def search_tables(gkey, grecs: list[dict]) -> list[Table]:
     """One `beta_table` per searched parameter (β, CorrectNet's λ, the tempered logit_scale), β first: a
     candidate value means different things for different parameters, so they never share columns."""
-    params = {searched_param_of(r["method"]) for r in grecs if r["beta_search"]}
+    params = {searched_param(r["method"]) for r in grecs if r["beta_search"]}
     tables = [beta_table(gkey, grecs, p) for p in sorted(params, key=lambda p: (p != "beta", p))]
     return [t for t in tables if t is not None]
 
@@ -147,7 +141,7 @@ def beta_table(gkey, grecs: list[dict], param: str = "beta") -> Table | None:
     cells = {}
     for r in grecs:
         if (r["beta_search"] and sigma_key(r["test_sigma"]) == sigma_key(r["train_sigma"])
-                and searched_param_of(r["method"]) == param):
+                and searched_param(r["method"]) == param):
             cells.setdefault(r["cell_id"] or r["file"], r)
     if not cells:
         return None

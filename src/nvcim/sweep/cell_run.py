@@ -25,7 +25,8 @@ from nvcim.batchnorm import CALIBRATION_BATCH, ChipCalibration, batchnorm_layers
 from nvcim.io.checkpoint import CONFIG_FILE, CheckpointError, load_checkpoint, read_checkpoint_config
 from nvcim.data import load_dataset
 from nvcim.evaluate.files import EvaluationFile, FailedCellFile, write_result_file
-from nvcim.sweep.cells import Cell, fmt_beta, is_num, searched_param
+from nvcim.methods import searched_param
+from nvcim.sweep.cells import Cell, fmt_beta, is_num
 from nvcim.sweep.schema import TARGET_KEYS
 from nvcim.sweep.files import FAILED_FILE, RESULT_FILE, SCORE_FILE, cell_dir, link_or_copy_dir, prepare_cell_dir
 

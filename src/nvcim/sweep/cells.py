@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 from nvcim.core.config import DeviceConfig
 from nvcim.io.device_models import list_device_models
-from nvcim.methods import METHODS
+from nvcim.methods import METHODS, searched_param
 from nvcim.sweep.schema import TARGET_KEYS, SweepSpec
 from nvcim.train import TrainConfig
 
@@ -105,11 +105,6 @@ class Cell:
         if beta is not None:
             d["method_params"] = {**d["method_params"], searched_param(self.method): float(beta)}
         return TrainConfig.from_dict(d)
-
-
-def searched_param(method: str) -> str:
-    """The hyper-parameter a method's search sets (its `search` trait; OVF: "beta")."""
-    return METHODS.get(method).search or "beta"
 
 
 def _arms(spec: SweepSpec) -> list[tuple[str, str, dict]]:
