@@ -22,6 +22,7 @@ as the loop path, batch after batch.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Sequence
 
@@ -47,8 +48,19 @@ _MIX_L, _MIX_R, _POOL_WORDS, _WORD = 0xCA01F9DD, 0x4973F715, 4, 1 << 32
 
 def run_seeds(seed: int, runs: Sequence[int]) -> list[int]:
     """`run_seed(seed, r)` for every r in runs, in one vectorised pass (numpy's SeedSequence costs ~30 µs
-    per call, which a small model's chip notices); seeds or runs of 2^32 and above go through SeedSequence."""
-    runs = [int(r) for r in runs]
+    per call, which a small model's chip notices); seeds or runs of 2^32 and above go through SeedSequence.
+    Cached by (seed, runs): Monte Carlo asks for the same blocks of chips at every σ and for every model
+    (MLP 64-128-64-10, 200 chips: ~0.7 ms of a ~50 ms call)."""
+    return list(_run_seeds(int(seed), tuple(int(r) for r in runs)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _run_seeds(seed: int, runs: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(_mixed_seeds(seed, runs))
+
+
+def _mixed_seeds(seed: int, runs: Sequence[int]) -> list[int]:
+    runs = list(runs)
     if len(runs) < 2 or not 0 <= int(seed) < _WORD or any(not 0 <= r < _WORD for r in runs):
         return [_seed_sequence(seed, r) for r in runs]
     with np.errstate(over="ignore"):
@@ -153,6 +165,7 @@ class ChipSampler:
         self.read_gens: dict[int, list[torch.Generator]] = {}  # chunk index -> read generator per tensor
         self._scratch: list[torch.Tensor] | None = None  # CPU staging buffers when device is not CPU
         self._reads: list[torch.Tensor] | None = None  # `read(reuse=True)`'s buffers
+        self._generator = torch.Generator(device=self.draw_device)  # `fill` reseeds it for every chip
 
     def weight_bytes(self) -> int:
         return sum(w.numel() * w.element_size() for w in self.w_d)
@@ -175,7 +188,7 @@ class ChipSampler:
         fast = sigma != 0 and self.fast
         block = fast and on_cpu and not verify  # z for every chip first, then one addcmul per layer
         for i, (r, value) in enumerate(zip(runs, run_seeds(seed, runs))):
-            gen = run_generator(seed, r, self.device, value)
+            gen = self._generator.manual_seed(value)  # = run_generator(seed, r): reseeded, not rebuilt (~1 µs a chip)
             firsts = []  # [*W.shape] per layer, on the draw device
             for l, (buf, prep) in enumerate(zip(bufs, self.prepared)):
                 if not fast:
