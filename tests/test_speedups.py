@@ -140,6 +140,11 @@ def test_run_seeds_are_numpys_seed_sequence():
     for seed in (0, 1, 5, 123456789, 2**32 - 1, 2**32, 2**63 - 1):
         assert run_seeds(seed, runs) == [reference(seed, r) for r in runs]
         assert run_seed(seed, 7) == reference(seed, 7)
+    # cached by (seed, chips): a second call gives the same seeds, and a caller changing its list changes no cache
+    first = run_seeds(3, range(10))
+    first[0] = -1
+    assert run_seeds(3, range(10)) == [reference(3, r) for r in range(10)]
+    assert run_seeds(3, np.arange(10)) == [reference(3, r) for r in range(10)]  # numpy integers: the same key
 
 
 def test_a_chip_given_as_a_tensor_is_mapped_once_and_again_when_it_changes():
