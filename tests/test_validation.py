@@ -10,6 +10,7 @@ import json
 import math
 import os
 import pickle
+import re
 import sys
 
 import pytest
@@ -135,6 +136,45 @@ def test_absurd_model_size_refused_before_allocation(name, kwargs, named):
     with pytest.raises(ValueError, match=f"{named}.*parameters.*MAX_PARAMETERS") as e:
         create_model(name, **kwargs)
     assert "\n" not in str(e.value)
+
+
+# Widths whose meta-device count overflowed torch (a storage size above 2**63 bytes, a size above int64): the
+# check used to let the model through to a real allocation (a traceback, or minutes of allocating).
+HUGE_WIDTHS = [(1e6, "width=1e+06"), (1e10, "width=1e+10"), (1e18, "width=1e+18")]
+
+
+@pytest.mark.parametrize("name", ["vgg8", "tiny"])
+@pytest.mark.parametrize("width,named", HUGE_WIDTHS)
+def test_huge_width_refused_before_allocation(name, width, named):
+    pattern = f"{re.escape(named)}.* would have [0-9.e+]+ parameters .*MAX_PARAMETERS.*smaller width"
+    with pytest.raises(ValueError, match=pattern) as e:
+        create_model(name, 10, 1, width=width)
+    assert "\n" not in str(e.value)
+
+
+def test_width_past_what_can_be_counted_is_refused():
+    with pytest.raises(ValueError, match="width=1e\\+307.*more parameters than can be counted.*MAX_PARAMETERS"):
+        create_model("vgg8", width=1e307)  # round(1024 * width) is infinite: no channel count at all
+
+
+@pytest.mark.parametrize("name", ["vgg8", "tiny"])
+@pytest.mark.parametrize("width,named", HUGE_WIDTHS)
+def test_cli_huge_width_is_one_line(name, width, named, ckpt, tmp_path, capsys):
+    rc, _, err = _cli(["train", "--preset", "smoke", "--model", name, "--width", f"{width:g}", "--num-threads", "1",
+                       "--out", str(tmp_path / "out")], capsys)
+    assert rc == 2 and named in _one_line(err) and "parameters" in err and "MAX_PARAMETERS" in err
+    assert not (tmp_path / "out").exists()
+    _edit_config(ckpt, "model", "name", name)
+    _edit_config(ckpt, "model", "width", width)
+    rc, _, err = _cli(["eval", str(ckpt), "--runs", "2"], capsys)
+    assert rc == 2 and named in _one_line(err) and "parameters" in err and "MAX_PARAMETERS" in err
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"name": "huge", "models": [name], "width": width, "datasets": ["mnist5k"],
+                                "methods": ["vanilla"], "sigmas": [0.3], "seeds": [0]}))
+    for dry in (["--dry-run"], []):
+        rc, _, err = _cli(["sweep", str(spec), "--out", str(tmp_path / "sweep"), *dry], capsys)
+        assert rc == 2 and named in _one_line(err) and "parameters" in err and "MAX_PARAMETERS" in err
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_model_at_the_cap_is_built_and_rng_untouched_by_the_size_check():

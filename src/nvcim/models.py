@@ -25,9 +25,11 @@ builder's own defaults stand (and are recorded in `nvcim_spec`). A model above M
 
 from __future__ import annotations
 
+import decimal
 import inspect
 import math
 import numbers
+import warnings
 from typing import Callable
 
 import torch
@@ -117,28 +119,101 @@ def create_model(
     return model
 
 
-class _SkipMetaNormal(TorchFunctionMode):
-    """Makes `Tensor.normal_` on meta tensors a no-op: its meta kernel costs ~1 s of imports on first use,
-    and a meta build only needs the shapes."""
+_META_FACTORIES = (torch.empty, torch.zeros, torch.ones, torch.rand, torch.randn, torch.full)
+
+
+class _MetaSizeCount(TorchFunctionMode):
+    """The mode of the size-counting meta build. `Tensor.normal_` on meta tensors is a no-op (its meta kernel
+    costs ~1 s of imports on first use, and a meta build only needs the shapes). A factory call (torch.empty,
+    zeros, ...) asking for more than `limit` elements gets an empty meta tensor instead, its size added (as a
+    Python int, which cannot overflow) to `skipped`: torch cannot even describe a tensor above 2**63 bytes
+    (a storage-size overflow), so counting on the meta device alone would let an absurd width through."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit, self.skipped = limit, 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         if func is torch.Tensor.normal_ and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
             return args[0]
-        return func(*args, **(kwargs or {}))
+        if func in _META_FACTORIES:
+            size, rest, in_kwargs = _factory_size(func, args, kwargs)
+            if size is not None and math.prod(size) > self.limit:
+                self.skipped += math.prod(size)
+                empty = (0,) * len(size)
+                if in_kwargs:
+                    return func(*rest, **{**kwargs, "size": empty})
+                return func(empty, *rest, **kwargs)
+        return func(*args, **kwargs)
+
+
+def _factory_size(func, args, kwargs):
+    """(size as a tuple of ints, the other positional args, whether size was a keyword) of a factory call,
+    or (None, ...) when it is not plain ints."""
+    if "size" in kwargs:
+        size, rest, in_kwargs = kwargs["size"], args, True
+    elif func is torch.full:
+        if not args:
+            return None, args, False
+        size, rest, in_kwargs = args[0], args[1:], False
+    elif len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size)):
+        size, rest, in_kwargs = args[0], (), False
+    else:
+        size, rest, in_kwargs = args, (), False
+    if isinstance(size, numbers.Integral) and not isinstance(size, bool):
+        size = (size,)
+    if (not isinstance(size, (tuple, list, torch.Size))
+            or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in size)):
+        return None, args, False
+    return tuple(int(d) for d in size), rest, in_kwargs
+
+
+def _is_overflow(exc: BaseException) -> bool:
+    """An error of a size beyond what torch or Python can hold (storage size, int64, float -> int)."""
+    return isinstance(exc, OverflowError) or (
+        isinstance(exc, (RuntimeError, TypeError)) and "overflow" in str(exc).lower())
+
+
+def _g(x: int) -> str:
+    """x formatted as '.3g': a float where it fits, else a Decimal (an int past 1e308 has no float)."""
+    try:
+        return f"{float(x):.3g}"
+    except OverflowError:
+        return f"{decimal.Decimal(x):.3g}"
+
+
+def _parameters_and_gb(n: int) -> str:
+    """'1.29e+13 parameters (5.15e+04 GB as float32)', for any int n."""
+    return f"{_g(n)} parameters ({_g(4 * n // 10**9) if n > 10**300 else f'{4 * n / 1e9:.3g}'} GB as float32)"
 
 
 def _check_size(name: str, builder: Callable[..., nn.Module], args: dict, kwargs: dict) -> None:
-    """Refuse a model above MAX_PARAMETERS, counted on a meta-device build (no memory, no RNG use)."""
+    """Refuse a model above MAX_PARAMETERS, counted on a meta-device build (no memory, no RNG use): a tensor
+    above the cap is not even made (its size is counted as a Python int), and a build that overflows (a size
+    torch or Python cannot hold) is too large too; never lets an absurd size through to a real allocation."""
+    limit = MAX_PARAMETERS
+    mode = _MetaSizeCount(limit)
     try:
-        with torch.device("meta"), _SkipMetaNormal():
-            n = sum(p.numel() for p in builder(**args, **kwargs).parameters())
-    except Exception:  # a builder that cannot run on the meta device: its real build reports its own errors
-        return
-    if n > MAX_PARAMETERS:
+        with torch.device("meta"), mode, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Initializing zero-element tensors is a no-op"
+            n = sum(p.numel() for p in builder(**args, **kwargs).parameters()) + mode.skipped
+        size = _parameters_and_gb(n)
+    except Exception as exc:
+        if mode.skipped:  # failed after a tensor above the cap was asked for: too large whatever the rest
+            n = mode.skipped
+            size = "at least " + _parameters_and_gb(n)
+        elif _is_overflow(exc):
+            n = math.inf
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            size = f"more parameters than can be counted ({first[:100]})"
+        else:
+            return  # a builder that cannot run on the meta device: its real build reports its own errors
+    if n > limit:
         shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in args.items())
         raise ValueError(
-            f"model {name!r} ({shown}) would have {n:.3g} parameters ({4 * n / 1e9:.3g} GB as float32), above "
-            f"nvcim.models.MAX_PARAMETERS={MAX_PARAMETERS:.3g}: use a smaller width, image_size or num_classes"
+            f"model {name!r} ({shown}) would have {size}, above "
+            f"nvcim.models.MAX_PARAMETERS={limit:.3g}: use a smaller width, image_size or num_classes"
         )
 
 
