@@ -265,8 +265,18 @@ def test_pattern_matching_no_layer_is_an_error():
 
 def test_model_without_supported_layer_is_an_error():
     model = nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3))
-    with pytest.raises(nvcim.SelectionError, match="has no layer nvcim can vary"):
+    with pytest.raises(nvcim.SelectionError, match="has no layer nvcim can vary") as err:
         nvcim.apply_variation_(model, CFG)
+    message = str(err.value)  # the supported types and the layers the model has, on one line
+    assert "Linear" in message and "Conv2d" in message and "\n" not in message
+    assert "its layers are ['0' (ReLU), '1' (BatchNorm1d)]" in message
+    with pytest.raises(nvcim.SelectionError, match=r"its layers are \[\] \(a bare ReLU\)"):
+        nvcim.apply_variation_(nn.ReLU(), CFG)
+    many = nn.Sequential(*[nn.Sequential(nn.ReLU(), nn.Tanh()) for _ in range(10)])  # 30 submodules
+    with pytest.raises(nvcim.SelectionError) as err:
+        nvcim.apply_variation_(many, CFG)
+    assert "'0' (Sequential), '0.0' (ReLU), '0.1' (Tanh)" in str(err.value)
+    assert "'6' (Sequential), '6.0' (ReLU), ... (10 more)]" in str(err.value) and "'6.1'" not in str(err.value)
     with pytest.raises(nvcim.SelectionError):
         monte_carlo_evaluate(model, (torch.zeros(2, 3), torch.zeros(2, dtype=torch.long)), CFG, runs=2)
 

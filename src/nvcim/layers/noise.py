@@ -72,6 +72,16 @@ def _names_list(names: Sequence[str], limit: int = 20) -> str:
     return f"[{shown}{f', ... ({len(names) - limit} more)' if len(names) > limit else ''}]"
 
 
+def _layers_list(model: nn.Module, limit: int = 20) -> str:
+    """The model's own submodules as "['features' (Sequential), 'features.0' (ReLU), ...]" (the first `limit`,
+    then how many more), or "[] (a bare ReLU)" for a model with none."""
+    layers = [(n, type(m).__name__) for n, m in model.named_modules() if n]
+    if not layers:
+        return f"[] (a bare {type(model).__name__})"
+    shown = ", ".join(f"{n!r} ({t})" for n, t in layers[:limit])
+    return f"[{shown}{f', ... ({len(layers) - limit} more)' if len(layers) > limit else ''}]"
+
+
 def _make_filter(
     filter: ModuleFilter | None, include: Sequence[str] | None, exclude: Sequence[str] | None
 ) -> ModuleFilter:
@@ -112,7 +122,8 @@ def selected_layers(
         if not candidates:
             kinds = sorted({t.__name__ for t in handlers.LAYER_HANDLERS})
             raise SelectionError(f"the model ({type(model).__name__}) has no layer nvcim can vary (supported: "
-                                 f"{', '.join(kinds)}): nothing would get device variation")
+                                 f"{', '.join(kinds)}): nothing would get device variation; its layers are "
+                                 f"{_layers_list(model)}")
         for what, patterns in (("include", include), ("exclude", exclude)):
             for p in patterns or ():
                 if not any(fnmatch.fnmatchcase(n, p) for n in names):
