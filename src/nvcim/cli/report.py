@@ -49,6 +49,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args) -> int:
     from nvcim.io.files import check_output_path
     from nvcim.report import scan_results, write_report
+    from nvcim.report.flags import implausible_warning
     from nvcim.writeverify import CycleModel
 
     cycle = CycleModel(args.verify_pulses, args.verify_reads, args.verify_max_iterations)  # ValueError: exit 2
@@ -63,4 +64,7 @@ def run(args) -> int:
     out = Path(args.out) if args.out else (root if root.is_dir() else root.parent) / "report"
     for path in write_report(rs, out, fmt=args.fmt, title=args.title, cycle=cycle):
         print(path)
+    flagged = implausible_warning(rs.records + rs.verify_records)  # marked * / ! in the tables
+    if flagged:
+        print(f"nvcim report: warning: {flagged}", file=sys.stderr)
     return 0

@@ -44,6 +44,8 @@ def _md_table(t: Table) -> str:
     body = tabulate([[_md_cell(c) for c in r] for r in t.rows], headers=[_md_cell(h) for h in t.headers],
                     tablefmt="pipe", disable_numparse=True)
     out = f"### {t.title}\n\n{body}\n"
+    if t.legend:
+        out += f"\n{t.legend}\n"
     if t.note:
         out += f"\n{t.note}\n"
     return out
@@ -54,13 +56,15 @@ def _html_table(t: Table) -> str:
     head = "".join(f"<th>{e(h)}</th>" for h in t.headers)
     body = "\n".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in t.rows)
     note = f'<p class="note">{e(t.note)}</p>' if t.note else ""
+    if t.legend:
+        note = f'<p class="legend">{e(t.legend)}</p>\n{note}'
     return f"<h3>{e(t.title)}</h3>\n<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>\n{note}\n"
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 0.3em;font-size:0.85em}
 th,td{border:1px solid #bbb;padding:3px 7px;text-align:right}th{background:#eee}
-td:first-child,th:first-child{text-align:left}.note{font-size:0.8em;color:#555}
+td:first-child,th:first-child{text-align:left}.note{font-size:0.8em;color:#555}.legend{font-size:0.85em}
 figure{margin:1em 0}img{max-width:100%}figcaption{font-size:0.85em;color:#444}"""
 
 SUMMARY_COLUMNS = ("model", "width", "dataset", "method", "label", "sigma", "n_seeds", "seeds", "runs", "mean",
