@@ -23,6 +23,7 @@ from nvcim.report.figures import (Figures, fig_accuracy, fig_convergence, fig_di
                                   fig_write_verify, label_colours)
 from nvcim.report.matrix import (fig_matrix, matrix_arm_means, matrix_arms_csv, matrix_arms_table, matrix_paired,
                                  matrix_paired_csv, matrix_paired_table, matrix_table)
+from nvcim.report.owned import check_own
 from nvcim.report.paired import PAIRED_COLUMNS, csv_row, paired_comparisons
 from nvcim.report.points import matched_points, robustness_curves, verify_curves
 from nvcim.report.records import ResultSet
@@ -137,11 +138,17 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None,
                  cycle: CycleModel | None = None) -> list[Path]:
     """Write figures (out/figures/*.fmt), report.md, report.html, summary.csv, seeds.csv and paired.csv (and
     write_verify.csv with write-verify results, their cost under `cycle`, default CycleModel()); return the
-    paths written."""
+    paths written. An existing file is replaced only when nvcim report wrote it (`nvcim.report.owned`): else a
+    one-line ValueError, before anything is written (a figure's: before that figure)."""
     cycle = cycle or CycleModel()
     if fmt not in FIGURE_FORMATS:
         raise ValueError(f"figure format {fmt!r} is not supported: use one of {list(FIGURE_FORMATS)}")
     out = Path(out)
+    names = ["report.md", "report.html", "summary.csv", "seeds.csv", "paired.csv"]
+    names += ["write_verify.csv"] if rs.verify_records else []
+    names += ["device_matrix_arms.csv", "device_matrix_paired.csv"] if rs.matrices else []
+    for name in names:  # before anything is written: a file of the user's is refused, never overwritten
+        check_own(out / name)
     out.mkdir(parents=True, exist_ok=True)
     points = matched_points(rs.records, rs.failures)
     paired = paired_comparisons(points)
