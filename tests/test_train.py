@@ -470,3 +470,36 @@ def test_train_config_reads_files_of_earlier_versions():
     d = cfg.to_dict()
     assert {k: d[k] for k in old} == old  # the flat keys are still written, unchanged
     assert TrainConfig.from_dict(d) == cfg and cfg.replace(sigma=0.1).device_config.weight_bits == 6
+
+
+def _fake_result(test_noisy: float, test_clean: float = 97.0):
+    from types import SimpleNamespace
+
+    metrics = {"status": "ok", "diverged_at": None, "history": [{}], "best_epoch": 1, "best_val_noisy": 96.0,
+               "best_val_clean": 97.5, "test_clean": test_clean, "test_noisy_mean": test_noisy, "test_noisy_std": 1.0,
+               "test_noisy_runs": 2, "train_time_s": 1.0, "images_per_s": 100.0, "device": "cpu", "amp": False}
+    return SimpleNamespace(config=tiny_cfg(), metrics=metrics, status="ok", checkpoint=None)
+
+
+def test_summary_marks_an_accuracy_below_chance():
+    from nvcim.cli.train import summary_table
+
+    table = summary_table(_fake_result(9.38), num_classes=10)
+    lines = table.splitlines()
+    noisy = next(line for line in lines if line.startswith("test accuracy, σ="))
+    assert noisy.endswith("9.38 ± 1.00 (2 runs) *")
+    assert lines[-1] == "* below chance (10 % for 10 classes)"
+    assert "97.00 *" not in table and "96.00 *" not in table
+    assert "*" not in summary_table(_fake_result(50.0), num_classes=10)  # above chance
+    assert "*" not in summary_table(_fake_result(10.0), num_classes=10)  # exactly chance
+    assert "*" not in summary_table(_fake_result(9.38))  # classes unknown
+    assert "0.50 *" in summary_table(_fake_result(60.0, test_clean=0.5), num_classes=100)
+
+
+def test_cli_train_summary_marks_below_chance_with_the_data_sets_classes(monkeypatch, capsys):
+    import nvcim.train
+
+    monkeypatch.setattr(nvcim.train, "train", lambda cfg, out, overwrite=False, splits=None: _fake_result(9.38))
+    assert main(["train", "--model", "tiny", "--limit", "48", "--epochs", "1", "--quiet", "--num-threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "9.38 ± 1.00 (2 runs) *" in out and "* below chance (10 % for 10 classes)" in out

@@ -280,6 +280,21 @@ def test_labels_out_of_range_or_not_integer_are_refused(labels, match, curve, mo
             monte_carlo_evaluate(model, (x, y), DeviceConfig(sigma=0.1), runs=2)
 
 
+@pytest.mark.parametrize("curve", [False, True])
+def test_labels_of_shape_n_by_1_are_one_clear_error(curve, monkeypatch):
+    model, x = _small()
+    y = (torch.arange(10) % 4).unsqueeze(1)  # [10, 1]
+    from nvcim.evaluate import montecarlo as ev
+
+    monkeypatch.setattr(ev, "_mc_core", lambda *a, **k: pytest.fail("a chip was evaluated"))
+    with pytest.raises(ValueError, match=r"labels have shape \[10, 1\].*1-D class indices \[N\].*y\.squeeze\(1\)") as e:
+        if curve:
+            robustness_curve(model, (x, y), DeviceConfig(sigma=0.1), [0.1], runs=2)
+        else:
+            monte_carlo_evaluate(model, (x, y), DeviceConfig(sigma=0.1), runs=2)
+    assert "\n" not in str(e.value)
+
+
 # ---- 5. one rule for the right-censoring threshold -------------------------------------------------------
 @pytest.mark.parametrize("value", [-0.5, float("inf"), float("nan"), "1", True])
 def test_censor_threshold_is_one_rule_in_api_and_methods(value):
@@ -352,6 +367,43 @@ def test_cli_runs_above_the_cap_need_force(tmp_path, capsys):
     assert rc == 2 and "--force-runs" in _one_line(err)
     rc, _, err = _cli(["eval", str(tmp_path / "nope"), "--runs", "100001", "--force-runs"], capsys)
     assert rc == 2 and "does not exist" in _one_line(err)  # past the cap check
+
+
+class _Bar:
+    """A stand-in for tqdm that records every update."""
+
+    updates: list = []
+
+    def __init__(self, *a, total=None, disable=False, **k):
+        self.total, self.disable = total, disable
+
+    def update(self, n=1):
+        _Bar.updates.append(n)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_progress_moves_every_few_dozen_chips_of_a_tiny_model(conv, monkeypatch):
+    """The chunked path draws at most CHUNKED_MAX_CHIPS chips per chunk: a tiny model (thousands of chips fit
+    its 4 MiB buffer) still moves the bar, hence its ETA, every few dozen chips, not once at the end."""
+    import tqdm.auto
+
+    from nvcim.evaluate import montecarlo as ev
+
+    torch.manual_seed(0)
+    if conv:  # "auto" takes "chunked" on CPU for a convolution
+        model, path = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(24, 4)), "auto"
+    else:
+        model, path = _small()[0], "chunked"
+    x, y = torch.randn(10, 1, 3, 4), torch.arange(10) % 4
+    monkeypatch.setattr(tqdm.auto, "tqdm", _Bar)
+    _Bar.updates = []
+    res = monte_carlo_evaluate(model, (x, y), DeviceConfig(sigma=0.1), runs=200, progress=True, path=path)
+    assert res.path == "chunked" and sum(_Bar.updates) == 200
+    assert len(_Bar.updates) >= 4 and max(_Bar.updates) <= 64, _Bar.updates  # 200 chips: 64, 64, 64, 8
+    assert getattr(ev, "CHUNKED_MAX_CHIPS", None) == max(_Bar.updates)
 
 
 def test_cli_progress_bar_on_a_terminal_only(ckpt, capsys, monkeypatch):

@@ -23,6 +23,7 @@ metrics.status = "diverged", metrics.diverged_reason says which).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
@@ -258,19 +259,30 @@ def _asked_device_fields(given: dict[str, Any], from_file: dict[str, Any]) -> di
     return asked
 
 
-def summary_table(result, device_model: str | None = None) -> str:
+def summary_table(result, device_model: str | None = None, num_classes: int | None = None) -> str:
+    """The summary printed after training. An accuracy below chance (100 / num_classes %, the classes of the data
+    set and the model's output) is marked `*`, with a legend line under the table, as in `nvcim eval`'s table."""
     from tabulate import tabulate
 
     from nvcim.cli.device_flags import device_label
+    from nvcim.evaluate.results import BELOW_CHANCE_MARK
 
     cfg, m = result.config, result.metrics
+    chance = 100.0 / num_classes if num_classes else None
+    below = []
+
+    def mark(v):
+        if chance is not None and v is not None and math.isfinite(v) and v < chance:
+            below.append(v)
+            return f" {BELOW_CHANCE_MARK}"
+        return ""
 
     def pct(v):
-        return "-" if v is None else f"{v:.2f}"
+        return "-" if v is None else f"{v:.2f}{mark(v)}"
 
     noisy = "-" if m["test_noisy_mean"] is None else (
         f"{m['test_noisy_mean']:.2f}" + (f" ± {m['test_noisy_std']:.2f}" if m["test_noisy_std"] is not None else "")
-        + f" ({m['test_noisy_runs']} runs)")
+        + f" ({m['test_noisy_runs']} runs)" + mark(m["test_noisy_mean"]))
     rows = [
         ("status", m["status"] + (f" ({m.get('diverged_reason') or 'non-finite loss'}) at epoch "
                                   f"{m['diverged_at']['epoch']} step {m['diverged_at']['step']}"
@@ -289,7 +301,10 @@ def summary_table(result, device_model: str | None = None) -> str:
         ("device", m["device"] + (" (bf16 autocast)" if m["amp"] else "")),
         ("checkpoint", str(result.checkpoint) if result.checkpoint is not None else "(not saved: no --out)"),
     ]
-    return tabulate(rows, tablefmt="simple", disable_numparse=True)
+    table = tabulate(rows, tablefmt="simple", disable_numparse=True)
+    if below:
+        table += f"\n{BELOW_CHANCE_MARK} below chance ({chance:g} % for {num_classes} classes)"
+    return table
 
 
 def run(args: argparse.Namespace) -> int:
@@ -316,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
         tune_malloc()  # reuse activation memory between steps (fewer page faults; see nvcim.train.tune_malloc)
     splits = load_dataset(cfg.dataset, cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.data_seed, limit=cfg.limit)
     result = train(cfg, out, overwrite=overwrite, splits=splits)
-    print(summary_table(result, getattr(args, "device_model", None)))
+    print(summary_table(result, getattr(args, "device_model", None), splits.info.num_classes))
     if result.status != "ok":
         at = result.metrics.get("diverged_at") or {}
         reason = result.metrics.get("diverged_reason") or "non-finite loss"

@@ -90,6 +90,9 @@ PATHS = ("auto", "stacked", "chunked", "loop")
 # "chunked": chips drawn together only share the per-call costs (scoring, Python), which a few
 # chips amortize; cache-sized buffers measured as fast as larger ones (MLP: 16-64 chips alike).
 CHUNKED_BUFFER_BYTES = 4 << 20  # bytes of chips drawn together (at least one chip)
+# ... and at most this many chips: the progress bar moves once per chunk, so a small model (hundreds of chips in
+# 4 MiB) would otherwise show 0 % and no ETA for most of the run; 64 chips share the per-call costs as well
+CHUNKED_MAX_CHIPS = 64
 
 
 # ---- checks and model state --------------------------------------------------------------------
@@ -110,6 +113,11 @@ def _output_classes(model: nn.Module, batches) -> int:
         raise ValueError(f"the model's output {shape} is not logits [batch, classes]: Monte Carlo evaluation "
                          "needs a classifier")
     classes = int(out.shape[1])
+    bad = next((yb for _, yb in batches if yb.dim() != 1), None)
+    if bad is not None:
+        shape = [sum(int(yb.shape[0]) for _, yb in batches), *bad.shape[1:]]
+        raise ValueError(f"data: labels have shape {shape}: they must be 1-D class indices [N]; pass y.squeeze(1) "
+                         "for [N, 1] labels (y.argmax(1) for one-hot ones)")
     highest = max(int(yb.max()) for _, yb in batches if yb.numel())
     if highest >= classes:
         raise ValueError(f"data: label {highest} is out of range: the model outputs {classes} classes, so labels "
@@ -222,7 +230,8 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
             stacked = path == "stacked"
             if chunk_runs is None:
                 chunk_runs = min(runs, (fit or stacked_chips(model, sampler, batches, device)) if stacked
-                                 else max(1, CHUNKED_BUFFER_BYTES // max(sampler.weight_bytes(), 1)))
+                                 else max(1, min(CHUNKED_MAX_CHIPS,
+                                                 CHUNKED_BUFFER_BYTES // max(sampler.weight_bytes(), 1))))
             chunk_runs = min(chunk_runs, runs)
             bufs = sampler.alloc(chunk_runs)  # [chunk, *W.shape] per layer, reused for every chunk
             with torch.no_grad(), variation_disabled(model):
@@ -297,8 +306,9 @@ def monte_carlo_evaluate(
     model: plain (the device model goes on every Conv/Linear weight for the call and is removed
     afterwards) or with variation already applied (its layer selection is kept, `cfg` is used).
     The model is evaluated in eval mode (BN running statistics) and left exactly as it was.
-    batch_size: images per forward (per run). chunk_runs: runs drawn together (default: their
-    weights fit in 4 MiB for "chunked"; weights plus activations in ~1 GiB for "stacked").
+    batch_size: images per forward (per run). chunk_runs: runs drawn together, the steps of the progress bar
+    (default: at most CHUNKED_MAX_CHIPS whose weights fit in 4 MiB for "chunked"; weights plus activations in
+    ~1 GiB for "stacked").
     path: "stacked" (vmap over the runs of a chunk), "chunked" (one forward per run over pre-drawn
     weights), "loop" (reference: program_chip_ per run), "auto" ("stacked" on CUDA when vmap
     supports the model, else "chunked"); a cfg with the ADC simulation (adc_bits / input_bits) always

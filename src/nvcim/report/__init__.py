@@ -11,6 +11,8 @@ The package, in the order of the data's way through it:
            chips, the paper's values beside the paper's method; write-verify and robustness curves;
   paired   paired comparisons by seed of every pair of arms at one σ_d (mean difference, 95% CI, paired t-test);
   figures  matplotlib figures; tables  the tables (Table); render  report.md, report.html, summary.csv;
+  flags    the marks of implausible values (`*` below chance, `!` non-finite logits) and the CLI's warning;
+  owned    which files in the output directory nvcim report wrote (only those are replaced);
   common   small shared helpers (number formatting, σ keys, model groups, the order of arms).
 The paper's published values are nvcim.reference.
 """

@@ -14,6 +14,7 @@ import numpy as np
 
 from nvcim import reference
 from nvcim.io.files import atomic_write_bytes
+from nvcim.report.owned import check_own
 from nvcim.report.common import CONVERGENCE_THRESHOLD, fmt_param, fmt_sigma, group_title, label_sort_key
 from nvcim.report.labels import base_label
 from nvcim.report.points import ordered_labels, runs_note
@@ -52,6 +53,7 @@ class Figures:
             fig.savefig(buf2, format=self.fmt, bbox_inches="tight")
             data = buf2.getvalue()
         self.plt.close(fig)
+        check_own(path)  # a file of the user's there is refused, never overwritten
         atomic_write_bytes(path, data)
         self.items.append({"path": path, "png": png, "caption": caption, "name": name})
 

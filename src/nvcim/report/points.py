@@ -120,6 +120,7 @@ def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> li
                         for r in models)
         paper = reference.paper_match(model, dataset, method, sigma) if paper_arm else None  # ablation arms: none
         cleans = [r["clean_accuracy"] for r in models if r["clean_accuracy"] is not None]
+        classes = {r.get("num_classes") for r in models}
         points.append(
             {
                 "model": model, "width": width, "dataset": dataset, "method": method, "label": label,
@@ -131,6 +132,11 @@ def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> li
                 "clean_accuracy": float(np.mean(cleans)) if cleans else None,
                 **_pooled_stats(models),
                 "convergence": conv,
+                # implausible values (nvcim.report.flags): chips with non-finite logits over the models, and the
+                # models' number of classes (None: unknown or not the same for all)
+                "nonfinite_runs": sum(r.get("nonfinite_runs") or 0 for r in models),
+                "chips": sum(r["runs"] for r in models),
+                "num_classes": classes.pop() if len(classes) == 1 else None,
                 "failed_seeds": failed,
                 "paper_arm": paper_arm,
                 "paper": paper["value"] if paper else None,

@@ -153,6 +153,10 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                 "quantized_accuracy": num(r.get("quantized_accuracy")),
                 "wall_time_s": num(r.get("wall_time_s")),
                 "n_test_sigmas": len(results),
+                # implausible values, marked in the tables (nvcim.report.flags): chips with NaN / inf logits, and the
+                # width of the logits (chance = 100 / num_classes %; None: unknown, results written before it)
+                "nonfinite_runs": int(r["nonfinite_runs"]) if num(r.get("nonfinite_runs")) is not None else 0,
+                "num_classes": int(r["num_classes"]) if num(r.get("num_classes")) is not None else None,
             }
         )
     return out

@@ -23,6 +23,7 @@ from nvcim.report.figures import (Figures, fig_accuracy, fig_convergence, fig_di
                                   fig_write_verify, label_colours)
 from nvcim.report.matrix import (fig_matrix, matrix_arm_means, matrix_arms_csv, matrix_arms_table, matrix_paired,
                                  matrix_paired_csv, matrix_paired_table, matrix_table)
+from nvcim.report.owned import check_own
 from nvcim.report.paired import PAIRED_COLUMNS, csv_row, paired_comparisons
 from nvcim.report.points import matched_points, robustness_curves, verify_curves
 from nvcim.report.records import ResultSet
@@ -44,6 +45,8 @@ def _md_table(t: Table) -> str:
     body = tabulate([[_md_cell(c) for c in r] for r in t.rows], headers=[_md_cell(h) for h in t.headers],
                     tablefmt="pipe", disable_numparse=True)
     out = f"### {t.title}\n\n{body}\n"
+    if t.legend:
+        out += f"\n{t.legend}\n"
     if t.note:
         out += f"\n{t.note}\n"
     return out
@@ -54,13 +57,15 @@ def _html_table(t: Table) -> str:
     head = "".join(f"<th>{e(h)}</th>" for h in t.headers)
     body = "\n".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in t.rows)
     note = f'<p class="note">{e(t.note)}</p>' if t.note else ""
+    if t.legend:
+        note = f'<p class="legend">{e(t.legend)}</p>\n{note}'
     return f"<h3>{e(t.title)}</h3>\n<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>\n{note}\n"
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 0.3em;font-size:0.85em}
 th,td{border:1px solid #bbb;padding:3px 7px;text-align:right}th{background:#eee}
-td:first-child,th:first-child{text-align:left}.note{font-size:0.8em;color:#555}
+td:first-child,th:first-child{text-align:left}.note{font-size:0.8em;color:#555}.legend{font-size:0.85em}
 figure{margin:1em 0}img{max-width:100%}figcaption{font-size:0.85em;color:#444}"""
 
 SUMMARY_COLUMNS = ("model", "width", "dataset", "method", "label", "sigma", "n_seeds", "seeds", "runs", "mean",
@@ -133,11 +138,17 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None,
                  cycle: CycleModel | None = None) -> list[Path]:
     """Write figures (out/figures/*.fmt), report.md, report.html, summary.csv, seeds.csv and paired.csv (and
     write_verify.csv with write-verify results, their cost under `cycle`, default CycleModel()); return the
-    paths written."""
+    paths written. An existing file is replaced only when nvcim report wrote it (`nvcim.report.owned`): else a
+    one-line ValueError, before anything is written (a figure's: before that figure)."""
     cycle = cycle or CycleModel()
     if fmt not in FIGURE_FORMATS:
         raise ValueError(f"figure format {fmt!r} is not supported: use one of {list(FIGURE_FORMATS)}")
     out = Path(out)
+    names = ["report.md", "report.html", "summary.csv", "seeds.csv", "paired.csv"]
+    names += ["write_verify.csv"] if rs.verify_records else []
+    names += ["device_matrix_arms.csv", "device_matrix_paired.csv"] if rs.matrices else []
+    for name in names:  # before anything is written: a file of the user's is refused, never overwritten
+        check_own(out / name)
     out.mkdir(parents=True, exist_ok=True)
     points = matched_points(rs.records, rs.failures)
     paired = paired_comparisons(points)

@@ -13,6 +13,7 @@ from nvcim import reference
 from nvcim.methods import search_symbol, searched_param
 from nvcim.report.common import (CONVERGENCE_THRESHOLD, method_order, fmt_num, fmt_param, fmt_sigma,
                                  group_title, label_sort_key, num, sigma_key)
+from nvcim.report.flags import Marks
 from nvcim.report.paired import reading
 from nvcim.report.points import ordered_labels, runs_note
 
@@ -23,6 +24,7 @@ class Table:
     headers: list[str]
     rows: list[list[str]]
     note: str = ""
+    legend: str = ""  # one line under the table explaining its marks (nvcim.report.flags); "" without marks
 
 
 def _fmt_ekl(v: Any) -> str:
@@ -38,7 +40,7 @@ def acc_table(gkey, gpts) -> Table:
         headers.append(f"{lab}")
         if lab in has_paper:
             headers.append(f"{lab}: paper (measured − paper)")
-    rows = []
+    rows, marks = [], Marks()
     for s in sorted({p["sigma"] for p in gpts}):
         row = [fmt_sigma(s)]
         for lab, _ in labels:
@@ -48,7 +50,7 @@ def acc_table(gkey, gpts) -> Table:
             else:
                 lo, hi = p["ci95"]
                 half = f" ± {fmt_num((hi - lo) / 2)}" if lo is not None and hi is not None else ""
-                row.append(f"{fmt_num(p['mean'])}{half} (n={p['n_seeds']})")
+                row.append(f"{fmt_num(p['mean'])}{half} (n={p['n_seeds']}){_point_mark(marks, p)}")
             if lab in has_paper:
                 if p is not None and p["paper"] is not None:
                     row.append(f"{fmt_num(p['paper'])} ({p['paper_diff']:+.2f})")
@@ -63,7 +65,14 @@ def acc_table(gkey, gpts) -> Table:
         note += " Paper: Qin et al., Fig. 3 (authors' figures)."
     if notes:
         note += " Note: " + "; ".join(notes) + "."
-    return Table(f"{group_title(gkey)}: top-1 accuracy (%) trained and tested at σ_d", headers, rows, note)
+    return Table(f"{group_title(gkey)}: top-1 accuracy (%) trained and tested at σ_d", headers, rows, note,
+                 marks.legend())
+
+
+def _point_mark(marks: Marks, p: dict) -> str:
+    """A point's marks: its mean below chance, chips of its models with non-finite logits."""
+    return marks.mark(p["mean"], p.get("num_classes"), p.get("nonfinite_runs"), p.get("chips"),
+                      f"σ_d {fmt_sigma(p['sigma'])} ({p['label']})")
 
 
 def ekl_table(gkey, gpts) -> Table | None:
@@ -83,13 +92,15 @@ def ekl_table(gkey, gpts) -> Table | None:
 
 
 def worst_table(gkey, gpts) -> Table:
-    rows = [[fmt_sigma(p["sigma"]), p["label"], fmt_num(p["mean"]), fmt_num(p["p1"]), fmt_num(p["p5"]), fmt_num(p["p10"]),
+    marks = Marks()
+    rows = [[fmt_sigma(p["sigma"]), p["label"], fmt_num(p["mean"]) + _point_mark(marks, p), fmt_num(p["p1"]),
+             fmt_num(p["p5"]), fmt_num(p["p10"]),
              fmt_num(p["min"]), str(p["n_chips"])]
             for p in sorted(gpts, key=lambda p: (p["sigma"], label_sort_key(p["label"], p["method"])))]
     return Table(f"{group_title(gkey)}: worst case over chips (%)",
                  ["σ_d", "method", "mean", "p1", "p5", "p10", "min", "chips (seeds × runs)"], rows,
                  "Percentiles over all chips of all seeds pooled (or the mean of per-model values when per-run "
-                 "accuracies are absent).")
+                 "accuracies are absent).", marks.legend())
 
 
 def conv_table(gkey, gpts) -> Table | None:
@@ -206,7 +217,7 @@ def curve_table(gkey, gcurves) -> Table | None:
     if not gcurves:
         return None
     sigmas = sorted({sigma_key(r["test_sigma"]) for c in gcurves for r in c["records"]})
-    rows = []
+    rows, marks = [], Marks()
     for s in sigmas:
         row = [fmt_sigma(s)]
         for c in gcurves:
@@ -216,10 +227,12 @@ def curve_table(gkey, gcurves) -> Table | None:
             else:
                 lo, hi = r["ci95"]
                 half = f" ± {fmt_num((hi - lo) / 2)}" if lo is not None and hi is not None else ""
-                row.append(f"{fmt_num(r['mean'])}{half}")
+                mark = marks.mark(r["mean"], r.get("num_classes"), r.get("nonfinite_runs"), r["runs"],
+                                  f"test σ {fmt_sigma(s)} ({c['name']})")
+                row.append(f"{fmt_num(r['mean'])}{half}{mark}")
         rows.append(row)
     return Table(f"{group_title(gkey)}: robustness curves (accuracy %, ± 95% MC CI)",
-                 ["test σ"] + [c["name"] for c in gcurves], rows)
+                 ["test σ"] + [c["name"] for c in gcurves], rows, legend=marks.legend())
 
 
 def verify_table(gkey, vcurves) -> Table | None:
