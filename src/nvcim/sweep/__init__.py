@@ -92,6 +92,8 @@ from nvcim.sweep.runner import (
     plan,
     prepare_out_dir,
     run_sweep,
+    SweepWarning,
+    is_spec_record,
     stale_cells,
     sweep_lock,
 )
@@ -105,6 +107,7 @@ __all__ = [
     "Variant",
     "Cell",
     "SweepSummary",
+    "SweepWarning",
     "load_spec",
     "read_spec_file",
     "validate_spec",
