@@ -82,14 +82,15 @@ def _load_trusted(ckpt: Path):
 
 
 def _drop_checkpoint(ckpt: Path) -> None:
-    """Remove nvcim's own files of an untrusted cell checkpoint (its config and weights), and the directory when
-    nothing else is left; anything else there is kept (training then refuses to write over it, naming it)."""
+    """Remove nvcim's own files of an untrusted cell checkpoint (its config and weights) and the directory; anything
+    else there is not nvcim's and is kept: a one-line ValueError naming it (the cell fails until it is moved)."""
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         (ckpt / name).unlink(missing_ok=True)
-    try:
-        ckpt.rmdir()
-    except OSError:  # not empty: not ours to delete
-        pass
+    others = sorted(p.name for p in ckpt.iterdir())
+    if others:
+        raise ValueError(f"checkpoint {ckpt} also holds {others[:3]}{' ...' if len(others) > 3 else ''}, which are not "
+                         "nvcim's: move them out of it to train the cell again")
+    ckpt.rmdir()
 
 
 def _train_or_load(tc, ckpt: Path, splits, notes: list[str] | None = None, cell_id: str = "?"):
