@@ -37,6 +37,9 @@ class SweepWarning(UserWarning):
     results it records but that need a look (non-finite logits, a mean below chance)."""
 
 
+warnings.simplefilter("always", SweepWarning, append=True)  # every time, not once per text (the user's filters first)
+
+
 def _api_warn(message: str) -> None:
     warnings.warn(message, SweepWarning, stacklevel=2)
 
