@@ -95,7 +95,7 @@ def run(args) -> int:
         if todo and needs_local_data(args.backend, args.address):  # as the run checks them, without a download
             check_data(todo, download=False)  # DatasetNotFoundError: one line, exit 2
         return 0
-    recorded = Path(args.out) / "spec.json"  # the validated spec, written over whatever file is there (--force)
+    recorded = Path(args.out) / "spec.json"  # the validated spec, written over nvcim's own spec.json only (--force)
     if recorded.is_file() and recorded.resolve() == spec_path.resolve() and not is_recorded_spec(spec, args.out):
         raise ValueError(f"the spec {spec_path} is {recorded}, where the sweep records the validated spec: move the "
                          "spec out of --out, or choose another --out")
