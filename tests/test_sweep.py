@@ -549,10 +549,10 @@ def test_damaged_result_is_not_done_and_the_cell_reruns_with_a_warning(tmp_path,
     assert main(["sweep", str(spec_file), "--out", str(out), "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert f"pending  {cid}" in printed and "runs again" in printed and "1 done" in printed
-    summary = run_sweep(spec, out, progress=True)
-    err = capsys.readouterr().err
+    with pytest.warns(sweep.SweepWarning, match=f"cell {re.escape(cid)}: result.json") as caught:
+        summary = run_sweep(spec, out, progress=True)
     assert summary.exit_code == 0 and summary.ok == [cid] and summary.done_before == 1
-    assert f"warning: cell {cid}: result.json" in err
+    assert len([w for w in caught if "result.json" in str(w.message)]) == 1
     again = json.loads(file.read_text())
     assert again["results"][0]["per_run_accuracy"] == good["results"][0]["per_run_accuracy"]  # same model, same chips
 
@@ -636,9 +636,9 @@ def test_partial_work_of_another_thread_count_is_redone_with_a_warning(tmp_path,
     d.mkdir(parents=True)
     (d / sweep.CELL_FILE).write_text(json.dumps({**cell.to_dict(), "threads": 7}))  # killed while on 7 threads
     (d / "partial.bin").write_text("x")
-    summary = run_sweep(spec, tmp_path, progress=True)
-    err = capsys.readouterr().err
-    assert summary.exit_code == 0 and "made with 7 thread(s) per cell, this run uses 1" in err
+    with pytest.warns(sweep.SweepWarning, match=r"made with 7 thread\(s\) per cell, this run uses 1"):
+        summary = run_sweep(spec, tmp_path, progress=False)  # a warning, quiet or not
+    assert summary.exit_code == 0
     assert not (d / "partial.bin").exists() and json.loads((d / sweep.CELL_FILE).read_text())["threads"] == 1
 
 
@@ -864,3 +864,178 @@ def test_results_that_are_not_cells_of_the_spec_are_named(tmp_path, capsys):
     assert main(["sweep", str(spec_file), "--out", str(out), "--dry-run"]) == 0
     err = capsys.readouterr().err
     assert "note: 1 result(s) under" in err and "(first: tiny-w1/mnist5k/correctnet/seed0)" in err
+
+
+# ---- issue 16: trust nothing unparseable, warn even when quiet, delete / overwrite nothing of the user's ------
+ONE_CELL = spec_of(methods=["noise_injection"], sigmas=[0.3], seeds=[0], betas=[0.1])
+
+
+def _warned(caught, text: str) -> list[str]:
+    return [str(w.message) for w in caught if issubclass(w.category, sweep.SweepWarning) and text in str(w.message)]
+
+
+def test_quiet_sweep_still_warns_of_a_damaged_result(tmp_path, capsys):
+    """--quiet / progress=False drops the bar and per-cell lines, never a warning (it used to say nothing)."""
+    from nvcim.cli import main
+
+    spec = validate_spec(ONE_CELL)
+    out = tmp_path / "out"
+    assert run_sweep(spec, out, progress=False).exit_code == 0
+    (cid,) = [c.id for c in expand(spec)]
+    file = sweep.cell_dir(out, cid) / sweep.RESULT_FILE
+    text = file.read_text()
+    file.write_text(text[: len(text) // 2])
+    with pytest.warns(sweep.SweepWarning) as caught:
+        assert run_sweep(spec, out, progress=False).ok == [cid]
+    assert len(_warned(caught, f"cell {cid}: result.json is not a complete result")) == 1
+    file.write_text(text[: len(text) // 2])
+    spec_file = write_json_spec(tmp_path / "spec.json", ONE_CELL)
+    assert main(["sweep", str(spec_file), "--out", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"nvcim sweep: warning: cell {cid}: result.json is not a complete result" in err
+    assert "[1/1]" not in err  # quiet: no per-cell line
+
+
+def test_dry_run_reports_missing_data_like_the_run_without_downloading(tmp_path, capsys, monkeypatch):
+    import nvcim.data
+    from nvcim.cli import main
+
+    calls = []
+    monkeypatch.setattr(nvcim.data.download, "_fetch", lambda url, dest: calls.append(url))
+    raw = spec_of(datasets=["cifar10"], methods=["noise_injection"], sigmas=[0.3], seeds=[0], betas=[0.1],
+                  train={**TRAIN, "data_root": str(tmp_path / "data")})
+    spec_file = write_json_spec(tmp_path / "spec.json", raw)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["sweep", str(spec_file), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nvcim sweep: error: cifar10: put ") and \
+        str(tmp_path / "data" / "cifar10") in err[0], err
+    assert calls == []  # no download tried
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("damage", ["wrong_types", "truncated", "method_not_a_mapping"])
+def test_untrusted_cell_checkpoint_is_retrained_with_a_warning(tmp_path, damage):
+    """A reused checkpoint whose config.json is damaged (truncated) or has wrong-typed entries is trained again,
+    with a warning naming the cell and the problem (it used to fail the cell with a TypeError, or be deleted and
+    retrained silently); --retry-failed of a cell that failed that way runs it too."""
+    spec = validate_spec(ONE_CELL)
+    out = tmp_path / "out"
+    assert run_sweep(spec, out, progress=False).exit_code == 0
+    (cid,) = [c.id for c in expand(spec)]
+    d = sweep.cell_dir(out, cid)
+    good = json.loads((d / sweep.RESULT_FILE).read_text())
+    (d / sweep.RESULT_FILE).unlink()  # as if killed after training, before the result
+    config = d / "checkpoint" / "config.json"
+    rec = json.loads(config.read_text())
+    text = {"wrong_types": json.dumps({**rec, "metrics": [1]}), "truncated": config.read_text()[:40],
+            "method_not_a_mapping": json.dumps({**rec, "method": "ovf"})}[damage]
+    config.write_text(text)
+    with pytest.warns(sweep.SweepWarning) as caught:
+        s = run_sweep(spec, out, progress=False)
+    assert s.exit_code == 0 and s.ok == [cid], s
+    (msg,) = _warned(caught, "cannot be reused")
+    assert msg.startswith(f"cell {cid}: checkpoint checkpoint cannot be reused (") and "trained again" in msg
+    assert {"wrong_types": "metrics=[1]", "truncated": "not valid JSON", "method_not_a_mapping": "method='ovf'"}[damage] \
+        in msg
+    again = json.loads((d / sweep.RESULT_FILE).read_text())
+    assert again["results"][0]["per_run_accuracy"] == good["results"][0]["per_run_accuracy"]  # retrained identically
+    # a cell that failed on such a checkpoint earlier: --retry-failed runs it the same way
+    (d / sweep.RESULT_FILE).unlink()
+    config.write_text(text)
+    (d / sweep.FAILED_FILE).write_text(json.dumps({"kind": "sweep_cell_failed", "error": "TypeError: ..."}))
+    with pytest.warns(sweep.SweepWarning, match="cannot be reused"):
+        s = run_sweep(spec, out, progress=False, retry_failed=True)
+    assert s.exit_code == 0 and s.ok == [cid]
+
+
+def test_untrusted_checkpoint_keeps_files_that_are_not_nvcims(tmp_path):
+    spec = validate_spec(ONE_CELL)
+    out = tmp_path / "out"
+    assert run_sweep(spec, out, progress=False).exit_code == 0
+    (cid,) = [c.id for c in expand(spec)]
+    d = sweep.cell_dir(out, cid)
+    (d / sweep.RESULT_FILE).unlink()
+    (d / "checkpoint" / "config.json").write_text("{")
+    (d / "checkpoint" / "my-notes.txt").write_text("mine")
+    with pytest.warns(sweep.SweepWarning, match="cannot be reused"):
+        s = run_sweep(spec, out, progress=False)
+    assert (d / "checkpoint" / "my-notes.txt").read_text() == "mine"  # not deleted: the cell fails, naming it
+    assert s.exit_code == 1 and s.failed == [cid]
+    assert "my-notes.txt" in json.loads((d / sweep.FAILED_FILE).read_text())["error"]
+
+
+@pytest.mark.parametrize("content", ['{"mine": 1}', "[1, 2]", "not json", '{"name": "x"}'])
+def test_force_never_replaces_a_spec_json_that_is_not_nvcims(tmp_path, capsys, content):
+    from nvcim.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "spec.json").write_text(content)
+    spec_file = write_json_spec(tmp_path / "spec.json", ONE_CELL)
+    for extra in (["--force"], [], ["--force", "--dry-run"]):
+        rc = main(["sweep", str(spec_file), "--out", str(out), "--quiet", *extra])
+        err = capsys.readouterr().err.strip()
+        if "--dry-run" in extra:
+            assert rc == 0 and "is not an nvcim sweep spec record" in err
+            continue
+        assert rc == 2 and len(err.splitlines()) == 1, err
+        assert str(out / "spec.json") in err and "is not an nvcim sweep spec record" in err and "another --out" in err
+    assert (out / "spec.json").read_text() == content and sorted(p.name for p in out.iterdir()) == ["spec.json"]
+    with pytest.raises(ValueError, match="not an nvcim sweep spec record"):
+        sweep.prepare_out_dir(validate_spec(ONE_CELL), out, force=True)
+    # nvcim's own spec.json of another spec: --force still replaces it
+    sweep.prepare_out_dir(validate_spec(BASE), tmp_path / "own")
+    sweep.prepare_out_dir(validate_spec(ONE_CELL), tmp_path / "own", force=True)
+    assert json.loads((tmp_path / "own" / "spec.json").read_text())["seeds"] == [0]
+
+
+@pytest.mark.parametrize("name", ["a/b", "a\\b", "..", ".", ".hidden", "", " x", "a\nb"])
+def test_registry_refuses_names_that_cannot_be_one_directory(name):
+    from nvcim.data.registry import REGISTRY as DATASETS
+    from nvcim.methods import METHODS
+    from nvcim.models import MODELS
+    from nvcim.registry import Registry
+
+    for reg in (MODELS, DATASETS, Registry("thing")):
+        with pytest.raises(ValueError) as exc:
+            reg.register(name, object())
+        assert len(str(exc.value).splitlines()) == 1 and "name must be" in str(exc.value)
+        assert name not in reg
+    # every built-in name is still a valid one
+    from nvcim.registry import check_name
+
+    for reg in (MODELS, DATASETS, METHODS, sweep.BACKENDS):
+        for n in reg:
+            check_name(reg.kind, n)
+    assert {"vgg8", "resnet18", "tiny"} <= set(MODELS) and {"mnist5k", "fashion_mnist", "tiny_imagenet"} <= set(DATASETS)
+
+
+def test_implausible_results_are_recorded_and_warned_per_cell(tmp_path, capsys):
+    """σ = 1e30 gives non-finite logits on every chip (all images wrong: below chance). The cell is a result
+    (status ok, result.json written) but one warning line names the cell, σ and the causes, quiet or not."""
+    from nvcim.cli import main
+
+    raw = spec_of(methods=["noise_injection"], sigmas=[0.3], seeds=[0], betas=[0.1],
+                  eval={"runs": 3, "val_runs": 2, "test_sigmas": [0.3, 1e30]})
+    spec = validate_spec(raw)
+    (cid,) = [c.id for c in expand(spec)]
+    with pytest.warns(sweep.SweepWarning) as caught:
+        s = run_sweep(spec, tmp_path / "api", progress=False)
+    assert s.exit_code == 0 and s.ok == [cid]
+    (msg,) = _warned(caught, "recorded, but check it")
+    assert msg.startswith(f"cell {cid}: recorded, but check it: ")
+    assert "σ=1e+30: non-finite logits in 3 of 3 chips, mean 0.00% is below chance 10%" in msg
+    rec = json.loads((sweep.cell_dir(tmp_path / "api", cid) / sweep.RESULT_FILE).read_text())
+    assert rec["results"][1]["nonfinite_runs"] == 3
+    spec_file = write_json_spec(tmp_path / "spec.json", raw)
+    assert main(["sweep", str(spec_file), "--out", str(tmp_path / "cli"), "--quiet"]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "recorded, but check it" in ln]
+    assert len(lines) == 1 and lines[0].startswith(f"nvcim sweep: warning: cell {cid}: ") and "σ=1e+30" in lines[0]
+
+
+def test_a_path_like_data_set_name_cannot_take_a_cell_out_of_its_directory():
+    spec = validate_spec(ONE_CELL)
+    bad = dataclasses.replace(spec, datasets=("npz:../../../../x.npz",))
+    with pytest.raises(ValueError, match=r"cannot be a directory under DIR/cells.*'\.\.'"):
+        expand(bad)

@@ -6,6 +6,7 @@
     MODELS.get("my_net")                  # unknown name -> one-line ValueError listing the known ones
     "my_net" in MODELS; sorted(MODELS); MODELS["my_net"]   # a mapping name -> entry
 
+A name must be safe as one directory name (`check_name`: sweeps put names in cell paths).
 Registering a name twice is an error unless `replace=True` (a plugin must not silently shadow a
 built-in). Plugins (`nvcim.plugins`) are just modules that call `register` on these registries.
 """
@@ -18,6 +19,17 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 
 
+def check_name(kind: str, name: Any) -> None:
+    """Raise a one-line ValueError unless `name` can be registered: a non-empty string without surrounding
+    spaces that is safe as one directory name (sweeps put model and data set names in cell paths): no '/',
+    '\\' or control characters, not starting with '.' (so neither '.' nor '..')."""
+    if not isinstance(name, str) or not name or name != name.strip():
+        raise ValueError(f"a {kind} name must be a non-empty string without surrounding spaces, got {name!r}")
+    if "/" in name or "\\" in name or name.startswith(".") or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise ValueError(f"a {kind} name must be usable as one directory name (no '/', '\\' or control characters, "
+                         f"not starting with '.'), got {name!r}")
+
+
 class Registry(MutableMapping, Generic[T]):
     """A named mapping of extensions of one kind, filled through `register` (item assignment replaces an entry
     on purpose, as `monkeypatch.setitem` does in tests)."""
@@ -28,8 +40,7 @@ class Registry(MutableMapping, Generic[T]):
 
     def register(self, name: str, entry: T | None = None, *, replace: bool = False) -> Any:
         """`register(name, entry)`, or `@register(name)` as a decorator; returns the entry."""
-        if not isinstance(name, str) or not name or name != name.strip():
-            raise ValueError(f"a {self.kind} name must be a non-empty string without surrounding spaces, got {name!r}")
+        check_name(self.kind, name)
 
         def add(obj: T) -> T:
             if name in self._entries and not replace and self._entries[name] is not obj:

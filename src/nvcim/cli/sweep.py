@@ -8,6 +8,8 @@ Rerunning the same command resumes (finished cells are skipped). Exit code 0 whe
 done, 1 when some failed (see DIR/cells/<id>/failed.json; --retry-failed reruns them), 2 on a usage
 error (bad spec, another spec's DIR, a data set that is missing and cannot be downloaded, missing
 Ray), checked before any cell runs and before anything is written.
+A dry run downloads nothing: a data set that is not on disk is the run's error, exit code 2.
+Warnings (a damaged file not reused, a result recorded but implausible) are shown even with --quiet.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="run into a DIR that holds another spec's cells (its finished cells are kept; "
                    "one whose definition changed is an error)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or per-cell lines")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar or per-cell lines (warnings are still shown)")
     p.set_defaults(run=run)
 
 
@@ -48,10 +51,17 @@ def _say_foreign(out, cells) -> None:
               "out of the directory to leave them out", file=sys.stderr)
 
 
+def _warn(message: str) -> None:
+    """A sweep warning, on stderr whether --quiet or not (above the progress bar when there is one)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"nvcim sweep: warning: {message}", file=sys.stderr)
+
+
 def run(args) -> int:
     from nvcim.sweep import expand, load_spec, plan, result_problem, run_sweep, stale_cells
     from nvcim.methods import search_symbol, searched_param
-    from nvcim.sweep.runner import check_sweep_dir, is_recorded_spec
+    from nvcim.sweep.runner import check_data, check_sweep_dir, is_recorded_spec, needs_local_data
 
     spec_path = Path(args.spec)
     spec = load_spec(spec_path)
@@ -82,14 +92,17 @@ def run(args) -> int:
                       "made by another definition: choose another --out, or delete those cell directories to run "
                       "them again", file=sys.stderr)
         _say_foreign(args.out, cells)
+        if todo and needs_local_data(args.backend, args.address):  # as the run checks them, without a download
+            check_data(todo, download=False)  # DatasetNotFoundError: one line, exit 2
         return 0
-    recorded = Path(args.out) / "spec.json"  # the validated spec, written over whatever file is there (--force)
+    recorded = Path(args.out) / "spec.json"  # the validated spec, written over nvcim's own spec.json only (--force)
     if recorded.is_file() and recorded.resolve() == spec_path.resolve() and not is_recorded_spec(spec, args.out):
         raise ValueError(f"the spec {spec_path} is {recorded}, where the sweep records the validated spec: move the "
                          "spec out of --out, or choose another --out")
     summary = run_sweep(spec, args.out, backend=args.backend, workers=args.workers, address=args.address,
                         retry_failed=args.retry_failed, force=args.force, progress=not args.quiet,
-                        spec_text=spec_path.read_text(encoding="utf-8"), spec_suffix=spec_path.suffix.lower())
+                        spec_text=spec_path.read_text(encoding="utf-8"), spec_suffix=spec_path.suffix.lower(),
+                        warn=_warn)
     n_failed = len(summary.failed) + len(summary.failed_before)
     print(f"nvcim sweep: {summary.total} cells: {summary.done_before + len(summary.ok)} done "
           f"({len(summary.ok)} this run), {n_failed} failed; {summary.wall_time_s:.1f} s; results in {args.out}",

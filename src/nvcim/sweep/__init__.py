@@ -44,6 +44,11 @@ after the data set ("<model>-w<width>/<dataset>/<device>/<label>/…"), trained 
                          the cell runs again, with a warning (`result_problem`)
     failed.json          the cell raised or diverged: {"kind": "sweep_cell_failed", ...}
 
+A reused checkpoint that cannot be loaded or whose config.json has entries of the wrong type is trained
+again, with a warning (only its config and weights are removed: a file there that is not nvcim's fails
+the cell, naming it). A result with non-finite logits or a mean below chance is recorded (status ok) with
+one warning line for the cell. Warnings are shown quiet or not (`run_sweep`: SweepWarning).
+
 Determinism. Every cell seeds everything it draws from its own seed (nvcim.train, nvcim.evaluate),
 and runs with a fixed number of torch threads (CPU float results depend on the thread count:
 `[resources] threads_per_cell`, default: the machine's cores / workers); so a cell's numbers do not
@@ -92,6 +97,8 @@ from nvcim.sweep.runner import (
     plan,
     prepare_out_dir,
     run_sweep,
+    SweepWarning,
+    is_spec_record,
     stale_cells,
     sweep_lock,
 )
@@ -105,6 +112,7 @@ __all__ = [
     "Variant",
     "Cell",
     "SweepSummary",
+    "SweepWarning",
     "load_spec",
     "read_spec_file",
     "validate_spec",

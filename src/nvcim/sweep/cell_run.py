@@ -22,7 +22,7 @@ import torch
 
 from nvcim import evaluate, train
 from nvcim.batchnorm import CALIBRATION_BATCH, ChipCalibration, batchnorm_layers, recalibration_record
-from nvcim.io.checkpoint import CONFIG_FILE, CheckpointError, load_checkpoint, read_checkpoint_config
+from nvcim.io.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, load_checkpoint, read_checkpoint_config
 from nvcim.data import load_dataset
 from nvcim.evaluate.files import EvaluationFile, FailedCellFile, write_result_file
 from nvcim.methods import searched_param
@@ -47,19 +47,74 @@ class CellDiverged(RuntimeError):
     pass
 
 
-def _train_or_load(tc, ckpt: Path, splits):
-    """(model, metrics, wall seconds spent training now) — reusing a finished checkpoint at `ckpt`."""
+def _checkpoint_problem(config) -> str | None:
+    """Why a cell checkpoint's config.json cannot be trusted by the sweep (None: it can): the entries the sweep
+    reads ("metrics", "method") must have the types nvcim writes."""
+    metrics = config.get("metrics")
+    if metrics is not None and not isinstance(metrics, dict):
+        return f"{CONFIG_FILE}: metrics={metrics!r} is not a mapping"
+    metrics = metrics or {}
+    for key, ok, what in (("status", lambda v: isinstance(v, str), "a string"),
+                          ("diverged_at", lambda v: isinstance(v, dict), "a mapping"),
+                          ("diverged_reason", lambda v: isinstance(v, str), "a string"),
+                          ("wall_time_s", is_num, "a number")):
+        if metrics.get(key) is not None and not ok(metrics[key]):
+            return f"{CONFIG_FILE}: metrics.{key}={metrics[key]!r} is not {what}"
+    method = config.get("method")
+    if method is not None and not isinstance(method, dict):
+        return f"{CONFIG_FILE}: method={method!r} is not a mapping"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _load_trusted(ckpt: Path):
+    """(model, config) of the finished checkpoint at `ckpt`, or (None, why it cannot be trusted)."""
+    try:
+        model, config = load_checkpoint(ckpt)
+    except (CheckpointError, TypeError, ValueError, KeyError, AttributeError) as exc:  # damaged outside nvcim's writes
+        return None, _first_line(exc) if not isinstance(exc, CheckpointError) else str(exc).strip().splitlines()[0]
+    problem = _checkpoint_problem(config)
+    return (None, problem) if problem else (model, config)
+
+
+def _drop_checkpoint(ckpt: Path) -> None:
+    """Remove nvcim's own files of an untrusted cell checkpoint (its config and weights) and the directory; anything
+    else there is not nvcim's and is kept: a one-line ValueError naming it (the cell fails until it is moved)."""
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        (ckpt / name).unlink(missing_ok=True)
+    others = sorted(p.name for p in ckpt.iterdir())
+    if others:
+        raise ValueError(f"checkpoint {ckpt} also holds {others[:3]}{' ...' if len(others) > 3 else ''}, which are not "
+                         "nvcim's: move them out of it to train the cell again")
+    ckpt.rmdir()
+
+
+def _train_or_load(tc, ckpt: Path, splits, notes: list[str] | None = None, cell_id: str = "?"):
+    """(model, metrics, wall seconds spent training now) — reusing a finished checkpoint at `ckpt`. One that
+    cannot be loaded or trusted (damaged outside nvcim's atomic writes) is trained again, with a line in
+    `notes` naming the cell and the problem."""
     if (ckpt / CONFIG_FILE).is_file():
-        try:
-            model, config = load_checkpoint(ckpt)
-        except CheckpointError:  # damaged outside nvcim's atomic writes: train again
-            shutil.rmtree(ckpt, ignore_errors=True)
-        else:
+        model, config = _load_trusted(ckpt)
+        if model is not None:
             model.eval()
             return model, dict(config.get("metrics") or {}), 0.0
+        if notes is not None:
+            notes.append(f"cell {cell_id}: checkpoint {_rel_to_cell(ckpt, cell_id)} cannot be reused ({config}): "
+                         "it is trained again")
+        _drop_checkpoint(ckpt)
     t0 = time.perf_counter()
     res = train.train(tc, out_dir=ckpt, splits=splits)
     return res.model, dict(res.metrics), time.perf_counter() - t0
+
+
+def _rel_to_cell(path: Path, cell_id: str) -> str:
+    """`path` relative to the cell's directory (…/cells/<id>/), or as given when it is not under it."""
+    parts = path.as_posix().split("/cells/" + cell_id + "/", 1)
+    return parts[1] if len(parts) == 2 else str(path)
 
 
 def _diverged_msg(metrics: Mapping) -> str | None:
@@ -89,7 +144,7 @@ def _calibration_record(cell: Cell, splits) -> dict | None:
     return recalibration_record("each chip", n, len(splits.train)) if n else None
 
 
-def _beta_search(cell: Cell, d: Path, splits, dev) -> tuple[float, dict, float]:
+def _beta_search(cell: Cell, d: Path, splits, dev, notes: list[str]) -> tuple[float, dict, float]:
     """Train / score every β candidate (resumable per β); returns (chosen β, record, train seconds)."""
     scores = []
     train_s = 0.0
@@ -102,7 +157,7 @@ def _beta_search(cell: Cell, d: Path, splits, dev) -> tuple[float, dict, float]:
             continue
         bd.mkdir(parents=True, exist_ok=True)
         tc = cell.train_config(beta)
-        model, metrics, secs = _train_or_load(tc, bd / "checkpoint", splits)
+        model, metrics, secs = _train_or_load(tc, bd / "checkpoint", splits, notes, cell.id)
         train_s += secs
         rec = {"beta": float(beta), "status": metrics.get("status", "ok"), "val_mean": None, "val_std": None,
                "val_runs": cell.eval["val_runs"], "val_seed": cell.eval["val_seed"], "split": "val",
@@ -144,7 +199,9 @@ def run_cell(cell: Cell | Mapping, out_dir, threads: int) -> dict:
     """Run one cell into `out_dir` (train or resume, β search, test evaluation, result.json).
 
     Never raises for a failing cell: failed.json is written instead. Returns a one-cell summary
-    {"id", "status": "ok"|"failed", "error", "wall_time_s", "mean" (first test σ), "beta"}.
+    {"id", "status": "ok"|"failed", "error", "wall_time_s", "mean" (first test σ), "beta", "warnings"}:
+    "warnings", lines for the user that the sweep always shows: a reused checkpoint that could not be
+    trusted (trained again), results recorded but implausible (non-finite logits, a mean below chance).
     """
     if not isinstance(cell, Cell):
         cell = Cell.from_dict(cell)
@@ -152,21 +209,46 @@ def run_cell(cell: Cell | Mapping, out_dir, threads: int) -> dict:
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     d = prepare_cell_dir(out_dir, cell, threads)
+    notes: list[str] = []  # warnings for the user (the sweep shows them even when quiet)
     try:
-        rec = _run_cell(cell, Path(out_dir), d, threads, t0)
-        first = rec.mc_results()[0]
+        rec = _run_cell(cell, Path(out_dir), d, threads, t0, notes)
+        results = rec.mc_results()
+        implausible = implausible_results(results)
+        if implausible:
+            notes.append(f"cell {cell.id}: recorded, but check it: {implausible}")
+        first = results[0]
         return {"id": cell.id, "status": "ok", "error": None, "wall_time_s": rec.cell["wall_time_s"],
                 "mean": first.mean, "sigma": first.sigma, "beta": (rec.cell["beta_search"] or {}).get("chosen_beta"),
-                "searched": searched_param(cell.method)}  # what "beta" holds: OVF's β, tempered's logit_scale
+                "searched": searched_param(cell.method),  # what "beta" holds: OVF's β, tempered's logit_scale
+                "warnings": notes}
     except Exception as exc:  # recorded, the sweep goes on
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         msg = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
-        return record_failure(cell, out_dir, threads, msg, traceback.format_exc(), wall=time.perf_counter() - t0)
+        summary = record_failure(cell, out_dir, threads, msg, traceback.format_exc(), wall=time.perf_counter() - t0)
+        return {**summary, "warnings": notes}
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _run_cell(cell: Cell, out: Path, d: Path, threads: int, t0: float) -> dict:
+def implausible_results(results) -> str | None:
+    """Why a cell's test results should not be scored without a look (None: nothing to say): per σ, chips with
+    non-finite logits (counted as wrong) and a mean below chance (100 / classes %); "; "-joined, one line."""
+    found = []
+    for r in results:
+        causes = []
+        if r.nonfinite_runs:
+            causes.append(f"non-finite logits in {r.nonfinite_runs} of {r.runs} chips")
+        chance = 100.0 / r.num_classes if r.num_classes else None
+        if chance is not None and math.isfinite(r.mean) and r.mean < chance:
+            causes.append(f"mean {r.mean:.2f}% is below chance {chance:g}%")
+        elif not math.isfinite(r.mean):
+            causes.append(f"mean {r.mean} is not a number")
+        if causes:
+            found.append(f"σ={r.sigma:g}: {', '.join(causes)}")
+    return "; ".join(found) or None
+
+
+def _run_cell(cell: Cell, out: Path, d: Path, threads: int, t0: float, notes: list[str]) -> dict:
     tc = cell.train_config(cell.betas[0] if cell.betas else None)
     splits = _splits(tc)
     dev = train.resolve_device(tc.device)
@@ -174,15 +256,19 @@ def _run_cell(cell: Cell, out: Path, d: Path, threads: int, t0: float) -> dict:
     beta_record = None
     train_s = 0.0
     if cell.betas:
-        beta, beta_record, train_s = _beta_search(cell, d, splits, dev)
+        beta, beta_record, train_s = _beta_search(cell, d, splits, dev, notes)
         tc = cell.train_config(beta)
         src = d / "beta" / fmt_beta(beta) / "checkpoint"
         have = None
-        if (ckpt / "config.json").is_file():
-            have = (read_checkpoint_config(ckpt).get("method") or {}).get(searched_param(cell.method))
+        if (ckpt / CONFIG_FILE).is_file():
+            try:
+                method = read_checkpoint_config(ckpt).get("method")
+            except CheckpointError:  # damaged: replaced by the chosen candidate's copy below
+                method = None
+            have = method.get(searched_param(cell.method)) if isinstance(method, dict) else None
         if have != beta:
             link_or_copy_dir(src, ckpt)
-    model, metrics, secs = _train_or_load(tc, ckpt, splits)
+    model, metrics, secs = _train_or_load(tc, ckpt, splits, notes, cell.id)
     train_s += secs
     bad = _diverged_msg(metrics)
     if bad:

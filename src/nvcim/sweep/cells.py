@@ -176,6 +176,11 @@ def expand(spec: SweepSpec) -> list[Cell]:
                 for seed in spec.seeds:
                     cid = (f"{prefix}/{slug}/seed{seed}" if sigma is None
                            else f"{prefix}/{slug}/s{fmt_num(sigma)}/seed{seed}")
+                    bad = [part for part in cid.split("/") if part in ("", ".", "..")]
+                    if bad or "\\" in cid:  # e.g. an npz: data set path with '..': the cell would escape DIR/cells
+                        raise ValueError(f"sweep spec: cell {cid!r} cannot be a directory under DIR/cells (a model or "
+                                         f"data set name with {bad[0] if bad else chr(92)!r} in it): use a path "
+                                         "without '.', '..', '//' or '\\' parts")
                     if cid.casefold() in seen:
                         raise ValueError(f"sweep spec: labels {seen[cid.casefold()]!r} and {label!r} give cells the "
                                          f"same directory {cid!r} (case aside): make the labels unique")

@@ -16,9 +16,10 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
@@ -29,6 +30,37 @@ from nvcim.sweep.backends.registry import get_backend
 from nvcim.sweep.cells import Cell, expand, is_int
 from nvcim.sweep.files import CELL_FILE, LOCK_FILE, SPEC_JSON, cell_dir, cell_state, result_problem
 from nvcim.sweep.schema import SweepSpec
+
+
+class SweepWarning(UserWarning):
+    """What run_sweep warns about (always, quiet or not): damaged or distrusted files it does not reuse,
+    results it records but that need a look (non-finite logits, a mean below chance)."""
+
+
+warnings.simplefilter("always", SweepWarning, append=True)  # every time, not once per text (the user's filters first)
+
+
+def _api_warn(message: str) -> None:
+    warnings.warn(message, SweepWarning, stacklevel=2)
+
+
+# the keys of the spec.json nvcim writes (SweepSpec.to_dict): always / only some
+_SPEC_RECORD_KEYS = ("name", "models", "width", "datasets", "methods", "sigmas", "seeds", "betas", "method_params",
+                     "train", "eval", "resources", "variants")
+_SPEC_RECORD_OPTIONAL = ("description", "device_models")
+
+
+def is_spec_record(obj) -> bool:
+    """Whether `obj` (a parsed spec.json) has the form of the spec record nvcim writes (SweepSpec.to_dict, this
+    version's or an earlier one's): a sweep may replace only such a file (--force)."""
+    if not isinstance(obj, dict) or not set(_SPEC_RECORD_KEYS) <= set(obj):
+        return False
+    if set(obj) - set(_SPEC_RECORD_KEYS) - set(_SPEC_RECORD_OPTIONAL):
+        return False
+    lists = ("models", "datasets", "methods", "sigmas", "seeds", "variants")
+    maps = ("method_params", "train", "eval", "resources")
+    return (isinstance(obj["name"], str) and all(isinstance(obj[k], list) for k in lists)
+            and all(isinstance(obj[k], dict) for k in maps) and (obj["betas"] is None or isinstance(obj["betas"], list)))
 
 
 def _canonical(spec: Mapping) -> str:
@@ -65,11 +97,16 @@ def check_sweep_dir(spec: SweepSpec, out_dir, *, force: bool = False) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"sweep output {out} is a file: choose a directory")
     spec_file = out / SPEC_JSON
+    if spec_file.exists() and not spec_file.is_file():
+        raise ValueError(f"sweep output {out}: {spec_file} is not a file: choose another --out")
     if spec_file.is_file():
         try:
             old = json.loads(spec_file.read_text(encoding="utf-8"))
-        except ValueError:
+        except (UnicodeDecodeError, ValueError):
             old = None
+        if not is_spec_record(old):  # not nvcim's: never replaced, --force or not
+            raise ValueError(f"sweep output {out}: {spec_file} is not an nvcim sweep spec record, and a sweep "
+                             "would replace it: choose another --out")
         if _canonical(old) != _canonical(json.loads(json.dumps(spec.to_dict()))) and not force:
             name = old.get("name") if isinstance(old, dict) else "?"
             raise ValueError(f"sweep output {out} holds cells of another spec ({name!r}, see {spec_file}): "
@@ -87,12 +124,18 @@ def _refuse_stale(out: Path, done: Sequence[Cell]) -> None:
                          "choose another --out, or delete those cell directories to run them again")
 
 
-def check_data(cells: Sequence[Cell]) -> None:
+def check_data(cells: Sequence[Cell], *, download: bool = True) -> None:
     """Raise nvcim.data.DatasetNotFoundError (one line: which files to put where) unless the data set of
-    every cell is on disk; missing ones are downloaded first where a network is there, as training would
-    (once, not once per cell). File names only, so a sweep checks its data before any cell runs."""
+    every cell is on disk; with `download` (a run; not a dry run), missing ones are downloaded first where
+    a network is there, as training would (once, not once per cell). File names only, so a sweep checks
+    its data before any cell runs."""
     for dataset, root in sorted({(c.dataset, c.train.get("data_root")) for c in cells}, key=str):
-        check_dataset(dataset, root, download=True)
+        check_dataset(dataset, root, download=download)
+
+
+def needs_local_data(backend: str, address: str | None) -> bool:
+    """Whether the cells' data sets must be on this machine (not: a remote backend given a cluster address)."""
+    return not (get_backend(backend).remote and address is not None)
 
 
 @contextlib.contextmanager
@@ -173,12 +216,17 @@ def _log_line(n: int, total: int, s: Mapping) -> str:
 
 def run_sweep(spec: SweepSpec, out_dir, *, backend: str = "local", workers: int = 1, address: str | None = None,
               retry_failed: bool = False, force: bool = False, progress: bool = True, spec_text: str | None = None,
-              spec_suffix: str = ".toml") -> SweepSummary:
+              spec_suffix: str = ".toml", warn: Callable[[str], None] | None = None) -> SweepSummary:
     """Run every pending cell of `spec` into `out_dir`; see nvcim.sweep's docstring for the layout.
 
     Before anything is written, DIR (another spec's, stale cells) and the data of the cells to run are
     checked: a missing data set is downloaded once where a network is there, else a one-line
-    nvcim.data.DatasetNotFoundError is raised and no cell runs."""
+    nvcim.data.DatasetNotFoundError is raised and no cell runs.
+
+    `progress` shows a progress bar and a line per finished cell. Warnings (a damaged result or checkpoint
+    that is not reused, partial work redone, a result recorded but implausible) are shown whatever
+    `progress` is: each line (without a "warning: " prefix) goes to `warn`, by default `warnings.warn` with
+    SweepWarning."""
     chosen = get_backend(backend)
     if not is_int(workers) or workers < 1:
         raise ValueError(f"workers={workers!r} is invalid: use an integer >= 1")
@@ -188,7 +236,7 @@ def run_sweep(spec: SweepSpec, out_dir, *, backend: str = "local", workers: int 
     check_sweep_dir(spec, out, force=force)
     _, todo, done, _ = plan(spec, out, retry_failed=retry_failed)
     _refuse_stale(out, done)
-    if not (chosen.remote and address is not None):  # a cluster's machines hold their own data
+    if needs_local_data(backend, address):  # a cluster's machines hold their own data
         check_data(todo)
     out.mkdir(parents=True, exist_ok=True)
     with sweep_lock(out):  # before spec.json is touched: --force must not rewrite a running sweep's spec
@@ -200,10 +248,11 @@ def run_sweep(spec: SweepSpec, out_dir, *, backend: str = "local", workers: int 
         bar = tqdm(total=len(cells), initial=len(done) + len(failed_before), unit="cell", desc=spec.name,
                    file=sys.stderr, disable=not progress, dynamic_ncols=True)
         say = (lambda m: tqdm.write(m, file=sys.stderr)) if progress else (lambda m: None)
+        warn = warn or _api_warn  # quiet or not
         if failed_before:
             say(f"{len(failed_before)} cell(s) failed earlier and are not retried (pass --retry-failed)")
         for cid, problem in damaged:
-            say(f"warning: cell {cid}: {problem}: it is not counted as done and runs again")
+            warn(f"cell {cid}: {problem}: it is not counted as done and runs again")
         counter = [len(done) + len(failed_before)]
 
         def on_done(s: Mapping) -> None:
@@ -211,10 +260,12 @@ def run_sweep(spec: SweepSpec, out_dir, *, backend: str = "local", workers: int 
             (summary.ok if s["status"] == "ok" else summary.failed).append(s["id"])
             bar.update(1)
             say(_log_line(counter[0], len(cells), s))
+            for line in s.get("warnings") or ():
+                warn(line)
 
         try:
-            if todo:
-                chosen.run(todo, out, spec, on_done, say, workers=workers, address=address)
+            if todo:  # the backend's `say` is for warnings: shown quiet or not
+                chosen.run(todo, out, spec, on_done, warn, workers=workers, address=address)
         finally:
             bar.close()
     summary.wall_time_s = time.perf_counter() - t0

@@ -35,7 +35,7 @@ def run_local(cells: Sequence[Cell], out: Path, spec: SweepSpec, on_done: Callab
     threads = spec.resources.threads_per_cell or default_threads(workers)
     redo = partial_work_of_other_threads(out, cells, threads)
     if redo:
-        say(f"warning: {len(redo)} unfinished cell(s) (first: {redo[0][0]}) hold partial work made with "
+        say(f"{len(redo)} unfinished cell(s) (first: {redo[0][0]}) hold partial work made with "
             f"{redo[0][1]} thread(s) per cell, this run uses {threads}: it is redone from scratch so that "
             "results stay bitwise reproducible (to keep it, stop and rerun with the earlier --workers, "
             "or pin [resources] threads_per_cell)")

@@ -10,9 +10,10 @@
 A backend runs every cell of `cells` (the pending Cells, in the sweep's order) into the sweep directory
 `out` and calls `on_done(summary)` once per cell with run_cell's one-cell summary (a failing cell is a
 summary with status "failed", never an exception). `spec` is the SweepSpec (`spec.resources`: threads,
-CPUs, GPUs per cell), `say(line)` shows the user a line (nothing when the sweep is quiet), `workers` is
-how many cells run at once and `address` a cluster's address (None: none given). remote=True: given an
-address, the cells run on machines that hold their own data sets, so this machine's are not checked.
+CPUs, GPUs per cell), `say(line)` warns the user (one line, without a "warning: " prefix; shown even when
+the sweep is quiet), `workers` is how many cells run at once and `address` a cluster's address (None: none
+given). remote=True: given an address, the cells run on machines that hold their own data sets, so this
+machine's are not checked.
 """
 
 from __future__ import annotations
