@@ -990,6 +990,24 @@ def test_force_never_replaces_a_spec_json_that_is_not_nvcims(tmp_path, capsys, c
     assert json.loads((tmp_path / "own" / "spec.json").read_text())["seeds"] == [0]
 
 
+def test_the_spec_copy_never_replaces_a_users_file(tmp_path):
+    """DIR/spec.toml (the copy of the spec's text) is written only where it is nvcim's: never over a user's file."""
+    spec = validate_spec(ONE_CELL)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "spec.toml").write_text("# my own notes\n")
+    with pytest.raises(ValueError, match=r"spec\.toml exists and is not nvcim's copy of this spec") as exc:
+        sweep.prepare_out_dir(spec, out, spec_text="name = 'x'\n", spec_suffix=".toml")
+    assert len(str(exc.value).splitlines()) == 1
+    assert (out / "spec.toml").read_text() == "# my own notes\n" and sorted(p.name for p in out.iterdir()) == ["spec.toml"]
+    # the very text (the user ran the spec file kept in its output directory): fine
+    (out / "spec.toml").write_text("name = 'x'\n")
+    sweep.prepare_out_dir(spec, out, spec_text="name = 'x'\n", spec_suffix=".toml")
+    # nvcim's own sweep directory (its spec.json record): its earlier copy is replaced
+    sweep.prepare_out_dir(spec, out, spec_text="name = 'y'\n", spec_suffix=".toml")
+    assert (out / "spec.toml").read_text() == "name = 'y'\n"
+
+
 @pytest.mark.parametrize("name", ["a/b", "a\\b", "..", ".", ".hidden", "", " x", "a\nb"])
 def test_registry_refuses_names_that_cannot_be_one_directory(name):
     from nvcim.data.registry import REGISTRY as DATASETS

@@ -72,12 +72,33 @@ def prepare_out_dir(spec: SweepSpec, out_dir, *, force: bool = False, spec_text:
     """Create DIR, refuse another spec's DIR (unless force), record spec.json (+ the original text)."""
     out = Path(out_dir)
     check_sweep_dir(spec, out, force=force)
+    copy = out / f"spec{spec_suffix}" if spec_text is not None and spec_suffix != ".json" else None
+    if copy is not None:
+        _check_spec_copy(out, copy, spec_text)
     out.mkdir(parents=True, exist_ok=True)
     spec_file = out / SPEC_JSON
     write_results_json(spec_file, spec.to_dict())
-    if spec_text is not None and spec_suffix != ".json":
-        atomic_write_text(out / f"spec{spec_suffix}", spec_text)
+    if copy is not None:
+        atomic_write_text(copy, spec_text)
     return out
+
+
+def _check_spec_copy(out: Path, copy: Path, spec_text: str) -> None:
+    """The copy of the spec's text (DIR/spec.toml, ...) may replace only nvcim's own: a DIR that has nvcim's spec
+    record (checked by check_sweep_dir) wrote it; elsewhere an existing file of that name is the user's, kept
+    unless it already holds this very text. A one-line ValueError otherwise."""
+    if not copy.exists() and not copy.is_symlink():
+        return
+    if copy.is_file() and not copy.is_symlink():
+        if (out / SPEC_JSON).is_file():
+            return
+        try:
+            if copy.read_text(encoding="utf-8") == spec_text:
+                return
+        except (OSError, UnicodeDecodeError):
+            pass
+    raise ValueError(f"sweep output {out}: {copy} exists and is not nvcim's copy of this spec, and a sweep would "
+                     "replace it: choose another --out or move the file away")
 
 
 def is_recorded_spec(spec: SweepSpec, out_dir) -> bool:
