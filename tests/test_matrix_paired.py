@@ -109,3 +109,16 @@ def test_arms_evaluated_at_different_sigmas_are_not_paired():
     assert [(r["device_model"], r["sigma"], r["diffs"]) for r in rows] == [("gaussian", 0.6, [-38, -36]),
                                                                            ("rram4", 0.6, [-42, -39])]
     assert matrix_arms_table(matrix_arm_means(rec), "t").rows[0] == ["gaussian", "68.00 ± 2.83", "31.00 ± 1.41"]
+
+
+def test_matrix_table_marks_below_chance_and_non_finite_cells():
+    from nvcim.report.matrix import matrix_table
+
+    rec = _matrix(None, [[80.0, 5.0], [70.0, 60.0]])
+    rec.cells[0][1]["result"]["num_classes"] = 10  # 5 % < chance 10 %
+    rec.cells[1][0]["result"].update(num_classes=10, nonfinite_runs=1)
+    t = matrix_table(rec)
+    assert t.rows[0][2].endswith(" *") and t.rows[1][1].endswith(" !")
+    assert not t.rows[0][1].endswith(("*", "!")) and not t.rows[1][2].endswith(("*", "!"))
+    assert t.legend.startswith("Marks: * below chance (10 % for 10 classes)") and "1 of 2 chips at ck1 under gaussian" in t.legend
+    assert matrix_table(_matrix(None, [[80.0, 70.0]])).legend == ""

@@ -28,6 +28,7 @@ from nvcim.evaluate.files import DeviceMatrixFile
 from nvcim.io.files import atomic_write_bytes
 from nvcim.report.common import fmt_num, fmt_sigma, label_sort_key
 from nvcim.report.figures import Figures, pyplot
+from nvcim.report.flags import Marks
 from nvcim.report.labels import base_label
 from nvcim.report.paired import paired_t, reading
 from nvcim.report.tables import Table
@@ -45,17 +46,18 @@ def _row_names(rec: DeviceMatrixFile) -> list[str]:
 
 
 def matrix_table(rec: DeviceMatrixFile, title: str = "Device-model matrix") -> Table:
-    rows = []
+    rows, marks = [], Marks()  # a mean below chance `*`, chips with non-finite logits `!` (nvcim.report.flags)
     for i, name in enumerate(_row_names(rec)):
         cells = []
-        for j in range(len(rec.device_models)):
+        for j, dm in enumerate(rec.device_models):
             r = rec.result(i, j)
-            cells.append(f"{r.mean:.2f} [{r.ci95[0]:.2f}, {r.ci95[1]:.2f}] p5 {r.p5:.1f}")
+            mark = marks.mark(r.mean, r.num_classes, r.nonfinite_runs, r.runs, f"{name} under {dm}")
+            cells.append(f"{r.mean:.2f} [{r.ci95[0]:.2f}, {r.ci95[1]:.2f}] p5 {r.p5:.1f}{mark}")
         rows.append([name, *cells])
     sigma = "each checkpoint's training σ" if rec.sigma is None else f"σ_d = {rec.sigma:g}"
     note = (f"mean accuracy % [95 % CI of the mean] and 5th percentile over {rec.runs} chips per cell, {sigma}; "
             f"every cell uses the chip seeds from {rec.seed} (common random numbers)")
-    return Table(title, ["checkpoint", *rec.device_models], rows, note)
+    return Table(title, ["checkpoint", *rec.device_models], rows, note, legend=marks.legend())
 
 
 def matrix_csv(rec: DeviceMatrixFile) -> bytes:
