@@ -23,7 +23,6 @@ metrics.status = "diverged", metrics.diverged_reason says which).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from typing import Any
 
@@ -265,14 +264,13 @@ def summary_table(result, device_model: str | None = None, num_classes: int | No
     from tabulate import tabulate
 
     from nvcim.cli.device_flags import device_label
-    from nvcim.evaluate.results import BELOW_CHANCE_MARK
+    from nvcim.evaluate.results import BELOW_CHANCE_MARK, below_chance, chance
 
     cfg, m = result.config, result.metrics
-    chance = 100.0 / num_classes if num_classes else None
     below = []
 
     def mark(v):
-        if chance is not None and v is not None and math.isfinite(v) and v < chance:
+        if below_chance(v, num_classes):
             below.append(v)
             return f" {BELOW_CHANCE_MARK}"
         return ""
@@ -303,7 +301,7 @@ def summary_table(result, device_model: str | None = None, num_classes: int | No
     ]
     table = tabulate(rows, tablefmt="simple", disable_numparse=True)
     if below:
-        table += f"\n{BELOW_CHANCE_MARK} below chance ({chance:g} % for {num_classes} classes)"
+        table += f"\n{BELOW_CHANCE_MARK} below chance ({chance(num_classes):g} % for {num_classes} classes)"
     return table
 
 

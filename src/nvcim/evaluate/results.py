@@ -155,6 +155,17 @@ BELOW_CHANCE_MARK = "*"
 NONFINITE_MARK = "!"
 
 
+def chance(num_classes) -> float | None:
+    """The accuracy of guessing, % (None: the number of classes is unknown)."""
+    return 100.0 / num_classes if isinstance(num_classes, int) and num_classes > 0 else None
+
+
+def below_chance(mean, num_classes) -> bool:
+    """Whether a finite mean accuracy (%) is below chance for `num_classes` classes (marked BELOW_CHANCE_MARK)."""
+    c = chance(num_classes)
+    return c is not None and isinstance(mean, (int, float)) and math.isfinite(mean) and mean < c
+
+
 def results_table(results: Sequence[MCResult]) -> str:
     """A plain-text table (accuracies in %, EKL in nats), one row per σ.
 
@@ -166,10 +177,9 @@ def results_table(results: Sequence[MCResult]) -> str:
     rows, below, nonfinite = [], set(), []
     for r in results:
         mean = _fmt(r.mean)
-        chance = 100.0 / r.num_classes if r.num_classes else None  # the accuracy of guessing, %
-        if chance is not None and math.isfinite(r.mean) and r.mean < chance:
+        if below_chance(r.mean, r.num_classes):
             mean += f" {BELOW_CHANCE_MARK}"
-            below.add((chance, r.num_classes))
+            below.add((chance(r.num_classes), r.num_classes))
         if r.nonfinite_runs:
             mean += f" {NONFINITE_MARK}"
             nonfinite.append(f"{r.nonfinite_runs} of {r.runs} chips at σ={r.sigma:g}")
@@ -178,8 +188,8 @@ def results_table(results: Sequence[MCResult]) -> str:
                      _fmt(r.quantized_accuracy), _fmt(r.ekl, 4)])
     lines = [tabulate(rows, headers=list(TABLE_COLUMNS), tablefmt="simple", disable_numparse=True)]
     lines += [adaptive_note(r) for r in results if r.adaptive]
-    for chance, classes in sorted(below):
-        lines.append(f"{BELOW_CHANCE_MARK} below chance ({chance:g} % for {classes} classes)")
+    for guess, classes in sorted(below):
+        lines.append(f"{BELOW_CHANCE_MARK} below chance ({guess:g} % for {classes} classes)")
     if nonfinite:
         lines.append(f"{NONFINITE_MARK} non-finite logits (NaN / inf), counted as wrong: {', '.join(nonfinite)}")
     return "\n".join(lines)

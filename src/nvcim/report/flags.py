@@ -9,20 +9,9 @@ with a one-line legend under each table that holds a mark; `implausible_warning`
 
 from __future__ import annotations
 
-import math
 from typing import Iterable, Mapping
 
-from nvcim.evaluate.results import BELOW_CHANCE_MARK, NONFINITE_MARK
-
-
-def chance(num_classes) -> float | None:
-    """The accuracy of guessing, % (None: the number of classes is unknown)."""
-    return 100.0 / num_classes if isinstance(num_classes, int) and num_classes > 0 else None
-
-
-def below_chance(mean, num_classes) -> bool:
-    c = chance(num_classes)
-    return c is not None and isinstance(mean, (int, float)) and math.isfinite(mean) and mean < c
+from nvcim.evaluate.results import BELOW_CHANCE_MARK, NONFINITE_MARK, below_chance, chance
 
 
 class Marks:
