@@ -20,7 +20,7 @@ from nvcim.report.labels import base_label
 from nvcim.report.points import ordered_labels, runs_note
 
 
-def _slug(*parts: Any) -> str:
+def figure_name(*parts: Any) -> str:
     s = "_".join(str(p) for p in parts if p not in (None, ""))
     return "".join(c if c.isalnum() or c in "-." else "_" for c in s).strip("_") or "x"
 
@@ -104,7 +104,7 @@ def fig_accuracy(F: Figures, gkey, gpts, colours):
     ax.set_title(f"{group_title(gkey)}: accuracy vs σ_d (mean over seeds, 95% CI)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    F.save(fig, _slug("accuracy", *gkey), f"{group_title(gkey)}: accuracy vs σ_d (Fig. 3 style); dashed: paper")
+    F.save(fig, figure_name("accuracy", *gkey), f"{group_title(gkey)}: accuracy vs σ_d (Fig. 3 style); dashed: paper")
 
 
 def fig_ekl(F: Figures, gkey, gpts, colours) -> bool:
@@ -123,7 +123,7 @@ def fig_ekl(F: Figures, gkey, gpts, colours) -> bool:
     ax.set_title(f"{group_title(gkey)}: EKL vs σ_d (lower is better)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    F.save(fig, _slug("ekl", *gkey), f"{group_title(gkey)}: EKL vs σ_d (Fig. 4 style, log scale)")
+    F.save(fig, figure_name("ekl", *gkey), f"{group_title(gkey)}: EKL vs σ_d (Fig. 4 style, log scale)")
     return True
 
 
@@ -155,7 +155,7 @@ def fig_distribution(F: Figures, gkey, gpts, colours) -> bool:
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, fontsize=7, loc="lower right", ncol=3)  # below the axes: clear of the title
     fig.suptitle(f"{group_title(gkey)}: distribution of per-run accuracy (seeds pooled)", fontsize=10)
-    F.save(fig, _slug("distribution", *gkey),
+    F.save(fig, figure_name("distribution", *gkey),
            f"{group_title(gkey)}: per-run accuracy distribution (whiskers: min–max; markers: p1, p5, min)")
     return True
 
@@ -196,7 +196,7 @@ def fig_convergence(F: Figures, gkey, gpts, colours) -> bool:
                  fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    F.save(fig, _slug("convergence", *gkey),
+    F.save(fig, figure_name("convergence", *gkey),
            f"{group_title(gkey)}: convergence over seeds ({total_bad} non-converged; dotted: mean − 5)")
     return True
 
@@ -223,7 +223,7 @@ def fig_write_verify(F: Figures, gkey, vcurves, colours) -> None:
                      f"left at σ {', '.join(fmt_param(r) for r in res)}; band: min–max over models)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        F.save(fig, _slug("write_verify", *gkey, fmt_sigma(sigma)),
+        F.save(fig, figure_name("write_verify", *gkey, fmt_sigma(sigma)),
                f"{group_title(gkey)}: accuracy vs write-verified fraction at σ_d = {fmt_sigma(sigma)}")
 
 
@@ -253,5 +253,5 @@ def fig_robustness(F: Figures, gkey, gcurves, colours) -> bool:
     ax.set_title(f"{group_title(gkey)}: robustness curves (accuracy vs test σ, 95% MC CI)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    F.save(fig, _slug("robustness", *gkey), f"{group_title(gkey)}: robustness curves of single checkpoints")
+    F.save(fig, figure_name("robustness", *gkey), f"{group_title(gkey)}: robustness curves of single checkpoints")
     return True

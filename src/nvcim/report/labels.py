@@ -8,7 +8,11 @@ the standard setting are arms of their own, with a suffix on the label: recalibr
 statistics ("bn_recalibration" in the file) " (BN per chip)" or " (BN: clean)", another split than test
 (`nvcim eval --split val`) " (val split)", unquantized chips (`--no-quantize`) " (unquantized)". A sweep
 cell of a device-model axis ("device_model" in its cell) is an arm per device model: " [rram4]" (the name as
-the spec gives it) before those; results without a device model keep their labels.
+the spec gives it) before those; results without a device model keep their labels. Models of one (model,
+dataset) trained with different recipes (a training-budget study: epochs 3 / 12 / 30) are arms per recipe,
+named by what differs right after the method: "OVF (12 epochs)"; record["arm"] keeps the label without it
+and record["recipe_label"] the suffix ("12 epochs"; "" when every model of the (model, dataset) shares its
+recipe, or the record has none).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any, Mapping
 
 from nvcim.report.common import fmt_param, method_traits, sigma_key
 
+_RECIPE_ORDER = ["epochs", "batch_size", "optimizer", "lr", "schedule", "weight_decay", "augment"]
 _PARAM_SYMBOL = {"beta": "β", "n_variational": "N", "logit_scale": "scale", "delta_sigma": "Δσ"}
 
 
@@ -31,12 +36,45 @@ def _hashable(v: Any) -> Any:
     return json.dumps(v, sort_keys=True, default=str)
 
 
+def recipe_words(key: str, value: Any) -> str:
+    """How a label names one training-recipe value: "12 epochs", "batch 32", "lr 1e-3", "adam", ..."""
+    if key == "epochs":
+        return f"{fmt_param(value)} epoch{'' if value == 1 else 's'}"
+    if key == "optimizer":
+        return str(value)
+    if key == "schedule":
+        return f"{value} schedule"
+    prefix = {"batch_size": "batch", "weight_decay": "wd"}.get(key, key)
+    return f"{prefix} {fmt_param(value) if isinstance(value, (int, float)) else value}"
+
+
+def _recipe_labels(records: list[dict]) -> None:
+    """Set record["recipe_label"]: the recipe values that differ between the models of its (model, dataset)."""
+    by_group: dict[tuple, list[dict]] = {}
+    for r in records:
+        r["recipe_label"] = ""
+        if r.get("recipe"):
+            by_group.setdefault((r["model"], r["dataset"]), []).append(r)
+    for recs in by_group.values():
+        # keys every model records (a checkpoint written before a key existed does not differ in it, it is silent)
+        keys = sorted(set.intersection(*(set(r["recipe"]) for r in recs)), key=_RECIPE_ORDER.index)
+        varying = [k for k in keys if len({_hashable(r["recipe"][k]) for r in recs}) > 1]
+        for r in recs:
+            r["recipe_label"] = ", ".join(recipe_words(k, r["recipe"][k]) for k in varying)
+
+
+def _finish(r: dict, label: str) -> None:
+    r["arm"] = label + evaluation_suffix(r)
+    r["label"] = label + (f" ({r['recipe_label']})" if r.get("recipe_label") else "") + evaluation_suffix(r)
+
+
 def assign_labels(records: list[dict]) -> None:
-    """Set record["label"] in place (see the module docstring for the rule)."""
+    """Set record["label"], ["arm"] and ["recipe_label"] in place (see the module docstring for the rule)."""
+    _recipe_labels(records)
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         if r.get("label_override"):
-            r["label"] = r["label_override"] + evaluation_suffix(r)
+            _finish(r, r["label_override"])
             continue
         groups.setdefault((r["model"], r["width"], r["dataset"], r["method"]), []).append(r)
     for (_, _, _, method), recs in groups.items():
@@ -74,7 +112,7 @@ def assign_labels(records: list[dict]) -> None:
                          for k in shown if k in r["method_params"]]
                 if parts:
                     label = f"{label} {', '.join(parts)}"
-            r["label"] = label + evaluation_suffix(r)
+            _finish(r, label)
 
 
 def evaluation_suffix(r: Mapping) -> str:

@@ -9,7 +9,8 @@ than either arm over seeds. For each pair of arms at one σ_d, over the seeds bo
     95 % CI          d̄ ± t_{0.975, n−1} · s_d / √n          (Student t over seeds)
     paired t-test    t = d̄ / (s_d / √n),  p = 2 · P(T_{n−1} ≥ |t|)   (two-sided)
 
-    rows = paired_comparisons(points)       # points: `matched_points`; pairs with ≥ 2 shared seeds
+    rows = paired_comparisons(points)       # points: `matched_points`; pairs with ≥ 2 shared seeds (arms of
+                                            # different training budgets: the same method's only)
     paired_t([1.0, 2.0, 3.0])               # {"n": 3, "mean": 2.0, "ci95": (..), "t": .., "p": ..}
     reading(row)                            # "OVF higher: +7.10 [4.91, 9.29]" / "difference within [−1.2, 3.4]"
 
@@ -63,6 +64,9 @@ def paired_comparisons(points: Sequence[dict]) -> list[dict]:
     for (model, width, dataset, sigma), pts in by_key.items():
         pts = sorted(pts, key=lambda p: label_sort_key(p["label"], p["method"]))
         for b, a in combinations(pts, 2):  # a after b in the report's order: a − b (e.g. OVF − noise injection)
+            if a.get("arm", a["label"]) != b.get("arm", b["label"]) and \
+                    a.get("recipe_label", "") != b.get("recipe_label", ""):
+                continue  # another method AND another training budget: no question a reader asks
             ma = {str(s): m for s, m in zip(a["seeds"], a["seed_means"]) if s is not None}
             mb = {str(s): m for s, m in zip(b["seeds"], b["seed_means"]) if s is not None}
             shared = sorted(set(ma) & set(mb), key=lambda s: (not s.lstrip("-").isdigit(), int(s) if
@@ -73,6 +77,9 @@ def paired_comparisons(points: Sequence[dict]) -> list[dict]:
             st = paired_t(diffs)
             rows.append({"model": model, "width": width, "dataset": dataset, "sigma": sigma,
                          "arm_a": a["label"], "arm_b": b["label"], "method_a": a["method"], "method_b": b["method"],
+                         "base_a": a.get("arm", a["label"]), "base_b": b.get("arm", b["label"]),
+                         "recipe_a": a.get("recipe_label", ""), "recipe_b": b.get("recipe_label", ""),
+                         "epochs": a.get("recipe", {}).get("epochs"),
                          "seeds": shared, "diffs": diffs, "n_positive": sum(x > 0 for x in diffs), **st})
     rows.sort(key=lambda r: ((r["model"], str(r["width"]), r["dataset"]), r["sigma"],
                              label_sort_key(r["arm_a"], r["method_a"]), label_sort_key(r["arm_b"], r["method_b"])))

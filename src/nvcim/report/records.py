@@ -4,9 +4,10 @@
     records = load_results("runs/sweep")         # flat dicts, one per (results file, test σ)
 
 Inputs are JSON files found recursively under a directory:
-  * kind "mc_eval" (`nvcim eval`, one sweep cell): checkpoint_config {model, data, method, device, seed},
-    dataset, results [MCResult dicts, one per test σ], optional cell {id, label, wall_time_s, beta_search,
-    device_model (a sweep's device-model axis; records carry it, None without)};
+  * kind "mc_eval" (`nvcim eval`, one sweep cell): checkpoint_config {model, data, method, device, seed, train
+    (the recipe: epochs, batch size, optimizer, ...), metrics (history: per-epoch validation)}, dataset, results
+    [MCResult dicts, one per test σ], optional cell {id, label, wall_time_s, beta_search, device_model (a
+    sweep's device-model axis; records carry it, None without)};
   * kind "sweep_cell_failed": cell {id, ...}, error -> listed as failures;
   * kind "write_verify" (`nvcim eval --verify-fractions`): accuracy vs the fraction of write-verified
     weights of one model at one σ -> a figure and a table per model group (mean over seeds per fraction,
@@ -43,6 +44,28 @@ class ResultSet:
     matrices: list[tuple[str, DeviceMatrixFile]] = field(default_factory=list)  # (file, device-model matrix)
     n_files: int = 0
     roots: list[Path] = field(default_factory=list)  # every directory / file read, in the order given
+
+
+# TrainConfig fields that make a training budget / recipe: records that differ in one are arms of their own
+RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "schedule", "weight_decay", "augment")
+HISTORY_KEYS = ("epoch", "val_clean", "val_noisy_mean", "train_loss")  # what a record keeps of each epoch
+
+
+def training_recipe(train: Any) -> dict:
+    """The RECIPE_KEYS a checkpoint's train config holds ({} when it has none: a model trained elsewhere)."""
+    if not isinstance(train, dict):
+        return {}
+    return {k: train[k] for k in RECIPE_KEYS if k in train and isinstance(train[k], (int, float, str, type(None)))}
+
+
+def training_history(metrics: Any) -> list[dict]:
+    """Per-epoch {epoch, val_clean, val_noisy_mean, train_loss} of a checkpoint's training (numbers or None);
+    [] when it recorded none."""
+    history = metrics.get("history") if isinstance(metrics, dict) else None
+    if not isinstance(history, list):
+        return []
+    rows = [{k: num(h.get(k)) for k in HISTORY_KEYS} for h in history if isinstance(h, dict)]
+    return [h for h in rows if h["epoch"] is not None]
 
 
 # DeviceConfig fields that say how the devices behave (σ, bits and the sampling path aside)
@@ -125,6 +148,10 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                 "gaussian_device": device_description(eval_device) is None
                                    and device_description(device_cfg if isinstance(device_cfg, dict) else {}) is None,
                 "label": None,  # set by assign_labels
+                "arm": None,  # the label without the training-recipe suffix (assign_labels)
+                "recipe": training_recipe(ck.get("train")),  # {epochs, batch_size, ...}: the training budget
+                "recipe_label": "",  # e.g. "12 epochs" when recipes differ in the report (assign_labels)
+                "history": training_history(ck.get("metrics")),
                 "bn_recalibration": recal,
                 "split": split,
                 "quantized": quantized,

@@ -1,7 +1,8 @@
 """Writing a report: figures, report.md, a self-contained report.html (figures embedded), summary.csv (one row per
 point), seeds.csv (one row per model of a point), paired.csv (paired differences by seed, `nvcim.report.paired`),
-and with device-model matrices device_matrix_arms.csv (arms over seeds) and device_matrix_paired.csv
-(`nvcim.report.matrix`).
+with device-model matrices device_matrix_arms.csv (arms over seeds) and device_matrix_paired.csv
+(`nvcim.report.matrix`), and with models trained to different recipes (a training-budget study) budget.csv
+(the paired gaps between methods per recipe, `nvcim.report.budget`).
 
     written = write_report(rs, "runs/sweep/report", fmt="png", title="VGG-8 MNIST")
 """
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 from nvcim import __version__
+from nvcim.report import budget
 from nvcim.io.files import atomic_write_bytes
 from nvcim.report.common import group_title
 from nvcim.report.figures import (Figures, fig_accuracy, fig_convergence, fig_distribution, fig_ekl, fig_robustness,
@@ -147,11 +149,15 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None,
     names = ["report.md", "report.html", "summary.csv", "seeds.csv", "paired.csv"]
     names += ["write_verify.csv"] if rs.verify_records else []
     names += ["device_matrix_arms.csv", "device_matrix_paired.csv"] if rs.matrices else []
+    points = matched_points(rs.records, rs.failures)
+    budget_study = budget.is_budget_study(points)
+    names += ["budget.csv"] if budget_study else []
     for name in names:  # before anything is written: a file of the user's is refused, never overwritten
         check_own(out / name)
     out.mkdir(parents=True, exist_ok=True)
-    points = matched_points(rs.records, rs.failures)
     paired = paired_comparisons(points)
+    gaps = budget.budget_gaps(paired) if budget_study else []
+    train_curves = budget.training_curves(rs.records) if budget_study else []
     curves = robustness_curves(rs.records)
     vcurves = verify_curves(rs.verify_records)
     colours = label_colours([(p["label"], p["method"]) for p in points] + [(c["label"], c["method"]) for c in curves]
@@ -172,6 +178,8 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None,
             fig_distribution(F, g, gpts, colours)
             fig_convergence(F, g, gpts, colours)
         fig_robustness(F, g, gcurves, colours)
+        if budget_study:
+            budget.fig_curves(F, g, train_curves)
         if gverify:
             fig_write_verify(F, g, gverify, colours)
         tables = []
@@ -181,9 +189,15 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None,
                                                                                    r["dataset"]) == g]),
                       *search_tables(g, [r for r in rs.records if (r["model"], r["width"], r["dataset"]) == g])]
         tables.append(curve_table(g, gcurves))
+        tables.append(budget.curve_table(g, train_curves) if budget_study else None)
         tables.append(verify_table(g, gverify))
         tables.append(verify_cost_table(g, gverify, cycle))
         sections.append((group_title(g), [t for t in tables if t is not None], F.items[n0:]))
+    for model, dataset in sorted({(p["model"], p["dataset"]) for p in points if p.get("recipe_label")}):
+        n0 = len(F.items)
+        budget.fig_gaps(F, model, dataset, gaps)
+        btables = [budget.arm_table(model, dataset, points), budget.gap_table(model, dataset, gaps)]
+        sections.append((f"Training budget: {model} / {dataset}", [t for t in btables if t is not None], F.items[n0:]))
     mpaired: list[tuple[str, list[dict]]] = []
     marms: list[tuple[str, list[dict]]] = []
     if rs.matrices:
@@ -247,6 +261,8 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None,
     written.append(atomic_write_bytes(out / "summary.csv", _summary_csv(points)))
     written.append(atomic_write_bytes(out / "seeds.csv", _seeds_csv(points)))
     written.append(atomic_write_bytes(out / "paired.csv", _csv(PAIRED_COLUMNS, [csv_row(r) for r in paired])))
+    if budget_study:
+        written.append(atomic_write_bytes(out / "budget.csv", _csv(budget.GAP_COLUMNS, [budget.gap_csv_row(r) for r in gaps])))
     if vcurves:
         written.append(atomic_write_bytes(out / "write_verify.csv", _verify_csv(vcurves, cycle)))
     if rs.matrices:

@@ -195,7 +195,7 @@ def headline_table(gkey, gpts) -> Table | None:
     return Table(f"{group_title(gkey)}: OVF − noise injection (points)", ["σ_d", "measured", "paper"], rows)
 
 
-def _fmt_p(p: float) -> str:
+def fmt_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
@@ -204,7 +204,7 @@ def paired_table(gkey, rows: list[dict]) -> Table | None:
     if not rows:
         return None
     out = [[fmt_sigma(r["sigma"]), f"{r['arm_a']} − {r['arm_b']}", f"{r['n']} ({', '.join(r['seeds'])})",
-            f"{r['mean']:+.2f}", f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]", _fmt_p(r["p"]),
+            f"{r['mean']:+.2f}", f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]", fmt_p(r["p"]),
             f"{r['n_positive']} of {r['n']}", reading(r)] for r in rows]
     return Table(f"{group_title(gkey)}: paired differences by seed (points)",
                  ["σ_d", "difference", "seeds paired", "mean", "95% CI", "paired t p", "positive", "reading"], out,

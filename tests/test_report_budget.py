@@ -1,0 +1,124 @@
+"""Training-budget studies in `nvcim report` (nvcim.report.labels / budget): models of one (model, dataset)
+trained to different recipes are arms of their own, never one point; the gaps between methods per recipe are
+paired by seed (hand-computed), and the training curves say which models were still improving."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from nvcim.cli import main
+from nvcim.report import paired_comparisons, scan_results
+from nvcim.report.budget import budget_gaps, training_curves
+from nvcim.report.points import matched_points
+from test_report import mc_eval, mc_result, write
+
+# (method, epochs) -> per-seed mean accuracy at σ 0.3 (seeds 0, 1, 2); each chip ±1 around it
+MEANS = {("noise_injection", 3): [20.0, 22.0, 21.0], ("ovf", 3): [30.0, 33.0, 31.0],
+         ("noise_injection", 12): [40.0, 41.0, 45.0], ("ovf", 12): [42.0, 40.0, 44.0]}
+
+
+def _history(epochs: int, peak: int) -> list[dict]:
+    """Noisy validation rising to `peak`, then falling."""
+    return [{"epoch": e, "val_clean": 90.0, "val_noisy_mean": 50.0 - abs(e - peak), "train_loss": 1.0 / e}
+            for e in range(1, epochs + 1)]
+
+
+def _study(root, widths=(1.0,)):
+    for (method, epochs), means in MEANS.items():
+        for width in widths:
+            for seed, m in enumerate(means):
+                d = mc_eval(method, 0.3, seed, [mc_result(0.3, [m - 1.0, m + 1.0])])
+                d["checkpoint"] = f"ck/{method}-{epochs}-{width}-{seed}"
+                d["checkpoint_config"]["model"]["width"] = width
+                d["checkpoint_config"]["train"] = {"epochs": epochs, "batch_size": 32, "lr": 1e-3}
+                # the 12-epoch models peak at their last epoch but seed 2's, which peaks at epoch 8
+                peak = epochs if (epochs == 3 or seed != 2) else 8
+                d["checkpoint_config"]["metrics"] = {"history": _history(epochs, peak)}
+                write(root / f"w{width}_e{epochs}" / f"{method}{seed}.json", d)
+
+
+def test_recipes_are_arms_of_their_own_and_name_only_what_differs(tmp_path):
+    _study(tmp_path)
+    rs = scan_results(tmp_path)
+    labels = {r["label"] for r in rs.records}
+    assert labels == {"noise injection (3 epochs)", "noise injection (12 epochs)", "OVF (3 epochs)",
+                      "OVF (12 epochs)"}  # batch size and lr are the same everywhere: not named
+    assert {r["arm"] for r in rs.records} == {"noise injection", "OVF"}
+    pts = matched_points(rs.records)
+    assert len(pts) == 4  # before: two points, each mixing the 3- and the 12-epoch models of a seed
+    ovf12 = next(p for p in pts if p["label"] == "OVF (12 epochs)")
+    assert ovf12["seed_means"] == pytest.approx([42.0, 40.0, 44.0])
+
+
+def test_one_recipe_keeps_the_plain_labels(tmp_path):
+    _study(tmp_path)
+    rs = scan_results(tmp_path / "w1.0_e12")
+    assert {r["label"] for r in rs.records} == {"noise injection", "OVF"}
+
+
+def test_gaps_pair_methods_within_a_recipe_by_hand(tmp_path):
+    _study(tmp_path)
+    pts = matched_points(scan_results(tmp_path).records)
+    paired = paired_comparisons(pts)
+    # pairs of another method AND another budget (OVF 12 − NI 3) are not formed; the same method across budgets is
+    assert {(r["arm_a"], r["arm_b"]) for r in paired} == {
+        ("OVF (3 epochs)", "noise injection (3 epochs)"), ("OVF (12 epochs)", "noise injection (12 epochs)"),
+        ("noise injection (3 epochs)", "noise injection (12 epochs)"), ("OVF (3 epochs)", "OVF (12 epochs)")}
+    gaps = budget_gaps(paired)
+    assert [(g["recipe_a"], g["epochs"]) for g in gaps] == [("3 epochs", 3), ("12 epochs", 12)]
+    # 3 epochs: OVF − NI = 10, 11, 10 -> mean 31/3; 12 epochs: 2, -1, -1 -> mean 0, positive in 1 of 3
+    assert gaps[0]["mean"] == pytest.approx(31 / 3) and gaps[0]["n_positive"] == 3
+    assert gaps[1]["diffs"] == pytest.approx([2.0, -1.0, -1.0]) and gaps[1]["mean"] == pytest.approx(0.0)
+    assert gaps[1]["n_positive"] == 1
+
+
+def test_training_curves_find_the_models_still_improving(tmp_path):
+    _study(tmp_path)
+    curves = training_curves(scan_results(tmp_path).records)
+    ovf12 = next(c for c in curves if c["label"] == "OVF (12 epochs)")
+    assert sorted(ovf12["seeds"]) == [0, 1, 2] and len(ovf12["histories"]) == 3
+    best = {s: max(h, key=lambda e: e["val_noisy_mean"])["epoch"] for s, h in zip(ovf12["seeds"], ovf12["histories"])}
+    assert best == {0: 12, 1: 12, 2: 8}
+
+
+def test_report_writes_the_budget_section_and_csv(tmp_path):
+    _study(tmp_path / "runs", widths=(0.25, 1.0))
+    out = tmp_path / "out"
+    assert main(["report", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "budget.csv")))
+    # 2 widths x 2 budgets, one pair (OVF − noise injection) at σ 0.3
+    assert [(r["width"], r["budget"]) for r in rows] == [("0.25", "3 epochs"), ("1.0", "3 epochs"),
+                                                         ("0.25", "12 epochs"), ("1.0", "12 epochs")]
+    assert {(r["arm_a"], r["arm_b"]) for r in rows} == {("OVF", "noise injection")}
+    assert float(rows[2]["mean_diff"]) == pytest.approx(0.0) and rows[2]["n_positive"] == "1"
+    md = (out / "report.md").read_text()
+    assert "## Training budget: vgg8 / mnist" in md
+    assert "training curves" in md and "2 of 3" in md  # OVF, 12 epochs: two of three seeds best at the last epoch
+    figures = {p.name for p in (out / "figures").iterdir()}
+    assert "budget_gaps_vgg8_mnist.png" in figures
+    assert any(n.startswith("training_curves_vgg8") for n in figures)
+    # a second run replaces its own budget.csv; a user's file of that name is refused
+    assert main(["report", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "budget.csv").write_text("my,own,data\n")
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "mine")]) == 2
+    assert (tmp_path / "mine" / "budget.csv").read_text() == "my,own,data\n"
+
+
+def test_no_budget_section_without_differing_recipes(tmp_path):
+    _study(tmp_path / "runs")
+    out = tmp_path / "out"
+    assert main(["report", str(tmp_path / "runs" / "w1.0_e3"), "--out", str(out)]) == 0
+    assert not (out / "budget.csv").exists()
+    assert "Training budget" not in (out / "report.md").read_text()
+
+
+def test_a_key_some_checkpoints_lack_does_not_split_arms(tmp_path):
+    for seed, schedule in enumerate(("cosine", None, "cosine")):
+        d = mc_eval("ovf", 0.3, seed, [mc_result(0.3, [40.0, 42.0])])
+        d["checkpoint"] = f"ck/{seed}"
+        d["checkpoint_config"]["train"] = {"epochs": 3, **({"schedule": schedule} if schedule else {})}
+        write(tmp_path / f"r{seed}.json", d)
+    assert {r["label"] for r in scan_results(tmp_path).records} == {"OVF"}
