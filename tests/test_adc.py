@@ -198,3 +198,32 @@ def test_bad_calls_raise_one_line():
         with pytest.raises(ValueError, match=word) as e:
             call()
         assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("tile_rows", [1, 7, 9, 16, 45, 1000])
+@pytest.mark.parametrize("stride, padding, dilation", [(1, 1, 1), (2, 0, 1), (1, 2, 2)])
+def test_conv_tiles_equal_im2col_then_sliced_linear(tile_rows, stride, padding, dilation):
+    # sliced_conv2d computes each tile as a convolution over the channels it touches, the kernel rows outside it 0;
+    # the definition is im2col (rows in (C, kh, kw) order) followed by sliced_linear: equal in float64, with tiles
+    # cutting through a channel's 9 rows (7, 16), on channel boundaries (9, 45), one row, and one tile for all
+    gen = torch.Generator().manual_seed(11)
+    w = torch.randn(4, 5, 3, 3, generator=gen, dtype=torch.float64)
+    x = torch.randn(3, 5, 8, 7, generator=gen, dtype=torch.float64)  # signed: two phases
+    g_pos, g_neg, s = A.device_slices(w, CFG)
+    for adc in (A.AdcConfig(adc_bits=5, tile_rows=tile_rows), A.AdcConfig(adc_bits=3, tile_rows=tile_rows, input_bits=4),
+                A.AdcConfig(adc_bits=None, tile_rows=tile_rows)):
+        y = A.sliced_conv2d(x, g_pos, g_neg, s, CFG, adc, stride=stride, padding=padding, dilation=dilation)
+        cols = F.unfold(x, 3, dilation=dilation, padding=padding, stride=stride).transpose(1, 2)  # [N, L, 45]
+        want = A.sliced_linear(cols, g_pos.flatten(2), g_neg.flatten(2), s, CFG, adc).transpose(1, 2)
+        assert y.shape[:2] == (3, 4)
+        # the same codes: equal up to the last bits of the sums (one code's flip would be 1e-2 of the range)
+        assert y.flatten(2).sub(want).abs().max() <= 1e-12 * want.abs().max()
+        if adc.adc_bits == 5 and tile_rows < 1000:
+            assert want.abs().max() > 0  # not trivially all zero codes
+
+
+def test_conv_of_no_images_is_empty():
+    w = torch.randn(4, 2, 3, 3)
+    g_pos, g_neg, s = A.device_slices(w, CFG)
+    y = A.sliced_conv2d(torch.zeros(0, 2, 5, 5), g_pos, g_neg, s, CFG, A.AdcConfig(adc_bits=4), padding=1)
+    assert y.shape == (0, 4, 5, 5)
