@@ -122,3 +122,16 @@ def test_a_key_some_checkpoints_lack_does_not_split_arms(tmp_path):
         d["checkpoint_config"]["train"] = {"epochs": 3, **({"schedule": schedule} if schedule else {})}
         write(tmp_path / f"r{seed}.json", d)
     assert {r["label"] for r in scan_results(tmp_path).records} == {"OVF"}
+
+
+def test_a_fixed_beta_at_one_budget_beside_a_search_at_another_keeps_one_arm(tmp_path):
+    # the scale study's 12-epoch arm takes β from the 3-epoch search: both are "OVF", told apart by the budget
+    for epochs, search in ((3, {"chosen_beta": 1e-4, "candidates": []}), (12, None)):
+        for seed in (0, 1):
+            cell = {"id": f"ovf/s0.35/seed{seed}"} | ({"beta_search": search} if search else {})
+            d = mc_eval("ovf", 0.35, seed, [mc_result(0.35, [40.0 + epochs, 42.0])], cell=cell,
+                        params={"beta": 1e-4})
+            d["checkpoint"] = f"ck/{epochs}/{seed}"
+            d["checkpoint_config"]["train"] = {"epochs": epochs}
+            write(tmp_path / f"e{epochs}" / f"{seed}.json", d)
+    assert {r["label"] for r in scan_results(tmp_path).records} == {"OVF (3 epochs)", "OVF (12 epochs)"}

@@ -76,8 +76,9 @@ def assign_labels(records: list[dict]) -> None:
         if r.get("label_override"):
             _finish(r, r["label_override"])
             continue
-        groups.setdefault((r["model"], r["width"], r["dataset"], r["method"]), []).append(r)
-    for (_, _, _, method), recs in groups.items():
+        # arms of another training recipe are told apart by it: their hyper-parameters are compared within a recipe
+        groups.setdefault((r["model"], r["width"], r["dataset"], r["method"], r["recipe_label"]), []).append(r)
+    for (_, _, _, method, _), recs in groups.items():
         traits = method_traits(method)
         ignore = traits.labelled_params() if traits is not None else {"censor"}  # in the base label
         # per training σ: the distinct fixed-hyper-parameter sets, and whether a β search was there too
