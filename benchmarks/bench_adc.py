@@ -8,6 +8,8 @@ M = 8, K = 2 (M/K = 4 slices), B = 8-bit ADCs, R = 128-row tiles, programmed (pe
   packed    sliced_linear / sliced_conv2d on crossbars packed once (pack_crossbars): a fixed chip
   sliced    the same, packing the crossbars in every call
   signed    packed, with inputs of both signs (two input phases: twice the work)
+  im2col    (conv) the same product as unfold + sliced_linear, as nvcim computed convolutions before session 16
+            (sliced_conv2d now runs one convolution per tile)
 Inputs are post-ReLU (>= 0) except in `signed`. Goal (issue #18): packed <= 6 x plain.
 
     python benchmarks/bench_adc.py [--threads 1] [--repeats 7]
@@ -60,7 +62,16 @@ def conv_case(batch: int, cin: int, cout: int, size: int, cfg: DeviceConfig, adc
         "floor": lambda: F.conv2d(xr, floor_w, padding=1),
         "sliced": lambda: A.sliced_conv2d(xr, g_pos, g_neg, s, cfg, adc, padding=1),
         "signed": lambda: A.sliced_conv2d(x, g_pos, g_neg, s, cfg, adc, padding=1),
+        "im2col": lambda: im2col_conv(xr, g_pos, g_neg, s, cfg, adc),
     }
+
+
+def im2col_conv(x, g_pos, g_neg, s, cfg: DeviceConfig, adc: A.AdcConfig) -> torch.Tensor:
+    """A 3x3, padding-1 convolution as unfold + sliced_linear (rows in (C, kh, kw) order): the earlier path."""
+    n, _, h, w = x.shape
+    cols = F.unfold(x, 3, padding=1).transpose(1, 2)  # [N, H W, C 9]
+    y = A.sliced_linear(cols, g_pos.flatten(2), g_neg.flatten(2), s, cfg, adc)  # [N, H W, out]
+    return y.transpose(1, 2).reshape(n, -1, h, w)
 
 
 def measure(items: dict, repeats: int) -> dict:
@@ -89,6 +100,8 @@ def main() -> None:
         "linear 256 x 1024 -> 1024": linear_case(256, 1024, 1024, cfg, adc),
         "linear 128 x 4096 -> 1024 (32 tiles)": linear_case(128, 4096, 1024, cfg, adc),
         "conv 3x3 64 -> 128 on 16x16, batch 32 (5 tiles, the last of 64 rows)": conv_case(32, 64, 128, 16, cfg, adc),
+        "conv 3x3 16 -> 32 on 32x32, batch 64 (2 tiles; VGG-8 x1/4's second layer)": conv_case(64, 16, 32, 32, cfg, adc),
+        "conv 3x3 256 -> 256 on 8x8, batch 64 (18 tiles; VGG-8 x1's fourth layer)": conv_case(64, 256, 256, 8, cfg, adc),
     }
     print(f"M/K = {cfg.devices_per_weight} slices, B = {adc.adc_bits}, R = {adc.tile_rows}, "
           f"threads {torch.get_num_threads()}, goal packed (conv: sliced) <= 6.00 x plain")
