@@ -227,3 +227,21 @@ def test_conv_of_no_images_is_empty():
     g_pos, g_neg, s = A.device_slices(w, CFG)
     y = A.sliced_conv2d(torch.zeros(0, 2, 5, 5), g_pos, g_neg, s, CFG, A.AdcConfig(adc_bits=4), padding=1)
     assert y.shape == (0, 4, 5, 5)
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 2, 0), (1, 2, 0), (3, 3, 1)])
+def test_conv_range_is_that_of_the_pixels_read(kernel, stride, padding):
+    # a stride skips rows and columns: a large value there is never read, so it must not set the DAC's or the
+    # full-scale ADC's range (im2col's rows, the definition, do not hold it)
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(4, 3, kernel, kernel, generator=gen, dtype=torch.float64)
+    x = torch.rand(2, 3, 8, 8, generator=gen, dtype=torch.float64)
+    x[:, :, 7, :] = 50.0  # row 7: read by no window of these strides
+    x[:, :, :, 7] = -50.0
+    g_pos, g_neg, s = A.device_slices(w, CFG)
+    for adc in (A.AdcConfig(adc_bits=5, tile_rows=8), A.AdcConfig(adc_bits=None, input_bits=3)):
+        y = A.sliced_conv2d(x, g_pos, g_neg, s, CFG, adc, stride=stride, padding=padding)
+        cols = F.unfold(x, kernel, padding=padding, stride=stride).transpose(1, 2)
+        want = A.sliced_linear(cols, g_pos.flatten(2), g_neg.flatten(2), s, CFG, adc).transpose(1, 2)
+        assert want.abs().max() > 0
+        assert y.flatten(2).sub(want).abs().max() <= 1e-12 * want.abs().max()

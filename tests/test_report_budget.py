@@ -135,3 +135,35 @@ def test_a_fixed_beta_at_one_budget_beside_a_search_at_another_keeps_one_arm(tmp
             d["checkpoint_config"]["train"] = {"epochs": epochs}
             write(tmp_path / f"e{epochs}" / f"{seed}.json", d)
     assert {r["label"] for r in scan_results(tmp_path).records} == {"OVF (3 epochs)", "OVF (12 epochs)"}
+
+
+def test_curve_table_pairs_each_seeds_best_with_its_own_last_epoch(tmp_path):
+    from nvcim.report.budget import curve_table
+    # seed 0 has no noisy validation values (30 epochs of clean ones only); seed 1 peaks at its last epoch, 12
+    histories = [[{"epoch": e, "val_clean": 90.0, "val_noisy_mean": None} for e in range(1, 31)], _history(12, 12)]
+    curves = [{"group": ("vgg8", 1.0, "mnist"), "sigma": 0.3, "label": "OVF", "method": "ovf", "arm": "OVF",
+               "epochs": 12, "seeds": [0, 1], "histories": histories}]
+    row = curve_table(("vgg8", 1.0, "mnist"), curves).rows[0]
+    assert row[2:5] == ["1", "12", "12"] and row[-1] == "1 of 1"
+
+
+def test_write_verify_records_take_the_recipe_suffix(tmp_path):
+    _study(tmp_path)
+    for epochs in (3, 12):  # a write-verify file of a checkpoint that has no Monte Carlo result of its own
+        d = mc_eval("ovf", 0.3, 0, [])
+        d["kind"] = "write_verify"
+        d["checkpoint"] = f"ck/wv-{epochs}"
+        d["checkpoint_config"]["train"] = {"epochs": epochs, "batch_size": 32, "lr": 1e-3}
+        d["write_verify"] = {"by": "magnitude", "residual_sigma": 0.03}
+        d["points"] = [{"fraction": f, "result": mc_result(0.3, [50.0 + 10 * f, 51.0])} for f in (0.0, 0.1)]
+        del d["results"]
+        write(tmp_path / f"wv{epochs}.json", d)
+    rs = scan_results(tmp_path)
+    assert {r["label"] for r in rs.verify_records} == {"OVF (3 epochs)", "OVF (12 epochs)"}
+
+
+def test_recipe_words():
+    from nvcim.report.labels import recipe_words
+    assert [recipe_words("epochs", 1), recipe_words("epochs", 12), recipe_words("lr", 1e-3),
+            recipe_words("batch_size", 32), recipe_words("schedule", "cosine"), recipe_words("augment", None)] == \
+        ["1 epoch", "12 epochs", "lr 1e-3", "batch 32", "cosine schedule", "no augment"]

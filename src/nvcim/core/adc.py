@@ -40,6 +40,8 @@ no useful gradient. Inputs and conductances must be floating point, of one dtype
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -311,10 +313,15 @@ def sliced_conv2d(
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x has shape {shape}: use [N, {channels}, H, W] (groups other than 1 are not supported)")
     table = bars.table  # [C kh kw, 2 S out]
-    if not x.is_floating_point() or x.dtype != table.dtype:
+    if not x.is_floating_point():
+        raise TypeError("x must be a floating-point torch.Tensor")
+    if x.dtype != table.dtype:
         raise ValueError(f"x is {x.dtype} but the crossbars are {table.dtype}: convert one of them")
     conv = dict(stride=stride, padding=padding, dilation=dilation)
-    x_max, negative = _input_range(x)
+    key = tuple(tuple(v) if isinstance(v, (list, tuple)) else v for v in (stride, padding, dilation))
+    rows, cols = _read_pixels(tuple(x.shape[2:]), (kh, kw), key)
+    # the DAC's and the ADC's range: the pixels the kernel reads (im2col's rows), not those a stride skips
+    x_max, negative = _input_range(x if rows is None else x[:, :, rows][:, :, :, cols])
     x = _dac(x, x_max, adc)
     place = _place_signs(bars.slices, cfg, table.dtype, table.device)  # [2S]
     lsb = scale.to(table.dtype) / cfg.weight_levels
@@ -327,6 +334,18 @@ def sliced_conv2d(
     if bias is not None:
         y = y + bias.view(1, -1, 1, 1)
     return y
+
+
+@functools.lru_cache(maxsize=256)
+def _read_pixels(size: tuple[int, int], kernel: tuple[int, int], conv_key) -> tuple[list | None, list | None]:
+    """(rows, columns) of an [H, W] input that a convolution reads (a window is a product of rows and columns),
+    or (None, None) when it reads every pixel."""
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    stride, padding, dilation = (pair(v) for v in conv_key)
+    out = _conv_output_size(size, kernel, {"stride": stride, "padding": padding, "dilation": dilation})
+    read = [sorted({i * st - p + k * d for i in range(o) for k in range(kn)} & set(range(n)))
+            for n, kn, o, st, p, d in zip(size, kernel, out, stride, padding, dilation)]
+    return (None, None) if all(len(r) == n for r, n in zip(read, size)) else tuple(read)
 
 
 def _conv_output_size(size, kernel: tuple[int, int], conv: dict) -> tuple[int, int]:
@@ -350,6 +369,16 @@ def _tile_kernels(table: torch.Tensor, kernel: tuple[int, int], tile_rows: int):
         yield c0, c1, k.t().reshape(-1, c1 - c0, kh, kw)
 
 
+def _full_precision_convolutions(x: torch.Tensor):
+    """cuDNN runs float32 convolutions in TF32 by default (sums to ~1e-3 relative: ADC codes would move, unlike
+    the matrix products of the linear path): full float32 for the tiles on CUDA; nothing to do elsewhere."""
+    if x.device.type != "cuda":
+        return contextlib.nullcontext()
+    c = torch.backends.cudnn
+    return c.flags(enabled=c.enabled, benchmark=c.benchmark, benchmark_limit=c.benchmark_limit,
+                   deterministic=c.deterministic, allow_tf32=False)
+
+
 def _converted_conv(x: torch.Tensor, negative: bool, bars: Crossbars, kernel: tuple[int, int], place: torch.Tensor,
                     step: torch.Tensor, adc: AdcConfig, conv: dict) -> torch.Tensor:
     """Δ Σ_phase ± Σ_j 2^{jK} Σ_t (code⁺ − code⁻): [N, out, H', W'], before the weight step (`_converted`'s
@@ -363,14 +392,15 @@ def _converted_conv(x: torch.Tensor, negative: bool, bars: Crossbars, kernel: tu
     oh, ow = _conv_output_size(x.shape[2:], kernel, conv)
     block = max(1, _CHUNK_ELEMENTS // max(1, 2 * slices * out * oh * ow))  # images whose partial sums fit the cache
     blocks = [xs.new_zeros(0, out, oh, ow)]  # (no images: no blocks)
-    for i in range(0, xs.shape[0], block):
-        acc = None  # Σ_t code of a block of images [b, 2 S out, H', W']
-        for c0, c1, k in kernels:
-            partial = F.conv2d(xs[i:i + block, c0:c1], k, **conv)  # [b, 2 S out, H', W'] one tile's sums
-            partial.round_().clamp_(0.0, top)
-            acc = partial if acc is None else acc.add_(partial)
-        b = acc.shape[0]
-        blocks.append(torch.einsum("k,bkohw->bohw", place, acc.view(b, 2 * slices, out, oh, ow)))  # shift and add
+    with _full_precision_convolutions(x):
+        for i in range(0, xs.shape[0], block):
+            acc = None  # Σ_t code of a block of images [b, 2 S out, H', W']
+            for c0, c1, k in kernels:
+                partial = F.conv2d(xs[i:i + block, c0:c1], k, **conv)  # [b, 2 S out, H', W'] one tile's sums
+                partial.round_().clamp_(0.0, top)
+                acc = partial if acc is None else acc.add_(partial)
+            b = acc.shape[0]
+            blocks.append(torch.einsum("k,bkohw->bohw", place, acc.view(b, 2 * slices, out, oh, ow)))  # shift, add
     y = torch.cat(blocks)  # [N or 2N, out, H', W']
     if signed:
         y = y[:n] - y[n:]

@@ -97,8 +97,14 @@ def arm_table(model: str, dataset: str, points: Sequence[dict]) -> Table | None:
                  ["σ_d", "arm", "width"] + recipes, rows)
 
 
+def _other_recipe(recipe_label: str) -> str:
+    """A recipe label without its epochs ("12 epochs, lr 1e-3" -> "lr 1e-3"): what else a line holds fixed."""
+    return ", ".join(w for w in recipe_label.split(", ") if not w.endswith(("epoch", "epochs")))
+
+
 def fig_gaps(F: Figures, model: str, dataset: str, gaps: Sequence[dict]) -> bool:
-    """One panel per σ_d: each pair's mean paired gap (95 % CI) against epochs, a line per (pair, width)."""
+    """One panel per σ_d: each pair's mean paired gap (95 % CI) against epochs, a line per (pair, width, the
+    rest of the recipe)."""
     rows = [r for r in gaps if (r["model"], r["dataset"]) == (model, dataset) and math.isfinite(_epochs(r))]
     epochs = sorted({_epochs(r) for r in rows})
     if len(epochs) < 2:
@@ -107,16 +113,17 @@ def fig_gaps(F: Figures, model: str, dataset: str, gaps: Sequence[dict]) -> bool
     plt = F.plt
     fig, axes = plt.subplots(1, len(sigmas), figsize=(5.5 * len(sigmas), 4.2), squeeze=False)
     for ax, sigma in zip(axes[0], sigmas):
-        lines = sorted({(r["base_a"], r["base_b"], float(r["width"] or 1.0)) for r in rows if r["sigma"] == sigma})
-        for k, (a, b, width) in enumerate(lines):
-            pts = sorted((r for r in rows if (r["sigma"], r["base_a"], r["base_b"], float(r["width"] or 1.0))
-                          == (sigma, a, b, width)), key=_epochs)
+        def line(r):
+            return r["base_a"], r["base_b"], float(r["width"] or 1.0), _other_recipe(r["recipe_a"])
+        lines = sorted({line(r) for r in rows if r["sigma"] == sigma})
+        for k, (a, b, width, rest) in enumerate(lines):
+            pts = sorted((r for r in rows if r["sigma"] == sigma and line(r) == (a, b, width, rest)), key=_epochs)
             x = np.array([_epochs(r) for r in pts]) * (1.0 + 0.03 * (k - (len(lines) - 1) / 2))  # no overlap
             y = [r["mean"] for r in pts]
             err = [[r["mean"] - r["ci95"][0] for r in pts], [r["ci95"][1] - r["mean"] for r in pts]]
             ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, color=f"C{k % 10}",
                         ls="-" if width == 1.0 else ("--" if width >= 0.5 else ":"),
-                        label=f"{a} − {b}, width {fmt_param(width)}")
+                        label=f"{a} − {b}, width {fmt_param(width)}" + (f", {rest}" if rest else ""))
         ax.axhline(0.0, color="black", lw=0.8)
         ax.set_xscale("log")
         ax.minorticks_off()
@@ -139,8 +146,9 @@ def training_curves(records: Sequence[dict]) -> list[dict]:
     out: dict[tuple, dict] = {}
     seen = set()
     for r in sorted(records, key=lambda r: r["file"]):
-        if not r.get("history") or r["train_sigma"] is None:
-            continue
+        if not r.get("history") or r["train_sigma"] is None or not r.get("quantized", True) \
+                or r.get("bn_recalibration") or r.get("split", "test") != "test":
+            continue  # another evaluation of a checkpoint read elsewhere: its history is the same
         if sigma_specific(r) and sigma_key(r["train_sigma"]) != sigma_key(r["test_sigma"]):
             continue
         group = (r["model"], r["width"], r["dataset"])
@@ -158,34 +166,34 @@ def training_curves(records: Sequence[dict]) -> list[dict]:
                                                 label_sort_key(c["label"], c["method"])))
 
 
-def _best_epoch(history: list[dict]) -> tuple[float | None, float | None, float | None]:
-    """(best epoch, its noisy validation accuracy, the last epoch's) of one model (None without noisy values)."""
+def _best_epoch(history: list[dict]) -> tuple[float, float, float, float] | None:
+    """(best epoch, its noisy validation accuracy, the last epoch, its accuracy) of one model, over the epochs
+    with a noisy validation value (None without any)."""
     rows = [h for h in history if h.get("val_noisy_mean") is not None]
     if not rows:
-        return None, None, None
-    best = max(rows, key=lambda h: h["val_noisy_mean"])  # the first of ties, as checkpoint selection
-    return best["epoch"], best["val_noisy_mean"], rows[-1]["val_noisy_mean"]
+        return None
+    best = max(rows, key=lambda h: h["val_noisy_mean"])  # the first of ties
+    return best["epoch"], best["val_noisy_mean"], rows[-1]["epoch"], rows[-1]["val_noisy_mean"]
 
 
 def curve_table(gkey, curves: Sequence[dict]) -> Table | None:
     rows = []
     for c in (c for c in curves if c["group"] == gkey):
-        stats = [_best_epoch(h) for h in c["histories"]]
-        stats = [s for s in stats if s[0] is not None]
+        stats = [st for st in map(_best_epoch, c["histories"]) if st is not None]
         if not stats:
             continue
-        last = [h[-1]["epoch"] for h in c["histories"] if h]
-        at_end = sum(1 for (best, _, _), end in zip(stats, last) if best == end)
-        rows.append([fmt_sigma(c["sigma"]), c["label"], str(len(stats)), fmt_param(max(last)),
-                     ", ".join(fmt_param(s[0]) for s in stats), fmt_num(float(np.mean([s[1] for s in stats]))),
-                     fmt_num(float(np.mean([s[2] for s in stats]))), f"{at_end} of {len(stats)}"])
+        at_end = sum(1 for best, _, last, _ in stats if best == last)
+        rows.append([fmt_sigma(c["sigma"]), c["label"], str(len(stats)), fmt_param(max(st[2] for st in stats)),
+                     ", ".join(fmt_param(st[0]) for st in stats), fmt_num(float(np.mean([st[1] for st in stats]))),
+                     fmt_num(float(np.mean([st[3] for st in stats]))), f"{at_end} of {len(stats)}"])
     if not rows:
         return None
-    return Table(f"{group_title(gkey)}: training curves (noisy validation accuracy %, the checkpoint's selection)",
+    return Table(f"{group_title(gkey)}: training curves (noisy validation accuracy %)",
                  ["σ_d", "arm", "seeds", "epochs", "best epoch per seed", "best (mean)", "last epoch (mean)",
                   "best at the last epoch"], rows,
-                 "A model whose best validation epoch is its last was still improving when training stopped: "
-                 "conclusions about its arm may change with a larger budget.")
+                 "Validation under a few chips at the training σ_d, after each epoch. A model whose best epoch is its "
+                 "last was still improving when training stopped: conclusions about its arm may change with a "
+                 "larger budget.")
 
 
 def fig_curves(F: Figures, gkey, curves: Sequence[dict]) -> bool:

@@ -18,11 +18,12 @@ recipe, or the record has none).
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from nvcim.report.common import fmt_param, method_traits, sigma_key
 
-_RECIPE_ORDER = ["epochs", "batch_size", "optimizer", "lr", "schedule", "weight_decay", "augment"]
+# TrainConfig fields that make a training budget / recipe (records.training_recipe reads them), in label order
+RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "schedule", "weight_decay", "augment")
 _PARAM_SYMBOL = {"beta": "β", "n_variational": "N", "logit_scale": "scale", "delta_sigma": "Δσ"}
 
 
@@ -37,7 +38,9 @@ def _hashable(v: Any) -> Any:
 
 
 def recipe_words(key: str, value: Any) -> str:
-    """How a label names one training-recipe value: "12 epochs", "batch 32", "lr 1e-3", "adam", ..."""
+    """How a label names one training-recipe value: "12 epochs", "batch 32", "lr 1e-3", "adam", "no augment"."""
+    if value is None:
+        return f"no {key.replace('_', ' ')}"
     if key == "epochs":
         return f"{fmt_param(value)} epoch{'' if value == 1 else 's'}"
     if key == "optimizer":
@@ -46,6 +49,11 @@ def recipe_words(key: str, value: Any) -> str:
         return f"{value} schedule"
     prefix = {"batch_size": "batch", "weight_decay": "wd"}.get(key, key)
     return f"{prefix} {fmt_param(value) if isinstance(value, (int, float)) else value}"
+
+
+def recipe_suffix(r: Mapping) -> str:
+    """" (12 epochs)" for a record whose recipe differs from others' in its report (see _recipe_labels), else ""."""
+    return f" ({r['recipe_label']})" if r.get("recipe_label") else ""
 
 
 def _recipe_labels(records: list[dict]) -> None:
@@ -57,7 +65,7 @@ def _recipe_labels(records: list[dict]) -> None:
             by_group.setdefault((r["model"], r["dataset"]), []).append(r)
     for recs in by_group.values():
         # keys every model records (a checkpoint written before a key existed does not differ in it, it is silent)
-        keys = sorted(set.intersection(*(set(r["recipe"]) for r in recs)), key=_RECIPE_ORDER.index)
+        keys = sorted(set.intersection(*(set(r["recipe"]) for r in recs)), key=RECIPE_KEYS.index)
         varying = [k for k in keys if len({_hashable(r["recipe"][k]) for r in recs}) > 1]
         for r in recs:
             r["recipe_label"] = ", ".join(recipe_words(k, r["recipe"][k]) for k in varying)
@@ -65,12 +73,13 @@ def _recipe_labels(records: list[dict]) -> None:
 
 def _finish(r: dict, label: str) -> None:
     r["arm"] = label + evaluation_suffix(r)
-    r["label"] = label + (f" ({r['recipe_label']})" if r.get("recipe_label") else "") + evaluation_suffix(r)
+    r["label"] = label + recipe_suffix(r) + evaluation_suffix(r)
 
 
-def assign_labels(records: list[dict]) -> None:
-    """Set record["label"], ["arm"] and ["recipe_label"] in place (see the module docstring for the rule)."""
-    _recipe_labels(records)
+def assign_labels(records: list[dict], others: Sequence[dict] = ()) -> None:
+    """Set record["label"], ["arm"] and ["recipe_label"] in place (see the module docstring for the rule);
+    `others` (write-verify records) take part in finding the recipes that differ and get their recipe_label."""
+    _recipe_labels([*records, *others])
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         if r.get("label_override"):

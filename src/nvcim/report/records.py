@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 from nvcim.evaluate.files import (KINDS, DeviceMatrixFile, EvaluationFile, FailedCellFile, WriteVerifyFile,
                                   parse_result)
 from nvcim.report.common import fmt_param, group_key, method_traits, num, sigma_key, sigma_specific
-from nvcim.report.labels import assign_labels, base_label, evaluation_suffix
+from nvcim.report.labels import RECIPE_KEYS, assign_labels, base_label, evaluation_suffix, recipe_suffix
 
 KNOWN_KINDS = KINDS
 
@@ -46,8 +46,6 @@ class ResultSet:
     roots: list[Path] = field(default_factory=list)  # every directory / file read, in the order given
 
 
-# TrainConfig fields that make a training budget / recipe: records that differ in one are arms of their own
-RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "schedule", "weight_decay", "augment")
 HISTORY_KEYS = ("epoch", "val_clean", "val_noisy_mean", "train_loss")  # what a record keeps of each epoch
 
 
@@ -249,7 +247,7 @@ def scan_results(path, skip_bad: bool = False, warn=None) -> ResultSet:
                 raise
             warn(f"skipping {e}")
             rs.skipped.append((str(f), "malformed mc_eval"))
-    assign_labels(rs.records)
+    assign_labels(rs.records, rs.verify_records)
     _label_verify_records(rs.verify_records, rs.records)
     for msg in _model_conflicts(rs.records):
         warn(msg)
@@ -283,7 +281,8 @@ def _label_verify_records(verify_records: list[dict], records: Sequence[dict]) -
     for r in verify_records:
         label = by_ckpt.get(r["checkpoint_path"])
         if label is None:
-            label = (r["label_override"] or base_label(r["method"], r["method_params"])) + evaluation_suffix(r)
+            label = ((r["label_override"] or base_label(r["method"], r["method_params"])) + recipe_suffix(r)
+                     + evaluation_suffix(r))
         elif evaluation_suffix(r) and not label.endswith(evaluation_suffix(r)):
             label += evaluation_suffix(r)
         r["label"] = label
