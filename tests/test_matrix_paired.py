@@ -122,3 +122,14 @@ def test_matrix_table_marks_below_chance_and_non_finite_cells():
     assert not t.rows[0][1].endswith(("*", "!")) and not t.rows[1][2].endswith(("*", "!"))
     assert t.legend.startswith("Marks: * below chance (10 % for 10 classes)") and "1 of 2 chips at ck1 under gaussian" in t.legend
     assert matrix_table(_matrix(None, [[80.0, 70.0]])).legend == ""
+
+
+def test_one_label_at_several_budgets_is_two_arms_and_duplicates_never_overwrite():
+    # before: the 12-epoch model of a seed replaced the 3-epoch one in the arm, silently
+    info = [{"method": OVF, "seed": s, "train_sigma": 0.3, "epochs": e} for e in (3, 12) for s in (0, 1)]
+    assert [a[0] for a in matrix_arms(_matrix(info, [[1, 1]] * 4))] == ["OVF (3 epochs)"] * 2 + ["OVF (12 epochs)"] * 2
+    rows = matrix_arm_means(_matrix(info, [[50, 40], [52, 41], [70, 60], [72, 61]]))
+    assert {(r["arm"], r["n"], r["mean"]) for r in rows if r["device_model"] == "gaussian"} == {
+        ("OVF (3 epochs)", 2, 51.0), ("OVF (12 epochs)", 2, 71.0)}
+    same = [{"method": OVF, "seed": 0, "train_sigma": 0.3}] * 2  # nothing tells them apart: numbered, both kept
+    assert [a[0] for a in matrix_arms(_matrix(same, [[1, 1]] * 2))] == ["OVF", "OVF (#2)"]

@@ -88,7 +88,8 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
                                no_quantize=args.no_quantize)
         rows.append((str(ck), loaded.dataset, loaded.model, loaded.split))
         info.append({"method": dict(loaded.config.get("method") or {}), "seed": loaded.config.get("seed"),
-                     "train_sigma": (loaded.config.get("device") or {}).get("sigma")})
+                     "train_sigma": (loaded.config.get("device") or {}).get("sigma"),
+                     "epochs": (loaded.config.get("train") or {}).get("epochs")})
     rec = device_matrix(rows, names, lambda i, name: devices[i][name], runs=runs, seed=seed, batch_size=batch_size,
                         sigma=sigma, progress=progress, row_info=info, say=lambda line: print(line, file=sys.stderr))
     t = matrix_table(rec)

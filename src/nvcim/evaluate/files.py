@@ -156,7 +156,7 @@ class DeviceMatrixFile:
     sigma: float | None = None  # None: each checkpoint's training σ
     runs: int = 0
     seed: int = 0
-    rows: list | None = None  # per row {"method": {"name", params...}, "seed", "train_sigma"} (None: unknown)
+    rows: list | None = None  # per row {"method": {"name", params...}, "seed", "train_sigma", "epochs"} (None: unknown)
     nvcim_version: str = __version__
     format: int = FORMAT
     kind: ClassVar[str] = DEVICE_MATRIX

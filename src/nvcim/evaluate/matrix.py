@@ -26,7 +26,7 @@ def device_matrix(rows: Sequence[tuple[str, str, nn.Module, Any]], device_models
                   say: Callable[[str], None] = lambda line: None) -> DeviceMatrixFile:
     """rows: (checkpoint name, data set name, model, data); configs(row index, device model name) gives the
     device of that cell (a DeviceConfig or a device object, module docstring). Every cell runs `runs` chips from
-    `seed`. row_info: per row what trained it ({"method": {"name", params...}, "seed", "train_sigma"}), so that
+    `seed`. row_info: per row what trained it ({"method": {"name", params...}, "seed", "train_sigma", "epochs"}), so that
     reports pair arms by seed."""
     cells = []
     for i, (name, _, model, data) in enumerate(rows):

@@ -29,7 +29,7 @@ from nvcim.io.files import atomic_write_bytes
 from nvcim.report.common import fmt_num, fmt_sigma, label_sort_key
 from nvcim.report.figures import Figures, pyplot
 from nvcim.report.flags import Marks
-from nvcim.report.labels import base_label
+from nvcim.report.labels import base_label, recipe_words
 from nvcim.report.paired import paired_t, reading
 from nvcim.report.tables import Table
 
@@ -148,12 +148,22 @@ def matrix_arms(rec: DeviceMatrixFile) -> list[tuple[str, str, str]] | None:
     for info in rec.rows:
         method = dict(info.get("method") or {})
         name = str(method.pop("name", "?"))
-        arms.append([base_label(name, method), name, str(info.get("seed")), info.get("train_sigma")])
+        arms.append([base_label(name, method), name, str(info.get("seed")), info.get("train_sigma"), info.get("epochs")])
     for label in {a[0] for a in arms}:  # one label trained at several σ: one arm per training σ
         if len({a[3] for a in arms if a[0] == label}) > 1:
             for a in arms:
                 if a[0] == label:
                     a[0] = f"{label} (trained σ {fmt_num(a[3])})"
+    for label in {a[0] for a in arms}:  # ... or for several numbers of epochs (a training-budget study)
+        if len({a[4] for a in arms if a[0] == label}) > 1:
+            for a in arms:
+                if a[0] == label:
+                    a[0] = f"{label} ({recipe_words('epochs', a[4])})"
+    seen: dict[tuple, int] = {}
+    for a in arms:  # two rows still in one arm with one seed (trained otherwise): kept apart, never one overwriting
+        n = seen[(a[0], a[1], a[2])] = seen.get((a[0], a[1], a[2]), 0) + 1
+        if n > 1:
+            a[0] = f"{a[0]} (#{n})"
     return [(a[0], a[1], a[2]) for a in arms]
 
 
