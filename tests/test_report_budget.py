@@ -65,7 +65,7 @@ def test_gaps_pair_methods_within_a_recipe_by_hand(tmp_path):
     # pairs of another method AND another budget (OVF 12 − NI 3) are not formed; the same method across budgets is
     assert {(r["arm_a"], r["arm_b"]) for r in paired} == {
         ("OVF (3 epochs)", "noise injection (3 epochs)"), ("OVF (12 epochs)", "noise injection (12 epochs)"),
-        ("noise injection (3 epochs)", "noise injection (12 epochs)"), ("OVF (3 epochs)", "OVF (12 epochs)")}
+        ("noise injection (12 epochs)", "noise injection (3 epochs)"), ("OVF (12 epochs)", "OVF (3 epochs)")}
     gaps = budget_gaps(paired)
     assert [(g["recipe_a"], g["epochs"]) for g in gaps] == [("3 epochs", 3), ("12 epochs", 12)]
     # 3 epochs: OVF − NI = 10, 11, 10 -> mean 31/3; 12 epochs: 2, -1, -1 -> mean 0, positive in 1 of 3
@@ -167,3 +167,10 @@ def test_recipe_words():
     assert [recipe_words("epochs", 1), recipe_words("epochs", 12), recipe_words("lr", 1e-3),
             recipe_words("batch_size", 32), recipe_words("schedule", "cosine"), recipe_words("augment", None)] == \
         ["1 epoch", "12 epochs", "lr 1e-3", "batch 32", "cosine schedule", "no augment"]
+
+
+def test_budgets_are_ordered_by_epochs_not_as_text():
+    from nvcim.report.common import label_sort_key
+    labels = ["OVF (30 epochs)", "OVF (3 epochs)", "OVF (12 epochs, lr 1e-3)", "OVF (12 epochs)"]
+    assert sorted(labels, key=lambda lb: label_sort_key(lb, "ovf")) == [
+        "OVF (3 epochs)", "OVF (12 epochs)", "OVF (30 epochs)", "OVF (12 epochs, lr 1e-3)"]

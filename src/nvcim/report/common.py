@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 from nvcim.methods import METHODS, fmt_param
@@ -62,5 +63,10 @@ def group_title(key: tuple) -> str:
     return f"{model}{w} / {dataset}"
 
 
+_EPOCHS = re.compile(r"(?<=\()\d+(?:\.\d+)?(?= epochs?\b)")  # "OVF (12 epochs)": the number of a budget suffix
+
+
 def label_sort_key(label: str, method: str) -> tuple:
-    return (method_order(method), method, label)
+    """The report's order of arms: by method, then label, a method's training budgets by number of epochs."""
+    m = _EPOCHS.search(label)
+    return (method_order(method), method, _EPOCHS.sub("#", label), float(m.group(0)) if m else -1.0)
