@@ -318,8 +318,7 @@ def sliced_conv2d(
     if x.dtype != table.dtype:
         raise ValueError(f"x is {x.dtype} but the crossbars are {table.dtype}: convert one of them")
     conv = dict(stride=stride, padding=padding, dilation=dilation)
-    key = tuple(tuple(v) if isinstance(v, (list, tuple)) else v for v in (stride, padding, dilation))
-    rows, cols = _read_pixels(tuple(x.shape[2:]), (kh, kw), key)
+    rows, cols = _read_pixels(tuple(x.shape[2:]), (kh, kw), *(_pair(v) for v in (stride, padding, dilation)))
     # the DAC's and the ADC's range: the pixels the kernel reads (im2col's rows), not those a stride skips
     x_max, negative = _input_range(x if rows is None else x[:, :, rows][:, :, :, cols])
     x = _dac(x, x_max, adc)
@@ -336,23 +335,25 @@ def sliced_conv2d(
     return y
 
 
-@functools.lru_cache(maxsize=256)
-def _read_pixels(size: tuple[int, int], kernel: tuple[int, int], conv_key) -> tuple[list | None, list | None]:
-    """(rows, columns) of an [H, W] input that a convolution reads (a window is a product of rows and columns),
-    or (None, None) when it reads every pixel."""
-    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
-    stride, padding, dilation = (pair(v) for v in conv_key)
-    out = _conv_output_size(size, kernel, {"stride": stride, "padding": padding, "dilation": dilation})
-    read = [sorted({i * st - p + k * d for i in range(o) for k in range(kn)} & set(range(n)))
-            for n, kn, o, st, p, d in zip(size, kernel, out, stride, padding, dilation)]
-    return (None, None) if all(len(r) == n for r, n in zip(read, size)) else tuple(read)
+def _pair(v) -> tuple[int, int]:
+    """A conv2d argument (int or pair) as a pair."""
+    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 def _conv_output_size(size, kernel: tuple[int, int], conv: dict) -> tuple[int, int]:
     """(H', W') of a convolution of [.., H, W] with `kernel` and conv's stride, padding, dilation."""
-    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
     return tuple((n + 2 * p - d * (k - 1) - 1) // st + 1 for n, k, st, p, d in
-                 zip(size, kernel, pair(conv["stride"]), pair(conv["padding"]), pair(conv["dilation"])))
+                 zip(size, kernel, _pair(conv["stride"]), _pair(conv["padding"]), _pair(conv["dilation"])))
+
+
+@functools.lru_cache(maxsize=256)
+def _read_pixels(size: tuple[int, int], kernel: tuple[int, int], stride, padding, dilation):
+    """(rows, columns) of an [H, W] input that a convolution reads (a window is a product of rows and columns),
+    or (None, None) when it reads every pixel. Arguments hashable (ints or tuples)."""
+    out = _conv_output_size(size, kernel, {"stride": stride, "padding": padding, "dilation": dilation})
+    read = [sorted({i * st - p + k * d for i in range(o) for k in range(kn)} & set(range(n)))
+            for n, kn, o, st, p, d in zip(size, kernel, out, _pair(stride), _pair(padding), _pair(dilation))]
+    return (None, None) if all(len(r) == n for r, n in zip(read, size)) else tuple(read)
 
 
 def _tile_kernels(table: torch.Tensor, kernel: tuple[int, int], tile_rows: int):

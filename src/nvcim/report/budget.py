@@ -8,7 +8,7 @@ nvcim.report.labels). This module lays those arms side by side:
     gap_table(model, dataset, gaps)         # σ_d, A − B, width, recipe: mean difference, 95 % CI, p, positive
     arm_table(model, dataset, points)       # σ_d, arm, width: mean [95 % CI] (seeds) per recipe
     training_curves(records)                # per (group, σ_d, label): each seed's validation history
-    curve_table(gkey, curves)                     # best epoch per seed and whether validation still rose at the end
+    curve_table(gkey, curves)               # best epoch per seed and whether validation still rose at the end
     fig_gaps(F, model, dataset, gaps) / fig_curves(F, gkey, curves)
 
 A model "still improving" is one whose best validation epoch (noisy validation accuracy, what checkpoint
@@ -79,9 +79,8 @@ def arm_table(model: str, dataset: str, points: Sequence[dict]) -> Table | None:
     pts = [p for p in points if (p["model"], p["dataset"]) == (model, dataset) and p.get("recipe_label")]
     if not pts:
         return None
-    recipes = sorted({p["recipe_label"] for p in pts},
-                     key=lambda s: (float(next(p["recipe"].get("epochs") or math.inf for p in pts
-                                               if p["recipe_label"] == s)), s))
+    epochs = {p["recipe_label"]: float(p["recipe"].get("epochs") or math.inf) for p in pts}
+    recipes = sorted(epochs, key=lambda s: (epochs[s], s))
     keys = sorted({(p["sigma"], p["arm"], p["method"], float(p["width"] or 1.0)) for p in pts},
                   key=lambda k: (k[0], label_sort_key(k[1], k[2]), k[3]))
     rows = []
@@ -112,9 +111,10 @@ def fig_gaps(F: Figures, model: str, dataset: str, gaps: Sequence[dict]) -> bool
     sigmas = sorted({r["sigma"] for r in rows})
     plt = F.plt
     fig, axes = plt.subplots(1, len(sigmas), figsize=(5.5 * len(sigmas), 4.2), squeeze=False)
+    def line(r):  # what one line holds fixed: the pair, the width and the recipe besides its epochs
+        return r["base_a"], r["base_b"], float(r["width"] or 1.0), _other_recipe(r["recipe_a"])
+
     for ax, sigma in zip(axes[0], sigmas):
-        def line(r):
-            return r["base_a"], r["base_b"], float(r["width"] or 1.0), _other_recipe(r["recipe_a"])
         lines = sorted({line(r) for r in rows if r["sigma"] == sigma})
         for k, (a, b, width, rest) in enumerate(lines):
             pts = sorted((r for r in rows if r["sigma"] == sigma and line(r) == (a, b, width, rest)), key=_epochs)
