@@ -8,9 +8,13 @@ M = 8, K = 2 (M/K = 4 slices), B = 8-bit ADCs, R = 128-row tiles, programmed (pe
   packed    sliced_linear / sliced_conv2d on crossbars packed once (pack_crossbars): a fixed chip
   sliced    the same, packing the crossbars in every call
   signed    packed, with inputs of both signs (two input phases: twice the work)
+  diff      packed (linear) / sliced (conv) with adc_readout "differential": one signed ADC per column pair
+            (g⁺ − g⁻ read in analog), so one product per slice: the "one MVM per slice" of issue #18's floor
+  floor/2   one matmul with M/K times the outputs: every slice once, no ADC (the differential readout's floor)
   im2col    (conv) the same product as unfold + sliced_linear, as nvcim computed convolutions before session 16
             (sliced_conv2d now runs one convolution per tile)
-Inputs are post-ReLU (>= 0) except in `signed`. Goal (issue #18): packed <= 6 x plain.
+Inputs are post-ReLU (>= 0) except in `signed`. Goal (issue #18): packed (conv: sliced) <= 6 x plain, "the
+floor is one MVM per slice" (that is floor/2: per sign crossbar the floor is twice that).
 
     python benchmarks/bench_adc.py [--threads 1] [--repeats 7]
 """
@@ -18,6 +22,7 @@ Inputs are post-ReLU (>= 0) except in `signed`. Goal (issue #18): packed <= 6 x 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
@@ -37,12 +42,17 @@ def linear_case(batch: int, inp: int, out: int, cfg: DeviceConfig, adc: A.AdcCon
     w_p = torch.tensordot(place_values(cfg), g_pos - g_neg, 1) * s / cfg.weight_levels
     bars = A.pack_crossbars(g_pos, g_neg, cfg)
     floor_w = bars.table.t().contiguous()  # [2 S out, in]
+    diff_adc = dataclasses.replace(adc, readout="differential")
+    diff_bars = A.pack_crossbars(g_pos, g_neg, cfg, "differential")
+    half_w = diff_bars.table.t().contiguous()  # [S out, in]
     x = torch.randn(batch, inp, generator=gen)
     xr = x.relu()
     return {
         "plain": lambda: F.linear(xr, w_p),
         "floor": lambda: F.linear(xr, floor_w),
+        "floor/2": lambda: F.linear(xr, half_w),
         "packed": lambda: A.sliced_linear(xr, bars, None, s, cfg, adc),
+        "diff": lambda: A.sliced_linear(xr, diff_bars, None, s, cfg, diff_adc),
         "sliced": lambda: A.sliced_linear(xr, g_pos, g_neg, s, cfg, adc),
         "signed": lambda: A.sliced_linear(x, bars, None, s, cfg, adc),
     }
@@ -55,12 +65,16 @@ def conv_case(batch: int, cin: int, cout: int, size: int, cfg: DeviceConfig, adc
     g_pos, g_neg, s = A.device_slices(w, cfg, dg)
     w_p = torch.tensordot(place_values(cfg), g_pos - g_neg, 1) * s / cfg.weight_levels
     floor_w = torch.cat((g_pos, g_neg)).flatten(0, 1)  # [2 S out, C, 3, 3]
+    half_w = (g_pos - g_neg).flatten(0, 1)  # [S out, C, 3, 3]
+    diff_adc = dataclasses.replace(adc, readout="differential")
     x = torch.randn(batch, cin, size, size, generator=gen)
     xr = x.relu()
     return {
         "plain": lambda: F.conv2d(xr, w_p, padding=1),
         "floor": lambda: F.conv2d(xr, floor_w, padding=1),
+        "floor/2": lambda: F.conv2d(xr, half_w, padding=1),
         "sliced": lambda: A.sliced_conv2d(xr, g_pos, g_neg, s, cfg, adc, padding=1),
+        "diff": lambda: A.sliced_conv2d(xr, g_pos, g_neg, s, cfg, diff_adc, padding=1),
         "signed": lambda: A.sliced_conv2d(x, g_pos, g_neg, s, cfg, adc, padding=1),
         "im2col": lambda: im2col_conv(xr, g_pos, g_neg, s, cfg, adc),
     }

@@ -8,6 +8,7 @@ For each VGG-8 width, times `monte_carlo_evaluate` (path "auto", no baseline pas
   rram4-level     DeviceConfig.preset("rram4-level"): per-device level-dependent variation
   read noise      read_sigma=0.02 (redrawn every forward)
   ADC             adc_bits=8, tile_rows=128, M/K = 8/2 = 4 slices (Monte Carlo uses the loop path)
+  ADC diff.       the same with adc_readout="differential" (one signed ADC per column pair: one product per slice)
 each as a ratio of clean inference of the same images x chips (timed interleaved in the same run; its forwards
 take 128 images at a time on CPU as Monte Carlo's do, `nvcim.evaluate.forward.sliced`), beside
 the goals of issue #18: stuck-at, drift, level-dependent <= 1.15; read noise <= 1.3; ADC <= 6. All
@@ -75,6 +76,7 @@ def effect_configs(sigma: float) -> dict[str, tuple[nvcim.DeviceConfig, float]]:
         "rram4-level": (cfg.preset("rram4-level", sigma=sigma), 1.15),
         "read noise 0.02": (cfg(sigma=sigma, read_sigma=0.02), 1.3),
         "ADC 8 b, 128 rows, 4 slices": (cfg(sigma=sigma, adc_bits=8, tile_rows=128), 6.0),
+        "ADC 8 b differential": (cfg(sigma=sigma, adc_bits=8, tile_rows=128, adc_readout="differential"), 6.0),
     }
 
 

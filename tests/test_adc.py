@@ -40,16 +40,20 @@ def test_device_slices_hold_w_d_and_w_p():
     assert torch.allclose(_weight(g_pos2, g_neg2, s), expected, atol=1e-12)  # Eq. 3
 
 
+READOUTS = ["per_sign", "differential"]
+
+
+@pytest.mark.parametrize("readout", READOUTS)
 @pytest.mark.parametrize("in_features, rows", [(300, 128), (64, 128), (256, 128), (50, 7)])
-def test_b24_equals_the_unsliced_product(in_features, rows):
+def test_b24_equals_the_unsliced_product(in_features, rows, readout):
     w, (g_pos, g_neg, s) = _layer(11, in_features)
     x = torch.randn(5, in_features, dtype=torch.float64)  # signed: both input phases
-    adc = A.AdcConfig(adc_bits=24, tile_rows=rows)
+    adc = A.AdcConfig(adc_bits=24, tile_rows=rows, readout=readout)
     y = A.sliced_linear(x, g_pos, g_neg, s, CFG, adc)
     ideal = x @ nvcim.quantize(w, CFG).t()
     # every code is within half a step of its partial sum: bound the whole shift-and-add error
     tiles = -(-in_features // rows)
-    step = rows * CFG.device_levels * x.abs().max() / (2**24 - 1)
+    step = rows * CFG.device_levels * x.abs().max() / adc.code_limits()[1]
     bound = 2 * 2 * tiles * (1 + 4 + 16 + 64) * step / 2 * s / CFG.weight_levels  # phases, crossbars, tiles, slices
     assert (y - ideal).abs().max() <= bound
     assert torch.allclose(y, ideal, rtol=1e-5, atol=1e-5 * ideal.abs().max().item())
@@ -64,23 +68,25 @@ def test_ideal_adc_is_x_times_w_p_and_keeps_leading_axes():
     assert torch.allclose(y, F.linear(x, _weight(g_pos, g_neg, s), bias), atol=1e-5)
 
 
+@pytest.mark.parametrize("readout", READOUTS)
 @pytest.mark.parametrize("bits", [2, 3, 4, 6])
 @pytest.mark.parametrize("signed", [False, True])
-def test_reference_loop_matches_fast_path_exactly(bits, signed):
+def test_reference_loop_matches_fast_path_exactly(bits, signed, readout):
+    bits += 2 * (readout == "differential")  # a signed ADC spends a bit on the sign; its pairs' sums cancel in part
     cfg = DeviceConfig(weight_bits=6, device_bits=2, sigma=0.0)
     w, (g_pos, g_neg, s) = _layer(4, 21, seed=bits, sigma=0.08, cfg=cfg)  # perturbed: sums below 0 and above range
     gen = torch.Generator().manual_seed(100 + bits)
     x = torch.randn(3, 21, generator=gen, dtype=torch.float64)
     if not signed:
         x = x.clamp(min=0)
-    adc = A.AdcConfig(adc_bits=bits, tile_rows=8)  # tiles of 8, 8, 5 rows
+    adc = A.AdcConfig(adc_bits=bits, tile_rows=8, readout=readout)  # tiles of 8, 8, 5 rows
     y_ref = A.sliced_linear_reference(x, g_pos, g_neg, s, cfg, adc)
     assert torch.equal(A.sliced_linear(x, g_pos, g_neg, s, cfg, adc), y_ref)
-    dac = A.AdcConfig(adc_bits=bits, tile_rows=8, input_bits=3)
+    dac = A.AdcConfig(adc_bits=bits, tile_rows=8, input_bits=3, readout=readout)
     assert torch.equal(A.sliced_linear(x, g_pos, g_neg, s, cfg, dac), A.sliced_linear_reference(x, g_pos, g_neg, s, cfg, dac))
     assert not torch.equal(A.sliced_linear(x, g_pos, g_neg, s, cfg, dac), y_ref)  # the DAC changes something
     rng = A.calibrate_adc_range(x, g_pos, g_neg, cfg, adc)
-    cal = A.AdcConfig(adc_bits=bits, tile_rows=8, clip="calibrated")
+    cal = A.AdcConfig(adc_bits=bits, tile_rows=8, clip="calibrated", readout=readout)
     assert torch.equal(A.sliced_linear(x, g_pos, g_neg, s, cfg, cal, adc_range=rng),
                        A.sliced_linear_reference(x, g_pos, g_neg, s, cfg, cal, adc_range=rng))
 
@@ -175,6 +181,8 @@ def test_conv_b24_equals_the_unsliced_convolution(stride, padding):
         (dict(tile_rows=0), "tile_rows"),
         (dict(tile_rows="128"), "tile_rows"),
         (dict(clip="max"), "clip"),
+        (dict(readout="pair"), "readout"),
+        (dict(adc_bits=1, readout="differential"), "adc_bits"),
     ],
 )
 def test_bad_adc_config_raises_naming_the_field(kwargs, field):
@@ -200,9 +208,10 @@ def test_bad_calls_raise_one_line():
         assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("readout", READOUTS)
 @pytest.mark.parametrize("tile_rows", [1, 7, 9, 16, 45, 1000])
 @pytest.mark.parametrize("stride, padding, dilation", [(1, 1, 1), (2, 0, 1), (1, 2, 2)])
-def test_conv_tiles_equal_im2col_then_sliced_linear(tile_rows, stride, padding, dilation):
+def test_conv_tiles_equal_im2col_then_sliced_linear(tile_rows, stride, padding, dilation, readout):
     # sliced_conv2d computes each tile as a convolution over the channels it touches, the kernel rows outside it 0;
     # the definition is im2col (rows in (C, kh, kw) order) followed by sliced_linear: equal in float64, with tiles
     # cutting through a channel's 9 rows (7, 16), on channel boundaries (9, 45), one row, and one tile for all
@@ -210,8 +219,9 @@ def test_conv_tiles_equal_im2col_then_sliced_linear(tile_rows, stride, padding, 
     w = torch.randn(4, 5, 3, 3, generator=gen, dtype=torch.float64)
     x = torch.randn(3, 5, 8, 7, generator=gen, dtype=torch.float64)  # signed: two phases
     g_pos, g_neg, s = A.device_slices(w, CFG)
-    for adc in (A.AdcConfig(adc_bits=5, tile_rows=tile_rows), A.AdcConfig(adc_bits=3, tile_rows=tile_rows, input_bits=4),
-                A.AdcConfig(adc_bits=None, tile_rows=tile_rows)):
+    for adc in (A.AdcConfig(adc_bits=5, tile_rows=tile_rows, readout=readout),
+                A.AdcConfig(adc_bits=3, tile_rows=tile_rows, input_bits=4, readout=readout),
+                A.AdcConfig(adc_bits=None, tile_rows=tile_rows, readout=readout)):
         y = A.sliced_conv2d(x, g_pos, g_neg, s, CFG, adc, stride=stride, padding=padding, dilation=dilation)
         cols = F.unfold(x, 3, dilation=dilation, padding=padding, stride=stride).transpose(1, 2)  # [N, L, 45]
         want = A.sliced_linear(cols, g_pos.flatten(2), g_neg.flatten(2), s, CFG, adc).transpose(1, 2)
@@ -245,3 +255,58 @@ def test_conv_range_is_that_of_the_pixels_read(kernel, stride, padding):
         want = A.sliced_linear(cols, g_pos.flatten(2), g_neg.flatten(2), s, CFG, adc).transpose(1, 2)
         assert want.abs().max() > 0
         assert y.flatten(2).sub(want).abs().max() <= 1e-12 * want.abs().max()
+
+
+def test_differential_readout_by_hand():
+    # one 2-bit weight w = -1 (level 3 on the negative crossbar), x = (1, 0.5): two column pairs of one row
+    # each (R = 1), full scale 1 * 3 * max|x| = 3. Differential, B = 3: T = 3, Δ = 1: the first pair reads
+    # 0 - 3 * 1 = -3 -> code -3, the second 0 - 3 * 0.5 = -1.5 -> round half to even -2; y = (-3 - 2) * 1 * s/3
+    # with s = 1: -5/3. Per sign, B = 3: top 7, Δ = 3/7: codes⁻ 7 and round(3.5) = 4, y = -(7 + 4) * 3/7 / 3.
+    cfg = DeviceConfig(weight_bits=2, device_bits=2, sigma=0.0)
+    w = torch.tensor([[-1.0, -1.0]], dtype=torch.float64)
+    g_pos, g_neg, s = A.device_slices(w, cfg)
+    assert float(s) == 1.0 and g_neg.flatten().tolist() == [3.0, 3.0] and g_pos.abs().sum() == 0
+    x = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
+    diff = A.sliced_linear(x, g_pos, g_neg, s, cfg, A.AdcConfig(adc_bits=3, tile_rows=1, readout="differential"))
+    sign = A.sliced_linear(x, g_pos, g_neg, s, cfg, A.AdcConfig(adc_bits=3, tile_rows=1))
+    assert diff.item() == pytest.approx(-5 / 3, abs=1e-12)
+    assert sign.item() == pytest.approx(-11 / 7, abs=1e-12)
+
+
+def test_differential_readout_keeps_sums_per_sign_clips():
+    # perturbed devices below level 0 make a per-sign column's sum negative: its ADC clips it to code 0, while a
+    # differential pair reads the signed difference. With the weight on the positive crossbar only and its
+    # device at level -0.6 (a draw below 0), x = 1, R = 1, full scale 3, B = 8:
+    cfg = DeviceConfig(weight_bits=2, device_bits=2, sigma=0.0)
+    w = torch.tensor([[0.0, 1.0]], dtype=torch.float64)  # the first weight at level 0 sets nothing; s = 1
+    dg = torch.tensor([[[-0.6, 0.0]]], dtype=torch.float64)
+    g_pos, g_neg, s = A.device_slices(w, cfg, dg)
+    x = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    sign = A.sliced_linear(x, g_pos, g_neg, s, cfg, A.AdcConfig(adc_bits=8, tile_rows=1))
+    diff = A.sliced_linear(x, g_pos, g_neg, s, cfg, A.AdcConfig(adc_bits=8, tile_rows=1, readout="differential"))
+    assert sign.item() == 0.0  # clipped at code 0
+    step = 3 / 127  # Δ = range / (2^7 - 1)
+    assert diff.item() == pytest.approx(round(-0.6 / step) * step / 3, abs=1e-12)  # s / (2^M - 1) = 1/3
+
+
+def test_packed_crossbars_must_match_the_readout():
+    w, (g_pos, g_neg, s) = _layer(3, 10, dtype=torch.float32)
+    bars = A.pack_crossbars(g_pos, g_neg, CFG)  # per sign (CFG's default readout)
+    assert bars.table.shape == (10, 2 * 4 * 3)
+    assert A.pack_crossbars(g_pos, g_neg, CFG, "differential").table.shape == (10, 4 * 3)
+    with pytest.raises(ValueError, match="readout") as e:
+        A.sliced_linear(torch.zeros(2, 10), bars, None, s, CFG, A.AdcConfig(adc_bits=4, readout="differential"))
+    assert "\n" not in str(e.value)
+
+
+def test_device_config_adc_readout_validated_and_serialised():
+    cfg = DeviceConfig(adc_bits=6, adc_readout="differential")
+    assert cfg.to_dict()["adc_readout"] == "differential"
+    assert DeviceConfig.from_dict(cfg.to_dict()) == cfg
+    assert "adc_readout" not in DeviceConfig(adc_bits=6).to_dict()  # the default is not written
+    assert A.AdcConfig.of(cfg).readout == "differential"
+    for kwargs, word in ((dict(adc_readout="pairs"), "adc_readout"),
+                         (dict(adc_bits=1, adc_readout="differential"), "adc_bits")):
+        with pytest.raises(ValueError, match=word) as e:
+            DeviceConfig(**kwargs)
+        assert "\n" not in str(e.value)

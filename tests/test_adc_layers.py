@@ -34,12 +34,13 @@ def _quantized(model, x):
 
 
 # ---- large B: the unsliced product ------------------------------------------------------------------
+@pytest.mark.parametrize("readout", ["per_sign", "differential"])
 @pytest.mark.parametrize("make,shape", [(_linear, (7, 20)), (_conv, (2, 3, 9, 9))])
-def test_b24_at_sigma0_is_the_quantized_model(make, shape):
+def test_b24_at_sigma0_is_the_quantized_model(make, shape, readout):
     layer = make()
     x = torch.randn(*shape)
     want = _quantized(layer, x)
-    with nvcim.device_variation(layer, DeviceConfig(sigma=0.0, adc_bits=24, tile_rows=8)):
+    with nvcim.device_variation(layer, DeviceConfig(sigma=0.0, adc_bits=24, tile_rows=8, adc_readout=readout)):
         got = _out(layer, x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
 
@@ -58,15 +59,35 @@ def test_b24_keeps_drift_and_faults_and_compensation():
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5 * float(outs[0].abs().max()))
 
 
+@pytest.mark.parametrize("make,shape", [(_linear, (7, 20)), (_conv, (2, 3, 9, 9))])
+def test_differential_b24_is_the_varied_chip(make, shape):
+    """A differential pair reads g⁺ − g⁻ signed, so devices varied below level 0 are not clipped: with B = 24 a
+    varied chip's output is the non-ADC chip's (per-device draws, σ 0.3). Per sign crossbar it is not (the
+    ADC clips a column's negative sum at code 0), which is what makes this test able to fail."""
+    layer = make()
+    x = torch.randn(*shape)
+    base = DeviceConfig(sigma=0.3, sampling="device")
+    outs = {}
+    for name, cfg in (("none", base), ("differential", base.replace(adc_bits=24, tile_rows=8, adc_readout="differential")),
+                      ("per_sign", base.replace(adc_bits=24, tile_rows=8))):
+        with nvcim.device_variation(layer, cfg):
+            nvcim.program_chip_(layer, seed=5)
+            outs[name] = _out(layer, x)
+    tol = 1e-5 * float(outs["none"].abs().max())
+    torch.testing.assert_close(outs["differential"], outs["none"], rtol=1e-5, atol=tol)
+    assert (outs["per_sign"] - outs["none"]).abs().max() > 100 * tol
+
+
 # ---- small B: exactly core.adc on the chip's device levels ------------------------------------------
 def _chip_levels(layer, cfg, seed):
     """The device levels program_chip_(seed) gives a one-layer model, drawn directly."""
     return dm.draw_levels(dm.prepare(layer.weight, cfg), cfg, cfg.sigma, torch.Generator().manual_seed(seed))
 
 
-def test_linear_chip_is_sliced_linear_on_its_levels():
+@pytest.mark.parametrize("readout", ["per_sign", "differential"])
+def test_linear_chip_is_sliced_linear_on_its_levels(readout):
     layer = _linear(n_in=12, n_out=3)
-    cfg = DeviceConfig(sigma=0.2, adc_bits=4, tile_rows=5)
+    cfg = DeviceConfig(sigma=0.2, adc_bits=4, tile_rows=5, adc_readout=readout)
     x = torch.randn(4, 12)
     with nvcim.device_variation(layer, cfg):
         nvcim.program_chip_(layer, seed=7)
@@ -74,8 +95,9 @@ def test_linear_chip_is_sliced_linear_on_its_levels():
     chip = _chip_levels(layer, cfg, 7)
     g_pos, g_neg = chip.crossbars()
     with torch.no_grad():
-        want = sliced_linear(x, g_pos, g_neg, chip.scale, cfg, AdcConfig(adc_bits=4, tile_rows=5), bias=layer.bias)
-        slow = sliced_linear_reference(x, g_pos, g_neg, chip.scale, cfg, AdcConfig(adc_bits=4, tile_rows=5))
+        adc = AdcConfig(adc_bits=4, tile_rows=5, readout=readout)
+        want = sliced_linear(x, g_pos, g_neg, chip.scale, cfg, adc, bias=layer.bias)
+        slow = sliced_linear_reference(x, g_pos, g_neg, chip.scale, cfg, adc)
     assert torch.equal(got, want)
     torch.testing.assert_close(got, slow + layer.bias, rtol=1e-5, atol=1e-6)
 

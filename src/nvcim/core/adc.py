@@ -22,13 +22,18 @@ the periphery then shifts and adds in digital:
                  saturate at the top code, negative ones (perturbed devices) at 0
     y           Δ · s / (2^M − 1) · Σ_phase ± Σ_j 2^{jK} Σ_t (code⁺ − code⁻)    shift and add
 
+readout="differential" (DeviceConfig.adc_readout) reads each column pair as one current, P⁺ − P⁻, with one
+signed ADC: code = clamp(round((P⁺ − P⁻) / Δ), −T, T), T = 2^(B−1) − 1, Δ = range / T (B bits with the sign),
+y = Δ · s / (2^M − 1) · Σ_phase ± Σ_j 2^{jK} Σ_t code: one product per slice and tile instead of two. A weight
+lives on one crossbar only (the other holds 0 there), so the pair's conductances are one signed table.
+
 The codes are integers and are added exactly (in float32 while the sums stay below 2^24, e.g.
 B <= 12 with M/K = 4 and up to 36 tiles; float64 inputs for more); so with B large (24) this is the
 unsliced product x @ W_pᵀ up to the ADC's step, and with adc_bits=None (an ideal ADC) it is computed
 as exactly that: one matmul.
 
 `sliced_linear` is the fast path: per row chunk and tile one matmul for all slices and both sign
-crossbars (the crossbars are packed once with `pack_crossbars`, then reused, e.g. for a whole test
+crossbars (or the one signed table of a differential readout) (the crossbars are packed once with `pack_crossbars`, then reused, e.g. for a whole test
 set), quantised in place. `sliced_linear_reference` is the same arithmetic with explicit Python loops,
 for tests only. `sliced_conv2d` is the same product for a convolution: crossbar rows are the weight's
 flattened (in_channels, kh, kw) axis, in that order, so a tile of R rows is a run of whole channels plus
@@ -48,10 +53,11 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from nvcim.core.config import MAX_CONVERTER_BITS, DeviceConfig
+from nvcim.core.config import ADC_READOUTS, MAX_CONVERTER_BITS, DeviceConfig
 from nvcim.core.device import crossbar_sign, prepare, slice_levels
 
 CLIP_MODES = ("full_scale", "calibrated")
+PER_SIGN, DIFFERENTIAL = ADC_READOUTS
 _CHUNK_ELEMENTS = 1 << 20  # partial sums held at once (rows x columns of one tile): 4 MB in float32, cache-sized
 
 
@@ -64,12 +70,15 @@ class AdcConfig:
     input_bits: I, bits of the input DAC magnitude (1..24), None = ideal inputs.
     clip: "full_scale" (ADC range R·(2^K−1)·max|x|) or "calibrated" (range passed by the caller,
         measured on calibration inputs with `calibrate_adc_range`).
+    readout: "per_sign" (an ADC per sign crossbar, codes 0..2^B−1) or "differential" (one signed ADC per
+        column pair, codes −(2^(B−1)−1)..2^(B−1)−1; B >= 2).
     """
 
     adc_bits: int | None = None
     tile_rows: int = 128
     input_bits: int | None = None
     clip: str = "full_scale"
+    readout: str = PER_SIGN
 
     def __post_init__(self) -> None:
         for name in ("adc_bits", "input_bits"):
@@ -82,20 +91,40 @@ class AdcConfig:
             raise ValueError(f"AdcConfig.tile_rows={self.tile_rows!r} is invalid: use an integer >= 1 (e.g. 128)")
         if self.clip not in CLIP_MODES:
             raise ValueError(f"AdcConfig.clip={self.clip!r} is unknown: use one of {list(CLIP_MODES)}")
+        if self.readout not in ADC_READOUTS:
+            raise ValueError(f"AdcConfig.readout={self.readout!r} is unknown: use one of {list(ADC_READOUTS)}")
+        if self.readout == DIFFERENTIAL and self.adc_bits == 1:
+            raise ValueError("AdcConfig.adc_bits=1 leaves a differential (signed) ADC no magnitude bit: use "
+                             "adc_bits >= 2 or readout='per_sign'")
 
     @classmethod
     def of(cls, cfg: DeviceConfig) -> "AdcConfig":
-        """The converters of a DeviceConfig (its adc_bits, tile_rows, input_bits; full-scale range)."""
-        return cls(adc_bits=cfg.adc_bits, tile_rows=cfg.tile_rows, input_bits=cfg.input_bits)
+        """The converters of a DeviceConfig (its adc_bits, tile_rows, input_bits, adc_readout; full-scale range)."""
+        return cls(adc_bits=cfg.adc_bits, tile_rows=cfg.tile_rows, input_bits=cfg.input_bits,
+                   readout=cfg.adc_readout)
+
+    def code_limits(self) -> tuple[float, float]:
+        """(lowest, highest) ADC code: (0, 2^B − 1) per sign crossbar, ±(2^(B−1) − 1) differential."""
+        if self.readout == DIFFERENTIAL:
+            top = float((1 << (self.adc_bits - 1)) - 1)
+            return -top, top
+        return 0.0, float((1 << self.adc_bits) - 1)
 
 
 class Crossbars(NamedTuple):
-    """Both sign crossbars of all slices, laid out for the fast path: the columns of `table` are
-    (sign crossbar, slice, output) flattened from [2, M/K, out]; row i is crossbar row i (input i)."""
+    """All slices' crossbars laid out for the fast path; row i of `table` is crossbar row i (input i).
+    readout "per_sign": the columns are (sign crossbar, slice, output) flattened from [2, M/K, out];
+    "differential": (slice, output) from [M/K, out], each the column pair's g⁺ − g⁻."""
 
-    table: torch.Tensor  # [in, 2 * M/K * out]
+    table: torch.Tensor  # [in, 2 * M/K * out] or [in, M/K * out]
     slices: int  # M/K
     out_features: int
+    readout: str = PER_SIGN
+
+    @property
+    def bars(self) -> int:
+        """Crossbars read separately per slice: 2 (per sign) or 1 (differential)."""
+        return 2 if self.readout == PER_SIGN else 1
 
 
 def _check_slices(g_pos: torch.Tensor, g_neg: torch.Tensor, cfg: DeviceConfig) -> None:
@@ -129,12 +158,30 @@ def device_slices(w: torch.Tensor, cfg: DeviceConfig, delta_g: torch.Tensor | No
     return torch.where(positive, g, zero), torch.where(positive, zero, g), prepared.scale
 
 
-def pack_crossbars(g_pos: torch.Tensor, g_neg: torch.Tensor, cfg: DeviceConfig) -> Crossbars:
-    """The fast path's layout of (g_pos, g_neg) [M/K, out, *in_shape] (in_shape flattened): pack once per chip."""
+def pack_crossbars(g_pos: torch.Tensor, g_neg: torch.Tensor, cfg: DeviceConfig, readout: str | None = None
+                   ) -> Crossbars:
+    """The fast path's layout of (g_pos, g_neg) [M/K, out, *in_shape] (in_shape flattened): pack once per chip.
+    readout: "per_sign" or "differential" (default: cfg.adc_readout)."""
     _check_slices(g_pos, g_neg, cfg)
+    readout = cfg.adc_readout if readout is None else readout
+    if readout not in ADC_READOUTS:
+        raise ValueError(f"readout={readout!r} is unknown: use one of {list(ADC_READOUTS)}")
     slices, out = g_pos.shape[0], g_pos.shape[1]
-    stacked = torch.stack((g_pos, g_neg)).reshape(2 * slices * out, -1)  # [2 M/K out, in]
-    return Crossbars(stacked.t().contiguous(), slices, out)
+    if readout == DIFFERENTIAL:
+        stacked = (g_pos - g_neg).reshape(slices * out, -1)  # [M/K out, in] each column pair's g⁺ − g⁻
+    else:
+        stacked = torch.stack((g_pos, g_neg)).reshape(2 * slices * out, -1)  # [2 M/K out, in]
+    return Crossbars(stacked.t().contiguous(), slices, out, readout)
+
+
+def _bars_for(g_pos, g_neg, cfg: DeviceConfig, adc: "AdcConfig") -> Crossbars:
+    """g_pos itself when packed (its readout must be adc's), else the crossbars packed for adc's readout."""
+    if not isinstance(g_pos, Crossbars):
+        return pack_crossbars(g_pos, g_neg, cfg, adc.readout)
+    if g_pos.readout != adc.readout:
+        raise ValueError(f"the crossbars were packed for readout={g_pos.readout!r} but adc.readout="
+                         f"{adc.readout!r}: pack them with pack_crossbars(..., readout={adc.readout!r})")
+    return g_pos
 
 
 def _dac(x: torch.Tensor, x_max: torch.Tensor, adc: AdcConfig) -> torch.Tensor:
@@ -156,13 +203,14 @@ def _adc_step(x_max: torch.Tensor, cfg: DeviceConfig, adc: AdcConfig, adc_range)
         if not torch.isfinite(full) or full < 0:
             raise ValueError(f"adc_range={adc_range!r} is invalid: use a finite number >= 0")
     full = torch.where(full > 0, full, torch.ones_like(full))
-    return full / ((1 << adc.adc_bits) - 1)
+    return full / adc.code_limits()[1]
 
 
-def _place_signs(slices: int, cfg: DeviceConfig, dtype, device) -> torch.Tensor:
-    """[2 M/K]: +2^{jK} for the positive crossbar's slices, −2^{jK} for the negative one's."""
-    place = [float(1 << (j * cfg.device_bits)) for j in range(slices)]
-    return torch.tensor(place + [-p for p in place], dtype=dtype, device=device)
+def _place_signs(bars: Crossbars, cfg: DeviceConfig, dtype, device) -> torch.Tensor:
+    """The digital shift-and-add's factor per group of table columns: [2 M/K], +2^{jK} for the positive
+    crossbar's slices and −2^{jK} for the negative one's (per sign), or [M/K], +2^{jK} (differential)."""
+    place = [float(1 << (j * cfg.device_bits)) for j in range(bars.slices)]
+    return torch.tensor(place + [-p for p in place] if bars.bars == 2 else place, dtype=dtype, device=device)
 
 
 def _input_range(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -212,16 +260,16 @@ def sliced_linear(
     and g_neg = None to reuse a packed chip. scale: s = max|W|. adc_range: the partial-sum range when
     adc.clip == "calibrated".
     """
-    bars = g_pos if isinstance(g_pos, Crossbars) else pack_crossbars(g_pos, g_neg, cfg)
-    table = bars.table  # [in, 2 S out]
+    bars = _bars_for(g_pos, g_neg, cfg, adc)
+    table = bars.table  # [in, bars S out]
     lead = x.shape[:-1] if isinstance(x, torch.Tensor) else ()
     x = _check_input(x, table.shape[0], table.dtype)  # [rows, in]
     x_max, negative = _input_range(x)
     x = _dac(x, x_max, adc)
-    place = _place_signs(bars.slices, cfg, table.dtype, table.device)  # [2S]
+    place = _place_signs(bars, cfg, table.dtype, table.device)  # [bars S]
     lsb = scale.to(table.dtype) / cfg.weight_levels
     if adc.adc_bits is None:  # ideal ADC: the shift-and-add of exact partial sums is one matmul
-        w = torch.tensordot(place, table.t().reshape(2 * bars.slices, bars.out_features, -1), dims=([0], [0]))
+        w = torch.tensordot(place, table.t().reshape(place.numel(), bars.out_features, -1), dims=([0], [0]))
         y = x @ (w * lsb).t()
     else:
         y = _converted(x, negative, bars, place, _adc_step(x_max, cfg, adc, adc_range), adc) * lsb
@@ -236,23 +284,23 @@ def _converted(x: torch.Tensor, negative: bool, bars: Crossbars, place: torch.Te
 
     Row chunk by row chunk (cache-sized buffers, no [rows, 2 S out] tensor): the codes of every tile are
     added up, then shifted and added into the chunk's outputs (exact integers: the order does not matter)."""
-    table, slices, out = bars.table, bars.slices, bars.out_features
+    table, out = bars.table, bars.out_features
     rows_in, in_features = x.shape
     xs, signed = _phases(x, negative)  # [rows or 2 rows, in]
     xs = xs.div_(step) if signed else xs / step  # partial sums in units of the ADC step
-    top = float((1 << adc.adc_bits) - 1)
+    low, top = adc.code_limits()
     y = xs.new_empty(xs.shape[0], out)  # [rows', out]
     chunk = max(1, _CHUNK_ELEMENTS // max(1, table.shape[1]))
-    codes = xs.new_empty(min(chunk, xs.shape[0]), table.shape[1])  # Σ_t code of a row chunk [chunk, 2 S out]
+    codes = xs.new_empty(min(chunk, xs.shape[0]), table.shape[1])  # Σ_t code of a row chunk [chunk, bars S out]
     buffer = torch.empty_like(codes)  # one tile's partial sums of a row chunk
     for r0 in range(0, xs.shape[0], chunk):
         x_rows = xs[r0:r0 + chunk]
         acc, partial = codes[:x_rows.shape[0]], buffer[:x_rows.shape[0]]
         acc.zero_()
-        for t0 in range(0, in_features, adc.tile_rows):  # one matmul per tile: all slices, both crossbars
+        for t0 in range(0, in_features, adc.tile_rows):  # one matmul per tile: all slices (and crossbars)
             torch.matmul(x_rows[:, t0:t0 + adc.tile_rows], table[t0:t0 + adc.tile_rows], out=partial)
-            acc.add_(partial.round_().clamp_(0.0, top))
-        torch.matmul(place, acc.view(-1, 2 * slices, out), out=y[r0:r0 + chunk])  # shift and add (exact integers)
+            acc.add_(partial.round_().clamp_(low, top))
+        torch.matmul(place, acc.view(-1, place.numel(), out), out=y[r0:r0 + chunk])  # shift and add (exact integers)
     if signed:
         y = y[:rows_in] - y[rows_in:]
     return y * step
@@ -261,9 +309,9 @@ def _converted(x: torch.Tensor, negative: bool, bars: Crossbars, place: torch.Te
 def calibrate_adc_range(
     x: torch.Tensor, g_pos: torch.Tensor | Crossbars, g_neg: torch.Tensor | None, cfg: DeviceConfig, adc: AdcConfig
 ) -> float:
-    """The largest partial sum (any phase, slice, tile, sign crossbar, column) of calibration inputs x
-    (after the DAC): the ADC range for clip="calibrated"."""
-    bars = g_pos if isinstance(g_pos, Crossbars) else pack_crossbars(g_pos, g_neg, cfg)
+    """The largest partial sum (any phase, slice, tile, sign crossbar, column; its magnitude for a differential
+    readout) of calibration inputs x (after the DAC): the ADC range for clip="calibrated"."""
+    bars = _bars_for(g_pos, g_neg, cfg, adc)
     table = bars.table
     x = _check_input(x, table.shape[0], table.dtype)
     x_max, negative = _input_range(x)
@@ -272,7 +320,7 @@ def calibrate_adc_range(
     for t0 in range(0, table.shape[0], adc.tile_rows):
         partial = xs[:, t0:t0 + adc.tile_rows] @ table[t0:t0 + adc.tile_rows]
         if partial.numel():
-            best = max(best, float(partial.amax()))
+            best = max(best, float(partial.abs().amax() if bars.bars == 1 else partial.amax()))
     return best
 
 
@@ -308,11 +356,12 @@ def sliced_conv2d(
             raise ValueError(f"g_pos has shape {tuple(g_pos.shape)}: use [M/K, out, in_channels, kh, kw] for a "
                              "convolution")
         kh, kw, channels = g_pos.shape[3], g_pos.shape[4], g_pos.shape[2]
-        bars = pack_crossbars(g_pos.flatten(2), g_neg.flatten(2), cfg)
+        bars = pack_crossbars(g_pos.flatten(2), g_neg.flatten(2), cfg, adc.readout)
+    bars = _bars_for(bars, None, cfg, adc)
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x has shape {shape}: use [N, {channels}, H, W] (groups other than 1 are not supported)")
-    table = bars.table  # [C kh kw, 2 S out]
+    table = bars.table  # [C kh kw, bars S out]
     if not x.is_floating_point():
         raise TypeError("x must be a floating-point torch.Tensor")
     if x.dtype != table.dtype:
@@ -322,10 +371,10 @@ def sliced_conv2d(
     # the DAC's and the ADC's range: the pixels the kernel reads (im2col's rows), not those a stride skips
     x_max, negative = _input_range(x if rows is None else x[:, :, rows][:, :, :, cols])
     x = _dac(x, x_max, adc)
-    place = _place_signs(bars.slices, cfg, table.dtype, table.device)  # [2S]
+    place = _place_signs(bars, cfg, table.dtype, table.device)  # [bars S]
     lsb = scale.to(table.dtype) / cfg.weight_levels
     if adc.adc_bits is None:  # ideal ADC: one convolution with the shift-and-added weights
-        w = torch.tensordot(place, table.t().reshape(2 * bars.slices, bars.out_features, -1), dims=([0], [0]))
+        w = torch.tensordot(place, table.t().reshape(place.numel(), bars.out_features, -1), dims=([0], [0]))
         y = F.conv2d(x, (w * lsb).view(bars.out_features, channels, kh, kw), **conv)
     else:
         step = _adc_step(x_max, cfg, adc, adc_range)
@@ -358,7 +407,7 @@ def _read_pixels(size: tuple[int, int], kernel: tuple[int, int], stride, padding
 
 def _tile_kernels(table: torch.Tensor, kernel: tuple[int, int], tile_rows: int):
     """(first channel, end channel, kernel [2 S out, channels, kh, kw]) of each tile of `tile_rows` crossbar rows
-    of table [C kh kw, 2 S out]: the channels the tile touches, with the kernel rows outside the tile 0."""
+    of table [C kh kw, bars S out]: the channels the tile touches, with the kernel rows outside the tile 0."""
     kh, kw = kernel
     per_channel = kh * kw
     rows = table.shape[0]
@@ -367,7 +416,7 @@ def _tile_kernels(table: torch.Tensor, kernel: tuple[int, int], tile_rows: int):
         c0, c1 = t0 // per_channel, -(-t1 // per_channel)
         k = table.new_zeros((c1 - c0) * per_channel, table.shape[1])  # [tile's channels x kh kw, 2 S out]
         k[t0 - c0 * per_channel:t1 - c0 * per_channel] = table[t0:t1]
-        yield c0, c1, k.t().reshape(-1, c1 - c0, kh, kw)
+        yield c0, c1, k.t().reshape(-1, c1 - c0, kh, kw)  # [bars S out, channels, kh, kw]
 
 
 def _full_precision_convolutions(x: torch.Tensor):
@@ -384,24 +433,24 @@ def _converted_conv(x: torch.Tensor, negative: bool, bars: Crossbars, kernel: tu
                     step: torch.Tensor, adc: AdcConfig, conv: dict) -> torch.Tensor:
     """Δ Σ_phase ± Σ_j 2^{jK} Σ_t (code⁺ − code⁻): [N, out, H', W'], before the weight step (`_converted`'s
     arithmetic, one tile's convolution at a time, a cache-sized block of images at a time)."""
-    slices, out = bars.slices, bars.out_features
+    groups, out = bars.bars * bars.slices, bars.out_features
     kernels = list(_tile_kernels(bars.table, kernel, adc.tile_rows))
     n = x.shape[0]
     xs, signed = _phases(x, negative)  # [N or 2N, C, H, W]
     xs = xs.div_(step) if signed else xs / step  # partial sums in units of the ADC step
-    top = float((1 << adc.adc_bits) - 1)
+    low, top = adc.code_limits()
     oh, ow = _conv_output_size(x.shape[2:], kernel, conv)
-    block = max(1, _CHUNK_ELEMENTS // max(1, 2 * slices * out * oh * ow))  # images whose partial sums fit the cache
+    block = max(1, _CHUNK_ELEMENTS // max(1, groups * out * oh * ow))  # images whose partial sums fit the cache
     blocks = [xs.new_zeros(0, out, oh, ow)]  # (no images: no blocks)
     with _full_precision_convolutions(x):
         for i in range(0, xs.shape[0], block):
-            acc = None  # Σ_t code of a block of images [b, 2 S out, H', W']
+            acc = None  # Σ_t code of a block of images [b, bars S out, H', W']
             for c0, c1, k in kernels:
-                partial = F.conv2d(xs[i:i + block, c0:c1], k, **conv)  # [b, 2 S out, H', W'] one tile's sums
-                partial.round_().clamp_(0.0, top)
+                partial = F.conv2d(xs[i:i + block, c0:c1], k, **conv)  # [b, bars S out, H', W'] one tile's sums
+                partial.round_().clamp_(low, top)
                 acc = partial if acc is None else acc.add_(partial)
             b = acc.shape[0]
-            blocks.append(torch.einsum("k,bkohw->bohw", place, acc.view(b, 2 * slices, out, oh, ow)))  # shift, add
+            blocks.append(torch.einsum("k,bkohw->bohw", place, acc.view(b, groups, out, oh, ow)))  # shift, add
     y = torch.cat(blocks)  # [N or 2N, out, H', W']
     if signed:
         y = y[:n] - y[n:]
@@ -417,8 +466,9 @@ def sliced_linear_reference(
     adc: AdcConfig,
     adc_range: float | None = None,
 ) -> torch.Tensor:
-    """The same product with explicit loops over phases, rows, slices, tiles, sign crossbars and columns:
-    slow, small sizes only, for tests. x [rows, in], g [M/K, out, in]; needs adc.adc_bits."""
+    """The same product with explicit loops over phases, rows, slices, tiles, sign crossbars (or column pairs, for
+    a differential readout) and columns: slow, small sizes only, for tests. x [rows, in], g [M/K, out, in];
+    needs adc.adc_bits."""
     rows, in_features = x.shape
     slices, out, _ = g_pos.shape
     x_max = x.abs().amax()
@@ -430,8 +480,12 @@ def sliced_linear_reference(
     else:
         full = torch.as_tensor(float(adc_range), dtype=x.dtype)
     full = torch.where(full > 0, full, torch.ones_like(full))
-    step = full / ((1 << adc.adc_bits) - 1)
-    top = (1 << adc.adc_bits) - 1
+    differential = adc.readout == DIFFERENTIAL
+    top = (1 << (adc.adc_bits - 1)) - 1 if differential else (1 << adc.adc_bits) - 1
+    low = -top if differential else 0
+    step = full / top
+    # what each ADC reads: one sign crossbar's column (+ or - in the digital sum), or a column pair's difference
+    reads = [(1, g_pos - g_neg)] if differential else [(1, g_pos), (-1, g_neg)]
     phases = [(1, x.clamp(min=0) / step), (-1, (-x).clamp(min=0) / step)]  # in units of the ADC step
     y = torch.zeros(rows, out, dtype=x.dtype)
     for b in range(rows):
@@ -441,9 +495,9 @@ def sliced_linear_reference(
                 for j in range(slices):
                     for t0 in range(0, in_features, adc.tile_rows):
                         tile = slice(t0, min(t0 + adc.tile_rows, in_features))
-                        for crossbar_sign_, g in ((1, g_pos), (-1, g_neg)):
+                        for crossbar_sign_, g in reads:
                             p = (xp[b, tile] * g[j, o, tile]).sum()
-                            code = int(torch.clamp(torch.round(p), 0, top))
+                            code = int(torch.clamp(torch.round(p), low, top))
                             total += phase_sign * crossbar_sign_ * code * (1 << (j * cfg.device_bits))
             y[b, o] = total
     return y * step * (scale.to(x.dtype) / cfg.weight_levels)

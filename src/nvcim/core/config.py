@@ -12,7 +12,8 @@ variation kind perturbs each device. Everything that draws noise takes one of th
 Beyond programming variation (SPEC §8), all off by default (then every result is as before):
 stuck-at faults (`stuck_at`), read noise redrawn every forward (`read_sigma`), conductance drift with
 optional global compensation (`drift_time`, `drift_nu`, `drift_compensation`), and the bit-sliced MVM
-with an ADC per slice, tile and sign crossbar (`adc_bits`, `tile_rows`, `input_bits`; nvcim.core.adc).
+with an ADC per slice, tile and sign crossbar (`adc_bits`, `tile_rows`, `input_bits`; nvcim.core.adc), or
+per slice and tile on the difference of the two crossbars' columns (`adc_readout="differential"`).
 Stuck-at faults and drift are part of the chip (drawn with it, per device, so they force the per-device
 path); the ADC needs the devices' levels, so it forces the per-device path too.
 """
@@ -30,7 +31,8 @@ from nvcim.core.variation import VARIATIONS
 SAMPLING_PATHS = ("auto", "fast", "device")
 DRIFT_T0 = 20.0  # s: the time after programming at which the programmed conductances are the ones drawn
 EFFECT_FIELDS = ("stuck_at", "read_sigma", "drift_time", "drift_nu", "drift_compensation",
-                 "adc_bits", "tile_rows", "input_bits")  # SPEC §8
+                 "adc_bits", "tile_rows", "input_bits", "adc_readout")  # SPEC §8
+ADC_READOUTS = ("per_sign", "differential")  # an ADC per sign crossbar (SPEC §8), or one per g+ - g- column pair
 MAX_CONVERTER_BITS = 24  # ADC / DAC bits: codes stay exact integers in float32
 MIN_STUCK_RATE = 1e-6  # faults are drawn from 24-bit uniforms: a smaller rate would be rounded up by > 6 %
 
@@ -113,6 +115,10 @@ class DeviceConfig:
         crossbar (full scale R (2^K - 1) max|x|), or None for an ideal ADC (nvcim.core.adc).
     tile_rows: R >= 1, crossbar rows per tile (partial sums are digitised per R inputs); used with the ADC.
     input_bits: I (1..24), bits of the input DAC magnitude, or None for ideal inputs.
+    adc_readout: "per_sign" (SPEC §8: an ADC per sign crossbar, codes 0..2^B - 1, the crossbars subtracted
+        in digital) or "differential" (the two crossbars' columns subtracted in analog, one signed ADC per
+        column pair: codes -(2^(B-1) - 1)..2^(B-1) - 1 over the same range, so B >= 2; half the conversions
+        and products). Used with the ADC.
         With adc_bits or input_bits set (`sliced_mvm`), Linear and Conv2d (groups = 1) layers compute
         their output from the chip's device levels with the bit-sliced product (quantize must be True).
     """
@@ -132,6 +138,7 @@ class DeviceConfig:
     adc_bits: int | None = None
     tile_rows: int = 128
     input_bits: int | None = None
+    adc_readout: str = "per_sign"
 
     def __post_init__(self) -> None:
         for name in ("weight_bits", "device_bits"):
@@ -217,12 +224,17 @@ class DeviceConfig:
                                  "or None (ideal)")
         if isinstance(self.tile_rows, bool) or not isinstance(self.tile_rows, int) or self.tile_rows < 1:
             raise ValueError(f"DeviceConfig.tile_rows={self.tile_rows!r} is invalid: use an integer >= 1 (e.g. 128)")
+        if self.adc_readout not in ADC_READOUTS:
+            raise ValueError(f"DeviceConfig.adc_readout={self.adc_readout!r} is unknown: use one of {list(ADC_READOUTS)}")
+        if self.adc_readout == "differential" and self.adc_bits == 1:
+            raise ValueError("DeviceConfig.adc_bits=1 leaves a differential (signed) ADC no magnitude bit: use "
+                             "adc_bits >= 2 or adc_readout='per_sign'")
 
     def __hash__(self) -> int:  # variation_options is a dict: hash its items
         opts = tuple(sorted(self.variation_options.items()))
         return hash((self.weight_bits, self.device_bits, self.sigma, self.quantize, self.variation, opts, self.sampling,
                      self.stuck_at, self.read_sigma, self.drift_time, self.drift_nu, self.drift_compensation,
-                     self.adc_bits, self.tile_rows, self.input_bits))
+                     self.adc_bits, self.tile_rows, self.input_bits, self.adc_readout))
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "DeviceConfig":
