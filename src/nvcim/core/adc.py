@@ -434,14 +434,10 @@ def _converted_conv(x: torch.Tensor, negative: bool, bars: Crossbars, kernel: tu
     """Δ Σ_phase ± Σ_j 2^{jK} Σ_t (code⁺ − code⁻): [N, out, H', W'], before the weight step (`_converted`'s
     arithmetic, one tile's convolution at a time, a cache-sized block of images at a time)."""
     groups, out = bars.bars * bars.slices, bars.out_features
-    # channels-last tensors: the convolution library's kernels for few input channels (a tile's) run 1.2-1.7x
-    # faster in that layout on CPU (same sums); the result goes back to the usual layout
-    layout = torch.channels_last
-    kernels = [(c0, c1, k.contiguous(memory_format=layout)) for c0, c1, k in
-               _tile_kernels(bars.table, kernel, adc.tile_rows)]
+    kernels = list(_tile_kernels(bars.table, kernel, adc.tile_rows))
     n = x.shape[0]
     xs, signed = _phases(x, negative)  # [N or 2N, C, H, W]
-    xs = torch.div(xs, step, out=torch.empty_like(xs, memory_format=layout))  # in units of the ADC step
+    xs = xs.div_(step) if signed else xs / step  # partial sums in units of the ADC step
     low, top = adc.code_limits()
     oh, ow = _conv_output_size(x.shape[2:], kernel, conv)
     block = max(1, _CHUNK_ELEMENTS // max(1, groups * out * oh * ow))  # images whose partial sums fit the cache
@@ -458,7 +454,7 @@ def _converted_conv(x: torch.Tensor, negative: bool, bars: Crossbars, kernel: tu
     y = torch.cat(blocks)  # [N or 2N, out, H', W']
     if signed:
         y = y[:n] - y[n:]
-    return (y * step).contiguous()  # [N, out, H', W'] in the usual layout (models may .view it)
+    return y * step
 
 
 def sliced_linear_reference(
