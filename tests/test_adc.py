@@ -294,6 +294,8 @@ def test_packed_crossbars_must_match_the_readout():
     bars = A.pack_crossbars(g_pos, g_neg, CFG)  # per sign (CFG's default readout)
     assert bars.table.shape == (10, 2 * 4 * 3)
     assert A.pack_crossbars(g_pos, g_neg, CFG, "differential").table.shape == (10, 4 * 3)
+    with pytest.raises(ValueError, match="ideal ADC"):
+        A.AdcConfig(readout="differential").code_limits()
     with pytest.raises(ValueError, match="readout") as e:
         A.sliced_linear(torch.zeros(2, 10), bars, None, s, CFG, A.AdcConfig(adc_bits=4, readout="differential"))
     assert "\n" not in str(e.value)
@@ -306,7 +308,31 @@ def test_device_config_adc_readout_validated_and_serialised():
     assert "adc_readout" not in DeviceConfig(adc_bits=6).to_dict()  # the default is not written
     assert A.AdcConfig.of(cfg).readout == "differential"
     for kwargs, word in ((dict(adc_readout="pairs"), "adc_readout"),
-                         (dict(adc_bits=1, adc_readout="differential"), "adc_bits")):
+                         (dict(adc_bits=1, adc_readout="differential"), "adc_bits"),
+                         (dict(adc_readout="differential"), "no ADC"),
+                         (dict(input_bits=6, adc_readout="differential"), "no ADC")):
         with pytest.raises(ValueError, match=word) as e:
             DeviceConfig(**kwargs)
         assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("readout", READOUTS)
+def test_calibrated_range_is_the_largest_sum_an_adc_reads(readout):
+    # all weights negative and x >= 0: every per-sign sum on the positive crossbar is 0 and the negative one's are
+    # >= 0; a differential pair reads their (negative) difference, so its range is the largest |sum|
+    gen = torch.Generator().manual_seed(4)
+    w = -torch.rand(5, 20, generator=gen, dtype=torch.float64) - 0.1
+    g_pos, g_neg, s = A.device_slices(w, CFG)
+    x = torch.rand(6, 20, generator=gen, dtype=torch.float64)
+    adc = A.AdcConfig(adc_bits=6, tile_rows=8, readout=readout)
+    got = A.calibrate_adc_range(x, g_pos, g_neg, CFG, adc)
+    want = 0.0
+    for t0 in range(0, 20, 8):  # explicit per slice, tile and column
+        for j in range(CFG.devices_per_weight):
+            if readout == "differential":
+                sums = x[:, t0:t0 + 8] @ (g_pos[j, :, t0:t0 + 8] - g_neg[j, :, t0:t0 + 8]).t()
+                want = max(want, float(sums.abs().max()))
+            else:
+                for g in (g_pos, g_neg):
+                    want = max(want, float((x[:, t0:t0 + 8] @ g[j, :, t0:t0 + 8].t()).max()))
+    assert want > 0 and got == pytest.approx(want, rel=1e-12)

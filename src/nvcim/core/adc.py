@@ -33,8 +33,8 @@ unsliced product x @ W_pᵀ up to the ADC's step, and with adc_bits=None (an ide
 as exactly that: one matmul.
 
 `sliced_linear` is the fast path: per row chunk and tile one matmul for all slices and both sign
-crossbars (or the one signed table of a differential readout) (the crossbars are packed once with `pack_crossbars`, then reused, e.g. for a whole test
-set), quantised in place. `sliced_linear_reference` is the same arithmetic with explicit Python loops,
+crossbars, or the one signed table of a differential readout; the crossbars are packed once with
+`pack_crossbars`, then reused (e.g. for a whole test set); the sums are quantised in place. `sliced_linear_reference` is the same arithmetic with explicit Python loops,
 for tests only. `sliced_conv2d` is the same product for a convolution: crossbar rows are the weight's
 flattened (in_channels, kh, kw) axis, in that order, so a tile of R rows is a run of whole channels plus
 parts of the channels at its ends; each tile's partial sums are one convolution over those channels with
@@ -105,6 +105,8 @@ class AdcConfig:
 
     def code_limits(self) -> tuple[float, float]:
         """(lowest, highest) ADC code: (0, 2^B − 1) per sign crossbar, ±(2^(B−1) − 1) differential."""
+        if self.adc_bits is None:
+            raise ValueError("AdcConfig.code_limits: an ideal ADC (adc_bits=None) has no codes: set adc_bits")
         if self.readout == DIFFERENTIAL:
             top = float((1 << (self.adc_bits - 1)) - 1)
             return -top, top
@@ -193,7 +195,8 @@ def _dac(x: torch.Tensor, x_max: torch.Tensor, adc: AdcConfig) -> torch.Tensor:
 
 
 def _adc_step(x_max: torch.Tensor, cfg: DeviceConfig, adc: AdcConfig, adc_range) -> torch.Tensor:
-    """Δ = range / (2^B − 1) as a 0-dim tensor of x's dtype (1 when the range is 0: then every sum is 0)."""
+    """Δ = range / top code (2^B − 1, or 2^(B−1) − 1 differential) as a 0-dim tensor of x's dtype (range 1 when it
+    is 0: then every sum is 0)."""
     if adc.clip == "full_scale":
         full = x_max * float(adc.tile_rows * cfg.device_levels)
     else:
@@ -280,9 +283,10 @@ def sliced_linear(
 
 def _converted(x: torch.Tensor, negative: bool, bars: Crossbars, place: torch.Tensor, step: torch.Tensor,
                adc: AdcConfig):
-    """Δ Σ_phase ± Σ_j 2^{jK} Σ_t (code⁺ − code⁻): [rows, out], before the weight step s/(2^M−1).
+    """Δ Σ_phase ± Σ_j 2^{jK} Σ_t (code⁺ − code⁻) (differential: Σ_t code): [rows, out], before the weight step
+    s/(2^M−1).
 
-    Row chunk by row chunk (cache-sized buffers, no [rows, 2 S out] tensor): the codes of every tile are
+    Row chunk by row chunk (cache-sized buffers, no [rows, bars S out] tensor): the codes of every tile are
     added up, then shifted and added into the chunk's outputs (exact integers: the order does not matter)."""
     table, out = bars.table, bars.out_features
     rows_in, in_features = x.shape
@@ -406,7 +410,7 @@ def _read_pixels(size: tuple[int, int], kernel: tuple[int, int], stride, padding
 
 
 def _tile_kernels(table: torch.Tensor, kernel: tuple[int, int], tile_rows: int):
-    """(first channel, end channel, kernel [2 S out, channels, kh, kw]) of each tile of `tile_rows` crossbar rows
+    """(first channel, end channel, kernel [bars S out, channels, kh, kw]) of each tile of `tile_rows` crossbar rows
     of table [C kh kw, bars S out]: the channels the tile touches, with the kernel rows outside the tile 0."""
     kh, kw = kernel
     per_channel = kh * kw
@@ -414,7 +418,7 @@ def _tile_kernels(table: torch.Tensor, kernel: tuple[int, int], tile_rows: int):
     for t0 in range(0, rows, tile_rows):
         t1 = min(rows, t0 + tile_rows)
         c0, c1 = t0 // per_channel, -(-t1 // per_channel)
-        k = table.new_zeros((c1 - c0) * per_channel, table.shape[1])  # [tile's channels x kh kw, 2 S out]
+        k = table.new_zeros((c1 - c0) * per_channel, table.shape[1])  # [tile's channels x kh kw, bars S out]
         k[t0 - c0 * per_channel:t1 - c0 * per_channel] = table[t0:t1]
         yield c0, c1, k.t().reshape(-1, c1 - c0, kh, kw)  # [bars S out, channels, kh, kw]
 
@@ -431,7 +435,7 @@ def _full_precision_convolutions(x: torch.Tensor):
 
 def _converted_conv(x: torch.Tensor, negative: bool, bars: Crossbars, kernel: tuple[int, int], place: torch.Tensor,
                     step: torch.Tensor, adc: AdcConfig, conv: dict) -> torch.Tensor:
-    """Δ Σ_phase ± Σ_j 2^{jK} Σ_t (code⁺ − code⁻): [N, out, H', W'], before the weight step (`_converted`'s
+    """Δ Σ_phase ± Σ_j 2^{jK} Σ_t (code⁺ − code⁻) (differential: Σ_t code): [N, out, H', W'], before the weight step (`_converted`'s
     arithmetic, one tile's convolution at a time, a cache-sized block of images at a time)."""
     groups, out = bars.bars * bars.slices, bars.out_features
     kernels = list(_tile_kernels(bars.table, kernel, adc.tile_rows))

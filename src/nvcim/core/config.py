@@ -118,9 +118,9 @@ class DeviceConfig:
     adc_readout: "per_sign" (SPEC §8: an ADC per sign crossbar, codes 0..2^B - 1, the crossbars subtracted
         in digital) or "differential" (the two crossbars' columns subtracted in analog, one signed ADC per
         column pair: codes -(2^(B-1) - 1)..2^(B-1) - 1 over the same range, so B >= 2; half the conversions
-        and products). Used with the ADC.
-        With adc_bits or input_bits set (`sliced_mvm`), Linear and Conv2d (groups = 1) layers compute
-        their output from the chip's device levels with the bit-sliced product (quantize must be True).
+        and products); "differential" needs adc_bits.
+    With adc_bits or input_bits set (`sliced_mvm`), Linear and Conv2d (groups = 1) layers compute
+    their output from the chip's device levels with the bit-sliced product (quantize must be True).
     """
 
     weight_bits: int = 8
@@ -226,6 +226,9 @@ class DeviceConfig:
             raise ValueError(f"DeviceConfig.tile_rows={self.tile_rows!r} is invalid: use an integer >= 1 (e.g. 128)")
         if self.adc_readout not in ADC_READOUTS:
             raise ValueError(f"DeviceConfig.adc_readout={self.adc_readout!r} is unknown: use one of {list(ADC_READOUTS)}")
+        if self.adc_readout == "differential" and self.adc_bits is None:
+            raise ValueError("DeviceConfig.adc_readout='differential' has no ADC to read out (adc_bits=None): set "
+                             "adc_bits, e.g. 8, or drop adc_readout")
         if self.adc_readout == "differential" and self.adc_bits == 1:
             raise ValueError("DeviceConfig.adc_bits=1 leaves a differential (signed) ADC no magnitude bit: use "
                              "adc_bits >= 2 or adc_readout='per_sign'")
