@@ -336,3 +336,22 @@ def test_calibrated_range_is_the_largest_sum_an_adc_reads(readout):
                 for g in (g_pos, g_neg):
                     want = max(want, float((x[:, t0:t0 + 8] @ g[j, :, t0:t0 + 8].t()).max()))
     assert want > 0 and got == pytest.approx(want, rel=1e-12)
+
+
+def test_packed_convolution_reuses_its_tile_kernels():
+    gen = torch.Generator().manual_seed(8)
+    w = torch.randn(4, 5, 3, 3, generator=gen, dtype=torch.float64)
+    x = torch.rand(2, 5, 6, 6, generator=gen, dtype=torch.float64)
+    g_pos, g_neg, s = A.device_slices(w, CFG)
+    bars = A.pack_crossbars(g_pos.flatten(2), g_neg.flatten(2), CFG)
+    adc = A.AdcConfig(adc_bits=5, tile_rows=16)
+    first = A.sliced_conv2d(x, bars, None, s, CFG, adc, kernel_size=(3, 3), padding=1)
+    assert list(bars.conv_kernels) == [((3, 3), 16)]
+    kernels = bars.conv_kernels[(3, 3), 16]
+    again = A.sliced_conv2d(x, bars, None, s, CFG, adc, kernel_size=(3, 3), padding=1)
+    assert bars.conv_kernels[(3, 3), 16] is kernels and torch.equal(first, again)
+    # another tiling builds its own kernels and gives what unpacked crossbars give
+    other = A.AdcConfig(adc_bits=5, tile_rows=7)
+    assert torch.equal(A.sliced_conv2d(x, bars, None, s, CFG, other, kernel_size=(3, 3), padding=1),
+                       A.sliced_conv2d(x, g_pos, g_neg, s, CFG, other, padding=1))
+    assert len(bars.conv_kernels) == 2

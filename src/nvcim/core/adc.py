@@ -122,6 +122,9 @@ class Crossbars(NamedTuple):
     slices: int  # M/K
     out_features: int
     readout: str = PER_SIGN
+    # a convolution's per-tile kernels, built at the first call and reused while these crossbars are (a kept chip):
+    # {((kh, kw), tile_rows): [(first channel, end channel, kernel), ...]}, about the table's size again
+    conv_kernels: dict | None = None
 
     @property
     def bars(self) -> int:
@@ -173,7 +176,7 @@ def pack_crossbars(g_pos: torch.Tensor, g_neg: torch.Tensor, cfg: DeviceConfig, 
         stacked = (g_pos - g_neg).reshape(slices * out, -1)  # [M/K out, in] each column pair's g⁺ − g⁻
     else:
         stacked = torch.stack((g_pos, g_neg)).reshape(2 * slices * out, -1)  # [2 M/K out, in]
-    return Crossbars(stacked.t().contiguous(), slices, out, readout)
+    return Crossbars(stacked.t().contiguous(), slices, out, readout, {})
 
 
 def _bars_for(g_pos, g_neg, cfg: DeviceConfig, adc: "AdcConfig") -> Crossbars:
@@ -438,7 +441,12 @@ def _converted_conv(x: torch.Tensor, negative: bool, bars: Crossbars, kernel: tu
     """Δ Σ_phase ± Σ_j 2^{jK} Σ_t (code⁺ − code⁻) (differential: Σ_t code): [N, out, H', W'], before the weight step (`_converted`'s
     arithmetic, one tile's convolution at a time, a cache-sized block of images at a time)."""
     groups, out = bars.bars * bars.slices, bars.out_features
-    kernels = list(_tile_kernels(bars.table, kernel, adc.tile_rows))
+    key = (tuple(kernel), adc.tile_rows)
+    kernels = bars.conv_kernels.get(key) if bars.conv_kernels is not None else None
+    if kernels is None:
+        kernels = list(_tile_kernels(bars.table, kernel, adc.tile_rows))
+        if bars.conv_kernels is not None:
+            bars.conv_kernels[key] = kernels
     n = x.shape[0]
     xs, signed = _phases(x, negative)  # [N or 2N, C, H, W]
     xs = xs.div_(step) if signed else xs / step  # partial sums in units of the ADC step
