@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from nvcim.core import adc as A
+from nvcim.core import adc_conv as C
 from nvcim.core.config import DeviceConfig
 from nvcim.core.device import place_values
 
@@ -73,9 +74,9 @@ def conv_case(batch: int, cin: int, cout: int, size: int, cfg: DeviceConfig, adc
         "plain": lambda: F.conv2d(xr, w_p, padding=1),
         "floor": lambda: F.conv2d(xr, floor_w, padding=1),
         "floor/2": lambda: F.conv2d(xr, half_w, padding=1),
-        "sliced": lambda: A.sliced_conv2d(xr, g_pos, g_neg, s, cfg, adc, padding=1),
-        "diff": lambda: A.sliced_conv2d(xr, g_pos, g_neg, s, cfg, diff_adc, padding=1),
-        "signed": lambda: A.sliced_conv2d(x, g_pos, g_neg, s, cfg, adc, padding=1),
+        "sliced": lambda: C.sliced_conv2d(xr, g_pos, g_neg, s, cfg, adc, padding=1),
+        "diff": lambda: C.sliced_conv2d(xr, g_pos, g_neg, s, cfg, diff_adc, padding=1),
+        "signed": lambda: C.sliced_conv2d(x, g_pos, g_neg, s, cfg, adc, padding=1),
         "im2col": lambda: im2col_conv(xr, g_pos, g_neg, s, cfg, adc),
     }
 

@@ -186,12 +186,13 @@ def test_subset_mean_is_unbiased_against_the_full_test_set_protocol(data):
     assert whole.per_run_correct == full.per_run_correct[: pilot + 20] and whole.full_set_chips == pilot + 20
 
 
-@pytest.mark.parametrize("case", ["loop", "read_noise", "adc"])
+@pytest.mark.parametrize("case", ["loop", "read_noise", "adc", "adc_calibrated"])
 def test_pilot_chips_are_the_fixed_protocols_first_chips_on_every_path(data, case):
     """The pilot scores chips 0 .. F-1 on every image in order, as the fixed-count protocol does, on the loop path,
     with read noise redrawn per batch, and with ADCs per slice (the loop path of sliced layers)."""
     cfg = {"loop": CFG, "read_noise": CFG.replace(read_sigma=0.05),
-           "adc": CFG.replace(adc_bits=8, tile_rows=8)}[case]
+           "adc": CFG.replace(adc_bits=8, tile_rows=8),
+           "adc_calibrated": CFG.replace(adc_bits=5, tile_rows=8, adc_clip="calibrated", adc_calibration_images=20)}[case]
     path = "loop" if case == "loop" else "auto"
     kw = dict(seed=4, path=path, batch_size=16)
     with pytest.warns(RuntimeWarning, match="max_chips"):

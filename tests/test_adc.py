@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import nvcim
 from nvcim.core import adc as A
+from nvcim.core import adc_conv as C
 from nvcim.core.config import DeviceConfig
 
 CFG = DeviceConfig(weight_bits=8, device_bits=2, sigma=0.0)
@@ -155,12 +156,12 @@ def test_conv_b24_equals_the_unsliced_convolution(stride, padding):
     x = torch.randn(2, 5, 9, 9, generator=gen, dtype=torch.float64)
     bias = torch.randn(6, generator=gen, dtype=torch.float64)
     g_pos, g_neg, s = A.device_slices(w, CFG)
-    y = A.sliced_conv2d(x, g_pos, g_neg, s, CFG, A.AdcConfig(adc_bits=24, tile_rows=16), bias=bias,
+    y = C.sliced_conv2d(x, g_pos, g_neg, s, CFG, A.AdcConfig(adc_bits=24, tile_rows=16), bias=bias,
                         stride=stride, padding=padding)
     ideal = F.conv2d(x, nvcim.quantize(w, CFG), bias, stride=stride, padding=padding)
     assert y.shape == ideal.shape
     assert torch.allclose(y, ideal, rtol=1e-5, atol=1e-5 * ideal.abs().max().item())
-    coarse = A.sliced_conv2d(x, g_pos, g_neg, s, CFG, A.AdcConfig(adc_bits=4, tile_rows=16), stride=stride,
+    coarse = C.sliced_conv2d(x, g_pos, g_neg, s, CFG, A.AdcConfig(adc_bits=4, tile_rows=16), stride=stride,
                              padding=padding)
     cols = F.unfold(x, 3, padding=padding, stride=stride).transpose(1, 2).reshape(-1, 45)
     # the reference's full scale would use max|x| of its 7 rows only: give it the full range of the batch
@@ -222,7 +223,7 @@ def test_conv_tiles_equal_im2col_then_sliced_linear(tile_rows, stride, padding, 
     for adc in (A.AdcConfig(adc_bits=5, tile_rows=tile_rows, readout=readout),
                 A.AdcConfig(adc_bits=3, tile_rows=tile_rows, input_bits=4, readout=readout),
                 A.AdcConfig(adc_bits=None, tile_rows=tile_rows, readout=readout)):
-        y = A.sliced_conv2d(x, g_pos, g_neg, s, CFG, adc, stride=stride, padding=padding, dilation=dilation)
+        y = C.sliced_conv2d(x, g_pos, g_neg, s, CFG, adc, stride=stride, padding=padding, dilation=dilation)
         cols = F.unfold(x, 3, dilation=dilation, padding=padding, stride=stride).transpose(1, 2)  # [N, L, 45]
         want = A.sliced_linear(cols, g_pos.flatten(2), g_neg.flatten(2), s, CFG, adc).transpose(1, 2)
         assert y.shape[:2] == (3, 4)
@@ -235,7 +236,7 @@ def test_conv_tiles_equal_im2col_then_sliced_linear(tile_rows, stride, padding, 
 def test_conv_of_no_images_is_empty():
     w = torch.randn(4, 2, 3, 3)
     g_pos, g_neg, s = A.device_slices(w, CFG)
-    y = A.sliced_conv2d(torch.zeros(0, 2, 5, 5), g_pos, g_neg, s, CFG, A.AdcConfig(adc_bits=4), padding=1)
+    y = C.sliced_conv2d(torch.zeros(0, 2, 5, 5), g_pos, g_neg, s, CFG, A.AdcConfig(adc_bits=4), padding=1)
     assert y.shape == (0, 4, 5, 5)
 
 
@@ -250,7 +251,7 @@ def test_conv_range_is_that_of_the_pixels_read(kernel, stride, padding):
     x[:, :, :, 7] = -50.0
     g_pos, g_neg, s = A.device_slices(w, CFG)
     for adc in (A.AdcConfig(adc_bits=5, tile_rows=8), A.AdcConfig(adc_bits=None, input_bits=3)):
-        y = A.sliced_conv2d(x, g_pos, g_neg, s, CFG, adc, stride=stride, padding=padding)
+        y = C.sliced_conv2d(x, g_pos, g_neg, s, CFG, adc, stride=stride, padding=padding)
         cols = F.unfold(x, kernel, padding=padding, stride=stride).transpose(1, 2)
         want = A.sliced_linear(cols, g_pos.flatten(2), g_neg.flatten(2), s, CFG, adc).transpose(1, 2)
         assert want.abs().max() > 0
@@ -345,13 +346,13 @@ def test_packed_convolution_reuses_its_tile_kernels():
     g_pos, g_neg, s = A.device_slices(w, CFG)
     bars = A.pack_crossbars(g_pos.flatten(2), g_neg.flatten(2), CFG)
     adc = A.AdcConfig(adc_bits=5, tile_rows=16)
-    first = A.sliced_conv2d(x, bars, None, s, CFG, adc, kernel_size=(3, 3), padding=1)
+    first = C.sliced_conv2d(x, bars, None, s, CFG, adc, kernel_size=(3, 3), padding=1)
     assert list(bars.conv_kernels) == [((3, 3), 16)]
     kernels = bars.conv_kernels[(3, 3), 16]
-    again = A.sliced_conv2d(x, bars, None, s, CFG, adc, kernel_size=(3, 3), padding=1)
+    again = C.sliced_conv2d(x, bars, None, s, CFG, adc, kernel_size=(3, 3), padding=1)
     assert bars.conv_kernels[(3, 3), 16] is kernels and torch.equal(first, again)
     # another tiling builds its own kernels and gives what unpacked crossbars give
     other = A.AdcConfig(adc_bits=5, tile_rows=7)
-    assert torch.equal(A.sliced_conv2d(x, bars, None, s, CFG, other, kernel_size=(3, 3), padding=1),
-                       A.sliced_conv2d(x, g_pos, g_neg, s, CFG, other, padding=1))
+    assert torch.equal(C.sliced_conv2d(x, bars, None, s, CFG, other, kernel_size=(3, 3), padding=1),
+                       C.sliced_conv2d(x, g_pos, g_neg, s, CFG, other, padding=1))
     assert len(bars.conv_kernels) == 2

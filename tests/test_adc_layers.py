@@ -7,7 +7,8 @@ from torch import nn
 
 import nvcim
 from nvcim.core import device as dm
-from nvcim.core.adc import AdcConfig, sliced_conv2d, sliced_linear, sliced_linear_reference
+from nvcim.core.adc import AdcConfig, sliced_linear, sliced_linear_reference
+from nvcim.core.adc_conv import sliced_conv2d
 from nvcim.core.config import DeviceConfig
 from nvcim.evaluate.montecarlo import monte_carlo_evaluate
 

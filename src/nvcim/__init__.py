@@ -17,6 +17,7 @@ from nvcim.core.variation import VARIATIONS, Variation, register_variation
 from nvcim.layers.coverage import CoverageError, check_coverage
 from nvcim.layers.noise import (
     apply_variation_,
+    calibrate_adc_,
     clear_chip_,
     device_variation,
     draw_chip,
@@ -58,6 +59,7 @@ __all__ = [
     "remove_variation_",
     "device_variation",
     "program_chip_",
+    "calibrate_adc_",
     "clear_chip_",
     "draw_chip",
     "noisy_modules",

@@ -34,29 +34,24 @@ as exactly that: one matmul.
 
 `sliced_linear` is the fast path: per row chunk and tile one matmul for all slices and both sign
 crossbars, or the one signed table of a differential readout; the crossbars are packed once with
-`pack_crossbars`, then reused (e.g. for a whole test set); the sums are quantised in place. `sliced_linear_reference` is the same arithmetic with explicit Python loops,
-for tests only. `sliced_conv2d` is the same product for a convolution: crossbar rows are the weight's
-flattened (in_channels, kh, kw) axis, in that order, so a tile of R rows is a run of whole channels plus
-parts of the channels at its ends; each tile's partial sums are one convolution over those channels with
-the kernel rows outside the tile set to 0 (what im2col followed by `sliced_linear` computes, in 1.6-3x less
-time on CPU: no unfolded copy of the input, the convolution library's kernels). Forward only: the ADC has
-no useful gradient. Inputs and conductances must be floating point, of one dtype.
+`pack_crossbars`, then reused (e.g. for a whole test set); the sums are quantised in place.
+`sliced_linear_reference` is the same arithmetic with explicit Python loops, for tests only;
+`calibrate_adc_range` measures a calibrated clip. `nvcim.core.adc_conv` computes the same product for a
+convolution. Forward only: the ADC has no useful gradient. Inputs and conductances must be floating point,
+of one dtype.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
-from nvcim.core.config import ADC_READOUTS, MAX_CONVERTER_BITS, DeviceConfig
+from nvcim.core.config import ADC_CLIPS, ADC_READOUTS, MAX_CONVERTER_BITS, DeviceConfig
 from nvcim.core.device import crossbar_sign, prepare, slice_levels
 
-CLIP_MODES = ("full_scale", "calibrated")
+CLIP_MODES = ADC_CLIPS
 PER_SIGN, DIFFERENTIAL = ADC_READOUTS
 _CHUNK_ELEMENTS = 1 << 20  # partial sums held at once (rows x columns of one tile): 4 MB in float32, cache-sized
 
@@ -99,9 +94,9 @@ class AdcConfig:
 
     @classmethod
     def of(cls, cfg: DeviceConfig) -> "AdcConfig":
-        """The converters of a DeviceConfig (its adc_bits, tile_rows, input_bits, adc_readout; full-scale range)."""
+        """The converters of a DeviceConfig (its adc_bits, tile_rows, input_bits, adc_readout, adc_clip)."""
         return cls(adc_bits=cfg.adc_bits, tile_rows=cfg.tile_rows, input_bits=cfg.input_bits,
-                   readout=cfg.adc_readout)
+                   clip=cfg.adc_clip, readout=cfg.adc_readout)
 
     def code_limits(self) -> tuple[float, float]:
         """(lowest, highest) ADC code: (0, 2^B − 1) per sign crossbar, ±(2^(B−1) − 1) differential."""
@@ -329,144 +324,6 @@ def calibrate_adc_range(
         if partial.numel():
             best = max(best, float(partial.abs().amax() if bars.bars == 1 else partial.amax()))
     return best
-
-
-def sliced_conv2d(
-    x: torch.Tensor,
-    g_pos: torch.Tensor | Crossbars,
-    g_neg: torch.Tensor | None,
-    scale: torch.Tensor,
-    cfg: DeviceConfig,
-    adc: AdcConfig,
-    bias: torch.Tensor | None = None,
-    stride=1,
-    padding=0,
-    dilation=1,
-    adc_range: float | None = None,
-    kernel_size: tuple[int, int] | None = None,
-) -> torch.Tensor:
-    """conv2d(x, W_p) (+ bias) as the bit-sliced chip computes it: [N, C, H, W] -> [N, out, H', W'].
-
-    g_pos / g_neg: [M/K, out, C, kh, kw] (see `device_slices`), or g_pos = pack_crossbars of them flattened
-    to [M/K, out, C kh kw], g_neg = None and kernel_size = (kh, kw) to reuse a packed chip; zero padding,
-    groups = 1 only. The same arithmetic as `sliced_linear` on the unfolded input (im2col rows in
-    (C, kh, kw) order), computed one tile's convolution at a time.
-    """
-    if isinstance(g_pos, Crossbars):
-        if kernel_size is None:
-            raise ValueError("a packed chip (Crossbars) needs kernel_size=(kh, kw)")
-        (kh, kw), bars = kernel_size, g_pos
-        channels = bars.table.shape[0] // (kh * kw)
-    else:
-        _check_slices(g_pos, g_neg, cfg)
-        if g_pos.dim() != 5:
-            raise ValueError(f"g_pos has shape {tuple(g_pos.shape)}: use [M/K, out, in_channels, kh, kw] for a "
-                             "convolution")
-        kh, kw, channels = g_pos.shape[3], g_pos.shape[4], g_pos.shape[2]
-        bars = pack_crossbars(g_pos.flatten(2), g_neg.flatten(2), cfg, adc.readout)
-    bars = _bars_for(bars, None, cfg, adc)
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x has shape {shape}: use [N, {channels}, H, W] (groups other than 1 are not supported)")
-    table = bars.table  # [C kh kw, bars S out]
-    if not x.is_floating_point():
-        raise TypeError("x must be a floating-point torch.Tensor")
-    if x.dtype != table.dtype:
-        raise ValueError(f"x is {x.dtype} but the crossbars are {table.dtype}: convert one of them")
-    conv = dict(stride=stride, padding=padding, dilation=dilation)
-    rows, cols = _read_pixels(tuple(x.shape[2:]), (kh, kw), *(_pair(v) for v in (stride, padding, dilation)))
-    # the DAC's and the ADC's range: the pixels the kernel reads (im2col's rows), not those a stride skips
-    x_max, negative = _input_range(x if rows is None else x[:, :, rows][:, :, :, cols])
-    x = _dac(x, x_max, adc)
-    place = _place_signs(bars, cfg, table.dtype, table.device)  # [bars S]
-    lsb = scale.to(table.dtype) / cfg.weight_levels
-    if adc.adc_bits is None:  # ideal ADC: one convolution with the shift-and-added weights
-        w = torch.tensordot(place, table.t().reshape(place.numel(), bars.out_features, -1), dims=([0], [0]))
-        y = F.conv2d(x, (w * lsb).view(bars.out_features, channels, kh, kw), **conv)
-    else:
-        step = _adc_step(x_max, cfg, adc, adc_range)
-        y = _converted_conv(x, negative, bars, (kh, kw), place, step, adc, conv) * lsb
-    if bias is not None:
-        y = y + bias.view(1, -1, 1, 1)
-    return y
-
-
-def _pair(v) -> tuple[int, int]:
-    """A conv2d argument (int or pair) as a pair."""
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def _conv_output_size(size, kernel: tuple[int, int], conv: dict) -> tuple[int, int]:
-    """(H', W') of a convolution of [.., H, W] with `kernel` and conv's stride, padding, dilation."""
-    return tuple((n + 2 * p - d * (k - 1) - 1) // st + 1 for n, k, st, p, d in
-                 zip(size, kernel, _pair(conv["stride"]), _pair(conv["padding"]), _pair(conv["dilation"])))
-
-
-@functools.lru_cache(maxsize=256)
-def _read_pixels(size: tuple[int, int], kernel: tuple[int, int], stride, padding, dilation):
-    """(rows, columns) of an [H, W] input that a convolution reads (a window is a product of rows and columns),
-    or (None, None) when it reads every pixel. Arguments hashable (ints or tuples)."""
-    out = _conv_output_size(size, kernel, {"stride": stride, "padding": padding, "dilation": dilation})
-    read = [sorted({i * st - p + k * d for i in range(o) for k in range(kn)} & set(range(n)))
-            for n, kn, o, st, p, d in zip(size, kernel, out, _pair(stride), _pair(padding), _pair(dilation))]
-    return (None, None) if all(len(r) == n for r, n in zip(read, size)) else tuple(read)
-
-
-def _tile_kernels(table: torch.Tensor, kernel: tuple[int, int], tile_rows: int):
-    """(first channel, end channel, kernel [bars S out, channels, kh, kw]) of each tile of `tile_rows` crossbar rows
-    of table [C kh kw, bars S out]: the channels the tile touches, with the kernel rows outside the tile 0."""
-    kh, kw = kernel
-    per_channel = kh * kw
-    rows = table.shape[0]
-    for t0 in range(0, rows, tile_rows):
-        t1 = min(rows, t0 + tile_rows)
-        c0, c1 = t0 // per_channel, -(-t1 // per_channel)
-        k = table.new_zeros((c1 - c0) * per_channel, table.shape[1])  # [tile's channels x kh kw, bars S out]
-        k[t0 - c0 * per_channel:t1 - c0 * per_channel] = table[t0:t1]
-        yield c0, c1, k.t().reshape(-1, c1 - c0, kh, kw)  # [bars S out, channels, kh, kw]
-
-
-def _full_precision_convolutions(x: torch.Tensor):
-    """cuDNN runs float32 convolutions in TF32 by default (sums to ~1e-3 relative: ADC codes would move, unlike
-    the matrix products of the linear path): full float32 for the tiles on CUDA; nothing to do elsewhere."""
-    if x.device.type != "cuda":
-        return contextlib.nullcontext()
-    c = torch.backends.cudnn
-    return c.flags(enabled=c.enabled, benchmark=c.benchmark, benchmark_limit=c.benchmark_limit,
-                   deterministic=c.deterministic, allow_tf32=False)
-
-
-def _converted_conv(x: torch.Tensor, negative: bool, bars: Crossbars, kernel: tuple[int, int], place: torch.Tensor,
-                    step: torch.Tensor, adc: AdcConfig, conv: dict) -> torch.Tensor:
-    """Δ Σ_phase ± Σ_j 2^{jK} Σ_t (code⁺ − code⁻) (differential: Σ_t code): [N, out, H', W'], before the weight step (`_converted`'s
-    arithmetic, one tile's convolution at a time, a cache-sized block of images at a time)."""
-    groups, out = bars.bars * bars.slices, bars.out_features
-    key = (tuple(kernel), adc.tile_rows)
-    kernels = bars.conv_kernels.get(key) if bars.conv_kernels is not None else None
-    if kernels is None:
-        kernels = list(_tile_kernels(bars.table, kernel, adc.tile_rows))
-        if bars.conv_kernels is not None:
-            bars.conv_kernels[key] = kernels
-    n = x.shape[0]
-    xs, signed = _phases(x, negative)  # [N or 2N, C, H, W]
-    xs = xs.div_(step) if signed else xs / step  # partial sums in units of the ADC step
-    low, top = adc.code_limits()
-    oh, ow = _conv_output_size(x.shape[2:], kernel, conv)
-    block = max(1, _CHUNK_ELEMENTS // max(1, groups * out * oh * ow))  # images whose partial sums fit the cache
-    blocks = [xs.new_zeros(0, out, oh, ow)]  # (no images: no blocks)
-    with _full_precision_convolutions(x):
-        for i in range(0, xs.shape[0], block):
-            acc = None  # Σ_t code of a block of images [b, bars S out, H', W']
-            for c0, c1, k in kernels:
-                partial = F.conv2d(xs[i:i + block, c0:c1], k, **conv)  # [b, bars S out, H', W'] one tile's sums
-                partial.round_().clamp_(low, top)
-                acc = partial if acc is None else acc.add_(partial)
-            b = acc.shape[0]
-            blocks.append(torch.einsum("k,bkohw->bohw", place, acc.view(b, groups, out, oh, ow)))  # shift, add
-    y = torch.cat(blocks)  # [N or 2N, out, H', W']
-    if signed:
-        y = y[:n] - y[n:]
-    return y * step
 
 
 def sliced_linear_reference(

@@ -31,8 +31,9 @@ from nvcim.core.variation import VARIATIONS
 SAMPLING_PATHS = ("auto", "fast", "device")
 DRIFT_T0 = 20.0  # s: the time after programming at which the programmed conductances are the ones drawn
 EFFECT_FIELDS = ("stuck_at", "read_sigma", "drift_time", "drift_nu", "drift_compensation",
-                 "adc_bits", "tile_rows", "input_bits", "adc_readout")  # SPEC §8
+                 "adc_bits", "tile_rows", "input_bits", "adc_readout", "adc_clip", "adc_calibration_images")  # SPEC §8
 ADC_READOUTS = ("per_sign", "differential")  # an ADC per sign crossbar (SPEC §8), or one per g+ - g- column pair
+ADC_CLIPS = ("full_scale", "calibrated")  # the ADC's range: R (2^K - 1) max|x|, or measured per layer and chip
 MAX_CONVERTER_BITS = 24  # ADC / DAC bits: codes stay exact integers in float32
 MIN_STUCK_RATE = 1e-6  # faults are drawn from 24-bit uniforms: a smaller rate would be rounded up by > 6 %
 
@@ -119,6 +120,12 @@ class DeviceConfig:
         in digital) or "differential" (the two crossbars' columns subtracted in analog, one signed ADC per
         column pair: codes -(2^(B-1) - 1)..2^(B-1) - 1 over the same range, so B >= 2; half the conversions
         and products); "differential" needs adc_bits.
+    adc_clip: "full_scale" (SPEC §8: range R (2^K - 1) max|x| of each call's inputs) or "calibrated" (SPEC §8's
+        calibrated clip: per layer and chip, the largest partial sum its ADCs see on calibration inputs, measured
+        after programming by `nvcim.calibrate_adc_`; Monte Carlo calibrates every chip on the first
+        `adc_calibration_images` images of the evaluated data, unlabeled). Forwards with no calibrated range
+        (training draws, a chip not calibrated) use the largest partial sum of their own inputs.
+    adc_calibration_images: images (>= 1) a chip's ADC ranges are calibrated on (adc_clip="calibrated").
     With adc_bits or input_bits set (`sliced_mvm`), Linear and Conv2d (groups = 1) layers compute
     their output from the chip's device levels with the bit-sliced product (quantize must be True).
     """
@@ -139,6 +146,8 @@ class DeviceConfig:
     tile_rows: int = 128
     input_bits: int | None = None
     adc_readout: str = "per_sign"
+    adc_clip: str = "full_scale"
+    adc_calibration_images: int = 128
 
     def __post_init__(self) -> None:
         for name in ("weight_bits", "device_bits"):
@@ -229,6 +238,14 @@ class DeviceConfig:
         if self.adc_readout == "differential" and self.adc_bits is None:
             raise ValueError("DeviceConfig.adc_readout='differential' has no ADC to read out (adc_bits=None): set "
                              "adc_bits, e.g. 8, or drop adc_readout")
+        if self.adc_clip not in ADC_CLIPS:
+            raise ValueError(f"DeviceConfig.adc_clip={self.adc_clip!r} is unknown: use one of {list(ADC_CLIPS)}")
+        if self.adc_clip == "calibrated" and self.adc_bits is None:
+            raise ValueError("DeviceConfig.adc_clip='calibrated' has no ADC to calibrate (adc_bits=None): set "
+                             "adc_bits, e.g. 8, or drop adc_clip")
+        n = self.adc_calibration_images
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"DeviceConfig.adc_calibration_images={n!r} is invalid: use an integer >= 1 (e.g. 128)")
         if self.adc_readout == "differential" and self.adc_bits == 1:
             raise ValueError("DeviceConfig.adc_bits=1 leaves a differential (signed) ADC no magnitude bit: use "
                              "adc_bits >= 2 or adc_readout='per_sign'")
@@ -237,7 +254,8 @@ class DeviceConfig:
         opts = tuple(sorted(self.variation_options.items()))
         return hash((self.weight_bits, self.device_bits, self.sigma, self.quantize, self.variation, opts, self.sampling,
                      self.stuck_at, self.read_sigma, self.drift_time, self.drift_nu, self.drift_compensation,
-                     self.adc_bits, self.tile_rows, self.input_bits, self.adc_readout))
+                     self.adc_bits, self.tile_rows, self.input_bits, self.adc_readout, self.adc_clip,
+                     self.adc_calibration_images))
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "DeviceConfig":

@@ -57,7 +57,6 @@ permutation), so `paired_difference` of two results has a much tighter interval 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import time
@@ -68,13 +67,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from nvcim.batchnorm import frozen_bn_statistics, recalibrate_batchnorm_
 from nvcim.core.config import DeviceConfig
-from nvcim.evaluate.forward import Accumulator, ParameterSlots, sliced
+from nvcim.evaluate.forward import Accumulator, ParameterSlots, adc_calibration_inputs, programmed_chip, sliced
 from nvcim.evaluate.results import MCResult
 from nvcim.evaluate.sampler import ChipSampler, run_generator, subset_indices
 from nvcim.evaluate.stats import accuracy_ci, summarize, t_quantile
-from nvcim.layers.noise import clear_chip_, program_chip_, quantization_cached, variation_disabled
+from nvcim.layers.noise import quantization_cached, variation_disabled
 
 PILOT_CHIPS = 20  # chips scored on the full test set first: the percentiles and the choice of N
 FIRST_STAGE = 30  # Stein's first stage at least (t with 29 degrees of freedom: 4 % above the normal quantile)
@@ -298,17 +296,12 @@ def score_chips(model: nn.Module, sampler: ChipSampler, data: tuple[torch.Tensor
                 hits[i, part.cpu().numpy()] = hit[0].cpu().numpy()
 
     if loop:
+        adc_inputs = adc_calibration_inputs(sampler.cfg, [x])  # the first test images, for every chip
         with quantization_cached():
             for i, r in enumerate(runs):
-                program_chip_(model, generator=run_generator(seed, r, sampler.device), sigma=sigma)
-                try:
-                    with frozen_bn_statistics(model) if calib else contextlib.nullcontext():
-                        if calib:
-                            recalibrate_batchnorm_(model, calib)  # this chip's BatchNorm statistics
-                        with torch.no_grad():
-                            score(i, r, model)
-                finally:
-                    clear_chip_(model)
+                with programmed_chip(model, run_generator(seed, r, sampler.device), sigma, calib, adc_inputs):
+                    with torch.no_grad():
+                        score(i, r, model)
                 bar.update(1)
         return acc, control
     bufs = sampler.alloc(max(1, min(chunk, len(runs))))  # [k, *W.shape] per layer

@@ -4,6 +4,7 @@
     stacked_forward(model, names, bufs, x)                    # [k, B, classes]: k chips in one vmap
     chunked_forwards(model, names, bufs, chunk, batches, acc) # one plain forward per chip
     sliced(model, x)                                          # model(x), on CPU CPU_SLICE images at a time
+    with programmed_chip(model, gen, sigma, calib, adc_inputs): ...  # the loop path's chip, set up and cleared
 
 The programmed weights come from `ChipSampler` (bufs[l]: [k, *W.shape]); a chip's weights replace the
 noisy tensors, with the model's variation disabled: through `torch.func.functional_call` (vmap, and
@@ -20,9 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from nvcim.batchnorm import frozen_bn_statistics, recalibrate_batchnorm_
+from nvcim.core.config import DeviceConfig
 from nvcim.evaluate.batching import batched_forward
 from nvcim.evaluate.sampler import ChipSampler
-from nvcim.layers.noise import variation_disabled
+from nvcim.layers.noise import calibrate_adc_, clear_chip_, program_chip_, variation_disabled
 
 LOGITS_PER_ADD = 1 << 16  # logits of several chips scored in one Accumulator.add (2^14-2^18 alike)
 # Images per stacked forward on CPU (a block's activations stay cache-sized whatever the batch size; each
@@ -35,6 +38,38 @@ SUBSET_ROWS = 1024  # rows of an Accumulator.add from which the log-probabilitie
 # 128 30.7 s, the same counts and EKL. Each image's logits do not depend on the images beside it.
 CPU_SLICE = 128
 PROBE_IMAGES = 4  # images on which `stacked_problem` compares the stacked forward with the chips' own
+
+
+def adc_calibration_inputs(cfg: DeviceConfig, xs: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
+    """The first cfg.adc_calibration_images images of input batches xs, on which each chip's ADC ranges are
+    calibrated (cfg.adc_clip == "calibrated"; the same images for every chip), or None when not calibrated."""
+    if not cfg.sliced_mvm or cfg.adc_clip != "calibrated":
+        return None
+    out, left = [], cfg.adc_calibration_images
+    for x in xs:
+        if left <= 0:
+            break
+        out.append(x[:left])  # [B', ...]
+        left -= int(out[-1].shape[0])
+    return out
+
+
+@contextlib.contextmanager
+def programmed_chip(model: nn.Module, generator: torch.Generator, sigma: float, calib=None,
+                    adc_inputs: list[torch.Tensor] | None = None) -> Iterator[None]:
+    """One chip for the block (the loop path): `program_chip_` from generator, its ADC ranges calibrated on
+    adc_inputs (if any), its BatchNorm statistics re-estimated on the calib batches (if any, restored after),
+    and the chip cleared after the block."""
+    program_chip_(model, generator=generator, sigma=sigma)
+    try:
+        if adc_inputs:
+            calibrate_adc_(model, adc_inputs, images=sum(int(x.shape[0]) for x in adc_inputs))
+        with frozen_bn_statistics(model) if calib else contextlib.nullcontext():
+            if calib:
+                recalibrate_batchnorm_(model, calib)  # this chip's BatchNorm statistics
+            yield
+    finally:
+        clear_chip_(model)
 
 
 def sliced(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

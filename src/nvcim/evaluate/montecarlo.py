@@ -52,14 +52,16 @@ import torch
 from torch import nn
 
 from nvcim.data.batching import eval_mode, materialize
-from nvcim.batchnorm import ChipCalibration, frozen_bn_statistics, recalibrate_batchnorm_
+from nvcim.batchnorm import ChipCalibration
 from nvcim.core.config import DeviceConfig
 from nvcim.layers.coverage import CHECK_IMAGES, check_coverage
 from nvcim.evaluate.forward import (
     Accumulator,
+    adc_calibration_inputs,
     chunked_forwards,
     count_correct,
     forward_with,
+    programmed_chip,
     stacked_forwards,
 )
 from nvcim.evaluate.adaptive import check_target_args, target_precision
@@ -70,11 +72,9 @@ from nvcim.evaluate.stats import summarize
 from nvcim.layers.noise import (
     apply_variation_,
     check_sliced_layers,
-    clear_chip_,
     noisy_modules,
     noisy_parameters,
     overridden,
-    program_chip_,
     quantization_cached,
     remove_variation_,
     variation_disabled,
@@ -201,18 +201,13 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
     bar = tqdm(total=runs, desc=f"MC sigma={sigma:g}", disable=not progress, leave=False)
     try:
         if path == "loop":
+            adc_inputs = adc_calibration_inputs(cfg, [x for x, _ in batches])  # None unless calibrated ADCs
             with quantization_cached():  # the weights stay put: quantize each layer once for all runs
                 for r in range(runs):
-                    program_chip_(model, generator=run_generator(seed, r, device), sigma=sigma)
-                    try:
-                        with frozen_bn_statistics(model) if calib else contextlib.nullcontext():
-                            if calib:
-                                recalibrate_batchnorm_(model, calib)  # this chip's BatchNorm statistics
-                            with torch.no_grad():
-                                for x, y in batches:
-                                    acc.add([r], model(x).unsqueeze(0), y)  # [1, B, classes]
-                    finally:
-                        clear_chip_(model)
+                    with programmed_chip(model, run_generator(seed, r, device), sigma, calib, adc_inputs):
+                        with torch.no_grad():
+                            for x, y in batches:
+                                acc.add([r], model(x).unsqueeze(0), y)  # [1, B, classes]
                     bar.update(1)
         elif sigma == 0 and not cfg.chip_effects and not cfg.read_sigma:
             # no noise: every run is the deterministic chip W_d; one pass serves all runs

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from nvcim.core import device as dm
-from nvcim.core.adc import AdcConfig, Crossbars, pack_crossbars, sliced_conv2d, sliced_linear
+from nvcim.core.adc import AdcConfig, Crossbars, calibrate_adc_range, pack_crossbars, sliced_linear
+from nvcim.core.adc_conv import calibrate_conv_adc_range, sliced_conv2d
 from nvcim.core.config import DeviceConfig
 
 
@@ -66,6 +67,8 @@ class NoisyWeight:
         self._cache: dm.PreparedWeight | None = None
         self._ideal: tuple | None = None  # (chip tensor, (version, data_ptr, cfg), its ChipLevels): see ideal_chip
         self._packed: tuple | None = None  # (ChipLevels, cfg, its Crossbars): a kept chip packed once, see crossbars
+        self._adc_range: tuple | None = None  # (programmed chip, its calibrated ADC range): see adc_range_for
+        self.adc_calibrating = False  # set by nvcim.calibrate_adc_: forwards measure the programmed chip's range
 
     def prepared(self, w: torch.Tensor) -> dm.PreparedWeight:
         """Quantized view of w; inside `quantization_cached()`, reused until w changes (in-place updates
@@ -186,17 +189,38 @@ class NoisyWeight:
         adc = AdcConfig.of(self.cfg)
         with torch.no_grad():
             bars = self.crossbars(chip)
+            kernel = chip.g.shape[-2:]
+            adc_range = self.adc_range_for(x.detach(), bars, adc, kernel, conv) if adc.clip == "calibrated" else None
             if conv is None:
-                y = sliced_linear(x.detach(), bars, None, chip.scale, self.cfg, adc)
+                y = sliced_linear(x.detach(), bars, None, chip.scale, self.cfg, adc, adc_range=adc_range)
             else:
-                y = sliced_conv2d(x.detach(), bars, None, chip.scale, self.cfg, adc, kernel_size=chip.g.shape[-2:],
-                                  **conv)
+                y = sliced_conv2d(x.detach(), bars, None, chip.scale, self.cfg, adc, kernel_size=kernel,
+                                  adc_range=adc_range, **conv)
             y = y * chip.gain
         if torch.is_grad_enabled() and (w.requires_grad or x.requires_grad):
             w_p = _StraightThrough.apply(w, dm.chip_weight(chip, self.cfg))
             dense = F.linear(x, w_p) if conv is None else F.conv2d(x, w_p, None, **conv)
             y = _StraightThrough.apply(dense, y)  # the sliced value, the dense product's gradient
         return y if bias is None else y + (bias.view(1, -1, 1, 1) if conv is not None else bias)
+
+    def adc_range_for(self, x: torch.Tensor, bars: Crossbars, adc: AdcConfig, kernel, conv: dict | None) -> float:
+        """The ADC range of a forward with adc_clip="calibrated": the programmed chip's calibrated range; while
+        `adc_calibrating`, the largest partial sum seen on this chip so far (this input included); with no
+        calibrated chip (training draws, a chip not calibrated) the largest partial sum of this input itself."""
+        chip = self.programmed
+        kept = self._adc_range is not None and chip is not None and self._adc_range[0] is chip
+        if kept and not self.adc_calibrating:
+            return self._adc_range[1]
+        if conv is None:
+            measured = calibrate_adc_range(x, bars, None, self.cfg, adc)
+        else:
+            measured = calibrate_conv_adc_range(x, bars, None, self.cfg, adc, kernel_size=kernel, **conv)
+        if self.adc_calibrating:
+            if chip is None:
+                raise ValueError("nvcim.calibrate_adc_ calibrates a programmed chip: call nvcim.program_chip_ first")
+            measured = max(measured, self._adc_range[1]) if kept else measured
+            self._adc_range = (chip, measured)
+        return measured
 
     def weight_for_forward(self, w: torch.Tensor) -> torch.Tensor:
         """The weight this forward uses: programmed chip, fresh draw, or w itself when disabled; with

@@ -339,3 +339,45 @@ def clear_chip_(model: nn.Module) -> nn.Module:
         ctrl.programmed = None
         ctrl.read_generator = None
     return model
+
+
+def calibrate_adc_(model: nn.Module, data: Any, images: int | None = None, batch_size: int = 128) -> nn.Module:
+    """Calibrate the programmed chip's ADC ranges (DeviceConfig adc_clip="calibrated", SPEC §8's calibrated clip).
+
+    Runs the model (eval mode, no gradient) on the first `images` inputs of `data` (a Split, an (x, y) pair, an
+    x tensor or an iterable of batches; default: the config's adc_calibration_images), in batches of
+    `batch_size`; each layer under the ADC simulation keeps the largest partial sum its ADCs see (any slice,
+    tile, crossbar, column; layers after it see its calibrated outputs) as its range for this chip, until
+    another chip is programmed. Call after `program_chip_`; layers without calibrated ADCs are left alone.
+    """
+    from nvcim.data.batching import eval_mode, input_batches
+
+    ctrls = [c for c in _controllers(model) if c.enabled and c.cfg.sliced_mvm and c.cfg.adc_clip == "calibrated"]
+    if not ctrls:
+        raise ValueError("calibrate_adc_: no layer has a calibrated ADC: use DeviceConfig(adc_bits=B, "
+                         "adc_clip='calibrated')")
+    if any(c.programmed is None for c in ctrls):
+        raise ValueError("calibrate_adc_ calibrates a programmed chip: call nvcim.program_chip_ first")
+    if images is None:
+        images = ctrls[0].cfg.adc_calibration_images
+    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+        raise ValueError(f"calibrate_adc_: images={images!r} is invalid: use an integer >= 1")
+    device = next((p.device for p in model.parameters()), None)
+    for c in ctrls:
+        c.adc_calibrating = True
+    seen = 0
+    try:
+        with torch.no_grad(), eval_mode(model):
+            for x in input_batches(data, batch_size):
+                x = x[: images - seen]  # [B', ...]
+                if x.shape[0]:
+                    model(x if device is None else x.to(device))
+                    seen += int(x.shape[0])
+                if seen >= images:
+                    break
+    finally:
+        for c in ctrls:
+            c.adc_calibrating = False
+    if not seen:
+        raise ValueError("calibrate_adc_: data has no images: give at least one")
+    return model

@@ -68,7 +68,7 @@ def training_history(metrics: Any) -> list[dict]:
 
 # DeviceConfig fields that say how the devices behave (σ, bits and the sampling path aside)
 _DEVICE_KEYS = ("stuck_at", "read_sigma", "drift_time", "drift_nu", "drift_compensation", "adc_bits", "tile_rows",
-                "input_bits", "adc_readout")
+                "input_bits", "adc_readout", "adc_clip", "adc_calibration_images")
 
 
 def device_description(device: Mapping[str, Any]) -> str | None:
