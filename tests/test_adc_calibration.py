@@ -101,7 +101,8 @@ def test_a_new_chip_forgets_the_range_and_uncalibrated_forwards_use_their_own_in
         nvcim.program_chip_(layer, seed=3)
         nvcim.calibrate_adc_(layer, x_cal)
         nvcim.program_chip_(layer, seed=4)  # not calibrated
-        got = _out(layer, x)
+        with pytest.warns(RuntimeWarning, match="not calibrated"):
+            got = _out(layer, x)
     chip = _levels(layer, CAL, 4)
     g_pos, g_neg = chip.crossbars()
     with torch.no_grad():
@@ -152,9 +153,12 @@ def test_monte_carlo_calibrates_every_chip_on_the_first_images():
     assert res.device_config["adc_clip"] == "calibrated" and res.device_config["adc_calibration_images"] == 12
     again = monte_carlo_evaluate(model, (x, y), cfg, runs=4, seed=7, batch_size=16, baselines=False)
     assert again.per_run_correct == want  # deterministic by seed
-    full = monte_carlo_evaluate(model, (x, y), cfg.replace(adc_clip="full_scale"), runs=4, seed=7, batch_size=16,
-                                baselines=False)
+    full = monte_carlo_evaluate(model, (x, y), cfg.replace(adc_clip="full_scale", adc_calibration_images=128), runs=4,
+                                seed=7, batch_size=16, baselines=False)
     assert full.per_run_correct != want  # the clip changes the answer: the test can fail
+    # the calibration is one batch of the first 12 images, whatever the evaluation's batches (here 12 = 5 + 5 + 2)
+    small = monte_carlo_evaluate(model, (x, y), cfg, runs=4, seed=7, batch_size=5, baselines=False)
+    assert small.per_run_correct == want
 
 
 def test_bad_calibration_calls_and_configs_raise_one_line():
@@ -181,3 +185,60 @@ def test_bad_calibration_calls_and_configs_raise_one_line():
             nvcim.calibrate_adc_(layer, x)
     assert DeviceConfig.from_dict(CAL.to_dict()) == CAL
     assert "adc_clip" not in DeviceConfig(adc_bits=6).to_dict()
+
+
+def test_conv_layer_range_is_calibrate_conv_adc_range_on_its_chip():
+    torch.manual_seed(3)
+    layer = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+    cfg = CAL.replace(adc_readout="differential", input_bits=6)
+    x_cal, x = torch.randn(6, 3, 9, 9), torch.randn(2, 3, 9, 9) * 2
+    with nvcim.device_variation(layer, cfg):
+        nvcim.program_chip_(layer, seed=2)
+        nvcim.calibrate_adc_(layer, [x_cal[:4], x_cal[4:]])  # batches: calibrated as one
+        got = _out(layer, x)
+    chip = _levels(layer, cfg, 2)
+    adc = A.AdcConfig.of(cfg)
+    rng = C.calibrate_conv_adc_range(x_cal, *chip.crossbars(), cfg, adc, stride=2, padding=1)
+    with torch.no_grad():
+        want = C.sliced_conv2d(x, *chip.crossbars(), chip.scale, cfg, adc, bias=layer.bias, stride=2, padding=1,
+                               adc_range=rng)
+    assert torch.equal(got, want)
+
+
+def test_batchnorm_recalibration_comes_before_the_adc_ranges_used():
+    # per-chip BatchNorm recalibration changes what the layers after a BatchNorm see: their ADC ranges must be
+    # measured with the recalibrated statistics (program, calibrate, recalibrate BatchNorm, calibrate again)
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(10, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Linear(12, 3)).eval()
+    model[1].running_var.fill_(25.0)  # stored statistics far from the data's
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.randn(60, 10, generator=gen), torch.randint(0, 3, (60,), generator=gen)
+    cfg = DeviceConfig(sigma=0.1, adc_bits=4, tile_rows=4, adc_clip="calibrated", adc_calibration_images=20)
+    from nvcim.batchnorm import ChipCalibration, frozen_bn_statistics, recalibrate_batchnorm_
+    calib = ChipCalibration(x, images=40, batch_size=40)
+    res = monte_carlo_evaluate(model, (x, y), cfg, runs=3, seed=1, batch_size=30, baselines=False,
+                               bn_calibration=calib)
+    want = []
+    with nvcim.device_variation(model, cfg):
+        for r in range(3):
+            nvcim.program_chip_(model, generator=run_generator(1, r, torch.device("cpu")))
+            with frozen_bn_statistics(model):
+                nvcim.calibrate_adc_(model, x[:20])
+                recalibrate_batchnorm_(model, calib.inputs(torch.device("cpu")))
+                nvcim.calibrate_adc_(model, x[:20])
+                want.append(int((_out(model, x).argmax(-1) == y).sum()))
+    assert res.per_run_correct == want
+
+
+def test_a_calibration_survives_monte_carlo_and_belongs_to_its_config():
+    layer = _linear()
+    x_cal, x = torch.rand(9, 14), torch.rand(5, 14) * 3
+    with nvcim.device_variation(layer, CAL):
+        nvcim.program_chip_(layer, seed=3)
+        nvcim.calibrate_adc_(layer, x_cal)
+        before = _out(layer, x)
+        monte_carlo_evaluate(layer, (x, torch.zeros(5, dtype=torch.long)), CAL, runs=2, baselines=False)
+        assert torch.equal(_out(layer, x), before)  # the user's chip and its range are back
+        with nvcim.layers.noise.overridden(layer, cfg=CAL.replace(tile_rows=4)):
+            with pytest.warns(RuntimeWarning, match="not calibrated"):
+                _out(layer, x)  # a range measured on 6-row tiles is not one for 4-row tiles

@@ -34,6 +34,7 @@ EFFECT_FIELDS = ("stuck_at", "read_sigma", "drift_time", "drift_nu", "drift_comp
                  "adc_bits", "tile_rows", "input_bits", "adc_readout", "adc_clip", "adc_calibration_images")  # SPEC §8
 ADC_READOUTS = ("per_sign", "differential")  # an ADC per sign crossbar (SPEC §8), or one per g+ - g- column pair
 ADC_CLIPS = ("full_scale", "calibrated")  # the ADC's range: R (2^K - 1) max|x|, or measured per layer and chip
+ADC_CALIBRATION_IMAGES = 128  # images a chip's calibrated ADC ranges are measured on, by default
 MAX_CONVERTER_BITS = 24  # ADC / DAC bits: codes stay exact integers in float32
 MIN_STUCK_RATE = 1e-6  # faults are drawn from 24-bit uniforms: a smaller rate would be rounded up by > 6 %
 
@@ -147,7 +148,7 @@ class DeviceConfig:
     input_bits: int | None = None
     adc_readout: str = "per_sign"
     adc_clip: str = "full_scale"
-    adc_calibration_images: int = 128
+    adc_calibration_images: int = ADC_CALIBRATION_IMAGES
 
     def __post_init__(self) -> None:
         for name in ("weight_bits", "device_bits"):
@@ -246,6 +247,9 @@ class DeviceConfig:
         n = self.adc_calibration_images
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"DeviceConfig.adc_calibration_images={n!r} is invalid: use an integer >= 1 (e.g. 128)")
+        if n != ADC_CALIBRATION_IMAGES and self.adc_clip != "calibrated":
+            raise ValueError(f"DeviceConfig.adc_calibration_images={n} calibrates nothing with adc_clip="
+                             f"{self.adc_clip!r}: set adc_clip='calibrated' or drop adc_calibration_images")
         if self.adc_readout == "differential" and self.adc_bits == 1:
             raise ValueError("DeviceConfig.adc_bits=1 leaves a differential (signed) ADC no magnitude bit: use "
                              "adc_bits >= 2 or adc_readout='per_sign'")

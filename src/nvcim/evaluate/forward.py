@@ -41,8 +41,8 @@ PROBE_IMAGES = 4  # images on which `stacked_problem` compares the stacked forwa
 
 
 def adc_calibration_inputs(cfg: DeviceConfig, xs: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
-    """The first cfg.adc_calibration_images images of input batches xs, on which each chip's ADC ranges are
-    calibrated (cfg.adc_clip == "calibrated"; the same images for every chip), or None when not calibrated."""
+    """[the first cfg.adc_calibration_images images of input batches xs, as one batch]: what each chip's ADC ranges
+    are calibrated on (cfg.adc_clip == "calibrated"; the same images for every chip), or None when not calibrated."""
     if not cfg.sliced_mvm or cfg.adc_clip != "calibrated":
         return None
     out, left = [], cfg.adc_calibration_images
@@ -51,22 +51,26 @@ def adc_calibration_inputs(cfg: DeviceConfig, xs: Sequence[torch.Tensor]) -> lis
             break
         out.append(x[:left])  # [B', ...]
         left -= int(out[-1].shape[0])
-    return out
+    return [torch.cat(out) if len(out) > 1 else out[0]]
 
 
 @contextlib.contextmanager
 def programmed_chip(model: nn.Module, generator: torch.Generator, sigma: float, calib=None,
                     adc_inputs: list[torch.Tensor] | None = None) -> Iterator[None]:
     """One chip for the block (the loop path): `program_chip_` from generator, its ADC ranges calibrated on
-    adc_inputs (if any), its BatchNorm statistics re-estimated on the calib batches (if any, restored after),
-    and the chip cleared after the block."""
+    adc_inputs (if any), its BatchNorm statistics re-estimated on the calib batches (if any, restored after) and
+    then its ADCs calibrated again (their ranges depend on the statistics; the first calibration gives the
+    BatchNorm pass calibrated ADCs), and the chip cleared after the block."""
     program_chip_(model, generator=generator, sigma=sigma)
+    images = sum(int(x.shape[0]) for x in adc_inputs) if adc_inputs else 0
     try:
         if adc_inputs:
-            calibrate_adc_(model, adc_inputs, images=sum(int(x.shape[0]) for x in adc_inputs))
+            calibrate_adc_(model, adc_inputs, images=images)
         with frozen_bn_statistics(model) if calib else contextlib.nullcontext():
             if calib:
                 recalibrate_batchnorm_(model, calib)  # this chip's BatchNorm statistics
+                if adc_inputs:
+                    calibrate_adc_(model, adc_inputs, images=images)
             yield
     finally:
         clear_chip_(model)

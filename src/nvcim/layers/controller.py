@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
+import warnings
 from typing import Any, Iterator
 
 import torch
@@ -67,8 +68,9 @@ class NoisyWeight:
         self._cache: dm.PreparedWeight | None = None
         self._ideal: tuple | None = None  # (chip tensor, (version, data_ptr, cfg), its ChipLevels): see ideal_chip
         self._packed: tuple | None = None  # (ChipLevels, cfg, its Crossbars): a kept chip packed once, see crossbars
-        self._adc_range: tuple | None = None  # (programmed chip, its calibrated ADC range): see adc_range_for
+        self.adc_range: tuple | None = None  # (chip key, calibrated ADC range) of the programmed chip: adc_range_for
         self.adc_calibrating = False  # set by nvcim.calibrate_adc_: forwards measure the programmed chip's range
+        self._uncalibrated_warned: Any = None  # the programmed chip last warned about (see adc_range_for)
 
     def prepared(self, w: torch.Tensor) -> dm.PreparedWeight:
         """Quantized view of w; inside `quantization_cached()`, reused until w changes (in-place updates
@@ -203,23 +205,41 @@ class NoisyWeight:
             y = _StraightThrough.apply(dense, y)  # the sliced value, the dense product's gradient
         return y if bias is None else y + (bias.view(1, -1, 1, 1) if conv is not None else bias)
 
-    def adc_range_for(self, x: torch.Tensor, bars: Crossbars, adc: AdcConfig, kernel, conv: dict | None) -> float:
-        """The ADC range of a forward with adc_clip="calibrated": the programmed chip's calibrated range; while
-        `adc_calibrating`, the largest partial sum seen on this chip so far (this input included); with no
-        calibrated chip (training draws, a chip not calibrated) the largest partial sum of this input itself."""
+    def _chip_key(self) -> tuple | None:
+        """What a calibrated range belongs to: the programmed chip object (its version, for a tensor chip that can
+        change in place) and the config it was measured under; None without a programmed chip."""
         chip = self.programmed
-        kept = self._adc_range is not None and chip is not None and self._adc_range[0] is chip
+        if chip is None:
+            return None
+        return (id(chip), chip._version if isinstance(chip, torch.Tensor) else None, self.cfg)
+
+    def reset_adc_range(self) -> None:
+        """Forget the calibrated ADC range (`nvcim.calibrate_adc_` measures afresh)."""
+        self.adc_range = None
+
+    def adc_range_for(self, x: torch.Tensor, bars: Crossbars, adc: AdcConfig, kernel, conv: dict | None) -> float:
+        """The ADC range of a forward with adc_clip="calibrated": the programmed chip's calibrated range (measured
+        under this config); while `adc_calibrating`, the largest partial sum of this calibration call so far; with
+        no calibrated chip (training draws, a chip not calibrated: a RuntimeWarning once per chip from
+        program_chip_) the largest partial sum of this input itself."""
+        key = self._chip_key()
+        kept = key is not None and self.adc_range is not None and self.adc_range[0] == key
         if kept and not self.adc_calibrating:
-            return self._adc_range[1]
+            return self.adc_range[1]
         if conv is None:
             measured = calibrate_adc_range(x, bars, None, self.cfg, adc)
         else:
             measured = calibrate_conv_adc_range(x, bars, None, self.cfg, adc, kernel_size=kernel, **conv)
         if self.adc_calibrating:
-            if chip is None:
+            if key is None:
                 raise ValueError("nvcim.calibrate_adc_ calibrates a programmed chip: call nvcim.program_chip_ first")
-            measured = max(measured, self._adc_range[1]) if kept else measured
-            self._adc_range = (chip, measured)
+            measured = max(measured, self.adc_range[1]) if kept else measured  # a layer read twice in one forward
+            self.adc_range = (key, measured)
+        elif isinstance(self.programmed, dm.ChipLevels) and self._uncalibrated_warned is not self.programmed:
+            self._uncalibrated_warned = self.programmed
+            warnings.warn("adc_clip='calibrated' but this chip's ADCs are not calibrated: each forward ranges on its "
+                          "own inputs (optimistic); call nvcim.calibrate_adc_(model, x) after program_chip_",
+                          RuntimeWarning, stacklevel=2)
         return measured
 
     def weight_for_forward(self, w: torch.Tensor) -> torch.Tensor:

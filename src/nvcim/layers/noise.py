@@ -210,14 +210,14 @@ def _controllers(model: nn.Module) -> list[NoisyWeight]:
     return [p.control for p in noisy_parameters(model)]
 
 
-_OVERRIDABLE = ("cfg", "sigma", "enabled", "programmed", "read_generator", "verified", "residual_sigma")
+_OVERRIDABLE = ("cfg", "sigma", "enabled", "programmed", "read_generator", "verified", "residual_sigma", "adc_range")
 
 
 @contextlib.contextmanager
 def overridden(model: nn.Module, per_parameter: Mapping[str, Mapping[str, Any]] | None = None,
                **common: Any) -> Iterator[list[NoisyParameter]]:
     """Temporarily set controller fields of every noisy tensor (cfg, sigma, enabled, programmed, read_generator,
-    verified, residual_sigma): `common` for all, `per_parameter[name]` for one; every field is restored on exit.
+    verified, residual_sigma, adc_range): `common` for all, `per_parameter[name]` for one; every field is restored on exit.
 
         with overridden(model, cfg=cfg, sigma=cfg.sigma, programmed=None): ...   # Monte Carlo
     """
@@ -341,14 +341,16 @@ def clear_chip_(model: nn.Module) -> nn.Module:
     return model
 
 
-def calibrate_adc_(model: nn.Module, data: Any, images: int | None = None, batch_size: int = 128) -> nn.Module:
+def calibrate_adc_(model: nn.Module, data: Any, images: int | None = None) -> nn.Module:
     """Calibrate the programmed chip's ADC ranges (DeviceConfig adc_clip="calibrated", SPEC §8's calibrated clip).
 
-    Runs the model (eval mode, no gradient) on the first `images` inputs of `data` (a Split, an (x, y) pair, an
-    x tensor or an iterable of batches; default: the config's adc_calibration_images), in batches of
-    `batch_size`; each layer under the ADC simulation keeps the largest partial sum its ADCs see (any slice,
-    tile, crossbar, column; layers after it see its calibrated outputs) as its range for this chip, until
-    another chip is programmed. Call after `program_chip_`; layers without calibrated ADCs are left alone.
+    Runs the model (eval mode, no gradient) once on the first `images` inputs of `data` (a Split, an (x, y) pair,
+    an x tensor or an iterable of batches; default: the config's adc_calibration_images; fewer if data has fewer)
+    as one batch, so that the result does not depend on batching: each layer under the ADC simulation takes the
+    largest partial sum its ADCs see (any slice, tile, crossbar, column), layers after it seeing its calibrated
+    outputs, as its range for this chip and config, until another chip is programmed or it is calibrated again.
+    Call after `program_chip_` (and after any per-chip BatchNorm recalibration: the ranges depend on it); layers
+    without calibrated ADCs are left alone.
     """
     from nvcim.data.batching import eval_mode, input_batches
 
@@ -363,21 +365,22 @@ def calibrate_adc_(model: nn.Module, data: Any, images: int | None = None, batch
     if isinstance(images, bool) or not isinstance(images, int) or images < 1:
         raise ValueError(f"calibrate_adc_: images={images!r} is invalid: use an integer >= 1")
     device = next((p.device for p in model.parameters()), None)
+    parts, seen = [], 0
+    for x in input_batches(data, images):
+        parts.append(x[: images - seen])  # [B', ...]
+        seen += int(parts[-1].shape[0])
+        if seen >= images:
+            break
+    if not seen:
+        raise ValueError("calibrate_adc_: data has no images: give at least one")
+    x = torch.cat(parts) if len(parts) > 1 else parts[0]  # [images, ...] one batch
     for c in ctrls:
+        c.reset_adc_range()
         c.adc_calibrating = True
-    seen = 0
     try:
         with torch.no_grad(), eval_mode(model):
-            for x in input_batches(data, batch_size):
-                x = x[: images - seen]  # [B', ...]
-                if x.shape[0]:
-                    model(x if device is None else x.to(device))
-                    seen += int(x.shape[0])
-                if seen >= images:
-                    break
+            model(x if device is None else x.to(device))
     finally:
         for c in ctrls:
             c.adc_calibrating = False
-    if not seen:
-        raise ValueError("calibrate_adc_: data has no images: give at least one")
     return model
