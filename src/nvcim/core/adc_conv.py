@@ -21,6 +21,7 @@ from nvcim.core.adc import (_CHUNK_ELEMENTS, AdcConfig, Crossbars, _adc_step, _b
                             _input_range, _phases, _place_signs, pack_crossbars)
 from nvcim.core.config import DeviceConfig
 
+
 def sliced_conv2d(
     x: torch.Tensor,
     g_pos: torch.Tensor | Crossbars,
