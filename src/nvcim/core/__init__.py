@@ -5,7 +5,8 @@
     device.py     weights -> levels -> devices -> perturbed weights (Eq. 2-3), write-verify
     effects.py    stuck-at faults and drift drawn per weight where that is exact in distribution
     rng.py        reproducible block-wise draws of large tensors on every thread
-    adc.py        the bit-sliced MVM with an ADC per slice, tile and sign crossbar (SPEC §8)
+    adc.py        the bit-sliced MVM with an ADC per slice, tile and sign crossbar or column pair (SPEC §8)
+    adc_conv.py   the same product for Conv2d (sliced_conv2d, calibrate_conv_adc_range)
 """
 
 from nvcim.core.config import DeviceConfig

@@ -114,7 +114,8 @@ class DeviceConfig:
     drift_compensation: one scalar per layer and chip restoring the layer's output scale after drift
         (aihwkit's GlobalDriftCompensation), measured on a fixed calibration input (`nvcim.core.device`).
     adc_bits: B (1..24), bits of the ADC digitising each column's partial sum per slice, tile and sign
-        crossbar (full scale R (2^K - 1) max|x|), or None for an ideal ADC (nvcim.core.adc).
+        crossbar (or column pair, adc_readout), over the range adc_clip sets, or None for an ideal ADC
+        (nvcim.core.adc).
     tile_rows: R >= 1, crossbar rows per tile (partial sums are digitised per R inputs); used with the ADC.
     input_bits: I (1..24), bits of the input DAC magnitude, or None for ideal inputs.
     adc_readout: "per_sign" (SPEC §8: an ADC per sign crossbar, codes 0..2^B - 1, the crossbars subtracted

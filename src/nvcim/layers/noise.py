@@ -348,7 +348,8 @@ def calibrate_adc_(model: nn.Module, data: Any, images: int | None = None) -> nn
     an x tensor or an iterable of batches; default: the config's adc_calibration_images; fewer if data has fewer)
     as one batch, so that the result does not depend on batching: each layer under the ADC simulation takes the
     largest partial sum its ADCs see (any slice, tile, crossbar, column), layers after it seeing its calibrated
-    outputs, as its range for this chip and config, until another chip is programmed or it is calibrated again.
+    outputs, as its range for this chip and config, until another chip is programmed, the layer's config changes
+    or it is calibrated again.
     Call after `program_chip_` (and after any per-chip BatchNorm recalibration: the ranges depend on it); layers
     without calibrated ADCs are left alone.
     """
