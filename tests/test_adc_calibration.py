@@ -242,3 +242,19 @@ def test_a_calibration_survives_monte_carlo_and_belongs_to_its_config():
         with nvcim.layers.noise.overridden(layer, cfg=CAL.replace(tile_rows=4)):
             with pytest.warns(RuntimeWarning, match="not calibrated"):
                 _out(layer, x)  # a range measured on 6-row tiles is not one for 4-row tiles
+
+
+def test_a_range_never_passes_to_a_later_chip():
+    # the range holds its chip: a chip programmed after the calibrated one (which Python may place at the same
+    # address once the first is freed) is never taken for it, and clear_chip_ lets the chip go
+    layer = _linear()
+    x_cal, x = torch.rand(9, 14), torch.rand(5, 14) * 3
+    with nvcim.device_variation(layer, CAL):
+        for seed in range(5):
+            nvcim.program_chip_(layer, seed=0)
+            nvcim.calibrate_adc_(layer, x_cal)
+            nvcim.program_chip_(layer, seed=1 + seed)
+            with pytest.warns(RuntimeWarning, match="not calibrated"):
+                _out(layer, x)
+        nvcim.clear_chip_(layer)
+        assert all(c.adc_range is None for c in nvcim.layers.controls(layer).values())

@@ -51,6 +51,11 @@ def quantization_cached() -> Iterator[None]:
         _CACHE_SCOPE.depth = depth
 
 
+def _version_of(chip: Any) -> int | None:
+    """A tensor chip's version counter (in-place changes bump it); None for device levels."""
+    return chip._version if isinstance(chip, torch.Tensor) else None
+
+
 class NoisyWeight:
     """Per-layer state: which config, current σ, and an optional fixed programmed chip."""
 
@@ -68,7 +73,7 @@ class NoisyWeight:
         self._cache: dm.PreparedWeight | None = None
         self._ideal: tuple | None = None  # (chip tensor, (version, data_ptr, cfg), its ChipLevels): see ideal_chip
         self._packed: tuple | None = None  # (ChipLevels, cfg, its Crossbars): a kept chip packed once, see crossbars
-        self.adc_range: tuple | None = None  # (chip key, calibrated ADC range) of the programmed chip: adc_range_for
+        self.adc_range: tuple | None = None  # ((chip, version, cfg), calibrated ADC range): see adc_range_for
         self.adc_calibrating = False  # set by nvcim.calibrate_adc_: forwards measure the programmed chip's range
         self._uncalibrated_warned: Any = None  # the programmed chip last warned about (see adc_range_for)
 
@@ -205,13 +210,15 @@ class NoisyWeight:
             y = _StraightThrough.apply(dense, y)  # the sliced value, the dense product's gradient
         return y if bias is None else y + (bias.view(1, -1, 1, 1) if conv is not None else bias)
 
-    def _chip_key(self) -> tuple | None:
-        """What a calibrated range belongs to: the programmed chip object (its version, for a tensor chip that can
-        change in place) and the config it was measured under; None without a programmed chip."""
+    def _calibrated(self) -> bool:
+        """True when adc_range belongs to the programmed chip as it is now: the same object (held, so that its id
+        cannot pass to another chip), the same version for a tensor chip (changed in place: no longer), and the
+        config the range was measured under."""
         chip = self.programmed
-        if chip is None:
-            return None
-        return (id(chip), chip._version if isinstance(chip, torch.Tensor) else None, self.cfg)
+        if chip is None or self.adc_range is None:
+            return False
+        (held, version, cfg), _ = self.adc_range
+        return held is chip and version == _version_of(chip) and cfg == self.cfg
 
     def reset_adc_range(self) -> None:
         """Forget the calibrated ADC range (`nvcim.calibrate_adc_` measures afresh)."""
@@ -222,19 +229,20 @@ class NoisyWeight:
         under this config); while `adc_calibrating`, the largest partial sum of this calibration call so far; with
         no calibrated chip (training draws, a chip not calibrated: a RuntimeWarning once per chip from
         program_chip_) the largest partial sum of this input itself."""
-        key = self._chip_key()
-        kept = key is not None and self.adc_range is not None and self.adc_range[0] == key
+        kept = self._calibrated()
         if kept and not self.adc_calibrating:
             return self.adc_range[1]
+        if not kept:
+            self.adc_range = None  # another chip or config: let the old chip go
         if conv is None:
             measured = calibrate_adc_range(x, bars, None, self.cfg, adc)
         else:
             measured = calibrate_conv_adc_range(x, bars, None, self.cfg, adc, kernel_size=kernel, **conv)
         if self.adc_calibrating:
-            if key is None:
+            if self.programmed is None:
                 raise ValueError("nvcim.calibrate_adc_ calibrates a programmed chip: call nvcim.program_chip_ first")
             measured = max(measured, self.adc_range[1]) if kept else measured  # a layer read twice in one forward
-            self.adc_range = (key, measured)
+            self.adc_range = ((self.programmed, _version_of(self.programmed), self.cfg), measured)
         elif isinstance(self.programmed, dm.ChipLevels) and self._uncalibrated_warned is not self.programmed:
             self._uncalibrated_warned = self.programmed
             warnings.warn("adc_clip='calibrated' but this chip's ADCs are not calibrated: each forward ranges on its "

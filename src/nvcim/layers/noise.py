@@ -338,6 +338,7 @@ def clear_chip_(model: nn.Module) -> nn.Module:
     for ctrl in _controllers(model):
         ctrl.programmed = None
         ctrl.read_generator = None
+        ctrl.reset_adc_range()
     return model
 
 
