@@ -3,6 +3,7 @@
     nvcim.apply_variation_(model, nvcim.DeviceConfig(sigma=0.3))   # every Conv/Linear weight is noisy
     loss = model(x)...; loss.backward()      # fresh noise each forward; gradients reach the clean weights
     nvcim.program_chip_(model, seed=0)        # one fixed programmed chip, reproducible from the seed
+    nvcim.calibrate_adc_(model, x[:128])      # its ADC ranges, when the config has adc_clip="calibrated"
     nvcim.remove_variation_(model)            # back to the plain model, weights untouched
 
 How it works: each weight tensor of a selected layer (Conv1d/2d/3d, ConvTranspose1d/2d/3d, Linear,
@@ -17,7 +18,9 @@ levels (`nvcim.core.device.ChipLevels`: programmed chips and every training forw
 and Linear / Conv2d (groups = 1) layers compute their output with the bit-sliced product of
 `nvcim.core.adc` from them (read noise per device, drift compensation as a digital gain); any other noisy
 layer type is refused by `apply_variation_`. A `programmed` value given as a plain tensor W_p (e.g. by
-`nvcim.layers.coverage`) is mapped onto ideal devices (quantized afresh, no variation).
+`nvcim.layers.coverage`) is mapped onto ideal devices (quantized afresh, no variation). With adc_clip =
+"calibrated", `calibrate_adc_(model, x)` measures a programmed chip's ADC ranges (kept per layer until another
+chip or config).
 
 Gradients are straight-through: ∂L/∂W := ∂L/∂W_p (SPEC §3). With the ADC simulation the forward value
 is the sliced product and the backward is that of y = x W_pᵀ (+ b) (conv alike), W_p the chip's weights. Inside `quantization_cached()` (an OVF
