@@ -357,7 +357,7 @@ def calibrate_adc_(model: nn.Module, data: Any, images: int | None = None) -> nn
     Call after `program_chip_` (and after any per-chip BatchNorm recalibration: the ranges depend on it); layers
     without calibrated ADCs are left alone.
     """
-    from nvcim.data.batching import eval_mode, input_batches
+    from nvcim.data.batching import eval_mode, input_batches  # here: `import nvcim` keeps nvcim.data lazy
 
     ctrls = [c for c in _controllers(model) if c.enabled and c.cfg.sliced_mvm and c.cfg.adc_clip == "calibrated"]
     if not ctrls:
