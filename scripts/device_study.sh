@@ -7,7 +7,8 @@
 # (30 chips from seed 0 on the first 500 test digits per cell: chips differ by ~10 points at these σ, so
 # chips buy more precision than images), then the 4/6/8-bit ADCs and, with the aihwkit extra installed,
 # aihwkit's PCM inference model one hour after programming (an independent noise model; 10 chips on the
-# first 200 test digits per cell: both are slow on CPU).
+# first 200 test digits per cell: both are slow on CPU), and the same 4/6/8-bit ADCs with the calibrated clip
+# (experiments/devices/adc*_calibrated.toml: each chip's ranges measured on the first 128 of those digits).
 # One matrix per σ (rows: checkpoints, columns: device models), evaluated at that σ.
 # Resumable: finished matrices are skipped. Two evaluations at a time, one thread each.
 #   nvcim sweep experiments/repro/devices_mnist5k.toml --out repro_out/devices --workers 2
@@ -22,6 +23,7 @@ D=experiments/devices
 DEVICES="gaussian,fefet2,rram4,fefet6,stuck-chen2015,$D/read_noise.toml"
 for t in 1h 1d 1y; do DEVICES="$DEVICES,$D/drift_$t.toml,$D/drift_${t}_comp.toml"; done
 ADCS="gaussian,$D/adc8.toml,$D/adc6.toml,$D/adc4.toml"
+CALIBRATED="gaussian,$D/adc8_calibrated.toml,$D/adc6_calibrated.toml,$D/adc4_calibrated.toml"
 $PY -c "import aihwkit" 2>/dev/null && ADCS="$ADCS,aihwkit:pcm?t_inference=3600"
 mkdir -p "$DEST"
 ckpts() {  # the checkpoints of one σ, in a fixed order: method-major, seed-minor
@@ -44,4 +46,5 @@ run() {  # σ, device list, chips, test images, output name
 }
 run 0.20 "$DEVICES" 30 500 devices_s0.20 & run 0.30 "$DEVICES" 30 500 devices_s0.30 & wait
 run 0.20 "$ADCS" 10 200 adc_s0.20 & run 0.30 "$ADCS" 10 200 adc_s0.30 & wait
+run 0.20 "$CALIBRATED" 10 200 adc_calibrated_s0.20 & run 0.30 "$CALIBRATED" 10 200 adc_calibrated_s0.30 & wait
 echo "done: $DEST"

@@ -13,7 +13,7 @@ from nvcim.core import adc as A
 from nvcim.core import adc_conv as C
 from nvcim.core import device as dm
 from nvcim.core.config import DeviceConfig
-from nvcim.evaluate.montecarlo import monte_carlo_evaluate
+from nvcim.evaluate.montecarlo import monte_carlo_evaluate, robustness_curve
 from nvcim.evaluate.sampler import run_generator
 
 CAL = DeviceConfig(sigma=0.2, adc_bits=5, tile_rows=6, adc_clip="calibrated")
@@ -258,3 +258,44 @@ def test_a_range_never_passes_to_a_later_chip():
                 _out(layer, x)
         nvcim.clear_chip_(layer)
         assert all(c.adc_range is None for c in nvcim.layers.controls(layer).values())
+
+
+def test_adc_calibration_data_replaces_the_evaluated_images_on_every_path():
+    # adc_calibration=: each chip's ADCs calibrated on the first adc_calibration_images of other data (e.g. the
+    # train split) instead of the evaluated images; fixed-count and target-precision Monte Carlo alike
+    model = _tiny_convnet()
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(40, 1, 6, 6, generator=gen), torch.randint(0, 3, (40,), generator=gen)
+    x_train = torch.randn(30, 1, 6, 6, generator=gen) * 2  # another distribution: other ranges
+    cfg = DeviceConfig(sigma=0.15, adc_bits=5, tile_rows=5, adc_clip="calibrated", adc_calibration_images=12)
+    res = monte_carlo_evaluate(model, (x, y), cfg, runs=4, seed=7, batch_size=16, baselines=False,
+                               adc_calibration=(x_train, torch.zeros(30, dtype=torch.long)))
+    want = []
+    with nvcim.device_variation(model, cfg):
+        for r in range(4):
+            nvcim.program_chip_(model, generator=run_generator(7, r, torch.device("cpu")))
+            nvcim.calibrate_adc_(model, x_train[:12])
+            want.append(int((_out(model, x).argmax(-1) == y).sum()))
+    assert res.per_run_correct == want
+    default = monte_carlo_evaluate(model, (x, y), cfg, runs=4, seed=7, batch_size=16, baselines=False)
+    assert default.per_run_correct != want  # the source changes the answer: the test can fail
+    # an iterable of batches, cut at 12 images whatever its batching; the same through robustness_curve
+    batches = [x_train[:5], x_train[5:10], x_train[10:]]
+    (curve,) = robustness_curve(model, (x, y), cfg, [0.15], runs=4, seed=7, batch_size=16, baselines=False,
+                                adc_calibration=batches)
+    assert curve.per_run_correct == want
+    # target-precision mode: its full-set pilot chips are the fixed-count protocol's chips
+    tp = monte_carlo_evaluate(model, (x, y), cfg, seed=7, baselines=False, adc_calibration=x_train, target_ci=50.0,
+                              pilot_chips=4, images_per_chip=40)
+    assert tp.per_run_correct[:4] == want
+
+
+def test_adc_calibration_without_a_calibrated_clip_is_refused_in_one_line():
+    model = _tiny_convnet()
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
+    for cfg, word in ((DeviceConfig(sigma=0.1), "no ADC"), (DeviceConfig(sigma=0.1, adc_bits=6), "full_scale"),
+                      (CAL, "no images")):
+        with pytest.raises(ValueError, match=word) as e:
+            monte_carlo_evaluate(model, (x, y), cfg, runs=2, baselines=False,
+                                 adc_calibration=x[:0] if cfg is CAL else x)
+        assert "\n" not in str(e.value)

@@ -197,3 +197,51 @@ def test_report_keeps_results_under_other_devices_apart(ckpts, tmp_path):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep")]) == 0
     labels = {r["label"] for r in csv.DictReader((tmp_path / "rep" / "summary.csv").open())}
     assert labels == {"vanilla", "vanilla [weight_band S=4]"}, labels
+
+
+@pytest.fixture(scope="module")
+def vgg_ckpt(tmp_path_factory):
+    """A narrow VGG-8 checkpoint (the smoke preset's tiny model has a depthwise convolution, which the ADC
+    simulation refuses)."""
+    d = tmp_path_factory.mktemp("vgg")
+    assert main(["train", *SMOKE, "--model", "vgg8", "--width", "0.125", "--out", str(d / "v")]) == 0
+    return d / "v"
+
+
+def test_adc_calibration_source_from_the_cli_single_and_matrix(vgg_ckpt, tmp_path, capsys):
+    """--adc-calibration train: each chip of a calibrated-clip device calibrates its ADCs on training images (the
+    API's adc_calibration=splits.train), recorded in the file; the default calibrates on the evaluated split; the
+    flag without a calibrated device is refused in one line before any work."""
+    from nvcim.cli.eval_data import load_for_eval
+    from nvcim.evaluate.montecarlo import monte_carlo_evaluate
+
+    chip = tmp_path / "cal.toml"
+    chip.write_text('adc_bits = 4\ntile_rows = 32\nadc_clip = "calibrated"\nadc_calibration_images = 16\n')
+    args = ["eval", str(vgg_ckpt), "--device-model", str(chip), "--sigma", "0.2", "--runs", "3", "--seed", "2",
+            "--limit", "32"]
+    assert main([*args, "--adc-calibration", "train", "--out", str(tmp_path / "t.json")]) == 0
+    assert main([*args, "--out", str(tmp_path / "e.json")]) == 0
+    train, evaluated = read_result_file(tmp_path / "t.json"), read_result_file(tmp_path / "e.json")
+    assert train.adc_calibration == {"split": "train", "images": 16}
+    assert evaluated.adc_calibration == {"split": "test", "images": 16}
+    loaded = load_for_eval(vgg_ckpt, dataset=None, data_root=None, split="test", limit=32, no_quantize=False)
+    cfg = device_model(str(chip), defaults={"sigma": 0.2, "weight_bits": loaded.device.weight_bits,
+                                            "device_bits": loaded.device.device_bits})
+    want = monte_carlo_evaluate(loaded.model, loaded.split, cfg, runs=3, seed=2, baselines=False,
+                                adc_calibration=loaded.splits.train)
+    assert train.mc_results()[0].per_run_correct == want.per_run_correct
+    assert "adc_calibration" not in json.loads((tmp_path / "e.json").read_text())["results"][0]
+    # the matrix: the calibrated column follows the flag, the others are unaffected
+    m = tmp_path / "m.json"
+    assert main(["eval", str(vgg_ckpt), "--device-models", f"gaussian,{chip}", "--sigma", "0.2", "--runs", "3",
+                 "--seed", "2", "--limit", "32", "--adc-calibration", "train", "--out", str(m)]) == 0
+    rec = read_result_file(m)
+    assert rec.adc_calibration == {"split": "train"}
+    assert rec.result(0, 1).per_run_correct == want.per_run_correct
+    assert "calibrated ADC clips measured on the train split's first images" in capsys.readouterr().out
+    capsys.readouterr()
+    for argv in (["eval", str(vgg_ckpt), "--sigma", "0.2", "--adc-calibration", "train"],
+                 ["eval", str(vgg_ckpt), "--device-models", "gaussian,rram4", "--adc-calibration", "evaluated"]):
+        rc, err = run_cli_err(argv, capsys)
+        assert rc == 2 and len(err) == 1 and "no device here has a calibrated ADC clip" in err[0], err
+    assert not list(tmp_path.glob("*.png")) or (tmp_path / "m.png").exists()

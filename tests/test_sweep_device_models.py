@@ -141,3 +141,35 @@ def test_device_model_setting_sigma_is_refused_and_cli_exits_2(tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert "'chip.toml'" in err and "sigma" in err and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_adc_calibration_train_calibrates_each_chip_on_training_images(tmp_path):
+    """eval.adc_calibration = "train": the test chips of a calibrated-clip device calibrate on the train split
+    (the API's adc_calibration=splits.train), recorded in result.json; refused without such a device."""
+    from nvcim.cli.eval_data import load_for_eval
+    from nvcim.evaluate.montecarlo import monte_carlo_evaluate
+
+    (tmp_path / "adc.toml").write_text('adc_bits = 4\ntile_rows = 32\nadc_clip = "calibrated"\n'
+                                       'adc_calibration_images = 16\n')
+    raw = spec_of(models=["vgg8"], width=0.125, methods=["vanilla"], device_models=["adc.toml"],
+                  eval={"runs": 2, "adc_calibration": "train"})
+    (tmp_path / "spec.json").write_text(json.dumps(raw))
+    spec = load_spec(tmp_path / "spec.json")
+    assert run_sweep(spec, tmp_path / "out", progress=False).exit_code == 0
+    (d,) = results(tmp_path / "out").values()
+    assert d["adc_calibration"] == {"split": "train", "images": 16}
+    loaded = load_for_eval(tmp_path / "out" / d["checkpoint"], dataset=None, data_root=None, split="test", limit=None,
+                           no_quantize=False)
+    cfg = DeviceConfig.from_dict(d["device_config"])
+    r = d["results"][0]
+    want = monte_carlo_evaluate(loaded.model, loaded.split, cfg, runs=2, seed=r["seed"], baselines=False,
+                                adc_calibration=loaded.splits.train)
+    assert r["per_run_correct"] == want.per_run_correct
+    other = monte_carlo_evaluate(loaded.model, loaded.split, cfg, runs=2, seed=r["seed"], baselines=False)
+    assert other.per_run_correct != want.per_run_correct  # the source matters here: the test can fail
+    rs = scan_results(tmp_path / "out")  # an arm of its own in reports
+    assert [r["label"] for r in rs.records] == ["vanilla [adc.toml] (ADC ranges from train images)"]
+    with pytest.raises(ValueError, match="no cell's device has a calibrated ADC clip"):
+        expand(validate_spec(spec_of(eval={"runs": 2, "adc_calibration": "train"})))
+    with pytest.raises(ValueError, match="eval.adc_calibration"):
+        validate_spec(spec_of(eval={"runs": 2, "adc_calibration": "test"}))

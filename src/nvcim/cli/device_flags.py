@@ -1,6 +1,6 @@
 """One rule for explicit flags against the fields a device model sets, in `nvcim eval --device-model`, the
-device-model matrix (`nvcim eval --device-models`) and `nvcim train --device-model`; and the device's name in
-what those commands print.
+device-model matrix (`nvcim eval --device-models`) and `nvcim train --device-model`; the device's name in
+what those commands print; and `--adc-calibration`'s source of images for a calibrated ADC clip (`adc_calibration`).
 
 A device model (a name or a TOML / YAML / JSON file; `nvcim.io.device_models`) sets some DeviceConfig fields
 itself (`device_model_fields`: a file's keys, a name's variation and its options). Each such field is used when
@@ -83,3 +83,26 @@ def device_label(spec: str | None, device: Any) -> str:
     if spec is None:
         return what or "gaussian"
     return f"{spec} ({what})" if what else spec
+
+
+def adc_calibration(choice: str | None, devices, splits, split: str) -> tuple[Any, dict | None]:
+    """(data, record) for `nvcim eval --adc-calibration` (None: the default, "evaluated"): the data each chip's
+    calibrated ADC clip is measured on (None: the first images of the evaluated split) and the result file's
+    "adc_calibration" record ({"split", "images"}: the most images any of `devices` calibrates on, at most the
+    split's), or (None, None) when no device has a calibrated clip; the flag is then refused, as is "train" with an
+    empty train split. devices: DeviceConfigs (other simulators' devices are skipped). splits None: only the check
+    that the flag has a calibrated device to apply to (before any loading)."""
+    cal = [d for d in devices if getattr(d, "sliced_mvm", False) and getattr(d, "adc_clip", None) == "calibrated"]
+    if not cal:
+        if choice is not None:
+            raise ValueError(f"--adc-calibration {choice}: no device here has a calibrated ADC clip (a device model "
+                             "with adc_bits and adc_clip = 'calibrated'): drop --adc-calibration")
+        return None, None
+    if splits is None:
+        return None, None
+    source = splits.train if choice == "train" else None
+    if choice == "train" and len(splits.train) == 0:
+        raise ValueError("--adc-calibration train: the train split is empty: use --adc-calibration evaluated")
+    available = len(splits.train) if choice == "train" else len(getattr(splits, split))
+    images = min(max(d.adc_calibration_images for d in cal), available)
+    return source, {"split": "train" if choice == "train" else split, "images": images}

@@ -8,6 +8,7 @@
     nvcim eval runs/ovf-0.3 --verify-fractions 0,0.01,0.05,0.2 --verify-target 90   # write-verify cost (SPEC §7)
     nvcim eval runs/ovf-0.3 --device-model 'aihwkit:pcm?prog_noise_scale=1.5' --time 3600   # aihwkit's PCM model
     nvcim eval runs/ovf-0.3 --target-ci 0.5               # chips until the mean is known to ± 0.5 points (95 %)
+    nvcim eval runs/ovf-0.3 --device-model adc6_calibrated.toml --adc-calibration train  # ADC ranges from train images
 
 With --target-ci H (instead of --runs; nvcim.evaluate.adaptive): --pilot-chips chips (default 20) score the
 whole test set, then chips that each score --images-per-chip random test images (default auto: the number
@@ -28,7 +29,7 @@ optionally writes everything, per-run accuracies included, to JSON. The CI's bou
 (accuracy is bounded); with fewer than 10 chips a note on stderr says that the interval is rough. JSON:
     {"kind": "mc_eval", "nvcim_version", "checkpoint", "checkpoint_config", "dataset", "split",
      "device_config", "bn_recalibration": null | {"split", "images", "batch_size", "weights": "clean" | "each chip"},
-     "results": [MCResult.to_dict(), ...]}
+     "results": [MCResult.to_dict(), ...], "adc_calibration": {"split", "images"} (a calibrated ADC clip only)}
 With --verify-fractions (one σ): each fraction of the weights, ranked by --verify-by, is programmed with
 write-verify (left with --verify-sigma); the JSON is then
     {"kind": "write_verify", ... as above ..., "write_verify": {"by", "residual_sigma", "score_images",
@@ -111,6 +112,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "from it is refused); --out writes the matrix JSON and a heat-map PNG beside it, "
                         "named like --out with the suffix .png (an existing PNG there only if nvcim wrote it)")
     g.add_argument("--list-device-models", action="store_true", help="list the device models available by name and exit")
+    g.add_argument("--adc-calibration", choices=("evaluated", "train"), default=None,
+                   help="a device with a calibrated ADC clip (adc_clip = 'calibrated') measures each chip's ADC ranges "
+                        "on the first adc_calibration_images images of the evaluated split (default, unlabeled) or "
+                        "of the train split (train); recorded in --out as \"adc_calibration\"")
     g.add_argument("--time", metavar="T",
                    help="aihwkit device models (aihwkit:pcm, aihwkit:reram[?KEY=VALUE&...], the aihwkit extra): seconds "
                         "between programming and inference, for drift and read noise (default: 1; reram: 1, 86400 "
@@ -247,7 +252,7 @@ def note_few_chips(results, fix: str = "use --runs 10 or more") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nvcim.cli.device_flags import device_label
+    from nvcim.cli.device_flags import adc_calibration, device_label
     from nvcim.cli.eval_data import device_defaults, load_for_eval
     from nvcim.cli.eval_matrix import run_matrix
     from nvcim.evaluate import default_sigma_grid, results_table, robustness_curve, write_csv
@@ -379,6 +384,7 @@ def run(args: argparse.Namespace) -> int:
         device += f" at its σ_d {base.sigma:g}"
 
     recalibration, calibration = None, None
+    adc_data, adc_record = adc_calibration(args.adc_calibration, [base], splits, args.split)
     if recal is not None or per_chip is not None:
         from nvcim.batchnorm import ChipCalibration, batchnorm_layers, recalibrate_batchnorm_, recalibration_record
 
@@ -398,10 +404,10 @@ def run(args: argparse.Namespace) -> int:
         return _run_write_verify(args, ckpt, model, config, spec, dataset, splits, split, base.replace(sigma=sigmas[0]),
                                  train_sigma, verify, recalibration, device,
                                  dict(runs=runs, seed=seed, batch_size=batch_size, chunk_runs=chunk_runs,
-                                      device=args.device, progress=progress))
+                                      device=args.device, progress=progress, adc_calibration=adc_data), adc_record)
     results = robustness_curve(model, split, base, sigmas, runs=None if target else runs, seed=seed,
                                batch_size=batch_size, chunk_runs=chunk_runs, device=args.device, progress=progress,
-                               bn_calibration=calibration, **target)
+                               bn_calibration=calibration, adc_calibration=adc_data, **target)
     chips = f"chips until ±{target['target_ci']:g} (95 % CI)" if target else f"{runs} runs"
     print(f"{ckpt}: {spec.get('name', '?')} on {dataset} ({args.split}, {results[0].n_samples} images), "
           f"{chips} per σ, seed {seed}, M={base.weight_bits} K={base.device_bits} quantize={base.quantize}, "
@@ -409,10 +415,13 @@ def run(args: argparse.Namespace) -> int:
     if recalibration is not None:
         how = "the clean weights" if recalibration["weights"] == "clean" else "each chip's weights, per chip"
         print(f"BatchNorm statistics recalibrated from {recalibration['images']} training images with {how}")
+    if adc_record is not None:
+        print(f"ADC ranges calibrated per chip on the first {adc_record['images']} {adc_record['split']} images")
     print(results_table(results))
     note_few_chips(results, "give a smaller --target-ci for more chips" if target else "use --runs 10 or more")
     record = EvaluationFile(results=list(results), checkpoint=str(ckpt), checkpoint_config=config, dataset=dataset,
-                            split=args.split, device_config=base.to_dict(), bn_recalibration=recalibration)
+                            split=args.split, device_config=base.to_dict(), bn_recalibration=recalibration,
+                            adc_calibration=adc_record)
     if args.out:
         write_result_file(args.out, record)
         print(f"wrote {args.out}")
@@ -423,7 +432,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_write_verify(args, ckpt, model, config, spec, dataset, splits, split, cfg, train_sigma, verify, recalibration,
-                      device, mc) -> int:
+                      device, mc, adc_record) -> int:
     """`nvcim eval --verify-fractions`: accuracy vs the fraction of write-verified weights, at one σ."""
     from nvcim.evaluate.files import WriteVerifyFile, write_result_file
     from nvcim.writeverify import fraction_for_target, points_table, write_points_csv, write_verify_curve
@@ -454,7 +463,7 @@ def _run_write_verify(args, ckpt, model, config, spec, dataset, splits, split, c
                   f"{hit['verified_devices']} verified devices")
     record = WriteVerifyFile(
         checkpoint=str(ckpt), checkpoint_config=config, dataset=dataset, split=args.split,
-        device_config=cfg.to_dict(), bn_recalibration=recalibration,
+        device_config=cfg.to_dict(), bn_recalibration=recalibration, adc_calibration=adc_record,
         write_verify={"by": verify["by"], "residual_sigma": verify["residual_sigma"],
                       "score_images": verify["images"] if verify["by"] == "sensitivity" else None,
                       "target": verify["target"], "stat": verify["stat"],

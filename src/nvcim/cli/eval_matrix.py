@@ -2,7 +2,9 @@
 aihwkit:reram too, at --time), at one σ (a device-model file's own sigma for its column; --sigma or --no-quantize
 contradicting a file is refused: nvcim.cli.device_flags), on common random numbers (a checkpoint given twice, by any path, is refused); prints the matrix and writes it as JSON
 (--out), a heat-map PNG beside the JSON (--out with the suffix .png; an existing file there is replaced only if
-nvcim wrote it), and CSV (--csv, one row per cell); every path is checked before any work (nvcim.cli.outputs). `nvcim report` shows matrix files in a section of their own."""
+nvcim wrote it), and CSV (--csv, one row per cell); every path is checked before any work (nvcim.cli.outputs). `nvcim report` shows matrix files in a section of their own.
+Columns with a calibrated ADC clip calibrate each chip on the evaluated split's first images, or with
+--adc-calibration train on the train split's (the file's "adc_calibration" says which)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from nvcim.evaluate.files import write_result_file
 from nvcim.evaluate.matrix import device_matrix
 from nvcim.interop.aihwkit import aihwkit_device, is_aihwkit_spec
 from nvcim.interop.aihwkit import require as require_aihwkit
-from nvcim.cli.device_flags import refuse_conflicts
+from nvcim.cli.device_flags import adc_calibration, refuse_conflicts
 from nvcim.io.device_models import device_model, device_model_fields
 from nvcim.io.files import atomic_write_bytes
 from nvcim.report.matrix import is_matrix_png, matrix_csv, matrix_png, matrix_table
@@ -82,16 +84,21 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
             defaults["sigma"] = sigma
         devices.append({name: resolve(name, defaults) for name in names})
     own_sigma = {name: devices[0][name].sigma for name in own_sigma}  # a file's own σ: the same in every row
-    rows, info = [], []
+    adc_calibration(args.adc_calibration, [d for row in devices for d in row.values()], None, args.split)
+    rows, info, adc_data = [], [], []
     for ck in ckpts:
         loaded = load_for_eval(ck, dataset=args.dataset, data_root=args.data_root, split=args.split, limit=limit,
                                no_quantize=args.no_quantize)
         rows.append((str(ck), loaded.dataset, loaded.model, loaded.split))
+        adc_data.append(adc_calibration(args.adc_calibration, list(devices[len(rows) - 1].values()), loaded.splits,
+                                        args.split)[0])  # None: the evaluated images
         info.append({"method": dict(loaded.config.get("method") or {}), "seed": loaded.config.get("seed"),
                      "train_sigma": (loaded.config.get("device") or {}).get("sigma"),
                      "epochs": (loaded.config.get("train") or {}).get("epochs")})
     rec = device_matrix(rows, names, lambda i, name: devices[i][name], runs=runs, seed=seed, batch_size=batch_size,
-                        sigma=sigma, progress=progress, row_info=info, say=lambda line: print(line, file=sys.stderr))
+                        sigma=sigma, progress=progress, row_info=info, adc_data=adc_data,
+                        adc_split="train" if args.adc_calibration == "train" else args.split,
+                        say=lambda line: print(line, file=sys.stderr))
     t = matrix_table(rec)
     print(tabulate(t.rows, headers=t.headers, disable_numparse=True))
     print(t.note)

@@ -271,12 +271,14 @@ def _chip_images(seed: int, run: int, n: int, images: int | None, device: torch.
 
 def score_chips(model: nn.Module, sampler: ChipSampler, data: tuple[torch.Tensor, torch.Tensor], runs: Sequence[int],
                 images: int | None, seed: int, *, batch_size: int, chunk: int, loop: bool, calib, bar,
-                hits: np.ndarray | None = None, rates: np.ndarray | None = None) -> tuple[Accumulator, np.ndarray]:
+                hits: np.ndarray | None = None, rates: np.ndarray | None = None,
+                adc_source: list[torch.Tensor] | None = None) -> tuple[Accumulator, np.ndarray]:
     """(acc, control): position i of `acc` is chip runs[i] scored on its `images` test images (None: all of
     them, in order, as the fixed-count protocol scores them); control[i] = the sum of `rates` over those images
     (zeros without `rates`). hits [len(runs), n] bool, if given, receives each chip's per-image correctness.
 
-    loop: `program_chip_` per chip (the ADC simulation, per-chip BatchNorm calibration: `calib` batches);
+    loop: `program_chip_` per chip (the ADC simulation, per-chip BatchNorm calibration: `calib` batches, ADCs
+    calibrated on `adc_source` batches, default the first test images);
     else the chips are drawn `chunk` at a time into reused buffers (`ChipSampler.fill`), set in place
     (`ParameterSlots`) and scored with plain forwards, read noise (if any) read afresh for every batch,
     with the arithmetic of the "chunked" path.
@@ -296,7 +298,7 @@ def score_chips(model: nn.Module, sampler: ChipSampler, data: tuple[torch.Tensor
                 hits[i, part.cpu().numpy()] = hit[0].cpu().numpy()
 
     if loop:
-        adc_inputs = adc_calibration_inputs(sampler.cfg, [x])  # the first test images, for every chip
+        adc_inputs = adc_calibration_inputs(sampler.cfg, adc_source or [x])  # the same images for every chip
         with quantization_cached():
             for i, r in enumerate(runs):
                 with programmed_chip(model, run_generator(seed, r, sampler.device), sigma, calib, adc_inputs):
@@ -356,12 +358,13 @@ def _draw_seconds(sampler: ChipSampler, seed: int) -> float:
 
 def target_precision(model: nn.Module, batches, cfg: DeviceConfig, seed: int, target: float, *,
                      max_chips: int | None, images_per_chip, pilot_chips: int | None, baseline: tuple[float, float],
-                     device: torch.device, batch_size: int, chunk_bytes: int, loop: bool, calib, progress: bool
-                     ) -> MCResult:
+                     device: torch.device, batch_size: int, chunk_bytes: int, loop: bool, calib, progress: bool,
+                     adc_source: list[torch.Tensor] | None = None) -> MCResult:
     """The three stages of the module docstring at cfg.sigma; the model is set up as for `_mc_core`.
 
     baseline: (clean, quantized) correct counts on the test set (NaN: not measured).
     loop: score on the "loop" path (ADC simulation, per-chip BatchNorm calibration `calib`), else "chunked".
+    adc_source: input batches each chip's ADCs are calibrated on (a calibrated clip; None: the first test images).
     """
     t0 = time.perf_counter()
     max_chips = DEFAULT_MAX_CHIPS if max_chips is None else max_chips
@@ -375,7 +378,7 @@ def target_precision(model: nn.Module, batches, cfg: DeviceConfig, seed: int, ta
 
     bar = tqdm(total=n_pilot, desc=f"MC sigma={cfg.sigma:g} ±{target:g}", disable=not progress, leave=False)
     opts = dict(batch_size=batch_size, chunk=max(1, chunk_bytes // max(sampler.weight_bytes(), 1)), loop=loop,
-                calib=calib, bar=bar)
+                calib=calib, bar=bar, adc_source=adc_source)
     try:
         t_pilot = time.perf_counter()
         hits = np.zeros((n_pilot, n), dtype=bool)  # [F, n] the pilot chips' per-image correctness

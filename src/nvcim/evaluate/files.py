@@ -9,13 +9,15 @@ absent = 1, the layout of every nvcim so far):
     mc_eval            Monte Carlo results of one model (nvcim eval --out, a sweep cell's result.json, the demo):
                        {"kind", "nvcim_version", "checkpoint", "checkpoint_config", "dataset", "split",
                         "device_config", "bn_recalibration", "results": [MCResult.to_dict(), ...],
-                        "cell": {...} (sweep cells), "label" (optional), "format"}
+                        "cell": {...} (sweep cells), "label" (optional), "adc_calibration" (only under a calibrated
+                        ADC clip: {"split", "images"}, where each chip's ADC ranges came from), "format"}
     write_verify       nvcim eval --verify-fractions: as mc_eval without "results", plus "write_verify": {...}
                        and "points": [{"fraction", "verified_weights", "verified_devices", "result"}, ...]
     sweep_cell_failed  a sweep cell that raised or diverged: {"kind", "nvcim_version", "cell", "error", "traceback"}
     device_matrix      nvcim eval CKPT... --device-models A,B,C: {"kind", "nvcim_version", "format", "sigma", "runs",
                        "seed", "checkpoints": [...], "datasets": [...], "device_models": [...],
-                       "cells": [[{"device_config", "result": MCResult.to_dict()} per device model] per checkpoint]}
+                       "cells": [[{"device_config", "result": MCResult.to_dict()} per device model] per checkpoint],
+                       "adc_calibration" (only when a column has a calibrated ADC clip): {"split"}}
 
 A target-precision result (nvcim.evaluate.adaptive) is an MCResult dict with seven more keys ("target_ci",
 "ci_half_width", "images_per_chip", "subset_correct", "subset_accuracy", "full_set_chips", "percentiles_from";
@@ -56,6 +58,7 @@ class EvaluatedModel:
     split: str = "test"
     device_config: dict | None = None
     bn_recalibration: dict | None = None
+    adc_calibration: dict | None = None  # {"split", "images"} under a calibrated ADC clip (written only then)
     nvcim_version: str = __version__
     format: int = FORMAT
     kind: ClassVar[str] = "?"
@@ -63,7 +66,8 @@ class EvaluatedModel:
     def head(self) -> dict:
         return {"kind": self.kind, "nvcim_version": self.nvcim_version, "checkpoint": self.checkpoint,
                 "checkpoint_config": self.checkpoint_config, "dataset": self.dataset, "split": self.split,
-                "device_config": self.device_config, "bn_recalibration": self.bn_recalibration}
+                "device_config": self.device_config, "bn_recalibration": self.bn_recalibration,
+                **({"adc_calibration": self.adc_calibration} if self.adc_calibration is not None else {})}
 
 
 @dataclass(kw_only=True)
@@ -157,6 +161,7 @@ class DeviceMatrixFile:
     runs: int = 0
     seed: int = 0
     rows: list | None = None  # per row {"method": {"name", params...}, "seed", "train_sigma", "epochs"} (None: unknown)
+    adc_calibration: dict | None = None  # {"split"} the calibrated-clip columns' ADC ranges came from (None: no such column)
     nvcim_version: str = __version__
     format: int = FORMAT
     kind: ClassVar[str] = DEVICE_MATRIX
@@ -167,7 +172,8 @@ class DeviceMatrixFile:
         return {"kind": self.kind, "nvcim_version": self.nvcim_version, "format": self.format, "sigma": self.sigma,
                 "runs": self.runs, "seed": self.seed, "checkpoints": self.checkpoints, "datasets": self.datasets,
                 "device_models": self.device_models, "cells": cells,
-                **({"rows": self.rows} if self.rows is not None else {})}
+                **({"rows": self.rows} if self.rows is not None else {}),
+                **({"adc_calibration": self.adc_calibration} if self.adc_calibration is not None else {})}
 
     def result(self, row: int, col: int) -> MCResult:
         r = self.cells[row][col]["result"]
@@ -189,6 +195,7 @@ class DeviceMatrixFile:
         return cls(checkpoints=list(rows), datasets=list(d.get("datasets") or [None] * len(rows)),
                    device_models=list(cols), cells=[list(r) for r in cells], sigma=d.get("sigma"),
                    runs=int(d.get("runs") or 0), seed=int(d.get("seed") or 0), rows=info,
+                   adc_calibration=_dict_or_none(d, "adc_calibration", where),
                    nvcim_version=str(d.get("nvcim_version") or "?"), format=int(d.get("format", 1)))
 
 
@@ -217,7 +224,8 @@ def _head_fields(d: Mapping[str, Any], where: str) -> dict:
                          "upgrade nvcim")
     return {"checkpoint": d.get("checkpoint"), "checkpoint_config": ck, "dataset": d.get("dataset"),
             "split": str(d.get("split") or "test"), "device_config": _dict_or_none(d, "device_config", where),
-            "bn_recalibration": d.get("bn_recalibration"), "nvcim_version": str(d.get("nvcim_version") or "?"),
+            "bn_recalibration": d.get("bn_recalibration"),
+            "adc_calibration": _dict_or_none(d, "adc_calibration", where), "nvcim_version": str(d.get("nvcim_version") or "?"),
             "format": fmt}
 
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from nvcim.batchnorm import frozen_bn_statistics, recalibrate_batchnorm_
 from nvcim.core.config import DeviceConfig
+from nvcim.data.batching import input_batches
 from nvcim.evaluate.batching import batched_forward
 from nvcim.evaluate.sampler import ChipSampler
 from nvcim.layers.noise import calibrate_adc_, clear_chip_, program_chip_, variation_disabled
@@ -52,6 +53,29 @@ def adc_calibration_inputs(cfg: DeviceConfig, xs: Sequence[torch.Tensor]) -> lis
         out.append(x[:left])  # [B', ...]
         left -= int(out[-1].shape[0])
     return [torch.cat(out) if len(out) > 1 else out[0]]
+
+
+def adc_calibration_source(data: Any, cfg: DeviceConfig, device: torch.device, dtype: torch.dtype
+                           ) -> list[torch.Tensor] | None:
+    """[the first cfg.adc_calibration_images images of data, as one batch on device in dtype]: the images
+    `monte_carlo_evaluate(..., adc_calibration=data)` calibrates every chip's ADCs on instead of the evaluated
+    ones (data: a Split, an (x, y) pair, an x tensor or an iterable of batches); None when data is None."""
+    if data is None:
+        return None
+    if not cfg.sliced_mvm or cfg.adc_clip != "calibrated":
+        raise ValueError(f"adc_calibration= is given, but the device has adc_clip={cfg.adc_clip!r}"
+                         f"{'' if cfg.sliced_mvm else ' and no ADC (adc_bits / input_bits unset)'}: it calibrates "
+                         "nothing; set adc_clip='calibrated' (with adc_bits) or drop adc_calibration")
+    out, left = [], cfg.adc_calibration_images
+    for x in input_batches(data, left):
+        if left <= 0:
+            break
+        out.append(x[:left])  # [B', ...]
+        left -= int(out[-1].shape[0])
+    out = [x for x in out if x.shape[0]]
+    if not out:
+        raise ValueError("adc_calibration data has no images: give at least one (e.g. the train split)")
+    return [torch.cat(out).to(device=device, dtype=dtype or out[0].dtype)]  # [N, ...]
 
 
 @contextlib.contextmanager

@@ -22,19 +22,23 @@ from nvcim.evaluate.montecarlo import DEFAULT_BATCH, monte_carlo_evaluate
 def device_matrix(rows: Sequence[tuple[str, str, nn.Module, Any]], device_models: Sequence[str],
                   configs: Callable[[int, str], Any], *, runs: int, seed: int,
                   batch_size: int = DEFAULT_BATCH, sigma: float | None = None, progress: bool = False,
-                  row_info: Sequence[dict] | None = None,
-                  say: Callable[[str], None] = lambda line: None) -> DeviceMatrixFile:
+                  row_info: Sequence[dict] | None = None, adc_data: Sequence[Any] | None = None,
+                  adc_split: str | None = None, say: Callable[[str], None] = lambda line: None) -> DeviceMatrixFile:
     """rows: (checkpoint name, data set name, model, data); configs(row index, device model name) gives the
     device of that cell (a DeviceConfig or a device object, module docstring). Every cell runs `runs` chips from
     `seed`. row_info: per row what trained it ({"method": {"name", params...}, "seed", "train_sigma", "epochs"}), so that
-    reports pair arms by seed."""
-    cells = []
+    reports pair arms by seed. adc_data: per row, the data a calibrated ADC clip's chips calibrate on
+    (`monte_carlo_evaluate`'s adc_calibration; None: the evaluated images), named adc_split in the file."""
+    cells, calibrated = [], False
     for i, (name, _, model, data) in enumerate(rows):
         row = []
         for dm in device_models:
             cfg = configs(i, dm)
             if isinstance(cfg, DeviceConfig):
-                res = monte_carlo_evaluate(model, data, cfg, runs=runs, seed=seed, batch_size=batch_size, progress=progress)
+                calibrated |= _calibrated(cfg)
+                own = adc_data[i] if adc_data is not None and _calibrated(cfg) else None
+                res = monte_carlo_evaluate(model, data, cfg, runs=runs, seed=seed, batch_size=batch_size,
+                                           progress=progress, adc_calibration=own)
             else:  # another simulator's device (module docstring)
                 res = cfg.monte_carlo(model, data, runs=runs, seed=seed, batch_size=batch_size, progress=progress)
             say(f"{name} under {dm}: {res.mean:.2f} % [{res.ci95[0]:.2f}, {res.ci95[1]:.2f}], p5 {res.p5:.2f}")
@@ -42,4 +46,10 @@ def device_matrix(rows: Sequence[tuple[str, str, nn.Module, Any]], device_models
         cells.append(row)
     return DeviceMatrixFile(checkpoints=[r[0] for r in rows], datasets=[r[1] for r in rows],
                             device_models=list(device_models), cells=cells, sigma=sigma, runs=runs, seed=seed,
-                            rows=None if row_info is None else [dict(r) for r in row_info])
+                            rows=None if row_info is None else [dict(r) for r in row_info],
+                            adc_calibration={"split": adc_split or "evaluated"} if calibrated else None)
+
+
+def _calibrated(cfg) -> bool:
+    """Whether a column's device calibrates its ADC ranges (a DeviceConfig with a calibrated clip)."""
+    return isinstance(cfg, DeviceConfig) and cfg.sliced_mvm and cfg.adc_clip == "calibrated"

@@ -58,6 +58,7 @@ from nvcim.layers.coverage import CHECK_IMAGES, check_coverage
 from nvcim.evaluate.forward import (
     Accumulator,
     adc_calibration_inputs,
+    adc_calibration_source,
     chunked_forwards,
     count_correct,
     forward_with,
@@ -173,10 +174,12 @@ def _check_args(runs: int, seed: int, batch_size: int, chunk_runs: int | None, p
 
 
 # ---- Monte Carlo at one σ, and the entry points ------------------------------------------------
-def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress, baseline, calib=None) -> MCResult:
+def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress, baseline, calib=None,
+             adc_source=None) -> MCResult:
     """Monte Carlo at cfg.sigma; the model is in eval mode with controllers carrying `cfg`.
 
     calib: None, or input batches to recalibrate BatchNorm on for each chip (loop path only).
+    adc_source: None (the evaluated images), or input batches to calibrate each chip's ADCs on (a calibrated clip).
     """
     t0 = time.perf_counter()
     n = sum(int(y.numel()) for _, y in batches)
@@ -201,7 +204,7 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
     bar = tqdm(total=runs, desc=f"MC sigma={sigma:g}", disable=not progress, leave=False)
     try:
         if path == "loop":
-            adc_inputs = adc_calibration_inputs(cfg, [x for x, _ in batches])  # None unless calibrated ADCs
+            adc_inputs = adc_calibration_inputs(cfg, adc_source or [x for x, _ in batches])  # None unless calibrated
             with quantization_cached():  # the weights stay put: quantize each layer once for all runs
                 for r in range(runs):
                     with programmed_chip(model, run_generator(seed, r, device), sigma, calib, adc_inputs):
@@ -290,6 +293,7 @@ def monte_carlo_evaluate(
     baselines: bool = True,
     bn_calibration: ChipCalibration | None = None,
     write_verify: VerifyPlan | None = None,
+    adc_calibration: Any = None,
     target_ci: float | None = None,
     max_chips: int | None = None,
     images_per_chip: int | str | None = None,
@@ -315,6 +319,9 @@ def monte_carlo_evaluate(
     evaluating it (forces the "loop" path; the baselines keep the stored statistics).
     write_verify: a `nvcim.writeverify.VerifyPlan`: its weights are programmed with write-verify on
     every chip (left with its residual σ); same draws on every path.
+    adc_calibration: under a calibrated ADC clip (cfg.adc_clip = "calibrated"), the data whose first
+    cfg.adc_calibration_images images calibrate every chip's ADCs (a Split, (x, y), x, or batches; e.g. the
+    train split); default None: the first images of `data` (unlabeled, but evaluated images). Refused otherwise.
     Checks before any chip: labels are integer class indices within the model's logits (one clean
     forward of one image gives their width, kept as `num_classes`); images are cast to the model's
     floating dtype (a float16 model evaluates in float16). `runs` has no upper limit here (the CLI caps
@@ -335,12 +342,14 @@ def monte_carlo_evaluate(
     dev = _resolve_device(model, device)
     batches = materialize(data, batch_size, dev, _float_dtype(model))
     calib = bn_calibration.inputs(dev) if bn_calibration is not None else None
+    adc_source = adc_calibration_source(adc_calibration, cfg, dev, _float_dtype(model))
     with (_on_device(model, dev), eval_mode(model), _controllers_for(model, cfg),
           write_verify_scope(model, write_verify)):
         classes = _output_classes(model, batches)  # labels checked before any chip
         _check_coverage_once(model, batches)
         opts = dict(runs=runs, seed=seed, batch_size=batch_size, chunk_runs=chunk_runs, progress=progress,
-                    target_ci=target_ci, max_chips=max_chips, images_per_chip=images_per_chip, pilot_chips=pilot_chips)
+                    target_ci=target_ci, max_chips=max_chips, images_per_chip=images_per_chip, pilot_chips=pilot_chips,
+                    adc_source=adc_source)
         res = _one_sigma(model, batches, cfg, opts, path, dev, None if baselines else False, calib)
         res.num_classes = classes
         _warn_nonfinite(model, batches, [res])
@@ -360,7 +369,7 @@ def _one_sigma(model, batches, cfg, o: dict, path: str, dev, baseline, calib) ->
     """Monte Carlo at cfg.sigma: `o["runs"]` chips, or as many as `o["target_ci"]` needs (nvcim.evaluate.adaptive)."""
     if o["target_ci"] is None:
         return _mc_core(model, batches, cfg, o["runs"], o["seed"], o["chunk_runs"], path, dev, o["progress"], baseline,
-                        calib)
+                        calib, o["adc_source"])
     if baseline is None:
         baseline = _baselines(model, batches, ChipSampler(model, cfg, dev))
     elif baseline is False:
@@ -368,7 +377,8 @@ def _one_sigma(model, batches, cfg, o: dict, path: str, dev, baseline, calib) ->
     return target_precision(model, batches, cfg, o["seed"], o["target_ci"], max_chips=o["max_chips"],
                             images_per_chip=o["images_per_chip"], pilot_chips=o["pilot_chips"], baseline=baseline,
                             device=dev, batch_size=o["batch_size"], chunk_bytes=CHUNKED_BUFFER_BYTES,
-                            loop=path == "loop" or bool(cfg.sliced_mvm), calib=calib, progress=o["progress"])
+                            loop=path == "loop" or bool(cfg.sliced_mvm), calib=calib, progress=o["progress"],
+                            adc_source=o["adc_source"])
 
 
 def _check_coverage_once(model: nn.Module, batches) -> None:
@@ -396,7 +406,7 @@ def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Ite
         raise ValueError("sigmas is empty: give at least one σ")
     opts = {"runs": None, "seed": DEFAULT_SEED, "batch_size": DEFAULT_BATCH, "chunk_runs": None, "path": "auto",
             "device": None, "progress": False, "baselines": True, "bn_calibration": None, "write_verify": None,
-            "target_ci": None, "max_chips": None, "images_per_chip": None, "pilot_chips": None}
+            "adc_calibration": None, "target_ci": None, "max_chips": None, "images_per_chip": None, "pilot_chips": None}
     unknown = sorted(set(mc_kwargs) - set(opts))
     if unknown:
         raise TypeError(f"robustness_curve got unexpected keyword(s) {unknown}")
@@ -408,6 +418,7 @@ def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Ite
     dev = _resolve_device(model, opts["device"])
     batches = materialize(data, opts["batch_size"], dev, _float_dtype(model))
     calib = opts["bn_calibration"].inputs(dev) if opts["bn_calibration"] is not None else None
+    opts["adc_source"] = adc_calibration_source(opts.pop("adc_calibration"), cfg, dev, _float_dtype(model))
     results = []
     with (_on_device(model, dev), eval_mode(model), _controllers_for(model, cfg),
           write_verify_scope(model, opts["write_verify"])):

@@ -5,7 +5,8 @@ Records are labelled so that ablation arms are distinct lines: vanilla -> "vanil
 fixed hyper-parameters (β, N, ...) of one (model, dataset) are compared at the same training σ (a β chosen
 by a sweep's β search keeps "OVF"); a cell's "label" field overrides all of this. Results evaluated off
 the standard setting are arms of their own, with a suffix on the label: recalibrated BatchNorm
-statistics ("bn_recalibration" in the file) " (BN per chip)" or " (BN: clean)", another split than test
+statistics ("bn_recalibration" in the file) " (BN per chip)" or " (BN: clean)", ADC ranges calibrated on training
+images ("adc_calibration" in the file) " (ADC ranges from train images)", another split than test
 (`nvcim eval --split val`) " (val split)", unquantized chips (`--no-quantize`) " (unquantized)". A sweep
 cell of a device-model axis ("device_model" in its cell) is an arm per device model: " [rram4]" (the name as
 the spec gives it) before those; results without a device model keep their labels. Models of one (model,
@@ -127,13 +128,15 @@ def assign_labels(records: list[dict], others: Sequence[dict] = ()) -> None:
 
 def evaluation_suffix(r: Mapping) -> str:
     """Results evaluated off the standard setting are arms of their own: a sweep's device model (" [rram4]"),
-    recalibrated BatchNorm statistics (`nvcim eval --recalibrate-bn*`), another split than test (`--split val`),
-    unquantized chips (`--no-quantize`)."""
+    recalibrated BatchNorm statistics (`nvcim eval --recalibrate-bn*`), calibrated ADC ranges from training images
+    (`--adc-calibration train`), another split than test (`--split val`), unquantized chips (`--no-quantize`)."""
     parts = []
     device = f" [{r['device_model']}]" if r.get("device_model") else ""
     how = r.get("bn_recalibration")
     if how:
         parts.append("BN per chip" if how == "each chip" else f"BN: {how}")
+    if r.get("adc_calibration"):
+        parts.append(f"ADC ranges from {r['adc_calibration']} images")
     if r.get("split", "test") != "test":
         parts.append(f"{r['split']} split")
     if r.get("quantized") is False:

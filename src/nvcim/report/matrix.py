@@ -57,6 +57,8 @@ def matrix_table(rec: DeviceMatrixFile, title: str = "Device-model matrix") -> T
     sigma = "each checkpoint's training σ" if rec.sigma is None else f"σ_d = {rec.sigma:g}"
     note = (f"mean accuracy % [95 % CI of the mean] and 5th percentile over {rec.runs} chips per cell, {sigma}; "
             f"every cell uses the chip seeds from {rec.seed} (common random numbers)")
+    if rec.adc_calibration:  # columns with a calibrated ADC clip: where each chip's ranges came from
+        note += f"; calibrated ADC clips measured on the {rec.adc_calibration.get('split', '?')} split's first images"
     return Table(title, ["checkpoint", *rec.device_models], rows, note, legend=marks.legend())
 
 

@@ -115,6 +115,8 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
     recal = str(recal.get("weights") or "?") if isinstance(recal, dict) else None  # "clean" | "each chip" | None
     ck_path = _locate_checkpoint(rec.checkpoint, path)
     split = rec.split  # `nvcim eval --split val` results are not test results
+    adc_cal = rec.adc_calibration if isinstance(rec.adc_calibration, dict) else {}
+    adc_source = "train" if adc_cal.get("split") == "train" else None  # ADC ranges from training images
     eval_device = rec.device_config or {}
     quantized = eval_device.get("quantize") is not False  # `nvcim eval --no-quantize`: not the paper's chips
     out = []
@@ -151,6 +153,7 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                 "recipe_label": "",  # e.g. "12 epochs" when recipes differ in the report (assign_labels)
                 "history": training_history(ck.get("metrics")),
                 "bn_recalibration": recal,
+                "adc_calibration": adc_source,
                 "split": split,
                 "quantized": quantized,
                 "train_sigma": train_sigma,

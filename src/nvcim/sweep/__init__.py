@@ -19,7 +19,7 @@ A spec (TOML shown; see experiments/README.md for every key):
     device_models = ["gaussian", "rram4"]   # optional device-model axis: names or DeviceConfig files
     [train]      # TrainConfig fields (epochs, batch_size, lr, optimizer, schedule, limit, ...)
     [eval]       # runs, seed, val_runs, val_seed, batch_size, test_sigmas, keep_beta_checkpoints,
-                 # bn_calibration_images
+                 # bn_calibration_images, adc_calibration
     [method_params.ovf]   # fixed hyper-parameters of a method for every cell of that method
     [resources]  # threads_per_cell, cpus_per_cell, gpus_per_cell
     [[variants]] # extra arms: label, method, params
@@ -72,6 +72,12 @@ validation score alike, re-estimate its BatchNorm statistics from the first N tr
 own programmed weights before it is scored (`nvcim.batchnorm.ChipCalibration`, batches of 1024), as
 `nvcim eval --recalibrate-bn-per-chip N` does; result.json records it as "bn_recalibration", and
 reports show such arms apart ("… (BN per chip)").
+
+ADC calibration source. Under a device with a calibrated ADC clip (`adc_clip = "calibrated"`, SPEC §8), every chip
+measures its ADC ranges on the first `adc_calibration_images` images of the evaluated split by default
+(`eval.adc_calibration = "evaluated"`, unlabeled); `"train"` takes training images instead, in the test evaluation
+and the β search's validation score alike, as `nvcim eval --adc-calibration train` does; result.json records the
+source as "adc_calibration": {"split", "images"}. "train" without such a device in any cell is refused.
 """
 
 from nvcim.sweep.backends import BACKENDS, RAY_MISSING, default_threads, register_backend, run_pool, run_ray

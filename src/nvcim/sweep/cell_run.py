@@ -26,7 +26,7 @@ from nvcim.io.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, load
 from nvcim.data import load_dataset
 from nvcim.evaluate.files import EvaluationFile, FailedCellFile, write_result_file
 from nvcim.methods import searched_param
-from nvcim.sweep.cells import Cell, fmt_beta, is_num
+from nvcim.sweep.cells import Cell, calibrated_adc, fmt_beta, is_num
 from nvcim.sweep.schema import TARGET_KEYS
 from nvcim.sweep.files import FAILED_FILE, RESULT_FILE, SCORE_FILE, cell_dir, link_or_copy_dir, prepare_cell_dir
 
@@ -144,6 +144,26 @@ def _calibration_record(cell: Cell, splits) -> dict | None:
     return recalibration_record("each chip", n, len(splits.train)) if n else None
 
 
+def _adc_source(cell: Cell, cfg, splits):
+    """What a calibrated ADC clip measures each chip on (eval.adc_calibration): the train split for "train", else None
+    (the evaluated images, monte_carlo_evaluate's default); None for a device without a calibrated clip."""
+    if cell.eval.get("adc_calibration") != "train" or not calibrated_adc(cfg):
+        return None
+    if len(splits.train) == 0:
+        raise ValueError("eval.adc_calibration = 'train' needs training images, and the train split is empty")
+    return splits.train
+
+
+def _adc_record(cell: Cell, splits) -> dict | None:
+    """result.json's "adc_calibration" (as `nvcim eval` writes it): None without a calibrated clip."""
+    cfg = cell.test_device()
+    if not calibrated_adc(cfg):
+        return None
+    train = cell.eval.get("adc_calibration") == "train"
+    return {"split": "train" if train else "test",
+            "images": min(cfg.adc_calibration_images, len(splits.train if train else splits.test))}
+
+
 def _beta_search(cell: Cell, d: Path, splits, dev, notes: list[str]) -> tuple[float, dict, float]:
     """Train / score every β candidate (resumable per β); returns (chosen β, record, train seconds)."""
     scores = []
@@ -166,7 +186,8 @@ def _beta_search(cell: Cell, d: Path, splits, dev, notes: list[str]) -> tuple[fl
         if _diverged_msg(metrics) is None:
             val = evaluate.monte_carlo_evaluate(model, splits.val, tc.device_cfg(), runs=cell.eval["val_runs"],
                                                 seed=cell.eval["val_seed"], batch_size=cell.eval["batch_size"],
-                                                device=dev, bn_calibration=_chip_calibration(cell, model, splits))
+                                                device=dev, bn_calibration=_chip_calibration(cell, model, splits),
+                                                adc_calibration=_adc_source(cell, tc.device_cfg(), splits))
             rec["val_mean"], rec["val_std"] = val.mean, (val.std if math.isfinite(val.std) else None)
         else:
             rec["error"] = _diverged_msg(metrics)
@@ -279,11 +300,12 @@ def _run_cell(cell: Cell, out: Path, d: Path, threads: int, t0: float, notes: li
     results = evaluate.robustness_curve(model, splits.test, cell.test_device(), cell.test_sigmas, **chips,
                                         seed=cell.eval["seed"],
                                         batch_size=cell.eval["batch_size"], device=dev,
-                                        bn_calibration=_chip_calibration(cell, model, splits))
+                                        bn_calibration=_chip_calibration(cell, model, splits),
+                                        adc_calibration=_adc_source(cell, cell.test_device(), splits))
     eval_s = time.perf_counter() - t_eval
     payload = result_payload(cell, out, ckpt, tc, results, threads=threads, beta_search=beta_record,
                              wall=time.perf_counter() - t0, train_s=train_s, eval_s=eval_s, metrics=metrics,
-                             bn_recalibration=_calibration_record(cell, splits))
+                             bn_recalibration=_calibration_record(cell, splits), adc_calibration=_adc_record(cell, splits))
     write_result_file(d / RESULT_FILE, payload)  # the cell is done from here on
     if cell.betas and not cell.eval["keep_beta_checkpoints"]:
         for sub in (d / "beta").glob("*/checkpoint"):
@@ -292,7 +314,7 @@ def _run_cell(cell: Cell, out: Path, d: Path, threads: int, t0: float, notes: li
 
 
 def result_payload(cell: Cell, out: Path, ckpt: Path, tc, results, *, threads, beta_search, wall, train_s, eval_s,
-                   metrics, bn_recalibration: dict | None = None) -> EvaluationFile:
+                   metrics, bn_recalibration: dict | None = None, adc_calibration: dict | None = None) -> EvaluationFile:
     """result.json (`nvcim.evaluate.files.EvaluationFile`): "checkpoint" relative to the sweep dir,
     "device_config" at the first test σ (every result carries its own), "bn_recalibration" (None, or
     per-chip calibration as `nvcim eval` records it), one result per test σ, and "cell": {...} (with
@@ -306,6 +328,7 @@ def result_payload(cell: Cell, out: Path, ckpt: Path, tc, results, *, threads, b
         split="test",
         device_config=cell.test_device().replace(sigma=cell.test_sigmas[0]).to_dict(),
         bn_recalibration=bn_recalibration,
+        adc_calibration=adc_calibration,
         cell={
             "id": cell.id, "model": cell.model, "width": cell.width, "dataset": cell.dataset,
             "method": cell.method, "label": cell.label, "params": params, "sigma": cell.sigma, "seed": cell.seed,

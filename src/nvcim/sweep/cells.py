@@ -213,8 +213,17 @@ def expand(spec: SweepSpec) -> list[Cell]:
                         params={k: v for k, v in tparams.items() if not (search and k == traits.search)},
                         sigma=sigma, seed=seed, test_sigmas=tests, betas=search, train=tdict,
                         eval={k: ev[k] for k in ("runs", "seed", "val_runs", "val_seed", "batch_size",
-                                                 "keep_beta_checkpoints", "bn_calibration_images", *TARGET_KEYS)
+                                                 "keep_beta_checkpoints", "bn_calibration_images",
+                                                 "adc_calibration", *TARGET_KEYS)
                               if k in ev},
                         device_model=dev_name, device=None if device is None else device.to_dict(),
                     ))
+    if ev.get("adc_calibration") == "train" and not any(calibrated_adc(c.test_device()) for c in cells):
+        raise ValueError("sweep spec: eval.adc_calibration = 'train' but no cell's device has a calibrated ADC clip "
+                         "(adc_bits with adc_clip = 'calibrated'): drop eval.adc_calibration")
     return cells
+
+
+def calibrated_adc(cfg: DeviceConfig) -> bool:
+    """Whether a device measures each chip's ADC ranges (eval.adc_calibration applies to it)."""
+    return bool(cfg.sliced_mvm) and cfg.adc_clip == "calibrated"

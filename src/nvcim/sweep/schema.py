@@ -30,6 +30,7 @@ class EvalOptions:
     test_sigmas: str | tuple[float, ...] = "train"  # "train" | "grid" | (σ, ...)
     keep_beta_checkpoints: bool = True  # False: drop the non-tested β candidates' weights once a cell is done
     bn_calibration_images: int = 0  # > 0: every chip recalibrates BatchNorm from this many training images first
+    adc_calibration: str = "evaluated"  # "train": a calibrated ADC clip measures each chip on training images
     # target-precision mode (nvcim.evaluate.adaptive) instead of `runs` chips: None = off
     target_ci: float | None = None  # 95 % CI half-width of the mean to reach, accuracy points
     max_chips: int | None = None  # chips in the mean at most (None: nvcim.evaluate.adaptive.DEFAULT_MAX_CHIPS)
@@ -43,6 +44,8 @@ class EvalOptions:
         for key in ("bn_calibration_images", *TARGET_KEYS):
             if not d[key]:
                 del d[key]
+        if d["adc_calibration"] == "evaluated":
+            del d["adc_calibration"]
         return d
 
     @classmethod

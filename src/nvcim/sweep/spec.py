@@ -64,7 +64,7 @@ def _check_target(given: Mapping, e: Mapping, where: str) -> None:
 def _recorded_eval(given: Mapping) -> bool:
     """Whether an [eval] table with target_ci is as DIR/spec.json records it: every key EvalOptions always writes,
     `runs` at its default (unused beside target_ci). Written by hand, runs beside target_ci stays an error."""
-    always = [k for k in EVAL_DEFAULTS if k not in TARGET_KEYS and k != "bn_calibration_images"]
+    always = [k for k in EVAL_DEFAULTS if k not in TARGET_KEYS and k not in ("bn_calibration_images", "adc_calibration")]
     return all(k in given for k in always) and given["runs"] == EVAL_DEFAULTS["runs"]
 
 
@@ -276,6 +276,8 @@ def validate_spec(raw: Mapping, where: str = "<spec>", base_dir=None) -> SweepSp
     n_cal = e["bn_calibration_images"]
     if not is_int(n_cal) or n_cal < 0 or n_cal == 1:
         raise _err(where, "eval.bn_calibration_images", n_cal, "0 (off) or an integer >= 2")
+    if e["adc_calibration"] not in ("evaluated", "train"):
+        raise _err(where, "eval.adc_calibration", e["adc_calibration"], "'evaluated' (default) or 'train'")
     _check_target(raw.get("eval") or {}, e, where)
     ts = e["test_sigmas"]
     if isinstance(ts, str):
