@@ -299,3 +299,14 @@ def test_adc_calibration_without_a_calibrated_clip_is_refused_in_one_line():
             monte_carlo_evaluate(model, (x, y), cfg, runs=2, baselines=False,
                                  adc_calibration=x[:0] if cfg is CAL else x)
         assert "\n" not in str(e.value)
+    with pytest.raises(TypeError, match="floating-point"):  # raw pixels would be calibrated on unnormalized values
+        monte_carlo_evaluate(model, (x, y), CAL, runs=2, baselines=False, adc_calibration=torch.zeros(8, 1, 6, 6,
+                                                                                                     dtype=torch.uint8))
+
+    def batches():  # a generator is read only as far as the images it needs
+        yield x[:3]
+        yield x[3:5]
+        raise AssertionError("read past the calibration images")
+
+    monte_carlo_evaluate(model, (x, y), CAL.replace(adc_calibration_images=5), runs=1, baselines=False,
+                         adc_calibration=batches())

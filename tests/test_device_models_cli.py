@@ -208,7 +208,7 @@ def vgg_ckpt(tmp_path_factory):
     return d / "v"
 
 
-def test_adc_calibration_source_from_the_cli_single_and_matrix(vgg_ckpt, tmp_path, capsys):
+def test_adc_calibration_source_from_the_cli_single_and_matrix(vgg_ckpt, tmp_path, capsys, monkeypatch):
     """--adc-calibration train: each chip of a calibrated-clip device calibrates its ADCs on training images (the
     API's adc_calibration=splits.train), recorded in the file; the default calibrates on the evaluated split; the
     flag without a calibrated device is refused in one line before any work."""
@@ -240,6 +240,13 @@ def test_adc_calibration_source_from_the_cli_single_and_matrix(vgg_ckpt, tmp_pat
     assert rec.result(0, 1).per_run_correct == want.per_run_correct
     assert "calibrated ADC clips measured on the train split's first images" in capsys.readouterr().out
     capsys.readouterr()
+    import nvcim.cli.eval_data as eval_data
+
+    def no_loading(*a, **k):
+        raise AssertionError("loaded before refusing --adc-calibration")
+
+    monkeypatch.setattr(eval_data, "load_for_eval", no_loading)
+    monkeypatch.setattr(eval_data.checkpoint, "load_checkpoint", no_loading)
     for argv in (["eval", str(vgg_ckpt), "--sigma", "0.2", "--adc-calibration", "train"],
                  ["eval", str(vgg_ckpt), "--device-models", "gaussian,rram4", "--adc-calibration", "evaluated"]):
         rc, err = run_cli_err(argv, capsys)

@@ -253,11 +253,12 @@ def note_few_chips(results, fix: str = "use --runs 10 or more") -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nvcim.cli.device_flags import adc_calibration, device_label
-    from nvcim.cli.eval_data import device_defaults, load_for_eval
+    from nvcim.cli.eval_data import checkpoint_device, device_defaults, load_for_eval
     from nvcim.cli.eval_matrix import run_matrix
     from nvcim.evaluate import default_sigma_grid, results_table, robustness_curve, write_csv
     from nvcim.evaluate.files import EvaluationFile, write_result_file
     from nvcim.interop.aihwkit import is_aihwkit_spec, list_aihwkit_models
+    from nvcim.io.checkpoint import read_checkpoint_config
     from nvcim.io.device_models import device_model, list_device_models
 
     if args.list_device_models:
@@ -358,14 +359,18 @@ def run(args: argparse.Namespace) -> int:
         from nvcim.cli.eval_aihwkit import run_aihwkit
 
         if args.curve or sigmas is not None or verify is not None or recal is not None or per_chip is not None \
-                or args.no_quantize or target:
+                or args.no_quantize or target or args.adc_calibration:
             raise ValueError(f"--device-model {args.device_model} is aihwkit's noise model, which has no σ_d, "
-                             "quantization, write-verify or target precision here: drop --sigma / --sigmas / --curve / "
-                             "--no-quantize / --verify-fractions / BatchNorm recalibration / --target-ci")
+                             "quantization, write-verify, target precision or bit-sliced ADC here: drop --sigma / "
+                             "--sigmas / --curve / --no-quantize / --verify-fractions / BatchNorm recalibration / "
+                             "--target-ci / --adc-calibration")
         return run_aihwkit(args, ckpt, runs=runs, seed=seed, batch_size=batch_size, limit=limit, progress=progress)
     chosen = None  # the device model built with the checkpoint's defaults: a bad file's values fail before loading
     if args.device_model:
         chosen = device_model(args.device_model, defaults=device_defaults(ckpt, args.no_quantize))
+    # --adc-calibration without a calibrated ADC clip: refused from config.json alone, before any loading
+    adc_calibration(args.adc_calibration, [chosen or checkpoint_device(ckpt, read_checkpoint_config(ckpt),
+                                                                       args.no_quantize)], None, args.split)
     loaded = load_for_eval(ckpt, dataset=args.dataset, data_root=args.data_root, split=args.split, limit=limit,
                            no_quantize=args.no_quantize)
     model, config, base, dataset, splits, split = (loaded.model, loaded.config, loaded.device, loaded.dataset,

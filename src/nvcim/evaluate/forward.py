@@ -68,11 +68,14 @@ def adc_calibration_source(data: Any, cfg: DeviceConfig, device: torch.device, d
                          "nothing; set adc_clip='calibrated' (with adc_bits) or drop adc_calibration")
     out, left = [], cfg.adc_calibration_images
     for x in input_batches(data, left):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"adc_calibration images must be floating-point tensors (normalized like the evaluated "
+                            f"ones), got {getattr(x, 'dtype', type(x).__name__)}")
+        if x.shape[0]:
+            out.append(x[:left])  # [B', ...]
+            left -= int(out[-1].shape[0])
         if left <= 0:
             break
-        out.append(x[:left])  # [B', ...]
-        left -= int(out[-1].shape[0])
-    out = [x for x in out if x.shape[0]]
     if not out:
         raise ValueError("adc_calibration data has no images: give at least one (e.g. the train split)")
     return [torch.cat(out).to(device=device, dtype=dtype or out[0].dtype)]  # [N, ...]

@@ -147,7 +147,7 @@ def training_curves(records: Sequence[dict]) -> list[dict]:
     seen = set()
     for r in sorted(records, key=lambda r: r["file"]):
         if not r.get("history") or r["train_sigma"] is None or not r.get("quantized", True) \
-                or r.get("bn_recalibration") or r.get("split", "test") != "test":
+                or r.get("bn_recalibration") or r.get("adc_calibration") or r.get("split", "test") != "test":
             continue  # another evaluation of a checkpoint read elsewhere: its history is the same
         if sigma_specific(r) and sigma_key(r["train_sigma"]) != sigma_key(r["test_sigma"]):
             continue

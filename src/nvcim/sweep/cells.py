@@ -208,7 +208,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
                     if search:
                         tdict["method_params"] = {k: v for k, v in tdict["method_params"].items()
                                                   if k != traits.search}
-                    cells.append(Cell(
+                    cell = Cell(
                         id=cid, model=model, width=spec.width, dataset=dataset, method=method, label=label,
                         params={k: v for k, v in tparams.items() if not (search and k == traits.search)},
                         sigma=sigma, seed=seed, test_sigmas=tests, betas=search, train=tdict,
@@ -217,11 +217,21 @@ def expand(spec: SweepSpec) -> list[Cell]:
                                                  "adc_calibration", *TARGET_KEYS)
                               if k in ev},
                         device_model=dev_name, device=None if device is None else device.to_dict(),
-                    ))
-    if ev.get("adc_calibration") == "train" and not any(calibrated_adc(c.test_device()) for c in cells):
+                    )
+                    cells.append(_without_unused_adc_source(cell))
+    if ev.get("adc_calibration") == "train" and not any("adc_calibration" in c.eval for c in cells):
         raise ValueError("sweep spec: eval.adc_calibration = 'train' but no cell's device has a calibrated ADC clip "
                          "(adc_bits with adc_clip = 'calibrated'): drop eval.adc_calibration")
     return cells
+
+
+def _without_unused_adc_source(cell: Cell) -> Cell:
+    """The cell without eval.adc_calibration when neither its test nor its training device calibrates ADC ranges:
+    the key changes nothing there, so it must not change the cell's definition (and make finished cells stale)."""
+    if "adc_calibration" not in cell.eval or calibrated_adc(cell.test_device()) \
+            or calibrated_adc(cell.train_config(cell.betas[0] if cell.betas else None).device_cfg()):
+        return cell
+    return dataclasses.replace(cell, eval={k: v for k, v in cell.eval.items() if k != "adc_calibration"})
 
 
 def calibrated_adc(cfg: DeviceConfig) -> bool:
