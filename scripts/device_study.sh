@@ -8,7 +8,8 @@
 # chips buy more precision than images), then the 4/6/8-bit ADCs and, with the aihwkit extra installed,
 # aihwkit's PCM inference model one hour after programming (an independent noise model; 10 chips on the
 # first 200 test digits per cell: both are slow on CPU), and the same 4/6/8-bit ADCs with the calibrated clip
-# (experiments/devices/adc*_calibrated.toml: each chip's ranges measured on the first 128 of those digits).
+# (experiments/devices/adc*_calibrated.toml: each chip's ranges measured on the first 128 of those digits), and
+# what is left at 16 bits and with a differential readout (adc16_calibrated.toml, adc6_calibrated_differential.toml).
 # One matrix per σ (rows: checkpoints, columns: device models), evaluated at that σ.
 # Resumable: finished matrices are skipped. Two evaluations at a time, one thread each.
 #   nvcim sweep experiments/repro/devices_mnist5k.toml --out repro_out/devices --workers 2
@@ -24,6 +25,7 @@ DEVICES="gaussian,fefet2,rram4,fefet6,stuck-chen2015,$D/read_noise.toml"
 for t in 1h 1d 1y; do DEVICES="$DEVICES,$D/drift_$t.toml,$D/drift_${t}_comp.toml"; done
 ADCS="gaussian,$D/adc8.toml,$D/adc6.toml,$D/adc4.toml"
 CALIBRATED="gaussian,$D/adc8_calibrated.toml,$D/adc6_calibrated.toml,$D/adc4_calibrated.toml"
+READOUTS="gaussian,$D/adc16_calibrated.toml,$D/adc6_calibrated_differential.toml"
 $PY -c "import aihwkit" 2>/dev/null && ADCS="$ADCS,aihwkit:pcm?t_inference=3600"
 mkdir -p "$DEST"
 ckpts() {  # the checkpoints of one σ, in a fixed order: method-major, seed-minor
@@ -47,4 +49,5 @@ run() {  # σ, device list, chips, test images, output name
 run 0.20 "$DEVICES" 30 500 devices_s0.20 & run 0.30 "$DEVICES" 30 500 devices_s0.30 & wait
 run 0.20 "$ADCS" 10 200 adc_s0.20 & run 0.30 "$ADCS" 10 200 adc_s0.30 & wait
 run 0.20 "$CALIBRATED" 10 200 adc_calibrated_s0.20 & run 0.30 "$CALIBRATED" 10 200 adc_calibrated_s0.30 & wait
+run 0.20 "$READOUTS" 10 200 adc_readouts_s0.20 & run 0.30 "$READOUTS" 10 200 adc_readouts_s0.30 & wait
 echo "done: $DEST"

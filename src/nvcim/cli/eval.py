@@ -368,9 +368,9 @@ def run(args: argparse.Namespace) -> int:
     chosen = None  # the device model built with the checkpoint's defaults: a bad file's values fail before loading
     if args.device_model:
         chosen = device_model(args.device_model, defaults=device_defaults(ckpt, args.no_quantize))
-    # --adc-calibration without a calibrated ADC clip: refused from config.json alone, before any loading
-    adc_calibration(args.adc_calibration, [chosen or checkpoint_device(ckpt, read_checkpoint_config(ckpt),
-                                                                       args.no_quantize)], None, args.split)
+    if args.adc_calibration is not None:  # without a calibrated ADC clip: refused from config.json, before loading
+        adc_calibration(args.adc_calibration, [chosen or checkpoint_device(ckpt, read_checkpoint_config(ckpt),
+                                                                           args.no_quantize)], None, args.split)
     loaded = load_for_eval(ckpt, dataset=args.dataset, data_root=args.data_root, split=args.split, limit=limit,
                            no_quantize=args.no_quantize)
     model, config, base, dataset, splits, split = (loaded.model, loaded.config, loaded.device, loaded.dataset,
