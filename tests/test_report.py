@@ -143,7 +143,8 @@ def test_summary_csv(report_dir):
             assert float(r["mean"]) == pytest.approx(np.mean(means), abs=1e-9)
             assert r["n_seeds"] == "2" and r["runs"] == "4"
             half = 12.706204736174707 * np.std(means, ddof=1) / math.sqrt(2)
-            assert float(r["ci95_hi"]) - float(r["mean"]) == pytest.approx(half, rel=1e-6)
+            assert float(r["ci95_hi"]) == pytest.approx(min(100.0, float(r["mean"]) + half), rel=1e-6)
+            assert float(r["ci95_lo"]) == pytest.approx(max(0.0, float(r["mean"]) - half), rel=1e-6)
             pooled = per_run(method, s, 0) + per_run(method, s, 1)
             assert float(r["min"]) == pytest.approx(min(pooled))
             assert float(r["p1"]) == pytest.approx(np.percentile(pooled, 1))
@@ -644,3 +645,14 @@ def test_a_searched_noise_free_arm_is_sigma_specific(tmp_path):
     assert pts[0.2]["n_seeds"] == 2 and pts[0.35]["n_seeds"] == 2  # not 4: the other σ's models stay out
     assert abs(pts[0.2]["mean"] - (80.0 - 20.0 + 0.125)) < 1e-9  # the σ 0.2 models at σ 0.2
     assert abs(pts[0.35]["mean"] - (80.0 - 20.0 - 35.0 + 0.125)) < 1e-9  # the σ 0.35 models at σ 0.35
+
+
+def test_a_ci_over_two_seeds_stays_within_0_100(tmp_path):
+    # two seeds near the top: t = 12.7 puts the unclipped interval above 100 %, which no accuracy reaches
+    root = tmp_path / "r"
+    for seed, acc in ((0, [99.5, 99.7]), (1, [90.0, 91.0])):
+        write(root / f"s{seed}.json", mc_eval("ovf", 0.2, seed, [mc_result(0.2, acc)]))
+    (p,) = matched_points(load_results(root))
+    half = 12.706204736174707 * np.std([99.6, 90.5], ddof=1) / math.sqrt(2)
+    assert p["mean"] + half > 100 and p["mean"] - half > 0  # the case this test is about
+    assert p["ci95"] == [pytest.approx(p["mean"] - half), 100.0]

@@ -19,6 +19,7 @@ import numpy as np
 
 from nvcim import reference
 from nvcim.evaluate import convergence_summary, t_quantile
+from nvcim.evaluate.stats import accuracy_ci
 from nvcim.report.common import (CONVERGENCE_THRESHOLD, fmt_param, fmt_sigma, group_key, label_sort_key, num, sigma_key,
                                  sigma_specific)
 from nvcim.report.labels import is_standard_evaluation
@@ -103,7 +104,7 @@ def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> li
         if n >= 2:
             sd = float(np.std(means, ddof=1))
             half = float(t_quantile(0.975, n - 1)) * sd / math.sqrt(n)
-            ci, ci_over = [mean - half, mean + half], "seeds"
+            ci, ci_over = list(accuracy_ci(mean, half)), "seeds"  # clipped to [0, 100], as every accuracy CI
         else:
             sd = None
             ci, ci_over = list(models[0]["ci95"]), "MC runs"
