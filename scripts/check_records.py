@@ -45,15 +45,15 @@ def tables(lines: list[str]) -> list[tuple[int, list[str], list[str] | None]]:
     out, fenced, pending, i = [], False, None, 0
     while i < len(lines):
         line = lines[i]
-        if line.startswith("```"):
+        if line.lstrip().startswith("```"):
             fenced = not fenced
         elif not fenced:
             m = RECORDS.match(line.strip())
             if m:
                 pending = m.group(1).split()
-            elif line.startswith("|"):
+            elif line.lstrip().startswith("|"):  # a table indented inside a list item is a table too
                 j = i
-                while j < len(lines) and lines[j].startswith("|"):
+                while j < len(lines) and lines[j].lstrip().startswith("|"):
                     j += 1
                 out.append((i + 1, lines[i:j], pending))
                 pending, i = None, j

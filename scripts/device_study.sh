@@ -9,7 +9,8 @@
 # aihwkit's PCM inference model one hour after programming (an independent noise model; 10 chips on the
 # first 200 test digits per cell: both are slow on CPU), and the same 4/6/8-bit ADCs with the calibrated clip
 # (experiments/devices/adc*_calibrated.toml: each chip's ranges measured on the first 128 of those digits), and
-# what is left at 16 bits and with a differential readout (adc16_calibrated.toml, adc6_calibrated_differential.toml).
+# what is left at 16 bits and with a differential readout (adc16_calibrated.toml, adc6_calibrated_differential.toml),
+# and the 6-bit calibrated clip calibrated on training digits instead (--adc-calibration train).
 # One matrix per σ (rows: checkpoints, columns: device models), evaluated at that σ.
 # Resumable: finished matrices are skipped. Two evaluations at a time, one thread each.
 #   nvcim sweep experiments/repro/devices_mnist5k.toml --out repro_out/devices --workers 2
@@ -40,14 +41,17 @@ ckpts() {  # the checkpoints of one σ, in a fixed order: method-major, seed-min
   done
   echo "${out[@]}"
 }
-run() {  # σ, device list, chips, test images, output name
+run() {  # σ, device list, chips, test images, output name[, more nvcim eval flags]
   local res="$DEST/$5.json"
   [ -f "$res" ] && return 0
   OMP_NUM_THREADS=1 $PY -m nvcim eval $(ckpts "$1") --sigma "$1" --device-models "$2" --runs "$3" --limit "$4" \
-    --seed 0 --no-progress --out "$res" --csv "$DEST/$5.csv" > "$DEST/$5.log" 2>&1
+    --seed 0 --no-progress --out "$res" --csv "$DEST/$5.csv" "${@:6}" > "$DEST/$5.log" 2>&1
 }
 run 0.20 "$DEVICES" 30 500 devices_s0.20 & run 0.30 "$DEVICES" 30 500 devices_s0.30 & wait
 run 0.20 "$ADCS" 10 200 adc_s0.20 & run 0.30 "$ADCS" 10 200 adc_s0.30 & wait
 run 0.20 "$CALIBRATED" 10 200 adc_calibrated_s0.20 & run 0.30 "$CALIBRATED" 10 200 adc_calibrated_s0.30 & wait
 run 0.20 "$READOUTS" 10 200 adc_readouts_s0.20 & run 0.30 "$READOUTS" 10 200 adc_readouts_s0.30 & wait
+# the 6-bit calibrated clip again, each chip calibrated on the first 128 training digits instead of test ones
+run 0.20 "gaussian,$D/adc6_calibrated.toml" 10 200 adc_train_calibrated_s0.20 --adc-calibration train &
+run 0.30 "gaussian,$D/adc6_calibrated.toml" 10 200 adc_train_calibrated_s0.30 --adc-calibration train & wait
 echo "done: $DEST"

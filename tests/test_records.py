@@ -47,3 +47,18 @@ def test_the_checker_finds_missing_numbers_and_missing_records(tmp_path):
     assert any("elsewhere.csv is not a committed record" in p for p in problems)
     assert any(":21: 1 " in p for p in problems)  # a disallowed file backs nothing
     assert len(problems) == 4
+
+
+def test_a_table_indented_in_a_list_item_is_checked_too(tmp_path):
+    (tmp_path / "docs" / "reproduction").mkdir(parents=True)
+    (tmp_path / "docs" / "reproduction" / "summary.csv").write_text("label,mean\nOVF,55.49\n")
+    md = tmp_path / "R.md"
+    md.write_text("\n".join([
+        "- a finding:", "",
+        "  <!-- records: docs/reproduction/summary.csv -->", "",
+        "  | arm | mean |", "  |---|---|", "  | OVF | 55.49 |", "  | NI | 12.34 |",
+        "", "  | unrecorded | 1 |", "  |---|---|", "  | x | 2 |",
+    ]) + "\n")
+    problems = _check(md, tmp_path)
+    assert any(":8: 12.34" in p for p in problems) and any(":10: table has no" in p for p in problems)
+    assert len(problems) == 2
