@@ -86,11 +86,11 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
     own_sigma = {name: devices[0][name].sigma for name in own_sigma}  # a file's own σ: the same in every row
     adc_calibration(args.adc_calibration, [d for row in devices for d in row.values()], None, args.split)
     rows, info, adc_data = [], [], []
-    for ck in ckpts:
+    for i, ck in enumerate(ckpts):
         loaded = load_for_eval(ck, dataset=args.dataset, data_root=args.data_root, split=args.split, limit=limit,
                                no_quantize=args.no_quantize)
         rows.append((str(ck), loaded.dataset, loaded.model, loaded.split))
-        adc_data.append(adc_calibration(args.adc_calibration, list(devices[len(rows) - 1].values()), loaded.splits,
+        adc_data.append(adc_calibration(args.adc_calibration, list(devices[i].values()), loaded.splits,
                                         args.split)[0])  # None: the evaluated images
         info.append({"method": dict(loaded.config.get("method") or {}), "seed": loaded.config.get("seed"),
                      "train_sigma": (loaded.config.get("device") or {}).get("sigma"),
