@@ -92,7 +92,7 @@ def adc_calibration(choice: str | None, devices, splits, split: str) -> tuple[An
     split's), or (None, None) when no device has a calibrated clip; the flag is then refused, as is "train" with an
     empty train split. devices: DeviceConfigs (other simulators' devices are skipped). splits None: only the check
     that the flag has a calibrated device to apply to (before any loading)."""
-    cal = [d for d in devices if getattr(d, "sliced_mvm", False) and getattr(d, "adc_clip", None) == "calibrated"]
+    cal = [d for d in devices if getattr(d, "calibrated_adc", False)]
     if not cal:
         if choice is not None:
             raise ValueError(f"--adc-calibration {choice}: no device here has a calibrated ADC clip (a device model "

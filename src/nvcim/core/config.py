@@ -308,6 +308,12 @@ class DeviceConfig:
         return self.adc_bits is not None or self.input_bits is not None
 
     @property
+    def calibrated_adc(self) -> bool:
+        """True when each chip's ADC ranges are measured on calibration images (adc_clip="calibrated", which is
+        validated to come with adc_bits)."""
+        return self.adc_clip == "calibrated"
+
+    @property
     def use_fast_path(self) -> bool:
         """True when one Gaussian draw per weight is used instead of one draw per device."""
         if self.sampling == "device" or self.chip_effects or self.sliced_mvm:

@@ -44,7 +44,7 @@ PROBE_IMAGES = 4  # images on which `stacked_problem` compares the stacked forwa
 def adc_calibration_inputs(cfg: DeviceConfig, xs: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
     """[the first cfg.adc_calibration_images images of input batches xs, as one batch]: what each chip's ADC ranges
     are calibrated on (cfg.adc_clip == "calibrated"; the same images for every chip), or None when not calibrated."""
-    if not cfg.sliced_mvm or cfg.adc_clip != "calibrated":
+    if not cfg.calibrated_adc:
         return None
     out, left = [], cfg.adc_calibration_images
     for x in xs:
@@ -62,7 +62,7 @@ def adc_calibration_source(data: Any, cfg: DeviceConfig, device: torch.device, d
     ones (data: a Split, an (x, y) pair, an x tensor or an iterable of batches); None when data is None."""
     if data is None:
         return None
-    if not cfg.sliced_mvm or cfg.adc_clip != "calibrated":
+    if not cfg.calibrated_adc:
         raise ValueError(f"adc_calibration= is given, but the device has adc_clip={cfg.adc_clip!r}"
                          f"{'' if cfg.sliced_mvm else ' and no ADC (adc_bits / input_bits unset)'}: it calibrates "
                          "nothing; set adc_clip='calibrated' (with adc_bits) or drop adc_calibration")

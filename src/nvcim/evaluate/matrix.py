@@ -52,4 +52,4 @@ def device_matrix(rows: Sequence[tuple[str, str, nn.Module, Any]], device_models
 
 def _calibrated(cfg) -> bool:
     """Whether a column's device calibrates its ADC ranges (a DeviceConfig with a calibrated clip)."""
-    return isinstance(cfg, DeviceConfig) and cfg.sliced_mvm and cfg.adc_clip == "calibrated"
+    return isinstance(cfg, DeviceConfig) and cfg.calibrated_adc

@@ -359,7 +359,7 @@ def calibrate_adc_(model: nn.Module, data: Any, images: int | None = None) -> nn
     """
     from nvcim.data.batching import eval_mode, input_batches  # here: `import nvcim` keeps nvcim.data lazy
 
-    ctrls = [c for c in _controllers(model) if c.enabled and c.cfg.sliced_mvm and c.cfg.adc_clip == "calibrated"]
+    ctrls = [c for c in _controllers(model) if c.enabled and c.cfg.calibrated_adc]
     if not ctrls:
         raise ValueError("calibrate_adc_: no layer has a calibrated ADC: use DeviceConfig(adc_bits=B, "
                          "adc_clip='calibrated')")

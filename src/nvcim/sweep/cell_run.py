@@ -26,7 +26,7 @@ from nvcim.io.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, load
 from nvcim.data import load_dataset
 from nvcim.evaluate.files import EvaluationFile, FailedCellFile, write_result_file
 from nvcim.methods import searched_param
-from nvcim.sweep.cells import Cell, calibrated_adc, fmt_beta, is_num
+from nvcim.sweep.cells import Cell, fmt_beta, is_num
 from nvcim.sweep.schema import TARGET_KEYS
 from nvcim.sweep.files import FAILED_FILE, RESULT_FILE, SCORE_FILE, cell_dir, link_or_copy_dir, prepare_cell_dir
 
@@ -147,7 +147,7 @@ def _calibration_record(cell: Cell, splits) -> dict | None:
 def _adc_source(cell: Cell, cfg, splits):
     """What a calibrated ADC clip measures each chip on (eval.adc_calibration): the train split for "train", else None
     (the evaluated images, monte_carlo_evaluate's default); None for a device without a calibrated clip."""
-    if cell.eval.get("adc_calibration") != "train" or not calibrated_adc(cfg):
+    if cell.eval.get("adc_calibration") != "train" or not cfg.calibrated_adc:
         return None
     if len(splits.train) == 0:
         raise ValueError("eval.adc_calibration = 'train' needs training images, and the train split is empty")
@@ -157,7 +157,7 @@ def _adc_source(cell: Cell, cfg, splits):
 def _adc_record(cell: Cell, splits) -> dict | None:
     """result.json's "adc_calibration" (as `nvcim eval` writes it): None without a calibrated clip."""
     cfg = cell.test_device()
-    if not calibrated_adc(cfg):
+    if not cfg.calibrated_adc:
         return None
     train = cell.eval.get("adc_calibration") == "train"
     return {"split": "train" if train else "test",

@@ -228,12 +228,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
 def _without_unused_adc_source(cell: Cell) -> Cell:
     """The cell without eval.adc_calibration when neither its test nor its training device calibrates ADC ranges:
     the key changes nothing there, so it must not change the cell's definition (and make finished cells stale)."""
-    if "adc_calibration" not in cell.eval or calibrated_adc(cell.test_device()) \
-            or calibrated_adc(cell.train_config(cell.betas[0] if cell.betas else None).device_cfg()):
+    if "adc_calibration" not in cell.eval or cell.test_device().calibrated_adc \
+            or cell.train_config(cell.betas[0] if cell.betas else None).device_cfg().calibrated_adc:
         return cell
     return dataclasses.replace(cell, eval={k: v for k, v in cell.eval.items() if k != "adc_calibration"})
-
-
-def calibrated_adc(cfg: DeviceConfig) -> bool:
-    """Whether a device measures each chip's ADC ranges (eval.adc_calibration applies to it)."""
-    return bool(cfg.sliced_mvm) and cfg.adc_clip == "calibrated"
