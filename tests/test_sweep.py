@@ -635,11 +635,14 @@ def test_partial_work_of_another_thread_count_is_redone_with_a_warning(tmp_path,
     d = sweep.cell_dir(tmp_path, cell.id)
     d.mkdir(parents=True)
     (d / sweep.CELL_FILE).write_text(json.dumps({**cell.to_dict(), "threads": 7}))  # killed while on 7 threads
-    (d / "partial.bin").write_text("x")
+    (d / "checkpoint").mkdir()
+    (d / "checkpoint" / "config.json").write_text("{half")  # nvcim's partial work: removed
+    (d / "notes.txt").write_text("x")  # not nvcim's: kept
     with pytest.warns(sweep.SweepWarning, match=r"made with 7 thread\(s\) per cell, this run uses 1"):
         summary = run_sweep(spec, tmp_path, progress=False)  # a warning, quiet or not
     assert summary.exit_code == 0
-    assert not (d / "partial.bin").exists() and json.loads((d / sweep.CELL_FILE).read_text())["threads"] == 1
+    assert (d / "notes.txt").read_text() == "x" and json.loads((d / sweep.CELL_FILE).read_text())["threads"] == 1
+    assert json.loads((d / "checkpoint" / "config.json").read_text())  # trained again
 
 
 def test_temp_leftovers_are_removed_and_an_interrupted_replace_is_undone(tmp_path):
@@ -760,10 +763,27 @@ def test_stale_partial_cell_is_wiped(tmp_path):
     (d / ".checkpoint.tmp-abc").mkdir(parents=True)
     (d / "cell.json").write_text('{"id": "something else"}')
     (d / "checkpoint").mkdir()
-    (d / "checkpoint" / "junk").write_text("x")
+    (d / "checkpoint" / "model.safetensors").write_text("x")
+    (d / "beta" / "1e-1" / "checkpoint").mkdir(parents=True)
+    (d / "beta" / "1e-1" / "score.json").write_text("{}")
+    (d / "my_plot.png").write_text("the user's")  # a file nvcim did not write stays, whatever the sweep redoes
     assert run_sweep(spec, out, progress=False, force=True).exit_code == 0
-    assert sorted(p.name for p in d.iterdir()) == ["cell.json", "checkpoint", "result.json"]
+    assert sorted(p.name for p in d.iterdir()) == ["cell.json", "checkpoint", "my_plot.png", "result.json"]
     assert json.loads((d / "cell.json").read_text())["id"] == cid
+    assert (d / "my_plot.png").read_text() == "the user's"
+
+
+def test_stale_partial_cell_keeps_files_nvcim_did_not_write_even_in_its_checkpoint(tmp_path):
+    spec = validate_spec(spec_of(methods=["vanilla"], seeds=[0]))
+    out = tmp_path / "out"
+    d = sweep.cell_dir(out, expand(spec)[0].id)
+    (d / "checkpoint").mkdir(parents=True)  # no cell.json: partial work of unknown definition
+    (d / "checkpoint" / "config.json").write_text("{}")
+    (d / "checkpoint" / "README").write_text("mine")
+    summary = run_sweep(spec, out, progress=False, force=True)
+    assert (d / "checkpoint" / "README").read_text() == "mine"  # kept, so the cell cannot train there: it fails
+    assert summary.failed == [expand(spec)[0].id] and not (d / "checkpoint" / "config.json").exists()
+    assert "refusing to replace it" in json.loads((d / "failed.json").read_text())["error"]
 
 
 def test_finished_cell_of_another_definition_is_refused_not_reused(tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -73,12 +74,22 @@ def test_driver_writes_when_the_directory_is_not_shared(tmp_path, local_ref):
         ray_backend._write_returned(out, cell.id, reply["files"])
     assert _files(out) == _files(local_ref)
     assert _results(out) == _results(local_ref)
-    # a cell returned again (a rerun) replaces its directory whole, leaving nothing hidden behind
+    # a cell returned again (a rerun) replaces nvcim's files, keeps the user's, leaves nothing hidden behind
     d = sweep.cell_dir(out, cell.id)
     (d.parent / f".{d.name}.tmp-killed").mkdir()  # the leftover of a driver killed mid-write
+    (d / "checkpoint" / "model.safetensors").write_bytes(b"old weights")
+    (d / "notes.txt").write_text("mine")
     ray_backend._write_returned(out, cell.id, {**reply["files"], "extra.txt": b"x"})
     assert not [p.name for p in d.parent.iterdir() if p.name.startswith(".")]
     assert (d / "extra.txt").read_bytes() == b"x" and (d / "result.json").stat().st_mode & 0o777 == 0o644
+    assert (d / "notes.txt").read_text() == "mine"
+    assert (d / "checkpoint" / "model.safetensors").read_bytes() == reply["files"]["checkpoint/model.safetensors"]
+    # an earlier version's swap killed between its two renames: the cell's old directory is put back first
+    old = d.parent / f".{d.name}.old-killed"
+    os.replace(d, old)
+    ray_backend._write_returned(out, cell.id, reply["files"])
+    assert not old.exists() and (d / "notes.txt").read_text() == "mine"
+    assert _results(out) == _results(local_ref)
 
 
 def test_missing_ray_is_a_one_line_error(monkeypatch, tmp_path):

@@ -33,8 +33,9 @@ ever share a directory. With `device_models`, every cell exists once per device 
 after the data set ("<model>-w<width>/<dataset>/<device>/<label>/…"), trained and tested under it
 (vanilla: trained without noise as without the axis, once per device model, and tested under it). Files of a cell, under DIR/cells/<id>/:
 
-    cell.json            the cell's full definition (written first; a partial cell whose
-                         definition changed is wiped before it runs again)
+    cell.json            the cell's full definition (written first; nvcim's files of a partial
+                         cell whose definition changed are removed before it runs again, and
+                         any other file there is kept)
     checkpoint/          nvcim.io.checkpoint of the model that is tested
     beta/<β>/checkpoint/ β search: one model per candidate, and beta/<β>/score.json (its
                          validation score; the marker that this candidate is done, unless

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nvcim.evaluate.files import EvaluationFile, read_result_file
+from nvcim.io.checkpoint import CONFIG_FILE as CHECKPOINT_CONFIG
+from nvcim.io.checkpoint import WEIGHTS_FILE as CHECKPOINT_WEIGHTS
 from nvcim.io.files import atomic_write_text, current_umask
 from nvcim.sweep.cells import Cell, is_num
 
@@ -97,9 +99,37 @@ def _clean_temps(d: Path) -> None:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
+def _is_own_file(parts: tuple[str, ...]) -> bool:
+    """Whether a path in a cell directory (its parts, e.g. ("beta", "1e-3", "checkpoint", "config.json")) is one
+    that a sweep writes."""
+    *where, name = parts
+    checkpoint = name in (CHECKPOINT_CONFIG, CHECKPOINT_WEIGHTS)
+    return ((not where and name in (CELL_FILE, RESULT_FILE, FAILED_FILE))
+            or (where == ["checkpoint"] and checkpoint)
+            or (len(where) == 2 and where[0] == "beta" and name == SCORE_FILE)
+            or (len(where) == 3 and where[0] == "beta" and where[2] == "checkpoint" and checkpoint))
+
+
+def remove_cell_files(d: Path) -> None:
+    """Remove what a sweep writes in a cell directory (cell.json, result.json, failed.json, the checkpoints' config
+    and weights, β candidates' score.json, temp leftovers) and the directories left empty; anything else is not
+    nvcim's and stays where it is."""
+    for p in sorted(d.rglob("*"), key=lambda p: len(p.parts), reverse=True):  # deepest first
+        temp = p.name.startswith(".") and (".tmp" in p.name or ".old-" in p.name)
+        if temp and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif (temp or _is_own_file(p.relative_to(d).parts)) and (p.is_file() or p.is_symlink()):
+            p.unlink(missing_ok=True)
+        elif p.is_dir() and not p.is_symlink() and not any(p.iterdir()):
+            p.rmdir()
+    if not any(d.iterdir()):
+        d.rmdir()
+
+
 def prepare_cell_dir(out_dir, cell: Cell, threads: int) -> Path:
-    """Make the cell's directory ready to (re)run: wipe it if it holds another definition's partial
-    work, drop temp leftovers, an old failed.json and an unreadable result.json, and write cell.json."""
+    """Make the cell's directory ready to (re)run: remove nvcim's files of another definition's partial work
+    (a user's own files there stay), drop temp leftovers, an old failed.json and an unreadable result.json, and
+    write cell.json."""
     d = cell_dir(out_dir, cell.id)
     want = {**cell.to_dict(), "threads": threads}
     if d.is_dir():
@@ -108,7 +138,7 @@ def prepare_cell_dir(out_dir, cell: Cell, threads: int) -> Path:
         except (OSError, ValueError):
             have = None
         if have != json.loads(json.dumps(want)):
-            shutil.rmtree(d)
+            remove_cell_files(d)
     d.mkdir(parents=True, exist_ok=True)
     _clean_temps(d)
     (d / FAILED_FILE).unlink(missing_ok=True)
@@ -121,7 +151,7 @@ def prepare_cell_dir(out_dir, cell: Cell, threads: int) -> Path:
 
 def partial_work_of_other_threads(out: Path, cells: Sequence[Cell], threads: int) -> list[tuple[str, Any]]:
     """(cell id, its threads) of unfinished cells whose partial work differs from `cells` only in the thread
-    count: prepare_cell_dir will wipe it, which the user should hear about."""
+    count: prepare_cell_dir will remove it (nvcim's files of it), which the user should hear about."""
     found = []
     for c in cells:
         try:

@@ -3,7 +3,7 @@ process pool of `workers` processes (nvcim.sweep.backends.pool).
 
 Every cell runs torch with [resources] threads_per_cell threads, by default the machine's cores // workers
 (`default_threads`): CPU float results depend on the thread count, so an unfinished cell whose partial
-work was made with another count is redone from scratch (run_cell wipes it), with a warning.
+work was made with another count is redone from scratch (run_cell removes nvcim's files of it), with a warning.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ and shut down at the end. Ray is optional (`pip install 'nvcim[ray]'`): it is im
 Files: the driver drops a random token into DIR. A task that sees the token (DIR is on a shared file
 system, or the task runs on the driver's machine) writes the cell's files into DIR itself, so a killed
 β search resumes per candidate. A task that does not see it runs the cell in a local temporary
-directory and returns every file of the cell as bytes; the driver writes them beside the cell's
-directory and swaps them in at once. That works without a shared file system, at the cost of shipping
+directory and returns every file of the cell as bytes; the driver removes nvcim's files of an earlier
+attempt from the cell's directory (keeping any other) and writes them, the outcome last. That works without a shared file system, at the cost of shipping
 checkpoints through Ray's object store and of per-β resume on the workers.
 """
 
@@ -28,7 +28,7 @@ from nvcim.plugins import load_plugins
 from nvcim.plugins import loaded as loaded_plugins
 from nvcim.sweep.backends.registry import register_backend
 from nvcim.sweep.cell_run import record_failure, run_cell
-from nvcim.sweep.files import TOKEN_FILE, cell_dir
+from nvcim.sweep.files import FAILED_FILE, RESULT_FILE, TOKEN_FILE, cell_dir, remove_cell_files
 from nvcim.sweep.schema import SweepSpec
 
 RAY_MISSING = "the ray backend needs Ray: pip install 'nvcim[ray]'"
@@ -58,27 +58,23 @@ def _ray_cell(cell: dict, out: str, token: str, threads: int, plugin_specs: tupl
 
 
 def _write_returned(out: Path, cell_id: str, files: Mapping[str, bytes]) -> None:
-    """Put a cell's files returned by a remote task in place at once: written into a hidden folder beside
-    the cell's directory, then swapped in, so a killed driver leaves the old directory or the new one."""
+    """Put a cell's files returned by a remote task in place: nvcim's files of an earlier attempt there are
+    removed first (any other file stays), then each file is written atomically, the outcome (result.json or
+    failed.json) last, so a driver killed midway leaves a pending cell, never a false 'done'."""
     d = cell_dir(out, cell_id)
     d.parent.mkdir(parents=True, exist_ok=True)
-    for stale in d.parent.glob(f".{d.name}.tmp-*"):  # a write a kill interrupted
+    for stale in d.parent.glob(f".{d.name}.tmp-*"):  # an earlier version's interrupted write: nvcim's files only
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}.tmp-", dir=d.parent))
-    try:
-        for rel, data in files.items():
-            atomic_write_bytes(tmp / rel, data)
-        if d.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{d.name}.old-", dir=d.parent))
-            os.rmdir(old)
-            os.replace(d, old)
-            os.replace(tmp, d)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, d)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    for old in sorted(d.parent.glob(f".{d.name}.old-*")):  # an earlier version's swap a kill interrupted
+        if not d.exists():
+            os.replace(old, d)  # the cell's previous directory, user's files included, back in place
+        elif old.is_dir():
+            remove_cell_files(old)  # what is left there is not nvcim's and stays
+    if d.is_dir():
+        remove_cell_files(d)
+    outcome = (RESULT_FILE, FAILED_FILE)
+    for rel in sorted(files, key=lambda rel: rel in outcome):
+        atomic_write_bytes(d / rel, files[rel])
 
 
 @register_backend("ray", help="one Ray task per cell", remote=True)
