@@ -83,7 +83,7 @@ def test_save_keeps_results_not_weights_and_restore_resumes_only_unfinished(swep
     assert any(unfinished in k for k in tree(archive))
     before = tree(restored)
     r = script("restore", archive, restored)
-    assert r.returncode == 0 and tree(restored) == before and "0 files written" in r.stdout
+    assert r.returncode == 0 and tree(restored) == before and "0 file(s) written" in r.stdout
 
 
 def test_restore_never_overwrites_and_refusals_write_nothing(swept, tmp_path):
@@ -112,3 +112,49 @@ def test_restore_never_overwrites_and_refusals_write_nothing(swept, tmp_path):
     (stranger / "notes.txt").write_text("mine")
     r = script("save", out, stranger)
     assert r.returncode == 2 and "neither an archive" in r.stderr and tree(stranger) == {"notes.txt": b"mine"}
+
+
+def test_a_cell_without_its_definition_is_neither_archived_nor_trusted(swept, tmp_path):
+    """A done cell whose cell.json is gone (an interrupted copy, a hand edit) is not archived, and a sweep refuses
+    it rather than counting a result it cannot check against the spec."""
+    spec, out = swept
+    src = tmp_path / "src"
+    for rel, data in tree(out).items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    cell = "tiny-w1/mnist5k/vanilla/seed0"
+    (src / "cells" / cell / "cell.json").unlink()
+    r = script("save", src, tmp_path / "archive")
+    assert r.returncode == 0 and "1 done cell(s) have no cell.json" in r.stdout
+    assert not (tmp_path / "archive" / "cells" / cell).exists()
+    with pytest.raises(ValueError, match=f"first: {cell}, its cell.json is missing or unreadable"):
+        run_sweep(spec, src, progress=False)
+
+
+def test_restore_keeps_a_cell_directory_that_is_there_and_save_refuses_a_sweep_directory(swept, tmp_path):
+    spec, out = swept
+    archive = tmp_path / "archive"
+    assert script("save", out, archive).returncode == 0
+    target = tmp_path / "target"
+    cell = "tiny-w1/mnist5k/vanilla/seed1"
+    (target / "cells" / cell).mkdir(parents=True)
+    (target / "spec.json").write_bytes((out / "spec.json").read_bytes())
+    (target / "cells" / cell / "failed.json").write_text("{}")  # the sweep's own (failed) cell
+    r = script("restore", archive, target)
+    assert r.returncode == 0 and "1 cell(s) already in" in r.stdout
+    assert sorted(p.name for p in (target / "cells" / cell).iterdir()) == ["failed.json"]
+    # save typed for restore: the destination is a sweep directory (checkpoints, a lock), never written
+    before = tree(out)
+    r = script("save", archive, out)
+    assert r.returncode == 2 and "did you mean restore" in r.stderr and tree(out) == before
+
+
+def test_a_refusal_writes_nothing_even_when_found_late(swept, tmp_path):
+    spec, out = swept
+    archive = tmp_path / "archive"
+    assert script("save", out, archive).returncode == 0
+    (archive / "cells" / "tiny-w1/mnist5k/vanilla/seed1" / "result.json").unlink()
+    (archive / "cells" / "tiny-w1/mnist5k/vanilla/seed1" / "result.json").mkdir()  # the last cell's target
+    before = tree(archive)
+    r = script("save", out, archive)
+    assert r.returncode == 2 and "is not a file" in r.stderr and tree(archive) == before

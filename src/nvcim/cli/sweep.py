@@ -61,7 +61,7 @@ def _warn(message: str) -> None:
 def run(args) -> int:
     from nvcim.sweep import expand, load_spec, plan, result_problem, run_sweep, stale_cells
     from nvcim.methods import search_symbol, searched_param
-    from nvcim.sweep.runner import check_data, check_sweep_dir, is_recorded_spec, needs_local_data
+    from nvcim.sweep.runner import UNDEFINED, check_data, check_sweep_dir, is_recorded_spec, needs_local_data
 
     spec_path = Path(args.spec)
     spec = load_spec(spec_path)
@@ -76,7 +76,9 @@ def run(args) -> int:
         state |= {cid: "stale" for cid in stale}
         for c in cells:
             extra = f"  {search_symbol(searched_param(c.method))} search {c.betas}" if c.betas else ""
-            extra += f"  (made by another definition: {', '.join(stale[c.id])} differ)" if c.id in stale else ""
+            if c.id in stale:
+                extra += ("  (no readable cell.json: made by an unknown definition)" if stale[c.id] == [UNDEFINED]
+                          else f"  (made by another definition: {', '.join(stale[c.id])} differ)")
             problem = result_problem(args.out, c.id) if state[c.id] == "pending" else None
             extra += f"  ({problem}: runs again)" if problem else ""
             print(f"{state[c.id]:8s} {c.id}  test σ {c.test_sigmas}{extra}")
@@ -89,7 +91,7 @@ def run(args) -> int:
         else:
             if stale:
                 print(f"nvcim sweep: note: the run would stop here: {len(stale)} finished cell(s) marked stale were "
-                      "made by another definition: choose another --out, or delete those cell directories to run "
+                      "made by another or an unknown definition: choose another --out, or delete those cell directories to run "
                       "them again", file=sys.stderr)
         _say_foreign(args.out, cells)
         if todo and needs_local_data(args.backend, args.address):  # as the run checks them, without a download

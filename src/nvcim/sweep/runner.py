@@ -140,8 +140,9 @@ def _refuse_stale(out: Path, done: Sequence[Cell]) -> None:
     stale = stale_cells(out, done)
     if stale:
         c, keys = stale[0]
+        why = f"its {CELL_FILE} is missing or unreadable" if keys == [UNDEFINED] else f"{', '.join(keys)} differ"
         raise ValueError(f"sweep output {out}: {len(stale)} finished cell(s) were made by another definition "
-                         f"(first: {c.id}, {', '.join(keys)} differ), so their results do not match this spec: "
+                         f"or by an unknown one (first: {c.id}, {why}), so their results may not match this spec: "
                          "choose another --out, or delete those cell directories to run them again")
 
 
@@ -207,16 +208,21 @@ def plan(spec: SweepSpec, out_dir, *, retry_failed: bool = False) -> tuple[list[
     return cells, todo, done, failed
 
 
+UNDEFINED = "<no readable cell.json>"  # stale_cells' key list of a finished cell without its definition
+
+
 def stale_cells(out_dir, done: Sequence[Cell]) -> list[tuple[Cell, list[str]]]:
     """Finished cells whose recorded definition (cell.json, threads aside) differs from this spec's cell
-    of the same id, with the differing keys: e.g. a vanilla cell tested at fewer σ before the grid grew."""
+    of the same id, with the differing keys: e.g. a vanilla cell tested at fewer σ before the grid grew.
+    A finished cell without a readable cell.json is stale too, with the keys [UNDEFINED]."""
     stale = []
     for c in done:
         try:
             have = json.loads((cell_dir(out_dir, c.id) / CELL_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            continue  # no readable definition: nothing to compare
-        if not isinstance(have, dict):
+            have = None
+        if not isinstance(have, dict):  # no readable definition: nothing shows the result is this cell's
+            stale.append((c, [UNDEFINED]))
             continue
         have.pop("threads", None)
         want = json.loads(json.dumps(c.to_dict()))
