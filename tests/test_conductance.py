@@ -106,6 +106,13 @@ def test_cli_export_import_and_errors(tmp_path, capsys):
     assert rc == 0 and json.loads((tmp_path / "map" / MANIFEST_FILE).read_text())["tiling"]["tile_rows"] is None
     rc, out, err = run_cli(["import", str(tmp_path / "map"), "--out", str(tmp_path / "back")], capsys)
     assert rc == 0 and (tmp_path / "back" / "config.json").is_file()
+    # a checkpoint in --out (here the trained one) is replaced only with --overwrite, as `nvcim train` does
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    rc, out, err = run_cli(["import", str(tmp_path / "map"), "--out", str(ckpt)], capsys)
+    assert rc == 2 and "already holds a checkpoint: pass --overwrite" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+    rc, out, err = run_cli(["import", str(tmp_path / "map"), "--out", str(tmp_path / "back"), "--overwrite"], capsys)
+    assert rc == 0
 
     other = tmp_path / "mine"
     other.mkdir()
@@ -114,6 +121,8 @@ def test_cli_export_import_and_errors(tmp_path, capsys):
                  ["export", str(ckpt), "--out", str(ckpt / "map")],            # inside the checkpoint
                  ["export", str(tmp_path / "nope"), "--out", str(tmp_path / "m2")],
                  ["export", str(ckpt), "--out", str(tmp_path / "m3"), "--tile-rows", "0"],
+                 ["export", str(ckpt), "--out", str(tmp_path / "m3"), "--tile-rows", "100000000"],  # all padding
+                 ["export", str(ckpt), "--out", str(tmp_path / "m3"), "--tile-cols", "100000000"],
                  ["import", str(other), "--out", str(tmp_path / "b2")],        # no manifest
                  ["import", str(tmp_path / "map"), "--out", str(other)],
                  ["import", str(tmp_path / "map"), "--out", str(tmp_path / "map" / "ck")]):

@@ -54,7 +54,8 @@ def add_parser(sub) -> None:
                    help="conductance map directory written by `nvcim export`, or an aihwkit model file "
                         "(torch.save of an analog model converted from an nvcim model; trusted files only)")
     p.add_argument("--out", metavar="CKPT", required=True,
-                   help="checkpoint directory to write (only an nvcim checkpoint is replaced)")
+                   help="checkpoint directory to write (an nvcim checkpoint there is replaced only with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out (default: refuse)")
     p.set_defaults(run=run_import)
 
 
@@ -83,8 +84,11 @@ def run_export(args) -> int:
 
 
 def run_import(args) -> int:
+    from nvcim.io.checkpoint import is_checkpoint_dir
     from nvcim.io.conductance import import_conductance_map
 
+    if not args.overwrite and is_checkpoint_dir(Path(args.out)):  # as `nvcim train` refuses it
+        raise ValueError(f"--out {args.out} already holds a checkpoint: pass --overwrite or choose another path")
     if Path(args.map_dir).is_file():
         from nvcim.interop.aihwkit import import_analog
 

@@ -63,6 +63,9 @@ class ConductanceMapError(ValueError):
 
 
 # ---- layout ----------------------------------------------------------------------------------------
+_MAX_PADDING = 64  # a map at most this many times the devices of its layers (tiles larger than layers are padded)
+
+
 def _tiles(rows: int, cols: int, tile_rows: int | None, tile_cols: int | None) -> tuple[int, int, int, int]:
     """(TR, TC, R, C) for a rows × cols crossbar matrix."""
     r = rows if tile_rows is None else tile_rows
@@ -114,6 +117,13 @@ def conductance_tensors(model: nn.Module, cfg: DeviceConfig, *, tile_rows: int |
     tensors: dict[str, torch.Tensor] = {}
     layers = []
     noisy = selected_parameters(model)
+    shapes = [(math.prod(getattr(m, a).shape[1:]), getattr(m, a).shape[0]) for _, m, a in noisy]  # (rows, cols)
+    padded = sum(tr * r * tc * c for tr, tc, r, c in (_tiles(*rc, tile_rows, tile_cols) for rc in shapes))
+    if padded > _MAX_PADDING * sum(r * c for r, c in shapes):  # tiles far larger than the layers: mostly zeros
+        big = max(max(r for r, _ in shapes), max(c for _, c in shapes))
+        raise ConductanceMapError(f"tile_rows={tile_rows}, tile_cols={tile_cols} pad the map to "
+                                  f"{padded / sum(r * c for r, c in shapes):.0f}x the model's weights (the largest "
+                                  f"layer has {big} rows or columns): use smaller tiles, or None for one tile per layer")
     for name, module, attr in noisy:
         w = getattr(module, attr).detach().to("cpu")
         prepared = dm.prepare(w, cfg.replace(quantize=True))
