@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -175,6 +176,19 @@ def test_an_existing_file_nvcim_did_not_write_is_never_replaced(work, capsys, fl
     _refused(work, capsys, ["{tmp}/ck", "--runs", "2", flag, f"{{tmp}}/{name}"], "exists and is not",
              "nvcim replaces only its own files")
     assert (work / name).read_text() == content
+
+
+def test_a_sweep_cells_result_is_never_replaced_by_eval(work, capsys):
+    """A sweep cell's result.json is an nvcim record too, but `nvcim sweep` owns it (report and resume read it)."""
+    ck, out = str(work / "ck"), work / "result.json"
+    assert main(["eval", ck, "--runs", "2", "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    out.write_text(json.dumps({**rec, "cell": {"id": "tiny-w1/mnist5k/vanilla/seed0"}}))
+    before = out.read_bytes()
+    capsys.readouterr()
+    _refused(work, capsys, ["{tmp}/ck", "--runs", "2", "--out", "{tmp}/result.json"], "sweep cell's result",
+             "choose another path")
+    assert out.read_bytes() == before
 
 
 def test_its_own_outputs_are_replaced(work, capsys):

@@ -130,3 +130,15 @@ def check_outputs(outputs: Iterable[tuple[str, object]], inputs: Iterable[tuple[
             what = "an nvcim result (JSON)" if kind == "json" else "a CSV file nvcim wrote"
             raise ValueError(f"{flag} {out} exists and is not {what}: nvcim replaces only its own files; choose "
                              "another path or remove the file")
+        if kind == "json" and out.is_file() and _is_sweep_result(out):
+            raise ValueError(f"{flag} {out} is a sweep cell's result, which `nvcim sweep` owns (its report and resume "
+                             "read it): choose another path")
+
+
+def _is_sweep_result(path: Path) -> bool:
+    """Whether the nvcim JSON at `path` is a sweep cell's result.json or failed.json (it records its "cell")."""
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(rec, dict) and isinstance(rec.get("cell"), dict)
