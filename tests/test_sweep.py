@@ -149,6 +149,8 @@ def test_toml_and_yaml_specs(tmp_path):
     ({"eval": {"bn_calibration_images": 2.5}}, "eval.bn_calibration_images"),
     ({"eval": {"bn_calibration_images": True}}, "eval.bn_calibration_images"),
     ({"resources": {"threads_per_cell": 0}}, "resources.threads_per_cell"),
+    ({"resources": {"threads_per_cell": 100000}}, "resources.threads_per_cell"),  # torch segfaults on such counts
+    ({"resources": {"cpus_per_cell": 1e6}}, "resources.cpus_per_cell"),
     ({"method_params": {"ovf": {"n_variational": 0}}}, "n_variational"),
     ({"method_params": {"gni": {}}}, "method_params"),
     ({"variants": [{"label": "x", "method": "ovf", "params": {"gamma": 1}}]}, "gamma"),

@@ -24,6 +24,7 @@ from nvcim.models import list_models
 from nvcim.sweep.cells import LABEL_MAX, device_config_of, expand, is_int, is_num, label_slug
 from nvcim.sweep.schema import EVAL_DEFAULTS, RESOURCE_DEFAULTS, TARGET_KEYS, SweepSpec
 from nvcim.train import FIELDS, TrainConfig, check_model_fits_data
+from nvcim.train.config import MAX_THREADS
 
 SPEC_KEYS = ("name", "models", "width", "datasets", "methods", "sigmas", "seeds", "betas", "train", "eval",
              "method_params", "variants", "resources", "description", "device_models")
@@ -289,10 +290,11 @@ def validate_spec(raw: Mapping, where: str = "<spec>", base_dir=None) -> SweepSp
 
     # [resources]
     r = _table_with_defaults(raw, "resources", RESOURCE_DEFAULTS, where)
-    if r["threads_per_cell"] is not None and (not is_int(r["threads_per_cell"]) or r["threads_per_cell"] < 1):
-        raise _err(where, "resources.threads_per_cell", r["threads_per_cell"], "an integer >= 1")
-    if not is_num(r["cpus_per_cell"]) or r["cpus_per_cell"] <= 0:
-        raise _err(where, "resources.cpus_per_cell", r["cpus_per_cell"], "a number > 0")
+    threads = r["threads_per_cell"]
+    if threads is not None and (not is_int(threads) or not 1 <= threads <= MAX_THREADS):
+        raise _err(where, "resources.threads_per_cell", threads, f"an integer from 1 to {MAX_THREADS}")
+    if not is_num(r["cpus_per_cell"]) or not 0 < r["cpus_per_cell"] <= MAX_THREADS:
+        raise _err(where, "resources.cpus_per_cell", r["cpus_per_cell"], f"a number > 0 and <= {MAX_THREADS}")
     if r["gpus_per_cell"] is None:
         r["gpus_per_cell"] = 1 if probe.device == "cuda" else 0
     if not is_num(r["gpus_per_cell"]) or r["gpus_per_cell"] < 0:

@@ -39,6 +39,8 @@ DEFAULT_DEVICE = DeviceConfig(sigma=0.3)
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
+MAX_THREADS = 1024  # torch threads of one run: far above any CPU here; torch crashes (segfault) on huge counts
+
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
@@ -185,8 +187,8 @@ class TrainConfig:
             raise bad("select", f"one of {list(SELECTIONS)}")
         if self.select == "noisy" and self.val_runs == 0:
             raise ValueError("TrainConfig.select='noisy' needs val_runs >= 1: raise val_runs or use select='clean'/'last'")
-        if self.num_threads is not None and (not _is_int(self.num_threads) or self.num_threads < 1):
-            raise bad("num_threads", "an integer >= 1 or None")
+        if self.num_threads is not None and (not _is_int(self.num_threads) or not 1 <= self.num_threads <= MAX_THREADS):
+            raise bad("num_threads", f"an integer from 1 to {MAX_THREADS} or None")
 
     # ---- the device, read through ------------------------------------------------------------
     @property
