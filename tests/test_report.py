@@ -196,6 +196,27 @@ def test_wrongly_typed_field_is_a_one_line_error_or_skipped(tmp_path, capsys):
     assert "bad.json" in err and "bad2.json" in err
 
 
+@pytest.mark.parametrize("field,value,named", [
+    ("mean", 200.0, "mean = 200.0"), ("mean", -50.0, "mean = -50.0"),
+    ("per_run_accuracy", [1e9, -5.0, 3.0], "per_run_accuracy[0]"), ("per_run_accuracy", [90.0, "x"], "[1]"),
+    ("ci95", "abc", "ci95"), ("runs", 0, "runs = 0"), ("sigma", -1.0, "sigma = -1.0"), ("p5", 101.0, "p5"),
+])
+def test_numbers_nvcim_cannot_have_written_are_refused_not_reported(tmp_path, capsys, field, value, named):
+    """A damaged or hand-edited result (an accuracy above 100 %, a per-chip accuracy that is not a number) is a
+    one-line error naming the file and the field, or skipped with --skip-bad: never a summary row built on it."""
+    root = tmp_path / "r"
+    write(root / "good.json", mc_eval("ovf", 0.2, 0, [mc_result(0.2, [90.0, 91.0])]))
+    bad = mc_eval("ovf", 0.2, 1, [mc_result(0.2, [90.0, 91.0])])
+    bad["results"][0][field] = value
+    write(root / "bad.json", bad)
+    assert main(["report", str(root), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.json" in err and named in err and "--skip-bad" in err, err
+    assert not (tmp_path / "o").exists()
+    assert main(["report", str(root), "--out", str(tmp_path / "o"), "--skip-bad"]) == 0
+    assert "bad.json" in capsys.readouterr().err
+
+
 def test_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
     root = tmp_path / "r"
     write(root / "a.json", mc_eval("ovf", 0.2, 0, [mc_result(0.2, [90.0, 91.0])]))

@@ -19,6 +19,7 @@ JSON is an error naming it (or a warning with skip_bad=True).
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,39 @@ def device_description(device: Mapping[str, Any]) -> str | None:
     return ", ".join(parts) or None
 
 
+_ACCURACIES = ("mean", "p1", "p5", "p10", "min", "max", "clean_accuracy", "quantized_accuracy")
+
+
+def _check_values(r: Mapping[str, Any], where: str) -> None:
+    """Refuse (ValueError, one line) a result whose numbers cannot be what nvcim wrote: an accuracy outside
+    [0, 100] or not finite, a per-chip accuracy that is not a number, a negative σ, a CI that is not two numbers,
+    a chip count below 1. A damaged or hand-edited file would otherwise be reported as it is."""
+    def bad(field, value, want):
+        return ValueError(f"{where}.{field} = {value!r} is not {want} (a damaged or edited file); "
+                          "use --skip-bad to skip it")
+
+    if not math.isfinite(r["sigma"]) or r["sigma"] < 0:
+        raise bad("sigma", r["sigma"], "a σ_d >= 0")
+    for field in _ACCURACIES:
+        value = r.get(field)
+        if value is not None and (num(value) is None or not 0 <= value <= 100):
+            raise bad(field, value, "an accuracy in [0, 100] %")
+    per_run = r.get("per_run_accuracy")
+    if per_run is not None:
+        if not isinstance(per_run, list):
+            raise bad("per_run_accuracy", per_run, "a list of accuracies")
+        for j, a in enumerate(per_run):
+            if num(a) is None or not 0 <= a <= 100:
+                raise bad(f"per_run_accuracy[{j}]", a, "an accuracy in [0, 100] %")
+    ci = r.get("ci95")
+    if ci is not None and not (isinstance(ci, (list, tuple)) and len(ci) == 2 and all(
+            c is None or (num(c) is not None and math.isfinite(c)) for c in ci)):
+        raise bad("ci95", ci, "two numbers [low, high]")
+    runs = r.get("runs")
+    if runs is not None and (isinstance(runs, bool) or not isinstance(runs, int) or runs < 1):
+        raise bad("runs", runs, "a chip count >= 1")
+
+
 def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, results: list | None = None) -> list[dict]:
     """Flat records of one mc_eval file (one per test σ); the reader (nvcim.evaluate.files) checked its structure."""
     results = rec.results if results is None else results
@@ -123,6 +157,7 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
     for i, r in enumerate(results):
         if not isinstance(r, dict) or num(r.get("sigma")) is None or num(r.get("mean")) is None:
             raise ValueError(f"{path}: results[{i}] lacks a numeric 'sigma' or 'mean'")
+        _check_values(r, f"{path}: results[{i}]")
         ci = r.get("ci95")
         ci = [num(ci[0]), num(ci[1])] if isinstance(ci, (list, tuple)) and len(ci) == 2 else [None, None]
         per_run = r.get("per_run_accuracy")
