@@ -150,6 +150,8 @@ def test_toml_and_yaml_specs(tmp_path):
     ({"eval": {"bn_calibration_images": True}}, "eval.bn_calibration_images"),
     ({"resources": {"threads_per_cell": 0}}, "resources.threads_per_cell"),
     ({"resources": {"threads_per_cell": 100000}}, "resources.threads_per_cell"),  # torch segfaults on such counts
+    ({"train": {"device_config": {"sigma": 0.7}}}, "train.device_config.sigma"),  # each cell's σ would replace it
+    ({"train": {"weight_bits": 8, "device_config": {"weight_bits": 4}}}, "weight_bits = 8 and device_config"),
     ({"resources": {"cpus_per_cell": 1e6}}, "resources.cpus_per_cell"),
     ({"method_params": {"ovf": {"n_variational": 0}}}, "n_variational"),
     ({"method_params": {"gni": {}}}, "method_params"),

@@ -315,7 +315,8 @@ def test_cli_help_lists_every_flag(capsys):
     [["--model", "nope"], ["--dataset", "imagenet"], ["--sigma", "-1"], ["--sigma", "abc"], ["--preset", "fast"],
      ["--method", "sgd"], ["--dataset", "cifar10", "--data-root", "{tmp}/no-data"], ["--config", "{tmp}/missing.toml"],
      ["--method", "vanilla", "--beta", "0.1"], ["--method", "vanilla", "--censor", "1"],
-     ["--method", "noise_injection", "--censor", "nan"], ["--out", "{tmp}/blocker/run"]],
+     ["--method", "noise_injection", "--censor", "nan"], ["--out", "{tmp}/blocker/run"],
+     ["--config", "{tmp}/conflict.toml"], ["--num-threads", "100000"]],
 )
 def test_cli_bad_input_exits_2_with_one_line_and_no_output(argv, tmp_path, capsys, monkeypatch):
     import nvcim.data
@@ -326,6 +327,7 @@ def test_cli_bad_input_exits_2_with_one_line_and_no_output(argv, tmp_path, capsy
     monkeypatch.setattr(nvcim.data.download, "_try_download", offline)
     out = tmp_path / "run"
     (tmp_path / "blocker").write_text("a file where --out needs a directory")
+    (tmp_path / "conflict.toml").write_text("sigma = 0.2\ndevice_config = {sigma = 0.5}\n")  # which σ? refused
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     try:
         rc = main(["train", "--epochs", "1", "--quiet", "--out", str(out), *argv])  # a later --out wins

@@ -185,6 +185,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig the flags describe (defaults < preset < config file < flags)."""
     from nvcim.train import FIELDS, PRESETS, TrainConfig, read_config_file
+    from nvcim.train.config import device_key_conflicts
 
     given: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in ("run", "command")}
     d: dict[str, Any] = {}
@@ -195,6 +196,9 @@ def config_from_args(args: argparse.Namespace):
     from_file: dict[str, Any] = {}
     if "config" in given:
         from_file = read_config_file(given["config"])
+        conflicts = device_key_conflicts(from_file)
+        if conflicts:
+            raise ValueError(f"config file {given['config']}: {conflicts[0]}")
         d.update(from_file)
     method_params = dict(d.get("method_params") or {})
     for name in method_flags():

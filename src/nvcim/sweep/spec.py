@@ -24,7 +24,7 @@ from nvcim.models import list_models
 from nvcim.sweep.cells import LABEL_MAX, device_config_of, expand, is_int, is_num, label_slug
 from nvcim.sweep.schema import EVAL_DEFAULTS, RESOURCE_DEFAULTS, TARGET_KEYS, SweepSpec
 from nvcim.train import FIELDS, TrainConfig, check_model_fits_data
-from nvcim.train.config import MAX_THREADS
+from nvcim.train.config import MAX_THREADS, device_key_conflicts
 
 SPEC_KEYS = ("name", "models", "width", "datasets", "methods", "sigmas", "seeds", "betas", "train", "eval",
              "method_params", "variants", "resources", "description", "device_models")
@@ -258,6 +258,12 @@ def validate_spec(raw: Mapping, where: str = "<spec>", base_dir=None) -> SweepSp
     if unknown:
         raise ValueError(f"sweep spec {where}: unknown key(s) {['train.' + k for k in unknown]}: allowed are "
                          f"{[f for f in FIELDS if f not in SWEEP_SET]}")
+    if isinstance(tr.get("device_config"), Mapping) and "sigma" in tr["device_config"]:  # each cell's σ replaced it
+        raise ValueError(f"sweep spec {where}: key 'train.device_config.sigma' is set by the sweep per cell from "
+                         "'sigmas': drop it")
+    conflicts = device_key_conflicts(tr)
+    if conflicts:
+        raise ValueError(f"sweep spec {where}: [train]: {conflicts[0]}")
     try:
         probe = TrainConfig.from_dict({**tr, "model": spec["models"][0], "dataset": spec["datasets"][0],
                                        "method": "vanilla", "progress": False})

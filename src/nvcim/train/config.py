@@ -251,6 +251,19 @@ class TrainConfig:
         return cls(**dict(d))
 
 
+def device_key_conflicts(d: Mapping[str, Any]) -> list[str]:
+    """Where a mapping of training fields sets a flat device key (sigma, weight_bits, device_bits, quantize) and a
+    device_config that disagree: TrainConfig takes the flat key, so the device_config's value would be ignored
+    silently. One line per key; [] when they agree (as in the files `to_dict` writes) or only one is given."""
+    device = d.get("device_config")
+    if isinstance(device, DeviceConfig):
+        device = device.to_dict()
+    if not isinstance(device, Mapping):
+        return []
+    return [f"{k} = {d[k]!r} and device_config.{k} = {device[k]!r} disagree, and {k} would win: give one of them"
+            for k in DEVICE_KEYS if k in d and k in device and d[k] != device[k]]
+
+
 FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig)) + DEVICE_KEYS  # keys a config may set
 DEFAULTS = {**{f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
                for f in dataclasses.fields(TrainConfig)}, **{k: getattr(DEFAULT_DEVICE, k) for k in DEVICE_KEYS}}
