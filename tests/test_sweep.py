@@ -108,6 +108,15 @@ def test_expansion_counts_vanilla_once_and_variant_ids():
     assert all(c.betas is None and c.params == {"beta": 0.01} and c.test_sigmas == [0.2, 0.3] for c in ovf)
 
 
+def test_the_chip_cap_is_the_clis():
+    """[eval] runs above the cap are refused as `nvcim eval --runs` refuses them (its copy keeps --help torch-free)."""
+    from nvcim.cli.eval import MAX_RUNS
+    from nvcim.evaluate.adaptive import MAX_RUNS as API_MAX_RUNS
+
+    assert MAX_RUNS == API_MAX_RUNS == 100_000
+    validate_spec(spec_of(eval={"runs": MAX_RUNS}))
+
+
 def test_toml_and_yaml_specs(tmp_path):
     toml = tmp_path / "s.toml"
     toml.write_text(
@@ -151,6 +160,8 @@ def test_toml_and_yaml_specs(tmp_path):
     ({"resources": {"threads_per_cell": 0}}, "resources.threads_per_cell"),
     ({"resources": {"threads_per_cell": 100000}}, "resources.threads_per_cell"),  # torch segfaults on such counts
     ({"train": {"device_config": {"sigma": 0.7}}}, "train.device_config.sigma"),  # each cell's σ would replace it
+    ({"eval": {"runs": 10_000_000}}, "eval.runs"),  # as nvcim eval refuses it without --force-runs
+    ({"methods": ["vanilla", "noise_injection"], "method_params": {"ovf": {"n_variational": 2}}}, "method_params.ovf"),
     ({"train": {"weight_bits": 8, "device_config": {"weight_bits": 4}}}, "weight_bits = 8 and device_config"),
     ({"resources": {"cpus_per_cell": 1e6}}, "resources.cpus_per_cell"),
     ({"method_params": {"ovf": {"n_variational": 0}}}, "n_variational"),

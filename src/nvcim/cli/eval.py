@@ -53,7 +53,7 @@ from pathlib import Path
 
 
 RECALIBRATION_BATCH = 1024  # = nvcim.batchnorm.CALIBRATION_BATCH (here so that --help does not import torch)
-MAX_RUNS = 100_000  # chips per σ above which --runs needs --force-runs (a typo's extra zeros cost hours)
+MAX_RUNS = 100_000  # = nvcim.evaluate.adaptive.MAX_RUNS: chips per σ above which --runs needs --force-runs
 
 
 def _one_line_error(message: str):

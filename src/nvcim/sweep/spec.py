@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from nvcim.data import DATASETS, is_npz_name
-from nvcim.evaluate.adaptive import check_target_args
+from nvcim.evaluate.adaptive import MAX_RUNS, check_target_args
 from nvcim.io.device_models import device_model_fields, list_device_models
 from nvcim.io.files import read_mapping_file
 from nvcim.methods import METHODS, method_config
@@ -278,6 +278,9 @@ def validate_spec(raw: Mapping, where: str = "<spec>", base_dir=None) -> SweepSp
     for key, lo in (("runs", 1), ("seed", 0), ("val_runs", 1), ("val_seed", 0), ("batch_size", 1)):
         if not is_int(e[key]) or e[key] < lo:
             raise _err(where, f"eval.{key}", e[key], f"an integer >= {lo}")
+    for key in ("runs", "val_runs", "max_chips"):  # as nvcim eval refuses them without --force-runs
+        if is_int(e[key]) and e[key] > MAX_RUNS:
+            raise _err(where, f"eval.{key}", e[key], f"at most {MAX_RUNS} chips (a typo's extra zeros cost hours)")
     if not isinstance(e["keep_beta_checkpoints"], bool):
         raise _err(where, "eval.keep_beta_checkpoints", e["keep_beta_checkpoints"], "true or false")
     n_cal = e["bn_calibration_images"]
@@ -340,6 +343,12 @@ def validate_spec(raw: Mapping, where: str = "<spec>", base_dir=None) -> SweepSp
         spec["variants"].append({"label": label, "method": method, "params": dict(params)})
     if not spec["methods"] and not spec["variants"]:
         raise ValueError(f"sweep spec {where}: no arms: give 'methods' or [[variants]]")
+    used = set(spec["methods"]) | {v["method"] for v in spec["variants"]}
+    idle = sorted(set(spec["method_params"]) - used)
+    if idle:  # it would change nothing: a typo, or a method left out of 'methods'
+        raise ValueError(f"sweep spec {where}: key 'method_params.{idle[0]}' is for a method no arm uses: add "
+                         f"{idle[0]!r} to 'methods' or drop it")
+
     typed = SweepSpec.from_dict(spec)
     cells = expand(typed)  # validates every cell's TrainConfig (one-line error naming the cell)
     if not cells:
