@@ -381,6 +381,18 @@ def test_check_output_path(tmp_path):
             check_output_path(locked / "r.json", "--out")
 
 
+@pytest.mark.parametrize("extra,named", [
+    (["--sigmas", "0.1,0.1"], "twice"),  # evaluated twice before
+    (["--verify-fractions", "0,0.1", "--verify-target", "150"], "not an accuracy"),
+    (["--verify-fractions", "0,0.1", "--verify-target", "-5"], "not an accuracy"),
+])
+def test_cli_values_that_cannot_mean_what_they_say_are_refused(tmp_path, capsys, extra, named):
+    ckpt = tiny_mnist5k_checkpoint(tmp_path / "ck", nvcim.DeviceConfig(sigma=0.15))
+    rc, _, err = _cli(["eval", str(ckpt), "--runs", "2", "--out", str(tmp_path / "r.json"), *extra], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and named in err, err
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_cli_help_documents_flags(capsys):
     rc, out, _ = _cli(["eval", "--help"], capsys)
     assert rc == 0

@@ -492,7 +492,8 @@ def test_task_on_a_model_with_variation_applied_is_refused():
 # ---- train config types -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("field,value", [("dataset", ["mnist5k"]), ("dataset", {"a": 1}), ("method", ["ovf"]),
                                          ("model", ["vgg8"]), ("width", "0.5"), ("epochs", "3"),
-                                         ("num_threads", 0), ("num_threads", 100000)])  # torch segfaults on 100000
+                                         ("num_threads", 0), ("num_threads", 100000),  # torch segfaults on 100000
+                                         ("seed", 2**70), ("data_seed", 2**64)])  # was torch's "Overflow" message
 def test_train_config_wrong_types_are_value_errors(field, value):
     from nvcim.train import TrainConfig
 

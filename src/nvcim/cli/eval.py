@@ -296,6 +296,8 @@ def run(args: argparse.Namespace) -> int:
         if args.recalibrate_bn_per_chip is not None:
             raise ValueError("--verify-fractions and --recalibrate-bn-per-chip cannot be combined: drop one")
         acc = None if args.verify_target is None else _number("--verify-target", args.verify_target)
+        if acc is not None and not 0 <= acc <= 100:
+            raise ValueError(f"--verify-target {args.verify_target} is not an accuracy: give a percentage in [0, 100]")
         verify = {"fractions": fractions, "by": args.verify_by or "sensitivity", "target": acc,
                   "stat": args.verify_stat or "mean",
                   "residual_sigma": _sigma("--verify-sigma", args.verify_sigma or "0.03"),
@@ -313,6 +315,8 @@ def run(args: argparse.Namespace) -> int:
         if not parts:
             raise ValueError(f"--sigmas {args.sigmas!r} lists no value: give e.g. 0,0.1,0.2")
         sigmas = [_sigma("--sigmas", s.strip()) for s in parts]
+        if len(set(sigmas)) != len(sigmas):
+            raise ValueError(f"--sigmas {args.sigmas!r} lists a σ_d twice: give each value once")
     model_fields = {}  # the DeviceConfig fields --device-model sets itself
     if args.device_model and not is_aihwkit_spec(args.device_model):
         from nvcim.cli.device_flags import refuse_conflicts

@@ -151,9 +151,9 @@ class TrainConfig:
         object.__setattr__(self, "val_fraction", float(self.val_fraction))
         if self.limit is not None and (not _is_int(self.limit) or self.limit < 1):
             raise bad("limit", "an integer >= 1 or None")
-        for name in ("data_seed", "seed"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
-                raise bad(name, "an integer >= 0")
+        for name in ("data_seed", "seed"):  # torch's generators take a 64-bit seed
+            if not _is_int(getattr(self, name)) or not 0 <= getattr(self, name) < 2**63:
+                raise bad(name, "an integer from 0 to 2**63 - 1")
         if not isinstance(self.method_params, Mapping):
             raise bad("method_params", "a mapping of method hyper-parameters, e.g. {'beta': 0.001}")
         object.__setattr__(self, "method_params", dict(self.method_params))
