@@ -393,6 +393,17 @@ def test_cli_values_that_cannot_mean_what_they_say_are_refused(tmp_path, capsys,
     assert not (tmp_path / "r.json").exists()
 
 
+def test_a_checkpoint_without_a_device_is_evaluated_at_zero_with_a_note(tmp_path, capsys):
+    ckpt = tiny_mnist5k_checkpoint(tmp_path / "ck", nvcim.DeviceConfig(sigma=0.15))
+    config = json.loads((ckpt / "config.json").read_text())
+    config.pop("device")  # a checkpoint saved without one (e.g. by hand, from a plain model)
+    (ckpt / "config.json").write_text(json.dumps(config))
+    rc, _, err = _cli(["eval", str(ckpt), "--runs", "2"], capsys)
+    assert rc == 0 and "records no device, so it is evaluated at σ_d = 0" in err, err
+    rc, _, err = _cli(["eval", str(ckpt), "--runs", "2", "--sigma", "0.1"], capsys)
+    assert rc == 0 and "records no device" not in err
+
+
 def test_cli_help_documents_flags(capsys):
     rc, out, _ = _cli(["eval", "--help"], capsys)
     assert rc == 0
