@@ -1035,6 +1035,9 @@ def test_the_spec_copy_never_replaces_a_users_file(tmp_path):
         sweep.prepare_out_dir(spec, out, spec_text="name = 'x'\n", spec_suffix=".toml")
     assert len(str(exc.value).splitlines()) == 1
     assert (out / "spec.toml").read_text() == "# my own notes\n" and sorted(p.name for p in out.iterdir()) == ["spec.toml"]
+    with pytest.raises(ValueError, match=r"spec\.toml exists and is not nvcim's copy"):  # a run: no lock file left
+        run_sweep(spec, out, spec_text="name = 'x'\n", spec_suffix=".toml", progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["spec.toml"]
     # the very text (the user ran the spec file kept in its output directory): fine
     (out / "spec.toml").write_text("name = 'x'\n")
     sweep.prepare_out_dir(spec, out, spec_text="name = 'x'\n", spec_suffix=".toml")

@@ -261,6 +261,8 @@ def run_sweep(spec: SweepSpec, out_dir, *, backend: str = "local", workers: int 
     out = check_output_path(out_dir, "sweep output", is_dir=True)
     # every input checked before anything is written or downloaded (checked again under the lock)
     check_sweep_dir(spec, out, force=force)
+    if spec_text is not None and spec_suffix != ".json":  # a user's spec.toml there: refused before the lock file
+        _check_spec_copy(out, out / f"spec{spec_suffix}", spec_text)
     _, todo, done, _ = plan(spec, out, retry_failed=retry_failed)
     _refuse_stale(out, done)
     if needs_local_data(backend, address):  # a cluster's machines hold their own data
