@@ -10,6 +10,7 @@ import copy
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -379,6 +380,10 @@ def test_check_output_path(tmp_path):
     if not os.access(locked, os.W_OK):  # root may write anywhere
         with pytest.raises(ValueError, match="no permission to write"):
             check_output_path(locked / "r.json", "--out")
+    if Path("/proc/self").is_dir():  # writable by its mode bits for root, yet no file can be made there
+        with pytest.raises(ValueError, match="cannot be created in /proc"):
+            check_output_path("/proc/x.json", "--out")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".nvcim-probe")]  # the probe leaves nothing
 
 
 @pytest.mark.parametrize("extra,named", [
