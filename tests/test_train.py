@@ -316,7 +316,8 @@ def test_cli_help_lists_every_flag(capsys):
      ["--method", "sgd"], ["--dataset", "cifar10", "--data-root", "{tmp}/no-data"], ["--config", "{tmp}/missing.toml"],
      ["--method", "vanilla", "--beta", "0.1"], ["--method", "vanilla", "--censor", "1"],
      ["--method", "noise_injection", "--censor", "nan"], ["--out", "{tmp}/blocker/run"],
-     ["--config", "{tmp}/conflict.toml"], ["--num-threads", "100000"]],
+     ["--config", "{tmp}/conflict.toml"], ["--num-threads", "100000"], ["--momentum", "0.5"],
+     ["--optimizer", "sgd", "--momentum", "2"]],
 )
 def test_cli_bad_input_exits_2_with_one_line_and_no_output(argv, tmp_path, capsys, monkeypatch):
     import nvcim.data

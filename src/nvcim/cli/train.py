@@ -184,7 +184,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig the flags describe (defaults < preset < config file < flags)."""
-    from nvcim.train import FIELDS, PRESETS, TrainConfig, read_config_file
+    from nvcim.train import DEFAULTS, FIELDS, PRESETS, TrainConfig, read_config_file
     from nvcim.train.config import device_key_conflicts
 
     given: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in ("run", "command")}
@@ -209,6 +209,9 @@ def config_from_args(args: argparse.Namespace):
     for name in FIELDS:
         if name in given:
             d[name] = given[name]
+    optimizer = d.get("optimizer", DEFAULTS["optimizer"])
+    if "momentum" in given and optimizer != "sgd":  # Adam has no momentum term to set
+        raise ValueError(f"--momentum is SGD's and the optimizer is {optimizer}: add --optimizer sgd or drop it")
     device_flags = {k: given[k] for k in ("variation", "sampling") if k in given}
     if "variation_option" in given:
         device_flags["variation_options"] = dict(given["variation_option"])
@@ -216,7 +219,7 @@ def config_from_args(args: argparse.Namespace):
     if "device_model" in given:
         from nvcim.cli.device_flags import refuse_conflicts
         from nvcim.io.device_models import device_model, device_model_fields
-        from nvcim.train import DEFAULTS, DEVICE_KEYS
+        from nvcim.train import DEVICE_KEYS
 
         spec = given["device_model"]
         bits = given.get("device_bits", d.get("device_bits"))  # a -level preset's multipliers: one per level

@@ -170,6 +170,8 @@ class TrainConfig:
         for name in ("momentum", "weight_decay"):
             if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
                 raise bad(name, "a finite number >= 0")
+        if self.momentum >= 1:  # SGD's velocity would grow without bound
+            raise bad("momentum", "a number in [0, 1)")
         for name in ("lr", "momentum", "weight_decay"):
             object.__setattr__(self, name, float(getattr(self, name)))
         if self.schedule not in SCHEDULES:
