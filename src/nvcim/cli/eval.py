@@ -389,8 +389,8 @@ def run(args: argparse.Namespace) -> int:
     elif sigmas is None:
         sigmas = [center]
         if not config.get("device") and "sigma" not in model_fields:  # not trained by nvcim train: no σ to take
-            print(f"nvcim eval: note: checkpoint {ckpt} records no device, so it is evaluated at σ_d = 0 (the quantized "
-                  "model): pass --sigma or --sigmas for a noisy chip", file=sys.stderr)
+            print(f"nvcim eval: note: checkpoint {ckpt} records no device, so it is evaluated at σ_d = 0 (the "
+                  "quantized model): pass --sigma or --sigmas for a noisy chip", file=sys.stderr)
     device = device_label(args.device_model, base)
     if "sigma" in model_fields:
         device += f" at its σ_d {base.sigma:g}"

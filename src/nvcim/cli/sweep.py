@@ -91,7 +91,8 @@ def run(args) -> int:
         else:
             if stale:
                 print(f"nvcim sweep: note: the run would stop here: {len(stale)} finished cell(s) marked stale were "
-                      "made by another or an unknown definition: choose another --out, or delete those cell directories to run "
+                      "made by another or an unknown definition: choose another --out, or delete those cell "
+                      "directories to run "
                       "them again", file=sys.stderr)
         _say_foreign(args.out, cells)
         if todo and needs_local_data(args.backend, args.address):  # as the run checks them, without a download

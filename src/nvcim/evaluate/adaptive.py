@@ -78,7 +78,7 @@ PILOT_CHIPS = 20  # chips scored on the full test set first: the percentiles and
 FIRST_STAGE = 30  # Stein's first stage at least (t with 29 degrees of freedom: 4 % above the normal quantile)
 FIRST_STAGE_SHARE = 0.5  # ... else this share of the chips the pilot predicts
 DEFAULT_MAX_CHIPS = 20_000  # chips in the mean at most (the pilot's come on top)
-MAX_RUNS = 100_000  # chips per σ above which nvcim eval needs --force-runs and a sweep refuses (a typo's extra zeros cost hours)
+MAX_RUNS = 100_000  # chips per σ above which nvcim eval needs --force-runs and a sweep refuses (typos cost hours)
 MIN_IMAGES = 16  # the fewest test images a chip scores when N is chosen
 IMAGES_AUTO = "auto"
 

@@ -123,7 +123,8 @@ def conductance_tensors(model: nn.Module, cfg: DeviceConfig, *, tile_rows: int |
         big = max(max(r for r, _ in shapes), max(c for _, c in shapes))
         raise ConductanceMapError(f"tile_rows={tile_rows}, tile_cols={tile_cols} pad the map to "
                                   f"{padded / sum(r * c for r, c in shapes):.0f}x the model's weights (the largest "
-                                  f"layer has {big} rows or columns): use smaller tiles, or None for one tile per layer")
+                                  f"layer has {big} rows or columns): use smaller tiles, or None for one tile per "
+                                  "layer")
     for name, module, attr in noisy:
         w = getattr(module, attr).detach().to("cpu")
         prepared = dm.prepare(w, cfg.replace(quantize=True))

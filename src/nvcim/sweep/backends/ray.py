@@ -9,8 +9,9 @@ Files: the driver drops a random token into DIR. A task that sees the token (DIR
 system, or the task runs on the driver's machine) writes the cell's files into DIR itself, so a killed
 β search resumes per candidate. A task that does not see it runs the cell in a local temporary
 directory and returns every file of the cell as bytes; the driver removes nvcim's files of an earlier
-attempt from the cell's directory (keeping any other) and writes them, the outcome last. That works without a shared file system, at the cost of shipping
-checkpoints through Ray's object store and of per-β resume on the workers.
+attempt from the cell's directory (keeping any other) and writes them, the outcome last. That works
+without a shared file system, at the cost of shipping checkpoints through Ray's object store and of
+per-β resume on the workers.
 """
 
 from __future__ import annotations
