@@ -120,7 +120,7 @@ def check_output_path(path, what: str, *, is_dir: bool = False) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"{what} {path}: no permission to write in {existing}: choose another path")
     try:  # permission bits do not tell everything (root, read-only mounts, /proc): a file created and removed
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".nvcim-probe-"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".nvcim-probe-", suffix=".tmp"):  # a temp to cleaners
             pass
     except OSError as exc:
         raise ValueError(f"{what} {path}: files cannot be created in {existing} ({exc.strerror or exc}): choose "
