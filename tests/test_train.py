@@ -317,7 +317,7 @@ def test_cli_help_lists_every_flag(capsys):
      ["--method", "vanilla", "--beta", "0.1"], ["--method", "vanilla", "--censor", "1"],
      ["--method", "noise_injection", "--censor", "nan"], ["--out", "{tmp}/blocker/run"],
      ["--config", "{tmp}/conflict.toml"], ["--num-threads", "100000"], ["--momentum", "0.5"],
-     ["--optimizer", "sgd", "--momentum", "2"]],
+     ["--optimizer", "sgd", "--momentum", "2"], ["--val-fraction", "0"]],  # (default select: noisy, on val)
 )
 def test_cli_bad_input_exits_2_with_one_line_and_no_output(argv, tmp_path, capsys, monkeypatch):
     import nvcim.data

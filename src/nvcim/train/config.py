@@ -189,6 +189,9 @@ class TrainConfig:
             raise bad("select", f"one of {list(SELECTIONS)}")
         if self.select == "noisy" and self.val_runs == 0:
             raise ValueError("TrainConfig.select='noisy' needs val_runs >= 1: raise val_runs or use select='clean'/'last'")
+        if self.select != "last" and self.val_fraction == 0:  # no validation split: nothing to choose the epoch by
+            raise ValueError(f"TrainConfig.select={self.select!r} chooses the epoch on the validation split, which "
+                             "val_fraction=0 leaves empty: use select='last' or a val_fraction > 0")
         if self.num_threads is not None and (not _is_int(self.num_threads) or not 1 <= self.num_threads <= MAX_THREADS):
             raise bad("num_threads", f"an integer from 1 to {MAX_THREADS} or None")
 
