@@ -119,10 +119,11 @@ def conductance_tensors(model: nn.Module, cfg: DeviceConfig, *, tile_rows: int |
     noisy = selected_parameters(model)
     shapes = [(math.prod(getattr(m, a).shape[1:]), getattr(m, a).shape[0]) for _, m, a in noisy]  # (rows, cols)
     padded = sum(tr * r * tc * c for tr, tc, r, c in (_tiles(*rc, tile_rows, tile_cols) for rc in shapes))
-    if padded > _MAX_PADDING * sum(r * c for r, c in shapes):  # tiles far larger than the layers: mostly zeros
+    weights = sum(r * c for r, c in shapes)
+    if padded > _MAX_PADDING * weights:  # tiles far larger than the layers: mostly zeros
         big = max(max(r for r, _ in shapes), max(c for _, c in shapes))
         raise ConductanceMapError(f"tile_rows={tile_rows}, tile_cols={tile_cols} pad the map to "
-                                  f"{padded / sum(r * c for r, c in shapes):.0f}x the model's weights (the largest "
+                                  f"{padded / weights:.0f}x the model's weights (the largest "
                                   f"layer has {big} rows or columns): use smaller tiles, or None for one tile per "
                                   "layer")
     for name, module, attr in noisy:

@@ -85,12 +85,17 @@ def cell_state(out_dir, cell_id: str) -> str:
     return "pending"
 
 
+def _is_temp(name: str) -> bool:
+    """Whether an entry is a leftover of a write a kill interrupted: a hidden temp file or dir, or a previous copy."""
+    return name.startswith(".") and (".tmp" in name or ".old-" in name)
+
+
 def _clean_temps(d: Path) -> None:
     """Remove leftovers of writes a kill interrupted (hidden temp files and dirs) under `d`."""
     if not d.is_dir():
         return
     for p in sorted(d.rglob(".*"), key=lambda p: ".old-" in p.name):  # temps first, then previous copies
-        if p.name in (LOCK_FILE, TOKEN_FILE) or not (".tmp" in p.name or ".old-" in p.name):
+        if p.name in (LOCK_FILE, TOKEN_FILE) or not _is_temp(p.name):
             continue
         original = p.parent / p.name[1:].split(".old-")[0]
         if ".old-" in p.name and not original.exists():  # killed between a save's two renames: put it back
@@ -115,7 +120,7 @@ def remove_cell_files(d: Path) -> None:
     and weights, β candidates' score.json, temp leftovers) and the directories left empty; anything else is not
     nvcim's and stays where it is."""
     for p in sorted(d.rglob("*"), key=lambda p: len(p.parts), reverse=True):  # deepest first
-        temp = p.name.startswith(".") and (".tmp" in p.name or ".old-" in p.name)
+        temp = _is_temp(p.name)
         if temp and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         elif (temp or _is_own_file(p.relative_to(d).parts)) and (p.is_file() or p.is_symlink()):
