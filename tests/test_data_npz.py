@@ -112,12 +112,18 @@ def test_a_constant_channel_gets_std_one(tmp_path):
 
 def test_number_of_classes_from_labels_or_classes_array(tmp_path):
     a = arrays(classes=3)
-    a["y_test"][0] = 5  # a class seen only in the test split still counts
-    assert dataset_info(write(tmp_path, **a)).num_classes == 6
+    a["y_test"][0] = 5  # a class seen only in the test split still counts, and is pointed out
+    with pytest.warns(UserWarning, match=r"class\(es\) 5 that never occur in y_train \(16.7 % .*at most 83.3 %"):
+        assert dataset_info(write(tmp_path, **a)).num_classes == 6
     b = arrays(classes=3)
     names = np.array(["cat", "dog", "cow", "yak", "emu"])  # unicode array: no pickle needed
     assert dataset_info(write(tmp_path, "c.npz", **b, classes=names)).num_classes == 5
     assert load_dataset(f"npz:{tmp_path / 'c.npz'}").info.num_classes == 5
+
+
+def test_no_warning_when_every_test_class_is_trained(tmp_path, recwarn):
+    dataset_info(write(tmp_path, **arrays(classes=3)))
+    assert not [w for w in recwarn if "never occur" in str(w.message)]
 
 
 def test_compressed_file_and_relative_path(tmp_path, monkeypatch):

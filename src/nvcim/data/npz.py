@@ -14,13 +14,15 @@ normalization is the per-channel mean / std of all of ``x_train`` on the [0, 1] 
 channel gets std 1); no augmentation (crop + flip would be wrong for digits or text). The val split
 is taken from the training arrays like for the built-in data sets. ``PATH`` is relative to the
 current directory; the data root is not used. Every malformed file is refused with a one-line
-ValueError naming the array and the fix. :func:`file_sha256` identifies the file's content.
+ValueError naming the array and the fix; test classes that never occur in training are warned about (a
+model trained on the file cannot predict them). :func:`file_sha256` identifies the file's content.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -178,6 +180,13 @@ def read_npz(path: str | Path) -> NpzData:
         num_classes = top + 1
     if num_classes < 2:
         raise ValueError(f"{path}: the labels name a single class: a classifier needs at least 2 classes")
+    unseen = np.setdiff1d(np.unique(y_test), np.unique(y_train))  # classes a model trained here never sees
+    if unseen.size:
+        share = 100.0 * np.isin(y_test, unseen).mean()
+        shown = ", ".join(map(str, unseen[:8].tolist())) + (", ..." if unseen.size > 8 else "")
+        warnings.warn(f"{path}: y_test holds class(es) {shown} that never occur in y_train ({share:.1f} % of the test "
+                      "images): a model trained on this file cannot predict them, so its accuracy is at most "
+                      f"{100.0 - share:.1f} %; put examples of every class into x_train", stacklevel=2)
     return NpzData(x_train, y_train, x_test, y_test, num_classes, sha)
 
 
