@@ -68,6 +68,24 @@ def test_pairs_use_only_shared_seeds_and_the_report_order():
     assert reading(r2) == "difference within [-1.25, 3.50] points"  # never "no difference"
 
 
+def test_pairs_differ_in_one_thing_only_method_or_device_model_or_budget():
+    def pt(method, label, device, recipe, means):
+        ev = f" [{device}]"
+        return {**_point(label + recipe + ev, method, [0, 1, 2], means), "arm": label + ev, "evaluation": ev,
+                "recipe_label": recipe.strip(" ()")}
+    pts = [pt("ovf", "OVF", "rram4", "", [50.0, 52.0, 54.0]), pt("noise_injection", "noise injection", "rram4", "",
+                                                                  [40.0, 41.0, 45.0]),
+           pt("ovf", "OVF", "fefet2", "", [30.0, 31.0, 35.0]), pt("noise_injection", "noise injection", "fefet2", "",
+                                                                   [20.0, 22.0, 21.0]),
+           pt("ovf", "OVF", "rram4", " (12 epochs)", [60.0, 61.0, 62.0])]
+    pairs = {frozenset((r["arm_a"], r["arm_b"])) for r in paired_comparisons(pts)}  # in either order
+    assert pairs == {frozenset(p) for p in [
+        ("OVF [rram4]", "noise injection [rram4]"), ("OVF [fefet2]", "noise injection [fefet2]"),  # the method
+        ("OVF [rram4]", "OVF [fefet2]"), ("noise injection [rram4]", "noise injection [fefet2]"),  # the device
+        ("OVF (12 epochs) [rram4]", "OVF [rram4]")]}  # the budget; never two of them at once (e.g. OVF [rram4] −
+    # noise injection [fefet2], which the report used to pair with a p value)
+
+
 def test_report_writes_paired_and_seeds_csv_and_a_table(tmp_path):
     root = tmp_path / "sweep"
     acc = {"noise_injection": [20.0, 19.0, 20.5], "ovf": [54.0, 55.0, 57.5]}

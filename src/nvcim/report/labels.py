@@ -11,9 +11,9 @@ images ("adc_calibration" in the file) " (ADC ranges from train images)", anothe
 cell of a device-model axis ("device_model" in its cell) is an arm per device model: " [rram4]" (the name as
 the spec gives it) before those; results without a device model keep their labels. Models of one (model,
 dataset) trained with different recipes (a training-budget study: epochs 3 / 12 / 30) are arms per recipe,
-named by what differs right after the method: "OVF (12 epochs)"; record["arm"] keeps the label without it
-and record["recipe_label"] the suffix ("12 epochs"; "" when every model of the (model, dataset) shares its
-recipe, or the record has none).
+named by what differs right after the method: "OVF (12 epochs)"; record["arm"] keeps the label without it,
+record["recipe_label"] the suffix ("12 epochs"; "" when every model of the (model, dataset) shares its
+recipe, or the record has none) and record["evaluation"] the evaluation suffix alone (" [rram4]"; "" when standard).
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def _recipe_labels(records: list[dict]) -> None:
 
 
 def _finish(r: dict, label: str) -> None:
+    r["evaluation"] = evaluation_suffix(r)  # how it was evaluated (device model, BN, split...): "" when standard
     r["arm"] = label + evaluation_suffix(r)
     r["label"] = label + recipe_suffix(r) + evaluation_suffix(r)
 

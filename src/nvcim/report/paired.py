@@ -9,8 +9,9 @@ than either arm over seeds. For each pair of arms at one σ_d, over the seeds bo
     95 % CI          d̄ ± t_{0.975, n−1} · s_d / √n          (Student t over seeds)
     paired t-test    t = d̄ / (s_d / √n),  p = 2 · P(T_{n−1} ≥ |t|)   (two-sided)
 
-    rows = paired_comparisons(points)       # points: `matched_points`; pairs with ≥ 2 shared seeds (arms of
-                                            # different training budgets: the same method's only)
+    rows = paired_comparisons(points)       # points: `matched_points`; pairs with ≥ 2 shared seeds that differ
+                                            # in one thing only: the method, or the device model / evaluation,
+                                            # or the training budget
     paired_t([1.0, 2.0, 3.0])               # {"n": 3, "mean": 2.0, "ci95": (..), "t": .., "p": ..}
     reading(row)                            # "OVF higher: +7.10 [4.91, 9.29]" / "difference within [−1.2, 3.4]"
 
@@ -53,6 +54,22 @@ def paired_t(diffs: Sequence[float]) -> dict:
     return {"n": n, "mean": mean, "std": sd, "ci95": (mean - half, mean + half), "t": t, "p": p}
 
 
+def _differences(a: dict, b: dict) -> set[str]:
+    """What tells two arms of one (group, σ_d) apart: the method (its label), the evaluation (device model, BN
+    recalibration, split: nvcim.report.labels.evaluation_suffix), the training recipe. A pair is compared only
+    when exactly one of them differs; arms without the split-out fields are told apart by their whole arm."""
+    ev_a, ev_b = a.get("evaluation", ""), b.get("evaluation", "")
+    arm_a, arm_b = a.get("arm", a["label"]), b.get("arm", b["label"])
+    method_a = arm_a[:len(arm_a) - len(ev_a)] if ev_a and arm_a.endswith(ev_a) else arm_a
+    method_b = arm_b[:len(arm_b) - len(ev_b)] if ev_b and arm_b.endswith(ev_b) else arm_b
+    found = {"method"} if method_a != method_b else set()
+    if ev_a != ev_b:
+        found.add("evaluation")
+    if a.get("recipe_label", "") != b.get("recipe_label", ""):
+        found.add("recipe")
+    return found
+
+
 def paired_comparisons(points: Sequence[dict]) -> list[dict]:
     """One row per (group, σ_d, pair of arms) whose models share ≥ 2 seeds; see the module docstring.
 
@@ -64,9 +81,8 @@ def paired_comparisons(points: Sequence[dict]) -> list[dict]:
     for (model, width, dataset, sigma), pts in by_key.items():
         pts = sorted(pts, key=lambda p: label_sort_key(p["label"], p["method"]))
         for b, a in combinations(pts, 2):  # a after b in the report's order: a − b (e.g. OVF − noise injection)
-            if a.get("arm", a["label"]) != b.get("arm", b["label"]) and \
-                    a.get("recipe_label", "") != b.get("recipe_label", ""):
-                continue  # another method AND another training budget: no question a reader asks
+            if len(_differences(a, b)) > 1:
+                continue  # e.g. another method AND another device model or budget: confounded, no question asked
             ma = {str(s): m for s, m in zip(a["seeds"], a["seed_means"]) if s is not None}
             mb = {str(s): m for s, m in zip(b["seeds"], b["seed_means"]) if s is not None}
             shared = sorted(set(ma) & set(mb), key=lambda s: (not s.lstrip("-").isdigit(), int(s) if

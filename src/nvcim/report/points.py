@@ -127,6 +127,7 @@ def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> li
                 "model": model, "width": width, "dataset": dataset, "method": method, "label": label,
                 # the label without its training-recipe suffix, the suffix, and the recipe (nvcim.report.labels)
                 "arm": models[0].get("arm") or label, "recipe_label": models[0].get("recipe_label", ""),
+                "evaluation": models[0].get("evaluation", ""),
                 "recipe": models[0].get("recipe") or {},
                 "sigma": sigma, "n_seeds": n, "seeds": [r["seed"] for r in models],
                 "runs": runs[0] if len(runs) == 1 else f"{runs[0]}–{runs[-1]}",
