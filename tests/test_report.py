@@ -131,6 +131,20 @@ def test_markdown_tables(report_dir):
     assert "1 of 2" in md  # non-converged noise-injection model
 
 
+def test_table_half_width_is_the_unclipped_t_one_near_100_percent(tmp_path):
+    # two seeds with means 99.0 and 99.8: t_{0.975,1}·s/√2 = 12.706·0.5657/1.414 = 5.08; the CI is clipped to
+    # [94.32, 100], whose half-length 2.84 the table used to print as the ± (review finding)
+    for seed, mean in ((0, 99.0), (1, 99.8)):
+        write(tmp_path / f"ovf{seed}.json", mc_eval("ovf", 0.1, seed, [mc_result(0.1, [mean - 0.1, mean + 0.1])]))
+    rs = scan_results(tmp_path)
+    (pt,) = matched_points(rs.records)
+    assert pt["ci95"] == pytest.approx([94.317, 100.0], abs=1e-3) and pt["ci_half"] == pytest.approx(5.0825, abs=1e-3)
+    out = tmp_path / "out"
+    write_report(rs, out)
+    line = next(ln for ln in (out / "report.md").read_text(encoding="utf-8").splitlines() if ln.startswith("| 0.1"))
+    assert "99.40 ± 5.08 (n=2)" in line
+
+
 def test_summary_csv(report_dir):
     _, out = report_dir
     with open(out / "summary.csv", newline="") as f:

@@ -106,7 +106,7 @@ def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> li
             half = float(t_quantile(0.975, n - 1)) * sd / math.sqrt(n)
             ci, ci_over = list(accuracy_ci(mean, half)), "seeds"  # clipped to [0, 100], as every accuracy CI
         else:
-            sd = None
+            sd, half = None, models[0].get("ci_half")
             ci, ci_over = list(models[0]["ci95"]), "MC runs"
         ekls = [r["ekl"] for r in models if r["ekl"] is not None]
         runs = sorted({r["runs"] for r in models})
@@ -130,6 +130,7 @@ def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> li
                 "evaluation": models[0].get("evaluation", ""),
                 "recipe": models[0].get("recipe") or {},
                 "sigma": sigma, "n_seeds": n, "seeds": [r["seed"] for r in models],
+                "ci_half": half,  # the CI's unclipped half-width: ci95 is clipped to [0, 100]
                 "runs": runs[0] if len(runs) == 1 else f"{runs[0]}–{runs[-1]}",
                 "runs_min": runs[0], "mean": mean, "ci95": ci, "ci_over": ci_over, "std_over_seeds": sd,
                 "seed_means": means, "seed_ekls": [r["ekl"] for r in models],

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from nvcim.evaluate import t_quantile
 from nvcim.evaluate.files import (KINDS, DeviceMatrixFile, EvaluationFile, FailedCellFile, WriteVerifyFile,
                                   parse_result)
 from nvcim.report.common import fmt_param, group_key, method_traits, num, sigma_key, sigma_specific
@@ -198,6 +199,7 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                 "mean": float(r["mean"]),
                 "std": num(r.get("std")),
                 "ci95": ci,
+                "ci_half": _ci_half(r, ci),
                 "per_run_accuracy": per_run,
                 "p1": num(r.get("p1")),
                 "p5": num(r.get("p5")),
@@ -223,6 +225,17 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
             }
         )
     return out
+
+
+def _ci_half(r: Mapping, ci: list) -> float | None:
+    """The unclipped half-width of a result's 95 % CI (its ci95 bounds are clipped to [0, 100], so (hi − lo) / 2
+    understates it near the bounds): the recorded one (target-precision results), else t_{0.975, R−1}·std/√R."""
+    half, std, runs = num(r.get("ci_half_width")), num(r.get("std")), num(r.get("runs"))
+    if half is not None:
+        return half
+    if std is not None and runs is not None and runs >= 2:
+        return float(t_quantile(0.975, int(runs) - 1)) * std / math.sqrt(runs)
+    return (ci[1] - ci[0]) / 2 if ci[0] is not None and ci[1] is not None else None
 
 
 def scan_results(path, skip_bad: bool = False, warn=None) -> ResultSet:

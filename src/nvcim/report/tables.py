@@ -32,6 +32,15 @@ def _fmt_ekl(v: Any) -> str:
     return "—" if f is None else f"{f:.4g}"
 
 
+def _half(p: dict) -> str:
+    """" ± h": the 95 % CI's unclipped half-width (its clipped bounds [lo, hi] are asymmetric near 0 or 100 %)."""
+    h = p.get("ci_half")
+    if h is None:
+        lo, hi = p["ci95"]
+        h = (hi - lo) / 2 if lo is not None and hi is not None else None
+    return f" ± {fmt_num(h)}" if h is not None else ""
+
+
 def acc_table(gkey, gpts) -> Table:
     labels = ordered_labels(gpts)
     has_paper = {lab for lab, _ in labels if any(p["paper"] is not None for p in gpts if p["label"] == lab)}
@@ -48,8 +57,7 @@ def acc_table(gkey, gpts) -> Table:
             if p is None:
                 row.append("")
             else:
-                lo, hi = p["ci95"]
-                half = f" ± {fmt_num((hi - lo) / 2)}" if lo is not None and hi is not None else ""
+                half = _half(p)
                 row.append(f"{fmt_num(p['mean'])}{half} (n={p['n_seeds']}){_point_mark(marks, p)}")
             if lab in has_paper:
                 if p is not None and p["paper"] is not None:
@@ -58,8 +66,8 @@ def acc_table(gkey, gpts) -> Table:
                     row.append("")
         rows.append(row)
     notes = sorted({p["paper_note"] for p in gpts if p["paper_note"]})
-    note = ("Measured: mean over seeds of each model's Monte Carlo mean ± half-width of the 95% CI (over seeds when "
-            "n ≥ 2, else the MC CI); " + "; ".join(sorted({f"{lab}: {runs_note([p for p in gpts if p['label'] == lab])}"
+    note = ("Measured: mean over seeds of each model's Monte Carlo mean ± half-width of the 95% t CI (over seeds when "
+            "n ≥ 2, else the MC CI; summary.csv gives its bounds clipped to [0, 100]); " + "; ".join(sorted({f"{lab}: {runs_note([p for p in gpts if p['label'] == lab])}"
                                                           for lab, _ in labels})) + ".")
     if has_paper:
         note += " Paper: Qin et al., Fig. 3 (authors' figures)."
@@ -225,8 +233,7 @@ def curve_table(gkey, gcurves) -> Table | None:
             if r is None:
                 row.append("")
             else:
-                lo, hi = r["ci95"]
-                half = f" ± {fmt_num((hi - lo) / 2)}" if lo is not None and hi is not None else ""
+                half = _half(r)
                 mark = marks.mark(r["mean"], r.get("num_classes"), r.get("nonfinite_runs"), r["runs"],
                                   f"test σ {fmt_sigma(s)} ({c['name']})")
                 row.append(f"{fmt_num(r['mean'])}{half}{mark}")
