@@ -101,8 +101,13 @@ def test_arms_evaluated_at_different_sigmas_are_not_paired():
     table = matrix_arms_table(arms, "t")
     assert table.rows[0] == ["gaussian", "68.00 ± 2.83 (σ 0.1)", "31.00 ± 1.41 (σ 0.6)"]
     assert "not comparable" in table.note
-    # the same rows, all evaluated at 0.6: paired as before, no σ in the cells
+    # the same rows all evaluated at 0.6 (--sigma 0.6): still two things differ (method, training σ), so no pair
     cells = [[at(0.6, m) for m in row] for row in means]
+    rec = DeviceMatrixFile(checkpoints=[f"ck{i}" for i in range(4)], datasets=["d"] * 4,
+                           device_models=["gaussian", "rram4"], cells=cells, sigma=0.6, runs=2, seed=0, rows=info)
+    assert matrix_paired(rec) == []
+    # ... trained at one σ too: paired, no σ in the cells
+    info = [{**i, "train_sigma": 0.6} for i in info]
     rec = DeviceMatrixFile(checkpoints=[f"ck{i}" for i in range(4)], datasets=["d"] * 4,
                            device_models=["gaussian", "rram4"], cells=cells, sigma=None, runs=2, seed=0, rows=info)
     rows = matrix_paired(rec)
@@ -133,3 +138,22 @@ def test_one_label_at_several_budgets_is_two_arms_and_duplicates_never_overwrite
         ("OVF (3 epochs)", 2, 51.0), ("OVF (12 epochs)", 2, 71.0)}
     same = [{"method": OVF, "seed": 0, "train_sigma": 0.3}] * 2  # nothing tells them apart: numbered, both kept
     assert [a[0] for a in matrix_arms(_matrix(same, [[1, 1]] * 2))] == ["OVF", "OVF (#2)"]
+
+
+def test_rows_of_other_models_or_data_sets_are_other_arms_never_pooled_or_paired_across():
+    # a new user's matrix of a tiny model and a vgg8 (both noise injection, seeds 0/1) was one arm "over 2 seeds"
+    tiny, vgg = {"name": "tiny", "width": 1.0}, {"name": "vgg8", "width": 0.125}
+    info = [{"method": NI, "seed": s, "train_sigma": 0.3, "model": m} for m in (tiny, vgg) for s in (0, 1)]
+    info += [{"method": OVF, "seed": s, "train_sigma": 0.3, "model": vgg} for s in (0, 1)]
+    rec = _matrix(info, [[10, 10], [12, 12], [80, 70], [82, 72], [85, 75], [86, 77]])
+    assert [a[0] for a in matrix_arms(rec)] == ["noise injection (tiny)"] * 2 + ["noise injection (vgg8)"] * 2 + \
+        ["OVF (vgg8)"] * 2
+    means = {(r["device_model"], r["arm"]): r["mean"] for r in matrix_arm_means(rec)}
+    assert means["gaussian", "noise injection (tiny)"] == 11 and means["gaussian", "noise injection (vgg8)"] == 81
+    pairs = {(r["arm_a"], r["arm_b"]) for r in matrix_paired(rec) if r["device_model"] == "gaussian"}
+    assert pairs == {("OVF (vgg8)", "noise injection (vgg8)"), ("noise injection (vgg8)", "noise injection (tiny)")}
+    # OVF (vgg8) − noise injection (tiny) differs in the method AND the model: not paired
+    other_data = _matrix(info[:4], [[1, 1]] * 4)
+    other_data.datasets = ["mnist", "mnist", "npz:x.npz", "npz:x.npz"]
+    assert [a[0] for a in matrix_arms(other_data)][::2] == ["noise injection (tiny, mnist)",
+                                                            "noise injection (vgg8, npz:x.npz)"]

@@ -92,7 +92,9 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
         rows.append((str(ck), loaded.dataset, loaded.model, loaded.split))
         adc_data.append(adc_calibration(args.adc_calibration, list(devices[i].values()), loaded.splits,
                                         args.split)[0])  # None: the evaluated images
+        model = loaded.config.get("model") or {}
         info.append({"method": dict(loaded.config.get("method") or {}), "seed": loaded.config.get("seed"),
+                     "model": {"name": model.get("name"), "width": model.get("width")},
                      "train_sigma": (loaded.config.get("device") or {}).get("sigma"),
                      "epochs": (loaded.config.get("train") or {}).get("epochs")})
     rec = device_matrix(rows, names, lambda i, name: devices[i][name], runs=runs, seed=seed, batch_size=batch_size,

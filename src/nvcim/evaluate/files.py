@@ -160,7 +160,8 @@ class DeviceMatrixFile:
     sigma: float | None = None  # None: each checkpoint's training σ
     runs: int = 0
     seed: int = 0
-    rows: list | None = None  # per row {"method": {"name", params...}, "seed", "train_sigma", "epochs"} (None: unknown)
+    rows: list | None = None  # per row {"method": {"name", params...}, "seed", "train_sigma", "epochs", "model":
+    # {"name", "width"}} (None: unknown; "model" absent in files written before it)
     adc_calibration: dict | None = None  # {"split"} the calibrated-clip columns' ADC ranges came from (None: no such column)
     nvcim_version: str = __version__
     format: int = FORMAT

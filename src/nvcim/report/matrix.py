@@ -9,8 +9,8 @@ comparisons by seed between the training methods of its rows, per device model.
     matrix_arm_means(rec)                   # [{"device_model", "arm", "n", "mean", "std", "p5"}]: over seeds
 
 Rows are arms by what trained them (the file's "rows": method and its parameters, labelled like the report's
-arms, plus " (trained σ s)" where one label was trained at several σ); two arms are compared on the seeds
-they share (≥ 2), A − B with A the later arm in the report's order (e.g. OVF − noise injection), in every
+arms, plus the model and data set where the rows hold several, and " (trained σ s)" where one label was trained
+at several σ); two arms that differ in one of these only are compared on the seeds they share (≥ 2), A − B with A the later arm in the report's order (e.g. OVF − noise injection), in every
 device-model column: all cells use the same chips (common random numbers), so the differences are the
 models' (`nvcim.report.paired`). Only cells evaluated at the same σ are compared: a matrix made without --sigma
 evaluates each checkpoint at its training σ, so arms trained at different σ are shown with their σ and not paired.
@@ -142,40 +142,76 @@ def is_matrix_png(path, beside=None) -> bool:
         return False
 
 
-def matrix_arms(rec: DeviceMatrixFile) -> list[tuple[str, str, str]] | None:
-    """(label, method, seed) of every row, or None when the file does not say what trained its rows."""
+def _arm_rows(rec: DeviceMatrixFile) -> list[dict] | None:
+    """Per row: its arm's label and what trained it (None when the file does not say). The label is the method's
+    (labelled like the report's arms), plus what tells this row's arm from others of that label: the model
+    (name, width) and data set where the rows hold several, the training σ, the number of epochs."""
     if rec.rows is None:
         return None
     arms = []
-    for info in rec.rows:
+    for i, info in enumerate(rec.rows):
         method = dict(info.get("method") or {})
         name = str(method.pop("name", "?"))
-        arms.append([base_label(name, method), name, str(info.get("seed")), info.get("train_sigma"), info.get("epochs")])
-    for label in {a[0] for a in arms}:  # one label trained at several σ: one arm per training σ
-        if len({a[3] for a in arms if a[0] == label}) > 1:
+        model = info.get("model") if isinstance(info.get("model"), dict) else {}
+        arms.append({"label": base_label(name, method), "base": base_label(name, method), "method": name,
+                     "seed": str(info.get("seed")), "sigma": info.get("train_sigma"), "epochs": info.get("epochs"),
+                     "model": (model.get("name"), model.get("width")), "dataset": rec.datasets[i]})
+    # several models / widths / data sets in one matrix: never one arm (pooled as if seeds) nor paired across them
+    many = {k for k in ("model", "dataset") if len({a[k] for a in arms}) > 1}
+    for a in arms:
+        what = []
+        if "model" in many:
+            name, width = a["model"]
+            widths = {b["model"][1] for b in arms if b["model"][0] == name}  # shown where one name has several
+            what.append(f"{name}" + (f" ×{width:g}" if len(widths) > 1 and isinstance(width, (int, float)) else ""))
+        if "dataset" in many:
+            what.append(str(a["dataset"]))
+        if what:
+            a["label"] = f"{a['label']} ({', '.join(what)})"
+    for label in {a["label"] for a in arms}:  # one label trained at several σ: one arm per training σ
+        if len({a["sigma"] for a in arms if a["label"] == label}) > 1:
             for a in arms:
-                if a[0] == label:
-                    a[0] = f"{label} (trained σ {fmt_num(a[3])})"
-    for label in {a[0] for a in arms}:  # ... or for several numbers of epochs (a training-budget study)
-        if len({a[4] for a in arms if a[0] == label}) > 1:
+                if a["label"] == label:
+                    a["label"] = f"{label} (trained σ {fmt_num(a['sigma'])})"
+    for label in {a["label"] for a in arms}:  # ... or for several numbers of epochs (a training-budget study)
+        if len({a["epochs"] for a in arms if a["label"] == label}) > 1:
             for a in arms:
-                if a[0] == label:
-                    a[0] = f"{label} ({recipe_words('epochs', a[4])})"
+                if a["label"] == label:
+                    a["label"] = f"{label} ({recipe_words('epochs', a['epochs'])})"
     seen: dict[tuple, int] = {}
     for a in arms:  # two rows still in one arm with one seed (trained otherwise): kept apart, never one overwriting
-        n = seen[(a[0], a[1], a[2])] = seen.get((a[0], a[1], a[2]), 0) + 1
+        key = (a["label"], a["method"], a["seed"])
+        n = seen[key] = seen.get(key, 0) + 1
         if n > 1:
-            a[0] = f"{a[0]} (#{n})"
-    return [(a[0], a[1], a[2]) for a in arms]
+            a["label"] = f"{a['label']} (#{n})"
+            a["twin"] = n
+    return arms
+
+
+def matrix_arms(rec: DeviceMatrixFile) -> list[tuple[str, str, str]] | None:
+    """(label, method, seed) of every row, or None when the file does not say what trained its rows."""
+    arms = _arm_rows(rec)
+    return None if arms is None else [(a["label"], a["method"], a["seed"]) for a in arms]
+
+
+_TRAINED_BY = ("base", "sigma", "epochs", "model", "dataset", "twin")  # what an arm's rows share
 
 
 def _rows_by_arm(rec: DeviceMatrixFile) -> dict[tuple[str, str], dict[str, int]]:
     """{(label, method): {seed: row index}} in the report's order of arms ({} when the rows are unknown)."""
     by_arm: dict[tuple[str, str], dict[str, int]] = {}
-    for i, (label, method, seed) in enumerate(matrix_arms(rec) or []):
-        if seed != "None":
-            by_arm.setdefault((label, method), {})[seed] = i
+    for i, a in enumerate(_arm_rows(rec) or []):
+        if a["seed"] != "None":
+            by_arm.setdefault((a["label"], a["method"]), {})[a["seed"]] = i
     return {k: by_arm[k] for k in sorted(by_arm, key=lambda lm: label_sort_key(*lm))}
+
+
+def _one_difference(rec: DeviceMatrixFile, a: dict[str, int], b: dict[str, int]) -> bool:
+    """Whether two arms (their {seed: row}) differ in exactly one of what trained them (method, training σ,
+    epochs, model, data set): a paired difference then measures that one thing."""
+    arms = _arm_rows(rec) or []
+    ta, tb = (arms[next(iter(x.values()))] for x in (a, b))
+    return sum(ta.get(k) != tb.get(k) for k in _TRAINED_BY) == 1
 
 
 def _cell_sigma(rec: DeviceMatrixFile, rows, col: int) -> float | None:
@@ -238,8 +274,8 @@ def matrix_paired(rec: DeviceMatrixFile) -> list[dict]:
     for j, dm in enumerate(rec.device_models):
         for b, a in combinations(order, 2):
             shared = sorted(set(by_arm[a]) & set(by_arm[b]), key=lambda s: (len(s), s))
-            if len(shared) < 2:
-                continue
+            if len(shared) < 2 or not _one_difference(rec, by_arm[a], by_arm[b]):
+                continue  # too few seeds, or confounded (e.g. another method AND another model)
             sigma = _cell_sigma(rec, [by_arm[x][s] for s in shared for x in (a, b)], j)
             if sigma is None:  # evaluated at different σ (each checkpoint's own): the difference is not the models'
                 continue
