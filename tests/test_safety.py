@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
 import nvcim.data
@@ -67,6 +68,17 @@ def test_eval_dataset_that_does_not_fit_the_model_downloads_nothing(tmp_path, ck
                    capsys)
     assert rc == 2 and len(err) == 1 and "does not fit" in err[0], err
     assert calls == [] and _snapshot(tmp_path) == before
+
+
+def test_eval_dataset_of_another_image_size_is_refused_in_one_line(tmp_path, ckpt, capsys):
+    # mnist5k is 32x32; 16x16 digits in an npz file ran silently through a pooling model (a crash with a fixed
+    # flatten: a new user's finding)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "small.npz", x_train=rng.integers(0, 256, (20, 16, 16), dtype=np.uint8),
+             y_train=np.arange(20) % 10, x_test=rng.integers(0, 256, (10, 16, 16), dtype=np.uint8),
+             y_test=np.arange(10) % 10)
+    rc, err = _run(["eval", str(ckpt), "--runs", "2", "--dataset", f"npz:{tmp_path / 'small.npz'}"], capsys)
+    assert rc == 2 and len(err) == 1 and "16x16 images but the checkpoint's model was built for 32x32" in err[0], err
 
 
 def test_result_files_follow_the_umask(tmp_path):

@@ -82,6 +82,9 @@ def load_for_eval(ckpt: Path, *, dataset: str | None, data_root: str | None, spl
             f"dataset {dataset} ({info.in_channels} channels, {info.num_classes} classes) does not fit the checkpoint's "
             f"model ({spec.get('in_channels')} channels, {spec.get('num_classes')} classes): pass a matching --dataset"
         )
+    if spec.get("image_size", info.image_size) != info.image_size:  # a fixed flatten would crash, pooling mislead
+        raise ValueError(f"dataset {dataset} has {info.image_size}x{info.image_size} images but the checkpoint's model "
+                         f"was built for {spec.get('image_size')}x{spec.get('image_size')}: pass a --dataset of that size")
     same = dataset == data_cfg.get("name")
     root = data_root or (data_cfg.get("root") if same else None)
     if limit is None and same:
