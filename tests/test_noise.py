@@ -244,3 +244,12 @@ def test_weight_written_through_data_is_seen_by_the_next_forward(net, x):
 def test_bad_cfg_type(net):
     with pytest.raises(TypeError):
         nvcim.apply_variation_(net, {"sigma": 0.1})
+
+
+def test_a_chip_of_a_model_without_variation_is_refused_not_silently_clean():
+    model = nn.Sequential(nn.Linear(4, 3))
+    for verb in (nvcim.program_chip_, nvcim.draw_chip):
+        with pytest.raises(nvcim.SelectionError, match="no layer with variation applied.*apply_variation_"):
+            verb(model, seed=0)
+    nvcim.apply_variation_(model, DeviceConfig(sigma=0.1))
+    nvcim.program_chip_(model, seed=0)  # once applied, fine

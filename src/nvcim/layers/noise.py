@@ -299,10 +299,19 @@ def draw_chip(
     write-verify, and every plan over the same layers shares all draws (common random numbers).
     """
     gen = _generator_for(seed, generator)
-    params = noisy_parameters(model)
+    params = _varied(model, "draw_chip")
     chip = _draw_all(params, gen, sigma)
     return {p.name: dm.chip_weight(chip[p.name], p.control.cfg) if p.control.cfg.sliced_mvm else chip[p.name]
             for p in params}
+
+
+def _varied(model: nn.Module, verb: str) -> list[NoisyParameter]:
+    """The model's varied weights; SelectionError when it has none (a chip of a clean model would silently be it)."""
+    params = noisy_parameters(model)
+    if not params:
+        raise SelectionError(f"{verb}: the model has no layer with variation applied: call "
+                             f"nvcim.apply_variation_(model, DeviceConfig(...)) first")
+    return params
 
 
 def _draw_all(params: list[NoisyParameter], gen: torch.Generator | None, sigma: float | None) -> dict[str, Any]:
@@ -326,7 +335,7 @@ def program_chip_(
     paths, which derive them the same way, read the same values.
     """
     gen = _generator_for(seed, generator)
-    params = noisy_parameters(model)
+    params = _varied(model, "program_chip_")
     chip = _draw_all(params, gen, sigma)  # ADC simulation: device levels, else W_p
     reads = (dm.read_generators(gen, len(params)) if any(p.control.cfg.read_sigma for p in params)
              else [None] * len(params))
