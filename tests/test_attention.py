@@ -168,10 +168,10 @@ def test_remove_restores_fused_path_and_outputs():
 
 
 def test_out_proj_alone_is_still_noisy():
-    """Excluding the attention block but not its out_proj: the block must still read out_proj's chip."""
+    """Selecting out_proj but not its attention block: the block must still read out_proj's chip."""
     torch.manual_seed(0)
     model, x = Attention().eval(), _x((2, 5, 16))
-    nvcim.apply_variation_(model, CFG, exclude=["attn"])
+    nvcim.apply_variation_(model, CFG, include=["attn.out_proj", "head"])
     assert [p.name for p in nvcim.noisy_parameters(model)] == ["attn.out_proj.weight", "head.weight"]
     with torch.no_grad():
         assert check_coverage(model, x) == ["attn.out_proj.weight", "head.weight"]
@@ -261,6 +261,20 @@ def test_pattern_matching_no_layer_is_an_error():
     with pytest.raises(TypeError, match="list of glob patterns"):
         nvcim.apply_variation_(model, CFG, include="0")
     assert not nvcim.noisy_modules(model)
+
+
+def test_a_pattern_naming_a_module_selects_the_layers_in_it_too():
+    # a new user's include=["layers.0.self_attn"] made only in_proj_weight noisy, leaving out_proj exact
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+    model = nn.Sequential(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), nn.Linear(8, 2))
+    nvcim.apply_variation_(model, CFG, include=["0.layers.0.self_attn"])
+    assert [n for n, _ in nvcim.noisy_modules(model)] == ["0.layers.0.self_attn", "0.layers.0.self_attn.out_proj"]
+    nvcim.remove_variation_(model)
+    nvcim.apply_variation_(model, CFG, exclude=["0"])  # a container: everything in it, as "0.*"
+    assert [n for n, _ in nvcim.noisy_modules(model)] == ["1"]
+    nvcim.remove_variation_(model)
+    nvcim.apply_variation_(model, CFG, include=["0.layers.*.linear?"])  # globs still match layer names
+    assert [n for n, _ in nvcim.noisy_modules(model)] == [f"0.layers.{i}.linear{j}" for i in (0, 1) for j in (1, 2)]
 
 
 def test_model_without_supported_layer_is_an_error():

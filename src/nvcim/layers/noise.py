@@ -85,13 +85,20 @@ def _layers_list(model: nn.Module, limit: int = 20) -> str:
     return f"[{shown}{f', ... ({len(layers) - limit} more)' if len(layers) > limit else ''}]"
 
 
+def _matches(name: str, pattern: str) -> bool:
+    """Whether glob `pattern` names layer `name` or a module it sits in: "layers.0.self_attn" selects the attention
+    block and its out_proj, "classifier" every layer under it (as "classifier.*" does)."""
+    parts = name.split(".")
+    return any(fnmatch.fnmatchcase(".".join(parts[:i]), pattern) for i in range(len(parts), 0, -1))
+
+
 def _make_filter(
     filter: ModuleFilter | None, include: Sequence[str] | None, exclude: Sequence[str] | None
 ) -> ModuleFilter:
     def accept(name: str, module: nn.Module) -> bool:
-        if include is not None and not any(fnmatch.fnmatchcase(name, p) for p in include):
+        if include is not None and not any(_matches(name, p) for p in include):
             return False
-        if exclude is not None and any(fnmatch.fnmatchcase(name, p) for p in exclude):
+        if exclude is not None and any(_matches(name, p) for p in exclude):
             return False
         return filter is None or bool(filter(name, module))
 
@@ -129,7 +136,7 @@ def selected_layers(
                                  f"{_layers_list(model)}")
         for what, patterns in (("include", include), ("exclude", exclude)):
             for p in patterns or ():
-                if not any(fnmatch.fnmatchcase(n, p) for n in names):
+                if not any(_matches(n, p) for n in names):
                     raise SelectionError(f"{what} pattern {p!r} matches no layer: the layers are {_names_list(names)}")
     accept = _make_filter(filter, include, exclude)
     chosen = [(n, m) for n, m in candidates if accept(n, m)]
@@ -156,7 +163,8 @@ def apply_variation_(
     """Make every supported layer's weights noisy, in place; returns the model.
 
     filter(name, module) -> bool, and/or glob patterns on module names (`include=["features.*"]`,
-    `exclude=["classifier.2"]`) select layers; a pattern that matches no layer, or a selection that is
+    `exclude=["classifier.2"]`) select layers; a pattern naming a module selects every layer in it too
+    (`exclude=["layers.0.self_attn"]`: the attention block and its out_proj); a pattern that matches no layer, or a selection that is
     empty, raises `SelectionError` naming the layers there are. Applying again replaces the config of
     the selected layers. Noise draws use `generator` (default: torch's global RNG, so
     `torch.manual_seed` fixes them). Fused Transformer paths that would bypass a noisy layer are
