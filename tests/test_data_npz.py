@@ -126,6 +126,32 @@ def test_no_warning_when_every_test_class_is_trained(tmp_path, recwarn):
     assert not [w for w in recwarn if "never occur" in str(w.message)]
 
 
+def test_one_based_labels_and_class_names_are_pointed_out(tmp_path):
+    a = arrays(classes=4)
+    a["y_train"], a["y_test"] = a["y_train"] + 1, a["y_test"] + 1  # 1..4: K = 5, class 0 never occurs
+    with pytest.warns(UserWarning, match=r"class\(es\) 0 of 0..4 occur in no split \(labels 1-based\?\)"):
+        assert dataset_info(write(tmp_path, **a)).num_classes == 5
+    names = np.array(["z", "cat", "dog", "cow", "yak"])  # named classes may lack examples: no warning
+    dataset_info(write(tmp_path, "named.npz", **a, classes=names))
+    b = arrays()
+    b["y_train"] = np.array([f"c{i}" for i in b["y_train"]])
+    with pytest.raises(ValueError, match=r"class names\?\).*np.unique"):
+        dataset_info(write(tmp_path, "str.npz", **b))
+
+
+def test_a_file_is_warned_about_once_per_process(tmp_path):
+    import warnings
+    a = arrays(classes=3)
+    a["y_test"][0] = 5
+    name = write(tmp_path, "once.npz", **a)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        dataset_info(name)
+        load_dataset(name)
+        check_dataset(name)
+    assert sum("never occur in y_train" in str(w.message) for w in seen) == 1
+
+
 def test_compressed_file_and_relative_path(tmp_path, monkeypatch):
     np.savez_compressed(tmp_path / "z.npz", **arrays())
     monkeypatch.chdir(tmp_path)

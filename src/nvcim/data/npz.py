@@ -139,6 +139,10 @@ def _check_labels(path: Path, key: str, y: np.ndarray, n: int, images: str) -> n
     """int64 ``[N]`` from an accepted label array, else a one-line ValueError."""
     if y.ndim != 1:
         raise ValueError(f"{path}: {key} has shape {y.shape}: labels must be [N], one integer per image")
+    if y.dtype.kind in "USO":  # class names: astype(int) would fail on them
+        raise ValueError(f"{path}: {key} holds {y.dtype} values (class names?): labels must be integers 0..K-1: map "
+                         "them, e.g. names, y = np.unique(np.concatenate([y_train, y_test]), return_inverse=True), and "
+                         "save the integer labels with classes=names")
     if y.dtype.kind not in "iu":
         raise ValueError(f"{path}: {key} is {y.dtype}: labels must be integers 0..K-1: save {key}.astype(np.int64)")
     if y.shape[0] != n:
@@ -146,6 +150,28 @@ def _check_labels(path: Path, key: str, y: np.ndarray, n: int, images: str) -> n
     if y.min() < 0:
         raise ValueError(f"{path}: {key} holds negative labels (min {y.min()}): labels must be 0..K-1")
     return y.astype(np.int64)
+
+
+_WARNED: set[tuple[str, str]] = set()  # (path, sha256) of the files warned about in this process
+
+
+def _shown(classes: np.ndarray) -> str:
+    return ", ".join(map(str, classes[:8].tolist())) + (", ..." if classes.size > 8 else "")
+
+
+def _warn_missing_classes(path: Path, y_train: np.ndarray, y_test: np.ndarray, num_classes: int, named: bool) -> None:
+    """Point out what silently caps or wastes a classifier trained on the file (warnings, not errors)."""
+    unseen = np.setdiff1d(np.unique(y_test), np.unique(y_train))  # classes a model trained here never sees
+    if unseen.size:
+        share = 100.0 * np.isin(y_test, unseen).mean()
+        warnings.warn(f"{path}: y_test holds class(es) {_shown(unseen)} that never occur in y_train ({share:.1f} % of "
+                      "the test images): a model trained on this file cannot predict them, so its accuracy is at most "
+                      f"{100.0 - share:.1f} %; put examples of every class into x_train", stacklevel=3)
+    absent = np.setdiff1d(np.arange(num_classes), np.concatenate([y_train, y_test]))
+    if absent.size and not named:  # without a classes array K = largest label + 1: 1-based labels add a class 0
+        guess = " (labels 1-based?)" if absent[0] == 0 else ""
+        warnings.warn(f"{path}: class(es) {_shown(absent)} of 0..{num_classes - 1} occur in no split{guess}: the model "
+                      f"gets {num_classes} outputs; relabel to 0..K-1 or save a classes array", stacklevel=3)
 
 
 def read_npz(path: str | Path) -> NpzData:
@@ -180,13 +206,9 @@ def read_npz(path: str | Path) -> NpzData:
         num_classes = top + 1
     if num_classes < 2:
         raise ValueError(f"{path}: the labels name a single class: a classifier needs at least 2 classes")
-    unseen = np.setdiff1d(np.unique(y_test), np.unique(y_train))  # classes a model trained here never sees
-    if unseen.size:
-        share = 100.0 * np.isin(y_test, unseen).mean()
-        shown = ", ".join(map(str, unseen[:8].tolist())) + (", ..." if unseen.size > 8 else "")
-        warnings.warn(f"{path}: y_test holds class(es) {shown} that never occur in y_train ({share:.1f} % of the test "
-                      "images): a model trained on this file cannot predict them, so its accuracy is at most "
-                      f"{100.0 - share:.1f} %; put examples of every class into x_train", stacklevel=2)
+    if (str(path.resolve()), sha) not in _WARNED:  # once per file: it is read several times per command
+        _WARNED.add((str(path.resolve()), sha))
+        _warn_missing_classes(path, y_train, y_test, num_classes, "classes" in arrays)
     return NpzData(x_train, y_train, x_test, y_test, num_classes, sha)
 
 
