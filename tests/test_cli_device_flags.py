@@ -153,3 +153,10 @@ def test_train_summary_names_the_device_model(files, tmp_path, capsys):
     assert row and f"{files['r4s']} (weight_band S=4)" in row[0], out
     config = json.loads((tmp_path / "t" / "config.json").read_text())
     assert config["device"]["sigma"] == 0.05 and config["device"]["variation"] == "weight_band"
+
+
+def test_a_train_only_flag_given_to_eval_is_named_by_eval(ck, capsys):
+    # `nvcim eval CK --weight-bits 4` said "nvcim: error: unrecognized arguments" (the README listed the flag)
+    rc, out, err = run_cli(["eval", str(ck), "--weight-bits", "4"], capsys)
+    assert rc == 2 and out == "" and err.strip().splitlines() == [
+        "nvcim eval: error: unrecognized arguments: --weight-bits 4 (see nvcim eval --help)"]

@@ -68,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nvcim: error: {e}", file=sys.stderr)
         return 2
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the subcommand whose flags they are not (argparse would say "nvcim: error")
+        print(f"nvcim {args.command}: error: unrecognized arguments: {' '.join(extra)} (see nvcim {args.command} "
+              "--help)", file=sys.stderr)
+        return 2
 
     def one_line_warning(message, category, filename, lineno, file=None, line=None):
         text = " ".join(str(message).split()).removeprefix("nvcim: ")  # the library's own prefix
