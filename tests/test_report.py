@@ -145,6 +145,18 @@ def test_table_half_width_is_the_unclipped_t_one_near_100_percent(tmp_path):
     assert "99.40 ± 5.08 (n=2)" in line
 
 
+def test_paper_reference_only_beside_a_setting_the_paper_has(tmp_path, report_dir):
+    # a new user's report on their own model said "dashed: paper" (none drawn) and ended with the paper's EKL
+    for seed in (0, 1):
+        write(tmp_path / "r" / f"ni{seed}.json", mc_eval("noise_injection", 0.3, seed, [mc_result(0.3, [50.0, 52.0])],
+                                                          model="my_mlp", dataset="npz:mine.npz"))
+    write_report(scan_results(tmp_path / "r"), tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "Published EKL" not in md and "dashed: paper" not in md
+    paper_md = (report_dir[1] / "report.md").read_text(encoding="utf-8")  # vgg8 on MNIST: the paper's setting
+    assert "Published EKL" in paper_md and "dashed: paper" in paper_md
+
+
 def test_summary_csv(report_dir):
     _, out = report_dir
     with open(out / "summary.csv", newline="") as f:

@@ -104,7 +104,8 @@ def fig_accuracy(F: Figures, gkey, gpts, colours):
     ax.set_title(f"{group_title(gkey)}: accuracy vs σ_d (mean over seeds, 95% CI)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    F.save(fig, figure_name("accuracy", *gkey), f"{group_title(gkey)}: accuracy vs σ_d (Fig. 3 style); dashed: paper")
+    F.save(fig, figure_name("accuracy", *gkey), f"{group_title(gkey)}: accuracy vs σ_d (Fig. 3 style)"
+           + ("; dashed: paper" if paper_done else ""))  # no paper curve for the user's own model or data
 
 
 def fig_ekl(F: Figures, gkey, gpts, colours) -> bool:

@@ -213,7 +213,8 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None,
         sections.append(("Device models", [t for t in mtables if t is not None], F.items[n0:]))
     failures = Table("Failed sweep cells", ["cell", "error", "file"],
                      [[f["cell_id"], f["error"], f["file"]] for f in rs.failures]) if rs.failures else None
-    paper_ekl = paper_ekl_table()
+    # the paper's published EKL: only beside results of a setting the paper has (not a user's own model or data)
+    paper_ekl = paper_ekl_table() if any(p["paper"] is not None for p in points) else None
     n_models = len({(r["file"]) for r in rs.records})
     where = ", ".join(str(r) for r in rs.roots or [rs.root])
     intro = (f"{len(rs.records)} result rows from {n_models} results files under {where}; "
