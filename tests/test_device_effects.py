@@ -90,6 +90,21 @@ def test_level_dependent_std_per_level_matches_the_normalised_multipliers():
         assert measured[level] == pytest.approx(expected, rel=0.03), (level, measured[level], expected)
 
 
+@pytest.mark.parametrize("sampling", ["device", "auto"])
+def test_level_dependent_without_normalisation_applies_the_multipliers_as_given(sampling):
+    # a device's measured per-level σ: σ_level = σ·m[level] in every tensor, whatever its levels (a new user's
+    # [2, 2, 2, 2] gave the plain Gaussian's std under the SPEC's per-tensor normalisation)
+    mult = [1.0, 3.0, 2.0, 0.5]
+    cfg = DeviceConfig(weight_bits=2, device_bits=2, sigma=0.1, variation="level_dependent", sampling=sampling,
+                       variation_options={"multipliers": mult, "normalize": False})
+    measured = per_level_std(at_levels([0] * 1 + [1] * 3 + [2] * 2 + [3] * 4, 2_000), cfg, chips=20)
+    for level, m in enumerate(mult):
+        assert measured[level] == pytest.approx(0.1 * 3 * m, rel=0.03), (level, measured[level])
+    assert DeviceConfig.from_dict(cfg.to_dict()) == cfg  # survives checkpoints and result files
+    with pytest.raises(ValueError, match="option normalize='no' is invalid"):
+        cfg.replace(variation_options={"multipliers": mult, "normalize": "no"})
+
+
 def test_level_dependent_sample_is_the_slow_per_device_formula():
     cfg = DeviceConfig(sigma=0.2, variation="level_dependent", variation_options={"multipliers": [1, 4, 4, 1]})
     levels = dm.slice_levels(dm.quantize_levels(torch.randn(7, 5, generator=gen(3)), cfg), cfg).float()  # [4, 7, 5]

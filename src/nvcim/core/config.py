@@ -104,7 +104,9 @@ class DeviceConfig:
     sampling: "auto" (fast path when it is exact), "fast" (one draw per weight; Gaussian only),
         or "device" (one draw per device, always exact).
     stuck_at: (p0, p1), each device independently stuck at level 0 (rate p0) or at level 2^K - 1
-        (rate p1) whatever its target; fixed per chip. A stuck device neither varies nor drifts.
+        (rate p1) whatever its target; fixed per chip. A stuck device neither varies nor drifts. The
+        devices are those storing the weight (on its sign's crossbar), as for every effect: the other
+        crossbar's idle devices are not simulated, so their faults are not either.
     read_sigma: σ_r >= 0; every read (every forward) adds N(0, (σ_r (2^K - 1))^2) per device on top of
         the programmed chip, i.e. N(0, (c σ_r s)^2) per weight.
     drift_time: t in seconds after programming (>= t0 = 20 s), or None for no drift: each device's

@@ -158,14 +158,21 @@ class LevelDependent(Variation):
     with multiplier 0 nothing varies. Gaussian per device, so one draw per weight is exact (`fast_path_exact`,
     with `level_std`; since issue #18 point 5 sampling="auto" draws it so: other values than the per-device
     draws of sampling="device", same distribution).
+
+    normalize=False applies the multipliers as given, σ_level = σ m[ḡ] in every tensor (a device's measured
+    per-level σ, e.g. multipliers = measured σ_level / σ): then each tensor's mean device variance depends on
+    its weights' levels.
     """
 
     needs_levels = True
     fast_path_exact = True
-    options = {"multipliers": None}
+    options = {"multipliers": None, "normalize": True}
 
     def validate_options(self, options):
         super().validate_options(options)
+        if not isinstance(options.get("normalize", True), bool):
+            raise ValueError(f"variation 'level_dependent' option normalize={options.get('normalize')!r} is invalid: "
+                             "use true (SPEC §8: each tensor's mean device variance stays σ²) or false (as given)")
         m = _finite_numbers(options.get("multipliers"))
         if m is None or not m or min(m) < 0 or max(m) == 0:
             raise ValueError(f"variation 'level_dependent' option multipliers={options.get('multipliers')!r} is "
@@ -182,11 +189,15 @@ class LevelDependent(Variation):
         """(m [M/K, *shape] the multiplier of each device's target level, 1 / sqrt(mean m^2) [] or 0)."""
         table = torch.tensor(self.option(cfg, "multipliers"), dtype=levels.dtype, device=levels.device)  # [2^K]
         m = table[levels.to(torch.int64)]  # [M/K, *shape]
+        if not self.option(cfg, "normalize"):
+            return m, m.new_ones(())
         mean_sq = m.square().mean() if m.numel() else m.new_ones(())
         return m, torch.where(mean_sq > 0, torch.rsqrt(mean_sq), torch.zeros_like(mean_sq))
 
     def level_std(self, counts, cfg):
         table = torch.tensor(self.option(cfg, "multipliers"), dtype=torch.float64, device=counts.device)  # [2^K]
+        if not self.option(cfg, "normalize"):
+            return table
         total = counts.sum()
         mean_sq = (counts * table.square()).sum() / total if total > 0 else table.new_ones(())
         return table * torch.where(mean_sq > 0, torch.rsqrt(mean_sq), torch.zeros_like(mean_sq))
