@@ -95,3 +95,27 @@ def test_result_files_follow_the_umask(tmp_path):
     assert (p.stat().st_mode & 0o777) == 0o640
     p = atomic_write_text(tmp_path / "s.json", "{}")
     assert (p.stat().st_mode & 0o777) == 0o666 & ~old
+
+
+def test_a_checkpoint_trained_on_a_relative_npz_path_evaluates_from_another_directory(tmp_path, capsys, monkeypatch):
+    # `cd /; nvcim eval CK` said "/u8.npz: no such file" for a checkpoint trained on npz:u8.npz (a new user's finding):
+    # the file trained on (its absolute path and sha256 are in the checkpoint) is read, under the recorded name
+    import json
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "work").mkdir()
+    np.savez(tmp_path / "work" / "u8.npz", x_train=rng.integers(0, 256, (40, 16, 16), dtype=np.uint8),
+             y_train=np.arange(40) % 4, x_test=rng.integers(0, 256, (12, 16, 16), dtype=np.uint8),
+             y_test=np.arange(12) % 4)
+    monkeypatch.chdir(tmp_path / "work")
+    rc, err = _run(["train", "--model", "tiny", "--dataset", "npz:u8.npz", "--epochs", "1", "--val-fraction", "0.25",
+                    "--out", str(tmp_path / "ck")], capsys)
+    assert rc == 0, err
+    monkeypatch.chdir(tmp_path)
+    rc, err = _run(["eval", str(tmp_path / "ck"), "--sigma", "0.1", "--runs", "2", "--out", str(tmp_path / "r.json")],
+                   capsys)
+    assert rc == 0, err
+    assert json.loads((tmp_path / "r.json").read_text())["dataset"] == "npz:u8.npz"
+    (tmp_path / "work" / "u8.npz").unlink()  # gone: one line saying how npz: paths are read
+    rc, err = _run(["eval", str(tmp_path / "ck"), "--sigma", "0.1", "--runs", "2"], capsys)
+    assert rc == 2 and len(err) == 1 and "relative to the current directory" in err[0], err

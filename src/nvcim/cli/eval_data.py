@@ -14,6 +14,7 @@ from torch import nn
 
 from nvcim.core.config import DeviceConfig
 from nvcim.data import DATASETS, dataset_fingerprint, dataset_info, is_npz_name, load_dataset
+from nvcim.data.npz import npz_path
 from nvcim.io import checkpoint
 from nvcim.plugins import missing_hint
 
@@ -68,10 +69,16 @@ def load_for_eval(ckpt: Path, *, dataset: str | None, data_root: str | None, spl
     if dataset not in DATASETS and not is_npz_name(dataset):
         raise ValueError(f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)} or npz:PATH.npz"
                          f"{missing_hint(config.get('plugins'))}")
-    info = dataset_info(dataset)
-    recorded = data_cfg.get("file") if dataset == data_cfg.get("name") else None
+    same = dataset == data_cfg.get("name")  # the checkpoint's own data: its split settings apply
+    recorded = data_cfg.get("file") if same else None
+    if (dataset_flag is None and is_npz_name(dataset) and isinstance(recorded, dict) and recorded.get("path")
+            and not npz_path(dataset).exists() and Path(recorded["path"]).is_file()):
+        source = f"npz:{recorded['path']}"  # a relative npz: name seen from another directory: the file trained on
+    else:
+        source = dataset  # what is read; `dataset` stays the name results record
+    info = dataset_info(source)
     if isinstance(recorded, dict) and recorded.get("sha256"):
-        now = dataset_fingerprint(dataset)
+        now = dataset_fingerprint(source)
         if now is not None and now["sha256"] != recorded["sha256"]:
             raise ValueError(f"dataset {dataset}: the file changed since checkpoint {ckpt} was trained on it (sha256 "
                              f"{now['sha256'][:12]}… now, {recorded['sha256'][:12]}… then): evaluate on the same file")
@@ -85,12 +92,11 @@ def load_for_eval(ckpt: Path, *, dataset: str | None, data_root: str | None, spl
     if spec.get("image_size", info.image_size) != info.image_size:  # a fixed flatten would crash, pooling mislead
         raise ValueError(f"dataset {dataset} has {info.image_size}x{info.image_size} images but the checkpoint's model "
                          f"was built for {spec.get('image_size')}x{spec.get('image_size')}: pass a --dataset of that size")
-    same = dataset == data_cfg.get("name")
     root = data_root or (data_cfg.get("root") if same else None)
     if limit is None and same:
         limit = data_cfg.get("limit")
     splits = load_dataset(
-        dataset,
+        source,
         root,
         val_fraction=float(data_cfg.get("val_fraction", 0.1) if same else 0.1),
         seed=int(data_cfg.get("seed", 0) if same else 0),

@@ -63,7 +63,8 @@ def npz_path(name: str) -> Path:
 
 
 def _no_file(path: Path) -> DatasetNotFoundError:
-    return DatasetNotFoundError(f"{path}: no such file: give the path of an .npz file written with {_SAVE}")
+    return DatasetNotFoundError(f"{path}: no such file (an npz: path is relative to the current directory): give the "
+                                f"path of an .npz file written with {_SAVE}")
 
 
 def file_sha256(path: Path) -> str:
