@@ -253,3 +253,17 @@ def test_a_chip_of_a_model_without_variation_is_refused_not_silently_clean():
             verb(model, seed=0)
     nvcim.apply_variation_(model, DeviceConfig(sigma=0.1))
     nvcim.program_chip_(model, seed=0)  # once applied, fine
+
+
+def test_layers_nvcim_cannot_vary_are_named_not_silently_exact():
+    class Tagger(nn.Module):  # a new user's Embedding + LSTM + Linear: only the Linear was noisy, nothing said
+        def __init__(self):
+            super().__init__()
+            self.emb, self.rnn, self.h = nn.Embedding(10, 4), nn.LSTM(4, 4), nn.Linear(4, 2)
+
+    with pytest.warns(UserWarning, match=r"1 layer\(s\) nvcim cannot vary stay exact: rnn \(LSTM\)"):
+        nvcim.apply_variation_(Tagger(), DeviceConfig(sigma=0.1))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nvcim.apply_variation_(nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2)), DeviceConfig(sigma=0.1))

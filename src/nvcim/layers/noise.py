@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -151,6 +152,10 @@ def selected_parameters(model: nn.Module, **selectors) -> list[tuple[str, nn.Mod
             for a in handlers.handler_for(m).attrs(m)]
 
 
+# layer types whose weights a chip would hold as a crossbar's matrix but nvcim has no handler for (RNNs, bilinear)
+_UNSUPPORTED_MVM = (nn.RNNBase, nn.RNNCellBase, nn.Bilinear)
+
+
 def apply_variation_(
     model: nn.Module,
     cfg: DeviceConfig,
@@ -174,6 +179,12 @@ def apply_variation_(
         raise TypeError(f"cfg must be a nvcim.DeviceConfig, got {type(cfg).__name__}")
     chosen = selected_layers(model, filter, include, exclude, strict=True)
     check_sliced_layers(chosen, cfg)
+    exact = [f"{n or type(model).__name__!s} ({type(m).__name__})" for n, m in model.named_modules()
+             if isinstance(m, _UNSUPPORTED_MVM) and handlers.handler_for(m) is None]
+    if exact:  # matrix products a chip would compute that stay exact here: said, not silent
+        warnings.warn(f"apply_variation_: {len(exact)} layer(s) nvcim cannot vary stay exact: "
+                      f"{', '.join(exact[:5])}{', ...' if len(exact) > 5 else ''} (supported: Linear, Conv, "
+                      "MultiheadAttention; nvcim.layers.register_layer adds a type)", stacklevel=2)
     for _, module in chosen:
         for attr in handlers.handler_for(module).attrs(module):
             handlers.attach(module, attr, NoisyWeight(cfg, generator))
