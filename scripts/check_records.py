@@ -10,7 +10,12 @@ Rule (what "found" means):
   * A number t printed with d decimals (exponent form: the decimals of its value) is found when one of the
     table's files holds a number v (any token of its text: CSV cells, Markdown tables, prose) with
     |v − t| ≤ ½·10^(−d), i.e. v rounds to t (a boundary value counts: files themselves hold rounded values).
-    Signs count: +3.5 needs a positive v.
+    Signs count: +3.5 needs a positive v. A CSV file's cells are read one by one ("3,200" there is two numbers).
+  * Numbers that belong together must be on ONE line of one file (a CSV row, a report line): an estimate and
+    its spread or interval ("55.49 ± 4.09", "+7.10 [+4.91, +9.29]") and a count ("2 of 10").
+What this does not prove: that a number sits in its row's and column's place. A lone number (e.g. "+3.5"), or
+a count whose two integers share a line somewhere (seed lists hold every small integer), passes when the files
+hold that value anywhere; the check catches numbers in no file and estimates torn from their intervals.
 A number derived by hand (a ratio of two file values, a difference not in a file) therefore fails: put it in
 a file (e.g. `nvcim report`'s paired.csv) or in prose, not in a table.
 
@@ -19,6 +24,8 @@ a file (e.g. `nvcim report`'s paired.csv) or in prose, not in a table.
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import sys
 from decimal import Decimal
@@ -27,6 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ALLOWED = ("docs/reproduction/", "src/nvcim/reference/paper_curves.csv")
 NUMBER = re.compile(r"(?<![\w.])[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])")
+_N = r"[-+−]?\d[\d,]*(?:\.\d+)?"
+# numbers that belong together, so one line of a file (a CSV row: mean and CI, k and n) must hold them all:
+# "55.49 ± 4.09", "+7.10 [+4.91, +9.29]", "2 of 10"
+GROUP = re.compile(rf"{_N}\s*±\s*{_N}|{_N}\s*\[\s*{_N}\s*,\s*{_N}\s*\]|(?<![\d.]){_N}\s+of\s+{_N}")
 RECORDS = re.compile(r"^<!--\s*records:\s*(.+?)\s*-->\s*$")
 
 
@@ -75,7 +86,7 @@ def check(md_path: Path, root: Path = ROOT) -> list[str]:
             continue
         if paths == ["configuration"]:
             continue
-        values = []
+        lines_of: list[list[Decimal]] = []
         for p in paths:
             if not p.startswith(ALLOWED):
                 problems.append(f"{md_path.name}:{start}: {p} is not a committed record (docs/reproduction/ or "
@@ -83,19 +94,44 @@ def check(md_path: Path, root: Path = ROOT) -> list[str]:
                 continue
             if p not in cache:
                 f = root / p
-                cache[p] = [v for v, _ in numbers(f.read_text(encoding="utf-8"))] if f.is_file() else None
+                cache[p] = _record_lines(f) if f.is_file() else None
             if cache[p] is None:
                 problems.append(f"{md_path.name}:{start}: records file {p} does not exist")
             else:
-                values.extend(cache[p])
-        values = sorted(set(values))
+                lines_of.extend(cache[p])
+        values = sorted({v for ln in lines_of for v in ln})
         for k, line in enumerate(tlines[2:], start=start + 2):
             for cell in _cells(line)[1:]:
+                groups = [numbers(m.group(0)) for m in GROUP.finditer(cell.replace("*", ""))]
+                missing = False
                 for t, d in numbers(cell):
-                    tol = Decimal(5) * Decimal(10) ** (-d - 1)
+                    tol = _tol(d)
                     if not any(abs(v - t) <= tol for v in _near(values, t, tol)):
                         problems.append(f"{md_path.name}:{k}: {t} (in '{cell}') is in none of {', '.join(paths)}")
+                        missing = True
+                for group in [] if missing else groups:
+                    if not any(_all_on(ln, group) for ln in lines_of):
+                        shown = " ".join(str(t) for t, _ in group)
+                        problems.append(f"{md_path.name}:{k}: {shown} (in '{cell}') are not on one line of "
+                                        f"{', '.join(paths)}: each is somewhere, not together")
     return problems
+
+
+def _tol(d: int) -> Decimal:
+    return Decimal(5) * Decimal(10) ** (-d - 1)
+
+
+def _all_on(line: list[Decimal], want: list[tuple[Decimal, int]]) -> bool:
+    return all(any(abs(v - t) <= _tol(d) for v in line) for t, d in want)
+
+
+def _record_lines(f: Path) -> list[list[Decimal]]:
+    """The numbers of each line of a records file; a CSV's cells are read one by one (so adjacent cells such as
+    "3,200,7" are 3, 200 and 7, not the thousands-separated 3200 and 7)."""
+    text = f.read_text(encoding="utf-8")
+    if f.suffix == ".csv":
+        return [[v for cell in row for v, _ in numbers(cell.replace(",", " "))] for row in csv.reader(io.StringIO(text))]
+    return [[v for v, _ in numbers(line)] for line in text.splitlines()]
 
 
 def _near(values: list[Decimal], t: Decimal, tol: Decimal) -> list[Decimal]:

@@ -62,3 +62,22 @@ def test_a_table_indented_in_a_list_item_is_checked_too(tmp_path):
     problems = _check(md, tmp_path)
     assert any(":8: 12.34" in p for p in problems) and any(":10: table has no" in p for p in problems)
     assert len(problems) == 2
+
+
+def test_a_mean_and_its_interval_must_be_on_one_line_and_csv_cells_stay_apart(tmp_path):
+    # a review found "83.22 ± 12.86" edited to "83.32 ± 12.86" still passing (83.32 was elsewhere in the files),
+    # and CSV cells "3,200,7" read as the number 3200
+    (tmp_path / "docs" / "reproduction").mkdir(parents=True)
+    (tmp_path / "docs" / "reproduction" / "summary.csv").write_text(
+        "label,mean,half,lo,hi\nOVF,83.22,12.86,70.36,96.08\nNI,83.32,1.0,3,200\n")
+    md = tmp_path / "R.md"
+    md.write_text("\n".join([
+        "<!-- records: docs/reproduction/summary.csv -->",
+        "| arm | mean | CI | n |", "|---|---|---|---|",
+        "| OVF | 83.22 ± 12.86 | 83.22 [70.36, 96.08] | 3 |",   # together on the OVF line
+        "| OVF | 83.32 ± 12.86 | 83.32 [70.36, 96.08] | 3200 |",  # each somewhere, never together; 3200 nowhere
+    ]) + "\n")
+    problems = _check(md, tmp_path)
+    assert sum(":5: 83.32 12.86 (in" in p for p in problems) == 1
+    assert sum(":5: 83.32 70.36 96.08 (in" in p for p in problems) == 1
+    assert any(":5: 3200" in p for p in problems) and len(problems) == 3
