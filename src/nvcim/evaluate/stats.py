@@ -8,7 +8,8 @@
 
 The statistics live in the pure function `summarize` (testable on hand-made numbers). No scipy: the
 Student-t quantile is computed here (regularized incomplete beta + bisection; Cornish-Fisher
-expansion for df >= 1000), matching scipy.stats.t.ppf to ~1e-11.
+expansion for df >= 1000), matching scipy.stats.t.ppf to < 1e-10 at the 0.975 quantile (relative error up to
+~1e-7 near p = 0.5, where the quantile is ~0; a review measured both).
 """
 
 from __future__ import annotations
