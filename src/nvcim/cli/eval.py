@@ -94,6 +94,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                          "from the first N >= 2 training-split images before evaluating it, as a deployed chip could "
                          "with unlabeled images (one extra forward over N images per chip; the clean and quantized "
                          "baselines keep the checkpoint's statistics)")
+    g.add_argument("--digital-layers", metavar="PATTERNS|none",
+                   help="layers kept digital (exact, off the crossbars) in this evaluation: comma-separated layer-name "
+                        "globs, or none; recorded in the results (default: the checkpoint's, from train --digital-layers)")
     g.add_argument("--no-quantize", action="store_true",
                    help="add the noise to the float weights without quantizing them first (authors' code); "
                         "default: the checkpoint's device setting (quantize on unless trained without); refused "
@@ -253,12 +256,13 @@ def note_few_chips(results, fix: str = "use --runs 10 or more") -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nvcim.cli.device_flags import adc_calibration, device_label
-    from nvcim.cli.eval_data import checkpoint_device, device_defaults, load_for_eval
+    from nvcim.cli.eval_data import checkpoint_device, device_defaults, digital_override, load_for_eval
     from nvcim.cli.eval_matrix import run_matrix
     from nvcim.evaluate import default_sigma_grid, results_table, robustness_curve, write_csv
     from nvcim.evaluate.files import EvaluationFile, write_result_file
     from nvcim.interop.aihwkit import is_aihwkit_spec, list_aihwkit_models
     from nvcim.io.checkpoint import read_checkpoint_config
+    from nvcim.layers.noise import digital_layers
     from nvcim.io.device_models import device_model, list_device_models
 
     if args.list_device_models:
@@ -376,7 +380,7 @@ def run(args: argparse.Namespace) -> int:
         adc_calibration(args.adc_calibration, [chosen or checkpoint_device(ckpt, read_checkpoint_config(ckpt),
                                                                            args.no_quantize)], None, args.split)
     loaded = load_for_eval(ckpt, dataset=args.dataset, data_root=args.data_root, split=args.split, limit=limit,
-                           no_quantize=args.no_quantize)
+                           no_quantize=args.no_quantize, digital=digital_override(args.digital_layers))
     model, config, base, dataset, splits, split = (loaded.model, loaded.config, loaded.device, loaded.dataset,
                                                     loaded.splits, loaded.split)
     spec = config.get("model", {})
@@ -423,7 +427,8 @@ def run(args: argparse.Namespace) -> int:
     chips = f"chips until ±{target['target_ci']:g} (95 % CI)" if target else f"{runs} runs"
     print(f"{ckpt}: {spec.get('name', '?')} on {dataset} ({args.split}, {results[0].n_samples} images), "
           f"{chips} per σ, seed {seed}, M={base.weight_bits} K={base.device_bits} quantize={base.quantize}, "
-          f"device {device}, training σ {train_sigma:g}")
+          f"device {device}, training σ {train_sigma:g}" + (f", digital {', '.join(digital_layers(model))}"
+                                                            if digital_layers(model) else ""))
     if recalibration is not None:
         how = "the clean weights" if recalibration["weights"] == "clean" else "each chip's weights, per chip"
         print(f"BatchNorm statistics recalibrated from {recalibration['images']} training images with {how}")
@@ -433,7 +438,7 @@ def run(args: argparse.Namespace) -> int:
     note_few_chips(results, "give a smaller --target-ci for more chips" if target else "use --runs 10 or more")
     record = EvaluationFile(results=list(results), checkpoint=str(ckpt), checkpoint_config=config, dataset=dataset,
                             split=args.split, device_config=base.to_dict(), bn_recalibration=recalibration,
-                            adc_calibration=adc_record)
+                            adc_calibration=adc_record, digital_layers=digital_override(args.digital_layers))
     if args.out:
         write_result_file(args.out, record)
         print(f"wrote {args.out}")
@@ -446,6 +451,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_write_verify(args, ckpt, model, config, spec, dataset, splits, split, cfg, train_sigma, verify, recalibration,
                       device, mc, adc_record) -> int:
     """`nvcim eval --verify-fractions`: accuracy vs the fraction of write-verified weights, at one σ."""
+    from nvcim.cli.eval_data import digital_override
     from nvcim.evaluate.files import WriteVerifyFile, write_result_file
     from nvcim.writeverify import fraction_for_target, points_table, write_points_csv, write_verify_curve
 
@@ -476,6 +482,7 @@ def _run_write_verify(args, ckpt, model, config, spec, dataset, splits, split, c
     record = WriteVerifyFile(
         checkpoint=str(ckpt), checkpoint_config=config, dataset=dataset, split=args.split,
         device_config=cfg.to_dict(), bn_recalibration=recalibration, adc_calibration=adc_record,
+        digital_layers=digital_override(args.digital_layers),
         write_verify={"by": verify["by"], "residual_sigma": verify["residual_sigma"],
                       "score_images": verify["images"] if verify["by"] == "sensitivity" else None,
                       "target": verify["target"], "stat": verify["stat"],

@@ -16,6 +16,7 @@ from nvcim.core.config import DeviceConfig
 from nvcim.data import DATASETS, dataset_fingerprint, dataset_info, is_npz_name, load_dataset
 from nvcim.data.npz import npz_path
 from nvcim.io import checkpoint
+from nvcim.layers.noise import SelectionError, keep_digital_
 from nvcim.plugins import missing_hint
 
 # device fields a device model leaves to the checkpoint unless it sets them
@@ -48,11 +49,27 @@ def device_defaults(ckpt: Path, no_quantize: bool = False) -> dict[str, Any]:
     return {k: getattr(base, k) for k in DEVICE_DEFAULT_KEYS}
 
 
+def digital_override(text: str | None) -> list[str] | None:
+    """--digital-layers as patterns ([] for "none"; None when not given)."""
+    if text is None:
+        return None
+    patterns = [p.strip() for p in text.split(",") if p.strip()]
+    if not patterns:
+        raise ValueError(f"--digital-layers {text!r} names no layer: give comma-separated layer names or none")
+    return [] if patterns == ["none"] else patterns
+
+
 def load_for_eval(ckpt: Path, *, dataset: str | None, data_root: str | None, split: str, limit: int | None,
-                  no_quantize: bool = False) -> Loaded:
-    """The checkpoint's model (float32), config and device, and the `split` of its (or `dataset`'s) data."""
+                  no_quantize: bool = False, digital: list[str] | None = None) -> Loaded:
+    """The checkpoint's model (float32), config and device, and the `split` of its (or `dataset`'s) data.
+    digital: the layers kept digital instead of the checkpoint's (`digital_override`; None: the checkpoint's)."""
     dataset_flag, split_name = dataset, split
     model, config = checkpoint.load_checkpoint(ckpt)  # looked up at call time (tests replace it)
+    if digital is not None:
+        try:
+            keep_digital_(model, digital)
+        except SelectionError as exc:
+            raise ValueError(f"--digital-layers: {exc}") from None
     dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.is_floating_point()})
     if dtypes and dtypes != ["float32"]:
         print(f"nvcim eval: note: checkpoint {ckpt} stores {'/'.join(dtypes)} weights: evaluating them in float32",

@@ -29,6 +29,9 @@ from nvcim.report.matrix import is_matrix_png, matrix_csv, matrix_png, matrix_ta
 
 def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | None, runs: int, seed: int,
                batch_size: int, limit: int | None, progress: bool) -> int:
+    if args.digital_layers is not None:  # the matrix keeps each checkpoint's own: never a flag silently ignored
+        raise ValueError("--digital-layers applies to one checkpoint's evaluation, not to --device-models (each "
+                         "checkpoint keeps its own digital layers): drop one")
     first: dict[Path, Path] = {}  # resolved path -> the checkpoint as given
     for ck in ckpts:  # one row per checkpoint: the same one twice would only duplicate a row
         other = first.setdefault(resolved(ck), ck)

@@ -30,6 +30,14 @@ EXIT_DIVERGED = 3
 
 
 
+def layer_patterns(text: str) -> list[str]:
+    """--digital-layers: comma-separated layer-name glob patterns."""
+    patterns = [p.strip() for p in text.split(",") if p.strip()]
+    if not patterns:
+        raise argparse.ArgumentTypeError(f"{text!r} names no layer: give comma-separated layer names or globs")
+    return patterns
+
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -153,6 +161,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--quantize", action=argparse.BooleanOptionalAction,
                    help="quantize weights (Eq. 2) before adding noise; --no-quantize reproduces the authors' code "
                         f"(default: {D['quantize']})")
+    g.add_argument("--digital-layers", type=layer_patterns, metavar="PATTERNS",
+                   help="layers kept digital (exact, off the crossbars), comma-separated glob patterns of layer names "
+                        "(a module's name takes the layers in it), e.g. features.0,classifier; recorded in the "
+                        "checkpoint, so nvcim eval keeps them digital too (default: none)")
 
     g = p.add_argument_group("optimization")
     g.add_argument("--epochs", type=int, metavar="E", help=f"training epochs (default: {D['epochs']})")

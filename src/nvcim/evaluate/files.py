@@ -59,6 +59,7 @@ class EvaluatedModel:
     device_config: dict | None = None
     bn_recalibration: dict | None = None
     adc_calibration: dict | None = None  # {"split", "images"} under a calibrated ADC clip (written only then)
+    digital_layers: list | None = None  # layer patterns kept digital instead of the checkpoint's (None: its own)
     nvcim_version: str = __version__
     format: int = FORMAT
     kind: ClassVar[str] = "?"
@@ -67,7 +68,8 @@ class EvaluatedModel:
         return {"kind": self.kind, "nvcim_version": self.nvcim_version, "checkpoint": self.checkpoint,
                 "checkpoint_config": self.checkpoint_config, "dataset": self.dataset, "split": self.split,
                 "device_config": self.device_config, "bn_recalibration": self.bn_recalibration,
-                **({"adc_calibration": self.adc_calibration} if self.adc_calibration is not None else {})}
+                **({"adc_calibration": self.adc_calibration} if self.adc_calibration is not None else {}),
+                **({"digital_layers": self.digital_layers} if self.digital_layers is not None else {})}
 
 
 @dataclass(kw_only=True)
@@ -174,7 +176,8 @@ class DeviceMatrixFile:
                 "runs": self.runs, "seed": self.seed, "checkpoints": self.checkpoints, "datasets": self.datasets,
                 "device_models": self.device_models, "cells": cells,
                 **({"rows": self.rows} if self.rows is not None else {}),
-                **({"adc_calibration": self.adc_calibration} if self.adc_calibration is not None else {})}
+                **({"adc_calibration": self.adc_calibration} if self.adc_calibration is not None else {}),
+                **({"digital_layers": self.digital_layers} if self.digital_layers is not None else {})}
 
     def result(self, row: int, col: int) -> MCResult:
         r = self.cells[row][col]["result"]
@@ -223,10 +226,14 @@ def _head_fields(d: Mapping[str, Any], where: str) -> dict:
     if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt > FORMAT:
         raise ValueError(f"{where}: results file format {fmt!r} is newer than this nvcim reads ({FORMAT}): "
                          "upgrade nvcim")
+    digital = d.get("digital_layers")
+    if digital is not None and not (isinstance(digital, list) and all(isinstance(p, str) for p in digital)):
+        raise ValueError(f"{where}: 'digital_layers' is not a list of layer-name patterns")
     return {"checkpoint": d.get("checkpoint"), "checkpoint_config": ck, "dataset": d.get("dataset"),
             "split": str(d.get("split") or "test"), "device_config": _dict_or_none(d, "device_config", where),
             "bn_recalibration": d.get("bn_recalibration"),
-            "adc_calibration": _dict_or_none(d, "adc_calibration", where), "nvcim_version": str(d.get("nvcim_version") or "?"),
+            "adc_calibration": _dict_or_none(d, "adc_calibration", where), "digital_layers": digital,
+            "nvcim_version": str(d.get("nvcim_version") or "?"),
             "format": fmt}
 
 

@@ -215,6 +215,9 @@ def _config_problem(config: Mapping) -> str | None:
         for key, ok, what, nullable in fields:
             if key in entry and not (ok(entry[key]) or (nullable and entry[key] is None)):
                 return f"{section}.{key}={entry[key]!r} is not {what}{' or null' if nullable else ''}"
+    digital = config.get("digital_layers")
+    if digital is not None and not (isinstance(digital, list) and all(isinstance(p, str) for p in digital)):
+        return f"digital_layers={digital!r} is not a list of layer-name patterns"
     if config.get("device") is not None:
         try:
             DeviceConfig.from_dict(config["device"])
@@ -369,7 +372,8 @@ def read_checkpoint_weights(path) -> dict[str, torch.Tensor]:
 def load_checkpoint(path, map_location="cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model from config.json via create_model and load its weights (strict).
 
-    Returns (model, config); the model is on `map_location`, in train mode like a fresh model
+    Returns (model, config); the model is on `map_location`, with the layers config["digital_layers"] names kept
+    digital (`nvcim.keep_digital_`), in train mode like a fresh model
     (call .eval() for inference), and keeps the saved floating dtype (float16 / bfloat16 included;
     `nvcim eval` evaluates such a model in float32). Floating-point weights stored as integers are
     loaded as floats with a warning naming them (nvcim never writes them: the file was made elsewhere).
@@ -409,4 +413,11 @@ def load_checkpoint(path, map_location="cpu") -> tuple[nn.Module, dict]:
     except (RuntimeError, TypeError, ValueError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"checkpoint {path}: cannot load weights ({msg}): check map_location and the files") from None
+    if config.get("digital_layers"):  # trained with those layers digital: every device model leaves them exact
+        from nvcim.layers.noise import SelectionError, keep_digital_
+
+        try:
+            keep_digital_(model, config["digital_layers"])
+        except SelectionError as exc:
+            raise CheckpointError(f"checkpoint {path}: digital_layers: {exc}") from None
     return model, config

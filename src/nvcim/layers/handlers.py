@@ -20,7 +20,8 @@ controller for the whole output (`sliced_forward`, the bit-sliced product of nvc
 weight; `runs_sliced` says which layers can.
 
 Adding a layer type is one function plus `register_layer(Type, attrs, forward)`. Per-module state
-lives in `module._nvcim` ({attr: controller}); only this module reads or writes it.
+lives in `module._nvcim` ({attr: controller}) and `module._nvcim_digital` (a layer kept digital); only this
+module reads or writes it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from torch import nn
 
 _STATE = "_nvcim"  # {attr: controller} on a noisy module
 _FASTPATH_OFF = "_nvcim_fastpath_off"  # marks a container whose fused fast path is switched off
+_DIGITAL = "_nvcim_digital"  # marks a layer kept digital: never varied (`nvcim.keep_digital_`)
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,18 @@ def detach(module: nn.Module) -> None:
     """Forget every controller of `module` and its instance forward: the plain module again."""
     module.__dict__.pop(_STATE, None)
     module.__dict__.pop("forward", None)
+
+
+def mark_digital(module: nn.Module, digital: bool) -> None:
+    """Keep `module` digital (exact, off the crossbars: no variation is ever applied to it), or not."""
+    if digital:
+        module.__dict__[_DIGITAL] = True
+    else:
+        module.__dict__.pop(_DIGITAL, None)
+
+
+def is_digital(module: nn.Module) -> bool:
+    return module.__dict__.get(_DIGITAL) is True
 
 
 def current_weight(module: nn.Module, attr: str) -> torch.Tensor:

@@ -107,8 +107,37 @@ def _make_filter(
 
 
 def supported_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of every layer nvcim can vary (see `nvcim.layers`), in module order."""
-    return [(n, m) for n, m in model.named_modules() if handlers.handler_for(m) is not None]
+    """(name, module) of every layer nvcim can vary (see `nvcim.layers`) and not kept digital, in module order."""
+    return [(n, m) for n, m in model.named_modules()
+            if handlers.handler_for(m) is not None and not handlers.is_digital(m)]
+
+
+def keep_digital_(model: nn.Module, patterns: Sequence[str]) -> nn.Module:
+    """Keep the layers that glob `patterns` name (and the layers in them) digital, in place: exact, off the
+    crossbars, as chips commonly keep their first and last layers. Every later `apply_variation_` (training
+    methods, Monte Carlo, write-verify...) leaves them alone; `nvcim train --digital-layers` records the
+    patterns in the checkpoint, whose loader applies them again. Replaces earlier marks; () clears them.
+    SelectionError (naming the layers there are) for a pattern that matches no layer nvcim can vary; ValueError
+    when the model already has variation applied (call it before)."""
+    if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"digital layers must be a list of glob patterns (e.g. ['features.0', 'classifier']), "
+                        f"got {patterns!r}")
+    if noisy_modules(model):
+        raise ValueError("keep_digital_: the model already has variation applied: keep layers digital before "
+                         "apply_variation_ (or call nvcim.remove_variation_ first)")
+    layers = [(n, m) for n, m in model.named_modules() if handlers.handler_for(m) is not None]
+    for p in patterns:
+        if not any(_matches(n, p) for n, _ in layers):
+            raise SelectionError(f"digital layer pattern {p!r} matches no layer: the layers are "
+                                 f"{_names_list([n for n, _ in layers])}")
+    for n, m in layers:
+        handlers.mark_digital(m, any(_matches(n, p) for p in patterns))
+    return model
+
+
+def digital_layers(model: nn.Module) -> list[str]:
+    """Names of the layers kept digital (`keep_digital_`), in module order."""
+    return [n for n, m in model.named_modules() if handlers.is_digital(m)]
 
 
 def selected_layers(
@@ -130,6 +159,9 @@ def selected_layers(
     candidates = supported_layers(model)
     names = [n for n, _ in candidates]
     if strict:
+        if not candidates and digital_layers(model):
+            raise SelectionError(f"every layer nvcim can vary is kept digital ({_names_list(digital_layers(model))}): "
+                                 "nothing would get device variation; keep fewer layers digital")
         if not candidates:
             kinds = sorted({t.__name__ for t in handlers.LAYER_HANDLERS})
             raise SelectionError(f"the model ({type(model).__name__}) has no layer nvcim can vary (supported: "

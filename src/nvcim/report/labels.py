@@ -6,7 +6,8 @@ fixed hyper-parameters (β, N, ...) of one (model, dataset) are compared at the 
 by a sweep's β search keeps "OVF"); a cell's "label" field overrides all of this. Results evaluated off
 the standard setting are arms of their own, with a suffix on the label: recalibrated BatchNorm
 statistics ("bn_recalibration" in the file) " (BN per chip)" or " (BN: clean)", ADC ranges calibrated on training
-images ("adc_calibration" in the file) " (ADC ranges from train images)", another split than test
+images ("adc_calibration" in the file) " (ADC ranges from train images)", layers kept digital
+(`--digital-layers`, the evaluation's or the checkpoint's) " (digital: features.0, classifier)", another split than test
 (`nvcim eval --split val`) " (val split)", unquantized chips (`--no-quantize`) " (unquantized)". A sweep
 cell of a device-model axis ("device_model" in its cell) is an arm per device model: " [rram4]" (the name as
 the spec gives it) before those; results without a device model keep their labels. Models of one (model,
@@ -138,6 +139,8 @@ def evaluation_suffix(r: Mapping) -> str:
         parts.append("BN per chip" if how == "each chip" else f"BN: {how}")
     if r.get("adc_calibration"):
         parts.append(f"ADC ranges from {r['adc_calibration']} images")
+    if r.get("digital_layers"):
+        parts.append(f"digital: {', '.join(r['digital_layers'])}")
     if r.get("split", "test") != "test":
         parts.append(f"{r['split']} split")
     if r.get("quantized") is False:
@@ -149,4 +152,4 @@ def is_standard_evaluation(r: Mapping) -> bool:
     """Evaluated as the paper evaluates: test split, quantized chips, the model's stored BatchNorm statistics, and
     trained and tested on its i.i.d. Gaussian device (a device model or chip effect is another experiment)."""
     return (not r.get("bn_recalibration") and r.get("split", "test") == "test" and r.get("quantized") is not False
-            and r.get("gaussian_device", True))
+            and r.get("gaussian_device", True) and not r.get("digital_layers"))

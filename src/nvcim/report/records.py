@@ -153,6 +153,8 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
     adc_cal = rec.adc_calibration if isinstance(rec.adc_calibration, dict) else {}
     adc_source = "train" if adc_cal.get("split") == "train" else None  # ADC ranges from training images
     eval_device = rec.device_config or {}
+    # layers kept digital: the evaluation's own (nvcim eval --digital-layers), else the checkpoint's
+    digital = list(rec.digital_layers if rec.digital_layers is not None else (ck.get("digital_layers") or []))
     quantized = eval_device.get("quantize") is not False  # `nvcim eval --no-quantize`: not the paper's chips
     out = []
     for i, r in enumerate(results):
@@ -190,6 +192,7 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                 "history": training_history(ck.get("metrics")),
                 "bn_recalibration": recal,
                 "adc_calibration": adc_source,
+                "digital_layers": digital,
                 "split": split,
                 "quantized": quantized,
                 "train_sigma": train_sigma,

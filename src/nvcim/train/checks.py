@@ -10,6 +10,7 @@ import torch
 from nvcim.io.checkpoint import is_checkpoint_dir, replaceable_problem
 from nvcim.data import dataset_info
 from nvcim.io.files import check_output_path
+from nvcim.layers.noise import SelectionError, digital_layers, keep_digital_, supported_layers
 from nvcim.models import create_model
 from nvcim.train.config import TrainConfig
 
@@ -70,8 +71,17 @@ def check_model_fits_data(cfg: TrainConfig) -> None:
     info = dataset_info(cfg.dataset)  # an npz: file is read here (and checked)
     try:
         with torch.device("meta"):
-            create_model(cfg.model, info.num_classes, info.in_channels, width=cfg.width, image_size=info.image_size)
+            model = create_model(cfg.model, info.num_classes, info.in_channels, width=cfg.width,
+                                 image_size=info.image_size)
     except (ValueError, TypeError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"model {cfg.model!r} does not fit dataset {cfg.dataset!r} ({info.in_channels} channels, "
                          f"{info.num_classes} classes, {info.image_size}x{info.image_size}): {msg}") from None
+    if cfg.digital_layers:  # each pattern names a layer; not every layer digital (the method would vary none)
+        try:
+            keep_digital_(model, cfg.digital_layers)
+            if not supported_layers(model):
+                raise SelectionError(f"every layer nvcim can vary is kept digital ({', '.join(digital_layers(model))})"
+                                     ": keep fewer layers digital")
+        except SelectionError as exc:
+            raise ValueError(f"TrainConfig.digital_layers: {exc}") from None

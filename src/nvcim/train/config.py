@@ -75,6 +75,8 @@ class TrainConfig:
     device: "cpu" | "cuda" | "auto" (CUDA when available). amp: bf16 autocast, CUDA only (ignored
         with a warning on CPU).
     augment: the data set's training augmentation (None: the data set's default).
+    digital_layers: glob patterns of layers kept digital (exact, off the crossbars; `nvcim.keep_digital_`), e.g.
+        ("features.0", "classifier.*") for the first and last layers; recorded in the checkpoint.
     val_runs: Monte Carlo chips per validation and for the quick test (0: no Monte Carlo at all).
     select: which evaluated epoch's state is kept: "noisy" (best Monte Carlo validation mean at the
         training σ; the paper's criterion), "clean" (best clean validation accuracy; e.g. for a vanilla
@@ -105,6 +107,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = False
     augment: bool | None = None
+    digital_layers: tuple[str, ...] = ()
     val_runs: int = 8
     select: str = "noisy"
     eval_every: int = 1
@@ -183,6 +186,11 @@ class TrainConfig:
                 raise bad(name, "True or False")
         if self.augment is not None and not isinstance(self.augment, bool):
             raise bad("augment", "True, False or None (the data set's default)")
+        digital = self.digital_layers
+        if isinstance(digital, str) or not isinstance(digital, (list, tuple)) or \
+                not all(isinstance(p, str) and p.strip() for p in digital):
+            raise bad("digital_layers", "a list of layer-name glob patterns, e.g. ['features.0', 'classifier.*']")
+        object.__setattr__(self, "digital_layers", tuple(digital))
         if not _is_int(self.val_runs) or self.val_runs < 0:
             raise bad("val_runs", "an integer >= 0 (0: no Monte Carlo validation)")
         if self.select not in SELECTIONS:
@@ -241,6 +249,7 @@ class TrainConfig:
         if isinstance(d["method_params"].get("gammas"), tuple):
             d["method_params"]["gammas"] = list(d["method_params"]["gammas"])
         d["device_config"] = self.device_config.to_dict()
+        d["digital_layers"] = list(self.digital_layers)
         d.update({k: getattr(self, k) for k in DEVICE_KEYS})
         return d
 

@@ -57,7 +57,7 @@ from nvcim.data import load_dataset
 from nvcim.evaluate import monte_carlo_evaluate
 from nvcim.methods import create_task, method_to_dict
 from nvcim.models import create_model
-from nvcim.layers.noise import variation_disabled
+from nvcim.layers.noise import keep_digital_, variation_disabled
 from nvcim.train.checks import check_model_fits_data, check_out_dir, resolve_device
 from nvcim.train.config import TrainConfig
 
@@ -200,6 +200,7 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
     torch.manual_seed(cfg.seed)  # init + training noise (CPU and all CUDA devices)
     gen = torch.Generator().manual_seed(cfg.seed)  # shuffling + augmentation
     model = create_model(cfg.model, info.num_classes, info.in_channels, width=cfg.width, image_size=info.image_size)
+    keep_digital_(model, cfg.digital_layers)  # every device model below (method, validation) leaves them exact
     model.to(dev)
     mcfg = cfg.method_cfg()
     task = create_task(mcfg, model, cfg.device_cfg())
@@ -347,6 +348,7 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
             method=method_to_dict(mcfg),
             device=cfg.device_cfg().to_dict(),
             train=cfg.to_dict(),
+            **({"digital_layers": list(cfg.digital_layers)} if cfg.digital_layers else {}),
             seed=cfg.seed,
             metrics=metrics,
         )

@@ -1,0 +1,111 @@
+"""Layers kept digital (nvcim.keep_digital_, `--digital-layers`): never varied by any device model, from the
+Python API (apply_variation_, training tasks, Monte Carlo), through the checkpoint, `nvcim eval` (its own
+override, recorded in the results) and the report's arm labels; bad patterns refused in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import nvcim
+from nvcim.core.config import DeviceConfig
+from nvcim.evaluate import monte_carlo_evaluate
+from nvcim.methods import create_task
+from helpers import run_cli, run_cli_err
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 8), nn.ReLU(),
+                         nn.Linear(8, 3))
+
+
+def test_digital_layers_are_never_varied():
+    model = _net()
+    nvcim.keep_digital_(model, ["0", "5"])  # the first and the last layer
+    assert nvcim.digital_layers(model) == ["0", "5"]
+    nvcim.apply_variation_(model, DeviceConfig(sigma=0.3))
+    assert [n for n, _ in nvcim.noisy_modules(model)] == ["3"]
+    chip = nvcim.draw_chip(model, seed=0)
+    assert list(chip) == ["3.weight"]
+    nvcim.remove_variation_(model)
+    task = create_task("noise_injection", model, DeviceConfig(sigma=0.3))  # a training method too
+    assert [n for n, _ in nvcim.noisy_modules(model)] == ["3"]
+    task.finish()
+    # Monte Carlo on the plain (marked) model: chip for chip the model with only layer 3 varied
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 3, (64,))
+    cfg = DeviceConfig(sigma=0.5)
+    res = monte_carlo_evaluate(model, (x, y), cfg, runs=4, seed=0, baselines=False)
+    assert nvcim.digital_layers(model) == ["0", "5"] and not nvcim.noisy_modules(model)
+    ref_model = _net()
+    nvcim.apply_variation_(ref_model, cfg, include=["3"])
+    ref = monte_carlo_evaluate(ref_model, (x, y), cfg, runs=4, seed=0, baselines=False)
+    every = _net()  # every layer varied: other chips
+    other = monte_carlo_evaluate(every, (x, y), cfg, runs=4, seed=0, baselines=False)
+    assert res.per_run_accuracy == ref.per_run_accuracy != other.per_run_accuracy
+
+
+def test_bad_patterns_and_late_marks_are_refused():
+    model = _net()
+    with pytest.raises(nvcim.SelectionError, match="digital layer pattern 'conv' matches no layer"):
+        nvcim.keep_digital_(model, ["conv"])
+    with pytest.raises(TypeError, match="list of glob patterns"):
+        nvcim.keep_digital_(model, "0")
+    nvcim.keep_digital_(model, ["*"])
+    with pytest.raises(nvcim.SelectionError, match="every layer nvcim can vary is kept digital"):
+        nvcim.apply_variation_(model, DeviceConfig(sigma=0.1))
+    nvcim.keep_digital_(model, [])  # cleared
+    nvcim.apply_variation_(model, DeviceConfig(sigma=0.1))
+    with pytest.raises(ValueError, match="already has variation applied"):
+        nvcim.keep_digital_(model, ["0"])
+
+
+SMOKE = ["--model", "tiny", "--width", "0.25", "--dataset", "mnist5k", "--limit", "64", "--epochs", "1",
+         "--val-runs", "2", "--batch-size", "32"]
+
+
+def test_cli_train_records_them_and_eval_keeps_or_overrides_them(tmp_path, capsys):
+    pytest.importorskip("mlxtend")
+    ck = tmp_path / "ck"
+    rc, _, err = run_cli(["train", *SMOKE, "--method", "noise_injection", "--sigma", "0.2", "--digital-layers",
+                          "features.0,classifier", "--out", str(ck)], capsys)
+    assert rc == 0, err
+    config = json.loads((ck / "config.json").read_text())
+    assert config["digital_layers"] == config["train"]["digital_layers"] == ["features.0", "classifier"]
+    rc, out, err = run_cli(["eval", str(ck), "--runs", "2", "--out", str(tmp_path / "a.json")], capsys)
+    assert rc == 0, err
+    assert "digital features.0, classifier" in out.splitlines()[0]
+    assert "digital_layers" not in json.loads((tmp_path / "a.json").read_text())  # the checkpoint's own
+    rc, out, err = run_cli(["eval", str(ck), "--runs", "2", "--digital-layers", "none", "--out",
+                            str(tmp_path / "b.json")], capsys)
+    assert rc == 0, err
+    assert "digital" not in out.splitlines()[0]
+    assert json.loads((tmp_path / "b.json").read_text())["digital_layers"] == []
+    from nvcim.report import scan_results
+    labels = sorted({r["label"] for r in scan_results(tmp_path).records})
+    assert labels == ["noise injection", "noise injection (digital: features.0, classifier)"]
+    rc, err = run_cli_err(["eval", str(ck), "--runs", "2", "--digital-layers", "fc9"], capsys)
+    assert rc == 2 and len(err) == 1 and "--digital-layers: digital layer pattern 'fc9' matches no layer" in err[0]
+    rc, err = run_cli_err(["eval", str(ck), "--device-models", "gaussian,rram4", "--digital-layers", "none"], capsys)
+    assert rc == 2 and len(err) == 1 and "not to --device-models" in err[0]
+
+
+def test_cli_train_refuses_a_pattern_before_any_work(tmp_path, capsys):
+    rc, err = run_cli_err(["train", *SMOKE, "--digital-layers", "conv1", "--out", str(tmp_path / "ck")], capsys)
+    assert rc == 2 and len(err) == 1 and "digital layer pattern 'conv1' matches no layer" in err[0], err
+    assert not (tmp_path / "ck").exists()
+
+
+def test_a_sweep_spec_takes_digital_layers_and_refuses_a_bad_one():
+    from nvcim.sweep import expand, validate_spec
+
+    raw = {"name": "d", "models": ["tiny"], "width": 0.25, "datasets": ["mnist5k"], "methods": ["noise_injection"],
+           "sigmas": [0.2], "seeds": [0], "train": {"epochs": 1, "digital_layers": ["features.0", "classifier"]}}
+    (cell,) = expand(validate_spec(raw))
+    assert cell.train_config().digital_layers == ("features.0", "classifier")
+    raw["train"]["digital_layers"] = ["fc"]
+    with pytest.raises(ValueError, match="digital_layers: digital layer pattern 'fc' matches no layer"):
+        validate_spec(raw)
