@@ -275,6 +275,10 @@ def test_a_pattern_naming_a_module_selects_the_layers_in_it_too():
     nvcim.remove_variation_(model)
     nvcim.apply_variation_(model, CFG, include=["0.layers.*.linear?"])  # globs still match layer names
     assert [n for n, _ in nvcim.noisy_modules(model)] == [f"0.layers.{i}.linear{j}" for i in (0, 1) for j in (1, 2)]
+    # ... only layer names: "*.0" is every layer named so, never a whole block "layer1.0" (a review's catch)
+    blocks = nn.Sequential(nn.Sequential(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))))  # 0.0.0, 0.0.1
+    nvcim.apply_variation_(blocks, CFG, exclude=["*.0"])
+    assert [n for n, _ in nvcim.noisy_modules(blocks)] == ["0.0.1"]
 
 
 def test_model_without_supported_layer_is_an_error():

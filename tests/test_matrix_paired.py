@@ -157,3 +157,17 @@ def test_rows_of_other_models_or_data_sets_are_other_arms_never_pooled_or_paired
     other_data.datasets = ["mnist", "mnist", "npz:x.npz", "npz:x.npz"]
     assert [a[0] for a in matrix_arms(other_data)][::2] == ["noise injection (tiny, mnist)",
                                                             "noise injection (vgg8, npz:x.npz)"]
+
+
+def test_vanilla_pairs_with_a_method_whatever_sigma_it_was_trained_at_and_twins_never_pair():
+    # sweeps train vanilla at σ 0: "OVF − vanilla" was dropped as differing in method AND training σ (a review's
+    # catch); two unexplained duplicates ("OVF", "OVF (#2)") were paired with a p value
+    info = [{"method": {"name": "vanilla"}, "seed": s, "train_sigma": 0.0} for s in (0, 1)]
+    info += [{"method": OVF, "seed": s, "train_sigma": 0.3} for s in (0, 1)]
+    rows = matrix_paired(_matrix(info, [[10, 10], [12, 12], [50, 40], [52, 41]]))
+    assert {(r["arm_a"], r["arm_b"]) for r in rows} == {("OVF", "vanilla")}
+    twins = [{"method": OVF, "seed": s, "train_sigma": 0.3} for s in (0, 1)] * 2
+    assert matrix_paired(_matrix(twins, [[1, 1], [2, 2], [3, 3], [4, 4]])) == []
+    digital = [{**i, "digital_layers": d} for i, d in zip(twins, [[], [], ["fc"], ["fc"]])]  # said: other arms
+    rows = matrix_paired(_matrix(digital, [[1, 1], [2, 2], [3, 3], [5, 5]]))
+    assert {(r["arm_a"], r["arm_b"]) for r in rows} == {("OVF (digital: fc)", "OVF (all analog)")}

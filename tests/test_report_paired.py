@@ -86,6 +86,17 @@ def test_pairs_differ_in_one_thing_only_method_or_device_model_or_budget():
     # noise injection [fefet2], which the report used to pair with a p value)
 
 
+def test_two_aspects_of_the_evaluation_are_two_differences():
+    def pt(label, parts, means):
+        suffix = "".join(f" [{v}]" if k == "device" else f" ({v})" for k, v in parts.items())
+        return {**_point(label + suffix, "ovf", [0, 1, 2], means), "arm": label + suffix, "evaluation": suffix,
+                "evaluation_parts": parts, "recipe_label": ""}
+    pts = [pt("OVF", {"device": "rram4", "digital": "digital: fc"}, [50.0, 52.0, 54.0]),
+           pt("OVF", {"device": "fefet2"}, [40.0, 41.0, 45.0]), pt("OVF", {"device": "rram4"}, [45.0, 47.0, 46.0])]
+    pairs = {frozenset((r["arm_a"], r["arm_b"])) for r in paired_comparisons(pts)}
+    assert pairs == {frozenset(("OVF [rram4] (digital: fc)", "OVF [rram4]")), frozenset(("OVF [rram4]", "OVF [fefet2]"))}
+
+
 def test_report_writes_paired_and_seeds_csv_and_a_table(tmp_path):
     root = tmp_path / "sweep"
     acc = {"noise_injection": [20.0, 19.0, 20.5], "ovf": [54.0, 55.0, 57.5]}

@@ -116,6 +116,10 @@ def test_a_checkpoint_trained_on_a_relative_npz_path_evaluates_from_another_dire
                    capsys)
     assert rc == 0, err
     assert json.loads((tmp_path / "r.json").read_text())["dataset"] == "npz:u8.npz"
+    before = (tmp_path / "work" / "u8.npz").read_bytes()  # the file read is an input: no output may replace it
+    rc, err = _run(["eval", str(tmp_path / "ck"), "--sigma", "0.1", "--runs", "2", "--csv",
+                    str(tmp_path / "work" / "u8.npz")], capsys)
+    assert rc == 2 and len(err) == 1 and (tmp_path / "work" / "u8.npz").read_bytes() == before, err
     (tmp_path / "work" / "u8.npz").unlink()  # gone: one line saying how npz: paths are read
     rc, err = _run(["eval", str(tmp_path / "ck"), "--sigma", "0.1", "--runs", "2"], capsys)
     assert rc == 2 and len(err) == 1 and "relative to the current directory" in err[0], err

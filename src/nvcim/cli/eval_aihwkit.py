@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from nvcim.cli.eval import note_few_chips
-from nvcim.cli.eval_data import load_for_eval
+from nvcim.cli.eval_data import digital_override, load_for_eval
 from nvcim.evaluate import results_table, write_csv
 from nvcim.evaluate.files import EvaluationFile, write_result_file
 from nvcim.interop.aihwkit import aihwkit_device, require
@@ -20,7 +20,8 @@ def run_aihwkit(args: argparse.Namespace, ckpt: Path, *, runs: int, seed: int, b
     require()
     if args.device != "cpu":
         raise ValueError("aihwkit device models run on CPU here: drop --device cuda")
-    loaded = load_for_eval(ckpt, dataset=args.dataset, data_root=args.data_root, split=args.split, limit=limit)
+    loaded = load_for_eval(ckpt, dataset=args.dataset, data_root=args.data_root, split=args.split, limit=limit,
+                           digital=digital_override(args.digital_layers))
     res = device.monte_carlo(loaded.model, loaded.split, runs=runs, seed=seed, batch_size=batch_size, progress=progress)
     spec = loaded.config.get("model", {})
     print(f"{ckpt}: {spec.get('name', '?')} on {loaded.dataset} ({args.split}, {res.n_samples} images), {runs} chips "
@@ -30,7 +31,8 @@ def run_aihwkit(args: argparse.Namespace, ckpt: Path, *, runs: int, seed: int, b
     print(results_table([res]))
     note_few_chips([res])
     record = EvaluationFile(results=[res], checkpoint=str(ckpt), checkpoint_config=loaded.config,
-                            dataset=loaded.dataset, split=args.split, device_config=device.to_dict())
+                            dataset=loaded.dataset, split=args.split, device_config=device.to_dict(),
+                            digital_layers=digital_override(args.digital_layers))
     if args.out:
         write_result_file(args.out, record)
         print(f"wrote {args.out}")

@@ -19,6 +19,7 @@ from nvcim.cli.eval_data import device_defaults, load_for_eval
 from nvcim.cli.outputs import check_outputs, eval_inputs, resolved, same_file
 from nvcim.evaluate.files import write_result_file
 from nvcim.evaluate.matrix import device_matrix
+from nvcim.layers.noise import digital_layers
 from nvcim.interop.aihwkit import aihwkit_device, is_aihwkit_spec
 from nvcim.interop.aihwkit import require as require_aihwkit
 from nvcim.cli.device_flags import adc_calibration, refuse_conflicts
@@ -98,6 +99,7 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
         model = loaded.config.get("model") or {}
         info.append({"method": dict(loaded.config.get("method") or {}), "seed": loaded.config.get("seed"),
                      "model": {"name": model.get("name"), "width": model.get("width")},
+                     "digital_layers": digital_layers(loaded.model),
                      "train_sigma": (loaded.config.get("device") or {}).get("sigma"),
                      "epochs": (loaded.config.get("train") or {}).get("epochs")})
     rec = device_matrix(rows, names, lambda i, name: devices[i][name], runs=runs, seed=seed, batch_size=batch_size,

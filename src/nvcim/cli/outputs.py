@@ -59,6 +59,16 @@ def _data_name(ckpt: Path) -> str | None:
         return None
 
 
+def _data_file(ckpt: Path) -> str | None:
+    """The absolute path of the npz: file a checkpoint records (data.file.path), else None."""
+    try:
+        data = json.loads((Path(ckpt) / "config.json").read_text(encoding="utf-8")).get("data") or {}
+        file = data.get("file") if isinstance(data, dict) else None
+        return str(file["path"]) if isinstance(file, dict) and isinstance(file.get("path"), str) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def eval_inputs(args, ckpts: Sequence[Path]) -> list[tuple[str, Path]]:
     """(what, path) of every file or directory `nvcim eval` reads that an output could destroy."""
     from nvcim.data import is_npz_name
@@ -74,6 +84,8 @@ def eval_inputs(args, ckpts: Sequence[Path]) -> list[tuple[str, Path]]:
             inputs.append(("the device-model file", Path(spec).expanduser()))
     inputs += [("the plugin file", Path(p)) for p in loaded() if Path(p).is_file()]
     names = [args.dataset] if args.dataset else [_data_name(Path(c)) for c in ckpts]
+    if not args.dataset:  # the file a checkpoint was trained on, by its recorded path (read when the name is relative)
+        names += [f"npz:{p}" for p in map(_data_file, ckpts) if p]
     for name in names:
         if is_npz_name(name):
             try:

@@ -176,8 +176,7 @@ class DeviceMatrixFile:
                 "runs": self.runs, "seed": self.seed, "checkpoints": self.checkpoints, "datasets": self.datasets,
                 "device_models": self.device_models, "cells": cells,
                 **({"rows": self.rows} if self.rows is not None else {}),
-                **({"adc_calibration": self.adc_calibration} if self.adc_calibration is not None else {}),
-                **({"digital_layers": self.digital_layers} if self.digital_layers is not None else {})}
+                **({"adc_calibration": self.adc_calibration} if self.adc_calibration is not None else {})}
 
     def result(self, row: int, col: int) -> MCResult:
         r = self.cells[row][col]["result"]

@@ -38,6 +38,8 @@ from urllib.parse import parse_qsl
 import torch
 from torch import nn
 
+from nvcim.layers.noise import digital_layers
+
 PREFIX = "aihwkit:"
 INSTALL_HINT = "install it with `pip install 'nvcim[aihwkit]'` (CPU torch: `bash scripts/install_aihwkit.sh`)"
 # kind -> (aihwkit noise model class, its numeric parameters, description)
@@ -192,6 +194,11 @@ def to_analog(model: nn.Module, device: AihwkitDevice | str | None = None, rpu_c
     """An aihwkit analog copy of `model` (`convert_to_analog`, every Conv / Linear on analog tiles) with the RPU
     config of `device` (an AihwkitDevice or spec; default aihwkit:pcm) or `rpu_config`; the model is unchanged.
     The root keeps the model's class (and `nvcim_spec`), so aihwkit's module-level functions apply to it."""
+    digital = digital_layers(model)
+    if digital:  # convert_to_analog would put them on analog tiles: never a digital layer varied silently
+        raise AihwkitError(f"the model keeps layer(s) {', '.join(digital)} digital, and the aihwkit conversion puts "
+                           "every Conv / Linear layer on analog tiles: evaluate with --digital-layers none (all "
+                           "analog), or under nvcim's device models, which keep them digital")
     require()
     from aihwkit.nn.conversion import convert_to_analog
 

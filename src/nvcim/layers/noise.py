@@ -87,10 +87,12 @@ def _layers_list(model: nn.Module, limit: int = 20) -> str:
 
 
 def _matches(name: str, pattern: str) -> bool:
-    """Whether glob `pattern` names layer `name` or a module it sits in: "layers.0.self_attn" selects the attention
-    block and its out_proj, "classifier" every layer under it (as "classifier.*" does)."""
-    parts = name.split(".")
-    return any(fnmatch.fnmatchcase(".".join(parts[:i]), pattern) for i in range(len(parts), 0, -1))
+    """Whether `pattern` selects layer `name`: a glob (with * ? [) matches layer names as they are ("*.0" is
+    every layer whose name ends in ".0", never a whole block named so); a plain module name selects that module
+    and every layer in it ("layers.0.self_attn": the attention block and its out_proj; "classifier" = "classifier.*")."""
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatchcase(name, pattern)
+    return name == pattern or name.startswith(pattern + ".")
 
 
 def _make_filter(
@@ -200,8 +202,9 @@ def apply_variation_(
     """Make every supported layer's weights noisy, in place; returns the model.
 
     filter(name, module) -> bool, and/or glob patterns on module names (`include=["features.*"]`,
-    `exclude=["classifier.2"]`) select layers; a pattern naming a module selects every layer in it too
-    (`exclude=["layers.0.self_attn"]`: the attention block and its out_proj); a pattern that matches no layer, or a selection that is
+    `exclude=["classifier.2"]`) select layers; a plain module name selects every layer in it too
+    (`exclude=["layers.0.self_attn"]`: the attention block and its out_proj; a glob matches layer names only);
+    a pattern that matches no layer, or a selection that is
     empty, raises `SelectionError` naming the layers there are. Applying again replaces the config of
     the selected layers. Noise draws use `generator` (default: torch's global RNG, so
     `torch.manual_seed` fixes them). Fused Transformer paths that would bypass a noisy layer are

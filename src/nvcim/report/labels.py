@@ -75,6 +75,7 @@ def _recipe_labels(records: list[dict]) -> None:
 
 def _finish(r: dict, label: str) -> None:
     r["evaluation"] = evaluation_suffix(r)  # how it was evaluated (device model, BN, split...): "" when standard
+    r["evaluation_parts"] = evaluation_parts(r)
     r["arm"] = label + evaluation_suffix(r)
     r["label"] = label + recipe_suffix(r) + evaluation_suffix(r)
 
@@ -128,24 +129,35 @@ def assign_labels(records: list[dict], others: Sequence[dict] = ()) -> None:
             _finish(r, label)
 
 
-def evaluation_suffix(r: Mapping) -> str:
-    """Results evaluated off the standard setting are arms of their own: a sweep's device model (" [rram4]"),
-    recalibrated BatchNorm statistics (`nvcim eval --recalibrate-bn*`), calibrated ADC ranges from training images
-    (`--adc-calibration train`), another split than test (`--split val`), unquantized chips (`--no-quantize`)."""
-    parts = []
-    device = f" [{r['device_model']}]" if r.get("device_model") else ""
+def evaluation_parts(r: Mapping) -> dict[str, str]:
+    """How a result was evaluated off the standard setting, one entry per aspect (empty: standard): the sweep's
+    device model, recalibrated BatchNorm statistics, calibrated ADC ranges' images, layers kept digital, the
+    split, unquantized chips. Two arms differ in as many aspects as these entries differ in."""
+    parts = {}
+    if r.get("device_model"):
+        parts["device"] = str(r["device_model"])
     how = r.get("bn_recalibration")
     if how:
-        parts.append("BN per chip" if how == "each chip" else f"BN: {how}")
+        parts["bn"] = "BN per chip" if how == "each chip" else f"BN: {how}"
     if r.get("adc_calibration"):
-        parts.append(f"ADC ranges from {r['adc_calibration']} images")
+        parts["adc"] = f"ADC ranges from {r['adc_calibration']} images"
     if r.get("digital_layers"):
-        parts.append(f"digital: {', '.join(r['digital_layers'])}")
+        parts["digital"] = f"digital: {', '.join(r['digital_layers'])}"
     if r.get("split", "test") != "test":
-        parts.append(f"{r['split']} split")
+        parts["split"] = f"{r['split']} split"
     if r.get("quantized") is False:
-        parts.append("unquantized")
-    return device + (f" ({', '.join(parts)})" if parts else "")
+        parts["quantized"] = "unquantized"
+    return parts
+
+
+def evaluation_suffix(r: Mapping) -> str:
+    """Results evaluated off the standard setting are arms of their own: a sweep's device model (" [rram4]"),
+    then in parentheses recalibrated BatchNorm statistics (`nvcim eval --recalibrate-bn*`), calibrated ADC ranges
+    from training images (`--adc-calibration`), layers kept digital, another split than test (`--split val`),
+    unquantized chips (`--no-quantize`)."""
+    parts = evaluation_parts(r)
+    device = f" [{parts.pop('device')}]" if "device" in parts else ""
+    return device + (f" ({', '.join(parts.values())})" if parts else "")
 
 
 def is_standard_evaluation(r: Mapping) -> bool:

@@ -26,7 +26,7 @@ from itertools import combinations
 
 from nvcim.evaluate.files import DeviceMatrixFile
 from nvcim.io.files import atomic_write_bytes
-from nvcim.report.common import fmt_num, fmt_sigma, label_sort_key
+from nvcim.report.common import fmt_num, fmt_sigma, label_sort_key, method_traits
 from nvcim.report.figures import Figures, pyplot
 from nvcim.report.flags import Marks
 from nvcim.report.labels import base_label, recipe_words
@@ -153,11 +153,14 @@ def _arm_rows(rec: DeviceMatrixFile) -> list[dict] | None:
         method = dict(info.get("method") or {})
         name = str(method.pop("name", "?"))
         model = info.get("model") if isinstance(info.get("model"), dict) else {}
+        traits = method_traits(name)
+        noisy = traits is None or traits.uses_device  # vanilla trains without noise: its σ is no recipe
         arms.append({"label": base_label(name, method), "base": base_label(name, method), "method": name,
-                     "seed": str(info.get("seed")), "sigma": info.get("train_sigma"), "epochs": info.get("epochs"),
-                     "model": (model.get("name"), model.get("width")), "dataset": rec.datasets[i]})
-    # several models / widths / data sets in one matrix: never one arm (pooled as if seeds) nor paired across them
-    many = {k for k in ("model", "dataset") if len({a[k] for a in arms}) > 1}
+                     "seed": str(info.get("seed")), "sigma": info.get("train_sigma") if noisy else None,
+                     "epochs": info.get("epochs"), "model": (model.get("name"), model.get("width")),
+                     "dataset": rec.datasets[i], "digital": tuple(info.get("digital_layers") or ())})
+    # several models / widths / data sets / digital layers in one matrix: never one arm (pooled as if seeds)
+    many = {k for k in ("model", "dataset", "digital") if len({a[k] for a in arms}) > 1}
     for a in arms:
         what = []
         if "model" in many:
@@ -166,6 +169,8 @@ def _arm_rows(rec: DeviceMatrixFile) -> list[dict] | None:
             what.append(f"{name}" + (f" ×{width:g}" if len(widths) > 1 and isinstance(width, (int, float)) else ""))
         if "dataset" in many:
             what.append(str(a["dataset"]))
+        if "digital" in many:
+            what.append(f"digital: {', '.join(a['digital'])}" if a["digital"] else "all analog")
         if what:
             a["label"] = f"{a['label']} ({', '.join(what)})"
     for label in {a["label"] for a in arms}:  # one label trained at several σ: one arm per training σ
@@ -183,7 +188,7 @@ def _arm_rows(rec: DeviceMatrixFile) -> list[dict] | None:
         key = (a["label"], a["method"], a["seed"])
         n = seen[key] = seen.get(key, 0) + 1
         if n > 1:
-            a["label"] = f"{a['label']} (#{n})"
+            a["label"] = f"{a['label']} (#{n})"  # trained otherwise in a way the file does not say: never paired
             a["twin"] = n
     return arms
 
@@ -194,7 +199,7 @@ def matrix_arms(rec: DeviceMatrixFile) -> list[tuple[str, str, str]] | None:
     return None if arms is None else [(a["label"], a["method"], a["seed"]) for a in arms]
 
 
-_TRAINED_BY = ("base", "sigma", "epochs", "model", "dataset", "twin")  # what an arm's rows share
+_TRAINED_BY = ("base", "sigma", "epochs", "model", "dataset", "digital")  # what an arm's rows share
 
 
 def _rows_by_arm(rec: DeviceMatrixFile) -> dict[tuple[str, str], dict[str, int]]:
@@ -211,7 +216,10 @@ def _one_difference(rec: DeviceMatrixFile, a: dict[str, int], b: dict[str, int])
     epochs, model, data set): a paired difference then measures that one thing."""
     arms = _arm_rows(rec) or []
     ta, tb = (arms[next(iter(x.values()))] for x in (a, b))
-    return sum(ta.get(k) != tb.get(k) for k in _TRAINED_BY) == 1
+    if ta.get("twin") or tb.get("twin"):  # an unexplained duplicate: what differs is unknown
+        return False
+    # a method trained without noise (vanilla: sigma None) has no training σ to differ in
+    return sum(ta.get(k) != tb.get(k) and not (k == "sigma" and None in (ta[k], tb[k])) for k in _TRAINED_BY) == 1
 
 
 def _cell_sigma(rec: DeviceMatrixFile, rows, col: int) -> float | None:

@@ -63,7 +63,10 @@ def _differences(a: dict, b: dict) -> set[str]:
     method_a = arm_a[:len(arm_a) - len(ev_a)] if ev_a and arm_a.endswith(ev_a) else arm_a
     method_b = arm_b[:len(arm_b) - len(ev_b)] if ev_b and arm_b.endswith(ev_b) else arm_b
     found = {"method"} if method_a != method_b else set()
-    if ev_a != ev_b:
+    parts_a, parts_b = a.get("evaluation_parts"), b.get("evaluation_parts")
+    if parts_a is not None and parts_b is not None:  # each aspect of the evaluation (device model, BN, ...) apart
+        found |= {f"evaluation {k}" for k in set(parts_a) | set(parts_b) if parts_a.get(k) != parts_b.get(k)}
+    elif ev_a != ev_b:
         found.add("evaluation")
     if a.get("recipe_label", "") != b.get("recipe_label", ""):
         found.add("recipe")

@@ -128,6 +128,7 @@ def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> li
                 # the label without its training-recipe suffix, the suffix, and the recipe (nvcim.report.labels)
                 "arm": models[0].get("arm") or label, "recipe_label": models[0].get("recipe_label", ""),
                 "evaluation": models[0].get("evaluation", ""),
+                "evaluation_parts": models[0].get("evaluation_parts", {}),
                 "recipe": models[0].get("recipe") or {},
                 "sigma": sigma, "n_seeds": n, "seeds": [r["seed"] for r in models],
                 "ci_half": half,  # the CI's unclipped half-width: ci95 is clipped to [0, 100]

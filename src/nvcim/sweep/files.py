@@ -12,12 +12,13 @@ that `prepare_cell_dir` clears before the cell runs again.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from nvcim.evaluate.files import EvaluationFile, read_result_file
 from nvcim.io.checkpoint import CONFIG_FILE as CHECKPOINT_CONFIG
@@ -131,6 +132,28 @@ def remove_cell_files(d: Path) -> None:
         d.rmdir()
 
 
+_MISSING = object()
+
+
+@functools.cache
+def _train_defaults() -> dict:
+    from nvcim.train import TrainConfig
+
+    return json.loads(json.dumps(TrainConfig().to_dict()))  # every training field at its default, as JSON
+
+
+def definition_differences(have: Mapping, want: Mapping) -> list[str]:
+    """The top-level keys in which a recorded cell definition (cell.json) differs from a cell's `to_dict()`. A
+    training field added to nvcim since the cell was made, at its default value, is no difference: the cell
+    trained exactly as one made now would."""
+    have, want = dict(have), json.loads(json.dumps(want))
+    if isinstance(have.get("train"), dict) and isinstance(want.get("train"), dict):
+        added = {k: v for k, v in want["train"].items()
+                 if k not in have["train"] and _train_defaults().get(k, _MISSING) == v}
+        have["train"] = {**added, **have["train"]}
+    return sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+
+
 def prepare_cell_dir(out_dir, cell: Cell, threads: int) -> Path:
     """Make the cell's directory ready to (re)run: remove nvcim's files of another definition's partial work
     (a user's own files there stay), drop temp leftovers, an old failed.json and an unreadable result.json, and
@@ -142,7 +165,7 @@ def prepare_cell_dir(out_dir, cell: Cell, threads: int) -> Path:
             have = json.loads((d / CELL_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             have = None
-        if have != json.loads(json.dumps(want)):
+        if not isinstance(have, dict) or definition_differences(have, want):
             remove_cell_files(d)
     d.mkdir(parents=True, exist_ok=True)
     _clean_temps(d)
@@ -165,7 +188,7 @@ def partial_work_of_other_threads(out: Path, cells: Sequence[Cell], threads: int
             continue
         if not isinstance(have, dict) or have.get("threads") == threads:
             continue
-        if {k: v for k, v in have.items() if k != "threads"} == json.loads(json.dumps(c.to_dict())):
+        if not definition_differences({k: v for k, v in have.items() if k != "threads"}, c.to_dict()):
             found.append((c.id, have.get("threads")))
     return found
 

@@ -28,7 +28,8 @@ from nvcim.evaluate import write_results_json
 from nvcim.io.files import atomic_write_text, check_output_path
 from nvcim.sweep.backends.registry import get_backend
 from nvcim.sweep.cells import Cell, expand, is_int
-from nvcim.sweep.files import CELL_FILE, LOCK_FILE, SPEC_JSON, cell_dir, cell_state, result_problem
+from nvcim.sweep.files import (CELL_FILE, LOCK_FILE, SPEC_JSON, cell_dir, cell_state, definition_differences,
+                               result_problem)
 from nvcim.sweep.schema import SweepSpec
 
 
@@ -225,8 +226,7 @@ def stale_cells(out_dir, done: Sequence[Cell]) -> list[tuple[Cell, list[str]]]:
             stale.append((c, [UNDEFINED]))
             continue
         have.pop("threads", None)
-        want = json.loads(json.dumps(c.to_dict()))
-        keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+        keys = definition_differences(have, c.to_dict())
         if keys:
             stale.append((c, keys))
     return stale

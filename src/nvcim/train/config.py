@@ -249,7 +249,10 @@ class TrainConfig:
         if isinstance(d["method_params"].get("gammas"), tuple):
             d["method_params"]["gammas"] = list(d["method_params"]["gammas"])
         d["device_config"] = self.device_config.to_dict()
-        d["digital_layers"] = list(self.digital_layers)
+        if self.digital_layers:  # absent when none: configs (sweep cells' definitions) from before the field match
+            d["digital_layers"] = list(self.digital_layers)
+        else:
+            d.pop("digital_layers")
         d.update({k: getattr(self, k) for k in DEVICE_KEYS})
         return d
 
