@@ -30,4 +30,10 @@ def main(dirs: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["repro_out"])
+    args = sys.argv[1:] or ["repro_out"]
+    missing = [d for d in args if not (Path(d) / "cells").is_dir()]  # --help, a typo: not an empty table
+    if missing:
+        print(f"cell_times.py: {missing[0]} is not a sweep directory (no cells/ in it): usage: python "
+              "scripts/cell_times.py SWEEP_DIR [SWEEP_DIR ...]", file=sys.stderr)
+        sys.exit(2)
+    main(args)
