@@ -253,3 +253,14 @@ def test_adc_calibration_source_from_the_cli_single_and_matrix(vgg_ckpt, tmp_pat
         rc, err = run_cli_err(argv, capsys)
         assert rc == 2 and len(err) == 1 and "no device here has a calibrated ADC clip" in err[0], err
     assert not list(tmp_path.glob("*.png")) or (tmp_path / "m.png").exists()
+
+
+def test_a_files_variation_option_adds_to_its_presets(tmp_path):
+    # preset = "rram4-level" with normalize = false lost the preset's multipliers ("multipliers=None is invalid")
+    from nvcim.io.device_models import device_model
+
+    f = tmp_path / "lvl.toml"
+    f.write_text('preset = "rram4-level"\n[variation_options]\nnormalize = false\n')
+    cfg = device_model(str(f), defaults={"sigma": 0.3})
+    assert cfg.variation == "level_dependent"
+    assert cfg.variation_options == {"multipliers": (1.0, 4.0, 4.0, 1.0), "normalize": False}
