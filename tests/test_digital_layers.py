@@ -136,3 +136,22 @@ def test_sweep_cells_made_before_a_new_training_field_stay_finished():
     assert definition_differences(old, cell.to_dict()) == []
     old["train"]["augment"] = True
     assert definition_differences(old, cell.to_dict()) == ["train"]
+
+
+def test_a_conductance_map_exports_digital_layers_exact_and_reads_them_back_digital(tmp_path):
+    from nvcim.io.checkpoint import load_checkpoint, save_checkpoint
+    from nvcim.io.conductance import export_conductance_map, import_conductance_map, read_conductance_map
+    from nvcim.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny", 10, 1, width=0.125)
+    ck = save_checkpoint(tmp_path / "ck", model, model.nvcim_spec, device=DeviceConfig(sigma=0.2),
+                         digital_layers=["classifier"])
+    export_conductance_map(ck, tmp_path / "map")
+    manifest = json.loads((tmp_path / "map" / "manifest.json").read_text())
+    assert "classifier.weight" in manifest["digital"]  # stored exact, not as device levels
+    back, _ = read_conductance_map(tmp_path / "map")
+    assert nvcim.digital_layers(back) == ["classifier"]
+    assert torch.equal(back.classifier.weight, model.classifier.weight)
+    import_conductance_map(tmp_path / "map", tmp_path / "back")
+    assert nvcim.digital_layers(load_checkpoint(tmp_path / "back")[0]) == ["classifier"]
