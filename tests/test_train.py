@@ -259,7 +259,9 @@ def test_dict_round_trip_and_unknown_keys():
     cfg = TrainConfig(method="ovf", method_params={"beta": 1e-2, "gammas": (0.1, 1.0), "n_variational": 2})
     d = json.loads(json.dumps(cfg.to_dict()))
     assert TrainConfig.from_dict(d).method_cfg() == cfg.method_cfg()
-    assert set(d) == set(FIELDS)
+    assert set(d) == set(FIELDS) - {"digital_layers"}  # written only when some layer is kept digital
+    d = json.loads(json.dumps(TrainConfig(model="tiny", digital_layers=["classifier"]).to_dict()))
+    assert set(d) == set(FIELDS) and TrainConfig.from_dict(d).digital_layers == ("classifier",)
     with pytest.raises(ValueError, match="allowed keys") as err:
         TrainConfig.from_dict({"lr": 1e-3, "learning_rate": 1e-3})
     assert "learning_rate" in str(err.value) and "\n" not in str(err.value)

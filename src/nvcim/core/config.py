@@ -66,8 +66,8 @@ def preset_fields(name: str, device_bits: Any = None) -> dict[str, Any]:
 
 
 def preset_merged(name: str, fields: Mapping[str, Any], device_bits: Any = None) -> dict[str, Any]:
-    """`preset_fields(name)` overridden by `fields` (variation_options key by key); a `variation` other than the preset's is refused in one line
-    (the preset *is* a variation: its options would not fit another kind)."""
+    """`preset_fields(name)` overridden by `fields` (variation_options key by key); a `variation` other than the
+    preset's is refused in one line (the preset *is* a variation: its options would not fit another kind)."""
     base = preset_fields(name, device_bits)
     if "variation" in fields and fields["variation"] != base["variation"]:
         opts = ", ".join(f"{k}={v}" for k, v in base["variation_options"].items() if k == "S") or "per-level multipliers"
