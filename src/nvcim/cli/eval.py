@@ -425,10 +425,10 @@ def run(args: argparse.Namespace) -> int:
                                batch_size=batch_size, chunk_runs=chunk_runs, device=args.device, progress=progress,
                                bn_calibration=calibration, adc_calibration=adc_data, **target)
     chips = f"chips until ±{target['target_ci']:g} (95 % CI)" if target else f"{runs} runs"
+    digital = digital_layers(model)
     print(f"{ckpt}: {spec.get('name', '?')} on {dataset} ({args.split}, {results[0].n_samples} images), "
           f"{chips} per σ, seed {seed}, M={base.weight_bits} K={base.device_bits} quantize={base.quantize}, "
-          f"device {device}, training σ {train_sigma:g}" + (f", digital {', '.join(digital_layers(model))}"
-                                                            if digital_layers(model) else ""))
+          f"device {device}, training σ {train_sigma:g}" + (f", digital {', '.join(digital)}" if digital else ""))
     if recalibration is not None:
         how = "the clean weights" if recalibration["weights"] == "clean" else "each chip's weights, per chip"
         print(f"BatchNorm statistics recalibrated from {recalibration['images']} training images with {how}")

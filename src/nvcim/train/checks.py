@@ -10,7 +10,7 @@ import torch
 from nvcim.io.checkpoint import is_checkpoint_dir, replaceable_problem
 from nvcim.data import dataset_info
 from nvcim.io.files import check_output_path
-from nvcim.layers.noise import SelectionError, digital_layers, keep_digital_, supported_layers
+from nvcim.layers.noise import SelectionError, keep_digital_, selected_layers
 from nvcim.models import create_model
 from nvcim.train.config import TrainConfig
 
@@ -80,8 +80,6 @@ def check_model_fits_data(cfg: TrainConfig) -> None:
     if cfg.digital_layers:  # each pattern names a layer; not every layer digital (the method would vary none)
         try:
             keep_digital_(model, cfg.digital_layers)
-            if not supported_layers(model):
-                raise SelectionError(f"every layer nvcim can vary is kept digital ({', '.join(digital_layers(model))})"
-                                     ": keep fewer layers digital")
+            selected_layers(model, strict=True)  # the layers left to vary: none is a SelectionError
         except SelectionError as exc:
             raise ValueError(f"TrainConfig.digital_layers: {exc}") from None
