@@ -126,3 +126,35 @@ val_runs = 2
     rc = main(["sweep", str(spec), "--out", str(tmp_path / "sw"), "--workers", "2", "--quiet", "--plugin", str(plugin)])
     assert rc == 0
     assert len(list((tmp_path / "sw").rglob("result.json"))) == 2
+
+
+def test_a_sweep_cell_trained_on_another_version_of_its_npz_file_is_stale(trained, tmp_path, capsys):
+    """A finished cell keeps the sha256 of its npz: file; after the file changes it is stale (dry run says so, the run
+    refuses before any work), as it is for a cell defined before cells recorded the file (judged by its result)."""
+    plugin, _, _ = trained
+    data = _npz(tmp_path / "d.npz")
+    spec = tmp_path / "spec.toml"
+    spec.write_text(f'models = ["plug_mlp_test"]\ndatasets = ["npz:{data}"]\nmethods = ["vanilla"]\nsigmas = [0.1]\n'
+                    'seeds = [0]\n[train]\nepochs = 1\nbatch_size = 16\nval_runs = 2\n[eval]\nruns = 2\nval_runs = 2\n')
+    out = tmp_path / "sw"
+    sweep_args = ["sweep", str(spec), "--out", str(out), "--workers", "1", "--quiet", "--plugin", str(plugin)]
+    assert main(sweep_args) == 0
+    (cell_json,) = out.rglob("cell.json")
+    assert json.loads(cell_json.read_text())["data_file"] == hashlib.sha256(data.read_bytes()).hexdigest()
+    original = data.read_bytes()
+    _npz(data, seed=1)  # another version of the file under the same name
+    capsys.readouterr()
+    assert main([*sweep_args, "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "stale " in printed and "another version of the data file" in printed, printed
+    r = _run(sweep_args[:-2] + ["--plugin", str(plugin)])
+    assert r.returncode == 2 and f"trained on another version of {data}" in r.stderr, r.stderr
+    # a cell.json written before cells recorded the file: its result's checkpoint record decides
+    old = json.loads(cell_json.read_text())
+    del old["data_file"]
+    cell_json.write_text(json.dumps(old))
+    r = _run(sweep_args[:-2] + ["--plugin", str(plugin), "--dry-run"])
+    assert r.returncode == 0 and "stale " in r.stdout and "another version of the data file" in r.stdout, r.stdout
+    data.write_bytes(original)
+    r = _run(sweep_args[:-2] + ["--plugin", str(plugin), "--dry-run"])
+    assert r.returncode == 0 and "1 done, 0 stale" in r.stdout, r.stdout

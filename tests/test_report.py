@@ -415,6 +415,23 @@ def test_two_checkpoints_of_one_seed_warn_instead_of_dropping_silently(tmp_path)
     assert warnings == []
 
 
+def test_models_trained_on_two_versions_of_one_npz_file_warn(tmp_path):
+    """An npz: file edited between two runs: the report would pool both versions' models as one data set."""
+    root = tmp_path / "r"
+    for seed, sha in ((0, "a" * 64), (1, "b" * 64), (2, "a" * 64)):
+        d = mc_eval("ovf", 0.35, seed, [mc_result(0.35, [70.0] * 2)], dataset="npz:my.npz")
+        d["checkpoint_config"]["data"] = {"name": "npz:my.npz", "file": {"path": "/x/my.npz", "sha256": sha}}
+        write(root / f"s{seed}.json", d)
+    warnings = []
+    scan_results(root, warn=warnings.append)
+    assert len(warnings) == 1 and "data set npz:my.npz" in warnings[0] and "2 different versions" in warnings[0]
+    assert "aaaaaaaaaaaa…" in warnings[0] and "bbbbbbbbbbbb…" in warnings[0]
+    (root / "s1.json").unlink()
+    warnings.clear()
+    scan_results(root, warn=warnings.append)
+    assert warnings == []
+
+
 def test_an_old_sigma_free_correctnet_cell_beside_its_lambda_searched_cells_warns(tmp_path):
     """A sweep resumed after CorrectNet's λ became searched keeps its old σ-independent cell (".../correctnet/seed0",
     fixed λ, validated at σ 0) beside the new per-σ cells (".../correctnet/s0.30/seed0"): both are the arm's seed-0

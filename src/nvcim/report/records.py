@@ -174,6 +174,7 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                 "model": str(model or "unknown"),
                 "width": width,
                 "dataset": str(dataset or "unknown"),
+                "data_file": _data_sha256(data_cfg),  # an npz: data set's file (sha256) the model was trained on
                 "method": method,
                 "method_params": method_cfg,
                 "beta": num(method_cfg.get("beta")) if searched == "beta" else None,
@@ -228,6 +229,13 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
             }
         )
     return out
+
+
+def _data_sha256(data_cfg: Any) -> str | None:
+    """The sha256 of the npz: file a checkpoint's data section records (None: a registered data set, or not recorded)."""
+    file = data_cfg.get("file") if isinstance(data_cfg, dict) else None
+    sha = file.get("sha256") if isinstance(file, dict) else None
+    return sha if isinstance(sha, str) and sha else None
 
 
 def _ci_half(r: Mapping, ci: list) -> float | None:
@@ -303,7 +311,7 @@ def scan_results(path, skip_bad: bool = False, warn=None) -> ResultSet:
             rs.skipped.append((str(f), "malformed mc_eval"))
     assign_labels(rs.records, rs.verify_records)
     _label_verify_records(rs.verify_records, rs.records)
-    for msg in _model_conflicts(rs.records):
+    for msg in _model_conflicts(rs.records) + _data_file_conflicts(rs.records):
         warn(msg)
     return rs
 
@@ -383,6 +391,19 @@ def _model_conflicts(records: Sequence[dict]) -> list[str]:
                         f"({r['label']}, σ_d {fmt_param(r['test_sigma'])}, seed {r['seed']}): the report keeps "
                         "one model per seed (most chips, then the last file); report them separately")
     return msgs
+
+
+def _data_file_conflicts(records: Sequence[dict]) -> list[str]:
+    """Messages for a data set name whose models were trained on different versions of its file (an npz: file edited
+    between two runs): the report would pool them as one data set, every arm's mean over both."""
+    versions: dict[str, dict[str, str]] = {}  # data set -> sha256 -> a file holding it
+    for r in sorted(records, key=lambda r: r["file"]):
+        if r["data_file"]:
+            versions.setdefault(r["dataset"], {}).setdefault(r["data_file"], r["file"])
+    return [f"data set {name}: models trained on {len(shas)} different versions of its file (sha256 "
+            f"{', '.join(sha[:12] + '…' for sha in shas)}; e.g. {', '.join(shas.values())}): the report pools them "
+            "as one data set; report each version's results separately"
+            for name, shas in versions.items() if len(shas) > 1]
 
 
 def load_results(path, skip_bad: bool = False) -> list[dict]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from nvcim.core.config import DeviceConfig
+from nvcim.data import dataset_fingerprint
 from nvcim.io.device_models import list_device_models
 from nvcim.methods import METHODS, searched_param
 from nvcim.sweep.schema import TARGET_KEYS, SweepSpec
@@ -81,12 +82,16 @@ class Cell:
     eval: dict
     device_model: str | None = None  # the device-model axis: the name as given; None: no axis
     device: dict | None = None  # with the axis: the DeviceConfig the cell is tested under (σ: the training σ)
+    data_file: str | None = None  # an npz: data set's file content (sha256) when the cell was defined; None: other data
+
 
     def to_dict(self) -> dict:
         """The cell's definition (cell.json); without a device-model axis exactly as before the axis existed."""
         d = dataclasses.asdict(self)
         if self.device_model is None:
             del d["device_model"], d["device"]
+        if self.data_file is None:
+            del d["data_file"]
         return d
 
     @classmethod
@@ -151,6 +156,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
     ev = spec.eval.to_dict()
     grid = list(spec.sigmas)
     axis = _device_axis(spec)
+    files = {dataset: _data_file(dataset) for dataset in spec.datasets}
     for model, dataset, (dev_name, dev_fields, dev_slug) in itertools.product(spec.models, spec.datasets, axis):
         prefix = f"{model}-w{spec.width:g}/{dataset}" + (f"/{dev_slug}" if dev_name is not None else "")
         for label, method, params in _arms(spec):
@@ -217,12 +223,23 @@ def expand(spec: SweepSpec) -> list[Cell]:
                                                  "adc_calibration", *TARGET_KEYS)
                               if k in ev},
                         device_model=dev_name, device=None if device is None else device.to_dict(),
+                        data_file=files[dataset],
                     )
                     cells.append(_without_unused_adc_source(cell))
     if ev.get("adc_calibration") == "train" and not any("adc_calibration" in c.eval for c in cells):
         raise ValueError("sweep spec: eval.adc_calibration = 'train' but no cell's device has a calibrated ADC clip "
                          "(adc_bits with adc_clip = 'calibrated'): drop eval.adc_calibration")
     return cells
+
+
+def _data_file(dataset: str) -> str | None:
+    """The sha256 of an npz: data set's file (so that a cell trained on another version of the file is stale), None
+    for a registered data set or a file that cannot be read (the run's data check says so before any work)."""
+    try:
+        fingerprint = dataset_fingerprint(dataset)
+    except (OSError, ValueError):
+        return None
+    return None if fingerprint is None else fingerprint["sha256"]
 
 
 def _without_unused_adc_source(cell: Cell) -> Cell:
