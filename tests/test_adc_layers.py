@@ -177,10 +177,22 @@ def test_write_verified_chip_as_levels():
                                    nn.MultiheadAttention(8, 2)])
 def test_unsupported_layer_is_one_line_error(layer):
     model = nn.Sequential(layer)
-    with pytest.raises(ValueError, match=r"layer '0' .*Linear and Conv2d with groups=1") as err:
+    with pytest.raises(ValueError, match=r"layers? '0' .*Linear and Conv2d with groups=1") as err:
         nvcim.apply_variation_(model, DeviceConfig(adc_bits=8))
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and "--digital-layers" in str(err.value)
     assert not nvcim.noisy_parameters(model)  # nothing half-applied
+
+
+def test_every_layer_the_adc_cannot_run_is_named_at_once_with_an_attention_out_proj():
+    """One error names them all (not one per rerun), including a Linear read directly by its MultiheadAttention,
+    which failed only at the first forward, without its name."""
+    model = nn.Sequential(nn.Conv1d(2, 3, 3), nn.Conv1d(3, 3, 1, groups=3))
+    with pytest.raises(ValueError, match=r"layers '0' \(Conv1d\), '1' \(Conv1d\) cannot run"):
+        nvcim.apply_variation_(model, DeviceConfig(adc_bits=8))
+    attention = nn.Sequential(nn.MultiheadAttention(8, 2))
+    with pytest.raises(ValueError, match=r"layer '0.out_proj' \(\w*Linear, read directly by its MultiheadAttention\)"):
+        nvcim.apply_variation_(attention, DeviceConfig(adc_bits=8), include=["0.out_proj"])
+    assert not nvcim.noisy_parameters(attention)
 
 
 def test_monte_carlo_refuses_unsupported_layer_of_a_noisy_model():

@@ -279,6 +279,21 @@ def test_a_pattern_naming_a_module_selects_the_layers_in_it_too():
     blocks = nn.Sequential(nn.Sequential(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))))  # 0.0.0, 0.0.1
     nvcim.apply_variation_(blocks, CFG, exclude=["*.0"])
     assert [n for n, _ in nvcim.noisy_modules(blocks)] == ["0.0.1"]
+    # ... and the layers inside a layer they match: "*.self_attn" takes each attention block with its out_proj (a new
+    # user's --digital-layers 'encoder.layers.*.self_attn' left out_proj on the chip, the header naming the blocks)
+    nvcim.remove_variation_(model)
+    nvcim.apply_variation_(model, CFG, exclude=["0.layers.*.self_attn"])
+    assert [n for n, _ in nvcim.noisy_modules(model)] == [
+        f"0.layers.{i}.linear{j}" for i in (0, 1) for j in (1, 2)] + ["1"]
+    nvcim.remove_variation_(model)
+    nvcim.keep_digital_(model, ["0.layers.*.self_attn"])
+    assert nvcim.digital_layers(model) == [f"0.layers.{i}.self_attn{s}" for i in (0, 1) for s in ("", ".out_proj")]
+    # excluding a layer that is already digital is no typo; including only digital layers says so
+    nvcim.apply_variation_(model, CFG, exclude=["0.layers.0.self_attn.out_proj"])
+    assert "0.layers.0.self_attn.out_proj" not in dict(nvcim.noisy_modules(model))
+    nvcim.remove_variation_(model)
+    with pytest.raises(nvcim.SelectionError, match="matches only layers kept digital"):
+        nvcim.apply_variation_(model, CFG, include=["0.layers.1.self_attn"])
 
 
 def test_model_without_supported_layer_is_an_error():

@@ -163,7 +163,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         f"(default: {D['quantize']})")
     g.add_argument("--digital-layers", type=layer_patterns, metavar="PATTERNS",
                    help="layers kept digital (exact, off the crossbars), comma-separated glob patterns of layer names "
-                        "(a module's name takes the layers in it), e.g. features.0,classifier; recorded in the "
+                        "(a module's name, or a glob matching a layer, takes the layers in it: *.self_attn includes "
+                        "out_proj), e.g. features.0,classifier; recorded in the "
                         "checkpoint, so nvcim eval keeps them digital too (default: none)")
 
     g = p.add_argument_group("optimization")

@@ -140,7 +140,7 @@ def _controllers_for(model: nn.Module, cfg: DeviceConfig):
         finally:
             remove_variation_(model)
         return
-    check_sliced_layers(noisy_modules(model), cfg)
+    check_sliced_layers(noisy_modules(model), cfg, model)
     with overridden(model, cfg=cfg, sigma=cfg.sigma, enabled=True, programmed=None):
         yield
 

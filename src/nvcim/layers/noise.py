@@ -35,7 +35,7 @@ import contextlib
 import fnmatch
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -86,22 +86,26 @@ def _layers_list(model: nn.Module, limit: int = 20) -> str:
     return f"[{shown}{f', ... ({len(layers) - limit} more)' if len(layers) > limit else ''}]"
 
 
-def _matches(name: str, pattern: str) -> bool:
-    """Whether `pattern` selects layer `name`: a glob (with * ? [) matches layer names as they are ("*.0" is
-    every layer whose name ends in ".0", never a whole block named so); a plain module name selects that module
-    and every layer in it ("layers.0.self_attn": the attention block and its out_proj; "classifier" = "classifier.*")."""
-    if any(c in pattern for c in "*?["):
-        return fnmatch.fnmatchcase(name, pattern)
-    return name == pattern or name.startswith(pattern + ".")
+def _matches(name: str, pattern: str, layers: Collection[str] = ()) -> bool:
+    """Whether `pattern` selects layer `name`: a plain module name selects that module and every layer in it
+    ("layers.0.self_attn": the attention block and its out_proj; "classifier" = "classifier.*"); a glob (with * ? [)
+    selects the layers whose names match it and the layers in them (`layers`: the names of every layer, so
+    "*.self_attn" takes each attention block with its out_proj), never a whole block that is no layer ("*.0" is
+    every layer whose name ends in ".0", not ResNet's block "layer1.0")."""
+    if not any(c in pattern for c in "*?["):
+        return name == pattern or name.startswith(pattern + ".")
+    parts = name.split(".")
+    prefixes = (".".join(parts[:i]) for i in range(len(parts), 0, -1))  # the name, then its ancestors' names
+    return any(fnmatch.fnmatchcase(prefix, pattern) for prefix in prefixes if prefix == name or prefix in layers)
 
 
 def _make_filter(
-    filter: ModuleFilter | None, include: Sequence[str] | None, exclude: Sequence[str] | None
+    filter: ModuleFilter | None, include: Sequence[str] | None, exclude: Sequence[str] | None, layers: Collection[str]
 ) -> ModuleFilter:
     def accept(name: str, module: nn.Module) -> bool:
-        if include is not None and not any(_matches(name, p) for p in include):
+        if include is not None and not any(_matches(name, p, layers) for p in include):
             return False
-        if exclude is not None and any(_matches(name, p) for p in exclude):
+        if exclude is not None and any(_matches(name, p, layers) for p in exclude):
             return False
         return filter is None or bool(filter(name, module))
 
@@ -110,8 +114,12 @@ def _make_filter(
 
 def supported_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) of every layer nvcim can vary (see `nvcim.layers`) and not kept digital, in module order."""
-    return [(n, m) for n, m in model.named_modules()
-            if handlers.handler_for(m) is not None and not handlers.is_digital(m)]
+    return [(n, m) for n, m in _layers(model) if not handlers.is_digital(m)]
+
+
+def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every layer nvcim can vary, kept digital or not, in module order."""
+    return [(n, m) for n, m in model.named_modules() if handlers.handler_for(m) is not None]
 
 
 def keep_digital_(model: nn.Module, patterns: Sequence[str]) -> nn.Module:
@@ -127,13 +135,14 @@ def keep_digital_(model: nn.Module, patterns: Sequence[str]) -> nn.Module:
     if noisy_modules(model):
         raise ValueError("keep_digital_: the model already has variation applied: keep layers digital before "
                          "apply_variation_ (or call nvcim.remove_variation_ first)")
-    layers = [(n, m) for n, m in model.named_modules() if handlers.handler_for(m) is not None]
+    layers = _layers(model)
+    names = {n for n, _ in layers}
     for p in patterns:
-        if not any(_matches(n, p) for n, _ in layers):
+        if not any(_matches(n, p, names) for n in names):
             raise SelectionError(f"digital layer pattern {p!r} matches no layer: the layers are "
                                  f"{_names_list([n for n, _ in layers])}")
     for n, m in layers:
-        handlers.mark_digital(m, any(_matches(n, p) for p in patterns))
+        handlers.mark_digital(m, any(_matches(n, p, names) for p in patterns))
     return model
 
 
@@ -160,6 +169,7 @@ def selected_layers(
             raise TypeError(f"{what} must be a list of glob patterns (e.g. ['features.*']), got {patterns!r}")
     candidates = supported_layers(model)
     names = [n for n, _ in candidates]
+    every = [n for n, _ in _layers(model)]  # kept digital too: a pattern naming one is no typo
     if strict:
         if not candidates and digital_layers(model):
             raise SelectionError(f"every layer nvcim can vary is kept digital ({_names_list(digital_layers(model))}): "
@@ -171,9 +181,12 @@ def selected_layers(
                                  f"{_layers_list(model)}")
         for what, patterns in (("include", include), ("exclude", exclude)):
             for p in patterns or ():
-                if not any(_matches(n, p) for n in names):
+                if not any(_matches(n, p, every) for n in every):
                     raise SelectionError(f"{what} pattern {p!r} matches no layer: the layers are {_names_list(names)}")
-    accept = _make_filter(filter, include, exclude)
+                if what == "include" and not any(_matches(n, p, every) for n in names):
+                    raise SelectionError(f"include pattern {p!r} matches only layers kept digital "
+                                         f"({_names_list(digital_layers(model))}): include other layers")
+    accept = _make_filter(filter, include, exclude, set(every))
     chosen = [(n, m) for n, m in candidates if accept(n, m)]
     if strict and not chosen:
         raise SelectionError(f"the layer filter selects no layer: the layers are {_names_list(names)}")
@@ -203,7 +216,9 @@ def apply_variation_(
 
     filter(name, module) -> bool, and/or glob patterns on module names (`include=["features.*"]`,
     `exclude=["classifier.2"]`) select layers; a plain module name selects every layer in it too
-    (`exclude=["layers.0.self_attn"]`: the attention block and its out_proj; a glob matches layer names only);
+    (`exclude=["layers.0.self_attn"]`: the attention block and its out_proj; a glob matches layer names, and
+    takes the layers in a layer it matches: "*.self_attn" includes out_proj, "*.0" never a whole block); naming a
+    layer kept digital (`keep_digital_`) in `exclude` is no error;
     a pattern that matches no layer, or a selection that is
     empty, raises `SelectionError` naming the layers there are. Applying again replaces the config of
     the selected layers. Noise draws use `generator` (default: torch's global RNG, so
@@ -213,7 +228,7 @@ def apply_variation_(
     if not isinstance(cfg, DeviceConfig):
         raise TypeError(f"cfg must be a nvcim.DeviceConfig, got {type(cfg).__name__}")
     chosen = selected_layers(model, filter, include, exclude, strict=True)
-    check_sliced_layers(chosen, cfg)
+    check_sliced_layers(chosen, cfg, model)
     exact = [f"{n or type(model).__name__!s} ({type(m).__name__})" for n, m in model.named_modules()
              if isinstance(m, _UNSUPPORTED_MVM) and handlers.handler_for(m) is None]
     if exact:  # matrix products a chip would compute that stay exact here: said, not silent
@@ -231,16 +246,23 @@ def apply_variation_(
     return model
 
 
-def check_sliced_layers(layers: Sequence[tuple[str, nn.Module]], cfg: DeviceConfig) -> None:
-    """With the ADC simulation on (cfg.adc_bits / input_bits), a one-line ValueError naming the first of the
-    (name, module) layers it cannot run: it supports Linear and Conv2d with groups = 1."""
+def check_sliced_layers(layers: Sequence[tuple[str, nn.Module]], cfg: DeviceConfig,
+                        model: nn.Module | None = None) -> None:
+    """With the ADC simulation on (cfg.adc_bits / input_bits), a one-line ValueError naming every one of the
+    (name, module) layers it cannot run: it supports Linear and Conv2d with groups = 1, and not a Linear that a
+    MultiheadAttention of `model` reads directly (its out_proj)."""
     if not cfg.sliced_mvm:
         return
-    for name, module in layers:
-        if not handlers.runs_sliced(module):
-            raise ValueError(f"layer {name!r} ({type(module).__name__}) cannot run the ADC simulation (DeviceConfig "
-                             "adc_bits / input_bits): it supports Linear and Conv2d with groups=1; exclude the layer "
-                             f"(exclude=[{name!r}]) or set adc_bits=None, input_bits=None")
+    read_directly = set() if model is None else {id(m.out_proj) for m in model.modules()
+                                                  if isinstance(m, nn.MultiheadAttention)}
+    bad = [f"{name!r} ({type(module).__name__}"
+           + (", read directly by its MultiheadAttention)" if id(module) in read_directly else ")")
+           for name, module in layers if not handlers.runs_sliced(module) or id(module) in read_directly]
+    if bad:
+        raise ValueError(f"layer{'s' if len(bad) > 1 else ''} {', '.join(bad)} cannot run the ADC simulation "
+                         "(DeviceConfig adc_bits / input_bits), which supports Linear and Conv2d with groups=1: keep "
+                         f"{'them' if len(bad) > 1 else 'it'} digital (--digital-layers, sweep [train] digital_layers, nvcim.keep_digital_, or "
+                         "exclude= in apply_variation_) or set adc_bits=None, input_bits=None")
 
 
 def remove_variation_(model: nn.Module) -> nn.Module:
