@@ -19,7 +19,8 @@ from nvcim.cli.eval_data import device_defaults, load_for_eval
 from nvcim.cli.outputs import check_outputs, eval_inputs, resolved, same_file
 from nvcim.evaluate.files import write_result_file
 from nvcim.evaluate.matrix import device_matrix
-from nvcim.layers.noise import digital_layers
+from nvcim.core.config import DeviceConfig
+from nvcim.layers.noise import check_sliced_layers, digital_layers, noisy_modules, selected_layers
 from nvcim.interop.aihwkit import aihwkit_device, is_aihwkit_spec
 from nvcim.interop.aihwkit import require as require_aihwkit
 from nvcim.cli.device_flags import adc_calibration, refuse_conflicts
@@ -93,6 +94,13 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
     for i, ck in enumerate(ckpts):
         loaded = load_for_eval(ck, dataset=args.dataset, data_root=args.data_root, split=args.split, limit=limit,
                                no_quantize=args.no_quantize)
+        for name, device in devices[i].items():  # a layer a column cannot run: said now, not after other cells
+            if isinstance(device, DeviceConfig):
+                try:
+                    check_sliced_layers(noisy_modules(loaded.model) or selected_layers(loaded.model), device,
+                                        loaded.model)
+                except ValueError as exc:
+                    raise ValueError(f"checkpoint {ck} under {name}: {exc}") from None
         rows.append((str(ck), loaded.dataset, loaded.model, loaded.split))
         adc_data.append(adc_calibration(args.adc_calibration, list(devices[i].values()), loaded.splits,
                                         args.split)[0])  # None: the evaluated images

@@ -4,13 +4,15 @@ directory, and whether the model fits the data set's images (all before any data
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from nvcim.io.checkpoint import is_checkpoint_dir, replaceable_problem
 from nvcim.data import dataset_info
 from nvcim.io.files import check_output_path
-from nvcim.layers.noise import SelectionError, keep_digital_, selected_layers
+from nvcim.core.config import DeviceConfig
+from nvcim.layers.noise import SelectionError, check_sliced_layers, keep_digital_, selected_layers
 from nvcim.models import create_model
 from nvcim.train.config import TrainConfig
 
@@ -65,9 +67,11 @@ def check_out_dir(out_dir, overwrite: bool) -> Path:
     return out
 
 
-def check_model_fits_data(cfg: TrainConfig) -> None:
-    """Raise a one-line ValueError unless cfg.model builds for cfg.dataset's images (channels, classes, size);
-    built on the meta device (no memory, no RNG use), so it runs before the data are loaded or downloaded."""
+def check_model_fits_data(cfg: TrainConfig, test_devices: Sequence[DeviceConfig] = ()) -> None:
+    """Raise a one-line ValueError unless cfg.model builds for cfg.dataset's images (channels, classes, size) and
+    its layers left to vary can run the training device and `test_devices` (the ADC simulation runs Linear and
+    Conv2d only); built on the meta device (no memory, no RNG use), so it runs before the data are loaded or
+    downloaded."""
     info = dataset_info(cfg.dataset)  # an npz: file is read here (and checked)
     try:
         with torch.device("meta"):
@@ -83,3 +87,9 @@ def check_model_fits_data(cfg: TrainConfig) -> None:
             selected_layers(model, strict=True)  # the layers left to vary: none is a SelectionError
         except SelectionError as exc:
             raise ValueError(f"TrainConfig.digital_layers: {exc}") from None
+    layers = selected_layers(model)
+    try:
+        for device in (cfg.device_cfg(), *test_devices):
+            check_sliced_layers(layers, device, model)
+    except ValueError as exc:
+        raise ValueError(f"model {cfg.model!r}: {exc}") from None
