@@ -193,3 +193,34 @@ def test_the_device_matrix_refuses_a_column_the_model_cannot_run_before_any_cell
     assert rc == 2 and len(err) == 1, err
     assert f"checkpoint {ckpt} under {tmp_path / 'adc.toml'}: layer '1' (Conv1d) cannot run the ADC" in err[0]
     assert not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize("body, text", [
+    ("return (self.net(x), x)", "returns a tuple, not a tensor of logits"),
+    ("return self.net(x)[:, :2]", "returns shape [2, 2] for 2 images"),
+])
+def test_a_model_whose_output_is_no_logits_is_one_line_before_training(tmp_path, body, text):
+    """A user's forward returning a tuple, or fewer classes than the data set has, crashed inside the loss (IndexError /
+    TypeError traceback, exit 1)."""
+    plugin = tmp_path / "odd.py"
+    plugin.write_text(textwrap.dedent(f'''
+        from torch import nn
+        from nvcim.models import register_model
+
+        class Odd(nn.Module):
+            def __init__(self, num_classes, image_size):
+                super().__init__()
+                self.net = nn.Sequential(nn.Flatten(), nn.Linear(image_size * image_size, num_classes))
+
+            def forward(self, x):
+                {body}
+
+        @register_model("odd_out_test")
+        def odd(num_classes=3, in_channels=1, width=1.0, image_size=8):
+            return Odd(num_classes, image_size)
+    '''))
+    data = _npz(tmp_path / "d.npz")
+    r = _run(["train", "--plugin", str(plugin), "--model", "odd_out_test", "--dataset", f"npz:{data}", "--method",
+              "noise_injection", "--epochs", "1", "--quiet", "--out", str(tmp_path / "ck")])
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and text in r.stderr, r.stderr
+    assert not (tmp_path / "ck").exists()

@@ -93,3 +93,24 @@ def check_model_fits_data(cfg: TrainConfig, test_devices: Sequence[DeviceConfig]
             check_sliced_layers(layers, device, model)
     except ValueError as exc:
         raise ValueError(f"model {cfg.model!r}: {exc}") from None
+
+
+def check_model_output(model: torch.nn.Module, x: torch.Tensor, num_classes: int, cfg: TrainConfig) -> None:
+    """Raise a one-line ValueError unless `model` (eval mode, no gradients, state unchanged) maps a batch of the data
+    set's images x [B, C, H, W] to one tensor of logits [B, num_classes]: a user's model returning a tuple or the
+    wrong number of classes failed inside the loss with a traceback."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"model {cfg.model!r} returns a {type(out).__name__}, not a tensor of logits [batch, classes]: "
+                         "make its forward return the logits alone")
+    if tuple(out.shape) != (x.shape[0], num_classes):
+        raise ValueError(f"model {cfg.model!r} returns shape {list(out.shape)} for {x.shape[0]} images of dataset "
+                         f"{cfg.dataset!r}: logits must be [batch, {num_classes}] ({num_classes} classes; a registered "
+                         "builder gets num_classes)")
+

@@ -58,7 +58,7 @@ from nvcim.evaluate import monte_carlo_evaluate
 from nvcim.methods import create_task, method_to_dict
 from nvcim.models import create_model
 from nvcim.layers.noise import keep_digital_, variation_disabled
-from nvcim.train.checks import check_model_fits_data, check_out_dir, resolve_device
+from nvcim.train.checks import check_model_fits_data, check_model_output, check_out_dir, resolve_device
 from nvcim.train.config import TrainConfig
 
 VAL_MC_SEED = 1  # Monte Carlo seed of every validation (same chips every epoch)
@@ -202,6 +202,8 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
     model = create_model(cfg.model, info.num_classes, info.in_channels, width=cfg.width, image_size=info.image_size)
     keep_digital_(model, cfg.digital_layers)  # every device model below (method, validation) leaves them exact
     model.to(dev)
+    x_check, _ = next(splits.train.batches(2, device=dev))  # x [2, C, H, W]: the first two training images
+    check_model_output(model, x_check, info.num_classes, cfg)
     mcfg = cfg.method_cfg()
     task = create_task(mcfg, model, cfg.device_cfg())
     optimizer = _make_optimizer(cfg, task.parameters())  # IRS: its heads too
