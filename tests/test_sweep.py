@@ -152,6 +152,9 @@ def test_toml_and_yaml_specs(tmp_path):
     ({"train": {**TRAIN, "optimizer": "rmsprop"}}, "optimizer"),
     ({"eval": {"runs": 0}}, "eval.runs"),
     ({"eval": {"run": 3}}, "eval.run"),
+    # a top-level key written after a [table] header (TOML puts it into that table): where to move it
+    ({"train": {**TRAIN, "device_models": ["rram4"]}}, "'device_models' is a top-level key: move it above the first"),
+    ({"eval": {"seeds": [0, 1]}}, "'seeds' is a top-level key"),
     ({"eval": {"test_sigmas": "all"}}, "eval.test_sigmas"),
     ({"eval": {"bn_calibration_images": 1}}, "eval.bn_calibration_images"),
     ({"eval": {"bn_calibration_images": -5}}, "eval.bn_calibration_images"),

@@ -122,6 +122,14 @@ def _method_params_ok(method: str, params: Mapping, where: str) -> None:
         raise ValueError(f"sweep spec {where}: {str(exc).splitlines()[0]}") from None
 
 
+def _top_level_hint(keys) -> str:
+    """For unknown keys of a table that are top-level spec keys (TOML puts every key after a [table] header into
+    that table): where to move them."""
+    top = [k for k in keys if k in SPEC_KEYS]
+    return (f"; {', '.join(map(repr, top))} {'is a top-level key' if len(top) == 1 else 'are top-level keys'}: "
+            "move it above the first [table] header") if top else ""
+
+
 def _table_with_defaults(raw: Mapping, name: str, defaults: Mapping, where: str) -> dict:
     """The spec's [name] table over its defaults; unknown keys are a one-line error."""
     table = raw.get(name, {})
@@ -130,7 +138,7 @@ def _table_with_defaults(raw: Mapping, name: str, defaults: Mapping, where: str)
     unknown = sorted(set(table) - set(defaults))
     if unknown:
         raise ValueError(f"sweep spec {where}: unknown key(s) {[f'{name}.{k}' for k in unknown]}: allowed are "
-                         f"{[f'{name}.{k}' for k in defaults]}")
+                         f"{[f'{name}.{k}' for k in defaults]}{_top_level_hint(unknown)}")
     return {**defaults, **table}
 
 
@@ -257,7 +265,7 @@ def validate_spec(raw: Mapping, where: str = "<spec>", base_dir=None) -> SweepSp
     unknown = sorted(set(tr) - set(FIELDS))
     if unknown:
         raise ValueError(f"sweep spec {where}: unknown key(s) {['train.' + k for k in unknown]}: allowed are "
-                         f"{[f for f in FIELDS if f not in SWEEP_SET]}")
+                         f"{[f for f in FIELDS if f not in SWEEP_SET]}{_top_level_hint(unknown)}")
     if isinstance(tr.get("device_config"), Mapping) and "sigma" in tr["device_config"]:  # each cell's σ replaced it
         raise ValueError(f"sweep spec {where}: key 'train.device_config.sigma' is set by the sweep per cell from "
                          "'sigmas': drop it")
