@@ -261,9 +261,12 @@ def test_layers_nvcim_cannot_vary_are_named_not_silently_exact():
             super().__init__()
             self.emb, self.rnn, self.h = nn.Embedding(10, 4), nn.LSTM(4, 4), nn.Linear(4, 2)
 
+    tagger = Tagger()
     with pytest.warns(UserWarning, match=r"1 layer\(s\) nvcim cannot vary stay exact: rnn \(LSTM\)"):
-        nvcim.apply_variation_(Tagger(), DeviceConfig(sigma=0.1))
+        nvcim.apply_variation_(tagger, DeviceConfig(sigma=0.1))
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        nvcim.remove_variation_(tagger)
+        nvcim.apply_variation_(tagger, DeviceConfig(sigma=0.2))  # once per model: training applies it repeatedly
         nvcim.apply_variation_(nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2)), DeviceConfig(sigma=0.1))

@@ -66,3 +66,19 @@ def test_committed_reports_are_recognised_as_nvcim_reports():
     if not found:
         pytest.skip("no committed reports in this checkout")
     assert [p for p in found if not report_wrote(p)] == []
+
+
+def test_a_checkpoint_directory_is_no_report_directory(tmp_path, capsys):
+    """nvcim report wrote its files into a checkpoint (which then held other files: --overwrite refuses such a
+    checkpoint)."""
+    root = tmp_path / "sweep"
+    write(root / "a.json", _cell(0.2, [90.0, 91.0]))
+    ckpt = tmp_path / "ck"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text('{"nvcim_version": "0.1.0", "model": {"name": "tiny"}}')
+    (ckpt / "model.safetensors").write_bytes(b"weights")
+    before = sorted(p.name for p in ckpt.iterdir())
+    assert main(["report", str(root), "--out", str(ckpt)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is an nvcim checkpoint" in err, err
+    assert sorted(p.name for p in ckpt.iterdir()) == before

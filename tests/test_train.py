@@ -231,6 +231,10 @@ def test_cli_exits_3_on_divergence(monkeypatch, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "diverged" in captured.out and "diverged" in captured.err
     assert (tmp_path / "d" / "config.json").is_file()
+    # evaluating that checkpoint says it diverged and which weights it holds (a normal table with no word before)
+    assert main(["eval", str(tmp_path / "d"), "--runs", "2", "--limit", "16"]) == 0
+    err = capsys.readouterr().err
+    assert f"checkpoint {tmp_path / 'd'} diverged in training (non-finite loss): these are the initial weights" in err
 
 
 # ---- config, files, presets -------------------------------------------------------------------------------

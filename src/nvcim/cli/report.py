@@ -55,6 +55,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from nvcim.io.checkpoint import is_checkpoint_dir
     from nvcim.io.files import check_output_path
     from nvcim.report import scan_results, write_report
     from nvcim.report.flags import implausible_warning
@@ -64,6 +65,8 @@ def run(args) -> int:
     roots = [Path(d) for d in args.dirs]
     if args.out:
         check_output_path(args.out, "--out", is_dir=True)
+        if is_checkpoint_dir(args.out):  # its own files there would make it a checkpoint that holds other files
+            raise ValueError(f"--out {args.out} is an nvcim checkpoint: choose another output directory")
     rs = scan_results(roots, skip_bad=args.skip_bad,  # FileNotFoundError naming a DIR that does not exist
                       warn=lambda msg: print(f"nvcim report: warning: {msg}", file=sys.stderr))
     if not rs.records and not rs.failures and not rs.verify_records and not rs.matrices:

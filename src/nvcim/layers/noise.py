@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
@@ -201,6 +202,7 @@ def selected_parameters(model: nn.Module, **selectors) -> list[tuple[str, nn.Mod
 
 # layer types whose weights a chip would hold as a crossbar's matrix but nvcim has no handler for (RNNs, bilinear)
 _UNSUPPORTED_MVM = (nn.RNNBase, nn.RNNCellBase, nn.Bilinear)
+_WARNED_EXACT: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # models apply_variation_ warned about them
 
 
 def apply_variation_(
@@ -231,7 +233,8 @@ def apply_variation_(
     check_sliced_layers(chosen, cfg, model)
     exact = [f"{n or type(model).__name__!s} ({type(m).__name__})" for n, m in model.named_modules()
              if isinstance(m, _UNSUPPORTED_MVM) and handlers.handler_for(m) is None]
-    if exact:  # matrix products a chip would compute that stay exact here: said, not silent
+    if exact and model not in _WARNED_EXACT:  # matrix products a chip would compute that stay exact here: said,
+        _WARNED_EXACT.add(model)                 # not silent; once per model (training applies it again and again)
         warnings.warn(f"apply_variation_: {len(exact)} layer(s) nvcim cannot vary stay exact: "
                       f"{', '.join(exact[:5])}{', ...' if len(exact) > 5 else ''} (supported: Linear, Conv, "
                       "MultiheadAttention; nvcim.layers.register_layer adds a type)", stacklevel=2)
