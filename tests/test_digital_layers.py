@@ -75,6 +75,10 @@ def test_cli_train_records_them_and_eval_keeps_or_overrides_them(tmp_path, capsy
     assert rc == 0, err
     config = json.loads((ck / "config.json").read_text())
     assert config["digital_layers"] == config["train"]["digital_layers"] == ["features.0", "classifier"]
+    from nvcim.models import create_model
+    built = create_model(**{k: v for k, v in config["model"].items()})
+    nvcim.keep_digital_(built, ["features.0", "classifier"])
+    assert config["digital_layer_names"] == nvcim.digital_layers(built)  # what training kept digital, by name
     rc, out, err = run_cli(["eval", str(ck), "--runs", "2", "--out", str(tmp_path / "a.json")], capsys)
     assert rc == 0, err
     assert "digital features.0, classifier" in out.splitlines()[0]
@@ -155,3 +159,28 @@ def test_a_conductance_map_exports_digital_layers_exact_and_reads_them_back_digi
     assert torch.equal(back.classifier.weight, model.classifier.weight)
     import_conductance_map(tmp_path / "map", tmp_path / "back")
     assert nvcim.digital_layers(load_checkpoint(tmp_path / "back")[0]) == ["classifier"]
+
+
+def test_a_checkpoint_keeps_the_layers_it_was_trained_with_digital_whatever_the_matching_rule():
+    """Checkpoints name the layers kept digital; those written before (patterns only) are matched as nvcim matched
+    them then: a glob took a layer's own name only, so '*.self_attn' left out_proj on the chip in training."""
+    from nvcim.io.checkpoint import keep_recorded_digital_
+
+    def model():
+        layer = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        return torch.nn.Sequential(torch.nn.TransformerEncoder(layer, 1, enable_nested_tensor=False),
+                                   torch.nn.Linear(8, 2))
+
+    old = model()
+    keep_recorded_digital_(old, {"digital_layers": ["*.self_attn"]})  # written on 2026-12-02
+    assert nvcim.digital_layers(old) == ["0.layers.0.self_attn"]
+    new = model()
+    nvcim.keep_digital_(new, ["*.self_attn"])  # today's rule: the block with its out_proj
+    names = nvcim.digital_layers(new)
+    assert names == ["0.layers.0.self_attn", "0.layers.0.self_attn.out_proj"]
+    again = model()
+    keep_recorded_digital_(again, {"digital_layers": ["*.self_attn"], "digital_layer_names": names[:1]})
+    assert nvcim.digital_layers(again) == names[:1]  # the names decide, exactly (no subtree)
+    with pytest.raises(ValueError, match="digital layer name 'fc' matches no layer"):
+        keep_recorded_digital_(model(), {"digital_layers": ["fc"], "digital_layer_names": ["fc"]})
+

@@ -158,6 +158,21 @@ def test_a_sweep_cell_trained_on_another_version_of_its_npz_file_is_stale(traine
     data.write_bytes(original)
     r = _run(sweep_args[:-2] + ["--plugin", str(plugin), "--dry-run"])
     assert r.returncode == 0 and "1 done, 0 stale" in r.stdout, r.stdout
+    # such a cell's partial work (no result yet), trained on this file, is resumed, not removed as another definition's
+    from nvcim.sweep import expand, load_spec
+    from nvcim.sweep import cell_run
+    from nvcim.sweep.cell_run import run_cell
+    from nvcim.sweep.files import prepare_cell_dir
+
+    (cell_json.parent / "result.json").unlink()
+    (cell,) = expand(load_spec(spec))
+    prepare_cell_dir(out, cell, old["threads"])
+    assert (cell_json.parent / "checkpoint" / "model.safetensors").is_file()
+    # a file edited while the sweep runs: the cell fails instead of training on another version than its definition's
+    _npz(data, seed=2)
+    cell_run._SPLITS_CACHE.clear()  # as in a fresh worker process (a worker's cached splits are the version it read)
+    summary = run_cell(cell, out, 1)
+    assert summary["status"] == "failed" and "is not the one the sweep was started with" in summary["error"], summary
 
 
 def test_the_device_matrix_refuses_a_column_the_model_cannot_run_before_any_cell(tmp_path, capsys, monkeypatch):

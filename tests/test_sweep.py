@@ -153,7 +153,7 @@ def test_toml_and_yaml_specs(tmp_path):
     ({"eval": {"runs": 0}}, "eval.runs"),
     ({"eval": {"run": 3}}, "eval.run"),
     # a top-level key written after a [table] header (TOML puts it into that table): where to move it
-    ({"train": {**TRAIN, "device_models": ["rram4"]}}, "'device_models' is a top-level key: move it above the first"),
+    ({"train": {**TRAIN, "device_models": ["rram4"]}}, "'device_models' is a top-level key: move it to the top level (in TOML, above the first"),
     ({"eval": {"seeds": [0, 1]}}, "'seeds' is a top-level key"),
     ({"eval": {"test_sigmas": "all"}}, "eval.test_sigmas"),
     ({"eval": {"bn_calibration_images": 1}}, "eval.bn_calibration_images"),
@@ -329,7 +329,8 @@ def test_a_device_the_model_cannot_run_is_a_spec_error(monkeypatch, tmp_path):
     import nvcim.models
 
     def with_conv1d(num_classes, in_channels, width, image_size):
-        return nn.Sequential(nn.Flatten(2), nn.Conv1d(in_channels, 4, 3), nn.Flatten(), nn.LazyLinear(num_classes))
+        return nn.Sequential(nn.Flatten(2), nn.Conv1d(in_channels, 4, 3), nn.Flatten(),
+                             nn.Linear(4 * (image_size * image_size - 2), num_classes))
 
     monkeypatch.setitem(nvcim.models.MODELS, "conv1d-net", with_conv1d)
     (tmp_path / "adc.toml").write_text("adc_bits = 6\n")

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 import nvcim.methods as methods
 from helpers import snapshot as _snapshot
@@ -234,7 +235,7 @@ def test_cli_exits_3_on_divergence(monkeypatch, tmp_path, capsys):
     # evaluating that checkpoint says it diverged and which weights it holds (a normal table with no word before)
     assert main(["eval", str(tmp_path / "d"), "--runs", "2", "--limit", "16"]) == 0
     err = capsys.readouterr().err
-    assert f"checkpoint {tmp_path / 'd'} diverged in training (non-finite loss): these are the initial weights" in err
+    assert f"checkpoint {tmp_path / 'd'} diverged in training (non-finite loss): its weights are the initial weights" in err
 
 
 # ---- config, files, presets -------------------------------------------------------------------------------
@@ -512,3 +513,16 @@ def test_cli_train_summary_marks_below_chance_with_the_data_sets_classes(monkeyp
     assert main(["train", "--model", "tiny", "--limit", "48", "--epochs", "1", "--quiet", "--num-threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "9.38 ± 1.00 (2 runs) *" in out and "* below chance (10 % for 10 classes)" in out
+
+
+def test_a_model_with_lazy_modules_is_one_line_before_anything(monkeypatch):
+    """LazyLinear has no weight shape until a forward: it crashed deep inside (one torch line before the output check,
+    a traceback after a whole training with it)."""
+    import nvcim.models
+    from nvcim.train import check_model_fits_data
+
+    monkeypatch.setitem(nvcim.models.MODELS, "lazy-net", lambda num_classes, in_channels, width, image_size: nn.Sequential(
+        nn.Flatten(), nn.LazyLinear(8), nn.ReLU(), nn.Linear(8, num_classes)))
+    with pytest.raises(ValueError) as err:
+        check_model_fits_data(TrainConfig(model="lazy-net", dataset="mnist5k"))
+    assert "\n" not in str(err.value) and "lazy modules" in str(err.value) and "'1' (LazyLinear)" in str(err.value)

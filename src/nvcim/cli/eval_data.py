@@ -78,9 +78,10 @@ def load_for_eval(ckpt: Path, *, dataset: str | None, data_root: str | None, spl
     base = checkpoint_device(ckpt, config, no_quantize)
     metrics = config.get("metrics") if isinstance(config.get("metrics"), dict) else {}
     if metrics.get("status") == "diverged":  # nvcim train kept the last finite weights: say which
-        kept = (f"epoch {metrics['best_epoch']}'s" if metrics.get("best_epoch") is not None else "the initial")
+        kept = (f"the best validated epoch's ({metrics['best_epoch']})" if metrics.get("best_epoch") is not None
+                else "the initial weights (no epoch was validated)")
         print(f"nvcim eval: warning: checkpoint {ckpt} diverged in training ({metrics.get('diverged_reason') or '?'}): "
-              f"these are {kept} weights, the last finite ones it validated", file=sys.stderr)
+              f"its weights are {kept}", file=sys.stderr)
 
     data_cfg = config.get("data") or {}
     if not isinstance(data_cfg, dict):

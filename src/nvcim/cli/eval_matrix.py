@@ -99,8 +99,9 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
                 try:
                     check_sliced_layers(noisy_modules(loaded.model) or selected_layers(loaded.model), device,
                                         loaded.model)
-                except ValueError as exc:
-                    raise ValueError(f"checkpoint {ck} under {name}: {exc}") from None
+                except ValueError as exc:  # the matrix keeps each checkpoint's digital layers (no --digital-layers)
+                    raise ValueError(f"checkpoint {ck} under {name}: {exc} (here: evaluate it alone with nvcim eval "
+                                     "--device-model ... --digital-layers, or retrain it with them)") from None
         rows.append((str(ck), loaded.dataset, loaded.model, loaded.split))
         adc_data.append(adc_calibration(args.adc_calibration, list(devices[i].values()), loaded.splits,
                                         args.split)[0])  # None: the evaluated images

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import fnmatch
 import functools
 import json
 import math
@@ -215,9 +216,10 @@ def _config_problem(config: Mapping) -> str | None:
         for key, ok, what, nullable in fields:
             if key in entry and not (ok(entry[key]) or (nullable and entry[key] is None)):
                 return f"{section}.{key}={entry[key]!r} is not {what}{' or null' if nullable else ''}"
-    digital = config.get("digital_layers")
-    if digital is not None and not (isinstance(digital, list) and all(isinstance(p, str) for p in digital)):
-        return f"digital_layers={digital!r} is not a list of layer-name patterns"
+    for key in ("digital_layers", "digital_layer_names"):
+        digital = config.get(key)
+        if digital is not None and not (isinstance(digital, list) and all(isinstance(p, str) for p in digital)):
+            return f"{key}={digital!r} is not a list of layer names or patterns"
     if config.get("device") is not None:
         try:
             DeviceConfig.from_dict(config["device"])
@@ -413,11 +415,27 @@ def load_checkpoint(path, map_location="cpu") -> tuple[nn.Module, dict]:
     except (RuntimeError, TypeError, ValueError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"checkpoint {path}: cannot load weights ({msg}): check map_location and the files") from None
-    if config.get("digital_layers"):  # trained with those layers digital: every device model leaves them exact
-        from nvcim.layers.noise import SelectionError, keep_digital_
-
-        try:
-            keep_digital_(model, config["digital_layers"])
-        except SelectionError as exc:
-            raise CheckpointError(f"checkpoint {path}: digital_layers: {exc}") from None
+    try:
+        keep_recorded_digital_(model, config)  # trained with those layers digital: every device model leaves them exact
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {path}: {exc}") from None
     return model, config
+
+
+def keep_recorded_digital_(model: nn.Module, config: Mapping) -> None:
+    """Keep the layers a checkpoint's config records as digital digital (`nvcim.keep_digital_`): by their names
+    ("digital_layer_names", written since 2026-12-03), else by its "digital_layers" patterns as nvcim matched them
+    when it wrote no names (a glob matched a layer's own name only, not the layers inside a matched one). A
+    ValueError (one line) when they name no layer of the model."""
+    from nvcim.layers.noise import SelectionError, keep_digital_, supported_layers
+
+    names, patterns = config.get("digital_layer_names"), config.get("digital_layers") or []
+    if names is None and patterns:
+        names = [n for n, _ in supported_layers(model)
+                 if any(fnmatch.fnmatchcase(n, p) if any(c in p for c in "*?[") else n == p or n.startswith(p + ".")
+                        for p in patterns)]
+    if names:
+        try:
+            keep_digital_(model, names, exact=True)
+        except SelectionError as exc:
+            raise ValueError(f"digital_layers: {exc}") from None

@@ -363,13 +363,10 @@ def read_conductance_map(path) -> tuple[nn.Module, dict]:
     except (RuntimeError, TypeError, ValueError) as exc:
         raise ConductanceMapError(f"conductance map {path}: its tensors do not fit model {spec['name']} "
                                   f"({str(exc).splitlines()[0]}): the files come from different exports") from None
-    if config.get("digital_layers"):  # the source kept them digital (exported exact): so does the model read back
-        from nvcim.layers.noise import SelectionError, keep_digital_
-
-        try:
-            keep_digital_(model, config["digital_layers"])
-        except (SelectionError, TypeError) as exc:
-            raise ConductanceMapError(f"conductance map {path}: digital_layers: {exc}") from None
+    try:  # the source kept them digital (exported exact): so does the model read back
+        checkpoint.keep_recorded_digital_(model, config)
+    except (ValueError, TypeError) as exc:
+        raise ConductanceMapError(f"conductance map {path}: {exc}") from None
     return model, config
 
 

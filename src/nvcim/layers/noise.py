@@ -123,13 +123,14 @@ def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if handlers.handler_for(m) is not None]
 
 
-def keep_digital_(model: nn.Module, patterns: Sequence[str]) -> nn.Module:
+def keep_digital_(model: nn.Module, patterns: Sequence[str], *, exact: bool = False) -> nn.Module:
     """Keep the layers that glob `patterns` name (and the layers in them) digital, in place: exact, off the
     crossbars, as chips commonly keep their first and last layers. Every later `apply_variation_` (training
     methods, Monte Carlo, write-verify...) leaves them alone; `nvcim train --digital-layers` records the
     patterns in the checkpoint, whose loader applies them again. Replaces earlier marks; () clears them.
     SelectionError (naming the layers there are) for a pattern that matches no layer nvcim can vary; ValueError
-    when the model already has variation applied (call it before)."""
+    when the model already has variation applied (call it before). exact: the entries are layer names, each
+    keeping that layer alone digital (`digital_layers(model)` of a model restores its marks exactly)."""
     if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
         raise TypeError(f"digital layers must be a list of glob patterns (e.g. ['features.0', 'classifier']), "
                         f"got {patterns!r}")
@@ -138,12 +139,13 @@ def keep_digital_(model: nn.Module, patterns: Sequence[str]) -> nn.Module:
                          "apply_variation_ (or call nvcim.remove_variation_ first)")
     layers = _layers(model)
     names = {n for n, _ in layers}
+    matches = (lambda n, p: n == p) if exact else (lambda n, p: _matches(n, p, names))
     for p in patterns:
-        if not any(_matches(n, p, names) for n in names):
-            raise SelectionError(f"digital layer pattern {p!r} matches no layer: the layers are "
-                                 f"{_names_list([n for n, _ in layers])}")
+        if not any(matches(n, p) for n in names):
+            raise SelectionError(f"digital layer {'name' if exact else 'pattern'} {p!r} matches no layer: the layers "
+                                 f"are {_names_list([n for n, _ in layers])}")
     for n, m in layers:
-        handlers.mark_digital(m, any(_matches(n, p, names) for p in patterns))
+        handlers.mark_digital(m, any(matches(n, p) for p in patterns))
     return model
 
 
@@ -170,7 +172,7 @@ def selected_layers(
             raise TypeError(f"{what} must be a list of glob patterns (e.g. ['features.*']), got {patterns!r}")
     candidates = supported_layers(model)
     names = [n for n, _ in candidates]
-    every = [n for n, _ in _layers(model)]  # kept digital too: a pattern naming one is no typo
+    every = {n for n, _ in _layers(model)}  # kept digital too: a pattern naming one is no typo
     if strict:
         if not candidates and digital_layers(model):
             raise SelectionError(f"every layer nvcim can vary is kept digital ({_names_list(digital_layers(model))}): "
@@ -187,7 +189,7 @@ def selected_layers(
                 if what == "include" and not any(_matches(n, p, every) for n in names):
                     raise SelectionError(f"include pattern {p!r} matches only layers kept digital "
                                          f"({_names_list(digital_layers(model))}): include other layers")
-    accept = _make_filter(filter, include, exclude, set(every))
+    accept = _make_filter(filter, include, exclude, every)
     chosen = [(n, m) for n, m in candidates if accept(n, m)]
     if strict and not chosen:
         raise SelectionError(f"the layer filter selects no layer: the layers are {_names_list(names)}")

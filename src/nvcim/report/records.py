@@ -174,7 +174,9 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                 "model": str(model or "unknown"),
                 "width": width,
                 "dataset": str(dataset or "unknown"),
-                "data_file": _data_sha256(data_cfg),  # an npz: data set's file (sha256) the model was trained on
+                # an npz: data set's file (sha256) the model was trained on, when it is the data set evaluated
+                "data_file": _data_sha256(data_cfg) if isinstance(data_cfg, dict) and data_cfg.get("name") == dataset
+                else None,
                 "method": method,
                 "method_params": method_cfg,
                 "beta": num(method_cfg.get("beta")) if searched == "beta" else None,

@@ -33,8 +33,8 @@ from nvcim.sweep.files import FAILED_FILE, RESULT_FILE, SCORE_FILE, cell_dir, li
 _SPLITS_CACHE: dict[tuple, Any] = {}
 
 
-def _splits(tc):
-    key = (tc.dataset, tc.data_root, tc.val_fraction, tc.limit, tc.data_seed)
+def _splits(tc, data_file: str | None = None):
+    key = (tc.dataset, tc.data_root, tc.val_fraction, tc.limit, tc.data_seed, data_file)
     if key not in _SPLITS_CACHE:
         if len(_SPLITS_CACHE) >= 2:
             _SPLITS_CACHE.clear()
@@ -271,7 +271,11 @@ def implausible_results(results) -> str | None:
 
 def _run_cell(cell: Cell, out: Path, d: Path, threads: int, t0: float, notes: list[str]) -> dict:
     tc = cell.train_config(cell.betas[0] if cell.betas else None)
-    splits = _splits(tc)
+    splits = _splits(tc, cell.data_file)
+    read = (splits.fingerprint or {}).get("sha256")
+    if cell.data_file and read != cell.data_file:  # edited since the sweep expanded its cells (or another copy)
+        raise ValueError(f"data set {cell.dataset}: the file read now (sha256 {str(read)[:12]}…) is not the one the "
+                         f"sweep was started with ({cell.data_file[:12]}…): restore it, or run the sweep again")
     dev = train.resolve_device(tc.device)
     ckpt = d / "checkpoint"
     beta_record = None

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from nvcim.core.config import DeviceConfig
-from nvcim.data import dataset_fingerprint
+from nvcim.data.npz import file_sha256, is_npz_name, npz_path
 from nvcim.io.device_models import list_device_models
 from nvcim.methods import METHODS, searched_param
 from nvcim.sweep.schema import TARGET_KEYS, SweepSpec
@@ -232,14 +232,23 @@ def expand(spec: SweepSpec) -> list[Cell]:
     return cells
 
 
+_SHA256: dict[tuple, str] = {}  # (resolved path, size, mtime) -> sha256: a spec is expanded several times a command
+
+
 def _data_file(dataset: str) -> str | None:
     """The sha256 of an npz: data set's file (so that a cell trained on another version of the file is stale), None
     for a registered data set or a file that cannot be read (the run's data check says so before any work)."""
+    if not is_npz_name(dataset):
+        return None
     try:
-        fingerprint = dataset_fingerprint(dataset)
+        path = npz_path(dataset).resolve()
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if key not in _SHA256:
+            _SHA256[key] = file_sha256(path)
+        return _SHA256[key]
     except (OSError, ValueError):
         return None
-    return None if fingerprint is None else fingerprint["sha256"]
 
 
 def _without_unused_adc_source(cell: Cell) -> Cell:

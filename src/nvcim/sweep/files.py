@@ -154,6 +154,36 @@ def definition_differences(have: Mapping, want: Mapping) -> list[str]:
     return sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
 
 
+def cell_differences(d: Path, have: Mapping, want: Mapping) -> list[str]:
+    """`definition_differences` of the cell in directory d: its recorded definition `have` against `want`. The sha256
+    of an npz: data set's file ("data_file") is judged by what the cell's checkpoints recorded they were trained on
+    (result.json, checkpoint/config.json, the β candidates' checkpoints) whenever they record it, so a cell whose
+    training read another version of the file differs even if its cell.json agrees, and one defined before cells
+    recorded the file does not when its checkpoints were trained on this one."""
+    keys = definition_differences(have, want)
+    trained_on = _recorded_data_files(d)
+    if want.get("data_file") is not None and trained_on:
+        keys = [k for k in keys if k != "data_file"]
+        if trained_on != {want["data_file"]}:
+            keys = sorted([*keys, "data_file"])
+    return keys
+
+
+def _recorded_data_files(d: Path) -> set[str]:
+    """The sha256 of every npz: file the checkpoints in cell directory d record they were trained on."""
+    found = set()
+    for path in [d / RESULT_FILE, *d.glob(f"**/checkpoint/{CHECKPOINT_CONFIG}")]:
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            config = payload["checkpoint_config"] if path.name == RESULT_FILE else payload
+            sha = config["data"]["file"]["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(sha, str):
+            found.add(sha)
+    return found
+
+
 def prepare_cell_dir(out_dir, cell: Cell, threads: int) -> Path:
     """Make the cell's directory ready to (re)run: remove nvcim's files of another definition's partial work
     (a user's own files there stay), drop temp leftovers, an old failed.json and an unreadable result.json, and
@@ -165,7 +195,7 @@ def prepare_cell_dir(out_dir, cell: Cell, threads: int) -> Path:
             have = json.loads((d / CELL_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             have = None
-        if not isinstance(have, dict) or definition_differences(have, want):
+        if not isinstance(have, dict) or cell_differences(d, have, want):
             remove_cell_files(d)
     d.mkdir(parents=True, exist_ok=True)
     _clean_temps(d)
@@ -188,7 +218,7 @@ def partial_work_of_other_threads(out: Path, cells: Sequence[Cell], threads: int
             continue
         if not isinstance(have, dict) or have.get("threads") == threads:
             continue
-        if not definition_differences({k: v for k, v in have.items() if k != "threads"}, c.to_dict()):
+        if not cell_differences(cell_dir(out, c.id), {k: v for k, v in have.items() if k != "threads"}, c.to_dict()):
             found.append((c.id, have.get("threads")))
     return found
 

@@ -29,7 +29,7 @@ from nvcim.io.files import atomic_write_text, check_output_path
 from nvcim.sweep.backends.registry import get_backend
 from nvcim.sweep.cells import Cell, expand, is_int
 from nvcim.sweep.files import (CELL_FILE, LOCK_FILE, RESULT_FILE, SPEC_JSON, cell_dir, cell_state,
-                               definition_differences, result_problem)
+                               cell_differences, result_problem)
 from nvcim.sweep.schema import SweepSpec
 
 
@@ -142,7 +142,8 @@ def _refuse_stale(out: Path, done: Sequence[Cell]) -> None:
     if stale:
         c, keys = stale[0]
         why = (f"its {CELL_FILE} is missing or unreadable" if keys == [UNDEFINED]
-               else f"trained on another version of {c.dataset.removeprefix('npz:')}" if keys == ["data_file"]
+               else f"trained on another version of {c.dataset.removeprefix('npz:')}"
+               + ("" if c.data_file else ", which cannot be read now") if keys == ["data_file"]
                else f"{', '.join(keys)} differ")
         raise ValueError(f"sweep output {out}: {len(stale)} finished cell(s) were made by another definition "
                          f"or by an unknown one (first: {c.id}, {why}), so their results may not match this spec: "
@@ -218,8 +219,7 @@ def stale_cells(out_dir, done: Sequence[Cell]) -> list[tuple[Cell, list[str]]]:
     """Finished cells whose recorded definition (cell.json, threads aside) differs from this spec's cell
     of the same id, with the differing keys: e.g. a vanilla cell tested at fewer σ before the grid grew.
     A finished cell without a readable cell.json is stale too, with the keys [UNDEFINED]. A cell of an npz: data
-    set whose file changed is stale ("data_file"); one defined before cells recorded the file is judged by the
-    file its checkpoint recorded (in its result)."""
+    set whose file changed is stale ("data_file", judged by what its checkpoint recorded: `cell_differences`)."""
     stale = []
     for c in done:
         try:
@@ -230,22 +230,10 @@ def stale_cells(out_dir, done: Sequence[Cell]) -> list[tuple[Cell, list[str]]]:
             stale.append((c, [UNDEFINED]))
             continue
         have.pop("threads", None)
-        keys = definition_differences(have, c.to_dict())
-        if keys == ["data_file"] and "data_file" not in have and _trained_on(out_dir, c) == c.data_file:
-            keys = []
+        keys = cell_differences(cell_dir(out_dir, c.id), have, c.to_dict())
         if keys:
             stale.append((c, keys))
     return stale
-
-
-def _trained_on(out_dir, cell: Cell) -> str | None:
-    """The sha256 of the npz: file a finished cell's checkpoint was trained on, as its result records it (None:
-    not recorded or unreadable)."""
-    try:
-        result = json.loads((cell_dir(out_dir, cell.id) / RESULT_FILE).read_text(encoding="utf-8"))
-        return result["checkpoint_config"]["data"]["file"]["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def _log_line(n: int, total: int, s: Mapping) -> str:

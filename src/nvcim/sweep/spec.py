@@ -126,8 +126,9 @@ def _top_level_hint(keys) -> str:
     """For unknown keys of a table that are top-level spec keys (TOML puts every key after a [table] header into
     that table): where to move them."""
     top = [k for k in keys if k in SPEC_KEYS]
-    return (f"; {', '.join(map(repr, top))} {'is a top-level key' if len(top) == 1 else 'are top-level keys'}: "
-            "move it above the first [table] header") if top else ""
+    one = len(top) == 1
+    return (f"; {', '.join(map(repr, top))} {'is a top-level key' if one else 'are top-level keys'}: move "
+            f"{'it' if one else 'them'} to the top level (in TOML, above the first [table] header)") if top else ""
 
 
 def _table_with_defaults(raw: Mapping, name: str, defaults: Mapping, where: str) -> dict:

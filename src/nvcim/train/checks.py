@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from torch.nn.parameter import is_lazy
 
+from nvcim.core.config import DeviceConfig
 from nvcim.io.checkpoint import is_checkpoint_dir, replaceable_problem
 from nvcim.data import dataset_info
 from nvcim.io.files import check_output_path
-from nvcim.core.config import DeviceConfig
 from nvcim.layers.noise import SelectionError, check_sliced_layers, keep_digital_, selected_layers
 from nvcim.models import create_model
 from nvcim.train.config import TrainConfig
@@ -81,6 +82,12 @@ def check_model_fits_data(cfg: TrainConfig, test_devices: Sequence[DeviceConfig]
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"model {cfg.model!r} does not fit dataset {cfg.dataset!r} ({info.in_channels} channels, "
                          f"{info.num_classes} classes, {info.image_size}x{info.image_size}): {msg}") from None
+    lazy = [f"{name!r} ({type(m).__name__})" for name, m in model.named_modules()
+            if any(is_lazy(p) for p in m.parameters(recurse=False))]
+    if lazy:  # shapes unknown until a forward: checkpoints, device draws and the optimizer need them when built
+        raise ValueError(f"model {cfg.model!r} has lazy modules, whose weights have no shape until a forward: "
+                         f"{', '.join(lazy[:3])}{', ...' if len(lazy) > 3 else ''}: give their input sizes "
+                         "(e.g. nn.Linear(in_features, ...))")
     if cfg.digital_layers:  # each pattern names a layer; not every layer digital (the method would vary none)
         try:
             keep_digital_(model, cfg.digital_layers)

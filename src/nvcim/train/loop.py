@@ -57,7 +57,7 @@ from nvcim.data import load_dataset
 from nvcim.evaluate import monte_carlo_evaluate
 from nvcim.methods import create_task, method_to_dict
 from nvcim.models import create_model
-from nvcim.layers.noise import keep_digital_, variation_disabled
+from nvcim.layers.noise import digital_layers, keep_digital_, variation_disabled
 from nvcim.train.checks import check_model_fits_data, check_model_output, check_out_dir, resolve_device
 from nvcim.train.config import TrainConfig
 
@@ -350,7 +350,8 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
             method=method_to_dict(mcfg),
             device=cfg.device_cfg().to_dict(),
             train=cfg.to_dict(),
-            **({"digital_layers": list(cfg.digital_layers)} if cfg.digital_layers else {}),
+            **({"digital_layers": list(cfg.digital_layers), "digital_layer_names": digital_layers(model)}
+               if cfg.digital_layers else {}),
             seed=cfg.seed,
             metrics=metrics,
         )
