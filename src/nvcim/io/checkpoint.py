@@ -5,7 +5,9 @@
                           num_batches_tracked); noise controllers are not part of it
       config.json         {"nvcim_version", "model": {name, num_classes, in_channels, width,
                           image_size, ...}, "data", "method", "device", "train", "seed",
-                          "metrics", "versions", "git_commit", "created", ...}
+                          "metrics", "versions", "git_commit", "created", ...; with layers kept
+                          digital: "digital_layers" (the patterns asked for) and
+                          "digital_layer_names" (the layers they selected)}
 
     save_checkpoint("runs/a", model, {"name": "vgg8", "num_classes": 10, "in_channels": 1},
                     method="ovf", device=cfg, seed=0, metrics={"mc_mean": 91.2})
@@ -374,7 +376,7 @@ def read_checkpoint_weights(path) -> dict[str, torch.Tensor]:
 def load_checkpoint(path, map_location="cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model from config.json via create_model and load its weights (strict).
 
-    Returns (model, config); the model is on `map_location`, with the layers config["digital_layers"] names kept
+    Returns (model, config); the model is on `map_location`, with the layers the config records as digital kept
     digital (`nvcim.keep_digital_`), in train mode like a fresh model
     (call .eval() for inference), and keeps the saved floating dtype (float16 / bfloat16 included;
     `nvcim eval` evaluates such a model in float32). Floating-point weights stored as integers are
