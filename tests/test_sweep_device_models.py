@@ -170,10 +170,11 @@ def test_adc_calibration_train_calibrates_each_chip_on_training_images(tmp_path)
     rs = scan_results(tmp_path / "out")  # an arm of its own in reports
     assert [r["label"] for r in rs.records] == ["vanilla [adc.toml] (ADC ranges from train images)"]
     # a cell whose device calibrates nothing keeps its definition (finished cells of a gaussian column stay valid)
-    both = expand(validate_spec(spec_of(device_models=["gaussian", str(tmp_path / "adc.toml")],
+    vgg = {"models": ["vgg8"], "width": 0.125}  # (tiny's grouped convolution cannot run the ADC: refused up front)
+    both = expand(validate_spec(spec_of(**vgg, device_models=["gaussian", str(tmp_path / "adc.toml")],
                                         eval={"runs": 2, "adc_calibration": "train"})))
     assert [("adc_calibration" in c.eval) for c in both] == [False, True]
-    plain = expand(validate_spec(spec_of(device_models=["gaussian"], eval={"runs": 2})))
+    plain = expand(validate_spec(spec_of(**vgg, device_models=["gaussian"], eval={"runs": 2})))
     assert both[0] == plain[0]
     with pytest.raises(ValueError, match="no cell's device has a calibrated ADC clip"):
         expand(validate_spec(spec_of(eval={"runs": 2, "adc_calibration": "train"})))
