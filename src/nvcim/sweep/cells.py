@@ -84,7 +84,6 @@ class Cell:
     device: dict | None = None  # with the axis: the DeviceConfig the cell is tested under (σ: the training σ)
     data_file: str | None = None  # an npz: data set's file content (sha256) when the cell was defined; None: other data
 
-
     def to_dict(self) -> dict:
         """The cell's definition (cell.json); without a device-model axis exactly as before the axis existed."""
         d = dataclasses.asdict(self)

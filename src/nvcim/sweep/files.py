@@ -161,8 +161,8 @@ def cell_differences(d: Path, have: Mapping, want: Mapping) -> list[str]:
     training read another version of the file differs even if its cell.json agrees, and one defined before cells
     recorded the file does not when its checkpoints were trained on this one."""
     keys = definition_differences(have, want)
-    trained_on = _recorded_data_files(d)
-    if want.get("data_file") is not None and trained_on:
+    trained_on = _recorded_data_files(d) if want.get("data_file") is not None else set()  # other data: not read
+    if trained_on:
         keys = [k for k in keys if k != "data_file"]
         if trained_on != {want["data_file"]}:
             keys = sorted([*keys, "data_file"])

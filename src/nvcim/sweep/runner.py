@@ -28,7 +28,7 @@ from nvcim.evaluate import write_results_json
 from nvcim.io.files import atomic_write_text, check_output_path
 from nvcim.sweep.backends.registry import get_backend
 from nvcim.sweep.cells import Cell, expand, is_int
-from nvcim.sweep.files import (CELL_FILE, LOCK_FILE, RESULT_FILE, SPEC_JSON, cell_dir, cell_state,
+from nvcim.sweep.files import (CELL_FILE, LOCK_FILE, SPEC_JSON, cell_dir, cell_state,
                                cell_differences, result_problem)
 from nvcim.sweep.schema import SweepSpec
 
