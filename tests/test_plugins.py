@@ -213,6 +213,8 @@ def test_the_device_matrix_refuses_a_column_the_model_cannot_run_before_any_cell
 @pytest.mark.parametrize("body, text", [
     ("return (self.net(x), x)", "returns a tuple, not a tensor of logits"),
     ("return self.net(x)[:, :2]", "returns shape [2, 2] for 2 images"),
+    ("return (self.net(x), x) if self.training else self.net(x)",
+     "returns a tuple in training mode (e.g. auxiliary outputs), not a tensor of logits"),
 ])
 def test_a_model_whose_output_is_no_logits_is_one_line_before_training(tmp_path, body, text):
     """A user's forward returning a tuple, or fewer classes than the data set has, crashed inside the loss (IndexError /

@@ -526,3 +526,24 @@ def test_a_model_with_lazy_modules_is_one_line_before_anything(monkeypatch):
     with pytest.raises(ValueError) as err:
         check_model_fits_data(TrainConfig(model="lazy-net", dataset="mnist5k"))
     assert "\n" not in str(err.value) and "lazy modules" in str(err.value) and "'1' (LazyLinear)" in str(err.value)
+
+
+def test_the_output_check_leaves_no_trace_in_the_model_or_the_random_streams():
+    """check_model_output runs the model in training mode too (a tuple of auxiliary outputs only while training was
+    missed): that forward must not move BatchNorm statistics, parameters, the mode or the generator dropout draws
+    from, or the checked training would differ from an unchecked one."""
+    from nvcim.train.checks import check_model_output
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(4 * 6 * 6, 10))
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 1, 8, 8)
+    rng = torch.get_rng_state()
+    check_model_output(model, x, 10, TrainConfig(model="vgg8", dataset="mnist5k"))
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert not model.training
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert int(after["1.num_batches_tracked"]) == 0

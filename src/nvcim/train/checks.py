@@ -103,21 +103,32 @@ def check_model_fits_data(cfg: TrainConfig, test_devices: Sequence[DeviceConfig]
 
 
 def check_model_output(model: torch.nn.Module, x: torch.Tensor, num_classes: int, cfg: TrainConfig) -> None:
-    """Raise a one-line ValueError unless `model` (eval mode, no gradients, state unchanged) maps a batch of the data
-    set's images x [B, C, H, W] to one tensor of logits [B, num_classes]: a user's model returning a tuple or the
-    wrong number of classes failed inside the loss with a traceback."""
+    """Raise a one-line ValueError unless `model` maps a batch of the data set's images x [B, C, H, W] to one tensor
+    of logits [B, num_classes], in eval mode and in training mode (a model with auxiliary outputs while training,
+    Inception-style, returns a tuple only then): a user's model returning a tuple or the wrong number of classes
+    failed inside the loss with a traceback. Leaves no trace: no gradients, the model's mode, parameters and buffers
+    (BatchNorm statistics) and the random number generators (dropout) are as they were."""
     was_training = model.training
-    model.eval()
+    state = [(t, t.clone()) for t in (*model.parameters(), *model.buffers())]
+    devices = [x.device] if x.device.type == "cuda" else []
     try:
-        with torch.no_grad():
-            out = model(x)
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            for training in (False, True):
+                _check_logits(model.train(training)(x), training, x.shape[0], num_classes, cfg)
     finally:
         model.train(was_training)
+        with torch.no_grad():
+            for t, saved in state:
+                t.copy_(saved)
+
+
+def _check_logits(out, training: bool, batch: int, num_classes: int, cfg: TrainConfig) -> None:
+    """`check_model_output` of one forward's output."""
+    mode = " in training mode (e.g. auxiliary outputs)" if training else ""
     if not isinstance(out, torch.Tensor):
-        raise ValueError(f"model {cfg.model!r} returns a {type(out).__name__}, not a tensor of logits [batch, classes]: "
-                         "make its forward return the logits alone")
-    if tuple(out.shape) != (x.shape[0], num_classes):
-        raise ValueError(f"model {cfg.model!r} returns shape {list(out.shape)} for {x.shape[0]} images of dataset "
+        raise ValueError(f"model {cfg.model!r} returns a {type(out).__name__}{mode}, not a tensor of logits "
+                         "[batch, classes]: make its forward return the logits alone")
+    if tuple(out.shape) != (batch, num_classes):
+        raise ValueError(f"model {cfg.model!r} returns shape {list(out.shape)}{mode} for {batch} images of dataset "
                          f"{cfg.dataset!r}: logits must be [batch, {num_classes}] ({num_classes} classes; a registered "
                          "builder gets num_classes)")
-
