@@ -75,3 +75,19 @@ def test_plausible_or_old_results_have_no_marks_nor_warning(tmp_path, capsys):
     assert "implausible" not in capsys.readouterr().err
     md = (root / "report" / "report.md").read_text()
     assert "Marks: " not in md and " *" not in _section(md, "top-1 accuracy")
+
+
+def test_robustness_curves_of_the_same_label_and_seed_get_columns_told_apart(tmp_path, capsys):
+    """Two curves of one label and seed (the same model in two sweeps, a checkpoint and its import) had identical
+    column headers in the curve table and identical legend entries."""
+    for sweep, sigmas in (("beta200", (0.3, 0.35)), ("beta200_grid", (0.2, 0.4))):
+        write(tmp_path / sweep / "cells" / "c" / "result.json",
+              mc_eval("vanilla", 0.3, 0, [mc_result(s, [50.0, 52.0]) for s in sigmas]))
+    write(tmp_path / "single" / "a.json", mc_eval("ovf", 0.3, 1, [mc_result(s, [60.0, 62.0]) for s in (0.2, 0.3)]))
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    curve = _section((tmp_path / "out" / "report.md").read_text(), "robustness curves (accuracy")
+    header = next(line for line in curve.splitlines() if line.startswith("| test σ"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert len(set(cols)) == len(cols), cols
+    assert any(c.endswith("seed 0 [beta200]") for c in cols) and any(c.endswith("seed 0 [beta200_grid]") for c in cols)
+    assert any(c.endswith("seed 1") for c in cols)  # a name of its own keeps it as it was

@@ -13,6 +13,8 @@ gets no "paper" value and no dashed curve.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import PurePath
 from typing import Any, Sequence
 
 import numpy as np
@@ -229,7 +231,24 @@ def robustness_curves(records: Sequence[dict]) -> list[dict]:
         curves.append({"file": f, "group": group_key(r0), "label": r0["label"], "method": r0["method"],
                        "name": name, "train_sigma": r0["train_sigma"], "sigma_specific": specific,
                        "records": recs})
+    _distinguish_names(curves)
     return curves
+
+
+def _distinguish_names(curves: list[dict]) -> None:
+    """Curves of one group that would share a name (the same label and seed from two sweeps, a checkpoint and its
+    import) get the first part of their file's path that differs, e.g. "vanilla, seed 0 [beta200]": a table's
+    columns and a figure's legend must tell them apart."""
+    by_name: dict[tuple, list[dict]] = {}
+    for c in curves:
+        by_name.setdefault((c["group"], c["name"]), []).append(c)
+    for same in by_name.values():
+        if len(same) < 2:
+            continue
+        common = os.path.commonpath([os.path.abspath(c["file"]) for c in same])
+        for c in same:
+            first = PurePath(os.path.relpath(os.path.abspath(c["file"]), common)).parts[0]
+            c["name"] += f" [{first.removesuffix('.json')}]"
 
 
 def runs_note(pts: list[dict]) -> str:
