@@ -730,3 +730,28 @@ def test_a_ci_over_two_seeds_stays_within_0_100(tmp_path):
     half = 12.706204736174707 * np.std([99.6, 90.5], ddof=1) / math.sqrt(2)
     assert p["mean"] + half > 100 and p["mean"] - half > 0  # the case this test is about
     assert p["ci95"] == [pytest.approx(p["mean"] - half), 100.0]
+
+
+def test_two_devices_of_one_device_model_name_are_not_pooled(tmp_path, capsys):
+    """Two sweeps whose device-model files share a name (both mychip.toml) but not their fields were one arm: the
+    report averaged a mild and a 20 %-stuck device as two seeds of it, silently, and never said what the name set."""
+    root = tmp_path / "r"
+    for seed, (sweep, device, acc) in enumerate((("a", {"read_sigma": 0.01}, 80.0),
+                                                ("b", {"stuck_at": [0.2, 0.2]}, 10.0))):
+        d = mc_eval("ovf", 0.3, seed, [mc_result(0.3, [acc, acc])], cell={"id": "c", "device_model": "mychip.toml"})
+        d["device_config"] = {"sigma": 0.3, **device}
+        write(root / sweep / "result.json", d)
+    d = mc_eval("ovf", 0.3, 2, [mc_result(0.3, [70.0, 70.0])], cell={"id": "g", "device_model": "rram4"})
+    d["device_config"] = {"sigma": 0.3, "variation": "weight_band", "variation_options": {"S": 4.0}}
+    write(root / "c" / "result.json", d)
+    rs = scan_results(root)
+    err = capsys.readouterr().err
+    points = matched_points(rs.records)
+    assert sorted((p["label"], p["n_seeds"], p["mean"]) for p in points) == [
+        ("OVF [mychip.toml: read_sigma=0.01]", 1, 80.0), ("OVF [mychip.toml: stuck_at=[0.2, 0.2]]", 1, 10.0),
+        ("OVF [rram4]", 1, 70.0)]
+    assert "device model mychip.toml: results under 2 different devices" in err
+    assert main(["report", str(root), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    import re
+    assert re.search(r"\| rram4 +\| weight_band S=4 +\|", md) and "## Device models of the arms" in md

@@ -185,6 +185,7 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                 "label_override": str(label_override) if label_override else None,
                 "device_model": (str(cell["device_model"]) if cell.get("device_model")
                                  else device_description(eval_device)),
+                "device_detail": device_description(eval_device) or "gaussian",  # what the device model sets
                 # trained and evaluated on the paper's i.i.d. Gaussian device: only then comparable with its figures
                 "gaussian_device": device_description(eval_device) is None
                                    and device_description(device_cfg if isinstance(device_cfg, dict) else {}) is None,
@@ -311,9 +312,10 @@ def scan_results(path, skip_bad: bool = False, warn=None) -> ResultSet:
                 raise
             warn(f"skipping {e}")
             rs.skipped.append((str(f), "malformed mc_eval"))
+    device_msgs = _split_device_models(rs.records + rs.verify_records)
     assign_labels(rs.records, rs.verify_records)
     _label_verify_records(rs.verify_records, rs.records)
-    for msg in _model_conflicts(rs.records) + _data_file_conflicts(rs.records):
+    for msg in device_msgs + _model_conflicts(rs.records) + _data_file_conflicts(rs.records):
         warn(msg)
     return rs
 
@@ -393,6 +395,29 @@ def _model_conflicts(records: Sequence[dict]) -> list[str]:
                         f"({r['label']}, σ_d {fmt_param(r['test_sigma'])}, seed {r['seed']}): the report keeps "
                         "one model per seed (most chips, then the last file); report them separately")
     return msgs
+
+
+def _split_device_models(records: Sequence[dict]) -> list[str]:
+    """Records of one device-model name whose devices differ (two sweeps' files of the same name, e.g. both
+    mychip.toml, or a file edited between runs) become arms of their own, "NAME: what it sets", instead of one
+    arm pooling both devices' seeds; a message for each such name."""
+    details: dict[str, dict[str, None]] = {}
+    for r in records:
+        if r.get("device_model"):
+            details.setdefault(r["device_model"], {})[r["device_detail"]] = None
+    split = {name: list(d) for name, d in details.items() if len(d) > 1}
+    for r in records:
+        if r.get("device_model") in split:
+            r["device_model"] = f"{r['device_model']}: {r['device_detail']}"
+    return [f"device model {name}: results under {len(d)} different devices ({'; '.join(d)}): reported as separate "
+            f"arms '{name}: …'; give different devices different names" for name, d in split.items()]
+
+
+def device_models_table(records: Sequence[dict]):
+    """[(device model as the arms name it, what it sets)] of the records' device models, or [] when none."""
+    seen = {r["device_model"]: r["device_detail"] for r in records
+            if r.get("device_model") and r["device_model"] != r["device_detail"]}  # a name, not the fields themselves
+    return sorted(seen.items())
 
 
 def _data_file_conflicts(records: Sequence[dict]) -> list[str]:

@@ -28,7 +28,7 @@ from nvcim.report.matrix import (fig_matrix, matrix_arm_means, matrix_arms_csv, 
 from nvcim.report.owned import check_own
 from nvcim.report.paired import PAIRED_COLUMNS, csv_row, paired_comparisons
 from nvcim.report.points import matched_points, robustness_curves, verify_curves
-from nvcim.report.records import ResultSet
+from nvcim.report.records import ResultSet, device_models_table
 from nvcim.writeverify import CycleModel
 from nvcim.report.tables import (Table, acc_table, conv_table, curve_table, ekl_table, headline_table,
                                  paired_table, paper_ekl_table, search_tables, verify_cost_table, verify_table,
@@ -211,6 +211,11 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None,
             mpaired.append((f, matrix_paired(rec)))
             mtables.append(matrix_paired_table(mpaired[-1][1], f"Device-model matrix, paired differences by seed ({f})"))
         sections.append(("Device models", [t for t in mtables if t is not None], F.items[n0:]))
+    devices = device_models_table(rs.records + rs.verify_records)
+    if devices:  # what each " [NAME]" of an arm's label stands for
+        sections.insert(0, ("Device models of the arms", [Table("Device models: what each arm's [name] sets",
+                                                                ["device model", "device fields (σ per arm)"],
+                                                                [list(d) for d in devices])], []))
     failures = Table("Failed sweep cells", ["cell", "error", "file"],
                      [[f["cell_id"], f["error"], f["file"]] for f in rs.failures]) if rs.failures else None
     # the paper's published EKL: only beside results of a setting the paper has (not a user's own model or data)
