@@ -39,6 +39,9 @@ def _spec_record(d: Path) -> dict | None:
         raise ValueError(f"{f} is not a sweep spec record ({exc}): choose another directory") from None
 
 
+_FILE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip", ".gz", ".json")  # not a directory's name
+
+
 def _spec_files(d: Path) -> list[Path]:
     """spec.json and the spec's text copies (spec.toml, spec.yaml, ...) of a sweep directory."""
     return sorted(p for p in d.glob("spec.*") if p.is_file())
@@ -71,6 +74,9 @@ def _check_pair(src: Path, dst: Path, action: str) -> None:
         raise ValueError(f"{src} has no {SPEC_JSON}: give a sweep directory (nvcim sweep --out) or an archive")
     if dst.exists() and not dst.is_dir():
         raise ValueError(f"{dst} is a file: give a directory")
+    if action == "save" and not dst.exists() and dst.name.lower().endswith(_FILE_SUFFIXES):
+        raise ValueError(f"{dst} names a file ({dst.name}), but an archive is a directory of JSON files (commit it, "
+                         f"or pack it yourself): give a directory, e.g. {dst.parent / dst.name.split('.')[0]}")
     other = _spec_record(dst) if dst.is_dir() else None
     if other is None and dst.is_dir() and any(p.name != LOCK_FILE for p in dst.iterdir()):
         raise ValueError(f"{dst} is not empty and has no {SPEC_JSON}, so it is neither an archive nor a sweep "
@@ -124,8 +130,8 @@ def copy_results(src, dst, action: str) -> tuple[int, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("action", choices=("save", "restore"))
-    p.add_argument("source", help="save: the sweep directory; restore: the archive")
-    p.add_argument("dest", help="save: the archive; restore: the sweep directory")
+    p.add_argument("source", help="save: the sweep directory; restore: the archive (a directory)")
+    p.add_argument("dest", help="save: the archive, a directory; restore: the sweep directory")
     args = p.parse_args(argv)
     try:
         if args.action == "restore":  # not into a sweep that is running there

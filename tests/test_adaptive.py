@@ -312,3 +312,11 @@ def test_report_pools_the_tails_from_full_set_chips_only(data, tmp_path):
     assert rec["per_run_accuracy"] == res.per_run_accuracy  # the full-set chips, never the 10-image ones
     point = matched_points([{**rec, "label": "x"}])[0]
     assert point["n_chips"] == res.full_set_chips and point["p1"] == pytest.approx(res.p1)
+
+
+def test_more_images_per_chip_than_the_test_set_is_said(data):
+    """images_per_chip above the test set's size was cut to it without a word (the result records the cut value)."""
+    n = int(data[1].numel())
+    with pytest.warns(RuntimeWarning, match=rf"images_per_chip={n + 1} is more than the {n} test images"):
+        res = monte_carlo_evaluate(_model(), data, CFG, target_ci=3.0, images_per_chip=n + 1, seed=0)
+    assert res.images_per_chip == n

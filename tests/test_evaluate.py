@@ -346,6 +346,13 @@ def test_cli_bad_inputs_exit_2(tmp_path, capsys, extra):
     assert len(err.strip().splitlines()) == 1 and "error" in err
 
 
+def test_cli_a_repeated_verify_fraction_is_refused(tmp_path, capsys):
+    """--verify-fractions 0.1,0.1 evaluated the same fraction twice (device models and σ lists refuse repeats)."""
+    rc, _, err = _cli(["eval", str(tmp_path), "--verify-fractions", "0,0.1,0.1"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "--verify-fractions 0.1 is invalid" in err
+    assert "each once" in err
+
+
 def test_cli_missing_checkpoint(tmp_path, capsys):
     rc, _, err = _cli(["eval", str(tmp_path / "nope"), "--runs", "4"], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "does not exist" in err

@@ -158,3 +158,12 @@ def test_a_refusal_writes_nothing_even_when_found_late(swept, tmp_path):
     before = tree(archive)
     r = script("save", out, archive)
     assert r.returncode == 2 and "is not a file" in r.stderr and tree(archive) == before
+
+
+def test_save_to_a_file_name_is_refused(swept, tmp_path):
+    """`save DIR arch.tar.gz` wrote a directory named arch.tar.gz (README and usage said "ARCHIVE")."""
+    _, out = swept
+    r = script("save", out, tmp_path / "arch.tar.gz")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "an archive is a directory" in r.stderr and str(tmp_path / "arch") in r.stderr
+    assert not (tmp_path / "arch.tar.gz").exists()

@@ -292,9 +292,9 @@ def run(args: argparse.Namespace) -> int:
         if not fr:
             raise ValueError(f"--verify-fractions {args.verify_fractions!r} lists no value: give e.g. 0,0.05,0.2")
         fractions = [_number("--verify-fractions", f) for f in fr]
-        bad = [f for f in fractions if not 0 <= f <= 1]
+        bad = [f for f in fractions if not 0 <= f <= 1] or [f for i, f in enumerate(fractions) if f in fractions[:i]]
         if bad:
-            raise ValueError(f"--verify-fractions {bad[0]:g} is invalid: fractions are in [0, 1]")
+            raise ValueError(f"--verify-fractions {bad[0]:g} is invalid: fractions are in [0, 1], each once")
         if args.curve or (args.sigmas is not None and len([s for s in args.sigmas.split(",") if s.strip()]) != 1):
             raise ValueError("--verify-fractions evaluates at one σ: use --sigma S (or the training σ), not --curve/--sigmas")
         if args.recalibrate_bn_per_chip is not None:

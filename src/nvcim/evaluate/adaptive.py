@@ -399,6 +399,9 @@ def target_precision(model: nn.Module, batches, cfg: DeviceConfig, seed: int, ta
                                    max_chips, image_var)
         else:
             images = min(int(images_per_chip), n)
+            if images < int(images_per_chip):
+                warnings.warn(f"nvcim: images_per_chip={images_per_chip} is more than the {n} test images: each chip "
+                              f"scores all {n}", RuntimeWarning, stacklevel=4)
         n0 = first_stage_chips(float(subset_variance(pilot_accuracy, n, images, image_var)), target, max_chips)
         parts: list[tuple[Accumulator, np.ndarray]] = []
 
