@@ -171,3 +171,16 @@ def test_vanilla_pairs_with_a_method_whatever_sigma_it_was_trained_at_and_twins_
     digital = [{**i, "digital_layers": d} for i, d in zip(twins, [[], [], ["fc"], ["fc"]])]  # said: other arms
     rows = matrix_paired(_matrix(digital, [[1, 1], [2, 2], [3, 3], [5, 5]]))
     assert {(r["arm_a"], r["arm_b"]) for r in rows} == {("OVF (digital: fc)", "OVF (all analog)")}
+
+
+def test_the_matrix_table_says_what_each_device_models_name_sets():
+    """The matrix table and heat map named a column only by the file given (mychip.toml): what it simulated was
+    in the JSON alone."""
+    from nvcim.report.matrix import matrix_table
+
+    rec = DeviceMatrixFile(checkpoints=["ck0"], datasets=["d"], device_models=["gaussian", "mychip.toml"],
+                           cells=[[{"device_config": {"sigma": 0.3}, "result": _res(50)},
+                                   {"device_config": {"sigma": 0.3, "stuck_at": [0.1, 0.0]}, "result": _res(40)}]],
+                           sigma=0.3, runs=2, seed=0)
+    note = matrix_table(rec).note
+    assert "device models: mychip.toml = stuck_at=[0.1, 0.0]" in note and "gaussian =" not in note

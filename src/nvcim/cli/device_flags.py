@@ -75,9 +75,9 @@ def refuse_conflicts(spec: str, fields: Mapping[str, Any], asked: Mapping[str, t
 
 def device_label(spec: str | None, device: Any) -> str:
     """What the device is, for printed headers and summaries: the model's name (when one was given) and the
-    report's short description of the device (`nvcim.report.records.device_description`), e.g.
+    report's short description of the device (`nvcim.report.labels.device_description`), e.g.
     "rram4 (weight_band S=4)", "r4s.toml (weight_band S=4, stuck_at=[0.01, 0.02])", "gaussian"."""
-    from nvcim.report.records import device_description
+    from nvcim.report.labels import device_description
 
     what = device_description(device if isinstance(device, Mapping) else device.to_dict())
     if spec is None:

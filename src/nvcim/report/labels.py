@@ -29,6 +29,23 @@ RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "schedule", "weight_de
 _PARAM_SYMBOL = {"beta": "β", "n_variational": "N", "logit_scale": "scale", "delta_sigma": "Δσ"}
 
 
+# DeviceConfig fields that say how the devices behave (σ, bits and the sampling path aside)
+_DEVICE_KEYS = ("stuck_at", "read_sigma", "drift_time", "drift_nu", "drift_compensation", "adc_bits", "tile_rows",
+                "input_bits", "adc_readout", "adc_clip", "adc_calibration_images")
+
+
+def device_description(device: Mapping[str, Any]) -> str | None:
+    """A short name for a result's device when it is not the paper's i.i.d. Gaussian one (e.g. "weight_band S=4,
+    stuck_at=[0.0175, 0.0904]"), else None: such results are arms of their own (`nvcim eval --device-model`)."""
+    parts = []
+    variation = device.get("variation") or "gaussian"
+    if variation != "gaussian":
+        opts = device.get("variation_options") or {}
+        parts.append(variation + "".join(f" {k}={fmt_param(v)}" for k, v in sorted(opts.items())))
+    parts += [f"{k}={fmt_param(device[k])}" for k in _DEVICE_KEYS if device.get(k) is not None and k in device]
+    return ", ".join(parts) or None
+
+
 def base_label(method: str, params: dict) -> str:
     """The method's own label for these parameters (`Method.describe`); an unregistered method's name."""
     traits = method_traits(method)

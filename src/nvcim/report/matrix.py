@@ -29,7 +29,7 @@ from nvcim.io.files import atomic_write_bytes
 from nvcim.report.common import fmt_num, fmt_sigma, label_sort_key, method_traits
 from nvcim.report.figures import Figures, pyplot
 from nvcim.report.flags import Marks
-from nvcim.report.labels import base_label, recipe_words
+from nvcim.report.labels import base_label, device_description, recipe_words
 from nvcim.report.paired import paired_t, reading
 from nvcim.report.tables import Table
 
@@ -57,6 +57,10 @@ def matrix_table(rec: DeviceMatrixFile, title: str = "Device-model matrix") -> T
     sigma = "each checkpoint's training σ" if rec.sigma is None else f"σ_d = {rec.sigma:g}"
     note = (f"mean accuracy % [95 % CI of the mean] and 5th percentile over {rec.runs} chips per cell, {sigma}; "
             f"every cell uses the chip seeds from {rec.seed} (common random numbers)")
+    named = [f"{dm} = {what}" for j, dm in enumerate(rec.device_models) if rec.cells and (what := device_description(
+        rec.cells[0][j].get("device_config") or {}) or "gaussian") != dm]  # what each column's name sets
+    if named:
+        note += f"; device models: {'; '.join(named)}"
     if rec.adc_calibration:  # columns with a calibrated ADC clip: where each chip's ranges came from
         note += f"; calibrated ADC clips measured on the {rec.adc_calibration.get('split', '?')} split's first images"
     return Table(title, ["checkpoint", *rec.device_models], rows, note, legend=marks.legend())

@@ -29,7 +29,8 @@ from nvcim.evaluate import t_quantile
 from nvcim.evaluate.files import (KINDS, DeviceMatrixFile, EvaluationFile, FailedCellFile, WriteVerifyFile,
                                   parse_result)
 from nvcim.report.common import fmt_param, group_key, method_traits, num, sigma_key, sigma_specific
-from nvcim.report.labels import RECIPE_KEYS, assign_labels, base_label, evaluation_suffix, recipe_suffix
+from nvcim.report.labels import (RECIPE_KEYS, assign_labels, base_label, device_description, evaluation_suffix,
+                                 recipe_suffix)
 
 KNOWN_KINDS = KINDS
 
@@ -66,23 +67,6 @@ def training_history(metrics: Any) -> list[dict]:
         return []
     rows = [{k: num(h.get(k)) for k in HISTORY_KEYS} for h in history if isinstance(h, dict)]
     return [h for h in rows if h["epoch"] is not None]
-
-
-# DeviceConfig fields that say how the devices behave (σ, bits and the sampling path aside)
-_DEVICE_KEYS = ("stuck_at", "read_sigma", "drift_time", "drift_nu", "drift_compensation", "adc_bits", "tile_rows",
-                "input_bits", "adc_readout", "adc_clip", "adc_calibration_images")
-
-
-def device_description(device: Mapping[str, Any]) -> str | None:
-    """A short name for a result's device when it is not the paper's i.i.d. Gaussian one (e.g. "weight_band S=4,
-    stuck_at=[0.0175, 0.0904]"), else None: such results are arms of their own (`nvcim eval --device-model`)."""
-    parts = []
-    variation = device.get("variation") or "gaussian"
-    if variation != "gaussian":
-        opts = device.get("variation_options") or {}
-        parts.append(variation + "".join(f" {k}={fmt_param(v)}" for k, v in sorted(opts.items())))
-    parts += [f"{k}={fmt_param(device[k])}" for k in _DEVICE_KEYS if device.get(k) is not None and k in device]
-    return ", ".join(parts) or None
 
 
 _ACCURACIES = ("mean", "p1", "p5", "p10", "min", "max", "clean_accuracy", "quantized_accuracy")
