@@ -74,7 +74,7 @@ def _check_pair(src: Path, dst: Path, action: str) -> None:
         raise ValueError(f"{src} has no {SPEC_JSON}: give a sweep directory (nvcim sweep --out) or an archive")
     if dst.exists() and not dst.is_dir():
         raise ValueError(f"{dst} is a file: give a directory")
-    if action == "save" and not dst.exists() and dst.name.lower().endswith(_FILE_SUFFIXES):
+    if action == "save" and not dst.exists() and dst.name.lower().endswith(_FILE_SUFFIXES) and dst.name.split(".")[0]:
         raise ValueError(f"{dst} names a file ({dst.name}), but an archive is a directory of JSON files (commit it, "
                          f"or pack it yourself): give a directory, e.g. {dst.parent / dst.name.split('.')[0]}")
     other = _spec_record(dst) if dst.is_dir() else None

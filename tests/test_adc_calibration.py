@@ -124,7 +124,7 @@ def test_calibrated_clip_is_closer_to_the_ideal_adc_than_full_scale():
             if clip == "calibrated":
                 nvcim.calibrate_adc_(layer, x)
             y = _out(layer, x)
-        with nvcim.device_variation(layer, cfg.replace(adc_bits=None, adc_clip="full_scale", input_bits=None, tile_rows=128,
+        with nvcim.device_variation(layer, cfg.replace(adc_bits=None, adc_clip="full_scale", input_bits=None,
                                                        sampling="device")):
             nvcim.program_chip_(layer, seed=0)
             ideal = _out(layer, x)

@@ -264,3 +264,20 @@ def test_a_files_variation_option_adds_to_its_presets(tmp_path):
     cfg = device_model(str(f), defaults={"sigma": 0.3})
     assert cfg.variation == "level_dependent"
     assert cfg.variation_options == {"multipliers": (1.0, 4.0, 4.0, 1.0), "normalize": False}
+
+
+def test_a_device_file_tiling_without_an_adc_is_refused(tmp_path, capsys):
+    """tile_rows alone changes nothing (exact partial sums add up the same in any tiling): such a file was accepted,
+    named in the header, and simulated nothing. Recorded configs with it still load (a checkpoint written before)."""
+    from nvcim.core.config import DeviceConfig
+    from nvcim.io.device_models import device_model_fields
+
+    f = tmp_path / "t.toml"
+    f.write_text("tile_rows = 64\n")
+    with pytest.raises(ValueError, match=r"t.toml: tile_rows = 64 tiles nothing without an ADC.*set adc_bits"):
+        device_model(str(f))
+    with pytest.raises(ValueError, match="tiles nothing"):
+        device_model_fields(str(f))  # a sweep's device-model axis
+    f.write_text("tile_rows = 64\nadc_bits = 8\n")
+    assert device_model(str(f)).tile_rows == 64
+    assert DeviceConfig.from_dict({"sigma": 0.1, "tile_rows": 64}).tile_rows == 64

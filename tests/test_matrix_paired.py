@@ -184,3 +184,19 @@ def test_the_matrix_table_says_what_each_device_models_name_sets():
                            sigma=0.3, runs=2, seed=0)
     note = matrix_table(rec).note
     assert "device models: mychip.toml = stuck_at=[0.1, 0.0]" in note and "gaussian =" not in note
+
+
+def test_an_aihwkit_column_is_described_as_aihwkit():
+    """An aihwkit device's dict shares only `drift_compensation` with DeviceConfig's: it was described as
+    "drift_compensation=global", and pcm and reram results of one checkpoint were one report arm."""
+    from nvcim.report.labels import device_description
+    from nvcim.report.matrix import matrix_table
+
+    pcm = {"aihwkit": "pcm", "noise_model": "PCMLikeNoiseModel", "noise_options": {"g_max": 25.0},
+           "t_inference": 3600.0, "tile": "torch", "drift_compensation": "global", "io": "perfect"}
+    reram = {**pcm, "aihwkit": "reram", "noise_model": "ReRamWan2022NoiseModel", "noise_options": {}}
+    assert device_description(pcm) == "aihwkit PCMLikeNoiseModel g_max=25, t=3600 s, drift compensation global"
+    assert device_description(pcm) != device_description(reram)
+    rec = DeviceMatrixFile(checkpoints=["ck0"], datasets=["d"], device_models=["aihwkit:pcm"],
+                           cells=[[{"device_config": pcm, "result": _res(50)}]], sigma=0.3, runs=2, seed=0)
+    assert "aihwkit:pcm = aihwkit PCMLikeNoiseModel" in matrix_table(rec).note

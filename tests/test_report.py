@@ -755,3 +755,17 @@ def test_two_devices_of_one_device_model_name_are_not_pooled(tmp_path, capsys):
     md = (tmp_path / "out" / "report.md").read_text()
     import re
     assert re.search(r"\| rram4 +\| weight_band S=4 +\|", md) and "## Device models of the arms" in md
+
+
+def test_a_preset_at_two_bit_widths_is_two_arms(tmp_path, capsys):
+    root = tmp_path / "r"
+    for seed, k in enumerate((2, 4)):
+        d = mc_eval("ovf", 0.3, seed, [mc_result(0.3, [50.0 + k, 50.0 + k])], cell={"id": "c", "device_model": "rram4"})
+        d["device_config"] = {"sigma": 0.3, "weight_bits": 8, "device_bits": k, "variation": "weight_band",
+                              "variation_options": {"S": 4.0}}
+        write(root / f"k{k}" / "result.json", d)
+    rs = scan_results(root)
+    assert sorted(p["label"] for p in matched_points(rs.records)) == [
+        "OVF [rram4: weight_band S=4, M=8 K=2]", "OVF [rram4: weight_band S=4, M=8 K=4]"]
+    err = capsys.readouterr().err
+    assert "device model rram4: results under 2 different devices" in err and "different names" not in err

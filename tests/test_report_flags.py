@@ -91,3 +91,13 @@ def test_robustness_curves_of_the_same_label_and_seed_get_columns_told_apart(tmp
     assert len(set(cols)) == len(cols), cols
     assert any(c.endswith("seed 0 [beta200]") for c in cols) and any(c.endswith("seed 0 [beta200_grid]") for c in cols)
     assert any(c.endswith("seed 1") for c in cols)  # a name of its own keeps it as it was
+
+
+def test_curve_names_stay_apart_when_the_first_differing_part_is_shared(tmp_path, capsys):
+    for rel in ("x/cells/c/result.json", "y/run1/result.json", "y/run2/result.json"):
+        write(tmp_path / "res" / rel, mc_eval("vanilla", 0.3, 0, [mc_result(s, [50.0, 52.0]) for s in (0.2, 0.3)]))
+    assert main(["report", str(tmp_path / "res"), "--out", str(tmp_path / "out")]) == 0
+    curve = _section((tmp_path / "out" / "report.md").read_text(), "robustness curves (accuracy")
+    header = next(line for line in curve.splitlines() if line.startswith("| test σ"))
+    cols = [c.strip() for c in header.strip("|").split("|")][1:]
+    assert sorted(cols) == ["vanilla, seed 0 [x]", "vanilla, seed 0 [y/run1]", "vanilla, seed 0 [y/run2]"], cols

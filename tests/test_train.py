@@ -547,3 +547,30 @@ def test_the_output_check_leaves_no_trace_in_the_model_or_the_random_streams():
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert int(after["1.num_batches_tracked"]) == 0
+
+
+def test_the_output_check_leaves_reassigned_buffers_python_state_and_train_overrides_alone():
+    """The training-mode probe ran on the model itself: a buffer reassigned in forward (an EMA) or a Python counter
+    kept the probe's step, and a train() override without `return self` crashed the check (TypeError)."""
+    from nvcim.train.checks import check_model_output
+
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 10)
+            self.register_buffer("ema", torch.zeros(4))
+            self.steps = 0
+
+        def train(self, mode=True):  # no return: a common slip
+            super().train(mode)
+
+        def forward(self, x):
+            x = x.flatten(1)
+            if self.training:
+                self.ema = 0.9 * self.ema + 0.1 * x.mean(0)
+                self.steps += 1
+            return self.fc(x)
+
+    model = Odd()
+    check_model_output(model, torch.randn(2, 1, 2, 2), 10, TrainConfig(model="vgg8", dataset="mnist5k"))
+    assert model.steps == 0 and torch.equal(model.ema, torch.zeros(4)) and model.training

@@ -29,7 +29,6 @@ from typing import Any, Mapping
 from nvcim.core.variation import VARIATIONS
 
 SAMPLING_PATHS = ("auto", "fast", "device")
-TILE_ROWS = 128  # crossbar rows per tile by default (DeviceConfig.tile_rows)
 DRIFT_T0 = 20.0  # s: the time after programming at which the programmed conductances are the ones drawn
 EFFECT_FIELDS = ("stuck_at", "read_sigma", "drift_time", "drift_nu", "drift_compensation",
                  "adc_bits", "tile_rows", "input_bits", "adc_readout", "adc_clip", "adc_calibration_images")  # SPEC §8
@@ -151,7 +150,7 @@ class DeviceConfig:
     drift_nu: tuple[float, float] = (0.05, 0.01)
     drift_compensation: bool = False
     adc_bits: int | None = None
-    tile_rows: int = TILE_ROWS
+    tile_rows: int = 128
     input_bits: int | None = None
     adc_readout: str = "per_sign"
     adc_clip: str = "full_scale"
@@ -241,9 +240,6 @@ class DeviceConfig:
                                  "or None (ideal)")
         if isinstance(self.tile_rows, bool) or not isinstance(self.tile_rows, int) or self.tile_rows < 1:
             raise ValueError(f"DeviceConfig.tile_rows={self.tile_rows!r} is invalid: use an integer >= 1 (e.g. 128)")
-        if self.tile_rows != TILE_ROWS and self.adc_bits is None:
-            raise ValueError(f"DeviceConfig.tile_rows={self.tile_rows} tiles nothing without an ADC (adc_bits=None: the "
-                             "partial sums are exact, tiles do not change them): set adc_bits, e.g. 8, or drop tile_rows")
         if self.adc_readout not in ADC_READOUTS:
             raise ValueError(f"DeviceConfig.adc_readout={self.adc_readout!r} is unknown: use one of {list(ADC_READOUTS)}")
         if self.adc_readout == "differential" and self.adc_bits is None:

@@ -75,6 +75,10 @@ def _fields_of(spec: str, device_bits: Any = None) -> dict[str, Any]:
                 fields = preset_merged(preset, fields, fields.get("device_bits", device_bits))
             except ValueError as exc:
                 raise ValueError(f"device model file {spec}: {exc}") from None
+        if "tile_rows" in fields and fields.get("adc_bits") is None:  # (DeviceConfig keeps loading recorded ones)
+            raise ValueError(f"device model file {spec}: tile_rows = {fields['tile_rows']!r} tiles nothing without an "
+                             "ADC (exact partial sums add up the same in any tiling): set adc_bits, e.g. 8, or drop "
+                             "tile_rows")
         return fields
     names = list(NAMED) + list(PRESET_NAMES)
     raise ValueError(f"unknown device model {spec!r}: use one of {names}, or a .toml / .yaml / .json file of "

@@ -37,6 +37,11 @@ _DEVICE_KEYS = ("stuck_at", "read_sigma", "drift_time", "drift_nu", "drift_compe
 def device_description(device: Mapping[str, Any]) -> str | None:
     """A short name for a result's device when it is not the paper's i.i.d. Gaussian one (e.g. "weight_band S=4,
     stuck_at=[0.0175, 0.0904]"), else None: such results are arms of their own (`nvcim eval --device-model`)."""
+    if device.get("aihwkit"):  # an aihwkit device (nvcim.interop.aihwkit.AihwkitDevice.to_dict), not a DeviceConfig
+        opts = device.get("noise_options") or {}
+        return (f"aihwkit {device.get('noise_model') or device['aihwkit']}"
+                + "".join(f" {k}={fmt_param(v)}" for k, v in sorted(opts.items()))
+                + f", t={fmt_param(device.get('t_inference'))} s, drift compensation {device.get('drift_compensation')}")
     parts = []
     variation = device.get("variation") or "gaussian"
     if variation != "gaussian":

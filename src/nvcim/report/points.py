@@ -237,18 +237,25 @@ def robustness_curves(records: Sequence[dict]) -> list[dict]:
 
 def _distinguish_names(curves: list[dict]) -> None:
     """Curves of one group that would share a name (the same label and seed from two sweeps, a checkpoint and its
-    import) get the first part of their file's path that differs, e.g. "vanilla, seed 0 [beta200]": a table's
-    columns and a figure's legend must tell them apart."""
+    import) get the shortest start of their file's path (below the common directory) that tells them apart, e.g.
+    "vanilla, seed 0 [beta200]": a table's columns and a figure's legend must tell them apart."""
     by_name: dict[tuple, list[dict]] = {}
     for c in curves:
         by_name.setdefault((c["group"], c["name"]), []).append(c)
     for same in by_name.values():
         if len(same) < 2:
             continue
-        common = os.path.commonpath([os.path.abspath(c["file"]) for c in same])
-        for c in same:
-            first = PurePath(os.path.relpath(os.path.abspath(c["file"]), common)).parts[0]
-            c["name"] += f" [{first.removesuffix('.json')}]"
+        paths = [os.path.abspath(c["file"]) for c in same]
+        try:
+            common = os.path.commonpath(paths)
+        except ValueError:  # (paths on different drives)
+            common = ""
+        parts = [PurePath(os.path.relpath(f, common) if common else f).parts for f in paths]
+        parts = [(*q[:-1], q[-1].removesuffix(".json")) for q in parts]
+        for i, (c, q) in enumerate(zip(same, parts)):  # the shortest start no other curve's path shares
+            others = [o for j, o in enumerate(parts) if j != i]
+            k = next((k for k in range(1, len(q) + 1) if all(o[:k] != q[:k] for o in others)), len(q))
+            c["name"] += f" [{'/'.join(q[:k])}]"
 
 
 def runs_note(pts: list[dict]) -> str:

@@ -170,6 +170,7 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                 "device_model": (str(cell["device_model"]) if cell.get("device_model")
                                  else device_description(eval_device)),
                 "device_detail": device_description(eval_device) or "gaussian",  # what the device model sets
+                "device_bits": (eval_device.get("weight_bits"), eval_device.get("device_bits")),  # (M, K) as recorded
                 # trained and evaluated on the paper's i.i.d. Gaussian device: only then comparable with its figures
                 "gaussian_device": device_description(eval_device) is None
                                    and device_description(device_cfg if isinstance(device_cfg, dict) else {}) is None,
@@ -383,18 +384,26 @@ def _model_conflicts(records: Sequence[dict]) -> list[str]:
 
 def _split_device_models(records: Sequence[dict]) -> list[str]:
     """Records of one device-model name whose devices differ (two sweeps' files of the same name, e.g. both
-    mychip.toml, or a file edited between runs) become arms of their own, "NAME: what it sets", instead of one
+    mychip.toml, a file edited between runs, or a preset at other bit widths: a "-level" preset's multipliers
+    follow K) become arms of their own, "NAME: what it sets" (with "M=8 K=4" when the bits differ), instead of one
     arm pooling both devices' seeds; a message for each such name."""
-    details: dict[str, dict[str, None]] = {}
+    keys: dict[str, dict[tuple, None]] = {}
     for r in records:
         if r.get("device_model"):
-            details.setdefault(r["device_model"], {})[r["device_detail"]] = None
-    split = {name: list(d) for name, d in details.items() if len(d) > 1}
-    for r in records:
-        if r.get("device_model") in split:
-            r["device_model"] = f"{r['device_model']}: {r['device_detail']}"
-    return [f"device model {name}: results under {len(d)} different devices ({'; '.join(d)}): reported as separate "
-            f"arms '{name}: …'; give different devices different names" for name, d in split.items()]
+            keys.setdefault(r["device_model"], {})[(r["device_detail"], r.get("device_bits"))] = None
+    split = {name: list(k) for name, k in keys.items() if len(k) > 1}
+    msgs = []
+    for name, ks in split.items():
+        bits = len({b for _, b in ks}) > 1
+        what = {k: k[0] + (f", M={k[1][0]} K={k[1][1]}" if bits and k[1] else "") for k in ks}
+        for r in records:
+            if r.get("device_model") == name:
+                r["device_detail"] = what[(r["device_detail"], r.get("device_bits"))]
+                r["device_model"] = f"{name}: {r['device_detail']}"
+        fix = "; give different devices different names" if len({d for d, _ in ks}) > 1 else ""
+        msgs.append(f"device model {name}: results under {len(ks)} different devices ({'; '.join(what.values())}): "
+                    f"reported as separate arms '{name}: …'{fix}")
+    return msgs
 
 
 def device_models_table(records: Sequence[dict]):

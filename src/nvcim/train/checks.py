@@ -3,6 +3,7 @@ directory, and whether the model fits the data set's images (all before any data
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Sequence
 
@@ -106,20 +107,23 @@ def check_model_output(model: torch.nn.Module, x: torch.Tensor, num_classes: int
     """Raise a one-line ValueError unless `model` maps a batch of the data set's images x [B, C, H, W] to one tensor
     of logits [B, num_classes], in eval mode and in training mode (a model with auxiliary outputs while training,
     Inception-style, returns a tuple only then): a user's model returning a tuple or the wrong number of classes
-    failed inside the loss with a traceback. Leaves no trace: no gradients, the model's mode, parameters and buffers
-    (BatchNorm statistics) and the random number generators (dropout) are as they were."""
-    was_training = model.training
-    state = [(t, t.clone()) for t in (*model.parameters(), *model.buffers())]
+    failed inside the loss with a traceback. Leaves no trace: the forwards run on a copy of the model (a training
+    forward may move BatchNorm statistics, reassign buffers or count steps) without gradients, with the random
+    number generators (dropout) forked; a model that cannot be copied is checked in eval mode only, in place."""
     devices = [x.device] if x.device.type == "cuda" else []
     try:
+        probe, modes = copy.deepcopy(model), (False, True)
+    except Exception:  # noqa: BLE001 - any module deepcopy cannot handle: the eval-mode check alone, as before
+        probe, modes = model, (False,)
+    was_training = model.training
+    try:
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            for training in (False, True):
-                _check_logits(model.train(training)(x), training, x.shape[0], num_classes, cfg)
+            for training in modes:
+                probe.train(training)  # (a user's train() override may return None)
+                _check_logits(probe(x), training, x.shape[0], num_classes, cfg)
     finally:
-        model.train(was_training)
-        with torch.no_grad():
-            for t, saved in state:
-                t.copy_(saved)
+        if probe is model:
+            model.train(was_training)
 
 
 def _check_logits(out, training: bool, batch: int, num_classes: int, cfg: TrainConfig) -> None:
