@@ -509,7 +509,7 @@ def test_summary_marks_an_accuracy_below_chance():
 def test_cli_train_summary_marks_below_chance_with_the_data_sets_classes(monkeypatch, capsys):
     import nvcim.train
 
-    monkeypatch.setattr(nvcim.train, "train", lambda cfg, out, overwrite=False, splits=None: _fake_result(9.38))
+    monkeypatch.setattr(nvcim.train, "train", lambda cfg, out, overwrite=False, splits=None, **kw: _fake_result(9.38))
     assert main(["train", "--model", "tiny", "--limit", "48", "--epochs", "1", "--quiet", "--num-threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "9.38 ± 1.00 (2 runs) *" in out and "* below chance (10 % for 10 classes)" in out

@@ -150,6 +150,17 @@ class TrainingTask:
         auxiliary heads), which `finish()` drops."""
         return self.model.parameters()
 
+    def own_state_dict(self) -> dict:
+        """The state of what the method trains beside the model (IRS's heads), for a resumable training state;
+        the model's own state is saved apart. {} for methods that train the model alone."""
+        return {}
+
+    def load_own_state_dict(self, state: dict) -> None:
+        """Restore `own_state_dict()` (a training resumed after an interruption)."""
+        if state:
+            raise ValueError(f"{self.method_cfg.name} trains nothing beside the model, but the training state holds "
+                             f"{sorted(state)[:3]}: it is another method's")
+
     def finish(self) -> nn.Module:
         """Remove everything the method added; return the plain backbone. Calling it again does nothing."""
         if not self.finished:

@@ -148,6 +148,12 @@ class IRSTask(TrainingTask):
     def parameters(self):
         return itertools.chain(self.model.parameters(), self.heads.parameters())
 
+    def own_state_dict(self) -> dict:
+        return {f"heads.{k}": v.detach().clone() for k, v in self.heads.state_dict().items()}
+
+    def load_own_state_dict(self, state: dict) -> None:
+        self.heads.load_state_dict({k.removeprefix("heads."): v for k, v in state.items()})
+
     def finish(self) -> nn.Module:
         if not self.finished:
             remove_variation_(self.heads)

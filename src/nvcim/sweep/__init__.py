@@ -37,6 +37,9 @@ after the data set ("<model>-w<width>/<dataset>/<device>/<label>/…"), trained 
                          cell whose definition changed are removed before it runs again, and
                          any other file there is kept)
     checkpoint/          nvcim.io.checkpoint of the model that is tested
+    train_state/         while a model trains: its state after the last finished epoch
+                         (nvcim.io.train_state); a killed cell's training resumes from there
+                         (beta/<β>/train_state/ alike); removed once the checkpoint is written
     beta/<β>/checkpoint/ β search: one model per candidate, and beta/<β>/score.json (its
                          validation score; the marker that this candidate is done, unless
                          it cannot be read: then the candidate is scored again)
@@ -55,7 +58,8 @@ and runs with a fixed number of torch threads (CPU float results depend on the t
 `[resources] threads_per_cell`, default: the machine's cores / workers); so a cell's numbers do not
 depend on the order cells run in, on the process that runs them, or on an interruption: a rerun
 after a kill (SIGKILL included) skips finished cells, reuses finished checkpoints / β candidates,
-and ends with results identical to an uninterrupted run with the same threads_per_cell.
+resumes a training after its last finished epoch, and ends with results identical to an uninterrupted
+run with the same threads_per_cell.
 
 β search (SPEC §3). An OVF cell with several β candidates trains one model per β, scores each by
 the Monte Carlo mean accuracy on the VALIDATION split (held out from the training data) at the

@@ -23,12 +23,15 @@ import torch
 from nvcim import evaluate, train
 from nvcim.batchnorm import CALIBRATION_BATCH, ChipCalibration, batchnorm_layers, recalibration_record
 from nvcim.io.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, load_checkpoint, read_checkpoint_config
+from nvcim.io.train_state import RECORD_FILE as TRAIN_STATE_RECORD
+from nvcim.io.train_state import TENSORS_FILE as TRAIN_STATE_TENSORS
 from nvcim.data import load_dataset
 from nvcim.evaluate.files import EvaluationFile, FailedCellFile, write_result_file
 from nvcim.methods import searched_param
 from nvcim.sweep.cells import Cell, fmt_beta, is_num
 from nvcim.sweep.schema import TARGET_KEYS
-from nvcim.sweep.files import FAILED_FILE, RESULT_FILE, SCORE_FILE, cell_dir, link_or_copy_dir, prepare_cell_dir
+from nvcim.sweep.files import (FAILED_FILE, RESULT_FILE, SCORE_FILE, TRAIN_STATE_DIR, cell_dir, link_or_copy_dir,
+                               prepare_cell_dir)
 
 _SPLITS_CACHE: dict[tuple, Any] = {}
 
@@ -106,9 +109,31 @@ def _train_or_load(tc, ckpt: Path, splits, notes: list[str] | None = None, cell_
             notes.append(f"cell {cell_id}: checkpoint {_rel_to_cell(ckpt, cell_id)} cannot be reused ({config}): "
                          "it is trained again")
         _drop_checkpoint(ckpt)
+    state = ckpt.parent / TRAIN_STATE_DIR  # the training state after every epoch: a killed cell resumes from it
+    problem = train.resume_problem(tc, state, splits)
+    if problem:
+        if notes is not None:
+            notes.append(f"cell {cell_id}: {_rel_to_cell(state, cell_id)} cannot be resumed ({problem}): it is trained "
+                         "from the start")
+        _drop_train_state(state)
     t0 = time.perf_counter()
-    res = train.train(tc, out_dir=ckpt, splits=splits)
+    res = train.train(tc, out_dir=ckpt, splits=splits, state_dir=state)
     return res.model, dict(res.metrics), time.perf_counter() - t0
+
+
+def _drop_train_state(state: Path) -> None:
+    """Remove nvcim's files of a training state that cannot be resumed, and the directory; anything else there is
+    not nvcim's and is kept: a one-line ValueError naming it (the cell fails until it is moved)."""
+    if state.is_file() or state.is_symlink():
+        raise ValueError(f"{state} is a file, where the cell keeps its training state: move it away")
+    for name in (TRAIN_STATE_RECORD, TRAIN_STATE_TENSORS):
+        (state / name).unlink(missing_ok=True)
+    others = sorted(p.name for p in state.iterdir()) if state.is_dir() else []
+    if others:
+        raise ValueError(f"training state {state} also holds {others[:3]}{' ...' if len(others) > 3 else ''}, which "
+                         "are not nvcim's: move them out of it to train the cell")
+    if state.is_dir():
+        state.rmdir()
 
 
 def _rel_to_cell(path: Path, cell_id: str) -> str:

@@ -3,7 +3,7 @@
     DIR/spec.json, DIR/spec.<suffix>    the validated spec, the original text (nvcim.sweep.runner)
     DIR/.sweep.lock, DIR/.sweep-token   the running sweep's lock; the Ray driver's token
     DIR/cells/<id>/                     one cell's files (see the package docstring): cell.json,
-                                        checkpoint/, beta/<β>/, result.json, failed.json
+                                        checkpoint/, train_state/, beta/<β>/, result.json, failed.json
 
 A cell is 'done' when its result.json is a valid result of this cell (`result_problem`), 'failed' when
 it holds failed.json, else 'pending'. Writes a kill interrupted leave hidden ".tmp" / ".old-" entries
@@ -24,9 +24,12 @@ from nvcim.evaluate.files import EvaluationFile, read_result_file
 from nvcim.io.checkpoint import CONFIG_FILE as CHECKPOINT_CONFIG
 from nvcim.io.checkpoint import WEIGHTS_FILE as CHECKPOINT_WEIGHTS
 from nvcim.io.files import atomic_write_text, current_umask
+from nvcim.io.train_state import RECORD_FILE as TRAIN_STATE_RECORD
+from nvcim.io.train_state import TENSORS_FILE as TRAIN_STATE_TENSORS
 from nvcim.sweep.cells import Cell, is_num
 
 RESULT_FILE = "result.json"
+TRAIN_STATE_DIR = "train_state"  # beside a checkpoint/ while it trains (nvcim.io.train_state); gone once it is written
 FAILED_FILE = "failed.json"
 CELL_FILE = "cell.json"
 SCORE_FILE = "score.json"
@@ -110,10 +113,13 @@ def _is_own_file(parts: tuple[str, ...]) -> bool:
     that a sweep writes."""
     *where, name = parts
     checkpoint = name in (CHECKPOINT_CONFIG, CHECKPOINT_WEIGHTS)
+    state = name in (TRAIN_STATE_RECORD, TRAIN_STATE_TENSORS)
     return ((not where and name in (CELL_FILE, RESULT_FILE, FAILED_FILE))
             or (where == ["checkpoint"] and checkpoint)
+            or (where == [TRAIN_STATE_DIR] and state)
             or (len(where) == 2 and where[0] == "beta" and name == SCORE_FILE)
-            or (len(where) == 3 and where[0] == "beta" and where[2] == "checkpoint" and checkpoint))
+            or (len(where) == 3 and where[0] == "beta" and where[2] == "checkpoint" and checkpoint)
+            or (len(where) == 3 and where[0] == "beta" and where[2] == TRAIN_STATE_DIR and state))
 
 
 def remove_cell_files(d: Path) -> None:

@@ -10,11 +10,12 @@ from nvcim.train.config import (DEFAULT_DEVICE, DEFAULTS, DEVICE_KEYS, DEVICES, 
                                 SCHEDULES, SELECTIONS, TrainConfig, load_train_config, preset_config,
                                 read_config_file)
 from nvcim.train.loop import (REASON_LOSS, REASON_STATE, REASON_TEST, REASON_VAL, STATUS_DIVERGED, STATUS_OK,
-                              TEST_MC_SEED, VAL_MC_SEED, TrainResult, train)
+                              TEST_MC_SEED, VAL_MC_SEED, TrainResult, resume_problem, train)
 
 __all__ = [
     "TrainConfig", "TrainResult", "train", "preset_config", "load_train_config", "read_config_file",
     "check_model_fits_data", "check_out_dir", "resolve_device", "tune_malloc", "PRESETS", "FIELDS", "DEFAULTS",
     "DEVICE_KEYS", "DEFAULT_DEVICE", "DEVICES", "OPTIMIZERS", "SCHEDULES", "SELECTIONS", "STATUS_OK",
     "STATUS_DIVERGED", "REASON_LOSS", "REASON_STATE", "REASON_VAL", "REASON_TEST", "VAL_MC_SEED", "TEST_MC_SEED",
+    "resume_problem",
 ]

@@ -24,6 +24,11 @@ One run:
   * end: `task.finish()` (plain backbone), clean test accuracy and a quick Monte Carlo test accuracy
     at the training σ (`val_runs` chips, seed TEST_MC_SEED; the full evaluation is `nvcim eval`),
     and, with `out_dir`, one atomic checkpoint (nvcim.io.checkpoint.save_checkpoint).
+  * with `state_dir`: after every epoch the whole training state (weights, optimizer, schedule, every RNG,
+    best state, history; nvcim.io.train_state) is written there atomically; a run started again with the
+    same configuration resumes after the last finished epoch and ends with exactly the weights of an
+    uninterrupted run (metrics["resumed_after_epochs"] lists where it was taken up; "wall_time_s" and
+    "train_time_s" add up every part). The state is removed once the checkpoint is written.
 
 Divergence: a non-finite loss stops the run; `train()` does not raise. The result has status
 "diverged" and metrics["diverged_at"] = {"epoch", "step"} (1-based epoch; step counted from 1
@@ -41,6 +46,7 @@ records the failure next to the successes and nothing NaN is ever saved.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import sys
 import time
@@ -53,6 +59,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nvcim.io.checkpoint import save_checkpoint
+from nvcim.io.train_state import (TrainStateError, is_train_state_dir, read_train_state, remove_train_state,
+                                  save_train_state, state_dir_problem)
 from nvcim.data import load_dataset
 from nvcim.evaluate import monte_carlo_evaluate
 from nvcim.methods import create_task, method_to_dict
@@ -143,7 +151,7 @@ def _say(cfg: TrainConfig, msg: str) -> None:
 
 
 # ---- training --------------------------------------------------------------------------------------
-def train(cfg: TrainConfig, out_dir=None, *, overwrite: bool = True, splits=None) -> TrainResult:
+def train(cfg: TrainConfig, out_dir=None, *, overwrite: bool = True, splits=None, state_dir=None) -> TrainResult:
     """Train one model as `cfg` says; returns a TrainResult and never raises on divergence.
 
     out_dir: write the checkpoint there at the end (atomically). An existing checkpoint there is
@@ -152,6 +160,9 @@ def train(cfg: TrainConfig, out_dir=None, *, overwrite: bool = True, splits=None
     refused before training starts.
     splits: an already loaded nvcim.data.DatasetSplits to use instead of loading `cfg.dataset`
     (must match cfg.dataset; lets a sweep or the CLI load the data once).
+    state_dir: keep the training state there after every epoch and resume from it (module docstring); a state
+    of another configuration or data, or one that cannot be read, is refused (TrainStateError, one line)
+    before any training, as is a directory there that is not nvcim's training state.
     Bad configuration, unknown names, a model that does not fit the data set's images and missing data
     raise before anything is written (and the first three before any data are loaded or downloaded).
     """
@@ -160,6 +171,11 @@ def train(cfg: TrainConfig, out_dir=None, *, overwrite: bool = True, splits=None
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     if out_dir is not None:
         out_dir = check_out_dir(out_dir, overwrite)
+    if state_dir is not None:
+        state_dir = Path(state_dir)
+        problem = state_dir_problem(state_dir)
+        if problem:
+            raise TrainStateError(f"training state {state_dir}: {problem}")
     check_model_fits_data(cfg)
     dev = resolve_device(cfg.device)
     amp = cfg.amp and dev.type == "cuda"
@@ -184,10 +200,77 @@ def train(cfg: TrainConfig, out_dir=None, *, overwrite: bool = True, splits=None
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     try:
-        return _train(cfg, out_dir, splits, info, augment, dev, amp)
+        return _train(cfg, out_dir, splits, info, augment, dev, amp, state_dir)
     finally:
         if cfg.num_threads is not None:
             torch.set_num_threads(old_threads)
+
+
+# ---- resuming (nvcim.io.train_state) ----------------------------------------------------------------
+RESUME_IGNORED = ("progress", "num_threads")  # TrainConfig fields that may differ between the parts of one run
+
+
+def _as_json(value):
+    """`value` as it reads back from JSON (tuples become lists), so a record compares equal to its reading."""
+    return json.loads(json.dumps(value))
+
+
+def _data_record(splits) -> dict:
+    return _as_json({"name": splits.info.name, "n_train": len(splits.train), "n_val": len(splits.val),
+                     "n_test": len(splits.test), "file": splits.fingerprint})
+
+
+def _check_resumable(state, cfg: TrainConfig, splits, path: Path) -> None:
+    """TrainStateError unless `state` was written by a run of `cfg` on these splits."""
+    have = {k: v for k, v in state.record["train"].items() if k not in RESUME_IGNORED}
+    want = {k: v for k, v in _as_json(cfg.to_dict()).items() if k not in RESUME_IGNORED}
+    diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+    if diff:
+        shown = "; ".join(f"{k}: {have.get(k)!r} there, {want.get(k)!r} now" for k in diff[:2])
+        raise TrainStateError(f"training state {path} is of another configuration ({shown}): run the configuration "
+                              "that made it, or delete the directory to train from the start")
+    if state.record["data"] != _data_record(splits):
+        raise TrainStateError(f"training state {path} was trained on other data ({state.record['data']}): restore "
+                              "that data set, or delete the directory to train from the start")
+    if state.record["epochs"] != cfg.epochs:  # part of the configuration, checked again for a clear message
+        raise TrainStateError(f"training state {path}: {state.record['epochs']} epochs there, {cfg.epochs} now")
+
+
+def resume_problem(cfg: TrainConfig, state_dir, splits) -> str | None:
+    """Why `train(cfg, state_dir=state_dir, splits=splits)` would refuse the training state there (one line), or
+    None: nothing there (a fresh start), or a state of this configuration and data (it resumes)."""
+    state_dir = Path(state_dir)
+    problem = state_dir_problem(state_dir)
+    if problem:
+        return f"training state {state_dir}: {problem}"
+    if not is_train_state_dir(state_dir):
+        return None
+    try:
+        _check_resumable(read_train_state(state_dir), cfg, splits, state_dir)
+    except TrainStateError as exc:
+        return str(exc)
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:160]}" if text else type(exc).__name__
+
+
+def _rng_state(gen: torch.Generator, dev: torch.device) -> dict:
+    """Every random stream the loop draws from: the global CPU one, CUDA's when training there, the data generator."""
+    return {"torch": torch.get_rng_state(), "generator": gen.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if dev.type == "cuda" else None}
+
+
+def _restore_rng(rng: dict, gen: torch.Generator, dev: torch.device) -> None:
+    torch.set_rng_state(rng["torch"])
+    gen.set_state(rng["generator"])
+    if dev.type == "cuda":
+        if rng.get("cuda") is None:
+            raise TrainStateError("the training state was written on CPU and this run trains on CUDA: resume on CPU "
+                                  "(TrainConfig.device), or delete the state to train from the start")
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def _state_is_finite(model: nn.Module) -> bool:
@@ -195,7 +278,8 @@ def _state_is_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
 
 
-def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, dev: torch.device, amp: bool) -> TrainResult:
+def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, dev: torch.device, amp: bool,
+           state_dir: Path | None) -> TrainResult:
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)  # init + training noise (CPU and all CUDA devices)
     gen = torch.Generator().manual_seed(cfg.seed)  # shuffling + augmentation
@@ -221,9 +305,32 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
     best_val_noisy = best_val_clean = None
     history: list[dict] = []
     status, diverged_at, diverged_reason = STATUS_OK, None, None
-    train_time, images = 0.0, 0
+    train_time, images, wall_before = 0.0, 0, 0.0
+    first_epoch, resumed = 1, []
+    state = read_train_state(state_dir) if state_dir is not None and is_train_state_dir(state_dir) else None
+    if state is not None:  # an interrupted run of this configuration: take it up after its last finished epoch
+        _check_resumable(state, cfg, splits, state_dir)
+        t, loop = state.tensors, state.record["loop"]
+        try:
+            model.load_state_dict(t["model"])
+            task.load_own_state_dict(t["task"])
+            optimizer.load_state_dict(t["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(t["scheduler"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise TrainStateError(f"training state {state_dir} does not fit this model ({_first_line(exc)}): delete "
+                                  "the directory to train from the start") from None
+        initial_state, best_state = t["initial"], t["best"]
+        history, best_epoch, best_val_noisy, best_val_clean = (loop["history"], loop["best_epoch"],
+                                                               loop["best_val_noisy"], loop["best_val_clean"])
+        best_score = -math.inf if loop["best_score"] is None else loop["best_score"]
+        train_time, images, wall_before = loop["train_time_s"], loop["images"], loop["wall_time_s"]
+        resumed = loop["resumed_after_epochs"] + [state.record["epoch"]]
+        first_epoch = state.record["epoch"] + 1
+        _restore_rng(t["rng"], gen, dev)
+        _say(cfg, f"resuming after epoch {state.record['epoch']} of {cfg.epochs} ({state_dir})")
 
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(first_epoch, cfg.epochs + 1):
         model.train()
         # disable=None: no bar when stderr is not a TTY (logs of sweeps stay clean)
         bar = (tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, file=sys.stderr,
@@ -300,6 +407,16 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
                 best_val_noisy, best_val_clean = record.get("val_noisy_mean"), record.get("val_clean")
             model.train()
         history.append(record)
+        if state_dir is not None and epoch < cfg.epochs:
+            loop = {"history": history, "best_epoch": best_epoch, "best_val_noisy": best_val_noisy,
+                    "best_val_clean": best_val_clean, "best_score": best_score if math.isfinite(best_score) else None,
+                    "train_time_s": train_time, "images": images, "resumed_after_epochs": resumed,
+                    "wall_time_s": wall_before + time.perf_counter() - t_start}
+            tensors = {"model": _clone_state(model), "task": task.own_state_dict(), "optimizer": optimizer.state_dict(),
+                       "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                       "rng": _rng_state(gen, dev), "best": best_state, "initial": initial_state}
+            save_train_state(state_dir, tensors, {"epoch": epoch, "epochs": cfg.epochs, "train": _as_json(cfg.to_dict()),
+                                                  "data": _data_record(splits), "loop": loop})
         msg = f"epoch {epoch}/{cfg.epochs}: loss {record['train_loss']:.4f} train {record['train_accuracy']:.2f}%"
         if "val_clean" in record:
             msg += f" val clean {record['val_clean']:.2f}%"
@@ -337,8 +454,9 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
         "images_per_s": images / train_time if train_time > 0 else None,
         "device": str(dev),
         "amp": amp,
+        **({"resumed_after_epochs": resumed} if resumed else {}),
     }
-    metrics["wall_time_s"] = time.perf_counter() - t_start
+    metrics["wall_time_s"] = wall_before + time.perf_counter() - t_start
     checkpoint = None
     if out_dir is not None:
         checkpoint = save_checkpoint(
@@ -355,5 +473,7 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
             seed=cfg.seed,
             metrics=metrics,
         )
+    if state_dir is not None:
+        remove_train_state(state_dir)  # the run is over (a diverged one too: nothing left to resume)
     return TrainResult(status=status, model=model, metrics=metrics, checkpoint=checkpoint, config=cfg)
 

@@ -1,0 +1,154 @@
+"""The training state between epochs (this module owns the format): an interrupted training resumes from it.
+
+    save_train_state(path, tensors, record)   # after every epoch, atomically (the previous state stays until then)
+    state = read_train_state(path)            # TrainState(record, tensors); TrainStateError (one line) when unusable
+    remove_train_state(path)                  # once the final checkpoint is written: nvcim's two files, then the folder
+
+A directory holding two files:
+  state.json  human-readable: {"format": "nvcim-train-state", "version": 1, "nvcim_version", "created",
+              "epoch" (epochs finished), "epochs", "train" (the TrainConfig as a dict), "data" (what the
+              splits were: sizes, file fingerprint), "loop" (history, best epoch and scores, times; JSON)}
+  state.pt    the tensors (torch.save): {"model", "task" (a method's own modules, e.g. IRS heads), "optimizer",
+              "scheduler", "rng" {"torch", "cuda", "generator"}, "best" (None or the best state dict so far),
+              "initial" (the initial state dict)}; read with torch.load(weights_only=True), so no code runs.
+
+`nvcim.train.train(state_dir=...)` writes and reads it; `nvcim train --out DIR` keeps it beside DIR as
+DIR.train-state, a sweep cell inside the cell's folder (train_state/ next to checkpoint/).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from nvcim.io.files import current_umask, publish_directory
+
+FORMAT = "nvcim-train-state"
+VERSION = 1
+RECORD_FILE = "state.json"
+TENSORS_FILE = "state.pt"
+TENSOR_KEYS = ("model", "task", "optimizer", "scheduler", "rng", "best", "initial")
+
+
+class TrainStateError(ValueError):
+    """A training state that cannot be used (unreadable, damaged, of another configuration): one line."""
+
+
+@dataclass(frozen=True)
+class TrainState:
+    """record: state.json as a dict; tensors: state.pt's mapping (TENSOR_KEYS)."""
+
+    record: dict
+    tensors: dict
+
+
+def is_train_state_dir(path) -> bool:
+    """True when `path` is a directory whose state.json is nvcim's training state (whatever else it holds)."""
+    try:
+        rec = json.loads((Path(path) / RECORD_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(rec, dict) and rec.get("format") == FORMAT
+
+
+def _foreign(path: Path) -> list[str]:
+    """Entries of `path` that nvcim's training state does not write."""
+    return sorted(p.name for p in path.iterdir() if p.name not in (RECORD_FILE, TENSORS_FILE))
+
+
+def state_dir_problem(path) -> str | None:
+    """Why a training state must not be written at `path` (None: it may): a file of that name, or a directory
+    holding anything but nvcim's training state (never overwritten)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    if not path.is_dir():
+        return "a file of that name exists: move it, or choose another output"
+    entries = sorted(p.name for p in path.iterdir())
+    if not entries:
+        return None
+    if not is_train_state_dir(path):
+        return f"the directory exists and is not nvcim's training state ({entries[:3]}): move it, or choose another output"
+    others = _foreign(path)
+    if others:
+        return f"the training state directory also holds {others[:3]}, which are not nvcim's: move them out of it"
+    return None
+
+
+def save_train_state(path, tensors: Mapping[str, Any], record: Mapping[str, Any]) -> Path:
+    """Write the state (both files) to directory `path`, replacing the previous one atomically."""
+    import nvcim
+
+    path = Path(path)
+    problem = state_dir_problem(path)
+    if problem:
+        raise TrainStateError(f"cannot save the training state {path}: {problem}")
+    missing = [k for k in TENSOR_KEYS if k not in tensors]
+    if missing:
+        raise ValueError(f"training state tensors lack {missing}")
+    head = {"format": FORMAT, "version": VERSION, "nvcim_version": nvcim.__version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    text = json.dumps({**head, **record}, indent=2, allow_nan=False) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        torch.save(dict(tensors), tmp / TENSORS_FILE)
+        (tmp / RECORD_FILE).write_text(text, encoding="utf-8")
+        umask = current_umask()
+        for file in (TENSORS_FILE, RECORD_FILE):
+            os.chmod(tmp / file, 0o666 & ~umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        publish_directory(tmp, path)
+    except OSError as exc:
+        raise TrainStateError(f"cannot save the training state {path}: {exc}: check the directory is writable") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def read_train_state(path) -> TrainState:
+    """The state at `path`; TrainStateError naming the problem when it cannot be read or is not nvcim's."""
+    path = Path(path)
+    try:
+        rec = json.loads((path / RECORD_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise TrainStateError(f"training state {path}: {RECORD_FILE} cannot be read ({type(exc).__name__})") from None
+    if not isinstance(rec, dict) or rec.get("format") != FORMAT:
+        raise TrainStateError(f"training state {path}: {RECORD_FILE} is not nvcim's training state")
+    if rec.get("version") != VERSION:
+        raise TrainStateError(f"training state {path}: format version {rec.get('version')!r}, this nvcim reads {VERSION}")
+    epoch, epochs = rec.get("epoch"), rec.get("epochs")
+    if not (type(epoch) is int and type(epochs) is int and 1 <= epoch < epochs):
+        raise TrainStateError(f"training state {path}: epoch {epoch!r} of {epochs!r} is not a resumable point")
+    for key in ("train", "data", "loop"):
+        if not isinstance(rec.get(key), dict):
+            raise TrainStateError(f"training state {path}: {RECORD_FILE} has no {key!r} mapping")
+    try:  # weights_only: tensors, numbers, strings and containers only; a pickled object is refused, never run
+        tensors = torch.load(path / TENSORS_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 (torch raises many types for a damaged or foreign file)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise TrainStateError(f"training state {path}: {TENSORS_FILE} cannot be loaded "
+                              f"({type(exc).__name__}{': ' + first[:120] if first else ''})") from None
+    if not isinstance(tensors, dict) or any(k not in tensors for k in TENSOR_KEYS):
+        raise TrainStateError(f"training state {path}: {TENSORS_FILE} lacks some of {list(TENSOR_KEYS)}")
+    return TrainState(record=rec, tensors=tensors)
+
+
+def remove_train_state(path) -> None:
+    """Delete nvcim's two files at `path` and, when nothing else is left, the directory (a user's file stays)."""
+    path = Path(path)
+    if not path.is_dir() or not is_train_state_dir(path):
+        return
+    for name in (TENSORS_FILE, RECORD_FILE):
+        (path / name).unlink(missing_ok=True)
+    if not any(path.iterdir()):
+        path.rmdir()
