@@ -82,17 +82,15 @@ def publish_directory(tmp, path) -> Path:
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
             os.rmdir(old)
             os.replace(path, old)
-            try:
-                os.replace(tmp, path)
-            except OSError:
-                os.replace(old, path)  # put the previous directory back
-                old = None
-                raise
-        else:
-            os.replace(tmp, path)
+        os.replace(tmp, path)
         fsync_path(path.parent)
+    except BaseException:  # a failed rename, or Ctrl-C between the two: the previous directory is put back
+        if old is not None and old.exists() and not path.exists():
+            os.replace(old, path)
+            old = None
+        raise
     finally:
-        if old is not None and old.exists():
+        if old is not None and old.exists() and path.exists():  # deleted only once the new one is in place
             shutil.rmtree(old, ignore_errors=True)
     return path
 

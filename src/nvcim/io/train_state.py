@@ -1,13 +1,15 @@
 """The training state between epochs (this module owns the format): an interrupted training resumes from it.
 
     save_train_state(path, tensors, record)   # after every epoch, atomically (the previous state stays until then)
+    recover_train_state(path)                 # before reading: undo what a kill in the middle of a save left
     state = read_train_state(path)            # TrainState(record, tensors); TrainStateError (one line) when unusable
     remove_train_state(path)                  # once the final checkpoint is written: nvcim's two files, then the folder
 
 A directory holding two files:
   state.json  human-readable: {"format": "nvcim-train-state", "version": 1, "nvcim_version", "created",
               "epoch" (epochs finished), "epochs", "train" (the TrainConfig as a dict), "data" (what the
-              splits were: sizes, file fingerprint), "loop" (history, best epoch and scores, times; JSON)}
+              splits were: sizes, file fingerprint), "loop" (history, best epoch and scores, times; LOOP_FIELDS),
+              "run" (where the epochs ran: device type, amp, CUDA devices, torch threads; RUN_FIELDS)}
   state.pt    the tensors (torch.save): {"model", "task" (a method's own modules, e.g. IRS heads), "optimizer",
               "scheduler", "rng" {"torch", "cuda", "generator"}, "best" (None or the best state dict so far),
               "initial" (the initial state dict)}; read with torch.load(weights_only=True), so no code runs.
@@ -40,6 +42,50 @@ TENSOR_KEYS = ("model", "task", "optimizer", "scheduler", "rng", "best", "initia
 
 class TrainStateError(ValueError):
     """A training state that cannot be used (unreadable, damaged, of another configuration): one line."""
+
+
+class TrainStateSaveError(TrainStateError):
+    """The training state could not be written (disk full, no permission): one line."""
+
+
+# state.json's "loop": what the training loop needs besides tensors, with the types it must have
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _opt_num(v) -> bool:
+    return v is None or _num(v)
+
+
+LOOP_FIELDS = {
+    "history": lambda v: isinstance(v, list) and all(isinstance(h, dict) for h in v),
+    "best_epoch": lambda v: v is None or (type(v) is int and v >= 1),
+    "best_val_noisy": _opt_num, "best_val_clean": _opt_num, "best_score": _opt_num,
+    "train_time_s": _num, "wall_time_s": _num,
+    "images": lambda v: type(v) is int and v >= 0,
+    "resumed_after_epochs": lambda v: isinstance(v, list) and all(type(e) is int for e in v),
+}
+# state.json's "run": where the finished epochs ran (a resumed part must run alike)
+RUN_FIELDS = {"device_type": lambda v: isinstance(v, str), "amp": lambda v: isinstance(v, bool),
+              "cuda_devices": lambda v: type(v) is int and v >= 0, "threads": lambda v: type(v) is int and v >= 1}
+
+
+def _is_bytes(t) -> bool:
+    return isinstance(t, torch.Tensor) and t.dtype == torch.uint8
+
+
+def _is_state_dict(v) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items())
+
+
+TENSOR_CHECKS = {
+    "model": _is_state_dict, "task": _is_state_dict, "initial": _is_state_dict,
+    "best": lambda v: v is None or _is_state_dict(v),
+    "optimizer": lambda v: isinstance(v, dict) and "state" in v and "param_groups" in v,
+    "scheduler": lambda v: v is None or isinstance(v, dict),
+    "rng": lambda v: (isinstance(v, dict) and _is_bytes(v.get("torch")) and _is_bytes(v.get("generator"))
+                      and (v.get("cuda") is None or (isinstance(v["cuda"], list) and all(map(_is_bytes, v["cuda"]))))),
+}
 
 
 @dataclass(frozen=True)
@@ -107,8 +153,10 @@ def save_train_state(path, tensors: Mapping[str, Any], record: Mapping[str, Any]
             os.chmod(tmp / file, 0o666 & ~umask)
         os.chmod(tmp, 0o777 & ~umask)
         publish_directory(tmp, path)
-    except OSError as exc:
-        raise TrainStateError(f"cannot save the training state {path}: {exc}: check the directory is writable") from None
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise TrainStateSaveError(f"cannot save the training state {path}: {first}: check the disk has space and "
+                                  "the directory is writable") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -129,9 +177,15 @@ def read_train_state(path) -> TrainState:
     epoch, epochs = rec.get("epoch"), rec.get("epochs")
     if not (type(epoch) is int and type(epochs) is int and 1 <= epoch < epochs):
         raise TrainStateError(f"training state {path}: epoch {epoch!r} of {epochs!r} is not a resumable point")
-    for key in ("train", "data", "loop"):
+    for key in ("train", "data", "loop", "run"):
         if not isinstance(rec.get(key), dict):
             raise TrainStateError(f"training state {path}: {RECORD_FILE} has no {key!r} mapping")
+    for part, fields in (("loop", LOOP_FIELDS), ("run", RUN_FIELDS)):
+        bad = [k for k, ok in fields.items() if not ok(rec[part].get(k))]
+        if bad:
+            raise TrainStateError(f"training state {path}: {RECORD_FILE} {part}.{bad[0]} is missing or of the wrong type")
+    if len(rec["loop"]["history"]) != epoch:
+        raise TrainStateError(f"training state {path}: {len(rec['loop']['history'])} epochs of history for epoch {epoch}")
     try:  # weights_only: tensors, numbers, strings and containers only; a pickled object is refused, never run
         tensors = torch.load(path / TENSORS_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 (torch raises many types for a damaged or foreign file)
@@ -140,7 +194,26 @@ def read_train_state(path) -> TrainState:
                               f"({type(exc).__name__}{': ' + first[:120] if first else ''})") from None
     if not isinstance(tensors, dict) or any(k not in tensors for k in TENSOR_KEYS):
         raise TrainStateError(f"training state {path}: {TENSORS_FILE} lacks some of {list(TENSOR_KEYS)}")
+    bad = [k for k in TENSOR_KEYS if not TENSOR_CHECKS[k](tensors[k])]
+    if bad:
+        raise TrainStateError(f"training state {path}: {TENSORS_FILE} entry {bad[0]!r} is not what nvcim writes")
     return TrainState(record=rec, tensors=tensors)
+
+
+def recover_train_state(path) -> None:
+    """Tidy what a kill during `save_train_state` left beside `path`: put the previous state back when it was
+    renamed aside and the new one never arrived, and delete the half-written temporary directories (only nvcim's
+    hidden `.NAME.tmp-*` / `.NAME.old-*` siblings are touched)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    olds = sorted(p for p in path.parent.glob(f".{path.name}.old-*") if p.is_dir() and is_train_state_dir(p))
+    if olds and not path.exists():
+        os.replace(olds[-1], path)
+        olds = olds[:-1]
+    for p in [*path.parent.glob(f".{path.name}.tmp-*"), *olds]:
+        if p.is_dir() and not p.is_symlink() and not _foreign(p):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def remove_train_state(path) -> None:

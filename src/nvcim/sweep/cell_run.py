@@ -25,6 +25,7 @@ from nvcim.batchnorm import CALIBRATION_BATCH, ChipCalibration, batchnorm_layers
 from nvcim.io.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, load_checkpoint, read_checkpoint_config
 from nvcim.io.train_state import RECORD_FILE as TRAIN_STATE_RECORD
 from nvcim.io.train_state import TENSORS_FILE as TRAIN_STATE_TENSORS
+from nvcim.io.train_state import TrainStateError, TrainStateSaveError, remove_train_state
 from nvcim.data import load_dataset
 from nvcim.evaluate.files import EvaluationFile, FailedCellFile, write_result_file
 from nvcim.methods import searched_param
@@ -97,28 +98,40 @@ def _drop_checkpoint(ckpt: Path) -> None:
 
 
 def _train_or_load(tc, ckpt: Path, splits, notes: list[str] | None = None, cell_id: str = "?"):
-    """(model, metrics, wall seconds spent training now) — reusing a finished checkpoint at `ckpt`. One that
+    """(model, metrics, wall seconds spent training now, wall seconds of the earlier parts of a training resumed
+    from its state) — reusing a finished checkpoint at `ckpt` (0, 0). One that
     cannot be loaded or trusted (damaged outside nvcim's atomic writes) is trained again, with a line in
     `notes` naming the cell and the problem."""
+    state = ckpt.parent / TRAIN_STATE_DIR  # the training state after every epoch: a killed cell resumes from it
     if (ckpt / CONFIG_FILE).is_file():
         model, config = _load_trusted(ckpt)
         if model is not None:
             model.eval()
-            return model, dict(config.get("metrics") or {}), 0.0
+            remove_train_state(state)  # left by a kill between the checkpoint's write and the state's removal
+            return model, dict(config.get("metrics") or {}), 0.0, 0.0
         if notes is not None:
             notes.append(f"cell {cell_id}: checkpoint {_rel_to_cell(ckpt, cell_id)} cannot be reused ({config}): "
                          "it is trained again")
         _drop_checkpoint(ckpt)
-    state = ckpt.parent / TRAIN_STATE_DIR  # the training state after every epoch: a killed cell resumes from it
     problem = train.resume_problem(tc, state, splits)
     if problem:
+        _drop_train_state(state)  # raises, removing nothing, when a file that is not nvcim's is there
         if notes is not None:
             notes.append(f"cell {cell_id}: {_rel_to_cell(state, cell_id)} cannot be resumed ({problem}): it is trained "
                          "from the start")
-        _drop_train_state(state)
     t0 = time.perf_counter()
-    res = train.train(tc, out_dir=ckpt, splits=splits, state_dir=state)
-    return res.model, dict(res.metrics), time.perf_counter() - t0
+    try:
+        res = train.train(tc, out_dir=ckpt, splits=splits, state_dir=state)
+    except TrainStateError as exc:  # a state that looked right but does not restore (damaged tensors)
+        if isinstance(exc, TrainStateSaveError) or not state.exists():
+            raise
+        if notes is not None:
+            notes.append(f"cell {cell_id}: {_rel_to_cell(state, cell_id)} cannot be resumed ({exc}): it is trained "
+                         "from the start")
+        _drop_train_state(state)
+        res = train.train(tc, out_dir=ckpt, splits=splits, state_dir=state)
+    now = time.perf_counter() - t0
+    return res.model, dict(res.metrics), now, max(0.0, res.metrics.get("wall_time_s", now) - now)
 
 
 def _drop_train_state(state: Path) -> None:
@@ -126,12 +139,13 @@ def _drop_train_state(state: Path) -> None:
     not nvcim's and is kept: a one-line ValueError naming it (the cell fails until it is moved)."""
     if state.is_file() or state.is_symlink():
         raise ValueError(f"{state} is a file, where the cell keeps its training state: move it away")
+    others = sorted(p.name for p in state.iterdir() if p.name not in (TRAIN_STATE_RECORD, TRAIN_STATE_TENSORS)) \
+        if state.is_dir() else []
+    if others:  # checked first: a state that is fine but for a user's file there is kept
+        raise ValueError(f"training state {state} also holds {others[:3]}{' ...' if len(others) > 3 else ''}, which "
+                         "are not nvcim's: move them out of it to resume or train the cell")
     for name in (TRAIN_STATE_RECORD, TRAIN_STATE_TENSORS):
         (state / name).unlink(missing_ok=True)
-    others = sorted(p.name for p in state.iterdir()) if state.is_dir() else []
-    if others:
-        raise ValueError(f"training state {state} also holds {others[:3]}{' ...' if len(others) > 3 else ''}, which "
-                         "are not nvcim's: move them out of it to train the cell")
     if state.is_dir():
         state.rmdir()
 
@@ -189,10 +203,11 @@ def _adc_record(cell: Cell, splits) -> dict | None:
             "images": min(cfg.adc_calibration_images, len(splits.train if train else splits.test))}
 
 
-def _beta_search(cell: Cell, d: Path, splits, dev, notes: list[str]) -> tuple[float, dict, float]:
-    """Train / score every β candidate (resumable per β); returns (chosen β, record, train seconds)."""
+def _beta_search(cell: Cell, d: Path, splits, dev, notes: list[str]) -> tuple[float, dict, float, float]:
+    """Train / score every β candidate (resumable per β, and per epoch); returns (chosen β, record, train seconds
+    (earlier parts of resumed trainings included), those earlier parts' seconds)."""
     scores = []
-    train_s = 0.0
+    train_s = earlier_s = 0.0
     for beta in cell.betas:
         bd = d / "beta" / fmt_beta(beta)
         score_file = bd / SCORE_FILE
@@ -202,8 +217,9 @@ def _beta_search(cell: Cell, d: Path, splits, dev, notes: list[str]) -> tuple[fl
             continue
         bd.mkdir(parents=True, exist_ok=True)
         tc = cell.train_config(beta)
-        model, metrics, secs = _train_or_load(tc, bd / "checkpoint", splits, notes, cell.id)
-        train_s += secs
+        model, metrics, secs, before = _train_or_load(tc, bd / "checkpoint", splits, notes, cell.id)
+        train_s += secs + before
+        earlier_s += before
         rec = {"beta": float(beta), "status": metrics.get("status", "ok"), "val_mean": None, "val_std": None,
                "val_runs": cell.eval["val_runs"], "val_seed": cell.eval["val_seed"], "split": "val",
                "n_val": len(splits.val), "train_wall_time_s": metrics.get("wall_time_s"),
@@ -225,7 +241,7 @@ def _beta_search(cell: Cell, d: Path, splits, dev, notes: list[str]) -> tuple[fl
     record = {"chosen_beta": best["beta"], "criterion": "val_mc_mean", "tie_break": "larger beta",
               "split": "val", "val_runs": cell.eval["val_runs"], "val_seed": cell.eval["val_seed"],
               "sigma": cell.sigma, "candidates": scores}
-    return best["beta"], record, train_s
+    return best["beta"], record, train_s, earlier_s
 
 
 def _read_score(path: Path, beta: float) -> dict | None:
@@ -304,9 +320,9 @@ def _run_cell(cell: Cell, out: Path, d: Path, threads: int, t0: float, notes: li
     dev = train.resolve_device(tc.device)
     ckpt = d / "checkpoint"
     beta_record = None
-    train_s = 0.0
+    train_s = earlier_s = 0.0  # earlier_s: the parts of resumed trainings run before this process
     if cell.betas:
-        beta, beta_record, train_s = _beta_search(cell, d, splits, dev, notes)
+        beta, beta_record, train_s, earlier_s = _beta_search(cell, d, splits, dev, notes)
         tc = cell.train_config(beta)
         src = d / "beta" / fmt_beta(beta) / "checkpoint"
         have = None
@@ -318,8 +334,9 @@ def _run_cell(cell: Cell, out: Path, d: Path, threads: int, t0: float, notes: li
             have = method.get(searched_param(cell.method)) if isinstance(method, dict) else None
         if have != beta:
             link_or_copy_dir(src, ckpt)
-    model, metrics, secs = _train_or_load(tc, ckpt, splits, notes, cell.id)
-    train_s += secs
+    model, metrics, secs, before = _train_or_load(tc, ckpt, splits, notes, cell.id)
+    train_s += secs + before
+    earlier_s += before
     bad = _diverged_msg(metrics)
     if bad:
         raise CellDiverged(bad)
@@ -333,7 +350,7 @@ def _run_cell(cell: Cell, out: Path, d: Path, threads: int, t0: float, notes: li
                                         adc_calibration=_adc_source(cell, cell.test_device(), splits))
     eval_s = time.perf_counter() - t_eval
     payload = result_payload(cell, out, ckpt, tc, results, threads=threads, beta_search=beta_record,
-                             wall=time.perf_counter() - t0, train_s=train_s, eval_s=eval_s, metrics=metrics,
+                             wall=time.perf_counter() - t0 + earlier_s, train_s=train_s, eval_s=eval_s, metrics=metrics,
                              bn_recalibration=_calibration_record(cell, splits), adc_calibration=_adc_record(cell, splits))
     write_result_file(d / RESULT_FILE, payload)  # the cell is done from here on
     if cell.betas and not cell.eval["keep_beta_checkpoints"]:

@@ -10,7 +10,8 @@ from nvcim.train.config import (DEFAULT_DEVICE, DEFAULTS, DEVICE_KEYS, DEVICES, 
                                 SCHEDULES, SELECTIONS, TrainConfig, load_train_config, preset_config,
                                 read_config_file)
 from nvcim.train.loop import (REASON_LOSS, REASON_STATE, REASON_TEST, REASON_VAL, STATUS_DIVERGED, STATUS_OK,
-                              TEST_MC_SEED, VAL_MC_SEED, TrainResult, resume_problem, train)
+                              TEST_MC_SEED, VAL_MC_SEED, TrainResult, train)
+from nvcim.train.resume import resume_problem
 
 __all__ = [
     "TrainConfig", "TrainResult", "train", "preset_config", "load_train_config", "read_config_file",

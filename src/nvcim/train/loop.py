@@ -46,7 +46,6 @@ records the failure next to the successes and nothing NaN is ever saved.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import sys
 import time
@@ -59,8 +58,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nvcim.io.checkpoint import save_checkpoint
-from nvcim.io.train_state import (TrainStateError, is_train_state_dir, read_train_state, remove_train_state,
-                                  save_train_state, state_dir_problem)
+from nvcim.io.train_state import (TrainStateError, is_train_state_dir, read_train_state, recover_train_state,
+                                  remove_train_state, save_train_state, state_dir_problem)
+from nvcim.train.resume import (as_json, check_resumable, check_same_run, data_record, first_line, restore_rng,
+                                rng_state, run_record, warn_other_threads)
 from nvcim.data import load_dataset
 from nvcim.evaluate import monte_carlo_evaluate
 from nvcim.methods import create_task, method_to_dict
@@ -173,6 +174,12 @@ def train(cfg: TrainConfig, out_dir=None, *, overwrite: bool = True, splits=None
         out_dir = check_out_dir(out_dir, overwrite)
     if state_dir is not None:
         state_dir = Path(state_dir)
+        if out_dir is not None:
+            a, b = out_dir.resolve(), state_dir.resolve()
+            if a == b or a in b.parents or b in a.parents:  # the checkpoint write would refuse or replace it
+                raise TrainStateError(f"training state {state_dir} and the output {out_dir} overlap: keep the state "
+                                      "beside the checkpoint, not in it")
+        recover_train_state(state_dir)
         problem = state_dir_problem(state_dir)
         if problem:
             raise TrainStateError(f"training state {state_dir}: {problem}")
@@ -204,73 +211,6 @@ def train(cfg: TrainConfig, out_dir=None, *, overwrite: bool = True, splits=None
     finally:
         if cfg.num_threads is not None:
             torch.set_num_threads(old_threads)
-
-
-# ---- resuming (nvcim.io.train_state) ----------------------------------------------------------------
-RESUME_IGNORED = ("progress", "num_threads")  # TrainConfig fields that may differ between the parts of one run
-
-
-def _as_json(value):
-    """`value` as it reads back from JSON (tuples become lists), so a record compares equal to its reading."""
-    return json.loads(json.dumps(value))
-
-
-def _data_record(splits) -> dict:
-    return _as_json({"name": splits.info.name, "n_train": len(splits.train), "n_val": len(splits.val),
-                     "n_test": len(splits.test), "file": splits.fingerprint})
-
-
-def _check_resumable(state, cfg: TrainConfig, splits, path: Path) -> None:
-    """TrainStateError unless `state` was written by a run of `cfg` on these splits."""
-    have = {k: v for k, v in state.record["train"].items() if k not in RESUME_IGNORED}
-    want = {k: v for k, v in _as_json(cfg.to_dict()).items() if k not in RESUME_IGNORED}
-    diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
-    if diff:
-        shown = "; ".join(f"{k}: {have.get(k)!r} there, {want.get(k)!r} now" for k in diff[:2])
-        raise TrainStateError(f"training state {path} is of another configuration ({shown}): run the configuration "
-                              "that made it, or delete the directory to train from the start")
-    if state.record["data"] != _data_record(splits):
-        raise TrainStateError(f"training state {path} was trained on other data ({state.record['data']}): restore "
-                              "that data set, or delete the directory to train from the start")
-    if state.record["epochs"] != cfg.epochs:  # part of the configuration, checked again for a clear message
-        raise TrainStateError(f"training state {path}: {state.record['epochs']} epochs there, {cfg.epochs} now")
-
-
-def resume_problem(cfg: TrainConfig, state_dir, splits) -> str | None:
-    """Why `train(cfg, state_dir=state_dir, splits=splits)` would refuse the training state there (one line), or
-    None: nothing there (a fresh start), or a state of this configuration and data (it resumes)."""
-    state_dir = Path(state_dir)
-    problem = state_dir_problem(state_dir)
-    if problem:
-        return f"training state {state_dir}: {problem}"
-    if not is_train_state_dir(state_dir):
-        return None
-    try:
-        _check_resumable(read_train_state(state_dir), cfg, splits, state_dir)
-    except TrainStateError as exc:
-        return str(exc)
-    return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:160]}" if text else type(exc).__name__
-
-
-def _rng_state(gen: torch.Generator, dev: torch.device) -> dict:
-    """Every random stream the loop draws from: the global CPU one, CUDA's when training there, the data generator."""
-    return {"torch": torch.get_rng_state(), "generator": gen.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if dev.type == "cuda" else None}
-
-
-def _restore_rng(rng: dict, gen: torch.Generator, dev: torch.device) -> None:
-    torch.set_rng_state(rng["torch"])
-    gen.set_state(rng["generator"])
-    if dev.type == "cuda":
-        if rng.get("cuda") is None:
-            raise TrainStateError("the training state was written on CPU and this run trains on CUDA: resume on CPU "
-                                  "(TrainConfig.device), or delete the state to train from the start")
-        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def _state_is_finite(model: nn.Module) -> bool:
@@ -309,7 +249,9 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
     first_epoch, resumed = 1, []
     state = read_train_state(state_dir) if state_dir is not None and is_train_state_dir(state_dir) else None
     if state is not None:  # an interrupted run of this configuration: take it up after its last finished epoch
-        _check_resumable(state, cfg, splits, state_dir)
+        check_resumable(state, cfg, splits, state_dir)
+        check_same_run(state.record["run"], run_record(dev, amp), state_dir)
+        warn_other_threads(state.record["run"], run_record(dev, amp), state_dir)
         t, loop = state.tensors, state.record["loop"]
         try:
             model.load_state_dict(t["model"])
@@ -317,8 +259,13 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
             optimizer.load_state_dict(t["optimizer"])
             if scheduler is not None:
                 scheduler.load_state_dict(t["scheduler"])
+            layout = {k: v.shape for k, v in model.state_dict().items()}
+            for kept in (t["initial"], t["best"]):
+                if kept is not None and {k: v.shape for k, v in kept.items()} != layout:
+                    raise ValueError("a kept state (initial or best) has other tensors than the model")
+            restore_rng(t["rng"], gen, dev)  # last: building the model and the task drew from the global stream
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-            raise TrainStateError(f"training state {state_dir} does not fit this model ({_first_line(exc)}): delete "
+            raise TrainStateError(f"training state {state_dir} does not fit this model ({first_line(exc)}): delete "
                                   "the directory to train from the start") from None
         initial_state, best_state = t["initial"], t["best"]
         history, best_epoch, best_val_noisy, best_val_clean = (loop["history"], loop["best_epoch"],
@@ -327,7 +274,6 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
         train_time, images, wall_before = loop["train_time_s"], loop["images"], loop["wall_time_s"]
         resumed = loop["resumed_after_epochs"] + [state.record["epoch"]]
         first_epoch = state.record["epoch"] + 1
-        _restore_rng(t["rng"], gen, dev)
         _say(cfg, f"resuming after epoch {state.record['epoch']} of {cfg.epochs} ({state_dir})")
 
     for epoch in range(first_epoch, cfg.epochs + 1):
@@ -414,9 +360,10 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
                     "wall_time_s": wall_before + time.perf_counter() - t_start}
             tensors = {"model": _clone_state(model), "task": task.own_state_dict(), "optimizer": optimizer.state_dict(),
                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                       "rng": _rng_state(gen, dev), "best": best_state, "initial": initial_state}
-            save_train_state(state_dir, tensors, {"epoch": epoch, "epochs": cfg.epochs, "train": _as_json(cfg.to_dict()),
-                                                  "data": _data_record(splits), "loop": loop})
+                       "rng": rng_state(gen, dev), "best": best_state, "initial": initial_state}
+            save_train_state(state_dir, tensors, {"epoch": epoch, "epochs": cfg.epochs, "train": as_json(cfg.to_dict()),
+                                                  "data": data_record(splits), "loop": loop,
+                                                  "run": run_record(dev, amp)})
         msg = f"epoch {epoch}/{cfg.epochs}: loss {record['train_loss']:.4f} train {record['train_accuracy']:.2f}%"
         if "val_clean" in record:
             msg += f" val clean {record['val_clean']:.2f}%"
