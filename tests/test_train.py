@@ -574,3 +574,9 @@ def test_the_output_check_leaves_reassigned_buffers_python_state_and_train_overr
     model = Odd()
     check_model_output(model, torch.randn(2, 1, 2, 2), 10, TrainConfig(model="vgg8", dataset="mnist5k"))
     assert model.steps == 0 and torch.equal(model.ema, torch.zeros(4)) and model.training
+
+
+def test_epoch_lines_give_the_remaining_time(capsys):
+    train(tiny_cfg(epochs=2, progress=True))
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("epoch ")]
+    assert len(lines) == 2 and "(ETA " in lines[0] and "ETA" not in lines[1]

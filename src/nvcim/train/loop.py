@@ -146,6 +146,13 @@ class _Silent:
         pass
 
 
+def _duration(seconds: float) -> str:
+    """'45 s', '12 min', '3.4 h': a remaining time for a progress line."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 def _say(cfg: TrainConfig, msg: str) -> None:
     if cfg.progress:
         tqdm.write(msg, file=sys.stderr)
@@ -276,6 +283,7 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
         first_epoch = state.record["epoch"] + 1
         _say(cfg, f"resuming after epoch {state.record['epoch']} of {cfg.epochs} ({state_dir})")
 
+    t_epochs = time.perf_counter()  # for the ETA of the epoch lines (this part's epochs, validation included)
     for epoch in range(first_epoch, cfg.epochs + 1):
         model.train()
         # disable=None: no bar when stderr is not a TTY (logs of sweeps stay clean)
@@ -369,6 +377,9 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
             msg += f" val clean {record['val_clean']:.2f}%"
         if "val_noisy_mean" in record:
             msg += f" val σ={cfg.sigma:g} {record['val_noisy_mean']:.2f}%"
+        if epoch < cfg.epochs:
+            per_epoch = (time.perf_counter() - t_epochs) / (epoch - first_epoch + 1)
+            msg += f" (ETA {_duration(per_epoch * (cfg.epochs - epoch))})"
         _say(cfg, msg)
 
     model.load_state_dict(best_state if best_state is not None else initial_state)
