@@ -119,7 +119,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--preset", metavar="NAME", help=f"start from a named preset: {', '.join(sorted(PRESETS))}")
     g.add_argument("--config", metavar="FILE",
                    help="TOML / YAML / JSON file of training config keys (method_params as a table); flags override it")
-    g.add_argument("--out", metavar="DIR", help="checkpoint directory to write at the end (default: none, nothing saved)")
+    g.add_argument("--out", metavar="DIR", help="checkpoint directory to write at the end (default: none, nothing saved); while training, "
+                        "DIR.train-state keeps the state after every epoch, so rerunning the command resumes")
     g.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out (default: refuse)")
     g.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines (default: show them)")
 
