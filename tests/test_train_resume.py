@@ -186,6 +186,8 @@ def test_a_sweep_cell_resumes_its_training(tmp_path, monkeypatch, capsys):
     (cell,) = expand(spec)
     state = tmp_path / "a" / "cells" / cell.id / "train_state"
     assert read_train_state(state).record["epoch"] == 2
+    rc, out, _ = run_cli(["sweep", str(spec_file), "--out", str(tmp_path / "a"), "--dry-run"], capsys)
+    assert rc == 0 and f"pending  {cell.id}" in out and "(training resumes after epoch 2 of 3)" in out
     run_sweep(spec, tmp_path / "a", workers=1, progress=False)
     run_sweep(spec, tmp_path / "b", workers=1, progress=False)  # uninterrupted
     ra, rb = (json.loads((tmp_path / d / "cells" / cell.id / "result.json").read_text()) for d in ("a", "b"))
@@ -381,3 +383,20 @@ def test_a_sweep_retrains_a_state_whose_tensors_do_not_fit_and_drops_a_stale_one
     kept.rename(state)
     assert run_sweep(spec, tmp_path / "a", workers=1, progress=False).exit_code == 0
     assert not state.exists()
+
+
+def test_dry_run_progress_names_scored_candidates_and_saved_epochs(tmp_path):
+    from nvcim.sweep import expand, validate_spec
+    from nvcim.sweep.cells import fmt_beta
+    from nvcim.sweep.files import cell_dir, partial_progress
+
+    (cell,) = expand(validate_spec({"name": "p", "models": ["tiny"], "datasets": ["mnist5k"], "methods": ["ovf"],
+                                    "sigmas": [0.2], "seeds": [0], "betas": [1e-2, 1e-3, 1e-4]}))
+    d = cell_dir(tmp_path, cell.id)
+    assert partial_progress(tmp_path, cell) is None
+    (d / "beta" / fmt_beta(1e-2)).mkdir(parents=True)
+    (d / "beta" / fmt_beta(1e-2) / "score.json").write_text("{}")
+    (d / "beta" / fmt_beta(1e-3) / "train_state").mkdir(parents=True)
+    (d / "beta" / fmt_beta(1e-3) / "train_state" / RECORD_FILE).write_text(json.dumps({"epoch": 3, "epochs": 12}))
+    assert partial_progress(tmp_path, cell) == (f"β 1 of 3 scored; β {fmt_beta(1e-3)} training resumes after epoch 3 "
+                                                "of 12")

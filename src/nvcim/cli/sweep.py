@@ -61,6 +61,7 @@ def _warn(message: str) -> None:
 def run(args) -> int:
     from nvcim.sweep import expand, load_spec, plan, result_problem, run_sweep, stale_cells
     from nvcim.methods import search_symbol, searched_param
+    from nvcim.sweep.files import partial_progress
     from nvcim.sweep.runner import UNDEFINED, check_data, check_sweep_dir, is_recorded_spec, needs_local_data
 
     spec_path = Path(args.spec)
@@ -82,6 +83,8 @@ def run(args) -> int:
                           else f"  (made by another definition: {', '.join(stale[c.id])} differ)")
             problem = result_problem(args.out, c.id) if state[c.id] == "pending" else None
             extra += f"  ({problem}: runs again)" if problem else ""
+            kept = partial_progress(args.out, c) if state[c.id] == "pending" else None
+            extra += f"  ({kept})" if kept else ""
             print(f"{state[c.id]:8s} {c.id}  test σ {c.test_sigmas}{extra}")
         print(f"{len(cells)} cells: {len(done) - len(stale)} done, {len(stale)} stale, {len(failed)} failed "
               f"(not retried), {len(todo)} to run")

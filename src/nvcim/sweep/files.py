@@ -26,7 +26,7 @@ from nvcim.io.checkpoint import WEIGHTS_FILE as CHECKPOINT_WEIGHTS
 from nvcim.io.files import atomic_write_text, current_umask
 from nvcim.io.train_state import RECORD_FILE as TRAIN_STATE_RECORD
 from nvcim.io.train_state import TENSORS_FILE as TRAIN_STATE_TENSORS
-from nvcim.sweep.cells import Cell, is_num
+from nvcim.sweep.cells import Cell, fmt_beta, is_num
 
 RESULT_FILE = "result.json"
 TRAIN_STATE_DIR = "train_state"  # beside a checkpoint/ while it trains (nvcim.io.train_state); gone once it is written
@@ -87,6 +87,27 @@ def cell_state(out_dir, cell_id: str) -> str:
     if (d / FAILED_FILE).is_file():
         return "failed"
     return "pending"
+
+
+def partial_progress(out_dir, cell: Cell) -> str | None:
+    """What a pending cell has done that a rerun keeps, for `nvcim sweep --dry-run` (None: nothing): finished β
+    candidates and a training's last saved epoch, e.g. "β 2 of 4 scored; β 1e-3 resumes after epoch 3 of 12".
+    Read from the JSON records alone (nothing is loaded; a damaged state shows here and is redone when run)."""
+    d = cell_dir(out_dir, cell.id)
+    parts = []
+    if cell.betas:
+        scored = sum((d / "beta" / fmt_beta(b) / SCORE_FILE).is_file() for b in cell.betas)
+        if scored:
+            parts.append(f"β {scored} of {len(cell.betas)} scored")
+    states = [("", d / TRAIN_STATE_DIR)] + [(f"β {fmt_beta(b)} ", d / "beta" / fmt_beta(b) / TRAIN_STATE_DIR)
+                                            for b in cell.betas or ()]
+    for label, state in states:
+        try:
+            rec = json.loads((state / TRAIN_STATE_RECORD).read_text(encoding="utf-8"))
+            parts.append(f"{label}training resumes after epoch {int(rec['epoch'])} of {int(rec['epochs'])}")
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return "; ".join(parts) or None
 
 
 def _is_temp(name: str) -> bool:
