@@ -21,6 +21,7 @@ DIR.train-state, a sweep cell inside the cell's folder (train_state/ next to che
 from __future__ import annotations
 
 import datetime as _dt
+import glob
 import json
 import os
 import shutil
@@ -207,11 +208,14 @@ def recover_train_state(path) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         return
-    olds = sorted(p for p in path.parent.glob(f".{path.name}.old-*") if p.is_dir() and is_train_state_dir(p))
+    name = glob.escape(path.name)  # an output named "run[1]" or "run*" must not match other runs' files
+    olds = sorted(p for p in path.parent.glob(f".{name}.old-*") if p.is_dir() and is_train_state_dir(p))
     if olds and not path.exists():
         os.replace(olds[-1], path)
         olds = olds[:-1]
-    for p in [*path.parent.glob(f".{path.name}.tmp-*"), *olds]:
+    if path.exists():  # also partial copies a kill left while the previous state was being deleted
+        olds = [p for p in path.parent.glob(f".{name}.old-*") if p.is_dir()]
+    for p in [*path.parent.glob(f".{name}.tmp-*"), *olds]:
         if p.is_dir() and not p.is_symlink() and not _foreign(p):
             shutil.rmtree(p, ignore_errors=True)
 
