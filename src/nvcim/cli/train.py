@@ -342,7 +342,7 @@ def train_state_path(out):
 
 def run(args: argparse.Namespace) -> int:
     from nvcim.data import load_dataset
-    from nvcim.train import check_model_fits_data, check_out_dir, resolve_device, resume_problem, train, tune_malloc
+    from nvcim.train import check_model_fits_data, check_out_dir, resolve_device, train, tune_malloc
 
     cfg = config_from_args(args)
     out = getattr(args, "out", None)
@@ -368,11 +368,7 @@ def run(args: argparse.Namespace) -> int:
     if resolve_device(cfg.device).type == "cpu":
         tune_malloc()  # reuse activation memory between steps (fewer page faults; see nvcim.train.tune_malloc)
     splits = load_dataset(cfg.dataset, cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.data_seed, limit=cfg.limit)
-    state = train_state_path(out) if out is not None else None
-    if state is not None:
-        problem = resume_problem(cfg, state, splits)
-        if problem:
-            raise ValueError(problem)
+    state = train_state_path(out) if out is not None else None  # train() refuses another run's state, before training
     result = train(cfg, out, overwrite=overwrite, splits=splits, state_dir=state)
     print(summary_table(result, getattr(args, "device_model", None), splits.info.num_classes))
     if result.status != "ok":

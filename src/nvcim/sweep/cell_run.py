@@ -113,22 +113,22 @@ def _train_or_load(tc, ckpt: Path, splits, notes: list[str] | None = None, cell_
             notes.append(f"cell {cell_id}: checkpoint {_rel_to_cell(ckpt, cell_id)} cannot be reused ({config}): "
                          "it is trained again")
         _drop_checkpoint(ckpt)
-    problem = train.resume_problem(tc, state, splits)
-    if problem:
+    def restart(why) -> None:
         _drop_train_state(state)  # raises, removing nothing, when a file that is not nvcim's is there
         if notes is not None:
-            notes.append(f"cell {cell_id}: {_rel_to_cell(state, cell_id)} cannot be resumed ({problem}): it is trained "
+            notes.append(f"cell {cell_id}: {_rel_to_cell(state, cell_id)} cannot be resumed ({why}): it is trained "
                          "from the start")
+
+    problem = train.resume_problem(tc, state, splits)
+    if problem:
+        restart(problem)
     t0 = time.perf_counter()
     try:
         res = train.train(tc, out_dir=ckpt, splits=splits, state_dir=state)
     except TrainStateError as exc:  # a state that looked right but does not restore (damaged tensors)
         if isinstance(exc, TrainStateSaveError) or not state.exists():
             raise
-        if notes is not None:
-            notes.append(f"cell {cell_id}: {_rel_to_cell(state, cell_id)} cannot be resumed ({exc}): it is trained "
-                         "from the start")
-        _drop_train_state(state)
+        restart(exc)
         res = train.train(tc, out_dir=ckpt, splits=splits, state_dir=state)
     now = time.perf_counter() - t0
     return res.model, dict(res.metrics), now, max(0.0, res.metrics.get("wall_time_s", now) - now)
