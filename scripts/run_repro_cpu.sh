@@ -12,7 +12,7 @@ PY=${PY:-.venv/bin/python}
 # spec name (experiments/repro/<name>.toml) : output folder under OUT
 ALL="main_mnist5k:main convergence_mnist5k:convergence ablation_mnist5k:ablation fashion_mnist:fashion
 beta_search_200chips:beta200 ablation_beta_mnist5k:ablation_beta fashion_mnist_full:fashion_full
-beta_search_200chips_grid:beta200_grid beta_search_200chips_5seeds_s0.3:beta200_5seeds_s0.3 beta_search_200chips_5seeds_s0.2:beta200_5seeds_s0.2 beta_search_200chips_s01:beta200_s01 convergence_200chips:convergence200
+beta_search_200chips_grid:beta200_grid beta_search_200chips_5seeds_s0.3:beta200_5seeds_s0.3 beta_search_200chips_5seeds_s0.2:beta200_5seeds_s0.2 beta_search_200chips_5seeds_s0.1_s0.4:beta200_5seeds_s0.1_s0.4 beta_search_200chips_s01:beta200_s01 convergence_200chips:convergence200
 resnet18_mnist5k:resnet18 resnet18_mnist5k_s02:resnet18_s02 fashion_mnist_full_ablation:fashion_full_ablation
 resnet18_mnist5k_s01:resnet18_s01 ablation_200chips:ablation200 resnet18_ablation_s02:resnet18_ablation
 fashion_mnist_full_s02_s035:fashion_full_s02_s035 resnet18_convergence_s02:resnet18_convergence
