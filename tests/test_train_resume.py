@@ -266,6 +266,29 @@ def test_tensors_that_do_not_fit_the_model_are_one_line(tmp_path, monkeypatch):
         train(cfg, state_dir=state)
 
 
+@pytest.mark.parametrize("damage, expected", [
+    ("moment", "has shape"), ("groups", "other parameter groups"), ("param", "does not have"),
+    ("schedule", "learning-rate schedule state lacks")])
+def test_optimizer_and_schedule_states_that_do_not_fit_are_one_line(damage, expected, tmp_path, monkeypatch):
+    """torch's own load_state_dict takes an Adam moment of another shape (the first step then fails) and an empty
+    scheduler dict (the cosine schedule silently restarts): both are refused before training."""
+    cfg, state = interrupted_state(tmp_path, monkeypatch)
+    t = torch.load(state / TENSORS_FILE, weights_only=True)
+    opt = t["optimizer"]
+    if damage == "moment":
+        pid = next(iter(opt["state"]))
+        opt["state"][pid]["exp_avg"] = opt["state"][pid]["exp_avg"].flatten()[:1].clone()
+    elif damage == "groups":
+        opt["param_groups"][0]["params"] = opt["param_groups"][0]["params"][:-1]
+    elif damage == "param":
+        opt["state"][10_000] = dict(next(iter(opt["state"].values())))
+    else:
+        t["scheduler"] = {}
+    torch.save(t, state / TENSORS_FILE)
+    with pytest.raises(TrainStateError, match=f"does not fit this model.*{expected}"):
+        train(cfg, state_dir=state)
+
+
 def test_a_full_disk_is_one_line(tmp_path, monkeypatch):
     from nvcim.io.train_state import TrainStateSaveError
 

@@ -60,8 +60,8 @@ from tqdm.auto import tqdm
 from nvcim.io.checkpoint import save_checkpoint
 from nvcim.io.train_state import (TrainStateError, is_train_state_dir, read_train_state, recover_train_state,
                                   remove_train_state, save_train_state, state_dir_problem)
-from nvcim.train.resume import (as_json, check_resumable, check_same_run, data_record, first_line, restore_rng,
-                                rng_state, run_record, warn_other_threads)
+from nvcim.train.resume import (as_json, check_optimizer_state, check_resumable, check_same_run, check_scheduler_state,
+                                data_record, first_line, restore_rng, rng_state, run_record, warn_other_threads)
 from nvcim.data import load_dataset
 from nvcim.evaluate import monte_carlo_evaluate
 from nvcim.methods import create_task, method_to_dict
@@ -263,7 +263,9 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
         try:
             model.load_state_dict(t["model"])
             task.load_own_state_dict(t["task"])
+            check_optimizer_state(optimizer, t["optimizer"])
             optimizer.load_state_dict(t["optimizer"])
+            check_scheduler_state(scheduler, t["scheduler"])
             if scheduler is not None:
                 scheduler.load_state_dict(t["scheduler"])
             layout = {k: v.shape for k, v in model.state_dict().items()}

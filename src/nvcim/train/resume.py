@@ -5,6 +5,8 @@ random streams and run conditions it records.
     check_resumable(state, cfg, splits, path)          # TrainStateError (one line) unless cfg and data match
     check_same_run(have, run_record(dev, amp), path)   # CPU vs CUDA, amp, GPU count must match
     rng_state(gen, dev) / restore_rng(rng, gen, dev)   # every stream the loop draws from
+    check_optimizer_state(optimizer, saved)            # ValueError unless the saved state fits this optimizer
+    check_scheduler_state(scheduler, saved)            # ValueError unless it holds what this scheduler saves
 """
 
 from __future__ import annotations
@@ -92,6 +94,43 @@ def resume_problem(cfg: TrainConfig, state_dir, splits) -> str | None:
     except TrainStateError as exc:
         return str(exc)
     return None
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """ValueError unless `saved` (an optimizer state dict) has this optimizer's parameter groups and every per-parameter
+    tensor (Adam's moments, SGD's momentum) has its parameter's shape: torch's own load_state_dict checks only the
+    group sizes, and a moment of another shape would fail later, inside the first step."""
+    fresh = optimizer.state_dict()["param_groups"]
+    groups = saved.get("param_groups")
+    if not isinstance(groups, list) or [len(g.get("params", ())) for g in groups] != [len(g["params"]) for g in fresh]:
+        raise ValueError("the optimizer state has other parameter groups than this model's optimizer")
+    shapes = {}
+    for g_saved, group in zip(groups, optimizer.param_groups):
+        shapes.update(zip(g_saved["params"], (p.shape for p in group["params"])))
+    state = saved.get("state")
+    if not isinstance(state, dict):
+        raise ValueError("the optimizer state has no per-parameter state")
+    for pid, entry in state.items():
+        if pid not in shapes or not isinstance(entry, dict):
+            raise ValueError(f"the optimizer state names parameter {pid!r}, which this optimizer does not have")
+        for name, value in entry.items():
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape != shapes[pid]:
+                raise ValueError(f"optimizer {name!r} of parameter {pid} has shape {tuple(value.shape)}, the "
+                                 f"parameter {tuple(shapes[pid])}")
+
+
+def check_scheduler_state(scheduler, saved) -> None:
+    """ValueError unless `saved` has the keys this learning-rate scheduler saves (None when the run has none): an empty
+    or partial dict would load silently and restart the schedule."""
+    if scheduler is None:
+        if saved is not None:
+            raise ValueError("the state has a learning-rate schedule, this configuration none")
+        return
+    want = set(scheduler.state_dict())
+    have = set(saved) if isinstance(saved, dict) else set()
+    if have != want:
+        raise ValueError(f"the learning-rate schedule state lacks {sorted(want - have)[:3]} and has "
+                         f"{sorted(have - want)[:3]} beyond this schedule's")
 
 
 def first_line(exc: BaseException) -> str:
