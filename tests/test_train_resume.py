@@ -170,6 +170,52 @@ def test_cli_resumes_and_refuses_another_configuration(tmp_path, capsys, monkeyp
     assert rc == 0 and all(torch.equal(a[k], b[k]) for k in a)
 
 
+CLI_ARGV = ["train", "--model", "tiny", "--dataset", "mnist5k", "--limit", "64", "--epochs", "2", "--batch-size", "16",
+            "--val-runs", "2", "--method", "noise_injection", "--sigma", "0.2", "--out"]
+
+
+def test_two_cli_runs_never_write_one_output(tmp_path, capsys, monkeypatch):
+    """While one `nvcim train --out DIR` runs (it holds DIR.train-state.lock), a second is refused in one line and
+    writes nothing; the lock file goes when the run ends; a file of that name nvcim did not write is left alone."""
+    from nvcim.io.locks import LOCK_MARK, output_lock
+
+    monkeypatch.chdir(tmp_path)
+    lock = tmp_path / "deep" / "run.train-state.lock"
+    with output_lock(lock, "--out deep/run"):
+        assert lock.read_bytes() == LOCK_MARK
+        rc, err = run_cli_err([*CLI_ARGV, "deep/run"], capsys)
+        assert rc == 2 and len(err) == 1 and "in use by another running process" in err[0]
+        assert sorted(p.name for p in tmp_path.rglob("*")) == ["deep", "run.train-state.lock"]
+    assert not (tmp_path / "deep").exists()  # the lock's directories, created for it and left empty, are gone
+    rc, err = run_cli_err([*CLI_ARGV, "deep/run", "--model", "nope"], capsys)  # bad input: nothing is left behind
+    assert rc == 2 and not (tmp_path / "deep").exists()
+    rc, _, _ = run_cli([*CLI_ARGV, "run"], capsys)
+    assert rc == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    (tmp_path / "mine.train-state.lock").write_text("my notes")
+    rc, err = run_cli_err([*CLI_ARGV, "mine"], capsys)
+    assert rc == 2 and len(err) == 1 and "not nvcim's lock file" in err[0]
+    assert (tmp_path / "mine.train-state.lock").read_text() == "my notes" and not (tmp_path / "mine").exists()
+
+
+def test_cli_removes_the_state_a_kill_left_after_the_checkpoint(tmp_path, capsys, monkeypatch):
+    """train() writes the checkpoint, then removes the state: a kill between the two leaves a stale state, which the
+    next run of that command removes (it is nvcim's own); the state of another configuration is kept."""
+    monkeypatch.chdir(tmp_path)
+    with monkeypatch.context() as m:
+        m.setattr(loop, "remove_train_state", lambda path: None)  # as if killed right after the checkpoint
+        rc, _, _ = run_cli([*CLI_ARGV, "run"], capsys)
+    assert rc == 0 and (tmp_path / "run.train-state" / RECORD_FILE).is_file()
+    rc, _, err = run_cli([*CLI_ARGV, "run"], capsys)
+    assert rc == 2 and "removed run.train-state, left by the run that wrote run" in err
+    assert "already holds a checkpoint" in err and not (tmp_path / "run.train-state").exists()
+    undo = stop_after(monkeypatch, 1)  # a state of another configuration (seed 1) beside that checkpoint stays
+    with pytest.raises(Interrupted):
+        run_cli([*CLI_ARGV, "run", "--overwrite", "--seed", "1"], capsys)
+    undo()
+    rc, err = run_cli_err([*CLI_ARGV, "run"], capsys)
+    assert rc == 2 and (tmp_path / "run.train-state" / RECORD_FILE).is_file() and "removed" not in " ".join(err)
+
+
 def test_a_sweep_cell_resumes_its_training(tmp_path, monkeypatch, capsys):
     from nvcim.sweep import SweepWarning, expand, load_spec, run_sweep
 

@@ -4,7 +4,9 @@
     nvcim sweep spec.toml --out runs/x --dry-run          # list the cells and their state
     nvcim sweep spec.toml --out runs/x --backend ray --address auto
 
-Rerunning the same command resumes (finished cells are skipped). Exit code 0 when every cell is
+Rerunning the same command resumes: finished cells are skipped, and a cell interrupted while training takes
+its training up after the last finished epoch (kept in DIR/cells/<id>/train_state/; --dry-run shows it; the Ray
+backend does so only when its workers share DIR's file system). Exit code 0 when every cell is
 done, 1 when some failed (see DIR/cells/<id>/failed.json; --retry-failed reruns them), 2 on a usage
 error (bad spec, another spec's DIR, a data set that is missing and cannot be downloaded, missing
 Ray), checked before any cell runs and before anything is written.
@@ -14,6 +16,7 @@ Warnings (a damaged file not reused, a result recorded but implausible) are show
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -22,7 +25,8 @@ def add_parser(sub) -> None:
     from nvcim.sweep.backends import BACKENDS
 
     p = sub.add_parser("sweep", help="run a sweep spec (grid of train + Monte Carlo eval cells), resumable",
-                       description=__doc__.split("\n\n")[0])
+                       description=__doc__.split("\n\n")[0],
+                       epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec", help="sweep spec file (.toml, .yaml/.yml or .json)")
     p.add_argument("--out", required=True, help="sweep directory (cells/<id>/result.json, checkpoints, spec copy)")
     p.add_argument("--backend", choices=tuple(BACKENDS), default="local",

@@ -144,9 +144,10 @@ def save_train_state(path, tensors: Mapping[str, Any], record: Mapping[str, Any]
     head = {"format": FORMAT, "version": VERSION, "nvcim_version": nvcim.__version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     text = json.dumps({**head, **record}, indent=2, allow_nan=False) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
         torch.save(dict(tensors), tmp / TENSORS_FILE)
         (tmp / RECORD_FILE).write_text(text, encoding="utf-8")
         umask = current_umask()
@@ -159,7 +160,7 @@ def save_train_state(path, tensors: Mapping[str, Any], record: Mapping[str, Any]
         raise TrainStateSaveError(f"cannot save the training state {path}: {first}: check the disk has space and "
                                   "the directory is writable") from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return path
 

@@ -5,6 +5,7 @@ random streams and run conditions it records.
     check_resumable(state, cfg, splits, path)          # TrainStateError (one line) unless cfg and data match
     check_same_run(have, run_record(dev, amp), path)   # CPU vs CUDA, amp, GPU count must match
     rng_state(gen, dev) / restore_rng(rng, gen, dev)   # every stream the loop draws from
+    left_by_finished_run(state_dir, out_dir)           # the state a kill left after out_dir was written (stale)
     check_optimizer_state(optimizer, saved)            # ValueError unless the saved state fits this optimizer
     check_scheduler_state(scheduler, saved)            # ValueError unless it holds what this scheduler saves
 """
@@ -131,6 +132,23 @@ def check_scheduler_state(scheduler, saved) -> None:
     if have != want:
         raise ValueError(f"the learning-rate schedule state lacks {sorted(want - have)[:3]} and has "
                          f"{sorted(have - want)[:3]} beyond this schedule's")
+
+
+def left_by_finished_run(state_dir, out_dir) -> bool:
+    """Whether the training state at `state_dir` belongs to the run whose final checkpoint is already in `out_dir`:
+    train() writes the checkpoint, then removes the state, so a kill between the two leaves this stale state."""
+    from nvcim.io.checkpoint import is_checkpoint_dir, read_checkpoint_config
+
+    state_dir, out_dir = Path(state_dir), Path(out_dir)
+    if not (is_train_state_dir(state_dir) and is_checkpoint_dir(out_dir)) or state_dir_problem(state_dir):
+        return False
+    try:
+        have = read_train_state(state_dir).record["train"]
+        made = as_json(read_checkpoint_config(out_dir).get("train"))
+    except (TrainStateError, ValueError, OSError):
+        return False
+    return isinstance(made, dict) and all(have.get(k) == made.get(k) for k in set(have) | set(made)
+                                          if k not in RESUME_IGNORED)
 
 
 def first_line(exc: BaseException) -> str:
