@@ -345,6 +345,13 @@ def test_a_full_disk_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(TrainStateSaveError, match="cannot save the training state .* unexpected pos 123: check"):
         train(TrainConfig(**TINY, method="vanilla"), state_dir=tmp_path / "s")
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no half-written directory left
+    monkeypatch.undo()
+    (tmp_path / "file").write_text("x")  # the state's parent cannot be made: the OS error in one line, not a trace
+    from nvcim.io.train_state import save_train_state
+
+    with pytest.raises(TrainStateSaveError, match="cannot save the training state .*file/s.*: check the disk"):
+        save_train_state(tmp_path / "file" / "s", {k: None for k in ("model", "task", "optimizer", "scheduler", "rng",
+                                                                      "best", "initial")}, {})
 
 
 def test_a_kill_between_the_two_renames_of_a_save_is_recovered(tmp_path, monkeypatch):
