@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
+import shutil
 
 import pytest
 import torch
@@ -191,10 +193,18 @@ def test_two_cli_runs_never_write_one_output(tmp_path, capsys, monkeypatch):
     assert rc == 2 and not (tmp_path / "deep").exists()
     rc, _, _ = run_cli([*CLI_ARGV, "run"], capsys)
     assert rc == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
-    (tmp_path / "mine.train-state.lock").write_text("my notes")
-    rc, err = run_cli_err([*CLI_ARGV, "mine"], capsys)
-    assert rc == 2 and len(err) == 1 and "not nvcim's lock file" in err[0]
-    assert (tmp_path / "mine.train-state.lock").read_text() == "my notes" and not (tmp_path / "mine").exists()
+    for text in ("my notes", ""):  # a user's file, even an empty one, is not nvcim's lock
+        (tmp_path / "mine.train-state.lock").write_text(text)
+        rc, err = run_cli_err([*CLI_ARGV, "mine"], capsys)
+        assert rc == 2 and len(err) == 1 and "not nvcim's lock file" in err[0]
+        assert (tmp_path / "mine.train-state.lock").read_text() == text and not (tmp_path / "mine").exists()
+    (tmp_path / "link.train-state.lock").symlink_to(tmp_path / "target")  # never followed, never removed
+    rc, err = run_cli_err([*CLI_ARGV, "link"], capsys)
+    assert rc == 2 and len(err) == 1 and "cannot create the lock file" in err[0]
+    assert (tmp_path / "link.train-state.lock").is_symlink() and not (tmp_path / "target").exists()
+    (tmp_path / "afile").write_text("x")  # the path's own problem is named, as before the lock existed
+    rc, err = run_cli_err([*CLI_ARGV, "afile/run"], capsys)
+    assert rc == 2 and len(err) == 1 and "afile is a file" in err[0]
 
 
 def test_cli_removes_the_state_a_kill_left_after_the_checkpoint(tmp_path, capsys, monkeypatch):
@@ -208,12 +218,14 @@ def test_cli_removes_the_state_a_kill_left_after_the_checkpoint(tmp_path, capsys
     rc, _, err = run_cli([*CLI_ARGV, "run"], capsys)
     assert rc == 2 and "removed run.train-state, left by the run that wrote run" in err
     assert "already holds a checkpoint" in err and not (tmp_path / "run.train-state").exists()
-    undo = stop_after(monkeypatch, 1)  # a state of another configuration (seed 1) beside that checkpoint stays
-    with pytest.raises(Interrupted):
-        run_cli([*CLI_ARGV, "run", "--overwrite", "--seed", "1"], capsys)
-    undo()
-    rc, err = run_cli_err([*CLI_ARGV, "run"], capsys)
-    assert rc == 2 and (tmp_path / "run.train-state" / RECORD_FILE).is_file() and "removed" not in " ".join(err)
+    for extra in (["--seed", "1"], []):  # states newer than the checkpoint (an --overwrite run killed) stay,
+        undo = stop_after(monkeypatch, 1)  # of another configuration or of this one
+        with pytest.raises(Interrupted):
+            run_cli([*CLI_ARGV, "run", "--overwrite", *extra], capsys)
+        undo()
+        rc, err = run_cli_err([*CLI_ARGV, "run", *extra], capsys)
+        assert rc == 2 and (tmp_path / "run.train-state" / RECORD_FILE).is_file() and "removed" not in " ".join(err)
+        shutil.rmtree(tmp_path / "run.train-state")
 
 
 def test_a_sweep_cell_resumes_its_training(tmp_path, monkeypatch, capsys):
@@ -314,7 +326,9 @@ def test_tensors_that_do_not_fit_the_model_are_one_line(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("damage, expected", [
     ("moment", "has shape"), ("groups", "other parameter groups"), ("param", "does not have"),
-    ("schedule", "learning-rate schedule state lacks")])
+    ("schedule", "learning-rate schedule state lacks"), ("group-list", "other parameter groups"),
+    ("lr", "not a learning rate"), ("betas", "betas='missing'"), ("entry", "is not a mapping"),
+    ("base_lrs", "base_lrs='x'"), ("last_epoch", "last_epoch=-3")])
 def test_optimizer_and_schedule_states_that_do_not_fit_are_one_line(damage, expected, tmp_path, monkeypatch):
     """torch's own load_state_dict takes an Adam moment of another shape (the first step then fails) and an empty
     scheduler dict (the cosine schedule silently restarts): both are refused before training."""
@@ -328,11 +342,31 @@ def test_optimizer_and_schedule_states_that_do_not_fit_are_one_line(damage, expe
         opt["param_groups"][0]["params"] = opt["param_groups"][0]["params"][:-1]
     elif damage == "param":
         opt["state"][10_000] = dict(next(iter(opt["state"].values())))
+    elif damage == "group-list":
+        opt["param_groups"] = [list(opt["param_groups"][0].items())]
+    elif damage == "lr":
+        opt["param_groups"][0]["lr"] = "x"
+    elif damage == "betas":
+        del opt["param_groups"][0]["betas"]
+    elif damage == "entry":
+        opt["state"][next(iter(opt["state"]))] = [1]
+    elif damage in ("base_lrs", "last_epoch"):
+        t["scheduler"][damage] = "x" if damage == "base_lrs" else -3
     else:
         t["scheduler"] = {}
     torch.save(t, state / TENSORS_FILE)
-    with pytest.raises(TrainStateError, match=f"does not fit this model.*{expected}"):
+    with pytest.raises(TrainStateError, match=f"does not fit this model.*{re.escape(expected)}"):
         train(cfg, state_dir=state)
+
+
+def test_a_schedule_state_of_another_torch_version_resumes(tmp_path, monkeypatch):
+    """Private keys one torch version saves and another does not (_is_initial vs verbose) do not block a resume."""
+    cfg, state = interrupted_state(tmp_path, monkeypatch)
+    t = torch.load(state / TENSORS_FILE, weights_only=True)
+    t["scheduler"].pop("_is_initial", None)
+    t["scheduler"]["verbose"] = False
+    torch.save(t, state / TENSORS_FILE)
+    assert train(cfg, state_dir=state).metrics["resumed_after_epochs"] == [1]
 
 
 def test_a_full_disk_is_one_line(tmp_path, monkeypatch):

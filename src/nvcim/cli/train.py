@@ -349,6 +349,9 @@ def run(args: argparse.Namespace) -> int:
     out = getattr(args, "out", None)
     if out is None:
         return _run(args, cfg, None)
+    from nvcim.train import check_out_dir
+
+    check_out_dir(out, overwrite=True)  # a path the final write refuses (a file...), before the lock creates anything
     state = train_state_path(out)
     with output_lock(state.with_name(state.name + ".lock"), f"--out {out}"):  # two runs never write one DIR
         return _run(args, cfg, out)

@@ -273,7 +273,7 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
                 if kept is not None and {k: v.shape for k, v in kept.items()} != layout:
                     raise ValueError("a kept state (initial or best) has other tensors than the model")
             restore_rng(t["rng"], gen, dev)  # last: building the model and the task drew from the global stream
-        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
             raise TrainStateError(f"training state {state_dir} does not fit this model ({first_line(exc)}): delete "
                                   "the directory to train from the start") from None
         initial_state, best_state = t["initial"], t["best"]

@@ -13,6 +13,7 @@ random streams and run conditions it records.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -97,14 +98,31 @@ def resume_problem(cfg: TrainConfig, state_dir, splits) -> str | None:
     return None
 
 
+def _finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def check_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
-    """ValueError unless `saved` (an optimizer state dict) has this optimizer's parameter groups and every per-parameter
-    tensor (Adam's moments, SGD's momentum) has its parameter's shape: torch's own load_state_dict checks only the
-    group sizes, and a moment of another shape would fail later, inside the first step."""
+    """ValueError unless `saved` (an optimizer state dict) fits this optimizer: its parameter groups, their settings
+    (all but the scheduled lr equal this configuration's; a flag torch fills in itself may be missing) and every
+    per-parameter tensor (Adam's moments, SGD's momentum) in its parameter's shape. torch's own load_state_dict checks
+    only the group sizes; anything else would fail later, inside a step, or train with other settings."""
     fresh = optimizer.state_dict()["param_groups"]
     groups = saved.get("param_groups")
-    if not isinstance(groups, list) or [len(g.get("params", ())) for g in groups] != [len(g["params"]) for g in fresh]:
+    if (not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups)
+            or [len(g.get("params", ())) for g in groups] != [len(g["params"]) for g in fresh]):
         raise ValueError("the optimizer state has other parameter groups than this model's optimizer")
+    for g_saved, g_fresh in zip(groups, fresh):
+        for key, value in g_fresh.items():
+            if key in ("params", "lr"):
+                continue
+            if key not in g_saved and (isinstance(value, bool) or value is None):
+                continue  # a flag a torch version does not save; its load_state_dict fills it in
+            if g_saved.get(key, "missing") != value:
+                raise ValueError(f"the optimizer state has {key}={g_saved.get(key, 'missing')!r}, this configuration "
+                                 f"{value!r}")
+        if not _finite_number(g_saved.get("lr")) or g_saved["lr"] < 0:
+            raise ValueError(f"the optimizer state has lr={g_saved.get('lr')!r}: not a learning rate")
     shapes = {}
     for g_saved, group in zip(groups, optimizer.param_groups):
         shapes.update(zip(g_saved["params"], (p.shape for p in group["params"])))
@@ -112,43 +130,68 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None
     if not isinstance(state, dict):
         raise ValueError("the optimizer state has no per-parameter state")
     for pid, entry in state.items():
-        if pid not in shapes or not isinstance(entry, dict):
+        if pid not in shapes:
             raise ValueError(f"the optimizer state names parameter {pid!r}, which this optimizer does not have")
+        if not isinstance(entry, dict):
+            raise ValueError(f"the optimizer state of parameter {pid!r} is not a mapping")
         for name, value in entry.items():
             if torch.is_tensor(value) and value.dim() > 0 and value.shape != shapes[pid]:
                 raise ValueError(f"optimizer {name!r} of parameter {pid} has shape {tuple(value.shape)}, the "
                                  f"parameter {tuple(shapes[pid])}")
 
 
+SCHEDULE_STEP_KEYS = ("last_epoch", "_step_count", "_last_lr")  # where the schedule is; the rest is its configuration
+
+
 def check_scheduler_state(scheduler, saved) -> None:
-    """ValueError unless `saved` has the keys this learning-rate scheduler saves (None when the run has none): an empty
-    or partial dict would load silently and restart the schedule."""
+    """ValueError unless `saved` is a state of this learning-rate schedule (None when the run has none): the keys that
+    say where it is (SCHEDULE_STEP_KEYS) with sane values, and every other public key it shares with this schedule's
+    state (T_max, eta_min, base_lrs) equal. An empty or partial dict would load silently and restart the schedule; keys one
+    torch version saves and another does not are allowed."""
     if scheduler is None:
         if saved is not None:
             raise ValueError("the state has a learning-rate schedule, this configuration none")
         return
-    want = set(scheduler.state_dict())
-    have = set(saved) if isinstance(saved, dict) else set()
-    if have != want:
-        raise ValueError(f"the learning-rate schedule state lacks {sorted(want - have)[:3]} and has "
-                         f"{sorted(have - want)[:3]} beyond this schedule's")
+    fresh = scheduler.state_dict()
+    if not isinstance(saved, dict):
+        raise ValueError("the learning-rate schedule state is not a mapping")
+    missing = [k for k in SCHEDULE_STEP_KEYS if k in fresh and k not in saved]
+    if missing:
+        raise ValueError(f"the learning-rate schedule state lacks {missing}")
+    for key, value in fresh.items():
+        if key not in SCHEDULE_STEP_KEYS and not key.startswith("_") and key in saved and saved[key] != value:
+            raise ValueError(f"the learning-rate schedule state has {key}={saved[key]!r}, this configuration {value!r}")
+    last = saved.get("last_epoch")
+    lrs = saved.get("_last_lr")
+    if (not isinstance(last, int) or isinstance(last, bool) or last < 0
+            or (lrs is not None and not (isinstance(lrs, list) and all(_finite_number(v) for v in lrs)))):
+        raise ValueError(f"the learning-rate schedule state has last_epoch={last!r}, _last_lr={lrs!r}")
 
 
 def left_by_finished_run(state_dir, out_dir) -> bool:
-    """Whether the training state at `state_dir` belongs to the run whose final checkpoint is already in `out_dir`:
-    train() writes the checkpoint, then removes the state, so a kill between the two leaves this stale state."""
-    from nvcim.io.checkpoint import is_checkpoint_dir, read_checkpoint_config
+    """Whether the training state at `state_dir` was left by the run that wrote the final checkpoint in `out_dir`:
+    train() writes the checkpoint, then removes the state, so a kill between the two leaves a stale state. It is that
+    run's when it is older than the checkpoint and holds the same configuration, data and epoch history; a state of a
+    later run (an --overwrite run killed mid-way) is newer than the checkpoint and is kept."""
+    from nvcim.io.checkpoint import CONFIG_FILE, is_checkpoint_dir, read_checkpoint_config
+    from nvcim.io.train_state import RECORD_FILE
 
     state_dir, out_dir = Path(state_dir), Path(out_dir)
     if not (is_train_state_dir(state_dir) and is_checkpoint_dir(out_dir)) or state_dir_problem(state_dir):
         return False
     try:
-        have = read_train_state(state_dir).record["train"]
-        made = as_json(read_checkpoint_config(out_dir).get("train"))
+        if (state_dir / RECORD_FILE).stat().st_mtime_ns >= (out_dir / CONFIG_FILE).stat().st_mtime_ns:
+            return False
+        record = read_train_state(state_dir).record
+        config = as_json(read_checkpoint_config(out_dir))
     except (TrainStateError, ValueError, OSError):
         return False
-    return isinstance(made, dict) and all(have.get(k) == made.get(k) for k in set(have) | set(made)
-                                          if k not in RESUME_IGNORED)
+    made, have = config.get("train"), record["train"]
+    history = (config.get("metrics") or {}).get("history")
+    return (isinstance(made, dict) and isinstance(history, list)
+            and all(have.get(k) == made.get(k) for k in set(have) | set(made) if k not in RESUME_IGNORED)
+            and record["data"].get("file") == (config.get("data") or {}).get("file")
+            and record["loop"]["history"] == history[:record["epoch"]])
 
 
 def first_line(exc: BaseException) -> str:
