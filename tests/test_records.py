@@ -81,3 +81,21 @@ def test_a_mean_and_its_interval_must_be_on_one_line_and_csv_cells_stay_apart(tm
     assert sum(":5: 83.32 12.86 (in" in p for p in problems) == 1
     assert sum(":5: 83.32 70.36 96.08 (in" in p for p in problems) == 1
     assert any(":5: 3200" in p for p in problems) and len(problems) == 3
+
+
+def test_write_verify_costs_record_is_what_the_script_computes(tmp_path):
+    """docs/reproduction/write_verify/costs.csv (REPRODUCTION §4f's operation counts) is regenerated exactly by its
+    script, and the counts are the hand computation: 5 % of VGG-8 x0.25's 808,080 weights on 4 devices each, times
+    1/erf(δ/(σ_d√2)) iterations of one pulse and one read."""
+    import math
+
+    out = tmp_path / "costs.csv"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "write_verify_costs.py"), "--fractions", "0.05,0.02,0.05",
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert out.read_text() == (ROOT / "docs" / "reproduction" / "write_verify" / "costs.csv").read_text()
+    from nvcim.writeverify import verify_tolerance
+
+    row = out.read_text().splitlines()[1].split(",")
+    iters = 1 / math.erf(verify_tolerance(0.2, 0.03) / (0.2 * math.sqrt(2)))
+    assert row[2] == "808080" and row[12] == str(40404 * 4) and row[13] == str(round(40404 * 4 * iters * 2))
