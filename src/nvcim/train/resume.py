@@ -146,8 +146,8 @@ SCHEDULE_STEP_KEYS = ("last_epoch", "_step_count", "_last_lr")  # where the sche
 def check_scheduler_state(scheduler, saved) -> None:
     """ValueError unless `saved` is a state of this learning-rate schedule (None when the run has none): the keys that
     say where it is (SCHEDULE_STEP_KEYS) with sane values, and every other public key it shares with this schedule's
-    state (T_max, eta_min, base_lrs) equal. An empty or partial dict would load silently and restart the schedule; keys one
-    torch version saves and another does not are allowed."""
+    state (T_max, eta_min, base_lrs) equal. An empty or partial dict would load silently and restart the schedule;
+    keys one torch version saves and another does not are allowed."""
     if scheduler is None:
         if saved is not None:
             raise ValueError("the state has a learning-rate schedule, this configuration none")
