@@ -42,3 +42,22 @@ def tiny_mnist5k_checkpoint(path, device):
     return save_checkpoint(path, create_model("tiny", 10, 1, width=0.25, image_size=32), None,
                            data={"name": "mnist5k", "limit": 40}, method={"name": "vanilla"}, device=device.to_dict(),
                            seed=0)
+
+
+class Interrupted(BaseException):  # like a kill: no handler records it as a failed run
+    pass
+
+
+def stop_after(monkeypatch, epoch: int):
+    """Make the next training stop right after it saved its state of `epoch` (as a kill would)."""
+    import nvcim.train.loop as loop
+
+    real = loop.save_train_state
+
+    def save_then_stop(path, tensors, record):
+        real(path, tensors, record)
+        if record["epoch"] == epoch:
+            raise Interrupted
+
+    monkeypatch.setattr(loop, "save_train_state", save_then_stop)
+    return lambda: monkeypatch.setattr(loop, "save_train_state", real)
