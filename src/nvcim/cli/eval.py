@@ -113,7 +113,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="the device-model matrix: every CKPT under every device model, on common random numbers "
                         "(the same chip seeds), at one σ (a file's own sigma for its column; --sigma that differs "
                         "from it is refused); --out writes the matrix JSON and a heat-map PNG beside it, "
-                        "named like --out with the suffix .png (an existing PNG there only if nvcim wrote it)")
+                        "named like --out with the suffix .png (an existing PNG there only if nvcim wrote it); "
+                        "resumable: finished cells wait in OUT.partial/ until the outputs are written")
     g.add_argument("--list-device-models", action="store_true", help="list the device models available by name and exit")
     g.add_argument("--adc-calibration", choices=("evaluated", "train"), default=None,
                    help="a device with a calibrated ADC clip (adc_clip = 'calibrated') measures each chip's ADC ranges "

@@ -4,7 +4,10 @@ contradicting a file is refused: nvcim.cli.device_flags), on common random numbe
 (--out), a heat-map PNG beside the JSON (--out with the suffix .png; an existing file there is replaced only if
 nvcim wrote it), and CSV (--csv, one row per cell); every path is checked before any work (nvcim.cli.outputs). `nvcim report` shows matrix files in a section of their own.
 Columns with a calibrated ADC clip calibrate each chip on the evaluated split's first images, or with
---adc-calibration train on the train split's (the file's "adc_calibration" says which)."""
+--adc-calibration train on the train split's (the file's "adc_calibration" says which).
+Resumable: with --out (or --csv) M, every finished cell is kept in M.partial/ (nvcim.evaluate.partial) until the
+outputs are written, so the same command run again after an interruption evaluates only the cells it had not finished
+and writes exactly the results of an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -76,6 +79,10 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
                          "give --out a .json name")
     check_outputs([("--out", args.out), ("--csv", args.csv), ("the heat-map PNG (--out with .png)", png)],
                   eval_inputs(args, ckpts))  # every path, before anything is loaded
+    if args.out or args.csv:  # where an interrupted run keeps its finished cells: a file there is refused now
+        from nvcim.evaluate.partial import PartialResults
+
+        PartialResults.beside(args.out or args.csv)
     if png is not None and png.exists() and not is_matrix_png(png, beside=args.out):
         raise ValueError(f"--out {args.out}: its heat map would replace {png}, which nvcim did not write: "
                          "move that file or choose another --out")
@@ -111,10 +118,12 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
                      "digital_layers": digital_layers(loaded.model),
                      "train_sigma": (loaded.config.get("device") or {}).get("sigma"),
                      "epochs": (loaded.config.get("train") or {}).get("epochs")})
+    partial, key = _partial(args, ckpts, rows, devices, sigma=sigma, runs=runs, seed=seed, batch_size=batch_size,
+                            limit=limit)
     rec = device_matrix(rows, names, lambda i, name: devices[i][name], runs=runs, seed=seed, batch_size=batch_size,
                         sigma=sigma, progress=progress, row_info=info, adc_data=adc_data,
                         adc_split="train" if args.adc_calibration == "train" else args.split,
-                        say=lambda line: print(line, file=sys.stderr))
+                        say=lambda line: print(line, file=sys.stderr), partial=partial, key=key)
     t = matrix_table(rec)
     print(tabulate(t.rows, headers=t.headers, disable_numparse=True))
     print(t.note)
@@ -129,4 +138,32 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
     if args.csv:
         atomic_write_bytes(args.csv, matrix_csv(rec))
         print(f"wrote {args.csv}")
+    if partial is not None:
+        if partial.taken:
+            print(f"{partial.taken} of {len(ckpts) * len(names)} cells were kept from an interrupted run "
+                  f"({partial.dir})")
+        partial.remove()  # every output is written: nothing left to resume
     return 0
+
+
+def _partial(args, ckpts, rows, devices, **settings):
+    """(PartialResults beside the first output, key(row, device model)) so that an interrupted matrix resumes with
+    the cells it finished; (None, None) without an output file. A key names all a cell's result depends on."""
+    out = args.out or args.csv
+    if not out:
+        return None, None
+    from nvcim import __version__
+    from nvcim.evaluate.partial import PartialResults, fingerprint_files
+    from nvcim.io.checkpoint import CONFIG_FILE, WEIGHTS_FILE, git_commit
+
+    partial = PartialResults.beside(out)
+    prints = [fingerprint_files(ck / CONFIG_FILE, ck / WEIGHTS_FILE) for ck in ckpts]
+    common = {"kind": "device_matrix cell", **settings, "split": args.split, "dataset_flag": args.dataset,
+              "data_root": args.data_root, "no_quantize": bool(args.no_quantize), "time": args.time,
+              "adc_calibration": args.adc_calibration, "nvcim": __version__, "git_commit": git_commit()}
+
+    def key(i: int, name: str) -> dict:
+        return {**common, "checkpoint": prints[i], "dataset": rows[i][1], "device_model": name,
+                "device": devices[i][name].to_dict()}
+
+    return partial, key

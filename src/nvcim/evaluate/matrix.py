@@ -17,31 +17,41 @@ from torch import nn
 from nvcim.core.config import DeviceConfig
 from nvcim.evaluate.files import DeviceMatrixFile
 from nvcim.evaluate.montecarlo import DEFAULT_BATCH, monte_carlo_evaluate
+from nvcim.evaluate.partial import PartialResults
 
 
 def device_matrix(rows: Sequence[tuple[str, str, nn.Module, Any]], device_models: Sequence[str],
                   configs: Callable[[int, str], Any], *, runs: int, seed: int,
                   batch_size: int = DEFAULT_BATCH, sigma: float | None = None, progress: bool = False,
                   row_info: Sequence[dict] | None = None, adc_data: Sequence[Any] | None = None,
-                  adc_split: str | None = None, say: Callable[[str], None] = lambda line: None) -> DeviceMatrixFile:
+                  adc_split: str | None = None, say: Callable[[str], None] = lambda line: None,
+                  partial: PartialResults | None = None, key: Callable[[int, str], dict] | None = None
+                  ) -> DeviceMatrixFile:
     """rows: (checkpoint name, data set name, model, data); configs(row index, device model name) gives the
     device of that cell (a DeviceConfig or a device object, module docstring). Every cell runs `runs` chips from
     `seed`. row_info: per row what trained it ({"method": {"name", params...}, "seed", "train_sigma", "epochs"}), so that
     reports pair arms by seed. adc_data: per row, the data a calibrated ADC clip's chips calibrate on
-    (`monte_carlo_evaluate`'s adc_calibration; None: the evaluated images), named adc_split in the file."""
+    (`monte_carlo_evaluate`'s adc_calibration; None: the evaluated images), named adc_split in the file.
+    partial: finished cells of an interrupted run (nvcim.evaluate.partial), each under key(row index, device model
+    name): a cell found there is taken, every cell evaluated here is put there."""
     cells, calibrated = [], False
     for i, (name, _, model, data) in enumerate(rows):
         row = []
         for dm in device_models:
             cfg = configs(i, dm)
-            if isinstance(cfg, DeviceConfig):
-                calibrated |= _calibrated(cfg)
+            calibrated |= _calibrated(cfg)
+            res = partial.get(key(i, dm)) if partial is not None else None
+            kept = res is not None
+            if res is None and isinstance(cfg, DeviceConfig):
                 own = adc_data[i] if adc_data is not None and _calibrated(cfg) else None
                 res = monte_carlo_evaluate(model, data, cfg, runs=runs, seed=seed, batch_size=batch_size,
                                            progress=progress, adc_calibration=own)
-            else:  # another simulator's device (module docstring)
+            elif res is None:  # another simulator's device (module docstring)
                 res = cfg.monte_carlo(model, data, runs=runs, seed=seed, batch_size=batch_size, progress=progress)
-            say(f"{name} under {dm}: {res.mean:.2f} % [{res.ci95[0]:.2f}, {res.ci95[1]:.2f}], p5 {res.p5:.2f}")
+            if partial is not None and not kept:
+                partial.put(key(i, dm), res)
+            say(f"{name} under {dm}: {res.mean:.2f} % [{res.ci95[0]:.2f}, {res.ci95[1]:.2f}], p5 {res.p5:.2f}"
+                + (f" (kept from an interrupted run: {partial.dir})" if kept else ""))
             row.append({"device_config": cfg.to_dict(), "result": res})
         cells.append(row)
     return DeviceMatrixFile(checkpoints=[r[0] for r in rows], datasets=[r[1] for r in rows],

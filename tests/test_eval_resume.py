@@ -1,0 +1,103 @@
+"""An interrupted device-model matrix (`nvcim eval CKPT... --device-models A,B,C --out M.json`) resumes: the cells it
+finished are kept in M.json.partial/ (nvcim.evaluate.partial) and taken by the same command run again, which ends with
+exactly the results of an uninterrupted run; a piece of another evaluation, a damaged one or a user's file is never
+taken, and nothing of the user's is removed."""
+
+from __future__ import annotations
+
+import pytest
+
+import nvcim.evaluate.matrix as matrix
+from helpers import Interrupted, run_cli, run_cli_err
+from nvcim.cli import main
+from nvcim.evaluate.files import read_result_file
+
+SMOKE = ["--preset", "smoke", "--limit", "64", "--quiet", "--num-threads", "1", "--val-runs", "2"]
+MODELS = "gaussian,rram4,stuck-chen2015"
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("resume")
+    for name, method in (("a", "noise_injection"), ("b", "vanilla")):
+        assert main(["train", *SMOKE, "--method", method, "--sigma", "0.2", "--out", str(d / name)]) == 0
+    return [str(d / "a"), str(d / "b")]
+
+
+def matrix_argv(ckpts, out, runs="4"):
+    return ["eval", *ckpts, "--device-models", MODELS, "--sigma", "0.2", "--runs", runs, "--seed", "3", "--out",
+            str(out)]
+
+
+def count_evaluations(monkeypatch, stop_after=None):
+    """Count the matrix's Monte Carlo evaluations; with stop_after, stop (as a kill would) after that many."""
+    real, calls = matrix.monte_carlo_evaluate, []
+
+    def counted(*a, **k):
+        if stop_after is not None and len(calls) == stop_after:
+            raise Interrupted
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(matrix, "monte_carlo_evaluate", counted)
+    return calls
+
+
+def cells(path):
+    rec = read_result_file(path)
+    return [[(r.per_run_correct, r.mean, r.ekl, r.p5) for r in (rec.result(i, j) for j in range(len(rec.cells[i])))]
+            for i in range(len(rec.cells))]
+
+
+def test_an_interrupted_matrix_resumes_with_its_finished_cells(ckpts, tmp_path, capsys, monkeypatch):
+    ref = tmp_path / "ref.json"
+    assert run_cli(matrix_argv(ckpts, ref), capsys)[0] == 0
+    out = tmp_path / "m.json"
+    with monkeypatch.context() as m:
+        count_evaluations(m, stop_after=4)
+        with pytest.raises(Interrupted):
+            run_cli(matrix_argv(ckpts, out), capsys)
+    partial = tmp_path / "m.json.partial"
+    assert len(list(partial.glob("piece-*.json"))) == 4 and not out.exists()
+    with monkeypatch.context() as m:
+        calls = count_evaluations(m)
+        rc, stdout, err = run_cli(matrix_argv(ckpts, out), capsys)
+    assert rc == 0 and len(calls) == 2  # only the two cells the first run did not finish
+    assert err.count("kept from an interrupted run") == 4 and "4 of 6 cells were kept" in stdout
+    assert cells(out) == cells(ref) and not partial.exists()
+
+
+def test_pieces_of_another_evaluation_damaged_or_foreign_are_never_taken(ckpts, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "m.json"
+    with monkeypatch.context() as m:
+        count_evaluations(m, stop_after=3)
+        with pytest.raises(Interrupted):
+            run_cli(matrix_argv(ckpts, out), capsys)
+    partial = tmp_path / "m.json.partial"
+    pieces = sorted(partial.glob("piece-*.json"))
+    pieces[0].write_text("{not json")  # damaged
+    (partial / "notes.txt").write_text("mine")  # a user's file
+    with monkeypatch.context() as m:
+        calls = count_evaluations(m)
+        rc, _, err = run_cli(matrix_argv(ckpts, out), capsys)
+    assert rc == 0 and len(calls) == 4  # 6 cells, 2 intact pieces taken
+    assert "cannot be used" in err and "is not nvcim's" in err and "not nvcim's: left there" in err
+    # nvcim's pieces are gone; the user's file and the unreadable piece (nvcim cannot tell it is its own) are kept
+    assert sorted(p.name for p in partial.iterdir()) == sorted(["notes.txt", pieces[0].name])
+    assert pieces[0].read_text() == "{not json"
+    with monkeypatch.context() as m:  # other chips (--runs 5): the pieces of --runs 4 are not taken
+        count_evaluations(m, stop_after=2)
+        with pytest.raises(Interrupted):
+            run_cli(matrix_argv(ckpts, out), capsys)
+    with monkeypatch.context() as m:
+        calls = count_evaluations(m)
+        rc, _, _ = run_cli(matrix_argv(ckpts, out, runs="5"), capsys)
+    assert rc == 0 and len(calls) == 6 and read_result_file(out).runs == 5
+
+
+def test_a_file_where_the_pieces_go_is_refused_before_any_work(ckpts, tmp_path, capsys, monkeypatch):
+    (tmp_path / "m.json.partial").write_text("mine")
+    calls = count_evaluations(monkeypatch)
+    rc, err = run_cli_err(matrix_argv(ckpts, tmp_path / "m.json"), capsys)
+    assert rc == 2 and len(err) == 1 and "m.json.partial is a file" in err[0] and not calls
+    assert (tmp_path / "m.json.partial").read_text() == "mine" and not (tmp_path / "m.json").exists()
