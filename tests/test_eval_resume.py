@@ -101,3 +101,36 @@ def test_a_file_where_the_pieces_go_is_refused_before_any_work(ckpts, tmp_path, 
     rc, err = run_cli_err(matrix_argv(ckpts, tmp_path / "m.json"), capsys)
     assert rc == 2 and len(err) == 1 and "m.json.partial is a file" in err[0] and not calls
     assert (tmp_path / "m.json.partial").read_text() == "mine" and not (tmp_path / "m.json").exists()
+
+
+def test_an_interrupted_sigma_curve_resumes_sigma_by_sigma(ckpts, tmp_path, capsys, monkeypatch):
+    """The single-checkpoint command (--sigmas / --curve) keeps each finished σ the same way."""
+    import nvcim.evaluate.montecarlo as mc
+
+    argv = ["eval", ckpts[0], "--sigmas", "0.1,0.2,0.3", "--runs", "4", "--seed", "2", "--csv"]
+    ref, out = tmp_path / "ref.csv", tmp_path / "c.csv"
+    assert run_cli([*argv, str(ref)], capsys)[0] == 0
+    real, calls = mc._one_sigma, []
+
+    def stop_at_third(*a, **k):
+        if len(calls) == 2:
+            raise Interrupted
+        calls.append(1)
+        return real(*a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(mc, "_one_sigma", stop_at_third)
+        with pytest.raises(Interrupted):
+            run_cli([*argv, str(out)], capsys)
+    assert len(list((tmp_path / "c.csv.partial").glob("piece-*.json"))) == 2
+    with monkeypatch.context() as m:
+        calls.clear()
+        m.setattr(mc, "_one_sigma", lambda *a, **k: calls.append(1) or real(*a, **k))
+        rc, stdout, _ = run_cli([*argv, str(out)], capsys)
+    assert rc == 0 and len(calls) == 1 and "2 of 3 σ were kept" in stdout
+    import csv
+
+    def rows(path):  # every column but the wall time
+        return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in csv.DictReader(path.open())]
+
+    assert rows(out) == rows(ref) and len(rows(out)) == 3 and not (tmp_path / "c.csv.partial").exists()

@@ -42,6 +42,9 @@ and exit code 2, before anything is written or downloaded: among them an --out /
 heat-map PNG) that is an input (inside a checkpoint, a device-model, plugin or npz data-set file) or another
 output's file, and a --dataset that does not fit the checkpoint's model. An existing --out / --csv is replaced only
 when nvcim wrote it (nvcim.cli.outputs.nvcim_wrote): a file of the user's is refused, never overwritten.
+Resumable (σ by σ; the matrix cell by cell): with --out or --csv OUT, every finished σ waits in OUT.partial/
+(nvcim.evaluate.partial) until the outputs are written, so the same command run again after an interruption evaluates
+only the rest and writes exactly the results of an uninterrupted run (--verify-fractions and aihwkit models: not).
 """
 
 from __future__ import annotations
@@ -258,6 +261,7 @@ def note_few_chips(results, fix: str = "use --runs 10 or more") -> None:
 def run(args: argparse.Namespace) -> int:
     from nvcim.cli.device_flags import adc_calibration, device_label
     from nvcim.cli.eval_data import checkpoint_device, device_defaults, digital_override, load_for_eval
+    from nvcim.cli.eval_data import finish_pieces, resume_pieces
     from nvcim.cli.eval_matrix import run_matrix
     from nvcim.evaluate import default_sigma_grid, results_table, robustness_curve, write_csv
     from nvcim.evaluate.files import EvaluationFile, write_result_file
@@ -380,6 +384,10 @@ def run(args: argparse.Namespace) -> int:
     if args.adc_calibration is not None:  # without a calibrated ADC clip: refused from config.json, before loading
         adc_calibration(args.adc_calibration, [chosen or checkpoint_device(ckpt, read_checkpoint_config(ckpt),
                                                                            args.no_quantize)], None, args.split)
+    if verify is None and (args.out or args.csv):  # where the finished σ of an interrupted run wait: checked now
+        from nvcim.evaluate.partial import PartialResults
+
+        PartialResults.beside(args.out or args.csv)
     loaded = load_for_eval(ckpt, dataset=args.dataset, data_root=args.data_root, split=args.split, limit=limit,
                            no_quantize=args.no_quantize, digital=digital_override(args.digital_layers))
     model, config, base, dataset, splits, split = (loaded.model, loaded.config, loaded.device, loaded.dataset,
@@ -418,13 +426,21 @@ def run(args: argparse.Namespace) -> int:
             calibration = ChipCalibration(splits.train, images=per_chip, batch_size=RECALIBRATION_BATCH)
 
     if verify is not None:
-        return _run_write_verify(args, ckpt, model, config, spec, dataset, splits, split, base.replace(sigma=sigmas[0]),
-                                 train_sigma, verify, recalibration, device,
-                                 dict(runs=runs, seed=seed, batch_size=batch_size, chunk_runs=chunk_runs,
-                                      device=args.device, progress=progress, adc_calibration=adc_data), adc_record)
+        from nvcim.cli.eval_verify import run_write_verify
+
+        return run_write_verify(args, ckpt, model, config, spec, dataset, splits, split, base.replace(sigma=sigmas[0]),
+                                train_sigma, verify, recalibration, device,
+                                dict(runs=runs, seed=seed, batch_size=batch_size, chunk_runs=chunk_runs,
+                                     device=args.device, progress=progress, adc_calibration=adc_data), adc_record)
+    partial, common, prints = resume_pieces(args, [ckpt], kind="curve σ", runs=runs, seed=seed, batch_size=batch_size,
+                                            chunk_runs=chunk_runs, device=args.device, target=target, limit=limit,
+                                            dataset=dataset, digital_layers=args.digital_layers,
+                                            bn_recalibration=recalibration)
     results = robustness_curve(model, split, base, sigmas, runs=None if target else runs, seed=seed,
                                batch_size=batch_size, chunk_runs=chunk_runs, device=args.device, progress=progress,
-                               bn_calibration=calibration, adc_calibration=adc_data, **target)
+                               bn_calibration=calibration, adc_calibration=adc_data, **target, partial=partial,
+                               key=lambda s: {**common, "checkpoint": prints[0], "sigma": s,
+                                              "device_config": base.replace(sigma=s).to_dict()})
     chips = f"chips until ±{target['target_ci']:g} (95 % CI)" if target else f"{runs} runs"
     digital = digital_layers(model)
     print(f"{ckpt}: {spec.get('name', '?')} on {dataset} ({args.split}, {results[0].n_samples} images), "
@@ -446,55 +462,5 @@ def run(args: argparse.Namespace) -> int:
     if args.csv:
         write_csv(args.csv, results, device_model=args.device_model)
         print(f"wrote {args.csv}")
-    return 0
-
-
-def _run_write_verify(args, ckpt, model, config, spec, dataset, splits, split, cfg, train_sigma, verify, recalibration,
-                      device, mc, adc_record) -> int:
-    """`nvcim eval --verify-fractions`: accuracy vs the fraction of write-verified weights, at one σ."""
-    from nvcim.cli.eval_data import digital_override
-    from nvcim.evaluate.files import WriteVerifyFile, write_result_file
-    from nvcim.writeverify import fraction_for_target, points_table, write_points_csv, write_verify_curve
-
-    if verify["by"] == "sensitivity" and len(splits.train) == 0:
-        raise ValueError(f"the train split of {dataset} is empty: --verify-by sensitivity needs training images "
-                         "(or use --verify-by magnitude)")
-    if verify["residual_sigma"] >= cfg.sigma:
-        print(f"nvcim eval: note: --verify-sigma {verify['residual_sigma']:g} is not below σ {cfg.sigma:g}: verified "
-              "devices vary as much as the others, so every fraction gives the same accuracy", file=sys.stderr)
-    points = write_verify_curve(model, split, cfg, verify["fractions"], verify["by"],
-                                residual_sigma=verify["residual_sigma"], score_data=splits.train,
-                                score_images=verify["images"], **mc)
-    print(f"{ckpt}: {spec.get('name', '?')} on {dataset} ({args.split}, {points[0]['result'].n_samples} images), "
-          f"σ {cfg.sigma:g} (training σ {train_sigma:g}), device {device}, {mc['runs']} runs per fraction, "
-          f"seed {mc['seed']}; "
-          f"write-verify by {verify['by']}, verified devices left at σ {verify['residual_sigma']:g}, "
-          f"{points[0]['plan'].n_weights} weights x {cfg.devices_per_weight} devices")
-    print(points_table(points))
-    note_few_chips([p["result"] for p in points])
-    hit = None
-    if verify["target"] is not None:
-        hit = fraction_for_target(points, verify["target"], verify["stat"])
-        if hit is None:
-            print(f"no fraction tried reaches {verify['stat']} >= {verify['target']:g} %")
-        else:
-            print(f"{verify['stat']} >= {verify['target']:g} % from fraction {hit['fraction']:g}: "
-                  f"{hit['verified_devices']} verified devices")
-    record = WriteVerifyFile(
-        checkpoint=str(ckpt), checkpoint_config=config, dataset=dataset, split=args.split,
-        device_config=cfg.to_dict(), bn_recalibration=recalibration, adc_calibration=adc_record,
-        digital_layers=digital_override(args.digital_layers),
-        write_verify={"by": verify["by"], "residual_sigma": verify["residual_sigma"],
-                      "score_images": verify["images"] if verify["by"] == "sensitivity" else None,
-                      "target": verify["target"], "stat": verify["stat"],
-                      "fraction_for_target": hit["fraction"] if hit else None},
-        points=[{"fraction": p["fraction"], "verified_weights": p["verified_weights"],
-                 "verified_devices": p["verified_devices"], "result": p["result"]} for p in points],
-    )
-    if args.out:
-        write_result_file(args.out, record)
-        print(f"wrote {args.out}")
-    if args.csv:
-        write_points_csv(args.csv, points, device_model=args.device_model)
-        print(f"wrote {args.csv}")
+    finish_pieces(partial, len(sigmas), "σ")
     return 0

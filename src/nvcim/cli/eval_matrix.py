@@ -18,7 +18,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from nvcim.cli.eval import note_few_chips
-from nvcim.cli.eval_data import device_defaults, load_for_eval
+from nvcim.cli.eval_data import device_defaults, finish_pieces, load_for_eval, resume_pieces
 from nvcim.cli.outputs import check_outputs, eval_inputs, resolved, same_file
 from nvcim.evaluate.files import write_result_file
 from nvcim.evaluate.matrix import device_matrix
@@ -118,8 +118,13 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
                      "digital_layers": digital_layers(loaded.model),
                      "train_sigma": (loaded.config.get("device") or {}).get("sigma"),
                      "epochs": (loaded.config.get("train") or {}).get("epochs")})
-    partial, key = _partial(args, ckpts, rows, devices, sigma=sigma, runs=runs, seed=seed, batch_size=batch_size,
-                            limit=limit)
+    partial, common, prints = resume_pieces(args, ckpts, kind="device_matrix cell", sigma=sigma, runs=runs, seed=seed,
+                                            batch_size=batch_size, limit=limit, time=args.time)
+
+    def key(i: int, name: str) -> dict:  # all a cell's result depends on
+        return {**common, "checkpoint": prints[i], "dataset": rows[i][1], "device_model": name,
+                "device": devices[i][name].to_dict()}
+
     rec = device_matrix(rows, names, lambda i, name: devices[i][name], runs=runs, seed=seed, batch_size=batch_size,
                         sigma=sigma, progress=progress, row_info=info, adc_data=adc_data,
                         adc_split="train" if args.adc_calibration == "train" else args.split,
@@ -138,32 +143,5 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
     if args.csv:
         atomic_write_bytes(args.csv, matrix_csv(rec))
         print(f"wrote {args.csv}")
-    if partial is not None:
-        if partial.taken:
-            print(f"{partial.taken} of {len(ckpts) * len(names)} cells were kept from an interrupted run "
-                  f"({partial.dir})")
-        partial.remove()  # every output is written: nothing left to resume
+    finish_pieces(partial, len(ckpts) * len(names), "cells")
     return 0
-
-
-def _partial(args, ckpts, rows, devices, **settings):
-    """(PartialResults beside the first output, key(row, device model)) so that an interrupted matrix resumes with
-    the cells it finished; (None, None) without an output file. A key names all a cell's result depends on."""
-    out = args.out or args.csv
-    if not out:
-        return None, None
-    from nvcim import __version__
-    from nvcim.evaluate.partial import PartialResults, fingerprint_files
-    from nvcim.io.checkpoint import CONFIG_FILE, WEIGHTS_FILE, git_commit
-
-    partial = PartialResults.beside(out)
-    prints = [fingerprint_files(ck / CONFIG_FILE, ck / WEIGHTS_FILE) for ck in ckpts]
-    common = {"kind": "device_matrix cell", **settings, "split": args.split, "dataset_flag": args.dataset,
-              "data_root": args.data_root, "no_quantize": bool(args.no_quantize), "time": args.time,
-              "adc_calibration": args.adc_calibration, "nvcim": __version__, "git_commit": git_commit()}
-
-    def key(i: int, name: str) -> dict:
-        return {**common, "checkpoint": prints[i], "dataset": rows[i][1], "device_model": name,
-                "device": devices[i][name].to_dict()}
-
-    return partial, key

@@ -46,7 +46,7 @@ import contextlib
 import math
 import time
 import warnings
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -398,9 +398,12 @@ def _calibration_path(bn_calibration, path: str) -> str:
     return "loop"
 
 
-def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Iterable[float], **mc_kwargs) -> list[MCResult]:
+def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Iterable[float], *, partial=None,
+                     key: Callable[[float], dict] | None = None, **mc_kwargs) -> list[MCResult]:
     """`monte_carlo_evaluate` at every σ in `sigmas` (same seed: common random numbers across σ); the same
-    keywords, target-precision mode included (each σ reaches the target on its own)."""
+    keywords, target-precision mode included (each σ reaches the target on its own). partial: the finished σ of an
+    interrupted run (nvcim.evaluate.partial.PartialResults), each under key(σ): a σ found there is taken, every σ
+    evaluated here is put there."""
     sigmas = [DeviceConfig(sigma=s).sigma for s in sigmas]  # validates each σ
     if not sigmas:
         raise ValueError("sigmas is empty: give at least one σ")
@@ -426,10 +429,14 @@ def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Ite
         _check_coverage_once(model, batches)
         baseline = _baselines(model, batches, ChipSampler(model, cfg, dev)) if opts["baselines"] else False  # σ-independent
         for s in sigmas:
-            cfg_s = cfg.replace(sigma=s)
-            with overridden(model, cfg=cfg_s, sigma=s):
-                res = _one_sigma(model, batches, cfg_s, opts, path, dev, baseline, calib)
-            res.num_classes = classes
+            res = partial.get(key(s)) if partial is not None else None
+            if res is None:
+                cfg_s = cfg.replace(sigma=s)
+                with overridden(model, cfg=cfg_s, sigma=s):
+                    res = _one_sigma(model, batches, cfg_s, opts, path, dev, baseline, calib)
+                res.num_classes = classes
+                if partial is not None:
+                    partial.put(key(s), res)
             results.append(res)
         _warn_nonfinite(model, batches, results)
     return results
