@@ -134,3 +134,74 @@ def test_an_interrupted_sigma_curve_resumes_sigma_by_sigma(ckpts, tmp_path, caps
         return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in csv.DictReader(path.open())]
 
     assert rows(out) == rows(ref) and len(rows(out)) == 3 and not (tmp_path / "c.csv.partial").exists()
+
+
+def interrupted_curve(argv, capsys, monkeypatch, after=1):
+    """Run `nvcim eval` ARGV, stopping (as a kill would) after `after` σ; return the count hook for the rerun."""
+    import nvcim.evaluate.montecarlo as mc
+
+    real, calls = mc._one_sigma, []
+
+    def counted(*a, **k):
+        if stop[0] is not None and len(calls) == stop[0]:
+            raise Interrupted
+        calls.append(1)
+        return real(*a, **k)
+
+    stop = [after]
+    monkeypatch.setattr(mc, "_one_sigma", counted)
+    with pytest.raises(Interrupted):
+        run_cli(argv, capsys)
+    stop[0] = None
+    calls.clear()
+    return calls
+
+
+def test_a_changed_data_file_code_or_plugin_is_never_mixed_in(ckpts, tmp_path, capsys, monkeypatch):
+    """A piece is taken only for the same data file contents and the same code (nvcim, plugins, torch)."""
+    import numpy as np
+
+    import nvcim.evaluate.partial as partial
+
+    def data(seed):
+        g = np.random.default_rng(seed)
+        np.savez(tmp_path / "d.npz", x_train=g.integers(0, 255, (20, 32, 32)).astype(np.uint8),
+                 y_train=np.arange(20) % 10, x_test=g.integers(0, 255, (16, 32, 32)).astype(np.uint8),
+                 y_test=np.arange(16) % 10)
+
+    data(0)
+    argv = ["eval", ckpts[1], "--dataset", f"npz:{tmp_path / 'd.npz'}", "--sigmas", "0.1,0.2", "--runs", "3",
+            "--out", str(tmp_path / "n.json")]
+    calls = interrupted_curve(argv, capsys, monkeypatch)
+    data(1)  # other images under the same name
+    assert run_cli(argv, capsys)[0] == 0 and len(calls) == 2
+    calls = interrupted_curve(argv, capsys, monkeypatch)
+    monkeypatch.setattr(partial, "code_fingerprint", lambda: "other code")  # an edited nvcim, plugin or torch
+    assert run_cli(argv, capsys)[0] == 0 and len(calls) == 2
+
+
+def test_identical_checkpoints_in_one_run_are_both_evaluated(ckpts, tmp_path, capsys):
+    """Only pieces an earlier run left are taken: a copy of a checkpoint in the same matrix is not "kept"."""
+    import shutil
+
+    shutil.copytree(ckpts[1], tmp_path / "copy")
+    rc, stdout, err = run_cli(["eval", ckpts[1], str(tmp_path / "copy"), "--device-models", "gaussian", "--sigma",
+                               "0.2", "--runs", "3", "--out", str(tmp_path / "m.json")], capsys)
+    assert rc == 0 and "kept" not in stdout + err
+
+
+def test_the_pieces_place_is_checked_first_and_a_failed_write_only_loses_the_resume(ckpts, tmp_path, capsys,
+                                                                                     monkeypatch):
+    import nvcim.evaluate.partial as partial
+
+    (tmp_path / "m.json.partial").symlink_to(tmp_path / "elsewhere")
+    argv = ["eval", ckpts[0], "--sigmas", "0.1,0.2", "--runs", "3", "--out"]
+    rc, err = run_cli_err([*argv, str(tmp_path / "m.json")], capsys)
+    assert rc == 2 and len(err) == 1 and "is a symlink" in err[0] and not (tmp_path / "elsewhere").exists()
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(partial, "write_results_json", full)
+    rc, _, err = run_cli([*argv, str(tmp_path / "e.json")], capsys)
+    assert rc == 0 and (tmp_path / "e.json").is_file() and err.count("cannot keep finished evaluations") == 1

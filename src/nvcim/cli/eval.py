@@ -44,7 +44,7 @@ output's file, and a --dataset that does not fit the checkpoint's model. An exis
 when nvcim wrote it (nvcim.cli.outputs.nvcim_wrote): a file of the user's is refused, never overwritten.
 Resumable (σ by σ; the matrix cell by cell): with --out or --csv OUT, every finished σ waits in OUT.partial/
 (nvcim.evaluate.partial) until the outputs are written, so the same command run again after an interruption evaluates
-only the rest and writes exactly the results of an uninterrupted run (--verify-fractions and aihwkit models: not).
+only the rest and writes exactly the results of an uninterrupted run (not: --verify-fractions, aihwkit models).
 """
 
 from __future__ import annotations
@@ -439,8 +439,8 @@ def run(args: argparse.Namespace) -> int:
     results = robustness_curve(model, split, base, sigmas, runs=None if target else runs, seed=seed,
                                batch_size=batch_size, chunk_runs=chunk_runs, device=args.device, progress=progress,
                                bn_calibration=calibration, adc_calibration=adc_data, **target, partial=partial,
-                               key=lambda s: {**common, "checkpoint": prints[0], "sigma": s,
-                                              "device_config": base.replace(sigma=s).to_dict()})
+                               key=lambda s: {**common, "checkpoint": prints[0], "data_file": splits.fingerprint,
+                                              "sigma": s, "device_config": base.replace(sigma=s).to_dict()})
     chips = f"chips until ±{target['target_ci']:g} (95 % CI)" if target else f"{runs} runs"
     digital = digital_layers(model)
     print(f"{ckpt}: {spec.get('name', '?')} on {dataset} ({args.split}, {results[0].n_samples} images), "

@@ -134,19 +134,19 @@ def load_for_eval(ckpt: Path, *, dataset: str | None, data_root: str | None, spl
 def resume_pieces(args, ckpts: list[Path], **settings):
     """Where an interrupted `nvcim eval` keeps its finished evaluations (nvcim.evaluate.partial, beside --out, else
     --csv) and what every piece's key holds besides the evaluation's own coordinates: the checkpoints' fingerprints
-    (one per checkpoint) and the run's settings (`settings` plus the data and code flags). (None, None, None) without
+    (one per checkpoint) and the run's settings (`settings` plus the data flags and the code's fingerprint); the
+    caller adds the data file's fingerprint (`Splits.fingerprint`). (None, None, None) without
     an output file: nothing to resume into."""
     out = args.out or args.csv
     if not out:
         return None, None, None
-    from nvcim import __version__
-    from nvcim.evaluate.partial import PartialResults, fingerprint_files
+    from nvcim.evaluate.partial import PartialResults, code_fingerprint, fingerprint_files
 
     partial = PartialResults.beside(out)
     prints = [fingerprint_files(Path(ck) / checkpoint.CONFIG_FILE, Path(ck) / checkpoint.WEIGHTS_FILE) for ck in ckpts]
     common = {**settings, "split": args.split, "dataset_flag": args.dataset, "data_root": args.data_root,
               "no_quantize": bool(args.no_quantize), "adc_calibration": args.adc_calibration,
-              "nvcim": __version__, "git_commit": checkpoint.git_commit()}
+              "code": code_fingerprint()}
     return partial, common, prints
 
 

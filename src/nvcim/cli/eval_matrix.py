@@ -5,7 +5,7 @@ contradicting a file is refused: nvcim.cli.device_flags), on common random numbe
 nvcim wrote it), and CSV (--csv, one row per cell); every path is checked before any work (nvcim.cli.outputs). `nvcim report` shows matrix files in a section of their own.
 Columns with a calibrated ADC clip calibrate each chip on the evaluated split's first images, or with
 --adc-calibration train on the train split's (the file's "adc_calibration" says which).
-Resumable: with --out (or --csv) M, every finished cell is kept in M.partial/ (nvcim.evaluate.partial) until the
+Resumable: with --out (or --csv) M, every finished cell (but aihwkit's) is kept in M.partial/ (nvcim.evaluate.partial) until the
 outputs are written, so the same command run again after an interruption evaluates only the cells it had not finished
 and writes exactly the results of an uninterrupted run."""
 
@@ -97,7 +97,7 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
         devices.append({name: resolve(name, defaults) for name in names})
     own_sigma = {name: devices[0][name].sigma for name in own_sigma}  # a file's own σ: the same in every row
     adc_calibration(args.adc_calibration, [d for row in devices for d in row.values()], None, args.split)
-    rows, info, adc_data = [], [], []
+    rows, info, adc_data, data_files = [], [], [], []
     for i, ck in enumerate(ckpts):
         loaded = load_for_eval(ck, dataset=args.dataset, data_root=args.data_root, split=args.split, limit=limit,
                                no_quantize=args.no_quantize)
@@ -110,6 +110,7 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
                     raise ValueError(f"checkpoint {ck} under {name}: {exc} (here: evaluate it alone with nvcim eval "
                                      "--device-model ... --digital-layers, or retrain it with them)") from None
         rows.append((str(ck), loaded.dataset, loaded.model, loaded.split))
+        data_files.append(loaded.splits.fingerprint)
         adc_data.append(adc_calibration(args.adc_calibration, list(devices[i].values()), loaded.splits,
                                         args.split)[0])  # None: the evaluated images
         model = loaded.config.get("model") or {}
@@ -122,8 +123,8 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
                                             batch_size=batch_size, limit=limit, time=args.time)
 
     def key(i: int, name: str) -> dict:  # all a cell's result depends on
-        return {**common, "checkpoint": prints[i], "dataset": rows[i][1], "device_model": name,
-                "device": devices[i][name].to_dict()}
+        return {**common, "checkpoint": prints[i], "dataset": rows[i][1], "data_file": data_files[i],
+                "device_model": name, "device": devices[i][name].to_dict()}
 
     rec = device_matrix(rows, names, lambda i, name: devices[i][name], runs=runs, seed=seed, batch_size=batch_size,
                         sigma=sigma, progress=progress, row_info=info, adc_data=adc_data,

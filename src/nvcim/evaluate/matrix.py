@@ -40,7 +40,8 @@ def device_matrix(rows: Sequence[tuple[str, str, nn.Module, Any]], device_models
         for dm in device_models:
             cfg = configs(i, dm)
             calibrated |= _calibrated(cfg)
-            res = partial.get(key(i, dm)) if partial is not None else None
+            keep = partial is not None and isinstance(cfg, DeviceConfig)  # another simulator's chips: not ours
+            res = partial.get(key(i, dm)) if keep else None
             kept = res is not None
             if res is None and isinstance(cfg, DeviceConfig):
                 own = adc_data[i] if adc_data is not None and _calibrated(cfg) else None
@@ -48,7 +49,7 @@ def device_matrix(rows: Sequence[tuple[str, str, nn.Module, Any]], device_models
                                            progress=progress, adc_calibration=own)
             elif res is None:  # another simulator's device (module docstring)
                 res = cfg.monte_carlo(model, data, runs=runs, seed=seed, batch_size=batch_size, progress=progress)
-            if partial is not None and not kept:
+            if keep and not kept:
                 partial.put(key(i, dm), res)
             say(f"{name} under {dm}: {res.mean:.2f} % [{res.ci95[0]:.2f}, {res.ci95[1]:.2f}], p5 {res.p5:.2f}"
                 + (f" (kept from an interrupted run: {partial.dir})" if kept else ""))
