@@ -43,6 +43,14 @@ def count_evaluations(monkeypatch, stop_after=None):
     return calls
 
 
+def interrupt_matrix(ckpts, out, capsys, monkeypatch, after):
+    """Run the matrix into `out`, stopping (as a kill would) after `after` cells."""
+    with monkeypatch.context() as m:
+        count_evaluations(m, stop_after=after)
+        with pytest.raises(Interrupted):
+            run_cli(matrix_argv(ckpts, out), capsys)
+
+
 def cells(path):
     rec = read_result_file(path)
     return [[(r.per_run_correct, r.mean, r.ekl, r.p5) for r in (rec.result(i, j) for j in range(len(rec.cells[i])))]
@@ -53,10 +61,7 @@ def test_an_interrupted_matrix_resumes_with_its_finished_cells(ckpts, tmp_path, 
     ref = tmp_path / "ref.json"
     assert run_cli(matrix_argv(ckpts, ref), capsys)[0] == 0
     out = tmp_path / "m.json"
-    with monkeypatch.context() as m:
-        count_evaluations(m, stop_after=4)
-        with pytest.raises(Interrupted):
-            run_cli(matrix_argv(ckpts, out), capsys)
+    interrupt_matrix(ckpts, out, capsys, monkeypatch, after=4)
     partial = tmp_path / "m.json.partial"
     assert len(list(partial.glob("piece-*.json"))) == 4 and not out.exists()
     with monkeypatch.context() as m:
@@ -69,10 +74,7 @@ def test_an_interrupted_matrix_resumes_with_its_finished_cells(ckpts, tmp_path, 
 
 def test_pieces_of_another_evaluation_damaged_or_foreign_are_never_taken(ckpts, tmp_path, capsys, monkeypatch):
     out = tmp_path / "m.json"
-    with monkeypatch.context() as m:
-        count_evaluations(m, stop_after=3)
-        with pytest.raises(Interrupted):
-            run_cli(matrix_argv(ckpts, out), capsys)
+    interrupt_matrix(ckpts, out, capsys, monkeypatch, after=3)
     partial = tmp_path / "m.json.partial"
     pieces = sorted(partial.glob("piece-*.json"))
     pieces[0].write_text("{not json")  # damaged
@@ -85,10 +87,7 @@ def test_pieces_of_another_evaluation_damaged_or_foreign_are_never_taken(ckpts, 
     # nvcim's pieces are gone; the user's file and the unreadable piece (nvcim cannot tell it is its own) are kept
     assert sorted(p.name for p in partial.iterdir()) == sorted(["notes.txt", pieces[0].name])
     assert pieces[0].read_text() == "{not json"
-    with monkeypatch.context() as m:  # other chips (--runs 5): the pieces of --runs 4 are not taken
-        count_evaluations(m, stop_after=2)
-        with pytest.raises(Interrupted):
-            run_cli(matrix_argv(ckpts, out), capsys)
+    interrupt_matrix(ckpts, out, capsys, monkeypatch, after=2)  # other chips (--runs 5): those pieces are not taken
     with monkeypatch.context() as m:
         calls = count_evaluations(m)
         rc, _, _ = run_cli(matrix_argv(ckpts, out, runs="5"), capsys)
