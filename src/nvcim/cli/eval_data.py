@@ -140,10 +140,12 @@ def resume_pieces(args, ckpts: list[Path], **settings):
     out = args.out or args.csv
     if not out:
         return None, None, None
-    from nvcim.evaluate.partial import PartialResults, code_fingerprint, fingerprint_files
+    from nvcim.data.npz import file_sha256
+    from nvcim.evaluate.partial import PartialResults, code_fingerprint
 
     partial = PartialResults.beside(out)
-    prints = [fingerprint_files(Path(ck) / checkpoint.CONFIG_FILE, Path(ck) / checkpoint.WEIGHTS_FILE) for ck in ckpts]
+    prints = [[file_sha256(Path(ck) / name) for name in (checkpoint.CONFIG_FILE, checkpoint.WEIGHTS_FILE)]
+              for ck in ckpts]
     common = {**settings, "split": args.split, "dataset_flag": args.dataset, "data_root": args.data_root,
               "no_quantize": bool(args.no_quantize), "adc_calibration": args.adc_calibration,
               "code": code_fingerprint()}

@@ -34,17 +34,6 @@ FORMAT, VERSION = "nvcim-eval-partial", 1
 SUFFIX = ".partial"
 
 
-def fingerprint_files(*paths) -> str:
-    """sha256 (hex) over the bytes of `paths`, in order: a checkpoint's identity for a piece's key."""
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        h.update(b"\0")
-    return h.hexdigest()
-
-
 def code_fingerprint() -> str:
     """sha256 (hex) of the code a result depends on: every .py file of the nvcim package, the plugins loaded (their
     files, or their module names) and the torch version, so that a piece of other code is never taken."""
