@@ -111,9 +111,10 @@ def main() -> None:
     for width, runs, images, adc_runs, adc_images in zip(widths, runs_l, images_l, adc_runs_l, adc_images_l):
         torch.manual_seed(0)
         model = make_vgg8(width).to(device).eval()
-        x = torch.randn(images, 3, 32, 32, device=device)  # [N, C, H, W]
-        y = torch.randint(0, 10, (images,), device=device)  # [N]
-        xa, ya = x[:adc_images], y[:adc_images]
+        xa = torch.randn(max(images, adc_images), 3, 32, 32, device=device)  # [N, C, H, W] enough for both rows
+        ya = torch.randint(0, 10, (xa.shape[0],), device=device)  # [N]
+        x, y = xa[:images], ya[:images]
+        xa, ya = xa[:adc_images], ya[:adc_images]
         clean(model, x[: args.batch_size], 1, args.batch_size)  # warm-up
         kw = dict(seed=0, batch_size=args.batch_size, device=device, path="auto", baselines=False)
 

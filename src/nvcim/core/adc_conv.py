@@ -53,9 +53,9 @@ def sliced_conv2d(
         y = F.conv2d(x, (w * lsb).view(bars.out_features, channels, kh, kw), **conv)
     else:
         step = _adc_step(x_max, cfg, adc, adc_range)
-        y = _converted_conv(x, negative, bars, (kh, kw), place, step, adc, conv) * lsb
-    if bias is not None:
-        y = y + bias.view(1, -1, 1, 1)
+        y = _converted_conv(x, negative, bars, (kh, kw), place, step, adc, conv).mul_(lsb)  # a new tensor: in place
+    if bias is not None:  # in place unless the bias's dtype would promote y's
+        y = y.add_(bias.view(1, -1, 1, 1)) if torch.result_type(y, bias) == y.dtype else y + bias.view(1, -1, 1, 1)
     return y
 
 
@@ -150,7 +150,8 @@ def _tile_kernels(table: torch.Tensor, kernel: tuple[int, int], tile_rows: int):
         c0, c1 = t0 // per_channel, -(-t1 // per_channel)
         k = table.new_zeros((c1 - c0) * per_channel, table.shape[1])  # [tile's channels x kh kw, bars S out]
         k[t0 - c0 * per_channel:t1 - c0 * per_channel] = table[t0:t1]
-        yield c0, c1, k.t().reshape(-1, c1 - c0, kh, kw)  # [bars S out, channels, kh, kw]
+        k = k.t().reshape(-1, c1 - c0, kh, kw)  # [bars S out, channels, kh, kw]
+        yield c0, c1, k.contiguous(memory_format=torch.channels_last)  # NHWC: see _converted_conv
 
 
 def _conv_kernels(bars: Crossbars, kernel: tuple[int, int], tile_rows: int) -> list:
@@ -176,27 +177,38 @@ def _full_precision_convolutions(x: torch.Tensor):
 def _converted_conv(x: torch.Tensor, negative: bool, bars: Crossbars, kernel: tuple[int, int], place: torch.Tensor,
                     step: torch.Tensor, adc: AdcConfig, conv: dict) -> torch.Tensor:
     """Δ Σ_phase ± Σ_j 2^{jK} Σ_t (code⁺ − code⁻) (differential: Σ_t code): [N, out, H', W'], before the weight step (`_converted`'s
-    arithmetic, one tile's convolution at a time, a cache-sized block of images at a time)."""
+    arithmetic, one tile's convolution at a time, a cache-sized block of images at a time).
+
+    The tiles run channels-last (NHWC in memory): a tile reads few channels and writes M/K (or 2 M/K) times the
+    layer's outputs, which the CPU convolution kernels compute 1.3-7x faster in that layout than in NCHW."""
     groups, out = bars.bars * bars.slices, bars.out_features
     kernels = _conv_kernels(bars, kernel, adc.tile_rows)
     n = x.shape[0]
-    xs, signed = _phases(x, negative)  # [N or 2N, C, H, W]
-    xs = xs.div_(step) if signed else xs / step  # partial sums in units of the ADC step
+    xs, signed = _phases(x, negative)  # [N' = N or 2N, C, H, W]
+    inputs = []  # each tile's channels in units of the ADC step, channels-last: [N', c1 - c0, H, W]
+    for c0, c1, _ in kernels:  # (a tile shares at most one channel with the next: about one copy of the input)
+        tile_x = torch.empty((xs.shape[0], c1 - c0, *xs.shape[2:]), dtype=xs.dtype, device=xs.device,
+                             memory_format=torch.channels_last)
+        inputs.append(torch.div(xs[:, c0:c1], step, out=tile_x))
     low, top = adc.code_limits()
+    shifts = place.tolist()  # ±2^{jK} per group of `out` columns
     oh, ow = _conv_output_size(x.shape[2:], kernel, conv)
+    y = xs.new_empty(xs.shape[0], oh, ow, out)  # [N', H', W', out] channels-last like the tiles' sums
     block = max(1, _CHUNK_ELEMENTS // max(1, groups * out * oh * ow))  # images whose partial sums fit the cache
-    blocks = [xs.new_zeros(0, out, oh, ow)]  # (no images: no blocks)
     with _full_precision_convolutions(x):
         for i in range(0, xs.shape[0], block):
-            acc = None  # Σ_t code of a block of images [b, bars S out, H', W']
-            for c0, c1, k in kernels:
-                partial = F.conv2d(xs[i:i + block, c0:c1], k, **conv)  # [b, bars S out, H', W'] one tile's sums
+            acc = None  # Σ_t code of a block of images [b, bars S out, H', W'] (channels-last)
+            for tile_x, (_, _, k) in zip(inputs, kernels):
+                partial = F.conv2d(tile_x[i:i + block], k, **conv)  # [b, bars S out, H', W'] one tile's sums
                 partial.round_().clamp_(low, top)
                 acc = partial if acc is None else acc.add_(partial)
-            b = acc.shape[0]
-            blocks.append(torch.einsum("k,bkohw->bohw", place, acc.view(b, groups, out, oh, ow)))  # shift, add
-    y = torch.cat(blocks)  # [N or 2N, out, H', W']
+            codes = acc.permute(0, 2, 3, 1)  # [b, H', W', bars S out], contiguous in memory
+            into = y[i:i + block]  # [b, H', W', out]
+            torch.mul(codes[..., :out], shifts[0], out=into)  # shift and add (exact integers)
+            for g in range(1, groups):
+                into.add_(codes[..., g * out:(g + 1) * out], alpha=shifts[g])
+    y = y.permute(0, 3, 1, 2)  # [N', out, H', W'] (NHWC in memory)
+    result = x.new_empty(n, out, oh, ow)  # [N, out, H', W'] contiguous, as F.conv2d returns
     if signed:
-        y = y[:n] - y[n:]
-    return y * step
-
+        return torch.sub(y[:n], y[n:], out=result).mul_(step)
+    return torch.mul(y, step, out=result)
