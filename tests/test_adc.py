@@ -356,3 +356,21 @@ def test_packed_convolution_reuses_its_tile_kernels():
     assert torch.equal(C.sliced_conv2d(x, bars, None, s, CFG, other, kernel_size=(3, 3), padding=1),
                        C.sliced_conv2d(x, g_pos, g_neg, s, CFG, other, padding=1))
     assert len(bars.conv_kernels) == 2
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_conv_output_is_contiguous_nchw_with_promoted_bias(signed):
+    # the tiles run channels-last inside; a user's model may .view() the result, as it can F.conv2d's
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(6, 4, 3, 3, generator=gen)
+    x = torch.randn(2, 4, 6, 6, generator=gen)
+    x = x if signed else x.relu()
+    g_pos, g_neg, s = A.device_slices(w, CFG)
+    adc = A.AdcConfig(adc_bits=6, tile_rows=16)
+    y = C.sliced_conv2d(x, g_pos, g_neg, s, CFG, adc, padding=1)
+    assert y.shape == (2, 6, 6, 6) and y.is_contiguous() and y.dtype == torch.float32
+    y.view(2, -1)  # no copy needed
+    bias64 = torch.randn(6, generator=gen, dtype=torch.float64)
+    with_bias = C.sliced_conv2d(x, g_pos, g_neg, s, CFG, adc, bias=bias64, padding=1)
+    assert with_bias.dtype == torch.float64  # promoted as y + bias would, not cast down in place
+    torch.testing.assert_close(with_bias, y.double() + bias64.view(1, -1, 1, 1))
