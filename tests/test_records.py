@@ -99,3 +99,41 @@ def test_write_verify_costs_record_is_what_the_script_computes(tmp_path):
     row = out.read_text().splitlines()[1].split(",")
     iters = 1 / math.erf(verify_tolerance(0.2, 0.03) / (0.2 * math.sqrt(2)))
     assert row[2] == "808080" and row[12] == str(40404 * 4) and row[13] == str(round(40404 * 4 * iters * 2))
+
+
+def _overview(args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "scale_overview.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_scale_overview_record_is_what_the_script_computes(tmp_path):
+    """docs/reproduction/scale_overview/budget.csv (REPRODUCTION §4i's gaps across widths) is regenerated exactly from
+    the reports its sources.txt names; each row is that report's own paired row."""
+    import csv
+
+    committed = ROOT / "docs" / "reproduction" / "scale_overview"
+    sources = (committed / "sources.txt").read_text().split()
+    r = _overview([*sources, "--out", str(tmp_path / "o")])
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "o" / "budget.csv").read_text() == (committed / "budget.csv").read_text()
+    assert (tmp_path / "o" / "figures" / "budget_gaps_vgg8_mnist5k.png").is_file()
+    rows = list(csv.DictReader((committed / "budget.csv").open()))
+    assert {(r["arm_a"], r["arm_b"]) for r in rows} == {("OVF", "noise injection"), ("tempered noise injection", "OVF")}
+    for row in rows:  # the same numbers as the source report's paired.csv (or budget.csv) row
+        src = Path(row["report"])
+        pool = list(csv.DictReader((ROOT / src / ("budget.csv" if (ROOT / src / "budget.csv").is_file()
+                                                   else "paired.csv")).open()))
+        assert any(p["arm_a"] == row["arm_a"] and p["arm_b"] == row["arm_b"] and p["mean_diff"] == row["mean_diff"]
+                   and p["ci95_lo"] == row["ci95_lo"] and float(p["sigma"]) == float(row["sigma"]) for p in pool)
+
+
+def test_scale_overview_refuses_ambiguous_input_in_one_line(tmp_path):
+    rep = "docs/reproduction/scale_w1_e12_s0.35"
+    cases = [([rep], "@EPOCHS"),  # a single-budget report needs its epochs
+             ([rep + "@12", rep + "@12"], "in both"),  # one (σ, width, epochs, pair) from two reports
+             ([rep + "@x"], "whole number"),
+             (["docs/reproduction/write_verify@3"], "paired.csv")]
+    for args, word in cases:
+        r = _overview([*args, "--out", str(tmp_path / "o")])
+        assert r.returncode == 2 and word in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
+        assert not (tmp_path / "o").exists()  # nothing half-written

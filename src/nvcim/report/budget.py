@@ -5,6 +5,7 @@ A report whose models of one (model, dataset) were trained with different recipe
 nvcim.report.labels). This module lays those arms side by side:
 
     budget_gaps(paired)                     # paired rows of two methods at one recipe (A − B by seed)
+    gap_order(gaps)                         # in budget.csv's order (also for gaps read back from several reports)
     gap_table(model, dataset, gaps)         # σ_d, A − B, width, recipe: mean difference, 95 % CI, p, positive
     arm_table(model, dataset, points)       # σ_d, arm, width: mean [95 % CI] (seeds) per recipe
     training_curves(records)                # per (group, σ_d, label): each seed's validation history
@@ -44,7 +45,12 @@ def budget_gaps(paired: Sequence[dict]) -> list[dict]:
     order σ_d, pair, epochs, width."""
     rows = [r for r in paired if r.get("recipe_a") and r.get("recipe_a") == r.get("recipe_b")
             and r.get("base_a") != r.get("base_b")]
-    return sorted(rows, key=lambda r: (r["model"], r["dataset"], r["sigma"], r["base_a"], r["base_b"], _epochs(r),
+    return gap_order(rows)
+
+
+def gap_order(gaps: Sequence[dict]) -> list[dict]:
+    """Gap rows in budget.csv's order: σ_d, pair, epochs, recipe, width."""
+    return sorted(gaps, key=lambda r: (r["model"], r["dataset"], r["sigma"], r["base_a"], r["base_b"], _epochs(r),
                                        str(r["recipe_a"]), float(r["width"] or 1.0)))
 
 
