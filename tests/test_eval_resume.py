@@ -204,3 +204,27 @@ def test_the_pieces_place_is_checked_first_and_a_failed_write_only_loses_the_res
     monkeypatch.setattr(partial, "write_results_json", full)
     rc, _, err = run_cli([*argv, str(tmp_path / "e.json")], capsys)
     assert rc == 0 and (tmp_path / "e.json").is_file() and err.count("cannot keep finished evaluations") == 1
+
+
+def test_code_fingerprint_covers_a_plugin_given_by_module_name(tmp_path, monkeypatch):
+    """A plugin loaded by module name is keyed by its source, not only its name: editing it invalidates the pieces."""
+    import sys
+
+    import nvcim.plugins as plugins
+    from nvcim.evaluate.partial import code_fingerprint
+
+    pkg = tmp_path / "my_resume_plugin"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from my_resume_plugin.part import X\n")
+    (pkg / "part.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(plugins, "_LOADED", [])
+    try:
+        before = code_fingerprint()
+        plugins.load_plugin("my_resume_plugin")
+        loaded = code_fingerprint()
+        (pkg / "part.py").write_text("X = 2\n")  # an edit in a module of the package
+        assert len({before, loaded, code_fingerprint()}) == 3
+    finally:
+        for name in ("my_resume_plugin", "my_resume_plugin.part"):
+            sys.modules.pop(name, None)

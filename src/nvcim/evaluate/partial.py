@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -36,7 +37,8 @@ SUFFIX = ".partial"
 
 def code_fingerprint() -> str:
     """sha256 (hex) of the code a result depends on: every .py file of the nvcim package, the plugins loaded (their
-    files, or their module names) and the torch version, so that a piece of other code is never taken."""
+    files; for a module name, the module's file or its package's .py files) and the torch version, so that a piece of
+    other code is never taken."""
     import torch
 
     import nvcim
@@ -48,9 +50,21 @@ def code_fingerprint() -> str:
         h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     for spec in plugins.loaded():
         h.update(spec.encode() + b"\0")
-        if Path(spec).is_file():
-            h.update(Path(spec).read_bytes())
+        for f in _plugin_sources(spec):
+            h.update(f.as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
+
+
+def _plugin_sources(spec: str) -> list[Path]:
+    """The source files of a loaded plugin: the file itself, or the module's file (every .py file of a package) for a
+    plugin given by module name."""
+    if Path(spec).is_file():
+        return [Path(spec)]
+    origin = getattr(sys.modules.get(spec), "__file__", None)
+    if not origin or not Path(origin).is_file():
+        return []
+    origin = Path(origin).resolve()
+    return sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
 
 
 def _canonical(key: Mapping[str, Any]) -> str:
