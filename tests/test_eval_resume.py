@@ -228,3 +228,28 @@ def test_code_fingerprint_covers_a_plugin_given_by_module_name(tmp_path, monkeyp
     finally:
         for name in ("my_resume_plugin", "my_resume_plugin.part"):
             sys.modules.pop(name, None)
+
+
+def test_a_kept_result_with_non_finite_logits_warns_again(tmp_path):
+    """A piece holding chips with NaN / inf logits repeats the evaluation's warning when taken, so a resumed run does
+    not present that accuracy silently."""
+    import dataclasses
+    import warnings
+
+    import torch
+
+    from nvcim import DeviceConfig
+    from nvcim.evaluate import monte_carlo_evaluate
+    from nvcim.evaluate.partial import PartialResults
+
+    torch.manual_seed(0)
+    data = (torch.randn(8, 4), torch.randint(0, 3, (8,)))
+    res = monte_carlo_evaluate(torch.nn.Linear(4, 3), data, DeviceConfig(sigma=0.1), runs=3, seed=0)
+    for nonfinite, warned in ((0, False), (2, True)):
+        key = {"cell": nonfinite}
+        PartialResults(tmp_path).put(key, dataclasses.replace(res, nonfinite_runs=nonfinite))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert PartialResults(tmp_path).get(key).nonfinite_runs == nonfinite
+        said = [str(w.message) for w in caught if "non-finite" in str(w.message)]
+        assert bool(said) == warned and (not said or "2 of 3 chips" in said[0])

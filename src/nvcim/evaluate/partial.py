@@ -119,6 +119,10 @@ class PartialResults:
             warnings.warn(f"{path} cannot be used (damaged, or of another evaluation): that evaluation runs again")
             return None
         self.taken += 1
+        if result.nonfinite_runs:  # as the evaluation that made it warned (nvcim.evaluate.montecarlo)
+            warnings.warn(f"nvcim: non-finite logits (NaN / inf) from {result.nonfinite_runs} of {result.runs} chips at "
+                          f"σ={result.sigma:g} (a result kept from an interrupted run, {path}); those images count as "
+                          "wrong, so the accuracy is not meaningful", RuntimeWarning, stacklevel=2)
         return result
 
     def put(self, key: Mapping[str, Any], result: MCResult) -> None:
