@@ -374,3 +374,19 @@ def test_conv_output_is_contiguous_nchw_with_promoted_bias(signed):
     with_bias = C.sliced_conv2d(x, g_pos, g_neg, s, CFG, adc, bias=bias64, padding=1)
     assert with_bias.dtype == torch.float64  # promoted as y + bias would, not cast down in place
     torch.testing.assert_close(with_bias, y.double() + bias64.view(1, -1, 1, 1))
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_adc_path_takes_inputs_that_require_grad_and_gives_no_gradient(signed):
+    # forward only (the ADC has no useful gradient): an input from a graph is read, not differentiated through
+    gen = torch.Generator().manual_seed(6)
+    w = torch.randn(3, 2, 3, 3, generator=gen)
+    x = torch.randn(2, 2, 5, 5, generator=gen)
+    x = (x if signed else x.relu()).requires_grad_()
+    g_pos, g_neg, s = A.device_slices(w, CFG)
+    adc = A.AdcConfig(adc_bits=6, tile_rows=4)
+    y = C.sliced_conv2d(x, g_pos, g_neg, s, CFG, adc, padding=1)
+    assert not y.requires_grad
+    torch.testing.assert_close(y, C.sliced_conv2d(x.detach(), g_pos, g_neg, s, CFG, adc, padding=1))
+    lin = A.sliced_linear(x.flatten(1)[:, :18], g_pos.flatten(2), g_neg.flatten(2), s, CFG, adc)
+    assert not lin.requires_grad

@@ -215,24 +215,26 @@ def test_code_fingerprint_covers_a_plugin_given_by_module_name(tmp_path, monkeyp
 
     pkg = tmp_path / "my_resume_plugin"
     pkg.mkdir()
-    (pkg / "__init__.py").write_text("from my_resume_plugin.part import X\n")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "ext.py").write_text("from my_resume_plugin.part import X\n")
     (pkg / "part.py").write_text("X = 1\n")
+    (pkg / ".#part.py").symlink_to(tmp_path / "gone")  # an editor's lock file: a dangling hidden symlink
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(plugins, "_LOADED", [])
     try:
         before = code_fingerprint()
-        plugins.load_plugin("my_resume_plugin")
+        plugins.load_plugin("my_resume_plugin.ext")  # a submodule: its package's sources count
         loaded = code_fingerprint()
-        (pkg / "part.py").write_text("X = 2\n")  # an edit in a module of the package
+        (pkg / "part.py").write_text("X = 2\n")  # an edit in a sibling module
         assert len({before, loaded, code_fingerprint()}) == 3
     finally:
-        for name in ("my_resume_plugin", "my_resume_plugin.part"):
+        for name in ("my_resume_plugin", "my_resume_plugin.ext", "my_resume_plugin.part"):
             sys.modules.pop(name, None)
 
 
-def test_a_kept_result_with_non_finite_logits_warns_again(tmp_path):
-    """A piece holding chips with NaN / inf logits repeats the evaluation's warning when taken, so a resumed run does
-    not present that accuracy silently."""
+def test_a_kept_matrix_cell_with_non_finite_logits_warns_again(tmp_path):
+    """A matrix cell taken from a piece holding chips with NaN / inf logits repeats the evaluation's warning (a σ curve
+    already warns over all its results, kept or not), so a resumed run does not present that accuracy silently."""
     import dataclasses
     import warnings
 
@@ -240,16 +242,19 @@ def test_a_kept_result_with_non_finite_logits_warns_again(tmp_path):
 
     from nvcim import DeviceConfig
     from nvcim.evaluate import monte_carlo_evaluate
+    from nvcim.evaluate.matrix import device_matrix
     from nvcim.evaluate.partial import PartialResults
 
     torch.manual_seed(0)
-    data = (torch.randn(8, 4), torch.randint(0, 3, (8,)))
-    res = monte_carlo_evaluate(torch.nn.Linear(4, 3), data, DeviceConfig(sigma=0.1), runs=3, seed=0)
+    model, data = torch.nn.Linear(4, 3), (torch.randn(8, 4), torch.randint(0, 3, (8,)))
+    res = monte_carlo_evaluate(model, data, DeviceConfig(sigma=0.1), runs=3, seed=0)
     for nonfinite, warned in ((0, False), (2, True)):
         key = {"cell": nonfinite}
         PartialResults(tmp_path).put(key, dataclasses.replace(res, nonfinite_runs=nonfinite))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            assert PartialResults(tmp_path).get(key).nonfinite_runs == nonfinite
+            got = device_matrix([("ckpt", "data", model, data)], ["gaussian"], lambda i, dm: DeviceConfig(sigma=0.1),
+                                runs=3, seed=0, partial=PartialResults(tmp_path), key=lambda i, dm: key)
+        assert got.cells[0][0]["result"].nonfinite_runs == nonfinite
         said = [str(w.message) for w in caught if "non-finite" in str(w.message)]
-        assert bool(said) == warned and (not said or "2 of 3 chips" in said[0])
+        assert len(said) == int(warned) and (not said or "2 of 3 chips" in said[0])

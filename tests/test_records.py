@@ -112,7 +112,7 @@ def test_scale_overview_record_is_what_the_script_computes(tmp_path):
     import csv
 
     committed = ROOT / "docs" / "reproduction" / "scale_overview"
-    sources = (committed / "sources.txt").read_text().split()
+    sources = [line for line in (committed / "sources.txt").read_text().splitlines() if not line.startswith("#")]
     r = _overview([*sources, "--out", str(tmp_path / "o")])
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "o" / "budget.csv").read_text() == (committed / "budget.csv").read_text()
@@ -137,3 +137,18 @@ def test_scale_overview_refuses_ambiguous_input_in_one_line(tmp_path):
         r = _overview([*args, "--out", str(tmp_path / "o")])
         assert r.returncode == 2 and word in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
         assert not (tmp_path / "o").exists()  # nothing half-written
+    import shutil
+
+    shutil.copytree(ROOT / rep, tmp_path / "rep")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "rep").rglob("*") if p.is_file()}
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "sources.txt").write_text("my notes\n")
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "figs" / "figures").mkdir(parents=True)
+    (tmp_path / "figs" / "figures" / "budget_gaps_vgg8_mnist5k.png").write_bytes(b"my own picture")
+    for out, word in ((tmp_path / "rep", "report directory"), (tmp_path / "user", "not this script's"),
+                      (tmp_path / "file", "is a file"), (tmp_path / "figs", "not written by nvcim report")):
+        r = _overview([str(tmp_path / "rep") + "@12", "docs/reproduction/scale_w0.25_s0.35", "--out", str(out)])
+        assert r.returncode == 2 and word in r.stderr and r.stderr.count("\n") == 1, (out, r.stderr)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "rep").rglob("*") if p.is_file()} == before  # untouched
+    assert not (tmp_path / "figs" / "budget.csv").exists()  # refused before anything is written

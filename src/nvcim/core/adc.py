@@ -288,7 +288,7 @@ def _converted(x: torch.Tensor, negative: bool, bars: Crossbars, place: torch.Te
     added up, then shifted and added into the chunk's outputs (exact integers: the order does not matter)."""
     table, out = bars.table, bars.out_features
     rows_in, in_features = x.shape
-    xs, signed = _phases(x, negative)  # [rows or 2 rows, in]
+    xs, signed = _phases(x.detach(), negative)  # [rows or 2 rows, in] (forward only: the ADC has no gradient)
     xs = xs.div_(step) if signed else xs / step  # partial sums in units of the ADC step
     low, top = adc.code_limits()
     y = xs.new_empty(xs.shape[0], out)  # [rows', out]

@@ -184,12 +184,14 @@ def _converted_conv(x: torch.Tensor, negative: bool, bars: Crossbars, kernel: tu
     groups, out = bars.bars * bars.slices, bars.out_features
     kernels = _conv_kernels(bars, kernel, adc.tile_rows)
     n = x.shape[0]
-    xs, signed = _phases(x, negative)  # [N' = N or 2N, C, H, W]
-    inputs = []  # each tile's channels in units of the ADC step, channels-last: [N', c1 - c0, H, W]
-    for c0, c1, _ in kernels:  # (a tile shares at most one channel with the next: about one copy of the input)
-        tile_x = torch.empty((xs.shape[0], c1 - c0, *xs.shape[2:]), dtype=xs.dtype, device=xs.device,
-                             memory_format=torch.channels_last)
-        inputs.append(torch.div(xs[:, c0:c1], step, out=tile_x))
+    xs, signed = _phases(x.detach(), negative)  # [N' = N or 2N, C, H, W] (forward only: the ADC has no gradient)
+    channels = {}  # (c0, c1) -> those channels in units of the ADC step, channels-last [N', c1 - c0, H, W]; tiles
+    for c0, c1, _ in kernels:  # within one channel share it; a tile shares at most one channel with the next
+        if (c0, c1) not in channels:
+            tile_x = torch.empty((xs.shape[0], c1 - c0, *xs.shape[2:]), dtype=xs.dtype, device=xs.device,
+                                 memory_format=torch.channels_last)
+            channels[c0, c1] = torch.div(xs[:, c0:c1], step, out=tile_x)
+    inputs = [channels[c0, c1] for c0, c1, _ in kernels]
     low, top = adc.code_limits()
     shifts = place.tolist()  # ±2^{jK} per group of `out` columns
     oh, ow = _conv_output_size(x.shape[2:], kernel, conv)

@@ -10,6 +10,7 @@ the devices', not the draws'. A column is a DeviceConfig, or any device object w
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Sequence
 
 from torch import nn
@@ -51,6 +52,10 @@ def device_matrix(rows: Sequence[tuple[str, str, nn.Module, Any]], device_models
                 res = cfg.monte_carlo(model, data, runs=runs, seed=seed, batch_size=batch_size, progress=progress)
             if keep and not kept:
                 partial.put(key(i, dm), res)
+            if kept and res.nonfinite_runs:  # as the evaluation that made it warned (nvcim.evaluate.montecarlo)
+                warnings.warn(f"nvcim: non-finite logits (NaN / inf) from {res.nonfinite_runs} of {res.runs} chips at "
+                              f"σ={res.sigma:g} ({name} under {dm}, kept from an interrupted run); those images count "
+                              "as wrong, so the accuracy is not meaningful", RuntimeWarning, stacklevel=2)
             say(f"{name} under {dm}: {res.mean:.2f} % [{res.ci95[0]:.2f}, {res.ci95[1]:.2f}], p5 {res.p5:.2f}"
                 + (f" (kept from an interrupted run: {partial.dir})" if kept else ""))
             row.append({"device_config": cfg.to_dict(), "result": res})

@@ -37,8 +37,8 @@ SUFFIX = ".partial"
 
 def code_fingerprint() -> str:
     """sha256 (hex) of the code a result depends on: every .py file of the nvcim package, the plugins loaded (their
-    files; for a module name, the module's file or its package's .py files) and the torch version, so that a piece of
-    other code is never taken."""
+    files; for a module name, its top-level package's .py files) and the torch version, so that a piece of other code
+    is never taken."""
     import torch
 
     import nvcim
@@ -50,21 +50,33 @@ def code_fingerprint() -> str:
         h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     for spec in plugins.loaded():
         h.update(spec.encode() + b"\0")
-        for f in _plugin_sources(spec):
-            h.update(f.as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+        for name, f in _plugin_sources(spec):
+            try:
+                h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
+            except OSError:  # vanished or unreadable since it was listed: its name alone
+                h.update(name.encode() + b"\0?\0")
     return h.hexdigest()
 
 
-def _plugin_sources(spec: str) -> list[Path]:
-    """The source files of a loaded plugin: the file itself, or the module's file (every .py file of a package) for a
-    plugin given by module name."""
+def _plugin_sources(spec: str) -> list[tuple[str, Path]]:
+    """(name, file) of a loaded plugin's sources: the file itself, or for a plugin given by module name every .py file
+    of its top-level package (or its one module), named relative to that package so that a moved checkout keeps its
+    key. Hidden files (editor lock files such as .#x.py) and anything that is not a readable file are left out."""
     if Path(spec).is_file():
-        return [Path(spec)]
-    origin = getattr(sys.modules.get(spec), "__file__", None)
+        return [(Path(spec).name, Path(spec))]
+    top = sys.modules.get(spec.split(".")[0])
+    origin = getattr(top, "__file__", None)
     if not origin or not Path(origin).is_file():
         return []
     origin = Path(origin).resolve()
-    return sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
+    if origin.name != "__init__.py":
+        return [(origin.name, origin)]
+    files = []
+    for f in sorted(origin.parent.rglob("*.py")):
+        rel = f.relative_to(origin.parent)
+        if not any(part.startswith(".") for part in rel.parts) and f.is_file():
+            files.append((rel.as_posix(), f))
+    return files
 
 
 def _canonical(key: Mapping[str, Any]) -> str:
@@ -119,10 +131,6 @@ class PartialResults:
             warnings.warn(f"{path} cannot be used (damaged, or of another evaluation): that evaluation runs again")
             return None
         self.taken += 1
-        if result.nonfinite_runs:  # as the evaluation that made it warned (nvcim.evaluate.montecarlo)
-            warnings.warn(f"nvcim: non-finite logits (NaN / inf) from {result.nonfinite_runs} of {result.runs} chips at "
-                          f"σ={result.sigma:g} (a result kept from an interrupted run, {path}); those images count as "
-                          "wrong, so the accuracy is not meaningful", RuntimeWarning, stacklevel=2)
         return result
 
     def put(self, key: Mapping[str, Any], result: MCResult) -> None:
