@@ -135,6 +135,23 @@ def test_train_equal_flags_are_fine(files):
     assert cfg.sigma == 0.05
 
 
+
+@pytest.mark.parametrize("flags", [{}, {"variation": "gaussian"}, {"sampling": "device"},
+                                   {"variation": "level_dependent", "variation_option": [("multipliers", [1, 1, 1, 1])]},
+                                   {"variation": "gaussian", "device_bits": 4}])
+def test_train_device_flags_keep_the_default_sigma(flags):
+    # --variation / --sampling / --variation-option built the device from DeviceConfig's own default (σ 0.1), where
+    # `nvcim train --help` promises 0.3 (found by a new user's trial)
+    import argparse
+
+    from nvcim.cli.train import config_from_args
+    from nvcim.train import DEFAULTS, TrainConfig
+
+    cfg = config_from_args(argparse.Namespace(preset="smoke", **flags))
+    assert cfg.sigma == DEFAULTS["sigma"] == 0.3
+    assert config_from_args(argparse.Namespace(preset="smoke", sigma=0.2, **flags)).sigma == 0.2
+    assert TrainConfig(device_config={"variation": "gaussian"}).sigma == 0.3  # a mapping without σ, from Python
+
 # ---- 3. the printed output names the device model ---------------------------------------------------------------
 def test_eval_header_names_the_device(ck, capsys):
     rc, out, err = run_cli(["eval", str(ck), *EVAL, "--device-model", "stuck-chen2015"], capsys)

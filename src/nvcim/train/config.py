@@ -68,7 +68,8 @@ class TrainConfig:
     method, method_params: a method of nvcim.methods.METHODS and its hyper-parameters
         (e.g. {"beta": 1e-3, "n_variational": 3} for OVF).
     device_config: the DeviceConfig trained for (its σ is the training σ_d; for vanilla the σ
-        validation is run at); `sigma`, `weight_bits`, `device_bits`, `quantize` read it.
+        validation is run at); `sigma`, `weight_bits`, `device_bits`, `quantize` read it. Given as a mapping,
+        a σ it leaves out is the training default 0.3 (DEFAULT_DEVICE), not DeviceConfig's 0.1.
     epochs, batch_size, optimizer ("adam" | "sgd"), lr, momentum (SGD only), weight_decay,
         schedule ("cosine" annealing to 0 over the run, stepped per step | "constant").
     seed: global torch seed (init, training noise) and seed of the shuffling/augmentation generator.
@@ -121,8 +122,8 @@ class TrainConfig:
         if unknown:
             raise TypeError(f"TrainConfig got unexpected field(s) {unknown}: fields are {names + list(DEVICE_KEYS)}")
         device = fields.pop("device_config", DEFAULT_DEVICE)
-        if isinstance(device, Mapping):
-            device = DeviceConfig.from_dict(device)
+        if isinstance(device, Mapping):  # the fields it leaves out are DEFAULT_DEVICE's (σ 0.3), not DeviceConfig's
+            device = DeviceConfig.from_dict({"sigma": DEFAULT_DEVICE.sigma, **device})
         flat = {k: fields.pop(k) for k in DEVICE_KEYS if k in fields}
         if flat and isinstance(device, DeviceConfig):
             _check_device_keys(flat)
