@@ -71,6 +71,8 @@ def test_plugin_model_evaluates_and_the_help_lists_it(trained, tmp_path, capsys)
     assert main(["eval", str(ckpt), "--plugin", str(plugin), "--runs", "4", "--out", str(out)]) == 0
     res = json.loads(out.read_text())["results"][0]
     assert res["runs"] == 4 and res["n_samples"] == 48
+    r = _run(["train", "--plugin", str(plugin), "--help"])  # the README: plugin names appear in --help
+    assert r.returncode == 0 and "plug_mlp_test" in " ".join(r.stdout.split()), r.stdout
 
 
 def test_missing_plugin_is_named_and_env_var_loads_it(trained):

@@ -105,6 +105,8 @@ def method_flags() -> tuple[str, ...]:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from nvcim.methods import METHODS
     from nvcim.core.variation import VARIATIONS
+    from nvcim.data import DATASETS
+    from nvcim.models import list_models
     from nvcim.train import DEFAULTS, DEVICES, OPTIMIZERS, PRESETS, SCHEDULES, SELECTIONS
 
     D = DEFAULTS
@@ -127,10 +129,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines (default: show them)")
 
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", metavar="NAME", help=f"registered model: vgg8, resnet18, tiny, ... (default: {D['model']})")
+    g.add_argument("--model", metavar="NAME", help=f"a registered model (with --plugin, yours too): "
+                                                   f"{', '.join(list_models())} (default: {D['model']})")
     g.add_argument("--width", type=float, metavar="X", help=f"width multiplier of every hidden layer (default: {D['width']})")
     g.add_argument("--dataset", metavar="NAME",
-                   help="mnist5k (offline), mnist, fashion_mnist, cifar10, cifar100, tiny_imagenet "
+                   help=f"a registered data set (mnist5k is offline): {', '.join(DATASETS)}, or npz:PATH.npz "
                         f"(default: {D['dataset']})")
     g.add_argument("--data-root", metavar="DIR", help="data directory (default: $NVCIM_DATA or ~/.cache/nvcim/data)")
     g.add_argument("--val-fraction", type=float, metavar="F",
