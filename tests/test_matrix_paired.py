@@ -200,3 +200,12 @@ def test_an_aihwkit_column_is_described_as_aihwkit():
     rec = DeviceMatrixFile(checkpoints=["ck0"], datasets=["d"], device_models=["aihwkit:pcm"],
                            cells=[[{"device_config": pcm, "result": _res(50)}]], sigma=0.3, runs=2, seed=0)
     assert "aihwkit:pcm = aihwkit PCMLikeNoiseModel" in matrix_table(rec).note
+
+
+def test_a_matrix_without_pairs_says_why_when_it_has_arms():
+    info = [{"method": NI, "seed": 0, "train_sigma": 0.3}, {"method": OVF, "seed": 0, "train_sigma": 0.3}]
+    rec = _matrix(info, [[50, 40], [60, 44]])  # one seed per arm: nothing to pair
+    assert matrix_paired(rec) == []
+    table = matrix_paired_table([], "t", rec)
+    assert table is not None and "No paired comparison" in table.note and "OVF: 0" in table.note
+    assert matrix_paired_table([], "t", _matrix(info[:1], [[50, 40]])) is None  # one arm: no question to answer

@@ -133,3 +133,18 @@ def test_paired_rows_from_scan_results_are_reachable_from_the_api(tmp_path):
     rows = paired_comparisons(matched_points(scan_results(root).records))
     assert len(rows) == 1 and rows[0]["diffs"] == [1.0, -1.0] and rows[0]["p"] == pytest.approx(1.0)
     assert reading(rows[0]).startswith("difference within [")
+
+
+def test_a_report_says_why_it_has_no_paired_differences(tmp_path):
+    # one seed per arm (a new user's first run): the paired section used to vanish without a word
+    root = tmp_path / "sweep"
+    for method, m in (("noise_injection", 20.0), ("ovf", 54.0)):
+        write(root / f"{method}0.json", mc_eval(method, 0.3, 0, [mc_result(0.3, [m - 1.0, m + 1.0])]))
+    assert main(["report", str(root), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "No paired comparison" in md and "OVF: 0" in md and "2 or more seeds" in md
+    assert list(csv.DictReader(open(tmp_path / "out" / "paired.csv"))) == []  # the CSV stays a header only
+    root2 = tmp_path / "one-arm"
+    write(root2 / "ovf0.json", mc_eval("ovf", 0.3, 0, [mc_result(0.3, [53.0, 55.0])]))
+    assert main(["report", str(root2), "--out", str(tmp_path / "out2")]) == 0
+    assert "No paired comparison" not in (tmp_path / "out2" / "report.md").read_text(encoding="utf-8")  # nothing to pair

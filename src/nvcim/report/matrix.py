@@ -31,7 +31,7 @@ from nvcim.report.figures import Figures, pyplot
 from nvcim.report.flags import Marks
 from nvcim.report.labels import base_label, device_description, recipe_words
 from nvcim.report.paired import paired_t, reading
-from nvcim.report.tables import Table
+from nvcim.report.tables import Table, no_pairs_table
 
 CSV_COLUMNS = ("checkpoint", "dataset", "device_model", "sigma", "runs", "seed", "mean", "ci95_lo", "ci95_hi", "p5",
                "min", "variation")
@@ -297,16 +297,19 @@ def matrix_paired(rec: DeviceMatrixFile) -> list[dict]:
     return out
 
 
-def matrix_paired_table(rows: list[dict], title: str) -> Table | None:
+def matrix_paired_table(rows: list[dict], title: str, rec: DeviceMatrixFile | None = None) -> Table | None:
+    """The matrix's paired differences; without any, a note saying why when the matrix (rec) has 2 or more arms."""
+    headers = ["device model", "A − B", "seeds", "mean difference [95 % CI]", "p", "A ahead", "reading"]
     if not rows:
-        return None
+        arms = {label: sorted(seeds, key=lambda s: (len(s), s)) for (label, _), seeds in
+                (_rows_by_arm(rec).items() if rec is not None else [])}
+        return no_pairs_table(title, headers, arms)
     body = [[r["device_model"], f"{r['arm_a']} − {r['arm_b']}", r["n"],
              f"{r['mean']:+.2f} [{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]", f"{r['p']:.3g}",
              f"{r['n_positive']}/{r['n']}", reading(r)] for r in rows]
     note = ("difference of mean accuracy (points) by seed, A − B, mean [95 % t CI over the seeds both arms have], "
             "two-sided paired t-test p, seeds with A ahead; every cell on the same chips")
-    return Table(title, ["device model", "A − B", "seeds", "mean difference [95 % CI]", "p", "A ahead", "reading"],
-                 body, note)
+    return Table(title, headers, body, note)
 
 
 def matrix_arms_csv(rows_by_file: list[tuple[str, list[dict]]]) -> bytes:

@@ -186,7 +186,7 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None,
         if gpts:
             tables = [acc_table(g, gpts), headline_table(g, gpts), ekl_table(g, gpts), worst_table(g, gpts),
                       conv_table(g, gpts), paired_table(g, [r for r in paired if (r["model"], r["width"],
-                                                                                   r["dataset"]) == g]),
+                                                                                   r["dataset"]) == g], gpts),
                       *search_tables(g, [r for r in rs.records if (r["model"], r["width"], r["dataset"]) == g])]
         tables.append(curve_table(g, gcurves))
         tables.append(budget.curve_table(g, train_curves) if budget_study else None)
@@ -209,7 +209,8 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None,
             marms.append((f, matrix_arm_means(rec)))
             mtables.append(matrix_arms_table(marms[-1][1], f"Device-model matrix, arms over seeds ({f})"))
             mpaired.append((f, matrix_paired(rec)))
-            mtables.append(matrix_paired_table(mpaired[-1][1], f"Device-model matrix, paired differences by seed ({f})"))
+            mtables.append(matrix_paired_table(mpaired[-1][1], f"Device-model matrix, paired differences by seed ({f})",
+                                               rec))
         sections.append(("Device models", [t for t in mtables if t is not None], F.items[n0:]))
     devices = device_models_table(rs.records + rs.verify_records)
     if devices:  # what each " [NAME]" of an arm's label stands for

@@ -207,15 +207,35 @@ def fmt_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def paired_table(gkey, rows: list[dict]) -> Table | None:
-    """The paired comparisons by seed (`nvcim.report.paired`) of one model group."""
-    if not rows:
+def no_pairs_table(title: str, headers: list[str], arm_seeds: dict[str, list]) -> Table | None:
+    """A paired-differences table that says why it is empty, when there were arms to compare (None when fewer
+    than 2): a report read for "does A beat B?" must not drop the question silently."""
+    if len(arm_seeds) < 2:
         return None
+    seeds = "; ".join(f"{arm}: {', '.join(str(s) for s in ss) or 'none'}" for arm, ss in arm_seeds.items())
+    return Table(title, headers, [["—"] * len(headers)],
+                 "No paired comparison: a pair of arms is compared seed by seed only when both have models of at "
+                 f"least 2 training seeds in common and differ in one thing only (training seeds per arm: {seeds}). "
+                 "Train each arm with 2 or more seeds (e.g. --seed 0 and --seed 1, or seeds = [0, 1, 2] in a sweep) "
+                 "to get a paired difference with a CI.")
+
+
+PAIRED_HEADERS = ["σ_d", "difference", "seeds paired", "mean", "95% CI", "paired t p", "positive", "reading"]
+
+
+def paired_table(gkey, rows: list[dict], gpts: list[dict] | None = None) -> Table | None:
+    """The paired comparisons by seed (`nvcim.report.paired`) of one model group; without any, a note saying why
+    when the group's points (gpts) hold 2 or more arms."""
+    if not rows:
+        arms: dict[str, list] = {}
+        for p in gpts or []:
+            arms.setdefault(p["label"], [])
+            arms[p["label"]] += [s for s in p["seeds"] if s is not None and s not in arms[p["label"]]]
+        return no_pairs_table(f"{group_title(gkey)}: paired differences by seed (points)", PAIRED_HEADERS, arms)
     out = [[fmt_sigma(r["sigma"]), f"{r['arm_a']} − {r['arm_b']}", f"{r['n']} ({', '.join(r['seeds'])})",
             f"{r['mean']:+.2f}", f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]", fmt_p(r["p"]),
             f"{r['n_positive']} of {r['n']}", reading(r)] for r in rows]
-    return Table(f"{group_title(gkey)}: paired differences by seed (points)",
-                 ["σ_d", "difference", "seeds paired", "mean", "95% CI", "paired t p", "positive", "reading"], out,
+    return Table(f"{group_title(gkey)}: paired differences by seed (points)", PAIRED_HEADERS, out,
                  "Per seed: A's mean accuracy − B's (models sharing a seed); mean over the shared seeds, 95% CI "
                  "(Student t, n − 1 df) and the two-sided paired t-test. A CI containing 0 bounds the difference; "
                  "it does not show that there is none. Pairs with fewer than 2 shared seeds are left out.")
