@@ -209,3 +209,14 @@ def test_a_matrix_without_pairs_says_why_when_it_has_arms():
     table = matrix_paired_table([], "t", rec)
     assert table is not None and "No paired comparison" in table.note and "OVF: 0" in table.note
     assert matrix_paired_table([], "t", _matrix(info[:1], [[50, 40]])) is None  # one arm: no question to answer
+
+
+def test_a_report_of_a_matrix_alone_counts_the_matrix(tmp_path):
+    # its intro said "0 result rows from 0 results files under ..." above the matrix it then showed
+    from nvcim.cli import main
+
+    info = [{"method": NI, "seed": s, "train_sigma": 0.3} for s in (0, 1)]
+    write_result_file(tmp_path / "res" / "m.json", _matrix(info, [[50, 40], [52, 41]]))
+    assert main(["report", str(tmp_path / "res"), "--out", str(tmp_path / "out")]) == 0
+    intro = (tmp_path / "out" / "report.md").read_text(encoding="utf-8").splitlines()[2]
+    assert intro.startswith("0 result rows from 0 results files and 1 device-model matrix under"), intro
