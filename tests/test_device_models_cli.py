@@ -281,3 +281,16 @@ def test_a_device_file_tiling_without_an_adc_is_refused(tmp_path, capsys):
     f.write_text("tile_rows = 64\nadc_bits = 8\n")
     assert device_model(str(f)).tile_rows == 64
     assert DeviceConfig.from_dict({"sigma": 0.1, "tile_rows": 64}).tile_rows == 64
+
+
+def test_list_device_models_checks_the_users_own_files(tmp_path, capsys):
+    # a new user had no way to check a device file without a checkpoint: --list-device-models ignored it
+    good, bad = tmp_path / "mine.toml", tmp_path / "typo.toml"
+    good.write_text('sigma = 0.2\nstuck_at = [0.01, 0.02]\nadc_bits = 6\nadc_readout = "differential"\n')
+    bad.write_text("read_sgima = 0.02\n")
+    rc, out, err = run_cli(["eval", "--list-device-models", "--device-models", f"{good},rram4"], capsys)
+    assert rc == 0 and len(out.splitlines()) == 2, (out, err)
+    assert "ok: stuck_at=[0.01, 0.02], adc_bits=6" in out and "sets adc_bits, adc_readout, sigma, stuck_at" in out
+    assert "rram4" in out.splitlines()[1] and "sigma, weight_bits, device_bits from the checkpoint" in out
+    rc, err = run_cli_err(["eval", "--list-device-models", "--device-model", str(bad)], capsys)
+    assert rc == 2 and len(err) == 1 and "did you mean 'read_sigma'?" in err[0], err

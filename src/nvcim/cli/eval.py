@@ -118,7 +118,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "from it is refused); --out writes the matrix JSON and a heat-map PNG beside it, "
                         "named like --out with the suffix .png (an existing PNG there only if nvcim wrote it); "
                         "resumable: finished cells wait in OUT.partial/ until the outputs are written")
-    g.add_argument("--list-device-models", action="store_true", help="list the device models available by name and exit")
+    g.add_argument("--list-device-models", action="store_true",
+                   help="list the device models available by name and exit; with --device-model / --device-models, "
+                        "check those (e.g. your own TOML file) and describe them instead")
     g.add_argument("--adc-calibration", choices=("evaluated", "train"), default=None,
                    help="a device with a calibrated ADC clip (adc_clip = 'calibrated') measures each chip's ADC ranges "
                         "on the first adc_calibration_images images of the evaluated split (default, unlabeled) or "
@@ -268,11 +270,23 @@ def run(args: argparse.Namespace) -> int:
     from nvcim.interop.aihwkit import is_aihwkit_spec, list_aihwkit_models
     from nvcim.io.checkpoint import read_checkpoint_config
     from nvcim.layers.noise import digital_layers
-    from nvcim.io.device_models import device_model, list_device_models
+    from nvcim.io.device_models import device_model, device_model_fields, list_device_models
 
     if args.list_device_models:
-        for name, what in list_device_models() + list_aihwkit_models():
-            print(f"{name:<16} {what}")
+        specs = [args.device_model] if args.device_model else []
+        specs += [n.strip() for n in (args.device_models or "").split(",") if n.strip()]
+        if not specs:
+            for name, what in list_device_models() + list_aihwkit_models():
+                print(f"{name:<16} {what}")
+            return 0
+        for spec in specs:  # check the user's own device models (one line each; a bad one: one line, exit 2)
+            if is_aihwkit_spec(spec):
+                print(f"{spec:<16} aihwkit's device model (checked when it runs)")
+                continue
+            cfg, sets = device_model(spec), device_model_fields(spec)
+            rest = [k for k in ("sigma", "weight_bits", "device_bits") if k not in sets]
+            print(f"{spec:<16} ok: {device_label(None, cfg) or 'gaussian'}; sets {', '.join(sorted(sets)) or 'nothing'}"
+                  + (f"; {', '.join(rest)} from the checkpoint (or the flags)" if rest else ""))
         return 0
     if not args.checkpoints:
         raise ValueError("no checkpoint given: nvcim eval CKPT [...] (or --list-device-models)")

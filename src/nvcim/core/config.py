@@ -21,6 +21,7 @@ path); the ADC needs the devices' levels, so it forces the per-device path too.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -349,5 +350,7 @@ class DeviceConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"DeviceConfig has no field(s) {unknown}: use {sorted(known)}")
+            close = {u: difflib.get_close_matches(str(u), sorted(known), n=1) for u in unknown}
+            hint = "".join(f" ({u!r}: did you mean {m[0]!r}?)" for u, m in close.items() if m)
+            raise ValueError(f"DeviceConfig has no field(s) {unknown}{hint}: use {sorted(known)}")
         return cls(**dict(d))
