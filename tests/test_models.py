@@ -173,3 +173,19 @@ def test_register_custom():
         assert m.nvcim_spec["hidden"] == 5
     finally:
         MODELS.unregister("_test_mlp")
+
+
+def test_a_builder_without_width_builds_at_width_1_and_refuses_another():
+    # `nvcim train` always passes its width (1 by default): a user's builder without that parameter failed with
+    # "does not fit dataset ...: got an unexpected keyword argument 'width'"
+    @register_model("_test_nowidth")
+    def _nowidth(num_classes, in_channels, image_size):
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size**2, num_classes))
+
+    try:
+        m = create_model("_test_nowidth", 3, 1, width=1.0, image_size=4)
+        assert m(torch.randn(2, 1, 4, 4)).shape == (2, 3) and "width" not in m.nvcim_spec
+        with pytest.raises(ValueError, match="has no width parameter, so width=0.5 cannot be applied"):
+            create_model("_test_nowidth", 3, 1, width=0.5, image_size=4)
+    finally:
+        MODELS.unregister("_test_nowidth")

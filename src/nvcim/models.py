@@ -17,7 +17,8 @@ its successive intermediate representations (VGG-8: after block 1 and after each
 authors' IRS reads them; ResNet-18: layer1..layer4; tiny: after the pool and after the second block).
 `model_stages(model)` returns them as modules; IRS (nvcim.methods.irs) places its auxiliary heads there.
 
-New models: decorate a builder `fn(num_classes, in_channels, width, image_size, **options)` with
+New models: decorate a builder `fn(num_classes, in_channels, width, image_size, **options)` (a builder may leave out
+`width`: it is then built as it is, and a width other than 1 is refused) with
 `@register_model("name")`. `create_model` passes it only the arguments its caller gave, so the
 builder's own defaults stand (and are recorded in `nvcim_spec`). A model above MAX_PARAMETERS
 (counted on the meta device before anything is allocated) is refused with a ValueError.
@@ -99,6 +100,11 @@ def create_model(
     builder = MODELS[name]
     params = inspect.signature(builder).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        if "width" in given and "width" not in params:  # a builder without a width (a user's own model)
+            if given["width"] != STANDARD_DEFAULTS["width"]:
+                raise ValueError(f"model {name!r} has no width parameter, so width={given['width']:g} cannot be "
+                                 "applied: drop --width (or add `width` to its builder)")
+            del given["width"]  # width 1: the model as its builder makes it
         allowed = [p for p in params if p not in STANDARD_DEFAULTS]
         unknown = sorted(set(kwargs) - set(allowed))
         if unknown:

@@ -81,6 +81,8 @@ def check_model_fits_data(cfg: TrainConfig, test_devices: Sequence[DeviceConfig]
                                  image_size=info.image_size)
     except (ValueError, TypeError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "has no width parameter" in msg:  # the width asked for, not the data
+            raise ValueError(msg) from None
         raise ValueError(f"model {cfg.model!r} does not fit dataset {cfg.dataset!r} ({info.in_channels} channels, "
                          f"{info.num_classes} classes, {info.image_size}x{info.image_size}): {msg}") from None
     lazy = [f"{name!r} ({type(m).__name__})" for name, m in model.named_modules()
