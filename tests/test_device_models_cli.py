@@ -294,3 +294,20 @@ def test_list_device_models_checks_the_users_own_files(tmp_path, capsys):
     assert "rram4" in out.splitlines()[1] and "sigma, weight_bits, device_bits from the checkpoint" in out
     rc, err = run_cli_err(["eval", "--list-device-models", "--device-model", str(bad)], capsys)
     assert rc == 2 and len(err) == 1 and "did you mean 'read_sigma'?" in err[0], err
+
+
+def test_a_full_scale_adc_that_costs_accuracy_gets_a_note(capsys):
+    # a new user's 6-bit ADC took 50 points with the SPEC's full-scale clip and nothing said where to look
+    from types import SimpleNamespace
+
+    from nvcim import DeviceConfig
+    from nvcim.cli.eval import note_full_scale_adc
+
+    res = [SimpleNamespace(quantized_accuracy=84.0, mean=33.2)]
+    note_full_scale_adc(DeviceConfig(adc_bits=6), res)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "full-scale clip" in err[0] and 'adc_clip = "calibrated"' in err[0]
+    for cfg, r in ((DeviceConfig(adc_bits=6, adc_clip="calibrated"), res), (DeviceConfig(), res),
+                   (DeviceConfig(adc_bits=6), [SimpleNamespace(quantized_accuracy=84.0, mean=80.0)])):
+        note_full_scale_adc(cfg, r)
+        assert capsys.readouterr().err == ""

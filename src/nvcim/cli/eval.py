@@ -247,6 +247,18 @@ def _target_options(args: argparse.Namespace) -> dict:
     return opts
 
 
+def note_full_scale_adc(cfg, results) -> None:
+    """One note on stderr when a device's ADCs use the full-scale clip and the chips fall more than 10 points below the
+    quantized model: with that clip (range R·(2^K−1)·max|x|, SPEC §8) typical partial sums use a small part of the
+    range, which can cost more than the device's variation (REPRODUCTION §4g); the user should know where to look."""
+    if cfg.adc_bits is None or cfg.adc_clip != "full_scale":
+        return
+    if any(r.quantized_accuracy - r.mean > 10 for r in results):
+        print(f"nvcim eval: note: this device's {cfg.adc_bits}-bit ADCs use the full-scale clip (range tile_rows·"
+              "(2^K−1)·max|x|), where typical partial sums get few ADC levels; the 'quantized' column has no ADC: to "
+              "see what the ADC costs, compare adc_clip = \"calibrated\", or the device without adc_bits", file=sys.stderr)
+
+
 def note_few_chips(results, fix: str = "use --runs 10 or more") -> None:
     """One note on stderr when some result's 95 % CI rests on fewer than FEW_CHIPS chips (wide: its t quantile is large
     and the std itself rough; the printed and recorded bounds are clipped to [0, 100], nvcim.evaluate.stats)."""
@@ -467,6 +479,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"ADC ranges calibrated per chip on the first {adc_record['images']} {adc_record['split']} images")
     print(results_table(results))
     note_few_chips(results, "give a smaller --target-ci for more chips" if target else "use --runs 10 or more")
+    note_full_scale_adc(base, results)
     record = EvaluationFile(results=list(results), checkpoint=str(ckpt), checkpoint_config=config, dataset=dataset,
                             split=args.split, device_config=base.to_dict(), bn_recalibration=recalibration,
                             adc_calibration=adc_record, digital_layers=digital_override(args.digital_layers))
