@@ -9,6 +9,7 @@ the coverage self-check names a layer whose chip does not reach the output.
 
 import contextlib
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -246,6 +247,18 @@ def test_coverage_leaves_state_untouched():
     assert torch.equal(rng, torch.get_rng_state())
     assert all(p.control.programmed is chip[p.name] for p in nvcim.noisy_parameters(model))
 
+
+
+def test_coverage_is_not_fooled_by_a_layernorm_after_the_layer():
+    # the check moved every weight by +s: the same shift in every feature, which a LayerNorm after the layer removes
+    # (a transformer's out_proj / linear2 before the post-norm): "read but do not change the output", falsely. Inputs
+    # whose features sum to 0 make that shift exactly 0; the ±s bump still moves the output.
+    torch.manual_seed(0)
+    model = nvcim.apply_variation_(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 3)), CFG)
+    x = torch.tensor([[1.0, -1.0, 2.0, -2.0], [0.5, 0.25, -0.5, -0.25]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "do not change the output" warning
+        assert check_coverage(model, x) == ["0.weight", "2.weight"]
 
 # ---- selections that select nothing ---------------------------------------------------------------
 def test_pattern_matching_no_layer_is_an_error():

@@ -5,7 +5,8 @@ wrong answer (PyTorch's fused Transformer path, for example, reads `linear1.weig
 would evaluate the clean weights). `check_coverage` proves the opposite for every noisy tensor:
 
     base  = model(x) with every noisy tensor's chip set to its clean weights W
-    out_t = model(x) with tensor t's chip alone replaced by W + s  (s = max|W_t|: every weight moves)
+    out_t = model(x) with tensor t's chip alone replaced by W ± s  (s = max|W_t|: every weight moves, by random signs
+                                                                    from a fixed seed, so a LayerNorm cannot undo it)
     out_t == base (bit for bit)  ->  CoverageError naming t if its chip was never read
                                      (a warning if it was read: the activations after it are saturated)
 
@@ -28,6 +29,9 @@ from nvcim.layers.noise import noisy_parameters, overridden
 
 CHECK_IMAGES = 2  # images of the first batch that `monte_carlo_evaluate` checks coverage on (moving every
 # weight of a layer by s changes the logits of any image that reaches it; two keep the check cheap)
+
+
+SIGN_PERIOD = 4093  # the bump's ±1 signs repeat with this (prime) period: no row length of a weight aligns with it
 
 
 class CoverageError(RuntimeError):
@@ -73,10 +77,15 @@ def check_coverage(model: nn.Module, *inputs: Any, seed: int = 0, strict: bool =
     with torch.no_grad():
         targets = {p.name: p.weight.detach() for p in params}  # the chip of the base forward: the weights themselves
         bumps = {}
+        signs = torch.Generator().manual_seed(seed)  # fixed: the check is deterministic and leaves torch's RNG alone
         for p in params:
             w = targets[p.name]
             s = float(w.abs().amax()) if w.numel() else 0.0
-            bumps[p.name] = w + (s if s > 0 else 1.0)  # every weight moved by s: any input that reaches it changes
+            pattern = torch.randint(0, 2, (SIGN_PERIOD,), generator=signs).to(device=w.device, dtype=w.dtype) * 2 - 1
+            r = pattern.repeat(-(-w.numel() // SIGN_PERIOD))[:w.numel()].view(w.shape)  # ±1, cheap for any size
+            # every weight moved by ±s, signs at random: any input that reaches it changes the layer's output, and
+            # not by the same amount in every feature (a uniform shift, W + s, a LayerNorm after the layer removes)
+            bumps[p.name] = w + r * (s if s > 0 else 1.0)
 
     def forward() -> list[torch.Tensor]:
         with torch.random.fork_rng(devices=[]):
@@ -106,7 +115,7 @@ def check_coverage(model: nn.Module, *inputs: Any, seed: int = 0, strict: bool =
     insensitive = [name for name, read in missing if read]
     if insensitive:  # the chip is used, the output just does not move (e.g. every ReLU after it is off)
         message = (f"{len(insensitive)} noisy tensor(s) are read but do not change the output on these inputs: "
-                   f"{', '.join(insensitive)} (saturated or dead activations?)")
+                   f"{', '.join(insensitive)} (saturated or dead activations after it?)")
         if strict:
             raise CoverageError(message)
         warnings.warn(f"nvcim: {message}", stacklevel=2)
