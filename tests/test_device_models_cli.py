@@ -291,7 +291,7 @@ def test_list_device_models_checks_the_users_own_files(tmp_path, capsys):
     rc, out, err = run_cli(["eval", "--list-device-models", "--device-models", f"{good},rram4"], capsys)
     assert rc == 0 and len(out.splitlines()) == 2, (out, err)
     assert "ok: stuck_at=[0.01, 0.02], adc_bits=6" in out and "sets adc_bits, adc_readout, sigma, stuck_at" in out
-    assert "rram4" in out.splitlines()[1] and "sigma, weight_bits, device_bits from the checkpoint" in out
+    assert "rram4" in out.splitlines()[1] and "σ from the checkpoint or --sigma; weight_bits and device_bits" in out
     rc, err = run_cli_err(["eval", "--list-device-models", "--device-model", str(bad)], capsys)
     assert rc == 2 and len(err) == 1 and "did you mean 'read_sigma'?" in err[0], err
 
@@ -311,3 +311,31 @@ def test_a_full_scale_adc_that_costs_accuracy_gets_a_note(capsys):
                    (DeviceConfig(adc_bits=6), [SimpleNamespace(quantized_accuracy=84.0, mean=80.0)])):
         note_full_scale_adc(cfg, r)
         assert capsys.readouterr().err == ""
+
+
+def test_unknown_device_fields_get_a_hint_only_when_one_is_likely():
+    from nvcim import DeviceConfig
+
+    def message(d):
+        with pytest.raises(ValueError) as e:
+            DeviceConfig.from_dict(d)
+        assert "\n" not in str(e.value)
+        return str(e.value)
+
+    assert "did you mean 'read_sigma'?" in message({"read_sgima": 0.1})
+    assert "did you mean 'read_sigma'?" in message({"sigma_r": 0.1})  # the SPEC's σ_r, not 'sigma'
+    assert "option of variation 'level_dependent': put it under variation_options" in message({"multipliers": [1, 2]})
+    assert "did you mean" not in message({"colour": 1}) and "did you mean 'tile_rows'" not in message({"multiplier": 1})
+
+
+def test_list_device_models_checks_a_file_for_other_bits_at_bits_it_fits(tmp_path, capsys):
+    # a file for 3-bit devices was refused for the default K = 2 it does not ask for
+    (tmp_path / "k3.toml").write_text("device_bits = 3\n")
+    (tmp_path / "m8.toml").write_text('variation = "level_dependent"\n[variation_options]\nmultipliers = [1, 1, 1, 1, 2, 2, 2, 2]\n')
+    rc, out, err = run_cli(["eval", "--list-device-models", "--device-models",
+                            f"{tmp_path / 'k3.toml'},{tmp_path / 'm8.toml'}"], capsys)
+    assert rc == 0, err
+    assert "(checked with M=9, K=3)" in out.splitlines()[0] and "(checked with M=9, K=3)" in out.splitlines()[1]
+    (tmp_path / "bad.toml").write_text("device_bits = 3\nweight_bits = 8\n")  # sets both, and they do not fit
+    rc, err = run_cli_err(["eval", "--list-device-models", "--device-model", str(tmp_path / "bad.toml")], capsys)
+    assert rc == 2 and len(err) == 1 and "weight_bits" in err[0], err

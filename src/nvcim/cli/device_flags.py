@@ -106,3 +106,50 @@ def adc_calibration(choice: str | None, devices, splits, split: str) -> tuple[An
     available = len(splits.train) if choice == "train" else len(getattr(splits, split))
     images = min(max(d.adc_calibration_images for d in cal), available)
     return source, {"split": "train" if choice == "train" else split, "images": images}
+
+
+def list_device_models_cli(device_model: str | None, device_models: str | None) -> int:
+    """`nvcim eval --list-device-models`: the device models available by name; with --device-model / --device-models,
+    each of those checked (a bad one: a one-line ValueError) and described, one line each."""
+    from nvcim.interop.aihwkit import is_aihwkit_spec, list_aihwkit_models
+    from nvcim.io.device_models import device_model_fields, list_device_models
+
+    specs = [device_model] if device_model else []
+    specs += [n.strip() for n in (device_models or "").split(",") if n.strip()]
+    if not specs:
+        for name, what in list_device_models() + list_aihwkit_models():
+            print(f"{name:<16} {what}")
+        return 0
+    for spec in specs:
+        if is_aihwkit_spec(spec):
+            print(f"{spec:<16} aihwkit's device model (checked when it runs)")
+            continue
+        sets = device_model_fields(spec)
+        cfg, bits = _checked_device_model(spec, sets)
+        rest = [k for k in ("weight_bits", "device_bits") if k not in sets]
+        print(f"{spec:<16} ok: {device_label(None, cfg) or 'gaussian'}; sets {', '.join(sorted(sets)) or 'nothing'}"
+              + ("" if "sigma" in sets else "; σ from the checkpoint or --sigma")
+              + (f"; {' and '.join(rest)} from the checkpoint" if rest else "")
+              + (f" (checked with M={bits[0]}, K={bits[1]})" if bits else ""))
+    return 0
+
+
+def _checked_device_model(spec: str, sets: dict):
+    """(DeviceConfig of `spec`, None) or, when it does not validate with the default bits but leaves bits to the
+    checkpoint, (its DeviceConfig at the first (M, K) it fits, (M, K)): a file for 3-bit devices is not refused for
+    the default K = 2 it does not ask for. The default bits' error when no (M, K) fits."""
+    from nvcim.io.device_models import device_model
+
+    try:
+        return device_model(spec), None
+    except ValueError as first:
+        if "weight_bits" in sets and "device_bits" in sets:
+            raise
+        for k in ([sets["device_bits"]] if "device_bits" in sets else [1, 2, 3, 4]):
+            for m in ([sets["weight_bits"]] if "weight_bits" in sets else
+                      sorted((k * n for n in range(1, 9)), key=lambda m: (abs(m - 8), m))):  # near the usual M = 8
+                try:
+                    return device_model(spec, defaults={"weight_bits": m, "device_bits": k}), (m, k)
+                except ValueError:
+                    continue
+        raise first

@@ -279,27 +279,15 @@ def run(args: argparse.Namespace) -> int:
     from nvcim.cli.eval_matrix import run_matrix
     from nvcim.evaluate import default_sigma_grid, results_table, robustness_curve, write_csv
     from nvcim.evaluate.files import EvaluationFile, write_result_file
-    from nvcim.interop.aihwkit import is_aihwkit_spec, list_aihwkit_models
+    from nvcim.interop.aihwkit import is_aihwkit_spec
     from nvcim.io.checkpoint import read_checkpoint_config
     from nvcim.layers.noise import digital_layers
-    from nvcim.io.device_models import device_model, device_model_fields, list_device_models
+    from nvcim.io.device_models import device_model
 
     if args.list_device_models:
-        specs = [args.device_model] if args.device_model else []
-        specs += [n.strip() for n in (args.device_models or "").split(",") if n.strip()]
-        if not specs:
-            for name, what in list_device_models() + list_aihwkit_models():
-                print(f"{name:<16} {what}")
-            return 0
-        for spec in specs:  # check the user's own device models (one line each; a bad one: one line, exit 2)
-            if is_aihwkit_spec(spec):
-                print(f"{spec:<16} aihwkit's device model (checked when it runs)")
-                continue
-            cfg, sets = device_model(spec), device_model_fields(spec)
-            rest = [k for k in ("sigma", "weight_bits", "device_bits") if k not in sets]
-            print(f"{spec:<16} ok: {device_label(None, cfg) or 'gaussian'}; sets {', '.join(sorted(sets)) or 'nothing'}"
-                  + (f"; {', '.join(rest)} from the checkpoint (or the flags)" if rest else ""))
-        return 0
+        from nvcim.cli.device_flags import list_device_models_cli
+
+        return list_device_models_cli(args.device_model, args.device_models)
     if not args.checkpoints:
         raise ValueError("no checkpoint given: nvcim eval CKPT [...] (or --list-device-models)")
     # validate everything cheap before loading anything

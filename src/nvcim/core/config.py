@@ -350,7 +350,25 @@ class DeviceConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            close = {u: difflib.get_close_matches(str(u), sorted(known), n=1) for u in unknown}
-            hint = "".join(f" ({u!r}: did you mean {m[0]!r}?)" for u, m in close.items() if m)
-            raise ValueError(f"DeviceConfig has no field(s) {unknown}{hint}: use {sorted(known)}")
+            raise ValueError(f"DeviceConfig has no field(s) {unknown}{_field_hints(unknown, known)}: use {sorted(known)}")
         return cls(**dict(d))
+
+
+FIELD_ALIASES = {"sigma_r": "read_sigma", "sigma_read": "read_sigma", "read_noise": "read_sigma",
+                 "sigma_d": "sigma", "t": "drift_time", "nu": "drift_nu", "B": "adc_bits", "R": "tile_rows",
+                 "I": "input_bits", "M": "weight_bits", "K": "device_bits", "p_stuck": "stuck_at"}  # the SPEC's symbols
+
+
+def _field_hints(unknown, known) -> str:
+    """" ('x': did you mean 'y'?)" per unknown field with a likely meaning: a variation's option given at the top level
+    (it belongs under variation_options), one of the SPEC's symbols (σ_r -> read_sigma), or a close spelling."""
+    options = {o: name for name in VARIATIONS.names() for o in VARIATIONS.get(name).options}
+    hints = []
+    for u in map(str, unknown):
+        if u in options:
+            hints.append(f" ({u!r} is an option of variation {options[u]!r}: put it under variation_options)")
+            continue
+        guess = FIELD_ALIASES.get(u) or next(iter(difflib.get_close_matches(u, sorted(known), n=1, cutoff=0.8)), None)
+        if guess in known:
+            hints.append(f" ({u!r}: did you mean {guess!r}?)")
+    return "".join(hints)
