@@ -73,6 +73,11 @@ def test_plugin_model_evaluates_and_the_help_lists_it(trained, tmp_path, capsys)
     assert res["runs"] == 4 and res["n_samples"] == 48
     r = _run(["train", "--plugin", str(plugin), "--help"])  # the README: plugin names appear in --help
     assert r.returncode == 0 and "plug_mlp_test" in " ".join(r.stdout.split()), r.stdout
+    pct = tmp_path / "pct.py"  # a name holding '%' (argparse's format character) must not break --help
+    pct.write_text("import torch.nn as nn\nfrom nvcim.models import register_model\n\n\n@register_model('net_100%')\n"
+                   "def net(num_classes=10, in_channels=1, image_size=32):\n    return nn.Flatten()\n")
+    r = _run(["train", "--plugin", str(pct), "--help"])
+    assert r.returncode == 0 and "net_100%," in r.stdout, r.stderr
 
 
 def test_missing_plugin_is_named_and_env_var_loads_it(trained):

@@ -148,3 +148,22 @@ def test_a_report_says_why_it_has_no_paired_differences(tmp_path):
     write(root2 / "ovf0.json", mc_eval("ovf", 0.3, 0, [mc_result(0.3, [53.0, 55.0])]))
     assert main(["report", str(root2), "--out", str(tmp_path / "out2")]) == 0
     assert "No paired comparison" not in (tmp_path / "out2" / "report.md").read_text(encoding="utf-8")  # nothing to pair
+
+
+def test_the_no_pairs_note_names_the_actual_reason():
+    from nvcim.report.tables import paired_table
+
+    def note(pts):
+        pts = [dict(p, sigma=p.get("sigma", 0.3)) for p in pts]
+        return paired_table(("vgg8", 0.25, "mnist5k"), paired_comparisons(pts), pts).note
+
+    ni, ovf = ("noise_injection", "noise injection"), ("ovf", "OVF")
+    disjoint = [_point(ni[1], ni[0], [0, 1], [20.0, 21.0]), _point(ovf[1], ovf[0], [2, 3], [50.0, 51.0])]
+    assert "no two arms share 2 or more training seeds" in note(disjoint) and "train each arm" not in note(disjoint)
+    apart = [dict(_point(ni[1], ni[0], [0, 1], [20.0, 21.0]), sigma=0.3),
+             dict(_point(ovf[1], ovf[0], [0, 1], [50.0, 51.0]), sigma=0.5)]  # two σ_d: no pair, no question
+    assert paired_table(("vgg8", 0.25, "mnist5k"), paired_comparisons(apart), apart) is None
+    confounded = [{**_point("OVF [rram4]", "ovf", [0, 1], [50.0, 52.0]), "arm": "OVF [rram4]", "evaluation": " [rram4]",
+                   "recipe_label": ""},
+                  {**_point("noise injection", "noise_injection", [0, 1], [20.0, 21.0]), "recipe_label": ""}]
+    assert "differ in more than one thing" in note(confounded)

@@ -103,7 +103,8 @@ def create_model(
         if "width" in given and "width" not in params:  # a builder without a width (a user's own model)
             if given["width"] != STANDARD_DEFAULTS["width"]:
                 raise ValueError(f"model {name!r} has no width parameter, so width={given['width']:g} cannot be "
-                                 "applied: drop --width (or add `width` to its builder)")
+                                 "applied: use width 1 (drop --width, or a sweep spec's width) or add `width` to its "
+                                 "builder")
             del given["width"]  # width 1: the model as its builder makes it
         allowed = [p for p in params if p not in STANDARD_DEFAULTS]
         unknown = sorted(set(kwargs) - set(allowed))

@@ -1,4 +1,5 @@
-"""`nvcim train`: train one model (vanilla, noise injection or OVF) and save an nvcim checkpoint.
+"""`nvcim train`: train one model with a registered method (vanilla, noise injection, OVF, ...: --method) and save an
+nvcim checkpoint.
 
     nvcim train --model vgg8 --dataset mnist5k --method ovf --sigma 0.3 --beta 1e-3 --epochs 5 --out runs/ovf-0.3
     nvcim train --preset cpu-quick --method noise_injection --out runs/gni
@@ -130,10 +131,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     g = p.add_argument_group("model and data")
     g.add_argument("--model", metavar="NAME", help=f"a registered model (with --plugin, yours too): "
-                                                   f"{', '.join(list_models())} (default: {D['model']})")
+                                                   f"{_names(list_models())} (default: {D['model']})")
     g.add_argument("--width", type=float, metavar="X", help=f"width multiplier of every hidden layer (default: {D['width']})")
     g.add_argument("--dataset", metavar="NAME",
-                   help=f"a registered data set (mnist5k is offline): {', '.join(DATASETS)}, or npz:PATH.npz "
+                   help=f"a registered data set (mnist5k is offline): {_names(DATASETS)}, or npz:PATH.npz "
                         f"(default: {D['dataset']})")
     g.add_argument("--data-root", metavar="DIR", help="data directory (default: $NVCIM_DATA or ~/.cache/nvcim/data)")
     g.add_argument("--val-fraction", type=float, metavar="F",
@@ -147,7 +148,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     g = p.add_argument_group("method (Eq. 1 and baselines)")
     g.add_argument("--method", metavar="NAME",
-                   help=f"{', '.join(METHODS.names())} (default: {D['method']})")
+                   help=f"{_names(METHODS.names())} (default: {D['method']})")
     add_method_arguments(g)
 
     g = p.add_argument_group("device model")
@@ -203,6 +204,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--eval-every", type=int, metavar="E", help=f"validate every E epochs and after the last (default: {D['eval_every']})")
     p.set_defaults(run=run)
     return p
+
+
+def _names(names) -> str:
+    """Registered names for a --help text (argparse formats help with %: a user's name may hold one)."""
+    return ", ".join(names).replace("%", "%%")
 
 
 def config_from_args(args: argparse.Namespace):

@@ -303,7 +303,9 @@ def matrix_paired_table(rows: list[dict], title: str, rec: DeviceMatrixFile | No
     if not rows:
         arms = {label: sorted(seeds, key=lambda s: (len(s), s)) for (label, _), seeds in
                 (_rows_by_arm(rec).items() if rec is not None else [])}
-        return no_pairs_table(title, headers, arms)
+        return no_pairs_table(title, headers, arms, "the arms that share seeds differ in more than one thing, or their "
+                              "cells were evaluated at different σ (without --sigma each checkpoint is evaluated at its "
+                              "training σ: pass --sigma)")
     body = [[r["device_model"], f"{r['arm_a']} − {r['arm_b']}", r["n"],
              f"{r['mean']:+.2f} [{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]", f"{r['p']:.3g}",
              f"{r['n_positive']}/{r['n']}", reading(r)] for r in rows]

@@ -207,17 +207,23 @@ def fmt_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def no_pairs_table(title: str, headers: list[str], arm_seeds: dict[str, list]) -> Table | None:
-    """A paired-differences table that says why it is empty, when there were arms to compare (None when fewer
-    than 2): a report read for "does A beat B?" must not drop the question silently."""
+def no_pairs_table(title: str, headers: list[str], arm_seeds: dict[str, list], other: str) -> Table | None:
+    """A paired-differences table that says why it is empty, when there were arms to compare (None for fewer than 2
+    arms): a report read for "does A beat B?" must not drop the question silently. arm_seeds: each arm's training
+    seeds (arms of one σ_d); other: the reason when seeds are not it."""
     if len(arm_seeds) < 2:
         return None
     seeds = "; ".join(f"{arm}: {', '.join(str(s) for s in ss) or 'none'}" for arm, ss in arm_seeds.items())
-    return Table(title, headers, [["—"] * len(headers)],
-                 "No paired comparison: a pair of arms is compared seed by seed only when both have models of at "
-                 f"least 2 training seeds in common and differ in one thing only (training seeds per arm: {seeds}). "
-                 "Train each arm with 2 or more seeds (e.g. --seed 0 and --seed 1, or seeds = [0, 1, 2] in a sweep) "
-                 "to get a paired difference with a CI.")
+    sets = [set(map(str, ss)) for ss in arm_seeds.values()]
+    if all(len(ss) < 2 for ss in sets):
+        why = (f"each arm has models of fewer than 2 training seeds (seeds per arm: {seeds}): train each arm with 2 "
+               "or more seeds (e.g. --seed 0 and --seed 1, or seeds = [0, 1, 2] in a sweep) to get a paired "
+               "difference with a CI")
+    elif all(len(a & b) < 2 for i, a in enumerate(sets) for b in sets[i + 1:]):
+        why = f"no two arms share 2 or more training seeds (seeds per arm: {seeds}): train them with the same seeds"
+    else:
+        why = other
+    return Table(title, headers, [["—"] * len(headers)], f"No paired comparison: {why}.")
 
 
 PAIRED_HEADERS = ["σ_d", "difference", "seeds paired", "mean", "95% CI", "paired t p", "positive", "reading"]
@@ -226,12 +232,15 @@ PAIRED_HEADERS = ["σ_d", "difference", "seeds paired", "mean", "95% CI", "paire
 def paired_table(gkey, rows: list[dict], gpts: list[dict] | None = None) -> Table | None:
     """The paired comparisons by seed (`nvcim.report.paired`) of one model group; without any, a note saying why
     when the group's points (gpts) hold 2 or more arms."""
-    if not rows:
-        arms: dict[str, list] = {}
+    if not rows:  # why not, at the σ_d with the most arms (arms at different σ_d are no pair)
+        by_sigma: dict[Any, dict[str, list]] = {}
         for p in gpts or []:
-            arms.setdefault(p["label"], [])
-            arms[p["label"]] += [s for s in p["seeds"] if s is not None and s not in arms[p["label"]]]
-        return no_pairs_table(f"{group_title(gkey)}: paired differences by seed (points)", PAIRED_HEADERS, arms)
+            arms = by_sigma.setdefault(p["sigma"], {})
+            arms[p["label"]] = [s for s in p["seeds"] if s is not None]
+        arms = max(by_sigma.values(), key=len, default={})
+        return no_pairs_table(f"{group_title(gkey)}: paired differences by seed (points)", PAIRED_HEADERS, arms,
+                              "the arms that share seeds differ in more than one thing (e.g. the method and the device "
+                              "model or the training budget), which one difference would confound")
     out = [[fmt_sigma(r["sigma"]), f"{r['arm_a']} − {r['arm_b']}", f"{r['n']} ({', '.join(r['seeds'])})",
             f"{r['mean']:+.2f}", f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]", fmt_p(r["p"]),
             f"{r['n_positive']} of {r['n']}", reading(r)] for r in rows]
