@@ -137,9 +137,9 @@ def test_toml_and_yaml_specs(tmp_path):
 
 @pytest.mark.parametrize("changes, key", [
     ({"sigma": [0.1]}, "sigma"),  # unknown top-level key
-    ({"models": ["vgg9"]}, "models"),
+    ({"models": ["vgg9"]}, "a model of your own: pass --plugin FILE.py"),
     ({"models": []}, "models"),
-    ({"datasets": ["imagenet"]}, "datasets"),
+    ({"datasets": ["imagenet"]}, "or npz:PATH.npz for a data set file"),
     ({"methods": ["gni"]}, "methods"),
     ({"sigmas": [0.1, -0.2]}, "sigmas"),
     ({"sigmas": "0.1"}, "sigmas"),

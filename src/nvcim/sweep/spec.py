@@ -92,7 +92,10 @@ def _str_list(raw: Mapping, key: str, where: str, allowed: Sequence[str], extra=
         raise _err(where, key, v, f"a non-empty list of names from {list(allowed)}")
     for x in v:
         if x not in allowed and not (extra is not None and extra(x)):
-            raise ValueError(f"sweep spec {where}: key {key!r}: unknown name {x!r}: use one of {list(allowed)}")
+            more = {"datasets": ", or npz:PATH.npz for a data set file",
+                    "models": " (a model of your own: pass --plugin FILE.py, or set NVCIM_PLUGINS)",
+                    "methods": " (a method of your own: pass --plugin FILE.py)"}.get(key, "")
+            raise ValueError(f"sweep spec {where}: key {key!r}: unknown name {x!r}: use one of {list(allowed)}{more}")
     if len(set(v)) != len(v):
         raise _err(where, key, v, "a list without duplicates")
     return list(v)
