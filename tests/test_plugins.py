@@ -248,3 +248,36 @@ def test_a_model_whose_output_is_no_logits_is_one_line_before_training(tmp_path,
               "noise_injection", "--epochs", "1", "--quiet", "--out", str(tmp_path / "ck")])
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and text in r.stderr, r.stderr
     assert not (tmp_path / "ck").exists()
+
+
+def test_a_plugin_edited_between_runs_makes_its_cells_stale_and_the_report_warns(trained, tmp_path, capsys):
+    """A sweep cell and a checkpoint record the plugins' code (nvcim.plugins.fingerprint) when a plugin builds the
+    model: after the plugin file changes, the finished cell is stale (a new user's trial pooled two architectures in
+    one report arm), and `nvcim report` names an arm whose models come from two versions of the code."""
+    _, data, _ = trained
+    plugin = tmp_path / "my_models.py"
+    plugin.write_text(PLUGIN)
+    spec = tmp_path / "spec.toml"
+    spec.write_text(f'models = ["plug_mlp_test"]\ndatasets = ["npz:{data}"]\nmethods = ["vanilla"]\nsigmas = [0.1]\n'
+                    'seeds = [0]\n[train]\nepochs = 1\nbatch_size = 16\nval_runs = 2\n[eval]\nruns = 2\nval_runs = 2\n')
+    out = tmp_path / "sw"
+    sweep_args = ["sweep", str(spec), "--out", str(out), "--workers", "1", "--quiet", "--plugin", str(plugin)]
+    r = _run(sweep_args)
+    assert r.returncode == 0, r.stderr
+    (cell_json,) = out.rglob("cell.json")
+    code = json.loads(cell_json.read_text())["plugin_code"]
+    assert code and json.loads((cell_json.parent / "checkpoint" / "config.json").read_text())["plugins_sha256"] == code
+    plugin.write_text(PLUGIN.replace("32 * width", "48 * width"))  # another architecture under the same name
+    r = _run([*sweep_args, "--dry-run"])
+    assert r.returncode == 0 and "built by another version of the plugins' code" in r.stdout, r.stdout
+    r = _run(sweep_args)
+    assert r.returncode == 2 and "built by another version of the plugins' code" in r.stderr, r.stderr
+    # two checkpoints of one arm built by the two versions: the report says it pools them
+    r = _run(["sweep", str(spec), "--out", str(tmp_path / "sw2"), "--workers", "1", "--quiet", "--plugin", str(plugin)])
+    assert r.returncode == 0, r.stderr
+    r = _run(["report", str(out), str(tmp_path / "sw2"), "--out", str(tmp_path / "rep"), "--plugin", str(plugin)])
+    assert r.returncode == 0 and "2 different versions of the plugins' code" in r.stderr, r.stderr
+    # nvcim's own models are not tied to a plugin loaded beside them
+    from nvcim.sweep.cells import _plugin_code
+
+    assert _plugin_code("vgg8", "ovf", "mnist5k", "gaussian") is None

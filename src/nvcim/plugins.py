@@ -88,6 +88,39 @@ def loaded() -> list[str]:
     return list(_LOADED)
 
 
+def sources(spec: str) -> list[tuple[str, Path]]:
+    """(name, file) of a loaded plugin's sources: the file itself, or for a plugin given by module name every .py file
+    of its top-level package (or its one module), named relative to that package so that a moved checkout keeps its
+    fingerprint. Hidden files (editor lock files such as .#x.py) and anything that is not a readable file are left out."""
+    if _is_file_spec(spec) and Path(spec).is_file():
+        return [(Path(spec).name, Path(spec))]
+    top = sys.modules.get(spec.split(".")[0])
+    origin = getattr(top, "__file__", None)
+    if not origin or not Path(origin).is_file():
+        return []
+    origin = Path(origin).resolve()
+    if origin.name != "__init__.py":
+        return [(origin.name, origin)]
+    return [(f.relative_to(origin.parent).as_posix(), f) for f in sorted(origin.parent.rglob("*.py"))
+            if not any(part.startswith(".") for part in f.relative_to(origin.parent).parts) and f.is_file()]
+
+
+def fingerprint() -> str | None:
+    """sha256 (hex) of the loaded plugins' names and source files, None when none is loaded: what a checkpoint and a
+    sweep cell record, so that models built by another version of a plugin are not taken for the same arm."""
+    if not _LOADED:
+        return None
+    h = hashlib.sha256()
+    for spec in _LOADED:
+        h.update(spec.encode() + b"\0")
+        for name, f in sources(spec):
+            try:
+                h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
+            except OSError:  # vanished or unreadable since it was listed: its name alone
+                h.update(name.encode() + b"\0?\0")
+    return h.hexdigest()
+
+
 def plugin_args(argv: list[str]) -> list[str]:
     """The values of every `--plugin X` / `--plugin=X` in a command line (read before the parser is built,
     since the parser's choices and method flags come from the registries the plugins fill)."""

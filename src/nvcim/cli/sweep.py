@@ -84,6 +84,7 @@ def run(args) -> int:
             if c.id in stale:
                 extra += ("  (no readable cell.json: made by an unknown definition)" if stale[c.id] == [UNDEFINED]
                           else "  (trained on another version of the data file)" if stale[c.id] == ["data_file"]
+                          else "  (built by another version of the plugins' code)" if stale[c.id] == ["plugin_code"]
                           else f"  (made by another definition: {', '.join(stale[c.id])} differ)")
             problem = result_problem(args.out, c.id) if state[c.id] == "pending" else None
             extra += f"  ({problem}: runs again)" if problem else ""

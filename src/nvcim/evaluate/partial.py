@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -48,35 +47,8 @@ def code_fingerprint() -> str:
     root = Path(nvcim.__file__).resolve().parent
     for f in sorted(root.rglob("*.py")):
         h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
-    for spec in plugins.loaded():
-        h.update(spec.encode() + b"\0")
-        for name, f in _plugin_sources(spec):
-            try:
-                h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
-            except OSError:  # vanished or unreadable since it was listed: its name alone
-                h.update(name.encode() + b"\0?\0")
+    h.update((plugins.fingerprint() or "").encode())
     return h.hexdigest()
-
-
-def _plugin_sources(spec: str) -> list[tuple[str, Path]]:
-    """(name, file) of a loaded plugin's sources: the file itself, or for a plugin given by module name every .py file
-    of its top-level package (or its one module), named relative to that package so that a moved checkout keeps its
-    key. Hidden files (editor lock files such as .#x.py) and anything that is not a readable file are left out."""
-    if Path(spec).is_file():
-        return [(Path(spec).name, Path(spec))]
-    top = sys.modules.get(spec.split(".")[0])
-    origin = getattr(top, "__file__", None)
-    if not origin or not Path(origin).is_file():
-        return []
-    origin = Path(origin).resolve()
-    if origin.name != "__init__.py":
-        return [(origin.name, origin)]
-    files = []
-    for f in sorted(origin.parent.rglob("*.py")):
-        rel = f.relative_to(origin.parent)
-        if not any(part.startswith(".") for part in rel.parts) and f.is_file():
-            files.append((rel.as_posix(), f))
-    return files
 
 
 def _canonical(key: Mapping[str, Any]) -> str:

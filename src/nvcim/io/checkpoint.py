@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from nvcim.io.files import current_umask, publish_directory
+from nvcim.plugins import fingerprint as plugin_fingerprint
 from nvcim.plugins import loaded as loaded_plugins
 from nvcim.plugins import missing_hint
 
@@ -289,6 +290,7 @@ def save_checkpoint(path, model: nn.Module, model_spec: Mapping | None = None, *
     config: dict[str, Any] = {"nvcim_version": nvcim.__version__, "model": spec}
     if loaded_plugins():
         config["plugins"] = loaded_plugins()  # what `nvcim eval` must import to rebuild the model
+        config["plugins_sha256"] = plugin_fingerprint()  # their code: a report tells models of other versions apart
     config.update({k: None for k in META_KEYS})
     config.update({"versions": _versions(), "git_commit": git_commit(),
                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})

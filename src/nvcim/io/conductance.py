@@ -55,7 +55,7 @@ FORMAT = "nvcim-conductance-map"
 FORMAT_VERSION = 1
 MAX_DEVICE_BITS = 8  # levels are stored as uint8
 # checkpoint config entries the importer rewrites itself (save_checkpoint sets them anew)
-_NOT_CARRIED = ("nvcim_version", "model", "plugins", "versions", "git_commit", "created")
+_NOT_CARRIED = ("nvcim_version", "model", "plugins", "plugins_sha256", "versions", "git_commit", "created")
 
 
 class ConductanceMapError(ValueError):

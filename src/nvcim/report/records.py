@@ -161,6 +161,8 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                 # an npz: data set's file (sha256) the model was trained on, when it is the data set evaluated
                 "data_file": _data_sha256(data_cfg) if isinstance(data_cfg, dict) and data_cfg.get("name") == dataset
                 else None,
+                # the plugins' code the model was built with (nvcim.plugins.fingerprint), when it was built with plugins
+                "plugin_code": ck.get("plugins_sha256") if isinstance(ck.get("plugins_sha256"), str) else None,
                 "method": method,
                 "method_params": method_cfg,
                 "beta": num(method_cfg.get("beta")) if searched == "beta" else None,
@@ -300,7 +302,8 @@ def scan_results(path, skip_bad: bool = False, warn=None) -> ResultSet:
     device_msgs = _split_device_models(rs.records + rs.verify_records)
     assign_labels(rs.records, rs.verify_records)
     _label_verify_records(rs.verify_records, rs.records)
-    for msg in device_msgs + _model_conflicts(rs.records) + _data_file_conflicts(rs.records):
+    for msg in device_msgs + _model_conflicts(rs.records) + _data_file_conflicts(rs.records) + \
+            _plugin_code_conflicts(rs.records):
         warn(msg)
     return rs
 
@@ -424,6 +427,19 @@ def _data_file_conflicts(records: Sequence[dict]) -> list[str]:
             f"{', '.join(sha[:12] + '…' for sha in shas)}; e.g. {', '.join(shas.values())}): the report pools them "
             "as one data set; report each version's results separately"
             for name, shas in versions.items() if len(shas) > 1]
+
+
+def _plugin_code_conflicts(records: Sequence[dict]) -> list[str]:
+    """Messages for an arm whose models were built by different versions of the plugins (a plugin model edited
+    between two runs): the report would pool two architectures in one mean."""
+    versions: dict[tuple, dict[str, str]] = {}  # (model, width, dataset, arm) -> plugin code -> a file holding it
+    for r in sorted(records, key=lambda r: r["file"]):
+        if r.get("plugin_code"):
+            key = (r["model"], r["width"], r["dataset"], r["label"])
+            versions.setdefault(key, {}).setdefault(r["plugin_code"], r["file"])
+    return [f"{label} ({model} on {dataset}): models built by {len(codes)} different versions of the plugins' code "
+            f"(e.g. {', '.join(codes.values())}): the report pools them in one arm; report each version's results "
+            "separately" for (model, _, dataset, label), codes in versions.items() if len(codes) > 1]
 
 
 def load_results(path, skip_bad: bool = False) -> list[dict]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from nvcim import plugins
 from nvcim.core.config import DeviceConfig
 from nvcim.data.npz import file_sha256, is_npz_name, npz_path
 from nvcim.io.device_models import list_device_models
@@ -83,6 +84,8 @@ class Cell:
     device_model: str | None = None  # the device-model axis: the name as given; None: no axis
     device: dict | None = None  # with the axis: the DeviceConfig the cell is tested under (σ: the training σ)
     data_file: str | None = None  # an npz: data set's file content (sha256) when the cell was defined; None: other data
+    plugin_code: str | None = None  # nvcim.plugins.fingerprint() when a plugin provides the cell's model, method, data
+    # set or variation; None: nvcim's own (a plugin loaded for other cells does not make this one stale)
 
     def to_dict(self) -> dict:
         """The cell's definition (cell.json); without a device-model axis exactly as before the axis existed."""
@@ -91,6 +94,8 @@ class Cell:
             del d["device_model"], d["device"]
         if self.data_file is None:
             del d["data_file"]
+        if self.plugin_code is None:
+            del d["plugin_code"]
         return d
 
     @classmethod
@@ -223,12 +228,28 @@ def expand(spec: SweepSpec) -> list[Cell]:
                               if k in ev},
                         device_model=dev_name, device=None if device is None else device.to_dict(),
                         data_file=files[dataset],
+                        plugin_code=_plugin_code(model, method, dataset, tc.device_config.variation),
                     )
                     cells.append(_without_unused_adc_source(cell))
     if ev.get("adc_calibration") == "train" and not any("adc_calibration" in c.eval for c in cells):
         raise ValueError("sweep spec: eval.adc_calibration = 'train' but no cell's device has a calibrated ADC clip "
                          "(adc_bits with adc_clip = 'calibrated'): drop eval.adc_calibration")
     return cells
+
+
+def _plugin_code(model: str, method: str, dataset: str, variation: str) -> str | None:
+    """nvcim.plugins.fingerprint() when the cell's model, method, data set or variation is registered by code outside
+    nvcim (a plugin), so that a cell built by another version of that code is stale; None otherwise."""
+    from nvcim.core.variation import VARIATIONS
+    from nvcim.data.registry import REGISTRY as DATASET_REGISTRY
+    from nvcim.models import MODELS
+
+    found = [MODELS.get(model, None), METHODS.get(method, None), VARIATIONS.get(variation, None)]
+    entry = DATASET_REGISTRY.get(dataset, None)
+    found += [entry.read, entry.locate] if entry is not None else []
+    if any(obj is not None and not getattr(obj, "__module__", "nvcim").split(".")[0] == "nvcim" for obj in found):
+        return plugins.fingerprint()
+    return None
 
 
 _SHA256: dict[tuple, str] = {}  # (resolved path, size, mtime) -> sha256: a spec is expanded several times a command

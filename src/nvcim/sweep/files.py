@@ -188,6 +188,10 @@ def cell_differences(d: Path, have: Mapping, want: Mapping) -> list[str]:
     training read another version of the file differs even if its cell.json agrees, and one defined before cells
     recorded the file does not when its checkpoints were trained on this one."""
     keys = definition_differences(have, want)
+    if "plugin_code" in keys and "plugin_code" not in have:  # defined before cells recorded their plugins' code:
+        built_by = _recorded(d, lambda config: config.get("plugins_sha256"))  # judged by its checkpoints, if they say
+        if not built_by or built_by == {want.get("plugin_code")}:
+            keys = [k for k in keys if k != "plugin_code"]
     trained_on = _recorded_data_files(d) if want.get("data_file") is not None else set()  # other data: not read
     if trained_on:
         keys = [k for k in keys if k != "data_file"]
@@ -198,16 +202,21 @@ def cell_differences(d: Path, have: Mapping, want: Mapping) -> list[str]:
 
 def _recorded_data_files(d: Path) -> set[str]:
     """The sha256 of every npz: file the checkpoints in cell directory d record they were trained on."""
+    return _recorded(d, lambda config: config["data"]["file"]["sha256"])
+
+
+def _recorded(d: Path, read) -> set[str]:
+    """The strings `read(checkpoint config)` gives for the checkpoints of cell directory d (result.json's and every
+    checkpoint/config.json); configs it cannot read there are skipped."""
     found = set()
     for path in [d / RESULT_FILE, *d.glob(f"**/checkpoint/{CHECKPOINT_CONFIG}")]:
         try:
             payload = json.loads(path.read_text(encoding="utf-8"))
-            config = payload["checkpoint_config"] if path.name == RESULT_FILE else payload
-            sha = config["data"]["file"]["sha256"]
-        except (OSError, ValueError, KeyError, TypeError):
+            value = read(payload["checkpoint_config"] if path.name == RESULT_FILE else payload)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
-        if isinstance(sha, str):
-            found.add(sha)
+        if isinstance(value, str):
+            found.add(value)
     return found
 
 

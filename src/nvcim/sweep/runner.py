@@ -144,6 +144,7 @@ def _refuse_stale(out: Path, done: Sequence[Cell]) -> None:
         why = (f"its {CELL_FILE} is missing or unreadable" if keys == [UNDEFINED]
                else f"trained on another version of {c.dataset.removeprefix('npz:')}"
                + ("" if c.data_file else ", which cannot be read now") if keys == ["data_file"]
+               else "built by another version of the plugins' code (--plugin)" if keys == ["plugin_code"]
                else f"{', '.join(keys)} differ")
         raise ValueError(f"sweep output {out}: {len(stale)} finished cell(s) were made by another definition "
                          f"or by an unknown one (first: {c.id}, {why}), so their results may not match this spec: "
