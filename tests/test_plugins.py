@@ -281,3 +281,21 @@ def test_a_plugin_edited_between_runs_makes_its_cells_stale_and_the_report_warns
     from nvcim.sweep.cells import _plugin_code
 
     assert _plugin_code("vgg8", "ovf", "mnist5k", "gaussian") is None
+
+
+def test_a_plugin_file_imports_a_module_beside_it(tmp_path):
+    # `from tfplug import ...` in a plugin failed with ModuleNotFoundError unless PYTHONPATH held its directory
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "helper_blocks_x.py").write_text("from torch import nn\n\n\ndef block(n):\n    return nn.Linear(n, 3)\n")
+    (d / "entry.py").write_text(textwrap.dedent('''
+        from torch import nn
+        from helper_blocks_x import block
+        from nvcim.models import register_model
+
+        @register_model("plug_sibling_test")
+        def net(num_classes=3, in_channels=1, width=1.0, image_size=8):
+            return nn.Sequential(nn.Flatten(), block(in_channels * image_size * image_size))
+    '''))
+    r = _run(["train", "--plugin", str(d / "entry.py"), "--help"])
+    assert r.returncode == 0 and "plug_sibling_test" in r.stdout, r.stderr

@@ -11,7 +11,9 @@ A plugin is any Python module; registering is what it does when imported:
     @register_model("my_net")
     def my_net(num_classes=10, in_channels=1, width=1.0, image_size=32): ...
 
-Each plugin is imported once per process (a file under a name derived from its absolute path).
+Each plugin is imported once per process (a file under a name derived from its absolute path; its directory is
+appended to sys.path first, as `python FILE.py` would, so it can import modules beside it: `fingerprint()` hashes the
+plugin file itself, so keep what defines a model in it, or make a package and give its module name).
 `loaded()` lists the plugins in load order, as checkpoints record them (files as absolute paths),
 so that `nvcim eval` can name the plugins a checkpoint needs when they are missing.
 """
@@ -56,6 +58,8 @@ def load_plugin(spec: str) -> str:
             path = Path(name)
             if not path.is_file():
                 raise PluginError(f"plugin file {spec} does not exist: give the path of a .py file")
+            if str(path.parent) not in sys.path:  # as `python FILE.py` would: the plugin imports modules beside it
+                sys.path.append(str(path.parent))
             module_name = "nvcim_plugin_" + hashlib.sha1(name.encode()).hexdigest()[:12]
             module_spec = importlib.util.spec_from_file_location(module_name, path)
             module = importlib.util.module_from_spec(module_spec)
