@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 PAIRS = (("OVF", "noise injection"), ("tempered noise injection", "OVF"))  # A − B, as the reports pair them
+METHODS = {"OVF": "ovf", "noise injection": "noise_injection", "tempered noise injection": "tempered_noise_injection"}
 SOURCES_HEADER = "# scale_overview.py: the reports read, one per line (DIR, or DIR@EPOCHS for a single-budget report)"
 
 
@@ -55,7 +56,8 @@ def _rows(report: Path, epochs: int | None) -> list[dict]:
         if (r["arm_a"], r["arm_b"]) not in PAIRS:
             continue
         out.append({"model": r["model"], "dataset": r["dataset"], "sigma": float(r["sigma"]), "base_a": r["arm_a"],
-                    "base_b": r["arm_b"], "width": float(r["width"] or 1.0), "recipe_a": r["budget"],
+                    "base_b": r["arm_b"], "method_a": METHODS[r["arm_a"]], "method_b": METHODS[r["arm_b"]],
+                    "width": float(r["width"] or 1.0), "recipe_a": r["budget"],
                     "epochs": int(float(r["epochs"])), "n": int(r["n_paired"]), "seeds": r["seeds"].split(),
                     "mean": float(r["mean_diff"]), "ci95": (float(r["ci95_lo"]), float(r["ci95_hi"])),
                     "p": float(r["p_paired_t"]), "n_positive": int(r["n_positive"]), "report": report.as_posix()})

@@ -131,6 +131,9 @@ def fig_gaps(F: Figures, model: str, dataset: str, gaps: Sequence[dict]) -> bool
                         ls="-" if width == 1.0 else ("--" if width >= 0.5 else ":"),
                         label=f"{a} − {b}, width {fmt_param(width)}" + (f", {rest}" if rest else ""))
         ax.axhline(0.0, color="black", lw=0.8)
+        for k, (a, b, value) in enumerate(_paper_gaps(model, dataset, sigma, [r for r in rows if r["sigma"] == sigma])):
+            ax.axhline(value, color="dimgray", lw=1.0, ls=(0, (6, 3 + 2 * k)),
+                       label=f"paper (full width, 200 epochs): {a} − {b} {value:+.1f}")
         ax.set_xscale("log")
         ax.minorticks_off()
         ax.set_xticks(epochs)
@@ -143,6 +146,19 @@ def fig_gaps(F: Figures, model: str, dataset: str, gaps: Sequence[dict]) -> bool
     F.save(fig, figure_name("budget_gaps", model, dataset), f"{model} / {dataset}: the gaps between methods against the "
            "training budget (paired by seed, 95% CI)")
     return True
+
+
+def _paper_gaps(model: str, dataset: str, sigma: float, rows: Sequence[dict]) -> list[tuple[str, str, float]]:
+    """(A, B, the paper's A − B) for each pair of rows whose two methods the paper reports at σ_d (rows name their
+    methods as "method_a" / "method_b"; nvcim.reference)."""
+    from nvcim.reference import paper_value
+
+    out = {}
+    for r in rows:
+        va, vb = (paper_value(model, dataset, r.get(m) or "", sigma) for m in ("method_a", "method_b"))
+        if va is not None and vb is not None:
+            out[r["base_a"], r["base_b"]] = va - vb
+    return [(a, b, v) for (a, b), v in sorted(out.items())]
 
 
 def training_curves(records: Sequence[dict]) -> list[dict]:
