@@ -174,3 +174,16 @@ def test_budgets_are_ordered_by_epochs_not_as_text():
     labels = ["OVF (30 epochs)", "OVF (3 epochs)", "OVF (12 epochs, lr 1e-3)", "OVF (12 epochs)"]
     assert sorted(labels, key=lambda lb: label_sort_key(lb, "ovf")) == [
         "OVF (3 epochs)", "OVF (12 epochs)", "OVF (30 epochs)", "OVF (12 epochs, lr 1e-3)"]
+
+
+def test_the_gap_figure_knows_the_papers_gap_only_where_the_paper_has_both_methods():
+    from nvcim.reference import paper_value
+    from nvcim.report.budget import _paper_gaps
+
+    rows = [{"base_a": "OVF", "base_b": "noise injection", "method_a": "ovf", "method_b": "noise_injection"},
+            {"base_a": "tempered noise injection", "base_b": "OVF", "method_a": "tempered_noise_injection",
+             "method_b": "ovf"}]
+    ((a, b, gap),) = _paper_gaps("vgg8", "mnist5k", 0.35, rows)
+    want = paper_value("vgg8", "mnist", "ovf", 0.35) - paper_value("vgg8", "mnist", "noise_injection", 0.35)
+    assert (a, b) == ("OVF", "noise injection") and abs(gap - want) < 1e-9 and abs(gap - 46.71) < 1e-6
+    assert _paper_gaps("vgg8", "my_data", 0.35, rows) == []  # not the paper's data set: no reference
