@@ -296,21 +296,32 @@ def test_list_device_models_checks_the_users_own_files(tmp_path, capsys):
     assert rc == 2 and len(err) == 1 and "did you mean 'read_sigma'?" in err[0], err
 
 
-def test_a_full_scale_adc_that_costs_accuracy_gets_a_note(capsys):
-    # a new user's 6-bit ADC took 50 points with the SPEC's full-scale clip and nothing said where to look
-    from types import SimpleNamespace
+def test_eval_measures_what_the_converters_alone_cost(capsys):
+    # a new user's 6-bit ADC took 50 points with the SPEC's full-scale clip, and the "quantized" column (no ADC) hid it:
+    # eval now prints the σ = 0 chip through the converters, and a note when a full-scale clip alone costs > 10 points
+    import torch
 
     from nvcim import DeviceConfig
-    from nvcim.cli.eval import note_full_scale_adc
+    from nvcim.cli.eval import adc_alone
+    from nvcim.evaluate import monte_carlo_evaluate
 
-    res = [SimpleNamespace(quantized_accuracy=84.0, mean=33.2)]
-    note_full_scale_adc(DeviceConfig(adc_bits=6), res)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "full-scale clip" in err[0] and 'adc_clip = "calibrated"' in err[0]
-    for cfg, r in ((DeviceConfig(adc_bits=6, adc_clip="calibrated"), res), (DeviceConfig(), res),
-                   (DeviceConfig(adc_bits=6), [SimpleNamespace(quantized_accuracy=84.0, mean=80.0)])):
-        note_full_scale_adc(cfg, r)
-        assert capsys.readouterr().err == ""
+    torch.manual_seed(0)
+    x = torch.randn(200, 16)
+    model = torch.nn.Linear(16, 4)
+    y = model(x).argmax(1)  # the float model is right on every input
+    for cfg, noted in ((DeviceConfig(sigma=0.0, adc_bits=24), False), (DeviceConfig(sigma=0.0, adc_bits=5), True),
+                       (DeviceConfig(sigma=0.1), False)):
+        res = monte_carlo_evaluate(model, (x, y), cfg, runs=2, seed=0)
+        adc_alone(model, (x, y), cfg, [res], seed=0)
+        out, err = capsys.readouterr()
+        if not cfg.sliced_mvm:
+            assert out == err == ""
+            continue
+        line = out.strip().splitlines()[-1]
+        alone = float(line.split(": ")[1].split(" %")[0])
+        assert line.startswith("the σ = 0 chip through these converters") and abs(alone - res.mean) < 1e-9  # σ 0: same
+        assert ("the ADCs alone cost" in err) == noted and len(err.strip().splitlines()) == int(noted), err
+        assert noted == (res.quantized_accuracy - alone > 10)
 
 
 def test_unknown_device_fields_get_a_hint_only_when_one_is_likely():

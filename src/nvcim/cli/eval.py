@@ -247,16 +247,24 @@ def _target_options(args: argparse.Namespace) -> dict:
     return opts
 
 
-def note_full_scale_adc(cfg, results) -> None:
-    """One note on stderr when a device's ADCs use the full-scale clip and the chips fall more than 10 points below the
-    quantized model: with that clip (range R·(2^K−1)·max|x|, SPEC §8) typical partial sums use a small part of the
-    range, which can cost more than the device's variation (REPRODUCTION §4g); the user should know where to look."""
-    if cfg.adc_bits is None or cfg.adc_clip != "full_scale":
+def adc_alone(model, split, cfg, results, **mc) -> None:
+    """For a device with ADCs (or a DAC): one line with the σ = 0 chip through them (no variation, faults, read noise
+    or drift: deterministic, 2 chips), beside the quantized model (whose column has no ADC), so that what the
+    converters alone cost is measured, not guessed; with a full-scale clip that costs more than 10 points, a note
+    pointing at adc_clip = "calibrated" (typical partial sums get few of the full scale's levels, SPEC §8)."""
+    if not cfg.sliced_mvm:
         return
-    if any(r.quantized_accuracy - r.mean > 10 for r in results):
-        print(f"nvcim eval: note: this device's {cfg.adc_bits}-bit ADCs use the full-scale clip (range tile_rows·"
-              "(2^K−1)·max|x|), where typical partial sums get few ADC levels; the 'quantized' column has no ADC: to "
-              "see what the ADC costs, compare adc_clip = \"calibrated\", or the device without adc_bits", file=sys.stderr)
+    from nvcim.evaluate import monte_carlo_evaluate
+
+    ideal = cfg.replace(sigma=0.0, stuck_at=(0.0, 0.0), read_sigma=0.0, drift_time=None, drift_compensation=False)
+    alone = monte_carlo_evaluate(model, split, ideal, runs=2, baselines=False, **mc).mean
+    quantized = results[0].quantized_accuracy
+    print(f"the σ = 0 chip through these converters (ADC {cfg.adc_bits or 'ideal'} bits, {cfg.adc_clip} clip, DAC "
+          f"{cfg.input_bits or 'ideal'} bits): {alone:.2f} %; the quantized model without them: {quantized:.2f} %")
+    if cfg.adc_bits is not None and cfg.adc_clip == "full_scale" and quantized - alone > 10:
+        print(f"nvcim eval: note: the ADCs alone cost {quantized - alone:.1f} points here: with the full-scale clip "
+              "(range tile_rows·(2^K−1)·max|x|) typical partial sums get few ADC levels; compare adc_clip = "
+              "\"calibrated\" (ranges measured on images) or more adc_bits", file=sys.stderr)
 
 
 def note_few_chips(results, fix: str = "use --runs 10 or more") -> None:
@@ -467,7 +475,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"ADC ranges calibrated per chip on the first {adc_record['images']} {adc_record['split']} images")
     print(results_table(results))
     note_few_chips(results, "give a smaller --target-ci for more chips" if target else "use --runs 10 or more")
-    note_full_scale_adc(base, results)
+    adc_alone(model, split, base, results, seed=seed, batch_size=batch_size, device=args.device,
+              adc_calibration=adc_data)
     record = EvaluationFile(results=list(results), checkpoint=str(ckpt), checkpoint_config=config, dataset=dataset,
                             split=args.split, device_config=base.to_dict(), bn_recalibration=recalibration,
                             adc_calibration=adc_record, digital_layers=digital_override(args.digital_layers))

@@ -6,7 +6,9 @@ would evaluate the clean weights). `check_coverage` proves the opposite for ever
 
     base  = model(x) with every noisy tensor's chip set to its clean weights W
     out_t = model(x) with tensor t's chip alone replaced by W ± s  (s = max|W_t|: every weight moves, by random signs
-                                                                    from a fixed seed, so a LayerNorm cannot undo it)
+                                                                    from a fixed seed, so a LayerNorm cannot undo it),
+            and if that leaves the output as it was, by W + s   (every partial sum one way: a coarse ADC may round
+                                                                    random-sign changes away)
     out_t == base (bit for bit)  ->  CoverageError naming t if its chip was never read
                                      (a warning if it was read: the activations after it are saturated)
 
@@ -85,7 +87,8 @@ def check_coverage(model: nn.Module, *inputs: Any, seed: int = 0, strict: bool =
             r = pattern.repeat(-(-w.numel() // SIGN_PERIOD))[:w.numel()].view(w.shape)  # ±1, cheap for any size
             # every weight moved by ±s, signs at random: any input that reaches it changes the layer's output, and
             # not by the same amount in every feature (a uniform shift, W + s, a LayerNorm after the layer removes)
-            bumps[p.name] = w + r * (s if s > 0 else 1.0)
+            step = s if s > 0 else 1.0
+            bumps[p.name] = (w + r * step, w + step)  # ±s first; +s (moves every sum one way) when ±s changes nothing
 
     def forward() -> list[torch.Tensor]:
         with torch.random.fork_rng(devices=[]):
@@ -105,9 +108,14 @@ def check_coverage(model: nn.Module, *inputs: Any, seed: int = 0, strict: bool =
         base = forward()
         for p in params:
             reads = p.control.reads
-            p.control.programmed = bumps[p.name]
             try:
-                if _same(forward(), base):
+                unchanged = True
+                for bump in bumps[p.name]:  # the second only if the first left the output as it was
+                    p.control.programmed = bump
+                    if not _same(forward(), base):
+                        unchanged = False
+                        break
+                if unchanged:
                     missing.append((p.name, p.control.reads > reads))
             finally:
                 p.control.programmed = targets[p.name]
