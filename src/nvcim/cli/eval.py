@@ -476,7 +476,7 @@ def run(args: argparse.Namespace) -> int:
     print(results_table(results))
     note_few_chips(results, "give a smaller --target-ci for more chips" if target else "use --runs 10 or more")
     adc_alone(model, split, base, results, seed=seed, batch_size=batch_size, device=args.device,
-              adc_calibration=adc_data)
+              adc_calibration=adc_data, bn_calibration=calibration)
     record = EvaluationFile(results=list(results), checkpoint=str(ckpt), checkpoint_config=config, dataset=dataset,
                             split=args.split, device_config=base.to_dict(), bn_recalibration=recalibration,
                             adc_calibration=adc_record, digital_layers=digital_override(args.digital_layers))
