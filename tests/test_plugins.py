@@ -299,3 +299,31 @@ def test_a_plugin_file_imports_a_module_beside_it(tmp_path):
     '''))
     r = _run(["train", "--plugin", str(d / "entry.py"), "--help"])
     assert r.returncode == 0 and "plug_sibling_test" in r.stdout, r.stderr
+
+
+def test_plugin_fingerprint_is_the_code_not_its_place_and_covers_data_sets_built_from_nvcims_readers(tmp_path,
+                                                                                                     monkeypatch):
+    """The same plugin file in two directories has one fingerprint (a moved checkout keeps its cells), and a data set a
+    plugin registers with nvcim's own reader and locator is the plugin's (its cells record the plugins' code)."""
+    from nvcim.data.registry import REGISTRY, DatasetInfo, register_dataset
+    from nvcim.sweep.cells import _plugin_code
+
+    prints = []
+    for where in ("a", "b"):
+        (tmp_path / where).mkdir()
+        (tmp_path / where / "same.py").write_text("X = 1\n")
+        monkeypatch.setattr(plugins, "_LOADED", [str(tmp_path / where / "same.py")])
+        prints.append(plugins.fingerprint())
+    assert prints[0] == prints[1]
+    (tmp_path / "b" / "same.py").write_text("X = 2\n")
+    assert plugins.fingerprint() != prints[0]
+    before = {kind: set(reg.names()) for kind, reg in plugins._registries().items()}
+    monkeypatch.setattr(plugins, "_NVCIM_NAMES", before)
+    mnist = REGISTRY.get("mnist5k")
+    register_dataset(DatasetInfo(**{**mnist.info.__dict__, "name": "plug_kmnist_test"}), read=mnist.read,
+                     locate=mnist.locate)  # nvcim's own reader and locator, registered by a plugin
+    try:
+        assert _plugin_code("vgg8", "ovf", "plug_kmnist_test", "gaussian") == plugins.fingerprint()
+        assert _plugin_code("vgg8", "ovf", "mnist5k", "gaussian") is None
+    finally:
+        REGISTRY.unregister("plug_kmnist_test")

@@ -53,6 +53,9 @@ def load_plugin(spec: str) -> str:
     name = canonical(spec)
     if name in _LOADED:
         return name
+    global _NVCIM_NAMES
+    if _NVCIM_NAMES is None:  # what nvcim itself registered: plugin_names() is everything added after this
+        _NVCIM_NAMES = {kind: set(reg.names()) for kind, reg in _registries().items()}
     try:
         if _is_file_spec(spec):
             path = Path(name)
@@ -94,8 +97,8 @@ def loaded() -> list[str]:
 
 def sources(spec: str) -> list[tuple[str, Path]]:
     """(name, file) of a loaded plugin's sources: the file itself, or for a plugin given by module name every .py file
-    of its top-level package (or its one module), named relative to that package so that a moved checkout keeps its
-    fingerprint. Hidden files (editor lock files such as .#x.py) and anything that is not a readable file are left out."""
+    of its top-level package (or its one module), named relative to that package (and `fingerprint` names a file by
+    its name), so that a moved checkout keeps its fingerprint. Hidden files (editor lock files such as .#x.py) and anything that is not a readable file are left out."""
     if _is_file_spec(spec) and Path(spec).is_file():
         return [(Path(spec).name, Path(spec))]
     top = sys.modules.get(spec.split(".")[0])
@@ -114,15 +117,36 @@ def fingerprint() -> str | None:
     sweep cell record, so that models built by another version of a plugin are not taken for the same arm."""
     if not _LOADED:
         return None
-    h = hashlib.sha256()
+    digests = []  # one per plugin, named by its file's name or its module name: the same code anywhere on disk
     for spec in _LOADED:
-        h.update(spec.encode() + b"\0")
+        h = hashlib.sha256((Path(spec).name if _is_file_spec(spec) else spec).encode() + b"\0")
         for name, f in sources(spec):
             try:
                 h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
             except OSError:  # vanished or unreadable since it was listed: its name alone
                 h.update(name.encode() + b"\0?\0")
-    return h.hexdigest()
+        digests.append(h.hexdigest())
+    return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
+
+
+_NVCIM_NAMES: dict[str, set] | None = None  # the registries' names before the first plugin was imported
+
+
+def _registries() -> dict:
+    from nvcim.core.variation import VARIATIONS
+    from nvcim.data.registry import REGISTRY as DATASETS
+    from nvcim.methods import METHODS
+    from nvcim.models import MODELS
+
+    return {"model": MODELS, "method": METHODS, "dataset": DATASETS, "variation": VARIATIONS}
+
+
+def plugin_names(kind: str) -> set:
+    """The names of `kind` ("model", "method", "dataset", "variation") that plugins registered in this process (those
+    not there before the first plugin was imported)."""
+    if _NVCIM_NAMES is None:
+        return set()
+    return set(_registries()[kind].names()) - _NVCIM_NAMES[kind]
 
 
 def plugin_args(argv: list[str]) -> list[str]:

@@ -475,8 +475,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"ADC ranges calibrated per chip on the first {adc_record['images']} {adc_record['split']} images")
     print(results_table(results))
     note_few_chips(results, "give a smaller --target-ci for more chips" if target else "use --runs 10 or more")
-    adc_alone(model, split, base, results, seed=seed, batch_size=batch_size, device=args.device,
-              adc_calibration=adc_data, bn_calibration=calibration)
     record = EvaluationFile(results=list(results), checkpoint=str(ckpt), checkpoint_config=config, dataset=dataset,
                             split=args.split, device_config=base.to_dict(), bn_recalibration=recalibration,
                             adc_calibration=adc_record, digital_layers=digital_override(args.digital_layers))
@@ -487,4 +485,6 @@ def run(args: argparse.Namespace) -> int:
         write_csv(args.csv, results, device_model=args.device_model)
         print(f"wrote {args.csv}")
     finish_pieces(partial, len(sigmas), "σ")
+    adc_alone(model, split, base, results, seed=seed, batch_size=batch_size, device=args.device,  # after the outputs:
+              adc_calibration=adc_data, bn_calibration=calibration)  # an error here loses no evaluation
     return 0

@@ -88,7 +88,7 @@ def check_coverage(model: nn.Module, *inputs: Any, seed: int = 0, strict: bool =
             # every weight moved by ±s, signs at random: any input that reaches it changes the layer's output, and
             # not by the same amount in every feature (a uniform shift, W + s, a LayerNorm after the layer removes)
             step = s if s > 0 else 1.0
-            bumps[p.name] = (w + r * step, w + step)  # ±s first; +s (moves every sum one way) when ±s changes nothing
+            bumps[p.name] = (w + r * step, step)  # ±s first; +s (every sum one way) only when ±s changes nothing
 
     def forward() -> list[torch.Tensor]:
         with torch.random.fork_rng(devices=[]):
@@ -109,9 +109,10 @@ def check_coverage(model: nn.Module, *inputs: Any, seed: int = 0, strict: bool =
         for p in params:
             reads = p.control.reads
             try:
+                signed, step = bumps[p.name]
                 unchanged = True
-                for bump in bumps[p.name]:  # the second only if the first left the output as it was
-                    p.control.programmed = bump
+                for make in (lambda: signed, lambda: targets[p.name] + step):  # the second only if the first did nothing
+                    p.control.programmed = make()
                     if not _same(forward(), base):
                         unchanged = False
                         break

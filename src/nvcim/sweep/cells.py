@@ -244,11 +244,14 @@ def _plugin_code(model: str, method: str, dataset: str, variation: str) -> str |
     from nvcim.data.registry import REGISTRY as DATASET_REGISTRY
     from nvcim.models import MODELS
 
+    names = {"model": model, "method": method, "dataset": dataset, "variation": variation}
+    if any(name in plugins.plugin_names(kind) for kind, name in names.items()):  # registered by a plugin
+        return plugins.fingerprint()
     found = [MODELS.get(model, None), METHODS.get(method, None), VARIATIONS.get(variation, None)]
     entry = DATASET_REGISTRY.get(dataset, None)
     found += [entry.read, entry.locate] if entry is not None else []
     if any(obj is not None and not getattr(obj, "__module__", "nvcim").split(".")[0] == "nvcim" for obj in found):
-        return plugins.fingerprint()
+        return plugins.fingerprint()  # a plugin's own code under one of nvcim's names (registered with replace=True)
     return None
 
 
