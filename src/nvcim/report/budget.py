@@ -142,7 +142,7 @@ def fig_gaps(F: Figures, model: str, dataset: str, gaps: Sequence[dict]) -> bool
         ax.set_ylabel("paired gap A − B (points, 95% CI over seeds)")
         ax.set_title(f"{model} / {dataset}, σ_d {fmt_sigma(sigma)}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below the panel: never over the data
     F.save(fig, figure_name("budget_gaps", model, dataset), f"{model} / {dataset}: the gaps between methods against the "
            "training budget (paired by seed, 95% CI)")
     return True
