@@ -98,7 +98,8 @@ def loaded() -> list[str]:
 def sources(spec: str) -> list[tuple[str, Path]]:
     """(name, file) of a loaded plugin's sources: the file itself, or for a plugin given by module name every .py file
     of its top-level package (or its one module), named relative to that package (and `fingerprint` names a file by
-    its name), so that a moved checkout keeps its fingerprint. Hidden files (editor lock files such as .#x.py) and anything that is not a readable file are left out."""
+    its name), so that a moved checkout keeps its fingerprint. Hidden files (editor lock files such as .#x.py) and
+    anything that is not a readable file are left out."""
     if _is_file_spec(spec) and Path(spec).is_file():
         return [(Path(spec).name, Path(spec))]
     top = sys.modules.get(spec.split(".")[0])
