@@ -269,7 +269,7 @@ def validate_spec(raw: Mapping, where: str = "<spec>", base_dir=None) -> SweepSp
     unknown = sorted(set(tr) - set(FIELDS))
     if unknown:
         raise ValueError(f"sweep spec {where}: unknown key(s) {['train.' + k for k in unknown]}: allowed are "
-                         f"{[f for f in FIELDS if f not in SWEEP_SET]}{_top_level_hint(unknown)}")
+                         f"{['train.' + f for f in FIELDS if f not in SWEEP_SET]}{_top_level_hint(unknown)}")
     if isinstance(tr.get("device_config"), Mapping) and "sigma" in tr["device_config"]:  # each cell's σ replaced it
         raise ValueError(f"sweep spec {where}: key 'train.device_config.sigma' is set by the sweep per cell from "
                          "'sigmas': drop it")
