@@ -416,30 +416,31 @@ def device_models_table(records: Sequence[dict]):
     return sorted(seen.items())
 
 
+def _versions(records: Sequence[dict], field: str, key) -> dict[tuple, dict[str, str]]:
+    """key(record) -> the distinct values of record[field] (a file's or a code's sha256) -> a results file holding it."""
+    found: dict[tuple, dict[str, str]] = {}
+    for r in sorted(records, key=lambda r: r["file"]):
+        if r.get(field):
+            found.setdefault(key(r), {}).setdefault(r[field], r["file"])
+    return found
+
+
 def _data_file_conflicts(records: Sequence[dict]) -> list[str]:
     """Messages for a data set name whose models were trained on different versions of its file (an npz: file edited
     between two runs): the report would pool them as one data set, every arm's mean over both."""
-    versions: dict[str, dict[str, str]] = {}  # data set -> sha256 -> a file holding it
-    for r in sorted(records, key=lambda r: r["file"]):
-        if r["data_file"]:
-            versions.setdefault(r["dataset"], {}).setdefault(r["data_file"], r["file"])
     return [f"data set {name}: models trained on {len(shas)} different versions of its file (sha256 "
             f"{', '.join(sha[:12] + '…' for sha in shas)}; e.g. {', '.join(shas.values())}): the report pools them "
             "as one data set; report each version's results separately"
-            for name, shas in versions.items() if len(shas) > 1]
+            for (name,), shas in _versions(records, "data_file", lambda r: (r["dataset"],)).items() if len(shas) > 1]
 
 
 def _plugin_code_conflicts(records: Sequence[dict]) -> list[str]:
     """Messages for an arm whose models were built by different versions of the plugins (a plugin model edited
     between two runs): the report would pool two architectures in one mean."""
-    versions: dict[tuple, dict[str, str]] = {}  # (model, width, dataset, arm) -> plugin code -> a file holding it
-    for r in sorted(records, key=lambda r: r["file"]):
-        if r.get("plugin_code"):
-            key = (r["model"], r["width"], r["dataset"], r["label"])
-            versions.setdefault(key, {}).setdefault(r["plugin_code"], r["file"])
+    arms = _versions(records, "plugin_code", lambda r: (r["model"], r["width"], r["dataset"], r["label"]))
     return [f"{label} ({model} on {dataset}): models built by {len(codes)} different versions of the plugins' code "
             f"(e.g. {', '.join(codes.values())}): the report pools them in one arm; report each version's results "
-            "separately" for (model, _, dataset, label), codes in versions.items() if len(codes) > 1]
+            "separately" for (model, _, dataset, label), codes in arms.items() if len(codes) > 1]
 
 
 def load_results(path, skip_bad: bool = False) -> list[dict]:
