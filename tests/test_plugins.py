@@ -327,3 +327,37 @@ def test_plugin_fingerprint_is_the_code_not_its_place_and_covers_data_sets_built
         assert _plugin_code("vgg8", "ovf", "mnist5k", "gaussian") is None
     finally:
         REGISTRY.unregister("plug_kmnist_test")
+
+
+def test_plugin_fingerprint_covers_the_modules_beside_a_plugin_file_that_it_imports(tmp_path, monkeypatch):
+    """Editing a helper module or package that a plugin file imports from beside it changes the fingerprint (a sweep
+    cell built by the old helper is stale); a module elsewhere, or one beside it that it did not import, does not."""
+    d = tmp_path / "mine"
+    (d / "helper_pkg_fp").mkdir(parents=True)
+    (d / "helper_mod_fp.py").write_text("WIDTH = 3\n")
+    (d / "helper_pkg_fp" / "__init__.py").write_text("from .blocks import DEPTH\n")
+    (d / "helper_pkg_fp" / "blocks.py").write_text("DEPTH = 2\n")
+    (d / "unused_fp.py").write_text("X = 1\n")
+    (d / "entry_fp.py").write_text("import helper_mod_fp\nimport helper_pkg_fp\n")
+    monkeypatch.setattr(plugins, "_LOADED", [])
+    monkeypatch.setattr(plugins, "_BESIDE", {})
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in ("helper_mod_fp", "helper_pkg_fp", "helper_pkg_fp.blocks"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    name = plugins.load_plugin(str(d / "entry_fp.py"))
+    try:
+        assert [n for n, _ in plugins.sources(name)] == [
+            "entry_fp.py", "helper_mod_fp.py", "helper_pkg_fp/__init__.py", "helper_pkg_fp/blocks.py"]
+        first = plugins.fingerprint()
+        (d / "unused_fp.py").write_text("X = 2\n")  # beside it, never imported
+        assert plugins.fingerprint() == first
+        (d / "helper_pkg_fp" / "blocks.py").write_text("DEPTH = 3\n")
+        second = plugins.fingerprint()
+        assert second != first
+        (d / "helper_mod_fp.py").write_text("WIDTH = 4\n")
+        assert plugins.fingerprint() not in (first, second)
+    finally:
+        for mod in [m for m in sys.modules if m.startswith(("helper_mod_fp", "helper_pkg_fp", "nvcim_plugin_"))]:
+            if mod.startswith("nvcim_plugin_") and not getattr(sys.modules[mod], "__file__", "").startswith(str(d)):
+                continue
+            sys.modules.pop(mod, None)

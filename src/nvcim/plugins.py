@@ -13,7 +13,9 @@ A plugin is any Python module; registering is what it does when imported:
 
 Each plugin is imported once per process (a file under a name derived from its absolute path; its directory is
 appended to sys.path first, as `python FILE.py` would, so it can import modules beside it: `fingerprint()` hashes the
-plugin file itself, so keep what defines a model in it, or make a package and give its module name).
+plugin file and the modules beside it that were imported while it was (a helper module or package it imports at the
+top; one imported later, inside a function, is not seen: import it at the top or make a package and give its module
+name).
 `loaded()` lists the plugins in load order, as checkpoints record them (files as absolute paths),
 so that `nvcim eval` can name the plugins a checkpoint needs when they are missing.
 """
@@ -30,6 +32,7 @@ from typing import Iterable
 
 ENV_VAR = "NVCIM_PLUGINS"
 _LOADED: list[str] = []  # plugin specs in load order (files: absolute paths)
+_BESIDE: dict[str, list[str]] = {}  # a file plugin -> the modules beside it imported by the time it was (top-level names)
 
 
 class PluginError(ValueError):
@@ -72,6 +75,7 @@ def load_plugin(spec: str) -> str:
             except BaseException:
                 sys.modules.pop(module_name, None)
                 raise
+            _BESIDE[name] = _modules_beside(path.parent)
         else:
             importlib.import_module(name)
     except PluginError:
@@ -95,14 +99,25 @@ def loaded() -> list[str]:
     return list(_LOADED)
 
 
-def sources(spec: str) -> list[tuple[str, Path]]:
-    """(name, file) of a loaded plugin's sources: the file itself, or for a plugin given by module name every .py file
-    of its top-level package (or its one module), named relative to that package (and `fingerprint` names a file by
-    its name), so that a moved checkout keeps its fingerprint. Hidden files (editor lock files such as .#x.py) and
-    anything that is not a readable file are left out."""
-    if _is_file_spec(spec) and Path(spec).is_file():
-        return [(Path(spec).name, Path(spec))]
-    top = sys.modules.get(spec.split(".")[0])
+def _modules_beside(directory: Path) -> list[str]:
+    """Top-level modules in sys.modules that live in `directory` (DIR/NAME.py or the package DIR/NAME/), sorted: what a
+    file plugin there imports from beside it (a virtual environment or a source tree below it is not beside it)."""
+    found = []
+    for name, module in list(sys.modules.items()):
+        origin = getattr(module, "__file__", None)
+        if "." in name or not origin:
+            continue
+        f = Path(origin).resolve()
+        if (f.parent == directory and f.name == name + ".py") or (f.parent.parent == directory and
+                                                                    f.name == "__init__.py" and f.parent.name == name):
+            found.append(name)
+    return sorted(found)
+
+
+def _files_of(module_name: str) -> list[tuple[str, Path]]:
+    """(name, file) of every .py file of a top-level module or package (named relative to the package; hidden files
+    such as editor lock files .#x.py and anything that is not a readable file left out)."""
+    top = sys.modules.get(module_name)
     origin = getattr(top, "__file__", None)
     if not origin or not Path(origin).is_file():
         return []
@@ -111,6 +126,20 @@ def sources(spec: str) -> list[tuple[str, Path]]:
         return [(origin.name, origin)]
     return [(f.relative_to(origin.parent).as_posix(), f) for f in sorted(origin.parent.rglob("*.py"))
             if not any(part.startswith(".") for part in f.relative_to(origin.parent).parts) and f.is_file()]
+
+
+def sources(spec: str) -> list[tuple[str, Path]]:
+    """(name, file) of a loaded plugin's sources: a file plugin and the modules beside it that it imported (each
+    named by its file's name, a package's files as PACKAGE/PATH), or for a plugin given by module name every .py file
+    of its top-level package (or its one module), named relative to that package, so that a moved checkout keeps
+    its fingerprint."""
+    if _is_file_spec(spec) and Path(spec).is_file():
+        beside = []
+        for module_name in _BESIDE.get(spec, []):
+            package = Path(getattr(sys.modules.get(module_name), "__file__", "") or "").name == "__init__.py"
+            beside += [(f"{module_name}/{name}" if package else name, f) for name, f in _files_of(module_name)]
+        return [(Path(spec).name, Path(spec)), *beside]
+    return _files_of(spec.split(".")[0])
 
 
 def fingerprint() -> str | None:
