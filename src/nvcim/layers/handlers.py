@@ -56,16 +56,33 @@ FUSED_CONTAINERS: tuple[type, ...] = (nn.TransformerEncoderLayer, nn.Transformer
 
 
 def register_layer(layer_type: type, attrs: Callable[[nn.Module], list[str]], forward: Callable[..., Any]) -> None:
-    """Make `layer_type` (and its subclasses) a supported noisy layer."""
+    """Make `layer_type` (and its subclasses that keep its forward) a supported noisy layer."""
     LAYER_HANDLERS[layer_type] = LayerHandler(attrs, forward)
 
 
-def handler_for(module: nn.Module) -> LayerHandler | None:
-    """The handler of the most specific registered type `module` is an instance of (None: not supported)."""
+def _registered_base(module: nn.Module) -> tuple[type | None, bool]:
+    """(the most specific registered type `module` is an instance of, or None; whether a class between them defines
+    its own forward, which the handler's forward would replace)."""
+    overrides = False
     for cls in type(module).__mro__:
         if cls in LAYER_HANDLERS:
-            return LAYER_HANDLERS[cls]
-    return None
+            return cls, overrides
+        overrides = overrides or "forward" in vars(cls)
+    return None, False
+
+
+def handler_for(module: nn.Module) -> LayerHandler | None:
+    """The handler of the most specific registered type `module` is an instance of (None: not supported). A subclass
+    that defines its own forward (a LoRA layer, a QAT layer folding BatchNorm, ...) is not supported through its base's
+    handler: that handler's forward would replace the subclass's computation; register the subclass itself."""
+    cls, overrides = _registered_base(module)
+    return None if cls is None or overrides else LAYER_HANDLERS[cls]
+
+
+def own_forward_subclass(module: nn.Module) -> str | None:
+    """The registered type `module` subclasses while defining its own forward (so nvcim leaves it exact), else None."""
+    cls, overrides = _registered_base(module)
+    return cls.__name__ if cls is not None and overrides else None
 
 
 # ---- per-module state ---------------------------------------------------------------------------
