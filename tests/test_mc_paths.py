@@ -103,3 +103,64 @@ def test_tied_parameter_stays_exact_on_every_path(sigma):
         assert res[p].ekl == pytest.approx(ref.ekl, rel=1e-5)
     if sigma == 0:  # the quantized baseline is the σ = 0 chip: only enc's own forward sees W_d
         assert ref.quantized_accuracy == ref.per_run_accuracy[0]
+
+
+class TransposedReuse(nn.Module):
+    """A layer whose weight the model also reads directly, outside the layer's forward (a transposed reuse)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.head = nn.Linear(6, 6), nn.Linear(6, 4)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x.flatten(1)))  # [B, 6] on the chip
+        return self.head(F.linear(h, self.a.weight.t()))  # [B, 4]: a.weight read around the chip
+
+
+def test_a_weight_read_outside_its_layer_is_scored_on_the_loop_path_and_said():
+    # chunked swapped the parameter itself, so the direct read saw the chip there and the exact weight on the loop
+    # path: two answers for one chip (78.42 against 77.47 %), nothing said
+    torch.manual_seed(0)
+    m = TransposedReuse()
+    x, y = data(m, (6,), n=200)
+    loop = monte_carlo_evaluate(m, (x, y), CFG, runs=6, seed=0, path="loop")
+    with pytest.warns(UserWarning, match=r"reads a\.weight outside its layer's forward.*loop path"):
+        auto = monte_carlo_evaluate(m, (x, y), CFG, runs=6, seed=0)
+    assert auto.path == "loop" and auto.per_run_correct == loop.per_run_correct
+    for path in ("chunked", "stacked"):
+        with pytest.raises(ValueError, match=rf"path='{path}' cannot evaluate.*read outside its layer a\.weight"):
+            monte_carlo_evaluate(m, (x, y), CFG, runs=2, path=path)
+    cfg0 = nvcim.DeviceConfig(sigma=0.0, weight_bits=2, device_bits=1)  # coarse: quantizing a.weight shows
+    zero = monte_carlo_evaluate(m, (x, y), cfg0, runs=2, seed=0, path="loop")
+    assert zero.quantized_accuracy == zero.per_run_accuracy[0]  # the baseline is the σ = 0 chip, direct read exact
+    assert nvcim.layers.coverage.read_outside_layer(TiedNet(), x[:2]) == []  # a tie under another name: not this
+
+
+@pytest.mark.parametrize("parametrization", ["orthogonal", "weight_norm"])
+def test_a_parametrized_weight_is_scored_on_the_loop_path_with_the_quantized_baseline_of_its_chip(parametrization):
+    # chunked / stacked failed with "'1.weight' is not a parameter of the model", and the quantized baseline
+    # (functional_call) applied the parametrization again to W_d (orthogonalised it): 9.40 % against 9.35 %
+    from torch.nn.utils import parametrizations
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), getattr(parametrizations, parametrization)(nn.Linear(6, 6)), nn.Tanh(),
+                      nn.Linear(6, 4))
+    x, y = data(m, (6,), n=400)
+    cfg0 = nvcim.DeviceConfig(sigma=0.0, weight_bits=3, device_bits=1)
+    auto = monte_carlo_evaluate(m, (x, y), cfg0, runs=2, seed=0)
+    assert auto.path == "loop"
+    with torch.no_grad():  # the reference: the quantized weights written into a plain copy of the model
+        w = [nvcim.quantize(m[1].weight, cfg0), nvcim.quantize(m[3].weight, cfg0)]
+        h = torch.tanh(F.linear(x.flatten(1), w[0], m[1].bias))
+        correct = int((F.linear(h, w[1], m[3].bias).argmax(1) == y).sum())
+    assert auto.quantized_accuracy == pytest.approx(100.0 * correct / len(y))
+    assert auto.per_run_accuracy[0] == pytest.approx(100.0 * correct / len(y))
+    with pytest.raises(ValueError, match=r"path='chunked' cannot evaluate.*parametrized 1\.weight"):
+        monte_carlo_evaluate(m, (x, y), CFG, runs=2, path="chunked")
+
+
+def test_a_weight_held_by_two_layers_is_named_not_silently_drawn_twice():
+    shared = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4))
+    shared[2].weight = shared[0].weight
+    with pytest.warns(UserWarning, match=r"held under several names: 0\.weight = 2\.weight"):
+        nvcim.apply_variation_(shared, nvcim.DeviceConfig(sigma=0.1))

@@ -26,7 +26,8 @@ from nvcim.core.config import DeviceConfig
 from nvcim.data.batching import input_batches
 from nvcim.evaluate.batching import batched_forward
 from nvcim.evaluate.sampler import ChipSampler
-from nvcim.layers.noise import calibrate_adc_, clear_chip_, program_chip_, variation_disabled
+from nvcim.layers.noise import (calibrate_adc_, clear_chip_, noisy_parameters, overridden, program_chip_,
+                               variation_disabled)
 
 LOGITS_PER_ADD = 1 << 16  # logits of several chips scored in one Accumulator.add (2^14-2^18 alike)
 # Images per stacked forward on CPU (a block's activations stay cache-sized whatever the batch size; each
@@ -224,6 +225,21 @@ def count_correct(model: nn.Module, batches, weights: Mapping[str, torch.Tensor]
                 out = sliced(model, x)  # [B, classes]
             else:
                 out = forward_with(model, weights, x)  # [B, classes]
+            correct += int(((out.argmax(dim=-1) == y) & torch.isfinite(out).all(dim=-1)).sum())
+    return correct
+
+
+def count_correct_on_chip(model: nn.Module, batches, weights: Mapping[str, torch.Tensor]) -> int:
+    """`count_correct` with `weights` programmed as every noisy layer's chip (read exactly, ideal converters): what the
+    loop path computes for that chip (`count_correct(model, batches, weights)` replaces the parameters themselves,
+    which differs for a parametrized weight or one read outside its layer, `nvcim.evaluate.paths.path_for_reads`)."""
+    per = {p.name: {"programmed": weights[p.name],
+                    "cfg": p.control.cfg.replace(read_sigma=0.0, adc_bits=None, input_bits=None)}
+           for p in noisy_parameters(model)}
+    correct = 0
+    with torch.no_grad(), overridden(model, per, enabled=True):
+        for x, y in batches:
+            out = sliced(model, x)  # [B, classes]
             correct += int(((out.argmax(dim=-1) == y) & torch.isfinite(out).all(dim=-1)).sum())
     return correct
 

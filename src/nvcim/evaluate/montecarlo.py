@@ -26,7 +26,9 @@ some op, stays "chunked", and path="stacked" asked for on such a model raises a 
 "loop" give bitwise the same logits, counts and EKL; "stacked" computes each chip's logits as its own
 forward does but in larger matrix products, whose BLAS summation order may differ in the last bits: the
 same counts, and the EKL within float rounding (tests against float64 per-chip references), whatever the
-chunking.
+chunking. The fast paths put a chip's tensors in place of the parameters themselves, so a model with a parametrized
+noisy weight, or one that also reads a noisy weight outside its layer (a transposed reuse: on a chip that use is
+exact), runs on the loop path, with a warning for the second (`nvcim.evaluate.paths.path_for_reads`).
 Chips with NaN / inf logits score those images as wrong and raise one warning with the likely cause.
 Device effects (SPEC §8, `DeviceConfig`) run on every path: stuck-at faults and drift are drawn with
 each chip; read noise is read afresh for every batch from per-tensor read generators derived from the
@@ -61,12 +63,14 @@ from nvcim.evaluate.forward import (
     adc_calibration_source,
     chunked_forwards,
     count_correct,
+    count_correct_on_chip,
     forward_with,
     programmed_chip,
     stacked_forwards,
 )
 from nvcim.evaluate.adaptive import check_target_args, target_precision
-from nvcim.evaluate.paths import DEFAULT_MEMORY_BUDGET, auto_path, check_stacked, stacked_chips  # noqa: F401 (re-exported)
+from nvcim.evaluate.paths import (DEFAULT_MEMORY_BUDGET, auto_path, check_stacked, path_for_reads,  # noqa: F401
+                                  stacked_chips)
 from nvcim.evaluate.results import MCResult
 from nvcim.evaluate.sampler import ChipSampler, run_generator
 from nvcim.evaluate.stats import summarize
@@ -262,9 +266,11 @@ def _mc_core(model, batches, cfg, runs, seed, chunk_runs, path, device, progress
     )
 
 
-def _baselines(model, batches, sampler: ChipSampler) -> tuple[int, int]:
+def _baselines(model, batches, sampler: ChipSampler, on_chip: bool = False) -> tuple[int, int]:
+    """(clean, quantized) correct counts; on_chip: the quantized model programmed as a chip (`path_for_reads`)."""
     clean = count_correct(model, batches)
-    quant = count_correct(model, batches, dict(zip(sampler.names, sampler.w_d)))
+    w_d = dict(zip(sampler.names, sampler.w_d))
+    quant = count_correct_on_chip(model, batches, w_d) if on_chip else count_correct(model, batches, w_d)
     return clean, quant
 
 
@@ -347,10 +353,13 @@ def monte_carlo_evaluate(
           write_verify_scope(model, write_verify)):
         classes = _output_classes(model, batches)  # labels checked before any chip
         _check_coverage_once(model, batches)
+        path, on_chip = path_for_reads(model, batches, path)
+        baseline = (_baselines(model, batches, ChipSampler(model, cfg, dev), on_chip) if on_chip else None) \
+            if baselines else False
         opts = dict(runs=runs, seed=seed, batch_size=batch_size, chunk_runs=chunk_runs, progress=progress,
                     target_ci=target_ci, max_chips=max_chips, images_per_chip=images_per_chip, pilot_chips=pilot_chips,
                     adc_source=adc_source)
-        res = _one_sigma(model, batches, cfg, opts, path, dev, None if baselines else False, calib)
+        res = _one_sigma(model, batches, cfg, opts, path, dev, baseline, calib)
         res.num_classes = classes
         _warn_nonfinite(model, batches, [res])
     return res
@@ -427,7 +436,8 @@ def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Ite
           write_verify_scope(model, opts["write_verify"])):
         classes = _output_classes(model, batches)  # labels checked before any chip
         _check_coverage_once(model, batches)
-        baseline = _baselines(model, batches, ChipSampler(model, cfg, dev)) if opts["baselines"] else False  # σ-independent
+        path, on_chip = path_for_reads(model, batches, path)
+        baseline = _baselines(model, batches, ChipSampler(model, cfg, dev), on_chip) if opts["baselines"] else False
         for s in sigmas:
             res = partial.get(key(s)) if partial is not None else None
             if res is None:

@@ -3,6 +3,7 @@
     path, fit = auto_path(model, sampler, batches, device)   # ("stacked", chips per block) or ("chunked", None)
     stacked_chips(model, sampler, batches, device)           # chips per block within the memory budget
     check_stacked(model, sampler, batches)                   # path="stacked" asked for: ValueError if it cannot
+    path, on_chip = path_for_reads(model, batches, path)     # "loop" for tensors only it scores as a chip would
 
 The choice depends on the model's structure and sizes only, never on a timing, so the same call always takes the
 same path (and gives the same numbers).
@@ -17,6 +18,7 @@ from torch import nn
 
 from nvcim.evaluate.forward import STACKED_CPU_SLICE, activation_bytes_per_image, stacked_problem
 from nvcim.evaluate.sampler import ChipSampler
+from nvcim.layers.coverage import CHECK_IMAGES, read_outside_layer
 from nvcim.layers.noise import noisy_parameters
 
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes for stacked weights + activations of one chunk (CUDA)
@@ -72,3 +74,32 @@ def check_stacked(model, sampler: ChipSampler, batches) -> None:
     problem = stacked_problem(model, sampler, batches[0][0])
     if problem is not None:
         raise ValueError(f"path='stacked' cannot evaluate this model ({problem}): use path='chunked' or 'auto'")
+
+
+def path_for_reads(model: nn.Module, batches, path: str) -> tuple[str, bool]:
+    """(the path to take, whether the quantized baseline must be computed on the chip as the loop path does).
+
+    The chunked and stacked paths (and the baselines) put a chip's tensors in place of the parameters themselves;
+    the loop path programs the layers, whose own forwards alone compute with the chip. The two differ for a
+    parametrized weight (torch.nn.utils.parametrize: the parametrization would be applied again to the chip's tensor,
+    or the parameter is not there to replace) and for a weight the model also reads outside its layer
+    (`read_outside_layer`: that use sees the exact weight on a chip). Such models run on the loop path ("auto"), or a
+    ValueError names them ("chunked", "stacked"); a read outside the layer is also said in a warning."""
+    from torch.nn.utils import parametrize
+
+    parametrized = [p.name for p in noisy_parameters(model) if parametrize.is_parametrized(p.module, p.attr)]
+    with torch.no_grad():
+        outside = read_outside_layer(model, batches[0][0][:CHECK_IMAGES])
+    if not parametrized and not outside:
+        return path, False
+    what = "; ".join(f"{kind} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}" for kind, names in
+                     (("parametrized", parametrized), ("read outside its layer", outside)) if names)
+    if path in ("chunked", "stacked"):
+        raise ValueError(f"path={path!r} cannot evaluate this model's noisy tensors ({what}): it would replace the "
+                         "parameters themselves; use path='loop' or 'auto'")
+    if outside:
+        warnings.warn(f"nvcim: the model also reads {', '.join(outside[:3])}{' ...' if len(outside) > 3 else ''} "
+                      "outside its layer's forward (e.g. a transposed or tied use): on a chip only the layer's own "
+                      "product runs on the crossbar, so that use computes with the exact weight; the chips are scored "
+                      "on the loop path", stacklevel=3)
+    return "loop", True

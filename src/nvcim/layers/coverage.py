@@ -64,6 +64,59 @@ def _seed_all(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def _bumped(w: torch.Tensor, signs: torch.Generator) -> tuple[torch.Tensor, float]:
+    """(W ± s, s): every weight moved by s = max|W| (1 for an all-zero W), signs at random from `signs`."""
+    s = float(w.abs().amax()) if w.numel() else 0.0
+    pattern = torch.randint(0, 2, (SIGN_PERIOD,), generator=signs).to(device=w.device, dtype=w.dtype) * 2 - 1
+    r = pattern.repeat(-(-w.numel() // SIGN_PERIOD))[:w.numel()].view(w.shape)  # ±1, cheap for any size
+    step = s if s > 0 else 1.0
+    return w + r * step, step
+
+
+def _seeded_forward(model: nn.Module, inputs: tuple, seed: int, buffers: dict, weights: dict | None = None) -> list:
+    """The output tensors of model(*inputs) (with `weights` in place of those parameters, if given) under dropout
+    masks drawn from `seed`; the buffers (BatchNorm statistics) put back after."""
+    with torch.random.fork_rng(devices=[]):
+        _seed_all(seed)  # identical dropout masks in every forward
+        out = model(*inputs) if weights is None else torch.func.functional_call(model, weights, inputs,
+                                                                                tie_weights=False)
+        out = [t.detach().clone() for t in _tensors(out)]
+    with torch.no_grad():  # a forward in train mode moved BatchNorm statistics: put them back
+        for k, b in model.named_buffers():
+            if k in buffers:
+                b.copy_(buffers[k])
+    return out
+
+
+def read_outside_layer(model: nn.Module, *inputs: Any, seed: int = 0) -> list[str]:
+    """The noisy tensors (not parametrized ones) that `model(*inputs)` also reads outside their layer's own forward:
+    a direct use of `layer.weight` elsewhere (e.g. a transposed reuse, `F.linear(h, self.fc.weight.t())`).
+
+    Found with the layers' chips set to the clean weights and each such tensor's attribute alone replaced by W ± s:
+    an output that moves was read around the chip. On a chip only the layer's own product runs on the crossbar (the
+    loop path: the other use sees the exact weight); a path that swaps the parameter itself (nvcim.evaluate's chunked
+    and stacked paths) would give that use the chip's weight too, so Monte Carlo scores such models on the loop path.
+    Two forwards when none is found, one more per tensor otherwise; state restored as `check_coverage` does."""
+    from torch.nn.utils import parametrize
+
+    params = [p for p in noisy_parameters(model) if not parametrize.is_parametrized(p.module, p.attr)]
+    if not params:
+        return []
+    buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
+    signs = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        targets = {p.name: p.weight.detach() for p in params}
+        bumps = {p.name: _bumped(targets[p.name], signs)[0] for p in params}
+    per_tensor = {p.name: {"programmed": targets[p.name], "cfg": p.control.cfg.replace(read_sigma=0.0)}
+                  for p in params}
+    with overridden(model, per_tensor, enabled=True):  # the chips read the clean weights whatever the attribute holds
+        base = _seeded_forward(model, inputs, seed, buffers)
+        if _same(_seeded_forward(model, inputs, seed, buffers, bumps), base):
+            return []
+        return [name for name, bump in bumps.items()
+                if not _same(_seeded_forward(model, inputs, seed, buffers, {name: bump}), base)]
+
+
 def check_coverage(model: nn.Module, *inputs: Any, seed: int = 0, strict: bool = False) -> list[str]:
     """Raise `CoverageError` naming every noisy tensor of `model` whose chip does not reach `model(*inputs)`.
 
@@ -81,24 +134,12 @@ def check_coverage(model: nn.Module, *inputs: Any, seed: int = 0, strict: bool =
         bumps = {}
         signs = torch.Generator().manual_seed(seed)  # fixed: the check is deterministic and leaves torch's RNG alone
         for p in params:
-            w = targets[p.name]
-            s = float(w.abs().amax()) if w.numel() else 0.0
-            pattern = torch.randint(0, 2, (SIGN_PERIOD,), generator=signs).to(device=w.device, dtype=w.dtype) * 2 - 1
-            r = pattern.repeat(-(-w.numel() // SIGN_PERIOD))[:w.numel()].view(w.shape)  # ±1, cheap for any size
             # every weight moved by ±s, signs at random: any input that reaches it changes the layer's output, and
             # not by the same amount in every feature (a uniform shift, W + s, a LayerNorm after the layer removes)
-            step = s if s > 0 else 1.0
-            bumps[p.name] = (w + r * step, step)  # ±s first; +s (every sum one way) only when ±s changes nothing
+            bumps[p.name] = _bumped(targets[p.name], signs)  # ±s first; +s (every sum one way) only when ±s changes nothing
 
     def forward() -> list[torch.Tensor]:
-        with torch.random.fork_rng(devices=[]):
-            _seed_all(seed)  # identical dropout masks in every forward
-            out = [t.detach().clone() for t in _tensors(model(*inputs))]
-        with torch.no_grad():  # a forward in train mode moved BatchNorm statistics: put them back
-            for k, b in model.named_buffers():
-                if k in buffers:
-                    b.copy_(buffers[k])
-        return out
+        return _seeded_forward(model, inputs, seed, buffers)
 
     missing: list[tuple[str, bool]] = []  # (name, whether its controller was read)
     # read noise off (cfg.read_sigma = 0): it changes no tensor's reach and would draw every tensor afresh per forward

@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import warnings
-import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
@@ -43,7 +41,7 @@ from torch import nn
 
 from nvcim.core import device as dm
 from nvcim.core.config import DeviceConfig
-from nvcim.layers import handlers
+from nvcim.layers import audit, handlers
 from nvcim.layers.controller import NoisyWeight, quantization_cached  # noqa: F401  (re-exported)
 
 ModuleFilter = Callable[[str, nn.Module], bool]
@@ -179,7 +177,7 @@ def selected_layers(
                                  "nothing would get device variation; keep fewer layers digital")
         if not candidates:
             kinds = sorted({t.__name__ for t in handlers.LAYER_HANDLERS})
-            own = [e for e in _exact_products(model) if "with its own forward" in e]
+            own = [e for e in audit.exact_products(model) if "with its own forward" in e]
             hint = (f"; {', '.join(own[:3])} replace their base's forward: register such a type with "
                     "nvcim.layers.register_layer(Type, attrs, forward)" if own else "")
             raise SelectionError(f"the model ({type(model).__name__}) has no layer nvcim can vary (supported: "
@@ -203,24 +201,6 @@ def selected_parameters(model: nn.Module, **selectors) -> list[tuple[str, nn.Mod
     """(state-dict name, module, attribute) of every tensor `apply_variation_` would vary, in order."""
     return [(_key(n, a), m, a) for n, m in selected_layers(model, **selectors)
             for a in handlers.handler_for(m).attrs(m)]
-
-
-# layer types whose weights a chip would hold as a crossbar's matrix but nvcim has no handler for (RNNs, bilinear)
-_UNSUPPORTED_MVM = (nn.RNNBase, nn.RNNCellBase, nn.Bilinear)
-_WARNED_EXACT: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # models apply_variation_ warned about them
-
-
-def _exact_products(model: nn.Module) -> list[str]:
-    """"name (Type)" of the layers a chip would compute as crossbar products that nvcim leaves exact: types without a
-    handler (RNNs, bilinear) and subclasses of a supported type that define their own forward."""
-    out = []
-    for n, m in model.named_modules():
-        base = handlers.own_forward_subclass(m)
-        if base is not None and not handlers.is_digital(m):
-            out.append(f"{n or type(model).__name__} ({type(m).__name__}: a {base} with its own forward)")
-        elif isinstance(m, _UNSUPPORTED_MVM) and handlers.handler_for(m) is None:
-            out.append(f"{n or type(model).__name__} ({type(m).__name__})")
-    return out
 
 
 def apply_variation_(
@@ -249,13 +229,7 @@ def apply_variation_(
         raise TypeError(f"cfg must be a nvcim.DeviceConfig, got {type(cfg).__name__}")
     chosen = selected_layers(model, filter, include, exclude, strict=True)
     check_sliced_layers(chosen, cfg, model)
-    exact = _exact_products(model)
-    if exact and model not in _WARNED_EXACT:  # matrix products a chip would compute that stay exact here: said,
-        _WARNED_EXACT.add(model)                 # not silent; once per model (training applies it again and again)
-        warnings.warn(f"apply_variation_: {len(exact)} layer(s) nvcim cannot vary stay exact: "
-                      f"{', '.join(exact[:5])}{', ...' if len(exact) > 5 else ''} (supported: Linear, Conv, "
-                      "MultiheadAttention and their subclasses that keep their forward; "
-                      "nvcim.layers.register_layer adds a type)", stacklevel=2)
+    audit.warn_exact_and_shared(model, chosen)  # what a chip would compute that stays exact or is drawn twice
     for _, module in chosen:
         for attr in handlers.handler_for(module).attrs(module):
             handlers.attach(module, attr, NoisyWeight(cfg, generator))

@@ -1,0 +1,68 @@
+"""What `apply_variation_` tells the user about a model's layers beyond those it varies: once per model, a warning.
+
+    exact_products(model)          layers a chip would compute as crossbar products that stay exact here: types
+                                   without a handler (RNNs, bilinear) and subclasses of a supported type with a forward
+                                   of their own (a LoRA layer: the handler's forward would drop its computation)
+    shared_tensors(model, chosen)  varied weight tensors that several layers hold (weight tying): each varied layer
+                                   draws its own copy, a layer that is not varied reads the exact tensor
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from typing import Sequence
+
+from torch import nn
+
+from nvcim.layers import handlers
+
+# layer types whose weights a chip would hold as a crossbar's matrix but nvcim has no handler for (RNNs, bilinear)
+UNSUPPORTED_MVM = (nn.RNNBase, nn.RNNCellBase, nn.Bilinear)
+_WARNED_EXACT: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # models warned about their exact layers
+_WARNED_SHARED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # ... and about their shared tensors
+
+
+def _key(module_name: str, attr: str) -> str:
+    return f"{module_name}.{attr}" if module_name else attr
+
+
+def exact_products(model: nn.Module) -> list[str]:
+    """"name (Type)" of the layers a chip would compute as crossbar products that nvcim leaves exact."""
+    out = []
+    for n, m in model.named_modules():
+        base = handlers.own_forward_subclass(m)
+        if base is not None and not handlers.is_digital(m):
+            out.append(f"{n or type(model).__name__} ({type(m).__name__}: a {base} with its own forward)")
+        elif isinstance(m, UNSUPPORTED_MVM) and handlers.handler_for(m) is None:
+            out.append(f"{n or type(model).__name__} ({type(m).__name__})")
+    return out
+
+
+def shared_tensors(model: nn.Module, chosen: Sequence[tuple[str, nn.Module]]) -> list[str]:
+    """"a.weight = b.weight" for every parameter that several module attributes hold when one of them is varied."""
+    holders: dict[int, list[str]] = {}
+    for n, m in model.named_modules():
+        for attr, t in m.named_parameters(recurse=False, remove_duplicate=False):
+            holders.setdefault(id(t), []).append(_key(n, attr))
+    noisy = {_key(n, a) for n, m in chosen for a in handlers.handler_for(m).attrs(m)}
+    return [" = ".join(names) for names in holders.values() if len(names) > 1 and noisy.intersection(names)]
+
+
+def warn_exact_and_shared(model: nn.Module, chosen: Sequence[tuple[str, nn.Module]]) -> None:
+    """One warning per model and kind (training applies variation again and again): said, never silent."""
+    exact = exact_products(model)
+    if exact and model not in _WARNED_EXACT:
+        _WARNED_EXACT.add(model)
+        warnings.warn(f"apply_variation_: {len(exact)} layer(s) nvcim cannot vary stay exact: "
+                      f"{', '.join(exact[:5])}{', ...' if len(exact) > 5 else ''} (supported: Linear, Conv, "
+                      "MultiheadAttention and their subclasses that keep their forward; "
+                      "nvcim.layers.register_layer adds a type)", stacklevel=3)
+    shared = shared_tensors(model, chosen)
+    if shared and model not in _WARNED_SHARED:
+        _WARNED_SHARED.add(model)
+        warnings.warn(f"apply_variation_: {len(shared)} varied weight tensor(s) are held under several names: "
+                      f"{'; '.join(shared[:3])}{' ...' if len(shared) > 3 else ''}. Each varied layer computes with "
+                      "its own draw of it (its own crossbar), any other use with the exact tensor; untie them, or "
+                      "keep all but one layer digital (keep_digital_), if your chip stores the tensor once",
+                      stacklevel=3)
