@@ -8,6 +8,7 @@ the coverage self-check names a layer whose chip does not reach the output.
 """
 
 import contextlib
+import copy
 import itertools
 import warnings
 
@@ -368,3 +369,42 @@ def test_a_key_padding_mask_under_the_reference_path_is_said():
             enc(x)  # no mask: nothing to say
         with pytest.warns(UserWarning, match="key padding mask.*pool over the unpadded positions"):
             enc(x, src_key_padding_mask=mask)
+
+
+class _TokenClassifier(nn.Module):
+    """Token ids [B, L] -> embedding -> one Transformer encoder layer -> mean -> logits: a text model."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        self.enc = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, tokens):
+        return self.head(self.enc(self.emb(tokens)).mean(1))  # [B, 3]
+
+
+def test_monte_carlo_of_a_model_fed_token_ids_matches_a_per_chip_reference():
+    # integer inputs were refused ("images must be normalized floating-point tensors"): no text model could be scored
+    from nvcim.evaluate.sampler import run_generator
+
+    torch.manual_seed(0)
+    model = _TokenClassifier().eval()
+    tokens = torch.randint(0, 20, (24, 5))  # [B, L] int64
+    with torch.no_grad():
+        labels = model(tokens).argmax(1)
+    cfg = DeviceConfig(sigma=0.2)
+    res = {p: monte_carlo_evaluate(model, (tokens, labels), cfg, runs=3, seed=0, path=p) for p in ("loop", "auto")}
+    assert res["auto"].per_run_correct == res["loop"].per_run_correct
+    nvcim.apply_variation_(model, cfg)
+    chips = [nvcim.draw_chip(model, generator=run_generator(0, r), sigma=cfg.sigma) for r in range(3)]
+    nvcim.remove_variation_(model)
+    for chip, correct in zip(chips, res["loop"].per_run_correct):  # plain PyTorch with each chip's weights written in
+        plain = copy.deepcopy(model)
+        with torch.no_grad():
+            for name, w in chip.items():
+                plain.get_parameter(name).copy_(w)
+            assert int((plain(tokens).argmax(1) == labels).sum()) == correct
+    assert len(chips[0]) == 5  # in_proj, out_proj, linear1, linear2, head: the embedding is a lookup, exact
+    with pytest.raises(TypeError, match="token ids for an embedding, int64"):
+        monte_carlo_evaluate(model, (tokens.to(torch.uint8), labels), cfg, runs=2)

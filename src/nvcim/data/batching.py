@@ -16,11 +16,14 @@ import torch
 from torch import nn
 
 
+_INDEX_DTYPES = (torch.int64, torch.int32)  # inputs that are indices (token ids for an nn.Embedding), not images
+
+
 def materialize(data: Any, batch_size: int, device: torch.device,
                 dtype: torch.dtype | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The evaluation set as a list of (x [B,C,H,W] float, y [B] int64) batches on `device`.
+    """The evaluation set as a list of (x [B,C,H,W] float, or [B, ...] int64 token ids, y [B] int64) batches on `device`.
 
-    dtype: cast the images to it (the model's floating dtype, so a float16 model evaluates in float16).
+    dtype: cast floating-point inputs to it (the model's floating dtype, so a float16 model evaluates in float16).
     Labels must be integer class indices >= 0 (a float or bool label tensor is refused, never truncated).
     """
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
@@ -36,15 +39,16 @@ def materialize(data: Any, batch_size: int, device: torch.device,
         raise ValueError(f"data: labels must be integer class indices, got a {batches[0][1].dtype} tensor: "
                          "pass y.long() if they are whole numbers")
     out = [(xb.to(device), yb.to(device, torch.int64)) for xb, yb in batches]  # [B, C, H, W], [B]
-    if out and not out[0][0].is_floating_point():
-        raise TypeError("data: images must be normalized floating-point tensors (a Split's .batches() yields them)")
+    if out and not out[0][0].is_floating_point() and out[0][0].dtype not in _INDEX_DTYPES:
+        raise TypeError(f"data: inputs are {out[0][0].dtype}: images must be normalized floating-point tensors (a "
+                        "Split's .batches() yields them); token ids for an embedding, int64 (x.long())")
     if not out or sum(int(yb.numel()) for _, yb in out) == 0:
         raise ValueError("data is empty: need at least one sample")
     lowest = min(int(yb.min()) for _, yb in out if yb.numel())
     if lowest < 0:
         raise ValueError(f"data: label {lowest} is negative: labels are class indices 0 .. classes - 1")
-    if dtype is not None and out[0][0].dtype != dtype:
-        out = [(xb.to(dtype), yb) for xb, yb in out]
+    if dtype is not None and out[0][0].is_floating_point() and out[0][0].dtype != dtype:
+        out = [(xb.to(dtype), yb) for xb, yb in out]  # token ids stay integers
     return out
 
 
