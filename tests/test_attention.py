@@ -358,8 +358,7 @@ def test_a_key_padding_mask_under_the_reference_path_is_said():
     # the fused fast path outputs 0 at padded positions, the reference path nvcim switches to real values: a model
     # that pools over every position scored 84.4 % clean under nvcim against 100 % on its own, nothing said
     torch.manual_seed(0)
-    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True), 1,
-                                enable_nested_tensor=False).eval()
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True), 2).eval()
     x = torch.randn(3, 5, 8)
     mask = torch.tensor([[False] * 5, [False] * 3 + [True] * 2, [False] * 4 + [True]])
     nvcim.apply_variation_(enc, DeviceConfig(sigma=0.1))
@@ -367,8 +366,14 @@ def test_a_key_padding_mask_under_the_reference_path_is_said():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             enc(x)  # no mask: nothing to say
-        with pytest.warns(UserWarning, match="key padding mask.*pool over the unpadded positions"):
+        with pytest.warns(UserWarning, match="src_key_padding_mask.*pool over the unpadded positions") as said:
             enc(x, src_key_padding_mask=mask)
+        assert len([w for w in said if "nvcim" in str(w.message)]) == 1  # the encoder, not each of its layers
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            nvcim.apply_variation_(nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 1,
+                                                         enable_nested_tensor=False).eval(),
+                                   DeviceConfig(sigma=0.1))(x, src_key_padding_mask=mask)  # no nested tensors
 
 
 class _TokenClassifier(nn.Module):
@@ -408,3 +413,41 @@ def test_monte_carlo_of_a_model_fed_token_ids_matches_a_per_chip_reference():
     assert len(chips[0]) == 5  # in_proj, out_proj, linear1, linear2, head: the embedding is a lookup, exact
     with pytest.raises(TypeError, match="token ids for an embedding, int64"):
         monte_carlo_evaluate(model, (tokens.to(torch.uint8), labels), cfg, runs=2)
+
+
+class _MyAttention(nn.MultiheadAttention):
+    """A user's attention subclass with its own forward."""
+
+    def forward(self, q, k, v, **kw):
+        return super().forward(q, k, v, **kw)
+
+
+def test_an_attention_subclass_with_its_own_forward_stays_exact_and_its_out_proj_is_not_silently_clean():
+    # apply_variation_ crashed (AttributeError in route_through) once such a subclass had no handler
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.att, self.head = _MyAttention(8, 2, batch_first=True), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.att(x, x, x)[0].mean(1))  # [B, 3]
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    with pytest.warns(UserWarning, match=r"att \(_MyAttention: a MultiheadAttention with its own forward\)"):
+        nvcim.apply_variation_(net, DeviceConfig(sigma=0.1))
+    x = torch.randn(4, 5, 8)
+    with torch.no_grad(), pytest.raises(CoverageError, match=r"att\.out_proj\.weight"):
+        check_coverage(net, x)  # its forward reads out_proj.weight itself: said, not evaluated clean
+
+
+def test_token_ids_calibrate_the_adcs_of_a_text_model():
+    # adc_calibration=(ids, y) was refused: "adc_calibration images must be floating-point"
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(20, 8), nn.Flatten(), nn.Linear(40, 3)).eval()
+    ids = torch.randint(0, 20, (16, 5))  # [B, L] int64
+    with torch.no_grad():
+        labels = model(ids).argmax(1)
+    cfg = DeviceConfig(sigma=0.05, adc_bits=8, adc_clip="calibrated")
+    res = monte_carlo_evaluate(model, (ids, labels), cfg, runs=2, seed=0, adc_calibration=(ids[:8], labels[:8]))
+    assert res.path == "loop" and 0 <= res.mean <= 100

@@ -136,15 +136,25 @@ def test_a_weight_read_outside_its_layer_is_scored_on_the_loop_path_and_said():
     assert nvcim.layers.coverage.read_outside_layer(TiedNet(), x[:2]) == []  # a tie under another name: not this
 
 
-@pytest.mark.parametrize("parametrization", ["orthogonal", "weight_norm"])
-def test_a_parametrized_weight_is_scored_on_the_loop_path_with_the_quantized_baseline_of_its_chip(parametrization):
-    # chunked / stacked failed with "'1.weight' is not a parameter of the model", and the quantized baseline
-    # (functional_call) applied the parametrization again to W_d (orthogonalised it): 9.40 % against 9.35 %
-    from torch.nn.utils import parametrizations
+def _computed_weight(kind: str, layer: nn.Linear) -> nn.Linear:
+    """layer with its weight computed from a parameter: a parametrization, or a forward pre-hook (pruning, the older
+    nn.utils.weight_norm)."""
+    from torch.nn.utils import parametrizations, prune
 
+    if kind == "prune":
+        return prune.l1_unstructured(layer, "weight", amount=0.3)
+    if kind == "old_weight_norm":
+        return nn.utils.weight_norm(layer)
+    return getattr(parametrizations, kind)(layer)
+
+
+@pytest.mark.parametrize("kind", ["orthogonal", "weight_norm", "prune", "old_weight_norm"])
+def test_a_weight_computed_from_a_parameter_is_scored_on_the_loop_path_with_the_quantized_baseline_of_its_chip(kind):
+    # chunked / stacked failed with "'1.weight' is not a parameter of the model", the quantized baseline
+    # (functional_call) applied the parametrization again to W_d (orthogonalised it: 9.40 % against 9.35 %), and a
+    # pruned model's forward pre-hook put the clean weight back on the stacked path: every chip scored as clean
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Flatten(), getattr(parametrizations, parametrization)(nn.Linear(6, 6)), nn.Tanh(),
-                      nn.Linear(6, 4))
+    m = nn.Sequential(nn.Flatten(), _computed_weight(kind, nn.Linear(6, 6)), nn.Tanh(), nn.Linear(6, 4))
     x, y = data(m, (6,), n=400)
     cfg0 = nvcim.DeviceConfig(sigma=0.0, weight_bits=3, device_bits=1)
     auto = monte_carlo_evaluate(m, (x, y), cfg0, runs=2, seed=0)
@@ -155,8 +165,12 @@ def test_a_parametrized_weight_is_scored_on_the_loop_path_with_the_quantized_bas
         correct = int((F.linear(h, w[1], m[3].bias).argmax(1) == y).sum())
     assert auto.quantized_accuracy == pytest.approx(100.0 * correct / len(y))
     assert auto.per_run_accuracy[0] == pytest.approx(100.0 * correct / len(y))
-    with pytest.raises(ValueError, match=r"path='chunked' cannot evaluate.*parametrized 1\.weight"):
+    noisy = {p: monte_carlo_evaluate(m, (x, y), CFG, runs=3, seed=0, path=p).per_run_correct for p in ("auto", "loop")}
+    assert noisy["auto"] == noisy["loop"]
+    with pytest.raises(ValueError, match=r"path='chunked' cannot evaluate.*computed from a parameter.* 1\.weight"):
         monte_carlo_evaluate(m, (x, y), CFG, runs=2, path="chunked")
+    adc = nvcim.DeviceConfig(sigma=0.1, adc_bits=8, adc_clip="calibrated", adc_readout="differential")
+    assert monte_carlo_evaluate(m, (x, y), adc, runs=2, seed=0, path="chunked").path == "loop"  # ADC: loop anyway
 
 
 def test_a_weight_held_by_two_layers_is_named_not_silently_drawn_twice():

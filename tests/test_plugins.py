@@ -330,34 +330,41 @@ def test_plugin_fingerprint_is_the_code_not_its_place_and_covers_data_sets_built
 
 
 def test_plugin_fingerprint_covers_the_modules_beside_a_plugin_file_that_it_imports(tmp_path, monkeypatch):
-    """Editing a helper module or package that a plugin file imports from beside it changes the fingerprint (a sweep
-    cell built by the old helper is stale); a module elsewhere, or one beside it that it did not import, does not."""
+    """Editing a helper module, package or namespace package that a plugin file imports from beside it changes the
+    fingerprint (a sweep cell built by the old helper is stale); a module beside it that the plugin did not import
+    does not, even when this process imported it first (the fingerprint is the plugin's, not the process's)."""
     d = tmp_path / "mine"
-    (d / "helper_pkg_fp").mkdir(parents=True)
+    for sub in ("helper_pkg_fp", "helper_ns_fp"):
+        (d / sub).mkdir(parents=True)
     (d / "helper_mod_fp.py").write_text("WIDTH = 3\n")
     (d / "helper_pkg_fp" / "__init__.py").write_text("from .blocks import DEPTH\n")
     (d / "helper_pkg_fp" / "blocks.py").write_text("DEPTH = 2\n")
+    (d / "helper_ns_fp" / "util.py").write_text("KIND = 1\n")  # no __init__.py: a namespace package
     (d / "unused_fp.py").write_text("X = 1\n")
-    (d / "entry_fp.py").write_text("import helper_mod_fp\nimport helper_pkg_fp\n")
+    (d / "entry_fp.py").write_text("import helper_mod_fp\nimport helper_pkg_fp\nfrom helper_ns_fp import util\n")
     monkeypatch.setattr(plugins, "_LOADED", [])
     monkeypatch.setattr(plugins, "_BESIDE", {})
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    for name in ("helper_mod_fp", "helper_pkg_fp", "helper_pkg_fp.blocks"):
+    monkeypatch.setattr(sys, "path", [*sys.path, str(d)])
+    names = ("helper_mod_fp", "helper_pkg_fp", "helper_pkg_fp.blocks", "helper_ns_fp", "helper_ns_fp.util", "unused_fp")
+    for name in names:
         monkeypatch.delitem(sys.modules, name, raising=False)
+    import helper_mod_fp  # noqa: F401  imported before the plugin: still the plugin's, through its globals
+    import unused_fp  # noqa: F401  beside it, imported by this process, not by the plugin
+
     name = plugins.load_plugin(str(d / "entry_fp.py"))
     try:
         assert [n for n, _ in plugins.sources(name)] == [
-            "entry_fp.py", "helper_mod_fp.py", "helper_pkg_fp/__init__.py", "helper_pkg_fp/blocks.py"]
-        first = plugins.fingerprint()
-        (d / "unused_fp.py").write_text("X = 2\n")  # beside it, never imported
-        assert plugins.fingerprint() == first
-        (d / "helper_pkg_fp" / "blocks.py").write_text("DEPTH = 3\n")
-        second = plugins.fingerprint()
-        assert second != first
-        (d / "helper_mod_fp.py").write_text("WIDTH = 4\n")
-        assert plugins.fingerprint() not in (first, second)
+            "entry_fp.py", "helper_mod_fp.py", "helper_ns_fp/util.py", "helper_pkg_fp/__init__.py",
+            "helper_pkg_fp/blocks.py"]
+        prints = [plugins.fingerprint()]
+        (d / "unused_fp.py").write_text("X = 2\n")
+        assert plugins.fingerprint() == prints[0]
+        for f, text in (("helper_pkg_fp/blocks.py", "DEPTH = 3\n"), ("helper_mod_fp.py", "WIDTH = 4\n"),
+                        ("helper_ns_fp/util.py", "KIND = 2\n")):
+            (d / f).write_text(text)
+            prints.append(plugins.fingerprint())
+        assert len(set(prints)) == 4
     finally:
-        for mod in [m for m in sys.modules if m.startswith(("helper_mod_fp", "helper_pkg_fp", "nvcim_plugin_"))]:
-            if mod.startswith("nvcim_plugin_") and not getattr(sys.modules[mod], "__file__", "").startswith(str(d)):
-                continue
+        for mod in [m for m in sys.modules if m.split(".")[0] in names or
+                    str(getattr(sys.modules[m], "__file__", "") or "").startswith(str(d))]:
             sys.modules.pop(mod, None)

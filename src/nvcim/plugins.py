@@ -13,9 +13,9 @@ A plugin is any Python module; registering is what it does when imported:
 
 Each plugin is imported once per process (a file under a name derived from its absolute path; its directory is
 appended to sys.path first, as `python FILE.py` would, so it can import modules beside it: `fingerprint()` hashes the
-plugin file and the modules beside it that were imported while it was (a helper module or package it imports at the
-top; one imported later, inside a function, is not seen: import it at the top or make a package and give its module
-name).
+plugin file and the modules beside it that it imported (a helper module or package it imports at the top, or whose
+names it holds; one imported later, inside a function, is not seen: import it at the top or make a package and give
+its module name).
 `loaded()` lists the plugins in load order, as checkpoints record them (files as absolute paths),
 so that `nvcim eval` can name the plugins a checkpoint needs when they are missing.
 """
@@ -27,6 +27,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import types
 from pathlib import Path
 from typing import Iterable
 
@@ -70,12 +71,13 @@ def load_plugin(spec: str) -> str:
             module_spec = importlib.util.spec_from_file_location(module_name, path)
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[module_name] = module
+            before = set(sys.modules)
             try:
                 module_spec.loader.exec_module(module)
             except BaseException:
                 sys.modules.pop(module_name, None)
                 raise
-            _BESIDE[name] = _modules_beside(path.parent)
+            _BESIDE[name] = _modules_beside(path.parent, _imported_by(module, set(sys.modules) - before))
         else:
             importlib.import_module(name)
     except PluginError:
@@ -99,17 +101,35 @@ def loaded() -> list[str]:
     return list(_LOADED)
 
 
-def _modules_beside(directory: Path) -> list[str]:
-    """Top-level modules in sys.modules that live in `directory` (DIR/NAME.py or the package DIR/NAME/), sorted: what a
-    file plugin there imports from beside it (a virtual environment or a source tree below it is not beside it)."""
-    found = []
-    for name, module in list(sys.modules.items()):
-        origin = getattr(module, "__file__", None)
-        if "." in name or not origin:
-            continue
+def _imported_by(module, new_names: set[str]) -> set[str]:
+    """Top-level names of the modules a plugin imported: those that its import added to sys.modules, and those its
+    globals refer to (a helper another module had imported first)."""
+    names = {n.split(".")[0] for n in new_names}
+    for value in vars(module).values():
+        owner = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
+        if isinstance(owner, str):
+            names.add(owner.split(".")[0])
+    return names
+
+
+def _location(module_name: str) -> Path | None:
+    """Where a top-level module lives: its .py file, or its package's directory (a namespace package's too)."""
+    module = sys.modules.get(module_name)
+    origin = getattr(module, "__file__", None)
+    if origin:
         f = Path(origin).resolve()
-        if (f.parent == directory and f.name == name + ".py") or (f.parent.parent == directory and
-                                                                    f.name == "__init__.py" and f.parent.name == name):
+        return f.parent if f.name == "__init__.py" else f
+    paths = list(getattr(module, "__path__", None) or [])  # a namespace package: no __init__.py, no __file__
+    return Path(paths[0]).resolve() if len(paths) == 1 else None
+
+
+def _modules_beside(directory: Path, names: set[str]) -> list[str]:
+    """Those of `names` (top-level modules) that live in `directory` (DIR/NAME.py or the package DIR/NAME/), sorted:
+    what a file plugin there imports from beside it (a virtual environment or a source tree below it is not)."""
+    found = []
+    for name in names:
+        where = _location(name)
+        if where is not None and where.parent == directory and where.name in (name, name + ".py"):
             found.append(name)
     return sorted(found)
 
@@ -117,15 +137,13 @@ def _modules_beside(directory: Path) -> list[str]:
 def _files_of(module_name: str) -> list[tuple[str, Path]]:
     """(name, file) of every .py file of a top-level module or package (named relative to the package; hidden files
     such as editor lock files .#x.py and anything that is not a readable file left out)."""
-    top = sys.modules.get(module_name)
-    origin = getattr(top, "__file__", None)
-    if not origin or not Path(origin).is_file():
+    where = _location(module_name)
+    if where is None or not where.exists():
         return []
-    origin = Path(origin).resolve()
-    if origin.name != "__init__.py":
-        return [(origin.name, origin)]
-    return [(f.relative_to(origin.parent).as_posix(), f) for f in sorted(origin.parent.rglob("*.py"))
-            if not any(part.startswith(".") for part in f.relative_to(origin.parent).parts) and f.is_file()]
+    if where.is_file():
+        return [(where.name, where)]
+    return [(f.relative_to(where).as_posix(), f) for f in sorted(where.rglob("*.py"))
+            if not any(part.startswith(".") for part in f.relative_to(where).parts) and f.is_file()]
 
 
 def sources(spec: str) -> list[tuple[str, Path]]:
@@ -136,7 +154,7 @@ def sources(spec: str) -> list[tuple[str, Path]]:
     if _is_file_spec(spec) and Path(spec).is_file():
         beside = []
         for module_name in _BESIDE.get(spec, []):
-            package = Path(getattr(sys.modules.get(module_name), "__file__", "") or "").name == "__init__.py"
+            package = (_location(module_name) or Path()).is_dir()
             beside += [(f"{module_name}/{name}" if package else name, f) for name, f in _files_of(module_name)]
         return [(Path(spec).name, Path(spec)), *beside]
     return _files_of(spec.split(".")[0])

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 
-_INDEX_DTYPES = (torch.int64, torch.int32)  # inputs that are indices (token ids for an nn.Embedding), not images
+INDEX_DTYPES = (torch.int64, torch.int32)  # inputs that are indices (token ids for an nn.Embedding), not images
 
 
 def materialize(data: Any, batch_size: int, device: torch.device,
@@ -39,7 +39,7 @@ def materialize(data: Any, batch_size: int, device: torch.device,
         raise ValueError(f"data: labels must be integer class indices, got a {batches[0][1].dtype} tensor: "
                          "pass y.long() if they are whole numbers")
     out = [(xb.to(device), yb.to(device, torch.int64)) for xb, yb in batches]  # [B, C, H, W], [B]
-    if out and not out[0][0].is_floating_point() and out[0][0].dtype not in _INDEX_DTYPES:
+    if out and not out[0][0].is_floating_point() and out[0][0].dtype not in INDEX_DTYPES:
         raise TypeError(f"data: inputs are {out[0][0].dtype}: images must be normalized floating-point tensors (a "
                         "Split's .batches() yields them); token ids for an embedding, int64 (x.long())")
     if not out or sum(int(yb.numel()) for _, yb in out) == 0:

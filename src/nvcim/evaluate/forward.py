@@ -23,7 +23,7 @@ from torch import nn
 
 from nvcim.batchnorm import frozen_bn_statistics, recalibrate_batchnorm_
 from nvcim.core.config import DeviceConfig
-from nvcim.data.batching import input_batches
+from nvcim.data.batching import INDEX_DTYPES, input_batches
 from nvcim.evaluate.batching import batched_forward
 from nvcim.evaluate.sampler import ChipSampler
 from nvcim.layers.noise import (calibrate_adc_, clear_chip_, noisy_parameters, overridden, program_chip_,
@@ -69,9 +69,9 @@ def adc_calibration_source(data: Any, cfg: DeviceConfig, device: torch.device, d
                          "nothing; set adc_clip='calibrated' (with adc_bits) or drop adc_calibration")
     out, left = [], cfg.adc_calibration_images
     for x in input_batches(data, left):
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        if not isinstance(x, torch.Tensor) or not (x.is_floating_point() or x.dtype in INDEX_DTYPES):
             raise TypeError(f"adc_calibration images must be floating-point tensors (normalized like the evaluated "
-                            f"ones), got {getattr(x, 'dtype', type(x).__name__)}")
+                            f"ones; token ids int64), got {getattr(x, 'dtype', type(x).__name__)}")
         if x.shape[0]:
             out.append(x[:left])  # [B', ...]
             left -= int(out[-1].shape[0])
@@ -79,7 +79,8 @@ def adc_calibration_source(data: Any, cfg: DeviceConfig, device: torch.device, d
             break
     if not out:
         raise ValueError("adc_calibration data has no images: give at least one (e.g. the train split)")
-    return [torch.cat(out).to(device=device, dtype=dtype or out[0].dtype)]  # [N, ...]
+    x = torch.cat(out)  # [N, ...]
+    return [x.to(device=device, dtype=dtype if dtype is not None and x.is_floating_point() else x.dtype)]
 
 
 @contextlib.contextmanager
@@ -234,7 +235,8 @@ def count_correct_on_chip(model: nn.Module, batches, weights: Mapping[str, torch
     loop path computes for that chip (`count_correct(model, batches, weights)` replaces the parameters themselves,
     which differs for a parametrized weight or one read outside its layer, `nvcim.evaluate.paths.path_for_reads`)."""
     per = {p.name: {"programmed": weights[p.name],
-                    "cfg": p.control.cfg.replace(read_sigma=0.0, adc_bits=None, input_bits=None)}
+                    "cfg": p.control.cfg.replace(read_sigma=0.0, adc_bits=None, input_bits=None, adc_clip="full_scale",
+                                                 adc_readout="per_sign")}
            for p in noisy_parameters(model)}
     correct = 0
     with torch.no_grad(), overridden(model, per, enabled=True):

@@ -353,7 +353,7 @@ def monte_carlo_evaluate(
           write_verify_scope(model, write_verify)):
         classes = _output_classes(model, batches)  # labels checked before any chip
         _check_coverage_once(model, batches)
-        path, on_chip = path_for_reads(model, batches, path)
+        path, on_chip = path_for_reads(model, batches, path, bool(cfg.sliced_mvm))
         baseline = (_baselines(model, batches, ChipSampler(model, cfg, dev), on_chip) if on_chip else None) \
             if baselines else False
         opts = dict(runs=runs, seed=seed, batch_size=batch_size, chunk_runs=chunk_runs, progress=progress,
@@ -436,7 +436,7 @@ def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Ite
           write_verify_scope(model, opts["write_verify"])):
         classes = _output_classes(model, batches)  # labels checked before any chip
         _check_coverage_once(model, batches)
-        path, on_chip = path_for_reads(model, batches, path)
+        path, on_chip = path_for_reads(model, batches, path, bool(cfg.sliced_mvm))
         baseline = _baselines(model, batches, ChipSampler(model, cfg, dev), on_chip) if opts["baselines"] else False
         for s in sigmas:
             res = partial.get(key(s)) if partial is not None else None

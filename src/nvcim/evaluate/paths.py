@@ -76,25 +76,26 @@ def check_stacked(model, sampler: ChipSampler, batches) -> None:
         raise ValueError(f"path='stacked' cannot evaluate this model ({problem}): use path='chunked' or 'auto'")
 
 
-def path_for_reads(model: nn.Module, batches, path: str) -> tuple[str, bool]:
+def path_for_reads(model: nn.Module, batches, path: str, sliced: bool = False) -> tuple[str, bool]:
     """(the path to take, whether the quantized baseline must be computed on the chip as the loop path does).
 
     The chunked and stacked paths (and the baselines) put a chip's tensors in place of the parameters themselves;
-    the loop path programs the layers, whose own forwards alone compute with the chip. The two differ for a
-    parametrized weight (torch.nn.utils.parametrize: the parametrization would be applied again to the chip's tensor,
-    or the parameter is not there to replace) and for a weight the model also reads outside its layer
-    (`read_outside_layer`: that use sees the exact weight on a chip). Such models run on the loop path ("auto"), or a
-    ValueError names them ("chunked", "stacked"); a read outside the layer is also said in a warning."""
-    from torch.nn.utils import parametrize
-
-    parametrized = [p.name for p in noisy_parameters(model) if parametrize.is_parametrized(p.module, p.attr)]
+    the loop path programs the layers, whose own forwards alone compute with the chip. The two differ for a weight
+    that is not a parameter but computed from one (torch.nn.utils.parametrize, or a forward pre-hook: pruning,
+    the older nn.utils.weight_norm / spectral_norm: the computation would be applied again to the chip's tensor, or
+    would put the clean weight back) and for a weight the model also reads outside its layer (`read_outside_layer`:
+    that use sees the exact weight on a chip). Such models run on the loop path ("auto"), or a ValueError names them
+    ("chunked", "stacked"; not with `sliced`, the ADC simulation, which runs on the loop path anyway); a read outside
+    the layer is also said in a warning."""
+    computed = [p.name for p in noisy_parameters(model) if not isinstance(getattr(p.module, p.attr), nn.Parameter)]
     with torch.no_grad():
         outside = read_outside_layer(model, batches[0][0][:CHECK_IMAGES])
-    if not parametrized and not outside:
+    if not computed and not outside:
         return path, False
     what = "; ".join(f"{kind} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}" for kind, names in
-                     (("parametrized", parametrized), ("read outside its layer", outside)) if names)
-    if path in ("chunked", "stacked"):
+                     (("computed from a parameter (parametrization, pruning, ...)", computed),
+                      ("read outside its layer", outside)) if names)
+    if path in ("chunked", "stacked") and not sliced:
         raise ValueError(f"path={path!r} cannot evaluate this model's noisy tensors ({what}): it would replace the "
                          "parameters themselves; use path='loop' or 'auto'")
     if outside:

@@ -89,7 +89,7 @@ def _seeded_forward(model: nn.Module, inputs: tuple, seed: int, buffers: dict, w
 
 
 def read_outside_layer(model: nn.Module, *inputs: Any, seed: int = 0) -> list[str]:
-    """The noisy tensors (not parametrized ones) that `model(*inputs)` also reads outside their layer's own forward:
+    """The noisy tensors (parameters, not weights computed from one) that `model(*inputs)` also reads outside their layer's own forward:
     a direct use of `layer.weight` elsewhere (e.g. a transposed reuse, `F.linear(h, self.fc.weight.t())`).
 
     Found with the layers' chips set to the clean weights and each such tensor's attribute alone replaced by W ± s:
@@ -97,9 +97,7 @@ def read_outside_layer(model: nn.Module, *inputs: Any, seed: int = 0) -> list[st
     loop path: the other use sees the exact weight); a path that swaps the parameter itself (nvcim.evaluate's chunked
     and stacked paths) would give that use the chip's weight too, so Monte Carlo scores such models on the loop path.
     Two forwards when none is found, one more per tensor otherwise; state restored as `check_coverage` does."""
-    from torch.nn.utils import parametrize
-
-    params = [p for p in noisy_parameters(model) if not parametrize.is_parametrized(p.module, p.attr)]
+    params = [p for p in noisy_parameters(model) if isinstance(getattr(p.module, p.attr), nn.Parameter)]
     if not params:
         return []
     buffers = {k: b.detach().clone() for k, b in model.named_buffers()}

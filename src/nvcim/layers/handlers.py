@@ -27,7 +27,6 @@ module reads or writes it.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import types
 import warnings
 import weakref
@@ -154,28 +153,29 @@ def fastpath_disabled() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(before)
 
 
-_WARNED_PADDING: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # containers warned about padding masks
+_WARNED_PADDING: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # encoders warned about padding masks
 
 
 def _unfused_forward(self: nn.Module, *args, **kwargs):
-    if self not in _WARNED_PADDING and _has_padding_mask(self, args, kwargs):
+    if self not in _WARNED_PADDING and _pads_nested(self, args, kwargs):
         _WARNED_PADDING.add(self)
-        warnings.warn(f"nvcim: {type(self).__name__} runs its reference path while variation is applied (its fused "
-                      "fast path would read the clean weights); with a key padding mask, PyTorch's fast path outputs 0 "
-                      "at padded positions and the reference path real values, so a model that uses those outputs "
-                      "(e.g. a mean over every position) scores differently here, clean accuracy included: pool over "
-                      "the unpadded positions only", stacklevel=3)
+        warnings.warn("nvcim: a TransformerEncoder runs its reference path while variation is applied (its fused "
+                      "fast path would read the clean weights); with a src_key_padding_mask, PyTorch's nested-tensor "
+                      "fast path outputs 0 at padded positions and the reference path real values, so a model that "
+                      "uses those outputs (e.g. a mean over every position) scores differently here, clean accuracy "
+                      "included: pool over the unpadded positions only", stacklevel=3)
     with fastpath_disabled():
         return type(self).forward(self, *args, **kwargs)
 
 
-def _has_padding_mask(module: nn.Module, args: tuple, kwargs: dict) -> bool:
-    """Whether a fused container's call passes a key padding mask (src_, tgt_ or memory_key_padding_mask)."""
-    try:
-        bound = inspect.signature(type(module).forward).bind(module, *args, **kwargs).arguments
-    except TypeError:  # torch will raise its own error for the call
+def _pads_nested(module: nn.Module, args: tuple, kwargs: dict) -> bool:
+    """Whether this call would take PyTorch's nested-tensor path, whose padded outputs are 0: a TransformerEncoder with
+    nested tensors on, in eval mode, given a src_key_padding_mask (its third argument)."""
+    if not isinstance(module, nn.TransformerEncoder) or module.training or not getattr(module, "use_nested_tensor",
+                                                                                        False):
         return False
-    return any(name.endswith("key_padding_mask") and value is not None for name, value in bound.items())
+    mask = kwargs.get("src_key_padding_mask", args[2] if len(args) > 2 else None)
+    return mask is not None
 
 
 def disable_fused_paths(model: nn.Module) -> None:

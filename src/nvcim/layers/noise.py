@@ -235,7 +235,7 @@ def apply_variation_(
             handlers.attach(module, attr, NoisyWeight(cfg, generator))
     for module in model.modules():  # an attention block reads its out_proj's weight itself
         if isinstance(module, nn.MultiheadAttention) and handlers.controls(module.out_proj) \
-                and not handlers.is_routed(module):
+                and not handlers.is_routed(module) and handlers.handler_for(module) is not None:
             handlers.route_through(module)
     handlers.disable_fused_paths(model)
     return model
