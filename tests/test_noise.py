@@ -262,7 +262,7 @@ def test_layers_nvcim_cannot_vary_are_named_not_silently_exact():
             self.emb, self.rnn, self.h = nn.Embedding(10, 4), nn.LSTM(4, 4), nn.Linear(4, 2)
 
     tagger = Tagger()
-    with pytest.warns(UserWarning, match=r"1 layer\(s\) nvcim cannot vary stay exact: rnn \(LSTM\)"):
+    with pytest.warns(UserWarning, match=r"1 layer\(s\) nvcim cannot vary stay exact: rnn \(LSTM, 128 weights\), so only 8 of 136 matrix weights"):
         nvcim.apply_variation_(tagger, DeviceConfig(sigma=0.1))
     import warnings
     with warnings.catch_warnings():
@@ -296,7 +296,7 @@ def test_a_subclass_with_its_own_forward_keeps_it_and_is_named_as_exact_not_sile
     x = torch.randn(8, 6)
     with torch.no_grad():
         lora_out = model[0](x)  # [8, 5] its own forward, before nvcim
-    with pytest.warns(UserWarning, match=r"stay exact: 0 \(_LoRALinear: a Linear with its own forward\)"):
+    with pytest.warns(UserWarning, match=r"stay exact: 0 \(_LoRALinear: a Linear with its own forward, 52 weights\)"):
         nvcim.apply_variation_(model, DeviceConfig(sigma=0.2))
     assert [n for n, _ in nvcim.layers.noise.selected_layers(model)] == ["2"]  # the subclass without a forward
     nvcim.program_chip_(model, seed=0)

@@ -27,16 +27,26 @@ def _key(module_name: str, attr: str) -> str:
     return f"{module_name}.{attr}" if module_name else attr
 
 
-def exact_products(model: nn.Module) -> list[str]:
-    """"name (Type)" of the layers a chip would compute as crossbar products that nvcim leaves exact."""
+def _matrix_weights(module: nn.Module) -> int:
+    """Weights of a module's matrices (its parameters of two or more dimensions), its submodules' included."""
+    return sum(p.numel() for p in module.parameters() if p.dim() >= 2)
+
+
+def _exact_modules(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """(name, module, why) of the layers a chip would compute as crossbar products that nvcim leaves exact."""
     out = []
     for n, m in model.named_modules():
         base = handlers.own_forward_subclass(m)
         if base is not None and not handlers.is_digital(m):
-            out.append(f"{n or type(model).__name__} ({type(m).__name__}: a {base} with its own forward)")
+            out.append((n or type(model).__name__, m, f"{type(m).__name__}: a {base} with its own forward"))
         elif isinstance(m, UNSUPPORTED_MVM) and handlers.handler_for(m) is None:
-            out.append(f"{n or type(model).__name__} ({type(m).__name__})")
+            out.append((n or type(model).__name__, m, type(m).__name__))
     return out
+
+
+def exact_products(model: nn.Module) -> list[str]:
+    """"name (Type, N weights)" of the layers a chip would compute as crossbar products that nvcim leaves exact."""
+    return [f"{n} ({why}, {_matrix_weights(m):,} weights)" for n, m, why in _exact_modules(model)]
 
 
 def shared_tensors(model: nn.Module, chosen: Sequence[tuple[str, nn.Module]]) -> list[str]:
@@ -54,8 +64,13 @@ def warn_exact_and_shared(model: nn.Module, chosen: Sequence[tuple[str, nn.Modul
     exact = exact_products(model)
     if exact and model not in _WARNED_EXACT:
         _WARNED_EXACT.add(model)
+        varied = {id(t): t.numel() for t in (getattr(m, a) for _, m in chosen for a in handlers.handler_for(m).attrs(m))}
+        left = {id(p): p.numel() for _, m, _ in _exact_modules(model) for p in m.parameters()
+                if p.dim() >= 2 and id(p) not in varied}  # an attention block's varied out_proj is not left exact
+        varied, left = sum(varied.values()), sum(left.values())
         warnings.warn(f"apply_variation_: {len(exact)} layer(s) nvcim cannot vary stay exact: "
-                      f"{', '.join(exact[:5])}{', ...' if len(exact) > 5 else ''} (supported: Linear, Conv, "
+                      f"{', '.join(exact[:5])}{', ...' if len(exact) > 5 else ''}, so only {varied:,} of "
+                      f"{varied + left:,} matrix weights get device variation (supported: Linear, Conv, "
                       "MultiheadAttention and their subclasses that keep their forward; "
                       "nvcim.layers.register_layer adds a type)", stacklevel=3)
     shared = shared_tensors(model, chosen)
