@@ -6,6 +6,7 @@ changed since training, a data set that does not fit the model."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -125,10 +126,35 @@ def load_for_eval(ckpt: Path, *, dataset: str | None, data_root: str | None, spl
         seed=int(data_cfg.get("seed", 0) if same else 0),
         limit=limit,
     )
+    splits = _trained_normalization(splits, data_cfg.get("normalization"), dataset, ckpt)
     split = getattr(splits, split_name)
     if len(split) == 0:
         raise ValueError(f"the {split_name} split of {dataset} is empty: use --split test or another dataset")
     return Loaded(model, config, base, dataset, splits, split)
+
+
+def _trained_normalization(splits, recorded, dataset: str, ckpt: Path):
+    """The splits normalized with the per-channel mean / std the checkpoint was trained with (its config.json
+    data.normalization), when the data set's own differ (an npz file's come from its x_train): the model expects its
+    inputs scaled as in training. Said on stderr; the splits themselves when nothing is recorded or they agree."""
+    if not isinstance(recorded, dict):
+        return splits
+    try:
+        mean, std = tuple(float(v) for v in recorded["mean"]), tuple(float(v) for v in recorded["std"])
+    except (KeyError, TypeError, ValueError):
+        return splits
+    info = splits.info
+    if len(mean) != len(info.mean) or len(std) != len(info.std) or not all(v > 0 for v in std):
+        return splits
+    if all(abs(a - b) <= 1e-6 * max(1.0, abs(b)) for a, b in zip(mean + std, info.mean + info.std)):
+        return splits
+    print(f"nvcim eval: note: normalizing {dataset}'s images with checkpoint {ckpt}'s training statistics (mean "
+          f"{', '.join(f'{v:.4g}' for v in mean)}, std {', '.join(f'{v:.4g}' for v in std)}), not this data's own "
+          f"(mean {', '.join(f'{v:.4g}' for v in info.mean)}, std {', '.join(f'{v:.4g}' for v in info.std)})",
+          file=sys.stderr)
+    trained = dataclasses.replace(info, mean=mean, std=std)
+    return dataclasses.replace(splits, info=trained, **{name: dataclasses.replace(getattr(splits, name), info=trained)
+                                                         for name in ("train", "val", "test")})
 
 
 def resume_pieces(args, ckpts: list[Path], **settings):
