@@ -342,6 +342,9 @@ def read_checkpoint_config(path) -> dict:
         raise CheckpointError(f"checkpoint {path} is not a directory: pass the checkpoint directory")
     file = path / CONFIG_FILE
     if not file.is_file():
+        if not (path / WEIGHTS_FILE).is_file():  # neither file: another directory, not a damaged checkpoint
+            raise CheckpointError(f"{path} is not an nvcim checkpoint (no {CONFIG_FILE} or {WEIGHTS_FILE}): give a "
+                                  "directory written by nvcim train (--out) or nvcim import")
         raise CheckpointError(f"checkpoint {path} has no {CONFIG_FILE}: the checkpoint is incomplete, save it again")
     try:
         config = json.loads(file.read_text(encoding="utf-8"))
@@ -395,6 +398,9 @@ def load_checkpoint(path, map_location="cpu") -> tuple[nn.Module, dict]:
             expected = create_model(**spec).state_dict()
     except (ValueError, TypeError) as exc:
         hint = missing_hint(config.get("plugins"))
+        if not hint and "unknown model" in str(exc):  # registered by a plain import when it was saved
+            hint = ("; a model of your own: pass --plugin FILE.py (or set NVCIM_PLUGINS; in Python, load it with "
+                    "nvcim.plugins.load_plugin so that checkpoints name it)")
         fix = hint if hint else ": fix config.json"
         raise CheckpointError(f"checkpoint {path}: model spec {spec} cannot be built ({exc}){fix}") from None
     problem = _mismatch(expected, state)

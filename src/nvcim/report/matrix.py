@@ -269,7 +269,8 @@ def matrix_arms_table(rows: list[dict], title: str) -> Table | None:
 
     body = [[dm, *[text(dm, a) for a in arms]] for dm in devices]
     n = sorted({r["n"] for r in rows})
-    note = f"mean accuracy % over {'/'.join(map(str, n))} seeds ± std over seeds, each seed's model on the same chips"
+    note = (f"mean accuracy % over {'/'.join(map(str, n))} seeds ± std over seeds, each seed's model on the same chips"
+            if n != [1] else "mean accuracy % over the chips of one model (one seed: no std over seeds)")
     if mixed:
         note += ("; (σ …): the σ a row's arms were evaluated at differ (each checkpoint's training σ), so their "
                  "accuracies are not comparable: give --sigma for one σ")

@@ -237,6 +237,11 @@ def stale_cells(out_dir, done: Sequence[Cell]) -> list[tuple[Cell, list[str]]]:
     return stale
 
 
+def _duration(seconds: float) -> str:
+    """A wall time as "42 s", "17 min" or "2.3 h"."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 def _log_line(n: int, total: int, s: Mapping) -> str:
     if s["status"] == "ok":
         name = s.get("searched") or "beta"  # the chosen value of the method's searched hyper-parameter
@@ -280,7 +285,8 @@ def run_sweep(spec: SweepSpec, out_dir, *, backend: str = "local", workers: int 
         damaged = [(c.id, problem) for c in todo if (problem := result_problem(out, c.id))]
         summary = SweepSummary(total=len(cells), done_before=len(done), failed_before=[c.id for c in failed_before])
         bar = tqdm(total=len(cells), initial=len(done) + len(failed_before), unit="cell", desc=spec.name,
-                   file=sys.stderr, disable=not progress, dynamic_ncols=True)
+                   file=sys.stderr, disable=not progress or not sys.stderr.isatty(), dynamic_ncols=True)  # a log
+        # file gets the per-cell lines (with an ETA), not the bar's carriage returns
         say = (lambda m: tqdm.write(m, file=sys.stderr)) if progress else (lambda m: None)
         warn = warn or _api_warn  # quiet or not
         if failed_before:
@@ -293,7 +299,9 @@ def run_sweep(spec: SweepSpec, out_dir, *, backend: str = "local", workers: int 
             counter[0] += 1
             (summary.ok if s["status"] == "ok" else summary.failed).append(s["id"])
             bar.update(1)
-            say(_log_line(counter[0], len(cells), s))
+            ran, left = counter[0] - summary.done_before - len(failed_before), len(cells) - counter[0]
+            eta = f", ETA {_duration((time.perf_counter() - t0) / ran * left)}" if left and ran else ""
+            say(f"{_log_line(counter[0], len(cells), s)}{eta}")
             for line in s.get("warnings") or ():
                 warn(line)
 

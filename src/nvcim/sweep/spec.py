@@ -12,6 +12,7 @@ spec that validates has a TrainConfig for every cell and models that fit their d
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -125,6 +126,16 @@ def _method_params_ok(method: str, params: Mapping, where: str) -> None:
         raise ValueError(f"sweep spec {where}: {str(exc).splitlines()[0]}") from None
 
 
+def _guess_hint(keys, allowed, prefix: str = "") -> str:
+    """" ('train.epoch': did you mean 'train.epochs'?)" for each unknown key with a close allowed one."""
+    hints = []
+    for k in keys:
+        close = difflib.get_close_matches(str(k), [str(a) for a in allowed], n=1, cutoff=0.75)
+        if close:
+            hints.append(f" ({prefix + str(k)!r}: did you mean {prefix + close[0]!r}?)")
+    return "".join(hints)
+
+
 def _top_level_hint(keys) -> str:
     """For unknown keys of a table that are top-level spec keys (TOML puts every key after a [table] header into
     that table): where to move them."""
@@ -141,7 +152,8 @@ def _table_with_defaults(raw: Mapping, name: str, defaults: Mapping, where: str)
         raise _err(where, name, table, "a table")
     unknown = sorted(set(table) - set(defaults))
     if unknown:
-        raise ValueError(f"sweep spec {where}: unknown key(s) {[f'{name}.{k}' for k in unknown]}: allowed are "
+        raise ValueError(f"sweep spec {where}: unknown key(s) {[f'{name}.{k}' for k in unknown]}"
+                         f"{_guess_hint(unknown, defaults, name + '.')}: allowed are "
                          f"{[f'{name}.{k}' for k in defaults]}{_top_level_hint(unknown)}")
     return {**defaults, **table}
 
@@ -212,7 +224,8 @@ def validate_spec(raw: Mapping, where: str = "<spec>", base_dir=None) -> SweepSp
     raw = _nulls_dropped(raw)
     unknown = sorted(set(raw) - set(SPEC_KEYS))
     if unknown:
-        raise ValueError(f"sweep spec {where}: unknown key(s) {unknown}: allowed keys are {list(SPEC_KEYS)}")
+        raise ValueError(f"sweep spec {where}: unknown key(s) {unknown}{_guess_hint(unknown, SPEC_KEYS)}: allowed "
+                         f"keys are {list(SPEC_KEYS)}")
     for key in ("models", "datasets", "sigmas", "seeds"):
         if key not in raw:
             raise ValueError(f"sweep spec {where}: key {key!r} is missing: it is required")
@@ -268,8 +281,10 @@ def validate_spec(raw: Mapping, where: str = "<spec>", base_dir=None) -> SweepSp
                          "use models/width/datasets/methods/sigmas/seeds/variants/[resources] instead")
     unknown = sorted(set(tr) - set(FIELDS))
     if unknown:
-        raise ValueError(f"sweep spec {where}: unknown key(s) {['train.' + k for k in unknown]}: allowed are "
-                         f"{['train.' + f for f in FIELDS if f not in SWEEP_SET]}{_top_level_hint(unknown)}")
+        allowed = [f for f in FIELDS if f not in SWEEP_SET]
+        raise ValueError(f"sweep spec {where}: unknown key(s) {['train.' + k for k in unknown]}"
+                         f"{_guess_hint(unknown, allowed, 'train.')}: allowed are "
+                         f"{['train.' + f for f in allowed]}{_top_level_hint(unknown)}")
     if isinstance(tr.get("device_config"), Mapping) and "sigma" in tr["device_config"]:  # each cell's σ replaced it
         raise ValueError(f"sweep spec {where}: key 'train.device_config.sigma' is set by the sweep per cell from "
                          "'sigmas': drop it")

@@ -140,12 +140,14 @@ class TrainConfig:
             return ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: use {allowed}")
 
         if not isinstance(self.model, str) or self.model not in list_models():
-            raise bad("model", f"one of {list_models()}")
+            raise bad("model", f"one of {list_models()} (a model of your own: pass --plugin FILE.py, or set "
+                               "NVCIM_PLUGINS)")
         if not _is_number(self.width) or self.width <= 0:
             raise bad("width", "a finite number > 0")
         object.__setattr__(self, "width", float(self.width))
         if not isinstance(self.dataset, str) or not (self.dataset in DATASETS or is_npz_name(self.dataset)):
-            raise bad("dataset", f"one of {list(DATASETS)} or npz:PATH.npz (your arrays)")
+            raise bad("dataset", f"one of {list(DATASETS)} or npz:PATH.npz (your arrays; a registered data set of "
+                                 "your own: pass --plugin FILE.py)")
         if self.data_root is not None:
             if not isinstance(self.data_root, (str, Path)):
                 raise bad("data_root", "a directory path or None")
