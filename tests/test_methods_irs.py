@@ -152,3 +152,54 @@ def test_cli_refuses_irs_on_a_model_without_stages_in_one_line(tmp_path, capsys)
         MODELS.unregister("flat_test")
     assert rc == 2 and "names no stages" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_heads_read_conv1d_maps_and_flat_features_as_the_hand_computation():
+    # every model with named stages: an MLP's [B, F] and a Conv1d's [B, C, L] stage outputs were refused
+    # ("irs reads [B, C, H, W] feature maps ... name convolutional stages")
+    class Rows(nn.Module):  # a Conv1d over image rows, then an MLP
+        stages = ("conv", "fc1", "fc2")
+
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc1, self.fc2 = nn.Conv1d(4, 3, 3, padding=1), nn.Linear(12, 5), nn.Linear(5, 3)
+
+        def forward(self, x):  # x [B, 1, 4, 4]
+            h = torch.relu(self.conv(x.flatten(1, 2)))  # [B, 3, 4]
+            return self.fc2(torch.relu(self.fc1(h.flatten(1))))  # [B, 3]
+
+    torch.manual_seed(0)
+    model = Rows().double()
+    model.nvcim_spec = {"in_channels": 1, "image_size": 4}
+    task = create_task("irs", model, EXACT, beta=0.3)
+    x = torch.randn(5, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2, 0, 1])
+    loss, total = task(x, y)
+    f1 = model.conv(x.flatten(1, 2))  # [5, 3, 4]: the stage's output, before the ReLU
+    f2 = model.fc1(torch.relu(f1).flatten(1))  # [5, 5]
+    assert task.heads[0][0].output_size == 4 and task.heads[0][2].in_features == 12  # pooled to min(4, 2048 / 3)
+    assert isinstance(task.heads[1][0], nn.Identity) and task.heads[1][2].in_features == 5
+    outs = [head[4](torch.relu(head[2](f.flatten(1)))) for head, f in zip(task.heads, (f1, f2))]
+    expected = (model(x) - 0.3 * (outs[0] + 0.1 * outs[1])) / 3
+    assert torch.allclose(total, expected, atol=1e-12)
+    assert torch.allclose(loss, F.cross_entropy(expected, y), atol=1e-12)
+
+
+def test_a_stage_returning_a_tuple_or_never_running_is_refused_in_one_line():
+    class Attn(nn.Module):
+        def __init__(self, stages):
+            super().__init__()
+            self.stages = stages
+            self.attn, self.fc, self.spare = nn.MultiheadAttention(4, 1, batch_first=True), nn.Linear(16, 3), nn.Linear(1, 1)
+
+        def forward(self, x):  # [B, 1, 4, 4]
+            h = x.squeeze(1)  # [B, 4, 4]
+            return self.fc(self.attn(h, h, h)[0].flatten(1))
+
+    for stages, match in ((("attn", "fc"), "stage 'attn' returns a tuple"),
+                          (("spare", "attn", "fc"), r"stages \['spare'\] did not run")):
+        model = Attn(stages)
+        model.nvcim_spec = {"in_channels": 1, "image_size": 4}
+        with pytest.raises(ValueError, match=match) as e:  # ValueError: the CLI's one line, exit 2
+            create_task("irs", model, DeviceConfig(sigma=0.3))
+        assert "\n" not in str(e.value)

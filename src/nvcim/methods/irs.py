@@ -1,7 +1,8 @@
 """irs: Intermediate Representation Snapshot, the authors' sibling negative-feedback method (SPEC §7).
 
 Auxiliary heads read the backbone's intermediate feature maps (the backbone continues from them
-unchanged); each head is adaptive avg-pool -> flatten -> FC -> 512 -> ReLU -> FC -> classes,
+unchanged; [B, C, H, W], or [B, C, L] / [B, F] for other models); each head is adaptive avg-pool -> flatten -> FC ->
+512 -> ReLU -> FC -> classes,
 Kaiming-normal, its own weights noisy at `block_sigma` (default: the training σ). With N heads,
 shallowest first,
 
@@ -59,11 +60,19 @@ def head_pool(channels: int, height: int, width: int) -> tuple[int, int]:
     return min(p, height), min(p, width)
 
 
-def make_head(channels: int, height: int, width: int, classes: int) -> nn.Sequential:
-    """avg-pool to head_pool(...) -> flatten -> FC -> 512 -> ReLU -> FC -> classes, Kaiming-normal."""
-    ph, pw = head_pool(channels, height, width)
-    head = nn.Sequential(nn.AdaptiveAvgPool2d((ph, pw)), nn.Flatten(), nn.Linear(channels * ph * pw, HEAD_HIDDEN),
-                         nn.ReLU(), nn.Linear(HEAD_HIDDEN, classes))
+def make_head(shape: tuple[int, ...], classes: int) -> nn.Sequential:
+    """avg-pool -> flatten -> FC -> 512 -> ReLU -> FC -> classes, Kaiming-normal, for a stage output of `shape`
+    (without the batch axis): [C, H, W] pooled to head_pool(...); [C, L] (a Conv1d map, or a sequence's
+    [L, E]) pooled along its last axis to ~2048 / C; [F] read as it is."""
+    if len(shape) == 3:
+        ph, pw = head_pool(*shape)
+        pool, features = nn.AdaptiveAvgPool2d((ph, pw)), shape[0] * ph * pw
+    elif len(shape) == 2:
+        p = min(shape[1], max(1, round(HEAD_FEATURES / shape[0])))
+        pool, features = nn.AdaptiveAvgPool1d(p), shape[0] * p
+    else:
+        pool, features = nn.Identity(), shape[0]
+    head = nn.Sequential(pool, nn.Flatten(), nn.Linear(features, HEAD_HIDDEN), nn.ReLU(), nn.Linear(HEAD_HIDDEN, classes))
     return init_weights_(head)
 
 
@@ -91,13 +100,14 @@ class IRSTask(TrainingTask):
         self.stages = head_stages(model)
         shapes, classes = self._probe()
         first = next(model.parameters())
-        self.heads = nn.ModuleList(make_head(c, h, w, classes) for c, h, w in shapes).to(first.device, first.dtype)
+        self.heads = nn.ModuleList(make_head(shape, classes) for shape in shapes).to(first.device, first.dtype)
         self._apply_variation()
         block = method_cfg.block_sigma
         apply_variation_(self.heads, device_cfg if block is None else device_cfg.replace(sigma=block))
 
-    def _probe(self) -> tuple[list[tuple[int, int, int]], int]:
-        """[C, H, W] of each read stage's output and the number of classes, from one clean eval-mode forward."""
+    def _probe(self) -> tuple[list[tuple[int, ...]], int]:
+        """The shape of each read stage's output without the batch axis ([C, H, W], [C, L] or [F]) and the number of
+        classes, from one clean eval-mode forward."""
         spec = getattr(self.model, "nvcim_spec", None) or {}
         if not all(isinstance(spec.get(k), int) for k in ("in_channels", "image_size")):
             raise ValueError("irs sizes its heads with one probe forward and needs the model's input shape: build "
@@ -115,9 +125,12 @@ class IRSTask(TrainingTask):
                 m.training = t
         shapes = []
         for (name, _), f in zip(self.stages, feats):
-            if f.dim() != 4:
-                raise ValueError(f"irs reads [B, C, H, W] feature maps, but stage {name!r} gives shape "
-                                 f"{list(f.shape)}: name convolutional stages")
+            if not isinstance(f, torch.Tensor):
+                raise ValueError(f"irs reads each stage's output, but stage {name!r} returns a "
+                                 f"{type(f).__name__}, not one tensor: name stages whose output is a tensor")
+            if not 2 <= f.dim() <= 4:
+                raise ValueError(f"irs reads [B, C, H, W], [B, C, L] or [B, F] stage outputs, but stage {name!r} gives "
+                                 f"shape {list(f.shape)}: name other stages")
             shapes.append(tuple(f.shape[1:]))
         return shapes, out.shape[1]
 
@@ -133,7 +146,7 @@ class IRSTask(TrainingTask):
                 h.remove()
         missing = [name for i, (name, _) in enumerate(self.stages) if i not in seen]
         if missing:
-            raise RuntimeError(f"irs: stages {missing} did not run in the model's forward: fix the model's `stages`")
+            raise ValueError(f"irs: stages {missing} did not run in the model's forward: fix the model's `stages`")
         return [seen[i] for i in range(len(self.stages))], out
 
     def forward(self, x, y):
@@ -141,7 +154,7 @@ class IRSTask(TrainingTask):
         if beta == 0:
             out = self.model(x) / (len(self.heads) + 1)
             return F.cross_entropy(out, y), out
-        feats, backbone = self._forward_reading(x)  # feats[n]: [B, C_n, H_n, W_n]
+        feats, backbone = self._forward_reading(x)  # feats[n]: [B, C_n, H_n, W_n] (or [B, C_n, L_n], [B, F_n])
         total = irs_combine(backbone, [head(f) for head, f in zip(self.heads, feats)], beta)  # [B, classes]
         return F.cross_entropy(total, y), total
 
