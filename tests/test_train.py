@@ -581,3 +581,12 @@ def test_epoch_lines_give_the_remaining_time(capsys):
     train(tiny_cfg(epochs=2, progress=True))
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("epoch ")]
     assert len(lines) == 2 and "(ETA " in lines[0] and "ETA" not in lines[1]
+
+
+def test_a_variation_option_list_is_given_as_comma_separated_values_like_other_list_flags():
+    # multipliers=1,2,2,1 was refused ("use one finite number >= 0 per device level"): only [1,2,2,1] worked
+    from nvcim.cli.train import _key_value
+
+    assert _key_value("multipliers=1,2,2,1") == ("multipliers", [1, 2, 2, 1])
+    assert _key_value("multipliers=[1, 2, 2, 1]") == ("multipliers", [1, 2, 2, 1])
+    assert _key_value("threshold=0.5") == ("threshold", 0.5) and _key_value("name=a,b") == ("name", "a,b")

@@ -61,7 +61,8 @@ def _one_line_error(parser: argparse.ArgumentParser):
 
 
 def _key_value(text: str) -> tuple[str, Any]:
-    """KEY=VALUE with VALUE read as JSON when it parses (numbers, true/false, lists), else as a string."""
+    """KEY=VALUE with VALUE read as JSON when it parses (numbers, true/false, lists), else as a comma-separated list of
+    JSON values (1,2,2,1) when it is one, else as a string."""
     import json
 
     key, sep, value = text.partition("=")
@@ -70,7 +71,13 @@ def _key_value(text: str) -> tuple[str, Any]:
     try:
         return key.strip(), json.loads(value)
     except ValueError:
-        return key.strip(), value
+        pass
+    if "," in value:  # a comma-separated list of numbers, as --sigmas takes them: multipliers=1,2,2,1
+        try:
+            return key.strip(), [json.loads(v) for v in value.split(",")]
+        except ValueError:
+            pass
+    return key.strip(), value
 
 
 _OPTION_TYPES = {"float": float, "int": int, "str": str, "floats": _floats}
@@ -166,7 +173,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--variation", metavar="KIND",
                    help=f"variation kind of the device trained for: {', '.join(VARIATIONS.names())} (default: gaussian)")
     g.add_argument("--variation-option", dest="variation_option", action="append", type=_key_value, metavar="KEY=VALUE",
-                   help="an option of the variation kind, e.g. threshold=1.0 (repeatable)")
+                   help="an option of the variation kind, e.g. threshold=1.0 or multipliers=1,2,2,1 (repeatable)")
     g.add_argument("--sampling", metavar="PATH", help="auto, fast (one draw per weight; Gaussian only) or device "
                                                      "(one draw per device) (default: auto)")
     g.add_argument("--quantize", action=argparse.BooleanOptionalAction,
