@@ -16,7 +16,9 @@ It runs in the model's current mode (train / eval, grad / no_grad), restores eve
 statistics) and draws dropout masks from one seed for every forward, so only the chip differs. Read noise
 (DeviceConfig.read_sigma) is off during the check: it moves no tensor's reach, and would cost one draw of
 every noisy tensor per forward.
-`monte_carlo_evaluate` runs it once, in eval mode under no_grad, on the first few images.
+`monte_carlo_evaluate` runs it once, in eval mode under no_grad, on the first few images, and
+`read_outside_layer` (noisy tensors the model also reads around their layer's forward, which only the loop path
+evaluates as a chip computes them; nvcim.evaluate.paths).
 """
 
 from __future__ import annotations
@@ -89,8 +91,9 @@ def _seeded_forward(model: nn.Module, inputs: tuple, seed: int, buffers: dict, w
 
 
 def read_outside_layer(model: nn.Module, *inputs: Any, seed: int = 0) -> list[str]:
-    """The noisy tensors (parameters, not weights computed from one) that `model(*inputs)` also reads outside their layer's own forward:
-    a direct use of `layer.weight` elsewhere (e.g. a transposed reuse, `F.linear(h, self.fc.weight.t())`).
+    """The noisy tensors (parameters, not weights computed from one) that `model(*inputs)` also reads outside their
+    layer's own forward: a direct use of `layer.weight` elsewhere (e.g. a transposed reuse,
+    `F.linear(h, self.fc.weight.t())`).
 
     Found with the layers' chips set to the clean weights and each such tensor's attribute alone replaced by W ± s:
     an output that moves was read around the chip. On a chip only the layer's own product runs on the crossbar (the
