@@ -144,14 +144,20 @@ def test_cli_refuses_irs_on_a_model_without_stages_in_one_line(tmp_path, capsys)
     def flat(num_classes: int = 10, in_channels: int = 1, width: float = 1.0, image_size: int = 32):
         return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, num_classes))
 
+    spec = tmp_path / "spec.toml"  # a sweep refuses it with the spec's checks, not when the cell runs
+    spec.write_text('name = "s"\nmodels = ["flat_test", "tiny"]\ndatasets = ["mnist5k"]\nmethods = ["irs", "vanilla"]\n'
+                    'sigmas = [0.1]\nseeds = [0]\n[train]\nepochs = 1\nlimit = 48\n')
     try:
         out = tmp_path / "run"
         rc, _, err = run_cli(["train", "--model", "flat_test", "--limit", "48", "--epochs", "1", "--method", "irs",
                               "--quiet", "--num-threads", "1", "--out", str(out)], capsys)
+        src, _, serr = run_cli(["sweep", str(spec), "--out", str(tmp_path / "sw"), "--dry-run"], capsys)
     finally:
         MODELS.unregister("flat_test")
     assert rc == 2 and "names no stages" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+    assert src == 2 and "method 'irs' cannot train model 'flat_test'" in serr and "names no stages" in serr
+    assert not (tmp_path / "sw").exists()
 
 
 def test_heads_read_conv1d_maps_and_flat_features_as_the_hand_computation():

@@ -201,6 +201,11 @@ class Method:
         return {"censor"}
 
     @classmethod
+    def check_model(cls, model: nn.Module) -> None:
+        """Raise a one-line ValueError when this method cannot train `model` (built on the meta device: structure
+        only), so that train and sweep refuse it before any data are loaded; nothing to check by default."""
+
+    @classmethod
     def is_paper_recipe(cls, params: Mapping[str, Any]) -> bool:
         """Whether these parameters are the published method (the paper's curves may be drawn beside it)."""
         return params.get("censor") is None

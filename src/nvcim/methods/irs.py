@@ -185,5 +185,10 @@ class IRS(Method):
     config = IRSConfig
     task = IRSTask
     search = "beta"
+
+    @classmethod
+    def check_model(cls, model: nn.Module) -> None:
+        head_stages(model)  # names at least 2 stages (their outputs' shapes need a forward: checked by the task)
+
     search_values = (1e-1, 1e-2, 1e-3, 1e-4)  # the authors' values are among them
     order = 4

@@ -380,14 +380,14 @@ def validate_spec(raw: Mapping, where: str = "<spec>", base_dir=None) -> SweepSp
     cells = expand(typed)  # validates every cell's TrainConfig (one-line error naming the cell)
     if not cells:
         raise ValueError(f"sweep spec {where}: the grid is empty")
-    fits: dict[tuple, tuple] = {}  # (model, data set) -> a cell's TrainConfig, every training and test device
+    fits: dict[tuple, tuple] = {}  # (model, data set, method) -> a cell's TrainConfig, every training and test device
     for c in cells:
         train_cfg = c.train_config(c.betas[0] if c.betas else None)
-        _, devices = fits.setdefault((c.model, c.dataset), (train_cfg, {}))
+        _, devices = fits.setdefault((c.model, c.dataset, c.method), (train_cfg, {}))
         for device in (train_cfg.device_cfg(), c.test_device()):
             devices.setdefault(repr(device), device)
-    for train_cfg, devices in fits.values():  # every model builds for every data set's images and runs every
-        try:                                   # device of its cells, before any data are fetched
+    for train_cfg, devices in fits.values():  # every model builds for every data set's images, suits its methods and
+        try:                                   # runs every device of its cells, before any data are fetched
             check_model_fits_data(train_cfg, list(devices.values()))
         except ValueError as exc:
             raise ValueError(f"sweep spec {where}: {exc}") from None

@@ -15,6 +15,7 @@ from nvcim.io.checkpoint import is_checkpoint_dir, replaceable_problem
 from nvcim.data import dataset_info
 from nvcim.io.files import check_output_path
 from nvcim.layers.noise import SelectionError, check_sliced_layers, keep_digital_, selected_layers
+from nvcim.methods import METHODS
 from nvcim.models import create_model
 from nvcim.train.config import TrainConfig
 
@@ -85,6 +86,10 @@ def check_model_fits_data(cfg: TrainConfig, test_devices: Sequence[DeviceConfig]
             raise ValueError(msg) from None
         raise ValueError(f"model {cfg.model!r} does not fit dataset {cfg.dataset!r} ({info.in_channels} channels, "
                          f"{info.num_classes} classes, {info.image_size}x{info.image_size}): {msg}") from None
+    try:
+        METHODS.get(cfg.method).check_model(model)
+    except ValueError as exc:
+        raise ValueError(f"method {cfg.method!r} cannot train model {cfg.model!r}: {exc}") from None
     lazy = [f"{name!r} ({type(m).__name__})" for name, m in model.named_modules()
             if any(is_lazy(p) for p in m.parameters(recurse=False))]
     if lazy:  # shapes unknown until a forward: checkpoints, device draws and the optimizer need them when built
