@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 import warnings
 
 from nvcim.plugins import ENV_VAR, PluginError, load_plugins, plugin_args
@@ -60,6 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resume_hint(args) -> str:
+    """What an interrupted command kept and how to go on (one clause; empty when it kept nothing)."""
+    out = getattr(args, "out", None)
+    if args.command == "train" and out and Path(f"{out}.train-state").is_dir():
+        return (f"; its state after the last finished epoch is kept in {out}.train-state/: the same command resumes "
+                "from there")
+    if args.command == "sweep":
+        return ("; finished cells are kept, and a cell that was training keeps its last finished epoch: the same "
+                "command resumes")
+    kept = out or getattr(args, "csv", None)
+    if args.command == "eval" and kept and Path(f"{kept}.partial").is_dir():
+        return f"; finished evaluations are kept in {kept}.partial/: the same command evaluates the rest"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:  # before the parser: its choices and method flags come from what the plugins register
@@ -83,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = one_line_warning  # restored on exit
             return int(args.run(args) or 0)
     except KeyboardInterrupt:
-        print("nvcim: interrupted", file=sys.stderr)
+        print(f"nvcim {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
     except (UsageError, ValueError, OSError) as e:  # OSError: FileNotFoundError, PermissionError, FileExistsError, ...
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
