@@ -135,6 +135,9 @@ def test_cli_trains_irs(tmp_path, capsys):
     assert rc == 0, err
     config = json.loads((out / "config.json").read_text())
     assert config["method"] == {"name": "irs", "beta": 0.01, "block_sigma": 0.1}
+    # where the (dropped) heads sat is recorded and printed: tiny's stages are features.3 and features.6
+    assert config["metrics"]["method_facts"]["heads_after"] == ["features.3"]
+    assert "heads after features.3" in stdout
 
 
 def test_cli_refuses_irs_on_a_model_without_stages_in_one_line(tmp_path, capsys):

@@ -329,7 +329,9 @@ def summary_table(result, device_model: str | None = None, num_classes: int | No
                                   f"{m['diverged_at']['epoch']} step {m['diverged_at']['step']}"
                                   if m["diverged_at"] else "")),
         ("model", f"{cfg.model} (width {cfg.width:g}) on {cfg.dataset}"),
-        ("method", f"{cfg.method} {cfg.method_params or ''}".strip()),
+        ("method", f"{cfg.method} {cfg.method_params or ''}".strip()
+                   + "".join(f"; {k.replace('_', ' ')} {', '.join(map(str, v)) if isinstance(v, list) else v}"
+                             for k, v in (m.get("method_facts") or {}).items())),
         ("device model", device_label(device_model, cfg.device_config)),
         ("training σ_d", f"{cfg.sigma:g} (M={cfg.weight_bits}, K={cfg.device_bits}, quantize={cfg.quantize})"),
         ("epochs run / best", f"{len(m['history'])} / {m['best_epoch'] if m['best_epoch'] is not None else '-'}"

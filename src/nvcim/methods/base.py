@@ -123,6 +123,7 @@ class TrainingTask:
         self.method_cfg = method_cfg
         self.finished = False
         self._controllers: list = []  # the noise controllers this task put on the model
+        self.facts: dict = {}  # what the method decided about this model (JSON-safe), recorded in the checkpoint
 
     def _apply_variation(self) -> None:
         apply_variation_(self.model, self.device_cfg)

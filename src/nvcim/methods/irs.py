@@ -101,6 +101,8 @@ class IRSTask(TrainingTask):
         shapes, classes = self._probe()
         first = next(model.parameters())
         self.heads = nn.ModuleList(make_head(shape, classes) for shape in shapes).to(first.device, first.dtype)
+        self.facts = {"heads_after": [name for name, _ in self.stages],
+                      "head_inputs": [head[2].in_features for head in self.heads]}  # dropped with the heads
         self._apply_variation()
         block = method_cfg.block_sigma
         apply_variation_(self.heads, device_cfg if block is None else device_cfg.replace(sigma=block))

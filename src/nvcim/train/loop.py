@@ -415,6 +415,7 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
         "device": str(dev),
         "amp": amp,
         **({"resumed_after_epochs": resumed} if resumed else {}),
+        **({"method_facts": task.facts} if task.facts else {}),  # e.g. where IRS placed its (dropped) heads
     }
     metrics["wall_time_s"] = wall_before + time.perf_counter() - t_start
     checkpoint = None
