@@ -33,7 +33,7 @@ from typing import Iterable
 
 ENV_VAR = "NVCIM_PLUGINS"
 _LOADED: list[str] = []  # plugin specs in load order (files: absolute paths)
-_BESIDE: dict[str, list[str]] = {}  # a file plugin -> the modules beside it imported by the time it was (top-level names)
+_BESIDE: dict[str, list[str]] = {}  # a file plugin -> the modules beside it that it imported (top-level names)
 
 
 class PluginError(ValueError):

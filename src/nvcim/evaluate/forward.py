@@ -226,8 +226,13 @@ def count_correct(model: nn.Module, batches, weights: Mapping[str, torch.Tensor]
                 out = sliced(model, x)  # [B, classes]
             else:
                 out = forward_with(model, weights, x)  # [B, classes]
-            correct += int(((out.argmax(dim=-1) == y) & torch.isfinite(out).all(dim=-1)).sum())
+            correct += _correct(out, y)
     return correct
+
+
+def _correct(out: torch.Tensor, y: torch.Tensor) -> int:
+    """Images of logits out [B, classes] whose argmax is y [B], non-finite rows counted wrong."""
+    return int(((out.argmax(dim=-1) == y) & torch.isfinite(out).all(dim=-1)).sum())
 
 
 def count_correct_on_chip(model: nn.Module, batches, weights: Mapping[str, torch.Tensor]) -> int:
@@ -241,8 +246,7 @@ def count_correct_on_chip(model: nn.Module, batches, weights: Mapping[str, torch
     correct = 0
     with torch.no_grad(), overridden(model, per, enabled=True):
         for x, y in batches:
-            out = sliced(model, x)  # [B, classes]
-            correct += int(((out.argmax(dim=-1) == y) & torch.isfinite(out).all(dim=-1)).sum())
+            correct += _correct(sliced(model, x), y)  # logits [B, classes]
     return correct
 
 

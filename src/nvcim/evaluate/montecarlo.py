@@ -354,8 +354,9 @@ def monte_carlo_evaluate(
         classes = _output_classes(model, batches)  # labels checked before any chip
         _check_coverage_once(model, batches)
         path, on_chip = path_for_reads(model, batches, path, bool(cfg.sliced_mvm))
-        baseline = (_baselines(model, batches, ChipSampler(model, cfg, dev), on_chip) if on_chip else None) \
-            if baselines else False
+        baseline = None if baselines else False  # None: _mc_core measures it (on the chip when on_chip: here)
+        if baselines and on_chip:
+            baseline = _baselines(model, batches, ChipSampler(model, cfg, dev), on_chip=True)
         opts = dict(runs=runs, seed=seed, batch_size=batch_size, chunk_runs=chunk_runs, progress=progress,
                     target_ci=target_ci, max_chips=max_chips, images_per_chip=images_per_chip, pilot_chips=pilot_chips,
                     adc_source=adc_source)
