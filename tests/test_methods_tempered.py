@@ -92,6 +92,8 @@ def test_sweep_and_report_with_the_new_methods(tmp_path):
     assert [label for label, _ in labels] == ["OVF", "tempered noise injection", "IRS", "CorrectNet"]
     search = by["correctnet"]["beta_search"]  # λ chosen by the candidates' chips at σ 0.2, not by clean accuracy
     assert search["sigma"] == 0.2 and len(search["candidates"]) == 4
+    assert search["parameter"] == "ortho_lambda" and by["tempered_noise_injection"]["beta_search"]["parameter"] == \
+        "logit_scale" and by["ovf"]["beta_search"]["parameter"] == "beta"
     assert by["correctnet"]["train_sigma"] == 0.2 and by["correctnet"]["method_params"]["ortho_lambda"] in (
         5e-3, 5e-4, 5e-5, 5e-6)
 

@@ -238,7 +238,10 @@ def _beta_search(cell: Cell, d: Path, splits, dev, notes: list[str]) -> tuple[fl
     if not eligible:
         raise CellDiverged(f"β search: every candidate diverged ({[s['beta'] for s in scores]})")
     best = max(eligible, key=lambda s: (s["val_mean"], s["beta"]))  # ties → larger β
-    record = {"chosen_beta": best["beta"], "criterion": "val_mc_mean", "tie_break": "larger beta",
+    # "chosen_beta" holds the chosen value whatever the method searches; "parameter" says what it is (OVF's β,
+    # tempered noise injection's logit_scale, CorrectNet's ortho_lambda)
+    record = {"chosen_beta": best["beta"], "parameter": searched_param(cell.method),
+              "criterion": "val_mc_mean", "tie_break": "larger beta",
               "split": "val", "val_runs": cell.eval["val_runs"], "val_seed": cell.eval["val_seed"],
               "sigma": cell.sigma, "candidates": scores}
     return best["beta"], record, train_s, earlier_s
