@@ -307,3 +307,40 @@ def test_a_subclass_with_its_own_forward_keeps_it_and_is_named_as_exact_not_sile
     assert not torch.allclose(noisy, clean)  # the plain subclass is on the chip
     with pytest.raises(nvcim.SelectionError, match=r"_LoRALinear: a Linear with its own forward.*register_layer"):
         nvcim.apply_variation_(nn.Sequential(_LoRALinear(6, 5)), DeviceConfig(sigma=0.2))
+
+
+class _Twice(nn.Module):
+    """One Linear called twice per forward (weight sharing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x):  # x [B, 8]
+        return self.lin(x), self.lin(x)  # each [B, 8]
+
+
+@pytest.mark.parametrize("effects", [{}, {"adc_bits": 8, "tile_rows": 4}, {"read_sigma": 0.05}])
+def test_a_layer_called_twice_in_one_training_forward_reads_one_draw_as_the_chip_would(effects):
+    """A training forward is one pass over one chip: a layer called twice sees the
+    same programmed weights, not two independent draws; the next forward draws afresh; read noise stays per read."""
+    import warnings
+
+    torch.manual_seed(0)
+    m = _Twice()
+    x = torch.randn(5, 8, generator=torch.Generator().manual_seed(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the ADC's uncalibrated range
+        nvcim.apply_variation_(m, DeviceConfig(sigma=0.3, **effects))
+        m.train()
+        a, b = m(x)
+        c, _ = m(x)
+    assert not torch.equal(a, c)  # a fresh chip per forward
+    if effects.get("read_sigma"):  # the same programmed chip read twice: the reads differ by read noise only
+        assert not torch.equal(a, b) and (a - b).abs().max() < 0.5 * (a - c).abs().max()
+    else:
+        assert torch.equal(a, b)
+    (a.sum() + b.sum()).backward()  # the straight-through gradient still reaches the weight
+    assert m.lin.weight.grad is not None and torch.isfinite(m.lin.weight.grad).all()
+    nvcim.remove_variation_(m)
+    assert not hasattr(m, "_nvcim_forward_scope") and torch.equal(m(x)[0], m(x)[1])

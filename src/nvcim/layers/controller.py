@@ -51,6 +51,41 @@ def quantization_cached() -> Iterator[None]:
         _CACHE_SCOPE.depth = depth
 
 
+_FORWARD_SCOPE = threading.local()  # .depth: nesting of model forwards; .draws: {id(controller): (key, draw)}
+
+
+def enter_model_forward(_module=None, _args=None) -> None:
+    """Forward pre-hook of a model given to `apply_variation_`: its forward is one pass over the chip, so every
+    training draw (a weight without a programmed chip) is made once in it and reused by later reads of that
+    weight in the same forward (a layer called twice, a weight also read outside its layer), as the chip
+    would; read noise is still drawn per read. Nests (a varied model inside a varied model)."""
+    depth = getattr(_FORWARD_SCOPE, "depth", 0)
+    if depth == 0:
+        _FORWARD_SCOPE.draws = {}
+    _FORWARD_SCOPE.depth = depth + 1
+
+
+def exit_model_forward(_module=None, _args=None, _output=None) -> None:
+    """Forward hook (always called, also when the forward raises) closing `enter_model_forward`."""
+    depth = getattr(_FORWARD_SCOPE, "depth", 0) - 1
+    _FORWARD_SCOPE.depth = max(depth, 0)
+    if depth <= 0:
+        _FORWARD_SCOPE.draws = None
+
+
+def _forward_draw(controller: "NoisyWeight", key: tuple, make):
+    """`make()`, or inside a model forward the draw this controller already made there for the same key."""
+    draws = getattr(_FORWARD_SCOPE, "draws", None)
+    if draws is None:
+        return make()
+    held = draws.get(id(controller))
+    if held is not None and held[0] == key:
+        return held[1]
+    drawn = make()
+    draws[id(controller)] = (key, drawn)
+    return drawn
+
+
 def _version_of(chip: Any) -> int | None:
     """A tensor chip's version counter (in-place changes bump it); None for device levels."""
     return chip._version if isinstance(chip, torch.Tensor) else None
@@ -145,6 +180,11 @@ class NoisyWeight:
                                            self.residual_sigma, gen)
             return out.to(w.device)
 
+    def _draw_key(self, w: torch.Tensor, kind: str) -> tuple:
+        """What a training draw depends on: a forward reuses it only while all of these are unchanged."""
+        return (kind, w.data_ptr(), w._version, w.dtype, w.device, self.cfg, self.sigma, self.generator,
+                id(self.verified), self.residual_sigma)
+
     @property
     def sliced(self) -> bool:
         """True when forwards run the ADC simulation (enabled, cfg.adc_bits or cfg.input_bits set)."""
@@ -156,7 +196,8 @@ class NoisyWeight:
         self.reads += 1
         chip, gen = self.programmed, self.read_generator
         if chip is None:
-            chip, gen = self.draw_levels(w), self.generator
+            chip = _forward_draw(self, self._draw_key(w, "levels"), lambda: self.draw_levels(w))
+            gen = self.generator
         elif isinstance(chip, torch.Tensor):
             chip = self.ideal_chip(chip)
         if self.cfg.read_sigma:
@@ -266,7 +307,7 @@ class NoisyWeight:
         elif self.sigma == 0 and not self.cfg.quantize and not self.cfg.chip_effects and not self.cfg.read_sigma:
             return w
         else:
-            w_p = self.draw(w)
+            w_p = _forward_draw(self, self._draw_key(w, "weight"), lambda: self.draw(w))
             gen = self.generator
         if self.cfg.read_sigma:
             with torch.no_grad():

@@ -42,7 +42,8 @@ from torch import nn
 from nvcim.core import device as dm
 from nvcim.core.config import DeviceConfig
 from nvcim.layers import audit, handlers
-from nvcim.layers.controller import NoisyWeight, quantization_cached  # noqa: F401  (re-exported)
+from nvcim.layers.controller import NoisyWeight, enter_model_forward, exit_model_forward
+from nvcim.layers.controller import quantization_cached  # noqa: F401  (re-exported)
 
 ModuleFilter = Callable[[str, nn.Module], bool]
 
@@ -222,7 +223,8 @@ def apply_variation_(
     a pattern that matches no layer, or a selection that is
     empty, raises `SelectionError` naming the layers there are. Applying again replaces the config of
     the selected layers. Noise draws use `generator` (default: torch's global RNG, so
-    `torch.manual_seed` fixes them). Fused Transformer paths that would bypass a noisy layer are
+    `torch.manual_seed` fixes them); without a programmed chip, each forward of `model` draws each weight once,
+    so a layer it calls twice reads one chip, as hardware would (read noise stays per read). Fused Transformer paths that would bypass a noisy layer are
     switched off for the modules that contain one (`nvcim.layers`).
     """
     if not isinstance(cfg, DeviceConfig):
@@ -238,7 +240,13 @@ def apply_variation_(
                 and not handlers.is_routed(module) and handlers.handler_for(module) is not None:
             handlers.route_through(module)
     handlers.disable_fused_paths(model)
+    if getattr(model, _SCOPE_HOOKS, None) is None:  # one training draw per weight per forward of the model
+        setattr(model, _SCOPE_HOOKS, (model.register_forward_pre_hook(enter_model_forward),
+                                      model.register_forward_hook(exit_model_forward, always_call=True)))
     return model
+
+
+_SCOPE_HOOKS = "_nvcim_forward_scope"  # the hooks apply_variation_ puts on the model it is given
 
 
 def check_sliced_layers(layers: Sequence[tuple[str, nn.Module]], cfg: DeviceConfig,
@@ -266,6 +274,12 @@ def remove_variation_(model: nn.Module) -> nn.Module:
         if handlers.is_routed(module):
             handlers.detach(module)
     handlers.restore_fused_paths(model)
+    for module in model.modules():
+        hooks = getattr(module, _SCOPE_HOOKS, None)
+        if hooks is not None:
+            for hook in hooks:
+                hook.remove()
+            delattr(module, _SCOPE_HOOKS)
     return model
 
 
