@@ -85,7 +85,9 @@ def test_reference_loop_matches_fast_path_exactly(bits, signed, readout):
     assert torch.equal(A.sliced_linear(x, g_pos, g_neg, s, cfg, adc), y_ref)
     dac = A.AdcConfig(adc_bits=bits, tile_rows=8, input_bits=3, readout=readout)
     assert torch.equal(A.sliced_linear(x, g_pos, g_neg, s, cfg, dac), A.sliced_linear_reference(x, g_pos, g_neg, s, cfg, dac))
-    assert not torch.equal(A.sliced_linear(x, g_pos, g_neg, s, cfg, dac), y_ref)  # the DAC changes something
+    ideal, dac_only = A.AdcConfig(tile_rows=8), A.AdcConfig(tile_rows=8, input_bits=3)
+    assert not torch.equal(A.sliced_linear(x, g_pos, g_neg, s, cfg, dac_only),
+                           A.sliced_linear(x, g_pos, g_neg, s, cfg, ideal))  # the DAC changes something
     rng = A.calibrate_adc_range(x, g_pos, g_neg, cfg, adc)
     cal = A.AdcConfig(adc_bits=bits, tile_rows=8, clip="calibrated", readout=readout)
     assert torch.equal(A.sliced_linear(x, g_pos, g_neg, s, cfg, cal, adc_range=rng),
@@ -164,10 +166,10 @@ def test_conv_b24_equals_the_unsliced_convolution(stride, padding):
     coarse = C.sliced_conv2d(x, g_pos, g_neg, s, CFG, A.AdcConfig(adc_bits=4, tile_rows=16), stride=stride,
                              padding=padding)
     cols = F.unfold(x, 3, padding=padding, stride=stride).transpose(1, 2).reshape(-1, 45)
-    # the reference's full scale would use max|x| of its 7 rows only: give it the full range of the batch
-    rng = 16 * 3 * x.abs().max().item()
-    cal = A.AdcConfig(adc_bits=4, tile_rows=16, clip="calibrated")
-    ref = A.sliced_linear_reference(cols[:7], g_pos.flatten(2), g_neg.flatten(2), s, CFG, cal, adc_range=rng)
+    # the first 7 patches of image 0, each with image 0's range (the pixels the convolution reads)
+    image0 = torch.full((7,), cols[:cols.shape[0] // 2].abs().max().item(), dtype=torch.float64)
+    full = A.AdcConfig(adc_bits=4, tile_rows=16)
+    ref = A.sliced_linear_reference(cols[:7], g_pos.flatten(2), g_neg.flatten(2), s, CFG, full, x_max=image0)
     assert torch.equal(coarse.permute(0, 2, 3, 1).reshape(-1, 6)[:7], ref)
 
 
@@ -209,12 +211,18 @@ def test_bad_calls_raise_one_line():
         assert "\n" not in str(e.value)
 
 
+def _image_range(cols: torch.Tensor) -> torch.Tensor:
+    """[N, L] each unfolded patch's input range as a convolution sets it: its image's max|x| (the pixels read)."""
+    return cols.abs().flatten(1).amax(1)[:, None].expand(cols.shape[:2])
+
+
 @pytest.mark.parametrize("readout", READOUTS)
 @pytest.mark.parametrize("tile_rows", [1, 7, 9, 16, 45, 1000])
 @pytest.mark.parametrize("stride, padding, dilation", [(1, 1, 1), (2, 0, 1), (1, 2, 2)])
 def test_conv_tiles_equal_im2col_then_sliced_linear(tile_rows, stride, padding, dilation, readout):
     # sliced_conv2d computes each tile as a convolution over the channels it touches, the kernel rows outside it 0;
-    # the definition is im2col (rows in (C, kh, kw) order) followed by sliced_linear: equal in float64, with tiles
+    # the definition is im2col (rows in (C, kh, kw) order, each image's range) followed by sliced_linear: equal in
+    # float64, with tiles
     # cutting through a channel's 9 rows (7, 16), on channel boundaries (9, 45), one row, and one tile for all
     gen = torch.Generator().manual_seed(11)
     w = torch.randn(4, 5, 3, 3, generator=gen, dtype=torch.float64)
@@ -225,7 +233,8 @@ def test_conv_tiles_equal_im2col_then_sliced_linear(tile_rows, stride, padding, 
                 A.AdcConfig(adc_bits=None, tile_rows=tile_rows, readout=readout)):
         y = C.sliced_conv2d(x, g_pos, g_neg, s, CFG, adc, stride=stride, padding=padding, dilation=dilation)
         cols = F.unfold(x, 3, dilation=dilation, padding=padding, stride=stride).transpose(1, 2)  # [N, L, 45]
-        want = A.sliced_linear(cols, g_pos.flatten(2), g_neg.flatten(2), s, CFG, adc).transpose(1, 2)
+        want = A.sliced_linear(cols, g_pos.flatten(2), g_neg.flatten(2), s, CFG, adc,
+                               x_max=_image_range(cols)).transpose(1, 2)
         assert y.shape[:2] == (3, 4)
         # the same codes: equal up to the last bits of the sums (one code's flip would be 1e-2 of the range)
         assert y.flatten(2).sub(want).abs().max() <= 1e-12 * want.abs().max()
@@ -253,7 +262,8 @@ def test_conv_range_is_that_of_the_pixels_read(kernel, stride, padding):
     for adc in (A.AdcConfig(adc_bits=5, tile_rows=8), A.AdcConfig(adc_bits=None, input_bits=3)):
         y = C.sliced_conv2d(x, g_pos, g_neg, s, CFG, adc, stride=stride, padding=padding)
         cols = F.unfold(x, kernel, padding=padding, stride=stride).transpose(1, 2)
-        want = A.sliced_linear(cols, g_pos.flatten(2), g_neg.flatten(2), s, CFG, adc).transpose(1, 2)
+        want = A.sliced_linear(cols, g_pos.flatten(2), g_neg.flatten(2), s, CFG, adc,
+                               x_max=_image_range(cols)).transpose(1, 2)
         assert want.abs().max() > 0
         assert y.flatten(2).sub(want).abs().max() <= 1e-12 * want.abs().max()
 

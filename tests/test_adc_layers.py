@@ -268,3 +268,23 @@ def test_config_validation_is_one_line(fields, match):
     with pytest.raises(ValueError, match=match) as err:
         DeviceConfig(**fields)
     assert "\n" not in str(err.value)
+
+
+# ---- batch independence: one chip gives one answer per input ---------------------------------------------------
+@pytest.mark.parametrize("effects", [dict(adc_bits=5), dict(input_bits=3),
+                                     dict(adc_bits=6, input_bits=4, adc_readout="differential")])
+@pytest.mark.parametrize("make,shape", [(_linear, (6, 20)), (_conv, (6, 3, 9, 9))])
+def test_an_inputs_result_does_not_depend_on_the_other_inputs_of_its_batch(make, shape, effects):
+    """The converters' ranges are each input's own (a row of a Linear's input, an image of a convolution's): one
+    input evaluated alone gives what it gives in a batch, beside inputs 50x larger. (With one range per call, 5-bit
+    ADCs lost ~27 points of accuracy between batch 1 and batch 400 on an MLP.)"""
+    model = make()
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(2)) - 0.3  # [B, ...] signed: two phases
+    x[3:] *= 50  # louder inputs in the same batch
+    nvcim.apply_variation_(model, DeviceConfig(sigma=0.1, **effects))
+    nvcim.program_chip_(model, seed=4)
+    batch = _out(model, x)
+    alone = torch.cat([_out(model, x[i:i + 1]) for i in range(shape[0])])
+    assert torch.allclose(batch, alone, rtol=1e-5, atol=1e-6 * batch.abs().max().item())
+    quiet = _out(model, x[:3])
+    assert torch.allclose(batch[:3], quiet, rtol=1e-5, atol=1e-6 * quiet.abs().max().item())

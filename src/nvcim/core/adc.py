@@ -9,7 +9,9 @@ the periphery then shifts and adds in digital:
     g⁺_j, g⁻_j  [M/K, out, in]  programmed conductances in level units (float, perturbed or not),
                                  0 on the crossbar that does not hold the weight        device_slices
     x           [rows, in]      optional DAC: x ← round(x / δ) · δ, δ = x_max / (2^I − 1),
-                                 x_max = max|x| over the call (sign kept: sign-magnitude inputs)
+                                 x_max = max|x| of each input vector (row; one image of a convolution, see
+                                 nvcim.core.adc_conv): an image's result never depends on the others in its
+                                 batch (sign kept: sign-magnitude inputs)
     phases      x = x⁺ − x⁻     inputs are applied as voltages of one polarity: a signed x runs
                                  twice, x⁺ = max(x, 0) then x⁻ = max(−x, 0), subtracted in digital
                                  (a phase whose inputs are all 0 reads 0 exactly, so x >= 0 runs once)
@@ -17,7 +19,7 @@ the periphery then shifts and adds in digital:
     ADC         code = clamp(round(P / Δ), 0, 2^B − 1),  Δ = range / (2^B − 1), P / Δ computed as
                  Σ_{i in tile} (x_i / Δ) · g_j[o, i] (the step folded into the inputs: one pass less)
                  range = R · (2^K − 1) · x_max (clip="full_scale": the largest partial sum of
-                 unperturbed devices) or a calibrated range measured beforehand (clip="calibrated",
+                 unperturbed devices, per input vector) or a calibrated range measured beforehand (clip="calibrated",
                  see `calibrate_adc_range`); round() is torch.round (half to even); sums above range
                  saturate at the top code, negative ones (perturbed devices) at 0
     y           Δ · s / (2^M − 1) · Σ_phase ± Σ_j 2^{jK} Σ_t (code⁺ − code⁻)    shift and add
@@ -63,7 +65,7 @@ class AdcConfig:
     adc_bits: B, bits of each column's ADC (1..24), None = ideal (no quantisation of partial sums).
     tile_rows: R, crossbar rows per tile (>= 1): partial sums are digitised per R input rows.
     input_bits: I, bits of the input DAC magnitude (1..24), None = ideal inputs.
-    clip: "full_scale" (ADC range R·(2^K−1)·max|x|) or "calibrated" (range passed by the caller,
+    clip: "full_scale" (ADC range R·(2^K−1)·max|x| of each input vector) or "calibrated" (range passed by the caller,
         measured on calibration inputs with `calibrate_adc_range`).
     readout: "per_sign" (an ADC per sign crossbar, codes 0..2^B−1) or "differential" (one signed ADC per
         column pair, codes −(2^(B−1)−1)..2^(B−1)−1; B >= 2).
@@ -193,8 +195,8 @@ def _dac(x: torch.Tensor, x_max: torch.Tensor, adc: AdcConfig) -> torch.Tensor:
 
 
 def _adc_step(x_max: torch.Tensor, cfg: DeviceConfig, adc: AdcConfig, adc_range) -> torch.Tensor:
-    """Δ = range / top code (2^B − 1, or 2^(B−1) − 1 differential) as a 0-dim tensor of x's dtype (range 1 when it
-    is 0: then every sum is 0)."""
+    """Δ = range / top code (2^B − 1, or 2^(B−1) − 1 differential) in x's dtype: per input vector (x_max's shape)
+    for the full scale, a 0-dim tensor for a calibrated range (range 1 where it is 0: then every sum is 0)."""
     if adc.clip == "full_scale":
         full = x_max * float(adc.tile_rows * cfg.device_levels)
     else:
@@ -215,13 +217,20 @@ def _place_signs(bars: Crossbars, cfg: DeviceConfig, dtype, device) -> torch.Ten
 
 
 def _input_range(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """(x_max = max|x| [], whether x has a negative entry) in one pass without a |x| tensor. The DAC keeps
-    signs (a negative input it rounds to -0 only adds an all-zero negative phase, which changes no sum)."""
+    """(x_max = max|x| of each input vector [rows, 1], whether x has a negative entry) for x [rows, features], in
+    one pass without a |x| tensor. Per vector, so that no input's result depends on the other inputs of its call
+    (the batch). The DAC keeps signs (a negative input it rounds to -0, or an input vector without negative
+    entries, only adds all-zero negative phases, which change no sum: running them is decided per call)."""
     if not x.numel():
-        return x.new_zeros(()), False
-    lo, hi = torch.aminmax(x.detach())
-    negative = bool((x < 0).any()) if bool(torch.isnan(lo)) else bool(lo < 0)
+        return x.new_zeros((x.shape[0], 1)), False
+    lo, hi = torch.aminmax(x.detach(), dim=1, keepdim=True)  # [rows, 1] each
+    negative = bool((x < 0).any()) if bool(torch.isnan(lo).any()) else bool((lo < 0).any())
     return torch.maximum(hi, -lo), negative
+
+
+def _per_phase(step: torch.Tensor, signed: bool) -> torch.Tensor:
+    """A per-input step [rows, ...] repeated for the stacked phases x⁺, x⁻ of `_phases` (a 0-dim step as it is)."""
+    return torch.cat((step, step)) if signed and step.dim() else step
 
 
 def _phases(x: torch.Tensor, negative: bool) -> tuple[torch.Tensor, bool]:
@@ -254,18 +263,27 @@ def sliced_linear(
     adc: AdcConfig,
     bias: torch.Tensor | None = None,
     adc_range: float | None = None,
+    x_max: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """y = x @ W_pᵀ (+ bias) as the bit-sliced chip computes it: [*, in] -> [*, out].
 
     g_pos / g_neg: [M/K, out, in] device levels (see `device_slices`), or g_pos = pack_crossbars(...)
     and g_neg = None to reuse a packed chip. scale: s = max|W|. adc_range: the partial-sum range when
-    adc.clip == "calibrated".
+    adc.clip == "calibrated". x_max: the DAC's (and the full-scale ADC's) input range of each input vector,
+    [*] (x's leading shape; default: each vector's own max|x|; a convolution's unfolded patches share their image's).
     """
     bars = _bars_for(g_pos, g_neg, cfg, adc)
     table = bars.table  # [in, bars S out]
     lead = x.shape[:-1] if isinstance(x, torch.Tensor) else ()
     x = _check_input(x, table.shape[0], table.dtype)  # [rows, in]
-    x_max, negative = _input_range(x)
+    own_max, negative = _input_range(x)  # [rows, 1]
+    if x_max is None:
+        x_max = own_max
+    elif tuple(x_max.shape) != tuple(lead) or not bool((x_max.reshape(-1, 1) >= own_max).all()):
+        raise ValueError(f"x_max has shape {tuple(x_max.shape)}: use one range >= max|x| per input vector, shape "
+                         f"{tuple(lead)}")
+    else:
+        x_max = x_max.reshape(-1, 1).to(x.dtype)  # [rows, 1]
     x = _dac(x, x_max, adc)
     place = _place_signs(bars, cfg, table.dtype, table.device)  # [bars S]
     lsb = scale.to(table.dtype) / cfg.weight_levels
@@ -289,7 +307,8 @@ def _converted(x: torch.Tensor, negative: bool, bars: Crossbars, place: torch.Te
     table, out = bars.table, bars.out_features
     rows_in, in_features = x.shape
     xs, signed = _phases(x.detach(), negative)  # [rows or 2 rows, in] (forward only: the ADC has no gradient)
-    xs = xs.div_(step) if signed else xs / step  # partial sums in units of the ADC step
+    phase_step = _per_phase(step, signed)  # [rows or 2 rows, 1] (full scale) or [] (calibrated)
+    xs = xs.div_(phase_step) if signed else xs / phase_step  # partial sums in units of the ADC step
     low, top = adc.code_limits()
     y = xs.new_empty(xs.shape[0], out)  # [rows', out]
     chunk = max(1, _CHUNK_ELEMENTS // max(1, table.shape[1]))
@@ -334,13 +353,14 @@ def sliced_linear_reference(
     cfg: DeviceConfig,
     adc: AdcConfig,
     adc_range: float | None = None,
+    x_max: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The same product with explicit loops over phases, rows, slices, tiles, sign crossbars (or column pairs, for
-    a differential readout) and columns: slow, small sizes only, for tests. x [rows, in], g [M/K, out, in];
-    needs adc.adc_bits."""
+    a differential readout) and columns: slow, small sizes only, for tests. x [rows, in], g [M/K, out, in],
+    x_max [rows] (default: each row's max|x|); needs adc.adc_bits."""
     rows, in_features = x.shape
     slices, out, _ = g_pos.shape
-    x_max = x.abs().amax()
+    x_max = x.abs().amax(dim=1, keepdim=True) if x_max is None else x_max.reshape(-1, 1)  # [rows, 1]
     if adc.input_bits is not None:
         delta = torch.where(x_max > 0, x_max, torch.ones_like(x_max)) / ((1 << adc.input_bits) - 1)
         x = torch.round(x / delta) * delta

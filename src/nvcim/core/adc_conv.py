@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from nvcim.core.adc import (_CHUNK_ELEMENTS, AdcConfig, Crossbars, _adc_step, _bars_for, _check_slices, _dac,
-                            _input_range, _phases, _place_signs, pack_crossbars)
+                            _input_range, _per_phase, _phases, _place_signs, pack_crossbars)
 from nvcim.core.config import DeviceConfig
 
 
@@ -83,7 +83,7 @@ class _ConvCall(NamedTuple):
     x: torch.Tensor  # [N, C, H, W] after the DAC
     bars: Crossbars
     kernel: tuple[int, int]
-    x_max: torch.Tensor  # max|x| over the pixels the kernel reads
+    x_max: torch.Tensor  # [N, 1, 1, 1] max|x| of each image over the pixels the kernel reads
     negative: bool  # whether x has a negative entry (two input phases)
     conv: dict  # stride, padding, dilation
 
@@ -113,8 +113,11 @@ def _conv_call(x, g_pos, g_neg, cfg: DeviceConfig, adc: AdcConfig, kernel_size, 
         raise ValueError(f"x is {x.dtype} but the crossbars are {table.dtype}: convert one of them")
     conv = dict(stride=stride, padding=padding, dilation=dilation)
     rows, cols = _read_pixels(tuple(x.shape[2:]), (kh, kw), *(_pair(v) for v in (stride, padding, dilation)))
-    # the DAC's and the ADC's range: the pixels the kernel reads (im2col's rows), not those a stride skips
-    x_max, negative = _input_range(x if rows is None else x[:, :, rows][:, :, :, cols])
+    # the DAC's and the ADC's range, per image (its result never depends on the other images of the batch): the
+    # pixels the kernel reads (im2col's rows), not those a stride skips
+    read = x if rows is None else x[:, :, rows][:, :, :, cols]
+    x_max, negative = _input_range(read.flatten(1))  # [N, 1]
+    x_max = x_max.view(-1, 1, 1, 1)  # [N, 1, 1, 1]
     return _ConvCall(_dac(x, x_max, adc), bars, (kh, kw), x_max, negative, conv)
 
 
@@ -185,12 +188,13 @@ def _converted_conv(x: torch.Tensor, negative: bool, bars: Crossbars, kernel: tu
     kernels = _conv_kernels(bars, kernel, adc.tile_rows)
     n = x.shape[0]
     xs, signed = _phases(x.detach(), negative)  # [N' = N or 2N, C, H, W] (forward only: the ADC has no gradient)
+    phase_step = _per_phase(step, signed)  # [N', 1, 1, 1] (full scale) or [] (calibrated)
     channels = {}  # (c0, c1) -> those channels in units of the ADC step, channels-last [N', c1 - c0, H, W]; tiles
     for c0, c1, _ in kernels:  # within one channel share it; a tile shares at most one channel with the next
         if (c0, c1) not in channels:
             tile_x = torch.empty((xs.shape[0], c1 - c0, *xs.shape[2:]), dtype=xs.dtype, device=xs.device,
                                  memory_format=torch.channels_last)
-            channels[c0, c1] = torch.div(xs[:, c0:c1], step, out=tile_x)
+            channels[c0, c1] = torch.div(xs[:, c0:c1], phase_step, out=tile_x)
     inputs = [channels[c0, c1] for c0, c1, _ in kernels]
     low, top = adc.code_limits()
     shifts = place.tolist()  # ±2^{jK} per group of `out` columns
