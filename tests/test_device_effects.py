@@ -212,6 +212,31 @@ def test_drift_compensation_restores_the_output_scale_within_two_percent():
     assert float(comp / scale_t0) == pytest.approx(1.0, abs=0.02)
 
 
+@pytest.mark.parametrize("sampling", ["auto", "device"])
+def test_drift_compensation_scales_read_noise_like_any_output_gain(sampling):
+    """The compensation scalar is a digital gain on the layer's output, after the devices: it scales their read
+    noise too, on the dense path as on the ADC path. σ = 0 and ν without spread: every device drifts by f =
+    (t/t0)^(-ν), the gain is 1/f exactly, and a read of output o has std gain · c σ_r s · ||x||."""
+    t, nu, sigma_r = 1e6, 0.2, 0.05
+    cfg = DeviceConfig(sigma=0.0, read_sigma=sigma_r, drift_time=t, drift_nu=(nu, 0.0), drift_compensation=True,
+                       sampling=sampling)
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 8, bias=False)
+    x = torch.rand(1, 64, generator=gen(2))
+    want = (t / DRIFT_T0) ** nu * cfg.c * sigma_r * float(layer.weight.abs().max()) * float(x.norm())
+    stds = {}
+    for name, extra in (("dense", {}), ("adc", {"adc_bits": 24})):
+        m = nvcim.apply_variation_(nn.Sequential(layer), cfg.replace(**extra))
+        with torch.no_grad():
+            nvcim.program_chip_(m, seed=0)
+            reads = torch.cat([m(x) for _ in range(400)])  # [400, 8]
+        nvcim.remove_variation_(m)
+        stds[name] = reads.std(dim=0)  # [8]
+    # 400 reads: the std of one output's sample std is ~std / sqrt(2 * 399) = 3.5 %; 8 outputs averaged: ~1.3 %
+    for name, std in stds.items():
+        assert float(std.mean()) == pytest.approx(want, rel=0.06), name
+
+
 # ---- determinism, Monte Carlo paths --------------------------------------------------------------------
 EFFECTS = {
     "level": DeviceConfig.preset("rram4-level", sigma=0.4),
@@ -222,6 +247,8 @@ EFFECTS = {
     "all": DeviceConfig.preset("fefet2-level", sigma=0.5, stuck_at=(0.01, 0.02), read_sigma=0.05,
                                drift_time=3600.0),
     "stuck-sigma0": DeviceConfig(sigma=0.0, stuck_at=(0.05, 0.1)),
+    "drift-comp-read": DeviceConfig(sigma=0.1, read_sigma=0.2, drift_time=3.15e7, drift_nu=(0.1, 0.03),
+                                    drift_compensation=True),  # the gain (~2.6) scales the read noise: every path
 }
 
 

@@ -43,7 +43,8 @@ noise per device, N(0, (σ_r (2^K-1))^2) on every g_j.
 
 Read noise (cfg.read_sigma) is not part of the chip: `read` adds it to W_p at every forward, from one
 generator per noisy tensor and chip (`read_generators`), so that every Monte Carlo path draws the same
-values. With drift compensation it is added after the compensation scalar (which does not scale it).
+values. With drift compensation the scalar is a digital gain on the layer's output, so it scales the read noise
+too (`draw_with_gain` gives it; the ADC simulation applies it to the output, the same thing).
 
 Every random draw here (and in the built-in variation kinds) goes through `nvcim.core.rng`: a tensor of
 more than rng.BLOCK = 65 536 values is drawn block by block from per-block generators seeded by the
@@ -220,12 +221,28 @@ def draw(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """One programmed copy W_p of a prepared weight."""
+    return draw_with_gain(prepared, cfg, sigma, generator)[0]
+
+
+def draw_with_gain(
+    prepared: PreparedWeight,
+    cfg: DeviceConfig,
+    sigma: float | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(W_p, its drift compensation gain [] or None without compensation): `draw`, and the scalar W_p includes,
+    which a read's noise is scaled by too (`read(..., gain=)`)."""
     sigma = cfg.sigma if sigma is None else float(sigma)
-    w_d = prepared.w_d
     if cfg.chip_effects:
         if effects_per_weight(cfg):
             return _draw_effects_per_weight(prepared, cfg, sigma, generator)
         return _draw_devices(prepared, cfg, sigma, generator)
+    return _draw_plain(prepared, cfg, sigma, generator), None
+
+
+def _draw_plain(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator) -> torch.Tensor:
+    """W_p of the variation kind alone (no faults, no drift)."""
+    w_d = prepared.w_d
     if sigma == 0:
         return w_d.clone()
     if cfg.use_fast_path:  # one fused pass after the draw: W_d + z · c σ s
@@ -244,13 +261,15 @@ def effects_per_weight(cfg: DeviceConfig) -> bool:
     return cfg.sampling == "auto" and VARIATIONS[cfg.variation].fast_path_exact
 
 
-def _draw_effects_per_weight(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator) -> torch.Tensor:
-    """W_p with stuck-at faults and / or drift, drawn per weight (nvcim.core.effects), compensated if asked."""
+def _draw_effects_per_weight(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator):
+    """(W_p, gain or None) with stuck-at faults and / or drift, drawn per weight (nvcim.core.effects), compensated
+    if asked."""
     w_t0, w_t = effects.draw(prepared.w_d, prepared.levels, _signed_step(prepared, cfg), weight_std(prepared, cfg),
                              level_table(prepared, cfg), weight_units(prepared, cfg), cfg, sigma, generator)
-    if w_t0 is not None:
-        w_t.mul_(drift_compensation_scale(w_t0, w_t))
-    return w_t
+    if w_t0 is None:
+        return w_t, None
+    gain = drift_compensation_scale(w_t0, w_t)
+    return w_t.mul_(gain), gain
 
 
 def _conductances(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator):
@@ -275,16 +294,18 @@ def _conductances(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, gen
     return g, factor.mul_(g), targets
 
 
-def _draw_devices(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator) -> torch.Tensor:
-    """W_p with stuck-at faults and / or drift: per device, in the draw order of the module docstring."""
+def _draw_devices(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator):
+    """(W_p, gain or None) with stuck-at faults and / or drift: per device, in the draw order of the module
+    docstring."""
     g, g_t, targets = _conductances(prepared, cfg, sigma, generator)
     w_t0 = _weights_from(g, targets, prepared, cfg)
     if g_t is None:
-        return w_t0
+        return w_t0, None
     w_t = _weights_from(g_t, targets, prepared, cfg)
-    if cfg.drift_compensation:
-        w_t.mul_(drift_compensation_scale(w_t0, w_t))
-    return w_t
+    if not cfg.drift_compensation:
+        return w_t, None
+    gain = drift_compensation_scale(w_t0, w_t)
+    return w_t.mul_(gain), gain
 
 
 def _weights_from(g: torch.Tensor, targets: torch.Tensor, prepared: PreparedWeight, cfg: DeviceConfig) -> torch.Tensor:
@@ -450,11 +471,14 @@ def read_generators(generator: torch.Generator | None, count: int) -> list[torch
 
 
 def read(w_p: torch.Tensor, scale: torch.Tensor, cfg: DeviceConfig, generator: torch.Generator | None,
-         out: torch.Tensor | None = None) -> torch.Tensor:
+         out: torch.Tensor | None = None, gain: torch.Tensor | None = None) -> torch.Tensor:
     """One read of programmed weights W_p [*shape] (of a tensor with s = `scale`): W_p + z c σ_r s, z ~ N(0, 1)
-    per weight (exact: each device adds N(0, (σ_r (2^K-1))^2)). Drawn where the generator lives, added on
-    W_p's device; a new tensor, or `out` (a tensor like W_p, not W_p itself, reused by Monte Carlo so that a
-    read allocates nothing; the same values)."""
+    per weight (exact: each device adds N(0, (σ_r (2^K-1))^2)), times the chip's drift compensation `gain` when
+    W_p includes one (`draw_with_gain`: the gain is digital, after the devices). Drawn where the generator lives,
+    added on W_p's device; a new tensor, or `out` (a tensor like W_p, not W_p itself, reused by Monte Carlo so
+    that a read allocates nothing; the same values)."""
+    if gain is not None:
+        scale = scale * gain.to(scale.device)
     where = generator.device if generator is not None else w_p.device
     keep_grad = w_p.requires_grad and torch.is_grad_enabled()  # out= would refuse a differentiable result
     if out is not None and where == w_p.device and not keep_grad:

@@ -163,6 +163,7 @@ class ChipSampler:
         # a per-weight std factor (e.g. "weight_band", "level_dependent"), as in `dm.draw`
         self.weight_std = [dm.fast_weight_std(prep, cfg) if self.fast else None for prep in self.prepared]
         self.read_gens: dict[int, list[torch.Generator]] = {}  # chunk index -> read generator per tensor
+        self.read_gains: dict[int, list] = {}  # chunk index -> drift compensation gain per tensor (None: none)
         self._scratch: list[torch.Tensor] | None = None  # CPU staging buffers when device is not CPU
         self._reads: list[torch.Tensor] | None = None  # `read(reuse=True)`'s buffers
         self._generator = torch.Generator(device=self.draw_device)  # `fill` reseeds it for every chip
@@ -189,10 +190,12 @@ class ChipSampler:
         block = fast and on_cpu and not verify  # z for every chip first, then one addcmul per layer
         for i, (r, value) in enumerate(zip(runs, run_seeds(seed, runs))):
             gen = self._generator.manual_seed(value)  # = run_generator(seed, r): reseeded, not rebuilt (~1 µs a chip)
-            firsts = []  # [*W.shape] per layer, on the draw device
+            firsts, gains = [], []  # [*W.shape] per layer, on the draw device; the gain each includes (or None)
             for l, (buf, prep) in enumerate(zip(bufs, self.prepared)):
                 if not fast:
-                    firsts.append(dm.draw(prep, self.cfg, sigma, gen))  # [*W.shape]
+                    w_p, gain = dm.draw_with_gain(prep, self.cfg, sigma, gen)  # [*W.shape], [] or None
+                    firsts.append(w_p)
+                    gains.append(gain)
                     continue
                 out = buf[i] if on_cpu else self._scratch[l]  # [*W.shape]
                 rng.normal_(out, generator=gen)  # z
@@ -210,6 +213,7 @@ class ChipSampler:
                     buf[i].copy_(w_p)
             if self.cfg.read_sigma:  # seeded after all of the chip's draws, as program_chip_ seeds them
                 self.read_gens[i] = dm.read_generators(gen, len(self.prepared))
+                self.read_gains[i] = gains or [None] * len(self.prepared)
         if block:
             for l, (buf, prep) in enumerate(zip(bufs, self.prepared)):
                 z = buf[: len(runs)]  # [k, *W.shape]
@@ -223,8 +227,8 @@ class ChipSampler:
         if reuse and self._reads is None:
             self._reads = [torch.empty_like(buf[0]) for buf in bufs]  # [*W.shape]
         outs = self._reads if reuse else [None] * len(bufs)
-        return [dm.read(buf[i], prep.scale, self.cfg, gen, out=out)
-                for buf, prep, gen, out in zip(bufs, self.prepared, self.read_gens[i], outs)]
+        return [dm.read(buf[i], prep.scale, self.cfg, gen, out=out, gain=gain)
+                for buf, prep, gen, out, gain in zip(bufs, self.prepared, self.read_gens[i], outs, self.read_gains[i])]
 
     def read_stacked(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
         """One read of each chip of views[l] [k, *W.shape] (chips 0..k-1 of the chunk): [k, *W.shape] per tensor."""

@@ -101,6 +101,7 @@ class NoisyWeight:
         self.enabled = True
         self.programmed: torch.Tensor | dm.ChipLevels | None = None  # W_p, or device levels (ADC simulation)
         self.read_generator: torch.Generator | None = None  # the programmed chip's read noise of this tensor
+        self.read_gain: tuple | None = None  # (programmed chip, its drift compensation gain): scales its read noise
         self.verified: torch.Tensor | None = None  # bool [*W.shape]: weights programmed with write-verify
         self.residual_sigma: float = 0.0  # σ the verified weights are left with (nvcim.writeverify)
         self.reads = 0  # forwards that asked for this weight (`nvcim.layers.coverage` checks it is read)
@@ -134,15 +135,20 @@ class NoisyWeight:
         generator for CUDA weights) draws there and the result moves to w's device: the same seed gives
         the same chip on any device. With a write-verify mask (and `verify`), the verified weights'
         second draw follows at once (`draw_chip` instead makes every layer's first draw, then the second ones)."""
+        return self.draw_with_gain(w, sigma, generator, verify=verify)[0]
+
+    def draw_with_gain(self, w: torch.Tensor, sigma: float | None = None, generator: torch.Generator | None = None,
+                       *, verify: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(`draw`, the drift compensation gain it includes or None): the gain scales the chip's read noise."""
         sigma = self.sigma if sigma is None else sigma
         gen = generator if generator is not None else self.generator
         with torch.no_grad():
             prep = self._prepared_for(w, gen)
-            w_p = dm.draw(prep, self.cfg, sigma, gen)  # [*W.shape]
+            w_p, gain = dm.draw_with_gain(prep, self.cfg, sigma, gen)  # [*W.shape], [] or None
             if verify and self.verified is not None:
                 w_p = dm.write_verified(prep, self.cfg, w_p, self.verified.to(w_p.device), sigma,
                                         self.residual_sigma, gen)
-            return w_p.to(w.device)
+            return w_p.to(w.device), gain
 
     def verify_draw(self, w: torch.Tensor, w_p: torch.Tensor, sigma: float | None = None,
                     generator: torch.Generator | None = None) -> torch.Tensor:
@@ -304,14 +310,15 @@ class NoisyWeight:
         if self.programmed is not None:
             w_p = self.programmed
             gen = self.read_generator
+            gain = self.read_gain[1] if self.read_gain is not None and self.read_gain[0] is w_p else None
         elif self.sigma == 0 and not self.cfg.quantize and not self.cfg.chip_effects and not self.cfg.read_sigma:
             return w
         else:
-            w_p = _forward_draw(self, self._draw_key(w, "weight"), lambda: self.draw(w))
+            w_p, gain = _forward_draw(self, self._draw_key(w, "weight"), lambda: self.draw_with_gain(w))
             gen = self.generator
         if self.cfg.read_sigma:
             with torch.no_grad():
-                w_p = dm.read(w_p, dm.weight_scale(w), self.cfg, gen)
+                w_p = dm.read(w_p, dm.weight_scale(w), self.cfg, gen, gain=gain)
         if torch.is_grad_enabled() and w.requires_grad:
             return _StraightThrough.apply(w, w_p)
         return w_p

@@ -385,7 +385,7 @@ def draw_chip(
     """
     gen = _generator_for(seed, generator)
     params = _varied(model, "draw_chip")
-    chip = _draw_all(params, gen, sigma)
+    chip, _ = _draw_all(params, gen, sigma)
     return {p.name: dm.chip_weight(chip[p.name], p.control.cfg) if p.control.cfg.sliced_mvm else chip[p.name]
             for p in params}
 
@@ -399,15 +399,21 @@ def _varied(model: nn.Module, verb: str) -> list[NoisyParameter]:
     return params
 
 
-def _draw_all(params: list[NoisyParameter], gen: torch.Generator | None, sigma: float | None) -> dict[str, Any]:
-    """{name: W_p, or ChipLevels for a tensor under the ADC simulation}: every first draw, then the verified ones."""
-    chip = {p.name: (p.control.draw_levels if p.control.cfg.sliced_mvm else p.control.draw)(
-        p.weight, sigma, gen, verify=False) for p in params}
+def _draw_all(params: list[NoisyParameter], gen: torch.Generator | None, sigma: float | None
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """({name: W_p, or ChipLevels for a tensor under the ADC simulation}: every first draw, then the verified
+    ones; {name: the drift compensation gain a W_p includes, or None}: it scales the chip's read noise)."""
+    chip, gains = {}, {}
+    for p in params:
+        if p.control.cfg.sliced_mvm:  # the levels carry their gain
+            chip[p.name], gains[p.name] = p.control.draw_levels(p.weight, sigma, gen, verify=False), None
+        else:
+            chip[p.name], gains[p.name] = p.control.draw_with_gain(p.weight, sigma, gen, verify=False)
     for p in params:
         if p.control.verified is not None:
             verify = p.control.verify_levels if p.control.cfg.sliced_mvm else p.control.verify_draw
             chip[p.name] = verify(p.weight, chip[p.name], sigma, gen)
-    return chip
+    return chip, gains
 
 
 def program_chip_(
@@ -421,12 +427,13 @@ def program_chip_(
     """
     gen = _generator_for(seed, generator)
     params = _varied(model, "program_chip_")
-    chip = _draw_all(params, gen, sigma)  # ADC simulation: device levels, else W_p
+    chip, gains = _draw_all(params, gen, sigma)  # ADC simulation: device levels, else W_p
     reads = (dm.read_generators(gen, len(params)) if any(p.control.cfg.read_sigma for p in params)
              else [None] * len(params))
     for p, read_gen in zip(params, reads):
         p.control.programmed = chip[p.name]
         p.control.read_generator = read_gen
+        p.control.read_gain = None if gains[p.name] is None else (chip[p.name], gains[p.name])
     return model
 
 
@@ -435,6 +442,7 @@ def clear_chip_(model: nn.Module) -> nn.Module:
     for ctrl in _controllers(model):
         ctrl.programmed = None
         ctrl.read_generator = None
+        ctrl.read_gain = None
         ctrl.reset_adc_range()
     return model
 
