@@ -167,3 +167,32 @@ def test_the_no_pairs_note_names_the_actual_reason():
                    "recipe_label": ""},
                   {**_point("noise injection", "noise_injection", [0, 1], [20.0, 21.0]), "recipe_label": ""}]
     assert "differ in more than one thing" in note(confounded)
+
+
+@pytest.mark.parametrize("odd", ["images", "bits"])
+def test_a_seed_scored_on_another_test_set_or_other_bits_is_an_arm_of_its_own_never_pooled(tmp_path, odd):
+    """OVF seed 2 scored on 200 test images (`nvcim eval --limit 200`), or on M=4 K=1 chips, beside seeds 0-1 on
+    the standard 1,000 images of M=8 K=2 chips: pooled, it entered OVF's mean, convergence count and its pairs
+    with noise injection without a word (and was still compared with the paper's figure)."""
+    from nvcim.report import matched_points
+
+    root = tmp_path / "r"
+    for seed in range(3):
+        ovf = mc_eval("ovf", 0.2, seed, [mc_result(0.2, [80.0 + seed, 81.0 + seed])])
+        if seed == 2 and odd == "images":
+            ovf["results"][0]["n_samples"] = 200
+        if seed == 2 and odd == "bits":
+            ovf["device_config"] = {"sigma": 0.2, "weight_bits": 4, "device_bits": 1}
+        write(root / f"o{seed}.json", ovf)
+        write(root / f"n{seed}.json", mc_eval("noise_injection", 0.2, seed, [mc_result(0.2, [70.0, 71.0])]))
+    points = matched_points(scan_results(root).records)
+    by_label = {p["label"]: p for p in points}
+    suffix = " (1000 test images)" if odd == "images" else ""  # each count is named where a report has several
+    odd_label = "OVF (200 test images)" if odd == "images" else "OVF (M=4 K=1)"
+    assert set(by_label) == {odd_label, "OVF" + suffix, "noise injection" + suffix}
+    assert [str(s) for s in by_label["OVF" + suffix]["seeds"]] == ["0", "1"]
+    if odd == "bits":
+        assert by_label[odd_label]["paper"] is None  # not the paper's chips: no paper figure beside it
+    rows = paired_comparisons(points)
+    assert all(odd_label not in (r["arm_a"], r["arm_b"]) for r in rows)  # confounded: another method AND evaluation
+    assert any(r["seeds"] == ["0", "1"] and "noise injection" in r["arm_b"] for r in rows)

@@ -8,7 +8,9 @@ the standard setting are arms of their own, with a suffix on the label: recalibr
 statistics ("bn_recalibration" in the file) " (BN per chip)" or " (BN: clean)", ADC ranges calibrated on training
 images ("adc_calibration" in the file) " (ADC ranges from train images)", layers kept digital
 (`--digital-layers`, the evaluation's or the checkpoint's) " (digital: features.0, classifier)", another split than test
-(`nvcim eval --split val`) " (val split)", unquantized chips (`--no-quantize`) " (unquantized)". A sweep
+(`nvcim eval --split val`) " (val split)", unquantized chips (`--no-quantize`) " (unquantized)", other bits than
+the paper's " (M=4 K=1)", and, where one (model, width, dataset) was scored on several numbers of test images
+(`--limit`), each count " (200 test images)". A sweep
 cell of a device-model axis ("device_model" in its cell) is an arm per device model: " [rram4]" (the name as
 the spec gives it) before those; results without a device model keep their labels. Models of one (model,
 dataset) trained with different recipes (a training-budget study: epochs 3 / 12 / 30) are arms per recipe,
@@ -106,6 +108,7 @@ def assign_labels(records: list[dict], others: Sequence[dict] = ()) -> None:
     """Set record["label"], ["arm"] and ["recipe_label"] in place (see the module docstring for the rule);
     `others` (write-verify records) take part in finding the recipes that differ and get their recipe_label."""
     _recipe_labels([*records, *others])
+    _mark_test_set_sizes(records)
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         if r.get("label_override"):
@@ -151,13 +154,38 @@ def assign_labels(records: list[dict], others: Sequence[dict] = ()) -> None:
             _finish(r, label)
 
 
+PAPER_BITS = (8, 2)  # (M, K): the paper's weight and device bits (DeviceConfig's defaults)
+
+
+def _bits(r: Mapping) -> tuple | None:
+    """(M, K) the result's chips had, as recorded (None when the record does not say)."""
+    bits = r.get("device_bits")
+    return tuple(bits) if bits and None not in bits else None
+
+
+def _mark_test_set_sizes(records: list[dict]) -> None:
+    """Where the results of one (model, width, dataset) were scored on different numbers of test images
+    (`nvcim eval --limit`), each says its count ("test_images"): another test set is another evaluation, an arm
+    of its own, never pooled or paired with the others."""
+    counts: dict[tuple, set] = {}
+    for r in records:
+        counts.setdefault((r["model"], r["width"], r["dataset"]), set()).add(r.get("n_samples"))
+    for r in records:
+        if len(counts[(r["model"], r["width"], r["dataset"])]) > 1 and r.get("n_samples") is not None:
+            r["test_images"] = r["n_samples"]
+
+
 def evaluation_parts(r: Mapping) -> dict[str, str]:
     """How a result was evaluated off the standard setting, one entry per aspect (empty: standard): the sweep's
     device model, recalibrated BatchNorm statistics, calibrated ADC ranges' images, layers kept digital, the
-    split, unquantized chips. Two arms differ in as many aspects as these entries differ in."""
+    split, unquantized chips, other bits than the paper's M = 8, K = 2 (a device model's name says its own), the
+    number of test images where a report holds several. Two arms differ in as many aspects as these entries
+    differ in."""
     parts = {}
     if r.get("device_model"):
         parts["device"] = str(r["device_model"])
+    elif _bits(r) not in (None, PAPER_BITS):
+        parts["bits"] = "M={} K={}".format(*_bits(r))
     how = r.get("bn_recalibration")
     if how:
         parts["bn"] = "BN per chip" if how == "each chip" else f"BN: {how}"
@@ -169,6 +197,8 @@ def evaluation_parts(r: Mapping) -> dict[str, str]:
         parts["split"] = f"{r['split']} split"
     if r.get("quantized") is False:
         parts["quantized"] = "unquantized"
+    if r.get("test_images") is not None:
+        parts["images"] = f"{r['test_images']} test images"
     return parts
 
 
@@ -184,6 +214,7 @@ def evaluation_suffix(r: Mapping) -> str:
 
 def is_standard_evaluation(r: Mapping) -> bool:
     """Evaluated as the paper evaluates: test split, quantized chips, the model's stored BatchNorm statistics, and
-    trained and tested on its i.i.d. Gaussian device (a device model or chip effect is another experiment)."""
+    trained and tested on its i.i.d. Gaussian device of M = 8, K = 2 bits (a device model, chip effect or other
+    bits is another experiment)."""
     return (not r.get("bn_recalibration") and r.get("split", "test") == "test" and r.get("quantized") is not False
-            and r.get("gaussian_device", True) and not r.get("digital_layers"))
+            and r.get("gaussian_device", True) and not r.get("digital_layers") and _bits(r) in (None, PAPER_BITS))
