@@ -209,7 +209,9 @@ def test_target_reached_and_recorded_with_honest_percentiles(data, tmp_path):
     assert res.adaptive and res.ci_half_width <= 2.0 and res.ci95[1] - res.ci95[0] == pytest.approx(2 * res.ci_half_width)
     assert len(res.subset_correct) == res.runs and 16 <= res.images_per_chip <= 60
     assert res.percentiles_from == "full_set_chips" and len(res.per_run_accuracy) == res.full_set_chips
-    assert res.p1 == pytest.approx(float(np.percentile(res.per_run_accuracy, 1)))  # from the full-set chips only
+    assert res.p10 == pytest.approx(float(np.percentile(res.per_run_accuracy, 10)))  # from the full-set chips only
+    # 20 full-set chips: one is expected below p5, none below p1, which would be their interpolated minimum
+    assert res.full_set_chips == 20 and math.isnan(res.p1) and math.isfinite(res.p5)
     assert len(res.subset_accuracy) == res.runs and res.mean == pytest.approx(np.mean(res.subset_accuracy))
     again = monte_carlo_evaluate(_model(), data, CFG, target_ci=2.0, seed=0)
     assert again.subset_correct == res.subset_correct or again.images_per_chip != res.images_per_chip  # N is timed
@@ -311,7 +313,7 @@ def test_report_pools_the_tails_from_full_set_chips_only(data, tmp_path):
     assert (rec["runs"], rec["images_per_chip"], rec["percentiles_from"]) == (res.runs, 10, "full_set_chips")
     assert rec["per_run_accuracy"] == res.per_run_accuracy  # the full-set chips, never the 10-image ones
     point = matched_points([{**rec, "label": "x"}])[0]
-    assert point["n_chips"] == res.full_set_chips and point["p1"] == pytest.approx(res.p1)
+    assert point["n_chips"] == res.full_set_chips and point["p5"] == pytest.approx(res.p5) and point["p1"] is None
 
 
 def test_more_images_per_chip_than_the_test_set_is_said(data):

@@ -196,3 +196,9 @@ def test_a_seed_scored_on_another_test_set_or_other_bits_is_an_arm_of_its_own_ne
     rows = paired_comparisons(points)
     assert all(odd_label not in (r["arm_a"], r["arm_b"]) for r in rows)  # confounded: another method AND evaluation
     assert any(r["seeds"] == ["0", "1"] and "noise injection" in r["arm_b"] for r in rows)
+
+
+def test_a_pair_without_spread_is_not_read_as_an_exact_interval():
+    # every model of both arms at chance on every chip: the differences are all 0.00, "[0.00, 0.00]" overstated it
+    row = {"arm_a": "OVF", "arm_b": "noise injection", **paired_t([0.0, 0.0, 0.0])}
+    assert reading(row) == "no spread: each of the 3 seeds differs by 0.00 points (no CI to estimate)"

@@ -428,6 +428,9 @@ def target_precision(model: nn.Module, batches, cfg: DeviceConfig, seed: int, ta
     ekl_sum = float(sum(a.ekl_sum.sum() for a in every))
     ekl_n = int(sum(a.ekl_n.sum() for a in every))
     stats = summarize(full_correct, n, ekl_sum, ekl_n)  # the tails from full-set chips only
+    for q, key in ((1, "p1"), (5, "p5"), (10, "p10")):
+        if len(full_correct) * q < 100:  # fewer chips than one below the percentile: it would be the minimum,
+            stats[key] = math.nan  # interpolated, ~9 points too high for p1 from 20 chips of a skewed chip spread
     stats.update(mean=mean, ci95=accuracy_ci(mean, half))  # bounds in [0, 100]; ci_half_width stays `half`
     nonfinite = int(sum((a.nonfinite > 0).sum() for a in every))
     clean_correct, quant_correct = baseline
