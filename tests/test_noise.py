@@ -272,6 +272,35 @@ def test_layers_nvcim_cannot_vary_are_named_not_silently_exact():
         nvcim.apply_variation_(nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2)), DeviceConfig(sigma=0.1))
 
 
+def test_a_matrix_the_model_multiplies_by_itself_is_named_not_silently_exact():
+    # x @ self.W with a raw nn.Parameter: 16,384 of 16,640 weights stayed exact, 100.00 +- 0.00 at any sigma, nothing said
+    class Raw(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.W = nn.Parameter(torch.randn(256, 64))
+            self.cls = nn.Parameter(torch.zeros(1, 1, 64))  # a token / bias-like tensor: one axis only, not a matrix
+            self.fc2, self.emb = nn.Linear(64, 4), nn.Embedding(10, 64)  # a lookup table: not a crossbar product
+
+        def forward(self, x):  # x [B, 256]
+            return self.fc2(x @ self.W + self.cls[0])  # [B, 4]
+
+    with pytest.warns(UserWarning, match=r"1 matrix outside any layer stays exact \(16,384 weights\): W \[256, 64\]; "
+                                         r"if the model multiplies by them"):
+        nvcim.apply_variation_(Raw(), DeviceConfig(sigma=0.1))
+    import warnings
+    from torch.nn.utils import parametrize
+
+    class Sym(nn.Module):
+        def forward(self, w):
+            return w.triu() + w.triu(1).t()
+
+    plain = nn.Sequential(nn.Linear(8, 8), nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), nn.Embedding(9, 8))
+    parametrize.register_parametrization(plain[0], "weight", Sym())  # its `original` belongs to the Linear
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nvcim.apply_variation_(plain, DeviceConfig(sigma=0.1))
+
+
 class _LoRALinear(nn.Linear):
     """A user's Linear subclass with its own forward (W x + B A x): nvcim's Linear forward would drop B A x."""
 

@@ -3,6 +3,8 @@
     exact_products(model)          layers a chip would compute as crossbar products that stay exact here: types
                                    without a handler (RNNs, bilinear) and subclasses of a supported type with a forward
                                    of their own (a LoRA layer: the handler's forward would drop its computation)
+    loose_matrices(model)          matrices held outside any layer (an nn.Parameter the model multiplies by itself,
+                                   `x @ self.W`): nvcim cannot tell such a product from a lookup table, so it names them
     shared_tensors(model, chosen)  varied weight tensors that several layers hold (weight tying): each varied layer
                                    draws its own copy, a layer that is not varied reads the exact tensor
 """
@@ -21,6 +23,7 @@ from nvcim.layers import handlers
 UNSUPPORTED_MVM = (nn.RNNBase, nn.RNNCellBase, nn.Bilinear)
 _WARNED_EXACT: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # models warned about their exact layers
 _WARNED_SHARED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # ... and about their shared tensors
+_WARNED_LOOSE: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # ... and about matrices outside any layer
 
 
 def _key(module_name: str, attr: str) -> str:
@@ -42,6 +45,29 @@ def _exact_modules(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
         elif isinstance(m, UNSUPPORTED_MVM) and handlers.handler_for(m) is None:
             out.append((n or type(model).__name__, m, type(m).__name__))
     return out
+
+
+# modules whose matrices are lookup tables, not crossbar products
+_TABLES = (nn.Embedding, nn.EmbeddingBag)
+
+
+def _loose(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) of the matrices (two or more axes longer than 1) held directly by a module that no handler
+    covers and that is not a lookup table, nor inside a layer already named as exact."""
+    inside = {id(p) for _, m, _ in _exact_modules(model) for p in m.parameters()}
+    inside |= {id(p) for m in model.modules() if handlers.handler_for(m) is not None or isinstance(m, _TABLES)
+               or handlers.is_digital(m) for p in m.parameters()}  # a layer's own (parametrized: its `original`)
+    out = []
+    for n, m in model.named_modules():
+        for attr, p in m.named_parameters(recurse=False):
+            if sum(d > 1 for d in p.shape) >= 2 and id(p) not in inside:
+                out.append((_key(n, attr), p))
+    return out
+
+
+def loose_matrices(model: nn.Module) -> list[str]:
+    """"name [shape]" of the matrices held outside any layer (see `_loose`)."""
+    return [f"{n} {list(p.shape)}" for n, p in _loose(model)]
 
 
 def exact_products(model: nn.Module) -> list[str]:
@@ -73,6 +99,15 @@ def warn_exact_and_shared(model: nn.Module, chosen: Sequence[tuple[str, nn.Modul
                       f"{varied + left:,} matrix weights get device variation (supported: Linear, Conv, "
                       "MultiheadAttention and their subclasses that keep their forward; "
                       "nvcim.layers.register_layer adds a type)", stacklevel=3)
+    loose = _loose(model)
+    if loose and model not in _WARNED_LOOSE:
+        _WARNED_LOOSE.add(model)
+        names = [f"{n} {list(p.shape)}" for n, p in loose]
+        weights = sum(p.numel() for _, p in loose)
+        warnings.warn(f"apply_variation_: {len(loose)} matri{'x' if len(loose) == 1 else 'ces'} outside any layer "
+                      f"stay{'s' if len(loose) == 1 else ''} exact ({weights:,} weights): {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}; "
+                      "if the model multiplies by them (x @ W), a chip would hold them on crossbars: compute them "
+                      "with nn.Linear (or nvcim.layers.register_layer for a layer type of your own)", stacklevel=3)
     shared = shared_tensors(model, chosen)
     if shared and model not in _WARNED_SHARED:
         _WARNED_SHARED.add(model)
