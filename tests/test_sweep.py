@@ -151,6 +151,7 @@ def test_toml_and_yaml_specs(tmp_path):
     ({"train": {**TRAIN, "epoch": 3}}, "train.epoch"),
     ({"train": {**TRAIN, "optimizer": "rmsprop"}}, "optimizer"),
     ({"eval": {"runs": 0}}, "eval.runs"),
+    ({"eval": {"runs": 1}}, "eval.runs"),  # as nvcim eval: one chip has no spread
     ({"eval": {"run": 3}}, "eval.run"),
     # a top-level key written after a [table] header (TOML puts it into that table): where to move it
     ({"train": {**TRAIN, "device_models": ["rram4"]}}, "'device_models' is a top-level key: move it to the top level (in TOML, above the first"),

@@ -27,7 +27,7 @@ def run_write_verify(args, ckpt, model, config, spec, dataset, splits, split, cf
     print(f"{ckpt}: {spec.get('name', '?')} on {dataset} ({args.split}, {points[0]['result'].n_samples} images), "
           f"σ {cfg.sigma:g} (training σ {train_sigma:g}), device {device}, {mc['runs']} runs per fraction, "
           f"seed {mc['seed']}; "
-          f"write-verify by {verify['by']}, verified devices left at σ {verify['residual_sigma']:g}, "
+          f"write-verify by {verify['by']}, verified devices left at σ {min(verify['residual_sigma'], cfg.sigma):g}, "
           f"{points[0]['plan'].n_weights} weights x {cfg.devices_per_weight} devices")
     print(points_table(points))
     note_few_chips([p["result"] for p in points])

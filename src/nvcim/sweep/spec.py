@@ -302,7 +302,8 @@ def validate_spec(raw: Mapping, where: str = "<spec>", base_dir=None) -> SweepSp
 
     # [eval]
     e = _table_with_defaults(raw, "eval", EVAL_DEFAULTS, where)
-    for key, lo in (("runs", 1), ("seed", 0), ("val_runs", 1), ("val_seed", 0), ("batch_size", 1)):
+    # runs >= 2 as nvcim eval asks (one chip has no spread, no CI); the β search's val_runs may be 1 (a mean only)
+    for key, lo in (("runs", 2), ("seed", 0), ("val_runs", 1), ("val_seed", 0), ("batch_size", 1)):
         if not is_int(e[key]) or e[key] < lo:
             raise _err(where, f"eval.{key}", e[key], f"an integer >= {lo}")
     for key in ("runs", "val_runs", "max_chips"):  # as nvcim eval refuses them without --force-runs
