@@ -24,6 +24,15 @@ def ckpts(tmp_path_factory):
     return [str(d / "a"), str(d / "b")]
 
 
+@pytest.fixture
+def same_code(monkeypatch):
+    """The code's fingerprint of the test's start throughout (an edit of nvcim's sources meanwhile, in a working tree
+    others edit, would make every piece another code's: never taken)."""
+    import nvcim.evaluate.partial as partial
+
+    monkeypatch.setattr(partial, "code_fingerprint", lambda fixed=partial.code_fingerprint(): fixed)
+
+
 def matrix_argv(ckpts, out, runs="4"):
     return ["eval", *ckpts, "--device-models", MODELS, "--sigma", "0.2", "--runs", runs, "--seed", "3", "--out",
             str(out)]
@@ -72,26 +81,66 @@ def test_an_interrupted_matrix_resumes_with_its_finished_cells(ckpts, tmp_path, 
     assert cells(out) == cells(ref) and not partial.exists()
 
 
-def test_pieces_of_another_evaluation_damaged_or_foreign_are_never_taken(ckpts, tmp_path, capsys, monkeypatch):
+def test_a_damaged_piece_is_redone_and_replaced_and_a_users_file_is_kept(ckpts, tmp_path, capsys, monkeypatch,
+        same_code):
+    """A piece nvcim wrote that a kill or a full disk cut short is nvcim's own damaged file: one warning, its cell
+    runs again, the piece is replaced (a later resume takes it) and removed with the others; the user's files stay."""
+    from nvcim.evaluate.partial import PartialResults
+
+    ref = tmp_path / "ref.json"
+    assert run_cli(matrix_argv(ckpts, ref), capsys)[0] == 0
     out = tmp_path / "m.json"
     interrupt_matrix(ckpts, out, capsys, monkeypatch, after=3)
     partial = tmp_path / "m.json.partial"
     pieces = sorted(partial.glob("piece-*.json"))
-    pieces[0].write_text("{not json")  # damaged
+    pieces[0].write_text(pieces[0].read_text()[:100])  # truncated
     (partial / "notes.txt").write_text("mine")  # a user's file
+    (partial / "piece-mine.json").write_text("{not json")  # a user's file, not of a piece's name
     with monkeypatch.context() as m:
         calls = count_evaluations(m)
+        m.setattr(PartialResults, "remove", lambda self: None)  # to see the piece the run put back
         rc, _, err = run_cli(matrix_argv(ckpts, out), capsys)
     assert rc == 0 and len(calls) == 4  # 6 cells, 2 intact pieces taken
-    assert "cannot be used" in err and "is not nvcim's" in err and "not nvcim's: left there" in err
-    # nvcim's pieces are gone; the user's file and the unreadable piece (nvcim cannot tell it is its own) are kept
-    assert sorted(p.name for p in partial.iterdir()) == sorted(["notes.txt", pieces[0].name])
-    assert pieces[0].read_text() == "{not json"
+    said = [line for line in err.splitlines() if pieces[0].name in line]
+    assert len(said) == 1 and "damaged" in said[0] and "not nvcim's" not in said[0], err
+    assert cells(out) == cells(ref)
+    assert len(list(partial.glob("piece-????????????????.json"))) == 6  # the 3 kept and the 3 this run finished
+    assert pieces[0].read_text().endswith("}\n")  # replaced whole
+    with monkeypatch.context() as m:  # the replaced piece is taken like any other
+        calls = count_evaluations(m)
+        rc, stdout, err = run_cli(matrix_argv(ckpts, out), capsys)
+    assert rc == 0 and not calls and "6 of 6 cells were kept" in stdout and "but damaged" not in err
+    assert cells(out) == cells(ref)
+    # nvcim's pieces are gone; the user's files are kept, untouched
+    assert sorted(p.name for p in partial.iterdir()) == ["notes.txt", "piece-mine.json"]
+    assert (partial / "piece-mine.json").read_text() == "{not json" and err.count("not nvcim's: left there") == 1
     interrupt_matrix(ckpts, out, capsys, monkeypatch, after=2)  # other chips (--runs 5): those pieces are not taken
     with monkeypatch.context() as m:
         calls = count_evaluations(m)
         rc, _, _ = run_cli(matrix_argv(ckpts, out, runs="5"), capsys)
     assert rc == 0 and len(calls) == 6 and read_result_file(out).runs == 5
+
+
+def test_a_resumed_matrix_cell_with_impossible_numbers_is_redone_not_printed(ckpts, tmp_path, capsys, monkeypatch,
+        same_code):
+    """A piece whose mean is 150 % (its chips' accuracies left as they were) is damaged: redone, with one warning."""
+    import json
+
+    ref = tmp_path / "ref.json"
+    assert run_cli(matrix_argv(ckpts, ref), capsys)[0] == 0
+    out = tmp_path / "m.json"
+    interrupt_matrix(ckpts, out, capsys, monkeypatch, after=2)
+    piece = sorted((tmp_path / "m.json.partial").glob("piece-*.json"))[0]
+    d = json.loads(piece.read_text())
+    d["result"]["mean"] = 150.0
+    piece.write_text(json.dumps(d))
+    with monkeypatch.context() as m:
+        calls = count_evaluations(m)
+        rc, stdout, err = run_cli(matrix_argv(ckpts, out), capsys)
+    assert rc == 0 and len(calls) == 5 and "150.00" not in stdout + err and "1 of 6 cells were kept" in stdout
+    said = [line for line in err.splitlines() if piece.name in line]
+    assert len(said) == 1 and "damaged" in said[0] and "mean 150.0" in said[0], err
+    assert cells(out) == cells(ref) and not (tmp_path / "m.json.partial").exists()
 
 
 def test_a_file_where_the_pieces_go_is_refused_before_any_work(ckpts, tmp_path, capsys, monkeypatch):
@@ -258,3 +307,103 @@ def test_a_kept_matrix_cell_with_non_finite_logits_warns_again(tmp_path):
         assert got.cells[0][0]["result"].nonfinite_runs == nonfinite
         said = [str(w.message) for w in caught if "non-finite" in str(w.message)]
         assert len(said) == int(warned) and (not said or "2 of 3 chips" in said[0])
+
+
+def test_a_truncated_sigma_piece_is_redone_and_the_folder_cleaned_up(ckpts, tmp_path, capsys, monkeypatch,
+        same_code):
+    """The σ curve's pieces likewise: a truncated one is said once, redone, and the folder goes with the others."""
+    argv = ["eval", ckpts[0], "--sigmas", "0.1,0.2,0.3", "--runs", "3", "--seed", "2", "--out"]
+    ref, out = tmp_path / "ref.json", tmp_path / "e.json"
+    assert run_cli([*argv, str(ref)], capsys)[0] == 0
+    calls = interrupted_curve([*argv, str(out)], capsys, monkeypatch, after=2)
+    partial = tmp_path / "e.json.partial"
+    pieces = sorted(partial.glob("piece-*.json"))
+    assert len(pieces) == 2
+    with open(pieces[0], "r+") as f:
+        f.truncate(100)
+    rc, stdout, err = run_cli([*argv, str(out)], capsys)
+    assert rc == 0 and len(calls) == 2 and "1 of 3 σ were kept" in stdout
+    warned = [line for line in err.splitlines() if "warning" in line]
+    assert len(warned) == 1 and pieces[0].name in warned[0] and "damaged" in warned[0], err
+    assert not partial.exists()
+    got, want = (read_result_file(p).mc_results() for p in (out, ref))
+    assert [(r.sigma, r.per_run_correct, r.mean) for r in got] == [(r.sigma, r.per_run_correct, r.mean) for r in want]
+
+
+def _piece_result():
+    import torch
+
+    from nvcim import DeviceConfig
+    from nvcim.evaluate import monte_carlo_evaluate
+
+    torch.manual_seed(0)
+    model, data = torch.nn.Linear(4, 3), (torch.randn(16, 4), torch.randint(0, 3, (16,)))
+    return monte_carlo_evaluate(model, data, DeviceConfig(sigma=0.3), runs=4, seed=0)
+
+
+@pytest.mark.parametrize("field,value,named", [
+    ("mean", 150.0, "mean 150.0 is not an accuracy"), ("mean", None, "mean nan"), ("mean", -1.0, "mean -1.0"),
+    ("mean", "shift", "not the mean of its chips' accuracies"), ("per_run_accuracy", 150.0, "per_run_accuracy[0]"),
+    ("per_run_correct", 1000, "per_run_accuracy[0]"), ("p5", 101.0, "p5 101.0"), ("clean_accuracy", -3.0, "clean"),
+    ("ci95", [-5.0, 3.0], "ci95"), ("runs", 9, "runs 9"), ("key", "other", "another evaluation"),
+    ("result", None, "cannot be read"),
+])
+def test_a_piece_with_numbers_no_evaluation_gives_is_damaged(tmp_path, field, value, named):
+    """get() checks a piece's numbers before trusting them: an accuracy outside [0, 100] % or not finite, chips'
+    accuracies that are not their counts, a mean not that of its chips, a wrong chip count are damage, said in one
+    warning; the evaluation is put again over it and taken by the next run."""
+    import json
+    import warnings
+
+    from nvcim.evaluate.partial import PartialResults, implausible
+
+    res, key = _piece_result(), {"cell": 1}
+    assert implausible(res) is None
+    PartialResults(tmp_path).put(key, res)
+    (path,) = tmp_path.glob("piece-*.json")
+    d = json.loads(path.read_text())
+    r = d["result"]
+    if field == "key":
+        d["key"] = {"cell": 2}
+    elif field == "result":
+        del r["per_run_correct"], r["mean"]
+        r["n_samples"] = "x"
+    elif value == "shift":
+        r["mean"] += 0.5
+    elif field in ("per_run_accuracy", "per_run_correct"):
+        r[field][0] = value
+    else:
+        r[field] = value
+    path.write_text(json.dumps(d))
+    partial = PartialResults(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert partial.get(key) is None
+        partial.put(key, res)
+    assert len(caught) == 1 and "damaged" in str(caught[0].message) and named in str(caught[0].message), \
+        [str(w.message) for w in caught]
+    again = PartialResults(tmp_path)
+    assert again.get(key).to_dict() == res.to_dict() and again.taken == 1
+    again.remove()
+    assert not tmp_path.exists()
+
+
+def test_target_precision_and_single_chip_results_are_plausible(tmp_path):
+    """The check accepts what nvcim writes: a target-precision result (its mean over the subset chips) and a single
+    chip's (NaN spread and CI)."""
+    import torch
+
+    from nvcim import DeviceConfig
+    from nvcim.evaluate import monte_carlo_evaluate
+    from nvcim.evaluate.partial import PartialResults, implausible
+
+    torch.manual_seed(0)
+    model, data = torch.nn.Linear(4, 3), (torch.randn(64, 4), torch.randint(0, 3, (64,)))
+    adaptive = monte_carlo_evaluate(model, data, DeviceConfig(sigma=0.3), seed=0, target_ci=5.0, images_per_chip=16,
+                                    max_chips=200)
+    one = monte_carlo_evaluate(model, data, DeviceConfig(sigma=0.3), runs=1, seed=0, baselines=False)
+    for i, res in enumerate((adaptive, one)):
+        assert implausible(res) is None
+        PartialResults(tmp_path).put({"i": i}, res)
+        got = PartialResults(tmp_path).get({"i": i})
+        assert got is not None and got.mean == res.mean

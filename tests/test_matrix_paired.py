@@ -220,3 +220,30 @@ def test_a_report_of_a_matrix_alone_counts_the_matrix(tmp_path):
     assert main(["report", str(tmp_path / "res"), "--out", str(tmp_path / "out")]) == 0
     intro = (tmp_path / "out" / "report.md").read_text(encoding="utf-8").splitlines()[2]
     assert intro.startswith("0 result rows from 0 results files and 1 device-model matrix under"), intro
+
+
+def test_a_matrix_with_numbers_nvcim_cannot_have_written_is_refused_or_skipped(tmp_path, capsys):
+    """As for mc_eval files: a cell's accuracy of 150 % (a damaged or hand-edited file) is a one-line refusal naming
+    the file and the cell, exit 2 and nothing written; with --skip-bad a warning, and the file is left out."""
+    import json
+
+    from nvcim.cli import main
+
+    info = [{"method": NI, "seed": s, "train_sigma": 0.3} for s in (0, 1)]
+    write_result_file(tmp_path / "res" / "good.json", _matrix(info, [[50, 40], [52, 41]]))
+    for name, field, value in (("mean.json", "mean", 150.0), ("run.json", "per_run_accuracy", [150.0, 50.0]),
+                               ("none.json", "mean", None)):
+        d = _matrix(info, [[50, 40], [52, 41]]).to_dict()
+        d["cells"][1][0]["result"][field] = value
+        (tmp_path / "bad" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "bad" / name).write_text(json.dumps(d))
+        assert main(["report", str(tmp_path / "res"), str(tmp_path / "bad" / name), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and name in err and "cells[1][0].result" in err and "--skip-bad" in err, err
+        assert not (tmp_path / "o").exists()
+    assert main(["report", str(tmp_path / "res"), str(tmp_path / "bad"), "--out", str(tmp_path / "o"),
+                 "--skip-bad"]) == 0
+    err = capsys.readouterr().err
+    assert all(f"skipping {tmp_path / 'bad' / name}" in err for name in ("mean.json", "run.json", "none.json")), err
+    arms = (tmp_path / "o" / "device_matrix_arms.csv").read_text()
+    assert "150" not in arms and "good.json" in arms and str(tmp_path / "bad") not in arms

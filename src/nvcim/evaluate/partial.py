@@ -6,8 +6,8 @@ drawn from the seed, so a piece is exactly what evaluating it again would give).
     partial = PartialResults.beside(out)   # OUT.partial/ (created on the first put); ValueError (one line) if a
                                            # file, a symlink or an unwritable directory is there
     res = partial.get(key)                 # the MCResult saved under `key` by an earlier run, or None (absent;
-                                           # damaged: a warning)
-    partial.put(key, res)                  # atomically; never replacing a file that is not nvcim's piece; a write
+                                           # damaged: one warning, and the evaluation runs again)
+    partial.put(key, res)                  # atomically, replacing nvcim's own piece (a damaged one too); a write
                                            # that fails is a warning (this run goes on, without a resume point)
     partial.remove()                       # once the output is written: nvcim's pieces, then the folder if empty
 
@@ -17,13 +17,21 @@ never taken, and only pieces an earlier run left are taken (two identical evalua
 A piece is
 {"format": "nvcim-eval-partial", "version": 1, "key": {...}, "result": MCResult.to_dict()}, named
 piece-<first 16 hex digits of the sha256 of the key's canonical JSON>.json.
+
+A regular file of that name in the pieces' folder is nvcim's own: one that cannot be read, does not hold the key its
+name comes from, or holds numbers no evaluation gives (an accuracy outside [0, 100] or not finite, a mean that is not
+that of its chips' accuracies: `implausible`) is damaged (a kill mid-write by another tool, a full disk, an edit): it
+is never taken, the evaluation runs again and its piece replaces the damaged one, and `remove` deletes it with the
+others. Anything else in that folder (other names, symlinks, folders) is the user's: never replaced nor deleted.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,6 +40,7 @@ from nvcim.evaluate.results import MCResult, write_results_json
 
 FORMAT, VERSION = "nvcim-eval-partial", 1
 SUFFIX = ".partial"
+PIECE_NAME = re.compile(r"piece-[0-9a-f]{16}\.json")  # the name `_path` gives a piece
 
 
 def code_fingerprint() -> str:
@@ -78,29 +87,39 @@ class PartialResults:
     def _path(self, key: Mapping[str, Any]) -> Path:
         return self.dir / f"piece-{hashlib.sha256(_canonical(key).encode()).hexdigest()[:16]}.json"
 
-    def _read(self, path: Path) -> dict | None:
-        """The piece at `path` if it is one of nvcim's (any key), else None."""
+    @staticmethod
+    def _ours(path: Path) -> bool:
+        """Whether `path` (in the pieces' folder) is a file nvcim wrote there: a regular file with a piece's name, or
+        the temporary file of a write a kill interrupted."""
+        return path.is_file() and not path.is_symlink() and (
+            bool(PIECE_NAME.fullmatch(path.name)) or (path.name.startswith(".piece-") and path.name.endswith(".tmp")))
+
+    def _load(self, path: Path, key: Mapping[str, Any]) -> tuple[MCResult | None, str]:
+        """The result the piece at `path` holds for `key`, or (None, why it is damaged)."""
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            return None
-        ok = (isinstance(d, dict) and d.get("format") == FORMAT and d.get("version") == VERSION
-              and isinstance(d.get("key"), dict) and isinstance(d.get("result"), dict))
-        return d if ok else None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return None, f"not readable JSON: {type(exc).__name__}"
+        if not (isinstance(d, dict) and d.get("format") == FORMAT and d.get("version") == VERSION
+                and isinstance(d.get("key"), dict) and isinstance(d.get("result"), dict)):
+            return None, "not in the format of a piece"
+        try:
+            if _canonical(d["key"]) != _canonical(key):
+                return None, "it holds another evaluation than its name says"
+            result = MCResult.from_dict(d["result"])
+        except (KeyError, TypeError, ValueError) as exc:
+            return None, f"its result cannot be read: {type(exc).__name__}"
+        why = implausible(result)
+        return (None, why) if why else (result, "")
 
     def get(self, key: Mapping[str, Any]) -> MCResult | None:
         path = self._path(key)
-        if path.name not in self._earlier or not path.is_file():  # only what an earlier run left
+        if path.name not in self._earlier or not self._ours(path):  # only what an earlier run left, and nvcim's
             return None
-        piece = self._read(path)
-        result = None
-        if piece is not None and _canonical(piece["key"]) == _canonical(key):
-            try:
-                result = MCResult.from_dict(piece["result"])
-            except (KeyError, TypeError, ValueError):
-                result = None
+        result, why = self._load(path, key)
         if result is None:
-            warnings.warn(f"{path} cannot be used (damaged, or of another evaluation): that evaluation runs again")
+            warnings.warn(f"{path} is nvcim's piece of an interrupted run but damaged ({why}): that evaluation runs "
+                          "again and replaces it")
             return None
         self.taken += 1
         return result
@@ -109,10 +128,10 @@ class PartialResults:
         path = self._path(key)
         if self._broken:
             return
-        if path.exists() and self._read(path) is None:  # not nvcim's piece: never replaced
+        if (path.exists() or path.is_symlink()) and not self._ours(path):  # a symlink or a folder: never replaced
             warnings.warn(f"{path} is not nvcim's: this evaluation is not kept for a resume (move that file away)")
             return
-        try:
+        try:  # atomically: an existing piece of that name (nvcim's own, damaged or not) is replaced whole
             self.dir.mkdir(parents=True, exist_ok=True)
             write_results_json(path, {"format": FORMAT, "version": VERSION, "key": dict(key), "result": result})
         except OSError as exc:  # the evaluation goes on; only the resume point is lost
@@ -121,16 +140,14 @@ class PartialResults:
                           "but an interruption would start it again")
 
     def remove(self) -> None:
-        """Delete nvcim's pieces and the directory; anything else there is kept (with a warning)."""
+        """Delete nvcim's pieces (damaged ones too) and the directory; anything else there is kept (with a
+        warning)."""
         if self.dir.is_symlink() or not self.dir.is_dir():
             return
         others = []
         try:
             for p in sorted(self.dir.iterdir()):
-                ours = p.is_file() and not p.is_symlink() and (
-                    (p.name.startswith("piece-") and p.suffix == ".json" and self._read(p) is not None)
-                    or (p.name.startswith(".piece-") and p.name.endswith(".tmp")))  # a write a kill interrupted
-                if ours:
+                if self._ours(p):
                     p.unlink()
                 else:
                     others.append(p.name)
@@ -141,3 +158,44 @@ class PartialResults:
             return
         if others:
             warnings.warn(f"{self.dir} also holds {others[:3]}, which are not nvcim's: left there")
+
+
+def _accuracy(v: Any, missing: bool = False) -> bool:
+    """Whether `v` is an accuracy in [0, 100] % (with `missing`: or NaN, a value a result may lack: JSON null)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return (missing and math.isnan(v)) or (math.isfinite(v) and 0 <= v <= 100)
+
+
+def implausible(r: MCResult) -> str | None:
+    """Why `r` cannot be a result nvcim computed (None: it can): an accuracy outside [0, 100] % or not finite, chips'
+    accuracies that are not their correct counts over the test set, a mean that is not the mean of the accuracies it
+    is taken over (every chip's; in target-precision mode the subset chips'), or chip counts that do not match."""
+    if not (isinstance(r.sigma, (int, float)) and math.isfinite(r.sigma) and r.sigma >= 0):
+        return f"sigma {r.sigma!r} is not a σ_d >= 0"
+    if not (isinstance(r.n_samples, int) and r.n_samples >= 1 and isinstance(r.runs, int) and r.runs >= 1):
+        return f"runs {r.runs!r}, n_samples {r.n_samples!r} are not counts >= 1"
+    if not _accuracy(r.mean):
+        return f"mean {r.mean!r} is not an accuracy in [0, 100] %"
+    for name in ("clean_accuracy", "quantized_accuracy", "p1", "p5", "p10", "min", "max"):
+        if not _accuracy(getattr(r, name), missing=True):
+            return f"{name} {getattr(r, name)!r} is not an accuracy in [0, 100] %"
+    if not (len(r.ci95) == 2 and all(_accuracy(c, missing=True) for c in r.ci95)):
+        return f"ci95 {list(r.ci95)!r} is not two accuracies in [0, 100] %"
+    per_run, correct = r.per_run_accuracy, r.per_run_correct
+    if not per_run or len(correct) != len(per_run):
+        return f"{len(per_run)} chip accuracies for {len(correct)} correct counts"
+    for j, (a, c) in enumerate(zip(per_run, correct)):
+        if not (_accuracy(a) and math.isclose(a, 100.0 * c / r.n_samples, rel_tol=1e-9, abs_tol=1e-9)):
+            return f"per_run_accuracy[{j}] = {a!r} is not chip {j}'s {c} of {r.n_samples} correct"
+    if r.adaptive:  # the mean is over the subset chips (nvcim.evaluate.adaptive)
+        values = r.subset_accuracy or [100.0 * c / (r.images_per_chip or math.nan) for c in r.subset_correct]
+        chips = len(r.subset_correct)
+    else:
+        values, chips = per_run, len(per_run)
+    if chips != r.runs or not values or not all(isinstance(v, float) and math.isfinite(v) for v in values):
+        return f"runs {r.runs} does not match its {chips} chips' accuracies"
+    mean = math.fsum(values) / len(values)
+    if not math.isclose(r.mean, mean, rel_tol=1e-9, abs_tol=1e-9):
+        return f"mean {r.mean!r} is not the mean of its chips' accuracies ({mean:.6g})"
+    return None

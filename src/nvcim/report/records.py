@@ -102,6 +102,16 @@ def _check_values(r: Mapping[str, Any], where: str) -> None:
         raise bad("runs", runs, "a chip count >= 1")
 
 
+def _check_matrix(rec: DeviceMatrixFile, path: Path) -> None:
+    """`_check_values` on every cell's result of a device-model matrix file (the reader checked its grid)."""
+    for i, row in enumerate(rec.cells):
+        for j, cell in enumerate(row):
+            r, where = cell["result"], f"{path}: cells[{i}][{j}].result"
+            if num(r.get("sigma")) is None or num(r.get("mean")) is None:
+                raise ValueError(f"{where} lacks a numeric 'sigma' or 'mean'; use --skip-bad to skip it")
+            _check_values(r, where)
+
+
 def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, results: list | None = None) -> list[dict]:
     """Flat records of one mc_eval file (one per test σ); the reader (nvcim.evaluate.files) checked its structure."""
     results = rec.results if results is None else results
@@ -286,6 +296,7 @@ def scan_results(path, skip_bad: bool = False, warn=None) -> ResultSet:
                     rs.failures.append({"cell_id": str(rec.cell.get("id", f.stem)),
                                         "error": err.splitlines()[0] if err else "", "file": str(f), "cell": rec.cell})
                 elif isinstance(rec, DeviceMatrixFile):
+                    _check_matrix(rec, f)
                     rs.matrices.append((str(f), rec))
                 elif isinstance(rec, WriteVerifyFile):
                     rs.verify_records.extend(_verify_records(rec, f))
@@ -298,7 +309,7 @@ def scan_results(path, skip_bad: bool = False, warn=None) -> ResultSet:
             if not skip_bad:
                 raise
             warn(f"skipping {e}")
-            rs.skipped.append((str(f), "malformed mc_eval"))
+            rs.skipped.append((str(f), f"malformed {kind}"))
     device_msgs = _split_device_models(rs.records + rs.verify_records)
     assign_labels(rs.records, rs.verify_records)
     _label_verify_records(rs.verify_records, rs.records)
