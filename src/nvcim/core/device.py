@@ -63,6 +63,7 @@ from typing import NamedTuple
 import torch
 
 from nvcim.core import effects, rng
+from nvcim.core.effects import CALIBRATION_SEED, calibration_input, drift_compensation_scale  # noqa: F401
 from nvcim.core.config import DRIFT_T0, DeviceConfig
 from nvcim.core.variation import VARIATIONS, Variation
 
@@ -438,28 +439,6 @@ def write_verified_levels(prepared: PreparedWeight, cfg: DeviceConfig, chip: Chi
                          "input_bits): drop one of them")
     second = draw_levels(prepared, cfg, min(float(residual_sigma), float(sigma)), generator)
     return chip._replace(g=torch.where(verified, second.g, chip.g))
-
-
-CALIBRATION_SEED = 0  # the calibration input of drift compensation: fixed, the same for every chip and layer
-CALIBRATION_VECTORS = 32
-
-
-def calibration_input(fan_in: int, dtype: torch.dtype, device=None) -> torch.Tensor:
-    """[fan_in, 32] fixed calibration input of drift compensation: U[0, 1) (like post-ReLU activations),
-    from a CPU generator seeded CALIBRATION_SEED (the same on every device)."""
-    gen = torch.Generator().manual_seed(CALIBRATION_SEED)
-    return torch.rand((fan_in, CALIBRATION_VECTORS), generator=gen).to(device=device, dtype=dtype)
-
-
-def drift_compensation_scale(w_t0: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
-    """[] mean|W(t0) X| / mean|W(t) X| on the calibration input X (1 when W(t) X vanishes): the one scalar that
-    restores a tensor's output scale after drift (aihwkit's GlobalDriftCompensation)."""
-    if w_t.numel() == 0:
-        return w_t.new_ones(())
-    x = calibration_input(w_t[0].numel(), w_t.dtype, w_t.device)  # [fan_in, 32]
-    ref = (w_t0.reshape(w_t0.shape[0], -1) @ x).abs().mean()
-    now = (w_t.reshape(w_t.shape[0], -1) @ x).abs().mean()
-    return torch.where(now > 0, ref / torch.where(now > 0, now, torch.ones_like(now)), torch.ones_like(now))
 
 
 def read_generators(generator: torch.Generator | None, count: int) -> list[torch.Generator]:

@@ -1,4 +1,5 @@
-"""Stuck-at faults and drift drawn per weight where that is exact in distribution (SPEC §8, issue #18 point 5).
+"""Stuck-at faults and drift drawn per weight where that is exact in distribution (SPEC §8, issue #18 point 5), and
+the drift compensation scalar (`drift_compensation_scale`, on the fixed `calibration_input`).
 
 `nvcim.core.device.draw` uses this for chips with faults or drift when the variation kind's device errors are
 Gaussian (`Variation.fast_path_exact`: "gaussian", "weight_band", "level_dependent") and cfg.sampling is "auto";
@@ -234,3 +235,26 @@ def draw(w_d: torch.Tensor, levels: torch.Tensor, signed_step: torch.Tensor, wei
     rng.map_chunks(n, generator, chunk)
     shape = w_d.shape
     return (None if out_0 is None else out_0.view(shape)), out_t.view(shape)
+
+
+# ---- drift compensation (aihwkit's GlobalDriftCompensation): one scalar per tensor --------------------------------
+CALIBRATION_SEED = 0  # the calibration input of drift compensation: fixed, the same for every chip and layer
+CALIBRATION_VECTORS = 32
+
+
+def calibration_input(fan_in: int, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """[fan_in, 32] fixed calibration input of drift compensation: U[0, 1) (like post-ReLU activations),
+    from a CPU generator seeded CALIBRATION_SEED (the same on every device)."""
+    gen = torch.Generator().manual_seed(CALIBRATION_SEED)
+    return torch.rand((fan_in, CALIBRATION_VECTORS), generator=gen).to(device=device, dtype=dtype)
+
+
+def drift_compensation_scale(w_t0: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+    """[] mean|W(t0) X| / mean|W(t) X| on the calibration input X (1 when W(t) X vanishes): the one scalar that
+    restores a tensor's output scale after drift (aihwkit's GlobalDriftCompensation)."""
+    if w_t.numel() == 0:
+        return w_t.new_ones(())
+    x = calibration_input(w_t[0].numel(), w_t.dtype, w_t.device)  # [fan_in, 32]
+    ref = (w_t0.reshape(w_t0.shape[0], -1) @ x).abs().mean()
+    now = (w_t.reshape(w_t.shape[0], -1) @ x).abs().mean()
+    return torch.where(now > 0, ref / torch.where(now > 0, now, torch.ones_like(now)), torch.ones_like(now))
