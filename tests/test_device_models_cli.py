@@ -109,6 +109,12 @@ def test_matrix_bad_input_is_one_line(ckpts, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown device model 'nope'" in err[0]
     assert main(["eval", str(ckpts[0]), "--device-models", "gaussian", "--curve"]) == 2
+    capsys.readouterr()
+    # a noise-injection checkpoint trained at σ 0.2 beside a vanilla one trained at 0.3 (a sweep's vanilla: 0), each
+    # at its own σ: a row of other variation read as the better model; one σ for the matrix, or no matrix
+    assert main(["eval", *map(str, ckpts), "--device-models", "gaussian,rram4", "--runs", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trained at different σ_d" in err[0] and "give --sigma S" in err[0]
 
 
 def test_cli_ci_of_two_chips_stays_in_0_100_with_a_note(ckpts, tmp_path, capsys):

@@ -96,6 +96,14 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
             defaults["sigma"] = sigma
         devices.append({name: resolve(name, defaults) for name in names})
     own_sigma = {name: devices[0][name].sigma for name in own_sigma}  # a file's own σ: the same in every row
+    if sigma is None:  # each checkpoint's training σ: a row at σ 0 (a sweep's vanilla) beside rows at 0.2 would
+        trained = {ck: d.sigma for ck, row in zip(ckpts, devices)  # compare chips of different variation silently
+                   for name, d in row.items() if isinstance(d, DeviceConfig) and name not in own_sigma}
+        if len(set(trained.values())) > 1:
+            shown = ", ".join(f"{ck}: {s:g}" for ck, s in list(trained.items())[:4]) + (", ..." if len(trained) > 4
+                                                                                         else "")
+            raise ValueError(f"the checkpoints were trained at different σ_d ({shown}) and a matrix compares its rows "
+                             "at one σ_d: give --sigma S")
     adc_calibration(args.adc_calibration, [d for row in devices for d in row.values()], None, args.split)
     rows, info, adc_data, data_files = [], [], [], []
     for i, ck in enumerate(ckpts):
