@@ -21,7 +21,9 @@ New models: decorate a builder `fn(num_classes, in_channels, width, image_size, 
 `width`: it is then built as it is, and a width other than 1 is refused) with
 `@register_model("name")`. `create_model` passes it only the arguments its caller gave, so the
 builder's own defaults stand (and are recorded in `nvcim_spec`). A model above MAX_PARAMETERS
-(counted on the meta device before anything is allocated) is refused with a ValueError.
+(counted on the meta device before anything is allocated) is refused with a ValueError; a builder that does not
+take a standard argument its caller gives (`nvcim train` gives all four), or returns no nn.Module, with a
+BuilderError (a ValueError naming the signature it needs).
 """
 
 from __future__ import annotations
@@ -67,6 +69,17 @@ def _standard_arg(key: str, value):
     return float(value)
 
 
+BUILDER_SIGNATURE = "fn(num_classes, in_channels, width, image_size, **options) (width may be left out)"
+
+
+class BuilderError(ValueError):
+    """A registered builder nvcim cannot use as one (its signature, what it returns), whatever the data set."""
+
+
+def _builder_name(builder) -> str:
+    return getattr(builder, "__name__", type(builder).__name__)
+
+
 # What `create_model` passes for a standard argument the caller left out and the builder requires
 # (has no default of its own); a builder's own defaults always stand.
 STANDARD_DEFAULTS = {"num_classes": 10, "in_channels": 1, "width": 1.0, "image_size": 32}
@@ -106,6 +119,11 @@ def create_model(
                                  "applied: use width 1 (drop --width, or a sweep spec's width) or add `width` to its "
                                  "builder")
             del given["width"]  # width 1: the model as its builder makes it
+        untaken = [k for k in given if k not in params]  # nvcim always passes these: the builder must take them
+        if untaken:
+            shown = f"{_builder_name(builder)}{inspect.signature(builder)}"
+            raise BuilderError(f"model {name!r}: its builder {shown} takes no {' or '.join(untaken)}: give it the "
+                               f"signature {BUILDER_SIGNATURE}")
         allowed = [p for p in params if p not in STANDARD_DEFAULTS]
         unknown = sorted(set(kwargs) - set(allowed))
         if unknown:
@@ -122,6 +140,9 @@ def create_model(
             spec[key] = p.default  # the builder's own default stands (recorded so the spec rebuilds it)
     _check_size(name, builder, args, kwargs)
     model = builder(**args, **kwargs)
+    if not isinstance(model, nn.Module):
+        raise BuilderError(f"model {name!r}: its builder {_builder_name(builder)} returned a {type(model).__name__}, "
+                           "not an nn.Module: make it return the model")
     model.nvcim_spec = dict(name=name, **{k: spec[k] for k in STANDARD_DEFAULTS if k in spec}, **kwargs)
     return model
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 import warnings
 
+from nvcim.layers.coverage import CoverageError
 from nvcim.plugins import ENV_VAR, PluginError, load_plugins, plugin_args
 
 SUBCOMMANDS = ("train", "eval", "report", "sweep", "export")  # modules
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"nvcim {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
-    except (UsageError, ValueError, OSError) as e:  # OSError: FileNotFoundError, PermissionError, FileExistsError, ...
+    except (UsageError, ValueError, OSError, CoverageError) as e:  # OSError: FileNotFoundError, PermissionError, ...;
+        # CoverageError: a model that reads a noisy layer's weights itself (its message names --digital-layers)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"nvcim {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -377,7 +377,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, cfg, out) -> int:
     from nvcim.data import load_dataset
+    from nvcim.io.train_state import TrainStateError, TrainStateSaveError
     from nvcim.train import check_model_fits_data, check_out_dir, resolve_device, train, tune_malloc
+    from nvcim.train.resume import FRESH_START
 
     overwrite = bool(getattr(args, "overwrite", False))
     if out is not None:
@@ -407,7 +409,14 @@ def _run(args: argparse.Namespace, cfg, out) -> int:
         tune_malloc()  # reuse activation memory between steps (fewer page faults; see nvcim.train.tune_malloc)
     splits = load_dataset(cfg.dataset, cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.data_seed, limit=cfg.limit)
     state = train_state_path(out) if out is not None else None  # train() refuses another run's state, before training
-    result = train(cfg, out, overwrite=overwrite, splits=splits, state_dir=state)
+    try:
+        result = train(cfg, out, overwrite=overwrite, splits=splits, state_dir=state)
+    except TrainStateError as exc:  # one this run cannot resume: kept (it holds finished epochs); the fix names it
+        text = str(exc)
+        if isinstance(exc, TrainStateSaveError) or not text.endswith(FRESH_START):
+            raise
+        raise ValueError(f"{text.removesuffix(FRESH_START)}delete {state} to train from the start, or use another "
+                         "--out") from None
     print(summary_table(result, getattr(args, "device_model", None), splits.info.num_classes))
     if result.status != "ok":
         at = result.metrics.get("diverged_at") or {}

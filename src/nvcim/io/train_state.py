@@ -24,6 +24,7 @@ import datetime as _dt
 import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -87,6 +88,22 @@ TENSOR_CHECKS = {
     "rng": lambda v: (isinstance(v, dict) and _is_bytes(v.get("torch")) and _is_bytes(v.get("generator"))
                       and (v.get("cuda") is None or (isinstance(v["cuda"], list) and all(map(_is_bytes, v["cuda"]))))),
 }
+
+
+_SENTENCE_END = re.compile(r"(?<=[a-z0-9)\]'\"])\.\s+(?=[A-Z(])")
+
+
+def cause(exc: BaseException, limit: int = 160, typed: bool = True) -> str:
+    """An exception as a compact clause: "Type: the first sentence of its first line", cut at a word boundary (" ...")
+    past `limit` characters (torch's messages go on with advice about other files: "This is an internal miniz error.
+    If you ..."); the type alone when it says nothing; without the type (unless it says nothing) when not `typed`."""
+    lines = str(exc).strip().splitlines()
+    text = _SENTENCE_END.split(" ".join(lines[0].split()), maxsplit=1)[0].rstrip(".") if lines else ""
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
+    if not text:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if typed else text
 
 
 @dataclass(frozen=True)
@@ -156,9 +173,8 @@ def save_train_state(path, tensors: Mapping[str, Any], record: Mapping[str, Any]
         os.chmod(tmp, 0o777 & ~umask)
         publish_directory(tmp, path)
     except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise TrainStateSaveError(f"cannot save the training state {path}: {first}: check the disk has space and "
-                                  "the directory is writable") from None
+        raise TrainStateSaveError(f"cannot save the training state {path}: {cause(exc, typed=False)}: check the disk "
+                                  "has space and the directory is writable") from None
     finally:
         if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -191,9 +207,7 @@ def read_train_state(path) -> TrainState:
     try:  # weights_only: tensors, numbers, strings and containers only; a pickled object is refused, never run
         tensors = torch.load(path / TENSORS_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 (torch raises many types for a damaged or foreign file)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise TrainStateError(f"training state {path}: {TENSORS_FILE} cannot be loaded "
-                              f"({type(exc).__name__}{': ' + first[:120] if first else ''})") from None
+        raise TrainStateError(f"training state {path}: {TENSORS_FILE} cannot be loaded ({cause(exc)})") from None
     if not isinstance(tensors, dict) or any(k not in tensors for k in TENSOR_KEYS):
         raise TrainStateError(f"training state {path}: {TENSORS_FILE} lacks some of {list(TENSOR_KEYS)}")
     bad = [k for k in TENSOR_KEYS if not TENSOR_CHECKS[k](tensors[k])]

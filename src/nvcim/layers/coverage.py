@@ -39,7 +39,13 @@ SIGN_PERIOD = 4093  # the bump's ±1 signs repeat with this (prime) period: no r
 
 
 class CoverageError(RuntimeError):
-    """A tensor reported as noisy does not affect the model's output."""
+    """A tensor reported as noisy does not affect the model's output. `tensors`: the names of those never read
+    through their layer (their chip is never read), `layers`: the layers holding them (what --digital-layers takes);
+    both empty for a tensor read without moving the output (strict=True)."""
+
+    def __init__(self, message: str, tensors=(), layers=()):
+        super().__init__(message)
+        self.tensors, self.layers = list(tensors), list(layers)
 
 
 def _tensors(out: Any) -> list[torch.Tensor]:
@@ -171,8 +177,10 @@ def check_coverage(model: nn.Module, *inputs: Any, seed: int = 0, strict: bool =
             raise CoverageError(message)
         warnings.warn(f"nvcim: {message}", stacklevel=2)
     if bypassed:
+        layers = list(dict.fromkeys(p.name[: -len(p.attr) - 1] or p.name for p in params if p.name in bypassed))
         raise CoverageError(f"{len(bypassed)} tensor(s) reported as noisy never have their chip read, so they would "
                             f"stay exact: {', '.join(bypassed)} (the layer is unused, or another path reads its "
-                            "weights directly). Exclude them (apply_variation_(..., exclude=[...])) or make the "
-                            "model call the layer")
+                            f"weights directly). Keep them digital (--digital-layers {','.join(layers)} in nvcim train "
+                            "/ eval; keep_digital_ or apply_variation_(..., exclude=[...]) in Python) or make the "
+                            "model call the layer", bypassed, layers)
     return [p.name for p in params]

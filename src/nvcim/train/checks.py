@@ -4,6 +4,7 @@ directory, and whether the model fits the data set's images (all before any data
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -14,9 +15,11 @@ from nvcim.core.config import DeviceConfig
 from nvcim.io.checkpoint import is_checkpoint_dir, replaceable_problem
 from nvcim.data import dataset_info
 from nvcim.io.files import check_output_path
-from nvcim.layers.noise import SelectionError, check_sliced_layers, keep_digital_, selected_layers
+from nvcim.io.train_state import cause
+from nvcim.layers.coverage import CoverageError, check_coverage
+from nvcim.layers.noise import SelectionError, check_sliced_layers, device_variation, keep_digital_, selected_layers
 from nvcim.methods import METHODS
-from nvcim.models import create_model
+from nvcim.models import BuilderError, create_model
 from nvcim.train.config import TrainConfig
 
 
@@ -80,6 +83,8 @@ def check_model_fits_data(cfg: TrainConfig, test_devices: Sequence[DeviceConfig]
         with torch.device("meta"):
             model = create_model(cfg.model, info.num_classes, info.in_channels, width=cfg.width,
                                  image_size=info.image_size)
+    except BuilderError:  # the builder's signature or what it returns, not the data
+        raise
     except (ValueError, TypeError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "has no width parameter" in msg:  # the width asked for, not the data
@@ -114,9 +119,10 @@ def check_model_output(model: torch.nn.Module, x: torch.Tensor, num_classes: int
     """Raise a one-line ValueError unless `model` maps a batch of the data set's images x [B, C, H, W] to one tensor
     of logits [B, num_classes], in eval mode and in training mode (a model with auxiliary outputs while training,
     Inception-style, returns a tuple only then): a user's model returning a tuple or the wrong number of classes
-    failed inside the loss with a traceback. Leaves no trace: the forwards run on a copy of the model (a training
-    forward may move BatchNorm statistics, reassign buffers or count steps) without gradients, with the random
-    number generators (dropout) forked; a model that cannot be copied is checked in eval mode only, in place."""
+    failed inside the loss with a traceback, as did a forward that raises on these images (`_forward`). Leaves no
+    trace: the forwards run on a copy of the model (a training forward may move BatchNorm statistics, reassign buffers
+    or count steps) without gradients, with the random number generators (dropout) forked; a model that cannot be
+    copied is checked in eval mode only, in place."""
     devices = [x.device] if x.device.type == "cuda" else []
     try:
         probe, modes = copy.deepcopy(model), (False, True)
@@ -127,10 +133,60 @@ def check_model_output(model: torch.nn.Module, x: torch.Tensor, num_classes: int
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             for training in modes:
                 probe.train(training)  # (a user's train() override may return None)
-                _check_logits(probe(x), training, x.shape[0], num_classes, cfg)
+                _check_logits(_forward(probe, x, training, cfg), training, x.shape[0], num_classes, cfg)
     finally:
         if probe is model:
             model.train(was_training)
+
+
+def _forward(model: torch.nn.Module, x: torch.Tensor, training: bool, cfg: TrainConfig):
+    """model(x), or a one-line ValueError naming the model, the batch and the error when its forward raises (a layer
+    sized for other images: "mat1 and mat2 shapes cannot be multiplied", ...)."""
+    try:
+        return model(x)
+    except (MemoryError, torch.cuda.OutOfMemoryError):  # the machine, not the model's shapes
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a user's forward raises on these images
+        mode = " in training mode" if training else ""
+        raise ValueError(f"model {cfg.model!r} fails on a {list(x.shape)} batch of dataset {cfg.dataset!r}{mode} "
+                         f"({cause(exc, limit=200)}): make its forward take [batch, channels, height, width] images "
+                         "(its builder gets in_channels and image_size)") from None
+
+
+def check_layers_read(model: torch.nn.Module, x: torch.Tensor, cfg: TrainConfig) -> None:
+    """Raise a one-line ValueError naming the layers whose weights `model` reads without calling the layer (e.g.
+    F.linear(h, self.fc1.weight)) or never uses: their chip would never be read (the weights stay exact), and every
+    Monte Carlo evaluation refuses such a model (nvcim.layers.coverage's CoverageError), the validation after the
+    first epoch included. The check Monte Carlo runs (on the images x, eval mode, no gradients, the training
+    device), here before any training step, on a copy of the plain `model` (digital layers kept; a model that cannot
+    be copied: on itself, the variation removed after); the random number generators are forked."""
+    if not selected_layers(model):
+        return  # nothing to vary: the method says so
+    try:
+        probe = copy.deepcopy(model)
+    except Exception:  # noqa: BLE001 - any module deepcopy cannot handle: the model itself
+        probe = model
+    was_training, layers = probe.training, []
+    devices = [x.device] if x.device.type == "cuda" else []
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # what training says itself (layers left exact, shared weights)
+            with device_variation(probe, cfg.device_cfg()):
+                probe.eval()
+                try:
+                    check_coverage(probe, x)
+                except CoverageError as exc:
+                    layers = exc.layers or exc.tensors
+                    if not layers:
+                        raise
+    finally:
+        probe.train(was_training)
+    if layers:
+        names = ", ".join(repr(n) for n in layers)
+        raise ValueError(f"model {cfg.model!r} reads the weights of layer(s) {names} without calling the layer (or "
+                         "never uses it), so nvcim cannot put them on the chip: keep them digital (--digital-layers "
+                         f"{','.join(layers)}, sweep [train] digital_layers, TrainConfig.digital_layers in Python) or "
+                         "make the model call the layer")
 
 
 def _check_logits(out, training: bool, batch: int, num_classes: int, cfg: TrainConfig) -> None:

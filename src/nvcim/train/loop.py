@@ -60,14 +60,16 @@ from tqdm.auto import tqdm
 from nvcim.io.checkpoint import save_checkpoint
 from nvcim.io.train_state import (TrainStateError, is_train_state_dir, read_train_state, recover_train_state,
                                   remove_train_state, save_train_state, state_dir_problem)
-from nvcim.train.resume import (as_json, check_optimizer_state, check_resumable, check_same_run, check_scheduler_state,
-                                data_record, first_line, restore_rng, rng_state, run_record, warn_other_threads)
+from nvcim.train.resume import (FRESH_START, as_json, check_optimizer_state, check_resumable, check_same_run,
+                                check_scheduler_state, data_record, first_line, restore_rng, rng_state, run_record,
+                                warn_other_threads)
 from nvcim.data import load_dataset
 from nvcim.evaluate import monte_carlo_evaluate
 from nvcim.methods import create_task, method_to_dict
 from nvcim.models import create_model
 from nvcim.layers.noise import digital_layers, keep_digital_, variation_disabled
-from nvcim.train.checks import check_model_fits_data, check_model_output, check_out_dir, resolve_device
+from nvcim.train.checks import (check_layers_read, check_model_fits_data, check_model_output, check_out_dir,
+                                resolve_device)
 from nvcim.train.config import TrainConfig
 
 VAL_MC_SEED = 1  # Monte Carlo seed of every validation (same chips every epoch)
@@ -235,6 +237,7 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
     model.to(dev)
     x_check, _ = next(splits.train.batches(2, device=dev))  # x [2, C, H, W]: the first two training images
     check_model_output(model, x_check, info.num_classes, cfg)
+    check_layers_read(model, x_check, cfg)  # before any step: Monte Carlo validation would refuse the model
     mcfg = cfg.method_cfg()
     task = create_task(mcfg, model, cfg.device_cfg())
     optimizer = _make_optimizer(cfg, task.parameters())  # IRS: its heads too
@@ -254,7 +257,12 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
     status, diverged_at, diverged_reason = STATUS_OK, None, None
     train_time, images, wall_before = 0.0, 0, 0.0
     first_epoch, resumed = 1, []
-    state = read_train_state(state_dir) if state_dir is not None and is_train_state_dir(state_dir) else None
+    state = None
+    if state_dir is not None and is_train_state_dir(state_dir):
+        try:
+            state = read_train_state(state_dir)
+        except TrainStateError as exc:  # damaged (a truncated state.pt): kept, it is the user's to delete
+            raise TrainStateError(f"{exc}: {FRESH_START}") from None
     if state is not None:  # an interrupted run of this configuration: take it up after its last finished epoch
         check_resumable(state, cfg, splits, state_dir)
         check_same_run(state.record["run"], run_record(dev, amp), state_dir)
@@ -274,8 +282,8 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
                     raise ValueError("a kept state (initial or best) has other tensors than the model")
             restore_rng(t["rng"], gen, dev)  # last: building the model and the task drew from the global stream
         except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
-            raise TrainStateError(f"training state {state_dir} does not fit this model ({first_line(exc)}): delete "
-                                  "the directory to train from the start") from None
+            raise TrainStateError(f"training state {state_dir} does not fit this model ({first_line(exc)}): "
+                                  f"{FRESH_START}") from None
         initial_state, best_state = t["initial"], t["best"]
         history, best_epoch, best_val_noisy, best_val_clean = (loop["history"], loop["best_epoch"],
                                                                loop["best_val_noisy"], loop["best_val_clean"])

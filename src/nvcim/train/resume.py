@@ -25,6 +25,8 @@ from nvcim.train.checks import resolve_device
 from nvcim.train.config import TrainConfig
 
 RESUME_IGNORED = ("progress", "num_threads")  # TrainConfig fields that may differ between the parts of one run
+FRESH_START = "delete the directory to train from the start"  # the fix of a state that cannot be resumed (never done
+# by `train`: the state holds the finished epochs; `nvcim train` names the directory and --out)
 
 
 def as_json(value):
@@ -45,10 +47,10 @@ def check_resumable(state, cfg: TrainConfig, splits, path: Path) -> None:
     if diff:
         shown = "; ".join(f"{k}: {have.get(k)!r} there, {want.get(k)!r} now" for k in diff[:2])
         raise TrainStateError(f"training state {path} is of another configuration ({shown}): run the configuration "
-                              "that made it, or delete the directory to train from the start")
+                              f"that made it, or {FRESH_START}")
     if state.record["data"] != data_record(splits):
         raise TrainStateError(f"training state {path} was trained on other data ({state.record['data']}): restore "
-                              "that data set, or delete the directory to train from the start")
+                              f"that data set, or {FRESH_START}")
     if state.record["epochs"] != cfg.epochs:  # part of the configuration, checked again for a clear message
         raise TrainStateError(f"training state {path}: {state.record['epochs']} epochs there, {cfg.epochs} now")
 
@@ -67,9 +69,9 @@ def check_same_run(have: dict, now: dict, path: Path) -> None:
                                    if r["device_type"] == "cuda" else "")
 
     if any(have[k] != now[k] for k in ("device_type", "amp", "cuda_devices")):
-        raise TrainStateError(f"training state {path}: its epochs ran on {where(have)}, this run trains on {where(now)}:"
-                              " resume where it ran (CUDA_VISIBLE_DEVICES, TrainConfig.device), or delete the "
-                              "directory to train from the start")
+        raise TrainStateError(f"training state {path}: its epochs ran on {where(have)}, this run trains on "
+                              f"{where(now)}: resume where it ran (CUDA_VISIBLE_DEVICES, TrainConfig.device), or "
+                              f"{FRESH_START}")
 
 def warn_other_threads(have: dict, now: dict, path: Path) -> None:
     if have["threads"] != now["threads"]:
