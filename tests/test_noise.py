@@ -362,6 +362,7 @@ def test_a_layer_called_twice_in_one_training_forward_reads_one_draw_as_the_chip
         warnings.simplefilter("ignore")  # the ADC's uncalibrated range
         nvcim.apply_variation_(m, DeviceConfig(sigma=0.3, **effects))
         m.train()
+        m(x)  # the first forward learns which weights are read twice (only theirs are held: memory)
         a, b = m(x)
         c, _ = m(x)
     assert not torch.equal(a, c)  # a fresh chip per forward
@@ -373,3 +374,38 @@ def test_a_layer_called_twice_in_one_training_forward_reads_one_draw_as_the_chip
     assert m.lin.weight.grad is not None and torch.isfinite(m.lin.weight.grad).all()
     nvcim.remove_variation_(m)
     assert not hasattr(m, "_nvcim_forward_scope") and torch.equal(m(x)[0], m(x)[1])
+
+
+def test_an_interrupted_forward_does_not_freeze_later_training_draws():
+    """KeyboardInterrupt skips forward hooks: the scope it left open is dropped at the model's next forward (it froze
+    every later draw of every varied model in that thread on one chip)."""
+
+    class Stop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.stop = nn.Linear(4, 4), False
+
+        def forward(self, x):
+            y = self.lin(x)
+            if self.stop:
+                raise KeyboardInterrupt
+            return self.lin(y)
+
+    torch.manual_seed(0)
+    m = nvcim.apply_variation_(Stop(), DeviceConfig(sigma=0.3)).train()
+    other = nvcim.apply_variation_(nn.Sequential(nn.Linear(4, 4)), DeviceConfig(sigma=0.3)).train()
+    x = torch.randn(3, 4)
+    m(x)
+    m.stop = True
+    with pytest.raises(KeyboardInterrupt):
+        m(x)
+    m.stop = False
+    assert not torch.equal(other(x), other(x)) and not torch.equal(m(x), m(x))
+
+
+def test_a_model_of_inference_tensors_still_trains_its_draws():
+    with torch.inference_mode():
+        m = nn.Sequential(nn.Linear(4, 4))  # parameters made under inference_mode: no version counter
+        nvcim.apply_variation_(m, DeviceConfig(sigma=0.3))
+        x = torch.randn(2, 4)
+        assert not torch.equal(m(x), m(x))

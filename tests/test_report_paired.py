@@ -202,3 +202,22 @@ def test_a_pair_without_spread_is_not_read_as_an_exact_interval():
     # every model of both arms at chance on every chip: the differences are all 0.00, "[0.00, 0.00]" overstated it
     row = {"arm_a": "OVF", "arm_b": "noise injection", **paired_t([0.0, 0.0, 0.0])}
     assert reading(row) == "no spread: each of the 3 seeds differs by 0.00 points (no CI to estimate)"
+
+
+def test_a_val_split_evaluation_does_not_relabel_the_test_arms_by_their_size(tmp_path):
+    from nvcim.report import matched_points
+
+    root = tmp_path / "r"
+    for seed in range(2):
+        write(root / f"o{seed}.json", mc_eval("ovf", 0.2, seed, [mc_result(0.2, [80.0, 81.0])]))
+    val = mc_eval("ovf", 0.2, 0, [mc_result(0.2, [70.0, 71.0])])
+    val["split"], val["results"][0]["n_samples"] = "val", 300  # a val split is another evaluation, of its own size
+    write(root / "val.json", val)
+    labels = {p["label"] for p in matched_points(scan_results(root).records)}
+    assert labels == {"OVF", "OVF (val split)"}
+
+
+def test_equal_differences_with_float_rounding_have_no_spread_either():
+    diffs = [0.1 + 0.2 - 0.2, 0.1, 0.3 - 0.2]  # all "0.1", a few 1e-17 apart
+    row = {"arm_a": "OVF", "arm_b": "noise injection", **paired_t(diffs)}
+    assert reading(row).startswith("no spread: each of the 3 seeds differs by 0.10")

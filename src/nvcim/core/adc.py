@@ -279,9 +279,10 @@ def sliced_linear(
     own_max, negative = _input_range(x)  # [rows, 1]
     if x_max is None:
         x_max = own_max
-    elif tuple(x_max.shape) != tuple(lead) or not bool((x_max.reshape(-1, 1) >= own_max).all()):
-        raise ValueError(f"x_max has shape {tuple(x_max.shape)}: use one range >= max|x| per input vector, shape "
-                         f"{tuple(lead)}")
+    elif tuple(x_max.shape) != tuple(lead):
+        raise ValueError(f"x_max has shape {tuple(x_max.shape)}: use one range per input vector, shape {tuple(lead)}")
+    elif bool((x_max.reshape(-1, 1) < own_max).any()):  # (a NaN row compares False: taken as it is)
+        raise ValueError("x_max is below max|x| for some input vector: give each vector a range >= its max|x|")
     else:
         x_max = x_max.reshape(-1, 1).to(x.dtype)  # [rows, 1]
     x = _dac(x, x_max, adc)

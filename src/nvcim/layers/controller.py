@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from nvcim.core import device as dm
 from nvcim.core.adc import AdcConfig, Crossbars, calibrate_adc_range, pack_crossbars, sliced_linear
@@ -51,38 +52,54 @@ def quantization_cached() -> Iterator[None]:
         _CACHE_SCOPE.depth = depth
 
 
-_FORWARD_SCOPE = threading.local()  # .depth: nesting of model forwards; .draws: {id(controller): (key, draw)}
+_FORWARD_SCOPE = threading.local()  # .stack: [(id(model), {id(controller): (key, draw)})], the innermost last
 
 
-def enter_model_forward(_module=None, _args=None) -> None:
-    """Forward pre-hook of a model given to `apply_variation_`: its forward is one pass over the chip, so every
-    training draw (a weight without a programmed chip) is made once in it and reused by later reads of that
-    weight in the same forward (a layer called twice, a weight also read outside its layer), as the chip
-    would; read noise is still drawn per read. Nests (a varied model inside a varied model)."""
-    depth = getattr(_FORWARD_SCOPE, "depth", 0)
-    if depth == 0:
-        _FORWARD_SCOPE.draws = {}
-    _FORWARD_SCOPE.depth = depth + 1
+def enter_model_forward(module: nn.Module, _args=None) -> None:
+    """Forward pre-hook of a model given to `apply_variation_`: its forward is one pass over the chip, so a training
+    draw (a weight without a programmed chip) that the forward reads again (a layer called twice) is reused there,
+    as the chip would; read noise is still drawn per read. Only the weights seen read twice in an earlier forward
+    are held (`NoisyWeight.read_twice`: the memory of one draw each), the first such forward draws afresh. Nests (a
+    varied model inside a varied model); a scope an interrupted forward left open (KeyboardInterrupt skips forward
+    hooks) is dropped when that model runs again."""
+    stack = getattr(_FORWARD_SCOPE, "stack", None)
+    if stack is None:
+        stack = _FORWARD_SCOPE.stack = []
+    for i, (root, _) in enumerate(stack):
+        if root == id(module):  # left open: this model is not inside its own forward
+            del stack[i:]
+            break
+    stack.append((id(module), {}))
 
 
-def exit_model_forward(_module=None, _args=None, _output=None) -> None:
-    """Forward hook (always called, also when the forward raises) closing `enter_model_forward`."""
-    depth = getattr(_FORWARD_SCOPE, "depth", 0) - 1
-    _FORWARD_SCOPE.depth = max(depth, 0)
-    if depth <= 0:
-        _FORWARD_SCOPE.draws = None
+def exit_model_forward(module: nn.Module, _args=None, _output=None) -> None:
+    """Forward hook (also when the forward raises an Exception) closing `enter_model_forward`'s scope."""
+    stack = getattr(_FORWARD_SCOPE, "stack", None) or []
+    for i in range(len(stack) - 1, -1, -1):
+        if stack[i][0] == id(module):
+            del stack[i:]
+            break
 
 
-def _forward_draw(controller: "NoisyWeight", key: tuple, make):
-    """`make()`, or inside a model forward the draw this controller already made there for the same key."""
-    draws = getattr(_FORWARD_SCOPE, "draws", None)
-    if draws is None:
+def _forward_draw(controller: "NoisyWeight", key, make):
+    """`make()`, or inside a model forward the draw this controller already made there for the same key (`key()`:
+    None when the weight cannot say it is unchanged, e.g. an inference tensor: never reused)."""
+    stack = getattr(_FORWARD_SCOPE, "stack", None)
+    if not stack:
         return make()
+    draws = stack[-1][1]
     held = draws.get(id(controller))
-    if held is not None and held[0] == key:
+    if held is None:  # the first read of this weight in this forward
+        drawn = make()
+        k = key() if controller.read_twice else None
+        draws[id(controller)] = (k, drawn if k is not None else None)
+        return drawn
+    k = key()
+    if k is not None and held[1] is not None and held[0] == k:
         return held[1]
+    controller.read_twice = True  # learnt: from the next forward on, its draw is held for the second read
     drawn = make()
-    draws[id(controller)] = (key, drawn)
+    draws[id(controller)] = (k, drawn if k is not None else None)
     return drawn
 
 
@@ -105,6 +122,7 @@ class NoisyWeight:
         self.verified: torch.Tensor | None = None  # bool [*W.shape]: weights programmed with write-verify
         self.residual_sigma: float = 0.0  # σ the verified weights are left with (nvcim.writeverify)
         self.reads = 0  # forwards that asked for this weight (`nvcim.layers.coverage` checks it is read)
+        self.read_twice = False  # seen read twice in one model forward: its training draw is held for the reread
         self._cache_key: tuple | None = None
         self._cache: dm.PreparedWeight | None = None
         self._ideal: tuple | None = None  # (chip tensor, (version, data_ptr, cfg), its ChipLevels): see ideal_chip
@@ -186,9 +204,15 @@ class NoisyWeight:
                                            self.residual_sigma, gen)
             return out.to(w.device)
 
-    def _draw_key(self, w: torch.Tensor, kind: str) -> tuple:
-        """What a training draw depends on: a forward reuses it only while all of these are unchanged."""
-        return (kind, w.data_ptr(), w._version, w.dtype, w.device, self.cfg, self.sigma, self.generator,
+    def _draw_key(self, w: torch.Tensor, kind: str) -> tuple | None:
+        """What a training draw depends on: a forward reuses it only while all of these are unchanged (None for a
+        tensor without a version counter, an inference tensor: never reused). A write through `.data` within one
+        forward is not seen (no version bump); between forwards every draw is new."""
+        try:
+            version = w._version
+        except RuntimeError:
+            return None
+        return (kind, w.data_ptr(), version, w.dtype, w.device, self.cfg, self.sigma, self.generator,
                 id(self.verified), self.residual_sigma)
 
     @property
@@ -202,7 +226,7 @@ class NoisyWeight:
         self.reads += 1
         chip, gen = self.programmed, self.read_generator
         if chip is None:
-            chip = _forward_draw(self, self._draw_key(w, "levels"), lambda: self.draw_levels(w))
+            chip = _forward_draw(self, lambda: self._draw_key(w, "levels"), lambda: self.draw_levels(w))
             gen = self.generator
         elif isinstance(chip, torch.Tensor):
             chip = self.ideal_chip(chip)
@@ -314,7 +338,7 @@ class NoisyWeight:
         elif self.sigma == 0 and not self.cfg.quantize and not self.cfg.chip_effects and not self.cfg.read_sigma:
             return w
         else:
-            w_p, gain = _forward_draw(self, self._draw_key(w, "weight"), lambda: self.draw_with_gain(w))
+            w_p, gain = _forward_draw(self, lambda: self._draw_key(w, "weight"), lambda: self.draw_with_gain(w))
             gen = self.generator
         if self.cfg.read_sigma:
             with torch.no_grad():

@@ -164,14 +164,15 @@ def _bits(r: Mapping) -> tuple | None:
 
 
 def _mark_test_set_sizes(records: list[dict]) -> None:
-    """Where the results of one (model, width, dataset) were scored on different numbers of test images
+    """Where the results of one (model, width, dataset, split) were scored on different numbers of test images
     (`nvcim eval --limit`), each says its count ("test_images"): another test set is another evaluation, an arm
     of its own, never pooled or paired with the others."""
     counts: dict[tuple, set] = {}
+    group = lambda r: (r["model"], r["width"], r["dataset"], r.get("split", "test"))  # noqa: E731 (a val split's size)
     for r in records:
-        counts.setdefault((r["model"], r["width"], r["dataset"]), set()).add(r.get("n_samples"))
+        counts.setdefault(group(r), set()).add(r.get("n_samples"))
     for r in records:
-        if len(counts[(r["model"], r["width"], r["dataset"])]) > 1 and r.get("n_samples") is not None:
+        if len(counts[group(r)]) > 1 and r.get("n_samples") is not None:
             r["test_images"] = r["n_samples"]
 
 

@@ -109,7 +109,7 @@ def reading(row: dict) -> str:
     """What the paired CI allows one to say: which arm is higher (CI excludes 0), else the bounds; with no spread
     over the seeds (e.g. both arms at chance on every chip) there is no interval to speak of."""
     lo, hi = row["ci95"]
-    if row.get("std") == 0.0:
+    if row.get("std") is not None and row["std"] <= 1e-9 * max(1.0, abs(row["mean"])):  # float rounding of equal ones
         return f"no spread: each of the {row['n']} seeds differs by {fmt_num(row['mean'])} points (no CI to estimate)"
     if lo > 0:
         return f"{row['arm_a']} higher by {fmt_num(lo)}–{fmt_num(hi)} points"
