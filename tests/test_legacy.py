@@ -97,6 +97,10 @@ def test_old_sweep_directory_resumes_with_nothing_to_run_and_reports_the_same(tm
     assert main(["report", str(sweep), "--out", str(tmp_path / "report")]) == 0
     new = list(csv.DictReader((tmp_path / "report" / "summary.csv").open()))
     old = list(csv.DictReader((LEGACY / "summary_old.csv").open()))
+    for row in old:  # since session 27 a percentile q needs q x chips >= 100 (these points pool 8 chips): empty
+        for q, key in ((1, "p1"), (5, "p5"), (10, "p10")):
+            if q * int(row["n_chips"]) < 100:
+                row[key] = ""
     assert new == old
     assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before  # nothing rewritten
 

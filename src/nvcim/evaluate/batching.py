@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from nvcim.layers.controller import has_foreign_hooks
+
 
 def _front(t: torch.Tensor | None, dim: int | None, k: int) -> torch.Tensor | None:
     """t with its chip dimension first ([k, ...]); an unbatched t expanded to k chips (a view)."""
@@ -109,7 +111,7 @@ def _leaves(module: nn.Module) -> list[nn.Module] | None:
         return None
     out = []
     for child in module:
-        if child._forward_hooks or child._forward_pre_hooks:
+        if has_foreign_hooks(child):
             return None
         inner = _leaves(child) if type(child) is nn.Sequential else [child]
         if inner is None:
@@ -122,7 +124,7 @@ def sequential_plan(model: nn.Module, names: Sequence[str]) -> list[tuple[str, n
     """Steps (kind, layer, name of its stacked weight or None) that run k chips of `model` without vmap, or None
     when the model is not a chain of per-image layers (module docstring), has hooks, or some noisy tensor is not
     the weight of one of its Linear layers (then `batched_forward` uses vmap)."""
-    if model._forward_hooks or model._forward_pre_hooks or _global_hooks():
+    if has_foreign_hooks(model) or _global_hooks():  # (nvcim's own scope hooks only scope training draws)
         return None
     layers = _leaves(model)
     if layers is None:

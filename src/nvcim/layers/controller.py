@@ -81,6 +81,13 @@ def exit_model_forward(module: nn.Module, _args=None, _output=None) -> None:
             break
 
 
+def has_foreign_hooks(module: nn.Module) -> bool:
+    """Whether `module` has forward (pre-)hooks other than the scope hooks `apply_variation_` puts on a model (which
+    only scope training draws: a path that runs the model's layers itself may skip them)."""
+    ours = (enter_model_forward, exit_model_forward)
+    return any(h not in ours for h in (*module._forward_pre_hooks.values(), *module._forward_hooks.values()))
+
+
 def _forward_draw(controller: "NoisyWeight", key, make):
     """`make()`, or inside a model forward the draw this controller already made there for the same key (`key()`:
     None when the weight cannot say it is unchanged, e.g. an inference tensor: never reused)."""
