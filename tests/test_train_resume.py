@@ -411,5 +411,10 @@ def test_dry_run_progress_names_scored_candidates_and_saved_epochs(tmp_path):
     (d / "beta" / fmt_beta(1e-2) / "score.json").write_text("{}")
     (d / "beta" / fmt_beta(1e-3) / "train_state").mkdir(parents=True)
     (d / "beta" / fmt_beta(1e-3) / "train_state" / RECORD_FILE).write_text(json.dumps({"epoch": 3, "epochs": 12}))
+    torch.save({"x": torch.zeros(2)}, d / "beta" / fmt_beta(1e-3) / "train_state" / "state.pt")
     assert partial_progress(tmp_path, cell) == (f"β 1 of 3 scored; β {fmt_beta(1e-3)} training resumes after epoch 3 "
                                                 "of 12")
+    tensors = d / "beta" / fmt_beta(1e-3) / "train_state" / "state.pt"
+    tensors.write_bytes(tensors.read_bytes()[:300])  # truncated: the run would train it from the start
+    assert partial_progress(tmp_path, cell) == (f"β 1 of 3 scored; β {fmt_beta(1e-3)} training state damaged: trained "
+                                                "from the start")

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -92,7 +93,8 @@ def cell_state(out_dir, cell_id: str) -> str:
 def partial_progress(out_dir, cell: Cell) -> str | None:
     """What a pending cell has done that a rerun keeps, for `nvcim sweep --dry-run` (None: nothing): finished β
     candidates and a training's last saved epoch, e.g. "β 2 of 4 scored; β 1e-3 resumes after epoch 3 of 12".
-    Read from the JSON records alone (nothing is loaded; a damaged state shows here and is redone when run)."""
+    Read from the JSON records and a look at the end of the state's tensor archive (nothing is loaded; a state
+    damaged in a way that shows only when loading shows here and is redone when run)."""
     d = cell_dir(out_dir, cell.id)
     parts = []
     if cell.betas:
@@ -104,9 +106,13 @@ def partial_progress(out_dir, cell: Cell) -> str | None:
     for label, state in states:
         try:
             rec = json.loads((state / TRAIN_STATE_RECORD).read_text(encoding="utf-8"))
-            parts.append(f"{label}training resumes after epoch {int(rec['epoch'])} of {int(rec['epochs'])}")
+            epoch, epochs = int(rec["epoch"]), int(rec["epochs"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
+        if zipfile.is_zipfile(state / TRAIN_STATE_TENSORS):  # its tensors' archive is whole (a look at its end only)
+            parts.append(f"{label}training resumes after epoch {epoch} of {epochs}")
+        else:
+            parts.append(f"{label}training state damaged: trained from the start")
     return "; ".join(parts) or None
 
 
