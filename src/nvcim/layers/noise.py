@@ -223,9 +223,10 @@ def apply_variation_(
     a pattern that matches no layer, or a selection that is
     empty, raises `SelectionError` naming the layers there are. Applying again replaces the config of
     the selected layers. Noise draws use `generator` (default: torch's global RNG, so
-    `torch.manual_seed` fixes them); without a programmed chip, each forward of `model` draws each weight once,
-    so a layer it calls twice reads one chip, as hardware would (read noise stays per read). Fused Transformer paths that would bypass a noisy layer are
-    switched off for the modules that contain one (`nvcim.layers`).
+    `torch.manual_seed` fixes them); without a programmed chip, each forward of `model` draws each weight once, so
+    a layer it calls twice reads one chip, as hardware would (from its second forward on, once nvcim has seen the
+    reread; read noise stays per read). Fused Transformer paths that would bypass a noisy layer are switched off
+    for the modules that contain one (`nvcim.layers`).
     """
     if not isinstance(cfg, DeviceConfig):
         raise TypeError(f"cfg must be a nvcim.DeviceConfig, got {type(cfg).__name__}")
