@@ -77,7 +77,7 @@ from nvcim.core.config import DeviceConfig
 from nvcim.evaluate.forward import Accumulator, ParameterSlots, adc_calibration_inputs, programmed_chip, sliced
 from nvcim.evaluate.results import MCResult
 from nvcim.evaluate.sampler import ChipSampler, run_generator, subset_indices
-from nvcim.evaluate.stats import accuracy_ci, summarize, t_quantile
+from nvcim.evaluate.stats import accuracy_ci, percentile_estimable, summarize, t_quantile
 from nvcim.layers.noise import quantization_cached, variation_disabled
 
 PILOT_CHIPS = 20  # chips scored on the full test set first: the percentiles and the choice of N
@@ -429,8 +429,8 @@ def target_precision(model: nn.Module, batches, cfg: DeviceConfig, seed: int, ta
     ekl_n = int(sum(a.ekl_n.sum() for a in every))
     stats = summarize(full_correct, n, ekl_sum, ekl_n)  # the tails from full-set chips only
     for q, key in ((1, "p1"), (5, "p5"), (10, "p10")):
-        if len(full_correct) * q < 100:  # fewer chips than one below the percentile: it would be the minimum,
-            stats[key] = math.nan  # interpolated, ~9 points too high for p1 from 20 chips of a skewed chip spread
+        if not percentile_estimable(q, len(full_correct)):  # it would be the chips' interpolated minimum
+            stats[key] = math.nan
     stats.update(mean=mean, ci95=accuracy_ci(mean, half))  # bounds in [0, 100]; ci_half_width stays `half`
     nonfinite = int(sum((a.nonfinite > 0).sum() for a in every))
     clean_correct, quant_correct = baseline

@@ -21,7 +21,7 @@ import numpy as np
 
 from nvcim import reference
 from nvcim.evaluate import convergence_summary, t_quantile
-from nvcim.evaluate.stats import accuracy_ci
+from nvcim.evaluate.stats import accuracy_ci, percentile_estimable as _estimable
 from nvcim.report.common import (CONVERGENCE_THRESHOLD, fmt_param, fmt_sigma, group_key, label_sort_key, num, sigma_key,
                                  sigma_specific)
 from nvcim.report.labels import is_standard_evaluation
@@ -59,12 +59,6 @@ def _arm_of_cell(cell_id: str | None) -> str | None:
 
 
 _TAILS = ((1.0, "p1"), (5.0, "p5"), (10.0, "p10"))
-
-
-def _estimable(q: float, chips: int) -> bool:
-    """Whether the q-th percentile of `chips` chips says more than their (interpolated) minimum: at least one chip
-    expected below it (q · chips >= 100). From 20 chips "p1" reads ~9 points too high on a skewed chip spread."""
-    return q * chips >= 100
 
 
 def _pooled_stats(models: list[dict]) -> dict:
