@@ -165,12 +165,16 @@ def test_every_method_round_trips_and_trains(name):
     m = bn_model()
     before = copy.deepcopy(m.state_dict())
     t = create_task(name, m, DeviceConfig(sigma=SIGMA))
-    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    params = list(t.parameters())  # the task's: the backbone's and any the method adds (IRS heads)
+    assert {id(p) for p in m.parameters()} <= {id(p) for p in params}
+    opt = torch.optim.SGD(params, lr=0.1)
     loss, out = t(torch.randn(4, 2, 4, 4), torch.tensor([0, 1, 2, 0]))
     assert out.shape == (4, 3) and torch.isfinite(loss)
     loss.backward()
     opt.step()
     assert not torch.equal(before["0.weight"], m.state_dict()["0.weight"])
+    own = [p for p in params if all(p is not q for q in m.parameters())]
+    assert all(p.grad is not None for p in own)  # what the method adds trains with the backbone
 
 
 @pytest.mark.parametrize("method,params", [("noise_injection", {}), ("ovf", {"beta": 0.1})])
@@ -190,6 +194,13 @@ def test_censored_training_noise_clips_every_device_but_only_in_training(method,
     loss, _ = task(X, Y)
     loss.backward()  # trains as usual
     assert model[0].weight.grad is not None
+    # validation while the task is live: Monte Carlo sets every layer to the plain device it is given (both ways)
+    from nvcim.evaluate.montecarlo import _controllers_for  # what monte_carlo_evaluate runs its chips under
+
+    with _controllers_for(model, cfg):
+        moved = torch.stack([torch.sign(w) * (nvcim.draw_chip(model, seed=s)["0.weight"] - w_d) for s in range(3)])
+    assert (moved > 1e-6).any() and (moved < -1e-6).any()
+    assert (torch.sign(w) * (nvcim.draw_chip(model, seed=0)["0.weight"] - w_d) <= 1e-7).all()  # training device back
     # evaluation: the device as it is, plain Gaussian
     from nvcim.evaluate import monte_carlo_evaluate
 

@@ -83,6 +83,17 @@ def test_heads_are_noisy_at_the_block_sigma(block_sigma, expected):
     heads = noisy_parameters(task.heads)
     assert len(heads) == 4 and {p.control.sigma for p in heads} == {expected}
     assert {p.control.sigma for p in noisy_parameters(task.model)} == {0.3}
+    # and the heads' chips really vary that much: the same draws (seed) scale with σ against the training σ's task
+    import nvcim
+
+    ref = create_task("irs", two_stage_model(), DeviceConfig(sigma=0.3))  # same model and heads (seeded)
+    for name, w in task.heads.state_dict().items():
+        if name.endswith("weight") and w.dim() == 2:
+            w_d = nvcim.quantize(w, DeviceConfig(sigma=0.3))
+            dev = nvcim.draw_chip(task.heads, seed=3)[name] - w_d
+            dev_ref = nvcim.draw_chip(ref.heads, seed=3)[name] - w_d
+            assert dev.abs().max() > 0
+            torch.testing.assert_close(dev, dev_ref * (expected / 0.3), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("model,width,channels,stages,features", [
@@ -111,6 +122,7 @@ def test_a_model_without_stages_is_refused_in_one_line():
 def test_traits():
     irs = METHODS.get("irs")
     assert irs.search == "beta" and {1e-1, 1e-2, 1e-3} <= set(irs.search_values) and irs.uses_device
+    assert irs.is_paper_recipe({"beta": 0.01}) and not irs.is_paper_recipe({"beta": 0.01, "block_sigma": 0.05})
 
 
 TINY = dict(model="tiny", dataset="mnist5k", limit=64, epochs=1, batch_size=16, val_runs=2, progress=False,
@@ -212,3 +224,30 @@ def test_a_stage_returning_a_tuple_or_never_running_is_refused_in_one_line():
         with pytest.raises(ValueError, match=match) as e:  # ValueError: the CLI's one line, exit 2
             create_task("irs", model, DeviceConfig(sigma=0.3))
         assert "\n" not in str(e.value)
+
+
+def test_heads_read_a_stage_output_an_in_place_op_changes_later_as_it_was():
+    """A stage followed by torch.relu_ (or ReLU(inplace=True)): the head reads the stage's output as the stage gave
+    it, not as the in-place op left it (the heads run inside the stages' hooks)."""
+    class InPlace(nn.Module):
+        stages = ("c1", "c2")
+
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = torch.relu_(self.c1(x))  # in place, after the stage's output was read
+            return self.fc(self.c2(h).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = InPlace().double()
+    model.nvcim_spec = {"in_channels": 1, "image_size": 4}
+    task = create_task("irs", model, DeviceConfig(sigma=0.0, quantize=False), beta=1.0)
+    x, y = torch.randn(3, 1, 4, 4, dtype=torch.float64), torch.tensor([0, 1, 2])
+    _, total = task(x, y)
+    with torch.no_grad():
+        pre = model.c1(x)  # the stage's output before the in-place ReLU
+        expected = irs_combine(model(x), [task.heads[0](pre)], 1.0)  # one head: after c1 (none after the last stage)
+    assert len(task.heads) == 1
+    torch.testing.assert_close(total, expected, rtol=1e-12, atol=1e-12)

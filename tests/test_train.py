@@ -449,10 +449,20 @@ def test_explicit_augment_on_mnist_like_data_warns():
         train(tiny_cfg(augment=True, select="clean"))
 
 
-def test_censored_noise_training_keeps_the_deployed_device_gaussian(tmp_path):
+def test_censored_noise_training_keeps_the_deployed_device_gaussian(tmp_path, monkeypatch):
     """Right-censored noise is how the model trains; the checkpoint's device (validation, evaluation) is the chip."""
+    import nvcim.train.loop as loop
+
+    seen, real = [], loop.monte_carlo_evaluate
+
+    def spy(model, split, cfg, **kw):  # the training loop's validation Monte Carlo
+        seen.append((cfg.variation, cfg.sigma))
+        return real(model, split, cfg, **kw)
+
+    monkeypatch.setattr(loop, "monte_carlo_evaluate", spy)
     res = train(tiny_cfg(method="noise_injection", method_params={"censor": 1.0}, sigma=0.2), tmp_path / "d")
     assert res.status == "ok"
+    assert seen and set(seen) == {("gaussian", 0.2)}  # validation scored on the plain chip
     _, config = load_checkpoint(tmp_path / "d")
     assert config["method"]["censor"] == 1.0 and config["device"]["variation"] == "gaussian"
     assert config["device"]["sigma"] == 0.2

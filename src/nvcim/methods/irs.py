@@ -136,10 +136,17 @@ class IRSTask(TrainingTask):
             shapes.append(tuple(f.shape[1:]))
         return shapes, out.shape[1]
 
-    def _forward_reading(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """The backbone's output and, shallowest first, the outputs of the read stages (unchanged)."""
+    def _forward_reading(self, x: torch.Tensor, heads: nn.ModuleList | None = None
+                         ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The backbone's output and, shallowest first, what each read stage gives: its output, or with `heads` that
+        stage's head applied to it. A head runs inside the stage's hook (as the authors' code does): a later in-place
+        op on the stage's output (ReLU(inplace=True), torch.relu_) cannot change what the head reads."""
         seen: dict[int, torch.Tensor] = {}
-        handles = [module.register_forward_hook(lambda _m, _i, out, i=i: seen.__setitem__(i, out))
+
+        def read(i: int, out):
+            seen[i] = out if heads is None else heads[i](out)
+
+        handles = [module.register_forward_hook(lambda _m, _i, out, i=i: read(i, out))
                    for i, (_, module) in enumerate(self.stages)]
         try:
             out = self.model(x)  # [B, classes]
@@ -156,8 +163,8 @@ class IRSTask(TrainingTask):
         if beta == 0:
             out = self.model(x) / (len(self.heads) + 1)
             return F.cross_entropy(out, y), out
-        feats, backbone = self._forward_reading(x)  # feats[n]: [B, C_n, H_n, W_n] (or [B, C_n, L_n], [B, F_n])
-        total = irs_combine(backbone, [head(f) for head, f in zip(self.heads, feats)], beta)  # [B, classes]
+        head_logits, backbone = self._forward_reading(x, self.heads)  # each [B, classes]; backbone [B, classes]
+        total = irs_combine(backbone, head_logits, beta)  # [B, classes]
         return F.cross_entropy(total, y), total
 
     def parameters(self):
@@ -194,3 +201,7 @@ class IRS(Method):
 
     search_values = (1e-1, 1e-2, 1e-3, 1e-4)  # the authors' values are among them
     order = 4
+
+    @classmethod
+    def is_paper_recipe(cls, params):
+        return super().is_paper_recipe(params) and params.get("block_sigma") is None  # heads at the training σ
