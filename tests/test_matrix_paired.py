@@ -126,7 +126,22 @@ def test_matrix_table_marks_below_chance_and_non_finite_cells():
     assert t.rows[0][2].endswith(" *") and t.rows[1][1].endswith(" !")
     assert not t.rows[0][1].endswith(("*", "!")) and not t.rows[1][2].endswith(("*", "!"))
     assert t.legend.startswith("Marks: * below chance (10 % for 10 classes)") and "1 of 2 chips at ck1 under gaussian" in t.legend
-    assert matrix_table(_matrix(None, [[80.0, 70.0]])).legend == ""
+    from nvcim.evaluate.stats import ROUGH_PERCENTILE_NOTE
+
+    assert matrix_table(_matrix(None, [[80.0, 70.0]])).legend == ROUGH_PERCENTILE_NOTE  # p5 of 2 chips: marked
+
+
+def test_matrix_table_marks_a_p5_too_few_chips_estimate():
+    """p5 needs 20 chips (q x chips >= 100): from 2 it is marked `~` with its footnote, from 20 it is plain."""
+    from nvcim.report.matrix import matrix_table
+
+    few = matrix_table(_matrix(None, [[80.0, 70.0]]))
+    assert few.rows[0][1] == "80.00 [80.00, 80.00] p5 ~80.0"
+    many = _matrix(None, [[80.0, 70.0]])
+    for cell in many.cells[0]:
+        cell["result"].update(runs=20, per_run_accuracy=[cell["result"]["mean"]] * 20, per_run_correct=[1] * 20)
+    t = matrix_table(many)
+    assert t.rows[0][1] == "80.00 [80.00, 80.00] p5 80.0" and t.legend == ""
 
 
 def test_one_label_at_several_budgets_is_two_arms_and_duplicates_never_overwrite():

@@ -133,7 +133,8 @@ def test_markdown_tables(report_dir):
 
 def test_table_half_width_is_the_unclipped_t_one_near_100_percent(tmp_path):
     # two seeds with means 99.0 and 99.8: t_{0.975,1}·s/√2 = 12.706·0.5657/1.414 = 5.08; the CI is clipped to
-    # [94.32, 100], whose half-length 2.84 the table used to print as the ± (review finding)
+    # [94.32, 100], whose half-length 2.84 the table used to print as the ± (review finding); the table now shows
+    # those bounds, since ± 5.08 would reach 104.48
     for seed, mean in ((0, 99.0), (1, 99.8)):
         write(tmp_path / f"ovf{seed}.json", mc_eval("ovf", 0.1, seed, [mc_result(0.1, [mean - 0.1, mean + 0.1])]))
     rs = scan_results(tmp_path)
@@ -142,7 +143,7 @@ def test_table_half_width_is_the_unclipped_t_one_near_100_percent(tmp_path):
     out = tmp_path / "out"
     write_report(rs, out)
     line = next(ln for ln in (out / "report.md").read_text(encoding="utf-8").splitlines() if ln.startswith("| 0.1"))
-    assert "99.40 ± 5.08 (n=2)" in line
+    assert "99.40 [94.32, 100.00] (n=2)" in line  # past 100: the clipped bounds, not "± 5.08" nor "± 2.84"
 
 
 def test_paper_reference_only_beside_a_setting_the_paper_has(tmp_path, report_dir):
@@ -771,3 +772,15 @@ def test_a_preset_at_two_bit_widths_is_two_arms(tmp_path, capsys):
         "OVF [rram4: weight_band S=4, M=8 K=2]", "OVF [rram4: weight_band S=4, M=8 K=4]"]
     err = capsys.readouterr().err
     assert "device model rram4: results under 2 different devices" in err and "different names" not in err
+
+
+def test_a_ci_reaching_past_0_or_100_is_shown_by_its_clipped_bounds():
+    """Two seeds 40 and 90 %: t = 12.7 gives ± 317, which would hold impossible accuracies; the table shows the
+    clipped interval instead, and the ordinary ± form elsewhere."""
+    from nvcim.report.tables import _half
+
+    wide = {"mean": 65.0, "ci_half": 317.6, "ci95": [0.0, 100.0]}
+    assert _half(wide) == " [0.00, 100.00]"
+    assert _half({"mean": 65.0, "ci_half": 2.5, "ci95": [62.5, 67.5]}) == " ± 2.50"
+    assert _half({"mean": 99.0, "ci_half": 2.0, "ci95": [97.0, 100.0]}) == " [97.00, 100.00]"
+    assert _half({"mean": 65.0, "ci_half": None, "ci95": [None, None]}) == ""

@@ -499,3 +499,47 @@ def test_train_config_wrong_types_are_value_errors(field, value):
 
     with pytest.raises(ValueError, match=field if field != "method" else "unknown method"):
         TrainConfig.from_dict({field: value})
+
+
+def test_table_marks_percentiles_too_few_chips_can_estimate():
+    """p1 of 20 chips is close to their interpolated minimum (q x chips >= 100 is needed): marked `~`, with a footnote,
+    in the Monte Carlo table and the write-verify table; the files keep the number."""
+    from nvcim.evaluate.stats import ROUGH_PERCENTILE_NOTE, fmt_percentile
+    from nvcim.writeverify import points_table
+
+    def res(runs):
+        r = _result(50.0, 10)
+        return MCResult(**{**{f: getattr(r, f) for f in r.__dataclass_fields__}, "runs": runs,
+                           "p1": 41.0, "p5": 45.0, "p10": 47.0})
+
+    few, many = res(20), res(100)
+    table = results_table([few])
+    assert "~41.00" in table and "45.00" in table and "~45.00" not in table and "~47.00" not in table  # 5 x 20 = 100
+    assert ROUGH_PERCENTILE_NOTE in table.splitlines()
+    assert "~" not in results_table([many]) and ROUGH_PERCENTILE_NOTE not in results_table([many])
+    assert "~47.00" in results_table([res(9)]) and fmt_percentile(float("nan"), 1.0, 2) == "nan"
+    points = [{"fraction": 0.0, "verified_weights": 0, "verified_devices": 0, "result": few}]
+    assert "~41.00" in points_table(points) and ROUGH_PERCENTILE_NOTE in points_table(points)
+    assert few.to_dict()["p1"] == 41.0  # the record keeps the number
+
+
+def test_verify_stat_percentile_from_few_chips_is_said(capsys):
+    from nvcim.cli.eval_verify import note_rough_stat
+
+    note_rough_stat("p1", 20)
+    assert "--verify-stat p1 from 20 chips" in capsys.readouterr().err
+    for stat, chips in (("p1", 100), ("p5", 20), ("mean", 2), ("min", 2)):
+        note_rough_stat(stat, chips)
+        assert capsys.readouterr().err == ""
+
+
+def test_a_zero_width_ci_says_what_it_rests_on():
+    """Every chip scoring the same gives a CI of zero width: the table says it bounds only how rare a differing chip
+    is (rule of three: -ln 0.05 / R), not that there is none."""
+    same = MCResult(**{**{f: getattr(_result(50.0, 10), f) for f in MCResult.__dataclass_fields__},
+                       "runs": 20, "per_run_accuracy": [50.0] * 20})
+    table = results_table([same])
+    assert "all 20 chips scored 50.00 %" in table and "fewer than 15 % of chips" in table
+    spread = MCResult(**{**{f: getattr(same, f) for f in MCResult.__dataclass_fields__},
+                         "per_run_accuracy": [50.0] * 19 + [49.0]})
+    assert "chips scored" not in results_table([spread])

@@ -306,19 +306,25 @@ def _row(p: Mapping) -> dict:
 
 
 def points_table(points: Sequence[Mapping]) -> str:
-    """Plain-text table, one row per verified fraction (accuracies in %)."""
+    """Plain-text table, one row per verified fraction (accuracies in %); percentiles from too few chips are marked
+    `~` with a footnote (nvcim.evaluate.stats.fmt_percentile)."""
     from tabulate import tabulate
+
+    from nvcim.evaluate.stats import ROUGH_PERCENTILE_MARK, ROUGH_PERCENTILE_NOTE, fmt_percentile
 
     def f(v, digits=2):
         return "nan" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
-    rows = []
+    rows, rough = [], False
     for p in points:
-        d = _row(p)
+        d, chips = _row(p), p["result"].percentile_chips
+        pct = [fmt_percentile(d["p1"], 1.0, chips), fmt_percentile(d["p5"], 5.0, chips)]
+        rough = rough or any(c.startswith(ROUGH_PERCENTILE_MARK) for c in pct)
         rows.append([f"{d['fraction']:g}", d["verified_devices"], f(d["mean"]), f(d["std"]),
-                     f"[{f(d['ci95_lo'])}, {f(d['ci95_hi'])}]", f(d["p1"]), f(d["p5"]), f(d["min"]), f(d["ekl"], 4)])
-    return tabulate(rows, headers=["verified", "devices", "mean", "std", "ci95", "p1", "p5", "min", "ekl"],
-                    tablefmt="simple", disable_numparse=True)
+                     f"[{f(d['ci95_lo'])}, {f(d['ci95_hi'])}]", *pct, f(d["min"]), f(d["ekl"], 4)])
+    table = tabulate(rows, headers=["verified", "devices", "mean", "std", "ci95", "p1", "p5", "min", "ekl"],
+                     tablefmt="simple", disable_numparse=True)
+    return table + ("\n" + ROUGH_PERCENTILE_NOTE if rough else "")
 
 
 def write_points_csv(path, points: Sequence[Mapping], device_model: str | None = None):

@@ -34,6 +34,7 @@ def run_write_verify(args, ckpt, model, config, spec, dataset, splits, split, cf
     hit = None
     if verify["target"] is not None:
         hit = fraction_for_target(points, verify["target"], verify["stat"])
+        note_rough_stat(verify["stat"], points[0]["result"].percentile_chips)
         if hit is None:
             print(f"no fraction tried reaches {verify['stat']} >= {verify['target']:g} %")
         else:
@@ -57,3 +58,13 @@ def run_write_verify(args, ckpt, model, config, spec, dataset, splits, split, cf
         write_points_csv(args.csv, points, device_model=args.device_model)
         print(f"wrote {args.csv}")
     return 0
+
+
+def note_rough_stat(stat: str, chips: int) -> None:
+    """One note on stderr when the statistic the target is judged by is a percentile `chips` chips cannot estimate."""
+    from nvcim.evaluate.stats import percentile_estimable
+
+    if stat.startswith("p") and not percentile_estimable(float(stat[1:]), chips):
+        need = -(-100 // int(stat[1:]))
+        print(f"nvcim eval: note: --verify-stat {stat} from {chips} chips is close to their interpolated minimum "
+              f"(it needs >= {need} chips); use --runs {need} or more", file=sys.stderr)

@@ -90,6 +90,11 @@ class MCResult:
         """Whether this result comes from the target-precision mode."""
         return self.target_ci is not None
 
+    @property
+    def percentile_chips(self) -> int:
+        """How many chips std, the percentiles, min and max come from: all of them, or the full-set chips."""
+        return self.full_set_chips if self.adaptive and self.full_set_chips else self.runs
+
     def to_dict(self) -> dict:
         """JSON-able dict (NaN becomes null); the ADAPTIVE_FIELDS only in target-precision mode."""
         d = dataclasses.asdict(self)
@@ -169,13 +174,17 @@ def below_chance(mean, num_classes) -> bool:
 def results_table(results: Sequence[MCResult]) -> str:
     """A plain-text table (accuracies in %, EKL in nats), one row per σ.
 
-    A mean below chance (100 / classes %) is marked `*`, a σ where some chips gave non-finite logits `!`,
-    each with a footnote under the table.
+    A mean below chance (100 / classes %) is marked `*`, a σ where some chips gave non-finite logits `!`, a
+    percentile from too few chips to estimate it `~` (stats.percentile_estimable; the files keep the number), each
+    with a footnote under the table.
     """
     from tabulate import tabulate
 
+    from nvcim.evaluate.stats import ROUGH_PERCENTILE_MARK, ROUGH_PERCENTILE_NOTE, fmt_percentile
+
     rows, below, nonfinite = [], set(), []
     for r in results:
+        pct = [fmt_percentile(v, q, r.percentile_chips) for v, q in ((r.p1, 1.0), (r.p5, 5.0), (r.p10, 10.0))]
         mean = _fmt(r.mean)
         if below_chance(r.mean, r.num_classes):
             mean += f" {BELOW_CHANCE_MARK}"
@@ -184,15 +193,32 @@ def results_table(results: Sequence[MCResult]) -> str:
             mean += f" {NONFINITE_MARK}"
             nonfinite.append(f"{r.nonfinite_runs} of {r.runs} chips at σ={r.sigma:g}")
         rows.append([f"{r.sigma:g}", r.runs, mean, _fmt(r.std), f"[{_fmt(r.ci95[0])}, {_fmt(r.ci95[1])}]",
-                     _fmt(r.p1), _fmt(r.p5), _fmt(r.p10), _fmt(r.min), _fmt(r.max), _fmt(r.clean_accuracy),
+                     *pct, _fmt(r.min), _fmt(r.max), _fmt(r.clean_accuracy),
                      _fmt(r.quantized_accuracy), _fmt(r.ekl, 4)])
     lines = [tabulate(rows, headers=list(TABLE_COLUMNS), tablefmt="simple", disable_numparse=True)]
+    if any(cell.startswith(ROUGH_PERCENTILE_MARK) for row in rows for cell in row[5:8]):  # the p1 / p5 / p10 columns
+        lines.append(ROUGH_PERCENTILE_NOTE)
     lines += [adaptive_note(r) for r in results if r.adaptive]
+    lines += [same_note(r) for r in results if same_everywhere(r)]
     for guess, classes in sorted(below):
         lines.append(f"{BELOW_CHANCE_MARK} below chance ({guess:g} % for {classes} classes)")
     if nonfinite:
         lines.append(f"{NONFINITE_MARK} non-finite logits (NaN / inf), counted as wrong: {', '.join(nonfinite)}")
     return "\n".join(lines)
+
+
+def same_everywhere(r: MCResult) -> bool:
+    """Whether every chip of a result (two or more) scored the same, so its 95 % CI has zero width."""
+    values = r.subset_accuracy if r.adaptive and r.subset_accuracy else r.per_run_accuracy
+    return r.runs >= 2 and len(values) >= 2 and min(values) == max(values)
+
+
+def same_note(r: MCResult) -> str:
+    """What a zero-width CI says: only that a chip scoring differently is rarer than about 3 / chips (95 %, the
+    rule of three: no such chip in R draws bounds its rate by -ln(0.05) / R)."""
+    chips = len(r.subset_accuracy) if r.adaptive and r.subset_accuracy else len(r.per_run_accuracy)
+    return (f"σ={r.sigma:g}: all {chips} chips scored {_fmt(r.mean)} %: the zero-width CI rests on them alone; a chip "
+            f"scoring otherwise occurs in fewer than {100 * -math.log(0.05) / chips:.2g} % of chips (95 %)")
 
 
 def adaptive_note(r: MCResult) -> str:

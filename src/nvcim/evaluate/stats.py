@@ -120,6 +120,20 @@ def percentile_estimable(q: float, chips: int) -> bool:
     return q * chips >= 100
 
 
+ROUGH_PERCENTILE_MARK = "~"
+ROUGH_PERCENTILE_NOTE = ("~ a percentile from too few chips, close to their interpolated minimum: p1 needs >= 100 "
+                         "chips, p5 >= 20, p10 >= 10 (q x chips >= 100); use more --runs")
+
+
+def fmt_percentile(value, q: float, chips: int, digits: int = 2) -> str:
+    """A percentile for a plain-text table: "nan", the value, or the value marked ROUGH_PERCENTILE_MARK when `chips`
+    chips cannot estimate the q-th percentile (percentile_estimable); the table adds ROUGH_PERCENTILE_NOTE."""
+    if value is None or not math.isfinite(value):
+        return "nan"
+    mark = "" if percentile_estimable(q, chips) else ROUGH_PERCENTILE_MARK
+    return f"{mark}{value:.{digits}f}"
+
+
 def accuracy_ci(mean: float, half: float) -> tuple[float, float]:
     """The 95 % CI (lo, hi) of a mean accuracy (points) from its half-width: mean ± half, clipped to [0, 100].
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from itertools import combinations
 
 from nvcim.evaluate.files import DeviceMatrixFile
+from nvcim.evaluate.stats import ROUGH_PERCENTILE_MARK, ROUGH_PERCENTILE_NOTE, fmt_percentile
 from nvcim.io.files import atomic_write_bytes
 from nvcim.report.common import fmt_num, fmt_sigma, label_sort_key, method_traits
 from nvcim.report.figures import Figures, pyplot
@@ -47,12 +48,15 @@ def _row_names(rec: DeviceMatrixFile) -> list[str]:
 
 def matrix_table(rec: DeviceMatrixFile, title: str = "Device-model matrix") -> Table:
     rows, marks = [], Marks()  # a mean below chance `*`, chips with non-finite logits `!` (nvcim.report.flags)
+    rough = False
     for i, name in enumerate(_row_names(rec)):
         cells = []
         for j, dm in enumerate(rec.device_models):
             r = rec.result(i, j)
             mark = marks.mark(r.mean, r.num_classes, r.nonfinite_runs, r.runs, f"{name} under {dm}")
-            cells.append(f"{r.mean:.2f} [{r.ci95[0]:.2f}, {r.ci95[1]:.2f}] p5 {r.p5:.1f}{mark}")
+            p5 = fmt_percentile(r.p5, 5.0, r.percentile_chips, digits=1)  # "~" from fewer than 20 chips
+            rough = rough or p5.startswith(ROUGH_PERCENTILE_MARK)
+            cells.append(f"{r.mean:.2f} [{r.ci95[0]:.2f}, {r.ci95[1]:.2f}] p5 {p5}{mark}")
         rows.append([name, *cells])
     sigma = "each checkpoint's training σ" if rec.sigma is None else f"σ_d = {rec.sigma:g}"
     note = (f"mean accuracy % [95 % CI of the mean] and 5th percentile over {rec.runs} chips per cell, {sigma}; "
@@ -63,7 +67,8 @@ def matrix_table(rec: DeviceMatrixFile, title: str = "Device-model matrix") -> T
         note += f"; device models: {'; '.join(named)}"
     if rec.adc_calibration:  # columns with a calibrated ADC clip: where each chip's ranges came from
         note += f"; calibrated ADC clips measured on the {rec.adc_calibration.get('split', '?')} split's first images"
-    return Table(title, ["checkpoint", *rec.device_models], rows, note, legend=marks.legend())
+    legend = "; ".join(x for x in (marks.legend(), ROUGH_PERCENTILE_NOTE if rough else "") if x)
+    return Table(title, ["checkpoint", *rec.device_models], rows, note, legend=legend)
 
 
 def matrix_csv(rec: DeviceMatrixFile) -> bytes:
@@ -84,8 +89,9 @@ def _heatmap(plt, rec: DeviceMatrixFile):
     im = ax.imshow(means, cmap="viridis", vmin=0, vmax=100, aspect="auto")
     for i, row in enumerate(means):
         for j, m in enumerate(row):
-            p5 = rec.result(i, j).p5
-            ax.text(j, i, f"{m:.1f}\np5 {p5:.1f}", ha="center", va="center", fontsize=8,
+            r = rec.result(i, j)
+            p5 = fmt_percentile(r.p5, 5.0, r.percentile_chips, digits=1)
+            ax.text(j, i, f"{m:.1f}\np5 {p5}", ha="center", va="center", fontsize=8,
                     color="white" if m < 60 else "black")
     ax.set_xticks(range(len(rec.device_models)), rec.device_models, rotation=30, ha="right")
     ax.set_yticks(range(len(rec.checkpoints)), _row_names(rec))

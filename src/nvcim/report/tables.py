@@ -33,12 +33,17 @@ def _fmt_ekl(v: Any) -> str:
 
 
 def _half(p: dict) -> str:
-    """" ± h": the 95 % CI's unclipped half-width (its clipped bounds [lo, hi] are asymmetric near 0 or 100 %)."""
-    h = p.get("ci_half")
+    """" ± h", the 95 % CI's half-width; where the interval reaches past 0 or 100 % (few seeds: t = 12.7 for 2) its
+    clipped bounds " [lo, hi]" instead, since "± 308" would hold impossible accuracies."""
+    h, mean = p.get("ci_half"), num(p.get("mean"))
+    lo, hi = p.get("ci95") or (None, None)
     if h is None:
-        lo, hi = p["ci95"]
         h = (hi - lo) / 2 if lo is not None and hi is not None else None
-    return f" ± {fmt_num(h)}" if h is not None else ""
+    if h is None:
+        return ""
+    if mean is not None and (mean - h < 0.0 or mean + h > 100.0) and lo is not None and hi is not None:
+        return f" [{fmt_num(lo)}, {fmt_num(hi)}]"
+    return f" ± {fmt_num(h)}"
 
 
 def acc_table(gkey, gpts) -> Table:
@@ -67,7 +72,7 @@ def acc_table(gkey, gpts) -> Table:
         rows.append(row)
     notes = sorted({p["paper_note"] for p in gpts if p["paper_note"]})
     note = ("Measured: mean over seeds of each model's Monte Carlo mean ± half-width of the 95% t CI (over seeds when "
-            "n ≥ 2, else the MC CI; summary.csv gives its bounds clipped to [0, 100]); " + "; ".join(sorted({f"{lab}: {runs_note([p for p in gpts if p['label'] == lab])}"
+            "n ≥ 2, else the MC CI; [lo, hi] where it reaches past 0 or 100 %, clipped, as in summary.csv); " + "; ".join(sorted({f"{lab}: {runs_note([p for p in gpts if p['label'] == lab])}"
                                                           for lab, _ in labels})) + ".")
     if has_paper:
         note += " Paper: Qin et al., Fig. 3 (authors' figures)."
