@@ -131,6 +131,7 @@ def test_bad_device_model_is_a_one_line_spec_error(tmp_path, models, needle):
     with pytest.raises(ValueError) as exc:
         load_spec(spec_file)
     assert needle in str(exc.value) and "\n" not in str(exc.value)
+    assert str(spec_file) in str(exc.value)  # every spec error names its file
 
 
 def test_device_model_setting_sigma_is_refused_and_cli_exits_2(tmp_path, capsys):

@@ -378,7 +378,12 @@ def validate_spec(raw: Mapping, where: str = "<spec>", base_dir=None) -> SweepSp
                          f"{idle[0]!r} to 'methods' or drop it")
 
     typed = SweepSpec.from_dict(spec)
-    cells = expand(typed)  # validates every cell's TrainConfig (one-line error naming the cell)
+    try:
+        cells = expand(typed)  # validates every cell's TrainConfig (one-line error naming the cell)
+    except ValueError as exc:  # its messages begin "sweep spec:"; name the file
+        msg = str(exc)
+        raise ValueError(f"sweep spec {where}:{msg.removeprefix('sweep spec:')}" if msg.startswith("sweep spec:")
+                         else f"sweep spec {where}: {msg}") from None
     if not cells:
         raise ValueError(f"sweep spec {where}: the grid is empty")
     fits: dict[tuple, tuple] = {}  # (model, data set, method) -> a cell's TrainConfig, every training and test device
