@@ -624,6 +624,8 @@ def test_failed_cells_of_an_arm_show_in_its_convergence_count(tmp_path):
     md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
     row = next(ln for ln in md.splitlines() if ln.startswith("| 0.35") and "0 of 3" in ln)
     assert row.rstrip(" |").endswith("3, 10")
+    acc = next(ln for ln in md.splitlines() if ln.startswith("| 0.35") and "(n=3" in ln)  # the accuracy table's mean
+    assert "(n=3; seeds 3, 10 failed)" in acc  # is over 3 seeds of 5: said beside it
     rows = list(csv.DictReader(open(tmp_path / "out" / "summary.csv")))
     assert [r["failed_seeds"] for r in rows] == ["3 10"]
 

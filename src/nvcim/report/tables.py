@@ -63,7 +63,9 @@ def acc_table(gkey, gpts) -> Table:
                 row.append("")
             else:
                 half = _half(p)
-                row.append(f"{fmt_num(p['mean'])}{half} (n={p['n_seeds']}){_point_mark(marks, p)}")
+                failed = p.get("failed_seeds") or []  # left out of the mean: say so beside it
+                lost = f"; seed{'s' * (len(failed) > 1)} {', '.join(failed)} failed" if failed else ""
+                row.append(f"{fmt_num(p['mean'])}{half} (n={p['n_seeds']}{lost}){_point_mark(marks, p)}")
             if lab in has_paper:
                 if p is not None and p["paper"] is not None:
                     row.append(f"{fmt_num(p['paper'])} ({p['paper_diff']:+.2f})")
@@ -252,7 +254,8 @@ def paired_table(gkey, rows: list[dict], gpts: list[dict] | None = None) -> Tabl
     return Table(f"{group_title(gkey)}: paired differences by seed (points)", PAIRED_HEADERS, out,
                  "Per seed: A's mean accuracy − B's (models sharing a seed); mean over the shared seeds, 95% CI "
                  "(Student t, n − 1 df) and the two-sided paired t-test. A CI containing 0 bounds the difference; "
-                 "it does not show that there is none. Pairs with fewer than 2 shared seeds are left out.")
+                 "it does not show that there is none. Pairs with fewer than 2 shared seeds are left out; a seed whose "
+                 "training failed has no accuracy and is in no pair (the accuracy table names it).")
 
 
 def curve_table(gkey, gcurves) -> Table | None:
