@@ -112,6 +112,9 @@ def test_analog_export_import_round_trip(tmp_path, capsys):
     ckpt, model = _checkpoint(tmp_path)
     rc, out, err = run_cli(["export", str(ckpt), "--aihwkit", "aihwkit:pcm", "--out", str(tmp_path / "a.pt")], capsys)
     assert rc == 0, err
+    rc, out, err = run_cli(["export", str(ckpt), "--aihwkit", "aihwkit:pcm", "--out", str(tmp_path / "a.pt"),
+                            "--overwrite"], capsys)  # an existing file: replaced only with --overwrite
+    assert rc == 0, err
     analog = torch.load(tmp_path / "a.pt", weights_only=False)
     assert any("Analog" in type(m).__name__ for m in analog.modules())
     rc, out, err = run_cli(["import", str(tmp_path / "a.pt"), "--out", str(tmp_path / "back")], capsys)

@@ -131,6 +131,13 @@ def test_cli_export_import_and_errors(tmp_path, capsys):
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
     assert not any((tmp_path / n).exists() for n in ("m2", "m3", "b2")) and not (ckpt / "map").exists()
     assert not (tmp_path / "map" / "ck").exists()
+    # an aihwkit model file over an existing file: only with --overwrite (nvcim cannot tell its own from the user's)
+    (tmp_path / "model.py").write_text("mine")
+    rc, out, err = run_cli(["export", str(ckpt), "--aihwkit", "aihwkit:pcm", "--out", str(tmp_path / "model.py")], capsys)
+    assert rc == 2 and "exists: pass --overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "model.py").read_text() == "mine"
+    rc, out, err = run_cli(["export", str(ckpt), "--out", str(tmp_path / "map"), "--overwrite"], capsys)
+    assert rc == 2 and "--overwrite is for --aihwkit" in err
 
 
 @pytest.mark.parametrize("problem", ["level", "sign", "padding", "shape", "missing"])

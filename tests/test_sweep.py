@@ -354,6 +354,26 @@ def test_missing_key_and_bad_file(tmp_path):
         load_spec(tmp_path / "nope.toml")
 
 
+@pytest.mark.parametrize("name,text,key", [
+    ("dup.json", '{"name": "t", "seeds": [0], "seeds": [5]}', "seeds"),
+    ("dup.yaml", "train: {epochs: 1, limit: 96}\ntrain: {epochs: 3}\n", "train"),
+    ("nested.yaml", "train:\n  epochs: 1\n  epochs: 3\n", "epochs"),
+])
+def test_a_key_given_twice_is_refused_not_merged(tmp_path, name, text, key):
+    """JSON and YAML keep the last of a repeated key without a word (a second `train:` table dropped `limit`):
+    refused in one line naming the key, as TOML does (review finding). YAML merge keys still work."""
+    spec = tmp_path / name
+    spec.write_text(text)
+    with pytest.raises(ValueError, match=rf"key '{key}' is given twice") as exc:
+        load_spec(spec)
+    assert str(spec) in str(exc.value) and "\n" not in str(exc.value)
+    from nvcim.io.files import read_mapping_file
+
+    merged = tmp_path / "merge.yaml"
+    merged.write_text("base: &b {epochs: 1, limit: 96}\ntrain:\n  <<: *b\n  epochs: 3\n")
+    assert read_mapping_file(merged, "spec")["train"] == {"epochs": 3, "limit": 96}
+
+
 # ---- running -------------------------------------------------------------------------------------------
 def test_reference_layout(reference):
     out, res = reference
@@ -526,6 +546,35 @@ def test_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     assert not (out / "cells" / s.ok[0] / "failed.json").exists()
 
 
+def test_a_failure_of_another_definition_runs_again_after_the_spec_is_edited(tmp_path, monkeypatch, capsys):
+    """A cell that failed under lr = 1e30 is not a failure of the edited spec (lr fixed, --force): it runs again,
+    and the dry run says why; the same definition's failure is still left alone (review finding)."""
+    from nvcim import train as train_mod
+    from nvcim.cli import main
+
+    raw = spec_of(methods=["vanilla"], seeds=[0])
+    real = train_mod.train
+
+    def diverge_on_big_lr(cfg, *a, **k):
+        if cfg.lr > 1:
+            raise RuntimeError("CellDiverged: nan")
+        return real(cfg, *a, **k)
+
+    monkeypatch.setattr(train_mod, "train", diverge_on_big_lr)
+    out = tmp_path / "out"
+    bad = {**raw, "train": {**raw["train"], "lr": 1e30}}
+    assert run_sweep(validate_spec(bad), out, progress=False).exit_code == 1
+    assert run_sweep(validate_spec(bad), out, progress=False, force=True).failed_before  # same definition: left
+    spec_file = tmp_path / "fixed.json"
+    spec_file.write_text(json.dumps(raw))
+    assert main(["sweep", str(spec_file), "--out", str(out), "--dry-run", "--force"]) == 0
+    printed = capsys.readouterr().out
+    assert "failed under another definition: train differ; runs again" in printed and "0 failed" in printed
+    s = run_sweep(validate_spec(raw), out, progress=False, force=True)
+    assert s.exit_code == 0 and len(s.ok) == 1 and not s.failed_before
+    assert not (out / "cells" / s.ok[0] / sweep.FAILED_FILE).exists()
+
+
 def test_cli_diverging_cell_exit_code_1_and_dry_run(tmp_path, capsys):
     raw = spec_of(methods=["noise_injection"], sigmas=[0.3], seeds=[0], betas=[0.1],
                   variants=[{"label": "ovf-huge", "method": "ovf", "params": {"beta": 1e38}}])
@@ -684,15 +733,39 @@ def test_partial_work_of_another_thread_count_is_redone_with_a_warning(tmp_path,
 
 
 def test_temp_leftovers_are_removed_and_an_interrupted_replace_is_undone(tmp_path):
-    (tmp_path / ".result.json.abc.tmp").write_text("half")
-    (tmp_path / ".checkpoint.tmp-x").mkdir()  # the new copy, never renamed into place
-    (tmp_path / ".checkpoint.old-y").mkdir()  # the previous copy, renamed away just before the kill
-    (tmp_path / ".checkpoint.old-y" / "config.json").write_text("{}")
-    (tmp_path / ".ckpt2.old-z").mkdir()  # a previous copy whose replacement did land
-    (tmp_path / "ckpt2").mkdir()
+    (tmp_path / ".result.json.ab_c1234.tmp").write_text("half")  # atomic_write_text's temp (tempfile: 8 random)
+    (tmp_path / ".checkpoint.tmp-x1234567").mkdir()  # the new copy, never renamed into place
+    (tmp_path / ".checkpoint.old-y1234567").mkdir()  # the previous copy, renamed away just before the kill
+    (tmp_path / ".checkpoint.old-y1234567" / "config.json").write_text("{}")
+    (tmp_path / ".train_state.old-z1234567").mkdir()  # a previous copy whose replacement did land
+    (tmp_path / "train_state").mkdir()
+    (tmp_path / ".nvcim-probe-abcd1234.tmp").write_text("")
+    # the user's hidden files: nvcim's patterns, but not nvcim's names (or not its kind of entry): kept as they are
+    mine = [".draft.tmp", ".notes.txt.abcd1234.tmp", ".scratch.tmp-abcd1234", ".analysis.old-v1234567",
+            ".result.json.tmp", ".checkpoint.old-short"]
+    for name in mine[:2] + mine[4:]:
+        (tmp_path / name).write_text("mine")
+    for name in mine[2:4]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "data").write_text("mine")
     sweep.files._clean_temps(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "ckpt2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["checkpoint", "train_state", *mine])
     assert (tmp_path / "checkpoint" / "config.json").read_text() == "{}"
+    assert (tmp_path / ".scratch.tmp-abcd1234" / "data").read_text() == "mine"
+
+
+def test_removing_a_cells_files_keeps_the_users_hidden_files(tmp_path):
+    d = tmp_path / "cell"
+    (d / "checkpoint").mkdir(parents=True)
+    (d / "checkpoint" / "config.json").write_text("{}")
+    (d / sweep.CELL_FILE).write_text("{}")
+    (d / ".cell.json.abcd1234.tmp").write_text("half")
+    (d / ".draft.tmp").write_text("mine")
+    (d / ".scratch.tmp").mkdir()
+    (d / ".scratch.tmp" / "data").write_text("mine")
+    sweep.files.remove_cell_files(d)
+    assert sorted(p.name for p in d.iterdir()) == [".draft.tmp", ".scratch.tmp"]
+    assert (d / ".scratch.tmp" / "data").read_text() == "mine"
 
 
 def test_beta_search_selects_on_validation_split_only(tmp_path, monkeypatch):
@@ -1061,12 +1134,26 @@ def test_the_spec_copy_never_replaces_a_users_file(tmp_path):
     with pytest.raises(ValueError, match=r"spec\.toml exists and is not nvcim's copy"):  # a run: no lock file left
         run_sweep(spec, out, spec_text="name = 'x'\n", spec_suffix=".toml", progress=False)
     assert sorted(p.name for p in out.iterdir()) == ["spec.toml"]
-    # the very text (the user ran the spec file kept in its output directory): fine
+    # the very text (the user ran the spec file kept in its output directory): fine, and the file is not touched
     (out / "spec.toml").write_text("name = 'x'\n")
     sweep.prepare_out_dir(spec, out, spec_text="name = 'x'\n", spec_suffix=".toml")
-    # nvcim's own sweep directory (its spec.json record): its earlier copy is replaced
-    sweep.prepare_out_dir(spec, out, spec_text="name = 'y'\n", spec_suffix=".toml")
-    assert (out / "spec.toml").read_text() == "name = 'y'\n"
+    assert (out / "spec.toml").read_text() == "name = 'x'\n"
+    # ... but it stays the user's: another spec's text does not replace it, though DIR now holds nvcim's spec.json
+    with pytest.raises(ValueError, match=r"spec\.toml exists and is not nvcim's copy"):
+        sweep.prepare_out_dir(spec, out, spec_text="name = 'y'\n", spec_suffix=".toml")
+    # nvcim's own copy (marked by its first line) is replaced by the next spec's
+    fresh = tmp_path / "fresh"
+    sweep.prepare_out_dir(spec, fresh, spec_text="name = 'x'\n", spec_suffix=".toml")
+    assert (fresh / "spec.toml").read_text() == sweep.runner.COPY_HEADER + "name = 'x'\n"
+    sweep.prepare_out_dir(spec, fresh, spec_text="name = 'y'\n", spec_suffix=".toml")
+    assert (fresh / "spec.toml").read_text() == sweep.runner.COPY_HEADER + "name = 'y'\n"
+    # a spec.json of a JSON spec's run does not make the user's spec.toml nvcim's (review finding)
+    other = tmp_path / "other"
+    sweep.prepare_out_dir(spec, other, spec_text='{"name": "x"}', spec_suffix=".json")
+    (other / "spec.toml").write_text("# mine\n")
+    with pytest.raises(ValueError, match=r"spec\.toml exists and is not nvcim's copy"):
+        sweep.prepare_out_dir(spec, other, spec_text="name = 'x'\n", spec_suffix=".toml")
+    assert (other / "spec.toml").read_text() == "# mine\n"
 
 
 @pytest.mark.parametrize("name", ["a/b", "a\\b", "..", ".", ".hidden", "", " x", "a\nb"])

@@ -106,3 +106,27 @@ def test_missing_ray_is_a_one_line_error(monkeypatch, tmp_path):
     spec = validate_spec(copy.deepcopy(SPEC))
     with pytest.raises(ValueError, match=r"pip install 'nvcim\[ray\]'"):
         run_sweep(spec, tmp_path / "x", backend="ray", progress=False)
+
+
+def test_the_token_file_never_replaces_a_users_file(tmp_path):
+    """DIR/.sweep-token: a killed run's token is replaced, a user's file of that name (or a link) is refused and
+    kept, and only this run's token is removed at the end (review finding: it was overwritten, then deleted)."""
+    token_file = tmp_path / sweep.files.TOKEN_FILE
+    token_file.write_text("my precious token\n")
+    with pytest.raises(ValueError, match="is not nvcim's token file") as exc:
+        ray_backend._write_token(tmp_path)
+    assert "\n" not in str(exc.value) and token_file.read_text() == "my precious token\n"
+    token_file.unlink()
+    (tmp_path / "target").write_text("mine\n")
+    token_file.symlink_to(tmp_path / "target")
+    with pytest.raises(ValueError, match="is not nvcim's token file"):
+        ray_backend._write_token(tmp_path)
+    assert (tmp_path / "target").read_text() == "mine\n"
+    token_file.unlink()
+    token_file.write_text("0" * 32 + "\n")  # a killed run's
+    token = ray_backend._write_token(tmp_path)
+    assert token_file.read_text() == token + "\n" and token != "0" * 32
+    ray_backend._remove_token(tmp_path, "f" * 32)  # not this run's: stays
+    assert token_file.exists()
+    ray_backend._remove_token(tmp_path, token)
+    assert not token_file.exists()

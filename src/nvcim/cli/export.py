@@ -46,6 +46,9 @@ def add_parser(sub) -> None:
                    help="crossbar rows per tile, the weight's fan-in axis (default: one tile of all rows)")
     p.add_argument("--tile-cols", metavar="C", type=_positive("--tile-cols"), default=None,
                    help="crossbar columns per tile, the output axis (default: one tile of all columns)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --aihwkit: replace an existing model file at --out (default: refuse; nvcim cannot tell "
+                        "a file it wrote from yours)")
     p.set_defaults(run=run_export)
 
     p = sub.add_parser("import", help="rebuild a checkpoint of quantised weights from a conductance map",
@@ -62,6 +65,9 @@ def add_parser(sub) -> None:
 def run_export(args) -> int:
     from nvcim.io.conductance import export_conductance_map, read_manifest
 
+    if args.aihwkit is None and args.overwrite:
+        raise ValueError("--overwrite is for --aihwkit model files (an earlier conductance map is replaced without "
+                         "it, anything else never): drop it")
     if args.aihwkit is not None:
         from nvcim.interop.aihwkit import aihwkit_device, export_analog
 
@@ -69,6 +75,11 @@ def run_export(args) -> int:
             raise ValueError("--tile-rows / --tile-cols shape conductance maps, not aihwkit models: drop them")
         from nvcim.io.files import check_output_path
 
+        out = Path(args.out)
+        if (out.exists() or out.is_symlink()) and not (args.overwrite and out.is_file()):
+            raise ValueError(f"--out {out} exists" + (" and is not a file" if args.overwrite else
+                             ": pass --overwrite to replace it (nvcim cannot tell a model file it wrote from yours)")
+                             + ", or choose another path")
         device = aihwkit_device(args.aihwkit)
         check_output_path(args.out, "--out")
         if Path(args.checkpoint).resolve() in Path(args.out).resolve().parents:

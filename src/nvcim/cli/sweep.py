@@ -65,7 +65,7 @@ def _warn(message: str) -> None:
 def run(args) -> int:
     from nvcim.sweep import expand, load_spec, plan, result_problem, run_sweep, stale_cells
     from nvcim.methods import search_symbol, searched_param
-    from nvcim.sweep.files import partial_progress
+    from nvcim.sweep.files import failed_differences, partial_progress
     from nvcim.sweep.runner import UNDEFINED, check_data, check_sweep_dir, is_recorded_spec, needs_local_data
 
     spec_path = Path(args.spec)
@@ -86,6 +86,8 @@ def run(args) -> int:
                           else "  (trained on another version of the data file)" if stale[c.id] == ["data_file"]
                           else "  (built by another version of the plugins' code)" if stale[c.id] == ["plugin_code"]
                           else f"  (made by another definition: {', '.join(stale[c.id])} differ)")
+            if state[c.id] == "pending" and (was := failed_differences(args.out, c)):
+                extra += f"  (failed under another definition: {', '.join(was)} differ; runs again)"
             problem = result_problem(args.out, c.id) if state[c.id] == "pending" else None
             extra += f"  ({problem}: runs again)" if problem else ""
             kept = partial_progress(args.out, c) if state[c.id] == "pending" else None

@@ -131,6 +131,39 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+class DuplicateKey(ValueError):
+    """A key given twice in one mapping of a JSON or YAML file (args[0]: the key)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads' object_pairs_hook: the mapping, refusing a repeated key."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _yaml_unique(text: str):
+    """yaml.safe_load, refusing a key repeated within one mapping."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *anchor": its keys may be overridden here
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise DuplicateKey(key)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def read_mapping_file(path, what: str) -> dict[str, Any]:
     """The mapping held by a .toml, .yaml/.yml or .json file; `what` names it in errors ("sweep spec")."""
     path = Path(path)
@@ -146,12 +179,13 @@ def read_mapping_file(path, what: str) -> dict[str, Any]:
 
             data = tomllib.loads(text)
         elif suffix == ".json":
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
         else:
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = _yaml_unique(text)
             data = {} if data is None else data
+    except DuplicateKey as exc:  # TOML refuses a repeated key itself; JSON and YAML would keep the last silently
+        raise ValueError(f"{what} {path}: key {exc.args[0]!r} is given twice (the second would silently replace the "
+                         "first): merge them into one") from None
     except Exception as exc:  # TOMLDecodeError, JSONDecodeError, yaml errors, OSError, UnicodeDecodeError
         raise ValueError(f"{what} {path} cannot be read ({_first_line(exc)}): fix its syntax") from None
     if not isinstance(data, dict):

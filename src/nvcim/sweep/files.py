@@ -6,8 +6,8 @@
                                         checkpoint/, train_state/, beta/<β>/, result.json, failed.json
 
 A cell is 'done' when its result.json is a valid result of this cell (`result_problem`), 'failed' when
-it holds failed.json, else 'pending'. Writes a kill interrupted leave hidden ".tmp" / ".old-" entries
-that `prepare_cell_dir` clears before the cell runs again.
+it holds failed.json, else 'pending'. Writes a kill interrupted leave hidden ".tmp" / ".old-" entries of
+nvcim's own file names (`_temp_of`) that `prepare_cell_dir` clears before the cell runs again.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -116,22 +117,45 @@ def partial_progress(out_dir, cell: Cell) -> str | None:
     return "; ".join(parts) or None
 
 
-def _is_temp(name: str) -> bool:
-    """Whether an entry is a leftover of a write a kill interrupted: a hidden temp file or dir, or a previous copy."""
-    return name.startswith(".") and (".tmp" in name or ".old-" in name)
+# The names nvcim's own writes give their temporaries in a cell (tempfile's random part: 8 of [a-z0-9_]):
+# atomic_write_* ".NAME.XXXXXXXX.tmp", a directory being written ".NAME.tmp-XXXXXXXX", a directory moved aside while
+# its successor is renamed in ".NAME.old-XXXXXXXX", the writable-directory probe ".nvcim-probe-XXXXXXXX.tmp".
+# Only those of nvcim's own file and directory names count: a user's ".draft.tmp" is not nvcim's.
+_OWN_FILES = (CELL_FILE, RESULT_FILE, FAILED_FILE, SCORE_FILE, CHECKPOINT_CONFIG, CHECKPOINT_WEIGHTS,
+              TRAIN_STATE_RECORD, TRAIN_STATE_TENSORS)
+_OWN_DIRS = ("checkpoint", TRAIN_STATE_DIR)
+_RANDOM = r"[a-z0-9_]{8}"
+_TEMP_NAME = re.compile(rf"\.(?P<file>.+)\.{_RANDOM}\.tmp|\.(?P<dir>.+)\.tmp-{_RANDOM}|\.(?P<old>.+)\.old-{_RANDOM}"
+                        rf"|\.nvcim-probe-{_RANDOM}\.tmp")
+
+
+def _temp_of(p: Path) -> tuple[str, str] | None:
+    """("temp" or "old", the name it stands for) when `p` is a leftover of an nvcim write a kill interrupted: a temp
+    file or directory, or a previous copy moved aside; None for anything else (a user's hidden file)."""
+    m = _TEMP_NAME.fullmatch(p.name)
+    if m is None or p.is_symlink():
+        return None
+    if m["file"] is not None:
+        return ("temp", m["file"]) if m["file"] in _OWN_FILES and p.is_file() else None
+    if m["dir"] is not None:
+        return ("temp", m["dir"]) if m["dir"] in _OWN_DIRS and p.is_dir() else None
+    if m["old"] is not None:
+        return ("old", m["old"]) if m["old"] in _OWN_DIRS and p.is_dir() else None
+    return ("temp", "") if p.is_file() else None  # the probe
 
 
 def _clean_temps(d: Path) -> None:
-    """Remove leftovers of writes a kill interrupted (hidden temp files and dirs) under `d`."""
+    """Remove leftovers of nvcim's writes a kill interrupted (its temp files and dirs) under `d`; put back a
+    directory a kill left moved aside."""
     if not d.is_dir():
         return
-    for p in sorted(d.rglob(".*"), key=lambda p: ".old-" in p.name):  # temps first, then previous copies
-        if p.name in (LOCK_FILE, TOKEN_FILE) or not _is_temp(p.name):
-            continue
-        original = p.parent / p.name[1:].split(".old-")[0]
-        if ".old-" in p.name and not original.exists():  # killed between a save's two renames: put it back
-            os.replace(p, original)
-            continue
+    found = [(p, t) for p in d.rglob(".*") if (t := _temp_of(p)) is not None]
+    for p, (kind, name) in sorted(found, key=lambda f: f[1][0] == "old"):  # temps first, then previous copies
+        original = p.parent / name
+        if kind == "old":
+            if not original.exists() and not original.is_symlink():  # killed between a save's two renames
+                os.replace(p, original)
+                continue
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
@@ -154,7 +178,9 @@ def remove_cell_files(d: Path) -> None:
     and weights, β candidates' score.json, temp leftovers) and the directories left empty; anything else is not
     nvcim's and stays where it is."""
     for p in sorted(d.rglob("*"), key=lambda p: len(p.parts), reverse=True):  # deepest first
-        temp = _is_temp(p.name)
+        if not p.exists() and not p.is_symlink():  # inside a temp directory removed above
+            continue
+        temp = _temp_of(p) is not None
         if temp and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         elif (temp or _is_own_file(p.relative_to(d).parts)) and (p.is_file() or p.is_symlink()):
@@ -224,6 +250,26 @@ def _recorded(d: Path, read) -> set[str]:
         if isinstance(value, str):
             found.add(value)
     return found
+
+
+def failed_differences(out_dir, cell: Cell) -> list[str]:
+    """For a failed cell: the keys in which the definition that failed (its cell.json, else failed.json's "cell";
+    threads and wall time aside) differs from `cell`, e.g. ["train"] after a spec edit fixed the learning rate; []
+    when it is this very cell. A failure of another definition is not this cell's: it runs again."""
+    d = cell_dir(out_dir, cell.id)
+    if not (d / FAILED_FILE).is_file():
+        return []
+    have = None
+    for file, pick in ((CELL_FILE, lambda rec: rec), (FAILED_FILE, lambda rec: rec.get("cell"))):
+        try:
+            have = pick(json.loads((d / file).read_text(encoding="utf-8")))
+        except (OSError, ValueError, AttributeError):
+            have = None
+        if isinstance(have, dict):
+            break
+    if not isinstance(have, dict):
+        return []  # no readable definition: kept as failed (--retry-failed runs it again)
+    return cell_differences(d, {k: v for k, v in have.items() if k not in ("threads", "wall_time_s")}, cell.to_dict())
 
 
 def prepare_cell_dir(out_dir, cell: Cell, threads: int) -> Path:

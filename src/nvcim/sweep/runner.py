@@ -29,7 +29,7 @@ from nvcim.io.files import atomic_write_text, check_output_path
 from nvcim.sweep.backends.registry import get_backend
 from nvcim.sweep.cells import Cell, expand, is_int
 from nvcim.sweep.files import (CELL_FILE, LOCK_FILE, SPEC_JSON, cell_dir, cell_state,
-                               cell_differences, result_problem)
+                               cell_differences, failed_differences, result_problem)
 from nvcim.sweep.schema import SweepSpec
 
 
@@ -75,29 +75,42 @@ def prepare_out_dir(spec: SweepSpec, out_dir, *, force: bool = False, spec_text:
     check_sweep_dir(spec, out, force=force)
     copy = out / f"spec{spec_suffix}" if spec_text is not None and spec_suffix != ".json" else None
     if copy is not None:
-        _check_spec_copy(out, copy, spec_text)
+        text = _copy_text(spec_text)
+        if not _check_spec_copy(out, copy, spec_text, text):
+            copy = None  # it already holds this text: left as it is
     out.mkdir(parents=True, exist_ok=True)
     spec_file = out / SPEC_JSON
     write_results_json(spec_file, spec.to_dict())
     if copy is not None:
-        atomic_write_text(copy, spec_text)
+        atomic_write_text(copy, text)
     return out
 
 
-def _check_spec_copy(out: Path, copy: Path, spec_text: str) -> None:
-    """The copy of the spec's text (DIR/spec.toml, ...) may replace only nvcim's own: a DIR that has nvcim's spec
-    record (checked by check_sweep_dir) wrote it; elsewhere an existing file of that name is the user's, kept
-    unless it already holds this very text. A one-line ValueError otherwise."""
+# The first line of nvcim's copy of a spec's text (TOML and YAML comments alike): what marks the file as nvcim's
+COPY_HEADER = "# nvcim sweep: a copy of the spec this directory's cells ran; nvcim replaces it (edit your own)\n"
+
+
+def _copy_text(spec_text: str) -> str:
+    """What nvcim's copy of a spec's text holds: COPY_HEADER, then the text (once, when run from a copy)."""
+    return spec_text if spec_text.startswith(COPY_HEADER) else COPY_HEADER + spec_text
+
+
+def _check_spec_copy(out: Path, copy: Path, spec_text: str, copy_text: str) -> bool:
+    """Whether to write the copy of the spec's text (DIR/spec.toml, ...): yes where there is none or nvcim's own
+    (it begins with COPY_HEADER) holds another text; no where it already holds this text (nvcim's copy, one written
+    before the header, or the user's spec run in place: never touched). Any other file of that name is the user's,
+    kept: a one-line ValueError."""
     if not copy.exists() and not copy.is_symlink():
-        return
+        return True
     if copy.is_file() and not copy.is_symlink():
-        if (out / SPEC_JSON).is_file():
-            return
         try:
-            if copy.read_text(encoding="utf-8") == spec_text:
-                return
+            have = copy.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
-            pass
+            have = None
+        if have in (spec_text, copy_text):
+            return False
+        if have is not None and have.startswith(COPY_HEADER):
+            return True
     raise ValueError(f"sweep output {out}: {copy} exists and is not nvcim's copy of this spec, and a sweep would "
                      "replace it: choose another --out or move the file away")
 
@@ -129,9 +142,12 @@ def check_sweep_dir(spec: SweepSpec, out_dir, *, force: bool = False) -> None:
         if not is_spec_record(old):  # not nvcim's: never replaced, --force or not
             raise ValueError(f"sweep output {out}: {spec_file} is not an nvcim sweep spec record, and a sweep "
                              "would replace it: choose another --out")
-        if _canonical(old) != _canonical(json.loads(json.dumps(spec.to_dict()))) and not force:
-            name = old.get("name") if isinstance(old, dict) else "?"
-            raise ValueError(f"sweep output {out} holds cells of another spec ({name!r}, see {spec_file}): "
+        new = json.loads(json.dumps(spec.to_dict()))
+        if _canonical(old) != _canonical(new) and not force:
+            differ = sorted(k for k in set(old) | set(new) if _canonical({k: old.get(k)}) != _canonical({k: new.get(k)}))
+            what = f"{differ[0]} {old.get(differ[0])!r} there, {new.get(differ[0])!r} here" if differ == ["name"] \
+                else f"keys {', '.join(differ)} differ" if differ else "it differs"
+            raise ValueError(f"sweep output {out} holds cells of another spec ({what}; see {spec_file}): "
                              "choose another --out, or pass --force to run this spec there")
     elif (out / "cells").is_dir() and any((out / "cells").iterdir()) and not force:
         raise ValueError(f"sweep output {out} holds cells but no {SPEC_JSON}: choose another --out or pass --force")
@@ -206,8 +222,8 @@ def plan(spec: SweepSpec, out_dir, *, retry_failed: bool = False) -> tuple[list[
         st = cell_state(out_dir, c.id)
         if st == "done":
             done.append(c)
-        elif st == "failed" and not retry_failed:
-            failed.append(c)
+        elif st == "failed" and not retry_failed and not failed_differences(out_dir, c):  # another definition's
+            failed.append(c)                                                                # failure runs again
         else:
             todo.append(c)
     return cells, todo, done, failed
@@ -272,7 +288,7 @@ def run_sweep(spec: SweepSpec, out_dir, *, backend: str = "local", workers: int 
     # every input checked before anything is written or downloaded (checked again under the lock)
     check_sweep_dir(spec, out, force=force)
     if spec_text is not None and spec_suffix != ".json":  # a user's spec.toml there: refused before the lock file
-        _check_spec_copy(out, out / f"spec{spec_suffix}", spec_text)
+        _check_spec_copy(out, out / f"spec{spec_suffix}", spec_text, _copy_text(spec_text))
     _, todo, done, _ = plan(spec, out, retry_failed=retry_failed)
     _refuse_stale(out, done)
     if needs_local_data(backend, address):  # a cluster's machines hold their own data

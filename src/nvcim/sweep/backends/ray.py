@@ -17,6 +17,7 @@ per-β resume on the workers.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -90,6 +91,7 @@ def run_ray(cells: Sequence, out: Path, spec: SweepSpec, on_done: Callable[[Mapp
     res = spec.resources
     cpus, gpus = res.cpus_per_cell, res.gpus_per_cell
     threads = res.threads_per_cell or max(1, int(cpus))
+    token = _write_token(Path(out))  # before Ray starts: a user's file of that name stops the run here
     started = False
     if not ray.is_initialized():
         if address:
@@ -99,8 +101,6 @@ def run_ray(cells: Sequence, out: Path, spec: SweepSpec, on_done: Callable[[Mapp
             ray.init(num_cpus=max(n, int(cpus)), include_dashboard=False, ignore_reinit_error=True,
                      log_to_driver=False)
         started = True
-    token = secrets.token_hex(16)
-    (Path(out) / TOKEN_FILE).write_text(token + "\n", encoding="utf-8")
     try:
         task = ray.remote(_ray_cell).options(num_cpus=cpus, num_gpus=gpus)
         pending: dict[Any, Any] = {task.remote(c.to_dict(), str(Path(out).resolve()), token, threads,
@@ -126,6 +126,39 @@ def run_ray(cells: Sequence, out: Path, spec: SweepSpec, on_done: Callable[[Mapp
                 pass
         raise
     finally:
-        (Path(out) / TOKEN_FILE).unlink(missing_ok=True)
+        _remove_token(Path(out), token)
         if started:
             ray.shutdown()
+
+
+_TOKEN_TEXT = re.compile(r"[0-9a-f]{32}\n")  # what _write_token writes
+
+
+def _write_token(out: Path) -> str:
+    """A fresh token in DIR/.sweep-token (created, never following a link); a token a killed run left is replaced,
+    any other file of that name is the user's: a one-line ValueError."""
+    path = out / TOKEN_FILE
+    if path.exists() or path.is_symlink():
+        try:
+            ours = path.is_file() and not path.is_symlink() and _TOKEN_TEXT.fullmatch(path.read_text("utf-8")) is not None
+        except (OSError, UnicodeDecodeError):
+            ours = False
+        if not ours:
+            raise ValueError(f"sweep output {out}: {path} is not nvcim's token file, and the ray backend would replace "
+                             "it: move it away or choose another --out")
+        path.unlink()
+    token = secrets.token_hex(16)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(token + "\n")
+    return token
+
+
+def _remove_token(out: Path, token: str) -> None:
+    """Remove DIR/.sweep-token if it is still this run's."""
+    path = out / TOKEN_FILE
+    try:
+        if path.is_file() and not path.is_symlink() and path.read_text(encoding="utf-8") == token + "\n":
+            path.unlink()
+    except (OSError, UnicodeDecodeError):
+        pass
