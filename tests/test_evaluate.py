@@ -391,6 +391,25 @@ def test_check_output_path(tmp_path):
         with pytest.raises(ValueError, match="cannot be created in /proc"):
             check_output_path("/proc/x.json", "--out")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".nvcim-probe")]  # the probe leaves nothing
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")  # passed as absent, then failed after the work
+    for is_dir in (False, True):
+        with pytest.raises(ValueError, match="is a symbolic link to .*nowhere, which does not exist"):
+            check_output_path(tmp_path / "dangling", "--out", is_dir=is_dir)
+
+
+def test_publishing_over_a_link_replaces_the_link_and_keeps_its_target(tmp_path):
+    from nvcim.io.files import publish_directory
+
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target" / "config.json").write_text("old")
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    (tmp_path / ".new").mkdir()
+    (tmp_path / ".new" / "config.json").write_text("new")
+    publish_directory(tmp_path / ".new", tmp_path / "link")
+    assert (tmp_path / "link").is_dir() and not (tmp_path / "link").is_symlink()
+    assert (tmp_path / "link" / "config.json").read_text() == "new"
+    assert (tmp_path / "target" / "config.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "target"]  # no hidden link left behind
 
 
 @pytest.mark.parametrize("extra,named", [

@@ -763,9 +763,13 @@ def test_removing_a_cells_files_keeps_the_users_hidden_files(tmp_path):
     (d / ".draft.tmp").write_text("mine")
     (d / ".scratch.tmp").mkdir()
     (d / ".scratch.tmp" / "data").write_text("mine")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.json").write_text("my checkpoint")
+    (d / "train_state").symlink_to(tmp_path / "mine")  # a link where nvcim writes a directory: the link goes
     sweep.files.remove_cell_files(d)
     assert sorted(p.name for p in d.iterdir()) == [".draft.tmp", ".scratch.tmp"]
     assert (d / ".scratch.tmp" / "data").read_text() == "mine"
+    assert (tmp_path / "mine" / "config.json").read_text() == "my checkpoint"  # what it named stays
 
 
 def test_beta_search_selects_on_validation_split_only(tmp_path, monkeypatch):
@@ -1107,13 +1111,14 @@ def test_force_never_replaces_a_spec_json_that_is_not_nvcims(tmp_path, capsys, c
     for extra in (["--force"], [], ["--force", "--dry-run"]):
         rc = main(["sweep", str(spec_file), "--out", str(out), "--quiet", *extra])
         err = capsys.readouterr().err.strip()
+        said = "cannot be parsed" if content == "not json" else "is not an nvcim sweep spec record"  # damaged?
         if "--dry-run" in extra:
-            assert rc == 0 and "is not an nvcim sweep spec record" in err
+            assert rc == 0 and said in err
             continue
         assert rc == 2 and len(err.splitlines()) == 1, err
-        assert str(out / "spec.json") in err and "is not an nvcim sweep spec record" in err and "another --out" in err
+        assert str(out / "spec.json") in err and said in err and "another --out" in err
     assert (out / "spec.json").read_text() == content and sorted(p.name for p in out.iterdir()) == ["spec.json"]
-    with pytest.raises(ValueError, match="not an nvcim sweep spec record"):
+    with pytest.raises(ValueError, match="not an nvcim sweep spec record|cannot be parsed"):
         sweep.prepare_out_dir(validate_spec(ONE_CELL), out, force=True)
     # nvcim's own spec.json of another spec: --force still replaces it
     sweep.prepare_out_dir(validate_spec(BASE), tmp_path / "own")
@@ -1205,3 +1210,27 @@ def test_a_path_like_data_set_name_cannot_take_a_cell_out_of_its_directory():
     bad = dataclasses.replace(spec, datasets=("npz:../../../../x.npz",))
     with pytest.raises(ValueError, match=r"cannot be a directory under DIR/cells.*'\.\.'"):
         expand(bad)
+
+
+def test_a_sweep_never_goes_into_a_checkpoint_a_map_or_another_sweeps_cells(tmp_path):
+    """DIR that is another kind of nvcim directory, or inside another sweep's cells (its report would read the
+    cells twice), is refused in one line before anything is written (review finding)."""
+    from nvcim.io.checkpoint import save_checkpoint
+    from nvcim.io.conductance import export_conductance_map
+    from nvcim.models import create_model
+
+    spec = validate_spec(ONE_CELL)
+    ckpt = tmp_path / "ckpt"
+    model = create_model("tiny", 10, 1)
+    save_checkpoint(ckpt, model, model.nvcim_spec)
+    export_conductance_map(ckpt, tmp_path / "map")
+    sweep.prepare_out_dir(spec, tmp_path / "sweep1")
+    inner = tmp_path / "sweep1" / "cells" / "tiny-w1" / "x"
+    inner.mkdir(parents=True)
+    for out, said in ((ckpt, "is an nvcim checkpoint"), (tmp_path / "map", "is a conductance map"),
+                      (inner, "is inside the cells of the sweep in"), (inner / "new", "is inside the cells")):
+        before = sorted(p.name for p in out.iterdir()) if out.exists() else None
+        with pytest.raises(ValueError, match=said) as exc:
+            sweep.prepare_out_dir(spec, out)
+        assert "\n" not in str(exc.value)
+        assert (sorted(p.name for p in out.iterdir()) if out.exists() else None) == before

@@ -215,4 +215,5 @@ def missing_hint(recorded: Iterable[str] | None) -> str:
     if not missing:
         return ""
     flags = " ".join(f"--plugin {p}" for p in missing)
-    return f"; it was saved with plugin(s) {missing}, not loaded now: pass {flags} (or set {ENV_VAR})"
+    return (f"; it was saved with plugin(s) {missing}, not loaded now: pass {flags} (or set {ENV_VAR}), only if you "
+            "trust that code (loading a plugin runs it)")

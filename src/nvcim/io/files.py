@@ -78,19 +78,21 @@ def publish_directory(tmp, path) -> Path:
     fsync_path(tmp)
     old = None
     try:
-        if path.exists():
+        if path.exists() or path.is_symlink():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
             os.rmdir(old)
             os.replace(path, old)
         os.replace(tmp, path)
         fsync_path(path.parent)
     except BaseException:  # a failed rename, or Ctrl-C between the two: the previous directory is put back
-        if old is not None and old.exists() and not path.exists():
+        if old is not None and (old.exists() or old.is_symlink()) and not path.exists():
             os.replace(old, path)
             old = None
         raise
     finally:
-        if old is not None and old.exists() and path.exists():  # deleted only once the new one is in place
+        if old is not None and old.is_symlink() and path.exists():  # `path` was a link: the link goes, its target
+            old.unlink()                                             # is left as it is
+        elif old is not None and old.exists() and path.exists():  # deleted only once the new one is in place
             shutil.rmtree(old, ignore_errors=True)
     return path
 
@@ -104,6 +106,9 @@ def check_output_path(path, what: str, *, is_dir: bool = False) -> Path:
     """Raise ValueError (one line, naming `what`, e.g. "--out") unless `path` can be written as a file
     (or, with is_dir, created or reused as a directory): checked before the work whose result it holds."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():  # a dangling link: every later write would fail, or replace it
+        raise ValueError(f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not exist: create "
+                         "its target or choose another path")
     if path.exists():
         if is_dir and not path.is_dir():
             raise ValueError(f"{what} {path} is a file: give a directory path")

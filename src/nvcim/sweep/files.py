@@ -173,10 +173,18 @@ def _is_own_file(parts: tuple[str, ...]) -> bool:
             or (len(where) == 3 and where[0] == "beta" and where[2] == TRAIN_STATE_DIR and state))
 
 
+def _is_own_dir(parts: tuple[str, ...]) -> bool:
+    """Whether a path in a cell directory is where a sweep writes a directory (checkpoint/, train_state/, beta/<β>/
+    and theirs)."""
+    *where, name = parts
+    return ((not where and name in _OWN_DIRS) or (where == ["beta"])
+            or (len(where) == 2 and where[0] == "beta" and name in _OWN_DIRS))
+
+
 def remove_cell_files(d: Path) -> None:
     """Remove what a sweep writes in a cell directory (cell.json, result.json, failed.json, the checkpoints' config
-    and weights, β candidates' score.json, temp leftovers) and the directories left empty; anything else is not
-    nvcim's and stays where it is."""
+    and weights, β candidates' score.json, temp leftovers, a link standing where it writes a directory) and the
+    directories left empty; anything else is not nvcim's and stays where it is (a linked directory's files too)."""
     for p in sorted(d.rglob("*"), key=lambda p: len(p.parts), reverse=True):  # deepest first
         if not p.exists() and not p.is_symlink():  # inside a temp directory removed above
             continue
@@ -185,6 +193,8 @@ def remove_cell_files(d: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
         elif (temp or _is_own_file(p.relative_to(d).parts)) and (p.is_file() or p.is_symlink()):
             p.unlink(missing_ok=True)
+        elif p.is_symlink() and _is_own_dir(p.relative_to(d).parts):  # a link where nvcim writes a directory (a
+            p.unlink()  # checkpoint of another definition would be reused): the link goes, what it names stays
         elif p.is_dir() and not p.is_symlink() and not any(p.iterdir()):
             p.rmdir()
     if not any(d.iterdir()):

@@ -131,14 +131,19 @@ def check_sweep_dir(spec: SweepSpec, out_dir, *, force: bool = False) -> None:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"sweep output {out} is a file: choose a directory")
+    _refuse_other_nvcim_dir(out)
     spec_file = out / SPEC_JSON
     if spec_file.exists() and not spec_file.is_file():
         raise ValueError(f"sweep output {out}: {spec_file} is not a file: choose another --out")
     if spec_file.is_file():
         try:
-            old = json.loads(spec_file.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            old = None
+            old, unreadable = json.loads(spec_file.read_text(encoding="utf-8")), None
+        except (UnicodeDecodeError, ValueError) as exc:
+            old, unreadable = None, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if unreadable is not None:  # damaged (a kill cannot do it: written atomically), or not nvcim's: kept
+            raise ValueError(f"sweep output {out}: {spec_file} cannot be parsed ({unreadable}), and a sweep would "
+                             "replace it: if it is the record nvcim wrote, delete it and rerun with --force to resume "
+                             "the cells there; otherwise choose another --out")
         if not is_spec_record(old):  # not nvcim's: never replaced, --force or not
             raise ValueError(f"sweep output {out}: {spec_file} is not an nvcim sweep spec record, and a sweep "
                              "would replace it: choose another --out")
@@ -151,6 +156,34 @@ def check_sweep_dir(spec: SweepSpec, out_dir, *, force: bool = False) -> None:
                              "choose another --out, or pass --force to run this spec there")
     elif (out / "cells").is_dir() and any((out / "cells").iterdir()) and not force:
         raise ValueError(f"sweep output {out} holds cells but no {SPEC_JSON}: choose another --out or pass --force")
+
+
+def _refuse_other_nvcim_dir(out: Path) -> None:
+    """A one-line ValueError when DIR is another kind of nvcim directory (a checkpoint, a training state, a
+    conductance map: a sweep's files there would make it hold files it does not own) or lies inside another
+    sweep's cells (its report would read the cells twice)."""
+    from nvcim.io.checkpoint import is_checkpoint_dir
+    from nvcim.io.conductance import ConductanceMapError, read_manifest
+    from nvcim.io.train_state import is_train_state_dir
+
+    if out.is_dir():
+        kind = "an nvcim checkpoint" if is_checkpoint_dir(out) else "a training state" if is_train_state_dir(out) \
+            else None
+        if kind is None and (out / "manifest.json").is_file():
+            with contextlib.suppress(ConductanceMapError, ValueError):
+                read_manifest(out)
+                kind = "a conductance map"
+        if kind:
+            raise ValueError(f"sweep output {out} is {kind}: choose another --out")
+    for parent in Path(os.path.abspath(out)).parents:
+        if parent.name == "cells" and (parent.parent / SPEC_JSON).is_file():
+            try:
+                sweep_there = is_spec_record(json.loads((parent.parent / SPEC_JSON).read_text(encoding="utf-8")))
+            except (OSError, UnicodeDecodeError, ValueError):
+                sweep_there = False
+            if sweep_there:
+                raise ValueError(f"sweep output {out} is inside the cells of the sweep in {parent.parent}: choose "
+                                 "another --out")
 
 
 def _refuse_stale(out: Path, done: Sequence[Cell]) -> None:

@@ -88,7 +88,7 @@ def _pool_round(cells: Sequence, out: Path, on_done: Callable[[Mapping], None], 
 
 
 def _say(message: str) -> None:
-    tqdm.write(message, file=sys.stderr)
+    tqdm.write(f"nvcim sweep: {message}", file=sys.stderr)
 
 
 def run_pool(cells: Sequence, out: Path, on_done: Callable[[Mapping], None], *, workers: int, threads: int,
