@@ -155,7 +155,11 @@ def test_eval_and_matrix_cli(tmp_path, capsys, monkeypatch):
         def batches(self, b):
             return [(x[i:i + b], y[i:i + b]) for i in range(0, len(y), b)]
 
-    loaded = eval_data.Loaded(model, load_checkpoint(ckpt)[1], nvcim.DeviceConfig(sigma=0.1), "mnist5k", None, Split())
+    from types import SimpleNamespace
+
+    splits = SimpleNamespace(fingerprint=None, train=None)  # what the matrix reads of the splits (a built-in set's)
+    loaded = eval_data.Loaded(model, load_checkpoint(ckpt)[1], nvcim.DeviceConfig(sigma=0.1), "mnist5k", splits,
+                              Split())
     monkeypatch.setattr(eval_data, "load_for_eval", lambda *a, **k: loaded)
     monkeypatch.setattr("nvcim.cli.eval_aihwkit.load_for_eval", lambda *a, **k: loaded)
     monkeypatch.setattr("nvcim.cli.eval_matrix.load_for_eval", lambda *a, **k: loaded)
