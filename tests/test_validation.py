@@ -535,11 +535,14 @@ def test_verify_stat_percentile_from_few_chips_is_said(capsys):
 
 def test_a_zero_width_ci_says_what_it_rests_on():
     """Every chip scoring the same gives a CI of zero width: the table says it bounds only how rare a differing chip
-    is (rule of three: -ln 0.05 / R), not that there is none."""
+    is (1 - 0.05^(1/R), 95 %), not that there is none."""
     same = MCResult(**{**{f: getattr(_result(50.0, 10), f) for f in MCResult.__dataclass_fields__},
                        "runs": 20, "per_run_accuracy": [50.0] * 20})
     table = results_table([same])
-    assert "all 20 chips scored 50.00 %" in table and "fewer than 15 % of chips" in table
+    assert "all 20 chips scored 50.00 %" in table and "fewer than 14 % of chips" in table  # 1 - 0.05^(1/20)
+    two = MCResult(**{**{f: getattr(same, f) for f in MCResult.__dataclass_fields__}, "runs": 2,
+                      "per_run_accuracy": [50.0] * 2})
+    assert "fewer than 78 % of chips" in results_table([two])  # never a bound above 100 %
     spread = MCResult(**{**{f: getattr(same, f) for f in MCResult.__dataclass_fields__},
                          "per_run_accuracy": [50.0] * 19 + [49.0]})
     assert "chips scored" not in results_table([spread])

@@ -214,11 +214,11 @@ def same_everywhere(r: MCResult) -> bool:
 
 
 def same_note(r: MCResult) -> str:
-    """What a zero-width CI says: only that a chip scoring differently is rarer than about 3 / chips (95 %, the
-    rule of three: no such chip in R draws bounds its rate by -ln(0.05) / R)."""
+    """What a zero-width CI says: only that a chip scoring differently is rare: no such chip in R draws bounds its
+    rate by 1 - 0.05^(1/R) (95 %, one-sided; about 3 / R, the rule of three, for large R)."""
     chips = len(r.subset_accuracy) if r.adaptive and r.subset_accuracy else len(r.per_run_accuracy)
     return (f"σ={r.sigma:g}: all {chips} chips scored {_fmt(r.mean)} %: the zero-width CI rests on them alone; a chip "
-            f"scoring otherwise occurs in fewer than {100 * -math.log(0.05) / chips:.2g} % of chips (95 %)")
+            f"scoring otherwise occurs in fewer than {100 * (1 - 0.05 ** (1 / chips)):.2g} % of chips (95 %)")
 
 
 def adaptive_note(r: MCResult) -> str:

@@ -139,9 +139,14 @@ def _number(spec: str, key: str, text: str) -> float:
         value = float(text)
     except ValueError:
         raise AihwkitError(f"device model {spec}: {key}={text!r} is not a number") from None
+    if key in _POSITIVE and not (math.isfinite(value) and value > 0):  # divided by, or a conductance range
+        raise AihwkitError(f"device model {spec}: {key}={text!r} is invalid: use a finite number > 0")
     if not math.isfinite(value) or value < 0:
         raise AihwkitError(f"device model {spec}: {key}={text!r} is invalid: use a finite number >= 0")
     return value
+
+
+_POSITIVE = ("t_read", "t_0", "g_max")  # the noise models' parameters that must be > 0 (0 divides by zero)
 
 
 def aihwkit_device(spec: str, *, t_inference: float | None = None) -> AihwkitDevice:
@@ -197,8 +202,9 @@ def to_analog(model: nn.Module, device: AihwkitDevice | str | None = None, rpu_c
     digital = digital_layers(model)
     if digital:  # convert_to_analog would put them on analog tiles: never a digital layer varied silently
         raise AihwkitError(f"the model keeps layer(s) {', '.join(digital)} digital, and the aihwkit conversion puts "
-                           "every Conv / Linear layer on analog tiles: evaluate with --digital-layers none (all "
-                           "analog), or under nvcim's device models, which keep them digital")
+                           "every Conv / Linear layer on analog tiles: use nvcim's device models, which keep them "
+                           "digital, or a model without digital layers (a single nvcim eval may pass "
+                           "--digital-layers none: all analog)")
     require()
     from aihwkit.nn.conversion import convert_to_analog
 
@@ -263,6 +269,7 @@ def aihwkit_monte_carlo(model: nn.Module, data: Any, device: AihwkitDevice, *, r
         with torch.no_grad():
             out = model(batches[0][0][:1])
     classes = int(out.shape[-1])
+    torch.manual_seed(seed)  # aihwkit's analog forward may draw (its IO noise): the baseline too is reproducible
     quantized = count_correct(analog, batches) if baselines else math.nan  # before programming: no weight noise
     acc = Accumulator(runs)
     bar = tqdm(total=runs, desc=f"MC {device.name}", disable=not progress, leave=False)

@@ -36,6 +36,9 @@ _DEVICE_KEYS = ("stuck_at", "read_sigma", "drift_time", "drift_nu", "drift_compe
                 "input_bits", "adc_readout", "adc_clip", "adc_calibration_images")
 
 
+_AIHWKIT_DEFAULT = {"io": "default", "tile": "torch"}  # nvcim.interop.aihwkit's defaults: named only when other
+
+
 def device_description(device: Mapping[str, Any]) -> str | None:
     """A short name for a result's device when it is not the paper's i.i.d. Gaussian one (e.g. "weight_band S=4,
     stuck_at=[0.0175, 0.0904]"), else None: such results are arms of their own (`nvcim eval --device-model`)."""
@@ -43,7 +46,8 @@ def device_description(device: Mapping[str, Any]) -> str | None:
         opts = device.get("noise_options") or {}
         return (f"aihwkit {device.get('noise_model') or device['aihwkit']}"
                 + "".join(f" {k}={fmt_param(v)}" for k, v in sorted(opts.items()))
-                + f", t={fmt_param(device.get('t_inference'))} s, drift compensation {device.get('drift_compensation')}")
+                + f", t={fmt_param(device.get('t_inference'))} s, drift compensation {device.get('drift_compensation')}"
+                + "".join(f", {k} {device[k]}" for k in ("io", "tile") if device.get(k) not in (None, _AIHWKIT_DEFAULT[k])))
     parts = []
     variation = device.get("variation") or "gaussian"
     if variation != "gaussian":
