@@ -204,3 +204,24 @@ def test_results_differing_only_in_io_or_tile_are_arms_of_their_own():
     names = {device_description({**base, **kw}) for kw in ({}, {"io": "perfect"}, {"tile": "rpucuda"})}
     assert len(names) == 3 and "io perfect" in device_description({**base, "io": "perfect"})
     assert ", io " not in device_description(base) and ", tile " not in device_description(base)
+
+
+def test_what_aihwkit_cannot_convert_is_said_without_aihwkit():
+    """Grouped convolutions and digital layers are refused by a check that needs no aihwkit, so a device-model
+    matrix says it before its first cell (it used to fail after the other columns' cells had run)."""
+    ai.check_convertible(create_model("vgg8", 10, 1, width=0.0625))  # fine
+    with pytest.raises(ai.AihwkitError, match="groups=1"):
+        ai.check_convertible(create_model("tiny", 10, 1))
+
+
+@needs_aihwkit
+@pytest.mark.aihwkit
+def test_matrix_refuses_an_aihwkit_column_before_any_cell(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = create_model("tiny", 10, 1)  # a grouped convolution
+    ckpt = save_checkpoint(tmp_path / "ck", model, model.nvcim_spec, device=nvcim.DeviceConfig(sigma=0.1),
+                           data={"name": "mnist5k", "limit": 64})
+    rc, out, err = run_cli(["eval", str(ckpt), "--device-models", "gaussian,aihwkit:pcm", "--runs", "2", "--limit",
+                            "32", "--out", str(tmp_path / "m.json")], capsys)
+    assert rc == 2 and "under aihwkit:pcm" in err and "groups=1" in err and len(err.strip().splitlines()) == 1
+    assert "gaussian" not in out and not (tmp_path / "m.json.partial").exists()  # no cell ran

@@ -24,7 +24,7 @@ from nvcim.evaluate.files import write_result_file
 from nvcim.evaluate.matrix import device_matrix
 from nvcim.core.config import DeviceConfig
 from nvcim.layers.noise import check_sliced_layers, digital_layers, noisy_modules, selected_layers
-from nvcim.interop.aihwkit import aihwkit_device, is_aihwkit_spec
+from nvcim.interop.aihwkit import aihwkit_device, check_convertible, is_aihwkit_spec
 from nvcim.interop.aihwkit import require as require_aihwkit
 from nvcim.cli.device_flags import adc_calibration, refuse_conflicts
 from nvcim.io.device_models import device_model, device_model_fields
@@ -110,7 +110,12 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
         loaded = load_for_eval(ck, dataset=args.dataset, data_root=args.data_root, split=args.split, limit=limit,
                                no_quantize=args.no_quantize)
         for name, device in devices[i].items():  # a layer a column cannot run: said now, not after other cells
-            if isinstance(device, DeviceConfig):
+            if is_aihwkit_spec(name):
+                try:
+                    check_convertible(loaded.model)
+                except ValueError as exc:
+                    raise ValueError(f"checkpoint {ck} under {name}: {exc}") from None
+            elif isinstance(device, DeviceConfig):
                 try:
                     check_sliced_layers(noisy_modules(loaded.model) or selected_layers(loaded.model), device,
                                         loaded.model)

@@ -195,23 +195,30 @@ def aihwkit_device(spec: str, *, t_inference: float | None = None) -> AihwkitDev
     return device
 
 
-def to_analog(model: nn.Module, device: AihwkitDevice | str | None = None, rpu_config=None) -> nn.Module:
-    """An aihwkit analog copy of `model` (`convert_to_analog`, every Conv / Linear on analog tiles) with the RPU
-    config of `device` (an AihwkitDevice or spec; default aihwkit:pcm) or `rpu_config`; the model is unchanged.
-    The root keeps the model's class (and `nvcim_spec`), so aihwkit's module-level functions apply to it."""
+def check_convertible(model: nn.Module) -> None:
+    """A one-line AihwkitError when aihwkit's conversion cannot run `model` as nvcim means it (checked without
+    aihwkit, so a matrix says it before any cell): digital layers it would put on analog tiles, grouped convolutions
+    it lacks."""
     digital = digital_layers(model)
     if digital:  # convert_to_analog would put them on analog tiles: never a digital layer varied silently
         raise AihwkitError(f"the model keeps layer(s) {', '.join(digital)} digital, and the aihwkit conversion puts "
                            "every Conv / Linear layer on analog tiles: use nvcim's device models, which keep them "
                            "digital, or a model without digital layers (a single nvcim eval may pass "
                            "--digital-layers none: all analog)")
-    require()
-    from aihwkit.nn.conversion import convert_to_analog
-
     grouped = [n for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd) and m.groups != 1]
     if grouped:
         raise AihwkitError(f"aihwkit's analog convolutions support groups=1 only, and layer {grouped[0]!r} (of "
                            f"{len(grouped)}) is grouped: use a model without grouped convolutions (e.g. vgg8, resnet18)")
+
+
+def to_analog(model: nn.Module, device: AihwkitDevice | str | None = None, rpu_config=None) -> nn.Module:
+    """An aihwkit analog copy of `model` (`convert_to_analog`, every Conv / Linear on analog tiles) with the RPU
+    config of `device` (an AihwkitDevice or spec; default aihwkit:pcm) or `rpu_config`; the model is unchanged.
+    The root keeps the model's class (and `nvcim_spec`), so aihwkit's module-level functions apply to it."""
+    check_convertible(model)
+    require()
+    from aihwkit.nn.conversion import convert_to_analog
+
     if rpu_config is None:
         device = aihwkit_device(device or f"{PREFIX}pcm") if not isinstance(device, AihwkitDevice) else device
         rpu_config = device.rpu_config()
