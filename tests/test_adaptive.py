@@ -322,3 +322,21 @@ def test_more_images_per_chip_than_the_test_set_is_said(data):
     with pytest.warns(RuntimeWarning, match=rf"images_per_chip={n + 1} is more than the {n} test images"):
         res = monte_carlo_evaluate(_model(), data, CFG, target_ci=3.0, images_per_chip=n + 1, seed=0)
     assert res.images_per_chip == n
+
+
+def test_a_near_perfect_models_mean_stays_an_accuracy_inside_its_interval():
+    """The control variate can step past 100 % for a model almost always right (review finding: mean 100.017 with CI
+    [99.998, 100.0]); the mean is an accuracy, within [0, 100] and within its own CI."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    x, w = torch.randn(200, 8), torch.randn(2, 8)
+    model = nn.Sequential(nn.Linear(8, 2))
+    model[0].weight.data, model[0].bias.data = w.clone(), torch.zeros(2)
+    z = x @ w.T
+    keep = (z[:, 0] - z[:, 1]).abs().argsort()[3:]  # the quantized model right on every kept image
+    x, y = x[keep], z[keep].argmax(1)
+    for seed in (2, 4):
+        r = monte_carlo_evaluate(model, (x, y), nvcim.DeviceConfig(sigma=0.002), target_ci=0.5, seed=seed, pilot_chips=20,
+                                 images_per_chip=20)
+        assert 0.0 <= r.mean <= 100.0 and r.ci95[0] <= r.mean <= r.ci95[1]

@@ -146,7 +146,29 @@ def test_csv_keeps_its_columns_and_appends_the_new_ones():
            "ci95_hi", "p1", "p5", "p10", "min", "max", "ekl", "ekl_n", "wall_time_s", "path")
     assert CSV_COLUMNS[:len(old)] == old
     assert set(CSV_COLUMNS[len(old):]) >= {"device_model", "variation", "images_per_chip", "ci_half_width",
-                                           "percentiles_from", "full_set_chips", "target_ci"}
+                                           "percentiles_from", "full_set_chips", "target_ci", "nonfinite_runs"}
+
+
+def test_csvs_record_chips_with_non_finite_logits(tmp_path):
+    """A chip whose logits are NaN counts as wrong: the CSVs say how many (they read as a plain 0 % before)."""
+    import torch
+
+    from nvcim.evaluate import MCResult, monte_carlo_evaluate, write_csv
+    from nvcim.evaluate.files import DeviceMatrixFile
+    from nvcim.report.matrix import matrix_csv
+
+    model = torch.nn.Linear(4, 3)
+    model.weight.data[0, 0] = float("nan")
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        res = monte_carlo_evaluate(model, (torch.randn(8, 4), torch.randint(0, 3, (8,))),
+                                   __import__("nvcim").DeviceConfig(sigma=0.1), runs=2, seed=0)
+    assert res.nonfinite_runs == 2
+    (row,) = _csv(write_csv(tmp_path / "r.csv", [res]))
+    assert row["nonfinite_runs"] == "2"
+    rec = DeviceMatrixFile(checkpoints=["ck"], datasets=["d"], device_models=["gaussian"],
+                           cells=[[{"device_config": {}, "result": res.to_dict()}]], sigma=0.1, runs=2, seed=0)
+    (mrow,) = csv.DictReader(io.StringIO(matrix_csv(rec).decode()))
+    assert mrow["nonfinite_runs"] == "2"
 
 
 def test_csv_names_the_device_model_and_the_target_precision(work, capsys):

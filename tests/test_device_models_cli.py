@@ -356,3 +356,22 @@ def test_list_device_models_checks_a_file_for_other_bits_at_bits_it_fits(tmp_pat
     (tmp_path / "bad.toml").write_text("device_bits = 3\nweight_bits = 8\n")  # sets both, and they do not fit
     rc, err = run_cli_err(["eval", "--list-device-models", "--device-model", str(tmp_path / "bad.toml")], capsys)
     assert rc == 2 and len(err) == 1 and "weight_bits" in err[0], err
+
+
+def test_matrix_refuses_rows_scored_on_different_test_sets(ckpts, tmp_path, capsys):
+    """Each checkpoint's own training --limit would score its row on other test images: refused, naming --limit
+    (review finding: 1,000 against 300 images under a caption saying common random numbers)."""
+    other = tmp_path / "other"
+    assert main(["train", "--preset", "smoke", "--limit", "96", "--quiet", "--num-threads", "1", "--val-runs", "2",
+                 "--method", "vanilla", "--out", str(other)]) == 0
+    capsys.readouterr()
+    argv = ["eval", str(ckpts[1]), str(other), "--device-models", "gaussian", "--runs", "2", "--sigma", "0.2"]
+    assert main([*argv, "--out", str(tmp_path / "m.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different mnist5k test sets" in err[0] and "--limit" in err[0]
+    assert not (tmp_path / "m.json").exists()
+    assert main([*argv, "--limit", "10"]) == 0  # one --limit: every row on the same images
+    capsys.readouterr()
+    for flag in (["--device", "cuda"], ["--chunk-runs", "1"]):  # flags the matrix would ignore: refused
+        assert main([*argv, "--limit", "10", *flag]) == 2
+        assert "drop --device / --chunk-runs" in capsys.readouterr().err

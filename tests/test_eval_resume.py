@@ -407,3 +407,26 @@ def test_target_precision_and_single_chip_results_are_plausible(tmp_path):
         PartialResults(tmp_path).put({"i": i}, res)
         got = PartialResults(tmp_path).get({"i": i})
         assert got is not None and got.mean == res.mean
+
+
+def test_finishing_one_evaluation_keeps_another_evaluations_resume_points(tmp_path):
+    """Two evaluations written to one output: the one that finishes removes its own pieces only; the other's (an
+    interrupted run with other flags) stay, said in one note (review finding: they were deleted)."""
+    import warnings
+
+    from nvcim.evaluate.partial import PartialResults
+
+    res = _piece_result()
+    interrupted = PartialResults(tmp_path)
+    interrupted.put({"seed": 0, "sigma": 0.1}, res)  # killed before it finished
+    run = PartialResults(tmp_path)
+    assert run.get({"seed": 1, "sigma": 0.1}) is None
+    run.put({"seed": 1, "sigma": 0.1}, res)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run.remove()
+    assert len(list(tmp_path.glob("piece-*.json"))) == 1 and "keeps 1 finished piece" in str(caught[0].message)
+    resumed = PartialResults(tmp_path)
+    assert resumed.get({"seed": 0, "sigma": 0.1}).to_dict() == res.to_dict()
+    resumed.remove()
+    assert not tmp_path.exists()

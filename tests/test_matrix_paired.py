@@ -210,7 +210,7 @@ def test_an_aihwkit_column_is_described_as_aihwkit():
     pcm = {"aihwkit": "pcm", "noise_model": "PCMLikeNoiseModel", "noise_options": {"g_max": 25.0},
            "t_inference": 3600.0, "tile": "torch", "drift_compensation": "global", "io": "perfect"}
     reram = {**pcm, "aihwkit": "reram", "noise_model": "ReRamWan2022NoiseModel", "noise_options": {}}
-    assert device_description(pcm) == "aihwkit PCMLikeNoiseModel g_max=25, t=3600 s, drift compensation global"
+    assert device_description(pcm) == "aihwkit PCMLikeNoiseModel g_max=25, t=3600 s, drift compensation global, io perfect"
     assert device_description(pcm) != device_description(reram)
     rec = DeviceMatrixFile(checkpoints=["ck0"], datasets=["d"], device_models=["aihwkit:pcm"],
                            cells=[[{"device_config": pcm, "result": _res(50)}]], sigma=0.3, runs=2, seed=0)

@@ -543,6 +543,8 @@ def test_a_zero_width_ci_says_what_it_rests_on():
     two = MCResult(**{**{f: getattr(same, f) for f in MCResult.__dataclass_fields__}, "runs": 2,
                       "per_run_accuracy": [50.0] * 2})
     assert "fewer than 78 % of chips" in results_table([two])  # never a bound above 100 %
+    at_zero = MCResult(**{**{f: getattr(same, f) for f in MCResult.__dataclass_fields__}, "sigma": 0.0})
+    assert "chips scored" not in results_table([at_zero])  # σ 0: every chip is the quantized model by design
     spread = MCResult(**{**{f: getattr(same, f) for f in MCResult.__dataclass_fields__},
                          "per_run_accuracy": [50.0] * 19 + [49.0]})
     assert "chips scored" not in results_table([spread])

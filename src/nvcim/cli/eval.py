@@ -377,6 +377,9 @@ def run(args: argparse.Namespace) -> int:
                 or recal is not None or per_chip is not None:
             raise ValueError("the device-model matrix evaluates at one σ (--sigma) without --curve / --sigmas / "
                              "--verify-fractions / --device-model / BatchNorm recalibration: drop those flags")
+        if args.device != "cpu" or chunk_runs is not None:  # never a flag silently ignored
+            raise ValueError("the device-model matrix runs on the CPU with automatic chunking: drop --device / "
+                             "--chunk-runs (or evaluate each checkpoint alone with them)")
         return run_matrix(args, [Path(c) for c in args.checkpoints], sigma=sigmas[0] if sigmas else None, runs=runs,
                           seed=seed, batch_size=batch_size, limit=limit, progress=progress)
     ckpt = Path(args.checkpoints[0])

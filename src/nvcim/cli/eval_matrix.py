@@ -132,6 +132,15 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
                      "digital_layers": digital_layers(loaded.model),
                      "train_sigma": (loaded.config.get("device") or {}).get("sigma"),
                      "epochs": (loaded.config.get("train") or {}).get("epochs")})
+    sizes: dict[str, dict[int, str]] = {}  # data set -> {test images: a checkpoint scored on that many}
+    for (ck, dataset, _, split) in rows:
+        sizes.setdefault(dataset, {}).setdefault(len(split), ck)
+    for dataset, by_size in sizes.items():  # each checkpoint's own --limit would score rows on other images
+        if len(by_size) > 1:
+            shown = ", ".join(f"{n} ({c})" for n, c in sorted(by_size.items()))
+            raise ValueError(f"the checkpoints would be scored on different {dataset} test sets ({shown} images: each "
+                             f"its training --limit), and a matrix compares its rows on the same chips and images: "
+                             f"pass --limit {min(by_size)}")
     partial, common, prints = resume_pieces(args, ckpts, kind="device_matrix cell", sigma=sigma, runs=runs, seed=seed,
                                             batch_size=batch_size, limit=limit, time=args.time)
 

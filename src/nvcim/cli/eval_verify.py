@@ -45,7 +45,8 @@ def run_write_verify(args, ckpt, model, config, spec, dataset, splits, split, cf
         device_config=cfg.to_dict(), bn_recalibration=recalibration, adc_calibration=adc_record,
         digital_layers=digital_override(args.digital_layers),
         write_verify={"by": verify["by"], "residual_sigma": verify["residual_sigma"],
-                      "score_images": verify["images"] if verify["by"] == "sensitivity" else None,
+                      "score_images": min(verify["images"] or len(splits.train), len(splits.train))
+                      if verify["by"] == "sensitivity" else None,  # the images that ranked the weights (at most all)
                       "target": verify["target"], "stat": verify["stat"],
                       "fraction_for_target": hit["fraction"] if hit else None},
         points=[{"fraction": p["fraction"], "verified_weights": p["verified_weights"],

@@ -419,8 +419,8 @@ def target_precision(model: nn.Module, batches, cfg: DeviceConfig, seed: int, ta
         bar.close()
     correct = np.concatenate([p.correct for p, _ in parts])  # [R]
     runs = int(correct.size)
-    mean = float(values.mean())
-    if half > target:
+    mean = min(max(float(values.mean()), 0.0), 100.0)  # the control variate can step past 0 or 100 % (near-perfect
+    if half > target:                                   # models): an accuracy never does
         warnings.warn(f"nvcim: σ={cfg.sigma:g}: the target ±{target:g} needs more than max_chips={max_chips} chips "
                       f"of {images} images: stopped at ±{half:.3g}; raise max_chips", RuntimeWarning, stacklevel=4)
     full_correct = [int(c) for c in pilot.correct] + ([int(c) for c in correct] if images == n else [])
@@ -432,7 +432,7 @@ def target_precision(model: nn.Module, batches, cfg: DeviceConfig, seed: int, ta
         if not percentile_estimable(q, len(full_correct)):  # it would be the chips' interpolated minimum
             stats[key] = math.nan
     stats.update(mean=mean, ci95=accuracy_ci(mean, half))  # bounds in [0, 100]; ci_half_width stays `half`
-    nonfinite = int(sum((a.nonfinite > 0).sum() for a in every))
+    nonfinite = int(sum((a.nonfinite > 0).sum() for a in every))  # of every chip scored (MCResult.chips_scored)
     clean_correct, quant_correct = baseline
     return MCResult(sigma=cfg.sigma, runs=runs, seed=seed, n_samples=n, clean_accuracy=100.0 * clean_correct / n,
                     quantized_accuracy=100.0 * quant_correct / n, per_run_correct=full_correct,

@@ -54,7 +54,7 @@ def device_matrix(rows: Sequence[tuple[str, str, nn.Module, Any]], device_models
             if keep and not kept:
                 partial.put(key(i, dm), res)
             if kept and res.nonfinite_runs:  # as the evaluation that made it warned (nvcim.evaluate.montecarlo)
-                warnings.warn(f"nvcim: non-finite logits (NaN / inf) from {res.nonfinite_runs} of {res.runs} chips at "
+                warnings.warn(f"nvcim: non-finite logits (NaN / inf) from {res.nonfinite_runs} of {res.chips_scored} chips at "
                               f"σ={res.sigma:g} ({name} under {dm}, kept from an interrupted run); those images count "
                               "as wrong, so the accuracy is not meaningful", RuntimeWarning, stacklevel=2)
             say(f"{name} under {dm}: {res.mean:.2f} % [{res.ci95[0]:.2f}, {res.ci95[1]:.2f}], p5 {fmt_percentile(res.p5, 5.0, res.percentile_chips)}"

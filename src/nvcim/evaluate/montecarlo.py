@@ -458,7 +458,7 @@ def _warn_nonfinite(model: nn.Module, batches, results: Sequence[MCResult]) -> N
     bad = [r for r in results if r.nonfinite_runs]
     if not bad:
         return
-    where = ", ".join(f"{r.nonfinite_runs} of {r.runs} chips at σ={r.sigma:g}" for r in bad)
+    where = ", ".join(f"{r.nonfinite_runs} of {r.chips_scored} chips at σ={r.sigma:g}" for r in bad)
     warnings.warn(f"nvcim: non-finite logits (NaN / inf) from {where}; those images count as wrong, so the accuracy "
                   f"is not meaningful: {_nonfinite_cause(model, batches, bad)}", RuntimeWarning, stacklevel=3)
 

@@ -72,6 +72,7 @@ class PartialResults:
         self.taken = 0  # pieces get() returned: evaluations this run did not repeat
         self._earlier = {p.name for p in self.dir.glob("piece-*.json")} if self.dir.is_dir() else set()
         self._broken = False  # a put failed: no more pieces this run
+        self._mine: set[str] = set()  # the pieces this run's evaluation looked up or wrote
 
     @classmethod
     def beside(cls, out) -> "PartialResults":
@@ -114,6 +115,7 @@ class PartialResults:
 
     def get(self, key: Mapping[str, Any]) -> MCResult | None:
         path = self._path(key)
+        self._mine.add(path.name)
         if path.name not in self._earlier or not self._ours(path):  # only what an earlier run left, and nvcim's
             return None
         result, why = self._load(path, key)
@@ -126,6 +128,7 @@ class PartialResults:
 
     def put(self, key: Mapping[str, Any], result: MCResult) -> None:
         path = self._path(key)
+        self._mine.add(path.name)
         if self._broken:
             return
         if (path.exists() or path.is_symlink()) and not self._ours(path):  # a symlink or a folder: never replaced
@@ -140,22 +143,28 @@ class PartialResults:
                           "but an interruption would start it again")
 
     def remove(self) -> None:
-        """Delete nvcim's pieces (damaged ones too) and the directory; anything else there is kept (with a
-        warning)."""
+        """Delete this evaluation's pieces (damaged ones too), temporaries, and the directory once empty. Pieces of
+        another evaluation written to the same output (an interrupted run with other flags) are its resume points:
+        kept, with a note; anything not nvcim's is kept (with a warning)."""
         if self.dir.is_symlink() or not self.dir.is_dir():
             return
-        others = []
+        others, kept = [], 0
         try:
             for p in sorted(self.dir.iterdir()):
-                if self._ours(p):
-                    p.unlink()
-                else:
+                if not self._ours(p):
                     others.append(p.name)
-            if not others:
+                elif PIECE_NAME.fullmatch(p.name) and p.name not in self._mine:
+                    kept += 1
+                else:
+                    p.unlink()
+            if not others and not kept:
                 self.dir.rmdir()
         except OSError as exc:
             warnings.warn(f"cannot remove {self.dir} ({exc.strerror or exc}): delete it by hand")
             return
+        if kept:
+            warnings.warn(f"{self.dir} keeps {kept} finished piece(s) of another evaluation written to this output (an "
+                          "interrupted run with other flags): rerun it to resume, or delete the folder")
         if others:
             warnings.warn(f"{self.dir} also holds {others[:3]}, which are not nvcim's: left there")
 

@@ -91,6 +91,14 @@ class MCResult:
         return self.target_ci is not None
 
     @property
+    def chips_scored(self) -> int:
+        """Every chip scored: the `runs` chips, and in target-precision mode the pilot chips beside them (the
+        full-set chips hold the subset chips too when each of those scored the whole test set)."""
+        if not self.adaptive or not self.full_set_chips:
+            return self.runs
+        return self.full_set_chips + (self.runs if (self.images_per_chip or 0) < self.n_samples else 0)
+
+    @property
     def percentile_chips(self) -> int:
         """How many chips std, the percentiles, min and max come from: all of them, or the full-set chips."""
         return self.full_set_chips if self.adaptive and self.full_set_chips else self.runs
@@ -191,7 +199,7 @@ def results_table(results: Sequence[MCResult]) -> str:
             below.add((chance(r.num_classes), r.num_classes))
         if r.nonfinite_runs:
             mean += f" {NONFINITE_MARK}"
-            nonfinite.append(f"{r.nonfinite_runs} of {r.runs} chips at σ={r.sigma:g}")
+            nonfinite.append(f"{r.nonfinite_runs} of {r.chips_scored} chips at σ={r.sigma:g}")
         rows.append([f"{r.sigma:g}", r.runs, mean, _fmt(r.std), f"[{_fmt(r.ci95[0])}, {_fmt(r.ci95[1])}]",
                      *pct, _fmt(r.min), _fmt(r.max), _fmt(r.clean_accuracy),
                      _fmt(r.quantized_accuracy), _fmt(r.ekl, 4)])
@@ -210,7 +218,7 @@ def results_table(results: Sequence[MCResult]) -> str:
 def same_everywhere(r: MCResult) -> bool:
     """Whether every chip of a result (two or more) scored the same, so its 95 % CI has zero width."""
     values = r.subset_accuracy if r.adaptive and r.subset_accuracy else r.per_run_accuracy
-    return r.runs >= 2 and len(values) >= 2 and min(values) == max(values)
+    return r.sigma > 0 and r.runs >= 2 and len(values) >= 2 and min(values) == max(values)  # σ 0: equal by design
 
 
 def same_note(r: MCResult) -> str:
@@ -226,14 +234,15 @@ def adaptive_note(r: MCResult) -> str:
     met = "reached" if r.ci_half_width <= r.target_ci else "NOT reached (max_chips)"
     return (f"σ={r.sigma:g}: target ±{r.target_ci:g} {met}: ±{_fmt(r.ci_half_width)} from {r.runs} chips x "
             f"{r.images_per_chip} random test images each; std, p1/p5/p10, min, max from the {r.full_set_chips} "
-            f"chips scored on all {r.n_samples} images (percentiles_from: {r.percentiles_from})")
+            f"chips scored on all {r.n_samples} images (percentiles_from: {r.percentiles_from}); the same seed with "
+            f"--images-per-chip {r.images_per_chip} gives these numbers again (auto chooses it from timings)")
 
 
 CSV_COLUMNS = ("sigma", "runs", "seed", "n_samples", "clean_accuracy", "quantized_accuracy", "mean", "std", "ci95_lo",
                "ci95_hi", "p1", "p5", "p10", "min", "max", "ekl", "ekl_n", "wall_time_s", "path",
                # appended later (readers by name keep working): what was measured, and how precisely
                "device_model", "variation", "target_ci", "ci_half_width", "images_per_chip", "full_set_chips",
-               "percentiles_from")
+               "percentiles_from", "nonfinite_runs")  # chips with NaN / inf logits (counted wrong): divergence
 
 
 def write_csv(path, results: Sequence[MCResult], device_model: str | None = None) -> Path:
@@ -252,5 +261,6 @@ def write_csv(path, results: Sequence[MCResult], device_model: str | None = None
         d = r.to_dict()
         d["ci95_lo"], d["ci95_hi"] = d["ci95"]
         d["device_model"], d["variation"] = device_model, (r.device_config or {}).get("variation")
+        d["nonfinite_runs"] = int(r.nonfinite_runs or 0)
         w.writerow(["" if d.get(c) is None else d[c] for c in CSV_COLUMNS])
     return atomic_write_text(path, buf.getvalue())

@@ -35,7 +35,7 @@ from nvcim.report.paired import paired_t, reading
 from nvcim.report.tables import Table, no_pairs_table
 
 CSV_COLUMNS = ("checkpoint", "dataset", "device_model", "sigma", "runs", "seed", "mean", "ci95_lo", "ci95_hi", "p5",
-               "min", "variation")
+               "min", "variation", "nonfinite_runs")
 ARM_COLUMNS = ("file", "device_model", "sigma", "arm", "n_seeds", "seeds", "mean", "std_over_seeds", "p5_mean")
 PAIRED_COLUMNS = ("file", "device_model", "sigma", "arm_a", "arm_b", "n_paired", "seeds", "mean_diff", "ci95_lo",
                   "ci95_hi", "std_diff", "t", "p_paired_t", "n_positive")
@@ -79,7 +79,7 @@ def matrix_csv(rec: DeviceMatrixFile) -> bytes:
         for j, dm in enumerate(rec.device_models):
             r = rec.result(i, j)
             w.writerow([ck, rec.datasets[i], dm, r.sigma, r.runs, r.seed, r.mean, r.ci95[0], r.ci95[1], r.p5, r.min,
-                        rec.cells[i][j]["device_config"].get("variation")])
+                        rec.cells[i][j]["device_config"].get("variation"), int(r.nonfinite_runs or 0)])
     return buf.getvalue().encode("utf-8")
 
 

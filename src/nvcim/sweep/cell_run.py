@@ -302,7 +302,7 @@ def implausible_results(results) -> str | None:
     for r in results:
         causes = []
         if r.nonfinite_runs:
-            causes.append(f"non-finite logits in {r.nonfinite_runs} of {r.runs} chips")
+            causes.append(f"non-finite logits in {r.nonfinite_runs} of {r.chips_scored} chips")
         chance = 100.0 / r.num_classes if r.num_classes else None
         if chance is not None and math.isfinite(r.mean) and r.mean < chance:
             causes.append(f"mean {r.mean:.2f}% is below chance {chance:g}%")
