@@ -134,6 +134,10 @@ def test_a_weight_read_outside_its_layer_is_scored_on_the_loop_path_and_said():
     zero = monte_carlo_evaluate(m, (x, y), cfg0, runs=2, seed=0, path="loop")
     assert zero.quantized_accuracy == zero.per_run_accuracy[0]  # the baseline is the σ = 0 chip, direct read exact
     assert nvcim.layers.coverage.read_outside_layer(TiedNet(), x[:2]) == []  # a tie under another name: not this
+    plain = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+    plain[0].weight.data[0, 0] = float("nan")  # a diverged checkpoint: NaN out, which "moves" under any bump
+    nvcim.apply_variation_(plain, CFG)
+    assert nvcim.layers.coverage.read_outside_layer(plain, x[:2]) == []  # not a false "read outside its layer"
 
 
 def _computed_weight(kind: str, layer: nn.Linear) -> nn.Linear:

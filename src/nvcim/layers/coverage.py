@@ -118,6 +118,8 @@ def read_outside_layer(model: nn.Module, *inputs: Any, seed: int = 0) -> list[st
                   for p in params}
     with overridden(model, per_tensor, enabled=True):  # the chips read the clean weights whatever the attribute holds
         base = _seeded_forward(model, inputs, seed, buffers)
+        if not all(bool(torch.isfinite(t).all()) for t in base if t.is_floating_point()):
+            return []  # NaN / inf out (a diverged model): no output "moves"; Monte Carlo reports the non-finite logits
         if _same(_seeded_forward(model, inputs, seed, buffers, bumps), base):
             return []
         return [name for name, bump in bumps.items()
