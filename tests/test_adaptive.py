@@ -340,3 +340,6 @@ def test_a_near_perfect_models_mean_stays_an_accuracy_inside_its_interval():
         r = monte_carlo_evaluate(model, (x, y), nvcim.DeviceConfig(sigma=0.002), target_ci=0.5, seed=seed, pilot_chips=20,
                                  images_per_chip=20)
         assert 0.0 <= r.mean <= 100.0 and r.ci95[0] <= r.mean <= r.ci95[1]
+        from nvcim.evaluate.partial import implausible
+
+        assert implausible(r) is None  # a resume takes it (it was redone as "damaged" when clipped)

@@ -245,9 +245,11 @@ def test_heads_read_a_stage_output_an_in_place_op_changes_later_as_it_was():
     model.nvcim_spec = {"in_channels": 1, "image_size": 4}
     task = create_task("irs", model, DeviceConfig(sigma=0.0, quantize=False), beta=1.0)
     x, y = torch.randn(3, 1, 4, 4, dtype=torch.float64), torch.tensor([0, 1, 2])
-    _, total = task(x, y)
+    loss, total = task(x, y)
     with torch.no_grad():
         pre = model.c1(x)  # the stage's output before the in-place ReLU
         expected = irs_combine(model(x), [task.heads[0](pre)], 1.0)  # one head: after c1 (none after the last stage)
     assert len(task.heads) == 1
     torch.testing.assert_close(total, expected, rtol=1e-12, atol=1e-12)
+    loss.backward()  # trains too (the head's input must survive the in-place op for backward)
+    assert all(p.grad is not None for p in task.heads.parameters()) and model.c1.weight.grad is not None

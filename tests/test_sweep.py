@@ -1234,3 +1234,18 @@ def test_a_sweep_never_goes_into_a_checkpoint_a_map_or_another_sweeps_cells(tmp_
             sweep.prepare_out_dir(spec, out)
         assert "\n" not in str(exc.value)
         assert (sorted(p.name for p in out.iterdir()) if out.exists() else None) == before
+
+
+def test_a_spec_copy_an_older_nvcim_wrote_is_still_replaced_by_an_edit(tmp_path):
+    """Copies written before the marking first line are nvcim's when they read as the recorded spec.json (the name
+    aside): a spec edited and run with --force replaces it; a user's own file of that name stays refused."""
+    out = tmp_path / "out"
+    old_text = json.dumps(ONE_CELL)  # JSON is YAML too
+    sweep.prepare_out_dir(validate_spec(ONE_CELL), out, spec_text=old_text, spec_suffix=".yaml")
+    (out / "spec.yaml").write_text(old_text)  # as an older nvcim left it: no first line
+    edited = {**ONE_CELL, "seeds": [0, 1]}
+    sweep.prepare_out_dir(validate_spec(edited), out, force=True, spec_text=json.dumps(edited), spec_suffix=".yaml")
+    assert (out / "spec.yaml").read_text() == sweep.runner.COPY_HEADER + json.dumps(edited)
+    (out / "spec.yaml").write_text("# my own notes\n")
+    with pytest.raises(ValueError, match=r"spec\.yaml exists and is not nvcim's copy"):
+        sweep.prepare_out_dir(validate_spec(ONE_CELL), out, force=True, spec_text=old_text, spec_suffix=".yaml")

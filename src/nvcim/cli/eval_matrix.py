@@ -154,6 +154,8 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
                         say=lambda line: print(line, file=sys.stderr), partial=partial, key=key)
     t = matrix_table(rec)
     print(tabulate(t.rows, headers=t.headers, disable_numparse=True))
+    if t.legend:  # its marks: below chance, non-finite, a percentile from too few chips
+        print(t.legend)
     print(t.note)
     note_few_chips([c["result"] for row in rec.cells for c in row])
     for name, s in own_sigma.items():

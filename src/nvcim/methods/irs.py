@@ -143,8 +143,8 @@ class IRSTask(TrainingTask):
         op on the stage's output (ReLU(inplace=True), torch.relu_) cannot change what the head reads."""
         seen: dict[int, torch.Tensor] = {}
 
-        def read(i: int, out):
-            seen[i] = out if heads is None else heads[i](out)
+        def read(i: int, out):  # a copy for the head: backward needs it as it was, whatever runs after the stage
+            seen[i] = out if heads is None else heads[i](out.clone())
 
         handles = [module.register_forward_hook(lambda _m, _i, out, i=i: read(i, out))
                    for i, (_, module) in enumerate(self.stages)]

@@ -148,7 +148,7 @@ def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> li
                 # implausible values (nvcim.report.flags): chips with non-finite logits over the models, and the
                 # models' number of classes (None: unknown or not the same for all)
                 "nonfinite_runs": sum(r.get("nonfinite_runs") or 0 for r in models),
-                "chips": sum(r["runs"] for r in models),
+                "chips": sum(r.get("chips_scored", r["runs"]) for r in models),  # what nonfinite_runs counts among
                 "num_classes": classes.pop() if len(classes) == 1 else None,
                 "failed_seeds": failed,
                 "paper_arm": paper_arm,

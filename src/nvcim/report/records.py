@@ -225,6 +225,7 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                 # implausible values, marked in the tables (nvcim.report.flags): chips with NaN / inf logits, and the
                 # width of the logits (chance = 100 / num_classes %; None: unknown, results written before it)
                 "nonfinite_runs": int(r["nonfinite_runs"]) if num(r.get("nonfinite_runs")) is not None else 0,
+                "chips_scored": _chips_scored(r, per_run),  # what nonfinite_runs counts among
                 "num_classes": int(r["num_classes"]) if num(r.get("num_classes")) is not None else None,
             }
         )
@@ -236,6 +237,16 @@ def _data_sha256(data_cfg: Any) -> str | None:
     file = data_cfg.get("file") if isinstance(data_cfg, dict) else None
     sha = file.get("sha256") if isinstance(file, dict) else None
     return sha if isinstance(sha, str) and sha else None
+
+
+def _chips_scored(r: Mapping, per_run: list) -> int:
+    """Every chip a result scored (nvcim.evaluate.results.MCResult.chips_scored): its runs, and for a
+    target-precision result the full-set chips beside them."""
+    runs = int(r["runs"]) if num(r.get("runs")) is not None else len(per_run)
+    full, images, n = num(r.get("full_set_chips")), num(r.get("images_per_chip")), num(r.get("n_samples"))
+    if r.get("target_ci") is None or full is None:
+        return runs
+    return int(full) + (runs if images is not None and n is not None and images < n else 0)
 
 
 def _ci_half(r: Mapping, ci: list) -> float | None:

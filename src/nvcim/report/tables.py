@@ -271,8 +271,8 @@ def curve_table(gkey, gcurves) -> Table | None:
                 row.append("")
             else:
                 half = _half(r)
-                mark = marks.mark(r["mean"], r.get("num_classes"), r.get("nonfinite_runs"), r["runs"],
-                                  f"test σ {fmt_sigma(s)} ({c['name']})")
+                mark = marks.mark(r["mean"], r.get("num_classes"), r.get("nonfinite_runs"),
+                                  r.get("chips_scored", r["runs"]), f"test σ {fmt_sigma(s)} ({c['name']})")
                 row.append(f"{fmt_num(r['mean'])}{half}{mark}")
         rows.append(row)
     return Table(f"{group_title(gkey)}: robustness curves (accuracy %, ± 95% MC CI)",

@@ -193,8 +193,9 @@ def remove_cell_files(d: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
         elif (temp or _is_own_file(p.relative_to(d).parts)) and (p.is_file() or p.is_symlink()):
             p.unlink(missing_ok=True)
-        elif p.is_symlink() and _is_own_dir(p.relative_to(d).parts):  # a link where nvcim writes a directory (a
-            p.unlink()  # checkpoint of another definition would be reused): the link goes, what it names stays
+        elif p.is_symlink() and p.is_dir() and _is_own_dir(p.relative_to(d).parts):
+            p.unlink()  # a linked directory where nvcim writes one (another definition's checkpoint would be
+            # reused): the link goes, what it names stays
         elif p.is_dir() and not p.is_symlink() and not any(p.iterdir()):
             p.rmdir()
     if not any(d.iterdir()):

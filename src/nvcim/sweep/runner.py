@@ -95,6 +95,21 @@ def _copy_text(spec_text: str) -> str:
     return spec_text if spec_text.startswith(COPY_HEADER) else COPY_HEADER + spec_text
 
 
+def _is_unmarked_copy(out: Path, copy: Path) -> bool:
+    """Whether `copy`, without COPY_HEADER, is the copy an older nvcim wrote: it reads as the spec DIR/spec.json
+    records (the name aside: a copy without one takes its file's name)."""
+    from nvcim.sweep.spec import load_spec
+
+    try:
+        recorded = json.loads((out / SPEC_JSON).read_text(encoding="utf-8"))
+        if not is_spec_record(recorded):
+            return False
+        mine = json.loads(json.dumps(load_spec(copy).to_dict()))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return _canonical({**mine, "name": None}) == _canonical({**recorded, "name": None})
+
+
 def _check_spec_copy(out: Path, copy: Path, spec_text: str, copy_text: str) -> bool:
     """Whether to write the copy of the spec's text (DIR/spec.toml, ...): yes where there is none or nvcim's own
     (it begins with COPY_HEADER) holds another text; no where it already holds this text (nvcim's copy, one written
@@ -109,7 +124,7 @@ def _check_spec_copy(out: Path, copy: Path, spec_text: str, copy_text: str) -> b
             have = None
         if have in (spec_text, copy_text):
             return False
-        if have is not None and have.startswith(COPY_HEADER):
+        if have is not None and (have.startswith(COPY_HEADER) or _is_unmarked_copy(out, copy)):
             return True
     raise ValueError(f"sweep output {out}: {copy} exists and is not nvcim's copy of this spec, and a sweep would "
                      "replace it: choose another --out or move the file away")
