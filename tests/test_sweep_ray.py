@@ -130,3 +130,8 @@ def test_the_token_file_never_replaces_a_users_file(tmp_path):
     assert token_file.exists()
     ray_backend._remove_token(tmp_path, token)
     assert not token_file.exists()
+    # checked before anything is written, whatever the backend: a user's file there stops the sweep up front
+    token_file.write_text("my precious token\n")
+    with pytest.raises(ValueError, match="is not nvcim's token file"):
+        sweep.prepare_out_dir(validate_spec(copy.deepcopy(SPEC)), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".sweep-token", "target"]

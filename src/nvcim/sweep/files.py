@@ -61,6 +61,22 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+_TOKEN_TEXT = re.compile(r"[0-9a-f]{32}\n")  # what the Ray backend writes in DIR/.sweep-token
+
+
+def foreign_token(out_dir) -> Path | None:
+    """DIR/.sweep-token when something is there that is not a token nvcim's Ray backend wrote (a user's file, a link,
+    a directory): a sweep would replace it. None when absent or nvcim's."""
+    path = Path(out_dir) / TOKEN_FILE
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        ours = path.is_file() and not path.is_symlink() and _TOKEN_TEXT.fullmatch(path.read_text("utf-8")) is not None
+    except (OSError, UnicodeDecodeError):
+        ours = False
+    return None if ours else path
+
+
 def result_problem(out_dir, cell_id: str) -> str | None:
     """Why the cell's result.json, when there is one, is not a finished result of this cell (None: it is,
     or there is none): not valid JSON (truncated, damaged), not an mc_eval result, no results, another

@@ -28,7 +28,7 @@ from nvcim.evaluate import write_results_json
 from nvcim.io.files import atomic_write_text, check_output_path
 from nvcim.sweep.backends.registry import get_backend
 from nvcim.sweep.cells import Cell, expand, is_int
-from nvcim.sweep.files import (CELL_FILE, LOCK_FILE, SPEC_JSON, cell_dir, cell_state,
+from nvcim.sweep.files import (CELL_FILE, LOCK_FILE, SPEC_JSON, cell_dir, cell_state, foreign_token,
                                cell_differences, failed_differences, result_problem)
 from nvcim.sweep.schema import SweepSpec
 
@@ -147,6 +147,10 @@ def check_sweep_dir(spec: SweepSpec, out_dir, *, force: bool = False) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"sweep output {out} is a file: choose a directory")
     _refuse_other_nvcim_dir(out)
+    token = foreign_token(out)
+    if token is not None:  # a name the Ray backend writes: never a user's file replaced, whatever the backend
+        raise ValueError(f"sweep output {out}: {token} is not nvcim's token file, and a sweep may replace it: move it "
+                         "away or choose another --out")
     spec_file = out / SPEC_JSON
     if spec_file.exists() and not spec_file.is_file():
         raise ValueError(f"sweep output {out}: {spec_file} is not a file: choose another --out")

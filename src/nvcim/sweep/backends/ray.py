@@ -17,7 +17,6 @@ per-β resume on the workers.
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import shutil
 import tempfile
@@ -30,7 +29,7 @@ from nvcim.plugins import load_plugins
 from nvcim.plugins import loaded as loaded_plugins
 from nvcim.sweep.backends.registry import register_backend
 from nvcim.sweep.cell_run import record_failure, run_cell
-from nvcim.sweep.files import FAILED_FILE, RESULT_FILE, TOKEN_FILE, cell_dir, remove_cell_files
+from nvcim.sweep.files import FAILED_FILE, RESULT_FILE, TOKEN_FILE, cell_dir, foreign_token, remove_cell_files
 from nvcim.sweep.schema import SweepSpec
 
 RAY_MISSING = "the ray backend needs Ray: pip install 'nvcim[ray]'"
@@ -131,22 +130,14 @@ def run_ray(cells: Sequence, out: Path, spec: SweepSpec, on_done: Callable[[Mapp
             ray.shutdown()
 
 
-_TOKEN_TEXT = re.compile(r"[0-9a-f]{32}\n")  # what _write_token writes
-
-
 def _write_token(out: Path) -> str:
     """A fresh token in DIR/.sweep-token (created, never following a link); a token a killed run left is replaced,
-    any other file of that name is the user's: a one-line ValueError."""
+    any other file of that name is the user's: a one-line ValueError (run_sweep checks it before writing anything)."""
     path = out / TOKEN_FILE
-    if path.exists() or path.is_symlink():
-        try:
-            ours = path.is_file() and not path.is_symlink() and _TOKEN_TEXT.fullmatch(path.read_text("utf-8")) is not None
-        except (OSError, UnicodeDecodeError):
-            ours = False
-        if not ours:
-            raise ValueError(f"sweep output {out}: {path} is not nvcim's token file, and the ray backend would replace "
-                             "it: move it away or choose another --out")
-        path.unlink()
+    if foreign_token(out) is not None:
+        raise ValueError(f"sweep output {out}: {path} is not nvcim's token file, and the ray backend would replace "
+                         "it: move it away or choose another --out")
+    path.unlink(missing_ok=True)  # a killed run's
     token = secrets.token_hex(16)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
