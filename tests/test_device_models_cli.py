@@ -368,10 +368,26 @@ def test_matrix_refuses_rows_scored_on_different_test_sets(ckpts, tmp_path, caps
     argv = ["eval", str(ckpts[1]), str(other), "--device-models", "gaussian", "--runs", "2", "--sigma", "0.2"]
     assert main([*argv, "--out", str(tmp_path / "m.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "different mnist5k test sets" in err[0] and "--limit" in err[0]
+    assert len(err) == 1 and "different mnist5k test images" in err[0] and "--limit 64" in err[0]
     assert not (tmp_path / "m.json").exists()
     assert main([*argv, "--limit", "10"]) == 0  # one --limit: every row on the same images
     capsys.readouterr()
     for flag in (["--device", "cuda"], ["--chunk-runs", "1"]):  # flags the matrix would ignore: refused
         assert main([*argv, "--limit", "10", *flag]) == 2
         assert "drop --device / --chunk-runs" in capsys.readouterr().err
+
+
+def test_matrix_refuses_val_splits_of_other_data_seeds(tmp_path, capsys):
+    """Two checkpoints of other --data-seed hold out other validation images of the same number: the matrix compared
+    its rows by size only and scored them on other images under "common random numbers"."""
+    for seed in (0, 1):
+        assert main(["train", "--preset", "smoke", "--quiet", "--num-threads", "1", "--val-runs", "2",
+                     "--method", "vanilla", "--data-seed", str(seed), "--out", str(tmp_path / f"d{seed}")]) == 0
+    capsys.readouterr()
+    argv = ["eval", str(tmp_path / "d0"), str(tmp_path / "d1"), "--device-models", "gaussian", "--runs", "2",
+            "--sigma", "0.2"]
+    assert main([*argv, "--split", "val", "--out", str(tmp_path / "m.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different mnist5k val images" in err[0] and "--split test" in err[0], err
+    assert not (tmp_path / "m.json").exists()
+    assert main([*argv, "--split", "test"]) == 0  # the test split does not depend on the data seed

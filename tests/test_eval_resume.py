@@ -228,6 +228,28 @@ def test_a_changed_data_file_code_or_plugin_is_never_mixed_in(ckpts, tmp_path, c
     assert run_cli(argv, capsys)[0] == 0 and len(calls) == 2
 
 
+def test_a_built_in_data_sets_replaced_file_is_never_mixed_in(ckpts, tmp_path, capsys, monkeypatch):
+    """A built-in data set is named, not fingerprinted by file: a replaced file under the same --data-root (another
+    copy of mnist_5k.csv.gz) gave the same key, and the pieces scored on the old images were taken."""
+    import gzip
+
+    from nvcim.data.mnist5k import mnist5k_path
+
+    rows = gzip.open(mnist5k_path(), "rt").read().splitlines()
+    (tmp_path / "root" / "mnist5k").mkdir(parents=True)
+
+    def write(rows):
+        with gzip.open(tmp_path / "root" / "mnist5k" / "mnist_5k.csv.gz", "wt") as f:
+            f.write("\n".join(rows) + "\n")
+
+    write(rows)
+    argv = ["eval", ckpts[1], "--data-root", str(tmp_path / "root"), "--sigmas", "0.1,0.2", "--runs", "3",
+            "--out", str(tmp_path / "n.json")]
+    calls = interrupted_curve(argv, capsys, monkeypatch)
+    write(rows[::-1])  # the same digits in another order: other test images
+    assert run_cli(argv, capsys)[0] == 0 and len(calls) == 2
+
+
 def test_identical_checkpoints_in_one_run_are_both_evaluated(ckpts, tmp_path, capsys):
     """Only pieces an earlier run left are taken: a copy of a checkpoint in the same matrix is not "kept"."""
     import shutil

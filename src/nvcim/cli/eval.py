@@ -460,7 +460,7 @@ def run(args: argparse.Namespace) -> int:
     partial, common, prints = resume_pieces(args, [ckpt], kind="curve σ", runs=runs, seed=seed, batch_size=batch_size,
                                             chunk_runs=chunk_runs, device=args.device, target=target, limit=limit,
                                             dataset=dataset, digital_layers=args.digital_layers,
-                                            bn_recalibration=recalibration)
+                                            bn_recalibration=recalibration, data=splits.sha256)
     results = robustness_curve(model, split, base, sigmas, runs=None if target else runs, seed=seed,
                                batch_size=batch_size, chunk_runs=chunk_runs, device=args.device, progress=progress,
                                bn_calibration=calibration, adc_calibration=adc_data, **target, partial=partial,

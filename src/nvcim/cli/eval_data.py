@@ -160,8 +160,9 @@ def _trained_normalization(splits, recorded, dataset: str, ckpt: Path):
 def resume_pieces(args, ckpts: list[Path], **settings):
     """Where an interrupted `nvcim eval` keeps its finished evaluations (nvcim.evaluate.partial, beside --out, else
     --csv) and what every piece's key holds besides the evaluation's own coordinates: the checkpoints' fingerprints
-    (one per checkpoint) and the run's settings (`settings` plus the data flags and the code's fingerprint); the
-    caller adds the data file's fingerprint (`Splits.fingerprint`). (None, None, None) without
+    (one per checkpoint) and the run's settings (`settings` plus the data flags and the code's fingerprint; a
+    callable `data` setting, the splits' content digest, is called only here); the caller adds the data file's
+    fingerprint (`Splits.fingerprint`). (None, None, None) without
     an output file: nothing to resume into."""
     out = args.out or args.csv
     if not out:
@@ -172,6 +173,8 @@ def resume_pieces(args, ckpts: list[Path], **settings):
     partial = PartialResults.beside(out)
     prints = [[file_sha256(Path(ck) / name) for name in (checkpoint.CONFIG_FILE, checkpoint.WEIGHTS_FILE)]
               for ck in ckpts]
+    if callable(settings.get("data")):  # the splits' content digest: computed only when there is a piece to key
+        settings["data"] = settings["data"]()
     common = {**settings, "split": args.split, "dataset_flag": args.dataset, "data_root": args.data_root,
               "no_quantize": bool(args.no_quantize), "adc_calibration": args.adc_calibration,
               "code": code_fingerprint()}

@@ -132,20 +132,15 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
                      "digital_layers": digital_layers(loaded.model),
                      "train_sigma": (loaded.config.get("device") or {}).get("sigma"),
                      "epochs": (loaded.config.get("train") or {}).get("epochs")})
-    sizes: dict[str, dict[int, str]] = {}  # data set -> {test images: a checkpoint scored on that many}
-    for (ck, dataset, _, split) in rows:
-        sizes.setdefault(dataset, {}).setdefault(len(split), ck)
-    for dataset, by_size in sizes.items():  # each checkpoint's own --limit would score rows on other images
-        if len(by_size) > 1:
-            shown = ", ".join(f"{n} ({c})" for n, c in sorted(by_size.items()))
-            raise ValueError(f"the checkpoints would be scored on different {dataset} test sets ({shown} images: each "
-                             f"its training --limit), and a matrix compares its rows on the same chips and images: "
-                             f"pass --limit {min(by_size)}")
+    same_images(rows, args.split)
     partial, common, prints = resume_pieces(args, ckpts, kind="device_matrix cell", sigma=sigma, runs=runs, seed=seed,
                                             batch_size=batch_size, limit=limit, time=args.time)
 
+    digests = [split.sha256() for (_, _, _, split) in rows] if partial is not None else None
+
     def key(i: int, name: str) -> dict:  # all a cell's result depends on
         return {**common, "checkpoint": prints[i], "dataset": rows[i][1], "data_file": data_files[i],
+                "data": digests[i],
                 "device_model": name, "device": devices[i][name].to_dict()}
 
     rec = device_matrix(rows, names, lambda i, name: devices[i][name], runs=runs, seed=seed, batch_size=batch_size,
@@ -170,3 +165,25 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
         print(f"wrote {args.csv}")
     finish_pieces(partial, len(ckpts) * len(names), "cells")
     return 0
+
+
+def same_images(rows: list[tuple], split: str) -> None:
+    """Refuse rows that would be scored on different images of one data set: a matrix compares its rows on the same
+    chips and images. Each checkpoint's own training --limit gives another number of images; another data seed
+    (its val split) or another copy of the data file gives other images of the same number."""
+    seen: dict[str, dict[str, tuple[int, str]]] = {}  # data set -> {content digest: (images, first checkpoint)}
+    for ck, dataset, _, images in rows:
+        seen.setdefault(dataset, {}).setdefault(images.sha256(), (len(images), ck))
+    for dataset, by_digest in seen.items():
+        if len(by_digest) == 1:
+            continue
+        sizes = sorted({n for n, _ in by_digest.values()})
+        shown = ", ".join(f"{n} images ({c})" for n, c in list(by_digest.values())[:4])
+        if len(sizes) > 1:
+            fix = f"each its training --limit: pass --limit {sizes[0]}"
+        elif split != "test":
+            fix = f"each its own data seed's {split} split: use --split test, or a matrix per data seed"
+        else:
+            fix = "the data files differ: evaluate each checkpoint with nvcim eval, or point them at one file"
+        raise ValueError(f"the checkpoints would be scored on different {dataset} {split} images ({shown}; {fix}), "
+                         "and a matrix compares its rows on the same chips and images")
