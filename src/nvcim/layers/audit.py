@@ -1,8 +1,9 @@
 """What `apply_variation_` tells the user about a model's layers beyond those it varies: once per model, a warning.
 
     exact_products(model)          layers a chip would compute as crossbar products that stay exact here: types
-                                   without a handler (RNNs, bilinear) and subclasses of a supported type with a forward
-                                   of their own (a LoRA layer: the handler's forward would drop its computation)
+                                   without a handler (bilinear, a recurrent type of the user's own) and subclasses of
+                                   a supported type with a forward of their own (a LoRA layer: the handler's forward
+                                   would drop its computation)
     loose_matrices(model)          matrices held outside any layer (an nn.Parameter the model multiplies by itself,
                                    `x @ self.W`): nvcim cannot tell such a product from a lookup table, so it names them
     shared_tensors(model, chosen)  varied weight tensors that several layers hold (weight tying): each varied layer
@@ -19,7 +20,8 @@ from torch import nn
 
 from nvcim.layers import handlers
 
-# layer types whose weights a chip would hold as a crossbar's matrix but nvcim has no handler for (RNNs, bilinear)
+# layer types whose weights a chip would hold as a crossbar's matrix: named when nvcim has no handler for them
+# (bilinear; recurrent types beyond RNN / LSTM / GRU and their cells)
 UNSUPPORTED_MVM = (nn.RNNBase, nn.RNNCellBase, nn.Bilinear)
 _WARNED_EXACT: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # models warned about their exact layers
 _WARNED_SHARED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # ... and about their shared tensors

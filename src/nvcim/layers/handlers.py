@@ -7,6 +7,8 @@ instance-level `forward` that reads each of them through `current_weight(module,
     Linear, Conv1d/2d/3d (grouped, depthwise)   weight
     ConvTranspose1d/2d/3d                       weight
     MultiheadAttention                          in_proj_weight (or q/k/v_proj_weight) + out_proj.weight
+    RNN, LSTM, GRU                              weight_ih_l{k}, weight_hh_l{k} (+ weight_hr_l{k}), per direction
+    RNNCell, LSTMCell, GRUCell                  weight_ih, weight_hh
 
 `nn.MultiheadAttention` reads its own `in_proj_weight` and its `out_proj.weight` directly (never
 calling out_proj's forward), so its forward is replaced by the reference (non-fused) computation
@@ -278,9 +280,50 @@ def _attention_forward(self: nn.MultiheadAttention, query: torch.Tensor, key: to
     return (out.transpose(1, 0) if batched_first else out), weights
 
 
+def _recurrent_attrs(module: nn.Module) -> list[str]:
+    """An RNN / LSTM / GRU's matrices, layer by layer and direction by direction: weight_ih_l{k}[_reverse] (input),
+    weight_hh_l{k}[_reverse] (recurrent) and, with proj_size, weight_hr_l{k}[_reverse]; each one crossbar. A cell's
+    weight_ih and weight_hh."""
+    if isinstance(module, nn.RNNBase):
+        return [n for n in module._flat_weights_names if n.startswith("weight_")]
+    return ["weight_ih", "weight_hh"]
+
+
+def _recurrent_forward(self: nn.RNNBase, input: Any, hx: Any = None) -> Any:
+    """nn.RNN / LSTM / GRU.forward with noisy matrices. Their forward hands the list `_flat_weights` (built from the
+    parameters) to the fused recurrent kernel; the list holds W_p for this call only. The parameters themselves are
+    untouched, so the module does not rebuild (or, on CUDA, re-flatten) its weights, provided its list is current
+    first: after a torch.func.functional_call the forward would rebuild the list from the parameters, clean."""
+    self._update_flat_weights()  # the list from the parameters as they are: the forward keeps what we put in it
+    clean = self._flat_weights
+    self._flat_weights = [current_weight(self, n) if n in controls(self) else w
+                          for n, w in zip(self._flat_weights_names, clean)]
+    try:
+        return type(self).forward(self, input, hx)
+    finally:
+        self._flat_weights = clean
+
+
+def _cell_forward(self: nn.RNNCellBase, input: torch.Tensor, hx: Any = None) -> Any:
+    """nn.RNNCell / LSTMCell / GRUCell.forward with noisy weight_ih / weight_hh: their forward reads the two
+    parameters by name, which hold W_p for this call only (restored even when the forward raises)."""
+    params = self._parameters
+    clean = {n: params[n] for n in controls(self)}
+    try:
+        for n, w in clean.items():
+            params[n] = current_weight(self, n)  # W_p: a tensor, differentiable w.r.t. the parameter
+        return type(self).forward(self, input, hx)
+    finally:
+        params.update(clean)
+
+
 register_layer(nn.Linear, _weight_only, _linear_forward)
 for _conv in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
     register_layer(_conv, _weight_only, _conv_forward)
 for _conv in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
     register_layer(_conv, _weight_only, _conv_transpose_forward)
 register_layer(nn.MultiheadAttention, _attention_attrs, _attention_forward)
+for _rnn in (nn.RNN, nn.LSTM, nn.GRU):  # each defines its own forward: registered one by one
+    register_layer(_rnn, _recurrent_attrs, _recurrent_forward)
+for _cell in (nn.RNNCell, nn.LSTMCell, nn.GRUCell):
+    register_layer(_cell, _recurrent_attrs, _cell_forward)
