@@ -2,6 +2,7 @@
 Monte Carlo under its noise models, the device-model matrix, analog models out and back in."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from helpers import run_cli
 
 import nvcim
@@ -212,6 +214,23 @@ def test_what_aihwkit_cannot_convert_is_said_without_aihwkit():
     ai.check_convertible(create_model("vgg8", 10, 1, width=0.0625))  # fine
     with pytest.raises(ai.AihwkitError, match="groups=1"):
         ai.check_convertible(create_model("tiny", 10, 1))
+
+
+@pytest.mark.parametrize("layer,names,digital", [
+    (nn.TransformerEncoderLayer(16, 4, 32), "'1.self_attn' (MultiheadAttention), '1.self_attn.out_proj' "
+                                            "(NonDynamicallyQuantizableLinear)", "1.self_attn"),
+    (nn.LSTM(16, 16), "'1' (LSTM)", "1"),
+    (nn.ConvTranspose1d(16, 16, 1), "'1' (ConvTranspose1d)", "1"),
+])
+def test_layers_nvcim_varies_and_aihwkit_would_leave_exact_are_refused(layer, names, digital):
+    """convert_to_analog maps Linear / Conv1d-3d by exact class: a transformer's attention (in_proj and the Linear
+    subclass out_proj), an LSTM, a transposed convolution stayed exact under aihwkit while nvcim varied them, so the
+    two columns of a matrix compared unequal chips without a word. Kept digital, both compute them exactly: fine."""
+    model = nn.Sequential(nn.Linear(16, 16), layer)
+    with pytest.raises(ai.AihwkitError, match=re.escape(f"would leave {names} exact")):
+        ai.check_convertible(model)
+    nvcim.keep_digital_(model, [digital])  # (the encoder's linear1 / linear2 stay analog in both)
+    ai.check_convertible(model)
 
 
 @needs_aihwkit

@@ -38,7 +38,11 @@ from urllib.parse import parse_qsl
 import torch
 from torch import nn
 
-from nvcim.layers.noise import digital_layers
+from nvcim.layers.noise import digital_layers, selected_layers
+
+# the exact module types aihwkit's convert_to_analog puts on analog tiles (its default conversion map matches the
+# class itself, not subclasses: MultiheadAttention's out_proj, a Linear subclass, stays digital)
+ANALOG_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 PREFIX = "aihwkit:"
 INSTALL_HINT = "install it with `pip install 'nvcim[aihwkit]'` (CPU torch: `bash scripts/install_aihwkit.sh`)"
@@ -197,14 +201,23 @@ def aihwkit_device(spec: str, *, t_inference: float | None = None) -> AihwkitDev
 
 def check_convertible(model: nn.Module) -> None:
     """A one-line AihwkitError when aihwkit's conversion cannot run `model` as nvcim means it (checked without
-    aihwkit, so a matrix says it before any cell): digital layers it would put on analog tiles, grouped convolutions
-    it lacks."""
-    digital = digital_layers(model)
+    aihwkit, so a matrix says it before any cell): digital layers it would put on analog tiles, layers nvcim varies
+    that it would leave exact (attention projections, recurrent layers, transposed convolutions, subclasses of
+    Linear / Conv), grouped convolutions it lacks."""
+    analog = {n: m for n, m in model.named_modules() if type(m) in ANALOG_TYPES}  # what the conversion puts on tiles
+    digital = [n for n in digital_layers(model) if n in analog]
     if digital:  # convert_to_analog would put them on analog tiles: never a digital layer varied silently
         raise AihwkitError(f"the model keeps layer(s) {', '.join(digital)} digital, and the aihwkit conversion puts "
                            "every Conv / Linear layer on analog tiles: use nvcim's device models, which keep them "
                            "digital, or a model without digital layers (a single nvcim eval may pass "
                            "--digital-layers none: all analog)")
+    exact = [f"{n!r} ({type(m).__name__})" for n, m in selected_layers(model) if n not in analog]
+    if exact:  # varied under nvcim's device models, exact under aihwkit's: a comparison of unequal chips
+        raise AihwkitError(f"aihwkit's conversion puts only Linear and Conv1d/2d/3d layers (those exact types) on "
+                           f"analog tiles and would leave {', '.join(exact[:3])}"
+                           f"{f' and {len(exact) - 3} more' if len(exact) > 3 else ''} exact, which nvcim varies: "
+                           "keep them digital (--digital-layers), so that both compute them exactly, or compare "
+                           "under nvcim's device models only")
     grouped = [n for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd) and m.groups != 1]
     if grouped:
         raise AihwkitError(f"aihwkit's analog convolutions support groups=1 only, and layer {grouped[0]!r} (of "
