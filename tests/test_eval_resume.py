@@ -368,6 +368,8 @@ def _piece_result():
     ("mean", "shift", "not the mean of its chips' accuracies"), ("per_run_accuracy", 150.0, "per_run_accuracy[0]"),
     ("per_run_correct", 1000, "per_run_accuracy[0]"), ("p5", 101.0, "p5 101.0"), ("clean_accuracy", -3.0, "clean"),
     ("ci95", [-5.0, 3.0], "ci95"), ("runs", 9, "runs 9"), ("key", "other", "another evaluation"),
+    ("std", 0.0, "std 0.0 is not that of its chips"), ("p5", 0.5, "p5 0.5 is not that of its chips"),
+    ("max", 100.0, "max 100.0 is not"), ("ci95", [0.0, 100.0], "ci95 [0.0, 100.0] is not"),
     ("result", None, "cannot be read"),
 ])
 def test_a_piece_with_numbers_no_evaluation_gives_is_damaged(tmp_path, field, value, named):

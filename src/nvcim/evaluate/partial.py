@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from nvcim.evaluate.results import MCResult, write_results_json
+from nvcim.evaluate.stats import summarize
 
 FORMAT, VERSION = "nvcim-eval-partial", 1
 SUFFIX = ".partial"
@@ -179,7 +180,8 @@ def _accuracy(v: Any, missing: bool = False) -> bool:
 def implausible(r: MCResult) -> str | None:
     """Why `r` cannot be a result nvcim computed (None: it can): an accuracy outside [0, 100] % or not finite, chips'
     accuracies that are not their correct counts over the test set, a mean that is not the mean of the accuracies it
-    is taken over (every chip's; in target-precision mode the subset chips'), or chip counts that do not match."""
+    is taken over (every chip's; in target-precision mode the subset chips'), a std, percentile, min, max or CI that
+    is not theirs, or chip counts that do not match."""
     if not (isinstance(r.sigma, (int, float)) and math.isfinite(r.sigma) and r.sigma >= 0):
         return f"sigma {r.sigma!r} is not a σ_d >= 0"
     if not (isinstance(r.n_samples, int) and r.n_samples >= 1 and isinstance(r.runs, int) and r.runs >= 1):
@@ -209,4 +211,21 @@ def implausible(r: MCResult) -> str | None:
         mean = min(max(mean, 0.0), 100.0)
     if not math.isclose(r.mean, mean, rel_tol=1e-9, abs_tol=1e-9):
         return f"mean {r.mean!r} is not the mean of its chips' accuracies ({mean:.6g})"
+    return _spread_differs(r)
+
+
+def _spread_differs(r: MCResult) -> str | None:
+    """Why r's std, percentiles, min / max (and, at a fixed chip count, CI) are not those of its chips' accuracies
+    (those of the full-set chips in target-precision mode, whose CI is Stein's and not recomputed here)."""
+    want = summarize(r.per_run_correct, r.n_samples, 0.0, 0)
+    names = ("std", "p1", "p5", "p10", "min", "max")
+    for name in names if r.adaptive else (*names, "ci95"):
+        have, should = getattr(r, name), want[name]
+        pairs = zip(have, should) if name == "ci95" else [(have, should)]
+        for h, w in pairs:
+            if r.adaptive and name in ("p1", "p5", "p10") and math.isnan(h):
+                continue  # left out: too few full-set chips for this percentile (nvcim.evaluate.adaptive)
+            if not (math.isnan(h) and math.isnan(w)) and not math.isclose(h, w, rel_tol=1e-9, abs_tol=1e-9):
+                shown = (list(have), list(should)) if name == "ci95" else (have, should)
+                return f"{name} {shown[0]!r} is not that of its chips' accuracies ({shown[1]!r})"
     return None
