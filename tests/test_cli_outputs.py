@@ -282,3 +282,21 @@ def test_sweep_resumes_from_its_own_recorded_spec(tmp_path, capsys):
     rc, err = _run(["sweep", str(out / "spec.json"), "--out", str(out), "--quiet"], capsys)
     assert rc == 0, err
     assert (out / "spec.json").read_text() == recorded
+
+
+def test_a_sweep_resumes_from_nvcims_copy_of_a_spec_without_a_name(tmp_path, capsys):
+    """A spec without `name` takes its file's stem ("mine"); resumed from nvcim's copy DIR/spec.toml it took "spec"
+    and was refused as another spec. The copy now resumes under the name spec.json records."""
+    from nvcim.sweep import load_spec
+    from nvcim.sweep.runner import prepare_out_dir
+
+    text = ('models = ["tiny"]\ndatasets = ["mnist5k"]\nmethods = ["vanilla"]\nsigmas = [0.2]\nseeds = [0]\n'
+            'betas = [0.001]\n[train]\nepochs = 1\nlimit = 64\nval_runs = 0\nselect = "clean"\n[eval]\nruns = 2\n')
+    (tmp_path / "mine.toml").write_text(text)
+    out = tmp_path / "out"
+    prepare_out_dir(load_spec(tmp_path / "mine.toml"), out, spec_text=text, spec_suffix=".toml")
+    assert load_spec(out / "spec.toml").name == "mine"
+    rc, err = _run(["sweep", str(out / "spec.toml"), "--out", str(out), "--dry-run"], capsys)
+    assert rc == 0, err
+    (tmp_path / "spec.toml").write_text(text)  # a user's own file named spec.toml: its stem, as before
+    assert load_spec(tmp_path / "spec.toml").name == "spec"

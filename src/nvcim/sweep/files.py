@@ -36,8 +36,26 @@ FAILED_FILE = "failed.json"
 CELL_FILE = "cell.json"
 SCORE_FILE = "score.json"
 SPEC_JSON = "spec.json"
+# The first line of nvcim's copy of a spec's text (DIR/spec.toml, ...; TOML and YAML comments alike): what marks the
+# file as nvcim's
+COPY_HEADER = "# nvcim sweep: a copy of the spec this directory's cells ran; nvcim replaces it (edit your own)\n"
 LOCK_FILE = ".sweep.lock"
 TOKEN_FILE = ".sweep-token"
+
+
+def recorded_name(spec_path) -> str | None:
+    """The name DIR/spec.json records when `spec_path` is nvcim's copy of a spec in DIR (it begins with COPY_HEADER),
+    else None: a copy of a spec without a name resumes under the spec's name, not its own file's ("spec")."""
+    path = Path(spec_path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            if f.readline() != COPY_HEADER:
+                return None
+        recorded = json.loads((path.parent / SPEC_JSON).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    name = recorded.get("name") if isinstance(recorded, dict) else None
+    return name if isinstance(name, str) and name else None
 
 
 def cell_dir(out_dir, cell_id: str) -> Path:

@@ -28,7 +28,7 @@ from nvcim.evaluate import write_results_json
 from nvcim.io.files import atomic_write_text, check_output_path
 from nvcim.sweep.backends.registry import get_backend
 from nvcim.sweep.cells import Cell, expand, is_int
-from nvcim.sweep.files import (CELL_FILE, LOCK_FILE, SPEC_JSON, cell_dir, cell_state, foreign_token,
+from nvcim.sweep.files import (CELL_FILE, COPY_HEADER, LOCK_FILE, SPEC_JSON, cell_dir, cell_state, foreign_token,
                                cell_differences, failed_differences, result_problem)
 from nvcim.sweep.schema import SweepSpec
 
@@ -86,8 +86,6 @@ def prepare_out_dir(spec: SweepSpec, out_dir, *, force: bool = False, spec_text:
     return out
 
 
-# The first line of nvcim's copy of a spec's text (TOML and YAML comments alike): what marks the file as nvcim's
-COPY_HEADER = "# nvcim sweep: a copy of the spec this directory's cells ran; nvcim replaces it (edit your own)\n"
 
 
 def _copy_text(spec_text: str) -> str:

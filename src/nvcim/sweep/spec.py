@@ -23,6 +23,7 @@ from nvcim.io.files import read_mapping_file
 from nvcim.methods import METHODS, method_config
 from nvcim.models import list_models
 from nvcim.sweep.cells import LABEL_MAX, device_config_of, expand, is_int, is_num, label_slug
+from nvcim.sweep.files import recorded_name
 from nvcim.sweep.schema import EVAL_DEFAULTS, RESOURCE_DEFAULTS, TARGET_KEYS, SweepSpec
 from nvcim.train import FIELDS, TrainConfig, check_model_fits_data
 from nvcim.train.config import MAX_THREADS, device_key_conflicts
@@ -79,8 +80,8 @@ def load_spec(path) -> SweepSpec:
     """Read and validate a spec file; the name defaults to the file's stem, device model files are
     relative to the file's directory."""
     raw = read_spec_file(path)
-    if raw.get("name") is None:  # absent or null
-        raw["name"] = Path(path).stem
+    if raw.get("name") is None:  # absent or null: the name of the spec nvcim's copy was made of, else the file's
+        raw["name"] = recorded_name(path) or Path(path).stem
     return validate_spec(raw, where=str(path), base_dir=Path(path).parent)
 
 
