@@ -135,3 +135,18 @@ def test_the_token_file_never_replaces_a_users_file(tmp_path):
     with pytest.raises(ValueError, match="is not nvcim's token file"):
         sweep.prepare_out_dir(validate_spec(copy.deepcopy(SPEC)), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".sweep-token", "target"]
+
+
+def test_a_failed_ray_start_leaves_no_token(tmp_path, monkeypatch):
+    """ray.init failing (no cluster at --address) left DIR/.sweep-token behind."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'nvcim[ray]')")
+
+    def no_cluster(*a, **k):
+        raise ConnectionError("no Ray cluster at that address")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_cluster)
+    with pytest.raises(ConnectionError):
+        run_sweep(validate_spec(copy.deepcopy(SPEC)), tmp_path / "x", backend="ray", address="ray://nowhere:1",
+                  progress=False)
+    assert not (tmp_path / "x" / sweep.files.TOKEN_FILE).exists()

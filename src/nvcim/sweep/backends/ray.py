@@ -92,15 +92,15 @@ def run_ray(cells: Sequence, out: Path, spec: SweepSpec, on_done: Callable[[Mapp
     threads = res.threads_per_cell or max(1, int(cpus))
     token = _write_token(Path(out))  # before Ray starts: a user's file of that name stops the run here
     started = False
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-        else:
-            n = int(workers * cpus) if workers > 1 else (os.cpu_count() or 1)
-            ray.init(num_cpus=max(n, int(cpus)), include_dashboard=False, ignore_reinit_error=True,
-                     log_to_driver=False)
-        started = True
     try:
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+            else:
+                n = int(workers * cpus) if workers > 1 else (os.cpu_count() or 1)
+                ray.init(num_cpus=max(n, int(cpus)), include_dashboard=False, ignore_reinit_error=True,
+                         log_to_driver=False)
+            started = True
         task = ray.remote(_ray_cell).options(num_cpus=cpus, num_gpus=gpus)
         pending: dict[Any, Any] = {task.remote(c.to_dict(), str(Path(out).resolve()), token, threads,
                                                           tuple(loaded_plugins())): c for c in cells}
