@@ -631,3 +631,20 @@ def test_register_dataset_adds_one_in_one_call(tmp_path):
     finally:
         REGISTRY.pop("mydigits", None)
     assert "mydigits" not in DATASETS
+
+
+def test_a_relative_data_root_is_recorded_absolute(tmp_path, monkeypatch):
+    """--data-root idx_ok recorded as typed: nvcim eval from another directory looked for (or downloaded) MNIST
+    under another idx_ok/ and scored the checkpoint on it (review finding)."""
+    import json
+
+    from nvcim.cli import main
+
+    write_mnist_folder(tmp_path / "work" / "mine" / "mnist", n_train=40, n_test=20)
+    monkeypatch.chdir(tmp_path / "work")
+    assert main(["train", "--model", "tiny", "--dataset", "mnist", "--data-root", "mine", "--epochs", "1",
+                 "--num-threads", "1", "--val-runs", "2", "--quiet", "--out", "ck"]) == 0
+    data = json.loads((tmp_path / "work" / "ck" / "config.json").read_text())["data"]
+    assert data["root"] == str((tmp_path / "work" / "mine").resolve())
+    monkeypatch.chdir(tmp_path)  # elsewhere: the same files
+    assert main(["eval", "work/ck", "--runs", "2", "--sigma", "0.1"]) == 0

@@ -304,3 +304,28 @@ def test_fingerprint_names_the_file_and_its_content(tmp_path, monkeypatch):
     assert dataset_fingerprint("mnist") is None and dataset_fingerprint("cifar10") is None
     with pytest.raises(ValueError, match="unknown dataset"):
         dataset_fingerprint("imagenet21k")
+
+
+def test_eval_knows_the_training_file_by_any_spelling_or_copy(tmp_path, monkeypatch):
+    """A checkpoint trained on npz:d.npz, evaluated with --dataset npz:./d.npz, the absolute path or a copy: the
+    name compared as a string said "other data", so --split val was a default split holding 9 of 20 training
+    images, and the changed-file check was skipped (review finding)."""
+    import shutil
+    from pathlib import Path
+
+    from nvcim.cli import main
+    from nvcim.cli.eval_data import load_for_eval
+
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, **arrays(n_train=200, n_test=40, shape=(16, 16)))
+    assert main(["train", "--model", "tiny", "--dataset", "npz:d.npz", "--val-fraction", "0.5", "--data-seed", "7",
+                 "--epochs", "1", "--num-threads", "1", "--val-runs", "2", "--quiet", "--out", "ck"]) == 0
+    trained = load_dataset("npz:d.npz", val_fraction=0.5, seed=7)
+    seen = {im.numpy().tobytes() for im in trained.train.images}
+    shutil.copy(tmp_path / "d.npz", tmp_path / "copy.npz")
+    for name in ("npz:d.npz", "npz:./d.npz", f"npz:{tmp_path / 'd.npz'}", "npz:copy.npz"):
+        val = load_for_eval(Path("ck"), dataset=name, data_root=None, split="val", limit=None).split
+        assert len(val) == 100 and not seen & {im.numpy().tobytes() for im in val.images}, name
+    write(tmp_path, **arrays(n_train=200, n_test=40, shape=(16, 16), seed=1))  # the file changed
+    with pytest.raises(ValueError, match="the file changed since checkpoint"):
+        load_for_eval(Path("ck"), dataset="npz:./d.npz", data_root=None, split="val", limit=None)

@@ -93,7 +93,7 @@ def load_for_eval(ckpt: Path, *, dataset: str | None, data_root: str | None, spl
     if dataset not in DATASETS and not is_npz_name(dataset):
         raise ValueError(f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)} or npz:PATH.npz"
                          f"{missing_hint(config.get('plugins'))}")
-    same = dataset == data_cfg.get("name")  # the checkpoint's own data: its split settings apply
+    same = _same_data(dataset, data_cfg)  # the checkpoint's own data: its split settings apply
     recorded = data_cfg.get("file") if same else None
     if (dataset_flag is None and is_npz_name(dataset) and isinstance(recorded, dict) and recorded.get("path")
             and not npz_path(dataset).exists() and Path(recorded["path"]).is_file()):
@@ -131,6 +131,21 @@ def load_for_eval(ckpt: Path, *, dataset: str | None, data_root: str | None, spl
     if len(split) == 0:
         raise ValueError(f"the {split_name} split of {dataset} is empty: use --split test or another dataset")
     return Loaded(model, config, base, dataset, splits, split)
+
+
+def _same_data(dataset: str, data_cfg: dict) -> bool:
+    """Whether `dataset` is the data the checkpoint was trained on: its recorded name, or for an npz: file the same
+    file by another spelling (npz:./d.npz for npz:d.npz) or a copy of it (the recorded sha256); its val split is then
+    the one held out in training, never a default split that holds training images."""
+    if dataset == data_cfg.get("name"):
+        return True
+    recorded = data_cfg.get("file")
+    if not (is_npz_name(dataset) and is_npz_name(data_cfg.get("name")) and isinstance(recorded, dict)):
+        return False
+    path = npz_path(dataset)
+    if isinstance(recorded.get("path"), str) and Path(recorded["path"]).expanduser().resolve() == path:
+        return True
+    return path.is_file() and recorded.get("sha256") == dataset_fingerprint(dataset)["sha256"]
 
 
 def _trained_normalization(splits, recorded, dataset: str, ckpt: Path):

@@ -432,7 +432,7 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
             out_dir,
             model,
             model.nvcim_spec,
-            data={"name": cfg.dataset, "root": cfg.data_root, "val_fraction": cfg.val_fraction, "limit": cfg.limit,
+            data={"name": cfg.dataset, "root": _absolute(cfg.data_root), "val_fraction": cfg.val_fraction, "limit": cfg.limit,
                   "seed": cfg.data_seed, **({"file": splits.fingerprint} if splits.fingerprint else {}),
                   "normalization": {"mean": list(splits.info.mean), "std": list(splits.info.std)}},
             method=method_to_dict(mcfg),
@@ -447,3 +447,8 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
         remove_train_state(state_dir)  # the run is over (a diverged one too: nothing left to resume)
     return TrainResult(status=status, model=model, metrics=metrics, checkpoint=checkpoint, config=cfg)
 
+
+def _absolute(root: str | None) -> str | None:
+    """The data root as an absolute path (None: the default root): nvcim eval run from another directory reads the
+    files trained on, not a folder of that name there (or a download into it)."""
+    return None if root is None else str(Path(root).expanduser().resolve())
