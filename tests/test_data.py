@@ -648,3 +648,65 @@ def test_a_relative_data_root_is_recorded_absolute(tmp_path, monkeypatch):
     assert data["root"] == str((tmp_path / "work" / "mine").resolve())
     monkeypatch.chdir(tmp_path)  # elsewhere: the same files
     assert main(["eval", "work/ck", "--runs", "2", "--sigma", "0.1"]) == 0
+
+
+class _Here:
+    """A locator that finds its files anywhere (the reader below makes its arrays itself)."""
+
+    what = "nothing"
+
+    def find(self, name, root):
+        return root
+
+
+def _arrays(x_train, y_train=None):
+    """(x_train, y_train, x_test, y_test) of 3 classes, the test images the first 4 training ones."""
+    y_train = np.arange(len(x_train)) % 3 if y_train is None else y_train
+    return x_train, y_train, x_train[:4], np.arange(4) % 3
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: _arrays(np.random.default_rng(0).random((20, 8, 8))), None),  # float64 in [0, 1]: kept, as float32
+    (lambda: _arrays(np.full((20, 8, 8), 1000, dtype=np.int16)), "is int16: images must be uint8"),
+    (lambda: _arrays(np.zeros((20, 8, 8), np.uint8), np.arange(20) % 3 + 0.7), "labels is float64: labels must be "
+                                                                               "integers"),
+    (lambda: _arrays(np.zeros((20, 8, 8), np.uint8), np.arange(24) % 3), "holds 20 images but the train labels 24"),
+    (lambda: _arrays(np.zeros((20, 8, 8, 3), np.uint8)), r"looks like \[N, H, W, C\]"),
+    (lambda: _arrays(np.zeros((20, 3, 8, 8), np.uint8)), "3 channels where its DatasetInfo says 1"),
+])
+def test_a_registered_readers_arrays_are_checked_like_an_npz_files(tmp_path, make, match):
+    """A plugin's reader returning float64 pixels (all cast to 0: training on black images), int16 (1000 -> 232),
+    float labels (7.7 -> 7), more labels than images (dropped) or channels-last images (a traceback later) was taken
+    as it came (review finding): checked as an npz: file's arrays are."""
+    from nvcim.data import DatasetInfo, register_dataset
+
+    arrays = make()
+    try:
+        register_dataset(DatasetInfo("readertest", 3, 1, 8, (0.5,), (0.5,), augment=False), read=lambda _: arrays,
+                         locate=_Here())
+        if match is None:
+            ds = load_dataset("readertest", tmp_path, download=False)
+            assert ds.train.images.dtype == torch.float32
+            torch.testing.assert_close(ds.test.images[:, 0], torch.from_numpy(arrays[2]).float())
+        else:
+            with pytest.raises(ValueError, match=match) as exc:
+                load_dataset("readertest", tmp_path, download=False)
+            assert "\n" not in str(exc.value) and "readertest" in str(exc.value)
+    finally:
+        REGISTRY.pop("readertest", None)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)), "mean = .* give 1 finite value"),
+    (dict(std=(0.0,)), "std must be > 0"), (dict(num_classes=1), "num_classes = 1"),
+    (dict(image_size=0), "image_size = 0"),
+])
+def test_a_dataset_info_no_data_can_have_is_refused_at_registration(kw, match):
+    """A mean of 3 channels for 1-channel images was blamed on the model; std 0 was reported as diverged training."""
+    from nvcim.data import DatasetInfo, IdxFolder, read_idx_set, register_dataset
+
+    fields = dict(name="infotest", num_classes=10, in_channels=1, image_size=32, mean=(0.5,), std=(0.5,),
+                  augment=False) | kw
+    with pytest.raises(ValueError, match=match):
+        register_dataset(DatasetInfo(**fields), read=read_idx_set, locate=IdxFolder())
+    assert "infotest" not in DATASETS

@@ -329,3 +329,23 @@ def test_eval_knows_the_training_file_by_any_spelling_or_copy(tmp_path, monkeypa
     write(tmp_path, **arrays(n_train=200, n_test=40, shape=(16, 16), seed=1))  # the file changed
     with pytest.raises(ValueError, match="the file changed since checkpoint"):
         load_for_eval(Path("ck"), dataset="npz:./d.npz", data_root=None, split="val", limit=None)
+
+
+def test_test_images_that_are_training_images_are_pointed_out(tmp_path):
+    """x_test = x_train was accepted without a word: an inflated test accuracy (review finding)."""
+    arrs = arrays(n_train=20, n_test=6)
+    arrs["x_test"] = np.concatenate([arrs["x_train"][:2], arrs["x_test"][2:]])
+    with pytest.warns(UserWarning, match="2 of 6 test images are identical to training images"):
+        load_dataset(write(tmp_path, **arrs))
+
+
+def test_a_limit_that_keeps_one_class_of_a_sorted_test_set_is_pointed_out(tmp_path, recwarn):
+    """--limit N keeps the first N test images: a class-sorted file gave a one-class test set, silently."""
+    arrs = arrays(n_train=20, n_test=40)
+    arrs["y_test"] = np.sort(arrs["y_test"])
+    name = write(tmp_path, **arrs)
+    with pytest.warns(UserWarning, match=r"the first 10 test images \(file order\) hold 1 of the test split's 4"):
+        load_dataset(name, limit=10)
+    recwarn.clear()
+    load_dataset(name, limit=40)
+    assert not [w for w in recwarn if "file order" in str(w.message)]

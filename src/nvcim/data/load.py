@@ -12,6 +12,7 @@ without loading it into splits.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from nvcim.data.download import default_root, locate
-from nvcim.data.npz import file_sha256, is_npz_name, npz_info, npz_path, read_npz
+from nvcim.data.npz import check_images, check_labels, file_sha256, is_npz_name, npz_info, npz_path, read_npz
 from nvcim.data.registry import DATASETS, REGISTRY, DatasetInfo
 from nvcim.data.splits import DatasetSplits, Split
 
@@ -63,6 +64,33 @@ def check_dataset(name: str, root: str | os.PathLike | None = None, *, download:
     _check_known(name)
     root = Path(root).expanduser() if root is not None else default_root()
     locate(name, root, download)
+
+
+def _checked(name: str, info: DatasetInfo, xtr, ytr, xte, yte) -> tuple[np.ndarray, ...]:
+    """A registered reader's arrays as a data set is held (uint8 or float32 [N, C, H, W] images, int64 labels), checked
+    as an npz: file's are: other dtypes (float64 pixels cast to uint8 were all 0), float labels, an image count that
+    is not the label count, channels other than its DatasetInfo's (an [N, H, W, C] array) are one-line ValueErrors."""
+    where = f"dataset {name!r} (as its reader returned it)"
+    x_train = check_images(where, "the train images", np.asarray(xtr))  # [N, C, H, W]
+    x_test = check_images(where, "the test images", np.asarray(xte))  # [M, C, H, W]
+    for x, what in ((x_train, "train"), (x_test, "test")):
+        if x.shape[1] != info.in_channels:
+            raise ValueError(f"{where}: the {what} images are [N, C, H, W] = {list(x.shape)}, {x.shape[1]} channels "
+                             f"where its DatasetInfo says {info.in_channels}: return channels first (an [N, H, W, C] "
+                             "array: x.transpose(0, 3, 1, 2)) or fix in_channels")
+    y_train = check_labels(where, "the train labels", np.asarray(ytr), x_train.shape[0], "the train images")  # [N]
+    y_test = check_labels(where, "the test labels", np.asarray(yte), x_test.shape[0], "the test images")  # [M]
+    return x_train, y_train, x_test, y_test
+
+
+def _warn_few_classes(name: str, y_test: torch.Tensor, limit: int) -> None:
+    """Point out a `limit` whose first test images (file order) hold under half the test split's classes: a file
+    sorted by class gives a one-class test set, and its accuracy says little."""
+    every, kept = int(y_test.unique().numel()), int(y_test[:limit].unique().numel())
+    if limit and kept < max(2, every // 2):
+        warnings.warn(f"{name}: the first {limit} test images (file order) hold {kept} of the test split's {every} "
+                      "classes, so the test accuracy on them says little: raise the limit, or store the test images "
+                      "shuffled", stacklevel=3)
 
 
 def _to_nchw(x: np.ndarray, size: int) -> torch.Tensor:
@@ -111,7 +139,7 @@ def load_dataset(
     else:
         info = DATASETS[name]
         root = Path(root).expanduser() if root is not None else default_root()
-        xtr, ytr, xte, yte = REGISTRY[name].read(locate(name, root, download))
+        xtr, ytr, xte, yte = _checked(name, info, *REGISTRY[name].read(locate(name, root, download)))
 
     for y, what in ((ytr, "train"), (yte, "test")):
         y = np.asarray(y)
@@ -130,6 +158,7 @@ def load_dataset(
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     if limit is not None:
         train_idx, val_idx = train_idx[:limit], val_idx[:limit]
+        _warn_few_classes(name, y_test, limit)
         x_test, y_test = x_test[:limit], y_test[:limit]
     return DatasetSplits(
         info=info,

@@ -106,7 +106,7 @@ def _read_arrays(path: Path) -> tuple[dict[str, np.ndarray], str]:
     return arrays, sha
 
 
-def _check_images(path: Path, key: str, x: np.ndarray) -> np.ndarray:
+def check_images(path: Path, key: str, x: np.ndarray) -> np.ndarray:
     """uint8 or float32 ``[N, C, H, W]`` from an accepted image array, else a one-line ValueError."""
     if x.ndim not in (3, 4):
         raise ValueError(f"{path}: {key} has shape {x.shape}: images must be [N, H, W] or [N, C, H, W]")
@@ -136,7 +136,10 @@ def _check_images(path: Path, key: str, x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32, copy=False)
 
 
-def _check_labels(path: Path, key: str, y: np.ndarray, n: int, images: str) -> np.ndarray:
+_MAX_LABEL = 2**31 - 1  # far above any classifier's class count
+
+
+def check_labels(path: Path, key: str, y: np.ndarray, n: int, images: str) -> np.ndarray:
     """int64 ``[N]`` from an accepted label array, else a one-line ValueError."""
     if y.ndim != 1:
         raise ValueError(f"{path}: {key} has shape {y.shape}: labels must be [N], one integer per image")
@@ -148,8 +151,10 @@ def _check_labels(path: Path, key: str, y: np.ndarray, n: int, images: str) -> n
         raise ValueError(f"{path}: {key} is {y.dtype}: labels must be integers 0..K-1: save {key}.astype(np.int64)")
     if y.shape[0] != n:
         raise ValueError(f"{path}: {images} holds {n} images but {key} {y.shape[0]} labels: give every image one label")
-    if y.min() < 0:
+    if y.size and y.min() < 0:
         raise ValueError(f"{path}: {key} holds negative labels (min {y.min()}): labels must be 0..K-1")
+    if y.size and int(y.max()) > _MAX_LABEL:  # (uint64 labels past 2^63 would wrap to negative in int64)
+        raise ValueError(f"{path}: {key} holds label {int(y.max())}: labels must be class indices 0..K-1")
     return y.astype(np.int64)
 
 
@@ -175,6 +180,16 @@ def _warn_missing_classes(path: Path, y_train: np.ndarray, y_test: np.ndarray, n
                       f"gets {num_classes} outputs; relabel to 0..K-1 or save a classes array", stacklevel=3)
 
 
+def _warn_shared_images(path: Path, x_train: np.ndarray, x_test: np.ndarray) -> None:
+    """Point out test images identical to a training image (byte for byte): a test accuracy on them measures memory."""
+    seen = {hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in x_train}
+    shared = sum(hashlib.blake2b(row.tobytes(), digest_size=16).digest() in seen for row in x_test)
+    if shared:
+        warnings.warn(f"{path}: {shared} of {len(x_test)} test images are identical to training images, so the test "
+                      "accuracy partly measures what the model memorised: remove them from x_test (or x_train)",
+                      stacklevel=3)
+
+
 def read_npz(path: str | Path) -> NpzData:
     """Read and validate an ``npz:`` data set file (see the module docstring)."""
     path = Path(path)
@@ -187,13 +202,13 @@ def read_npz(path: str | Path) -> NpzData:
     if extra:
         raise ValueError(f"{path}: unexpected array(s) {', '.join(extra)}: nvcim reads only x_train, y_train, x_test, "
                          "y_test and classes (the val split is taken from x_train): remove them")
-    x_train = _check_images(path, "x_train", arrays["x_train"])  # [N, C, H, W]
-    x_test = _check_images(path, "x_test", arrays["x_test"])  # [M, C, H, W]
+    x_train = check_images(path, "x_train", arrays["x_train"])  # [N, C, H, W]
+    x_test = check_images(path, "x_test", arrays["x_test"])  # [M, C, H, W]
     if x_test.shape[1:] != x_train.shape[1:]:
         raise ValueError(f"{path}: x_test images are [C, H, W] = {list(x_test.shape[1:])} but x_train's are "
                          f"{list(x_train.shape[1:])}: both splits need the same channels and size")
-    y_train = _check_labels(path, "y_train", arrays["y_train"], x_train.shape[0], "x_train")  # [N]
-    y_test = _check_labels(path, "y_test", arrays["y_test"], x_test.shape[0], "x_test")  # [M]
+    y_train = check_labels(path, "y_train", arrays["y_train"], x_train.shape[0], "x_train")  # [N]
+    y_test = check_labels(path, "y_test", arrays["y_test"], x_test.shape[0], "x_test")  # [M]
     top = int(max(y_train.max(), y_test.max()))
     if "classes" in arrays:
         classes = arrays["classes"]
@@ -210,6 +225,7 @@ def read_npz(path: str | Path) -> NpzData:
     if (str(path.resolve()), sha) not in _WARNED:  # once per file: it is read several times per command
         _WARNED.add((str(path.resolve()), sha))
         _warn_missing_classes(path, y_train, y_test, num_classes, "classes" in arrays)
+        _warn_shared_images(path, x_train, x_test)
     return NpzData(x_train, y_train, x_test, y_test, num_classes, sha)
 
 

@@ -80,8 +80,26 @@ def register_dataset(info: DatasetInfo, *, read: Callable[[Any], Arrays], locate
     """Register a data set under ``info.name`` (its folder under the data root) and return its entry."""
     if not isinstance(info.name, str) or not _NAME.fullmatch(info.name):
         raise ValueError(f"dataset name {info.name!r} is invalid: use letters, digits, '_', '.' or '-'")
+    _check_info(info)
     entry = DatasetEntry(info, read, locate, tuple(Download(*d) for d in downloads))
     return REGISTRY.register(info.name, entry)  # a name taken already is a one-line ValueError
+
+
+def _check_info(info: DatasetInfo) -> None:
+    """One-line ValueErrors for a DatasetInfo no data set can have (a mean of 3 channels for 1-channel images was
+    blamed on the model; std 0 made every input infinite, reported as diverged training)."""
+    where = f"dataset {info.name!r}"
+    for field in ("num_classes", "in_channels", "image_size"):
+        v = getattr(info, field)
+        if isinstance(v, bool) or not isinstance(v, int) or v < (2 if field == "num_classes" else 1):
+            raise ValueError(f"{where}: {field} = {v!r}: give an integer >= {2 if field == 'num_classes' else 1}")
+    for field in ("mean", "std"):
+        v = tuple(getattr(info, field))
+        if len(v) != info.in_channels or not all(isinstance(m, (int, float)) and np.isfinite(m) for m in v):
+            raise ValueError(f"{where}: {field} = {v!r}: give {info.in_channels} finite value(s), one per channel "
+                             "(on the [0, 1] pixel scale)")
+    if min(info.std) <= 0:
+        raise ValueError(f"{where}: std = {tuple(info.std)!r}: every channel's std must be > 0 (1 for a constant one)")
 
 
 class _InfoView(Mapping[str, DatasetInfo]):
