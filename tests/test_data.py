@@ -8,6 +8,7 @@ import importlib.util
 import os
 import pickle
 import struct
+import shutil
 import tarfile
 import tempfile
 from dataclasses import replace
@@ -492,6 +493,46 @@ def test_failed_download_removes_only_the_folders_it_made_and_left_empty(tmp_pat
     with pytest.raises(DatasetNotFoundError, match="offline"):
         load_dataset("mnist", root)
     assert sorted(p.name for p in (root / "mnist").iterdir()) == ["ok.gz"]
+
+
+def test_a_download_never_replaces_the_users_files(tmp_path, monkeypatch):
+    """An MNIST folder holding some of the user's own IDX files (one not copied yet): every file whose MD5 was not
+    the official one was downloaded over the user's (review finding). Refused, naming the files; nothing written."""
+    src = tmp_path / "src"
+    arrays = write_mnist_folder(src, n_train=20, n_test=4, gz=True)
+    set_downloads(monkeypatch, "mnist", [("https://example.invalid/" + n + ".gz", "0" * 32, n + ".gz") for n in arrays])
+    monkeypatch.setattr(D.download, "_fetch", lambda url, dest: pytest.fail("downloaded over the user's files"))
+    mine = tmp_path / "data" / "mnist"
+    write_mnist_folder(mine, n_train=37, n_test=5, gz=True, seed=3)
+    (mine / "t10k-labels-idx1-ubyte.gz").unlink()  # not copied yet
+    before = {p.name: p.read_bytes() for p in mine.iterdir()}
+    with pytest.raises(DatasetNotFoundError, match="not the official file.*lacks t10k-labels-idx1-ubyte.gz") as e:
+        load_dataset("mnist", tmp_path / "data")
+    assert "\n" not in str(e.value)
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == before
+
+
+def test_an_archive_the_user_put_there_is_kept(tmp_path, monkeypatch):
+    """A CIFAR archive copied into <root>/cifar10/ (the official one: no download) was deleted after extraction,
+    and also when the extraction failed or was interrupted (review finding). nvcim's own download is still removed
+    once extracted."""
+    tgz, md5 = _make_cifar10_tarball(tmp_path)
+    set_downloads(monkeypatch, "cifar10", [("https://example.invalid/c.tgz", md5, "cifar-10-python.tar.gz")])
+    monkeypatch.setattr(D.download, "_fetch", lambda url, dest: pytest.fail("downloaded the user's archive again"))
+    root = tmp_path / "data"
+    (root / "cifar10").mkdir(parents=True)
+    shutil.copy(tgz, root / "cifar10" / "cifar-10-python.tar.gz")
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(tarfile.TarFile, "extractall", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            load_dataset("cifar10", root)
+    assert (root / "cifar10" / "cifar-10-python.tar.gz").is_file()
+    assert len(load_dataset("cifar10", root).test) == 3
+    assert sorted(p.name for p in (root / "cifar10").iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
 
 
 def test_check_dataset_reads_names_only_and_downloads_only_when_asked(tmp_path, monkeypatch):

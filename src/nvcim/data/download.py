@@ -131,17 +131,24 @@ def _try_download(name: str, target_dir: Path) -> None:
     try:
         target_dir.mkdir(parents=True, exist_ok=True)
         entry = REGISTRY[name]
+        have = {fname for _, _, fname in entry.downloads if (target_dir / fname).exists()}
+        other = [fname for _, md5, fname in entry.downloads if fname in have and _md5(target_dir / fname) != md5]
+        if other:  # the user's own file of that name (nvcim's downloads are renamed into place only once verified)
+            missing = ", ".join(fname for _, _, fname in entry.downloads if fname not in have)
+            lacks = f", and lacks {missing}" if missing else ""
+            raise OSError(f"{target_dir} holds {', '.join(other)}, not the official file(s) (MD5 differs), which a "
+                          f"download would replace{lacks}: complete the folder with your own files, or move yours "
+                          "away to download the official ones")
+        fetched = set()
         for url, md5, fname in entry.downloads:
-            dest = target_dir / fname
-            if dest.is_file() and _md5(dest) == md5:
-                continue
-            _download(url, md5, dest)
+            if fname not in have:
+                _download(url, md5, target_dir / fname)
+                fetched.add(fname)
         if isinstance(entry.locate, ArchiveFolder):
-            archive = target_dir / entry.downloads[0][2]
-            try:
-                _extract(archive, entry.locate.folder, target_dir)
-            finally:
-                archive.unlink(missing_ok=True)
+            archive = entry.downloads[0][2]
+            _extract(target_dir / archive, entry.locate.folder, target_dir)
+            if archive in fetched:  # nvcim's download, extracted: a copy the user put there is kept
+                (target_dir / archive).unlink(missing_ok=True)
     except BaseException:
         for d in created:
             try:
@@ -149,13 +156,6 @@ def _try_download(name: str, target_dir: Path) -> None:
             except OSError:
                 break
         raise
-
-
-def _not_found(name: str, what: str, where: Path, reason: str | None) -> DatasetNotFoundError:
-    msg = f"{name}: put {what} under {where}, or rerun with network access"
-    if reason:
-        msg += f" (download failed: {reason})"
-    return DatasetNotFoundError(" ".join(msg.split()))  # one line
 
 
 def _not_found(name: str, what: str, where: Path, reason: str | None) -> DatasetNotFoundError:
