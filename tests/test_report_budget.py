@@ -187,3 +187,36 @@ def test_the_gap_figure_knows_the_papers_gap_only_where_the_paper_has_both_metho
     want = paper_value("vgg8", "mnist", "ovf", 0.35) - paper_value("vgg8", "mnist", "noise_injection", 0.35)
     assert (a, b) == ("OVF", "noise injection") and abs(gap - want) < 1e-9 and abs(gap - 46.71) < 1e-6
     assert _paper_gaps("vgg8", "my_data", 0.35, rows) == []  # not the paper's data set: no reference
+
+
+@pytest.mark.parametrize("key,values,words", [
+    ("select", ["noisy", "last"], ["best noisy epoch kept", "last epoch kept"]),
+    ("data_seed", [0, 7], ["data seed 0", "data seed 7"]),
+    ("val_fraction", [0.1, 0.5], ["val share 0.1", "val share 0.5"]),
+    ("limit", [None, 1000], ["no limit", "limit 1000"]),
+    ("val_runs", [8, 2], ["8 validation chips", "2 validation chips"]),
+])
+def test_models_kept_by_other_selection_or_data_are_arms_of_their_own(tmp_path, key, values, words):
+    """Noise-injection models kept by --select last pooled with --select noisy ones as one arm of n = 5, averaged
+    and paired (review finding): the label named 7 recipe keys, none of the selection or data split ones."""
+    for seed in range(4):
+        d = mc_eval("noise_injection", 0.3, seed, [mc_result(0.3, [50.0 + seed, 52.0 + seed])])
+        d["checkpoint"] = f"ck/{seed}"
+        d["checkpoint_config"]["train"] = {"epochs": 3, "optimizer": "adam", "select": "noisy", "val_runs": 8,
+                                           key: values[seed % 2]}
+        write(tmp_path / f"r{seed}.json", d)
+    pts = matched_points(scan_results(tmp_path).records)
+    assert sorted(p["label"] for p in pts) == sorted(f"noise injection ({w})" for w in words)
+    assert all(p["n_seeds"] == 2 for p in pts)
+
+
+def test_settings_that_did_not_act_split_no_arm(tmp_path):
+    """Momentum under Adam, validation chips when the last epoch is kept: not the models' recipe."""
+    for seed in range(4):
+        d = mc_eval("noise_injection", 0.3, seed, [mc_result(0.3, [50.0, 52.0])])
+        d["checkpoint"] = f"ck/{seed}"
+        d["checkpoint_config"]["train"] = {"epochs": 3, "optimizer": "adam", "momentum": [0.9, 0.5][seed % 2],
+                                           "select": "last", "val_runs": [8, 2][seed % 2],
+                                           "eval_every": [1, 2][seed % 2]}
+        write(tmp_path / f"r{seed}.json", d)
+    assert {p["label"] for p in matched_points(scan_results(tmp_path).records)} == {"noise injection"}

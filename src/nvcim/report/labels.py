@@ -13,7 +13,8 @@ the paper's " (M=4 K=1)", and, where one (model, width, dataset) was scored on s
 (`--limit`), each count " (200 test images)". A sweep
 cell of a device-model axis ("device_model" in its cell) is an arm per device model: " [rram4]" (the name as
 the spec gives it) before those; results without a device model keep their labels. Models of one (model,
-dataset) trained with different recipes (a training-budget study: epochs 3 / 12 / 30) are arms per recipe,
+dataset) trained with different recipes (a training-budget study: epochs 3 / 12 / 30; another data split, checkpoint
+selection or optimiser setting, RECIPE_KEYS) are arms per recipe,
 named by what differs right after the method: "OVF (12 epochs)"; record["arm"] keeps the label without it,
 record["recipe_label"] the suffix ("12 epochs"; "" when every model of the (model, dataset) shares its
 recipe, or the record has none) and record["evaluation"] the evaluation suffix alone (" [rram4]"; "" when standard).
@@ -26,8 +27,10 @@ from typing import Any, Mapping, Sequence
 
 from nvcim.report.common import fmt_param, method_traits, sigma_key
 
-# TrainConfig fields that make a training budget / recipe (records.training_recipe reads them), in label order
-RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "schedule", "weight_decay", "augment")
+# TrainConfig fields that make a training budget / recipe (records.training_recipe reads them), in label order: the
+# budget and optimiser, then what else changes the weights a checkpoint keeps (its training data, the epoch chosen)
+RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "schedule", "weight_decay", "augment", "momentum", "amp",
+               "limit", "data_seed", "val_fraction", "select", "val_runs", "eval_every")
 _PARAM_SYMBOL = {"beta": "β", "n_variational": "N", "logit_scale": "scale", "delta_sigma": "Δσ"}
 
 
@@ -77,7 +80,15 @@ def recipe_words(key: str, value: Any) -> str:
         return str(value)
     if key == "schedule":
         return f"{value} schedule"
-    prefix = {"batch_size": "batch", "weight_decay": "wd"}.get(key, key)
+    if key == "amp":
+        return "mixed precision" if value else "float32"
+    if key == "val_runs":
+        return f"{fmt_param(value)} validation chips"
+    if key == "eval_every":
+        return f"validated every {fmt_param(value)} epochs"
+    if key == "select":
+        return f"{value} epoch kept" if value == "last" else f"best {value} epoch kept"
+    prefix = {"batch_size": "batch", "weight_decay": "wd", "val_fraction": "val share"}.get(key, key.replace("_", " "))
     return f"{prefix} {fmt_param(value) if isinstance(value, (int, float)) else value}"
 
 

@@ -53,10 +53,19 @@ HISTORY_KEYS = ("epoch", "val_clean", "val_noisy_mean", "train_loss")  # what a 
 
 
 def training_recipe(train: Any) -> dict:
-    """The RECIPE_KEYS a checkpoint's train config holds ({} when it has none: a model trained elsewhere)."""
+    """The RECIPE_KEYS a checkpoint's train config holds ({} when it has none: a model trained elsewhere), less those
+    that did not act: momentum under Adam; the validation chips and interval when the last epoch is kept (nor chips
+    when the clean one is). Models whose recipes differ are arms of their own (labels)."""
     if not isinstance(train, dict):
         return {}
-    return {k: train[k] for k in RECIPE_KEYS if k in train and isinstance(train[k], (int, float, str, type(None)))}
+    recipe = {k: train[k] for k in RECIPE_KEYS if k in train and isinstance(train[k], (int, float, str, type(None)))}
+    if recipe.get("optimizer") not in (None, "sgd"):
+        recipe.pop("momentum", None)
+    if recipe.get("select") in ("last", "clean"):
+        recipe.pop("val_runs", None)
+    if recipe.get("select") == "last":
+        recipe.pop("eval_every", None)
+    return recipe
 
 
 def training_history(metrics: Any) -> list[dict]:
