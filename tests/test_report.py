@@ -630,6 +630,34 @@ def test_failed_cells_of_an_arm_show_in_its_convergence_count(tmp_path):
     assert [r["failed_seeds"] for r in rows] == ["3 10"]
 
 
+def test_an_evaluated_model_whose_training_diverged_is_a_failed_seed(tmp_path, capsys):
+    """nvcim train diverged (exit 3; its checkpoint keeps the initial or best validated weights) and the model was
+    evaluated: its 10 % entered the arm's mean, and "diverged" appeared nowhere in the report (review finding)."""
+    root = tmp_path / "r"
+    for seed in (0, 1, 2):
+        d = mc_eval("noise_injection", 0.35, seed, [mc_result(0.35, [10.0, 11.0] if seed == 2 else [80.0, 81.0])])
+        if seed == 2:
+            d["checkpoint_config"]["metrics"] = {"status": "diverged", "diverged_reason": "non-finite loss"}
+        write(root / f"ni{seed}.json", d)
+    (p,) = matched_points(load_results(root))
+    assert p["seeds"] == [0, 1] and p["mean"] == pytest.approx(80.5) and p["failed_seeds"] == ["2"]
+    assert main(["report", str(root), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "seed 2 failed" in md
+    err = capsys.readouterr().err
+    assert "training diverged (vgg8 / mnist noise injection, seed 2) are failed seeds" in err
+
+
+def test_a_model_tested_only_off_its_training_sigma_is_a_robustness_point(tmp_path):
+    """A noise-injection model trained at 0.3 and evaluated only at 0.2 was in no table, figure or CSV, while the
+    report's intro counted it (review finding): a one-point robustness curve now."""
+    root = tmp_path / "r"
+    write(root / "ni.json", mc_eval("noise_injection", 0.3, 0, [mc_result(0.2, [70.0, 72.0])]))
+    assert main(["report", str(root), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "robustness curves" in md and "71.00" in md
+
+
 def test_censored_noise_arms_get_their_own_label_and_no_paper_value(tmp_path):
     root = tmp_path / "r"
     for seed in (0, 1):

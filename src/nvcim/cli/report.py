@@ -58,7 +58,7 @@ def run(args) -> int:
     from nvcim.io.checkpoint import is_checkpoint_dir
     from nvcim.io.files import check_output_path
     from nvcim.report import scan_results, write_report
-    from nvcim.report.flags import implausible_warning
+    from nvcim.report.flags import diverged_warning, implausible_warning
     from nvcim.writeverify import CycleModel
 
     cycle = CycleModel(args.verify_pulses, args.verify_reads, args.verify_max_iterations)  # ValueError: exit 2
@@ -75,7 +75,7 @@ def run(args) -> int:
     out = Path(args.out) if args.out else (root if root.is_dir() else root.parent) / "report"
     for path in write_report(rs, out, fmt=args.fmt, title=args.title, cycle=cycle):
         print(path)
-    flagged = implausible_warning(rs.records + rs.verify_records)  # marked * / ! in the tables
-    if flagged:
-        print(f"nvcim report: warning: {flagged}", file=sys.stderr)
+    for flagged in (implausible_warning(rs.records + rs.verify_records), diverged_warning(rs.records)):
+        if flagged:
+            print(f"nvcim report: warning: {flagged}", file=sys.stderr)
     return 0

@@ -58,8 +58,20 @@ def implausible_warning(records: Iterable[Mapping]) -> str | None:
 
     parts = []
     if below:
-        parts.append(f"{len(below)} below chance (marked {BELOW_CHANCE_MARK}: {some(below)})")
+        parts.append(f"{len(below)} below chance ({some(below)})")
     if bad:
-        parts.append(f"{len(bad)} with chips that gave non-finite logits, counted as wrong (marked {NONFINITE_MARK}: "
-                     f"{some(bad)})")
-    return f"implausible results: {', '.join(parts)}; check those models and σ values"
+        parts.append(f"{len(bad)} with chips that gave non-finite logits, counted as wrong ({some(bad)})")
+    return (f"implausible results: {', '.join(parts)}; check those models and σ values (a table's value below "
+            f"chance is marked {BELOW_CHANCE_MARK}, one with non-finite logits {NONFINITE_MARK})")
+
+
+def diverged_warning(records: Iterable[Mapping]) -> str | None:
+    """One line naming the evaluated models whose training diverged (None: there are none): they are failed seeds,
+    left out of every mean (nvcim.report.points.matched_points)."""
+    models = sorted({(r["model"], r["dataset"], r["label"], str(r["seed"])) for r in records if r.get("diverged")})
+    if not models:
+        return None
+    shown = "; ".join(f"{m} / {d} {label}, seed {s}" for m, d, label, s in models[:3])
+    more = f"; {len(models) - 3} more" if len(models) > 3 else ""
+    return (f"{len(models)} evaluated model(s) whose training diverged ({shown}{more}) are failed seeds, left out "
+            "of the means: retrain them (another seed, a lower lr) to count them")

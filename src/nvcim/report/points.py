@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import PurePath
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -28,6 +28,12 @@ from nvcim.report.labels import is_standard_evaluation
 
 _SIGMA_TOL = 1e-9
 RANKING_ORDER = {"sensitivity": 0, "magnitude": 1, "random": 2}
+
+
+def off_training_sigma(r: Mapping) -> bool:
+    """Whether a record's model belongs to its training σ (sigma_specific) and was tested at another σ (or its
+    training σ is unknown): not a matched-σ point of the paper's Fig. 3."""
+    return sigma_specific(r) and (r["train_sigma"] is None or abs(r["train_sigma"] - r["test_sigma"]) > _SIGMA_TOL)
 
 
 def _dedupe_by_model(recs: list[dict]) -> list[dict]:
@@ -87,7 +93,7 @@ def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> li
 
     ``failures`` (ResultSet.failures): failed sweep cells of a point's arm (same cell id but the seed)
     are counted in its "failed_seeds", so that a diverged training run is not silently missing from
-    the convergence count."""
+    the convergence count; so are evaluated models whose training diverged (record["diverged"])."""
     failed_by_arm: dict[str, set] = {}
     for f in failures:
         arm = _arm_of_cell(f.get("cell_id"))
@@ -95,15 +101,18 @@ def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> li
             failed_by_arm.setdefault(arm, set()).add(str(f["cell"].get("seed", f["cell_id"].rsplit("/seed", 1)[1])))
     buckets: dict[tuple, list[dict]] = {}
     for r in records:
-        if sigma_specific(r):
-            if r["train_sigma"] is None or abs(r["train_sigma"] - r["test_sigma"]) > _SIGMA_TOL:
-                continue
+        if off_training_sigma(r):  # (a robustness curve's point instead)
+            continue
         key = (*group_key(r), r["label"], r["method"], sigma_key(r["test_sigma"]))
         buckets.setdefault(key, []).append(r)
     points = []
     for key, recs in buckets.items():
         model, width, dataset, label, method, sigma = key
         models = _dedupe_by_model(recs)
+        diverged = {str(r["seed"]) if r["seed"] is not None else r["file"] for r in models if r.get("diverged")}
+        models = [r for r in models if not r.get("diverged")]  # failed seeds: named, never averaged
+        if not models:  # every model of the arm diverged: nothing to average (said by nvcim.report.flags)
+            continue
         means = [r["mean"] for r in models]
         n = len(models)
         mean = float(np.mean(means))
@@ -122,7 +131,7 @@ def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> li
                                        threshold=CONVERGENCE_THRESHOLD)
         arms = {_arm_of_cell(r["cell_id"]) for r in models} - {None}
         have = {str(r["seed"]) for r in models}
-        failed = sorted(set().union(*(failed_by_arm.get(a, set()) for a in arms)) - have, key=_natural)
+        failed = sorted((set().union(*(failed_by_arm.get(a, set()) for a in arms)) | diverged) - have, key=_natural)
         paper_arm = all(reference.is_paper_recipe(method, r["method_params"]) and is_standard_evaluation(r)
                         for r in models)
         paper = reference.paper_match(model, dataset, method, sigma) if paper_arm else None  # ablation arms: none
@@ -217,10 +226,12 @@ def verify_curves(verify_records: Sequence[dict]) -> list[dict]:
 
 
 def robustness_curves(records: Sequence[dict]) -> list[dict]:
-    """One curve per results file with ≥ 2 test σ (an `nvcim eval --curve` result): accuracy vs test σ."""
+    """One curve per results file with ≥ 2 test σ (an `nvcim eval --curve` result): accuracy vs test σ; and a
+    one-point curve per file of a model evaluated at one σ other than its training σ (in no matched-σ table: it was
+    left out of the report without a word)."""
     by_file: dict[str, list[dict]] = {}
     for r in records:
-        if r["n_test_sigmas"] >= 2:
+        if r["n_test_sigmas"] >= 2 or off_training_sigma(r):
             by_file.setdefault(r["file"], []).append(r)
     curves = []
     for f, recs in sorted(by_file.items()):

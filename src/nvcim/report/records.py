@@ -200,6 +200,9 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                 "recipe": training_recipe(ck.get("train")),  # {epochs, batch_size, ...}: the training budget
                 "recipe_label": "",  # e.g. "12 epochs" when recipes differ in the report (assign_labels)
                 "history": training_history(ck.get("metrics")),
+                # nvcim train stopped on non-finite weights or loss and kept its best validated (or initial) weights:
+                # a failed seed, as a sweep's diverged cell is (matched_points), never averaged in
+                "diverged": isinstance(ck.get("metrics"), dict) and ck["metrics"].get("status") == "diverged",
                 "bn_recalibration": recal,
                 "adc_calibration": adc_source,
                 "digital_layers": digital,
