@@ -814,3 +814,41 @@ def test_a_ci_reaching_past_0_or_100_is_shown_by_its_clipped_bounds():
     assert _half({"mean": 65.0, "ci_half": 2.5, "ci95": [62.5, 67.5]}) == " ± 2.50"
     assert _half({"mean": 99.0, "ci_half": 2.0, "ci95": [97.0, 100.0]}) == " [97.00, 100.00]"
     assert _half({"mean": 65.0, "ci_half": None, "ci95": [None, None]}) == ""
+
+
+def test_two_archives_without_weights_of_other_models_warn(tmp_path):
+    """Sweep results kept without weights (scripts/sweep_results.py save) all name cells/<id>/checkpoint, found
+    nowhere: two archives holding different models of one arm and seed compared equal by path, and one was dropped
+    without a word (review finding). Their recorded checkpoint configs tell them apart."""
+    root = tmp_path / "r"
+    for run, loss in (("a", 0.5), ("b", 0.7)):
+        d = mc_eval("ovf", 0.35, 0, [mc_result(0.35, [70.0 if run == "a" else 75.0] * 2)], cell={"id": "c"})
+        d["checkpoint"] = "cells/c/checkpoint"
+        d["checkpoint_config"]["metrics"] = {"final_train_loss": loss}
+        write(root / run / "cells/c/result.json", d)
+    warnings = []
+    scan_results(root, warn=warnings.append)
+    assert len(warnings) == 1 and "different checkpoints of the same arm" in warnings[0]
+    warnings.clear()  # one archive reported twice (a copy): one model, no warning
+    import shutil
+    shutil.rmtree(root / "b")
+    shutil.copytree(root / "a", root / "b")
+    scan_results(root, warn=warnings.append)
+    assert warnings == []
+
+
+def test_a_failed_seed_belongs_to_its_own_sweep(tmp_path):
+    """Two sweeps reported together: sweep A's failed seed 2 was also named as failed in sweep B's arm of the same
+    cell id, which never ran seed 2 (review finding)."""
+    arm = "vgg8-w1/mnist/noise_injection/s0.35"
+    for sweep, epochs, seeds in (("A", 2, (0, 1)), ("B", 3, (0, 1))):
+        for seed in seeds:
+            d = mc_eval("noise_injection", 0.35, seed, [mc_result(0.35, [80.0 + seed] * 2)],
+                        cell={"id": f"{arm}/seed{seed}"})
+            d["checkpoint_config"]["train"] = {"epochs": epochs}
+            write(tmp_path / sweep / f"cells/{arm}/seed{seed}/result.json", d)
+    write(tmp_path / "A" / f"cells/{arm}/seed2/failed.json",
+          {"kind": "sweep_cell_failed", "cell": {"id": f"{arm}/seed2", "seed": 2}, "error": "CellDiverged: nan"})
+    rs = scan_results(tmp_path)
+    failed = {p["label"]: p["failed_seeds"] for p in matched_points(rs.records, rs.failures)}
+    assert failed == {"noise injection (2 epochs)": ["2"], "noise injection (3 epochs)": []}

@@ -57,11 +57,14 @@ def _natural(name: str) -> tuple:
     return (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name)
 
 
-def _arm_of_cell(cell_id: str | None) -> str | None:
-    """A sweep cell id without its seed: ".../s0.35/seed3" -> ".../s0.35" (the arm and σ it belongs to)."""
+def _arm_of_cell(cell_id: str | None, file: str) -> tuple[str, str] | None:
+    """(the sweep directory, the cell id without its seed) of a sweep cell's file: ".../s0.35/seed3" ->
+    ".../s0.35", the arm and σ it belongs to in that sweep (another sweep's cell of that id is not of this arm)."""
     if not cell_id or "/seed" not in cell_id:
         return None
-    return cell_id.rsplit("/seed", 1)[0]
+    parts = PurePath(file).parts
+    top = len(parts) - 1 - parts[::-1].index("cells") if "cells" in parts else 0
+    return str(PurePath(*parts[:top])) if top else "", cell_id.rsplit("/seed", 1)[0]
 
 
 _TAILS = ((1.0, "p1"), (5.0, "p5"), (10.0, "p10"))
@@ -96,7 +99,7 @@ def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> li
     the convergence count; so are evaluated models whose training diverged (record["diverged"])."""
     failed_by_arm: dict[str, set] = {}
     for f in failures:
-        arm = _arm_of_cell(f.get("cell_id"))
+        arm = _arm_of_cell(f.get("cell_id"), f.get("file", ""))
         if arm is not None:
             failed_by_arm.setdefault(arm, set()).add(str(f["cell"].get("seed", f["cell_id"].rsplit("/seed", 1)[1])))
     buckets: dict[tuple, list[dict]] = {}
@@ -129,7 +132,7 @@ def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> li
         if n >= 2:
             conv = convergence_summary({_model_name(r, i): r["mean"] for i, r in enumerate(models)},
                                        threshold=CONVERGENCE_THRESHOLD)
-        arms = {_arm_of_cell(r["cell_id"]) for r in models} - {None}
+        arms = {_arm_of_cell(r["cell_id"], r["file"]) for r in models} - {None}
         have = {str(r["seed"]) for r in models}
         failed = sorted((set().union(*(failed_by_arm.get(a, set()) for a in arms)) | diverged) - have, key=_natural)
         paper_arm = all(reference.is_paper_recipe(method, r["method_params"]) and is_standard_evaluation(r)

@@ -18,6 +18,7 @@ JSON is an error naming it (or a warning with skip_bad=True).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -173,6 +174,9 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                 "file": str(path),
                 "checkpoint": rec.checkpoint,
                 "checkpoint_path": ck_path,
+                # which trained model this is, whatever its path: its checkpoint's config (metrics and history
+                # included) as the file records it; None when it records none
+                "model_print": _model_print(ck),
                 "cell_id": cell.get("id"),
                 "model": str(model or "unknown"),
                 "width": width,
@@ -387,6 +391,20 @@ def _locate_checkpoint(ckpt: Any, path: Path) -> str | None:
     return ckpt
 
 
+def _model_print(config: Any) -> str | None:
+    """A digest of a checkpoint's config as a results file records it (None: it records none)."""
+    ok = isinstance(config, dict) and config
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest() if ok else None
+
+
+def _same_model(a: Mapping, b: Mapping) -> bool:
+    """Whether two records are of one trained model: the same checkpoint path and, where both files record it, the
+    same checkpoint config (results kept without weights all name cells/<id>/checkpoint, found nowhere: the paths
+    alone called two sweeps' models one)."""
+    prints = a.get("model_print"), b.get("model_print")
+    return _same_checkpoint(a["checkpoint_path"], b["checkpoint_path"]) and (None in prints or prints[0] == prints[1])
+
+
 def _same_checkpoint(a: str | None, b: str | None) -> bool:
     if not a or not b:
         return a == b
@@ -412,7 +430,7 @@ def _model_conflicts(records: Sequence[dict]) -> list[str]:
         train = "point" if in_point else sigma_key(r["train_sigma"])
         key = (*group_key(r), r["label"], train, sigma_key(r["test_sigma"]), str(r["seed"]))
         first = seen.setdefault(key, r)
-        if first is not r and not _same_checkpoint(first["checkpoint_path"], r["checkpoint_path"]):
+        if first is not r and not _same_model(first, r):
             msgs.append(f"{first['file']} and {r['file']} hold different checkpoints of the same arm "
                         f"({r['label']}, σ_d {fmt_param(r['test_sigma'])}, seed {r['seed']}): the report keeps "
                         "one model per seed (most chips, then the last file); report them separately")
