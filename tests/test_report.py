@@ -852,3 +852,16 @@ def test_a_failed_seed_belongs_to_its_own_sweep(tmp_path):
     rs = scan_results(tmp_path)
     failed = {p["label"]: p["failed_seeds"] for p in matched_points(rs.records, rs.failures)}
     assert failed == {"noise injection (2 epochs)": ["2"], "noise injection (3 epochs)": []}
+
+
+def test_a_users_figure_file_stops_the_report_before_any_file_is_written(tmp_path, capsys):
+    """A user's file where the convergence figure goes: the accuracy, EKL and distribution figures had already been
+    written beside an older report.md (review finding). Every figure is rendered and checked first."""
+    make_sweep(tmp_path / "sweep")
+    out = tmp_path / "out"
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "convergence_vgg8_1.0_mnist.png").write_text("my notes")
+    assert main(["report", str(tmp_path / "sweep"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "convergence_vgg8_1.0_mnist.png" in err[0], err
+    assert sorted(p.name for p in out.rglob("*")) == ["convergence_vgg8_1.0_mnist.png", "figures"]

@@ -35,7 +35,7 @@ def pyplot():
 
 
 class Figures:
-    """Renders each figure once as PNG bytes (for the HTML) and writes it in the requested format."""
+    """Renders each figure once as PNG bytes (for the HTML) and in the requested format; `write` writes them all."""
 
     def __init__(self, out: Path, fmt: str):
         self.out, self.fmt, self.items = out, fmt, []
@@ -53,9 +53,13 @@ class Figures:
             fig.savefig(buf2, format=self.fmt, bbox_inches="tight")
             data = buf2.getvalue()
         self.plt.close(fig)
-        check_own(path)  # a file of the user's there is refused, never overwritten
-        atomic_write_bytes(path, data)
-        self.items.append({"path": path, "png": png, "caption": caption, "name": name})
+        check_own(path)  # a file of the user's there is refused, never overwritten (and nothing else written)
+        self.items.append({"path": path, "png": png, "caption": caption, "name": name, "data": data})
+
+    def write(self) -> list[Path]:
+        """Write every figure rendered (once all are: a report refused part-way leaves no new figure beside an older
+        report); the paths written."""
+        return [atomic_write_bytes(it["path"], it["data"]) for it in self.items]
 
 
 def label_colours(labels_methods: Iterable[tuple[str, str]]) -> dict[str, Any]:

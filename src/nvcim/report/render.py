@@ -141,7 +141,7 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None,
     """Write figures (out/figures/*.fmt), report.md, report.html, summary.csv, seeds.csv and paired.csv (and
     write_verify.csv with write-verify results, their cost under `cycle`, default CycleModel()); return the
     paths written. An existing file is replaced only when nvcim report wrote it (`nvcim.report.owned`): else a
-    one-line ValueError, before anything is written (a figure's: before that figure)."""
+    one-line ValueError, before anything is written (figures included: they are rendered, then written)."""
     cycle = cycle or CycleModel()
     if fmt not in FIGURE_FORMATS:
         raise ValueError(f"figure format {fmt!r} is not supported: use one of {list(FIGURE_FORMATS)}")
@@ -267,7 +267,7 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None,
         h.append(_html_table(paper_ekl))
     h += ["</body>", "</html>", ""]
 
-    written = [it["path"] for it in F.items]
+    written = F.write()  # every figure checked and rendered: now the files, figures first
     written.append(atomic_write_bytes(out / "report.md", md_text.encode("utf-8")))
     written.append(atomic_write_bytes(out / "report.html", "\n".join(h).encode("utf-8")))
     written.append(atomic_write_bytes(out / "summary.csv", _summary_csv(points)))
