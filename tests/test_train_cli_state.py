@@ -92,3 +92,19 @@ def test_cli_removes_the_state_a_kill_left_after_the_checkpoint(tmp_path, capsys
         rc, err = run_cli_err([*CLI_ARGV, "run", *extra], capsys)
         assert rc == 2 and (tmp_path / "run.train-state" / RECORD_FILE).is_file() and "removed" not in " ".join(err)
         shutil.rmtree(tmp_path / "run.train-state")
+
+
+def test_the_state_path_of_dot_and_a_trailing_slash(tmp_path, monkeypatch):
+    """--out . failed with "PosixPath('.') has an empty name"; with --out k/ an interrupt's message left out where
+    the state is kept (it looked for k/.train-state, the state is k.train-state) (review finding)."""
+    import argparse
+
+    from nvcim.cli import _resume_hint
+    from nvcim.cli.train import train_state_path
+
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    assert train_state_path(".") == tmp_path.resolve() / "here.train-state"
+    assert train_state_path("k/") == train_state_path("k") == type(tmp_path)("k.train-state")
+    (tmp_path / "here" / "k.train-state").mkdir()
+    assert "kept in k.train-state/" in _resume_hint(argparse.Namespace(command="train", out="k/"))

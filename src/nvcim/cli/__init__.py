@@ -64,10 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _resume_hint(args) -> str:
     """What an interrupted command kept and how to go on (one clause; empty when it kept nothing)."""
+    from nvcim.cli.train import train_state_path
+
     out = getattr(args, "out", None)
-    if args.command == "train" and out and Path(f"{out}.train-state").is_dir():
-        return (f"; its state after the last finished epoch is kept in {out}.train-state/: the same command resumes "
-                "from there")
+    if args.command == "train" and out and train_state_path(out).is_dir():
+        return (f"; its state after the last finished epoch is kept in {train_state_path(out)}/: the same command "
+                "resumes from there")
     if args.command == "sweep":
         return ("; finished cells are kept, and a cell that was training keeps its last finished epoch: the same "
                 "command resumes")

@@ -357,6 +357,8 @@ def train_state_path(out):
     from pathlib import Path
 
     out = Path(out)
+    if out.name in ("", ".", ".."):  # --out . (or ..): the directory's own name
+        out = out.resolve()
     return out.with_name(out.name + ".train-state")
 
 
