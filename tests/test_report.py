@@ -865,3 +865,21 @@ def test_a_users_figure_file_stops_the_report_before_any_file_is_written(tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "convergence_vgg8_1.0_mnist.png" in err[0], err
     assert sorted(p.name for p in out.rglob("*")) == ["convergence_vgg8_1.0_mnist.png", "figures"]
+
+
+def test_the_papers_value_is_shown_with_every_setting_that_differs(tmp_path):
+    """The paper's full-width, 200-epoch value beside a ¼-width, 3-epoch arm said only "MNIST 5k subset", and the
+    report never named the device it scored on (review finding)."""
+    root = tmp_path / "r"
+    for seed in (0, 1):
+        d = mc_eval("ovf", 0.35, seed, [mc_result(0.35, [70.0, 71.0])], dataset="mnist5k")
+        d["checkpoint_config"]["model"]["width"] = 0.25
+        d["checkpoint_config"]["device"]["device_bits"] = 2
+        d["checkpoint_config"]["train"] = {"epochs": 3}
+        d["device_config"] = {"sigma": 0.35, "weight_bits": 8, "device_bits": 2}
+        write(root / f"s{seed}.json", d)
+    (p,) = matched_points(load_results(root))
+    assert p["paper"] is not None and "width 0.25 (paper: 1)" in p["paper_note"]
+    assert "3 epochs (paper: 200)" in p["paper_note"]
+    assert main(["report", str(root), "--out", str(tmp_path / "out")]) == 0
+    assert "Devices: M=8 K=2" in (tmp_path / "out" / "report.md").read_text(encoding="utf-8")

@@ -36,6 +36,20 @@ def off_training_sigma(r: Mapping) -> bool:
     return sigma_specific(r) and (r["train_sigma"] is None or abs(r["train_sigma"] - r["test_sigma"]) > _SIGMA_TOL)
 
 
+PAPER_EPOCHS = 200  # the paper's training budget (SPEC §5, reference training recipe), at width 1
+
+
+def _setting_note(paper: dict, width, models: list[dict]) -> str:
+    """How an arm's setting differs from the paper's published one: its data set note, the width, the epochs."""
+    notes = [paper["note"]] if paper.get("note") else []
+    if width not in (None, 1, 1.0):
+        notes.append(f"width {fmt_param(width)} (paper: 1)")
+    epochs = sorted({r["recipe"].get("epochs") for r in models if r.get("recipe", {}).get("epochs") is not None})
+    if epochs and epochs != [PAPER_EPOCHS]:
+        notes.append(f"{'/'.join(fmt_param(e) for e in epochs)} epochs (paper: {PAPER_EPOCHS})")
+    return ", ".join(notes)
+
+
 def _dedupe_by_model(recs: list[dict]) -> list[dict]:
     """One record per trained model (seed, or checkpoint when the seed is unknown): most runs, then last file."""
     best: dict[Any, dict] = {}
@@ -166,7 +180,7 @@ def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> li
                 "paper_arm": paper_arm,
                 "paper": paper["value"] if paper else None,
                 "paper_diff": mean - paper["value"] if paper else None,
-                "paper_note": paper["note"] if paper else "",
+                "paper_note": _setting_note(paper, width, models) if paper else "",
             }
         )
     points.sort(key=lambda p: ((p["model"], str(p["width"]), p["dataset"]),
