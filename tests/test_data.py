@@ -26,6 +26,7 @@ from nvcim.data import (
     load_dataset,
     read_cifar10,
     read_cifar100,
+    read_cifar_batch,
     read_idx_images,
     read_idx_labels,
     read_tiny_imagenet,
@@ -207,6 +208,36 @@ def test_malicious_pickle_refused(tmp_path, monkeypatch):
         f.write(b"cbuiltins\neval\n(S'1+1'\ntR.")
     with pytest.raises(pickle.UnpicklingError):
         read_cifar100(folder)
+
+
+def test_a_damaged_cifar_batch_is_one_error_never_a_crash(tmp_path):
+    """One changed byte in a batch's dtype state made numpy's own unpickling segfault the process (exit 139, no
+    message); other damage gave tracebacks (review finding). Every single-byte change of the pickle's header (its
+    structure, the arrays' dtypes and shapes) now reads or raises a ValueError."""
+    write_cifar_batch(tmp_path / "b", np.zeros((2, 3072), np.uint8), [1, 2])
+    raw = (tmp_path / "b").read_bytes()
+    header = raw.index(b"data") + 400  # past the data array's header: its pixel bytes follow
+    for pos in range(min(header, len(raw))):
+        for value in (0x00, 0x71, 0xFF):
+            changed = bytearray(raw)
+            changed[pos] = value
+            (tmp_path / "x").write_bytes(bytes(changed))
+            try:
+                read_cifar_batch(tmp_path / "x")
+            except ValueError:
+                pass
+
+
+@pytest.mark.parametrize("data,labels,match", [
+    (np.full((2, 3072), 300, np.int64), [1, 2], "data of int64"),  # 300 became 44
+    (np.zeros((2, 3072), np.uint8), np.array([1.9, 3.0]), "not an integer type"),  # 1.9 became 1
+])
+def test_a_cifar_batch_of_other_dtypes_is_refused_not_cast(tmp_path, data, labels, match):
+    d = {b"data": data, b"labels": labels}
+    with open(tmp_path / "b", "wb") as f:
+        pickle.dump(d, f, protocol=2)
+    with pytest.raises(ValueError, match=match):
+        read_cifar_batch(tmp_path / "b")
 
 
 # ---------------------------------------------------------------------------- Tiny ImageNet

@@ -1,7 +1,8 @@
 """CIFAR-10 / CIFAR-100 reader: the python pickle batches, read with a restricted unpickler.
 
-The unpickler rebuilds numpy arrays, builtin containers, bytes and ints only: a data file can never
-make it execute code (anything else is refused with :class:`UnsafeDataFileError`).
+The unpickler rebuilds builtin containers, bytes and ints, and integer numpy arrays from their raw bytes (numpy
+itself never unpickles anything): a data file can never make it execute code, nor hand numpy a malformed state
+(anything else is refused with :class:`UnsafeDataFileError`).
 """
 
 from __future__ import annotations
@@ -14,28 +15,47 @@ from pathlib import Path
 import numpy as np
 
 
-def _numpy_reconstruct():
-    try:
-        from numpy._core.multiarray import _reconstruct  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import _reconstruct
-    return _reconstruct
+class _Stub:
+    """Stands in for numpy's dtype / ndarray while unpickling: records its arguments and the state pickle hands to
+    it, so that numpy never sees a file's state (numpy's own __setstate__ crashed the process on one changed byte)."""
+
+    def __init__(self, *args):
+        self.args, self.state = args, None
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+class _Dtype(_Stub):
+    pass
+
+
+class _Array(_Stub):
+    pass
+
+
+class _NdarrayClass:  # what the pickle names as numpy.ndarray: only an argument of _reconstruct
+    pass
+
+
+def _reconstruct(cls, shape, typecode):
+    return _Array(cls, shape, typecode)
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that can only rebuild numpy arrays (plus builtin containers/bytes/ints).
+    """Unpickler that rebuilds numpy arrays (as stubs: `_array`), builtin containers, bytes and ints only.
 
-    Allowed globals: numpy's ``_reconstruct`` (numpy.core / numpy._core), ``numpy.ndarray``,
-    ``numpy.dtype`` and ``_codecs.encode``; anything else raises ``pickle.UnpicklingError``.
+    Allowed globals: numpy's ``_reconstruct`` (numpy.core / numpy._core), ``numpy.ndarray``, ``numpy.dtype`` and
+    ``_codecs.encode``; anything else raises ``pickle.UnpicklingError``.
     """
 
     def find_class(self, module: str, name: str):
         if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-            return _numpy_reconstruct()
+            return _reconstruct
         if module == "numpy" and name == "ndarray":
-            return np.ndarray
+            return _NdarrayClass
         if module == "numpy" and name == "dtype":
-            return np.dtype
+            return _Dtype
         if module == "_codecs" and name == "encode":
             # protocol-2 pickles written by Python 3 store bytes (the array buffer) as
             # _codecs.encode(str, "latin1"): a pure function, needed to rebuild the array
@@ -47,16 +67,41 @@ class UnsafeDataFileError(pickle.UnpicklingError, ValueError):
     """A data file the restricted unpickler refuses or cannot read (a ValueError: the CLI reports it in one line)."""
 
 
+_INTEGER_CODES = {"u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8"}  # the dtypes a data file's array may have
+
+
+def _array(stub: _Array) -> np.ndarray:
+    """The array a stub describes, built from its raw bytes with a checked integer dtype and shape (ValueError when
+    the state is not an array numpy pickled: version 1, shape, dtype, Fortran order, bytes)."""
+    state = stub.state
+    if not (isinstance(state, tuple) and len(state) == 5 and state[0] == 1 and stub.args[0] is _NdarrayClass):
+        raise ValueError("an array of another form than numpy's")
+    _, shape, dtype, fortran, raw = state
+    if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
+        raise ValueError(f"an array of shape {shape!r}")
+    if not (isinstance(dtype, _Dtype) and dtype.args and dtype.args[0] in _INTEGER_CODES
+            and isinstance(dtype.state, tuple) and len(dtype.state) > 1 and dtype.state[1] in ("<", ">", "|")):
+        raise ValueError("an array whose dtype is not an integer type")
+    order = dtype.state[1] if dtype.state[1] != "|" else "="
+    np_dtype = np.dtype(dtype.args[0]).newbyteorder(order)
+    if not isinstance(raw, (bytes, bytearray)) or len(raw) != int(np.prod(shape)) * np_dtype.itemsize:
+        raise ValueError(f"an array of shape {shape} whose data holds another number of bytes")
+    return np.frombuffer(raw, dtype=np_dtype).reshape(shape, order="F" if fortran else "C").astype(np_dtype.newbyteorder("="))
+
+
 def _safe_unpickle(path: Path) -> dict:
     with open(path, "rb") as f:
         try:
             obj = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+            if not isinstance(obj, dict):
+                raise ValueError(f"a pickled {type(obj).__name__}, not a dict")
+            return {k: _array(v) if isinstance(v, _Array) else v for k, v in obj.items()}
         except (pickle.UnpicklingError, EOFError) as exc:  # refused, or truncated
             raise UnsafeDataFileError(f"{path}: {str(exc) or 'truncated'}: delete the file and download the data set "
                                       "again") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
-    return obj
+        except Exception as exc:  # a damaged file: any other error of unpickling or of its arrays' form
+            raise UnsafeDataFileError(f"{path}: damaged ({type(exc).__name__}: {str(exc)[:120]}): delete the file and "
+                                      "download the data set again") from None
 
 
 def read_cifar_batch(path: str | os.PathLike, label_key: bytes = b"labels") -> tuple[np.ndarray, np.ndarray]:
@@ -65,8 +110,11 @@ def read_cifar_batch(path: str | os.PathLike, label_key: bytes = b"labels") -> t
     d = _safe_unpickle(path)
     if b"data" not in d or label_key not in d:
         raise ValueError(f"{path}: missing key b'data' or {label_key!r} (keys: {sorted(d)})")
-    data = np.asarray(d[b"data"], dtype=np.uint8)  # [N, 3072]
-    labels = np.asarray(d[label_key], dtype=np.int64)  # [N]
+    data, labels = d[b"data"], np.asarray(d[label_key])  # uint8 [N, 3072], integers [N]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or labels.dtype.kind not in "iu":
+        raise ValueError(f"{path}: data of {getattr(data, 'dtype', type(data).__name__)} / labels of {labels.dtype}: "
+                         "not the CIFAR layout (uint8 pixels, integer labels): delete the file and download it again")
+    labels = labels.astype(np.int64)  # [N]
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != labels.shape[0]:
         raise ValueError(f"{path}: data {data.shape} / labels {labels.shape} do not match the CIFAR layout")
     return data.reshape(-1, 3, 32, 32), labels  # [N, 3, 32, 32], [N]
