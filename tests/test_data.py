@@ -286,6 +286,47 @@ def test_tiny_imagenet_reader_and_cache(tmp_path):
         read_tiny_imagenet(folder)
 
 
+def _tiny_folder(root: Path, sep: str = "\t") -> Path:
+    Image = pytest.importorskip("PIL.Image")
+    folder = root / "tiny_imagenet" / "tiny-imagenet-200"
+    for w, colour in (("n01", (255, 0, 0)), ("n02", (0, 0, 255))):
+        (folder / "train" / w / "images").mkdir(parents=True)
+        Image.new("RGB", (64, 64), colour).save(folder / "train" / w / "images" / f"{w}_0.JPEG")
+    (folder / "wnids.txt").write_text("n01\nn02\n")
+    (folder / "val" / "images").mkdir(parents=True)
+    for i in (0, 1):
+        Image.new("RGB", (64, 64), (0, 255, 0)).save(folder / "val" / "images" / f"val_{i}.JPEG")
+    (folder / "val" / "val_annotations.txt").write_text(f"val_0.JPEG{sep}n01{sep}0\nval_1.JPEG{sep}n02{sep}0\n")
+    return folder
+
+
+def test_tiny_imagenet_cache_follows_its_files(tmp_path):
+    """The decoded cache was reused after val_annotations.txt was edited or the folder replaced (old labels and
+    images), and a damaged cache was a BadZipFile traceback (review finding)."""
+    folder = _tiny_folder(tmp_path)
+    assert read_tiny_imagenet(folder)[3].tolist() == [0, 1]
+    import os
+    notes = folder / "val" / "val_annotations.txt"
+    notes.write_text("val_0.JPEG\tn02\t0\nval_1.JPEG\tn01\t0\n")
+    os.utime(notes, ns=(1, 1))  # (another size or time than the first file: here both)
+    assert read_tiny_imagenet(folder)[3].tolist() == [1, 0]
+    cache = folder.parent / "tiny-imagenet-200.npz"
+    cache.write_bytes(cache.read_bytes()[:500])  # truncated
+    with pytest.warns(RuntimeWarning, match="cannot be read"):
+        assert read_tiny_imagenet(folder)[3].tolist() == [1, 0]
+
+
+def test_tiny_imagenet_annotations_are_read_whole_or_refused(tmp_path):
+    """Lines without a tab were dropped silently; with every line so, "empty test split: raise limit" came, and the
+    empty result was cached (review finding). Whitespace-separated lines are read; a line naming no wnid is refused
+    with its number."""
+    folder = _tiny_folder(tmp_path / "a", sep=" ")
+    assert read_tiny_imagenet(folder)[3].tolist() == [0, 1]
+    (folder / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn01\nval_1.JPEG\n")
+    with pytest.raises(ValueError, match="line 2 .* names no image and wnid"):
+        read_tiny_imagenet(folder)
+
+
 # ---------------------------------------------------------------------------- real data
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import warnings
@@ -23,39 +24,93 @@ def _decode_jpegs(paths: list[Path], size: int = 64) -> np.ndarray:
     return out
 
 
-_TINY_CACHE_FORMAT = 1  # bump when the decoding changes: older caches are then decoded again
+_TINY_CACHE_FORMAT = 2  # bump when the decoding changes: older caches are then decoded again (2: source recorded)
+_IMAGE_SUFFIXES = {".jpeg", ".jpg"}
+
+
+def _images(d: Path) -> list[Path]:
+    """The JPEG files of a folder (any case of .JPEG / .jpg), sorted by name."""
+    return sorted(p for p in d.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES) if d.is_dir() else []
+
+
+def _source_print(folder: Path) -> str | None:
+    """What the decoded arrays were made from: names, sizes and modification times of wnids.txt,
+    val_annotations.txt and every image (a cache of other files is decoded again; ~1 s for the 110,000 files).
+    None when the folder holds no image (deleted once decoded, to save space): its cache is all there is."""
+    h = hashlib.sha256()
+    images = []
+    for d in sorted((folder / "train").iterdir()) if (folder / "train").is_dir() else []:
+        images += _images(d / "images")
+    images += _images(folder / "val" / "images")
+    if not images:
+        return None
+    files = [f for f in (folder / "wnids.txt", folder / "val" / "val_annotations.txt") if f.is_file()] + images
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _cached(cache_path: Path, source: str | None) -> tuple[np.ndarray, ...] | None:
+    """The arrays of a cache made from `source` by this decoding (any source when there is None: no image left to
+    decode), else None (absent, stale, or unreadable)."""
+    if not cache_path.is_file():
+        return None
+    try:
+        with np.load(cache_path, allow_pickle=False) as z:
+            fresh = source is None or ("source" in z and str(z["source"]) == source)
+            if "format" in z and int(z["format"]) == _TINY_CACHE_FORMAT and fresh:
+                return z["x_train"], z["y_train"], z["x_test"], z["y_test"], z["wnids"]
+    except Exception as exc:  # a damaged cache (truncated, not a zip): decoded again and replaced
+        warnings.warn(f"{cache_path} cannot be read ({type(exc).__name__}): decoding the images again",
+                      RuntimeWarning, stacklevel=3)
+    return None
+
+
+def _annotations(folder: Path, cls: dict[str, int]) -> tuple[list[Path], list[int]]:
+    """(image paths, labels) of val/val_annotations.txt: every non-blank line names a file and its wnid."""
+    path = folder / "val" / "val_annotations.txt"
+    paths, labels = [], []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split("\t") if "\t" in line else line.split()
+        if not line.strip():
+            continue
+        if len(fields) < 2 or not fields[0].strip():
+            raise ValueError(f"{path}: line {i} ({line[:60]!r}) names no image and wnid: each line is FILE<tab>WNID ...")
+        if fields[1].strip() not in cls:
+            raise ValueError(f"{path}: line {i} names unknown wnid {fields[1]!r} (not in wnids.txt)")
+        paths.append(folder / "val" / "images" / fields[0].strip())
+        labels.append(cls[fields[1].strip()])
+    if not paths:
+        raise ValueError(f"{path} names no image: the test split would be empty")
+    return paths, labels
 
 
 def read_tiny_imagenet(folder: str | os.PathLike, *, cache: bool = True) -> tuple[np.ndarray, ...]:
     """``tiny-imagenet-200/``: (x_train [N,3,64,64], y_train, x_test, y_test, wnids).
 
     Classes are the sorted wnids of ``wnids.txt``; the official val split is returned as test.
-    With ``cache`` the decoded arrays are stored as ``<folder>.npz`` (atomic write) and reused.
+    With ``cache`` the decoded arrays are stored as ``<folder>.npz`` (atomic write) with what they were decoded from
+    (`_source_print`), and reused while the folder holds the same files.
     """
     folder = Path(folder)
     cache_path = folder.parent / (folder.name + ".npz")
-    if cache and cache_path.is_file():
-        with np.load(cache_path, allow_pickle=False) as z:
-            if "format" in z and int(z["format"]) == _TINY_CACHE_FORMAT:  # else written by another reader: decode again
-                return z["x_train"], z["y_train"], z["x_test"], z["y_test"], z["wnids"]
+    source = _source_print(folder)
+    found = _cached(cache_path, source) if cache else None
+    if found is not None:
+        return found
     wnids = sorted(w.strip() for w in (folder / "wnids.txt").read_text().split() if w.strip())
+    if len(set(wnids)) != len(wnids):
+        raise ValueError(f"{folder / 'wnids.txt'} names a wnid twice: give each class once")
     cls = {w: i for i, w in enumerate(wnids)}
     train_paths, train_labels = [], []
     for w in wnids:
-        imgs = sorted((folder / "train" / w / "images").glob("*.JPEG"))
+        imgs = _images(folder / "train" / w / "images")
         if not imgs:
             raise ValueError(f"{folder}: no training images in train/{w}/images")
         train_paths += imgs
         train_labels += [cls[w]] * len(imgs)
-    test_paths, test_labels = [], []
-    for line in (folder / "val" / "val_annotations.txt").read_text().splitlines():
-        fields = line.split("\t")
-        if len(fields) < 2:
-            continue
-        if fields[1] not in cls:
-            raise ValueError(f"{folder}: val_annotations.txt names unknown wnid {fields[1]!r}")
-        test_paths.append(folder / "val" / "images" / fields[0])
-        test_labels.append(cls[fields[1]])
+    test_paths, test_labels = _annotations(folder, cls)
     xtr = _decode_jpegs(train_paths)  # [N, 3, 64, 64]
     xte = _decode_jpegs(test_paths)  # [M, 3, 64, 64]
     ytr = np.asarray(train_labels, dtype=np.int64)  # [N]
@@ -63,7 +118,7 @@ def read_tiny_imagenet(folder: str | os.PathLike, *, cache: bool = True) -> tupl
     wn = np.asarray(wnids)
     if cache:
         _write_cache(cache_path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, wnids=wn,
-                     format=np.asarray(_TINY_CACHE_FORMAT))
+                     format=np.asarray(_TINY_CACHE_FORMAT), source=np.asarray(source or ""))
     return xtr, ytr, xte, yte, wn
 
 
