@@ -823,3 +823,27 @@ def test_a_dataset_info_no_data_can_have_is_refused_at_registration(kw, match):
     with pytest.raises(ValueError, match=match):
         register_dataset(DatasetInfo(**fields), read=read_idx_set, locate=IdxFolder())
     assert "infotest" not in DATASETS
+
+
+def test_idx_and_resolution_errors_name_the_files_and_a_fix(tmp_path):
+    """"train: 30 images but 29 labels" named no file; "images are 40x40, larger than the model resolution 32"
+    no data set nor fix (review finding)."""
+    import gzip
+
+    folder = tmp_path / "mnist"
+    write_mnist_folder(folder, n_train=30, n_test=4)
+    labels = gzip.open(folder / "train-labels-idx1-ubyte.gz").read()
+    with gzip.open(folder / "train-labels-idx1-ubyte.gz", "wb") as f:  # 29 labels
+        f.write(labels[:4] + (29).to_bytes(4, "big") + labels[8:-1])
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.gz holds 30 images but .*train-labels-idx1-ubyte"
+                                         r".gz 29 labels: .*replace them"):
+        load_dataset("mnist", tmp_path, download=False)
+    from nvcim.data import DatasetInfo, register_dataset
+
+    try:
+        register_dataset(DatasetInfo("bigtest", 3, 1, 32, (0.5,), (0.5,), augment=False),
+                         read=lambda _: _arrays(np.zeros((20, 40, 40), np.uint8)), locate=_Here())
+        with pytest.raises(ValueError, match="bigtest: images are 40x40, larger than its model resolution 32x32"):
+            load_dataset("bigtest", tmp_path, download=False)
+    finally:
+        REGISTRY.pop("bigtest", None)

@@ -95,7 +95,9 @@ def read_idx_set(files: dict[str, Path]) -> tuple[np.ndarray, ...]:
     yte = read_idx_labels(files["t10k-labels-idx1-ubyte"])  # [M]
     for x, y, what in ((xtr, ytr, "train"), (xte, yte, "t10k")):
         if x.shape[0] != y.shape[0]:
-            raise ValueError(f"{what}: {x.shape[0]} images but {y.shape[0]} labels")
+            raise ValueError(f"{files[f'{what}-images-idx3-ubyte']} holds {x.shape[0]} images but "
+                             f"{files[f'{what}-labels-idx1-ubyte']} {y.shape[0]} labels: the two files are not of one "
+                             "set; replace them with a matching pair")
     return xtr, ytr, xte, yte
 
 

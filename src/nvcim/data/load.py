@@ -93,7 +93,7 @@ def _warn_few_classes(name: str, y_test: torch.Tensor, limit: int) -> None:
                       "shuffled", stacklevel=3)
 
 
-def _to_nchw(x: np.ndarray, size: int) -> torch.Tensor:
+def _to_nchw(x: np.ndarray, size: int, name: str) -> torch.Tensor:
     """uint8 or float32 [N, H, W] or [N, C, H, W] -> [N, C, size, size] (same dtype), zero-padded centred if smaller."""
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32 if x.dtype == np.float32 else np.uint8))
     if t.dim() == 3:
@@ -101,7 +101,8 @@ def _to_nchw(x: np.ndarray, size: int) -> torch.Tensor:
     h, w = t.shape[-2:]
     if (h, w) != (size, size):
         if h > size or w > size:
-            raise ValueError(f"images are {h}x{w}, larger than the model resolution {size}")
+            raise ValueError(f"{name}: images are {h}x{w}, larger than its model resolution {size}x{size} "
+                             "(DatasetInfo.image_size): resize the images or register the data set at their size")
         top, left = (size - h) // 2, (size - w) // 2
         t = F.pad(t, (left, size - w - left, top, size - h - top))  # [N, C, size, size]
     return t.contiguous()
@@ -147,9 +148,9 @@ def load_dataset(
             raise ValueError(
                 f"{name}: {what} labels span {y.min()}..{y.max()}, outside 0..{info.num_classes - 1}; the files are not {name}'s"
             )
-    x_train = _to_nchw(xtr, info.image_size)  # uint8 | float32 [N, C, S, S]
+    x_train = _to_nchw(xtr, info.image_size, name)  # uint8 | float32 [N, C, S, S]
     y_train = torch.from_numpy(np.asarray(ytr, dtype=np.int64))  # [N]
-    x_test = _to_nchw(xte, info.image_size)  # uint8 | float32 [M, C, S, S]
+    x_test = _to_nchw(xte, info.image_size, name)  # uint8 | float32 [M, C, S, S]
     y_test = torch.from_numpy(np.asarray(yte, dtype=np.int64))  # [M]
 
     n = x_train.shape[0]
