@@ -342,6 +342,23 @@ def test_resuming_with_other_threads_warns(tmp_path, monkeypatch):
         train(cfg.replace(num_threads=2), state_dir=state)
 
 
+def test_resuming_under_other_code_warns(tmp_path, monkeypatch):
+    """A state written before nvcim, a plugin or torch changed resumed without a word (review suspicion): the
+    epochs after the resume ran under other code than those before."""
+    import warnings
+
+    import nvcim.evaluate.partial as partial
+
+    cfg, state = interrupted_state(tmp_path, monkeypatch)
+    monkeypatch.setattr(partial, "code_fingerprint", lambda: "edited code")
+    with pytest.warns(UserWarning, match="its epochs ran under other code"):
+        train(cfg, state_dir=state)
+    cfg, state = interrupted_state(tmp_path / "again", monkeypatch)  # written under "edited code": resumed alike
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(cfg, state_dir=state)
+
+
 def sweep_spec(tmp_path, method="vanilla", epochs=3):
     from nvcim.sweep import load_spec
 

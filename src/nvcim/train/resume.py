@@ -57,8 +57,11 @@ def check_resumable(state, cfg: TrainConfig, splits, path: Path) -> None:
 
 def run_record(dev: torch.device, amp: bool) -> dict:
     """Where this run's epochs run: a resumed part must run on the same kind of device, with the same precision."""
+    from nvcim.evaluate.partial import code_fingerprint
+
     return {"device_type": dev.type, "amp": bool(amp), "threads": torch.get_num_threads(),
-            "cuda_devices": torch.cuda.device_count() if dev.type == "cuda" else 0}
+            "cuda_devices": torch.cuda.device_count() if dev.type == "cuda" else 0,
+            "code": code_fingerprint()}  # nvcim's sources, the plugins, torch: a resume under other code is said
 
 
 def check_same_run(have: dict, now: dict, path: Path) -> None:
@@ -74,6 +77,13 @@ def check_same_run(have: dict, now: dict, path: Path) -> None:
                               f"{FRESH_START}")
 
 def warn_other_threads(have: dict, now: dict, path: Path) -> None:
+    """Warn when the finished epochs ran with another number of threads, or under other code (an edited or updated
+    nvcim, its plugins, another torch: recorded since states hold "code"): the run may differ from an uninterrupted
+    one."""
+    if have.get("code") and have.get("code") != now.get("code"):
+        warnings.warn(f"training state {path}: its epochs ran under other code (nvcim's sources, its plugins or torch "
+                      "changed since): the resumed run may differ from an uninterrupted one; start afresh (delete "
+                      "the state) to train all epochs under this code")
     if have["threads"] != now["threads"]:
         warnings.warn(f"training state {path}: its epochs ran with {have['threads']} torch threads, this part with "
                       f"{now['threads']}: CPU float results depend on the thread count, so the weights may differ in "
