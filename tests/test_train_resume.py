@@ -435,3 +435,14 @@ def test_dry_run_progress_names_scored_candidates_and_saved_epochs(tmp_path):
     tensors.write_bytes(tensors.read_bytes()[:300])  # truncated: the run would train it from the start
     assert partial_progress(tmp_path, cell) == (f"β 1 of 3 scored; β {fmt_beta(1e-3)} training state damaged: trained "
                                                 "from the start")
+
+
+def test_a_log_file_gets_progress_lines_within_an_epoch(tmp_path, monkeypatch, capsys):
+    """Without a terminal the bar is off, so an epoch of a full-width model (an hour and more on CPU) printed
+    nothing until it ended (review finding): a line with the step and the epoch's remaining time now and then."""
+    import nvcim.train.loop as loop
+
+    monkeypatch.setattr(loop, "LINE_EVERY_S", 0.0)
+    train(TrainConfig(**TINY, method="vanilla").replace(progress=True))
+    err = capsys.readouterr().err
+    assert "epoch 1/3: step 4/4, loss" in err and "training ends in about" in err

@@ -75,6 +75,7 @@ from nvcim.train.config import TrainConfig
 VAL_MC_SEED = 1  # Monte Carlo seed of every validation (same chips every epoch)
 TEST_MC_SEED = 0  # Monte Carlo seed of the quick test evaluation (= the first chips of `nvcim eval --seed 0`)
 BAR_EVERY = 10  # steps between progress-bar refreshes (each one is a host sync on CUDA)
+LINE_EVERY_S = 300.0  # without a terminal (a log file): a progress line within an epoch at most this often
 
 STATUS_OK = "ok"
 STATUS_DIVERGED = "diverged"
@@ -304,7 +305,8 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
         bad_step = torch.full((), -1, dtype=torch.int64, device=dev)  # first non-finite step of the epoch
         seen = shown = 0
         lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with (the schedule steps per step)
-        t0 = time.perf_counter()
+        t0 = last_line = time.perf_counter()
+        lines = cfg.progress and getattr(bar, "disable", False)  # no bar (a log file): a line now and then instead
         for step, (x, y) in enumerate(
             splits.train.batches(cfg.batch_size, shuffle=True, augment=augment, generator=gen, device=dev), start=1
         ):  # x [B,C,H,W] float, y [B] int64
@@ -328,6 +330,11 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
                 bar.update(step - shown)
                 shown = step
                 bar.set_postfix_str(f"loss {float(loss_sum) / seen:.4f} acc {100.0 * int(correct) / seen:.2f}%")
+                if lines and time.perf_counter() - last_line >= LINE_EVERY_S:
+                    last_line, spent = time.perf_counter(), time.perf_counter() - t0
+                    _say(cfg, f"epoch {epoch}/{cfg.epochs}: step {step}/{steps_per_epoch}, loss "
+                              f"{float(loss_sum) / seen:.4f}, the epoch's training ends in about "
+                              f"{_duration(spent * (steps_per_epoch - step) / step)}")
         bar.close()
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
