@@ -446,3 +446,19 @@ def test_a_log_file_gets_progress_lines_within_an_epoch(tmp_path, monkeypatch, c
     train(TrainConfig(**TINY, method="vanilla").replace(progress=True))
     err = capsys.readouterr().err
     assert "epoch 1/3: step 4/4, loss" in err and "training ends in about" in err
+
+
+def test_an_empty_validation_split_under_select_noisy_is_said(tmp_path):
+    """val_fraction 0.1 of 4 training images rounds to none: select="noisy" silently kept the last epoch."""
+    with pytest.warns(UserWarning, match="the validation split is empty .* the last epoch is kept"):
+        train(TrainConfig(**{**TINY, "limit": None, "epochs": 1}, method="vanilla").replace(val_fraction=0.1),
+              splits=_tiny_splits(4))
+
+
+def _tiny_splits(n):
+    """mnist5k's splits with n training images and no validation images."""
+    from nvcim.data import load_dataset
+    from nvcim.data.splits import DatasetSplits
+
+    full = load_dataset("mnist5k", val_fraction=0.0, limit=64)
+    return DatasetSplits(info=full.info, train=full.train.subset(slice(0, n)), val=full.val, test=full.test)

@@ -248,6 +248,10 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
                  if cfg.schedule == "cosine" else None)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
     has_val = len(splits.val) > 0
+    if not has_val and cfg.select != "last" and cfg.val_fraction > 0:  # (val_fraction 0: the user asked for none)
+        warnings.warn(f"nvcim: the validation split is empty (val_fraction {cfg.val_fraction:g} of "
+                      f"{len(splits.train)} training images rounds to 0): the last epoch is kept, not the best one by "
+                      f"select={cfg.select!r}; raise val_fraction (or limit) for a validated choice", stacklevel=2)
 
     initial_state = _clone_state(model)
     best_state: dict | None = None
