@@ -128,6 +128,7 @@ def main(argv=None) -> int:
         figures = Figures(args.out, "png")
         for model, dataset in groups:
             fig_gaps(figures, model, dataset, rows)
+        figures.write()  # (rendered, then written)
     except (ValueError, OSError) as e:
         print(f"scale_overview: {e}", file=sys.stderr)
         return 2

@@ -883,3 +883,27 @@ def test_the_papers_value_is_shown_with_every_setting_that_differs(tmp_path):
     assert "3 epochs (paper: 200)" in p["paper_note"]
     assert main(["report", str(root), "--out", str(tmp_path / "out")]) == 0
     assert "Devices: M=8 K=2" in (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("fmt", ["png", "svg", "pdf"])
+def test_a_users_own_matplotlib_figure_is_not_taken_for_the_reports(tmp_path, fmt):
+    """Any figure matplotlib made counted as nvcim report's and was replaced (review suspicion): the report's figures
+    carry a mark; an unmarked one is taken as an older report's only beside that report's report.md."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nvcim.report.owned import report_wrote
+
+    make_sweep(tmp_path / "sweep")
+    out = tmp_path / "out"
+    assert main(["report", str(tmp_path / "sweep"), "--out", str(out), "--format", fmt]) == 0
+    ours = sorted((out / "figures").glob(f"*.{fmt}"))
+    assert ours and all(report_wrote(f) for f in ours)
+    fig = plt.figure()
+    fig.savefig(tmp_path / f"mine.{fmt}")
+    plt.close(fig)
+    assert not report_wrote(tmp_path / f"mine.{fmt}")  # a user's own figure, no nvcim report beside it
+    (out / "figures" / f"old.{fmt}").write_bytes((tmp_path / f"mine.{fmt}").read_bytes())
+    assert report_wrote(out / "figures" / f"old.{fmt}")  # (an older report's figure: beside its report.md)

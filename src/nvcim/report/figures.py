@@ -14,7 +14,7 @@ import numpy as np
 
 from nvcim import reference
 from nvcim.io.files import atomic_write_bytes
-from nvcim.report.owned import check_own
+from nvcim.report.owned import FIGURE_MARK, check_own
 from nvcim.report.common import CONVERGENCE_THRESHOLD, fmt_param, fmt_sigma, group_title, label_sort_key
 from nvcim.report.labels import base_label
 from nvcim.report.points import ordered_labels, runs_note
@@ -43,14 +43,14 @@ class Figures:
 
     def save(self, fig, name: str, caption: str) -> None:
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": FIGURE_MARK})
         png = buf.getvalue()
         path = self.out / "figures" / f"{name}.{self.fmt}"
         if self.fmt == "png":
             data = png
         else:
             buf2 = io.BytesIO()
-            fig.savefig(buf2, format=self.fmt, bbox_inches="tight")
+            fig.savefig(buf2, format=self.fmt, bbox_inches="tight", metadata={"Creator": FIGURE_MARK})
             data = buf2.getvalue()
         self.plt.close(fig)
         check_own(path)  # a file of the user's there is refused, never overwritten (and nothing else written)
