@@ -391,3 +391,19 @@ def test_matrix_refuses_val_splits_of_other_data_seeds(tmp_path, capsys):
     assert len(err) == 1 and "different mnist5k val images" in err[0] and "--split test" in err[0], err
     assert not (tmp_path / "m.json").exists()
     assert main([*argv, "--split", "test"]) == 0  # the test split does not depend on the data seed
+
+
+def test_checkpoints_trained_at_sigma_zero_are_not_evaluated_noiseless_without_a_word(tmp_path, capsys):
+    """A sweep's vanilla checkpoint records σ_d 0: a matrix of such checkpoints ran every column at σ 0 and read as
+    "Gaussian and rram4 variation cost this model nothing" (identical chips); a plain eval said nothing either
+    (new user's finding)."""
+    for seed in (0, 1):
+        assert main(["train", "--preset", "smoke", "--quiet", "--num-threads", "1", "--val-runs", "2", "--method",
+                     "vanilla", "--sigma", "0", "--seed", str(seed), "--out", str(tmp_path / f"v{seed}")]) == 0
+    capsys.readouterr()
+    ck = tmp_path / "v0"
+    assert main(["eval", str(ck), str(tmp_path / "v1"), "--device-models", "gaussian,rram4", "--runs", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trained at σ_d 0" in err[0] and "--sigma S" in err[0], err
+    assert main(["eval", str(ck), "--runs", "2"]) == 0
+    assert "was trained at σ_d 0, so it is evaluated at σ_d = 0" in capsys.readouterr().err

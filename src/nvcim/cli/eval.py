@@ -426,9 +426,11 @@ def run(args: argparse.Namespace) -> int:
         sigmas = default_sigma_grid(center)
     elif sigmas is None:
         sigmas = [center]
-        if not config.get("device") and "sigma" not in model_fields:  # not trained by nvcim train: no σ to take
-            print(f"nvcim eval: note: checkpoint {ckpt} records no device, so it is evaluated at σ_d = 0 (the "
-                  "quantized model): pass --sigma or --sigmas for a noisy chip", file=sys.stderr)
+        if center == 0 and "sigma" not in model_fields:  # no device, or trained without noise (a sweep's vanilla)
+            why = "records no device" if not config.get("device") else "was trained at σ_d 0"
+            print(f"nvcim eval: note: checkpoint {ckpt} {why}, so it is evaluated at σ_d = 0 (the quantized model: "
+                  "without other device effects every chip is alike): pass --sigma, --sigmas or --curve for noisy "
+                  "chips", file=sys.stderr)
     device = device_label(args.device_model, base)
     if "sigma" in model_fields:
         device += f" at its σ_d {base.sigma:g}"

@@ -99,6 +99,10 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
     if sigma is None:  # each checkpoint's training σ: a row at σ 0 (a sweep's vanilla) beside rows at 0.2 would
         trained = {ck: d.sigma for ck, row in zip(ckpts, devices)  # compare chips of different variation silently
                    for name, d in row.items() if isinstance(d, DeviceConfig) and name not in own_sigma}
+        if trained and set(trained.values()) == {0.0}:  # vanilla checkpoints: a Gaussian column would vary nothing
+            raise ValueError(f"the checkpoints were trained at σ_d 0 ({next(iter(trained))}, ...), so a matrix at "
+                             "their training σ_d gives every Gaussian or level-dependent column identical chips: give "
+                             "--sigma S")
         if len(set(trained.values())) > 1:
             shown = ", ".join(f"{ck}: {s:g}" for ck, s in list(trained.items())[:4]) + (", ..." if len(trained) > 4
                                                                                          else "")
