@@ -272,6 +272,14 @@ def test_a_plugin_edited_between_runs_makes_its_cells_stale_and_the_report_warns
     assert r.returncode == 0 and "built by another version of the plugins' code" in r.stdout, r.stdout
     r = _run(sweep_args)
     assert r.returncode == 2 and "built by another version of the plugins' code" in r.stderr, r.stderr
+    assert "--accept-plugin-change" in r.stderr
+    # the user vouches that the edit does not touch the cell (a new user's trial: a comment made all 20 cells stale,
+    # with no way on but deleting them): it counts as done, and keeps what it was built by
+    r = _run([*sweep_args, "--accept-plugin-change", "--dry-run"])
+    assert r.returncode == 0 and "1 done, 0 stale" in r.stdout, r.stdout
+    r = _run([*sweep_args, "--accept-plugin-change"])
+    assert r.returncode == 0 and "1 done (0 this run)" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert json.loads((cell_json.parent / "checkpoint" / "config.json").read_text())["plugins_sha256"] == code
     # two checkpoints of one arm built by the two versions: the report says it pools them
     r = _run(["sweep", str(spec), "--out", str(tmp_path / "sw2"), "--workers", "1", "--quiet", "--plugin", str(plugin)])
     assert r.returncode == 0, r.stderr

@@ -36,6 +36,9 @@ def add_parser(sub) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their state; run nothing")
     p.add_argument("--retry-failed", action="store_true", help="rerun cells that failed before")
+    p.add_argument("--accept-plugin-change", action="store_true",
+                   help="count finished cells built by another version of the --plugin code as done (when your edit "
+                        "does not touch them: a comment, a new model; a report warns that an arm mixes versions)")
     p.add_argument("--force", action="store_true",
                    help="run into a DIR that holds another spec's cells (its finished cells are kept; "
                    "one whose definition changed is an error)")
@@ -76,7 +79,7 @@ def run(args) -> int:
         raise ValueError("--address is for the ray backend: add --backend ray")
     if args.dry_run:
         cells, todo, done, failed = plan(spec, args.out, retry_failed=args.retry_failed)
-        stale = {c.id: keys for c, keys in stale_cells(args.out, done)}
+        stale = {c.id: keys for c, keys in stale_cells(args.out, done, accept_plugin_change=args.accept_plugin_change)}
         state = {c.id: "done" for c in done} | {c.id: "failed" for c in failed} | {c.id: "pending" for c in todo}
         state |= {cid: "stale" for cid in stale}
         for c in cells:
@@ -115,6 +118,7 @@ def run(args) -> int:
                          "spec out of --out, or choose another --out")
     summary = run_sweep(spec, args.out, backend=args.backend, workers=args.workers, address=args.address,
                         retry_failed=args.retry_failed, force=args.force, progress=not args.quiet,
+                        accept_plugin_change=args.accept_plugin_change,
                         spec_text=spec_path.read_text(encoding="utf-8"), spec_suffix=spec_path.suffix.lower(),
                         warn=_warn)
     n_failed = len(summary.failed) + len(summary.failed_before)

@@ -203,14 +203,15 @@ def _refuse_other_nvcim_dir(out: Path) -> None:
                                  "another --out")
 
 
-def _refuse_stale(out: Path, done: Sequence[Cell]) -> None:
-    stale = stale_cells(out, done)
+def _refuse_stale(out: Path, done: Sequence[Cell], accept_plugin_change: bool) -> None:
+    stale = stale_cells(out, done, accept_plugin_change=accept_plugin_change)
     if stale:
         c, keys = stale[0]
         why = (f"its {CELL_FILE} is missing or unreadable" if keys == [UNDEFINED]
                else f"trained on another version of {c.dataset.removeprefix('npz:')}"
                + ("" if c.data_file else ", which cannot be read now") if keys == ["data_file"]
-               else "built by another version of the plugins' code (--plugin)" if keys == ["plugin_code"]
+               else "built by another version of the plugins' code (--plugin; --accept-plugin-change counts such "
+                    "cells as done when the change does not touch them)" if keys == ["plugin_code"]
                else f"{', '.join(keys)} differ")
         raise ValueError(f"sweep output {out}: {len(stale)} finished cell(s) were made by another definition "
                          f"or by an unknown one (first: {c.id}, {why}), so their results may not match this spec: "
@@ -282,11 +283,13 @@ def plan(spec: SweepSpec, out_dir, *, retry_failed: bool = False) -> tuple[list[
 UNDEFINED = "<no readable cell.json>"  # stale_cells' key list of a finished cell without its definition
 
 
-def stale_cells(out_dir, done: Sequence[Cell]) -> list[tuple[Cell, list[str]]]:
+def stale_cells(out_dir, done: Sequence[Cell], *, accept_plugin_change: bool = False) -> list[tuple[Cell, list[str]]]:
     """Finished cells whose recorded definition (cell.json, threads aside) differs from this spec's cell
     of the same id, with the differing keys: e.g. a vanilla cell tested at fewer σ before the grid grew.
     A finished cell without a readable cell.json is stale too, with the keys [UNDEFINED]. A cell of an npz: data
-    set whose file changed is stale ("data_file", judged by what its checkpoint recorded: `cell_differences`)."""
+    set whose file changed is stale ("data_file", judged by what its checkpoint recorded: `cell_differences`).
+    With `accept_plugin_change`, a cell built by another version of the plugins' code is not (the user vouches that
+    the change does not touch it; its checkpoint keeps the older code's digest, and a report warns of the mix)."""
     stale = []
     for c in done:
         try:
@@ -298,6 +301,7 @@ def stale_cells(out_dir, done: Sequence[Cell]) -> list[tuple[Cell, list[str]]]:
             continue
         have.pop("threads", None)
         keys = cell_differences(cell_dir(out_dir, c.id), have, c.to_dict())
+        keys = [k for k in keys if not (accept_plugin_change and k == "plugin_code")]
         if keys:
             stale.append((c, keys))
     return stale
@@ -319,7 +323,8 @@ def _log_line(n: int, total: int, s: Mapping) -> str:
 
 def run_sweep(spec: SweepSpec, out_dir, *, backend: str = "local", workers: int = 1, address: str | None = None,
               retry_failed: bool = False, force: bool = False, progress: bool = True, spec_text: str | None = None,
-              spec_suffix: str = ".toml", warn: Callable[[str], None] | None = None) -> SweepSummary:
+              spec_suffix: str = ".toml", warn: Callable[[str], None] | None = None,
+              accept_plugin_change: bool = False) -> SweepSummary:
     """Run every pending cell of `spec` into `out_dir`; see nvcim.sweep's docstring for the layout.
 
     Before anything is written, DIR (another spec's, stale cells) and the data of the cells to run are
@@ -340,14 +345,14 @@ def run_sweep(spec: SweepSpec, out_dir, *, backend: str = "local", workers: int 
     if spec_text is not None and spec_suffix != ".json":  # a user's spec.toml there: refused before the lock file
         _check_spec_copy(out, out / f"spec{spec_suffix}", spec_text, _copy_text(spec_text))
     _, todo, done, _ = plan(spec, out, retry_failed=retry_failed)
-    _refuse_stale(out, done)
+    _refuse_stale(out, done, accept_plugin_change)
     if needs_local_data(backend, address):  # a cluster's machines hold their own data
         check_data(todo)
     out.mkdir(parents=True, exist_ok=True)
     with sweep_lock(out):  # before spec.json is touched: --force must not rewrite a running sweep's spec
         prepare_out_dir(spec, out, force=force, spec_text=spec_text, spec_suffix=spec_suffix)
         cells, todo, done, failed_before = plan(spec, out, retry_failed=retry_failed)
-        _refuse_stale(out, done)
+        _refuse_stale(out, done, accept_plugin_change)
         damaged = [(c.id, problem) for c in todo if (problem := result_problem(out, c.id))]
         summary = SweepSummary(total=len(cells), done_before=len(done), failed_before=[c.id for c in failed_before])
         bar = tqdm(total=len(cells), initial=len(done) + len(failed_before), unit="cell", desc=spec.name,
