@@ -6,6 +6,8 @@
 
 The package, in the order of the data's way through it:
   records  reading results files (mc_eval, sweep_cell_failed, write_verify) into flat records: what is read;
+  conflicts what would be pooled or dropped silently (two models of one seed, one device name over two
+           devices, two versions of a data file or a plugin), said in warnings;
   labels   which records are one arm (one line, one column) and its label;
   points   the matched setting (trained and tested at σ_d): points over seeds, convergence, worst case over
            chips, the paper's values beside the paper's method; write-verify and robustness curves;
