@@ -300,3 +300,25 @@ def test_a_sweep_resumes_from_nvcims_copy_of_a_spec_without_a_name(tmp_path, cap
     assert rc == 0, err
     (tmp_path / "spec.toml").write_text(text)  # a user's own file named spec.toml: its stem, as before
     assert load_spec(tmp_path / "spec.toml").name == "spec"
+
+
+def test_a_reader_that_goes_away_loses_no_output_file(tmp_path):
+    """`nvcim eval ... --csv X | head -1`: the closed pipe failed the command (exit 2, "Broken pipe") before the CSV
+    was written, leaving X.partial/ behind (new user's finding). What is printed after is dropped instead."""
+    import subprocess
+    import sys
+
+    from nvcim.cli import main
+
+    assert main(["train", "--preset", "smoke", "--quiet", "--num-threads", "1", "--val-runs", "2", "--out",
+                 str(tmp_path / "ck")]) == 0
+    p = subprocess.Popen([sys.executable, "-m", "nvcim", "eval", str(tmp_path / "ck"), "--sigmas", "0.1,0.2,0.3",
+                          "--runs", "3", "--out", str(tmp_path / "e.json"), "--csv", str(tmp_path / "e.csv")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    p.stdout.readline()
+    p.stdout.close()  # as `| head -1` does
+    err = p.stderr.read().decode()
+    assert p.wait() == 0, err
+    assert "Broken pipe" not in err and "Exception ignored" not in err, err
+    assert (tmp_path / "e.csv").is_file() and (tmp_path / "e.json").is_file()
+    assert not (tmp_path / "e.json.partial").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 import warnings
@@ -79,7 +80,47 @@ def _resume_hint(args) -> str:
     return ""
 
 
+class _PipeSafe:
+    """sys.stdout for one command: once its reader has gone (`nvcim eval ... | head`), what is printed is dropped
+    instead of failing the command, so its output files are still written (they were lost, with exit 2)."""
+
+    def __init__(self, stream):
+        self.stream, self.broken = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self.stream.write(text)
+            except BrokenPipeError:
+                self.broken = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self.broken = True
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    stdout = sys.stdout
+    sys.stdout = safe = _PipeSafe(stdout)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout = stdout
+        if safe.broken:  # nothing more to its reader, nor an error at the interpreter's exit
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
+            except (OSError, ValueError, AttributeError):
+                pass
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:  # before the parser: its choices and method flags come from what the plugins register
         load_plugins(plugin_args(argv))
