@@ -517,7 +517,7 @@ def test_table_marks_percentiles_too_few_chips_can_estimate():
     assert "~41.00" in table and "45.00" in table and "~45.00" not in table and "~47.00" not in table  # 5 x 20 = 100
     assert ROUGH_PERCENTILE_NOTE in table.splitlines()
     assert "~" not in results_table([many]) and ROUGH_PERCENTILE_NOTE not in results_table([many])
-    assert "~47.00" in results_table([res(9)]) and fmt_percentile(float("nan"), 1.0, 2) == "nan"
+    assert "~47.00" in results_table([res(9)]) and fmt_percentile(float("nan"), 1.0, 2) == "—"
     points = [{"fraction": 0.0, "verified_weights": 0, "verified_devices": 0, "result": few}]
     assert "~41.00" in points_table(points) and ROUGH_PERCENTILE_NOTE in points_table(points)
     assert few.to_dict()["p1"] == 41.0  # the record keeps the number

@@ -126,10 +126,11 @@ ROUGH_PERCENTILE_NOTE = ("~ a percentile from too few chips, close to their inte
 
 
 def fmt_percentile(value, q: float, chips: int, digits: int = 2) -> str:
-    """A percentile for a plain-text table: "nan", the value, or the value marked ROUGH_PERCENTILE_MARK when `chips`
-    chips cannot estimate the q-th percentile (percentile_estimable); the table adds ROUGH_PERCENTILE_NOTE."""
+    """A percentile for a plain-text table: "—" where there is none (a target-precision result's p1 from fewer than
+    100 full-set chips; the report prints it so too), the value, or the value marked ROUGH_PERCENTILE_MARK when
+    `chips` chips cannot estimate the q-th percentile (percentile_estimable); the table adds ROUGH_PERCENTILE_NOTE."""
     if value is None or not math.isfinite(value):
-        return "nan"
+        return "—"
     mark = "" if percentile_estimable(q, chips) else ROUGH_PERCENTILE_MARK
     return f"{mark}{value:.{digits}f}"
 
