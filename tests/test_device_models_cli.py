@@ -407,3 +407,11 @@ def test_checkpoints_trained_at_sigma_zero_are_not_evaluated_noiseless_without_a
     assert len(err) == 1 and "trained at σ_d 0" in err[0] and "--sigma S" in err[0], err
     assert main(["eval", str(ck), "--runs", "2"]) == 0
     assert "was trained at σ_d 0, so it is evaluated at σ_d = 0" in capsys.readouterr().err
+
+
+def test_a_matrix_says_what_a_zero_width_ci_rests_on(ckpts, capsys):
+    """Cells whose chips all scored the same printed [x, x] with no word (nvcim eval's table says what it rests on)."""
+    rc, out, err = run_cli(["eval", *map(str, ckpts), "--device-models", "gaussian", "--runs", "3", "--sigma",
+                            "1e-9"], capsys)
+    assert rc == 0, err
+    assert "2 cell(s) with a zero-width CI, e.g. σ=1e-09: all 3 chips scored" in out, out

@@ -548,3 +548,9 @@ def test_a_zero_width_ci_says_what_it_rests_on():
     spread = MCResult(**{**{f: getattr(same, f) for f in MCResult.__dataclass_fields__},
                          "per_run_accuracy": [50.0] * 19 + [49.0]})
     assert "chips scored" not in results_table([spread])
+    # the write-verify table says it too (a new user's finding: every row [100.00, 100.00], no note)
+    from nvcim.writeverify import points_table
+
+    point = {"fraction": 0.5, "verified_weights": 5, "verified_devices": 10, "result": same}
+    assert "verified 0.5: σ=0.3: all 20 chips scored 50.00 %" in points_table([point])
+    assert "chips scored" not in points_table([{**point, "result": spread}])

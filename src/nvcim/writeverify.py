@@ -310,6 +310,7 @@ def points_table(points: Sequence[Mapping]) -> str:
     `~` with a footnote (nvcim.evaluate.stats.fmt_percentile)."""
     from tabulate import tabulate
 
+    from nvcim.evaluate.results import same_everywhere, same_note
     from nvcim.evaluate.stats import ROUGH_PERCENTILE_MARK, ROUGH_PERCENTILE_NOTE, fmt_percentile
 
     def f(v, digits=2):
@@ -324,7 +325,8 @@ def points_table(points: Sequence[Mapping]) -> str:
                      f"[{f(d['ci95_lo'])}, {f(d['ci95_hi'])}]", *pct, f(d["min"]), f(d["ekl"], 4)])
     table = tabulate(rows, headers=["verified", "devices", "mean", "std", "ci95", "p1", "p5", "min", "ekl"],
                      tablefmt="simple", disable_numparse=True)
-    return table + ("\n" + ROUGH_PERCENTILE_NOTE if rough else "")
+    same = [f"verified {p['fraction']:g}: {same_note(p['result'])}" for p in points if same_everywhere(p["result"])]
+    return "\n".join([table, *([ROUGH_PERCENTILE_NOTE] if rough else []), *same])
 
 
 def write_points_csv(path, points: Sequence[Mapping], device_model: str | None = None):

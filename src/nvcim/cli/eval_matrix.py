@@ -19,6 +19,7 @@ from tabulate import tabulate
 
 from nvcim.cli.eval import note_few_chips
 from nvcim.cli.eval_data import device_defaults, finish_pieces, load_for_eval, resume_pieces
+from nvcim.evaluate.results import same_everywhere, same_note
 from nvcim.cli.outputs import check_outputs, eval_inputs, resolved, same_file
 from nvcim.evaluate.files import write_result_file
 from nvcim.evaluate.matrix import device_matrix
@@ -157,6 +158,9 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
         print(t.legend)
     print(t.note)
     note_few_chips([c["result"] for row in rec.cells for c in row])
+    same = [c["result"] for row in rec.cells for c in row if same_everywhere(c["result"])]
+    if same:  # zero-width CIs: what they rest on (as under nvcim eval's table)
+        print(f"{len(same)} cell(s) with a zero-width CI, e.g. {same_note(same[0])}")
     for name, s in own_sigma.items():
         print(f"{name}: σ_d = {s:g}, set by the file")
     picture = matrix_png(rec) if args.out else None  # rendered before any file is written
