@@ -142,7 +142,7 @@ def test_a_report_says_why_it_has_no_paired_differences(tmp_path):
         write(root / f"{method}0.json", mc_eval(method, 0.3, 0, [mc_result(0.3, [m - 1.0, m + 1.0])]))
     assert main(["report", str(root), "--out", str(tmp_path / "out")]) == 0
     md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
-    assert "No paired comparison" in md and "OVF: 0" in md and "2 or more seeds" in md
+    assert "No paired comparison" in md and "OVF: seed 0" in md and "2 or more seeds" in md
     assert list(csv.DictReader(open(tmp_path / "out" / "paired.csv"))) == []  # the CSV stays a header only
     root2 = tmp_path / "one-arm"
     write(root2 / "ovf0.json", mc_eval("ovf", 0.3, 0, [mc_result(0.3, [53.0, 55.0])]))

@@ -220,14 +220,16 @@ def no_pairs_table(title: str, headers: list[str], arm_seeds: dict[str, list], o
     seeds (arms of one σ_d); other: the reason when seeds are not it."""
     if len(arm_seeds) < 2:
         return None
-    seeds = "; ".join(f"{arm}: {', '.join(str(s) for s in ss) or 'none'}" for arm, ss in arm_seeds.items())
+    seeds = "; ".join(f"{arm}: seed {', '.join(str(s) for s in ss)}" if len(ss) == 1 else
+                      f"{arm}: seeds {', '.join(str(s) for s in ss)}" if ss else f"{arm}: none"
+                      for arm, ss in arm_seeds.items())  # "vanilla: 0" read as a count of none
     sets = [set(map(str, ss)) for ss in arm_seeds.values()]
     if all(len(ss) < 2 for ss in sets):
-        why = (f"each arm has models of fewer than 2 training seeds (seeds per arm: {seeds}): train each arm with 2 "
+        why = (f"each arm has models of fewer than 2 training seeds (the arms' seeds: {seeds}): train each arm with 2 "
                "or more seeds (e.g. --seed 0 and --seed 1, or seeds = [0, 1, 2] in a sweep) to get a paired "
                "difference with a CI")
     elif all(len(a & b) < 2 for i, a in enumerate(sets) for b in sets[i + 1:]):
-        why = f"no two arms share 2 or more training seeds (seeds per arm: {seeds}): train them with the same seeds"
+        why = f"no two arms share 2 or more training seeds (the arms' seeds: {seeds}): train them with the same seeds"
     else:
         why = other
     return Table(title, headers, [["—"] * len(headers)], f"No paired comparison: {why}.")
