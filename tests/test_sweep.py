@@ -1249,3 +1249,16 @@ def test_a_spec_copy_an_older_nvcim_wrote_is_still_replaced_by_an_edit(tmp_path)
     (out / "spec.yaml").write_text("# my own notes\n")
     with pytest.raises(ValueError, match=r"spec\.yaml exists and is not nvcim's copy"):
         sweep.prepare_out_dir(validate_spec(ONE_CELL), out, force=True, spec_text=old_text, spec_suffix=".yaml")
+
+
+def test_a_cells_progress_line_shows_its_own_sigma(tmp_path, capsys):
+    """With test_sigmas "grid", the cell trained at 0.3 printed "σ=0.2 mean ..." (the grid's first σ): read as its
+    result at 0.2 (new user's finding)."""
+    spec = validate_spec({"name": "own-sigma", "models": ["tiny"], "datasets": ["mnist5k"],
+                          "methods": ["noise_injection"], "sigmas": [0.2, 0.3], "seeds": [0],
+                          "train": {"epochs": 1, "limit": 64, "val_runs": 0, "select": "clean"},
+                          "eval": {"runs": 2, "test_sigmas": "grid"}, "resources": {"threads_per_cell": 1}})
+    assert run_sweep(spec, tmp_path / "o", progress=True).exit_code == 0
+    err = capsys.readouterr().err
+    line = next(ln for ln in err.splitlines() if "s0.30/seed0:" in ln)
+    assert "σ=0.3 mean" in line, line

@@ -281,9 +281,9 @@ def run_cell(cell: Cell | Mapping, out_dir, threads: int) -> dict:
         implausible = implausible_results(results)
         if implausible:
             notes.append(f"cell {cell.id}: recorded, but check it: {implausible}")
-        first = results[0]
+        shown = next((r for r in results if abs(r.sigma - cell.sigma) < 1e-9), results[0])  # its own σ, if tested
         return {"id": cell.id, "status": "ok", "error": None, "wall_time_s": rec.cell["wall_time_s"],
-                "mean": first.mean, "sigma": first.sigma, "beta": (rec.cell["beta_search"] or {}).get("chosen_beta"),
+                "mean": shown.mean, "sigma": shown.sigma, "beta": (rec.cell["beta_search"] or {}).get("chosen_beta"),
                 "searched": searched_param(cell.method),  # what "beta" holds: OVF's β, tempered's logit_scale
                 "warnings": notes}
     except Exception as exc:  # recorded, the sweep goes on
