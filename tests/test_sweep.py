@@ -1262,3 +1262,36 @@ def test_a_cells_progress_line_shows_its_own_sigma(tmp_path, capsys):
     err = capsys.readouterr().err
     line = next(ln for ln in err.splitlines() if "s0.30/seed0:" in ln)
     assert "σ=0.3 mean" in line, line
+
+
+def test_a_warning_of_every_cells_model_is_shown_once(tmp_path):
+    """A model warned about by apply_variation_ (a matrix outside any layer) printed the warning once per cell, 10
+    times in a new user's sweep, between the progress lines."""
+    import warnings
+
+    from torch import nn
+
+    from nvcim.models import MODELS, register_model
+
+    class Loose(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.W = nn.Parameter(0.03 * __import__("torch").randn(1024, 16))
+            self.head = nn.Linear(16, 10)
+
+        def forward(self, x):  # x [B, 1, 32, 32]
+            return self.head(x.flatten(1) @ self.W)
+
+    register_model("loose_sweep_test")(lambda num_classes=10, in_channels=1, image_size=32, **_: Loose())
+    try:
+        spec = validate_spec({"name": "once", "models": ["loose_sweep_test"], "datasets": ["mnist5k"],
+                              "methods": ["noise_injection"], "sigmas": [0.2], "seeds": [0, 1, 2],
+                              "train": {"epochs": 1, "limit": 64, "val_runs": 0, "select": "clean"},
+                              "eval": {"runs": 2}, "resources": {"threads_per_cell": 1}})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert run_sweep(spec, tmp_path / "o", progress=False).exit_code == 0
+    finally:
+        MODELS.pop("loose_sweep_test", None)
+    loose = [w for w in caught if "outside any layer" in str(w.message)]
+    assert len(loose) == 1, [str(w.message) for w in caught]

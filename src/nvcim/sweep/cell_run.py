@@ -15,6 +15,7 @@ import math
 import shutil
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -275,13 +276,25 @@ def run_cell(cell: Cell | Mapping, out_dir, threads: int) -> dict:
     torch.set_num_threads(threads)
     d = prepare_cell_dir(out_dir, cell, threads)
     notes: list[str] = []  # warnings for the user (the sweep shows them even when quiet)
+    with warnings.catch_warnings(record=True) as caught:  # the library's warnings too: the sweep shows each once,
+        summary = _summary(cell, out_dir, d, threads, t0, notes, old_threads)  # not once per cell and process
+    for w in caught:
+        text = " ".join(str(w.message).split()).removeprefix("nvcim: ")
+        if text not in notes:
+            notes.append(text)
+    return summary
+
+
+def _summary(cell: Cell, out_dir, d: Path, threads: int, t0: float, notes: list[str], old_threads: int) -> dict:
+    """run_cell's work and its summary (notes: the warnings for the user, appended to)."""
     try:
         rec = _run_cell(cell, Path(out_dir), d, threads, t0, notes)
         results = rec.mc_results()
         implausible = implausible_results(results)
         if implausible:
             notes.append(f"cell {cell.id}: recorded, but check it: {implausible}")
-        shown = next((r for r in results if abs(r.sigma - cell.sigma) < 1e-9), results[0])  # its own σ, if tested
+        shown = next((r for r in results if cell.sigma is not None and abs(r.sigma - cell.sigma) < 1e-9),
+                     results[0])  # its own σ where it was tested (vanilla: none)
         return {"id": cell.id, "status": "ok", "error": None, "wall_time_s": rec.cell["wall_time_s"],
                 "mean": shown.mean, "sigma": shown.sigma, "beta": (rec.cell["beta_search"] or {}).get("chosen_beta"),
                 "searched": searched_param(cell.method),  # what "beta" holds: OVF's β, tempered's logit_scale

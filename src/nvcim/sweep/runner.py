@@ -366,6 +366,8 @@ def run_sweep(spec: SweepSpec, out_dir, *, backend: str = "local", workers: int 
             warn(f"cell {cid}: {problem}: it is not counted as done and runs again")
         counter = [len(done) + len(failed_before)]
 
+        warned: set[str] = set()
+
         def on_done(s: Mapping) -> None:
             counter[0] += 1
             (summary.ok if s["status"] == "ok" else summary.failed).append(s["id"])
@@ -374,7 +376,9 @@ def run_sweep(spec: SweepSpec, out_dir, *, backend: str = "local", workers: int 
             eta = f", ETA {_duration((time.perf_counter() - t0) / ran * left)}" if left and ran else ""
             say(f"{_log_line(counter[0], len(cells), s)}{eta}")
             for line in s.get("warnings") or ():
-                warn(line)
+                if line not in warned:  # the same warning from every cell's model: once
+                    warned.add(line)
+                    warn(line)
 
         try:
             if todo:  # the backend's `say` is for warnings: shown quiet or not
