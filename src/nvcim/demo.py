@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     for method, params in METHODS:
         tcfg = TrainConfig(model="vgg8", width=args.width, dataset="mnist5k", method=method, method_params=params,
                            sigma=args.sigma, epochs=args.epochs, batch_size=args.batch_size, val_runs=4,
-                           progress=False, seed=0)
+                           progress=True, seed=0)  # a line per epoch with an ETA (minutes of silence before)
+        print(f"training {method} ({args.epochs} epoch{'' if args.epochs == 1 else 's'}) ...", flush=True)
         t0 = time.perf_counter()
         result = train(tcfg, out / "checkpoints" / method, splits=splits)
         t_train = time.perf_counter() - t0
