@@ -322,3 +322,26 @@ def test_a_reader_that_goes_away_loses_no_output_file(tmp_path):
     assert "Broken pipe" not in err and "Exception ignored" not in err, err
     assert (tmp_path / "e.csv").is_file() and (tmp_path / "e.json").is_file()
     assert not (tmp_path / "e.json.partial").exists()
+
+
+def test_small_messages_name_the_fix(tmp_path, capsys):
+    """A new user's papercuts: a training-config typo had no "did you mean", 1-D signals in an npz file no hint of
+    the reshape, and `nvcim import` of a file that is no torch.save archive said "aihwkit is not installed"."""
+    import numpy as np
+
+    from nvcim.cli import main
+    from nvcim.train import TrainConfig
+
+    with pytest.raises(ValueError, match="did you mean 'epochs'"):
+        TrainConfig.from_dict({"epoch": 3})
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "sig.npz", x_train=rng.random((20, 256)), y_train=np.arange(20) % 2,
+             x_test=rng.random((4, 256)), y_test=np.arange(4) % 2)
+    from nvcim.data import load_dataset
+
+    with pytest.raises(ValueError, match=r"save x_train.reshape\(-1, 16, 16\)"):
+        load_dataset(f"npz:{tmp_path / 'sig.npz'}")
+    assert main(["import", str(tmp_path / "sig.npz"), "--out", str(tmp_path / "imp")]) == 2
+    err = capsys.readouterr().err
+    assert "neither a conductance map directory" in err and "aihwkit is not installed" not in err
+    assert not (tmp_path / "imp").exists()

@@ -103,7 +103,22 @@ def run_import(args) -> int:
     if Path(args.map_dir).is_file():
         from nvcim.interop.aihwkit import import_analog
 
+        if not _torch_saved(Path(args.map_dir)):  # (aihwkit missing would be said first, about any file)
+            raise ValueError(f"{args.map_dir} is neither a conductance map directory (nvcim export) nor a model file "
+                             "written by torch.save (an aihwkit analog model): give one of them")
+
         print(f"wrote {import_analog(args.map_dir, args.out)}")
         return 0
     print(f"wrote {import_conductance_map(args.map_dir, args.out)}")
     return 0
+
+
+def _torch_saved(path: Path) -> bool:
+    """Whether `path` is a file torch.save wrote (a zip archive holding a data.pkl), without unpickling it."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n == "data.pkl" or n.endswith("/data.pkl") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False

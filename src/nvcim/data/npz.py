@@ -109,7 +109,12 @@ def _read_arrays(path: Path) -> tuple[dict[str, np.ndarray], str]:
 def check_images(path: Path, key: str, x: np.ndarray) -> np.ndarray:
     """uint8 or float32 ``[N, C, H, W]`` from an accepted image array, else a one-line ValueError."""
     if x.ndim not in (3, 4):
-        raise ValueError(f"{path}: {key} has shape {x.shape}: images must be [N, H, W] or [N, C, H, W]")
+        side = int(round(x.shape[1] ** 0.5)) if x.ndim == 2 else 0
+        fix = (f" (1-D signals of {x.shape[1]} samples: save {key}.reshape(-1, {side}, {side}) and flatten them again "
+               "in your model)" if side and side * side == x.shape[1] else
+               " (1-D signals: pad each to a square number of samples, reshape to [N, S, S] and flatten them again "
+               "in your model)" if x.ndim == 2 else "")
+        raise ValueError(f"{path}: {key} has shape {x.shape}: images must be [N, H, W] or [N, C, H, W]{fix}")
     looks_nhwc = x.ndim == 4 and x.shape[3] <= 4 < x.shape[1]
     if x.ndim == 3:
         x = x[:, None]  # [N, 1, H, W]

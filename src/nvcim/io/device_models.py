@@ -47,7 +47,9 @@ def list_device_models() -> list[tuple[str, str]]:
         cfg = DeviceConfig.preset(name)
         factor = cfg.variation_options.get("S") or max(cfg.variation_options.get("multipliers", [1.0]))
         how = ("devices at middle levels vary" if per_device else "weights with 0.25 < |W|/s < 0.75 vary")
-        out.append((name, f"{base.upper()} device type (NeFT): {how} {factor:g}x more, normalised to σ_d"))
+        how = (f"{how} {factor:g}x more" if factor != 1 else
+               "every level varies alike" if per_device else "every weight varies alike")
+        out.append((name, f"{base.upper()} device type (NeFT): {how}, normalised to σ_d"))
     return out
 
 

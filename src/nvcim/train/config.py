@@ -267,7 +267,11 @@ class TrainConfig:
         allowed = [f.name for f in dataclasses.fields(cls)] + list(DEVICE_KEYS)
         unknown = sorted(set(d) - set(allowed))
         if unknown:
-            raise ValueError(f"unknown training config key(s) {unknown}: allowed keys are {allowed}")
+            import difflib
+
+            hint = difflib.get_close_matches(unknown[0], allowed, n=1)
+            hint = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ValueError(f"unknown training config key(s) {unknown}{hint}: allowed keys are {allowed}")
         return cls(**dict(d))
 
 
