@@ -163,9 +163,13 @@ def test_eval_and_matrix_cli(tmp_path, capsys, monkeypatch):
         def batches(self, b):
             return [(x[i:i + b], y[i:i + b]) for i in range(0, len(y), b)]
 
+        def sha256(self):  # the content digest the matrix compares rows' images by
+            return "these 16 images"
+
     from types import SimpleNamespace
 
-    splits = SimpleNamespace(fingerprint=None, train=None)  # what the matrix reads of the splits (a built-in set's)
+    splits = SimpleNamespace(fingerprint=None, train=None,  # what the matrix reads of the splits (a built-in set's)
+                             sha256=lambda: "these splits")
     loaded = eval_data.Loaded(model, load_checkpoint(ckpt)[1], nvcim.DeviceConfig(sigma=0.1), "mnist5k", splits,
                               Split())
     monkeypatch.setattr(eval_data, "load_for_eval", lambda *a, **k: loaded)
