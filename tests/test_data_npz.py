@@ -349,3 +349,27 @@ def test_a_limit_that_keeps_one_class_of_a_sorted_test_set_is_pointed_out(tmp_pa
     recwarn.clear()
     load_dataset(name, limit=40)
     assert not [w for w in recwarn if "file order" in str(w.message)]
+
+
+def test_eval_refuses_a_val_split_that_is_not_the_one_held_out(tmp_path, monkeypatch):
+    """The val split is drawn again at eval time (torch.randperm of the data seed): another torch's permutation or
+    other data under the same name would score images the model trained on, silently. The checkpoint records the
+    held-out images' digest."""
+    import json
+    from pathlib import Path
+
+    from nvcim.cli import main
+    from nvcim.cli.eval_data import load_for_eval
+
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, **arrays(n_train=200, n_test=40, shape=(16, 16)))
+    assert main(["train", "--model", "tiny", "--dataset", "npz:d.npz", "--val-fraction", "0.5", "--epochs", "1",
+                 "--num-threads", "1", "--val-runs", "2", "--quiet", "--out", "ck"]) == 0
+    config = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert config["data"]["val_sha256"] == load_dataset("npz:d.npz", val_fraction=0.5).val.sha256()
+    assert len(load_for_eval(Path("ck"), dataset=None, data_root=None, split="val", limit=None).split) == 100
+    config["data"]["val_sha256"] = "0" * 64  # as if drawn by another torch
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="is not the one checkpoint .* held out in training.*--split test"):
+        load_for_eval(Path("ck"), dataset=None, data_root=None, split="val", limit=None)
+    assert len(load_for_eval(Path("ck"), dataset=None, data_root=None, split="test", limit=None).split) == 40

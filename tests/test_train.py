@@ -73,8 +73,12 @@ def test_each_method_trains_and_saves_a_loadable_checkpoint(method, tmp_path):
     assert config["device"]["sigma"] == 0.2
     assert config["seed"] == 7 and config["train"]["seed"] == 7
     assert config["train"]["method_params"] == METHOD_PARAMS[method]
+    from nvcim.data import load_dataset
+
+    held_out = load_dataset("mnist5k", val_fraction=0.1, limit=64, seed=0).val.sha256()
     assert config["data"] == {"name": "mnist5k", "root": None, "val_fraction": 0.1, "limit": 64, "seed": 0,
-                              "normalization": {"mean": [0.5], "std": [0.5]}}  # what inputs were scaled with
+                              "normalization": {"mean": [0.5], "std": [0.5]},  # what inputs were scaled with
+                              "val_sha256": held_out}  # the images held out (eval --split val checks them)
     assert "torch" in config["versions"]
     m = config["metrics"]
     assert m["status"] == "ok" and m["best_epoch"] == 1 and len(m["history"]) == 1

@@ -126,6 +126,12 @@ def load_for_eval(ckpt: Path, *, dataset: str | None, data_root: str | None, spl
         seed=int(data_cfg.get("seed", 0) if same else 0),
         limit=limit,
     )
+    held_out = data_cfg.get("val_sha256")
+    if (split_name == "val" and same and isinstance(held_out, str) and limit == data_cfg.get("limit")
+            and splits.val.sha256() != held_out):  # (another torch's permutation, other data under the same name)
+        raise ValueError(f"the val split of {dataset} drawn now is not the one checkpoint {ckpt} held out in training "
+                         "(another torch or data under that name): its images may have been trained on; evaluate "
+                         "with --split test")
     splits = _trained_normalization(splits, data_cfg.get("normalization"), dataset, ckpt)
     split = getattr(splits, split_name)
     if len(split) == 0:

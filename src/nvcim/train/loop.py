@@ -445,6 +445,7 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
             model.nvcim_spec,
             data={"name": cfg.dataset, "root": _absolute(cfg.data_root), "val_fraction": cfg.val_fraction, "limit": cfg.limit,
                   "seed": cfg.data_seed, **({"file": splits.fingerprint} if splits.fingerprint else {}),
+                  "val_sha256": splits.val.sha256(),  # the images held out: eval's --split val must be them
                   "normalization": {"mean": list(splits.info.mean), "std": list(splits.info.std)}},
             method=method_to_dict(mcfg),
             device=cfg.device_cfg().to_dict(),
