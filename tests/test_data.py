@@ -210,6 +210,22 @@ def test_malicious_pickle_refused(tmp_path, monkeypatch):
         read_cifar100(folder)
 
 
+def test_a_python2_cifar_batch_is_read(tmp_path):
+    """The official batches were pickled by Python 2: their dtype code and byte order load as bytes (b'u1', b'|'),
+    and the stub unpickler refused every genuine batch as damaged (review finding). Written here as Python 2's
+    cPickle writes them: SHORT_BINSTRING where Python 3 writes BINUNICODE."""
+    x = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    write_cifar_batch(tmp_path / "b", x, [1, 2])
+    raw = (tmp_path / "b").read_bytes()
+    for text in (b"u1", b"|"):  # the dtype code and its byte order
+        raw = raw.replace(b"X" + len(text).to_bytes(4, "little") + text, b"U" + bytes([len(text)]) + text)
+    (tmp_path / "b").write_bytes(raw)
+    assert b"U\x02u1" in raw and b"U\x01|" in raw
+    data, labels = read_cifar_batch(tmp_path / "b")
+    np.testing.assert_array_equal(data.reshape(2, -1), x)
+    assert labels.tolist() == [1, 2]
+
+
 def test_a_damaged_cifar_batch_is_one_error_never_a_crash(tmp_path):
     """One changed byte in a batch's dtype state made numpy's own unpickling segfault the process (exit 139, no
     message); other damage gave tracebacks (review finding). Every single-byte change of the pickle's header (its

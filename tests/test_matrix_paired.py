@@ -222,7 +222,7 @@ def test_a_matrix_without_pairs_says_why_when_it_has_arms():
     rec = _matrix(info, [[50, 40], [60, 44]])  # one seed per arm: nothing to pair
     assert matrix_paired(rec) == []
     table = matrix_paired_table([], "t", rec)
-    assert table is not None and "No paired comparison" in table.note and "OVF: 0" in table.note
+    assert table is not None and "No paired comparison" in table.note and "OVF: seed 0" in table.note
     assert matrix_paired_table([], "t", _matrix(info[:1], [[50, 40]])) is None  # one arm: no question to answer
 
 

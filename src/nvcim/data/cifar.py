@@ -70,6 +70,11 @@ class UnsafeDataFileError(pickle.UnpicklingError, ValueError):
 _INTEGER_CODES = {"u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8"}  # the dtypes a data file's array may have
 
 
+def _text(v) -> str | None:
+    """A dtype's code or byte order as text: Python 2 pickles (the official CIFAR batches) hold them as bytes."""
+    return v.decode("latin1") if isinstance(v, bytes) else v if isinstance(v, str) else None
+
+
 def _array(stub: _Array) -> np.ndarray:
     """The array a stub describes, built from its raw bytes with a checked integer dtype and shape (ValueError when
     the state is not an array numpy pickled: version 1, shape, dtype, Fortran order, bytes)."""
@@ -79,11 +84,12 @@ def _array(stub: _Array) -> np.ndarray:
     _, shape, dtype, fortran, raw = state
     if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
         raise ValueError(f"an array of shape {shape!r}")
-    if not (isinstance(dtype, _Dtype) and dtype.args and dtype.args[0] in _INTEGER_CODES
-            and isinstance(dtype.state, tuple) and len(dtype.state) > 1 and dtype.state[1] in ("<", ">", "|")):
+    code = _text(dtype.args[0]) if isinstance(dtype, _Dtype) and dtype.args else None
+    order = _text(dtype.state[1]) if isinstance(dtype, _Dtype) and isinstance(dtype.state, tuple) and \
+        len(dtype.state) > 1 else None
+    if code not in _INTEGER_CODES or order not in ("<", ">", "|"):
         raise ValueError("an array whose dtype is not an integer type")
-    order = dtype.state[1] if dtype.state[1] != "|" else "="
-    np_dtype = np.dtype(dtype.args[0]).newbyteorder(order)
+    np_dtype = np.dtype(code).newbyteorder(order if order != "|" else "=")
     if not isinstance(raw, (bytes, bytearray)) or len(raw) != int(np.prod(shape)) * np_dtype.itemsize:
         raise ValueError(f"an array of shape {shape} whose data holds another number of bytes")
     return np.frombuffer(raw, dtype=np_dtype).reshape(shape, order="F" if fortran else "C").astype(np_dtype.newbyteorder("="))
