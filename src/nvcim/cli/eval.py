@@ -284,6 +284,7 @@ def run(args: argparse.Namespace) -> int:
     from nvcim.cli.device_flags import adc_calibration, device_label
     from nvcim.cli.eval_data import checkpoint_device, device_defaults, digital_override, load_for_eval
     from nvcim.cli.eval_data import finish_pieces, resume_pieces
+    from nvcim.cli.eval_matrix import varies_at_zero
     from nvcim.cli.eval_matrix import run_matrix
     from nvcim.evaluate import default_sigma_grid, results_table, robustness_curve, write_csv
     from nvcim.evaluate.files import EvaluationFile, write_result_file
@@ -426,11 +427,10 @@ def run(args: argparse.Namespace) -> int:
         sigmas = default_sigma_grid(center)
     elif sigmas is None:
         sigmas = [center]
-        if center == 0 and "sigma" not in model_fields:  # no device, or trained without noise (a sweep's vanilla)
+        if center == 0 and "sigma" not in model_fields and not varies_at_zero(base):  # every chip alike
             why = "records no device" if not config.get("device") else "was trained at σ_d 0"
-            print(f"nvcim eval: note: checkpoint {ckpt} {why}, so it is evaluated at σ_d = 0 (the quantized model: "
-                  "without other device effects every chip is alike): pass --sigma, --sigmas or --curve for noisy "
-                  "chips", file=sys.stderr)
+            print(f"nvcim eval: note: checkpoint {ckpt} {why}, so it is evaluated at σ_d = 0: every chip is the "
+                  "quantized model; pass --sigma, --sigmas or --curve for noisy chips", file=sys.stderr)
     device = device_label(args.device_model, base)
     if "sigma" in model_fields:
         device += f" at its σ_d {base.sigma:g}"

@@ -100,10 +100,12 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
     if sigma is None:  # each checkpoint's training σ: a row at σ 0 (a sweep's vanilla) beside rows at 0.2 would
         trained = {ck: d.sigma for ck, row in zip(ckpts, devices)  # compare chips of different variation silently
                    for name, d in row.items() if isinstance(d, DeviceConfig) and name not in own_sigma}
-        if trained and set(trained.values()) == {0.0}:  # vanilla checkpoints: a Gaussian column would vary nothing
+        still = sorted({name for row in devices for name, d in row.items()
+                        if name not in own_sigma and isinstance(d, DeviceConfig) and not varies_at_zero(d)})
+        if trained and set(trained.values()) == {0.0} and still:  # vanilla checkpoints: those columns vary nothing
             raise ValueError(f"the checkpoints were trained at σ_d 0 ({next(iter(trained))}, ...), so a matrix at "
-                             "their training σ_d gives every Gaussian or level-dependent column identical chips: give "
-                             "--sigma S")
+                             f"their training σ_d gives column(s) {', '.join(still)} identical chips (no variation "
+                             "at σ_d 0): give --sigma S")
         if len(set(trained.values())) > 1:
             shown = ", ".join(f"{ck}: {s:g}" for ck, s in list(trained.items())[:4]) + (", ..." if len(trained) > 4
                                                                                          else "")
@@ -195,3 +197,11 @@ def same_images(rows: list[tuple], split: str) -> None:
             fix = "the data files differ: evaluate each checkpoint with nvcim eval, or point them at one file"
         raise ValueError(f"the checkpoints would be scored on different {dataset} {split} images ({shown}; {fix}), "
                          "and a matrix compares its rows on the same chips and images")
+
+
+def varies_at_zero(d) -> bool:
+    """Whether chips of this device differ at σ_d 0: stuck-at faults, read noise or drift (ADCs are deterministic);
+    a device that is no DeviceConfig (aihwkit's) is taken to vary."""
+    if not isinstance(d, DeviceConfig):
+        return True
+    return any(d.stuck_at) or d.read_sigma > 0 or d.drift_time is not None
