@@ -117,6 +117,9 @@ def main(argv=None) -> int:
         groups = sorted({(r["model"], r["dataset"]) for r in rows})
         _check_out(args.out, reports, [figure_name("budget_gaps", m, d) for m, d in groups])
         rows = gap_order(rows)
+        figures = Figures(args.out, "png")  # rendered (and their names checked) before any file is written
+        for model, dataset in groups:
+            fig_gaps(figures, model, dataset, rows)
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(GAP_COLUMNS + ("report",))
@@ -125,10 +128,7 @@ def main(argv=None) -> int:
         atomic_write_bytes(args.out / "budget.csv", buf.getvalue().encode())
         atomic_write_bytes(args.out / "sources.txt", "".join(f"{line}\n" for line in [SOURCES_HEADER, *args.reports])
                            .encode())
-        figures = Figures(args.out, "png")
-        for model, dataset in groups:
-            fig_gaps(figures, model, dataset, rows)
-        figures.write()  # (rendered, then written)
+        figures.write()
     except (ValueError, OSError) as e:
         print(f"scale_overview: {e}", file=sys.stderr)
         return 2

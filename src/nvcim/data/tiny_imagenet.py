@@ -24,7 +24,8 @@ def _decode_jpegs(paths: list[Path], size: int = 64) -> np.ndarray:
     return out
 
 
-_TINY_CACHE_FORMAT = 2  # bump when the decoding changes: older caches are then decoded again (2: source recorded)
+_TINY_CACHE_FORMAT = 2  # bump when the decoding changes: older caches are then decoded again (2: source recorded;
+# the pixels are those of format 1, whose caches are still read where the images are gone)
 _IMAGE_SUFFIXES = {".jpeg", ".jpg"}
 
 
@@ -58,8 +59,12 @@ def _cached(cache_path: Path, source: str | None) -> tuple[np.ndarray, ...] | No
         return None
     try:
         with np.load(cache_path, allow_pickle=False) as z:
-            fresh = source is None or ("source" in z and str(z["source"]) == source)
-            if "format" in z and int(z["format"]) == _TINY_CACHE_FORMAT and fresh:
+            fmt = int(z["format"]) if "format" in z else None
+            # a cache whose images are gone is all there is: any decoding of this reader's (format 1 recorded no
+            # source, the same pixels); with the images there, it must record them as they are
+            fresh = fmt in (1, _TINY_CACHE_FORMAT) if source is None else (
+                fmt == _TINY_CACHE_FORMAT and "source" in z and str(z["source"]) == source)
+            if fresh:
                 return z["x_train"], z["y_train"], z["x_test"], z["y_test"], z["wnids"]
     except Exception as exc:  # a damaged cache (truncated, not a zip): decoded again and replaced
         warnings.warn(f"{cache_path} cannot be read ({type(exc).__name__}): decoding the images again",

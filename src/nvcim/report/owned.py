@@ -9,8 +9,8 @@ Recognised as nvcim report's own:
   *.csv        a header beginning as that file's header does (the first columns, which never changed: reports
                written by earlier versions, e.g. those under docs/reproduction, stay replaceable);
   figures      a PNG, SVG or PDF whose "Software" / "Creator" entry is FIGURE_MARK; or (written before the mark)
-               one matplotlib wrote, in the figures/ folder of a report.md of nvcim's (a user's own matplotlib figure
-               elsewhere is never taken for nvcim's).
+               one matplotlib wrote, in the figures/ folder beside a report.md or budget.csv of nvcim's (a user's own
+               matplotlib figure elsewhere is never taken for nvcim's).
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ def report_wrote(path) -> bool:
             data = path.read_bytes()
             if FIGURE_MARK.encode() in data:
                 return True
-            report = path.parent.parent / "report.md"  # an older nvcim report's figure: beside its report.md
-            return path.parent.name == "figures" and b"matplotlib" in data.lower() and report_wrote(report)
+            top = path.parent.parent  # an older nvcim report's figure: beside its report.md (or budget.csv)
+            return path.parent.name == "figures" and b"matplotlib" in data.lower() and (
+                report_wrote(top / "report.md") or report_wrote(top / "budget.csv"))
         with open(path, encoding="utf-8") as f:
             if path.suffix == ".md":
                 lines = [f.readline() for _ in range(6)]
