@@ -345,3 +345,11 @@ def test_small_messages_name_the_fix(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "neither a conductance map directory" in err and "aihwkit is not installed" not in err
     assert not (tmp_path / "imp").exists()
+    from nvcim.cli.export import _torch_saved  # both torch.save formats are taken for model files (review finding)
+
+    import torch
+
+    for new_format in (True, False):
+        torch.save(torch.nn.Linear(2, 2), tmp_path / "m.pt", _use_new_zipfile_serialization=new_format)
+        assert _torch_saved(tmp_path / "m.pt")
+    assert not _torch_saved(tmp_path / "sig.npz")

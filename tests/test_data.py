@@ -802,9 +802,10 @@ def _arrays(x_train, y_train=None):
 @pytest.mark.parametrize("make,match", [
     (lambda: _arrays(np.random.default_rng(0).random((20, 8, 8))), None),  # float64 in [0, 1]: kept, as float32
     (lambda: _arrays(np.full((20, 8, 8), 1000, dtype=np.int16)), "is int16: images must be uint8"),
-    (lambda: _arrays(np.zeros((20, 8, 8), np.uint8), np.arange(20) % 3 + 0.7), "labels is float64: labels must be "
+    (lambda: _arrays(np.zeros((20, 8, 8), np.uint8), np.arange(20) % 3 + 0.7), "y_train is float64: labels must be "
                                                                                "integers"),
-    (lambda: _arrays(np.zeros((20, 8, 8), np.uint8), np.arange(24) % 3), "holds 20 images but the train labels 24"),
+    (lambda: _arrays(np.zeros((20, 8, 8), np.uint8), np.arange(24) % 3),
+     "x_train holds 20 images but y_train 24 labels"),
     (lambda: _arrays(np.zeros((20, 8, 8, 3), np.uint8)), r"looks like \[N, H, W, C\]"),
     (lambda: _arrays(np.zeros((20, 3, 8, 8), np.uint8)), "3 channels where its DatasetInfo says 1"),
 ])
@@ -868,3 +869,17 @@ def test_idx_and_resolution_errors_name_the_files_and_a_fix(tmp_path):
             load_dataset("bigtest", tmp_path, download=False)
     finally:
         REGISTRY.pop("bigtest", None)
+
+
+def test_a_registered_readers_smaller_non_square_images_are_padded(tmp_path):
+    """A reader's 6x8 images for an 8x8 data set were padded before the arrays were checked like an npz file's,
+    which refused them as not square (review finding)."""
+    from nvcim.data import DatasetInfo, register_dataset
+
+    try:
+        register_dataset(DatasetInfo("padtest", 3, 1, 8, (0.5,), (0.5,), augment=False),
+                         read=lambda _: _arrays(np.full((20, 6, 8), 7, np.uint8)), locate=_Here())
+        ds = load_dataset("padtest", tmp_path, download=False)
+        assert ds.train.images.shape[1:] == (1, 8, 8) and int(ds.train.images[0, 0, 0, 0]) == 0  # padded row
+    finally:
+        REGISTRY.pop("padtest", None)

@@ -476,8 +476,7 @@ def run(args: argparse.Namespace) -> int:
     if recalibration is not None:
         how = "the clean weights" if recalibration["weights"] == "clean" else "each chip's weights, per chip"
         asked = recal if recal is not None else per_chip
-        fewer = (f" (of {asked} asked: the train split holds {len(splits.train)})"
-                 if asked and asked > recalibration["images"] else "")
+        fewer = f" (of {asked} asked)" if asked and asked > recalibration["images"] else ""
         print(f"BatchNorm statistics recalibrated from {recalibration['images']} training images{fewer} with {how}")
     if adc_record is not None:
         print(f"ADC ranges calibrated per chip on the first {adc_record['images']} {adc_record['split']} images")

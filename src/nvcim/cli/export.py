@@ -114,11 +114,18 @@ def run_import(args) -> int:
 
 
 def _torch_saved(path: Path) -> bool:
-    """Whether `path` is a file torch.save wrote (a zip archive holding a data.pkl), without unpickling it."""
+    """Whether `path` is a file torch.save wrote, without unpickling it: a zip archive holding a data.pkl, or the
+    legacy format (_use_new_zipfile_serialization=False), a pickle whose first object is torch's magic number."""
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as z:
             return any(n == "data.pkl" or n.endswith("/data.pkl") for n in z.namelist())
     except (OSError, zipfile.BadZipFile):
+        pass
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
         return False
+    return head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04") and head[2:3] == b"\x8a"  # PROTO, then LONG1

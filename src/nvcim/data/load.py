@@ -70,16 +70,16 @@ def _checked(name: str, info: DatasetInfo, xtr, ytr, xte, yte) -> tuple[np.ndarr
     """A registered reader's arrays as a data set is held (uint8 or float32 [N, C, H, W] images, int64 labels), checked
     as an npz: file's are: other dtypes (float64 pixels cast to uint8 were all 0), float labels, an image count that
     is not the label count, channels other than its DatasetInfo's (an [N, H, W, C] array) are one-line ValueErrors."""
-    where = f"dataset {name!r} (as its reader returned it)"
-    x_train = check_images(where, "the train images", np.asarray(xtr))  # [N, C, H, W]
-    x_test = check_images(where, "the test images", np.asarray(xte))  # [M, C, H, W]
+    where = f"dataset {name!r} (its reader's (x_train, y_train, x_test, y_test))"
+    x_train = check_images(where, "x_train", np.asarray(xtr), square=False)  # [N, C, H, W]
+    x_test = check_images(where, "x_test", np.asarray(xte), square=False)  # [M, C, H, W]
     for x, what in ((x_train, "train"), (x_test, "test")):
         if x.shape[1] != info.in_channels:
             raise ValueError(f"{where}: the {what} images are [N, C, H, W] = {list(x.shape)}, {x.shape[1]} channels "
                              f"where its DatasetInfo says {info.in_channels}: return channels first (an [N, H, W, C] "
                              "array: x.transpose(0, 3, 1, 2)) or fix in_channels")
-    y_train = check_labels(where, "the train labels", np.asarray(ytr), x_train.shape[0], "the train images")  # [N]
-    y_test = check_labels(where, "the test labels", np.asarray(yte), x_test.shape[0], "the test images")  # [M]
+    y_train = check_labels(where, "y_train", np.asarray(ytr), x_train.shape[0], "x_train")  # [N]
+    y_test = check_labels(where, "y_test", np.asarray(yte), x_test.shape[0], "x_test")  # [M]
     return x_train, y_train, x_test, y_test
 
 

@@ -106,8 +106,9 @@ def _read_arrays(path: Path) -> tuple[dict[str, np.ndarray], str]:
     return arrays, sha
 
 
-def check_images(path: Path, key: str, x: np.ndarray) -> np.ndarray:
-    """uint8 or float32 ``[N, C, H, W]`` from an accepted image array, else a one-line ValueError."""
+def check_images(path: Path, key: str, x: np.ndarray, square: bool = True) -> np.ndarray:
+    """uint8 or float32 ``[N, C, H, W]`` from an accepted image array, else a one-line ValueError (with `square`:
+    also for H != W; a registered data set's smaller images are padded to its square resolution instead)."""
     if x.ndim not in (3, 4):
         side = int(round(x.shape[1] ** 0.5)) if x.ndim == 2 else 0
         fix = (f" (1-D signals of {x.shape[1]} samples: save {key}.reshape(-1, {side}, {side}) and flatten them again "
@@ -124,7 +125,7 @@ def check_images(path: Path, key: str, x: np.ndarray) -> np.ndarray:
     if h != w and looks_nhwc:
         raise ValueError(f"{path}: {key} has shape {x.shape}, which looks like [N, H, W, C]: save "
                          f"{key}.transpose(0, 3, 1, 2) ([N, C, H, W])")
-    if h != w:
+    if h != w and square:
         raise ValueError(f"{path}: {key} images are {h}x{w}: nvcim models take square images: pad or crop them")
     if x.dtype == np.uint8:
         return x
