@@ -101,7 +101,7 @@ def _corrupt(map_dir, key, fn):
 def test_cli_export_import_and_errors(tmp_path, capsys):
     ckpt, _, _ = _checkpoint(tmp_path)
     rc, out, err = run_cli(["export", str(ckpt), "--out", str(tmp_path / "map"), "--tile-rows", "8"], capsys)
-    assert rc == 0 and "noisy layers" in out and err == ""
+    assert rc == 0 and "noisy weight tensors" in out and err == ""
     rc, out, _ = run_cli(["export", str(ckpt), "--out", str(tmp_path / "map")], capsys)  # replaces its own map
     assert rc == 0 and json.loads((tmp_path / "map" / MANIFEST_FILE).read_text())["tiling"]["tile_rows"] is None
     rc, out, err = run_cli(["import", str(tmp_path / "map"), "--out", str(tmp_path / "back")], capsys)

@@ -188,3 +188,42 @@ def test_monte_carlo_of_a_recurrent_classifier_varies_and_paths_agree():
     clean = monte_carlo_evaluate(model, (x, y), DeviceConfig(sigma=0.0, quantize=False), runs=2, seed=0)
     with torch.no_grad():
         assert clean.per_run_correct == [int((model(x).argmax(1) == y).sum())] * 2
+
+
+@pytest.mark.parametrize("wrap", ["weight_norm", "orthogonal", "prune"])
+@pytest.mark.parametrize("kind", ["lstm", "gru_cell", "lstm_cell"])
+def test_parametrized_or_pruned_recurrent_weights_are_varied(kind, wrap):
+    """A weight under torch.nn.utils.parametrizations (weight_norm, orthogonal) made the LSTM rebuild its weight
+    list from the parameters at every call, so the whole layer ran clean, bit for bit; a cell with a parametrized or
+    pruned weight raised KeyError (review finding). Checked against the module reading the drawn weights."""
+    from torch.nn.utils import parametrizations, prune
+
+    def build():
+        torch.manual_seed(0)
+        return (Sequence(nn.LSTM(4, 6, batch_first=True), 6) if kind == "lstm"
+                else Unrolled(nn.GRUCell(4, 6) if kind == "gru_cell" else nn.LSTMCell(4, 6)))
+
+    model, plain = build(), build()  # plain: the reference, every weight a plain parameter
+    layer, name = (model.rnn, "weight_hh_l0") if kind == "lstm" else (model.cell, "weight_hh")
+    if wrap == "prune":
+        prune.l1_unstructured(layer, name, amount=0.3)
+    else:
+        getattr(parametrizations, wrap)(layer, name)
+    with torch.no_grad():  # the wrapped weight's value as the module reads it, baked into the plain copy
+        for n, p in plain.named_parameters():
+            owner, attr = n.rsplit(".", 1)
+            p.copy_(getattr(model.get_submodule(owner), attr))
+    x = _x()
+    with torch.no_grad():
+        clean = model.eval()(x)
+        torch.testing.assert_close(plain.eval()(x), clean)
+        nvcim.apply_variation_(model, CFG)
+        outs = []
+        for seed in (0, 1):
+            chip = nvcim.draw_chip(model, seed=seed)
+            nvcim.program_chip_(model, seed=seed)
+            out = model(x)
+            ref = torch.func.functional_call(plain, chip, (x,))  # the plain module reading the drawn weights
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+            outs.append(out)
+    assert not torch.allclose(outs[0], clean) and not torch.allclose(outs[0], outs[1])

@@ -89,7 +89,7 @@ def run_export(args) -> int:
     out = export_conductance_map(args.checkpoint, args.out, tile_rows=args.tile_rows, tile_cols=args.tile_cols)
     data = read_manifest(out)
     devices = sum(layer["devices"] for layer in data["layers"])
-    print(f"wrote {out}: {len(data['layers'])} noisy layers, {devices} devices of {data['device_bits']} bits "
+    print(f"wrote {out}: {len(data['layers'])} noisy weight tensors, {devices} devices of {data['device_bits']} bits "
           f"(M={data['weight_bits']}), {len(data['digital'])} digital tensors")
     return 0
 

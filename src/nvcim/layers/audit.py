@@ -99,7 +99,8 @@ def warn_exact_and_shared(model: nn.Module, chosen: Sequence[tuple[str, nn.Modul
         warnings.warn(f"apply_variation_: {len(exact)} layer(s) nvcim cannot vary stay exact: "
                       f"{', '.join(exact[:5])}{', ...' if len(exact) > 5 else ''}, so only {varied:,} of "
                       f"{varied + left:,} matrix weights get device variation (supported: Linear, Conv, "
-                      "MultiheadAttention and their subclasses that keep their forward; "
+                      "ConvTranspose, MultiheadAttention, RNN / LSTM / GRU and their cells, and their subclasses "
+                      "that keep their forward; "
                       "nvcim.layers.register_layer adds a type)", stacklevel=3)
     loose = _loose(model)
     if loose and model not in _WARNED_LOOSE:

@@ -174,7 +174,8 @@ def check_coverage(model: nn.Module, *inputs: Any, seed: int = 0, strict: bool =
     insensitive = [name for name, read in missing if read]
     if insensitive:  # the chip is used, the output just does not move (e.g. every ReLU after it is off)
         message = (f"{len(insensitive)} noisy tensor(s) are read but do not change the output on these inputs: "
-                   f"{', '.join(insensitive)} (saturated or dead activations after it?)")
+                   f"{', '.join(insensitive)} (saturated or dead activations after it, or a path that cannot "
+                   "reach the output from these inputs, e.g. a reverse direction read at the last step only?)")
         if strict:
             raise CoverageError(message)
         warnings.warn(f"nvcim: {message}", stacklevel=2)

@@ -290,31 +290,41 @@ def _recurrent_attrs(module: nn.Module) -> list[str]:
 
 
 def _recurrent_forward(self: nn.RNNBase, input: Any, hx: Any = None) -> Any:
-    """nn.RNN / LSTM / GRU.forward with noisy matrices. Their forward hands the list `_flat_weights` (built from the
-    parameters) to the fused recurrent kernel; the list holds W_p for this call only. The parameters themselves are
-    untouched, so the module does not rebuild (or, on CUDA, re-flatten) its weights, provided its list is current
-    first: after a torch.func.functional_call the forward would rebuild the list from the parameters, clean."""
-    self._update_flat_weights()  # the list from the parameters as they are: the forward keeps what we put in it
-    clean = self._flat_weights
-    self._flat_weights = [current_weight(self, n) if n in controls(self) else w
-                          for n, w in zip(self._flat_weights_names, clean)]
+    """nn.RNN / LSTM / GRU.forward with noisy matrices. Their forward hands the list `_flat_weights` to the fused
+    recurrent kernel, after rebuilding it from the parameters when they look changed (always so for a parametrized
+    weight: weight_norm, orthogonal). For this call the list holds W_p (and every other weight as read now), and the
+    rebuild is off; the module's own list is untouched."""
+    flat = [current_weight(self, n) if n in controls(self) else getattr(self, n, None) for n in self._flat_weights_names]
+    clean = self.__dict__.get("_flat_weights")
+    self.__dict__["_flat_weights"], self.__dict__["_update_flat_weights"] = flat, lambda: None
     try:
         return type(self).forward(self, input, hx)
     finally:
-        self._flat_weights = clean
+        self.__dict__["_flat_weights"] = clean
+        del self.__dict__["_update_flat_weights"]
 
 
 def _cell_forward(self: nn.RNNCellBase, input: torch.Tensor, hx: Any = None) -> Any:
-    """nn.RNNCell / LSTMCell / GRUCell.forward with noisy weight_ih / weight_hh: their forward reads the two
-    parameters by name, which hold W_p for this call only (restored even when the forward raises)."""
-    params = self._parameters
-    clean = {n: params[n] for n in controls(self)}
-    try:
-        for n, w in clean.items():
-            params[n] = current_weight(self, n)  # W_p: a tensor, differentiable w.r.t. the parameter
-        return type(self).forward(self, input, hx)
-    finally:
-        params.update(clean)
+    """nn.RNNCell / LSTMCell / GRUCell.forward with noisy weight_ih / weight_hh (their forward reads the parameters
+    by name, so it is written out here; a parametrized or pruned weight is read as the module would read it).
+    input [B, I] or [I]; hx [B, H] (LSTMCell: (h, c)) or None; returns like hx."""
+    if input.dim() not in (1, 2):
+        raise ValueError(f"{type(self).__name__}: expected input to be 1D or 2D, got {input.dim()}D instead")
+    batched = input.dim() == 2
+    x = input if batched else input.unsqueeze(0)  # [B, I]
+    w_ih, w_hh = current_weight(self, "weight_ih"), current_weight(self, "weight_hh")
+    zeros = None if hx is not None else torch.zeros(x.size(0), self.hidden_size, dtype=x.dtype, device=x.device)
+    if isinstance(self, nn.LSTMCell):
+        state = (zeros, zeros) if hx is None else hx if batched else (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        h, c = torch._VF.lstm_cell(x, state, w_ih, w_hh, self.bias_ih, self.bias_hh)  # [B, H] each
+        return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
+    state = zeros if hx is None else hx if batched else hx.unsqueeze(0)  # [B, H]
+    if isinstance(self, nn.GRUCell):
+        cell = torch._VF.gru_cell
+    else:
+        cell = torch._VF.rnn_tanh_cell if self.nonlinearity == "tanh" else torch._VF.rnn_relu_cell
+    out = cell(x, state, w_ih, w_hh, self.bias_ih, self.bias_hh)  # [B, H]
+    return out if batched else out.squeeze(0)
 
 
 register_layer(nn.Linear, _weight_only, _linear_forward)
