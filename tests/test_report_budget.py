@@ -220,3 +220,22 @@ def test_settings_that_did_not_act_split_no_arm(tmp_path):
                                            "eval_every": [1, 2][seed % 2]}
         write(tmp_path / f"r{seed}.json", d)
     assert {p["label"] for p in matched_points(scan_results(tmp_path).records)} == {"noise injection"}
+
+
+def test_a_baseline_kept_by_another_selection_is_no_other_recipe(tmp_path):
+    """Vanilla kept by its clean validation beside noise injection kept by its noisy one (TrainConfig's advice for
+    a baseline at chance under noise) is the usual comparison: neither gets a recipe suffix, and they are paired
+    (review finding: the selection keys split them and dropped the pair)."""
+    from nvcim.report import paired_comparisons
+
+    for seed in range(3):
+        for method, select in (("vanilla", "clean"), ("noise_injection", "noisy")):
+            d = mc_eval(method, 0.3 if method != "vanilla" else 0.0, seed,
+                        [mc_result(0.3, [50.0 + seed, 52.0 + seed] if method == "vanilla" else [60.0 + seed] * 2)])
+            d["checkpoint"] = f"ck/{method}{seed}"
+            d["checkpoint_config"]["train"] = {"epochs": 3, "optimizer": "adam", "select": select, "device": "cpu",
+                                               "amp": method == "vanilla"}
+            write(tmp_path / f"{method}{seed}.json", d)
+    pts = matched_points(scan_results(tmp_path).records)
+    assert {p["label"] for p in pts} == {"vanilla", "noise injection"}
+    assert any({r["method_a"], r["method_b"]} == {"vanilla", "noise_injection"} for r in paired_comparisons(pts))

@@ -31,6 +31,9 @@ from nvcim.report.common import fmt_param, method_traits, sigma_key
 # budget and optimiser, then what else changes the weights a checkpoint keeps (its training data, the epoch chosen)
 RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "schedule", "weight_decay", "augment", "momentum", "amp",
                "limit", "data_seed", "val_fraction", "select", "val_runs", "eval_every")
+# of those, the ones that split an arm only where models of one method differ in them: a vanilla baseline kept by its
+# clean validation beside OVF kept by its noisy one is the usual comparison, not two recipes
+PER_METHOD_KEYS = ("amp", "limit", "data_seed", "val_fraction", "select", "val_runs", "eval_every")
 _PARAM_SYMBOL = {"beta": "β", "n_variational": "N", "logit_scale": "scale", "delta_sigma": "Δσ"}
 
 
@@ -105,11 +108,22 @@ def _recipe_labels(records: list[dict]) -> None:
         if r.get("recipe"):
             by_group.setdefault((r["model"], r["dataset"]), []).append(r)
     for recs in by_group.values():
-        # keys every model records (a checkpoint written before a key existed does not differ in it, it is silent)
-        keys = sorted(set.intersection(*(set(r["recipe"]) for r in recs)), key=RECIPE_KEYS.index)
-        varying = [k for k in keys if len({_hashable(r["recipe"][k]) for r in recs}) > 1]
+        varying = _varying(recs, exclude=PER_METHOD_KEYS)  # across the methods
+        by_method: dict[str, list[dict]] = {}
         for r in recs:
-            r["recipe_label"] = ", ".join(recipe_words(k, r["recipe"][k]) for k in varying)
+            by_method.setdefault(r["method"], []).append(r)
+        for same_method in by_method.values():
+            keys = varying + _varying(same_method, only=PER_METHOD_KEYS)
+            for r in same_method:
+                r["recipe_label"] = ", ".join(recipe_words(k, r["recipe"][k]) for k in sorted(keys, key=RECIPE_KEYS.index))
+
+
+def _varying(recs: list[dict], exclude: Sequence[str] = (), only: Sequence[str] | None = None) -> list[str]:
+    """The recipe keys whose values differ among `recs` (of those every record holds: a checkpoint written before a
+    key existed does not differ in it)."""
+    keys = set.intersection(*(set(r["recipe"]) for r in recs)) - set(exclude)
+    keys = keys & set(only) if only is not None else keys
+    return [k for k in sorted(keys, key=RECIPE_KEYS.index) if len({_hashable(r["recipe"][k]) for r in recs}) > 1]
 
 
 def _finish(r: dict, label: str) -> None:

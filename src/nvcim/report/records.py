@@ -67,6 +67,8 @@ def training_recipe(train: Any) -> dict:
         recipe.pop("val_runs", None)
     if recipe.get("select") == "last":
         recipe.pop("eval_every", None)
+    if train.get("device") == "cpu":  # bf16 autocast is CUDA's only
+        recipe.pop("amp", None)
     return recipe
 
 
