@@ -845,6 +845,11 @@ def test_a_dataset_info_no_data_can_have_is_refused_at_registration(kw, match):
     with pytest.raises(ValueError, match=match):
         register_dataset(DatasetInfo(**fields), read=read_idx_set, locate=IdxFolder())
     assert "infotest" not in DATASETS
+    try:  # numpy numbers are numbers (review finding: refused)
+        register_dataset(DatasetInfo("infotest", np.int64(10), 1, 32, (np.float32(0.5),), (np.float64(0.5),), False),
+                         read=read_idx_set, locate=IdxFolder())
+    finally:
+        REGISTRY.pop("infotest", None)
 
 
 def test_idx_and_resolution_errors_name_the_files_and_a_fix(tmp_path):

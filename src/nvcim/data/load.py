@@ -87,7 +87,7 @@ def _warn_few_classes(name: str, y_test: torch.Tensor, limit: int) -> None:
     """Point out a `limit` whose first test images (file order) hold under half the test split's classes: a file
     sorted by class gives a one-class test set, and its accuracy says little."""
     every, kept = int(y_test.unique().numel()), int(y_test[:limit].unique().numel())
-    if limit and kept < max(2, every // 2):
+    if limit and every >= 2 and kept < max(2, every // 2):
         warnings.warn(f"{name}: the first {limit} test images (file order) hold {kept} of the test split's {every} "
                       "classes, so the test accuracy on them says little: raise the limit, or store the test images "
                       "shuffled", stacklevel=3)

@@ -91,11 +91,13 @@ def _check_info(info: DatasetInfo) -> None:
     where = f"dataset {info.name!r}"
     for field in ("num_classes", "in_channels", "image_size"):
         v = getattr(info, field)
-        if isinstance(v, bool) or not isinstance(v, int) or v < (2 if field == "num_classes" else 1):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < (2 if field == "num_classes"
+                                                                                            else 1):
             raise ValueError(f"{where}: {field} = {v!r}: give an integer >= {2 if field == 'num_classes' else 1}")
     for field in ("mean", "std"):
         v = tuple(getattr(info, field))
-        if len(v) != info.in_channels or not all(isinstance(m, (int, float)) and np.isfinite(m) for m in v):
+        if len(v) != info.in_channels or not all(isinstance(m, (int, float, np.integer, np.floating))
+                                                 and not isinstance(m, bool) and np.isfinite(m) for m in v):
             raise ValueError(f"{where}: {field} = {v!r}: give {info.in_channels} finite value(s), one per channel "
                              "(on the [0, 1] pixel scale)")
     if min(info.std) <= 0:
