@@ -61,3 +61,22 @@ def stop_after(monkeypatch, epoch: int):
 
     monkeypatch.setattr(loop, "save_train_state", save_then_stop)
     return lambda: monkeypatch.setattr(loop, "save_train_state", real)
+
+
+def chips_match_plain_module(model, x, seeds=(0, 1)):
+    """For each seed: program that chip, and check the model's output equals the plain module reading the drawn weights
+    (torch.func.functional_call with variation off); returns the outputs (the caller checks they differ)."""
+    import torch
+
+    import nvcim
+
+    outs = []
+    for seed in seeds:
+        chip = nvcim.draw_chip(model, seed=seed)
+        nvcim.program_chip_(model, seed=seed)
+        out = model(x)
+        with nvcim.variation_disabled(model):
+            ref = torch.func.functional_call(model, chip, (x,))  # the plain module reading W_p
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        outs.append(out)
+    return outs

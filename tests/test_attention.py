@@ -18,6 +18,7 @@ from torch import nn
 
 import nvcim
 import nvcim.layers
+from helpers import chips_match_plain_module
 from nvcim.core.config import DeviceConfig
 from nvcim.layers.coverage import CoverageError, check_coverage
 from nvcim.evaluate import monte_carlo_evaluate
@@ -93,15 +94,7 @@ def test_chip_reaches_every_tensor_in_every_mode(name, training, no_grad):
     names = [p.name for p in nvcim.noisy_parameters(model)]
     assert not any(n.endswith(".bias") for n in names)
     with _mode(model, training, no_grad):
-        outs = []
-        for seed in (0, 1):
-            chip = nvcim.draw_chip(model, seed=seed)
-            nvcim.program_chip_(model, seed=seed)
-            out = model(x)
-            with nvcim.variation_disabled(model):
-                ref = torch.func.functional_call(model, chip, (x,))  # the plain module reading W_p
-            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-            outs.append(out)
+        outs = chips_match_plain_module(model, x)
         assert not torch.allclose(outs[0], outs[1])
         assert check_coverage(model, x) == names
 
