@@ -105,7 +105,10 @@ def weight_scores(
         for w in frozen:  # a frozen layer is still programmed onto the chip: it needs its gradient too
             w.requires_grad_(True)
         # eval mode: BatchNorm with its running statistics, the deployed function (every module's flag restored)
-        with eval_mode(model), variation_disabled(model), torch.enable_grad():
+        # cuDNN's recurrent kernels backpropagate only in training mode: their gradients here come from PyTorch's own
+        rnn = any(isinstance(m, torch.nn.RNNBase) for m in model.modules())
+        with eval_mode(model), variation_disabled(model), torch.enable_grad(), \
+                torch.backends.cudnn.flags(enabled=not rnn and torch.backends.cudnn.enabled):
             for x, y in batches:
                 loss = F.cross_entropy(model(x), y)
                 grads = torch.autograd.grad(loss, weights, allow_unused=True)  # a layer off the path: no gradient
