@@ -7,6 +7,7 @@
 #   bash scripts/repro_gpu.sh [OUT]          # on the GPU machine (torch, numpy, safetensors, tqdm,
 #                                            # matplotlib, tabulate, pyyaml present; nothing downloaded)
 #   bash scripts/repro_gpu.sh --bench [OUT]  # on the GPU machine: only the device-effect benchmark (about 2 min)
+#                                            # and the layer check (scripts/gpu_layer_check.py: RNNs, attention)
 # With the project's device tool: carry [".gpu_data"] and run `bash scripts/repro_gpu.sh $OUT/repro`.
 # After the report, the script times the device effects on the GPU (issue 18, point 5: the ADC path
 # <= 6x clean inference; benchmarks/bench_effects.py, ratios interleaved in one run) into OUT/bench_effects_cuda.txt.
@@ -32,6 +33,8 @@ bench() {  # VGG-8 at 1/4 and full width, 8 chips x 256 images per call (ADC row
   mkdir -p "$OUT"
   $PY benchmarks/bench_effects.py --device cuda --models 0.25,1.0 --runs 8,8 --images 256,256 --adc-runs 8,8 \
     --adc-images 256,256 --repeat 3 | tee "$OUT/bench_effects_cuda.txt" || echo "benchmark failed"
+  # recurrent layers, their cells and attention under cuDNN (tested on CPU only): chips, both MC paths, write-verify
+  $PY scripts/gpu_layer_check.py --device cuda | tee "$OUT/layer_check_cuda.txt" || echo "layer check failed"
 }
 if [ "$BENCH_ONLY" = 1 ]; then bench; exit 0; fi
 start=$(date +%s)
