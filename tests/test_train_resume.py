@@ -462,3 +462,17 @@ def _tiny_splits(n):
 
     full = load_dataset("mnist5k", val_fraction=0.0, limit=64)
     return DatasetSplits(info=full.info, train=full.train.subset(slice(0, n)), val=full.val, test=full.test)
+
+
+def test_a_resume_judges_the_data_by_content_and_the_device_by_where_it_ran(tmp_path, monkeypatch):
+    """--device auto then cpu (one machine) or another spelling of the data root were refused as "another
+    configuration" (review suspicion); other images of the same counts under the same name (a replaced data file)
+    were not. The data record holds the splits' digest; a state written before it is judged by the counts."""
+    cfg, state = interrupted_state(tmp_path, monkeypatch)
+    splits = loop.load_dataset("mnist5k", None, val_fraction=0.1, seed=0, limit=64)
+    assert resume_problem(cfg.replace(device="cpu"), state, splits) is None  # (it ran with "auto" on this CPU)
+    assert resume_problem(cfg.replace(data_root=str(tmp_path)), state, splits) is None
+    other = loop.load_dataset("mnist5k", None, val_fraction=0.1, seed=1, limit=64)  # same counts, other images
+    assert "trained on other data" in resume_problem(cfg, state, other)
+    edit_record(state, data__sha256=None)  # a state written before the digest: the counts decide
+    assert resume_problem(cfg, state, other) is None

@@ -24,7 +24,9 @@ from nvcim.io.train_state import (TrainStateError, is_train_state_dir, read_trai
 from nvcim.train.checks import resolve_device
 from nvcim.train.config import TrainConfig
 
-RESUME_IGNORED = ("progress", "num_threads")  # TrainConfig fields that may differ between the parts of one run
+# TrainConfig fields that may differ between the parts of one run: "device" ("auto" or "cpu" naming one machine:
+# where the epochs ran is the run record's, check_same_run) and "data_root" (what was read is the data record's digest)
+RESUME_IGNORED = ("progress", "num_threads", "device", "data_root")
 FRESH_START = "delete the directory to train from the start"  # the fix of a state that cannot be resumed (never done
 # by `train`: the state holds the finished epochs; `nvcim train` names the directory and --out)
 
@@ -36,7 +38,13 @@ def as_json(value):
 
 def data_record(splits) -> dict:
     return as_json({"name": splits.info.name, "n_train": len(splits.train), "n_val": len(splits.val),
-                     "n_test": len(splits.test), "file": splits.fingerprint})
+                     "n_test": len(splits.test), "file": splits.fingerprint, "sha256": splits.sha256()})
+
+
+def _same_data(have: dict, now: dict) -> bool:
+    """Whether a state's data record is these splits' (a state written before records held the content digest is
+    judged by the rest)."""
+    return have == (now if "sha256" in have else {k: v for k, v in now.items() if k != "sha256"})
 
 
 def check_resumable(state, cfg: TrainConfig, splits, path: Path) -> None:
@@ -48,7 +56,7 @@ def check_resumable(state, cfg: TrainConfig, splits, path: Path) -> None:
         shown = "; ".join(f"{k}: {have.get(k)!r} there, {want.get(k)!r} now" for k in diff[:2])
         raise TrainStateError(f"training state {path} is of another configuration ({shown}): run the configuration "
                               f"that made it, or {FRESH_START}")
-    if state.record["data"] != data_record(splits):
+    if not _same_data(state.record["data"], data_record(splits)):
         raise TrainStateError(f"training state {path} was trained on other data ({state.record['data']}): restore "
                               f"that data set, or {FRESH_START}")
     if state.record["epochs"] != cfg.epochs:  # part of the configuration, checked again for a clear message
