@@ -220,3 +220,18 @@ def test_parametrized_or_pruned_recurrent_weights_are_varied(kind, wrap):
             torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
             outs.append(out)
     assert not torch.allclose(outs[0], clean) and not torch.allclose(outs[0], outs[1])
+
+
+def test_a_cell_reads_one_training_draw_per_forward_from_the_first_forward_on():
+    """A cell stepped over 5 time steps drew a fresh chip at every step of its first training forward (the held draw
+    was learnt only after a weight was seen read twice) and one per forward after (review finding)."""
+    torch.manual_seed(0)
+    model = nvcim.apply_variation_(Unrolled(nn.LSTMCell(4, 6)), CFG).train()
+    draws = []
+    for p in nvcim.noisy_parameters(model):
+        real = p.control.draw_with_gain
+        p.control.draw_with_gain = lambda w, *a, _real=real, _name=p.name, **k: draws.append(_name) or _real(w, *a, **k)
+    for _ in range(2):
+        draws.clear()
+        model(_x()).sum().backward()
+        assert sorted(draws) == ["cell.weight_hh", "cell.weight_ih", "head.weight"], draws

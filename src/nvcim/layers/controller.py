@@ -59,7 +59,8 @@ def enter_model_forward(module: nn.Module, _args=None) -> None:
     """Forward pre-hook of a model given to `apply_variation_`: its forward is one pass over the chip, so a training
     draw (a weight without a programmed chip) that the forward reads again (a layer called twice) is reused there,
     as the chip would; read noise is still drawn per read. Only the weights seen read twice in an earlier forward
-    are held (`NoisyWeight.read_twice`: the memory of one draw each), the first such forward draws afresh. Nests (a
+    are held (`NoisyWeight.read_twice`: the memory of one draw each), and in a forward that builds a graph every draw
+    is (the graph keeps it anyway); otherwise the first such forward draws afresh. Nests (a
     varied model inside a varied model); a scope an interrupted forward left open (KeyboardInterrupt skips forward
     hooks) is dropped when that model runs again."""
     stack = getattr(_FORWARD_SCOPE, "stack", None)
@@ -96,9 +97,9 @@ def _forward_draw(controller: "NoisyWeight", key, make):
         return make()
     draws = stack[-1][1]
     held = draws.get(id(controller))
-    if held is None:  # the first read of this weight in this forward
-        drawn = make()
-        k = key() if controller.read_twice else None
+    if held is None:  # the first read of this weight in this forward: held when it was read twice before, or when
+        drawn = make()  # autograd keeps the draw anyway (a training forward), so that a second read reuses it
+        k = key() if controller.read_twice or torch.is_grad_enabled() else None
         draws[id(controller)] = (k, drawn if k is not None else None)
         return drawn
     k = key()
