@@ -248,6 +248,7 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
                  if cfg.schedule == "cosine" else None)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
     has_val = len(splits.val) > 0
+    saved_once: dict | None = None
     if not has_val and cfg.select != "last" and cfg.val_fraction > 0:  # (val_fraction 0: the user asked for none)
         warnings.warn(f"nvcim: the validation split is empty (val_fraction {cfg.val_fraction:g} of "
                       f"{len(splits.train)} training images rounds to 0): the last epoch is kept, not the best one by "
@@ -390,9 +391,10 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
             tensors = {"model": _clone_state(model), "task": task.own_state_dict(), "optimizer": optimizer.state_dict(),
                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
                        "rng": rng_state(gen, dev), "best": best_state, "initial": initial_state}
+            if saved_once is None:  # what the state records of the data and the run: the same every epoch
+                saved_once = {"data": data_record(splits), "run": run_record(dev, amp)}  # (hashes the splits, code)
             save_train_state(state_dir, tensors, {"epoch": epoch, "epochs": cfg.epochs, "train": as_json(cfg.to_dict()),
-                                                  "data": data_record(splits), "loop": loop,
-                                                  "run": run_record(dev, amp)})
+                                                  "loop": loop, **saved_once})
         msg = f"epoch {epoch}/{cfg.epochs}: loss {record['train_loss']:.4f} train {record['train_accuracy']:.2f}%"
         if "val_clean" in record:
             msg += f" val clean {record['val_clean']:.2f}%"
