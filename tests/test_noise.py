@@ -409,3 +409,30 @@ def test_a_model_of_inference_tensors_still_trains_its_draws():
         nvcim.apply_variation_(m, DeviceConfig(sigma=0.3))
         x = torch.randn(2, 4)
         assert not torch.equal(m(x), m(x))
+
+
+@pytest.mark.parametrize("cfg", [DeviceConfig(sigma=0.2, stuck_at=(0.05, 0.05), drift_time=3600.0, drift_compensation=True),
+                                 DeviceConfig(sigma=0.2, adc_bits=6, tile_rows=8, adc_clip="calibrated")],
+                         ids=["faults-drift", "adc-calibrated"])
+def test_a_model_moved_to_float64_after_program_chip_keeps_its_chip(cfg):
+    """`.double()` after `program_chip_` raised a dtype mismatch (the chip stayed float32); the chip follows the model
+    now, with its drift gain and calibrated ADC range: the float64 model's outputs are the float32 model's (same chip)
+    to float32 precision. (Read noise is drawn in the weights' dtype: other numbers in float64, same distribution.)"""
+    import warnings
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.randn(5, 12)
+    nvcim.apply_variation_(model, cfg)
+    twin = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an uncalibrated chip would warn
+        for m in (model, twin):
+            nvcim.program_chip_(m, seed=3)
+            if cfg.adc_clip == "calibrated":
+                nvcim.calibrate_adc_(m, x)
+        twin.double()
+        with torch.no_grad():
+            for _ in range(2):
+                want, got = model(x), twin(x.double())
+                assert got.dtype == torch.float64
+                torch.testing.assert_close(got.float(), want, rtol=1e-4, atol=1e-5)

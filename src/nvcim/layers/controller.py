@@ -228,11 +228,32 @@ class NoisyWeight:
         """True when forwards run the ADC simulation (enabled, cfg.adc_bits or cfg.input_bits set)."""
         return self.enabled and self.cfg.sliced_mvm
 
+    def _programmed_like(self, w: torch.Tensor) -> torch.Tensor | dm.ChipLevels | None:
+        """The programmed chip on w's dtype and device: a model moved after `program_chip_` (`.to(device)`,
+        `.double()`) keeps its chip, converted once here (its read gain and calibrated ADC range follow it)."""
+        chip = self.programmed
+        if chip is None:
+            return None
+        ref = chip if isinstance(chip, torch.Tensor) else chip.g
+        if ref.dtype == w.dtype and ref.device == w.device:
+            return chip
+        if isinstance(chip, torch.Tensor):
+            moved = chip.to(w)
+        else:
+            moved = dm.ChipLevels(chip.g.to(w), chip.sign.to(w.device), chip.scale.to(w), chip.gain.to(w))
+        if self.read_gain is not None and self.read_gain[0] is chip:
+            self.read_gain = (moved, self.read_gain[1].to(w) if isinstance(self.read_gain[1], torch.Tensor)
+                              else self.read_gain[1])
+        if self._calibrated():
+            self.adc_range = ((moved, _version_of(moved), self.cfg), self.adc_range[1])
+        self.programmed = moved
+        return moved
+
     def levels_for_forward(self, w: torch.Tensor) -> dm.ChipLevels:
         """The device levels this forward reads (ADC simulation): the programmed chip's (a tensor W_p on
         ideal devices) or a fresh draw, plus one read of read noise (cfg.read_sigma > 0)."""
         self.reads += 1
-        chip, gen = self.programmed, self.read_generator
+        chip, gen = self._programmed_like(w), self.read_generator
         if chip is None:
             chip = _forward_draw(self, lambda: self._draw_key(w, "levels"), lambda: self.draw_levels(w))
             gen = self.generator
@@ -340,7 +361,7 @@ class NoisyWeight:
             raise ValueError("a noisy weight read directly by another module (e.g. MultiheadAttention's out_proj) "
                              "cannot run the ADC simulation (adc_bits / input_bits): exclude that layer")
         if self.programmed is not None:
-            w_p = self.programmed
+            w_p = self._programmed_like(w)
             gen = self.read_generator
             gain = self.read_gain[1] if self.read_gain is not None and self.read_gain[0] is w_p else None
         elif self.sigma == 0 and not self.cfg.quantize and not self.cfg.chip_effects and not self.cfg.read_sigma:

@@ -368,6 +368,8 @@ def variation_disabled(model: nn.Module) -> Iterator[nn.Module]:
 def _generator_for(seed: int | None, generator: torch.Generator | None) -> torch.Generator | None:
     if generator is not None:
         return generator
+    if isinstance(seed, torch.Generator):  # program_chip_(model, gen): a generator passed where the seed goes
+        return seed
     if seed is not None:
         return torch.Generator().manual_seed(int(seed))
     return None
