@@ -89,6 +89,7 @@ def test_matrix_of_checkpoints_and_device_models(ckpts, tmp_path, capsys):
     assert [r["method"]["name"] for r in rec.rows] == ["noise_injection", "vanilla"]  # what trained each row
     assert rec.rows[0]["train_sigma"] == 0.2 and rec.rows[1]["seed"] == rec.rows[0]["seed"]
     assert rec.rows[0]["model"]["name"] == rec.rows[1]["model"]["name"]  # arms never pool other models
+    assert "train_device" in rec.rows[0] and rec.rows[0]["recipe"]["epochs"] == 1  # nor other training devices
     assert all(rec.result(i, j).sigma == 0.2 and rec.result(i, j).seed == 3 for i in range(2) for j in range(3))
     assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
     rows = list(csv.DictReader(table.open()))

@@ -262,3 +262,39 @@ def test_a_matrix_with_numbers_nvcim_cannot_have_written_is_refused_or_skipped(t
     assert all(f"skipping {tmp_path / 'bad' / name}" in err for name in ("mean.json", "run.json", "none.json")), err
     arms = (tmp_path / "o" / "device_matrix_arms.csv").read_text()
     assert "150" not in arms and "good.json" in arms and str(tmp_path / "bad") not in arms
+
+
+def test_rows_trained_under_other_devices_or_recipes_are_other_arms_never_mixed_as_seeds():
+    # a new user's matrix of OVF trained under Gaussian and under their own device, given in mixed order, made one arm
+    # "OVF" of the Gaussian seed 0 and the other device's seed 1 (79.10 ± 11.56), paired against noise injection
+    mine = "level_dependent multipliers=[1, 2, 2, 1], stuck_at=[0.0175, 0.0904]"
+    info = [{"method": OVF, "seed": s, "train_sigma": 0.2, "train_device": d}
+            for s, d in ((0, None), (0, mine), (1, mine), (1, None))]
+    info += [{"method": NI, "seed": s, "train_sigma": 0.2, "train_device": None} for s in (0, 1)]
+    info += [{"method": {"name": "vanilla"}, "seed": s, "train_sigma": 0.2, "train_device": mine} for s in (0, 1)]
+    rec = _matrix(info, [[87, 80], [70, 75], [71, 74], [86, 79], [60, 50], [62, 52], [40, 30], [42, 32]])
+    labels = [a[0] for a in matrix_arms(rec)]
+    assert labels[:4] == ["OVF (trained on Gaussian)", f"OVF (trained on {mine})", f"OVF (trained on {mine})",
+                          "OVF (trained on Gaussian)"]
+    assert labels[4:] == ["noise injection"] * 2 + ["vanilla"] * 2  # vanilla trains without the device
+    means = {(r["device_model"], r["arm"]): r["mean"] for r in matrix_arm_means(rec)}
+    assert means["gaussian", "OVF (trained on Gaussian)"] == 86.5 and means["gaussian", f"OVF (trained on {mine})"] == 70.5
+    pairs = {(r["arm_a"], r["arm_b"]) for r in matrix_paired(rec) if r["device_model"] == "gaussian"}
+    assert ("OVF (trained on Gaussian)", "noise injection") in pairs
+    assert (f"OVF (trained on {mine})", "noise injection") not in pairs  # method and device differ
+    # a learning rate (or any recipe key) that differs within one method: arms of their own
+    lr = [{"method": OVF, "seed": s, "train_sigma": 0.2, "recipe": {"epochs": 3, "lr": v}} for v in (0.1, 0.01)
+          for s in (0, 1)]
+    assert [a[0] for a in matrix_arms(_matrix(lr, [[1, 1]] * 4))] == ["OVF (lr 0.1)"] * 2 + ["OVF (lr 0.01)"] * 2
+    # beside another method of the same lr: paired; of another lr: not
+    ni = [{"method": NI, "seed": s, "train_sigma": 0.2, "recipe": {"epochs": 3, "lr": 0.1}} for s in (0, 1)]
+    rows = matrix_paired(_matrix(lr + ni, [[1, 1], [2, 2], [3, 3], [5, 5], [0, 0], [1, 1]]))
+    assert {(r["arm_a"], r["arm_b"]) for r in rows} == {("OVF (lr 0.1)", "noise injection"),
+                                                        ("OVF (lr 0.1)", "OVF (lr 0.01)")}
+
+
+def test_an_arm_with_an_unexplained_duplicate_never_pairs_even_its_first_rows():
+    # "OVF" took each seed's first row in the order given: with "OVF (#2)" beside it, nothing says it is one recipe
+    twins = [{"method": OVF, "seed": s, "train_sigma": 0.3} for s in (0, 1, 1, 0)]
+    ni = [{"method": NI, "seed": s, "train_sigma": 0.3} for s in (0, 1)]
+    assert matrix_paired(_matrix(twins + ni, [[1, 1], [2, 2], [3, 3], [4, 4], [0, 0], [0, 0]])) == []

@@ -30,7 +30,9 @@ from nvcim.interop.aihwkit import require as require_aihwkit
 from nvcim.cli.device_flags import adc_calibration, refuse_conflicts
 from nvcim.io.device_models import device_model, device_model_fields
 from nvcim.io.files import atomic_write_bytes
+from nvcim.report.labels import device_description
 from nvcim.report.matrix import is_matrix_png, matrix_csv, matrix_png, matrix_table
+from nvcim.report.records import training_recipe
 
 
 def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | None, runs: int, seed: int,
@@ -138,7 +140,10 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
                      "model": {"name": model.get("name"), "width": model.get("width")},
                      "digital_layers": digital_layers(loaded.model),
                      "train_sigma": (loaded.config.get("device") or {}).get("sigma"),
-                     "epochs": (loaded.config.get("train") or {}).get("epochs")})
+                     "epochs": (loaded.config.get("train") or {}).get("epochs"),
+                     # what else made the weights: models trained otherwise are arms of their own in the report
+                     "train_device": device_description(loaded.config.get("device") or {}),
+                     "recipe": training_recipe(loaded.config.get("train"))})
     same_images(rows, args.split)
     partial, common, prints = resume_pieces(args, ckpts, kind="device_matrix cell", sigma=sigma, runs=runs, seed=seed,
                                             batch_size=batch_size, limit=limit, time=args.time)

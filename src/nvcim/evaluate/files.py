@@ -163,7 +163,8 @@ class DeviceMatrixFile:
     runs: int = 0
     seed: int = 0
     rows: list | None = None  # per row {"method": {"name", params...}, "seed", "train_sigma", "epochs", "model":
-    # {"name", "width"}} (None: unknown; "model" absent in files written before it)
+    # {"name", "width"}, "train_device": the training device's description (None: Gaussian), "recipe": {the training
+    # recipe's keys}} (None: unknown; "model", "train_device", "recipe" absent in files written before them)
     adc_calibration: dict | None = None  # {"split"} the calibrated-clip columns' ADC ranges came from (None: no such column)
     nvcim_version: str = __version__
     format: int = FORMAT

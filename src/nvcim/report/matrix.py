@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 from itertools import combinations
@@ -30,7 +31,7 @@ from nvcim.io.files import atomic_write_bytes
 from nvcim.report.common import fmt_num, fmt_sigma, label_sort_key, method_traits
 from nvcim.report.figures import Figures, pyplot
 from nvcim.report.flags import Marks
-from nvcim.report.labels import base_label, device_description, recipe_words
+from nvcim.report.labels import PER_METHOD_KEYS, RECIPE_KEYS, base_label, device_description, recipe_words
 from nvcim.report.paired import paired_t, reading
 from nvcim.report.tables import Table, no_pairs_table
 
@@ -168,7 +169,9 @@ def _arm_rows(rec: DeviceMatrixFile) -> list[dict] | None:
         arms.append({"label": base_label(name, method), "base": base_label(name, method), "method": name,
                      "seed": str(info.get("seed")), "sigma": info.get("train_sigma") if noisy else None,
                      "epochs": info.get("epochs"), "model": (model.get("name"), model.get("width")),
-                     "dataset": rec.datasets[i], "digital": tuple(info.get("digital_layers") or ())})
+                     "dataset": rec.datasets[i], "digital": tuple(info.get("digital_layers") or ()),
+                     "device": info.get("train_device") if noisy else None,  # vanilla: trained without the device
+                     "recipe": info.get("recipe") if isinstance(info.get("recipe"), dict) else {}})
     # several models / widths / data sets / digital layers in one matrix: never one arm (pooled as if seeds)
     many = {k for k in ("model", "dataset", "digital") if len({a[k] for a in arms}) > 1}
     for a in arms:
@@ -193,6 +196,16 @@ def _arm_rows(rec: DeviceMatrixFile) -> list[dict] | None:
             for a in arms:
                 if a["label"] == label:
                     a["label"] = f"{label} ({recipe_words('epochs', a['epochs'])})"
+    for label in {a["label"] for a in arms}:  # ... or under several training devices
+        if len({a["device"] for a in arms if a["label"] == label}) > 1:
+            for a in arms:
+                if a["label"] == label:
+                    a["label"] = f"{label} (trained on {a['device'] or 'Gaussian'})"
+    for label in {a["label"] for a in arms}:  # ... or by several recipes (learning rate, batch, data seed ...)
+        same = [a for a in arms if a["label"] == label]
+        keys = _recipe_differences(same)
+        for a in same if keys else ():
+            a["label"] = f"{label} ({', '.join(recipe_words(k, a['recipe'][k]) for k in keys)})"
     seen: dict[tuple, int] = {}
     for a in arms:  # two rows still in one arm with one seed (trained otherwise): kept apart, never one overwriting
         key = (a["label"], a["method"], a["seed"])
@@ -200,7 +213,19 @@ def _arm_rows(rec: DeviceMatrixFile) -> list[dict] | None:
         if n > 1:
             a["label"] = f"{a['label']} (#{n})"  # trained otherwise in a way the file does not say: never paired
             a["twin"] = n
+    twinned = {a["label"].rsplit(" (#", 1)[0] for a in arms if a.get("twin")}
+    for a in arms:  # the first of those too: which of a seed's rows came first is the order given, no recipe
+        if a["label"] in twinned:
+            a["twin"] = 1
     return arms
+
+
+def _recipe_differences(arms: list[dict], exclude: tuple[str, ...] = ("epochs",)) -> list[str]:
+    """The training-recipe keys (`nvcim.report.records.training_recipe`) whose values differ among `arms`, of those
+    every arm records (a file written before a key existed does not differ in it); epochs have their own label."""
+    keys = set.intersection(*(set(a["recipe"]) for a in arms)) - set(exclude) if arms else set()
+    return [k for k in sorted(keys, key=RECIPE_KEYS.index)
+            if len({json.dumps(a["recipe"][k], sort_keys=True, default=str) for a in arms}) > 1]
 
 
 def matrix_arms(rec: DeviceMatrixFile) -> list[tuple[str, str, str]] | None:
@@ -209,7 +234,7 @@ def matrix_arms(rec: DeviceMatrixFile) -> list[tuple[str, str, str]] | None:
     return None if arms is None else [(a["label"], a["method"], a["seed"]) for a in arms]
 
 
-_TRAINED_BY = ("base", "sigma", "epochs", "model", "dataset", "digital")  # what an arm's rows share
+_TRAINED_BY = ("base", "sigma", "epochs", "model", "dataset", "digital", "device")  # what an arm's rows share
 
 
 def _rows_by_arm(rec: DeviceMatrixFile) -> dict[tuple[str, str], dict[str, int]]:
@@ -229,7 +254,10 @@ def _one_difference(rec: DeviceMatrixFile, a: dict[str, int], b: dict[str, int])
     if ta.get("twin") or tb.get("twin"):  # an unexplained duplicate: what differs is unknown
         return False
     # a method trained without noise (vanilla: sigma None) has no training σ to differ in
-    return sum(ta.get(k) != tb.get(k) and not (k == "sigma" and None in (ta[k], tb[k])) for k in _TRAINED_BY) == 1
+    # and their recipes (beside another method, only in what splits arms across methods: labels.PER_METHOD_KEYS)
+    other_recipe = bool(_recipe_differences([ta, tb], ("epochs",) + (PER_METHOD_KEYS if ta["base"] != tb["base"] else ())))
+    return other_recipe + sum(ta.get(k) != tb.get(k) and not (k == "sigma" and None in (ta[k], tb[k]))
+                              for k in _TRAINED_BY) == 1
 
 
 def _cell_sigma(rec: DeviceMatrixFile, rows, col: int) -> float | None:
