@@ -1,9 +1,12 @@
 """Conductance maps (nvcim export / import): bit-exact round trip for every registered model, the format, errors."""
 
 import json
+import math
+import re
 
 import pytest
 import torch
+from torch import nn
 from helpers import run_cli
 
 import nvcim
@@ -159,3 +162,107 @@ def test_import_refuses_a_damaged_map(tmp_path, problem):
     with pytest.raises(ConductanceMapError, match="map"):
         import_conductance_map(tmp_path / "map", tmp_path / "back")
     assert not (tmp_path / "back").exists()
+
+
+class _Shared(nn.Module):
+    """One Linear registered under two names (a layer called twice), and one Parameter shared by two layers."""
+
+    def __init__(self, num_classes=10, in_channels=1, image_size=8, width=1.0):
+        super().__init__()
+        self.inp = nn.Linear(in_channels * image_size * image_size, 16)
+        self.block = nn.Linear(16, 16)
+        self.block_again = self.block
+        self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
+        self.b.weight = self.a.weight
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x.flatten(1)))
+        h = torch.relu(self.block_again(torch.relu(self.block(h))))
+        return self.head(torch.relu(self.b(torch.relu(self.a(h)))))
+
+
+@pytest.mark.filterwarnings("ignore:apply_variation_.*held under several names")
+def test_a_layer_registered_twice_comes_back_quantised(tmp_path):
+    # `self.block_again = self.block`: block_again.weight was exported as an exact digital float next to the levels
+    # of block.weight, and loaded after them, so the imported checkpoint held the unquantised weight
+    from nvcim.models import MODELS, register_model
+
+    register_model("_test_shared")(lambda num_classes, in_channels, image_size, width=1.0:
+                                   _Shared(num_classes, in_channels, image_size))
+    try:
+        torch.manual_seed(0)
+        model = create_model("_test_shared", 10, 1, image_size=8)
+        cfg = nvcim.DeviceConfig(sigma=0.2)
+        ckpt = save_checkpoint(tmp_path / "ck", model, model.nvcim_spec, device=cfg)
+        export_conductance_map(ckpt, tmp_path / "map")
+        data = json.loads((tmp_path / "map" / MANIFEST_FILE).read_text())
+        assert "block_again.weight" not in data["digital"] and data["aliases"]["block_again.weight"] == "block.weight"
+        import_conductance_map(tmp_path / "map", tmp_path / "back")
+        back, _ = load_checkpoint(tmp_path / "back")
+        noisy = {n: getattr(m, a) for n, m, a in selected_parameters(model)}
+        for key, value in back.state_dict().items():
+            source = noisy.get(key.replace("block_again", "block"))
+            expected = model.state_dict()[key] if source is None else nvcim.quantize(source, cfg)
+            assert torch.equal(_bits(value), _bits(expected)), key
+        assert back.block_again is back.block and back.b.weight is back.a.weight
+        source = create_model("_test_shared", 10, 1, image_size=8)  # the checkpoint's weights, quantised
+        source.load_state_dict({k: nvcim.quantize(noisy[k], cfg) if k in noisy else v
+                                for k, v in model.state_dict().items() if not k.startswith("block_again")}, strict=False)
+        nvcim.apply_variation_(source, cfg)
+        chips = [nvcim.draw_chip(m, seed=3) for m in (source, nvcim.apply_variation_(back, cfg))]
+        assert chips[0].keys() == chips[1].keys() and all(torch.equal(chips[0][k], chips[1][k]) for k in chips[0])
+    finally:
+        MODELS.unregister("_test_shared")
+
+
+@pytest.mark.parametrize("shape", [[], [8, 1, 3, "3"], [None], [8, 1, 3, 3.0], [8, 1, -3, -3], [True], "8x9"])
+def test_import_refuses_a_manifest_shape_that_is_no_list_of_sizes(tmp_path, capsys, shape):
+    ckpt, _, _ = _checkpoint(tmp_path)
+    export_conductance_map(ckpt, tmp_path / "map")
+    data = json.loads((tmp_path / "map" / MANIFEST_FILE).read_text())
+    data["layers"][0]["shape"] = shape
+    (tmp_path / "map" / MANIFEST_FILE).write_text(json.dumps(data))
+    rc, out, err = run_cli(["import", str(tmp_path / "map"), "--out", str(tmp_path / "back")], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "shape" in err and "fix the manifest" in err, err
+    assert not (tmp_path / "back").exists()
+
+
+def test_import_names_the_tensor_that_does_not_fit(tmp_path):
+    ckpt, model, _ = _checkpoint(tmp_path)
+    export_conductance_map(ckpt, tmp_path / "map")
+    data = json.loads((tmp_path / "map" / MANIFEST_FILE).read_text())
+    layer = data["layers"][0]
+    old = layer["shape"]
+    layer["shape"] = [old[0], math.prod(old[1:])]  # fits the levels, not the model
+    (tmp_path / "map" / MANIFEST_FILE).write_text(json.dumps(data))
+    with pytest.raises(ConductanceMapError, match=re.escape(f"'{layer['name']}' is {layer['shape']} in the map, {old} in the model")):
+        import_conductance_map(tmp_path / "map", tmp_path / "back")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_export_refuses_weights_that_are_not_finite(tmp_path, capsys, value):
+    torch.manual_seed(0)
+    model = create_model("tiny", 10, 1, width=0.125)
+    name = selected_parameters(model)[1][0]
+    with torch.no_grad():
+        model.get_parameter(name).view(-1)[3] = value
+    ckpt = save_checkpoint(tmp_path / "ck", model, model.nvcim_spec, device=nvcim.DeviceConfig(sigma=0.1))
+    rc, out, err = run_cli(["export", str(ckpt), "--out", str(tmp_path / "map")], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and name in err and "NaN or infinite" in err, err
+    assert not (tmp_path / "map").exists()
+
+
+def test_export_refuses_an_out_that_cannot_be_created_before_loading(tmp_path, capsys, monkeypatch):
+    ckpt, _, _ = _checkpoint(tmp_path)
+    (tmp_path / "afile").write_text("mine")
+    import nvcim.io.checkpoint as checkpoint_module
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded before --out was checked")
+
+    monkeypatch.setattr(checkpoint_module, "load_checkpoint", no_load)
+    rc, out, err = run_cli(["export", str(ckpt), "--out", str(tmp_path / "afile" / "map")], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert str(tmp_path / "afile" / "map") in err and "is a file, not a directory: choose another path" in err, err
+    assert (tmp_path / "afile").read_text() == "mine"

@@ -10,6 +10,8 @@
                                                 the levels; those on the other crossbar stay at level 0)
                                    scale/NAME   [] in the weight's dtype: s = max|W|
                                  digital/KEY: every other state-dict entry (biases, BatchNorm), exact
+    A state-dict key naming a tensor already exported under another key (a module registered under two
+    names, `self.again = self.block`) is stored once: the manifest's "aliases" maps it to that key.
 
     export_conductance_map("runs/a", "chip/", tile_rows=128, tile_cols=128)   # nvcim export
     model, config = read_conductance_map("chip/")                             # the quantised model
@@ -27,7 +29,8 @@ A level ℓ of a K-bit device stands for the conductance g_min + ℓ / (2^K - 1)
 The noisy tensors are those `nvcim eval` varies (every supported layer's weights), with the checkpoint's M and
 K. Writing follows the checkpoint rules (nvcim.io.checkpoint): all files go into a temporary directory that
 is then renamed into place; only an earlier conductance map holding nothing but its two files is replaced;
-any other existing non-empty directory is refused. Every problem is a `ConductanceMapError` (one line).
+any other existing non-empty directory is refused, and so is an output whose directory cannot be created
+or written, before the checkpoint is loaded. Every problem is a `ConductanceMapError` (one line).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from torch import nn
 from nvcim.core import device as dm
 from nvcim.core.config import DeviceConfig
 from nvcim.io import checkpoint
-from nvcim.io.files import current_umask, publish_directory
+from nvcim.io.files import check_output_path, current_umask, publish_directory
 
 MANIFEST_FILE = "manifest.json"
 TENSORS_FILE = "conductances.safetensors"
@@ -102,9 +105,11 @@ def _padding(t: torch.Tensor, lead: int, rows: int, cols: int) -> torch.Tensor:
 
 # ---- export ------------------------------------------------------------------------------------------
 def conductance_tensors(model: nn.Module, cfg: DeviceConfig, *, tile_rows: int | None = None,
-                        tile_cols: int | None = None) -> tuple[dict[str, torch.Tensor], list[dict], list[str]]:
-    """(tensors, layer entries, digital keys) of the conductance map of `model` under `cfg`'s M and K: the
-    noisy tensors as device levels, sign and scale, every other state-dict entry as it is."""
+                        tile_cols: int | None = None) -> tuple[dict[str, torch.Tensor], list[dict], list[str],
+                                                                dict[str, str]]:
+    """(tensors, layer entries, digital keys, aliases) of the conductance map of `model` under `cfg`'s M and K:
+    the noisy tensors as device levels, sign and scale, every other state-dict entry as it is; aliases: {key:
+    the key its tensor is stored under} for the keys that name a tensor stored under another (shared modules)."""
     from nvcim.layers.noise import selected_parameters
 
     if cfg.device_bits > MAX_DEVICE_BITS:
@@ -113,10 +118,18 @@ def conductance_tensors(model: nn.Module, cfg: DeviceConfig, *, tile_rows: int |
     for flag, value in (("tile_rows", tile_rows), ("tile_cols", tile_cols)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConductanceMapError(f"{flag}={value!r} is invalid: use an integer >= 1 (e.g. 128) or None")
-    state = model.state_dict()
+    state = model.state_dict(keep_vars=True)  # the tensors themselves: a module registered twice shows as one
     tensors: dict[str, torch.Tensor] = {}
     layers = []
     noisy = selected_parameters(model)
+    for name, module, attr in noisy:  # before any work: no device level stands for NaN or inf
+        w = getattr(module, attr).detach()
+        bad = int((~torch.isfinite(w)).sum())
+        if bad:
+            raise ConductanceMapError(f"weight {name!r} holds {bad} NaN or infinite value{'s' * (bad > 1)} (of "
+                                      f"{w.numel()}), which no device level stands for (its scale max|W| is not "
+                                      "finite): the checkpoint is damaged or its training diverged; export a "
+                                      "checkpoint with finite weights")
     shapes = [(math.prod(getattr(m, a).shape[1:]), getattr(m, a).shape[0]) for _, m, a in noisy]  # (rows, cols)
     padded = sum(tr * r * tc * c for tr, tc, r, c in (_tiles(*rc, tile_rows, tile_cols) for rc in shapes))
     weights = sum(r * c for r, c in shapes)
@@ -141,10 +154,18 @@ def conductance_tensors(model: nn.Module, cfg: DeviceConfig, *, tile_rows: int |
                        "crossbar_rows": rows, "crossbar_cols": cols, "tiles": [tr, tc], "tile_shape": [r, c],
                        "devices": cfg.devices_per_weight * w.numel(), "scale": float(prepared.scale)})
     noisy_names = {n for n, _, _ in noisy}
-    digital = [k for k in state if k not in noisy_names]
-    for key in digital:
-        tensors[f"digital/{key}"] = state[key].detach().to("cpu", copy=True).contiguous()
-    return tensors, layers, digital
+    stored_as = {id(getattr(m, a)): n for n, m, a in reversed(noisy)}  # tensor -> the first key it is stored under
+    digital, aliases = [], {}
+    for key, value in state.items():
+        if key in noisy_names:
+            continue
+        first = stored_as.setdefault(id(value), key)
+        if first != key:  # the same tensor as an earlier key: its levels (or exact copy) are already stored
+            aliases[key] = first
+        else:
+            digital.append(key)
+            tensors[f"digital/{key}"] = value.detach().to("cpu", copy=True).contiguous()
+    return tensors, layers, digital, aliases
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -152,7 +173,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def manifest(cfg: DeviceConfig, layers: list[dict], digital: list[str], *, tile_rows: int | None,
-             tile_cols: int | None, source: dict[str, Any]) -> dict[str, Any]:
+             tile_cols: int | None, source: dict[str, Any], aliases: dict[str, str] | None = None) -> dict[str, Any]:
     """The manifest.json of a conductance map (see the module docstring and README)."""
     import nvcim
 
@@ -168,7 +189,7 @@ def manifest(cfg: DeviceConfig, layers: list[dict], digital: list[str], *, tile_
         "layout": "levels [M/K, TR, TC, R, C], sign [TR, TC, R, C] uint8: crossbar rows = the weight's flattened "
                   "trailing axes (fan-in), columns = its first axis; padding devices at level 0, sign 0",
         "tiling": {"tile_rows": tile_rows, "tile_cols": tile_cols},
-        "layers": layers, "digital": digital, "source": source,
+        "layers": layers, "digital": digital, "aliases": dict(aliases or {}), "source": source,
     }
 
 
@@ -205,6 +226,13 @@ def check_map_output(out, source=None) -> Path:
     problem = _replace_problem(out)
     if problem:
         raise ConductanceMapError(f"cannot write conductance map {out}: {problem}")
+    try:  # the map is written next to `out` and renamed into place: its directory must be creatable and writable
+        if out.exists() or out.is_symlink():
+            check_output_path(out.parent, f"cannot write conductance map {out}: its directory", is_dir=True)
+        else:
+            check_output_path(out, "cannot write conductance map", is_dir=True)
+    except ValueError as exc:
+        raise ConductanceMapError(str(exc)) from None
     if source is not None:
         src = Path(source).resolve()
         if out.resolve() == src or src in out.resolve().parents:
@@ -220,12 +248,13 @@ def write_conductance_map(out, model: nn.Module, cfg: DeviceConfig, *, tile_rows
     from safetensors.torch import save_file
 
     out = check_map_output(out)
-    tensors, layers, digital = conductance_tensors(model, cfg, tile_rows=tile_rows, tile_cols=tile_cols)
+    tensors, layers, digital, aliases = conductance_tensors(model, cfg, tile_rows=tile_rows, tile_cols=tile_cols)
     text = json.dumps(manifest(cfg, layers, digital, tile_rows=tile_rows, tile_cols=tile_cols,
-                               source=source or {}), indent=2, allow_nan=False) + "\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+                               source=source or {}, aliases=aliases), indent=2, allow_nan=False) + "\n"
+    tmp = None
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         save_file(tensors, str(tmp / TENSORS_FILE), metadata={"format": FORMAT})
         (tmp / MANIFEST_FILE).write_text(text, encoding="utf-8")
         umask = current_umask()
@@ -236,7 +265,7 @@ def write_conductance_map(out, model: nn.Module, cfg: DeviceConfig, *, tile_rows
     except OSError as exc:
         raise ConductanceMapError(f"cannot write conductance map {out}: {exc}: check the directory is writable") from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
 
@@ -300,6 +329,9 @@ def _layer_weights(path: Path, entry: Any, tensors: dict[str, torch.Tensor], cfg
         raise ConductanceMapError(f"conductance map {path}: layer entry {entry!r:.80} has no name and shape: fix the manifest")
     name, shape = entry["name"], entry["shape"]
     where = f"conductance map {path}: layer {name!r}"
+    if not shape or not all(type(size) is int and size >= 1 for size in shape):
+        raise ConductanceMapError(f"{where}: shape {shape!r:.80} is not a list of sizes (integers >= 1, e.g. "
+                                  "[64, 3, 3, 3]): fix the manifest")
     keys = {kind: f"{kind}/{name}" for kind in ("levels", "sign", "scale")}
     missing = [k for k in keys.values() if k not in tensors]
     if missing:
@@ -326,6 +358,33 @@ def _layer_weights(path: Path, entry: Any, tensors: dict[str, torch.Tensor], cfg
     return name, dm.target_weights(q, signs, scale, cfg)
 
 
+def _fill_aliases(model: nn.Module, state: dict[str, torch.Tensor], noisy: set[str]) -> None:
+    """Give every key of `model` that names the same tensor as another (a module registered under two names) the
+    value stored for that tensor: its rebuilt levels when one of its keys is a noisy layer (an exact copy a map
+    written before nvcim stored aliases once never wins over them), else its one digital entry."""
+    keys_of: dict[int, list[str]] = {}
+    for key, value in model.state_dict(keep_vars=True).items():
+        keys_of.setdefault(id(value), []).append(key)
+    for keys in keys_of.values():
+        stored = [k for k in keys if k in noisy] or [k for k in keys if k in state]
+        if len(keys) > 1 and stored:
+            for key in keys:
+                if key not in noisy:
+                    state[key] = state[stored[0]]
+
+
+def _misfit(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """The first way the tensors `state` do not fit `model` (a key missing, extra, or of another shape), or None."""
+    expected = model.state_dict()
+    for key, value in expected.items():
+        if key not in state:
+            return f"the model's {key!r} is not in the map"
+        if tuple(state[key].shape) != tuple(value.shape):
+            return f"{key!r} is {list(state[key].shape)} in the map, {list(value.shape)} in the model"
+    extra = [key for key in state if key not in expected]
+    return f"the map's {extra[0]!r} is not in the model" if extra else None
+
+
 def read_conductance_map(path) -> tuple[nn.Module, dict]:
     """(model, config): the model of conductance map `path` with its quantised weights rebuilt from the device
     levels (bit for bit those of `nvcim.quantize`) and its digital tensors; config: the source checkpoint's."""
@@ -343,7 +402,8 @@ def read_conductance_map(path) -> tuple[nn.Module, dict]:
         raise ConductanceMapError(f"conductance map {path}: M={data['weight_bits']}, K={data['device_bits']} are "
                                   f"invalid ({exc}): fix the manifest") from None
     tensors = _read_tensors(path)
-    state = dict(_layer_weights(path, e, tensors, cfg) for e in data["layers"])
+    noisy = [_layer_weights(path, e, tensors, cfg) for e in data["layers"]]
+    state = dict(noisy)
     for key in data["digital"]:
         if f"digital/{key}" not in tensors:
             raise ConductanceMapError(f"conductance map {path}: {TENSORS_FILE} has no 'digital/{key}': the files come "
@@ -355,14 +415,20 @@ def read_conductance_map(path) -> tuple[nn.Module, dict]:
     except (ValueError, TypeError) as exc:
         raise ConductanceMapError(f"conductance map {path}: model spec {spec} cannot be built "
                                   f"({exc}){missing_hint(config.get('plugins')) or ': fix the manifest'}") from None
+    _fill_aliases(model, state, {name for name, _ in noisy})
     float_dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
     if len(float_dtypes) == 1:
         model = model.to(float_dtypes.pop())
+    misfit = _misfit(model, state)
     try:
-        model.load_state_dict(state, strict=True)
+        if misfit is None:
+            model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, ValueError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        misfit = lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__
+    if misfit is not None:
         raise ConductanceMapError(f"conductance map {path}: its tensors do not fit model {spec['name']} "
-                                  f"({str(exc).splitlines()[0]}): the files come from different exports") from None
+                                  f"({misfit}): the files come from different exports")
     try:  # the source kept them digital (exported exact): so does the model read back
         checkpoint.keep_recorded_digital_(model, config)
     except (ValueError, TypeError) as exc:
