@@ -476,3 +476,33 @@ def test_a_resume_judges_the_data_by_content_and_the_device_by_where_it_ran(tmp_
     assert "trained on other data" in resume_problem(cfg, state, other)
     edit_record(state, data__sha256=None)  # a state written before the digest: the counts decide
     assert resume_problem(cfg, state, other) is None
+
+
+def test_partial_work_of_another_definition_is_said_and_a_plugin_change_vouched_for_keeps_it(tmp_path):
+    """A new user's trial: after a plugin edit, `--dry-run` said "training resumes after epoch 5 of 60" while the run
+    removed the training state (another definition: plugin_code) and trained from epoch 0, even with
+    --accept-plugin-change, which vouches that the edit does not change the cell."""
+    from nvcim.sweep import expand, validate_spec
+    from nvcim.sweep.files import adopt_plugin_change, cell_dir, partial_progress, prepare_cell_dir
+
+    (cell,) = expand(validate_spec({"name": "p", "models": ["tiny"], "datasets": ["mnist5k"],
+                                    "methods": ["noise_injection"], "sigmas": [0.2], "seeds": [0]}))
+    d = cell_dir(tmp_path, cell.id)
+    (d / "train_state").mkdir(parents=True)
+    (d / "train_state" / RECORD_FILE).write_text(json.dumps({"epoch": 5, "epochs": 60}))
+    torch.save({"x": torch.zeros(2)}, d / "train_state" / "state.pt")
+    earlier = {**cell.to_dict(), "threads": 1, "plugin_code": "0" * 64}  # built under the plugin before its edit
+    (d / "cell.json").write_text(json.dumps(earlier))
+    assert partial_progress(tmp_path, cell) == "partial work of another definition (plugin_code differ; " \
+                                               "--accept-plugin-change keeps it): trained from the start"
+    assert partial_progress(tmp_path, cell, accept_plugin_change=True) == "training resumes after epoch 5 of 60"
+    assert adopt_plugin_change(tmp_path, [cell]) == [cell.id]
+    prepare_cell_dir(tmp_path, cell, 1)
+    assert (d / "train_state" / "state.pt").is_file()  # kept: the run resumes it
+    # another definition's work (a learning rate edited) is said to be redone, and is
+    (d / "cell.json").write_text(json.dumps({**earlier, "train": {**earlier["train"], "lr": 0.5}}))
+    assert partial_progress(tmp_path, cell, accept_plugin_change=True).startswith(
+        "partial work of another definition (plugin_code, train differ): trained from the start")
+    assert adopt_plugin_change(tmp_path, [cell]) == []
+    prepare_cell_dir(tmp_path, cell, 1)
+    assert not (d / "train_state").exists()

@@ -93,7 +93,7 @@ def run(args) -> int:
                 extra += f"  (failed under another definition: {', '.join(was)} differ; runs again)"
             problem = result_problem(args.out, c.id) if state[c.id] == "pending" else None
             extra += f"  ({problem}: runs again)" if problem else ""
-            kept = partial_progress(args.out, c) if state[c.id] == "pending" else None
+            kept = partial_progress(args.out, c, args.accept_plugin_change) if state[c.id] == "pending" else None
             extra += f"  ({kept})" if kept else ""
             print(f"{state[c.id]:8s} {c.id}  test σ {c.test_sigmas}{extra}")
         print(f"{len(cells)} cells: {len(done) - len(stale)} done, {len(stale)} stale, {len(failed)} failed "
@@ -106,8 +106,9 @@ def run(args) -> int:
             if stale:
                 print(f"nvcim sweep: note: the run would stop here: {len(stale)} finished cell(s) marked stale were "
                       "made by another or an unknown definition: choose another --out, or delete those cell "
-                      "directories to run "
-                      "them again", file=sys.stderr)
+                      "directories to run them again"
+                      + (", or pass --accept-plugin-change if your plugin edit does not change them"
+                         if any(keys == ["plugin_code"] for keys in stale.values()) else ""), file=sys.stderr)
         _say_foreign(args.out, cells)
         if todo and needs_local_data(args.backend, args.address):  # as the run checks them, without a download
             check_data(todo, download=False)  # DatasetNotFoundError: one line, exit 2

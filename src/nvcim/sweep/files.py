@@ -125,12 +125,20 @@ def cell_state(out_dir, cell_id: str) -> str:
     return "pending"
 
 
-def partial_progress(out_dir, cell: Cell) -> str | None:
+def partial_progress(out_dir, cell: Cell, accept_plugin_change: bool = False) -> str | None:
     """What a pending cell has done that a rerun keeps, for `nvcim sweep --dry-run` (None: nothing): finished β
     candidates and a training's last saved epoch, e.g. "β 2 of 4 scored; β 1e-3 resumes after epoch 3 of 12".
     Read from the JSON records and a look at the end of the state's tensor archive (nothing is loaded; a state
-    damaged in a way that shows only when loading shows here and is redone when run)."""
+    damaged in a way that shows only when loading shows here and is redone when run). Partial work of another
+    definition (`prepare_cell_dir` removes it) is said as such."""
     d = cell_dir(out_dir, cell.id)
+    differs = partial_definition(Path(out_dir), cell) or []
+    if accept_plugin_change and differs == ["plugin_code"]:
+        differs = []
+    if differs and any(f.name != CELL_FILE for f in d.iterdir()):  # work kept there, not just its definition
+        return (f"partial work of another definition ({', '.join(differs)} differ"
+                + ("; --accept-plugin-change keeps it" if differs == ["plugin_code"] else "")
+                + "): trained from the start")
     parts = []
     if cell.betas:
         scored = sum((d / "beta" / fmt_beta(b) / SCORE_FILE).is_file() for b in cell.betas)
@@ -354,6 +362,35 @@ def partial_work_of_other_threads(out: Path, cells: Sequence[Cell], threads: int
         if not cell_differences(cell_dir(out, c.id), {k: v for k, v in have.items() if k != "threads"}, c.to_dict()):
             found.append((c.id, have.get("threads")))
     return found
+
+
+def partial_definition(out: Path, cell: Cell) -> list[str] | None:
+    """The definition keys (threads aside) in which an unfinished cell's partial work differs from `cell` (None: no
+    readable cell.json there: nothing kept to judge)."""
+    d = cell_dir(out, cell.id)
+    try:
+        have = json.loads((d / CELL_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(have, dict):
+        return None
+    return cell_differences(d, {k: v for k, v in have.items() if k != "threads"}, cell.to_dict())
+
+
+def adopt_plugin_change(out: Path, cells: Sequence[Cell]) -> list[str]:
+    """With --accept-plugin-change: the unfinished cells whose partial work (a training state, scored β candidates)
+    differs from their definition only in the plugins' code take the new code into their cell.json, so that
+    `prepare_cell_dir` keeps that work (the user vouches the edit does not change it; the training resume warns that
+    its epochs ran under other code). Returns their ids."""
+    adopted = []
+    for c in cells:
+        d = cell_dir(out, c.id)
+        if partial_definition(out, c) == ["plugin_code"]:
+            have = json.loads((d / CELL_FILE).read_text(encoding="utf-8"))
+            have["plugin_code"] = c.to_dict().get("plugin_code")
+            atomic_write_text(d / CELL_FILE, json.dumps(have, indent=2) + "\n")
+            adopted.append(c.id)
+    return adopted
 
 
 def link_or_copy_dir(src: Path, dst: Path) -> None:

@@ -28,8 +28,8 @@ from nvcim.evaluate import write_results_json
 from nvcim.io.files import atomic_write_text, check_output_path
 from nvcim.sweep.backends.registry import get_backend
 from nvcim.sweep.cells import Cell, expand, is_int
-from nvcim.sweep.files import (CELL_FILE, COPY_HEADER, LOCK_FILE, SPEC_JSON, cell_dir, cell_state, foreign_token,
-                               cell_differences, failed_differences, result_problem)
+from nvcim.sweep.files import (CELL_FILE, COPY_HEADER, LOCK_FILE, SPEC_JSON, adopt_plugin_change, cell_dir,
+                               cell_state, foreign_token, cell_differences, failed_differences, result_problem)
 from nvcim.sweep.schema import SweepSpec
 
 
@@ -353,6 +353,10 @@ def run_sweep(spec: SweepSpec, out_dir, *, backend: str = "local", workers: int 
         prepare_out_dir(spec, out, force=force, spec_text=spec_text, spec_suffix=spec_suffix)
         cells, todo, done, failed_before = plan(spec, out, retry_failed=retry_failed)
         _refuse_stale(out, done, accept_plugin_change)
+        if accept_plugin_change and (adopted := adopt_plugin_change(out, todo)):
+            (warn or _api_warn)(f"{len(adopted)} unfinished cell(s) built under the earlier plugins' code keep their "
+                                "partial work (--accept-plugin-change): " + ", ".join(adopted[:3])
+                                + (" ..." if len(adopted) > 3 else ""))
         damaged = [(c.id, problem) for c in todo if (problem := result_problem(out, c.id))]
         summary = SweepSummary(total=len(cells), done_before=len(done), failed_before=[c.id for c in failed_before])
         bar = tqdm(total=len(cells), initial=len(done) + len(failed_before), unit="cell", desc=spec.name,
