@@ -340,3 +340,85 @@ def test_default_effects_leave_the_chip_unchanged():
     explicit = DeviceConfig(sigma=0.3, stuck_at=(0, 0), read_sigma=0, drift_time=None, drift_compensation=False)
     assert explicit == DeviceConfig(sigma=0.3)
     assert torch.equal(dm.program(w, explicit, gen()), dm.program(w, DeviceConfig(sigma=0.3), gen()))
+
+
+# ---- non-finite weights (a diverged model): non-finite chips as on the Gaussian path, never an index error --------
+# (the user trial's F4: a NaN weight under a level-dependent device was cast to an integer level and crashed in
+# torch.bincount / an index, where the Gaussian path draws a non-finite chip that training and evaluation report)
+NON_FINITE_DEVICES = {
+    "level": DeviceConfig.preset("rram4-level", sigma=0.2),
+    "level-device": DeviceConfig.preset("rram4-level", sigma=0.2, sampling="device"),
+    "level-stuck": DeviceConfig.preset("rram4-level", sigma=0.2, stuck_at=(0.0175, 0.0904)),
+    "level-stuck-every": DeviceConfig.preset("rram4-level", sigma=0.2, stuck_at=(0.4, 0.4)),  # P = 1: dense faults
+    "level-stuck-device": DeviceConfig.preset("rram4-level", sigma=0.2, stuck_at=(0.4, 0.4), sampling="device"),
+    "level-drift": DeviceConfig.preset("rram4-level", sigma=0.2, stuck_at=(0.05, 0.05), drift_time=3600.0,
+                                       drift_compensation=True),
+    "level-drift-device": DeviceConfig.preset("rram4-level", sigma=0.2, drift_time=3600.0, drift_compensation=True,
+                                              sampling="device"),
+    "level-sigma0": DeviceConfig.preset("rram4-level", sigma=0.0, stuck_at=(0.05, 0.05)),
+    "level-unquantized": DeviceConfig.preset("rram4-level", sigma=0.2, quantize=False),
+    "band": DeviceConfig.preset("fefet6", sigma=0.2, stuck_at=(0.05, 0.05)),
+    "band-device": DeviceConfig.preset("fefet6", sigma=0.2, stuck_at=(0.05, 0.05), sampling="device"),
+    "stuck": DeviceConfig(sigma=0.2, stuck_at=(0.4, 0.4)),
+}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("name", list(NON_FINITE_DEVICES))
+def test_non_finite_weights_give_the_non_finite_chip_of_the_gaussian_path(name, bad):
+    from nvcim.core.adc import AdcConfig, sliced_linear
+
+    cfg = NON_FINITE_DEVICES[name]
+    w = torch.randn(12, 20, generator=gen(1))
+    w[3, 7] = bad
+    plain = DeviceConfig(sigma=cfg.sigma, quantize=cfg.quantize)
+    gauss = torch.isfinite(dm.draw(dm.prepare(w, plain), plain, None, gen(2)))
+    assert not gauss.any()  # s = max|W| is NaN / inf: no weight of the tensor is finite on the Gaussian path
+    out = dm.draw(dm.prepare(w, cfg), cfg, None, gen(2))  # the index error of F4 before the fix
+    assert torch.equal(torch.isfinite(out), gauss), name
+    if cfg.quantize:  # the ADC simulation's chip, kept as device levels: non-finite too, and so is its product
+        chip = dm.draw_levels(dm.prepare(w, cfg), cfg, None, gen(2))
+        assert torch.equal(torch.isfinite(dm.chip_weight(chip, cfg)), gauss), name
+        y = sliced_linear(torch.rand(3, 20, generator=gen(3)), *chip.crossbars(), chip.scale * chip.gain, cfg,
+                          AdcConfig(adc_bits=6, tile_rows=8))
+        assert not torch.isfinite(y).any()
+
+
+@pytest.mark.parametrize("name", ["level", "level-device", "level-stuck", "level-drift"])
+def test_monte_carlo_of_a_model_with_a_nan_weight_counts_every_chip_non_finite(name):
+    cfg = NON_FINITE_DEVICES[name]
+    m = mlp()
+    with torch.no_grad():
+        m[3].weight[1, 2] = float("nan")
+    x = torch.randn(10, 1, 4, 4, generator=gen(1))
+    y = torch.zeros(10, dtype=torch.int64)
+    for path in ("loop", "chunked"):
+        with pytest.warns(RuntimeWarning, match="non-finite logits"):  # the documented report, not a traceback
+            res = monte_carlo_evaluate(m, (x, y), cfg, runs=3, seed=1, baselines=False, path=path)
+        assert res.nonfinite_runs == 3, path
+
+
+def test_cli_training_that_writes_a_nan_weight_under_a_level_preset_exits_3(monkeypatch, tmp_path, capsys):
+    """As under the Gaussian device (tests/test_train.py): the noisy forward after the step that wrote a NaN weight
+    draws a non-finite chip, the loss is NaN, and the run ends as diverged (exit 3) with its record."""
+    from nvcim.cli import main
+
+    real_step, calls = torch.optim.Adam.step, {"n": 0}
+
+    def step(self, *a, **k):
+        out = real_step(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            with torch.no_grad():
+                next(p for g in self.param_groups for p in g["params"] if p.dim() > 1).view(-1)[0] = float("nan")
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    out = tmp_path / "d"
+    rc = main(["train", "--model", "tiny", "--method", "noise_injection", "--device-model", "rram4-level",
+               "--epochs", "1", "--limit", "64", "--batch-size", "16", "--quiet", "--num-threads", "1",
+               "--val-runs", "2", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 3, captured.err
+    assert "training diverged (non-finite loss at epoch 1 step 2)" in captured.err
+    assert json.loads((out / "config.json").read_text())["metrics"]["status"] == "diverged"

@@ -52,7 +52,9 @@ caller's generator, on all of torch's threads (the same values on any thread cou
 as torch.randn / torch.rand draw them.
 
 Weights must be floating-point tensors (anything else is a TypeError naming the type); an empty tensor
-is a valid layer with no weights and gives an empty result of the same shape.
+is a valid layer with no weights and gives an empty result of the same shape. A tensor holding a NaN / inf (a
+diverged model) has a non-finite s and so a non-finite chip under every variation kind and effect, never an error
+(lookups by level read such levels as 0, `variation.level_index`): training and evaluation report the divergence.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ import torch
 from nvcim.core import effects, rng
 from nvcim.core.effects import CALIBRATION_SEED, calibration_input, drift_compensation_scale  # noqa: F401
 from nvcim.core.config import DRIFT_T0, DeviceConfig
-from nvcim.core.variation import VARIATIONS, Variation
+from nvcim.core.variation import VARIATIONS, Variation, level_index
 
 
 def _check_weight(w: torch.Tensor, cfg: DeviceConfig) -> None:
@@ -374,8 +376,9 @@ def weight_std(prepared: PreparedWeight, cfg: DeviceConfig) -> torch.Tensor | No
 
 
 def magnitude_index(prepared: PreparedWeight) -> torch.Tensor:
-    """[n] int32: the magnitudes q as integers, flat (for lookups by q), computed once per prepared weight."""
-    return derived_value(prepared, ("magnitude_index",), lambda: prepared.levels.reshape(-1).to(torch.int32))
+    """[n] int32: the magnitudes q as integers, flat (for lookups by q), computed once per prepared weight (a
+    non-finite q, of a tensor with NaN / inf weights, as 0: `variation.level_index`)."""
+    return derived_value(prepared, ("magnitude_index",), lambda: level_index(prepared.levels.reshape(-1), torch.int32))
 
 
 def level_table(prepared: PreparedWeight, cfg: DeviceConfig) -> torch.Tensor | None:

@@ -46,6 +46,7 @@ import torch
 
 from nvcim.core import rng
 from nvcim.core.config import DRIFT_T0, DeviceConfig
+from nvcim.core.variation import level_index
 
 CANDIDATE_RATE = 0.125  # P: rate of the sparse fault candidates (faults need p0 + p1 <= P to be drawn sparsely)
 
@@ -171,7 +172,7 @@ def draw(w_d: torch.Tensor, levels: torch.Tensor, signed_step: torch.Tensor, wei
                 x.index_add_(0, w, torch.where(high, top - gbar, gbar.neg()).mul_(pl).mul_(hit))
                 u = place2.index_select(0, j)  # [k] 4^{jK} level_factor[ḡ_j]^2 of the stuck devices
                 if lf2 is not None:
-                    u = u * lf2.index_select(0, gbar.to(torch.int64))
+                    u = u * lf2.index_select(0, level_index(gbar))
                 removed = torch.zeros(c, dtype=torch.float64, device=where).index_add_(0, w, u.mul_(hit.double()))
                 units_all = (-removed).add_(units_all).clamp_(min=0)  # exact for integer units: 0 when all are stuck
                 if units is not None:  # other units: all devices stuck means exactly no variation left
@@ -211,7 +212,7 @@ def draw(w_d: torch.Tensor, levels: torch.Tensor, signed_step: torch.Tensor, wei
         tg = float_slices(q[a:b], cfg)  # [D, C] ḡ
         p = place2.to(dtype)  # [D], or [D, C] when it differs between devices
         if lf2 is not None:
-            p = lf2.to(dtype).index_select(0, tg.view(-1).to(torch.int64)).view(d, c).mul_(p.view(d, 1))
+            p = lf2.to(dtype).index_select(0, level_index(tg.view(-1))).view(d, c).mul_(p.view(d, 1))
         if sites is not None:  # stuck devices: e = 0, p = 0
             pos, hit = sites
             keep = 1.0 - hit

@@ -100,6 +100,14 @@ class Variation:
         raise NotImplementedError
 
 
+def level_index(levels: torch.Tensor, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """Float levels (q or ḡ) as integers for lookups by level. A non-finite level (only in a weight tensor with a
+    NaN or inf, whose every programmed weight is non-finite anyway: its scale s is) looks up level 0, so that such
+    a tensor draws non-finite weights as on the Gaussian path (and training or evaluation reports the divergence)
+    instead of failing in an index or histogram."""
+    return levels.nan_to_num(0.0, 0.0, 0.0).to(dtype)
+
+
 def _standard_normal(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return rng.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
@@ -188,7 +196,7 @@ class LevelDependent(Variation):
     def level_state(self, levels, cfg):
         """(m [M/K, *shape] the multiplier of each device's target level, 1 / sqrt(mean m^2) [] or 0)."""
         table = torch.tensor(self.option(cfg, "multipliers"), dtype=levels.dtype, device=levels.device)  # [2^K]
-        m = table[levels.to(torch.int64)]  # [M/K, *shape]
+        m = table[level_index(levels)]  # [M/K, *shape]
         if not self.option(cfg, "normalize"):
             return m, m.new_ones(())
         mean_sq = m.square().mean() if m.numel() else m.new_ones(())
