@@ -396,3 +396,26 @@ def test_another_npz_file_is_normalized_with_the_checkpoints_training_statistics
     assert results[1]["clean_accuracy"] == results[0]["clean_accuracy"]
     assert results[1]["per_run_correct"] == results[0]["per_run_correct"]
     assert "normalizing npz:" in capsys.readouterr().err
+
+
+def test_eval_of_a_checkpoint_under_edited_plugin_code_warns_and_a_shape_change_names_the_edit(tmp_path):
+    """A new user changed one activation in their plugin: `nvcim eval` printed 41.5 % (70.8 % before) without a word,
+    although the checkpoint records the plugins' code; a changed layer size was "config.json and model.safetensors
+    come from different models"."""
+    plugin = tmp_path / "my_models.py"
+    plugin.write_text(PLUGIN)
+    data = _npz(tmp_path / "d.npz")
+    ck = tmp_path / "ck"
+    r = _run(["train", "--plugin", str(plugin), "--model", "plug_mlp_test", "--dataset", f"npz:{data}", "--method",
+              "noise_injection", "--sigma", "0.1", "--epochs", "1", "--batch-size", "16", "--val-runs", "2",
+              "--quiet", "--out", str(ck)])
+    assert r.returncode == 0, r.stderr
+    evaluate = ["eval", str(ck), "--plugin", str(plugin), "--runs", "2"]
+    r = _run(evaluate)
+    assert r.returncode == 0 and "other code of its plugin" not in r.stderr, r.stderr
+    plugin.write_text(PLUGIN.replace("nn.ReLU()", "nn.Tanh()"))
+    r = _run(evaluate)
+    assert r.returncode == 0 and "saved under other code of its plugin(s)" in r.stderr, r.stderr
+    plugin.write_text(PLUGIN.replace("32 * width", "48 * width"))
+    r = _run(evaluate)
+    assert r.returncode == 2 and "the plugins' code that builds it changed since it was saved" in r.stderr, r.stderr

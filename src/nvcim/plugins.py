@@ -160,13 +160,15 @@ def sources(spec: str) -> list[tuple[str, Path]]:
     return _files_of(spec.split(".")[0])
 
 
-def fingerprint() -> str | None:
-    """sha256 (hex) of the loaded plugins' names and source files, None when none is loaded: what a checkpoint and a
-    sweep cell record, so that models built by another version of a plugin are not taken for the same arm."""
-    if not _LOADED:
+def fingerprint(specs: Iterable[str] | None = None) -> str | None:
+    """sha256 (hex) of the loaded plugins' names and source files (of `specs` among them, e.g. those a checkpoint
+    records), None when none is loaded: what a checkpoint and a sweep cell record, so that models built by another
+    version of a plugin are not taken for the same arm."""
+    chosen = list(_LOADED) if specs is None else [s for s in _LOADED if s in set(specs)]
+    if not chosen:
         return None
     digests = []  # one per plugin, named by its file's name or its module name: the same code anywhere on disk
-    for spec in _LOADED:
+    for spec in chosen:
         h = hashlib.sha256((Path(spec).name if _is_file_spec(spec) else spec).encode() + b"\0")
         for name, f in sources(spec):
             try:

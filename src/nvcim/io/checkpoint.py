@@ -378,6 +378,18 @@ def read_checkpoint_weights(path) -> dict[str, torch.Tensor]:
         ) from None
 
 
+def _plugins_edited(config: Mapping) -> str | None:
+    """"PLUGINS, sha256 RECORDED… now NOW…" when the plugins a checkpoint was saved with are loaded now from other
+    source code than it records (plugins_sha256), else None (no plugins, not all loaded: missing_hint says so)."""
+    recorded, digest = config.get("plugins"), config.get("plugins_sha256")
+    if not isinstance(recorded, list) or not isinstance(digest, str) or missing_hint(recorded):
+        return None
+    now = plugin_fingerprint(recorded)
+    if now is None or now == digest:
+        return None
+    return f"{', '.join(map(str, recorded))}: sha256 {digest[:12]}… when saved, {now[:12]}… now"
+
+
 def load_checkpoint(path, map_location="cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model from config.json via create_model and load its weights (strict).
 
@@ -403,12 +415,18 @@ def load_checkpoint(path, map_location="cpu") -> tuple[nn.Module, dict]:
                     "nvcim.plugins.load_plugin so that checkpoints name it)")
         fix = hint if hint else ": fix config.json"
         raise CheckpointError(f"checkpoint {path}: model spec {spec} cannot be built ({exc}){fix}") from None
+    edited = _plugins_edited(config)
     problem = _mismatch(expected, state)
     if problem:
         raise CheckpointError(
-            f"checkpoint {path}: weights do not match model spec {spec} ({problem}): "
-            "config.json and model.safetensors come from different models"
+            f"checkpoint {path}: weights do not match model spec {spec} ({problem}): " + (
+                f"the plugins' code that builds it changed since it was saved ({edited}): load the version it was "
+                "trained with" if edited else "config.json and model.safetensors come from different models")
         )
+    if edited:
+        warnings.warn(f"checkpoint {path} was saved under other code of its plugin(s) ({edited}): the model built now "
+                      "may compute otherwise than the one trained (results may differ); load the version it was "
+                      "trained with, or retrain", RuntimeWarning, stacklevel=2)
     model = create_model(**spec)
     as_ints = [k for k, v in state.items() if not v.is_floating_point() and expected[k].is_floating_point()]
     if as_ints:
