@@ -150,3 +150,21 @@ def test_a_failed_ray_start_leaves_no_token(tmp_path, monkeypatch):
         run_sweep(validate_spec(copy.deepcopy(SPEC)), tmp_path / "x", backend="ray", address="ray://nowhere:1",
                   progress=False)
     assert not (tmp_path / "x" / sweep.files.TOKEN_FILE).exists()
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_local_ray_instance_gets_the_cpus_of_workers_cells(tmp_path, monkeypatch, workers):
+    """`--workers 1` (the default) started Ray with every core of the machine: two cells ran at once on a user's shared
+    2-core machine, whatever the help said ("caps a local Ray instance's CPUs")."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'nvcim[ray]')")
+    seen = {}
+
+    def fake_init(**kwargs):
+        seen.update(kwargs)
+        raise ConnectionError("stop here")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fake_init)
+    with pytest.raises(ConnectionError):
+        run_sweep(validate_spec(copy.deepcopy(SPEC)), tmp_path / "x", backend="ray", workers=workers, progress=False)
+    assert seen["num_cpus"] == workers * validate_spec(copy.deepcopy(SPEC)).resources.cpus_per_cell

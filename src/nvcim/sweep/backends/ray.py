@@ -16,6 +16,7 @@ per-β resume on the workers.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import shutil
@@ -97,8 +98,8 @@ def run_ray(cells: Sequence, out: Path, spec: SweepSpec, on_done: Callable[[Mapp
             if address:
                 ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
             else:
-                n = int(workers * cpus) if workers > 1 else (os.cpu_count() or 1)
-                ray.init(num_cpus=max(n, int(cpus)), include_dashboard=False, ignore_reinit_error=True,
+                n = int(workers * cpus)  # --workers cells at once, as the local pool (1 by default)
+                ray.init(num_cpus=max(n, math.ceil(cpus)), include_dashboard=False, ignore_reinit_error=True,
                          log_to_driver=False)
             started = True
         task = ray.remote(_ray_cell).options(num_cpus=cpus, num_gpus=gpus)
