@@ -101,3 +101,18 @@ def test_curve_names_stay_apart_when_the_first_differing_part_is_shared(tmp_path
     header = next(line for line in curve.splitlines() if line.startswith("| test σ"))
     cols = [c.strip() for c in header.strip("|").split("|")][1:]
     assert sorted(cols) == ["vanilla, seed 0 [x]", "vanilla, seed 0 [y/run1]", "vanilla, seed 0 [y/run2]"], cols
+
+
+def test_a_seed_below_chance_is_marked_in_the_report_and_the_warning_is_in_it(tmp_path, capsys):
+    """A new user's arm of a collapsed seed (24 % of 4 classes) beside a good one: the arm's mean was above chance, the
+    warning went to stderr only, and "a table's value below chance is marked *" held for no table of report.md."""
+    root = tmp_path / "sweep"
+    write(root / "s0.json", _cell(0.2, [80.0, 81.0], seed=0))
+    write(root / "s1.json", _cell(0.2, [5.0, 6.0], seed=1))  # below chance (10 % of 10 classes)
+    assert main(["report", str(root), "--out", str(tmp_path / "out")]) == 0
+    assert "implausible results: 1 below chance" in capsys.readouterr().err
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "**Warning:** implausible results: 1 below chance" in md
+    conv = _section(md, "convergence over seeds\n")
+    assert "5.50 *" in conv and "80.50 *" not in conv and "Marks: * below chance (10 % for 10 classes)" in conv
+    assert "<strong>Warning:</strong> implausible results" in (tmp_path / "out" / "report.html").read_text()

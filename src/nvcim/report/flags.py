@@ -61,8 +61,8 @@ def implausible_warning(records: Iterable[Mapping]) -> str | None:
         parts.append(f"{len(below)} below chance ({some(below)})")
     if bad:
         parts.append(f"{len(bad)} with chips that gave non-finite logits, counted as wrong ({some(bad)})")
-    return (f"implausible results: {', '.join(parts)}; check those models and σ values (a table's value below "
-            f"chance is marked {BELOW_CHANCE_MARK}, one with non-finite logits {NONFINITE_MARK})")
+    return (f"implausible results: {', '.join(parts)}; check those models and σ values (an arm's or a seed's mean "
+            f"below chance is marked {BELOW_CHANCE_MARK} in the tables, one with non-finite logits {NONFINITE_MARK})")
 
 
 def diverged_warning(records: Iterable[Mapping]) -> str | None:

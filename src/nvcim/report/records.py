@@ -49,6 +49,7 @@ class ResultSet:
     matrices: list[tuple[str, DeviceMatrixFile]] = field(default_factory=list)  # (file, device-model matrix)
     n_files: int = 0
     roots: list[Path] = field(default_factory=list)  # every directory / file read, in the order given
+    notes: list[str] = field(default_factory=list)  # what the data make doubtful (mixed code, devices...): the report says it
 
 
 HISTORY_KEYS = ("epoch", "val_clean", "val_noisy_mean", "train_loss")  # what a record keeps of each epoch
@@ -346,6 +347,7 @@ def scan_results(path, skip_bad: bool = False, warn=None) -> ResultSet:
     for msg in device_msgs + model_conflicts(rs.records) + data_file_conflicts(rs.records) + \
             plugin_code_conflicts(rs.records):
         warn(msg)
+        rs.notes.append(msg)
     return rs
 
 

@@ -122,22 +122,24 @@ def conv_table(gkey, gpts) -> Table | None:
     pts = [p for p in gpts if p["convergence"] or p["failed_seeds"]]  # failed seeds show even beside < 2 models
     if not pts:
         return None
-    rows = []
+    rows, marks = [], Marks()
     for p in sorted(pts, key=lambda p: (p["sigma"], label_sort_key(p["label"], p["method"]))):
         c = p["convergence"]
+        # a seed's mean below chance is marked (the arm's mean over seeds may not be)
+        seeds = ", ".join(fmt_num(m) + marks.mark(m, p.get("num_classes"), 0, 0, "") for m in p["seed_means"])
         if c is None:
             rows.append([fmt_sigma(p["sigma"]), p["label"], str(p["n_seeds"]), fmt_num(p["mean"]), "—", "—",
-                         ", ".join(fmt_num(m) for m in p["seed_means"]), ", ".join(p["failed_seeds"])])
+                         seeds, ", ".join(p["failed_seeds"])])
             continue
         rows.append([fmt_sigma(p["sigma"]), p["label"], str(c["n_models"]), fmt_num(c["mean_of_means"]),
                      f"{c['n_non_converged']} of {c['n_models']}", ", ".join(map(str, c["non_converged"])) or "—",
-                     ", ".join(fmt_num(m) for m in p["seed_means"]), ", ".join(p["failed_seeds"]) or "—"])
+                     seeds, ", ".join(p["failed_seeds"]) or "—"])
     return Table(f"{group_title(gkey)}: convergence over seeds",
                  ["σ_d", "method", "models", "mean of means", "non-converged", "non-converged seeds", "per-seed means",
                   "failed seeds"],
                  rows, f"Non-converged: mean more than {CONVERGENCE_THRESHOLD:g} points below the mean over seeds (SPEC §4). "
                        "Failed seeds: sweep cells of the same arm that failed (e.g. diverged training) and so have no "
-                       "accuracy; they are not in the count, see the failed cells below.")
+                       "accuracy; they are not in the count, see the failed cells below.", marks.legend())
 
 
 def _beta_candidates(bs: dict) -> dict[float, float | None]:
