@@ -1295,3 +1295,31 @@ def test_a_warning_of_every_cells_model_is_shown_once(tmp_path):
         MODELS.pop("loose_sweep_test", None)
     loose = [w for w in caught if "outside any layer" in str(w.message)]
     assert len(loose) == 1, [str(w.message) for w in caught]
+
+
+def test_a_search_with_no_validation_images_fails_before_training_a_candidate(tmp_path):
+    """A val_fraction that rounds to 0 images trained the first β candidate in full, then failed with "data is empty:
+    need at least one sample" (a review's catch)."""
+    spec = validate_spec({"name": "ev", "models": ["tiny"], "datasets": ["mnist5k"], "methods": ["ovf"],
+                          "sigmas": [0.2], "seeds": [0], "betas": [0.1, 0.01],
+                          "train": {"epochs": 1, "limit": 300, "val_fraction": 0.0001, "val_runs": 2},
+                          "eval": {"runs": 2, "val_runs": 2}, "resources": {"threads_per_cell": 1}})
+    assert run_sweep(spec, tmp_path / "s", progress=False).exit_code == 1
+    (failed,) = (tmp_path / "s").rglob("failed.json")
+    assert "the β search has no validation images" in json.loads(failed.read_text())["error"]
+    assert not list((tmp_path / "s").rglob("model.safetensors"))  # no candidate trained
+
+
+@pytest.mark.parametrize("params, device, text", [
+    ({"censor": 1.0}, {"preset": "rram4"}, "censors Gaussian training noise"),
+    ({"delta_sigma": 1e308}, {}, "σ + N·Δσ = inf"),
+])
+def test_what_a_method_asks_of_the_device_is_refused_when_the_spec_is_read(params, device, text):
+    """OVF with censored noise on a non-Gaussian device passed the spec check and --dry-run, and every such cell
+    failed when run; a huge Δσ failed at the first step with "DeviceConfig.sigma=inf", a σ the user never set."""
+    raw = {"name": "c", "models": ["tiny"], "datasets": ["mnist5k"], "variants": [{"label": "mine", "method": "ovf", "params": params}],
+           "sigmas": [0.2], "seeds": [0], "train": {"epochs": 1}}
+    if device:
+        raw["device_models"] = ["rram4"]
+    with pytest.raises(ValueError, match=re.escape(text)):
+        validate_spec(raw)

@@ -13,11 +13,13 @@ reference code, where all N+1 forwards update them.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from nvcim.core.config import DeviceConfig
 from nvcim.batchnorm import frozen_bn_statistics  # the "backbone" BatchNorm policy
 from nvcim.methods.base import (CENSOR, Method, Option, TrainingTask, check_censor, is_finite_number,
                                 register_method, training_device)
@@ -62,6 +64,13 @@ class OVFConfig:
             object.__setattr__(self, "gammas", g)
         if self.bn_policy not in BN_POLICIES:
             raise ValueError(f"ovf bn_policy={self.bn_policy!r} is unknown: use one of {list(BN_POLICIES)}")
+
+    def check_device(self, device: DeviceConfig) -> None:
+        """The N variational forwards draw at σ + n·Δσ: refused now when the largest is no valid σ."""
+        top = device.sigma + self.n_variational * self.delta_sigma
+        if not math.isfinite(top):
+            raise ValueError(f"ovf delta_sigma={self.delta_sigma!r} makes the last variational forward's σ + N·Δσ = "
+                             f"{top} (σ {device.sigma:g}, N {self.n_variational}): use a smaller delta_sigma")
 
     @property
     def gamma(self) -> tuple[float, ...]:

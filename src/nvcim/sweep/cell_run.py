@@ -29,7 +29,7 @@ from nvcim.io.train_state import TENSORS_FILE as TRAIN_STATE_TENSORS
 from nvcim.io.train_state import TrainStateError, TrainStateSaveError, remove_train_state
 from nvcim.data import load_dataset
 from nvcim.evaluate.files import EvaluationFile, FailedCellFile, write_result_file
-from nvcim.methods import searched_param
+from nvcim.methods import search_symbol, searched_param
 from nvcim.sweep.cells import Cell, fmt_beta, is_num
 from nvcim.sweep.schema import TARGET_KEYS
 from nvcim.sweep.files import (FAILED_FILE, RESULT_FILE, SCORE_FILE, TRAIN_STATE_DIR, cell_dir, link_or_copy_dir,
@@ -207,6 +207,11 @@ def _adc_record(cell: Cell, splits) -> dict | None:
 def _beta_search(cell: Cell, d: Path, splits, dev, notes: list[str]) -> tuple[float, dict, float, float]:
     """Train / score every β candidate (resumable per β, and per epoch); returns (chosen β, record, train seconds
     (earlier parts of resumed trainings included), those earlier parts' seconds)."""
+    if not len(splits.val):  # before any candidate trains: the search scores them on the validation split
+        symbol = search_symbol(searched_param(cell.method))
+        raise ValueError(f"the {symbol} search has no validation images (val_fraction {cell.train_config(cell.betas[0]).val_fraction:g} "
+                         f"of {len(splits.train) + len(splits.val)} training images rounds to 0): raise "
+                         "train.val_fraction or the data's size")
     scores = []
     train_s = earlier_s = 0.0
     for beta in cell.betas:

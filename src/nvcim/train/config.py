@@ -25,7 +25,7 @@ from typing import Any, Mapping
 from nvcim.core.config import DeviceConfig
 from nvcim.data import DATASETS, is_npz_name
 from nvcim.io.files import read_mapping_file
-from nvcim.methods import METHODS, method_config
+from nvcim.methods import METHODS, method_config, training_device
 from nvcim.models import list_models
 
 OPTIMIZERS = ("adam", "sgd")
@@ -166,6 +166,10 @@ class TrainConfig:
         self.method_cfg()  # unknown method / parameter / bad value: one-line ValueError from nvcim.methods
         if not isinstance(self.device_config, DeviceConfig):
             raise bad("device_config", "a nvcim.DeviceConfig (or, in a dict, its fields)")
+        method = self.method_cfg()  # what it asks of the device, refused before any data are loaded:
+        training_device(self.device_config, getattr(method, "censor", None))  # censored noise: Gaussian devices only
+        if hasattr(method, "check_device"):  # e.g. OVF's largest σ + N·Δσ
+            method.check_device(self.device_config)
         for name in ("epochs", "batch_size", "eval_every"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise bad(name, "an integer >= 1")
