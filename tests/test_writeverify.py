@@ -228,3 +228,21 @@ def test_sensitivity_keeps_module_flags_and_handles_frozen_and_unused_layers():
     nan = {"a": torch.tensor([float("nan"), 1.0, 0.5])}
     (plan,) = plans_for_fractions(nan, [1 / 3])
     assert plan.masks["a"].tolist() == [False, True, False]
+
+
+def test_a_plan_counted_for_other_devices_is_refused_and_numpy_fractions_are_numbers(setup):
+    """A plan made without cfg counts M/K = 4 devices per weight: evaluated on a chip of 8 (K = 1) its device count, and
+    every cost computed from it, was half the truth, silently; np.float32(0.5) was "invalid: use a number in [0, 1]"."""
+    import numpy as np
+
+    m, x, y = setup
+    plan = plan_write_verify(m, 0.3)
+    with pytest.raises(ValueError, match="counts 4 devices per weight, the chips have 8"):
+        monte_carlo_evaluate(m, (x, y), CFG.replace(device_bits=1), runs=2, write_verify=plan)
+    ok = plan_write_verify(m, 0.3, cfg=CFG.replace(device_bits=1))
+    assert ok.devices_per_weight == 8
+    monte_carlo_evaluate(m, (x, y), CFG.replace(device_bits=1), runs=2, write_verify=ok)
+    assert plan_write_verify(m, np.float32(0.5)).fraction == 0.5
+    assert plan_write_verify(m, torch.tensor(0.5)).fraction == 0.5
+    with pytest.raises(ValueError, match="is invalid"):
+        plan_write_verify(m, "0.5")

@@ -84,4 +84,5 @@ def test_report_rejects_a_bad_cycle_parameter(tmp_path, capsys):
     _verify_dir(tmp_path / "wv")
     rc, _, err = run_cli(["report", str(tmp_path / "wv"), "--out", str(tmp_path / "o"), "--verify-max-iterations",
                           "0"], capsys)
-    assert rc == 2 and "max_iterations" in err and not (tmp_path / "o").exists()
+    assert rc == 2 and "--verify-max-iterations 0 is invalid" in err and not (tmp_path / "o").exists()
+    assert "None" not in err  # the flag's words, not the Python field's

@@ -131,8 +131,9 @@ def plans_for_fractions(
     devices_per_weight: int = 4,
 ) -> list[VerifyPlan]:
     """One nested plan per fraction: the top round(f · N) weights of one global ranking (ties: lower index first)."""
-    for f in fractions:
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1:
+    for f in fractions:  # numpy and 0-d torch numbers count as numbers
+        number = not isinstance(f, (bool, str)) and (isinstance(f, (int, float)) or getattr(f, "ndim", None) == 0)
+        if not number or not 0 <= float(f) <= 1:
             raise ValueError(f"write-verify fraction {f!r} is invalid: use a number in [0, 1]")
     names = list(scores)
     flat = torch.cat([scores[k].reshape(-1).double() for k in names])  # [N]

@@ -61,7 +61,12 @@ def run(args) -> int:
     from nvcim.report.flags import diverged_warning, implausible_warning
     from nvcim.writeverify import CycleModel
 
-    cycle = CycleModel(args.verify_pulses, args.verify_reads, args.verify_max_iterations)  # ValueError: exit 2
+    for value, flag, least in ((args.verify_pulses, "--verify-pulses", 0), (args.verify_reads, "--verify-reads", 0),
+                               (args.verify_max_iterations, "--verify-max-iterations", 1)):  # the CycleModel's checks
+        if value is not None and value < least:
+            raise ValueError(f"{flag} {value} is invalid: use an integer >= {least}"
+                             + (" (leave it out for no cap)" if least else ""))
+    cycle = CycleModel(args.verify_pulses, args.verify_reads, args.verify_max_iterations)
     roots = [Path(d) for d in args.dirs]
     if args.out:
         check_output_path(args.out, "--out", is_dir=True)

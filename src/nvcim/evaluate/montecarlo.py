@@ -350,7 +350,7 @@ def monte_carlo_evaluate(
     calib = bn_calibration.inputs(dev) if bn_calibration is not None else None
     adc_source = adc_calibration_source(adc_calibration, cfg, dev, _float_dtype(model))
     with (_on_device(model, dev), eval_mode(model), _controllers_for(model, cfg),
-          write_verify_scope(model, write_verify)):
+          write_verify_scope(model, write_verify, cfg)):
         classes = _output_classes(model, batches)  # labels checked before any chip
         _check_coverage_once(model, batches)
         path, on_chip = path_for_reads(model, batches, path, bool(cfg.sliced_mvm))
@@ -434,7 +434,7 @@ def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Ite
     opts["adc_source"] = adc_calibration_source(opts.pop("adc_calibration"), cfg, dev, _float_dtype(model))
     results = []
     with (_on_device(model, dev), eval_mode(model), _controllers_for(model, cfg),
-          write_verify_scope(model, opts["write_verify"])):
+          write_verify_scope(model, opts["write_verify"], cfg)):
         classes = _output_classes(model, batches)  # labels checked before any chip
         _check_coverage_once(model, batches)
         path, on_chip = path_for_reads(model, batches, path, bool(cfg.sliced_mvm))

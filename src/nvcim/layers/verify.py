@@ -58,12 +58,16 @@ class VerifyPlan:
 
 
 @contextlib.contextmanager
-def write_verify_scope(model: nn.Module, plan: VerifyPlan | None) -> Iterator[nn.Module]:
+def write_verify_scope(model: nn.Module, plan: VerifyPlan | None, cfg=None) -> Iterator[nn.Module]:
     """Within the block the model's noisy layers program the plan's weights with write-verify (every draw:
-    training forwards, `draw_chip`, `program_chip_`, Monte Carlo chips); the previous state is restored after."""
+    training forwards, `draw_chip`, `program_chip_`, Monte Carlo chips); the previous state is restored after.
+    cfg: the DeviceConfig the chips are drawn under, whose devices per weight the plan's device count must be."""
     if plan is None:
         yield model
         return
+    if cfg is not None and plan.devices_per_weight != cfg.devices_per_weight:
+        raise ValueError(f"the write-verify plan counts {plan.devices_per_weight} devices per weight, the chips have "
+                         f"{cfg.devices_per_weight} (M/K): make the plan with cfg= the evaluated DeviceConfig")
     weights = {p.name: p.weight for p in noisy_parameters(model)}
     unknown = sorted(set(plan.masks) - set(weights))
     if unknown:
