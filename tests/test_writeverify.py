@@ -246,3 +246,21 @@ def test_a_plan_counted_for_other_devices_is_refused_and_numpy_fractions_are_num
     assert plan_write_verify(m, torch.tensor(0.5)).fraction == 0.5
     with pytest.raises(ValueError, match="is invalid"):
         plan_write_verify(m, "0.5")
+
+
+def test_write_verify_with_drift_compensation_is_refused_before_the_ranking(setup, monkeypatch):
+    """The verified weights' second draw carried its own drift compensation gain (0.3-0.7 % off the first's, neither
+    measured on the chip programmed; SPEC §8: one per layer), silently on the plain path; the ADC path refused it only
+    after the sensitivity ranking's work."""
+    import nvcim.writeverify as wv
+
+    m, x, y = setup
+    cfg = CFG.replace(sigma=0.2, drift_time=3600.0, drift_compensation=True)
+    plan = plan_write_verify(m, 0.5, "magnitude")
+    monkeypatch.setattr(wv, "weight_scores", lambda *a, **k: pytest.fail("ranked before the refusal"))
+    for c in (cfg, cfg.replace(adc_bits=8)):
+        with pytest.raises(ValueError, match="write-verify with drift compensation is not supported"):
+            wv.write_verify_curve(m, (x, y), c, [0.0, 0.5])
+    with pytest.raises(ValueError, match="write-verify with drift compensation is not supported"):
+        monte_carlo_evaluate(m, (x, y), cfg, runs=2, write_verify=plan)
+    monte_carlo_evaluate(m, (x, y), cfg.replace(drift_compensation=False), runs=2, write_verify=plan)  # drift alone

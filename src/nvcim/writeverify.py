@@ -185,6 +185,7 @@ def write_verify_curve(
     in the order of `fractions`; mc_kwargs go to `monte_carlo_evaluate` (runs, seed, ...): with one seed
     every fraction sees the same chips' draws.
     """
+    dm.check_verify_device(cfg)  # before the ranking's work
     scores = weight_scores(model, by, data=score_data, images=score_images, seed=score_seed)
     plans = plans_for_fractions(scores, fractions, residual_sigma=residual_sigma, by=by,
                                 devices_per_weight=cfg.devices_per_weight)

@@ -437,11 +437,17 @@ def read_levels(chip: ChipLevels, cfg: DeviceConfig, generator: torch.Generator 
 def write_verified_levels(prepared: PreparedWeight, cfg: DeviceConfig, chip: ChipLevels, verified: torch.Tensor,
                           sigma: float, residual_sigma: float, generator: torch.Generator | None = None) -> ChipLevels:
     """`write_verified` for a chip kept as device levels: the verified weights' devices from a second draw."""
-    if cfg.drift_compensation:
-        raise ValueError("write-verify with drift compensation is not supported by the ADC simulation (adc_bits / "
-                         "input_bits): drop one of them")
+    check_verify_device(cfg)
     second = draw_levels(prepared, cfg, min(float(residual_sigma), float(sigma)), generator)
     return chip._replace(g=torch.where(verified, second.g, chip.g))
+
+
+def check_verify_device(cfg: DeviceConfig) -> None:
+    """Write-verify with drift compensation is refused: the verified weights' second draw would carry a gain of its own
+    (SPEC §8: one per layer, measured on the chip programmed)."""
+    if cfg.drift_compensation and cfg.drift_time is not None:
+        raise ValueError("write-verify with drift compensation is not supported (the verified weights would carry a "
+                         "compensation gain of their own): drop drift_compensation or the write-verify")
 
 
 def read_generators(generator: torch.Generator | None, count: int) -> list[torch.Generator]:
@@ -483,6 +489,7 @@ def write_verified(
     until they land within the verify tolerance, which leaves them a residual variation σ_res; a device
     already that close stays as it is, so verified weights vary at min(σ_res, σ). One more draw of the
     whole tensor (all devices, in the same order as `draw`), kept where `verified` is True."""
+    check_verify_device(cfg)
     w_v = draw(prepared, cfg, min(float(residual_sigma), float(sigma)), generator)  # [*shape]
     return torch.where(verified, w_v, w_p)
 
