@@ -1323,3 +1323,20 @@ def test_what_a_method_asks_of_the_device_is_refused_when_the_spec_is_read(param
         raw["device_models"] = ["rram4"]
     with pytest.raises(ValueError, match=re.escape(text)):
         validate_spec(raw)
+
+
+def test_the_dry_run_says_the_run_would_refuse_a_users_spec_file_in_dir(tmp_path, capsys):
+    """A new user's DIR held their own spec.toml: --dry-run listed "12 to run", the run refused."""
+    import yaml
+
+    from nvcim.cli import main
+
+    spec = tmp_path / "mine.yaml"
+    spec.write_text(yaml.safe_dump(ONE_CELL))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "spec.yaml").write_text("# my own notes\n")
+    assert main(["sweep", str(spec), "--out", str(out), "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "the run would stop here" in err and "spec.yaml exists and is not nvcim's copy" in err
+    assert sorted(p.name for p in out.iterdir()) == ["spec.yaml"]

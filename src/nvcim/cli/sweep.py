@@ -69,7 +69,8 @@ def run(args) -> int:
     from nvcim.sweep import expand, load_spec, plan, result_problem, run_sweep, stale_cells
     from nvcim.methods import search_symbol, searched_param
     from nvcim.sweep.files import failed_differences, partial_progress
-    from nvcim.sweep.runner import UNDEFINED, check_data, check_sweep_dir, is_recorded_spec, needs_local_data
+    from nvcim.sweep.runner import (UNDEFINED, check_data, check_spec_copy, check_sweep_dir, is_recorded_spec,
+                                    needs_local_data)
 
     spec_path = Path(args.spec)
     spec = load_spec(spec_path)
@@ -98,8 +99,9 @@ def run(args) -> int:
             print(f"{state[c.id]:8s} {c.id}  test σ {c.test_sigmas}{extra}")
         print(f"{len(cells)} cells: {len(done) - len(stale)} done, {len(stale)} stale, {len(failed)} failed "
               f"(not retried), {len(todo)} to run")
-        try:  # what the run would refuse before any cell (another spec's DIR without --force), the dry run says
-            check_sweep_dir(spec, args.out, force=args.force)
+        try:  # what the run would refuse before any cell (another spec's DIR without --force, a user's spec file
+            check_sweep_dir(spec, args.out, force=args.force)  # where the copy goes), the dry run says
+            check_spec_copy(args.out, spec_path.read_text(encoding="utf-8"), spec_path.suffix.lower())
         except ValueError as exc:
             print(f"nvcim sweep: note: the run would stop here: {exc}", file=sys.stderr)
         else:

@@ -128,6 +128,14 @@ def _check_spec_copy(out: Path, copy: Path, spec_text: str, copy_text: str) -> b
                      "replace it: choose another --out or move the file away")
 
 
+def check_spec_copy(out_dir, spec_text: str, spec_suffix: str) -> None:
+    """Refuse (one-line ValueError) a run whose copy of the spec's text would replace a user's file in DIR (what
+    `run_sweep` checks before anything is written; `nvcim sweep --dry-run` says it too)."""
+    if spec_suffix != ".json":
+        out = Path(out_dir)
+        _check_spec_copy(out, out / f"spec{spec_suffix}", spec_text, _copy_text(spec_text))
+
+
 def is_recorded_spec(spec: SweepSpec, out_dir) -> bool:
     """Whether DIR/spec.json is already the record of `spec` (a resume from the recorded spec rewrites it with the
     same content)."""
@@ -342,8 +350,8 @@ def run_sweep(spec: SweepSpec, out_dir, *, backend: str = "local", workers: int 
     out = check_output_path(out_dir, "sweep output", is_dir=True)
     # every input checked before anything is written or downloaded (checked again under the lock)
     check_sweep_dir(spec, out, force=force)
-    if spec_text is not None and spec_suffix != ".json":  # a user's spec.toml there: refused before the lock file
-        _check_spec_copy(out, out / f"spec{spec_suffix}", spec_text, _copy_text(spec_text))
+    if spec_text is not None:  # a user's spec.toml there: refused before the lock file
+        check_spec_copy(out, spec_text, spec_suffix)
     _, todo, done, _ = plan(spec, out, retry_failed=retry_failed)
     _refuse_stale(out, done, accept_plugin_change)
     if needs_local_data(backend, address):  # a cluster's machines hold their own data
