@@ -81,9 +81,13 @@ def fig_accuracy(F: Figures, gkey, gpts, colours):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     labels = ordered_labels(gpts)
     paper_done = set()
-    for label, method in labels:
+    # arms side by side around each σ (a sweep of one σ and many arms stacked every point on one x)
+    grid = sorted({p["sigma"] for p in gpts})
+    gap = min((b - a for a, b in zip(grid, grid[1:])), default=max(grid[0] * 0.5, 0.05) if grid else 0.05)
+    step = 0.3 * gap / max(len(labels) - 1, 1)
+    for i, (label, method) in enumerate(labels):
         pts = [p for p in gpts if p["label"] == label]
-        x = [p["sigma"] for p in pts]
+        x = [p["sigma"] + (i - (len(labels) - 1) / 2) * step for p in pts]
         y = [p["mean"] for p in pts]
         # CI bounds clipped to the possible range [0, 100] (a 2-seed t interval can be very wide)
         lo = [p["mean"] - max(0.0, p["ci95"][0]) if p["ci95"][0] is not None else 0.0 for p in pts]
@@ -103,7 +107,7 @@ def fig_accuracy(F: Figures, gkey, gpts, colours):
     ys = [v for ln in ax.get_lines() for v in ln.get_ydata() if math.isfinite(v)]
     if ys:
         ax.set_ylim(max(-1.0, min(ys) - 5.0), min(101.0, max(ys) + 3.0))
-    ax.set_xlabel("device variation σ_d (trained and tested at σ_d; vanilla: tested at σ_d)")
+    ax.set_xlabel("device variation σ_d (trained and tested at σ_d; vanilla: tested at σ_d; arms side by side)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"{group_title(gkey)}: accuracy vs σ_d (mean over seeds, 95% CI)")
     ax.grid(alpha=0.3)
