@@ -506,3 +506,28 @@ def test_partial_work_of_another_definition_is_said_and_a_plugin_change_vouched_
     assert adopt_plugin_change(tmp_path, [cell]) == []
     prepare_cell_dir(tmp_path, cell, 1)
     assert not (d / "train_state").exists()
+
+
+def test_sigterm_stops_nvcim_train_like_ctrl_c_and_the_same_command_resumes(tmp_path):
+    """A scheduler's SIGTERM (preemption, `kill`) killed the process on the spot: no "interrupted" line, and the output
+    lock left behind; it now stops like Ctrl-C (exit 143, lock removed, the saved epochs kept)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "nvcim", "train", "--model", "tiny", "--limit", "200", "--epochs", "400",
+           "--batch-size", "32", "--val-runs", "0", "--select", "last", "--num-threads", "1", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    state = out.with_name(out.name + ".train-state")
+    deadline = time.time() + 120
+    while not (state / RECORD_FILE).is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "nvcim train: terminated; its state after the last finished epoch is kept" in err, err
+    assert not state.with_name(state.name + ".lock").exists() and (state / RECORD_FILE).is_file()

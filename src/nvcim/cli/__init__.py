@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 import warnings
 
@@ -106,12 +108,25 @@ class _PipeSafe:
         return getattr(self.stream, name)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's preemption, `kill`): stopped like Ctrl-C, so that locks and temporaries are cleaned up
+    and the command says how to resume (the default action killed the process on the spot)."""
+
+
+def _terminate(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     stdout = sys.stdout
     sys.stdout = safe = _PipeSafe(stdout)
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
     try:
         return _main(argv)
     finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
         sys.stdout = stdout
         if safe.broken:  # nothing more to its reader, nor an error at the interpreter's exit
             try:
@@ -142,9 +157,10 @@ def _main(argv: list[str] | None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = one_line_warning  # restored on exit
             return int(args.run(args) or 0)
-    except KeyboardInterrupt:
-        print(f"nvcim {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        print(f"nvcim {args.command}: {'terminated' if isinstance(stop, _Terminated) else 'interrupted'}"
+              f"{_resume_hint(args)}", file=sys.stderr)
+        return 143 if isinstance(stop, _Terminated) else 130
     except (UsageError, ValueError, OSError, CoverageError) as e:  # OSError: FileNotFoundError, PermissionError, ...;
         # CoverageError: a model that reads a noisy layer's weights itself (its message names --digital-layers)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
