@@ -282,6 +282,11 @@ def test_rows_trained_under_other_devices_or_recipes_are_other_arms_never_mixed_
     pairs = {(r["arm_a"], r["arm_b"]) for r in matrix_paired(rec) if r["device_model"] == "gaussian"}
     assert ("OVF (trained on Gaussian)", "noise injection") in pairs
     assert (f"OVF (trained on {mine})", "noise injection") not in pairs  # method and device differ
+    # vanilla trains without the device: it pairs with a method trained on any device (a review's catch)
+    assert {("OVF (trained on Gaussian)", "vanilla"), (f"OVF (trained on {mine})", "vanilla")} <= pairs
+    # a recipe key this version does not know (a later nvcim's file) is not a crash
+    odd = [{**i, "recipe": {"epochs": 3, "later_key": 1}} for i in info]
+    assert len(matrix_arms(_matrix(odd, [[1, 1]] * len(odd)))) == len(odd)
     # a learning rate (or any recipe key) that differs within one method: arms of their own
     lr = [{"method": OVF, "seed": s, "train_sigma": 0.2, "recipe": {"epochs": 3, "lr": v}} for v in (0.1, 0.01)
           for s in (0, 1)]

@@ -436,3 +436,23 @@ def test_a_model_moved_to_float64_after_program_chip_keeps_its_chip(cfg):
                 want, got = model(x), twin(x.double())
                 assert got.dtype == torch.float64
                 torch.testing.assert_close(got.float(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_chip_converted_inside_an_override_keeps_its_drift_gain_for_read_noise():
+    """A review's catch: the first forward after `.double()` inside `sigma_scope` (an `overridden` block) converted
+    the chip and re-keyed its read gain; on exit `programmed` was restored but `read_gain` was not, and the drift
+    compensation gain on read noise was dropped from then on (~22 % less read noise)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
+    nvcim.apply_variation_(model, DeviceConfig(sigma=0.2, read_sigma=0.05, drift_time=3600.0, drift_compensation=True))
+    nvcim.program_chip_(model, seed=1)
+    model.double()
+    with torch.no_grad(), nvcim.sigma_scope(model, 0.2):
+        model(torch.randn(2, 12, dtype=torch.float64))
+    for p in nvcim.noisy_parameters(model):
+        ctrl = p.control
+        assert ctrl.read_gain is not None and ctrl.read_gain[0] is ctrl.programmed
+    with torch.no_grad():
+        model(torch.randn(2, 12, dtype=torch.float64))
+    for p in nvcim.noisy_parameters(model):
+        assert p.control.read_gain[0] is p.control.programmed

@@ -496,6 +496,9 @@ def test_partial_work_of_another_definition_is_said_and_a_plugin_change_vouched_
     assert partial_progress(tmp_path, cell) == "partial work of another definition (plugin_code differ; " \
                                                "--accept-plugin-change keeps it): trained from the start"
     assert partial_progress(tmp_path, cell, accept_plugin_change=True) == "training resumes after epoch 5 of 60"
+    (d / "failed.json").write_text("{}")  # failed under the earlier code (perhaps what the edit fixes): not adopted
+    assert adopt_plugin_change(tmp_path, [cell]) == []
+    (d / "failed.json").unlink()
     assert adopt_plugin_change(tmp_path, [cell]) == [cell.id]
     prepare_cell_dir(tmp_path, cell, 1)
     assert (d / "train_state" / "state.pt").is_file()  # kept: the run resumes it

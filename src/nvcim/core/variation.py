@@ -105,7 +105,7 @@ def level_index(levels: torch.Tensor, dtype: torch.dtype = torch.int64) -> torch
     NaN or inf, whose every programmed weight is non-finite anyway: its scale s is) looks up level 0, so that such
     a tensor draws non-finite weights as on the Gaussian path (and training or evaluation reports the divergence)
     instead of failing in an index or histogram."""
-    return levels.nan_to_num(0.0, 0.0, 0.0).to(dtype)
+    return levels.to(dtype).clamp_(min=0)  # NaN casts to the most negative integer (x86) or 0 (ARM): 0 either way
 
 
 def _standard_normal(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

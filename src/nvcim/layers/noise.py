@@ -299,14 +299,15 @@ def _controllers(model: nn.Module) -> list[NoisyWeight]:
     return [p.control for p in noisy_parameters(model)]
 
 
-_OVERRIDABLE = ("cfg", "sigma", "enabled", "programmed", "read_generator", "verified", "residual_sigma", "adc_range")
+_OVERRIDABLE = ("cfg", "sigma", "enabled", "programmed", "read_generator", "read_gain", "verified", "residual_sigma",
+                "adc_range")
 
 
 @contextlib.contextmanager
 def overridden(model: nn.Module, per_parameter: Mapping[str, Mapping[str, Any]] | None = None,
                **common: Any) -> Iterator[list[NoisyParameter]]:
     """Temporarily set controller fields of every noisy tensor (cfg, sigma, enabled, programmed, read_generator,
-    verified, residual_sigma, adc_range): `common` for all, `per_parameter[name]` for one; every field is restored on exit.
+    read_gain, verified, residual_sigma, adc_range): `common` for all, `per_parameter[name]` for one; every field is restored on exit.
 
         with overridden(model, cfg=cfg, sigma=cfg.sigma, programmed=None): ...   # Monte Carlo
     """

@@ -67,7 +67,8 @@ def write_verify_scope(model: nn.Module, plan: VerifyPlan | None, cfg=None) -> I
         return
     if cfg is not None and plan.devices_per_weight != cfg.devices_per_weight:
         raise ValueError(f"the write-verify plan counts {plan.devices_per_weight} devices per weight, the chips have "
-                         f"{cfg.devices_per_weight} (M/K): make the plan with cfg= the evaluated DeviceConfig")
+                         f"{cfg.devices_per_weight} (M/K): make the plan with plan_write_verify(..., cfg=the evaluated "
+                         "DeviceConfig), or VerifyPlan(..., devices_per_weight=M/K)")
     weights = {p.name: p.weight for p in noisy_parameters(model)}
     unknown = sorted(set(plan.masks) - set(weights))
     if unknown:

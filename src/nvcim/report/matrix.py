@@ -171,6 +171,7 @@ def _arm_rows(rec: DeviceMatrixFile) -> list[dict] | None:
                      "epochs": info.get("epochs"), "model": (model.get("name"), model.get("width")),
                      "dataset": rec.datasets[i], "digital": tuple(info.get("digital_layers") or ()),
                      "device": info.get("train_device") if noisy else None,  # vanilla: trained without the device
+                     "noisy": noisy,
                      "recipe": info.get("recipe") if isinstance(info.get("recipe"), dict) else {}})
     # several models / widths / data sets / digital layers in one matrix: never one arm (pooled as if seeds)
     many = {k for k in ("model", "dataset", "digital") if len({a[k] for a in arms}) > 1}
@@ -223,7 +224,7 @@ def _arm_rows(rec: DeviceMatrixFile) -> list[dict] | None:
 def _recipe_differences(arms: list[dict], exclude: tuple[str, ...] = ("epochs",)) -> list[str]:
     """The training-recipe keys (`nvcim.report.records.training_recipe`) whose values differ among `arms`, of those
     every arm records (a file written before a key existed does not differ in it); epochs have their own label."""
-    keys = set.intersection(*(set(a["recipe"]) for a in arms)) - set(exclude) if arms else set()
+    keys = set.intersection(*(set(a["recipe"]) for a in arms)) & set(RECIPE_KEYS) - set(exclude) if arms else set()
     return [k for k in sorted(keys, key=RECIPE_KEYS.index)
             if len({json.dumps(a["recipe"][k], sort_keys=True, default=str) for a in arms}) > 1]
 
@@ -253,11 +254,12 @@ def _one_difference(rec: DeviceMatrixFile, a: dict[str, int], b: dict[str, int])
     ta, tb = (arms[next(iter(x.values()))] for x in (a, b))
     if ta.get("twin") or tb.get("twin"):  # an unexplained duplicate: what differs is unknown
         return False
-    # a method trained without noise (vanilla: sigma None) has no training σ to differ in
     # and their recipes (beside another method, only in what splits arms across methods: labels.PER_METHOD_KEYS)
     other_recipe = bool(_recipe_differences([ta, tb], ("epochs",) + (PER_METHOD_KEYS if ta["base"] != tb["base"] else ())))
-    return other_recipe + sum(ta.get(k) != tb.get(k) and not (k == "sigma" and None in (ta[k], tb[k]))
-                              for k in _TRAINED_BY) == 1
+    # a method trained without noise (vanilla) has no training σ nor device to differ in
+    untrained = not (ta["noisy"] and tb["noisy"])
+    return other_recipe + sum(ta.get(k) != tb.get(k) and not (k in ("sigma", "device") and untrained)
+                              and not (k == "sigma" and None in (ta[k], tb[k])) for k in _TRAINED_BY) == 1
 
 
 def _cell_sigma(rec: DeviceMatrixFile, rows, col: int) -> float | None:

@@ -385,7 +385,8 @@ def adopt_plugin_change(out: Path, cells: Sequence[Cell]) -> list[str]:
     adopted = []
     for c in cells:
         d = cell_dir(out, c.id)
-        if partial_definition(out, c) == ["plugin_code"]:
+        if partial_definition(out, c) == ["plugin_code"] and not (d / FAILED_FILE).is_file():  # a failure under the
+            # earlier code (perhaps what the edit fixes) is not vouched for: it runs again from the start
             have = json.loads((d / CELL_FILE).read_text(encoding="utf-8"))
             have["plugin_code"] = c.to_dict().get("plugin_code")
             atomic_write_text(d / CELL_FILE, json.dumps(have, indent=2) + "\n")
