@@ -266,3 +266,22 @@ def test_export_refuses_an_out_that_cannot_be_created_before_loading(tmp_path, c
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert str(tmp_path / "afile" / "map") in err and "is a file, not a directory: choose another path" in err, err
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_map_written_from_a_model_of_ones_own_reads_back_into_that_architecture(tmp_path):
+    """The README's `write_conductance_map` -> `read_conductance_map` round trip failed for a model nvcim cannot rebuild
+    (no registered spec): "the manifest names no source model spec: export it again". `model=` takes the module."""
+    from nvcim.io.conductance import read_conductance_map, write_conductance_map
+
+    torch.manual_seed(0)
+    mine = nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6, 3))
+    cfg = nvcim.DeviceConfig()
+    write_conductance_map(tmp_path / "map", mine, cfg)
+    with pytest.raises(ConductanceMapError, match="pass model= a module of that architecture"):
+        read_conductance_map(tmp_path / "map")
+    fresh = nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6, 3))
+    back, _ = read_conductance_map(tmp_path / "map", model=fresh)
+    assert back is fresh
+    for key, value in mine.state_dict().items():
+        want = nvcim.quantize(value, cfg) if key.endswith("weight") else value
+        assert torch.equal(back.state_dict()[key], want), key

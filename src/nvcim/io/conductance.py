@@ -385,17 +385,21 @@ def _misfit(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
     return f"the map's {extra[0]!r} is not in the model" if extra else None
 
 
-def read_conductance_map(path) -> tuple[nn.Module, dict]:
+def read_conductance_map(path, model: nn.Module | None = None) -> tuple[nn.Module, dict]:
     """(model, config): the model of conductance map `path` with its quantised weights rebuilt from the device
-    levels (bit for bit those of `nvcim.quantize`) and its digital tensors; config: the source checkpoint's."""
+    levels (bit for bit those of `nvcim.quantize`) and its digital tensors; config: the source checkpoint's.
+    `model`: a module of the exported architecture to load them into (a map written by `write_conductance_map`
+    from a model of your own, which nvcim cannot rebuild), else built from the manifest's model spec."""
     from nvcim.models import create_model
     from nvcim.plugins import missing_hint
 
     path = Path(path)
     data = read_manifest(path)
     config = data["source"].get("config")
-    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
-        raise ConductanceMapError(f"conductance map {path}: the manifest names no source model spec: export it again")
+    config = config if isinstance(config, dict) else {}
+    if model is None and not isinstance(config.get("model"), dict):
+        raise ConductanceMapError(f"conductance map {path}: the manifest names no model spec nvcim can build (written "
+                                  "from a model of your own): pass model= a module of that architecture")
     try:
         cfg = DeviceConfig(weight_bits=data["weight_bits"], device_bits=data["device_bits"])
     except (ValueError, TypeError) as exc:
@@ -409,9 +413,9 @@ def read_conductance_map(path) -> tuple[nn.Module, dict]:
             raise ConductanceMapError(f"conductance map {path}: {TENSORS_FILE} has no 'digital/{key}': the files come "
                                       "from different exports")
         state[key] = tensors[f"digital/{key}"]
-    spec = dict(config["model"])
+    spec = dict(config.get("model") or {"name": type(model).__name__})
     try:
-        model = create_model(**spec)
+        model = create_model(**spec) if model is None else model
     except (ValueError, TypeError) as exc:
         raise ConductanceMapError(f"conductance map {path}: model spec {spec} cannot be built "
                                   f"({exc}){missing_hint(config.get('plugins')) or ': fix the manifest'}") from None
@@ -445,7 +449,7 @@ def import_conductance_map(path, out) -> Path:
     if out.resolve() == path.resolve() or path.resolve() in out.resolve().parents:
         raise ConductanceMapError(f"cannot write checkpoint {out}: it is inside the conductance map {path}: choose a "
                                   "path outside it")
-    model, config = read_conductance_map(path)
+    model, config = read_conductance_map(path)  # a map of a model nvcim can build: a checkpoint names its spec
     meta = {k: v for k, v in config.items() if k not in _NOT_CARRIED}
     meta["imported_from"] = {"conductance_map": str(path),
                              "source_checkpoint": read_manifest(path)["source"].get("checkpoint")}
