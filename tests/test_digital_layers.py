@@ -184,3 +184,19 @@ def test_a_checkpoint_keeps_the_layers_it_was_trained_with_digital_whatever_the_
     with pytest.raises(ValueError, match="digital layer name 'fc' matches no layer"):
         keep_recorded_digital_(model(), {"digital_layers": ["fc"], "digital_layer_names": ["fc"]})
 
+
+
+def test_layers_kept_digital_from_python_stay_digital_through_a_checkpoint_and_a_conductance_map(tmp_path):
+    """`save_checkpoint` / `write_conductance_map` of a model after `keep_digital_` recorded nothing of it (only
+    `nvcim train` wrote the names): the reloaded model had variation on those layers again."""
+    from nvcim.io.checkpoint import load_checkpoint, save_checkpoint
+    from nvcim.io.conductance import read_conductance_map, write_conductance_map
+    from nvcim.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny", 10, 1, width=0.125)
+    nvcim.keep_digital_(model, ["classifier"])
+    save_checkpoint(tmp_path / "ck", model, model.nvcim_spec)
+    assert nvcim.digital_layers(load_checkpoint(tmp_path / "ck")[0]) == ["classifier"]
+    write_conductance_map(tmp_path / "map", model, DeviceConfig(), source={"config": {"model": model.nvcim_spec}})
+    assert nvcim.digital_layers(read_conductance_map(tmp_path / "map")[0]) == ["classifier"]

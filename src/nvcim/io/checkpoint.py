@@ -298,6 +298,11 @@ def save_checkpoint(path, model: nn.Module, model_spec: Mapping | None = None, *
         if key in ("nvcim_version", "model"):
             raise CheckpointError(f"cannot save checkpoint {path}: metadata key {key!r} is reserved: rename it")
         config[key] = _jsonable(value, key)
+    if "digital_layer_names" not in meta:  # layers kept digital (nvcim.keep_digital_) stay digital when loaded
+        from nvcim.layers.noise import digital_layers
+
+        if digital_layers(model):
+            config["digital_layer_names"] = digital_layers(model)
     problem = _config_problem(config)
     if problem:
         raise CheckpointError(f"cannot save checkpoint {path}: {problem}: it could not be loaded, pass valid metadata")

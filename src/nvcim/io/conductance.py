@@ -249,8 +249,14 @@ def write_conductance_map(out, model: nn.Module, cfg: DeviceConfig, *, tile_rows
 
     out = check_map_output(out)
     tensors, layers, digital, aliases = conductance_tensors(model, cfg, tile_rows=tile_rows, tile_cols=tile_cols)
+    from nvcim.layers.noise import digital_layers
+
+    source = dict(source or {})
+    kept = digital_layers(model)  # layers kept digital (nvcim.keep_digital_) are read back digital
+    if kept and "digital_layer_names" not in (source.get("config") or {}):
+        source["config"] = {**(source.get("config") or {}), "digital_layer_names": kept}
     text = json.dumps(manifest(cfg, layers, digital, tile_rows=tile_rows, tile_cols=tile_cols,
-                               source=source or {}, aliases=aliases), indent=2, allow_nan=False) + "\n"
+                               source=source, aliases=aliases), indent=2, allow_nan=False) + "\n"
     tmp = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
