@@ -456,3 +456,12 @@ def test_a_chip_converted_inside_an_override_keeps_its_drift_gain_for_read_noise
         model(torch.randn(2, 12, dtype=torch.float64))
     for p in nvcim.noisy_parameters(model):
         assert p.control.read_gain[0] is p.control.programmed
+
+
+@pytest.mark.parametrize("seed", [1.5, -1, True, "3"])
+def test_program_chip_refuses_a_seed_that_is_no_seed(seed):
+    """program_chip_(seed=1.5) programmed chip 1 and seed=-1 a chip of its own, silently (a new user's trial)."""
+    model = nn.Linear(3, 2)
+    nvcim.apply_variation_(model, DeviceConfig(sigma=0.1))
+    with pytest.raises(ValueError, match="is invalid: use an integer from 0 to 2\\*\\*63 - 1"):
+        nvcim.program_chip_(model, seed=seed)

@@ -371,6 +371,8 @@ def _generator_for(seed: int | None, generator: torch.Generator | None) -> torch
         return generator
     if isinstance(seed, torch.Generator):  # program_chip_(model, gen): a generator passed where the seed goes
         return seed
+    if seed is not None and (isinstance(seed, bool) or int(seed) != seed or not 0 <= seed < 2**63):
+        raise ValueError(f"seed={seed!r} is invalid: use an integer from 0 to 2**63 - 1")
     if seed is not None:
         return torch.Generator().manual_seed(int(seed))
     return None
