@@ -144,6 +144,11 @@ def _controllers_for(model: nn.Module, cfg: DeviceConfig):
         finally:
             remove_variation_(model)
         return
+    held = {p.control.cfg.replace(sigma=0.0) for p in noisy_parameters(model)}  # σ aside: evaluated at cfg's
+    if len(held) > 1:  # per-layer configs (apply_variation_ on some layers again): not what is evaluated
+        warnings.warn(f"the model's noisy layers hold {len(held)} different device configs (apply_variation_ per "
+                      "layer); Monte Carlo runs every layer under the one cfg given: evaluate layer-specific devices "
+                      "by programming chips yourself (nvcim.program_chip_)", RuntimeWarning, stacklevel=4)
     check_sliced_layers(noisy_modules(model), cfg, model)
     with overridden(model, cfg=cfg, sigma=cfg.sigma, enabled=True, programmed=None):
         yield
