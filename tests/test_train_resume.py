@@ -534,3 +534,31 @@ def test_sigterm_stops_nvcim_train_like_ctrl_c_and_the_same_command_resumes(tmp_
     assert proc.returncode == 143, err
     assert "nvcim train: terminated; its state after the last finished epoch is kept" in err, err
     assert not state.with_name(state.name + ".lock").exists() and (state / RECORD_FILE).is_file()
+
+
+def test_dry_run_says_partial_work_of_another_thread_count_is_redone(tmp_path, capsys):
+    """A review's catch: --dry-run promised "training resumes after epoch 5 of 60" for partial work made with another
+    number of threads per cell, which the local backend redoes from scratch (bitwise-reproducible results)."""
+    import yaml
+
+    from nvcim.cli import main
+    from nvcim.sweep import expand, validate_spec
+    from nvcim.sweep.files import cell_dir
+
+    raw = {"name": "p", "models": ["tiny"], "datasets": ["mnist5k"], "methods": ["noise_injection"], "sigmas": [0.2],
+           "seeds": [0], "train": {"epochs": 60}, "resources": {"threads_per_cell": 1}}
+    (cell,) = expand(validate_spec(raw))
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    d = cell_dir(out, cell.id)
+    (d / "train_state").mkdir(parents=True)
+    (d / "train_state" / RECORD_FILE).write_text(json.dumps({"epoch": 5, "epochs": 60}))
+    torch.save({"x": torch.zeros(2)}, d / "train_state" / "state.pt")
+    (d / "cell.json").write_text(json.dumps({**cell.to_dict(), "threads": 7}))
+    assert main(["sweep", str(spec), "--out", str(out), "--dry-run"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if cell.id in x)
+    assert "made with 7 thread(s) per cell, this run uses 1: trained from the start" in line, line
+    (d / "cell.json").write_text(json.dumps({**cell.to_dict(), "threads": 1}))
+    assert main(["sweep", str(spec), "--out", str(out), "--dry-run"]) == 0
+    assert "training resumes after epoch 5 of 60" in capsys.readouterr().out

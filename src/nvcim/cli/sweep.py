@@ -68,7 +68,8 @@ def _warn(message: str) -> None:
 def run(args) -> int:
     from nvcim.sweep import expand, load_spec, plan, result_problem, run_sweep, stale_cells
     from nvcim.methods import search_symbol, searched_param
-    from nvcim.sweep.files import failed_differences, partial_progress
+    from nvcim.sweep.backends.local import default_threads
+    from nvcim.sweep.files import failed_differences, partial_progress, partial_work_of_other_threads
     from nvcim.sweep.runner import (UNDEFINED, check_data, check_spec_copy, check_sweep_dir, is_recorded_spec,
                                     needs_local_data)
 
@@ -83,6 +84,8 @@ def run(args) -> int:
         stale = {c.id: keys for c, keys in stale_cells(args.out, done, accept_plugin_change=args.accept_plugin_change)}
         state = {c.id: "done" for c in done} | {c.id: "failed" for c in failed} | {c.id: "pending" for c in todo}
         state |= {cid: "stale" for cid in stale}
+        threads = spec.resources.threads_per_cell or default_threads(args.workers)
+        other_threads = dict(partial_work_of_other_threads(Path(args.out), todo, threads)) if args.backend == "local" else {}
         for c in cells:
             extra = f"  {search_symbol(searched_param(c.method))} search {c.betas}" if c.betas else ""
             if c.id in stale:
@@ -95,6 +98,9 @@ def run(args) -> int:
             problem = result_problem(args.out, c.id) if state[c.id] == "pending" else None
             extra += f"  ({problem}: runs again)" if problem else ""
             kept = partial_progress(args.out, c, args.accept_plugin_change) if state[c.id] == "pending" else None
+            if kept and c.id in other_threads:  # the local backend redoes it: bitwise-reproducible results
+                kept = (f"partial work made with {other_threads[c.id]} thread(s) per cell, this run uses {threads}: "
+                        "trained from the start")
             extra += f"  ({kept})" if kept else ""
             print(f"{state[c.id]:8s} {c.id}  test σ {c.test_sigmas}{extra}")
         print(f"{len(cells)} cells: {len(done) - len(stale)} done, {len(stale)} stale, {len(failed)} failed "
