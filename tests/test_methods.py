@@ -221,3 +221,31 @@ def test_censor_validation():
         create_task("noise_injection", linear_model(), DeviceConfig(sigma=0.1, variation="right_censored_gaussian"),
                     censor=1.0)
     assert method_from_dict(method_to_dict(method_config("ovf", censor=0.5))).censor == 0.5
+
+
+def test_a_noisy_weight_the_model_reads_itself_is_said_at_the_first_training_step():
+    """A new user's model read `self.fc.weight` with F.linear: noise-injection training from Python kept that layer
+    clean without a word (only Monte Carlo's coverage check caught it, later)."""
+    import warnings
+
+    import torch.nn.functional as F
+
+    class ReadsItself(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.fc = nn.Linear(6, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return F.linear(torch.relu(self.body(x)), self.fc.weight, self.fc.bias)
+
+    x, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 0])
+    task = create_task("noise_injection", ReadsItself(), DeviceConfig(sigma=0.2))
+    with pytest.warns(RuntimeWarning, match=r"1 noisy weight\(s\) were not read through their layers .*fc\.weight"):
+        task(x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        task(x, y)  # said once
+    plain = create_task("ovf", nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)), DeviceConfig(sigma=0.2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain(x, y)

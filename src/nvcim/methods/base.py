@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator, Mapping
 
@@ -123,25 +124,45 @@ class TrainingTask:
         self.method_cfg = method_cfg
         self.finished = False
         self._controllers: list = []  # the noise controllers this task put on the model
+        self._unread: dict = {}  # {name: controller} whose reads the first training step checks
         self.facts: dict = {}  # what the method decided about this model (JSON-safe), recorded in the checkpoint
 
     def _apply_variation(self) -> None:
         apply_variation_(self.model, self.device_cfg)
         self._controllers = [p.control for p in noisy_parameters(self.model)]
+        self._unread = {p.name: p.control for p in noisy_parameters(self.model)}  # checked after the first step
+
+    def _check_read(self, reads_before: dict) -> None:
+        """After the first training step: a noisy weight its layer's forward never read (the model reads it itself,
+        e.g. F.linear(x, self.fc.weight)) trains clean, silently: said once (Monte Carlo's coverage check refuses
+        such a model later; `nvcim.check_coverage` tells now)."""
+        unread = [name for name, ctrl in self._unread.items() if ctrl.reads == reads_before[name]]
+        self._unread = {}
+        if unread:
+            warnings.warn(f"{len(unread)} noisy weight(s) were not read through their layers in the first training "
+                          f"step ({', '.join(unread[:3])}{' ...' if len(unread) > 3 else ''}): the model reads them "
+                          "itself (or skipped them on this batch), so they train without device noise; keep them "
+                          "digital (nvcim.keep_digital_) or read them through their modules (nvcim.check_coverage)",
+                          RuntimeWarning, stacklevel=3)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.finished:
             raise RuntimeError(f"this {self.method_cfg.name} task is finished (finish() removed its device model): "
                                "create a new task to train again")
+        reads = {name: ctrl.reads for name, ctrl in self._unread.items()}  # {} after the first step
         if self.model.training:
-            return self.forward(x, y)
-        flags = [(m, m.training) for m in self.model.modules()]
-        self.model.train()  # a training step: batch statistics, dropout, BatchNorm updates
-        try:
-            return self.forward(x, y)
-        finally:
-            for m, t in flags:
-                m.training = t
+            out = self.forward(x, y)
+        else:
+            flags = [(m, m.training) for m in self.model.modules()]
+            self.model.train()  # a training step: batch statistics, dropout, BatchNorm updates
+            try:
+                out = self.forward(x, y)
+            finally:
+                for m, t in flags:
+                    m.training = t
+        if reads:
+            self._check_read(reads)
+        return out
 
     def forward(self, x, y):
         raise NotImplementedError
