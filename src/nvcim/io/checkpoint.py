@@ -301,8 +301,9 @@ def save_checkpoint(path, model: nn.Module, model_spec: Mapping | None = None, *
     if "digital_layer_names" not in meta:  # layers kept digital (nvcim.keep_digital_) stay digital when loaded
         from nvcim.layers.noise import digital_layers
 
-        if digital_layers(model):
-            config["digital_layer_names"] = digital_layers(model)
+        kept = digital_layers(model)
+        if kept:
+            config["digital_layer_names"] = kept
     problem = _config_problem(config)
     if problem:
         raise CheckpointError(f"cannot save checkpoint {path}: {problem}: it could not be loaded, pass valid metadata")
