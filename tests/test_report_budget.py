@@ -239,3 +239,48 @@ def test_a_baseline_kept_by_another_selection_is_no_other_recipe(tmp_path):
     pts = matched_points(scan_results(tmp_path).records)
     assert {p["label"] for p in pts} == {"vanilla", "noise injection"}
     assert any({r["method_a"], r["method_b"]} == {"vanilla", "noise_injection"} for r in paired_comparisons(pts))
+
+
+_LEVEL_DEVICE = {"sigma": 0.3, "variation": "level_dependent", "variation_options": {"multipliers": [1.0, 2.0, 2.0, 1.0]}}
+
+
+def test_models_trained_on_other_devices_are_arms_of_their_own(tmp_path):
+    """Noise injection trained under the Gaussian device and under a level-dependent one, both evaluated under the
+    Gaussian device with plain `nvcim eval`, were one arm "noise injection" of n = 4, averaged and paired (review
+    finding, session 30): the training device is the models' recipe as much as their epochs are."""
+    for seed in range(4):
+        d = mc_eval("noise_injection", 0.3, seed // 2, [mc_result(0.3, [50.0 + seed, 52.0 + seed])])
+        d["checkpoint"] = f"ck/{seed}"
+        if seed % 2:
+            d["checkpoint_config"]["device"] = dict(_LEVEL_DEVICE)
+        write(tmp_path / f"r{seed}.json", d)
+    pts = matched_points(scan_results(tmp_path).records)
+    assert sorted(p["label"] for p in pts) == [
+        "noise injection (trained on gaussian)",
+        "noise injection (trained on level_dependent multipliers=[1.0, 2.0, 2.0, 1.0])"]
+    assert all(p["n_seeds"] == 2 for p in pts)
+
+
+def test_a_vanilla_model_names_no_training_device(tmp_path):
+    """Vanilla trains without noise: the device its checkpoint names did not act, and splits no arm."""
+    for seed in range(4):
+        d = mc_eval("vanilla", 0.3, seed // 2, [mc_result(0.3, [50.0 + seed, 52.0 + seed])])
+        d["checkpoint"] = f"ck/{seed}"
+        if seed % 2:
+            d["checkpoint_config"]["device"] = dict(_LEVEL_DEVICE)
+        write(tmp_path / f"r{seed}.json", d)
+    assert {p["label"] for p in matched_points(scan_results(tmp_path).records)} == {"vanilla"}
+
+
+def test_a_device_type_sweep_names_its_device_once(tmp_path):
+    """Sweep cells of a device-model axis train and test on that device: each arm [rram4] holds models trained on
+    rram4 alone, so the label does not repeat it (only an arm mixing training devices says them)."""
+    for name, device in (("rram1", {"sigma": 0.3}), ("lvl", _LEVEL_DEVICE)):
+        for seed in range(2):
+            d = mc_eval("noise_injection", 0.3, seed, [mc_result(0.3, [50.0 + seed, 52.0])],
+                        cell={"id": f"{name}-{seed}", "device_model": name})
+            d["checkpoint_config"]["device"] = dict(device)
+            d["device_config"] = dict(device)
+            write(tmp_path / name / f"{seed}.json", d)
+    labels = {p["label"] for p in matched_points(scan_results(tmp_path).records)}
+    assert labels == {"noise injection [rram1]", "noise injection [lvl]"}

@@ -18,6 +18,8 @@ selection or optimiser setting, RECIPE_KEYS) are arms per recipe,
 named by what differs right after the method: "OVF (12 epochs)"; record["arm"] keeps the label without it,
 record["recipe_label"] the suffix ("12 epochs"; "" when every model of the (model, dataset) shares its
 recipe, or the record has none) and record["evaluation"] the evaluation suffix alone (" [rram4]"; "" when standard).
+Models of one method evaluated alike but trained under different devices (record["train_device"]; a model trained
+without noise has none) are arms per training device: "noise injection (trained on weight_band S=4)".
 """
 
 from __future__ import annotations
@@ -173,6 +175,7 @@ def assign_labels(records: list[dict], others: Sequence[dict] = ()) -> None:
             varying = {searched} if searched else (set().union(*allp) if allp else set())
         order = ["beta", "n_variational"] + sorted(varying - {"beta", "n_variational"})
         shown = [k for k in order if k in varying]
+        name_device = _training_devices_differ(recs)
         for r in recs:
             label = base_label(method, r["method_params"])
             if shown and not r["beta_search"]:
@@ -180,7 +183,20 @@ def assign_labels(records: list[dict], others: Sequence[dict] = ()) -> None:
                          for k in shown if k in r["method_params"]]
                 if parts:
                     label = f"{label} {', '.join(parts)}"
+            if name_device and r.get("train_device"):
+                label = f"{label} (trained on {r['train_device']})"
             _finish(r, label)
+
+
+def _training_devices_differ(recs: list[dict]) -> bool:
+    """Whether models of one method, evaluated alike, were trained under different devices (record["train_device"]):
+    then every arm of the method names its training device. A sweep's device-model axis trains and tests each
+    arm on its own device, so each of its arms (" [rram4]") holds one training device and names none."""
+    devices: dict[str, set] = {}
+    for r in recs:
+        if r.get("train_device"):
+            devices.setdefault(evaluation_suffix(r), set()).add(r["train_device"])
+    return any(len(d) > 1 for d in devices.values())
 
 
 PAPER_BITS = (8, 2)  # (M, K): the paper's weight and device bits (DeviceConfig's defaults)

@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 from nvcim.evaluate import t_quantile
 from nvcim.evaluate.files import (KINDS, DeviceMatrixFile, EvaluationFile, FailedCellFile, WriteVerifyFile,
                                   parse_result)
-from nvcim.report.common import method_traits, num
+from nvcim.report.common import method_traits, num, sigma_specific
 from nvcim.report.conflicts import data_file_conflicts, model_conflicts, plugin_code_conflicts, split_device_models
 from nvcim.report.labels import (RECIPE_KEYS, assign_labels, base_label, device_description, evaluation_suffix,
                                  recipe_suffix)
@@ -203,6 +203,11 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                 # trained and evaluated on the paper's i.i.d. Gaussian device: only then comparable with its figures
                 "gaussian_device": device_description(eval_device) is None
                                    and device_description(device_cfg if isinstance(device_cfg, dict) else {}) is None,
+                # the device the model trained under ("gaussian": the paper's), None for a model trained without noise
+                # (vanilla: the device its checkpoint names did not act); models of one arm trained under different
+                # devices are arms of their own (labels.assign_labels)
+                "train_device": ((device_description(device_cfg if isinstance(device_cfg, dict) else {}) or "gaussian")
+                                 if sigma_specific({"method": method, "beta_search": beta_search}) else None),
                 "label": None,  # set by assign_labels
                 "arm": None,  # the label without the training-recipe suffix (assign_labels)
                 "recipe": training_recipe(ck.get("train")),  # {epochs, batch_size, ...}: the training budget
