@@ -242,6 +242,37 @@ def test_conv_tiles_equal_im2col_then_sliced_linear(tile_rows, stride, padding, 
             assert want.abs().max() > 0  # not trivially all zero codes
 
 
+@pytest.mark.parametrize("readout", READOUTS)
+@pytest.mark.parametrize("groups, channels, out, tile_rows", [(2, 6, 4, 7), (3, 6, 6, 9), (6, 6, 6, 4), (6, 6, 12, 128)])
+def test_grouped_conv_is_each_groups_crossbars(groups, channels, out, tile_rows, readout):
+    """A grouped convolution (depthwise: groups = channels) is one set of crossbars per group, its rows the group's
+    (C/G, kh, kw) inputs: equal in float64 to im2col of each group's channels followed by sliced_linear on that
+    group's columns, every group's inputs sharing their image's range (the pixels read, all channels)."""
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(out, channels // groups, 3, 3, generator=gen, dtype=torch.float64)
+    x = torch.randn(2, channels, 7, 6, generator=gen, dtype=torch.float64)
+    g_pos, g_neg, s = A.device_slices(w, CFG)
+    per_out, per_in = out // groups, channels // groups
+    for adc in (A.AdcConfig(adc_bits=4, tile_rows=tile_rows, readout=readout),
+                A.AdcConfig(adc_bits=3, tile_rows=tile_rows, input_bits=4, readout=readout),
+                A.AdcConfig(adc_bits=None, tile_rows=tile_rows, readout=readout)):
+        y = C.sliced_conv2d(x, g_pos, g_neg, s, CFG, adc, padding=1, stride=(1, 2), groups=groups)
+        x_max = _image_range(F.unfold(x, 3, padding=1, stride=(1, 2)).transpose(1, 2))  # [N, L]
+        want = []
+        for g in range(groups):
+            cols = F.unfold(x[:, g * per_in:(g + 1) * per_in], 3, padding=1, stride=(1, 2)).transpose(1, 2)
+            cut = slice(g * per_out, (g + 1) * per_out)
+            want.append(A.sliced_linear(cols, g_pos[:, cut].flatten(2), g_neg[:, cut].flatten(2), s, CFG, adc,
+                                        x_max=x_max).transpose(1, 2))  # [N, out/G, L]
+        want = torch.cat(want, 1)
+        assert y.shape == (2, out, 7, 3)
+        assert y.flatten(2).sub(want).abs().max() <= 1e-12 * want.abs().max()
+        assert C.calibrate_conv_adc_range(x, g_pos, g_neg, CFG, adc, padding=1, stride=(1, 2), groups=groups) > 0
+    with pytest.raises(ValueError, match="groups=5 is invalid") as err:
+        C.sliced_conv2d(x, g_pos, g_neg, s, CFG, adc, groups=5)
+    assert "\n" not in str(err.value)
+
+
 def test_conv_of_no_images_is_empty():
     w = torch.randn(4, 2, 3, 3)
     g_pos, g_neg, s = A.device_slices(w, CFG)
@@ -357,10 +388,10 @@ def test_packed_convolution_reuses_its_tile_kernels():
     bars = A.pack_crossbars(g_pos.flatten(2), g_neg.flatten(2), CFG)
     adc = A.AdcConfig(adc_bits=5, tile_rows=16)
     first = C.sliced_conv2d(x, bars, None, s, CFG, adc, kernel_size=(3, 3), padding=1)
-    assert list(bars.conv_kernels) == [((3, 3), 16)]
-    kernels = bars.conv_kernels[(3, 3), 16]
+    assert list(bars.conv_kernels) == [((3, 3), 16, 1)]
+    kernels = bars.conv_kernels[(3, 3), 16, 1]
     again = C.sliced_conv2d(x, bars, None, s, CFG, adc, kernel_size=(3, 3), padding=1)
-    assert bars.conv_kernels[(3, 3), 16] is kernels and torch.equal(first, again)
+    assert bars.conv_kernels[(3, 3), 16, 1] is kernels and torch.equal(first, again)
     # another tiling builds its own kernels and gives what unpacked crossbars give
     other = A.AdcConfig(adc_bits=5, tile_rows=7)
     assert torch.equal(C.sliced_conv2d(x, bars, None, s, CFG, other, kernel_size=(3, 3), padding=1),

@@ -120,7 +120,7 @@ class Crossbars(NamedTuple):
     out_features: int
     readout: str = PER_SIGN
     # a convolution's per-tile kernels, built at the first call and reused while these crossbars are (a kept chip):
-    # {((kh, kw), tile_rows): [(first channel, end channel, kernel), ...]}, about the table's size again
+    # {((kh, kw), tile_rows, groups): [(first channel, end channel, kernel), ...]}, about the table's size again
     conv_kernels: dict | None = None
 
     @property

@@ -134,8 +134,9 @@ class DeviceConfig:
         `adc_calibration_images` images of the evaluated data, unlabeled). Forwards with no calibrated range
         (training draws, a chip not calibrated) use the largest partial sum of their own inputs.
     adc_calibration_images: images (>= 1) a chip's ADC ranges are calibrated on (adc_clip="calibrated").
-    With adc_bits or input_bits set (`sliced_mvm`), Linear and Conv2d (groups = 1) layers compute
-    their output from the chip's device levels with the bit-sliced product (quantize must be True).
+    With adc_bits or input_bits set (`sliced_mvm`), Linear, Conv1d, Conv2d (grouped and depthwise too) and
+    MultiheadAttention (its projections) compute their output from the chip's device levels with the bit-sliced
+    product (quantize must be True); other layer types are refused (keep them digital).
     """
 
     weight_bits: int = 8

@@ -288,15 +288,16 @@ class NoisyWeight:
 
     def sliced_forward(self, w: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None,
                        conv: dict[str, Any] | None = None) -> torch.Tensor:
-        """The layer's output by the bit-sliced chip (nvcim.core.adc): a Linear layer, or a Conv2d with groups
-        = 1 and zero padding (`conv`: its stride, padding, dilation). Forward: the sliced product of this
-        forward's device levels, times the chip's gain, + bias; backward: that of F.linear / F.conv2d with W_p
-        (straight through to w)."""
+        """The layer's output by the bit-sliced chip (nvcim.core.adc): a Linear layer (x [*, in]), or a
+        convolution with zero padding as conv2d computes it (`conv`: its stride, padding, dilation, groups; x
+        [N, C, H, W]; a Conv1d's weight [out, C/G, k] is a (1, k) kernel on x [N, C, 1, L]). Forward: the sliced
+        product of this forward's device levels, times the chip's gain, + bias; backward: that of F.linear /
+        F.conv2d with W_p (straight through to w)."""
         chip = self.levels_for_forward(w)
         adc = AdcConfig.of(self.cfg)
+        kernel = tuple(w.shape[2:]) if w.dim() == 4 else (1, w.shape[-1])  # (kh, kw) of a convolution
         with torch.no_grad():
             bars = self.crossbars(chip)
-            kernel = chip.g.shape[-2:]
             adc_range = self.adc_range_for(x.detach(), bars, adc, kernel, conv) if adc.clip == "calibrated" else None
             if conv is None:
                 y = sliced_linear(x.detach(), bars, None, chip.scale, self.cfg, adc, adc_range=adc_range)
@@ -306,7 +307,7 @@ class NoisyWeight:
             y = y * chip.gain
         if torch.is_grad_enabled() and (w.requires_grad or x.requires_grad):
             w_p = _StraightThrough.apply(w, dm.chip_weight(chip, self.cfg))
-            dense = F.linear(x, w_p) if conv is None else F.conv2d(x, w_p, None, **conv)
+            dense = F.linear(x, w_p) if conv is None else F.conv2d(x, w_p.view(*w_p.shape[:2], *kernel), None, **conv)
             y = _StraightThrough.apply(dense, y)  # the sliced value, the dense product's gradient
         return y if bias is None else y + (bias.view(1, -1, 1, 1) if conv is not None else bias)
 

@@ -17,9 +17,10 @@ controller. PyTorch's fused Transformer fast paths (`TransformerEncoderLayer` in
 no_grad, `TransformerEncoder`'s nested tensors) read `linear1.weight` etc. directly, bypassing
 every module forward: modules of those types run with the fast path off while variation is applied.
 
-With the ADC simulation on (DeviceConfig adc_bits / input_bits) Linear and Conv2d (groups = 1) ask their
+With the ADC simulation on (DeviceConfig adc_bits / input_bits) Linear, Conv1d and Conv2d (any groups) ask their
 controller for the whole output (`sliced_forward`, the bit-sliced product of nvcim.core.adc) instead of a
-weight; `runs_sliced` says which layers can.
+weight, and MultiheadAttention for its projections' (its out_proj's included; the attention between them is
+digital); `runs_sliced` says which layers can.
 
 Adding a layer type is one function plus `register_layer(Type, attrs, forward)`. Per-module state
 lives in `module._nvcim` ({attr: controller}) and `module._nvcim_digital` (a layer kept digital); only this
@@ -202,15 +203,17 @@ def _weight_only(module: nn.Module) -> list[str]:
     return ["weight"]
 
 
+SLICED_LAYERS = "Linear, Conv1d, Conv2d (grouped and depthwise too) and MultiheadAttention"
+
+
 def runs_sliced(module: nn.Module) -> bool:
-    """True for the layers the ADC simulation (DeviceConfig adc_bits / input_bits) can run: Linear, and
-    Conv2d with groups = 1."""
-    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
+    """True for the layers the ADC simulation (DeviceConfig adc_bits / input_bits) can run (SLICED_LAYERS)."""
+    return isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.MultiheadAttention))
 
 
-def _sliced_control(module: nn.Module) -> Any:
-    """The weight's controller when this forward runs the ADC simulation (see nvcim.layers.noise), else None."""
-    control = controls(module).get("weight")
+def _sliced_control(module: nn.Module, attr: str = "weight") -> Any:
+    """The tensor's controller when this forward runs the ADC simulation (see nvcim.layers.noise), else None."""
+    control = controls(module).get(attr)
     return control if control is not None and getattr(control, "sliced", False) else None
 
 
@@ -223,14 +226,30 @@ def _linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 def _conv_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     control = _sliced_control(self)
-    if control is not None and isinstance(self, nn.Conv2d) and self.groups == 1:
-        padding = self.padding
-        if self.padding_mode != "zeros" or isinstance(padding, str):  # as nn.Conv2d pads: explicitly, then none
-            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-            x, padding = F.pad(x, self._reversed_padding_repeated_twice, mode=mode), 0
-        return control.sliced_forward(self.weight, x, self.bias,
-                                      {"stride": self.stride, "padding": padding, "dilation": self.dilation})
+    if control is not None and isinstance(self, (nn.Conv1d, nn.Conv2d)):
+        return _sliced_conv(self, control, x)
     return self._conv_forward(x, current_weight(self, "weight"), self.bias)
+
+
+def _sliced_conv(self: nn.Conv1d | nn.Conv2d, control: Any, x: torch.Tensor) -> torch.Tensor:
+    """A Conv1d / Conv2d's output by the bit-sliced chip: x [N, C, (H,) W] (unbatched: [C, (H,) W]) -> like
+    conv; a Conv1d is a Conv2d of height 1 (x [N, C, 1, L], kernel (1, k)), as its crossbar rows are the same."""
+    padding = self.padding
+    if self.padding_mode != "zeros" or isinstance(padding, str):  # as nn.Conv1d/2d pad: explicitly, then none
+        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+        x, padding = F.pad(x, self._reversed_padding_repeated_twice, mode=mode), 0
+    dims = self.weight.dim() - 2  # spatial dimensions: 1 or 2
+    unbatched = x.dim() == dims + 1
+    x = x.unsqueeze(0) if unbatched else x
+    conv = {"stride": self.stride, "padding": padding, "dilation": self.dilation, "groups": self.groups}
+    if dims == 1:  # height 1: [N, C, L] -> [N, C, 1, L], every argument a pair
+        x = x.unsqueeze(2)
+        along = lambda v: v if isinstance(v, int) else v[0]  # noqa: E731 (a Conv1d's (n,) or an explicit pad's 0)
+        conv.update(stride=(1, along(conv["stride"])), padding=(0, along(conv["padding"])),
+                    dilation=(1, along(conv["dilation"])))
+    y = control.sliced_forward(self.weight, x, self.bias, conv)  # [N, out, H', W']
+    y = y.squeeze(2) if dims == 1 else y
+    return y.squeeze(0) if unbatched else y
 
 
 _CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -264,6 +283,10 @@ def _attention_forward(self: nn.MultiheadAttention, query: torch.Tensor, key: to
     batched_first = self.batch_first and query.dim() == 3
     if batched_first:  # the functional form is sequence-first
         query, key, value = (t.transpose(1, 0) for t in (query, key, value))
+    if any(_sliced_control(self, a) is not None for a in _attention_attrs(self)):
+        out, weights = _sliced_attention(self, query, key, value, key_padding_mask, need_weights, attn_mask,
+                                         average_attn_weights, is_causal)
+        return (out.transpose(1, 0) if batched_first else out), weights
     separate = not self._qkv_same_embed_dim
     projections = {a: current_weight(self, a) for a in _attention_attrs(self)}
     out, weights = F.multi_head_attention_forward(
@@ -278,6 +301,43 @@ def _attention_forward(self: nn.MultiheadAttention, query: torch.Tensor, key: to
         is_causal=is_causal,
     )
     return (out.transpose(1, 0) if batched_first else out), weights
+
+
+def _sliced_attention(self: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal):
+    """MultiheadAttention under the ADC simulation: the input projections and out_proj are bit-sliced products
+    of their crossbars (`sliced_forward`); the attention between them (q kᵀ, softmax, weights times v) is digital.
+    query [L, N, E] ([L, E] unbatched), key / value [S, N, kdim / vdim]; returns (output [L, N, E], weights).
+
+    The projected q, k, v go through F.multi_head_attention_forward's own attention with identity projections
+    (exact: x·1 + Σ 0·x), so its masks, bias_k / bias_v, zero attention and dropout act as in the module."""
+    e = self.embed_dim
+    bias = (None,) * 3 if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
+    if self._qkv_same_embed_dim:  # one [3E, E] crossbar: q, k, v are its thirds, each read with its own input
+        attr = "in_proj_weight"
+        if query is key and key is value:  # self-attention: one read gives all three
+            q, k, v = _projected(self, attr, query, self.in_proj_bias).chunk(3, dim=-1)
+        else:
+            q, k, v = (_projected(self, attr, t, self.in_proj_bias)[..., i * e:(i + 1) * e]
+                       for i, t in enumerate((query, key, value)))
+    else:
+        q, k, v = (_projected(self, a, t, b) for a, t, b in zip(_attention_attrs(self), (query, key, value), bias))
+    eye = torch.eye(e, dtype=q.dtype, device=q.device)
+    out, weights = F.multi_head_attention_forward(
+        q, k, v, e, self.num_heads, None, None, self.bias_k, self.bias_v, self.add_zero_attn, self.dropout, eye, None,
+        training=self.training, key_padding_mask=key_padding_mask, need_weights=need_weights, attn_mask=attn_mask,
+        use_separate_proj_weight=True, q_proj_weight=eye, k_proj_weight=eye, v_proj_weight=eye,
+        average_attn_weights=average_attn_weights, is_causal=is_causal)  # [L, N, E] before out_proj
+    return _projected(self.out_proj, "weight", out, self.out_proj.bias), weights
+
+
+def _projected(module: nn.Module, attr: str, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x [*, in] times module.<attr>ᵀ (+ bias): by the chip's bit-sliced product when that tensor runs the ADC
+    simulation, else as a digital product of the weight this forward reads."""
+    control = _sliced_control(module, attr)
+    if control is not None:
+        return control.sliced_forward(getattr(module, attr), x, bias)
+    return F.linear(x, current_weight(module, attr), bias)
 
 
 def _recurrent_attrs(module: nn.Module) -> list[str]:

@@ -15,7 +15,7 @@ of a noisy model load into the plain one. Biases and BatchNorm stay exact (digit
 
 With the ADC simulation on (DeviceConfig adc_bits / input_bits, SPEC §8) a chip is kept as its devices'
 levels (`nvcim.core.device.ChipLevels`: programmed chips and every training forward's fresh draw alike),
-and Linear / Conv2d (groups = 1) layers compute their output with the bit-sliced product of
+and Linear / Conv1d / Conv2d / MultiheadAttention layers compute their output with the bit-sliced product of
 `nvcim.core.adc` from them (read noise per device, drift compensation as a digital gain); any other noisy
 layer type is refused by `apply_variation_`. A `programmed` value given as a plain tensor W_p (e.g. by
 `nvcim.layers.coverage`) is mapped onto ideal devices (quantized afresh, no variation). With adc_clip =
@@ -253,18 +253,19 @@ _SCOPE_HOOKS = "_nvcim_forward_scope"  # the hooks apply_variation_ puts on the 
 def check_sliced_layers(layers: Sequence[tuple[str, nn.Module]], cfg: DeviceConfig,
                         model: nn.Module | None = None) -> None:
     """With the ADC simulation on (cfg.adc_bits / input_bits), a one-line ValueError naming every one of the
-    (name, module) layers it cannot run: it supports Linear and Conv2d with groups = 1, and not a Linear that a
-    MultiheadAttention of `model` reads directly (its out_proj)."""
+    (name, module) layers it cannot run: it supports handlers.SLICED_LAYERS, and not a MultiheadAttention's
+    out_proj without the attention itself (which reads it directly, never calling its forward)."""
     if not cfg.sliced_mvm:
         return
+    chosen = {id(module) for _, module in layers}
     read_directly = set() if model is None else {id(m.out_proj) for m in model.modules()
-                                                  if isinstance(m, nn.MultiheadAttention)}
+                                                  if isinstance(m, nn.MultiheadAttention) and id(m) not in chosen}
     bad = [f"{name!r} ({type(module).__name__}"
            + (", read directly by its MultiheadAttention)" if id(module) in read_directly else ")")
            for name, module in layers if not handlers.runs_sliced(module) or id(module) in read_directly]
     if bad:
         raise ValueError(f"layer{'s' if len(bad) > 1 else ''} {', '.join(bad)} cannot run the ADC simulation "
-                         "(DeviceConfig adc_bits / input_bits), which supports Linear and Conv2d with groups=1: keep "
+                         f"(DeviceConfig adc_bits / input_bits), which supports {handlers.SLICED_LAYERS}: keep "
                          f"{'them' if len(bad) > 1 else 'it'} digital (--digital-layers, sweep [train] digital_layers, nvcim.keep_digital_, or "
                          "exclude= in apply_variation_) or set adc_bits=None, input_bits=None")
 

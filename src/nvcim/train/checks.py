@@ -75,8 +75,8 @@ def check_out_dir(out_dir, overwrite: bool) -> Path:
 
 def check_model_fits_data(cfg: TrainConfig, test_devices: Sequence[DeviceConfig] = ()) -> None:
     """Raise a one-line ValueError unless cfg.model builds for cfg.dataset's images (channels, classes, size) and
-    its layers left to vary can run the training device and `test_devices` (the ADC simulation runs Linear and
-    Conv2d only); built on the meta device (no memory, no RNG use), so it runs before the data are loaded or
+    its layers left to vary can run the training device and `test_devices` (the ADC simulation runs the layer
+    types of nvcim.layers.handlers.SLICED_LAYERS only); built on the meta device (no memory, no RNG use), so it runs before the data are loaded or
     downloaded."""
     info = dataset_info(cfg.dataset)  # an npz: file is read here (and checked)
     try:
