@@ -140,6 +140,43 @@ def test_a_weight_read_outside_its_layer_is_scored_on_the_loop_path_and_said():
     assert nvcim.layers.coverage.read_outside_layer(plain, x[:2]) == []  # not a false "read outside its layer"
 
 
+class SteppedCell(nn.Module):
+    """A GRUCell stepped by the model's own loop and a Linear applied twice: tensors read several times per forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell, self.mix, self.head = nn.GRUCell(2, 6), nn.Linear(6, 6), nn.Linear(6, 4)
+
+    def forward(self, x):  # x [B, 1, 4, 4], read as 8 steps of 2 features
+        steps = x.flatten(1).view(x.shape[0], 8, 2)  # [B, 8, 2]
+        h = None
+        for t in range(steps.shape[1]):
+            h = self.cell(steps[:, t], h)  # [B, 6]
+        return self.head(torch.tanh(self.mix(torch.tanh(self.mix(h)))))  # [B, 4]
+
+
+def test_read_noise_of_a_tensor_read_several_times_per_forward_is_drawn_per_read_on_every_path():
+    """Each read of a device draws its own read noise (SPEC §8): the loop path drew it at every read, the chunked
+    path (what "auto" took) once per chip and batch for all eight steps of the cell, so the two paths scored one
+    chip differently, unsaid (review finding). Such a model now runs on the loop path."""
+    torch.manual_seed(0)
+    m = SteppedCell()
+    x, y = data(m, (1, 4, 4), n=120)
+    cfg = nvcim.DeviceConfig(sigma=0.1, read_sigma=0.3)
+    loop = monte_carlo_evaluate(m, (x, y), cfg, runs=4, seed=0, path="loop")
+    auto = monte_carlo_evaluate(m, (x, y), cfg, runs=4, seed=0)
+    assert auto.path == "loop" and auto.per_run_correct == loop.per_run_correct
+    for path in ("chunked", "stacked"):
+        with pytest.raises(ValueError, match=rf"path='{path}' would draw one read noise per chip.*cell\.weight_ih"):
+            monte_carlo_evaluate(m, (x, y), cfg, runs=2, path=path)
+    assert nvcim.layers.coverage.read_repeatedly(m, x[:2]) == []  # not noisy: nothing read
+    nvcim.apply_variation_(m, cfg)
+    assert nvcim.layers.coverage.read_repeatedly(m, x[:2]) == ["cell.weight_ih", "cell.weight_hh", "mix.weight"]
+    nvcim.remove_variation_(m)
+    quiet = monte_carlo_evaluate(m, (x, y), cfg.replace(read_sigma=0.0), runs=2, seed=0)
+    assert quiet.path != "loop"  # no read noise: one chip is one chip, whichever path
+
+
 def _computed_weight(kind: str, layer: nn.Linear) -> nn.Linear:
     """layer with its weight computed from a parameter: a parametrization, or a forward pre-hook (pruning, the older
     nn.utils.weight_norm)."""

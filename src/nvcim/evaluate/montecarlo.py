@@ -32,8 +32,9 @@ exact), runs on the loop path, with a warning for the second (`nvcim.evaluate.pa
 Chips with NaN / inf logits score those images as wrong and raise one warning with the likely cause.
 Device effects (SPEC §8, `DeviceConfig`) run on every path: stuck-at faults and drift are drawn with
 each chip; read noise is read afresh for every batch from per-tensor read generators derived from the
-chip's, so all three paths still give the same per-chip results. The ADC simulation (`adc_bits` / `input_bits`:
-Linear and Conv2d outputs by the bit-sliced product of each chip's device levels) runs on the "loop"
+chip's, so all three paths still give the same per-chip results (a tensor one forward reads several times, e.g. a
+cell stepped by the model's own loop, draws read noise at every read, on the loop path: `path_for_reads`). The ADC simulation (`adc_bits` / `input_bits`:
+Linear, Conv1d/2d and attention outputs by the bit-sliced product of each chip's device levels) runs on the "loop"
 path only: a cfg with it forces path="loop" (whatever path was asked for; the result's `path` says so),
 and `quantized_accuracy` stays that of ideal converters.
 
@@ -358,7 +359,7 @@ def monte_carlo_evaluate(
           write_verify_scope(model, write_verify, cfg)):
         classes = _output_classes(model, batches)  # labels checked before any chip
         _check_coverage_once(model, batches)
-        path, on_chip = path_for_reads(model, batches, path, bool(cfg.sliced_mvm))
+        path, on_chip = path_for_reads(model, batches, path, bool(cfg.sliced_mvm), bool(cfg.read_sigma))
         baseline = None if baselines else False  # None: _mc_core measures it (on the chip when on_chip: here)
         if baselines and on_chip:
             baseline = _baselines(model, batches, ChipSampler(model, cfg, dev), on_chip=True)
@@ -442,7 +443,7 @@ def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Ite
           write_verify_scope(model, opts["write_verify"], cfg)):
         classes = _output_classes(model, batches)  # labels checked before any chip
         _check_coverage_once(model, batches)
-        path, on_chip = path_for_reads(model, batches, path, bool(cfg.sliced_mvm))
+        path, on_chip = path_for_reads(model, batches, path, bool(cfg.sliced_mvm), bool(cfg.read_sigma))
         baseline = _baselines(model, batches, ChipSampler(model, cfg, dev), on_chip) if opts["baselines"] else False
         for s in sigmas:
             res = partial.get(key(s)) if partial is not None else None

@@ -18,7 +18,7 @@ from torch import nn
 
 from nvcim.evaluate.forward import STACKED_CPU_SLICE, activation_bytes_per_image, stacked_problem
 from nvcim.evaluate.sampler import ChipSampler
-from nvcim.layers.coverage import CHECK_IMAGES, read_outside_layer
+from nvcim.layers.coverage import CHECK_IMAGES, read_outside_layer, read_repeatedly
 from nvcim.layers.noise import noisy_parameters
 
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes for stacked weights + activations of one chunk (CUDA)
@@ -76,8 +76,14 @@ def check_stacked(model, sampler: ChipSampler, batches) -> None:
         raise ValueError(f"path='stacked' cannot evaluate this model ({problem}): use path='chunked' or 'auto'")
 
 
-def path_for_reads(model: nn.Module, batches, path: str, sliced: bool = False) -> tuple[str, bool]:
+def path_for_reads(model: nn.Module, batches, path: str, sliced: bool = False,
+                   read_noise: bool = False) -> tuple[str, bool]:
     """(the path to take, whether the quantized baseline must be computed on the chip as the loop path does).
+
+    With read noise (`read_noise`: DeviceConfig.read_sigma > 0), a tensor that one forward reads more than once
+    through its layer (`read_repeatedly`: a layer called at every step of the model's own loop) takes the loop path
+    too: there every read draws its own noise, as every read of a device does (SPEC §8); the chunked and stacked
+    paths put one read per chip and batch in place of the parameter (a ValueError when asked for by name).
 
     The chunked and stacked paths (and the baselines) put a chip's tensors in place of the parameters themselves;
     the loop path programs the layers, whose own forwards alone compute with the chip. The two differ for a weight
@@ -90,6 +96,14 @@ def path_for_reads(model: nn.Module, batches, path: str, sliced: bool = False) -
     computed = [p.name for p in noisy_parameters(model) if not isinstance(getattr(p.module, p.attr), nn.Parameter)]
     with torch.no_grad():
         outside = read_outside_layer(model, batches[0][0][:CHECK_IMAGES])
+        repeated = read_repeatedly(model, batches[0][0][:CHECK_IMAGES]) if read_noise and path != "loop" else []
+    if repeated and not computed and not outside:
+        if path in ("chunked", "stacked") and not sliced:
+            raise ValueError(f"path={path!r} would draw one read noise per chip and batch for "
+                             f"{', '.join(repeated[:3])}{' ...' if len(repeated) > 3 else ''}, which one forward reads "
+                             f"{'more than once' if len(repeated) == 1 else 'several times each'} (each read of a "
+                             "device draws its own): use path='loop' or 'auto'")
+        return "loop", False
     if not computed and not outside:
         return path, False
     what = "; ".join(f"{kind} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}" for kind, names in

@@ -126,6 +126,23 @@ def read_outside_layer(model: nn.Module, *inputs: Any, seed: int = 0) -> list[st
                 if not _same(_seeded_forward(model, inputs, seed, buffers, {name: bump}), base)]
 
 
+def read_repeatedly(model: nn.Module, *inputs: Any, seed: int = 0) -> list[str]:
+    """The noisy tensors that one forward `model(*inputs)` reads more than once through their layer (a layer called
+    at every step of the model's own loop, an RNN cell stepped by hand, a block applied twice). Each read of a
+    device draws its own read noise (SPEC §8) on the loop path; the chunked and stacked paths draw one per chip and
+    forward (nvcim.evaluate.paths). One forward with the chips set to the clean weights and read noise off."""
+    params = noisy_parameters(model)
+    if not params:
+        return []
+    buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
+    per_tensor = {p.name: {"programmed": p.weight.detach(), "cfg": p.control.cfg.replace(read_sigma=0.0)}
+                  for p in params}
+    with overridden(model, per_tensor, enabled=True):
+        before = {p.name: p.control.reads for p in params}
+        _seeded_forward(model, inputs, seed, buffers)
+        return [p.name for p in params if p.control.reads - before[p.name] > 1]
+
+
 def check_coverage(model: nn.Module, *inputs: Any, seed: int = 0, strict: bool = False) -> list[str]:
     """Raise `CoverageError` naming every noisy tensor of `model` whose chip does not reach `model(*inputs)`.
 
