@@ -19,7 +19,10 @@
 
 Crossbar layout: a weight W is the matrix W.reshape(W.shape[0], -1) transposed, rows = its flattened
 trailing axes (for Linear and Conv the fan-in: in_channels, kernel positions, in that order, as in
-`nvcim.core.adc`), columns = its first axis (output channels). Untiled, TR = TC = 1 and R × C is the whole
+`nvcim.core.adc`), columns = its first axis (output channels; a ConvTranspose's weight is stored
+[in_channels, out_channels / groups, k...], so its map's columns are its input channels and its rows its output
+channels and kernel positions: the transpose of the crossbar that computes it, to be transposed when programming
+one). Untiled, TR = TC = 1 and R × C is the whole
 matrix; with tiling, R × C crossbars (TR = ceil(rows / R), TC = ceil(cols / C)), the last ones padded with
 level-0 devices of sign 0. W_d = (1 - 2 sign) · s / (2^M - 1) · Σ_j ḡ_j 2^{jK} (`target_weights`, the formula
 of `nvcim.quantize`), so the rebuilt weights equal the checkpoint's quantised weights bit for bit.
