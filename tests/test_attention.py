@@ -227,6 +227,37 @@ def test_monte_carlo_refuses_a_model_whose_layer_ignores_its_chip():
     assert monte_carlo_evaluate(model, (x, y), CFG, runs=2).runs == 2
 
 
+class RoutedBranches(nn.Module):
+    """Each image takes one of two branches by the sign of its first input (a per-sample router)."""
+
+    def __init__(self):
+        super().__init__()
+        self.left, self.right, self.out = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):  # x [B, 4]
+        go_left = (x[:, :1] > 0).float()  # [B, 1]
+        h = torch.zeros_like(x)
+        if bool(go_left.any()):
+            h = h + go_left * self.left(x)
+        if bool((1 - go_left).any()):
+            h = h + (1 - go_left) * self.right(x)
+        return self.out(h)
+
+
+def test_monte_carlo_checks_a_routed_branch_on_the_images_that_reach_it():
+    """The first two images both go left: the right branch's chip was never read there, and Monte Carlo refused
+    the model as one whose layer ignores its chip (routing models had no way through). A branch some image of the
+    first batch reads is checked on that batch; one no image reads is still refused."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 4)
+    x[:2, 0], x[2:, 0] = 1.0, -1.0  # images 0, 1 left; the rest right
+    model = RoutedBranches()
+    y = model(x).argmax(1).detach()
+    assert monte_carlo_evaluate(model, (x, y), CFG, runs=2, batch_size=16).runs == 2
+    with pytest.raises(CoverageError, match="right.weight"):
+        monte_carlo_evaluate(model, (x[:8].abs(), y[:8]), CFG, runs=2)  # every image left
+
+
 def test_coverage_leaves_state_untouched():
     """BatchNorm statistics, controllers and the global RNG are as before the check (train mode)."""
     torch.manual_seed(0)

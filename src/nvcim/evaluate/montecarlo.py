@@ -57,7 +57,7 @@ from torch import nn
 from nvcim.data.batching import eval_mode, materialize
 from nvcim.batchnorm import ChipCalibration
 from nvcim.core.config import DeviceConfig
-from nvcim.layers.coverage import CHECK_IMAGES, check_coverage
+from nvcim.layers.coverage import CHECK_IMAGES, check_coverage, read_counts
 from nvcim.evaluate.forward import (
     Accumulator,
     adc_calibration_inputs,
@@ -399,9 +399,15 @@ def _one_sigma(model, batches, cfg, o: dict, path: str, dev, baseline, calib) ->
 
 def _check_coverage_once(model: nn.Module, batches) -> None:
     """Every noisy tensor must change the output (`nvcim.layers.coverage`): checked on the first images, in the
-    mode Monte Carlo runs in (eval, no_grad); a fused path that reads clean weights raises CoverageError."""
+    mode Monte Carlo runs in (eval, no_grad); a fused path that reads clean weights raises CoverageError. A tensor
+    those images do not read (a branch or expert a model routes some images to) is checked on the whole first
+    batch, so that only a tensor no image of it reads is refused."""
+    x = batches[0][0]
     with torch.no_grad():
-        check_coverage(model, batches[0][0][:CHECK_IMAGES])
+        images = x[:CHECK_IMAGES]
+        if len(x) > CHECK_IMAGES and 0 in read_counts(model, images).values():
+            images = x
+        check_coverage(model, images)
 
 
 def _calibration_path(bn_calibration, path: str) -> str:

@@ -16,7 +16,8 @@ It runs in the model's current mode (train / eval, grad / no_grad), restores eve
 statistics) and draws dropout masks from one seed for every forward, so only the chip differs. Read noise
 (DeviceConfig.read_sigma) is off during the check: it moves no tensor's reach, and would cost one draw of
 every noisy tensor per forward.
-`monte_carlo_evaluate` runs it once, in eval mode under no_grad, on the first few images, and
+`monte_carlo_evaluate` runs it once, in eval mode under no_grad, on the first few images (on its whole first batch
+when those do not read every noisy tensor: `read_counts`, a model routing images to branches or experts), and
 `read_outside_layer` (noisy tensors the model also reads around their layer's forward, which only the loop path
 evaluates as a chip computes them; nvcim.evaluate.paths).
 """
@@ -126,21 +127,28 @@ def read_outside_layer(model: nn.Module, *inputs: Any, seed: int = 0) -> list[st
                 if not _same(_seeded_forward(model, inputs, seed, buffers, {name: bump}), base)]
 
 
-def read_repeatedly(model: nn.Module, *inputs: Any, seed: int = 0) -> list[str]:
-    """The noisy tensors that one forward `model(*inputs)` reads more than once through their layer (a layer called
-    at every step of the model's own loop, an RNN cell stepped by hand, a block applied twice). Each read of a
-    device draws its own read noise (SPEC §8) on the loop path; the chunked and stacked paths draw one per chip and
-    forward (nvcim.evaluate.paths). One forward with the chips set to the clean weights and read noise off."""
+def read_counts(model: nn.Module, *inputs: Any, seed: int = 0) -> dict[str, int]:
+    """{noisy tensor: how many times one forward `model(*inputs)` reads it through its layer}: 0 for a layer this
+    input does not reach (a routed branch, an expert no token chose), more than 1 for one called at every step of the
+    model's own loop (an RNN cell stepped by hand, a block applied twice). One forward with the chips set to the
+    clean weights and read noise off; buffers and RNG state left as they were."""
     params = noisy_parameters(model)
     if not params:
-        return []
+        return {}
     buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
     per_tensor = {p.name: {"programmed": p.weight.detach(), "cfg": p.control.cfg.replace(read_sigma=0.0)}
                   for p in params}
     with overridden(model, per_tensor, enabled=True):
         before = {p.name: p.control.reads for p in params}
         _seeded_forward(model, inputs, seed, buffers)
-        return [p.name for p in params if p.control.reads - before[p.name] > 1]
+        return {p.name: p.control.reads - before[p.name] for p in params}
+
+
+def read_repeatedly(model: nn.Module, *inputs: Any, seed: int = 0) -> list[str]:
+    """The noisy tensors one forward reads more than once (`read_counts`). Each read of a device draws its own read
+    noise (SPEC §8) on the loop path; the chunked and stacked paths draw one per chip and forward
+    (nvcim.evaluate.paths)."""
+    return [name for name, reads in read_counts(model, *inputs, seed=seed).items() if reads > 1]
 
 
 def check_coverage(model: nn.Module, *inputs: Any, seed: int = 0, strict: bool = False) -> list[str]:
