@@ -151,8 +151,9 @@ def test_mnist_loader_from_idx_folder(tmp_path):
 # ---------------------------------------------------------------------------- CIFAR
 
 
-@pytest.mark.parametrize("protocol", [2, 4])
+@pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_cifar10_reader(tmp_path, protocol):
+    """Protocol 5 (`pickle.HIGHEST_PROTOCOL`, numpy's _frombuffer) was refused as unsafe, "download again" (trial)."""
     xtr, ytr, xt, yt = write_cifar10_folder(tmp_path / "cifar-10-batches-py", protocol=protocol)
     a, b, c, d = read_cifar10(tmp_path / "cifar-10-batches-py")
     assert a.shape == (20, 3, 32, 32) and a.dtype == np.uint8
@@ -164,6 +165,17 @@ def test_cifar10_reader(tmp_path, protocol):
     np.testing.assert_array_equal(d, yt)
     ds = load_dataset("cifar10", tmp_path, val_fraction=0.2, download=False)
     assert (len(ds.train), len(ds.val), len(ds.test)) == (16, 4, 3)
+
+
+def test_a_cifar_batch_written_by_python3_with_str_keys_is_read(tmp_path):
+    """A subset written by Python 3 has str keys ('data', 'labels'): refused as "missing key b'data'" (trial)."""
+    rng = np.random.default_rng(2)
+    x, y = rng.integers(0, 256, (3, 3072), dtype=np.uint8), [4, 1, 7]
+    with open(tmp_path / "b", "wb") as f:
+        pickle.dump({"data": x, "labels": y}, f, protocol=pickle.HIGHEST_PROTOCOL)
+    images, labels = read_cifar_batch(tmp_path / "b")
+    np.testing.assert_array_equal(images.reshape(3, -1), x)
+    assert labels.tolist() == y
 
 
 def test_cifar100_reader_fine_labels(tmp_path):
@@ -319,6 +331,23 @@ def _tiny_folder(root: Path, sep: str = "\t") -> Path:
         Image.new("RGB", (64, 64), (0, 255, 0)).save(folder / "val" / "images" / f"val_{i}.JPEG")
     (folder / "val" / "val_annotations.txt").write_text(f"val_0.JPEG{sep}n01{sep}0\nval_1.JPEG{sep}n02{sep}0\n")
     return folder
+
+
+def test_a_damaged_or_missing_tiny_imagenet_image_is_named(tmp_path):
+    """A truncated JPEG among 110,000 ended in "image file is truncated (176 bytes not processed)", naming no file,
+    and a val image listed but missing in a raw OSError line (new-user trial)."""
+    folder = _tiny_folder(tmp_path)
+    bad = folder / "train" / "n02" / "images" / "n02_0.JPEG"
+    bad.write_bytes(bad.read_bytes()[:300])
+    with pytest.raises(ValueError, match=r"n02_0\.JPEG is not a readable JPEG \(.*\): replace it") as err:
+        read_tiny_imagenet(folder, cache=False)
+    assert "\n" not in str(err.value)
+    bad.unlink()
+    _tiny_folder(tmp_path / "again")
+    (folder / "val" / "images" / "val_1.JPEG").unlink()
+    (tmp_path / "again" / "tiny_imagenet" / "tiny-imagenet-200" / "train" / "n02" / "images" / "n02_0.JPEG").rename(bad)
+    with pytest.raises(ValueError, match=r"val_1\.JPEG is missing .*download it again"):
+        read_tiny_imagenet(folder, cache=False)
 
 
 def test_tiny_imagenet_cache_follows_its_files(tmp_path):

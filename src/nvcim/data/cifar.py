@@ -42,16 +42,27 @@ def _reconstruct(cls, shape, typecode):
     return _Array(cls, shape, typecode)
 
 
+class _Buffer(_Stub):
+    """A protocol-5 array (numpy's `_frombuffer(buffer, dtype, shape, order)`, the buffer in-band)."""
+
+
+def _frombuffer(buffer, dtype, shape, order):
+    return _Buffer(buffer, dtype, shape, order)
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickler that rebuilds numpy arrays (as stubs: `_array`), builtin containers, bytes and ints only.
 
-    Allowed globals: numpy's ``_reconstruct`` (numpy.core / numpy._core), ``numpy.ndarray``, ``numpy.dtype`` and
-    ``_codecs.encode``; anything else raises ``pickle.UnpicklingError``.
+    Allowed globals: numpy's ``_reconstruct`` (numpy.core / numpy._core) and ``_frombuffer`` (pickle protocol 5,
+    `pickle.HIGHEST_PROTOCOL`), ``numpy.ndarray``, ``numpy.dtype`` and ``_codecs.encode``; anything else raises
+    ``pickle.UnpicklingError``.
     """
 
     def find_class(self, module: str, name: str):
         if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
             return _reconstruct
+        if name == "_frombuffer" and module in ("numpy.core.numeric", "numpy._core.numeric"):
+            return _frombuffer
         if module == "numpy" and name == "ndarray":
             return _NdarrayClass
         if module == "numpy" and name == "dtype":
@@ -75,13 +86,20 @@ def _text(v) -> str | None:
     return v.decode("latin1") if isinstance(v, bytes) else v if isinstance(v, str) else None
 
 
-def _array(stub: _Array) -> np.ndarray:
+def _array(stub: _Array | _Buffer) -> np.ndarray:
     """The array a stub describes, built from its raw bytes with a checked integer dtype and shape (ValueError when
-    the state is not an array numpy pickled: version 1, shape, dtype, Fortran order, bytes)."""
-    state = stub.state
-    if not (isinstance(state, tuple) and len(state) == 5 and state[0] == 1 and stub.args[0] is _NdarrayClass):
-        raise ValueError("an array of another form than numpy's")
-    _, shape, dtype, fortran, raw = state
+    the state is not an array numpy pickled: version 1, shape, dtype, Fortran order, bytes; or, protocol 5, the
+    buffer, dtype, shape and order `_frombuffer` takes)."""
+    if isinstance(stub, _Buffer):
+        if len(stub.args) != 4 or stub.args[3] not in ("C", "F"):
+            raise ValueError("an array of another form than numpy's")
+        raw, dtype, shape, order = stub.args
+        fortran = order == "F"
+    else:
+        state = stub.state
+        if not (isinstance(state, tuple) and len(state) == 5 and state[0] == 1 and stub.args[0] is _NdarrayClass):
+            raise ValueError("an array of another form than numpy's")
+        _, shape, dtype, fortran, raw = state
     if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
         raise ValueError(f"an array of shape {shape!r}")
     code = _text(dtype.args[0]) if isinstance(dtype, _Dtype) and dtype.args else None
@@ -101,7 +119,9 @@ def _safe_unpickle(path: Path) -> dict:
             obj = _NumpyOnlyUnpickler(f, encoding="bytes").load()
             if not isinstance(obj, dict):
                 raise ValueError(f"a pickled {type(obj).__name__}, not a dict")
-            return {k: _array(v) if isinstance(v, _Array) else v for k, v in obj.items()}
+            # keys as bytes: the official batches' (Python 2); a subset written by Python 3 has str keys
+            return {k.encode() if isinstance(k, str) else k: _array(v) if isinstance(v, (_Array, _Buffer)) else v
+                    for k, v in obj.items()}
         except (pickle.UnpicklingError, EOFError) as exc:  # refused, or truncated
             raise UnsafeDataFileError(f"{path}: {str(exc) or 'truncated'}: delete the file and download the data set "
                                       "again") from None

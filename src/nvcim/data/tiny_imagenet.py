@@ -16,11 +16,19 @@ def _decode_jpegs(paths: list[Path], size: int = 64) -> np.ndarray:
 
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)  # [N, 3, H, W], filled in place (no second copy)
     for i, p in enumerate(paths):
-        with Image.open(p) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            out[i] = np.asarray(im).transpose(2, 0, 1)  # [H, W, 3] -> [3, H, W]
+        try:
+            with Image.open(p) as im:
+                im = im.convert("RGB")
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                out[i] = np.asarray(im).transpose(2, 0, 1)  # [H, W, 3] -> [3, H, W]
+        except FileNotFoundError:
+            raise ValueError(f"{p} is missing (val/val_annotations.txt or the train folder names it): the data set "
+                             "is incomplete; delete its folder and download it again") from None
+        except (OSError, ValueError, SyntaxError) as exc:  # Pillow: truncated, not an image, a broken header
+            why = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{p} is not a readable JPEG ({why}): replace it, or delete the data set's folder and "
+                             "download it again") from None
     return out
 
 
