@@ -221,6 +221,11 @@ def _bad(case: str) -> dict:
         a["classes"] = np.array([["a", "b"], ["c", "d"]])
     elif case == "object":
         a["y_train"] = np.array([_Evil()] + [1] * 19, dtype=object)
+    elif case == "object_classes":  # names from pandas: object dtype
+        a["classes"] = np.array(list("abcd"), dtype=object)
+    elif case == "nhwc_small":  # 4x4 RGB channels last: was "images are 4x3: ... square"
+        a["x_train"] = np.zeros((20, 4, 4, 3), np.uint8)
+        a["x_test"] = np.zeros((6, 4, 4, 3), np.uint8)
     return a
 
 
@@ -247,6 +252,9 @@ def _bad(case: str) -> dict:
     ("classes_short", r"a label is 3 but classes names 2 classes"),
     ("classes_2d", r"classes has shape \(2, 2\): give a 1-D array"),
     ("object", r"array 'y_train' cannot be read \(.*allow_pickle.*\): store plain numeric arrays"),
+    ("object_classes", r"array 'classes' cannot be read \(.*\): store class names as strings "
+                       r"\(classes=np\.asarray\(names, dtype=str\)\)"),
+    ("nhwc_small", r"x_train has shape \(20, 4, 4, 3\), which looks like \[N, H, W, C\]"),
 ])
 def test_malformed_files_are_refused_in_one_line(tmp_path, monkeypatch, case, match):
     monkeypatch.chdir(tmp_path)
@@ -326,6 +334,13 @@ def test_eval_knows_the_training_file_by_any_spelling_or_copy(tmp_path, monkeypa
     for name in ("npz:d.npz", "npz:./d.npz", f"npz:{tmp_path / 'd.npz'}", "npz:copy.npz"):
         val = load_for_eval(Path("ck"), dataset=name, data_root=None, split="val", limit=None).split
         assert len(val) == 100 and not seen & {im.numpy().tobytes() for im in val.images}, name
+    (tmp_path / "sub").mkdir()  # run from another directory that holds another d.npz: it did not "change"
+    write(tmp_path / "sub", **arrays(n_train=200, n_test=40, shape=(16, 16), seed=2))
+    monkeypatch.chdir(tmp_path / "sub")
+    with pytest.raises(ValueError, match=rf"npz:d.npz is {tmp_path / 'sub' / 'd.npz'} here, not the file checkpoint "
+                                         rf".* was trained on \({tmp_path / 'd.npz'};.*pass --dataset npz:"):
+        load_for_eval(tmp_path / "ck", dataset=None, data_root=None, split="test", limit=None)
+    monkeypatch.chdir(tmp_path)
     write(tmp_path, **arrays(n_train=200, n_test=40, shape=(16, 16), seed=1))  # the file changed
     with pytest.raises(ValueError, match="the file changed since checkpoint"):
         load_for_eval(Path("ck"), dataset="npz:./d.npz", data_root=None, split="val", limit=None)

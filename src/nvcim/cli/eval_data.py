@@ -104,6 +104,13 @@ def load_for_eval(ckpt: Path, *, dataset: str | None, data_root: str | None, spl
     if isinstance(recorded, dict) and recorded.get("sha256"):
         now = dataset_fingerprint(source)
         if now is not None and now["sha256"] != recorded["sha256"]:
+            read = npz_path(source).resolve() if is_npz_name(source) else None
+            trained = Path(recorded["path"]) if recorded.get("path") else None
+            if read is not None and trained is not None and read != trained.resolve():
+                # a relative name seen from another directory, which holds another file of that name
+                raise ValueError(f"dataset {dataset} is {read} here, not the file checkpoint {ckpt} was trained on "
+                                 f"({trained}; sha256 {now['sha256'][:12]}… against {recorded['sha256'][:12]}…): run "
+                                 f"from that file's directory or pass --dataset npz:{trained}")
             raise ValueError(f"dataset {dataset}: the file changed since checkpoint {ckpt} was trained on it (sha256 "
                              f"{now['sha256'][:12]}… now, {recorded['sha256'][:12]}… then): evaluate on the same file")
     spec = config.get("model", {})

@@ -99,8 +99,10 @@ def _read_arrays(path: Path) -> tuple[dict[str, np.ndarray], str]:
                 try:
                     arrays[key] = z[key]
                 except ValueError as e:  # an object array (needs pickle), or an unreadable header
-                    raise ValueError(f"{path}: array {key!r} cannot be read ({_one_line(e)}): store plain numeric "
-                                     f"arrays (no Python objects) with {_SAVE}") from None
+                    what = ("class names as strings (classes=np.asarray(names, dtype=str))" if key == "classes" else
+                            "plain numeric arrays (no Python objects)")
+                    raise ValueError(f"{path}: array {key!r} cannot be read ({_one_line(e)}): store {what} with "
+                                     f"{_SAVE}") from None
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
         raise ValueError(f"{path}: damaged .npz file ({_one_line(e)}): copy or write it again") from None
     return arrays, sha
@@ -116,7 +118,8 @@ def check_images(path: Path, key: str, x: np.ndarray, square: bool = True) -> np
                " (1-D signals: pad each to a square number of samples, reshape to [N, S, S] and flatten them again "
                "in your model)" if x.ndim == 2 else "")
         raise ValueError(f"{path}: {key} has shape {x.shape}: images must be [N, H, W] or [N, C, H, W]{fix}")
-    looks_nhwc = x.ndim == 4 and x.shape[3] <= 4 < x.shape[1]
+    # channels last: few channels after a larger first axis, or after a square [H, W] (4x4 RGB: [N, 4, 4, 3])
+    looks_nhwc = x.ndim == 4 and x.shape[3] <= 4 and (x.shape[1] > 4 or x.shape[1] == x.shape[2] != x.shape[3])
     if x.ndim == 3:
         x = x[:, None]  # [N, 1, H, W]
     n, c, h, w = x.shape
