@@ -198,19 +198,20 @@ def test_device_model_is_validated_before_any_loading(tmp_path, capsys, monkeypa
 
 
 def test_report_keeps_results_under_other_devices_apart(ckpts, tmp_path):
-    """An `nvcim eval --device-model` result is an arm of its own, labelled with its device."""
+    """An `nvcim eval --device-model` result is an arm of its own, labelled with the device model's name (it was
+    "weight_band S=4", what rram4 sets, in which a user looking for rram4 found nothing: new-user trial)."""
     for dm in ("gaussian", "rram4"):
         assert main(["eval", str(ckpts[1]), "--device-model", dm, "--runs", "2", "--out",
                      str(tmp_path / f"{dm}.json")]) == 0
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep")]) == 0
     labels = {r["label"] for r in csv.DictReader((tmp_path / "rep" / "summary.csv").open())}
-    assert labels == {"vanilla", "vanilla [weight_band S=4]"}, labels
+    assert labels == {"vanilla", "vanilla [rram4]"}, labels
+    assert "weight_band S=4" in (tmp_path / "rep" / "report.md").read_text()  # the device table says what it sets
 
 
 @pytest.fixture(scope="module")
 def vgg_ckpt(tmp_path_factory):
-    """A narrow VGG-8 checkpoint (the smoke preset's tiny model has a depthwise convolution, which the ADC
-    simulation refuses)."""
+    """A narrow VGG-8 checkpoint (layers of the types the ADC studies use)."""
     d = tmp_path_factory.mktemp("vgg")
     assert main(["train", *SMOKE, "--model", "vgg8", "--width", "0.125", "--out", str(d / "v")]) == 0
     return d / "v"

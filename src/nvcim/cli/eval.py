@@ -484,7 +484,8 @@ def run(args: argparse.Namespace) -> int:
     note_few_chips(results, "give a smaller --target-ci for more chips" if target else "use --runs 10 or more")
     record = EvaluationFile(results=list(results), checkpoint=str(ckpt), checkpoint_config=config, dataset=dataset,
                             split=args.split, device_config=base.to_dict(), bn_recalibration=recalibration,
-                            adc_calibration=adc_record, digital_layers=digital_override(args.digital_layers))
+                            adc_calibration=adc_record, digital_layers=digital_override(args.digital_layers),
+                            device_model=args.device_model or None)
     if args.out:
         write_result_file(args.out, record)
         print(f"wrote {args.out}")

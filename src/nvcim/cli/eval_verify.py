@@ -43,7 +43,7 @@ def run_write_verify(args, ckpt, model, config, spec, dataset, splits, split, cf
     record = WriteVerifyFile(
         checkpoint=str(ckpt), checkpoint_config=config, dataset=dataset, split=args.split,
         device_config=cfg.to_dict(), bn_recalibration=recalibration, adc_calibration=adc_record,
-        digital_layers=digital_override(args.digital_layers),
+        digital_layers=digital_override(args.digital_layers), device_model=args.device_model or None,
         write_verify={"by": verify["by"], "residual_sigma": verify["residual_sigma"],
                       "score_images": min(verify["images"] or len(splits.train), len(splits.train))
                       if verify["by"] == "sensitivity" else None,  # the images that ranked the weights (at most all)

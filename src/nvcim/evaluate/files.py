@@ -60,6 +60,7 @@ class EvaluatedModel:
     bn_recalibration: dict | None = None
     adc_calibration: dict | None = None  # {"split", "images"} under a calibrated ADC clip (written only then)
     digital_layers: list | None = None  # layer patterns kept digital instead of the checkpoint's (None: its own)
+    device_model: str | None = None  # the device model's name as given (`--device-model rram4`; None: none given)
     nvcim_version: str = __version__
     format: int = FORMAT
     kind: ClassVar[str] = "?"
@@ -69,7 +70,8 @@ class EvaluatedModel:
                 "checkpoint_config": self.checkpoint_config, "dataset": self.dataset, "split": self.split,
                 "device_config": self.device_config, "bn_recalibration": self.bn_recalibration,
                 **({"adc_calibration": self.adc_calibration} if self.adc_calibration is not None else {}),
-                **({"digital_layers": self.digital_layers} if self.digital_layers is not None else {})}
+                **({"digital_layers": self.digital_layers} if self.digital_layers is not None else {}),
+                **({"device_model": self.device_model} if self.device_model is not None else {})}
 
 
 @dataclass(kw_only=True)
@@ -229,10 +231,14 @@ def _head_fields(d: Mapping[str, Any], where: str) -> dict:
     digital = d.get("digital_layers")
     if digital is not None and not (isinstance(digital, list) and all(isinstance(p, str) for p in digital)):
         raise ValueError(f"{where}: 'digital_layers' is not a list of layer-name patterns")
+    name = d.get("device_model")
+    if name is not None and not isinstance(name, str):
+        raise ValueError(f"{where}: 'device_model' is not a name")
     return {"checkpoint": d.get("checkpoint"), "checkpoint_config": ck, "dataset": d.get("dataset"),
             "split": str(d.get("split") or "test"), "device_config": _dict_or_none(d, "device_config", where),
             "bn_recalibration": d.get("bn_recalibration"),
             "adc_calibration": _dict_or_none(d, "adc_calibration", where), "digital_layers": digital,
+            "device_model": name,
             "nvcim_version": str(d.get("nvcim_version") or "?"),
             "format": fmt}
 

@@ -196,7 +196,9 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                 "logit_scale": num(method_cfg.get("logit_scale")) if "logit_scale" in option_names else None,
                 "beta_search": beta_search,
                 "label_override": str(label_override) if label_override else None,
+                # the device model's name (a sweep's axis, `nvcim eval --device-model rram4`), else what it sets
                 "device_model": (str(cell["device_model"]) if cell.get("device_model")
+                                 else rec.device_model if rec.device_model and device_description(eval_device)
                                  else device_description(eval_device)),
                 "device_detail": device_description(eval_device) or "gaussian",  # what the device model sets
                 "device_bits": (eval_device.get("weight_bits"), eval_device.get("device_bits")),  # (M, K) as recorded
