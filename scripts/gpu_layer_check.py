@@ -1,5 +1,6 @@
 """Layer types on a CUDA device (run by `scripts/repro_gpu.sh --bench`; the CPU suite covers them in tests/):
-recurrent layers and their cells, attention, under cuDNN. For each model: a programmed chip's output against the plain
+recurrent layers and their cells, attention, under cuDNN, and the ADC simulation of attention and grouped
+convolutions against CPU. For each model: a programmed chip's output against the plain
 module reading the drawn weights (torch.func.functional_call), Monte Carlo on the batched and per-chip paths (same
 chips), and sensitivity-ranked write-verify (gradients in eval mode). Prints one line per check, "OK" or "FAIL ...",
 and any warning PyTorch gives; exit code 1 if a check fails.
@@ -104,12 +105,42 @@ def check(name: str, device: str) -> bool:
     return ok
 
 
+class DepthwiseConv1d(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.dw, self.pw, self.head = nn.Conv1d(8, 8, 3, padding=1, groups=8), nn.Conv1d(8, 16, 1), nn.Linear(16, 3)
+
+    def forward(self, x):  # x [B, L, 8]
+        return self.head(self.pw(torch.relu(self.dw(x.transpose(1, 2)))).mean(2))  # [B, 3]
+
+
+def check_adc(name: str, make, device: str) -> bool:
+    """The ADC simulation (bit-sliced products, grouped convolutions, attention projections) on the device against
+    CPU, on one programmed chip in float64 (the same ADC codes: the sums agree to ~1e-12, far below one code)."""
+    torch.manual_seed(0)
+    model = make().double().eval()
+    x = torch.randn(16, 12, 8, dtype=torch.float64)  # [B, L, 8]
+    with nvcim.device_variation(model, nvcim.DeviceConfig(sigma=0.2, adc_bits=6, tile_rows=8, input_bits=7)):
+        nvcim.program_chip_(model, seed=0)
+        with torch.no_grad():
+            cpu = model(x)
+            model.to(device)  # the chip follows the model
+            on_device = model(x.to(device)).cpu()
+        model.cpu()
+    err = float((on_device - cpu).abs().max())
+    ok = err < 1e-9 * float(cpu.abs().max())
+    print(f"{name}: ADC simulation on {device} vs CPU {'OK' if ok else 'FAIL'} (max |diff| {err:.2e})")
+    return ok
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     print(f"layer checks on {args.device} (torch {torch.__version__})")
     results = [check(name, args.device) for name in MODELS]
+    results += [check_adc(name, make, args.device) for name, make in
+                (("transformer_encoder", Attn), ("depthwise_conv1d", DepthwiseConv1d))]
     return 0 if all(results) else 1
 
 
