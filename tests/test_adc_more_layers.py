@@ -123,6 +123,30 @@ def test_attention_projections_are_sliced_products_of_their_levels(same_input):
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("cross", [False, True])
+def test_one_input_given_twice_is_read_once_whatever_the_layout(cross):
+    """batch_first self-attention read in_proj three times (each transposed input a new tensor), so q, k and v
+    drew their own read noise and the same chip scored differently with batch_first=True (review finding); a
+    memory given as key and value is one read too."""
+    from nvcim.layers.coverage import read_counts
+
+    torch.manual_seed(5)
+    outs, reads = [], []
+    x, memory = torch.randn(3, 5, 8), torch.randn(3, 7, 8)  # [N, L, E] (batch first)
+    for batch_first in (False, True):
+        torch.manual_seed(5)
+        attention = nn.MultiheadAttention(8, 2, batch_first=batch_first).eval()
+        q, kv = (x, memory if cross else x) if batch_first else (x.transpose(0, 1), (memory if cross else x).transpose(0, 1))
+        with nvcim.device_variation(attention, DeviceConfig(sigma=0.1, read_sigma=0.2, adc_bits=6, tile_rows=8)):
+            nvcim.program_chip_(attention, seed=2)
+            reads.append(read_counts(attention, q, kv if cross else q, kv if cross else q)["in_proj_weight"])
+            with torch.no_grad():
+                out = attention(q, kv if cross else q, kv if cross else q)[0]
+        outs.append(out if batch_first else out.transpose(0, 1))
+    assert reads == [2 if cross else 1] * 2
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-6)
+
+
 def test_out_proj_alone_is_still_refused():
     """An attention's out_proj without the attention: its forward reads the weight directly, never out_proj's."""
     model = nn.Sequential(nn.MultiheadAttention(8, 2))
@@ -175,7 +199,7 @@ def test_monte_carlo_of_a_sliced_transformer_is_deterministic_by_seed():
 
 def test_calibrated_ranges_on_grouped_convolutions_and_attention():
     """adc_clip="calibrated": calibrate_adc_ measures every sliced layer of the chip (a depthwise conv, the packed
-    in_proj read three times in one forward, out_proj), without the warning an uncalibrated chip gives, and a
+    in_proj read twice in one forward, out_proj), without the warning an uncalibrated chip gives, and a
     calibrated chip's output is closer to the quantized model's than full-scale converters' at the same bits."""
     import warnings
 
@@ -198,7 +222,7 @@ def test_calibrated_ranges_on_grouped_convolutions_and_attention():
 
 
 class _ConvAttention(nn.Module):
-    """A depthwise Conv1d, then self-attention over its output's positions: [N, 2, L] -> [L, N, 2]."""
+    """A depthwise Conv1d, then attention over its output's positions: [N, 2, L] -> [L, N, 2]."""
 
     def __init__(self):
         super().__init__()
@@ -207,4 +231,5 @@ class _ConvAttention(nn.Module):
 
     def forward(self, x):
         h = self.conv(x).permute(2, 0, 1)  # [L, N, 2]
-        return self.attention(h, h, h)[0]
+        memory = h.flip(0)  # one tensor as key and value: in_proj read for the query and once for the memory
+        return self.attention(h, memory, memory)[0]

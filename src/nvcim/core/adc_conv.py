@@ -10,7 +10,9 @@ input phases and shift-and-add is nvcim.core.adc's.
 A grouped convolution (groups = G, depthwise included) is G crossbar sets, one per group: group g's output
 channels are columns whose rows are its own C/G input channels' (C/G, kh, kw) weights, tiled by R rows like any
 crossbar, so each tile's partial sums are one grouped convolution of every group's rows in that tile. (A group's
-tile of fewer than R rows keeps the full-scale ADC range of R rows: the converters are designed for the array.)
+tile of fewer than R rows keeps the full-scale ADC range of R rows: the converters are designed for the array; and
+every group's inputs share their image's DAC range, one per layer input as for groups = 1, so a depthwise
+channel of small values gets coarse input steps: adc_clip="calibrated" or input_bits=None where that matters.)
 """
 
 from __future__ import annotations

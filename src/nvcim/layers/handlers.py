@@ -281,8 +281,11 @@ def _attention_forward(self: nn.MultiheadAttention, query: torch.Tensor, key: to
     query [L, N, E] ([N, L, E] with batch_first, [L, E] unbatched); returns (output like query, weights).
     """
     batched_first = self.batch_first and query.dim() == 3
-    if batched_first:  # the functional form is sequence-first
-        query, key, value = (t.transpose(1, 0) for t in (query, key, value))
+    if batched_first:  # the functional form is sequence-first; one tensor given twice stays one (as the module keeps it)
+        same_kv, same_all = key is value, query is key and key is value
+        key = key.transpose(1, 0)
+        value = key if same_kv else value.transpose(1, 0)
+        query = key if same_all else query.transpose(1, 0)
     if any(_sliced_control(self, a) is not None for a in _attention_attrs(self)):
         out, weights = _sliced_attention(self, query, key, value, key_padding_mask, need_weights, attn_mask,
                                          average_attn_weights, is_causal)
@@ -317,6 +320,9 @@ def _sliced_attention(self: nn.MultiheadAttention, query: torch.Tensor, key: tor
         attr = "in_proj_weight"
         if query is key and key is value:  # self-attention: one read gives all three
             q, k, v = _projected(self, attr, query, self.in_proj_bias).chunk(3, dim=-1)
+        elif key is value:  # cross-attention on one memory: one read of it gives k and v
+            q = _projected(self, attr, query, self.in_proj_bias)[..., :e]
+            k, v = _projected(self, attr, key, self.in_proj_bias)[..., e:].chunk(2, dim=-1)
         else:
             q, k, v = (_projected(self, attr, t, self.in_proj_bias)[..., i * e:(i + 1) * e]
                        for i, t in enumerate((query, key, value)))
