@@ -248,3 +248,127 @@ def test_matrix_refuses_an_aihwkit_column_before_any_cell(tmp_path, capsys):
                             "32", "--out", str(tmp_path / "m.json")], capsys)
     assert rc == 2 and "under aihwkit:pcm" in err and "groups=1" in err and len(err.strip().splitlines()) == 1
     assert "gaussian" not in out and not (tmp_path / "m.json.partial").exists()  # no cell ran
+
+
+@pytest.mark.parametrize("layer,device,match", [
+    (nn.Conv1d(4, 4, 3), "aihwkit:pcm", r"'0' \(Conv1d\): .*torch tile lacks: add tile=rpucuda"),
+    (nn.Conv2d(4, 4, 3, padding="same"), "aihwkit:pcm?tile=rpucuda", r"padding='same' is not supported"),
+    (nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), "aihwkit:pcm", r"padding_mode='reflect'"),
+    (nn.Conv1d(4, 4, 3, dilation=2), "aihwkit:pcm?tile=rpucuda", r"dilation=\(2,\)"),
+])
+def test_convolutions_aihwkit_cannot_run_are_refused_without_aihwkit(layer, device, match):
+    """They passed the check and then failed at the first forward with a traceback (Conv1d on the torch tile, string
+    padding) or late with aihwkit's raw message, after a matrix's other columns had run (review finding)."""
+    model = nn.Sequential(nn.Conv2d(4, 4, 1) if isinstance(layer, nn.Conv2d) else nn.Conv1d(4, 4, 1), layer)
+    with pytest.raises(ai.AihwkitError, match=match) as err:
+        ai.check_convertible(model, ai.aihwkit_device(device))
+    assert "\n" not in str(err.value)
+    if isinstance(layer, nn.Conv1d) and layer.dilation == (1,):
+        ai.check_convertible(model, ai.aihwkit_device("aihwkit:pcm?tile=rpucuda"))  # the C++ tile runs it
+
+
+def test_a_layer_registered_twice_is_refused():
+    """convert_to_analog converts it once per name: two independent tiles, two chips' noise for one crossbar."""
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    with pytest.raises(ai.AihwkitError, match=r"layer '0' is also registered as '2'"):
+        ai.check_convertible(model)
+
+
+def test_export_refuses_t_inference_and_overwrites_only_model_files(tmp_path, capsys):
+    """--overwrite replaced another checkpoint's model.safetensors and a results JSON (data loss), and a spec's
+    t_inference was accepted and dropped (review finding)."""
+    ckpt, _ = _checkpoint(tmp_path)
+    other, _ = _checkpoint(tmp_path / "other")
+    results = tmp_path / "r.json"
+    results.write_text("{}")
+    for target, match in ((other / "model.safetensors", "inside the nvcim checkpoint"),
+                          (results, "not a file torch.save wrote")):
+        before = target.read_bytes()
+        rc, _, err = run_cli(["export", str(ckpt), "--aihwkit", "aihwkit:pcm", "--out", str(target), "--overwrite"],
+                             capsys)
+        assert rc == 2 and match in err and target.read_bytes() == before, err
+    if ai.available():
+        rc, _, err = run_cli(["export", str(ckpt), "--aihwkit", "aihwkit:pcm?t_inference=3600", "--out",
+                              str(tmp_path / "a.pt")], capsys)
+        assert rc == 2 and "t_inference=3600 is not part of an analog model" in err
+        assert not (tmp_path / "a.pt").exists()
+
+
+def test_full_spec_round_trips():
+    dev = ai.aihwkit_device("aihwkit:pcm?prog_noise_scale=1.5&tile=rpucuda", t_inference=3600)
+    assert dev.spec == "aihwkit:pcm?prog_noise_scale=1.5&t_inference=3600&tile=rpucuda&compensation=global&io=default"
+    assert ai.aihwkit_device(dev.spec) == dev
+    assert not dev.reproducible and dev.to_dict()["reproducible_from_seed"] is False
+    assert "reproducible_from_seed" not in ai.aihwkit_device("aihwkit:pcm?tile=rpucuda&io=perfect").to_dict()
+
+
+@needs_aihwkit
+@pytest.mark.aihwkit
+def test_monte_carlo_leaves_the_callers_random_stream_and_warns_when_not_reproducible():
+    model = create_model("vgg8", 10, 1, width=0.0625)
+    torch.manual_seed(42)
+    state = torch.get_rng_state()
+    ai.aihwkit_device("aihwkit:pcm").monte_carlo(model, _data(8), runs=2, seed=3, batch_size=8)
+    assert torch.equal(torch.get_rng_state(), state)  # it re-seeded the global generator (review finding)
+    with pytest.warns(RuntimeWarning, match="cannot be reproduced from the seed"):
+        res = ai.aihwkit_device("aihwkit:pcm?tile=rpucuda").monte_carlo(model, _data(8), runs=1, seed=3, batch_size=8)
+    assert res.device_config["reproducible_from_seed"] is False
+
+
+class _Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):  # x [B, L, 8]
+        return self.head(self.enc(x).mean(1))
+
+
+@needs_aihwkit
+@pytest.mark.aihwkit
+def test_a_transformer_with_digital_attention_runs_under_aihwkit():
+    """Its attention kept digital (as nvcim's refusal advises), the encoder's fused inference path read linear1's
+    weight, which aihwkit sets to None: an AttributeError traceback (review finding)."""
+    torch.manual_seed(0)
+    model = _Encoder().eval()
+    nvcim.keep_digital_(model, ["enc.self_attn"])
+    x = torch.randn(8, 5, 8)
+    res = ai.aihwkit_device("aihwkit:pcm?io=perfect").monte_carlo(model, (x, torch.zeros(8, dtype=torch.long)),
+                                                                    runs=1, seed=0, batch_size=8)
+    assert res.runs == 1
+
+
+@needs_aihwkit
+@pytest.mark.aihwkit
+def test_import_of_a_programmed_model_takes_the_trained_weights(tmp_path, capsys):
+    """A model saved after program_analog_weights / drift_analog_weights was imported as that one chip's weights
+    (8.7 % off the trained ones), without a word (review finding)."""
+    from aihwkit.inference.utils import drift_analog_weights, program_analog_weights
+
+    ckpt, model = _checkpoint(tmp_path)
+    analog = ai.to_analog(model, "aihwkit:pcm").eval()
+    torch.manual_seed(0)
+    program_analog_weights(analog, None)
+    drift_analog_weights(analog, 86400)
+    torch.save(analog, tmp_path / "programmed.pt")
+    with pytest.warns(UserWarning, match=r"analog tile\(s\) were programmed .* importing their reference"):
+        ai.import_analog(tmp_path / "programmed.pt", tmp_path / "back")
+    back, _ = load_checkpoint(tmp_path / "back")
+    for key, value in model.state_dict().items():
+        assert torch.allclose(back.state_dict()[key].float(), value.float(), rtol=1e-5, atol=1e-6), key
+
+
+@needs_aihwkit
+@pytest.mark.aihwkit
+def test_csv_keeps_the_inference_time_and_chunk_runs_is_refused(tmp_path, capsys, monkeypatch):
+    ckpt, _ = _checkpoint(tmp_path)
+    rc, _, err = run_cli(["eval", str(ckpt), "--device-model", "aihwkit:pcm", "--chunk-runs", "1", "--runs", "2"],
+                         capsys)
+    assert rc == 2 and "--chunk-runs" in err
+    csv_path = tmp_path / "t.csv"
+    rc, _, err = run_cli(["eval", str(ckpt), "--device-model", "aihwkit:pcm", "--time", "3600", "--runs", "2",
+                          "--limit", "16", "--csv", str(csv_path)], capsys)
+    assert rc == 0, err
+    assert "aihwkit:pcm?t_inference=3600&tile=torch" in csv_path.read_text()  # the CSV said aihwkit:pcm alone

@@ -20,6 +20,9 @@ def run_aihwkit(args: argparse.Namespace, ckpt: Path, *, runs: int, seed: int, b
     require()
     if args.device != "cpu":
         raise ValueError("aihwkit device models run on CPU here: drop --device cuda")
+    if args.chunk_runs is not None:  # never a flag silently ignored
+        raise ValueError("--chunk-runs sets how nvcim's own Monte Carlo batches chips; aihwkit's runs one chip at a "
+                         "time: drop it")
     loaded = load_for_eval(ckpt, dataset=args.dataset, data_root=args.data_root, split=args.split, limit=limit,
                            digital=digital_override(args.digital_layers))
     res = device.monte_carlo(loaded.model, loaded.split, runs=runs, seed=seed, batch_size=batch_size, progress=progress)
@@ -37,6 +40,6 @@ def run_aihwkit(args: argparse.Namespace, ckpt: Path, *, runs: int, seed: int, b
         write_result_file(args.out, record)
         print(f"wrote {args.out}")
     if args.csv:
-        write_csv(args.csv, [res], device_model=args.device_model)
+        write_csv(args.csv, [res], device_model=device.spec)  # every setting, --time's included
         print(f"wrote {args.csv}")
     return 0

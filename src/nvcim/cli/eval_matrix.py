@@ -121,7 +121,7 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
         for name, device in devices[i].items():  # a layer a column cannot run: said now, not after other cells
             if is_aihwkit_spec(name):
                 try:
-                    check_convertible(loaded.model)
+                    check_convertible(loaded.model, device)
                 except ValueError as exc:
                     raise ValueError(f"checkpoint {ck} under {name}: {exc}") from None
             elif isinstance(device, DeviceConfig):

@@ -47,7 +47,8 @@ def add_parser(sub) -> None:
     p.add_argument("--tile-cols", metavar="C", type=_positive("--tile-cols"), default=None,
                    help="crossbar columns per tile, the output axis (default: one tile of all columns)")
     p.add_argument("--overwrite", action="store_true",
-                   help="with --aihwkit: replace an existing model file at --out (default: refuse; nvcim cannot tell "
+                   help="with --aihwkit: replace an existing model file at --out (a file torch.save wrote, outside any "
+                        "nvcim checkpoint; default: refuse; nvcim cannot tell "
                         "a file it wrote from yours)")
     p.set_defaults(run=run_export)
 
@@ -80,6 +81,14 @@ def run_export(args) -> int:
             raise ValueError(f"--out {out} exists" + (" and is not a file" if args.overwrite else
                              ": pass --overwrite to replace it (nvcim cannot tell a model file it wrote from yours)")
                              + ", or choose another path")
+        if args.overwrite and out.is_file():  # replaced only when it is a model file: never a file of another kind
+            from nvcim.io.checkpoint import is_checkpoint_dir
+
+            if is_checkpoint_dir(out.parent):
+                raise ValueError(f"--out {out} is inside the nvcim checkpoint {out.parent}: choose a path outside it")
+            if not _torch_saved(out):
+                raise ValueError(f"--out {out} is not a file torch.save wrote: --overwrite replaces only a model file "
+                                 "(an earlier export); choose another path")
         device = aihwkit_device(args.aihwkit)
         check_output_path(args.out, "--out")
         if Path(args.checkpoint).resolve() in Path(args.out).resolve().parents:

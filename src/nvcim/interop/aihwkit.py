@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -38,6 +39,7 @@ from urllib.parse import parse_qsl
 import torch
 from torch import nn
 
+from nvcim.layers.handlers import FUSED_CONTAINERS, fastpath_disabled
 from nvcim.layers.noise import digital_layers, selected_layers
 
 # the exact module types aihwkit's convert_to_analog puts on analog tiles (its default conversion map matches the
@@ -106,11 +108,24 @@ class AihwkitDevice:
     def name(self) -> str:
         return f"{PREFIX}{self.kind}"
 
+    @property
+    def spec(self) -> str:
+        """The full spec, every setting written out (aihwkit_device(spec) gives this device again)."""
+        options = {**{k: f"{v:g}" for k, v in sorted(self.noise.items())}, "t_inference": f"{self.t_inference:g}",
+                   "tile": self.tile, "compensation": self.compensation, "io": self.io}
+        return f"{self.name}?" + "&".join(f"{k}={v}" for k, v in options.items())
+
+    @property
+    def reproducible(self) -> bool:
+        """Whether chips are reproducible from the seed: not with the C++ tile's default forward (its IO noise comes
+        from a generator aihwkit 1.2 offers no way to seed)."""
+        return self.tile == "torch" or self.io == "perfect"
+
     def to_dict(self) -> dict:
         """JSON-able description (the `device_config` of its results)."""
         return {"aihwkit": self.kind, "noise_model": KINDS[self.kind][0], "noise_options": dict(self.noise),
                 "t_inference": self.t_inference, "tile": self.tile, "drift_compensation": self.compensation,
-                "io": self.io}
+                "io": self.io, **({} if self.reproducible else {"reproducible_from_seed": False})}
 
     def noise_model(self):
         require()
@@ -199,11 +214,13 @@ def aihwkit_device(spec: str, *, t_inference: float | None = None) -> AihwkitDev
     return device
 
 
-def check_convertible(model: nn.Module) -> None:
+def check_convertible(model: nn.Module, device: AihwkitDevice | None = None) -> None:
     """A one-line AihwkitError when aihwkit's conversion cannot run `model` as nvcim means it (checked without
     aihwkit, so a matrix says it before any cell): digital layers it would put on analog tiles, layers nvcim varies
     that it would leave exact (attention projections, recurrent layers, transposed convolutions, subclasses of
-    Linear / Conv), grouped convolutions it lacks."""
+    Linear / Conv), and what its analog convolutions lack (`_conv_problem`: groups, string padding, padding modes,
+    a Conv1d / Conv3d's dilation, and on `device`'s torch tile any Conv1d / Conv3d); a layer registered under two
+    names, which the conversion would make two independent tiles."""
     analog = {n: m for n, m in model.named_modules() if type(m) in ANALOG_TYPES}  # what the conversion puts on tiles
     digital = [n for n in digital_layers(model) if n in analog]
     if digital:  # convert_to_analog would put them on analog tiles: never a digital layer varied silently
@@ -222,18 +239,49 @@ def check_convertible(model: nn.Module) -> None:
     if grouped:
         raise AihwkitError(f"aihwkit's analog convolutions support groups=1 only, and layer {grouped[0]!r} (of "
                            f"{len(grouped)}) is grouped: use a model without grouped convolutions (e.g. vgg8, resnet18)")
+    for name, module in analog.items():
+        problem = _conv_problem(module, device)
+        if problem:
+            raise AihwkitError(f"aihwkit cannot run layer {name!r} ({type(module).__name__}): {problem}")
+    names: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if type(module) in ANALOG_TYPES:
+            names.setdefault(id(module), []).append(name)
+    shared = next((n for n in names.values() if len(n) > 1), None)
+    if shared:  # convert_to_analog converts each container's child: one layer would become two unequal tiles
+        raise AihwkitError(f"layer {shared[0]!r} is also registered as {shared[1]!r}: aihwkit's conversion would make "
+                           "two independent analog tiles of it (two chips' noise for one crossbar, and a tie lost on "
+                           "the way back): register it once, or compare under nvcim's device models")
+
+
+def _conv_problem(module: nn.Module, device: AihwkitDevice | None) -> str | None:
+    """What aihwkit 1.2's analog convolutions cannot do for this layer (None: nothing, or not a convolution)."""
+    if not isinstance(module, nn.modules.conv._ConvNd):
+        return None
+    if isinstance(module.padding, str):
+        return (f"padding={module.padding!r} is not supported by its analog convolutions: give the padding as "
+                "numbers (e.g. padding=1 for a 3x3 'same')")
+    if module.padding_mode != "zeros":
+        return f"padding_mode={module.padding_mode!r}: its analog convolutions pad with zeros only"
+    if not isinstance(module, nn.Conv2d) and any(d != 1 for d in module.dilation):
+        return f"dilation={module.dilation}: its analog Conv1d / Conv3d support dilation 1 only"
+    if not isinstance(module, nn.Conv2d) and device is not None and device.tile == "torch":
+        return ("its analog Conv1d / Conv3d need indexed convolutions, which the torch tile lacks: add "
+                "tile=rpucuda to the device model (aihwkit:pcm?tile=rpucuda)")
+    return None
 
 
 def to_analog(model: nn.Module, device: AihwkitDevice | str | None = None, rpu_config=None) -> nn.Module:
     """An aihwkit analog copy of `model` (`convert_to_analog`, every Conv / Linear on analog tiles) with the RPU
     config of `device` (an AihwkitDevice or spec; default aihwkit:pcm) or `rpu_config`; the model is unchanged.
     The root keeps the model's class (and `nvcim_spec`), so aihwkit's module-level functions apply to it."""
-    check_convertible(model)
+    if rpu_config is None:
+        device = aihwkit_device(device or f"{PREFIX}pcm") if not isinstance(device, AihwkitDevice) else device
+    check_convertible(model, device if rpu_config is None else None)
     require()
     from aihwkit.nn.conversion import convert_to_analog
 
     if rpu_config is None:
-        device = aihwkit_device(device or f"{PREFIX}pcm") if not isinstance(device, AihwkitDevice) else device
         rpu_config = device.rpu_config()
     # the model's own class stays the root (no AnalogWrapper subclass made on the fly): the analog model keeps
     # nvcim's state-dict names and pickles with torch.save like any module
@@ -265,7 +313,16 @@ def from_analog(analog: nn.Module, model_spec: dict | None = None) -> nn.Module:
 
 def aihwkit_monte_carlo(model: nn.Module, data: Any, device: AihwkitDevice, *, runs: int, seed: int,
                         batch_size: int = 256, progress: bool = False, baselines: bool = True):
-    """nvcim's MCResult of `model` on `data` over `runs` chips of the aihwkit `device` (module docstring)."""
+    """nvcim's MCResult of `model` on `data` over `runs` chips of the aihwkit `device` (module docstring). The
+    caller's random stream is left as it was (the conversion and every chip draw from torch's generator), and fused
+    Transformer paths are off (they would read the analog layers' weights, which aihwkit sets to None)."""
+    with torch.random.fork_rng(devices=[]), fastpath_disabled():
+        return _monte_carlo(model, data, device, runs=runs, seed=seed, batch_size=batch_size, progress=progress,
+                            baselines=baselines)
+
+
+def _monte_carlo(model: nn.Module, data: Any, device: AihwkitDevice, *, runs: int, seed: int, batch_size: int,
+                 progress: bool, baselines: bool):
     require()
     from aihwkit.inference.utils import drift_analog_weights, program_analog_weights
     from tqdm.auto import tqdm
@@ -289,6 +346,10 @@ def aihwkit_monte_carlo(model: nn.Module, data: Any, device: AihwkitDevice, *, r
         with torch.no_grad():
             out = model(batches[0][0][:1])
     classes = int(out.shape[-1])
+    if not device.reproducible:
+        warnings.warn(f"{device.name} with tile=rpucuda and io=default: aihwkit's C++ simulator draws its forward "
+                      "noise from its own generator, which it offers no way to seed: these chips cannot be reproduced "
+                      "from the seed (io=perfect or tile=torch can)", RuntimeWarning, stacklevel=2)
     torch.manual_seed(seed)  # aihwkit's analog forward may draw (its IO noise): the baseline too is reproducible
     quantized = count_correct(analog, batches) if baselines else math.nan  # before programming: no weight noise
     acc = Accumulator(runs)
@@ -321,8 +382,16 @@ def export_analog(ckpt, out, device: AihwkitDevice | str | None = None):
 
     require()
     device = device if isinstance(device, AihwkitDevice) else aihwkit_device(device or f"{PREFIX}pcm")
+    if device.t_inference != DEFAULT_TIME:
+        raise AihwkitError(f"t_inference={device.t_inference:g} is not part of an analog model (its RPU config): drop "
+                           "it, and drift the loaded model with aihwkit's drift_analog_weights(model, t)")
     model, _ = load_checkpoint(ckpt)
     analog = to_analog(model.float().eval(), device)
+    fused = sorted({type(m).__name__ for m in model.modules() if isinstance(m, FUSED_CONTAINERS)})
+    if fused:
+        warnings.warn(f"the model holds {', '.join(fused)}, whose fused inference path (eval mode, no_grad) reads its "
+                      "layers' weights directly, which aihwkit's analog layers set to None: evaluate the loaded model "
+                      "with torch.backends.mha.set_fastpath_enabled(False)", UserWarning, stacklevel=2)
     buf = io.BytesIO()
     torch.save(analog, buf)
     return atomic_write_bytes(out, buf.getvalue())
@@ -349,5 +418,24 @@ def import_analog(path, out, model_spec: dict | None = None):
     if not isinstance(analog, nn.Module):
         raise AihwkitError(f"aihwkit model file {path} holds a {type(analog).__name__}, not a model: save the analog "
                            "model itself with torch.save(analog_model)")
+    programmed = _unprogram(analog)
+    if programmed:
+        warnings.warn(f"aihwkit model file {path}: {programmed} analog tile(s) were programmed (program_analog_weights "
+                      "/ drift_analog_weights ran before torch.save): importing their reference, trained weights, not "
+                      "the one chip's programmed (and drifted) ones", UserWarning, stacklevel=2)
     model = from_analog(analog, model_spec)
     return save_checkpoint(out, model, model.nvcim_spec, imported_from={"aihwkit_model": str(path)})
+
+
+def _unprogram(analog: nn.Module) -> int:
+    """Put every programmed analog tile of `analog` back to its reference (trained) weights, as aihwkit's next
+    programming starts from them; returns how many tiles were programmed."""
+    tiles = {id(t): t for m in analog.modules() if hasattr(m, "analog_tiles") for t in m.analog_tiles()}
+    count = 0
+    for tile in tiles.values():
+        reference = getattr(tile, "reference_combined_weights", None)
+        if getattr(tile, "programmed_weights", None) is not None and reference is not None:
+            tile.tile.set_weights(reference)
+            tile.programmed_weights = None
+            count += 1
+    return count

@@ -79,8 +79,10 @@ def matrix_csv(rec: DeviceMatrixFile) -> bytes:
     for i, ck in enumerate(rec.checkpoints):
         for j, dm in enumerate(rec.device_models):
             r = rec.result(i, j)
+            cfg = rec.cells[i][j]["device_config"]  # an aihwkit column: its settings (--time's) in place of a variation
             w.writerow([ck, rec.datasets[i], dm, r.sigma, r.runs, r.seed, r.mean, r.ci95[0], r.ci95[1], r.p5, r.min,
-                        rec.cells[i][j]["device_config"].get("variation"), int(r.nonfinite_runs or 0)])
+                        device_description(cfg) if cfg.get("aihwkit") else cfg.get("variation"),
+                        int(r.nonfinite_runs or 0)])
     return buf.getvalue().encode("utf-8")
 
 
