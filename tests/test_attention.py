@@ -258,6 +258,49 @@ def test_monte_carlo_checks_a_routed_branch_on_the_images_that_reach_it():
         monte_carlo_evaluate(model, (x[:8].abs(), y[:8]), CFG, runs=2)  # every image left
 
 
+class RoutedTwice(RoutedBranches):
+    """The right branch reads its layer twice per forward."""
+
+    def forward(self, x):  # x [B, 4]
+        go_left = (x[:, :1] > 0).float()  # [B, 1]
+        h = torch.zeros_like(x)
+        if bool(go_left.any()):
+            h = h + go_left * self.left(x)
+        if bool((1 - go_left).any()):
+            h = h + (1 - go_left) * self.right(torch.tanh(self.right(x)))
+        return self.out(h)
+
+
+def test_a_routed_branch_read_twice_is_scored_on_the_loop_path():
+    """The path checks (a tensor read twice with read noise, read outside its layer) looked at the first two images
+    only, which skip the right branch: "auto" took a batched path and scored the chips otherwise than the loop path
+    (review finding)."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 4)
+    x[:2, 0] = 1.0
+    model = RoutedTwice()
+    y = model(x).argmax(1).detach()
+    cfg = nvcim.DeviceConfig(sigma=0.05, read_sigma=0.5)
+    loop = monte_carlo_evaluate(model, (x, y), cfg, runs=4, seed=0, path="loop", batch_size=64)
+    auto = monte_carlo_evaluate(model, (x, y), cfg, runs=4, seed=0, batch_size=64)
+    assert auto.path == "loop" and auto.per_run_correct == loop.per_run_correct
+    with pytest.raises(ValueError, match="right.weight"):
+        monte_carlo_evaluate(model, (x, y), cfg, runs=2, path="chunked", batch_size=64)
+
+
+def test_training_checks_a_routed_branch_on_a_batch_too():
+    """nvcim train's check before the first step ran on two images and refused the model Monte Carlo accepts."""
+    from nvcim.train import TrainConfig
+    from nvcim.train.checks import check_layers_read
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 4)
+    x[:2, 0], x[2:, 0] = 1.0, -1.0
+    check_layers_read(RoutedBranches(), x, TrainConfig(method="noise_injection"))  # no ValueError
+    with pytest.raises(ValueError, match="'right'"):
+        check_layers_read(RoutedBranches(), x[:2], TrainConfig(method="noise_injection"))
+
+
 def test_coverage_leaves_state_untouched():
     """BatchNorm statistics, controllers and the global RNG are as before the check (train mode)."""
     torch.manual_seed(0)

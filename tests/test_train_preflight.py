@@ -153,3 +153,16 @@ def test_a_truncated_training_state_is_named_whole_with_the_fix_and_kept(tmp_pat
            "central directory)" in err[0], err  # the whole first sentence, not cut mid-word, and no more
     assert err[0].endswith("delete run.train-state to train from the start, or use another --out"), err
     assert snapshot(tmp_path) == before  # never deleted by nvcim
+
+
+def test_the_check_before_training_sees_a_batch_for_routed_branches(tmp_path, capsys, monkeypatch):
+    """nvcim train checked the layers on the first two images alone, so a branch those skip was refused as never
+    read although Monte Carlo accepts the model (review finding): the check gets a batch, and looks beyond the
+    first two images only where those miss a tensor (nvcim.layers.coverage.check_images)."""
+    monkeypatch.setitem(nvcim.models.MODELS, "mlp_preflight_test", mlp)
+    seen = []
+    monkeypatch.setattr(loop, "check_layers_read", lambda model, x, cfg: seen.append(len(x)))
+    _no_training(monkeypatch)
+    with pytest.raises(AssertionError, match="training started"):  # the checks passed: training would start
+        run_cli_err(_train_argv(tmp_path, "mlp_preflight_test", "--out", str(tmp_path / "run")), capsys)
+    assert seen == [32], seen

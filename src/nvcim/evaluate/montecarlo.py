@@ -57,7 +57,7 @@ from torch import nn
 from nvcim.data.batching import eval_mode, materialize
 from nvcim.batchnorm import ChipCalibration
 from nvcim.core.config import DeviceConfig
-from nvcim.layers.coverage import CHECK_IMAGES, check_coverage, read_counts
+from nvcim.layers.coverage import check_coverage, check_images
 from nvcim.evaluate.forward import (
     Accumulator,
     adc_calibration_inputs,
@@ -358,8 +358,8 @@ def monte_carlo_evaluate(
     with (_on_device(model, dev), eval_mode(model), _controllers_for(model, cfg),
           write_verify_scope(model, write_verify, cfg)):
         classes = _output_classes(model, batches)  # labels checked before any chip
-        _check_coverage_once(model, batches)
-        path, on_chip = path_for_reads(model, batches, path, bool(cfg.sliced_mvm), bool(cfg.read_sigma))
+        images = _check_coverage_once(model, batches)
+        path, on_chip = path_for_reads(model, images, path, bool(cfg.sliced_mvm), bool(cfg.read_sigma))
         baseline = None if baselines else False  # None: _mc_core measures it (on the chip when on_chip: here)
         if baselines and on_chip:
             baseline = _baselines(model, batches, ChipSampler(model, cfg, dev), on_chip=True)
@@ -397,17 +397,15 @@ def _one_sigma(model, batches, cfg, o: dict, path: str, dev, baseline, calib) ->
                             adc_source=o["adc_source"])
 
 
-def _check_coverage_once(model: nn.Module, batches) -> None:
+def _check_coverage_once(model: nn.Module, batches) -> torch.Tensor:
     """Every noisy tensor must change the output (`nvcim.layers.coverage`): checked on the first images, in the
     mode Monte Carlo runs in (eval, no_grad); a fused path that reads clean weights raises CoverageError. A tensor
     those images do not read (a branch or expert a model routes some images to) is checked on the whole first
-    batch, so that only a tensor no image of it reads is refused."""
-    x = batches[0][0]
+    batch (`check_images`), so that only a tensor no image of it reads is refused. Returns the images checked."""
     with torch.no_grad():
-        images = x[:CHECK_IMAGES]
-        if len(x) > CHECK_IMAGES and 0 in read_counts(model, images).values():
-            images = x
+        images = check_images(model, batches[0][0])
         check_coverage(model, images)
+    return images
 
 
 def _calibration_path(bn_calibration, path: str) -> str:
@@ -448,8 +446,8 @@ def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Ite
     with (_on_device(model, dev), eval_mode(model), _controllers_for(model, cfg),
           write_verify_scope(model, opts["write_verify"], cfg)):
         classes = _output_classes(model, batches)  # labels checked before any chip
-        _check_coverage_once(model, batches)
-        path, on_chip = path_for_reads(model, batches, path, bool(cfg.sliced_mvm), bool(cfg.read_sigma))
+        images = _check_coverage_once(model, batches)
+        path, on_chip = path_for_reads(model, images, path, bool(cfg.sliced_mvm), bool(cfg.read_sigma))
         baseline = _baselines(model, batches, ChipSampler(model, cfg, dev), on_chip) if opts["baselines"] else False
         for s in sigmas:
             res = partial.get(key(s)) if partial is not None else None

@@ -3,7 +3,7 @@
     path, fit = auto_path(model, sampler, batches, device)   # ("stacked", chips per block) or ("chunked", None)
     stacked_chips(model, sampler, batches, device)           # chips per block within the memory budget
     check_stacked(model, sampler, batches)                   # path="stacked" asked for: ValueError if it cannot
-    path, on_chip = path_for_reads(model, batches, path)     # "loop" for tensors only it scores as a chip would
+    path, on_chip = path_for_reads(model, images, path)      # "loop" for tensors only it scores as a chip would
 
 The choice depends on the model's structure and sizes only, never on a timing, so the same call always takes the
 same path (and gives the same numbers).
@@ -18,7 +18,7 @@ from torch import nn
 
 from nvcim.evaluate.forward import STACKED_CPU_SLICE, activation_bytes_per_image, stacked_problem
 from nvcim.evaluate.sampler import ChipSampler
-from nvcim.layers.coverage import CHECK_IMAGES, read_outside_layer, read_repeatedly
+from nvcim.layers.coverage import read_outside_layer, read_repeatedly
 from nvcim.layers.noise import noisy_parameters
 
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes for stacked weights + activations of one chunk (CUDA)
@@ -76,7 +76,7 @@ def check_stacked(model, sampler: ChipSampler, batches) -> None:
         raise ValueError(f"path='stacked' cannot evaluate this model ({problem}): use path='chunked' or 'auto'")
 
 
-def path_for_reads(model: nn.Module, batches, path: str, sliced: bool = False,
+def path_for_reads(model: nn.Module, images: torch.Tensor, path: str, sliced: bool = False,
                    read_noise: bool = False) -> tuple[str, bool]:
     """(the path to take, whether the quantized baseline must be computed on the chip as the loop path does).
 
@@ -92,11 +92,12 @@ def path_for_reads(model: nn.Module, batches, path: str, sliced: bool = False,
     would put the clean weight back) and for a weight the model also reads outside its layer (`read_outside_layer`:
     that use sees the exact weight on a chip). Such models run on the loop path ("auto"), or a ValueError names them
     ("chunked", "stacked"; not with `sliced`, the ADC simulation, which runs on the loop path anyway); a read outside
-    the layer is also said in a warning."""
+    the layer is also said in a warning. `images`: those the coverage check ran on (`nvcim.layers.coverage.
+    check_images`: the first batch where the first images do not reach every tensor)."""
     computed = [p.name for p in noisy_parameters(model) if not isinstance(getattr(p.module, p.attr), nn.Parameter)]
     with torch.no_grad():
-        outside = read_outside_layer(model, batches[0][0][:CHECK_IMAGES])
-        repeated = read_repeatedly(model, batches[0][0][:CHECK_IMAGES]) if read_noise and path != "loop" else []
+        outside = read_outside_layer(model, images)
+        repeated = read_repeatedly(model, images) if read_noise and path != "loop" else []
     if repeated and not computed and not outside:
         if path in ("chunked", "stacked") and not sliced:
             raise ValueError(f"path={path!r} would draw one read noise per chip and batch for "

@@ -17,7 +17,7 @@ statistics) and draws dropout masks from one seed for every forward, so only the
 (DeviceConfig.read_sigma) is off during the check: it moves no tensor's reach, and would cost one draw of
 every noisy tensor per forward.
 `monte_carlo_evaluate` runs it once, in eval mode under no_grad, on the first few images (on its whole first batch
-when those do not read every noisy tensor: `read_counts`, a model routing images to branches or experts), and
+when those do not read every noisy tensor: `check_images`, a model routing images to branches or experts), and
 `read_outside_layer` (noisy tensors the model also reads around their layer's forward, which only the loop path
 evaluates as a chip computes them; nvcim.evaluate.paths).
 """
@@ -142,6 +142,16 @@ def read_counts(model: nn.Module, *inputs: Any, seed: int = 0) -> dict[str, int]
         before = {p.name: p.control.reads for p in params}
         _seeded_forward(model, inputs, seed, buffers)
         return {p.name: p.control.reads - before[p.name] for p in params}
+
+
+def check_images(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The images the checks of a model's noisy tensors run on: the first CHECK_IMAGES of x, or all of x when those
+    do not read every noisy tensor (a model routing images to branches or experts), so that a tensor some image of
+    x reads is checked on images that read it."""
+    first = x[:CHECK_IMAGES]
+    if len(x) > CHECK_IMAGES and 0 in read_counts(model, first).values():
+        return x
+    return first
 
 
 def read_repeatedly(model: nn.Module, *inputs: Any, seed: int = 0) -> list[str]:

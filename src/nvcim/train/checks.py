@@ -16,7 +16,7 @@ from nvcim.io.checkpoint import is_checkpoint_dir, replaceable_problem
 from nvcim.data import dataset_info
 from nvcim.io.files import check_output_path
 from nvcim.io.train_state import cause
-from nvcim.layers.coverage import CoverageError, check_coverage
+from nvcim.layers.coverage import CoverageError, check_coverage, check_images
 from nvcim.layers.noise import SelectionError, check_sliced_layers, device_variation, keep_digital_, selected_layers
 from nvcim.methods import METHODS
 from nvcim.models import BuilderError, create_model
@@ -157,8 +157,8 @@ def check_layers_read(model: torch.nn.Module, x: torch.Tensor, cfg: TrainConfig)
     """Raise a one-line ValueError naming the layers whose weights `model` reads without calling the layer (e.g.
     F.linear(h, self.fc1.weight)) or never uses: their chip would never be read (the weights stay exact), and every
     Monte Carlo evaluation refuses such a model (nvcim.layers.coverage's CoverageError), the validation after the
-    first epoch included. The check Monte Carlo runs (on the images x, eval mode, no gradients, the training
-    device), here before any training step, on a copy of the plain `model` (digital layers kept; a model that cannot
+    first epoch included. The check Monte Carlo runs (on x's first images, or all of x where those do not reach a
+    routed branch; eval mode, no gradients, the training device), here before any training step, on a copy of the plain `model` (digital layers kept; a model that cannot
     be copied is left to Monte Carlo's check); the random number generators are forked."""
     if not selected_layers(model):
         return  # nothing to vary: the method says so
@@ -174,7 +174,7 @@ def check_layers_read(model: torch.nn.Module, x: torch.Tensor, cfg: TrainConfig)
             with device_variation(probe, cfg.device_cfg()):
                 probe.eval()
                 try:
-                    check_coverage(probe, x)
+                    check_coverage(probe, check_images(probe, x))  # x's first images, or all where those miss a branch
                 except CoverageError as exc:
                     layers = exc.layers or exc.tensors
                     if not layers:

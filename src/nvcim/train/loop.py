@@ -238,7 +238,8 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
     model.to(dev)
     x_check, _ = next(splits.train.batches(2, device=dev))  # x [2, C, H, W]: the first two training images
     check_model_output(model, x_check, info.num_classes, cfg)
-    check_layers_read(model, x_check, cfg)  # before any step: Monte Carlo validation would refuse the model
+    x_batch, _ = next(splits.train.batches(cfg.batch_size, device=dev))  # [B, C, H, W]: a routed branch's images
+    check_layers_read(model, x_batch, cfg)  # before any step: Monte Carlo validation would refuse the model
     mcfg = cfg.method_cfg()
     task = create_task(mcfg, model, cfg.device_cfg())
     optimizer = _make_optimizer(cfg, task.parameters())  # IRS: its heads too
