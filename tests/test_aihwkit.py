@@ -282,7 +282,12 @@ def test_export_refuses_t_inference_and_overwrites_only_model_files(tmp_path, ca
     other, _ = _checkpoint(tmp_path / "other")
     results = tmp_path / "r.json"
     results.write_text("{}")
-    for target, match in ((other / "model.safetensors", "inside the nvcim checkpoint"),
+    state = tmp_path / "run.train-state"  # an interrupted training's state: a torch.save file of nvcim's own
+    (state).mkdir()
+    torch.save({"w": torch.zeros(2)}, state / "state.pt")
+    (state / "state.json").write_text(json.dumps({"format": "nvcim-train-state", "version": 1}))
+    for target, match in ((other / "model.safetensors", "a checkpoint or training state"),
+                          (state / "state.pt", "a checkpoint or training state"),
                           (results, "not a file torch.save wrote")):
         before = target.read_bytes()
         rc, _, err = run_cli(["export", str(ckpt), "--aihwkit", "aihwkit:pcm", "--out", str(target), "--overwrite"],
@@ -299,6 +304,8 @@ def test_full_spec_round_trips():
     dev = ai.aihwkit_device("aihwkit:pcm?prog_noise_scale=1.5&tile=rpucuda", t_inference=3600)
     assert dev.spec == "aihwkit:pcm?prog_noise_scale=1.5&t_inference=3600&tile=rpucuda&compensation=global&io=default"
     assert ai.aihwkit_device(dev.spec) == dev
+    odd = ai.aihwkit_device("aihwkit:pcm?prog_noise_scale=1.23456789", t_inference=1e6)  # ':g' lost both (review)
+    assert ai.aihwkit_device(odd.spec) == odd
     assert not dev.reproducible and dev.to_dict()["reproducible_from_seed"] is False
     assert "reproducible_from_seed" not in ai.aihwkit_device("aihwkit:pcm?tile=rpucuda&io=perfect").to_dict()
 

@@ -284,3 +284,40 @@ def test_a_device_type_sweep_names_its_device_once(tmp_path):
             write(tmp_path / name / f"{seed}.json", d)
     labels = {p["label"] for p in matched_points(scan_results(tmp_path).records)}
     assert labels == {"noise injection [rram1]", "noise injection [lvl]"}
+
+
+_RRAM4 = {"sigma": 0.3, "variation": "weight_band", "variation_options": {"S": 4.0}}
+
+
+def test_one_device_is_one_arm_whatever_name_its_results_give_it(tmp_path):
+    """Once nvcim eval recorded --device-model's name, an older result of the same device (no name: "[weight_band
+    S=4]") and a new one ("[rram4]") were two arms, never pooled or paired; a device file given as dev.toml,
+    ./dev.toml and its absolute path three (review finding)."""
+    for seed, name in enumerate([None, "rram4", "rram4"]):
+        d = mc_eval("noise_injection", 0.3, seed, [mc_result(0.3, [50.0 + seed, 52.0])])
+        d["checkpoint"], d["device_config"] = f"ck/{seed}", dict(_RRAM4)
+        if name:
+            d["device_model"] = name
+        write(tmp_path / "a" / f"{seed}.json", d)
+    for seed, name in enumerate(["dev.toml", "./dev.toml", str(tmp_path / "dev.toml")]):
+        d = mc_eval("ovf", 0.3, seed, [mc_result(0.3, [60.0 + seed, 62.0])])
+        d["checkpoint"], d["device_config"], d["device_model"] = f"ck/o{seed}", dict(_RRAM4, stuck_at=[0.01, 0.0]), name
+        write(tmp_path / "b" / f"{seed}.json", d)
+    pts = matched_points(scan_results(tmp_path).records)
+    assert sorted((p["label"], p["n_seeds"]) for p in pts) == [("OVF [dev.toml]", 3), ("noise injection [rram4]", 3)]
+
+
+def test_write_verify_curves_of_models_trained_on_other_devices_are_apart(tmp_path):
+    """Write-verify records without Monte Carlo results of their checkpoints took the plain method label, so models
+    of one seed trained under two devices were one curve that kept one of them (review finding)."""
+    for seed in range(4):
+        d = mc_eval("noise_injection", 0.3, seed // 2, [])
+        d.pop("results")
+        d.update(kind="write_verify", checkpoint=f"ck/{seed}", write_verify={"by": "magnitude", "residual_sigma": 0.03},
+                 points=[{"fraction": f, "result": mc_result(0.3, [50.0 + 10 * f] * 2)} for f in (0.0, 0.1)])
+        if seed % 2:
+            d["checkpoint_config"]["device"] = dict(_LEVEL_DEVICE)
+        write(tmp_path / f"w{seed}.json", d)
+    labels = {r["label"] for r in scan_results(tmp_path).verify_records}
+    assert labels == {"noise injection (trained on gaussian)",
+                      "noise injection (trained on level_dependent multipliers=[1.0, 2.0, 2.0, 1.0])"}

@@ -83,9 +83,12 @@ def run_export(args) -> int:
                              + ", or choose another path")
         if args.overwrite and out.is_file():  # replaced only when it is a model file: never a file of another kind
             from nvcim.io.checkpoint import is_checkpoint_dir
+            from nvcim.io.train_state import is_train_state_dir
 
-            if is_checkpoint_dir(out.parent):
-                raise ValueError(f"--out {out} is inside the nvcim checkpoint {out.parent}: choose a path outside it")
+            owner = next((d for d in out.resolve().parents if is_checkpoint_dir(d) or is_train_state_dir(d)), None)
+            if owner is not None:  # a checkpoint's or an interrupted training's file (a sweep cell's included)
+                raise ValueError(f"--out {out} is inside nvcim's {owner} (a checkpoint or training state): choose a "
+                                 "path outside it")
             if not _torch_saved(out):
                 raise ValueError(f"--out {out} is not a file torch.save wrote: --overwrite replaces only a model file "
                                  "(an earlier export); choose another path")

@@ -34,7 +34,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import torch
 from torch import nn
@@ -111,9 +111,9 @@ class AihwkitDevice:
     @property
     def spec(self) -> str:
         """The full spec, every setting written out (aihwkit_device(spec) gives this device again)."""
-        options = {**{k: f"{v:g}" for k, v in sorted(self.noise.items())}, "t_inference": f"{self.t_inference:g}",
+        options = {**{k: _exact(v) for k, v in sorted(self.noise.items())}, "t_inference": _exact(self.t_inference),
                    "tile": self.tile, "compensation": self.compensation, "io": self.io}
-        return f"{self.name}?" + "&".join(f"{k}={v}" for k, v in options.items())
+        return f"{self.name}?{urlencode(options)}"  # 1e+06's "+" escaped: parse_qsl reads it as a space
 
     @property
     def reproducible(self) -> bool:
@@ -151,6 +151,12 @@ class AihwkitDevice:
         """nvcim's Monte Carlo statistics (an MCResult) of `model` on `data` under this device (module docstring)."""
         return aihwkit_monte_carlo(model, data, self, runs=runs, seed=seed, batch_size=batch_size, progress=progress,
                                    baselines=baselines)
+
+
+def _exact(value: float) -> str:
+    """The shortest text that reads back as exactly this number ("3600", "1.23456789", "1e+06")."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
 
 
 def _number(spec: str, key: str, text: str) -> float:

@@ -59,6 +59,21 @@ def model_conflicts(records: Sequence[dict]) -> list[str]:
     return msgs
 
 
+def name_unnamed_devices(records: Sequence[dict]) -> None:
+    """A result that records only what its device sets (written before `nvcim eval` recorded the --device-model
+    name, or by the Python API) takes the name the other results give that same device (its fields and bits), where
+    they give it one name: one arm, not "[rram4]" beside "[weight_band S=4]"."""
+    names: dict[tuple, set] = {}
+    for r in records:
+        if r.get("device_model") and r["device_model"] != r["device_detail"]:
+            names.setdefault((r["device_detail"], r.get("device_bits")), set()).add(r["device_model"])
+    for r in records:
+        if r.get("device_model") and r["device_model"] == r["device_detail"]:
+            found = names.get((r["device_detail"], r.get("device_bits")), set())
+            if len(found) == 1:
+                r["device_model"] = next(iter(found))
+
+
 def split_device_models(records: Sequence[dict]) -> list[str]:
     """Records of one device-model name whose devices differ (two sweeps' files of the same name, e.g. both
     mychip.toml, a file edited between runs, or a preset at other bit widths: a "-level" preset's multipliers

@@ -175,7 +175,7 @@ def assign_labels(records: list[dict], others: Sequence[dict] = ()) -> None:
             varying = {searched} if searched else (set().union(*allp) if allp else set())
         order = ["beta", "n_variational"] + sorted(varying - {"beta", "n_variational"})
         shown = [k for k in order if k in varying]
-        name_device = _training_devices_differ(recs)
+        name_device = training_devices_differ(recs)
         for r in recs:
             label = base_label(method, r["method_params"])
             if shown and not r["beta_search"]:
@@ -183,12 +183,15 @@ def assign_labels(records: list[dict], others: Sequence[dict] = ()) -> None:
                          for k in shown if k in r["method_params"]]
                 if parts:
                     label = f"{label} {', '.join(parts)}"
-            if name_device and r.get("train_device"):
-                label = f"{label} (trained on {r['train_device']})"
-            _finish(r, label)
+            _finish(r, label + (trained_on(r) if name_device else ""))
 
 
-def _training_devices_differ(recs: list[dict]) -> bool:
+def trained_on(r: Mapping) -> str:
+    """" (trained on rram4)": the label part of a model's training device (where its arm's models differ in it)."""
+    return f" (trained on {r['train_device']})" if r.get("train_device") else ""
+
+
+def training_devices_differ(recs: Sequence[dict]) -> bool:
     """Whether models of one method, evaluated alike, were trained under different devices (record["train_device"]):
     then every arm of the method names its training device. A sweep's device-model axis trains and tests each
     arm on its own device, so each of its arms (" [rram4]") holds one training device and names none."""

@@ -30,9 +30,10 @@ from nvcim.evaluate import t_quantile
 from nvcim.evaluate.files import (KINDS, DeviceMatrixFile, EvaluationFile, FailedCellFile, WriteVerifyFile,
                                   parse_result)
 from nvcim.report.common import method_traits, num, sigma_specific
-from nvcim.report.conflicts import data_file_conflicts, model_conflicts, plugin_code_conflicts, split_device_models
+from nvcim.report.conflicts import (data_file_conflicts, model_conflicts, name_unnamed_devices, plugin_code_conflicts,
+                                    split_device_models)
 from nvcim.report.labels import (RECIPE_KEYS, assign_labels, base_label, device_description, evaluation_suffix,
-                                 recipe_suffix)
+                                 recipe_suffix, trained_on, training_devices_differ)
 
 KNOWN_KINDS = KINDS
 
@@ -197,8 +198,8 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                 "beta_search": beta_search,
                 "label_override": str(label_override) if label_override else None,
                 # the device model's name (a sweep's axis, `nvcim eval --device-model rram4`), else what it sets
-                "device_model": (str(cell["device_model"]) if cell.get("device_model")
-                                 else rec.device_model if rec.device_model and device_description(eval_device)
+                "device_model": (device_name(cell["device_model"]) if cell.get("device_model")
+                                 else device_name(rec.device_model) if rec.device_model and device_description(eval_device)
                                  else device_description(eval_device)),
                 "device_detail": device_description(eval_device) or "gaussian",  # what the device model sets
                 "device_bits": (eval_device.get("weight_bits"), eval_device.get("device_bits")),  # (M, K) as recorded
@@ -257,6 +258,14 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
             }
         )
     return out
+
+
+def device_name(name: Any) -> str:
+    """A device model's name as reports show it: a device file by its file name (dev.toml, ./dev.toml and
+    /abs/dev.toml are one device model; two different files of one name are told apart by
+    conflicts.split_device_models), a preset by its name."""
+    text = str(name)
+    return Path(text).name if text.lower().endswith(".toml") else text
 
 
 def _data_sha256(data_cfg: Any) -> str | None:
@@ -348,6 +357,7 @@ def scan_results(path, skip_bad: bool = False, warn=None) -> ResultSet:
                 raise
             warn(f"skipping {e}")
             rs.skipped.append((str(f), f"malformed {kind}"))
+    name_unnamed_devices(rs.records + rs.verify_records)
     device_msgs = split_device_models(rs.records + rs.verify_records)
     assign_labels(rs.records, rs.verify_records)
     _label_verify_records(rs.verify_records, rs.records)
@@ -382,11 +392,16 @@ def _label_verify_records(verify_records: list[dict], records: Sequence[dict]) -
     arms keep their names); a checkpoint seen nowhere else gets its method's base label. Write-verify files
     never take part in labelling the Monte Carlo arms."""
     by_ckpt = {r["checkpoint_path"]: r["label"] for r in records if r["checkpoint_path"]}
+    alone: dict[tuple, list[dict]] = {}  # checkpoints seen nowhere else, by arm: models of other training devices
+    for r in verify_records:  # are arms of their own, as among the Monte Carlo results (labels.assign_labels)
+        if by_ckpt.get(r["checkpoint_path"]) is None:
+            alone.setdefault((r["model"], r["width"], r["dataset"], r["method"], r["recipe_label"]), []).append(r)
+    name_device = {id(r) for recs in alone.values() if training_devices_differ(recs) for r in recs}
     for r in verify_records:
         label = by_ckpt.get(r["checkpoint_path"])
         if label is None:
-            label = ((r["label_override"] or base_label(r["method"], r["method_params"])) + recipe_suffix(r)
-                     + evaluation_suffix(r))
+            label = ((r["label_override"] or base_label(r["method"], r["method_params"]))
+                     + (trained_on(r) if id(r) in name_device else "") + recipe_suffix(r) + evaluation_suffix(r))
         elif evaluation_suffix(r) and not label.endswith(evaluation_suffix(r)):
             label += evaluation_suffix(r)
         r["label"] = label
