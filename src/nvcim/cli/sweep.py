@@ -30,9 +30,10 @@ def add_parser(sub) -> None:
     p.add_argument("spec", help="sweep spec file (.toml, .yaml/.yml or .json)")
     p.add_argument("--out", required=True, help="sweep directory (cells/<id>/result.json, checkpoints, spec copy)")
     p.add_argument("--backend", choices=tuple(BACKENDS), default="local",
-                   help="; ".join(f"{b.name}: {b.help}" for b in BACKENDS.values()))
+                   help="; ".join(f"{b.name}: {b.help}" for b in BACKENDS.values()) + " (default: local)")
     p.add_argument("--workers", type=int, default=1,
-                   help="cells run at once (the local pool's size; a local Ray instance gets workers x cpus_per_cell CPUs)")
+                   help="cells run at once (the local pool's size; a local Ray instance gets workers x cpus_per_cell "
+                        "CPUs; default 1)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their state; run nothing")
     p.add_argument("--retry-failed", action="store_true", help="rerun cells that failed before")
