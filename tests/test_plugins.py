@@ -183,8 +183,9 @@ def test_a_sweep_cell_trained_on_another_version_of_its_npz_file_is_stale(traine
 
 
 def test_the_device_matrix_refuses_a_column_the_model_cannot_run_before_any_cell(tmp_path, capsys, monkeypatch):
-    """A user's Conv1d model under a device with ADCs: one line naming the checkpoint, the column and the layer, before
-    the other columns' cells ran (it stopped at that column, after printing the first cells, and wrote nothing)."""
+    """A user's model with a transposed convolution under a device with ADCs: one line naming the checkpoint, the
+    column and the layer, before the other columns' cells ran (it stopped at that column, after printing the first
+    cells, and wrote nothing)."""
     import nvcim.cli.eval_matrix
 
     plugin = tmp_path / "conv1d_models.py"
@@ -194,8 +195,8 @@ def test_the_device_matrix_refuses_a_column_the_model_cannot_run_before_any_cell
 
         @register_model("plug_conv1d_test")
         def plug_conv1d(num_classes=3, in_channels=1, width=1.0, image_size=8):
-            return nn.Sequential(nn.Flatten(2), nn.Conv1d(in_channels, 4, 3), nn.ReLU(), nn.Flatten(),
-                                 nn.Linear(4 * (image_size * image_size - 2), num_classes))
+            return nn.Sequential(nn.Flatten(2), nn.ConvTranspose1d(in_channels, 4, 3), nn.ReLU(), nn.Flatten(),
+                                 nn.Linear(4 * (image_size * image_size + 2), num_classes))
     '''))
     data = _npz(tmp_path / "d.npz")
     ckpt = tmp_path / "ck"
@@ -213,7 +214,7 @@ def test_the_device_matrix_refuses_a_column_the_model_cannot_run_before_any_cell
                "--runs", "2", "--out", str(tmp_path / "m.json")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
-    assert f"checkpoint {ckpt} under {tmp_path / 'adc.toml'}: layer '1' (Conv1d) cannot run the ADC" in err[0]
+    assert f"checkpoint {ckpt} under {tmp_path / 'adc.toml'}: layer '1' (ConvTranspose1d) cannot run the ADC" in err[0]
     assert not (tmp_path / "m.json").exists()
 
 

@@ -323,22 +323,22 @@ def test_model_that_does_not_fit_a_dataset_is_a_spec_error(monkeypatch):
 
 
 def test_a_device_the_model_cannot_run_is_a_spec_error(monkeypatch, tmp_path):
-    """A device-model axis with ADCs and a model with a Conv1d: refused while validating (the cells failed one by one
-    at run time, after a dry run had accepted the spec)."""
+    """A device-model axis with ADCs and a model with a transposed convolution: refused while validating (the cells
+    failed one by one at run time, after a dry run had accepted the spec)."""
     import torch.nn as nn
 
     import nvcim.models
 
     def with_conv1d(num_classes, in_channels, width, image_size):
-        return nn.Sequential(nn.Flatten(2), nn.Conv1d(in_channels, 4, 3), nn.Flatten(),
-                             nn.Linear(4 * (image_size * image_size - 2), num_classes))
+        return nn.Sequential(nn.Flatten(2), nn.ConvTranspose1d(in_channels, 4, 3), nn.Flatten(),
+                             nn.Linear(4 * (image_size * image_size + 2), num_classes))
 
     monkeypatch.setitem(nvcim.models.MODELS, "conv1d-net", with_conv1d)
     (tmp_path / "adc.toml").write_text("adc_bits = 6\n")
     validate_spec(spec_of(models=["conv1d-net"], device_models=["gaussian"]), base_dir=tmp_path)
     with pytest.raises(ValueError) as e:
         validate_spec(spec_of(models=["conv1d-net"], device_models=["gaussian", "adc.toml"]), base_dir=tmp_path)
-    assert "\n" not in str(e.value) and "model 'conv1d-net': layer '1' (Conv1d) cannot run the ADC" in str(e.value)
+    assert "\n" not in str(e.value) and "model 'conv1d-net': layer '1' (ConvTranspose1d) cannot run the ADC" in str(e.value)
 
 
 def test_missing_key_and_bad_file(tmp_path):
