@@ -341,6 +341,50 @@ def test_a_device_the_model_cannot_run_is_a_spec_error(monkeypatch, tmp_path):
     assert "\n" not in str(e.value) and "model 'conv1d-net': layer '1' (ConvTranspose1d) cannot run the ADC" in str(e.value)
 
 
+def test_each_model_keeps_its_own_layers_digital_and_every_bad_model_is_named(monkeypatch, tmp_path):
+    """One [train] digital_layers list applied to every model, and a pattern matching nothing in one model was an
+    error: an LSTM model and a transposed-convolution model could not share an ADC spec; the error named neither
+    model, and only the first model that could not run the ADC was said (new-user trial)."""
+    import torch.nn as nn
+
+    import nvcim.models
+
+    class _Seq(nn.Module):
+        """An LSTM over an image's rows, then a Linear head."""
+
+        def __init__(self, rnn, head):
+            super().__init__()
+            self.rnn, self.head = rnn, head
+
+        def forward(self, x):  # x [B, C, H, W] -> rows [B, H, C W]
+            return self.head(self.rnn(x.permute(0, 2, 1, 3).flatten(2))[0][:, -1])
+
+    def with_lstm(num_classes, in_channels, width, image_size):
+        return _Seq(nn.LSTM(in_channels * image_size, 8, batch_first=True), nn.Linear(8, num_classes))
+
+    def with_convt(num_classes, in_channels, width, image_size):
+        return nn.Sequential(nn.Flatten(2), nn.ConvTranspose1d(in_channels, 4, 3), nn.Flatten(),
+                             nn.Linear(4 * (image_size * image_size + 2), num_classes))
+
+    monkeypatch.setitem(nvcim.models.MODELS, "lstm-net", with_lstm)
+    monkeypatch.setitem(nvcim.models.MODELS, "convt-net", with_convt)
+    (tmp_path / "adc.toml").write_text("adc_bits = 6\n")
+    both = dict(models=["lstm-net", "convt-net"], device_models=["gaussian", "adc.toml"])
+    with pytest.raises(ValueError) as e:
+        validate_spec(spec_of(**both), base_dir=tmp_path)
+    assert "model 'lstm-net': layer 'rnn' (LSTM)" in str(e.value) and "model 'convt-net': layer '1'" in str(e.value)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match=r"model 'convt-net': TrainConfig.digital_layers: digital layer pattern 'rnn' matches no layer"):
+        validate_spec(spec_of(**both, train={**BASE["train"], "digital_layers": ["rnn"]}), base_dir=tmp_path)
+    spec = validate_spec(spec_of(**both, train={**BASE["train"], "digital_layers": {"lstm-net": ["rnn"],
+                                                                                     "convt-net": ["1"]}}),
+                         base_dir=tmp_path)
+    kept = {(c.model, tuple(c.train_config().digital_layers)) for c in sweep.expand(spec)}
+    assert kept == {("lstm-net", ("rnn",)), ("convt-net", ("1",))}
+    with pytest.raises(ValueError, match=r"'train.digital_layers.mlp' names no model of the spec"):
+        validate_spec(spec_of(**both, train={**BASE["train"], "digital_layers": {"mlp": ["0"]}}), base_dir=tmp_path)
+
+
 def test_missing_key_and_bad_file(tmp_path):
     raw = spec_of()
     del raw["seeds"]

@@ -116,6 +116,13 @@ class Cell:
         return TrainConfig.from_dict(d)
 
 
+def digital_layers_of(train: Mapping, model: str):
+    """A model's digital-layer patterns under a spec's [train]: its list, or with a per-model table
+    ([train.digital_layers] MODEL = [...]) the model's own (none when the table does not name it)."""
+    patterns = train.get("digital_layers", [])
+    return list(patterns.get(model, [])) if isinstance(patterns, Mapping) else patterns
+
+
 def _arms(spec: SweepSpec) -> list[tuple[str, str, dict]]:
     """(label, method, fixed params) of every arm: the methods, then the variants."""
     arms = [(m, m, dict(spec.method_params.get(m, {}))) for m in spec.methods]
@@ -199,7 +206,8 @@ def expand(spec: SweepSpec) -> list[Cell]:
                     if search:
                         tparams[traits.search] = search[0]  # validated here; each candidate sets its own
                     # trained without noise for every σ (vanilla): its validation runs at σ = 0
-                    fields = {**spec.train, "sigma": 0.0 if sigma is None else sigma}
+                    fields = {**spec.train, "sigma": 0.0 if sigma is None else sigma,
+                              "digital_layers": digital_layers_of(spec.train, model)}
                     device = None
                     try:
                         if dev_name is not None:
@@ -207,6 +215,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
                             if sigma is not None:  # trained under the device model (vanilla: as without the axis)
                                 fields = {k: v for k, v in spec.train.items() if k not in ("weight_bits", "device_bits",
                                                                                            "quantize")}
+                                fields["digital_layers"] = digital_layers_of(spec.train, model)
                                 fields["device_config"] = device.to_dict()
                         tc = TrainConfig.from_dict({
                             **fields, "model": model, "width": spec.width, "dataset": dataset,

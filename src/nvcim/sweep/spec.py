@@ -22,7 +22,7 @@ from nvcim.io.device_models import device_model_fields, list_device_models
 from nvcim.io.files import read_mapping_file
 from nvcim.methods import METHODS, method_config
 from nvcim.models import list_models
-from nvcim.sweep.cells import LABEL_MAX, device_config_of, expand, is_int, is_num, label_slug
+from nvcim.sweep.cells import LABEL_MAX, device_config_of, digital_layers_of, expand, is_int, is_num, label_slug
 from nvcim.sweep.files import recorded_name
 from nvcim.sweep.schema import EVAL_DEFAULTS, RESOURCE_DEFAULTS, TARGET_KEYS, SweepSpec
 from nvcim.train import FIELDS, TrainConfig, check_model_fits_data
@@ -292,9 +292,16 @@ def validate_spec(raw: Mapping, where: str = "<spec>", base_dir=None) -> SweepSp
     conflicts = device_key_conflicts(tr)
     if conflicts:
         raise ValueError(f"sweep spec {where}: [train]: {conflicts[0]}")
+    per_model = tr.get("digital_layers")
+    if isinstance(per_model, Mapping):  # [train.digital_layers] MODEL = [patterns]: each model its own digital layers
+        stray = sorted(set(per_model) - set(spec["models"]))
+        if stray:
+            raise ValueError(f"sweep spec {where}: key 'train.digital_layers.{stray[0]}' names no model of the spec "
+                             f"({', '.join(spec['models'])}): give the patterns per model name")
     try:
         probe = TrainConfig.from_dict({**tr, "model": spec["models"][0], "dataset": spec["datasets"][0],
-                                       "method": "vanilla", "progress": False})
+                                       "method": "vanilla", "progress": False,
+                                       "digital_layers": digital_layers_of(tr, spec["models"][0])})
     except ValueError as exc:
         raise ValueError(f"sweep spec {where}: [train]: {str(exc).splitlines()[0]}") from None
     spec["train"] = dict(tr)
@@ -393,11 +400,14 @@ def validate_spec(raw: Mapping, where: str = "<spec>", base_dir=None) -> SweepSp
         _, devices = fits.setdefault((c.model, c.dataset, c.method), (train_cfg, {}))
         for device in (train_cfg.device_cfg(), c.test_device()):
             devices.setdefault(repr(device), device)
-    for train_cfg, devices in fits.values():  # every model builds for every data set's images, suits its methods and
-        try:                                   # runs every device of its cells, before any data are fetched
+    problems = {}  # every model builds for every data set's images, suits its methods and runs every device of its
+    for train_cfg, devices in fits.values():  # cells, before any data are fetched; all models' problems said at once
+        try:
             check_model_fits_data(train_cfg, list(devices.values()))
         except ValueError as exc:
-            raise ValueError(f"sweep spec {where}: {exc}") from None
+            problems.setdefault(str(exc), None)
+    if problems:
+        raise ValueError(f"sweep spec {where}: {'; '.join(problems)}")
     if any(c.betas for c in cells) and probe.val_fraction <= 0:
         raise ValueError(f"sweep spec {where}: key 'train.val_fraction'={probe.val_fraction!r} leaves no validation "
                          "split for the β search: use a value in (0, 1)")

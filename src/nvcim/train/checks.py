@@ -106,7 +106,7 @@ def check_model_fits_data(cfg: TrainConfig, test_devices: Sequence[DeviceConfig]
             keep_digital_(model, cfg.digital_layers)
             selected_layers(model, strict=True)  # the layers left to vary: none is a SelectionError
         except SelectionError as exc:
-            raise ValueError(f"TrainConfig.digital_layers: {exc}") from None
+            raise ValueError(f"model {cfg.model!r}: TrainConfig.digital_layers: {exc}") from None
     layers = selected_layers(model)
     try:
         for device in (cfg.device_cfg(), *test_devices):
