@@ -421,4 +421,4 @@ def test_a_matrix_says_what_a_zero_width_ci_rests_on(ckpts, capsys):
     rc, out, err = run_cli(["eval", *map(str, ckpts), "--device-models", "gaussian", "--runs", "3", "--sigma",
                             "1e-9"], capsys)
     assert rc == 0, err
-    assert "2 cell(s) with a zero-width CI, e.g. σ=1e-09: all 3 chips scored" in out, out
+    assert f"2 cell(s) with a zero-width CI, e.g. {ckpts[0]} under gaussian, σ=1e-09: all 3 chips scored" in out, out

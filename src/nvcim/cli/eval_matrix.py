@@ -165,9 +165,11 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
         print(t.legend)
     print(t.note)
     note_few_chips([c["result"] for row in rec.cells for c in row])
-    same = [c["result"] for row in rec.cells for c in row if same_everywhere(c["result"])]
+    same = [(ck, dm, c["result"]) for ck, row in zip(rec.checkpoints, rec.cells)
+            for dm, c in zip(rec.device_models, row) if same_everywhere(c["result"])]
     if same:  # zero-width CIs: what they rest on (as under nvcim eval's table)
-        print(f"{len(same)} cell(s) with a zero-width CI, e.g. {same_note(same[0])}")
+        ck, dm, first = same[0]
+        print(f"{len(same)} cell(s) with a zero-width CI, e.g. {ck} under {dm}, {same_note(first)}")
     for name, s in own_sigma.items():
         print(f"{name}: σ_d = {s:g}, set by the file")
     picture = matrix_png(rec) if args.out else None  # rendered before any file is written

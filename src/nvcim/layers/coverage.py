@@ -208,9 +208,12 @@ def check_coverage(model: nn.Module, *inputs: Any, seed: int = 0, strict: bool =
     bypassed = [name for name, read in missing if not read]
     insensitive = [name for name, read in missing if read]
     if insensitive:  # the chip is used, the output just does not move (e.g. every ReLU after it is off)
+        adc = any(p.control.cfg.sliced_mvm for p in params if p.name in insensitive)
         message = (f"{len(insensitive)} noisy tensor(s) are read but do not change the output on these inputs: "
                    f"{', '.join(insensitive)} (saturated or dead activations after it, or a path that cannot "
-                   "reach the output from these inputs, e.g. a reverse direction read at the last step only?)")
+                   "reach the output from these inputs, e.g. a reverse direction read at the last step only?"
+                   + ("; or ADCs too coarse for its partial sums, which round to the same codes: more adc_bits, or "
+                      "adc_clip = \"calibrated\"" if adc else "") + ")")
         if strict:
             raise CoverageError(message)
         warnings.warn(f"nvcim: {message}", stacklevel=2)

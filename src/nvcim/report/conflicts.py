@@ -55,7 +55,8 @@ def model_conflicts(records: Sequence[dict]) -> list[str]:
         elif first is not r and (first["file"], r["file"]) not in said:  # one evaluation of the model is shown
             said.add((first["file"], r["file"]))
             msgs.append(f"{first['file']} and {r['file']} evaluate the same model ({r['label']}, seed {r['seed']}): "
-                        "the report shows one evaluation per model (the one of most chips, then the last file)")
+                        "the accuracy tables and figures show one evaluation per model (the one of most chips, then the "
+                        "last file); the robustness curves show each file's own")
     return msgs
 
 
