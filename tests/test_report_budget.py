@@ -321,3 +321,30 @@ def test_write_verify_curves_of_models_trained_on_other_devices_are_apart(tmp_pa
     labels = {r["label"] for r in scan_results(tmp_path).verify_records}
     assert labels == {"noise injection (trained on gaussian)",
                       "noise injection (trained on level_dependent multipliers=[1.0, 2.0, 2.0, 1.0])"}
+    # one of them also has Monte Carlo results (labelled without a device: alone there): still apart (review finding)
+    d = mc_eval("noise_injection", 0.3, 0, [mc_result(0.3, [50.0, 52.0])])
+    d["checkpoint"] = "ck/0"
+    write(tmp_path / "mc0.json", d)
+    rs = scan_results(tmp_path)
+    assert {r["label"] for r in rs.records} == {"noise injection"}
+    assert {r["label"] for r in rs.verify_records} == labels
+
+
+def test_a_sweeps_gaussian_axis_and_a_file_of_another_sampling_stay_apart(tmp_path):
+    """A sweep axis named "gaussian" (its name is its description) beside a device file that only sets sampling
+    became one arm under the file's name, half the models dropped as duplicates; an unnamed quantized result took
+    the name of an unquantized file of the same fields (review finding)."""
+    for name in ("gaussian", "exact.toml"):
+        for seed in range(2):
+            d = mc_eval("noise_injection", 0.3, seed, [mc_result(0.3, [50.0 + seed, 52.0])],
+                        cell={"id": f"{name}-{seed}", "device_model": name})
+            write(tmp_path / name / f"{seed}.json", d)
+    for seed, quantize in enumerate((False, True)):
+        d = mc_eval("ovf", 0.3, seed, [mc_result(0.3, [60.0 + seed, 62.0])])
+        d["checkpoint"], d["device_config"] = f"ck/o{seed}", dict(_RRAM4, quantize=quantize)
+        if not quantize:
+            d["device_model"] = "unq.toml"
+        write(tmp_path / "q" / f"{seed}.json", d)
+    labels = {p["label"] for p in matched_points(scan_results(tmp_path).records)}
+    assert {"noise injection [gaussian]", "noise injection [exact.toml]"} <= labels
+    assert "OVF [unq.toml] (unquantized)" in labels and "OVF [weight_band S=4]" in labels, labels

@@ -383,6 +383,11 @@ def test_each_model_keeps_its_own_layers_digital_and_every_bad_model_is_named(mo
     assert kept == {("lstm-net", ("rnn",)), ("convt-net", ("1",))}
     with pytest.raises(ValueError, match=r"'train.digital_layers.mlp' names no model of the spec"):
         validate_spec(spec_of(**both, train={**BASE["train"], "digital_layers": {"mlp": ["0"]}}), base_dir=tmp_path)
+    for bad in ("11", 3, None):  # a string was split into letters, silently (review finding); others a traceback
+        with pytest.raises(ValueError, match=r"'train.digital_layers.convt-net'=.* is invalid: give a list") as e:
+            validate_spec(spec_of(**both, train={**BASE["train"], "digital_layers": {"convt-net": bad}}),
+                          base_dir=tmp_path)
+        assert "\n" not in str(e.value)
 
 
 def test_missing_key_and_bad_file(tmp_path):

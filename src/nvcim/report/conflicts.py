@@ -65,12 +65,13 @@ def name_unnamed_devices(records: Sequence[dict]) -> None:
     name, or by the Python API) takes the name the other results give that same device (its fields and bits), where
     they give it one name: one arm, not "[rram4]" beside "[weight_band S=4]"."""
     names: dict[tuple, set] = {}
+    key = lambda r: (r["device_detail"], r.get("device_bits"), r.get("quantized"))  # noqa: E731
     for r in records:
-        if r.get("device_model") and r["device_model"] != r["device_detail"]:
-            names.setdefault((r["device_detail"], r.get("device_bits")), set()).add(r["device_model"])
+        if r.get("device_model") and r.get("device_named"):
+            names.setdefault(key(r), set()).add(r["device_model"])
     for r in records:
-        if r.get("device_model") and r["device_model"] == r["device_detail"]:
-            found = names.get((r["device_detail"], r.get("device_bits")), set())
+        if r.get("device_model") and not r.get("device_named"):
+            found = names.get(key(r), set())
             if len(found) == 1:
                 r["device_model"] = next(iter(found))
 

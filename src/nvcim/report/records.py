@@ -202,6 +202,9 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                                  else device_name(rec.device_model) if rec.device_model and device_description(eval_device)
                                  else device_description(eval_device)),
                 "device_detail": device_description(eval_device) or "gaussian",  # what the device model sets
+                # whether the file names its device model (a sweep's axis, `nvcim eval --device-model`): an unnamed
+                # result takes the name others give its device (conflicts.name_unnamed_devices)
+                "device_named": bool(cell.get("device_model") or rec.device_model),
                 "device_bits": (eval_device.get("weight_bits"), eval_device.get("device_bits")),  # (M, K) as recorded
                 # trained and evaluated on the paper's i.i.d. Gaussian device: only then comparable with its figures
                 "gaussian_device": device_description(eval_device) is None
@@ -392,14 +395,13 @@ def _label_verify_records(verify_records: list[dict], records: Sequence[dict]) -
     arms keep their names); a checkpoint seen nowhere else gets its method's base label. Write-verify files
     never take part in labelling the Monte Carlo arms."""
     by_ckpt = {r["checkpoint_path"]: r["label"] for r in records if r["checkpoint_path"]}
-    alone: dict[tuple, list[dict]] = {}  # checkpoints seen nowhere else, by arm: models of other training devices
-    for r in verify_records:  # are arms of their own, as among the Monte Carlo results (labels.assign_labels)
-        if by_ckpt.get(r["checkpoint_path"]) is None:
-            alone.setdefault((r["model"], r["width"], r["dataset"], r["method"], r["recipe_label"]), []).append(r)
-    name_device = {id(r) for recs in alone.values() if training_devices_differ(recs) for r in recs}
+    arms: dict[tuple, list[dict]] = {}  # by arm: models of other training devices are curves of their own, as among
+    for r in verify_records:  # the Monte Carlo results (labels.assign_labels), whether or not those evaluated them
+        arms.setdefault((r["model"], r["width"], r["dataset"], r["method"], r["recipe_label"]), []).append(r)
+    name_device = {id(r) for recs in arms.values() if training_devices_differ(recs) for r in recs}
     for r in verify_records:
         label = by_ckpt.get(r["checkpoint_path"])
-        if label is None:
+        if label is None or (id(r) in name_device and trained_on(r) not in label):
             label = ((r["label_override"] or base_label(r["method"], r["method_params"]))
                      + (trained_on(r) if id(r) in name_device else "") + recipe_suffix(r) + evaluation_suffix(r))
         elif evaluation_suffix(r) and not label.endswith(evaluation_suffix(r)):

@@ -298,6 +298,10 @@ def validate_spec(raw: Mapping, where: str = "<spec>", base_dir=None) -> SweepSp
         if stray:
             raise ValueError(f"sweep spec {where}: key 'train.digital_layers.{stray[0]}' names no model of the spec "
                              f"({', '.join(spec['models'])}): give the patterns per model name")
+        for model, patterns in per_model.items():
+            if not (isinstance(patterns, (list, tuple)) and all(isinstance(p, str) for p in patterns)):
+                raise ValueError(f"sweep spec {where}: key 'train.digital_layers.{model}'={patterns!r} is invalid: "
+                                 "give a list of layer names or patterns, e.g. [\"rnn\"]")
     try:
         probe = TrainConfig.from_dict({**tr, "model": spec["models"][0], "dataset": spec["datasets"][0],
                                        "method": "vanilla", "progress": False,
