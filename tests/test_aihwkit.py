@@ -293,6 +293,8 @@ def test_export_refuses_t_inference_and_overwrites_only_model_files(tmp_path, ca
         rc, _, err = run_cli(["export", str(ckpt), "--aihwkit", "aihwkit:pcm", "--out", str(target), "--overwrite"],
                              capsys)
         assert rc == 2 and match in err and target.read_bytes() == before, err
+    rc, _, err = run_cli(["export", str(ckpt), "--aihwkit", "aihwkit:pcm", "--out", str(state / "new.pt")], capsys)
+    assert rc == 2 and "a checkpoint or training state" in err and not (state / "new.pt").exists()  # a new file too
     if ai.available():
         rc, _, err = run_cli(["export", str(ckpt), "--aihwkit", "aihwkit:pcm?t_inference=3600", "--out",
                               str(tmp_path / "a.pt")], capsys)

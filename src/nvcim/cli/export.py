@@ -81,14 +81,14 @@ def run_export(args) -> int:
             raise ValueError(f"--out {out} exists" + (" and is not a file" if args.overwrite else
                              ": pass --overwrite to replace it (nvcim cannot tell a model file it wrote from yours)")
                              + ", or choose another path")
-        if args.overwrite and out.is_file():  # replaced only when it is a model file: never a file of another kind
-            from nvcim.io.checkpoint import is_checkpoint_dir
-            from nvcim.io.train_state import is_train_state_dir
+        from nvcim.io.checkpoint import is_checkpoint_dir
+        from nvcim.io.train_state import is_train_state_dir
 
-            owner = next((d for d in out.resolve().parents if is_checkpoint_dir(d) or is_train_state_dir(d)), None)
-            if owner is not None:  # a checkpoint's or an interrupted training's file (a sweep cell's included)
-                raise ValueError(f"--out {out} is inside nvcim's {owner} (a checkpoint or training state): choose a "
-                                 "path outside it")
+        owner = next((d for d in out.resolve().parents if is_checkpoint_dir(d) or is_train_state_dir(d)), None)
+        if owner is not None:  # a checkpoint's or an interrupted training's folder (a sweep cell's included)
+            raise ValueError(f"--out {out} is inside nvcim's {owner} (a checkpoint or training state): choose a "
+                             "path outside it")
+        if args.overwrite and out.is_file():  # replaced only when it is a model file: never a file of another kind
             if not _torch_saved(out):
                 raise ValueError(f"--out {out} is not a file torch.save wrote: --overwrite replaces only a model file "
                                  "(an earlier export); choose another path")
