@@ -240,8 +240,11 @@ class RoutedBranches(nn.Module):
         if bool(go_left.any()):
             h = h + go_left * self.left(x)
         if bool((1 - go_left).any()):
-            h = h + (1 - go_left) * self.right(x)
+            h = h + (1 - go_left) * self.right_branch(x)
         return self.out(h)
+
+    def right_branch(self, x):
+        return self.right(x)
 
 
 def test_monte_carlo_checks_a_routed_branch_on_the_images_that_reach_it():
@@ -261,14 +264,8 @@ def test_monte_carlo_checks_a_routed_branch_on_the_images_that_reach_it():
 class RoutedTwice(RoutedBranches):
     """The right branch reads its layer twice per forward."""
 
-    def forward(self, x):  # x [B, 4]
-        go_left = (x[:, :1] > 0).float()  # [B, 1]
-        h = torch.zeros_like(x)
-        if bool(go_left.any()):
-            h = h + go_left * self.left(x)
-        if bool((1 - go_left).any()):
-            h = h + (1 - go_left) * self.right(torch.tanh(self.right(x)))
-        return self.out(h)
+    def right_branch(self, x):
+        return self.right(torch.tanh(self.right(x)))
 
 
 def test_a_routed_branch_read_twice_is_scored_on_the_loop_path():
