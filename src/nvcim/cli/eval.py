@@ -259,11 +259,9 @@ def adc_alone(model, split, cfg, results, **mc) -> None:
     ideal = cfg.replace(sigma=0.0, stuck_at=(0.0, 0.0), read_sigma=0.0, drift_time=None, drift_compensation=False)
     alone = monte_carlo_evaluate(model, split, ideal, runs=2, baselines=False, **mc).mean
     quantized = results[0].quantized_accuracy
-    adc = (f"{cfg.adc_bits}-bit ADC{'' if cfg.adc_bits == 1 else 's'}, {cfg.adc_clip} clip" if cfg.adc_bits
-           else "ideal ADCs")
-    dac = f"{cfg.input_bits}-bit DAC" if cfg.input_bits else "ideal DAC"
-    print(f"the σ = 0 chip through these converters ({adc}, {dac}): {alone:.2f} %; the quantized model without them: "
-          f"{quantized:.2f} %")
+    adc = f"{cfg.adc_bits}-bit ADCs, {cfg.adc_clip} clip" if cfg.adc_bits else "ideal ADCs"
+    print(f"the σ = 0 chip through these converters ({adc}, {f'{cfg.input_bits}-bit' if cfg.input_bits else 'ideal'} "
+          f"DAC): {alone:.2f} %; the quantized model without them: {quantized:.2f} %")
     if cfg.adc_bits is not None and cfg.adc_clip == "full_scale" and quantized - alone > 10:
         print(f"nvcim eval: note: the ADCs alone cost {quantized - alone:.1f} points here: with the full-scale clip "
               "(range tile_rows·(2^K−1)·max|x|) typical partial sums get few ADC levels; compare adc_clip = "
