@@ -165,6 +165,8 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
     # layers kept digital: the evaluation's own (nvcim eval --digital-layers), else the checkpoint's
     digital = list(rec.digital_layers if rec.digital_layers is not None else (ck.get("digital_layers") or []))
     quantized = eval_device.get("quantize") is not False  # `nvcim eval --no-quantize`: not the paper's chips
+    tested_on = device_description(eval_device)  # what the evaluation's device sets (None: the paper's Gaussian)
+    trained_under = device_description(device_cfg if isinstance(device_cfg, dict) else {})  # the checkpoint's
     out = []
     for i, r in enumerate(results):
         if not isinstance(r, dict) or num(r.get("sigma")) is None or num(r.get("mean")) is None:
@@ -199,20 +201,19 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                 "label_override": str(label_override) if label_override else None,
                 # the device model's name (a sweep's axis, `nvcim eval --device-model rram4`), else what it sets
                 "device_model": (device_name(cell["device_model"]) if cell.get("device_model")
-                                 else device_name(rec.device_model) if rec.device_model and device_description(eval_device)
-                                 else device_description(eval_device)),
-                "device_detail": device_description(eval_device) or "gaussian",  # what the device model sets
+                                 else device_name(rec.device_model) if rec.device_model and tested_on
+                                 else tested_on),
+                "device_detail": tested_on or "gaussian",  # what the device model sets
                 # whether the file names its device model (a sweep's axis, `nvcim eval --device-model`): an unnamed
                 # result takes the name others give its device (conflicts.name_unnamed_devices)
                 "device_named": bool(cell.get("device_model") or rec.device_model),
                 "device_bits": (eval_device.get("weight_bits"), eval_device.get("device_bits")),  # (M, K) as recorded
                 # trained and evaluated on the paper's i.i.d. Gaussian device: only then comparable with its figures
-                "gaussian_device": device_description(eval_device) is None
-                                   and device_description(device_cfg if isinstance(device_cfg, dict) else {}) is None,
+                "gaussian_device": tested_on is None and trained_under is None,
                 # the device the model trained under ("gaussian": the paper's), None for a model trained without noise
                 # (vanilla: the device its checkpoint names did not act); models of one arm trained under different
                 # devices are arms of their own (labels.assign_labels)
-                "train_device": ((device_description(device_cfg if isinstance(device_cfg, dict) else {}) or "gaussian")
+                "train_device": ((trained_under or "gaussian")
                                  if sigma_specific({"method": method, "beta_search": beta_search}) else None),
                 "label": None,  # set by assign_labels
                 "arm": None,  # the label without the training-recipe suffix (assign_labels)
