@@ -155,6 +155,7 @@ class PreparedWeight(NamedTuple):
     scale: torch.Tensor  # [] s = max|W|
     levels: torch.Tensor  # [*shape] q in 0..2^M-1 (float)
     derived: dict  # key -> value derived from the above (and the config in the key), see `derived_value`
+    transposed_groups: int = 0  # g > 0: stored as a transposed convolution's [in, out/g, *k] (`crossbar_matrix`)
 
     @property
     def sign(self) -> torch.Tensor:
@@ -175,7 +176,7 @@ def device_targets(prepared: PreparedWeight, cfg: DeviceConfig) -> torch.Tensor:
     return derived_value(prepared, key, lambda: effects.float_slices(prepared.levels, cfg))
 
 
-def prepare(w: torch.Tensor, cfg: DeviceConfig) -> PreparedWeight:
+def prepare(w: torch.Tensor, cfg: DeviceConfig, transposed_groups: int = 0) -> PreparedWeight:
     """Quantize once; any number of `draw` calls can then share the result (e.g. OVF's N+1 forwards).
 
     Same arithmetic as `quantize_levels` and W_d = sign · q · s / (2^M − 1), fused into few in-place passes: this runs
@@ -189,7 +190,7 @@ def prepare(w: torch.Tensor, cfg: DeviceConfig) -> PreparedWeight:
         w_d = target_weights(levels, w, s, cfg)  # [*shape] sign(W) q s / (2^M-1)
     else:
         w_d = w
-    return PreparedWeight(w, w_d, s, levels, {})
+    return PreparedWeight(w, w_d, s, levels, {}, transposed_groups)
 
 
 def _device_sum(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, generator) -> torch.Tensor:
@@ -271,7 +272,7 @@ def _draw_effects_per_weight(prepared: PreparedWeight, cfg: DeviceConfig, sigma:
                              level_table(prepared, cfg), weight_units(prepared, cfg), cfg, sigma, generator)
     if w_t0 is None:
         return w_t, None
-    gain = drift_compensation_scale(w_t0, w_t)
+    gain = drift_compensation_scale(w_t0, w_t, prepared.transposed_groups)
     return w_t.mul_(gain), gain
 
 
@@ -307,7 +308,7 @@ def _draw_devices(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float, gen
     w_t = _weights_from(g_t, targets, prepared, cfg)
     if not cfg.drift_compensation:
         return w_t, None
-    gain = drift_compensation_scale(w_t0, w_t)
+    gain = drift_compensation_scale(w_t0, w_t, prepared.transposed_groups)
     return w_t.mul_(gain), gain
 
 
@@ -350,7 +351,7 @@ def draw_levels(prepared: PreparedWeight, cfg: DeviceConfig, sigma: float | None
     if g_t is None:
         return ChipLevels(g, prepared.sign, prepared.scale, gain)
     if cfg.drift_compensation:
-        gain = drift_compensation_scale(_weights_from(g, targets, prepared, cfg), _weights_from(g_t, targets, prepared, cfg))
+        gain = drift_compensation_scale(*(_weights_from(h, targets, prepared, cfg) for h in (g, g_t)), prepared.transposed_groups)
     return ChipLevels(g_t, prepared.sign, prepared.scale, gain)
 
 

@@ -250,12 +250,26 @@ def calibration_input(fan_in: int, dtype: torch.dtype, device=None) -> torch.Ten
     return torch.rand((fan_in, CALIBRATION_VECTORS), generator=gen).to(device=device, dtype=dtype)
 
 
-def drift_compensation_scale(w_t0: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
-    """[] mean|W(t0) X| / mean|W(t) X| on the calibration input X (1 when W(t) X vanishes): the one scalar that
-    restores a tensor's output scale after drift (aihwkit's GlobalDriftCompensation)."""
+def crossbar_matrix(w: torch.Tensor, transposed_groups: int = 0) -> torch.Tensor:
+    """[outputs, fan_in] the matrix a weight tensor's crossbar multiplies its input with. A layer stores its weight
+    [outputs, fan_in...] (Linear, Conv with any groups, recurrent, attention: transposed_groups = 0); a transposed
+    convolution stores it [in, out / g, *kernel] in g = transposed_groups groups, the transpose of each group's
+    crossbar: group i's rows are its out / g outputs, its columns its in / g channels times the kernel."""
+    if not transposed_groups:
+        return w.reshape(w.shape[0], -1)
+    g = transposed_groups
+    grouped = w.reshape(g, w.shape[0] // g, w.shape[1], -1)  # [g, in/g, out/g, k]
+    return grouped.transpose(1, 2).reshape(g * w.shape[1], -1)  # [out, in/g * k]
+
+
+def drift_compensation_scale(w_t0: torch.Tensor, w_t: torch.Tensor, transposed_groups: int = 0) -> torch.Tensor:
+    """[] mean|W(t0) X| / mean|W(t) X| on the calibration input X (1 when W(t) X vanishes), W as its crossbar's
+    matrix (`crossbar_matrix`): the one scalar that restores a layer's output scale after drift (aihwkit's
+    GlobalDriftCompensation)."""
     if w_t.numel() == 0:
         return w_t.new_ones(())
-    x = calibration_input(w_t[0].numel(), w_t.dtype, w_t.device)  # [fan_in, 32]
-    ref = (w_t0.reshape(w_t0.shape[0], -1) @ x).abs().mean()
-    now = (w_t.reshape(w_t.shape[0], -1) @ x).abs().mean()
+    m_t0, m_t = crossbar_matrix(w_t0, transposed_groups), crossbar_matrix(w_t, transposed_groups)  # [out, fan_in]
+    x = calibration_input(m_t.shape[1], w_t.dtype, w_t.device)  # [fan_in, 32]
+    ref = (m_t0 @ x).abs().mean()
+    now = (m_t @ x).abs().mean()
     return torch.where(now > 0, ref / torch.where(now > 0, now, torch.ones_like(now)), torch.ones_like(now))

@@ -152,7 +152,7 @@ class ChipSampler:
         self.verified: list[tuple[torch.Tensor, float] | None] = []  # write-verify mask (draw device), σ_res
         self.draw_device = _draw_device(device)
         for p in noisy_parameters(model):
-            prep = dm.prepare(p.weight.detach().to(self.draw_device), cfg)
+            prep = dm.prepare(p.weight.detach().to(self.draw_device), cfg, p.control.transposed_groups)
             self.names.append(p.name)
             self.prepared.append(prep)
             self.w_d.append(prep.w_d.to(device))

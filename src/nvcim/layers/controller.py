@@ -129,6 +129,7 @@ class NoisyWeight:
         self.read_gain: tuple | None = None  # (programmed chip, its drift compensation gain): scales its read noise
         self.verified: torch.Tensor | None = None  # bool [*W.shape]: weights programmed with write-verify
         self.residual_sigma: float = 0.0  # σ the verified weights are left with (nvcim.writeverify)
+        self.transposed_groups = 0  # a transposed convolution's groups (its weight is its crossbar's transpose)
         self.reads = 0  # forwards that asked for this weight (`nvcim.layers.coverage` checks it is read)
         self.read_twice = False  # seen read twice in one model forward: its training draw is held for the reread
         self._cache_key: tuple | None = None
@@ -144,15 +145,15 @@ class NoisyWeight:
         bump its version), elsewhere computed afresh."""
         if not getattr(_CACHE_SCOPE, "depth", 0):
             self._cache = self._cache_key = None
-            return dm.prepare(w, self.cfg)
+            return dm.prepare(w, self.cfg, self.transposed_groups)
         key = (_CACHE_SCOPE.generation, w.data_ptr(), w._version, w.dtype, w.device, self.cfg)
         if key != self._cache_key:
-            self._cache, self._cache_key = dm.prepare(w, self.cfg), key
+            self._cache, self._cache_key = dm.prepare(w, self.cfg, self.transposed_groups), key
         return self._cache
 
     def _prepared_for(self, w: torch.Tensor, gen: torch.Generator | None) -> dm.PreparedWeight:
         if gen is not None and gen.device != w.device:  # draw where the generator lives
-            return dm.prepare(w.detach().to(gen.device), self.cfg)
+            return dm.prepare(w.detach().to(gen.device), self.cfg, self.transposed_groups)
         return self.prepared(w)
 
     def draw(self, w: torch.Tensor, sigma: float | None = None, generator: torch.Generator | None = None,

@@ -51,6 +51,7 @@ class LayerHandler:
 
     attrs: Callable[[nn.Module], list[str]]
     forward: Callable[..., Any]
+    stored_transposed: bool = False  # weights stored [in, out / groups, *kernel]: each group's crossbar transposed
 
 
 LAYER_HANDLERS: dict[type, LayerHandler] = {}
@@ -60,9 +61,12 @@ FUSED_CONTAINERS: tuple[type, ...] = (nn.TransformerEncoderLayer, nn.Transformer
                                       nn.TransformerDecoderLayer, nn.TransformerDecoder, nn.Transformer)
 
 
-def register_layer(layer_type: type, attrs: Callable[[nn.Module], list[str]], forward: Callable[..., Any]) -> None:
-    """Make `layer_type` (and its subclasses that keep its forward) a supported noisy layer."""
-    LAYER_HANDLERS[layer_type] = LayerHandler(attrs, forward)
+def register_layer(layer_type: type, attrs: Callable[[nn.Module], list[str]], forward: Callable[..., Any],
+                   stored_transposed: bool = False) -> None:
+    """Make `layer_type` (and its subclasses that keep its forward) a supported noisy layer. stored_transposed: its
+    weights are stored [in, out / module.groups, *kernel] like a transposed convolution's (drift compensation reads
+    the crossbar, `nvcim.core.effects.crossbar_matrix`)."""
+    LAYER_HANDLERS[layer_type] = LayerHandler(attrs, forward, stored_transposed)
 
 
 def _registered_base(module: nn.Module) -> tuple[type | None, bool]:
@@ -102,6 +106,7 @@ def attach(module: nn.Module, attr: str, control: Any) -> None:
     handler = handler_for(module)
     if handler is None:
         raise TypeError(f"{type(module).__name__} is not a supported layer type: register it with register_layer")
+    control.transposed_groups = module.groups if handler.stored_transposed else 0
     module.__dict__.setdefault(_STATE, {})[attr] = control
     module.forward = types.MethodType(handler.forward, module)
 
@@ -397,7 +402,7 @@ register_layer(nn.Linear, _weight_only, _linear_forward)
 for _conv in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
     register_layer(_conv, _weight_only, _conv_forward)
 for _conv in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
-    register_layer(_conv, _weight_only, _conv_transpose_forward)
+    register_layer(_conv, _weight_only, _conv_transpose_forward, stored_transposed=True)
 register_layer(nn.MultiheadAttention, _attention_attrs, _attention_forward)
 for _rnn in (nn.RNN, nn.LSTM, nn.GRU):  # each defines its own forward: registered one by one
     register_layer(_rnn, _recurrent_attrs, _recurrent_forward)
