@@ -301,6 +301,44 @@ def test_a_matrix_the_model_multiplies_by_itself_is_named_not_silently_exact():
         nvcim.apply_variation_(plain, DeviceConfig(sigma=0.1))
 
 
+def test_a_matrix_outside_any_layer_kept_digital_is_acknowledged_not_warned_about():
+    """A ViT's additive positional embedding [1, N, D] is no product: keep_digital_ (--digital-layers) names it so,
+    the warning goes, the mark survives `digital_layers` -> keep_digital_(exact=True) (a checkpoint's round trip)."""
+    import warnings
+
+    from nvcim.layers.noise import SelectionError, digital_layers, keep_digital_
+
+    class ViTish(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pos_embed = nn.Parameter(torch.randn(1, 5, 8))
+            self.block = nn.Module()
+            self.block.rel_bias = nn.Parameter(torch.randn(5, 5))
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):  # x [B, 5, 8]
+            return self.head((x + self.pos_embed).mean(1))  # [B, 3]
+
+    with pytest.warns(UserWarning, match=r"2 matrices outside any layer stay exact .* pos_embed \[1, 5, 8\], "
+                                         r"block.rel_bias \[5, 5\]; .* keep them digital to say so"):
+        nvcim.apply_variation_(ViTish(), DeviceConfig(sigma=0.1))
+    model = keep_digital_(ViTish(), ["pos_embed", "block"])
+    assert digital_layers(model) == ["pos_embed", "block.rel_bias"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nvcim.apply_variation_(model, DeviceConfig(sigma=0.1))  # head varied, no warning
+    assert [p.name for p in nvcim.layers.noise.noisy_parameters(model)] == ["head.weight"]
+    nvcim.remove_variation_(model)
+    again = keep_digital_(ViTish(), digital_layers(model), exact=True)
+    assert digital_layers(again) == ["pos_embed", "block.rel_bias"]
+    keep_digital_(again, ["head"])  # replaces the marks: the matrices are named again
+    assert digital_layers(again) == ["head"]
+    with pytest.raises(SelectionError, match=r"'pos' matches no layer: the layers are \['head'\] and matrices "
+                                             r"outside any layer \['pos_embed', 'block.rel_bias'\]"):
+        keep_digital_(again, ["pos"])
+    assert digital_layers(again) == ["head"]  # nothing half-done
+
+
 class _LoRALinear(nn.Linear):
     """A user's Linear subclass with its own forward (W x + B A x): nvcim's Linear forward would drop B A x."""
 

@@ -53,9 +53,9 @@ def _exact_modules(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
 _TABLES = (nn.Embedding, nn.EmbeddingBag)
 
 
-def _loose(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """(name, parameter) of the matrices (two or more axes longer than 1) held directly by a module that no handler
-    covers and that is not a lookup table, nor inside a layer already named as exact."""
+def loose_entries(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """(name, module, attribute) of the matrices (two or more axes longer than 1) held directly by a module that no
+    handler covers and that is not a lookup table, nor inside a layer already named as exact; kept digital or not."""
     inside = {id(p) for _, m, _ in _exact_modules(model) for p in m.parameters()}
     inside |= {id(p) for m in model.modules() if handlers.handler_for(m) is not None or isinstance(m, _TABLES)
                or handlers.is_digital(m) for p in m.parameters()}  # a layer's own (parametrized: its `original`)
@@ -63,8 +63,13 @@ def _loose(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     for n, m in model.named_modules():
         for attr, p in m.named_parameters(recurse=False):
             if sum(d > 1 for d in p.shape) >= 2 and id(p) not in inside:
-                out.append((_key(n, attr), p))
+                out.append((_key(n, attr), m, attr))
     return out
+
+
+def _loose(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) of the matrices outside any layer (`loose_entries`) not kept digital (`keep_digital_`)."""
+    return [(n, getattr(m, a)) for n, m, a in loose_entries(model) if a not in handlers.digital_tensors(m)]
 
 
 def loose_matrices(model: nn.Module) -> list[str]:
@@ -110,7 +115,9 @@ def warn_exact_and_shared(model: nn.Module, chosen: Sequence[tuple[str, nn.Modul
         warnings.warn(f"apply_variation_: {len(loose)} matri{'x' if len(loose) == 1 else 'ces'} outside any layer "
                       f"stay{'s' if len(loose) == 1 else ''} exact ({weights:,} weights): {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}; "
                       "if the model multiplies by them (x @ W), a chip would hold them on crossbars: compute them "
-                      "with nn.Linear (or nvcim.layers.register_layer for a layer type of your own)", stacklevel=3)
+                      "with nn.Linear (or nvcim.layers.register_layer for a layer type of your own); if not (an "
+                      "added positional embedding), keep them digital to say so (--digital-layers NAME, "
+                      "nvcim.keep_digital_)", stacklevel=3)
     shared = shared_tensors(model, chosen)
     if shared and model not in _WARNED_SHARED:
         _WARNED_SHARED.add(model)

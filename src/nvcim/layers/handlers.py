@@ -23,8 +23,8 @@ weight, and MultiheadAttention for its projections' (its out_proj's included; th
 digital); `runs_sliced` says which layers can.
 
 Adding a layer type is one function plus `register_layer(Type, attrs, forward)`. Per-module state
-lives in `module._nvcim` ({attr: controller}) and `module._nvcim_digital` (a layer kept digital); only this
-module reads or writes it.
+lives in `module._nvcim` ({attr: controller}) and `module._nvcim_digital` (a layer kept digital), `module._nvcim_digital_tensors` (its
+own matrices outside any layer kept digital); only this module reads or writes them.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from torch import nn
 _STATE = "_nvcim"  # {attr: controller} on a noisy module
 _FASTPATH_OFF = "_nvcim_fastpath_off"  # marks a container whose fused fast path is switched off
 _DIGITAL = "_nvcim_digital"  # marks a layer kept digital: never varied (`nvcim.keep_digital_`)
+_DIGITAL_TENSORS = "_nvcim_digital_tensors"  # a module's own matrices outside any layer acknowledged as digital
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,21 @@ def mark_digital(module: nn.Module, digital: bool) -> None:
 
 def is_digital(module: nn.Module) -> bool:
     return module.__dict__.get(_DIGITAL) is True
+
+
+def mark_digital_tensors(module: nn.Module, attrs: set[str]) -> None:
+    """Acknowledge matrices `module` holds outside any layer (a ViT's pos_embed) as digital: they stay exact, as
+    every such matrix does, and `nvcim.layers.audit` no longer warns about them. An empty set clears the marks."""
+    if attrs:
+        module.__dict__[_DIGITAL_TENSORS] = frozenset(attrs)
+    else:
+        module.__dict__.pop(_DIGITAL_TENSORS, None)
+
+
+def digital_tensors(module: nn.Module) -> frozenset:
+    """The attributes `mark_digital_tensors` marked on `module`."""
+    marks = module.__dict__.get(_DIGITAL_TENSORS)
+    return marks if isinstance(marks, frozenset) else frozenset()
 
 
 def current_weight(module: nn.Module, attr: str) -> torch.Tensor:
