@@ -81,6 +81,33 @@ def test_sequential_rule_covers_as_well_as_a_fixed_count_with_collapsed_chips():
     assert cov >= 0.9
 
 
+def test_a_first_stage_of_equal_chips_is_no_zero_width_interval():
+    """99.5 % of chips at 100, 0.5 % one image lower (a near-perfect model on 16-image subsets): the first stage of
+    100 saw no low chip in 61 % of runs and stopped there with ±0 (coverage 0.39). The rule of three now bounds the
+    share of other chips while all agree, and chips are added until that bound meets the target."""
+    from nvcim.evaluate.adaptive import all_equal_bound
+
+    rng = np.random.default_rng(4)
+
+    def draw(k):  # [k] subset accuracies, points
+        return np.where(rng.random(k) < 0.005, 100 - 100 / 16, 100.0)
+
+    reps, hits = 300, 0
+    mu = 100 - 0.005 * 100 / 16
+    for _ in range(reps):
+        values, half = stages(draw, FIRST_STAGE, 0.5, 10**6)
+        assert half > 0
+        hits += abs(values.mean() - mu) <= half
+    assert hits / reps >= 0.95 - 3.5 * math.sqrt(0.95 * 0.05 / reps), hits / reps  # 0.966 in 500 runs
+    values, half = stages(lambda k: np.full(k, 90.0), FIRST_STAGE, 0.5, 10**6)  # never a chip otherwise
+    assert half == all_equal_bound(values) <= 0.5 < all_equal_bound(values[: values.size // 2])
+    assert half == pytest.approx((1 - 0.05 ** (1 / values.size)) * 90)
+    values, half = stages(lambda k: np.full(k, 90.0), FIRST_STAGE, 0.5, 300)  # max_chips: stopped, wider, said
+    assert values.size == 300 and half > 0.5
+    values, half = stages(lambda k: np.full(k, 90.0), FIRST_STAGE, 0.5, 10**6, identical=True)  # σ = 0: exact
+    assert values.size == FIRST_STAGE and half == 0
+
+
 def test_choose_images_trades_chips_for_images():
     spread = np.linspace(0.6, 0.95, 20)  # chips differ by ~11 points: many chips on few images each
     alike = np.full(20, 0.9)  # chips alike: only the images' noise, so the fewest chips, each on more images

@@ -50,9 +50,13 @@ too high); the first stage is therefore at least FIRST_STAGE = 100 chips, sized 
 Chow-Robbins rounds can only widen the reported interval or add chips. Simulated coverage of the "95 %"
 interval (a review's harness: chips at ~92 % with a share collapsed to ~30 %, target ±1 point, 1,000 or
 5,000 images per chip): no collapsed chips 0.93-0.96; a 5 % share 0.94-0.96 (0.86 with a first stage of
-30); a 2 % share 0.86-0.87 (0.63-0.71 with 30), where a plain t interval over as many chips gives ~0.93. A
-sub-population of chips rarer than a few per hundred can still hide from the first stage: for such a
-device, a fixed number of chips (`runs`) well above 1 / its rate is the safer protocol.
+30); a 2 % share 0.86-0.88 (0.63-0.71 with 30), where a plain t interval over as many chips gives ~0.93; a
+1 % share 0.69 (a fixed count of as many chips: 0.85). A sub-population of chips rarer than a few per hundred
+can hide from the first stage: for such a device, a fixed number of chips (`runs`) well above 1 / its rate is
+the safer protocol. A first stage whose chips all scored the same (s0 = 0) would stop with a zero-width
+interval: instead its half-width is the rule-of-three bound `all_equal_bound` and chips are added until that
+reaches the target (a review: 99.5 % of chips at one value, 0.5 % lower, stopped at 100 chips with ±0 in 61 %
+of runs, coverage 0.39).
 tests/test_adaptive.py measures the coverage of `stages` by simulation (skewed chips, a 5 % collapsed-chip
 mixture at 100 and 1,000 images, near-binomial chips, each with hypergeometric subsets).
 
@@ -198,19 +202,35 @@ def more_chips(values: Sequence[float], target: float, max_chips: int) -> int:
     return int(min(max_chips, max(need, k + math.ceil(0.1 * k))) - k)
 
 
-def stages(draw: Callable[[int], np.ndarray], first_stage: int, target: float, max_chips: int
-           ) -> tuple[np.ndarray, float]:
+def all_equal_bound(values: Sequence[float]) -> float:
+    """The half-width chips that all scored the same value v support: a chip scoring otherwise occurs in fewer than
+    1 - 0.05^(1/R) of chips (95 %, one-sided: the rule of three), and differs by at most max(v, 100 - v) points."""
+    v = float(values[0])
+    return (1.0 - 0.05 ** (1.0 / len(values))) * max(v, 100.0 - v, 0.0)
+
+
+def stages(draw: Callable[[int], np.ndarray], first_stage: int, target: float, max_chips: int,
+           identical: bool = False) -> tuple[np.ndarray, float]:
     """(accuracies of the R chips, half-width): Stein's two stages, then Chow-Robbins rounds (module docstring).
+    While every chip scored the same (s0 = 0: a zero-width t interval that says nothing about rarer chips), the
+    half-width is `all_equal_bound` and chips are added (doubling) until it reaches the target or max_chips;
+    identical: the chips are equal by design (σ = 0 without chip effects), their zero width is exact.
 
     draw(k): the accuracies (points) of the next k chips. Pure: the coverage test runs it on synthetic chips.
     """
     values = np.asarray(draw(first_stage), dtype=np.float64)
     runs, t, s0 = stein_chips(values, target, max_chips)
     add = runs - values.size
-    while add > 0:
-        values = np.concatenate([values, draw(add)])
-        add = more_chips(values, target, max_chips)
-    return values, max(t * s0 / math.sqrt(values.size), t_half_width(values))
+    while True:
+        while add > 0:
+            values = np.concatenate([values, draw(add)])
+            add = more_chips(values, target, max_chips)
+        same = not identical and bool(np.ptp(values) == 0)
+        if not same or values.size >= max_chips or all_equal_bound(values) <= target:
+            break
+        add = min(values.size, max_chips - values.size)  # double, then the t rounds if a chip differed
+    half = max(t * s0 / math.sqrt(values.size), t_half_width(values))
+    return values, max(half, all_equal_bound(values)) if same else half
 
 
 def choose_images(full_accuracy: Sequence[float], n: int, c_draw: float, c_image: float, target: float,
@@ -414,7 +434,8 @@ def target_precision(model: nn.Module, batches, cfg: DeviceConfig, seed: int, ta
             acc, control = parts[-1]
             return control_accuracy(acc.correct, control, images, float(rates.mean()))  # [count] points
 
-        values, half = stages(draw, n0, target, max_chips)
+        identical = cfg.sigma == 0 and not cfg.chip_effects and not cfg.read_sigma  # one chip, W_d, every time
+        values, half = stages(draw, n0, target, max_chips, identical)
     finally:
         bar.close()
     correct = np.concatenate([p.correct for p, _ in parts])  # [R]
