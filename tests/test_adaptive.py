@@ -268,6 +268,15 @@ def test_paired_difference_uses_common_chips_and_is_tighter(data):
     assert d["std"] < 0.6 * math.hypot(sa, sb)  # independent chips would give a difference of spread hypot(sa, sb)
     with pytest.raises(ValueError, match="same seed"):
         paired_difference(ra, monte_carlo_evaluate(b, data, CFG, target_ci=3.0, images_per_chip=30, seed=3))
+    other = monte_carlo_evaluate(b, data, CFG.replace(sigma=CFG.sigma / 2), **kw)
+    with pytest.raises(ValueError, match="differ in σ"):
+        paired_difference(ra, other)
+    other = monte_carlo_evaluate(b, data, CFG.replace(stuck_at=(0.01, 0.0)), **kw)
+    with pytest.raises(ValueError, match=r"differ in device config \(\{'stuck_at': None\} vs \{'stuck_at': \[0.01, 0.0\]\}"):
+        paired_difference(ra, other)
+    other = monte_carlo_evaluate(b, (data[0][:40], data[1][:40]), CFG, **kw)
+    with pytest.raises(ValueError, match="differ in test images"):
+        paired_difference(ra, other)
 
 
 def test_robustness_curve_reaches_the_target_at_every_sigma(data):

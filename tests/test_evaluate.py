@@ -278,6 +278,36 @@ def test_t_quantile_matches_scipy():
     assert ev.t_cdf(2.0, 5) == pytest.approx(stats.t.cdf(2.0, 5), rel=1e-12)
 
 
+def test_t_distribution_near_its_centre_and_at_its_edges_by_closed_forms():
+    """df 1 (Cauchy): F(t) = 1/2 + atan(t)/π, so the (1/2 + ε)-quantile is tan(π ε); df 2: F(t) = 1/2 + t / (2 √(t² +
+    2)). 1 - tail cancelled the digits near the centre (the quantile was 18 % off at p = 0.5000001)."""
+    for eps in (1e-7, 1e-6, 1e-3, 0.1):
+        assert t_quantile(0.5 + eps, 1) == pytest.approx(math.tan(math.pi * eps), rel=1e-7)
+        x = t_quantile(0.5 + eps, 2)
+        assert 0.5 + x / (2 * math.sqrt(x * x + 2)) == pytest.approx(0.5 + eps, abs=1e-15)
+    for t in (1e-6, 0.3, -0.3, 2.0, -40.0):
+        assert ev.t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, rel=1e-12)
+    assert ev.t_cdf(1.0, math.inf) == pytest.approx(0.8413447460685429)
+    for bad in (math.nan, 0, -1):
+        with pytest.raises(ValueError, match="df"):
+            t_quantile(0.975, bad)
+        with pytest.raises(ValueError, match="df"):
+            ev.t_cdf(1.0, bad)
+
+
+def test_summaries_refuse_impossible_counts_and_values():
+    from nvcim.evaluate.stats import accuracy_ci
+
+    for bad in ([12, 11, 13], [-1, 5], [2.5, 3], [math.nan, 3]):  # of n = 10: more than n, negative, partial, NaN
+        with pytest.raises(ValueError, match="whole counts in 0..n=10"):
+            summarize(bad, 10, 0.0, 0)
+    with pytest.raises(ValueError, match="negative"):
+        accuracy_ci(50.0, -3.0)
+    assert accuracy_ci(50.0, math.inf) == (0.0, 100.0) and all(map(math.isnan, accuracy_ci(50.0, math.nan)))
+    with pytest.raises(ValueError, match="not finite"):
+        convergence_summary({"a": 90.0, "b": math.nan, "c": 80.0})  # was "0 of 3 non-converged"
+
+
 def test_convergence_summary():
     s = convergence_summary({"a": 90.0, "b": 91.0, "c": 70.0, "d": 89.0})  # mean 85 -> below 80 is non-converged
     assert s["mean_of_means"] == pytest.approx(85.0)

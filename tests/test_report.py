@@ -605,6 +605,28 @@ def test_worst_case_does_not_pool_only_the_models_that_kept_per_chip_accuracies(
     assert p["p1"] is None and p["p5"] is None  # 10 chips per model: too few for them (a minimum, interpolated)
 
 
+def test_worst_case_weighs_each_trained_model_alike_whatever_its_chips(tmp_path):
+    """Seed 0 on 100 chips at ~90, seed 1 on 20 chips at 50..69: pooled chip by chip, seed 0 set the arm's tails
+    (p10 61.9); each model weighing half, p10 is the 4th of seed 1's 20 values (53), p5 the 2nd (51)."""
+    root = tmp_path / "r"
+    chips = {0: [90.0 + 0.01 * i for i in range(100)], 1: [50.0 + i for i in range(20)]}
+    for seed, acc in chips.items():
+        write(root / f"s{seed}.json", mc_eval("ovf", 0.35, seed, [mc_result(0.35, acc)]))
+    (p,) = matched_points(load_results(root))
+    assert (p["p10"], p["p5"], p["p1"]) == (53.0, 51.0, None)  # p1: 2 x 20 chips' worth is too few
+    assert p["n_chips"] == 120 and p["min"] == 50.0
+
+
+def test_worst_case_without_per_chip_accuracies_is_none_unless_every_model_has_it(tmp_path):
+    root = tmp_path / "r"
+    for seed, p1 in ((0, 80.0), (1, None)):
+        res = mc_result(0.35, [85.0 + 0.1 * i for i in range(100)])
+        res["per_run_accuracy"], res["p1"] = [], p1  # summary statistics only; one model too few chips for p1
+        write(root / f"s{seed}.json", mc_eval("ovf", 0.35, seed, [res]))
+    (p,) = matched_points(load_results(root))
+    assert p["p1"] is None and p["p10"] is not None  # was 80.0: one model's p1 printed as the arm's
+
+
 def test_failed_cells_of_an_arm_show_in_its_convergence_count(tmp_path):
     """A diverged seed has no accuracy: it must be named beside the convergence count, not vanish from it."""
     root = tmp_path / "sweep"

@@ -36,6 +36,9 @@ def test_paired_t_edge_cases():
     same = paired_t([2.0, 2.0, 2.0])
     assert same["ci95"] == (2.0, 2.0) and same["p"] == 0.0
     assert paired_t([0.0, 0.0])["p"] == 1.0
+    rounding = paired_t([0.1 + 0.2, 0.3, 0.3, 0.1 + 0.2])  # equal up to float rounding: was t 1e16, p 1e-48
+    assert rounding["std"] == 0.0 and rounding["p"] == 0.0 and rounding["ci95"][0] == rounding["ci95"][1]
+    assert reading({**rounding, "arm_a": "a", "arm_b": "b"}).startswith("no spread")
     with pytest.raises(ValueError, match="at least 2 shared seeds"):
         paired_t([1.0])
 

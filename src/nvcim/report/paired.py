@@ -32,10 +32,14 @@ PAIRED_COLUMNS = ("model", "width", "dataset", "sigma", "arm_a", "arm_b", "metho
                   "mean_diff", "ci95_lo", "ci95_hi", "std_diff", "t", "p_paired_t", "n_positive")
 
 
+NO_SPREAD = 1e-9  # per-seed differences whose std is below this (relative to max(1, |mean|)) are equal ones
+
+
 def paired_t(diffs: Sequence[float]) -> dict:
     """Mean, 95 % CI (Student t) and two-sided paired t-test p-value of per-seed differences (n ≥ 2).
 
-    Zero spread: the CI is the mean itself and p is 0 for a non-zero mean, 1 for a zero one."""
+    Zero spread (to float rounding of equal differences, as `reading` says): the CI is the mean itself and p is 0 for
+    a non-zero mean, 1 for a zero one."""
     d = [float(x) for x in diffs]
     n = len(d)
     if n < 2:
@@ -45,7 +49,7 @@ def paired_t(diffs: Sequence[float]) -> dict:
     mean = sum(d) / n
     sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
     se = sd / math.sqrt(n)
-    if se == 0.0:
+    if sd <= NO_SPREAD * max(1.0, abs(mean)):  # 0.1 + 0.2 and 0.3: t 1e16 would be rounding, not evidence
         return {"n": n, "mean": mean, "std": 0.0, "ci95": (mean, mean), "t": math.copysign(math.inf, mean) if mean
                 else 0.0, "p": 0.0 if mean else 1.0}
     half = t_quantile(0.975, n - 1) * se
@@ -109,7 +113,7 @@ def reading(row: dict) -> str:
     """What the paired CI allows one to say: which arm is higher (CI excludes 0), else the bounds; with no spread
     over the seeds (e.g. both arms at chance on every chip) there is no interval to speak of."""
     lo, hi = row["ci95"]
-    if row.get("std") is not None and row["std"] <= 1e-9 * max(1.0, abs(row["mean"])):  # float rounding of equal ones
+    if row.get("std") is not None and row["std"] <= NO_SPREAD * max(1.0, abs(row["mean"])):  # rounding of equal ones
         return f"no spread: each of the {row['n']} seeds differs by {fmt_num(row['mean'])} points (no CI to estimate)"
     if lo > 0:
         return f"{row['arm_a']} higher by {fmt_num(lo)}–{fmt_num(hi)} points"
