@@ -104,6 +104,21 @@ def test_eval_no_quantize_against_the_files_quantize(ck, files, capsys):
              f"{files['qt']} sets quantize = true but --no-quantize asks for another: drop one")
     _refused(*run_cli(["eval", str(ck), *EVAL, "--device-models", f"gaussian,{files['qt']}", "--no-quantize"], capsys),
              "sets quantize = true but --no-quantize")
+    (ck.parent / "adc.toml").write_text("sigma = 0.1\nadc_bits = 8\n")  # was DeviceConfig's "use quantize=True"
+    _refused(*run_cli(["eval", str(ck), *EVAL, "--device-model", str(ck.parent / "adc.toml"), "--no-quantize"], capsys),
+             f"--no-quantize: {ck.parent / 'adc.toml'} simulates ADCs / DACs, which read quantized device levels: "
+             "drop --no-quantize")
+
+    import json
+    import shutil
+
+    behind = ck.parent / "adc_ck"  # a checkpoint trained behind ADCs: its own device, --no-quantize
+    shutil.copytree(ck, behind, dirs_exist_ok=True)
+    meta = json.loads((behind / "config.json").read_text())
+    meta["device"] = {**meta["device"], "adc_bits": 8}
+    (behind / "config.json").write_text(json.dumps(meta))
+    _refused(*run_cli(["eval", str(behind), *EVAL, "--no-quantize"], capsys),
+             "was trained behind ADCs / DACs (adc_bits=8, input_bits=None)", "drop --no-quantize")
 
 
 @pytest.mark.parametrize("flags, words", [

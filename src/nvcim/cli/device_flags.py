@@ -65,6 +65,9 @@ def refuse_conflicts(spec: str, fields: Mapping[str, Any], asked: Mapping[str, t
     fields: what the model sets (`device_model_fields(spec)`); asked: {field: (the flag as the user gave it,
     e.g. "--sigma 0.3", and its value, or a list of values for --sigmas)}."""
     for field, (flag, value) in asked.items():
+        if field == "quantize" and value is False and any(fields.get(k) is not None for k in ("adc_bits", "input_bits")):
+            raise ValueError(f"{flag}: {model_name(spec)} simulates ADCs / DACs, which read quantized device levels: "
+                             f"drop {flag}")
         if field not in fields:
             continue
         values = value if isinstance(value, list) else [value]

@@ -39,6 +39,10 @@ def checkpoint_device(ckpt: Path, config: dict, no_quantize: bool = False) -> De
     if not isinstance(dev_dict, dict):
         raise ValueError(f"checkpoint {ckpt}: 'device' in config.json is not a device config: fix config.json")
     base = DeviceConfig.from_dict(dev_dict) if dev_dict else DeviceConfig(sigma=0.0)
+    if no_quantize and base.sliced_mvm:
+        raise ValueError(f"--no-quantize: checkpoint {ckpt} was trained behind ADCs / DACs (adc_bits={base.adc_bits}, "
+                         f"input_bits={base.input_bits}), which read quantized device levels: drop --no-quantize, or "
+                         "evaluate under another --device-model")
     return base.replace(quantize=False) if no_quantize else base
 
 
