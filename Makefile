@@ -37,10 +37,12 @@ test: setup setup-ray
 test-slow: setup setup-ray
 	$(PY) -m pytest -q -m slow
 
-bench: setup
+bench: setup  # the recorded settings (benchmarks/results/): one thread, process clock; bench_device torch's threads
 	$(PY) benchmarks/bench_device.py
-	$(PY) benchmarks/bench_train.py
-	$(PY) benchmarks/bench_eval.py
+	$(PY) benchmarks/bench_train.py --threads 1 --clock process
+	$(PY) benchmarks/bench_eval.py --threads 1 --clock process
+	$(PY) benchmarks/bench_effects.py --threads 1 --clock process
+	$(PY) benchmarks/bench_adc.py --threads 1
 
 repro: setup
 	bash scripts/run_repro_cpu.sh
