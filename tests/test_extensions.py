@@ -167,3 +167,142 @@ val_runs = 2
     rows = list(csv.DictReader((tmp_path / "report" / "summary.csv").open()))
     assert {"cool [uniform_test]", "vanilla [uniform_test]"} <= {r["label"] for r in rows}, rows  # device named
     assert "cool" in (tmp_path / "report" / "report.md").read_text()
+
+
+# ---- an extension author's mistakes: one line naming the extension, before any work ---------------------------
+def test_a_gaussian_subclass_with_its_own_sample_must_say_it_is_not_gaussian():
+    """It inherited fast_path_exact = True: under sampling="auto" one Gaussian draw per weight replaced its own
+    sample(), every number Gaussian's while reports named the new kind (a new user's trial)."""
+    from nvcim.core.variation import Gaussian
+
+    class Heavy(Gaussian):
+        def sample(self, levels, sigma, cfg, generator):
+            return 3 * super().sample(levels, sigma, cfg, generator)
+
+    with pytest.raises(TypeError, match=r"variation 'heavy_test' \(Heavy\) overrides sample\(\) but inherits "
+                                        r"fast_path_exact = True from Gaussian.*set fast_path_exact = False"):
+        register_variation("heavy_test")(Heavy)
+    assert "heavy_test" not in VARIATIONS
+
+    class HeavyDeclared(Heavy):
+        fast_path_exact = False
+
+    register_variation("heavy_test")(HeavyDeclared)
+    try:
+        w = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
+        from nvcim.core import device as dm
+        from nvcim.core.config import DeviceConfig
+
+        cfg = DeviceConfig(sigma=0.1, variation="heavy_test")
+        err = (dm.program(w, cfg, torch.Generator().manual_seed(1)) - dm.quantize(w, cfg)).std()
+        plain = (dm.program(w, cfg.replace(variation="gaussian"), torch.Generator().manual_seed(1))
+                 - dm.quantize(w, cfg)).std()
+        assert float(err / plain) == pytest.approx(3.0, rel=0.05)  # its own draws, 3x wider
+    finally:
+        VARIATIONS.unregister("heavy_test")
+
+
+class _Shape(Variation):
+    def sample(self, levels, sigma, cfg, generator):
+        return torch.zeros(levels.shape[1:])
+
+
+class _NaN(Variation):
+    def sample(self, levels, sigma, cfg, generator):
+        return torch.full_like(levels, float("nan"))
+
+
+class _NoGenerator(Variation):
+    def sample(self, levels, sigma, cfg, generator):
+        return torch.randn(levels.shape)  # the global RNG: chips not reproducible from their seed
+
+
+@pytest.mark.parametrize("cls, words", [
+    (_Shape, r"returned \[3, 2\] for levels of shape \[4, 3, 2\]: return a float tensor"),
+    (_NaN, r"returned a non-finite Δg \(NaN or inf\)"),
+    (_NoGenerator, r"drew differently from two generators of one seed: draw with the `generator`"),
+])
+def test_a_variation_kind_that_breaks_its_contract_is_refused_on_first_use(cls, words, tmp_path, capsys):
+    from nvcim.core.config import DeviceConfig
+
+    register_variation("broken_test")(cls)
+    try:
+        with pytest.raises(ValueError, match=rf"variation 'broken_test' \({cls.__name__}.sample\) {words}"):
+            DeviceConfig(sigma=0.2, variation="broken_test")
+        (tmp_path / "dev.toml").write_text('variation = "broken_test"\n')
+        assert main(["train", *COMMON, "--method", "noise_injection", "--sigma", "0.1", "--variation",
+                     "broken_test", "--out", str(tmp_path / "ck")]) == 2
+        assert not (tmp_path / "ck").exists()
+    finally:
+        VARIATIONS.unregister("broken_test")
+
+
+def test_a_method_config_must_carry_its_methods_name():
+    @dataclass(frozen=True)
+    class Nameless:
+        temperature: float = 0.5
+
+    class Bad(Method):
+        name, label, config, task = "nameless_test", "nameless", Nameless, CoolTask
+
+    with pytest.raises(TypeError, match=r"config Nameless has name = None: give it the class attribute name = "
+                                        r"'nameless_test'"):
+        register_method(Bad)  # was "unknown method None" at training time
+    assert "nameless_test" not in METHODS
+
+
+def test_a_method_whose_loss_is_no_scalar_is_named(tmp_path, capsys):
+    class VectorTask(CoolTask):
+        def forward(self, x, y):
+            out = self.model(x)  # [B, classes]
+            return F.cross_entropy(out, y, reduction="none"), out  # [B]: no scalar
+
+    @dataclass(frozen=True)
+    class VecConfig:
+        name = "vecloss_test"
+
+    class Vec(Method):
+        name, label, config, task = "vecloss_test", "vec", VecConfig, VectorTask
+
+    register_method(Vec)
+    try:
+        assert main(["train", *COMMON, "--method", "vecloss_test", "--sigma", "0.1", "--out", str(tmp_path / "v")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].endswith("method 'vecloss_test': its training task returned loss [16] and logits [16, 3] for "
+                                "16 images: return (a scalar loss, logits [batch, classes])"), err
+    finally:
+        METHODS.unregister("vecloss_test")
+
+
+def test_a_reader_returning_other_than_four_arrays_is_named(tmp_path, capsys):
+    register_dataset(DatasetInfo("three_test", 3, 1, 8, (0.5,), (0.5,), augment=False),
+                     read=lambda found: read_stripes(found)[:3], locate=Stripes())
+    try:
+        assert main(["train", *COMMON[:2], "--dataset", "three_test", *COMMON[4:], "--method", "vanilla",
+                     "--out", str(tmp_path / "t")]) == 2
+        assert "dataset 'three_test': its reader returned 3 values: return (x_train, y_train, x_test, y_test)" \
+            in capsys.readouterr().err
+    finally:
+        REGISTRY.pop("three_test", None)
+
+
+def test_register_functions_take_replace_as_the_duplicate_message_says():
+    from nvcim.models import MODELS, register_model
+
+    with pytest.raises(ValueError, match=r"variation 'gaussian' is already registered: choose another name \(or "
+                                         r"pass replace=True to register_variation"):
+        register_variation("gaussian")(Uniform)
+    tiny = MODELS["tiny"]
+    try:
+        register_model("tiny", replace=True)(lambda **kw: None)
+        assert MODELS["tiny"] is not tiny
+    finally:
+        MODELS.register("tiny", tiny, replace=True)
+
+
+def test_a_variation_kind_is_a_device_model_by_its_name(tmp_path):
+    from nvcim.io.device_models import device_model, list_device_models
+
+    assert device_model("uniform_test", {"sigma": 0.2}).variation == "uniform_test"
+    assert "uniform_test" in dict(list_device_models())
+    assert "level_dependent" not in dict(list_device_models())  # no device without its multipliers

@@ -420,3 +420,18 @@ def test_eval_of_a_checkpoint_under_edited_plugin_code_warns_and_a_shape_change_
     plugin.write_text(PLUGIN.replace("32 * width", "48 * width"))
     r = _run(evaluate)
     assert r.returncode == 2 and "the plugins' code that builds it changed since it was saved" in r.stderr, r.stderr
+
+
+def test_a_checkpoint_whose_variation_a_missing_plugin_registers_names_the_plugin(tmp_path):
+    """Was "variation='laplace' is unknown ...: fix config.json": the file is right, the plugin is missing."""
+    from nvcim.io.checkpoint import CheckpointError, read_checkpoint_config
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "config.json").write_text(json.dumps({"model": {"name": "tiny"}, "device": {"sigma": 0.2,
+                                                "variation": "laplace_gone"}, "plugins": ["/elsewhere/p2.py"]}))
+    with pytest.raises(CheckpointError) as e:
+        read_checkpoint_config(ck)
+    msg = str(e.value)
+    assert "variation='laplace_gone' is unknown" in msg and "fix config.json" not in msg
+    assert "it was saved with plugin(s) ['/elsewhere/p2.py'], not loaded now: pass --plugin /elsewhere/p2.py" in msg

@@ -44,9 +44,11 @@ from nvcim.registry import Registry
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register `fn(num_classes, in_channels, width, image_size, **options) -> nn.Module`."""
-    return MODELS.register(name)
+def register_model(name: str, *, replace: bool = False
+                   ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register `fn(num_classes, in_channels, width, image_size, **options) -> nn.Module` (replace=True:
+    shadow a model of that name on purpose)."""
+    return MODELS.register(name, replace=replace)
 
 
 def list_models() -> list[str]:

@@ -44,8 +44,8 @@ class Registry(MutableMapping, Generic[T]):
 
         def add(obj: T) -> T:
             if name in self._entries and not replace and self._entries[name] is not obj:
-                raise ValueError(f"{self.kind} {name!r} is already registered: choose another name "
-                                 "(or pass replace=True to shadow it on purpose)")
+                raise ValueError(f"{self.kind} {name!r} is already registered: choose another name (or pass "
+                                 f"replace=True to register_{self.kind} to shadow it on purpose)")
             self._entries[name] = obj
             return obj
 

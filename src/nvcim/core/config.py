@@ -27,7 +27,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from nvcim.core.variation import VARIATIONS
+from nvcim.core.variation import VARIATIONS, probe_sample
 
 SAMPLING_PATHS = ("auto", "fast", "device")
 DRIFT_T0 = 20.0  # s: the time after programming at which the programmed conductances are the ones drawn
@@ -179,7 +179,8 @@ class DeviceConfig:
             raise ValueError(f"DeviceConfig.quantize={self.quantize!r} is invalid: use True or False")
         if self.variation not in VARIATIONS:
             raise ValueError(
-                f"DeviceConfig.variation={self.variation!r} is unknown: use one of {sorted(VARIATIONS)}"
+                f"DeviceConfig.variation={self.variation!r} is unknown: use one of {sorted(VARIATIONS)} (a plugin's "
+                "kind: load its plugin first, --plugin FILE)"
             )
         if self.sampling not in SAMPLING_PATHS:
             raise ValueError(f"DeviceConfig.sampling={self.sampling!r} is unknown: use one of {list(SAMPLING_PATHS)}")
@@ -189,6 +190,7 @@ class DeviceConfig:
         kind = VARIATIONS[self.variation]
         kind.validate_options(self.variation_options)  # raises ValueError naming the option
         kind.check_config(self)  # options that depend on the bits (e.g. one multiplier per level)
+        probe_sample(kind, self)  # a plugin's kind: Δg of the right shape, finite, drawn from its generator
         self._check_effects()
         if self.sampling == "fast" and not kind.fast_path_exact:
             raise ValueError(

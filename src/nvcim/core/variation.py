@@ -34,15 +34,59 @@ from nvcim.registry import Registry
 VARIATIONS: Registry["Variation"] = Registry("variation")
 
 
-def register_variation(name: str) -> Callable[[type], type]:
-    """Class decorator: make a `Variation` subclass available as `DeviceConfig(variation=name)`."""
+def register_variation(name: str, *, replace: bool = False) -> Callable[[type], type]:
+    """Class decorator: make a `Variation` subclass available as `DeviceConfig(variation=name)` (replace=True: shadow
+    a kind of that name on purpose). A class that overrides `sample` while inheriting fast_path_exact = True is
+    refused: under sampling="auto" its own draws would never run (one Gaussian draw per weight replaces them)."""
 
     def wrap(cls: type) -> type:
+        mro = cls.__mro__
+        fast_from = next((c for c in mro if "fast_path_exact" in vars(c)), Variation)
+        sample_from = next((c for c in mro if "sample" in vars(c)), Variation)
+        if cls.fast_path_exact and mro.index(sample_from) < mro.index(fast_from):
+            raise TypeError(f"variation {name!r} ({cls.__name__}) overrides sample() but inherits fast_path_exact = "
+                            f"True from {fast_from.__name__}: under sampling='auto' one Gaussian draw per weight would "
+                            "replace its own sample(); set fast_path_exact = False in the class (True only if its "
+                            "Δg is N(0, (σ (2^K - 1))^2) per device)")
         cls.name = name
-        VARIATIONS.register(name, cls())
+        VARIATIONS.register(name, cls(), replace=replace)
         return cls
 
     return wrap
+
+
+_PROBED: set = set()  # (kind, the config fields its draws may read) already probed by `probe_sample`
+
+
+def probe_sample(kind: "Variation", cfg: "DeviceConfig") -> None:
+    """A kind registered outside nvcim, on first use with these bits and options: `sample` on a few devices, twice
+    from one seed. ValueError (one line, naming the kind) unless Δg is a finite tensor of the levels' shape drawn
+    from the `generator` it is given (else a chip would not be reproducible from its seed, nor common random
+    numbers common). nvcim's own kinds are covered by its tests."""
+    if type(kind).__module__.startswith("nvcim."):
+        return
+    key = (id(kind), cfg.weight_bits, cfg.device_bits, tuple(sorted(cfg.variation_options.items())))
+    if key in _PROBED:
+        return
+    levels = (torch.arange(cfg.devices_per_weight * 6, dtype=torch.float32) % (cfg.device_levels + 1)
+              ).view(cfg.devices_per_weight, 3, 2)  # [M/K, 3, 2] target levels ḡ, every level of a device at least once
+    state = kind.level_state(levels, cfg) if kind.needs_levels else None
+    extra = {} if state is None else {"state": state}
+    what = f"variation {kind.name!r} ({type(kind).__name__}.sample)"
+    draws = [kind.sample(levels.clone(), 0.1, cfg, torch.Generator().manual_seed(0), **extra) for _ in range(2)]
+    for dg in draws:
+        if not isinstance(dg, torch.Tensor) or dg.shape != levels.shape or not dg.is_floating_point():
+            shape = list(dg.shape) if isinstance(dg, torch.Tensor) else type(dg).__name__
+            raise ValueError(f"{what} returned {shape} for levels of shape {list(levels.shape)}: return a float "
+                             "tensor Δg of the levels' shape, one value per device")
+        if not torch.isfinite(dg).all():
+            raise ValueError(f"{what} returned a non-finite Δg (NaN or inf) at σ = 0.1: every device's change must "
+                             "be a finite number of levels")
+    if not torch.equal(*draws):
+        raise ValueError(f"{what} drew differently from two generators of one seed: draw with the `generator` it "
+                         "is given (e.g. nvcim.core.rng.randn(shape, generator=generator)), or no chip is "
+                         "reproducible from its seed")
+    _PROBED.add(key)
 
 
 class Variation:

@@ -140,7 +140,11 @@ def load_dataset(
     else:
         info = DATASETS[name]
         root = Path(root).expanduser() if root is not None else default_root()
-        xtr, ytr, xte, yte = _checked(name, info, *REGISTRY[name].read(locate(name, root, download)))
+        arrays = REGISTRY[name].read(locate(name, root, download))
+        if not isinstance(arrays, (tuple, list)) or len(arrays) != 4:
+            got = f"{len(arrays)} values" if isinstance(arrays, (tuple, list)) else type(arrays).__name__
+            raise ValueError(f"dataset {name!r}: its reader returned {got}: return (x_train, y_train, x_test, y_test)")
+        xtr, ytr, xte, yte = _checked(name, info, *arrays)
 
     for y, what in ((ytr, "train"), (yte, "test")):
         y = np.asarray(y)

@@ -76,13 +76,14 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a folder name under the da
 
 
 def register_dataset(info: DatasetInfo, *, read: Callable[[Any], Arrays], locate: Locator,
-                     downloads: Sequence[tuple[str, str, str]] = ()) -> DatasetEntry:
-    """Register a data set under ``info.name`` (its folder under the data root) and return its entry."""
+                     downloads: Sequence[tuple[str, str, str]] = (), replace: bool = False) -> DatasetEntry:
+    """Register a data set under ``info.name`` (its folder under the data root) and return its entry (replace=True:
+    shadow a data set of that name on purpose)."""
     if not isinstance(info.name, str) or not _NAME.fullmatch(info.name):
         raise ValueError(f"dataset name {info.name!r} is invalid: use letters, digits, '_', '.' or '-'")
     _check_info(info)
     entry = DatasetEntry(info, read, locate, tuple(Download(*d) for d in downloads))
-    return REGISTRY.register(info.name, entry)  # a name taken already is a one-line ValueError
+    return REGISTRY.register(info.name, entry, replace=replace)  # a name taken already: a one-line ValueError
 
 
 def _check_info(info: DatasetInfo) -> None:

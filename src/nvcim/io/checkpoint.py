@@ -363,7 +363,9 @@ def read_checkpoint_config(path) -> dict:
         )
     problem = _config_problem(config)
     if problem:
-        raise CheckpointError(f"checkpoint {path}: {CONFIG_FILE}: {problem}: fix config.json")
+        hint = missing_hint(config.get("plugins"))  # a plugin's variation kind, say, is unknown without it
+        raise CheckpointError(f"checkpoint {path}: {CONFIG_FILE}: {problem}"
+                              + (hint if hint else ": fix config.json"))
     return config
 
 

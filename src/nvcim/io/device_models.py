@@ -7,8 +7,9 @@ specs resolve to (SPEC §8). One device model is one `DeviceConfig`.
     device_model_fields("rram4")                              # the fields the model sets (no defaults)
 
 NAME: a preset of `DeviceConfig.preset` ("rram1", "fefet2", "rram4", "fefet6": the authors' per-weight
-fold; "<name>-level": per device), or a named device below ("gaussian": the paper's device;
-"stuck-chen2015": Gaussian variation plus stuck-at faults at the rates of Chen et al., IEEE TC 2015).
+fold; "<name>-level": per device), a named device below ("gaussian": the paper's device;
+"stuck-chen2015": Gaussian variation plus stuck-at faults at the rates of Chen et al., IEEE TC 2015), or a
+registered variation kind with its default options ("level_dependent", a plugin's kind).
 FILE (.toml / .yaml / .json): DeviceConfig fields at top level, optionally `preset = "rram4"`, whose
 fields the file's own override, e.g.
 
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from nvcim.core.config import PRESET_NAMES, DeviceConfig, preset_fields, preset_merged
+from nvcim.core.variation import VARIATIONS
 from nvcim.io.files import read_mapping_file
 
 NAMED: dict[str, tuple[dict[str, Any], str]] = {
@@ -50,7 +52,19 @@ def list_device_models() -> list[tuple[str, str]]:
         how = (f"{how} {factor:g}x more" if factor != 1 else
                "every level varies alike" if per_device else "every weight varies alike")
         out.append((name, f"{base.upper()} device type (NeFT): {how}, normalised to σ_d"))
+    for kind in VARIATIONS.names():
+        if kind not in NAMED and kind not in PRESET_NAMES and _usable_bare(kind):
+            out.append((kind, f"variation kind {kind!r} with its default options (a file sets variation_options)"))
     return out
+
+
+def _usable_bare(kind: str) -> bool:
+    """Whether variation kind `kind` makes a device with its default options (level_dependent needs multipliers)."""
+    try:
+        DeviceConfig(sigma=0.1, variation=kind)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _fields_of(spec: str, device_bits: Any = None) -> dict[str, Any]:
@@ -60,6 +74,8 @@ def _fields_of(spec: str, device_bits: Any = None) -> dict[str, Any]:
         return dict(NAMED[spec][0])
     if spec in PRESET_NAMES:
         return preset_fields(spec, device_bits)
+    if spec in VARIATIONS and not Path(spec).exists():  # a variation kind (a plugin's too), its default options
+        return {"variation": spec}
     path = Path(spec).expanduser()
     if path.is_dir():
         raise ValueError(f"device model {spec} is a directory: give a preset or device name (`nvcim eval "

@@ -236,15 +236,22 @@ class Method:
 METHODS: Registry[type[Method]] = Registry("method")
 
 
-def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a `Method` subclass available by its `name` everywhere."""
+def register_method(cls: type[Method] | None = None, *, replace: bool = False):
+    """Class decorator (`@register_method`, or `@register_method(replace=True)` to shadow a method on purpose): make
+    a `Method` subclass available by its `name` everywhere. Its config dataclass's `name` must be that name."""
+    if cls is None:
+        return lambda c: register_method(c, replace=replace)
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         raise TypeError(f"register_method takes a Method subclass, got {cls!r}")
     fields = {f.name for f in dataclasses.fields(cls.config)}
     missing = [o.name for o in cls.options if o.name not in fields]
     if missing:
         raise TypeError(f"method {cls.name!r}: options {missing} are not fields of {cls.config.__name__}")
-    METHODS.register(cls.name, cls)
+    if getattr(cls.config, "name", None) != cls.name:
+        raise TypeError(f"method {cls.name!r}: its config {cls.config.__name__} has name = "
+                        f"{getattr(cls.config, 'name', None)!r}: give it the class attribute name = {cls.name!r} "
+                        "(a config names the method that trains it)")
+    METHODS.register(cls.name, cls, replace=replace)
     return cls
 
 

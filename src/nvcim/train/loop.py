@@ -156,6 +156,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
+def _check_task_output(method: str, loss, out, y: torch.Tensor) -> None:
+    """A method's task returns (loss [], logits [B, classes]): a plugin's that does not is named in one line."""
+    if not (isinstance(loss, torch.Tensor) and loss.dim() == 0 and isinstance(out, torch.Tensor) and out.dim() == 2
+            and out.shape[0] == y.shape[0]):
+        shapes = [list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in (loss, out)]
+        raise ValueError(f"method {method!r}: its training task returned loss {shapes[0]} and logits {shapes[1]} for "
+                         f"{y.shape[0]} images: return (a scalar loss, logits [batch, classes])")
+
+
 def _say(cfg: TrainConfig, msg: str) -> None:
     if cfg.progress:
         tqdm.write(msg, file=sys.stderr)
@@ -318,6 +327,8 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
         ):  # x [B,C,H,W] float, y [B] int64
             with autocast():
                 loss, out = task(x, y)  # loss [], out [B, classes]
+            if step == 1:
+                _check_task_output(mcfg.name, loss, out, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
