@@ -306,3 +306,30 @@ def test_a_variation_kind_is_a_device_model_by_its_name(tmp_path):
     assert device_model("uniform_test", {"sigma": 0.2}).variation == "uniform_test"
     assert "uniform_test" in dict(list_device_models())
     assert "level_dependent" not in dict(list_device_models())  # no device without its multipliers
+
+
+def test_a_registered_data_set_whose_files_changed_since_training_is_said(tmp_path, capsys):
+    """A plugin's data set reads the user's files, which no sha256 of nvcim's guards (npz: files are refused when
+    they change): evaluating after they changed went on silently; the held-out split's sha256 now says so."""
+    seed = {"value": 0}
+
+    def read(_found):
+        g = np.random.default_rng(seed["value"])
+        x = (g.random((180, 8, 8)) * 255).astype(np.uint8)
+        y = g.integers(0, 3, 180)
+        return x[:120], y[:120], x[120:], y[120:]
+
+    register_dataset(DatasetInfo("shifting_test", 3, 1, 8, (0.5,), (0.5,), augment=False), read=read,
+                     locate=Stripes())
+    try:
+        ck = tmp_path / "ck"
+        assert main(["train", *COMMON[:2], "--dataset", "shifting_test", *COMMON[4:], "--method", "vanilla",
+                     "--out", str(ck)]) == 0
+        capsys.readouterr()
+        assert main(["eval", str(ck), "--runs", "2", "--sigma", "0.1"]) == 0
+        assert "drawn now is not the one" not in capsys.readouterr().err
+        seed["value"] = 1  # other files under the same name
+        assert main(["eval", str(ck), "--runs", "2", "--sigma", "0.1"]) == 0
+        assert "the val split of shifting_test drawn now is not the one checkpoint" in capsys.readouterr().err
+    finally:
+        REGISTRY.pop("shifting_test", None)

@@ -414,9 +414,21 @@ def test_eval_of_a_checkpoint_under_edited_plugin_code_warns_and_a_shape_change_
     evaluate = ["eval", str(ck), "--plugin", str(plugin), "--runs", "2"]
     r = _run(evaluate)
     assert r.returncode == 0 and "other code of its plugin" not in r.stderr, r.stderr
+    assert _run([*evaluate, "--out", str(tmp_path / "same.json")]).returncode == 0
     plugin.write_text(PLUGIN.replace("nn.ReLU()", "nn.Tanh()"))
-    r = _run(evaluate)
+    r = _run([*evaluate, "--out", str(tmp_path / "edited.json")])
     assert r.returncode == 0 and "saved under other code of its plugin(s)" in r.stderr, r.stderr
+    # the result file says which code evaluated it, and a report of it says that it is not the trained one
+    from nvcim.report import scan_results
+
+    codes = {f: json.loads((tmp_path / f).read_text()).get("plugins_sha256") for f in ("same.json", "edited.json")}
+    assert None not in codes.values() and codes["same.json"] != codes["edited.json"]
+    assert codes["same.json"] == json.loads((ck / "config.json").read_text())["plugins_sha256"]
+    (tmp_path / "one").mkdir()
+    (tmp_path / "edited.json").rename(tmp_path / "one" / "edited.json")
+    notes = scan_results(tmp_path / "one").notes
+    assert any(n.startswith("1 model(s) evaluated under other code of their plugins than they were trained with")
+               for n in notes), notes
     plugin.write_text(PLUGIN.replace("32 * width", "48 * width"))
     r = _run(evaluate)
     assert r.returncode == 2 and "the plugins' code that builds it changed since it was saved" in r.stderr, r.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -138,11 +139,16 @@ def load_for_eval(ckpt: Path, *, dataset: str | None, data_root: str | None, spl
         limit=limit,
     )
     held_out = data_cfg.get("val_sha256")
-    if (split_name == "val" and same and isinstance(held_out, str) and limit == data_cfg.get("limit")
-            and splits.val.sha256() != held_out):  # (another torch's permutation, other data under the same name)
+    moved = (same and isinstance(held_out, str) and limit == data_cfg.get("limit")
+             and splits.val.sha256() != held_out)  # (another torch's permutation, other data under the same name)
+    if moved and split_name == "val":
         raise ValueError(f"the val split of {dataset} drawn now is not the one checkpoint {ckpt} held out in training "
                          "(another torch or data under that name): its images may have been trained on; evaluate "
                          "with --split test")
+    if moved:  # a plugin's data set reads the user's files, which no sha256 of nvcim's protects
+        warnings.warn(f"the val split of {dataset} drawn now is not the one checkpoint {ckpt} held out in training: "
+                      "the data under that name changed since (or another torch draws other splits); the test split "
+                      "evaluated may not be the data it was trained beside", stacklevel=2)
     splits = _trained_normalization(splits, data_cfg.get("normalization"), dataset, ckpt)
     split = getattr(splits, split_name)
     if len(split) == 0:

@@ -61,9 +61,19 @@ class EvaluatedModel:
     adc_calibration: dict | None = None  # {"split", "images"} under a calibrated ADC clip (written only then)
     digital_layers: list | None = None  # layer patterns kept digital instead of the checkpoint's (None: its own)
     device_model: str | None = None  # the device model's name as given (`--device-model rram4`; None: none given)
+    # nvcim.plugins.fingerprint of the checkpoint's plugins as they were when it was evaluated (a report says when it
+    # is not the code it was trained with); "now": filled in when the record is made, None: no plugins
+    plugins_sha256: str | None = "now"
     nvcim_version: str = __version__
     format: int = FORMAT
     kind: ClassVar[str] = "?"
+
+    def __post_init__(self):
+        if self.plugins_sha256 == "now":
+            from nvcim.plugins import fingerprint
+
+            recorded = self.checkpoint_config.get("plugins") if isinstance(self.checkpoint_config, dict) else None
+            self.plugins_sha256 = fingerprint(recorded) if isinstance(recorded, list) and recorded else None
 
     def head(self) -> dict:
         return {"kind": self.kind, "nvcim_version": self.nvcim_version, "checkpoint": self.checkpoint,
@@ -71,7 +81,8 @@ class EvaluatedModel:
                 "device_config": self.device_config, "bn_recalibration": self.bn_recalibration,
                 **({"adc_calibration": self.adc_calibration} if self.adc_calibration is not None else {}),
                 **({"digital_layers": self.digital_layers} if self.digital_layers is not None else {}),
-                **({"device_model": self.device_model} if self.device_model is not None else {})}
+                **({"device_model": self.device_model} if self.device_model is not None else {}),
+                **({"plugins_sha256": self.plugins_sha256} if self.plugins_sha256 is not None else {})}
 
 
 @dataclass(kw_only=True)
@@ -239,6 +250,7 @@ def _head_fields(d: Mapping[str, Any], where: str) -> dict:
             "bn_recalibration": d.get("bn_recalibration"),
             "adc_calibration": _dict_or_none(d, "adc_calibration", where), "digital_layers": digital,
             "device_model": name,
+            "plugins_sha256": d.get("plugins_sha256") if isinstance(d.get("plugins_sha256"), str) else None,
             "nvcim_version": str(d.get("nvcim_version") or "?"),
             "format": fmt}
 

@@ -5,6 +5,7 @@
     split_device_models(records)    one device-model name over different devices: split into arms "NAME: fields"
     data_file_conflicts(records)    models of one npz: data set trained on different versions of its file
     plugin_code_conflicts(records)  an arm whose models were built by different versions of the plugins' code
+    evaluated_under_other_code(records)  models evaluated under other plugin code than they were trained with
 """
 
 from __future__ import annotations
@@ -125,3 +126,15 @@ def plugin_code_conflicts(records: Sequence[dict]) -> list[str]:
     return [f"{label} ({model} on {dataset}): models built by {len(codes)} different versions of the plugins' code "
             f"(e.g. {', '.join(codes.values())}): the report pools them in one arm; report each version's results "
             "separately" for (model, _, dataset, label), codes in arms.items() if len(codes) > 1]
+
+
+def evaluated_under_other_code(records: Sequence[dict]) -> list[str]:
+    """Messages for models evaluated under other plugin code than they were trained with (a plugin's variation
+    kind, method or data set edited between `nvcim train` and `nvcim eval`): the numbers are the edited code's."""
+    edited = sorted({r["checkpoint"] or r["label"] for r in records
+                     if r.get("eval_plugin_code") and r.get("plugin_code") and r["eval_plugin_code"] != r["plugin_code"]})
+    if not edited:
+        return []
+    return [f"{len(edited)} model(s) evaluated under other code of their plugins than they were trained with (e.g. "
+            f"{', '.join(map(str, edited[:3]))}): their results are the edited code's; evaluate with the version "
+            "they were trained with, or retrain"]

@@ -30,8 +30,8 @@ from nvcim.evaluate import t_quantile
 from nvcim.evaluate.files import (KINDS, DeviceMatrixFile, EvaluationFile, FailedCellFile, WriteVerifyFile,
                                   parse_result)
 from nvcim.report.common import method_traits, num, sigma_specific
-from nvcim.report.conflicts import (data_file_conflicts, model_conflicts, name_unnamed_devices, plugin_code_conflicts,
-                                    split_device_models)
+from nvcim.report.conflicts import (data_file_conflicts, evaluated_under_other_code, model_conflicts,
+                                    name_unnamed_devices, plugin_code_conflicts, split_device_models)
 from nvcim.report.labels import (RECIPE_KEYS, assign_labels, base_label, device_description, evaluation_suffix,
                                  recipe_suffix, trained_on, training_devices_differ)
 
@@ -193,6 +193,7 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                 else None,
                 # the plugins' code the model was built with (nvcim.plugins.fingerprint), when it was built with plugins
                 "plugin_code": ck.get("plugins_sha256") if isinstance(ck.get("plugins_sha256"), str) else None,
+                "eval_plugin_code": rec.plugins_sha256,  # ... and the code it was evaluated with (None: not recorded)
                 "method": method,
                 "method_params": method_cfg,
                 "beta": num(method_cfg.get("beta")) if searched == "beta" else None,
@@ -366,7 +367,7 @@ def scan_results(path, skip_bad: bool = False, warn=None) -> ResultSet:
     assign_labels(rs.records, rs.verify_records)
     _label_verify_records(rs.verify_records, rs.records)
     for msg in device_msgs + model_conflicts(rs.records) + data_file_conflicts(rs.records) + \
-            plugin_code_conflicts(rs.records):
+            plugin_code_conflicts(rs.records) + evaluated_under_other_code(rs.records):
         warn(msg)
         rs.notes.append(msg)
     return rs
