@@ -508,6 +508,38 @@ def test_a_dead_worker_fails_only_its_own_cell(tmp_path):
     assert "worker process died" in by_id[cells[1].id]["error"]
 
 
+def _task_slow_after_seed0(cell: dict, out: str, threads: int) -> dict:
+    """A stand-in for run_cell: seed 0's cells finish at once, the others take a minute (their pid in OUT/pids)."""
+    with open(Path(out) / "pids", "a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(0.1 if cell["seed"] == 0 else 60)
+    return {"id": cell["id"], "status": "ok", "error": None, "wall_time_s": 0.1, "mean": 50.0, "sigma": cell["sigma"],
+            "beta": None}
+
+
+def test_an_interrupted_pool_stops_at_once_not_after_its_running_cells(tmp_path):
+    """Ctrl-C / SIGTERM with --workers 2 waited for every running and queued cell (hours on a real sweep)."""
+    from nvcim.sweep import backends
+
+    cells = expand(validate_spec(spec_of(methods=["noise_injection"], sigmas=[0.2], seeds=[0, 1, 2])))
+
+    def on_done(summary):
+        raise KeyboardInterrupt  # what Ctrl-C raises in the sweep process while it waits
+
+    with pytest.raises(KeyboardInterrupt):
+        backends.run_pool(cells, tmp_path, on_done, workers=2, threads=1, task=_task_slow_after_seed0)
+
+    def alive(pid: int) -> bool:  # a terminated worker is gone, or a zombie until its pool reaps it
+        try:
+            return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+
+    time.sleep(2)
+    pids = {int(p) for p in (tmp_path / "pids").read_text().split()}
+    assert pids and not any(alive(p) for p in pids)  # was: running on, the process exit waiting 60 s for them
+
+
 def test_pool_workers_exit_with_the_sweep_process(tmp_path):
     """A worker whose sweep process is killed must not run on (and write into DIR) outside the lock."""
     code = f"""

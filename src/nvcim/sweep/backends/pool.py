@@ -5,7 +5,8 @@
 the sweep process (it would otherwise outlive the sweep's lock on DIR). When a worker dies (killed, out
 of memory), the pool marks every unfinished cell broken: those cells run again in a fresh pool, and if
 that breaks too, one at a time, each in a pool of its own, so only a cell that kills its own worker is
-recorded as failed.
+recorded as failed. Interrupted (Ctrl-C, SIGTERM), the sweep process terminates its workers at once (they ignore
+SIGINT themselves, so that none starts another cell): the same command resumes.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def _exit_with_parent() -> None:
 
 def _pool_init(threads: int, plugin_specs: list[str]) -> None:
     _exit_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the sweep process stops them
     torch.set_num_threads(threads)
     load_plugins(plugin_specs, env=False)  # a spawned worker starts bare: the parent's plugins again
 
@@ -80,7 +82,9 @@ def _pool_round(cells: Sequence, out: Path, on_done: Callable[[Mapping], None], 
                     msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
                     summary = record_failure(cell, out, threads, msg, traceback.format_exc())
                 on_done(summary)
-        except BaseException:
+        except BaseException:  # Ctrl-C, SIGTERM: stop now, not after the running (hours-long) cells
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()  # their files are written atomically; training resumes from its last epoch
             pool.shutdown(wait=False, cancel_futures=True)
             raise
     broken_ids = {c.id for c in broken}
