@@ -1112,6 +1112,26 @@ def test_quiet_sweep_still_warns_of_a_damaged_result(tmp_path, capsys):
     assert "[1/1]" not in err  # quiet: no per-cell line
 
 
+def test_a_result_that_parses_but_the_report_would_refuse_is_not_done(tmp_path):
+    """A NaN mean or a missing test σ counted as done: nothing reran it, and the report aborted or dropped the row."""
+    spec = validate_spec(spec_of(methods=["vanilla"], sigmas=[0.2, 0.3], seeds=[0]))
+    out = tmp_path / "out"
+    assert run_sweep(spec, out, progress=False).exit_code == 0
+    (cid,) = [c.id for c in expand(spec)]
+    file = sweep.cell_dir(out, cid) / sweep.RESULT_FILE
+    good = json.loads(file.read_text())
+    assert sweep.result_problem(out, cid) is None
+    for edit, why in ((lambda d: d["results"].pop(), "holds σ [0.2], not the cell's test σ [0.2, 0.3]"),
+                      (lambda d: d["results"][0].update(mean=float("nan")), "holds a mean accuracy nan at σ = 0.2")):
+        damaged = json.loads(json.dumps(good))
+        edit(damaged)
+        file.write_text(json.dumps(damaged))
+        assert why in sweep.result_problem(out, cid) and sweep.cell_state(out, cid) == "pending"
+    with pytest.warns(sweep.SweepWarning):
+        assert run_sweep(spec, out, progress=False).ok == [cid]  # runs again
+    assert sweep.result_problem(out, cid) is None
+
+
 def test_dry_run_reports_missing_data_like_the_run_without_downloading(tmp_path, capsys, monkeypatch):
     import nvcim.data
     from nvcim.cli import main

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import shutil
@@ -112,6 +113,14 @@ def result_problem(out_dir, cell_id: str) -> str | None:
         return f"{RESULT_FILE} is not an mc_eval result"
     if not isinstance(rec.cell, dict) or rec.cell.get("id") != cell_id:
         return f"{RESULT_FILE} is not this cell's"
+    results = [r if isinstance(r, dict) else r.to_dict() for r in rec.results]  # (numeric sigma, mean: checked)
+    for r in results:  # what the report refuses or drops must not count as done (an edit, a bad merge)
+        if not (math.isfinite(r["mean"]) and 0 <= r["mean"] <= 100):
+            return f"{RESULT_FILE} holds a mean accuracy {r['mean']!r} at σ = {r['sigma']!r}, not one in [0, 100] %"
+    wanted, have = rec.cell.get("test_sigmas"), sorted(round(float(r["sigma"]), 9) for r in results)
+    if isinstance(wanted, list) and all(isinstance(v, (int, float)) for v in wanted) \
+            and sorted(round(float(v), 9) for v in wanted) != have:
+        return f"{RESULT_FILE} holds σ {have}, not the cell's test σ {sorted(wanted)}"
     return None
 
 
