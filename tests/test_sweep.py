@@ -1132,6 +1132,15 @@ def test_a_result_that_parses_but_the_report_would_refuse_is_not_done(tmp_path):
     assert sweep.result_problem(out, cid) is None
 
 
+def test_a_users_file_named_cells_is_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "cells").write_text("my notes\n")  # was [Errno 20] after spec.json, spec.toml and the lock were written
+    with pytest.raises(ValueError, match=r"cells is not a directory, and a sweep writes its cells there: move it away"):
+        run_sweep(validate_spec(ONE_CELL), out, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["cells"] and (out / "cells").read_text() == "my notes\n"
+
+
 def test_dry_run_reports_missing_data_like_the_run_without_downloading(tmp_path, capsys, monkeypatch):
     import nvcim.data
     from nvcim.cli import main
@@ -1260,6 +1269,19 @@ def test_the_spec_copy_never_replaces_a_users_file(tmp_path):
     with pytest.raises(ValueError, match=r"spec\.toml exists and is not nvcim's copy"):
         sweep.prepare_out_dir(spec, other, spec_text="name = 'x'\n", spec_suffix=".toml")
     assert (other / "spec.toml").read_text() == "# mine\n"
+
+
+def test_a_spec_replaced_with_force_leaves_no_copy_of_the_old_one(tmp_path):
+    """After --force with the spec in another format, nvcim's spec.toml (headed "a copy of the spec this directory's
+    cells ran") stayed, contradicting spec.json; a user's spec.yaml beside it stays."""
+    out = tmp_path / "out"
+    sweep.prepare_out_dir(validate_spec(ONE_CELL), out, spec_text="name = 'x'\n", spec_suffix=".toml")
+    (out / "spec.yaml").write_text("# my notes\n")
+    sweep.prepare_out_dir(validate_spec(ONE_CELL), out, spec_text='{"name": "x"}', spec_suffix=".json")  # the same
+    assert (out / "spec.toml").is_file()  # still this spec's copy
+    two = spec_of(methods=["noise_injection"], sigmas=[0.3], seeds=[0, 1], betas=[0.1])
+    sweep.prepare_out_dir(validate_spec(two), out, spec_text="{}", spec_suffix=".json", force=True)
+    assert not (out / "spec.toml").exists() and (out / "spec.yaml").read_text() == "# my notes\n"
 
 
 @pytest.mark.parametrize("name", ["a/b", "a\\b", "..", ".", ".hidden", "", " x", "a\nb"])

@@ -76,16 +76,20 @@ def test_driver_writes_when_the_directory_is_not_shared(tmp_path, local_ref):
     assert _results(out) == _results(local_ref)
     # a cell returned again (a rerun) replaces nvcim's files, keeps the user's, leaves nothing hidden behind
     d = sweep.cell_dir(out, cell.id)
-    (d.parent / f".{d.name}.tmp-killed").mkdir()  # the leftover of a driver killed mid-write
+    (d.parent / f".{d.name}.tmp-k1lled_x").mkdir()  # the leftover of a driver killed mid-write (mkdtemp's 8)
+    mine = d.parent / f".{d.name}.tmp-mynotes"  # a user's hidden directory of a like name: never nvcim's to delete
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
     (d / "checkpoint" / "model.safetensors").write_bytes(b"old weights")
     (d / "notes.txt").write_text("mine")
     ray_backend._write_returned(out, cell.id, {**reply["files"], "extra.txt": b"x"})
-    assert not [p.name for p in d.parent.iterdir() if p.name.startswith(".")]
+    assert [p.name for p in d.parent.iterdir() if p.name.startswith(".")] == [mine.name]
+    assert (mine / "notes.txt").read_text() == "precious"
     assert (d / "extra.txt").read_bytes() == b"x" and (d / "result.json").stat().st_mode & 0o777 == 0o644
     assert (d / "notes.txt").read_text() == "mine"
     assert (d / "checkpoint" / "model.safetensors").read_bytes() == reply["files"]["checkpoint/model.safetensors"]
     # an earlier version's swap killed between its two renames: the cell's old directory is put back first
-    old = d.parent / f".{d.name}.old-killed"
+    old = d.parent / f".{d.name}.old-k1lled_x"
     os.replace(d, old)
     ray_backend._write_returned(out, cell.id, reply["files"])
     assert not old.exists() and (d / "notes.txt").read_text() == "mine"
@@ -93,19 +97,13 @@ def test_driver_writes_when_the_directory_is_not_shared(tmp_path, local_ref):
 
 
 def test_missing_ray_is_a_one_line_error(monkeypatch, tmp_path):
-    import builtins
+    import sys
 
-    real_import = builtins.__import__
-
-    def no_ray(name, *a, **k):
-        if name == "ray":
-            raise ImportError("No module named 'ray'")
-        return real_import(name, *a, **k)
-
-    monkeypatch.setattr(builtins, "__import__", no_ray)
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails, find_spec finds nothing
     spec = validate_spec(copy.deepcopy(SPEC))
     with pytest.raises(ValueError, match=r"pip install 'nvcim\[ray\]'"):
         run_sweep(spec, tmp_path / "x", backend="ray", progress=False)
+    assert not (tmp_path / "x").exists()  # before spec.json, spec.toml, the lock (they were written first)
 
 
 def test_the_token_file_never_replaces_a_users_file(tmp_path):

@@ -562,3 +562,9 @@ def test_dry_run_says_partial_work_of_another_thread_count_is_redone(tmp_path, c
     (d / "cell.json").write_text(json.dumps({**cell.to_dict(), "threads": 1}))
     assert main(["sweep", str(spec), "--out", str(out), "--dry-run"]) == 0
     assert "training resumes after epoch 5 of 60" in capsys.readouterr().out
+    # the Ray backend (threads = cpus_per_cell when not pinned) redoes it too: its dry run said "resumes"
+    raw["resources"] = {"cpus_per_cell": 2}
+    spec.write_text(yaml.safe_dump(raw))
+    assert main(["sweep", str(spec), "--out", str(out), "--dry-run", "--backend", "ray", "--force"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if cell.id in x)
+    assert "made with 1 thread(s) per cell, this run uses 2: trained from the start" in line, line

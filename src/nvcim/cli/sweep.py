@@ -70,6 +70,7 @@ def run(args) -> int:
     from nvcim.sweep import expand, load_spec, plan, result_problem, run_sweep, stale_cells
     from nvcim.methods import search_symbol, searched_param
     from nvcim.sweep.backends.local import default_threads
+    from nvcim.sweep.backends.ray import ray_threads
     from nvcim.sweep.files import failed_differences, partial_progress, partial_work_of_other_threads
     from nvcim.sweep.runner import (UNDEFINED, check_data, check_spec_copy, check_sweep_dir, is_recorded_spec,
                                     needs_local_data)
@@ -85,8 +86,10 @@ def run(args) -> int:
         stale = {c.id: keys for c, keys in stale_cells(args.out, done, accept_plugin_change=args.accept_plugin_change)}
         state = {c.id: "done" for c in done} | {c.id: "failed" for c in failed} | {c.id: "pending" for c in todo}
         state |= {cid: "stale" for cid in stale}
-        threads = spec.resources.threads_per_cell or default_threads(args.workers)
-        other_threads = dict(partial_work_of_other_threads(Path(args.out), todo, threads)) if args.backend == "local" else {}
+        threads = (ray_threads(spec) if args.backend == "ray" else
+                   spec.resources.threads_per_cell or default_threads(args.workers))
+        other_threads = (dict(partial_work_of_other_threads(Path(args.out), todo, threads))
+                         if args.backend in ("local", "ray") else {})
         for c in cells:
             extra = f"  {search_symbol(searched_param(c.method))} search {c.betas}" if c.betas else ""
             if c.id in stale:

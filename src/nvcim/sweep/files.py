@@ -29,7 +29,7 @@ from nvcim.io.checkpoint import WEIGHTS_FILE as CHECKPOINT_WEIGHTS
 from nvcim.io.files import atomic_write_text, current_umask
 from nvcim.io.train_state import RECORD_FILE as TRAIN_STATE_RECORD
 from nvcim.io.train_state import TENSORS_FILE as TRAIN_STATE_TENSORS
-from nvcim.sweep.cells import Cell, fmt_beta, is_num
+from nvcim.sweep.cells import Cell, fmt_beta
 
 RESULT_FILE = "result.json"
 TRAIN_STATE_DIR = "train_state"  # beside a checkpoint/ while it trains (nvcim.io.train_state); gone once it is written
@@ -373,6 +373,16 @@ def partial_work_of_other_threads(out: Path, cells: Sequence[Cell], threads: int
     return found
 
 
+def other_threads_warning(out: Path, cells: Sequence[Cell], threads: int) -> str | None:
+    """What a backend says before it redoes partial work made with another thread count (None: there is none)."""
+    redo = partial_work_of_other_threads(out, cells, threads)
+    if not redo:
+        return None
+    return (f"{len(redo)} unfinished cell(s) (first: {redo[0][0]}) hold partial work made with {redo[0][1]} thread(s) "
+            f"per cell, this run uses {threads}: it is redone from scratch so that results stay bitwise reproducible "
+            "(to keep it, stop and rerun with the earlier --workers / backend, or pin [resources] threads_per_cell)")
+
+
 def partial_definition(out: Path, cell: Cell) -> list[str] | None:
     """The definition keys (threads aside) in which an unfinished cell's partial work differs from `cell` (None: no
     readable cell.json there: nothing kept to judge)."""
@@ -401,6 +411,14 @@ def adopt_plugin_change(out: Path, cells: Sequence[Cell]) -> list[str]:
             atomic_write_text(d / CELL_FILE, json.dumps(have, indent=2) + "\n")
             adopted.append(c.id)
     return adopted
+
+
+def swap_leftovers(d: Path, kind: str) -> list[Path]:
+    """The hidden siblings ".NAME.tmp-XXXXXXXX" (kind "tmp") or ".NAME.old-XXXXXXXX" ("old") of directory `d` that an
+    interrupted `link_or_copy_dir` (mkdtemp's 8 random characters) left: never a user's ".NAME.tmp-notes"."""
+    pattern = re.compile(rf"\.{re.escape(d.name)}\.{kind}-{_RANDOM}")
+    return sorted(p for p in d.parent.glob(f".{d.name}.{kind}-*")
+                  if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
 
 
 def link_or_copy_dir(src: Path, dst: Path) -> None:

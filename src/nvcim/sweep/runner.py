@@ -80,11 +80,25 @@ def prepare_out_dir(spec: SweepSpec, out_dir, *, force: bool = False, spec_text:
             copy = None  # it already holds this text: left as it is
     out.mkdir(parents=True, exist_ok=True)
     spec_file = out / SPEC_JSON
+    try:
+        changed = json.loads(spec_file.read_text(encoding="utf-8")) != json.loads(json.dumps(spec.to_dict()))
+    except (OSError, ValueError):
+        changed = False  # none yet (check_sweep_dir refused one it cannot parse)
     write_results_json(spec_file, spec.to_dict())
     if copy is not None:
         atomic_write_text(copy, text)
+    for old in (out / f"spec{suffix}" for suffix in (".toml", ".yaml", ".yml")):
+        if changed and old != copy and _starts_with_header(old):  # nvcim's copy of the spec replaced (--force)
+            old.unlink()
     return out
 
+
+def _starts_with_header(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline() == COPY_HEADER
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 
@@ -152,6 +166,9 @@ def check_sweep_dir(spec: SweepSpec, out_dir, *, force: bool = False) -> None:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"sweep output {out} is a file: choose a directory")
+    if (out / "cells").exists() and not (out / "cells").is_dir():
+        raise ValueError(f"sweep output {out}: {out / 'cells'} is not a directory, and a sweep writes its cells there: "
+                         "move it away or choose another --out")
     _refuse_other_nvcim_dir(out)
     token = foreign_token(out)
     if token is not None:  # a name the Ray backend writes: never a user's file replaced, whatever the backend
@@ -344,6 +361,8 @@ def run_sweep(spec: SweepSpec, out_dir, *, backend: str = "local", workers: int 
     `progress` is: each line (without a "warning: " prefix) goes to `warn`, by default `warnings.warn` with
     SweepWarning."""
     chosen = get_backend(backend)
+    if chosen.check is not None:
+        chosen.check()  # (Ray installed?) before anything is written
     if not is_int(workers) or workers < 1:
         raise ValueError(f"workers={workers!r} is invalid: use an integer >= 1")
     t0 = time.perf_counter()

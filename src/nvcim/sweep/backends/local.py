@@ -16,7 +16,7 @@ from nvcim.sweep.backends.pool import run_pool
 from nvcim.sweep.backends.registry import register_backend
 from nvcim.sweep.cell_run import run_cell
 from nvcim.sweep.cells import Cell
-from nvcim.sweep.files import partial_work_of_other_threads
+from nvcim.sweep.files import other_threads_warning
 from nvcim.sweep.schema import SweepSpec
 
 
@@ -33,12 +33,9 @@ def run_local(cells: Sequence[Cell], out: Path, spec: SweepSpec, on_done: Callab
               say: Callable[[str], None], *, workers: int = 1, address: str | None = None) -> None:
     """Run `cells` here, one at a time or `workers` at once (`address` is not used: cells run on this machine)."""
     threads = spec.resources.threads_per_cell or default_threads(workers)
-    redo = partial_work_of_other_threads(out, cells, threads)
+    redo = other_threads_warning(out, cells, threads)
     if redo:
-        say(f"{len(redo)} unfinished cell(s) (first: {redo[0][0]}) hold partial work made with "
-            f"{redo[0][1]} thread(s) per cell, this run uses {threads}: it is redone from scratch so that "
-            "results stay bitwise reproducible (to keep it, stop and rerun with the earlier --workers, "
-            "or pin [resources] threads_per_cell)")
+        say(redo)
     if workers == 1:
         for c in cells:
             on_done(run_cell(c, out, threads))

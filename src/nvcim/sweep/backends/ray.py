@@ -16,6 +16,7 @@ per-β resume on the workers.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import secrets
@@ -30,7 +31,8 @@ from nvcim.plugins import load_plugins
 from nvcim.plugins import loaded as loaded_plugins
 from nvcim.sweep.backends.registry import register_backend
 from nvcim.sweep.cell_run import record_failure, run_cell
-from nvcim.sweep.files import FAILED_FILE, RESULT_FILE, TOKEN_FILE, cell_dir, foreign_token, remove_cell_files
+from nvcim.sweep.files import (FAILED_FILE, RESULT_FILE, TOKEN_FILE, cell_dir, foreign_token, other_threads_warning,
+                               remove_cell_files, swap_leftovers)
 from nvcim.sweep.schema import SweepSpec
 
 RAY_MISSING = "the ray backend needs Ray: pip install 'nvcim[ray]'"
@@ -65,9 +67,9 @@ def _write_returned(out: Path, cell_id: str, files: Mapping[str, bytes]) -> None
     failed.json) last, so a driver killed midway leaves a pending cell, never a false 'done'."""
     d = cell_dir(out, cell_id)
     d.parent.mkdir(parents=True, exist_ok=True)
-    for stale in d.parent.glob(f".{d.name}.tmp-*"):  # an earlier version's interrupted write: nvcim's files only
+    for stale in swap_leftovers(d, "tmp"):  # an earlier version's interrupted write: nvcim's names only
         shutil.rmtree(stale, ignore_errors=True)
-    for old in sorted(d.parent.glob(f".{d.name}.old-*")):  # an earlier version's swap a kill interrupted
+    for old in swap_leftovers(d, "old"):  # an earlier version's swap a kill interrupted
         if not d.exists():
             os.replace(old, d)  # the cell's previous directory, user's files included, back in place
         elif old.is_dir():
@@ -79,10 +81,20 @@ def _write_returned(out: Path, cell_id: str, files: Mapping[str, bytes]) -> None
         atomic_write_bytes(d / rel, files[rel])
 
 
-@register_backend("ray", help="one Ray task per cell", remote=True)
+def ray_threads(spec: SweepSpec) -> int:
+    """Torch threads of a cell's Ray task: [resources] threads_per_cell, else its cpus_per_cell."""
+    return spec.resources.threads_per_cell or max(1, int(spec.resources.cpus_per_cell))
+
+
+def _ray_importable() -> None:
+    if importlib.util.find_spec("ray") is None:
+        raise ValueError(RAY_MISSING)
+
+
+@register_backend("ray", help="one Ray task per cell", remote=True, check=_ray_importable)
 def run_ray(cells: Sequence, out: Path, spec: SweepSpec, on_done: Callable[[Mapping], None],
             say: Callable[[str], None] | None = None, *, workers: int = 1, address: str | None = None) -> None:
-    """One Ray task per cell; results gathered as they finish (`say` is not used: nothing to add)."""
+    """One Ray task per cell; results gathered as they finish (`say`: partial work redone, as the local backend)."""
     try:
         import ray
     except ImportError:
@@ -90,7 +102,10 @@ def run_ray(cells: Sequence, out: Path, spec: SweepSpec, on_done: Callable[[Mapp
 
     res = spec.resources
     cpus, gpus = res.cpus_per_cell, res.gpus_per_cell
-    threads = res.threads_per_cell or max(1, int(cpus))
+    threads = ray_threads(spec)
+    redo = other_threads_warning(Path(out), cells, threads)
+    if redo and say is not None:
+        say(redo)  # as the local backend says it
     token = _write_token(Path(out))  # before Ray starts: a user's file of that name stops the run here
     started = False
     try:

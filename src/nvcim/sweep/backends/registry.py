@@ -30,18 +30,21 @@ class Backend:
     run: Callable[..., None]  # run(cells, out, spec, on_done, say, *, workers, address)
     help: str  # what it does, one line
     remote: bool = False  # with an address, the cells run on machines that hold their own data
+    check: Callable[[], None] | None = None  # raises a one-line ValueError when it cannot run here (before any write)
 
 
 BACKENDS: Registry[Backend] = Registry("backend")  # name -> Backend, in the order they were registered
 
 
-def register_backend(name: str, *, help: str, remote: bool = False) -> Callable[[Callable], Callable]:
-    """Function decorator: make `run` the backend called `name` (signature: see the module docstring)."""
+def register_backend(name: str, *, help: str, remote: bool = False,
+                     check: Callable[[], None] | None = None) -> Callable[[Callable], Callable]:
+    """Function decorator: make `run` the backend called `name` (signature: see the module docstring); `check()`
+    raises a one-line ValueError when the backend cannot run here (a missing package), before the sweep writes."""
 
     def wrap(run: Callable) -> Callable:
         if name in BACKENDS and BACKENDS[name].run is not run:
             raise ValueError(f"backend {name!r} is already registered: choose another name")
-        BACKENDS.register(name, Backend(name, run, help, remote), replace=True)
+        BACKENDS.register(name, Backend(name, run, help, remote, check), replace=True)
         return run
 
     return wrap
