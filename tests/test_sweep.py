@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -1130,6 +1131,21 @@ def test_a_result_that_parses_but_the_report_would_refuse_is_not_done(tmp_path):
     with pytest.warns(sweep.SweepWarning):
         assert run_sweep(spec, out, progress=False).ok == [cid]  # runs again
     assert sweep.result_problem(out, cid) is None
+
+
+def test_a_report_of_an_unfinished_sweep_says_how_much_is_done(tmp_path, capsys):
+    """A whole arm (OVF) missing from a half-finished sweep's report, and nothing said."""
+    from nvcim.cli import main
+
+    spec = validate_spec(spec_of(methods=["noise_injection"], sigmas=[0.2, 0.3], seeds=[0]))
+    out = tmp_path / "out"
+    assert run_sweep(spec, out, progress=False).exit_code == 0
+    assert main(["report", str(out), "--out", str(tmp_path / "r1")]) == 0
+    assert "cells done" not in capsys.readouterr().err  # all done: nothing to say
+    shutil.rmtree(sweep.cell_dir(out, expand(spec)[1].id))
+    assert main(["report", str(out), "--out", str(tmp_path / "r2")]) == 0
+    note = f"sweep {out}: 1 of 2 cells done (1 pending, 0 failed): arms may lack seeds or be missing"
+    assert note in capsys.readouterr().err and note in (tmp_path / "r2" / "report.md").read_text()
 
 
 def test_a_users_file_named_cells_is_refused_before_anything_is_written(tmp_path):

@@ -76,6 +76,9 @@ def run(args) -> int:
                       warn=lambda msg: print(f"nvcim report: warning: {msg}", file=sys.stderr))
     if not rs.records and not rs.failures and not rs.verify_records and not rs.matrices:
         raise ValueError(f"no results found in {', '.join(args.dirs)}")
+    for note in _unfinished_sweeps(roots):  # said beside the tables: their arms lack seeds, some arms are missing
+        print(f"nvcim report: warning: {note}", file=sys.stderr)
+        rs.notes.append(note)
     root = roots[0]
     out = Path(args.out) if args.out else (root if root.is_dir() else root.parent) / "report"
     for path in write_report(rs, out, fmt=args.fmt, title=args.title, cycle=cycle):
@@ -84,3 +87,25 @@ def run(args) -> int:
         if flagged:
             print(f"nvcim report: warning: {flagged}", file=sys.stderr)
     return 0
+
+
+def _unfinished_sweeps(roots: list[Path]) -> list[str]:
+    """"sweep DIR: k of N cells done (...)" for each DIR that is a sweep's output (its spec.json record) with cells
+    not done; a record this nvcim cannot expand (a plugin not loaded) is passed over."""
+    from collections import Counter
+
+    from nvcim.sweep import expand, load_spec
+    from nvcim.sweep.files import SPEC_JSON, cell_state
+
+    notes = []
+    for root in roots:
+        try:
+            cells = expand(load_spec(root / SPEC_JSON)) if (root / SPEC_JSON).is_file() else []
+        except (OSError, ValueError, TypeError):
+            continue
+        states = Counter(cell_state(root, c.id) for c in cells)
+        if cells and states["done"] < len(cells):
+            notes.append(f"sweep {root}: {states['done']} of {len(cells)} cells done ({states['pending']} pending, "
+                         f"{states['failed']} failed): arms may lack seeds or be missing; the sweep's command "
+                         "resumes the rest")
+    return notes
