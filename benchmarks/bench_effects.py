@@ -88,10 +88,12 @@ def per_model(values: str, n: int, cast=int) -> list:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="0.25,1.0", help="comma-separated VGG-8 width multipliers (default 0.25,1.0)")
-    p.add_argument("--runs", default="8,2", help="Monte Carlo chips per model, comma-separated (default 8,2)")
-    p.add_argument("--images", default="256,256", help="test images per model, comma-separated (default 256,256)")
-    p.add_argument("--adc-runs", default="2,1", help="chips per model for the ADC row (default 2,1)")
-    p.add_argument("--adc-images", default="128,64", help="images per model for the ADC row (default 128,64)")
+    p.add_argument("--runs", default=None, help="Monte Carlo chips per model, comma-separated (default by width: 8 "
+                   "at widths <= 0.5, else 2)")
+    p.add_argument("--images", default=None, help="test images per model, comma-separated (default 256)")
+    p.add_argument("--adc-runs", default=None, help="chips per model for the ADC row (default by width: 2, else 1)")
+    p.add_argument("--adc-images", default=None, help="images per model for the ADC row (default by width: 128, "
+                   "else 64)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward (default 256)")
     p.add_argument("--effects", default=None,
                    help="comma-separated row names to time, matched as prefixes (e.g. 'gaussian,ADC'; default all)")
@@ -99,8 +101,12 @@ def main() -> None:
     args = p.parse_args()
     clock, device = setup_run(args)
     widths = [float(w) for w in args.models.split(",")]
-    runs_l, images_l = per_model(args.runs, len(widths)), per_model(args.images, len(widths))
-    adc_runs_l, adc_images_l = per_model(args.adc_runs, len(widths)), per_model(args.adc_images, len(widths))
+
+    def sizes(given: str | None, narrow: int, wide: int) -> list[int]:  # a width's own default, not a position's
+        return per_model(given, len(widths)) if given else [narrow if w <= 0.5 else wide for w in widths]
+
+    runs_l, images_l = sizes(args.runs, 8, 2), sizes(args.images, 256, 256)
+    adc_runs_l, adc_images_l = sizes(args.adc_runs, 2, 1), sizes(args.adc_images, 128, 64)
     configs = effect_configs(args.sigma)
     if args.effects:
         wanted = [w.strip() for w in args.effects.split(",")]
@@ -121,8 +127,9 @@ def main() -> None:
         def mc(cfg, data, n):
             return lambda: monte_carlo_evaluate(model, data, cfg, runs=n, **kw)
 
-        methods = {"clean": lambda: clean(model, x, runs, args.batch_size),
-                   "clean (ADC size)": lambda: clean(model, xa, adc_runs, args.batch_size)}
+        methods = {"clean": lambda: clean(model, x, runs, args.batch_size)}
+        if any(cfg.sliced_mvm for cfg, _ in configs.values()):  # its reference only when an ADC row is timed
+            methods["clean (ADC size)"] = lambda: clean(model, xa, adc_runs, args.batch_size)
         for name, (cfg, _) in configs.items():
             methods[name] = mc(cfg, (xa, ya), adc_runs) if cfg.sliced_mvm else mc(cfg, (x, y), runs)
         times = {k: math.inf for k in methods}
