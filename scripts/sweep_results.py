@@ -74,6 +74,9 @@ def _check_pair(src: Path, dst: Path, action: str) -> None:
         raise ValueError(f"{src} has no {SPEC_JSON}: give a sweep directory (nvcim sweep --out) or an archive")
     if dst.exists() and not dst.is_dir():
         raise ValueError(f"{dst} is a file: give a directory")
+    if dst.resolve() != src.resolve() and dst.resolve().is_relative_to(src.resolve()):
+        raise ValueError(f"{dst} is inside {src}: a report of {src} would read every result twice; give a directory "
+                         "outside it")
     if action == "save" and not dst.exists() and dst.name.lower().endswith(_FILE_SUFFIXES) and dst.name.split(".")[0]:
         raise ValueError(f"{dst} names a file ({dst.name}), but an archive is a directory of JSON files (commit it, "
                          f"or pack it yourself): give a directory, e.g. {dst.parent / dst.name.split('.')[0]}")

@@ -112,6 +112,9 @@ def test_restore_never_overwrites_and_refusals_write_nothing(swept, tmp_path):
     (stranger / "notes.txt").write_text("mine")
     r = script("save", out, stranger)
     assert r.returncode == 2 and "neither an archive" in r.stderr and tree(stranger) == {"notes.txt": b"mine"}
+    before = tree(out)
+    r = script("save", out, out / "archive")  # inside the sweep: its report would read every result twice
+    assert r.returncode == 2 and "is inside" in r.stderr and tree(out) == before
 
 
 def test_a_cell_without_its_definition_is_neither_archived_nor_trusted(swept, tmp_path):
