@@ -119,6 +119,8 @@ def test_eval_no_quantize_against_the_files_quantize(ck, files, capsys):
     (behind / "config.json").write_text(json.dumps(meta))
     _refused(*run_cli(["eval", str(behind), *EVAL, "--no-quantize"], capsys),
              "was trained behind ADCs / DACs (adc_bits=8, input_bits=None)", "drop --no-quantize")
+    rc, _, err = run_cli(["eval", str(behind), *EVAL, "--no-quantize", "--device-model", "gaussian"], capsys)
+    assert rc == 0, err  # the fix the message names works: a device model without ADCs replaces its device
 
 
 @pytest.mark.parametrize("flags, words", [

@@ -333,3 +333,20 @@ def test_a_registered_data_set_whose_files_changed_since_training_is_said(tmp_pa
         assert "the val split of shifting_test drawn now is not the one checkpoint" in capsys.readouterr().err
     finally:
         REGISTRY.pop("shifting_test", None)
+
+
+def test_a_plugin_kind_with_nested_options_is_probed_once_and_works():
+    """The first-use probe keyed its cache on the options: a per-level table (a list of lists) raised a bare
+    "unhashable type: 'list'" in DeviceConfig (a review)."""
+    from nvcim.core.config import DeviceConfig
+
+    class Tabled(Uniform):
+        options = {"table": None}
+
+    register_variation("tabled_test")(Tabled)
+    try:
+        for _ in range(2):
+            cfg = DeviceConfig(sigma=0.1, variation="tabled_test", variation_options={"table": [[1, 2], [3, 4]]})
+        assert cfg.variation == "tabled_test" and DeviceConfig.from_dict(cfg.to_dict()) == cfg
+    finally:
+        VARIATIONS.unregister("tabled_test")

@@ -338,6 +338,14 @@ def test_a_matrix_outside_any_layer_kept_digital_is_acknowledged_not_warned_abou
         keep_digital_(again, ["pos"])
     assert digital_layers(again) == ["head"]  # nothing half-done
 
+    class OnlyEmbedding(nn.Module):  # no layer nvcim varies; its one matrix kept digital
+        def __init__(self):
+            super().__init__()
+            self.pos_embed, self.norm = nn.Parameter(torch.randn(1, 5, 8)), nn.LayerNorm(8)
+
+    with pytest.raises(SelectionError, match="has no layer nvcim can vary"):  # not "every layer ... kept digital"
+        nvcim.apply_variation_(keep_digital_(OnlyEmbedding(), ["pos_embed"]), DeviceConfig(sigma=0.1))
+
 
 class _LoRALinear(nn.Linear):
     """A user's Linear subclass with its own forward (W x + B A x): nvcim's Linear forward would drop B A x."""

@@ -549,19 +549,21 @@ sys.path.insert(0, {str(ROOT / 'src')!r})
 import concurrent.futures as cf, multiprocessing as mp
 from nvcim.sweep.backends.pool import _pool_init
 def work(path):
+    open(path + ".started", "w").write("busy")
     time.sleep(4)
     open(path, "w").write("orphan")
 if __name__ == "__main__":
-    pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_pool_init, initargs=(1,))
+    pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_pool_init, initargs=(1, []))
     pool.submit(work, {str(tmp_path / 'late')!r})
-    time.sleep(2)
+    time.sleep(3)
     os._exit(0)  # the sweep process dies while its worker is busy
 """
     script = tmp_path / "parent.py"
     script.write_text(code)
     subprocess.run([sys.executable, str(script)], timeout=60, check=True)
     time.sleep(5)
-    assert not (tmp_path / "late").exists()
+    # the worker did start (initargs that _pool_init rejects broke the pool first: the test passed vacuously)
+    assert (tmp_path / "late.started").exists() and not (tmp_path / "late").exists()
 
 
 def _running(pid: int) -> bool:
@@ -584,7 +586,7 @@ def work(path):
     time.sleep(1)
     open(path, "w").write("orphan")
 if __name__ == "__main__":
-    pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_pool_init, initargs=(1,))
+    pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_pool_init, initargs=(1, []))
     pool.submit(work, {str(tmp_path / 'late')!r})
     print(*pool._processes, flush=True)
     time.sleep(0.3)  # the work item is on its way; the worker is still importing
@@ -1296,7 +1298,9 @@ def test_a_spec_replaced_with_force_leaves_no_copy_of_the_old_one(tmp_path):
     sweep.prepare_out_dir(validate_spec(ONE_CELL), out, spec_text='{"name": "x"}', spec_suffix=".json")  # the same
     assert (out / "spec.toml").is_file()  # still this spec's copy
     two = spec_of(methods=["noise_injection"], sigmas=[0.3], seeds=[0, 1], betas=[0.1])
-    sweep.prepare_out_dir(validate_spec(two), out, spec_text="{}", spec_suffix=".json", force=True)
+    sweep.prepare_out_dir(validate_spec(two), out, spec_text="name = 'x'\n", spec_suffix=".toml", force=True)
+    assert (out / "spec.toml").is_file()  # the same text, another record (say, another nvcim's): the copy stays
+    sweep.prepare_out_dir(validate_spec(ONE_CELL), out, spec_text="{}", spec_suffix=".json", force=True)
     assert not (out / "spec.toml").exists() and (out / "spec.yaml").read_text() == "# my notes\n"
 
 

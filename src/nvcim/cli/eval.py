@@ -416,7 +416,7 @@ def run(args: argparse.Namespace) -> int:
 
         PartialResults.beside(args.out or args.csv)
     loaded = load_for_eval(ckpt, dataset=args.dataset, data_root=args.data_root, split=args.split, limit=limit,
-                           no_quantize=args.no_quantize, digital=digital_override(args.digital_layers))
+                           no_quantize=args.no_quantize, digital=digital_override(args.digital_layers), own_device=not chosen)
     model, config, base, dataset, splits, split = (loaded.model, loaded.config, loaded.device, loaded.dataset,
                                                     loaded.splits, loaded.split)
     spec = config.get("model", {})

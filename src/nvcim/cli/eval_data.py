@@ -34,24 +34,25 @@ class Loaded(NamedTuple):
     split: Any
 
 
-def checkpoint_device(ckpt: Path, config: dict, no_quantize: bool = False) -> DeviceConfig:
-    """The device checkpoint `ckpt` was trained with (its config.json `config`; training σ), quantization as asked."""
+def checkpoint_device(ckpt: Path, config: dict, no_quantize: bool = False, own: bool = True) -> DeviceConfig:
+    """The device checkpoint `ckpt` was trained with (its config.json `config`; training σ), quantization as asked.
+    own: the evaluation runs under it (no --device-model replaces it), so --no-quantize cannot drop its ADCs."""
     dev_dict = config.get("device") or {}
     if not isinstance(dev_dict, dict):
         raise ValueError(f"checkpoint {ckpt}: 'device' in config.json is not a device config: fix config.json")
     base = DeviceConfig.from_dict(dev_dict) if dev_dict else DeviceConfig(sigma=0.0)
-    if no_quantize and base.sliced_mvm:
+    if no_quantize and base.sliced_mvm and own:
         raise ValueError(f"--no-quantize: checkpoint {ckpt} was trained behind ADCs / DACs (adc_bits={base.adc_bits}, "
                          f"input_bits={base.input_bits}), which read quantized device levels: drop --no-quantize, or "
-                         "evaluate under another --device-model")
-    return base.replace(quantize=False) if no_quantize else base
+                         "evaluate under a --device-model without ADCs")
+    return base.replace(quantize=False, adc_bits=None, input_bits=None) if no_quantize else base
 
 
 def device_defaults(ckpt: Path, no_quantize: bool = False) -> dict[str, Any]:
     """The fields (DEVICE_DEFAULT_KEYS) a device model leaves to checkpoint `ckpt`, from its config.json alone (no
     weights, no data): so a device model is built, and validated, with them before anything is loaded."""
     config = checkpoint.read_checkpoint_config(ckpt)
-    base = checkpoint_device(ckpt, config, no_quantize)
+    base = checkpoint_device(ckpt, config, no_quantize, own=False)  # a device model replaces its ADCs too
     return {k: getattr(base, k) for k in DEVICE_DEFAULT_KEYS}
 
 
@@ -66,9 +67,10 @@ def digital_override(text: str | None) -> list[str] | None:
 
 
 def load_for_eval(ckpt: Path, *, dataset: str | None, data_root: str | None, split: str, limit: int | None,
-                  no_quantize: bool = False, digital: list[str] | None = None) -> Loaded:
+                  no_quantize: bool = False, digital: list[str] | None = None, own_device: bool = True) -> Loaded:
     """The checkpoint's model (float32), config and device, and the `split` of its (or `dataset`'s) data.
-    digital: the layers kept digital instead of the checkpoint's (`digital_override`; None: the checkpoint's)."""
+    digital: the layers kept digital instead of the checkpoint's (`digital_override`; None: the checkpoint's);
+    own_device: evaluated under the checkpoint's device (False: device models replace it; `checkpoint_device`)."""
     dataset_flag, split_name = dataset, split
     model, config = checkpoint.load_checkpoint(ckpt)  # looked up at call time (tests replace it)
     if digital is not None:
@@ -81,7 +83,7 @@ def load_for_eval(ckpt: Path, *, dataset: str | None, data_root: str | None, spl
         print(f"nvcim eval: note: checkpoint {ckpt} stores {'/'.join(dtypes)} weights: evaluating them in float32",
               file=sys.stderr)
         model = model.float()
-    base = checkpoint_device(ckpt, config, no_quantize)
+    base = checkpoint_device(ckpt, config, no_quantize, own_device)
     metrics = config.get("metrics") if isinstance(config.get("metrics"), dict) else {}
     if metrics.get("status") == "diverged":  # nvcim train kept the last finite weights: say which
         kept = (f"the best validated epoch's ({metrics['best_epoch']})" if metrics.get("best_epoch") is not None

@@ -117,7 +117,7 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
     rows, info, adc_data, data_files = [], [], [], []
     for i, ck in enumerate(ckpts):
         loaded = load_for_eval(ck, dataset=args.dataset, data_root=args.data_root, split=args.split, limit=limit,
-                               no_quantize=args.no_quantize)
+                               no_quantize=args.no_quantize, own_device=False)  # the columns' devices replace it
         for name, device in devices[i].items():  # a layer a column cannot run: said now, not after other cells
             if is_aihwkit_spec(name):
                 try:

@@ -65,7 +65,7 @@ def probe_sample(kind: "Variation", cfg: "DeviceConfig") -> None:
     numbers common). nvcim's own kinds are covered by its tests."""
     if type(kind).__module__.startswith("nvcim."):
         return
-    key = (id(kind), cfg.weight_bits, cfg.device_bits, tuple(sorted(cfg.variation_options.items())))
+    key = (id(kind), cfg.weight_bits, cfg.device_bits, repr(sorted(cfg.variation_options.items())))  # any options
     if key in _PROBED:
         return
     levels = (torch.arange(cfg.devices_per_weight * 6, dtype=torch.float32) % (cfg.device_levels + 1)

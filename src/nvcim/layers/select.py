@@ -133,8 +133,9 @@ def selected_layers(
     names = [n for n, _ in candidates]
     every = {n for n, _ in _layers(model)}  # kept digital too: a pattern naming one is no typo
     if strict:
-        if not candidates and digital_layers(model):
-            raise SelectionError(f"every layer nvcim can vary is kept digital ({names_list(digital_layers(model))}): "
+        kept = [n for n, m in _layers(model) if handlers.is_digital(m)]  # layers (not matrices outside them)
+        if not candidates and kept:
+            raise SelectionError(f"every layer nvcim can vary is kept digital ({names_list(kept)}): "
                                  "nothing would get device variation; keep fewer layers digital")
         if not candidates:
             kinds = sorted({t.__name__ for t in handlers.LAYER_HANDLERS})

@@ -87,8 +87,9 @@ def prepare_out_dir(spec: SweepSpec, out_dir, *, force: bool = False, spec_text:
     write_results_json(spec_file, spec.to_dict())
     if copy is not None:
         atomic_write_text(copy, text)
+    running = out / f"spec{spec_suffix}" if spec_text is not None else None  # the copy of this spec: kept
     for old in (out / f"spec{suffix}" for suffix in (".toml", ".yaml", ".yml")):
-        if changed and old != copy and _starts_with_header(old):  # nvcim's copy of the spec replaced (--force)
+        if changed and old != running and _starts_with_header(old):  # nvcim's copy of the spec replaced (--force)
             old.unlink()
     return out
 
