@@ -264,7 +264,7 @@ def paired_difference(a: MCResult, b: MCResult) -> dict:
     if a.seed != b.seed:
         raise ValueError(f"paired_difference: the results use different seeds ({a.seed}, {b.seed}), so their chips "
                          "differ: evaluate both with the same seed")
-    ca, cb = (DeviceConfig.from_dict(r.device_config).to_dict() if r.device_config else {} for r in (a, b))
+    ca, cb = (_canonical_device(r.device_config) for r in (a, b))
     keys = sorted(k for k in set(ca) | set(cb) if ca.get(k) != cb.get(k))
     for what, x, y in (("σ", a.sigma, b.sigma), ("test images", a.n_samples, b.n_samples),
                        ("device config", *([{k: c.get(k) for k in keys} for c in (ca, cb)]))):
@@ -279,6 +279,14 @@ def paired_difference(a: MCResult, b: MCResult) -> dict:
     mean, std = float(d.mean()), float(d.std(ddof=1))
     half = _t975(d.size - 1) * std / math.sqrt(d.size)
     return {"mean": mean, "std": std, "ci95": (mean - half, mean + half), "half_width": half, "chips": int(d.size)}
+
+
+def _canonical_device(d: dict | None) -> dict:
+    """A result's device config with its defaults filled in (as recorded when a plugin's kind is not loaded)."""
+    try:
+        return DeviceConfig.from_dict(d).to_dict() if d else {}
+    except (TypeError, ValueError):
+        return dict(d)
 
 
 def chip_accuracies(res: MCResult) -> dict[int, float]:
