@@ -607,13 +607,15 @@ def test_worst_case_does_not_pool_only_the_models_that_kept_per_chip_accuracies(
 
 def test_worst_case_weighs_each_trained_model_alike_whatever_its_chips(tmp_path):
     """Seed 0 on 100 chips at ~90, seed 1 on 20 chips at 50..69: pooled chip by chip, seed 0 set the arm's tails
-    (p10 61.9); each model weighing half, p10 is the 4th of seed 1's 20 values (53), p5 the 2nd (51)."""
+    (p10 61.9); each model weighing half (seed 1's chips as 100 of its quantiles, 50 + 19 i / 99), p10 is the
+    pooled 200 values' at rank 19.9: 50 + 19 (19.9) / 99 = 53.82; p5 at rank 9.95: 51.91."""
     root = tmp_path / "r"
     chips = {0: [90.0 + 0.01 * i for i in range(100)], 1: [50.0 + i for i in range(20)]}
     for seed, acc in chips.items():
         write(root / f"s{seed}.json", mc_eval("ovf", 0.35, seed, [mc_result(0.35, acc)]))
     (p,) = matched_points(load_results(root))
-    assert (p["p10"], p["p5"], p["p1"]) == (53.0, 51.0, None)  # p1: 2 x 20 chips' worth is too few
+    assert p["p10"] == pytest.approx(50 + 19 * 19.9 / 99) and p["p5"] == pytest.approx(50 + 19 * 9.95 / 99)
+    assert p["p1"] is None  # 2 x 20 chips' worth is too few
     assert p["n_chips"] == 120 and p["min"] == 50.0
 
 

@@ -86,19 +86,19 @@ _TAILS = ((1.0, "p1"), (5.0, "p5"), (10.0, "p10"))
 
 def _pooled_stats(models: list[dict]) -> dict:
     """The arm's worst-case tails over its models' chips, each trained model weighing the same (a seed evaluated
-    on 1,000 chips beside seeds on 200 does not set the arm's p5). Pooled only when every model has its per-chip
-    accuracies; otherwise the mean of the models' own tails, and a tail only when every model has it (never some
-    models' value printed as the arm's). A percentile too deep for the chips there are is None."""
+    on 1,000 chips beside seeds on 200 does not set the arm's p5): each model's chips as n quantiles of its own, n
+    the most chips a model has (its chips themselves when it has n), pooled, numpy's linear percentiles. Pooled only
+    when every model has its per-chip accuracies; otherwise the mean of the models' own tails, and a tail only when
+    every model has it (never some models' value printed as the arm's). A percentile too deep for the chips there
+    are is None."""
     per_model = [r["per_run_accuracy"] for r in models]
     pooled = [a for accs in per_model for a in accs] if all(per_model) else []
     if pooled:
         arr = np.asarray(pooled, dtype=np.float64)
-        if len({len(a) for a in per_model}) == 1:  # equal chips per model: the plain (linear) percentiles
-            tails = {k: float(np.percentile(arr, q)) if _estimable(q, arr.size) else None for q, k in _TAILS}
-        else:
-            weights = np.concatenate([np.full(len(a), 1.0 / len(a)) for a in per_model])  # [chips] 1 per model
-            tails = {k: _weighted_percentile(arr, weights, q) if _estimable(q, min(map(len, per_model)) * len(models))
-                     else None for q, k in _TAILS}
+        n = max(map(len, per_model))  # each model's chips as n quantiles of its own (its sorted chips when it has n)
+        even = np.concatenate([np.quantile(np.asarray(a, dtype=np.float64), np.linspace(0, 1, n)) for a in per_model])
+        fewest = min(map(len, per_model)) * len(models)  # the chips' worth behind a tail
+        tails = {k: float(np.percentile(even, q)) if _estimable(q, fewest) else None for q, k in _TAILS}
         return {**tails, "min": float(arr.min()), "n_chips": int(arr.size), "pooled": pooled}
     chips = [r.get("full_set_chips") or r["runs"] for r in models]  # the chips each model's tails come from
     vals = {k: [r[k] for r, c in zip(models, chips) if r[k] is not None and (k == "min" or _estimable(q, c))]
@@ -112,14 +112,6 @@ def _pooled_stats(models: list[dict]) -> dict:
         "n_chips": int(sum(chips)),
         "pooled": [],
     }
-
-
-def _weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
-    """The q-th percentile of `values` under `weights` (the inverted weighted CDF: the smallest value whose
-    cumulative weight reaches q % of the total)."""
-    order = np.argsort(values, kind="stable")
-    cum = np.cumsum(weights[order])  # [chips]
-    return float(values[order][np.searchsorted(cum, q / 100.0 * cum[-1] * (1 - 1e-12))])
 
 
 def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> list[dict]:
