@@ -9,7 +9,7 @@ import math
 import pytest
 
 from nvcim.cli import main
-from nvcim.report import paired_comparisons, paired_t, scan_results
+from nvcim.report import load_results, matched_points, paired_comparisons, paired_t, scan_results
 from nvcim.report.paired import reading
 from test_report import mc_eval, mc_result, write
 
@@ -224,3 +224,26 @@ def test_equal_differences_with_float_rounding_have_no_spread_either():
     diffs = [0.1 + 0.2 - 0.2, 0.1, 0.3 - 0.2]  # all "0.1", a few 1e-17 apart
     row = {"arm_a": "OVF", "arm_b": "noise injection", **paired_t(diffs)}
     assert reading(row).startswith("no spread: each of the 3 seeds differs by 0.10")
+
+
+def test_a_baselines_own_data_limit_does_not_break_its_pairs_with_the_other_methods(tmp_path):
+    """A new user's report of a sweep (vanilla, noise injection; 2 epochs, limit 8000) plus one more vanilla model
+    trained with 3 epochs on limit 20000: the sweep's vanilla arm became "vanilla (2 epochs, limit 8000)", noise
+    injection stayed "(2 epochs)", and every noise injection − vanilla pair vanished from the paired and budget
+    tables without a word. A baseline's own limit is no other budget: the pair stands."""
+    root = tmp_path / "r"
+    for method in ("vanilla", "noise_injection"):
+        for seed in (0, 1, 2):
+            payload = mc_eval(method, 0.3, seed, [mc_result(0.3, [60.0 + 10 * (method != "vanilla") + seed + i
+                                                                for i in range(4)])])
+            payload["checkpoint_config"]["train"] = {"epochs": 2, "limit": 8000}
+            write(root / f"{method}{seed}.json", payload)
+    extra = mc_eval("vanilla", 0.3, 0, [mc_result(0.3, [70.0, 71.0, 72.0, 73.0])])
+    extra["checkpoint_config"]["train"] = {"epochs": 3, "limit": 20000}
+    extra["checkpoint"] = "ck/other-vanilla"
+    write(root / "extra.json", extra)
+    rows = paired_comparisons(matched_points(load_results(root)))
+    ni = [r for r in rows if (r["method_a"], r["method_b"]) == ("noise_injection", "vanilla")]
+    assert len(ni) == 1 and ni[0]["n"] == 3 and ni[0]["mean"] == pytest.approx(10.0), rows
+    assert ni[0]["recipe_a"] == ni[0]["recipe_b"] == "2 epochs"
+    assert "limit 8000" in ni[0]["arm_b"]  # the label still says what is the baseline's own

@@ -31,8 +31,20 @@ from nvcim.report.tables import Table, fmt_p
 
 
 def is_budget_study(points: Sequence[dict]) -> bool:
-    """Whether any arm carries a training-recipe suffix (models of one (model, dataset) trained differently)."""
-    return any(p.get("recipe_label") for p in points)
+    """Whether any arm carries a training-recipe suffix that differs across methods (models of one (model, dataset)
+    trained to different budgets; a baseline's own data limit or validation chips alone make no budget study)."""
+    return any(budget_of(p) for p in points)
+
+
+def budget_of(p: dict) -> str:
+    """The recipe a point's column is (its words that differ across methods; points of older callers: the whole)."""
+    return p.get("recipe_common", p.get("recipe_label", ""))
+
+
+def _own(p: dict) -> str:
+    """What else a point's recipe says beyond its budget (a method's own limit, say): shown beside its arm."""
+    common = set(filter(None, budget_of(p).split(", ")))
+    return ", ".join(w for w in (p.get("recipe_label") or "").split(", ") if w and w not in common)
 
 
 def _epochs(row: dict) -> float:
@@ -82,18 +94,19 @@ def gap_table(model: str, dataset: str, gaps: Sequence[dict]) -> Table | None:
 
 def arm_table(model: str, dataset: str, points: Sequence[dict]) -> Table | None:
     """Mean [95 % CI] (seeds) of every arm, one column per recipe, rows (σ_d, arm, width)."""
-    pts = [p for p in points if (p["model"], p["dataset"]) == (model, dataset) and p.get("recipe_label")]
+    pts = [p for p in points if (p["model"], p["dataset"]) == (model, dataset) and budget_of(p)]
     if not pts:
         return None
-    epochs = {p["recipe_label"]: float(p["recipe"].get("epochs") or math.inf) for p in pts}
+    epochs = {budget_of(p): float(p["recipe"].get("epochs") or math.inf) for p in pts}
     recipes = sorted(epochs, key=lambda s: (epochs[s], s))
-    keys = sorted({(p["sigma"], p["arm"], p["method"], float(p["width"] or 1.0)) for p in pts},
+    arm_of = {id(p): p["arm"] + (f" ({_own(p)})" if _own(p) else "") for p in pts}
+    keys = sorted({(p["sigma"], arm_of[id(p)], p["method"], float(p["width"] or 1.0)) for p in pts},
                   key=lambda k: (k[0], label_sort_key(k[1], k[2]), k[3]))
     rows = []
     for sigma, arm, method, width in keys:
         row = [fmt_sigma(sigma), arm, fmt_param(width)]
         for rec in recipes:
-            p = next((p for p in pts if (p["sigma"], p["arm"], p["recipe_label"]) == (sigma, arm, rec)
+            p = next((p for p in pts if (p["sigma"], arm_of[id(p)], budget_of(p)) == (sigma, arm, rec)
                       and float(p["width"] or 1.0) == width), None)
             row.append("" if p is None else f"{fmt_num(p['mean'])} [{fmt_num(p['ci95'][0])}, {fmt_num(p['ci95'][1])}]"
                                             f" ({p['n_seeds']})")

@@ -103,10 +103,12 @@ def recipe_suffix(r: Mapping) -> str:
 
 
 def _recipe_labels(records: list[dict]) -> None:
-    """Set record["recipe_label"]: the recipe values that differ between the models of its (model, dataset)."""
+    """Set record["recipe_label"]: the recipe values that differ between the models of its (model, dataset); and
+    record["recipe_common"]: those of them that differ across methods (not PER_METHOD_KEYS), what two methods'
+    arms must share to be compared (a vanilla kept by a limit of its own is still the 12-epoch vanilla)."""
     by_group: dict[tuple, list[dict]] = {}
     for r in records:
-        r["recipe_label"] = ""
+        r["recipe_label"] = r["recipe_common"] = ""
         if r.get("recipe"):
             by_group.setdefault((r["model"], r["dataset"]), []).append(r)
     for recs in by_group.values():
@@ -117,7 +119,9 @@ def _recipe_labels(records: list[dict]) -> None:
         for same_method in by_method.values():
             keys = varying + _varying(same_method, only=PER_METHOD_KEYS)
             for r in same_method:
-                r["recipe_label"] = ", ".join(recipe_words(k, r["recipe"][k]) for k in sorted(keys, key=RECIPE_KEYS.index))
+                words = {k: recipe_words(k, r["recipe"][k]) for k in sorted(keys, key=RECIPE_KEYS.index)}
+                r["recipe_label"] = ", ".join(words.values())
+                r["recipe_common"] = ", ".join(w for k, w in words.items() if k in varying)
 
 
 def _varying(recs: list[dict], exclude: Sequence[str] = (), only: Sequence[str] | None = None) -> list[str]:

@@ -72,9 +72,17 @@ def _differences(a: dict, b: dict) -> set[str]:
         found |= {f"evaluation {k}" for k in set(parts_a) | set(parts_b) if parts_a.get(k) != parts_b.get(k)}
     elif ev_a != ev_b:
         found.add("evaluation")
-    if a.get("recipe_label", "") != b.get("recipe_label", ""):
+    recipe_a, recipe_b = _recipes(a, b, "method" in found)
+    if recipe_a != recipe_b:
         found.add("recipe")
     return found
+
+
+def _recipes(a: dict, b: dict, methods_differ: bool) -> tuple[str, str]:
+    """The recipes two arms are compared by: across methods, what differs across methods (a vanilla arm's own limit
+    or validation chips, nvcim.report.labels.PER_METHOD_KEYS, aside); within a method, the whole recipe."""
+    key = "recipe_common" if methods_differ and "recipe_common" in a and "recipe_common" in b else "recipe_label"
+    return a.get(key, ""), b.get(key, "")
 
 
 def paired_comparisons(points: Sequence[dict]) -> list[dict]:
@@ -88,8 +96,10 @@ def paired_comparisons(points: Sequence[dict]) -> list[dict]:
     for (model, width, dataset, sigma), pts in by_key.items():
         pts = sorted(pts, key=lambda p: label_sort_key(p["label"], p["method"]))
         for b, a in combinations(pts, 2):  # a after b in the report's order: a − b (e.g. OVF − noise injection)
-            if len(_differences(a, b)) > 1:
+            differs = _differences(a, b)
+            if len(differs) > 1:
                 continue  # e.g. another method AND another device model or budget: confounded, no question asked
+            recipes = _recipes(a, b, "method" in differs)
             ma = {str(s): m for s, m in zip(a["seeds"], a["seed_means"]) if s is not None}
             mb = {str(s): m for s, m in zip(b["seeds"], b["seed_means"]) if s is not None}
             shared = sorted(set(ma) & set(mb), key=lambda s: (not s.lstrip("-").isdigit(), int(s) if
@@ -101,7 +111,7 @@ def paired_comparisons(points: Sequence[dict]) -> list[dict]:
             rows.append({"model": model, "width": width, "dataset": dataset, "sigma": sigma,
                          "arm_a": a["label"], "arm_b": b["label"], "method_a": a["method"], "method_b": b["method"],
                          "base_a": a.get("arm", a["label"]), "base_b": b.get("arm", b["label"]),
-                         "recipe_a": a.get("recipe_label", ""), "recipe_b": b.get("recipe_label", ""),
+                         "recipe_a": recipes[0], "recipe_b": recipes[1],
                          "epochs": a.get("recipe", {}).get("epochs"),
                          "seeds": shared, "diffs": diffs, "n_positive": sum(x > 0 for x in diffs), **st})
     rows.sort(key=lambda r: ((r["model"], str(r["width"]), r["dataset"]), r["sigma"],

@@ -169,6 +169,7 @@ def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> li
                 "model": model, "width": width, "dataset": dataset, "method": method, "label": label,
                 # the label without its training-recipe suffix, the suffix, and the recipe (nvcim.report.labels)
                 "arm": models[0].get("arm") or label, "recipe_label": models[0].get("recipe_label", ""),
+                "recipe_common": models[0].get("recipe_common", ""),
                 "evaluation": models[0].get("evaluation", ""),
                 "evaluation_parts": models[0].get("evaluation_parts", {}),
                 "recipe": models[0].get("recipe") or {},

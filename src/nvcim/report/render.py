@@ -205,7 +205,7 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None,
         tables.append(verify_table(g, gverify))
         tables.append(verify_cost_table(g, gverify, cycle))
         sections.append((group_title(g), [t for t in tables if t is not None], F.items[n0:]))
-    for model, dataset in sorted({(p["model"], p["dataset"]) for p in points if p.get("recipe_label")}):
+    for model, dataset in sorted({(p["model"], p["dataset"]) for p in points if budget.budget_of(p)}):
         n0 = len(F.items)
         budget.fig_gaps(F, model, dataset, gaps)
         btables = [budget.arm_table(model, dataset, points), budget.gap_table(model, dataset, gaps)]
