@@ -746,6 +746,31 @@ def test_write_verify_files_do_not_rename_arms_and_keep_training_sigmas_apart(tm
     assert labels == [("OVF", 1), ("noise injection", 1), ("noise injection (trained at σ 0.35)", 1)]
 
 
+def test_a_write_verify_curve_keeps_its_own_device_beside_other_evaluations_of_its_checkpoint(tmp_path):
+    """A new user's report: a Gaussian write-verify curve was labelled "[stuck-chen2015]" (the label of a plain
+    evaluation of the same checkpoint under stuck-at faults), and a second curve, under stuck-at, vanished."""
+    from nvcim.report import verify_curves
+
+    root = tmp_path / "r"
+    single = mc_eval("vanilla", 0.2, 0, [mc_result(0.2, [52.0, 53.0])])
+    single["device_config"], single["device_model"] = {"sigma": 0.2, "stuck_at": [0.0175, 0.0904]}, "stuck-chen2015"
+    write(root / "single_stuck.json", single)
+    for name, extra, base in (("wv_gauss", {}, 73.0), ("wv_stuck", {"stuck_at": [0.0175, 0.0904]}, 53.0)):
+        d = mc_eval("vanilla", 0.2, 0, [])
+        d.pop("results")
+        d["device_config"] = {"sigma": 0.2, **extra}
+        if extra:
+            d["device_model"] = "stuck-chen2015"
+        d.update(kind="write_verify", write_verify={"by": "magnitude", "residual_sigma": 0.03},
+                 points=[{"fraction": f, "result": mc_result(0.2, [base + 10 * f, base + 1 + 10 * f])}
+                         for f in (0.0, 1.0)])
+        write(root / f"{name}.json", d)
+    curves = {c["label"]: c for c in verify_curves(scan_results(root).verify_records)}
+    assert sorted(curves) == ["vanilla", "vanilla [stuck-chen2015]"], sorted(curves)
+    assert curves["vanilla"]["points"][0]["mean"] == pytest.approx(73.5)  # the Gaussian curve under its own name
+    assert curves["vanilla [stuck-chen2015]"]["points"][0]["mean"] == pytest.approx(53.5)
+
+
 def test_failed_seeds_show_even_when_fewer_than_two_models_are_left(tmp_path):
     root = tmp_path / "sweep"
     arm = "vgg8-w1/mnist/noise_injection/s0.35"

@@ -396,7 +396,7 @@ def _label_verify_records(verify_records: list[dict], records: Sequence[dict]) -
     """A write-verify record takes the label its checkpoint has among the Monte Carlo results (so that a sweep's
     arms keep their names); a checkpoint seen nowhere else gets its method's base label. Write-verify files
     never take part in labelling the Monte Carlo arms."""
-    by_ckpt = {r["checkpoint_path"]: r["label"] for r in records if r["checkpoint_path"]}
+    by_ckpt = {r["checkpoint_path"]: _trained_label(r) for r in records if r["checkpoint_path"]}
     arms: dict[tuple, list[dict]] = {}  # by arm: models of other training devices are curves of their own, as among
     for r in verify_records:  # the Monte Carlo results (labels.assign_labels), whether or not those evaluated them
         arms.setdefault((r["model"], r["width"], r["dataset"], r["method"], r["recipe_label"]), []).append(r)
@@ -406,9 +406,15 @@ def _label_verify_records(verify_records: list[dict], records: Sequence[dict]) -
         if label is None or (id(r) in name_device and trained_on(r) not in label):
             label = ((r["label_override"] or base_label(r["method"], r["method_params"]))
                      + (trained_on(r) if id(r) in name_device else "") + recipe_suffix(r) + evaluation_suffix(r))
-        elif evaluation_suffix(r) and not label.endswith(evaluation_suffix(r)):
+        else:  # the model's name among the Monte Carlo arms, evaluated as this file says (its own device)
             label += evaluation_suffix(r)
         r["label"] = label
+
+
+def _trained_label(r: dict) -> str:
+    """A Monte Carlo record's label without how it was evaluated (" [stuck-chen2015]"): what names its model."""
+    ev = r.get("evaluation") or ""
+    return r["label"][: len(r["label"]) - len(ev)] if ev and r["label"].endswith(ev) else r["label"]
 
 
 def _locate_checkpoint(ckpt: Any, path: Path) -> str | None:
