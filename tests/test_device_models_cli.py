@@ -105,6 +105,33 @@ def test_matrix_of_checkpoints_and_device_models(ckpts, tmp_path, capsys):
     assert (tmp_path / "rep" / "device_matrix_arms.csv").read_text().startswith("file,device_model")
 
 
+def test_an_adc_column_and_the_gaussian_column_score_the_same_chips():
+    """ADC columns draw each device's level; the Gaussian column drew one value per weight (same distribution,
+    other random numbers), so its chips were not the ADC column's (a user's trial: per chip [73.4, 69.0, 78.6]
+    against [77.8, 74.0, 66.2]). Drawn alike, a 16-bit ADC column is the Gaussian one to within its converters."""
+    import torch
+    from torch import nn
+
+    from nvcim import DeviceConfig
+    from nvcim.evaluate import monte_carlo_evaluate
+    from nvcim.evaluate.matrix import device_matrix
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    x = torch.randn(300, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    devices = {"gaussian": DeviceConfig(sigma=0.3), "adc16": DeviceConfig(sigma=0.3, adc_bits=16, input_bits=16)}
+    rec = device_matrix([("m", "d", model, (x, y))], list(devices), lambda i, name: devices[name], runs=6, seed=3)
+    gauss, adc = (rec.result(0, j).per_run_accuracy for j in range(2))
+    assert rec.cells[0][0]["device_config"]["sampling"] == "device"  # what it was drawn with, recorded
+    assert max(abs(a - b) for a, b in zip(gauss, adc)) <= 1.0 and max(gauss) - min(gauss) > 3.0, (gauss, adc)
+    per_device = monte_carlo_evaluate(model, (x, y), devices["gaussian"].replace(sampling="device"), runs=6, seed=3)
+    assert per_device.per_run_accuracy == gauss
+    alone = device_matrix([("m", "d", model, (x, y))], ["gaussian"], lambda i, name: devices[name], runs=6, seed=3)
+    assert alone.cells[0][0]["device_config"].get("sampling", "auto") == "auto"  # no ADC column: the fast path
+
+
 def test_matrix_bad_input_is_one_line(ckpts, capsys):
     assert main(["eval", str(ckpts[0]), "--device-models", "gaussian,nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -1,6 +1,6 @@
 """The device-model matrix: models (rows) under device models (columns), every cell a Monte Carlo
 evaluation with the same chip seeds (common random numbers), so that differences between columns are
-the devices', not the draws'. A column is a DeviceConfig, or any device object with
+the devices', not the draws' (columns are drawn alike: `common_draws`). A column is a DeviceConfig, or any device object with
 `monte_carlo(model, data, runs=, seed=, batch_size=, progress=) -> MCResult` and `to_dict()` (e.g.
 `nvcim.interop.aihwkit.AihwkitDevice`: aihwkit's noise models, seeded from the same run seeds).
 
@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 from torch import nn
 
 from nvcim.core.config import DeviceConfig
+from nvcim.core.variation import VARIATIONS
 from nvcim.evaluate.files import DeviceMatrixFile
 from nvcim.evaluate.montecarlo import DEFAULT_BATCH, monte_carlo_evaluate
 from nvcim.evaluate.partial import PartialResults
@@ -39,11 +40,12 @@ def device_matrix(rows: Sequence[tuple[str, str, nn.Module, Any]], device_models
     cells, calibrated = [], False
     for i, (name, _, model, data) in enumerate(rows):
         row = []
-        for dm in device_models:
-            cfg = configs(i, dm)
+        given = [configs(i, dm) for dm in device_models]
+        for dm, cfg, asked in zip(device_models, common_draws(given), given):
             calibrated |= _calibrated(cfg)
             keep = partial is not None and isinstance(cfg, DeviceConfig)  # another simulator's chips: not ours
-            res = partial.get(key(i, dm)) if keep else None
+            piece = None if not keep else key(i, dm) if cfg is asked else {**key(i, dm), "device": cfg.to_dict()}
+            res = partial.get(piece) if keep else None
             kept = res is not None
             if res is None and isinstance(cfg, DeviceConfig):
                 own = adc_data[i] if adc_data is not None and _calibrated(cfg) else None
@@ -52,7 +54,7 @@ def device_matrix(rows: Sequence[tuple[str, str, nn.Module, Any]], device_models
             elif res is None:  # another simulator's device (module docstring)
                 res = cfg.monte_carlo(model, data, runs=runs, seed=seed, batch_size=batch_size, progress=progress)
             if keep and not kept:
-                partial.put(key(i, dm), res)
+                partial.put(piece, res)
             if kept and res.nonfinite_runs:  # as the evaluation that made it warned (nvcim.evaluate.montecarlo)
                 warnings.warn(f"nvcim: non-finite logits (NaN / inf) from {res.nonfinite_runs} of {res.chips_scored} chips at "
                               f"σ={res.sigma:g} ({name} under {dm}, kept from an interrupted run); those images count "
@@ -65,6 +67,21 @@ def device_matrix(rows: Sequence[tuple[str, str, nn.Module, Any]], device_models
                             device_models=list(device_models), cells=cells, sigma=sigma, runs=runs, seed=seed,
                             rows=None if row_info is None else [dict(r) for r in row_info],
                             adc_calibration={"split": adc_split or "evaluated"} if calibrated else None)
+
+
+def _per_device(cfg: DeviceConfig) -> bool:
+    """Whether a device draws each device's level (ADCs, sampling="device", a kind without a per-weight draw)."""
+    return cfg.sampling == "device" or cfg.sliced_mvm or not VARIATIONS[cfg.variation].fast_path_exact
+
+
+def common_draws(devices: Sequence[Any]) -> list[Any]:
+    """The columns' devices, drawn alike: when one draws per device (an ADC column), the others that would draw one
+    Gaussian per weight (the same distribution, other random numbers) draw per device too (sampling="device"), so
+    that every column scores the same chips (common random numbers across columns, not only down each column)."""
+    if not any(isinstance(d, DeviceConfig) and _per_device(d) for d in devices):
+        return list(devices)
+    return [d.replace(sampling="device") if isinstance(d, DeviceConfig) and d.sampling == "auto" and not _per_device(d)
+            else d for d in devices]
 
 
 def _calibrated(cfg) -> bool:

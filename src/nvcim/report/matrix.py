@@ -62,7 +62,7 @@ def matrix_table(rec: DeviceMatrixFile, title: str = "Device-model matrix") -> T
     sigma = "each checkpoint's training σ" if rec.sigma is None else f"σ_d = {rec.sigma:g}"
     note = (f"mean accuracy % [95 % CI of the mean] and 5th percentile over {rec.runs} chips per cell, {sigma}; "
             f"every cell uses the chip seeds from {rec.seed} (common random numbers: the checkpoints of a column are "
-            "scored on the same chips; columns draw their devices each their own way)")
+            "scored on the same chips; when a column draws per device, as ADCs do, every column does)")
     named = [f"{dm} = {what}" for j, dm in enumerate(rec.device_models) if rec.cells and (what := device_description(
         rec.cells[0][j].get("device_config") or {}) or "gaussian") != dm]  # what each column's name sets
     if named:
