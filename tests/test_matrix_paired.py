@@ -274,16 +274,16 @@ def test_rows_trained_under_other_devices_or_recipes_are_other_arms_never_mixed_
     info += [{"method": {"name": "vanilla"}, "seed": s, "train_sigma": 0.2, "train_device": mine} for s in (0, 1)]
     rec = _matrix(info, [[87, 80], [70, 75], [71, 74], [86, 79], [60, 50], [62, 52], [40, 30], [42, 32]])
     labels = [a[0] for a in matrix_arms(rec)]
-    assert labels[:4] == ["OVF (trained on Gaussian)", f"OVF (trained on {mine})", f"OVF (trained on {mine})",
-                          "OVF (trained on Gaussian)"]
+    assert labels[:4] == ["OVF (trained on gaussian)", f"OVF (trained on {mine})", f"OVF (trained on {mine})",
+                          "OVF (trained on gaussian)"]
     assert labels[4:] == ["noise injection"] * 2 + ["vanilla"] * 2  # vanilla trains without the device
     means = {(r["device_model"], r["arm"]): r["mean"] for r in matrix_arm_means(rec)}
-    assert means["gaussian", "OVF (trained on Gaussian)"] == 86.5 and means["gaussian", f"OVF (trained on {mine})"] == 70.5
+    assert means["gaussian", "OVF (trained on gaussian)"] == 86.5 and means["gaussian", f"OVF (trained on {mine})"] == 70.5
     pairs = {(r["arm_a"], r["arm_b"]) for r in matrix_paired(rec) if r["device_model"] == "gaussian"}
-    assert ("OVF (trained on Gaussian)", "noise injection") in pairs
+    assert ("OVF (trained on gaussian)", "noise injection") in pairs
     assert (f"OVF (trained on {mine})", "noise injection") not in pairs  # method and device differ
     # vanilla trains without the device: it pairs with a method trained on any device (a review's catch)
-    assert {("OVF (trained on Gaussian)", "vanilla"), (f"OVF (trained on {mine})", "vanilla")} <= pairs
+    assert {("OVF (trained on gaussian)", "vanilla"), (f"OVF (trained on {mine})", "vanilla")} <= pairs
     # a recipe key this version does not know (a later nvcim's file) is not a crash
     odd = [{**i, "recipe": {"epochs": 3, "later_key": 1}} for i in info]
     assert len(matrix_arms(_matrix(odd, [[1, 1]] * len(odd)))) == len(odd)
@@ -303,3 +303,18 @@ def test_an_arm_with_an_unexplained_duplicate_never_pairs_even_its_first_rows():
     twins = [{"method": OVF, "seed": s, "train_sigma": 0.3} for s in (0, 1, 1, 0)]
     ni = [{"method": NI, "seed": s, "train_sigma": 0.3} for s in (0, 1)]
     assert matrix_paired(_matrix(twins + ni, [[1, 1], [2, 2], [3, 3], [4, 4], [0, 0], [0, 0]])) == []
+
+
+def test_a_training_device_takes_the_name_a_column_gives_it():
+    """"(trained on weight_band S=4) [rram4]" beside "(trained on Gaussian)": the same device named two ways."""
+    from nvcim import DeviceConfig
+    from nvcim.report.labels import device_description
+
+    rram4 = DeviceConfig.preset("rram4", sigma=0.2).to_dict()
+    info = [{"method": NI, "seed": s, "train_sigma": 0.2, "train_device": d}
+            for s in (0, 1) for d in (None, device_description(rram4))]
+    rec = _matrix(info, [[60, 50], [61, 55], [62, 52], [63, 57]])
+    for row in rec.cells:
+        row[1]["device_config"] = rram4
+    assert sorted({a[0] for a in matrix_arms(rec)}) == ["noise injection (trained on gaussian)",
+                                                        "noise injection (trained on rram4)"]

@@ -64,7 +64,8 @@ def model_conflicts(records: Sequence[dict]) -> list[str]:
 def name_unnamed_devices(records: Sequence[dict]) -> None:
     """A result that records only what its device sets (written before `nvcim eval` recorded the --device-model
     name, or by the Python API) takes the name the other results give that same device (its fields and bits), where
-    they give it one name: one arm, not "[rram4]" beside "[weight_band S=4]"."""
+    they give it one name: one arm, not "[rram4]" beside "[weight_band S=4]"; a training device likewise, "(trained on
+    rram4)" beside "[rram4]" (the training device's bits aside: the checkpoint's own)."""
     names: dict[tuple, set] = {}
     key = lambda r: (r["device_detail"], r.get("device_bits"), r.get("quantized"))  # noqa: E731
     for r in records:
@@ -75,6 +76,13 @@ def name_unnamed_devices(records: Sequence[dict]) -> None:
             found = names.get(key(r), set())
             if len(found) == 1:
                 r["device_model"] = next(iter(found))
+    by_detail: dict[str, set] = {}  # a training device ("weight_band S=4") takes the name results give it ("rram4")
+    for (detail, _, _), found in names.items():
+        by_detail.setdefault(detail, set()).update(found)
+    for r in records:
+        found = by_detail.get(r.get("train_device") or "", set())
+        if len(found) == 1 and r["train_device"] != "gaussian":
+            r["train_device"] = next(iter(found))
 
 
 def split_device_models(records: Sequence[dict]) -> list[str]:

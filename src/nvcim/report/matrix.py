@@ -200,11 +200,14 @@ def _arm_rows(rec: DeviceMatrixFile) -> list[dict] | None:
             for a in arms:
                 if a["label"] == label:
                     a["label"] = f"{label} ({recipe_words('epochs', a['epochs'])})"
+    names = {}  # a training device by the name a column gives it ("weight_band S=4" -> "rram4"), where one does
+    for j, dm in enumerate(rec.device_models):
+        names.setdefault(device_description(rec.cells[0][j].get("device_config") or {}) if rec.cells else None, dm)
     for label in {a["label"] for a in arms}:  # ... or under several training devices
         if len({a["device"] for a in arms if a["label"] == label}) > 1:
             for a in arms:
                 if a["label"] == label:
-                    a["label"] = f"{label} (trained on {a['device'] or 'Gaussian'})"
+                    a["label"] = f"{label} (trained on {names.get(a['device'], a['device'] or 'gaussian')})"
     for label in {a["label"] for a in arms}:  # ... or by several recipes (learning rate, batch, data seed ...)
         same = [a for a in arms if a["label"] == label]
         keys = _recipe_differences(same)
