@@ -208,12 +208,6 @@ def test_models_kept_by_other_selection_or_data_are_arms_of_their_own(tmp_path, 
     pts = matched_points(scan_results(tmp_path).records)
     assert sorted(p["label"] for p in pts) == sorted(f"noise injection ({w})" for w in words)
     assert all(p["n_seeds"] == 2 for p in pts)
-    # a device the report's results name ("mylevel" evaluated by name) names the training device too
-    named = mc_eval("vanilla", 0.3, 0, [mc_result(0.3, [40.0, 41.0])])
-    named["device_config"], named["device_model"], named["checkpoint"] = dict(_LEVEL_DEVICE), "mylevel", "ck/v"
-    write(tmp_path / "named.json", named)
-    pts = matched_points(scan_results(tmp_path).records)
-    assert "noise injection (trained on mylevel)" in {p["label"] for p in pts}
 
 
 def test_settings_that_did_not_act_split_no_arm(tmp_path):
@@ -265,6 +259,12 @@ def test_models_trained_on_other_devices_are_arms_of_their_own(tmp_path):
         "noise injection (trained on gaussian)",
         "noise injection (trained on level_dependent multipliers=[1.0, 2.0, 2.0, 1.0])"]
     assert all(p["n_seeds"] == 2 for p in pts)
+    # a device the report's results name ("mylevel" evaluated by name) names the training device too
+    named = mc_eval("vanilla", 0.3, 0, [mc_result(0.3, [40.0, 41.0])])
+    named["device_config"], named["device_model"], named["checkpoint"] = dict(_LEVEL_DEVICE), "mylevel", "ck/v"
+    write(tmp_path / "named.json", named)
+    pts = matched_points(scan_results(tmp_path).records)
+    assert "noise injection (trained on mylevel)" in {p["label"] for p in pts}
 
 
 def test_a_vanilla_model_names_no_training_device(tmp_path):
