@@ -354,3 +354,12 @@ def test_a_sweeps_gaussian_axis_and_a_file_of_another_sampling_stay_apart(tmp_pa
     labels = {p["label"] for p in matched_points(scan_results(tmp_path).records)}
     assert {"noise injection [gaussian]", "noise injection [exact.toml]"} <= labels
     assert "OVF [unq.toml] (unquantized)" in labels and "OVF [weight_band S=4]" in labels, labels
+
+
+def test_recipe_counts_print_in_full():
+    """A user's labels read "limit 2e4" beside "limit 8000" for the same kind of number."""
+    from nvcim.report.labels import recipe_words
+
+    assert [recipe_words("limit", 20000), recipe_words("limit", 8000), recipe_words("batch_size", 100000)] == \
+        ["limit 20000", "limit 8000", "batch 100000"]
+    assert recipe_words("lr", 1e-3) == "lr 1e-3" and recipe_words("epochs", 12) == "12 epochs"

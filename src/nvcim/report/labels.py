@@ -94,7 +94,9 @@ def recipe_words(key: str, value: Any) -> str:
     if key == "select":
         return f"{value} epoch kept" if value == "last" else f"best {value} epoch kept"
     prefix = {"batch_size": "batch", "weight_decay": "wd", "val_fraction": "val share"}.get(key, key.replace("_", " "))
-    return f"{prefix} {fmt_param(value) if isinstance(value, (int, float)) else value}"
+    if isinstance(value, int) and not isinstance(value, bool):  # counts in full: "limit 20000", not "limit 2e4"
+        return f"{prefix} {value}"
+    return f"{prefix} {fmt_param(value) if isinstance(value, float) else value}"
 
 
 def recipe_suffix(r: Mapping) -> str:
