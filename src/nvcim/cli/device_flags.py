@@ -120,8 +120,10 @@ def list_device_models_cli(device_model: str | None, device_models: str | None) 
     specs = [device_model] if device_model else []
     specs += [n.strip() for n in (device_models or "").split(",") if n.strip()]
     if not specs:
-        for name, what in list_device_models() + list_aihwkit_models():
-            print(f"{name:<16} {what}")
+        listed = list_device_models() + list_aihwkit_models()
+        width = max(len(name) for name, _ in listed)
+        for name, what in listed:
+            print(f"{name:<{width}}  {what}")
         return 0
     for spec in specs:
         if is_aihwkit_spec(spec):

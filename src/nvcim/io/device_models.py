@@ -98,7 +98,7 @@ def _fields_of(spec: str, device_bits: Any = None) -> dict[str, Any]:
                              "ADC (exact partial sums add up the same in any tiling): set adc_bits, e.g. 8, or drop "
                              "tile_rows")
         return fields
-    names = list(NAMED) + list(PRESET_NAMES)
+    names = [name for name, _ in list_device_models()]  # named devices, presets, variation kinds by name
     raise ValueError(f"unknown device model {spec!r}: use one of {names}, or a .toml / .yaml / .json file of "
                      "DeviceConfig fields")
 
