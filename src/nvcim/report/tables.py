@@ -103,7 +103,9 @@ def ekl_table(gkey, gpts) -> Table | None:
         rows.append(row)
     return Table(f"{group_title(gkey)}: EKL (nats; mean over seeds; lower is better)",
                  ["σ_d"] + [lab for lab, _ in labels], rows,
-                 "EKL = mean of −log p_y over correct (run, sample) pairs; — where no prediction was correct.")
+                 "EKL = mean of −log p_y over correct (run, sample) pairs; — where no prediction was correct. It "
+                 "reads the logits' scale as much as the model's confidence: a method that scales its logits (OVF's "
+                 "1/(N+1), tempered noise injection's temperature) lowers it by that alone.")
 
 
 def worst_table(gkey, gpts) -> Table:
