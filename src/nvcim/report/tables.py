@@ -105,7 +105,7 @@ def ekl_table(gkey, gpts) -> Table | None:
                  ["σ_d"] + [lab for lab, _ in labels], rows,
                  "EKL = mean of −log p_y over correct (run, sample) pairs; — where no prediction was correct. It "
                  "reads the logits' scale as much as the model's confidence: a method that scales its logits (OVF's "
-                 "1/(N+1), tempered noise injection's temperature) lowers it by that alone.")
+                 "1/(N+1), tempered noise injection's temperature) moves it by that alone.")
 
 
 def worst_table(gkey, gpts) -> Table:
