@@ -1483,3 +1483,28 @@ def test_the_dry_run_says_the_run_would_refuse_a_users_spec_file_in_dir(tmp_path
     err = capsys.readouterr().err
     assert "the run would stop here" in err and "spec.yaml exists and is not nvcim's copy" in err
     assert sorted(p.name for p in out.iterdir()) == ["spec.yaml"]
+
+
+def test_the_eta_weighs_cells_by_their_trainings(tmp_path, capsys, monkeypatch):
+    """A cell that searches β over 2 values trains 2 models: after a 1-training cell took 10 s, the β cell left
+    takes ~20 s, not 10 (the ETA said "6 s" with 57 s to go)."""
+    from nvcim.sweep import runner
+    from nvcim.sweep.backends.registry import BACKENDS, register_backend
+
+    clock = [0.0]
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: clock[0])
+
+    def fake(cells, out, spec, on_done, say, *, workers, address):
+        for c in sorted(cells, key=lambda c: bool(c.betas)):  # the 1-training cell first
+            clock[0] += 10.0 * max(1, len(c.betas or ()))
+            on_done({"id": c.id, "status": "ok", "error": None, "wall_time_s": 1.0, "mean": 50.0,
+                     "sigma": c.sigma, "beta": None})
+
+    register_backend("eta_test", help="fake")(fake)
+    try:
+        spec = validate_spec(spec_of(methods=["noise_injection", "ovf"], sigmas=[0.3], seeds=[0], betas=[0.1, 1e-3]))
+        run_sweep(spec, tmp_path / "out", backend="eta_test", progress=True)
+    finally:
+        BACKENDS.unregister("eta_test")
+    first = next(line for line in capsys.readouterr().err.splitlines() if "[1/2]" in line)
+    assert first.endswith("ETA 20 s"), first

@@ -397,6 +397,8 @@ def run_sweep(spec: SweepSpec, out_dir, *, backend: str = "local", workers: int 
         for cid, problem in damaged:
             warn(f"cell {cid}: {problem}: it is not counted as done and runs again")
         counter = [len(done) + len(failed_before)]
+        work = {c.id: max(1, len(c.betas or ())) for c in todo}  # trainings per cell: a β search's cells train several
+        worked = [0.0, float(sum(work.values()))]  # trainings of this run done, to do
 
         warned: set[str] = set()
 
@@ -404,8 +406,11 @@ def run_sweep(spec: SweepSpec, out_dir, *, backend: str = "local", workers: int 
             counter[0] += 1
             (summary.ok if s["status"] == "ok" else summary.failed).append(s["id"])
             bar.update(1)
-            ran, left = counter[0] - summary.done_before - len(failed_before), len(cells) - counter[0]
-            eta = f", ETA {_duration((time.perf_counter() - t0) / ran * left)}" if left and ran else ""
+            w = work.get(s["id"], 1)
+            worked[0], worked[1] = worked[0] + w, worked[1] - w
+            left = len(cells) - counter[0]
+            eta = (f", ETA {_duration((time.perf_counter() - t0) / worked[0] * worked[1])}"
+                   if left and worked[0] > 0 else "")
             say(f"{_log_line(counter[0], len(cells), s)}{eta}")
             for line in s.get("warnings") or ():
                 if line not in warned:  # the same warning from every cell's model: once
