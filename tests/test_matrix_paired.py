@@ -318,3 +318,23 @@ def test_a_training_device_takes_the_name_a_column_gives_it():
         row[1]["device_config"] = rram4
     assert sorted({a[0] for a in matrix_arms(rec)}) == ["noise injection (trained on gaussian)",
                                                         "noise injection (trained on rram4)"]
+
+
+def test_a_gaussian_trained_row_is_never_named_after_a_column_of_other_bits():
+    """A column of other bits (device_bits = 4) describes as no device of its own: Gaussian-trained rows were
+    labelled "(trained on k4.toml)" after it (a review)."""
+    from nvcim import DeviceConfig
+    from nvcim.report.labels import device_description
+
+    rram4 = DeviceConfig.preset("rram4", sigma=0.2).to_dict()
+    k4 = DeviceConfig(sigma=0.2, device_bits=4).to_dict()
+    info = [{"method": NI, "seed": s, "train_sigma": 0.2, "train_device": d}
+            for s in (0, 1) for d in (None, device_description(rram4))]
+    rec = DeviceMatrixFile(checkpoints=[f"ck{i}" for i in range(4)], datasets=["d"] * 4,
+                           device_models=["k4.toml", "rram4"],
+                           cells=[[{"device_config": k4, "result": _res(m[0])}, {"device_config": rram4,
+                                                                                 "result": _res(m[1])}]
+                                  for m in ([60, 50], [61, 55], [62, 52], [63, 57])], sigma=0.2, runs=2, seed=0,
+                           rows=info)
+    assert sorted({a[0] for a in matrix_arms(rec)}) == ["noise injection (trained on gaussian)",
+                                                        "noise injection (trained on rram4)"]

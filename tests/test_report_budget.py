@@ -363,3 +363,23 @@ def test_recipe_counts_print_in_full():
     assert [recipe_words("limit", 20000), recipe_words("limit", 8000), recipe_words("batch_size", 100000)] == \
         ["limit 20000", "limit 8000", "batch 100000"]
     assert recipe_words("lr", 1e-3) == "lr 1e-3" and recipe_words("epochs", 12) == "12 epochs"
+
+
+def test_one_name_for_two_devices_names_no_training_device(tmp_path):
+    """"mychip" names weight_band S=4 in some results and S=8 in others (a file edited between runs): naming both
+    training devices "mychip" merged their arms and dropped the S=4 models as duplicate seeds (a review)."""
+    devs = {4: {"sigma": 0.3, "variation": "weight_band", "variation_options": {"S": 4.0}},
+            8: {"sigma": 0.3, "variation": "weight_band", "variation_options": {"S": 8.0}}}
+    for s_, dev in devs.items():
+        for seed in (0, 1):
+            for ev in ("named", "gauss"):
+                p = mc_eval("noise_injection", 0.3, seed, [mc_result(0.3, [60.0 + s_ + seed + i for i in range(4)])])
+                p["checkpoint_config"]["device"] = dict(dev, weight_bits=8)
+                p["checkpoint"] = f"ck/ni-S{s_}-{seed}"
+                if ev == "named":
+                    p["device_config"], p["device_model"] = dict(dev), "mychip"
+                write(tmp_path / f"S{s_}_{seed}_{ev}.json", p)
+    pts = matched_points(scan_results(tmp_path).records)
+    gauss = sorted((p["label"], p["mean"]) for p in pts if "[" not in p["label"])
+    assert [m for _, m in gauss] == [pytest.approx(66.0), pytest.approx(70.0)], gauss
+    assert all("trained on weight_band S=" in label for label, _ in gauss)

@@ -227,23 +227,37 @@ def test_equal_differences_with_float_rounding_have_no_spread_either():
 
 
 def test_a_baselines_own_data_limit_does_not_break_its_pairs_with_the_other_methods(tmp_path):
-    """A new user's report of a sweep (vanilla, noise injection; 2 epochs, limit 8000) plus one more vanilla model
-    trained with 3 epochs on limit 20000: the sweep's vanilla arm became "vanilla (2 epochs, limit 8000)", noise
-    injection stayed "(2 epochs)", and every noise injection − vanilla pair vanished from the paired and budget
-    tables without a word. A baseline's own limit is no other budget: the pair stands."""
+    """A new user's report of a sweep (vanilla, noise injection; 2 epochs, limit 8000) plus vanilla models trained on
+    limit 20000: the sweep's vanilla arm became "vanilla (2 epochs, limit 8000)", noise injection stayed "(2 epochs)",
+    and every noise injection − vanilla pair vanished from the paired and budget tables without a word. Two methods
+    pair on the same budget and data (how each selects its checkpoint aside): noise injection with the limit-8000
+    vanilla only (a review: pairing it with the limit-20000 one too gave two rows "noise injection − vanilla")."""
     root = tmp_path / "r"
-    for method in ("vanilla", "noise_injection"):
+    for method, limit, base in (("vanilla", 8000, 60.0), ("noise_injection", 8000, 70.0), ("vanilla", 20000, 65.0)):
         for seed in (0, 1, 2):
-            payload = mc_eval(method, 0.3, seed, [mc_result(0.3, [60.0 + 10 * (method != "vanilla") + seed + i
-                                                                for i in range(4)])])
-            payload["checkpoint_config"]["train"] = {"epochs": 2, "limit": 8000}
-            write(root / f"{method}{seed}.json", payload)
-    extra = mc_eval("vanilla", 0.3, 0, [mc_result(0.3, [70.0, 71.0, 72.0, 73.0])])
-    extra["checkpoint_config"]["train"] = {"epochs": 3, "limit": 20000}
-    extra["checkpoint"] = "ck/other-vanilla"
-    write(root / "extra.json", extra)
+            payload = mc_eval(method, 0.3, seed, [mc_result(0.3, [base + seed + i for i in range(4)])])
+            payload["checkpoint_config"]["train"] = {"epochs": 2, "limit": limit, "select": "best", "val_runs":
+                                                     4 if method == "vanilla" else 8}
+            payload["checkpoint"] = f"ck/{method}-{limit}-{seed}"
+            write(root / f"{method}{limit}_{seed}.json", payload)
     rows = paired_comparisons(matched_points(load_results(root)))
     ni = [r for r in rows if (r["method_a"], r["method_b"]) == ("noise_injection", "vanilla")]
     assert len(ni) == 1 and ni[0]["n"] == 3 and ni[0]["mean"] == pytest.approx(10.0), rows
-    assert ni[0]["recipe_a"] == ni[0]["recipe_b"] == "2 epochs"
-    assert "limit 8000" in ni[0]["arm_b"]  # the label still says what is the baseline's own
+    assert ni[0]["recipe_a"] == ni[0]["recipe_b"] == "limit 8000"  # val_runs differ: each method's own selection
+    assert "limit 8000" in ni[0]["arm_a"] and "limit 8000" in ni[0]["arm_b"]
+
+
+def test_arms_of_one_method_compare_on_their_whole_recipe(tmp_path):
+    """OVF β=1e-3 and β=1e-2 with 4 validation chips beside OVF β=1e-3 with 8: only the β pair is a question; the
+    same β selected otherwise, or another β selected otherwise, is no method difference (a review: arms of one method
+    were compared on the recipe two methods share, which leaves out how each selects its checkpoint)."""
+    root = tmp_path / "r"
+    for beta, chips, off in ((1e-3, 4, 0), (1e-2, 4, 3), (1e-3, 8, 9)):
+        for seed in (0, 1, 2):
+            p = mc_eval("ovf", 0.3, seed, [mc_result(0.3, [60.0 + off + seed + i for i in range(4)])],
+                        params={"beta": beta})
+            p["checkpoint_config"]["train"] = {"epochs": 2, "val_runs": chips}
+            p["checkpoint"] = f"ck/ovf-{beta}-{chips}-{seed}"
+            write(root / f"ovf{beta}_{chips}_{seed}.json", p)
+    rows = paired_comparisons(matched_points(load_results(root)))
+    assert len(rows) == 1 and abs(rows[0]["mean"]) == pytest.approx(3.0), [(r["arm_a"], r["arm_b"]) for r in rows]

@@ -79,8 +79,12 @@ def name_unnamed_devices(records: Sequence[dict]) -> None:
     by_detail: dict[str, set] = {}  # a training device ("weight_band S=4") takes the name results give it ("rram4")
     for (detail, _, _), found in names.items():
         by_detail.setdefault(detail, set()).update(found)
+    named: dict[str, set] = {}  # a name that names several devices (a file edited between runs) names none
+    for detail, found in by_detail.items():
+        for n in found:
+            named.setdefault(n, set()).add(detail)
     for r in records:
-        found = by_detail.get(r.get("train_device") or "", set())
+        found = {n for n in by_detail.get(r.get("train_device") or "", set()) if len(named[n]) == 1}
         if len(found) == 1 and r["train_device"] != "gaussian":
             r["train_device"] = next(iter(found))
 

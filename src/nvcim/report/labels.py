@@ -36,6 +36,8 @@ RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "schedule", "weight_de
 # of those, the ones that split an arm only where models of one method differ in them: a vanilla baseline kept by its
 # clean validation beside OVF kept by its noisy one is the usual comparison, not two recipes
 PER_METHOD_KEYS = ("amp", "limit", "data_seed", "val_fraction", "select", "val_runs", "eval_every")
+# of those, the ones that change the training data: two methods' arms are compared only on the same data
+DATA_KEYS = ("limit", "data_seed", "val_fraction")
 _PARAM_SYMBOL = {"beta": "β", "n_variational": "N", "logit_scale": "scale", "delta_sigma": "Δσ"}
 
 
@@ -106,20 +108,23 @@ def recipe_suffix(r: Mapping) -> str:
 
 def _recipe_labels(records: list[dict]) -> None:
     """Set record["recipe_label"]: the recipe values that differ between the models of its (model, dataset); and
-    record["recipe_common"]: those of them that differ across methods (not PER_METHOD_KEYS), what two methods'
-    arms must share to be compared (a vanilla kept by a limit of its own is still the 12-epoch vanilla)."""
+    record["recipe_common"]: those that two methods' arms must share to be compared, the budget and the training
+    data (not how each method selects its checkpoint: a vanilla kept by its clean validation beside OVF kept by its
+    noisy one is the usual comparison)."""
     by_group: dict[tuple, list[dict]] = {}
     for r in records:
         r["recipe_label"] = r["recipe_common"] = ""
         if r.get("recipe"):
             by_group.setdefault((r["model"], r["dataset"]), []).append(r)
     for recs in by_group.values():
-        varying = _varying(recs, exclude=PER_METHOD_KEYS)  # across the methods
+        # across the methods: the budget, and the training data wherever any model's differs (a method whose own
+        # data never varies still says which it had, so that it pairs only with a baseline of the same data)
+        varying = _varying(recs, exclude=PER_METHOD_KEYS) + _varying(recs, only=DATA_KEYS)
         by_method: dict[str, list[dict]] = {}
         for r in recs:
             by_method.setdefault(r["method"], []).append(r)
         for same_method in by_method.values():
-            keys = varying + _varying(same_method, only=PER_METHOD_KEYS)
+            keys = set(varying + _varying(same_method, only=PER_METHOD_KEYS))
             for r in same_method:
                 words = {k: recipe_words(k, r["recipe"][k]) for k in sorted(keys, key=RECIPE_KEYS.index)}
                 r["recipe_label"] = ", ".join(words.values())

@@ -62,7 +62,8 @@ def matrix_table(rec: DeviceMatrixFile, title: str = "Device-model matrix") -> T
     sigma = "each checkpoint's training σ" if rec.sigma is None else f"σ_d = {rec.sigma:g}"
     note = (f"mean accuracy % [95 % CI of the mean] and 5th percentile over {rec.runs} chips per cell, {sigma}; "
             f"every cell uses the chip seeds from {rec.seed} (common random numbers: the checkpoints of a column are "
-            "scored on the same chips; when a column draws per device, as ADCs do, every column does)")
+            "scored on the same chips; when a column draws each device's level, as ADC columns do, the plain "
+            "Gaussian-kind columns do too, so that they share its chips)")
     named = [f"{dm} = {what}" for j, dm in enumerate(rec.device_models) if rec.cells and (what := device_description(
         rec.cells[0][j].get("device_config") or {}) or "gaussian") != dm]  # what each column's name sets
     if named:
@@ -207,7 +208,7 @@ def _arm_rows(rec: DeviceMatrixFile) -> list[dict] | None:
         if len({a["device"] for a in arms if a["label"] == label}) > 1:
             for a in arms:
                 if a["label"] == label:
-                    a["label"] = f"{label} (trained on {names.get(a['device'], a['device'] or 'gaussian')})"
+                    a["label"] = f"{label} (trained on {names.get(a['device'], a['device']) if a['device'] else 'gaussian'})"
     for label in {a["label"] for a in arms}:  # ... or by several recipes (learning rate, batch, data seed ...)
         same = [a for a in arms if a["label"] == label]
         keys = _recipe_differences(same)

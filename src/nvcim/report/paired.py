@@ -72,15 +72,15 @@ def _differences(a: dict, b: dict) -> set[str]:
         found |= {f"evaluation {k}" for k in set(parts_a) | set(parts_b) if parts_a.get(k) != parts_b.get(k)}
     elif ev_a != ev_b:
         found.add("evaluation")
-    recipe_a, recipe_b = _recipes(a, b, "method" in found)
+    recipe_a, recipe_b = _recipes(a, b, a.get("method") != b.get("method"))
     if recipe_a != recipe_b:
         found.add("recipe")
     return found
 
 
 def _recipes(a: dict, b: dict, methods_differ: bool) -> tuple[str, str]:
-    """The recipes two arms are compared by: across methods, what differs across methods (a vanilla arm's own limit
-    or validation chips, nvcim.report.labels.PER_METHOD_KEYS, aside); within a method, the whole recipe."""
+    """The recipes two arms are compared by: across methods, the budget and training data (how each selects its
+    checkpoint aside: nvcim.report.labels.recipe_common); within a method, the whole recipe."""
     key = "recipe_common" if methods_differ and "recipe_common" in a and "recipe_common" in b else "recipe_label"
     return a.get(key, ""), b.get(key, "")
 
@@ -99,7 +99,7 @@ def paired_comparisons(points: Sequence[dict]) -> list[dict]:
             differs = _differences(a, b)
             if len(differs) > 1:
                 continue  # e.g. another method AND another device model or budget: confounded, no question asked
-            recipes = _recipes(a, b, "method" in differs)
+            recipes = _recipes(a, b, a.get("method") != b.get("method"))
             ma = {str(s): m for s, m in zip(a["seeds"], a["seed_means"]) if s is not None}
             mb = {str(s): m for s, m in zip(b["seeds"], b["seed_means"]) if s is not None}
             shared = sorted(set(ma) & set(mb), key=lambda s: (not s.lstrip("-").isdigit(), int(s) if
