@@ -379,3 +379,16 @@ def test_a_near_perfect_models_mean_stays_an_accuracy_inside_its_interval():
         from nvcim.evaluate.partial import implausible
 
         assert implausible(r) is None  # a resume takes it (it was redone as "damaged" when clipped)
+
+
+def test_paired_difference_reads_a_plugin_kinds_device_config_without_the_plugin(data):
+    """Results of a plugin's variation kind pair without the plugin loaded (their recorded configs compared as
+    recorded), and differing configs are still refused."""
+    import dataclasses
+
+    a = monte_carlo_evaluate(_model(), data, CFG, target_ci=3.0, images_per_chip=30, seed=2)
+    gone = {**a.device_config, "variation": "plugin_kind_not_loaded"}
+    x, y = (dataclasses.replace(a, device_config=dict(gone)) for _ in range(2))
+    assert paired_difference(x, y)["mean"] == 0.0
+    with pytest.raises(ValueError, match="differ in device config"):
+        paired_difference(x, dataclasses.replace(a, device_config={**gone, "read_sigma": 0.1}))

@@ -449,3 +449,12 @@ def test_a_matrix_says_what_a_zero_width_ci_rests_on(ckpts, capsys):
                             "1e-9"], capsys)
     assert rc == 0, err
     assert f"2 cell(s) with a zero-width CI, e.g. {ckpts[0]} under gaussian, σ=1e-09: all 3 chips scored" in out, out
+
+
+def test_the_device_model_list_is_aligned_and_the_unknown_name_message_lists_every_name(capsys):
+    assert main(["eval", "--list-device-models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    starts = {len(line) - len(line.split("  ", 1)[1].lstrip()) for line in lines}  # where each description begins
+    assert len(starts) == 1 and any(line.startswith("right_censored_gaussian ") for line in lines), lines
+    with pytest.raises(ValueError, match=r"unknown device model 'rram5': use one of \[.*'weight_band'\]"):
+        device_model("rram5")

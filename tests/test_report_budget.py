@@ -383,3 +383,25 @@ def test_one_name_for_two_devices_names_no_training_device(tmp_path):
     gauss = sorted((p["label"], p["mean"]) for p in pts if "[" not in p["label"])
     assert [m for _, m in gauss] == [pytest.approx(66.0), pytest.approx(70.0)], gauss
     assert all("trained on weight_band S=" in label for label, _ in gauss)
+
+
+def test_the_budget_table_has_a_column_per_budget_and_names_an_arms_own_selection():
+    """Columns are budgets (what differs across methods); a method's own selection words go beside its arm."""
+    from nvcim.report.budget import arm_table, is_budget_study
+
+    def point(arm, method, budget, own, mean):
+        label = ", ".join(w for w in (budget, own) if w)
+        return {"model": "vgg8", "dataset": "mnist", "sigma": 0.3, "arm": arm, "method": method, "width": 0.25,
+                "recipe_label": label, "recipe_common": budget, "recipe": {"epochs": int(budget.split()[0])},
+                "mean": mean, "ci95": [mean - 1, mean + 1], "n_seeds": 3}
+
+    pts = [point("vanilla", "vanilla", "3 epochs", "4 validation chips", 50.0),
+           point("vanilla", "vanilla", "12 epochs", "4 validation chips", 55.0),
+           point("OVF", "ovf", "3 epochs", "8 validation chips", 60.0),
+           point("OVF", "ovf", "12 epochs", "8 validation chips", 70.0)]
+    table = arm_table("vgg8", "mnist", pts)
+    assert table.headers[-2:] == ["3 epochs", "12 epochs"]
+    assert [row[1] for row in table.rows] == ["vanilla (4 validation chips)", "OVF (8 validation chips)"]
+    assert table.rows[1][-1].startswith("70.00")
+    own_only = [dict(p, recipe_common="") for p in pts[:1]]  # a selection of its own is no budget study
+    assert not is_budget_study(own_only) and is_budget_study(pts)
