@@ -23,8 +23,9 @@ weight, and MultiheadAttention for its projections' (its out_proj's included; th
 digital); `runs_sliced` says which layers can.
 
 Adding a layer type is one function plus `register_layer(Type, attrs, forward)`. Per-module state
-lives in `module._nvcim` ({attr: controller}) and `module._nvcim_digital` (a layer kept digital), `module._nvcim_digital_tensors` (its
-own matrices outside any layer kept digital); only this module reads or writes them.
+lives in `module._nvcim` ({attr: controller}), `module._nvcim_digital` (a layer kept digital) and
+`module._nvcim_digital_tensors` (its own matrices outside any layer kept digital); only this module reads or writes
+them.
 """
 
 from __future__ import annotations

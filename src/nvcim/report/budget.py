@@ -99,7 +99,7 @@ def arm_table(model: str, dataset: str, points: Sequence[dict]) -> Table | None:
         return None
     epochs = {budget_of(p): float(p["recipe"].get("epochs") or math.inf) for p in pts}
     recipes = sorted(epochs, key=lambda s: (epochs[s], s))
-    arm_of = {id(p): p["arm"] + (f" ({_own(p)})" if _own(p) else "") for p in pts}
+    arm_of = {id(p): p["arm"] + (f" ({own})" if (own := _own(p)) else "") for p in pts}
     keys = sorted({(p["sigma"], arm_of[id(p)], p["method"], float(p["width"] or 1.0)) for p in pts},
                   key=lambda k: (k[0], label_sort_key(k[1], k[2]), k[3]))
     rows = []
