@@ -479,11 +479,15 @@ def test_sigkill_then_rerun_gives_identical_results(tmp_path, reference):
     assert again.returncode == 0 and "(0 this run)" in again.stderr
 
 
-def test_process_pool_equals_in_process(tmp_path, reference):
+def test_process_pool_equals_in_process(tmp_path, reference, capfd):
     _, ref = reference
-    summary = run_sweep(validate_spec(BASE), tmp_path / "pool", workers=2, progress=False)
+    summary = run_sweep(validate_spec(BASE), tmp_path / "pool", workers=2, progress=True)
     assert summary.exit_code == 0 and len(summary.ok) == 10
-    assert results_of(tmp_path / "pool") == ref
+    assert results_of(tmp_path / "pool") == ref  # progress lines change no number
+    # the workers' own lines (a running cell said nothing for hours before): the pool passes the setting on
+    err = capfd.readouterr().err
+    assert "  tiny-w1/mnist5k/ovf/s0.30/seed1 β=0.001 (2 of 2): training (ovf, 1 epoch of 96 images)" in err, err
+    assert "  tiny-w1/mnist5k/vanilla/seed0: testing on 3 chips × " in err
 
 
 def _task_killing_the_seed1_worker(cell: dict, out: str, threads: int) -> dict:
@@ -1403,7 +1407,7 @@ def test_a_cells_progress_line_shows_its_own_sigma(tmp_path, capsys):
                           "eval": {"runs": 2, "test_sigmas": "grid"}, "resources": {"threads_per_cell": 1}})
     assert run_sweep(spec, tmp_path / "o", progress=True).exit_code == 0
     err = capsys.readouterr().err
-    line = next(ln for ln in err.splitlines() if "s0.30/seed0:" in ln)
+    line = next(ln for ln in err.splitlines() if "s0.30/seed0:" in ln and "] ok" in ln)  # its result's line
     assert "σ=0.3 mean" in line, line
 
 
@@ -1483,6 +1487,64 @@ def test_the_dry_run_says_the_run_would_refuse_a_users_spec_file_in_dir(tmp_path
     err = capsys.readouterr().err
     assert "the run would stop here" in err and "spec.yaml exists and is not nvcim's copy" in err
     assert sorted(p.name for p in out.iterdir()) == ["spec.yaml"]
+
+
+def test_running_cells_say_what_they_do_unless_quiet(tmp_path, capsys, monkeypatch):
+    """A sweep printed one line per finished cell: a β search of full-width models ran for hours in silence. Each
+    running cell now says it trains (which candidate of its search), how its epochs go and when it tests."""
+    import nvcim.train.loop as loop
+
+    monkeypatch.setattr(loop, "LINE_EVERY_S", 0.0)  # within an epoch too
+    spec = validate_spec(spec_of(methods=["vanilla", "ovf"], sigmas=[0.3], seeds=[0]))
+    run_sweep(spec, tmp_path / "out", progress=True)
+    err = capsys.readouterr().err
+    assert "  tiny-w1/mnist5k/vanilla/seed0: training (vanilla, 1 epoch of 96 images)" in err
+    assert "  tiny-w1/mnist5k/ovf/s0.30/seed0 β=0.1 (1 of 2): training (ovf, " in err
+    assert "  tiny-w1/mnist5k/ovf/s0.30/seed0 β=0.001 (2 of 2): epoch 1/1: step 3/3, loss " in err
+    assert "  tiny-w1/mnist5k/ovf/s0.30/seed0: testing on 3 chips × " in err and " images at σ 0.3\n" in err
+    run_sweep(spec, tmp_path / "quiet", progress=False)
+    assert "training (" not in capsys.readouterr().err
+
+
+def test_the_eta_weighs_cells_by_their_kind(tmp_path, capsys, monkeypatch):
+    """Cells of one kind cost alike, of another not: after 2 noise-injection cells of 10 s and an OVF cell of
+    40 s, the OVF cell left takes 40 s (the ETA, counting trainings, said 20 s); an earlier run's result.json
+    times count from the first line of a resumed sweep."""
+    from nvcim.sweep import runner
+    from nvcim.sweep.backends.registry import BACKENDS, register_backend
+    from nvcim.sweep.eta import Eta
+
+    clock = [0.0]
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: clock[0])
+
+    def fake(cells, out, spec, on_done, say, *, workers, address):
+        for c in sorted(cells, key=lambda c: (c.method, c.seed)):  # noise injection first
+            wall = 40.0 if c.method == "ovf" else 10.0
+            clock[0] += wall
+            on_done({"id": c.id, "status": "ok", "error": None, "wall_time_s": wall, "mean": 50.0,
+                     "sigma": c.sigma, "beta": None})
+
+    register_backend("eta_kind_test", help="fake")(fake)
+    try:
+        spec = validate_spec(spec_of(methods=["noise_injection", "ovf"], sigmas=[0.3], seeds=[0, 1], betas=[1e-3]))
+        run_sweep(spec, tmp_path / "out", backend="eta_kind_test", progress=True)
+    finally:
+        BACKENDS.unregister("eta_kind_test")
+    third = next(line for line in capsys.readouterr().err.splitlines() if "[3/4]" in line)
+    assert third.endswith("ETA 40 s"), third
+    # resumed: the finished OVF cell's recorded 40 s weighs the OVF cell left from the start
+    cells = {(c.method, c.seed): c for c in expand(spec)}
+    for key, wall in ((("noise_injection", 0), 10.0), (("ovf", 0), 40.0)):
+        d = sweep.cell_dir(tmp_path / "res", cells[key].id)
+        d.mkdir(parents=True)
+        (d / sweep.RESULT_FILE).write_text(json.dumps({"cell": {"wall_time_s": wall}}))
+    eta = Eta(tmp_path / "res", [cells["noise_injection", 1], cells["ovf", 1]],
+              [cells["noise_injection", 0], cells["ovf", 0]])
+    assert eta.seconds(5.0) is None  # nothing of this run finished yet
+    eta.finished({"id": cells["noise_injection", 1].id, "status": "ok", "wall_time_s": 10.0})
+    assert eta.seconds(10.0) == pytest.approx(40.0)
+    eta.finished({"id": cells["ovf", 1].id, "status": "ok", "wall_time_s": 40.0})
+    assert eta.seconds(50.0) is None  # none left
 
 
 def test_the_eta_weighs_cells_by_their_trainings(tmp_path, capsys, monkeypatch):

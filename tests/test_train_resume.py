@@ -448,6 +448,20 @@ def test_a_log_file_gets_progress_lines_within_an_epoch(tmp_path, monkeypatch, c
     assert "epoch 1/3: step 4/4, loss" in err and "training ends in about" in err
 
 
+def test_progress_lines_go_where_log_says_and_no_bar_is_drawn(monkeypatch, capsys):
+    """train(log=...) (a sweep cell's lines, headed by its id): every epoch's line and the lines within an epoch go
+    there, whatever cfg.progress says, and nothing to stderr."""
+    import nvcim.train.loop as loop
+
+    monkeypatch.setattr(loop, "LINE_EVERY_S", 0.0)
+    for progress in (False, True):
+        lines: list[str] = []
+        train(TrainConfig(**TINY, method="vanilla").replace(progress=progress), log=lines.append)
+        assert any(line.startswith("epoch 2/3: step 4/4, loss ") for line in lines), lines
+        assert any(line.startswith("epoch 3/3: loss ") for line in lines), lines
+        assert capsys.readouterr().err == ""
+
+
 def test_an_empty_validation_split_under_select_noisy_is_said(tmp_path):
     """val_fraction 0.1 of 4 training images rounds to none: select="noisy" silently kept the last epoch."""
     with pytest.warns(UserWarning, match="the validation split is empty .* the last epoch is kept"):

@@ -1,6 +1,7 @@
 """Running one sweep cell: train or reuse its checkpoint, search β, test under Monte Carlo chips, record it.
 
     summary = run_cell(cell, out_dir, threads)    # never raises for a failing cell: failed.json instead
+    with cell_lines(True): ...                     # and each running cell's progress lines on stderr
 
 Every backend calls run_cell (in process, in a pool worker, in a Ray task), so every backend writes the
 same files and, with the same threads, the same numbers. A cell's files (package docstring): cell.json
@@ -10,16 +11,19 @@ first, checkpoints and β candidates as they finish (reused by a rerun), result.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
+import sys
 import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
+from tqdm.auto import tqdm
 
 from nvcim import evaluate, train
 from nvcim.batchnorm import CALIBRATION_BATCH, ChipCalibration, batchnorm_layers, recalibration_record
@@ -36,6 +40,40 @@ from nvcim.sweep.files import (FAILED_FILE, RESULT_FILE, SCORE_FILE, TRAIN_STATE
                                prepare_cell_dir)
 
 _SPLITS_CACHE: dict[tuple, Any] = {}
+_LINES = [False]  # progress lines of running cells on stderr: a sweep that shows progress turns them on
+
+
+@contextlib.contextmanager
+def cell_lines(enabled: bool) -> Iterator[None]:
+    """Within: every cell run in this process says on stderr when it starts, how its trainings go (each epoch,
+    and within an epoch every few minutes: nvcim.train.LINE_EVERY_S) and when it tests, each line headed by the
+    cell's id. Off by default (the API, --quiet); a process-pool backend passes the setting to its workers."""
+    before = _LINES[0]
+    set_cell_lines(enabled)
+    try:
+        yield
+    finally:
+        set_cell_lines(before)
+
+
+def cell_lines_enabled() -> bool:
+    return _LINES[0]
+
+
+def set_cell_lines(enabled: bool) -> None:
+    """cell_lines for the rest of the process (a pool worker's)."""
+    _LINES[0] = bool(enabled)
+
+
+def _cell_log(cell_id: str, what: str = "") -> Callable[[str], None] | None:
+    """A function writing one progress line of cell `cell_id` (None when lines are off)."""
+    if not _LINES[0]:
+        return None
+
+    def log(msg: str) -> None:
+        tqdm.write(f"  {cell_id}{what}: {msg}", file=sys.stderr)  # beside a bar in this process, or a worker's
+        sys.stderr.flush()
+    return log
 
 
 def _splits(tc, data_file: str | None = None):
@@ -98,9 +136,10 @@ def _drop_checkpoint(ckpt: Path) -> None:
     ckpt.rmdir()
 
 
-def _train_or_load(tc, ckpt: Path, splits, notes: list[str] | None = None, cell_id: str = "?"):
+def _train_or_load(tc, ckpt: Path, splits, notes: list[str] | None = None, cell_id: str = "?", what: str = ""):
     """(model, metrics, wall seconds spent training now, wall seconds of the earlier parts of a training resumed
-    from its state) — reusing a finished checkpoint at `ckpt` (0, 0). One that
+    from its state) — reusing a finished checkpoint at `ckpt` (0, 0); `what` names a β candidate in progress
+    lines. One that
     cannot be loaded or trusted (damaged outside nvcim's atomic writes) is trained again, with a line in
     `notes` naming the cell and the problem."""
     state = ckpt.parent / TRAIN_STATE_DIR  # the training state after every epoch: a killed cell resumes from it
@@ -123,14 +162,18 @@ def _train_or_load(tc, ckpt: Path, splits, notes: list[str] | None = None, cell_
     problem = train.resume_problem(tc, state, splits)
     if problem:
         restart(problem)
+    log = _cell_log(cell_id, what)
+    if log is not None:
+        log(f"training ({tc.method}, {tc.epochs} epoch{'s' if tc.epochs != 1 else ''} of "
+            f"{len(splits.train):,} images)")
     t0 = time.perf_counter()
     try:
-        res = train.train(tc, out_dir=ckpt, splits=splits, state_dir=state)
+        res = train.train(tc, out_dir=ckpt, splits=splits, state_dir=state, log=log)
     except TrainStateError as exc:  # a state that looked right but does not restore (damaged tensors)
         if isinstance(exc, TrainStateSaveError) or not state.exists():
             raise
         restart(exc)
-        res = train.train(tc, out_dir=ckpt, splits=splits, state_dir=state)
+        res = train.train(tc, out_dir=ckpt, splits=splits, state_dir=state, log=log)
     now = time.perf_counter() - t0
     return res.model, dict(res.metrics), now, max(0.0, res.metrics.get("wall_time_s", now) - now)
 
@@ -214,7 +257,8 @@ def _beta_search(cell: Cell, d: Path, splits, dev, notes: list[str]) -> tuple[fl
                          "train.val_fraction or the data's size")
     scores = []
     train_s = earlier_s = 0.0
-    for beta in cell.betas:
+    symbol = search_symbol(searched_param(cell.method))
+    for i, beta in enumerate(cell.betas, start=1):
         bd = d / "beta" / fmt_beta(beta)
         score_file = bd / SCORE_FILE
         done = _read_score(score_file, beta)
@@ -223,7 +267,8 @@ def _beta_search(cell: Cell, d: Path, splits, dev, notes: list[str]) -> tuple[fl
             continue
         bd.mkdir(parents=True, exist_ok=True)
         tc = cell.train_config(beta)
-        model, metrics, secs, before = _train_or_load(tc, bd / "checkpoint", splits, notes, cell.id)
+        model, metrics, secs, before = _train_or_load(tc, bd / "checkpoint", splits, notes, cell.id,
+                                                      f" {symbol}={beta:g} ({i} of {len(cell.betas)})")
         train_s += secs + before
         earlier_s += before
         rec = {"beta": float(beta), "status": metrics.get("status", "ok"), "val_mean": None, "val_std": None,
@@ -364,6 +409,9 @@ def _run_cell(cell: Cell, out: Path, d: Path, threads: int, t0: float, notes: li
     t_eval = time.perf_counter()
     chips = ({"runs": cell.eval["runs"]} if cell.eval.get("target_ci") is None  # target-precision mode: [eval] target_ci
              else {k: cell.eval.get(k) for k in TARGET_KEYS})
+    if (log := _cell_log(cell.id)) is not None:
+        log(f"testing on {chips['runs'] if 'runs' in chips else 'enough'} chips × {len(splits.test):,} images at σ "
+            + ", ".join(f"{s:g}" for s in cell.test_sigmas))
     results = evaluate.robustness_curve(model, splits.test, cell.test_device(), cell.test_sigmas, **chips,
                                         seed=cell.eval["seed"],
                                         batch_size=cell.eval["batch_size"], device=dev,

@@ -26,8 +26,10 @@ from tqdm.auto import tqdm
 from nvcim.data import check_dataset
 from nvcim.evaluate import write_results_json
 from nvcim.io.files import atomic_write_text, check_output_path
+from nvcim.sweep.cell_run import cell_lines
 from nvcim.sweep.backends.registry import get_backend
 from nvcim.sweep.cells import Cell, expand, is_int
+from nvcim.sweep.eta import Eta
 from nvcim.sweep.files import (CELL_FILE, COPY_HEADER, LOCK_FILE, SPEC_JSON, adopt_plugin_change, cell_dir,
                                cell_state, foreign_token, cell_differences, failed_differences, result_problem)
 from nvcim.sweep.schema import SweepSpec
@@ -397,8 +399,7 @@ def run_sweep(spec: SweepSpec, out_dir, *, backend: str = "local", workers: int 
         for cid, problem in damaged:
             warn(f"cell {cid}: {problem}: it is not counted as done and runs again")
         counter = [len(done) + len(failed_before)]
-        work = {c.id: max(1, len(c.betas or ())) for c in todo}  # trainings per cell: a β search's cells train several
-        worked = [0.0, float(sum(work.values()))]  # trainings of this run done, to do
+        eta = Eta(out, todo, done)  # cells weighed by what finished cells of their kind took
 
         warned: set[str] = set()
 
@@ -406,12 +407,9 @@ def run_sweep(spec: SweepSpec, out_dir, *, backend: str = "local", workers: int 
             counter[0] += 1
             (summary.ok if s["status"] == "ok" else summary.failed).append(s["id"])
             bar.update(1)
-            w = work.get(s["id"], 1)
-            worked[0], worked[1] = worked[0] + w, worked[1] - w
-            left = len(cells) - counter[0]
-            eta = (f", ETA {_duration((time.perf_counter() - t0) / worked[0] * worked[1])}"
-                   if left and worked[0] > 0 else "")
-            say(f"{_log_line(counter[0], len(cells), s)}{eta}")
+            eta.finished(s)
+            left_s = eta.seconds(time.perf_counter() - t0)
+            say(f"{_log_line(counter[0], len(cells), s)}{'' if left_s is None else f', ETA {_duration(left_s)}'}")
             for line in s.get("warnings") or ():
                 if line not in warned:  # the same warning from every cell's model: once
                     warned.add(line)
@@ -419,7 +417,8 @@ def run_sweep(spec: SweepSpec, out_dir, *, backend: str = "local", workers: int 
 
         try:
             if todo:  # the backend's `say` is for warnings: shown quiet or not
-                chosen.run(todo, out, spec, on_done, warn, workers=workers, address=address)
+                with cell_lines(progress):  # running cells' progress lines (a process pool's workers too)
+                    chosen.run(todo, out, spec, on_done, warn, workers=workers, address=address)
         finally:
             bar.close()
     summary.wall_time_s = time.perf_counter() - t0

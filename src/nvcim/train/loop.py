@@ -52,6 +52,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -171,7 +172,8 @@ def _say(cfg: TrainConfig, msg: str) -> None:
 
 
 # ---- training --------------------------------------------------------------------------------------
-def train(cfg: TrainConfig, out_dir=None, *, overwrite: bool = True, splits=None, state_dir=None) -> TrainResult:
+def train(cfg: TrainConfig, out_dir=None, *, overwrite: bool = True, splits=None, state_dir=None,
+          log: Callable[[str], None] | None = None) -> TrainResult:
     """Train one model as `cfg` says; returns a TrainResult and never raises on divergence.
 
     out_dir: write the checkpoint there at the end (atomically). An existing checkpoint there is
@@ -183,6 +185,8 @@ def train(cfg: TrainConfig, out_dir=None, *, overwrite: bool = True, splits=None
     state_dir: keep the training state there after every epoch and resume from it (module docstring); a state
     of another configuration or data, or one that cannot be read, is refused (TrainStateError, one line)
     before any training, as is a directory there that is not nvcim's training state.
+    log: where progress lines go instead of stderr (a sweep cell prefixes them with its id): every epoch's line,
+    and within an epoch one at most every LINE_EVERY_S seconds; no bar is drawn, whatever cfg.progress says.
     Bad configuration, unknown names, a model that does not fit the data set's images and missing data
     raise before anything is written (and the first three before any data are loaded or downloaded).
     """
@@ -226,7 +230,7 @@ def train(cfg: TrainConfig, out_dir=None, *, overwrite: bool = True, splits=None
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     try:
-        return _train(cfg, out_dir, splits, info, augment, dev, amp, state_dir)
+        return _train(cfg, out_dir, splits, info, augment, dev, amp, state_dir, log)
     finally:
         if cfg.num_threads is not None:
             torch.set_num_threads(old_threads)
@@ -238,8 +242,9 @@ def _state_is_finite(model: nn.Module) -> bool:
 
 
 def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, dev: torch.device, amp: bool,
-           state_dir: Path | None) -> TrainResult:
+           state_dir: Path | None, log: Callable[[str], None] | None) -> TrainResult:
     t_start = time.perf_counter()
+    say = log if log is not None else (lambda msg: _say(cfg, msg))
     torch.manual_seed(cfg.seed)  # init + training noise (CPU and all CUDA devices)
     gen = torch.Generator().manual_seed(cfg.seed)  # shuffling + augmentation
     model = create_model(cfg.model, info.num_classes, info.in_channels, width=cfg.width, image_size=info.image_size)
@@ -307,21 +312,22 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
         train_time, images, wall_before = loop["train_time_s"], loop["images"], loop["wall_time_s"]
         resumed = loop["resumed_after_epochs"] + [state.record["epoch"]]
         first_epoch = state.record["epoch"] + 1
-        _say(cfg, f"resuming after epoch {state.record['epoch']} of {cfg.epochs} ({state_dir})")
+        say(f"resuming after epoch {state.record['epoch']} of {cfg.epochs} ({state_dir})")
 
     t_epochs = time.perf_counter()  # for the ETA of the epoch lines (this part's epochs, validation included)
     for epoch in range(first_epoch, cfg.epochs + 1):
         model.train()
         # disable=None: no bar when stderr is not a TTY (logs of sweeps stay clean)
         bar = (tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, file=sys.stderr,
-                    dynamic_ncols=True, disable=None) if cfg.progress else _Silent())
+                    dynamic_ncols=True, disable=None) if cfg.progress and log is None else _Silent())
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)  # Σ loss·B over finite steps
         correct = torch.zeros((), dtype=torch.int64, device=dev)
         bad_step = torch.full((), -1, dtype=torch.int64, device=dev)  # first non-finite step of the epoch
         seen = shown = 0
         lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with (the schedule steps per step)
         t0 = last_line = time.perf_counter()
-        lines = cfg.progress and getattr(bar, "disable", False)  # no bar (a log file): a line now and then instead
+        # no bar (a log file, or a sweep cell's log): a line now and then instead
+        lines = log is not None or (cfg.progress and getattr(bar, "disable", False))
         for step, (x, y) in enumerate(
             splits.train.batches(cfg.batch_size, shuffle=True, augment=augment, generator=gen, device=dev), start=1
         ):  # x [B,C,H,W] float, y [B] int64
@@ -349,9 +355,9 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
                 bar.set_postfix_str(f"loss {float(loss_sum) / seen:.4f} acc {100.0 * int(correct) / seen:.2f}%")
                 if lines and time.perf_counter() - last_line >= LINE_EVERY_S:
                     last_line, spent = time.perf_counter(), time.perf_counter() - t0
-                    _say(cfg, f"epoch {epoch}/{cfg.epochs}: step {step}/{steps_per_epoch}, loss "
-                              f"{float(loss_sum) / seen:.4f}, the epoch's training ends in about "
-                              f"{_duration(spent * (steps_per_epoch - step) / step)}")
+                    say(f"epoch {epoch}/{cfg.epochs}: step {step}/{steps_per_epoch}, loss "
+                        f"{float(loss_sum) / seen:.4f}, the epoch's training ends in about "
+                        f"{_duration(spent * (steps_per_epoch - step) / step)}")
         bar.close()
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
@@ -360,12 +366,12 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
         bad = int(bad_step)
         if bad > 0:
             status, diverged_at, diverged_reason = STATUS_DIVERGED, {"epoch": epoch, "step": bad}, REASON_LOSS
-            _say(cfg, f"epoch {epoch}: non-finite loss at step {bad}: stopping (status diverged)")
+            say(f"epoch {epoch}: non-finite loss at step {bad}: stopping (status diverged)")
             break
         if not _state_is_finite(model):  # every loss finite, but the last steps broke a weight or a BN statistic
             status, diverged_reason = STATUS_DIVERGED, REASON_STATE
             diverged_at = {"epoch": epoch, "step": steps_per_epoch}
-            _say(cfg, f"epoch {epoch}: {REASON_STATE} after the last step: stopping (status diverged)")
+            say(f"epoch {epoch}: {REASON_STATE} after the last step: stopping (status diverged)")
             break
         record = {
             "epoch": epoch,
@@ -380,7 +386,7 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
                 if not finite:  # finite weights can still overflow to inf / NaN logits
                     status, diverged_reason = STATUS_DIVERGED, REASON_VAL
                     diverged_at = {"epoch": epoch, "step": steps_per_epoch}
-                    _say(cfg, f"epoch {epoch}: {REASON_VAL}: stopping (status diverged)")
+                    say(f"epoch {epoch}: {REASON_VAL}: stopping (status diverged)")
                     break
                 if cfg.val_runs > 0:
                     res = _mc(model, splits.val, cfg, cfg.val_runs, VAL_MC_SEED, dev)
@@ -415,7 +421,7 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
         if epoch < cfg.epochs:
             per_epoch = (time.perf_counter() - t_epochs) / (epoch - first_epoch + 1)
             msg += f" (ETA {_duration(per_epoch * (cfg.epochs - epoch))})"
-        _say(cfg, msg)
+        say(msg)
 
     model.load_state_dict(best_state if best_state is not None else initial_state)
     model = task.finish()
@@ -424,7 +430,7 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
     if not finite and status == STATUS_OK:  # e.g. no val split, so nothing looked at the outputs before
         status, diverged_reason = STATUS_DIVERGED, REASON_TEST
         diverged_at = {"epoch": best_epoch, "step": steps_per_epoch}
-        _say(cfg, f"{REASON_TEST} with the weights of epoch {best_epoch} (status diverged)")
+        say(f"{REASON_TEST} with the weights of epoch {best_epoch} (status diverged)")
     test_noisy = _mc(model, splits.test, cfg, cfg.val_runs, TEST_MC_SEED, dev) if cfg.val_runs > 0 else None
     metrics = {
         "status": status,

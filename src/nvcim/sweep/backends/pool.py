@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from nvcim.plugins import load_plugins
 from nvcim.plugins import loaded as loaded_plugins
-from nvcim.sweep.cell_run import record_failure, run_cell
+from nvcim.sweep.cell_run import cell_lines_enabled, record_failure, run_cell, set_cell_lines
 
 
 def _exit_with_parent() -> None:
@@ -51,8 +51,9 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="nvcim-exit-with-parent", daemon=True).start()
 
 
-def _pool_init(threads: int, plugin_specs: list[str]) -> None:
+def _pool_init(threads: int, plugin_specs: list[str], lines: bool = False) -> None:
     _exit_with_parent()
+    set_cell_lines(lines)  # the parent's setting, for the worker's life
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the sweep process stops them
     torch.set_num_threads(threads)
     load_plugins(plugin_specs, env=False)  # a spawned worker starts bare: the parent's plugins again
@@ -68,7 +69,7 @@ def _pool_round(cells: Sequence, out: Path, on_done: Callable[[Mapping], None], 
     ctx = mp.get_context("spawn")
     broken = []
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_pool_init,
-                                initargs=(threads, loaded_plugins())) as pool:
+                                initargs=(threads, loaded_plugins(), cell_lines_enabled())) as pool:
         futures = {pool.submit(task, c.to_dict(), str(out), threads): c for c in cells}
         try:
             for fut in cf.as_completed(futures):

@@ -1,0 +1,83 @@
+"""The sweep's remaining-time estimate: cells weighed by what cells of their kind have cost.
+
+    eta = Eta(out, todo, done)         # done: finished cells of earlier runs (their result.json has their time)
+    eta.finished(summary)              # each cell this run finishes (run_cell's summary)
+    eta.seconds(elapsed)               # None until a cell of this run has finished, or when none is left
+
+Cells differ in cost by far more than their count says: an OVF cell runs N + 1 forwards a step (≈ 4× a noise
+injection cell), a β search trains several models, an ADC device model evaluates ≈ 10× slower. A cell's weight is
+the mean wall time per training of finished cells of its kind (model, width, data set, method, device model; this
+run's and earlier runs') times its trainings, or, for a kind not seen yet, the mean over every kind seen. The
+estimate is the elapsed time scaled by (weight left) / (weight finished this run): the run's own throughput,
+parallel workers and a loaded machine included.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from nvcim.sweep.cells import Cell
+from nvcim.sweep.files import RESULT_FILE, cell_dir
+
+
+def kind(cell: Cell) -> tuple:
+    return (cell.model, cell.width, cell.dataset, cell.method, cell.device_model)
+
+
+def trainings(cell: Cell) -> int:
+    """Models a cell trains: one per candidate of a search, else one."""
+    return max(1, len(cell.betas or ()))
+
+
+def recorded_wall(out: Path, cell: Cell) -> float | None:
+    """A finished cell's wall time as its result.json records it (None: unreadable or absent)."""
+    try:
+        rec = json.loads((cell_dir(out, cell.id) / RESULT_FILE).read_text(encoding="utf-8"))
+        wall = rec["cell"]["wall_time_s"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(wall) if isinstance(wall, (int, float)) and math.isfinite(wall) and wall > 0 else None
+
+
+class Eta:
+    def __init__(self, out: Path, todo: Sequence[Cell], done: Sequence[Cell]):
+        self._per_training: dict[tuple, list[float]] = {}  # kind → seconds per training of its finished cells
+        for c in done:
+            if (wall := recorded_wall(out, c)) is not None:
+                self._add(c, wall)
+        self._left = {c.id: c for c in todo}
+        self._finished: list[Cell] = []  # finished by this run, ok
+        self._failed_s = 0.0  # seconds the cells that failed in this run took (often far less than their weight)
+
+    def _add(self, cell: Cell, wall: float) -> None:
+        self._per_training.setdefault(kind(cell), []).append(wall / trainings(cell))
+
+    def finished(self, summary: Mapping) -> None:
+        cell = self._left.pop(summary["id"], None)
+        if cell is None:
+            return
+        wall = summary.get("wall_time_s")
+        wall = float(wall) if isinstance(wall, (int, float)) and math.isfinite(wall) and wall > 0 else None
+        if summary.get("status") != "ok":
+            self._failed_s += wall or 0.0
+            return
+        self._finished.append(cell)
+        if wall is not None:
+            self._add(cell, wall)
+
+    def weight(self, cell: Cell) -> float:
+        """Estimated seconds of `cell` (1 per training while nothing has been timed)."""
+        seen = self._per_training.get(kind(cell))
+        if not seen:
+            seen = [s for times in self._per_training.values() for s in times] or [1.0]
+        return sum(seen) / len(seen) * trainings(cell)
+
+    def seconds(self, elapsed: float) -> float | None:
+        """Seconds left at this run's pace, or None before a cell of this run has finished (or when none is left)."""
+        done = sum(self.weight(c) for c in self._finished) + self._failed_s
+        if done <= 0 or not self._left:
+            return None
+        return elapsed * sum(self.weight(c) for c in self._left.values()) / done
