@@ -45,7 +45,7 @@ def test_task_output_and_loss_equal_the_hand_computation():
     assert len(task.heads) == 2  # after stages "1" and "3", not after the deepest
     x = torch.randn(5, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     y = torch.tensor([0, 1, 2, 0, 1])
-    loss, total = task(x, y)
+    loss, out = task(x, y)
     # by hand: the heads read the feature maps after model[1] and model[3]; pool to min(round(√(2048/2)), 4) = 4
     f1 = model[1](model[0](x))
     f2 = model[3](model[2](f1))
@@ -56,8 +56,8 @@ def test_task_output_and_loss_equal_the_hand_computation():
         assert head[0].output_size == (4, 4) and lin1.in_features == 2 * 16 and lin1.out_features == 512
         outs.append(F.linear(torch.relu(F.linear(f.flatten(1), lin1.weight, lin1.bias)), lin2.weight, lin2.bias))
     expected = (backbone - 0.3 * (outs[0] + 0.1 * outs[1])) / 3
-    assert torch.allclose(total, expected, atol=1e-12)
     assert torch.allclose(loss, F.cross_entropy(expected, y), atol=1e-12)
+    assert torch.allclose(out, backbone, atol=1e-12)  # the logits the train accuracy counts: the deployed model's
 
 
 def test_heads_train_jointly_and_finish_drops_them():
@@ -195,15 +195,15 @@ def test_heads_read_conv1d_maps_and_flat_features_as_the_hand_computation():
     task = create_task("irs", model, EXACT, beta=0.3)
     x = torch.randn(5, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     y = torch.tensor([0, 1, 2, 0, 1])
-    loss, total = task(x, y)
+    loss, out = task(x, y)
     f1 = model.conv(x.flatten(1, 2))  # [5, 3, 4]: the stage's output, before the ReLU
     f2 = model.fc1(torch.relu(f1).flatten(1))  # [5, 5]
     assert task.heads[0][0].output_size == 4 and task.heads[0][2].in_features == 12  # pooled to min(4, 2048 / 3)
     assert isinstance(task.heads[1][0], nn.Identity) and task.heads[1][2].in_features == 5
     outs = [head[4](torch.relu(head[2](f.flatten(1)))) for head, f in zip(task.heads, (f1, f2))]
     expected = (model(x) - 0.3 * (outs[0] + 0.1 * outs[1])) / 3
-    assert torch.allclose(total, expected, atol=1e-12)
     assert torch.allclose(loss, F.cross_entropy(expected, y), atol=1e-12)
+    assert torch.allclose(out, model(x), atol=1e-12)
 
 
 def test_a_stage_returning_a_tuple_or_never_running_is_refused_in_one_line():
@@ -245,11 +245,11 @@ def test_heads_read_a_stage_output_an_in_place_op_changes_later_as_it_was():
     model.nvcim_spec = {"in_channels": 1, "image_size": 4}
     task = create_task("irs", model, DeviceConfig(sigma=0.0, quantize=False), beta=1.0)
     x, y = torch.randn(3, 1, 4, 4, dtype=torch.float64), torch.tensor([0, 1, 2])
-    loss, total = task(x, y)
+    loss, out = task(x, y)
     with torch.no_grad():
         pre = model.c1(x)  # the stage's output before the in-place ReLU
         expected = irs_combine(model(x), [task.heads[0](pre)], 1.0)  # one head: after c1 (none after the last stage)
     assert len(task.heads) == 1
-    torch.testing.assert_close(total, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(loss.detach(), F.cross_entropy(expected, y), rtol=1e-12, atol=1e-12)
     loss.backward()  # trains too (the head's input must survive the in-place op for backward)
     assert all(p.grad is not None for p in task.heads.parameters()) and model.c1.weight.grad is not None

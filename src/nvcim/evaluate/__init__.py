@@ -10,7 +10,9 @@ One run = one programmed chip: every noisy weight gets one draw, kept for the wh
 draws come from a CPU `torch.Generator` seeded by `run_seed(seed, r)` and are taken layer by layer in
 module order exactly as `nvcim.draw_chip` takes them, so the same seed gives the same chips, hence
 the same per-run accuracies (up to float ties in the logits), whatever the batch size, chunking,
-path or device. The Gaussian draws are the same standard normals scaled by σ, so a robustness curve
+path or device — except under read noise, drawn once per forward (SPEC §8): the images of one batch share a
+read, so there the batch size changes the chips' accuracies and their spread (`nvcim.evaluate.plausibility`;
+results record it as `read_batch`). The Gaussian draws are the same standard normals scaled by σ, so a robustness curve
 uses common random numbers across σ (smooth curves, paired comparisons).
 
 The package, lowest first:
@@ -20,11 +22,14 @@ The package, lowest first:
   batching.py    many chips through one forward: chains of per-image layers directly, others under vmap
   forward.py     scoring chips: per-run counts and EKL, "stacked" (batched) and "chunked" forwards, the probe
   adaptive.py    target-precision mode: full-set pilot, images per chip, Stein's two-stage rule; paired differences
-  montecarlo.py  `monte_carlo_evaluate`, `robustness_curve`: checks, the three paths, warnings
+  plausibility.py  warnings of implausible results (non-finite logits, below chance); what a result records of
+                 its inputs (the test images' digest, the images per read)
+  montecarlo.py  `monte_carlo_evaluate`, `robustness_curve`: checks, the three paths
 """
 
 from nvcim.evaluate.adaptive import DEFAULT_MAX_CHIPS, FIRST_STAGE, PILOT_CHIPS, chip_accuracies, paired_difference
 from nvcim.evaluate.forward import LOGITS_PER_ADD
+from nvcim.evaluate.plausibility import ImplausibleResultWarning, batches_sha256
 from nvcim.evaluate.montecarlo import (
     CHUNKED_BUFFER_BYTES,
     DEFAULT_BATCH,

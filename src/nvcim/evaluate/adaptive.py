@@ -258,16 +258,20 @@ def paired_difference(a: MCResult, b: MCResult) -> dict:
     Pairs chip r of one with chip r of the other (fixed-count results: chips 0 .. runs-1; target-precision
     results: the subset chips), so the chip-to-chip spread both share cancels. Returns {"mean", "std",
     "ci95", "half_width", "chips"} (points; Student t interval over the paired differences). Two models under one
-    device: results at different σ, under different device configs or on test sets of different sizes are refused
-    (their difference would be mostly theirs, not the models').
+    device: results at different σ, under different device configs, on other test images (by their digest, when
+    both record one) or, under read noise, at other batch sizes (images per read) are refused (their difference
+    would be mostly theirs, not the models').
     """
     if a.seed != b.seed:
         raise ValueError(f"paired_difference: the results use different seeds ({a.seed}, {b.seed}), so their chips "
                          "differ: evaluate both with the same seed")
     ca, cb = (_canonical_device(r.device_config) for r in (a, b))
     keys = sorted(k for k in set(ca) | set(cb) if ca.get(k) != cb.get(k))
+    digests = [r.images_sha256[:12] if a.images_sha256 and b.images_sha256 else None for r in (a, b)]  # unknown: alike
     for what, x, y in (("σ", a.sigma, b.sigma), ("test images", a.n_samples, b.n_samples),
-                       ("device config", *([{k: c.get(k) for k in keys} for c in (ca, cb)]))):
+                       ("device config", *([{k: c.get(k) for k in keys} for c in (ca, cb)])),
+                       ("test images (as many, other ones)", *digests),
+                       ("images per read-noise draw (the batch size)", a.read_batch, b.read_batch)):
         if x != y:
             raise ValueError(f"paired_difference: the results differ in {what} ({x!r} vs {y!r}): compare two models "
                              "evaluated alike")

@@ -49,7 +49,7 @@ import contextlib
 import math
 import time
 import warnings
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -73,6 +73,7 @@ from nvcim.evaluate.adaptive import check_target_args, target_precision
 from nvcim.evaluate.paths import (DEFAULT_MEMORY_BUDGET, auto_path, check_stacked, path_for_reads,  # noqa: F401
                                   stacked_chips)
 from nvcim.evaluate.results import MCResult
+from nvcim.evaluate.plausibility import record_inputs, warn_implausible
 from nvcim.evaluate.sampler import ChipSampler, run_generator
 from nvcim.evaluate.stats import summarize
 from nvcim.layers.noise import (
@@ -368,7 +369,8 @@ def monte_carlo_evaluate(
                     adc_source=adc_source)
         res = _one_sigma(model, batches, cfg, opts, path, dev, baseline, calib)
         res.num_classes = classes
-        _warn_nonfinite(model, batches, [res])
+    record_inputs([res], batches, cfg, batch_size)
+    warn_implausible(model, batches, [res])
     return res
 
 
@@ -459,36 +461,6 @@ def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Ite
                 if partial is not None:
                     partial.put(key(s), res)
             results.append(res)
-        _warn_nonfinite(model, batches, results)
+        record_inputs(results, batches, cfg, opts["batch_size"])
+        warn_implausible(model, batches, results)
     return results
-
-
-def _warn_nonfinite(model: nn.Module, batches, results: Sequence[MCResult]) -> None:
-    """One warning when some chips gave NaN / inf logits (scored as wrong), with the count and the likely cause."""
-    bad = [r for r in results if r.nonfinite_runs]
-    if not bad:
-        return
-    where = ", ".join(f"{r.nonfinite_runs} of {r.chips_scored} chips at σ={r.sigma:g}" for r in bad)
-    warnings.warn(f"nvcim: non-finite logits (NaN / inf) from {where}; those images count as wrong, so the accuracy "
-                  f"is not meaningful: {_nonfinite_cause(model, batches, bad)}", RuntimeWarning, stacklevel=3)
-
-
-def _nonfinite_cause(model: nn.Module, batches, bad: Sequence[MCResult]) -> str:
-    """The likely reason for non-finite logits: broken weights, non-float weights, the inputs, or σ too large."""
-    tensors = list(model.named_parameters()) + list(model.named_buffers())
-    broken = [n for n, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if broken:
-        return f"the model holds non-finite values in {broken[:3]}{' ...' if len(broken) > 3 else ''} (check the checkpoint)"
-    nonfloat = [f"{n} ({p.dtype})" for n, p in model.named_parameters() if not p.is_floating_point()]
-    if nonfloat:
-        return f"non-float weights {nonfloat[:3]}: convert the model to float"
-    with torch.no_grad(), variation_disabled(model):
-        clean_ok = all(bool(torch.isfinite(model(x)).all()) for x, _ in batches)
-    if not clean_ok:
-        largest = max(((n, float(p.detach().abs().max())) for n, p in model.named_parameters() if p.numel()),
-                      key=lambda t: t[1], default=None)
-        extreme = f" (largest |weight| {largest[1]:.3g} in {largest[0]})" if largest else ""
-        return f"the clean model already gives non-finite logits: check the inputs and the weight magnitudes{extreme}"
-    sigmas = ", ".join(f"{r.sigma:g}" for r in bad)
-    return (f"the clean model is finite, so σ={sigmas} is likely far too large for this model (the programmed "
-            "weights overflow the activations)")

@@ -84,6 +84,9 @@ class MCResult:
     subset_accuracy: list[float] = field(default_factory=list)  # [R] their control-variate accuracies (points)
     full_set_chips: int | None = None  # chips scored on every test image (per_run_correct), for the tails
     percentiles_from: str | None = None  # "full_set_chips"
+    # what it was scored on (absent from the JSON when None: files written before them load with None)
+    images_sha256: str | None = None  # the test images' digest (nvcim.evaluate.plausibility.batches_sha256)
+    read_batch: int | None = None  # under read noise: the images per forward, which share one read (SPEC §8)
 
     @property
     def adaptive(self) -> bool:
@@ -104,11 +107,15 @@ class MCResult:
         return self.full_set_chips if self.adaptive and self.full_set_chips else self.runs
 
     def to_dict(self) -> dict:
-        """JSON-able dict (NaN becomes null); the ADAPTIVE_FIELDS only in target-precision mode."""
+        """JSON-able dict (NaN becomes null); the ADAPTIVE_FIELDS only in target-precision mode, the INPUT_FIELDS
+        only when set."""
         d = dataclasses.asdict(self)
         d["ci95"] = list(self.ci95)
         if not self.adaptive:
             for k in ADAPTIVE_FIELDS:
+                del d[k]
+        for k in INPUT_FIELDS:
+            if d[k] is None:
                 del d[k]
         return {k: _nan_to_none(v) for k, v in d.items()}
 
@@ -131,6 +138,7 @@ class MCResult:
 
 ADAPTIVE_FIELDS = ("target_ci", "ci_half_width", "images_per_chip", "subset_correct", "subset_accuracy",
                    "full_set_chips", "percentiles_from")
+INPUT_FIELDS = ("images_sha256", "read_batch")
 
 
 # ---- output ------------------------------------------------------------------------------------

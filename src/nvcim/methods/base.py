@@ -106,7 +106,9 @@ class Option:
 
 
 class TrainingTask:
-    """Base: holds the model, the device config and the method config; `task(x, y) -> (loss, output)`.
+    """Base: holds the model, the device config and the method config; `task(x, y) -> (loss, output)`: output, the
+    deployed model's logits [B, classes] of this step (the train accuracy counts them), not a combination that only
+    the loss uses (OVF's O_total, IRS's heads).
 
     Subclasses that add the device model call `_apply_variation()` in their `__init__`.
     """

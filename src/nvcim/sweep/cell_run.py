@@ -33,6 +33,7 @@ from nvcim.io.train_state import TENSORS_FILE as TRAIN_STATE_TENSORS
 from nvcim.io.train_state import TrainStateError, TrainStateSaveError, remove_train_state
 from nvcim.data import load_dataset
 from nvcim.evaluate.files import EvaluationFile, FailedCellFile, write_result_file
+from nvcim.evaluate.plausibility import ImplausibleResultWarning
 from nvcim.methods import search_symbol, searched_param
 from nvcim.sweep.cells import Cell, fmt_beta, is_num
 from nvcim.sweep.schema import TARGET_KEYS
@@ -292,7 +293,7 @@ def _beta_search(cell: Cell, d: Path, splits, dev, notes: list[str]) -> tuple[fl
     # "chosen_beta" holds the chosen value whatever the method searches; "parameter" says what it is (OVF's β,
     # tempered noise injection's logit_scale, CorrectNet's ortho_lambda)
     record = {"chosen_beta": best["beta"], "parameter": searched_param(cell.method),
-              "criterion": "val_mc_mean", "tie_break": "larger beta",
+              "criterion": "val_mc_mean", "tie_break": f"larger {searched_param(cell.method)}",
               "split": "val", "val_runs": cell.eval["val_runs"], "val_seed": cell.eval["val_seed"],
               "sigma": cell.sigma, "candidates": scores}
     return best["beta"], record, train_s, earlier_s
@@ -329,6 +330,8 @@ def run_cell(cell: Cell | Mapping, out_dir, threads: int) -> dict:
     with warnings.catch_warnings(record=True) as caught:  # the library's warnings too: the sweep shows each once,
         summary = _summary(cell, out_dir, d, threads, t0, notes, old_threads)  # not once per cell and process
     for w in caught:
+        if issubclass(w.category, ImplausibleResultWarning):  # said with the cell's id: implausible_results
+            continue
         text = " ".join(str(w.message).split()).removeprefix("nvcim: ")
         if text not in notes:
             notes.append(text)

@@ -66,6 +66,7 @@ from nvcim.train.resume import (FRESH_START, as_json, check_optimizer_state, che
                                 warn_other_threads)
 from nvcim.data import load_dataset
 from nvcim.evaluate import monte_carlo_evaluate
+from nvcim.evaluate.plausibility import ImplausibleResultWarning
 from nvcim.methods import create_task, method_to_dict
 from nvcim.models import create_model
 from nvcim.layers.noise import digital_layers, keep_digital_, variation_disabled
@@ -132,9 +133,12 @@ def _clean_pass(model: nn.Module, split, batch_size: int, device: torch.device) 
 
 
 def _mc(model: nn.Module, split, cfg: TrainConfig, runs: int, seed: int, device: torch.device):
-    """Monte Carlo accuracy at the training σ; the clean accuracy comes from _clean_pass, not from here."""
-    return monte_carlo_evaluate(model, split, cfg.device_cfg(), runs=runs, seed=seed, batch_size=1024, device=device,
-                                baselines=False)
+    """Monte Carlo accuracy at the training σ; the clean accuracy comes from _clean_pass, not from here. A mean below
+    chance is not warned about (an early epoch's often is): `nvcim train`'s summary marks the test one."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ImplausibleResultWarning)
+        return monte_carlo_evaluate(model, split, cfg.device_cfg(), runs=runs, seed=seed, batch_size=1024,
+                                    device=device, baselines=False)
 
 
 class _Silent:
