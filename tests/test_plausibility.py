@@ -90,3 +90,21 @@ def test_training_validation_does_not_warn_of_an_early_epoch_below_chance():
         warnings.simplefilter("error", ImplausibleResultWarning)
         train(TrainConfig(model="tiny", dataset="mnist5k", limit=64, epochs=1, batch_size=16, val_runs=2,
                           progress=False, sigma=3.0, method="vanilla"))  # σ 3: chips at chance or below
+
+
+def test_a_dataloader_and_numpy_integers_are_taken_as_their_values():
+    """A newcomer's DataLoader was refused ("data must be an (x, y) tuple ... or a Split") where calibrate_adc_ took
+    one, and seed=np.int64(3) was "invalid: use an integer >= 0". Both give the same chips as the plain forms."""
+    import numpy as np
+
+    m, x, y = _mlp_and_data()
+    cfg = DeviceConfig(sigma=0.3)
+    ref = monte_carlo_evaluate(m, (x, y), cfg, runs=3, seed=3, batch_size=16)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=10)  # other batches
+    got = monte_carlo_evaluate(m, loader, cfg, runs=np.int64(3), seed=np.int64(3), batch_size=np.int64(16))
+    assert got.per_run_correct == ref.per_run_correct and got.images_sha256 == ref.images_sha256
+    assert type(got.seed) is int and type(got.runs) is int
+    with pytest.raises(TypeError, match=r"an iterable must yield \(x, y\) batches"):
+        monte_carlo_evaluate(m, [x, x, x], cfg, runs=2)
+    with pytest.raises(ValueError, match=r"seed=np.int64\(-1\) is invalid: use an integer >= 0"):
+        monte_carlo_evaluate(m, (x, y), cfg, runs=2, seed=np.int64(-1))

@@ -23,8 +23,9 @@ def materialize(data: Any, batch_size: int, device: torch.device,
                 dtype: torch.dtype | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The evaluation set as a list of (x [B,C,H,W] float, or [B, ...] int64 token ids, y [B] int64) batches on `device`.
 
-    dtype: cast floating-point inputs to it (the model's floating dtype, so a float16 model evaluates in float16).
-    Labels must be integer class indices >= 0 (a float or bool label tensor is refused, never truncated).
+    data: an (x, y) pair of tensors, a Split, or an iterable of (x, y) batches (a DataLoader: read once, re-batched to
+    batch_size). dtype: cast floating-point inputs to it (the model's floating dtype, so a float16 model evaluates in
+    float16). Labels must be integer class indices >= 0 (a float or bool label tensor is refused, never truncated).
     """
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         x, y = data
@@ -33,8 +34,12 @@ def materialize(data: Any, batch_size: int, device: torch.device,
         batches = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
     elif hasattr(data, "batches"):
         batches = list(data.batches(batch_size))
+    elif isinstance(data, Iterable) and not isinstance(data, (torch.Tensor, str, bytes, tuple)):
+        x, y = _joined(data)  # a DataLoader, a list of (x, y) batches: re-batched to batch_size
+        batches = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
     else:
-        raise TypeError("data must be an (x, y) tuple of tensors or a Split with .batches(batch_size)")
+        raise TypeError("data must be an (x, y) tuple of tensors, a Split with .batches(batch_size), or an iterable "
+                        "of (x, y) batches (a DataLoader)")
     if batches and (batches[0][1].is_floating_point() or batches[0][1].is_complex() or batches[0][1].dtype == torch.bool):
         raise ValueError(f"data: labels must be integer class indices, got a {batches[0][1].dtype} tensor: "
                          "pass y.long() if they are whole numbers")
@@ -50,6 +55,21 @@ def materialize(data: Any, batch_size: int, device: torch.device,
     if dtype is not None and out[0][0].is_floating_point() and out[0][0].dtype != dtype:
         out = [(xb.to(dtype), yb) for xb, yb in out]  # token ids stay integers
     return out
+
+
+def _joined(data: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
+    """An iterable of (x [B, ...], y [B]) batches (a DataLoader's) joined into x [N, ...], y [N] on the CPU."""
+    xs, ys = [], []
+    for item in data:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(t, torch.Tensor) for t in item)
+                and item[0].shape[:1] == item[1].shape[:1]):
+            raise TypeError("data: an iterable must yield (x, y) batches of tensors with as many labels as inputs, got "
+                            f"{type(item).__name__}" + (f" of {len(item)}" if isinstance(item, (tuple, list)) else ""))
+        xs.append(item[0].detach().cpu())
+        ys.append(item[1].detach().cpu())
+    if not xs:
+        raise ValueError("data is empty: need at least one sample")
+    return torch.cat(xs), torch.cat(ys)
 
 
 def input_batches(data: Any, batch_size: int) -> Iterator[torch.Tensor]:

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import time
 import warnings
 from typing import Any, Callable, Iterable
@@ -171,17 +172,20 @@ def _on_device(model: nn.Module, device: torch.device):
         model.to(home)
 
 
-def _check_args(runs: int, seed: int, batch_size: int, chunk_runs: int | None, path: str) -> None:
-    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-        raise ValueError(f"runs={runs!r} is invalid: use an integer >= 1 (>= 2 for a std and CI)")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed={seed!r} is invalid: use an integer >= 0")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} is invalid: use an integer >= 1")
-    if chunk_runs is not None and (isinstance(chunk_runs, bool) or not isinstance(chunk_runs, int) or chunk_runs < 1):
-        raise ValueError(f"chunk_runs={chunk_runs!r} is invalid: use an integer >= 1 or None")
+def _check_args(runs, seed, batch_size, chunk_runs, path: str) -> tuple[int, int, int, int | None]:
+    """The counts as Python ints (a numpy integer is one too), each checked; the path checked."""
+    def count(name: str, v, low: int, hint: str) -> int:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+            raise ValueError(f"{name}={v!r} is invalid: use an integer >= {low}{hint}")
+        return int(v)
+
+    runs = count("runs", runs, 1, " (>= 2 for a std and CI)")
+    seed = count("seed", seed, 0, "")
+    batch_size = count("batch_size", batch_size, 1, "")
+    chunk_runs = None if chunk_runs is None else count("chunk_runs", chunk_runs, 1, " or None")
     if path not in PATHS:
         raise ValueError(f"path={path!r} is unknown: use one of {list(PATHS)}")
+    return runs, seed, batch_size, chunk_runs
 
 
 # ---- Monte Carlo at one σ, and the entry points ------------------------------------------------
@@ -314,7 +318,8 @@ def monte_carlo_evaluate(
 ) -> MCResult:
     """Monte Carlo accuracy of `model` on `data` under device variation `cfg` (σ = cfg.sigma).
 
-    data: (x [N,C,H,W] float normalized, y [N] int64) or a Split with .batches(batch_size).
+    data: (x [N,C,H,W] float normalized, y [N] int64), a Split with .batches(batch_size), or an iterable of (x, y)
+    batches (a DataLoader: read once, re-batched to batch_size).
     model: plain (the device model goes on every Conv/Linear weight for the call and is removed
     afterwards) or with variation already applied (its layer selection is kept, `cfg` is used).
     The model is evaluated in eval mode (BN running statistics) and left exactly as it was.
@@ -350,7 +355,7 @@ def monte_carlo_evaluate(
     if not isinstance(cfg, DeviceConfig):
         raise TypeError(f"cfg must be a nvcim.DeviceConfig, got {type(cfg).__name__}")
     runs = _runs_for(runs, target_ci, max_chips, images_per_chip, pilot_chips)
-    _check_args(runs, seed, batch_size, chunk_runs, path)
+    runs, seed, batch_size, chunk_runs = _check_args(runs, seed, batch_size, chunk_runs, path)
     path = _calibration_path(bn_calibration, path)
     dev = _resolve_device(model, device)
     batches = materialize(data, batch_size, dev, _float_dtype(model))
@@ -438,7 +443,8 @@ def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Ite
     opts.update(mc_kwargs)
     opts["runs"] = _runs_for(opts["runs"], opts["target_ci"], opts["max_chips"], opts["images_per_chip"],
                              opts["pilot_chips"])
-    _check_args(opts["runs"], opts["seed"], opts["batch_size"], opts["chunk_runs"], opts["path"])
+    opts["runs"], opts["seed"], opts["batch_size"], opts["chunk_runs"] = _check_args(
+        opts["runs"], opts["seed"], opts["batch_size"], opts["chunk_runs"], opts["path"])
     path = _calibration_path(opts["bn_calibration"], opts["path"])
     dev = _resolve_device(model, opts["device"])
     batches = materialize(data, opts["batch_size"], dev, _float_dtype(model))
