@@ -46,9 +46,10 @@ _LINES = [False]  # progress lines of running cells on stderr: a sweep that show
 
 @contextlib.contextmanager
 def cell_lines(enabled: bool) -> Iterator[None]:
-    """Within: every cell run in this process says on stderr when it starts, how its trainings go (each epoch,
-    and within an epoch every few minutes: nvcim.train.LINE_EVERY_S) and when it tests, each line headed by the
-    cell's id. Off by default (the API, --quiet); a process-pool backend passes the setting to its workers."""
+    """Within: every cell run in this process says on stderr when it trains (which candidate of a search), how
+    its epochs go (each epoch, and within one every few minutes: nvcim.train.loop.LINE_EVERY_S) and when it tests,
+    each line headed by the cell's id. Off by default (the API, --quiet); the process pool passes the setting to
+    its workers; Ray's tasks say nothing (their output stays on their nodes)."""
     before = _LINES[0]
     set_cell_lines(enabled)
     try:
