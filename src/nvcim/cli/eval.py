@@ -370,7 +370,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--time {args.time:g} is invalid: give seconds >= 0")
         if not (is_aihwkit_spec(args.device_model) or any(is_aihwkit_spec(n) for n in (args.device_models or "").split(","))):
             raise ValueError("--time applies to aihwkit device models only (--device-model aihwkit:pcm): drop it, or "
-                             "use DeviceConfig drift_time in a device model file")
+                             "set drift_time in a device model file (seconds since programming + t0 = 20 s: --time T "
+                             "is drift_time T + 20)")
     if target and (verify is not None or args.device_models is not None or len(args.checkpoints) > 1):
         raise ValueError("--target-ci works with one checkpoint, without --verify-fractions / --device-models: "
                          "drop one")

@@ -118,7 +118,7 @@ class DeviceConfig:
         fixed per chip.
     drift_nu: (mean, std) of ν, both >= 0.
     drift_compensation: one scalar per layer and chip restoring the layer's output scale after drift
-        (aihwkit's GlobalDriftCompensation), measured on a fixed calibration input (`nvcim.core.device`).
+        (in the manner of aihwkit's GlobalDriftCompensation), measured on a fixed calibration input (`nvcim.core.device`).
     adc_bits: B (1..24), bits of the ADC digitising each column's partial sum per slice, tile and sign
         crossbar (or column pair, adc_readout), over the range adc_clip sets, or None for an ideal ADC
         (nvcim.core.adc).

@@ -30,8 +30,8 @@ device for the faults (u < p0: stuck at 0; u >= 1 - p1: stuck at 2^K - 1; so the
 subset of those of larger ones), one ν per device for drift (ν = max(0, ν_μ + ν_σ z); g(t) = g (t/t0)^(-ν)). A
 stuck device neither varies nor drifts. W_p = sign(W) s/(2^M-1) Σ_j g_j 2^{jK} (or W + sign(W) s/(2^M-1)
 Σ_j (g_j - ḡ_j) 2^{jK} without quantization). Drift compensation multiplies W_p(t) by one scalar per
-tensor, mean|W_p(t0) X| / mean|W_p(t) X| (aihwkit's GlobalDriftCompensation: reference read at t0 right
-after programming, readout at t), with X the fixed calibration input `calibration_input` and W reshaped
+tensor, mean|W_p(t0) X| / mean|W_p(t) X| (as aihwkit's GlobalDriftCompensation: reference read at t0 right
+after programming, readout at t; aihwkit reads with one-hot inputs, so its scalar differs by a few %), with X the fixed calibration input `calibration_input` and W reshaped
 [W.shape[0], -1] (its fan-in for Linear and Conv). A write-verified weight (SPEC §7) takes its faults and
 drift exponents from its second draw, which has the same distribution.
 

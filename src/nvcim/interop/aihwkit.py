@@ -185,7 +185,8 @@ def aihwkit_device(spec: str, *, t_inference: float | None = None) -> AihwkitDev
         raise AihwkitError(f"device model {spec}: unknown aihwkit kind {kind!r}: use one of "
                            f"{', '.join(PREFIX + k for k in KINDS)}")
     try:
-        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+        pairs = parse_qsl(query.replace("+", "%2B"), keep_blank_values=True,  # 1e+06: a '+' is no space here
+                          strict_parsing=bool(query))
     except ValueError:
         raise AihwkitError(f"device model {spec}: options must read KEY=VALUE&KEY=VALUE after '?'") from None
     params = KINDS[kind][1]
@@ -232,8 +233,8 @@ def check_convertible(model: nn.Module, device: AihwkitDevice | None = None) -> 
     if digital:  # convert_to_analog would put them on analog tiles: never a digital layer varied silently
         raise AihwkitError(f"the model keeps layer(s) {', '.join(digital)} digital, and the aihwkit conversion puts "
                            "every Conv / Linear layer on analog tiles: use nvcim's device models, which keep them "
-                           "digital, or a model without digital layers (a single nvcim eval may pass "
-                           "--digital-layers none: all analog)")
+                           "digital, or a model without digital Linear / Conv layers (nvcim eval may evaluate it "
+                           "all analog with --digital-layers none; nvcim export cannot)")
     exact = [f"{n!r} ({type(m).__name__})" for n, m in selected_layers(model) if n not in analog]
     if exact:  # varied under nvcim's device models, exact under aihwkit's: a comparison of unequal chips
         raise AihwkitError(f"aihwkit's conversion puts only Linear and Conv1d/2d/3d layers (those exact types) on "
@@ -309,6 +310,16 @@ def from_analog(analog: nn.Module, model_spec: dict | None = None) -> nn.Module:
     digital = convert_to_digital(analog)
     state = {k: v for k, v in digital.state_dict().items() if isinstance(v, torch.Tensor)}
     model = create_model(**spec)
+    tied: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        tied.setdefault(id(p), []).append(name)
+    for names in (n for n in tied.values() if len(n) > 1):  # one tensor in the model, a copy per layer in aihwkit
+        copies = [(n, state[n]) for n in names if n in state]
+        differ = next(((a, b) for (a, x), (b, y) in zip(copies, copies[1:]) if not torch.equal(x, y)), None)
+        if differ:  # loading both into the one tensor keeps the last: the other's training lost silently
+            raise AihwkitError(f"{differ[0]!r} and {differ[1]!r} are one tied tensor in model {spec['name']!r}, but the "
+                               "analog model holds two copies that differ (aihwkit trains each layer's own): untie "
+                               "them in the model, or keep one of the layers digital in aihwkit")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -378,6 +389,9 @@ def _monte_carlo(model: nn.Module, data: Any, device: AihwkitDevice, *, runs: in
                     nonfinite_runs=int((acc.nonfinite > 0).sum()), num_classes=classes, **stats)
 
 
+CARRIED = ("data", "device", "method", "train", "seed", "digital_layers", "digital_layer_names")  # export → import
+
+
 def export_analog(ckpt, out, device: AihwkitDevice | str | None = None):
     """`nvcim export CKPT --aihwkit DEVICE --out FILE.pt`: the checkpoint's model as an aihwkit analog model
     (`to_analog`), saved whole with torch.save (load it with `torch.load(FILE, weights_only=False)`)."""
@@ -391,8 +405,10 @@ def export_analog(ckpt, out, device: AihwkitDevice | str | None = None):
     if device.t_inference != DEFAULT_TIME:
         raise AihwkitError(f"t_inference={device.t_inference:g} is not part of an analog model (its RPU config): drop "
                            "it, and drift the loaded model with aihwkit's drift_analog_weights(model, t)")
-    model, _ = load_checkpoint(ckpt)
+    model, config = load_checkpoint(ckpt)
     analog = to_analog(model.float().eval(), device)
+    # what `nvcim import` puts back in the checkpoint: the layers kept digital (attention), device, data, training
+    analog.nvcim_checkpoint = {k: config[k] for k in CARRIED if config.get(k) is not None}
     fused = sorted({type(m).__name__ for m in model.modules() if isinstance(m, FUSED_CONTAINERS)})
     if fused:
         warnings.warn(f"the model holds {', '.join(fused)}, whose fused inference path (eval mode, no_grad) reads its "
@@ -430,7 +446,13 @@ def import_analog(path, out, model_spec: dict | None = None):
                       "/ drift_analog_weights ran before torch.save): importing their reference, trained weights, not "
                       "the one chip's programmed (and drifted) ones", UserWarning, stacklevel=2)
     model = from_analog(analog, model_spec)
-    return save_checkpoint(out, model, model.nvcim_spec, imported_from={"aihwkit_model": str(path)})
+    carried = getattr(analog, "nvcim_checkpoint", None)  # absent from files exported before 2026-12-05
+    carried = {k: v for k, v in carried.items() if k in CARRIED} if isinstance(carried, dict) else {}
+    if carried.get("digital_layer_names"):
+        from nvcim.io.checkpoint import keep_recorded_digital_
+
+        keep_recorded_digital_(model, carried)
+    return save_checkpoint(out, model, model.nvcim_spec, imported_from={"aihwkit_model": str(path)}, **carried)
 
 
 def _unprogram(analog: nn.Module) -> int:
