@@ -345,7 +345,7 @@ def test_a_truncated_sigma_piece_is_redone_and_the_folder_cleaned_up(ckpts, tmp_
         f.truncate(100)
     rc, stdout, err = run_cli([*argv, str(out)], capsys)
     assert rc == 0 and len(calls) == 2 and "1 of 3 σ were kept" in stdout
-    warned = [line for line in err.splitlines() if "warning" in line]
+    warned = [line for line in err.splitlines() if "warning" in line and "below chance" not in line]  # (a tiny model)
     assert len(warned) == 1 and pieces[0].name in warned[0] and "damaged" in warned[0], err
     assert not partial.exists()
     got, want = (read_result_file(p).mc_results() for p in (out, ref))

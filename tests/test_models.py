@@ -189,3 +189,19 @@ def test_a_builder_without_width_builds_at_width_1_and_refuses_another():
             create_model("_test_nowidth", 3, 1, width=0.5, image_size=4)
     finally:
         MODELS.unregister("_test_nowidth")
+
+
+def test_a_builder_taking_options_but_no_width_refuses_another_width_too():
+    """A builder written from the README's signature with **options but no width took width=0.5 into its options
+    unread: a full-width model recorded as width 0.5 in its checkpoint and sweep cells (new user's finding)."""
+    @register_model("_test_nowidth_opts")
+    def _nowidth(num_classes, in_channels, image_size, **options):
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size**2, num_classes))
+
+    try:
+        with pytest.raises(ValueError, match="has no width parameter, so width=0.5 cannot be applied"):
+            create_model("_test_nowidth_opts", 3, 1, width=0.5, image_size=4)
+        m = create_model("_test_nowidth_opts", 3, 1, width=1.0, image_size=4)
+        assert "width" not in m.nvcim_spec
+    finally:
+        MODELS.unregister("_test_nowidth_opts")

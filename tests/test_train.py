@@ -604,3 +604,20 @@ def test_a_variation_option_list_is_given_as_comma_separated_values_like_other_l
     assert _key_value("multipliers=1,2,2,1") == ("multipliers", [1, 2, 2, 1])
     assert _key_value("multipliers=[1, 2, 2, 1]") == ("multipliers", [1, 2, 2, 1])
     assert _key_value("threshold=0.5") == ("threshold", 0.5) and _key_value("name=a,b") == ("name", "a,b")
+
+
+def test_cli_warns_of_a_test_accuracy_below_chance(tmp_path, capsys, monkeypatch):
+    """The summary marked it `*`, but nothing was said, where the README promises a warning also under --quiet
+    (new user's finding: a data set whose labels were shifted)."""
+    from nvcim.cli import main
+    from nvcim.cli import train as cli_train
+
+    line = cli_train.below_chance_line({"test_clean": 3.0, "test_noisy_mean": 50.0}, 10)
+    assert line.startswith("test accuracy clean 3.00% below chance (10% for 10 classes)")
+    assert cli_train.below_chance_line({"test_clean": 93.0, "test_noisy_mean": None}, 10) is None
+    seen = []
+    monkeypatch.setattr(cli_train, "below_chance_line", lambda m, k: seen.append((m["test_clean"], k)) or line)
+    rc = main(["train", "--model", "tiny", "--dataset", "mnist5k", "--limit", "64", "--epochs", "1", "--quiet",
+               "--out", str(tmp_path / "ck")])
+    err = capsys.readouterr().err
+    assert rc == 0 and seen and seen[0][1] == 10 and f"nvcim train: warning: {line}" in err, err

@@ -114,13 +114,13 @@ def create_model(
     given = {k: _standard_arg(k, v) for k, v in given.items()}
     builder = MODELS[name]
     params = inspect.signature(builder).parameters
+    if "width" in given and "width" not in params:  # a builder without a width (a user's own model); one taking
+        if given["width"] != STANDARD_DEFAULTS["width"]:  # **options would drop it there unread, and say 0.5 wrongly
+            raise ValueError(f"model {name!r} has no width parameter, so width={given['width']:g} cannot be "
+                             "applied: use width 1 (drop --width, or a sweep spec's width) or add `width` to its "
+                             "builder")
+        del given["width"]  # width 1: the model as its builder makes it
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        if "width" in given and "width" not in params:  # a builder without a width (a user's own model)
-            if given["width"] != STANDARD_DEFAULTS["width"]:
-                raise ValueError(f"model {name!r} has no width parameter, so width={given['width']:g} cannot be "
-                                 "applied: use width 1 (drop --width, or a sweep spec's width) or add `width` to its "
-                                 "builder")
-            del given["width"]  # width 1: the model as its builder makes it
         untaken = [k for k in given if k not in params]  # nvcim always passes these: the builder must take them
         if untaken:
             shown = f"{_builder_name(builder)}{inspect.signature(builder)}"

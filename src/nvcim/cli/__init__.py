@@ -156,8 +156,6 @@ def _main(argv: list[str] | None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = one_line_warning  # restored on exit
-            # the API's ImplausibleResultWarning: every table of the CLI marks a mean below chance `*`, with a legend
-            warnings.filterwarnings("ignore", message=r"nvcim: mean accuracy .* below chance")
             return int(args.run(args) or 0)
     except KeyboardInterrupt as stop:
         print(f"nvcim {args.command}: {'terminated' if isinstance(stop, _Terminated) else 'interrupted'}"

@@ -352,6 +352,16 @@ def summary_table(result, device_model: str | None = None, num_classes: int | No
     return table
 
 
+def below_chance_line(metrics: dict, num_classes: int | None) -> str | None:
+    """One line naming the test accuracies below chance (None: none is)."""
+    from nvcim.evaluate.results import below_chance, chance
+
+    low = [f"{what} {metrics[key]:.2f}%" for key, what in (("test_clean", "clean"), ("test_noisy_mean", "noisy"))
+           if metrics.get(key) is not None and below_chance(metrics[key], num_classes)]
+    return (f"test accuracy {', '.join(low)} below chance ({chance(num_classes):g}% for {num_classes} classes): the "
+            "model does worse than guessing; check the labels and the data set's classes") if low else None
+
+
 def train_state_path(out):
     """Where `nvcim train --out DIR` keeps its training state while it trains: DIR.train-state beside DIR."""
     from pathlib import Path
@@ -420,6 +430,9 @@ def _run(args: argparse.Namespace, cfg, out) -> int:
         raise ValueError(f"{text.removesuffix(FRESH_START)}delete {state} to train from the start, or use another "
                          "--out") from None
     print(summary_table(result, getattr(args, "device_model", None), splits.info.num_classes))
+    low = below_chance_line(result.metrics, splits.info.num_classes) if result.status == "ok" else None
+    if low:  # marked `*` in the table, and said: also under --quiet (a diverged run says so instead)
+        print(f"nvcim train: warning: {low}", file=sys.stderr)
     if result.status != "ok":
         at = result.metrics.get("diverged_at") or {}
         reason = result.metrics.get("diverged_reason") or "non-finite loss"
