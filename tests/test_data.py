@@ -148,6 +148,17 @@ def test_mnist_loader_from_idx_folder(tmp_path):
     assert ds.test.images[:, :, :2].sum() == 0 and ds.test.images[:, :, :, 30:].sum() == 0
 
 
+def test_idx_train_and_test_images_of_other_sizes_are_refused(tmp_path):
+    """20x20 training and 28x28 test images were padded to 32x32 by different margins, silently (a new user's
+    finding; the npz reader refused the same mismatch)."""
+    write_mnist_folder(tmp_path / "mnist", n_train=20, n_test=10, gz=False)
+    rng = np.random.default_rng(1)
+    write_idx(tmp_path / "mnist" / "train-images-idx3-ubyte", rng.integers(0, 256, (20, 20, 20), dtype=np.uint8),
+              gz=False)
+    with pytest.raises(ValueError, match=r"holds 20x20 images but .*t10k-images-idx3-ubyte 28x28: the train and test"):
+        load_dataset("mnist", tmp_path, download=False)
+
+
 # ---------------------------------------------------------------------------- CIFAR
 
 

@@ -227,6 +227,8 @@ def test_wrongly_typed_field_is_a_one_line_error_or_skipped(tmp_path, capsys):
     ("mean", 200.0, "mean = 200.0"), ("mean", -50.0, "mean = -50.0"),
     ("per_run_accuracy", [1e9, -5.0, 3.0], "per_run_accuracy[0]"), ("per_run_accuracy", [90.0, "x"], "[1]"),
     ("ci95", "abc", "ci95"), ("runs", 0, "runs = 0"), ("sigma", -1.0, "sigma = -1.0"), ("p5", 101.0, "p5"),
+    # a new user's edited file: a matplotlib error ("'yerr' must not contain negative values") and an empty --out
+    ("mean", 20.0, "is not an interval around its mean 20"), ("std", -0.47, "std = -0.47"), ("ekl", -1.0, "ekl = -1.0"),
 ])
 def test_numbers_nvcim_cannot_have_written_are_refused_not_reported(tmp_path, capsys, field, value, named):
     """A damaged or hand-edited result (an accuracy above 100 %, a per-chip accuracy that is not a number) is a

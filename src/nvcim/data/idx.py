@@ -98,6 +98,10 @@ def read_idx_set(files: dict[str, Path]) -> tuple[np.ndarray, ...]:
             raise ValueError(f"{files[f'{what}-images-idx3-ubyte']} holds {x.shape[0]} images but "
                              f"{files[f'{what}-labels-idx1-ubyte']} {y.shape[0]} labels: the two files are not of one "
                              "set; replace them with a matching pair")
+    if xtr.shape[1:] != xte.shape[1:]:  # each split would be padded to the model's size by its own margins
+        raise ValueError(f"{files['train-images-idx3-ubyte']} holds {'x'.join(map(str, xtr.shape[1:]))} images but "
+                         f"{files['t10k-images-idx3-ubyte']} {'x'.join(map(str, xte.shape[1:]))}: the train and test "
+                         "images must have one size; replace one set")
     return xtr, ytr, xte, yte
 
 

@@ -89,8 +89,8 @@ _ACCURACIES = ("mean", "p1", "p5", "p10", "min", "max", "clean_accuracy", "quant
 
 def _check_values(r: Mapping[str, Any], where: str) -> None:
     """Refuse (ValueError, one line) a result whose numbers cannot be what nvcim wrote: an accuracy outside
-    [0, 100] or not finite, a per-chip accuracy that is not a number, a negative σ, a CI that is not two numbers,
-    a chip count below 1. A damaged or hand-edited file would otherwise be reported as it is."""
+    [0, 100] or not finite, a per-chip accuracy that is not a number, a negative σ, a CI that is not two numbers
+    or not around the mean, a chip count below 1, a negative std or EKL. A damaged or hand-edited file would otherwise be reported as it is."""
     def bad(field, value, want):
         return ValueError(f"{where}.{field} = {value!r} is not {want} (a damaged or edited file); "
                           "use --skip-bad to skip it")
@@ -115,6 +115,12 @@ def _check_values(r: Mapping[str, Any], where: str) -> None:
     runs = r.get("runs")
     if runs is not None and (isinstance(runs, bool) or not isinstance(runs, int) or runs < 1):
         raise bad("runs", runs, "a chip count >= 1")
+    for field in ("std", "ekl"):
+        value = r.get(field)
+        if value is not None and (num(value) is None or value < 0):
+            raise bad(field, value, "a number >= 0")
+    if ci is not None and all(c is not None for c in ci) and not ci[0] - 1e-6 <= r["mean"] <= ci[1] + 1e-6:
+        raise bad("ci95", ci, f"an interval around its mean {r['mean']:g}")
 
 
 def _check_matrix(rec: DeviceMatrixFile, path: Path) -> None:

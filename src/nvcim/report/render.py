@@ -166,7 +166,6 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None,
     names += ["budget.csv"] if budget_study else []
     for name in names:  # before anything is written: a file of the user's is refused, never overwritten
         check_own(out / name)
-    out.mkdir(parents=True, exist_ok=True)
     paired = paired_comparisons(points)
     gaps = budget.budget_gaps(paired) if budget_study else []
     train_curves = budget.training_curves(rs.records) if budget_study else []
@@ -285,6 +284,7 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None,
         h.append(_html_table(paper_ekl))
     h += ["</body>", "</html>", ""]
 
+    out.mkdir(parents=True, exist_ok=True)  # only now: a report that fails while rendering leaves no empty folder
     written = F.write()  # every figure checked and rendered: now the files, figures first
     written.append(atomic_write_bytes(out / "report.md", md_text.encode("utf-8")))
     written.append(atomic_write_bytes(out / "report.html", "\n".join(h).encode("utf-8")))
