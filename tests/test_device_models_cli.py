@@ -136,6 +136,9 @@ def test_matrix_bad_input_is_one_line(ckpts, capsys):
     assert main(["eval", str(ckpts[0]), "--device-models", "gaussian,nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown device model 'nope'" in err[0]
+    # an empty list (an unset shell variable) ran the Gaussian column alone, as if nothing were wrong
+    assert main(["eval", str(ckpts[0]), "--device-models", ""]) == 2
+    assert "--device-models '' lists no device model" in capsys.readouterr().err
     assert main(["eval", str(ckpts[0]), "--device-models", "gaussian", "--curve"]) == 2
     capsys.readouterr()
     # a noise-injection checkpoint trained at σ 0.2 beside a vanilla one trained at 0.3 (a sweep's vanilla: 0), each

@@ -1409,6 +1409,8 @@ def test_a_cells_progress_line_shows_its_own_sigma(tmp_path, capsys):
     err = capsys.readouterr().err
     line = next(ln for ln in err.splitlines() if "s0.30/seed0:" in ln and "] ok" in ln)  # its result's line
     assert "σ=0.3 mean" in line, line
+    # its other test σ too (a vanilla cell tested at 0.1 and 0.6 showed 0.1 only: a new user's finding)
+    assert re.search(r"σ=0\.3 mean [\d.]+%, σ=0\.2 [\d.]+% \(", line), line
 
 
 def test_a_warning_of_every_cells_model_is_shown_once(tmp_path):

@@ -181,3 +181,15 @@ def test_adc_calibration_train_calibrates_each_chip_on_training_images(tmp_path)
         expand(validate_spec(spec_of(eval={"runs": 2, "adc_calibration": "train"})))
     with pytest.raises(ValueError, match="eval.adc_calibration"):
         validate_spec(spec_of(eval={"runs": 2, "adc_calibration": "test"}))
+
+
+def test_an_unknown_name_is_said_as_written_and_a_file_is_read_beside_the_spec(tmp_path):
+    """'rram44' in a spec under sw/ was reported as the file 'sw/rram44' (a new user's finding)."""
+    spec = tmp_path / "sw" / "s.json"
+    spec.parent.mkdir()
+    spec.write_text(json.dumps(spec_of(device_models=["rram44"])))
+    with pytest.raises(ValueError, match=r"'device_models': 'rram44': unknown device model 'rram44': use one of"):
+        load_spec(spec)
+    (spec.parent / "mine.toml").write_text('preset = "rram4"\n')
+    spec.write_text(json.dumps(spec_of(device_models=["mine.toml"])))
+    assert "mine.toml" in load_spec(spec).device_models

@@ -46,7 +46,8 @@ def run_matrix(args: argparse.Namespace, ckpts: list[Path], *, sigma: float | No
         if other is not ck:
             also = "" if str(other) == str(ck) else f" (as {other} and {ck})"
             raise ValueError(f"checkpoint {ck} is given twice{also}: list each checkpoint once")
-    names = [n.strip() for n in (args.device_models or "gaussian").split(",") if n.strip()]
+    given = args.device_models if args.device_models is not None else "gaussian"  # "": refused below, not gaussian
+    names = [n.strip() for n in given.split(",") if n.strip()]
     if not names:
         raise ValueError(f"--device-models {args.device_models!r} lists no device model: give e.g. gaussian,rram4")
     if len(set(names)) != len(names):

@@ -107,8 +107,8 @@ def run(args) -> int:
                         "trained from the start")
             extra += f"  ({kept})" if kept else ""
             print(f"{state[c.id]:8s} {c.id}  test σ {c.test_sigmas}{extra}")
-        print(f"{len(cells)} cells: {len(done) - len(stale)} done, {len(stale)} stale, {len(failed)} failed "
-              f"(not retried), {len(todo)} to run")
+        print(f"{len(cells)} cell{'' if len(cells) == 1 else 's'}: {len(done) - len(stale)} done, {len(stale)} stale, "
+              f"{len(failed)} failed (not retried), {len(todo)} to run")
         try:  # what the run would refuse before any cell (another spec's DIR without --force, a user's spec file
             check_sweep_dir(spec, args.out, force=args.force)  # where the copy goes), the dry run says
             check_spec_copy(args.out, spec_path.read_text(encoding="utf-8"), spec_path.suffix.lower())
@@ -135,8 +135,8 @@ def run(args) -> int:
                         spec_text=spec_path.read_text(encoding="utf-8"), spec_suffix=spec_path.suffix.lower(),
                         warn=_warn)
     n_failed = len(summary.failed) + len(summary.failed_before)
-    print(f"nvcim sweep: {summary.total} cells: {summary.done_before + len(summary.ok)} done "
-          f"({len(summary.ok)} this run), {n_failed} failed; {summary.wall_time_s:.1f} s; results in {args.out}",
+    print(f"nvcim sweep: {summary.total} cell{'' if summary.total == 1 else 's'}: "
+          f"{summary.done_before + len(summary.ok)} done ({len(summary.ok)} this run), {n_failed} failed; {summary.wall_time_s:.1f} s; results in {args.out}",
           file=sys.stderr)
     _say_foreign(args.out, expand(spec))
     if n_failed:

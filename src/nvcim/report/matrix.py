@@ -70,7 +70,7 @@ def matrix_table(rec: DeviceMatrixFile, title: str = "Device-model matrix") -> T
         note += f"; device models: {'; '.join(named)}"
     if rec.adc_calibration:  # columns with a calibrated ADC clip: where each chip's ranges came from
         note += f"; calibrated ADC clips measured on the {rec.adc_calibration.get('split', '?')} split's first images"
-    legend = "; ".join(x for x in (marks.legend(), ROUGH_PERCENTILE_NOTE if rough else "") if x)
+    legend = " ".join(x for x in (marks.legend(), ROUGH_PERCENTILE_NOTE if rough else "") if x)
     return Table(title, ["checkpoint", *rec.device_models], rows, note, legend=legend)
 
 

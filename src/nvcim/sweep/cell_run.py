@@ -351,6 +351,7 @@ def _summary(cell: Cell, out_dir, d: Path, threads: int, t0: float, notes: list[
                      results[0])  # its own σ where it was tested (vanilla: none)
         return {"id": cell.id, "status": "ok", "error": None, "wall_time_s": rec.cell["wall_time_s"],
                 "mean": shown.mean, "sigma": shown.sigma, "beta": (rec.cell["beta_search"] or {}).get("chosen_beta"),
+                "others": [[r.sigma, r.mean] for r in results if r is not shown],  # its other test σ: [σ, mean]
                 "searched": searched_param(cell.method),  # what "beta" holds: OVF's β, tempered's logit_scale
                 "warnings": notes}
     except Exception as exc:  # recorded, the sweep goes on

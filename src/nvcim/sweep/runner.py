@@ -344,7 +344,10 @@ def _log_line(n: int, total: int, s: Mapping) -> str:
     if s["status"] == "ok":
         name = s.get("searched") or "beta"  # the chosen value of the method's searched hyper-parameter
         extra = f" {'β' if name == 'beta' else name}={s['beta']:g}" if s.get("beta") is not None else ""
-        return (f"[{n}/{total}] ok     {s['id']}: σ={s['sigma']:g} mean {s['mean']:.2f}%{extra} "
+        others = s.get("others") or []  # a vanilla cell's other test σ, or a grid's (the first three shown)
+        more = "".join(f", σ={o[0]:g} {o[1]:.2f}%" for o in others[:3]) + (f", {len(others) - 3} more σ"
+                                                                           if len(others) > 3 else "")
+        return (f"[{n}/{total}] ok     {s['id']}: σ={s['sigma']:g} mean {s['mean']:.2f}%{more}{extra} "
                 f"({s['wall_time_s']:.1f} s)")
     return f"[{n}/{total}] FAILED {s['id']}: {s['error']} ({s['wall_time_s']:.1f} s)"
 

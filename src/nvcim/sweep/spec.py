@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from nvcim.data import DATASETS, is_npz_name
 from nvcim.evaluate.adaptive import MAX_RUNS, check_target_args
-from nvcim.io.device_models import device_model_fields, list_device_models
+from nvcim.io.device_models import FILE_SUFFIXES, device_model_fields, list_device_models
 from nvcim.io.files import read_mapping_file
 from nvcim.methods import METHODS, method_config
 from nvcim.models import list_models
@@ -181,7 +181,9 @@ def _device_models(raw: Mapping, where: str, base_dir, sigma: float, train: Mapp
 
         def reader(name: str):
             target = Path(name.strip()).expanduser()
-            if name.strip() not in named and base_dir is not None and not target.is_absolute():
+            filelike = target.suffix.lower() in FILE_SUFFIXES or len(target.parts) > 1  # else a name: said as given
+            if name.strip() not in named and base_dir is not None and not target.is_absolute() and (
+                    filelike or (Path(base_dir) / target).exists()):
                 target = Path(base_dir) / target
             return lambda: device_model_fields(name if name.strip() in named else str(target), train.get("device_bits"))
 
