@@ -621,3 +621,14 @@ def test_cli_warns_of_a_test_accuracy_below_chance(tmp_path, capsys, monkeypatch
                "--out", str(tmp_path / "ck")])
     err = capsys.readouterr().err
     assert rc == 0 and seen and seen[0][1] == 10 and f"nvcim train: warning: {line}" in err, err
+
+
+def test_a_divergence_found_after_an_epoch_is_not_said_at_a_step():
+    """Non-finite validation outputs were reported "at epoch 1 step 15" (the epoch's last step), read as a loss that
+    broke at step 15 (new user's finding)."""
+    from nvcim.cli.train import diverged_where
+
+    assert diverged_where({"diverged_at": {"epoch": 2, "step": 7}, "diverged_reason": "non-finite loss"}) == \
+        "at epoch 2 step 7"
+    assert diverged_where({"diverged_at": {"epoch": 1, "step": 15},
+                           "diverged_reason": "non-finite outputs on the validation split"}) == "after epoch 1"

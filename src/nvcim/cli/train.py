@@ -325,8 +325,7 @@ def summary_table(result, device_model: str | None = None, num_classes: int | No
         f"{m['test_noisy_mean']:.2f}" + (f" ± {m['test_noisy_std']:.2f}" if m["test_noisy_std"] is not None else "")
         + f" ({m['test_noisy_runs']} runs)" + mark(m["test_noisy_mean"]))
     rows = [
-        ("status", m["status"] + (f" ({m.get('diverged_reason') or 'non-finite loss'}) at epoch "
-                                  f"{m['diverged_at']['epoch']} step {m['diverged_at']['step']}"
+        ("status", m["status"] + (f" ({m.get('diverged_reason') or 'non-finite loss'}) {diverged_where(m)}"
                                   if m["diverged_at"] else "")),
         ("model", f"{cfg.model} (width {cfg.width:g}) on {cfg.dataset}"),
         ("method", f"{cfg.method} {cfg.method_params or ''}".strip()
@@ -350,6 +349,16 @@ def summary_table(result, device_model: str | None = None, num_classes: int | No
     if below:
         table += f"\n{BELOW_CHANCE_MARK} below chance ({chance(num_classes):g} % for {num_classes} classes)"
     return table
+
+
+def diverged_where(metrics: dict) -> str:
+    """"at epoch E step S" for a non-finite loss; "after epoch E" for what was found once the epoch had ended (its
+    weights, its validation or test outputs), not at a step."""
+    at = metrics.get("diverged_at") or {}
+    reason = metrics.get("diverged_reason")
+    if reason in (None, "non-finite loss"):
+        return f"at epoch {at.get('epoch')} step {at.get('step')}"
+    return f"after epoch {at.get('epoch')}"
 
 
 def below_chance_line(metrics: dict, num_classes: int | None) -> str | None:
@@ -434,10 +443,8 @@ def _run(args: argparse.Namespace, cfg, out) -> int:
     if low:  # marked `*` in the table, and said: also under --quiet (a diverged run says so instead)
         print(f"nvcim train: warning: {low}", file=sys.stderr)
     if result.status != "ok":
-        at = result.metrics.get("diverged_at") or {}
         reason = result.metrics.get("diverged_reason") or "non-finite loss"
         where = "the record is in the checkpoint's config.json" if result.checkpoint is not None else "nothing saved: no --out"
-        print(f"nvcim train: training diverged ({reason} at epoch {at.get('epoch')} step {at.get('step')}); {where}",
-              file=sys.stderr)
+        print(f"nvcim train: training diverged ({reason} {diverged_where(result.metrics)}); {where}", file=sys.stderr)
         return EXIT_DIVERGED
     return 0
