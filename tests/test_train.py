@@ -632,3 +632,19 @@ def test_a_divergence_found_after_an_epoch_is_not_said_at_a_step():
         "at epoch 2 step 7"
     assert diverged_where({"diverged_at": {"epoch": 1, "step": 15},
                            "diverged_reason": "non-finite outputs on the validation split"}) == "after epoch 1"
+
+
+def test_the_same_command_after_it_finished_says_so(tmp_path, capsys):
+    """A Ctrl-C just after the checkpoint's write exits 130; the same command then said "already holds a checkpoint:
+    pass --overwrite", against "the same command resumes" (a new user's finding)."""
+    from nvcim.cli import main
+
+    argv = ["train", "--model", "tiny", "--dataset", "mnist5k", "--limit", "64", "--epochs", "1", "--quiet",
+            "--out", str(tmp_path / "ck")]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "already holds this training's finished checkpoint (this command finished before)" in err, err
+    assert main([*argv[:-2], "--sigma", "0.2", "--out", str(tmp_path / "ck")]) == 2  # another training: as before
+    assert "already holds a checkpoint: pass --overwrite" in capsys.readouterr().err

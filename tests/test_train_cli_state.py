@@ -83,7 +83,7 @@ def test_cli_removes_the_state_a_kill_left_after_the_checkpoint(tmp_path, capsys
     assert rc == 0 and (tmp_path / "run.train-state" / RECORD_FILE).is_file()
     rc, _, err = run_cli([*CLI_ARGV, "run"], capsys)
     assert rc == 2 and "removed run.train-state, left by the run that wrote run" in err
-    assert "already holds a checkpoint" in err and not (tmp_path / "run.train-state").exists()
+    assert "already holds this training's finished checkpoint" in err and not (tmp_path / "run.train-state").exists()
     for extra in (["--seed", "1"], []):  # states newer than the checkpoint (an --overwrite run killed) stay,
         undo = stop_after(monkeypatch, 1)  # of another configuration or of this one
         with pytest.raises(Interrupted):

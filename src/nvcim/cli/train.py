@@ -410,7 +410,7 @@ def _run(args: argparse.Namespace, cfg, out) -> int:
         if left_by_finished_run(train_state_path(out), out):  # killed after writing DIR, before removing the state
             remove_train_state(train_state_path(out))
             print(f"nvcim train: removed {train_state_path(out)}, left by the run that wrote {out}", file=sys.stderr)
-        check_out_dir(out, overwrite)  # before the (possibly slow) data loading
+        check_out_dir(out, overwrite, cfg)  # before the (possibly slow) data loading
 
         problem = state_dir_problem(train_state_path(out))
         if problem:

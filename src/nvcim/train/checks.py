@@ -4,6 +4,7 @@ directory, and whether the model fits the data set's images (all before any data
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -12,7 +13,7 @@ import torch
 from torch.nn.parameter import is_lazy
 
 from nvcim.core.config import DeviceConfig
-from nvcim.io.checkpoint import is_checkpoint_dir, replaceable_problem
+from nvcim.io.checkpoint import is_checkpoint_dir, read_checkpoint_config, replaceable_problem
 from nvcim.data import dataset_info
 from nvcim.io.files import check_output_path
 from nvcim.io.train_state import cause
@@ -60,7 +61,7 @@ def tune_malloc() -> bool:
     return bool(ok)
 
 
-def check_out_dir(out_dir, overwrite: bool) -> Path:
+def check_out_dir(out_dir, overwrite: bool, cfg: TrainConfig | None = None) -> Path:
     """Refuse, before any training, an output path that the final checkpoint write would refuse (a file,
     a non-empty directory that is not an nvcim checkpoint, a checkpoint holding other files too) or,
     unless `overwrite`, a checkpoint."""
@@ -69,8 +70,22 @@ def check_out_dir(out_dir, overwrite: bool) -> Path:
     if problem:
         raise ValueError(f"output {out}: {problem}")
     if not overwrite and is_checkpoint_dir(out):
+        if _same_training(out, cfg):  # e.g. a Ctrl-C just after the last write: nothing is left to resume
+            raise ValueError(f"output {out} already holds this training's finished checkpoint (this command finished "
+                             f"before): evaluate it (nvcim eval {out}), or pass --overwrite to train it again")
         raise ValueError(f"output {out} already holds a checkpoint: pass --overwrite or choose another path")
     return out
+
+
+def _same_training(out: Path, cfg: TrainConfig | None) -> bool:
+    """Whether checkpoint `out` records the training `cfg` describes (a finished run of the same command)."""
+    if cfg is None:
+        return False
+    try:
+        recorded = read_checkpoint_config(out).get("train")
+    except (OSError, ValueError):
+        return False
+    return isinstance(recorded, dict) and recorded == json.loads(json.dumps(cfg.to_dict()))  # as it reads back
 
 
 def check_model_fits_data(cfg: TrainConfig, test_devices: Sequence[DeviceConfig] = ()) -> None:

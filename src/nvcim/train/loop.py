@@ -198,7 +198,7 @@ def train(cfg: TrainConfig, out_dir=None, *, overwrite: bool = True, splits=None
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     if out_dir is not None:
-        out_dir = check_out_dir(out_dir, overwrite)
+        out_dir = check_out_dir(out_dir, overwrite, cfg)
     if state_dir is not None:
         state_dir = Path(state_dir)
         if out_dir is not None:
