@@ -108,3 +108,34 @@ def test_a_dataloader_and_numpy_integers_are_taken_as_their_values():
         monte_carlo_evaluate(m, [x, x, x], cfg, runs=2)
     with pytest.raises(ValueError, match=r"seed=np.int64\(-1\) is invalid: use an integer >= 0"):
         monte_carlo_evaluate(m, (x, y), cfg, runs=2, seed=np.int64(-1))
+
+
+def test_review_of_the_days_changes():
+    """A review of the changes above: the diagnostic forward of non-finite chips ran in train mode (BatchNorm
+    statistics changed); an older result without read_batch was refused beside a new one; the same images as float64
+    or shuffled were 'other ones'; numpy integers for max_chips were refused."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4)).train()
+    with torch.no_grad():
+        m[3].weight.mul_(1e37)  # chips overflow: the non-finite warning's clean forward runs
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    with pytest.warns(RuntimeWarning, match="non-finite logits"):
+        monte_carlo_evaluate(m, (x, y), DeviceConfig(sigma=0.5), runs=2)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items()) and m.training
+
+    m, x, y = _mlp_and_data()
+    cfg = DeviceConfig(sigma=0.2, read_sigma=0.2)
+    new = monte_carlo_evaluate(m, (x, y), cfg, runs=3, seed=0)
+    old = MCResult.from_dict({k: v for k, v in new.to_dict().items() if k != "read_batch"})  # written before it
+    assert paired_difference(old, new)["mean"] == 0.0
+    plain = DeviceConfig(sigma=0.2)
+    a = monte_carlo_evaluate(m, (x, y), plain, runs=3, seed=0)
+    p = torch.randperm(64)
+    b = monte_carlo_evaluate(m.double(), (x.double()[p], y[p]), plain, runs=3, seed=0)
+    assert b.images_sha256 == a.images_sha256 and paired_difference(a, b)["chips"] == 3
+    res = monte_carlo_evaluate(m.float(), (x, y), plain, target_ci=np.float32(5.0), max_chips=np.int64(50),
+                               pilot_chips=np.int64(4), images_per_chip=np.int64(16))
+    assert res.runs >= 2 and type(res.target_ci) is float

@@ -1547,6 +1547,12 @@ def test_the_eta_weighs_cells_by_their_kind(tmp_path, capsys, monkeypatch):
     assert eta.seconds(10.0) == pytest.approx(40.0)
     eta.finished({"id": cells["ovf", 1].id, "status": "ok", "wall_time_s": 40.0})
     assert eta.seconds(50.0) is None  # none left
+    # a first cell that failed: no ETA until a cell is timed (its 300 s against weights of 1 said "ETA 5 s": review)
+    fresh = Eta(tmp_path / "none", list(cells.values()), [])
+    fresh.finished({"id": cells["ovf", 0].id, "status": "failed", "wall_time_s": 300.0})
+    assert fresh.seconds(300.0) is None
+    fresh.finished({"id": cells["ovf", 1].id, "status": "ok", "wall_time_s": 300.0})
+    assert fresh.seconds(600.0) == pytest.approx(600.0 * 600.0 / 600.0)  # 2 cells of 300 s left, 600 s done
 
 
 def test_the_eta_weighs_cells_by_their_trainings(tmp_path, capsys, monkeypatch):

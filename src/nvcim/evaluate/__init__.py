@@ -69,6 +69,8 @@ __all__ = [
     "run_generator",
     "paired_difference",
     "chip_accuracies",
+    "ImplausibleResultWarning",
+    "batches_sha256",
     "subset_indices",
     "write_results_json",
     "results_table",

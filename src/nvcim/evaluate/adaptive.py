@@ -271,7 +271,8 @@ def paired_difference(a: MCResult, b: MCResult) -> dict:
     for what, x, y in (("σ", a.sigma, b.sigma), ("test images", a.n_samples, b.n_samples),
                        ("device config", *([{k: c.get(k) for k in keys} for c in (ca, cb)])),
                        ("test images (as many, other ones)", *digests),
-                       ("images per read-noise draw (the batch size)", a.read_batch, b.read_batch)):
+                       ("images per read-noise draw (the batch size)",  # unknown (an older result): alike
+                        *((a.read_batch, b.read_batch) if None not in (a.read_batch, b.read_batch) else (0, 0)))):
         if x != y:
             raise ValueError(f"paired_difference: the results differ in {what} ({x!r} vs {y!r}): compare two models "
                              "evaluated alike")

@@ -20,6 +20,7 @@ from nvcim.core.variation import VARIATIONS
 from nvcim.evaluate.files import DeviceMatrixFile
 from nvcim.evaluate.montecarlo import DEFAULT_BATCH, monte_carlo_evaluate
 from nvcim.evaluate.partial import PartialResults
+from nvcim.evaluate.plausibility import warn_below_chance
 from nvcim.evaluate.stats import fmt_percentile
 
 
@@ -59,6 +60,8 @@ def device_matrix(rows: Sequence[tuple[str, str, nn.Module, Any]], device_models
                 warnings.warn(f"nvcim: non-finite logits (NaN / inf) from {res.nonfinite_runs} of {res.chips_scored} chips at "
                               f"σ={res.sigma:g} ({name} under {dm}, kept from an interrupted run); those images count "
                               "as wrong, so the accuracy is not meaningful", RuntimeWarning, stacklevel=2)
+            if kept:
+                warn_below_chance([res], f" ({name} under {dm}, kept from an interrupted run)", stacklevel=2)
             say(f"{name} under {dm}: {res.mean:.2f} % [{res.ci95[0]:.2f}, {res.ci95[1]:.2f}], p5 {fmt_percentile(res.p5, 5.0, res.percentile_chips)}"
                 + (f" (kept from an interrupted run: {partial.dir})" if kept else ""))
             row.append({"device_config": cfg.to_dict(), "result": res})

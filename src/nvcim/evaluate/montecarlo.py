@@ -354,6 +354,8 @@ def monte_carlo_evaluate(
     """
     if not isinstance(cfg, DeviceConfig):
         raise TypeError(f"cfg must be a nvcim.DeviceConfig, got {type(cfg).__name__}")
+    target_ci, max_chips, images_per_chip, pilot_chips = map(_plain, (target_ci, max_chips, images_per_chip,
+                                                                      pilot_chips))
     runs = _runs_for(runs, target_ci, max_chips, images_per_chip, pilot_chips)
     runs, seed, batch_size, chunk_runs = _check_args(runs, seed, batch_size, chunk_runs, path)
     path = _calibration_path(bn_calibration, path)
@@ -374,9 +376,18 @@ def monte_carlo_evaluate(
                     adc_source=adc_source)
         res = _one_sigma(model, batches, cfg, opts, path, dev, baseline, calib)
         res.num_classes = classes
-    record_inputs([res], batches, cfg, batch_size)
-    warn_implausible(model, batches, [res])
+        record_inputs([res], batches, cfg, batch_size)
+        warn_implausible(model, batches, [res])  # in eval mode, on `dev`: its clean forward changes no statistic
     return res
+
+
+def _plain(v):
+    """A numpy number as the Python int / float it stands for (checked as such); anything else as it is."""
+    if isinstance(v, numbers.Integral) and not isinstance(v, (bool, int)):
+        return int(v)
+    if isinstance(v, numbers.Real) and not isinstance(v, (bool, int, float)):
+        return float(v)
+    return v
 
 
 def _runs_for(runs, target_ci, max_chips, images_per_chip, pilot_chips) -> int:
@@ -441,6 +452,8 @@ def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Ite
     if unknown:
         raise TypeError(f"robustness_curve got unexpected keyword(s) {unknown}")
     opts.update(mc_kwargs)
+    for k in ("target_ci", "max_chips", "images_per_chip", "pilot_chips"):
+        opts[k] = _plain(opts[k])
     opts["runs"] = _runs_for(opts["runs"], opts["target_ci"], opts["max_chips"], opts["images_per_chip"],
                              opts["pilot_chips"])
     opts["runs"], opts["seed"], opts["batch_size"], opts["chunk_runs"] = _check_args(

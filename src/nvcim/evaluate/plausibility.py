@@ -33,14 +33,19 @@ class ImplausibleResultWarning(RuntimeWarning):
 
 
 def batches_sha256(batches) -> str:
-    """Hex digest of an evaluation set (inputs' dtype and per-item shape, values, labels, in order), the same
-    whatever the batching: two results with equal digests scored the same images."""
-    h = hashlib.sha256(f"{batches[0][0].dtype} {tuple(batches[0][0].shape[1:])}|".encode())
-    labels = hashlib.sha256()
+    """Hex digest of an evaluation set as a set of (image, label) pairs: their per-item shape, values (floating
+    inputs as float32, whatever dtype the model casts them to) and labels, in any order and batching. Two results
+    with equal digests scored the same images."""
+    items = []
     for xb, yb in batches:  # xb [B, ...], yb [B]
-        h.update(xb.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-        labels.update(yb.detach().to(torch.int64).contiguous().cpu().numpy().tobytes())
-    h.update(labels.digest())
+        x = xb.detach().cpu()
+        x = (x.float() if x.is_floating_point() else x.to(torch.int64)).contiguous().reshape(x.shape[0], -1)  # [B, D]
+        rows = x.view(torch.uint8).numpy()  # [B, D·bytes]
+        for row, label in zip(rows, yb.detach().cpu().to(torch.int64).tolist()):
+            items.append(hashlib.sha256(row.tobytes() + label.to_bytes(8, "little", signed=True)).digest())
+    h = hashlib.sha256(f"{tuple(batches[0][0].shape[1:])}|".encode())
+    for item in sorted(items):
+        h.update(item)
     return h.hexdigest()
 
 
@@ -62,13 +67,18 @@ def warn_implausible(model: nn.Module, batches, results: Sequence[MCResult]) -> 
         warnings.warn(f"nvcim: non-finite logits (NaN / inf) from {where}; those images count as wrong, so the "
                       f"accuracy is not meaningful: {_nonfinite_cause(model, batches, bad)}", RuntimeWarning,
                       stacklevel=3)
+    warn_below_chance(results, stacklevel=4)
+
+
+def warn_below_chance(results: Sequence[MCResult], what: str = "", stacklevel: int = 2) -> None:
+    """One ImplausibleResultWarning naming the σ whose mean is below chance (`what`: e.g. whose result it is)."""
     low = [r for r in results if not r.nonfinite_runs and below_chance(r.mean, r.num_classes)]
     if low:
         where = ", ".join(f"{r.mean:.2f}% at σ={r.sigma:g}" for r in low)
-        warnings.warn(f"nvcim: mean accuracy {where} {'is' if len(low) == 1 else 'are'} below chance ({chance(low[0].num_classes):g}% for "
-                      f"{low[0].num_classes} classes): the model does worse than guessing there; check the labels and "
-                      "the inputs' normalisation, or σ is past where every chip collapses", ImplausibleResultWarning,
-                      stacklevel=3)
+        warnings.warn(f"nvcim: mean accuracy {where}{what} {'is' if len(low) == 1 else 'are'} below chance "
+                      f"({chance(low[0].num_classes):g}% for {low[0].num_classes} classes): the model does worse than "
+                      "guessing there; check the labels and the inputs' normalisation, or σ is past where every chip "
+                      "collapses", ImplausibleResultWarning, stacklevel=stacklevel)
 
 
 def _nonfinite_cause(model: nn.Module, batches, bad: Sequence[MCResult]) -> str:

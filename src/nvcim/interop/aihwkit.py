@@ -389,7 +389,8 @@ def _monte_carlo(model: nn.Module, data: Any, device: AihwkitDevice, *, runs: in
                     nonfinite_runs=int((acc.nonfinite > 0).sum()), num_classes=classes, **stats)
 
 
-CARRIED = ("data", "device", "method", "train", "seed", "digital_layers", "digital_layer_names")  # export → import
+# export → import: how the model is deployed and on what data (not how it was trained: aihwkit may have retrained it)
+CARRIED = ("data", "device", "digital_layers", "digital_layer_names")
 
 
 def export_analog(ckpt, out, device: AihwkitDevice | str | None = None):
@@ -407,7 +408,7 @@ def export_analog(ckpt, out, device: AihwkitDevice | str | None = None):
                            "it, and drift the loaded model with aihwkit's drift_analog_weights(model, t)")
     model, config = load_checkpoint(ckpt)
     analog = to_analog(model.float().eval(), device)
-    # what `nvcim import` puts back in the checkpoint: the layers kept digital (attention), device, data, training
+    # what `nvcim import` puts back in the checkpoint: the layers kept digital (attention), device, data
     analog.nvcim_checkpoint = {k: config[k] for k in CARRIED if config.get(k) is not None}
     fused = sorted({type(m).__name__ for m in model.modules() if isinstance(m, FUSED_CONTAINERS)})
     if fused:

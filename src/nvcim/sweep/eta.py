@@ -2,7 +2,7 @@
 
     eta = Eta(out, todo, done)         # done: finished cells of earlier runs (their result.json has their time)
     eta.finished(summary)              # each cell this run finishes (run_cell's summary)
-    eta.seconds(elapsed)               # None until a cell of this run has finished, or when none is left
+    eta.seconds(elapsed)               # None until a cell of this run has finished and one (of any run) was timed
 
 Cells differ in cost by far more than their count says: an OVF cell runs N + 1 forwards a step (≈ 4× a noise
 injection cell), a β search trains several models, an ADC device model evaluates ≈ 10× slower. A cell's weight is
@@ -77,7 +77,9 @@ class Eta:
 
     def seconds(self, elapsed: float) -> float | None:
         """Seconds left at this run's pace, or None before a cell of this run has finished (or when none is left)."""
+        if not self._per_training or not self._left:  # no cell timed yet: a weight is no time (nor a failed cell's)
+            return None
         done = sum(self.weight(c) for c in self._finished) + self._failed_s
-        if done <= 0 or not self._left:
+        if done <= 0:
             return None
         return elapsed * sum(self.weight(c) for c in self._left.values()) / done
