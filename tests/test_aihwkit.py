@@ -213,11 +213,36 @@ def test_results_differing_only_in_io_or_tile_are_arms_of_their_own():
 
 
 def test_what_aihwkit_cannot_convert_is_said_without_aihwkit():
-    """Grouped convolutions and digital layers are refused by a check that needs no aihwkit, so a device-model
-    matrix says it before its first cell (it used to fail after the other columns' cells had run)."""
+    """Grouped convolutions are refused by a check that needs no aihwkit, so a device-model matrix says it before its
+    first cell (it used to fail after the other columns' cells had run); kept digital, they are fine."""
     ai.check_convertible(create_model("vgg8", 10, 1, width=0.0625))  # fine
+    tiny = create_model("tiny", 10, 1)
     with pytest.raises(ai.AihwkitError, match="groups=1"):
-        ai.check_convertible(create_model("tiny", 10, 1))
+        ai.check_convertible(tiny)
+    grouped = [n for n, m in tiny.named_modules() if isinstance(m, nn.Conv2d) and m.groups != 1]
+    nvcim.keep_digital_(tiny, grouped)
+    ai.check_convertible(tiny)
+
+
+@needs_aihwkit
+@pytest.mark.aihwkit
+def test_layers_kept_digital_stay_digital_under_aihwkit(tmp_path):
+    """A checkpoint trained with its first and last layers digital (common practice) could not be exported or
+    evaluated under aihwkit at all: its conversion put every Conv / Linear on a tile. They are excluded from it now,
+    exact in both simulators (review finding)."""
+    torch.manual_seed(0)
+    model = create_model("vgg8", 10, 1, width=0.0625)
+    nvcim.keep_digital_(model, ["features.0", "classifier.2"])
+    analog = ai.to_analog(model, "aihwkit:pcm")
+    kinds = {n: type(m).__name__ for n, m in analog.named_modules()}
+    assert kinds["features.0"] == "Conv2d" and kinds["classifier.2"] == "Linear"
+    assert kinds["features.3"].startswith("Analog") and kinds["classifier.0"].startswith("Analog")
+    ckpt = save_checkpoint(tmp_path / "ck", model, model.nvcim_spec, digital_layers=["features.0", "classifier.2"])
+    ai.export_analog(ckpt, tmp_path / "a.pt", "aihwkit:pcm")
+    ai.import_analog(tmp_path / "a.pt", tmp_path / "back")
+    back, config = load_checkpoint(tmp_path / "back")
+    assert sorted(config["digital_layer_names"]) == ["classifier.2", "features.0"]
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize("layer,names,digital", [

@@ -223,18 +223,12 @@ def aihwkit_device(spec: str, *, t_inference: float | None = None) -> AihwkitDev
 
 def check_convertible(model: nn.Module, device: AihwkitDevice | None = None) -> None:
     """A one-line AihwkitError when aihwkit's conversion cannot run `model` as nvcim means it (checked without
-    aihwkit, so a matrix says it before any cell): digital layers it would put on analog tiles, layers nvcim varies
+    aihwkit, so a matrix says it before any cell; layers kept digital stay digital in both): layers nvcim varies
     that it would leave exact (attention projections, recurrent layers, transposed convolutions, subclasses of
     Linear / Conv), and what its analog convolutions lack (`_conv_problem`: groups, string padding, padding modes,
     a Conv1d / Conv3d's dilation, and on `device`'s torch tile any Conv1d / Conv3d); a layer registered under two
     names, which the conversion would make two independent tiles."""
-    analog = {n: m for n, m in model.named_modules() if type(m) in ANALOG_TYPES}  # what the conversion puts on tiles
-    digital = [n for n in digital_layers(model) if n in analog]
-    if digital:  # convert_to_analog would put them on analog tiles: never a digital layer varied silently
-        raise AihwkitError(f"the model keeps layer(s) {', '.join(digital)} digital, and the aihwkit conversion puts "
-                           "every Conv / Linear layer on analog tiles: use nvcim's device models, which keep them "
-                           "digital, or a model without digital Linear / Conv layers (nvcim eval may evaluate it "
-                           "all analog with --digital-layers none; nvcim export cannot)")
+    analog = analog_layers(model)  # what the conversion puts on tiles (layers kept digital stay digital there too)
     exact = [f"{n!r} ({type(m).__name__})" for n, m in selected_layers(model) if n not in analog]
     if exact:  # varied under nvcim's device models, exact under aihwkit's: a comparison of unequal chips
         raise AihwkitError(f"aihwkit's conversion puts only Linear and Conv1d/2d/3d layers (those exact types) on "
@@ -242,7 +236,7 @@ def check_convertible(model: nn.Module, device: AihwkitDevice | None = None) -> 
                            f"{f' and {len(exact) - 3} more' if len(exact) > 3 else ''} exact, which nvcim varies: "
                            "keep them digital (--digital-layers), so that both compute them exactly, or compare "
                            "under nvcim's device models only")
-    grouped = [n for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd) and m.groups != 1]
+    grouped = [n for n, m in analog.items() if isinstance(m, nn.modules.conv._ConvNd) and m.groups != 1]
     if grouped:
         raise AihwkitError(f"aihwkit's analog convolutions support groups=1 only, and layer {grouped[0]!r} (of "
                            f"{len(grouped)}) is grouped: use a model without grouped convolutions (e.g. vgg8, resnet18)")
@@ -252,7 +246,7 @@ def check_convertible(model: nn.Module, device: AihwkitDevice | None = None) -> 
             raise AihwkitError(f"aihwkit cannot run layer {name!r} ({type(module).__name__}): {problem}")
     names: dict[int, list[str]] = {}
     for name, module in model.named_modules(remove_duplicate=False):
-        if type(module) in ANALOG_TYPES:
+        if type(module) in ANALOG_TYPES and not _kept_digital(name, digital_layers(model)):
             names.setdefault(id(module), []).append(name)
     shared = next((n for n in names.values() if len(n) > 1), None)
     if shared:  # convert_to_analog converts each container's child: one layer would become two unequal tiles
@@ -278,9 +272,22 @@ def _conv_problem(module: nn.Module, device: AihwkitDevice | None) -> str | None
     return None
 
 
+def _kept_digital(name: str, digital) -> bool:
+    """Whether layer `name` is, or is inside, a layer kept digital (nvcim.keep_digital_)."""
+    return any(name == d or name.startswith(d + ".") for d in digital)
+
+
+def analog_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """{name: layer} that aihwkit's conversion puts on analog tiles: Linear and Conv1d/2d/3d (those exact types), but
+    not a layer kept digital (passed to the conversion as `exclude_modules`)."""
+    digital = digital_layers(model)
+    return {n: m for n, m in model.named_modules() if type(m) in ANALOG_TYPES and not _kept_digital(n, digital)}
+
+
 def to_analog(model: nn.Module, device: AihwkitDevice | str | None = None, rpu_config=None) -> nn.Module:
-    """An aihwkit analog copy of `model` (`convert_to_analog`, every Conv / Linear on analog tiles) with the RPU
-    config of `device` (an AihwkitDevice or spec; default aihwkit:pcm) or `rpu_config`; the model is unchanged.
+    """An aihwkit analog copy of `model` (`convert_to_analog`, every Conv / Linear not kept digital on analog tiles)
+    with the RPU config of `device` (an AihwkitDevice or spec; default aihwkit:pcm) or `rpu_config`; the model is
+    unchanged.
     The root keeps the model's class (and `nvcim_spec`), so aihwkit's module-level functions apply to it."""
     if rpu_config is None:
         device = aihwkit_device(device or f"{PREFIX}pcm") if not isinstance(device, AihwkitDevice) else device
@@ -292,7 +299,8 @@ def to_analog(model: nn.Module, device: AihwkitDevice | str | None = None, rpu_c
         rpu_config = device.rpu_config()
     # the model's own class stays the root (no AnalogWrapper subclass made on the fly): the analog model keeps
     # nvcim's state-dict names and pickles with torch.save like any module
-    return convert_to_analog(model, rpu_config, ensure_analog_root=False)
+    return convert_to_analog(model, rpu_config, ensure_analog_root=False,
+                             exclude_modules=list(digital_layers(model)))  # digital there as in nvcim's models
 
 
 def from_analog(analog: nn.Module, model_spec: dict | None = None) -> nn.Module:
