@@ -1547,6 +1547,15 @@ def test_the_eta_weighs_cells_by_their_kind(tmp_path, capsys, monkeypatch):
     assert eta.seconds(10.0) == pytest.approx(40.0)
     eta.finished({"id": cells["ovf", 1].id, "status": "ok", "wall_time_s": 40.0})
     assert eta.seconds(50.0) is None  # none left
+    # a resumed β search with 1 of its 2 candidates scored counts one training, not two
+    search = validate_spec(spec_of(methods=["ovf"], sigmas=[0.3], seeds=[0, 1], betas=[0.1, 1e-3]))
+    s0, s1 = expand(search)
+    scored = sweep.cell_dir(tmp_path / "srch", s1.id) / "beta" / sweep.fmt_beta(0.1)
+    scored.mkdir(parents=True)
+    (scored / sweep.SCORE_FILE).write_text("{}")
+    half = Eta(tmp_path / "srch", [s0, s1], [])
+    half.finished({"id": s0.id, "status": "ok", "wall_time_s": 20.0})  # 10 s a training
+    assert half.seconds(20.0) == pytest.approx(10.0)
     # a first cell that failed: no ETA until a cell is timed (its 300 s against weights of 1 said "ETA 5 s": review)
     fresh = Eta(tmp_path / "none", list(cells.values()), [])
     fresh.finished({"id": cells["ovf", 0].id, "status": "failed", "wall_time_s": 300.0})

@@ -19,8 +19,8 @@ import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from nvcim.sweep.cells import Cell
-from nvcim.sweep.files import RESULT_FILE, cell_dir
+from nvcim.sweep.cells import Cell, fmt_beta
+from nvcim.sweep.files import RESULT_FILE, SCORE_FILE, cell_dir
 
 
 def kind(cell: Cell) -> tuple:
@@ -49,6 +49,9 @@ class Eta:
             if (wall := recorded_wall(out, c)) is not None:
                 self._add(c, wall)
         self._left = {c.id: c for c in todo}
+        # a resumed β search's candidates scored by an earlier run are not trained again
+        self._scored = {c.id: sum((cell_dir(out, c.id) / "beta" / fmt_beta(b) / SCORE_FILE).is_file()
+                                  for b in c.betas) for c in todo if c.betas}
         self._finished: list[Cell] = []  # finished by this run, ok
         self._failed_s = 0.0  # seconds the cells that failed in this run took (often far less than their weight)
 
@@ -69,11 +72,13 @@ class Eta:
             self._add(cell, wall)
 
     def weight(self, cell: Cell) -> float:
-        """Estimated seconds of `cell` (1 per training while nothing has been timed)."""
+        """Estimated seconds of `cell` (1 per training while nothing has been timed); a cell left to run counts
+        only the candidates of its search not scored yet (and one training for the test)."""
         seen = self._per_training.get(kind(cell))
         if not seen:
             seen = [s for times in self._per_training.values() for s in times] or [1.0]
-        return sum(seen) / len(seen) * trainings(cell)
+        left = trainings(cell) - self._scored.get(cell.id, 0) if cell.id in self._left else trainings(cell)
+        return sum(seen) / len(seen) * max(1, left)
 
     def seconds(self, elapsed: float) -> float | None:
         """Seconds left at this run's pace, or None before a cell of this run has finished (or when none is left)."""
