@@ -521,6 +521,18 @@ def test_summary_marks_an_accuracy_below_chance():
     assert "0.50 *" in summary_table(_fake_result(60.0, test_clean=0.5), num_classes=100)
 
 
+def test_summary_marks_chips_with_non_finite_logits():
+    """The test row of a model whose chips gave NaN logits was unmarked (stderr warned; a new user's finding)."""
+    from nvcim.cli.train import summary_table
+
+    res = _fake_result(40.0)
+    res.metrics["test_noisy_nonfinite_runs"] = 1
+    table = summary_table(res, num_classes=10)
+    assert next(line for line in table.splitlines() if line.startswith("test accuracy, σ=")).endswith("(2 runs) !")
+    assert table.splitlines()[-1] == "! non-finite logits (NaN / inf) on 1 of 2 chips, counted as wrong"
+    assert "!" not in summary_table(_fake_result(40.0), num_classes=10)  # none (or a checkpoint from before)
+
+
 def test_cli_train_summary_marks_below_chance_with_the_data_sets_classes(monkeypatch, capsys):
     import nvcim.train
 

@@ -307,7 +307,7 @@ def summary_table(result, device_model: str | None = None, num_classes: int | No
     from tabulate import tabulate
 
     from nvcim.cli.device_flags import device_label
-    from nvcim.evaluate.results import BELOW_CHANCE_MARK, below_chance, chance
+    from nvcim.evaluate.results import BELOW_CHANCE_MARK, NONFINITE_MARK, below_chance, chance
 
     cfg, m = result.config, result.metrics
     below = []
@@ -321,9 +321,10 @@ def summary_table(result, device_model: str | None = None, num_classes: int | No
     def pct(v):
         return "-" if v is None else f"{v:.2f}{mark(v)}"
 
+    bad_chips = m.get("test_noisy_nonfinite_runs") or 0  # chips whose logits went NaN / inf (counted as wrong)
     noisy = "-" if m["test_noisy_mean"] is None else (
         f"{m['test_noisy_mean']:.2f}" + (f" ± {m['test_noisy_std']:.2f}" if m["test_noisy_std"] is not None else "")
-        + f" ({m['test_noisy_runs']} runs)" + mark(m["test_noisy_mean"]))
+        + f" ({m['test_noisy_runs']} runs)" + (f" {NONFINITE_MARK}" if bad_chips else mark(m["test_noisy_mean"])))
     rows = [
         ("status", m["status"] + (f" ({m.get('diverged_reason') or 'non-finite loss'}) {diverged_where(m)}"
                                   if m["diverged_at"] else "")),
@@ -348,6 +349,9 @@ def summary_table(result, device_model: str | None = None, num_classes: int | No
     table = tabulate(rows, tablefmt="simple", disable_numparse=True)
     if below:
         table += f"\n{BELOW_CHANCE_MARK} below chance ({chance(num_classes):g} % for {num_classes} classes)"
+    if bad_chips:
+        table += (f"\n{NONFINITE_MARK} non-finite logits (NaN / inf) on {bad_chips} of {m['test_noisy_runs']} chips, "
+                  "counted as wrong")
     return table
 
 

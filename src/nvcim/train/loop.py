@@ -449,6 +449,7 @@ def _train(cfg: TrainConfig, out_dir: Path | None, splits, info, augment: bool, 
         "test_noisy_std": (test_noisy.std if test_noisy is not None and math.isfinite(test_noisy.std) else None),
         "test_noisy_runs": cfg.val_runs,
         "test_noisy_seed": TEST_MC_SEED,
+        "test_noisy_nonfinite_runs": test_noisy.nonfinite_runs if test_noisy is not None else None,  # chips with NaN
         "val_mc_seed": VAL_MC_SEED,
         "n_train": len(splits.train),
         "n_val": len(splits.val),
