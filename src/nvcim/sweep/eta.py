@@ -19,8 +19,8 @@ import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from nvcim.sweep.cells import Cell, fmt_beta
-from nvcim.sweep.files import RESULT_FILE, SCORE_FILE, cell_dir
+from nvcim.sweep.cells import Cell
+from nvcim.sweep.files import RESULT_FILE, cell_dir, scored_candidates
 
 
 def kind(cell: Cell) -> tuple:
@@ -50,8 +50,7 @@ class Eta:
                 self._add(c, wall)
         self._left = {c.id: c for c in todo}
         # a resumed β search's candidates scored by an earlier run are not trained again
-        self._scored = {c.id: sum((cell_dir(out, c.id) / "beta" / fmt_beta(b) / SCORE_FILE).is_file()
-                                  for b in c.betas) for c in todo if c.betas}
+        self._scored = {c.id: scored_candidates(out, c) for c in todo if c.betas}
         self._finished: list[Cell] = []  # finished by this run, ok
         self._failed_s = 0.0  # seconds the cells that failed in this run took (often far less than their weight)
 

@@ -134,6 +134,12 @@ def cell_state(out_dir, cell_id: str) -> str:
     return "pending"
 
 
+def scored_candidates(out_dir, cell: Cell) -> int:
+    """How many of a β search's candidates have their score.json (0 for a cell without a search)."""
+    d = cell_dir(out_dir, cell.id)
+    return sum((d / "beta" / fmt_beta(b) / SCORE_FILE).is_file() for b in cell.betas or ())
+
+
 def partial_progress(out_dir, cell: Cell, accept_plugin_change: bool = False) -> str | None:
     """What a pending cell has done that a rerun keeps, for `nvcim sweep --dry-run` (None: nothing): finished β
     candidates and a training's last saved epoch, e.g. "β 2 of 4 scored; β 1e-3 resumes after epoch 3 of 12".
@@ -150,7 +156,7 @@ def partial_progress(out_dir, cell: Cell, accept_plugin_change: bool = False) ->
                 + "): trained from the start")
     parts = []
     if cell.betas:
-        scored = sum((d / "beta" / fmt_beta(b) / SCORE_FILE).is_file() for b in cell.betas)
+        scored = scored_candidates(out_dir, cell)
         if scored:
             parts.append(f"β {scored} of {len(cell.betas)} scored")
     states = [("", d / TRAIN_STATE_DIR)] + [(f"β {fmt_beta(b)} ", d / "beta" / fmt_beta(b) / TRAIN_STATE_DIR)
