@@ -350,7 +350,7 @@ def test_a_damaged_or_missing_tiny_imagenet_image_is_named(tmp_path):
     folder = _tiny_folder(tmp_path)
     bad = folder / "train" / "n02" / "images" / "n02_0.JPEG"
     bad.write_bytes(bad.read_bytes()[:300])
-    with pytest.raises(ValueError, match=r"n02_0\.JPEG is not a readable JPEG \(.*\): replace it") as err:
+    with pytest.raises(ValueError, match=r"n02_0\.JPEG is not a readable image \(.*\): replace it") as err:
         read_tiny_imagenet(folder, cache=False)
     assert "\n" not in str(err.value)
     bad.unlink()

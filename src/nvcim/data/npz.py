@@ -125,6 +125,9 @@ def check_images(path: Path, key: str, x: np.ndarray, square: bool = True) -> np
     n, c, h, w = x.shape
     if n == 0:
         raise ValueError(f"{path}: {key} holds no images: give at least one training and one test image")
+    if c == 0 or h == 0 or w == 0:
+        raise ValueError(f"{path}: {key} has shape {x.shape}: images of {c} channel(s) of {h}x{w} pixels are empty: "
+                         "store [N, C, H, W] with C, H, W >= 1")
     if h != w and looks_nhwc:
         raise ValueError(f"{path}: {key} has shape {x.shape}, which looks like [N, H, W, C]: save "
                          f"{key}.transpose(0, 3, 1, 2) ([N, C, H, W])")
@@ -151,7 +154,9 @@ _MAX_LABEL = 2**31 - 1  # far above any classifier's class count
 def check_labels(path: Path, key: str, y: np.ndarray, n: int, images: str) -> np.ndarray:
     """int64 ``[N]`` from an accepted label array, else a one-line ValueError."""
     if y.ndim != 1:
-        raise ValueError(f"{path}: {key} has shape {y.shape}: labels must be [N], one integer per image")
+        onehot = (f" (one-hot or per-class scores? save {key}.argmax(1))" if y.ndim == 2 and y.shape[1] > 1 else
+                  f" (save {key}.reshape(-1))" if y.ndim == 2 else "")
+        raise ValueError(f"{path}: {key} has shape {y.shape}: labels must be [N], one integer per image{onehot}")
     if y.dtype.kind in "USO":  # class names: astype(int) would fail on them
         raise ValueError(f"{path}: {key} holds {y.dtype} values (class names?): labels must be integers 0..K-1: map "
                          "them, e.g. names, y = np.unique(np.concatenate([y_train, y_test]), return_inverse=True), and "
@@ -182,7 +187,7 @@ def _warn_missing_classes(path: Path, y_train: np.ndarray, y_test: np.ndarray, n
         warnings.warn(f"{path}: y_test holds class(es) {_shown(unseen)} that never occur in y_train ({share:.1f} % of "
                       "the test images): a model trained on this file cannot predict them, so its accuracy is at most "
                       f"{100.0 - share:.1f} %; put examples of every class into x_train", stacklevel=3)
-    absent = np.setdiff1d(np.arange(num_classes), np.concatenate([y_train, y_test]))
+    absent = np.setdiff1d(np.arange(num_classes), np.concatenate([y_train, y_test]))  # (K is bounded by read_npz)
     if absent.size and not named:  # without a classes array K = largest label + 1: 1-based labels add a class 0
         guess = " (labels 1-based?)" if absent[0] == 0 else ""
         warnings.warn(f"{path}: class(es) {_shown(absent)} of 0..{num_classes - 1} occur in no split{guess}: the model "
@@ -229,6 +234,12 @@ def read_npz(path: str | Path) -> NpzData:
                              f"0..{num_classes - 1}: fix the labels or the classes array")
     else:
         num_classes = top + 1
+        used = np.unique(np.concatenate([y_train, y_test])).size
+        if num_classes - used > max(used, 10):  # mostly unused indices: ids or codes, not class indices 0..K-1
+            raise ValueError(f"{path}: the labels use {used} distinct values up to {top}, so a model would get "
+                             f"{num_classes} outputs, {num_classes - used} of them for classes that occur nowhere: "
+                             "relabel to 0..K-1 (y = np.unique(y_all, return_inverse=True)[1]) or save a classes array "
+                             "naming every class")
     if num_classes < 2:
         raise ValueError(f"{path}: the labels name a single class: a classifier needs at least 2 classes")
     if (str(path.resolve()), sha) not in _WARNED:  # once per file: it is read several times per command

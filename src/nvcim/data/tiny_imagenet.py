@@ -1,4 +1,6 @@
-"""Tiny ImageNet reader: ``tiny-imagenet-200/`` JPEGs decoded once with Pillow and cached as ``.npz``."""
+"""Tiny ImageNet reader: ``tiny-imagenet-200/`` images (JPEGs; any format Pillow reads) decoded once with Pillow
+and cached as ``tiny-imagenet-200.npz`` next to the folder. Once decoded, the images (even the folder) may be deleted
+to save space: the cache is then all there is, and is read as it is."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _decode_jpegs(paths: list[Path], size: int = 64) -> np.ndarray:
+def _decode_images(paths: list[Path], size: int = 64) -> np.ndarray:
     from PIL import Image  # lazy: only Tiny ImageNet needs Pillow
 
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)  # [N, 3, H, W], filled in place (no second copy)
@@ -27,19 +29,27 @@ def _decode_jpegs(paths: list[Path], size: int = 64) -> np.ndarray:
                              "is incomplete; delete its folder and download it again") from None
         except (OSError, ValueError, SyntaxError) as exc:  # Pillow: truncated, not an image, a broken header
             why = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(f"{p} is not a readable JPEG ({why}): replace it, or delete the data set's folder and "
+            raise ValueError(f"{p} is not a readable image ({why}): replace it, or delete the data set's folder and "
                              "download it again") from None
     return out
 
 
 _TINY_CACHE_FORMAT = 2  # bump when the decoding changes: older caches are then decoded again (2: source recorded;
 # the pixels are those of format 1, whose caches are still read where the images are gone)
-_IMAGE_SUFFIXES = {".jpeg", ".jpg"}
+_IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}  # (any case)
 
 
 def _images(d: Path) -> list[Path]:
-    """The JPEG files of a folder (any case of .JPEG / .jpg), sorted by name."""
-    return sorted(p for p in d.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES) if d.is_dir() else []
+    """The image files of a folder (JPEG as in the official archive, or PNG, BMP, ... in a user's tree), sorted by
+    name; other files there are refused rather than skipped (a silently smaller training set)."""
+    if not d.is_dir():
+        return []
+    files = [p for p in d.iterdir() if not p.name.startswith(".") and p.is_file()]
+    other = [p.name for p in files if p.suffix.lower() not in _IMAGE_SUFFIXES]
+    if other:
+        raise ValueError(f"{d} holds {len(other)} file(s) that are not images ({', '.join(sorted(other)[:3])}): "
+                         f"nvcim reads {', '.join(sorted(_IMAGE_SUFFIXES))} there; move the others out")
+    return sorted(files)
 
 
 def _source_print(folder: Path) -> str | None:
@@ -50,7 +60,8 @@ def _source_print(folder: Path) -> str | None:
     images = []
     for d in sorted((folder / "train").iterdir()) if (folder / "train").is_dir() else []:
         images += _images(d / "images")
-    images += _images(folder / "val" / "images")
+    val = folder / "val" / "images"  # every file there: val_annotations.txt may name any format
+    images += sorted(p for p in val.iterdir() if not p.name.startswith(".") and p.is_file()) if val.is_dir() else []
     if not images:
         return None
     files = [f for f in (folder / "wnids.txt", folder / "val" / "val_annotations.txt") if f.is_file()] + images
@@ -112,6 +123,9 @@ def read_tiny_imagenet(folder: str | os.PathLike, *, cache: bool = True) -> tupl
     found = _cached(cache_path, source) if cache else None
     if found is not None:
         return found
+    if not (folder / "wnids.txt").is_file():  # the folder's files are gone and the cache did not stand in for them
+        raise ValueError(f"{folder} holds no wnids.txt and its cache {cache_path} is missing or unreadable: put the "
+                         "complete tiny-imagenet-200/ folder back (or delete both to download it again)")
     wnids = sorted(w.strip() for w in (folder / "wnids.txt").read_text().split() if w.strip())
     if len(set(wnids)) != len(wnids):
         raise ValueError(f"{folder / 'wnids.txt'} names a wnid twice: give each class once")
@@ -124,8 +138,8 @@ def read_tiny_imagenet(folder: str | os.PathLike, *, cache: bool = True) -> tupl
         train_paths += imgs
         train_labels += [cls[w]] * len(imgs)
     test_paths, test_labels = _annotations(folder, cls)
-    xtr = _decode_jpegs(train_paths)  # [N, 3, 64, 64]
-    xte = _decode_jpegs(test_paths)  # [M, 3, 64, 64]
+    xtr = _decode_images(train_paths)  # [N, 3, 64, 64]
+    xte = _decode_images(test_paths)  # [M, 3, 64, 64]
     ytr = np.asarray(train_labels, dtype=np.int64)  # [N]
     yte = np.asarray(test_labels, dtype=np.int64)  # [M]
     wn = np.asarray(wnids)
@@ -147,7 +161,7 @@ def _write_cache(cache_path: Path, **arrays: np.ndarray) -> None:
     except OSError as e:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        warnings.warn(f"could not write the decoded-image cache {cache_path} ({e}); the next load decodes the JPEGs again")
+        warnings.warn(f"could not write the decoded-image cache {cache_path} ({e}); the next load decodes the images again")
     except BaseException:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
