@@ -358,6 +358,10 @@ def test_write_verify_with_faults_and_drift_agrees_on_every_path():
     ({"drift_compensation": 1, "drift_time": 60}, "DeviceConfig.drift_compensation=1 is invalid: use True or False"),
     ({"drift_compensation": True}, "drift_compensation=True has no drift to compensate: set drift_time"),
     ({"sampling": "fast", "stuck_at": (0.1, 0)}, "sampling='fast' cannot draw stuck-at faults or drift"),
+    # faults and drift act on quantized levels: on float weights the rounding residual was added back untouched, so a
+    # weight with every device stuck at 0 was not 0 and drift could flip a weight's sign (device review, session 34)
+    ({"quantize": False, "stuck_at": (0.1, 0)}, "stuck_at / drift_time act on the devices' quantized levels"),
+    ({"quantize": False, "drift_time": 3600.0}, "use quantize=True, or stuck_at=\\(0, 0\\) and drift_time=None"),
     ({"variation": "level_dependent"}, "option multipliers=None is invalid"),
     ({"variation": "level_dependent", "variation_options": {"multipliers": [1, 2]}},
      "has 2 multipliers but device_bits=2 gives 4 levels"),

@@ -20,7 +20,9 @@ the periphery then shifts and adds in digital:
                  Σ_{i in tile} (x_i / Δ) · g_j[o, i] (the step folded into the inputs: one pass less)
                  range = R · (2^K − 1) · x_max (clip="full_scale": the largest partial sum of
                  unperturbed devices, per input vector) or a calibrated range measured beforehand (clip="calibrated",
-                 see `calibrate_adc_range`); round() is torch.round (half to even); sums above range
+                 see `calibrate_adc_range`); round() is torch.round (half to even) of P / Δ as computed
+                 in float, so an exact tie (P / Δ = k + ½ in exact arithmetic) falls where float rounding
+                 of the folded sum puts it (either code; ~0.3 % of partial sums at B = I = 8); sums above range
                  saturate at the top code, negative ones (perturbed devices) at 0
     y           Δ · s / (2^M − 1) · Σ_phase ± Σ_j 2^{jK} Σ_t (code⁺ − code⁻)    shift and add
 

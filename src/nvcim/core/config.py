@@ -202,6 +202,10 @@ class DeviceConfig:
         if self.sampling == "fast" and self.sliced_mvm:
             raise ValueError("DeviceConfig.sampling='fast' draws no device levels, which the ADC simulation "
                              "(adc_bits / input_bits) needs: use 'auto' or 'device'")
+        if self.chip_effects and not self.quantize:  # faults and drift act on the devices' (integer) levels: the
+            # rounding residual W - W_d of float weights would be added back untouched (a stuck-at-0 weight not 0)
+            raise ValueError("DeviceConfig.stuck_at / drift_time act on the devices' quantized levels: use "
+                             "quantize=True, or stuck_at=(0, 0) and drift_time=None")
         if self.sliced_mvm and not self.quantize:
             raise ValueError("DeviceConfig.adc_bits / input_bits simulate a bit-sliced chip, which stores quantized "
                              "levels: use quantize=True, or adc_bits=None and input_bits=None")
