@@ -11,6 +11,8 @@ Rule (what "found" means):
     table's files holds a number v (any token of its text: CSV cells, Markdown tables, prose) with
     |v − t| ≤ ½·10^(−d), i.e. v rounds to t (a boundary value counts: files themselves hold rounded values).
     Signs count: +3.5 needs a positive v. A CSV file's cells are read one by one ("3,200" there is two numbers).
+  * A bound such as "p < 0.001" is not the number 0.001: one line of the files must hold a value beyond it
+    (0 ≤ v < 0.001) together with the cell's other numbers (the row's, when the cell holds only counts).
   * Numbers that belong together must be on ONE line of one file (a CSV row, a report line): an estimate and
     its spread or interval ("55.49 ± 4.09", "+7.10 [+4.91, +9.29]") and a count ("2 of 10").
 What this does not prove: that a number sits in its row's and column's place. A lone number (e.g. "+3.5"), or
@@ -39,6 +41,7 @@ _N = r"[-+−]?\d[\d,]*(?:\.\d+)?"
 # "55.49 ± 4.09", "+7.10 [+4.91, +9.29]", "2 of 10"
 GROUP = re.compile(rf"{_N}\s*±\s*{_N}|{_N}\s*\[\s*{_N}\s*,\s*{_N}\s*\]|(?<![\d.]){_N}\s+of\s+{_N}")
 RECORDS = re.compile(r"^<!--\s*records:\s*(.+?)\s*-->\s*$")
+BOUND = re.compile(r"([<>])\s*(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")  # "< 0.001": a bound, not the number 0.001
 
 
 def numbers(text: str) -> list[tuple[Decimal, int]]:
@@ -88,7 +91,7 @@ def check(md_path: Path, root: Path = ROOT) -> list[str]:
             continue
         lines_of: list[list[Decimal]] = []
         for p in paths:
-            if not p.startswith(ALLOWED):
+            if not _allowed(root, p):
                 problems.append(f"{md_path.name}:{start}: {p} is not a committed record (docs/reproduction/ or "
                                 "the paper's values)")
                 continue
@@ -102,6 +105,18 @@ def check(md_path: Path, root: Path = ROOT) -> list[str]:
         values = sorted({v for ln in lines_of for v in ln})
         for k, line in enumerate(tlines[2:], start=start + 2):
             for cell in _cells(line)[1:]:
+                bounds = [(m.group(1), numbers(m.group(2))[0][0]) for m in BOUND.finditer(cell)]
+                if bounds:  # "< 0.001": a value beyond the bound, on one line with the cell's (else row's) numbers
+                    plain = BOUND.sub(" ", cell)
+                    beside = numbers(plain) if any(d for _, d in numbers(plain)) else \
+                        [n for c in _cells(line)[1:] for n in numbers(BOUND.sub(" ", c))]
+                    for op, b in bounds:
+                        if not any(_all_on(ln, beside) and any(0 <= v < b if op == "<" else v > b for v in ln)
+                                   for ln in lines_of):
+                            problems.append(f"{md_path.name}:{k}: no line of {', '.join(paths)} holds a value "
+                                            f"{op} {b} beside {' '.join(str(t) for t, _ in beside) or 'nothing'} "
+                                            f"(in '{cell}')")
+                    cell = plain
                 groups = [numbers(m.group(0)) for m in GROUP.finditer(cell.replace("*", ""))]
                 missing = False
                 for t, d in numbers(cell):
@@ -115,6 +130,13 @@ def check(md_path: Path, root: Path = ROOT) -> list[str]:
                         problems.append(f"{md_path.name}:{k}: {shown} (in '{cell}') are not on one line of "
                                         f"{', '.join(paths)}: each is somewhere, not together")
     return problems
+
+
+def _allowed(root: Path, p: str) -> bool:
+    """Whether a records path lies under docs/reproduction/ (resolved: "docs/reproduction/../x" does not) or is the
+    paper's values."""
+    f = (root / p).resolve()
+    return f.is_relative_to((root / ALLOWED[0]).resolve()) or f == (root / ALLOWED[1]).resolve()
 
 
 def _tol(d: int) -> Decimal:

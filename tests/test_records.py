@@ -83,6 +83,28 @@ def test_a_mean_and_its_interval_must_be_on_one_line_and_csv_cells_stay_apart(tm
     assert any(":5: 3200" in p for p in problems) and len(problems) == 3
 
 
+def test_a_bound_is_checked_as_a_bound_and_a_path_out_of_the_records_is_refused(tmp_path):
+    """"< 0.001" was checked as the number 0.001 (it passed on any p near 0.001, 0.00136 included), and
+    "docs/reproduction/../../x" passed the committed-record rule (a report review, session 34)."""
+    (tmp_path / "docs" / "reproduction").mkdir(parents=True)
+    (tmp_path / "docs" / "reproduction" / "paired.csv").write_text(
+        "pair,diff,p,k,n\nA-B,7.10,1.7e-05,5,5\nC-D,2.10,0.00136,4,5\n")
+    (tmp_path / "elsewhere.csv").write_text("x\n99.99\n")
+    md = tmp_path / "R.md"
+    md.write_text("\n".join([
+        "<!-- records: docs/reproduction/paired.csv -->",
+        "| pair | diff | p |", "|---|---|---|",
+        "| A − B | +7.10 | < 0.001 |",        # 1.7e-05 beside +7.10: holds
+        "| C − D | +2.10 | < 0.001 |",        # 0.00136 is not below 0.001
+        "| C − D | +2.10, p < 0.01, 4 of 5 |",  # within one cell: holds
+        "", "<!-- records: docs/reproduction/../../elsewhere.csv -->", "| arm | acc |", "|---|---|", "| a | 99.99 |",
+    ]) + "\n")
+    problems = _check(md, tmp_path)
+    assert len(problems) == 3, problems
+    assert any(":5: no line of docs/reproduction/paired.csv holds a value < 0.001 beside 2.10" in p for p in problems)
+    assert any("elsewhere.csv is not a committed record" in p for p in problems)
+
+
 def test_write_verify_costs_record_is_what_the_script_computes(tmp_path):
     """docs/reproduction/write_verify/costs.csv (REPRODUCTION §4f's operation counts) is regenerated exactly by its
     script, and the counts are the hand computation: 5 % of VGG-8 x0.25's 808,080 weights on 4 devices each, times

@@ -142,7 +142,8 @@ def fig_gaps(F: Figures, model: str, dataset: str, gaps: Sequence[dict]) -> bool
             err = [[r["mean"] - r["ci95"][0] for r in pts], [r["ci95"][1] - r["mean"] for r in pts]]
             ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, color=f"C{k % 10}",
                         ls="-" if width == 1.0 else ("--" if width >= 0.5 else ":"),
-                        label=f"{a} − {b}, width {fmt_param(width)}" + (f", {rest}" if rest else ""))
+                        label=f"{a} − {b}, width {fmt_param(width)}" + (f", {rest}" if rest else "")
+                        + f" ({_seeds_note(pts)})")
         ax.axhline(0.0, color="black", lw=0.8)
         for k, (a, b, value) in enumerate(_paper_gaps(model, dataset, sigma, [r for r in rows if r["sigma"] == sigma])):
             ax.axhline(value, color="dimgray", lw=1.0, ls=(0, (6, 3 + 2 * k)),
@@ -159,6 +160,12 @@ def fig_gaps(F: Figures, model: str, dataset: str, gaps: Sequence[dict]) -> bool
     F.save(fig, figure_name("budget_gaps", model, dataset), f"{model} / {dataset}: the gaps between methods against the "
            "training budget (paired by seed, 95% CI)")
     return True
+
+
+def _seeds_note(pts: list[dict]) -> str:
+    """How many paired seeds stand behind a line of the gap figure: "3 seeds" or "2–3 seeds"."""
+    ns = sorted({r["n"] for r in pts})
+    return f"{ns[0]} seeds" if len(ns) == 1 else f"{ns[0]}–{ns[-1]} seeds"
 
 
 def _paper_gaps(model: str, dataset: str, sigma: float, rows: Sequence[dict]) -> list[tuple[str, str, float]]:

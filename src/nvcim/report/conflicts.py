@@ -2,6 +2,7 @@
 
     model_conflicts(records)        two different checkpoints counted as one arm's model of one seed (one is left
                                     out), or two evaluations of one model (one is shown)
+    verify_conflicts(records)       write-verify files of one curve and seed holding different checkpoints
     split_device_models(records)    one device-model name over different devices: split into arms "NAME: fields"
     data_file_conflicts(records)    models of one npz: data set trained on different versions of its file
     plugin_code_conflicts(records)  an arm whose models were built by different versions of the plugins' code
@@ -16,7 +17,7 @@ from typing import Mapping, Sequence
 from nvcim.report.common import fmt_param, group_key, sigma_key, sigma_specific
 
 
-def _same_model(a: Mapping, b: Mapping) -> bool:
+def same_model(a: Mapping, b: Mapping) -> bool:
     """Whether two records are of one trained model: the same checkpoint path and, where both files record it, the
     same checkpoint config (results kept without weights all name cells/<id>/checkpoint, found nowhere: the paths
     alone called two sweeps' models one)."""
@@ -49,7 +50,7 @@ def model_conflicts(records: Sequence[dict]) -> list[str]:
         train = "point" if in_point else sigma_key(r["train_sigma"])
         key = (*group_key(r), r["label"], train, sigma_key(r["test_sigma"]), str(r["seed"]))
         first = seen.setdefault(key, r)
-        if first is not r and not _same_model(first, r):
+        if first is not r and not same_model(first, r):
             msgs.append(f"{first['file']} and {r['file']} hold different checkpoints of the same arm "
                         f"({r['label']}, σ_d {fmt_param(r['test_sigma'])}, seed {r['seed']}): the report keeps "
                         "one model per seed (most chips, then the last file); report them separately")
@@ -59,6 +60,25 @@ def model_conflicts(records: Sequence[dict]) -> list[str]:
                         "the accuracy tables and figures show one evaluation per model (the one of most chips, then the "
                         "last file); the robustness curves show each file's own")
     return msgs
+
+
+def verify_conflicts(verify_records: Sequence[dict]) -> list[str]:
+    """Messages for write-verify files of one curve and seed that hold different checkpoints: the curve keeps one
+    model per seed (the one of the most fractions; points.verify_curves), so the other is left out. Files of one
+    model are merged (fractions run in two commands) and need no message."""
+    first: dict[tuple, dict] = {}
+    msgs = []
+    for r in sorted(verify_records, key=lambda r: r["file"]):
+        if r["seed"] is None:
+            continue
+        key = (*group_key(r), r["label"], sigma_key(r["test_sigma"]), sigma_key(r["train_sigma"]), r["verify_by"],
+               r["residual_sigma"], str(r["seed"]))
+        seen = first.setdefault(key, r)
+        if seen["file"] != r["file"] and not same_model(seen, r):
+            msgs.append(f"{seen['file']} and {r['file']} hold write-verify points of different checkpoints of one seed "
+                        f"({r['label']}, seed {r['seed']}): the curve keeps the one of most fractions; report them "
+                        "separately")
+    return list(dict.fromkeys(msgs))  # (one message per pair of files, not per fraction)
 
 
 def name_unnamed_devices(records: Sequence[dict]) -> None:

@@ -46,6 +46,10 @@ class Figures:
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": FIGURE_MARK})
         png = buf.getvalue()
         path = self.out / "figures" / f"{name}.{self.fmt}"
+        taken = {it["path"] for it in self.items}
+        k = 2
+        while path in taken:  # two groups' names alike once punctuation is replaced ("npz:a/b", "npz:a_b")
+            path, k = self.out / "figures" / f"{name}-{k}.{self.fmt}", k + 1
         if self.fmt == "png":
             data = png
         else:
@@ -62,18 +66,46 @@ class Figures:
         return [atomic_write_bytes(it["path"], it["data"]) for it in self.items]
 
 
-def label_colours(labels_methods: Iterable[tuple[str, str]]) -> dict[str, Any]:
+class LabelColours(dict):
+    """{label: colour}, and `marker(label)`: the colours cycle after 12 arms, so each round of the cycle draws
+    its own marker (and line style): no two arms look alike (a device-type report has 20)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rounds: dict[str, int] = {}
+
+    def marker(self, label: str) -> str:
+        return _MARKERS[self.rounds.get(label, 0) % len(_MARKERS)]
+
+    def line(self, label: str) -> str:
+        return _LINES[self.rounds.get(label, 0) % len(_LINES)]
+
+
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+_LINES = ("-", "--", "-.", ":")
+
+
+def label_colours(labels_methods: Iterable[tuple[str, str]]) -> LabelColours:
     fixed = {"vanilla": "tab:gray", "noise injection": "tab:blue", "OVF": "tab:red"}
     cycle = ["tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan",
              "navy", "darkgreen", "maroon", "gold", "black"]
-    out, i = {}, 0
+    out, i = LabelColours(), 0
     for label, method in sorted(set(labels_methods), key=lambda lm: label_sort_key(lm[0], lm[1])):
         if label in fixed:
             out[label] = fixed[label]
         else:
             out[label] = cycle[i % len(cycle)]
+            out.rounds[label] = 1 + i // len(cycle) if i >= len(cycle) else 0
             i += 1
     return out
+
+
+def _marker(colours, label: str) -> str:
+    return colours.marker(label) if isinstance(colours, LabelColours) else "o"
+
+
+def _line(colours, label: str) -> str:
+    return colours.line(label) if isinstance(colours, LabelColours) else "-"
 
 
 def fig_accuracy(F: Figures, gkey, gpts, colours):
@@ -92,8 +124,8 @@ def fig_accuracy(F: Figures, gkey, gpts, colours):
         # CI bounds clipped to the possible range [0, 100] (a 2-seed t interval can be very wide)
         lo = [p["mean"] - max(0.0, p["ci95"][0]) if p["ci95"][0] is not None else 0.0 for p in pts]
         hi = [min(100.0, p["ci95"][1]) - p["mean"] if p["ci95"][1] is not None else 0.0 for p in pts]
-        ax.errorbar(x, y, yerr=[lo, hi], marker="o", ms=4, capsize=3, color=colours[label],
-                    label=f"{label} ({runs_note(pts)})")
+        ax.errorbar(x, y, yerr=[lo, hi], marker=_marker(colours, label), ms=4, capsize=3, color=colours[label],
+                    ls=_line(colours, label), label=f"{label} ({runs_note(pts)})")
         if method in paper_done or not all(p["paper_arm"] for p in pts):  # the paper's curve: beside its own arm
             continue
         rows = [r for r in reference.paper_curves() if r["quantity"] == "accuracy" and r["method"] == method
@@ -124,7 +156,8 @@ def fig_ekl(F: Figures, gkey, gpts, colours) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, _ in ordered_labels(pts):
         lp = [p for p in pts if p["label"] == label]
-        ax.plot([p["sigma"] for p in lp], [p["ekl"] for p in lp], marker="o", ms=4, color=colours[label],
+        ax.plot([p["sigma"] for p in lp], [p["ekl"] for p in lp], marker=_marker(colours, label), ms=4,
+                ls=_line(colours, label), color=colours[label],
                 label=f"{label} ({runs_note(lp)})")
     ax.set_yscale("log")
     ax.set_xlabel("device variation σ_d")
@@ -220,7 +253,7 @@ def fig_write_verify(F: Figures, gkey, vcurves, colours) -> None:
             colour = colours.get(c["label"], "k")
             ls = {"sensitivity": "-", "magnitude": "--", "random": ":"}.get(c["by"], "-.")
             ax.plot(x, [p["mean"] for p in c["points"]], marker="o", ms=3, ls=ls, color=colour,
-                    label=f"{c['label']}, by {c['by']} ({c['n_models']} models)")
+                    label=f"{c['label']}, by {c['by']} ({c['n_models']} models × {c.get('runs', '?')} chips)")
             if c["n_models"] > 1:
                 ax.fill_between(x, [p["lo"] for p in c["points"]], [p["hi"] for p in c["points"]], color=colour,
                                 alpha=0.12)
@@ -250,8 +283,9 @@ def fig_robustness(F: Figures, gkey, gcurves, colours) -> bool:
         colour = colours.get(c["label"], cyc[i % len(cyc)]) if distinct else cyc[i % len(cyc)]
         ls = ["-", "--", "-.", ":"][i % 4]
         runs = sorted({r["runs"] for r in recs})
+        shown = str(runs[0]) if len(runs) == 1 else f"{runs[0]}–{runs[-1]}"
         ax.plot(x, y, marker="o", ms=3, ls=ls, color=colour,
-                label=f"{c['name']} ({runs[0]} runs)" if i < 15 else None)
+                label=f"{c['name']} ({shown} runs)" if i < 15 else None)
         lo = [r["ci95"][0] if r["ci95"][0] is not None else r["mean"] for r in recs]
         hi = [r["ci95"][1] if r["ci95"][1] is not None else r["mean"] for r in recs]
         ax.fill_between(x, lo, hi, color=colour, alpha=0.15)
@@ -262,5 +296,6 @@ def fig_robustness(F: Figures, gkey, gcurves, colours) -> bool:
     ax.set_title(f"{group_title(gkey)}: robustness curves (accuracy vs test σ, 95% MC CI)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    F.save(fig, figure_name("robustness", *gkey), f"{group_title(gkey)}: robustness curves of single checkpoints")
+    more = f" ({len(gcurves) - 15} more curves than the legend names: see the table)" if len(gcurves) > 15 else ""
+    F.save(fig, figure_name("robustness", *gkey), f"{group_title(gkey)}: robustness curves of single checkpoints{more}")
     return True

@@ -40,6 +40,18 @@ class Marks:
         return ("Marks: " + "; ".join(parts) + ".") if parts else ""
 
 
+def flags(mean, num_classes, nonfinite_runs) -> str:
+    """A CSV's flags column: "*" below chance, "!" chips with non-finite logits, "* !" both, "" neither."""
+    return " ".join(([BELOW_CHANCE_MARK] if below_chance(mean, num_classes) else [])
+                    + ([NONFINITE_MARK] if nonfinite_runs else []))
+
+
+def merge_flags(*flag_texts: str) -> str:
+    """The union of flags columns ("*", "!"), in that order: a paired difference has those of the seeds it pairs."""
+    seen = {m for t in flag_texts for m in t.split()}
+    return " ".join(m for m in (BELOW_CHANCE_MARK, NONFINITE_MARK) if m in seen)
+
+
 def _where(r: Mapping) -> str:
     seed = f", seed {r['seed']}" if r.get("seed") is not None else ""
     return f"{r['model']} / {r['dataset']} {r['label']} at σ_d {r['test_sigma']:g}{seed}"

@@ -9,8 +9,10 @@ statistics ("bn_recalibration" in the file) " (BN per chip)" or " (BN: clean)", 
 images ("adc_calibration" in the file) " (ADC ranges from train images)", layers kept digital
 (`--digital-layers`, the evaluation's or the checkpoint's) " (digital: features.0, classifier)", another split than test
 (`nvcim eval --split val`) " (val split)", unquantized chips (`--no-quantize`) " (unquantized)", other bits than
-the paper's " (M=4 K=1)", and, where one (model, width, dataset) was scored on several numbers of test images
-(`--limit`), each count " (200 test images)". A sweep
+the paper's " (M=4 K=1)", a model trained on other data than evaluated " (trained on mnist5k)", and, where one
+(model, width, dataset) was scored on several numbers of test images (`--limit`), each count " (200 test images)"
+(likewise other test images of one count " (test images 1a2b3c4d)", another read batch under read noise " (read
+batch 64)", other BatchNorm calibration images " (BN on 20 train images)"). A sweep
 cell of a device-model axis ("device_model" in its cell) is an arm per device model: " [rram4]" (the name as
 the spec gives it) before those; results without a device model keep their labels. Models of one (model,
 dataset) trained with different recipes (a training-budget study: epochs 3 / 12 / 30; another data split, checkpoint
@@ -150,7 +152,7 @@ def assign_labels(records: list[dict], others: Sequence[dict] = ()) -> None:
     """Set record["label"], ["arm"] and ["recipe_label"] in place (see the module docstring for the rule);
     `others` (write-verify records) take part in finding the recipes that differ and get their recipe_label."""
     _recipe_labels([*records, *others])
-    _mark_test_set_sizes(records)
+    _mark_differing_settings(records)
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         if r.get("label_override"):
@@ -195,6 +197,20 @@ def assign_labels(records: list[dict], others: Sequence[dict] = ()) -> None:
                 if parts:
                     label = f"{label} {', '.join(parts)}"
             _finish(r, label + (trained_on(r) if name_device else ""))
+    _name_methods_of_shared_labels(records)
+
+
+def _name_methods_of_shared_labels(records: Sequence[dict]) -> None:
+    """A label a sweep or file gives (record["label_override"]) that another method's arm of the same (model, width,
+    dataset) has too (two sweeps both calling their arm "baseline", or a cell labelled "OVF" that is not OVF) says
+    its method: one label would show one arm's numbers in both columns."""
+    methods: dict[tuple, set] = {}
+    key = lambda r: (r["model"], r["width"], r["dataset"], r["label"])  # noqa: E731
+    for r in records:
+        methods.setdefault(key(r), set()).add(r["method"])
+    for r in records:
+        if r.get("label_override") and len(methods[key(r)]) > 1:
+            _finish(r, f"{r['label_override']} ({base_label(r['method'], r['method_params'])})")
 
 
 def trained_on(r: Mapping) -> str:
@@ -222,25 +238,42 @@ def _bits(r: Mapping) -> tuple | None:
     return tuple(bits) if bits and None not in bits else None
 
 
-def _mark_test_set_sizes(records: list[dict]) -> None:
-    """Where the results of one (model, width, dataset, split) were scored on different numbers of test images
-    (`nvcim eval --limit`), each says its count ("test_images"): another test set is another evaluation, an arm
-    of its own, never pooled or paired with the others."""
-    counts: dict[tuple, set] = {}
-    group = lambda r: (r["model"], r["width"], r["dataset"], r.get("split", "test"))  # noqa: E731 (a val split's size)
+# evaluation settings that make another experiment where the results of one (model, width, dataset, split) hold
+# several values (None: not recorded, alike with any): (record field, part name, how the label says it, finer group)
+_DIFFERING = (
+    ("n_samples", "images", "{} test images", ()),  # `nvcim eval --limit`
+    ("images_sha256", "test_set", "test images {:.8}", ("n_samples",)),  # other images of the same count
+    ("read_batch", "read_batch", "read batch {}", ()),  # under read noise, the images that share one read
+    ("bn_data", "bn_data", "BN on {}", ()),  # the images BatchNorm statistics were recalibrated on
+)
+
+
+def _mark_differing_settings(records: list[dict]) -> None:
+    """Where the results of one (model, width, dataset, split) differ in an evaluation setting of `_DIFFERING` (a
+    test-set size, other test images, another read batch, another BatchNorm calibration set), each says its value
+    (record["differing"]: {part: text}): another evaluation is an arm of its own, never pooled or paired with the
+    others (the report reads what `nvcim.evaluate.adaptive.paired_difference` refuses to pair)."""
     for r in records:
-        counts.setdefault(group(r), set()).add(r.get("n_samples"))
-    for r in records:
-        if len(counts[group(r)]) > 1 and r.get("n_samples") is not None:
-            r["test_images"] = r["n_samples"]
+        r["differing"] = {}
+    for field, part, text, finer in _DIFFERING:
+        values: dict[tuple, set] = {}
+        group = lambda r: (r["model"], r["width"], r["dataset"], r.get("split", "test"),  # noqa: E731
+                           *(r.get(f) for f in finer))
+        for r in records:
+            if r.get(field) is not None:
+                values.setdefault(group(r), set()).add(r[field])
+        for r in records:
+            if r.get(field) is not None and len(values[group(r)]) > 1:
+                r["differing"][part] = text.format(r[field])
 
 
 def evaluation_parts(r: Mapping) -> dict[str, str]:
     """How a result was evaluated off the standard setting, one entry per aspect (empty: standard): the sweep's
     device model, recalibrated BatchNorm statistics, calibrated ADC ranges' images, layers kept digital, the
-    split, unquantized chips, other bits than the paper's M = 8, K = 2 (a device model's name says its own), the
-    number of test images where a report holds several. Two arms differ in as many aspects as these entries
-    differ in."""
+    split, unquantized chips, other bits than the paper's M = 8, K = 2 (a device model's name says its own), other
+    training data than the data evaluated, and where a report holds several: the number of test images, the test
+    images themselves, the read batch, the BatchNorm calibration images. Two arms differ in as many aspects as these
+    entries differ in."""
     parts = {}
     if r.get("device_model"):
         parts["device"] = str(r["device_model"])
@@ -257,8 +290,9 @@ def evaluation_parts(r: Mapping) -> dict[str, str]:
         parts["split"] = f"{r['split']} split"
     if r.get("quantized") is False:
         parts["quantized"] = "unquantized"
-    if r.get("test_images") is not None:
-        parts["images"] = f"{r['test_images']} test images"
+    if r.get("train_dataset") and r["train_dataset"] != r.get("dataset"):  # trained on other data than evaluated
+        parts["train_data"] = f"trained on {r['train_dataset']}"
+    parts.update(r.get("differing") or {})
     return parts
 
 
@@ -277,4 +311,5 @@ def is_standard_evaluation(r: Mapping) -> bool:
     trained and tested on its i.i.d. Gaussian device of M = 8, K = 2 bits (a device model, chip effect or other
     bits is another experiment)."""
     return (not r.get("bn_recalibration") and r.get("split", "test") == "test" and r.get("quantized") is not False
+            and (not r.get("train_dataset") or r["train_dataset"] == r.get("dataset"))
             and r.get("gaussian_device", True) and not r.get("digital_layers") and _bits(r) in (None, PAPER_BITS))

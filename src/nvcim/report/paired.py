@@ -6,7 +6,7 @@ than either arm over seeds. For each pair of arms at one σ_d, over the seeds bo
 
     d_s = mean_A(s) − mean_B(s)                     (A: the arm later in the report's order, e.g. OVF − NI)
     mean difference  d̄ = Σ d_s / n,   s_d = std(d_s, ddof=1)
-    95 % CI          d̄ ± t_{0.975, n−1} · s_d / √n          (Student t over seeds)
+    95 % CI          d̄ ± t_{0.975, n−1} · s_d / √n          (Student t over seeds; clipped to [−100, 100])
     paired t-test    t = d̄ / (s_d / √n),  p = 2 · P(T_{n−1} ≥ |t|)   (two-sided)
 
     rows = paired_comparisons(points)       # points: `matched_points`; pairs with ≥ 2 shared seeds that differ
@@ -27,9 +27,10 @@ from typing import Sequence
 
 from nvcim.evaluate import t_cdf, t_quantile
 from nvcim.report.common import fmt_num, label_sort_key
+from nvcim.report.flags import merge_flags
 
 PAIRED_COLUMNS = ("model", "width", "dataset", "sigma", "arm_a", "arm_b", "method_a", "method_b", "n_paired", "seeds",
-                  "mean_diff", "ci95_lo", "ci95_hi", "std_diff", "t", "p_paired_t", "n_positive")
+                  "mean_diff", "ci95_lo", "ci95_hi", "std_diff", "t", "p_paired_t", "n_positive", "flags")
 
 
 NO_SPREAD = 1e-9  # per-seed differences whose std is below this (relative to max(1, |mean|)) are equal ones
@@ -108,12 +109,16 @@ def paired_comparisons(points: Sequence[dict]) -> list[dict]:
                 continue
             diffs = [ma[s] - mb[s] for s in shared]
             st = paired_t(diffs)
+            fa, fb = (dict(zip(map(str, p["seeds"]), p.get("seed_flags") or [""] * len(p["seeds"]))) for p in (a, b))
+            st["ci95"] = tuple(min(100.0, max(-100.0, c)) for c in st["ci95"])  # (a difference of accuracies)
             rows.append({"model": model, "width": width, "dataset": dataset, "sigma": sigma,
                          "arm_a": a["label"], "arm_b": b["label"], "method_a": a["method"], "method_b": b["method"],
                          "base_a": a.get("arm", a["label"]), "base_b": b.get("arm", b["label"]),
                          "recipe_a": recipes[0], "recipe_b": recipes[1],
                          "epochs": a.get("recipe", {}).get("epochs"),
-                         "seeds": shared, "diffs": diffs, "n_positive": sum(x > 0 for x in diffs), **st})
+                         "seeds": shared, "diffs": diffs, "n_positive": sum(x > 0 for x in diffs), **st,
+                         # a difference driven by a seed below chance or with non-finite logits is marked as it is
+                         "flags": merge_flags(*(fa.get(s, "") for s in shared), *(fb.get(s, "") for s in shared))})
     rows.sort(key=lambda r: ((r["model"], str(r["width"]), r["dataset"]), r["sigma"],
                              label_sort_key(r["arm_a"], r["method_a"]), label_sort_key(r["arm_b"], r["method_b"])))
     return rows
@@ -136,4 +141,4 @@ def csv_row(row: dict) -> list:
     """The PAIRED_COLUMNS values of one `paired_comparisons` row."""
     return [row["model"], row["width"], row["dataset"], row["sigma"], row["arm_a"], row["arm_b"], row["method_a"],
             row["method_b"], row["n"], " ".join(row["seeds"]), row["mean"], row["ci95"][0], row["ci95"][1],
-            row["std"], row["t"], row["p"], row["n_positive"]]
+            row["std"], row["t"], row["p"], row["n_positive"], row.get("flags", "")]

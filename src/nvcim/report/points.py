@@ -24,16 +24,17 @@ from nvcim.evaluate import convergence_summary, t_quantile
 from nvcim.evaluate.stats import accuracy_ci, percentile_estimable as _estimable
 from nvcim.report.common import (CONVERGENCE_THRESHOLD, fmt_param, fmt_sigma, group_key, label_sort_key, num, sigma_key,
                                  sigma_specific)
+from nvcim.report.conflicts import same_model
+from nvcim.report.flags import flags
 from nvcim.report.labels import is_standard_evaluation
 
-_SIGMA_TOL = 1e-9
 RANKING_ORDER = {"sensitivity": 0, "magnitude": 1, "random": 2}
 
 
 def off_training_sigma(r: Mapping) -> bool:
     """Whether a record's model belongs to its training σ (sigma_specific) and was tested at another σ (or its
     training σ is unknown): not a matched-σ point of the paper's Fig. 3."""
-    return sigma_specific(r) and (r["train_sigma"] is None or abs(r["train_sigma"] - r["test_sigma"]) > _SIGMA_TOL)
+    return sigma_specific(r) and (r["train_sigma"] is None or sigma_key(r["train_sigma"]) != sigma_key(r["test_sigma"]))
 
 
 PAPER_EPOCHS = 200  # the paper's training budget (SPEC §5, reference training recipe), at width 1
@@ -179,6 +180,8 @@ def matched_points(records: Sequence[dict], failures: Sequence[dict] = ()) -> li
                 "runs_min": runs[0], "mean": mean, "ci95": ci, "ci_over": ci_over, "std_over_seeds": sd,
                 "seed_means": means, "seed_ekls": [r["ekl"] for r in models],
                 "seed_cleans": [r["clean_accuracy"] for r in models], "ekl": float(np.mean(ekls)) if ekls else None,
+                # each model's implausible values ("*" below chance, "!" non-finite logits; nvcim.report.flags)
+                "seed_flags": [flags(r["mean"], r.get("num_classes"), r.get("nonfinite_runs")) for r in models],
                 "clean_accuracy": float(np.mean(cleans)) if cleans else None,
                 **_pooled_stats(models),
                 "convergence": conv,
@@ -210,17 +213,7 @@ def verify_curves(verify_records: Sequence[dict]) -> list[dict]:
         buckets.setdefault(key, []).append(r)
     curves = []
     for (model, width, dataset, label, method, sigma, train_sigma, by, residual), recs in buckets.items():
-        by_file: dict[str, list[dict]] = {}
-        for r in recs:
-            by_file.setdefault(r["file"], []).append(r)
-        # one file per model (seed, or checkpoint): the one with the most points, then the last by name
-        best: dict[Any, str] = {}
-        for f in sorted(by_file):
-            r0 = by_file[f][0]
-            ident = r0["seed"] if r0["seed"] is not None else (r0["checkpoint_path"] or f)
-            if ident not in best or len(by_file[f]) >= len(by_file[best[ident]]):
-                best[ident] = f
-        by_file = {best[k]: by_file[best[k]] for k in best}
+        by_file = _verify_points_per_model(recs)  # {a file of the model: its points, one per fraction}
         recs = [r for f in by_file for r in by_file[f]]
         if sigma_specific(recs[0]) and train_sigma is not None and train_sigma != sigma:
             label = f"{label} (trained at σ {fmt_param(train_sigma)})"
@@ -245,12 +238,39 @@ def verify_curves(verify_records: Sequence[dict]) -> list[dict]:
                              "verified_devices": num(r["verified_devices"])}
                             for r in sorted(by_file[f], key=lambda r: r["verify_fraction"])]}
                   for f in sorted(by_file, key=lambda f: _natural(str(by_file[f][0]["seed"])))]
+        runs = sorted({r["runs"] for r in recs})
         curves.append({"group": (model, width, dataset), "label": label, "method": method, "sigma": sigma, "by": by,
                        "residual_sigma": residual, "n_models": len(by_file), "points": points, "reach": reach,
+                       "runs": str(runs[0]) if len(runs) == 1 else f"{runs[0]}–{runs[-1]}",  # chips per model
                        "stat": recs[0]["verify_stat"], "models": models})
     curves.sort(key=lambda c: (c["group"][0], str(c["group"][1]), c["group"][2], c["sigma"],
                                label_sort_key(c["label"], c["method"]), RANKING_ORDER.get(c["by"], 9)))
     return curves
+
+
+def _verify_points_per_model(recs: list[dict]) -> dict[str, list[dict]]:
+    """{the first file of a model: its write-verify points}, one model per seed (or checkpoint when the seed is
+    unknown): the points of every file of that model (fractions run in two commands), one per fraction (the most
+    chips, then the last file). Where files of one seed hold different checkpoints, the model of the most fractions
+    is kept (conflicts.verify_conflicts says so)."""
+    files: dict[str, list[dict]] = {}
+    for r in sorted(recs, key=lambda r: r["file"]):
+        files.setdefault(r["file"], []).append(r)
+    by_ident: dict[Any, list[list[dict]]] = {}  # seed -> [[records of the files of one model], ...]
+    for f, rows in files.items():
+        ident = rows[0]["seed"] if rows[0]["seed"] is not None else (rows[0]["checkpoint_path"] or f)
+        models = by_ident.setdefault(ident, [])
+        same = next((m for m in models if same_model(m[0], rows[0])), None)
+        same.extend(rows) if same is not None else models.append(list(rows))
+    out = {}
+    for models in by_ident.values():
+        rows = max(reversed(models), key=lambda m: len({r["verify_fraction"] for r in m}))  # ties: the last file's
+        best: dict[float, dict] = {}
+        for r in rows:  # (in file order: a later file of as many chips wins)
+            if r["verify_fraction"] not in best or r["runs"] >= best[r["verify_fraction"]]["runs"]:
+                best[r["verify_fraction"]] = r
+        out[rows[0]["file"]] = [best[fr] for fr in sorted(best)]
+    return out
 
 
 def robustness_curves(records: Sequence[dict]) -> list[dict]:

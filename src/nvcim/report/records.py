@@ -30,7 +30,7 @@ from nvcim.evaluate import t_quantile
 from nvcim.evaluate.files import (KINDS, DeviceMatrixFile, EvaluationFile, FailedCellFile, WriteVerifyFile,
                                   parse_result)
 from nvcim.report.common import method_traits, num, sigma_specific
-from nvcim.report.conflicts import (data_file_conflicts, evaluated_under_other_code, model_conflicts,
+from nvcim.report.conflicts import (data_file_conflicts, evaluated_under_other_code, model_conflicts, verify_conflicts,
                                     name_unnamed_devices, plugin_code_conflicts, split_device_models)
 from nvcim.report.labels import (RECIPE_KEYS, assign_labels, base_label, device_description, evaluation_suffix,
                                  recipe_suffix, trained_on, training_devices_differ)
@@ -161,8 +161,10 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
     if label_override == method:  # a sweep labels plain arms with the method name: keep the readable default
         label_override = None
     seed = ck.get("seed")
-    recal = rec.bn_recalibration
-    recal = str(recal.get("weights") or "?") if isinstance(recal, dict) else None  # "clean" | "each chip" | None
+    bn = rec.bn_recalibration if isinstance(rec.bn_recalibration, dict) else None
+    recal = str(bn.get("weights") or "?") if bn else None  # "clean" | "each chip" | None
+    bn_data = (f"{bn['images']} {bn.get('split') or ''} images".replace("  ", " ")
+               if bn and num(bn.get("images")) is not None else None)  # (not recorded: alike with any)
     ck_path = _locate_checkpoint(rec.checkpoint, path)
     split = rec.split  # `nvcim eval --split val` results are not test results
     adc_cal = rec.adc_calibration if isinstance(rec.adc_calibration, dict) else {}
@@ -194,6 +196,9 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                 "model": str(model or "unknown"),
                 "width": width,
                 "dataset": str(dataset or "unknown"),
+                # the data set the model was trained on (`nvcim eval --dataset` may evaluate it on another)
+                "train_dataset": (str(data_cfg["name"]) if isinstance(data_cfg, dict) and data_cfg.get("name")
+                                  else data_cfg if isinstance(data_cfg, str) else None),
                 # an npz: data set's file (sha256) the model was trained on, when it is the data set evaluated
                 "data_file": _data_sha256(data_cfg) if isinstance(data_cfg, dict) and data_cfg.get("name") == dataset
                 else None,
@@ -231,6 +236,9 @@ def _records_from_file(rec: EvaluationFile | WriteVerifyFile, path: Path, result
                 # a failed seed, as a sweep's diverged cell is (matched_points), never averaged in
                 "diverged": isinstance(ck.get("metrics"), dict) and ck["metrics"].get("status") == "diverged",
                 "bn_recalibration": recal,
+                "bn_data": bn_data,  # "3600 train images": what the statistics were recalibrated on
+                "images_sha256": r.get("images_sha256"),  # which test images (a set) and, under read noise, how many
+                "read_batch": r.get("read_batch"),  # shared one read: results differing in either are not paired
                 "adc_calibration": adc_source,
                 "digital_layers": digital,
                 "split": split,
@@ -372,7 +380,8 @@ def scan_results(path, skip_bad: bool = False, warn=None) -> ResultSet:
     device_msgs = split_device_models(rs.records + rs.verify_records)
     assign_labels(rs.records, rs.verify_records)
     _label_verify_records(rs.verify_records, rs.records)
-    for msg in device_msgs + model_conflicts(rs.records) + data_file_conflicts(rs.records) + \
+    for msg in device_msgs + model_conflicts(rs.records) + verify_conflicts(rs.verify_records) + \
+            data_file_conflicts(rs.records) + \
             plugin_code_conflicts(rs.records) + evaluated_under_other_code(rs.records):
         warn(msg)
         rs.notes.append(msg)

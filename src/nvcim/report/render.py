@@ -21,12 +21,12 @@ from nvcim import __version__
 from nvcim.report import budget
 from nvcim.io.files import atomic_write_bytes
 from nvcim.report.common import group_title
-from nvcim.report.flags import diverged_warning, implausible_warning
+from nvcim.report.flags import diverged_warning, flags, implausible_warning
 from nvcim.report.figures import (Figures, fig_accuracy, fig_convergence, fig_distribution, fig_ekl, fig_robustness,
                                   fig_write_verify, label_colours)
 from nvcim.report.matrix import (fig_matrix, matrix_arm_means, matrix_arms_csv, matrix_arms_table, matrix_paired,
                                  matrix_paired_csv, matrix_paired_table, matrix_table)
-from nvcim.report.owned import check_own
+from nvcim.report.owned import check_folder, check_own, stale_outputs
 from nvcim.report.paired import PAIRED_COLUMNS, csv_row, paired_comparisons
 from nvcim.report.points import matched_points, robustness_curves, verify_curves
 from nvcim.report.records import ResultSet, device_models_table
@@ -73,10 +73,11 @@ figure{margin:1em 0}img{max-width:100%}figcaption{font-size:0.85em;color:#444}""
 
 SUMMARY_COLUMNS = ("model", "width", "dataset", "method", "label", "sigma", "n_seeds", "seeds", "runs", "mean",
                    "ci95_lo", "ci95_hi", "ci_over", "std_over_seeds", "ekl", "p1", "p5", "p10", "min", "n_chips",
-                   "n_non_converged", "failed_seeds", "paper", "measured_minus_paper", "paper_note")
+                   "n_non_converged", "failed_seeds", "paper", "measured_minus_paper", "paper_note", "flags")
 
 
-SEED_COLUMNS = ("model", "width", "dataset", "method", "label", "sigma", "seed", "mean", "ekl", "clean_accuracy")
+SEED_COLUMNS = ("model", "width", "dataset", "method", "label", "sigma", "seed", "mean", "ekl", "clean_accuracy",
+                "flags")  # flags: "*" below chance, "!" chips with non-finite logits (nvcim.report.flags)
 
 
 def _c(v):
@@ -98,9 +99,11 @@ def _csv(header, rows) -> bytes:
 
 def _seeds_csv(points: list[dict]) -> bytes:
     """One row per model of a point: its seed, Monte Carlo mean, EKL and clean accuracy."""
-    return _csv(SEED_COLUMNS, [[p["model"], p["width"], p["dataset"], p["method"], p["label"], p["sigma"], s, m, e, cl]
+    return _csv(SEED_COLUMNS, [[p["model"], p["width"], p["dataset"], p["method"], p["label"], p["sigma"], s, m, e, cl,
+                                fl]
                                for p in points
-                               for s, m, e, cl in zip(p["seeds"], p["seed_means"], p["seed_ekls"], p["seed_cleans"])])
+                               for s, m, e, cl, fl in zip(p["seeds"], p["seed_means"], p["seed_ekls"], p["seed_cleans"],
+                                                          p["seed_flags"])])
 
 
 VERIFY_COLUMNS = ("model", "width", "dataset", "method", "label", "sigma", "ranking", "residual_sigma", "seed",
@@ -133,7 +136,8 @@ def _summary_csv(points: list[dict]) -> bytes:
             p["model"], p["width"], p["dataset"], p["method"], p["label"], p["sigma"], p["n_seeds"],
             " ".join(str(s) for s in p["seeds"]), p["runs"], p["mean"], p["ci95"][0], p["ci95"][1], p["ci_over"],
             p["std_over_seeds"], p["ekl"], p["p1"], p["p5"], p["p10"], p["min"], p["n_chips"],
-            conv["n_non_converged"] if conv else None, " ".join(p["failed_seeds"]), p["paper"], p["paper_diff"], p["paper_note"])])
+            conv["n_non_converged"] if conv else None, " ".join(p["failed_seeds"]), p["paper"], p["paper_diff"], p["paper_note"],
+            flags(p["mean"], p.get("num_classes"), p.get("nonfinite_runs")))])
     return buf.getvalue().encode("utf-8")
 
 
@@ -153,7 +157,8 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None,
     """Write figures (out/figures/*.fmt), report.md, report.html, summary.csv, seeds.csv and paired.csv (and
     write_verify.csv with write-verify results, their cost under `cycle`, default CycleModel()); return the
     paths written. An existing file is replaced only when nvcim report wrote it (`nvcim.report.owned`): else a
-    one-line ValueError, before anything is written (figures included: they are rendered, then written)."""
+    one-line ValueError, before anything is written (figures included: they are rendered, then written). The files
+    an earlier report wrote there that this one does not (a group no longer in the results) are removed after."""
     cycle = cycle or CycleModel()
     if fmt not in FIGURE_FORMATS:
         raise ValueError(f"figure format {fmt!r} is not supported: use one of {list(FIGURE_FORMATS)}")
@@ -164,6 +169,7 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None,
     points = matched_points(rs.records, rs.failures)
     budget_study = budget.is_budget_study(points)
     names += ["budget.csv"] if budget_study else []
+    check_folder(out), check_folder(out / "figures")
     for name in names:  # before anything is written: a file of the user's is refused, never overwritten
         check_own(out / name)
     paired = paired_comparisons(points)
@@ -298,5 +304,7 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None,
     if rs.matrices:
         written.append(atomic_write_bytes(out / "device_matrix_arms.csv", matrix_arms_csv(marms)))
         written.append(atomic_write_bytes(out / "device_matrix_paired.csv", matrix_paired_csv(mpaired)))
+    for path in stale_outputs(out, written):  # an earlier report's files this one no longer writes: stale numbers
+        path.unlink(missing_ok=True)
     return written
 

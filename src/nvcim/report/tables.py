@@ -13,6 +13,7 @@ from nvcim import reference
 from nvcim.methods import search_symbol, searched_param
 from nvcim.report.common import (CONVERGENCE_THRESHOLD, method_order, fmt_num, fmt_param, fmt_sigma,
                                  group_title, label_sort_key, num, sigma_key)
+from nvcim.evaluate.results import BELOW_CHANCE_MARK, NONFINITE_MARK
 from nvcim.report.flags import Marks
 from nvcim.report.paired import reading
 from nvcim.report.points import ordered_labels, runs_note
@@ -172,7 +173,7 @@ def beta_table(gkey, grecs: list[dict], param: str = "beta") -> Table | None:
     for r in grecs:
         if (r["beta_search"] and sigma_key(r["test_sigma"]) == sigma_key(r["train_sigma"])
                 and searched_param(r["method"]) == param):
-            cells.setdefault(r["cell_id"] or r["file"], r)
+            cells.setdefault(r["file"], r)  # (by file: sweeps of other budgets share their cells' ids)
     if not cells:
         return None
     sym = search_symbol(param)
@@ -200,7 +201,7 @@ def beta_table(gkey, grecs: list[dict], param: str = "beta") -> Table | None:
 
 
 def headline_table(gkey, gpts) -> Table | None:
-    rows = []
+    rows, marks = [], Marks()
     for s in sorted({p["sigma"] for p in gpts}):
         o = next((p for p in gpts if p["sigma"] == s and p["label"] == "OVF"), None)
         ni = next((p for p in gpts if p["sigma"] == s and p["label"] == "noise injection"), None)
@@ -208,10 +209,12 @@ def headline_table(gkey, gpts) -> Table | None:
             continue
         d = o["mean"] - ni["mean"]
         pd = (o["paper"] - ni["paper"]) if o["paper"] is not None and ni["paper"] is not None else None
-        rows.append([fmt_sigma(s), f"{d:+.2f}", "" if pd is None else f"{pd:+.2f}"])
+        rows.append([fmt_sigma(s), f"{d:+.2f}" + _point_mark(marks, o) + _point_mark(marks, ni),
+                     "" if pd is None else f"{pd:+.2f}"])
     if not rows:
         return None
-    return Table(f"{group_title(gkey)}: OVF − noise injection (points)", ["σ_d", "measured", "paper"], rows)
+    return Table(f"{group_title(gkey)}: OVF − noise injection (points)", ["σ_d", "measured", "paper"], rows,
+                 legend=marks.legend())
 
 
 def fmt_p(p: float) -> str:
@@ -255,13 +258,25 @@ def paired_table(gkey, rows: list[dict], gpts: list[dict] | None = None) -> Tabl
                               "the arms that share seeds differ in more than one thing (e.g. the method and the device "
                               "model or the training budget), which one difference would confound")
     out = [[fmt_sigma(r["sigma"]), f"{r['arm_a']} − {r['arm_b']}", f"{r['n']} ({', '.join(r['seeds'])})",
-            f"{r['mean']:+.2f}", f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]", fmt_p(r["p"]),
+            f"{r['mean']:+.2f}" + (f" {r['flags']}" if r.get("flags") else ""),
+            f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]", fmt_p(r["p"]),
             f"{r['n_positive']} of {r['n']}", reading(r)] for r in rows]
+    legend = pair_legend(rows)
     return Table(f"{group_title(gkey)}: paired differences by seed (points)", PAIRED_HEADERS, out,
                  "Per seed: A's mean accuracy − B's (models sharing a seed); mean over the shared seeds, 95% CI "
-                 "(Student t, n − 1 df) and the two-sided paired t-test. A CI containing 0 bounds the difference; "
-                 "it does not show that there is none. Pairs with fewer than 2 shared seeds are left out; a seed whose "
-                 "training failed has no accuracy and is in no pair (the accuracy table names it).")
+                 "(Student t, n − 1 df; clipped to ±100) and the two-sided paired t-test. A CI containing 0 bounds the "
+                 "difference; it does not show that there is none. Pairs with fewer than 2 shared seeds are left out; a "
+                 "seed whose training failed has no accuracy and is in no pair (the accuracy table names it).", legend)
+
+
+def pair_legend(rows: list[dict]) -> str:
+    """The marks line under a table of paired differences: which marks its rows carry (from the seeds they pair)."""
+    marks = {m for r in rows for m in (r.get("flags") or "").split()}
+    parts = [f"{BELOW_CHANCE_MARK} a paired seed's mean below chance" if BELOW_CHANCE_MARK in marks else "",
+             f"{NONFINITE_MARK} a paired seed's chips gave non-finite logits (counted as wrong)"
+             if NONFINITE_MARK in marks else ""]
+    parts = [p for p in parts if p]
+    return ("Marks: " + "; ".join(parts) + ": the difference is as implausible as that seed.") if parts else ""
 
 
 def curve_table(gkey, gcurves) -> Table | None:
