@@ -1552,10 +1552,21 @@ def test_the_eta_weighs_cells_by_their_kind(tmp_path, capsys, monkeypatch):
     s0, s1 = expand(search)
     scored = sweep.cell_dir(tmp_path / "srch", s1.id) / "beta" / sweep.fmt_beta(0.1)
     scored.mkdir(parents=True)
-    (scored / sweep.SCORE_FILE).write_text("{}")
+    (scored / sweep.SCORE_FILE).write_text(json.dumps({"beta": 0.1, "val_mean": 50.0, "status": "ok"}))
     half = Eta(tmp_path / "srch", [s0, s1], [])
     half.finished({"id": s0.id, "status": "ok", "wall_time_s": 20.0})  # 10 s a training
     assert half.seconds(20.0) == pytest.approx(10.0)
+    # ... and when the resumed cell finishes first, the run's pace counts only its share of it (the ETA said 4.6×
+    # too little after a resume: a sweep review, session 34): 10 s for its one training left, so s0 takes 20 s
+    first = Eta(tmp_path / "srch", [s0, s1], [])
+    first.finished({"id": s1.id, "status": "ok", "wall_time_s": 10.0})
+    assert first.seconds(10.0) == pytest.approx(20.0)
+    # a training resumed from its state after 3 of 12 epochs: three quarters of a training left
+    st = sweep.cell_dir(tmp_path / "srch", s0.id) / "beta" / sweep.fmt_beta(0.1) / "train_state"
+    st.mkdir(parents=True)
+    (st / "state.json").write_text(json.dumps({"epoch": 3, "epochs": 12}))
+    from nvcim.sweep.eta import done_before
+    assert done_before(tmp_path / "srch", s0) == pytest.approx(0.25) and done_before(tmp_path / "srch", s1) == 1
     # a first cell that failed: no ETA until a cell is timed (its 300 s against weights of 1 said "ETA 5 s": review)
     fresh = Eta(tmp_path / "none", list(cells.values()), [])
     fresh.finished({"id": cells["ovf", 0].id, "status": "failed", "wall_time_s": 300.0})

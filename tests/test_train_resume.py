@@ -117,6 +117,19 @@ def test_damaged_and_foreign_states_are_refused_never_run(tmp_path, monkeypatch)
         def __reduce__(self):
             return (print, ("ran",))
 
+    import zipfile  # a flipped bit in a tensor's bytes: torch.load checks no CRC and resumed it (a sweep review)
+
+    with zipfile.ZipFile(state / TENSORS_FILE) as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    data = bytearray((state / TENSORS_FILE).read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + int.from_bytes(
+        data[info.header_offset + 28:info.header_offset + 30], "little")  # (the local header's extra field length)
+    good = bytes(data)
+    data[start + info.compress_size // 2] ^= 0x01
+    (state / TENSORS_FILE).write_bytes(bytes(data))
+    assert "fails its checksum" in resume_problem(cfg, state, splits)
+    (state / TENSORS_FILE).write_bytes(good)
+    assert resume_problem(cfg, state, splits) is None
     (state / TENSORS_FILE).write_bytes(pickle.dumps(Evil(), protocol=2))
     assert "cannot be loaded" in resume_problem(cfg, state, splits)
     with pytest.raises(TrainStateError, match="cannot be loaded"):
@@ -425,7 +438,9 @@ def test_dry_run_progress_names_scored_candidates_and_saved_epochs(tmp_path):
     d = cell_dir(tmp_path, cell.id)
     assert partial_progress(tmp_path, cell) is None
     (d / "beta" / fmt_beta(1e-2)).mkdir(parents=True)
-    (d / "beta" / fmt_beta(1e-2) / "score.json").write_text("{}")
+    (d / "beta" / fmt_beta(1e-2) / "score.json").write_text("{}")  # not a score (the run scores it again)
+    assert partial_progress(tmp_path, cell) is None
+    (d / "beta" / fmt_beta(1e-2) / "score.json").write_text(json.dumps({"beta": 1e-2, "val_mean": 50.0, "status": "ok"}))
     (d / "beta" / fmt_beta(1e-3) / "train_state").mkdir(parents=True)
     (d / "beta" / fmt_beta(1e-3) / "train_state" / RECORD_FILE).write_text(json.dumps({"epoch": 3, "epochs": 12}))
     torch.save({"x": torch.zeros(2)}, d / "beta" / fmt_beta(1e-3) / "train_state" / "state.pt")

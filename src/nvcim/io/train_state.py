@@ -12,7 +12,8 @@ A directory holding two files:
               "run" (where the epochs ran: device type, amp, CUDA devices, torch threads; RUN_FIELDS)}
   state.pt    the tensors (torch.save): {"model", "task" (a method's own modules, e.g. IRS heads), "optimizer",
               "scheduler", "rng" {"torch", "cuda", "generator"}, "best" (None or the best state dict so far),
-              "initial" (the initial state dict)}; read with torch.load(weights_only=True), so no code runs.
+              "initial" (the initial state dict)}; read with torch.load(weights_only=True), so no code runs,
+              after its archive's CRC-32 checksums are checked (torch.load checks none).
 
 `nvcim.train.train(state_dir=...)` writes and reads it; `nvcim train --out DIR` keeps it beside DIR as
 DIR.train-state, a sweep cell inside the cell's folder (train_state/ next to checkpoint/).
@@ -27,6 +28,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -147,6 +149,18 @@ def state_dir_problem(path) -> str | None:
     return None
 
 
+def _failed_checksum(file: Path) -> str | None:
+    """The first member of torch.save's zip archive whose CRC-32 does not match its data (bit rot, a bad copy), else
+    None (also for a file that is no zip archive: torch.load says what is wrong with it)."""
+    try:
+        with zipfile.ZipFile(file) as z:
+            return z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError):  # (RuntimeError: an encrypted member)
+        return None
+    except Exception as exc:  # noqa: BLE001 (zlib.error: a damaged deflate stream)
+        return f"{type(exc).__name__}"
+
+
 def save_train_state(path, tensors: Mapping[str, Any], record: Mapping[str, Any]) -> Path:
     """Write the state (both files) to directory `path`, replacing the previous one atomically."""
     import nvcim
@@ -204,6 +218,9 @@ def read_train_state(path) -> TrainState:
             raise TrainStateError(f"training state {path}: {RECORD_FILE} {part}.{bad[0]} is missing or of the wrong type")
     if len(rec["loop"]["history"]) != epoch:
         raise TrainStateError(f"training state {path}: {len(rec['loop']['history'])} epochs of history for epoch {epoch}")
+    damaged = _failed_checksum(path / TENSORS_FILE)  # torch.load checks no CRC: a flipped bit would resume
+    if damaged:
+        raise TrainStateError(f"training state {path}: {TENSORS_FILE} fails its checksum ({damaged}): damaged")
     try:  # weights_only: tensors, numbers, strings and containers only; a pickled object is refused, never run
         tensors = torch.load(path / TENSORS_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 (torch raises many types for a damaged or foreign file)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
 import sys
 import time
 import traceback
@@ -38,7 +37,7 @@ from nvcim.methods import search_symbol, searched_param
 from nvcim.sweep.cells import Cell, fmt_beta, is_num
 from nvcim.sweep.schema import TARGET_KEYS
 from nvcim.sweep.files import (FAILED_FILE, RESULT_FILE, SCORE_FILE, TRAIN_STATE_DIR, cell_dir, link_or_copy_dir,
-                               prepare_cell_dir)
+                               prepare_cell_dir, read_score)
 
 _SPLITS_CACHE: dict[tuple, Any] = {}
 _LINES = [False]  # progress lines of running cells on stderr: a sweep that shows progress turns them on
@@ -263,10 +262,13 @@ def _beta_search(cell: Cell, d: Path, splits, dev, notes: list[str]) -> tuple[fl
     for i, beta in enumerate(cell.betas, start=1):
         bd = d / "beta" / fmt_beta(beta)
         score_file = bd / SCORE_FILE
-        done = _read_score(score_file, beta)
+        done = read_score(score_file, beta)
         if done is not None:
             scores.append(done)
             continue
+        if score_file.is_file():  # damaged (not nvcim's atomic write): scored again, and said
+            notes.append(f"cell {cell.id}: {score_file} cannot be read as a score of {symbol}={beta:g}: the candidate "
+                         "is scored again")
         bd.mkdir(parents=True, exist_ok=True)
         tc = cell.train_config(beta)
         model, metrics, secs, before = _train_or_load(tc, bd / "checkpoint", splits, notes, cell.id,
@@ -298,19 +300,6 @@ def _beta_search(cell: Cell, d: Path, splits, dev, notes: list[str]) -> tuple[fl
               "split": "val", "val_runs": cell.eval["val_runs"], "val_seed": cell.eval["val_seed"],
               "sigma": cell.sigma, "candidates": scores}
     return best["beta"], record, train_s, earlier_s
-
-
-def _read_score(path: Path, beta: float) -> dict | None:
-    """A β candidate's score.json, or None when it is absent or unreadable (the candidate is scored again)."""
-    try:
-        rec = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    if not isinstance(rec, dict) or rec.get("beta") != float(beta) or not ("val_mean" in rec and "status" in rec):
-        return None
-    if rec["val_mean"] is not None and not is_num(rec["val_mean"]):
-        return None
-    return rec
 
 
 def run_cell(cell: Cell | Mapping, out_dir, threads: int) -> dict:
@@ -403,8 +392,14 @@ def _run_cell(cell: Cell, out: Path, d: Path, threads: int, t0: float, notes: li
             except CheckpointError:  # damaged: replaced by the chosen candidate's copy below
                 method = None
             have = method.get(searched_param(cell.method)) if isinstance(method, dict) else None
-        if have != beta:
-            link_or_copy_dir(src, ckpt)
+        if have != beta:  # (none yet, damaged, or another candidate's): nvcim's files of it go, a user's file fails
+            if ckpt.exists():  # the cell naming it (_drop_checkpoint)
+                _drop_checkpoint(ckpt)
+            if (src / CONFIG_FILE).is_file() and (src / WEIGHTS_FILE).is_file():
+                link_or_copy_dir(src, ckpt)
+            else:  # removed after an earlier finish (keep_beta_checkpoints = false): the chosen β trains again
+                notes.append(f"cell {cell.id}: the chosen {searched_param(cell.method)}={beta:g}'s checkpoint is gone "
+                             "(keep_beta_checkpoints = false) and the cell's is unusable: training it again")
     model, metrics, secs, before = _train_or_load(tc, ckpt, splits, notes, cell.id)
     train_s += secs + before
     earlier_s += before
@@ -427,9 +422,13 @@ def _run_cell(cell: Cell, out: Path, d: Path, threads: int, t0: float, notes: li
                              wall=time.perf_counter() - t0 + earlier_s, train_s=train_s, eval_s=eval_s, metrics=metrics,
                              bn_recalibration=_calibration_record(cell, splits), adc_calibration=_adc_record(cell, splits))
     write_result_file(d / RESULT_FILE, payload)  # the cell is done from here on
-    if cell.betas and not cell.eval["keep_beta_checkpoints"]:
-        for sub in (d / "beta").glob("*/checkpoint"):
-            shutil.rmtree(sub, ignore_errors=True)
+    if cell.betas and not cell.eval["keep_beta_checkpoints"]:  # the candidates' weights: nvcim's files only
+        for sub in sorted((d / "beta").glob("*/checkpoint")):
+            try:
+                _drop_checkpoint(sub)
+            except ValueError:  # a user's file there: the folder is kept, and said
+                notes.append(f"cell {cell.id}: {sub} was kept (keep_beta_checkpoints = false removed nvcim's files "
+                             "of it): it holds files that are not nvcim's")
     return payload
 
 

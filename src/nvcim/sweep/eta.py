@@ -19,8 +19,9 @@ import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from nvcim.sweep.cells import Cell
-from nvcim.sweep.files import RESULT_FILE, cell_dir, scored_candidates
+from nvcim.io.train_state import RECORD_FILE as TRAIN_STATE_RECORD
+from nvcim.sweep.cells import Cell, fmt_beta
+from nvcim.sweep.files import RESULT_FILE, SCORE_FILE, TRAIN_STATE_DIR, cell_dir, read_score, scored_candidates
 
 
 def kind(cell: Cell) -> tuple:
@@ -49,13 +50,16 @@ class Eta:
             if (wall := recorded_wall(out, c)) is not None:
                 self._add(c, wall)
         self._left = {c.id: c for c in todo}
-        # a resumed β search's candidates scored by an earlier run are not trained again
-        self._scored = {c.id: scored_candidates(out, c) for c in todo if c.betas}
+        # trainings' worth an earlier run did: a resumed β search's scored candidates, a resumed training's epochs
+        self._before = {c.id: done_before(out, c) for c in todo}
+        self._scored = {c.id: scored_candidates(out, c) for c in todo if c.betas}  # (not in a cell's wall time)
         self._finished: list[Cell] = []  # finished by this run, ok
         self._failed_s = 0.0  # seconds the cells that failed in this run took (often far less than their weight)
 
-    def _add(self, cell: Cell, wall: float) -> None:
-        self._per_training.setdefault(kind(cell), []).append(wall / trainings(cell))
+    def _add(self, cell: Cell, wall: float, trained: int | None = None) -> None:
+        """Record `cell`'s seconds per training: its wall time over the trainings it holds (`trained`: default all;
+        a training resumed from its state counts whole, its earlier part being in the wall time)."""
+        self._per_training.setdefault(kind(cell), []).append(wall / max(1, trained or trainings(cell)))
 
     def finished(self, summary: Mapping) -> None:
         cell = self._left.pop(summary["id"], None)
@@ -67,23 +71,41 @@ class Eta:
             self._failed_s += wall or 0.0
             return
         self._finished.append(cell)
-        if wall is not None:
-            self._add(cell, wall)
+        if wall is not None:  # a resumed search's wall time leaves out the candidates scored by earlier runs
+            self._add(cell, wall, trainings(cell) - self._scored.get(cell.id, 0))
 
     def weight(self, cell: Cell) -> float:
-        """Estimated seconds of `cell` (1 per training while nothing has been timed); a cell left to run counts
-        only the candidates of its search not scored yet (and one training for the test)."""
+        """Estimated seconds of this run's share of `cell` (1 per training while nothing has been timed): the
+        trainings an earlier run did not do (a search's scored candidates and a resumed training's epochs aside;
+        at least a tenth of a training: the test)."""
         seen = self._per_training.get(kind(cell))
         if not seen:
             seen = [s for times in self._per_training.values() for s in times] or [1.0]
-        left = trainings(cell) - self._scored.get(cell.id, 0) if cell.id in self._left else trainings(cell)
-        return sum(seen) / len(seen) * max(1, left)
+        return sum(seen) / len(seen) * max(0.1, trainings(cell) - self._before.get(cell.id, 0.0))
 
     def seconds(self, elapsed: float) -> float | None:
-        """Seconds left at this run's pace, or None before a cell of this run has finished (or when none is left)."""
+        """Seconds left at this run's pace, or None before a cell of this run has finished (or when none is left).
+        The pace counts only what this run did of the cells it finished (an earlier run's part of a resumed cell
+        made the run look faster than it is)."""
         if not self._per_training or not self._left:  # no cell timed yet: a weight is no time (nor a failed cell's)
             return None
         done = sum(self.weight(c) for c in self._finished) + self._failed_s
         if done <= 0:
             return None
         return elapsed * sum(self.weight(c) for c in self._left.values()) / done
+
+
+def done_before(out: Path, cell: Cell) -> float:
+    """Trainings' worth of `cell` that earlier runs did and this one keeps: its search's scored candidates, plus
+    epoch / epochs of the training state it resumes (the cell's own, or the next unscored candidate's)."""
+    scored = scored_candidates(out, cell)
+    d = cell_dir(out, cell.id)
+    pending = [b for b in cell.betas or () if read_score(d / "beta" / fmt_beta(b) / SCORE_FILE, b) is None]
+    state = d / "beta" / fmt_beta(pending[0]) / TRAIN_STATE_DIR if pending else d / TRAIN_STATE_DIR
+    try:
+        rec = json.loads((state / TRAIN_STATE_RECORD).read_text(encoding="utf-8"))
+        epoch, epochs = rec["epoch"], rec["epochs"]
+        resumed = epoch / epochs if type(epoch) is int and type(epochs) is int and 1 <= epoch < epochs else 0.0
+    except (OSError, ValueError, KeyError, TypeError):
+        resumed = 0.0
+    return scored + resumed

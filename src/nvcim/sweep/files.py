@@ -63,6 +63,25 @@ def cell_dir(out_dir, cell_id: str) -> Path:
     return Path(out_dir) / "cells" / cell_id
 
 
+_NAME_MAX = 255  # bytes of one path component on the usual file systems
+
+
+def check_cell_paths(out_dir, cells: Sequence[Cell]) -> None:
+    """A one-line ValueError, before anything is written, when a cell's directory cannot be made: a component of
+    its id too long for a file name (a spec value such as sigmas = [1e300] printed in full), or a file (not a
+    folder) where one of its folders goes (a cell failing there would have nowhere to record it)."""
+    for c in cells:
+        d = cell_dir(out_dir, c.id)
+        long = next((part for part in Path(c.id).parts if len(part.encode()) > _NAME_MAX), None)
+        if long is not None:
+            raise ValueError(f"cell {c.id[:60]}...: its directory name {long[:20]}... is {len(long.encode())} bytes, "
+                             f"more than a file name may hold ({_NAME_MAX}): use spec values of fewer digits")
+        for p in (*reversed(d.relative_to(out_dir).parents), d.relative_to(out_dir)):
+            q = Path(out_dir) / p
+            if q.exists() and not q.is_dir():
+                raise ValueError(f"{q} is a file where the sweep puts the folder of cell {c.id}: move it away")
+
+
 def foreign_results(out_dir, cells: Sequence[Cell]) -> list[str]:
     """Ids (paths under DIR/cells) of the results there that are not cells of `cells`: e.g. the σ-independent
     "…/correctnet/seed0" of a sweep run before CorrectNet's λ was searched per σ. `nvcim report DIR` reads every
@@ -134,10 +153,24 @@ def cell_state(out_dir, cell_id: str) -> str:
     return "pending"
 
 
+def read_score(path: Path, beta: float) -> dict | None:
+    """A β candidate's score.json, or None when it is absent or unreadable (the candidate is scored again)."""
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(rec, dict) or rec.get("beta") != float(beta) or not ("val_mean" in rec and "status" in rec):
+        return None
+    if rec["val_mean"] is not None and not (isinstance(rec["val_mean"], (int, float)) and
+                                            not isinstance(rec["val_mean"], bool) and math.isfinite(rec["val_mean"])):
+        return None
+    return rec
+
+
 def scored_candidates(out_dir, cell: Cell) -> int:
-    """How many of a β search's candidates have their score.json (0 for a cell without a search)."""
+    """How many of a β search's candidates have a readable score.json (0 for a cell without a search)."""
     d = cell_dir(out_dir, cell.id)
-    return sum((d / "beta" / fmt_beta(b) / SCORE_FILE).is_file() for b in cell.betas or ())
+    return sum(read_score(d / "beta" / fmt_beta(b) / SCORE_FILE, b) is not None for b in cell.betas or ())
 
 
 def partial_progress(out_dir, cell: Cell, accept_plugin_change: bool = False) -> str | None:
@@ -162,15 +195,21 @@ def partial_progress(out_dir, cell: Cell, accept_plugin_change: bool = False) ->
     states = [("", d / TRAIN_STATE_DIR)] + [(f"β {fmt_beta(b)} ", d / "beta" / fmt_beta(b) / TRAIN_STATE_DIR)
                                             for b in cell.betas or ()]
     for label, state in states:
+        if not state.is_dir():
+            continue
         try:
             rec = json.loads((state / TRAIN_STATE_RECORD).read_text(encoding="utf-8"))
-            epoch, epochs = int(rec["epoch"]), int(rec["epochs"])
+            epoch, epochs = rec["epoch"], rec["epochs"]
+            whole = type(epoch) is int and type(epochs) is int and 1 <= epoch < epochs  # what the run resumes
         except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if zipfile.is_zipfile(state / TRAIN_STATE_TENSORS):  # its tensors' archive is whole (a look at its end only)
+            whole = False
+        if whole and zipfile.is_zipfile(state / TRAIN_STATE_TENSORS):  # the archive whole (a look at its end only)
             parts.append(f"{label}training resumes after epoch {epoch} of {epochs}")
-        else:
+        elif any(state.iterdir()):
             parts.append(f"{label}training state damaged: trained from the start")
+    searched = not cell.betas or scored_candidates(out_dir, cell) == len(cell.betas)  # (else the choice may change)
+    if searched and all((d / "checkpoint" / f).is_file() for f in (CHECKPOINT_CONFIG, CHECKPOINT_WEIGHTS)):
+        parts.append("trained: its checkpoint is kept, the test runs")  # (interrupted while testing)
     return "; ".join(parts) or None
 
 
@@ -269,11 +308,17 @@ def _train_defaults() -> dict:
     return json.loads(json.dumps(TrainConfig().to_dict()))  # every training field at its default, as JSON
 
 
+_AFTER_THE_RESULT = ("keep_beta_checkpoints",)  # eval keys that act only once a cell's result is written
+
+
 def definition_differences(have: Mapping, want: Mapping) -> list[str]:
     """The top-level keys in which a recorded cell definition (cell.json) differs from a cell's `to_dict()`. A
     training field added to nvcim since the cell was made, at its default value, is no difference: the cell
     trained exactly as one made now would."""
     have, want = dict(have), json.loads(json.dumps(want))
+    for d in (have, want):  # what happens to the candidates' weights after the result is written: not the cell's work
+        if isinstance(d.get("eval"), dict):
+            d["eval"] = {k: v for k, v in d["eval"].items() if k not in _AFTER_THE_RESULT}
     if isinstance(have.get("train"), dict) and isinstance(want.get("train"), dict):
         added = {k: v for k, v in want["train"].items()
                  if k not in have["train"] and _train_defaults().get(k, _MISSING) == v}
@@ -427,25 +472,23 @@ def swap_leftovers(d: Path, kind: str) -> list[Path]:
                   if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
 
 
-def link_or_copy_dir(src: Path, dst: Path) -> None:
-    """Atomically make `dst` a copy of directory `src` (files hard-linked when possible; the directory gets the
-    usual permissions, not mkdtemp's 0700)."""
+def link_or_copy_dir(src: Path, dst: Path, names: Sequence[str] = (CHECKPOINT_CONFIG, CHECKPOINT_WEIGHTS)) -> None:
+    """Atomically make the new directory `dst` hold the files `names` of directory `src` (hard-linked when
+    possible; the directory gets the usual permissions, not mkdtemp's 0700): only nvcim's own files travel (a
+    user's file in `src` stays there). `dst` must not exist (the caller removed nvcim's files of it first)."""
+    if dst.exists():
+        raise FileExistsError(f"{dst} exists: nvcim copies a checkpoint only into a new directory")
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
     try:
         os.chmod(tmp, 0o777 & ~current_umask())
-        for f in src.iterdir():
+        for name in names:
             try:
-                os.link(f, tmp / f.name)
+                os.link(src / name, tmp / name)
+            except FileNotFoundError:
+                raise
             except OSError:
-                shutil.copy2(f, tmp / f.name)
-        old = None
-        if dst.exists():  # move aside first: a kill never leaves a half-deleted `dst`
-            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-            os.rmdir(old)
-            os.replace(dst, old)
+                shutil.copy2(src / name, tmp / name)
         os.replace(tmp, dst)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -31,7 +31,8 @@ from nvcim.sweep.backends.registry import get_backend
 from nvcim.sweep.cells import Cell, expand, is_int
 from nvcim.sweep.eta import Eta
 from nvcim.sweep.files import (CELL_FILE, COPY_HEADER, LOCK_FILE, SPEC_JSON, adopt_plugin_change, cell_dir,
-                               cell_state, foreign_token, cell_differences, failed_differences, result_problem)
+                               cell_state, check_cell_paths, foreign_token, cell_differences, failed_differences,
+                               result_problem)
 from nvcim.sweep.schema import SweepSpec
 
 
@@ -66,7 +67,12 @@ def is_spec_record(obj) -> bool:
             and all(isinstance(obj[k], dict) for k in maps) and (obj["betas"] is None or isinstance(obj["betas"], list)))
 
 
+_UNORDERED = ("models", "datasets", "methods", "seeds")  # axes whose order sets only the order cells run in
+
+
 def _canonical(spec: Mapping) -> str:
+    """The spec as compared with a directory's: its axes' order aside (seeds [2, 0, 1] is the grid of [0, 1, 2])."""
+    spec = {k: sorted(v, key=str) if k in _UNORDERED and isinstance(v, list) else v for k, v in spec.items()}
     return json.dumps(spec, sort_keys=True, default=str)
 
 
@@ -379,6 +385,7 @@ def run_sweep(spec: SweepSpec, out_dir, *, backend: str = "local", workers: int 
         check_spec_copy(out, spec_text, spec_suffix)
     _, todo, done, _ = plan(spec, out, retry_failed=retry_failed)
     _refuse_stale(out, done, accept_plugin_change)
+    check_cell_paths(out, todo)  # a file in the way, a name too long: said now, not as the sweep's crash
     if needs_local_data(backend, address):  # a cluster's machines hold their own data
         check_data(todo)
     out.mkdir(parents=True, exist_ok=True)

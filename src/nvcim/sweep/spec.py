@@ -80,9 +80,17 @@ def load_spec(path) -> SweepSpec:
     """Read and validate a spec file; the name defaults to the file's stem, device model files are
     relative to the file's directory."""
     raw = read_spec_file(path)
+    copied_from = recorded_name(path)  # not None: nvcim's copy of a spec, in the sweep directory it ran
     if raw.get("name") is None:  # absent or null: the name of the spec nvcim's copy was made of, else the file's
-        raw["name"] = recorded_name(path) or Path(path).stem
-    return validate_spec(raw, where=str(path), base_dir=Path(path).parent)
+        raw["name"] = copied_from or Path(path).stem
+    try:
+        return validate_spec(raw, where=str(path), base_dir=Path(path).parent)
+    except ValueError as e:
+        if copied_from is None or "device model file" not in str(e) or "does not exist" not in str(e):
+            raise
+        raise ValueError(f"{e} (this is nvcim's copy of the spec, in the sweep directory, so a device file named "
+                         f"relative to the original spec is not found beside it: rerun the original spec, or "
+                         f"{Path(path).parent / 'spec.json'})") from None
 
 
 def _str_list(raw: Mapping, key: str, where: str, allowed: Sequence[str], extra=None) -> list[str]:
