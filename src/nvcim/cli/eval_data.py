@@ -155,7 +155,9 @@ def load_for_eval(ckpt: Path, *, dataset: str | None, data_root: str | None, spl
     split = getattr(splits, split_name)
     if len(split) == 0:
         raise ValueError(f"the {split_name} split of {dataset} is empty: use --split test or another dataset")
-    return Loaded(model, config, base, dataset, splits, split)
+    # the file trained on by another spelling (npz:./d.npz): results name it as the checkpoint does, so that a report
+    # counts it as the data the model trained on (and groups it with that model's other results)
+    return Loaded(model, config, base, data_cfg["name"] if same and data_cfg.get("name") else dataset, splits, split)
 
 
 def _same_data(dataset: str, data_cfg: dict) -> bool:
