@@ -187,6 +187,23 @@ def test_spec_not_matching_weights(tmp_path):
         _one_line(e, path)
 
 
+def test_a_flipped_bit_in_the_weights_is_refused(tmp_path):
+    """safetensors stores no checksum: one flipped exponent bit loaded as -1.4e37 and evaluated without a word (a
+    training review, session 34); config.json records the weights' sha256, checked on load."""
+    path = save_checkpoint(tmp_path / "ck", _trained_model(), SPEC)
+    file = path / "model.safetensors"
+    data = bytearray(file.read_bytes())
+    data[-3] ^= 0x40  # inside the last tensor's data
+    file.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256 differs") as e:
+        load_checkpoint(path)
+    _one_line(e, path)
+    config = json.loads((path / "config.json").read_text())  # a checkpoint saved before the digest loads as it is
+    del config["weights_sha256"]
+    (path / "config.json").write_text(json.dumps(config))
+    load_checkpoint(path)
+
+
 def test_unexpected_keys(tmp_path):
     from safetensors.torch import load_file, save_file
 

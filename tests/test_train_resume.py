@@ -98,6 +98,10 @@ def test_another_configuration_or_data_is_refused_in_one_line(tmp_path, monkeypa
         with pytest.raises(TrainStateError) as e:
             train(other, state_dir=tmp_path / "s")
         assert "\n" not in str(e.value) and "delete the directory" in str(e.value)
+    # the field that differs, not two whole records (a 529-character line led with both device_config dicts)
+    with pytest.raises(TrainStateError, match=r"another configuration \(sigma: 0.2 there, 0.25 now") as e:
+        train(cfg.replace(sigma=0.25), state_dir=tmp_path / "s")
+    assert len(str(e.value)) < 400
     assert snapshot(tmp_path) == before  # nothing touched
     with pytest.warns(UserWarning, match="torch threads"):  # allowed, with a word on the last bits
         assert train(cfg.replace(progress=True, num_threads=2), state_dir=tmp_path / "s").status == "ok"
@@ -302,6 +306,38 @@ def test_a_full_disk_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(TrainStateSaveError, match="cannot save the training state .*file/s.*: check the disk"):
         save_train_state(tmp_path / "file" / "s", {k: None for k in ("model", "task", "optimizer", "scheduler", "rng",
                                                                       "best", "initial")}, {})
+
+
+def test_a_finished_state_is_removed_in_one_rename_and_a_kill_after_it_is_tidied(tmp_path, monkeypatch):
+    """remove_train_state unlinked its two files one by one: a kill between them left state.json alone, a state that
+    could neither be resumed nor recognised as the finished run's, so --overwrite was refused until deleted by hand."""
+    from nvcim.io.train_state import recover_train_state, remove_train_state
+
+    cfg, state = interrupted_state(tmp_path, monkeypatch, TrainConfig(**{**TINY, "epochs": 3}, method="vanilla"), 1)
+    remove_train_state(state)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    cfg, state = interrupted_state(tmp_path, monkeypatch, TrainConfig(**{**TINY, "epochs": 3}, method="vanilla"), 1)
+    state.rename(tmp_path / ".s.done-abc12345")  # as a kill during the deletion after the rename leaves it
+    (tmp_path / ".s.done-abc12345" / TENSORS_FILE).unlink()
+    (tmp_path / ".s.done-notmine").mkdir()  # not nvcim's name pattern: kept
+    recover_train_state(state)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".s.done-notmine"]
+
+
+def test_ctrl_c_after_the_checkpoint_is_written_says_the_training_finished(tmp_path, monkeypatch, capsys):
+    """The hint said the state "is kept: the same command resumes", which the same command then refused."""
+    import nvcim.train.loop as loop_module
+    from nvcim.cli import main
+
+    def killed(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop_module, "remove_train_state", killed)
+    out = tmp_path / "run"
+    argv = ["train", "--model", "tiny", "--limit", "64", "--epochs", "2", "--batch-size", "32", "--val-runs", "2",
+            "--num-threads", "1", "--quiet", "--out", str(out)]
+    assert main(argv) == 130
+    assert "the training had finished: its checkpoint" in capsys.readouterr().err
 
 
 def test_a_kill_between_the_two_renames_of_a_save_is_recovered(tmp_path, monkeypatch):

@@ -61,8 +61,15 @@ def _edit_config(path, section, key, value):
 
 
 def _edit_weights(path, fn):
+    """Weights edited by a script of the user's: a changed file is refused unless its config.json drops the weights'
+    digest, as the refusal says (checked here)."""
     state = load_file(str(path / "model.safetensors"))
     save_file({k: fn(k, v) for k, v in state.items()}, str(path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="remove weights_sha256 from config.json"):
+        load_checkpoint(path)
+    config = json.loads((path / "config.json").read_text())
+    del config["weights_sha256"]
+    (path / "config.json").write_text(json.dumps(config))
 
 
 # ---- 5. wrong-typed checkpoint config: one line naming the field and the file ----------------------------

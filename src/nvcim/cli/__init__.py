@@ -70,6 +70,8 @@ def _resume_hint(args) -> str:
     from nvcim.cli.train import train_state_path
 
     out = getattr(args, "out", None)
+    if args.command == "train" and out and train_state_path(out).is_dir() and _finished(out):
+        return f"; the training had finished: its checkpoint {out} is complete"
     if args.command == "train" and out and train_state_path(out).is_dir():
         return (f"; its state after the last finished epoch is kept in {train_state_path(out)}/: the same command "
                 "resumes from there")
@@ -80,6 +82,18 @@ def _resume_hint(args) -> str:
     if args.command == "eval" and kept and Path(f"{kept}.partial").is_dir():
         return f"; finished evaluations are kept in {kept}.partial/: the same command evaluates the rest"
     return ""
+
+
+def _finished(out) -> bool:
+    """Whether `out` holds the finished checkpoint of the training whose state is still beside it (interrupted
+    between the checkpoint's write and the state's removal)."""
+    from nvcim.cli.train import train_state_path
+    from nvcim.train.resume import left_by_finished_run
+
+    try:
+        return left_by_finished_run(train_state_path(out), out)
+    except Exception:  # noqa: BLE001 (a hint only: never in the way of the exit)
+        return False
 
 
 class _PipeSafe:

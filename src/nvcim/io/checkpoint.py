@@ -7,7 +7,8 @@
                           image_size, ...}, "data", "method", "device", "train", "seed",
                           "metrics", "versions", "git_commit", "created", ...; with layers kept
                           digital: "digital_layers" (the patterns asked for) and
-                          "digital_layer_names" (the layers they selected)}
+                          "digital_layer_names" (the layers they selected); "weights_sha256"
+                          (of model.safetensors, which stores no checksum: checked on load)}
 
     save_checkpoint("runs/a", model, {"name": "vgg8", "num_classes": 10, "in_channels": 1},
                     method="ovf", device=cfg, seed=0, metrics={"mc_mean": 91.2})
@@ -28,6 +29,7 @@ import dataclasses
 import datetime as _dt
 import fnmatch
 import functools
+import hashlib
 import json
 import math
 import os
@@ -323,6 +325,8 @@ def save_checkpoint(path, model: nn.Module, model_spec: Mapping | None = None, *
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        # the weights' digest (safetensors stores no checksum: a flipped bit would load as a wrong weight)
+        text = json.dumps({**config, "weights_sha256": _sha256(tmp / WEIGHTS_FILE)}, indent=2, allow_nan=False) + "\n"
         with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as f:
             f.write(text)
         umask = current_umask()  # mkdtemp's 0700 (and safetensors' 0600) are too private for results
@@ -369,6 +373,14 @@ def read_checkpoint_config(path) -> dict:
     return config
 
 
+def _sha256(file: Path) -> str:
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def read_checkpoint_weights(path) -> dict[str, torch.Tensor]:
     """The tensors of `path/model.safetensors`, on CPU (never executes code)."""
     from safetensors.torch import load_file
@@ -377,6 +389,7 @@ def read_checkpoint_weights(path) -> dict[str, torch.Tensor]:
     file = path / WEIGHTS_FILE
     if not file.is_file():
         raise CheckpointError(f"checkpoint {path} has no {WEIGHTS_FILE}: the checkpoint is incomplete, save it again")
+
     try:
         return load_file(str(file), device="cpu")
     except Exception as exc:  # SafetensorError, OSError, ...: all mean an unreadable file
@@ -431,6 +444,11 @@ def load_checkpoint(path, map_location="cpu") -> tuple[nn.Module, dict]:
                 f"the plugins' code that builds it changed since it was saved ({edited}): load the version it was "
                 "trained with" if edited else "config.json and model.safetensors come from different models")
         )
+    digest = config.get("weights_sha256")  # (None: saved before nvcim recorded it, or written elsewhere)
+    if isinstance(digest, str) and _sha256(path / WEIGHTS_FILE) != digest:  # a file that loads, with other bytes
+        raise CheckpointError(f"checkpoint {path}: {WEIGHTS_FILE} is not the file saved with its {CONFIG_FILE} "
+                              "(sha256 differs: damaged, e.g. a flipped bit, or replaced): use a good copy or train again (edited "
+                              "on purpose? remove weights_sha256 from config.json)")
     if edited:
         warnings.warn(f"checkpoint {path} was saved under other code of its plugin(s) ({edited}): the model built now "
                       "may compute otherwise than the one trained (results may differ); load the version it was "

@@ -236,7 +236,8 @@ def read_train_state(path) -> TrainState:
 def recover_train_state(path) -> None:
     """Tidy what a kill during `save_train_state` left beside `path`: put the previous state back when it was
     renamed aside and the new one never arrived, and delete the half-written temporary directories (only nvcim's
-    hidden `.NAME.tmp-*` / `.NAME.old-*` siblings are touched)."""
+    hidden `.NAME.tmp-*` / `.NAME.old-*` siblings are touched), and a finished state a kill left half-removed
+    (`.NAME.done-*`, see `remove_train_state`)."""
     path = Path(path)
     if not path.parent.is_dir():
         return
@@ -247,7 +248,9 @@ def recover_train_state(path) -> None:
         olds = olds[:-1]
     if path.exists():  # also partial copies a kill left while the previous state was being deleted
         olds = [p for p in path.parent.glob(f".{name}.old-*") if p.is_dir()]
-    for p in [*path.parent.glob(f".{name}.tmp-*"), *olds]:
+    done = [p for p in path.parent.glob(f".{name}.done-*")  # a finished state being removed (remove_train_state):
+            if re.fullmatch(r"[a-z0-9_]{8}", p.name.rsplit(".done-", 1)[1])]  # mkdtemp's names only, not a user's
+    for p in [*path.parent.glob(f".{name}.tmp-*"), *olds, *done]:
         if p.is_dir() and not p.is_symlink() and not _foreign(p):
             shutil.rmtree(p, ignore_errors=True)
 
@@ -257,7 +260,11 @@ def remove_train_state(path) -> None:
     path = Path(path)
     if not path.is_dir() or not is_train_state_dir(path):
         return
+    if not _foreign(path):  # renamed aside in one step, then deleted: a kill never leaves half a state at `path`
+        aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.done-", dir=path.parent))  # (recover_train_state
+        os.rmdir(aside)  # deletes what a kill leaves of it)
+        os.replace(path, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+        return
     for name in (TENSORS_FILE, RECORD_FILE):
         (path / name).unlink(missing_ok=True)
-    if not any(path.iterdir()):
-        path.rmdir()

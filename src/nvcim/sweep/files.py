@@ -215,14 +215,15 @@ def partial_progress(out_dir, cell: Cell, accept_plugin_change: bool = False) ->
 
 # The names nvcim's own writes give their temporaries in a cell (tempfile's random part: 8 of [a-z0-9_]):
 # atomic_write_* ".NAME.XXXXXXXX.tmp", a directory being written ".NAME.tmp-XXXXXXXX", a directory moved aside while
-# its successor is renamed in ".NAME.old-XXXXXXXX", the writable-directory probe ".nvcim-probe-XXXXXXXX.tmp".
+# its successor is renamed in ".NAME.old-XXXXXXXX", a finished training's state being deleted ".train_state.done-XXXXXXXX",
+# the writable-directory probe ".nvcim-probe-XXXXXXXX.tmp".
 # Only those of nvcim's own file and directory names count: a user's ".draft.tmp" is not nvcim's.
 _OWN_FILES = (CELL_FILE, RESULT_FILE, FAILED_FILE, SCORE_FILE, CHECKPOINT_CONFIG, CHECKPOINT_WEIGHTS,
               TRAIN_STATE_RECORD, TRAIN_STATE_TENSORS)
 _OWN_DIRS = ("checkpoint", TRAIN_STATE_DIR)
 _RANDOM = r"[a-z0-9_]{8}"
 _TEMP_NAME = re.compile(rf"\.(?P<file>.+)\.{_RANDOM}\.tmp|\.(?P<dir>.+)\.tmp-{_RANDOM}|\.(?P<old>.+)\.old-{_RANDOM}"
-                        rf"|\.nvcim-probe-{_RANDOM}\.tmp")
+                        rf"|\.(?P<done>.+)\.done-{_RANDOM}|\.nvcim-probe-{_RANDOM}\.tmp")
 
 
 def _temp_of(p: Path) -> tuple[str, str] | None:
@@ -237,6 +238,8 @@ def _temp_of(p: Path) -> tuple[str, str] | None:
         return ("temp", m["dir"]) if m["dir"] in _OWN_DIRS and p.is_dir() else None
     if m["old"] is not None:
         return ("old", m["old"]) if m["old"] in _OWN_DIRS and p.is_dir() else None
+    if m["done"] is not None:  # a finished training's state being deleted (io.train_state.remove_train_state)
+        return ("temp", m["done"]) if m["done"] == TRAIN_STATE_DIR and p.is_dir() else None
     return ("temp", "") if p.is_file() else None  # the probe
 
 

@@ -13,6 +13,7 @@ random streams and run conditions it records.
 from __future__ import annotations
 
 import json
+from typing import Any
 import math
 import warnings
 from pathlib import Path
@@ -47,18 +48,31 @@ def _same_data(have: dict, now: dict) -> bool:
     return have == (now if "sha256" in have else {k: v for k, v in now.items() if k != "sha256"})
 
 
+def _leaf_differences(have: Any, want: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """[(dotted key, value there, value now)] of the innermost fields two records differ in, the shallowest first
+    (a changed σ is "sigma: 0.2 there, 0.25 now", not two whole device records)."""
+    if isinstance(have, dict) and isinstance(want, dict):
+        out = [d for k in sorted(set(have) | set(want), key=str)
+               for d in _leaf_differences(have.get(k), want.get(k), f"{prefix}{k}.")]
+        return sorted(out, key=lambda d: d[0].count("."))
+    return [] if have == want else [(prefix.rstrip("."), have, want)]
+
+
 def check_resumable(state, cfg: TrainConfig, splits, path: Path) -> None:
     """TrainStateError unless `state` was written by a run of `cfg` on these splits."""
     have = {k: v for k, v in state.record["train"].items() if k not in RESUME_IGNORED}
     want = {k: v for k, v in as_json(cfg.to_dict()).items() if k not in RESUME_IGNORED}
-    diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+    diff = _leaf_differences(have, want)
     if diff:
-        shown = "; ".join(f"{k}: {have.get(k)!r} there, {want.get(k)!r} now" for k in diff[:2])
+        shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diff[:2])
         raise TrainStateError(f"training state {path} is of another configuration ({shown}): run the configuration "
                               f"that made it, or {FRESH_START}")
     if not _same_data(state.record["data"], data_record(splits)):
-        raise TrainStateError(f"training state {path} was trained on other data ({state.record['data']}): restore "
-                              f"that data set, or {FRESH_START}")
+        now = data_record(splits)
+        shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in _leaf_differences(
+            state.record["data"], {k: v for k, v in now.items() if k in state.record["data"]})[:2])
+        raise TrainStateError(f"training state {path} was trained on other data ({shown or state.record['data']}): "
+                              f"restore that data set, or {FRESH_START}")
     if state.record["epochs"] != cfg.epochs:  # part of the configuration, checked again for a clear message
         raise TrainStateError(f"training state {path}: {state.record['epochs']} epochs there, {cfg.epochs} now")
 
