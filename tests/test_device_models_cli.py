@@ -461,3 +461,49 @@ def test_the_device_model_list_is_aligned_and_the_unknown_name_message_lists_eve
     assert len(starts) == 1 and any(line.startswith("right_censored_gaussian ") for line in lines), lines
     with pytest.raises(ValueError, match=r"unknown device model 'rram5': use one of \[.*'weight_band'\]"):
         device_model("rram5")
+
+
+def test_device_files_say_what_they_do_not_do(tmp_path):
+    """A device-CLI trial (session 34): drift_nu without drift_time was accepted and named as the device while no
+    drift happened; JSON null for sigma was "sigma=None is invalid"; 'presets' got no hint."""
+    f = tmp_path / "d.toml"
+    f.write_text("drift_nu = [0.06, 0.02]\n")
+    with pytest.raises(ValueError, match=r"drift_nu=\[0.06, 0.02\] has no drift to shape: set drift_time"):
+        device_model(str(f), defaults={"sigma": 0.2})
+    f.write_text("drift_nu = [0.06, 0.02]\ndrift_time = 3600\n")
+    assert device_model(str(f), defaults={"sigma": 0.2}).drift_nu == (0.06, 0.02)
+    j = tmp_path / "d.json"
+    j.write_text(json.dumps({"sigma": None, "read_sigma": 0.01, "adc_bits": None}))
+    cfg = device_model(str(j), defaults={"sigma": 0.2})
+    assert cfg.sigma == 0.2 and cfg.read_sigma == 0.01 and cfg.adc_bits is None
+    f.write_text('presets = "rram4"\n')
+    with pytest.raises(ValueError, match=r"unknown key 'presets' \(did you mean 'preset'\?\)"):
+        device_model(str(f))
+
+
+def test_a_matrix_column_at_its_own_sigma_says_so(ckpts, tmp_path, capsys):
+    """A column whose file sets sigma = 0.3 was described as at "each checkpoint's training σ" (here 0.3: 0.15)."""
+    (tmp_path / "s03.toml").write_text("sigma = 0.15\n")
+    out = tmp_path / "m.json"
+    assert main(["eval", str(ckpts[1]), "--device-models", f"gaussian,{tmp_path / 's03.toml'}", "--runs", "2",
+                 "--limit", "32", "--out", str(out)]) == 0
+    from nvcim.report.matrix import matrix_table, own_sigmas
+
+    rec = read_result_file(out)
+    assert own_sigmas(rec) == {str(tmp_path / "s03.toml"): 0.15}
+    assert "s03.toml: σ_d = 0.15, set by its device model" in matrix_table(rec).note
+
+
+def test_arms_trained_under_other_devices_name_them_even_when_their_recipes_differ(tmp_path):
+    """One model trained 1 epoch under read noise, another 2 epochs on the plain Gaussian: the report labelled them
+    "(1 epoch)" / "(2 epochs)" only, so the gap read as a budget effect."""
+    from nvcim.report.labels import assign_labels
+
+    def rec(epochs, device):
+        return {"model": "m", "width": 1.0, "dataset": "d", "method": "noise_injection", "method_params": {},
+                "beta_search": None, "label_override": None, "train_sigma": 0.2, "recipe": {"epochs": epochs},
+                "train_device": device, "device_model": None}
+    recs = [rec(1, "read_sigma=0.05"), rec(2, "gaussian")]
+    assign_labels(recs)
+    assert [r["label"] for r in recs] == ["noise injection (trained on read_sigma=0.05) (1 epoch)",
+                                          "noise injection (trained on gaussian) (2 epochs)"]

@@ -174,8 +174,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"variation kind of the device trained for: {', '.join(VARIATIONS.names())} (default: gaussian)")
     g.add_argument("--variation-option", dest="variation_option", action="append", type=_key_value, metavar="KEY=VALUE",
                    help="an option of the variation kind, e.g. threshold=1.0 or multipliers=1,2,2,1 (repeatable)")
-    g.add_argument("--sampling", metavar="PATH", help="auto, fast (one draw per weight; Gaussian only) or device "
-                                                     "(one draw per device) (default: auto)")
+    g.add_argument("--sampling", metavar="PATH", help="auto, fast (one draw per weight, where that is exact: the "
+                                                     "Gaussian kinds, level-dependent and the presets included; refused "
+                                                     "otherwise) or device (one draw per device) (default: auto)")
     g.add_argument("--quantize", action=argparse.BooleanOptionalAction,
                    help="quantize weights (Eq. 2) before adding noise; --no-quantize reproduces the authors' code "
                         f"(default: {D['quantize']})")

@@ -105,7 +105,8 @@ class DeviceConfig:
     quantize: apply Eq. 2 before programming (False reproduces the authors' code: noise on float W).
     variation: name of a registered variation kind (see `nvcim.core.variation.VARIATIONS`).
     variation_options: keyword options of that kind, e.g. {"threshold": 1.0}.
-    sampling: "auto" (fast path when it is exact), "fast" (one draw per weight; Gaussian only),
+    sampling: "auto" (fast path when it is exact), "fast" (one draw per weight, where that is exact: refused for
+        a kind without `fast_path_exact`),
         or "device" (one draw per device, always exact).
     stuck_at: (p0, p1), each device independently stuck at level 0 (rate p0) or at level 2^K - 1
         (rate p1) whatever its target; fixed per chip. A stuck device neither varies nor drifts. The
@@ -240,6 +241,10 @@ class DeviceConfig:
         if self.drift_compensation and self.drift_time is None:
             raise ValueError("DeviceConfig.drift_compensation=True has no drift to compensate: set drift_time "
                              "(seconds) or drop drift_compensation")
+        default_nu = next(f.default for f in dataclasses.fields(self) if f.name == "drift_nu")
+        if nu != tuple(default_nu) and self.drift_time is None:  # named as the device's, and nothing drifted
+            raise ValueError(f"DeviceConfig.drift_nu={list(nu)} has no drift to shape: set drift_time (seconds, e.g. "
+                             "3600) or drop drift_nu")
         for name in ("adc_bits", "input_bits"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)

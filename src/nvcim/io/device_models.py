@@ -26,12 +26,16 @@ checkpoint of any K; normalised over the levels in use (SPEC §8, variation "lev
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from pathlib import Path
 from typing import Any, Mapping
 
 from nvcim.core.config import PRESET_NAMES, DeviceConfig, preset_fields, preset_merged
 from nvcim.core.variation import VARIATIONS
 from nvcim.io.files import read_mapping_file
+
+DEVICE_FIELDS = {f.name for f in dataclasses.fields(DeviceConfig)}
 
 NAMED: dict[str, tuple[dict[str, Any], str]] = {
     "gaussian": ({}, "i.i.d. Gaussian programming variation per device (the paper's device, SPEC §2)"),
@@ -84,7 +88,13 @@ def _fields_of(spec: str, device_bits: Any = None) -> dict[str, Any]:
         if not path.is_file():
             raise ValueError(f"device model file {spec} does not exist: give a TOML / YAML / JSON file of "
                              "DeviceConfig fields, or a name from `nvcim eval --list-device-models`")
-        fields = dict(read_mapping_file(path, "device model file"))
+        # null (JSON / YAML) is "not set", as in sweep specs: the field keeps its default (sigma: the checkpoint's)
+        fields = {k: v for k, v in dict(read_mapping_file(path, "device model file")).items() if v is not None}
+        near = [k for k in fields if k != "preset" and k not in DEVICE_FIELDS
+                and difflib.get_close_matches(k, ["preset"], n=1, cutoff=0.8)]
+        if near:
+            raise ValueError(f"device model file {spec}: unknown key {near[0]!r} (did you mean 'preset'?): preset = NAME "
+                             f"starts from one of {list(PRESET_NAMES)}")
         preset = fields.pop("preset", None)
         if preset is not None:
             if preset not in PRESET_NAMES:

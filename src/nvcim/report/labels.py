@@ -160,7 +160,12 @@ def assign_labels(records: list[dict], others: Sequence[dict] = ()) -> None:
             continue
         # arms of another training recipe are told apart by it: their hyper-parameters are compared within a recipe
         groups.setdefault((r["model"], r["width"], r["dataset"], r["method"], r["recipe_label"]), []).append(r)
-    for (_, _, _, method, _), recs in groups.items():
+    # models of one method trained under different devices name them, whatever else (recipe, σ) tells them apart
+    by_method: dict[tuple, list[dict]] = {}
+    for key, recs in groups.items():
+        by_method.setdefault(key[:4], []).extend(recs)
+    devices_differ = {key: training_devices_differ(recs) for key, recs in by_method.items()}
+    for (model, width, dataset, method, _), recs in groups.items():
         traits = method_traits(method)
         ignore = traits.labelled_params() if traits is not None else {"censor"}  # in the base label
         # per training σ: the distinct fixed-hyper-parameter sets, and whether a β search was there too
@@ -188,7 +193,7 @@ def assign_labels(records: list[dict], others: Sequence[dict] = ()) -> None:
             varying = {searched} if searched else (set().union(*allp) if allp else set())
         order = ["beta", "n_variational"] + sorted(varying - {"beta", "n_variational"})
         shown = [k for k in order if k in varying]
-        name_device = training_devices_differ(recs)
+        name_device = devices_differ[(model, width, dataset, method)]
         for r in recs:
             label = base_label(method, r["method_params"])
             if shown and not r["beta_search"]:

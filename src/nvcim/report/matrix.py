@@ -59,7 +59,10 @@ def matrix_table(rec: DeviceMatrixFile, title: str = "Device-model matrix") -> T
             rough = rough or p5.startswith(ROUGH_PERCENTILE_MARK)
             cells.append(f"{r.mean:.2f} [{r.ci95[0]:.2f}, {r.ci95[1]:.2f}] p5 {p5}{mark}")
         rows.append([name, *cells])
+    own = own_sigmas(rec)
     sigma = "each checkpoint's training σ" if rec.sigma is None else f"σ_d = {rec.sigma:g}"
+    if own:  # a device file that sets σ: its column is not at the training σ (nor at --sigma)
+        sigma += " (" + "; ".join(f"{dm}: σ_d = {s:g}, set by its device model" for dm, s in own.items()) + ")"
     note = (f"mean accuracy % [95 % CI of the mean] and 5th percentile over {rec.runs} chips per cell, {sigma}; "
             f"every cell uses the chip seeds from {rec.seed} (common random numbers: the checkpoints of a column are "
             "scored on the same chips; when a column draws each device's level, as ADC columns do, the plain "
@@ -72,6 +75,22 @@ def matrix_table(rec: DeviceMatrixFile, title: str = "Device-model matrix") -> T
         note += f"; calibrated ADC clips measured on the {rec.adc_calibration.get('split', '?')} split's first images"
     legend = " ".join(x for x in (marks.legend(), ROUGH_PERCENTILE_NOTE if rough else "") if x)
     return Table(title, ["checkpoint", *rec.device_models], rows, note, legend=legend)
+
+
+def own_sigmas(rec: DeviceMatrixFile) -> dict[str, float]:
+    """{column: σ_d} of the columns scored at a σ of their own (a device file's `sigma`): every cell at one σ that is
+    not the matrix's σ, or where that is each checkpoint's training σ, not every row's."""
+    out = {}
+    trained = [(info or {}).get("train_sigma") for info in (rec.rows or [None] * len(rec.checkpoints))]
+    for j, dm in enumerate(rec.device_models):
+        sigmas = {round(rec.result(i, j).sigma, 9) for i in range(len(rec.checkpoints))}
+        if len(sigmas) != 1:
+            continue
+        (s,) = sigmas
+        if (rec.sigma is not None and abs(s - rec.sigma) > 1e-9) or (
+                rec.sigma is None and any(t is not None and abs(s - t) > 1e-9 for t in trained)):
+            out[dm] = s
+    return out
 
 
 def matrix_csv(rec: DeviceMatrixFile) -> bytes:
@@ -98,10 +117,13 @@ def _heatmap(plt, rec: DeviceMatrixFile):
             p5 = fmt_percentile(r.p5, 5.0, r.percentile_chips, digits=1)
             ax.text(j, i, f"{m:.1f}\np5 {p5}", ha="center", va="center", fontsize=8,
                     color="white" if m < 60 else "black")
-    ax.set_xticks(range(len(rec.device_models)), rec.device_models, rotation=30, ha="right")
+    own = own_sigmas(rec)
+    ticks = [f"{dm}\n(σ_d {own[dm]:g})" if dm in own else dm for dm in rec.device_models]
+    ax.set_xticks(range(len(rec.device_models)), ticks, rotation=30, ha="right")
     ax.set_yticks(range(len(rec.checkpoints)), _row_names(rec))
     fig.colorbar(im, ax=ax, label="mean accuracy (%)")
     sigma = "training σ" if rec.sigma is None else f"σ_d = {rec.sigma:g}"
+    sigma += ", unless a column names its own" if own else ""
     ax.set_title(f"accuracy under each device model ({sigma}, {rec.runs} chips per cell)")
     return fig
 
@@ -191,7 +213,15 @@ def _arm_rows(rec: DeviceMatrixFile) -> list[dict] | None:
             what.append(f"digital: {', '.join(a['digital'])}" if a["digital"] else "all analog")
         if what:
             a["label"] = f"{a['label']} ({', '.join(what)})"
-    for label in {a["label"] for a in arms}:  # one label trained at several σ: one arm per training σ
+    names = {}  # a training device by the name a column gives it ("weight_band S=4" -> "rram4"), where one does
+    for j, dm in enumerate(rec.device_models):
+        names.setdefault(device_description(rec.cells[0][j].get("device_config") or {}) if rec.cells else None, dm)
+    for label in {a["label"] for a in arms}:  # one label trained under several devices (said first: it stays said
+        if len({a["device"] for a in arms if a["label"] == label}) > 1:
+            for a in arms:
+                if a["label"] == label:
+                    a["label"] = f"{label} (trained on {names.get(a['device'], a['device']) if a['device'] else 'gaussian'})"
+    for label in {a["label"] for a in arms}:  # ... where σ or epochs split it further), at several σ: one arm per σ
         if len({a["sigma"] for a in arms if a["label"] == label}) > 1:
             for a in arms:
                 if a["label"] == label:
@@ -201,14 +231,6 @@ def _arm_rows(rec: DeviceMatrixFile) -> list[dict] | None:
             for a in arms:
                 if a["label"] == label:
                     a["label"] = f"{label} ({recipe_words('epochs', a['epochs'])})"
-    names = {}  # a training device by the name a column gives it ("weight_band S=4" -> "rram4"), where one does
-    for j, dm in enumerate(rec.device_models):
-        names.setdefault(device_description(rec.cells[0][j].get("device_config") or {}) if rec.cells else None, dm)
-    for label in {a["label"] for a in arms}:  # ... or under several training devices
-        if len({a["device"] for a in arms if a["label"] == label}) > 1:
-            for a in arms:
-                if a["label"] == label:
-                    a["label"] = f"{label} (trained on {names.get(a['device'], a['device']) if a['device'] else 'gaussian'})"
     for label in {a["label"] for a in arms}:  # ... or by several recipes (learning rate, batch, data seed ...)
         same = [a for a in arms if a["label"] == label]
         keys = _recipe_differences(same)
