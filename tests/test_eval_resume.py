@@ -372,6 +372,9 @@ def _piece_result():
     ("std", 0.0, "std 0.0 is not that of its chips"), ("p5", 0.5, "p5 0.5 is not that of its chips"),
     ("max", 100.0, "max 100.0 is not"), ("ci95", [0.0, 100.0], "ci95 [0.0, 100.0] is not"),
     ("result", None, "cannot be read"),
+    # a statistical review (session 34): these edits were taken
+    ("ekl", -1.0, "ekl -1.0 does not go with"), ("ekl", None, "ekl nan does not go with"),
+    ("ekl_n", -5, "ekl_n -5 is not a count"), ("nonfinite_runs", -3, "nonfinite_runs -3"),
 ])
 def test_a_piece_with_numbers_no_evaluation_gives_is_damaged(tmp_path, field, value, named):
     """get() checks a piece's numbers before trusting them: an accuracy outside [0, 100] % or not finite, chips'
@@ -455,3 +458,54 @@ def test_finishing_one_evaluation_keeps_another_evaluations_resume_points(tmp_pa
     assert resumed.get({"seed": 0, "sigma": 0.1}).to_dict() == res.to_dict()
     resumed.remove()
     assert not tmp_path.exists()
+
+
+def test_target_precision_pieces_and_curves_check_what_they_take(tmp_path):
+    """A target-precision piece with an edited CI, images_per_chip or full-set count was taken, and a σ 0.2 piece
+    holding a σ 0.6 result came back as the curve's first point (a statistical review, session 34)."""
+    import json
+    import warnings
+
+    import torch
+
+    from nvcim import DeviceConfig
+    from nvcim.evaluate import monte_carlo_evaluate, robustness_curve
+    from nvcim.evaluate.partial import PartialResults, implausible
+
+    torch.manual_seed(0)
+    model, data = torch.nn.Linear(4, 3), (torch.randn(64, 4), torch.randint(0, 3, (64,)))
+    adaptive = monte_carlo_evaluate(model, data, DeviceConfig(sigma=0.3), seed=0, target_ci=5.0, images_per_chip=16,
+                                    max_chips=200)
+    for field, value, named in (("ci95", "[0, 100]", "ci95"), ("images_per_chip", 999999, "images_per_chip"),
+                                ("full_set_chips", 5, "full_set_chips")):
+        d = adaptive.to_dict()
+        d[field] = [0.0, 100.0] if value == "[0, 100]" else value
+        from nvcim.evaluate.results import MCResult
+        assert named in (implausible(MCResult.from_dict(d)) or ""), field
+    key = lambda s: {"sigma": s}  # noqa: E731
+    curve = robustness_curve(model, data, DeviceConfig(sigma=0.2), [0.2, 0.4], runs=3, seed=0,
+                             partial=PartialResults(tmp_path), key=key)
+    for path in tmp_path.glob("piece-*.json"):  # every piece now holds σ 0.6's result
+        d = json.loads(path.read_text())
+        d["result"] = monte_carlo_evaluate(model, data, DeviceConfig(sigma=0.6), runs=3, seed=0).to_dict()
+        path.write_text(json.dumps(d))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = robustness_curve(model, data, DeviceConfig(sigma=0.2), [0.2, 0.4], runs=3, seed=0,
+                                 partial=PartialResults(tmp_path), key=key)
+    assert [r.sigma for r in again] == [0.2, 0.4] and [r.mean for r in again] == [r.mean for r in curve]
+    assert any("holds σ=0.6" in str(w.message) for w in caught)
+
+
+def test_read_batch_of_a_target_precision_result_is_its_subset_chips(tmp_path):
+    import torch
+
+    from nvcim import DeviceConfig
+    from nvcim.evaluate import monte_carlo_evaluate
+
+    torch.manual_seed(0)
+    model, data = torch.nn.Linear(4, 3), (torch.randn(64, 4), torch.randint(0, 3, (64,)))
+    cfg = DeviceConfig(sigma=0.3, read_sigma=0.05)
+    r = monte_carlo_evaluate(model, data, cfg, seed=0, target_ci=5.0, images_per_chip=16, max_chips=200,
+                             batch_size=1024)
+    assert r.read_batch == 16  # (it said 64: the full-set pilot chips', not those the mean is over)

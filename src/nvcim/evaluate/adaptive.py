@@ -51,7 +51,10 @@ Chow-Robbins rounds can only widen the reported interval or add chips. Simulated
 interval (a review's harness: chips at ~92 % with a share collapsed to ~30 %, target ±1 point, 1,000 or
 5,000 images per chip): no collapsed chips 0.93-0.96; a 5 % share 0.94-0.96 (0.86 with a first stage of
 30); a 2 % share 0.86-0.88 (0.63-0.71 with 30), where a plain t interval over as many chips gives ~0.93; a
-1 % share 0.69 (a fixed count of as many chips: 0.85). A sub-population of chips rarer than a few per hundred
+1 % share 0.69 (a fixed count of as many chips: 0.85). The same mechanism biases the mean upward where chips are
+skewed (a later review, target ±2, 5 % collapsed chips: +0.17 to +0.30 points, coverage 0.91-0.93 against +0.05 and
+0.93 for a fixed count; ±1: +0.07 to +0.10): Stein's original form (the mean over the second-stage chips alone)
+removes it at 30-40 % more chips and is not used. A sub-population of chips rarer than a few per hundred
 can hide from the first stage: for such a device, a fixed number of chips (`runs`) well above 1 / its rate is
 the safer protocol. A first stage whose chips all scored the same (s0 = 0) would stop with a zero-width
 interval: instead its half-width is the rule-of-three bound `all_equal_bound` and chips are added until that

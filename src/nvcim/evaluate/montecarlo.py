@@ -472,6 +472,11 @@ def robustness_curve(model: nn.Module, data: Any, cfg: DeviceConfig, sigmas: Ite
         baseline = _baselines(model, batches, ChipSampler(model, cfg, dev), on_chip) if opts["baselines"] else False
         for s in sigmas:
             res = partial.get(key(s)) if partial is not None else None
+            if res is not None and (not math.isclose(res.sigma, s, rel_tol=0, abs_tol=1e-12) or res.seed != opts["seed"]
+                                    or res.target_ci != opts["target_ci"]):  # another σ's (seed's, target's) result
+                warnings.warn(f"a kept piece of an interrupted run for σ={s:g} holds σ={res.sigma!r}, seed "
+                              f"{res.seed!r} (damaged or replaced): that evaluation runs again")
+                res = None
             if res is None:
                 cfg_s = cfg.replace(sigma=s)
                 with overridden(model, cfg=cfg_s, sigma=s):

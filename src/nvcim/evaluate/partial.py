@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from nvcim.evaluate.results import MCResult, write_results_json
-from nvcim.evaluate.stats import summarize
+from nvcim.evaluate.stats import accuracy_ci, summarize
 
 FORMAT, VERSION = "nvcim-eval-partial", 1
 SUFFIX = ".partial"
@@ -211,7 +211,31 @@ def implausible(r: MCResult) -> str | None:
         mean = min(max(mean, 0.0), 100.0)
     if not math.isclose(r.mean, mean, rel_tol=1e-9, abs_tol=1e-9):
         return f"mean {r.mean!r} is not the mean of its chips' accuracies ({mean:.6g})"
-    return _spread_differs(r)
+    return _counts_differ(r) or _spread_differs(r)
+
+
+def _counts_differ(r: MCResult) -> str | None:
+    """Why r's EKL, its count of correct pairs, its non-finite chip count or (target-precision mode) its CI cannot be
+    those its chips give (None: they can)."""
+    pairs = sum(r.per_run_correct) + sum(r.subset_correct or ())  # the correct (chip, image) pairs EKL may average
+    if isinstance(r.ekl_n, bool) or not isinstance(r.ekl_n, int) or not 0 <= r.ekl_n <= pairs:
+        return f"ekl_n {r.ekl_n!r} is not a count of correct pairs in 0..{pairs}"
+    ekl = r.ekl if isinstance(r.ekl, (int, float)) and not isinstance(r.ekl, bool) else math.nan
+    if (r.ekl_n > 0) != (math.isfinite(ekl) and ekl >= 0):
+        return f"ekl {r.ekl!r} does not go with its {r.ekl_n} correct pairs (a mean of -log p over them, >= 0)"
+    if isinstance(r.nonfinite_runs, bool) or not isinstance(r.nonfinite_runs, int) \
+            or not 0 <= r.nonfinite_runs <= r.chips_scored:
+        return f"nonfinite_runs {r.nonfinite_runs!r} is not a count of its {r.chips_scored} chips"
+    if r.adaptive and not (isinstance(r.images_per_chip, int) and 1 <= r.images_per_chip <= r.n_samples):
+        return f"images_per_chip {r.images_per_chip!r} is not a count of the {r.n_samples} test images"
+    if r.adaptive and r.full_set_chips is not None and r.full_set_chips != len(r.per_run_correct):
+        return f"full_set_chips {r.full_set_chips!r} is not its {len(r.per_run_correct)} full-set chips"
+    half = r.ci_half_width
+    if r.adaptive and isinstance(half, (int, float)) and math.isfinite(half):
+        if half < 0 or any(not math.isclose(c, w, rel_tol=1e-9, abs_tol=1e-9)
+                           for c, w in zip(r.ci95, accuracy_ci(r.mean, half))):
+            return f"ci95 {list(r.ci95)!r} is not the mean ± its half-width {half!r}"
+    return None
 
 
 def _spread_differs(r: MCResult) -> str | None:

@@ -55,7 +55,9 @@ def record_inputs(results: Sequence[MCResult], batches, cfg: DeviceConfig, batch
     images = sum(int(yb.shape[0]) for _, yb in batches)
     for r in results:
         r.images_sha256 = digest
-        r.read_batch = min(int(batch_size), images) if cfg.read_sigma else None  # one batch of them all: all
+        # the chips the mean is over: in target-precision mode the subset chips, each reading its N images
+        per_chip = r.images_per_chip if r.adaptive and r.images_per_chip else images
+        r.read_batch = min(int(batch_size), per_chip) if cfg.read_sigma else None  # one batch of them all: all
 
 
 def warn_implausible(model: nn.Module, batches, results: Sequence[MCResult]) -> None:

@@ -86,7 +86,8 @@ class MCResult:
     percentiles_from: str | None = None  # "full_set_chips"
     # what it was scored on (absent from the JSON when None: files written before them load with None)
     images_sha256: str | None = None  # the test images' digest (nvcim.evaluate.plausibility.batches_sha256)
-    read_batch: int | None = None  # under read noise: the images per forward, which share one read (SPEC §8)
+    read_batch: int | None = None  # under read noise: the images per forward, which share one read (SPEC §8); in
+    # target-precision mode those of the chips the mean is over (min(batch size, images_per_chip))
 
     @property
     def adaptive(self) -> bool:
