@@ -139,3 +139,9 @@ def test_nvcims_spec_copy_with_a_relative_device_file_says_what_to_run(tmp_path,
     err = capsys.readouterr().err
     assert "nvcim's copy of the spec" in err and "spec.json" in err
     assert main(["sweep", str(out / "spec.json"), "--out", str(out), "--quiet"]) == 0
+
+
+def test_a_spec_path_that_is_a_folder_is_named_so(tmp_path, capsys):
+    """'sweep spec DIR does not exist' for a folder that exists (a sweep review)."""
+    assert main(["sweep", str(tmp_path), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    assert "is a folder: give the file" in capsys.readouterr().err

@@ -172,6 +172,8 @@ def _yaml_unique(text: str):
 def read_mapping_file(path, what: str) -> dict[str, Any]:
     """The mapping held by a .toml, .yaml/.yml or .json file; `what` names it in errors ("sweep spec")."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder: give the file (.toml, .yaml, .yml or .json)")
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist: check the path")
     suffix = path.suffix.lower()
