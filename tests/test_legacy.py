@@ -101,6 +101,8 @@ def test_old_sweep_directory_resumes_with_nothing_to_run_and_reports_the_same(tm
         for q, key in ((1, "p1"), (5, "p5"), (10, "p10")):
             if q * int(row["n_chips"]) < 100:
                 row[key] = ""
+    for row in new:  # a column added in session 34 (implausible-value marks): the numbers are the old ones
+        assert row.pop("flags") == ""
     assert new == old
     assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before  # nothing rewritten
 
