@@ -33,6 +33,7 @@ from typing import Iterable
 
 ENV_VAR = "NVCIM_PLUGINS"
 _LOADED: list[str] = []  # plugin specs in load order (files: absolute paths)
+_DIGESTS: dict[str, str] = {}  # spec -> sha256 of its sources as they were when imported (fingerprint)
 _BESIDE: dict[str, list[str]] = {}  # a file plugin -> the modules beside it that it imported (top-level names)
 
 
@@ -87,6 +88,7 @@ def load_plugin(spec: str) -> str:
         raise PluginError(f"plugin {spec} failed to import: {type(exc).__name__}: {first}"
                           " (fix the plugin, or check the name / path)") from None
     _LOADED.append(name)
+    _DIGESTS[name] = _digest(name)  # the code imported now: an edit made later (during a training) is not it
     return name
 
 
@@ -167,16 +169,20 @@ def fingerprint(specs: Iterable[str] | None = None) -> str | None:
     chosen = list(_LOADED) if specs is None else [s for s in _LOADED if s in set(specs)]
     if not chosen:
         return None
-    digests = []  # one per plugin, named by its file's name or its module name: the same code anywhere on disk
-    for spec in chosen:
-        h = hashlib.sha256((Path(spec).name if _is_file_spec(spec) else spec).encode() + b"\0")
-        for name, f in sources(spec):
-            try:
-                h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
-            except OSError:  # vanished or unreadable since it was listed: its name alone
-                h.update(name.encode() + b"\0?\0")
-        digests.append(h.hexdigest())
+    # one per plugin, named by its file's name or its module name (the same code anywhere on disk), as imported
+    digests = [_DIGESTS.get(spec) or _digest(spec) for spec in chosen]
     return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
+
+
+def _digest(spec: str) -> str:
+    """sha256 of one loaded plugin's name and source files, read now (load_plugin keeps it from the import)."""
+    h = hashlib.sha256((Path(spec).name if _is_file_spec(spec) else spec).encode() + b"\0")
+    for name, f in sources(spec):
+        try:
+            h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
+        except OSError:  # vanished or unreadable since it was listed: its name alone
+            h.update(name.encode() + b"\0?\0")
+    return h.hexdigest()
 
 
 _NVCIM_NAMES: dict[str, set] | None = None  # the registries' names before the first plugin was imported
@@ -204,10 +210,13 @@ def plugin_args(argv: list[str]) -> list[str]:
     since the parser's choices and method flags come from the registries the plugins fill)."""
     out = []
     for i, a in enumerate(argv):
-        if a == "--plugin" and i + 1 < len(argv):
+        flag, eq, value = a.partition("=")
+        if len(flag) < 5 or not "--plugin".startswith(flag):  # argparse takes "--plu" .. "--plugi" as --plugin too
+            continue
+        if eq:
+            out.append(value)
+        elif i + 1 < len(argv):
             out.append(argv[i + 1])
-        elif a.startswith("--plugin="):
-            out.append(a.split("=", 1)[1])
     return out
 
 

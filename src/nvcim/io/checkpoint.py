@@ -444,6 +444,10 @@ def load_checkpoint(path, map_location="cpu") -> tuple[nn.Module, dict]:
                 f"the plugins' code that builds it changed since it was saved ({edited}): load the version it was "
                 "trained with" if edited else "config.json and model.safetensors come from different models")
         )
+    hint = missing_hint(config.get("plugins"))
+    if hint:  # it builds without them: by nvcim's own code of that name, or another copy's (a plugin moved or copied)
+        warnings.warn(f"checkpoint {path} builds, but its model, method or variation may now come from other code than "
+                      f"it was trained with{hint}", RuntimeWarning, stacklevel=2)
     digest = config.get("weights_sha256")  # (None: saved before nvcim recorded it, or written elsewhere)
     if isinstance(digest, str) and _sha256(path / WEIGHTS_FILE) != digest:  # a file that loads, with other bytes
         raise CheckpointError(f"checkpoint {path}: {WEIGHTS_FILE} is not the file saved with its {CONFIG_FILE} "
