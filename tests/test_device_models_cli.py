@@ -468,7 +468,7 @@ def test_device_files_say_what_they_do_not_do(tmp_path):
     drift happened; JSON null for sigma was "sigma=None is invalid"; 'presets' got no hint."""
     f = tmp_path / "d.toml"
     f.write_text("drift_nu = [0.06, 0.02]\n")
-    with pytest.raises(ValueError, match=r"drift_nu=\[0.06, 0.02\] has no drift to shape: set drift_time"):
+    with pytest.raises(ValueError, match=r"drift_nu = \[0.06, 0.02\] has no drift to shape: set drift_time"):
         device_model(str(f), defaults={"sigma": 0.2})
     f.write_text("drift_nu = [0.06, 0.02]\ndrift_time = 3600\n")
     assert device_model(str(f), defaults={"sigma": 0.2}).drift_nu == (0.06, 0.02)
@@ -507,3 +507,28 @@ def test_arms_trained_under_other_devices_name_them_even_when_their_recipes_diff
     assign_labels(recs)
     assert [r["label"] for r in recs] == ["noise injection (trained on read_sigma=0.05) (1 epoch)",
                                           "noise injection (trained on gaussian) (2 epochs)"]
+
+
+def test_an_adc_device_drifting_with_its_own_nu_evaluates():
+    """A diff review: the drift_nu refusal fired on nvcim's own copies of such a device (drift off, ν kept)."""
+    import torch
+
+    from nvcim import DeviceConfig
+    from nvcim.evaluate import monte_carlo_evaluate
+
+    torch.manual_seed(0)
+    model, data = torch.nn.Linear(8, 3), (torch.rand(16, 8), torch.randint(0, 3, (16,)))
+    cfg = DeviceConfig(sigma=0.1, adc_bits=8, drift_time=3600.0, drift_nu=(0.1, 0.02))
+    assert math.isfinite(monte_carlo_evaluate(model, data, cfg, runs=2, seed=0).mean)
+
+
+def test_no_quantize_under_a_device_model_replaces_a_faulty_training_device(tmp_path, capsys):
+    """--no-quantize with --device-model was refused for a checkpoint trained under stuck-at faults (they act on
+    quantized levels), though the device model replaces them; under its own device it says why, in one line."""
+    ck = tmp_path / "stuck"
+    assert main(["train", *SMOKE, "--method", "noise_injection", "--device-model", "stuck-chen2015", "--out",
+                 str(ck)]) == 0
+    assert main(["eval", str(ck), "--no-quantize", "--device-model", "gaussian", "--runs", "2", "--limit", "32"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(ck), "--no-quantize", "--runs", "2", "--limit", "32"]) == 2
+    assert "trained under stuck-at faults or drift" in capsys.readouterr().err

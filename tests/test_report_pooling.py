@@ -205,3 +205,11 @@ def test_arms_past_the_colour_cycle_get_another_marker():
     colours = label_colours([(f"arm {i:02d}", "ovf") for i in range(20)])
     styles = {(colours[f"arm {i:02d}"], colours.marker(f"arm {i:02d}")) for i in range(20)}
     assert len(styles) == 20
+
+
+def test_an_npz_file_evaluated_by_another_spelling_of_its_path_is_its_training_data():
+    from nvcim.report.labels import same_data
+
+    assert same_data("npz:d.npz", "npz:./d.npz") and same_data("npz:d.npz", "npz:/home/me/run/d.npz")
+    assert not same_data("npz:v1/d.npz", "npz:v2/d.npz") and not same_data("mnist5k", "mnist")
+    assert same_data(None, "mnist")  # unknown: not another arm

@@ -45,7 +45,14 @@ def checkpoint_device(ckpt: Path, config: dict, no_quantize: bool = False, own: 
         raise ValueError(f"--no-quantize: checkpoint {ckpt} was trained behind ADCs / DACs (adc_bits={base.adc_bits}, "
                          f"input_bits={base.input_bits}), which read quantized device levels: drop --no-quantize, or "
                          "evaluate under a --device-model without ADCs")
-    return base.replace(quantize=False, adc_bits=None, input_bits=None) if no_quantize else base
+    if no_quantize and base.chip_effects and own:
+        raise ValueError(f"--no-quantize: checkpoint {ckpt} was trained under stuck-at faults or drift, which act on "
+                         "quantized device levels: drop --no-quantize, or evaluate under a --device-model without them")
+    if not no_quantize:
+        return base
+    gone = {} if own else {"stuck_at": (0.0, 0.0), "drift_time": None, "drift_compensation": False,
+                           "drift_nu": DeviceConfig().drift_nu}  # (a device model replaces them)
+    return base.replace(quantize=False, adc_bits=None, input_bits=None, **gone)
 
 
 def device_defaults(ckpt: Path, no_quantize: bool = False) -> dict[str, Any]:
@@ -155,9 +162,7 @@ def load_for_eval(ckpt: Path, *, dataset: str | None, data_root: str | None, spl
     split = getattr(splits, split_name)
     if len(split) == 0:
         raise ValueError(f"the {split_name} split of {dataset} is empty: use --split test or another dataset")
-    # the file trained on by another spelling (npz:./d.npz): results name it as the checkpoint does, so that a report
-    # counts it as the data the model trained on (and groups it with that model's other results)
-    return Loaded(model, config, base, data_cfg["name"] if same and data_cfg.get("name") else dataset, splits, split)
+    return Loaded(model, config, base, dataset, splits, split)
 
 
 def _same_data(dataset: str, data_cfg: dict) -> bool:

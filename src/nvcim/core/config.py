@@ -241,10 +241,6 @@ class DeviceConfig:
         if self.drift_compensation and self.drift_time is None:
             raise ValueError("DeviceConfig.drift_compensation=True has no drift to compensate: set drift_time "
                              "(seconds) or drop drift_compensation")
-        default_nu = next(f.default for f in dataclasses.fields(self) if f.name == "drift_nu")
-        if nu != tuple(default_nu) and self.drift_time is None:  # named as the device's, and nothing drifted
-            raise ValueError(f"DeviceConfig.drift_nu={list(nu)} has no drift to shape: set drift_time (seconds, e.g. "
-                             "3600) or drop drift_nu")
         for name in ("adc_bits", "input_bits"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)

@@ -149,6 +149,7 @@ def check_images(path: Path, key: str, x: np.ndarray, square: bool = True) -> np
 
 
 _MAX_LABEL = 2**31 - 1  # far above any classifier's class count
+_MAX_CLASSES = 100_000  # without a classes array, more classes than this that are mostly unused are refused
 
 
 def check_labels(path: Path, key: str, y: np.ndarray, n: int, images: str) -> np.ndarray:
@@ -235,7 +236,9 @@ def read_npz(path: str | Path) -> NpzData:
     else:
         num_classes = top + 1
         used = np.unique(np.concatenate([y_train, y_test])).size
-        if num_classes - used > max(used, 10):  # mostly unused indices: ids or codes, not class indices 0..K-1
+        # mostly unused indices far past any classifier (ids or codes, not class indices 0..K-1: label 2^31 - 1 built
+        # a 2^31-way model); fewer are said by a warning below (a checkpoint trained on such a file still evaluates)
+        if num_classes > _MAX_CLASSES and num_classes - used > max(used, 10):
             raise ValueError(f"{path}: the labels use {used} distinct values up to {top}, so a model would get "
                              f"{num_classes} outputs, {num_classes - used} of them for classes that occur nowhere: "
                              "relabel to 0..K-1 (y = np.unique(y_all, return_inverse=True)[1]) or save a classes array "

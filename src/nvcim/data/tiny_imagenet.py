@@ -39,12 +39,15 @@ _TINY_CACHE_FORMAT = 2  # bump when the decoding changes: older caches are then 
 _IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}  # (any case)
 
 
+_OS_FILES = {"Thumbs.db", "desktop.ini", "Icon\r"}  # what file managers leave in folders (dot files aside)
+
+
 def _images(d: Path) -> list[Path]:
     """The image files of a folder (JPEG as in the official archive, or PNG, BMP, ... in a user's tree), sorted by
     name; other files there are refused rather than skipped (a silently smaller training set)."""
     if not d.is_dir():
         return []
-    files = [p for p in d.iterdir() if not p.name.startswith(".") and p.is_file()]
+    files = [p for p in d.iterdir() if not p.name.startswith(".") and p.is_file() and p.name not in _OS_FILES]
     other = [p.name for p in files if p.suffix.lower() not in _IMAGE_SUFFIXES]
     if other:
         raise ValueError(f"{d} holds {len(other)} file(s) that are not images ({', '.join(sorted(other)[:3])}): "
@@ -61,7 +64,8 @@ def _source_print(folder: Path) -> str | None:
     for d in sorted((folder / "train").iterdir()) if (folder / "train").is_dir() else []:
         images += _images(d / "images")
     val = folder / "val" / "images"  # every file there: val_annotations.txt may name any format
-    images += sorted(p for p in val.iterdir() if not p.name.startswith(".") and p.is_file()) if val.is_dir() else []
+    images += sorted(p for p in val.iterdir() if not p.name.startswith(".") and p.is_file()
+                     and p.name not in _OS_FILES) if val.is_dir() else []
     if not images:
         return None
     files = [f for f in (folder / "wnids.txt", folder / "val" / "val_annotations.txt") if f.is_file()] + images

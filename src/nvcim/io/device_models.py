@@ -103,6 +103,9 @@ def _fields_of(spec: str, device_bits: Any = None) -> dict[str, Any]:
                 fields = preset_merged(preset, fields, fields.get("device_bits", device_bits))
             except ValueError as exc:
                 raise ValueError(f"device model file {spec}: {exc}") from None
+        if "drift_nu" in fields and fields.get("drift_time") is None:  # named as the device's, and nothing drifts
+            raise ValueError(f"device model file {spec}: drift_nu = {fields['drift_nu']!r} has no drift to shape: set "
+                             "drift_time (seconds, e.g. 3600) or drop drift_nu")
         if "tile_rows" in fields and fields.get("adc_bits") is None:  # (DeviceConfig keeps loading recorded ones)
             raise ValueError(f"device model file {spec}: tile_rows = {fields['tile_rows']!r} tiles nothing without an "
                              "ADC (exact partial sums add up the same in any tiling): set adc_bits, e.g. 8, or drop "

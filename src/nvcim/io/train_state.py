@@ -151,14 +151,27 @@ def state_dir_problem(path) -> str | None:
 
 def _failed_checksum(file: Path) -> str | None:
     """The first member of torch.save's zip archive whose CRC-32 does not match its data (bit rot, a bad copy), else
-    None (also for a file that is no zip archive: torch.load says what is wrong with it)."""
+    None (also for a file that is no zip archive: torch.load says what is wrong with it; members written without a
+    checksum, CRC 0, are not checked)."""
     try:
-        with zipfile.ZipFile(file) as z:
-            return z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError):  # (RuntimeError: an encrypted member)
+        archive = zipfile.ZipFile(file)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):  # no zip archive: torch.load says what it is
+        return None
+    try:
+        with archive as z:
+            for info in z.infolist():
+                if info.CRC == 0 and info.file_size:  # written without checksums (torch's compute_crc32 = False)
+                    continue
+                with z.open(info) as member:  # reading to the end checks the member's CRC-32
+                    while member.read(1 << 20):
+                        pass
+    except (zipfile.BadZipFile, EOFError) as exc:  # a CRC that does not match: "Bad CRC-32 for file ..."
+        return str(exc).removeprefix("Bad CRC-32 for file ") or type(exc).__name__
+    except (OSError, ValueError, RuntimeError, NotImplementedError):  # not readable as a zip: torch.load says why
         return None
     except Exception as exc:  # noqa: BLE001 (zlib.error: a damaged deflate stream)
         return f"{type(exc).__name__}"
+    return None
 
 
 def save_train_state(path, tensors: Mapping[str, Any], record: Mapping[str, Any]) -> Path:

@@ -27,6 +27,8 @@ without noise has none) are arms per training device: "noise injection (trained 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import PurePath
 from typing import Any, Mapping, Sequence
 
 from nvcim.report.common import fmt_param, method_traits, sigma_key
@@ -65,7 +67,9 @@ def device_description(device: Mapping[str, Any]) -> str | None:
     if variation != "gaussian":
         opts = device.get("variation_options") or {}
         parts.append(variation + "".join(f" {k}={fmt_param(v)}" for k, v in sorted(opts.items())))
-    parts += [f"{k}={fmt_param(device[k])}" for k in _DEVICE_KEYS if device.get(k) is not None and k in device]
+    idle = () if device.get("drift_time") is not None else ("drift_nu", "drift_compensation")  # no drift: not said
+    parts += [f"{k}={fmt_param(device[k])}" for k in _DEVICE_KEYS
+              if device.get(k) is not None and k in device and k not in idle]
     return ", ".join(parts) or None
 
 
@@ -272,6 +276,17 @@ def _mark_differing_settings(records: list[dict]) -> None:
                 r["differing"][part] = text.format(r[field])
 
 
+def same_data(trained: str | None, evaluated: str | None) -> bool:
+    """Whether a model was evaluated on the data set it trained on (unknown: yes): the same name, or an npz: file by
+    another spelling of its path (npz:./d.npz, npz:/abs/path/d.npz for npz:d.npz; `nvcim eval --dataset`)."""
+    if not trained or not evaluated or trained == evaluated:
+        return True
+    if not (trained.startswith("npz:") and evaluated.startswith("npz:")):
+        return False
+    a, b = (PurePath(os.path.normpath(n[4:])).as_posix() for n in (trained, evaluated))
+    return a == b or a.endswith("/" + b) or b.endswith("/" + a)
+
+
 def evaluation_parts(r: Mapping) -> dict[str, str]:
     """How a result was evaluated off the standard setting, one entry per aspect (empty: standard): the sweep's
     device model, recalibrated BatchNorm statistics, calibrated ADC ranges' images, layers kept digital, the
@@ -295,7 +310,7 @@ def evaluation_parts(r: Mapping) -> dict[str, str]:
         parts["split"] = f"{r['split']} split"
     if r.get("quantized") is False:
         parts["quantized"] = "unquantized"
-    if r.get("train_dataset") and r["train_dataset"] != r.get("dataset"):  # trained on other data than evaluated
+    if not same_data(r.get("train_dataset"), r.get("dataset")):  # trained on other data than evaluated
         parts["train_data"] = f"trained on {r['train_dataset']}"
     parts.update(r.get("differing") or {})
     return parts
@@ -316,5 +331,5 @@ def is_standard_evaluation(r: Mapping) -> bool:
     trained and tested on its i.i.d. Gaussian device of M = 8, K = 2 bits (a device model, chip effect or other
     bits is another experiment)."""
     return (not r.get("bn_recalibration") and r.get("split", "test") == "test" and r.get("quantized") is not False
-            and (not r.get("train_dataset") or r["train_dataset"] == r.get("dataset"))
+            and same_data(r.get("train_dataset"), r.get("dataset"))
             and r.get("gaussian_device", True) and not r.get("digital_layers") and _bits(r) in (None, PAPER_BITS))

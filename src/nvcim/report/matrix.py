@@ -83,6 +83,8 @@ def own_sigmas(rec: DeviceMatrixFile) -> dict[str, float]:
     out = {}
     trained = [(info or {}).get("train_sigma") for info in (rec.rows or [None] * len(rec.checkpoints))]
     for j, dm in enumerate(rec.device_models):
+        if any((row[j].get("device_config") or {}).get("aihwkit") for row in rec.cells):
+            continue  # aihwkit's device has no σ_d of nvcim's
         sigmas = {round(rec.result(i, j).sigma, 9) for i in range(len(rec.checkpoints))}
         if len(sigmas) != 1:
             continue
