@@ -485,3 +485,67 @@ def test_a_checkpoint_saved_with_a_plugin_not_loaded_now_warns_even_when_it_buil
     (ck / "config.json").write_text(json.dumps(config))
     with pytest.warns(RuntimeWarning, match=r"may now come from other code.*shadow_tiny.py'\], not loaded now"):
         load_checkpoint(ck)
+
+
+_METHOD_PLUGIN = '''
+from dataclasses import dataclass
+import torch.nn.functional as F
+from nvcim.methods.base import Method, Option, TrainingTask, register_method
+
+
+@dataclass(frozen=True)
+class Cfg:
+    name = "plug_{name}"
+    {option}: float = 0.1
+
+
+class Task(TrainingTask):
+    def __init__(self, model, device_cfg, method_cfg):
+        super().__init__(model, device_cfg, method_cfg)
+        self._apply_variation()
+
+    def forward(self, x, y):
+        out = self.model(x)
+        return F.cross_entropy(out, y), out
+
+
+@register_method
+class M(Method):
+    name = "plug_{name}"
+    label = "plug"
+    options = (Option("{option}", {type}, 0.1, "a plugin option"),)
+    config = Cfg
+    task = Task
+'''
+
+
+@pytest.mark.parametrize("option,type_,ok", [("lr", '"float"', False), ("alpha_x", "float", True)])
+def test_a_plugin_methods_option_is_one_line_or_works(tmp_path, option, type_, ok):
+    """An option named like nvcim train's own flag (--lr) crashed every command with an argparse traceback, and the
+    docstring's template Option("alpha", float, ...) (a Python type) crashed with a KeyError (a plugin review)."""
+    f = tmp_path / f"m_{option}.py"
+    f.write_text(_METHOD_PLUGIN.format(name=option, option=option, type=type_))
+    r = _run(["train", "--help", "--plugin", str(f)])
+    if ok:
+        assert r.returncode == 0 and "--alpha-x" in r.stdout, r.stderr
+    else:
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--lr" in r.stderr, r.stderr
+
+
+def test_a_plugin_variation_named_like_a_preset_is_refused_where_it_is_ambiguous(tmp_path):
+    f = tmp_path / "v_rram4.py"
+    f.write_text("import torch\nfrom nvcim import register_variation\nfrom nvcim.core.variation import Variation\n\n\n"
+                 "@register_variation('rram4')\nclass Mine(Variation):\n    fast_path_exact = False\n\n"
+                 "    def sample(self, levels, sigma, cfg, generator):\n"
+                 "        z = torch.randn(levels.shape, generator=generator, dtype=levels.dtype, device=levels.device)\n"
+                 "        return z * sigma * cfg.device_levels\n")
+    r = _run(["eval", "--list-device-models", "--device-model", "rram4", "--plugin", str(f)])
+    assert r.returncode == 2 and "both one of nvcim's and a variation kind a plugin registers" in r.stderr, r.stderr
+
+
+def test_a_search_is_labelled_by_the_parameter_its_result_records():
+    """Without the plugin loaded, a plugin method's alpha search was labelled β (its result records "alpha")."""
+    from nvcim.report.tables import _searched
+
+    assert _searched({"method": "plug_smooth", "beta_search": {"parameter": "alpha"}}) == "alpha"
+    assert _searched({"method": "ovf", "beta_search": {"chosen_beta": 1e-3}}) == "beta"

@@ -156,7 +156,12 @@ def _main(argv: list[str] | None) -> int:
     except PluginError as e:
         print(f"nvcim: error: {e}", file=sys.stderr)
         return 2
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except (ValueError, argparse.ArgumentError) as e:  # a plugin method's option clashing with nvcim's own flags
+        fix = "" if "rename" in str(e) else ": a plugin's method option clashes with it: rename the option"
+        print(f"nvcim: error: {' '.join(str(e).split())}{fix}", file=sys.stderr)
+        return 2
     args, extra = parser.parse_known_args(argv)
     if extra:  # named by the subcommand whose flags they are not (argparse would say "nvcim: error")
         print(f"nvcim {args.command}: error: unrecognized arguments: {' '.join(extra)} (see nvcim {args.command} "

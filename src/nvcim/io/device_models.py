@@ -34,6 +34,7 @@ from typing import Any, Mapping
 from nvcim.core.config import PRESET_NAMES, DeviceConfig, preset_fields, preset_merged
 from nvcim.core.variation import VARIATIONS
 from nvcim.io.files import read_mapping_file
+from nvcim.plugins import plugin_names
 
 DEVICE_FIELDS = {f.name for f in dataclasses.fields(DeviceConfig)}
 
@@ -74,6 +75,9 @@ def _usable_bare(kind: str) -> bool:
 def _fields_of(spec: str, device_bits: Any = None) -> dict[str, Any]:
     """The fields `spec` sets; a "-level" preset (named, or a file's `preset` without its own
     variation_options) has one multiplier per level of `device_bits` (a file's own device_bits first)."""
+    if (spec in NAMED or spec in PRESET_NAMES) and spec in plugin_names("variation"):  # which one was meant?
+        raise ValueError(f"device model {spec!r} is both one of nvcim's and a variation kind a plugin registers: "
+                         "rename the plugin's kind (register_variation name)")
     if spec in NAMED:
         return dict(NAMED[spec][0])
     if spec in PRESET_NAMES:

@@ -6,7 +6,7 @@ A method is one class (see vanilla.py, noise_injection.py, ovf.py) registered in
     class MyMethod(Method):
         name = "my_method"
         label = "my method"                    # report legend
-        options = (Option("alpha", float, 0.5, "strength of ..."),)   # -> --alpha, spec key, config field
+        options = (Option("alpha", "float", 0.5, "strength of ..."),)   # -> --alpha, spec key, config field
         config = MyConfig                      # frozen dataclass whose fields are the options
         task = MyTask                          # TrainingTask subclass: task(x, y) -> (loss, output)
 
@@ -90,6 +90,9 @@ def censor_suffix(params: Mapping[str, Any]) -> str:
     return f" RCN s={fmt_param(censor)}" if censor is not None else ""
 
 
+OPTION_TYPES = ("float", "int", "str", "floats")
+
+
 @dataclass(frozen=True)
 class Option:
     """One hyper-parameter: its config field, type ("float", "int", "str", "floats"), default, help text."""
@@ -99,6 +102,13 @@ class Option:
     default: Any
     help: str
     choices: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        named = {float: "float", int: "int", str: "str"}.get(self.type, self.type)  # the Python type works too
+        if named not in OPTION_TYPES:
+            raise TypeError(f"Option {self.name!r}: type {self.type!r} is not one of {list(OPTION_TYPES)} (or float, "
+                            "int, str)")
+        object.__setattr__(self, "type", named)
 
     @property
     def flag(self) -> str:

@@ -158,10 +158,17 @@ def _beta_candidates(bs: dict) -> dict[float, float | None]:
     return out
 
 
+def _searched(r: dict) -> str:
+    """The parameter a record's search chose: as its result records it (a plugin method's, without the plugin loaded
+    here), else as the method says."""
+    recorded = r["beta_search"].get("parameter") if isinstance(r.get("beta_search"), dict) else None
+    return recorded if isinstance(recorded, str) and recorded else searched_param(r["method"])
+
+
 def search_tables(gkey, grecs: list[dict]) -> list[Table]:
     """One `beta_table` per searched parameter (β, CorrectNet's λ, the tempered logit_scale), β first: a
     candidate value means different things for different parameters, so they never share columns."""
-    params = {searched_param(r["method"]) for r in grecs if r["beta_search"]}
+    params = {_searched(r) for r in grecs if r["beta_search"]}
     tables = [beta_table(gkey, grecs, p) for p in sorted(params, key=lambda p: (p != "beta", p))]
     return [t for t in tables if t is not None]
 
@@ -172,7 +179,7 @@ def beta_table(gkey, grecs: list[dict], param: str = "beta") -> Table | None:
     cells = {}
     for r in grecs:
         if (r["beta_search"] and sigma_key(r["test_sigma"]) == sigma_key(r["train_sigma"])
-                and searched_param(r["method"]) == param):
+                and _searched(r) == param):
             cells.setdefault(r["file"], r)  # (by file: sweeps of other budgets share their cells' ids)
     if not cells:
         return None
