@@ -511,3 +511,17 @@ def test_program_chip_refuses_a_seed_that_is_no_seed(seed):
     nvcim.apply_variation_(model, DeviceConfig(sigma=0.1))
     with pytest.raises(ValueError, match="is invalid: use an integer from 0 to 2\\*\\*63 - 1"):
         nvcim.program_chip_(model, seed=seed)
+
+
+def test_register_layer_refuses_to_replace_a_handler_silently():
+    """A plugin's register_layer(nn.Linear, ...) replaced how every Linear is simulated without a word (a plugin
+    review, session 34)."""
+    from nvcim.layers.handlers import LAYER_HANDLERS, register_layer
+
+    with pytest.raises(ValueError, match="Linear already has a handler: pass replace=True"):
+        register_layer(nn.Linear, lambda m: ["weight"], lambda m, x: x)
+    kept = LAYER_HANDLERS[nn.Linear]
+    try:
+        register_layer(nn.Linear, kept.attrs, kept.forward, replace=True)
+    finally:
+        LAYER_HANDLERS[nn.Linear] = kept

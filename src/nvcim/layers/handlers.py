@@ -64,10 +64,14 @@ FUSED_CONTAINERS: tuple[type, ...] = (nn.TransformerEncoderLayer, nn.Transformer
 
 
 def register_layer(layer_type: type, attrs: Callable[[nn.Module], list[str]], forward: Callable[..., Any],
-                   stored_transposed: bool = False) -> None:
+                   stored_transposed: bool = False, *, replace: bool = False) -> None:
     """Make `layer_type` (and its subclasses that keep its forward) a supported noisy layer. stored_transposed: its
     weights are stored [in, out / module.groups, *kernel] like a transposed convolution's (drift compensation reads
-    the crossbar, `nvcim.core.effects.crossbar_matrix`)."""
+    the crossbar, `nvcim.core.effects.crossbar_matrix`). A type that has a handler (nvcim's nn.Linear, say) is
+    refused unless `replace=True`: a plugin replacing how every Linear is simulated says so."""
+    if layer_type in LAYER_HANDLERS and not replace:
+        raise ValueError(f"register_layer: {layer_type.__name__} already has a handler: pass replace=True to replace "
+                         "it on purpose (every model's layers of that type then run yours)")
     LAYER_HANDLERS[layer_type] = LayerHandler(attrs, forward, stored_transposed)
 
 
