@@ -549,3 +549,32 @@ def test_a_search_is_labelled_by_the_parameter_its_result_records():
 
     assert _searched({"method": "plug_smooth", "beta_search": {"parameter": "alpha"}}) == "alpha"
     assert _searched({"method": "ovf", "beta_search": {"chosen_beta": 1e-3}}) == "beta"
+
+
+def test_a_plugin_that_fails_half_way_leaves_no_registration_behind(tmp_path, monkeypatch):
+    """Its first registration stayed: the fixed file then failed with "already registered" in the same process."""
+    from nvcim.models import MODELS
+
+    monkeypatch.setattr(plugins, "_LOADED", [])
+    f = tmp_path / "half.py"
+    f.write_text("from nvcim.models import register_model\n\n\n@register_model('half_way_net')\n"
+                 "def build(num_classes=10, in_channels=1, width=1.0, image_size=32):\n    raise NotImplementedError\n\n\n"
+                 "raise RuntimeError('later bug')\n")
+    with pytest.raises(plugins.PluginError, match="later bug"):
+        plugins.load_plugin(str(f))
+    assert "half_way_net" not in MODELS
+    f.write_text(f.read_text().replace("raise RuntimeError('later bug')", "FIXED = True"))
+    try:
+        plugins.load_plugin(str(f))
+        assert "half_way_net" in MODELS
+    finally:
+        MODELS.unregister("half_way_net")
+
+
+def test_register_variation_misused_says_how_to_use_it():
+    from nvcim.core.variation import register_variation
+
+    with pytest.raises(TypeError, match="decorates a subclass of nvcim.core.variation.Variation"):
+        register_variation("not_a_class_kind")(lambda: 1)
+    with pytest.raises(TypeError, match=r'takes the kind.s name: write @register_variation\("my_kind"\)'):
+        register_variation(type("Bare", (), {}))

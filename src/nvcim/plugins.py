@@ -61,6 +61,7 @@ def load_plugin(spec: str) -> str:
     global _NVCIM_NAMES
     if _NVCIM_NAMES is None:  # what nvcim itself registered: plugin_names() is everything added after this
         _NVCIM_NAMES = {kind: set(reg.names()) for kind, reg in _registries().items()}
+    registered = {kind: dict(reg.items()) for kind, reg in _registries().items()}  # put back if the import fails
     try:
         if _is_file_spec(spec):
             path = Path(name)
@@ -82,14 +83,28 @@ def load_plugin(spec: str) -> str:
         else:
             importlib.import_module(name)
     except PluginError:
+        _restore(registered)
         raise
     except Exception as exc:  # the user's code: name it, one line
+        _restore(registered)  # what it registered before failing: a fixed file can be loaded again in this process
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise PluginError(f"plugin {spec} failed to import: {type(exc).__name__}: {first}"
                           " (fix the plugin, or check the name / path)") from None
     _LOADED.append(name)
     _DIGESTS[name] = _digest(name)  # the code imported now: an edit made later (during a training) is not it
     return name
+
+
+def _restore(registered: dict[str, dict]) -> None:
+    """Put the registries back as `registered` holds them (names a failed plugin added removed, those it replaced
+    restored)."""
+    for kind, reg in _registries().items():
+        before = registered[kind]
+        for name in [n for n in reg if n not in before]:
+            reg.unregister(name)
+        for name, entry in before.items():
+            if reg.get(name, None) is not entry:
+                reg[name] = entry
 
 
 def load_plugins(specs: Iterable[str] = (), *, env: bool = True) -> list[str]:

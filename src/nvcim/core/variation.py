@@ -39,7 +39,14 @@ def register_variation(name: str, *, replace: bool = False) -> Callable[[type], 
     a kind of that name on purpose). A class that overrides `sample` while inheriting fast_path_exact = True is
     refused: under sampling="auto" its own draws would never run (one Gaussian draw per weight replaces them)."""
 
+    if not isinstance(name, str):  # @register_variation without its name (a class given in its place)
+        raise TypeError(f"register_variation takes the kind's name: write @register_variation(\"my_kind\") above the "
+                        f"class, got {name!r}")
+
     def wrap(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, Variation)):
+            raise TypeError(f"register_variation({name!r}) decorates a subclass of nvcim.core.variation.Variation "
+                            f"(with a sample method), got {cls!r}")
         mro = cls.__mro__
         fast_from = next((c for c in mro if "fast_path_exact" in vars(c)), Variation)
         sample_from = next((c for c in mro if "sample" in vars(c)), Variation)
