@@ -578,3 +578,20 @@ def test_register_variation_misused_says_how_to_use_it():
         register_variation("not_a_class_kind")(lambda: 1)
     with pytest.raises(TypeError, match=r'takes the kind.s name: write @register_variation\("my_kind"\)'):
         register_variation(type("Bare", (), {}))
+
+
+def test_a_method_whose_task_forgets_the_device_model_is_refused(tmp_path, monkeypatch):
+    """It trained noise-free while the summary showed the training σ (a plugin review, session 34)."""
+    from nvcim.methods import METHODS, create_task
+    from nvcim.models import create_model
+
+    monkeypatch.setattr(plugins, "_LOADED", [])
+    f = tmp_path / "m_forgot.py"
+    f.write_text(_METHOD_PLUGIN.format(name="forgot", option="gamma_f", type='"float"')
+                 .replace("        self._apply_variation()\n", ""))
+    plugins.load_plugin(str(f))
+    try:
+        with pytest.raises(TypeError, match=r"put no device model on the network: call self._apply_variation\(\)"):
+            create_task("plug_forgot", create_model("tiny", 10, 1), __import__("nvcim").DeviceConfig(sigma=0.2))
+    finally:
+        METHODS.unregister("plug_forgot")

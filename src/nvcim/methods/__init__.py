@@ -77,4 +77,9 @@ def create_task(name_or_cfg, model: nn.Module, device_cfg: DeviceConfig | None =
     method = METHODS.get(getattr(mcfg, "name", None))
     if method.uses_device and device_cfg is None:
         raise ValueError(f"method {mcfg.name!r} needs a DeviceConfig (the training σ)")
-    return method.task(model, device_cfg, mcfg)
+    task = method.task(model, device_cfg, mcfg)
+    if method.uses_device and isinstance(task, TrainingTask) and not task.device_applied:
+        raise TypeError(f"method {mcfg.name!r} trains under the device (uses_device = True) but its task put no device "
+                        "model on the network: call self._apply_variation() in the task's __init__ (or set "
+                        "uses_device = False for a method trained without noise)")
+    return task

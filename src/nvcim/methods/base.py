@@ -139,6 +139,11 @@ class TrainingTask:
         self._unread: dict = {}  # {name: controller} whose reads the first training step checks
         self.facts: dict = {}  # what the method decided about this model (JSON-safe), recorded in the checkpoint
 
+    @property
+    def device_applied(self) -> bool:
+        """Whether this task put the device model on its network (`_apply_variation`)."""
+        return bool(self._controllers)
+
     def _apply_variation(self) -> None:
         apply_variation_(self.model, self.device_cfg)
         self._controllers = [p.control for p in noisy_parameters(self.model)]
