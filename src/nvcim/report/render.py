@@ -304,7 +304,7 @@ def write_report(rs: ResultSet, out, fmt: str = "png", title: str | None = None,
     if rs.matrices:
         written.append(atomic_write_bytes(out / "device_matrix_arms.csv", matrix_arms_csv(marms)))
         written.append(atomic_write_bytes(out / "device_matrix_paired.csv", matrix_paired_csv(mpaired)))
-    for path in stale_outputs(out, written):  # an earlier report's files this one no longer writes: stale numbers
+    for path in stale_outputs(out, written, fmt):  # an earlier report's files this one no longer writes: stale numbers
         path.unlink(missing_ok=True)
     return written
 
