@@ -293,11 +293,14 @@ def test_code_fingerprint_covers_a_plugin_given_by_module_name(tmp_path, monkeyp
     (pkg / ".#part.py").symlink_to(tmp_path / "gone")  # an editor's lock file: a dangling hidden symlink
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(plugins, "_LOADED", [])
+    monkeypatch.setattr(plugins, "_DIGESTS", {})
     try:
         before = code_fingerprint()
         plugins.load_plugin("my_resume_plugin.ext")  # a submodule: its package's sources count
         loaded = code_fingerprint()
         (pkg / "part.py").write_text("X = 2\n")  # an edit in a sibling module
+        assert code_fingerprint() == loaded  # this process runs the code it imported
+        plugins._DIGESTS.clear()  # ... the next run imports the edited code
         assert len({before, loaded, code_fingerprint()}) == 3
     finally:
         for name in ("my_resume_plugin", "my_resume_plugin.ext", "my_resume_plugin.part"):
