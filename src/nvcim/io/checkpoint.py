@@ -29,7 +29,6 @@ import dataclasses
 import datetime as _dt
 import fnmatch
 import functools
-import hashlib
 import json
 import math
 import os
@@ -44,7 +43,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from nvcim.io.files import current_umask, publish_directory
+from nvcim.io.files import current_umask, file_sha256, publish_directory
 from nvcim.plugins import fingerprint as plugin_fingerprint
 from nvcim.plugins import loaded as loaded_plugins
 from nvcim.plugins import missing_hint
@@ -326,7 +325,7 @@ def save_checkpoint(path, model: nn.Module, model_spec: Mapping | None = None, *
     try:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         # the weights' digest (safetensors stores no checksum: a flipped bit would load as a wrong weight)
-        text = json.dumps({**config, "weights_sha256": _sha256(tmp / WEIGHTS_FILE)}, indent=2, allow_nan=False) + "\n"
+        text = json.dumps({**config, "weights_sha256": file_sha256(tmp / WEIGHTS_FILE)}, indent=2, allow_nan=False) + "\n"
         with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as f:
             f.write(text)
         umask = current_umask()  # mkdtemp's 0700 (and safetensors' 0600) are too private for results
@@ -371,14 +370,6 @@ def read_checkpoint_config(path) -> dict:
         raise CheckpointError(f"checkpoint {path}: {CONFIG_FILE}: {problem}"
                               + (hint if hint else ": fix config.json"))
     return config
-
-
-def _sha256(file: Path) -> str:
-    h = hashlib.sha256()
-    with open(file, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_checkpoint_weights(path) -> dict[str, torch.Tensor]:
@@ -449,7 +440,7 @@ def load_checkpoint(path, map_location="cpu") -> tuple[nn.Module, dict]:
         warnings.warn(f"checkpoint {path} builds, but its model, method or variation may now come from other code than "
                       f"it was trained with{hint}", RuntimeWarning, stacklevel=2)
     digest = config.get("weights_sha256")  # (None: saved before nvcim recorded it, or written elsewhere)
-    if isinstance(digest, str) and _sha256(path / WEIGHTS_FILE) != digest:  # a file that loads, with other bytes
+    if isinstance(digest, str) and file_sha256(path / WEIGHTS_FILE) != digest:  # a file that loads, with other bytes
         raise CheckpointError(f"checkpoint {path}: {WEIGHTS_FILE} is not the file saved with its {CONFIG_FILE} "
                               "(sha256 differs: damaged, e.g. a flipped bit, or replaced): use a good copy or train again (edited "
                               "on purpose? remove weights_sha256 from config.json)")

@@ -19,9 +19,9 @@ import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from nvcim.io.train_state import RECORD_FILE as TRAIN_STATE_RECORD
 from nvcim.sweep.cells import Cell, fmt_beta
-from nvcim.sweep.files import RESULT_FILE, SCORE_FILE, TRAIN_STATE_DIR, cell_dir, read_score, scored_candidates
+from nvcim.sweep.files import (RESULT_FILE, SCORE_FILE, TRAIN_STATE_DIR, cell_dir, read_score, saved_epoch,
+                               scored_candidates)
 
 
 def kind(cell: Cell) -> tuple:
@@ -102,10 +102,5 @@ def done_before(out: Path, cell: Cell) -> float:
     d = cell_dir(out, cell.id)
     pending = [b for b in cell.betas or () if read_score(d / "beta" / fmt_beta(b) / SCORE_FILE, b) is None]
     state = d / "beta" / fmt_beta(pending[0]) / TRAIN_STATE_DIR if pending else d / TRAIN_STATE_DIR
-    try:
-        rec = json.loads((state / TRAIN_STATE_RECORD).read_text(encoding="utf-8"))
-        epoch, epochs = rec["epoch"], rec["epochs"]
-        resumed = epoch / epochs if type(epoch) is int and type(epochs) is int and 1 <= epoch < epochs else 0.0
-    except (OSError, ValueError, KeyError, TypeError):
-        resumed = 0.0
-    return scored + resumed
+    saved = saved_epoch(state)
+    return scored + (saved[0] / saved[1] if saved else 0.0)

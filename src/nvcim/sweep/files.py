@@ -63,9 +63,6 @@ def cell_dir(out_dir, cell_id: str) -> Path:
     return Path(out_dir) / "cells" / cell_id
 
 
-_NAME_MAX = 255  # bytes of one path component on the usual file systems
-
-
 def check_cell_paths(out_dir, cells: Sequence[Cell]) -> None:
     """A one-line ValueError, before anything is written, when a cell's directory cannot be made: a component of
     its id too long for a file name (a spec value such as sigmas = [1e300] printed in full), or a file (not a
@@ -173,6 +170,16 @@ def scored_candidates(out_dir, cell: Cell) -> int:
     return sum(read_score(d / "beta" / fmt_beta(b) / SCORE_FILE, b) is not None for b in cell.betas or ())
 
 
+def saved_epoch(state: Path) -> tuple[int, int] | None:
+    """(epoch, epochs) of the training state at `state` if a run resumes from it (1 <= epoch < epochs), else None."""
+    try:
+        rec = json.loads((state / TRAIN_STATE_RECORD).read_text(encoding="utf-8"))
+        point = (rec["epoch"], rec["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return point if all(type(v) is int for v in point) and 1 <= point[0] < point[1] else None
+
+
 def partial_progress(out_dir, cell: Cell, accept_plugin_change: bool = False) -> str | None:
     """What a pending cell has done that a rerun keeps, for `nvcim sweep --dry-run` (None: nothing): finished β
     candidates and a training's last saved epoch, e.g. "β 2 of 4 scored; β 1e-3 resumes after epoch 3 of 12".
@@ -197,14 +204,9 @@ def partial_progress(out_dir, cell: Cell, accept_plugin_change: bool = False) ->
     for label, state in states:
         if not state.is_dir():
             continue
-        try:
-            rec = json.loads((state / TRAIN_STATE_RECORD).read_text(encoding="utf-8"))
-            epoch, epochs = rec["epoch"], rec["epochs"]
-            whole = type(epoch) is int and type(epochs) is int and 1 <= epoch < epochs  # what the run resumes
-        except (OSError, ValueError, KeyError, TypeError):
-            whole = False
-        if whole and zipfile.is_zipfile(state / TRAIN_STATE_TENSORS):  # the archive whole (a look at its end only)
-            parts.append(f"{label}training resumes after epoch {epoch} of {epochs}")
+        saved = saved_epoch(state)
+        if saved and zipfile.is_zipfile(state / TRAIN_STATE_TENSORS):  # the archive whole (a look at its end only)
+            parts.append(f"{label}training resumes after epoch {saved[0]} of {saved[1]}")
         elif any(state.iterdir()):
             parts.append(f"{label}training state damaged: trained from the start")
     searched = not cell.betas or scored_candidates(out_dir, cell) == len(cell.betas)  # (else the choice may change)
@@ -214,14 +216,16 @@ def partial_progress(out_dir, cell: Cell, accept_plugin_change: bool = False) ->
 
 
 # The names nvcim's own writes give their temporaries in a cell (tempfile's random part: 8 of [a-z0-9_]):
-# atomic_write_* ".NAME.XXXXXXXX.tmp", a directory being written ".NAME.tmp-XXXXXXXX", a directory moved aside while
-# its successor is renamed in ".NAME.old-XXXXXXXX", a finished training's state being deleted ".train_state.done-XXXXXXXX",
-# the writable-directory probe ".nvcim-probe-XXXXXXXX.tmp".
+# atomic_write_* ".NAME.XXXXXXXX.tmp", a directory being written ".NAME.tmp-XXXXXXXX", one moved aside while its successor
+# is renamed in ".NAME.old-XXXXXXXX", a finished state being deleted ".train_state.done-XXXXXXXX", the probe
+# ".nvcim-probe-XXXXXXXX.tmp".
 # Only those of nvcim's own file and directory names count: a user's ".draft.tmp" is not nvcim's.
 _OWN_FILES = (CELL_FILE, RESULT_FILE, FAILED_FILE, SCORE_FILE, CHECKPOINT_CONFIG, CHECKPOINT_WEIGHTS,
               TRAIN_STATE_RECORD, TRAIN_STATE_TENSORS)
 _OWN_DIRS = ("checkpoint", TRAIN_STATE_DIR)
 _RANDOM = r"[a-z0-9_]{8}"
+_NAME_MAX = 255  # bytes of one path component on the usual file systems
+_AFTER_THE_RESULT = ("keep_beta_checkpoints",)  # eval keys that act only once a cell's result is written
 _TEMP_NAME = re.compile(rf"\.(?P<file>.+)\.{_RANDOM}\.tmp|\.(?P<dir>.+)\.tmp-{_RANDOM}|\.(?P<old>.+)\.old-{_RANDOM}"
                         rf"|\.(?P<done>.+)\.done-{_RANDOM}|\.nvcim-probe-{_RANDOM}\.tmp")
 
@@ -309,9 +313,6 @@ def _train_defaults() -> dict:
     from nvcim.train import TrainConfig
 
     return json.loads(json.dumps(TrainConfig().to_dict()))  # every training field at its default, as JSON
-
-
-_AFTER_THE_RESULT = ("keep_beta_checkpoints",)  # eval keys that act only once a cell's result is written
 
 
 def definition_differences(have: Mapping, want: Mapping) -> list[str]:
